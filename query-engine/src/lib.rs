@@ -1,1 +1,11 @@
+//! A generic reactive document database on redb. It knows nothing about any application:
+//! tables, validators and functions are registered by the embedding program.
+//!
+//! Data path: functions (`functions`) run in a `transaction` over a snapshot (`storage`),
+//! recording reads (`reads`) and buffering writes (`writes`); the `committer` validates and
+//! group-commits them; `subscriptions` re-runs the queries whose read sets a commit touched.
+
+pub mod error;
+pub mod id;
+pub mod identity;
 pub mod value;
