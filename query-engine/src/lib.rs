@@ -5,6 +5,7 @@
 //! recording reads (`reads`) and buffering writes (`writes`); the `committer` validates and
 //! group-commits them; `subscriptions` re-runs the queries whose read sets a commit touched.
 
+pub mod encoding;
 pub mod error;
 pub mod id;
 pub mod identity;
