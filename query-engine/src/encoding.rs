@@ -361,6 +361,7 @@ pub(crate) mod tests {
         prop_oneof![
             Just(String::new()),
             "[a-c\\x00\\x01]{0,4}",
+            "\\$[a-z]{0,2}",
             any::<String>(),
             "\\PC{0,6}",
         ]

@@ -9,4 +9,5 @@ pub mod encoding;
 pub mod error;
 pub mod id;
 pub mod identity;
+pub mod json;
 pub mod value;
