@@ -1,0 +1,461 @@
+//! How a changed query result travels to a subscriber: either the whole new value, or — when
+//! old and new are both lists of documents keyed by a unique string `_id` — the edits that turn
+//! the old list into the new one. Sliding windows and appends, the common shapes, cost a few edits.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Value;
+
+/// The field that identifies a document inside a result list.
+pub const ID_FIELD: &str = "_id";
+
+/// How a subscriber gets from its previous result to the new one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "camelCase")]
+pub enum ResultDiff {
+    /// The new result in full.
+    Replace(Value),
+    /// Edits applied in order to the previous array; each index refers to the array as it is
+    /// after the edits before it.
+    Array(Vec<ArrayEdit>),
+}
+
+/// One step of an array diff. `id` repeats the `_id` of the element being removed or changed so
+/// that a client whose previous result has drifted detects it instead of corrupting its copy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum ArrayEdit {
+    Remove {
+        index: u32,
+        id: String,
+    },
+    Insert {
+        index: u32,
+        value: Value,
+    },
+    Change {
+        index: u32,
+        id: String,
+        value: Value,
+    },
+}
+
+/// Why a diff could not be applied to the value a client holds.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DiffError {
+    #[error("array diff applied to a {found} value")]
+    NotAnArray { found: &'static str },
+    #[error("edit index {index} out of range for an array of length {len}")]
+    IndexOutOfRange { index: u32, len: usize },
+    #[error("element at index {index} has id {found:?}, the edit expects {expected:?}")]
+    IdMismatch {
+        index: u32,
+        expected: String,
+        found: Option<String>,
+    },
+}
+
+/// The diff that turns `old` into `new`, or `None` when they are equal.
+pub fn diff(old: &Value, new: &Value) -> Option<ResultDiff> {
+    if old == new {
+        return None;
+    }
+    let replace = || Some(ResultDiff::Replace(new.clone()));
+    let (Value::Array(old_items), Value::Array(new_items)) = (old, new) else {
+        return replace();
+    };
+    let (Some(old_ids), Some(new_ids)) = (keyed_ids(old_items), keyed_ids(new_items)) else {
+        return replace();
+    };
+    // u32 indices on the wire; a result this long is sent whole.
+    if old_items.len() > u32::MAX as usize || new_items.len() > u32::MAX as usize {
+        return replace();
+    }
+    let edits = array_edits(old_items, &old_ids, new_items, &new_ids);
+    let edits_bytes: usize = edits.iter().map(edit_size_bytes).sum();
+    if edits_bytes >= new.size_bytes() {
+        return replace();
+    }
+    Some(ResultDiff::Array(edits))
+}
+
+/// Applies `diff` to the value the client holds.
+pub fn apply(old: &Value, diff: &ResultDiff) -> Result<Value, DiffError> {
+    let edits = match diff {
+        ResultDiff::Replace(v) => return Ok(v.clone()),
+        ResultDiff::Array(edits) => edits,
+    };
+    let Value::Array(items) = old else {
+        return Err(DiffError::NotAnArray {
+            found: old.type_name(),
+        });
+    };
+    let mut items = items.clone();
+    for edit in edits {
+        match edit {
+            ArrayEdit::Remove { index, id } => {
+                check_id(&items, *index, id)?;
+                items.remove(*index as usize);
+            }
+            ArrayEdit::Insert { index, value } => {
+                if *index as usize > items.len() {
+                    return Err(DiffError::IndexOutOfRange {
+                        index: *index,
+                        len: items.len(),
+                    });
+                }
+                items.insert(*index as usize, value.clone());
+            }
+            ArrayEdit::Change { index, id, value } => {
+                check_id(&items, *index, id)?;
+                items[*index as usize] = value.clone();
+            }
+        }
+    }
+    Ok(Value::Array(items))
+}
+
+fn check_id(items: &[Value], index: u32, expected: &str) -> Result<(), DiffError> {
+    let Some(item) = items.get(index as usize) else {
+        return Err(DiffError::IndexOutOfRange {
+            index,
+            len: items.len(),
+        });
+    };
+    let found = doc_id(item);
+    if found != Some(expected) {
+        return Err(DiffError::IdMismatch {
+            index,
+            expected: expected.to_string(),
+            found: found.map(str::to_string),
+        });
+    }
+    Ok(())
+}
+
+fn doc_id(item: &Value) -> Option<&str> {
+    item.as_object()?.get(ID_FIELD)?.as_str()
+}
+
+/// Maps each `_id` to its position, or `None` unless every element is an object with a unique
+/// string `_id` (only then is an element's identity well defined).
+fn keyed_ids(items: &[Value]) -> Option<HashMap<&str, usize>> {
+    let mut ids = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if ids.insert(doc_id(item)?, i).is_some() {
+            return None;
+        }
+    }
+    Some(ids)
+}
+
+/// Removes (back to front, so each index is the element's old position), then walks the new
+/// array front to back inserting or changing. The documents kept in place are the longest
+/// run of common ids whose relative order did not change; every other common id moved and
+/// is removed and re-inserted.
+fn array_edits(
+    old_items: &[Value],
+    old_ids: &HashMap<&str, usize>,
+    new_items: &[Value],
+    new_ids: &HashMap<&str, usize>,
+) -> Vec<ArrayEdit> {
+    // Old positions of the common documents, in new order.
+    let common_old_positions: Vec<usize> = new_items
+        .iter()
+        .filter_map(|item| doc_id(item).and_then(|id| old_ids.get(id).copied()))
+        .collect();
+    let kept: HashSet<usize> = longest_increasing_subsequence(&common_old_positions)
+        .into_iter()
+        .collect();
+
+    let mut edits = Vec::new();
+    for (old_pos, item) in old_items.iter().enumerate().rev() {
+        let id = doc_id(item).unwrap_or_default();
+        let stays = new_ids.contains_key(id) && kept.contains(&old_pos);
+        if !stays {
+            edits.push(ArrayEdit::Remove {
+                index: old_pos as u32,
+                id: id.to_string(),
+            });
+        }
+    }
+    for (new_pos, item) in new_items.iter().enumerate() {
+        let id = doc_id(item).unwrap_or_default();
+        match old_ids.get(id) {
+            Some(&old_pos) if kept.contains(&old_pos) => {
+                if old_items[old_pos] != *item {
+                    edits.push(ArrayEdit::Change {
+                        index: new_pos as u32,
+                        id: id.to_string(),
+                        value: item.clone(),
+                    });
+                }
+            }
+            _ => edits.push(ArrayEdit::Insert {
+                index: new_pos as u32,
+                value: item.clone(),
+            }),
+        }
+    }
+    edits
+}
+
+/// The values of one longest strictly increasing subsequence of `seq` (O(n log n), patience
+/// sorting with back pointers).
+fn longest_increasing_subsequence(seq: &[usize]) -> Vec<usize> {
+    // tails[k] = index into seq of the smallest tail of an increasing run of length k + 1.
+    let mut tails: Vec<usize> = Vec::new();
+    let mut prev: Vec<Option<usize>> = vec![None; seq.len()];
+    for (i, &x) in seq.iter().enumerate() {
+        let k = tails.partition_point(|&t| seq[t] < x);
+        prev[i] = k.checked_sub(1).map(|k| tails[k]);
+        if k == tails.len() {
+            tails.push(i);
+        } else {
+            tails[k] = i;
+        }
+    }
+    let mut out = Vec::with_capacity(tails.len());
+    let mut cur = tails.last().copied();
+    while let Some(i) = cur {
+        out.push(seq[i]);
+        cur = prev[i];
+    }
+    out.reverse();
+    out
+}
+
+fn edit_size_bytes(edit: &ArrayEdit) -> usize {
+    // Tag, field names and index: a rough constant per edit.
+    const EDIT_OVERHEAD_BYTES: usize = 16;
+    EDIT_OVERHEAD_BYTES
+        + match edit {
+            ArrayEdit::Remove { id, .. } => id.len(),
+            ArrayEdit::Insert { value, .. } => value.size_bytes(),
+            ArrayEdit::Change { id, value, .. } => id.len() + value.size_bytes(),
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::obj;
+    use proptest::prelude::*;
+
+    fn doc(id: u32, n: i64) -> Value {
+        obj! { "_id" => format!("d{id}"), "n" => n, "body" => "some text in the document" }
+    }
+
+    fn docs(range: std::ops::Range<u32>) -> Value {
+        Value::Array(range.map(|i| doc(i, i as i64)).collect())
+    }
+
+    fn roundtrip(old: &Value, new: &Value) -> Option<ResultDiff> {
+        let d = diff(old, new);
+        let got = match &d {
+            None => old.clone(),
+            Some(d) => apply(old, d).expect("diff produced by diff() applies"),
+        };
+        assert_eq!(&got, new);
+        d
+    }
+
+    fn array_edits_of(d: Option<ResultDiff>) -> Vec<ArrayEdit> {
+        match d {
+            Some(ResultDiff::Array(edits)) => edits,
+            other => panic!("expected an array diff, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn equal_values_have_no_diff() {
+        assert_eq!(diff(&docs(0..10), &docs(0..10)), None);
+        assert_eq!(diff(&Value::Int64(3), &Value::Int64(3)), None);
+    }
+
+    #[test]
+    fn sliding_window_is_one_remove_and_one_insert() {
+        let edits = array_edits_of(roundtrip(&docs(0..50), &docs(1..51)));
+        assert_eq!(edits.len(), 2, "{edits:?}");
+        assert!(matches!(&edits[0], ArrayEdit::Remove { index: 0, id } if id == "d0"));
+        assert!(matches!(&edits[1], ArrayEdit::Insert { index: 49, .. }));
+    }
+
+    #[test]
+    fn append_is_one_insert() {
+        let edits = array_edits_of(roundtrip(&docs(0..50), &docs(0..51)));
+        assert_eq!(edits.len(), 1);
+    }
+
+    #[test]
+    fn change_in_place() {
+        let old = docs(0..20);
+        let mut new_items = old.as_array().unwrap().to_vec();
+        new_items[7] = doc(7, 700);
+        let edits = array_edits_of(roundtrip(&old, &Value::Array(new_items)));
+        assert_eq!(edits.len(), 1);
+        assert!(matches!(&edits[0], ArrayEdit::Change { index: 7, id, .. } if id == "d7"));
+    }
+
+    #[test]
+    fn move_is_remove_and_insert() {
+        let old = docs(0..20);
+        let mut new_items = old.as_array().unwrap().to_vec();
+        let moved = new_items.remove(3);
+        new_items.push(moved);
+        let edits = array_edits_of(roundtrip(&old, &Value::Array(new_items)));
+        assert_eq!(edits.len(), 2, "{edits:?}");
+    }
+
+    #[test]
+    fn unrelated_arrays_are_replaced() {
+        assert!(matches!(
+            roundtrip(&docs(0..10), &docs(100..110)),
+            Some(ResultDiff::Replace(_))
+        ));
+    }
+
+    #[test]
+    fn arrays_without_unique_ids_are_replaced() {
+        let dup = Value::Array(vec![doc(1, 1), doc(1, 2)]);
+        assert!(matches!(
+            roundtrip(&docs(0..2), &dup),
+            Some(ResultDiff::Replace(_))
+        ));
+        let plain = Value::Array(vec![Value::Int64(1), Value::Int64(2)]);
+        assert!(matches!(
+            roundtrip(&Value::Array(vec![Value::Int64(1)]), &plain),
+            Some(ResultDiff::Replace(_))
+        ));
+    }
+
+    #[test]
+    fn apply_rejects_drifted_state() {
+        let d = ResultDiff::Array(vec![ArrayEdit::Remove {
+            index: 0,
+            id: "d9".into(),
+        }]);
+        assert!(matches!(
+            apply(&docs(0..3), &d),
+            Err(DiffError::IdMismatch { index: 0, .. })
+        ));
+        let d = ResultDiff::Array(vec![ArrayEdit::Insert {
+            index: 4,
+            value: Value::Null,
+        }]);
+        assert_eq!(
+            apply(&docs(0..3), &d),
+            Err(DiffError::IndexOutOfRange { index: 4, len: 3 })
+        );
+        let d = ResultDiff::Array(vec![ArrayEdit::Change {
+            index: 3,
+            id: "d3".into(),
+            value: Value::Null,
+        }]);
+        assert!(matches!(
+            apply(&docs(0..3), &d),
+            Err(DiffError::IndexOutOfRange { .. })
+        ));
+        assert_eq!(
+            apply(&Value::Null, &d),
+            Err(DiffError::NotAnArray { found: "null" })
+        );
+    }
+
+    #[test]
+    fn lis_finds_longest_run() {
+        let lis = longest_increasing_subsequence(&[3, 1, 2, 8, 4, 5, 0]);
+        assert_eq!(lis, vec![1, 2, 4, 5]);
+        assert!(longest_increasing_subsequence(&[]).is_empty());
+    }
+
+    /// One step of a random mutation of a document list.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Remove(usize),
+        Insert(usize),
+        Change(usize, i64),
+        Move(usize, usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            any::<usize>().prop_map(Op::Remove),
+            any::<usize>().prop_map(Op::Insert),
+            (any::<usize>(), any::<i64>()).prop_map(|(i, n)| Op::Change(i, n)),
+            (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Op::Move(a, b)),
+        ]
+    }
+
+    fn mutate(old: &[Value], ops: &[Op], mut next_id: u32) -> Vec<Value> {
+        let mut items = old.to_vec();
+        for op in ops {
+            let len = items.len();
+            match *op {
+                Op::Remove(i) if len > 0 => {
+                    items.remove(i % len);
+                }
+                Op::Insert(i) => {
+                    items.insert(i % (len + 1), doc(next_id, 0));
+                    next_id += 1;
+                }
+                Op::Change(i, n) if len > 0 => {
+                    let id = doc_id(&items[i % len]).unwrap_or_default().to_string();
+                    items[i % len] = obj! { "_id" => id, "n" => n };
+                }
+                Op::Move(a, b) if len > 0 => {
+                    let item = items.remove(a % len);
+                    items.insert(b % len, item);
+                }
+                _ => {}
+            }
+        }
+        items
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Int64),
+            any::<bool>().prop_map(Value::Bool),
+            "[a-z]{0,8}".prop_map(Value::String),
+            prop::collection::vec(any::<i64>().prop_map(Value::Int64), 0..5).prop_map(Value::Array),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn apply_of_diff_gives_new(len in 0u32..40, ops in prop::collection::vec(op(), 0..12)) {
+            let old = docs(0..len);
+            let new = Value::Array(mutate(old.as_array().unwrap_or_default(), &ops, 1000));
+            roundtrip(&old, &new);
+        }
+
+        #[test]
+        fn apply_of_diff_gives_new_for_any_shape(
+            len in 0u32..10,
+            old_scalar in scalar(),
+            new_scalar in scalar(),
+            pick in 0u8..4,
+        ) {
+            let (old, new) = match pick {
+                0 => (old_scalar, new_scalar),
+                1 => (docs(0..len), new_scalar),
+                2 => (old_scalar, docs(0..len)),
+                _ => (Value::Array(vec![old_scalar]), docs(0..len)),
+            };
+            roundtrip(&old, &new);
+        }
+
+        #[test]
+        fn sliding_window_edits_stay_small(start in 0u32..100, width in 5u32..100, shift in 1u32..3) {
+            let d = roundtrip(&docs(start..start + width), &docs(start + shift..start + width + shift));
+            let edits = array_edits_of(d);
+            prop_assert_eq!(edits.len(), 2 * shift as usize);
+        }
+    }
+}
