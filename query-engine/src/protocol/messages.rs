@@ -1,0 +1,689 @@
+//! The messages of wire protocol version 1 and their MessagePack encoding: maps with named,
+//! camelCase fields and a `type` tag. Decoding checks every size the peer controls, so a
+//! hostile message is an error value, never a panic or a deep recursion.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diff::ResultDiff;
+use crate::error::{codes, FunctionError};
+use crate::value::Value;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Every version a server built from this crate accepts in `Connect`.
+pub const SUPPORTED_PROTOCOL_VERSIONS: &[u32] = &[PROTOCOL_VERSION];
+
+pub const MAX_FUNCTION_NAME_BYTES: usize = 256;
+pub const MAX_MUTATION_ID_BYTES: usize = 128;
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub const MAX_CLIENT_NAME_BYTES: usize = 256;
+/// Deepest array/object nesting in call and subscription arguments (a scalar is depth 0,
+/// `{"a": [1]}` is depth 2).
+pub const MAX_ARGS_DEPTH: usize = 64;
+/// Deepest MessagePack nesting of a whole message, envelope included. Enforced while parsing,
+/// before any value is built, so that deeply nested input cannot exhaust the stack.
+pub const MAX_MESSAGE_DEPTH: usize = 128;
+
+/// Messages a client sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum ClientMessage {
+    /// First message on the control stream.
+    Connect {
+        protocol_version: u32,
+        client_name: String,
+        last_seen_ts: Option<u64>,
+    },
+    /// Sets, replaces (token refresh) or, with `None`, clears the identity. Subscriptions
+    /// survive and are re-run under the new identity.
+    Authenticate {
+        token: Option<String>,
+    },
+    /// Starts a subscription under a client-chosen id, unique on the connection.
+    Subscribe {
+        query_id: u32,
+        function: String,
+        args: Value,
+    },
+    Unsubscribe {
+        query_id: u32,
+    },
+    /// Sent alone on its own bidirectional stream.
+    Call {
+        request_id: u64,
+        kind: CallKind,
+        function: String,
+        args: Value,
+        /// Client-generated; a retried mutation with the same id (for the same identity)
+        /// returns the first result instead of running again.
+        mutation_id: Option<String>,
+    },
+    Ping {
+        nonce: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallKind {
+    Query,
+    Mutation,
+    Action,
+}
+
+/// Messages a server sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum ServerMessage {
+    /// Answer to `Connect`, announcing the limits this connection runs under.
+    Connected {
+        protocol_version: u32,
+        server_version: String,
+        session_id: String,
+        max_frame_bytes: u32,
+        max_subscriptions: u32,
+        max_concurrent_calls: u32,
+    },
+    /// The token in the last `Authenticate` was accepted; `None` subject means anonymous.
+    AuthOk {
+        subject: Option<String>,
+    },
+    /// The one message on a call stream.
+    CallResult {
+        request_id: u64,
+        result: CallOutcome,
+    },
+    /// Moves every subscription of the connection from `start_ts` to `end_ts` at once.
+    Transition {
+        start_ts: u64,
+        end_ts: u64,
+        modifications: Vec<Modification>,
+    },
+    /// A protocol-level error; when `fatal`, the server closes the connection after it.
+    Error {
+        code: String,
+        message: String,
+        data: Value,
+        fatal: bool,
+    },
+    Pong {
+        nonce: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status")]
+pub enum CallOutcome {
+    /// `ts` is the commit timestamp of a mutation, the snapshot timestamp of a query, and the
+    /// timestamp after the last mutation an action ran (0 when it ran none).
+    Ok {
+        value: Value,
+        ts: u64,
+    },
+    Err(ErrorPayload),
+}
+
+/// An error as it crosses the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorPayload {
+    pub code: String,
+    pub message: String,
+    pub data: Value,
+}
+
+impl From<FunctionError> for ErrorPayload {
+    fn from(e: FunctionError) -> Self {
+        ErrorPayload {
+            code: e.code,
+            message: e.message,
+            data: e.data,
+        }
+    }
+}
+
+impl From<ErrorPayload> for FunctionError {
+    fn from(e: ErrorPayload) -> Self {
+        FunctionError {
+            code: e.code,
+            message: e.message,
+            data: e.data,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum Modification {
+    /// The subscription's result changed (the first one after `Subscribe` is a `Replace`).
+    Updated { query_id: u32, diff: ResultDiff },
+    /// The query failed; the subscription has ended.
+    Failed { query_id: u32, error: ErrorPayload },
+    /// Acknowledges `Unsubscribe`; no further modifications for this id.
+    Removed { query_id: u32 },
+}
+
+impl ServerMessage {
+    /// The fatal error a server sends for a `Connect` with a version it does not speak.
+    pub fn unsupported_version(requested: u32) -> ServerMessage {
+        let supported = SUPPORTED_PROTOCOL_VERSIONS
+            .iter()
+            .map(|v| Value::Int64(i64::from(*v)))
+            .collect::<Vec<_>>();
+        let mut data = crate::value::Object::new();
+        data.insert("supportedVersions".into(), Value::Array(supported));
+        ServerMessage::Error {
+            code: codes::VALIDATION_ERROR.into(),
+            message: format!(
+                "protocol version {requested} is not supported; supported: {SUPPORTED_PROTOCOL_VERSIONS:?}"
+            ),
+            data: Value::Object(data),
+            fatal: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// Not MessagePack, or not a message of this protocol version.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] rmp_serde::decode::Error),
+    #[error("{count} bytes after the end of the message")]
+    TrailingBytes { count: u64 },
+    #[error("{field} is {len} bytes long; the limit is {max}")]
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} nests deeper than {max} levels")]
+    TooDeep { field: &'static str, max: usize },
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+impl ProtocolError {
+    /// The wire error code to report this error with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProtocolError::Encode(_) => codes::INTERNAL,
+            _ => codes::VALIDATION_ERROR,
+        }
+    }
+
+    /// The `Error` message that reports this error to the peer.
+    pub fn to_message(&self, fatal: bool) -> ServerMessage {
+        ServerMessage::Error {
+            code: self.code().into(),
+            message: self.to_string(),
+            data: Value::Null,
+            fatal,
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::ClientMessage {}
+    impl Sealed for super::ServerMessage {}
+}
+
+/// A message of either direction.
+pub trait WireMessage: Serialize + sealed::Sealed {}
+impl WireMessage for ClientMessage {}
+impl WireMessage for ServerMessage {}
+
+/// Encodes a message as a MessagePack map with field names (one frame's payload).
+pub fn encode(msg: &impl WireMessage) -> Result<Vec<u8>, ProtocolError> {
+    Ok(rmp_serde::to_vec_named(msg)?)
+}
+
+/// Decodes and validates a message from a client.
+pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
+    let msg: ClientMessage = decode_bounded(bytes)?;
+    validate_client(&msg)?;
+    Ok(msg)
+}
+
+/// Decodes a message from a server.
+pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
+    decode_bounded(bytes)
+}
+
+fn decode_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    // rmp-serde fails once its counter reaches zero, so N allows N - 1 levels.
+    de.set_max_depth(MAX_MESSAGE_DEPTH + 1);
+    let msg = T::deserialize(&mut de)?;
+    let consumed = de.position();
+    let total = bytes.len() as u64;
+    if consumed < total {
+        return Err(ProtocolError::TrailingBytes {
+            count: total - consumed,
+        });
+    }
+    Ok(msg)
+}
+
+fn validate_client(msg: &ClientMessage) -> Result<(), ProtocolError> {
+    match msg {
+        ClientMessage::Connect { client_name, .. } => {
+            check_len("clientName", client_name, MAX_CLIENT_NAME_BYTES)
+        }
+        ClientMessage::Authenticate { token } => match token {
+            Some(token) => check_len("token", token, MAX_TOKEN_BYTES),
+            None => Ok(()),
+        },
+        ClientMessage::Subscribe { function, args, .. } => {
+            check_len("function", function, MAX_FUNCTION_NAME_BYTES)?;
+            check_depth("args", args, MAX_ARGS_DEPTH)
+        }
+        ClientMessage::Call {
+            function,
+            args,
+            mutation_id,
+            ..
+        } => {
+            check_len("function", function, MAX_FUNCTION_NAME_BYTES)?;
+            if let Some(id) = mutation_id {
+                check_len("mutationId", id, MAX_MUTATION_ID_BYTES)?;
+            }
+            check_depth("args", args, MAX_ARGS_DEPTH)
+        }
+        ClientMessage::Unsubscribe { .. } | ClientMessage::Ping { .. } => Ok(()),
+    }
+}
+
+fn check_len(field: &'static str, s: &str, max: usize) -> Result<(), ProtocolError> {
+    if s.len() > max {
+        return Err(ProtocolError::FieldTooLong {
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Nesting depth of `value`, walked with an explicit stack.
+pub fn value_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            Value::Object(fields) => stack.extend(fields.values().map(|f| (f, depth + 1))),
+            _ => {}
+        }
+        // Containers count as one level even when empty.
+        if matches!(v, Value::Array(_) | Value::Object(_)) {
+            deepest = deepest.max(depth + 1);
+        }
+    }
+    deepest
+}
+
+fn check_depth(field: &'static str, value: &Value, max: usize) -> Result<(), ProtocolError> {
+    if value_depth(value) > max {
+        return Err(ProtocolError::TooDeep { field, max });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::ArrayEdit;
+    use crate::obj;
+    use proptest::prelude::*;
+
+    fn nested(depth: usize) -> Value {
+        let mut v = Value::Int64(1);
+        for _ in 0..depth {
+            v = Value::Array(vec![v]);
+        }
+        v
+    }
+
+    fn sample_args() -> Value {
+        obj! {
+            "int" => 7i64,
+            "negative" => -3i64,
+            "big" => i64::MAX,
+            "float" => 1.0f64,
+            "text" => "héllo",
+            "flag" => true,
+            "none" => Value::Null,
+            "bytes" => Value::Bytes(vec![0, 1, 255]),
+            "list" => vec![Value::Int64(1), Value::Float64(2.5), obj! { "_id" => "abc" }],
+        }
+    }
+
+    fn client_samples() -> Vec<ClientMessage> {
+        vec![
+            ClientMessage::Connect {
+                protocol_version: PROTOCOL_VERSION,
+                client_name: "linkedup-cli/0.1".into(),
+                last_seen_ts: Some(42),
+            },
+            ClientMessage::Connect {
+                protocol_version: PROTOCOL_VERSION,
+                client_name: String::new(),
+                last_seen_ts: None,
+            },
+            ClientMessage::Authenticate {
+                token: Some("eyJ...".into()),
+            },
+            ClientMessage::Authenticate { token: None },
+            ClientMessage::Subscribe {
+                query_id: 3,
+                function: "notes:list".into(),
+                args: sample_args(),
+            },
+            ClientMessage::Unsubscribe { query_id: 3 },
+            ClientMessage::Call {
+                request_id: u64::MAX,
+                kind: CallKind::Mutation,
+                function: "notes:update".into(),
+                args: sample_args(),
+                mutation_id: Some("m-1".into()),
+            },
+            ClientMessage::Ping { nonce: 9 },
+        ]
+    }
+
+    fn server_samples() -> Vec<ServerMessage> {
+        vec![
+            ServerMessage::Connected {
+                protocol_version: PROTOCOL_VERSION,
+                server_version: "0.1.0".into(),
+                session_id: "s-1".into(),
+                max_frame_bytes: crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+                max_subscriptions: 1000,
+                max_concurrent_calls: 64,
+            },
+            ServerMessage::AuthOk {
+                subject: Some("user_1".into()),
+            },
+            ServerMessage::CallResult {
+                request_id: 1,
+                result: CallOutcome::Ok {
+                    value: sample_args(),
+                    ts: 17,
+                },
+            },
+            ServerMessage::CallResult {
+                request_id: 2,
+                result: CallOutcome::Err(FunctionError::forbidden("no").into()),
+            },
+            ServerMessage::Transition {
+                start_ts: 10,
+                end_ts: 12,
+                modifications: vec![
+                    Modification::Updated {
+                        query_id: 1,
+                        diff: ResultDiff::Replace(sample_args()),
+                    },
+                    Modification::Updated {
+                        query_id: 2,
+                        diff: ResultDiff::Array(vec![
+                            ArrayEdit::Remove {
+                                index: 0,
+                                id: "a".into(),
+                            },
+                            ArrayEdit::Insert {
+                                index: 4,
+                                value: sample_args(),
+                            },
+                            ArrayEdit::Change {
+                                index: 1,
+                                id: "b".into(),
+                                value: Value::Bytes(vec![1, 2]),
+                            },
+                        ]),
+                    },
+                    Modification::Failed {
+                        query_id: 3,
+                        error: FunctionError::not_found("gone").into(),
+                    },
+                    Modification::Removed { query_id: 4 },
+                ],
+            },
+            ServerMessage::unsupported_version(9),
+            ServerMessage::Pong { nonce: 9 },
+        ]
+    }
+
+    #[test]
+    fn every_message_roundtrips_losslessly() {
+        for msg in client_samples() {
+            let bytes = encode(&msg).expect("encode");
+            assert_eq!(decode_client(&bytes).expect("decode"), msg);
+        }
+        for msg in server_samples() {
+            let bytes = encode(&msg).expect("encode");
+            assert_eq!(decode_server(&bytes).expect("decode"), msg);
+        }
+    }
+
+    #[test]
+    fn ints_floats_and_bytes_keep_their_types() {
+        let msg = ClientMessage::Subscribe {
+            query_id: 1,
+            function: "f".into(),
+            args: sample_args(),
+        };
+        let ClientMessage::Subscribe { args, .. } =
+            decode_client(&encode(&msg).expect("encode")).expect("decode")
+        else {
+            panic!("wrong variant");
+        };
+        assert!(matches!(args.get_path("int"), Some(Value::Int64(7))));
+        assert!(matches!(args.get_path("float"), Some(Value::Float64(f)) if *f == 1.0));
+        assert!(matches!(args.get_path("bytes"), Some(Value::Bytes(b)) if b == &[0, 1, 255]));
+    }
+
+    #[test]
+    fn wire_shape_is_a_named_map_with_type_tag() {
+        let bytes = encode(&ClientMessage::Unsubscribe { query_id: 5 }).expect("encode");
+        // fixmap(2) "type" "Unsubscribe" "queryId" 5
+        let mut expected = vec![0x82, 0xa4];
+        expected.extend(b"type");
+        expected.push(0xab);
+        expected.extend(b"Unsubscribe");
+        expected.push(0xa7);
+        expected.extend(b"queryId");
+        expected.push(0x05);
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn oversize_fields_are_rejected() {
+        let call = |function: String, mutation_id: Option<String>| ClientMessage::Call {
+            request_id: 1,
+            kind: CallKind::Query,
+            function,
+            args: Value::Null,
+            mutation_id,
+        };
+        let long_name = call("f".repeat(MAX_FUNCTION_NAME_BYTES + 1), None);
+        assert!(matches!(
+            decode_client(&encode(&long_name).expect("encode")),
+            Err(ProtocolError::FieldTooLong {
+                field: "function",
+                ..
+            })
+        ));
+        let long_id = call("f".into(), Some("m".repeat(MAX_MUTATION_ID_BYTES + 1)));
+        assert!(matches!(
+            decode_client(&encode(&long_id).expect("encode")),
+            Err(ProtocolError::FieldTooLong {
+                field: "mutationId",
+                ..
+            })
+        ));
+        let long_token = ClientMessage::Authenticate {
+            token: Some("t".repeat(MAX_TOKEN_BYTES + 1)),
+        };
+        assert!(matches!(
+            decode_client(&encode(&long_token).expect("encode")),
+            Err(ProtocolError::FieldTooLong { field: "token", .. })
+        ));
+    }
+
+    #[test]
+    fn args_depth_is_bounded() {
+        let subscribe = |args| ClientMessage::Subscribe {
+            query_id: 1,
+            function: "f".into(),
+            args,
+        };
+        let ok = encode(&subscribe(nested(MAX_ARGS_DEPTH))).expect("encode");
+        assert!(decode_client(&ok).is_ok());
+        let deep = encode(&subscribe(nested(MAX_ARGS_DEPTH + 1))).expect("encode");
+        assert!(matches!(
+            decode_client(&deep),
+            Err(ProtocolError::TooDeep { field: "args", .. })
+        ));
+    }
+
+    #[test]
+    fn hostile_nesting_does_not_overflow_the_stack() {
+        // A Subscribe whose args are a million nested one-element arrays, written by hand
+        // since building that `Value` would itself be the problem.
+        let mut bytes = encode(&ClientMessage::Subscribe {
+            query_id: 1,
+            function: "f".into(),
+            args: Value::Null,
+        })
+        .expect("encode");
+        assert_eq!(bytes.pop(), Some(0xc0), "args is the last field");
+        bytes.extend(std::iter::repeat_n(0x91, 1_000_000));
+        bytes.push(0xc0);
+        assert!(matches!(
+            decode_client(&bytes),
+            Err(ProtocolError::Malformed(_))
+        ));
+        let deep_maps: Vec<u8> = std::iter::repeat_n([0x81, 0xa1, b'a'], 100_000)
+            .flatten()
+            .collect();
+        assert!(decode_server(&deep_maps).is_err());
+        // The deepest message the decoder accepts still decodes on a test thread's stack.
+        let mut at_limit = encode(&ServerMessage::CallResult {
+            request_id: 1,
+            result: CallOutcome::Ok {
+                value: Value::Null,
+                ts: 0,
+            },
+        })
+        .expect("encode");
+        let value_at = at_limit
+            .iter()
+            .position(|b| *b == 0xc0)
+            .expect("value is the only nil");
+        // CallResult map and CallOutcome map are two levels; the value may use the rest.
+        let levels = MAX_MESSAGE_DEPTH - 2;
+        at_limit.splice(
+            value_at..=value_at,
+            std::iter::repeat_n(0x91, levels).chain([0xc0]),
+        );
+        assert!(decode_server(&at_limit).is_ok());
+        at_limit.insert(value_at, 0x91);
+        assert!(decode_server(&at_limit).is_err());
+    }
+
+    #[test]
+    fn huge_length_claims_fail_without_allocating() {
+        // array32 / map32 / str32 / bin32 claiming 4 G elements, with nothing after them.
+        for marker in [0xdd, 0xdf, 0xdb, 0xc6] {
+            let mut bytes = encode(&ClientMessage::Subscribe {
+                query_id: 1,
+                function: "f".into(),
+                args: Value::Null,
+            })
+            .expect("encode");
+            bytes.pop();
+            bytes.extend([marker, 0xff, 0xff, 0xff, 0xff]);
+            assert!(decode_client(&bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = encode(&ClientMessage::Ping { nonce: 1 }).expect("encode");
+        bytes.push(0);
+        assert!(matches!(
+            decode_client(&bytes),
+            Err(ProtocolError::TrailingBytes { count: 1 })
+        ));
+    }
+
+    #[test]
+    fn unsupported_version_is_fatal_validation_error() {
+        match ServerMessage::unsupported_version(2) {
+            ServerMessage::Error {
+                code, fatal, data, ..
+            } => {
+                assert_eq!(code, "VALIDATION_ERROR");
+                assert!(fatal);
+                assert_eq!(
+                    data.get_path("supportedVersions"),
+                    Some(&Value::Array(vec![Value::Int64(1)]))
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn value_depth_counts_containers() {
+        assert_eq!(value_depth(&Value::Null), 0);
+        assert_eq!(value_depth(&Value::Array(vec![])), 1);
+        assert_eq!(value_depth(&obj! { "a" => vec![Value::Int64(1)] }), 2);
+        assert_eq!(value_depth(&nested(500)), 500);
+    }
+
+    fn mutate(mut bytes: Vec<u8>, flips: &[(usize, u8)], truncate: Option<usize>) -> Vec<u8> {
+        if !bytes.is_empty() {
+            for (at, byte) in flips {
+                let at = at % bytes.len();
+                bytes[at] = *byte;
+            }
+        }
+        if let Some(t) = truncate {
+            bytes.truncate(t % (bytes.len() + 1));
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn decoders_never_panic_on_random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_client(&bytes);
+            let _ = decode_server(&bytes);
+        }
+
+        #[test]
+        fn decoders_never_panic_on_damaged_messages(
+            which in any::<prop::sample::Index>(),
+            flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            truncate in any::<Option<usize>>(),
+        ) {
+            let clients: Vec<Vec<u8>> = client_samples().iter().map(|m| encode(m).unwrap_or_default()).collect();
+            let servers: Vec<Vec<u8>> = server_samples().iter().map(|m| encode(m).unwrap_or_default()).collect();
+            let client = mutate(which.get(&clients).clone(), &flips, truncate);
+            let server = mutate(which.get(&servers).clone(), &flips, truncate);
+            for bytes in [&client, &server] {
+                if let Ok(msg) = decode_client(bytes) {
+                    // Whatever decodes re-encodes and decodes to itself.
+                    prop_assert_eq!(decode_client(&encode(&msg).unwrap_or_default()).ok(), Some(msg));
+                }
+                let _ = decode_server(bytes);
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The versioned client–server wire protocol: length-delimited frames (`frame`) carrying
+//! MessagePack messages (`messages`). Generic over applications; `docs/protocol.md` is the
+//! specification a second client can be written from.
+
+pub mod frame;
+pub mod messages;
+
+pub use frame::{
+    decode_frames, encode_frame, read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME_BYTES,
+};
+pub use messages::{
+    decode_client, decode_server, encode, CallKind, CallOutcome, ClientMessage, ErrorPayload,
+    Modification, ProtocolError, ServerMessage, WireMessage, PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
+};
