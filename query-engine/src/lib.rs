@@ -5,9 +5,11 @@
 //! recording reads (`reads`) and buffering writes (`writes`); the `committer` validates and
 //! group-commits them; `subscriptions` re-runs the queries whose read sets a commit touched.
 
+pub mod diff;
 pub mod encoding;
 pub mod error;
 pub mod id;
 pub mod identity;
 pub mod json;
+pub mod protocol;
 pub mod value;
