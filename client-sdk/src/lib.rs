@@ -1,1 +1,2 @@
 
+pub mod note_editor;
