@@ -1,0 +1,56 @@
+//! Caller authentication: verifies WorkOS (AuthKit) RS256 access tokens against the issuer's
+//! JWKS and turns them into the engine's `Identity`. Development mode runs its own issuer
+//! (`DevIssuer`) and is verified through exactly the same `TokenVerifier` path.
+
+mod dev_issuer;
+mod jwks;
+mod verifier;
+
+use std::time::Duration;
+
+pub use dev_issuer::{jwks_router, DevClaims, DevIssuer, DevIssuerError, JWKS_PATH};
+pub use jwks::{JwksCache, JwksError, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
+pub use verifier::{AuthError, TokenVerifier, MAX_TOKEN_BYTES};
+
+/// The only code an authentication failure may put on the wire; the detailed `AuthError` is
+/// for logs, so a caller cannot probe which check failed.
+pub const UNAUTHORIZED_CODE: &str = "UNAUTHORIZED";
+
+/// Where tokens come from and how strictly their time claims are judged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Expected `iss`, compared exactly (e.g. `https://api.workos.com/user_management/<client id>`).
+    pub issuer: String,
+    /// Expected member of `aud`: the WorkOS client id.
+    pub audience: String,
+    /// Where the issuer publishes its signing keys.
+    pub jwks_url: String,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
+    /// Unknown key ids trigger a JWKS refetch at most this often.
+    pub min_refetch_interval: Duration,
+    /// Bound on one JWKS request, connection to last byte.
+    pub http_timeout: Duration,
+}
+
+impl AuthConfig {
+    pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+    pub const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+    pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A configuration with the default leeway, refetch interval and HTTP timeout.
+    pub fn new(
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        jwks_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            jwks_url: jwks_url.into(),
+            leeway_secs: Self::DEFAULT_LEEWAY_SECS,
+            min_refetch_interval: Self::DEFAULT_MIN_REFETCH_INTERVAL,
+            http_timeout: Self::DEFAULT_HTTP_TIMEOUT,
+        }
+    }
+}
