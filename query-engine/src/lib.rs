@@ -12,4 +12,5 @@ pub mod id;
 pub mod identity;
 pub mod json;
 pub mod protocol;
+pub mod schema;
 pub mod value;
