@@ -364,6 +364,34 @@ mod tests {
         );
     }
 
+    /// The worked example in docs/protocol.md §7.
+    #[test]
+    fn documented_example() {
+        let text = "a paragraph long enough that edits beat resending the list";
+        let d = |id: &str, n: i64| obj! { "_id" => id, "n" => n, "text" => text };
+        let old = Value::Array(vec![d("a", 1), d("b", 2), d("c", 3)]);
+        let new = Value::Array(vec![d("b", 2), d("c", 30), d("d", 4)]);
+        let edits = array_edits_of(roundtrip(&old, &new));
+        assert_eq!(
+            edits,
+            vec![
+                ArrayEdit::Remove {
+                    index: 0,
+                    id: "a".into()
+                },
+                ArrayEdit::Change {
+                    index: 1,
+                    id: "c".into(),
+                    value: d("c", 30)
+                },
+                ArrayEdit::Insert {
+                    index: 2,
+                    value: d("d", 4)
+                },
+            ]
+        );
+    }
+
     #[test]
     fn lis_finds_longest_run() {
         let lis = longest_increasing_subsequence(&[3, 1, 2, 8, 4, 5, 0]);

@@ -645,6 +645,117 @@ mod tests {
         assert_eq!(value_depth(&nested(500)), 500);
     }
 
+    /// The hex examples in docs/protocol.md are what the encoder produces, so the document
+    /// cannot drift from the code.
+    #[test]
+    fn doc_examples_match_the_encoder() {
+        let doc = include_str!("../../../docs/protocol.md");
+        let obj = |fields: Vec<(&str, Value)>| {
+            Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            )
+        };
+        let client = [
+            ClientMessage::Connect {
+                protocol_version: 1,
+                client_name: "cli".into(),
+                last_seen_ts: None,
+            },
+            ClientMessage::Authenticate {
+                token: Some("tok".into()),
+            },
+            ClientMessage::Subscribe {
+                query_id: 1,
+                function: "notes:list".into(),
+                args: obj(vec![("limit", Value::Int64(20))]),
+            },
+            ClientMessage::Unsubscribe { query_id: 1 },
+            ClientMessage::Call {
+                request_id: 7,
+                kind: CallKind::Mutation,
+                function: "notes:create".into(),
+                args: obj(vec![
+                    ("text", Value::from("hi")),
+                    ("w", Value::Float64(1.5)),
+                ]),
+                mutation_id: Some("m-1".into()),
+            },
+            ClientMessage::Ping { nonce: 5 },
+        ];
+        let server = [
+            ServerMessage::Connected {
+                protocol_version: 1,
+                server_version: "0.1.0".into(),
+                session_id: "s1".into(),
+                max_frame_bytes: crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+                max_subscriptions: 1000,
+                max_concurrent_calls: 64,
+            },
+            ServerMessage::AuthOk {
+                subject: Some("user_1".into()),
+            },
+            ServerMessage::CallResult {
+                request_id: 7,
+                result: CallOutcome::Ok {
+                    value: Value::from("id1"),
+                    ts: 42,
+                },
+            },
+            ServerMessage::CallResult {
+                request_id: 8,
+                result: CallOutcome::Err(FunctionError::not_found("no such note").into()),
+            },
+            ServerMessage::Transition {
+                start_ts: 41,
+                end_ts: 42,
+                modifications: vec![
+                    Modification::Updated {
+                        query_id: 1,
+                        diff: ResultDiff::Array(vec![ArrayEdit::Remove {
+                            index: 0,
+                            id: "a".into(),
+                        }]),
+                    },
+                    Modification::Removed { query_id: 2 },
+                ],
+            },
+            ServerMessage::Error {
+                code: "VALIDATION_ERROR".into(),
+                message: "bad".into(),
+                data: Value::Null,
+                fatal: false,
+            },
+            ServerMessage::Pong { nonce: 5 },
+        ];
+        let hex = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for msg in &client {
+            let bytes = encode(msg).expect("encode");
+            assert_eq!(&decode_client(&bytes).expect("decode"), msg);
+            assert!(doc.contains(&hex(&bytes)), "{msg:?} = {}", hex(&bytes));
+        }
+        for msg in &server {
+            let bytes = encode(msg).expect("encode");
+            assert_eq!(&decode_server(&bytes).expect("decode"), msg);
+            assert!(doc.contains(&hex(&bytes)), "{msg:?} = {}", hex(&bytes));
+        }
+        let frame = crate::protocol::frame::encode_frame(&encode(&client[5]).expect("encode"))
+            .expect("frame");
+        assert!(doc.contains(&format!(
+            "prefix `{}` ({})",
+            hex(&frame[..4]),
+            frame.len() - 4
+        )));
+    }
+
     fn mutate(mut bytes: Vec<u8>, flips: &[(usize, u8)], truncate: Option<usize>) -> Vec<u8> {
         if !bytes.is_empty() {
             for (at, byte) in flips {
