@@ -610,6 +610,47 @@ mod tests {
         }
     }
 
+    /// docs/protocol.md §3: unknown keys are ignored, optional fields may be absent, an unknown
+    /// `type` is an error.
+    #[test]
+    fn unknown_keys_ignored_optional_fields_may_be_absent() {
+        let map = |fields: Vec<(&str, Value)>| {
+            let v = Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            );
+            rmp_serde::to_vec_named(&v).expect("encode")
+        };
+        let ping = map(vec![
+            ("type", "Ping".into()),
+            ("nonce", Value::Int64(3)),
+            ("future", Value::Bool(true)),
+        ]);
+        assert_eq!(
+            decode_client(&ping).ok(),
+            Some(ClientMessage::Ping { nonce: 3 })
+        );
+        let connect = map(vec![
+            ("type", "Connect".into()),
+            ("protocolVersion", Value::Int64(1)),
+            ("clientName", "c".into()),
+        ]);
+        assert!(matches!(
+            decode_client(&connect),
+            Ok(ClientMessage::Connect {
+                last_seen_ts: None,
+                ..
+            })
+        ));
+        let unknown = map(vec![("type", "Teleport".into())]);
+        assert!(matches!(
+            decode_client(&unknown),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
     #[test]
     fn trailing_bytes_are_rejected() {
         let mut bytes = encode(&ClientMessage::Ping { nonce: 1 }).expect("encode");
