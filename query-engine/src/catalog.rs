@@ -1,0 +1,191 @@
+//! The catalog: which tables and indexes exist, their stable numbers, and whether each index
+//! is ready to serve reads. Built from the registered schema plus the numbering persisted in
+//! the database, so numbers never change across restarts or schema pushes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::TableNumber;
+use crate::schema::{
+    SchemaDefinition, TableDefinition, TableResolver, Validator, BY_CREATION_TIME, BY_ID,
+};
+
+/// A stable index number: the first four bytes of every index entry key in storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct IndexId(pub u32);
+
+/// Whether an index can serve reads. A new index on existing data backfills first; reading it
+/// before then is an error, never a silently incomplete answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexState {
+    Ready,
+    Backfilling,
+}
+
+#[derive(Clone, Debug)]
+pub struct IndexInfo {
+    pub id: IndexId,
+    pub name: String,
+    /// Dotted field paths; empty for `by_id`, whose key is the document id alone.
+    pub fields: Vec<String>,
+    pub state: IndexState,
+}
+
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    pub name: String,
+    pub number: TableNumber,
+    pub validator: Validator,
+    /// `by_id` first, then `by_creation_time`, then the user's indexes in schema order.
+    pub indexes: Vec<IndexInfo>,
+}
+
+impl TableInfo {
+    pub fn index(&self, name: &str) -> Option<&IndexInfo> {
+        self.indexes.iter().find(|i| i.name == name)
+    }
+
+    pub fn by_id(&self) -> &IndexInfo {
+        &self.indexes[0]
+    }
+
+    /// Indexes that hold stored entries (everything except the virtual `by_id`).
+    pub fn stored_indexes(&self) -> impl Iterator<Item = &IndexInfo> {
+        self.indexes.iter().skip(1)
+    }
+}
+
+/// The numbering persisted in the database: names to numbers, and index readiness.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Numbering {
+    pub tables: BTreeMap<String, TableNumber>,
+    /// Key: `table.index`.
+    pub indexes: BTreeMap<String, IndexId>,
+    pub index_states: BTreeMap<String, IndexState>,
+    pub next_table: u32,
+    pub next_index: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    tables: HashMap<String, TableInfo>,
+    by_number: HashMap<TableNumber, String>,
+    index_owner: HashMap<IndexId, (String, usize)>,
+}
+
+impl Catalog {
+    /// Builds the catalog for `schema`, assigning numbers to new tables and indexes in
+    /// `numbering` (which the caller persists). Indexes new to an existing table start as
+    /// `Backfilling` when `existing_tables_have_data` says the table may hold documents.
+    pub fn build(
+        schema: &SchemaDefinition,
+        numbering: &mut Numbering,
+        table_has_data: &dyn Fn(&str) -> bool,
+    ) -> Catalog {
+        let mut catalog = Catalog::default();
+        for table in schema.tables.values() {
+            let is_new_table = !numbering.tables.contains_key(&table.name);
+            let number = *numbering
+                .tables
+                .entry(table.name.clone())
+                .or_insert_with(|| {
+                    numbering.next_table += 1;
+                    TableNumber(numbering.next_table)
+                });
+            let mut indexes = Vec::new();
+            let builtin = [
+                (BY_ID, vec![]),
+                (BY_CREATION_TIME, vec!["_creationTime".to_string()]),
+            ];
+            let user = table
+                .indexes
+                .iter()
+                .map(|i| (i.name.as_str(), i.fields.clone()));
+            for (name, fields) in builtin.into_iter().chain(user) {
+                let key = format!("{}.{}", table.name, name);
+                let id = match numbering.indexes.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        numbering.next_index += 1;
+                        let id = IndexId(numbering.next_index);
+                        numbering.indexes.insert(key.clone(), id);
+                        let state = if !is_new_table && table_has_data(&table.name) {
+                            IndexState::Backfilling
+                        } else {
+                            IndexState::Ready
+                        };
+                        numbering.index_states.insert(key.clone(), state);
+                        id
+                    }
+                };
+                let state = numbering
+                    .index_states
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(IndexState::Ready);
+                catalog
+                    .index_owner
+                    .insert(id, (table.name.clone(), indexes.len()));
+                indexes.push(IndexInfo {
+                    id,
+                    name: name.to_string(),
+                    fields,
+                    state,
+                });
+            }
+            catalog.by_number.insert(number, table.name.clone());
+            catalog.tables.insert(
+                table.name.clone(),
+                TableInfo {
+                    name: table.name.clone(),
+                    number,
+                    validator: table.document.clone(),
+                    indexes,
+                },
+            );
+        }
+        catalog
+    }
+
+    pub fn table(&self, name: &str) -> Option<&TableInfo> {
+        self.tables.get(name)
+    }
+
+    pub fn table_by_number(&self, number: TableNumber) -> Option<&TableInfo> {
+        self.by_number.get(&number).and_then(|n| self.tables.get(n))
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &TableInfo> {
+        self.tables.values()
+    }
+
+    pub fn index_by_id(&self, id: IndexId) -> Option<(&TableInfo, &IndexInfo)> {
+        let (table, pos) = self.index_owner.get(&id)?;
+        let t = self.tables.get(table)?;
+        Some((t, &t.indexes[*pos]))
+    }
+
+    pub fn set_index_state(&mut self, id: IndexId, state: IndexState) {
+        if let Some((table, pos)) = self.index_owner.get(&id) {
+            if let Some(t) = self.tables.get_mut(table) {
+                t.indexes[*pos].state = state;
+            }
+        }
+    }
+}
+
+impl TableResolver for Catalog {
+    fn table_number(&self, name: &str) -> Option<TableNumber> {
+        self.tables.get(name).map(|t| t.number)
+    }
+}
+
+/// A table definition for an engine-owned system table (name starts with `_`).
+pub fn system_table(name: &str, document: Validator) -> TableDefinition {
+    TableDefinition {
+        name: name.to_string(),
+        document,
+        indexes: Vec::new(),
+    }
+}

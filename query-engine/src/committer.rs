@@ -1,0 +1,261 @@
+//! The single committer. Transactions execute concurrently on snapshots and arrive here with
+//! their read and write sets. Each batch is validated in order (optimistic concurrency against
+//! everything committed after the transaction's snapshot and against earlier members of the
+//! batch); a transaction that conflicts is re-executed here, on the latest state plus the
+//! batch so far, so hot keys serialize at memory speed instead of bouncing back to clients.
+//! The whole batch is one redb write transaction and one fsync; then every member is
+//! acknowledged and the batch's touched keys are published, in commit order.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::Catalog;
+use crate::error::{FunctionError, FunctionResult};
+use crate::metrics::EngineMetrics;
+use crate::reads::{ReadSet, TouchedKeys};
+use crate::storage::{Snapshot, Storage};
+use crate::transaction::{Limits, Transaction};
+use crate::value::Value;
+use crate::writes::WriteSet;
+
+/// Re-executes a transaction's function on a transaction the committer provides.
+pub(crate) type Rerun = Box<dyn FnMut(&mut Transaction<'_>) -> FunctionResult<Value> + Send>;
+
+pub(crate) struct CommitRequest {
+    pub snapshot_ts: u64,
+    pub reads: ReadSet,
+    pub writes: WriteSet,
+    pub value: Value,
+    pub rerun: Rerun,
+    pub reply: oneshot::Sender<FunctionResult<Committed>>,
+}
+
+/// A committed transaction as its caller sees it: the commit timestamp and the function's
+/// return value (from the re-execution, if there was one).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Committed {
+    pub ts: u64,
+    pub value: Value,
+}
+
+/// What reactivity learns of each durable batch, in commit order.
+pub struct CommitNotice {
+    /// Snapshot timestamp before the batch.
+    pub prev_ts: u64,
+    /// Snapshot timestamp after the batch.
+    pub ts: u64,
+    pub touched: Arc<TouchedKeys>,
+    pub snapshot: Arc<Snapshot>,
+}
+
+pub type CommitObserver = Arc<dyn Fn(&CommitNotice) + Send + Sync>;
+
+#[derive(Clone, Debug)]
+pub struct CommitterConfig {
+    /// fsync every batch (the default). Off only for benchmarks that say so.
+    pub durable: bool,
+    /// Most transactions in one batch.
+    pub max_batch_txns: usize,
+    /// Most bytes written in one batch.
+    pub max_batch_bytes: usize,
+    /// Commit batches kept for validating transactions that started on older snapshots; a
+    /// transaction older than the window is re-executed rather than validated.
+    pub conflict_window_batches: usize,
+}
+
+impl Default for CommitterConfig {
+    fn default() -> Self {
+        CommitterConfig {
+            durable: true,
+            max_batch_txns: 1024,
+            max_batch_bytes: 32 << 20,
+            conflict_window_batches: 4096,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub storage: Arc<Storage>,
+    pub catalog: Arc<ArcSwap<Catalog>>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub ids: Arc<AtomicU64>,
+    pub limits: Limits,
+    pub metrics: Arc<EngineMetrics>,
+    pub observers: Arc<parking_lot::RwLock<Vec<CommitObserver>>>,
+}
+
+struct LogEntry {
+    ts: u64,
+    touched: Arc<TouchedKeys>,
+}
+
+pub(crate) struct Committer {
+    shared: Shared,
+    config: CommitterConfig,
+    log: VecDeque<LogEntry>,
+    /// Oldest snapshot timestamp the log can validate against.
+    log_floor_ts: u64,
+    last_ts: u64,
+}
+
+/// Wall-clock microseconds, used only to keep commit timestamps near real time.
+pub(crate) fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Committer {
+    pub fn new(shared: Shared, config: CommitterConfig, last_ts: u64) -> Self {
+        Committer {
+            shared,
+            config,
+            log: VecDeque::new(),
+            log_floor_ts: last_ts,
+            last_ts,
+        }
+    }
+
+    /// Runs until every sender is gone, then returns (pending work is finished first).
+    pub fn run(mut self, mut rx: mpsc::Receiver<CommitRequest>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            let mut bytes = batch[0].writes.bytes_written;
+            while batch.len() < self.config.max_batch_txns && bytes < self.config.max_batch_bytes {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        bytes += r.writes.bytes_written;
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+        }
+    }
+
+    fn conflicts(&self, req: &CommitRequest, batch: &WriteSet) -> bool {
+        if req.snapshot_ts < self.log_floor_ts {
+            return true;
+        }
+        if req.reads.conflicts_with(&batch.touched) {
+            return true;
+        }
+        self.log
+            .iter()
+            .rev()
+            .take_while(|e| e.ts > req.snapshot_ts)
+            .any(|e| req.reads.conflicts_with(&e.touched))
+    }
+
+    fn commit_batch(&mut self, batch: Vec<CommitRequest>) {
+        let m = &self.shared.metrics;
+        let snapshot = self.shared.snapshot.load_full();
+        let catalog = self.shared.catalog.load_full();
+        let mut overlay = WriteSet::default();
+        let mut accepted: Vec<(oneshot::Sender<FunctionResult<Committed>>, Value)> = Vec::new();
+        for mut req in batch {
+            if self.conflicts(&req, &overlay) {
+                m.conflicts.fetch_add(1, Ordering::Relaxed);
+                m.reexecutions.fetch_add(1, Ordering::Relaxed);
+                let now_ms = (now_micros().max(self.last_ts) / 1000) as i64;
+                let seed = self.last_ts ^ (accepted.len() as u64).rotate_left(32);
+                let mut txn = Transaction::new(
+                    &snapshot,
+                    Some(&overlay),
+                    &catalog,
+                    &self.shared.ids,
+                    &self.shared.limits,
+                    now_ms,
+                    false,
+                    seed,
+                );
+                match (req.rerun)(&mut txn) {
+                    Ok(v) => {
+                        let (_, writes) = txn.into_parts();
+                        req.writes = writes;
+                        req.value = v;
+                    }
+                    Err(e) => {
+                        let _ = req.reply.send(Err(e));
+                        continue;
+                    }
+                }
+            }
+            overlay.merge(std::mem::take(&mut req.writes));
+            accepted.push((req.reply, req.value));
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let prev_ts = self.last_ts;
+        let ts = (prev_ts + accepted.len() as u64).max(now_micros());
+        let first_ts = ts - (accepted.len() as u64 - 1);
+        let meta = [
+            ("last_ts", ts.to_be_bytes().to_vec()),
+            (
+                "id_high_water",
+                self.shared
+                    .ids
+                    .load(Ordering::SeqCst)
+                    .to_be_bytes()
+                    .to_vec(),
+            ),
+        ];
+        let started = Instant::now();
+        if let Err(e) = self
+            .shared
+            .storage
+            .commit(&overlay, &meta, self.config.durable)
+        {
+            tracing::error!(error = %e, "commit failed; batch rejected");
+            for (reply, _) in accepted {
+                let _ = reply.send(Err(FunctionError::internal("commit failed")));
+            }
+            return;
+        }
+        m.record_commit(accepted.len(), started.elapsed());
+        let new_snapshot = match self.shared.storage.snapshot(ts) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                // The data is durable; only the read view failed. Stop rather than serve
+                // reads that miss acknowledged writes.
+                tracing::error!(error = %e, "cannot open snapshot after commit");
+                std::process::abort();
+            }
+        };
+        self.shared.snapshot.store(new_snapshot.clone());
+        self.last_ts = ts;
+        let touched = Arc::new(std::mem::take(&mut overlay.touched));
+        self.log.push_back(LogEntry {
+            ts,
+            touched: touched.clone(),
+        });
+        while self.log.len() > self.config.conflict_window_batches {
+            if let Some(e) = self.log.pop_front() {
+                self.log_floor_ts = e.ts;
+            }
+        }
+        for (i, (reply, value)) in accepted.into_iter().enumerate() {
+            let _ = reply.send(Ok(Committed {
+                ts: first_ts + i as u64,
+                value,
+            }));
+        }
+        let notice = CommitNotice {
+            prev_ts,
+            ts,
+            touched,
+            snapshot: new_snapshot,
+        };
+        for o in self.shared.observers.read().iter() {
+            o(&notice);
+        }
+    }
+}

@@ -1,0 +1,771 @@
+//! The in-process API the server, tests and benchmarks use: `Engine::open(path, schema,
+//! functions, config)`, then `query` / `mutation` / `action`. Opening checks the schema against
+//! stored data, assigns stable table and index numbers, starts the committer thread, the
+//! scheduler and any index backfills.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::catalog::{Catalog, IndexState, Numbering};
+use crate::committer::{
+    now_micros, CommitNotice, CommitObserver, CommitRequest, Committed, Committer, CommitterConfig,
+    Shared,
+};
+use crate::context::Ctx;
+use crate::error::{FunctionError, FunctionResult};
+use crate::functions::{FunctionDef, FunctionKind, Functions, Handler, TxnHandler, Visibility};
+use crate::id::{DocumentId, TableNumber};
+use crate::identity::Identity;
+use crate::metrics::EngineMetrics;
+use crate::reads::ReadSet;
+use crate::scheduler::{self, Cron};
+use crate::schema::SchemaDefinition;
+use crate::storage::{Snapshot, Storage, StorageError};
+use crate::transaction::{index_key, Limits, Transaction};
+use crate::value::Value;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub committer: CommitterConfig,
+    pub limits: Limits,
+    /// Bound of the queue of transactions waiting for the committer; callers wait when full.
+    pub commit_queue: usize,
+    /// Longest an action may run.
+    pub max_action_time: Duration,
+    pub crons: Vec<Cron>,
+    /// Run scheduled jobs and crons in this process (needs a tokio runtime at `open`).
+    pub run_scheduler: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            committer: CommitterConfig::default(),
+            limits: Limits::default(),
+            commit_queue: 16_384,
+            max_action_time: Duration::from_secs(60),
+            crons: Vec::new(),
+            run_scheduler: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("invalid schema: {0}")]
+    Schema(String),
+    #[error("existing documents of table {table} violate the new schema: {ids:?} (first error: {first})")]
+    DataViolatesSchema {
+        table: String,
+        ids: Vec<String>,
+        first: String,
+    },
+    #[error("table {0} was removed from the schema but still has documents")]
+    TableNotEmpty(String),
+}
+
+/// Most offending document ids a refused schema push reports.
+const MAX_REPORTED_VIOLATIONS: usize = 100;
+/// Documents indexed per backfill commit.
+const BACKFILL_CHUNK: usize = 512;
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Arc<Storage>,
+    catalog: Arc<ArcSwap<Catalog>>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    ids: Arc<AtomicU64>,
+    limits: Limits,
+    metrics: Arc<EngineMetrics>,
+    observers: Arc<parking_lot::RwLock<Vec<CommitObserver>>>,
+    functions: Arc<Functions>,
+    commit_tx: mpsc::Sender<CommitRequest>,
+    numbering: parking_lot::Mutex<Numbering>,
+    seed: AtomicU64,
+    max_action_time: Duration,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Result of a query: the value and the snapshot timestamp it was read at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueryResult {
+    pub value: Value,
+    pub ts: u64,
+}
+
+/// What an action handler gets: the caller's identity and the same call API clients use.
+#[derive(Clone)]
+pub struct ActionCtx {
+    engine: Engine,
+    identity: Option<Identity>,
+}
+
+impl ActionCtx {
+    pub fn auth(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub async fn run_query(&self, name: &str, args: Value) -> FunctionResult<Value> {
+        Ok(self
+            .engine
+            .query(name, args, self.identity.as_ref())
+            .await?
+            .value)
+    }
+
+    pub async fn run_mutation(&self, name: &str, args: Value) -> FunctionResult<Value> {
+        Ok(self
+            .engine
+            .mutation(name, args, self.identity.as_ref())
+            .await?
+            .value)
+    }
+
+    pub async fn run_action(&self, name: &str, args: Value) -> FunctionResult<Value> {
+        self.engine.action(name, args, self.identity.as_ref()).await
+    }
+}
+
+fn meta_u64(s: &Snapshot, key: &str) -> Result<u64, StorageError> {
+    Ok(s.meta(key)?
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+fn meta_msgpack<T: serde::de::DeserializeOwned>(
+    s: &Snapshot,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    match s.meta(key)? {
+        None => Ok(None),
+        Some(b) => rmp_serde::from_slice(&b)
+            .map(Some)
+            .map_err(|e| StorageError::CorruptMeta(key.to_string(), e.to_string())),
+    }
+}
+
+impl Engine {
+    /// Opens (or creates) the database file at `path` with `schema` and `functions`.
+    pub fn open(
+        path: &Path,
+        schema: SchemaDefinition,
+        functions: Functions,
+        config: EngineConfig,
+    ) -> Result<Engine, OpenError> {
+        schema
+            .check()
+            .map_err(|e| OpenError::Schema(e.to_string()))?;
+        let mut full = schema;
+        let jobs = scheduler::table();
+        full.tables.insert(jobs.name.clone(), jobs);
+        let storage = Arc::new(Storage::open(path)?);
+        let snap = storage.snapshot(0)?;
+        let last_ts = meta_u64(&snap, "last_ts")?;
+        let id_hw = meta_u64(&snap, "id_high_water")?;
+        let mut numbering: Numbering = meta_msgpack(&snap, "numbering")?.unwrap_or_default();
+        check_existing_data(&snap, &full, &numbering)?;
+        let has_data = |name: &str| {
+            numbering_table(&numbering, name)
+                .is_some_and(|n| snap.table_has_documents(&n.0.to_be_bytes()).unwrap_or(true))
+        };
+        let mut new_numbering = numbering.clone();
+        let catalog = Catalog::build(&full, &mut new_numbering, &has_data);
+        numbering = new_numbering;
+        let encoded =
+            rmp_serde::to_vec_named(&numbering).map_err(|e| OpenError::Schema(e.to_string()))?;
+        let schema_bytes =
+            rmp_serde::to_vec_named(&full).map_err(|e| OpenError::Schema(e.to_string()))?;
+        drop(snap);
+        storage.commit(
+            &Default::default(),
+            &[("numbering", encoded), ("schema", schema_bytes)],
+            true,
+        )?;
+        let ts = last_ts.max(now_micros());
+        let snapshot = Arc::new(ArcSwap::from_pointee(storage.snapshot(ts)?));
+        let catalog = Arc::new(ArcSwap::from_pointee(catalog));
+        // Ids allocated by transactions that never committed are skipped, never reused.
+        let ids = Arc::new(AtomicU64::new(id_hw + 1));
+        let metrics = Arc::new(EngineMetrics::default());
+        let observers = Arc::new(parking_lot::RwLock::new(Vec::new()));
+        let (commit_tx, commit_rx) = mpsc::channel(config.commit_queue.max(1));
+        let committer = Committer::new(
+            Shared {
+                storage: storage.clone(),
+                catalog: catalog.clone(),
+                snapshot: snapshot.clone(),
+                ids: ids.clone(),
+                limits: config.limits.clone(),
+                metrics: metrics.clone(),
+                observers: observers.clone(),
+            },
+            config.committer.clone(),
+            ts,
+        );
+        std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || committer.run(commit_rx))
+            .map_err(|e| OpenError::Schema(format!("cannot start committer: {e}")))?;
+        let (shutdown, _) = watch::channel(false);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                storage,
+                catalog,
+                snapshot,
+                ids,
+                limits: config.limits.clone(),
+                metrics,
+                observers,
+                functions: Arc::new(functions),
+                commit_tx,
+                numbering: parking_lot::Mutex::new(numbering),
+                seed: AtomicU64::new(ts),
+                max_action_time: config.max_action_time,
+                shutdown,
+            }),
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let backfills: Vec<_> = engine
+                .catalog()
+                .tables()
+                .flat_map(|t| {
+                    t.indexes
+                        .iter()
+                        .filter(|i| i.state == IndexState::Backfilling)
+                        .map(|i| (t.name.clone(), i.name.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for (table, index) in backfills {
+                rt.spawn(engine.clone().backfill(table, index));
+            }
+            if config.run_scheduler {
+                rt.spawn(scheduler::run(engine.clone(), config.crons.clone()));
+            }
+        }
+        Ok(engine)
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.inner.catalog.load_full()
+    }
+
+    pub fn functions(&self) -> &Arc<Functions> {
+        &self.inner.functions
+    }
+
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.inner.metrics
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The latest committed snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// Registers a callback run by the committer after each durable batch, in commit order.
+    /// It must be quick and never block (reactivity queues the notice and returns).
+    pub fn on_commit(&self, observer: impl Fn(&CommitNotice) + Send + Sync + 'static) {
+        self.inner.observers.write().push(Arc::new(observer));
+    }
+
+    /// Stops the scheduler and backfills. Every acknowledged commit is already durable.
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    fn next_seed(&self) -> u64 {
+        self.inner
+            .seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+    }
+
+    fn function(&self, name: &str, kind: FunctionKind) -> FunctionResult<Arc<FunctionDef>> {
+        let def = self
+            .inner
+            .functions
+            .get(name)
+            .ok_or_else(|| FunctionError::not_found(format!("no function named {name:?}")))?;
+        if def.kind != kind {
+            return Err(FunctionError::validation(format!(
+                "{name} is a {:?}, not a {kind:?}",
+                def.kind
+            )));
+        }
+        Ok(def.clone())
+    }
+
+    /// Looks up a function a client may call: public, of the given kind.
+    pub fn public_function(
+        &self,
+        name: &str,
+        kind: FunctionKind,
+    ) -> FunctionResult<Arc<FunctionDef>> {
+        let def = self.function(name, kind)?;
+        if def.visibility != Visibility::Public {
+            return Err(FunctionError::not_found(format!(
+                "no function named {name:?}"
+            )));
+        }
+        Ok(def)
+    }
+
+    pub fn validate_args(&self, def: &FunctionDef, args: &Value) -> FunctionResult<()> {
+        def.args
+            .validate(args, self.catalog().as_ref())
+            .map_err(|e| {
+                FunctionError::validation(e.to_string())
+                    .with_data(crate::obj! { "path" => e.path.clone() })
+            })
+    }
+
+    fn check_result(&self, def: &FunctionDef, v: &Value) -> FunctionResult<()> {
+        if v.size_bytes() > self.inner.limits.max_result_bytes {
+            return Err(crate::transaction::limit_error(
+                "resultBytes",
+                self.inner.limits.max_result_bytes,
+            ));
+        }
+        def.returns.validate(v, self.catalog().as_ref()).map_err(|e| {
+            tracing::error!(function = %def.name, error = %e, "function returned an invalid value");
+            FunctionError::internal(format!("{} returned an invalid value", def.name))
+        })
+    }
+
+    /// Runs `handler` as a read-only transaction at `snapshot`, returning its result and read
+    /// set. Reactivity uses this to (re-)run subscribed queries at a commit's snapshot.
+    pub fn run_query_at(
+        &self,
+        snapshot: &Snapshot,
+        handler: &TxnHandler,
+        args: Value,
+        identity: Option<&Identity>,
+    ) -> (FunctionResult<Value>, ReadSet) {
+        let catalog = self.catalog();
+        let mut txn = Transaction::new(
+            snapshot,
+            None,
+            &catalog,
+            &self.inner.ids,
+            &self.inner.limits,
+            (snapshot.ts / 1000) as i64,
+            true,
+            snapshot.ts,
+        );
+        let result = {
+            let mut ctx = Ctx::new(
+                &mut txn,
+                identity,
+                &self.inner.functions,
+                FunctionKind::Query,
+            );
+            handler(&mut ctx, args)
+        };
+        let (reads, _) = txn.into_parts();
+        (result, reads)
+    }
+
+    /// Runs a registered query (public or internal) at the latest snapshot.
+    pub async fn query(
+        &self,
+        name: &str,
+        args: Value,
+        identity: Option<&Identity>,
+    ) -> FunctionResult<QueryResult> {
+        let def = self.function(name, FunctionKind::Query)?;
+        self.run_query_def(&def, args, identity)
+    }
+
+    pub fn run_query_def(
+        &self,
+        def: &FunctionDef,
+        args: Value,
+        identity: Option<&Identity>,
+    ) -> FunctionResult<QueryResult> {
+        self.validate_args(def, &args)?;
+        let Handler::Query(h) = &def.handler else {
+            return Err(FunctionError::internal("not a query"));
+        };
+        let snapshot = self.snapshot();
+        let (result, _) = self.run_query_at(&snapshot, h, args, identity);
+        let value = result?;
+        self.check_result(def, &value)?;
+        Ok(QueryResult {
+            value,
+            ts: snapshot.ts,
+        })
+    }
+
+    /// Runs a registered mutation (public or internal) and waits until it is durable.
+    pub async fn mutation(
+        &self,
+        name: &str,
+        args: Value,
+        identity: Option<&Identity>,
+    ) -> FunctionResult<Committed> {
+        let def = self.function(name, FunctionKind::Mutation)?;
+        self.run_mutation_def(def, args, identity.cloned()).await
+    }
+
+    pub async fn run_mutation_def(
+        &self,
+        def: Arc<FunctionDef>,
+        args: Value,
+        identity: Option<Identity>,
+    ) -> FunctionResult<Committed> {
+        self.validate_args(&def, &args)?;
+        let Handler::Mutation(h) = def.handler.clone() else {
+            return Err(FunctionError::internal("not a mutation"));
+        };
+        let functions = self.inner.functions.clone();
+        let engine = self.clone();
+        let body = move |txn: &mut Transaction<'_>| {
+            let mut ctx = Ctx::new(txn, identity.as_ref(), &functions, FunctionKind::Mutation);
+            let v = h(&mut ctx, args.clone())?;
+            engine.check_result(&def, &v)?;
+            Ok(v)
+        };
+        self.commit_with(body).await
+    }
+
+    /// Runs `f` as a system mutation (no identity), committing its writes durably.
+    pub async fn transact(
+        &self,
+        f: impl FnMut(&mut Ctx<'_, '_>) -> FunctionResult<Value> + Send + 'static,
+    ) -> FunctionResult<Value> {
+        let functions = self.inner.functions.clone();
+        let mut f = f;
+        let body = move |txn: &mut Transaction<'_>| {
+            let mut ctx = Ctx::new(txn, None, &functions, FunctionKind::Mutation);
+            f(&mut ctx)
+        };
+        Ok(self.commit_with(body).await?.value)
+    }
+
+    /// Runs `f` as a system query (no identity) at the latest snapshot.
+    pub async fn read(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_, '_>) -> FunctionResult<Value>,
+    ) -> FunctionResult<Value> {
+        let snapshot = self.snapshot();
+        let catalog = self.catalog();
+        let mut txn = Transaction::new(
+            &snapshot,
+            None,
+            &catalog,
+            &self.inner.ids,
+            &self.inner.limits,
+            (snapshot.ts / 1000) as i64,
+            true,
+            snapshot.ts,
+        );
+        let mut ctx = Ctx::new(&mut txn, None, &self.inner.functions, FunctionKind::Query);
+        f(&mut ctx)
+    }
+
+    /// Runs the registered mutation `name` inside an existing transaction (the scheduler uses
+    /// this so a job and its completion mark commit together).
+    pub fn run_in(&self, ctx: &mut Ctx<'_, '_>, name: &str, args: Value) -> FunctionResult<Value> {
+        let def = self.function(name, FunctionKind::Mutation)?;
+        self.validate_args(&def, &args)?;
+        let Handler::Mutation(h) = &def.handler else {
+            return Err(FunctionError::internal("not a mutation"));
+        };
+        h(ctx, args)
+    }
+
+    async fn commit_with(
+        &self,
+        mut body: impl FnMut(&mut Transaction<'_>) -> FunctionResult<Value> + Send + 'static,
+    ) -> FunctionResult<Committed> {
+        let snapshot = self.snapshot();
+        let catalog = self.catalog();
+        let now_ms = (now_micros().max(snapshot.ts) / 1000) as i64;
+        let mut txn = Transaction::new(
+            &snapshot,
+            None,
+            &catalog,
+            &self.inner.ids,
+            &self.inner.limits,
+            now_ms,
+            false,
+            self.next_seed(),
+        );
+        let value = body(&mut txn)?;
+        let (reads, writes) = txn.into_parts();
+        if writes.is_empty() {
+            return Ok(Committed {
+                ts: snapshot.ts,
+                value,
+            });
+        }
+        self.submit(snapshot.ts, reads, writes, value, Box::new(body))
+            .await
+    }
+
+    async fn submit(
+        &self,
+        snapshot_ts: u64,
+        reads: ReadSet,
+        writes: crate::writes::WriteSet,
+        value: Value,
+        rerun: crate::committer::Rerun,
+    ) -> FunctionResult<Committed> {
+        let (reply, rx) = oneshot::channel();
+        let req = CommitRequest {
+            snapshot_ts,
+            reads,
+            writes,
+            value,
+            rerun,
+            reply,
+        };
+        self.inner
+            .commit_tx
+            .send(req)
+            .await
+            .map_err(|_| FunctionError::internal("committer stopped"))?;
+        rx.await
+            .map_err(|_| FunctionError::internal("committer stopped"))?
+    }
+
+    /// Runs a registered action (public or internal).
+    pub async fn action(
+        &self,
+        name: &str,
+        args: Value,
+        identity: Option<&Identity>,
+    ) -> FunctionResult<Value> {
+        self.action_internal(name, args, identity.cloned()).await
+    }
+
+    pub(crate) async fn action_internal(
+        &self,
+        name: &str,
+        args: Value,
+        identity: Option<Identity>,
+    ) -> FunctionResult<Value> {
+        let def = self.function(name, FunctionKind::Action)?;
+        self.run_action_def(def, args, identity).await
+    }
+
+    pub async fn run_action_def(
+        &self,
+        def: Arc<FunctionDef>,
+        args: Value,
+        identity: Option<Identity>,
+    ) -> FunctionResult<Value> {
+        self.validate_args(&def, &args)?;
+        let Handler::Action(h) = &def.handler else {
+            return Err(FunctionError::internal("not an action"));
+        };
+        let ctx = ActionCtx {
+            engine: self.clone(),
+            identity,
+        };
+        let v = tokio::time::timeout(self.inner.max_action_time, h(ctx, args))
+            .await
+            .map_err(|_| {
+                crate::transaction::limit_error(
+                    "actionRunTimeMs",
+                    self.inner.max_action_time.as_millis() as usize,
+                )
+            })??;
+        self.check_result(&def, &v)?;
+        Ok(v)
+    }
+
+    /// Builds a new index over existing documents in chunks, each chunk executed at the
+    /// committer on the latest state (so it cannot race with concurrent writes, which
+    /// maintain the index themselves), then marks the index ready.
+    async fn backfill(self, table: String, index: String) {
+        let mut after: Option<DocumentId> = None;
+        loop {
+            let (t2, i2) = (table.clone(), index.clone());
+            let start = after;
+            let body = move |txn: &mut Transaction<'_>| {
+                let catalog = Arc::new(txn.catalog().clone());
+                let t = catalog
+                    .table(&t2)
+                    .ok_or_else(|| FunctionError::internal("table gone"))?;
+                let idx = t
+                    .index(&i2)
+                    .ok_or_else(|| FunctionError::internal("index gone"))?
+                    .clone();
+                let mut from = t.number.0.to_be_bytes().to_vec();
+                if let Some(a) = start {
+                    from = a.to_bytes().to_vec();
+                    from.push(0);
+                }
+                let end = (t.number.0 as u64 + 1).to_be_bytes()[4..].to_vec();
+                let end = if t.number.0 == u32::MAX {
+                    None
+                } else {
+                    Some(end)
+                };
+                let mut by_id = t.by_id().clone();
+                by_id.state = IndexState::Ready;
+                let rows = txn.range(
+                    t,
+                    &by_id,
+                    from,
+                    end,
+                    crate::transaction::Order::Asc,
+                    BACKFILL_CHUNK,
+                )?;
+                let mut last = None;
+                for r in &rows {
+                    let id = DocumentId::from_bytes(&r.key)
+                        .ok_or_else(|| FunctionError::internal("bad id"))?;
+                    let key = index_key(&idx, &r.doc, &id.to_bytes());
+                    txn.writes
+                        .index_entries
+                        .insert(crate::writes::storage_key(idx.id, &key), true);
+                    last = Some(id);
+                }
+                Ok(last
+                    .map(|l| Value::String(l.to_string()))
+                    .unwrap_or(Value::Null))
+            };
+            let (reply, rx) = oneshot::channel();
+            let req = CommitRequest {
+                snapshot_ts: 0,
+                reads: ReadSet::default(),
+                writes: Default::default(),
+                value: Value::Null,
+                rerun: Box::new(body),
+                reply,
+            };
+            if self.inner.commit_tx.send(req).await.is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(Ok(Committed {
+                    value: Value::String(s),
+                    ..
+                })) => {
+                    after = DocumentId::parse(&s).ok();
+                    if after.is_none() {
+                        return;
+                    }
+                }
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(table = %table, index = %index, error = %e, "backfill failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+            if *self.shutdown_signal().borrow() {
+                return;
+            }
+        }
+        self.mark_index_ready(&table, &index);
+    }
+
+    fn mark_index_ready(&self, table: &str, index: &str) {
+        let key = format!("{table}.{index}");
+        let mut numbering = self.inner.numbering.lock();
+        numbering
+            .index_states
+            .insert(key.clone(), IndexState::Ready);
+        let Ok(bytes) = rmp_serde::to_vec_named(&*numbering) else {
+            return;
+        };
+        if let Err(e) =
+            self.inner
+                .storage
+                .commit(&Default::default(), &[("numbering", bytes)], true)
+        {
+            tracing::error!(error = %e, "cannot record index as ready");
+            return;
+        }
+        if let Some(id) = numbering.indexes.get(&key) {
+            let mut c = (*self.catalog()).clone();
+            c.set_index_state(*id, IndexState::Ready);
+            self.inner.catalog.store(Arc::new(c));
+        }
+        tracing::info!(index = %key, "index backfilled and ready");
+    }
+}
+
+fn numbering_table(n: &Numbering, name: &str) -> Option<TableNumber> {
+    n.tables.get(name).copied()
+}
+
+/// Refuses a schema that existing documents violate (naming the offending ids), or that drops
+/// a table still holding documents.
+fn check_existing_data(
+    snap: &Snapshot,
+    schema: &SchemaDefinition,
+    numbering: &Numbering,
+) -> Result<(), OpenError> {
+    let mut probe = numbering.clone();
+    let catalog = Catalog::build(schema, &mut probe, &|_| false);
+    for (name, number) in &numbering.tables {
+        let prefix = number.0.to_be_bytes();
+        let Some(table) = catalog.table(name) else {
+            if snap.table_has_documents(&prefix)? {
+                return Err(OpenError::TableNotEmpty(name.clone()));
+            }
+            continue;
+        };
+        let mut bad = Vec::new();
+        let mut first = String::new();
+        for key in snap.doc_keys(
+            &prefix,
+            Some(&(number.0 as u64 + 1).to_be_bytes()[4..]),
+            false,
+        )? {
+            let key = key?;
+            let Some(id) = DocumentId::from_bytes(&key) else {
+                continue;
+            };
+            let Some(doc) = snap.get(&id)? else { continue };
+            let mut user = doc.as_object().cloned().unwrap_or_default();
+            user.remove("_id");
+            user.remove("_creationTime");
+            if let Err(e) = table.validator.validate(&Value::Object(user), &catalog) {
+                if first.is_empty() {
+                    first = e.to_string();
+                }
+                bad.push(id.to_string());
+                if bad.len() >= MAX_REPORTED_VIOLATIONS {
+                    break;
+                }
+            }
+        }
+        if !bad.is_empty() {
+            return Err(OpenError::DataViolatesSchema {
+                table: name.clone(),
+                ids: bad,
+                first,
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! The function registry: queries (read-only, deterministic), mutations (transactional,
+//! deterministic) and actions (may reach the outside world, not transactional), each with a
+//! name, visibility, argument and return validators and a handler, registered at startup.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::context::Ctx;
+use crate::error::{FunctionError, FunctionResult};
+use crate::json::{from_value, to_value};
+use crate::schema::Validator;
+use crate::value::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionKind {
+    Query,
+    Mutation,
+    Action,
+}
+
+/// Public functions can be called by clients; internal ones only by the scheduler, crons,
+/// actions and the embedding program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    Public,
+    Internal,
+}
+
+pub type TxnHandler = Arc<dyn Fn(&mut Ctx<'_, '_>, Value) -> FunctionResult<Value> + Send + Sync>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub type ActionHandler =
+    Arc<dyn Fn(crate::engine::ActionCtx, Value) -> BoxFuture<FunctionResult<Value>> + Send + Sync>;
+
+#[derive(Clone)]
+pub enum Handler {
+    Query(TxnHandler),
+    Mutation(TxnHandler),
+    Action(ActionHandler),
+}
+
+/// How a subscribed query's result may be shared between callers.
+#[derive(Clone)]
+pub enum Sharing {
+    /// The result may depend on the caller: one execution per (function, args, identity).
+    PerIdentity,
+    /// The result does not depend on the caller beyond `access`, which runs per caller (and
+    /// is re-checked on every re-run); the body runs once per (function, args) for everyone.
+    AfterAccessCheck(TxnHandler),
+}
+
+#[derive(Clone)]
+pub struct FunctionDef {
+    pub name: String,
+    pub kind: FunctionKind,
+    pub visibility: Visibility,
+    pub args: Validator,
+    pub returns: Validator,
+    pub handler: Handler,
+    pub sharing: Sharing,
+}
+
+#[derive(Clone, Default)]
+pub struct Functions {
+    map: HashMap<String, Arc<FunctionDef>>,
+}
+
+impl Functions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<FunctionDef>> {
+        self.map.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<FunctionDef>> {
+        self.map.values()
+    }
+
+    /// Registers a function. Panics on a duplicate name: that is a startup programming error.
+    pub fn register(&mut self, def: FunctionDef) -> &mut Self {
+        assert!(
+            !self.map.contains_key(&def.name),
+            "function {} registered twice",
+            def.name
+        );
+        self.map.insert(def.name.clone(), Arc::new(def));
+        self
+    }
+
+    fn txn_def(
+        name: &str,
+        kind: FunctionKind,
+        visibility: Visibility,
+        args: Validator,
+        returns: Validator,
+        handler: TxnHandler,
+    ) -> FunctionDef {
+        FunctionDef {
+            name: name.to_string(),
+            kind,
+            visibility,
+            args,
+            returns,
+            handler: if kind == FunctionKind::Query {
+                Handler::Query(handler)
+            } else {
+                Handler::Mutation(handler)
+            },
+            sharing: Sharing::PerIdentity,
+        }
+    }
+
+    /// Registers a query whose handler takes and returns serde types.
+    pub fn query<A, R, F>(
+        &mut self,
+        name: &str,
+        visibility: Visibility,
+        args: Validator,
+        returns: Validator,
+        f: F,
+    ) -> &mut Self
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static,
+    {
+        let h = typed(f);
+        self.register(Self::txn_def(
+            name,
+            FunctionKind::Query,
+            visibility,
+            args,
+            returns,
+            h,
+        ))
+    }
+
+    /// Registers a query shared by all callers who pass `access` (see `Sharing`).
+    pub fn shared_query<A, R, C, F>(
+        &mut self,
+        name: &str,
+        args: Validator,
+        returns: Validator,
+        access: C,
+        f: F,
+    ) -> &mut Self
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        C: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<()> + Send + Sync + 'static,
+        F: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static,
+    {
+        let access = typed(access);
+        let body = typed(f);
+        let checked: TxnHandler = {
+            let access = access.clone();
+            Arc::new(move |ctx, args: Value| {
+                access(ctx, args.clone())?;
+                body(ctx, args)
+            })
+        };
+        let mut def = Self::txn_def(
+            name,
+            FunctionKind::Query,
+            Visibility::Public,
+            args,
+            returns,
+            checked,
+        );
+        def.sharing = Sharing::AfterAccessCheck(access);
+        self.register(def)
+    }
+
+    pub fn mutation<A, R, F>(
+        &mut self,
+        name: &str,
+        visibility: Visibility,
+        args: Validator,
+        returns: Validator,
+        f: F,
+    ) -> &mut Self
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static,
+    {
+        let h = typed(f);
+        self.register(Self::txn_def(
+            name,
+            FunctionKind::Mutation,
+            visibility,
+            args,
+            returns,
+            h,
+        ))
+    }
+
+    pub fn action<A, R, F, Fut>(
+        &mut self,
+        name: &str,
+        visibility: Visibility,
+        args: Validator,
+        returns: Validator,
+        f: F,
+    ) -> &mut Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + 'static,
+        F: Fn(crate::engine::ActionCtx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = FunctionResult<R>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let h: ActionHandler = Arc::new(move |ctx, args: Value| {
+            let f = f.clone();
+            Box::pin(async move {
+                let a: A = decode_args(&args)?;
+                let r = f(ctx, a).await?;
+                encode_result(&r)
+            })
+        });
+        self.register(FunctionDef {
+            name: name.to_string(),
+            kind: FunctionKind::Action,
+            visibility,
+            args,
+            returns,
+            handler: Handler::Action(h),
+            sharing: Sharing::PerIdentity,
+        })
+    }
+}
+
+fn typed<A, R, F>(f: F) -> TxnHandler
+where
+    A: DeserializeOwned,
+    R: Serialize,
+    F: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static,
+{
+    Arc::new(move |ctx, args| {
+        let a: A = decode_args(&args)?;
+        encode_result(&f(ctx, a)?)
+    })
+}
+
+fn decode_args<A: DeserializeOwned>(args: &Value) -> FunctionResult<A> {
+    from_value(args).map_err(|e| FunctionError::validation(format!("invalid arguments: {e}")))
+}
+
+fn encode_result<R: Serialize>(r: &R) -> FunctionResult<Value> {
+    to_value(r).map_err(|e| FunctionError::internal(format!("cannot encode result: {e}")))
+}

@@ -1,0 +1,147 @@
+//! Engine counters and fixed-bucket histograms, lock-free, cheap enough for the commit path.
+//! The server renders them in Prometheus text format; benchmarks read them directly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A histogram with fixed upper bounds (cumulative counts are derived when rendering).
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// Latency buckets in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Size buckets (transactions per batch, bytes per transition, ...).
+pub const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0, 65536.0,
+];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records `v` (seconds for latency histograms, a plain number for size histograms).
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((v * 1_000_000.0) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe_duration(&self, d: Duration) {
+        self.observe(d.as_secs_f64());
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Appends this histogram in Prometheus text format (`labels` like `fn="x"` or empty).
+    pub fn render(&self, name: &str, labels: &str, out: &mut String) {
+        use std::fmt::Write;
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, b) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1_000_000.0;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count());
+    }
+}
+
+pub struct EngineMetrics {
+    pub commits: AtomicU64,
+    pub batches: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub reexecutions: AtomicU64,
+    pub batch_size: Histogram,
+    pub fsync_seconds: Histogram,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        EngineMetrics {
+            commits: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            reexecutions: AtomicU64::new(0),
+            batch_size: Histogram::new(SIZE_BUCKETS),
+            fsync_seconds: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
+}
+
+impl EngineMetrics {
+    pub(crate) fn record_commit(&self, txns: usize, write_time: Duration) {
+        self.commits.fetch_add(txns as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_size.observe(txns as f64);
+        self.fsync_seconds.observe_duration(write_time);
+    }
+
+    /// Appends the engine's metrics in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        for (name, help, v) in [
+            (
+                "engine_commits_total",
+                "Transactions committed",
+                &self.commits,
+            ),
+            (
+                "engine_commit_batches_total",
+                "Commit batches (one fsync each)",
+                &self.batches,
+            ),
+            (
+                "engine_conflicts_total",
+                "Transactions whose read set conflicted",
+                &self.conflicts,
+            ),
+            (
+                "engine_reexecutions_total",
+                "Transactions re-executed by the committer",
+                &self.reexecutions,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP engine_commit_batch_size Transactions per commit batch\n# TYPE engine_commit_batch_size histogram");
+        self.batch_size.render("engine_commit_batch_size", "", out);
+        let _ = writeln!(out, "# HELP engine_commit_write_seconds Time to write and fsync one batch\n# TYPE engine_commit_write_seconds histogram");
+        self.fsync_seconds
+            .render("engine_commit_write_seconds", "", out);
+    }
+}

@@ -1,0 +1,273 @@
+//! Scheduled functions and crons. Jobs live in the system table `_scheduled_jobs`, written by
+//! `ctx.schedule_*` inside a mutation (so they exist only if it commits). The runner executes
+//! due jobs: a mutation job runs in the same transaction that marks it done (exactly once); an
+//! action job is marked running before it starts (at most once) and its outcome recorded. Jobs
+//! survive restarts; an action interrupted by a restart is recorded as failed, not re-run.
+
+use std::time::Duration;
+
+use crate::engine::Engine;
+use crate::error::{FunctionError, FunctionResult};
+use crate::functions::FunctionKind;
+use crate::obj;
+use crate::schema::{v, IndexDefinition, TableDefinition};
+use crate::value::{Object, Value};
+
+pub const SCHEDULED_JOBS: &str = "_scheduled_jobs";
+const BY_STATE_TIME: &str = "by_state_time";
+/// Most jobs started per scheduler pass.
+const MAX_JOBS_PER_PASS: usize = 64;
+/// Longest the runner sleeps before looking again.
+const MAX_IDLE: Duration = Duration::from_millis(100);
+
+/// A job to run every `interval_ms`, registered at startup.
+#[derive(Clone, Debug)]
+pub struct Cron {
+    pub name: String,
+    pub interval_ms: i64,
+    pub function: String,
+    pub args: Value,
+}
+
+pub(crate) fn table() -> TableDefinition {
+    TableDefinition {
+        name: SCHEDULED_JOBS.to_string(),
+        document: v::object([
+            ("function", v::string()),
+            (
+                "kind",
+                v::union(vec![v::literal("mutation"), v::literal("action")]),
+            ),
+            ("args", v::any()),
+            ("runAtMs", v::int64()),
+            (
+                "state",
+                v::union(vec![
+                    v::literal("pending"),
+                    v::literal("running"),
+                    v::literal("success"),
+                    v::literal("failed"),
+                ]),
+            ),
+            ("error", v::optional(v::string())),
+            ("completedAtMs", v::optional(v::int64())),
+            ("createdAt", v::int64()),
+        ]),
+        indexes: vec![IndexDefinition {
+            name: BY_STATE_TIME.to_string(),
+            fields: vec!["state".to_string(), "runAtMs".to_string()],
+        }],
+    }
+}
+
+pub(crate) fn new_job(
+    function: &str,
+    kind: FunctionKind,
+    args: Value,
+    at_ms: i64,
+    now_ms: i64,
+) -> Value {
+    let kind = if kind == FunctionKind::Action {
+        "action"
+    } else {
+        "mutation"
+    };
+    obj! {
+        "function" => function,
+        "kind" => kind,
+        "args" => args,
+        "runAtMs" => at_ms,
+        "state" => "pending",
+        "createdAt" => now_ms,
+    }
+}
+
+fn str_field(doc: &Value, f: &str) -> FunctionResult<String> {
+    doc.get_path(f)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| FunctionError::internal(format!("scheduled job without {f}")))
+}
+
+fn finish(state: &str, error: Option<String>, now_ms: i64) -> Object {
+    let mut o = Object::new();
+    o.insert("state".into(), state.into());
+    o.insert("completedAtMs".into(), now_ms.into());
+    if let Some(e) = error {
+        o.insert("error".into(), e.into());
+    }
+    o
+}
+
+/// Runs due jobs and crons until the engine shuts down.
+pub(crate) async fn run(engine: Engine, crons: Vec<Cron>) {
+    if let Err(e) = recover_interrupted(&engine).await {
+        tracing::error!(error = %e, "scheduler recovery failed");
+    }
+    let start = crate::committer::now_micros() as i64 / 1000;
+    let mut next_cron: Vec<i64> = crons.iter().map(|c| start + c.interval_ms).collect();
+    let mut shutdown = engine.shutdown_signal();
+    loop {
+        let now = crate::committer::now_micros() as i64 / 1000;
+        for (c, next) in crons.iter().zip(next_cron.iter_mut()) {
+            if now >= *next {
+                *next = now + c.interval_ms.max(1);
+                let (f, args) = (c.function.clone(), c.args.clone());
+                let r = engine
+                    .transact(move |ctx| ctx.schedule_at(0, &f, args.clone()).map(Value::from))
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(cron = %c.name, error = %e, "cannot schedule cron run");
+                }
+            }
+        }
+        let ran = match run_due(&engine, now).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler pass failed");
+                0
+            }
+        };
+        if ran == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(MAX_IDLE) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+async fn due_jobs(
+    engine: &Engine,
+    state: &'static str,
+    before_ms: i64,
+) -> FunctionResult<Vec<Value>> {
+    engine
+        .read(move |ctx| {
+            let rows = ctx
+                .query(SCHEDULED_JOBS, BY_STATE_TIME)
+                .eq("state", state)
+                .lte("runAtMs", before_ms)
+                .take(MAX_JOBS_PER_PASS)?;
+            Ok(Value::Array(rows))
+        })
+        .await
+        .map(|v| match v {
+            Value::Array(a) => a,
+            _ => Vec::new(),
+        })
+}
+
+/// An action marked running when the process stopped may or may not have had its effect;
+/// at-most-once means recording it as failed, never running it again.
+async fn recover_interrupted(engine: &Engine) -> FunctionResult<()> {
+    for job in due_jobs(engine, "running", i64::MAX).await? {
+        let id = str_field(&job, "_id")?;
+        engine
+            .transact(move |ctx| {
+                let now = ctx.now_ms();
+                ctx.patch(
+                    SCHEDULED_JOBS,
+                    &id,
+                    finish("failed", Some("interrupted by a restart".into()), now),
+                )?;
+                Ok(Value::Null)
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn run_due(engine: &Engine, now_ms: i64) -> FunctionResult<usize> {
+    let jobs = due_jobs(engine, "pending", now_ms).await?;
+    let n = jobs.len();
+    for job in jobs {
+        let id = str_field(&job, "_id")?;
+        let function = str_field(&job, "function")?;
+        let args = job.get_path("args").cloned().unwrap_or(Value::Null);
+        if str_field(&job, "kind")? == "mutation" {
+            run_mutation_job(engine, id, function, args).await;
+        } else {
+            run_action_job(engine, id, function, args).await;
+        }
+    }
+    Ok(n)
+}
+
+/// Claims a pending job inside the caller's transaction; `false` if someone else ran it.
+fn claim(ctx: &mut crate::context::Ctx<'_, '_>, id: &str, state: &str) -> FunctionResult<bool> {
+    let still_pending = ctx
+        .get(SCHEDULED_JOBS, id)?
+        .is_some_and(|d| d.get_path("state").and_then(Value::as_str) == Some("pending"));
+    if still_pending {
+        let mut o = Object::new();
+        o.insert("state".into(), state.into());
+        ctx.patch(SCHEDULED_JOBS, id, o)?;
+    }
+    Ok(still_pending)
+}
+
+async fn run_mutation_job(engine: &Engine, id: String, function: String, args: Value) {
+    let (jid, f, a) = (id.clone(), function.clone(), args.clone());
+    let eng = engine.clone();
+    let outcome = engine
+        .transact(move |ctx| {
+            if !claim(ctx, &jid, "running")? {
+                return Ok(Value::Null);
+            }
+            eng.run_in(ctx, &f, a.clone())?;
+            let now = ctx.now_ms();
+            ctx.patch(SCHEDULED_JOBS, &jid, finish("success", None, now))?;
+            Ok(Value::Null)
+        })
+        .await;
+    if let Err(e) = outcome {
+        tracing::warn!(job = %id, function = %function, error = %e, "scheduled mutation failed");
+        let msg = e.to_string();
+        let r = engine
+            .transact(move |ctx| {
+                if claim(ctx, &id, "failed")? {
+                    let now = ctx.now_ms();
+                    ctx.patch(
+                        SCHEDULED_JOBS,
+                        &id,
+                        finish("failed", Some(msg.clone()), now),
+                    )?;
+                }
+                Ok(Value::Null)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "cannot record scheduled mutation failure");
+        }
+    }
+}
+
+async fn run_action_job(engine: &Engine, id: String, function: String, args: Value) {
+    let jid = id.clone();
+    let claimed = engine
+        .transact(move |ctx| claim(ctx, &jid, "running").map(Value::from))
+        .await;
+    if claimed != Ok(Value::Bool(true)) {
+        return;
+    }
+    let engine2 = engine.clone();
+    tokio::spawn(async move {
+        let result = engine2.action_internal(&function, args, None).await;
+        let error = result.err().map(|e| e.to_string());
+        let state = if error.is_some() { "failed" } else { "success" };
+        let r = engine2
+            .transact(move |ctx| {
+                let now = ctx.now_ms();
+                ctx.patch(SCHEDULED_JOBS, &id, finish(state, error.clone(), now))?;
+                Ok(Value::Null)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "cannot record scheduled action outcome");
+        }
+    });
+}

@@ -1,0 +1,203 @@
+//! Storage on redb: documents by id, index entries by (index, key), and engine metadata.
+//! The committer is the only writer; everyone else reads a `Snapshot`, a redb read
+//! transaction pinned at one commit timestamp.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadOnlyTable, TableDefinition};
+
+use crate::id::{DocumentId, ID_BYTES};
+use crate::value::Value;
+use crate::writes::WriteSet;
+
+const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
+const INDEX_ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("index_entries");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage: {0}")]
+    Redb(Box<redb::Error>),
+    #[error("storage: corrupt document {0}: {1}")]
+    CorruptDocument(String, String),
+    #[error("storage: corrupt metadata {0}: {1}")]
+    CorruptMeta(String, String),
+}
+
+macro_rules! redb_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self { StorageError::Redb(Box::new(e.into())) }
+        }
+    )*};
+}
+redb_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub struct Storage {
+    db: Database,
+}
+
+impl Storage {
+    pub fn open(path: &Path) -> Result<Storage, StorageError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(DOCUMENTS)?;
+        txn.open_table(INDEX_ENTRIES)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(Storage { db })
+    }
+
+    pub fn snapshot(&self, ts: u64) -> Result<Snapshot, StorageError> {
+        let txn = self.db.begin_read()?;
+        Ok(Snapshot {
+            ts,
+            docs: txn.open_table(DOCUMENTS)?,
+            index: txn.open_table(INDEX_ENTRIES)?,
+            meta: txn.open_table(META)?,
+        })
+    }
+
+    /// Writes a batch's effects and metadata in one redb transaction. With `durable`, returns
+    /// only after the commit is on disk (fsync).
+    pub fn commit(
+        &self,
+        writes: &WriteSet,
+        meta: &[(&str, Vec<u8>)],
+        durable: bool,
+    ) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
+        {
+            let mut docs = txn.open_table(DOCUMENTS)?;
+            for (id, doc) in &writes.docs {
+                let key = id.to_bytes();
+                match doc {
+                    Some(doc) => {
+                        let bytes = rmp_serde::to_vec_named(doc.as_ref()).map_err(|e| {
+                            StorageError::CorruptDocument(id.to_string(), e.to_string())
+                        })?;
+                        docs.insert(key.as_slice(), bytes.as_slice())?;
+                    }
+                    None => {
+                        docs.remove(key.as_slice())?;
+                    }
+                }
+            }
+            let mut index = txn.open_table(INDEX_ENTRIES)?;
+            for (key, present) in &writes.index_entries {
+                if *present {
+                    index.insert(key.as_slice(), [].as_slice())?;
+                } else {
+                    index.remove(key.as_slice())?;
+                }
+            }
+            let mut m = txn.open_table(META)?;
+            for (k, v) in meta {
+                m.insert(*k, v.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// A consistent read-only view at commit timestamp `ts`.
+pub struct Snapshot {
+    pub ts: u64,
+    docs: BytesTable,
+    index: BytesTable,
+    meta: ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+/// Result of a storage scan: keys in scan order, stopping at `limit`.
+pub type KeyIter<'a> = Box<dyn Iterator<Item = Result<Vec<u8>, StorageError>> + 'a>;
+
+impl Snapshot {
+    pub fn get(&self, id: &DocumentId) -> Result<Option<Arc<Value>>, StorageError> {
+        let key = id.to_bytes();
+        match self.docs.get(key.as_slice())? {
+            None => Ok(None),
+            Some(guard) => decode_doc(id, guard.value()).map(|v| Some(Arc::new(v))),
+        }
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.meta.get(key)?.map(|g| g.value().to_vec()))
+    }
+
+    /// Index entry storage keys in `[start, end)`, ascending or descending.
+    pub fn index_keys(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        desc: bool,
+    ) -> Result<KeyIter<'_>, StorageError> {
+        scan_keys(&self.index, start, end, desc)
+    }
+
+    /// Document ids (12-byte keys) in `[start, end)`, ascending or descending.
+    pub fn doc_keys(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        desc: bool,
+    ) -> Result<KeyIter<'_>, StorageError> {
+        scan_keys(&self.docs, start, end, desc)
+    }
+
+    /// Whether any document of the table with this 4-byte prefix exists.
+    pub fn table_has_documents(&self, table_prefix: &[u8; 4]) -> Result<bool, StorageError> {
+        let mut end = table_prefix.to_vec();
+        end.push(0xff);
+        end.extend_from_slice(&[0xff; ID_BYTES]);
+        Ok(self
+            .doc_keys(table_prefix, Some(&end), false)?
+            .next()
+            .is_some())
+    }
+}
+
+type BytesTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
+type Entry<'a> = (
+    redb::AccessGuard<'a, &'static [u8]>,
+    redb::AccessGuard<'a, &'static [u8]>,
+);
+
+fn scan_keys<'a>(
+    table: &'a BytesTable,
+    start: &[u8],
+    end: Option<&[u8]>,
+    desc: bool,
+) -> Result<KeyIter<'a>, StorageError> {
+    let range = match end {
+        Some(e) => table.range::<&[u8]>(start..e)?,
+        None => table.range::<&[u8]>(start..)?,
+    };
+    let key = |r: Result<Entry<'_>, redb::StorageError>| {
+        r.map(|(k, _)| k.value().to_vec())
+            .map_err(StorageError::from)
+    };
+    Ok(if desc {
+        Box::new(range.rev().map(key))
+    } else {
+        Box::new(range.map(key))
+    })
+}
+
+fn decode_doc(id: &DocumentId, bytes: &[u8]) -> Result<Value, StorageError> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| StorageError::CorruptDocument(id.to_string(), e.to_string()))
+}

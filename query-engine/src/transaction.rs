@@ -1,0 +1,545 @@
+//! A transaction: reads through layers (own writes, then the committer's batch overlay, then
+//! the storage snapshot), recording every read as an index range, and buffers writes with the
+//! index changes they imply. Limits on reads, writes, sizes and run time are enforced here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::catalog::{Catalog, IndexInfo, IndexState, TableInfo};
+use crate::encoding::{encode_missing, encode_value, prefix_successor};
+use crate::error::{FunctionError, FunctionResult};
+use crate::id::{DocumentId, ID_BYTES};
+use crate::reads::{KeyRange, ReadSet};
+use crate::storage::{Snapshot, StorageError};
+use crate::value::{Object, Value};
+use crate::writes::{storage_key, WriteSet};
+
+/// Per-call limits. Overruns fail the call with `VALIDATION_ERROR` naming the limit, and
+/// nothing is written.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_documents_read: usize,
+    pub max_bytes_read: usize,
+    pub max_documents_written: usize,
+    pub max_bytes_written: usize,
+    pub max_document_bytes: usize,
+    pub max_result_bytes: usize,
+    pub max_run_time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_documents_read: 16_384,
+            max_bytes_read: 16 << 20,
+            max_documents_written: 8_192,
+            max_bytes_written: 8 << 20,
+            max_document_bytes: 1 << 20,
+            max_result_bytes: 8 << 20,
+            max_run_time: Duration::from_secs(1),
+        }
+    }
+}
+
+pub(crate) fn limit_error(limit: &str, max: usize) -> FunctionError {
+    FunctionError::validation(format!("limit exceeded: {limit} (max {max})"))
+        .with_data(crate::obj! { "limit" => limit, "max" => max as i64 })
+}
+
+impl From<StorageError> for FunctionError {
+    fn from(e: StorageError) -> Self {
+        tracing::error!(error = %e, "storage error");
+        FunctionError::internal("storage error")
+    }
+}
+
+/// Scan direction of an index range read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+/// One document returned by a range read, with its index key (for cursors).
+pub struct RangeRow {
+    pub key: Vec<u8>,
+    pub doc: Arc<Value>,
+}
+
+pub struct Transaction<'s> {
+    snapshot: &'s Snapshot,
+    base: Option<&'s WriteSet>,
+    catalog: &'s Catalog,
+    ids: &'s AtomicU64,
+    limits: &'s Limits,
+    pub(crate) reads: ReadSet,
+    pub(crate) writes: WriteSet,
+    docs_read: usize,
+    bytes_read: usize,
+    started: Instant,
+    now_ms: i64,
+    read_only: bool,
+    rng: StdRng,
+}
+
+impl<'s> Transaction<'s> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        snapshot: &'s Snapshot,
+        base: Option<&'s WriteSet>,
+        catalog: &'s Catalog,
+        ids: &'s AtomicU64,
+        limits: &'s Limits,
+        now_ms: i64,
+        read_only: bool,
+        seed: u64,
+    ) -> Self {
+        Transaction {
+            snapshot,
+            base,
+            catalog,
+            ids,
+            limits,
+            reads: ReadSet::default(),
+            writes: WriteSet::default(),
+            docs_read: 0,
+            bytes_read: 0,
+            started: Instant::now(),
+            now_ms,
+            read_only,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn snapshot_ts(&self) -> u64 {
+        self.snapshot.ts
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    pub fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        self.catalog
+    }
+
+    pub fn limits(&self) -> &Limits {
+        self.limits
+    }
+
+    pub(crate) fn into_parts(self) -> (ReadSet, WriteSet) {
+        (self.reads, self.writes)
+    }
+
+    pub fn table(&self, name: &str) -> FunctionResult<&'s TableInfo> {
+        self.catalog
+            .table(name)
+            .ok_or_else(|| FunctionError::internal(format!("no table named {name:?}")))
+    }
+
+    /// Parses a client-supplied id string as an id of `table`.
+    pub fn parse_id(&self, table: &str, id: &str) -> FunctionResult<DocumentId> {
+        let t = self.table(table)?;
+        let parsed = DocumentId::parse(id)
+            .map_err(|_| FunctionError::validation(format!("not a valid id: {id:?}")))?;
+        if parsed.table != t.number {
+            return Err(FunctionError::validation(format!(
+                "expected an id of table {table:?}, got an id of another table"
+            )));
+        }
+        Ok(parsed)
+    }
+
+    fn check_time(&self) -> FunctionResult<()> {
+        if self.started.elapsed() > self.limits.max_run_time {
+            return Err(limit_error(
+                "runTimeMs",
+                self.limits.max_run_time.as_millis() as usize,
+            ));
+        }
+        Ok(())
+    }
+
+    fn count_read(&mut self, doc: &Value) -> FunctionResult<()> {
+        self.docs_read += 1;
+        self.bytes_read += doc.size_bytes();
+        if self.docs_read > self.limits.max_documents_read {
+            return Err(limit_error("documentsRead", self.limits.max_documents_read));
+        }
+        if self.bytes_read > self.limits.max_bytes_read {
+            return Err(limit_error("bytesRead", self.limits.max_bytes_read));
+        }
+        Ok(())
+    }
+
+    /// The document's current state as this transaction sees it, without recording a read.
+    fn lookup(&self, id: &DocumentId) -> FunctionResult<Option<Arc<Value>>> {
+        if let Some(d) = self.writes.doc(id) {
+            return Ok(d);
+        }
+        if let Some(d) = self.base.and_then(|b| b.doc(id)) {
+            return Ok(d);
+        }
+        Ok(self.snapshot.get(id)?)
+    }
+
+    /// Point read by id; records the `by_id` point range.
+    pub fn get(&mut self, id: DocumentId) -> FunctionResult<Option<Arc<Value>>> {
+        self.check_time()?;
+        let table = self
+            .catalog
+            .table_by_number(id.table)
+            .ok_or_else(|| FunctionError::validation("id of an unknown table"))?;
+        self.reads
+            .record(table.by_id().id, KeyRange::point(&id.to_bytes()));
+        let doc = self.lookup(&id)?;
+        if let Some(d) = &doc {
+            self.count_read(d)?;
+        }
+        Ok(doc)
+    }
+
+    /// Reads up to `limit` documents of `index` with keys in `[start, end)` (keys without the
+    /// index prefix), recording exactly the range examined: up to the last row returned when
+    /// the limit stopped the scan, the whole range when it ran out.
+    pub fn range(
+        &mut self,
+        table: &TableInfo,
+        index: &IndexInfo,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        order: Order,
+        limit: usize,
+    ) -> FunctionResult<Vec<RangeRow>> {
+        self.check_time()?;
+        if index.state != IndexState::Ready {
+            return Err(FunctionError::validation(format!(
+                "index {}.{} is still backfilling and cannot be read yet",
+                table.name, index.name
+            )));
+        }
+        let desc = order == Order::Desc;
+        let is_by_id = index.fields.is_empty();
+        let keys = if is_by_id {
+            self.merged_doc_keys(&start, end.as_deref(), desc, limit)?
+        } else {
+            let s = storage_key(index.id, &start);
+            let e = match &end {
+                Some(e) => storage_key(index.id, e),
+                None => {
+                    prefix_successor(&index.id.0.to_be_bytes()).unwrap_or_else(|| vec![0xff; 5])
+                }
+            };
+            self.merged_index_keys(&s, Some(&e), desc, limit)?
+                .into_iter()
+                .map(|k| k[4..].to_vec())
+                .collect()
+        };
+        let examined = match (keys.len() >= limit, keys.last()) {
+            (true, Some(last)) if desc => KeyRange {
+                start: last.clone(),
+                end: end.clone(),
+            },
+            (true, Some(last)) => KeyRange {
+                start: start.clone(),
+                end: Some(KeyRange::point(last).end.unwrap_or_default()),
+            },
+            _ => KeyRange {
+                start: start.clone(),
+                end: end.clone(),
+            },
+        };
+        self.reads.record(index.id, examined);
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
+            let id = id_of_key(&key)?;
+            let Some(doc) = self.lookup(&id)? else {
+                return Err(FunctionError::internal("index entry without document"));
+            };
+            self.count_read(&doc)?;
+            rows.push(RangeRow { key, doc });
+        }
+        Ok(rows)
+    }
+
+    /// Storage keys of index entries visible to this transaction, merged from storage and the
+    /// write overlays (own writes over the batch overlay).
+    fn merged_index_keys(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        desc: bool,
+        limit: usize,
+    ) -> FunctionResult<Vec<Vec<u8>>> {
+        let mut overlay = std::collections::BTreeMap::new();
+        for ws in self.base.iter().chain(std::iter::once(&&self.writes)) {
+            for (k, present) in ws.entries_in(start, end) {
+                overlay.insert(k.clone(), present);
+            }
+        }
+        let base = self.snapshot.index_keys(start, end, desc)?;
+        merge(base, overlay, desc, limit)
+    }
+
+    /// Document ids (as 12-byte keys) visible to this transaction in `[start, end)`.
+    fn merged_doc_keys(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        desc: bool,
+        limit: usize,
+    ) -> FunctionResult<Vec<Vec<u8>>> {
+        let mut overlay = std::collections::BTreeMap::new();
+        for ws in self.base.iter().chain(std::iter::once(&&self.writes)) {
+            for (id, doc) in &ws.docs {
+                let k = id.to_bytes().to_vec();
+                if k.as_slice() >= start && end.is_none_or(|e| k.as_slice() < e) {
+                    overlay.insert(k, doc.is_some());
+                }
+            }
+        }
+        let base = self.snapshot.doc_keys(start, end, desc)?;
+        merge(base, overlay, desc, limit)
+    }
+
+    // ----- writes -----
+
+    fn check_writable(&self) -> FunctionResult<()> {
+        if self.read_only {
+            return Err(FunctionError::internal("queries cannot write"));
+        }
+        self.check_time()
+    }
+
+    pub fn insert(&mut self, table: &str, fields: Value) -> FunctionResult<DocumentId> {
+        self.check_writable()?;
+        let t = self.table(table)?;
+        let Value::Object(mut obj) = fields else {
+            return Err(FunctionError::validation("a document must be an object"));
+        };
+        if let Some(k) = obj.keys().find(|k| k.starts_with('_')) {
+            return Err(FunctionError::validation(format!(
+                "{k}: system fields cannot be set"
+            )));
+        }
+        self.validate(t, &obj)?;
+        let id = DocumentId::new(t.number, self.ids.fetch_add(1, Ordering::Relaxed));
+        obj.insert("_id".into(), Value::String(id.to_string()));
+        obj.insert("_creationTime".into(), Value::Int64(self.now_ms));
+        self.write_doc(t, id, None, Some(Value::Object(obj)))?;
+        Ok(id)
+    }
+
+    /// Sets the given fields (shallow merge) on an existing document.
+    pub fn patch(&mut self, id: DocumentId, changes: Object) -> FunctionResult<()> {
+        self.check_writable()?;
+        let old = self.existing(id)?;
+        let mut obj = old.as_object().cloned().unwrap_or_default();
+        for (k, v) in changes {
+            if k.starts_with('_') {
+                return Err(FunctionError::validation(format!(
+                    "{k}: system fields cannot be set"
+                )));
+            }
+            obj.insert(k, v);
+        }
+        self.store_existing(id, old, obj)
+    }
+
+    /// Replaces all user fields of an existing document (system fields are kept).
+    pub fn replace(&mut self, id: DocumentId, fields: Value) -> FunctionResult<()> {
+        self.check_writable()?;
+        let Value::Object(mut obj) = fields else {
+            return Err(FunctionError::validation("a document must be an object"));
+        };
+        if let Some(k) = obj.keys().find(|k| k.starts_with('_')) {
+            return Err(FunctionError::validation(format!(
+                "{k}: system fields cannot be set"
+            )));
+        }
+        let old = self.existing(id)?;
+        for sys in ["_id", "_creationTime"] {
+            if let Some(v) = old.get_path(sys) {
+                obj.insert(sys.to_string(), v.clone());
+            }
+        }
+        self.store_existing(id, old, obj)
+    }
+
+    pub fn delete(&mut self, id: DocumentId) -> FunctionResult<()> {
+        self.check_writable()?;
+        let old = self.existing(id)?;
+        let t = self.table_of(id)?;
+        self.write_doc(t, id, Some(old), None)
+    }
+
+    fn table_of(&self, id: DocumentId) -> FunctionResult<&'s TableInfo> {
+        self.catalog
+            .table_by_number(id.table)
+            .ok_or_else(|| FunctionError::validation("id of an unknown table"))
+    }
+
+    fn existing(&mut self, id: DocumentId) -> FunctionResult<Arc<Value>> {
+        self.get(id)?
+            .ok_or_else(|| FunctionError::not_found(format!("document {id} does not exist")))
+    }
+
+    fn store_existing(
+        &mut self,
+        id: DocumentId,
+        old: Arc<Value>,
+        obj: Object,
+    ) -> FunctionResult<()> {
+        let t = self.table_of(id)?;
+        let mut user = obj.clone();
+        user.remove("_id");
+        user.remove("_creationTime");
+        self.validate(t, &user)?;
+        self.write_doc(t, id, Some(old), Some(Value::Object(obj)))
+    }
+
+    fn validate(&self, t: &TableInfo, user_fields: &Object) -> FunctionResult<()> {
+        let v = Value::Object(user_fields.clone());
+        t.validator.validate(&v, self.catalog).map_err(|e| {
+            FunctionError::validation(e.to_string())
+                .with_data(crate::obj! { "path" => e.path.clone(), "table" => t.name.clone() })
+        })?;
+        let size = v.size_bytes();
+        if size > self.limits.max_document_bytes {
+            return Err(limit_error("documentBytes", self.limits.max_document_bytes));
+        }
+        Ok(())
+    }
+
+    fn write_doc(
+        &mut self,
+        t: &TableInfo,
+        id: DocumentId,
+        old: Option<Arc<Value>>,
+        new: Option<Value>,
+    ) -> FunctionResult<()> {
+        let id_bytes = id.to_bytes();
+        self.writes.touched.insert(t.by_id().id, id_bytes.to_vec());
+        for index in t.stored_indexes() {
+            let old_key = old.as_deref().map(|d| index_key(index, d, &id_bytes));
+            let new_key = new.as_ref().map(|d| index_key(index, d, &id_bytes));
+            if old_key != new_key {
+                if let Some(k) = &old_key {
+                    self.writes
+                        .index_entries
+                        .insert(storage_key(index.id, k), false);
+                }
+                if let Some(k) = &new_key {
+                    self.writes
+                        .index_entries
+                        .insert(storage_key(index.id, k), true);
+                }
+            }
+            for k in old_key.into_iter().chain(new_key) {
+                self.writes.touched.insert(index.id, k);
+            }
+        }
+        if let Some(n) = &new {
+            self.writes.bytes_written += n.size_bytes();
+        }
+        self.writes.docs.insert(id, new.map(Arc::new));
+        if self.writes.docs.len() > self.limits.max_documents_written {
+            return Err(limit_error(
+                "documentsWritten",
+                self.limits.max_documents_written,
+            ));
+        }
+        if self.writes.bytes_written > self.limits.max_bytes_written {
+            return Err(limit_error("bytesWritten", self.limits.max_bytes_written));
+        }
+        Ok(())
+    }
+}
+
+/// The index key of `doc` under `index`: each field's encoding (or the missing marker), then
+/// the id bytes, so keys are unique and ties sort by id.
+pub(crate) fn index_key(index: &IndexInfo, doc: &Value, id_bytes: &[u8; ID_BYTES]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    for field in &index.fields {
+        match doc.get_path(field) {
+            Some(v) => encode_value(v, &mut out),
+            None => encode_missing(&mut out),
+        }
+    }
+    out.extend_from_slice(id_bytes);
+    out
+}
+
+fn id_of_key(key: &[u8]) -> FunctionResult<DocumentId> {
+    key.len()
+        .checked_sub(ID_BYTES)
+        .and_then(|at| DocumentId::from_bytes(&key[at..]))
+        .ok_or_else(|| FunctionError::internal("malformed index key"))
+}
+
+/// Merges storage keys (all present) with overlay entries (present or removed), in scan
+/// order, stopping after `limit` visible keys.
+fn merge(
+    base: crate::storage::KeyIter<'_>,
+    overlay: std::collections::BTreeMap<Vec<u8>, bool>,
+    desc: bool,
+    limit: usize,
+) -> FunctionResult<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut base = base.peekable();
+    let mut over: Box<dyn Iterator<Item = (Vec<u8>, bool)>> = if desc {
+        Box::new(overlay.into_iter().rev())
+    } else {
+        Box::new(overlay.into_iter())
+    };
+    let mut next_over = over.next();
+    let before = |a: &[u8], b: &[u8]| if desc { a > b } else { a < b };
+    while out.len() < limit {
+        let next_base = match base.peek() {
+            Some(Ok(k)) => Some(k.clone()),
+            Some(Err(_)) => {
+                if let Some(Err(e)) = base.next() {
+                    return Err(e.into());
+                }
+                None
+            }
+            None => None,
+        };
+        match (next_base, &next_over) {
+            (None, None) => break,
+            (Some(b), None) => {
+                base.next();
+                out.push(b);
+            }
+            (None, Some((k, present))) => {
+                if *present {
+                    out.push(k.clone());
+                }
+                next_over = over.next();
+            }
+            (Some(b), Some((k, present))) => {
+                if before(&b, k) {
+                    base.next();
+                    out.push(b);
+                } else {
+                    if *present {
+                        out.push(k.clone());
+                    }
+                    if b == *k {
+                        base.next();
+                    }
+                    next_over = over.next();
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,65 @@
+//! Write sets: the buffered effects of a transaction — final document states and the index
+//! entry changes they imply — and the keys they touched. A write set is also an overlay that
+//! reads consult before storage, which gives read-your-writes inside a transaction and lets
+//! the committer run a transaction on top of the earlier members of its batch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::catalog::IndexId;
+use crate::id::DocumentId;
+use crate::reads::TouchedKeys;
+use crate::value::Value;
+
+/// Storage key of an index entry: 4-byte big-endian index id, then the index key.
+pub fn storage_key(index: IndexId, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + key.len());
+    out.extend_from_slice(&index.0.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WriteSet {
+    /// Final state of each written document: `None` means deleted.
+    pub docs: BTreeMap<DocumentId, Option<Arc<Value>>>,
+    /// Index entry changes by storage key: `true` inserted, `false` removed.
+    pub index_entries: BTreeMap<Vec<u8>, bool>,
+    /// Keys this write set touched (for conflict checks and invalidation).
+    pub touched: TouchedKeys,
+    pub bytes_written: usize,
+}
+
+impl WriteSet {
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    /// Looks up a document written here: `Some(None)` if deleted here, `None` if untouched.
+    pub fn doc(&self, id: &DocumentId) -> Option<Option<Arc<Value>>> {
+        self.docs.get(id).cloned()
+    }
+
+    /// Layers `later` (a transaction validated against everything in `self`) on top.
+    pub fn merge(&mut self, later: WriteSet) {
+        self.docs.extend(later.docs);
+        self.index_entries.extend(later.index_entries);
+        self.touched.extend(&later.touched);
+        self.bytes_written += later.bytes_written;
+    }
+
+    /// Index entries of `index` within storage keys `[start, end)`, in key order.
+    pub fn entries_in<'a>(
+        &'a self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> impl DoubleEndedIterator<Item = (&'a Vec<u8>, bool)> + 'a {
+        use std::ops::Bound;
+        let lo = Bound::Included(start.to_vec());
+        let hi = match end {
+            Some(e) => Bound::Excluded(e.to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.index_entries.range((lo, hi)).map(|(k, v)| (k, *v))
+    }
+}

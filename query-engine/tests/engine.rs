@@ -1,0 +1,418 @@
+//! Engine integration tests: reads, writes, validation, limits, serializability, pagination,
+//! restart durability and the scheduler, through the in-process API.
+
+mod common;
+
+use query_engine::obj;
+use query_engine::value::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_then_query_by_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open(dir.path());
+    let id = engine
+        .mutation("createCounter", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    assert!(id.value.as_str().is_some());
+    let r = engine
+        .mutation("increment", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    assert_eq!(r.value, Value::Int64(1));
+    let got = engine
+        .query("getCounter", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    assert_eq!(got.value.get_path("value"), Some(&Value::Int64(1)));
+    assert!(got.ts >= r.ts);
+    let missing = engine
+        .query("getCounter", obj! {"name" => "zz"}, None)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code, "NOT_FOUND");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open(dir.path());
+    let e = engine
+        .mutation("createCounter", obj! {"name" => 5i64}, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+    assert!(e.message.contains("name"), "{e}");
+    let e = engine
+        .mutation("createCounter", obj! {"name" => "x", "extra" => 1i64}, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+    assert!(e.message.contains("extra"), "{e}");
+    // A document violating the table validator: nothing is written.
+    let e = engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => "t", "seq" => 1i64, "text" => "x"},
+            None,
+        )
+        .await;
+    assert!(e.is_ok());
+    let big = "x".repeat(2 << 20);
+    let e = engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => "t", "seq" => 2i64, "text" => big},
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+    let rows = engine
+        .query(
+            "notesAfter",
+            obj! {"topic" => "t", "after" => 0i64, "limit" => 10i64},
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.value.as_array().unwrap().len(), 1);
+    // Ids of the wrong table are refused.
+    let note_id = rows.value.as_array().unwrap()[0]
+        .get_path("_id")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = engine
+        .transact(move |ctx| ctx.get("counters", &note_id).map(|_| Value::Null))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+    let e = engine
+        .transact(|ctx| ctx.get("counters", "not-an-id").map(|_| Value::Null))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+    // Writing a system field is refused.
+    let e = engine
+        .transact(|ctx| {
+            ctx.insert(
+                "counters",
+                obj! {"name" => "q", "value" => 1i64, "_id" => "x"},
+            )
+            .map(Value::from)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_and_transfers_are_serializable() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open(dir.path());
+    for n in ["a", "b", "c"] {
+        engine
+            .mutation("createCounter", obj! {"name" => n}, None)
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let e = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                if (t + i) % 3 == 0 {
+                    let (from, to) = if i % 2 == 0 { ("a", "b") } else { ("b", "c") };
+                    e.mutation(
+                        "transfer",
+                        obj! {"from" => from, "to" => to, "amount" => 1i64},
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                } else {
+                    e.mutation("increment", obj! {"name" => "a"}, None)
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    let mut increments = 0;
+    for t in 0..32 {
+        for i in 0..50 {
+            if (t + i) % 3 != 0 {
+                increments += 1;
+            }
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut total = 0;
+    for n in ["a", "b", "c"] {
+        let v = engine
+            .query("getCounter", obj! {"name" => n}, None)
+            .await
+            .unwrap();
+        total += v.value.get_path("value").unwrap().as_i64().unwrap();
+    }
+    assert_eq!(total, increments, "no lost update");
+    let m = engine.metrics();
+    assert!(m.commits.load(std::sync::atomic::Ordering::Relaxed) >= 1600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_reads_see_own_writes_and_paginate_stably() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open(dir.path());
+    for seq in (1..=20i64).rev() {
+        engine
+            .mutation(
+                "addNote",
+                obj! {"topic" => "t", "seq" => seq, "text" => format!("n{seq}")},
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => "u", "seq" => 1i64, "text" => "other"},
+            None,
+        )
+        .await
+        .unwrap();
+    let rows = engine
+        .query(
+            "notesAfter",
+            obj! {"topic" => "t", "after" => 15i64, "limit" => 100i64},
+            None,
+        )
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = rows
+        .value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.get_path("seq").unwrap().as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![16, 17, 18, 19, 20]);
+    // Read-your-writes inside a transaction, including deletes.
+    let v = engine
+        .transact(|ctx| {
+            let first = ctx
+                .query("notes", "by_topic_seq")
+                .eq("topic", "t")
+                .first()?
+                .unwrap();
+            let id = first.get_path("_id").unwrap().as_str().unwrap().to_string();
+            ctx.delete("notes", &id)?;
+            ctx.insert(
+                "notes",
+                obj! {"topic" => "t", "seq" => 0i64, "text" => "zero"},
+            )?;
+            let rows = ctx
+                .query("notes", "by_topic_seq")
+                .eq("topic", "t")
+                .take(3)?;
+            let desc = ctx
+                .query("notes", "by_topic_seq")
+                .eq("topic", "t")
+                .desc()
+                .take(2)?;
+            Ok(Value::Array(
+                rows.into_iter()
+                    .chain(desc)
+                    .map(|r| r.get_path("seq").unwrap().clone())
+                    .collect(),
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        Value::Array(vec![
+            0i64.into(),
+            2i64.into(),
+            3i64.into(),
+            20i64.into(),
+            19i64.into()
+        ])
+    );
+    // Pagination: pages are disjoint, ordered and complete; inserting before the cursor does
+    // not shift later pages.
+    let mut cursor: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let c = cursor.clone();
+        let page = engine
+            .read(move |ctx| {
+                let p = ctx
+                    .query("notes", "by_topic_seq")
+                    .eq("topic", "t")
+                    .paginate(c.as_deref(), 6)?;
+                query_engine::json::to_value(&p)
+                    .map_err(|e| query_engine::error::FunctionError::internal(e.to_string()))
+            })
+            .await
+            .unwrap();
+        let p: query_engine::context::Page = query_engine::json::from_value(&page).unwrap();
+        seen.extend(
+            p.page
+                .iter()
+                .map(|r| r.get_path("seq").unwrap().as_i64().unwrap()),
+        );
+        if seen.len() == 6 {
+            engine
+                .mutation(
+                    "addNote",
+                    obj! {"topic" => "t", "seq" => -5i64, "text" => "early"},
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        if p.is_done {
+            break;
+        }
+        cursor = p.continue_cursor;
+    }
+    assert_eq!(seen, (0..=20).filter(|s| *s != 1).collect::<Vec<i64>>());
+    let bad = engine
+        .read(|ctx| {
+            ctx.query("notes", "by_topic_seq")
+                .eq("topic", "t")
+                .paginate(Some("zz"), 5)
+                .map(|_| Value::Null)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code, "VALIDATION_ERROR");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = query_engine::engine::EngineConfig::default();
+    config.limits.max_documents_read = 5;
+    config.limits.max_documents_written = 3;
+    let engine = query_engine::engine::Engine::open(
+        &dir.path().join("db"),
+        common::schema(),
+        common::functions(),
+        config,
+    )
+    .unwrap();
+    for seq in 0..8i64 {
+        engine
+            .mutation(
+                "addNote",
+                obj! {"topic" => "t", "seq" => seq, "text" => "x"},
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let e = engine
+        .query(
+            "notesAfter",
+            obj! {"topic" => "t", "after" => -1i64, "limit" => 100i64},
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+    assert!(e.message.contains("documentsRead"));
+    let e = engine
+        .transact(|ctx| {
+            for s in 100..110i64 {
+                ctx.insert("notes", obj! {"topic" => "w", "seq" => s, "text" => "x"})?;
+            }
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("documentsWritten"));
+    let rows = engine
+        .read(|ctx| {
+            Ok(Value::Array(
+                ctx.query("notes", "by_topic_seq")
+                    .eq("topic", "w")
+                    .take(5)?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        Value::Array(vec![]),
+        "a failed mutation writes nothing"
+    );
+    let e = engine
+        .read(|ctx| ctx.full_table_scan("notes", 3).map(Value::Array))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_restart_and_ids_are_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_id;
+    {
+        let engine = common::open(dir.path());
+        first_id = engine
+            .mutation("createCounter", obj! {"name" => "a"}, None)
+            .await
+            .unwrap()
+            .value;
+        engine
+            .mutation("increment", obj! {"name" => "a"}, None)
+            .await
+            .unwrap();
+        engine.shutdown();
+    }
+    // redb allows one open handle per file; wait for the old engine's threads to let go.
+    let engine = loop {
+        match query_engine::engine::Engine::open(
+            &dir.path().join("db.redb"),
+            common::schema(),
+            common::functions(),
+            Default::default(),
+        ) {
+            Ok(e) => break e,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let v = engine
+        .query("getCounter", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    assert_eq!(v.value.get_path("value"), Some(&Value::Int64(1)));
+    let second = engine
+        .mutation("createCounter", obj! {"name" => "b"}, None)
+        .await
+        .unwrap()
+        .value;
+    assert_ne!(first_id, second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_functions_are_not_public() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open(dir.path());
+    let e = engine
+        .public_function(
+            "internalOnly",
+            query_engine::functions::FunctionKind::Mutation,
+        )
+        .err()
+        .unwrap();
+    assert_eq!(e.code, "NOT_FOUND");
+    assert!(engine.mutation("internalOnly", obj! {}, None).await.is_ok());
+}
