@@ -1,0 +1,332 @@
+//! Scheduler tests: scheduled mutations run once at or after their time and only if the
+//! scheduling mutation committed; scheduled actions run and their failures are recorded; jobs
+//! survive a restart; an action running at a crash is recorded failed, not re-run; crons repeat.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use query_engine::engine::{Engine, EngineConfig};
+use query_engine::error::FunctionError;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::scheduler::{Cron, SCHEDULED_JOBS};
+use query_engine::schema::{v, SchemaDefinition, TableDefinition};
+use query_engine::value::Value;
+
+/// Generous bound for "eventually": the scheduler polls every 100 ms.
+const EVENTUALLY: Duration = Duration::from_secs(15);
+
+fn schema() -> SchemaDefinition {
+    SchemaDefinition::new().table(
+        TableDefinition::new("events", v::object([("tag", v::string())])).index("by_tag", &["tag"]),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Tagged {
+    tag: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Later {
+    tag: String,
+    delay_ms: i64,
+    function: String,
+}
+
+fn functions() -> Functions {
+    let mut f = Functions::new();
+    f.mutation(
+        "record",
+        Visibility::Internal,
+        v::object([("tag", v::string())]),
+        v::string(),
+        |ctx, a: Tagged| ctx.insert("events", obj! {"tag" => a.tag}),
+    );
+    f.mutation(
+        "scheduleLater",
+        Visibility::Public,
+        v::object([
+            ("tag", v::string()),
+            ("delay_ms", v::int64()),
+            ("function", v::string()),
+        ]),
+        v::string(),
+        |ctx, a: Later| ctx.schedule_after(a.delay_ms, &a.function, obj! {"tag" => a.tag}),
+    );
+    f.mutation(
+        "scheduleThenFail",
+        Visibility::Public,
+        v::object([("tag", v::string())]),
+        v::null(),
+        |ctx, a: Tagged| -> Result<(), FunctionError> {
+            ctx.schedule_after(0, "record", obj! {"tag" => a.tag})?;
+            Err(FunctionError::validation("refused after scheduling"))
+        },
+    );
+    f.action(
+        "recordAction",
+        Visibility::Internal,
+        v::object([("tag", v::string())]),
+        v::null(),
+        |ctx, a: Tagged| async move {
+            ctx.run_mutation("record", obj! {"tag" => a.tag}).await?;
+            Ok(())
+        },
+    );
+    f.action(
+        "failingAction",
+        Visibility::Internal,
+        v::object([("tag", v::string())]),
+        v::null(),
+        |_ctx, _a: Tagged| async move {
+            Err::<(), _>(FunctionError::new("PROVIDER_ERROR", "provider said boom"))
+        },
+    );
+    f
+}
+
+fn open_with(dir: &Path, config: EngineConfig) -> Engine {
+    Engine::open(&dir.join("db.redb"), schema(), functions(), config).unwrap()
+}
+
+/// Reopens after a shutdown, retrying until the previous handle has released the file.
+async fn reopen(dir: &Path) -> Engine {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        match Engine::open(
+            &dir.join("db.redb"),
+            schema(),
+            functions(),
+            EngineConfig::default(),
+        ) {
+            Ok(e) => return e,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot reopen: {e}"),
+        }
+    }
+}
+
+async fn events(engine: &Engine, tag: &str) -> Vec<Value> {
+    let tag = tag.to_string();
+    let v = engine
+        .read(move |ctx| {
+            Ok(Value::Array(
+                ctx.query("events", "by_tag")
+                    .eq("tag", tag.clone())
+                    .collect(1_000)?,
+            ))
+        })
+        .await
+        .unwrap();
+    match v {
+        Value::Array(a) => a,
+        other => panic!("not an array: {other:?}"),
+    }
+}
+
+async fn jobs(engine: &Engine) -> Vec<Value> {
+    // Through the jobs' own index, one state at a time (a `by_id` scan is not used here: it
+    // is not bounded to its table, see the report on `IndexQuery::key_range`).
+    let v = engine
+        .read(|ctx| {
+            let mut all = Vec::new();
+            for state in ["pending", "running", "success", "failed"] {
+                all.extend(
+                    ctx.query(SCHEDULED_JOBS, "by_state_time")
+                        .eq("state", state)
+                        .collect(1_000)?,
+                );
+            }
+            Ok(Value::Array(all))
+        })
+        .await
+        .unwrap();
+    match v {
+        Value::Array(a) => a,
+        other => panic!("not an array: {other:?}"),
+    }
+}
+
+async fn job(engine: &Engine, id: &str) -> Value {
+    jobs(engine)
+        .await
+        .into_iter()
+        .find(|j| j.get_path("_id").and_then(Value::as_str) == Some(id))
+        .unwrap_or_else(|| panic!("no job {id}"))
+}
+
+fn str_of<'a>(doc: &'a Value, f: &str) -> &'a str {
+    doc.get_path(f).and_then(Value::as_str).unwrap_or("")
+}
+
+fn i64_of(doc: &Value, f: &str) -> i64 {
+    doc.get_path(f).and_then(Value::as_i64).unwrap()
+}
+
+/// Polls `check` until it returns `Some`, failing after `EVENTUALLY`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        if let Some(t) = check().await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn schedule(engine: &Engine, tag: &str, delay_ms: i64, function: &str) -> String {
+    engine
+        .mutation(
+            "scheduleLater",
+            obj! {"tag" => tag, "delay_ms" => delay_ms, "function" => function},
+            None,
+        )
+        .await
+        .unwrap()
+        .value
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn job_in_final_state(engine: &Engine, id: &str) -> Value {
+    eventually("job completion", || async {
+        let j = job(engine, id).await;
+        matches!(str_of(&j, "state"), "success" | "failed").then_some(j)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_mutation_runs_once_at_or_after_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_with(dir.path(), EngineConfig::default());
+    let id = schedule(&engine, "once", 200, "record").await;
+    let j = job_in_final_state(&engine, &id).await;
+    assert_eq!(str_of(&j, "state"), "success");
+    let ev = events(&engine, "once").await;
+    assert_eq!(ev.len(), 1);
+    // The job ran no earlier than it was due, by the engine's own clock.
+    assert!(i64_of(&ev[0], "_creationTime") >= i64_of(&j, "runAtMs"));
+    assert!(i64_of(&j, "runAtMs") >= i64_of(&j, "createdAt") + 200);
+    // A later job's completion shows the scheduler kept running; the first did not run again.
+    let later = schedule(&engine, "later", 0, "record").await;
+    job_in_final_state(&engine, &later).await;
+    assert_eq!(events(&engine, "once").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_mutation_schedules_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_with(dir.path(), EngineConfig::default());
+    let e = engine
+        .mutation("scheduleThenFail", obj! {"tag" => "never"}, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+    assert!(jobs(&engine).await.is_empty());
+    let control = schedule(&engine, "control", 0, "record").await;
+    job_in_final_state(&engine, &control).await;
+    assert!(events(&engine, "never").await.is_empty());
+    let all = jobs(&engine).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_actions_run_and_failures_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_with(dir.path(), EngineConfig::default());
+    let ok = schedule(&engine, "from-action", 50, "recordAction").await;
+    let bad = schedule(&engine, "bad", 50, "failingAction").await;
+    let j = job_in_final_state(&engine, &ok).await;
+    assert_eq!(str_of(&j, "state"), "success");
+    assert_eq!(events(&engine, "from-action").await.len(), 1);
+    let j = job_in_final_state(&engine, &bad).await;
+    assert_eq!(str_of(&j, "state"), "failed");
+    assert!(str_of(&j, "error").contains("boom"), "{j:?}");
+    assert!(j.get_path("completedAtMs").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let engine = open_with(dir.path(), EngineConfig::default());
+        let id = schedule(&engine, "after-restart", 300, "record").await;
+        engine.shutdown();
+        id
+    };
+    let engine = reopen(dir.path()).await;
+    let j = job_in_final_state(&engine, &id).await;
+    assert_eq!(str_of(&j, "state"), "success");
+    assert_eq!(events(&engine, "after-restart").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn action_running_at_a_crash_is_failed_not_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let engine = open_with(dir.path(), EngineConfig::default());
+        // What the runner leaves behind when the process dies mid-action.
+        let id = engine
+            .transact(|ctx| {
+                ctx.insert(
+                    SCHEDULED_JOBS,
+                    obj! {
+                        "function" => "recordAction",
+                        "kind" => "action",
+                        "args" => obj! {"tag" => "interrupted"},
+                        "runAtMs" => ctx.now_ms(),
+                        "state" => "running",
+                        "createdAt" => ctx.now_ms(),
+                    },
+                )
+                .map(Value::from)
+            })
+            .await
+            .unwrap();
+        engine.shutdown();
+        id.as_str().unwrap().to_string()
+    };
+    let engine = reopen(dir.path()).await;
+    let j = job_in_final_state(&engine, &id).await;
+    assert_eq!(str_of(&j, "state"), "failed");
+    assert!(str_of(&j, "error").contains("restart"), "{j:?}");
+    let control = schedule(&engine, "control", 0, "record").await;
+    job_in_final_state(&engine, &control).await;
+    assert!(events(&engine, "interrupted").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crons_run_repeatedly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        crons: vec![Cron {
+            name: "tick".into(),
+            interval_ms: 100,
+            function: "record".into(),
+            args: obj! {"tag" => "tick"},
+        }],
+        ..EngineConfig::default()
+    };
+    let engine = open_with(dir.path(), config);
+    eventually("three cron runs", || async {
+        (events(&engine, "tick").await.len() >= 3).then_some(())
+    })
+    .await;
+    let runs = jobs(&engine)
+        .await
+        .into_iter()
+        .filter(|j| str_of(j, "function") == "record" && str_of(j, "state") == "success")
+        .count();
+    assert!(runs >= 3);
+}
