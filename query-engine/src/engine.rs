@@ -343,7 +343,7 @@ impl Engine {
             })
     }
 
-    fn check_result(&self, def: &FunctionDef, v: &Value) -> FunctionResult<()> {
+    pub(crate) fn check_result(&self, def: &FunctionDef, v: &Value) -> FunctionResult<()> {
         if v.size_bytes() > self.inner.limits.max_result_bytes {
             return Err(crate::transaction::limit_error(
                 "resultBytes",

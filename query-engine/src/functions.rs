@@ -50,8 +50,12 @@ pub enum Sharing {
     /// The result may depend on the caller: one execution per (function, args, identity).
     PerIdentity,
     /// The result does not depend on the caller beyond `access`, which runs per caller (and
-    /// is re-checked on every re-run); the body runs once per (function, args) for everyone.
-    AfterAccessCheck(TxnHandler),
+    /// is re-checked on every re-run); `body` runs once per (function, args) for everyone.
+    /// (The function's own handler runs both, for plain calls.)
+    AfterAccessCheck {
+        access: TxnHandler,
+        body: TxnHandler,
+    },
 }
 
 #[derive(Clone)]
@@ -160,7 +164,7 @@ impl Functions {
         let access = typed(access);
         let body = typed(f);
         let checked: TxnHandler = {
-            let access = access.clone();
+            let (access, body) = (access.clone(), body.clone());
             Arc::new(move |ctx, args: Value| {
                 access(ctx, args.clone())?;
                 body(ctx, args)
@@ -174,7 +178,7 @@ impl Functions {
             returns,
             checked,
         );
-        def.sharing = Sharing::AfterAccessCheck(access);
+        def.sharing = Sharing::AfterAccessCheck { access, body };
         self.register(def)
     }
 

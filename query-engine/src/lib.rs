@@ -23,5 +23,6 @@ pub mod metrics;
 pub mod reads;
 pub mod scheduler;
 pub mod storage;
+pub mod subscriptions;
 pub mod transaction;
 pub mod writes;

@@ -77,6 +77,13 @@ impl Histogram {
     }
 }
 
+impl Default for Histogram {
+    /// A size histogram.
+    fn default() -> Self {
+        Histogram::new(SIZE_BUCKETS)
+    }
+}
+
 pub struct EngineMetrics {
     pub commits: AtomicU64,
     pub batches: AtomicU64,

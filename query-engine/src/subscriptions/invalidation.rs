@@ -18,9 +18,12 @@ use crate::reads::{KeyRange, ReadSet, TouchedKeys};
 
 pub type ExecId = u32;
 
+/// Ranges filed under one (index, common prefix), with the execution that read each.
+type Bucket = Vec<(KeyRange, ExecId)>;
+
 #[derive(Default)]
 pub struct InvalidationIndex {
-    buckets: HashMap<(IndexId, Vec<u8>), Vec<(KeyRange, ExecId)>>,
+    buckets: HashMap<(IndexId, Vec<u8>), Bucket>,
     /// Per index: prefix length in use -> number of ranges filed under that length.
     prefix_lens: HashMap<IndexId, BTreeMap<usize, usize>>,
     ranges: usize,

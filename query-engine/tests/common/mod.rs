@@ -32,6 +32,40 @@ pub fn schema() -> SchemaDefinition {
             )
             .index("by_topic_seq", &["topic", "seq"]),
         )
+        .table(
+            TableDefinition::new(
+                "members",
+                v::object([("topic", v::string()), ("user", v::string())]),
+            )
+            .index("by_topic_user", &["topic", "user"]),
+        )
+}
+
+#[derive(serde::Deserialize)]
+pub struct Membership {
+    pub topic: String,
+    pub user: String,
+}
+
+#[derive(serde::Deserialize)]
+pub struct Topic {
+    pub topic: String,
+}
+
+fn require_member(
+    ctx: &mut query_engine::context::Ctx<'_, '_>,
+    topic: &str,
+) -> Result<(), FunctionError> {
+    let user = ctx
+        .auth()
+        .map(|i| i.subject.clone())
+        .ok_or_else(|| FunctionError::unauthorized("sign in"))?;
+    ctx.query("members", "by_topic_user")
+        .eq("topic", topic)
+        .eq("user", user)
+        .first()?
+        .map(|_| ())
+        .ok_or_else(|| FunctionError::forbidden("not a member"))
 }
 
 #[derive(serde::Deserialize)]
@@ -154,6 +188,48 @@ pub fn functions() -> Functions {
         },
     );
     f.mutation(
+        "addMember",
+        Visibility::Public,
+        v::object([("topic", v::string()), ("user", v::string())]),
+        v::string(),
+        |ctx, a: Value| ctx.insert("members", a),
+    );
+    f.mutation(
+        "removeMember",
+        Visibility::Public,
+        v::object([("topic", v::string()), ("user", v::string())]),
+        v::null(),
+        |ctx, a: Membership| {
+            if let Some(m) = ctx
+                .query("members", "by_topic_user")
+                .eq("topic", a.topic)
+                .eq("user", a.user)
+                .first()?
+            {
+                let id = m
+                    .get_path("_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                ctx.delete("members", &id)?;
+            }
+            Ok(())
+        },
+    );
+    f.shared_query(
+        "memberNotes",
+        v::object([("topic", v::string())]),
+        v::any(),
+        |ctx, a: Topic| require_member(ctx, &a.topic),
+        |ctx, a: Topic| {
+            Ok(Value::Array(
+                ctx.query("notes", "by_topic_seq")
+                    .eq("topic", a.topic)
+                    .take(50)?,
+            ))
+        },
+    );
+    f.mutation(
         "internalOnly",
         Visibility::Internal,
         v::object([]),
@@ -161,6 +237,24 @@ pub fn functions() -> Functions {
         |_ctx, _a: Value| Ok(()),
     );
     f
+}
+
+pub fn identity(subject: &str) -> query_engine::identity::Identity {
+    query_engine::identity::Identity {
+        issuer: "test".into(),
+        subject: subject.into(),
+        email: None,
+        org_id: None,
+        org_role: None,
+        roles: vec![],
+    }
+}
+
+/// An engine without fsync, for tests that commit thousands of times.
+pub fn open_fast(dir: &Path) -> Engine {
+    let mut config = EngineConfig::default();
+    config.committer.durable = false;
+    Engine::open(&dir.join("db.redb"), schema(), functions(), config).expect("open engine")
 }
 
 pub fn open(dir: &Path) -> Engine {

@@ -1,0 +1,555 @@
+//! The subscription worker: owns executions, the invalidation index and client states, and
+//! applies commands and commit notices strictly one at a time, so every client's queries are
+//! always at the same timestamp (the worker's snapshot).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use roaring::RoaringBitmap;
+use tokio::sync::mpsc;
+
+use crate::diff::diff;
+use crate::engine::Engine;
+use crate::error::{FunctionError, FunctionResult};
+use crate::functions::{FunctionDef, FunctionKind, Handler, Sharing, TxnHandler};
+use crate::identity::Identity;
+use crate::reads::ReadSet;
+use crate::storage::Snapshot;
+use crate::value::Value;
+
+use super::invalidation::{ExecId, InvalidationIndex};
+use super::outbox::{Outbox, Update};
+use super::transition::encode_diff;
+use super::{ClientId, Command, PendingCommits, SubscriptionConfig, SubscriptionMetrics};
+
+/// Longest coalescing window honoured.
+const MAX_COALESCE: Duration = Duration::from_millis(250);
+
+/// What makes two subscriptions share an execution.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ExecKey {
+    function: String,
+    /// MessagePack of the arguments (objects are sorted maps, so equal args encode equally).
+    args: Vec<u8>,
+    /// `None` for a shared body; the caller's identity otherwise.
+    identity: Option<Identity>,
+    /// An access-check execution rather than a body.
+    access: bool,
+}
+
+struct Execution {
+    key: ExecKey,
+    handler: TxnHandler,
+    def: Arc<FunctionDef>,
+    args: Value,
+    reads: ReadSet,
+    result: Result<Arc<Value>, FunctionError>,
+    subscribers: HashSet<(ClientId, u32)>,
+}
+
+struct Sub {
+    body: ExecId,
+    access: Option<ExecId>,
+    function: String,
+    args: Value,
+}
+
+struct ClientState {
+    identity: Option<Identity>,
+    outbox: Arc<Outbox>,
+    subs: HashMap<u32, Sub>,
+    /// Highest timestamp this client asked to be synced to.
+    sync_to: u64,
+}
+
+pub(crate) struct Worker {
+    engine: Engine,
+    snapshot: Arc<Snapshot>,
+    config: SubscriptionConfig,
+    pending: Arc<Mutex<PendingCommits>>,
+    closed: Arc<Mutex<Vec<ClientId>>>,
+    metrics: Arc<SubscriptionMetrics>,
+    index: InvalidationIndex,
+    execs: HashMap<ExecId, Execution>,
+    by_key: HashMap<ExecKey, ExecId>,
+    free_ids: Vec<ExecId>,
+    next_id: ExecId,
+    clients: HashMap<ClientId, ClientState>,
+}
+
+impl Worker {
+    pub fn new(
+        engine: Engine,
+        snapshot: Arc<Snapshot>,
+        config: SubscriptionConfig,
+        pending: Arc<Mutex<PendingCommits>>,
+        closed: Arc<Mutex<Vec<ClientId>>>,
+        metrics: Arc<SubscriptionMetrics>,
+    ) -> Self {
+        Worker {
+            engine,
+            snapshot,
+            config,
+            pending,
+            closed,
+            metrics,
+            index: InvalidationIndex::default(),
+            execs: HashMap::new(),
+            by_key: HashMap::new(),
+            free_ids: Vec::new(),
+            next_id: 0,
+            clients: HashMap::new(),
+        }
+    }
+
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            let is_wake = matches!(cmd, Command::Wake);
+            self.handle(cmd);
+            self.drain_closed();
+            if is_wake && !self.config.coalesce_window.is_zero() {
+                std::thread::sleep(self.config.coalesce_window.min(MAX_COALESCE));
+            }
+            self.process_commits();
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Connect {
+                client,
+                outbox,
+                identity,
+            } => {
+                self.clients.insert(
+                    client,
+                    ClientState {
+                        identity,
+                        outbox,
+                        subs: HashMap::new(),
+                        sync_to: 0,
+                    },
+                );
+            }
+            Command::Subscribe {
+                client,
+                query_id,
+                function,
+                args,
+                reply,
+            } => {
+                let r = self.subscribe(client, query_id, function, args);
+                let _ = reply.send(r);
+            }
+            Command::Unsubscribe { client, query_id } => {
+                if let Some(sub) = self
+                    .clients
+                    .get_mut(&client)
+                    .and_then(|c| c.subs.remove(&query_id))
+                {
+                    self.release(client, query_id, &sub);
+                    self.push(client, vec![(query_id, Update::Removed)]);
+                }
+            }
+            Command::SetIdentity {
+                client,
+                identity,
+                reply,
+            } => {
+                self.set_identity(client, identity);
+                let _ = reply.send(());
+            }
+            Command::SyncTo { client, ts } => {
+                let now = self.snapshot.ts;
+                if let Some(c) = self.clients.get_mut(&client) {
+                    if ts <= now {
+                        if c.outbox.latest_ts() < now {
+                            c.outbox.push(now, Vec::new());
+                        }
+                    } else {
+                        c.sync_to = c.sync_to.max(ts);
+                    }
+                }
+            }
+            Command::Wake => {}
+        }
+    }
+
+    fn drain_closed(&mut self) {
+        let closed = std::mem::take(&mut *self.closed.lock());
+        for client in closed {
+            if let Some(c) = self.clients.remove(&client) {
+                for (q, sub) in c.subs {
+                    self.release(client, q, &sub);
+                }
+            }
+        }
+    }
+
+    fn push(&self, client: ClientId, updates: Vec<(u32, Update)>) {
+        if let Some(c) = self.clients.get(&client) {
+            let n = updates.len();
+            let depth = c.outbox.push(self.snapshot.ts, updates);
+            self.metrics.transitions.fetch_add(1, Ordering::Relaxed);
+            self.metrics.transition_updates.observe(n as f64);
+            self.metrics.outbox_depth.observe(depth as f64);
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        client: ClientId,
+        query_id: u32,
+        function: String,
+        args: Value,
+    ) -> FunctionResult<()> {
+        let Some(c) = self.clients.get(&client) else {
+            return Err(FunctionError::internal("unknown client session"));
+        };
+        if c.subs.contains_key(&query_id) {
+            return Err(FunctionError::validation(format!(
+                "query id {query_id} is already subscribed"
+            )));
+        }
+        if c.subs.len() >= self.config.max_subscriptions_per_client {
+            return Err(FunctionError::new(
+                crate::error::codes::RATE_LIMITED,
+                format!(
+                    "too many subscriptions (max {})",
+                    self.config.max_subscriptions_per_client
+                ),
+            ));
+        }
+        let def = self
+            .engine
+            .public_function(&function, FunctionKind::Query)?;
+        self.engine.validate_args(&def, &args)?;
+        let identity = c.identity.clone();
+        let update = self.attach(client, query_id, def, function, args, identity);
+        self.push(client, vec![(query_id, update)]);
+        Ok(())
+    }
+
+    /// Attaches a subscription to (possibly new) executions and returns its first update.
+    fn attach(
+        &mut self,
+        client: ClientId,
+        query_id: u32,
+        def: Arc<FunctionDef>,
+        function: String,
+        args: Value,
+        identity: Option<Identity>,
+    ) -> Update {
+        let Handler::Query(plain_handler) = def.handler.clone() else {
+            return Update::Failed(FunctionError::internal("not a query"));
+        };
+        let args_bytes = rmp_serde::to_vec_named(&args).unwrap_or_default();
+        let (body_key, body_handler, access) = match &def.sharing {
+            Sharing::PerIdentity => (
+                ExecKey {
+                    function: function.clone(),
+                    args: args_bytes,
+                    identity: identity.clone(),
+                    access: false,
+                },
+                plain_handler,
+                None,
+            ),
+            Sharing::AfterAccessCheck { access, body } => (
+                ExecKey {
+                    function: function.clone(),
+                    args: args_bytes.clone(),
+                    identity: None,
+                    access: false,
+                },
+                body.clone(),
+                Some((
+                    ExecKey {
+                        function: function.clone(),
+                        args: args_bytes,
+                        identity: identity.clone(),
+                        access: true,
+                    },
+                    access.clone(),
+                )),
+            ),
+        };
+        let sub_key = (client, query_id);
+        // The access check runs first: a caller who fails it never runs (or sees) the body.
+        let access_id = match access {
+            Some((key, check)) => {
+                let id = self.execution(key, check, &def, &args, identity.as_ref());
+                let exec = &self.execs[&id];
+                if let Err(e) = &exec.result {
+                    let e = e.clone();
+                    self.drop_if_unused(id);
+                    return Update::Failed(e);
+                }
+                Some(id)
+            }
+            None => None,
+        };
+        let body_identity = if access_id.is_some() { None } else { identity };
+        let body_id = self.execution(body_key, body_handler, &def, &args, body_identity.as_ref());
+        let result = self.execs[&body_id].result.clone();
+        match result {
+            Err(e) => {
+                self.drop_if_unused(body_id);
+                if let Some(a) = access_id {
+                    self.drop_if_unused(a);
+                }
+                Update::Failed(e)
+            }
+            Ok(v) => {
+                for id in std::iter::once(body_id).chain(access_id) {
+                    if let Some(e) = self.execs.get_mut(&id) {
+                        e.subscribers.insert(sub_key);
+                    }
+                }
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.subs.insert(
+                        query_id,
+                        Sub {
+                            body: body_id,
+                            access: access_id,
+                            function,
+                            args,
+                        },
+                    );
+                }
+                self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+                Update::Full(v)
+            }
+        }
+    }
+
+    /// Finds or creates (running it at the worker's snapshot) the execution for `key`.
+    fn execution(
+        &mut self,
+        key: ExecKey,
+        handler: TxnHandler,
+        def: &Arc<FunctionDef>,
+        args: &Value,
+        identity: Option<&Identity>,
+    ) -> ExecId {
+        if let Some(id) = self.by_key.get(&key) {
+            return *id;
+        }
+        let (result, reads) = self.execute(&handler, def, args, identity, key.access);
+        let id = self.free_ids.pop().unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id - 1
+        });
+        self.index.insert(id, &reads);
+        self.by_key.insert(key.clone(), id);
+        self.execs.insert(
+            id,
+            Execution {
+                key,
+                handler,
+                def: def.clone(),
+                args: args.clone(),
+                reads,
+                result,
+                subscribers: HashSet::new(),
+            },
+        );
+        self.metrics.executions.fetch_add(1, Ordering::Relaxed);
+        id
+    }
+
+    fn execute(
+        &self,
+        handler: &TxnHandler,
+        def: &FunctionDef,
+        args: &Value,
+        identity: Option<&Identity>,
+        access: bool,
+    ) -> (Result<Arc<Value>, FunctionError>, ReadSet) {
+        let (r, reads) = self
+            .engine
+            .run_query_at(&self.snapshot, handler, args.clone(), identity);
+        let r = r.and_then(|v| {
+            if !access {
+                self.engine.check_result(def, &v)?;
+            }
+            Ok(Arc::new(v))
+        });
+        (r, reads)
+    }
+
+    fn drop_if_unused(&mut self, id: ExecId) {
+        let unused = self
+            .execs
+            .get(&id)
+            .is_some_and(|e| e.subscribers.is_empty());
+        if unused {
+            if let Some(e) = self.execs.remove(&id) {
+                self.index.remove(id, &e.reads);
+                self.by_key.remove(&e.key);
+                self.free_ids.push(id);
+                self.metrics.executions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn release(&mut self, client: ClientId, query_id: u32, sub: &Sub) {
+        for id in std::iter::once(sub.body).chain(sub.access) {
+            if let Some(e) = self.execs.get_mut(&id) {
+                e.subscribers.remove(&(client, query_id));
+            }
+            self.drop_if_unused(id);
+        }
+        self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn set_identity(&mut self, client: ClientId, identity: Option<Identity>) {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        c.identity = identity.clone();
+        let subs: Vec<(u32, Sub)> = c.subs.drain().collect();
+        let mut updates = Vec::new();
+        for (q, sub) in subs {
+            self.release(client, q, &sub);
+            let def = self
+                .engine
+                .public_function(&sub.function, FunctionKind::Query);
+            let update = match def {
+                Ok(def) => self.attach(client, q, def, sub.function, sub.args, identity.clone()),
+                Err(e) => Update::Failed(e),
+            };
+            updates.push((q, update));
+        }
+        self.push(client, updates);
+    }
+
+    fn process_commits(&mut self) {
+        let pending = std::mem::take(&mut *self.pending.lock());
+        let Some(snapshot) = pending.latest else {
+            return;
+        };
+        if snapshot.ts <= self.snapshot.ts {
+            return;
+        }
+        self.metrics.passes.fetch_add(1, Ordering::Relaxed);
+        self.snapshot = snapshot;
+        let mut affected = RoaringBitmap::new();
+        if pending.overflow {
+            affected.extend(self.execs.keys().copied());
+        } else {
+            self.index.affected(&pending.touched, &mut affected);
+        }
+        // Re-run every affected execution at the new snapshot; collect per-client updates.
+        let mut per_client: HashMap<ClientId, BTreeMap<u32, Update>> = HashMap::new();
+        let mut ended: Vec<(ClientId, u32)> = Vec::new();
+        for id in affected.iter() {
+            let Some(exec) = self.execs.get(&id) else {
+                continue;
+            };
+            let identity = exec.key.identity.clone();
+            let (result, reads) = self.execute(
+                &exec.handler,
+                &exec.def,
+                &exec.args,
+                identity.as_ref(),
+                exec.key.access,
+            );
+            self.metrics.reruns.fetch_add(1, Ordering::Relaxed);
+            let Some(exec) = self.execs.get_mut(&id) else {
+                continue;
+            };
+            self.index.remove(id, &exec.reads);
+            self.index.insert(id, &reads);
+            exec.reads = reads;
+            let update = match (&exec.result, &result) {
+                (Ok(old), Ok(new)) => match diff(old.as_ref(), new.as_ref()) {
+                    None => None,
+                    Some(d) => {
+                        let encoded = Arc::new(encode_diff(&d));
+                        Some(Update::Changed {
+                            diff: Arc::new(d),
+                            encoded,
+                            latest: new.clone(),
+                        })
+                    }
+                },
+                (Err(a), Err(b)) if a == b => None,
+                (_, Err(e)) => Some(Update::Failed(e.clone())),
+                (Err(_), Ok(v)) => Some(Update::Full(v.clone())),
+            };
+            exec.result = result;
+            let Some(update) = update else {
+                self.metrics
+                    .reruns_unchanged
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let is_access = exec.key.access;
+            for &(client, q) in &exec.subscribers {
+                let slot = per_client.entry(client).or_default();
+                match &update {
+                    Update::Failed(e) => {
+                        slot.insert(q, Update::Failed(e.clone()));
+                        ended.push((client, q));
+                    }
+                    // An access check that still passes changes nothing for the subscriber.
+                    _ if is_access => {}
+                    u => {
+                        if !matches!(slot.get(&q), Some(Update::Failed(_))) {
+                            slot.insert(q, clone_update(u));
+                        }
+                    }
+                }
+            }
+        }
+        for (client, q) in ended {
+            if let Some(sub) = self
+                .clients
+                .get_mut(&client)
+                .and_then(|c| c.subs.remove(&q))
+            {
+                self.release(client, q, &sub);
+            }
+        }
+        let ts = self.snapshot.ts;
+        for (client, c) in self.clients.iter_mut() {
+            let updates: Vec<(u32, Update)> = per_client
+                .remove(client)
+                .map(|m| m.into_iter().collect())
+                .unwrap_or_default();
+            let synced = c.sync_to != 0 && c.sync_to <= ts;
+            if updates.is_empty() && !synced {
+                continue;
+            }
+            if synced {
+                c.sync_to = 0;
+            }
+            let n = updates.len();
+            let depth = c.outbox.push(ts, updates);
+            self.metrics.transitions.fetch_add(1, Ordering::Relaxed);
+            self.metrics.transition_updates.observe(n as f64);
+            self.metrics.outbox_depth.observe(depth as f64);
+        }
+    }
+}
+
+fn clone_update(u: &Update) -> Update {
+    match u {
+        Update::Changed {
+            diff,
+            encoded,
+            latest,
+        } => Update::Changed {
+            diff: diff.clone(),
+            encoded: encoded.clone(),
+            latest: latest.clone(),
+        },
+        Update::Full(v) => Update::Full(v.clone()),
+        Update::Failed(e) => Update::Failed(e.clone()),
+        Update::Removed => Update::Removed,
+    }
+}

@@ -1,0 +1,465 @@
+//! Reactivity tests: exact invalidation, shared executions, consistent transitions, slow
+//! clients, access revocation, and the property that what a subscriber sees equals a fresh
+//! run of its query at the same timestamp.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use query_engine::diff::apply;
+use query_engine::engine::Engine;
+use query_engine::obj;
+use query_engine::subscriptions::{
+    ClientSession, QueryUpdate, SubscriptionConfig, SubscriptionManager, Transition,
+};
+use query_engine::value::Value;
+
+/// A subscriber's view: current value (or error code) per query id.
+#[derive(Default)]
+struct View {
+    values: HashMap<u32, Result<Value, String>>,
+    ts: u64,
+}
+
+impl View {
+    fn apply(&mut self, t: &Transition) {
+        assert_eq!(t.start_ts, self.ts, "transitions are contiguous");
+        assert!(t.end_ts >= t.start_ts);
+        for u in &t.updates {
+            match u {
+                QueryUpdate::Updated { query_id, diff, .. } => {
+                    let old = match self.values.get(query_id) {
+                        Some(Ok(v)) => v.clone(),
+                        _ => Value::Null,
+                    };
+                    let new = apply(&old, diff).expect("diff applies");
+                    self.values.insert(*query_id, Ok(new));
+                }
+                QueryUpdate::Failed { query_id, error } => {
+                    self.values.insert(*query_id, Err(error.code.clone()));
+                }
+                QueryUpdate::Removed { query_id } => {
+                    self.values.remove(query_id);
+                }
+            }
+        }
+        self.ts = t.end_ts;
+    }
+
+    /// Applies transitions until the view is at `ts` or later.
+    async fn catch_up(&mut self, s: &ClientSession, ts: u64) {
+        s.sync_to(ts).await;
+        while self.ts < ts {
+            let t = tokio::time::timeout(Duration::from_secs(10), s.next_transition())
+                .await
+                .expect("transition within 10 s")
+                .expect("session open");
+            self.apply(&t);
+        }
+    }
+}
+
+async fn fresh(engine: &Engine, f: &str, args: Value, who: Option<&str>) -> Result<Value, String> {
+    let id = who.map(common::identity);
+    engine
+        .query(f, args, id.as_ref())
+        .await
+        .map(|r| r.value)
+        .map_err(|e| e.code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_flow_and_unrelated_writes_rerun_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let s = mgr.connect(None).await;
+    let mut view = View::default();
+    let args = obj! {"topic" => "t", "after" => 0i64, "limit" => 3i64};
+    s.subscribe(1, "notesAfter", args.clone()).await.unwrap();
+    let c = engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => "t", "seq" => 1i64, "text" => "a"},
+            None,
+        )
+        .await
+        .unwrap();
+    view.catch_up(&s, c.ts).await;
+    assert_eq!(
+        view.values[&1],
+        fresh(&engine, "notesAfter", args.clone(), None).await
+    );
+    assert_eq!(
+        view.values[&1].as_ref().unwrap().as_array().unwrap().len(),
+        1
+    );
+
+    // Writes to another topic, or beyond a full window, re-run nothing.
+    for seq in 2..=3 {
+        let c = engine
+            .mutation(
+                "addNote",
+                obj! {"topic" => "t", "seq" => seq, "text" => "b"},
+                None,
+            )
+            .await
+            .unwrap();
+        view.catch_up(&s, c.ts).await;
+    }
+    let before = mgr.metrics().reruns.load(Ordering::Relaxed);
+    let c = engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => "other", "seq" => 1i64, "text" => "x"},
+            None,
+        )
+        .await
+        .unwrap();
+    let c2 = engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => "t", "seq" => 99i64, "text" => "x"},
+            None,
+        )
+        .await
+        .unwrap();
+    view.catch_up(&s, c.ts.max(c2.ts)).await;
+    assert_eq!(
+        mgr.metrics().reruns.load(Ordering::Relaxed),
+        before,
+        "no execution read those keys"
+    );
+    assert_eq!(
+        view.values[&1],
+        fresh(&engine, "notesAfter", args.clone(), None).await
+    );
+
+    // Unsubscribe sends Removed and frees the execution.
+    s.unsubscribe(1).await;
+    let t = s.next_transition().await.unwrap();
+    assert!(matches!(
+        t.updates[..],
+        [QueryUpdate::Removed { query_id: 1 }]
+    ));
+    assert_eq!(mgr.metrics().executions.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_subscriptions_share_one_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let args = obj! {"topic" => "t", "after" => 0i64, "limit" => 10i64};
+    let mut sessions = Vec::new();
+    for _ in 0..1000 {
+        let s = mgr.connect(None).await;
+        s.subscribe(7, "notesAfter", args.clone()).await.unwrap();
+        sessions.push(s);
+    }
+    assert_eq!(mgr.metrics().executions.load(Ordering::Relaxed), 1);
+    let before = mgr.metrics().reruns.load(Ordering::Relaxed);
+    let c = engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => "t", "seq" => 1i64, "text" => "a"},
+            None,
+        )
+        .await
+        .unwrap();
+    for s in &sessions {
+        let mut v = View::default();
+        v.catch_up(s, c.ts).await;
+        assert_eq!(v.values[&7].as_ref().unwrap().as_array().unwrap().len(), 1);
+    }
+    assert_eq!(
+        mgr.metrics().reruns.load(Ordering::Relaxed) - before,
+        1,
+        "one re-run for 1,000 subscribers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_moves_all_queries_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    for n in ["a", "b"] {
+        engine
+            .mutation("createCounter", obj! {"name" => n}, None)
+            .await
+            .unwrap();
+    }
+    engine
+        .mutation("increment", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let s = mgr.connect(None).await;
+    s.subscribe(1, "getCounter", obj! {"name" => "a"})
+        .await
+        .unwrap();
+    s.subscribe(2, "getCounter", obj! {"name" => "b"})
+        .await
+        .unwrap();
+    let mut view = View::default();
+    view.catch_up(&s, engine.snapshot().ts).await;
+    let c = engine
+        .mutation(
+            "transfer",
+            obj! {"from" => "a", "to" => "b", "amount" => 1i64},
+            None,
+        )
+        .await
+        .unwrap();
+    s.sync_to(c.ts).await;
+    let t = s.next_transition().await.unwrap();
+    assert_eq!(
+        t.updates.len(),
+        2,
+        "both counters change in one transition: {t:?}"
+    );
+    view.apply(&t);
+    let total: i64 = [1, 2]
+        .iter()
+        .map(|q| {
+            view.values[q]
+                .as_ref()
+                .unwrap()
+                .get_path("value")
+                .unwrap()
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_is_merged_and_never_delays_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    engine
+        .mutation("createCounter", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let slow = mgr.connect(None).await;
+    let fast = mgr.connect(None).await;
+    for s in [&slow, &fast] {
+        s.subscribe(1, "getCounter", obj! {"name" => "a"})
+            .await
+            .unwrap();
+    }
+    let mut fast_view = View::default();
+    let mut last = 0;
+    for i in 0..10_000u64 {
+        last = engine
+            .mutation("increment", obj! {"name" => "a"}, None)
+            .await
+            .unwrap()
+            .ts;
+        if i % 100 == 0 {
+            fast_view.catch_up(&fast, last).await;
+        }
+    }
+    fast_view.catch_up(&fast, last).await;
+    assert_eq!(
+        fast_view.values[&1].as_ref().unwrap().get_path("value"),
+        Some(&Value::Int64(10_000))
+    );
+    // The worker pushes to each client in turn; wait until the slow one has the last commit.
+    while slow.latest_ts() < last {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The slow client never read: it holds one merged transition, not 10,000.
+    let t = slow.try_next_transition().expect("a pending transition");
+    assert_eq!(t.updates.len(), 1);
+    assert!(
+        slow.try_next_transition().is_none(),
+        "one merged transition, not a queue"
+    );
+    assert!(slow.merges() > 0);
+    let mut slow_view = View::default();
+    slow_view.apply(&t);
+    assert_eq!(
+        slow_view.values[&1],
+        fresh(&engine, "getCounter", obj! {"name" => "a"}, None).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_access_ends_the_subscription_and_shares_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    for u in ["ann", "bob"] {
+        engine
+            .mutation("addMember", obj! {"topic" => "t", "user" => u}, None)
+            .await
+            .unwrap();
+    }
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let ann = mgr.connect(Some(common::identity("ann"))).await;
+    let bob = mgr.connect(Some(common::identity("bob"))).await;
+    let eve = mgr.connect(Some(common::identity("eve"))).await;
+    for s in [&ann, &bob, &eve] {
+        s.subscribe(1, "memberNotes", obj! {"topic" => "t"})
+            .await
+            .unwrap();
+    }
+    let (mut va, mut vb, mut ve) = (View::default(), View::default(), View::default());
+    let now = engine.snapshot().ts;
+    va.catch_up(&ann, now).await;
+    vb.catch_up(&bob, now).await;
+    ve.catch_up(&eve, now).await;
+    assert_eq!(ve.values[&1], Err("FORBIDDEN".into()));
+    // One shared body plus one access check per member.
+    assert_eq!(mgr.metrics().executions.load(Ordering::Relaxed), 3);
+    let c = engine
+        .mutation("removeMember", obj! {"topic" => "t", "user" => "bob"}, None)
+        .await
+        .unwrap();
+    vb.catch_up(&bob, c.ts).await;
+    assert_eq!(vb.values[&1], Err("FORBIDDEN".into()));
+    let c = engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => "t", "seq" => 1i64, "text" => "secret"},
+            None,
+        )
+        .await
+        .unwrap();
+    va.catch_up(&ann, c.ts).await;
+    assert_eq!(va.values[&1].as_ref().unwrap().as_array().unwrap().len(), 1);
+    bob.sync_to(c.ts).await;
+    while let Ok(Some(t)) =
+        tokio::time::timeout(Duration::from_millis(200), bob.next_transition()).await
+    {
+        assert!(
+            t.updates.is_empty(),
+            "bob receives nothing after removal: {t:?}"
+        );
+    }
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    struct Fixture {
+        rt: tokio::runtime::Runtime,
+        engine: Engine,
+        mgr: SubscriptionManager,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static F: OnceLock<Fixture> = OnceLock::new();
+        F.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let (engine, mgr) = rt.block_on(async {
+                let engine = common::open_fast(dir.path());
+                let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+                (engine, mgr)
+            });
+            Fixture {
+                rt,
+                engine,
+                mgr,
+                _dir: dir,
+            }
+        })
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Add { topic: u8, seq: i64 },
+        Delete { topic: u8, nth: usize },
+        Retext { topic: u8, nth: usize, text: u8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..3, -5i64..20).prop_map(|(topic, seq)| Op::Add { topic, seq }),
+            (0u8..3, 0usize..6).prop_map(|(topic, nth)| Op::Delete { topic, nth }),
+            (0u8..3, 0usize..6, any::<u8>()).prop_map(|(topic, nth, text)| Op::Retext {
+                topic,
+                nth,
+                text
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+        /// After every commit, every subscriber's view equals a fresh run of its query, and
+        /// each transition brings all of a client's queries to one timestamp.
+        #[test]
+        fn subscriber_view_equals_fresh_query(
+            subs in proptest::collection::vec((0u8..3, -3i64..10, 1i64..6, 0usize..3), 1..6),
+            ops in proptest::collection::vec(op(), 1..12),
+        ) {
+            let f = fixture();
+            let case = f.rt.block_on(async {
+                static CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let case = CASE.fetch_add(1, Ordering::Relaxed);
+                let topic = move |t: u8| format!("c{case}-{t}");
+                let sessions: Vec<ClientSession> = {
+                    let mut v = Vec::new();
+                    for _ in 0..3 { v.push(f.mgr.connect(None).await); }
+                    v
+                };
+                let mut queries: Vec<(usize, u32, Value)> = Vec::new();
+                for (i, (t, after, limit, client)) in subs.iter().enumerate() {
+                    let args = obj! {"topic" => topic(*t), "after" => *after, "limit" => *limit};
+                    sessions[*client].subscribe(i as u32, "notesAfter", args.clone()).await.unwrap();
+                    queries.push((*client, i as u32, args));
+                }
+                let mut views: Vec<View> = (0..3).map(|_| View::default()).collect();
+                for op in ops {
+                    let t = match &op { Op::Add { topic: t, .. } | Op::Delete { topic: t, .. } | Op::Retext { topic: t, .. } => topic(*t) };
+                    let op2 = op.clone();
+                    f.engine.transact(move |ctx| {
+                        match &op2 {
+                            Op::Add { seq, .. } => { ctx.insert("notes", obj! {"topic" => t.clone(), "seq" => *seq, "text" => "n"})?; }
+                            Op::Delete { nth, .. } | Op::Retext { nth, .. } => {
+                                let rows = ctx.query("notes", "by_topic_seq").eq("topic", t.clone()).take(nth + 1)?;
+                                if let Some(r) = rows.get(*nth) {
+                                    let id = r.get_path("_id").unwrap().as_str().unwrap().to_string();
+                                    if let Op::Retext { text, .. } = &op2 {
+                                        let mut o = query_engine::value::Object::new();
+                                        o.insert("text".into(), format!("t{text}").into());
+                                        ctx.patch("notes", &id, o)?;
+                                    } else {
+                                        ctx.delete("notes", &id)?;
+                                    }
+                                }
+                            }
+                        }
+                        Ok(Value::Null)
+                    }).await.unwrap();
+                    // Commits are serial here, so the latest snapshot is this commit's.
+                    let ts = f.engine.snapshot().ts;
+                    for (i, s) in sessions.iter().enumerate() {
+                        views[i].catch_up(s, ts).await;
+                    }
+                    for (client, q, args) in &queries {
+                        let expected = fresh(&f.engine, "notesAfter", args.clone(), None).await;
+                        if views[*client].values.get(q) != Some(&expected) {
+                            return Err(format!("query {q} of client {client} diverged after {op:?}"));
+                        }
+                    }
+                }
+                Ok(())
+            });
+            prop_assert!(case.is_ok(), "{:?}", case);
+        }
+    }
+}
