@@ -251,6 +251,11 @@ fn meeting_notes() -> TableDefinition {
             ("version", v::int64()),
             ("lastRebasedAt", ms()),
             ("updatedAt", ms()),
+            // Added: who applied the latest operation.
+            ("lastEditorId", opt(v::id(USERS))),
+            // Added: noteOps with `sequence <= minRetainedVersion` were compacted away, so an
+            // edit based on an older version cannot be transformed and must resync (absent: 0).
+            ("minRetainedVersion", opt(v::int64())),
         ]),
     )
     .index("by_meeting", &["meetingId"])
@@ -310,6 +315,9 @@ fn transcripts() -> TableDefinition {
     .index("by_meeting_chunk", &["meetingId", "chunkId"])
 }
 
+/// Added `firstSequence`/`lastSequence` (the transcript chunks a segment covers) with
+/// `by_meeting_last_sequence`, so aggregation resumes after the last aggregated chunk and a
+/// repeated run creates no duplicates.
 fn transcript_segments() -> TableDefinition {
     TableDefinition::new(
         TRANSCRIPT_SEGMENTS,
@@ -322,10 +330,13 @@ fn transcript_segments() -> TableDefinition {
             ("topics", v::array(v::string())),
             ("sentiment", opt(v::float64())),
             ("createdAt", ms()),
+            ("firstSequence", opt(v::int64())),
+            ("lastSequence", opt(v::int64())),
         ]),
     )
     .index("by_meeting", &["meetingId"])
     .index("by_meeting_time", &["meetingId", "startMs"])
+    .index("by_meeting_last_sequence", &["meetingId", "lastSequence"])
 }
 
 fn prompts() -> TableDefinition {
