@@ -1,0 +1,1146 @@
+//! The SDK's entry point: `Client` connects, authenticates, calls functions and subscribes to
+//! queries, and hides connection loss from its users — it reconnects with backoff, signs in
+//! again, re-subscribes, and retries in-flight calls as far as that is safe (protocol §12).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use query_engine::error::codes;
+use query_engine::protocol::{
+    CallKind, CallOutcome, ClientMessage, ServerMessage, DEFAULT_MAX_FRAME_BYTES,
+};
+use query_engine::value::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+
+use crate::connection::{
+    self, call_once, encode_checked, CallFailure, Established, HandshakeParams, ServerInfo, Session,
+};
+use crate::error::ClientError;
+use crate::subscription::{Subscription, SubscriptionOwner, SubscriptionTable, TypedSubscription};
+use crate::tls::{self, Trust};
+
+/// Port used when an address names none.
+pub const DEFAULT_PORT: u16 = 7443;
+/// Most `ping`s awaiting their `Pong` at once.
+const MAX_PENDING_PINGS: usize = 16;
+/// Attempts of a call that never reached the wire (stream could not be opened) before giving up.
+const MAX_UNSENT_ATTEMPTS: u32 = 8;
+
+/// The future a token refresher returns: a fresh access token, or `None` if it has none.
+pub type TokenFuture = BoxFuture<'static, Option<String>>;
+/// Called on every (re)connect and when the server rejects the current token as expired.
+pub type TokenRefresher = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
+
+/// How reconnecting backs off: `initial_delay` doubling up to `max_delay`, each delay scaled
+/// by a random factor in `[1 - jitter, 1 + jitter)` (then capped at `max_delay`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReconnectPolicy {
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    /// Reconnect attempts after a connection is lost before the client gives up; `None`
+    /// retries forever. `Some(0)` never reconnects.
+    pub max_attempts: Option<u32>,
+    /// Between 0 and 1.
+    pub jitter: f64,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            max_attempts: None,
+            jitter: 0.5,
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// A policy that never reconnects: a lost connection ends the client.
+    pub fn never() -> Self {
+        Self {
+            max_attempts: Some(0),
+            ..Self::default()
+        }
+    }
+
+    /// The delay before reconnect attempt `attempt` (0-based); `unit` is uniform in [0, 1).
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let doubled = self
+            .initial_delay
+            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
+        let base = doubled.min(self.max_delay);
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        let factor = 1.0 + jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+        base.mul_f64(factor.max(0.0)).min(self.max_delay)
+    }
+}
+
+/// Settings of a `Client`.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Name the certificate is checked against and sent as SNI; defaults to the host part of
+    /// the address (ignored by `Trust::PinnedSha256`).
+    pub server_name: Option<String>,
+    pub trust: Trust,
+    /// The access token to authenticate with; `None` stays anonymous.
+    pub token: Option<String>,
+    /// Supplies fresh tokens; when set, it is asked on every connect and reconnect (its
+    /// `None` falls back to `token`) and when the server rejects a call as `UNAUTHORIZED`.
+    pub token_refresher: Option<TokenRefresher>,
+    pub reconnect: ReconnectPolicy,
+    /// Sent in `Connect`, for the server's logs.
+    pub client_name: String,
+    /// Largest frame accepted (the server's announced limit applies if lower).
+    pub max_frame_bytes: u32,
+    /// QUIC keep-alive interval: keeps idle connections (and NAT bindings) open.
+    pub keep_alive: Duration,
+    /// A connection with no packet from the server for this long is dead.
+    pub idle_timeout: Duration,
+    /// Bounds one handshake, and how long a call or `set_auth` waits for a connection.
+    pub connect_timeout: Duration,
+    /// Retries of a query whose connection was lost.
+    pub max_query_retries: u32,
+}
+
+impl ClientOptions {
+    pub fn new(trust: Trust) -> Self {
+        Self {
+            server_name: None,
+            trust,
+            token: None,
+            token_refresher: None,
+            reconnect: ReconnectPolicy::default(),
+            client_name: format!("linkedup-rust/{}", env!("CARGO_PKG_VERSION")),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_query_retries: 3,
+        }
+    }
+
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    pub fn with_token_refresher(mut self, refresher: TokenRefresher) -> Self {
+        self.token_refresher = Some(refresher);
+        self
+    }
+
+    pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    pub fn with_client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("server_name", &self.server_name)
+            .field("trust", &self.trust)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_refresher", &self.token_refresher.is_some())
+            .field("reconnect", &self.reconnect)
+            .field("client_name", &self.client_name)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("keep_alive", &self.keep_alive)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_query_retries", &self.max_query_retries)
+            .finish()
+    }
+}
+
+/// A successful call's result and timestamp (commit timestamp of a mutation, snapshot of a
+/// query; see protocol §6.3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallReply {
+    pub value: Value,
+    pub ts: u64,
+}
+
+/// A connection to a server, shared by clones. Dropping the last clone closes it and ends its
+/// subscriptions.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    _lifetime: Arc<Lifetime>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.addr)
+            .field("server_name", &self.inner.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shuts the client down when the last `Client` clone goes (subscriptions and the supervisor
+/// hold `Inner`, not this).
+struct Lifetime {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Lifetime {
+    fn drop(&mut self) {
+        self.inner.shutdown(None);
+    }
+}
+
+/// Where the client's connection stands, for callers waiting on it.
+#[derive(Clone)]
+enum Link {
+    Connecting,
+    Up(Arc<Session>),
+    Down(ClientError),
+}
+
+struct Inner {
+    opts: ClientOptions,
+    quic_config: quinn::ClientConfig,
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: String,
+    state: Mutex<State>,
+    link: watch::Sender<Link>,
+    shutdown: watch::Sender<bool>,
+    /// Serialises `Authenticate`s so that answers match requests.
+    auth_lock: tokio::sync::Mutex<()>,
+    next_request_id: AtomicU64,
+    next_nonce: AtomicU64,
+}
+
+struct State {
+    token: Option<String>,
+    refresher: Option<TokenRefresher>,
+    subs: SubscriptionTable,
+    /// The current connection, if up.
+    session: Option<Arc<Session>>,
+    /// Generation of the newest connection.
+    gen: u64,
+    /// Control messages for the current connection's writer. Bounded by what callers hold:
+    /// one `Subscribe`/`Unsubscribe` per live or just-dropped subscription, one
+    /// `Authenticate` (serialised by `auth_lock`), at most `MAX_PENDING_PINGS` pings.
+    outbox: VecDeque<ClientMessage>,
+    /// Senders waiting for the answer to an `Authenticate` on the current connection.
+    auth_waiters: VecDeque<oneshot::Sender<Result<Option<String>, ClientError>>>,
+    pings: HashMap<u64, oneshot::Sender<()>>,
+    /// Highest transition `endTs` or call `ts` seen, sent as `lastSeenTs` on reconnect.
+    last_seen_ts: Option<u64>,
+    /// The subject the server last confirmed (`None`: anonymous).
+    subject: Option<String>,
+    closed: Option<ClientError>,
+}
+
+impl State {
+    fn note_ts(&mut self, ts: u64) {
+        self.last_seen_ts = Some(self.last_seen_ts.map_or(ts, |seen| seen.max(ts)));
+    }
+
+    fn push(&mut self, msg: ClientMessage) {
+        if let Some(session) = &self.session {
+            self.outbox.push_back(msg);
+            session.outbox_ready.notify_one();
+        }
+    }
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port`, optionally prefixed `quic://`; port 7443 if absent),
+    /// completes the handshake and authenticates. Fails if this first connection cannot be
+    /// made; later losses are handled by reconnecting per `options.reconnect`.
+    pub async fn connect(addr: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let (host, port) = parse_address(addr)?;
+        let socket_addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| ClientError::InvalidAddress(format!("{addr}: {e}")))?
+            .next()
+            .ok_or_else(|| ClientError::InvalidAddress(addr.to_string()))?;
+        let server_name = options.server_name.clone().unwrap_or_else(|| host.clone());
+        let quic_config =
+            tls::quic_client_config(&options.trust, options.keep_alive, options.idle_timeout)?;
+        let bind: SocketAddr = match socket_addr.ip() {
+            IpAddr::V4(ip) if ip.is_loopback() => (Ipv4Addr::LOCALHOST, 0).into(),
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(ip) if ip.is_loopback() => (Ipv6Addr::LOCALHOST, 0).into(),
+            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| ClientError::Connect(format!("binding a UDP socket: {e}")))?;
+        let (link, _) = watch::channel(Link::Connecting);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                token: options.token.clone(),
+                refresher: options.token_refresher.clone(),
+                subs: SubscriptionTable::new(),
+                session: None,
+                gen: 0,
+                outbox: VecDeque::new(),
+                auth_waiters: VecDeque::new(),
+                pings: HashMap::new(),
+                last_seen_ts: None,
+                subject: None,
+                closed: None,
+            }),
+            opts: options,
+            quic_config,
+            endpoint,
+            addr: socket_addr,
+            server_name,
+            link,
+            shutdown,
+            auth_lock: tokio::sync::Mutex::new(()),
+            next_request_id: AtomicU64::new(1),
+            next_nonce: AtomicU64::new(1),
+        });
+        let established = inner.establish().await?;
+        if let Some(Err(e)) = &established.auth {
+            // The first token is wrong: report it rather than silently run anonymous.
+            established.conn.close(0u8.into(), b"authentication failed");
+            return Err(e.clone());
+        }
+        tokio::spawn(supervise(inner.clone(), established, shutdown_rx));
+        // The supervisor installs the session; wait for it so calls can start at once.
+        inner.wait_session(0).await?;
+        Ok(Client {
+            _lifetime: Arc::new(Lifetime {
+                inner: inner.clone(),
+            }),
+            inner,
+        })
+    }
+
+    /// Runs a query and decodes its result.
+    pub async fn query<A, R>(&self, name: &str, args: &A) -> Result<R, ClientError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let reply = self
+            .call(CallKind::Query, name, to_args(args)?, None)
+            .await?;
+        decode(&reply.value)
+    }
+
+    /// Runs a mutation under a fresh mutation id and decodes its result. If the connection
+    /// drops before the answer, it is retried once with the same id after reconnecting, so it
+    /// is applied at most once; `ClientError::MutationUnconfirmed` reports the rare case where
+    /// the retry got no answer either.
+    pub async fn mutation<A, R>(&self, name: &str, args: &A) -> Result<R, ClientError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let reply = self
+            .call(
+                CallKind::Mutation,
+                name,
+                to_args(args)?,
+                Some(new_mutation_id()),
+            )
+            .await?;
+        decode(&reply.value)
+    }
+
+    /// A mutation under a caller-chosen id (≤ 128 bytes), e.g. to retry one that came back
+    /// `MutationUnconfirmed`: the server runs each id at most once per identity.
+    pub async fn mutation_with_id(
+        &self,
+        name: &str,
+        args: Value,
+        mutation_id: &str,
+    ) -> Result<CallReply, ClientError> {
+        self.call(
+            CallKind::Mutation,
+            name,
+            args,
+            Some(mutation_id.to_string()),
+        )
+        .await
+    }
+
+    /// Runs an action and decodes its result. Actions are never retried: if the connection
+    /// drops while one runs, this returns `ClientError::Disconnected`.
+    pub async fn action<A, R>(&self, name: &str, args: &A) -> Result<R, ClientError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let reply = self
+            .call(CallKind::Action, name, to_args(args)?, None)
+            .await?;
+        decode(&reply.value)
+    }
+
+    /// Calls a function of any kind with a raw value, returning the value and its timestamp.
+    /// Mutations should pass a `mutation_id` (see `new_mutation_id`).
+    pub async fn call(
+        &self,
+        kind: CallKind,
+        name: &str,
+        args: Value,
+        mutation_id: Option<String>,
+    ) -> Result<CallReply, ClientError> {
+        self.inner.call(kind, name, args, mutation_id).await
+    }
+
+    /// Subscribes to a query. The stream's first item is the current result.
+    pub fn subscribe<A: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        args: &A,
+    ) -> Result<Subscription, ClientError> {
+        let args = to_args(args)?;
+        self.inner.subscribe(name, args)
+    }
+
+    /// `subscribe`, with results decoded into `R`.
+    pub fn subscribe_typed<A, R>(
+        &self,
+        name: &str,
+        args: &A,
+    ) -> Result<TypedSubscription<R>, ClientError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        Ok(self.subscribe(name, args)?.typed())
+    }
+
+    /// Authenticates with `token` (or, with `None`, signs out) on the live connection without
+    /// touching subscriptions, which the server re-runs under the new identity. Returns the
+    /// subject the server verified. The token is kept for reconnects. A rejected token leaves
+    /// the connection anonymous and returns the `UNAUTHORIZED` error.
+    pub async fn set_auth(&self, token: Option<String>) -> Result<Option<String>, ClientError> {
+        self.inner.set_auth(token).await
+    }
+
+    /// Replaces (or with `None` removes) the token refresher. To sign out for good, remove the
+    /// refresher and then `set_auth(None)`.
+    pub fn set_token_refresher(&self, refresher: Option<TokenRefresher>) {
+        self.inner.state.lock().refresher = refresher;
+    }
+
+    /// Asks the token refresher for a new token and authenticates with it.
+    pub async fn refresh_auth(&self) -> Result<Option<String>, ClientError> {
+        self.inner.refresh_auth().await
+    }
+
+    /// Round trip of an application-level `Ping` on the control stream.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        self.inner.ping().await
+    }
+
+    /// What the server announced on the current connection, if connected.
+    pub fn server_info(&self) -> Option<ServerInfo> {
+        self.inner
+            .state
+            .lock()
+            .session
+            .as_ref()
+            .map(|s| s.info.clone())
+    }
+
+    /// The subject of the identity the server last confirmed (`None`: anonymous).
+    pub fn subject(&self) -> Option<String> {
+        self.inner.state.lock().subject.clone()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.inner
+            .state
+            .lock()
+            .session
+            .as_ref()
+            .is_some_and(|s| !s.is_closed())
+    }
+
+    /// Highest timestamp this client has observed (transition `endTs` or call `ts`).
+    pub fn last_seen_ts(&self) -> Option<u64> {
+        self.inner.state.lock().last_seen_ts
+    }
+
+    /// How many connections this client has made (1 until the first reconnect).
+    pub fn connection_count(&self) -> u64 {
+        self.inner.state.lock().gen
+    }
+
+    /// Drops the current connection as a network failure would; the client reconnects per its
+    /// policy (useful after a network change, and to test recovery).
+    pub fn force_reconnect(&self) {
+        if let Some(session) = self.inner.state.lock().session.clone() {
+            session.conn.close(0u8.into(), b"client reconnecting");
+        }
+    }
+
+    /// Closes the connection and ends every subscription; pending calls fail with `Closed`.
+    pub async fn close(&self) {
+        self.inner.shutdown(None);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+/// A fresh 128-bit random mutation id, as 32 hex digits.
+pub fn new_mutation_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn to_args<A: Serialize + ?Sized>(args: &A) -> Result<Value, ClientError> {
+    query_engine::json::to_value(args).map_err(|e| ClientError::Encode(e.to_string()))
+}
+
+fn decode<R: DeserializeOwned>(value: &Value) -> Result<R, ClientError> {
+    query_engine::json::from_value(value).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// Splits `[quic://]host[:port]` (IPv6 hosts in brackets).
+fn parse_address(addr: &str) -> Result<(String, u16), ClientError> {
+    let bad = || ClientError::InvalidAddress(addr.to_string());
+    let rest = addr
+        .trim()
+        .trim_start_matches("quic://")
+        .trim_start_matches("linkedup://")
+        .trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    if let Some(v6) = rest.strip_prefix('[') {
+        let (host, tail) = v6.split_once(']').ok_or_else(bad)?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if tail.is_empty() => DEFAULT_PORT,
+            None => return Err(bad()),
+        };
+        return Ok((host.to_string(), port));
+    }
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            if host.is_empty() {
+                return Err(bad());
+            }
+            Ok((host.to_string(), port.parse().map_err(|_| bad())?))
+        }
+        Some(_) => Ok((rest.to_string(), DEFAULT_PORT)), // bare IPv6
+        None => Ok((rest.to_string(), DEFAULT_PORT)),
+    }
+}
+
+impl Inner {
+    /// Connects and shakes hands with the current token (fresh from the refresher if any).
+    async fn establish(&self) -> Result<Established, ClientError> {
+        let (stored, refresher, last_seen_ts) = {
+            let st = self.state.lock();
+            (st.token.clone(), st.refresher.clone(), st.last_seen_ts)
+        };
+        let token = match refresher {
+            Some(refresh) => match refresh().await {
+                Some(fresh) => {
+                    self.state.lock().token = Some(fresh.clone());
+                    Some(fresh)
+                }
+                None => stored,
+            },
+            None => stored,
+        };
+        connection::handshake(HandshakeParams {
+            endpoint: &self.endpoint,
+            config: &self.quic_config,
+            addr: self.addr,
+            server_name: &self.server_name,
+            client_name: &self.opts.client_name,
+            last_seen_ts,
+            token,
+            max_frame_bytes: self.opts.max_frame_bytes,
+            timeout: self.opts.connect_timeout,
+        })
+        .await
+    }
+
+    /// Makes `est` the current connection: every live subscription is sent again, and the
+    /// control-stream writer starts. Returns the session and the control stream's read half.
+    fn install(self: &Arc<Self>, est: Established) -> (Arc<Session>, quinn::RecvStream) {
+        let Established {
+            conn,
+            send,
+            recv,
+            info,
+            max_frame_bytes,
+            auth,
+        } = est;
+        let session = {
+            let mut st = self.state.lock();
+            st.gen += 1;
+            let session = Arc::new(Session {
+                gen: st.gen,
+                conn,
+                info,
+                max_frame_bytes,
+                outbox_ready: tokio::sync::Notify::new(),
+                writer: Mutex::new(None),
+            });
+            match auth {
+                Some(Ok(subject)) => st.subject = subject,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "token rejected on reconnect; continuing anonymous");
+                    st.subject = None;
+                }
+                None => st.subject = None,
+            }
+            st.outbox.clear();
+            let resubscribe = st.subs.begin_connection(session.gen);
+            st.outbox.extend(resubscribe);
+            st.session = Some(session.clone());
+            session
+        };
+        let writer = tokio::spawn(run_writer(self.clone(), session.clone(), send));
+        *session.writer.lock() = Some(writer);
+        session.outbox_ready.notify_one();
+        self.link.send_replace(Link::Up(session.clone()));
+        tracing::debug!(session_id = %session.info.session_id, gen = session.gen, "connected");
+        (session, recv)
+    }
+
+    /// The connection `session` is gone: fail what waited on it and stop its writer.
+    fn teardown(&self, session: &Session, reason: &ClientError) {
+        tracing::debug!(gen = session.gen, error = %reason, "connection lost");
+        session.conn.close(0u8.into(), b"");
+        if let Some(writer) = session.writer.lock().take() {
+            writer.abort();
+        }
+        let mut st = self.state.lock();
+        if st.gen == session.gen {
+            st.session = None;
+            st.outbox.clear();
+            for waiter in st.auth_waiters.drain(..) {
+                let _ = waiter.send(Err(ClientError::Disconnected));
+            }
+            st.pings.clear();
+            if st.closed.is_none() {
+                self.link.send_replace(Link::Connecting);
+            }
+        }
+    }
+
+    /// Ends the client: `error` is what subscriptions and waiting calls see (`None`: a
+    /// deliberate close, streams just end).
+    fn shutdown(&self, error: Option<ClientError>) {
+        let wakers = {
+            let mut st = self.state.lock();
+            if st.closed.is_some() {
+                return;
+            }
+            st.closed = Some(error.clone().unwrap_or(ClientError::Closed));
+            if let Some(session) = st.session.take() {
+                session.conn.close(0u8.into(), b"client closed");
+                if let Some(writer) = session.writer.lock().take() {
+                    writer.abort();
+                }
+            }
+            st.outbox.clear();
+            for waiter in st.auth_waiters.drain(..) {
+                let _ = waiter.send(Err(ClientError::Closed));
+            }
+            st.pings.clear();
+            st.subs.end_all(error.clone())
+        };
+        for w in wakers {
+            w.wake();
+        }
+        self.link
+            .send_replace(Link::Down(error.unwrap_or(ClientError::Closed)));
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits (up to `connect_timeout`) for a live connection of generation ≥ `min_gen`.
+    async fn wait_session(&self, min_gen: u64) -> Result<Arc<Session>, ClientError> {
+        let mut rx = self.link.subscribe();
+        let wait = async {
+            loop {
+                match &*rx.borrow_and_update() {
+                    Link::Up(s) if s.gen >= min_gen && !s.is_closed() => return Ok(s.clone()),
+                    Link::Down(e) => return Err(e.clone()),
+                    _ => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(self.opts.connect_timeout, wait)
+            .await
+            .unwrap_or(Err(ClientError::Disconnected))
+    }
+
+    async fn call(
+        self: &Arc<Self>,
+        kind: CallKind,
+        name: &str,
+        args: Value,
+        mutation_id: Option<String>,
+    ) -> Result<CallReply, ClientError> {
+        let mut min_gen = 0;
+        let mut lost_after_send = 0u32;
+        let mut unsent = 0u32;
+        let mut reauthenticated = false;
+        loop {
+            let session = match self.wait_session(min_gen).await {
+                Ok(s) => s,
+                Err(e) => return Err(unanswered(kind, lost_after_send, &mutation_id, e)),
+            };
+            let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let msg = ClientMessage::Call {
+                request_id,
+                kind,
+                function: name.to_string(),
+                args: args.clone(),
+                mutation_id: mutation_id.clone(),
+            };
+            match call_once(&session.conn, session.max_frame_bytes, &msg, request_id).await {
+                Ok(CallOutcome::Ok { value, ts }) => {
+                    self.state.lock().note_ts(ts);
+                    return Ok(CallReply { value, ts });
+                }
+                Ok(CallOutcome::Err(payload)) => {
+                    let error = ClientError::function(payload);
+                    // An expired token: refresh it once and run the call again. A failed
+                    // mutation wrote nothing, so running it again is safe.
+                    if error.is_unauthorized() && !reauthenticated && self.has_refresher() {
+                        reauthenticated = true;
+                        match self.refresh_auth().await {
+                            Ok(_) => continue,
+                            Err(e) => tracing::debug!(error = %e, "token refresh failed"),
+                        }
+                    }
+                    return Err(error);
+                }
+                Err(CallFailure::Fatal(e)) => return Err(e),
+                Err(CallFailure::Lost { sent }) => {
+                    // Retry on a new connection unless this one is still up (only the
+                    // stream failed).
+                    min_gen = if session.is_closed() {
+                        session.gen + 1
+                    } else {
+                        session.gen
+                    };
+                    if !sent {
+                        unsent += 1;
+                        if unsent >= MAX_UNSENT_ATTEMPTS {
+                            return Err(unanswered(
+                                kind,
+                                lost_after_send,
+                                &mutation_id,
+                                ClientError::Disconnected,
+                            ));
+                        }
+                        continue;
+                    }
+                    let allowed = match kind {
+                        CallKind::Query => self.opts.max_query_retries,
+                        CallKind::Mutation => 1,
+                        CallKind::Action => 0,
+                    };
+                    if lost_after_send >= allowed {
+                        return Err(unanswered(
+                            kind,
+                            lost_after_send + 1,
+                            &mutation_id,
+                            ClientError::Disconnected,
+                        ));
+                    }
+                    lost_after_send += 1;
+                    tracing::debug!(
+                        function = name,
+                        ?kind,
+                        "connection lost during call; retrying"
+                    );
+                }
+            }
+        }
+    }
+
+    fn subscribe(self: &Arc<Self>, name: &str, args: Value) -> Result<Subscription, ClientError> {
+        let mut st = self.state.lock();
+        if let Some(e) = &st.closed {
+            return Err(e.clone());
+        }
+        let limit = st
+            .session
+            .as_ref()
+            .map_or(self.opts.max_frame_bytes, |s| s.max_frame_bytes);
+        let (key, slot, msg) = st.subs.insert(name.to_string(), args);
+        if let Err(e) = encode_checked(&msg, limit) {
+            st.subs.remove(key);
+            return Err(e);
+        }
+        st.push(msg);
+        drop(st);
+        let owner: Arc<dyn SubscriptionOwner> = self.clone();
+        Ok(Subscription::new(key, name.to_string(), slot, owner))
+    }
+
+    fn has_refresher(&self) -> bool {
+        self.state.lock().refresher.is_some()
+    }
+
+    async fn refresh_auth(self: &Arc<Self>) -> Result<Option<String>, ClientError> {
+        let refresher = self.state.lock().refresher.clone();
+        let Some(refresh) = refresher else {
+            return Err(ClientError::Function {
+                code: codes::UNAUTHORIZED.into(),
+                message: "no token refresher is configured".into(),
+                data: Value::Null,
+            });
+        };
+        match refresh().await {
+            Some(token) => self.set_auth(Some(token)).await,
+            None => Err(ClientError::Function {
+                code: codes::UNAUTHORIZED.into(),
+                message: "the token refresher returned no token".into(),
+                data: Value::Null,
+            }),
+        }
+    }
+
+    async fn set_auth(
+        self: &Arc<Self>,
+        token: Option<String>,
+    ) -> Result<Option<String>, ClientError> {
+        let _serial = self.auth_lock.lock().await;
+        self.state.lock().token = token.clone();
+        let session = self.wait_session(0).await?;
+        let answer = {
+            let mut st = self.state.lock();
+            if st.session.as_ref().map(|s| s.gen) != Some(session.gen) {
+                // Reconnected meanwhile: that handshake already used the new token.
+                return Ok(st.subject.clone());
+            }
+            let (tx, rx) = oneshot::channel();
+            st.auth_waiters.push_back(tx);
+            st.push(ClientMessage::Authenticate { token });
+            rx
+        };
+        let result = answer.await.map_err(|_| ClientError::Disconnected)?;
+        let mut st = self.state.lock();
+        match &result {
+            Ok(subject) => st.subject = subject.clone(),
+            Err(_) => st.subject = None,
+        }
+        result
+    }
+
+    async fn ping(&self) -> Result<Duration, ClientError> {
+        let session = self.wait_session(0).await?;
+        let nonce = self.next_nonce.fetch_add(1, Ordering::Relaxed);
+        let pong = {
+            let mut st = self.state.lock();
+            if st.session.as_ref().map(|s| s.gen) != Some(session.gen) {
+                return Err(ClientError::Disconnected);
+            }
+            if st.pings.len() >= MAX_PENDING_PINGS {
+                return Err(ClientError::Function {
+                    code: codes::RATE_LIMITED.into(),
+                    message: format!("{MAX_PENDING_PINGS} pings already pending"),
+                    data: Value::Null,
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            st.pings.insert(nonce, tx);
+            st.push(ClientMessage::Ping { nonce });
+            rx
+        };
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.opts.connect_timeout, pong).await;
+        self.state.lock().pings.remove(&nonce);
+        match answer {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            _ => Err(ClientError::Disconnected),
+        }
+    }
+
+    /// Reads the control stream of `session` until it fails; returns why.
+    async fn read_control(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        recv: &mut quinn::RecvStream,
+    ) -> ClientError {
+        loop {
+            let msg = match connection::read_message(recv, session.max_frame_bytes).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return ClientError::Disconnected,
+                Err(e) => return e,
+            };
+            match msg {
+                ServerMessage::Transition {
+                    start_ts,
+                    end_ts,
+                    modifications,
+                } => {
+                    let wakers = {
+                        let mut st = self.state.lock();
+                        if st.gen != session.gen {
+                            return ClientError::Disconnected;
+                        }
+                        match st.subs.apply_transition(start_ts, end_ts, modifications) {
+                            Ok(effects) => {
+                                st.note_ts(end_ts);
+                                for msg in effects.outbox {
+                                    st.push(msg);
+                                }
+                                effects.wakers
+                            }
+                            Err(violation) => return ClientError::Protocol(violation),
+                        }
+                    };
+                    // Every subscription of the transition is updated; now wake readers.
+                    for w in wakers {
+                        w.wake();
+                    }
+                }
+                ServerMessage::AuthOk { subject } => {
+                    let waiter = self.state.lock().auth_waiters.pop_front();
+                    match waiter {
+                        Some(w) => {
+                            let _ = w.send(Ok(subject));
+                        }
+                        None => tracing::warn!("AuthOk without a pending Authenticate"),
+                    }
+                }
+                ServerMessage::Error {
+                    code,
+                    message,
+                    data,
+                    fatal,
+                } => {
+                    let error = ClientError::server(code, message, data, fatal);
+                    if fatal {
+                        return error;
+                    }
+                    if error.is_unauthorized() {
+                        let waiter = self.state.lock().auth_waiters.pop_front();
+                        match waiter {
+                            Some(w) => {
+                                let _ = w.send(Err(error));
+                            }
+                            None => tracing::warn!(error = %error, "server rejected the identity"),
+                        }
+                    } else {
+                        tracing::warn!(error = %error, "server reported an error on the control stream");
+                    }
+                }
+                ServerMessage::Pong { nonce } => {
+                    if let Some(tx) = self.state.lock().pings.remove(&nonce) {
+                        let _ = tx.send(());
+                    }
+                }
+                other => {
+                    return ClientError::Protocol(format!(
+                        "unexpected {} on the control stream",
+                        connection::message_kind(&other)
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// The error for a call that got no answer: a mutation that may have reached the server is
+/// reported as unconfirmed rather than as a plain disconnect.
+fn unanswered(
+    kind: CallKind,
+    lost_after_send: u32,
+    mutation_id: &Option<String>,
+    error: ClientError,
+) -> ClientError {
+    match (kind, mutation_id) {
+        (CallKind::Mutation, Some(id)) if lost_after_send > 0 => ClientError::MutationUnconfirmed {
+            mutation_id: id.clone(),
+        },
+        _ => error,
+    }
+}
+
+impl SubscriptionOwner for Inner {
+    fn unsubscribe(&self, key: u64) {
+        let mut st = self.state.lock();
+        let Some(msg) = st.subs.remove(key) else {
+            return;
+        };
+        let ClientMessage::Unsubscribe { query_id } = msg else {
+            return;
+        };
+        // Not yet sent: withdraw the Subscribe instead of sending both.
+        let before = st.outbox.len();
+        st.outbox.retain(
+            |m| !matches!(m, ClientMessage::Subscribe { query_id: q, .. } if *q == query_id),
+        );
+        if st.outbox.len() == before {
+            st.push(msg);
+        }
+    }
+}
+
+/// Drains the client's outbox onto the control stream of `session`.
+async fn run_writer(inner: Arc<Inner>, session: Arc<Session>, mut send: quinn::SendStream) {
+    loop {
+        let batch: Vec<ClientMessage> = {
+            let mut st = inner.state.lock();
+            if st.gen != session.gen || st.session.is_none() {
+                return;
+            }
+            st.outbox.drain(..).collect()
+        };
+        if batch.is_empty() {
+            session.outbox_ready.notified().await;
+            continue;
+        }
+        for msg in &batch {
+            match connection::write_message(&mut send, msg, session.max_frame_bytes).await {
+                Ok(()) => {}
+                Err(ClientError::Encode(e)) => {
+                    tracing::warn!(error = %e, "control message dropped");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "control stream write failed");
+                    session.conn.close(0u8.into(), b"control stream failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs connections one after another for the client's lifetime: reads each one's control
+/// stream until it fails, then reconnects with backoff.
+async fn supervise(inner: Arc<Inner>, first: Established, mut shutdown: watch::Receiver<bool>) {
+    let policy = inner.opts.reconnect.clone();
+    let mut established = first;
+    let mut attempt: u32 = 0;
+    loop {
+        let (session, mut recv) = inner.install(established);
+        let started = Instant::now();
+        let reason = tokio::select! {
+            reason = inner.read_control(&session, &mut recv) => reason,
+            _ = shutdown.wait_for(|closed| *closed) => return,
+        };
+        inner.teardown(&session, &reason);
+        if *shutdown.borrow() {
+            return;
+        }
+        if started.elapsed() >= policy.max_delay {
+            attempt = 0;
+        }
+        established = loop {
+            if policy.max_attempts.is_some_and(|max| attempt >= max) {
+                inner.shutdown(Some(ClientError::Disconnected));
+                return;
+            }
+            let delay = policy.delay(attempt, rand::random::<f64>());
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|closed| *closed) => return,
+            }
+            let result = tokio::select! {
+                r = inner.establish() => r,
+                _ = shutdown.wait_for(|closed| *closed) => return,
+            };
+            match result {
+                Ok(est) => break est,
+                // The server does not speak our version: retrying cannot help.
+                Err(e @ ClientError::Server { .. })
+                    if e.code() == Some(codes::VALIDATION_ERROR) =>
+                {
+                    tracing::error!(error = %e, "server refused the session");
+                    inner.shutdown(Some(e));
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, attempt, "reconnect failed"),
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!(
+            parse_address("127.0.0.1:7443").unwrap(),
+            ("127.0.0.1".into(), 7443)
+        );
+        assert_eq!(
+            parse_address("quic://localhost:9/").unwrap(),
+            ("localhost".into(), 9)
+        );
+        assert_eq!(
+            parse_address("example.com").unwrap(),
+            ("example.com".into(), DEFAULT_PORT)
+        );
+        assert_eq!(parse_address("[::1]:5").unwrap(), ("::1".into(), 5));
+        assert_eq!(parse_address("::1").unwrap(), ("::1".into(), DEFAULT_PORT));
+        assert!(parse_address("").is_err());
+        assert!(parse_address("host:notaport").is_err());
+        assert!(parse_address(":5").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let p = ReconnectPolicy::default();
+        assert_eq!(p.delay(0, 0.5), Duration::from_millis(100));
+        assert_eq!(p.delay(1, 0.5), Duration::from_millis(200));
+        assert_eq!(p.delay(3, 0.5), Duration::from_millis(800));
+        assert_eq!(p.delay(0, 0.0), Duration::from_millis(50));
+        assert_eq!(p.delay(40, 0.5), p.max_delay);
+        for attempt in 0..64 {
+            for unit in [0.0, 0.3, 0.999] {
+                let d = p.delay(attempt, unit);
+                assert!(d <= p.max_delay && d >= Duration::from_millis(50), "{d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn mutation_ids_are_128_bit_hex_and_distinct() {
+        let a = new_mutation_id();
+        let b = new_mutation_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn lost_mutations_are_reported_unconfirmed() {
+        let id = Some("m".to_string());
+        assert!(matches!(
+            unanswered(CallKind::Mutation, 1, &id, ClientError::Disconnected),
+            ClientError::MutationUnconfirmed { .. }
+        ));
+        assert!(matches!(
+            unanswered(CallKind::Mutation, 0, &id, ClientError::Disconnected),
+            ClientError::Disconnected
+        ));
+        assert!(matches!(
+            unanswered(CallKind::Action, 1, &None, ClientError::Disconnected),
+            ClientError::Disconnected
+        ));
+    }
+}

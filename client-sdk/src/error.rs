@@ -1,0 +1,91 @@
+//! What can go wrong for a caller of the SDK: a function's own error as it crossed the wire,
+//! a control-stream `Error` from the server, or a transport/protocol failure. Cloneable, since
+//! one failure may be reported to many subscriptions at once.
+
+use query_engine::error::codes;
+use query_engine::protocol::ErrorPayload;
+use query_engine::value::Value;
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The function ran (or was refused by the server) and failed: `code` is one of the wire
+    /// codes (`UNAUTHORIZED`, `FORBIDDEN`, `NOT_FOUND`, `VALIDATION_ERROR`, ...).
+    #[error("{code}: {message}")]
+    Function {
+        code: String,
+        message: String,
+        data: Value,
+    },
+    /// The server sent an `Error` on the control stream: a rejected token (`UNAUTHORIZED`), a
+    /// refused `Connect`, or a fatal protocol error.
+    #[error("server error {code}: {message}")]
+    Server {
+        code: String,
+        message: String,
+        data: Value,
+        fatal: bool,
+    },
+    /// The address given to `Client::connect` could not be parsed or resolved.
+    #[error("invalid server address {0:?}")]
+    InvalidAddress(String),
+    /// The TLS settings are unusable (bad PEM, bad fingerprint, ...).
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// The QUIC/TLS handshake failed (server down, certificate not trusted, ALPN mismatch).
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The connection was lost and the call cannot be retried safely (an action), or no
+    /// connection came back in time.
+    #[error("disconnected from the server")]
+    Disconnected,
+    /// A mutation was sent, the connection dropped, and its one retry (same mutation id) could
+    /// not get an answer either. It may or may not have been applied; retrying it with
+    /// `Client::mutation_with_id` and this id is safe (the server deduplicates by id).
+    #[error("mutation {mutation_id} was sent but its outcome is unknown (connection lost twice)")]
+    MutationUnconfirmed { mutation_id: String },
+    /// The server broke the protocol (undecodable frame, unexpected message, gap in
+    /// transition timestamps).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The arguments could not be converted to a value.
+    #[error("cannot encode arguments: {0}")]
+    Encode(String),
+    /// The result could not be converted to the requested type.
+    #[error("cannot decode result: {0}")]
+    Decode(String),
+    /// The client was closed (or dropped) while the call or subscription was pending.
+    #[error("client closed")]
+    Closed,
+}
+
+impl ClientError {
+    /// The wire error code, for errors the server reported.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Function { code, .. } | ClientError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// True when the server said the caller is not (or no longer) authenticated.
+    pub fn is_unauthorized(&self) -> bool {
+        self.code() == Some(codes::UNAUTHORIZED)
+    }
+
+    pub(crate) fn function(payload: ErrorPayload) -> Self {
+        ClientError::Function {
+            code: payload.code,
+            message: payload.message,
+            data: payload.data,
+        }
+    }
+
+    pub(crate) fn server(code: String, message: String, data: Value, fatal: bool) -> Self {
+        ClientError::Server {
+            code,
+            message,
+            data,
+            fatal,
+        }
+    }
+}

@@ -1,0 +1,726 @@
+//! Subscriptions on the client: the table of live queries with their current values, how a
+//! `Transition` moves all of them at once (diffs applied, stale or repeated results held back),
+//! and the `Subscription` stream a caller reads, which keeps only the latest undelivered value.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use futures::Stream;
+use parking_lot::Mutex;
+use query_engine::diff::{self, ResultDiff};
+use query_engine::protocol::{ClientMessage, Modification};
+use query_engine::value::Value;
+use serde::de::DeserializeOwned;
+
+use crate::error::ClientError;
+
+/// The single-value mailbox between the connection and one `Subscription`: a newer value
+/// overwrites an unread older one, so a slow reader costs one value of memory, not a queue.
+#[derive(Default)]
+pub(crate) struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    latest: Option<Result<Value, ClientError>>,
+    ended: bool,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    /// Offers a new value; returns the reader's waker to wake once every slot of the
+    /// transition has been written.
+    fn publish(&self, value: Value) -> Option<Waker> {
+        let mut s = self.state.lock();
+        if s.ended {
+            return None;
+        }
+        s.latest = Some(Ok(value));
+        s.waker.take()
+    }
+
+    /// Ends the stream, after `error` if given (which replaces an unread value).
+    pub(crate) fn end(&self, error: Option<ClientError>) -> Option<Waker> {
+        let mut s = self.state.lock();
+        if s.ended {
+            return None;
+        }
+        s.ended = true;
+        if let Some(e) = error {
+            s.latest = Some(Err(e));
+        }
+        s.waker.take()
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Value, ClientError>>> {
+        let mut s = self.state.lock();
+        if let Some(item) = s.latest.take() {
+            return Poll::Ready(Some(item));
+        }
+        if s.ended {
+            return Poll::Ready(None);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// What a `Subscription` tells its client when it is dropped.
+pub(crate) trait SubscriptionOwner: Send + Sync {
+    fn unsubscribe(&self, key: u64);
+}
+
+/// A live query: a `Stream` of its results, each at least as new as the one before. The first
+/// item is the current result; later items arrive as the data changes. A failure of the query
+/// (e.g. `FORBIDDEN`) is yielded as one `Err` and ends the stream. Reconnects are invisible:
+/// the stream pauses and resumes with the current state. Dropping it unsubscribes.
+pub struct Subscription {
+    key: u64,
+    function: String,
+    slot: Arc<Slot>,
+    owner: Arc<dyn SubscriptionOwner>,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        key: u64,
+        function: String,
+        slot: Arc<Slot>,
+        owner: Arc<dyn SubscriptionOwner>,
+    ) -> Self {
+        Self {
+            key,
+            function,
+            slot,
+            owner,
+        }
+    }
+
+    /// The subscribed query's name.
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// The same subscription, with each result decoded into `R`.
+    pub fn typed<R: DeserializeOwned>(self) -> TypedSubscription<R> {
+        TypedSubscription {
+            inner: self,
+            _result: PhantomData,
+        }
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("function", &self.function)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Value, ClientError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.slot.poll(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.owner.unsubscribe(self.key);
+    }
+}
+
+/// A `Subscription` whose results are decoded into `R`; a result that does not decode is
+/// yielded as `ClientError::Decode` (the stream goes on).
+pub struct TypedSubscription<R> {
+    inner: Subscription,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> TypedSubscription<R> {
+    pub fn function(&self) -> &str {
+        self.inner.function()
+    }
+}
+
+impl<R> std::fmt::Debug for TypedSubscription<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<R: DeserializeOwned> Stream for TypedSubscription<R> {
+    type Item = Result<R, ClientError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.slot.poll(cx).map(|item| {
+            item.map(|r| {
+                r.and_then(|v| {
+                    query_engine::json::from_value(&v)
+                        .map_err(|e| ClientError::Decode(e.to_string()))
+                })
+            })
+        })
+    }
+}
+
+/// One live subscription's client-side state.
+struct SubEntry {
+    query_id: u32,
+    function: String,
+    args: Value,
+    /// The result as of the last transition that touched it, on connection `value_gen`; the
+    /// base that the next array diff applies to.
+    value: Option<Value>,
+    value_gen: u64,
+    /// `endTs` of the last transition whose result was handed to the reader: a result from
+    /// an earlier timestamp (say, from a server restored from an older backup) is held back.
+    delivered_ts: Option<u64>,
+    /// Whether `value` is exactly what the reader was last given (so an identical `replace`
+    /// after a reconnect is not delivered twice).
+    value_delivered: bool,
+    slot: Arc<Slot>,
+}
+
+/// What applying a transition asks the connection to do next.
+#[derive(Default)]
+pub(crate) struct TransitionEffects {
+    /// Readers to wake, after the whole transition was applied.
+    pub wakers: Vec<Waker>,
+    /// Control messages to send (re-subscriptions of queries whose copy drifted).
+    pub outbox: Vec<ClientMessage>,
+}
+
+/// Every live subscription of a client, across connections. Keys are local and stable;
+/// query ids are what the current connection knows them by.
+pub(crate) struct SubscriptionTable {
+    entries: HashMap<u64, SubEntry>,
+    by_query_id: HashMap<u32, u64>,
+    next_key: u64,
+    next_query_id: u32,
+    /// Connection generation whose transitions are being applied.
+    conn_gen: u64,
+    /// `endTs` of the last transition on that connection; 0 before the first.
+    conn_ts: u64,
+}
+
+impl SubscriptionTable {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: HashMap::new(),
+            by_query_id: HashMap::new(),
+            next_key: 0,
+            next_query_id: 1,
+            conn_gen: 0,
+            conn_ts: 0,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Registers a subscription; returns its key, its slot and the `Subscribe` to send.
+    pub(crate) fn insert(
+        &mut self,
+        function: String,
+        args: Value,
+    ) -> (u64, Arc<Slot>, ClientMessage) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let query_id = self.allocate_query_id();
+        let slot = Arc::new(Slot::default());
+        let subscribe = ClientMessage::Subscribe {
+            query_id,
+            function: function.clone(),
+            args: args.clone(),
+        };
+        self.by_query_id.insert(query_id, key);
+        self.entries.insert(
+            key,
+            SubEntry {
+                query_id,
+                function,
+                args,
+                value: None,
+                value_gen: 0,
+                delivered_ts: None,
+                value_delivered: false,
+                slot: slot.clone(),
+            },
+        );
+        (key, slot, subscribe)
+    }
+
+    /// Forgets a subscription; returns the `Unsubscribe` to send if it was still live.
+    pub(crate) fn remove(&mut self, key: u64) -> Option<ClientMessage> {
+        let entry = self.entries.remove(&key)?;
+        self.by_query_id.remove(&entry.query_id);
+        Some(ClientMessage::Unsubscribe {
+            query_id: entry.query_id,
+        })
+    }
+
+    /// A new connection (generation `gen`) is up: nothing of the old one survives on the
+    /// server, so every live query is subscribed again. Values stay as they are until the new
+    /// connection's first results replace them.
+    pub(crate) fn begin_connection(&mut self, gen: u64) -> Vec<ClientMessage> {
+        self.conn_gen = gen;
+        self.conn_ts = 0;
+        self.by_query_id = self
+            .entries
+            .iter()
+            .map(|(key, e)| (e.query_id, *key))
+            .collect();
+        let mut keys: Vec<u64> = self.entries.keys().copied().collect();
+        keys.sort_unstable();
+        keys.iter()
+            .filter_map(|key| self.entries.get(key))
+            .map(|e| ClientMessage::Subscribe {
+                query_id: e.query_id,
+                function: e.function.clone(),
+                args: e.args.clone(),
+            })
+            .collect()
+    }
+
+    /// Applies one transition of the current connection to every subscription it names, then
+    /// hands the new results to their readers. `Err` means the server broke the protocol
+    /// (a gap in timestamps) and the connection must be dropped.
+    pub(crate) fn apply_transition(
+        &mut self,
+        start_ts: u64,
+        end_ts: u64,
+        modifications: Vec<Modification>,
+    ) -> Result<TransitionEffects, String> {
+        if start_ts != self.conn_ts {
+            return Err(format!(
+                "transition starts at {start_ts} but the previous one ended at {}",
+                self.conn_ts
+            ));
+        }
+        if end_ts < start_ts {
+            return Err(format!(
+                "transition ends at {end_ts}, before its start {start_ts}"
+            ));
+        }
+        self.conn_ts = end_ts;
+        let mut effects = TransitionEffects::default();
+        // Keys whose value changed, with whether the change left it equal to what the reader
+        // already has.
+        let mut changed: Vec<(u64, bool)> = Vec::new();
+        for modification in modifications {
+            match modification {
+                Modification::Updated { query_id, diff } => {
+                    let Some(&key) = self.by_query_id.get(&query_id) else {
+                        continue; // unsubscribed meanwhile
+                    };
+                    let Some(entry) = self.entries.get_mut(&key) else {
+                        continue;
+                    };
+                    let is_replace = matches!(diff, ResultDiff::Replace(_));
+                    let base = match (&diff, &entry.value) {
+                        (ResultDiff::Replace(_), _) => None,
+                        (ResultDiff::Array(_), Some(v)) if entry.value_gen == self.conn_gen => {
+                            Some(v)
+                        }
+                        // An array diff with no base from this connection: drifted.
+                        (ResultDiff::Array(_), _) => {
+                            self.resubscribe(key, &mut effects);
+                            continue;
+                        }
+                    };
+                    let new_value = match base {
+                        Some(base) => match diff::apply(base, &diff) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                tracing::warn!(query_id, error = %e, "result diff does not apply; resubscribing");
+                                self.resubscribe(key, &mut effects);
+                                continue;
+                            }
+                        },
+                        None => match diff {
+                            ResultDiff::Replace(v) => v,
+                            ResultDiff::Array(_) => continue,
+                        },
+                    };
+                    // Only a replace can repeat the current value (after a reconnect).
+                    let unchanged = is_replace
+                        && entry.value_delivered
+                        && entry.value.as_ref() == Some(&new_value);
+                    entry.value = Some(new_value);
+                    entry.value_gen = self.conn_gen;
+                    changed.push((key, unchanged));
+                }
+                Modification::Failed { query_id, error } => {
+                    let Some(key) = self.by_query_id.remove(&query_id) else {
+                        continue;
+                    };
+                    if let Some(entry) = self.entries.remove(&key) {
+                        effects
+                            .wakers
+                            .extend(entry.slot.end(Some(ClientError::function(error))));
+                    }
+                }
+                Modification::Removed { query_id } => {
+                    // Only sent after our Unsubscribe, by which time the entry is gone.
+                    if let Some(key) = self.by_query_id.get(&query_id).copied() {
+                        if !self.entries.contains_key(&key) {
+                            self.by_query_id.remove(&query_id);
+                        }
+                    }
+                }
+            }
+        }
+        // Every value is updated; now expose them together.
+        for (key, unchanged) in changed {
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            let delivered_ts = entry.delivered_ts.unwrap_or(0);
+            if end_ts < delivered_ts {
+                // Older than what the reader has seen: keep it as the diff base only.
+                entry.value_delivered = false;
+                continue;
+            }
+            entry.delivered_ts = Some(end_ts);
+            if unchanged {
+                continue;
+            }
+            if let Some(value) = &entry.value {
+                effects.wakers.extend(entry.slot.publish(value.clone()));
+                entry.value_delivered = true;
+            }
+        }
+        Ok(effects)
+    }
+
+    /// Ends every subscription (the client is closed or gave up reconnecting).
+    pub(crate) fn end_all(&mut self, error: Option<ClientError>) -> Vec<Waker> {
+        self.by_query_id.clear();
+        self.entries
+            .drain()
+            .filter_map(|(_, e)| e.slot.end(error.clone()))
+            .collect()
+    }
+
+    /// The local copy of `key` drifted from the server's: subscribe again under a fresh id,
+    /// whose first result is a full `replace`.
+    fn resubscribe(&mut self, key: u64, effects: &mut TransitionEffects) {
+        let query_id = self.allocate_query_id();
+        let Some(entry) = self.entries.get_mut(&key) else {
+            return;
+        };
+        self.by_query_id.remove(&entry.query_id);
+        effects.outbox.push(ClientMessage::Unsubscribe {
+            query_id: entry.query_id,
+        });
+        entry.query_id = query_id;
+        entry.value = None;
+        entry.value_delivered = false;
+        effects.outbox.push(ClientMessage::Subscribe {
+            query_id,
+            function: entry.function.clone(),
+            args: entry.args.clone(),
+        });
+        self.by_query_id.insert(query_id, key);
+    }
+
+    fn allocate_query_id(&mut self) -> u32 {
+        // Ids are not reused until the counter wraps, so a late `Removed` or `Updated` for a
+        // dropped subscription can never be mistaken for a new one.
+        loop {
+            let id = self.next_query_id;
+            self.next_query_id = self.next_query_id.wrapping_add(1);
+            if !self.by_query_id.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::task::noop_waker;
+    use query_engine::diff::ArrayEdit;
+    use query_engine::obj;
+    use query_engine::protocol::ErrorPayload;
+
+    fn poll_now(slot: &Slot) -> Poll<Option<Result<Value, ClientError>>> {
+        let waker = noop_waker();
+        slot.poll(&mut Context::from_waker(&waker))
+    }
+
+    fn next_value(slot: &Slot) -> Option<Value> {
+        match poll_now(slot) {
+            Poll::Ready(Some(Ok(v))) => Some(v),
+            Poll::Pending => None,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn doc(id: &str, n: i64) -> Value {
+        obj! {"_id" => id, "n" => n}
+    }
+
+    fn list(items: &[(&str, i64)]) -> Value {
+        Value::Array(items.iter().map(|(id, n)| doc(id, *n)).collect())
+    }
+
+    fn updated(query_id: u32, diff: ResultDiff) -> Modification {
+        Modification::Updated { query_id, diff }
+    }
+
+    fn query_id_of(msg: &ClientMessage) -> u32 {
+        match msg {
+            ClientMessage::Subscribe { query_id, .. } | ClientMessage::Unsubscribe { query_id } => {
+                *query_id
+            }
+            other => panic!("not a subscription message: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replace_then_array_diffs_apply_in_order() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1);
+        let (_, slot, sub) = t.insert("list".into(), obj! {});
+        let q = query_id_of(&sub);
+        let v0 = list(&[("a", 1), ("b", 2), ("c", 3)]);
+        t.apply_transition(0, 10, vec![updated(q, ResultDiff::Replace(v0.clone()))])
+            .unwrap();
+        assert_eq!(next_value(&slot), Some(v0.clone()));
+        let v1 = list(&[("b", 2), ("c", 30), ("d", 4)]);
+        // The worked example of protocol §7.
+        let d = ResultDiff::Array(vec![
+            ArrayEdit::Remove {
+                index: 0,
+                id: "a".into(),
+            },
+            ArrayEdit::Change {
+                index: 1,
+                id: "c".into(),
+                value: doc("c", 30),
+            },
+            ArrayEdit::Insert {
+                index: 2,
+                value: doc("d", 4),
+            },
+        ]);
+        let effects = t.apply_transition(10, 12, vec![updated(q, d)]).unwrap();
+        assert!(effects.outbox.is_empty());
+        assert_eq!(next_value(&slot), Some(v1));
+        // A transition without modifications changes nothing.
+        t.apply_transition(12, 15, vec![]).unwrap();
+        assert_eq!(next_value(&slot), None);
+    }
+
+    #[test]
+    fn slow_reader_sees_only_the_latest_value() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1);
+        let (_, slot, sub) = t.insert("count".into(), obj! {});
+        let q = query_id_of(&sub);
+        for n in 0..100u64 {
+            let value = Value::Int64(n as i64);
+            t.apply_transition(n, n + 1, vec![updated(q, ResultDiff::Replace(value))])
+                .unwrap();
+        }
+        assert_eq!(next_value(&slot), Some(Value::Int64(99)));
+        assert_eq!(next_value(&slot), None);
+    }
+
+    #[test]
+    fn gaps_and_backward_transitions_are_protocol_violations() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1);
+        assert!(t.apply_transition(5, 6, vec![]).is_err());
+        t.apply_transition(0, 6, vec![]).unwrap();
+        assert!(t.apply_transition(7, 8, vec![]).is_err());
+        assert!(t.apply_transition(6, 5, vec![]).is_err());
+        t.apply_transition(6, 6, vec![]).unwrap();
+    }
+
+    #[test]
+    fn reconnect_holds_back_stale_and_repeated_results() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1);
+        let (_, slot, sub) = t.insert("count".into(), obj! {});
+        let q = query_id_of(&sub);
+        t.apply_transition(
+            0,
+            50,
+            vec![updated(q, ResultDiff::Replace(Value::Int64(5)))],
+        )
+        .unwrap();
+        assert_eq!(next_value(&slot), Some(Value::Int64(5)));
+
+        // New connection: the query is subscribed again under the same id.
+        let resubscribe = t.begin_connection(2);
+        assert_eq!(resubscribe.len(), 1);
+        assert_eq!(query_id_of(&resubscribe[0]), q);
+        // Same value at a newer timestamp: nothing new for the reader.
+        t.apply_transition(
+            0,
+            60,
+            vec![updated(q, ResultDiff::Replace(Value::Int64(5)))],
+        )
+        .unwrap();
+        assert_eq!(next_value(&slot), None);
+
+        // A third connection to a server whose clock is behind (restored backup): its older
+        // results are not shown, but later diffs still apply to them.
+        t.begin_connection(3);
+        t.apply_transition(
+            0,
+            40,
+            vec![updated(q, ResultDiff::Replace(Value::Int64(4)))],
+        )
+        .unwrap();
+        assert_eq!(next_value(&slot), None);
+        t.apply_transition(
+            40,
+            55,
+            vec![updated(q, ResultDiff::Replace(Value::Int64(6)))],
+        )
+        .unwrap();
+        assert_eq!(next_value(&slot), None);
+        t.apply_transition(
+            55,
+            61,
+            vec![updated(q, ResultDiff::Replace(Value::Int64(7)))],
+        )
+        .unwrap();
+        assert_eq!(next_value(&slot), Some(Value::Int64(7)));
+    }
+
+    #[test]
+    fn array_diff_from_a_previous_connection_is_drift() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1);
+        let (_, slot, sub) = t.insert("list".into(), obj! {});
+        let q = query_id_of(&sub);
+        t.apply_transition(
+            0,
+            1,
+            vec![updated(q, ResultDiff::Replace(list(&[("a", 1)])))],
+        )
+        .unwrap();
+        next_value(&slot);
+        t.begin_connection(2);
+        let edits = vec![ArrayEdit::Remove {
+            index: 0,
+            id: "a".into(),
+        }];
+        let effects = t
+            .apply_transition(0, 2, vec![updated(q, ResultDiff::Array(edits))])
+            .unwrap();
+        assert_eq!(effects.outbox.len(), 2);
+        assert_eq!(next_value(&slot), None);
+    }
+
+    #[test]
+    fn drifted_copy_resubscribes_under_a_fresh_id() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1);
+        let (_, slot, sub) = t.insert("list".into(), obj! {"limit" => 3i64});
+        let q = query_id_of(&sub);
+        t.apply_transition(
+            0,
+            1,
+            vec![updated(q, ResultDiff::Replace(list(&[("a", 1)])))],
+        )
+        .unwrap();
+        assert!(next_value(&slot).is_some());
+        let bad = ResultDiff::Array(vec![ArrayEdit::Change {
+            index: 0,
+            id: "zzz".into(),
+            value: doc("zzz", 9),
+        }]);
+        let effects = t.apply_transition(1, 2, vec![updated(q, bad)]).unwrap();
+        assert!(
+            matches!(effects.outbox[0], ClientMessage::Unsubscribe { query_id } if query_id == q)
+        );
+        let q2 = query_id_of(&effects.outbox[1]);
+        assert_ne!(q2, q);
+        assert_eq!(next_value(&slot), None, "drifted value is not shown");
+        // The old id is dead; the new one takes a replace.
+        t.apply_transition(2, 3, vec![updated(q, ResultDiff::Replace(Value::Null))])
+            .unwrap();
+        assert_eq!(next_value(&slot), None);
+        let fresh = list(&[("b", 2)]);
+        t.apply_transition(3, 4, vec![updated(q2, ResultDiff::Replace(fresh.clone()))])
+            .unwrap();
+        assert_eq!(next_value(&slot), Some(fresh));
+    }
+
+    #[test]
+    fn failure_is_reported_once_then_the_stream_ends() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1);
+        let (key, slot, sub) = t.insert("secret".into(), obj! {});
+        let q = query_id_of(&sub);
+        let error = ErrorPayload {
+            code: "FORBIDDEN".into(),
+            message: "no".into(),
+            data: Value::Null,
+        };
+        t.apply_transition(0, 3, vec![Modification::Failed { query_id: q, error }])
+            .unwrap();
+        match poll_now(&slot) {
+            Poll::Ready(Some(Err(e))) => assert_eq!(e.code(), Some("FORBIDDEN")),
+            other => panic!("expected the failure, got {other:?}"),
+        }
+        assert!(matches!(poll_now(&slot), Poll::Ready(None)));
+        assert_eq!(t.len(), 0);
+        // Dropping the subscription afterwards sends nothing.
+        assert!(t.remove(key).is_none());
+    }
+
+    #[test]
+    fn unsubscribed_queries_ignore_late_results() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1);
+        let (key_a, slot_a, sub_a) = t.insert("a".into(), obj! {});
+        let (_, slot_b, sub_b) = t.insert("b".into(), obj! {});
+        let (qa, qb) = (query_id_of(&sub_a), query_id_of(&sub_b));
+        assert_ne!(qa, qb);
+        let unsub = t.remove(key_a).unwrap();
+        assert_eq!(query_id_of(&unsub), qa);
+        t.apply_transition(
+            0,
+            4,
+            vec![
+                updated(qa, ResultDiff::Replace(Value::Int64(1))),
+                updated(qb, ResultDiff::Replace(Value::Int64(2))),
+                Modification::Removed { query_id: qa },
+            ],
+        )
+        .unwrap();
+        assert_eq!(next_value(&slot_a), None);
+        assert_eq!(next_value(&slot_b), Some(Value::Int64(2)));
+        // A second subscription gets a different id from the dropped one.
+        let (_, _, sub_c) = t.insert("c".into(), obj! {});
+        assert!(query_id_of(&sub_c) != qa && query_id_of(&sub_c) != qb);
+    }
+
+    #[test]
+    fn end_all_wakes_and_ends_every_stream() {
+        let mut t = SubscriptionTable::new();
+        let (_, slot, _) = t.insert("a".into(), obj! {});
+        t.end_all(Some(ClientError::Disconnected));
+        assert!(matches!(
+            poll_now(&slot),
+            Poll::Ready(Some(Err(ClientError::Disconnected)))
+        ));
+        assert!(matches!(poll_now(&slot), Poll::Ready(None)));
+    }
+}
