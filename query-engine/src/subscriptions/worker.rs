@@ -61,8 +61,6 @@ struct ClientState {
     identity: Option<Identity>,
     outbox: Arc<Outbox>,
     subs: HashMap<u32, Sub>,
-    /// Highest timestamp this client asked to be synced to.
-    sync_to: u64,
 }
 
 pub(crate) struct Worker {
@@ -78,6 +76,8 @@ pub(crate) struct Worker {
     free_ids: Vec<ExecId>,
     next_id: ExecId,
     clients: HashMap<ClientId, ClientState>,
+    /// Read-your-writes requests waiting for the worker to reach a timestamp.
+    syncs: BTreeMap<u64, Vec<ClientId>>,
 }
 
 impl Worker {
@@ -102,6 +102,7 @@ impl Worker {
             free_ids: Vec::new(),
             next_id: 0,
             clients: HashMap::new(),
+            syncs: BTreeMap::new(),
         }
     }
 
@@ -130,7 +131,6 @@ impl Worker {
                         identity,
                         outbox,
                         subs: HashMap::new(),
-                        sync_to: 0,
                     },
                 );
             }
@@ -164,13 +164,11 @@ impl Worker {
             }
             Command::SyncTo { client, ts } => {
                 let now = self.snapshot.ts;
-                if let Some(c) = self.clients.get_mut(&client) {
-                    if ts <= now {
-                        if c.outbox.latest_ts() < now {
-                            c.outbox.push(now, Vec::new());
-                        }
-                    } else {
-                        c.sync_to = c.sync_to.max(ts);
+                if let Some(c) = self.clients.get(&client) {
+                    if ts > now {
+                        self.syncs.entry(ts).or_default().push(client);
+                    } else if c.outbox.latest_ts() < now {
+                        c.outbox.push(now, Vec::new());
                     }
                 }
             }
@@ -516,23 +514,15 @@ impl Worker {
             }
         }
         let ts = self.snapshot.ts;
-        for (client, c) in self.clients.iter_mut() {
-            let updates: Vec<(u32, Update)> = per_client
-                .remove(client)
-                .map(|m| m.into_iter().collect())
-                .unwrap_or_default();
-            let synced = c.sync_to != 0 && c.sync_to <= ts;
-            if updates.is_empty() && !synced {
-                continue;
+        // Clients that asked for a sync up to `ts` get a transition even without changes.
+        let due: Vec<u64> = self.syncs.range(..=ts).map(|(t, _)| *t).collect();
+        for t in due {
+            for client in self.syncs.remove(&t).unwrap_or_default() {
+                per_client.entry(client).or_default();
             }
-            if synced {
-                c.sync_to = 0;
-            }
-            let n = updates.len();
-            let depth = c.outbox.push(ts, updates);
-            self.metrics.transitions.fetch_add(1, Ordering::Relaxed);
-            self.metrics.transition_updates.observe(n as f64);
-            self.metrics.outbox_depth.observe(depth as f64);
+        }
+        for (client, updates) in per_client {
+            self.push(client, updates.into_iter().collect());
         }
     }
 }
