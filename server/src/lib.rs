@@ -1,1 +1,9 @@
 pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod transport;
+
+pub use config::ServerConfig;
+pub use server::{RunningServer, Server, StartError};

@@ -1,1 +1,121 @@
-fn main() {}
+//! The `linkedup-server` binary: parses flags/env/config file, starts the server with the
+//! LinkedUp schema and functions, prints where it listens (and, in development mode, the
+//! certificate fingerprint to pin and how to mint a token), and stops gracefully on a signal.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use linkedup_server::auth::{DevClaims, DevIssuer};
+use linkedup_server::config::{AuthSource, Cli, Command, MintTokenArgs, Options, TlsSource};
+use linkedup_server::{Server, ServerConfig};
+use query_engine::functions::Functions;
+use query_engine::schema::SchemaDefinition;
+use std::time::Duration;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Some(Command::MintToken(args)) => mint_token(&cli.options, args),
+        Some(Command::Serve) | None => runtime.block_on(serve(&cli.options)),
+    }
+}
+
+/// The application the binary serves.
+fn application() -> (SchemaDefinition, Functions) {
+    (SchemaDefinition::new(), Functions::new())
+}
+
+async fn serve(options: &Options) -> anyhow::Result<()> {
+    let config = ServerConfig::from_options(options).context("invalid configuration")?;
+    let data_dir = config.data_dir.clone();
+    let dev_tls = matches!(config.tls, TlsSource::SelfSigned { .. });
+    let dev_auth = matches!(config.auth, AuthSource::Development { .. });
+    let (schema, functions) = application();
+    let server = Server::start(config, schema, functions)
+        .await
+        .context("starting the server")?;
+    println!(
+        "LinkedUp server {} ({} mode)",
+        linkedup_server::server::SERVER_VERSION,
+        if server.is_development() {
+            "development"
+        } else {
+            "production"
+        }
+    );
+    println!("  QUIC   {}  (ALPN linkedup/1)", server.quic_addr());
+    println!(
+        "  HTTP   http://{}  (/health, /metrics)",
+        server.http_addr()
+    );
+    println!(
+        "  TLS certificate SHA-256{}: {}",
+        if dev_tls {
+            " (self-signed; pin it)"
+        } else {
+            ""
+        },
+        server.cert_fingerprint()
+    );
+    if dev_auth {
+        println!(
+            "  Dev tokens: linkedup-server mint-token --data-dir {} --subject <user id>",
+            data_dir.display()
+        );
+    }
+    wait_for_signal().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    tracing::info!("signal received");
+    Ok(())
+}
+
+fn mint_token(options: &Options, args: MintTokenArgs) -> anyhow::Result<()> {
+    let config = ServerConfig::from_options(options).context("invalid configuration")?;
+    let AuthSource::Development {
+        key_dir,
+        issuer,
+        audience,
+    } = &config.auth
+    else {
+        bail!("mint-token needs the development issuer; this configuration uses WorkOS");
+    };
+    let issuer = DevIssuer::load_or_generate(key_dir, issuer.clone(), audience.clone())
+        .context("loading the development issuer key")?;
+    let token = issuer.mint(DevClaims {
+        subject: args.subject,
+        email: args.email,
+        org_id: args.org_id,
+        org_role: args.org_role,
+        roles: args.roles,
+        ttl: Duration::from_secs(args.ttl_secs),
+    });
+    println!("{token}");
+    Ok(())
+}

@@ -1,0 +1,650 @@
+//! Server configuration: the typed `ServerConfig` the library starts from, and how the binary
+//! builds it from command-line flags, environment variables (clap `env`) and an optional TOML or
+//! JSON file, in that order of precedence. No TLS and no WorkOS settings means development mode.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use query_engine::engine::EngineConfig;
+use query_engine::protocol::DEFAULT_MAX_FRAME_BYTES;
+use serde::Deserialize;
+
+use crate::auth::AuthConfig;
+
+pub const DEFAULT_QUIC_LISTEN: &str = "127.0.0.1:7443";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7080";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DATABASE_FILE: &str = "linkedup.redb";
+/// `iss` and `aud` of development tokens; the verifier compares them exactly.
+pub const DEV_ISSUER: &str = "urn:linkedup:dev";
+pub const DEV_AUDIENCE: &str = "linkedup-dev";
+/// Largest configuration file read.
+const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+/// Smallest `maxFrameBytes` accepted: below this, ordinary results would not fit in a frame.
+const MIN_FRAME_BYTES: u32 = 64 * 1024;
+const MAX_CONCURRENT_CALLS_LIMIT: u32 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is larger than {MAX_CONFIG_FILE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("config file {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("--cert and --key must be given together (got only {given})")]
+    PartialTls { given: &'static str },
+    #[error("--workos-audience (the WorkOS client id) is required when {given} is set")]
+    MissingWorkosAudience { given: &'static str },
+    #[error("{name} = {value}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// Where the QUIC endpoint's certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsSource {
+    /// A self-signed certificate kept in `dir` (`dev-cert.pem`, `dev-key.pem`), made once.
+    SelfSigned { dir: PathBuf },
+    /// PEM files: a chain (leaf first) and its private key.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// Who issues the access tokens the server accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthSource {
+    /// A local issuer whose RSA key lives in `key_dir`; its JWKS is served on the HTTP port and
+    /// tokens are verified through it exactly like WorkOS ones.
+    Development {
+        key_dir: PathBuf,
+        issuer: String,
+        audience: String,
+    },
+    /// WorkOS AuthKit (or any RS256 issuer with a JWKS).
+    WorkOs(AuthConfig),
+}
+
+/// Per-connection limits, announced to clients in `Connected`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; further handshakes are refused.
+    pub max_connections: usize,
+    pub max_frame_bytes: u32,
+    pub max_concurrent_calls: u32,
+    pub max_subscriptions: u32,
+    /// Time a new connection has to open its control stream and send `Connect`.
+    pub connect_timeout: Duration,
+    /// A connection with no traffic for this long is closed (clients send keep-alives).
+    pub idle_timeout: Duration,
+    /// Control messages queued for the control stream's writer before the reader waits.
+    pub control_queue: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_concurrent_calls: 64,
+            max_subscriptions: 1_000,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            control_queue: 64,
+        }
+    }
+}
+
+/// How long and how many retried-mutation results are remembered (protocol §12).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MutationDedupConfig {
+    pub ttl: Duration,
+    pub max_entries: usize,
+    /// Bound on the summed size of remembered result values.
+    pub max_value_bytes: usize,
+}
+
+impl Default for MutationDedupConfig {
+    fn default() -> Self {
+        MutationDedupConfig {
+            ttl: Duration::from_secs(600),
+            max_entries: 100_000,
+            max_value_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Everything `Server::start` needs besides the schema and functions.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub quic_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_path: PathBuf,
+    pub tls: TlsSource,
+    pub auth: AuthSource,
+    pub limits: ConnectionLimits,
+    pub mutation_dedup: MutationDedupConfig,
+    pub engine: EngineConfig,
+    /// On shutdown, how long in-flight calls may take to finish before connections close.
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Development mode with everything under `data_dir` and the default addresses.
+    pub fn development(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        ServerConfig {
+            quic_listen: parse_default(DEFAULT_QUIC_LISTEN),
+            http_listen: parse_default(DEFAULT_HTTP_LISTEN),
+            database_path: data_dir.join(DATABASE_FILE),
+            tls: TlsSource::SelfSigned {
+                dir: data_dir.clone(),
+            },
+            auth: AuthSource::Development {
+                key_dir: data_dir.clone(),
+                issuer: DEV_ISSUER.into(),
+                audience: DEV_AUDIENCE.into(),
+            },
+            data_dir,
+            limits: ConnectionLimits::default(),
+            mutation_dedup: MutationDedupConfig::default(),
+            engine: EngineConfig::default(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Development mode on 127.0.0.1 with OS-chosen ports: what in-process tests start.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Self::development(data_dir);
+        config.quic_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.drain_timeout = Duration::from_secs(2);
+        config
+    }
+
+    /// True when either the certificate or the token issuer is the development one.
+    pub fn is_development(&self) -> bool {
+        matches!(self.tls, TlsSource::SelfSigned { .. })
+            || matches!(self.auth, AuthSource::Development { .. })
+    }
+
+    /// Builds the configuration from parsed flags/env, reading `--config` if given.
+    pub fn from_options(cli: &Options) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => Options::from_file(path)?,
+            None => Options::default(),
+        };
+        cli.clone().or(file).resolve()
+    }
+}
+
+fn parse_default(addr: &str) -> SocketAddr {
+    // The defaults are constants above, checked by a unit test.
+    addr.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The `linkedup-server` command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "linkedup-server",
+    version,
+    about = "LinkedUp server: a reactive database over QUIC, with an HTTP port for health and metrics.",
+    long_about = "LinkedUp server: a reactive database over QUIC (wire protocol docs/protocol.md, \
+ALPN linkedup/1, TLS 1.3), with an HTTP port for /health, /metrics and, in development mode, \
+the development issuer's JWKS.\n\n\
+Every option can also be set by its environment variable or in a TOML/JSON file given with \
+--config (keys are the long flag names without the leading `--`, e.g. `http-listen = \
+\"0.0.0.0:7080\"`). Precedence: flag, then environment, then file, then default.\n\n\
+With no --cert/--key and no --workos-* options the server runs in development mode: data in \
+./data/linkedup.redb, a self-signed certificate ./data/dev-cert.pem (its SHA-256 fingerprint is \
+printed at startup for clients to pin) and a local token issuer (`linkedup-server mint-token`)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub options: Options,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run the server (the default when no command is given).
+    Serve,
+    /// Print a development access token signed by the development issuer's key in the data
+    /// directory (the key a development-mode server in that directory accepts).
+    MintToken(MintTokenArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct MintTokenArgs {
+    /// The user's subject (`sub`), e.g. user_1.
+    #[arg(long, default_value = "dev_user")]
+    pub subject: String,
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Organisation id (`org_id`).
+    #[arg(long)]
+    pub org_id: Option<String>,
+    /// Role in the organisation (`role`), e.g. admin or member.
+    #[arg(long)]
+    pub org_role: Option<String>,
+    /// Further roles/permissions; repeat for several.
+    #[arg(long = "role")]
+    pub roles: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+}
+
+/// Options shared by the flags, the environment and the config file; all optional so that the
+/// sources can be layered. Defaults are applied in `resolve`.
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Options {
+    /// Configuration file: TOML, or JSON when the name ends in .json.
+    #[arg(long, env = "LINKEDUP_CONFIG", global = true, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// QUIC (UDP) address to listen on [default: 127.0.0.1:7443].
+    #[arg(long, env = "LINKEDUP_LISTEN", global = true, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP address for /health, /metrics and the dev JWKS [default: 127.0.0.1:7080].
+    #[arg(long, env = "LINKEDUP_HTTP_LISTEN", global = true, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Directory for the database, the development certificate and the dev issuer key
+    /// [default: ./data].
+    #[arg(long, env = "LINKEDUP_DATA_DIR", global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database file [default: <data-dir>/linkedup.redb].
+    #[arg(long, env = "LINKEDUP_DATABASE", global = true, value_name = "FILE")]
+    pub database: Option<PathBuf>,
+    /// TLS certificate chain, PEM, leaf first (production; needs --key).
+    #[arg(long, env = "LINKEDUP_TLS_CERT", global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// TLS private key, PEM (production; needs --cert).
+    #[arg(long, env = "LINKEDUP_TLS_KEY", global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// WorkOS client id: the `aud` access tokens must carry. Setting it switches from the
+    /// development issuer to WorkOS.
+    #[arg(
+        long,
+        env = "LINKEDUP_WORKOS_AUDIENCE",
+        global = true,
+        value_name = "CLIENT_ID"
+    )]
+    pub workos_audience: Option<String>,
+    /// Expected token issuer [default: https://api.workos.com/user_management/<client id>].
+    #[arg(
+        long,
+        env = "LINKEDUP_WORKOS_ISSUER",
+        global = true,
+        value_name = "URL"
+    )]
+    pub workos_issuer: Option<String>,
+    /// JWKS URL [default: https://api.workos.com/sso/jwks/<client id>].
+    #[arg(
+        long,
+        env = "LINKEDUP_WORKOS_JWKS_URL",
+        global = true,
+        value_name = "URL"
+    )]
+    pub workos_jwks_url: Option<String>,
+    /// Most connections open at once [default: 10000].
+    #[arg(
+        long,
+        env = "LINKEDUP_MAX_CONNECTIONS",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_connections: Option<usize>,
+    /// Largest frame payload accepted or sent, in bytes [default: 8388608].
+    #[arg(
+        long,
+        env = "LINKEDUP_MAX_FRAME_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_frame_bytes: Option<u32>,
+    /// Most call streams open at once per connection [default: 64].
+    #[arg(
+        long,
+        env = "LINKEDUP_MAX_CONCURRENT_CALLS",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_concurrent_calls: Option<u32>,
+    /// Most live subscriptions per connection [default: 1000].
+    #[arg(
+        long,
+        env = "LINKEDUP_MAX_SUBSCRIPTIONS",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_subscriptions: Option<u32>,
+    /// Close connections silent for this long [default: 30].
+    #[arg(
+        long,
+        env = "LINKEDUP_IDLE_TIMEOUT_SECS",
+        global = true,
+        value_name = "SECS"
+    )]
+    pub idle_timeout_secs: Option<u64>,
+    /// On SIGINT/SIGTERM, how long in-flight calls may run before connections close
+    /// [default: 10].
+    #[arg(
+        long,
+        env = "LINKEDUP_DRAIN_TIMEOUT_SECS",
+        global = true,
+        value_name = "SECS"
+    )]
+    pub drain_timeout_secs: Option<u64>,
+    /// How long a mutation's result is remembered for retries with the same mutationId
+    /// [default: 600].
+    #[arg(
+        long,
+        env = "LINKEDUP_MUTATION_DEDUP_TTL_SECS",
+        global = true,
+        value_name = "SECS"
+    )]
+    pub mutation_dedup_ttl_secs: Option<u64>,
+    /// Most mutation results remembered for retries [default: 100000].
+    #[arg(
+        long,
+        env = "LINKEDUP_MUTATION_DEDUP_ENTRIES",
+        global = true,
+        value_name = "N"
+    )]
+    pub mutation_dedup_entries: Option<usize>,
+    /// Skip fsync on commit (benchmarks only: a crash loses acknowledged writes).
+    #[arg(long, env = "LINKEDUP_NO_FSYNC", global = true)]
+    #[serde(default)]
+    pub no_fsync: bool,
+}
+
+impl Options {
+    /// Reads a config file: JSON when the name ends in `.json`, TOML otherwise.
+    pub fn from_file(path: &Path) -> Result<Options, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read_err)?.len();
+        if len > MAX_CONFIG_FILE_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let parse_err = |detail: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail,
+        };
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        {
+            serde_json::from_str(&text).map_err(|e| parse_err(e.to_string()))
+        } else {
+            toml::from_str(&text).map_err(|e| parse_err(e.to_string()))
+        }
+    }
+
+    /// Each option from `self` if set, else from `lower`.
+    pub fn or(self, lower: Options) -> Options {
+        Options {
+            config: self.config.or(lower.config),
+            listen: self.listen.or(lower.listen),
+            http_listen: self.http_listen.or(lower.http_listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            database: self.database.or(lower.database),
+            cert: self.cert.or(lower.cert),
+            key: self.key.or(lower.key),
+            workos_audience: self.workos_audience.or(lower.workos_audience),
+            workos_issuer: self.workos_issuer.or(lower.workos_issuer),
+            workos_jwks_url: self.workos_jwks_url.or(lower.workos_jwks_url),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
+            max_concurrent_calls: self.max_concurrent_calls.or(lower.max_concurrent_calls),
+            max_subscriptions: self.max_subscriptions.or(lower.max_subscriptions),
+            idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
+            drain_timeout_secs: self.drain_timeout_secs.or(lower.drain_timeout_secs),
+            mutation_dedup_ttl_secs: self
+                .mutation_dedup_ttl_secs
+                .or(lower.mutation_dedup_ttl_secs),
+            mutation_dedup_entries: self.mutation_dedup_entries.or(lower.mutation_dedup_entries),
+            no_fsync: self.no_fsync || lower.no_fsync,
+        }
+    }
+
+    /// The data directory these options select.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    /// Applies defaults and checks the combination.
+    pub fn resolve(self) -> Result<ServerConfig, ConfigError> {
+        let mut config = ServerConfig::development(self.data_dir());
+        if let Some(addr) = self.listen {
+            config.quic_listen = addr;
+        }
+        if let Some(addr) = self.http_listen {
+            config.http_listen = addr;
+        }
+        if let Some(path) = self.database {
+            config.database_path = path;
+        }
+        config.tls = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+            (None, None) => config.tls,
+            (Some(_), None) => return Err(ConfigError::PartialTls { given: "--cert" }),
+            (None, Some(_)) => return Err(ConfigError::PartialTls { given: "--key" }),
+        };
+        match self.workos_audience {
+            Some(client_id) => {
+                non_empty("workos-audience", &client_id)?;
+                let issuer = self.workos_issuer.unwrap_or_else(|| {
+                    format!("https://api.workos.com/user_management/{client_id}")
+                });
+                let jwks_url = self
+                    .workos_jwks_url
+                    .unwrap_or_else(|| format!("https://api.workos.com/sso/jwks/{client_id}"));
+                non_empty("workos-issuer", &issuer)?;
+                if !(jwks_url.starts_with("https://") || jwks_url.starts_with("http://")) {
+                    return Err(ConfigError::Invalid {
+                        name: "workos-jwks-url",
+                        value: jwks_url,
+                        reason: "must be an http(s) URL",
+                    });
+                }
+                config.auth = AuthSource::WorkOs(AuthConfig::new(issuer, client_id, jwks_url));
+            }
+            None if self.workos_issuer.is_some() => {
+                return Err(ConfigError::MissingWorkosAudience {
+                    given: "--workos-issuer",
+                })
+            }
+            None if self.workos_jwks_url.is_some() => {
+                return Err(ConfigError::MissingWorkosAudience {
+                    given: "--workos-jwks-url",
+                })
+            }
+            None => {}
+        }
+        let limits = &mut config.limits;
+        if let Some(n) = self.max_connections {
+            limits.max_connections = at_least("max-connections", n, 1)?;
+        }
+        if let Some(n) = self.max_frame_bytes {
+            limits.max_frame_bytes = at_least("max-frame-bytes", n, MIN_FRAME_BYTES)?;
+        }
+        if let Some(n) = self.max_concurrent_calls {
+            limits.max_concurrent_calls = at_least("max-concurrent-calls", n, 1)?;
+            if n > MAX_CONCURRENT_CALLS_LIMIT {
+                return Err(ConfigError::Invalid {
+                    name: "max-concurrent-calls",
+                    value: n.to_string(),
+                    reason: "must be at most 10000",
+                });
+            }
+        }
+        if let Some(n) = self.max_subscriptions {
+            limits.max_subscriptions = at_least("max-subscriptions", n, 1)?;
+        }
+        if let Some(secs) = self.idle_timeout_secs {
+            limits.idle_timeout = Duration::from_secs(at_least("idle-timeout-secs", secs, 1)?);
+        }
+        if let Some(secs) = self.drain_timeout_secs {
+            config.drain_timeout = Duration::from_secs(secs);
+        }
+        if let Some(secs) = self.mutation_dedup_ttl_secs {
+            config.mutation_dedup.ttl = Duration::from_secs(secs);
+        }
+        if let Some(n) = self.mutation_dedup_entries {
+            config.mutation_dedup.max_entries = n;
+        }
+        if self.no_fsync {
+            config.engine.committer.durable = false;
+        }
+        Ok(config)
+    }
+}
+
+fn non_empty(name: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::Invalid {
+            name,
+            value: value.into(),
+            reason: "must not be empty",
+        });
+    }
+    Ok(())
+}
+
+fn at_least<T: PartialOrd + ToString>(name: &'static str, n: T, min: T) -> Result<T, ConfigError> {
+    if n < min {
+        return Err(ConfigError::Invalid {
+            name,
+            value: n.to_string(),
+            reason: "is below the minimum",
+        });
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("linkedup-server").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn no_options_is_development_mode_with_the_defaults() {
+        Cli::command().debug_assert();
+        let config = parse(&[]).options.resolve().unwrap();
+        assert!(config.is_development());
+        assert_eq!(config.quic_listen.to_string(), DEFAULT_QUIC_LISTEN);
+        assert_eq!(config.http_listen.to_string(), DEFAULT_HTTP_LISTEN);
+        assert_eq!(
+            config.database_path,
+            Path::new(DEFAULT_DATA_DIR).join(DATABASE_FILE)
+        );
+        assert!(matches!(config.auth, AuthSource::Development { .. }));
+    }
+
+    #[test]
+    fn production_options_select_files_and_workos() {
+        let cli = parse(&[
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--workos-audience",
+            "client_1",
+            "--listen",
+            "0.0.0.0:443",
+        ]);
+        let config = cli.options.resolve().unwrap();
+        assert!(!config.is_development());
+        assert_eq!(config.quic_listen.to_string(), "0.0.0.0:443");
+        let AuthSource::WorkOs(auth) = &config.auth else {
+            panic!("expected WorkOS auth");
+        };
+        assert_eq!(auth.audience, "client_1");
+        assert_eq!(
+            auth.issuer,
+            "https://api.workos.com/user_management/client_1"
+        );
+        assert_eq!(auth.jwks_url, "https://api.workos.com/sso/jwks/client_1");
+    }
+
+    #[test]
+    fn partial_settings_are_refused() {
+        assert!(matches!(
+            parse(&["--cert", "c.pem"]).options.resolve(),
+            Err(ConfigError::PartialTls { .. })
+        ));
+        assert!(matches!(
+            parse(&["--workos-issuer", "https://x"]).options.resolve(),
+            Err(ConfigError::MissingWorkosAudience { .. })
+        ));
+        assert!(matches!(
+            parse(&["--max-frame-bytes", "10"]).options.resolve(),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("server.toml");
+        std::fs::write(
+            &toml_path,
+            "listen = \"127.0.0.1:9000\"\nhttp-listen = \"127.0.0.1:9001\"\nmax-subscriptions = 5\n",
+        )
+        .unwrap();
+        let cli = parse(&[
+            "--config",
+            toml_path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9100",
+        ]);
+        let config = ServerConfig::from_options(&cli.options).unwrap();
+        assert_eq!(config.quic_listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(config.http_listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(config.limits.max_subscriptions, 5);
+
+        let json_path = dir.path().join("server.json");
+        std::fs::write(&json_path, r#"{"max-concurrent-calls": 7}"#).unwrap();
+        let options = Options::from_file(&json_path).unwrap();
+        assert_eq!(options.max_concurrent_calls, Some(7));
+        std::fs::write(&json_path, r#"{"no-such-key": 1}"#).unwrap();
+        assert!(matches!(
+            Options::from_file(&json_path),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn mint_token_subcommand_takes_global_options() {
+        let cli = parse(&["mint-token", "--subject", "user_1", "--data-dir", "/tmp/x"]);
+        assert_eq!(cli.options.data_dir(), PathBuf::from("/tmp/x"));
+        let Some(Command::MintToken(args)) = cli.command else {
+            panic!("expected mint-token");
+        };
+        assert_eq!(args.subject, "user_1");
+    }
+}

@@ -1,0 +1,88 @@
+//! The HTTP port (axum): `GET /health` (JSON status), `GET /metrics` (Prometheus text: server,
+//! subscription and engine metrics) and, in development mode, the dev issuer's JWKS. Further
+//! routes (webhooks) are merged into `router`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use query_engine::engine::Engine;
+use query_engine::subscriptions::SubscriptionManager;
+
+use crate::auth::{jwks_router, DevIssuer};
+use crate::metrics::ServerMetrics;
+use crate::transport::dedup::MutationDedup;
+
+/// What the HTTP handlers read.
+pub(crate) struct HttpState {
+    pub engine: Engine,
+    pub subscriptions: SubscriptionManager,
+    pub metrics: Arc<ServerMetrics>,
+    pub dedup: Arc<MutationDedup>,
+    pub started: Instant,
+    pub development: bool,
+    pub version: String,
+    /// Set when shutdown begins: `/health` then answers 503 so load balancers move away.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// The HTTP application.
+pub(crate) fn router(state: Arc<HttpState>, dev_issuer: Option<Arc<DevIssuer>>) -> Router {
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Some(issuer) = dev_issuer {
+        app = app.merge(jwks_router(issuer));
+    }
+    app
+}
+
+async fn health(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    let draining = state.draining.load(Ordering::Relaxed);
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = serde_json::json!({
+        "status": if draining { "draining" } else { "ok" },
+        "version": state.version,
+        "mode": if state.development { "development" } else { "production" },
+        "uptimeSecs": state.started.elapsed().as_secs(),
+        "connections": state.metrics.connections_open.load(Ordering::Relaxed),
+        "ts": state.engine.snapshot().ts,
+        "pendingCommits": state.subscriptions.pending_commits(),
+    });
+    (status, Json(body))
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(16 * 1024);
+    state.metrics.render(&mut out);
+    let _ = writeln!(
+        out,
+        "# HELP server_mutation_dedup_entries Mutation results remembered for retries\n# TYPE server_mutation_dedup_entries gauge\nserver_mutation_dedup_entries {}",
+        state.dedup.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP server_uptime_seconds Seconds since the server started\n# TYPE server_uptime_seconds gauge\nserver_uptime_seconds {}",
+        state.started.elapsed().as_secs()
+    );
+    state.subscriptions.render_metrics(&mut out);
+    state.engine.metrics().render(&mut out);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}

@@ -1,0 +1,196 @@
+//! The server's own metrics — connections, calls by function and outcome with latency
+//! histograms, auth results, protocol errors, transitions sent — and the Prometheus text
+//! rendering of them together with the engine's and the subscription manager's.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use query_engine::metrics::{Histogram, LATENCY_BUCKETS};
+
+/// Distinct outcome codes tracked per function; further codes count as `OTHER`, so a function
+/// inventing error codes cannot grow the metrics without bound.
+const MAX_CODES_PER_SERIES: usize = 32;
+/// Label used for calls naming a function that is not registered (names are client input).
+pub const UNKNOWN_FUNCTION: &str = "<unknown>";
+
+struct CallSeries {
+    latency: Histogram,
+    outcomes: BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+pub struct ServerMetrics {
+    pub connections_open: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub auth_ok: AtomicU64,
+    pub auth_failed: AtomicU64,
+    pub transitions_sent: AtomicU64,
+    pub transition_bytes_sent: AtomicU64,
+    pub mutation_replays: AtomicU64,
+    /// (function, kind) -> series. Keys are registered function names (or `<unknown>`), so
+    /// the map is bounded by the function registry.
+    calls: Mutex<BTreeMap<(String, &'static str), CallSeries>>,
+}
+
+impl ServerMetrics {
+    /// Records one finished call; `code` is `OK` or the error code.
+    pub fn record_call(&self, function: &str, kind: &'static str, code: &str, elapsed: Duration) {
+        let mut calls = self.calls.lock();
+        let series = match calls.get_mut(&(function.to_string(), kind)) {
+            Some(series) => series,
+            None => calls
+                .entry((function.to_string(), kind))
+                .or_insert_with(|| CallSeries {
+                    latency: Histogram::new(LATENCY_BUCKETS),
+                    outcomes: BTreeMap::new(),
+                }),
+        };
+        series.latency.observe_duration(elapsed);
+        let code =
+            if series.outcomes.contains_key(code) || series.outcomes.len() < MAX_CODES_PER_SERIES {
+                code
+            } else {
+                "OTHER"
+            };
+        *series.outcomes.entry(code.to_string()).or_default() += 1;
+    }
+
+    /// Calls recorded for `function` with outcome `code` (tests and benchmarks).
+    pub fn calls(&self, function: &str, kind: &'static str, code: &str) -> u64 {
+        self.calls
+            .lock()
+            .get(&(function.to_string(), kind))
+            .and_then(|s| s.outcomes.get(code).copied())
+            .unwrap_or(0)
+    }
+
+    /// Appends the server metrics in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP server_connections_open QUIC connections open\n# TYPE server_connections_open gauge\nserver_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        for (name, help, v) in [
+            (
+                "server_connections_total",
+                "QUIC connections accepted",
+                &self.connections_total,
+            ),
+            (
+                "server_connections_refused_total",
+                "Connections refused (limit or shutdown)",
+                &self.connections_refused,
+            ),
+            (
+                "server_protocol_errors_total",
+                "Fatal protocol errors sent",
+                &self.protocol_errors,
+            ),
+            (
+                "server_auth_ok_total",
+                "Accepted Authenticate messages",
+                &self.auth_ok,
+            ),
+            (
+                "server_auth_failed_total",
+                "Rejected Authenticate messages",
+                &self.auth_failed,
+            ),
+            (
+                "server_transitions_sent_total",
+                "Transitions written to control streams",
+                &self.transitions_sent,
+            ),
+            (
+                "server_transition_bytes_sent_total",
+                "Bytes of transitions written",
+                &self.transition_bytes_sent,
+            ),
+            (
+                "server_mutation_replays_total",
+                "Retried mutations answered from the mutationId cache",
+                &self.mutation_replays,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let calls = self.calls.lock();
+        let _ = writeln!(
+            out,
+            "# HELP server_calls_total Function calls by function, kind and outcome code\n# TYPE server_calls_total counter"
+        );
+        for ((function, kind), series) in calls.iter() {
+            for (code, n) in &series.outcomes {
+                let _ = writeln!(
+                    out,
+                    "server_calls_total{{function=\"{}\",kind=\"{kind}\",code=\"{}\"}} {n}",
+                    escape(function),
+                    escape(code)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP server_call_duration_seconds Call latency from stream accepted to result written\n# TYPE server_call_duration_seconds histogram"
+        );
+        for ((function, kind), series) in calls.iter() {
+            let labels = format!("function=\"{}\",kind=\"{kind}\"", escape(function));
+            series
+                .latency
+                .render("server_call_duration_seconds", &labels, out);
+        }
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_render_with_escaped_labels_and_bounded_codes() {
+        let m = ServerMetrics::default();
+        m.record_call("a:\"b\"", "query", "OK", Duration::from_millis(2));
+        for i in 0..100 {
+            m.record_call(
+                "f",
+                "mutation",
+                &format!("CODE_{i}"),
+                Duration::from_micros(50),
+            );
+        }
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains(r#"server_calls_total{function="a:\"b\"",kind="query",code="OK"} 1"#));
+        assert_eq!(
+            m.calls("f", "mutation", "OTHER"),
+            100 - MAX_CODES_PER_SERIES as u64
+        );
+        assert!(
+            out.contains(r#"server_call_duration_seconds_count{function="f",kind="mutation"} 100"#)
+        );
+    }
+}

@@ -1,0 +1,303 @@
+//! Server startup and shutdown: opens the engine, loads or makes the certificate, sets up the
+//! token verifier (development issuer or WorkOS), binds the QUIC endpoint and the HTTP port,
+//! and on shutdown stops accepting, drains in-flight calls, closes connections, stops the engine.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use query_engine::engine::{Engine, OpenError};
+use query_engine::functions::Functions;
+use query_engine::schema::SchemaDefinition;
+use query_engine::subscriptions::{SubscriptionConfig, SubscriptionManager};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::{DevClaims, DevIssuer, DevIssuerError, JwksError, TokenVerifier, JWKS_PATH};
+use crate::config::{AuthSource, ServerConfig, TlsSource};
+use crate::http::{self, HttpState};
+use crate::metrics::ServerMetrics;
+use crate::transport::dedup::MutationDedup;
+use crate::transport::tls::{pinned_client_config, CertFingerprint, CertifiedKey, TlsError};
+use crate::transport::{self, BindError, Shared};
+
+/// The server build, announced in `Connected` and `/health`.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Bound on the HTTP server's graceful stop (open keep-alive requests).
+const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("creating {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("binding the HTTP port on {addr}: {source}")]
+    BindHttp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    BindQuic(#[from] BindError),
+    #[error("development token issuer: {0}")]
+    DevIssuer(#[from] DevIssuerError),
+    #[error("token verifier: {0}")]
+    Verifier(#[from] JwksError),
+    #[error("opening the database: {0}")]
+    Engine(#[from] OpenError),
+    #[error("a startup task failed: {0}")]
+    Task(String),
+}
+
+/// Starts servers; see `Server::start`.
+pub struct Server;
+
+impl Server {
+    /// Starts a server with `schema` and `functions` as configured, returning once both ports
+    /// are listening. Must run inside a tokio runtime (the engine's scheduler and the
+    /// connection tasks are spawned onto it).
+    pub async fn start(
+        config: ServerConfig,
+        schema: SchemaDefinition,
+        functions: Functions,
+    ) -> Result<RunningServer, StartError> {
+        let create_dir = |path: &PathBuf| {
+            std::fs::create_dir_all(path).map_err(|source| StartError::CreateDir {
+                path: path.clone(),
+                source,
+            })
+        };
+        create_dir(&config.data_dir)?;
+        if let Some(parent) = config.database_path.parent() {
+            if !parent.as_os_str().is_empty() {
+                create_dir(&parent.to_path_buf())?;
+            }
+        }
+        let cert = match &config.tls {
+            TlsSource::SelfSigned { dir } => CertifiedKey::load_or_generate_dev(dir)?,
+            TlsSource::Files { cert, key } => CertifiedKey::load(cert, key)?,
+        };
+        let fingerprint = cert.fingerprint();
+
+        let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| StartError::BindHttp {
+                addr: config.http_listen,
+                source,
+            })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| StartError::BindHttp {
+                addr: config.http_listen,
+                source,
+            })?;
+
+        let (verifier, dev_issuer) = match &config.auth {
+            AuthSource::Development {
+                key_dir,
+                issuer,
+                audience,
+            } => {
+                let (dir, iss, aud) = (key_dir.clone(), issuer.clone(), audience.clone());
+                // Generating an RSA key takes a while on first start: keep it off the reactor.
+                let issuer = tokio::task::spawn_blocking(move || {
+                    DevIssuer::load_or_generate(&dir, iss, aud)
+                })
+                .await
+                .map_err(|e| StartError::Task(e.to_string()))??;
+                let issuer = Arc::new(issuer);
+                let jwks_url = format!("http://{}{JWKS_PATH}", loopback_for(http_addr));
+                let verifier = TokenVerifier::new(issuer.auth_config(jwks_url))?;
+                (verifier, Some(issuer))
+            }
+            AuthSource::WorkOs(auth) => (TokenVerifier::new(auth.clone())?, None),
+        };
+        let verifier = Arc::new(verifier);
+
+        let engine = Engine::open(
+            &config.database_path,
+            schema,
+            functions,
+            config.engine.clone(),
+        )?;
+        let subscriptions = SubscriptionManager::new(
+            engine.clone(),
+            SubscriptionConfig {
+                max_subscriptions_per_client: config.limits.max_subscriptions as usize,
+                ..SubscriptionConfig::default()
+            },
+        );
+        let endpoint = transport::bind(config.quic_listen, &cert, &config.limits)?;
+        let quic_addr = endpoint.local_addr().map_err(|source| BindError::Io {
+            addr: config.quic_listen,
+            source,
+        })?;
+
+        let metrics = Arc::new(ServerMetrics::default());
+        let dedup = MutationDedup::new(config.mutation_dedup.clone());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let development = config.is_development();
+        let shared = Arc::new(Shared {
+            engine: engine.clone(),
+            subscriptions: subscriptions.clone(),
+            verifier: verifier.clone(),
+            metrics: metrics.clone(),
+            limits: config.limits.clone(),
+            dedup: dedup.clone(),
+            shutdown: shutdown_rx.clone(),
+            drain_timeout: config.drain_timeout,
+            server_version: SERVER_VERSION.to_string(),
+        });
+        let quic_task = tokio::spawn(transport::accept_loop(endpoint, shared));
+
+        let draining = Arc::new(AtomicBool::new(false));
+        let app = http::router(
+            Arc::new(HttpState {
+                engine: engine.clone(),
+                subscriptions,
+                metrics: metrics.clone(),
+                dedup,
+                started: Instant::now(),
+                development,
+                version: SERVER_VERSION.to_string(),
+                draining: draining.clone(),
+            }),
+            dev_issuer.clone(),
+        );
+        let mut http_shutdown = shutdown_rx;
+        let http_task = tokio::spawn(async move {
+            let served = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_shutdown.wait_for(|stopping| *stopping).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+
+        if let AuthSource::WorkOs(_) = &config.auth {
+            // Warm the key cache so the first Authenticate does not pay for the fetch; a
+            // failure here is retried on demand.
+            let verifier = verifier.clone();
+            tokio::spawn(async move {
+                if let Err(e) = verifier.jwks().refresh().await {
+                    tracing::warn!(error = %e, "could not fetch the JWKS yet");
+                }
+            });
+        }
+        tracing::info!(%quic_addr, %http_addr, %fingerprint, development, "server started");
+        Ok(RunningServer {
+            quic_addr,
+            http_addr,
+            fingerprint,
+            dev_issuer,
+            development,
+            engine,
+            metrics,
+            shutdown_tx,
+            draining,
+            quic_task,
+            http_task,
+        })
+    }
+}
+
+/// An address clients on this machine can reach `addr` at (wildcards become loopback).
+fn loopback_for(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+/// A started server. Call `shutdown` to stop it gracefully.
+pub struct RunningServer {
+    quic_addr: SocketAddr,
+    http_addr: SocketAddr,
+    fingerprint: CertFingerprint,
+    dev_issuer: Option<Arc<DevIssuer>>,
+    development: bool,
+    engine: Engine,
+    metrics: Arc<ServerMetrics>,
+    shutdown_tx: watch::Sender<bool>,
+    draining: Arc<AtomicBool>,
+    quic_task: JoinHandle<()>,
+    http_task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The UDP address the QUIC endpoint listens on (the real port when 0 was asked for).
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// Where clients on this machine reach the QUIC endpoint (wildcards become loopback).
+    pub fn quic_connect_addr(&self) -> SocketAddr {
+        loopback_for(self.quic_addr)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// SHA-256 of the server certificate, for clients to pin.
+    pub fn cert_fingerprint(&self) -> CertFingerprint {
+        self.fingerprint
+    }
+
+    /// A quinn client configuration trusting exactly this server's certificate.
+    pub fn pinned_client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        pinned_client_config(self.fingerprint)
+    }
+
+    /// The development token issuer, when the server runs one.
+    pub fn dev_issuer(&self) -> Option<&Arc<DevIssuer>> {
+        self.dev_issuer.as_ref()
+    }
+
+    /// A development access token for `claims`; `None` unless the server runs the dev issuer.
+    pub fn mint_dev_token(&self, claims: DevClaims) -> Option<String> {
+        self.dev_issuer.as_ref().map(|issuer| issuer.mint(claims))
+    }
+
+    pub fn is_development(&self) -> bool {
+        self.development
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
+    }
+
+    /// Stops accepting connections, lets in-flight calls finish (up to the drain timeout),
+    /// closes every connection with a fatal `INTERNAL` "server shutting down", stops the HTTP
+    /// port, then the engine's background work.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown_tx.send(true);
+        if let Err(e) = self.quic_task.await {
+            tracing::error!(error = %e, "QUIC accept loop failed");
+        }
+        let mut http_task = self.http_task;
+        if tokio::time::timeout(HTTP_STOP_TIMEOUT, &mut http_task)
+            .await
+            .is_err()
+        {
+            http_task.abort();
+        }
+        self.engine.shutdown();
+        tracing::info!("shutdown complete");
+    }
+}

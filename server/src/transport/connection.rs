@@ -1,0 +1,285 @@
+//! One QUIC connection: the handshake (`Connect` → `Connected` on the first bidirectional
+//! stream), then the control stream's reader and writer and one task per call stream, until
+//! the client leaves, a fatal error ends it, or the server shuts down (drain, then close).
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use query_engine::error::codes;
+use query_engine::identity::Identity;
+use query_engine::protocol::{
+    ClientMessage, ServerMessage, PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS,
+};
+use query_engine::subscriptions::ClientSession;
+use query_engine::value::Value;
+use quinn::{Connection, Incoming};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::control::{self, Outgoing};
+use super::stream::{
+    read_message, send_fatal_and_close, write_message, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
+    CLOSE_SHUTDOWN,
+};
+use super::{call, Shared};
+use crate::metrics::ServerMetrics;
+
+/// How long the writer gets to send the closing frames once the connection is ending.
+const WRITER_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A verified identity and when its token expires (Unix seconds), so calls made after expiry
+/// fail with `UNAUTHORIZED` as the protocol requires.
+pub(crate) struct AuthState {
+    pub identity: Identity,
+    pub expires_at: Option<u64>,
+}
+
+impl AuthState {
+    pub fn expired(&self, leeway_secs: u64) -> bool {
+        self.expires_at.is_some_and(|exp| {
+            jsonwebtoken::get_current_timestamp() > exp.saturating_add(leeway_secs)
+        })
+    }
+}
+
+/// State of one connection, shared by its control stream and call tasks.
+pub(crate) struct ConnCtx {
+    pub conn: Connection,
+    pub session: Arc<ClientSession>,
+    /// The identity calls run under; replaced by every `Authenticate`.
+    pub auth: ArcSwapOption<AuthState>,
+    /// Query ids live from the client's point of view: added on `Subscribe`, removed when
+    /// the `Removed`/`Failed` ending them is written. Bounded by the subscription limit.
+    pub live_queries: Mutex<HashSet<u32>>,
+}
+
+/// Counts the connection as open for as long as it lives.
+struct OpenGuard(Arc<ServerMetrics>);
+
+impl OpenGuard {
+    fn new(metrics: &Arc<ServerMetrics>) -> Self {
+        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(metrics.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum End {
+    Shutdown,
+    ControlClosed,
+    ConnectionLost,
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, incoming: Incoming) {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "handshake refused");
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(shared.limits.connect_timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out");
+            return;
+        }
+    };
+    let _open = OpenGuard::new(&shared.metrics);
+    let session_id = format!("{:016x}", rand::random::<u64>());
+    let span = tracing::info_span!("conn", session = %session_id, %remote);
+    run(shared, conn, session_id).instrument(span).await;
+}
+
+async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
+    let limits = &shared.limits;
+    let max_frame = limits.max_frame_bytes;
+    let Ok(Ok((mut send, mut recv))) =
+        tokio::time::timeout(limits.connect_timeout, conn.accept_bi()).await
+    else {
+        conn.close(CLOSE_PROTOCOL_ERROR, b"no control stream");
+        return;
+    };
+    let first = match tokio::time::timeout(
+        limits.connect_timeout,
+        read_message(&mut recv, max_frame),
+    )
+    .await
+    {
+        Ok(Ok(Some(msg))) => msg,
+        Ok(Ok(None)) => {
+            conn.close(CLOSE_NORMAL, b"");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "bad first frame");
+            if let Some(msg) = e.to_fatal_message() {
+                shared
+                    .metrics
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                send_fatal_and_close(&conn, &mut send, &msg, max_frame, CLOSE_PROTOCOL_ERROR).await;
+            }
+            conn.close(CLOSE_PROTOCOL_ERROR, b"");
+            return;
+        }
+        Err(_) => {
+            conn.close(CLOSE_PROTOCOL_ERROR, b"no Connect in time");
+            return;
+        }
+    };
+    let fatal = match first {
+        ClientMessage::Connect {
+            protocol_version,
+            client_name,
+            last_seen_ts,
+        } => {
+            if SUPPORTED_PROTOCOL_VERSIONS.contains(&protocol_version) {
+                tracing::info!(client = %client_name, last_seen_ts, "client connected");
+                None
+            } else {
+                Some(ServerMessage::unsupported_version(protocol_version))
+            }
+        }
+        _ => Some(ServerMessage::Error {
+            code: codes::VALIDATION_ERROR.into(),
+            message: "the first frame on the control stream must be Connect".into(),
+            data: Value::Null,
+            fatal: true,
+        }),
+    };
+    if let Some(msg) = fatal {
+        shared
+            .metrics
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        send_fatal_and_close(&conn, &mut send, &msg, max_frame, CLOSE_PROTOCOL_ERROR).await;
+        return;
+    }
+    let connected = ServerMessage::Connected {
+        protocol_version: PROTOCOL_VERSION,
+        server_version: shared.server_version.clone(),
+        session_id: session_id.clone(),
+        max_frame_bytes: max_frame,
+        max_subscriptions: limits.max_subscriptions,
+        max_concurrent_calls: limits.max_concurrent_calls,
+    };
+    if write_message(&mut send, &connected, max_frame)
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    let ctx = Arc::new(ConnCtx {
+        conn: conn.clone(),
+        session: Arc::new(shared.subscriptions.connect(None).await),
+        auth: ArcSwapOption::empty(),
+        live_queries: Mutex::new(HashSet::new()),
+    });
+    let (out_tx, out_rx) = mpsc::channel(limits.control_queue.max(1));
+    let mut writer = tokio::spawn(
+        control::write_loop(ctx.clone(), shared.clone(), send, out_rx).in_current_span(),
+    );
+    let mut reader = Box::pin(control::read_loop(
+        ctx.clone(),
+        shared.clone(),
+        recv,
+        out_tx.clone(),
+    ));
+    let mut calls = JoinSet::new();
+    let mut shutdown = shared.shutdown.clone();
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stopping| *stopping) => break End::Shutdown,
+            () = &mut reader => break End::ControlClosed,
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    // The identity at acceptance is the one the call runs under (§5.5).
+                    let auth = ctx.auth.load_full();
+                    calls.spawn(
+                        call::serve(shared.clone(), ctx.clone(), auth, send, recv).in_current_span(),
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "connection closed");
+                    break End::ConnectionLost;
+                }
+            },
+            Some(joined) = calls.join_next(), if !calls.is_empty() => {
+                if let Err(e) = joined {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "call task panicked");
+                    }
+                }
+            }
+        }
+    };
+    drop(reader);
+    match end {
+        End::Shutdown => {
+            let drained = tokio::time::timeout(shared.drain_timeout, async {
+                while calls.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    calls = calls.len(),
+                    "in-flight calls did not finish in time"
+                );
+            }
+            calls.abort_all();
+            let goodbye = Outgoing::Fatal {
+                message: ServerMessage::Error {
+                    code: codes::INTERNAL.into(),
+                    message: "server shutting down".into(),
+                    data: Value::Null,
+                    fatal: true,
+                },
+                close_code: CLOSE_SHUTDOWN,
+            };
+            let _ = tokio::time::timeout(WRITER_STOP_TIMEOUT, out_tx.send(goodbye)).await;
+            drop(out_tx);
+            if tokio::time::timeout(WRITER_STOP_TIMEOUT, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+            conn.close(CLOSE_SHUTDOWN, b"server shutting down");
+        }
+        End::ControlClosed => {
+            calls.abort_all();
+            drop(out_tx);
+            if tokio::time::timeout(WRITER_STOP_TIMEOUT, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+            conn.close(CLOSE_NORMAL, b"");
+        }
+        End::ConnectionLost => {
+            calls.abort_all();
+            writer.abort();
+        }
+    }
+    tracing::debug!("connection ended");
+}

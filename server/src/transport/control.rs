@@ -1,0 +1,294 @@
+//! The control stream: one task reads client messages (`Authenticate`, `Subscribe`,
+//! `Unsubscribe`, `Ping`) and acts on them; another owns the send side and writes replies and
+//! transitions, pulling a transition only when the stream has taken the previous one — that is
+//! the backpressure that lets the subscription manager merge updates for a slow client.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use query_engine::error::{codes, FunctionError};
+use query_engine::obj;
+use query_engine::protocol::{ClientMessage, ErrorPayload, Modification, ServerMessage};
+use query_engine::subscriptions::{ClientSession, QueryUpdate, Transition};
+use query_engine::value::Value;
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::sync::mpsc;
+
+use super::connection::{AuthState, ConnCtx};
+use super::stream::{
+    read_message, send_fatal_and_close, write_message, write_payload, WriteError, CLOSE_INTERNAL,
+    CLOSE_PROTOCOL_ERROR,
+};
+use super::Shared;
+
+/// What the reader (or the connection task) asks the writer to send.
+pub(crate) enum Outgoing {
+    /// `AuthOk`, `Pong` or a non-fatal `Error`.
+    Message(ServerMessage),
+    /// A `Subscribe` rejected up front (limit, unknown function, bad arguments): reported as
+    /// `Failed` in a transition that moves no time (§5.3), written by the writer because only
+    /// it knows where the client's timestamps stand.
+    SubscribeFailed { query_id: u32, error: FunctionError },
+    /// Written, then the connection is closed.
+    Fatal {
+        message: ServerMessage,
+        close_code: VarInt,
+    },
+}
+
+fn error_message(
+    code: &str,
+    message: impl Into<String>,
+    data: Value,
+    fatal: bool,
+) -> ServerMessage {
+    ServerMessage::Error {
+        code: code.into(),
+        message: message.into(),
+        data,
+        fatal,
+    }
+}
+
+/// Reads control messages until the client closes the stream or sends something fatal.
+pub(crate) async fn read_loop(
+    ctx: Arc<ConnCtx>,
+    shared: Arc<Shared>,
+    mut recv: RecvStream,
+    out: mpsc::Sender<Outgoing>,
+) {
+    let max_frame = shared.limits.max_frame_bytes;
+    loop {
+        let msg = match read_message(&mut recv, max_frame).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                tracing::debug!("client closed the control stream");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "control stream read failed");
+                if let Some(message) = e.to_fatal_message() {
+                    shared
+                        .metrics
+                        .protocol_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = out
+                        .send(Outgoing::Fatal {
+                            message,
+                            close_code: CLOSE_PROTOCOL_ERROR,
+                        })
+                        .await;
+                }
+                return;
+            }
+        };
+        let reply = match msg {
+            ClientMessage::Authenticate { token } => Some(authenticate(&ctx, &shared, token).await),
+            ClientMessage::Subscribe {
+                query_id,
+                function,
+                args,
+            } => subscribe(&ctx, query_id, &function, args).await,
+            ClientMessage::Unsubscribe { query_id } => {
+                ctx.session.unsubscribe(query_id).await;
+                None
+            }
+            ClientMessage::Ping { nonce } => Some(Outgoing::Message(ServerMessage::Pong { nonce })),
+            ClientMessage::Connect { .. } => Some(fatal_validation("Connect was already received")),
+            ClientMessage::Call { .. } => Some(fatal_validation(
+                "Call must be sent on a stream of its own, not on the control stream",
+            )),
+        };
+        let Some(reply) = reply else { continue };
+        let is_fatal = matches!(reply, Outgoing::Fatal { .. });
+        if is_fatal {
+            shared
+                .metrics
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // A full queue makes the reader wait, which stops it reading: QUIC flow control then
+        // slows the client down.
+        if out.send(reply).await.is_err() || is_fatal {
+            return;
+        }
+    }
+}
+
+fn fatal_validation(message: &str) -> Outgoing {
+    Outgoing::Fatal {
+        message: error_message(codes::VALIDATION_ERROR, message, Value::Null, true),
+        close_code: CLOSE_PROTOCOL_ERROR,
+    }
+}
+
+async fn authenticate(ctx: &ConnCtx, shared: &Shared, token: Option<String>) -> Outgoing {
+    let verified = match token {
+        None => Ok(None),
+        Some(token) => shared
+            .verifier
+            .verify(&token)
+            .await
+            .map(|identity| Some((identity, token_expiry(&token)))),
+    };
+    match verified {
+        Ok(state) => {
+            shared.metrics.auth_ok.fetch_add(1, Ordering::Relaxed);
+            let subject = state.as_ref().map(|(identity, _)| identity.subject.clone());
+            let identity = state.as_ref().map(|(identity, _)| identity.clone());
+            ctx.auth.store(state.map(|(identity, expires_at)| {
+                Arc::new(AuthState {
+                    identity,
+                    expires_at,
+                })
+            }));
+            ctx.session.set_identity(identity).await;
+            tracing::debug!(subject = ?subject, "authenticated");
+            Outgoing::Message(ServerMessage::AuthOk { subject })
+        }
+        Err(e) => {
+            shared.metrics.auth_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(error = %e, "token rejected; connection is now anonymous");
+            // The previous identity is dropped, never kept by accident (§5.2).
+            ctx.auth.store(None);
+            ctx.session.set_identity(None).await;
+            Outgoing::Message(error_message(
+                e.wire_code(),
+                "the token was rejected; the connection is anonymous",
+                Value::Null,
+                false,
+            ))
+        }
+    }
+}
+
+/// The `exp` claim of a token that has already been verified.
+fn token_expiry(token: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Exp {
+        exp: Option<u64>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Exp>(&bytes).ok()?.exp
+}
+
+async fn subscribe(ctx: &ConnCtx, query_id: u32, function: &str, args: Value) -> Option<Outgoing> {
+    if !ctx.live_queries.lock().insert(query_id) {
+        return Some(Outgoing::Message(error_message(
+            codes::VALIDATION_ERROR,
+            format!("query id {query_id} is already live on this connection"),
+            obj! { "queryId" => i64::from(query_id) },
+            false,
+        )));
+    }
+    match ctx.session.subscribe(query_id, function, args).await {
+        Ok(()) => None,
+        Err(error) => {
+            ctx.live_queries.lock().remove(&query_id);
+            Some(Outgoing::SubscribeFailed { query_id, error })
+        }
+    }
+}
+
+async fn next_transition(session: Arc<ClientSession>) -> Option<Transition> {
+    session.next_transition().await
+}
+
+/// Owns the control stream's send side until the session ends.
+pub(crate) async fn write_loop(
+    ctx: Arc<ConnCtx>,
+    shared: Arc<Shared>,
+    mut send: SendStream,
+    mut out: mpsc::Receiver<Outgoing>,
+) {
+    let max_frame = shared.limits.max_frame_bytes;
+    // The end of the last transition written: where a time-neutral `Failed` must sit.
+    let mut client_ts = 0u64;
+    // Kept across loop turns so that a reply winning the race never drops a transition.
+    let mut next = Box::pin(next_transition(ctx.session.clone()));
+    loop {
+        let written = tokio::select! {
+            biased;
+            item = out.recv() => match item {
+                None => break,
+                Some(Outgoing::Message(msg)) => write_message(&mut send, &msg, max_frame).await,
+                Some(Outgoing::SubscribeFailed { query_id, error }) => {
+                    let msg = ServerMessage::Transition {
+                        start_ts: client_ts,
+                        end_ts: client_ts,
+                        modifications: vec![Modification::Failed {
+                            query_id,
+                            error: ErrorPayload::from(error),
+                        }],
+                    };
+                    write_message(&mut send, &msg, max_frame).await
+                }
+                Some(Outgoing::Fatal { message, close_code }) => {
+                    send_fatal_and_close(&ctx.conn, &mut send, &message, max_frame, close_code).await;
+                    return;
+                }
+            },
+            transition = &mut next => {
+                let Some(transition) = transition else { break };
+                next = Box::pin(next_transition(ctx.session.clone()));
+                {
+                    let mut live = ctx.live_queries.lock();
+                    for update in &transition.updates {
+                        if let QueryUpdate::Failed { query_id, .. } | QueryUpdate::Removed { query_id } = update {
+                            live.remove(query_id);
+                        }
+                    }
+                }
+                let payload = transition.encode();
+                let result = write_payload(&mut send, &payload, max_frame).await;
+                if result.is_ok() {
+                    client_ts = transition.end_ts;
+                    shared.metrics.transitions_sent.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .transition_bytes_sent
+                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                }
+                result
+            }
+        };
+        match written {
+            Ok(()) => {}
+            Err(WriteError::TooLarge { len, max }) => {
+                tracing::error!(
+                    len,
+                    max,
+                    "a transition exceeds the frame limit; closing the connection"
+                );
+                let msg = error_message(
+                    codes::INTERNAL,
+                    format!("a transition of {len} bytes exceeds the frame limit of {max} bytes"),
+                    Value::Null,
+                    true,
+                );
+                send_fatal_and_close(&ctx.conn, &mut send, &msg, max_frame, CLOSE_INTERNAL).await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "control stream write failed");
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_read_from_the_payload() {
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"u","exp":1234}"#);
+        assert_eq!(token_expiry(&format!("h.{payload}.s")), Some(1234));
+        assert_eq!(token_expiry("garbage"), None);
+    }
+}

@@ -1,0 +1,125 @@
+//! The QUIC side of the server: the endpoint and its accept loop (here), one task per
+//! connection (`connection`), its control stream (`control`), one task per call stream
+//! (`call`), retried-mutation deduplication (`dedup`), framing over streams (`stream`) and TLS.
+
+mod call;
+mod connection;
+mod control;
+pub(crate) mod dedup;
+pub mod stream;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use query_engine::engine::Engine;
+use query_engine::subscriptions::SubscriptionManager;
+use quinn::{Endpoint, IdleTimeout, VarInt};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::auth::TokenVerifier;
+use crate::config::ConnectionLimits;
+use crate::metrics::ServerMetrics;
+use dedup::MutationDedup;
+use tls::{CertifiedKey, TlsError};
+
+/// Beyond the drain timeout, how long connections get to flush their closing frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub engine: Engine,
+    pub subscriptions: SubscriptionManager,
+    pub verifier: Arc<TokenVerifier>,
+    pub metrics: Arc<ServerMetrics>,
+    pub limits: ConnectionLimits,
+    pub dedup: Arc<MutationDedup>,
+    /// Becomes true when the server starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    pub drain_timeout: Duration,
+    pub server_version: String,
+}
+
+/// Binds the QUIC endpoint: TLS 1.3 with ALPN `linkedup/1`, one bidirectional stream of credit
+/// per allowed call plus the control stream, no unidirectional streams, no datagrams.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    cert: &CertifiedKey,
+    limits: &ConnectionLimits,
+) -> Result<Endpoint, BindError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(
+            limits.max_concurrent_calls.saturating_add(1),
+        ))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(None)
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(limits.idle_timeout).map_err(|_| BindError::IdleTimeout)?,
+        ));
+    let mut config = quinn::ServerConfig::with_crypto(cert.quic_server_crypto()?);
+    config.transport_config(Arc::new(transport));
+    Endpoint::server(config, addr).map_err(|source| BindError::Io { addr, source })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("the idle timeout is too large for QUIC")]
+    IdleTimeout,
+    #[error("binding the QUIC endpoint on {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Accepts connections until shutdown, then waits (bounded) for them to drain and close.
+pub(crate) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stopping| *stopping) => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if connections.len() >= shared.limits.max_connections {
+                    shared.metrics.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+                    incoming.refuse();
+                    continue;
+                }
+                connections.spawn(connection::serve(shared.clone(), incoming));
+            }
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = joined {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "connection task panicked");
+                    }
+                }
+            }
+        }
+    }
+    // New handshakes are refused from here on; open connections drain on their own.
+    endpoint.set_server_config(None);
+    let drained = tokio::time::timeout(shared.drain_timeout + CLOSE_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = connections.len(),
+            "connections did not close in time; aborting them"
+        );
+        connections.abort_all();
+    }
+    endpoint.close(stream::CLOSE_SHUTDOWN, b"server shutting down");
+    let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,774 @@
+//! End-to-end tests of the transport against an in-process server on 127.0.0.1 port 0, with a
+//! tiny counter schema and a raw quinn client that pins the server's certificate.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use query_engine::error::FunctionError;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::protocol::{
+    decode_server, encode, encode_frame, read_frame, CallKind, CallOutcome, ClientMessage,
+    Modification, ServerMessage, PROTOCOL_VERSION,
+};
+use query_engine::schema::{v, SchemaDefinition, TableDefinition};
+use query_engine::value::{Object, Value};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+
+use crate::auth::DevClaims;
+use crate::config::ServerConfig;
+use crate::server::{RunningServer, Server};
+
+/// Bound on any single wait in these tests, so a bug hangs nothing; never asserted on.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn schema() -> SchemaDefinition {
+    SchemaDefinition::new().table(
+        TableDefinition::new(
+            "counters",
+            v::object([("name", v::string()), ("value", v::int64())]),
+        )
+        .index("by_name", &["name"]),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Named {
+    name: String,
+}
+
+fn functions() -> Functions {
+    let mut f = Functions::new();
+    f.query(
+        "counter:get",
+        Visibility::Public,
+        v::object([("name", v::string())]),
+        v::int64(),
+        |ctx, a: Named| {
+            let doc = ctx
+                .query("counters", "by_name")
+                .eq("name", a.name)
+                .unique()?;
+            Ok(doc
+                .and_then(|d| d.get_path("value").and_then(Value::as_i64))
+                .unwrap_or(0))
+        },
+    );
+    f.mutation(
+        "counter:increment",
+        Visibility::Public,
+        v::object([("name", v::string())]),
+        v::int64(),
+        |ctx, a: Named| {
+            let doc = ctx
+                .query("counters", "by_name")
+                .eq("name", a.name.as_str())
+                .unique()?;
+            match doc {
+                None => {
+                    ctx.insert("counters", obj! { "name" => a.name, "value" => 1i64 })?;
+                    Ok(1i64)
+                }
+                Some(doc) => {
+                    let id = doc
+                        .get_path("_id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    let n = doc.get_path("value").and_then(Value::as_i64).unwrap_or(0) + 1;
+                    let mut changes = Object::new();
+                    changes.insert("value".into(), n.into());
+                    ctx.patch("counters", &id, changes)?;
+                    Ok(n)
+                }
+            }
+        },
+    );
+    f.query(
+        "counter:whoami",
+        Visibility::Public,
+        v::object([]),
+        v::any(),
+        |ctx, _: Value| Ok(ctx.auth().map(|i| i.subject.clone())),
+    );
+    f.mutation(
+        "counter:reset",
+        Visibility::Internal,
+        v::object([]),
+        v::null(),
+        |_ctx, _: Value| Ok(()),
+    );
+    f.action(
+        "counter:echo",
+        Visibility::Public,
+        v::any(),
+        v::any(),
+        |_ctx, args: Value| async move { Ok::<_, FunctionError>(args) },
+    );
+    f
+}
+
+/// One development issuer key for the whole test binary: generating RSA keys is slow.
+fn issuer_key_pem() -> &'static str {
+    static PEM: OnceLock<String> = OnceLock::new();
+    PEM.get_or_init(|| {
+        use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+    })
+}
+
+async fn start_with(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    std::fs::write(dir.join("dev-issuer-key.pem"), issuer_key_pem()).unwrap();
+    let mut config = ServerConfig::for_tests(dir);
+    adjust(&mut config);
+    Server::start(config, schema(), functions()).await.unwrap()
+}
+
+async fn start(dir: &Path) -> RunningServer {
+    start_with(dir, |_| {}).await
+}
+
+async fn dial(server: &RunningServer) -> (Endpoint, Connection) {
+    let mut endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(server.pinned_client_config().unwrap());
+    let conn = endpoint
+        .connect(server.quic_connect_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn)
+}
+
+async fn send_msg(send: &mut SendStream, msg: &ClientMessage) {
+    let frame = encode_frame(&encode(msg).unwrap()).unwrap();
+    send.write_all(&frame).await.unwrap();
+}
+
+async fn recv_msg(recv: &mut RecvStream) -> Option<ServerMessage> {
+    let frame = tokio::time::timeout(WAIT, read_frame(recv, u32::MAX))
+        .await
+        .expect("server answered in time")
+        .ok()??;
+    Some(decode_server(&frame).unwrap())
+}
+
+struct Client {
+    _endpoint: Endpoint,
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+}
+
+impl Client {
+    async fn connect(server: &RunningServer) -> Client {
+        let (endpoint, conn) = dial(server).await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send_msg(
+            &mut send,
+            &ClientMessage::Connect {
+                protocol_version: PROTOCOL_VERSION,
+                client_name: "test".into(),
+                last_seen_ts: None,
+            },
+        )
+        .await;
+        let connected = recv_msg(&mut recv).await.unwrap();
+        assert!(
+            matches!(
+                connected,
+                ServerMessage::Connected {
+                    protocol_version: 1,
+                    ..
+                }
+            ),
+            "{connected:?}"
+        );
+        Client {
+            _endpoint: endpoint,
+            conn,
+            send,
+            recv,
+        }
+    }
+
+    async fn control(&mut self, msg: ClientMessage) {
+        send_msg(&mut self.send, &msg).await;
+    }
+
+    async fn next(&mut self) -> ServerMessage {
+        recv_msg(&mut self.recv).await.expect("a control message")
+    }
+
+    async fn call_with(
+        &self,
+        kind: CallKind,
+        function: &str,
+        args: Value,
+        mutation_id: Option<&str>,
+    ) -> CallOutcome {
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        send_msg(
+            &mut send,
+            &ClientMessage::Call {
+                request_id: 7,
+                kind,
+                function: function.into(),
+                args,
+                mutation_id: mutation_id.map(str::to_string),
+            },
+        )
+        .await;
+        send.finish().unwrap();
+        match recv_msg(&mut recv).await {
+            Some(ServerMessage::CallResult { request_id, result }) => {
+                assert_eq!(request_id, 7);
+                result
+            }
+            other => panic!("expected a CallResult, got {other:?}"),
+        }
+    }
+
+    async fn call(&self, kind: CallKind, function: &str, args: Value) -> CallOutcome {
+        self.call_with(kind, function, args, None).await
+    }
+
+    async fn value(&self, kind: CallKind, function: &str, args: Value) -> Value {
+        match self.call(kind, function, args).await {
+            CallOutcome::Ok { value, .. } => value,
+            CallOutcome::Err(e) => panic!("{function} failed: {e:?}"),
+        }
+    }
+
+    /// Skips transitions (subscriptions are not under test there) to the next other message.
+    async fn next_non_transition(&mut self) -> ServerMessage {
+        loop {
+            match self.next().await {
+                ServerMessage::Transition { .. } => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn closed(&self) {
+        tokio::time::timeout(WAIT, self.conn.closed())
+            .await
+            .expect("connection closed in time");
+    }
+}
+
+fn err_code(outcome: &CallOutcome) -> &str {
+    match outcome {
+        CallOutcome::Err(e) => &e.code,
+        CallOutcome::Ok { value, .. } => panic!("expected an error, got {value:?}"),
+    }
+}
+
+fn fatal_code(msg: &ServerMessage) -> &str {
+    match msg {
+        ServerMessage::Error {
+            code, fatal: true, ..
+        } => code,
+        other => panic!("expected a fatal error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_then_calls_of_each_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut client = Client::connect(&server).await;
+    let args = obj! { "name" => "a" };
+    assert_eq!(
+        client
+            .value(CallKind::Query, "counter:get", args.clone())
+            .await,
+        Value::Int64(0)
+    );
+    let CallOutcome::Ok { value, ts } = client
+        .call(CallKind::Mutation, "counter:increment", args.clone())
+        .await
+    else {
+        panic!("increment failed");
+    };
+    assert_eq!(value, Value::Int64(1));
+    let CallOutcome::Ok { value, ts: read_ts } = client
+        .call(CallKind::Query, "counter:get", args.clone())
+        .await
+    else {
+        panic!("get failed");
+    };
+    assert_eq!(value, Value::Int64(1));
+    assert!(read_ts >= ts);
+    let echoed = obj! { "x" => 1.5f64, "b" => Value::Bytes(vec![1, 2]) };
+    assert_eq!(
+        client
+            .value(CallKind::Action, "counter:echo", echoed.clone())
+            .await,
+        echoed
+    );
+    // Unknown, internal and wrong-kind functions, and bad arguments.
+    let missing = client.call(CallKind::Query, "nope", obj! {}).await;
+    assert_eq!(err_code(&missing), "NOT_FOUND");
+    let internal = client
+        .call(CallKind::Mutation, "counter:reset", obj! {})
+        .await;
+    assert_eq!(err_code(&internal), "NOT_FOUND");
+    let wrong_kind = client
+        .call(CallKind::Query, "counter:increment", args)
+        .await;
+    assert_eq!(err_code(&wrong_kind), "VALIDATION_ERROR");
+    let bad_args = client
+        .call(CallKind::Query, "counter:get", obj! { "name" => 5i64 })
+        .await;
+    assert_eq!(err_code(&bad_args), "VALIDATION_ERROR");
+    client.control(ClientMessage::Ping { nonce: 42 }).await;
+    assert_eq!(
+        client.next_non_transition().await,
+        ServerMessage::Pong { nonce: 42 }
+    );
+    assert_eq!(
+        server
+            .metrics()
+            .calls("counter:increment", "mutation", "OK"),
+        1
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_version_and_non_connect_first_frames_are_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let (_endpoint, conn) = dial(&server).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send_msg(
+        &mut send,
+        &ClientMessage::Connect {
+            protocol_version: 99,
+            client_name: "future".into(),
+            last_seen_ts: None,
+        },
+    )
+    .await;
+    let error = recv_msg(&mut recv).await.unwrap();
+    assert_eq!(fatal_code(&error), "VALIDATION_ERROR");
+    let ServerMessage::Error { data, .. } = &error else {
+        unreachable!()
+    };
+    assert_eq!(
+        data.get_path("supportedVersions"),
+        Some(&Value::Array(vec![Value::Int64(1)]))
+    );
+    tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
+
+    let (_endpoint, conn) = dial(&server).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send_msg(&mut send, &ClientMessage::Ping { nonce: 1 }).await;
+    assert_eq!(
+        fatal_code(&recv_msg(&mut recv).await.unwrap()),
+        "VALIDATION_ERROR"
+    );
+    tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_token_is_unauthorized_and_a_dev_token_authenticates() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut client = Client::connect(&server).await;
+    client
+        .control(ClientMessage::Authenticate {
+            token: Some("not-a-jwt".into()),
+        })
+        .await;
+    match client.next_non_transition().await {
+        ServerMessage::Error {
+            code, fatal: false, ..
+        } => assert_eq!(code, "UNAUTHORIZED"),
+        other => panic!("expected UNAUTHORIZED, got {other:?}"),
+    }
+    assert_eq!(
+        client
+            .value(CallKind::Query, "counter:whoami", obj! {})
+            .await,
+        Value::Null
+    );
+    let token = server.mint_dev_token(DevClaims::new("user_1")).unwrap();
+    client
+        .control(ClientMessage::Authenticate { token: Some(token) })
+        .await;
+    assert_eq!(
+        client.next_non_transition().await,
+        ServerMessage::AuthOk {
+            subject: Some("user_1".into())
+        }
+    );
+    assert_eq!(
+        client
+            .value(CallKind::Query, "counter:whoami", obj! {})
+            .await,
+        Value::from("user_1")
+    );
+    // A bad token after a good one drops the identity.
+    client
+        .control(ClientMessage::Authenticate {
+            token: Some("x.y.z".into()),
+        })
+        .await;
+    assert!(matches!(
+        client.next_non_transition().await,
+        ServerMessage::Error { fatal: false, .. }
+    ));
+    assert_eq!(
+        client
+            .value(CallKind::Query, "counter:whoami", obj! {})
+            .await,
+        Value::Null
+    );
+    client
+        .control(ClientMessage::Authenticate { token: None })
+        .await;
+    assert_eq!(
+        client.next_non_transition().await,
+        ServerMessage::AuthOk { subject: None }
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_and_malformed_frames_close_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let bystander = Client::connect(&server).await;
+
+    // Oversize on the control stream: the prefix alone is enough.
+    let mut client = Client::connect(&server).await;
+    client
+        .send
+        .write_all(&u32::MAX.to_be_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        fatal_code(&client.next_non_transition().await),
+        "VALIDATION_ERROR"
+    );
+    client.closed().await;
+
+    // Malformed MessagePack on a call stream.
+    let client = Client::connect(&server).await;
+    let (mut send, mut recv) = client.conn.open_bi().await.unwrap();
+    send.write_all(&encode_frame(&[0xc1, 0x00]).unwrap())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    assert_eq!(
+        fatal_code(&recv_msg(&mut recv).await.unwrap()),
+        "VALIDATION_ERROR"
+    );
+    client.closed().await;
+
+    // A control message on a call stream.
+    let client = Client::connect(&server).await;
+    let (mut send, mut recv) = client.conn.open_bi().await.unwrap();
+    send_msg(&mut send, &ClientMessage::Ping { nonce: 3 }).await;
+    assert_eq!(
+        fatal_code(&recv_msg(&mut recv).await.unwrap()),
+        "VALIDATION_ERROR"
+    );
+    client.closed().await;
+
+    // Trailing bytes after a valid message on the control stream.
+    let mut client = Client::connect(&server).await;
+    let mut payload = encode(&ClientMessage::Ping { nonce: 1 }).unwrap();
+    payload.push(0);
+    client
+        .send
+        .write_all(&encode_frame(&payload).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        fatal_code(&client.next_non_transition().await),
+        "VALIDATION_ERROR"
+    );
+    client.closed().await;
+
+    // The bystander never noticed.
+    assert_eq!(
+        bystander
+            .value(
+                CallKind::Mutation,
+                "counter:increment",
+                obj! { "name" => "b" }
+            )
+            .await,
+        Value::Int64(1)
+    );
+    assert!(bystander.conn.close_reason().is_none());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_mutation_id_returns_the_first_result_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let args = obj! { "name" => "m" };
+    let first = Client::connect(&server).await;
+    let original = first
+        .call_with(
+            CallKind::Mutation,
+            "counter:increment",
+            args.clone(),
+            Some("m-1"),
+        )
+        .await;
+    assert!(matches!(original, CallOutcome::Ok { .. }));
+    // The retry comes on a new connection, as after a reconnect.
+    let second = Client::connect(&server).await;
+    let retried = second
+        .call_with(
+            CallKind::Mutation,
+            "counter:increment",
+            args.clone(),
+            Some("m-1"),
+        )
+        .await;
+    assert_eq!(retried, original);
+    // Concurrent duplicates: one runs, the other waits for it.
+    let (a, b) = tokio::join!(
+        first.call_with(
+            CallKind::Mutation,
+            "counter:increment",
+            args.clone(),
+            Some("m-2")
+        ),
+        second.call_with(
+            CallKind::Mutation,
+            "counter:increment",
+            args.clone(),
+            Some("m-2")
+        ),
+    );
+    assert_eq!(a, b);
+    assert_eq!(
+        first
+            .value(CallKind::Query, "counter:get", args.clone())
+            .await,
+        Value::Int64(2)
+    );
+    // Another identity's mutationId does not collide.
+    let token = server.mint_dev_token(DevClaims::new("user_2")).unwrap();
+    let mut third = Client::connect(&server).await;
+    third
+        .control(ClientMessage::Authenticate { token: Some(token) })
+        .await;
+    assert!(matches!(
+        third.next_non_transition().await,
+        ServerMessage::AuthOk { .. }
+    ));
+    let other = third
+        .call_with(CallKind::Mutation, "counter:increment", args, Some("m-1"))
+        .await;
+    assert!(
+        matches!(
+            other,
+            CallOutcome::Ok {
+                value: Value::Int64(3),
+                ..
+            }
+        ),
+        "{other:?}"
+    );
+    assert_eq!(
+        server
+            .metrics()
+            .mutation_replays
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_deliver_transitions_and_report_rejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut client = Client::connect(&server).await;
+    let args = obj! { "name" => "s" };
+    client
+        .control(ClientMessage::Subscribe {
+            query_id: 1,
+            function: "counter:get".into(),
+            args: args.clone(),
+        })
+        .await;
+    let mut last_end = 0;
+    let ServerMessage::Transition {
+        start_ts,
+        end_ts,
+        modifications,
+    } = client.next().await
+    else {
+        panic!("expected the first transition");
+    };
+    assert_eq!(start_ts, 0);
+    assert!(matches!(
+        &modifications[..],
+        [Modification::Updated { query_id: 1, .. }]
+    ));
+    last_end = last_end.max(end_ts);
+
+    // Our own write: a transition with endTs >= the commit ts follows, carrying the change.
+    let CallOutcome::Ok { ts, .. } = client
+        .call(CallKind::Mutation, "counter:increment", args.clone())
+        .await
+    else {
+        panic!("increment failed");
+    };
+    let mut saw_update = false;
+    while last_end < ts || !saw_update {
+        let ServerMessage::Transition {
+            start_ts,
+            end_ts,
+            modifications,
+        } = client.next().await
+        else {
+            panic!("expected a transition");
+        };
+        assert_eq!(start_ts, last_end, "transitions are contiguous");
+        last_end = end_ts;
+        saw_update |= modifications
+            .iter()
+            .any(|m| matches!(m, Modification::Updated { query_id: 1, .. }));
+    }
+
+    // A live id again: a non-fatal error naming it.
+    client
+        .control(ClientMessage::Subscribe {
+            query_id: 1,
+            function: "counter:get".into(),
+            args: args.clone(),
+        })
+        .await;
+    match client.next_non_transition().await {
+        ServerMessage::Error {
+            code, fatal, data, ..
+        } => {
+            assert_eq!(code, "VALIDATION_ERROR");
+            assert!(!fatal);
+            assert_eq!(data.get_path("queryId"), Some(&Value::Int64(1)));
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // An unknown function: Failed in a transition that keeps the timestamps contiguous.
+    client
+        .control(ClientMessage::Subscribe {
+            query_id: 2,
+            function: "nope".into(),
+            args: obj! {},
+        })
+        .await;
+    loop {
+        let ServerMessage::Transition {
+            start_ts,
+            end_ts,
+            modifications,
+        } = client.next().await
+        else {
+            panic!("expected a transition");
+        };
+        assert_eq!(start_ts, last_end);
+        last_end = end_ts;
+        if let Some(Modification::Failed { error, .. }) = modifications
+            .iter()
+            .find(|m| matches!(m, Modification::Failed { query_id: 2, .. }))
+        {
+            assert_eq!(error.code, "NOT_FOUND");
+            break;
+        }
+    }
+    client
+        .control(ClientMessage::Unsubscribe { query_id: 1 })
+        .await;
+    loop {
+        let ServerMessage::Transition { modifications, .. } = client.next().await else {
+            panic!("expected a transition");
+        };
+        if modifications
+            .iter()
+            .any(|m| matches!(m, Modification::Removed { query_id: 1 }))
+        {
+            break;
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_jwks_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let client = Client::connect(&server).await;
+    client
+        .value(
+            CallKind::Mutation,
+            "counter:increment",
+            obj! { "name" => "h" },
+        )
+        .await;
+    let base = format!("http://{}", server.http_addr());
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["mode"], "development");
+    assert_eq!(body["connections"], 1);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "server_connections_open 1",
+        r#"server_calls_total{function="counter:increment",kind="mutation",code="OK"} 1"#,
+        "server_call_duration_seconds_bucket{function=\"counter:increment\"",
+        "subscriptions_active",
+        "engine_commits_total",
+        "engine_commit_write_seconds_count",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    let jwks: serde_json::Value = http
+        .get(format!("{base}{}", crate::auth::JWKS_PATH))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], server.dev_issuer().unwrap().kid());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_connected_clients_and_releases_the_http_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| {
+        c.drain_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut client = Client::connect(&server).await;
+    let http_addr = server.http_addr();
+    server.shutdown().await;
+    let goodbye = client.next_non_transition().await;
+    assert_eq!(fatal_code(&goodbye), "INTERNAL");
+    client.closed().await;
+    // The HTTP port is released.
+    assert!(tokio::net::TcpStream::connect(http_addr).await.is_err());
+}

@@ -1,0 +1,344 @@
+//! TLS for the QUIC endpoint: loads a certificate and key from PEM files (production) or makes
+//! a self-signed pair once and reuses it (development), and builds the rustls/quinn configs:
+//! TLS 1.3 only, ALPN `linkedup/1`, ring provider. Clients pin the dev cert by SHA-256.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// The ALPN protocol id of wire protocol version 1.
+pub const ALPN: &[u8] = b"linkedup/1";
+/// Names of the development certificate and key inside the data directory.
+pub const DEV_CERT_FILE: &str = "dev-cert.pem";
+pub const DEV_KEY_FILE: &str = "dev-key.pem";
+/// Host names and addresses the development certificate is valid for.
+const DEV_CERT_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
+/// Largest certificate or key file read; real chains are a few KiB.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{path} is larger than {MAX_PEM_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("{path} is not a PEM private key (PKCS#8, PKCS#1 or SEC1): {detail}")]
+    BadKey { path: PathBuf, detail: String },
+    #[error("{path} is not a valid PEM certificate chain: {detail}")]
+    BadCertificate { path: PathBuf, detail: String },
+    #[error("generating the development certificate failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("the certificate and key do not form a usable TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("the TLS configuration cannot carry QUIC: {0}")]
+    Quic(String),
+}
+
+/// SHA-256 of the server's end-entity certificate (DER), which clients may pin.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CertFingerprint(pub [u8; 32]);
+
+impl CertFingerprint {
+    pub fn of(cert: &CertificateDer<'_>) -> Self {
+        CertFingerprint(Sha256::digest(cert.as_ref()).into())
+    }
+
+    /// Parses 64 hex digits, with or without `:` separators, in either case.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
+        if digits.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in digits.chunks(2).enumerate() {
+            let hex = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(hex, 16).ok()?;
+        }
+        Some(CertFingerprint(out))
+    }
+}
+
+/// Lowercase hex, 64 digits, no separators.
+impl fmt::Display for CertFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for CertFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertFingerprint({self})")
+    }
+}
+
+/// A certificate chain and its private key, ready for rustls.
+pub struct CertifiedKey {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for CertifiedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertifiedKey")
+            .field("fingerprint", &self.fingerprint())
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertifiedKey {
+    /// Fingerprint of the end-entity (first) certificate.
+    pub fn fingerprint(&self) -> CertFingerprint {
+        // Both constructors refuse an empty chain.
+        CertFingerprint::of(&self.chain[0])
+    }
+
+    /// Loads a PEM certificate chain (leaf first) and a PEM private key.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        let cert_pem = read_pem_file(cert_path)?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::BadCertificate {
+                path: cert_path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        if chain.is_empty() {
+            return Err(TlsError::NoCertificate {
+                path: cert_path.to_path_buf(),
+            });
+        }
+        let key_pem = read_pem_file(key_path)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
+            path: key_path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        Ok(CertifiedKey { chain, key })
+    }
+
+    /// The development certificate in `dir` (`dev-cert.pem`, `dev-key.pem`), generated on
+    /// first use: self-signed for localhost/127.0.0.1/::1, key file mode 0600.
+    pub fn load_or_generate_dev(dir: &Path) -> Result<Self, TlsError> {
+        let cert_path = dir.join(DEV_CERT_FILE);
+        let key_path = dir.join(DEV_KEY_FILE);
+        if cert_path.exists() && key_path.exists() {
+            return Self::load(&cert_path, &key_path);
+        }
+        fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let names: Vec<String> = DEV_CERT_NAMES.iter().map(|n| n.to_string()).collect();
+        let generated = rcgen::generate_simple_self_signed(names)?;
+        // Key first: a crash in between leaves no certificate, so the next start regenerates.
+        write_file(
+            &key_path,
+            generated.key_pair.serialize_pem().as_bytes(),
+            true,
+        )?;
+        write_file(&cert_path, generated.cert.pem().as_bytes(), false)?;
+        Self::load(&cert_path, &key_path)
+    }
+
+    /// The rustls server configuration: TLS 1.3 only, ALPN `linkedup/1`, no client certs.
+    pub fn server_tls_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.max_early_data_size = 0;
+        Ok(config)
+    }
+
+    /// The crypto half of a quinn server configuration.
+    pub fn quic_server_crypto(&self) -> Result<Arc<QuicServerConfig>, TlsError> {
+        let tls = self.server_tls_config()?;
+        let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+        Ok(Arc::new(quic))
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let read_err = |source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = fs::metadata(path).map_err(read_err)?.len();
+    if len > MAX_PEM_BYTES {
+        return Err(TlsError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    fs::read(path).map_err(read_err)
+}
+
+fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
+    let write = || -> io::Result<()> {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let mut file = options.open(path)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    };
+    write().map_err(|source| TlsError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A quinn client configuration that trusts exactly the certificate with `fingerprint`
+/// (TLS 1.3, ALPN `linkedup/1`); for tests and tools talking to a development server.
+pub fn pinned_client_config(fingerprint: CertFingerprint) -> Result<quinn::ClientConfig, TlsError> {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCert {
+            fingerprint,
+            provider,
+        }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+/// Accepts the one certificate whose SHA-256 is pinned, whatever its names or dates; the
+/// handshake signature is still checked, so only the holder of its key can pass.
+#[derive(Debug)]
+struct PinnedCert {
+    fingerprint: CertFingerprint,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if CertFingerprint::of(end_entity) == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_certificate_is_reused_and_key_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = CertifiedKey::load_or_generate_dev(dir.path()).unwrap();
+        let again = CertifiedKey::load_or_generate_dev(dir.path()).unwrap();
+        assert_eq!(first.fingerprint(), again.fingerprint());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join(DEV_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let config = first.server_tls_config().unwrap();
+        assert_eq!(config.alpn_protocols, vec![ALPN.to_vec()]);
+    }
+
+    #[test]
+    fn fingerprint_text_round_trips() {
+        let fp = CertFingerprint([0xab; 32]);
+        let text = fp.to_string();
+        assert_eq!(text.len(), 64);
+        assert_eq!(CertFingerprint::parse(&text), Some(fp));
+        let colons = text
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(CertFingerprint::parse(&colons), Some(fp));
+        assert_eq!(CertFingerprint::parse("abc"), None);
+        assert_eq!(CertFingerprint::parse(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn garbage_files_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        let key = dir.path().join("k.pem");
+        fs::write(&cert, "nothing here").unwrap();
+        fs::write(&key, "nothing here").unwrap();
+        assert!(matches!(
+            CertifiedKey::load(&cert, &key),
+            Err(TlsError::NoCertificate { .. })
+        ));
+    }
+}
