@@ -30,9 +30,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The application the binary serves.
+/// The application the binary serves: the LinkedUp schema. The LinkedUp functions are
+/// registered here once `linkedup_server::linkedup` lands.
 fn application() -> (SchemaDefinition, Functions) {
-    (SchemaDefinition::new(), Functions::new())
+    (linkedup_schema::schema(), Functions::new())
 }
 
 async fn serve(options: &Options) -> anyhow::Result<()> {
