@@ -27,6 +27,8 @@ use tls::{CertifiedKey, TlsError};
 
 /// Beyond the drain timeout, how long connections get to flush their closing frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Floor of the per-connection receive window.
+const MIN_RECEIVE_WINDOW_BYTES: u32 = 16 << 20;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -56,6 +58,13 @@ pub(crate) fn bind(
         ))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(None)
+        // Unread data a client may have in flight on one connection, across all its streams.
+        .receive_window(VarInt::from_u32(
+            limits
+                .max_frame_bytes
+                .saturating_mul(2)
+                .max(MIN_RECEIVE_WINDOW_BYTES),
+        ))
         .max_idle_timeout(Some(
             IdleTimeout::try_from(limits.idle_timeout).map_err(|_| BindError::IdleTimeout)?,
         ));

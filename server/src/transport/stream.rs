@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+use query_engine::protocol::frame::LENGTH_PREFIX_BYTES;
 use query_engine::protocol::{
-    decode_client, encode, read_frame, write_frame, ClientMessage, FrameError, ProtocolError,
-    ServerMessage,
+    decode_client, encode, write_frame, ClientMessage, FrameError, ProtocolError, ServerMessage,
 };
 use quinn::{Connection, RecvStream, SendStream, VarInt};
+use tokio::io::AsyncReadExt;
 
 /// QUIC application close codes.
 pub const CLOSE_NORMAL: VarInt = VarInt::from_u32(0);
@@ -18,6 +19,8 @@ pub const CLOSE_INTERNAL: VarInt = VarInt::from_u32(3);
 /// How long a fatal error frame may take to be acknowledged before the connection closes
 /// anyway.
 const FATAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Payload buffer reserved up front; beyond it the buffer grows with the bytes received.
+const INITIAL_PAYLOAD_CAPACITY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -49,10 +52,48 @@ pub async fn read_message(
     recv: &mut RecvStream,
     max_frame_bytes: u32,
 ) -> Result<Option<ClientMessage>, ReadError> {
-    let Some(payload) = read_frame(recv, max_frame_bytes).await? else {
+    let Some(payload) = read_frame_incrementally(recv, max_frame_bytes).await? else {
         return Ok(None);
     };
     Ok(Some(decode_client(&payload)?))
+}
+
+/// Like `protocol::read_frame`, but the buffer grows only as payload bytes arrive, so a
+/// length prefix alone (without the data) cannot make the server reserve `max_frame_bytes`.
+async fn read_frame_incrementally(
+    recv: &mut RecvStream,
+    max_frame_bytes: u32,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    let mut filled = 0;
+    while filled < LENGTH_PREFIX_BYTES {
+        let n = recv.read(&mut prefix[filled..]).await.map_err(io_error)?;
+        match n {
+            Some(n) => filled += n,
+            None if filled == 0 => return Ok(None),
+            None => return Err(FrameError::UnexpectedEof),
+        }
+    }
+    let len = u32::from_be_bytes(prefix);
+    if len > max_frame_bytes {
+        return Err(FrameError::TooLarge {
+            len: len.into(),
+            max: max_frame_bytes,
+        });
+    }
+    let mut payload = Vec::with_capacity((len as usize).min(INITIAL_PAYLOAD_CAPACITY));
+    (&mut *recv)
+        .take(u64::from(len))
+        .read_to_end(&mut payload)
+        .await?;
+    if payload.len() != len as usize {
+        return Err(FrameError::UnexpectedEof);
+    }
+    Ok(Some(payload))
+}
+
+fn io_error(e: quinn::ReadError) -> FrameError {
+    FrameError::Io(std::io::Error::other(e))
 }
 
 #[derive(Debug, thiserror::Error)]
