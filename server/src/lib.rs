@@ -7,3 +7,4 @@ pub mod transport;
 
 pub use config::ServerConfig;
 pub use server::{RunningServer, Server, StartError};
+pub mod linkedup;

@@ -1,0 +1,381 @@
+//! The audit log (seed §3, §12): `record` for every critical transition (meeting state
+//! changes, participant add/remove/role change, flag changes) and for access denials, and the
+//! `audit.query` function (organisation admins see their organisation's log, users their own).
+//!
+//! What is logged: state changes and denials, not successful reads. Logging every allowed read
+//! would turn each query into a write, which a query cannot do, and would make every
+//! subscription re-run write too.
+//!
+//! Denials cannot be written in the transaction that denies: a mutation that returns an error
+//! commits nothing, and a query never writes. So a denial (any `FORBIDDEN` outcome, from a
+//! query, a subscription re-run or a mutation) is appended to the bounded in-memory
+//! `DenialLog`, and a background task (`spawn_denial_writer`, started by `linkedup::start`)
+//! writes it to `auditLogs` through the internal mutation `audit.recordDenials` shortly after.
+//! If the queue is full the denial is counted in `DenialLog::dropped` instead. Anonymous calls
+//! (`UNAUTHORIZED`) are not logged: they name no actor, and logging them would let anyone
+//! fill the log.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use linkedup_schema::api::limits::MAX_AUDIT_ROWS;
+use linkedup_schema::api::{AuditLog, AuditQueryArgs};
+use linkedup_schema::tables::names::{AUDIT_LOGS, USERS};
+use linkedup_schema::ErrorCode;
+use query_engine::context::Ctx;
+use query_engine::engine::Engine;
+use query_engine::error::{FunctionError, FunctionResult};
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::v;
+use query_engine::value::Value;
+use serde::{Deserialize, Serialize};
+
+use super::guards::current_user;
+use super::{audited, decode, encode, fields, limit_arg, LinkedUpConfig};
+
+/// Most denials waiting in memory; further ones are counted and dropped.
+pub const MAX_PENDING_DENIALS: usize = 10_000;
+/// Most denials written per `audit.recordDenials` call.
+pub const DENIAL_BATCH: usize = 256;
+/// How often the writer looks for denials when it was not woken.
+const DENIAL_POLL: Duration = Duration::from_millis(500);
+/// Most index entries `audit.query` examines per call.
+const MAX_AUDIT_SCAN: usize = 1_000;
+
+/// Appends an audit entry in the current mutation. `actor` is the acting user's document id
+/// (absent for system actions); the organisation is taken from the caller's token.
+pub fn record(
+    ctx: &mut Ctx<'_, '_>,
+    actor: Option<&str>,
+    resource_type: &str,
+    resource_id: &str,
+    action: &str,
+    metadata: Value,
+) -> FunctionResult<()> {
+    let org = ctx.auth().and_then(|i| i.org_id.clone());
+    record_in_org(
+        ctx,
+        org.as_deref(),
+        actor,
+        resource_type,
+        resource_id,
+        action,
+        metadata,
+    )
+}
+
+/// `record` for system jobs, which have no caller token: the organisation is given.
+pub fn record_in_org(
+    ctx: &mut Ctx<'_, '_>,
+    org: Option<&str>,
+    actor: Option<&str>,
+    resource_type: &str,
+    resource_id: &str,
+    action: &str,
+    metadata: Value,
+) -> FunctionResult<()> {
+    let mut doc = fields(obj! {
+        "resourceType" => resource_type,
+        "resourceId" => resource_id,
+        "action" => action,
+        "metadata" => metadata,
+        "timestamp" => ctx.now_ms(),
+    });
+    if let Some(a) = actor {
+        doc.insert("actorUserId".into(), a.into());
+    }
+    if let Some(org) = org {
+        doc.insert("orgId".into(), org.into());
+    }
+    ctx.insert(AUDIT_LOGS, Value::Object(doc))?;
+    Ok(())
+}
+
+/// One access denial waiting to be written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Denial {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    pub function: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub message: String,
+    pub at_ms: i64,
+}
+
+/// The bounded queue of denials between the functions that deny and the writer task.
+#[derive(Clone, Default)]
+pub struct DenialLog {
+    inner: Arc<DenialInner>,
+}
+
+#[derive(Default)]
+struct DenialInner {
+    queue: parking_lot::Mutex<VecDeque<Denial>>,
+    dropped: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for DenialLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenialLog")
+            .field("pending", &self.pending())
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl DenialLog {
+    /// Notes that `function` refused the caller with `error`.
+    pub fn record(&self, ctx: &Ctx<'_, '_>, function: &str, error: &FunctionError) {
+        let data = |k: &str| {
+            error
+                .data
+                .get_path(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let denial = Denial {
+            subject: ctx.auth().map(|i| i.subject.clone()),
+            org_id: ctx.auth().and_then(|i| i.org_id.clone()),
+            function: function.to_string(),
+            resource_type: data("resourceType").unwrap_or_else(|| "function".into()),
+            resource_id: data("resourceId").unwrap_or_else(|| function.to_string()),
+            message: error.message.clone(),
+            at_ms: ctx.now_ms(),
+        };
+        let mut q = self.inner.queue.lock();
+        if q.len() >= MAX_PENDING_DENIALS {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.push_back(denial);
+        drop(q);
+        self.inner.wake.notify_one();
+    }
+
+    /// Denials waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.inner.queue.lock().len()
+    }
+
+    /// Denials dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, max: usize) -> Vec<Denial> {
+        let mut q = self.inner.queue.lock();
+        let n = q.len().min(max);
+        q.drain(..n).collect()
+    }
+
+    fn put_back(&self, batch: Vec<Denial>) {
+        let mut q = self.inner.queue.lock();
+        for d in batch.into_iter().rev() {
+            if q.len() >= MAX_PENDING_DENIALS {
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                q.push_front(d);
+            }
+        }
+    }
+}
+
+/// Writes every pending denial to `auditLogs` now; returns how many were written.
+pub async fn flush_denials(engine: &Engine, log: &DenialLog) -> FunctionResult<usize> {
+    let mut written = 0;
+    loop {
+        let batch = log.take(DENIAL_BATCH);
+        if batch.is_empty() {
+            return Ok(written);
+        }
+        let n = batch.len();
+        let args = obj! { "entries" => encode(&batch)? };
+        if let Err(e) = engine.mutation("audit.recordDenials", args, None).await {
+            log.put_back(batch);
+            return Err(e);
+        }
+        written += n;
+    }
+}
+
+/// The task that drains `log` into `auditLogs` (see the module comment).
+pub fn spawn_denial_writer(engine: Engine, log: DenialLog) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(DENIAL_POLL, log.inner.wake.notified()).await;
+            if let Err(e) = flush_denials(&engine, &log).await {
+                tracing::warn!(error = %e, "cannot write access denials to the audit log");
+                tokio::time::sleep(DENIAL_POLL).await;
+            }
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct RecordDenialsArgs {
+    entries: Vec<Denial>,
+}
+
+fn denial_validator() -> query_engine::schema::Validator {
+    v::object([
+        ("subject", v::optional(v::string())),
+        ("orgId", v::optional(v::string())),
+        ("function", v::string()),
+        ("resourceType", v::string()),
+        ("resourceId", v::string()),
+        ("message", v::string()),
+        ("atMs", v::int64()),
+    ])
+}
+
+fn audit_query_validator() -> query_engine::schema::Validator {
+    v::object([
+        ("actorUserId", v::optional(v::id(USERS))),
+        ("resourceType", v::optional(v::string())),
+        ("resourceId", v::optional(v::string())),
+        ("action", v::optional(v::string())),
+        ("since", v::optional(v::int64())),
+        ("until", v::optional(v::int64())),
+        ("limit", v::optional(v::int64())),
+    ])
+}
+
+pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
+    // audit.query: entries newest first, filtered by actor / resource / action / time.
+    // Organisation admins see their organisation's entries; everyone else sees the entries
+    // they are the actor of (asking for another actor is FORBIDDEN).
+    // Returns: UNAUTHORIZED, FORBIDDEN, VALIDATION_ERROR.
+    f.query(
+        "audit.query",
+        Visibility::Public,
+        audit_query_validator(),
+        v::array(v::any()),
+        audited(config, "audit.query", query_audit),
+    );
+
+    // audit.recordDenials (internal): writes denials collected by `DenialLog`.
+    f.mutation(
+        "audit.recordDenials",
+        Visibility::Internal,
+        v::object([("entries", v::array(denial_validator()))]),
+        v::int64(),
+        |ctx, a: RecordDenialsArgs| {
+            let n = a.entries.len() as i64;
+            for d in a.entries {
+                let actor = match &d.subject {
+                    Some(s) => ctx
+                        .query(USERS, "by_workos_id")
+                        .eq("workosUserId", s.as_str())
+                        .first()?
+                        .and_then(|u| u.get_path("_id").and_then(Value::as_str).map(String::from)),
+                    None => None,
+                };
+                let mut doc = fields(obj! {
+                    "resourceType" => d.resource_type.as_str(),
+                    "resourceId" => d.resource_id.as_str(),
+                    "action" => "access.denied",
+                    "metadata" => obj! {
+                        "function" => d.function.as_str(),
+                        "message" => d.message.as_str(),
+                        "subject" => d.subject.clone().map(Value::from).unwrap_or(Value::Null),
+                    },
+                    "timestamp" => d.at_ms,
+                });
+                if let Some(a) = actor {
+                    doc.insert("actorUserId".into(), a.into());
+                }
+                if let Some(org) = d.org_id {
+                    doc.insert("orgId".into(), org.into());
+                }
+                ctx.insert(AUDIT_LOGS, Value::Object(doc))?;
+            }
+            Ok(n)
+        },
+    );
+}
+
+fn query_audit(ctx: &mut Ctx<'_, '_>, a: AuditQueryArgs) -> FunctionResult<Vec<AuditLog>> {
+    let limit = limit_arg("limit", a.limit, 50, MAX_AUDIT_ROWS)?;
+    let me = current_user(ctx)?;
+    let admin_org = me
+        .identity
+        .is_org_admin()
+        .then(|| me.identity.org_id.clone())
+        .flatten();
+    if admin_org.is_none() && a.actor_user_id.as_deref().is_some_and(|x| x != me.id) {
+        return Err(ErrorCode::Forbidden.err_with(
+            "only organisation admins may read other users' audit entries",
+            obj! { "resourceType" => "auditLogs", "resourceId" => "actor" },
+        ));
+    }
+    let actor = match &admin_org {
+        Some(_) => a.actor_user_id.clone(),
+        None => Some(me.id.clone()),
+    };
+    // Pick the most selective index; the remaining filters apply to what it returns.
+    let (index, eqs): (&str, Vec<(&str, Value)>) =
+        if let (Some(t), Some(r)) = (&a.resource_type, &a.resource_id) {
+            (
+                "by_resource",
+                vec![
+                    ("resourceType", t.as_str().into()),
+                    ("resourceId", r.as_str().into()),
+                ],
+            )
+        } else if let Some(actor) = &actor {
+            ("by_actor", vec![("actorUserId", actor.as_str().into())])
+        } else if let Some(action) = &a.action {
+            ("by_action", vec![("action", action.as_str().into())])
+        } else if let Some(org) = &admin_org {
+            ("by_org_time", vec![("orgId", org.as_str().into())])
+        } else {
+            return Err(ErrorCode::Internal.err("audit query without a scope"));
+        };
+    let mut q = ctx.query(AUDIT_LOGS, index);
+    for (field, value) in eqs {
+        q = q.eq(field, value);
+    }
+    if let Some(s) = a.since {
+        q = q.gte("timestamp", s);
+    }
+    if let Some(u) = a.until {
+        q = q.lt("timestamp", u);
+    }
+    let rows = q.desc().take(MAX_AUDIT_SCAN)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let entry: AuditLog = decode(&row)?;
+        let visible = match &admin_org {
+            Some(org) => entry.org_id.as_ref() == Some(org),
+            None => entry.actor_user_id.as_deref() == Some(me.id.as_str()),
+        };
+        let matches = visible
+            && actor
+                .as_ref()
+                .is_none_or(|x| entry.actor_user_id.as_ref() == Some(x))
+            && a.action.as_ref().is_none_or(|x| entry.action == *x)
+            && a.resource_type
+                .as_ref()
+                .is_none_or(|x| entry.resource_type == *x)
+            && a.resource_id
+                .as_ref()
+                .is_none_or(|x| entry.resource_id == *x)
+            && a.since.is_none_or(|s| entry.timestamp >= s)
+            && a.until.is_none_or(|u| entry.timestamp < u);
+        if matches {
+            out.push(entry);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,213 @@
+//! Connections between users: one document per unordered pair (`userA` < `userB`), requested
+//! by one side and accepted or declined by the other.
+//!
+//! Transitions: none → pending (request); pending → accepted / declined (by the side that did
+//! not request); declined → pending (a new request, by either side). Requesting a pending pair
+//! again is a no-op for the requester and an acceptance for the other side (both want it);
+//! requesting an accepted pair is CONFLICT.
+
+use std::sync::Arc;
+
+use linkedup_schema::api::limits::MAX_CONNECTIONS_LISTED;
+use linkedup_schema::api::{
+    Connection, ConnectionIdArgs, ConnectionStatus, ListConnectionsArgs, UserIdArgs,
+};
+use linkedup_schema::errors::invalid_field;
+use linkedup_schema::tables::names::{CONNECTIONS, USERS};
+use linkedup_schema::tables::CONNECTION_STATUSES;
+use linkedup_schema::ErrorCode;
+use query_engine::context::Ctx;
+use query_engine::error::FunctionResult;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::v;
+
+use super::guards::current_user;
+use super::rate_limit::check_and_consume;
+use super::{audited, decode, fields, LinkedUpConfig};
+
+fn status_validator() -> query_engine::schema::Validator {
+    v::union(CONNECTION_STATUSES.iter().map(|s| v::literal(*s)))
+}
+
+pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
+    // connections.request: asks `userId` to connect (see the module comment for the states).
+    // Returns the connection. Returns: UNAUTHORIZED, VALIDATION_ERROR (self), NOT_FOUND (no
+    // such user), CONFLICT (already connected), RATE_LIMITED.
+    let cfg = config.clone();
+    f.mutation(
+        "connections.request",
+        Visibility::Public,
+        v::object([("userId", v::id(USERS))]),
+        v::any(),
+        audited(config, "connections.request", move |ctx, a: UserIdArgs| {
+            request(ctx, &cfg, a)
+        }),
+    );
+
+    // connections.accept / connections.decline: the side that did not request answers a
+    // pending request. Returns the connection. Returns: UNAUTHORIZED, VALIDATION_ERROR,
+    // NOT_FOUND, FORBIDDEN (not the addressee), CONFLICT (not pending).
+    for (name, status) in [
+        ("connections.accept", ConnectionStatus::Accepted),
+        ("connections.decline", ConnectionStatus::Declined),
+    ] {
+        f.mutation(
+            name,
+            Visibility::Public,
+            v::object([("connectionId", v::id(CONNECTIONS))]),
+            v::any(),
+            audited(config, name, move |ctx, a: ConnectionIdArgs| {
+                respond(ctx, &a.connection_id, status)
+            }),
+        );
+    }
+
+    // connections.list: the caller's connections, optionally of one status, newest first (at
+    // most 200). Returns: UNAUTHORIZED, VALIDATION_ERROR.
+    f.query(
+        "connections.list",
+        Visibility::Public,
+        v::object([("status", v::optional(status_validator()))]),
+        v::array(v::any()),
+        audited(config, "connections.list", list),
+    );
+}
+
+/// The pair in stored order.
+fn ordered<'a>(x: &'a str, y: &'a str) -> (&'a str, &'a str) {
+    if x <= y {
+        (x, y)
+    } else {
+        (y, x)
+    }
+}
+
+fn request(
+    ctx: &mut Ctx<'_, '_>,
+    config: &LinkedUpConfig,
+    a: UserIdArgs,
+) -> FunctionResult<Connection> {
+    let me = current_user(ctx)?;
+    if a.user_id == me.id {
+        return Err(invalid_field("userId", "cannot connect to yourself"));
+    }
+    if ctx.get(USERS, &a.user_id)?.is_none() {
+        return Err(ErrorCode::NotFound.err(format!("no user {}", a.user_id)));
+    }
+    let (ua, ub) = ordered(&me.id, &a.user_id);
+    let existing = ctx
+        .query(CONNECTIONS, "by_pair")
+        .eq("userA", ua)
+        .eq("userB", ub)
+        .first()?;
+    let now = ctx.now_ms();
+    let id = match existing {
+        None => {
+            check_and_consume(
+                ctx,
+                &config.rate_limits,
+                &me.id,
+                "connections.request",
+                config.rate_limits.connections_request,
+            )?;
+            ctx.insert(
+                CONNECTIONS,
+                obj! {
+                    "userA" => ua, "userB" => ub, "requestedBy" => me.id.as_str(),
+                    "status" => "pending", "createdAt" => now, "updatedAt" => now,
+                },
+            )?
+        }
+        Some(doc) => {
+            let c: Connection = decode(&doc)?;
+            match c.status {
+                ConnectionStatus::Accepted => {
+                    return Err(ErrorCode::Conflict.err("already connected"));
+                }
+                ConnectionStatus::Pending if c.requested_by == me.id => c.id,
+                ConnectionStatus::Pending => {
+                    ctx.patch(
+                        CONNECTIONS,
+                        &c.id,
+                        fields(obj! {
+                            "status" => "accepted", "respondedAt" => now, "updatedAt" => now,
+                        }),
+                    )?;
+                    c.id
+                }
+                ConnectionStatus::Declined => {
+                    check_and_consume(
+                        ctx,
+                        &config.rate_limits,
+                        &me.id,
+                        "connections.request",
+                        config.rate_limits.connections_request,
+                    )?;
+                    ctx.patch(
+                        CONNECTIONS,
+                        &c.id,
+                        fields(obj! {
+                            "status" => "pending", "requestedBy" => me.id.as_str(),
+                            "updatedAt" => now,
+                        }),
+                    )?;
+                    c.id
+                }
+            }
+        }
+    };
+    get(ctx, &id)
+}
+
+fn get(ctx: &mut Ctx<'_, '_>, id: &str) -> FunctionResult<Connection> {
+    let doc = ctx
+        .get(CONNECTIONS, id)?
+        .ok_or_else(|| ErrorCode::NotFound.err(format!("no connection {id}")))?;
+    decode(&doc)
+}
+
+fn respond(
+    ctx: &mut Ctx<'_, '_>,
+    connection_id: &str,
+    status: ConnectionStatus,
+) -> FunctionResult<Connection> {
+    let me = current_user(ctx)?;
+    let c = get(ctx, connection_id)?;
+    let party = c.user_a == me.id || c.user_b == me.id;
+    if !party || c.requested_by == me.id {
+        return Err(ErrorCode::Forbidden.err_with(
+            "only the addressee of a connection request may answer it",
+            obj! { "resourceType" => "connection", "resourceId" => connection_id },
+        ));
+    }
+    if c.status != ConnectionStatus::Pending {
+        return Err(
+            ErrorCode::Conflict.err(format!("the request is {}, not pending", c.status.as_str()))
+        );
+    }
+    let now = ctx.now_ms();
+    ctx.patch(
+        CONNECTIONS,
+        connection_id,
+        fields(obj! { "status" => status.as_str(), "respondedAt" => now, "updatedAt" => now }),
+    )?;
+    get(ctx, connection_id)
+}
+
+fn list(ctx: &mut Ctx<'_, '_>, a: ListConnectionsArgs) -> FunctionResult<Vec<Connection>> {
+    let me = current_user(ctx)?;
+    let mut out = Vec::new();
+    for (index, field) in [("by_user_a", "userA"), ("by_user_b", "userB")] {
+        let mut q = ctx.query(CONNECTIONS, index).eq(field, me.id.as_str());
+        if let Some(s) = a.status {
+            q = q.eq("status", s.as_str());
+        }
+        for doc in q.take(MAX_CONNECTIONS_LISTED)? {
+            out.push(decode::<Connection>(&doc)?);
+        }
+    }
+    out.sort_by(|x, y| y.updated_at.cmp(&x.updated_at).then(y.id.cmp(&x.id)));
+    out.truncate(MAX_CONNECTIONS_LISTED);
+    Ok(out)
+}

@@ -1,0 +1,257 @@
+//! Authentication and meeting access guards (seed §3), used by every LinkedUp function: who
+//! is calling (`require_identity`), which user document that is (`current_user`), and whether
+//! they may act on a meeting (`assert_meeting_access`).
+//!
+//! Access rules, decided here once:
+//! - Roles are ordered: a host holds every participant right (the seed compared roles for
+//!   equality, which refused hosts the participant actions).
+//! - Access requires a participant record. Leaving a meeting is presence (`left`) and keeps the
+//!   record, so a participant who left can still read the meeting and rejoin; removal by a host
+//!   deletes the record and with it all access.
+//! - Tenant isolation: a meeting of an organisation is refused to callers whose token is for
+//!   another organisation (or none), even if a participant record exists.
+//! - A meeting that exists but is refused gives `FORBIDDEN`; a meeting id that names no meeting
+//!   gives `NOT_FOUND`. Meeting ids are unguessable-enough opaque ids that are only learnt by
+//!   being invited, so telling "exists" from "missing" leaks little, and one consistent code per
+//!   case is easier for clients than a code that depends on the caller.
+
+use linkedup_schema::api::{Meeting, Participant, Role, User};
+use linkedup_schema::tables::names::{MEETINGS, MEETING_PARTICIPANTS, USERS};
+use linkedup_schema::ErrorCode;
+use query_engine::context::Ctx;
+use query_engine::error::FunctionResult;
+use query_engine::functions::FunctionKind;
+use query_engine::obj;
+use query_engine::value::Value;
+
+use super::{decode, fields};
+
+/// `lastSeenAt` is refreshed at most this often, so presence costs one write a minute.
+pub const LAST_SEEN_RESOLUTION_MS: i64 = 60_000;
+
+/// The verified caller, as the seed's `AuthIdentity`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthIdentity {
+    /// The token subject.
+    pub user_id: String,
+    /// The WorkOS user id (the subject).
+    pub workos_user_id: String,
+    pub org_id: Option<String>,
+    pub org_role: Option<String>,
+    pub email: Option<String>,
+}
+
+impl AuthIdentity {
+    /// Whether the token makes the caller an administrator of their organisation.
+    pub fn is_org_admin(&self) -> bool {
+        self.org_id.is_some() && self.org_role.as_deref() == Some("admin")
+    }
+}
+
+/// The caller's verified identity. Returns: UNAUTHORIZED when the call carries none.
+pub fn require_identity(ctx: &Ctx<'_, '_>) -> FunctionResult<AuthIdentity> {
+    let id = ctx
+        .auth()
+        .ok_or_else(|| ErrorCode::Unauthorized.err("authentication required"))?;
+    Ok(AuthIdentity {
+        user_id: id.subject.clone(),
+        workos_user_id: id.subject.clone(),
+        org_id: id.org_id.clone(),
+        org_role: id.org_role.clone(),
+        email: id.email.clone(),
+    })
+}
+
+/// The caller's user document and identity.
+#[derive(Clone, Debug)]
+pub struct CurrentUser {
+    pub id: String,
+    pub user: User,
+    pub identity: AuthIdentity,
+}
+
+/// Resolves the caller's `users` document by WorkOS id.
+///
+/// In a query (which cannot write) a caller without a document gets UNAUTHORIZED ("call
+/// users.ensure"). In a mutation the document is created on first call, and afterwards kept
+/// linked to the token: email, organisation and role follow the latest verified token, and
+/// `lastSeenAt` is refreshed when older than a minute. Nothing is written when nothing
+/// changed, so repeated calls do not conflict with each other.
+/// Returns: UNAUTHORIZED.
+pub fn current_user(ctx: &mut Ctx<'_, '_>) -> FunctionResult<CurrentUser> {
+    current_user_named(ctx, None)
+}
+
+/// `current_user`, with the display name to give a user document created by this call.
+pub fn current_user_named(
+    ctx: &mut Ctx<'_, '_>,
+    display_name: Option<&str>,
+) -> FunctionResult<CurrentUser> {
+    let identity = require_identity(ctx)?;
+    let existing = ctx
+        .query(USERS, "by_workos_id")
+        .eq("workosUserId", identity.workos_user_id.as_str())
+        .first()?;
+    let writable = ctx.kind() == FunctionKind::Mutation;
+    let now = ctx.now_ms();
+    let doc = match existing {
+        Some(doc) if !writable => doc,
+        Some(doc) => link(ctx, doc, &identity, now)?,
+        None if !writable => {
+            return Err(ErrorCode::Unauthorized
+                .err("no user for this identity yet: call users.ensure first"))
+        }
+        None => {
+            let email = identity.email.clone().unwrap_or_default();
+            let mut new = fields(obj! {
+                "workosUserId" => identity.workos_user_id.as_str(),
+                "email" => email,
+                "isActive" => true,
+                "lastSeenAt" => now,
+                "createdAt" => now,
+                "updatedAt" => now,
+            });
+            for (k, v) in [
+                ("orgId", identity.org_id.as_deref()),
+                ("orgRole", identity.org_role.as_deref()),
+                ("displayName", display_name),
+            ] {
+                if let Some(v) = v {
+                    new.insert(k.into(), v.into());
+                }
+            }
+            let id = ctx.insert(USERS, Value::Object(new))?;
+            ctx.get(USERS, &id)?
+                .ok_or_else(|| ErrorCode::Internal.err("inserted user not readable"))?
+        }
+    };
+    let user: User = decode(&doc)?;
+    if !user.is_active {
+        return Err(ErrorCode::Forbidden.err("this user is deactivated"));
+    }
+    Ok(CurrentUser {
+        id: user.id.clone(),
+        user,
+        identity,
+    })
+}
+
+/// Brings an existing user document in line with the token; writes only on change.
+fn link(
+    ctx: &mut Ctx<'_, '_>,
+    doc: Value,
+    identity: &AuthIdentity,
+    now: i64,
+) -> FunctionResult<Value> {
+    let user: User = decode(&doc)?;
+    let mut changes = fields(obj! {});
+    if let Some(email) = &identity.email {
+        if *email != user.email {
+            changes.insert("email".into(), email.as_str().into());
+        }
+    }
+    // Absent org or role in the token means the session is not org-scoped any more.
+    for (field, token, stored) in [
+        ("orgId", &identity.org_id, &user.org_id),
+        ("orgRole", &identity.org_role, &user.org_role),
+    ] {
+        if token != stored {
+            changes.insert(
+                field.into(),
+                token.as_deref().map(Value::from).unwrap_or(Value::Null),
+            );
+        }
+    }
+    let stale = user
+        .last_seen_at
+        .is_none_or(|t| now.saturating_sub(t) >= LAST_SEEN_RESOLUTION_MS);
+    if changes.is_empty() && !stale {
+        return Ok(doc);
+    }
+    changes.insert("lastSeenAt".into(), now.into());
+    if changes.len() > 1 {
+        changes.insert("updatedAt".into(), now.into());
+    }
+    // Null means "remove the field": rebuild the document without it.
+    if changes.values().any(|v| matches!(v, Value::Null)) {
+        let mut whole = doc.as_object().cloned().unwrap_or_default();
+        whole.remove("_id");
+        whole.remove("_creationTime");
+        for (k, v) in changes {
+            if matches!(v, Value::Null) {
+                whole.remove(&k);
+            } else {
+                whole.insert(k, v);
+            }
+        }
+        ctx.replace(USERS, &user.id, Value::Object(whole))?;
+    } else {
+        ctx.patch(USERS, &user.id, changes)?;
+    }
+    ctx.get(USERS, &user.id)?
+        .ok_or_else(|| ErrorCode::Internal.err("user vanished"))
+}
+
+/// What a meeting guard established.
+#[derive(Clone, Debug)]
+pub struct MeetingAccess {
+    pub user: CurrentUser,
+    pub meeting: Meeting,
+    pub participant: Participant,
+}
+
+/// Checks that the caller may act on `meeting_id` with at least `required` rights.
+/// Returns: UNAUTHORIZED (no identity or user), NOT_FOUND (no such meeting), FORBIDDEN (not a
+/// participant, lacking host rights, or another organisation's meeting). Denials carry
+/// `data = {resourceType: "meeting", resourceId}` for the audit log.
+pub fn assert_meeting_access(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+    required: Role,
+) -> FunctionResult<MeetingAccess> {
+    let user = current_user(ctx)?;
+    let meeting = get_meeting(ctx, meeting_id)?;
+    let denied = |why: &str| {
+        ErrorCode::Forbidden.err_with(
+            format!("{why} (meeting {meeting_id})"),
+            obj! { "resourceType" => "meeting", "resourceId" => meeting_id },
+        )
+    };
+    if let Some(org) = &meeting.org_id {
+        if user.identity.org_id.as_ref() != Some(org) {
+            return Err(denied("the meeting belongs to another organisation"));
+        }
+    }
+    let participant = find_participant(ctx, meeting_id, &user.id)?
+        .ok_or_else(|| denied("not a participant of this meeting"))?;
+    if !participant.role.satisfies(required) {
+        return Err(denied("this action needs the host role"));
+    }
+    Ok(MeetingAccess {
+        user,
+        meeting,
+        participant,
+    })
+}
+
+/// The meeting document. Returns: NOT_FOUND.
+pub fn get_meeting(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Meeting> {
+    let doc = ctx
+        .get(MEETINGS, meeting_id)?
+        .ok_or_else(|| ErrorCode::NotFound.err(format!("no meeting {meeting_id}")))?;
+    decode(&doc)
+}
+
+/// The participant record of `user_id` in `meeting_id`, if any.
+pub fn find_participant(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+    user_id: &str,
+) -> FunctionResult<Option<Participant>> {
+    let doc = ctx
+        .query(MEETING_PARTICIPANTS, "by_meeting_and_user")
+        .eq("meetingId", meeting_id)
+        .eq("userId", user_id)
+        .first()?;
+    doc.map(|d| decode(&d)).transpose()
+}

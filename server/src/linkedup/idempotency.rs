@@ -1,0 +1,167 @@
+//! Idempotency keys (seed §12, §20): a mutation, action or webhook that may be retried records
+//! its key in `idempotencyKeys` together with its result, in the same transaction as its
+//! effect, so a retry within the key's lifetime returns the first result instead of acting
+//! twice. Keys expire (`expiresAt`) and are purged by `idempotency.purgeExpired`.
+//!
+//! Actions and webhook handlers, which have no transaction of their own, use the internal
+//! mutations `idempotency.checkAndRecord` and `idempotency.storeResult`.
+
+use std::sync::Arc;
+
+use linkedup_schema::errors::invalid_field;
+use linkedup_schema::tables::names::IDEMPOTENCY_KEYS;
+use query_engine::context::Ctx;
+use query_engine::error::FunctionResult;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::v;
+use query_engine::value::Value;
+use serde::Deserialize;
+
+use super::{fields, id_of, LinkedUpConfig};
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Default lifetime of a key: one day.
+pub const DEFAULT_TTL_MS: i64 = 24 * 3_600_000;
+/// Most expired keys one purge call deletes.
+const PURGE_BATCH: usize = 512;
+
+/// Checks `key` in `scope`. Returns the stored result of an earlier call with this key if it
+/// has not expired (`Some(Value::Null)` when that call stored no result); otherwise records the
+/// key (expiring `ttl_ms` from now) and returns `None`: the caller goes ahead and should
+/// `store_result` in the same transaction.
+/// Returns: VALIDATION_ERROR for an empty or over-long key.
+pub fn check_and_record(
+    ctx: &mut Ctx<'_, '_>,
+    key: &str,
+    scope: &str,
+    ttl_ms: i64,
+) -> FunctionResult<Option<Value>> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(invalid_field(
+            "idempotencyKey",
+            format!("must be 1 to {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    let now = ctx.now_ms();
+    let existing = ctx
+        .query(IDEMPOTENCY_KEYS, "by_key_scope")
+        .eq("key", key)
+        .eq("scope", scope)
+        .first()?;
+    if let Some(doc) = existing {
+        let expires = doc
+            .get_path("expiresAt")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if expires > now {
+            return Ok(Some(doc.get_path("result").cloned().unwrap_or(Value::Null)));
+        }
+        ctx.delete(IDEMPOTENCY_KEYS, &id_of(&doc)?)?;
+    }
+    ctx.insert(
+        IDEMPOTENCY_KEYS,
+        obj! {
+            "key" => key,
+            "scope" => scope,
+            "createdAt" => now,
+            "expiresAt" => now.saturating_add(ttl_ms.max(1)),
+        },
+    )?;
+    Ok(None)
+}
+
+/// Stores the result of the call that recorded `key` (see `check_and_record`).
+pub fn store_result(
+    ctx: &mut Ctx<'_, '_>,
+    key: &str,
+    scope: &str,
+    result: Value,
+) -> FunctionResult<()> {
+    let doc = ctx
+        .query(IDEMPOTENCY_KEYS, "by_key_scope")
+        .eq("key", key)
+        .eq("scope", scope)
+        .first()?
+        .ok_or_else(|| {
+            query_engine::error::FunctionError::internal("idempotency key not recorded")
+        })?;
+    ctx.patch(
+        IDEMPOTENCY_KEYS,
+        &id_of(&doc)?,
+        fields(obj! { "result" => result }),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckArgs {
+    key: String,
+    scope: String,
+    ttl_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoreArgs {
+    key: String,
+    scope: String,
+    result: Value,
+}
+
+#[derive(Deserialize)]
+struct NoArgs {}
+
+pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
+    // idempotency.checkAndRecord (internal): {seen: false} the first time (key recorded),
+    // {seen: true, result} for a retry.
+    f.mutation(
+        "idempotency.checkAndRecord",
+        Visibility::Internal,
+        v::object([
+            ("key", v::string()),
+            ("scope", v::string()),
+            ("ttlMs", v::optional(v::int64())),
+        ]),
+        v::object([("seen", v::boolean()), ("result", v::any())]),
+        |ctx, a: CheckArgs| {
+            let ttl = a.ttl_ms.unwrap_or(DEFAULT_TTL_MS);
+            Ok(match check_and_record(ctx, &a.key, &a.scope, ttl)? {
+                Some(result) => obj! { "seen" => true, "result" => result },
+                None => obj! { "seen" => false, "result" => Value::Null },
+            })
+        },
+    );
+    // idempotency.storeResult (internal).
+    f.mutation(
+        "idempotency.storeResult",
+        Visibility::Internal,
+        v::object([
+            ("key", v::string()),
+            ("scope", v::string()),
+            ("result", v::any()),
+        ]),
+        v::null(),
+        |ctx, a: StoreArgs| store_result(ctx, &a.key, &a.scope, a.result),
+    );
+    // idempotency.purgeExpired (internal, for a cron): deletes up to 512 expired keys and
+    // returns how many it deleted.
+    f.mutation(
+        "idempotency.purgeExpired",
+        Visibility::Internal,
+        v::object([]),
+        v::int64(),
+        |ctx, _a: NoArgs| {
+            let now = ctx.now_ms();
+            let expired = ctx
+                .query(IDEMPOTENCY_KEYS, "by_expiry")
+                .lt("expiresAt", now)
+                .take(PURGE_BATCH)?;
+            for d in &expired {
+                ctx.delete(IDEMPOTENCY_KEYS, &id_of(d)?)?;
+            }
+            Ok(expired.len() as i64)
+        },
+    );
+}

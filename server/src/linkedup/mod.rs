@@ -1,0 +1,150 @@
+//! LinkedUp's domain functions on the query engine, one module per domain (users, connections,
+//! meetings, chat, flags, audit) plus the cross-cutting guards, rate limiter and idempotency
+//! keys. `register` adds them all to a `Functions` registry; `start` runs their background work.
+//!
+//! Each function follows the same order: validators (engine-checked), guard, logic, audit.
+
+pub mod audit;
+pub mod chat;
+pub mod connections;
+pub mod flags;
+pub mod guards;
+pub mod idempotency;
+pub mod meetings;
+pub mod post_call;
+pub mod rate_limit;
+pub mod users;
+
+use std::sync::Arc;
+
+use linkedup_schema::errors::invalid_field;
+use linkedup_schema::ErrorCode;
+use query_engine::context::Ctx;
+use query_engine::engine::Engine;
+use query_engine::error::{FunctionError, FunctionResult};
+use query_engine::functions::Functions;
+use query_engine::json::{from_value, to_value};
+use query_engine::value::{Object, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use audit::DenialLog;
+pub use rate_limit::{RateLimit, RateLimitConfig};
+
+/// Settings of the LinkedUp functions.
+#[derive(Clone, Debug, Default)]
+pub struct LinkedUpConfig {
+    pub rate_limits: RateLimitConfig,
+    /// Where access denials wait to be written to `auditLogs` (see `audit`); shared by every
+    /// function registered with this config and drained by `start`.
+    pub denials: DenialLog,
+}
+
+/// Registers every LinkedUp function.
+pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
+    let config = Arc::new(config.clone());
+    users::register(functions, &config);
+    connections::register(functions, &config);
+    meetings::register(functions, &config);
+    post_call::register(functions, &config);
+    chat::register(functions, &config);
+    flags::register(functions, &config);
+    audit::register(functions, &config);
+    idempotency::register(functions, &config);
+    rate_limit::register(functions, &config);
+}
+
+/// Starts LinkedUp's background work on a running engine: the task that writes recorded
+/// access denials to `auditLogs`. Abort the returned handle on shutdown (pending denials are
+/// bounded in memory and lost with the process).
+pub fn start(engine: &Engine, config: &LinkedUpConfig) -> tokio::task::JoinHandle<()> {
+    audit::spawn_denial_writer(engine.clone(), config.denials.clone())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers shared by the domain modules.
+
+/// Wraps a handler so that a `FORBIDDEN` outcome is recorded as an access denial (see `audit`).
+/// Every public LinkedUp handler is registered through this.
+pub(crate) fn audited<A, R>(
+    config: &Arc<LinkedUpConfig>,
+    function: &'static str,
+    f: impl Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static,
+) -> impl Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static {
+    let denials = config.denials.clone();
+    move |ctx, args| {
+        let result = f(ctx, args);
+        if let Err(e) = &result {
+            if e.code == ErrorCode::Forbidden.as_str() {
+                denials.record(ctx, function, e);
+            }
+        }
+        result
+    }
+}
+
+/// Decodes a stored document into its typed form.
+pub(crate) fn decode<T: DeserializeOwned>(doc: &Value) -> FunctionResult<T> {
+    from_value(doc).map_err(|e| {
+        tracing::error!(error = %e, "stored document does not decode");
+        FunctionError::internal("stored document does not decode")
+    })
+}
+
+/// Encodes a typed value as a document or result.
+pub(crate) fn encode<T: Serialize>(v: &T) -> FunctionResult<Value> {
+    to_value(v).map_err(|e| FunctionError::internal(format!("cannot encode value: {e}")))
+}
+
+/// The fields of an object value, for `ctx.patch`.
+pub(crate) fn fields(v: Value) -> Object {
+    match v {
+        Value::Object(o) => o,
+        _ => Object::new(),
+    }
+}
+
+/// The `_id` of a document.
+pub(crate) fn id_of(doc: &Value) -> FunctionResult<String> {
+    doc.get_path("_id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| FunctionError::internal("document without _id"))
+}
+
+/// Checks a free-text argument's length in chars.
+pub(crate) fn check_text(
+    path: &str,
+    s: &str,
+    min_chars: usize,
+    max_chars: usize,
+) -> FunctionResult<()> {
+    let n = s.chars().count();
+    if n < min_chars {
+        return Err(invalid_field(
+            path,
+            format!("must have at least {min_chars} characters"),
+        ));
+    }
+    if n > max_chars {
+        return Err(invalid_field(
+            path,
+            format!("must have at most {max_chars} characters, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an optional limit argument and returns it or its default.
+pub(crate) fn limit_arg(
+    path: &str,
+    limit: Option<i64>,
+    default: i64,
+    max: i64,
+) -> FunctionResult<usize> {
+    let n = limit.unwrap_or(default);
+    if !(1..=max).contains(&n) {
+        return Err(invalid_field(path, format!("must be between 1 and {max}")));
+    }
+    Ok(n as usize)
+}

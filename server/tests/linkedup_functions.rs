@@ -1,0 +1,596 @@
+//! Every public LinkedUp function: a happy path, an unauthenticated call (UNAUTHORIZED) and a
+//! bad argument (VALIDATION_ERROR naming the field, nothing written).
+
+mod linkedup_common;
+
+use linkedup_common::*;
+use linkedup_server::linkedup::LinkedUpConfig;
+use query_engine::functions::Visibility;
+use query_engine::obj;
+use query_engine::value::Value;
+
+fn arr(items: &[&str]) -> Value {
+    Value::Array(items.iter().map(|s| Value::from(*s)).collect())
+}
+
+/// (function, arguments that pass validation, bad arguments, field the error must name).
+fn cases(w: &World) -> Vec<(&'static str, Value, Value, &'static str)> {
+    let m = w.meeting.as_str();
+    let carol = w.carol_id.as_str();
+    let bob = w.bob_id.as_str();
+    vec![
+        ("users.me", obj! {}, obj! { "x" => 1i64 }, "x"),
+        (
+            "users.ensure",
+            obj! {},
+            obj! { "displayName" => 5i64 },
+            "displayName",
+        ),
+        ("users.heartbeat", obj! {}, obj! { "x" => 1i64 }, "x"),
+        ("profiles.get", obj! {}, obj! { "x" => 1i64 }, "x"),
+        (
+            "profiles.update",
+            obj! { "bio" => "hi" },
+            obj! { "languages" => "en" },
+            "languages",
+        ),
+        (
+            "interests.list",
+            obj! {},
+            obj! { "category" => 1i64 },
+            "category",
+        ),
+        (
+            "interests.setMine",
+            obj! { "keys" => arr(&["rust"]) },
+            obj! { "keys" => arr(&["rust", "knitting"]) },
+            "keys[1]",
+        ),
+        (
+            "connections.request",
+            obj! { "userId" => carol },
+            obj! { "userId" => "nope" },
+            "userId",
+        ),
+        (
+            "connections.accept",
+            obj! { "connectionId" => "x" },
+            obj! { "connectionId" => m },
+            "connectionId",
+        ),
+        (
+            "connections.decline",
+            obj! { "connectionId" => "x" },
+            obj! { "connectionId" => m },
+            "connectionId",
+        ),
+        (
+            "connections.list",
+            obj! {},
+            obj! { "status" => "maybe" },
+            "status",
+        ),
+        (
+            "meetings.schedule",
+            obj! { "title" => "t" },
+            obj! { "title" => "  " },
+            "title",
+        ),
+        (
+            "meetings.start",
+            obj! { "meetingId" => m },
+            obj! { "meetingId" => bob },
+            "meetingId",
+        ),
+        (
+            "meetings.end",
+            obj! { "meetingId" => m },
+            obj! { "meetingId" => 7i64 },
+            "meetingId",
+        ),
+        (
+            "meetings.cancel",
+            obj! { "meetingId" => m },
+            obj! {},
+            "meetingId",
+        ),
+        (
+            "meetings.join",
+            obj! { "meetingId" => m },
+            obj! { "meetingId" => "zz" },
+            "meetingId",
+        ),
+        (
+            "meetings.leave",
+            obj! { "meetingId" => m },
+            obj! { "meetingId" => m, "x" => 1i64 },
+            "x",
+        ),
+        (
+            "meetings.addParticipant",
+            obj! { "meetingId" => m, "userId" => carol },
+            obj! { "meetingId" => m, "userId" => carol, "role" => "boss" },
+            "role",
+        ),
+        (
+            "meetings.removeParticipant",
+            obj! { "meetingId" => m, "userId" => bob },
+            obj! { "meetingId" => m, "userId" => m },
+            "userId",
+        ),
+        (
+            "meetings.setRole",
+            obj! { "meetingId" => m, "userId" => bob, "role" => "host" },
+            obj! { "meetingId" => m, "userId" => bob, "role" => "owner" },
+            "role",
+        ),
+        (
+            "meetings.get",
+            obj! { "meetingId" => m },
+            obj! { "meetingId" => 1i64 },
+            "meetingId",
+        ),
+        (
+            "meetings.listParticipants",
+            obj! { "meetingId" => m },
+            obj! { "meetingId" => true },
+            "meetingId",
+        ),
+        (
+            "meetings.getState",
+            obj! { "meetingId" => m },
+            obj! {},
+            "meetingId",
+        ),
+        (
+            "meetings.listMine",
+            obj! {},
+            obj! { "limit" => 0i64 },
+            "limit",
+        ),
+        (
+            "chat.send",
+            obj! { "meetingId" => m, "content" => "hi" },
+            obj! { "meetingId" => m, "content" => "" },
+            "content",
+        ),
+        (
+            "chat.list",
+            obj! { "meetingId" => m, "numItems" => 10i64 },
+            obj! { "meetingId" => m, "numItems" => 0i64 },
+            "numItems",
+        ),
+        (
+            "chat.recent",
+            obj! { "meetingId" => m },
+            obj! { "meetingId" => m, "limit" => 101i64 },
+            "limit",
+        ),
+        (
+            "flags.get",
+            obj! { "key" => "matching", "environment" => "prod" },
+            obj! { "key" => "teleport", "environment" => "prod" },
+            "key",
+        ),
+        (
+            "flags.set",
+            obj! { "key" => "matching", "environment" => "prod", "value" => true, "reason" => "r" },
+            obj! { "key" => "matching", "environment" => "prod", "value" => true, "reason" => "r", "rolloutPercentage" => 150.0 },
+            "rolloutPercentage",
+        ),
+        ("audit.query", obj! {}, obj! { "limit" => 1000i64 }, "limit"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_case_table_covers_every_public_function() {
+    let w = world(LinkedUpConfig::default()).await;
+    let covered: Vec<&str> = cases(&w).iter().map(|c| c.0).collect();
+    // The domains this suite owns; transcripts and notes have suites of their own.
+    let mine = [
+        "users.",
+        "profiles.",
+        "interests.",
+        "connections.",
+        "meetings.",
+        "chat.",
+        "flags.",
+        "audit.",
+    ];
+    for def in w.env.engine.functions().iter() {
+        if def.visibility == Visibility::Public && mine.iter().any(|p| def.name.starts_with(p)) {
+            assert!(
+                covered.contains(&def.name.as_str()),
+                "{} has no case",
+                def.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_public_function_refuses_anonymous_callers() {
+    let w = world(LinkedUpConfig::default()).await;
+    for (name, args, _, _) in cases(&w) {
+        // Connection ids must at least be well-formed to get past argument validation.
+        let args =
+            if name.starts_with("connections.accept") || name.starts_with("connections.decline") {
+                let c = w
+                    .env
+                    .m(
+                        "connections.request",
+                        obj! { "userId" => w.carol_id.as_str() },
+                        Some(&w.bob),
+                    )
+                    .await
+                    .unwrap();
+                obj! { "connectionId" => id(&c) }
+            } else {
+                args
+            };
+        let before = w.env.commits();
+        let e = expect_code(w.env.call(name, args, None).await, "UNAUTHORIZED");
+        assert!(!e.message.is_empty(), "{name}");
+        assert_eq!(w.env.commits(), before, "{name} wrote something");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_public_function_names_the_bad_field_and_writes_nothing() {
+    let w = world(LinkedUpConfig::default()).await;
+    for (name, _, bad, path) in cases(&w) {
+        let before = w.env.commits();
+        let e = expect_code(
+            w.env.call(name, bad, Some(&w.alice)).await,
+            "VALIDATION_ERROR",
+        );
+        assert!(e.message.contains(path), "{name}: {e} does not name {path}");
+        assert_eq!(
+            e.data.get_path("path").and_then(Value::as_str),
+            Some(path),
+            "{name}: {e:?}"
+        );
+        assert_eq!(w.env.commits(), before, "{name} wrote something");
+    }
+    // A foreign pagination cursor names the cursor.
+    let e = expect_code(
+        w.env
+            .q(
+                "chat.list",
+                obj! { "meetingId" => w.meeting.as_str(), "numItems" => 5i64, "cursor" => "00000001ff" },
+                Some(&w.alice),
+            )
+            .await,
+        "VALIDATION_ERROR",
+    );
+    assert_eq!(
+        e.data.get_path("path").and_then(Value::as_str),
+        Some("cursor")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_paths_of_every_public_function() {
+    let w = world(LinkedUpConfig::default()).await;
+    let (env, alice, bob, carol) = (&w.env, &w.alice, &w.bob, &w.carol);
+    let m = w.meeting.as_str();
+
+    // Users and profiles.
+    let me = env.q("users.me", obj! {}, Some(alice)).await.unwrap();
+    assert_eq!(s(&me, "workosUserId"), "alice");
+    assert_eq!(s(&me, "orgId"), "org1");
+    assert_eq!(
+        env.user(alice).await,
+        w.alice_id,
+        "users.ensure is idempotent"
+    );
+    let before = env.commits();
+    env.m("users.heartbeat", obj! {}, Some(alice))
+        .await
+        .unwrap();
+    assert_eq!(env.commits(), before, "a fresh lastSeenAt is not rewritten");
+    assert_eq!(
+        env.q("profiles.get", obj! {}, Some(alice)).await.unwrap(),
+        Value::Null
+    );
+    let p = env
+        .m(
+            "profiles.update",
+            obj! { "bio" => "builder", "languages" => arr(&["en", "de"]) },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&p, "displayName"), "alice@example.com");
+    let p2 = env.q("profiles.get", obj! {}, Some(alice)).await.unwrap();
+    assert_eq!(s(&p2, "bio"), "builder");
+    let cat = env
+        .q("interests.list", obj! { "category" => "tech" }, Some(alice))
+        .await
+        .unwrap();
+    assert_eq!(cat.as_array().unwrap().len(), 2);
+    let mine = env
+        .m(
+            "interests.setMine",
+            obj! { "keys" => arr(&["rust", "ai", "rust"]) },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mine, arr(&["ai", "rust"]));
+    env.m(
+        "interests.setMine",
+        obj! { "keys" => arr(&["ai"]) },
+        Some(alice),
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.all("userInterests").await.len(), 1);
+
+    // Connections: request, accept, decline, list.
+    let c = env
+        .m(
+            "connections.request",
+            obj! { "userId" => w.bob_id.as_str() },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&c, "status"), "pending");
+    let again = env
+        .m(
+            "connections.request",
+            obj! { "userId" => w.bob_id.as_str() },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(id(&again), id(&c), "one document per pair");
+    let acc = env
+        .m(
+            "connections.accept",
+            obj! { "connectionId" => id(&c) },
+            Some(bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&acc, "status"), "accepted");
+    let c2 = env
+        .m(
+            "connections.request",
+            obj! { "userId" => w.carol_id.as_str() },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    let dec = env
+        .m(
+            "connections.decline",
+            obj! { "connectionId" => id(&c2) },
+            Some(carol),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&dec, "status"), "declined");
+    let listed = env
+        .q(
+            "connections.list",
+            obj! { "status" => "accepted" },
+            Some(bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let all = env
+        .q("connections.list", obj! {}, Some(alice))
+        .await
+        .unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 2);
+
+    // Meetings: reads, presence, participants, roles.
+    let got = env
+        .q("meetings.get", obj! { "meetingId" => m }, Some(bob))
+        .await
+        .unwrap();
+    assert_eq!(s(&got, "state"), "active");
+    assert_eq!(s(&got, "orgId"), "org1");
+    let joined = env
+        .m("meetings.join", obj! { "meetingId" => m }, Some(bob))
+        .await
+        .unwrap();
+    assert_eq!(s(&joined, "presence"), "joined");
+    let st = env
+        .q("meetings.getState", obj! { "meetingId" => m }, Some(bob))
+        .await
+        .unwrap();
+    assert_eq!(st.get_path("joinedCount"), Some(&Value::Int64(1)));
+    assert_eq!(st.get_path("active"), Some(&Value::Bool(true)));
+    env.m("meetings.leave", obj! { "meetingId" => m }, Some(bob))
+        .await
+        .unwrap();
+    let st = env
+        .q("meetings.getState", obj! { "meetingId" => m }, Some(bob))
+        .await
+        .unwrap();
+    assert_eq!(st.get_path("joinedCount"), Some(&Value::Int64(0)));
+    let added = env
+        .m(
+            "meetings.addParticipant",
+            obj! { "meetingId" => m, "userId" => w.carol_id.as_str() },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&added, "role"), "participant");
+    let promoted = env
+        .m(
+            "meetings.setRole",
+            obj! { "meetingId" => m, "userId" => w.carol_id.as_str(), "role" => "host" },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&promoted, "role"), "host");
+    let parts = env
+        .q(
+            "meetings.listParticipants",
+            obj! { "meetingId" => m },
+            Some(carol),
+        )
+        .await
+        .unwrap();
+    let roles: Vec<String> = parts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| s(p, "role"))
+        .collect();
+    assert_eq!(roles, ["host", "host", "participant"]);
+    env.m(
+        "meetings.removeParticipant",
+        obj! { "meetingId" => m, "userId" => w.carol_id.as_str() },
+        Some(alice),
+    )
+    .await
+    .unwrap();
+    let mine = env
+        .q("meetings.listMine", obj! { "state" => "active" }, Some(bob))
+        .await
+        .unwrap();
+    assert_eq!(mine.as_array().unwrap().len(), 1);
+
+    // Chat.
+    for i in 0..5 {
+        env.m(
+            "chat.send",
+            obj! { "meetingId" => m, "content" => format!("msg {i}") },
+            Some(bob),
+        )
+        .await
+        .unwrap();
+    }
+    let recent = env
+        .q(
+            "chat.recent",
+            obj! { "meetingId" => m, "limit" => 3i64 },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    let texts: Vec<String> = recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| s(x, "content"))
+        .collect();
+    assert_eq!(texts, ["msg 4", "msg 3", "msg 2"]);
+    let p1 = env
+        .q(
+            "chat.list",
+            obj! { "meetingId" => m, "numItems" => 3i64 },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p1.get_path("isDone"), Some(&Value::Bool(false)));
+    let cursor = s(&p1, "continueCursor");
+    let p2 = env
+        .q(
+            "chat.list",
+            obj! { "meetingId" => m, "numItems" => 3i64, "cursor" => cursor },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    let texts: Vec<String> = p2
+        .get_path("page")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| s(x, "content"))
+        .collect();
+    assert_eq!(texts, ["msg 1", "msg 0"]);
+    assert_eq!(p2.get_path("isDone"), Some(&Value::Bool(true)));
+
+    // Flags.
+    assert_eq!(
+        env.q(
+            "flags.get",
+            obj! { "key" => "incall/ai", "environment" => "prod" },
+            Some(bob)
+        )
+        .await
+        .unwrap(),
+        Value::Null
+    );
+    env.m(
+        "flags.set",
+        obj! { "key" => "incall/ai", "environment" => "prod", "value" => true, "reason" => "pilot" },
+        Some(alice),
+    )
+    .await
+    .unwrap();
+    let f = env
+        .q(
+            "flags.get",
+            obj! { "key" => "incall/ai", "environment" => "prod" },
+            Some(bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.get_path("value"), Some(&Value::Bool(true)));
+    assert_eq!(s(&f, "scope"), "org:org1");
+
+    // Lifecycle end and cancel; audit.
+    env.m("meetings.end", obj! { "meetingId" => m }, Some(alice))
+        .await
+        .unwrap();
+    let m2 = env
+        .m(
+            "meetings.schedule",
+            obj! { "title" => "Later" },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    env.m(
+        "meetings.cancel",
+        obj! { "meetingId" => m2.as_str().unwrap() },
+        Some(alice),
+    )
+    .await
+    .unwrap();
+    let log = env
+        .q(
+            "audit.query",
+            obj! { "resourceType" => "meeting", "resourceId" => m },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    let actions: Vec<String> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| s(x, "action"))
+        .collect();
+    for a in [
+        "meeting.scheduled",
+        "meeting.active",
+        "participant.added",
+        "participant.role_changed",
+        "participant.removed",
+        "meeting.concluded",
+    ] {
+        assert!(
+            actions.contains(&a.to_string()),
+            "{a} missing from {actions:?}"
+        );
+    }
+    let own = env.q("audit.query", obj! {}, Some(bob)).await.unwrap();
+    assert!(
+        own.as_array().unwrap().is_empty(),
+        "bob changed nothing that is audited"
+    );
+}
