@@ -583,6 +583,7 @@ impl Inner {
             info,
             max_frame_bytes,
             auth,
+            transition_ts,
         } = est;
         let session = {
             let mut st = self.state.lock();
@@ -603,8 +604,11 @@ impl Inner {
                 }
                 None => st.subject = None,
             }
+            if transition_ts > 0 {
+                st.note_ts(transition_ts);
+            }
             st.outbox.clear();
-            let resubscribe = st.subs.begin_connection(session.gen);
+            let resubscribe = st.subs.begin_connection(session.gen, transition_ts);
             st.outbox.extend(resubscribe);
             st.session = Some(session.clone());
             session

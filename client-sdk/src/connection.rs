@@ -16,6 +16,9 @@ use tokio::task::JoinHandle;
 
 use crate::error::ClientError;
 
+/// Frames the handshake reads while waiting for the answer to `Authenticate`.
+const MAX_FRAMES_BEFORE_AUTH_ANSWER: usize = 64;
+
 /// What the server announced in `Connected`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerInfo {
@@ -38,6 +41,8 @@ pub(crate) struct Established {
     pub max_frame_bytes: u32,
     /// The outcome of the handshake's `Authenticate` (the subject), if a token was sent.
     pub auth: Option<Result<Option<String>, ClientError>>,
+    /// `endTs` of the last (empty) transition received during the handshake, 0 if none.
+    pub transition_ts: u64,
 }
 
 /// Everything the handshake needs.
@@ -125,12 +130,13 @@ async fn handshake_inner(p: HandshakeParams<'_>) -> Result<Established, ClientEr
         )));
     }
     let max_frame_bytes = info.max_frame_bytes.min(p.max_frame_bytes);
+    let mut transition_ts = 0;
     let auth = match p.token {
         None => None,
         Some(token) => {
             let msg = ClientMessage::Authenticate { token: Some(token) };
             write_message(&mut send, &msg, max_frame_bytes).await?;
-            Some(read_auth_answer(&mut recv, max_frame_bytes).await?)
+            Some(read_auth_answer(&mut recv, max_frame_bytes, &mut transition_ts).await?)
         }
     };
     Ok(Established {
@@ -140,38 +146,55 @@ async fn handshake_inner(p: HandshakeParams<'_>) -> Result<Established, ClientEr
         info,
         max_frame_bytes,
         auth,
+        transition_ts,
     })
 }
 
-/// Before any subscription exists the only answers to `Authenticate` are `AuthOk` and a
-/// non-fatal `Error`; a fatal `Error` ends the handshake.
+/// Reads the answer to the handshake's `Authenticate`: `AuthOk`, or a non-fatal `Error` for a
+/// rejected token (a fatal one ends the handshake). Transitions may come first; with no
+/// subscriptions yet they carry no modifications, only the timestamps, which `ts` follows.
 async fn read_auth_answer(
     recv: &mut RecvStream,
     max_frame_bytes: u32,
+    ts: &mut u64,
 ) -> Result<Result<Option<String>, ClientError>, ClientError> {
-    match read_message(recv, max_frame_bytes).await? {
-        Some(ServerMessage::AuthOk { subject }) => Ok(Ok(subject)),
-        Some(ServerMessage::Error {
-            code,
-            message,
-            data,
-            fatal,
-        }) => {
-            let error = ClientError::server(code, message, data, fatal);
-            if fatal {
-                Err(error)
-            } else {
-                Ok(Err(error))
+    // Bounded: a server cannot stall the handshake forever (the caller also has a timeout).
+    for _ in 0..MAX_FRAMES_BEFORE_AUTH_ANSWER {
+        match read_message(recv, max_frame_bytes).await? {
+            Some(ServerMessage::AuthOk { subject }) => return Ok(Ok(subject)),
+            Some(ServerMessage::Error {
+                code,
+                message,
+                data,
+                fatal,
+            }) => {
+                let error = ClientError::server(code, message, data, fatal);
+                return if fatal { Err(error) } else { Ok(Err(error)) };
+            }
+            Some(ServerMessage::Transition {
+                start_ts,
+                end_ts,
+                modifications,
+            }) if start_ts == *ts && end_ts >= start_ts && modifications.is_empty() => {
+                *ts = end_ts;
+            }
+            Some(ServerMessage::Pong { .. }) => {}
+            Some(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected AuthOk, got {}",
+                    message_kind(&other)
+                )))
+            }
+            None => {
+                return Err(ClientError::Connect(
+                    "the server closed the control stream during the handshake".into(),
+                ))
             }
         }
-        Some(other) => Err(ClientError::Protocol(format!(
-            "expected AuthOk, got {}",
-            message_kind(&other)
-        ))),
-        None => Err(ClientError::Connect(
-            "the server closed the control stream during the handshake".into(),
-        )),
     }
+    Err(ClientError::Protocol(
+        "no answer to Authenticate among the first frames".into(),
+    ))
 }
 
 /// Encodes `msg` and writes it as one frame, refusing (without writing) one over the limit.

@@ -268,12 +268,13 @@ impl SubscriptionTable {
         })
     }
 
-    /// A new connection (generation `gen`) is up: nothing of the old one survives on the
-    /// server, so every live query is subscribed again. Values stay as they are until the new
-    /// connection's first results replace them.
-    pub(crate) fn begin_connection(&mut self, gen: u64) -> Vec<ClientMessage> {
+    /// A new connection (generation `gen`) is up, its transitions at `ts` so far (0, or the
+    /// end of empty transitions seen during the handshake): nothing of the old one survives on
+    /// the server, so every live query is subscribed again. Values stay as they are until the
+    /// new connection's first results replace them.
+    pub(crate) fn begin_connection(&mut self, gen: u64, ts: u64) -> Vec<ClientMessage> {
         self.conn_gen = gen;
-        self.conn_ts = 0;
+        self.conn_ts = ts;
         self.by_query_id = self
             .entries
             .iter()
@@ -491,7 +492,7 @@ mod tests {
     #[test]
     fn replace_then_array_diffs_apply_in_order() {
         let mut t = SubscriptionTable::new();
-        t.begin_connection(1);
+        t.begin_connection(1, 0);
         let (_, slot, sub) = t.insert("list".into(), obj! {});
         let q = query_id_of(&sub);
         let v0 = list(&[("a", 1), ("b", 2), ("c", 3)]);
@@ -526,7 +527,7 @@ mod tests {
     #[test]
     fn slow_reader_sees_only_the_latest_value() {
         let mut t = SubscriptionTable::new();
-        t.begin_connection(1);
+        t.begin_connection(1, 0);
         let (_, slot, sub) = t.insert("count".into(), obj! {});
         let q = query_id_of(&sub);
         for n in 0..100u64 {
@@ -541,7 +542,7 @@ mod tests {
     #[test]
     fn gaps_and_backward_transitions_are_protocol_violations() {
         let mut t = SubscriptionTable::new();
-        t.begin_connection(1);
+        t.begin_connection(1, 0);
         assert!(t.apply_transition(5, 6, vec![]).is_err());
         t.apply_transition(0, 6, vec![]).unwrap();
         assert!(t.apply_transition(7, 8, vec![]).is_err());
@@ -552,7 +553,7 @@ mod tests {
     #[test]
     fn reconnect_holds_back_stale_and_repeated_results() {
         let mut t = SubscriptionTable::new();
-        t.begin_connection(1);
+        t.begin_connection(1, 0);
         let (_, slot, sub) = t.insert("count".into(), obj! {});
         let q = query_id_of(&sub);
         t.apply_transition(
@@ -564,7 +565,7 @@ mod tests {
         assert_eq!(next_value(&slot), Some(Value::Int64(5)));
 
         // New connection: the query is subscribed again under the same id.
-        let resubscribe = t.begin_connection(2);
+        let resubscribe = t.begin_connection(2, 0);
         assert_eq!(resubscribe.len(), 1);
         assert_eq!(query_id_of(&resubscribe[0]), q);
         // Same value at a newer timestamp: nothing new for the reader.
@@ -578,7 +579,7 @@ mod tests {
 
         // A third connection to a server whose clock is behind (restored backup): its older
         // results are not shown, but later diffs still apply to them.
-        t.begin_connection(3);
+        t.begin_connection(3, 0);
         t.apply_transition(
             0,
             40,
@@ -605,7 +606,7 @@ mod tests {
     #[test]
     fn array_diff_from_a_previous_connection_is_drift() {
         let mut t = SubscriptionTable::new();
-        t.begin_connection(1);
+        t.begin_connection(1, 0);
         let (_, slot, sub) = t.insert("list".into(), obj! {});
         let q = query_id_of(&sub);
         t.apply_transition(
@@ -615,7 +616,7 @@ mod tests {
         )
         .unwrap();
         next_value(&slot);
-        t.begin_connection(2);
+        t.begin_connection(2, 0);
         let edits = vec![ArrayEdit::Remove {
             index: 0,
             id: "a".into(),
@@ -630,7 +631,7 @@ mod tests {
     #[test]
     fn drifted_copy_resubscribes_under_a_fresh_id() {
         let mut t = SubscriptionTable::new();
-        t.begin_connection(1);
+        t.begin_connection(1, 0);
         let (_, slot, sub) = t.insert("list".into(), obj! {"limit" => 3i64});
         let q = query_id_of(&sub);
         t.apply_transition(
@@ -665,7 +666,7 @@ mod tests {
     #[test]
     fn failure_is_reported_once_then_the_stream_ends() {
         let mut t = SubscriptionTable::new();
-        t.begin_connection(1);
+        t.begin_connection(1, 0);
         let (key, slot, sub) = t.insert("secret".into(), obj! {});
         let q = query_id_of(&sub);
         let error = ErrorPayload {
@@ -688,7 +689,7 @@ mod tests {
     #[test]
     fn unsubscribed_queries_ignore_late_results() {
         let mut t = SubscriptionTable::new();
-        t.begin_connection(1);
+        t.begin_connection(1, 0);
         let (key_a, slot_a, sub_a) = t.insert("a".into(), obj! {});
         let (_, slot_b, sub_b) = t.insert("b".into(), obj! {});
         let (qa, qb) = (query_id_of(&sub_a), query_id_of(&sub_b));

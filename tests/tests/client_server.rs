@@ -1,0 +1,460 @@
+//! End-to-end: real SDK clients against a real server on 127.0.0.1 — every kind of call,
+//! errors as they cross the wire, subscriptions shared by several clients, and authentication
+//! (token refresh, expired / forged / wrong-audience tokens).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use linkedup_client::{CallKind, Client, ClientError, Subscription, TokenRefresher, Trust};
+use linkedup_server::auth::{DevClaims, DevIssuer};
+use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
+use query_engine::obj;
+use query_engine::value::Value;
+use serde::Deserialize;
+use serde_json::json;
+
+/// Guards against a hung test; never reached when things work.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn next(sub: &mut Subscription) -> Result<Value, ClientError> {
+    tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("no result in time")
+        .expect("subscription ended")
+}
+
+/// Reads results until one satisfies `done`; returns every result read.
+async fn until(sub: &mut Subscription, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let v = next(sub).await.unwrap();
+        let stop = done(&v);
+        seen.push(v);
+        if stop {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_every_kind_and_their_errors() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    let info = client.server_info().unwrap();
+    assert_eq!(info.protocol_version, 1);
+    assert!(!info.session_id.is_empty());
+
+    let n: i64 = client
+        .mutation("counter:add", &json!({"name": "a", "by": 2}))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let n: i64 = client
+        .query("counter:get", &json!({"name": "a"}))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Echo {
+        value: Vec<f64>,
+        count: i64,
+    }
+    let echo: Echo = client
+        .action("echo", &json!({"value": [1.5, 2.5]}))
+        .await
+        .unwrap();
+    assert_eq!(
+        echo,
+        Echo {
+            value: vec![1.5, 2.5],
+            count: 1
+        }
+    );
+
+    // Raw calls keep int64 and float64 apart and report the timestamp.
+    let reply = client
+        .call(
+            CallKind::Action,
+            "echo",
+            obj! {"value" => obj!{"i" => 1i64, "f" => 1.0f64}},
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.value.get_path("value.i"), Some(&Value::Int64(1)));
+    assert_eq!(reply.value.get_path("value.f"), Some(&Value::Float64(1.0)));
+    let q = client
+        .call(
+            CallKind::Query,
+            "counter:get",
+            obj! {"name" => "echo"},
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.value, Value::Int64(2));
+    assert!(q.ts >= reply.ts);
+    assert!(client.last_seen_ts().unwrap() >= q.ts);
+
+    // A function's own error, with code, message and data.
+    match client.mutation::<_, Value>("fail:always", &json!({})).await {
+        Err(ClientError::Function {
+            code,
+            message,
+            data,
+        }) => {
+            assert_eq!(code, "CONFLICT");
+            assert_eq!(message, "always conflicts");
+            assert_eq!(data, obj! {"reason" => "test"});
+        }
+        other => panic!("expected a function error, got {other:?}"),
+    }
+    let e = client
+        .query::<_, Value>("no:such", &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("NOT_FOUND"), "{e}");
+    let e = client
+        .query::<_, Value>("counter:add", &json!({"name": "a", "by": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("VALIDATION_ERROR"), "{e}");
+    let e = client
+        .query::<_, Value>("counter:get", &json!({"name": 5}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("VALIDATION_ERROR"), "{e}");
+    // A result that does not fit the requested type.
+    let e = client
+        .query::<_, String>("counter:get", &json!({"name": "a"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Decode(_)), "{e}");
+    // The failed kind-mismatch query did not run the mutation.
+    let n: i64 = client
+        .query("counter:get", &json!({"name": "a"}))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+
+    assert!(client.ping().await.is_ok());
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_certificate_pin_is_refused() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let mut options = common::options(&server);
+    let mut pin = server.cert_fingerprint().0;
+    pin[0] ^= 1;
+    options.trust = Trust::PinnedSha256(pin);
+    let e = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Connect(_)), "{e}");
+    // The dev certificate file pins to the same fingerprint the server reports.
+    let pem = std::fs::read(dir.path().join("dev-cert.pem")).unwrap();
+    assert_eq!(
+        linkedup_client::fingerprint_from_pem(&pem).unwrap(),
+        server.cert_fingerprint().0
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_clients_see_every_update_in_order() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(
+            Client::connect(&common::addr(&server), common::options(&server))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut counters = Vec::new();
+    let mut lists = Vec::new();
+    for c in &clients {
+        let mut s = c
+            .subscribe("counter:get", &json!({"name": "shared"}))
+            .unwrap();
+        assert_eq!(next(&mut s).await.unwrap(), Value::Int64(0));
+        counters.push(s);
+        let mut l = c.subscribe("items:list", &json!({"list": "l"})).unwrap();
+        assert_eq!(next(&mut l).await.unwrap(), Value::Array(vec![]));
+        lists.push(l);
+    }
+    // Writes from different clients.
+    for (i, c) in clients.iter().enumerate() {
+        let _: i64 = c
+            .mutation("counter:add", &json!({"name": "shared", "by": 1}))
+            .await
+            .unwrap();
+        let text = format!("item {i} {}", "x".repeat(200));
+        let _: String = c
+            .mutation(
+                "items:add",
+                &json!({"list": "l", "n": i as i64, "text": text}),
+            )
+            .await
+            .unwrap();
+    }
+    for s in &mut counters {
+        let seen = until(s, |v| *v == Value::Int64(3)).await;
+        let ns: Vec<i64> = seen.iter().map(|v| v.as_i64().unwrap()).collect();
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "went backwards: {ns:?}");
+    }
+    for l in &mut lists {
+        until(l, |v| v.as_array().is_some_and(|a| a.len() == 3)).await;
+    }
+    // Remove the middle item: every subscriber's list (kept up to date by array diffs) loses it.
+    let id = {
+        let v: Value = clients[0]
+            .query("items:list", &json!({"list": "l"}))
+            .await
+            .unwrap();
+        v.as_array().unwrap()[1]
+            .get_path("_id")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let _: Value = clients[1]
+        .mutation("items:remove", &json!({"id": id}))
+        .await
+        .unwrap();
+    for l in &mut lists {
+        let seen = until(l, |v| v.as_array().is_some_and(|a| a.len() == 2)).await;
+        let last = seen.last().unwrap().as_array().unwrap().to_vec();
+        let ns: Vec<i64> = last
+            .iter()
+            .map(|d| d.get_path("n").unwrap().as_i64().unwrap())
+            .collect();
+        assert_eq!(ns, vec![0, 2]);
+    }
+    // A transition moves all of a client's queries together: after its own write, a client's
+    // counter and list are both current.
+    let _: i64 = clients[2]
+        .mutation("counter:add", &json!({"name": "shared", "by": 10}))
+        .await
+        .unwrap();
+    until(&mut counters[2], |v| *v == Value::Int64(13)).await;
+    drop(lists);
+    drop(counters);
+    for c in clients {
+        c.close().await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_subscription_reports_once_and_ends() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    let mut anonymous = client.subscribe("me:whoami", &json!({})).unwrap();
+    let e = next(&mut anonymous).await.unwrap_err();
+    assert_eq!(e.code(), Some("UNAUTHORIZED"), "{e}");
+    assert!(tokio::time::timeout(PATIENCE, anonymous.next())
+        .await
+        .unwrap()
+        .is_none());
+    let mut missing = client.subscribe("no:such", &json!({})).unwrap();
+    assert_eq!(
+        next(&mut missing).await.unwrap_err().code(),
+        Some("NOT_FOUND")
+    );
+    // The connection is fine afterwards.
+    let mut typed = client
+        .subscribe_typed::<_, i64>("counter:get", &json!({"name": "z"}))
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(PATIENCE, typed.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        0
+    );
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_refresh_keeps_subscriptions() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let options = common::options(&server).with_token(common::token(&server, "user_1"));
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    assert_eq!(client.subject().as_deref(), Some("user_1"));
+    let mut mine = client.subscribe("me:counter", &json!({})).unwrap();
+    assert_eq!(next(&mut mine).await.unwrap(), Value::Int64(0));
+    let _: i64 = client
+        .mutation("counter:add", &json!({"name": "user_1", "by": 1}))
+        .await
+        .unwrap();
+    until(&mut mine, |v| *v == Value::Int64(1)).await;
+
+    // A fresh token for the same user: the subscription carries on.
+    let fresh = server
+        .mint_dev_token(DevClaims {
+            ttl: Duration::from_secs(7200),
+            ..DevClaims::new("user_1")
+        })
+        .unwrap();
+    assert_eq!(
+        client.set_auth(Some(fresh)).await.unwrap().as_deref(),
+        Some("user_1")
+    );
+    let _: i64 = client
+        .mutation("counter:add", &json!({"name": "user_1", "by": 1}))
+        .await
+        .unwrap();
+    until(&mut mine, |v| *v == Value::Int64(2)).await;
+
+    // Another user's token: the same subscription now shows that user's counter.
+    let other = common::token(&server, "user_2");
+    assert_eq!(
+        client.set_auth(Some(other)).await.unwrap().as_deref(),
+        Some("user_2")
+    );
+    until(&mut mine, |v| *v == Value::Int64(0)).await;
+    let who: String = client.query("me:whoami", &json!({})).await.unwrap();
+    assert_eq!(who, "user_2");
+
+    // Signing out: the query may no longer run, and the subscription ends with the error.
+    assert_eq!(client.set_auth(None).await.unwrap(), None);
+    let e = next(&mut mine).await.unwrap_err();
+    assert_eq!(e.code(), Some("UNAUTHORIZED"));
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// An RS256 token signed with the server's dev issuer key whose `exp` is an hour ago.
+fn expired_token(dir: &std::path::Path, kid: &str) -> String {
+    let pem = std::fs::read(dir.join("dev-issuer-key.pem")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_string());
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({
+        "iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": "user_1",
+        "iat": now - 7200, "exp": now - 3600,
+    });
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_forged_and_wrong_audience_tokens_are_rejected() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let kid = server.dev_issuer().unwrap().kid().to_string();
+    let expired = expired_token(dir.path(), &kid);
+    let forged = DevIssuer::generate(DEV_ISSUER, DEV_AUDIENCE)
+        .unwrap()
+        .mint(DevClaims::new("user_1"));
+    // Same key as the server's, other audience.
+    let wrong_audience = DevIssuer::load_or_generate(dir.path(), DEV_ISSUER, "someone-else")
+        .unwrap()
+        .mint(DevClaims::new("user_1"));
+    let wrong_issuer = DevIssuer::load_or_generate(dir.path(), "urn:other", DEV_AUDIENCE)
+        .unwrap()
+        .mint(DevClaims::new("user_1"));
+
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    let mut counter = client
+        .subscribe("counter:get", &json!({"name": "c"}))
+        .unwrap();
+    assert_eq!(next(&mut counter).await.unwrap(), Value::Int64(0));
+    for bad in [
+        &expired,
+        &forged,
+        &wrong_audience,
+        &wrong_issuer,
+        &"not a token".to_string(),
+    ] {
+        // Valid token first, so a rejection visibly drops the identity.
+        client
+            .set_auth(Some(common::token(&server, "user_1")))
+            .await
+            .unwrap();
+        let e = client.set_auth(Some(bad.clone())).await.unwrap_err();
+        assert_eq!(e.code(), Some("UNAUTHORIZED"), "{e}");
+        assert_eq!(client.subject(), None);
+        let e = client
+            .query::<_, String>("me:whoami", &json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("UNAUTHORIZED"), "{e}");
+    }
+    // The connection and its subscriptions survived all of that.
+    let _: i64 = client
+        .mutation("counter:add", &json!({"name": "c", "by": 1}))
+        .await
+        .unwrap();
+    until(&mut counter, |v| *v == Value::Int64(1)).await;
+
+    // Connecting with a bad token fails outright rather than running anonymous.
+    for bad in [expired, forged] {
+        let options = common::options(&server).with_token(bad);
+        let e = Client::connect(&common::addr(&server), options)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("UNAUTHORIZED"), "{e}");
+    }
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_refresher_answers_unauthorized() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let issuer = server.dev_issuer().unwrap().clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let refresher: TokenRefresher = {
+        let calls = calls.clone();
+        Arc::new(move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            // The first connect gets nothing, so the client starts anonymous.
+            let token = (n > 0).then(|| issuer.mint(DevClaims::new("user_9")));
+            Box::pin(async move { token })
+        })
+    };
+    let options = common::options(&server).with_token_refresher(refresher);
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(client.subject(), None);
+    // UNAUTHORIZED → the refresher is asked, the client authenticates and the call is re-run.
+    let who: String = client.query("me:whoami", &json!({})).await.unwrap();
+    assert_eq!(who, "user_9");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(client.subject().as_deref(), Some("user_9"));
+    // Reconnecting asks it again.
+    client.force_reconnect();
+    let who: String = client.query("me:whoami", &json!({})).await.unwrap();
+    assert_eq!(who, "user_9");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    client.close().await;
+    server.shutdown().await;
+}

@@ -1,0 +1,274 @@
+//! Shared fixtures for the end-to-end tests: a small counter/items schema with functions of
+//! every kind, a real server started in-process on 127.0.0.1, and SDK client options that pin
+//! its certificate and reconnect quickly.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use linkedup_client::{ClientOptions, ReconnectPolicy, Trust};
+use linkedup_server::auth::DevClaims;
+use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
+use linkedup_server::{RunningServer, Server, ServerConfig};
+use query_engine::engine::ActionCtx;
+use query_engine::error::FunctionError;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::{v, SchemaDefinition, TableDefinition};
+use query_engine::value::{Object, Value};
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+/// Signalled by `slow:action` once it runs, so a test can cut the connection mid-action.
+pub static ACTION_STARTED: Notify = Notify::const_new();
+/// Signalled by `counter:addSlow` once it runs, before it commits.
+pub static MUTATION_STARTED: Notify = Notify::const_new();
+
+pub fn schema() -> SchemaDefinition {
+    SchemaDefinition::new()
+        .table(
+            TableDefinition::new(
+                "counters",
+                v::object([("name", v::string()), ("value", v::int64())]),
+            )
+            .index("by_name", &["name"]),
+        )
+        .table(
+            TableDefinition::new(
+                "items",
+                v::object([
+                    ("list", v::string()),
+                    ("n", v::int64()),
+                    ("text", v::string()),
+                ]),
+            )
+            .index("by_list_n", &["list", "n"]),
+        )
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Add {
+    name: String,
+    by: i64,
+}
+
+#[derive(Deserialize)]
+struct ListArgs {
+    list: String,
+}
+
+#[derive(Deserialize)]
+struct Empty {}
+
+fn counter_value(
+    ctx: &mut query_engine::context::Ctx<'_, '_>,
+    name: &str,
+) -> Result<i64, FunctionError> {
+    Ok(ctx
+        .query("counters", "by_name")
+        .eq("name", name)
+        .unique()?
+        .and_then(|c| c.get_path("value").and_then(Value::as_i64))
+        .unwrap_or(0))
+}
+
+fn add(
+    ctx: &mut query_engine::context::Ctx<'_, '_>,
+    name: &str,
+    by: i64,
+) -> Result<i64, FunctionError> {
+    let existing = ctx.query("counters", "by_name").eq("name", name).unique()?;
+    match existing {
+        None => {
+            ctx.insert("counters", obj! {"name" => name, "value" => by})?;
+            Ok(by)
+        }
+        Some(doc) => {
+            let id = doc
+                .get_path("_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let n = doc.get_path("value").and_then(Value::as_i64).unwrap_or(0) + by;
+            let mut patch = Object::new();
+            patch.insert("value".into(), n.into());
+            ctx.patch("counters", &id, patch)?;
+            Ok(n)
+        }
+    }
+}
+
+fn subject(ctx: &query_engine::context::Ctx<'_, '_>) -> Result<String, FunctionError> {
+    ctx.auth()
+        .map(|i| i.subject.clone())
+        .ok_or_else(|| FunctionError::unauthorized("sign in first"))
+}
+
+pub fn functions() -> Functions {
+    let mut f = Functions::new();
+    f.query(
+        "counter:get",
+        Visibility::Public,
+        v::object([("name", v::string())]),
+        v::int64(),
+        |ctx, a: Named| counter_value(ctx, &a.name),
+    );
+    f.mutation(
+        "counter:add",
+        Visibility::Public,
+        v::object([("name", v::string()), ("by", v::int64())]),
+        v::int64(),
+        |ctx, a: Add| add(ctx, &a.name, a.by),
+    );
+    f.mutation(
+        "counter:addSlow",
+        Visibility::Public,
+        v::object([("name", v::string())]),
+        v::int64(),
+        |ctx, a: Named| {
+            MUTATION_STARTED.notify_one();
+            // Long enough for the test to cut the connection before the result is sent.
+            std::thread::sleep(Duration::from_millis(200));
+            add(ctx, &a.name, 1)
+        },
+    );
+    f.mutation(
+        "items:add",
+        Visibility::Public,
+        v::object([
+            ("list", v::string()),
+            ("n", v::int64()),
+            ("text", v::string()),
+        ]),
+        v::string(),
+        |ctx, a: Value| ctx.insert("items", a),
+    );
+    f.mutation(
+        "items:remove",
+        Visibility::Public,
+        v::object([("id", v::string())]),
+        v::null(),
+        |ctx, a: Value| {
+            let id = a
+                .get_path("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            ctx.delete("items", &id)?;
+            Ok(())
+        },
+    );
+    f.query(
+        "items:list",
+        Visibility::Public,
+        v::object([("list", v::string())]),
+        v::any(),
+        |ctx, a: ListArgs| {
+            Ok(Value::Array(
+                ctx.query("items", "by_list_n")
+                    .eq("list", a.list)
+                    .take(100)?,
+            ))
+        },
+    );
+    f.query(
+        "me:whoami",
+        Visibility::Public,
+        v::object([]),
+        v::string(),
+        |ctx, _: Empty| subject(ctx),
+    );
+    f.query(
+        "me:counter",
+        Visibility::Public,
+        v::object([]),
+        v::int64(),
+        |ctx, _: Empty| {
+            let me = subject(ctx)?;
+            counter_value(ctx, &me)
+        },
+    );
+    f.mutation(
+        "fail:always",
+        Visibility::Public,
+        v::object([]),
+        v::null(),
+        |_ctx, _: Empty| -> Result<(), FunctionError> {
+            Err(FunctionError::new("CONFLICT", "always conflicts")
+                .with_data(obj! {"reason" => "test"}))
+        },
+    );
+    f.action(
+        "echo",
+        Visibility::Public,
+        v::object([("value", v::any())]),
+        v::any(),
+        |ctx: ActionCtx, a: Value| async move {
+            let count = ctx.run_mutation("counter:add", obj! {"name" => "echo", "by" => 1i64}).await?;
+            Ok(obj! {"value" => a.get_path("value").cloned().unwrap_or(Value::Null), "count" => count})
+        },
+    );
+    f.action(
+        "slow:action",
+        Visibility::Public,
+        v::object([]),
+        v::string(),
+        |_ctx: ActionCtx, _: Empty| async move {
+            ACTION_STARTED.notify_one();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok("done".to_string())
+        },
+    );
+    f
+}
+
+/// A data directory holding a copy of one RSA issuer key made once per test binary, so each
+/// test does not pay for generating its own.
+pub fn data_dir() -> tempfile::TempDir {
+    static KEY: OnceLock<PathBuf> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        linkedup_server::auth::DevIssuer::load_or_generate(&dir, DEV_ISSUER, DEV_AUDIENCE).unwrap();
+        dir.join("dev-issuer-key.pem")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(key, dir.path().join("dev-issuer-key.pem")).unwrap();
+    dir
+}
+
+/// Starts a development server on 127.0.0.1 (port 0 unless `quic_listen` is given).
+pub async fn start(dir: &Path, quic_listen: Option<SocketAddr>) -> RunningServer {
+    let mut config = ServerConfig::for_tests(dir);
+    if let Some(addr) = quic_listen {
+        config.quic_listen = addr;
+    }
+    Server::start(config, schema(), functions()).await.unwrap()
+}
+
+pub fn addr(server: &RunningServer) -> String {
+    server.quic_connect_addr().to_string()
+}
+
+/// Options pinning the server's certificate, with quick reconnects and short timeouts.
+pub fn options(server: &RunningServer) -> ClientOptions {
+    let mut options = ClientOptions::new(Trust::PinnedSha256(server.cert_fingerprint().0));
+    options.reconnect = ReconnectPolicy {
+        initial_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(300),
+        max_attempts: None,
+        jitter: 0.5,
+    };
+    options.connect_timeout = Duration::from_secs(5);
+    options
+}
+
+pub fn token(server: &RunningServer, subject: &str) -> String {
+    server.mint_dev_token(DevClaims::new(subject)).unwrap()
+}
