@@ -1,3 +1,8 @@
 //! Shared helpers for the benchmark binaries.
 pub mod pg;
 pub mod report;
+
+/// Every benchmark binary links this crate, so they all measure with the allocator the
+/// server ships with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -221,6 +221,7 @@ impl Committer {
             return;
         }
         m.record_commit(accepted.len(), started.elapsed());
+        self.shared.storage.cache_committed(&overlay, ts);
         let new_snapshot = match self.shared.storage.snapshot(ts) {
             Ok(s) => Arc::new(s),
             Err(e) => {

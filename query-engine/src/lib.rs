@@ -6,6 +6,7 @@
 //! group-commits them; `subscriptions` re-runs the queries whose read sets a commit touched.
 
 pub mod diff;
+pub mod doc_cache;
 pub mod encoding;
 pub mod error;
 pub mod id;

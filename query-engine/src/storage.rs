@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use redb::{Database, Durability, ReadOnlyTable, TableDefinition};
 
+use crate::doc_cache::{Cached, DocCache};
 use crate::id::{DocumentId, ID_BYTES};
 use crate::value::Value;
 use crate::writes::WriteSet;
@@ -14,6 +15,8 @@ use crate::writes::WriteSet;
 const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
 const INDEX_ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("index_entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Decoded documents kept by the committer's cache.
+const DOC_CACHE_ENTRIES: usize = 200_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -43,6 +46,7 @@ redb_err!(
 
 pub struct Storage {
     db: Database,
+    cache: Arc<DocCache>,
 }
 
 impl Storage {
@@ -53,17 +57,28 @@ impl Storage {
         txn.open_table(INDEX_ENTRIES)?;
         txn.open_table(META)?;
         txn.commit()?;
-        Ok(Storage { db })
+        Ok(Storage {
+            db,
+            cache: Arc::new(DocCache::new(DOC_CACHE_ENTRIES)),
+        })
     }
 
     pub fn snapshot(&self, ts: u64) -> Result<Snapshot, StorageError> {
         let txn = self.db.begin_read()?;
         Ok(Snapshot {
             ts,
+            cache: self.cache.clone(),
             docs: txn.open_table(DOCUMENTS)?,
             index: txn.open_table(INDEX_ENTRIES)?,
             meta: txn.open_table(META)?,
         })
+    }
+
+    /// Makes a durable batch's document versions visible to cached reads at `ts` and later.
+    pub fn cache_committed(&self, writes: &WriteSet, ts: u64) {
+        for (id, doc) in &writes.docs {
+            self.cache.put(*id, ts, doc.clone());
+        }
     }
 
     /// Writes a batch's effects and metadata in one redb transaction. With `durable`, returns
@@ -117,6 +132,7 @@ impl Storage {
 /// A consistent read-only view at commit timestamp `ts`.
 pub struct Snapshot {
     pub ts: u64,
+    cache: Arc<DocCache>,
     docs: BytesTable,
     index: BytesTable,
     meta: ReadOnlyTable<&'static str, &'static [u8]>,
@@ -127,6 +143,9 @@ pub type KeyIter<'a> = Box<dyn Iterator<Item = Result<Vec<u8>, StorageError>> + 
 
 impl Snapshot {
     pub fn get(&self, id: &DocumentId) -> Result<Option<Arc<Value>>, StorageError> {
+        if let Cached::Hit(doc) = self.cache.get(id, self.ts) {
+            return Ok(doc);
+        }
         let key = id.to_bytes();
         match self.docs.get(key.as_slice())? {
             None => Ok(None),
