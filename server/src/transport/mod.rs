@@ -65,6 +65,9 @@ pub(crate) fn bind(
                 .saturating_mul(2)
                 .max(MIN_RECEIVE_WINDOW_BYTES),
         ))
+        // Our own keep-alives keep idle but live clients connected; a dead one stops
+        // acknowledging them and times out.
+        .keep_alive_interval(Some(limits.idle_timeout / 3))
         .max_idle_timeout(Some(
             IdleTimeout::try_from(limits.idle_timeout).map_err(|_| BindError::IdleTimeout)?,
         ));

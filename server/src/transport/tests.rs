@@ -772,3 +772,47 @@ async fn shutdown_tells_connected_clients_and_releases_the_http_port() {
     // The HTTP port is released.
     assert!(tokio::net::TcpStream::connect(http_addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_calls_share_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let client = std::sync::Arc::new(Client::connect(&server).await);
+    const TASKS: usize = 32;
+    const CALLS_PER_TASK: usize = 25;
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for _ in 0..CALLS_PER_TASK {
+                let name = if t % 2 == 0 { "hot" } else { "cold" };
+                client
+                    .value(
+                        CallKind::Mutation,
+                        "counter:increment",
+                        obj! { "name" => name },
+                    )
+                    .await;
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let total = (TASKS * CALLS_PER_TASK) as i64;
+    let hot = client
+        .value(CallKind::Query, "counter:get", obj! { "name" => "hot" })
+        .await;
+    let cold = client
+        .value(CallKind::Query, "counter:get", obj! { "name" => "cold" })
+        .await;
+    assert_eq!(hot, Value::Int64(total / 2));
+    assert_eq!(cold, Value::Int64(total / 2));
+    println!(
+        "{total} mutations over {TASKS} concurrent streams in {elapsed:?} ({:.0}/s, debug build)",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    server.shutdown().await;
+}
