@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{AuthSource, Cli, Command, MintTokenArgs, Options, TlsSource};
+use linkedup_server::linkedup::{self, LinkedUpConfig};
 use linkedup_server::{Server, ServerConfig};
 use query_engine::functions::Functions;
 use query_engine::schema::SchemaDefinition;
@@ -30,10 +31,11 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The application the binary serves: the LinkedUp schema. The LinkedUp functions are
-/// registered here once `linkedup_server::linkedup` lands.
-fn application() -> (SchemaDefinition, Functions) {
-    (linkedup_schema::schema(), Functions::new())
+/// The application the binary serves: the LinkedUp schema and functions.
+fn application(config: &LinkedUpConfig) -> (SchemaDefinition, Functions) {
+    let mut functions = Functions::new();
+    linkedup::register(&mut functions, config);
+    (linkedup_schema::schema(), functions)
 }
 
 async fn serve(options: &Options) -> anyhow::Result<()> {
@@ -41,10 +43,12 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let dev_tls = matches!(config.tls, TlsSource::SelfSigned { .. });
     let dev_auth = matches!(config.auth, AuthSource::Development { .. });
-    let (schema, functions) = application();
+    let app_config = LinkedUpConfig::default();
+    let (schema, functions) = application(&app_config);
     let server = Server::start(config, schema, functions)
         .await
         .context("starting the server")?;
+    let background = linkedup::start(server.engine(), &app_config);
     println!(
         "LinkedUp server {} ({} mode)",
         linkedup_server::server::SERVER_VERSION,
@@ -76,6 +80,7 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
     }
     wait_for_signal().await?;
     server.shutdown().await;
+    background.abort();
     Ok(())
 }
 
