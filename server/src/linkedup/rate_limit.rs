@@ -7,11 +7,16 @@
 //! before the current one are summed exactly. The current bucket is split into `shards`
 //! counter documents and each call reads and increments only one, picked by the
 //! transaction's random generator; the current bucket's total is estimated as
-//! `own shard × shards`. That is what keeps one user's concurrent calls from all conflicting:
-//! they read and write different shard documents, and no call reads the current bucket's
-//! other shards (reading them would conflict with every concurrent increment). The estimate
-//! can be off by up to `shards - 1` calls per current bucket either way; past buckets are
-//! exact. With `shards = 1` the limiter is exact to the bucket.
+//! `own shard × shards`. That estimate is unbiased (shards are picked uniformly) but noisy
+//! within the current bucket; with `shards = 1` the limiter is exact to the bucket.
+//!
+//! Why shards: a call must read what it increments, so two concurrent calls of one user that
+//! pick the same shard conflict (the committer re-executes one of them). Nothing else of the
+//! current bucket is read, so calls on different shards never conflict. With c calls in flight
+//! a call conflicts with probability about 1 − (1 − 1/shards)^(c−1). Measured (16 tasks × 20
+//! `chat.send` of one user, `linkedup_lifecycle` test): conflicts 314 / 250 / 169 / 48 of 320
+//! for 1 / 8 / 16 / 64 shards. The default of 16 suits a user's realistic concurrency (a few
+//! calls) at a modest read cost (at most `max` documents, one per accepted call, per check).
 
 use std::sync::Arc;
 
@@ -63,7 +68,7 @@ impl Default for RateLimitConfig {
                 window_ms: 60_000,
             },
             bucket_ms: 1_000,
-            shards: 8,
+            shards: 16,
         }
     }
 }
