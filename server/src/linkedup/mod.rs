@@ -11,8 +11,10 @@ pub mod flags;
 pub mod guards;
 pub mod idempotency;
 pub mod meetings;
+pub mod notes;
 pub mod post_call;
 pub mod rate_limit;
+pub mod transcripts;
 pub mod users;
 
 use std::sync::Arc;
@@ -52,6 +54,8 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     audit::register(functions, &config);
     idempotency::register(functions, &config);
     rate_limit::register(functions, &config);
+    transcripts::register(functions, &config);
+    notes::register(functions, &config);
 }
 
 /// Starts LinkedUp's background work on a running engine: the task that writes recorded

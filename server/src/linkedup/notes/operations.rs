@@ -1,0 +1,453 @@
+//! `notes.applyOperation`, `notes.get` and `notes.opsSince`.
+//!
+//! The server side of the ot.js protocol `linkedup_client::note_editor` speaks: a client sends
+//! `(baseVersion, op)`; the server transforms `op` past every op committed after `baseVersion`
+//! in sequence order with `transform(committed, op).1` (the committed insert stays left, as the
+//! client assumes), applies it to the materialised text, and appends it to `noteOps` as the next
+//! version. Every edit of one meeting reads and writes the same `meetingNotes` document, so
+//! concurrent edits conflict and the committer re-executes them one after another on the
+//! latest state: the transform loop always sees every op committed before it.
+//! A retransmitted `(clientId, clientSeq)` returns the first result and applies nothing.
+
+use std::sync::Arc;
+
+use linkedup_schema::api::Role;
+use linkedup_schema::errors::invalid_field;
+use linkedup_schema::ot::{Component, OpLimits, OtError, TextOperation};
+use linkedup_schema::tables::names::{MEETINGS, MEETING_NOTES, NOTE_OPS, USERS};
+use linkedup_schema::tables::ot_operation;
+use linkedup_schema::ErrorCode;
+use query_engine::context::Ctx;
+use query_engine::error::{FunctionError, FunctionResult};
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::v;
+use serde::{Deserialize, Serialize};
+
+use super::{fns, NoteOpEntry, NoteState};
+use crate::linkedup::guards::assert_meeting_access;
+use crate::linkedup::{audited, check_text, decode, encode, fields, limit_arg, LinkedUpConfig};
+
+/// Longest note, in chars.
+pub const MAX_NOTE_CHARS: u64 = 100_000;
+/// An edit based more than this many versions back must resync instead of being transformed.
+pub const MAX_OPS_BEHIND: i64 = 1_000;
+/// Most ops `notes.opsSince` returns.
+pub const MAX_OPS_SINCE: i64 = 500;
+/// Longest `clientId`, in chars.
+const MAX_CLIENT_ID_CHARS: usize = 128;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyOperationArgs {
+    pub meeting_id: String,
+    /// The note version the op was built against.
+    pub base_version: i64,
+    /// The op's components (`[{"retain":n},{"insert":"s"},{"delete":n}]`).
+    pub op: Vec<Component>,
+    /// The editor session's id; with `clientSeq` it identifies the op across retries.
+    pub client_id: String,
+    pub client_seq: i64,
+}
+
+/// What `notes.applyOperation` returns: the version the op produced and the op as applied
+/// (transformed past the ops committed after its base).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResult {
+    pub version: i64,
+    pub op: TextOperation,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpsSinceArgs {
+    pub meeting_id: String,
+    /// Ops with a larger sequence are returned.
+    pub version: i64,
+    /// 1..=500, default 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MeetingIdOnly {
+    meeting_id: String,
+}
+
+/// A stored `noteOps` document.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredOp {
+    #[serde(rename = "_id")]
+    id: String,
+    sequence: i64,
+    operation: TextOperation,
+    author_id: String,
+    client_id: String,
+    client_seq: i64,
+}
+
+impl StoredOp {
+    fn entry(self) -> NoteOpEntry {
+        NoteOpEntry {
+            id: self.id,
+            sequence: self.sequence,
+            op: self.operation,
+            author_id: self.author_id,
+            client_id: self.client_id,
+            client_seq: self.client_seq,
+        }
+    }
+}
+
+/// The stored `meetingNotes` document.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct StoredNote {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    pub(super) content: String,
+    pub(super) version: i64,
+    pub(super) updated_at: i64,
+    #[serde(default)]
+    pub(super) last_editor_id: Option<String>,
+    #[serde(default)]
+    pub(super) min_retained_version: Option<i64>,
+}
+
+pub(super) fn load_note(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+) -> FunctionResult<Option<StoredNote>> {
+    ctx.query(MEETING_NOTES, "by_meeting")
+        .eq("meetingId", meeting_id)
+        .unique()?
+        .map(|d| decode(&d))
+        .transpose()
+}
+
+fn invalid_op(e: impl std::fmt::Display) -> FunctionError {
+    invalid_field("op", e)
+}
+
+/// CONFLICT telling the client to fetch the note (`notes.get`) and start over from its version.
+fn resync(reason: &str, message: String, current: i64, min_retained: i64) -> FunctionError {
+    ErrorCode::Conflict.err_with(
+        message,
+        obj! {
+            "reason" => reason,
+            "resync" => true,
+            "currentVersion" => current,
+            "minRetainedVersion" => min_retained,
+        },
+    )
+}
+
+fn apply_operation(ctx: &mut Ctx<'_, '_>, a: ApplyOperationArgs) -> FunctionResult<ApplyResult> {
+    // Validate.
+    if a.base_version < 0 {
+        return Err(invalid_field("baseVersion", "must not be negative"));
+    }
+    if a.client_seq < 0 {
+        return Err(invalid_field("clientSeq", "must not be negative"));
+    }
+    check_text("clientId", &a.client_id, 1, MAX_CLIENT_ID_CHARS)?;
+    let mut op = TextOperation::from_components(a.op).map_err(invalid_op)?;
+    op.check_limits(&OpLimits::DEFAULT).map_err(invalid_op)?;
+
+    // Guard.
+    let access = assert_meeting_access(ctx, &a.meeting_id, Role::Participant)?;
+
+    // A retransmission: answer as the first time.
+    let seen = ctx
+        .query(NOTE_OPS, "by_meeting_client")
+        .eq("meetingId", a.meeting_id.as_str())
+        .eq("clientId", a.client_id.as_str())
+        .eq("clientSeq", a.client_seq)
+        .first()?;
+    if let Some(doc) = seen {
+        let stored: StoredOp = decode(&doc)?;
+        return Ok(ApplyResult {
+            version: stored.sequence,
+            op: stored.operation,
+        });
+    }
+
+    let note = load_note(ctx, &a.meeting_id)?;
+    let (content, version, min_retained) = match &note {
+        Some(n) => (
+            n.content.as_str(),
+            n.version,
+            n.min_retained_version.unwrap_or(0),
+        ),
+        None => ("", 0, 0),
+    };
+    if a.base_version > version {
+        return Err(invalid_field(
+            "baseVersion",
+            format!(
+                "is {} but the note is only at version {version}",
+                a.base_version
+            ),
+        ));
+    }
+    if a.base_version < min_retained {
+        return Err(resync(
+            "historyCompacted",
+            format!(
+                "operations up to version {min_retained} were compacted; base version {} is too old, fetch the note and resync",
+                a.base_version
+            ),
+            version,
+            min_retained,
+        ));
+    }
+    if version - a.base_version > MAX_OPS_BEHIND {
+        return Err(resync(
+            "tooFarBehind",
+            format!(
+                "base version {} is more than {MAX_OPS_BEHIND} versions behind {version}; fetch the note and resync",
+                a.base_version
+            ),
+            version,
+            min_retained,
+        ));
+    }
+
+    // Transform past every op committed since the base, in order.
+    let behind = (version - a.base_version) as usize;
+    if behind > 0 {
+        let committed = ctx
+            .query(NOTE_OPS, "by_meeting_sequence")
+            .eq("meetingId", a.meeting_id.as_str())
+            .gt("sequence", a.base_version)
+            .take(behind)?;
+        for (i, doc) in committed.iter().enumerate() {
+            let c: StoredOp = decode(doc)?;
+            if c.sequence != a.base_version + 1 + i as i64 {
+                return Err(resync(
+                    "historyCompacted",
+                    format!(
+                        "operation {} is no longer retained; fetch the note and resync",
+                        a.base_version + 1 + i as i64
+                    ),
+                    version,
+                    min_retained,
+                ));
+            }
+            op = match TextOperation::transform(&c.operation, &op) {
+                Ok((_, transformed)) => transformed,
+                Err(OtError::TransformLengthMismatch { a_base_len, b_base_len }) => {
+                    return Err(invalid_op(format!(
+                        "built for a document of {b_base_len} chars, but the note at version {} has {a_base_len}",
+                        c.sequence - 1
+                    )))
+                }
+                Err(e) => return Err(invalid_op(e)),
+            };
+        }
+        if committed.len() != behind {
+            return Err(resync(
+                "historyCompacted",
+                "operations after the base version are no longer retained; fetch the note and resync".into(),
+                version,
+                min_retained,
+            ));
+        }
+    }
+
+    // Apply.
+    if op.target_len() > MAX_NOTE_CHARS {
+        return Err(invalid_op(format!(
+            "the note would have {} chars, the limit is {MAX_NOTE_CHARS}",
+            op.target_len()
+        )));
+    }
+    let new_content = op.apply(content).map_err(|e| match e {
+        OtError::BaseLengthMismatch { expected, actual } => invalid_op(format!(
+            "built for a document of {expected} chars, but the note at version {} has {actual}",
+            a.base_version
+        )),
+        e => invalid_op(e),
+    })?;
+    let new_version = version + 1;
+    let now = ctx.now_ms();
+    let op_value = encode(&op)?;
+    ctx.insert(
+        NOTE_OPS,
+        obj! {
+            "meetingId" => a.meeting_id.as_str(),
+            "sequence" => new_version,
+            "authorId" => access.user.id.as_str(),
+            "clientId" => a.client_id.as_str(),
+            "clientSeq" => a.client_seq,
+            "baseVersion" => a.base_version,
+            "operation" => op_value,
+            "timestamp" => now,
+            "applied" => true,
+        },
+    )?;
+    match &note {
+        Some(n) => {
+            let mut changes = fields(obj! {
+                "content" => new_content,
+                "version" => new_version,
+                "updatedAt" => now,
+                "lastEditorId" => access.user.id.as_str(),
+            });
+            if behind > 0 {
+                changes.insert("lastRebasedAt".into(), now.into());
+            }
+            ctx.patch(MEETING_NOTES, &n.id, changes)?;
+        }
+        None => {
+            ctx.insert(
+                MEETING_NOTES,
+                obj! {
+                    "meetingId" => a.meeting_id.as_str(),
+                    "content" => new_content,
+                    "version" => new_version,
+                    "lastRebasedAt" => now,
+                    "updatedAt" => now,
+                    "lastEditorId" => access.user.id.as_str(),
+                },
+            )?;
+        }
+    }
+    Ok(ApplyResult {
+        version: new_version,
+        op,
+    })
+}
+
+fn get_note(ctx: &mut Ctx<'_, '_>, a: MeetingIdOnly) -> FunctionResult<NoteState> {
+    Ok(match load_note(ctx, &a.meeting_id)? {
+        Some(n) => NoteState {
+            content: n.content,
+            version: n.version,
+            last_updated: n.updated_at,
+            last_editor_id: n.last_editor_id,
+        },
+        None => NoteState {
+            content: String::new(),
+            version: 0,
+            last_updated: 0,
+            last_editor_id: None,
+        },
+    })
+}
+
+fn ops_since(ctx: &mut Ctx<'_, '_>, a: OpsSinceArgs) -> FunctionResult<Vec<NoteOpEntry>> {
+    if a.version < 0 {
+        return Err(invalid_field("version", "must not be negative"));
+    }
+    let limit = limit_arg("limit", a.limit, MAX_OPS_SINCE, MAX_OPS_SINCE)?;
+    let ops = ctx
+        .query(NOTE_OPS, "by_meeting_sequence")
+        .eq("meetingId", a.meeting_id.as_str())
+        .gt("sequence", a.version)
+        .take(limit)?
+        .iter()
+        .map(|d| decode::<StoredOp>(d).map(StoredOp::entry))
+        .collect::<FunctionResult<Vec<_>>>()?;
+    if ops
+        .first()
+        .is_some_and(|first| first.sequence == a.version + 1)
+    {
+        return Ok(ops);
+    }
+    // No op follows `version`: caught up, compacted away, or ahead; only the note can tell.
+    // (Read only then, so a subscriber with a full window does not depend on the note.)
+    let (version, min_retained) = match load_note(ctx, &a.meeting_id)? {
+        Some(n) => (n.version, n.min_retained_version.unwrap_or(0)),
+        None => (0, 0),
+    };
+    if a.version > version {
+        Err(invalid_field(
+            "version",
+            format!("is {} but the note is only at version {version}", a.version),
+        ))
+    } else if a.version < version {
+        Err(resync(
+            "historyCompacted",
+            format!(
+                "operations up to version {min_retained} were compacted; fetch the note and resync"
+            ),
+            version,
+            min_retained,
+        ))
+    } else {
+        Ok(ops)
+    }
+}
+
+fn note_state_validator() -> query_engine::schema::Validator {
+    v::object([
+        ("content", v::string()),
+        ("version", v::int64()),
+        ("lastUpdated", v::int64()),
+        ("lastEditorId", v::optional(v::id(USERS))),
+    ])
+}
+
+fn op_entry_validator() -> query_engine::schema::Validator {
+    v::object([
+        ("_id", v::id(NOTE_OPS)),
+        ("sequence", v::int64()),
+        ("op", ot_operation()),
+        ("authorId", v::id(USERS)),
+        ("clientId", v::string()),
+        ("clientSeq", v::int64()),
+    ])
+}
+
+pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
+    // notes.applyOperation: a participant's (or host's) edit. Returns {version, op}.
+    // Errors: UNAUTHORIZED, VALIDATION_ERROR (bad op, op that does not fit the note at
+    // baseVersion, note too long), NOT_FOUND, FORBIDDEN, CONFLICT (base version compacted or
+    // too far behind: `data.resync`, fetch the note and start over).
+    f.mutation(
+        fns::APPLY_OPERATION,
+        Visibility::Public,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("baseVersion", v::int64()),
+            ("op", ot_operation()),
+            ("clientId", v::string()),
+            ("clientSeq", v::int64()),
+        ]),
+        v::object([("version", v::int64()), ("op", ot_operation())]),
+        audited(config, fns::APPLY_OPERATION, apply_operation),
+    );
+
+    // notes.get: the note's text and version, for the meeting's participants.
+    // Errors: UNAUTHORIZED, NOT_FOUND, FORBIDDEN.
+    f.shared_query(
+        fns::GET,
+        v::object([("meetingId", v::id(MEETINGS))]),
+        note_state_validator(),
+        audited(config, fns::GET, |ctx, a: MeetingIdOnly| {
+            assert_meeting_access(ctx, &a.meeting_id, Role::Participant).map(|_| ())
+        }),
+        get_note,
+    );
+
+    // notes.opsSince: up to `limit` committed ops after `version`, in order, for catching up
+    // by ops. Errors: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN, CONFLICT (ops
+    // after `version` were compacted: resync from notes.get).
+    f.shared_query(
+        fns::OPS_SINCE,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("version", v::int64()),
+            ("limit", v::optional(v::int64())),
+        ]),
+        v::array(op_entry_validator()),
+        audited(config, fns::OPS_SINCE, |ctx, a: OpsSinceArgs| {
+            assert_meeting_access(ctx, &a.meeting_id, Role::Participant).map(|_| ())
+        }),
+        ops_since,
+    );
+}

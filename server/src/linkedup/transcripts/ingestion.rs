@@ -1,0 +1,279 @@
+//! `transcripts.ingestChunk` / `transcripts.ingestBatch`: validate, check access and the
+//! meeting's state, rate-limit per user, then store each new chunk under the meeting's next
+//! sequence number.
+//!
+//! Sequences are gap-free and unique per meeting without any counter document: a call reads
+//! the meeting's highest sequence through `by_meeting_sequence` (descending, first row). That
+//! read covers only "this meeting, from its last chunk on", so it conflicts with ingestion into
+//! the same meeting and nothing else; the committer re-executes a conflicting call on the
+//! latest state, so concurrent producers serialise per meeting and never see `CONFLICT`.
+//! A chunk's `chunkId` is looked up first (`by_meeting_chunk`): a retried chunk returns its
+//! stored sequence, and a call made only of retries reads no sequence and conflicts with
+//! nothing but itself.
+
+use std::sync::Arc;
+
+use linkedup_schema::api::{MeetingStatus, Role};
+use linkedup_schema::errors::invalid_field;
+use linkedup_schema::tables::names::{MEETINGS, TRANSCRIPTS};
+use linkedup_schema::ErrorCode;
+use query_engine::context::Ctx;
+use query_engine::error::FunctionResult;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::v;
+use query_engine::value::Value;
+use serde::{Deserialize, Serialize};
+
+use super::{chunk_input_validator, fns, ChunkInput};
+use crate::linkedup::guards::assert_meeting_access;
+use crate::linkedup::rate_limit::{check_and_consume, RateLimit};
+use crate::linkedup::{audited, check_text, LinkedUpConfig};
+
+/// Most chunks one `transcripts.ingestBatch` call may carry (seed §13: batches ≤ 50).
+pub const MAX_BATCH_CHUNKS: usize = 50;
+/// Longest chunk text, in chars.
+pub const MAX_CHUNK_TEXT_CHARS: usize = 2_000;
+/// Longest `chunkId` and `speakerId`, in chars.
+pub const MAX_ID_CHARS: usize = 128;
+/// Chunks are bucketed by the minute of their start.
+pub const BUCKET_MS: i64 = 60_000;
+/// The rate limiter's action name for both ingest functions.
+pub const INGEST_ACTION: &str = "transcripts.ingest";
+/// Per user: 600 calls a minute, i.e. 10 calls a second sustained (seed §21: ≥ 10 updates a
+/// second per meeting), each call carrying up to 50 chunks.
+pub const INGEST_RATE_LIMIT: RateLimit = RateLimit {
+    max: 600,
+    window_ms: 60_000,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestChunkArgs {
+    pub meeting_id: String,
+    pub chunk_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker_id: Option<String>,
+    pub text: String,
+    pub confidence: f64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestBatchArgs {
+    pub meeting_id: String,
+    pub chunks: Vec<ChunkInput>,
+}
+
+/// What `transcripts.ingestChunk` returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkResult {
+    pub sequence: i64,
+    /// True when the chunk id was already stored (a retry); nothing was written for it.
+    pub duplicate: bool,
+}
+
+/// What `transcripts.ingestBatch` returns: the stored sequence of every chunk, in argument
+/// order (a retried chunk's original sequence), and how many were retries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResult {
+    pub sequences: Vec<i64>,
+    pub duplicates: i64,
+}
+
+/// Checks one chunk's fields; `path` names it in errors (`chunks[3]`, or empty for
+/// `ingestChunk`'s top-level fields).
+fn check_chunk(path: &str, c: &ChunkInput) -> FunctionResult<()> {
+    let field = |name: &str| {
+        if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    check_text(&field("chunkId"), &c.chunk_id, 1, MAX_ID_CHARS)?;
+    if let Some(s) = &c.speaker_id {
+        check_text(&field("speakerId"), s, 1, MAX_ID_CHARS)?;
+    }
+    check_text(&field("text"), &c.text, 1, MAX_CHUNK_TEXT_CHARS)?;
+    if !(0.0..=1.0).contains(&c.confidence) {
+        return Err(invalid_field(
+            &field("confidence"),
+            format!("must be between 0 and 1, got {}", c.confidence),
+        ));
+    }
+    if c.start_ms < 0 {
+        return Err(invalid_field(&field("startMs"), "must not be negative"));
+    }
+    if c.start_ms > c.end_ms {
+        return Err(invalid_field(
+            &field("startMs"),
+            format!("must not be after endMs ({} > {})", c.start_ms, c.end_ms),
+        ));
+    }
+    Ok(())
+}
+
+fn int_field(doc: &Value, field: &str) -> FunctionResult<i64> {
+    doc.get_path(field)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| ErrorCode::Internal.err(format!("stored chunk without {field}")))
+}
+
+/// The highest sequence stored for `meeting_id`, 0 if none.
+pub(crate) fn last_sequence(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<i64> {
+    let last = ctx
+        .query(TRANSCRIPTS, "by_meeting_sequence")
+        .eq("meetingId", meeting_id)
+        .desc()
+        .first()?;
+    last.map(|d| int_field(&d, "sequence"))
+        .transpose()
+        .map(|s| s.unwrap_or(0))
+}
+
+/// Guard, state check, rate limit, then stores the chunks. Returns (sequence, duplicate) per
+/// chunk in argument order.
+fn ingest(
+    ctx: &mut Ctx<'_, '_>,
+    config: &LinkedUpConfig,
+    meeting_id: &str,
+    chunks: &[ChunkInput],
+) -> FunctionResult<Vec<(i64, bool)>> {
+    let access = assert_meeting_access(ctx, meeting_id, Role::Participant)?;
+    if access.meeting.state != MeetingStatus::Active {
+        return Err(ErrorCode::MeetingNotActive.err_with(
+            format!(
+                "meeting {meeting_id} is {}, transcripts are taken only while it is active",
+                access.meeting.state.as_str()
+            ),
+            obj! { "meetingId" => meeting_id, "state" => access.meeting.state.as_str() },
+        ));
+    }
+    check_and_consume(
+        ctx,
+        &config.rate_limits,
+        &access.user.id,
+        INGEST_ACTION,
+        INGEST_RATE_LIMIT,
+    )?;
+
+    let now = ctx.now_ms();
+    let mut next: Option<i64> = None;
+    let mut out = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        // Also finds a chunk stored earlier in this call (reads see the call's own writes).
+        let existing = ctx
+            .query(TRANSCRIPTS, "by_meeting_chunk")
+            .eq("meetingId", meeting_id)
+            .eq("chunkId", c.chunk_id.as_str())
+            .first()?;
+        if let Some(doc) = existing {
+            out.push((int_field(&doc, "sequence")?, true));
+            continue;
+        }
+        let sequence = match next {
+            Some(n) => n,
+            None => last_sequence(ctx, meeting_id)? + 1,
+        };
+        next = Some(sequence + 1);
+        let mut doc = obj! {
+            "meetingId" => meeting_id,
+            "bucketMs" => c.start_ms - c.start_ms.rem_euclid(BUCKET_MS),
+            "sequence" => sequence,
+            "chunkId" => c.chunk_id.as_str(),
+            "text" => c.text.as_str(),
+            "confidence" => c.confidence,
+            "startMs" => c.start_ms,
+            "endMs" => c.end_ms,
+            "createdAt" => now,
+        };
+        if let (Some(speaker), Value::Object(o)) = (&c.speaker_id, &mut doc) {
+            o.insert("speakerId".into(), speaker.as_str().into());
+        }
+        ctx.insert(TRANSCRIPTS, doc)?;
+        out.push((sequence, false));
+    }
+    Ok(out)
+}
+
+pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
+    // transcripts.ingestChunk: one chunk into an active meeting the caller takes part in.
+    // Returns {sequence, duplicate}.
+    // Errors: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN, MEETING_NOT_ACTIVE,
+    // RATE_LIMITED.
+    let cfg = config.clone();
+    f.mutation(
+        fns::INGEST_CHUNK,
+        Visibility::Public,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("chunkId", v::string()),
+            ("speakerId", v::optional(v::string())),
+            ("text", v::string()),
+            ("confidence", v::float64()),
+            ("startMs", v::int64()),
+            ("endMs", v::int64()),
+        ]),
+        v::object([("sequence", v::int64()), ("duplicate", v::boolean())]),
+        audited(config, fns::INGEST_CHUNK, move |ctx, a: IngestChunkArgs| {
+            let chunk = ChunkInput {
+                chunk_id: a.chunk_id,
+                speaker_id: a.speaker_id,
+                text: a.text,
+                confidence: a.confidence,
+                start_ms: a.start_ms,
+                end_ms: a.end_ms,
+            };
+            check_chunk("", &chunk)?;
+            let stored = ingest(ctx, &cfg, &a.meeting_id, std::slice::from_ref(&chunk))?;
+            let (sequence, duplicate) = stored
+                .first()
+                .copied()
+                .ok_or_else(|| ErrorCode::Internal.err("ingest stored no chunk"))?;
+            Ok(ChunkResult {
+                sequence,
+                duplicate,
+            })
+        }),
+    );
+
+    // transcripts.ingestBatch: 1..=50 chunks, stored in argument order. Returns
+    // {sequences, duplicates}. Errors as ingestChunk; a field error names `chunks[i].field`.
+    let cfg = config.clone();
+    f.mutation(
+        fns::INGEST_BATCH,
+        Visibility::Public,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("chunks", v::array(chunk_input_validator())),
+        ]),
+        v::object([
+            ("sequences", v::array(v::int64())),
+            ("duplicates", v::int64()),
+        ]),
+        audited(config, fns::INGEST_BATCH, move |ctx, a: IngestBatchArgs| {
+            if a.chunks.is_empty() || a.chunks.len() > MAX_BATCH_CHUNKS {
+                return Err(invalid_field(
+                    "chunks",
+                    format!(
+                        "must hold 1 to {MAX_BATCH_CHUNKS} chunks, got {}",
+                        a.chunks.len()
+                    ),
+                ));
+            }
+            for (i, c) in a.chunks.iter().enumerate() {
+                check_chunk(&format!("chunks[{i}]"), c)?;
+            }
+            let stored = ingest(ctx, &cfg, &a.meeting_id, &a.chunks)?;
+            Ok(BatchResult {
+                duplicates: stored.iter().filter(|(_, dup)| *dup).count() as i64,
+                sequences: stored.into_iter().map(|(s, _)| s).collect(),
+            })
+        }),
+    );
+}

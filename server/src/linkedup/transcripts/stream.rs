@@ -1,0 +1,141 @@
+//! `transcripts.stream` and `transcripts.listSegments`: what a meeting's participants read.
+//!
+//! The stream is a window of at most `limit` chunks after `fromSequence`, in sequence order.
+//! It depends only on the data (never on the clock: the seed's `Date.now()` bucket scan would
+//! make a subscription's result change without any write), and its read set is exactly the
+//! index range it returned plus the next position, so a subscriber whose window is full is not
+//! re-run by later chunks, and chunks of other meetings never re-run it. A client resumes after
+//! a reconnect, or moves on when its window fills, by subscribing from the last sequence it
+//! holds. Both are registered as shared queries: subscribers with identical arguments share
+//! one execution once each has passed the access check.
+
+use std::sync::Arc;
+
+use linkedup_schema::api::Role;
+use linkedup_schema::errors::invalid_field;
+use linkedup_schema::tables::names::{MEETINGS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS};
+use query_engine::context::Ctx;
+use query_engine::error::FunctionResult;
+use query_engine::functions::Functions;
+use query_engine::schema::v;
+use serde::{Deserialize, Serialize};
+
+use super::{chunk_validator, fns, segment_validator, TranscriptChunk, TranscriptSegment};
+use crate::linkedup::guards::assert_meeting_access;
+use crate::linkedup::{audited, decode, limit_arg, LinkedUpConfig};
+
+/// Largest stream window.
+pub const MAX_STREAM_LIMIT: i64 = 200;
+/// Largest page of segments.
+pub const MAX_SEGMENT_PAGE: i64 = 100;
+const DEFAULT_SEGMENT_PAGE: i64 = 50;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamArgs {
+    pub meeting_id: String,
+    /// Chunks with a larger sequence are returned; default 0 (from the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_sequence: Option<i64>,
+    /// 1..=200, default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListSegmentsArgs {
+    pub meeting_id: String,
+    /// A previous page's `continueCursor`; absent for the first page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// 1..=100, default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<i64>,
+}
+
+/// A page of segments in start-time order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentPage {
+    pub page: Vec<TranscriptSegment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_cursor: Option<String>,
+    pub is_done: bool,
+}
+
+fn stream(ctx: &mut Ctx<'_, '_>, a: StreamArgs) -> FunctionResult<Vec<TranscriptChunk>> {
+    let from = a.from_sequence.unwrap_or(0);
+    if from < 0 {
+        return Err(invalid_field("fromSequence", "must not be negative"));
+    }
+    let limit = limit_arg("limit", a.limit, MAX_STREAM_LIMIT, MAX_STREAM_LIMIT)?;
+    ctx.query(TRANSCRIPTS, "by_meeting_sequence")
+        .eq("meetingId", a.meeting_id.as_str())
+        .gt("sequence", from)
+        .take(limit)?
+        .iter()
+        .map(decode)
+        .collect()
+}
+
+fn list_segments(ctx: &mut Ctx<'_, '_>, a: ListSegmentsArgs) -> FunctionResult<SegmentPage> {
+    let size = limit_arg(
+        "pageSize",
+        a.page_size,
+        DEFAULT_SEGMENT_PAGE,
+        MAX_SEGMENT_PAGE,
+    )?;
+    let page = ctx
+        .query(TRANSCRIPT_SEGMENTS, "by_meeting_time")
+        .eq("meetingId", a.meeting_id.as_str())
+        .paginate(a.cursor.as_deref(), size)?;
+    Ok(SegmentPage {
+        page: page
+            .page
+            .iter()
+            .map(decode)
+            .collect::<FunctionResult<_>>()?,
+        continue_cursor: page.continue_cursor,
+        is_done: page.is_done,
+    })
+}
+
+pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
+    // transcripts.stream: up to `limit` chunks after `fromSequence`, in sequence order; for
+    // the meeting's participants. Errors: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND,
+    // FORBIDDEN.
+    f.shared_query(
+        fns::STREAM,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("fromSequence", v::optional(v::int64())),
+            ("limit", v::optional(v::int64())),
+        ]),
+        v::array(chunk_validator()),
+        audited(config, fns::STREAM, |ctx, a: StreamArgs| {
+            assert_meeting_access(ctx, &a.meeting_id, Role::Participant).map(|_| ())
+        }),
+        stream,
+    );
+
+    // transcripts.listSegments: a page of the meeting's segments in start-time order; for
+    // its participants. Errors: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN.
+    f.shared_query(
+        fns::LIST_SEGMENTS,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("cursor", v::optional(v::string())),
+            ("pageSize", v::optional(v::int64())),
+        ]),
+        v::object([
+            ("page", v::array(segment_validator())),
+            ("continueCursor", v::optional(v::string())),
+            ("isDone", v::boolean()),
+        ]),
+        audited(config, fns::LIST_SEGMENTS, |ctx, a: ListSegmentsArgs| {
+            assert_meeting_access(ctx, &a.meeting_id, Role::Participant).map(|_| ())
+        }),
+        list_segments,
+    );
+}
