@@ -1,0 +1,474 @@
+//! End-to-end recovery: a client keeps its subscriptions across a server restart (graceful,
+//! and SIGKILL) on the same port and data directory — the server runs in a child process —
+//! never showing an older value after a newer one; a mutation whose
+//! connection drops mid-flight is applied exactly once, and an interrupted action is reported
+//! as failed rather than silently retried.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use linkedup_client::{Client, ClientError, ClientOptions, ReconnectPolicy, Subscription, Trust};
+use linkedup_server::auth::{DevClaims, DevIssuer};
+use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
+use query_engine::obj;
+use query_engine::value::Value;
+use serde_json::json;
+
+/// Guards against a hung test; never reached when things work.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn next(sub: &mut Subscription) -> Option<Result<Value, ClientError>> {
+    tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("no result in time")
+}
+
+/// Reads results until one equals `want`; returns all read.
+async fn until_int(sub: &mut Subscription, want: i64) -> Vec<i64> {
+    let mut seen = Vec::new();
+    loop {
+        let v = next(sub).await.expect("ended").unwrap();
+        let n = v.as_i64().unwrap();
+        seen.push(n);
+        if n == want {
+            return seen;
+        }
+    }
+}
+
+async fn wait_connected(client: &Client) {
+    tokio::time::timeout(PATIENCE, async {
+        while client.ping().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("client did not reconnect");
+}
+
+fn non_decreasing(values: &[i64]) -> bool {
+    values.windows(2).all(|w| w[0] <= w[1])
+}
+
+/// Environment of the child server process (this test binary re-invoked in server mode).
+const CHILD_DIR_ENV: &str = "LINKEDUP_E2E_SERVER_DIR";
+const CHILD_LISTEN_ENV: &str = "LINKEDUP_E2E_SERVER_LISTEN";
+
+/// Server mode: started by `ServerProcess::spawn` with `--ignored`. Prints
+/// `READY <addr> <fingerprint>` once listening, then serves until stdin closes, then shuts
+/// down gracefully.
+#[test]
+#[ignore = "child process of the restart tests"]
+fn server_process() {
+    let (Some(dir), Some(listen)) = (
+        std::env::var_os(CHILD_DIR_ENV),
+        std::env::var(CHILD_LISTEN_ENV).ok(),
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listen: SocketAddr = listen.parse().unwrap();
+        let server = common::start(Path::new(&dir), Some(listen)).await;
+        println!(
+            "READY {} {}",
+            server.quic_connect_addr(),
+            linkedup_client::fingerprint_hex(&server.cert_fingerprint().0)
+        );
+        std::io::stdout().flush().unwrap();
+        // Serve until the parent closes our stdin.
+        tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            while std::io::stdin()
+                .read_line(&mut sink)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {}
+        })
+        .await
+        .unwrap();
+        server.shutdown().await;
+    });
+}
+
+/// A server running in a child process on a fixed data directory.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+}
+
+impl ServerProcess {
+    async fn spawn(dir: &Path, listen: SocketAddr) -> ServerProcess {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(exe)
+            .args([
+                "server_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_DIR_ENV, dir)
+            .env(CHILD_LISTEN_ENV, listen.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        // Reads the READY line, then keeps draining so the child never writes to a closed pipe.
+        std::thread::spawn(move || {
+            let mut ready_tx = Some(ready_tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest prints "test server_process ... " on the same line.
+                if let Some(at) = line.find("READY ") {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(line[at + "READY ".len()..].trim().to_string());
+                    }
+                }
+            }
+        });
+        let ready = tokio::time::timeout(PATIENCE, ready_rx)
+            .await
+            .expect("server process not ready in time")
+            .expect("server process exited before it was ready");
+        let (addr, fingerprint) = ready.split_once(' ').unwrap();
+        ServerProcess {
+            child,
+            addr: addr.parse().unwrap(),
+            fingerprint: linkedup_client::parse_fingerprint(fingerprint).unwrap(),
+        }
+    }
+
+    /// Graceful stop: closing stdin makes the server shut down and exit.
+    async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let status = tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .unwrap();
+        assert!(status.unwrap().success());
+    }
+
+    /// Crash: SIGKILL, no goodbye to clients.
+    async fn kill(mut self) {
+        self.child.kill().unwrap();
+        tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+fn dev_token(dir: &Path, subject: &str) -> String {
+    DevIssuer::load_or_generate(dir, DEV_ISSUER, DEV_AUDIENCE)
+        .unwrap()
+        .mint(DevClaims::new(subject))
+}
+
+fn process_options(server: &ServerProcess) -> ClientOptions {
+    let mut options = ClientOptions::new(Trust::PinnedSha256(server.fingerprint));
+    options.reconnect = ReconnectPolicy {
+        initial_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(300),
+        max_attempts: None,
+        jitter: 0.5,
+    };
+    options.connect_timeout = Duration::from_secs(5);
+    // A crashed server says nothing: notice the silence quickly.
+    options.keep_alive = Duration::from_millis(200);
+    options.idle_timeout = Duration::from_secs(1);
+    options
+}
+
+/// The server process goes away (gracefully or by SIGKILL) and comes back on the same port
+/// and data directory under a connected client.
+async fn restart_under_a_connected_client(crash: bool) {
+    let dir = common::data_dir();
+    let listen = free_udp_port();
+    let server = ServerProcess::spawn(dir.path(), listen).await;
+    let addr = server.addr.to_string();
+    let options = process_options(&server).with_token(dev_token(dir.path(), "user_1"));
+    let client = Client::connect(&addr, options).await.unwrap();
+    let mut counter = client
+        .subscribe("counter:get", &json!({"name": "r"}))
+        .unwrap();
+    let mut mine = client.subscribe("me:counter", &json!({})).unwrap();
+    let mut seen = until_int(&mut counter, 0).await;
+    for _ in 0..3 {
+        let _: i64 = client
+            .mutation("counter:add", &json!({"name": "r", "by": 1}))
+            .await
+            .unwrap();
+    }
+    seen.extend(until_int(&mut counter, 3).await);
+    let _: i64 = client
+        .mutation("counter:add", &json!({"name": "user_1", "by": 5}))
+        .await
+        .unwrap();
+    let mut seen_mine = until_int(&mut mine, 5).await;
+
+    if crash {
+        server.kill().await;
+    } else {
+        server.stop().await;
+    }
+    // Same port, same data directory (so the same certificate and token key).
+    let server = ServerProcess::spawn(dir.path(), listen).await;
+    wait_connected(&client).await;
+    assert!(client.connection_count() >= 2);
+    // Re-authenticated with the stored token.
+    assert_eq!(client.subject().as_deref(), Some("user_1"));
+
+    // Another client writes; the resumed subscription follows from the current state.
+    let writer = Client::connect(&addr, process_options(&server))
+        .await
+        .unwrap();
+    let _: i64 = writer
+        .mutation("counter:add", &json!({"name": "r", "by": 1}))
+        .await
+        .unwrap();
+    seen.extend(until_int(&mut counter, 4).await);
+    let n: i64 = client
+        .mutation("counter:add", &json!({"name": "r", "by": 1}))
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+    seen.extend(until_int(&mut counter, 5).await);
+    assert!(non_decreasing(&seen), "went backwards: {seen:?}");
+    let _: i64 = writer
+        .mutation("counter:add", &json!({"name": "user_1", "by": 1}))
+        .await
+        .unwrap();
+    seen_mine.extend(until_int(&mut mine, 6).await);
+    assert!(non_decreasing(&seen_mine), "went backwards: {seen_mine:?}");
+
+    drop((counter, mine));
+    writer.close().await;
+    client.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_survive_a_graceful_server_restart() {
+    restart_under_a_connected_client(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_survive_a_server_crash_and_restart() {
+    restart_under_a_connected_client(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_invisible_to_subscribers() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    let mut counter = client
+        .subscribe("counter:get", &json!({"name": "d"}))
+        .unwrap();
+    let mut seen = until_int(&mut counter, 0).await;
+    for round in 1..=5i64 {
+        client.force_reconnect();
+        let n: i64 = client
+            .mutation("counter:add", &json!({"name": "d", "by": 1}))
+            .await
+            .unwrap();
+        assert_eq!(n, round);
+        seen.extend(until_int(&mut counter, round).await);
+    }
+    assert!(non_decreasing(&seen), "went backwards: {seen:?}");
+    assert!(client.connection_count() >= 6);
+    drop(counter);
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_cut_off_mid_flight_is_applied_exactly_once() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .mutation::<_, i64>("counter:addSlow", &json!({"name": "once"}))
+                .await
+        })
+    };
+    // The server is running it: cut the connection before the answer can arrive.
+    tokio::time::timeout(PATIENCE, common::MUTATION_STARTED.notified())
+        .await
+        .unwrap();
+    client.force_reconnect();
+    let n = call.await.unwrap().unwrap();
+    assert_eq!(n, 1);
+    let now: i64 = client
+        .query("counter:get", &json!({"name": "once"}))
+        .await
+        .unwrap();
+    assert_eq!(now, 1, "the retried mutation ran twice");
+    assert!(client.connection_count() >= 2);
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_mutation_id_returns_the_first_result() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    let id = linkedup_client::new_mutation_id();
+    let args = obj! {"name" => "m", "by" => 1i64};
+    let first = client
+        .mutation_with_id("counter:add", args.clone(), &id)
+        .await
+        .unwrap();
+    let again = client
+        .mutation_with_id("counter:add", args.clone(), &id)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(first.value, Value::Int64(1));
+    // Also from a new connection.
+    client.force_reconnect();
+    let third = client
+        .mutation_with_id("counter:add", args.clone(), &id)
+        .await
+        .unwrap();
+    assert_eq!(first, third);
+    let other = client
+        .mutation_with_id("counter:add", args, &linkedup_client::new_mutation_id())
+        .await
+        .unwrap();
+    assert_eq!(other.value, Value::Int64(2));
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_mutations_through_reconnects_each_apply_once() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    const CALLS: i64 = 40;
+    let mut tasks = Vec::new();
+    for i in 0..CALLS {
+        let caller = client.clone();
+        tasks.push(tokio::spawn(async move {
+            caller
+                .mutation::<_, i64>("counter:add", &json!({"name": "many", "by": 1}))
+                .await
+        }));
+        if i % 10 == 5 {
+            client.force_reconnect();
+        }
+    }
+    let mut results = BTreeSet::new();
+    for t in tasks {
+        let n = t.await.unwrap().unwrap();
+        assert!(results.insert(n), "two mutations returned {n}");
+    }
+    assert_eq!(results, (1..=CALLS).collect::<BTreeSet<_>>());
+    let total: i64 = client
+        .query("counter:get", &json!({"name": "many"}))
+        .await
+        .unwrap();
+    assert_eq!(total, CALLS);
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_cut_off_mid_flight_fails_and_is_not_retried() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.action::<_, String>("slow:action", &json!({})).await })
+    };
+    tokio::time::timeout(PATIENCE, common::ACTION_STARTED.notified())
+        .await
+        .unwrap();
+    client.force_reconnect();
+    let e = call.await.unwrap().unwrap_err();
+    assert!(matches!(e, ClientError::Disconnected), "{e}");
+    // The client itself recovers.
+    let done: String = client.action("slow:action", &json!({})).await.unwrap();
+    assert_eq!(done, "done");
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_ends_its_subscriptions() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let mut options = common::options(&server);
+    options.reconnect = ReconnectPolicy {
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        max_attempts: Some(2),
+        jitter: 0.5,
+    };
+    options.connect_timeout = Duration::from_millis(500);
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    let mut counter = client
+        .subscribe("counter:get", &json!({"name": "g"}))
+        .unwrap();
+    assert_eq!(next(&mut counter).await.unwrap().unwrap(), Value::Int64(0));
+    server.shutdown().await;
+    let e = next(&mut counter)
+        .await
+        .expect("an error first")
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Disconnected), "{e}");
+    assert!(next(&mut counter).await.is_none());
+    let e = client
+        .query::<_, i64>("counter:get", &json!({"name": "g"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Disconnected), "{e}");
+    assert!(client
+        .subscribe("counter:get", &json!({"name": "g"}))
+        .is_err());
+}
