@@ -248,7 +248,8 @@ async fn connect(cli: &Cli) -> Result<Client> {
     let trust = trust(cli)?;
     let mut options = ClientOptions::new(trust)
         .with_client_name(format!("linkedup-cli/{}", env!("CARGO_PKG_VERSION")));
-    options.token = cli.token.clone();
+    // An empty LINKEDUP_TOKEN means no token.
+    options.token = cli.token.clone().filter(|t| !t.is_empty());
     Client::connect(&cli.server, options)
         .await
         .with_context(|| format!("connecting to {}", cli.server))
