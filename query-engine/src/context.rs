@@ -94,7 +94,12 @@ impl<'t, 's> Ctx<'t, 's> {
             Ok((t, i)) => IndexQuery {
                 ctx: self,
                 target: Ok((t, i)),
-                prefix: Vec::new(),
+                // `by_id` keys are ids, which begin with the table number.
+                prefix: if i.fields.is_empty() {
+                    t.number.0.to_be_bytes().to_vec()
+                } else {
+                    Vec::new()
+                },
                 eq_count: 0,
                 lower: None,
                 upper: None,

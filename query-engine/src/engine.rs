@@ -109,6 +109,8 @@ pub struct QueryResult {
 pub struct ActionCtx {
     engine: Engine,
     identity: Option<Identity>,
+    /// Highest commit timestamp of the mutations this action ran (for read-your-writes).
+    last_commit_ts: Arc<AtomicU64>,
 }
 
 impl ActionCtx {
@@ -129,15 +131,22 @@ impl ActionCtx {
     }
 
     pub async fn run_mutation(&self, name: &str, args: Value) -> FunctionResult<Value> {
-        Ok(self
+        let c = self
             .engine
             .mutation(name, args, self.identity.as_ref())
-            .await?
-            .value)
+            .await?;
+        self.last_commit_ts.fetch_max(c.ts, Ordering::Relaxed);
+        Ok(c.value)
     }
 
     pub async fn run_action(&self, name: &str, args: Value) -> FunctionResult<Value> {
-        self.engine.action(name, args, self.identity.as_ref()).await
+        let def = self.engine.function(name, FunctionKind::Action)?;
+        let c = self
+            .engine
+            .run_action_def_with_ts(def, args, self.identity.clone())
+            .await?;
+        self.last_commit_ts.fetch_max(c.ts, Ordering::Relaxed);
+        Ok(c.value)
     }
 }
 
@@ -289,9 +298,17 @@ impl Engine {
         self.inner.observers.write().push(Arc::new(observer));
     }
 
-    /// Stops the scheduler and backfills. Every acknowledged commit is already durable.
+    /// Stops the scheduler and backfills. Every acknowledged commit is already durable. The
+    /// database file is released once every `Engine` handle is dropped; `close_waiter` tells
+    /// when that has happened.
     pub fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
+    }
+
+    /// A handle that waits for the database to be closed (all engine handles dropped and the
+    /// committer finished), without keeping it open itself.
+    pub fn close_waiter(&self) -> crate::storage::CloseWaiter {
+        self.inner.storage.close_waiter()
     }
 
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
@@ -579,15 +596,31 @@ impl Engine {
         args: Value,
         identity: Option<Identity>,
     ) -> FunctionResult<Value> {
+        Ok(self
+            .run_action_def_with_ts(def, args, identity)
+            .await?
+            .value)
+    }
+
+    /// Runs an action; the timestamp returned is the commit timestamp of the last mutation it
+    /// ran (0 if none), so a caller can wait for its effects to reach subscriptions.
+    pub async fn run_action_def_with_ts(
+        &self,
+        def: Arc<FunctionDef>,
+        args: Value,
+        identity: Option<Identity>,
+    ) -> FunctionResult<Committed> {
         self.validate_args(&def, &args)?;
         let Handler::Action(h) = &def.handler else {
             return Err(FunctionError::internal("not an action"));
         };
+        let last_commit_ts = Arc::new(AtomicU64::new(0));
         let ctx = ActionCtx {
             engine: self.clone(),
             identity,
+            last_commit_ts: last_commit_ts.clone(),
         };
-        let v = tokio::time::timeout(self.inner.max_action_time, h(ctx, args))
+        let value = tokio::time::timeout(self.inner.max_action_time, h(ctx, args))
             .await
             .map_err(|_| {
                 crate::transaction::limit_error(
@@ -595,8 +628,11 @@ impl Engine {
                     self.inner.max_action_time.as_millis() as usize,
                 )
             })??;
-        self.check_result(&def, &v)?;
-        Ok(v)
+        self.check_result(&def, &value)?;
+        Ok(Committed {
+            ts: last_commit_ts.load(Ordering::Relaxed),
+            value,
+        })
     }
 
     /// Builds a new index over existing documents in chunks, each chunk executed at the

@@ -5,7 +5,9 @@
 use std::fmt;
 
 /// A table's stable number, assigned when the table is first created and never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct TableNumber(pub u32);
 
 /// A document id. Orders by (table, internal), the same order as its string and byte forms.

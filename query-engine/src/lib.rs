@@ -5,25 +5,25 @@
 //! recording reads (`reads`) and buffering writes (`writes`); the `committer` validates and
 //! group-commits them; `subscriptions` re-runs the queries whose read sets a commit touched.
 
-pub mod diff;
-pub mod doc_cache;
-pub mod encoding;
-pub mod error;
-pub mod id;
-pub mod identity;
-pub mod json;
-pub mod protocol;
-pub mod schema;
-pub mod value;
 pub mod catalog;
 pub mod committer;
 pub mod context;
+pub mod diff;
+pub mod doc_cache;
+pub mod encoding;
 pub mod engine;
+pub mod error;
 pub mod functions;
+pub mod id;
+pub mod identity;
+pub mod json;
 pub mod metrics;
+pub mod protocol;
 pub mod reads;
 pub mod scheduler;
+pub mod schema;
 pub mod storage;
 pub mod subscriptions;
 pub mod transaction;
+pub mod value;
 pub mod writes;

@@ -47,6 +47,40 @@ redb_err!(
 pub struct Storage {
     db: Database,
     cache: Arc<DocCache>,
+    /// Shared with every snapshot (read transactions keep the file open too) and declared
+    /// last, since fields drop in order: it signals once the file is really closed.
+    closed: Arc<CloseSignal>,
+}
+
+type Closed = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
+
+#[derive(Default)]
+struct CloseSignal(Closed);
+
+/// Waits until a `Storage` (and so its redb file) has been dropped.
+#[derive(Clone)]
+pub struct CloseWaiter(Closed);
+
+impl CloseWaiter {
+    /// Blocks until closed or `timeout` passes; returns whether it closed.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let (lock, cvar) = &*self.0;
+        let Ok(guard) = lock.lock() else { return false };
+        match cvar.wait_timeout_while(guard, timeout, |closed| !*closed) {
+            Ok((closed, _)) => *closed,
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for CloseSignal {
+    fn drop(&mut self) {
+        let (lock, cvar) = &*self.0;
+        if let Ok(mut closed) = lock.lock() {
+            *closed = true;
+        }
+        cvar.notify_all();
+    }
 }
 
 impl Storage {
@@ -60,7 +94,12 @@ impl Storage {
         Ok(Storage {
             db,
             cache: Arc::new(DocCache::new(DOC_CACHE_ENTRIES)),
+            closed: Arc::new(CloseSignal::default()),
         })
+    }
+
+    pub fn close_waiter(&self) -> CloseWaiter {
+        CloseWaiter(self.closed.0.clone())
     }
 
     pub fn snapshot(&self, ts: u64) -> Result<Snapshot, StorageError> {
@@ -71,6 +110,7 @@ impl Storage {
             docs: txn.open_table(DOCUMENTS)?,
             index: txn.open_table(INDEX_ENTRIES)?,
             meta: txn.open_table(META)?,
+            _closed: self.closed.clone(),
         })
     }
 
@@ -136,6 +176,7 @@ pub struct Snapshot {
     docs: BytesTable,
     index: BytesTable,
     meta: ReadOnlyTable<&'static str, &'static [u8]>,
+    _closed: Arc<CloseSignal>,
 }
 
 /// Result of a storage scan: keys in scan order, stopping at `limit`.

@@ -416,3 +416,33 @@ async fn internal_functions_are_not_public() {
     assert_eq!(e.code, "NOT_FOUND");
     assert!(engine.mutation("internalOnly", obj! {}, None).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_table_scans_stay_in_their_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open(dir.path());
+    for n in ["a", "b"] {
+        engine
+            .mutation("createCounter", obj! {"name" => n}, None)
+            .await
+            .unwrap();
+    }
+    engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => "t", "seq" => 1i64, "text" => "x"},
+            None,
+        )
+        .await
+        .unwrap();
+    let rows = engine
+        .read(|ctx| ctx.full_table_scan("counters", 10).map(Value::Array))
+        .await
+        .unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    let notes = engine
+        .read(|ctx| ctx.full_table_scan("notes", 10).map(Value::Array))
+        .await
+        .unwrap();
+    assert_eq!(notes.as_array().unwrap().len(), 1);
+}

@@ -463,3 +463,31 @@ mod property {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_closes_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open(dir.path());
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let s = mgr.connect(None).await;
+    s.subscribe(1, "getCounter", obj! {"name" => "a"})
+        .await
+        .unwrap();
+    engine
+        .mutation("createCounter", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    let waiter = engine.close_waiter();
+    engine.shutdown();
+    drop((s, mgr, engine));
+    let closed = tokio::task::spawn_blocking(move || waiter.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(closed, "the database is released");
+    let again = common::open(dir.path());
+    let v = again
+        .query("getCounter", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    assert_eq!(v.value.get_path("value"), Some(&Value::Int64(0)));
+}

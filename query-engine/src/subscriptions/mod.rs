@@ -146,7 +146,9 @@ impl SubscriptionManager {
         let metrics = Arc::new(SubscriptionMetrics::new());
         {
             let pending = pending.clone();
-            let tx = tx.clone();
+            // Weak, so the worker (which holds the engine) stops once every manager and
+            // session handle is gone, and the engine can close.
+            let tx = tx.downgrade();
             let max_keys = config.max_pending_touched_keys;
             let metrics = metrics.clone();
             engine.on_commit(move |notice| {
@@ -164,7 +166,9 @@ impl SubscriptionManager {
                 drop(p);
                 // If the queue is full the worker is busy and will look at pending commits
                 // after its current command anyway.
-                let _ = tx.try_send(Command::Wake);
+                if let Some(tx) = tx.upgrade() {
+                    let _ = tx.try_send(Command::Wake);
+                }
             });
         }
         // Taken after registering, so no commit falls between the two.
