@@ -218,6 +218,9 @@ fn loopback_for(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
+/// Longest `shutdown` waits for the database file to be released.
+const ENGINE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A started server. Call `shutdown` to stop it gracefully.
 pub struct RunningServer {
     quic_addr: SocketAddr,
@@ -297,7 +300,18 @@ impl RunningServer {
         {
             http_task.abort();
         }
+        let waiter = self.engine.close_waiter();
         self.engine.shutdown();
+        drop(self.engine);
+        drop(self.metrics);
+        // Connection tasks and the subscription worker let go of the engine as they finish;
+        // then the database file is closed and can be reopened (e.g. by a restart in-process).
+        let closed = tokio::task::spawn_blocking(move || waiter.wait(ENGINE_CLOSE_TIMEOUT))
+            .await
+            .unwrap_or(false);
+        if !closed {
+            tracing::warn!("the database was still open after shutdown");
+        }
         tracing::info!("shutdown complete");
     }
 }

@@ -193,14 +193,15 @@ async fn execute<'a>(
             committed.map(|c| (c.value, c.ts))
         }
         CallKind::Action => {
-            // The engine does not report which commits an action made; the snapshot after it
-            // covers all of them, so read-your-writes still holds.
+            // `ts` is the commit timestamp of the action's last mutation (0 if none).
             let result = engine
-                .run_action_def(def, args, identity)
+                .run_action_def_with_ts(def, args, identity)
                 .await
-                .map(|v| (v, engine.snapshot().ts));
+                .map(|c| (c.value, c.ts));
             if let Ok((_, ts)) = &result {
-                ctx.session.sync_to(*ts).await;
+                if *ts > 0 {
+                    ctx.session.sync_to(*ts).await;
+                }
             }
             result
         }
