@@ -398,6 +398,21 @@ async fn concurrent_mutations_through_reconnects_each_apply_once() {
             client.force_reconnect();
         }
     }
+    // Queries in flight across a reconnect are retried transparently.
+    let mut queries = Vec::new();
+    for _ in 0..10 {
+        let caller = client.clone();
+        queries.push(tokio::spawn(async move {
+            caller
+                .query::<_, i64>("counter:get", &json!({"name": "many"}))
+                .await
+        }));
+    }
+    client.force_reconnect();
+    for q in queries {
+        let n = q.await.unwrap().unwrap();
+        assert!((0..=CALLS).contains(&n));
+    }
     let mut results = BTreeSet::new();
     for t in tasks {
         let n = t.await.unwrap().unwrap();
