@@ -209,7 +209,8 @@ impl PgCluster {
             .arg(self.socket_dir())
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-U", "postgres"]);
+            .args(["-U", "postgres"])
+            .env("PGDATABASE", "postgres");
         c
     }
 

@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use query_engine::metrics::EngineMetrics;
 use serde::Serialize;
 
 /// Where and on what a run happened.
@@ -19,6 +21,8 @@ pub struct Machine {
     pub kernel: String,
     /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
     pub started_at: String,
+    /// `/proc/loadavg` at the start: other work on the machine skews every figure.
+    pub load_average: String,
 }
 
 impl Machine {
@@ -45,15 +49,28 @@ impl Machine {
             git_commit,
             kernel,
             started_at: utc_timestamp(SystemTime::now(), true),
+            load_average: load_average(),
         }
     }
 
     pub fn markdown(&self) -> String {
         format!(
-            "- machine: {} cores, {}, Linux {}\n- commit: `{}`\n- started: {}\n",
-            self.nproc, self.cpu_model, self.kernel, self.git_commit, self.started_at
+            "- machine: {} cores, {}, Linux {}\n- commit: `{}`\n- started: {} (load average {})\n",
+            self.nproc,
+            self.cpu_model,
+            self.kernel,
+            self.git_commit,
+            self.started_at,
+            self.load_average
         )
     }
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn command_output(cmd: &str, args: &[&str]) -> String {
@@ -143,7 +160,7 @@ pub fn fmt_rate(r: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -241,6 +258,67 @@ pub fn write_results(
         .with_context(|| format!("writing {}", json_path.display()))?;
     std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
     Ok((json_path, md_path))
+}
+
+/// Committer figures over a measured window (differences of the engine's counters).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct CommitterFigures {
+    pub commits: u64,
+    pub batches: u64,
+    pub mean_batch_txns: f64,
+    pub fsyncs_per_sec: f64,
+    /// Mean time of one batch's redb write + fsync.
+    pub mean_batch_write_us: f64,
+    pub conflicts: u64,
+    pub reexecutions: u64,
+}
+
+/// The engine's counters at one instant.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterSnapshot {
+    commits: u64,
+    batches: u64,
+    conflicts: u64,
+    reexecutions: u64,
+    write_sum_us: f64,
+}
+
+pub fn counters(m: &EngineMetrics) -> CounterSnapshot {
+    CounterSnapshot {
+        commits: m.commits.load(Ordering::Relaxed),
+        batches: m.batches.load(Ordering::Relaxed),
+        conflicts: m.conflicts.load(Ordering::Relaxed),
+        reexecutions: m.reexecutions.load(Ordering::Relaxed),
+        write_sum_us: histogram_sum_us(m),
+    }
+}
+
+/// The fsync histogram's running sum, read from its Prometheus rendering (the only public
+/// view of it).
+fn histogram_sum_us(m: &EngineMetrics) -> f64 {
+    let mut s = String::new();
+    m.render(&mut s);
+    s.lines()
+        .find_map(|l| l.strip_prefix("engine_commit_write_seconds_sum "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|secs| secs * 1e6)
+        .unwrap_or(0.0)
+}
+
+impl CommitterFigures {
+    pub fn between(a: CounterSnapshot, b: CounterSnapshot, secs: f64) -> Self {
+        let batches = b.batches - a.batches;
+        let commits = b.commits - a.commits;
+        CommitterFigures {
+            commits,
+            batches,
+            mean_batch_txns: commits as f64 / batches.max(1) as f64,
+            fsyncs_per_sec: batches as f64 / secs,
+            mean_batch_write_us: (b.write_sum_us - a.write_sum_us) / batches.max(1) as f64,
+            conflicts: b.conflicts - a.conflicts,
+            reexecutions: b.reexecutions - a.reexecutions,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use linkedup_benches::report::{
-    self, fmt_rate, fmt_us, latency_histogram, Latency, Machine, Table,
+    self, counters, fmt_rate, fmt_us, latency_histogram, CommitterFigures, Latency, Machine, Table,
 };
 use query_engine::engine::{Engine, EngineConfig};
 use query_engine::error::FunctionError;
 use query_engine::functions::{Functions, Visibility};
-use query_engine::metrics::EngineMetrics;
 use query_engine::obj;
 use query_engine::schema::{v, SchemaDefinition, TableDefinition};
 use query_engine::value::Value;
@@ -131,66 +130,6 @@ fn functions() -> Functions {
         },
     );
     f
-}
-
-/// Committer figures over a measured window (differences of the engine's counters).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-struct CommitterFigures {
-    commits: u64,
-    batches: u64,
-    mean_batch_txns: f64,
-    fsyncs_per_sec: f64,
-    /// Mean time of one batch's redb write + fsync.
-    mean_batch_write_us: f64,
-    conflicts: u64,
-    reexecutions: u64,
-}
-
-#[derive(Clone, Copy)]
-struct CounterSnapshot {
-    commits: u64,
-    batches: u64,
-    conflicts: u64,
-    reexecutions: u64,
-    write_sum_us: f64,
-}
-
-fn counters(m: &EngineMetrics) -> CounterSnapshot {
-    CounterSnapshot {
-        commits: m.commits.load(Ordering::Relaxed),
-        batches: m.batches.load(Ordering::Relaxed),
-        conflicts: m.conflicts.load(Ordering::Relaxed),
-        reexecutions: m.reexecutions.load(Ordering::Relaxed),
-        write_sum_us: histogram_sum_us(m),
-    }
-}
-
-/// The fsync histogram's running sum, read from its Prometheus rendering (the only public
-/// view of it).
-fn histogram_sum_us(m: &EngineMetrics) -> f64 {
-    let mut s = String::new();
-    m.render(&mut s);
-    s.lines()
-        .find_map(|l| l.strip_prefix("engine_commit_write_seconds_sum "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|secs| secs * 1e6)
-        .unwrap_or(0.0)
-}
-
-impl CommitterFigures {
-    fn between(a: CounterSnapshot, b: CounterSnapshot, secs: f64) -> Self {
-        let batches = b.batches - a.batches;
-        let commits = b.commits - a.commits;
-        CommitterFigures {
-            commits,
-            batches,
-            mean_batch_txns: commits as f64 / batches.max(1) as f64,
-            fsyncs_per_sec: batches as f64 / secs,
-            mean_batch_write_us: (b.write_sum_us - a.write_sum_us) / batches.max(1) as f64,
-            conflicts: b.conflicts - a.conflicts,
-            reexecutions: b.reexecutions - a.reexecutions,
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -453,6 +392,7 @@ fn finish(
     let json = serde_json::json!({
         "benchmark": "engine",
         "machine": machine,
+        "load_average_at_end": report::load_average(),
         "parameters": args,
         "writes": writes,
         "queries": queries,
