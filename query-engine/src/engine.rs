@@ -373,6 +373,21 @@ impl Engine {
         })
     }
 
+    /// A read-only transaction at `snapshot`; "now" is the snapshot time, so a query's result
+    /// depends only on the data it reads.
+    fn read_txn<'a>(&'a self, snapshot: &'a Snapshot, catalog: &'a Catalog) -> Transaction<'a> {
+        Transaction::new(
+            snapshot,
+            None,
+            catalog,
+            &self.inner.ids,
+            &self.inner.limits,
+            (snapshot.ts / 1000) as i64,
+            true,
+            snapshot.ts,
+        )
+    }
+
     /// Runs `handler` as a read-only transaction at `snapshot`, returning its result and read
     /// set. Reactivity uses this to (re-)run subscribed queries at a commit's snapshot.
     pub fn run_query_at(
@@ -383,16 +398,7 @@ impl Engine {
         identity: Option<&Identity>,
     ) -> (FunctionResult<Value>, ReadSet) {
         let catalog = self.catalog();
-        let mut txn = Transaction::new(
-            snapshot,
-            None,
-            &catalog,
-            &self.inner.ids,
-            &self.inner.limits,
-            (snapshot.ts / 1000) as i64,
-            true,
-            snapshot.ts,
-        );
+        let mut txn = self.read_txn(snapshot, &catalog);
         let result = {
             let mut ctx = Ctx::new(
                 &mut txn,
@@ -490,16 +496,7 @@ impl Engine {
     ) -> FunctionResult<Value> {
         let snapshot = self.snapshot();
         let catalog = self.catalog();
-        let mut txn = Transaction::new(
-            &snapshot,
-            None,
-            &catalog,
-            &self.inner.ids,
-            &self.inner.limits,
-            (snapshot.ts / 1000) as i64,
-            true,
-            snapshot.ts,
-        );
+        let mut txn = self.read_txn(&snapshot, &catalog);
         let mut ctx = Ctx::new(&mut txn, None, &self.inner.functions, FunctionKind::Query);
         f(&mut ctx)
     }

@@ -2,6 +2,7 @@
 //! the storage snapshot), recording every read as an index range, and buffers writes with the
 //! index changes they imply. Limits on reads, writes, sizes and run time are enforced here.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -279,14 +280,17 @@ impl<'s> Transaction<'s> {
         desc: bool,
         limit: usize,
     ) -> FunctionResult<Vec<Vec<u8>>> {
-        let mut overlay = std::collections::BTreeMap::new();
-        for ws in self.base.iter().chain(std::iter::once(&&self.writes)) {
+        let overlay = self.overlay(|ws, out| {
             for (k, present) in ws.entries_in(start, end) {
-                overlay.insert(k.clone(), present);
+                out.insert(k.clone(), present);
             }
-        }
-        let base = self.snapshot.index_keys(start, end, desc)?;
-        merge(base, overlay, desc, limit)
+        });
+        merge(
+            self.snapshot.index_keys(start, end, desc)?,
+            overlay,
+            desc,
+            limit,
+        )
     }
 
     /// Document ids (as 12-byte keys) visible to this transaction in `[start, end)`.
@@ -297,17 +301,33 @@ impl<'s> Transaction<'s> {
         desc: bool,
         limit: usize,
     ) -> FunctionResult<Vec<Vec<u8>>> {
-        let mut overlay = std::collections::BTreeMap::new();
-        for ws in self.base.iter().chain(std::iter::once(&&self.writes)) {
+        let overlay = self.overlay(|ws, out| {
             for (id, doc) in &ws.docs {
                 let k = id.to_bytes().to_vec();
                 if k.as_slice() >= start && end.is_none_or(|e| k.as_slice() < e) {
-                    overlay.insert(k, doc.is_some());
+                    out.insert(k, doc.is_some());
                 }
             }
+        });
+        merge(
+            self.snapshot.doc_keys(start, end, desc)?,
+            overlay,
+            desc,
+            limit,
+        )
+    }
+
+    /// Collects overlay keys (present or removed) from the batch overlay, then this
+    /// transaction's own writes, so later layers win.
+    fn overlay(
+        &self,
+        collect: impl Fn(&WriteSet, &mut BTreeMap<Vec<u8>, bool>),
+    ) -> BTreeMap<Vec<u8>, bool> {
+        let mut out = BTreeMap::new();
+        for ws in self.base.into_iter().chain(std::iter::once(&self.writes)) {
+            collect(ws, &mut out);
         }
-        let base = self.snapshot.doc_keys(start, end, desc)?;
-        merge(base, overlay, desc, limit)
+        out
     }
 
     // ----- writes -----
@@ -489,7 +509,7 @@ fn id_of_key(key: &[u8]) -> FunctionResult<DocumentId> {
 /// order, stopping after `limit` visible keys.
 fn merge(
     base: crate::storage::KeyIter<'_>,
-    overlay: std::collections::BTreeMap<Vec<u8>, bool>,
+    overlay: BTreeMap<Vec<u8>, bool>,
     desc: bool,
     limit: usize,
 ) -> FunctionResult<Vec<Vec<u8>>> {
