@@ -1,5 +1,7 @@
 //! Shared helpers for the benchmark binaries.
+pub mod fanout;
 pub mod pg;
+pub mod pg_listen;
 pub mod report;
 
 /// Every benchmark binary links this crate, so they all measure with the allocator the

@@ -1,0 +1,204 @@
+//! The reactive fan-out benchmark harness (issue 8): M meetings × S subscribers fed by
+//! open-loop transcript writes, run against LinkedUp over QUIC (`linkedup`) and against a
+//! PostgreSQL LISTEN/NOTIFY peer (`postgres`), measured per step by the same recorder and
+//! judged by the same rule. The `fanout` binary and the `fanout_smoke` test both use it.
+
+pub mod checker;
+pub mod driver;
+pub mod linkedup;
+pub mod postgres;
+pub mod procstat;
+pub mod ramp;
+pub mod recorder;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use checker::Anomalies;
+use driver::{Drive, DriveOutcome, WriteFn};
+use procstat::{ProcFigures, ProcWatch};
+use recorder::{now_us, Recorder, StepFigures};
+
+/// A system under test, set up with its meetings and subscribers.
+pub trait FanoutSystem {
+    fn name(&self) -> &str;
+    fn recorder(&self) -> &Arc<Recorder>;
+    /// Sends one write and records its outcome in the recorder.
+    fn writer(&self) -> WriteFn;
+    /// The meeting each load subscriber (by index) follows.
+    fn subscriber_meetings(&self) -> &[usize];
+    /// The server process(es) whose CPU and memory to report, if known.
+    fn proc_watch(&self) -> Option<&ProcWatch>;
+}
+
+/// How one step runs and is judged.
+#[derive(Clone, Debug)]
+pub struct StepPlan {
+    pub rate: f64,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub meetings: usize,
+    pub producers: usize,
+    pub max_in_flight: usize,
+    pub text_bytes: usize,
+    /// Longest wait after the last write for every subscriber to be current.
+    pub drain_timeout: Duration,
+    /// Commit→delivery p99 at or under this passes.
+    pub p99_limit_us: u64,
+}
+
+/// One step's figures and verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepResult {
+    pub system: String,
+    pub target_rate: f64,
+    /// Writes acknowledged per second over the measured window.
+    pub achieved_rate: f64,
+    pub deliveries_per_sec: f64,
+    #[serde(flatten)]
+    pub figures: StepFigures,
+    pub skipped_writes: u64,
+    pub unfinished_writes: u64,
+    pub max_send_lag_us: u64,
+    /// Time from the last write's answer until every subscriber was current; `None` if some
+    /// were still behind at the drain timeout.
+    pub catch_up_ms: Option<u64>,
+    pub lagging_subscribers: u64,
+    /// Anomalies seen during this step (missed, duplicate, out of order).
+    pub anomalies: Anomalies,
+    pub server: Option<ProcFigures>,
+    pub sustainable: bool,
+    /// Why not, when not.
+    pub verdict: String,
+}
+
+fn anomalies_minus(a: Anomalies, b: Anomalies) -> Anomalies {
+    Anomalies {
+        missed: a.missed.saturating_sub(b.missed),
+        duplicates: a.duplicates.saturating_sub(b.duplicates),
+        out_of_order: a.out_of_order.saturating_sub(b.out_of_order),
+    }
+}
+
+/// Waits until every load subscriber has every acknowledged sequence of its meeting; returns
+/// how many are still behind at `timeout`.
+pub async fn wait_current(system: &dyn FanoutSystem, timeout: Duration) -> (u64, Duration) {
+    let started = Instant::now();
+    let r = system.recorder();
+    loop {
+        let behind = system
+            .subscriber_meetings()
+            .iter()
+            .enumerate()
+            .filter(|(j, m)| r.progress(*j) < r.acked_seq(**m))
+            .count() as u64;
+        if behind == 0 || started.elapsed() >= timeout {
+            return (behind, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Runs one step: `warmup` of writes not measured, then `measure` of measured writes at the
+/// same rate (one continuous schedule), then waits for every subscriber to be current.
+pub async fn run_step(
+    system: &dyn FanoutSystem,
+    plan: &StepPlan,
+    first_write: u64,
+    bar: Option<&ProgressBar>,
+) -> StepResult {
+    let r = system.recorder();
+    let anomalies_before = r.anomalies();
+    let _ = r.take_step();
+    let total = plan.warmup + plan.measure;
+    let start_us = now_us();
+    r.open_window(
+        start_us + plan.warmup.as_micros() as u64,
+        start_us + total.as_micros() as u64,
+    );
+    let drive = Drive {
+        rate: plan.rate,
+        duration: total,
+        meetings: plan.meetings,
+        producers: plan.producers,
+        max_in_flight: plan.max_in_flight,
+        text_bytes: plan.text_bytes,
+    };
+    if let Some(b) = bar {
+        b.set_length((plan.rate * total.as_secs_f64()) as u64);
+        b.set_position(0);
+    }
+    let proc_mark = system.proc_watch().map(|w| w.mark());
+    let DriveOutcome {
+        skipped,
+        max_send_lag_us,
+        unfinished,
+        ..
+    } = driver::drive(&drive, first_write, system.writer(), bar).await;
+    let server = match (system.proc_watch(), proc_mark) {
+        (Some(w), Some(m)) => Some(w.since(m)),
+        _ => None,
+    };
+    let (lagging, waited) = wait_current(system, plan.drain_timeout).await;
+    let figures = r.take_step();
+    let anomalies = anomalies_minus(r.anomalies(), anomalies_before);
+    let secs = plan.measure.as_secs_f64().max(1e-3);
+    let achieved = figures.writes_ok as f64 / secs;
+    let expected = plan.rate * secs;
+    let mut why = Vec::new();
+    if (figures.writes_ok as f64) < 0.95 * expected {
+        why.push(format!(
+            "{} of {} writes acknowledged",
+            figures.writes_ok, expected as u64
+        ));
+    }
+    let errors: u64 = figures.write_errors.values().sum();
+    if errors > 0 {
+        why.push(format!("{errors} errors"));
+    }
+    if skipped > 0 {
+        why.push(format!("{skipped} writes skipped (in-flight bound)"));
+    }
+    if unfinished > 0 {
+        why.push(format!("{unfinished} writes unanswered"));
+    }
+    if lagging > 0 {
+        why.push(format!("{lagging} subscribers behind after drain"));
+    }
+    if anomalies.total() > 0 {
+        why.push(format!("anomalies {anomalies:?}"));
+    }
+    if figures.deliveries == 0 {
+        why.push("no deliveries".into());
+    }
+    if figures.commit_to_delivery.p99_us > plan.p99_limit_us {
+        why.push(format!(
+            "commit→delivery p99 {} µs > {} µs",
+            figures.commit_to_delivery.p99_us, plan.p99_limit_us
+        ));
+    }
+    StepResult {
+        system: system.name().to_string(),
+        target_rate: plan.rate,
+        achieved_rate: achieved,
+        deliveries_per_sec: figures.deliveries as f64 / secs,
+        figures,
+        skipped_writes: skipped,
+        unfinished_writes: unfinished,
+        max_send_lag_us,
+        catch_up_ms: (lagging == 0).then(|| waited.as_millis() as u64),
+        lagging_subscribers: lagging,
+        anomalies,
+        server,
+        sustainable: why.is_empty(),
+        verdict: if why.is_empty() {
+            "sustainable".into()
+        } else {
+            why.join("; ")
+        },
+    }
+}

@@ -1,0 +1,152 @@
+//! CPU time and resident memory of a server process (and, for PostgreSQL, of its children),
+//! read from `/proc/<pid>/stat` and `/proc/<pid>/status`, so that a step's CPU use can be
+//! reported as cores busy over the step.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// (utime + stime in ticks, parent pid) of a process.
+fn stat(pid: u32) -> Option<(u64, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it start past its ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime, ppid))
+}
+
+/// Resident set size of a process, bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// The process and, with `children`, its direct children (PostgreSQL backends).
+fn pids(root: u32, children: bool) -> Vec<u32> {
+    let mut out = vec![root];
+    if children {
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if stat(pid).is_some_and(|(_, ppid)| ppid == root) {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A process (tree) being watched.
+#[derive(Clone, Debug)]
+pub struct ProcWatch {
+    pid: u32,
+    children: bool,
+    ticks_per_sec: f64,
+}
+
+/// CPU and memory over an interval.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ProcFigures {
+    /// CPU time over wall time: 1.0 = one core busy.
+    pub cpu_cores: f64,
+    /// Resident memory at the end of the interval (summed over the tree), MiB.
+    pub rss_mib: f64,
+}
+
+/// A reading to diff against later.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcMark {
+    ticks: u64,
+    at: Instant,
+}
+
+impl ProcWatch {
+    /// Watches `pid`; with `children`, its direct children too (a PostgreSQL postmaster).
+    pub fn new(pid: u32, children: bool) -> Self {
+        ProcWatch {
+            pid,
+            children,
+            ticks_per_sec: clock_ticks(),
+        }
+    }
+
+    /// The PostgreSQL postmaster of a data directory (first line of `postmaster.pid`).
+    pub fn postmaster(data_dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+        let pid = text.lines().next()?.trim().parse().ok()?;
+        Some(Self::new(pid, true))
+    }
+
+    pub fn mark(&self) -> ProcMark {
+        let ticks = pids(self.pid, self.children)
+            .into_iter()
+            .filter_map(stat)
+            .map(|(t, _)| t)
+            .sum();
+        ProcMark {
+            ticks,
+            at: Instant::now(),
+        }
+    }
+
+    /// CPU since `since` (children that exited in between are not counted) and RSS now.
+    pub fn since(&self, since: ProcMark) -> ProcFigures {
+        let now = self.mark();
+        let secs = now.at.duration_since(since.at).as_secs_f64().max(1e-3);
+        let rss: u64 = pids(self.pid, self.children)
+            .into_iter()
+            .map(rss_bytes)
+            .sum();
+        ProcFigures {
+            cpu_cores: now.ticks.saturating_sub(since.ticks) as f64 / self.ticks_per_sec / secs,
+            rss_mib: rss as f64 / (1024.0 * 1024.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let w = ProcWatch::new(std::process::id(), false);
+        let m = w.mark();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let f = w.since(m);
+        assert!(f.rss_mib > 0.0);
+        assert!(f.cpu_cores >= 0.0);
+    }
+}
