@@ -119,8 +119,6 @@ impl Env {
         let v = self
             .engine
             .read(move |ctx| {
-                // `by_creation_time`, not `full_table_scan`: a `by_id` scan currently returns
-                // other tables' documents too (engine bug, reported).
                 Ok(Value::Array(
                     ctx.query(table, "by_creation_time").collect(8_000)?,
                 ))
