@@ -27,10 +27,9 @@ pub async fn connect_listener<F>(
 where
     F: FnMut(Notification) + Send + 'static,
 {
-    let (client, mut conn) =
-        tokio_postgres::connect(&cluster.conn_string(), tokio_postgres::NoTls)
-            .await
-            .context("connecting a listener to the benchmark cluster")?;
+    let (client, mut conn) = tokio_postgres::connect(&cluster.conn_string(), tokio_postgres::NoTls)
+        .await
+        .context("connecting a listener to the benchmark cluster")?;
     let task = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(msg) = messages.next().await {

@@ -110,7 +110,10 @@ pub async fn drive(
     let all = u32::try_from(d.max_in_flight.max(1)).unwrap_or(u32::MAX);
     let unfinished = match tokio::time::timeout(FINISH_TIMEOUT, in_flight.acquire_many(all)).await {
         Ok(Ok(_)) => 0,
-        _ => d.max_in_flight.max(1).saturating_sub(in_flight.available_permits()) as u64,
+        _ => d
+            .max_in_flight
+            .max(1)
+            .saturating_sub(in_flight.available_permits()) as u64,
     };
     DriveOutcome {
         scheduled: total,

@@ -142,7 +142,11 @@ async fn ensure_all(clients: &[Client]) -> Result<Vec<String>, SetupError> {
 }
 
 /// A subscription that must never change after its first result.
-async fn idle_subscriber(mut sub: Subscription, recorder: Arc<Recorder>, mut stop: watch::Receiver<bool>) {
+async fn idle_subscriber(
+    mut sub: Subscription,
+    recorder: Arc<Recorder>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut first = true;
     loop {
         tokio::select! {
@@ -264,7 +268,8 @@ impl LinkedUpFleet {
         let producer_subjects: Vec<String> = (0..m_count * plan.producers)
             .map(|i| format!("fanout-{run}-p{i}"))
             .collect();
-        let sub_subjects: Vec<String> = (0..c_count).map(|c| format!("fanout-{run}-s{c}")).collect();
+        let sub_subjects: Vec<String> =
+            (0..c_count).map(|c| format!("fanout-{run}-s{c}")).collect();
         let storm_subjects: Vec<String> = (0..plan.storm_clients)
             .map(|k| format!("fanout-{run}-r{k}"))
             .collect();
@@ -483,7 +488,11 @@ impl LinkedUpFleet {
                 (first + k, self.recorder.acked_seq(m))
             })
             .collect();
-        let before: Vec<u64> = self.storm_clients.iter().map(|c| c.connection_count()).collect();
+        let before: Vec<u64> = self
+            .storm_clients
+            .iter()
+            .map(|c| c.connection_count())
+            .collect();
         let started = std::time::Instant::now();
         for c in &self.storm_clients {
             c.force_reconnect();

@@ -86,7 +86,10 @@ impl PgFleet {
             )
             .await
             .context("dropping old tables")?;
-        admin.batch_execute(SCHEMA).await.context("creating the schema")?;
+        admin
+            .batch_execute(SCHEMA)
+            .await
+            .context("creating the schema")?;
         admin
             .execute(
                 "INSERT INTO fanout_meetings (id) SELECT generate_series(0, $1 - 1)",
@@ -111,7 +114,10 @@ impl PgFleet {
             let rec = recorder.clone();
             let (client, task) = connect_listener(cluster, move |n| {
                 let recv_us = now_us();
-                let Some(m) = n.channel().strip_prefix('m').and_then(|s| s.parse::<usize>().ok())
+                let Some(m) = n
+                    .channel()
+                    .strip_prefix('m')
+                    .and_then(|s| s.parse::<usize>().ok())
                 else {
                     return;
                 };
@@ -183,7 +189,12 @@ impl FanoutSystem for PgFleet {
             let recorder = recorder.clone();
             Box::pin(async move {
                 let (client, st) = &writers[(m + p * 7919) % producers_hint];
-                let chunk_id: String = text.split(' ').skip(1).take(3).collect::<Vec<_>>().join("-");
+                let chunk_id: String = text
+                    .split(' ')
+                    .skip(1)
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join("-");
                 match client.query_one(st, &[&(m as i32), &chunk_id, &text]).await {
                     Ok(row) => match row.try_get::<_, i64>(0) {
                         Ok(seq) => recorder.write_ok(m, seq, false, None, sched_us),

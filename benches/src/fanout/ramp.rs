@@ -77,7 +77,11 @@ mod tests {
             b.record(r, r <= limit);
         }
         assert_eq!(tried[0], 10_000);
-        assert!(b.best() <= limit && limit - b.best() <= 250, "{tried:?} -> {}", b.best());
+        assert!(
+            b.best() <= limit && limit - b.best() <= 250,
+            "{tried:?} -> {}",
+            b.best()
+        );
         assert!(!b.ceiling_passed());
     }
 

@@ -175,7 +175,11 @@ impl Recorder {
 
     /// A write failed with `code`.
     pub fn write_failed(&self, code: &str) {
-        *self.write_errors.lock().entry(code.to_string()).or_insert(0) += 1;
+        *self
+            .write_errors
+            .lock()
+            .entry(code.to_string())
+            .or_insert(0) += 1;
     }
 
     /// A chunk handed to a subscriber: `commit_ts` when the delivery carries it (PostgreSQL),

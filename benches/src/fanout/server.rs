@@ -22,7 +22,9 @@ const KEY_FILE_NAME: &str = "dev-issuer-key.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("server binary {0} not found: build it with `cargo build --release -p linkedup-server`")]
+    #[error(
+        "server binary {0} not found: build it with `cargo build --release -p linkedup-server`"
+    )]
     NoBinary(PathBuf),
     #[error("starting {path}: {source}")]
     Spawn {
@@ -58,7 +60,8 @@ impl Target {
     /// A running server: its address, its fingerprint (64 hex digits) and the directory
     /// holding its development issuer key (its `--data-dir`).
     pub fn existing(addr: &str, fingerprint: &str, token_dir: &Path) -> Result<Self, TargetError> {
-        let fingerprint = parse_fingerprint(fingerprint).map_err(|e| TargetError::Tls(e.to_string()))?;
+        let fingerprint =
+            parse_fingerprint(fingerprint).map_err(|e| TargetError::Tls(e.to_string()))?;
         let key = token_dir.join(KEY_FILE_NAME);
         if !key.exists() {
             return Err(TargetError::NoIssuerKey(key));
