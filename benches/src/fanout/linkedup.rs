@@ -13,7 +13,7 @@ use linkedup_client::{
     Trust, Value,
 };
 use linkedup_schema::api::{EnsureUserArgs, MeetingIdArgs, ScheduleMeetingArgs};
-use linkedup_server::linkedup::transcripts::{fns, IngestChunkArgs, StreamArgs};
+use linkedup_server::linkedup::transcripts::{fns, IngestChunkArgs, StreamArgs, MAX_STREAM_LIMIT};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -22,6 +22,7 @@ use super::driver::{parse_sched_us, WriteFn};
 use super::procstat::ProcWatch;
 use super::recorder::{now_us, Recorder};
 use super::server::Target;
+use super::stalled::{StalledClient, StalledError};
 use super::FanoutSystem;
 
 /// Connections opened, users ensured and meetings made at once during setup.
@@ -238,6 +239,7 @@ pub struct LinkedUpFleet {
     /// `[meeting][producer]`.
     producers: Vec<Vec<Client>>,
     sub_clients: Vec<Client>,
+    sub_subjects: Vec<String>,
     storm_clients: Vec<Client>,
     /// Meetings whose participants include each load connection's user.
     meetings_of_connection: Vec<Vec<usize>>,
@@ -399,6 +401,7 @@ impl LinkedUpFleet {
             meeting_ids,
             producers,
             sub_clients,
+            sub_subjects,
             storm_clients,
             meetings_of_connection,
             subscriber_meetings,
@@ -475,6 +478,25 @@ impl LinkedUpFleet {
         }
         self.idle_count += count;
         Ok(())
+    }
+
+    /// A subscriber that stops reading (see `stalled`): signed in as the first load
+    /// connection's user, subscribed to the stream of every meeting that user is in, from the
+    /// current sequence with the largest window, so every write to those meetings is owed to it.
+    pub async fn connect_stalled(&self) -> Result<StalledClient, StalledError> {
+        let subs: Vec<(String, Value)> = self.meetings_of_connection[0]
+            .iter()
+            .filter_map(|&m| {
+                query_engine::json::to_value(&StreamArgs {
+                    meeting_id: self.meeting_ids[m].clone(),
+                    from_sequence: Some(self.recorder.acked_seq(m)),
+                    limit: Some(MAX_STREAM_LIMIT),
+                })
+                .ok()
+                .map(|args| (fns::STREAM.to_string(), args))
+            })
+            .collect();
+        StalledClient::connect(&self.target, &self.sub_subjects[0], &subs).await
     }
 
     /// Drops every storm client's connection at once and measures the time until each of

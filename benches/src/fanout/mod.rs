@@ -11,6 +11,7 @@ pub mod procstat;
 pub mod ramp;
 pub mod recorder;
 pub mod server;
+pub mod stalled;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
