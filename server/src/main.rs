@@ -39,7 +39,8 @@ fn application(config: &LinkedUpConfig) -> (SchemaDefinition, Functions) {
 }
 
 async fn serve(options: &Options) -> anyhow::Result<()> {
-    let config = ServerConfig::from_options(options).context("invalid configuration")?;
+    let mut config = ServerConfig::from_options(options).context("invalid configuration")?;
+    config.engine.crons = linkedup::crons();
     let data_dir = config.data_dir.clone();
     let dev_tls = matches!(config.tls, TlsSource::SelfSigned { .. });
     let dev_auth = matches!(config.auth, AuthSource::Development { .. });
@@ -103,7 +104,8 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 fn mint_token(options: &Options, args: MintTokenArgs) -> anyhow::Result<()> {
-    let config = ServerConfig::from_options(options).context("invalid configuration")?;
+    let mut config = ServerConfig::from_options(options).context("invalid configuration")?;
+    config.engine.crons = linkedup::crons();
     let AuthSource::Development {
         key_dir,
         issuer,

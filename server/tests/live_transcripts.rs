@@ -7,9 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use linkedup_server::linkedup::transcripts::{
-    fns, AGGREGATE_BATCH_CHUNKS, INGEST_RATE_LIMIT, SEGMENT_MAX_SPAN_MS,
-};
+use linkedup_server::linkedup::transcripts::{fns, AGGREGATE_BATCH_CHUNKS, SEGMENT_MAX_SPAN_MS};
 use linkedup_server::linkedup::{self, LinkedUpConfig};
 use query_engine::diff::apply;
 use query_engine::engine::{Engine, EngineConfig};
@@ -477,7 +475,10 @@ async fn ingest_is_rate_limited_per_user() {
     let env = open();
     let (host, p) = (ident("host"), ident("p"));
     let meeting = env.meeting(&host, &[&p], true).await;
-    let max_calls = 2 * INGEST_RATE_LIMIT.max as usize + 10;
+    let max_calls = 2 * linkedup_server::linkedup::RateLimitConfig::default()
+        .transcripts_ingest
+        .max as usize
+        + 10;
     let mut accepted = 0;
     let mut refused = None;
     for i in 0..max_calls {
@@ -494,7 +495,11 @@ async fn ingest_is_rate_limited_per_user() {
     assert_eq!(e.code, "RATE_LIMITED", "{e}");
     assert!(int(&e.data, "retryAfterMs") > 0);
     assert!(
-        accepted >= INGEST_RATE_LIMIT.max as usize / 2,
+        accepted
+            >= linkedup_server::linkedup::RateLimitConfig::default()
+                .transcripts_ingest
+                .max as usize
+                / 2,
         "accepted {accepted}"
     );
     // The refused call stored nothing; another user is not limited.

@@ -96,7 +96,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         }),
     );
 
-    // meetings.end: host only; active → concluded; schedules `transcripts.aggregate` and
+    // meetings.end: host only; active → concluded; schedules `transcripts.aggregateSegments` and
     // `insights.generate` for the meeting. Returns null.
     // Returns: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN, CONFLICT.
     f.mutation(

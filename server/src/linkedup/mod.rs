@@ -26,6 +26,7 @@ use query_engine::engine::Engine;
 use query_engine::error::{FunctionError, FunctionResult};
 use query_engine::functions::Functions;
 use query_engine::json::{from_value, to_value};
+use query_engine::scheduler::Cron;
 use query_engine::value::{Object, Value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -61,6 +62,26 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
 /// Starts LinkedUp's background work on a running engine: the task that writes recorded
 /// access denials to `auditLogs`. Abort the returned handle on shutdown (pending denials are
 /// bounded in memory and lost with the process).
+/// Recurring maintenance, for `EngineConfig::crons`: note-op compaction (seed §20: noteOps
+/// kept 90 days), expired idempotency keys and old rate-limit counters. Each job deletes a
+/// bounded batch per run.
+pub fn crons() -> Vec<Cron> {
+    const HOUR_MS: i64 = 3_600_000;
+    [
+        ("notes.compactAll", 24 * HOUR_MS),
+        ("idempotency.purgeExpired", HOUR_MS),
+        ("rateLimits.purge", HOUR_MS),
+    ]
+    .into_iter()
+    .map(|(function, interval_ms)| Cron {
+        name: function.to_string(),
+        interval_ms,
+        function: function.to_string(),
+        args: Value::Object(Default::default()),
+    })
+    .collect()
+}
+
 pub fn start(engine: &Engine, config: &LinkedUpConfig) -> tokio::task::JoinHandle<()> {
     audit::spawn_denial_writer(engine.clone(), config.denials.clone())
 }

@@ -1,8 +1,7 @@
-//! The post-call jobs `meetings.end` schedules: `transcripts.aggregate` (an internal mutation)
-//! and `insights.generate` (an internal action). Their real work (segment aggregation, AI
-//! insights) belongs to the transcripts and insights modules; until those land, each job
-//! records in `auditLogs` that it ran for the meeting, which is what the lifecycle tests
-//! check. Replace a registration here when its real implementation arrives.
+//! The post-call jobs `meetings.end` schedules: transcript aggregation (the real one, in
+//! `transcripts`) and `insights.generate` (an internal action). Insight generation (AI
+//! providers, per-user insights) is not built yet: until it is, the job records in `auditLogs`
+//! that it ran for the meeting, which is what the lifecycle tests check.
 
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use super::{audit, LinkedUpConfig};
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
 
-pub const TRANSCRIPTS_AGGREGATE: &str = "transcripts.aggregate";
+pub use super::transcripts::fns::AGGREGATE_SEGMENTS as TRANSCRIPTS_AGGREGATE;
 pub const INSIGHTS_GENERATE: &str = "insights.generate";
 const RECORD_RUN: &str = "postCall.recordRun";
 
@@ -44,13 +43,6 @@ fn record_run(ctx: &mut Ctx<'_, '_>, meeting_id: &str, job: &str) -> FunctionRes
 }
 
 pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
-    f.mutation(
-        TRANSCRIPTS_AGGREGATE,
-        Visibility::Internal,
-        v::object([("meetingId", v::id(MEETINGS))]),
-        v::null(),
-        |ctx, a: MeetingIdArgs| record_run(ctx, &a.meeting_id, TRANSCRIPTS_AGGREGATE),
-    );
     f.mutation(
         RECORD_RUN,
         Visibility::Internal,

@@ -46,6 +46,8 @@ pub struct RateLimitConfig {
     pub chat_send: RateLimit,
     pub meetings_schedule: RateLimit,
     pub connections_request: RateLimit,
+    /// Transcript ingest calls (each up to 50 chunks), per user.
+    pub transcripts_ingest: RateLimit,
     /// Sub-window length; the window slides in steps of this.
     pub bucket_ms: i64,
     /// Counter documents per bucket (1..=64).
@@ -65,6 +67,12 @@ impl Default for RateLimitConfig {
             },
             connections_request: RateLimit {
                 max: 60,
+                window_ms: 60_000,
+            },
+            // 20 calls a second sustained: twice the seed's 10 updates a second per meeting
+            // (§21), each call carrying up to 50 chunks.
+            transcripts_ingest: RateLimit {
+                max: 1_200,
                 window_ms: 60_000,
             },
             bucket_ms: 1_000,

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{chunk_input_validator, fns, ChunkInput};
 use crate::linkedup::guards::assert_meeting_access;
-use crate::linkedup::rate_limit::{check_and_consume, RateLimit};
+use crate::linkedup::rate_limit::check_and_consume;
 use crate::linkedup::{audited, check_text, LinkedUpConfig};
 
 /// Most chunks one `transcripts.ingestBatch` call may carry (seed §13: batches ≤ 50).
@@ -40,13 +40,6 @@ pub const MAX_ID_CHARS: usize = 128;
 pub const BUCKET_MS: i64 = 60_000;
 /// The rate limiter's action name for both ingest functions.
 pub const INGEST_ACTION: &str = "transcripts.ingest";
-/// Per user: 600 calls a minute, i.e. 10 calls a second sustained (seed §21: ≥ 10 updates a
-/// second per meeting), each call carrying up to 50 chunks.
-pub const INGEST_RATE_LIMIT: RateLimit = RateLimit {
-    max: 600,
-    window_ms: 60_000,
-};
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IngestChunkArgs {
@@ -159,7 +152,7 @@ fn ingest(
         &config.rate_limits,
         &access.user.id,
         INGEST_ACTION,
-        INGEST_RATE_LIMIT,
+        config.rate_limits.transcripts_ingest,
     )?;
 
     let now = ctx.now_ms();

@@ -20,8 +20,8 @@ pub use aggregation::{
     AggregateArgs, AggregateResult, AGGREGATE_BATCH_CHUNKS, SEGMENT_MAX_SPAN_MS,
 };
 pub use ingestion::{
-    BatchResult, ChunkResult, IngestBatchArgs, IngestChunkArgs, INGEST_ACTION, INGEST_RATE_LIMIT,
-    MAX_BATCH_CHUNKS, MAX_CHUNK_TEXT_CHARS,
+    BatchResult, ChunkResult, IngestBatchArgs, IngestChunkArgs, INGEST_ACTION, MAX_BATCH_CHUNKS,
+    MAX_CHUNK_TEXT_CHARS,
 };
 pub use stream::{ListSegmentsArgs, SegmentPage, StreamArgs, MAX_SEGMENT_PAGE, MAX_STREAM_LIMIT};
 
