@@ -6,8 +6,10 @@ pub mod client;
 mod connection;
 pub mod error;
 pub mod note_editor;
+pub mod notes;
 pub mod subscription;
 pub mod tls;
+pub mod transcripts;
 
 pub use client::{
     new_mutation_id, CallReply, Client, ClientOptions, ReconnectPolicy, TokenFuture,

@@ -1,0 +1,419 @@
+//! A live meeting over the network: the LinkedUp schema and functions on a real server
+//! (127.0.0.1, QUIC, dev tokens) and separate SDK clients per person. Note editors
+//! (`NoteSession`) converge on the server's text under random concurrent edits and a dropped
+//! connection; transcript producers (`TranscriptSender`) store every chunk once with gap-free
+//! sequences, and readers (`TranscriptStream`) get every chunk exactly once, in order, across a
+//! forced reconnect and across a dropped client resuming from its last sequence.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use linkedup_client::notes::NoteSession;
+use linkedup_client::transcripts::{
+    NewChunk, SendReport, SenderConfig, TranscriptSender, TranscriptStream,
+};
+use linkedup_client::{Client, Value};
+use linkedup_schema::ot::TextOperation;
+use linkedup_server::auth::DevClaims;
+use linkedup_server::linkedup::{self, LinkedUpConfig};
+use linkedup_server::{RunningServer, Server, ServerConfig};
+use query_engine::functions::Functions;
+use query_engine::obj;
+
+/// Guards against a hung test; never reached when things work.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn start() -> (tempfile::TempDir, RunningServer) {
+    let dir = common::data_dir();
+    let mut functions = Functions::new();
+    linkedup::register(&mut functions, &LinkedUpConfig::default());
+    let server = Server::start(
+        ServerConfig::for_tests(dir.path()),
+        linkedup_schema::schema(),
+        functions,
+    )
+    .await
+    .unwrap();
+    (dir, server)
+}
+
+/// A signed-in client for `subject` and its user id.
+async fn person(server: &RunningServer, subject: &str) -> (Client, String) {
+    let mut claims = DevClaims::new(subject);
+    claims.org_id = Some("org_live".into());
+    claims.org_role = Some("member".into());
+    let token = server.mint_dev_token(claims).unwrap();
+    let client = Client::connect(
+        &common::addr(server),
+        common::options(server).with_token(token),
+    )
+    .await
+    .unwrap();
+    let me: Value = client
+        .mutation("users.ensure", &obj! { "displayName" => subject })
+        .await
+        .unwrap();
+    let id = me.get_path("_id").unwrap().as_str().unwrap().to_string();
+    (client, id)
+}
+
+/// An active meeting hosted by `host` with `invitees`.
+async fn meeting(host: &Client, invitees: &[String]) -> String {
+    let ids: Vec<Value> = invitees.iter().map(|i| Value::from(i.as_str())).collect();
+    let id: String = host
+        .mutation(
+            "meetings.schedule",
+            &obj! { "title" => "Live review", "inviteeIds" => ids },
+        )
+        .await
+        .unwrap();
+    let _: Value = host
+        .mutation("meetings.start", &obj! { "meetingId" => id.as_str() })
+        .await
+        .unwrap();
+    id
+}
+
+/// A small seeded generator (splitmix64), so runs are reproducible without extra crates.
+struct StdRng(u64);
+
+impl StdRng {
+    fn seed_from_u64(seed: u64) -> Self {
+        StdRng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-enough in `range` (inclusive bounds as given).
+    fn gen_range<R: std::ops::RangeBounds<u64>>(&mut self, range: R) -> u64 {
+        use std::ops::Bound::*;
+        let lo = match range.start_bound() {
+            Included(&n) => n,
+            Excluded(&n) => n + 1,
+            Unbounded => 0,
+        };
+        let hi = match range.end_bound() {
+            Included(&n) => n,
+            Excluded(&n) => n - 1,
+            Unbounded => u64::MAX - 1,
+        };
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// Chars that stress char counting: skin-tone emoji pairs, combining accents, CJK, a 4-byte
+/// ideograph.
+const ALPHABET: &[char] = &[
+    'a',
+    'b',
+    ' ',
+    '👍',
+    '\u{1F3FD}',
+    'e',
+    '\u{301}',
+    '会',
+    '𠀋',
+    '\n',
+];
+
+fn random_text(rng: &mut StdRng, max_chars: u64) -> String {
+    let n = rng.gen_range(1..=max_chars);
+    (0..n)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len() as u64) as usize])
+        .collect()
+}
+
+/// A random edit of a document of `len` chars: a few retains, inserts and deletes.
+fn random_op(rng: &mut StdRng, len: u64) -> TextOperation {
+    let mut left = len;
+    let mut op = TextOperation::new();
+    for _ in 0..rng.gen_range(1..4) {
+        let n = rng.gen_range(0..=left.min(6));
+        left -= n;
+        op = match rng.gen_range(0..4) {
+            0 => op.retain(n),
+            1 => op.delete(n.min(3)).retain(n - n.min(3)),
+            _ => op.retain(n).insert(&random_text(rng, 4)),
+        };
+    }
+    op.retain(left)
+}
+
+fn char_len(s: &str) -> u64 {
+    s.chars().count() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn note_editors_converge_over_the_network() {
+    const EDITORS: usize = 4;
+    const EDITS: usize = 30;
+    let (_dir, server) = start().await;
+    let mut people = Vec::new();
+    for i in 0..EDITORS {
+        people.push(person(&server, &format!("editor_{i}")).await);
+    }
+    let invitees: Vec<String> = people[1..].iter().map(|(_, id)| id.clone()).collect();
+    let meeting_id = meeting(&people[0].0, &invitees).await;
+
+    let mut sessions = Vec::new();
+    for (client, _) in &people {
+        sessions.push(Arc::new(
+            NoteSession::open(client, &meeting_id).await.unwrap(),
+        ));
+    }
+    let mut tasks = Vec::new();
+    for (i, session) in sessions.iter().enumerate() {
+        let session = session.clone();
+        let client = people[i].0.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(0x5eed + i as u64);
+            for k in 0..EDITS {
+                // Random edits, built atomically against the text as it is at that moment.
+                session
+                    .edit_with(|text| random_op(&mut rng, char_len(text)))
+                    .unwrap();
+                if i == 0 && k == EDITS / 2 {
+                    // Editor 0 loses its connection mid-session; its op in flight and the
+                    // edits buffered behind it must still land exactly once.
+                    client.force_reconnect();
+                }
+                let pause = rng.gen_range(0..4);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            // Then each appends a unique marker concurrently: none may be lost or doubled.
+            let marker = format!("[m{i}👍🏽é]");
+            session
+                .edit_with(|text| TextOperation::new().retain(char_len(text)).insert(&marker))
+                .unwrap();
+            marker
+        }));
+    }
+    let mut markers = Vec::new();
+    for t in tasks {
+        markers.push(t.await.unwrap());
+    }
+    for s in &sessions {
+        tokio::time::timeout(PATIENCE, s.synchronized())
+            .await
+            .expect("editor did not synchronise")
+            .unwrap();
+    }
+    let note: Value = people[0]
+        .0
+        .query("notes.get", &obj! { "meetingId" => meeting_id.as_str() })
+        .await
+        .unwrap();
+    let content = note
+        .get_path("content")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    let version = note.get_path("version").unwrap().as_i64().unwrap() as u64;
+    assert!(version >= EDITORS as u64, "only {version} ops committed");
+    for (i, s) in sessions.iter().enumerate() {
+        tokio::time::timeout(PATIENCE, s.caught_up_to(version))
+            .await
+            .expect("editor did not catch up")
+            .unwrap();
+        let snap = s.snapshot();
+        assert_eq!(snap.version, version, "editor {i}");
+        assert_eq!(snap.text, content, "editor {i} diverged");
+        assert_eq!(snap.discarded_edits, 0, "editor {i} had to drop edits");
+    }
+    for m in &markers {
+        assert_eq!(
+            content.matches(m.as_str()).count(),
+            1,
+            "marker {m} in {content:?}"
+        );
+    }
+    assert!(
+        people[0].0.connection_count() >= 2,
+        "editor 0 never reconnected"
+    );
+
+    for s in sessions {
+        Arc::try_unwrap(s).unwrap().close().await;
+    }
+    for (c, _) in people {
+        c.close().await;
+    }
+    server.shutdown().await;
+}
+
+/// Reads `stream` until it has delivered sequence `until`; returns (sequence, chunk id)s.
+async fn read_until(stream: &mut TranscriptStream, until: i64) -> Vec<(i64, String)> {
+    let mut got = Vec::new();
+    while stream.last_sequence() < until {
+        let chunk = tokio::time::timeout(PATIENCE, stream.next())
+            .await
+            .expect("no chunk in time")
+            .expect("stream ended")
+            .unwrap();
+        got.push((chunk.sequence, chunk.chunk_id));
+    }
+    got
+}
+
+fn assert_in_order_once(got: &[(i64, String)], from: i64, to: i64) {
+    let seqs: Vec<i64> = got.iter().map(|(s, _)| *s).collect();
+    let want: Vec<i64> = (from..=to).collect();
+    assert_eq!(seqs, want, "chunks missing, repeated or out of order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcript_bursts_reach_every_reader_once_in_order() {
+    const PRODUCERS: usize = 3;
+    const BURSTS: usize = 3;
+    const PER_BURST: usize = 40;
+    const TOTAL: i64 = (PRODUCERS * BURSTS * PER_BURST) as i64;
+    let (_dir, server) = start().await;
+    let mut producers = Vec::new();
+    for i in 0..PRODUCERS {
+        producers.push(person(&server, &format!("speaker_{i}")).await);
+    }
+    let (reader, reader_id) = person(&server, "reader").await;
+    let (resumer, resumer_id) = person(&server, "resumer").await;
+    let mut invitees: Vec<String> = producers[1..].iter().map(|(_, id)| id.clone()).collect();
+    invitees.push(reader_id);
+    invitees.push(resumer_id);
+    let meeting_id = meeting(&producers[0].0, &invitees).await;
+
+    // Reader 1: small windows (many shifts), and its connection is cut mid-burst.
+    let mut stream = TranscriptStream::new(&reader, &meeting_id, 0, 16).unwrap();
+    let reader_task = {
+        let reader = reader.clone();
+        tokio::spawn(async move {
+            let mut got = read_until(&mut stream, TOTAL / 4).await;
+            reader.force_reconnect();
+            got.extend(read_until(&mut stream, TOTAL).await);
+            got
+        })
+    };
+    // Reader 2: drops its stream and its client mid-burst, and resumes on a new client from
+    // the last sequence it holds.
+    let resumer_task = {
+        let server_addr = common::addr(&server);
+        let options = common::options(&server).with_token(
+            server
+                .mint_dev_token({
+                    let mut c = DevClaims::new("resumer");
+                    c.org_id = Some("org_live".into());
+                    c
+                })
+                .unwrap(),
+        );
+        let meeting_id = meeting_id.clone();
+        tokio::spawn(async move {
+            let mut stream = TranscriptStream::new(&resumer, &meeting_id, 0, 64).unwrap();
+            let mut got = read_until(&mut stream, TOTAL / 3).await;
+            let last = stream.last_sequence();
+            drop(stream);
+            resumer.close().await;
+            let again = Client::connect(&server_addr, options).await.unwrap();
+            let mut stream = TranscriptStream::new(&again, &meeting_id, last, 64).unwrap();
+            got.extend(read_until(&mut stream, TOTAL).await);
+            drop(stream);
+            again.close().await;
+            got
+        })
+    };
+
+    // Producers: bursts of concurrent batches; producer 1 loses its connection mid-burst.
+    let mut producer_tasks = Vec::new();
+    for (i, (client, _)) in producers.iter().enumerate() {
+        let config = SenderConfig {
+            window: Duration::from_millis(50),
+            ..SenderConfig::default()
+        };
+        let (sender, mut reports) = TranscriptSender::new(client, &meeting_id, config).unwrap();
+        let client = client.clone();
+        let collect = tokio::spawn(async move {
+            let mut acks = Vec::new();
+            while let Some(report) = reports.recv().await {
+                match report {
+                    SendReport::Stored { acks: a, .. } => acks.extend(a),
+                    SendReport::Failed { error, .. } => panic!("producer {i}: {error}"),
+                }
+            }
+            acks
+        });
+        producer_tasks.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for burst in 0..BURSTS {
+                for k in 0..PER_BURST {
+                    let start_ms = ((burst * PER_BURST + k) * 100) as i64;
+                    let id = sender
+                        .send(NewChunk {
+                            speaker_id: Some(format!("speaker_{i}")),
+                            text: format!("p{i} b{burst} c{k} 👍🏽"),
+                            confidence: 0.9,
+                            start_ms,
+                            end_ms: start_ms + 90,
+                        })
+                        .await
+                        .unwrap();
+                    sent.push(id);
+                    if i == 1 && burst == 1 && k == PER_BURST / 2 {
+                        client.force_reconnect();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sender.close().await.unwrap();
+            (sent, collect.await.unwrap())
+        }));
+    }
+    let mut by_chunk: HashMap<String, i64> = HashMap::new();
+    for t in producer_tasks {
+        let (sent, acks) = t.await.unwrap();
+        let acked: Vec<&str> = acks.iter().map(|a| a.chunk_id.as_str()).collect();
+        let sent_ids: Vec<&str> = sent.iter().map(String::as_str).collect();
+        assert_eq!(
+            acked, sent_ids,
+            "every chunk acknowledged once, in send order"
+        );
+        // One producer's chunks are stored in the order it sent them.
+        assert!(acks.windows(2).all(|w| w[0].sequence < w[1].sequence));
+        for a in acks {
+            assert!(by_chunk.insert(a.chunk_id, a.sequence).is_none());
+        }
+    }
+    let sequences: BTreeSet<i64> = by_chunk.values().copied().collect();
+    assert_eq!(
+        sequences,
+        (1..=TOTAL).collect::<BTreeSet<_>>(),
+        "sequences 1..N exactly"
+    );
+
+    for task in [reader_task, resumer_task] {
+        let got = tokio::time::timeout(PATIENCE * 2, task)
+            .await
+            .expect("reader did not finish")
+            .unwrap();
+        assert_in_order_once(&got, 1, TOTAL);
+        for (seq, chunk_id) in &got {
+            assert_eq!(by_chunk.get(chunk_id), Some(seq), "chunk {chunk_id}");
+        }
+        let ids: HashSet<&String> = got.iter().map(|(_, id)| id).collect();
+        assert_eq!(ids.len() as i64, TOTAL);
+    }
+    assert!(reader.connection_count() >= 2, "reader never reconnected");
+
+    reader.close().await;
+    for (c, _) in producers {
+        c.close().await;
+    }
+    server.shutdown().await;
+}
