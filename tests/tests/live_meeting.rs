@@ -417,3 +417,49 @@ async fn transcript_bursts_reach_every_reader_once_in_order() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcript_refusals_are_reported_without_retrying() {
+    let (_dir, server) = start().await;
+    let (host, _) = person(&server, "host").await;
+    let (outsider, _) = person(&server, "outsider").await;
+    let scheduled: String = host
+        .mutation("meetings.schedule", &obj! { "title" => "Later" })
+        .await
+        .unwrap();
+    let chunk = || NewChunk {
+        speaker_id: None,
+        text: "too early".into(),
+        confidence: 0.5,
+        start_ms: 0,
+        end_ms: 10,
+    };
+    for (client, code) in [(&host, "MEETING_NOT_ACTIVE"), (&outsider, "FORBIDDEN")] {
+        let (sender, mut reports) =
+            TranscriptSender::new(client, &scheduled, SenderConfig::default()).unwrap();
+        let id = sender.send(chunk()).await.unwrap();
+        sender.flush().await.unwrap();
+        match reports.recv().await.unwrap() {
+            SendReport::Failed {
+                chunks,
+                error,
+                attempts,
+            } => {
+                assert_eq!(error.code(), Some(code), "{error}");
+                assert_eq!(attempts, 1, "{code} must not be retried");
+                assert_eq!(chunks[0].chunk_id, id);
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        sender.close().await.unwrap();
+    }
+    // A reader who may not read the meeting gets the refusal once, then the stream ends.
+    let mut stream = outsider.transcript_stream(&scheduled, 0).unwrap();
+    let first = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap();
+    assert_eq!(first.unwrap().unwrap_err().code(), Some("FORBIDDEN"));
+    assert!(stream.next().await.is_none());
+    drop(stream);
+    host.close().await;
+    outsider.close().await;
+    server.shutdown().await;
+}
