@@ -419,6 +419,8 @@ struct Cell {
     errors: BTreeMap<String, u64>,
     committer: Option<CommitterFigures>,
     verification: Verification,
+    /// `/proc/loadavg` when the cell ended.
+    load_average: String,
 }
 
 async fn engine_cell(
@@ -479,6 +481,7 @@ async fn engine_cell(
         errors,
         committer: Some(CommitterFigures::between(before, after, args.secs)),
         verification,
+        load_average: report::load_average(),
     })
 }
 
@@ -683,6 +686,7 @@ async fn pg_cell(pg: &PgCluster, args: &Args, clients: usize, alpha: f64) -> any
             replay_matches: None,
             accounts_changed: changed as usize,
         },
+        load_average: report::load_average(),
     })
 }
 
@@ -709,7 +713,7 @@ fn describe(c: &Cell) -> String {
         })
         .unwrap_or_default();
     format!(
-        "{} c={} d={} α={}: {} transfers/s, p50 {}, p99 {}{m}; refused {}, errors {:?}, verified {}",
+        "{} c={} d={} α={}: {} transfers/s, p50 {}, p99 {}{m}; refused {}, errors {:?}, verified {} (load {})",
         c.system,
         c.clients,
         c.depth,
@@ -719,41 +723,46 @@ fn describe(c: &Cell) -> String {
         fmt_us(c.latency.p99_us),
         c.refused,
         c.errors,
-        if c.verification.ok() { "ok" } else { "FAILED" }
+        if c.verification.ok() { "ok" } else { "FAILED" },
+        c.load_average
     )
 }
 
 async fn run(args: Args, machine: Machine) -> anyhow::Result<()> {
+    let mut pg_note = None;
+    let pg = if args.no_pg {
+        None
+    } else {
+        match PgCluster::start(&[("shared_buffers", "256MB"), ("max_wal_size", "4GB")]) {
+            Ok(pg) => Some(pg),
+            Err(e) => {
+                eprintln!("PostgreSQL peer skipped: {e:#}");
+                pg_note = Some(format!("PostgreSQL peer skipped: {e:#}"));
+                None
+            }
+        }
+    };
+    // Engine and PostgreSQL cells of the same (clients, α) run back to back, so that load from
+    // elsewhere on the machine skews both alike.
     let mut cells = Vec::new();
-    if !args.no_engine {
-        for &clients in &args.clients {
-            for &depth in &args.depth {
-                for &alpha in &args.alpha {
+    for &clients in &args.clients {
+        for &alpha in &args.alpha {
+            if !args.no_engine {
+                for &depth in &args.depth {
                     let c = engine_cell(&args, clients, depth, alpha).await?;
                     eprintln!("{}", describe(&c));
                     cells.push(c);
                 }
             }
+            if let Some(pg) = &pg {
+                let c = pg_cell(pg, &args, clients, alpha).await?;
+                eprintln!("{}", describe(&c));
+                cells.push(c);
+            }
         }
     }
-    let mut pg_note = None;
-    if !args.no_pg {
-        match PgCluster::start(&[("shared_buffers", "256MB"), ("max_wal_size", "4GB")]) {
-            Ok(pg) => {
-                for &clients in &args.clients {
-                    for &alpha in &args.alpha {
-                        let c = pg_cell(&pg, &args, clients, alpha).await?;
-                        eprintln!("{}", describe(&c));
-                        cells.push(c);
-                    }
-                }
-                pg.stop()?;
-            }
-            Err(e) => {
-                eprintln!("PostgreSQL peer skipped: {e:#}");
-                pg_note = Some(format!("PostgreSQL peer skipped: {e:#}"));
-            }
-        }
+    if let Some(pg) = pg {
+        pg.stop()?;
     }
     finish(&args, &machine, &cells, pg_note)
 }
