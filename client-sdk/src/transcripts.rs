@@ -505,8 +505,10 @@ pub struct TranscriptStream {
     client: Client,
     meeting_id: String,
     limit: i64,
-    /// Sequence of the last chunk handed out (or queued in `ready`).
+    /// Sequence of the last chunk queued in `ready` (or handed out): the anchor.
     last: i64,
+    /// Sequence of the last chunk handed out.
+    delivered: i64,
     sub: Option<Subscription>,
     /// Whether the current subscription has produced a result yet.
     sub_fresh: bool,
@@ -545,6 +547,7 @@ impl TranscriptStream {
             meeting_id: meeting_id.to_string(),
             limit,
             last: from_sequence,
+            delivered: from_sequence,
             sub: None,
             sub_fresh: true,
             gap_resubscribed: false,
@@ -555,7 +558,7 @@ impl TranscriptStream {
         Ok(stream)
     }
 
-    /// The sequence of the last chunk yielded (or about to be): resume from it.
+    /// The sequence of the last chunk yielded: a new stream from it resumes without loss.
     pub fn last_sequence(&self) -> i64 {
         self.last - self.ready.iter().filter(|item| item.is_ok()).count() as i64
     }
@@ -617,6 +620,9 @@ impl Stream for TranscriptStream {
         let this = self.get_mut();
         loop {
             if let Some(item) = this.ready.pop_front() {
+                if let Ok(chunk) = &item {
+                    this.delivered = chunk.sequence;
+                }
                 return Poll::Ready(Some(item));
             }
             if this.ended {
