@@ -393,6 +393,7 @@ async fn main() -> anyhow::Result<()> {
         "mutation p99",
         "server CPU",
         "RSS MiB",
+        "harness CPU",
         "missed/dup/reorder",
         "verdict",
     ]);
@@ -414,6 +415,7 @@ async fn main() -> anyhow::Result<()> {
             r.server
                 .map(|s| format!("{:.0}", s.rss_mib))
                 .unwrap_or_else(|| "-".into()),
+            format!("{:.2} cores", r.harness.cpu_cores),
             format!(
                 "{}/{}/{}",
                 r.anomalies.missed, r.anomalies.duplicates, r.anomalies.out_of_order

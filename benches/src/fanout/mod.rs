@@ -72,6 +72,9 @@ pub struct StepResult {
     /// Anomalies seen during this step (missed, duplicate, out of order).
     pub anomalies: Anomalies,
     pub server: Option<ProcFigures>,
+    /// The harness process itself (clients, subscribers, driver): if it is saturated, the
+    /// figures measure the client side, not the server.
+    pub harness: ProcFigures,
     pub sustainable: bool,
     /// Why not, when not.
     pub verdict: String,
@@ -134,6 +137,8 @@ pub async fn run_step(
         b.set_position(0);
     }
     let proc_mark = system.proc_watch().map(|w| w.mark());
+    let harness_watch = ProcWatch::new(std::process::id(), false);
+    let harness_mark = harness_watch.mark();
     let DriveOutcome {
         skipped,
         max_send_lag_us,
@@ -144,6 +149,7 @@ pub async fn run_step(
         (Some(w), Some(m)) => Some(w.since(m)),
         _ => None,
     };
+    let harness = harness_watch.since(harness_mark);
     let (lagging, waited) = wait_current(system, plan.drain_timeout).await;
     let figures = r.take_step();
     let anomalies = anomalies_minus(r.anomalies(), anomalies_before);
@@ -191,10 +197,11 @@ pub async fn run_step(
         skipped_writes: skipped,
         unfinished_writes: unfinished,
         max_send_lag_us,
-        catch_up_ms: (lagging == 0).then(|| waited.as_millis() as u64),
+        catch_up_ms: (lagging == 0).then_some(waited.as_millis() as u64),
         lagging_subscribers: lagging,
         anomalies,
         server,
+        harness,
         sustainable: why.is_empty(),
         verdict: if why.is_empty() {
             "sustainable".into()
