@@ -225,6 +225,9 @@ struct Run {
     secs: f64,
     calls_per_sec: f64,
     latency: Latency,
+    /// CPU time per call (user + system) of the server process and of this (client) process.
+    server_cpu_us_per_call: f64,
+    client_cpu_us_per_call: f64,
     /// Server committer figures over the run (from `/metrics`), for mutations.
     #[serde(skip_serializing_if = "Option::is_none")]
     committer: Option<ServerCommitter>,
@@ -242,6 +245,7 @@ async fn sequential(
     }
     let mut hist = latency_histogram();
     let before = scrape(server).ok();
+    let cpu = Cpu::now(server);
     let started = Instant::now();
     for n in 0..calls {
         let t = Instant::now();
@@ -249,6 +253,7 @@ async fn sequential(
         record(&mut hist, t.elapsed());
     }
     let secs = started.elapsed().as_secs_f64();
+    let (server_cpu_us, client_cpu_us) = cpu.since(server);
     let committer = committer_between(before, scrape(server).ok(), secs, call);
     Ok(Run {
         call,
@@ -257,6 +262,8 @@ async fn sequential(
         secs,
         calls_per_sec: calls as f64 / secs,
         latency: Latency::of(&hist),
+        server_cpu_us_per_call: server_cpu_us / calls as f64,
+        client_cpu_us_per_call: client_cpu_us / calls as f64,
         committer,
     })
 }
@@ -302,11 +309,13 @@ async fn concurrent(
     }
     tokio::time::sleep(Duration::from_secs_f64(args.warmup_secs)).await;
     let before = scrape(server).ok();
+    let cpu = Cpu::now(server);
     phase.store(MEASURING, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
     phase.store(STOPPED, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
+    let (server_cpu_us, client_cpu_us) = cpu.since(server);
     let after = scrape(server).ok();
     let mut hist = latency_histogram();
     for t in tasks {
@@ -323,8 +332,56 @@ async fn concurrent(
         secs,
         calls_per_sec: hist.len() as f64 / secs,
         latency: Latency::of(&hist),
+        server_cpu_us_per_call: server_cpu_us / hist.len().max(1) as f64,
+        client_cpu_us_per_call: client_cpu_us / hist.len().max(1) as f64,
         committer: committer_between(before, after, secs, call),
     })
+}
+
+/// CPU time consumed so far by the server child and by this process, from `/proc/<pid>/stat`
+/// (0 where unavailable).
+struct Cpu {
+    server_us: f64,
+    client_us: f64,
+}
+
+impl Cpu {
+    fn now(server: &ServerProcess) -> Cpu {
+        Cpu {
+            server_us: cpu_us(&server.child.id().to_string()),
+            client_us: cpu_us("self"),
+        }
+    }
+
+    /// (server, client) CPU µs since `self`.
+    fn since(&self, server: &ServerProcess) -> (f64, f64) {
+        let now = Cpu::now(server);
+        (
+            now.server_us - self.server_us,
+            now.client_us - self.client_us,
+        )
+    }
+}
+
+/// utime + stime of `pid` in µs. Linux reports them in clock ticks of `CLK_TCK` (100 Hz on
+/// every mainstream configuration), hence 10 ms resolution: fine over runs of seconds.
+fn cpu_us(pid: &str) -> f64 {
+    const US_PER_TICK: f64 = 10_000.0;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) * US_PER_TICK
 }
 
 fn record(hist: &mut Histogram<u64>, d: Duration) {
@@ -461,6 +518,8 @@ async fn main() -> anyhow::Result<()> {
         "p99",
         "p99.9",
         "max",
+        "server CPU/call",
+        "client CPU/call",
         "txns/fsync",
     ]);
     for r in &runs {
@@ -473,6 +532,8 @@ async fn main() -> anyhow::Result<()> {
             fmt_us(r.latency.p99_us),
             fmt_us(r.latency.p999_us),
             fmt_us(r.latency.max_us),
+            fmt_us(r.server_cpu_us_per_call.round() as u64),
+            fmt_us(r.client_cpu_us_per_call.round() as u64),
             r.committer
                 .map(|c| format!("{:.1}", c.mean_batch_txns))
                 .unwrap_or_else(|| "-".into()),
