@@ -415,10 +415,7 @@ async fn converge(seed: u64, n_editors: usize, rounds: usize) {
         content.chars().count()
     );
     assert!(rebased.as_i64().unwrap() > 0);
-    assert!(
-        !content.is_ascii(),
-        "the edits exercised non-ASCII text"
-    );
+    assert!(!content.is_ascii(), "the edits exercised non-ASCII text");
     // A subscriber of notes.get sees the same note.
     let ts = env.engine.snapshot().ts;
     watcher.sync_to(ts).await;
