@@ -12,6 +12,11 @@ use query_engine::functions::Functions;
 use query_engine::schema::SchemaDefinition;
 use std::time::Duration;
 
+/// The engine allocates many small values on its hot paths; mimalloc handles that with far
+/// less contention than the system allocator on a busy server.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
