@@ -18,7 +18,7 @@ use crate::catalog::Catalog;
 use crate::error::{FunctionError, FunctionResult};
 use crate::metrics::EngineMetrics;
 use crate::reads::{ReadSet, TouchedKeys};
-use crate::storage::{Snapshot, Storage};
+use crate::storage::{CommitMode, Snapshot, Storage};
 use crate::transaction::{Limits, Transaction};
 use crate::value::Value;
 use crate::writes::WriteSet;
@@ -209,11 +209,15 @@ impl Committer {
             ),
         ];
         let started = Instant::now();
-        if let Err(e) = self
-            .shared
-            .storage
-            .commit(&overlay, &meta, self.config.durable)
-        {
+        if let Err(e) = self.shared.storage.commit(
+            &overlay,
+            &meta,
+            if self.config.durable {
+                CommitMode::Logged
+            } else {
+                CommitMode::Volatile
+            },
+        ) {
             tracing::error!(error = %e, "commit failed; batch rejected");
             for (reply, _) in accepted {
                 let _ = reply.send(Err(FunctionError::internal("commit failed")));

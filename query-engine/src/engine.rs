@@ -25,7 +25,7 @@ use crate::metrics::EngineMetrics;
 use crate::reads::ReadSet;
 use crate::scheduler::{self, Cron};
 use crate::schema::SchemaDefinition;
-use crate::storage::{Snapshot, Storage, StorageError};
+use crate::storage::{CommitMode, Snapshot, Storage, StorageError};
 use crate::transaction::{index_key, Limits, Transaction};
 use crate::value::Value;
 
@@ -204,7 +204,7 @@ impl Engine {
         storage.commit(
             &Default::default(),
             &[("numbering", encoded), ("schema", schema_bytes)],
-            true,
+            CommitMode::Immediate,
         )?;
         let ts = last_ts.max(now_micros());
         let snapshot = Arc::new(ArcSwap::from_pointee(storage.snapshot(ts)?));
@@ -729,11 +729,11 @@ impl Engine {
         let Ok(bytes) = rmp_serde::to_vec_named(&*numbering) else {
             return;
         };
-        if let Err(e) =
-            self.inner
-                .storage
-                .commit(&Default::default(), &[("numbering", bytes)], true)
-        {
+        if let Err(e) = self.inner.storage.commit(
+            &Default::default(),
+            &[("numbering", bytes)],
+            CommitMode::Immediate,
+        ) {
             tracing::error!(error = %e, "cannot record index as ready");
             return;
         }

@@ -26,4 +26,5 @@ pub mod storage;
 pub mod subscriptions;
 pub mod transaction;
 pub mod value;
+pub mod wal;
 pub mod writes;

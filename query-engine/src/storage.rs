@@ -10,11 +10,14 @@ use redb::{Database, Durability, ReadOnlyTable, TableDefinition};
 use crate::doc_cache::{Cached, DocCache};
 use crate::id::{DocumentId, ID_BYTES};
 use crate::value::Value;
+use crate::wal::{Record, Wal};
 use crate::writes::WriteSet;
 
 const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
 const INDEX_ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("index_entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Write-ahead log size that triggers a checkpoint (a durable redb commit, then an empty log).
+const CHECKPOINT_WAL_BYTES: u64 = 64 << 20;
 /// Decoded documents kept by the committer's cache.
 const DOC_CACHE_ENTRIES: usize = 200_000;
 
@@ -26,6 +29,8 @@ pub enum StorageError {
     CorruptDocument(String, String),
     #[error("storage: corrupt metadata {0}: {1}")]
     CorruptMeta(String, String),
+    #[error("storage: write-ahead log: {0}")]
+    Wal(std::io::Error),
 }
 
 macro_rules! redb_err {
@@ -46,6 +51,7 @@ redb_err!(
 
 pub struct Storage {
     db: Database,
+    wal: parking_lot::Mutex<Wal>,
     cache: Arc<DocCache>,
     /// Shared with every snapshot (read transactions keep the file open too) and declared
     /// last, since fields drop in order: it signals once the file is really closed.
@@ -91,8 +97,39 @@ impl Storage {
         txn.open_table(INDEX_ENTRIES)?;
         txn.open_table(META)?;
         txn.commit()?;
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push(".wal");
+        let (mut wal, records) = Wal::open(Path::new(&wal_path)).map_err(StorageError::Wal)?;
+        if !records.is_empty() {
+            let durable_ts = {
+                let r = db.begin_read()?;
+                let meta = r.open_table(META)?;
+                let ts = meta
+                    .get("last_ts")?
+                    .and_then(|g| g.value().try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                ts
+            };
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate);
+            let mut replayed = 0;
+            for rec in records.iter().filter(|r| r.ts > durable_ts) {
+                apply(
+                    &txn,
+                    rec.docs.iter().map(|(id, d)| (id.as_slice(), d.as_deref())),
+                    rec.index.iter().map(|(k, p)| (k.as_slice(), *p)),
+                    rec.meta.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                )?;
+                replayed += 1;
+            }
+            txn.commit()?;
+            tracing::info!(replayed, "replayed the write-ahead log");
+            wal.truncate().map_err(StorageError::Wal)?;
+        }
         Ok(Storage {
             db,
+            wal: parking_lot::Mutex::new(wal),
             cache: Arc::new(DocCache::new(DOC_CACHE_ENTRIES)),
             closed: Arc::new(CloseSignal::default()),
         })
@@ -121,52 +158,128 @@ impl Storage {
         }
     }
 
-    /// Writes a batch's effects and metadata in one redb transaction. With `durable`, returns
-    /// only after the commit is on disk (fsync).
+    /// Writes a batch's effects and metadata. `Logged` returns once the batch is in the fsynced
+    /// write-ahead log (redb applies it without an fsync; checkpoints make that durable);
+    /// `Immediate` is a durable redb commit; `Volatile` is neither (benchmarks that say so).
     pub fn commit(
         &self,
         writes: &WriteSet,
         meta: &[(&str, Vec<u8>)],
-        durable: bool,
+        mode: CommitMode,
     ) -> Result<(), StorageError> {
+        let mut docs = Vec::with_capacity(writes.docs.len());
+        for (id, doc) in &writes.docs {
+            let bytes =
+                match doc {
+                    Some(doc) => Some(rmp_serde::to_vec_named(doc.as_ref()).map_err(|e| {
+                        StorageError::CorruptDocument(id.to_string(), e.to_string())
+                    })?),
+                    None => None,
+                };
+            docs.push((id.to_bytes(), bytes));
+        }
+        let mut wal = match mode {
+            CommitMode::Logged => {
+                let record = Record {
+                    ts: meta
+                        .iter()
+                        .find(|(k, _)| *k == "last_ts")
+                        .and_then(|(_, v)| v.as_slice().try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0),
+                    meta: meta
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
+                    docs: Vec::new(),
+                    index: Vec::new(),
+                };
+                let bytes = encode_record(record, &docs, writes);
+                let mut wal = self.wal.lock();
+                wal.append_durable(&bytes).map_err(StorageError::Wal)?;
+                Some(wal)
+            }
+            _ => None,
+        };
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(if durable {
+        txn.set_durability(if mode == CommitMode::Immediate {
             Durability::Immediate
         } else {
             Durability::None
         });
-        {
-            let mut docs = txn.open_table(DOCUMENTS)?;
-            for (id, doc) in &writes.docs {
-                let key = id.to_bytes();
-                match doc {
-                    Some(doc) => {
-                        let bytes = rmp_serde::to_vec_named(doc.as_ref()).map_err(|e| {
-                            StorageError::CorruptDocument(id.to_string(), e.to_string())
-                        })?;
-                        docs.insert(key.as_slice(), bytes.as_slice())?;
-                    }
-                    None => {
-                        docs.remove(key.as_slice())?;
-                    }
-                }
-            }
-            let mut index = txn.open_table(INDEX_ENTRIES)?;
-            for (key, present) in &writes.index_entries {
-                if *present {
-                    index.insert(key.as_slice(), [].as_slice())?;
-                } else {
-                    index.remove(key.as_slice())?;
-                }
-            }
-            let mut m = txn.open_table(META)?;
-            for (k, v) in meta {
-                m.insert(*k, v.as_slice())?;
+        apply(
+            &txn,
+            docs.iter().map(|(id, d)| (id.as_slice(), d.as_deref())),
+            writes.index_entries.iter().map(|(k, p)| (k.as_slice(), *p)),
+            meta.iter().map(|(k, v)| (*k, v.as_slice())),
+        )?;
+        txn.commit()?;
+        if let Some(wal) = wal.as_mut() {
+            if wal.len() > CHECKPOINT_WAL_BYTES {
+                let mut txn = self.db.begin_write()?;
+                txn.set_durability(Durability::Immediate);
+                txn.commit()?;
+                wal.truncate().map_err(StorageError::Wal)?;
             }
         }
-        txn.commit()?;
         Ok(())
     }
+}
+
+/// How a commit is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitMode {
+    Logged,
+    Immediate,
+    Volatile,
+}
+
+/// Encodes a batch as a log record without copying its documents twice.
+fn encode_record(
+    mut record: Record,
+    docs: &[([u8; ID_BYTES], Option<Vec<u8>>)],
+    writes: &WriteSet,
+) -> Vec<u8> {
+    record.docs = docs.to_vec();
+    record.index = writes
+        .index_entries
+        .iter()
+        .map(|(k, p)| (k.clone(), *p))
+        .collect();
+    record.encode()
+}
+
+/// Applies documents, index entries and metadata inside a redb write transaction.
+fn apply<'a>(
+    txn: &redb::WriteTransaction,
+    docs: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    index: impl Iterator<Item = (&'a [u8], bool)>,
+    meta: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Result<(), StorageError> {
+    let mut d = txn.open_table(DOCUMENTS)?;
+    for (id, doc) in docs {
+        match doc {
+            Some(bytes) => {
+                d.insert(id, bytes)?;
+            }
+            None => {
+                d.remove(id)?;
+            }
+        }
+    }
+    let mut i = txn.open_table(INDEX_ENTRIES)?;
+    for (key, present) in index {
+        if present {
+            i.insert(key, [].as_slice())?;
+        } else {
+            i.remove(key)?;
+        }
+    }
+    let mut m = txn.open_table(META)?;
+    for (k, v) in meta {
+        m.insert(k, v)?;
+    }
+    Ok(())
 }
 
 /// A consistent read-only view at commit timestamp `ts`.
