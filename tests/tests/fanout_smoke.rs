@@ -70,6 +70,7 @@ async fn fanout_harness_delivers_every_chunk_once_in_order() {
         addr: server.quic_connect_addr().to_string(),
         fingerprint: server.cert_fingerprint().0,
         issuer: Arc::clone(server.dev_issuer().unwrap()),
+        http: Some(server.http_addr()),
     };
     let mut fleet = LinkedUpFleet::setup(
         target,

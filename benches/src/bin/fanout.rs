@@ -36,6 +36,9 @@ struct Args {
     /// The running server's --data-dir (its development issuer key mints the tokens).
     #[arg(long)]
     token_dir: Option<PathBuf>,
+    /// The running server's HTTP address, for its /metrics (optional).
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
     /// The server binary to start [default: target/release/linkedup-server].
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -233,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
             let (Some(fp), Some(dir)) = (&args.fingerprint, &args.token_dir) else {
                 bail!("--server needs --fingerprint and --token-dir");
             };
-            (None, Target::existing(addr, fp, dir)?)
+            (None, Target::existing(addr, fp, dir, args.http)?)
         }
         None => {
             let bin = args
@@ -392,8 +395,11 @@ async fn main() -> anyhow::Result<()> {
         "send→delivery p99",
         "mutation p99",
         "server CPU",
-        "RSS MiB",
+        "memory MiB",
         "harness CPU",
+        "fsyncs/s",
+        "txns/batch",
+        "batch write",
         "missed/dup/reorder",
         "verdict",
     ]);
@@ -416,6 +422,15 @@ async fn main() -> anyhow::Result<()> {
                 .map(|s| format!("{:.0}", s.rss_mib))
                 .unwrap_or_else(|| "-".into()),
             format!("{:.2} cores", r.harness.cpu_cores),
+            r.server_counters
+                .map(|c| format!("{:.0}", c.fsyncs_per_sec))
+                .unwrap_or_else(|| "-".into()),
+            r.server_counters
+                .map(|c| format!("{:.1}", c.mean_batch_txns))
+                .unwrap_or_else(|| "-".into()),
+            r.server_counters
+                .map(|c| format!("{:.2} ms", c.mean_batch_write_ms))
+                .unwrap_or_else(|| "-".into()),
             format!(
                 "{}/{}/{}",
                 r.anomalies.missed, r.anomalies.duplicates, r.anomalies.out_of_order

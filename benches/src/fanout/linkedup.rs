@@ -631,4 +631,8 @@ impl FanoutSystem for LinkedUpFleet {
     fn proc_watch(&self) -> Option<&ProcWatch> {
         self.proc_watch.as_ref()
     }
+
+    fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.target.http
+    }
 }

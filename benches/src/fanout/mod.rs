@@ -11,6 +11,7 @@ pub mod procstat;
 pub mod ramp;
 pub mod recorder;
 pub mod server;
+pub mod server_metrics;
 pub mod stalled;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use checker::Anomalies;
 use driver::{Drive, DriveOutcome, WriteFn};
 use procstat::{ProcFigures, ProcWatch};
 use recorder::{now_us, Recorder, StepFigures};
+use server_metrics::ServerCounters;
 
 /// A system under test, set up with its meetings and subscribers.
 pub trait FanoutSystem {
@@ -34,6 +36,10 @@ pub trait FanoutSystem {
     fn subscriber_meetings(&self) -> &[usize];
     /// The server process(es) whose CPU and memory to report, if known.
     fn proc_watch(&self) -> Option<&ProcWatch>;
+    /// Where the server's Prometheus `/metrics` is, if it has one.
+    fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
 }
 
 /// How one step runs and is judged.
@@ -75,6 +81,8 @@ pub struct StepResult {
     /// The harness process itself (clients, subscribers, driver): if it is saturated, the
     /// figures measure the client side, not the server.
     pub harness: ProcFigures,
+    /// The server's own counters over the step (LinkedUp only).
+    pub server_counters: Option<ServerCounters>,
     pub sustainable: bool,
     /// Why not, when not.
     pub verdict: String,
@@ -139,6 +147,14 @@ pub async fn run_step(
     let proc_mark = system.proc_watch().map(|w| w.mark());
     let harness_watch = ProcWatch::new(std::process::id(), false);
     let harness_mark = harness_watch.mark();
+    let metrics_addr = system.metrics_addr();
+    let scrape_before = match metrics_addr {
+        Some(a) => tokio::task::spawn_blocking(move || server_metrics::scrape(a))
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
     let DriveOutcome {
         skipped,
         max_send_lag_us,
@@ -150,6 +166,14 @@ pub async fn run_step(
         _ => None,
     };
     let harness = harness_watch.since(harness_mark);
+    let server_counters = match (metrics_addr, scrape_before) {
+        (Some(a), Some(before)) => tokio::task::spawn_blocking(move || server_metrics::scrape(a))
+            .await
+            .ok()
+            .flatten()
+            .map(|after| ServerCounters::between(&before, &after)),
+        _ => None,
+    };
     let (lagging, waited) = wait_current(system, plan.drain_timeout).await;
     let figures = r.take_step();
     let anomalies = anomalies_minus(r.anomalies(), anomalies_before);
@@ -202,6 +226,7 @@ pub async fn run_step(
         anomalies,
         server,
         harness,
+        server_counters,
         sustainable: why.is_empty(),
         verdict: if why.is_empty() {
             "sustainable".into()

@@ -36,16 +36,20 @@ fn stat(pid: u32) -> Option<(u64, u32)> {
     Some((utime + stime, ppid))
 }
 
-/// Resident set size of a process, bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
+/// Memory of a process, bytes: its proportional set size (shared pages divided among the
+/// processes sharing them, so PostgreSQL's shared buffers are not counted once per backend),
+/// or its resident set size where `smaps_rollup` is not readable.
+fn memory_bytes(pid: u32) -> u64 {
+    let field = |path: String, name: &str| {
+        std::fs::read_to_string(path).ok().and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(name))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
+    };
+    field(format!("/proc/{pid}/smaps_rollup"), "Pss:")
+        .or_else(|| field(format!("/proc/{pid}/status"), "VmRSS:"))
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
@@ -85,7 +89,7 @@ pub struct ProcWatch {
 pub struct ProcFigures {
     /// CPU time over wall time: 1.0 = one core busy.
     pub cpu_cores: f64,
-    /// Resident memory at the end of the interval (summed over the tree), MiB.
+    /// Memory (proportional set size, summed over the tree) at the end of the interval, MiB.
     pub rss_mib: f64,
 }
 
@@ -131,7 +135,7 @@ impl ProcWatch {
         let secs = now.at.duration_since(since.at).as_secs_f64().max(1e-3);
         let rss: u64 = pids(self.pid, self.children)
             .into_iter()
-            .map(rss_bytes)
+            .map(memory_bytes)
             .sum();
         ProcFigures {
             cpu_cores: now.ticks.saturating_sub(since.ticks) as f64 / self.ticks_per_sec / secs,

@@ -54,12 +54,19 @@ pub struct Target {
     pub addr: String,
     pub fingerprint: [u8; 32],
     pub issuer: Arc<DevIssuer>,
+    /// The HTTP port, for `/metrics` (optional).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Target {
     /// A running server: its address, its fingerprint (64 hex digits) and the directory
     /// holding its development issuer key (its `--data-dir`).
-    pub fn existing(addr: &str, fingerprint: &str, token_dir: &Path) -> Result<Self, TargetError> {
+    pub fn existing(
+        addr: &str,
+        fingerprint: &str,
+        token_dir: &Path,
+        http: Option<std::net::SocketAddr>,
+    ) -> Result<Self, TargetError> {
         let fingerprint =
             parse_fingerprint(fingerprint).map_err(|e| TargetError::Tls(e.to_string()))?;
         let key = token_dir.join(KEY_FILE_NAME);
@@ -72,6 +79,7 @@ impl Target {
             addr: addr.to_string(),
             fingerprint,
             issuer: Arc::new(issuer),
+            http,
         })
     }
 
@@ -130,7 +138,8 @@ impl ServerProcess {
         let issuer = DevIssuer::load_or_generate(data_dir.path(), DEV_ISSUER, DEV_AUDIENCE)
             .map_err(|e| TargetError::Issuer(e.to_string()))?;
         let quic = format!("127.0.0.1:{}", free_udp_port()?);
-        let http = format!("127.0.0.1:{}", free_tcp_port()?);
+        let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let http = http_addr.to_string();
         let mut child = Command::new(binary)
             .arg("--data-dir")
             .arg(data_dir.path())
@@ -181,6 +190,7 @@ impl ServerProcess {
                 addr: quic,
                 fingerprint: [0; 32],
                 issuer: Arc::new(issuer),
+                http: Some(http_addr),
             },
             _data_dir: data_dir,
         };
