@@ -18,7 +18,7 @@ use linkedup_benches::fanout::postgres::{PgFleet, PgPlan};
 use linkedup_benches::fanout::procstat::ProcWatch;
 use linkedup_benches::fanout::ramp::Bisect;
 use linkedup_benches::fanout::server::{default_server_binary, ServerProcess, Target};
-use linkedup_benches::fanout::{run_step, FanoutSystem, StepPlan, StepResult};
+use linkedup_benches::fanout::{run_step, wait_current, FanoutSystem, StepPlan, StepResult};
 use linkedup_benches::pg::PgCluster;
 use linkedup_benches::report::{fmt_rate, fmt_us, write_results, Machine, Table};
 use serde::Serialize;
@@ -169,6 +169,14 @@ impl Runner {
         let first = self.next_write;
         self.next_write += 1 << 32;
         let r = run_step(system, &self.plan(rate), first, Some(&self.bar)).await;
+        if r.lagging_subscribers > 0 {
+            // Let an overloaded step's backlog clear so it does not spill into the next one.
+            let (behind, waited) = wait_current(system, Duration::from_secs(120)).await;
+            self.bar.println(format!(
+                "  backlog: {behind} subscribers still behind after a further {:.1} s",
+                waited.as_secs_f64()
+            ));
+        }
         self.bar.println(format!(
             "{:<26} {:>8}/s → {:>8}/s  commit→delivery p99 {:>9}  {}",
             format!("{} {label}", short(system.name())),
