@@ -2,6 +2,7 @@
 //! deterministic) and actions (may reach the outside world, not transactional), each with a
 //! name, visibility, argument and return validators and a handler, registered at startup.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -131,8 +132,8 @@ impl Functions {
         f: F,
     ) -> &mut Self
     where
-        A: DeserializeOwned,
-        R: Serialize,
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
         F: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static,
     {
         let h = typed(f);
@@ -156,8 +157,8 @@ impl Functions {
         f: F,
     ) -> &mut Self
     where
-        A: DeserializeOwned,
-        R: Serialize,
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
         C: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<()> + Send + Sync + 'static,
         F: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static,
     {
@@ -191,8 +192,8 @@ impl Functions {
         f: F,
     ) -> &mut Self
     where
-        A: DeserializeOwned,
-        R: Serialize,
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
         F: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static,
     {
         let h = typed(f);
@@ -224,9 +225,9 @@ impl Functions {
         let h: ActionHandler = Arc::new(move |ctx, args: Value| {
             let f = f.clone();
             Box::pin(async move {
-                let a: A = decode_args(&args)?;
+                let a: A = decode_args(args)?;
                 let r = f(ctx, a).await?;
-                encode_result(&r)
+                encode_result(r)
             })
         });
         self.register(FunctionDef {
@@ -243,20 +244,41 @@ impl Functions {
 
 fn typed<A, R, F>(f: F) -> TxnHandler
 where
-    A: DeserializeOwned,
-    R: Serialize,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
     F: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static,
 {
     Arc::new(move |ctx, args| {
-        let a: A = decode_args(&args)?;
-        encode_result(&f(ctx, a)?)
+        let a: A = decode_args(args)?;
+        encode_result(f(ctx, a)?)
     })
 }
 
-fn decode_args<A: DeserializeOwned>(args: &Value) -> FunctionResult<A> {
-    from_value(args).map_err(|e| FunctionError::validation(format!("invalid arguments: {e}")))
+/// Arguments as the handler's type. A handler taking `Value` gets them as they are; other
+/// types go through serde (MessagePack, lossless).
+fn decode_args<A: DeserializeOwned + 'static>(args: Value) -> FunctionResult<A> {
+    let mut slot = Some(args);
+    if let Some(same) = (&mut slot as &mut dyn Any).downcast_mut::<Option<A>>() {
+        if let Some(a) = same.take() {
+            return Ok(a);
+        }
+    }
+    let args = slot.unwrap_or(Value::Null);
+    from_value(&args).map_err(|e| FunctionError::validation(format!("invalid arguments: {e}")))
 }
 
-fn encode_result<R: Serialize>(r: &R) -> FunctionResult<Value> {
-    to_value(r).map_err(|e| FunctionError::internal(format!("cannot encode result: {e}")))
+/// A handler's result as a `Value`, without a serde round trip when it already is one.
+fn encode_result<R: Serialize + 'static>(r: R) -> FunctionResult<Value> {
+    let mut slot = Some(r);
+    if let Some(same) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Value>>() {
+        if let Some(v) = same.take() {
+            return Ok(v);
+        }
+    }
+    match &slot {
+        Some(r) => {
+            to_value(r).map_err(|e| FunctionError::internal(format!("cannot encode result: {e}")))
+        }
+        None => Ok(Value::Null),
+    }
 }
