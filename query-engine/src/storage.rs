@@ -169,13 +169,15 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut docs = Vec::with_capacity(writes.docs.len());
         for (id, doc) in &writes.docs {
-            let bytes =
-                match doc {
-                    Some(doc) => Some(rmp_serde::to_vec_named(doc.as_ref()).map_err(|e| {
+            let bytes = match (doc, writes.encoded.get(id)) {
+                (None, _) => None,
+                (Some(_), Some(encoded)) => Some(encoded.clone()),
+                (Some(doc), None) => {
+                    Some(rmp_serde::to_vec_named(doc.as_ref()).map_err(|e| {
                         StorageError::CorruptDocument(id.to_string(), e.to_string())
-                    })?),
-                    None => None,
-                };
+                    })?)
+                }
+            };
             docs.push((id.to_bytes(), bytes));
         }
         let mut wal = match mode {

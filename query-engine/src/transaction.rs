@@ -467,8 +467,16 @@ impl<'s> Transaction<'s> {
                 self.writes.touched.insert(index.id, k);
             }
         }
-        if let Some(n) = &new {
-            self.writes.bytes_written += n.size_bytes();
+        match &new {
+            Some(n) => {
+                self.writes.bytes_written += n.size_bytes();
+                let bytes = rmp_serde::to_vec_named(n)
+                    .map_err(|e| FunctionError::internal(format!("cannot encode document: {e}")))?;
+                self.writes.encoded.insert(id, bytes);
+            }
+            None => {
+                self.writes.encoded.remove(&id);
+            }
         }
         self.writes.docs.insert(id, new.map(Arc::new));
         if self.writes.docs.len() > self.limits.max_documents_written {

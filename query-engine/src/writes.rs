@@ -23,6 +23,9 @@ pub fn storage_key(index: IndexId, key: &[u8]) -> Vec<u8> {
 pub struct WriteSet {
     /// Final state of each written document: `None` means deleted.
     pub docs: BTreeMap<DocumentId, Option<Arc<Value>>>,
+    /// MessagePack of each present document in `docs`, encoded where the transaction ran so
+    /// the single committer thread does not have to.
+    pub encoded: BTreeMap<DocumentId, Vec<u8>>,
     /// Index entry changes by storage key: `true` inserted, `false` removed.
     pub index_entries: BTreeMap<Vec<u8>, bool>,
     /// Keys this write set touched (for conflict checks and invalidation).
@@ -42,7 +45,13 @@ impl WriteSet {
 
     /// Layers `later` (a transaction validated against everything in `self`) on top.
     pub fn merge(&mut self, later: WriteSet) {
+        for (id, doc) in &later.docs {
+            if doc.is_none() {
+                self.encoded.remove(id);
+            }
+        }
         self.docs.extend(later.docs);
+        self.encoded.extend(later.encoded);
         self.index_entries.extend(later.index_entries);
         self.touched.extend(&later.touched);
         self.bytes_written += later.bytes_written;
