@@ -64,6 +64,11 @@ struct Args {
     /// Write rate of the seed load, writes/s (all meetings together).
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
+    /// Write rate of the stalled-reader, idle and storm scenarios [default: --rate]. Run them
+    /// below saturation: an overloaded baseline hides what the scenario changes. When it
+    /// differs from --rate, a baseline step at this rate runs first (both systems).
+    #[arg(long)]
+    scenario_rate: Option<f64>,
     /// Seconds of unmeasured writes at the start of each step.
     #[arg(long, default_value_t = 3)]
     warmup: u64,
@@ -149,6 +154,15 @@ struct Runner {
 }
 
 impl Runner {
+    /// A line above the progress bar, or on stderr when the bar is hidden (not a terminal).
+    fn say(&self, line: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
     fn plan(&self, rate: f64) -> StepPlan {
         StepPlan {
             rate,
@@ -172,12 +186,12 @@ impl Runner {
         if r.lagging_subscribers > 0 {
             // Let an overloaded step's backlog clear so it does not spill into the next one.
             let (behind, waited) = wait_current(system, Duration::from_secs(120)).await;
-            self.bar.println(format!(
+            self.say(format!(
                 "  backlog: {behind} subscribers still behind after a further {:.1} s",
                 waited.as_secs_f64()
             ));
         }
-        self.bar.println(format!(
+        self.say(format!(
             "{:<26} {:>8}/s → {:>8}/s  commit→delivery p99 {:>9}  {}",
             format!("{} {label}", short(system.name())),
             fmt_rate(rate),
@@ -289,7 +303,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("setup took {:.1} s", setup_started.elapsed().as_secs_f64());
 
     let seed = runner.step(&fleet, "seed load", args.rate).await;
-    let seed_p99 = seed.figures.commit_to_delivery.p99_us;
+    let mut baseline_p99 = seed.figures.commit_to_delivery.p99_us;
     scenarios.push(Scenario {
         name: "seed load".into(),
         step: seed,
@@ -301,17 +315,27 @@ async fn main() -> anyhow::Result<()> {
             .min((9 * args.producers * args.meetings) as u64);
         ramps.push(runner.ramp(&fleet, ceiling).await);
     }
+    let scenario_rate = args.scenario_rate.unwrap_or(args.rate);
+    if scenario_rate != args.rate {
+        let base = runner.step(&fleet, "baseline", scenario_rate).await;
+        baseline_p99 = base.figures.commit_to_delivery.p99_us;
+        scenarios.push(Scenario {
+            name: "baseline at the scenario rate".into(),
+            step: base,
+            note: None,
+        });
+    }
     if !args.no_slow {
         match fleet.connect_stalled().await {
             Ok(stalled) => {
-                let r = runner.step(&fleet, "stalled reader", args.rate).await;
+                let r = runner.step(&fleet, "stalled reader", scenario_rate).await;
                 let note = format!(
-                    "one extra connection subscribed to {} meeting streams stopped reading; others' p99 {} (seed load {})",
+                    "one extra connection subscribed to {} meeting streams stopped reading; others' p99 {} (without it {})",
                     fleet.meeting_ids().len().min(
                         (args.meetings * args.subscribers).div_ceil(args.connections.max(1))
                     ),
                     fmt_us(r.figures.commit_to_delivery.p99_us),
-                    fmt_us(seed_p99)
+                    fmt_us(baseline_p99)
                 );
                 scenarios.push(Scenario {
                     name: "one subscriber stops reading".into(),
@@ -330,7 +354,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("adding idle subscriptions")?;
         let took = started.elapsed();
-        let r = runner.step(&fleet, "idle subs", args.rate).await;
+        let r = runner.step(&fleet, "idle subs", scenario_rate).await;
         let note = format!(
             "{} idle subscriptions (subscribed in {:.1} s); results delivered to them during the step: {}",
             fleet.idle_subscriptions(),
@@ -338,7 +362,7 @@ async fn main() -> anyhow::Result<()> {
             fleet.recorder().idle_wakeups()
         );
         scenarios.push(Scenario {
-            name: format!("seed load + {} idle subscriptions", args.idle),
+            name: format!("{} idle subscriptions beside the load", args.idle),
             step: r,
             note: Some(note),
         });
@@ -347,7 +371,7 @@ async fn main() -> anyhow::Result<()> {
         let plan_delay = Duration::from_secs(args.warmup) + Duration::from_secs(args.seconds) / 3;
         let label = format!("storm of {}", args.storm);
         let fleet_ref = &fleet;
-        let (r, s) = tokio::join!(runner.step(fleet_ref, &label, args.rate), async move {
+        let (r, s) = tokio::join!(runner.step(fleet_ref, &label, scenario_rate), async move {
             tokio::time::sleep(plan_delay).await;
             fleet_ref.reconnect_storm(Duration::from_secs(60)).await
         });
@@ -358,7 +382,7 @@ async fn main() -> anyhow::Result<()> {
             reconnected: s.2,
         });
         scenarios.push(Scenario {
-            name: format!("seed load + reconnect storm of {}", args.storm),
+            name: format!("reconnect storm of {}", args.storm),
             step: r,
             note: Some(format!(
                 "all {} clients dropped at once; {} reconnected; all current after {} ({} still behind)",
@@ -378,9 +402,10 @@ async fn main() -> anyhow::Result<()> {
 
     // --- PostgreSQL LISTEN/NOTIFY ------------------------------------------------------------
     let mut pg_seed: Option<StepResult> = None;
+    let mut pg_extra: Vec<StepResult> = Vec::new();
     let mut pg_error: Option<String> = None;
     if !args.no_pg {
-        match run_pg(&mut runner, &args, &mut ramps).await {
+        match run_pg(&mut runner, &args, &mut ramps, &mut pg_extra).await {
             Ok(r) => pg_seed = Some(r),
             Err(e) => {
                 eprintln!("PostgreSQL peer failed: {e:#}");
@@ -451,6 +476,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(r) = &pg_seed {
         add_row("seed load", r);
+    }
+    for r in &pg_extra {
+        add_row("baseline at the scenario rate", r);
     }
     for ramp in &ramps {
         for r in &ramp.steps {
@@ -535,6 +563,7 @@ async fn main() -> anyhow::Result<()> {
         "parameters": args,
         "scenarios": scenarios,
         "postgres_seed": pg_seed,
+        "postgres_scenario_rate": pg_extra,
         "postgres_error": pg_error,
         "ramps": ramps,
         "storm": storm,
@@ -550,6 +579,7 @@ async fn run_pg(
     runner: &mut Runner,
     args: &Args,
     ramps: &mut Vec<RampOutcome>,
+    pg_extra: &mut Vec<StepResult>,
 ) -> anyhow::Result<StepResult> {
     let cluster = PgCluster::start(&[]).context("starting PostgreSQL")?;
     let fleet = PgFleet::setup(
@@ -567,6 +597,9 @@ async fn run_pg(
     let seed = runner.step(&fleet, "seed load", args.rate).await;
     if args.ramp {
         ramps.push(runner.ramp(&fleet, args.ramp_max).await);
+    }
+    if let Some(rate) = args.scenario_rate.filter(|r| *r != args.rate) {
+        pg_extra.push(runner.step(&fleet, "baseline", rate).await);
     }
     fleet.shutdown().await;
     cluster.stop()?;
