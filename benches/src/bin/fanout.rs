@@ -20,7 +20,7 @@ use linkedup_benches::fanout::ramp::Bisect;
 use linkedup_benches::fanout::server::{default_server_binary, ServerProcess, Target};
 use linkedup_benches::fanout::{run_step, wait_current, FanoutSystem, StepPlan, StepResult};
 use linkedup_benches::pg::PgCluster;
-use linkedup_benches::report::{fmt_rate, fmt_us, write_results, Machine, Table};
+use linkedup_benches::report::{fmt_rate, fmt_us, utc_timestamp, write_results, Machine, Table};
 use serde::Serialize;
 
 #[derive(Parser, Debug, Clone, Serialize)]
@@ -253,6 +253,8 @@ async fn main() -> anyhow::Result<()> {
     let subs_per_conn = (args.meetings * args.subscribers).div_ceil(args.connections.max(1))
         + args.idle.div_ceil(args.connections.max(1))
         + 1_000;
+    // The server binary is built separately: its age tells which commit it really runs.
+    let mut server_built: Option<String> = None;
     let (process, target) = match &args.server {
         Some(addr) => {
             let (Some(fp), Some(dir)) = (&args.fingerprint, &args.token_dir) else {
@@ -274,6 +276,10 @@ async fn main() -> anyhow::Result<()> {
             if args.no_fsync {
                 extra.push("--no-fsync".into());
             }
+            server_built = std::fs::metadata(&bin)
+                .and_then(|m| m.modified())
+                .map(|t| utc_timestamp(t, true))
+                .ok();
             let p = ServerProcess::start(&bin, &extra).context("starting linkedup-server")?;
             let t = p.target.clone();
             (Some(p), t)
@@ -548,8 +554,12 @@ async fn main() -> anyhow::Result<()> {
         args.pg_writers,
         args.pg_listeners
     );
+    let built = server_built
+        .as_deref()
+        .map(|t| format!("- server binary built: {t} (it may predate the commit above)\n"))
+        .unwrap_or_default();
     let markdown = format!(
-        "# Reactive fan-out over QUIC vs PostgreSQL LISTEN/NOTIFY\n\n{}\n{params}\n\n{}\n{}",
+        "# Reactive fan-out over QUIC vs PostgreSQL LISTEN/NOTIFY\n\n{}{built}\n{params}\n\n{}\n{}",
         machine.markdown(),
         table.markdown(),
         summary
@@ -560,6 +570,7 @@ async fn main() -> anyhow::Result<()> {
     let json = serde_json::json!({
         "benchmark": "fanout",
         "machine": machine,
+        "server_binary_built": server_built,
         "parameters": args,
         "scenarios": scenarios,
         "postgres_seed": pg_seed,
