@@ -311,7 +311,9 @@ impl Engine {
         self.inner.storage.close_waiter()
     }
 
-    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+    /// Becomes `true` when `shutdown` is called; background work holding an `Engine` should
+    /// finish and drop it so the database can close.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()
     }
 

@@ -208,12 +208,22 @@ pub async fn flush_denials(engine: &Engine, log: &DenialLog) -> FunctionResult<u
 
 /// The task that drains `log` into `auditLogs` (see the module comment).
 pub fn spawn_denial_writer(engine: Engine, log: DenialLog) -> tokio::task::JoinHandle<()> {
+    let mut shutdown = engine.shutdown_signal();
     tokio::spawn(async move {
         loop {
-            let _ = tokio::time::timeout(DENIAL_POLL, log.inner.wake.notified()).await;
+            let stopping = tokio::select! {
+                _ = tokio::time::timeout(DENIAL_POLL, log.inner.wake.notified()) => false,
+                _ = shutdown.wait_for(|s| *s) => true,
+            };
             if let Err(e) = flush_denials(&engine, &log).await {
                 tracing::warn!(error = %e, "cannot write access denials to the audit log");
-                tokio::time::sleep(DENIAL_POLL).await;
+                if !stopping {
+                    tokio::time::sleep(DENIAL_POLL).await;
+                }
+            }
+            // On shutdown: one last flush, then let go of the engine so it can close.
+            if stopping {
+                return;
             }
         }
     })
