@@ -9,11 +9,9 @@ use std::time::Duration;
 use linkedup_client::note_editor::{NoteEditor, OutgoingOp};
 use linkedup_schema::ot::TextOperation;
 use linkedup_server::linkedup::notes::{fns, MAX_OPS_BEHIND};
-use linkedup_server::linkedup::{self, LinkedUpConfig};
 use query_engine::diff::apply;
-use query_engine::engine::{Engine, EngineConfig};
+use query_engine::engine::Engine;
 use query_engine::error::FunctionError;
-use query_engine::functions::Functions;
 use query_engine::identity::Identity;
 use query_engine::json::{from_value, to_value};
 use query_engine::obj;
@@ -22,85 +20,10 @@ use query_engine::value::Value;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-struct Env {
-    engine: Engine,
-    _dir: tempfile::TempDir,
-}
-
-fn open_with(run_scheduler: bool) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let mut functions = Functions::new();
-    linkedup::register(&mut functions, &LinkedUpConfig::default());
-    let mut config = EngineConfig::default();
-    config.committer.durable = false;
-    config.run_scheduler = run_scheduler;
-    let engine = Engine::open(
-        &dir.path().join("db.redb"),
-        linkedup_schema::schema(),
-        functions,
-        config,
-    )
-    .unwrap();
-    Env { engine, _dir: dir }
-}
-
-fn open() -> Env {
-    open_with(false)
-}
-
-fn ident(subject: &str) -> Identity {
-    Identity {
-        issuer: "https://auth.test".into(),
-        subject: subject.into(),
-        email: Some(format!("{subject}@example.com")),
-        org_id: Some("org1".into()),
-        org_role: Some("member".into()),
-        roles: Vec::new(),
-    }
-}
+mod live_common;
+use live_common::*;
 
 impl Env {
-    async fn m(&self, name: &str, args: Value, who: &Identity) -> Result<Value, FunctionError> {
-        self.engine
-            .mutation(name, args, Some(who))
-            .await
-            .map(|c| c.value)
-    }
-
-    async fn q(&self, name: &str, args: Value, who: &Identity) -> Result<Value, FunctionError> {
-        self.engine
-            .query(name, args, Some(who))
-            .await
-            .map(|r| r.value)
-    }
-
-    async fn user(&self, who: &Identity) -> String {
-        let u = self.m("users.ensure", obj! {}, who).await.unwrap();
-        u.get_path("_id").unwrap().as_str().unwrap().to_string()
-    }
-
-    /// A started meeting hosted by `host` with `others` invited as participants.
-    async fn meeting(&self, host: &Identity, others: &[&Identity]) -> String {
-        self.user(host).await;
-        let mut invitees = Vec::new();
-        for o in others {
-            invitees.push(Value::from(self.user(o).await));
-        }
-        let id = self
-            .m(
-                "meetings.schedule",
-                obj! { "title" => "Notes", "inviteeIds" => invitees },
-                host,
-            )
-            .await
-            .unwrap();
-        let id = id.as_str().unwrap().to_string();
-        self.m("meetings.start", obj! { "meetingId" => id.as_str() }, host)
-            .await
-            .unwrap();
-        id
-    }
-
     async fn count(&self, table: &'static str) -> usize {
         let v = self
             .engine
@@ -306,7 +229,7 @@ async fn converge(seed: u64, n_editors: usize, rounds: usize) {
     let people: Vec<Identity> = (0..n_editors).map(|i| ident(&format!("e{i}"))).collect();
     let others: Vec<&Identity> = people[1..].iter().collect();
     // Editor 0 is the host, which holds every participant right.
-    let meeting = env.meeting(&people[0], &others).await;
+    let meeting = env.meeting(&people[0], &others, true).await;
     let mgr = SubscriptionManager::new(env.engine.clone(), Default::default());
     let watcher = mgr.connect(Some(people[1].clone())).await;
     watcher
@@ -448,7 +371,7 @@ async fn editors_converge_on_the_server_text() {
 async fn concurrent_ops_on_one_base_are_transformed_with_the_committed_insert_left() {
     let env = open();
     let (a, b) = (ident("a"), ident("b"));
-    let meeting = env.meeting(&a, &[&b]).await;
+    let meeting = env.meeting(&a, &[&b], true).await;
     let ins = |s: &str| TextOperation::new().insert(s);
     let r1 = env
         .m(
@@ -486,7 +409,7 @@ async fn concurrent_ops_on_one_base_are_transformed_with_the_committed_insert_le
 async fn a_retransmitted_op_is_applied_once() {
     let env = open();
     let (a, b) = (ident("a"), ident("b"));
-    let meeting = env.meeting(&a, &[&b]).await;
+    let meeting = env.meeting(&a, &[&b], true).await;
     let op = TextOperation::new().insert("héllo 👋🏽");
     let first = env
         .m(
@@ -554,7 +477,7 @@ async fn bad_ops_and_outsiders_are_refused() {
     let env = open();
     let (a, b, outsider) = (ident("a"), ident("b"), ident("outsider"));
     env.user(&outsider).await;
-    let meeting = env.meeting(&a, &[&b]).await;
+    let meeting = env.meeting(&a, &[&b], true).await;
     let hello = TextOperation::new().insert("hello");
     env.m(
         fns::APPLY_OPERATION,
@@ -705,7 +628,7 @@ async fn bad_ops_and_outsiders_are_refused() {
 async fn compaction_keeps_the_note_and_old_bases_resync() {
     let env = open();
     let (a, b) = (ident("a"), ident("b"));
-    let meeting = env.meeting(&a, &[&b]).await;
+    let meeting = env.meeting(&a, &[&b], true).await;
     for i in 0..6 {
         let op = TextOperation::new().retain(i).insert("x");
         env.m(
@@ -809,7 +732,7 @@ async fn compaction_keeps_the_note_and_old_bases_resync() {
 async fn a_base_too_far_behind_must_resync() {
     let env = open();
     let (a, b) = (ident("a"), ident("b"));
-    let meeting = env.meeting(&a, &[&b]).await;
+    let meeting = env.meeting(&a, &[&b], true).await;
     let n = MAX_OPS_BEHIND + 1;
     for i in 0..n {
         let op = TextOperation::new().retain(i as u64).insert("z");
@@ -861,7 +784,7 @@ async fn compact_all_finds_the_meetings_with_old_ops() {
     let (a, b) = (ident("a"), ident("b"));
     let mut meetings = Vec::new();
     for _ in 0..3 {
-        let m = env.meeting(&a, &[&b]).await;
+        let m = env.meeting(&a, &[&b], true).await;
         for i in 0..4 {
             let op = TextOperation::new().retain(i).insert("n");
             env.m(
@@ -875,7 +798,7 @@ async fn compact_all_finds_the_meetings_with_old_ops() {
         meetings.push(m);
     }
     // A meeting without notes is skipped.
-    env.meeting(&a, &[&b]).await;
+    env.meeting(&a, &[&b], true).await;
     let r = env
         .engine
         .mutation(fns::COMPACT_ALL, obj! { "retainMs" => 0i64 }, None)
