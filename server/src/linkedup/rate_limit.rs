@@ -4,7 +4,7 @@
 //!
 //! Approximate sliding window over fixed sub-windows: time is cut into buckets of
 //! `bucket_ms`; a call counts the buckets that started within the last `window_ms`. Buckets
-//! before the current one are summed exactly. The current bucket is split into `shards`
+//! before the current one are counted exactly. The current bucket is split into `shards`
 //! counter documents and each call reads and increments only one, picked by the
 //! transaction's random generator; the current bucket's total is estimated as
 //! `own shard × shards`. That estimate is unbiased (shards are picked uniformly) but noisy
@@ -16,11 +16,21 @@
 //! a call conflicts with probability about 1 − (1 − 1/shards)^(c−1). Measured (16 tasks × 20
 //! `chat.send` of one user, `linkedup_lifecycle` test): conflicts 314 / 250 / 169 / 48 of 320
 //! for 1 / 8 / 16 / 64 shards. The default of 16 suits a user's realistic concurrency (a few
-//! calls) at a modest read cost (at most `max` documents, one per accepted call, per check).
+//! calls).
+//!
+//! Why `rateLimitWindows`: summing the past buckets' counter documents costs up to
+//! (window / bucket) × shards reads per call (960 with the defaults), which dominated the
+//! transcript ingest path. Instead the past buckets' sums live in one window document per
+//! (user, action); the first call in a new bucket folds the buckets that ended since into it
+//! (reading only their counter documents, which no call writes any more) and every other call
+//! reads that one document. A check thus reads two documents (window and own shard) and, once
+//! per bucket, the previous buckets' shards. Folding writes the window document, so calls of
+//! the user racing the fold conflict with it once and are re-executed on the folded state;
+//! past counts stay exact.
 
 use std::sync::Arc;
 
-use linkedup_schema::tables::names::RATE_LIMITS;
+use linkedup_schema::tables::names::{RATE_LIMITS, RATE_LIMIT_WINDOWS};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
@@ -81,8 +91,10 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// Most shard documents a check may sum (bounds the read of the past buckets).
+/// Most counter documents one fold may sum (bounds the read of the ended buckets).
 const MAX_COUNTED_DOCS: usize = 4_096;
+/// Most past buckets a window document holds (an hour of 1 s buckets).
+const MAX_PAST_BUCKETS: usize = 3_600;
 /// Most expired counter documents one `rateLimits.purge` call deletes.
 const PURGE_BATCH: usize = 512;
 /// Counter documents older than this are purged.
@@ -102,17 +114,14 @@ pub fn check_and_consume(
     let shards = config.shards.clamp(1, 64);
     let now = ctx.now_ms();
     let current = now - now.rem_euclid(bucket_ms);
-    let first_counted = current - limit.window_ms + bucket_ms;
 
-    let past = ctx
-        .query(RATE_LIMITS, "by_user_action_window")
-        .eq("userId", user_id)
-        .eq("action", action)
-        .gte("windowStartMs", first_counted)
-        .lt("windowStartMs", current)
-        .take(MAX_COUNTED_DOCS)?;
-    let past_count: i64 = past.iter().map(|d| int(d, "count")).sum();
-    let oldest = past.first().map(|d| int(d, "windowStartMs"));
+    let past = past_buckets(ctx, user_id, action, limit, bucket_ms, current)?;
+    let past_count: i64 = past.iter().sum();
+    // The oldest bucket with a count: the one whose leaving the window frees a call.
+    let oldest = past
+        .iter()
+        .rposition(|&c| c > 0)
+        .map(|k| current - (k as i64 + 1) * bucket_ms);
 
     let shard = ctx.rng().gen_range(0..shards);
     let mine = ctx
@@ -163,6 +172,111 @@ pub fn check_and_consume(
     Ok(())
 }
 
+/// The counts of the buckets before `current` that are still in the window, newest first
+/// (`[k]` is the bucket starting `(k + 1) × bucket_ms` before `current`), from the window
+/// document; folds the buckets that ended since it was last brought up to date.
+fn past_buckets(
+    ctx: &mut Ctx<'_, '_>,
+    user_id: &str,
+    action: &str,
+    limit: RateLimit,
+    bucket_ms: i64,
+    current: i64,
+) -> FunctionResult<Vec<i64>> {
+    let first_counted = current - limit.window_ms + bucket_ms;
+    // Buckets starting in [first_counted, current).
+    let len = usize::try_from((limit.window_ms - bucket_ms).max(0) / bucket_ms)
+        .unwrap_or(0)
+        .min(MAX_PAST_BUCKETS);
+    let window = ctx
+        .query(RATE_LIMIT_WINDOWS, "by_user_action")
+        .eq("userId", user_id)
+        .eq("action", action)
+        .first()?;
+    let usable = window.as_ref().filter(|w| {
+        int(w, "windowMs") == limit.window_ms
+            && int(w, "bucketMs") == bucket_ms
+            && int(w, "throughMs") <= current
+    });
+    let (mut counts, fold_from) = match usable {
+        Some(w) if int(w, "throughMs") == current => return Ok(stored_counts(w, len)),
+        Some(w) => {
+            // Re-base the stored counts on `current`: the buckets in [through, current) come
+            // first, from the counter documents.
+            let through = int(w, "throughMs");
+            let shift = usize::try_from((current - through) / bucket_ms).unwrap_or(usize::MAX);
+            let mut counts = vec![0; shift.min(len)];
+            counts.extend(stored_counts(w, len.saturating_sub(shift)));
+            (counts, through.max(first_counted))
+        }
+        None => (vec![0; len], first_counted),
+    };
+    counts.resize(len, 0);
+    let ended = ctx
+        .query(RATE_LIMITS, "by_user_action_window")
+        .eq("userId", user_id)
+        .eq("action", action)
+        .gte("windowStartMs", fold_from)
+        .lt("windowStartMs", current)
+        .take(MAX_COUNTED_DOCS)?;
+    for d in &ended {
+        let k = (current - int(d, "windowStartMs")) / bucket_ms - 1;
+        if let Some(slot) = usize::try_from(k).ok().and_then(|k| counts.get_mut(k)) {
+            *slot += int(d, "count");
+        }
+    }
+    // Trailing empty buckets are not stored.
+    let stored_len = counts.iter().rposition(|&c| c > 0).map_or(0, |k| k + 1);
+    let stored: Vec<Value> = counts[..stored_len].iter().map(|&c| c.into()).collect();
+    let now = ctx.now_ms();
+    match window {
+        Some(w) => {
+            let id = id_of(&w)?;
+            ctx.patch(
+                RATE_LIMIT_WINDOWS,
+                &id,
+                fields(obj! {
+                    "windowMs" => limit.window_ms,
+                    "bucketMs" => bucket_ms,
+                    "throughMs" => current,
+                    "counts" => stored,
+                    "updatedAt" => now,
+                }),
+            )?;
+        }
+        None => {
+            ctx.insert(
+                RATE_LIMIT_WINDOWS,
+                obj! {
+                    "userId" => user_id,
+                    "action" => action,
+                    "windowMs" => limit.window_ms,
+                    "bucketMs" => bucket_ms,
+                    "throughMs" => current,
+                    "counts" => stored,
+                    "createdAt" => now,
+                    "updatedAt" => now,
+                },
+            )?;
+        }
+    }
+    Ok(counts)
+}
+
+/// A window document's first `len` counts, zero-padded to `len`.
+fn stored_counts(window: &Value, len: usize) -> Vec<i64> {
+    let mut counts: Vec<i64> = window
+        .get_path("counts")
+        .and_then(Value::as_array)
+        .unwrap_or(&[])
+        .iter()
+        .take(len)
+        .map(|c| c.as_i64().unwrap_or(0))
+        .collect();
+    counts.resize(len, 0);
+    counts
+}
+
 fn int(doc: &Value, field: &str) -> i64 {
     doc.get_path(field).and_then(Value::as_i64).unwrap_or(0)
 }
@@ -171,8 +285,9 @@ fn int(doc: &Value, field: &str) -> i64 {
 struct PurgeArgs {}
 
 pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
-    // rateLimits.purge (internal, for a cron): deletes up to 512 counter documents older than
-    // the longest window; returns how many it deleted (call again while it returns 512).
+    // rateLimits.purge (internal, for a cron): deletes up to 512 counter and window documents
+    // older than the longest window; returns how many it deleted (call again while it returns
+    // 512).
     f.mutation(
         "rateLimits.purge",
         Visibility::Internal,
@@ -187,7 +302,14 @@ pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
             for d in &old {
                 ctx.delete(RATE_LIMITS, &id_of(d)?)?;
             }
-            Ok(old.len() as i64)
+            let unused = ctx
+                .query(RATE_LIMIT_WINDOWS, "by_updated")
+                .lt("updatedAt", cutoff)
+                .take(PURGE_BATCH - old.len())?;
+            for d in &unused {
+                ctx.delete(RATE_LIMIT_WINDOWS, &id_of(d)?)?;
+            }
+            Ok((old.len() + unused.len()) as i64)
         },
     );
 }
