@@ -119,7 +119,38 @@ struct Step {
     /// (commit, subscriber) pairs with no transition at or after the commit (an unchanged
     /// re-run sends nothing; should be ~0).
     undelivered: u64,
+    /// CPU µs per commit, per thread group (`CPU_GROUPS`).
+    cpu_us_per_commit: [f64; 4],
 }
+
+/// CPU time (ns) this process's threads have run, grouped by thread name: the committer,
+/// the subscription worker, the async runtime (mutation callers and subscriber tasks) and
+/// the rest. Per step this gives CPU per commit, which load on the machine skews far less
+/// than latency.
+fn thread_cpu_ns() -> [u64; 4] {
+    let mut out = [0u64; 4];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0);
+        let group = match comm.trim() {
+            "committer" => 0,
+            "subscriptions" => 1,
+            "tokio-rt-worker" => 2,
+            _ => 3,
+        };
+        out[group] += ns;
+    }
+    out
+}
+
+const CPU_GROUPS: [&str; 4] = ["committer", "subscriptions", "runtime", "other"];
 
 /// What one subscriber saw: (transition end timestamp, wall-clock µs when it was taken).
 /// Only its own consumer task writes here during a step, so the lock is uncontended.
@@ -271,6 +302,7 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
     let behind = Arc::new(AtomicU64::new(0));
     let seq = Arc::new(AtomicU64::new(0));
     rig.reset();
+    let cpu_before = thread_cpu_ns();
     let start = Instant::now();
     let tick = Duration::from_millis(1);
     let mut issued: u64 = 0;
@@ -316,6 +348,12 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let cpu_after = thread_cpu_ns();
+    let committed = done.load(Ordering::Relaxed).max(1) as f64;
+    let mut cpu_us_per_commit = [0.0; 4];
+    for (i, c) in cpu_us_per_commit.iter_mut().enumerate() {
+        *c = cpu_after[i].saturating_sub(cpu_before[i]) as f64 / 1000.0 / committed;
+    }
     let (latency, commit_to_notify, notify_to_delivery, deliveries, undelivered) = rig.latencies();
     Step {
         target: rate,
@@ -326,6 +364,7 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
         notify_to_delivery,
         deliveries,
         undelivered,
+        cpu_us_per_commit,
     }
 }
 
@@ -343,6 +382,11 @@ fn step_row(s: &Step) -> Vec<String> {
         fmt_us(s.commit_to_notify.p99_us),
         fmt_us(s.notify_to_delivery.p50_us),
         fmt_us(s.notify_to_delivery.p99_us),
+        s.cpu_us_per_commit
+            .iter()
+            .map(|c| format!("{c:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
     ]
 }
 
@@ -356,6 +400,7 @@ fn step_json(s: &Step) -> serde_json::Value {
         "latency": s.latency,
         "commitToNotify": s.commit_to_notify,
         "notifyToDelivery": s.notify_to_delivery,
+        "cpuMicrosPerCommit": CPU_GROUPS.iter().zip(s.cpu_us_per_commit).map(|(g, c)| (g.to_string(), serde_json::json!(c))).collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -372,6 +417,7 @@ const STEP_HEADERS: &[&str] = &[
     "p99",
     "notify→delivery p50",
     "p99",
+    "CPU µs/commit: committer / subscriptions / runtime / other",
 ];
 
 fn main() -> anyhow::Result<()> {
