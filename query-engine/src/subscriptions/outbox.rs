@@ -63,10 +63,15 @@ impl Outbox {
             s.pending.insert(q, merged);
         }
         s.latest_ts = s.latest_ts.max(ts);
+        // Only the push that makes a transition due wakes the consumer: while one is due, the
+        // consumer has been woken (or holds a permit) and will take everything merged since.
+        let wake = !s.due;
         s.due = true;
         let depth = s.pending.len();
         drop(s);
-        self.notify.notify_one();
+        if wake {
+            self.notify.notify_one();
+        }
         depth
     }
 

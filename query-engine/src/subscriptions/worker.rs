@@ -439,10 +439,13 @@ impl Worker {
         if pending.overflow {
             affected.extend(self.execs.keys().copied());
         } else {
-            self.index.affected(&pending.touched, &mut affected);
+            for touched in &pending.touched {
+                self.index.affected(touched, &mut affected);
+            }
         }
-        // Re-run every affected execution at the new snapshot; collect per-client updates.
-        let mut per_client: HashMap<ClientId, BTreeMap<u32, Update>> = HashMap::new();
+        // Re-run every affected execution at the new snapshot; collect (client, query,
+        // update) triples, grouped per client below.
+        let mut updates: Vec<(ClientId, u32, Update)> = Vec::new();
         let mut ended: Vec<(ClientId, u32)> = Vec::new();
         for id in affected.iter() {
             let Some(exec) = self.execs.get(&id) else {
@@ -488,19 +491,14 @@ impl Worker {
             };
             let is_access = exec.key.access;
             for &(client, q) in &exec.subscribers {
-                let slot = per_client.entry(client).or_default();
                 match &update {
                     Update::Failed(e) => {
-                        slot.insert(q, Update::Failed(e.clone()));
+                        updates.push((client, q, Update::Failed(e.clone())));
                         ended.push((client, q));
                     }
                     // An access check that still passes changes nothing for the subscriber.
                     _ if is_access => {}
-                    u => {
-                        if !matches!(slot.get(&q), Some(Update::Failed(_))) {
-                            slot.insert(q, clone_update(u));
-                        }
-                    }
+                    u => updates.push((client, q, clone_update(u))),
                 }
             }
         }
@@ -515,14 +513,42 @@ impl Worker {
         }
         let ts = self.snapshot.ts;
         // Clients that asked for a sync up to `ts` get a transition even without changes.
-        let due: Vec<u64> = self.syncs.range(..=ts).map(|(t, _)| *t).collect();
-        for t in due {
-            for client in self.syncs.remove(&t).unwrap_or_default() {
-                per_client.entry(client).or_default();
+        let mut synced: Vec<ClientId> = Vec::new();
+        while let Some(entry) = self.syncs.first_entry() {
+            if *entry.key() > ts {
+                break;
             }
+            synced.extend(entry.remove());
         }
-        for (client, updates) in per_client {
-            self.push(client, updates.into_iter().collect());
+        // One transition per client: group by client, then by query; a query with two updates
+        // (its body changed and its access check failed) keeps the failure.
+        updates.sort_by_key(|(client, q, u)| (*client, *q, !matches!(u, Update::Failed(_))));
+        let mut updates = updates.into_iter().peekable();
+        while let Some((client, q, u)) = updates.next() {
+            let mut batch = vec![(q, u)];
+            while let Some((c, q2, _)) = updates.peek() {
+                if *c != client {
+                    break;
+                }
+                let dup = batch.last().is_some_and(|(last, _)| last == q2);
+                let next = updates.next();
+                if let (Some((_, q2, u2)), false) = (next, dup) {
+                    batch.push((q2, u2));
+                }
+            }
+            self.push(client, batch);
+        }
+        synced.sort_unstable();
+        synced.dedup();
+        for client in synced {
+            // Already pushed above if any of its queries changed.
+            let behind = self
+                .clients
+                .get(&client)
+                .is_some_and(|c| c.outbox.latest_ts() < ts);
+            if behind {
+                self.push(client, Vec::new());
+            }
         }
     }
 }
