@@ -713,6 +713,12 @@ impl Inner {
 
     /// Waits (up to `connect_timeout`) for a live connection of generation ≥ `min_gen`.
     async fn wait_session(&self, min_gen: u64) -> Result<Arc<Session>, ClientError> {
+        // Fast path for every call on a live connection: no watch receiver, no timer.
+        if let Link::Up(s) = &*self.link.borrow() {
+            if s.gen >= min_gen && !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
         let mut rx = self.link.subscribe();
         let wait = async {
             loop {
