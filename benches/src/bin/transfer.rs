@@ -23,7 +23,8 @@ use linkedup_benches::report::{
 };
 use linkedup_benches::transfer::quic::{QuicServer, ServeOptions};
 use linkedup_benches::transfer::{
-    functions, read_balances, schema, seed_accounts, Outcome, TransferClient, Zipf, INSUFFICIENT,
+    cpu_us_per_transfer, functions, read_balances, schema, seed_accounts, thread_cpu_ns, Outcome,
+    TransferClient, Zipf, CPU_GROUPS, INSUFFICIENT,
 };
 use query_engine::engine::{Engine, EngineConfig};
 use query_engine::error::FunctionError;
@@ -335,6 +336,10 @@ struct Cpu {
     server_cores: Option<f64>,
     /// This process: the clients (and, in process, the engine too).
     harness_cores: f64,
+    /// CPU µs per transfer measured, by thread group of the engine's process (committer,
+    /// subscription worker, tokio runtime, other); in process the runtime includes the
+    /// clients.
+    engine_us_per_transfer: [f64; 4],
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -381,9 +386,10 @@ async fn engine_cell(
     let harness = ProcWatch::new(std::process::id(), false);
     tokio::time::sleep_until(window.0.into()).await;
     let before = counters(target.engine.metrics());
-    let harness_mark = harness.mark();
+    let (harness_mark, threads_before) = (harness.mark(), thread_cpu_ns(std::process::id()));
     tokio::time::sleep_until(window.1.into()).await;
     let after = counters(target.engine.metrics());
+    let threads_after = thread_cpu_ns(std::process::id());
     let harness_cores = harness.since(harness_mark).cpu_cores;
     let mut d = gather(tasks).await?;
     let finals = read_balances(&target.engine, &target.ids).await?;
@@ -404,6 +410,7 @@ async fn engine_cell(
         cpu: Some(Cpu {
             server_cores: None,
             harness_cores,
+            engine_us_per_transfer: cpu_us_per_transfer(threads_before, threads_after, d.measured),
         }),
         verification,
         load_average: report::load_average(),
@@ -454,13 +461,18 @@ async fn quic_cell(args: &Args, clients: usize, depth: usize, alpha: f64) -> any
     tokio::time::sleep_until(window.0.into()).await;
     let before = scrape(server.http_addr).await;
     let (harness_mark, served_mark) = (harness.mark(), served.mark());
+    let threads_before = thread_cpu_ns(server.pid());
     tokio::time::sleep_until(window.1.into()).await;
+    let threads_after = thread_cpu_ns(server.pid());
     let after = scrape(server.http_addr).await;
-    let cpu = Cpu {
-        server_cores: Some(served.since(served_mark).cpu_cores),
-        harness_cores: harness.since(harness_mark).cpu_cores,
-    };
+    let server_cores = served.since(served_mark).cpu_cores;
+    let harness_cores = harness.since(harness_mark).cpu_cores;
     let mut d = gather(tasks).await?;
+    let cpu = Cpu {
+        server_cores: Some(server_cores),
+        harness_cores,
+        engine_us_per_transfer: cpu_us_per_transfer(threads_before, threads_after, d.measured),
+    };
     for t in &targets {
         t.client.close().await;
     }
@@ -736,10 +748,15 @@ fn describe(c: &Cell) -> String {
         .cpu
         .map(|cpu| match cpu.server_cores {
             Some(s) => format!(
-                ", CPU server {s:.2} + clients {:.2} cores",
-                cpu.harness_cores
+                ", CPU server {s:.2} + clients {:.2} cores, server µs/transfer {}",
+                cpu.harness_cores,
+                per_group(&cpu.engine_us_per_transfer)
             ),
-            None => format!(", CPU {:.2} cores", cpu.harness_cores),
+            None => format!(
+                ", CPU {:.2} cores, µs/transfer {}",
+                cpu.harness_cores,
+                per_group(&cpu.engine_us_per_transfer)
+            ),
         })
         .unwrap_or_default();
     let conns = c
@@ -760,6 +777,15 @@ fn describe(c: &Cell) -> String {
         if c.verification.ok() { "ok" } else { "FAILED" },
         c.load_average
     )
+}
+
+fn per_group(us: &[f64; 4]) -> String {
+    CPU_GROUPS
+        .iter()
+        .zip(us)
+        .map(|(g, u)| format!("{g} {u:.0}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 async fn run(args: Args, machine: Machine) -> anyhow::Result<()> {
@@ -834,6 +860,7 @@ fn finish(
         "verified",
         "server CPU (cores)",
         "client CPU (cores)",
+        "engine CPU µs/transfer (committer / subscriptions / runtime / other)",
     ]);
     let mut rows: Vec<(String, usize, usize)> = Vec::new();
     for c in cells {
@@ -884,6 +911,15 @@ fn finish(
                     .unwrap_or_else(|| "-".into()),
                 c.cpu
                     .map(|x| format!("{:.2}", x.harness_cores))
+                    .unwrap_or_else(|| "-".into()),
+                c.cpu
+                    .map(|x| {
+                        x.engine_us_per_transfer
+                            .iter()
+                            .map(|u| format!("{u:.0}"))
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    })
                     .unwrap_or_else(|| "-".into()),
             ]),
             None => continue,
