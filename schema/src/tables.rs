@@ -556,12 +556,10 @@ fn rate_limit_windows() -> TableDefinition {
             ("throughMs", ms()),
             ("counts", v::array(v::int64())),
             ("createdAt", ms()),
-            ("updatedAt", ms()),
         ]),
     )
+    // Not purged: one document per (user, limited action), rebuilt when stale.
     .index("by_user_action", &["userId", "action"])
-    // Purged when unused for longer than any window.
-    .index("by_updated", &["updatedAt"])
 }
 
 /// Added `orgId` (the actor's organisation) with `by_org_time`, so an organisation admin reads
