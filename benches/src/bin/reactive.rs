@@ -179,6 +179,18 @@ impl Rig {
         self.notices.lock().clear();
     }
 
+    fn caught_up(&self) -> bool {
+        self.seen.iter().all(|(room, seen)| {
+            let last_commit = self.commits[*room].lock().iter().copied().max();
+            let last_seen = seen.lock().last().map(|(end, _)| *end);
+            match (last_commit, last_seen) {
+                (None, _) => true,
+                (Some(c), Some(s)) => s >= c,
+                (Some(_), None) => false,
+            }
+        })
+    }
+
     /// Joins commits with notices and deliveries: each commit counts once per subscriber of
     /// its room, delivered by the first transition whose end timestamp covers it.
     fn latencies(&self) -> (Latency, Latency, Latency, u64, u64) {
@@ -343,11 +355,12 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    // Let the last transitions land.
-    while rig.mgr.pending_commits() > 0 {
+    // Let the last transitions land: every subscriber has seen its room's last commit (or
+    // 10 s passed; what is still missing then counts as undelivered).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rig.caught_up() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let cpu_after = thread_cpu_ns();
     let committed = done.load(Ordering::Relaxed).max(1) as f64;
     let mut cpu_us_per_commit = [0.0; 4];

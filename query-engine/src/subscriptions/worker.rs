@@ -187,8 +187,13 @@ impl Worker {
         }
     }
 
-    fn push(&self, client: ClientId, updates: Vec<(u32, Update)>) {
+    fn push<I>(&self, client: ClientId, updates: I)
+    where
+        I: IntoIterator<Item = (u32, Update)>,
+        I::IntoIter: ExactSizeIterator,
+    {
         if let Some(c) = self.clients.get(&client) {
+            let updates = updates.into_iter();
             let n = updates.len();
             let depth = c.outbox.push(self.snapshot.ts, updates);
             self.metrics.transitions.fetch_add(1, Ordering::Relaxed);
@@ -523,20 +528,10 @@ impl Worker {
         // One transition per client: group by client, then by query; a query with two updates
         // (its body changed and its access check failed) keeps the failure.
         updates.sort_by_key(|(client, q, u)| (*client, *q, !matches!(u, Update::Failed(_))));
-        let mut updates = updates.into_iter().peekable();
-        while let Some((client, q, u)) = updates.next() {
-            let mut batch = vec![(q, u)];
-            while let Some((c, q2, _)) = updates.peek() {
-                if *c != client {
-                    break;
-                }
-                let dup = batch.last().is_some_and(|(last, _)| last == q2);
-                let next = updates.next();
-                if let (Some((_, q2, u2)), false) = (next, dup) {
-                    batch.push((q2, u2));
-                }
-            }
-            self.push(client, batch);
+        updates.dedup_by_key(|(client, q, _)| (*client, *q));
+        for group in updates.chunk_by(|a, b| a.0 == b.0) {
+            let client = group[0].0;
+            self.push(client, group.iter().map(|(_, q, u)| (*q, clone_update(u))));
         }
         synced.sort_unstable();
         synced.dedup();
