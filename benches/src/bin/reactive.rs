@@ -43,6 +43,9 @@ struct Args {
     /// Rate used for the idle comparison.
     #[arg(long, default_value_t = 10_000)]
     idle_rate: u64,
+    /// Threads re-running the executions of one pass (default: the engine's).
+    #[arg(long)]
+    rerun_threads: Option<usize>,
     /// Most mutations in flight before the driver counts itself as behind.
     #[arg(long, default_value_t = 4096)]
     max_in_flight: usize,
@@ -256,7 +259,11 @@ async fn rig(dir: &std::path::Path, args: &Args, idle: usize) -> anyhow::Result<
         EngineConfig::default(),
     )
     .context("open engine")?;
-    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let mut config = SubscriptionConfig::default();
+    if let Some(n) = args.rerun_threads {
+        config.rerun_threads = n;
+    }
+    let mgr = SubscriptionManager::new(engine.clone(), config);
     let notices: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     {
         let notices = notices.clone();
@@ -484,7 +491,7 @@ fn main() -> anyhow::Result<()> {
             "benchmark": "reactive-inprocess",
             "machine": machine,
             "loadAverageAtEnd": load_after,
-            "parameters": { "rooms": args.rooms, "subscribers": args.subscribers, "seconds": args.seconds, "idle": args.idle, "idleRate": args.idle_rate },
+            "parameters": { "rooms": args.rooms, "subscribers": args.subscribers, "seconds": args.seconds, "idle": args.idle, "idleRate": args.idle_rate, "rerunThreads": args.rerun_threads },
             "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
             "idle": idle_rows.iter().map(|(i, s, r)| serde_json::json!({"idle": i, "reruns": r, "step": step_json(s)})).collect::<Vec<_>>(),
         });

@@ -46,6 +46,9 @@ pub struct SubscriptionConfig {
     /// Most touched keys (summed over the batches) kept while the worker is behind; beyond
     /// it the next pass re-runs every execution instead (correct, just slower).
     pub max_pending_touched_keys: usize,
+    /// Threads re-running the executions of one pass when it has many (1 = the worker
+    /// alone); at most 8.
+    pub rerun_threads: usize,
 }
 
 impl Default for SubscriptionConfig {
@@ -55,6 +58,9 @@ impl Default for SubscriptionConfig {
             coalesce_window: Duration::ZERO,
             command_queue: 4096,
             max_pending_touched_keys: 1 << 20,
+            rerun_threads: std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(1),
         }
     }
 }
