@@ -78,7 +78,7 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     secs: f64,
     /// Accounts inserted per seeding transaction.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 2_000)]
     seed_batch: usize,
     /// Directory for the engine's temporary databases (default: the system temp dir).
     #[arg(long)]
