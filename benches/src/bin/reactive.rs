@@ -124,6 +124,11 @@ struct Step {
     undelivered: u64,
     /// CPU µs per commit, per thread group (`CPU_GROUPS`).
     cpu_us_per_commit: [f64; 4],
+    /// Executions re-run during the step.
+    reruns: u64,
+    /// Subscription threads' CPU µs per re-run (the worker's efficiency, whatever the
+    /// coalescing).
+    cpu_us_per_rerun: f64,
 }
 
 /// CPU time (ns) this process's threads have run, grouped by thread name: the committer,
@@ -142,9 +147,12 @@ fn thread_cpu_ns() -> [u64; 4] {
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
             .unwrap_or(0);
-        let group = match comm.trim() {
+        // Thread names are cut at 15 bytes: "subscriptions-rerun" helpers show as
+        // "subscriptions-r".
+        let comm = comm.trim();
+        let group = match comm {
             "committer" => 0,
-            "subscriptions" => 1,
+            _ if comm.starts_with("subscriptions") => 1,
             "tokio-rt-worker" => 2,
             _ => 3,
         };
@@ -322,6 +330,7 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
     let seq = Arc::new(AtomicU64::new(0));
     rig.reset();
     let cpu_before = thread_cpu_ns();
+    let reruns_before = rig.mgr.metrics().reruns.load(Ordering::Relaxed);
     let start = Instant::now();
     let tick = Duration::from_millis(1);
     let mut issued: u64 = 0;
@@ -369,6 +378,9 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let cpu_after = thread_cpu_ns();
+    let reruns = rig.mgr.metrics().reruns.load(Ordering::Relaxed) - reruns_before;
+    let cpu_us_per_rerun =
+        cpu_after[1].saturating_sub(cpu_before[1]) as f64 / 1000.0 / reruns.max(1) as f64;
     let committed = done.load(Ordering::Relaxed).max(1) as f64;
     let mut cpu_us_per_commit = [0.0; 4];
     for (i, c) in cpu_us_per_commit.iter_mut().enumerate() {
@@ -385,6 +397,8 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
         deliveries,
         undelivered,
         cpu_us_per_commit,
+        reruns,
+        cpu_us_per_rerun,
     }
 }
 
@@ -407,6 +421,8 @@ fn step_row(s: &Step) -> Vec<String> {
             .map(|c| format!("{c:.1}"))
             .collect::<Vec<_>>()
             .join(" / "),
+        s.reruns.to_string(),
+        format!("{:.1}", s.cpu_us_per_rerun),
     ]
 }
 
@@ -420,6 +436,8 @@ fn step_json(s: &Step) -> serde_json::Value {
         "latency": s.latency,
         "commitToNotify": s.commit_to_notify,
         "notifyToDelivery": s.notify_to_delivery,
+        "reruns": s.reruns,
+        "subscriptionsCpuMicrosPerRerun": s.cpu_us_per_rerun,
         "cpuMicrosPerCommit": CPU_GROUPS.iter().zip(s.cpu_us_per_commit).map(|(g, c)| (g.to_string(), serde_json::json!(c))).collect::<serde_json::Map<_, _>>(),
     })
 }
@@ -438,6 +456,8 @@ const STEP_HEADERS: &[&str] = &[
     "notify→delivery p50",
     "p99",
     "CPU µs/commit: committer / subscriptions / runtime / other",
+    "re-runs",
+    "subscriptions CPU µs/re-run",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -469,17 +489,15 @@ fn main() -> anyhow::Result<()> {
                 let d = tempfile::tempdir()?;
                 let r = rig(d.path(), &args, idle).await?;
                 drive(&r, &args, args.idle_rate, 1).await;
-                let before = r.mgr.metrics().reruns.load(Ordering::Relaxed);
                 let s = drive(&r, &args, args.idle_rate, args.seconds).await;
-                let reruns = r.mgr.metrics().reruns.load(Ordering::Relaxed) - before;
-                idle_rows.push((idle, s, reruns));
+                idle_rows.push((idle, s));
             }
         }
-        let mut idle_headers = vec!["idle subscriptions", "re-runs"];
+        let mut idle_headers = vec!["idle subscriptions"];
         idle_headers.extend_from_slice(STEP_HEADERS);
         let mut idle_table = Table::new(&idle_headers);
-        for (idle, s, reruns) in &idle_rows {
-            let mut row = vec![idle.to_string(), reruns.to_string()];
+        for (idle, s) in &idle_rows {
+            let mut row = vec![idle.to_string()];
             row.extend(step_row(s));
             idle_table.row(row);
         }
@@ -493,7 +511,7 @@ fn main() -> anyhow::Result<()> {
             "loadAverageAtEnd": load_after,
             "parameters": { "rooms": args.rooms, "subscribers": args.subscribers, "seconds": args.seconds, "idle": args.idle, "idleRate": args.idle_rate, "rerunThreads": args.rerun_threads },
             "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
-            "idle": idle_rows.iter().map(|(i, s, r)| serde_json::json!({"idle": i, "reruns": r, "step": step_json(s)})).collect::<Vec<_>>(),
+            "idle": idle_rows.iter().map(|(i, s)| serde_json::json!({"idle": i, "step": step_json(s)})).collect::<Vec<_>>(),
         });
         let md = format!(
             "# Reactive fan-out (in-process)\n\n{}- load average at end: {}\n\n{} rooms × {} subscribers, {} s per step, durable commits. \
