@@ -11,24 +11,32 @@ use crate::storage::{KeyIter, StorageError};
 /// not `base` has it), one marked `false` is absent.
 pub struct MergedKeys<'a> {
     base: Peekable<KeyIter<'a>>,
-    over: Peekable<Box<dyn Iterator<Item = (Vec<u8>, bool)> + 'a>>,
+    over: Peekable<OverlayIter<'a>>,
     desc: bool,
 }
 
+/// Overlay entries in scan order.
+pub type OverlayIter<'a> = Box<dyn Iterator<Item = (Vec<u8>, bool)> + 'a>;
+
 impl<'a> MergedKeys<'a> {
-    pub fn new(base: KeyIter<'a>, overlay: BTreeMap<Vec<u8>, bool>, desc: bool) -> Self {
-        let over: Box<dyn Iterator<Item = (Vec<u8>, bool)> + 'a> = if desc {
-            Box::new(overlay.into_iter().rev())
-        } else {
-            Box::new(overlay.into_iter())
-        };
+    /// `overlay` must yield its keys in scan order (descending when `desc`).
+    pub fn new(base: KeyIter<'a>, overlay: OverlayIter<'a>, desc: bool) -> Self {
         MergedKeys {
             base: base.peekable(),
-            over: over.peekable(),
+            over: overlay.peekable(),
             desc,
         }
     }
 
+    /// Merges with a materialised overlay.
+    pub fn with_map(base: KeyIter<'a>, overlay: BTreeMap<Vec<u8>, bool>, desc: bool) -> Self {
+        let over: OverlayIter<'a> = if desc {
+            Box::new(overlay.into_iter().rev())
+        } else {
+            Box::new(overlay.into_iter())
+        };
+        Self::new(base, over, desc)
+    }
 }
 
 impl Iterator for MergedKeys<'_> {
@@ -76,7 +84,7 @@ mod tests {
             base.iter().cloned().collect()
         };
         let it: KeyIter<'_> = Box::new(keys.into_iter().map(Ok));
-        MergedKeys::new(it, over.clone(), desc)
+        MergedKeys::with_map(it, over.clone(), desc)
             .map(|k| k.unwrap()[0])
             .collect()
     }

@@ -14,8 +14,8 @@ use crate::catalog::{Catalog, IndexInfo, IndexState, TableInfo};
 use crate::encoding::{encode_missing, encode_value, prefix_successor};
 use crate::error::{FunctionError, FunctionResult};
 use crate::id::{DocumentId, ID_BYTES};
-use crate::reads::{KeyRange, ReadSet};
 use crate::key_merge::MergedKeys;
+use crate::reads::{KeyRange, ReadSet};
 use crate::storage::{Snapshot, StorageError};
 use crate::value::{Object, Value};
 use crate::writes::{storage_key, WriteSet};
@@ -522,7 +522,7 @@ fn merge(
     desc: bool,
     limit: usize,
 ) -> FunctionResult<Vec<Vec<u8>>> {
-    Ok(MergedKeys::new(base, overlay, desc)
+    Ok(MergedKeys::with_map(base, overlay, desc)
         .take(limit)
         .collect::<Result<Vec<_>, _>>()?)
 }

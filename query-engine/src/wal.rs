@@ -181,7 +181,10 @@ fn segments_on_disk(base: &Path) -> std::io::Result<(Vec<PathBuf>, u64)> {
         let Some(file) = file.to_str() else { continue };
         if file == legacy {
             out.push(entry.path());
-        } else if let Some(n) = file.strip_prefix(&prefix).and_then(|n| n.parse::<u64>().ok()) {
+        } else if let Some(n) = file
+            .strip_prefix(&prefix)
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             numbered.push((n, entry.path()));
         }
     }

@@ -6,9 +6,9 @@
 //! a redb view plus the layers redb does not hold yet.
 
 mod applier;
+mod memtable;
 mod snapshot;
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
@@ -17,11 +17,13 @@ use arc_swap::ArcSwap;
 use redb::{Database, Durability, TableDefinition};
 
 use crate::doc_cache::DocCache;
+use crate::id::ID_BYTES;
 use crate::wal::{encode_record, Sealed, Wal};
 use crate::writes::WriteSet;
 use applier::{Applier, Job};
+use memtable::Memtable;
 use snapshot::Base;
-pub use snapshot::{KeyIter, Layer, Snapshot};
+pub use snapshot::{KeyIter, Snapshot};
 
 const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
 const INDEX_ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("index_entries");
@@ -31,8 +33,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CHECKPOINT_WAL_BYTES: u64 = 64 << 20;
 /// Decoded documents kept by the cache.
 const DOC_CACHE_ENTRIES: usize = 200_000;
-/// Batches the applier may fall behind before the committer waits for it.
-const MAX_PENDING_BATCHES: usize = 32;
+/// Documents and index entries the active memtable may hold while the applier is busy.
+const MAX_MEMTABLE_LEN: usize = 500_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -70,16 +72,40 @@ pub struct Storage {
     cache: Arc<DocCache>,
     /// redb's latest applied state, published by the applier.
     applied: Arc<ArcSwap<Base>>,
-    /// Batches published to snapshots that the last seen base may not hold yet, oldest first.
-    /// Only the committer touches it.
-    pending: parking_lot::Mutex<VecDeque<Layer>>,
-    /// Bounded: when the applier is this many jobs behind, publishing waits for it.
+    /// The memtables; only the committer (and shutdown) changes them.
+    state: parking_lot::Mutex<WriteState>,
+    progress: Arc<Progress>,
     to_applier: parking_lot::Mutex<Option<SyncSender<Job>>>,
     applier: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpoint_bytes: u64,
+    max_memtable_len: usize,
     /// Shared with every snapshot (read transactions keep the file open too) and declared
     /// last, since fields drop in order: it signals once the file is really closed.
     closed: Arc<CloseSignal>,
+}
+
+#[derive(Default)]
+struct WriteState {
+    /// Batches committed since the last hand-over to the applier.
+    active: Memtable,
+    /// The memtable the applier is writing, until redb's published state includes it.
+    frozen: Option<Arc<Memtable>>,
+    /// Log segments to delete once the batches logged so far are durable in redb.
+    sealed: Vec<Sealed>,
+}
+
+/// Lets the committer wait for the applier when the active memtable is full.
+#[derive(Default)]
+pub(crate) struct Progress {
+    lock: parking_lot::Mutex<()>,
+    cvar: parking_lot::Condvar,
+}
+
+impl Progress {
+    fn advance(&self) {
+        let _guard = self.lock.lock();
+        self.cvar.notify_all();
+    }
 }
 
 type Closed = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
@@ -118,15 +144,16 @@ impl Drop for CloseSignal {
 pub struct StorageOptions {
     /// Log bytes after which the log is rotated and a checkpoint makes redb durable.
     pub checkpoint_bytes: u64,
-    /// Batches the applier may fall behind before publishing waits for it.
-    pub max_pending_batches: usize,
+    /// Documents and index entries the active memtable may hold while the applier is busy;
+    /// past this, publishing waits for the applier (bounds memory).
+    pub max_memtable_len: usize,
 }
 
 impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
             checkpoint_bytes: CHECKPOINT_WAL_BYTES,
-            max_pending_batches: MAX_PENDING_BATCHES,
+            max_memtable_len: MAX_MEMTABLE_LEN,
         }
     }
 }
@@ -153,7 +180,7 @@ impl Storage {
             for rec in records.iter().filter(|r| r.ts > durable_ts) {
                 apply(
                     &txn,
-                    rec.docs.iter().map(|(id, d)| (id.as_slice(), d.as_deref())),
+                    rec.docs.iter().map(|(id, d)| (*id, d.as_deref())),
                     rec.index.iter().map(|(k, p)| (k.as_slice(), *p)),
                     rec.meta.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
                 )?;
@@ -167,11 +194,13 @@ impl Storage {
         let closed = Arc::new(CloseSignal::default());
         let cache = Arc::new(DocCache::new(DOC_CACHE_ENTRIES));
         let applied = Arc::new(ArcSwap::from_pointee(open_base(&db, durable_ts, &closed)?));
-        let (tx, rx) = sync_channel(options.max_pending_batches.max(1));
+        let progress = Arc::new(Progress::default());
+        let (tx, rx) = sync_channel(1);
         let applier = Applier {
             db: db.clone(),
             cache: cache.clone(),
             applied: applied.clone(),
+            progress: progress.clone(),
             closed: closed.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -183,10 +212,12 @@ impl Storage {
             wal: parking_lot::Mutex::new(wal),
             cache,
             applied,
-            pending: parking_lot::Mutex::new(VecDeque::new()),
+            state: parking_lot::Mutex::new(WriteState::default()),
+            progress,
             to_applier: parking_lot::Mutex::new(Some(tx)),
             applier: parking_lot::Mutex::new(Some(handle)),
             checkpoint_bytes: options.checkpoint_bytes,
+            max_memtable_len: options.max_memtable_len.max(1),
             closed,
         })
     }
@@ -198,16 +229,17 @@ impl Storage {
     /// A snapshot at `ts` of everything published so far (`ts` must not be older than the
     /// latest published batch; it is the caller's latest commit timestamp).
     pub fn snapshot(&self, ts: u64) -> Snapshot {
+        self.snapshot_of(&self.state.lock(), ts)
+    }
+
+    fn snapshot_of(&self, st: &WriteState, ts: u64) -> Snapshot {
         let base = self.applied.load_full();
-        let mut pending = self.pending.lock();
-        while pending.front().is_some_and(|l| l.ts <= base.ts) {
-            pending.pop_front();
-        }
         Snapshot {
             ts,
             cache: self.cache.clone(),
+            frozen: st.frozen.clone().filter(|f| f.ts > base.ts),
+            active: st.active.clone(),
             base,
-            layers: pending.iter().cloned().collect(),
         }
     }
 
@@ -241,9 +273,10 @@ impl Storage {
         Ok(None)
     }
 
-    /// Makes a logged (or, in non-durable mode, unlogged) batch visible: hands it to the
-    /// applier and returns the snapshot at `ts` that includes it. Waits while the applier is
-    /// too far behind. Every present document must have its encoding in `writes.encoded`.
+    /// Makes a logged (or, in non-durable mode, unlogged) batch visible: adds it to the
+    /// active memtable, hands that to the applier if it is free, and returns the snapshot at
+    /// `ts` that includes the batch. Waits for the applier only when the active memtable is
+    /// full. Every present document must have its encoding in `writes.encoded`.
     pub fn publish(
         &self,
         writes: WriteSet,
@@ -251,29 +284,55 @@ impl Storage {
         meta: Vec<(&'static str, Vec<u8>)>,
         sealed: Option<Sealed>,
     ) -> Result<Snapshot, StorageError> {
-        let layer = Layer {
-            ts,
-            writes: Arc::new(writes),
-        };
-        {
-            let sender = self.to_applier.lock();
-            let Some(tx) = sender.as_ref() else {
-                return Err(StorageError::Closed);
-            };
-            let sent = tx.send(Job::Apply {
-                layer: layer.clone(),
-                meta,
-            });
-            let sent = sent.and_then(|()| match sealed {
-                Some(s) => tx.send(Job::Checkpoint(s)),
-                None => Ok(()),
-            });
-            if sent.is_err() {
-                return Err(StorageError::Closed);
+        let mut st = self.state.lock();
+        st.active.add(writes, ts, meta);
+        st.sealed.extend(sealed);
+        let full = st.active.len() > self.max_memtable_len;
+        self.hand_over(&mut st, full)?;
+        Ok(self.snapshot_of(&st, ts))
+    }
+
+    /// Whether the applier has finished the frozen memtable (redb's published state has it).
+    fn applier_done(&self, st: &WriteState) -> bool {
+        st.frozen
+            .as_ref()
+            .is_none_or(|f| self.applied.load().ts >= f.ts)
+    }
+
+    /// Freezes the active memtable and sends it to the applier, if the applier is free — or,
+    /// with `wait`, once it is.
+    fn hand_over(&self, st: &mut WriteState, wait: bool) -> Result<(), StorageError> {
+        if !self.applier_done(st) {
+            if !wait {
+                return Ok(());
+            }
+            let mut guard = self.progress.lock.lock();
+            while !self.applier_done(st) {
+                if self.applier.lock().as_ref().is_none_or(|h| h.is_finished()) {
+                    return Err(StorageError::Closed);
+                }
+                self.progress
+                    .cvar
+                    .wait_for(&mut guard, std::time::Duration::from_millis(50));
             }
         }
-        self.pending.lock().push_back(layer);
-        Ok(self.snapshot(ts))
+        st.frozen = None;
+        if st.active.is_empty() {
+            return Ok(());
+        }
+        let memtable = Arc::new(std::mem::take(&mut st.active));
+        let job = Job {
+            memtable: memtable.clone(),
+            sealed: std::mem::take(&mut st.sealed),
+        };
+        let sender = self.to_applier.lock();
+        match sender.as_ref().map(|tx| tx.send(job)) {
+            Some(Ok(())) => {
+                st.frozen = Some(memtable);
+                Ok(())
+            }
+            _ => Err(StorageError::Closed),
+        }
     }
 
     /// Writes metadata entries in a durable redb transaction of their own (schema and index
@@ -294,6 +353,16 @@ impl Storage {
     /// Stops the applier after it has applied everything published and made redb durable.
     /// Idempotent; also done on drop.
     pub fn shut_down(&self) {
+        {
+            let mut st = self.state.lock();
+            // Hand over what is left, then wait until that is applied too.
+            let drained = self
+                .hand_over(&mut st, true)
+                .and_then(|()| self.hand_over(&mut st, true));
+            if let Err(e) = drained {
+                tracing::warn!(error = %e, "shutting down with batches not applied to redb; the log has them");
+            }
+        }
         drop(self.to_applier.lock().take());
         if let Some(handle) = self.applier.lock().take() {
             if handle.join().is_err() {
@@ -335,7 +404,7 @@ fn open_base(db: &Database, ts: u64, closed: &Arc<CloseSignal>) -> Result<Base, 
 /// Applies documents, index entries and metadata inside a redb write transaction.
 fn apply<'a>(
     txn: &redb::WriteTransaction,
-    docs: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    docs: impl Iterator<Item = ([u8; ID_BYTES], Option<&'a [u8]>)>,
     index: impl Iterator<Item = (&'a [u8], bool)>,
     meta: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<(), StorageError> {
@@ -343,10 +412,10 @@ fn apply<'a>(
     for (id, doc) in docs {
         match doc {
             Some(bytes) => {
-                d.insert(id, bytes)?;
+                d.insert(id.as_slice(), bytes)?;
             }
             None => {
-                d.remove(id)?;
+                d.remove(id.as_slice())?;
             }
         }
     }
@@ -415,7 +484,8 @@ mod tests {
         for round in 1..=50i64 {
             // Each round overwrites ids 0..20 with its number and deletes id 20 + round.
             let mut w = batch(0..20, round);
-            w.docs.insert(DocumentId::new(TableNumber(7), 20 + round as u64), None);
+            w.docs
+                .insert(DocumentId::new(TableNumber(7), 20 + round as u64), None);
             snaps.push(commit(&s, w, round as u64 * 10));
         }
         for (i, snap) in snaps.iter().enumerate() {
@@ -478,7 +548,7 @@ mod tests {
                 &path,
                 StorageOptions {
                     checkpoint_bytes: 4096,
-                    max_pending_batches: 4,
+                    max_memtable_len: 40,
                 },
             )
             .unwrap();
@@ -491,5 +561,97 @@ mod tests {
         }
         let s = Storage::open(&path).unwrap();
         assert_eq!(values(&s.snapshot(200), 10), vec![Some(200); 10]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Whatever the applier has done, each snapshot's reads equal the state after exactly
+        /// the batches up to its timestamp.
+        #[test]
+        fn snapshots_equal_a_model_of_the_batches_up_to_their_timestamp(
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0u64..24, proptest::option::of(0i64..5)), 1..6),
+                1..40,
+            ),
+            bounds in proptest::collection::vec((0u64..26, 0u64..26, proptest::bool::ANY), 4),
+        ) {
+            use std::collections::BTreeMap;
+            let dir = tempfile::tempdir().unwrap();
+            let s = Storage::open_with(
+                &dir.path().join("db"),
+                StorageOptions { checkpoint_bytes: 2048, max_memtable_len: 16 },
+            )
+            .unwrap();
+            let index_key = |id: u64, v: i64| {
+                let mut k = vec![0, 0, 0, 9];
+                k.extend_from_slice(&v.to_be_bytes());
+                k.extend_from_slice(&DocumentId::new(TableNumber(7), id).to_bytes());
+                k
+            };
+            let mut model: BTreeMap<u64, i64> = BTreeMap::new();
+            let mut snaps = Vec::new();
+            for (n, ops) in batches.iter().enumerate() {
+                let mut w = WriteSet::default();
+                for (id, v) in ops {
+                    let doc_id = DocumentId::new(TableNumber(7), *id);
+                    let old = w.docs.get(&doc_id).cloned().map(|d| d.map(|d| match *d {
+                        Value::Int64(x) => x,
+                        _ => unreachable!(),
+                    })).unwrap_or(model.get(id).copied());
+                    if let Some(o) = old {
+                        w.index_entries.insert(index_key(*id, o), false);
+                    }
+                    match v {
+                        Some(v) => {
+                            w.docs.insert(doc_id, Some(Arc::new(Value::Int64(*v))));
+                            w.index_entries.insert(index_key(*id, *v), true);
+                        }
+                        None => {
+                            w.docs.insert(doc_id, None);
+                        }
+                    }
+                }
+                for (id, doc) in &w.docs {
+                    match doc {
+                        Some(d) => { model.insert(id.internal, match **d { Value::Int64(x) => x, _ => unreachable!() }); }
+                        None => { model.remove(&id.internal); }
+                    }
+                }
+                w.ensure_encoded().unwrap();
+                let ts = (n as u64 + 1) * 10;
+                snaps.push((commit(&s, w, ts), model.clone()));
+            }
+            for (snap, model) in &snaps {
+                for id in 0..24u64 {
+                    let got = snap.get(&DocumentId::new(TableNumber(7), id)).unwrap()
+                        .map(|v| match *v { Value::Int64(x) => x, _ => unreachable!() });
+                    proptest::prop_assert_eq!(got, model.get(&id).copied());
+                }
+                for (a, b, desc) in &bounds {
+                    let (lo, hi) = (DocumentId::new(TableNumber(7), *a.min(b)).to_bytes(), DocumentId::new(TableNumber(7), *a.max(b)).to_bytes());
+                    let ids: Vec<Vec<u8>> = snap.doc_keys(&lo, Some(&hi), *desc).unwrap().collect::<Result<_, _>>().unwrap();
+                    let mut want: Vec<Vec<u8>> = model.range(*a.min(b)..*a.max(b))
+                        .map(|(id, _)| DocumentId::new(TableNumber(7), *id).to_bytes().to_vec()).collect();
+                    if *desc { want.reverse(); }
+                    proptest::prop_assert_eq!(ids, want);
+                    let keys: Vec<Vec<u8>> = snap.index_keys(&[0, 0, 0, 9], Some(&[0, 0, 0, 10]), *desc).unwrap().collect::<Result<_, _>>().unwrap();
+                    let mut want: Vec<Vec<u8>> = model.iter().map(|(id, v)| index_key(*id, *v)).collect();
+                    want.sort();
+                    if *desc { want.reverse(); }
+                    proptest::prop_assert_eq!(keys, want);
+                }
+            }
+            drop(snaps);
+            s.shut_down();
+            drop(s);
+            // Reopened: the final state, from redb alone.
+            let s = Storage::open(&dir.path().join("db")).unwrap();
+            let snap = s.snapshot(u64::MAX);
+            for id in 0..24u64 {
+                let got = snap.get(&DocumentId::new(TableNumber(7), id)).unwrap()
+                    .map(|v| match *v { Value::Int64(x) => x, _ => unreachable!() });
+                proptest::prop_assert_eq!(got, model.get(&id).copied());
+            }
+        }
     }
 }

@@ -1,34 +1,24 @@
-//! Read views. A `Snapshot` at commit timestamp `ts` is a redb read transaction holding every
-//! batch up to some earlier timestamp (its base, as far as the applier had got), plus the
-//! batches after that up to `ts`, kept in memory as layers until redb has them. Reads consult
-//! the layers newest first, then the decoded-document cache, then redb, so a snapshot sees
-//! exactly the batches up to `ts` whatever the applier is doing.
+//! Read views. A `Snapshot` at commit timestamp `ts` is redb's state after some earlier
+//! commit (its base, as far as the applier had got) plus the batches after that up to `ts`:
+//! the memtable being applied (frozen) and the active one, each as it was at `ts`. Reads
+//! consult the active memtable, then the frozen one, then the decoded-document cache, then
+//! redb, so a snapshot sees exactly the batches up to `ts` whatever the applier is doing.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use redb::ReadOnlyTable;
 
+use super::memtable::Memtable;
 use super::{CloseSignal, StorageError};
 use crate::doc_cache::{Cached, DocCache};
 use crate::id::{DocumentId, ID_BYTES};
-use crate::key_merge::MergedKeys;
+use crate::key_merge::{MergedKeys, OverlayIter};
 use crate::value::Value;
-use crate::writes::WriteSet;
 
 pub(super) type BytesTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 /// Result of a storage scan: keys in scan order.
 pub type KeyIter<'a> = Box<dyn Iterator<Item = Result<Vec<u8>, StorageError>> + 'a>;
-
-/// A committed batch that redb may not have yet: its documents (decoded and encoded) and
-/// index entry changes. Shared by the snapshots that need it and the applier.
-#[derive(Clone)]
-pub struct Layer {
-    pub ts: u64,
-    pub writes: Arc<WriteSet>,
-}
 
 /// redb's state after the applier's transaction that applied every batch up to `ts`.
 pub(super) struct Base {
@@ -44,16 +34,20 @@ pub struct Snapshot {
     pub ts: u64,
     pub(super) cache: Arc<DocCache>,
     pub(super) base: Arc<Base>,
-    /// Batches after `base.ts` up to `ts`, oldest first.
-    pub(super) layers: Arc<[Layer]>,
+    /// Batches after `base.ts` that the applier is writing into redb.
+    pub(super) frozen: Option<Arc<Memtable>>,
+    /// Batches after those, up to `ts`.
+    pub(super) active: Memtable,
 }
 
 impl Snapshot {
     pub fn get(&self, id: &DocumentId) -> Result<Option<Arc<Value>>, StorageError> {
-        for layer in self.layers.iter().rev() {
-            if let Some(doc) = layer.writes.docs.get(id) {
-                return Ok(doc.clone());
-            }
+        let held = self
+            .active
+            .doc(id)
+            .or_else(|| self.frozen.as_ref().and_then(|f| f.doc(id)));
+        if let Some(doc) = held {
+            return Ok(doc.clone());
         }
         if let Cached::Hit(doc) = self.cache.get(id, self.ts) {
             return Ok(doc);
@@ -70,6 +64,22 @@ impl Snapshot {
         Ok(self.base.meta.get(key)?.map(|g| g.value().to_vec()))
     }
 
+    /// Lays the memtables' entries (frozen, then active) over a scan of redb.
+    fn layered<'a>(
+        &'a self,
+        base: KeyIter<'a>,
+        desc: bool,
+        range: impl Fn(&'a Memtable) -> OverlayIter<'a>,
+    ) -> KeyIter<'a> {
+        let mut keys = base;
+        for m in self.frozen.as_deref().into_iter().chain([&self.active]) {
+            if !m.is_empty() {
+                keys = Box::new(MergedKeys::new(keys, range(m), desc));
+            }
+        }
+        keys
+    }
+
     /// Index entry storage keys in `[start, end)`, ascending or descending.
     pub fn index_keys(
         &self,
@@ -78,21 +88,7 @@ impl Snapshot {
         desc: bool,
     ) -> Result<KeyIter<'_>, StorageError> {
         let base = scan_keys(&self.base.index, start, end, desc)?;
-        if self.layers.is_empty() {
-            return Ok(base);
-        }
-        let mut overlay = BTreeMap::new();
-        let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
-        for layer in self.layers.iter() {
-            for (k, present) in layer
-                .writes
-                .index_entries
-                .range::<[u8], _>((Bound::Included(start), hi))
-            {
-                overlay.insert(k.clone(), *present);
-            }
-        }
-        Ok(Box::new(MergedKeys::new(base, overlay, desc)))
+        Ok(self.layered(base, desc, |m| m.index_range(start, end, desc)))
     }
 
     /// Document ids (12-byte keys) in `[start, end)`, ascending or descending.
@@ -103,32 +99,7 @@ impl Snapshot {
         desc: bool,
     ) -> Result<KeyIter<'_>, StorageError> {
         let base = scan_keys(&self.base.docs, start, end, desc)?;
-        if self.layers.is_empty() {
-            return Ok(base);
-        }
-        // Ids order like their byte form, so the first id not below `start` is `start`
-        // zero-padded (or cut) to an id's length.
-        let mut low = [0u8; ID_BYTES];
-        let n = start.len().min(ID_BYTES);
-        low[..n].copy_from_slice(&start[..n]);
-        let low = DocumentId::from_bytes(&low).unwrap_or(DocumentId::new(
-            crate::id::TableNumber(0),
-            0,
-        ));
-        let mut overlay = BTreeMap::new();
-        for layer in self.layers.iter() {
-            for (id, doc) in layer.writes.docs.range(low..) {
-                let k = id.to_bytes();
-                if k.as_slice() < start {
-                    continue;
-                }
-                if end.is_some_and(|e| k.as_slice() >= e) {
-                    break;
-                }
-                overlay.insert(k.to_vec(), doc.is_some());
-            }
-        }
-        Ok(Box::new(MergedKeys::new(base, overlay, desc)))
+        Ok(self.layered(base, desc, |m| m.doc_range(start, end, desc)))
     }
 
     /// Whether any document of the table with this 4-byte prefix exists.
@@ -142,9 +113,9 @@ impl Snapshot {
             .is_some())
     }
 
-    /// Batches held in memory by this snapshot (not yet in its redb view).
-    pub fn layer_count(&self) -> usize {
-        self.layers.len()
+    /// Documents and index entries this snapshot holds in memory (not yet in its redb view).
+    pub fn memtable_len(&self) -> usize {
+        self.active.len() + self.frozen.as_ref().map_or(0, |f| f.len())
     }
 }
 
