@@ -6,9 +6,17 @@
 //! transaction, not once per batch. Then it fills the decoded-document cache and publishes
 //! redb's new state as the base for new snapshots. A job carrying sealed log segments is
 //! committed durably, after which those segments are deleted.
+//!
+//! Under uniformly random updates nearly every redb page of a table is rewritten by every
+//! transaction (~20 µs a page here), so the cost per update falls as transactions grow: the
+//! applier therefore starts at most one transaction per interval (250 ms by default) unless
+//! the committer is waiting for it (memtable full, or shutting down). Measured with redb
+//! alone, random updates over 100,000 keys: ~20 µs per update at 500–8,000 updates per
+//! transaction, 6 µs at 32,000, 2.3 µs at 100,000.
 
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use redb::{Database, Durability};
@@ -30,13 +38,18 @@ pub(super) struct Applier {
     pub cache: Arc<DocCache>,
     pub applied: Arc<ArcSwap<Base>>,
     pub progress: Arc<Progress>,
+    /// Shortest time between the starts of two redb transactions (see `StorageOptions`).
+    pub interval: Duration,
     pub closed: Arc<CloseSignal>,
 }
 
 impl Applier {
     /// Runs until the sender is dropped; then makes redb durable and returns.
     pub fn run(self, rx: Receiver<Job>) {
+        let mut last_start = Instant::now();
         while let Ok(job) = rx.recv() {
+            self.progress.pause_until(last_start + self.interval);
+            last_start = Instant::now();
             if let Err(e) = self.apply_job(job) {
                 // The batches are durable in the log and replayed on the next open; serving on
                 // without them in redb would grow memory without bound.

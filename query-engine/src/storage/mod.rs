@@ -35,6 +35,8 @@ const CHECKPOINT_WAL_BYTES: u64 = 64 << 20;
 const DOC_CACHE_ENTRIES: usize = 200_000;
 /// Documents and index entries the active memtable may hold while the applier is busy.
 const MAX_MEMTABLE_LEN: usize = 500_000;
+/// Shortest time between two of the applier's redb transactions.
+const APPLY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -99,12 +101,36 @@ struct WriteState {
 pub(crate) struct Progress {
     lock: parking_lot::Mutex<()>,
     cvar: parking_lot::Condvar,
+    urgent: parking_lot::Mutex<bool>,
+    urgent_cvar: parking_lot::Condvar,
 }
 
 impl Progress {
     fn advance(&self) {
         let _guard = self.lock.lock();
         self.cvar.notify_all();
+    }
+
+    /// Asks the applier to start its next transaction without waiting out its interval.
+    fn hurry(&self) {
+        let mut urgent = self.urgent.lock();
+        *urgent = true;
+        self.urgent_cvar.notify_all();
+    }
+
+    /// Sleeps until `deadline`, or until someone hurries the applier.
+    fn pause_until(&self, deadline: std::time::Instant) {
+        let mut urgent = self.urgent.lock();
+        while !*urgent {
+            if self
+                .urgent_cvar
+                .wait_until(&mut urgent, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        *urgent = false;
     }
 }
 
@@ -147,6 +173,9 @@ pub struct StorageOptions {
     /// Documents and index entries the active memtable may hold while the applier is busy;
     /// past this, publishing waits for the applier (bounds memory).
     pub max_memtable_len: usize,
+    /// Shortest time between two of the applier's redb transactions: longer means larger
+    /// transactions (cheaper per update), a larger memtable and a longer replay after a crash.
+    pub apply_interval: std::time::Duration,
 }
 
 impl Default for StorageOptions {
@@ -154,6 +183,7 @@ impl Default for StorageOptions {
         StorageOptions {
             checkpoint_bytes: CHECKPOINT_WAL_BYTES,
             max_memtable_len: MAX_MEMTABLE_LEN,
+            apply_interval: APPLY_INTERVAL,
         }
     }
 }
@@ -201,6 +231,7 @@ impl Storage {
             cache: cache.clone(),
             applied: applied.clone(),
             progress: progress.clone(),
+            interval: options.apply_interval,
             closed: closed.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -306,6 +337,7 @@ impl Storage {
             if !wait {
                 return Ok(());
             }
+            self.progress.hurry();
             let mut guard = self.progress.lock.lock();
             while !self.applier_done(st) {
                 if self.applier.lock().as_ref().is_none_or(|h| h.is_finished()) {
@@ -549,6 +581,7 @@ mod tests {
                 StorageOptions {
                     checkpoint_bytes: 4096,
                     max_memtable_len: 40,
+                    apply_interval: std::time::Duration::ZERO,
                 },
             )
             .unwrap();
@@ -579,7 +612,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let s = Storage::open_with(
                 &dir.path().join("db"),
-                StorageOptions { checkpoint_bytes: 2048, max_memtable_len: 16 },
+                StorageOptions {
+                    checkpoint_bytes: 2048,
+                    max_memtable_len: 16,
+                    apply_interval: std::time::Duration::from_millis(3),
+                },
             )
             .unwrap();
             let index_key = |id: u64, v: i64| {
