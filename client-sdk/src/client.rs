@@ -108,6 +108,10 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Retries of a query whose connection was lost.
     pub max_query_retries: u32,
+    /// A QUIC endpoint (one UDP socket and its driver task) to share with other clients;
+    /// `None` binds one for this client. Many clients in one process (load generators,
+    /// servers fanning out) share a few endpoints instead of holding a socket each.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 impl ClientOptions {
@@ -124,7 +128,14 @@ impl ClientOptions {
             idle_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_query_retries: 3,
+            endpoint: None,
         }
+    }
+
+    /// Connects through `endpoint` (see `shared_endpoint`) instead of binding a socket.
+    pub fn with_endpoint(mut self, endpoint: quinn::Endpoint) -> Self {
+        self.endpoint = Some(endpoint);
+        self
     }
 
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
@@ -162,6 +173,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("idle_timeout", &self.idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_query_retries", &self.max_query_retries)
+            .field("shared_endpoint", &self.endpoint.is_some())
             .finish()
     }
 }
@@ -275,14 +287,10 @@ impl Client {
         let server_name = options.server_name.clone().unwrap_or_else(|| host.clone());
         let quic_config =
             tls::quic_client_config(&options.trust, options.keep_alive, options.idle_timeout)?;
-        let bind: SocketAddr = match socket_addr.ip() {
-            IpAddr::V4(ip) if ip.is_loopback() => (Ipv4Addr::LOCALHOST, 0).into(),
-            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            IpAddr::V6(ip) if ip.is_loopback() => (Ipv6Addr::LOCALHOST, 0).into(),
-            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        let endpoint = match &options.endpoint {
+            Some(shared) => shared.clone(),
+            None => shared_endpoint(socket_addr)?,
         };
-        let endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| ClientError::Connect(format!("binding a UDP socket: {e}")))?;
         let (link, _) = watch::channel(Link::Connecting);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -492,9 +500,40 @@ impl Client {
 
     /// Closes the connection and ends every subscription; pending calls fail with `Closed`.
     pub async fn close(&self) {
+        let conn = self
+            .inner
+            .state
+            .lock()
+            .session
+            .as_ref()
+            .map(|s| s.conn.clone());
         self.inner.shutdown(None);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        let closing = async {
+            match (&self.inner.opts.endpoint, conn) {
+                // Other clients' connections keep a shared endpoint busy: wait for ours only.
+                (Some(_), Some(conn)) => {
+                    conn.closed().await;
+                }
+                (Some(_), None) => {}
+                (None, _) => self.inner.endpoint.wait_idle().await,
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
     }
+}
+
+/// A client QUIC endpoint (one UDP socket and its driver task) suited to reaching `server`:
+/// bound to loopback for a loopback server, to the unspecified address otherwise. Pass it to
+/// several clients with `ClientOptions::with_endpoint` to share it.
+pub fn shared_endpoint(server: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
+    let bind: SocketAddr = match server.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => (Ipv4Addr::LOCALHOST, 0).into(),
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(ip) if ip.is_loopback() => (Ipv6Addr::LOCALHOST, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    quinn::Endpoint::client(bind)
+        .map_err(|e| ClientError::Connect(format!("binding a UDP socket: {e}")))
 }
 
 /// A fresh 128-bit random mutation id, as 32 hex digits.
@@ -674,6 +713,12 @@ impl Inner {
 
     /// Waits (up to `connect_timeout`) for a live connection of generation ≥ `min_gen`.
     async fn wait_session(&self, min_gen: u64) -> Result<Arc<Session>, ClientError> {
+        // Fast path for every call on a live connection: no watch receiver, no timer.
+        if let Link::Up(s) = &*self.link.borrow() {
+            if s.gen >= min_gen && !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
         let mut rx = self.link.subscribe();
         let wait = async {
             loop {

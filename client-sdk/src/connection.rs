@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use query_engine::protocol::{
-    decode_server, encode, read_frame, write_frame, CallOutcome, ClientMessage, FrameError,
-    ServerMessage, PROTOCOL_VERSION,
+    decode_server, encode, encode_frame, read_frame, write_frame, CallOutcome, ClientMessage,
+    FrameError, ServerMessage, PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::Notify;
@@ -275,11 +275,14 @@ pub(crate) async fn call_once(
     request_id: u64,
 ) -> Result<CallOutcome, CallFailure> {
     let payload = encode_checked(call, max_frame_bytes).map_err(CallFailure::Fatal)?;
+    // Prefix and payload in one buffer: one write into the stream (one lock of the
+    // connection state) instead of two writes and a flush.
+    let frame = encode_frame(&payload).map_err(|e| CallFailure::Fatal(transport_error(e)))?;
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|_| CallFailure::Lost { sent: false })?;
-    write_frame(&mut send, &payload)
+    send.write_all(&frame)
         .await
         .map_err(|_| CallFailure::Lost { sent: true })?;
     send.finish()
@@ -294,6 +297,10 @@ pub(crate) async fn call_once(
             return Err(CallFailure::Fatal(ClientError::Protocol(e.to_string())))
         }
     };
+    // The server's FIN normally arrives with the result: take it, so that dropping `recv`
+    // does not send STOP_SENDING (a frame per call). Never waits.
+    let mut byte = [0u8; 1];
+    let _ = futures::FutureExt::now_or_never(recv.read(&mut byte));
     let msg = decode_server(&frame)
         .map_err(|e| CallFailure::Fatal(ClientError::Protocol(e.to_string())))?;
     match msg {

@@ -2,7 +2,7 @@
 //! old and new are both lists of documents keyed by a unique string `_id` — the edits that turn
 //! the old list into the new one. Sliding windows and appends, the common shapes, cost a few edits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -66,14 +66,15 @@ pub fn diff(old: &Value, new: &Value) -> Option<ResultDiff> {
     let (Value::Array(old_items), Value::Array(new_items)) = (old, new) else {
         return replace();
     };
-    let (Some(old_ids), Some(new_ids)) = (keyed_ids(old_items), keyed_ids(new_items)) else {
+    // The new list's ids are only checked for uniqueness; lookups go to the old list's.
+    let (Some(old_ids), Some(_)) = (keyed_ids(old_items), keyed_ids(new_items)) else {
         return replace();
     };
     // u32 indices on the wire; a result this long is sent whole.
     if old_items.len() > u32::MAX as usize || new_items.len() > u32::MAX as usize {
         return replace();
     }
-    let edits = array_edits(old_items, &old_ids, new_items, &new_ids);
+    let edits = array_edits(old_items, &old_ids, new_items);
     let edits_bytes: usize = edits.iter().map(edit_size_bytes).sum();
     if edits_bytes >= new.size_bytes() {
         return replace();
@@ -139,42 +140,70 @@ fn doc_id(item: &Value) -> Option<&str> {
     item.as_object()?.get(ID_FIELD)?.as_str()
 }
 
+/// Results up to this length look ids up by scanning (no hashing, no allocation per id);
+/// subscribed windows are mostly this small.
+const SMALL_RESULT_LEN: usize = 32;
+
+/// Each `_id`'s position in a result list.
+enum Ids<'a> {
+    /// Ids in list order, looked up by scanning.
+    Small(Vec<&'a str>),
+    Map(HashMap<&'a str, usize>),
+}
+
+impl Ids<'_> {
+    fn get(&self, id: &str) -> Option<usize> {
+        match self {
+            Ids::Small(ids) => ids.iter().position(|i| *i == id),
+            Ids::Map(m) => m.get(id).copied(),
+        }
+    }
+}
+
 /// Maps each `_id` to its position, or `None` unless every element is an object with a unique
 /// string `_id` (only then is an element's identity well defined).
-fn keyed_ids(items: &[Value]) -> Option<HashMap<&str, usize>> {
+fn keyed_ids(items: &[Value]) -> Option<Ids<'_>> {
+    if items.len() <= SMALL_RESULT_LEN {
+        let mut ids: Vec<&str> = Vec::with_capacity(items.len());
+        for item in items {
+            let id = doc_id(item)?;
+            if ids.contains(&id) {
+                return None;
+            }
+            ids.push(id);
+        }
+        return Some(Ids::Small(ids));
+    }
     let mut ids = HashMap::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         if ids.insert(doc_id(item)?, i).is_some() {
             return None;
         }
     }
-    Some(ids)
+    Some(Ids::Map(ids))
 }
 
 /// Removes (back to front, so each index is the element's old position), then walks the new
 /// array front to back inserting or changing. The documents kept in place are the longest
 /// run of common ids whose relative order did not change; every other common id moved and
 /// is removed and re-inserted.
-fn array_edits(
-    old_items: &[Value],
-    old_ids: &HashMap<&str, usize>,
-    new_items: &[Value],
-    new_ids: &HashMap<&str, usize>,
-) -> Vec<ArrayEdit> {
+fn array_edits(old_items: &[Value], old_ids: &Ids<'_>, new_items: &[Value]) -> Vec<ArrayEdit> {
     // Old positions of the common documents, in new order.
     let common_old_positions: Vec<usize> = new_items
         .iter()
-        .filter_map(|item| doc_id(item).and_then(|id| old_ids.get(id).copied()))
+        .filter_map(|item| doc_id(item).and_then(|id| old_ids.get(id)))
         .collect();
-    let kept: HashSet<usize> = longest_increasing_subsequence(&common_old_positions)
-        .into_iter()
-        .collect();
+    // kept[old position]: the document stays where it is relative to the other kept ones.
+    let mut kept = vec![false; old_items.len()];
+    for p in longest_increasing_subsequence(&common_old_positions) {
+        kept[p] = true;
+    }
 
     let mut edits = Vec::new();
     for (old_pos, item) in old_items.iter().enumerate().rev() {
         let id = doc_id(item).unwrap_or_default();
-        let stays = new_ids.contains_key(id) && kept.contains(&old_pos);
-        if !stays {
+        // A kept position is by construction the position of a common id.
+        if !kept[old_pos] {
             edits.push(ArrayEdit::Remove {
                 index: old_pos as u32,
                 id: id.to_string(),
@@ -184,7 +213,7 @@ fn array_edits(
     for (new_pos, item) in new_items.iter().enumerate() {
         let id = doc_id(item).unwrap_or_default();
         match old_ids.get(id) {
-            Some(&old_pos) if kept.contains(&old_pos) => {
+            Some(old_pos) if kept[old_pos] => {
                 if old_items[old_pos] != *item {
                     edits.push(ArrayEdit::Change {
                         index: new_pos as u32,

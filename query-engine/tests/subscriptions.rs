@@ -236,6 +236,61 @@ async fn a_transition_moves_all_queries_together() {
     assert_eq!(total, 1);
 }
 
+/// A commit invalidating hundreds of executions at once re-runs them on several threads;
+/// every subscriber still ends up equal to a fresh run, in one transition per client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_invalidated_executions_rerun_in_parallel_consistently() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    let config = SubscriptionConfig {
+        rerun_threads: 4,
+        ..SubscriptionConfig::default()
+    };
+    let mgr = SubscriptionManager::new(engine.clone(), config);
+    let clients = [mgr.connect(None).await, mgr.connect(None).await];
+    let mut args = Vec::new();
+    for after in 0..100i64 {
+        for limit in 1..=3i64 {
+            args.push(obj! {"topic" => "t", "after" => after, "limit" => limit});
+        }
+    }
+    for (i, a) in args.iter().enumerate() {
+        clients[i % 2]
+            .subscribe(i as u32, "notesAfter", a.clone())
+            .await
+            .unwrap();
+    }
+    assert_eq!(mgr.metrics().executions.load(Ordering::Relaxed), 300);
+    let mut views = [View::default(), View::default()];
+    let mut last = 0;
+    for seq in [150i64, 50, 120] {
+        let before = mgr.metrics().passes.load(Ordering::Relaxed);
+        last = engine
+            .mutation(
+                "addNote",
+                obj! {"topic" => "t", "seq" => seq, "text" => "x"},
+                None,
+            )
+            .await
+            .unwrap()
+            .ts;
+        for (view, s) in views.iter_mut().zip(&clients) {
+            view.catch_up(s, last).await;
+        }
+        assert!(mgr.metrics().passes.load(Ordering::Relaxed) > before);
+    }
+    assert!(mgr.metrics().reruns.load(Ordering::Relaxed) >= 300);
+    for (i, a) in args.iter().enumerate() {
+        let view = &views[i % 2];
+        assert_eq!(view.ts, last);
+        assert_eq!(
+            view.values[&(i as u32)],
+            fresh(&engine, "notesAfter", a.clone(), None).await,
+            "query {i}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_is_merged_and_never_delays_others() {
     let dir = tempfile::tempdir().unwrap();

@@ -31,6 +31,7 @@ pub mod names {
     pub const MESSAGES: &str = "messages";
     pub const IDEMPOTENCY_KEYS: &str = "idempotencyKeys";
     pub const RATE_LIMITS: &str = "rateLimits";
+    pub const RATE_LIMIT_WINDOWS: &str = "rateLimitWindows";
     pub const AUDIT_LOGS: &str = "auditLogs";
     pub const FEATURE_FLAGS: &str = "featureFlags";
 }
@@ -289,6 +290,12 @@ fn note_ops() -> TableDefinition {
 /// `by_meeting_chunk`) and `by_meeting_sequence` (the resumable stream reads "after sequence
 /// n" for one meeting; the seed's indexes start with the bucket, which a resuming reader does
 /// not know).
+///
+/// Dropped the seed's `by_meeting_bucket` and `by_meeting_bucket_seq`: they served only its
+/// clock-bucketed stream scan, which `by_meeting_sequence` replaces (a bucket range is a
+/// `startMs` range of `by_meeting_time`), and every index costs an entry per chunk on the
+/// hottest write path. "Time-based sharding" has nothing to spread here: one B-tree per
+/// index, and writes of different meetings never conflict. `bucketMs` stays on the document.
 fn transcripts() -> TableDefinition {
     TableDefinition::new(
         TRANSCRIPTS,
@@ -304,11 +311,6 @@ fn transcripts() -> TableDefinition {
             ("endMs", ms()),
             ("createdAt", ms()),
         ]),
-    )
-    .index("by_meeting_bucket", &["meetingId", "bucketMs"])
-    .index(
-        "by_meeting_bucket_seq",
-        &["meetingId", "bucketMs", "sequence"],
     )
     .index("by_meeting_time", &["meetingId", "startMs"])
     .index("by_meeting_sequence", &["meetingId", "sequence"])
@@ -538,6 +540,28 @@ fn rate_limits() -> TableDefinition {
     .index("by_window", &["windowStartMs"])
 }
 
+/// Added (not in the seed): one running aggregate per (user, action) of the `rateLimits`
+/// buckets that have ended, so a check reads one document instead of summing every counter
+/// document of the window. `counts[k]` is the calls counted in the bucket that started
+/// `(k + 1) × bucketMs` before `throughMs`; buckets starting at or after `throughMs` are not
+/// folded in yet. `windowMs`/`bucketMs` say which limit it was built for (a change rebuilds it).
+fn rate_limit_windows() -> TableDefinition {
+    TableDefinition::new(
+        RATE_LIMIT_WINDOWS,
+        v::object([
+            ("userId", v::id(USERS)),
+            ("action", v::string()),
+            ("windowMs", ms()),
+            ("bucketMs", ms()),
+            ("throughMs", ms()),
+            ("counts", v::array(v::int64())),
+            ("createdAt", ms()),
+        ]),
+    )
+    // Not purged: one document per (user, limited action), rebuilt when stale.
+    .index("by_user_action", &["userId", "action"])
+}
+
 /// Added `orgId` (the actor's organisation) with `by_org_time`, so an organisation admin reads
 /// the organisation's log as one range; the other indexes gain `timestamp` as a last field so
 /// a time range within an actor, resource or action is one range too.
@@ -611,6 +635,7 @@ pub fn schema() -> SchemaDefinition {
         .table(messages())
         .table(idempotency_keys())
         .table(rate_limits())
+        .table(rate_limit_windows())
         .table(audit_logs())
         .table(feature_flags())
 }
@@ -623,7 +648,7 @@ mod tests {
     fn schema_is_accepted_by_the_engine_checks() {
         let s = schema();
         s.check().unwrap();
-        assert_eq!(s.tables.len(), 23);
+        assert_eq!(s.tables.len(), 24);
     }
 
     #[test]

@@ -52,7 +52,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     subscribers: usize,
     /// Producer users per meeting (each its own connection). The per-user ingest limit is
-    /// 600 calls a minute, so a meeting takes about 9 × producers writes/s at most.
+    /// 1,200 calls a minute, so a meeting takes about 18 × producers writes/s at most.
     #[arg(long, default_value_t = 2)]
     producers: usize,
     /// Client connections the subscribers are spread over.
@@ -318,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
     if args.ramp {
         let ceiling = args
             .ramp_max
-            .min((9 * args.producers * args.meetings) as u64);
+            .min((per_user_ingest_ceiling() * (args.producers * args.meetings) as f64) as u64);
         ramps.push(runner.ramp(&fleet, ceiling).await);
     }
     let scenario_rate = args.scenario_rate.unwrap_or(args.rate);
@@ -615,4 +615,11 @@ async fn run_pg(
     fleet.shutdown().await;
     cluster.stop()?;
     Ok(seed)
+}
+
+/// Writes/s one producer can sustain under the server's default per-user ingest limit, with a
+/// tenth spare (the window is counted in whole buckets).
+fn per_user_ingest_ceiling() -> f64 {
+    let limit = linkedup_server::linkedup::RateLimitConfig::default().transcripts_ingest;
+    0.9 * limit.max as f64 * 1_000.0 / limit.window_ms.max(1) as f64
 }

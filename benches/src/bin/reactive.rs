@@ -1,5 +1,5 @@
 //! In-process reactive fan-out: R "rooms" × S subscribers each, open-loop inserts into random
-//! rooms at increasing rates, commit→delivery latency for every delivered transition, and the
+//! rooms at increasing rates, commit→delivery latency for every (commit, subscriber) pair, and the
 //! cost per commit with many idle subscriptions present vs absent.
 //!
 //! `cargo run --release -p linkedup-benches --bin reactive -- --help`
@@ -10,9 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use hdrhistogram::Histogram;
 use linkedup_benches::report::{
-    fmt_rate, fmt_us, latency_histogram, write_results, Latency, Machine, Table,
+    fmt_rate, fmt_us, latency_histogram, load_average, write_results, Latency, Machine, Table,
 };
 use parking_lot::Mutex;
 use query_engine::engine::{Engine, EngineConfig};
@@ -44,6 +43,9 @@ struct Args {
     /// Rate used for the idle comparison.
     #[arg(long, default_value_t = 10_000)]
     idle_rate: u64,
+    /// Threads re-running the executions of one pass (default: the engine's).
+    #[arg(long)]
+    rerun_threads: Option<usize>,
     /// Most mutations in flight before the driver counts itself as behind.
     #[arg(long, default_value_t = 4096)]
     max_in_flight: usize,
@@ -109,16 +111,144 @@ struct Step {
     target: u64,
     achieved: f64,
     behind: u64,
+    /// Commit → first transition at or after the commit, per (commit, subscriber of its room).
     latency: Latency,
+    /// Commit timestamp → the committer's notice (batch write, fsync, snapshot publish).
+    commit_to_notify: Latency,
+    /// Notice → transition in the subscriber's hands (re-run, diff, outbox, task wake-up).
+    notify_to_delivery: Latency,
+    /// Transitions received.
     deliveries: u64,
+    /// (commit, subscriber) pairs with no transition at or after the commit (an unchanged
+    /// re-run sends nothing; should be ~0).
+    undelivered: u64,
+    /// CPU µs per commit, per thread group (`CPU_GROUPS`).
+    cpu_us_per_commit: [f64; 4],
 }
+
+/// CPU time (ns) this process's threads have run, grouped by thread name: the committer,
+/// the subscription worker, the async runtime (mutation callers and subscriber tasks) and
+/// the rest. Per step this gives CPU per commit, which load on the machine skews far less
+/// than latency.
+fn thread_cpu_ns() -> [u64; 4] {
+    let mut out = [0u64; 4];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0);
+        let group = match comm.trim() {
+            "committer" => 0,
+            "subscriptions" => 1,
+            "tokio-rt-worker" => 2,
+            _ => 3,
+        };
+        out[group] += ns;
+    }
+    out
+}
+
+const CPU_GROUPS: [&str; 4] = ["committer", "subscriptions", "runtime", "other"];
+
+/// What one subscriber saw: (transition end timestamp, wall-clock µs when it was taken).
+/// Only its own consumer task writes here during a step, so the lock is uncontended.
+type Seen = Arc<Mutex<Vec<(u64, u64)>>>;
 
 struct Rig {
     engine: Engine,
     mgr: SubscriptionManager,
-    hist: Arc<Mutex<Histogram<u64>>>,
-    deliveries: Arc<AtomicU64>,
+    /// Per room: the commit timestamps of the inserts into it during the measured step.
+    commits: Arc<Vec<Mutex<Vec<u64>>>>,
+    /// Per subscriber: its room and what it saw.
+    seen: Vec<(usize, Seen)>,
+    /// (batch timestamp, wall-clock µs) of every commit notice.
+    notices: Arc<Mutex<Vec<(u64, u64)>>>,
     _sessions: Vec<query_engine::subscriptions::ClientSession>,
+}
+
+impl Rig {
+    fn reset(&self) {
+        for c in self.commits.iter() {
+            c.lock().clear();
+        }
+        for (_, s) in &self.seen {
+            s.lock().clear();
+        }
+        self.notices.lock().clear();
+    }
+
+    fn caught_up(&self) -> bool {
+        self.seen.iter().all(|(room, seen)| {
+            let last_commit = self.commits[*room].lock().iter().copied().max();
+            let last_seen = seen.lock().last().map(|(end, _)| *end);
+            match (last_commit, last_seen) {
+                (None, _) => true,
+                (Some(c), Some(s)) => s >= c,
+                (Some(_), None) => false,
+            }
+        })
+    }
+
+    /// Joins commits with notices and deliveries: each commit counts once per subscriber of
+    /// its room, delivered by the first transition whose end timestamp covers it.
+    fn latencies(&self) -> (Latency, Latency, Latency, u64, u64) {
+        let (mut total, mut to_notify, mut to_delivery) = (
+            latency_histogram(),
+            latency_histogram(),
+            latency_histogram(),
+        );
+        let mut notices = self.notices.lock().clone();
+        notices.sort_unstable();
+        let mut commits: Vec<Vec<u64>> = self
+            .commits
+            .iter()
+            .map(|c| {
+                let mut v = c.lock().clone();
+                v.sort_unstable();
+                v
+            })
+            .collect();
+        let notified_at = |ts: u64| {
+            let i = notices.partition_point(|(n, _)| *n < ts);
+            notices.get(i).map(|(_, at)| *at)
+        };
+        for room in commits.iter_mut() {
+            for &c in room.iter() {
+                if let Some(at) = notified_at(c) {
+                    let _ = to_notify.record(at.saturating_sub(c).max(1));
+                }
+            }
+        }
+        let (mut deliveries, mut undelivered) = (0u64, 0u64);
+        for (room, seen) in &self.seen {
+            let seen = seen.lock();
+            deliveries += seen.len() as u64;
+            for &c in &commits[*room] {
+                let i = seen.partition_point(|(end, _)| *end < c);
+                match seen.get(i) {
+                    Some(&(_, at)) => {
+                        let _ = total.record(at.saturating_sub(c).max(1));
+                        if let Some(n) = notified_at(c) {
+                            let _ = to_delivery.record(at.saturating_sub(n).max(1));
+                        }
+                    }
+                    None => undelivered += 1,
+                }
+            }
+        }
+        (
+            Latency::of(&total),
+            Latency::of(&to_notify),
+            Latency::of(&to_delivery),
+            deliveries,
+            undelivered,
+        )
+    }
 }
 
 async fn rig(dir: &std::path::Path, args: &Args, idle: usize) -> anyhow::Result<Rig> {
@@ -129,9 +259,16 @@ async fn rig(dir: &std::path::Path, args: &Args, idle: usize) -> anyhow::Result<
         EngineConfig::default(),
     )
     .context("open engine")?;
-    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
-    let hist = Arc::new(Mutex::new(latency_histogram()));
-    let deliveries = Arc::new(AtomicU64::new(0));
+    let mut config = SubscriptionConfig::default();
+    if let Some(n) = args.rerun_threads {
+        config.rerun_threads = n;
+    }
+    let mgr = SubscriptionManager::new(engine.clone(), config);
+    let notices: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    {
+        let notices = notices.clone();
+        engine.on_commit(move |n| notices.lock().push((n.ts, now_us())));
+    }
     let mut idle_sessions = Vec::new();
     for i in 0..idle {
         // 64 idle subscriptions per session, like a client watching many quiet things.
@@ -147,21 +284,23 @@ async fn rig(dir: &std::path::Path, args: &Args, idle: usize) -> anyhow::Result<
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    let mut seen = Vec::new();
     for room in 0..args.rooms {
         for _ in 0..args.subscribers {
             let s = mgr.connect(None).await;
             s.subscribe(1, "tail", obj! {"room" => format!("r{room}")})
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let (hist, deliveries) = (hist.clone(), deliveries.clone());
+            let mine: Seen = Arc::default();
+            seen.push((room, mine.clone()));
+            // The client side does as little as it can: note when each transition arrived.
             tokio::spawn(async move {
                 while let Some(t) = s.next_transition().await {
                     if t.updates.is_empty() || t.start_ts == 0 {
                         continue;
                     }
-                    let lat = now_us().saturating_sub(t.end_ts).max(1);
-                    let _ = hist.lock().record(lat);
-                    deliveries.fetch_add(1, Ordering::Relaxed);
+                    let at = now_us();
+                    mine.lock().push((t.end_ts, at));
                 }
             });
         }
@@ -169,21 +308,20 @@ async fn rig(dir: &std::path::Path, args: &Args, idle: usize) -> anyhow::Result<
     Ok(Rig {
         engine,
         mgr,
-        hist,
-        deliveries,
+        commits: Arc::new((0..args.rooms).map(|_| Mutex::new(Vec::new())).collect()),
+        seen,
+        notices,
         _sessions: idle_sessions,
     })
 }
 
-async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64, measure: bool) -> Step {
+async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
     let in_flight = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let behind = Arc::new(AtomicU64::new(0));
     let seq = Arc::new(AtomicU64::new(0));
-    if measure {
-        rig.hist.lock().reset();
-        rig.deliveries.store(0, Ordering::Relaxed);
-    }
+    rig.reset();
+    let cpu_before = thread_cpu_ns();
     let start = Instant::now();
     let tick = Duration::from_millis(1);
     let mut issued: u64 = 0;
@@ -203,6 +341,7 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64, measure: bool) -
             let room = rand::thread_rng().gen_range(0..args.rooms);
             let s = seq.fetch_add(1, Ordering::Relaxed) as i64;
             let (e, inf, d) = (rig.engine.clone(), in_flight.clone(), done.clone());
+            let commits = rig.commits.clone();
             tokio::spawn(async move {
                 let r = e
                     .mutation(
@@ -211,10 +350,11 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64, measure: bool) -
                         None,
                     )
                     .await;
-                inf.fetch_sub(1, Ordering::Relaxed);
-                if r.is_ok() {
+                if let Ok(c) = r {
+                    commits[room].lock().push(c.ts);
                     d.fetch_add(1, Ordering::Relaxed);
                 }
+                inf.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }
@@ -222,19 +362,83 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64, measure: bool) -
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    // Let the last transitions land.
-    while rig.mgr.pending_commits() > 0 {
+    // Let the last transitions land: every subscriber has seen its room's last commit (or
+    // 10 s passed; what is still missing then counts as undelivered).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rig.caught_up() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cpu_after = thread_cpu_ns();
+    let committed = done.load(Ordering::Relaxed).max(1) as f64;
+    let mut cpu_us_per_commit = [0.0; 4];
+    for (i, c) in cpu_us_per_commit.iter_mut().enumerate() {
+        *c = cpu_after[i].saturating_sub(cpu_before[i]) as f64 / 1000.0 / committed;
+    }
+    let (latency, commit_to_notify, notify_to_delivery, deliveries, undelivered) = rig.latencies();
     Step {
         target: rate,
         achieved: done.load(Ordering::Relaxed) as f64 / elapsed,
         behind: behind.load(Ordering::Relaxed),
-        latency: Latency::of(&rig.hist.lock()),
-        deliveries: rig.deliveries.load(Ordering::Relaxed),
+        latency,
+        commit_to_notify,
+        notify_to_delivery,
+        deliveries,
+        undelivered,
+        cpu_us_per_commit,
     }
 }
+
+fn step_row(s: &Step) -> Vec<String> {
+    vec![
+        fmt_rate(s.target as f64),
+        fmt_rate(s.achieved),
+        s.behind.to_string(),
+        s.deliveries.to_string(),
+        s.undelivered.to_string(),
+        fmt_us(s.latency.p50_us),
+        fmt_us(s.latency.p99_us),
+        fmt_us(s.latency.max_us),
+        fmt_us(s.commit_to_notify.p50_us),
+        fmt_us(s.commit_to_notify.p99_us),
+        fmt_us(s.notify_to_delivery.p50_us),
+        fmt_us(s.notify_to_delivery.p99_us),
+        s.cpu_us_per_commit
+            .iter()
+            .map(|c| format!("{c:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+    ]
+}
+
+fn step_json(s: &Step) -> serde_json::Value {
+    serde_json::json!({
+        "target": s.target,
+        "sustained": s.achieved,
+        "behind": s.behind,
+        "deliveries": s.deliveries,
+        "undelivered": s.undelivered,
+        "latency": s.latency,
+        "commitToNotify": s.commit_to_notify,
+        "notifyToDelivery": s.notify_to_delivery,
+        "cpuMicrosPerCommit": CPU_GROUPS.iter().zip(s.cpu_us_per_commit).map(|(g, c)| (g.to_string(), serde_json::json!(c))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+const STEP_HEADERS: &[&str] = &[
+    "target commits/s",
+    "sustained commits/s",
+    "behind",
+    "transitions",
+    "undelivered",
+    "commit→delivery p50",
+    "p99",
+    "max",
+    "commit→notify p50",
+    "p99",
+    "notify→delivery p50",
+    "p99",
+    "CPU µs/commit: committer / subscriptions / runtime / other",
+];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -247,19 +451,11 @@ fn main() -> anyhow::Result<()> {
         println!("setting up {} rooms × {} subscribers ...", args.rooms, args.subscribers);
         let r = rig(dir.path(), &args, 0).await?;
         let mut steps = Vec::new();
-        let mut table = Table::new(&["target commits/s", "sustained commits/s", "behind", "deliveries", "commit→delivery p50", "p99", "max"]);
+        let mut table = Table::new(STEP_HEADERS);
         for &rate in &args.rates {
-            drive(&r, &args, rate, 1, false).await;
-            let s = drive(&r, &args, rate, args.seconds, true).await;
-            table.row(vec![
-                fmt_rate(s.target as f64),
-                fmt_rate(s.achieved),
-                s.behind.to_string(),
-                s.deliveries.to_string(),
-                fmt_us(s.latency.p50_us),
-                fmt_us(s.latency.p99_us),
-                fmt_us(s.latency.max_us),
-            ]);
+            drive(&r, &args, rate, 1).await;
+            let s = drive(&r, &args, rate, args.seconds).await;
+            table.row(step_row(&s));
             println!("{}", table.text());
             steps.push(s);
         }
@@ -272,29 +468,40 @@ fn main() -> anyhow::Result<()> {
             for idle in [0, args.idle] {
                 let d = tempfile::tempdir()?;
                 let r = rig(d.path(), &args, idle).await?;
-                drive(&r, &args, args.idle_rate, 1, false).await;
+                drive(&r, &args, args.idle_rate, 1).await;
                 let before = r.mgr.metrics().reruns.load(Ordering::Relaxed);
-                let s = drive(&r, &args, args.idle_rate, args.seconds, true).await;
+                let s = drive(&r, &args, args.idle_rate, args.seconds).await;
                 let reruns = r.mgr.metrics().reruns.load(Ordering::Relaxed) - before;
                 idle_rows.push((idle, s, reruns));
             }
         }
-        let mut idle_table = Table::new(&["idle subscriptions", "sustained commits/s", "re-runs", "commit→delivery p50", "p99"]);
+        let mut idle_headers = vec!["idle subscriptions", "re-runs"];
+        idle_headers.extend_from_slice(STEP_HEADERS);
+        let mut idle_table = Table::new(&idle_headers);
         for (idle, s, reruns) in &idle_rows {
-            idle_table.row(vec![idle.to_string(), fmt_rate(s.achieved), reruns.to_string(), fmt_us(s.latency.p50_us), fmt_us(s.latency.p99_us)]);
+            let mut row = vec![idle.to_string(), reruns.to_string()];
+            row.extend(step_row(s));
+            idle_table.row(row);
         }
+        let load_after = load_average();
         println!("\n{}\n{}", table.text(), idle_table.text());
         println!("commit batches: {} for {} commits ({:.1} per batch)", batches, commits, commits as f64 / batches as f64);
+        println!("load average at start {}, at end {}", machine.load_average, load_after);
         let json = serde_json::json!({
             "benchmark": "reactive-inprocess",
             "machine": machine,
-            "parameters": { "rooms": args.rooms, "subscribers": args.subscribers, "seconds": args.seconds, "idle": args.idle, "idleRate": args.idle_rate },
-            "steps": steps.iter().map(|s| serde_json::json!({"target": s.target, "sustained": s.achieved, "behind": s.behind, "deliveries": s.deliveries, "latency": s.latency})).collect::<Vec<_>>(),
-            "idle": idle_rows.iter().map(|(i, s, r)| serde_json::json!({"idle": i, "sustained": s.achieved, "reruns": r, "latency": s.latency})).collect::<Vec<_>>(),
+            "loadAverageAtEnd": load_after,
+            "parameters": { "rooms": args.rooms, "subscribers": args.subscribers, "seconds": args.seconds, "idle": args.idle, "idleRate": args.idle_rate, "rerunThreads": args.rerun_threads },
+            "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
+            "idle": idle_rows.iter().map(|(i, s, r)| serde_json::json!({"idle": i, "reruns": r, "step": step_json(s)})).collect::<Vec<_>>(),
         });
         let md = format!(
-            "# Reactive fan-out (in-process)\n\n{}\n\n{} rooms × {} subscribers, {} s per step, durable commits.\n\n{}\n\nIdle subscriptions at {} commits/s:\n\n{}\n",
-            machine.markdown(), args.rooms, args.subscribers, args.seconds, table.markdown(), args.idle_rate, idle_table.markdown()
+            "# Reactive fan-out (in-process)\n\n{}- load average at end: {}\n\n{} rooms × {} subscribers, {} s per step, durable commits. \
+             Latency runs from each commit's timestamp (assigned by the committer before the WAL \
+             write and fsync) to the first transition covering it, once per subscriber of the \
+             commit's room; commit→notify is the committer's part, notify→delivery the \
+             subscription worker's and the client task's.\n\n{}\n\nIdle subscriptions at {} commits/s:\n\n{}\n",
+            machine.markdown(), load_after, args.rooms, args.subscribers, args.seconds, table.markdown(), args.idle_rate, idle_table.markdown()
         );
         let (j, m) = write_results("reactive", &json, &md)?;
         println!("wrote {} and {}", j.display(), m.display());

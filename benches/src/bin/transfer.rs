@@ -1,38 +1,54 @@
 //! The contended-transfer benchmark SpacetimeDB publishes as "keynote-2": 100,000 accounts with
 //! equal balances, `transfer(from, to, amount)` refusing when `from` lacks the amount, `from`
-//! and `to` drawn by Zipf(α) over the ids. Runs the engine in process (behind the
-//! `TransferClient` trait, so an over-QUIC client can plug in) and a PostgreSQL peer (a
-//! throwaway cluster driven by pgbench), verifies every run, prints a table and writes JSON +
-//! Markdown to `benches/results/transfer-<timestamp>.{json,md}`.
+//! and `to` drawn by Zipf(α) over the ids. Runs the engine in process, the engine behind a real
+//! server over QUIC through the client SDK (the server is this binary re-executed as a separate
+//! process), and a PostgreSQL peer (a throwaway cluster driven by pgbench); verifies every run,
+//! prints a table and writes JSON + Markdown to `benches/results/transfer-<timestamp>.{json,md}`.
 //! Run: `cargo run --release -p linkedup-benches --bin transfer -- --help`.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
+use linkedup_benches::fanout::procstat::ProcWatch;
+use linkedup_benches::fanout::server_metrics::{self, ServerCounters};
 use linkedup_benches::pg::PgCluster;
 use linkedup_benches::report::{
     self, counters, fmt_rate, fmt_us, latency_histogram, CommitterFigures, Latency, Machine, Table,
 };
+use linkedup_benches::transfer::quic::{QuicServer, ServeOptions};
+use linkedup_benches::transfer::{
+    cpu_us_per_transfer, functions, read_balances, schema, seed_accounts, thread_cpu_ns, Outcome,
+    TransferClient, Zipf, CPU_GROUPS, INSUFFICIENT,
+};
 use query_engine::engine::{Engine, EngineConfig};
 use query_engine::error::FunctionError;
-use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
-use query_engine::schema::{v, SchemaDefinition, TableDefinition};
-use query_engine::value::{Object, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+/// Longest a single server-counter scrape may take (runs on a blocking thread).
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most calls in flight the serving process allows per connection.
+const MAX_SERVER_CALLS_PER_CONNECTION: usize = 10_000;
+
 #[derive(Parser, Debug, Clone, Serialize)]
-#[command(about = "Contended transfers (SpacetimeDB keynote-2 workload): engine vs PostgreSQL")]
+#[command(
+    about = "Contended transfers (SpacetimeDB keynote-2 workload): engine in process and over QUIC vs PostgreSQL"
+)]
 struct Args {
+    #[command(subcommand)]
+    #[serde(skip)]
+    command: Option<Command>,
+    /// Which systems to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "in-process,quic,pg")]
+    modes: Vec<Mode>,
     /// Number of accounts.
     #[arg(long, default_value_t = 100_000)]
     accounts: usize,
@@ -48,9 +64,13 @@ struct Args {
     /// Concurrent client counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "4,64")]
     clients: Vec<usize>,
-    /// Calls each engine client keeps in flight (pipelining), comma-separated.
+    /// Calls each engine client (in process or over QUIC) keeps in flight, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     depth: Vec<usize>,
+    /// QUIC connections the clients are spread over (client i uses connection i mod n; never
+    /// more connections than clients).
+    #[arg(long, default_value_t = 8)]
+    quic_connections: usize,
     /// Seconds of warm-up before each measured window.
     #[arg(long, default_value_t = 2.0)]
     warmup_secs: f64,
@@ -58,14 +78,8 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     secs: f64,
     /// Accounts inserted per seeding transaction.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 2_000)]
     seed_batch: usize,
-    /// Skip the PostgreSQL peer.
-    #[arg(long)]
-    no_pg: bool,
-    /// Skip the engine.
-    #[arg(long)]
-    no_engine: bool,
     /// Directory for the engine's temporary databases (default: the system temp dir).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -76,141 +90,36 @@ struct Args {
     no_save: bool,
 }
 
-// ----- workload -----
-
-/// Zipf(α) over `0..n` by inverse CDF (binary search), rank 0 the most likely; α = 0 is
-/// uniform. The same construction keynote-2 uses.
-struct Zipf {
-    n: usize,
-    cdf: Option<Vec<f64>>,
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Mode {
+    /// The engine in this process.
+    InProcess,
+    /// A server process, called over QUIC through the client SDK.
+    Quic,
+    /// PostgreSQL driven by pgbench.
+    Pg,
 }
 
-impl Zipf {
-    fn new(n: usize, alpha: f64) -> Zipf {
-        if alpha <= 0.0 {
-            return Zipf { n, cdf: None };
-        }
-        let weights: Vec<f64> = (1..=n).map(|k| (k as f64).powf(-alpha)).collect();
-        let total: f64 = weights.iter().sum();
-        let mut acc = 0.0;
-        let mut cdf: Vec<f64> = weights
-            .iter()
-            .map(|w| {
-                acc += w / total;
-                acc
-            })
-            .collect();
-        if let Some(last) = cdf.last_mut() {
-            *last = 1.0;
-        }
-        Zipf { n, cdf: Some(cdf) }
-    }
-
-    fn sample(&self, rng: &mut StdRng) -> usize {
-        match &self.cdf {
-            None => rng.gen_range(0..self.n),
-            Some(cdf) => {
-                let u: f64 = rng.gen();
-                cdf.partition_point(|c| *c < u).min(self.n - 1)
-            }
-        }
-    }
-
-    /// Two distinct accounts: `to` is redrawn up to twice, then moved to the next id (the
-    /// pgbench script does exactly the same).
-    fn pair(&self, rng: &mut StdRng) -> (usize, usize) {
-        let from = self.sample(rng);
-        let mut to = self.sample(rng);
-        for _ in 0..2 {
-            if to != from {
-                break;
-            }
-            to = self.sample(rng);
-        }
-        if to == from {
-            to = (from + 1) % self.n;
-        }
-        (from, to)
-    }
+#[derive(Subcommand, Debug, Clone)]
+enum Command {
+    /// Internal: serve the transfer schema over QUIC (started by the harness itself).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        accounts: usize,
+        #[arg(long)]
+        initial_balance: i64,
+        #[arg(long)]
+        seed_batch: usize,
+        #[arg(long)]
+        max_concurrent_calls: u32,
+    },
 }
 
-/// What one transfer call came back with.
-enum Outcome {
-    /// Committed at this commit timestamp (unique, increasing in commit order).
-    Done { ts: u64 },
-    /// Refused: `from` lacked the amount.
-    Refused,
-}
-
-/// A way to call `transfer`. The in-process engine implements it; a client over QUIC will too.
-trait TransferClient: Clone + Send + Sync + 'static {
-    fn transfer(
-        &self,
-        from: usize,
-        to: usize,
-        amount: i64,
-    ) -> impl Future<Output = Result<Outcome, FunctionError>> + Send;
-}
-
-// ----- engine target -----
-
-const INSUFFICIENT: &str = "insufficient funds";
-
-fn schema() -> SchemaDefinition {
-    SchemaDefinition::new().table(TableDefinition::new(
-        "accounts",
-        v::object([("balance", v::int64())]),
-    ))
-}
-
-#[derive(serde::Deserialize)]
-struct TransferArgs {
-    from: String,
-    to: String,
-    amount: i64,
-}
-
-fn balance(doc: &Value) -> i64 {
-    doc.get_path("balance").and_then(Value::as_i64).unwrap_or(0)
-}
-
-fn functions() -> Functions {
-    let mut f = Functions::new();
-    f.mutation(
-        "transfer",
-        Visibility::Public,
-        v::object([
-            ("from", v::id("accounts")),
-            ("to", v::id("accounts")),
-            ("amount", v::int64()),
-        ]),
-        v::null(),
-        |ctx, a: TransferArgs| {
-            let from = ctx
-                .get("accounts", &a.from)?
-                .ok_or_else(|| FunctionError::not_found("no such account"))?;
-            let to = ctx
-                .get("accounts", &a.to)?
-                .ok_or_else(|| FunctionError::not_found("no such account"))?;
-            if a.amount <= 0 {
-                return Err(FunctionError::validation("amount must be positive"));
-            }
-            if balance(&from) < a.amount {
-                return Err(FunctionError::validation(INSUFFICIENT));
-            }
-            for (id, new) in [
-                (&a.from, balance(&from) - a.amount),
-                (&a.to, balance(&to) + a.amount),
-            ] {
-                let mut o = Object::new();
-                o.insert("balance".into(), Value::Int64(new));
-                ctx.patch("accounts", id, o)?;
-            }
-            Ok(())
-        },
-    );
-    f
-}
+// ----- in-process target -----
 
 #[derive(Clone)]
 struct InProcess {
@@ -225,7 +134,7 @@ impl TransferClient for InProcess {
         from: usize,
         to: usize,
         amount: i64,
-    ) -> impl Future<Output = Result<Outcome, FunctionError>> + Send {
+    ) -> impl std::future::Future<Output = Result<Outcome, FunctionError>> + Send {
         let args = obj! {
             "from" => self.ids[from].clone(),
             "to" => self.ids[to].clone(),
@@ -253,65 +162,17 @@ impl InProcess {
         };
         let engine = Engine::open(&dir.join("transfer.redb"), schema(), functions(), config)
             .context("opening the engine")?;
-        let mut ids = Vec::with_capacity(args.accounts);
-        let batch = args.seed_batch.clamp(1, 8_000);
-        while ids.len() < args.accounts {
-            let n = batch.min(args.accounts - ids.len());
-            let initial = args.initial_balance;
-            let created = engine
-                .transact(move |ctx| {
-                    let mut out = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        out.push(Value::String(
-                            ctx.insert("accounts", obj! {"balance" => initial})?,
-                        ));
-                    }
-                    Ok(Value::Array(out))
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
-            let Value::Array(created) = created else {
-                bail!("seeding returned no ids");
-            };
-            for id in created {
-                ids.push(
-                    id.as_str()
-                        .context("seeding returned a non-id")?
-                        .to_string(),
-                );
-            }
-        }
+        let ids = seed_accounts(
+            &engine,
+            args.accounts,
+            args.initial_balance,
+            args.seed_batch,
+        )
+        .await?;
         Ok(InProcess {
             engine,
             ids: Arc::new(ids),
         })
-    }
-
-    /// Every account's balance, in account order.
-    async fn balances(&self) -> anyhow::Result<Vec<i64>> {
-        let mut out = Vec::with_capacity(self.ids.len());
-        for chunk in self.ids.chunks(8_000) {
-            let chunk: Vec<String> = chunk.to_vec();
-            let v = self
-                .engine
-                .read(move |ctx| {
-                    let mut b = Vec::with_capacity(chunk.len());
-                    for id in &chunk {
-                        let doc = ctx
-                            .get("accounts", id)?
-                            .ok_or_else(|| FunctionError::not_found("account vanished"))?;
-                        b.push(Value::Int64(balance(&doc)));
-                    }
-                    Ok(Value::Array(b))
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("reading balances: {e}"))?;
-            let Value::Array(b) = v else {
-                bail!("balances: not an array")
-            };
-            out.extend(b.iter().map(|x| x.as_i64().unwrap_or(i64::MIN)));
-        }
-        Ok(out)
     }
 }
 
@@ -390,6 +251,68 @@ async fn client_loop<C: TransferClient>(
     stats
 }
 
+/// What all the clients of one cell did.
+struct Driven {
+    hist: Histogram<u64>,
+    measured: u64,
+    refused: u64,
+    errors: BTreeMap<String, u64>,
+    acks: Vec<Ack>,
+}
+
+/// Starts `clients` client loops; client `c` calls through `targets[c % targets.len()]`.
+fn spawn_clients<C: TransferClient>(
+    targets: &[C],
+    args: &Args,
+    clients: usize,
+    depth: usize,
+    alpha: f64,
+    window: (Instant, Instant),
+) -> Vec<tokio::task::JoinHandle<ClientStats>> {
+    let zipf = Arc::new(Zipf::new(args.accounts, alpha));
+    (0..clients)
+        .map(|c| {
+            tokio::spawn(client_loop(
+                targets[c % targets.len()].clone(),
+                zipf.clone(),
+                depth,
+                args.max_amount,
+                args.seed.wrapping_mul(1_000_003).wrapping_add(c as u64),
+                window,
+            ))
+        })
+        .collect()
+}
+
+async fn gather(tasks: Vec<tokio::task::JoinHandle<ClientStats>>) -> anyhow::Result<Driven> {
+    let mut d = Driven {
+        hist: latency_histogram(),
+        measured: 0,
+        refused: 0,
+        errors: BTreeMap::new(),
+        acks: Vec::new(),
+    };
+    for t in tasks {
+        let s = t.await?;
+        d.hist.add(&s.hist)?;
+        d.measured += s.measured;
+        d.refused += s.refused;
+        for (k, n) in s.errors {
+            *d.errors.entry(k).or_insert(0) += n;
+        }
+        d.acks.extend(s.acks);
+    }
+    Ok(d)
+}
+
+fn window(args: &Args) -> (Instant, Instant) {
+    let start = Instant::now();
+    (
+        start + Duration::from_secs_f64(args.warmup_secs),
+        start + Duration::from_secs_f64(args.warmup_secs + args.secs),
+    )
+}
+
 #[derive(Debug, Serialize, Clone)]
 struct Verification {
     total_preserved: bool,
@@ -406,11 +329,26 @@ impl Verification {
     }
 }
 
+/// CPU use over the measured window, in cores (1.0 = one core busy).
+#[derive(Debug, Serialize, Clone, Copy)]
+struct Cpu {
+    /// The server process (QUIC mode); `None` in process, where server and clients share one.
+    server_cores: Option<f64>,
+    /// This process: the clients (and, in process, the engine too).
+    harness_cores: f64,
+    /// CPU µs per transfer measured, by thread group of the engine's process (committer,
+    /// subscription worker, tokio runtime, other); in process the runtime includes the
+    /// clients.
+    engine_us_per_transfer: [f64; 4],
+}
+
 #[derive(Debug, Serialize, Clone)]
 struct Cell {
     system: String,
     clients: usize,
     depth: usize,
+    /// QUIC connections the clients were spread over (QUIC mode only).
+    connections: Option<usize>,
     alpha: f64,
     transfers_per_sec: f64,
     latency: Latency,
@@ -418,10 +356,14 @@ struct Cell {
     refused: u64,
     errors: BTreeMap<String, u64>,
     committer: Option<CommitterFigures>,
+    cpu: Option<Cpu>,
     verification: Verification,
     /// `/proc/loadavg` when the cell ended.
     load_average: String,
 }
+
+const IN_PROCESS: &str = "engine (in-process)";
+const OVER_QUIC: &str = "engine (QUIC)";
 
 async fn engine_cell(
     args: &Args,
@@ -432,65 +374,137 @@ async fn engine_cell(
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(&base)?;
     let target = InProcess::seed(dir.path(), args).await?;
-    let zipf = Arc::new(Zipf::new(args.accounts, alpha));
-    let start = Instant::now();
-    let window = (
-        start + Duration::from_secs_f64(args.warmup_secs),
-        start + Duration::from_secs_f64(args.warmup_secs + args.secs),
-    );
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        tasks.push(tokio::spawn(client_loop(
-            target.clone(),
-            zipf.clone(),
-            depth,
-            args.max_amount,
-            args.seed.wrapping_mul(1_000_003).wrapping_add(c as u64),
-            window,
-        )));
-    }
-    tokio::time::sleep_until(window.0.into()).await;
-    let before = counters(target.engine.metrics());
-    tokio::time::sleep_until(window.1.into()).await;
-    let after = counters(target.engine.metrics());
-    let mut hist = latency_histogram();
-    let (mut measured, mut refused) = (0, 0);
-    let mut errors = BTreeMap::new();
-    let mut acks = Vec::new();
-    for t in tasks {
-        let s = t.await?;
-        hist.add(&s.hist)?;
-        measured += s.measured;
-        refused += s.refused;
-        for (k, n) in s.errors {
-            *errors.entry(k).or_insert(0) += n;
-        }
-        acks.extend(s.acks);
-    }
-    let verification = verify_engine(&target, args, &mut acks).await?;
-    target.engine.shutdown();
-    Ok(Cell {
-        system: "engine (in-process)".into(),
+    let window = window(args);
+    let tasks = spawn_clients(
+        std::slice::from_ref(&target),
+        args,
         clients,
         depth,
         alpha,
-        transfers_per_sec: measured as f64 / args.secs,
-        latency: Latency::of(&hist),
-        acknowledged: acks.len() as u64,
-        refused,
-        errors,
+        window,
+    );
+    let harness = ProcWatch::new(std::process::id(), false);
+    tokio::time::sleep_until(window.0.into()).await;
+    let before = counters(target.engine.metrics());
+    let (harness_mark, threads_before) = (harness.mark(), thread_cpu_ns(std::process::id()));
+    tokio::time::sleep_until(window.1.into()).await;
+    let after = counters(target.engine.metrics());
+    let threads_after = thread_cpu_ns(std::process::id());
+    let harness_cores = harness.since(harness_mark).cpu_cores;
+    let mut d = gather(tasks).await?;
+    let finals = read_balances(&target.engine, &target.ids).await?;
+    let verification = verify(&finals, args, &mut d.acks);
+    target.engine.shutdown();
+    Ok(Cell {
+        system: IN_PROCESS.into(),
+        clients,
+        depth,
+        connections: None,
+        alpha,
+        transfers_per_sec: d.measured as f64 / args.secs,
+        latency: Latency::of(&d.hist),
+        acknowledged: d.acks.len() as u64,
+        refused: d.refused,
+        errors: d.errors,
         committer: Some(CommitterFigures::between(before, after, args.secs)),
+        cpu: Some(Cpu {
+            server_cores: None,
+            harness_cores,
+            engine_us_per_transfer: cpu_us_per_transfer(threads_before, threads_after, d.measured),
+        }),
         verification,
         load_average: report::load_average(),
     })
 }
 
-async fn verify_engine(
-    target: &InProcess,
-    args: &Args,
-    acks: &mut [Ack],
-) -> anyhow::Result<Verification> {
-    let finals = target.balances().await?;
+/// The server's counters now, read over HTTP on a blocking thread.
+async fn scrape(addr: std::net::SocketAddr) -> Option<server_metrics::Scrape> {
+    let task = tokio::task::spawn_blocking(move || server_metrics::scrape(addr));
+    tokio::time::timeout(SCRAPE_TIMEOUT, task)
+        .await
+        .ok()?
+        .ok()
+        .flatten()
+}
+
+fn committer_from(c: &ServerCounters) -> CommitterFigures {
+    CommitterFigures {
+        commits: c.commits as u64,
+        batches: c.commit_batches as u64,
+        mean_batch_txns: c.mean_batch_txns,
+        fsyncs_per_sec: c.fsyncs_per_sec,
+        mean_batch_write_us: c.mean_batch_write_ms * 1e3,
+        conflicts: c.conflicts as u64,
+        reexecutions: c.reexecutions as u64,
+    }
+}
+
+/// The same workload through the client SDK against a server process over QUIC.
+async fn quic_cell(args: &Args, clients: usize, depth: usize, alpha: f64) -> anyhow::Result<Cell> {
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(&base)?;
+    let connections = args.quic_connections.clamp(1, clients.max(1));
+    let per_connection = clients.div_ceil(connections) * depth.max(1);
+    let opts = ServeOptions {
+        dir: dir.path().to_path_buf(),
+        accounts: args.accounts,
+        initial_balance: args.initial_balance,
+        seed_batch: args.seed_batch,
+        max_concurrent_calls: per_connection.clamp(64, MAX_SERVER_CALLS_PER_CONNECTION) as u32,
+    };
+    let server = tokio::task::block_in_place(|| QuicServer::start(&opts))?;
+    let targets = server.connect(connections).await?;
+    let window = window(args);
+    let tasks = spawn_clients(&targets, args, clients, depth, alpha, window);
+    let harness = ProcWatch::new(std::process::id(), false);
+    let served = ProcWatch::new(server.pid(), false);
+    tokio::time::sleep_until(window.0.into()).await;
+    let before = scrape(server.http_addr).await;
+    let (harness_mark, served_mark) = (harness.mark(), served.mark());
+    let threads_before = thread_cpu_ns(server.pid());
+    tokio::time::sleep_until(window.1.into()).await;
+    let threads_after = thread_cpu_ns(server.pid());
+    let after = scrape(server.http_addr).await;
+    let server_cores = served.since(served_mark).cpu_cores;
+    let harness_cores = harness.since(harness_mark).cpu_cores;
+    let mut d = gather(tasks).await?;
+    let cpu = Cpu {
+        server_cores: Some(server_cores),
+        harness_cores,
+        engine_us_per_transfer: cpu_us_per_transfer(threads_before, threads_after, d.measured),
+    };
+    for t in &targets {
+        t.client.close().await;
+    }
+    drop(targets);
+    let ids = server.ids.clone();
+    let engine = tokio::task::block_in_place(|| server.stop_and_open())?;
+    let finals = read_balances(&engine, &ids).await?;
+    let verification = verify(&finals, args, &mut d.acks);
+    engine.shutdown();
+    Ok(Cell {
+        system: OVER_QUIC.into(),
+        clients,
+        depth,
+        connections: Some(connections),
+        alpha,
+        transfers_per_sec: d.measured as f64 / args.secs,
+        latency: Latency::of(&d.hist),
+        acknowledged: d.acks.len() as u64,
+        refused: d.refused,
+        errors: d.errors,
+        committer: match (before, after) {
+            (Some(b), Some(a)) => Some(committer_from(&ServerCounters::between(&b, &a))),
+            _ => None,
+        },
+        cpu: Some(cpu),
+        verification,
+        load_average: report::load_average(),
+    })
+}
+
+/// Checks the final balances against the initial state and the acknowledged transfers.
+fn verify(finals: &[i64], args: &Args, acks: &mut [Ack]) -> Verification {
     let total: i128 = finals.iter().map(|b| *b as i128).sum();
     let expected = args.initial_balance as i128 * args.accounts as i128;
     acks.sort_by_key(|a| a.ts);
@@ -505,7 +519,7 @@ async fn verify_engine(
         replay[f] -= a.amount;
         replay[t] += a.amount;
     }
-    Ok(Verification {
+    Verification {
         total_preserved: total == expected,
         no_negative: finals.iter().all(|b| *b >= 0),
         replay_matches: Some(replay_ok && replay == finals),
@@ -513,7 +527,7 @@ async fn verify_engine(
             .iter()
             .filter(|b| **b != args.initial_balance)
             .count(),
-    })
+    }
 }
 
 // ----- PostgreSQL peer -----
@@ -673,6 +687,7 @@ async fn pg_cell(pg: &PgCluster, args: &Args, clients: usize, alpha: f64) -> any
         system: "PostgreSQL 15 (pgbench)".into(),
         clients,
         depth: 1,
+        connections: None,
         alpha,
         transfers_per_sec: measured as f64 / args.secs,
         latency: Latency::of(&hist),
@@ -680,6 +695,7 @@ async fn pg_cell(pg: &PgCluster, args: &Args, clients: usize, alpha: f64) -> any
         refused: 0,
         errors,
         committer: None,
+        cpu: None,
         verification: Verification {
             total_preserved: sum as i128 == args.initial_balance as i128 * args.accounts as i128,
             no_negative: min >= 0,
@@ -694,11 +710,27 @@ async fn pg_cell(pg: &PgCluster, args: &Args, clients: usize, alpha: f64) -> any
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ensure!(args.accounts >= 2, "need at least two accounts");
-    let machine = Machine::detect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(Command::Serve {
+        dir,
+        accounts,
+        initial_balance,
+        seed_batch,
+        max_concurrent_calls,
+    }) = args.command.clone()
+    {
+        return rt.block_on(linkedup_benches::transfer::quic::serve(ServeOptions {
+            dir,
+            accounts,
+            initial_balance,
+            seed_batch,
+            max_concurrent_calls,
+        }));
+    }
+    ensure!(args.accounts >= 2, "need at least two accounts");
+    let machine = Machine::detect();
     rt.block_on(run(args, machine))
 }
 
@@ -712,8 +744,27 @@ fn describe(c: &Cell) -> String {
             )
         })
         .unwrap_or_default();
+    let cpu = c
+        .cpu
+        .map(|cpu| match cpu.server_cores {
+            Some(s) => format!(
+                ", CPU server {s:.2} + clients {:.2} cores, server µs/transfer {}",
+                cpu.harness_cores,
+                per_group(&cpu.engine_us_per_transfer)
+            ),
+            None => format!(
+                ", CPU {:.2} cores, µs/transfer {}",
+                cpu.harness_cores,
+                per_group(&cpu.engine_us_per_transfer)
+            ),
+        })
+        .unwrap_or_default();
+    let conns = c
+        .connections
+        .map(|n| format!(" conns={n}"))
+        .unwrap_or_default();
     format!(
-        "{} c={} d={} α={}: {} transfers/s, p50 {}, p99 {}{m}; refused {}, errors {:?}, verified {} (load {})",
+        "{} c={} d={}{conns} α={}: {} transfers/s, p50 {}, p99 {}{m}{cpu}; refused {}, errors {:?}, verified {} (load {})",
         c.system,
         c.clients,
         c.depth,
@@ -728,9 +779,18 @@ fn describe(c: &Cell) -> String {
     )
 }
 
+fn per_group(us: &[f64; 4]) -> String {
+    CPU_GROUPS
+        .iter()
+        .zip(us)
+        .map(|(g, u)| format!("{g} {u:.0}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 async fn run(args: Args, machine: Machine) -> anyhow::Result<()> {
     let mut pg_note = None;
-    let pg = if args.no_pg {
+    let pg = if !args.modes.contains(&Mode::Pg) {
         None
     } else {
         match PgCluster::start(&[("shared_buffers", "256MB"), ("max_wal_size", "4GB")]) {
@@ -747,9 +807,14 @@ async fn run(args: Args, machine: Machine) -> anyhow::Result<()> {
     let mut cells = Vec::new();
     for &clients in &args.clients {
         for &alpha in &args.alpha {
-            if !args.no_engine {
-                for &depth in &args.depth {
+            for &depth in &args.depth {
+                if args.modes.contains(&Mode::InProcess) {
                     let c = engine_cell(&args, clients, depth, alpha).await?;
+                    eprintln!("{}", describe(&c));
+                    cells.push(c);
+                }
+                if args.modes.contains(&Mode::Quic) {
+                    let c = quic_cell(&args, clients, depth, alpha).await?;
                     eprintln!("{}", describe(&c));
                     cells.push(c);
                 }
@@ -782,6 +847,7 @@ fn finish(
     let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
     let mut table = Table::new(&header_refs);
     let mut metrics = Table::new(&[
+        "system",
         "clients",
         "depth",
         "α",
@@ -792,6 +858,9 @@ fn finish(
         "refused",
         "errors",
         "verified",
+        "server CPU (cores)",
+        "client CPU (cores)",
+        "engine CPU µs/transfer (committer / subscriptions / runtime / other)",
     ]);
     let mut rows: Vec<(String, usize, usize)> = Vec::new();
     for c in cells {
@@ -825,6 +894,7 @@ fn finish(
         let verified = if c.verification.ok() { "ok" } else { "FAILED" };
         match &c.committer {
             Some(m) => metrics.row(vec![
+                c.system.clone(),
                 c.clients.to_string(),
                 c.depth.to_string(),
                 c.alpha.to_string(),
@@ -835,6 +905,22 @@ fn finish(
                 c.refused.to_string(),
                 errors,
                 verified.to_string(),
+                c.cpu
+                    .and_then(|x| x.server_cores)
+                    .map(|x| format!("{x:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                c.cpu
+                    .map(|x| format!("{:.2}", x.harness_cores))
+                    .unwrap_or_else(|| "-".into()),
+                c.cpu
+                    .map(|x| {
+                        x.engine_us_per_transfer
+                            .iter()
+                            .map(|u| format!("{u:.0}"))
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    })
+                    .unwrap_or_else(|| "-".into()),
             ]),
             None => continue,
         }
@@ -854,7 +940,7 @@ fn finish(
     }
     let pg_verified: Vec<String> = cells
         .iter()
-        .filter(|c| c.committer.is_none())
+        .filter(|c| is_pg(c))
         .map(|c| {
             format!(
                 "PostgreSQL c={} α={}: total preserved {}, none negative {}, {} accounts changed",
@@ -885,13 +971,14 @@ fn finish(
         "postgres_note": pg_note,
     });
     let md = format!(
-        "# Contended transfers (SpacetimeDB keynote-2 workload)\n\n{}- parameters: {} accounts × {} initial balance, amounts 1..={}, {} s measured after {} s warm-up per cell, durable commits (engine: fsync per batch; PostgreSQL: fsync=on, synchronous_commit=on)\n{}\n## Throughput and latency\n\n{}\n## Engine committer (measured window)\n\n{}\n## Targets\n\n{}\n\n## PostgreSQL verification\n\n{}\n",
+        "# Contended transfers (SpacetimeDB keynote-2 workload)\n\n{}- parameters: {} accounts × {} initial balance, amounts 1..={}, {} s measured after {} s warm-up per cell, durable commits (engine: fsync per batch; PostgreSQL: fsync=on, synchronous_commit=on)\n- engine (QUIC): a server process (this binary re-executed as `serve`, development mode, TLS 1.3 on 127.0.0.1) called through the Rust client SDK, the clients spread over up to {} QUIC connections; server and clients share the machine's cores\n{}\n## Throughput and latency\n\n{}\n## Engine committer (measured window)\n\n{}\n## Targets\n\n{}\n\n## PostgreSQL verification\n\n{}\n",
         machine.markdown(),
         args.accounts,
         args.initial_balance,
         args.max_amount,
         args.secs,
         args.warmup_secs,
+        args.quic_connections,
         pg_note.map(|n| format!("- {n}\n")).unwrap_or_default(),
         table.markdown(),
         metrics.markdown(),
@@ -903,48 +990,55 @@ fn finish(
     Ok(())
 }
 
-/// The targets, checked at the largest client count with the deepest pipeline.
+/// The targets, checked at the largest client count with the deepest pipeline, for
+/// the engine in process and over QUIC.
 fn target_lines(args: &Args, cells: &[Cell]) -> Vec<String> {
     let Some(&clients) = args.clients.iter().max() else {
         return Vec::new();
     };
     let depth = args.depth.iter().copied().max().unwrap_or(1);
-    let engine = |a: f64| {
+    let rate = |system: &str, a: f64| {
         cells
             .iter()
             .find(|c| {
-                c.committer.is_some() && c.clients == clients && c.depth == depth && c.alpha == a
+                c.system == system && c.clients == clients && c.depth == depth && c.alpha == a
             })
             .map(|c| c.transfers_per_sec)
     };
     let pg = |a: f64| {
         cells
             .iter()
-            .find(|c| c.committer.is_none() && c.clients == clients && c.alpha == a)
+            .find(|c| is_pg(c) && c.clients == clients && c.alpha == a)
             .map(|c| c.transfers_per_sec)
     };
     let mark = |ok: bool| if ok { "met" } else { "NOT met" };
     let mut out = Vec::new();
-    if let Some(e0) = engine(0.0) {
-        out.push(format!(
-            "engine α=0, {clients} clients × {depth} in flight: {} transfers/s (target ≥ 20,000: {})",
-            fmt_rate(e0),
-            mark(e0 >= 20_000.0)
-        ));
-        if let Some(e15) = engine(1.5) {
+    for system in [IN_PROCESS, OVER_QUIC] {
+        if let Some(e0) = rate(system, 0.0) {
             out.push(format!(
-                "engine α=1.5 / α=0: {:.0} % (target ≥ 70 %: {})",
-                100.0 * e15 / e0,
-                mark(e15 >= 0.7 * e0)
+                "{system} α=0, {clients} clients × {depth} in flight: {} transfers/s (target ≥ 20,000: {})",
+                fmt_rate(e0),
+                mark(e0 >= 20_000.0)
+            ));
+            if let Some(e15) = rate(system, 1.5) {
+                out.push(format!(
+                    "{system} α=1.5 / α=0: {:.0} % (target ≥ 70 %: {})",
+                    100.0 * e15 / e0,
+                    mark(e15 >= 0.7 * e0)
+                ));
+            }
+        }
+        if let (Some(e15), Some(p15)) = (rate(system, 1.5), pg(1.5)) {
+            out.push(format!(
+                "{system} / PostgreSQL at α=1.5, {clients} clients: {:.1}× (target ≥ 4×: {})",
+                e15 / p15,
+                mark(e15 >= 4.0 * p15)
             ));
         }
     }
-    if let (Some(e15), Some(p15)) = (engine(1.5), pg(1.5)) {
-        out.push(format!(
-            "engine / PostgreSQL at α=1.5, {clients} clients: {:.1}× (target ≥ 4×: {})",
-            e15 / p15,
-            mark(e15 >= 4.0 * p15)
-        ));
-    }
     out
+}
+
+fn is_pg(c: &Cell) -> bool {
+    c.system.starts_with("PostgreSQL")
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{stream, StreamExt};
+use linkedup_client::client::shared_endpoint;
 use linkedup_client::{
     new_mutation_id, CallKind, Client, ClientError, ClientOptions, ReconnectPolicy, Subscription,
     Trust, Value,
@@ -31,6 +32,9 @@ const SETUP_PARALLELISM: usize = 32;
 const MAX_INVITEES: usize = 50;
 /// Pause before re-subscribing after a subscription failed.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(100);
+/// QUIC endpoints (UDP socket + driver task) the harness's clients share, round-robin. One per
+/// client costs a socket, a task and their buffers each: gigabytes for thousands of producers.
+const CLIENT_ENDPOINTS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -50,6 +54,8 @@ pub enum SetupError {
     Subscribe(ClientError),
     #[error("invalid plan: {0}")]
     Plan(&'static str),
+    #[error("binding client endpoints for {addr}: {reason}")]
+    Endpoint { addr: String, reason: String },
 }
 
 /// The shape of the fleet.
@@ -102,10 +108,35 @@ pub fn client_options(target: &Target, subject: &str) -> ClientOptions {
     o
 }
 
-async fn connect_all(target: &Target, subjects: &[String]) -> Result<Vec<Client>, SetupError> {
+/// `CLIENT_ENDPOINTS` client endpoints suited to reaching the target.
+pub async fn client_endpoints(target: &Target) -> Result<Vec<quinn::Endpoint>, SetupError> {
+    let err = |reason: String| SetupError::Endpoint {
+        addr: target.addr.clone(),
+        reason,
+    };
+    let server = tokio::net::lookup_host(target.addr.as_str())
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no address".into()))?;
+    (0..CLIENT_ENDPOINTS)
+        .map(|_| shared_endpoint(server).map_err(|e| err(e.to_string())))
+        .collect()
+}
+
+async fn connect_all(
+    target: &Target,
+    endpoints: &[quinn::Endpoint],
+    subjects: &[String],
+) -> Result<Vec<Client>, SetupError> {
     let results: Vec<Result<Client, SetupError>> = stream::iter(subjects.iter().cloned())
-        .map(|s| async move {
-            Client::connect(&target.addr, client_options(target, &s))
+        .enumerate()
+        .map(|(i, s)| async move {
+            let mut options = client_options(target, &s);
+            if !endpoints.is_empty() {
+                options = options.with_endpoint(endpoints[i % endpoints.len()].clone());
+            }
+            Client::connect(&target.addr, options)
                 .await
                 .map_err(|source| SetupError::Connect { who: s, source })
         })
@@ -275,9 +306,10 @@ impl LinkedUpFleet {
         let storm_subjects: Vec<String> = (0..plan.storm_clients)
             .map(|k| format!("fanout-{run}-r{k}"))
             .collect();
-        let producer_clients = connect_all(&target, &producer_subjects).await?;
-        let sub_clients = connect_all(&target, &sub_subjects).await?;
-        let storm_clients = connect_all(&target, &storm_subjects).await?;
+        let endpoints = client_endpoints(&target).await?;
+        let producer_clients = connect_all(&target, &endpoints, &producer_subjects).await?;
+        let sub_clients = connect_all(&target, &endpoints, &sub_subjects).await?;
+        let storm_clients = connect_all(&target, &endpoints, &storm_subjects).await?;
         let producer_ids = ensure_all(&producer_clients).await?;
         let sub_ids = ensure_all(&sub_clients).await?;
         let storm_ids = ensure_all(&storm_clients).await?;

@@ -43,9 +43,12 @@ pub struct SubscriptionConfig {
     pub coalesce_window: Duration,
     /// Bound of the command queue (subscribe/unsubscribe/...); callers wait when full.
     pub command_queue: usize,
-    /// Most distinct touched keys kept while the worker is behind; beyond it the next pass
-    /// re-runs every execution instead (correct, just slower).
+    /// Most touched keys (summed over the batches) kept while the worker is behind; beyond
+    /// it the next pass re-runs every execution instead (correct, just slower).
     pub max_pending_touched_keys: usize,
+    /// Threads re-running the executions of one pass when it has many (1 = the worker
+    /// alone); at most 8.
+    pub rerun_threads: usize,
 }
 
 impl Default for SubscriptionConfig {
@@ -55,6 +58,9 @@ impl Default for SubscriptionConfig {
             coalesce_window: Duration::ZERO,
             command_queue: 4096,
             max_pending_touched_keys: 1 << 20,
+            rerun_threads: std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(1),
         }
     }
 }
@@ -91,10 +97,13 @@ pub(crate) enum Command {
     Wake,
 }
 
-/// Commits not yet processed, merged.
+/// Commits not yet processed. The committer only appends each batch's (shared) touched keys,
+/// so noting a batch costs it O(1) whatever the batch size; the worker probes them all.
 #[derive(Default)]
 pub(crate) struct PendingCommits {
-    pub touched: TouchedKeys,
+    pub touched: Vec<Arc<TouchedKeys>>,
+    /// Keys in `touched`, summed over batches.
+    pub touched_keys: usize,
     pub overflow: bool,
     pub latest: Option<Arc<Snapshot>>,
     pub commits: u64,
@@ -155,10 +164,12 @@ impl SubscriptionManager {
                 metrics.commits_seen.fetch_add(1, Ordering::Relaxed);
                 let mut p = pending.lock();
                 if !p.overflow {
-                    p.touched.extend(&notice.touched);
-                    if p.touched.len() > max_keys {
+                    p.touched_keys += notice.touched.len();
+                    if p.touched_keys > max_keys {
                         p.overflow = true;
-                        p.touched = TouchedKeys::default();
+                        p.touched = Vec::new();
+                    } else {
+                        p.touched.push(notice.touched.clone());
                     }
                 }
                 p.latest = Some(notice.snapshot.clone());

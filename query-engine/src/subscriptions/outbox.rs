@@ -3,7 +3,6 @@
 //! receives the latest state (a query changed twice is sent in full) — memory per client is
 //! bounded by its subscriptions' result sizes, never by the number of commits.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -31,7 +30,9 @@ pub(crate) enum Update {
 
 #[derive(Default)]
 struct State {
-    pending: BTreeMap<u32, Update>,
+    /// Sorted by query id, one entry per query. A Vec rather than a map so its capacity is
+    /// kept across transitions: a client that keeps up costs no allocation per push.
+    pending: Vec<(u32, Update)>,
     /// End timestamp of the last transition taken; the next one starts here.
     delivered_ts: u64,
     /// Timestamp the client's state will be at after the pending transition.
@@ -50,23 +51,35 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// Adds updates that bring the client to `ts`.
-    pub fn push(&self, ts: u64, updates: Vec<(u32, Update)>) -> usize {
+    pub fn push(&self, ts: u64, updates: impl IntoIterator<Item = (u32, Update)>) -> usize {
         let mut s = self.state.lock();
         for (q, u) in updates {
-            let merged = match (s.pending.remove(&q), u) {
-                (Some(_), Update::Changed { latest, .. }) => {
-                    s.merges += 1;
-                    Update::Full(latest)
+            match s.pending.binary_search_by_key(&q, |(q, _)| *q) {
+                Ok(i) => {
+                    // The consumer has not taken the previous update: it gets the latest
+                    // value in full instead of a diff against a state it never saw.
+                    let merged = match u {
+                        Update::Changed { latest, .. } => {
+                            s.merges += 1;
+                            Update::Full(latest)
+                        }
+                        u => u,
+                    };
+                    s.pending[i].1 = merged;
                 }
-                (_, u) => u,
-            };
-            s.pending.insert(q, merged);
+                Err(i) => s.pending.insert(i, (q, u)),
+            }
         }
         s.latest_ts = s.latest_ts.max(ts);
+        // Only the push that makes a transition due wakes the consumer: while one is due, the
+        // consumer has been woken (or holds a permit) and will take everything merged since.
+        let wake = !s.due;
         s.due = true;
         let depth = s.pending.len();
         drop(s);
-        self.notify.notify_one();
+        if wake {
+            self.notify.notify_one();
+        }
         depth
     }
 
@@ -90,8 +103,9 @@ impl Outbox {
             s.due = false;
             let start = s.delivered_ts;
             s.delivered_ts = s.latest_ts;
-            let updates = std::mem::take(&mut s.pending)
-                .into_iter()
+            let updates = s
+                .pending
+                .drain(..)
                 .map(|(query_id, u)| match u {
                     Update::Changed { diff, encoded, .. } => QueryUpdate::Updated {
                         query_id,

@@ -27,6 +27,19 @@ use super::{ClientId, Command, PendingCommits, SubscriptionConfig, SubscriptionM
 
 /// Longest coalescing window honoured.
 const MAX_COALESCE: Duration = Duration::from_millis(250);
+/// Most threads re-running executions of one pass.
+const MAX_RERUN_THREADS: usize = 8;
+/// Fewer re-runs than this in a pass run on the worker thread alone (starting a helper
+/// costs about as much as a few re-runs).
+const PARALLEL_MIN_RERUNS: usize = 64;
+
+/// The outcome of re-running one execution, applied to the worker's state afterwards.
+struct Rerun {
+    id: ExecId,
+    result: Result<Arc<Value>, FunctionError>,
+    reads: ReadSet,
+    update: Option<Update>,
+}
 
 /// What makes two subscriptions share an execution.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -187,8 +200,13 @@ impl Worker {
         }
     }
 
-    fn push(&self, client: ClientId, updates: Vec<(u32, Update)>) {
+    fn push<I>(&self, client: ClientId, updates: I)
+    where
+        I: IntoIterator<Item = (u32, Update)>,
+        I::IntoIter: ExactSizeIterator,
+    {
         if let Some(c) = self.clients.get(&client) {
+            let updates = updates.into_iter();
             let n = updates.len();
             let depth = c.outbox.push(self.snapshot.ts, updates);
             self.metrics.transitions.fetch_add(1, Ordering::Relaxed);
@@ -425,6 +443,78 @@ impl Worker {
         self.push(client, updates);
     }
 
+    /// Re-runs one execution at the worker's snapshot and works out what its subscribers
+    /// need (nothing, a diff encoded once, the full value, or the error). Reads only, so
+    /// several run at once on helper threads.
+    fn rerun(&self, id: ExecId) -> Option<Rerun> {
+        let exec = self.execs.get(&id)?;
+        let (result, reads) = self.execute(
+            &exec.handler,
+            &exec.def,
+            &exec.args,
+            exec.key.identity.as_ref(),
+            exec.key.access,
+        );
+        let update = match (&exec.result, &result) {
+            (Ok(old), Ok(new)) => diff(old.as_ref(), new.as_ref()).map(|d| Update::Changed {
+                encoded: Arc::new(encode_diff(&d)),
+                diff: Arc::new(d),
+                latest: new.clone(),
+            }),
+            (Err(a), Err(b)) if a == b => None,
+            (_, Err(e)) => Some(Update::Failed(e.clone())),
+            (Err(_), Ok(v)) => Some(Update::Full(v.clone())),
+        };
+        Some(Rerun {
+            id,
+            result,
+            reads,
+            update,
+        })
+    }
+
+    /// Re-runs `ids`, split over up to `rerun_threads` threads (this one included) when
+    /// there are enough to pay for starting them; results come back in `ids` order.
+    fn rerun_all(&self, ids: &[ExecId]) -> Vec<Rerun> {
+        let threads = self.config.rerun_threads.clamp(1, MAX_RERUN_THREADS);
+        if threads == 1 || ids.len() < PARALLEL_MIN_RERUNS {
+            return ids.iter().filter_map(|&id| self.rerun(id)).collect();
+        }
+        let chunk = ids.len().div_ceil(threads);
+        let mut chunks = ids.chunks(chunk);
+        let first = chunks.next().unwrap_or_default();
+        std::thread::scope(|scope| {
+            let mut helpers = Vec::new();
+            let mut serial: Vec<&[ExecId]> = Vec::new();
+            for c in chunks {
+                let spawned = std::thread::Builder::new()
+                    .name("subscriptions-rerun".into())
+                    .spawn_scoped(scope, move || {
+                        c.iter()
+                            .filter_map(|&id| self.rerun(id))
+                            .collect::<Vec<_>>()
+                    });
+                match spawned {
+                    Ok(h) => helpers.push(h),
+                    // No thread to be had: this one does that share too.
+                    Err(_) => serial.push(c),
+                }
+            }
+            let mut out: Vec<Rerun> = first.iter().filter_map(|&id| self.rerun(id)).collect();
+            for h in helpers {
+                match h.join() {
+                    Ok(v) => out.extend(v),
+                    // A handler panicked: behave as if it had on this thread.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            for c in serial {
+                out.extend(c.iter().filter_map(|&id| self.rerun(id)));
+            }
+            out
+        })
+    }
+
     fn process_commits(&mut self) {
         let pending = std::mem::take(&mut *self.pending.lock());
         let Some(snapshot) = pending.latest else {
@@ -439,48 +529,32 @@ impl Worker {
         if pending.overflow {
             affected.extend(self.execs.keys().copied());
         } else {
-            self.index.affected(&pending.touched, &mut affected);
+            for touched in &pending.touched {
+                self.index.affected(touched, &mut affected);
+            }
         }
-        // Re-run every affected execution at the new snapshot; collect per-client updates.
-        let mut per_client: HashMap<ClientId, BTreeMap<u32, Update>> = HashMap::new();
+        // Re-run every affected execution at the new snapshot (in parallel when there are
+        // many), then apply the results here; collect (client, query, update) triples,
+        // grouped per client below.
+        let ids: Vec<ExecId> = affected.iter().collect();
+        let reruns = self.rerun_all(&ids);
+        let mut updates: Vec<(ClientId, u32, Update)> = Vec::new();
         let mut ended: Vec<(ClientId, u32)> = Vec::new();
-        for id in affected.iter() {
-            let Some(exec) = self.execs.get(&id) else {
-                continue;
-            };
-            let identity = exec.key.identity.clone();
-            let (result, reads) = self.execute(
-                &exec.handler,
-                &exec.def,
-                &exec.args,
-                identity.as_ref(),
-                exec.key.access,
-            );
+        for rerun in reruns {
             self.metrics.reruns.fetch_add(1, Ordering::Relaxed);
+            let id = rerun.id;
             let Some(exec) = self.execs.get_mut(&id) else {
                 continue;
             };
-            self.index.remove(id, &exec.reads);
-            self.index.insert(id, &reads);
-            exec.reads = reads;
-            let update = match (&exec.result, &result) {
-                (Ok(old), Ok(new)) => match diff(old.as_ref(), new.as_ref()) {
-                    None => None,
-                    Some(d) => {
-                        let encoded = Arc::new(encode_diff(&d));
-                        Some(Update::Changed {
-                            diff: Arc::new(d),
-                            encoded,
-                            latest: new.clone(),
-                        })
-                    }
-                },
-                (Err(a), Err(b)) if a == b => None,
-                (_, Err(e)) => Some(Update::Failed(e.clone())),
-                (Err(_), Ok(v)) => Some(Update::Full(v.clone())),
-            };
-            exec.result = result;
-            let Some(update) = update else {
+            // A re-run usually reads the same ranges again (a window over one meeting's
+            // index range); then its entries in the index stay as they are.
+            if exec.reads != rerun.reads {
+                self.index.remove(id, &exec.reads);
+                self.index.insert(id, &rerun.reads);
+                exec.reads = rerun.reads;
+            }
+            exec.result = rerun.result;
+            let Some(update) = rerun.update else {
                 self.metrics
                     .reruns_unchanged
                     .fetch_add(1, Ordering::Relaxed);
@@ -488,19 +562,14 @@ impl Worker {
             };
             let is_access = exec.key.access;
             for &(client, q) in &exec.subscribers {
-                let slot = per_client.entry(client).or_default();
                 match &update {
                     Update::Failed(e) => {
-                        slot.insert(q, Update::Failed(e.clone()));
+                        updates.push((client, q, Update::Failed(e.clone())));
                         ended.push((client, q));
                     }
                     // An access check that still passes changes nothing for the subscriber.
                     _ if is_access => {}
-                    u => {
-                        if !matches!(slot.get(&q), Some(Update::Failed(_))) {
-                            slot.insert(q, clone_update(u));
-                        }
-                    }
+                    u => updates.push((client, q, clone_update(u))),
                 }
             }
         }
@@ -515,14 +584,32 @@ impl Worker {
         }
         let ts = self.snapshot.ts;
         // Clients that asked for a sync up to `ts` get a transition even without changes.
-        let due: Vec<u64> = self.syncs.range(..=ts).map(|(t, _)| *t).collect();
-        for t in due {
-            for client in self.syncs.remove(&t).unwrap_or_default() {
-                per_client.entry(client).or_default();
+        let mut synced: Vec<ClientId> = Vec::new();
+        while let Some(entry) = self.syncs.first_entry() {
+            if *entry.key() > ts {
+                break;
             }
+            synced.extend(entry.remove());
         }
-        for (client, updates) in per_client {
-            self.push(client, updates.into_iter().collect());
+        // One transition per client: group by client, then by query; a query with two updates
+        // (its body changed and its access check failed) keeps the failure.
+        updates.sort_by_key(|(client, q, u)| (*client, *q, !matches!(u, Update::Failed(_))));
+        updates.dedup_by_key(|(client, q, _)| (*client, *q));
+        for group in updates.chunk_by(|a, b| a.0 == b.0) {
+            let client = group[0].0;
+            self.push(client, group.iter().map(|(_, q, u)| (*q, clone_update(u))));
+        }
+        synced.sort_unstable();
+        synced.dedup();
+        for client in synced {
+            // Already pushed above if any of its queries changed.
+            let behind = self
+                .clients
+                .get(&client)
+                .is_some_and(|c| c.outbox.latest_ts() < ts);
+            if behind {
+                self.push(client, Vec::new());
+            }
         }
     }
 }

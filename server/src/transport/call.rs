@@ -13,7 +13,9 @@ use query_engine::value::Value;
 use quinn::{RecvStream, SendStream};
 
 use super::connection::{AuthState, ConnCtx};
-use super::stream::{read_message, send_fatal_and_close, write_payload, CLOSE_PROTOCOL_ERROR};
+use super::stream::{
+    consume_fin, read_message, send_fatal_and_close, write_payload, CLOSE_PROTOCOL_ERROR,
+};
 use super::Shared;
 use crate::metrics::UNKNOWN_FUNCTION;
 
@@ -46,7 +48,9 @@ pub(crate) async fn serve(
             return;
         }
     };
-    // Anything after the Call is a client bug; dropping `recv` tells the client to stop.
+    // Anything after the Call is a client bug; dropping `recv` tells the client to stop. Its
+    // FIN normally came with the Call: taken first, the drop sends nothing.
+    consume_fin(&mut recv);
     drop(recv);
     let ClientMessage::Call {
         request_id,

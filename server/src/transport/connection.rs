@@ -212,6 +212,12 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
             () = &mut reader => break End::ControlClosed,
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
+                    // Finished calls are reaped here rather than in a branch of their own,
+                    // which would wake this task once per call. Stream credit bounds how many
+                    // can be waiting: at most `max_concurrent_calls`.
+                    while let Some(joined) = calls.try_join_next() {
+                        report_panic(joined);
+                    }
                     // The identity at acceptance is the one the call runs under (§5.5).
                     let auth = ctx.auth.load_full();
                     calls.spawn(
@@ -223,13 +229,6 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
                     break End::ConnectionLost;
                 }
             },
-            Some(joined) = calls.join_next(), if !calls.is_empty() => {
-                if let Err(e) = joined {
-                    if e.is_panic() {
-                        tracing::error!(error = %e, "call task panicked");
-                    }
-                }
-            }
         }
     };
     drop(reader);
@@ -282,4 +281,12 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
         }
     }
     tracing::debug!("connection ended");
+}
+
+fn report_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined {
+        if e.is_panic() {
+            tracing::error!(error = %e, "call task panicked");
+        }
+    }
 }

@@ -1,0 +1,160 @@
+//! The rate limiter's window documents: past buckets folded into one document per (user,
+//! action) keep the count exact across many buckets, and a check's reads stay small however
+//! many counter documents the window holds.
+
+mod linkedup_common;
+
+use linkedup_common::*;
+use linkedup_server::linkedup::{LinkedUpConfig, RateLimit, RateLimitConfig};
+use query_engine::obj;
+use query_engine::value::Value;
+
+/// Exact (one shard) chat limit with short buckets, so sequential calls spread over many
+/// buckets and the limiter must fold ended buckets to count them.
+fn short_buckets(max: i64) -> LinkedUpConfig {
+    LinkedUpConfig {
+        rate_limits: RateLimitConfig {
+            chat_send: RateLimit {
+                max,
+                window_ms: 60_000,
+            },
+            bucket_ms: 20,
+            shards: 1,
+            ..RateLimitConfig::default()
+        },
+        ..LinkedUpConfig::default()
+    }
+}
+
+fn int(v: &Value, field: &str) -> i64 {
+    v.get_path(field).and_then(Value::as_i64).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folded_buckets_count_exactly_and_the_limit_holds() {
+    const MAX: i64 = 40;
+    let w = world(short_buckets(MAX)).await;
+    let send = |i: i64| obj! { "meetingId" => w.meeting.as_str(), "content" => format!("m{i}") };
+    for i in 0..MAX {
+        w.env.m("chat.send", send(i), Some(&w.bob)).await.unwrap();
+        if i % 8 == 0 {
+            // Let a bucket or two end, so later checks fold.
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+    let before = w.env.commits();
+    let e = expect_code(
+        w.env.m("chat.send", send(MAX), Some(&w.bob)).await,
+        "RATE_LIMITED",
+    );
+    let retry = int(&e.data, "retryAfterMs");
+    assert!((1..=60_000).contains(&retry), "retryAfterMs {retry}");
+    assert_eq!(w.env.commits(), before, "a refused call writes nothing");
+
+    // Every accepted call sits in exactly one counter document.
+    let counters = w.env.all("rateLimits").await;
+    let counted: i64 = counters
+        .iter()
+        .filter(|d| d.get_path("action") == Some(&Value::from("chat.send")))
+        .map(|d| int(d, "count"))
+        .sum();
+    assert_eq!(counted, MAX);
+    // One window document for bob's chat.send; what it folded never exceeds what was counted.
+    let windows: Vec<Value> = w
+        .env
+        .all("rateLimitWindows")
+        .await
+        .into_iter()
+        .filter(|d| d.get_path("action") == Some(&Value::from("chat.send")))
+        .collect();
+    assert_eq!(windows.len(), 1);
+    let folded: i64 = windows[0]
+        .get_path("counts")
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|c| c.as_i64().unwrap())
+        .sum();
+    assert!(folded <= MAX, "folded {folded}");
+    assert_eq!(int(&windows[0], "bucketMs"), 20);
+    // Another user is not limited.
+    w.env
+        .m("chat.send", send(MAX + 1), Some(&w.alice))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_across_buckets_are_all_counted() {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 15;
+    let w = world(LinkedUpConfig {
+        rate_limits: RateLimitConfig {
+            chat_send: RateLimit {
+                max: 1_000_000,
+                window_ms: 60_000,
+            },
+            bucket_ms: 5,
+            shards: 4,
+            ..RateLimitConfig::default()
+        },
+        ..LinkedUpConfig::default()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let engine = w.env.engine.clone();
+        let (bob, m) = (w.bob.clone(), w.meeting.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER_TASK {
+                engine
+                    .mutation(
+                        "chat.send",
+                        obj! { "meetingId" => m.as_str(), "content" => format!("{t}/{i}") },
+                        Some(&bob),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // One more call folds everything before its bucket: the window document plus the
+    // current bucket's counters must account for every call exactly once.
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    w.env
+        .m(
+            "chat.send",
+            obj! { "meetingId" => w.meeting.as_str(), "content" => "last" },
+            Some(&w.bob),
+        )
+        .await
+        .unwrap();
+    let windows = w.env.all("rateLimitWindows").await;
+    let window = windows
+        .iter()
+        .find(|d| d.get_path("action") == Some(&Value::from("chat.send")))
+        .unwrap();
+    let through = int(window, "throughMs");
+    let folded: i64 = window
+        .get_path("counts")
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|c| c.as_i64().unwrap())
+        .sum();
+    let unfolded: i64 = w
+        .env
+        .all("rateLimits")
+        .await
+        .iter()
+        .filter(|d| {
+            d.get_path("action") == Some(&Value::from("chat.send"))
+                && int(d, "windowStartMs") >= through
+        })
+        .map(|d| int(d, "count"))
+        .sum();
+    assert_eq!(folded + unfolded, (TASKS * PER_TASK) as i64 + 1);
+}
