@@ -3,8 +3,9 @@
 //! everything committed after the transaction's snapshot and against earlier members of the
 //! batch); a transaction that conflicts is re-executed here, on the latest state plus the
 //! batch so far, so hot keys serialize at memory speed instead of bouncing back to clients.
-//! The whole batch is one redb write transaction and one fsync; then every member is
-//! acknowledged and the batch's touched keys are published, in commit order.
+//! The whole batch is one append and one fsync of the write-ahead log; then it is published
+//! to new snapshots (redb gets it later, from the applier), every member is acknowledged and
+//! the batch's touched keys are published to observers, in commit order.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use crate::catalog::Catalog;
 use crate::error::{FunctionError, FunctionResult};
 use crate::metrics::EngineMetrics;
 use crate::reads::{ReadSet, TouchedKeys};
-use crate::storage::{CommitMode, Snapshot, Storage};
+use crate::storage::{Snapshot, Storage};
 use crate::transaction::{Limits, Transaction};
 use crate::value::Value;
 use crate::writes::WriteSet;
@@ -197,7 +198,7 @@ impl Committer {
         let prev_ts = self.last_ts;
         let ts = (prev_ts + accepted.len() as u64).max(now_micros());
         let first_ts = ts - (accepted.len() as u64 - 1);
-        let meta = [
+        let meta = vec![
             ("last_ts", ts.to_be_bytes().to_vec()),
             (
                 "id_high_water",
@@ -209,35 +210,38 @@ impl Committer {
             ),
         ];
         let started = Instant::now();
-        if let Err(e) = self.shared.storage.commit(
-            &overlay,
-            &meta,
-            if self.config.durable {
-                CommitMode::Logged
-            } else {
-                CommitMode::Volatile
-            },
-        ) {
-            tracing::error!(error = %e, "commit failed; batch rejected");
-            for (reply, _) in accepted {
-                let _ = reply.send(Err(FunctionError::internal("commit failed")));
+        let logged = match overlay.ensure_encoded() {
+            Err(e) => Err(e),
+            Ok(()) if self.config.durable => self
+                .shared
+                .storage
+                .log(&overlay, ts, &meta)
+                .map_err(|e| e.to_string()),
+            Ok(()) => Ok(None),
+        };
+        let sealed = match logged {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; batch rejected");
+                for (reply, _) in accepted {
+                    let _ = reply.send(Err(FunctionError::internal("commit failed")));
+                }
+                return;
             }
-            return;
-        }
+        };
         m.record_commit(accepted.len(), started.elapsed());
-        self.shared.storage.cache_committed(&overlay, ts);
-        let new_snapshot = match self.shared.storage.snapshot(ts) {
+        let touched = Arc::new(std::mem::take(&mut overlay.touched));
+        let new_snapshot = match self.shared.storage.publish(overlay, ts, meta, sealed) {
             Ok(s) => Arc::new(s),
             Err(e) => {
-                // The data is durable; only the read view failed. Stop rather than serve
-                // reads that miss acknowledged writes.
-                tracing::error!(error = %e, "cannot open snapshot after commit");
+                // The batch is durable; only publishing it failed (the storage is shutting
+                // down). Stop rather than acknowledge writes that reads would not see.
+                tracing::error!(error = %e, "cannot publish a logged batch");
                 std::process::abort();
             }
         };
         self.shared.snapshot.store(new_snapshot.clone());
         self.last_ts = ts;
-        let touched = Arc::new(std::mem::take(&mut overlay.touched));
         self.log.push_back(LogEntry {
             ts,
             touched: touched.clone(),

@@ -1,8 +1,9 @@
-//! A cache of decoded documents, filled only by the committer with the versions it has just
-//! made durable, so the hot path (re-running subscriptions over fresh writes) skips redb and
-//! MessagePack decoding. Each entry is tagged with the commit timestamp that wrote it; a reader
-//! at snapshot `ts` may use an entry only if its tag is ≤ `ts` (then it is the version visible
-//! at `ts`, because the committer replaces the entry on every later write). Evicting an entry
+//! A cache of decoded documents, filled only by the storage applier with the versions it has
+//! just written to redb (in commit order), so hot reads skip redb and MessagePack decoding.
+//! Each entry is tagged with the commit timestamp that wrote it; a reader at snapshot `ts` may
+//! use an entry only if its tag is ≤ `ts` and the snapshot's in-memory layers (newer batches)
+//! do not have the document (then it is the version visible at `ts`, because the applier
+//! replaces the entry on every later write). Evicting an entry
 //! only sends readers back to storage, so the cache is always correct.
 
 use std::collections::{HashMap, VecDeque};
@@ -54,8 +55,7 @@ impl DocCache {
         }
     }
 
-    /// Records the version of `id` written at `ts` (called by the committer after the write is
-    /// durable and before the snapshot including it is published).
+    /// Records the version of `id` written at `ts` (called by the applier, in commit order).
     pub fn put(&self, id: DocumentId, ts: u64, doc: Option<Arc<Value>>) {
         let mut s = self.shard(&id).lock();
         s.map.insert(id, (ts, doc));

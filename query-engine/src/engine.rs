@@ -25,7 +25,7 @@ use crate::metrics::EngineMetrics;
 use crate::reads::ReadSet;
 use crate::scheduler::{self, Cron};
 use crate::schema::SchemaDefinition;
-use crate::storage::{CommitMode, Snapshot, Storage, StorageError};
+use crate::storage::{Snapshot, Storage, StorageError};
 use crate::transaction::{index_key, Limits, Transaction};
 use crate::value::Value;
 
@@ -184,7 +184,7 @@ impl Engine {
         let jobs = scheduler::table();
         full.tables.insert(jobs.name.clone(), jobs);
         let storage = Arc::new(Storage::open(path)?);
-        let snap = storage.snapshot(0)?;
+        let snap = storage.snapshot(0);
         let last_ts = meta_u64(&snap, "last_ts")?;
         let id_hw = meta_u64(&snap, "id_high_water")?;
         let mut numbering: Numbering = meta_msgpack(&snap, "numbering")?.unwrap_or_default();
@@ -201,13 +201,9 @@ impl Engine {
         let schema_bytes =
             rmp_serde::to_vec_named(&full).map_err(|e| OpenError::Schema(e.to_string()))?;
         drop(snap);
-        storage.commit(
-            &Default::default(),
-            &[("numbering", encoded), ("schema", schema_bytes)],
-            CommitMode::Immediate,
-        )?;
+        storage.write_meta_durable(&[("numbering", encoded), ("schema", schema_bytes)])?;
         let ts = last_ts.max(now_micros());
-        let snapshot = Arc::new(ArcSwap::from_pointee(storage.snapshot(ts)?));
+        let snapshot = Arc::new(ArcSwap::from_pointee(storage.snapshot(ts)));
         let catalog = Arc::new(ArcSwap::from_pointee(catalog));
         // Ids allocated by transactions that never committed are skipped, never reused.
         let ids = Arc::new(AtomicU64::new(id_hw + 1));
@@ -731,11 +727,11 @@ impl Engine {
         let Ok(bytes) = rmp_serde::to_vec_named(&*numbering) else {
             return;
         };
-        if let Err(e) = self.inner.storage.commit(
-            &Default::default(),
-            &[("numbering", bytes)],
-            CommitMode::Immediate,
-        ) {
+        if let Err(e) = self
+            .inner
+            .storage
+            .write_meta_durable(&[("numbering", bytes)])
+        {
             tracing::error!(error = %e, "cannot record index as ready");
             return;
         }

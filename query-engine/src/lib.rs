@@ -17,6 +17,7 @@ pub mod functions;
 pub mod id;
 pub mod identity;
 pub mod json;
+pub mod key_merge;
 pub mod metrics;
 pub mod protocol;
 pub mod reads;

@@ -14,6 +14,7 @@ use crate::catalog::{Catalog, IndexInfo, IndexState, TableInfo};
 use crate::encoding::{encode_missing, encode_value, prefix_successor};
 use crate::error::{FunctionError, FunctionResult};
 use crate::id::{DocumentId, ID_BYTES};
+use crate::key_merge::MergedKeys;
 use crate::reads::{KeyRange, ReadSet};
 use crate::storage::{Snapshot, StorageError};
 use crate::value::{Object, Value};
@@ -521,53 +522,7 @@ fn merge(
     desc: bool,
     limit: usize,
 ) -> FunctionResult<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
-    let mut base = base.peekable();
-    let mut over: Box<dyn Iterator<Item = (Vec<u8>, bool)>> = if desc {
-        Box::new(overlay.into_iter().rev())
-    } else {
-        Box::new(overlay.into_iter())
-    };
-    let mut next_over = over.next();
-    let before = |a: &[u8], b: &[u8]| if desc { a > b } else { a < b };
-    while out.len() < limit {
-        let next_base = match base.peek() {
-            Some(Ok(k)) => Some(k.clone()),
-            Some(Err(_)) => {
-                if let Some(Err(e)) = base.next() {
-                    return Err(e.into());
-                }
-                None
-            }
-            None => None,
-        };
-        match (next_base, &next_over) {
-            (None, None) => break,
-            (Some(b), None) => {
-                base.next();
-                out.push(b);
-            }
-            (None, Some((k, present))) => {
-                if *present {
-                    out.push(k.clone());
-                }
-                next_over = over.next();
-            }
-            (Some(b), Some((k, present))) => {
-                if before(&b, k) {
-                    base.next();
-                    out.push(b);
-                } else {
-                    if *present {
-                        out.push(k.clone());
-                    }
-                    if b == *k {
-                        base.next();
-                    }
-                    next_over = over.next();
-                }
-            }
-        }
-    }
-    Ok(out)
+    Ok(MergedKeys::with_map(base, overlay, desc)
+        .take(limit)
+        .collect::<Result<Vec<_>, _>>()?)
 }

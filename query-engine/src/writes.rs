@@ -43,6 +43,20 @@ impl WriteSet {
         self.docs.get(id).cloned()
     }
 
+    /// Encodes every present document that has no encoding yet.
+    pub fn ensure_encoded(&mut self) -> Result<(), String> {
+        for (id, doc) in &self.docs {
+            if let Some(doc) = doc {
+                if !self.encoded.contains_key(id) {
+                    let bytes = rmp_serde::to_vec_named(doc.as_ref())
+                        .map_err(|e| format!("cannot encode document {id}: {e}"))?;
+                    self.encoded.insert(*id, bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Layers `later` (a transaction validated against everything in `self`) on top.
     pub fn merge(&mut self, later: WriteSet) {
         for (id, doc) in &later.docs {

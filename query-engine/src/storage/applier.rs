@@ -1,0 +1,114 @@
+//! The applier: one thread that writes committed batches into redb after they were
+//! acknowledged (they are durable in the write-ahead log already), so the committer's critical
+//! path is validation plus one small sequential fsync. It receives a frozen memtable — every
+//! batch committed while it was busy with the previous one, merged, sorted, each key once —
+//! and writes it in one redb transaction, so a hot B-tree page is copied and written once per
+//! transaction, not once per batch. Then it fills the decoded-document cache and publishes
+//! redb's new state as the base for new snapshots. A job carrying sealed log segments is
+//! committed durably, after which those segments are deleted.
+//!
+//! Under uniformly random updates nearly every redb page of a table is rewritten by every
+//! transaction (~20 µs a page here), so the cost per update falls as transactions grow: the
+//! applier therefore starts at most one transaction per interval (250 ms by default) unless
+//! the committer is waiting for it (memtable full, or shutting down). Measured with redb
+//! alone, random updates over 100,000 keys: ~20 µs per update at 500–8,000 updates per
+//! transaction, 6 µs at 32,000, 2.3 µs at 100,000.
+
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use redb::{Database, Durability};
+
+use super::memtable::Memtable;
+use super::snapshot::Base;
+use super::{apply, open_base, CloseSignal, Progress, StorageError};
+use crate::doc_cache::DocCache;
+use crate::wal::Sealed;
+
+pub(super) struct Job {
+    pub memtable: Arc<Memtable>,
+    /// Log segments whose records are all in `memtable` or already applied.
+    pub sealed: Vec<Sealed>,
+}
+
+pub(super) struct Applier {
+    pub db: Arc<Database>,
+    pub cache: Arc<DocCache>,
+    pub applied: Arc<ArcSwap<Base>>,
+    pub progress: Arc<Progress>,
+    /// Shortest time between the starts of two redb transactions (see `StorageOptions`).
+    pub interval: Duration,
+    pub closed: Arc<CloseSignal>,
+}
+
+impl Applier {
+    /// Runs until the sender is dropped; then makes redb durable and returns.
+    pub fn run(self, rx: Receiver<Job>) {
+        let mut last_start = Instant::now();
+        while let Ok(job) = rx.recv() {
+            self.progress.pause_until(last_start + self.interval);
+            last_start = Instant::now();
+            if let Err(e) = self.apply_job(job) {
+                // The batches are durable in the log and replayed on the next open; serving on
+                // without them in redb would grow memory without bound.
+                tracing::error!(error = %e, "cannot apply committed batches to redb; stopping");
+                std::process::abort();
+            }
+        }
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed on open");
+        }
+    }
+
+    fn checkpoint(&self) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn apply_job(&self, job: Job) -> Result<(), StorageError> {
+        let m = &job.memtable;
+        let mut txn = self.db.begin_write()?;
+        if !job.sealed.is_empty() {
+            txn.set_durability(Durability::Immediate);
+        } else {
+            txn.set_durability(Durability::None);
+        }
+        let mut docs = Vec::with_capacity(m.docs.len());
+        for (id, e) in m.docs.iter() {
+            let bytes = match (&e.doc, &e.encoded) {
+                (None, _) => None,
+                (Some(_), Some(b)) => Some(b.as_slice()),
+                (Some(_), None) => {
+                    return Err(StorageError::CorruptDocument(
+                        id.to_string(),
+                        "committed without its encoding".into(),
+                    ))
+                }
+            };
+            docs.push((id.to_bytes(), bytes));
+        }
+        apply(
+            &txn,
+            docs.into_iter(),
+            m.index.iter().map(|(k, p)| (&k[..], *p)),
+            m.meta.iter().map(|(k, v)| (*k, v.as_slice())),
+        )?;
+        txn.commit()?;
+        for (id, e) in m.docs.iter() {
+            self.cache.put(*id, e.ts, e.doc.clone());
+        }
+        self.applied
+            .store(Arc::new(open_base(&self.db, m.ts, &self.closed)?));
+        self.progress.advance();
+        for s in job.sealed {
+            if let Err(e) = s.remove() {
+                tracing::warn!(error = %e, "cannot delete checkpointed log segments");
+            }
+        }
+        Ok(())
+    }
+}
