@@ -119,9 +119,11 @@ pub async fn client_endpoints(target: &Target) -> Result<Vec<quinn::Endpoint>, S
         .map_err(|e| err(e.to_string()))?
         .next()
         .ok_or_else(|| err("no address".into()))?;
-    (0..CLIENT_ENDPOINTS)
-        .map(|_| shared_endpoint(server).map_err(|e| err(e.to_string())))
-        .collect()
+    let mut endpoints = Vec::with_capacity(CLIENT_ENDPOINTS);
+    for _ in 0..CLIENT_ENDPOINTS {
+        endpoints.push(shared_endpoint(server).map_err(|e| err(e.to_string()))?);
+    }
+    Ok(endpoints)
 }
 
 async fn connect_all(
