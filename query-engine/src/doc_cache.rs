@@ -7,6 +7,7 @@
 //! only sends readers back to storage, so the cache is always correct.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -16,9 +17,31 @@ use crate::value::Value;
 
 const SHARDS: usize = 16;
 
+/// Ids are engine-assigned counters, not attacker-chosen keys, so a multiply-mix of their
+/// words hashes them well and much faster than SipHash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<DocumentId, (u64, Option<Arc<Value>>)>,
+    map: HashMap<DocumentId, (u64, Option<Arc<Value>>), BuildHasherDefault<IdHasher>>,
     /// Write order, for evicting the least recently written entries.
     order: VecDeque<(DocumentId, u64)>,
 }

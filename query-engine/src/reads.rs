@@ -48,10 +48,6 @@ impl TouchedKeys {
         self.keys.insert((index, key));
     }
 
-    pub fn extend(&mut self, other: &TouchedKeys) {
-        self.keys.extend(other.keys.iter().cloned());
-    }
-
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

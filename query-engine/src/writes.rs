@@ -58,7 +58,7 @@ impl WriteSet {
     }
 
     /// Layers `later` (a transaction validated against everything in `self`) on top.
-    pub fn merge(&mut self, later: WriteSet) {
+    pub fn merge(&mut self, mut later: WriteSet) {
         for (id, doc) in &later.docs {
             if doc.is_none() {
                 self.encoded.remove(id);
@@ -67,7 +67,7 @@ impl WriteSet {
         self.docs.extend(later.docs);
         self.encoded.extend(later.encoded);
         self.index_entries.extend(later.index_entries);
-        self.touched.extend(&later.touched);
+        self.touched.keys.append(&mut later.touched.keys);
         self.bytes_written += later.bytes_written;
     }
 
