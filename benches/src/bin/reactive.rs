@@ -13,6 +13,7 @@ use clap::Parser;
 use linkedup_benches::report::{
     fmt_rate, fmt_us, latency_histogram, load_average, write_results, Latency, Machine, Table,
 };
+use linkedup_benches::thread_cpu::{cpu_us_per_unit, thread_cpu_ns, CPU_GROUPS};
 use parking_lot::Mutex;
 use query_engine::engine::{Engine, EngineConfig};
 use query_engine::functions::{Functions, Visibility};
@@ -123,45 +124,13 @@ struct Step {
     /// re-run sends nothing; should be ~0).
     undelivered: u64,
     /// CPU µs per commit, per thread group (`CPU_GROUPS`).
-    cpu_us_per_commit: [f64; 4],
+    cpu_us_per_commit: [f64; 5],
     /// Executions re-run during the step.
     reruns: u64,
     /// Subscription threads' CPU µs per re-run (the worker's efficiency, whatever the
     /// coalescing).
     cpu_us_per_rerun: f64,
 }
-
-/// CPU time (ns) this process's threads have run, grouped by thread name: the committer,
-/// the subscription worker, the async runtime (mutation callers and subscriber tasks) and
-/// the rest. Per step this gives CPU per commit, which load on the machine skews far less
-/// than latency.
-fn thread_cpu_ns() -> [u64; 4] {
-    let mut out = [0u64; 4];
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for t in tasks.flatten() {
-        let p = t.path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-            .unwrap_or(0);
-        // Thread names are cut at 15 bytes: "subscriptions-rerun" helpers show as
-        // "subscriptions-r".
-        let comm = comm.trim();
-        let group = match comm {
-            "committer" => 0,
-            _ if comm.starts_with("subscriptions") => 1,
-            "tokio-rt-worker" => 2,
-            _ => 3,
-        };
-        out[group] += ns;
-    }
-    out
-}
-
-const CPU_GROUPS: [&str; 4] = ["committer", "subscriptions", "runtime", "other"];
 
 /// What one subscriber saw: (transition end timestamp, wall-clock µs when it was taken).
 /// Only its own consumer task writes here during a step, so the lock is uncontended.
@@ -329,7 +298,7 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
     let behind = Arc::new(AtomicU64::new(0));
     let seq = Arc::new(AtomicU64::new(0));
     rig.reset();
-    let cpu_before = thread_cpu_ns();
+    let cpu_before = thread_cpu_ns(std::process::id());
     let reruns_before = rig.mgr.metrics().reruns.load(Ordering::Relaxed);
     let start = Instant::now();
     let tick = Duration::from_millis(1);
@@ -377,15 +346,10 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
     while !rig.caught_up() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let cpu_after = thread_cpu_ns();
+    let cpu_after = thread_cpu_ns(std::process::id());
     let reruns = rig.mgr.metrics().reruns.load(Ordering::Relaxed) - reruns_before;
-    let cpu_us_per_rerun =
-        cpu_after[1].saturating_sub(cpu_before[1]) as f64 / 1000.0 / reruns.max(1) as f64;
-    let committed = done.load(Ordering::Relaxed).max(1) as f64;
-    let mut cpu_us_per_commit = [0.0; 4];
-    for (i, c) in cpu_us_per_commit.iter_mut().enumerate() {
-        *c = cpu_after[i].saturating_sub(cpu_before[i]) as f64 / 1000.0 / committed;
-    }
+    let cpu_us_per_rerun = cpu_us_per_unit(cpu_before, cpu_after, reruns)[2];
+    let cpu_us_per_commit = cpu_us_per_unit(cpu_before, cpu_after, done.load(Ordering::Relaxed));
     let (latency, commit_to_notify, notify_to_delivery, deliveries, undelivered) = rig.latencies();
     Step {
         target: rate,
@@ -455,7 +419,7 @@ const STEP_HEADERS: &[&str] = &[
     "p99",
     "notify→delivery p50",
     "p99",
-    "CPU µs/commit: committer / subscriptions / runtime / other",
+    "CPU µs/commit: committer / applier / subscriptions / runtime / other",
     "re-runs",
     "subscriptions CPU µs/re-run",
 ];

@@ -339,7 +339,7 @@ struct Cpu {
     /// CPU µs per transfer measured, by thread group of the engine's process (committer,
     /// subscription worker, tokio runtime, other); in process the runtime includes the
     /// clients.
-    engine_us_per_transfer: [f64; 4],
+    engine_us_per_transfer: [f64; 5],
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -779,7 +779,7 @@ fn describe(c: &Cell) -> String {
     )
 }
 
-fn per_group(us: &[f64; 4]) -> String {
+fn per_group(us: &[f64; 5]) -> String {
     CPU_GROUPS
         .iter()
         .zip(us)
@@ -860,7 +860,7 @@ fn finish(
         "verified",
         "server CPU (cores)",
         "client CPU (cores)",
-        "engine CPU µs/transfer (committer / subscriptions / runtime / other)",
+        "engine CPU µs/transfer (committer / applier / subscriptions / runtime / other)",
     ]);
     let mut rows: Vec<(String, usize, usize)> = Vec::new();
     for c in cells {

@@ -219,40 +219,4 @@ pub async fn read_balances(engine: &Engine, ids: &[String]) -> anyhow::Result<Ve
     Ok(out)
 }
 
-/// Thread groups of an engine process whose CPU time is reported apart.
-pub const CPU_GROUPS: [&str; 4] = ["committer", "subscriptions", "runtime", "other"];
-
-/// CPU time (ns) consumed so far by the threads of `pid`, summed per `CPU_GROUPS` entry by
-/// thread name (`tokio-rt-worker` is "runtime"), from `/proc/<pid>/task/*/schedstat`. Threads
-/// that exited are not counted; zeros where `/proc` is unreadable.
-pub fn thread_cpu_ns(pid: u32) -> [u64; 4] {
-    let mut out = [0u64; 4];
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in tasks.flatten() {
-        let p = t.path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-            .unwrap_or(0);
-        let group = match comm.trim() {
-            "committer" => 0,
-            "subscriptions" => 1,
-            "tokio-rt-worker" => 2,
-            _ => 3,
-        };
-        out[group] += ns;
-    }
-    out
-}
-
-/// CPU µs per acknowledged transfer, per thread group, between two `thread_cpu_ns` readings.
-pub fn cpu_us_per_transfer(before: [u64; 4], after: [u64; 4], transfers: u64) -> [f64; 4] {
-    let mut out = [0.0; 4];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = after[i].saturating_sub(before[i]) as f64 / 1e3 / transfers.max(1) as f64;
-    }
-    out
-}
+pub use crate::thread_cpu::{cpu_us_per_unit as cpu_us_per_transfer, thread_cpu_ns, CPU_GROUPS};
