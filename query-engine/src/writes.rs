@@ -67,7 +67,9 @@ impl WriteSet {
         self.docs.extend(later.docs);
         self.encoded.extend(later.encoded);
         self.index_entries.extend(later.index_entries);
-        self.touched.keys.extend(std::mem::take(&mut later.touched.keys));
+        self.touched
+            .keys
+            .extend(std::mem::take(&mut later.touched.keys));
         self.bytes_written += later.bytes_written;
     }
 
