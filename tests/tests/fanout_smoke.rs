@@ -3,15 +3,14 @@
 //! idle subscriptions and a reconnect storm. Asserts correctness only — every chunk delivered
 //! to every subscriber once and in order, nothing stored twice — never speed.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use linkedup_benches::fanout::linkedup::{FleetPlan, LinkedUpFleet};
 use linkedup_benches::fanout::server::Target;
 use linkedup_benches::fanout::{run_step, FanoutSystem, StepPlan};
-use linkedup_server::linkedup::{self, LinkedUpConfig};
-use linkedup_server::{Server, ServerConfig};
-use query_engine::functions::Functions;
 
 const MEETINGS: usize = 5;
 const SUBSCRIBERS: usize = 3;
@@ -56,16 +55,8 @@ fn assert_consistent(fleet: &LinkedUpFleet) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_harness_delivers_every_chunk_once_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut functions = Functions::new();
-    linkedup::register(&mut functions, &LinkedUpConfig::default());
-    let server = Server::start(
-        ServerConfig::for_tests(dir.path()),
-        linkedup_schema::schema(),
-        functions,
-    )
-    .await
-    .unwrap();
+    let dir = common::data_dir();
+    let server = common::start_linkedup(dir.path()).await;
     let target = Target {
         addr: server.quic_connect_addr().to_string(),
         fingerprint: server.cert_fingerprint().0,

@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use linkedup_client::{Client, Subscription};
-use linkedup_server::linkedup::{self, LinkedUpConfig};
-use linkedup_server::{Server, ServerConfig};
-use query_engine::functions::Functions;
 use query_engine::value::Value;
 use serde_json::json;
 
@@ -30,15 +27,7 @@ fn bio(profile: &Value) -> Option<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_update_live_for_their_owner_only() {
     let dir = common::data_dir();
-    let mut functions = Functions::new();
-    linkedup::register(&mut functions, &LinkedUpConfig::default());
-    let server = Server::start(
-        ServerConfig::for_tests(dir.path()),
-        linkedup_schema::schema(),
-        functions,
-    )
-    .await
-    .unwrap();
+    let server = common::start_linkedup(dir.path()).await;
     let addr = common::addr(&server);
     let connect = |user: &str| {
         let options = common::options(&server).with_token(common::token(&server, user));

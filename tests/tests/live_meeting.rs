@@ -19,9 +19,7 @@ use linkedup_client::transcripts::{
 use linkedup_client::{Client, Value};
 use linkedup_schema::ot::TextOperation;
 use linkedup_server::auth::DevClaims;
-use linkedup_server::linkedup::{self, LinkedUpConfig};
-use linkedup_server::{RunningServer, Server, ServerConfig};
-use query_engine::functions::Functions;
+use linkedup_server::RunningServer;
 use query_engine::obj;
 
 /// Guards against a hung test; never reached when things work.
@@ -29,15 +27,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 async fn start() -> (tempfile::TempDir, RunningServer) {
     let dir = common::data_dir();
-    let mut functions = Functions::new();
-    linkedup::register(&mut functions, &LinkedUpConfig::default());
-    let server = Server::start(
-        ServerConfig::for_tests(dir.path()),
-        linkedup_schema::schema(),
-        functions,
-    )
-    .await
-    .unwrap();
+    let server = common::start_linkedup(dir.path()).await;
     (dir, server)
 }
 

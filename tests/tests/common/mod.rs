@@ -252,6 +252,22 @@ pub async fn start(dir: &Path, quic_listen: Option<SocketAddr>) -> RunningServer
     Server::start(config, schema(), functions()).await.unwrap()
 }
 
+/// Starts a development server on 127.0.0.1 with the LinkedUp schema and functions.
+pub async fn start_linkedup(dir: &Path) -> RunningServer {
+    let mut functions = Functions::new();
+    linkedup_server::linkedup::register(
+        &mut functions,
+        &linkedup_server::linkedup::LinkedUpConfig::default(),
+    );
+    Server::start(
+        ServerConfig::for_tests(dir),
+        linkedup_schema::schema(),
+        functions,
+    )
+    .await
+    .unwrap()
+}
+
 pub fn addr(server: &RunningServer) -> String {
     server.quic_connect_addr().to_string()
 }
