@@ -297,10 +297,14 @@ impl Wal {
         })
     }
 
-    /// Deletes every segment but a new, empty one (after their records were made durable in
-    /// redb, e.g. by replay and a durable commit).
-    pub fn reset(&mut self) -> std::io::Result<()> {
-        self.rotate()?.remove()
+    /// Deletes the segments found at open (after their records were made durable in redb by
+    /// replay and a durable commit); the segment `open` started for new records stays.
+    pub fn discard_replayed(&mut self) -> std::io::Result<()> {
+        Sealed {
+            base: self.base.clone(),
+            paths: std::mem::take(&mut self.older),
+        }
+        .remove()
     }
 }
 
@@ -362,7 +366,7 @@ mod tests {
         }
         let (mut w, recs) = Wal::open(&base).unwrap();
         assert_eq!(recs, vec![sample(1), sample(2)]);
-        w.reset().unwrap();
+        w.discard_replayed().unwrap();
         assert!(Wal::open(&base).unwrap().1.is_empty());
     }
 

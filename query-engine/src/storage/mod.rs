@@ -220,7 +220,7 @@ impl Storage {
             tracing::info!(replayed, "replayed the write-ahead log");
             durable_ts = read_last_ts(&db)?;
         }
-        wal.reset().map_err(StorageError::Wal)?;
+        wal.discard_replayed().map_err(StorageError::Wal)?;
         let closed = Arc::new(CloseSignal::default());
         let cache = Arc::new(DocCache::new(DOC_CACHE_ENTRIES));
         let applied = Arc::new(ArcSwap::from_pointee(open_base(&db, durable_ts, &closed)?));

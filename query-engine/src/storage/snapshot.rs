@@ -112,11 +112,6 @@ impl Snapshot {
             .next()
             .is_some())
     }
-
-    /// Documents and index entries this snapshot holds in memory (not yet in its redb view).
-    pub fn memtable_len(&self) -> usize {
-        self.active.len() + self.frozen.as_ref().map_or(0, |f| f.len())
-    }
 }
 
 type Entry<'a> = (
