@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::connection::{
-    self, call_once, encode_checked, CallFailure, Established, HandshakeParams, ServerInfo, Session,
+    self, encode_checked, CallFailure, Established, HandshakeParams, ServerInfo, Session,
 };
 use crate::error::ClientError;
 use crate::subscription::{Subscription, SubscriptionOwner, SubscriptionTable, TypedSubscription};
@@ -627,14 +627,7 @@ impl Inner {
         let session = {
             let mut st = self.state.lock();
             st.gen += 1;
-            let session = Arc::new(Session {
-                gen: st.gen,
-                conn,
-                info,
-                max_frame_bytes,
-                outbox_ready: tokio::sync::Notify::new(),
-                writer: Mutex::new(None),
-            });
+            let session = Arc::new(Session::new(st.gen, conn, info, max_frame_bytes));
             match auth {
                 Some(Ok(subject)) => st.subject = subject,
                 Some(Err(e)) => {
@@ -761,7 +754,7 @@ impl Inner {
                 args: args.clone(),
                 mutation_id: mutation_id.clone(),
             };
-            match call_once(&session.conn, session.max_frame_bytes, &msg, request_id).await {
+            match session.call(&msg, request_id).await {
                 Ok(CallOutcome::Ok { value, ts }) => {
                     self.state.lock().note_ts(ts);
                     return Ok(CallReply { value, ts });

@@ -1,17 +1,21 @@
 //! One QUIC connection to the server: the handshake (`Connect`/`Connected`, then the first
-//! `Authenticate`), framed reads and writes on the control stream, and one call on its own
-//! bidirectional stream. Reconnecting and routing live in `client`.
+//! `Authenticate`), framed reads and writes on the control stream, and calls multiplexed over a
+//! few long-lived call streams ("lanes"). Reconnecting and routing live in `client`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use query_engine::protocol::{
-    decode_server, encode, encode_frame, read_frame, write_frame, CallOutcome, ClientMessage,
-    FrameError, ServerMessage, PROTOCOL_VERSION,
+    decode_server, encode, encode_frame_into, read_frame, take_frame, write_frame, CallOutcome,
+    ClientMessage, FrameError, ServerMessage, PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, SendStream};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::error::ClientError;
@@ -267,61 +271,11 @@ pub(crate) enum CallFailure {
     Fatal(ClientError),
 }
 
-/// Makes one call on a new stream: one `Call` frame, FIN, then one `CallResult`.
-pub(crate) async fn call_once(
-    conn: &quinn::Connection,
-    max_frame_bytes: u32,
-    call: &ClientMessage,
-    request_id: u64,
-) -> Result<CallOutcome, CallFailure> {
-    let payload = encode_checked(call, max_frame_bytes).map_err(CallFailure::Fatal)?;
-    // Prefix and payload in one buffer: one write into the stream (one lock of the
-    // connection state) instead of two writes and a flush.
-    let frame = encode_frame(&payload).map_err(|e| CallFailure::Fatal(transport_error(e)))?;
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|_| CallFailure::Lost { sent: false })?;
-    send.write_all(&frame)
-        .await
-        .map_err(|_| CallFailure::Lost { sent: true })?;
-    send.finish()
-        .map_err(|_| CallFailure::Lost { sent: true })?;
-    let frame = match read_frame(&mut recv, max_frame_bytes).await {
-        Ok(Some(frame)) => frame,
-        // The server ended the stream without an answer (e.g. it is shutting down).
-        Ok(None) | Err(FrameError::UnexpectedEof) | Err(FrameError::Io(_)) => {
-            return Err(CallFailure::Lost { sent: true })
-        }
-        Err(e @ FrameError::TooLarge { .. }) => {
-            return Err(CallFailure::Fatal(ClientError::Protocol(e.to_string())))
-        }
-    };
-    // The server's FIN normally arrives with the result: take it, so that dropping `recv`
-    // does not send STOP_SENDING (a frame per call). Never waits.
-    let mut byte = [0u8; 1];
-    let _ = futures::FutureExt::now_or_never(recv.read(&mut byte));
-    let msg = decode_server(&frame)
-        .map_err(|e| CallFailure::Fatal(ClientError::Protocol(e.to_string())))?;
-    match msg {
-        ServerMessage::CallResult {
-            request_id: got,
-            result,
-        } if got == request_id => Ok(result),
-        ServerMessage::Error {
-            code,
-            message,
-            data,
-            fatal,
-        } => Err(CallFailure::Fatal(ClientError::server(
-            code, message, data, fatal,
-        ))),
-        other => Err(CallFailure::Fatal(ClientError::Protocol(format!(
-            "unexpected {} on a call stream",
-            message_kind(&other)
-        )))),
-    }
-}
+/// Call streams ("lanes") a connection multiplexes its calls over: more than one lets the
+/// server run one connection's calls on more than one core, fewer coalesce better.
+const CALL_LANES: usize = 2;
+/// Most bytes taken off a call stream per read.
+const MAX_READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// A live connection as the client uses it.
 pub(crate) struct Session {
@@ -333,10 +287,314 @@ pub(crate) struct Session {
     /// Wakes the control-stream writer when the client's outbox has messages.
     pub outbox_ready: Notify,
     pub writer: Mutex<Option<JoinHandle<()>>>,
+    /// One permit per call in flight on the connection (the server's `maxConcurrentCalls`),
+    /// held until its result arrives or its lane ends.
+    call_slots: Arc<Semaphore>,
+    lanes: [LaneSlot; CALL_LANES],
+}
+
+/// Where a lane lives: the current one, replaced when it ends while the connection stays up.
+#[derive(Default)]
+struct LaneSlot {
+    current: Mutex<Option<Arc<CallLane>>>,
+    /// Serialises opening a replacement.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl Session {
+    pub(crate) fn new(
+        gen: u64,
+        conn: quinn::Connection,
+        info: ServerInfo,
+        max_frame_bytes: u32,
+    ) -> Session {
+        let slots = info.max_concurrent_calls.max(1) as usize;
+        Session {
+            gen,
+            conn,
+            info,
+            max_frame_bytes,
+            outbox_ready: Notify::new(),
+            writer: Mutex::new(None),
+            call_slots: Arc::new(Semaphore::new(slots)),
+            lanes: Default::default(),
+        }
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.conn.close_reason().is_some()
     }
+
+    /// Makes one call on one of the connection's call streams and waits for its result.
+    pub(crate) async fn call(
+        &self,
+        call: &ClientMessage,
+        request_id: u64,
+    ) -> Result<CallOutcome, CallFailure> {
+        let slot = self
+            .call_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CallFailure::Lost { sent: false })?;
+        let lane = self.lane(request_id as usize % CALL_LANES).await?;
+        let answer = lane.enqueue(call, request_id, slot)?;
+        // A lane answers every call it took, if only with `Lost` when it ends.
+        answer
+            .await
+            .unwrap_or(Err(CallFailure::Lost { sent: true }))
+    }
+
+    /// The lane at `index`, opened (or replaced, if it ended) on first use.
+    async fn lane(&self, index: usize) -> Result<Arc<CallLane>, CallFailure> {
+        let slot = &self.lanes[index];
+        if let Some(lane) = slot.live() {
+            return Ok(lane);
+        }
+        let _opening = slot.opening.lock().await;
+        if let Some(lane) = slot.live() {
+            return Ok(lane);
+        }
+        let (send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|_| CallFailure::Lost { sent: false })?;
+        let lane = Arc::new(CallLane {
+            state: Mutex::new(LaneState::default()),
+            queued: Notify::new(),
+            max_frame_bytes: self.max_frame_bytes,
+        });
+        tokio::spawn(write_lane(lane.clone(), send));
+        tokio::spawn(read_lane(lane.clone(), recv));
+        *slot.current.lock() = Some(lane.clone());
+        Ok(lane)
+    }
+}
+
+impl LaneSlot {
+    fn live(&self) -> Option<Arc<CallLane>> {
+        self.current
+            .lock()
+            .as_ref()
+            .filter(|lane| lane.state.lock().accepting)
+            .cloned()
+    }
+}
+
+/// One bidirectional stream carrying many calls: callers append `Call` frames to a shared
+/// buffer that one writer task sends in as few writes as it can, and one reader task hands
+/// each `CallResult` to the caller waiting on its `requestId`.
+struct CallLane {
+    state: Mutex<LaneState>,
+    /// Wakes the writer when the buffer stops being empty.
+    queued: Notify,
+    max_frame_bytes: u32,
+}
+
+struct LaneState {
+    /// False once the lane can take no more calls (its stream broke or ended).
+    accepting: bool,
+    /// Frames not yet handed to the stream.
+    outbuf: Vec<u8>,
+    /// Buffers handed to the stream so far: a call queued while this was `n` went out with
+    /// buffer `n`, so it was (at least partly) sent once this exceeds `n`.
+    taken: u64,
+    /// Callers waiting for a result, by `requestId`. Bounded by the connection's call slots.
+    waiting: HashMap<u64, Waiter>,
+}
+
+impl Default for LaneState {
+    fn default() -> Self {
+        LaneState {
+            accepting: true,
+            outbuf: Vec::new(),
+            taken: 0,
+            waiting: HashMap::new(),
+        }
+    }
+}
+
+struct Waiter {
+    answer: oneshot::Sender<Result<CallOutcome, CallFailure>>,
+    /// Value of `taken` when the call was queued.
+    buffer: u64,
+    /// Released with the waiter: when the result arrives or the lane ends, whether or not
+    /// the caller is still there.
+    _slot: OwnedSemaphorePermit,
+}
+
+type Answer = oneshot::Receiver<Result<CallOutcome, CallFailure>>;
+
+impl CallLane {
+    /// Queues `call` for the writer and registers its caller.
+    fn enqueue(
+        &self,
+        call: &ClientMessage,
+        request_id: u64,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<Answer, CallFailure> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.state.lock();
+        if !st.accepting {
+            return Err(CallFailure::Lost { sent: false });
+        }
+        let was_empty = st.outbuf.is_empty();
+        let start = st.outbuf.len();
+        let too_large = match encode_frame_into(call, &mut st.outbuf) {
+            Ok(len) if len <= self.max_frame_bytes as usize => None,
+            Ok(len) => Some(format!(
+                "message of {len} bytes exceeds the {}-byte frame limit",
+                self.max_frame_bytes
+            )),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(message) = too_large {
+            st.outbuf.truncate(start);
+            return Err(CallFailure::Fatal(ClientError::Encode(message)));
+        }
+        let buffer = st.taken;
+        st.waiting.insert(
+            request_id,
+            Waiter {
+                answer: tx,
+                buffer,
+                _slot: slot,
+            },
+        );
+        drop(st);
+        // A non-empty buffer already has the writer woken or about to take it.
+        if was_empty {
+            self.queued.notify_one();
+        }
+        Ok(rx)
+    }
+
+    /// Hands a result to its caller.
+    fn deliver(&self, request_id: u64, outcome: CallOutcome) -> Result<(), ClientError> {
+        let waiter = self.state.lock().waiting.remove(&request_id);
+        match waiter {
+            Some(w) => {
+                // The caller may have gone; its slot is released all the same.
+                let _ = w.answer.send(Ok(outcome));
+                Ok(())
+            }
+            None => Err(ClientError::Protocol(format!(
+                "CallResult for requestId {request_id}, which is not in flight on its stream"
+            ))),
+        }
+    }
+
+    /// Takes no more calls; the calls never handed to the stream fail as unsent. Those that
+    /// were still get their results, or fail when the reader ends.
+    fn stop_sending(&self) {
+        let unsent: Vec<Waiter> = {
+            let mut st = self.state.lock();
+            st.accepting = false;
+            st.outbuf = Vec::new();
+            let taken = st.taken;
+            st.waiting
+                .extract_if(|_, w| w.buffer >= taken)
+                .map(|(_, w)| w)
+                .collect()
+        };
+        for w in unsent {
+            let _ = w.answer.send(Err(CallFailure::Lost { sent: false }));
+        }
+    }
+
+    /// Ends the lane: every call still waiting fails with `end` (for `None`: lost, sent or not
+    /// depending on whether its buffer went out).
+    fn end(&self, end: Option<ClientError>) {
+        let (waiting, taken) = {
+            let mut st = self.state.lock();
+            st.accepting = false;
+            st.outbuf = Vec::new();
+            (std::mem::take(&mut st.waiting), st.taken)
+        };
+        for w in waiting.into_values() {
+            let failure = match &end {
+                Some(e) => CallFailure::Fatal(e.clone()),
+                None => CallFailure::Lost {
+                    sent: w.buffer < taken,
+                },
+            };
+            let _ = w.answer.send(Err(failure));
+        }
+        // Lets the writer see that the lane is over.
+        self.queued.notify_one();
+    }
+}
+
+/// Sends what callers queue on `lane`, everything queued at the moment in one write.
+async fn write_lane(lane: Arc<CallLane>, mut send: SendStream) {
+    let mut batch = Vec::new();
+    loop {
+        lane.queued.notified().await;
+        // Callers woken by the same event (the results of a group commit, say) queue their
+        // next calls before this takes the buffer.
+        tokio::task::yield_now().await;
+        {
+            let mut st = lane.state.lock();
+            if !st.accepting {
+                break;
+            }
+            if st.outbuf.is_empty() {
+                continue;
+            }
+            std::mem::swap(&mut batch, &mut st.outbuf);
+            st.taken += 1;
+        }
+        if let Err(e) = send.write_all(&batch).await {
+            tracing::debug!(error = %e, "call stream write failed");
+            lane.stop_sending();
+            return;
+        }
+        batch.clear();
+    }
+    let _ = send.finish();
+}
+
+/// Hands each `CallResult` on the stream to its caller until the stream ends, then fails the
+/// calls still waiting.
+async fn read_lane(lane: Arc<CallLane>, mut recv: RecvStream) {
+    let mut buf = BytesMut::new();
+    let end = loop {
+        match deliver_frames(&lane, &mut buf) {
+            Ok(()) => {}
+            Err(e) => break Some(e),
+        }
+        match recv.read_chunk(MAX_READ_CHUNK_BYTES, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            // The server finished (it is shutting down) or the connection is gone: the calls
+            // left unanswered are lost.
+            Ok(None) | Err(_) => break None,
+        }
+    };
+    lane.end(end);
+}
+
+/// Delivers every complete frame in `buf`; an error is a protocol violation (or a fatal
+/// server `Error`) that ends the lane.
+fn deliver_frames(lane: &CallLane, buf: &mut BytesMut) -> Result<(), ClientError> {
+    while let Some(frame) =
+        take_frame(buf, lane.max_frame_bytes).map_err(|e| ClientError::Protocol(e.to_string()))?
+    {
+        match decode_server(&frame).map_err(|e| ClientError::Protocol(e.to_string()))? {
+            ServerMessage::CallResult { request_id, result } => lane.deliver(request_id, result)?,
+            ServerMessage::Error {
+                code,
+                message,
+                data,
+                fatal,
+            } => return Err(ClientError::server(code, message, data, fatal)),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected {} on a call stream",
+                    message_kind(&other)
+                )))
+            }
+        }
+    }
+    Ok(())
 }

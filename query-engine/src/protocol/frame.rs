@@ -87,29 +87,32 @@ fn length_prefix(payload: &[u8]) -> Result<[u8; LENGTH_PREFIX_BYTES], FrameError
     Ok(len.to_be_bytes())
 }
 
-/// Takes every complete frame off the front of `buf`, leaving a trailing partial frame in
-/// place for the next call. A length prefix over `max_bytes` is an error as soon as the prefix
-/// is visible, before any of its payload has been buffered.
-pub fn decode_frames(buf: &mut BytesMut, max_bytes: u32) -> Result<Vec<Vec<u8>>, FrameError> {
-    let mut frames = Vec::new();
-    while buf.len() >= LENGTH_PREFIX_BYTES {
-        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
-        prefix.copy_from_slice(&buf[..LENGTH_PREFIX_BYTES]);
-        let len = u32::from_be_bytes(prefix);
-        if len > max_bytes {
-            return Err(FrameError::TooLarge {
-                len: len.into(),
-                max: max_bytes,
-            });
-        }
-        let total = LENGTH_PREFIX_BYTES + len as usize;
-        if buf.len() < total {
-            break;
-        }
-        buf.advance(LENGTH_PREFIX_BYTES);
-        frames.push(buf.split_to(len as usize).to_vec());
+/// Whether `buf` starts with a complete frame. A length prefix over `max_bytes` is an error as
+/// soon as the prefix is visible, before any of its payload has been buffered.
+pub fn frame_ready(buf: &[u8], max_bytes: u32) -> Result<bool, FrameError> {
+    let Some(prefix) = buf.first_chunk::<LENGTH_PREFIX_BYTES>() else {
+        return Ok(false);
+    };
+    let len = u32::from_be_bytes(*prefix);
+    if len > max_bytes {
+        return Err(FrameError::TooLarge {
+            len: len.into(),
+            max: max_bytes,
+        });
     }
-    Ok(frames)
+    Ok(buf.len() >= LENGTH_PREFIX_BYTES + len as usize)
+}
+
+/// Takes the first complete frame's payload off the front of `buf` (without copying it),
+/// leaving anything after it, or a partial frame, in place.
+pub fn take_frame(buf: &mut BytesMut, max_bytes: u32) -> Result<Option<BytesMut>, FrameError> {
+    if !frame_ready(buf, max_bytes)? {
+        return Ok(None);
+    }
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    prefix.copy_from_slice(&buf[..LENGTH_PREFIX_BYTES]);
+    buf.advance(LENGTH_PREFIX_BYTES);
+    Ok(Some(buf.split_to(u32::from_be_bytes(prefix) as usize)))
 }
 
 #[cfg(test)]
@@ -186,15 +189,23 @@ mod tests {
         let mut got = Vec::new();
         for byte in wire {
             buf.extend_from_slice(&[byte]);
-            got.extend(decode_frames(&mut buf, 16).expect("decode"));
+            got.extend(take_all(&mut buf, 16).expect("decode"));
         }
         assert_eq!(got, vec![b"abc".to_vec(), b"defg".to_vec()]);
         assert!(buf.is_empty());
         let mut big = BytesMut::from(&[0u8, 0, 1, 0][..]);
         assert!(matches!(
-            decode_frames(&mut big, 16),
+            take_frame(&mut big, 16),
             Err(FrameError::TooLarge { len: 256, max: 16 })
         ));
+    }
+
+    fn take_all(buf: &mut BytesMut, max: u32) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut frames = Vec::new();
+        while let Some(frame) = take_frame(buf, max)? {
+            frames.push(frame.to_vec());
+        }
+        Ok(frames)
     }
 
     /// Valid frames, then damaged: bit flips, truncation, a rewritten length prefix.
@@ -239,7 +250,7 @@ mod tests {
         ) {
             let streamed = block_on(read_all(&wire, max));
             let mut buf = BytesMut::from(&wire[..]);
-            let incremental = decode_frames(&mut buf, max);
+            let incremental = take_all(&mut buf, max);
             if let Ok(frames) = &incremental {
                 prop_assert!(frames.iter().all(|f| f.len() <= max as usize));
             }

@@ -239,6 +239,26 @@ pub fn encode(msg: &impl WireMessage) -> Result<Vec<u8>, ProtocolError> {
     Ok(rmp_serde::to_vec_named(msg)?)
 }
 
+/// Appends `msg` to `out` as a whole frame: the length prefix, then the payload. Returns the
+/// payload's length, which the caller checks against its frame limit. On error `out` is left
+/// as it was.
+pub fn encode_frame_into(
+    msg: &impl WireMessage,
+    out: &mut Vec<u8>,
+) -> Result<usize, ProtocolError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; crate::protocol::frame::LENGTH_PREFIX_BYTES]);
+    if let Err(e) = rmp_serde::encode::write_named(out, msg) {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    let payload_len = out.len() - start - crate::protocol::frame::LENGTH_PREFIX_BYTES;
+    // A payload over 4 GiB gets a saturated prefix; every frame limit rejects it anyway.
+    let prefix = u32::try_from(payload_len).unwrap_or(u32::MAX).to_be_bytes();
+    out[start..start + prefix.len()].copy_from_slice(&prefix);
+    Ok(payload_len)
+}
+
 /// Decodes and validates a message from a client.
 pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
     let msg: ClientMessage = decode_bounded(bytes)?;
@@ -466,6 +486,19 @@ mod tests {
             let bytes = encode(&msg).expect("encode");
             assert_eq!(decode_server(&bytes).expect("decode"), msg);
         }
+    }
+
+    #[test]
+    fn frames_appended_in_place_match_encode_then_frame() {
+        let mut out = b"before".to_vec();
+        let mut expected = out.clone();
+        for msg in server_samples() {
+            let len = encode_frame_into(&msg, &mut out).expect("encode");
+            let payload = encode(&msg).expect("encode");
+            assert_eq!(len, payload.len());
+            expected.extend(crate::protocol::frame::encode_frame(&payload).expect("frame"));
+        }
+        assert_eq!(out, expected);
     }
 
     #[test]

@@ -6,10 +6,11 @@ pub mod frame;
 pub mod messages;
 
 pub use frame::{
-    decode_frames, encode_frame, read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME_BYTES,
+    encode_frame, frame_ready, read_frame, take_frame, write_frame, FrameError,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 pub use messages::{
-    decode_client, decode_server, encode, CallKind, CallOutcome, ClientMessage, ErrorPayload,
-    Modification, ProtocolError, ServerMessage, WireMessage, PROTOCOL_VERSION,
+    decode_client, decode_server, encode, encode_frame_into, CallKind, CallOutcome, ClientMessage,
+    ErrorPayload, Modification, ProtocolError, ServerMessage, WireMessage, PROTOCOL_VERSION,
     SUPPORTED_PROTOCOL_VERSIONS,
 };

@@ -1,95 +1,357 @@
-//! One call stream: exactly one `Call` in, exactly one `CallResult` out. The call runs under
-//! the connection's identity at the time the stream was accepted; only public functions of
-//! the stated kind are callable; mutations with a `mutationId` are deduplicated.
+//! Call streams: each carries one or more `Call` frames until the client's FIN, and the server
+//! answers each with one `CallResult` carrying its `requestId`. Calls run concurrently under the
+//! identity the connection has when their frame is read, bounded per connection; results go out
+//! in completion order, every result ready at the moment coalesced into one write.
 
+use std::collections::HashSet;
+use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use query_engine::error::{codes, FunctionError, FunctionResult};
 use query_engine::functions::FunctionKind;
-use query_engine::protocol::{encode, CallKind, CallOutcome, ClientMessage, ServerMessage};
+use query_engine::protocol::{
+    decode_client, encode_frame_into, frame_ready, take_frame, CallKind, CallOutcome,
+    ClientMessage, FrameError, ServerMessage,
+};
 use query_engine::value::Value;
 use quinn::{RecvStream, SendStream};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::connection::{AuthState, ConnCtx};
-use super::stream::{
-    consume_fin, read_message, send_fatal_and_close, write_payload, CLOSE_PROTOCOL_ERROR,
-};
+use super::stream::{ReadError, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
 use super::Shared;
 use crate::metrics::UNKNOWN_FUNCTION;
+
+/// Most bytes taken off the stream per read: what sits in our buffer beyond the frames being
+/// parsed, on top of what QUIC flow control lets the client send.
+const MAX_READ_CHUNK_BYTES: usize = 64 * 1024;
+/// How long the closing frames of a stream ended by a protocol error may take to be written.
+const FATAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A call that has run: what to answer, and its slot, released once the answer is written.
+struct Finished {
+    request_id: u64,
+    function: String,
+    outcome: CallOutcome,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Where the client's side of the stream stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Open,
+    /// FIN received: the frames already buffered are still served.
+    Finished,
+    /// Stopped by us (shutdown) or reset by the client: nothing more is read or served.
+    Closed,
+}
+
+/// What the task holds between turns of its loop.
+struct CallStream {
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    send: SendStream,
+    input: Input,
+    /// Bytes read and not yet parsed; holds at most one partial frame plus one read chunk.
+    inbuf: BytesMut,
+    running: FuturesUnordered<BoxFuture<'static, Finished>>,
+    /// `requestId`s of the calls read and not yet answered.
+    in_flight: HashSet<u64>,
+    /// A slot acquired for the complete frame at the front of `inbuf`.
+    slot: Option<OwnedSemaphorePermit>,
+    /// Encoded results not yet written: `out[written..]` is pending.
+    out: Vec<u8>,
+    written: usize,
+    /// Slots of the calls whose results are in `out`, released when it has all been written,
+    /// so that a client that does not read its results stops getting its calls run.
+    out_slots: Vec<OwnedSemaphorePermit>,
+}
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
-    auth: Option<Arc<AuthState>>,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    send: SendStream,
+    recv: RecvStream,
 ) {
-    let started = Instant::now();
-    let max_frame = shared.limits.max_frame_bytes;
-    let msg = match read_message(&mut recv, max_frame).await {
-        Ok(Some(msg)) => msg,
-        Ok(None) => {
-            // Opened and finished without a Call: nothing to answer.
-            let _ = send.finish();
-            return;
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "call stream read failed");
-            if let Some(msg) = e.to_fatal_message() {
-                shared
-                    .metrics
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                send_fatal_and_close(&ctx.conn, &mut send, &msg, max_frame, CLOSE_PROTOCOL_ERROR)
-                    .await;
-            }
-            return;
-        }
+    let stream = CallStream {
+        shared,
+        ctx,
+        send,
+        input: Input::Open,
+        inbuf: BytesMut::new(),
+        running: FuturesUnordered::new(),
+        in_flight: HashSet::new(),
+        slot: None,
+        out: Vec::new(),
+        written: 0,
+        out_slots: Vec::new(),
     };
-    // Anything after the Call is a client bug; dropping `recv` tells the client to stop. Its
-    // FIN normally came with the Call: taken first, the drop sends nothing.
-    consume_fin(&mut recv);
-    drop(recv);
-    let ClientMessage::Call {
+    stream.run(recv).await;
+}
+
+impl CallStream {
+    async fn run(mut self, mut recv: RecvStream) {
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut stopping = pin!(async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        });
+        loop {
+            let frame_waiting = match self.start_calls() {
+                Ok(waiting) => waiting,
+                Err(message) => return self.fail(message).await,
+            };
+            if self.input != Input::Open
+                && !frame_waiting
+                && self.running.is_empty()
+                && self.written == self.out.len()
+            {
+                if self.input == Input::Finished && !self.inbuf.is_empty() {
+                    let error = ReadError::Frame(FrameError::UnexpectedEof);
+                    if let Some(message) = error.to_fatal_message() {
+                        return self.fail(message).await;
+                    }
+                }
+                let _ = self.send.finish();
+                return;
+            }
+            let need_slot = frame_waiting && self.slot.is_none();
+            let slots = self.ctx.call_slots.clone();
+            tokio::select! {
+                biased;
+                Some(done) = self.running.next(), if !self.running.is_empty() => {
+                    self.answer(done);
+                    // Everything else already done goes out in the same write.
+                    while let Some(Some(done)) = self.running.next().now_or_never() {
+                        self.answer(done);
+                    }
+                }
+                wrote = self.send.write(&self.out[self.written..]), if self.written < self.out.len() => {
+                    match wrote {
+                        Ok(n) => self.advance_output(n),
+                        Err(e) => {
+                            // The client stopped reading or the connection is gone: nobody
+                            // can receive the remaining results.
+                            tracing::debug!(error = %e, "call stream write failed");
+                            return;
+                        }
+                    }
+                }
+                slot = slots.acquire_owned(), if need_slot => {
+                    // The semaphore is never closed.
+                    self.slot = slot.ok();
+                }
+                chunk = recv.read_chunk(MAX_READ_CHUNK_BYTES, true), if self.input == Input::Open && !frame_waiting => {
+                    match chunk {
+                        Ok(Some(chunk)) => self.inbuf.extend_from_slice(&chunk.bytes),
+                        Ok(None) => self.input = Input::Finished,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "call stream read failed");
+                            self.close_input();
+                        }
+                    }
+                }
+                () = &mut stopping, if self.input == Input::Open => {
+                    // Calls already read finish and are answered; the client retries the
+                    // rest on its next connection (protocol §12).
+                    let _ = recv.stop(CLOSE_SHUTDOWN);
+                    self.close_input();
+                }
+            }
+        }
+    }
+
+    /// Starts a call for every complete frame at the front of the input while slots are free.
+    /// Returns whether a complete frame is still waiting (for a slot).
+    fn start_calls(&mut self) -> Result<bool, ServerMessage> {
+        let max_frame = self.shared.limits.max_frame_bytes;
+        loop {
+            if self.input == Input::Closed {
+                return Ok(false);
+            }
+            if !frame_ready(&self.inbuf, max_frame).map_err(protocol_error)? {
+                return Ok(false);
+            }
+            let slot = match self.slot.take() {
+                Some(slot) => slot,
+                None => match self.ctx.call_slots.clone().try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(_) => return Ok(true),
+                },
+            };
+            let Some(frame) = take_frame(&mut self.inbuf, max_frame).map_err(protocol_error)?
+            else {
+                self.slot = Some(slot);
+                return Ok(false);
+            };
+            let msg = decode_client(&frame).map_err(|e| e.to_message(true))?;
+            let ClientMessage::Call {
+                request_id,
+                kind,
+                function,
+                args,
+                mutation_id,
+            } = msg
+            else {
+                return Err(fatal_validation(
+                    "only Call frames may be sent on a call stream",
+                ));
+            };
+            if !self.in_flight.insert(request_id) {
+                return Err(fatal_validation(&format!(
+                    "requestId {request_id} is already in flight on this call stream"
+                )));
+            }
+            // The identity when the frame is read is the one the call runs under (§5.5).
+            let auth = self.ctx.auth.load_full();
+            let call = run_call(
+                self.shared.clone(),
+                self.ctx.clone(),
+                auth,
+                Request {
+                    request_id,
+                    kind,
+                    function,
+                    args,
+                    mutation_id,
+                },
+                slot,
+            );
+            self.running.push(call.boxed());
+        }
+    }
+
+    /// Appends the result of a finished call to the output.
+    fn answer(&mut self, done: Finished) {
+        let max_frame = self.shared.limits.max_frame_bytes;
+        let Finished {
+            request_id,
+            function,
+            outcome,
+            slot,
+        } = done;
+        self.in_flight.remove(&request_id);
+        let start = self.out.len();
+        let msg = ServerMessage::CallResult {
+            request_id,
+            result: outcome,
+        };
+        let fallback = match encode_frame_into(&msg, &mut self.out) {
+            Ok(len) if len <= max_frame as usize => None,
+            Ok(len) => {
+                tracing::warn!(function = %function, bytes = len, "call result exceeds the frame limit");
+                self.out.truncate(start);
+                Some(FunctionError::internal(format!(
+                    "the result of {len} bytes exceeds the frame limit of {max_frame} bytes"
+                )))
+            }
+            Err(e) => {
+                // Values always encode; this is a bug, reported to the client as INTERNAL.
+                tracing::error!(error = %e, "cannot encode a call result");
+                Some(FunctionError::internal("cannot encode the result"))
+            }
+        };
+        if let Some(error) = fallback {
+            let msg = ServerMessage::CallResult {
+                request_id,
+                result: CallOutcome::Err(error.into()),
+            };
+            if let Err(e) = encode_frame_into(&msg, &mut self.out) {
+                tracing::error!(error = %e, "cannot encode an error result");
+            }
+        }
+        self.out_slots.push(slot);
+    }
+
+    fn advance_output(&mut self, n: usize) {
+        self.written += n;
+        if self.written == self.out.len() {
+            self.out.clear();
+            self.written = 0;
+            self.out_slots.clear();
+        }
+    }
+
+    fn close_input(&mut self) {
+        self.input = Input::Closed;
+        self.inbuf = BytesMut::new();
+        self.slot = None;
+    }
+
+    /// Ends the connection after a protocol error on this stream: the results already encoded
+    /// and the fatal `Error` are written (bounded in time), then the connection is closed.
+    async fn fail(mut self, message: ServerMessage) {
+        self.shared
+            .metrics
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(?message, "protocol error on a call stream");
+        let reason = match &message {
+            ServerMessage::Error { code, .. } => code.clone(),
+            _ => String::new(),
+        };
+        if let Err(e) = encode_frame_into(&message, &mut self.out) {
+            tracing::error!(error = %e, "cannot encode a fatal error");
+        }
+        let flush = async {
+            self.send.write_all(&self.out[self.written..]).await.ok()?;
+            self.send.finish().ok()?;
+            self.send.stopped().await.ok()
+        };
+        let _ = tokio::time::timeout(FATAL_WRITE_TIMEOUT, flush).await;
+        self.ctx.conn.close(CLOSE_PROTOCOL_ERROR, reason.as_bytes());
+    }
+}
+
+fn protocol_error(e: FrameError) -> ServerMessage {
+    ReadError::Frame(e)
+        .to_fatal_message()
+        .unwrap_or_else(|| fatal_validation("unreadable call frame"))
+}
+
+fn fatal_validation(message: &str) -> ServerMessage {
+    ServerMessage::Error {
+        code: codes::VALIDATION_ERROR.into(),
+        message: message.into(),
+        data: Value::Null,
+        fatal: true,
+    }
+}
+
+/// One `Call` as read off the stream.
+struct Request {
+    request_id: u64,
+    kind: CallKind,
+    function: String,
+    args: Value,
+    mutation_id: Option<String>,
+}
+
+async fn run_call(
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    auth: Option<Arc<AuthState>>,
+    request: Request,
+    slot: OwnedSemaphorePermit,
+) -> Finished {
+    let started = Instant::now();
+    let Request {
         request_id,
         kind,
         function,
         args,
         mutation_id,
-    } = msg
-    else {
-        shared
-            .metrics
-            .protocol_errors
-            .fetch_add(1, Ordering::Relaxed);
-        let msg = ServerMessage::Error {
-            code: codes::VALIDATION_ERROR.into(),
-            message: "only a Call may be sent on a call stream".into(),
-            data: Value::Null,
-            fatal: true,
-        };
-        send_fatal_and_close(&ctx.conn, &mut send, &msg, max_frame, CLOSE_PROTOCOL_ERROR).await;
-        return;
-    };
+    } = request;
     let (result, label) = execute(&shared, &ctx, auth, kind, &function, args, mutation_id).await;
-    let mut outcome = match result {
+    let outcome = match result {
         Ok((value, ts)) => CallOutcome::Ok { value, ts },
         Err(e) => CallOutcome::Err(e.into()),
     };
-    let mut payload = encode_result(request_id, &outcome);
-    if payload.len() > max_frame as usize {
-        tracing::warn!(function = %function, bytes = payload.len(), "call result exceeds the frame limit");
-        outcome = CallOutcome::Err(
-            FunctionError::internal(format!(
-                "the result of {} bytes exceeds the frame limit of {max_frame} bytes",
-                payload.len()
-            ))
-            .into(),
-        );
-        payload = encode_result(request_id, &outcome);
-    }
     let code = match &outcome {
         CallOutcome::Ok { .. } => "OK",
         CallOutcome::Err(e) => e.code.as_str(),
@@ -97,28 +359,12 @@ pub(crate) async fn serve(
     shared
         .metrics
         .record_call(label, kind_label(kind), code, started.elapsed());
-    match write_payload(&mut send, &payload, max_frame).await {
-        Ok(()) => {
-            let _ = send.finish();
-        }
-        Err(e) => tracing::debug!(error = %e, "could not write the call result"),
-    }
-}
-
-fn encode_result(request_id: u64, outcome: &CallOutcome) -> Vec<u8> {
-    let msg = ServerMessage::CallResult {
+    Finished {
         request_id,
-        result: outcome.clone(),
-    };
-    encode(&msg).unwrap_or_else(|e| {
-        // Values always encode; this is a bug, reported to the client as INTERNAL.
-        tracing::error!(error = %e, "cannot encode a call result");
-        let fallback = ServerMessage::CallResult {
-            request_id,
-            result: CallOutcome::Err(FunctionError::internal("cannot encode the result").into()),
-        };
-        encode(&fallback).unwrap_or_default()
-    })
+        function,
+        outcome,
+        slot,
+    }
 }
 
 fn kind_label(kind: CallKind) -> &'static str {

@@ -1,6 +1,7 @@
 //! One QUIC connection: the handshake (`Connect` → `Connected` on the first bidirectional
-//! stream), then the control stream's reader and writer and one task per call stream, until
-//! the client leaves, a fatal error ends it, or the server shuts down (drain, then close).
+//! stream), then the control stream's reader and writer and one task per call stream (each
+//! serving many calls), until the client leaves, a fatal error ends it, or the server shuts
+//! down (drain, then close).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -17,7 +18,7 @@ use query_engine::protocol::{
 use query_engine::subscriptions::ClientSession;
 use query_engine::value::Value;
 use quinn::{Connection, Incoming};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -56,6 +57,9 @@ pub(crate) struct ConnCtx {
     /// Query ids live from the client's point of view: added on `Subscribe`, removed when
     /// the `Removed`/`Failed` ending them is written. Bounded by the subscription limit.
     pub live_queries: Mutex<HashSet<u32>>,
+    /// One permit per call in flight on the connection, over all its call streams
+    /// (`maxConcurrentCalls`): held from reading the `Call` until its result is written.
+    pub call_slots: Arc<Semaphore>,
 }
 
 /// Counts the connection as open for as long as it lives.
@@ -192,6 +196,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
         session: Arc::new(shared.subscriptions.connect(None).await),
         auth: ArcSwapOption::empty(),
         live_queries: Mutex::new(HashSet::new()),
+        call_slots: Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1) as usize)),
     });
     let (out_tx, out_rx) = mpsc::channel(limits.control_queue.max(1));
     let mut writer = tokio::spawn(
@@ -212,16 +217,14 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
             () = &mut reader => break End::ControlClosed,
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    // Finished calls are reaped here rather than in a branch of their own,
-                    // which would wake this task once per call. Stream credit bounds how many
-                    // can be waiting: at most `max_concurrent_calls`.
+                    // Finished streams are reaped here rather than in a branch of their own,
+                    // which would wake this task once per stream. Stream credit bounds how
+                    // many can be waiting: at most `max_concurrent_calls`.
                     while let Some(joined) = calls.try_join_next() {
                         report_panic(joined);
                     }
-                    // The identity at acceptance is the one the call runs under (§5.5).
-                    let auth = ctx.auth.load_full();
                     calls.spawn(
-                        call::serve(shared.clone(), ctx.clone(), auth, send, recv).in_current_span(),
+                        call::serve(shared.clone(), ctx.clone(), send, recv).in_current_span(),
                     );
                 }
                 Err(e) => {

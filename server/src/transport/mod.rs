@@ -1,6 +1,6 @@
 //! The QUIC side of the server: the endpoint and its accept loop (here), one task per
-//! connection (`connection`), its control stream (`control`), one task per call stream
-//! (`call`), retried-mutation deduplication (`dedup`), framing over streams (`stream`) and TLS.
+//! connection (`connection`), its control stream (`control`), one task per call stream, each
+//! running many calls (`call`), retried-mutation deduplication (`dedup`), framing over streams (`stream`) and TLS.
 
 mod call;
 mod connection;
@@ -45,7 +45,8 @@ pub(crate) struct Shared {
 }
 
 /// Binds the QUIC endpoint: TLS 1.3 with ALPN `linkedup/1`, one bidirectional stream of credit
-/// per allowed call plus the control stream, no unidirectional streams, no datagrams.
+/// per allowed call plus the control stream (a client with one call per stream gets as many
+/// calls in flight as one that multiplexes), no unidirectional streams, no datagrams.
 pub(crate) fn bind(
     addr: SocketAddr,
     cert: &CertifiedKey,

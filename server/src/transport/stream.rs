@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use futures::FutureExt;
 use query_engine::protocol::frame::LENGTH_PREFIX_BYTES;
 use query_engine::protocol::{
     decode_client, encode, encode_frame, ClientMessage, FrameError, ProtocolError, ServerMessage,
@@ -91,14 +90,6 @@ async fn read_frame_incrementally(
         return Err(FrameError::UnexpectedEof);
     }
     Ok(Some(payload))
-}
-
-/// Takes the end of `recv` if it has already arrived, without waiting, and says whether it
-/// had. Dropping a stream whose end was not read makes quinn send STOP_SENDING; after a call's
-/// one frame the client's FIN is normally already here, so this saves a frame per call.
-pub fn consume_fin(recv: &mut RecvStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(recv.read(&mut byte).now_or_never(), Some(Ok(None)))
 }
 
 fn io_error(e: quinn::ReadError) -> FrameError {
