@@ -458,3 +458,57 @@ async fn the_token_refresher_answers_unauthorized() {
     client.close().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_share_one_connection_and_cancelled_callers_free_their_slots() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    let slots = client.server_info().unwrap().max_concurrent_calls as usize;
+    // Callers that give up at every stage of a call (waiting for a slot, queued, sent), three
+    // times as many as the connection has slots: none may keep one.
+    let cancelled = slots * 3;
+    for i in 0..cancelled {
+        let caller = client.clone();
+        let task = tokio::spawn(async move {
+            caller
+                .mutation::<_, i64>("counter:add", &json!({"name": "gave-up", "by": 1}))
+                .await
+        });
+        for _ in 0..i % 4 {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+    }
+    // Then many more calls at once than there are slots: every one completes, once.
+    const CALLS: i64 = 500;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CALLS {
+        let caller = client.clone();
+        tasks.spawn(async move {
+            caller
+                .mutation::<_, i64>("counter:add", &json!({"name": "many", "by": 1}))
+                .await
+        });
+    }
+    let results = tokio::time::timeout(PATIENCE, async {
+        let mut results = std::collections::BTreeSet::new();
+        while let Some(joined) = tasks.join_next().await {
+            assert!(results.insert(joined.unwrap().unwrap()));
+        }
+        results
+    })
+    .await
+    .expect("every call completed in time");
+    assert_eq!(results, (1..=CALLS).collect());
+    let gave_up: i64 = client
+        .query("counter:get", &json!({"name": "gave-up"}))
+        .await
+        .unwrap();
+    assert!(gave_up <= cancelled as i64, "{gave_up}");
+    assert_eq!(client.connection_count(), 1);
+    client.close().await;
+    server.shutdown().await;
+}

@@ -487,3 +487,59 @@ async fn a_client_that_gives_up_ends_its_subscriptions() {
         .subscribe("counter:get", &json!({"name": "g"}))
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_calls_in_flight_through_a_dropped_connection_each_apply_once() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    // More than the connection's call slots: when it drops, some calls wait for a slot, some
+    // are queued, some sent, some answered.
+    const CALLS: i64 = 300;
+    let mut mutations = Vec::new();
+    let mut queries = Vec::new();
+    for i in 0..CALLS {
+        let caller = client.clone();
+        mutations.push(tokio::spawn(async move {
+            caller
+                .mutation::<_, i64>("counter:add", &json!({"name": "burst", "by": 1}))
+                .await
+        }));
+        if i % 3 == 0 {
+            let caller = client.clone();
+            queries.push(tokio::spawn(async move {
+                caller
+                    .query::<_, i64>("counter:get", &json!({"name": "burst"}))
+                    .await
+            }));
+        }
+        if i == CALLS / 2 {
+            tokio::task::yield_now().await;
+            client.force_reconnect();
+        }
+    }
+    let mut results = BTreeSet::new();
+    for t in mutations {
+        let n = tokio::time::timeout(PATIENCE, t)
+            .await
+            .expect("mutation answered in time")
+            .unwrap()
+            .unwrap();
+        assert!(results.insert(n), "two mutations returned {n}");
+    }
+    assert_eq!(results, (1..=CALLS).collect::<BTreeSet<_>>());
+    for q in queries {
+        let n = q.await.unwrap().unwrap();
+        assert!((0..=CALLS).contains(&n));
+    }
+    let total: i64 = client
+        .query("counter:get", &json!({"name": "burst"}))
+        .await
+        .unwrap();
+    assert_eq!(total, CALLS);
+    assert!(client.connection_count() >= 2);
+    client.close().await;
+    server.shutdown().await;
+}

@@ -1,8 +1,10 @@
 //! End-to-end tests of the transport against an in-process server on 127.0.0.1 port 0, with a
 //! tiny counter schema and a raw quinn client that pins the server's certificate.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use query_engine::error::FunctionError;
@@ -100,6 +102,20 @@ fn functions() -> Functions {
         |_ctx, _: Value| Ok(()),
     );
     f.action(
+        "counter:gated",
+        Visibility::Public,
+        v::object([("gate", v::string())]),
+        v::string(),
+        |_ctx, a: Gated| async move {
+            let gate = gate(&a.gate);
+            gate.started.fetch_add(1, Ordering::SeqCst);
+            if let Ok(permit) = gate.open.acquire().await {
+                permit.forget();
+            }
+            Ok::<_, FunctionError>(a.gate)
+        },
+    );
+    f.action(
         "counter:echo",
         Visibility::Public,
         v::any(),
@@ -107,6 +123,46 @@ fn functions() -> Functions {
         |_ctx, args: Value| async move { Ok::<_, FunctionError>(args) },
     );
     f
+}
+
+#[derive(serde::Deserialize)]
+struct Gated {
+    gate: String,
+}
+
+/// Holds `counter:gated` calls until the test lets them through, one permit per call, and
+/// counts the calls that started. Named, so that tests running at once never share one.
+struct Gate {
+    open: tokio::sync::Semaphore,
+    started: AtomicUsize,
+}
+
+fn gate(name: &str) -> Arc<Gate> {
+    static GATES: OnceLock<Mutex<HashMap<String, Arc<Gate>>>> = OnceLock::new();
+    GATES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            Arc::new(Gate {
+                open: tokio::sync::Semaphore::new(0),
+                started: AtomicUsize::new(0),
+            })
+        })
+        .clone()
+}
+
+/// Waits until `n` calls have started behind the gate `name`.
+async fn started(name: &str, n: usize) {
+    let gate = gate(name);
+    tokio::time::timeout(WAIT, async {
+        while gate.started.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the gated calls started in time");
 }
 
 /// One development issuer key for the whole test binary: generating RSA keys is slow.
@@ -814,5 +870,173 @@ async fn many_concurrent_calls_share_one_connection() {
         "{total} mutations over {TASKS} concurrent streams in {elapsed:?} ({:.0}/s, debug build)",
         total as f64 / elapsed.as_secs_f64()
     );
+    server.shutdown().await;
+}
+
+fn call_msg(request_id: u64, kind: CallKind, function: &str, args: Value) -> ClientMessage {
+    ClientMessage::Call {
+        request_id,
+        kind,
+        function: function.into(),
+        args,
+        mutation_id: None,
+    }
+}
+
+fn gated(request_id: u64, name: &str) -> ClientMessage {
+    call_msg(
+        request_id,
+        CallKind::Action,
+        "counter:gated",
+        obj! { "gate" => name },
+    )
+}
+
+/// The next `CallResult` on a call stream, as (requestId, value).
+async fn next_result(recv: &mut RecvStream) -> (u64, Value) {
+    match recv_msg(recv).await {
+        Some(ServerMessage::CallResult {
+            request_id,
+            result: CallOutcome::Ok { value, .. },
+        }) => (request_id, value),
+        other => panic!("expected a successful CallResult, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_carries_many_calls_answered_in_completion_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let client = Client::connect(&server).await;
+    let (mut send, mut recv) = client.conn.open_bi().await.unwrap();
+    // A call that waits, then ones that do not: theirs come back first, matched by id.
+    send_msg(&mut send, &gated(1, "order")).await;
+    started("order", 1).await;
+    for id in 2..=21u64 {
+        let msg = call_msg(
+            id,
+            CallKind::Mutation,
+            "counter:increment",
+            obj! { "name" => "multi" },
+        );
+        send_msg(&mut send, &msg).await;
+    }
+    let mut values = Vec::new();
+    for _ in 2..=21 {
+        let (id, value) = next_result(&mut recv).await;
+        assert!(
+            (2..=21).contains(&id),
+            "result for {id} before the gate opened"
+        );
+        values.push(value.as_i64().unwrap());
+    }
+    values.sort_unstable();
+    assert_eq!(values, (1..=20).collect::<Vec<i64>>());
+    gate("order").open.add_permits(1);
+    assert_eq!(next_result(&mut recv).await, (1, Value::from("order")));
+    // A requestId may be used again once its result has arrived.
+    send_msg(
+        &mut send,
+        &call_msg(
+            5,
+            CallKind::Query,
+            "counter:get",
+            obj! { "name" => "multi" },
+        ),
+    )
+    .await;
+    assert_eq!(next_result(&mut recv).await, (5, Value::Int64(20)));
+    // After the client's FIN and the last result, the server finishes its side.
+    send.finish().unwrap();
+    assert!(recv_msg(&mut recv).await.is_none());
+    assert!(client.conn.close_reason().is_none());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_are_bounded_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| c.limits.max_concurrent_calls = 2).await;
+    let client = Client::connect(&server).await;
+    let (mut send, mut recv) = client.conn.open_bi().await.unwrap();
+    for id in 1..=3 {
+        send_msg(&mut send, &gated(id, "bound")).await;
+    }
+    send_msg(
+        &mut send,
+        &call_msg(4, CallKind::Action, "counter:echo", obj! { "e" => 1i64 }),
+    )
+    .await;
+    // Two calls hold both slots; the third gated call and the echo behind it wait unread, so
+    // the echo cannot overtake: results come gated, gated, echo, gated.
+    started("bound", 2).await;
+    let open = |n| gate("bound").open.add_permits(n);
+    open(1);
+    let (first, _) = next_result(&mut recv).await;
+    assert!(first == 1 || first == 2, "{first}");
+    started("bound", 3).await;
+    open(1);
+    let (second, _) = next_result(&mut recv).await;
+    assert!((1..=3).contains(&second) && second != first, "{second}");
+    assert_eq!(next_result(&mut recv).await.0, 4);
+    open(1);
+    let (last, _) = next_result(&mut recv).await;
+    assert_eq!(first + second + last, 6);
+    assert_eq!(gate("bound").started.load(Ordering::SeqCst), 3);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_request_id_in_flight_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let client = Client::connect(&server).await;
+    let (mut send, mut recv) = client.conn.open_bi().await.unwrap();
+    send_msg(&mut send, &gated(9, "duplicate")).await;
+    started("duplicate", 1).await;
+    send_msg(
+        &mut send,
+        &call_msg(9, CallKind::Query, "counter:get", obj! { "name" => "d" }),
+    )
+    .await;
+    assert_eq!(
+        fatal_code(&recv_msg(&mut recv).await.unwrap()),
+        "VALIDATION_ERROR"
+    );
+    client.closed().await;
+    gate("duplicate").open.add_permits(1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_runs_under_the_identity_when_its_frame_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut client = Client::connect(&server).await;
+    let (mut send, mut recv) = client.conn.open_bi().await.unwrap();
+    let whoami = |id| call_msg(id, CallKind::Query, "counter:whoami", obj! {});
+    send_msg(&mut send, &whoami(1)).await;
+    assert_eq!(next_result(&mut recv).await, (1, Value::Null));
+    let token = server.mint_dev_token(DevClaims::new("user_2")).unwrap();
+    client
+        .control(ClientMessage::Authenticate { token: Some(token) })
+        .await;
+    assert!(matches!(
+        client.next_non_transition().await,
+        ServerMessage::AuthOk { .. }
+    ));
+    send_msg(&mut send, &whoami(2)).await;
+    assert_eq!(next_result(&mut recv).await, (2, Value::from("user_2")));
+    client
+        .control(ClientMessage::Authenticate { token: None })
+        .await;
+    assert!(matches!(
+        client.next_non_transition().await,
+        ServerMessage::AuthOk { subject: None }
+    ));
+    send_msg(&mut send, &whoami(3)).await;
+    send.finish().unwrap();
+    assert_eq!(next_result(&mut recv).await, (3, Value::Null));
+    assert!(recv_msg(&mut recv).await.is_none());
     server.shutdown().await;
 }
