@@ -741,19 +741,23 @@ impl Inner {
         let mut lost_after_send = 0u32;
         let mut unsent = 0u32;
         let mut reauthenticated = false;
+        // Built once: every attempt sends the same call under a fresh request id.
+        let mut msg = ClientMessage::Call {
+            request_id: 0,
+            kind,
+            function: name.to_string(),
+            args,
+            mutation_id: mutation_id.clone(),
+        };
         loop {
             let session = match self.wait_session(min_gen).await {
                 Ok(s) => s,
                 Err(e) => return Err(unanswered(kind, lost_after_send, &mutation_id, e)),
             };
             let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-            let msg = ClientMessage::Call {
-                request_id,
-                kind,
-                function: name.to_string(),
-                args: args.clone(),
-                mutation_id: mutation_id.clone(),
-            };
+            if let ClientMessage::Call { request_id: id, .. } = &mut msg {
+                *id = request_id;
+            }
             match session.call(&msg, request_id).await {
                 Ok(CallOutcome::Ok { value, ts }) => {
                     self.state.lock().note_ts(ts);

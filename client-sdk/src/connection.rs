@@ -11,8 +11,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use query_engine::protocol::{
-    decode_server, encode, encode_frame_into, read_frame, take_frame, write_frame, CallOutcome,
-    ClientMessage, FrameError, ServerMessage, PROTOCOL_VERSION,
+    decode_call_result, decode_server, encode, encode_frame_into, read_frame, take_frame,
+    write_frame, CallOutcome, ClientMessage, FrameError, ServerMessage, PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -580,7 +580,7 @@ fn deliver_frames(lane: &CallLane, buf: &mut BytesMut) -> Result<(), ClientError
     while let Some(frame) =
         take_frame(buf, lane.max_frame_bytes).map_err(|e| ClientError::Protocol(e.to_string()))?
     {
-        match decode_server(&frame).map_err(|e| ClientError::Protocol(e.to_string()))? {
+        match decode_call_result(&frame).map_err(|e| ClientError::Protocol(e.to_string()))? {
             ServerMessage::CallResult { request_id, result } => lane.deliver(request_id, result)?,
             ServerMessage::Error {
                 code,

@@ -266,9 +266,108 @@ pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
     Ok(msg)
 }
 
+/// A `Call`'s fields, decoded straight off the map. The derived decoder of `ClientMessage`
+/// first buffers the whole message to find its `type` tag; a call stream carries only calls,
+/// so `decode_call` tries this shape first.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CallFields {
+    #[serde(rename = "type")]
+    tag: String,
+    request_id: u64,
+    kind: CallKind,
+    function: String,
+    args: Value,
+    #[serde(default)]
+    mutation_id: Option<String>,
+}
+
+/// Decodes and validates a message read on a call stream. Same result as `decode_client`,
+/// cheaper for a `Call`.
+pub fn decode_call(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
+    match decode_bounded::<CallFields>(bytes) {
+        Ok(fields) if fields.tag == "Call" => {
+            let msg = ClientMessage::Call {
+                request_id: fields.request_id,
+                kind: fields.kind,
+                function: fields.function,
+                args: fields.args,
+                mutation_id: fields.mutation_id,
+            };
+            validate_client(&msg)?;
+            Ok(msg)
+        }
+        // Another message, or a malformed one: the general decoder says which.
+        _ => decode_client(bytes),
+    }
+}
+
 /// Decodes a message from a server.
 pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
     decode_bounded(bytes)
+}
+
+/// A `CallResult` decoded straight off the map, its outcome's fields flattened (see
+/// `CallFields` for why). `present` keeps a field's absence apart from an explicit nil.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CallResultFields {
+    #[serde(rename = "type")]
+    tag: String,
+    request_id: u64,
+    result: OutcomeFields,
+}
+
+#[derive(Deserialize)]
+struct OutcomeFields {
+    status: String,
+    #[serde(default, deserialize_with = "present")]
+    value: Option<Value>,
+    ts: Option<u64>,
+    code: Option<String>,
+    message: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// Decodes a message read on a call stream. Same result as `decode_server`, cheaper for a
+/// `CallResult`.
+pub fn decode_call_result(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
+    let Ok(fields) = decode_bounded::<CallResultFields>(bytes) else {
+        return decode_server(bytes);
+    };
+    let outcome = match fields.result {
+        OutcomeFields {
+            status,
+            value: Some(value),
+            ts: Some(ts),
+            ..
+        } if status == "Ok" => CallOutcome::Ok { value, ts },
+        OutcomeFields {
+            status,
+            code: Some(code),
+            message: Some(message),
+            data: Some(data),
+            ..
+        } if status == "Err" => CallOutcome::Err(ErrorPayload {
+            code,
+            message,
+            data,
+        }),
+        // Fields missing for the status, or an unknown one: the general decoder says which.
+        _ => return decode_server(bytes),
+    };
+    if fields.tag != "CallResult" {
+        return decode_server(bytes);
+    }
+    Ok(ServerMessage::CallResult {
+        request_id: fields.request_id,
+        result: outcome,
+    })
 }
 
 fn decode_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
@@ -485,6 +584,119 @@ mod tests {
         for msg in server_samples() {
             let bytes = encode(&msg).expect("encode");
             assert_eq!(decode_server(&bytes).expect("decode"), msg);
+        }
+    }
+
+    #[test]
+    fn the_call_decoder_agrees_with_the_general_one() {
+        let mut inputs: Vec<Vec<u8>> = client_samples()
+            .iter()
+            .map(|m| encode(m).expect("encode"))
+            .collect();
+        // No mutationId, an unknown key, a wrong type, a missing field, an unknown tag,
+        // trailing bytes, garbage.
+        let map = |fields: Vec<(&str, Value)>| {
+            let obj: crate::value::Object = fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            rmp_serde::to_vec_named(&Value::Object(obj)).expect("encode")
+        };
+        let call = |extra: Vec<(&str, Value)>| {
+            let mut fields = vec![
+                ("type", Value::from("Call")),
+                ("requestId", Value::Int64(3)),
+                ("kind", Value::from("query")),
+                ("function", Value::from("f")),
+                ("args", obj! {}),
+            ];
+            fields.extend(extra);
+            map(fields)
+        };
+        inputs.push(call(vec![]));
+        inputs.push(call(vec![("future", Value::Int64(1))]));
+        inputs.push(call(vec![("requestId", Value::from("x"))]));
+        inputs.push(call(vec![("kind", Value::from("other"))]));
+        inputs.push(call(vec![("function", Value::from("f".repeat(300)))]));
+        inputs.push(map(vec![
+            ("type", Value::from("Call")),
+            ("requestId", Value::Int64(1)),
+        ]));
+        inputs.push(map(vec![("type", Value::from("Nope"))]));
+        let mut trailing = call(vec![]);
+        trailing.push(0);
+        inputs.push(trailing);
+        let as_array = Value::Array(vec![
+            Value::from("Call"),
+            Value::Int64(3),
+            Value::from("query"),
+            Value::from("f"),
+            obj! {},
+            Value::Null,
+        ]);
+        inputs.push(rmp_serde::to_vec_named(&as_array).expect("encode"));
+        inputs.push(vec![0xc1]);
+        for bytes in inputs {
+            match (decode_call(&bytes), decode_client(&bytes)) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("decoders disagree: {a:?} vs {b:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_call_result_decoder_agrees_with_the_general_one() {
+        let mut inputs: Vec<Vec<u8>> = server_samples()
+            .iter()
+            .map(|m| encode(m).expect("encode"))
+            .collect();
+        let map = |fields: Vec<(&str, Value)>| {
+            let obj: crate::value::Object = fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            rmp_serde::to_vec_named(&Value::Object(obj)).expect("encode")
+        };
+        let result = |outcome: Value| {
+            map(vec![
+                ("type", Value::from("CallResult")),
+                ("requestId", Value::Int64(4)),
+                ("result", outcome),
+            ])
+        };
+        inputs.push(result(
+            obj! { "status" => "Ok", "value" => Value::Null, "ts" => 1i64 },
+        ));
+        inputs.push(result(obj! { "status" => "Ok", "ts" => 1i64 }));
+        inputs.push(result(obj! { "status" => "Ok", "value" => 1i64 }));
+        inputs.push(result(
+            obj! { "status" => "Err", "code" => "X", "message" => "m" },
+        ));
+        inputs.push(result(
+            obj! { "status" => "Err", "code" => "X", "message" => "m", "data" => Value::Null },
+        ));
+        inputs.push(result(
+            obj! { "status" => "Maybe", "value" => 1i64, "ts" => 1i64 },
+        ));
+        inputs.push(result(
+            obj! { "status" => "Ok", "value" => 1i64, "ts" => 1i64, "x" => 2i64 },
+        ));
+        inputs.push(map(vec![
+            ("type", Value::from("Pong")),
+            ("requestId", Value::Int64(4)),
+            (
+                "result",
+                obj! { "status" => "Ok", "value" => 1i64, "ts" => 1i64 },
+            ),
+        ]));
+        inputs.push(vec![0xc1]);
+        for bytes in inputs {
+            match (decode_call_result(&bytes), decode_server(&bytes)) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("decoders disagree: {a:?} vs {b:?}"),
+            }
         }
     }
 

@@ -16,8 +16,8 @@ use futures::{FutureExt, StreamExt};
 use query_engine::error::{codes, FunctionError, FunctionResult};
 use query_engine::functions::FunctionKind;
 use query_engine::protocol::{
-    decode_client, encode_frame_into, frame_ready, take_frame, CallKind, CallOutcome,
-    ClientMessage, FrameError, ServerMessage,
+    decode_call, encode_frame_into, frame_ready, take_frame, CallKind, CallOutcome, ClientMessage,
+    FrameError, ServerMessage,
 };
 use query_engine::value::Value;
 use quinn::{RecvStream, SendStream};
@@ -39,6 +39,9 @@ struct Finished {
     request_id: u64,
     function: String,
     outcome: CallOutcome,
+    /// The commit timestamp the connection's subscriptions must reach (a mutation's, or an
+    /// action's last), 0 if none.
+    sync_ts: u64,
     slot: OwnedSemaphorePermit,
 }
 
@@ -71,6 +74,8 @@ struct CallStream {
     /// Slots of the calls whose results are in `out`, released when it has all been written,
     /// so that a client that does not read its results stops getting its calls run.
     out_slots: Vec<OwnedSemaphorePermit>,
+    /// Highest `sync_ts` among the results appended since the last sync.
+    sync_ts: u64,
 }
 
 pub(crate) async fn serve(
@@ -91,6 +96,7 @@ pub(crate) async fn serve(
         out: Vec::new(),
         written: 0,
         out_slots: Vec::new(),
+        sync_ts: 0,
     };
     stream.run(recv).await;
 }
@@ -129,6 +135,12 @@ impl CallStream {
                     // Everything else already done goes out in the same write.
                     while let Some(Some(done)) = self.running.next().now_or_never() {
                         self.answer(done);
+                    }
+                    // Before the results go out, the subscriptions are told to reach their
+                    // commits (§8, reading your own writes): once for the whole batch.
+                    if self.sync_ts > 0 {
+                        self.ctx.session.sync_to(self.sync_ts).await;
+                        self.sync_ts = 0;
                     }
                 }
                 wrote = self.send.write(&self.out[self.written..]), if self.written < self.out.len() => {
@@ -189,7 +201,7 @@ impl CallStream {
                 self.slot = Some(slot);
                 return Ok(false);
             };
-            let msg = decode_client(&frame).map_err(|e| e.to_message(true))?;
+            let msg = decode_call(&frame).map_err(|e| e.to_message(true))?;
             let ClientMessage::Call {
                 request_id,
                 kind,
@@ -211,7 +223,6 @@ impl CallStream {
             let auth = self.ctx.auth.load_full();
             let call = run_call(
                 self.shared.clone(),
-                self.ctx.clone(),
                 auth,
                 Request {
                     request_id,
@@ -233,9 +244,11 @@ impl CallStream {
             request_id,
             function,
             outcome,
+            sync_ts,
             slot,
         } = done;
         self.in_flight.remove(&request_id);
+        self.sync_ts = self.sync_ts.max(sync_ts);
         let start = self.out.len();
         let msg = ServerMessage::CallResult {
             request_id,
@@ -334,7 +347,6 @@ struct Request {
 
 async fn run_call(
     shared: Arc<Shared>,
-    ctx: Arc<ConnCtx>,
     auth: Option<Arc<AuthState>>,
     request: Request,
     slot: OwnedSemaphorePermit,
@@ -347,10 +359,12 @@ async fn run_call(
         args,
         mutation_id,
     } = request;
-    let (result, label) = execute(&shared, &ctx, auth, kind, &function, args, mutation_id).await;
-    let outcome = match result {
-        Ok((value, ts)) => CallOutcome::Ok { value, ts },
-        Err(e) => CallOutcome::Err(e.into()),
+    let (result, label) = execute(&shared, auth, kind, &function, args, mutation_id).await;
+    let (outcome, sync_ts) = match result {
+        // A query's timestamp is a snapshot the subscriptions have no need to reach.
+        Ok((value, ts)) if kind == CallKind::Query => (CallOutcome::Ok { value, ts }, 0),
+        Ok((value, ts)) => (CallOutcome::Ok { value, ts }, ts),
+        Err(e) => (CallOutcome::Err(e.into()), 0),
     };
     let code = match &outcome {
         CallOutcome::Ok { .. } => "OK",
@@ -363,6 +377,7 @@ async fn run_call(
         request_id,
         function,
         outcome,
+        sync_ts,
         slot,
     }
 }
@@ -379,7 +394,6 @@ fn kind_label(kind: CallKind) -> &'static str {
 /// with (`<unknown>` when no such public function exists, so labels stay bounded).
 async fn execute<'a>(
     shared: &Shared,
-    ctx: &ConnCtx,
     auth: Option<Arc<AuthState>>,
     kind: CallKind,
     function: &'a str,
@@ -437,23 +451,14 @@ async fn execute<'a>(
                 }
                 None => run.await,
             };
-            if let Ok(c) = &committed {
-                ctx.session.sync_to(c.ts).await;
-            }
             committed.map(|c| (c.value, c.ts))
         }
         CallKind::Action => {
             // `ts` is the commit timestamp of the action's last mutation (0 if none).
-            let result = engine
+            engine
                 .run_action_def_with_ts(def, args, identity)
                 .await
-                .map(|c| (c.value, c.ts));
-            if let Ok((_, ts)) = &result {
-                if *ts > 0 {
-                    ctx.session.sync_to(*ts).await;
-                }
-            }
-            result
+                .map(|c| (c.value, c.ts))
         }
     };
     (result, function)
