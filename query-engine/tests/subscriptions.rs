@@ -291,6 +291,64 @@ async fn many_invalidated_executions_rerun_in_parallel_consistently() {
     }
 }
 
+/// A query handler that panics on a re-run (on the worker or on a pool thread) ends only its
+/// own subscriptions, with `INTERNAL`; every other subscription keeps being updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_query_fails_only_its_own_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    let config = SubscriptionConfig {
+        rerun_threads: 2,
+        ..SubscriptionConfig::default()
+    };
+    let mgr = SubscriptionManager::new(engine.clone(), config);
+    let s = mgr.connect(None).await;
+    // Enough executions that a pass is shared with the pool thread.
+    for q in 0..40u32 {
+        let (f, a) = if q % 2 == 0 {
+            ("notesOrPanic", obj! {"topic" => format!("t{q}")})
+        } else {
+            (
+                "notesAfter",
+                obj! {"topic" => format!("t{q}"), "after" => 0i64, "limit" => 10i64},
+            )
+        };
+        s.subscribe(q, f, a).await.unwrap();
+    }
+    let mut view = View::default();
+    let mut last = 0;
+    for seq in [1i64, 13, 14] {
+        for q in 0..40u32 {
+            last = engine
+                .mutation(
+                    "addNote",
+                    obj! {"topic" => format!("t{q}"), "seq" => seq, "text" => "x"},
+                    None,
+                )
+                .await
+                .unwrap()
+                .ts;
+        }
+        view.catch_up(&s, last).await;
+    }
+    for q in 0..40u32 {
+        if q % 2 == 0 {
+            assert_eq!(view.values[&q], Err("INTERNAL".to_string()), "query {q}");
+        } else {
+            let notes = view.values[&q].as_ref().unwrap();
+            assert_eq!(notes.as_array().map(|a| a.len()), Some(3), "query {q}");
+        }
+    }
+    // The failed subscriptions ended: their ids are free again.
+    s.subscribe(
+        0,
+        "notesAfter",
+        obj! {"topic" => "t0", "after" => 0i64, "limit" => 10i64},
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_is_merged_and_never_delays_others() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@
 
 mod invalidation;
 mod outbox;
+mod rerun;
 mod transition;
 mod worker;
 
@@ -47,8 +48,8 @@ pub struct SubscriptionConfig {
     /// it the next pass re-runs every execution instead (correct, just slower).
     pub max_pending_touched_keys: usize,
     /// Threads re-running the executions of one pass when it has many (1 = the worker
-    /// alone, the default); at most 8. Helpers are started per large pass; on the 2-core
-    /// benchmark machine they did not pay off, so this is opt-in.
+    /// alone); at most 8. The extra threads are started once and idle between passes.
+    /// Default: the number of cores, at most 4.
     pub rerun_threads: usize,
 }
 
@@ -59,7 +60,7 @@ impl Default for SubscriptionConfig {
             coalesce_window: Duration::ZERO,
             command_queue: 4096,
             max_pending_touched_keys: 1 << 20,
-            rerun_threads: 1,
+            rerun_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 }

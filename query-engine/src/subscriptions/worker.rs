@@ -11,7 +11,6 @@ use parking_lot::Mutex;
 use roaring::RoaringBitmap;
 use tokio::sync::mpsc;
 
-use crate::diff::diff;
 use crate::engine::Engine;
 use crate::error::{FunctionError, FunctionResult};
 use crate::functions::{FunctionDef, FunctionKind, Handler, Sharing, TxnHandler};
@@ -22,24 +21,16 @@ use crate::value::Value;
 
 use super::invalidation::{ExecId, InvalidationIndex};
 use super::outbox::{Outbox, Update};
-use super::transition::encode_diff;
+use super::rerun::{self, ExecSpec, Rerun, RerunJob, RerunPool};
 use super::{ClientId, Command, PendingCommits, SubscriptionConfig, SubscriptionMetrics};
 
 /// Longest coalescing window honoured.
 const MAX_COALESCE: Duration = Duration::from_millis(250);
 /// Most threads re-running executions of one pass.
 const MAX_RERUN_THREADS: usize = 8;
-/// Fewer re-runs than this in a pass run on the worker thread alone (starting a helper
-/// costs about as much as a few re-runs).
-const PARALLEL_MIN_RERUNS: usize = 64;
-
-/// The outcome of re-running one execution, applied to the worker's state afterwards.
-struct Rerun {
-    id: ExecId,
-    result: Result<Arc<Value>, FunctionError>,
-    reads: ReadSet,
-    update: Option<Update>,
-}
+/// Fewer re-runs than this in a pass run on the worker thread alone (handing a share to a
+/// pool thread costs about as much as a couple of re-runs).
+const PARALLEL_MIN_RERUNS: usize = 16;
 
 /// What makes two subscriptions share an execution.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -55,9 +46,7 @@ struct ExecKey {
 
 struct Execution {
     key: ExecKey,
-    handler: TxnHandler,
-    def: Arc<FunctionDef>,
-    args: Value,
+    spec: Arc<ExecSpec>,
     reads: ReadSet,
     result: Result<Arc<Value>, FunctionError>,
     subscribers: HashSet<(ClientId, u32)>,
@@ -89,6 +78,8 @@ pub(crate) struct Worker {
     free_ids: Vec<ExecId>,
     next_id: ExecId,
     clients: HashMap<ClientId, ClientState>,
+    /// Threads sharing large passes with this one (`rerun_threads - 1` of them).
+    pool: RerunPool,
     /// Read-your-writes requests waiting for the worker to reach a timestamp.
     syncs: BTreeMap<u64, Vec<ClientId>>,
 }
@@ -102,7 +93,9 @@ impl Worker {
         closed: Arc<Mutex<Vec<ClientId>>>,
         metrics: Arc<SubscriptionMetrics>,
     ) -> Self {
+        let threads = config.rerun_threads.clamp(1, MAX_RERUN_THREADS);
         Worker {
+            pool: RerunPool::start(threads - 1),
             engine,
             snapshot,
             config,
@@ -354,7 +347,14 @@ impl Worker {
         if let Some(id) = self.by_key.get(&key) {
             return *id;
         }
-        let (result, reads) = self.execute(&handler, def, args, identity, key.access);
+        let spec = Arc::new(ExecSpec {
+            handler,
+            def: def.clone(),
+            args: args.clone(),
+            identity: identity.cloned(),
+            access: key.access,
+        });
+        let (result, reads) = rerun::execute(&self.engine, &self.snapshot, &spec);
         let id = self.free_ids.pop().unwrap_or_else(|| {
             self.next_id += 1;
             self.next_id - 1
@@ -365,9 +365,7 @@ impl Worker {
             id,
             Execution {
                 key,
-                handler,
-                def: def.clone(),
-                args: args.clone(),
+                spec,
                 reads,
                 result,
                 subscribers: HashSet::new(),
@@ -375,26 +373,6 @@ impl Worker {
         );
         self.metrics.executions.fetch_add(1, Ordering::Relaxed);
         id
-    }
-
-    fn execute(
-        &self,
-        handler: &TxnHandler,
-        def: &FunctionDef,
-        args: &Value,
-        identity: Option<&Identity>,
-        access: bool,
-    ) -> (Result<Arc<Value>, FunctionError>, ReadSet) {
-        let (r, reads) = self
-            .engine
-            .run_query_at(&self.snapshot, handler, args.clone(), identity);
-        let r = r.and_then(|v| {
-            if !access {
-                self.engine.check_result(def, &v)?;
-            }
-            Ok(Arc::new(v))
-        });
-        (r, reads)
     }
 
     fn drop_if_unused(&mut self, id: ExecId) {
@@ -443,76 +421,26 @@ impl Worker {
         self.push(client, updates);
     }
 
-    /// Re-runs one execution at the worker's snapshot and works out what its subscribers
-    /// need (nothing, a diff encoded once, the full value, or the error). Reads only, so
-    /// several run at once on helper threads.
-    fn rerun(&self, id: ExecId) -> Option<Rerun> {
-        let exec = self.execs.get(&id)?;
-        let (result, reads) = self.execute(
-            &exec.handler,
-            &exec.def,
-            &exec.args,
-            exec.key.identity.as_ref(),
-            exec.key.access,
-        );
-        let update = match (&exec.result, &result) {
-            (Ok(old), Ok(new)) => diff(old.as_ref(), new.as_ref()).map(|d| Update::Changed {
-                encoded: Arc::new(encode_diff(&d)),
-                diff: Arc::new(d),
-                latest: new.clone(),
-            }),
-            (Err(a), Err(b)) if a == b => None,
-            (_, Err(e)) => Some(Update::Failed(e.clone())),
-            (Err(_), Ok(v)) => Some(Update::Full(v.clone())),
-        };
-        Some(Rerun {
-            id,
-            result,
-            reads,
-            update,
-        })
-    }
-
-    /// Re-runs `ids`, split over up to `rerun_threads` threads (this one included) when
-    /// there are enough to pay for starting them; results come back in `ids` order.
+    /// Re-runs `ids` at the worker's snapshot, sharing a large pass with the pool.
     fn rerun_all(&self, ids: &[ExecId]) -> Vec<Rerun> {
-        let threads = self.config.rerun_threads.clamp(1, MAX_RERUN_THREADS);
-        if threads == 1 || ids.len() < PARALLEL_MIN_RERUNS {
-            return ids.iter().filter_map(|&id| self.rerun(id)).collect();
+        let jobs: Vec<RerunJob> = ids
+            .iter()
+            .filter_map(|id| {
+                let exec = self.execs.get(id)?;
+                Some(RerunJob {
+                    id: *id,
+                    spec: exec.spec.clone(),
+                    previous: exec.result.clone(),
+                })
+            })
+            .collect();
+        if self.pool.helpers() == 0 || jobs.len() < PARALLEL_MIN_RERUNS {
+            return jobs
+                .iter()
+                .map(|j| rerun::rerun(&self.engine, &self.snapshot, j))
+                .collect();
         }
-        let chunk = ids.len().div_ceil(threads);
-        let mut chunks = ids.chunks(chunk);
-        let first = chunks.next().unwrap_or_default();
-        std::thread::scope(|scope| {
-            let mut helpers = Vec::new();
-            let mut serial: Vec<&[ExecId]> = Vec::new();
-            for c in chunks {
-                let spawned = std::thread::Builder::new()
-                    .name("subscriptions-rerun".into())
-                    .spawn_scoped(scope, move || {
-                        c.iter()
-                            .filter_map(|&id| self.rerun(id))
-                            .collect::<Vec<_>>()
-                    });
-                match spawned {
-                    Ok(h) => helpers.push(h),
-                    // No thread to be had: this one does that share too.
-                    Err(_) => serial.push(c),
-                }
-            }
-            let mut out: Vec<Rerun> = first.iter().filter_map(|&id| self.rerun(id)).collect();
-            for h in helpers {
-                match h.join() {
-                    Ok(v) => out.extend(v),
-                    // A handler panicked: behave as if it had on this thread.
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            for c in serial {
-                out.extend(c.iter().filter_map(|&id| self.rerun(id)));
-            }
-            out
-        })
+        self.pool.run(&self.engine, &self.snapshot, jobs)
     }
 
     fn process_commits(&mut self) {

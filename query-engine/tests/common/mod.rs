@@ -187,6 +187,27 @@ pub fn functions() -> Functions {
             ))
         },
     );
+    // Panics once the topic has a note with seq 13: a bug in a handler must not take the
+    // subscription worker (and everyone's subscriptions) down with it.
+    f.query(
+        "notesOrPanic",
+        Visibility::Public,
+        v::object([("topic", v::string())]),
+        v::any(),
+        |ctx, a: Topic| {
+            let notes = ctx
+                .query("notes", "by_topic_seq")
+                .eq("topic", a.topic)
+                .take(100)?;
+            assert!(
+                notes
+                    .iter()
+                    .all(|n| n.get_path("seq") != Some(&Value::Int64(13))),
+                "note 13"
+            );
+            Ok(Value::Array(notes))
+        },
+    );
     f.mutation(
         "addMember",
         Visibility::Public,
