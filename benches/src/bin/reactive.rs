@@ -145,6 +145,11 @@ struct Rig {
     seen: Vec<(usize, Seen)>,
     /// (batch timestamp, wall-clock µs) of every commit notice.
     notices: Arc<Mutex<Vec<(u64, u64)>>>,
+    /// The next `seq` to insert, across all steps: each insert must rank first in its room
+    /// (the query shows the 5 highest), so every commit changes its subscribers' result. A
+    /// per-step counter made a new step's first inserts rank below the previous step's and
+    /// change nothing, which showed up as late "deliveries".
+    seq: AtomicU64,
     _sessions: Vec<query_engine::subscriptions::ClientSession>,
 }
 
@@ -288,6 +293,7 @@ async fn rig(dir: &std::path::Path, args: &Args, idle: usize) -> anyhow::Result<
         commits: Arc::new((0..args.rooms).map(|_| Mutex::new(Vec::new())).collect()),
         seen,
         notices,
+        seq: AtomicU64::new(0),
         _sessions: idle_sessions,
     })
 }
@@ -296,7 +302,6 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
     let in_flight = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let behind = Arc::new(AtomicU64::new(0));
-    let seq = Arc::new(AtomicU64::new(0));
     rig.reset();
     let cpu_before = thread_cpu_ns(std::process::id());
     let reruns_before = rig.mgr.metrics().reruns.load(Ordering::Relaxed);
@@ -317,7 +322,7 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
             }
             in_flight.fetch_add(1, Ordering::Relaxed);
             let room = rand::thread_rng().gen_range(0..args.rooms);
-            let s = seq.fetch_add(1, Ordering::Relaxed) as i64;
+            let s = rig.seq.fetch_add(1, Ordering::Relaxed) as i64;
             let (e, inf, d) = (rig.engine.clone(), in_flight.clone(), done.clone());
             let commits = rig.commits.clone();
             tokio::spawn(async move {
