@@ -555,6 +555,8 @@ fn rate_limit_windows() -> TableDefinition {
             ("bucketMs", ms()),
             ("throughMs", ms()),
             ("counts", v::array(v::int64())),
+            // Calls counted in this document for the bucket starting at `throughMs`.
+            ("currentCount", v::optional(v::int64())),
             ("createdAt", ms()),
         ]),
     )

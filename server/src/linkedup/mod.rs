@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use audit::DenialLog;
-pub use rate_limit::{RateLimit, RateLimitConfig};
+pub use rate_limit::{Counters, RateLimit, RateLimitConfig};
 
 /// Settings of the LinkedUp functions.
 #[derive(Clone, Debug, Default)]

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{chunk_input_validator, fns, ChunkInput};
 use crate::linkedup::guards::assert_meeting_access;
-use crate::linkedup::rate_limit::check_and_consume_sharded;
+use crate::linkedup::rate_limit::check_and_consume_in;
 use crate::linkedup::{audited, check_text, LinkedUpConfig};
 
 /// Most chunks one `transcripts.ingestBatch` call may carry (seed §13: batches ≤ 50).
@@ -147,13 +147,13 @@ fn ingest(
             obj! { "meetingId" => meeting_id, "state" => access.meeting.state.as_str() },
         ));
     }
-    check_and_consume_sharded(
+    check_and_consume_in(
         ctx,
         &config.rate_limits,
         &access.user.id,
         INGEST_ACTION,
         config.rate_limits.transcripts_ingest,
-        config.rate_limits.ingest_shards,
+        config.rate_limits.ingest_counters,
     )?;
 
     let now = ctx.now_ms();
