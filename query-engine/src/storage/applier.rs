@@ -13,7 +13,7 @@
 //!
 //! Under uniformly random updates nearly every redb page of a table is rewritten by every
 //! transaction (~20 µs a page here), so the cost per update falls as transactions grow: the
-//! applier therefore starts at most one transaction per interval (250 ms by default) unless
+//! applier therefore starts at most one transaction per interval (1 s by default) unless
 //! the committer is waiting for it (memtable full, or shutting down). Measured with redb
 //! alone, random updates over 100,000 keys: ~20 µs per update at 500–8,000 updates per
 //! transaction, 6 µs at 32,000, 2.3 µs at 100,000.
