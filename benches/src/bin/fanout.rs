@@ -220,6 +220,19 @@ impl Runner {
     }
 }
 
+/// CPU time per acknowledged write, server and harness: on a small machine they share, their
+/// sum bounds the sustainable rate (cores ÷ sum), whatever the latency figures say.
+fn cpu_per_write(r: &StepResult) -> String {
+    if r.achieved_rate <= 0.0 {
+        return "-".into();
+    }
+    let us = |cores: f64| cores * 1e6 / r.achieved_rate;
+    match r.server {
+        Some(s) => format!("{:.0} + {:.0}", us(s.cpu_cores), us(r.harness.cpu_cores)),
+        None => format!("- + {:.0}", us(r.harness.cpu_cores)),
+    }
+}
+
 fn short(name: &str) -> &str {
     name.split(' ').next().unwrap_or(name)
 }
@@ -436,9 +449,11 @@ async fn main() -> anyhow::Result<()> {
         "server CPU",
         "memory MiB",
         "harness CPU",
+        "CPU µs/write (server + harness)",
         "fsyncs/s",
         "txns/batch",
         "batch write",
+        "re-executed",
         "missed/dup/reorder",
         "verdict",
     ]);
@@ -461,6 +476,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|s| format!("{:.0}", s.rss_mib))
                 .unwrap_or_else(|| "-".into()),
             format!("{:.2} cores", r.harness.cpu_cores),
+            cpu_per_write(r),
             r.server_counters
                 .map(|c| format!("{:.0}", c.fsyncs_per_sec))
                 .unwrap_or_else(|| "-".into()),
@@ -469,6 +485,10 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into()),
             r.server_counters
                 .map(|c| format!("{:.2} ms", c.mean_batch_write_ms))
+                .unwrap_or_else(|| "-".into()),
+            r.server_counters
+                .filter(|c| c.commits > 0.0)
+                .map(|c| format!("{:.0} %", 100.0 * c.reexecutions / c.commits))
                 .unwrap_or_else(|| "-".into()),
             format!(
                 "{}/{}/{}",
