@@ -437,3 +437,132 @@ pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linkedup::transcripts::fns::INGEST_CHUNK;
+    use crate::linkedup::transcripts::INGEST_ACTION;
+    use query_engine::engine::{Engine, EngineConfig};
+    use query_engine::identity::Identity;
+
+    const MAX: i64 = 30;
+
+    fn ident(subject: &str) -> Identity {
+        Identity {
+            issuer: "https://auth.test".into(),
+            subject: subject.into(),
+            email: Some(format!("{subject}@example.com")),
+            org_id: None,
+            org_role: None,
+            roles: Vec::new(),
+        }
+    }
+
+    async fn call(
+        engine: &Engine,
+        name: &str,
+        args: Value,
+        who: &Identity,
+    ) -> FunctionResult<Value> {
+        engine
+            .mutation(name, args, Some(who))
+            .await
+            .map(|c| c.value)
+    }
+
+    async fn docs(engine: &Engine, table: &'static str) -> Vec<Value> {
+        let all = engine
+            .read(move |ctx| Ok(Value::Array(ctx.query(table, "by_id").take(1_000)?)))
+            .await
+            .unwrap();
+        all.as_array().unwrap().to_vec()
+    }
+
+    /// Inline counting (transcript ingest): short buckets so calls spread over several and
+    /// the window folds; every accepted call is counted exactly once in the window document,
+    /// no counter document is written, and the limit holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inline_counts_are_exact_across_buckets_and_the_limit_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LinkedUpConfig {
+            rate_limits: RateLimitConfig {
+                transcripts_ingest: RateLimit {
+                    max: MAX,
+                    window_ms: 60_000,
+                },
+                bucket_ms: 20,
+                ..RateLimitConfig::default()
+            },
+            ..LinkedUpConfig::default()
+        };
+        assert_eq!(config.rate_limits.ingest_counters, Counters::Inline);
+        let mut functions = Functions::new();
+        crate::linkedup::register(&mut functions, &config);
+        let mut engine_config = EngineConfig::default();
+        engine_config.committer.durable = false;
+        engine_config.run_scheduler = false;
+        let engine = Engine::open(
+            &dir.path().join("db.redb"),
+            linkedup_schema::schema(),
+            functions,
+            engine_config,
+        )
+        .unwrap();
+        let host = ident("host");
+        call(&engine, "users.ensure", obj! {}, &host).await.unwrap();
+        let meeting = call(&engine, "meetings.schedule", obj! { "title" => "t" }, &host)
+            .await
+            .unwrap();
+        let meeting = meeting.as_str().unwrap().to_string();
+        call(
+            &engine,
+            "meetings.start",
+            obj! { "meetingId" => meeting.as_str() },
+            &host,
+        )
+        .await
+        .unwrap();
+        let chunk = |i: i64| {
+            obj! {
+                "meetingId" => meeting.as_str(),
+                "chunkId" => format!("c{i}"),
+                "text" => "words",
+                "confidence" => 0.9,
+                "startMs" => i,
+                "endMs" => i,
+            }
+        };
+        for i in 0..MAX {
+            call(&engine, INGEST_CHUNK, chunk(i), &host).await.unwrap();
+            if i % 7 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+        }
+        let refused = call(&engine, INGEST_CHUNK, chunk(MAX), &host)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited.as_str());
+
+        let ingest = |d: &Value| d.get_path("action") == Some(&Value::from(INGEST_ACTION));
+        let counters = docs(&engine, RATE_LIMITS).await;
+        assert!(
+            !counters.iter().any(ingest),
+            "ingest wrote a counter document"
+        );
+        let windows: Vec<Value> = docs(&engine, RATE_LIMIT_WINDOWS)
+            .await
+            .into_iter()
+            .filter(ingest)
+            .collect();
+        assert_eq!(windows.len(), 1);
+        let folded: i64 = windows[0]
+            .get_path("counts")
+            .and_then(Value::as_array)
+            .unwrap()
+            .iter()
+            .map(|c| c.as_i64().unwrap())
+            .sum();
+        assert_eq!(folded + int(&windows[0], "currentCount"), MAX);
+    }
+}
