@@ -33,8 +33,12 @@ use crate::value::Value;
 pub struct EngineConfig {
     pub committer: CommitterConfig,
     pub limits: Limits,
-    /// Bound of the queue of transactions waiting for the committer; callers wait when full.
-    pub commit_queue: usize,
+    /// Most mutations executed or executing but not yet committed. A caller past the bound
+    /// waits *before* reading its snapshot, so under overload transactions queue in front of
+    /// execution (fresh reads, few conflicts, memory bounded) instead of behind it, where each
+    /// would hold an old snapshot, conflict with what committed meanwhile and be re-executed
+    /// serially by the committer. It also bounds the committer's queue.
+    pub max_pending_commits: usize,
     /// Longest an action may run.
     pub max_action_time: Duration,
     pub crons: Vec<Cron>,
@@ -47,7 +51,7 @@ impl Default for EngineConfig {
         EngineConfig {
             committer: CommitterConfig::default(),
             limits: Limits::default(),
-            commit_queue: 16_384,
+            max_pending_commits: 256,
             max_action_time: Duration::from_secs(60),
             crons: Vec::new(),
             run_scheduler: true,
@@ -91,6 +95,8 @@ struct Inner {
     observers: Arc<parking_lot::RwLock<Vec<CommitObserver>>>,
     functions: Arc<Functions>,
     commit_tx: mpsc::Sender<CommitRequest>,
+    /// Admission of mutations (`EngineConfig::max_pending_commits`).
+    admission: tokio::sync::Semaphore,
     numbering: parking_lot::Mutex<Numbering>,
     seed: AtomicU64,
     max_action_time: Duration,
@@ -209,7 +215,9 @@ impl Engine {
         let ids = Arc::new(AtomicU64::new(id_hw + 1));
         let metrics = Arc::new(EngineMetrics::default());
         let observers = Arc::new(parking_lot::RwLock::new(Vec::new()));
-        let (commit_tx, commit_rx) = mpsc::channel(config.commit_queue.max(1));
+        // Room for every admitted transaction plus the index backfill's own requests.
+        let pending = config.max_pending_commits.max(1);
+        let (commit_tx, commit_rx) = mpsc::channel(pending + 1);
         let committer = Committer::new(
             Shared {
                 storage: storage.clone(),
@@ -239,6 +247,7 @@ impl Engine {
                 observers,
                 functions: Arc::new(functions),
                 commit_tx,
+                admission: tokio::sync::Semaphore::new(pending),
                 numbering: parking_lot::Mutex::new(numbering),
                 seed: AtomicU64::new(ts),
                 max_action_time: config.max_action_time,
@@ -514,6 +523,13 @@ impl Engine {
         &self,
         mut body: impl FnMut(&mut Transaction<'_>) -> FunctionResult<Value> + Send + 'static,
     ) -> FunctionResult<Committed> {
+        // Held until the commit is decided; the semaphore is never closed.
+        let _admitted = self
+            .inner
+            .admission
+            .acquire()
+            .await
+            .map_err(|_| FunctionError::internal("engine closed"))?;
         let snapshot = self.snapshot();
         let catalog = self.catalog();
         let now_ms = (now_micros().max(snapshot.ts) / 1000) as i64;
@@ -529,13 +545,17 @@ impl Engine {
         );
         let value = body(&mut txn)?;
         let (reads, writes) = txn.into_parts();
+        let snapshot_ts = snapshot.ts;
         if writes.is_empty() {
             return Ok(Committed {
-                ts: snapshot.ts,
+                ts: snapshot_ts,
                 value,
             });
         }
-        self.submit(snapshot.ts, reads, writes, value, Box::new(body))
+        // Not kept alive while waiting for the committer: a snapshot pins its memtables.
+        drop(snapshot);
+        drop(catalog);
+        self.submit(snapshot_ts, reads, writes, value, Box::new(body))
             .await
     }
 
