@@ -7,10 +7,6 @@
 //! redb's new state as the base for new snapshots. A job carrying sealed log segments is
 //! committed durably, after which those segments are deleted.
 //!
-//! The thread runs at a lower scheduling priority: its work is never on anyone's critical path
-//! (bounded by the memtable, which makes the committer wait if the applier falls far behind),
-//! while a large transaction competing for the cores delays commits and pushes.
-//!
 //! Under uniformly random updates nearly every redb page of a table is rewritten by every
 //! transaction (~20 µs a page here), so the cost per update falls as transactions grow: the
 //! applier therefore starts at most one transaction per interval (1 s by default) unless
@@ -50,7 +46,6 @@ pub(super) struct Applier {
 impl Applier {
     /// Runs until the sender is dropped; then makes redb durable and returns.
     pub fn run(self, rx: Receiver<Job>) {
-        lower_thread_priority();
         let mut last_start = Instant::now();
         while let Ok(job) = rx.recv() {
             self.progress.pause_until(last_start + self.interval);
@@ -117,17 +112,3 @@ impl Applier {
         Ok(())
     }
 }
-
-/// Lowers the calling thread's scheduling priority (nice +10); best effort.
-#[cfg(target_os = "linux")]
-fn lower_thread_priority() {
-    // SAFETY: setpriority only reads its integer arguments. On Linux the nice value is per
-    // thread, and `who == 0` names the calling thread.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the applier's priority");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_thread_priority() {}
