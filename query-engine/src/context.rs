@@ -294,7 +294,7 @@ impl IndexQuery<'_, '_, '_> {
         Ok(self
             .run(s, e, n)?
             .into_iter()
-            .map(|r| (*r.doc).clone())
+            .map(|r| owned(r.doc))
             .collect())
     }
 
@@ -349,11 +349,17 @@ impl IndexQuery<'_, '_, '_> {
         let is_done = rows.len() < page_size;
         let continue_cursor = rows.last().map(|r| encode_cursor(index_id, &r.key));
         Ok(Page {
-            page: rows.into_iter().map(|r| (*r.doc).clone()).collect(),
+            page: rows.into_iter().map(|r| owned(r.doc)).collect(),
             continue_cursor: continue_cursor.or_else(|| cursor.map(str::to_string)),
             is_done,
         })
     }
+}
+
+/// The document itself when this read holds the only reference (decoded from storage for
+/// it), a copy when it is shared (memtable or cache).
+fn owned(doc: Arc<Value>) -> Value {
+    Arc::try_unwrap(doc).unwrap_or_else(|shared| (*shared).clone())
 }
 
 fn encode_cursor(index: u32, key: &[u8]) -> String {
