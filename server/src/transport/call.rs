@@ -118,10 +118,8 @@ impl CallStream {
                 && self.written == self.out.len()
             {
                 if self.input == Input::Finished && !self.inbuf.is_empty() {
-                    let error = ReadError::Frame(FrameError::UnexpectedEof);
-                    if let Some(message) = error.to_fatal_message() {
-                        return self.fail(message).await;
-                    }
+                    // The stream ended inside a frame.
+                    return self.fail(protocol_error(FrameError::UnexpectedEof)).await;
                 }
                 let _ = self.send.finish();
                 return;
