@@ -1,31 +1,53 @@
 //! A client's outbox: at most one pending transition, into which newer updates are merged.
 //! A consumer that keeps up receives every transition as it happens; one that falls behind
-//! receives the latest state (a query changed twice is sent in full) — memory per client is
-//! bounded by its subscriptions' result sizes, never by the number of commits.
+//! receives the latest state — memory per client is bounded by its subscriptions' result
+//! sizes, never by the number of commits. A query changed twice is sent as one diff from the
+//! value the client has to the latest: sending it in full instead made every transition of a
+//! lagging client as large as its whole results, so it fell further behind and never caught
+//! up (seen in the fan-out benchmark after an overloaded step).
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::diff::ResultDiff;
+use crate::diff::{diff, ResultDiff};
 use crate::error::FunctionError;
 use crate::value::Value;
 
-use super::transition::{QueryUpdate, Transition};
+use super::transition::{encode_diff, QueryUpdate, Transition};
 
 /// What the worker hands the outbox for one query.
+#[derive(Clone)]
 pub(crate) enum Update {
-    /// The result changed by `diff`; `latest` is the full new value, used if merged.
+    /// The result changed from `base` (what the client has) to `latest` by `diff`.
     Changed {
         diff: Arc<ResultDiff>,
         encoded: Arc<Vec<u8>>,
+        base: Arc<Value>,
         latest: Arc<Value>,
     },
     /// The full value (a new subscription, or a re-run under a new identity).
     Full(Arc<Value>),
     Failed(FunctionError),
     Removed,
+}
+
+/// `later` applied after `earlier`, as one update; `None` when together they change nothing.
+fn merge(earlier: Update, later: Update) -> Option<Update> {
+    match (earlier, later) {
+        (Update::Changed { base, .. }, Update::Changed { latest, .. }) => {
+            diff(&base, &latest).map(|d| Update::Changed {
+                encoded: Arc::new(encode_diff(&d)),
+                diff: Arc::new(d),
+                base,
+                latest,
+            })
+        }
+        // The client has no value the change applies to: it gets the new value in full.
+        (Update::Full(_), Update::Changed { latest, .. }) => Some(Update::Full(latest)),
+        (_, later) => Some(later),
+    }
 }
 
 #[derive(Default)]
@@ -56,16 +78,17 @@ impl Outbox {
         for (q, u) in updates {
             match s.pending.binary_search_by_key(&q, |(q, _)| *q) {
                 Ok(i) => {
-                    // The consumer has not taken the previous update: it gets the latest
-                    // value in full instead of a diff against a state it never saw.
-                    let merged = match u {
-                        Update::Changed { latest, .. } => {
-                            s.merges += 1;
-                            Update::Full(latest)
+                    // The consumer has not taken the previous update: merge the two into
+                    // what takes it from the value it has to the latest.
+                    s.merges += 1;
+                    let earlier = std::mem::replace(&mut s.pending[i].1, Update::Removed);
+                    match merge(earlier, u) {
+                        Some(m) => s.pending[i].1 = m,
+                        // Back to the value the client has: nothing to send for it.
+                        None => {
+                            s.pending.remove(i);
                         }
-                        u => u,
-                    };
-                    s.pending[i].1 = merged;
+                    }
                 }
                 Err(i) => s.pending.insert(i, (q, u)),
             }
@@ -145,5 +168,69 @@ impl Outbox {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::apply;
+    use crate::obj;
+
+    fn docs(n: i64) -> Arc<Value> {
+        Arc::new(Value::Array(
+            (0..n)
+                .map(|i| obj! {"_id" => format!("d{i}"), "text" => "x".repeat(100)})
+                .collect(),
+        ))
+    }
+
+    fn changed(base: &Arc<Value>, latest: &Arc<Value>) -> Update {
+        let d = diff(base, latest).expect("a change");
+        Update::Changed {
+            encoded: Arc::new(encode_diff(&d)),
+            diff: Arc::new(d),
+            base: base.clone(),
+            latest: latest.clone(),
+        }
+    }
+
+    /// A consumer that fell behind gets one diff from the value it has to the latest — as
+    /// small as the change, not the whole result — and applying it gives the latest value.
+    #[test]
+    fn merged_changes_stay_a_diff_from_what_the_client_has() {
+        let o = Outbox::default();
+        let versions: Vec<Arc<Value>> = (40..=45).map(docs).collect();
+        for (i, w) in versions.windows(2).enumerate() {
+            o.push(i as u64 + 1, vec![(7, changed(&w[0], &w[1]))]);
+        }
+        let t = o.try_next().expect("a transition");
+        assert_eq!((t.start_ts, t.end_ts), (0, 5));
+        let [QueryUpdate::Updated { diff, encoded, .. }] = &t.updates[..] else {
+            panic!("one update expected");
+        };
+        assert!(matches!(**diff, ResultDiff::Array(ref edits) if edits.len() == 5));
+        assert!(encoded.as_ref().is_some_and(|e| e.len() < 1_000));
+        assert_eq!(apply(&versions[0], diff).unwrap(), *versions[5]);
+        assert_eq!(o.merges(), 4);
+    }
+
+    /// Changes that cancel out leave nothing to send for that query; a query the client has
+    /// no value for yet stays a full value.
+    #[test]
+    fn cancelling_changes_send_nothing_and_full_values_stay_full() {
+        let o = Outbox::default();
+        let (a, b) = (docs(3), docs(4));
+        o.push(1, vec![(1, changed(&a, &b)), (2, Update::Full(a.clone()))]);
+        o.push(2, vec![(1, changed(&b, &a)), (2, changed(&a, &b))]);
+        let t = o.try_next().expect("a transition");
+        assert_eq!(t.end_ts, 2);
+        let [QueryUpdate::Updated {
+            query_id: 2, diff, ..
+        }] = &t.updates[..]
+        else {
+            panic!("only query 2 expected, got {} updates", t.updates.len());
+        };
+        assert_eq!(**diff, ResultDiff::Replace((*b).clone()));
     }
 }

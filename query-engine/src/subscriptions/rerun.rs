@@ -84,6 +84,7 @@ pub(super) fn rerun(engine: &Engine, snapshot: &Snapshot, job: &RerunJob) -> Rer
         (Ok(old), Ok(new)) => diff(old.as_ref(), new.as_ref()).map(|d| Update::Changed {
             encoded: Arc::new(encode_diff(&d)),
             diff: Arc::new(d),
+            base: old.clone(),
             latest: new.clone(),
         }),
         (Err(a), Err(b)) if a == b => None,

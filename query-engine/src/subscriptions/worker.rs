@@ -497,7 +497,7 @@ impl Worker {
                     }
                     // An access check that still passes changes nothing for the subscriber.
                     _ if is_access => {}
-                    u => updates.push((client, q, clone_update(u))),
+                    u => updates.push((client, q, u.clone())),
                 }
             }
         }
@@ -525,7 +525,7 @@ impl Worker {
         updates.dedup_by_key(|(client, q, _)| (*client, *q));
         for group in updates.chunk_by(|a, b| a.0 == b.0) {
             let client = group[0].0;
-            self.push(client, group.iter().map(|(_, q, u)| (*q, clone_update(u))));
+            self.push(client, group.iter().map(|(_, q, u)| (*q, u.clone())));
         }
         synced.sort_unstable();
         synced.dedup();
@@ -539,22 +539,5 @@ impl Worker {
                 self.push(client, Vec::new());
             }
         }
-    }
-}
-
-fn clone_update(u: &Update) -> Update {
-    match u {
-        Update::Changed {
-            diff,
-            encoded,
-            latest,
-        } => Update::Changed {
-            diff: diff.clone(),
-            encoded: encoded.clone(),
-            latest: latest.clone(),
-        },
-        Update::Full(v) => Update::Full(v.clone()),
-        Update::Failed(e) => Update::Failed(e.clone()),
-        Update::Removed => Update::Removed,
     }
 }
