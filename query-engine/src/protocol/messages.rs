@@ -587,6 +587,15 @@ mod tests {
         }
     }
 
+    /// These fields encoded as one MessagePack map.
+    fn map(fields: Vec<(&str, Value)>) -> Vec<u8> {
+        let obj: crate::value::Object = fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        rmp_serde::to_vec_named(&Value::Object(obj)).expect("encode")
+    }
+
     #[test]
     fn the_call_decoder_agrees_with_the_general_one() {
         let mut inputs: Vec<Vec<u8>> = client_samples()
@@ -595,13 +604,6 @@ mod tests {
             .collect();
         // No mutationId, an unknown key, a wrong type, a missing field, an unknown tag,
         // trailing bytes, garbage.
-        let map = |fields: Vec<(&str, Value)>| {
-            let obj: crate::value::Object = fields
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-            rmp_serde::to_vec_named(&Value::Object(obj)).expect("encode")
-        };
         let call = |extra: Vec<(&str, Value)>| {
             let mut fields = vec![
                 ("type", Value::from("Call")),
@@ -651,13 +653,6 @@ mod tests {
             .iter()
             .map(|m| encode(m).expect("encode"))
             .collect();
-        let map = |fields: Vec<(&str, Value)>| {
-            let obj: crate::value::Object = fields
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-            rmp_serde::to_vec_named(&Value::Object(obj)).expect("encode")
-        };
         let result = |outcome: Value| {
             map(vec![
                 ("type", Value::from("CallResult")),
