@@ -33,16 +33,23 @@ pub(crate) enum Update {
     Removed,
 }
 
+impl Update {
+    /// The change from `base` to `latest`, its diff encoded once; `None` if they are equal.
+    pub fn change(base: Arc<Value>, latest: Arc<Value>) -> Option<Update> {
+        diff(&base, &latest).map(|d| Update::Changed {
+            encoded: Arc::new(encode_diff(&d)),
+            diff: Arc::new(d),
+            base,
+            latest,
+        })
+    }
+}
+
 /// `later` applied after `earlier`, as one update; `None` when together they change nothing.
 fn merge(earlier: Update, later: Update) -> Option<Update> {
     match (earlier, later) {
         (Update::Changed { base, .. }, Update::Changed { latest, .. }) => {
-            diff(&base, &latest).map(|d| Update::Changed {
-                encoded: Arc::new(encode_diff(&d)),
-                diff: Arc::new(d),
-                base,
-                latest,
-            })
+            Update::change(base, latest)
         }
         // The client has no value the change applies to: it gets the new value in full.
         (Update::Full(_), Update::Changed { latest, .. }) => Some(Update::Full(latest)),
@@ -186,13 +193,7 @@ mod tests {
     }
 
     fn changed(base: &Arc<Value>, latest: &Arc<Value>) -> Update {
-        let d = diff(base, latest).expect("a change");
-        Update::Changed {
-            encoded: Arc::new(encode_diff(&d)),
-            diff: Arc::new(d),
-            base: base.clone(),
-            latest: latest.clone(),
-        }
+        Update::change(base.clone(), latest.clone()).expect("a change")
     }
 
     /// A consumer that fell behind gets one diff from the value it has to the latest — as

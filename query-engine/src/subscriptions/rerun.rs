@@ -7,7 +7,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 
-use crate::diff::diff;
 use crate::engine::Engine;
 use crate::error::FunctionError;
 use crate::functions::{FunctionDef, TxnHandler};
@@ -18,7 +17,6 @@ use crate::value::Value;
 
 use super::invalidation::ExecId;
 use super::outbox::Update;
-use super::transition::encode_diff;
 
 /// Everything needed to run an execution again; shared by the worker and the pool threads.
 pub(super) struct ExecSpec {
@@ -81,12 +79,7 @@ pub(super) fn execute(
 pub(super) fn rerun(engine: &Engine, snapshot: &Snapshot, job: &RerunJob) -> Rerun {
     let (result, reads) = execute(engine, snapshot, &job.spec);
     let update = match (&job.previous, &result) {
-        (Ok(old), Ok(new)) => diff(old.as_ref(), new.as_ref()).map(|d| Update::Changed {
-            encoded: Arc::new(encode_diff(&d)),
-            diff: Arc::new(d),
-            base: old.clone(),
-            latest: new.clone(),
-        }),
+        (Ok(old), Ok(new)) => Update::change(old.clone(), new.clone()),
         (Err(a), Err(b)) if a == b => None,
         (_, Err(e)) => Some(Update::Failed(e.clone())),
         (Err(_), Ok(v)) => Some(Update::Full(v.clone())),
@@ -98,6 +91,10 @@ pub(super) fn rerun(engine: &Engine, snapshot: &Snapshot, job: &RerunJob) -> Rer
         update,
     }
 }
+
+/// Fewer re-runs than this in a pass run on the calling thread alone (handing a share to a
+/// pool thread costs about as much as a couple of re-runs).
+const PARALLEL_MIN_RERUNS: usize = 16;
 
 /// A share of one pass for a pool thread.
 struct Share {
@@ -147,23 +144,23 @@ impl RerunPool {
         RerunPool { shares, done }
     }
 
-    /// Threads re-running with the worker (the worker not counted).
-    pub fn helpers(&self) -> usize {
-        self.shares.len()
-    }
-
-    /// Re-runs `jobs` at `snapshot`: the pool's threads take equal shares, the calling thread
-    /// the first one. Results come back in no particular order.
+    /// Re-runs `jobs` at `snapshot`: with at least `PARALLEL_MIN_RERUNS` of them the pool's
+    /// threads take equal shares and the calling thread the first one; fewer run on the calling
+    /// thread alone. Results come back in no particular order.
     pub fn run(
         &self,
         engine: &Engine,
         snapshot: &Arc<Snapshot>,
         mut jobs: Vec<RerunJob>,
     ) -> Vec<Rerun> {
-        let parts = self.shares.len() + 1;
+        let parts = if jobs.len() < PARALLEL_MIN_RERUNS {
+            1
+        } else {
+            self.shares.len() + 1
+        };
         let per = jobs.len().div_ceil(parts).max(1);
         let mut sent = 0;
-        for tx in &self.shares {
+        for tx in self.shares.iter().take(parts - 1) {
             if jobs.len() <= per {
                 break;
             }

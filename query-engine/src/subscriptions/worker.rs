@@ -28,10 +28,6 @@ use super::{ClientId, Command, PendingCommits, SubscriptionConfig, SubscriptionM
 const MAX_COALESCE: Duration = Duration::from_millis(250);
 /// Most threads re-running executions of one pass.
 const MAX_RERUN_THREADS: usize = 8;
-/// Fewer re-runs than this in a pass run on the worker thread alone (handing a share to a
-/// pool thread costs about as much as a couple of re-runs).
-const PARALLEL_MIN_RERUNS: usize = 16;
-
 /// What makes two subscriptions share an execution.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ExecKey {
@@ -434,12 +430,6 @@ impl Worker {
                 })
             })
             .collect();
-        if self.pool.helpers() == 0 || jobs.len() < PARALLEL_MIN_RERUNS {
-            return jobs
-                .iter()
-                .map(|j| rerun::rerun(&self.engine, &self.snapshot, j))
-                .collect();
-        }
         self.pool.run(&self.engine, &self.snapshot, jobs)
     }
 
