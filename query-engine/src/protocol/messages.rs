@@ -596,6 +596,24 @@ mod tests {
         rmp_serde::to_vec_named(&Value::Object(obj)).expect("encode")
     }
 
+    /// Both decoders give the same message, or the same error, for every input.
+    fn assert_decoders_agree<T, E>(
+        inputs: &[Vec<u8>],
+        fast: impl Fn(&[u8]) -> Result<T, E>,
+        general: impl Fn(&[u8]) -> Result<T, E>,
+    ) where
+        T: PartialEq + std::fmt::Debug,
+        E: std::fmt::Display + std::fmt::Debug,
+    {
+        for bytes in inputs {
+            match (fast(bytes), general(bytes)) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("decoders disagree: {a:?} vs {b:?}"),
+            }
+        }
+    }
+
     #[test]
     fn the_call_decoder_agrees_with_the_general_one() {
         let mut inputs: Vec<Vec<u8>> = client_samples()
@@ -638,13 +656,7 @@ mod tests {
         ]);
         inputs.push(rmp_serde::to_vec_named(&as_array).expect("encode"));
         inputs.push(vec![0xc1]);
-        for bytes in inputs {
-            match (decode_call(&bytes), decode_client(&bytes)) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b),
-                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-                (a, b) => panic!("decoders disagree: {a:?} vs {b:?}"),
-            }
-        }
+        assert_decoders_agree(&inputs, decode_call, decode_client);
     }
 
     #[test]
@@ -686,13 +698,7 @@ mod tests {
             ),
         ]));
         inputs.push(vec![0xc1]);
-        for bytes in inputs {
-            match (decode_call_result(&bytes), decode_server(&bytes)) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b),
-                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-                (a, b) => panic!("decoders disagree: {a:?} vs {b:?}"),
-            }
-        }
+        assert_decoders_agree(&inputs, decode_call_result, decode_server);
     }
 
     #[test]
