@@ -357,7 +357,7 @@ impl IndexQuery<'_, '_, '_> {
 }
 
 /// The document itself when this read holds the only reference (decoded from storage for
-/// it), a copy when it is shared (memtable or cache).
+/// it), else a clone, which shares the object (memtable or cache) rather than copying it.
 fn owned(doc: Arc<Value>) -> Value {
     Arc::try_unwrap(doc).unwrap_or_else(|shared| (*shared).clone())
 }

@@ -110,7 +110,7 @@ pub fn encode_value(v: &Value, out: &mut Vec<u8>) {
         }
         Value::Object(fields) => {
             out.push(TAG_OBJECT);
-            for (k, item) in fields {
+            for (k, item) in fields.iter() {
                 encode_escaped(TAG_STRING, k.as_bytes(), out);
                 encode_value(item, out);
             }
@@ -328,7 +328,7 @@ impl Reader<'_> {
                     let item = self.value(depth + 1)?;
                     fields.insert(key, item);
                 }
-                Value::Object(fields)
+                Value::from(fields)
             }
             TAG_MISSING => return Err(DecodeError::NestedMissing { offset }),
             tag => return Err(DecodeError::UnknownTag { tag, offset }),
@@ -383,7 +383,7 @@ pub(crate) mod tests {
         leaf.prop_recursive(4, 32, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map(arb_string(), inner, 0..4).prop_map(Value::Object),
+                prop::collection::btree_map(arb_string(), inner, 0..4).prop_map(Value::from),
             ]
         })
     }
@@ -413,7 +413,7 @@ pub(crate) mod tests {
             (Value::Object(x), Value::Object(y)) => {
                 x.len() == y.len()
                     && x.iter()
-                        .zip(y)
+                        .zip(y.iter())
                         .all(|((kp, p), (kq, q))| kp == kq && identical(p, q))
             }
             _ => a == b,
@@ -524,7 +524,7 @@ pub(crate) mod tests {
             KeyPart::Value(Value::Bytes(vec![0xFF])),
             KeyPart::Value(Value::Array(vec![])),
             KeyPart::Value(Value::Array(vec![Value::Null])),
-            KeyPart::Value(Value::Object(Object::new())),
+            KeyPart::Value(Value::from(Object::new())),
         ];
         for w in ordered.windows(2) {
             let (a, b) = (encode_key_parts(&w[..1]), encode_key_parts(&w[1..]));

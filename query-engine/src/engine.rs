@@ -800,7 +800,7 @@ fn check_existing_data(
             let mut user = doc.as_object().cloned().unwrap_or_default();
             user.remove("_id");
             user.remove("_creationTime");
-            if let Err(e) = table.validator.validate(&Value::Object(user), &catalog) {
+            if let Err(e) = table.validator.validate(&Value::from(user), &catalog) {
                 if first.is_empty() {
                     first = e.to_string();
                 }

@@ -43,7 +43,7 @@ impl Serialize for Value {
             }
             Value::Object(fields) => {
                 let mut map = s.serialize_map(Some(fields.len()))?;
-                for (k, v) in fields {
+                for (k, v) in fields.iter() {
                     map.serialize_entry(k, v)?;
                 }
                 map.end()
@@ -133,7 +133,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
                 return Err(de::Error::custom("duplicate object key"));
             }
         }
-        Ok(Value::Object(fields))
+        Ok(Value::from(fields))
     }
 }
 
@@ -336,7 +336,7 @@ fn object_fields(
         out.insert(k.clone(), from_json_at(v, path)?);
         path.truncate(len);
     }
-    Ok(Value::Object(out))
+    Ok(Value::from(out))
 }
 
 /// Converts any serialisable Rust value to a `Value` (structs become objects keyed by field
@@ -371,7 +371,7 @@ mod tests {
             (Value::Object(x), Value::Object(y)) => {
                 x.len() == y.len()
                     && x.iter()
-                        .zip(y)
+                        .zip(y.iter())
                         .all(|((kp, p), (kq, q))| kp == kq && identical(p, q))
             }
             _ => a == b,

@@ -343,7 +343,7 @@ impl<'s> Transaction<'s> {
     pub fn insert(&mut self, table: &str, fields: Value) -> FunctionResult<DocumentId> {
         self.check_writable()?;
         let t = self.table(table)?;
-        let Value::Object(mut obj) = fields else {
+        let Some(mut obj) = fields.into_object() else {
             return Err(FunctionError::validation("a document must be an object"));
         };
         if let Some(k) = obj.keys().find(|k| k.starts_with('_')) {
@@ -355,7 +355,7 @@ impl<'s> Transaction<'s> {
         let id = DocumentId::new(t.number, self.ids.fetch_add(1, Ordering::Relaxed));
         obj.insert("_id".into(), Value::String(id.to_string()));
         obj.insert("_creationTime".into(), Value::Int64(self.now_ms));
-        self.write_doc(t, id, None, Some(Value::Object(obj)))?;
+        self.write_doc(t, id, None, Some(Value::from(obj)))?;
         Ok(id)
     }
 
@@ -378,7 +378,7 @@ impl<'s> Transaction<'s> {
     /// Replaces all user fields of an existing document (system fields are kept).
     pub fn replace(&mut self, id: DocumentId, fields: Value) -> FunctionResult<()> {
         self.check_writable()?;
-        let Value::Object(mut obj) = fields else {
+        let Some(mut obj) = fields.into_object() else {
             return Err(FunctionError::validation("a document must be an object"));
         };
         if let Some(k) = obj.keys().find(|k| k.starts_with('_')) {
@@ -424,11 +424,11 @@ impl<'s> Transaction<'s> {
         user.remove("_id");
         user.remove("_creationTime");
         self.validate(t, &user)?;
-        self.write_doc(t, id, Some(old), Some(Value::Object(obj)))
+        self.write_doc(t, id, Some(old), Some(Value::from(obj)))
     }
 
     fn validate(&self, t: &TableInfo, user_fields: &Object) -> FunctionResult<()> {
-        let v = Value::Object(user_fields.clone());
+        let v = Value::from(user_fields.clone());
         t.validator.validate(&v, self.catalog).map_err(|e| {
             FunctionError::validation(e.to_string())
                 .with_data(crate::obj! { "path" => e.path.clone(), "table" => t.name.clone() })

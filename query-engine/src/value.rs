@@ -4,9 +4,15 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A document field value. Integers and floats are distinct types: `Int64(1) != Float64(1.0)`,
 /// and every int64 sorts before every float64 (the order Convex uses).
+///
+/// Objects are shared (`Arc`): a document read from a snapshot, returned in a query result and
+/// kept as a subscription's last result is one allocation, so cloning one is a reference
+/// count and comparing a document with itself is a pointer check. `as_object_mut` copies on
+/// write.
 #[derive(Clone, Debug)]
 pub enum Value {
     Null,
@@ -16,7 +22,7 @@ pub enum Value {
     String(String),
     Bytes(Vec<u8>),
     Array(Vec<Value>),
-    Object(BTreeMap<String, Value>),
+    Object(Arc<Object>),
 }
 
 /// An object value: field name to value, kept sorted so that equal objects compare and
@@ -88,6 +94,22 @@ impl Value {
         }
     }
 
+    /// The object's fields, to change (copied first if the object is shared).
+    pub fn as_object_mut(&mut self) -> Option<&mut Object> {
+        match self {
+            Value::Object(o) => Some(Arc::make_mut(o)),
+            _ => None,
+        }
+    }
+
+    /// The object's fields, owned (copied only if the object is shared).
+    pub fn into_object(self) -> Option<Object> {
+        match self {
+            Value::Object(o) => Some(Arc::unwrap_or_clone(o)),
+            _ => None,
+        }
+    }
+
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(a) => Some(a),
@@ -145,6 +167,7 @@ impl Ord for Value {
             (Value::String(a), Value::String(b)) => a.as_bytes().cmp(b.as_bytes()),
             (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
             (Value::Array(a), Value::Array(b)) => a.cmp(b),
+            (Value::Object(a), Value::Object(b)) if Arc::ptr_eq(a, b) => Ordering::Equal,
             (Value::Object(a), Value::Object(b)) => a.iter().cmp(b.iter()),
             _ => self.type_rank().cmp(&other.type_rank()),
         }
@@ -192,7 +215,7 @@ impl From<bool> for Value {
 }
 impl From<Object> for Value {
     fn from(o: Object) -> Self {
-        Value::Object(o)
+        Value::Object(Arc::new(o))
     }
 }
 impl From<Vec<Value>> for Value {
@@ -213,6 +236,6 @@ macro_rules! obj {
         #[allow(unused_mut)]
         let mut m = $crate::value::Object::new();
         $( m.insert($k.to_string(), $crate::value::Value::from($v)); )*
-        $crate::value::Value::Object(m)
+        $crate::value::Value::from(m)
     }};
 }

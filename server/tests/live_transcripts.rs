@@ -254,7 +254,7 @@ async fn retried_chunk_ids_store_nothing_twice() {
     // Single-chunk retries, including several at once.
     let single = |id: &str| {
         let mut c = chunk(id, "host", 20_000);
-        if let Value::Object(o) = &mut c {
+        if let Some(o) = c.as_object_mut() {
             o.insert("meetingId".into(), meeting.as_str().into());
         }
         c
@@ -345,7 +345,7 @@ async fn ingest_refusals_use_the_error_taxonomy() {
     assert!(e.message.starts_with("chunks:"), "{e}");
     let bad = |field: &str, value: Value| {
         let mut c = chunk("bad", "p", 1_000);
-        if let Value::Object(o) = &mut c {
+        if let Some(o) = c.as_object_mut() {
             o.insert(field.into(), value);
         }
         batch(&meeting, vec![chunk("good", "p", 0), c])
@@ -792,7 +792,7 @@ async fn check_segments(env: &Env, meeting: &str, who: &Identity, n: i64) -> usi
     let mut cursor: Option<String> = None;
     loop {
         let mut args = obj! { "meetingId" => meeting, "pageSize" => 7i64 };
-        if let (Some(c), Value::Object(o)) = (&cursor, &mut args) {
+        if let (Some(c), Some(o)) = (&cursor, args.as_object_mut()) {
             o.insert("cursor".into(), c.as_str().into());
         }
         let page = env.q(fns::LIST_SEGMENTS, args, who).await.unwrap();
@@ -857,7 +857,7 @@ async fn aggregation_is_bounded_resumable_and_idempotent() {
     // Running again, from scratch or from anywhere, creates nothing.
     for after in [None, Some(0i64), Some(700)] {
         let mut a = args.clone();
-        if let (Some(x), Value::Object(o)) = (after, &mut a) {
+        if let (Some(x), Some(o)) = (after, a.as_object_mut()) {
             o.insert("afterSequence".into(), x.into());
         }
         let r = env.internal(fns::AGGREGATE_SEGMENTS, a).await;

@@ -178,7 +178,7 @@ impl ServerMessage {
             message: format!(
                 "protocol version {requested} is not supported; supported: {SUPPORTED_PROTOCOL_VERSIONS:?}"
             ),
-            data: Value::Object(data),
+            data: Value::from(data),
             fatal: true,
         }
     }
@@ -593,7 +593,7 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        rmp_serde::to_vec_named(&Value::Object(obj)).expect("encode")
+        rmp_serde::to_vec_named(&Value::from(obj)).expect("encode")
     }
 
     /// Both decoders give the same message, or the same error, for every input.
@@ -861,11 +861,11 @@ mod tests {
     #[test]
     fn unknown_keys_ignored_optional_fields_may_be_absent() {
         let map = |fields: Vec<(&str, Value)>| {
-            let v = Value::Object(
+            let v = Value::from(
                 fields
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
+                    .collect::<crate::value::Object>(),
             );
             rmp_serde::to_vec_named(&v).expect("encode")
         };
@@ -938,11 +938,11 @@ mod tests {
     fn doc_examples_match_the_encoder() {
         let doc = include_str!("../../../docs/protocol.md");
         let obj = |fields: Vec<(&str, Value)>| {
-            Value::Object(
+            Value::from(
                 fields
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
+                    .collect::<crate::value::Object>(),
             )
         };
         let client = [

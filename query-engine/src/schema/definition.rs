@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::validator::{TableResolver, ValidationError, Validator};
-use crate::value::Value;
+use crate::value::{Object, Value};
 
 /// The built-in index over `_id`, present on every table.
 pub const BY_ID: &str = "by_id";
@@ -72,7 +72,7 @@ impl TableDefinition {
         if !fields.contains_key(ID_FIELD) && !fields.contains_key(CREATION_TIME_FIELD) {
             return self.document.validate(doc, tables);
         }
-        let mut user_fields = fields.clone();
+        let mut user_fields = Object::clone(fields);
         for (name, validator) in [
             (ID_FIELD, Validator::Id(self.name.clone())),
             (CREATION_TIME_FIELD, Validator::Int64),
@@ -86,7 +86,7 @@ impl TableDefinition {
                     })?;
             }
         }
-        self.document.validate(&Value::Object(user_fields), tables)
+        self.document.validate(&Value::from(user_fields), tables)
     }
 }
 

@@ -170,7 +170,7 @@ impl Validator {
                 Ok(())
             }
             (Validator::Record(key, value), Value::Object(obj)) => {
-                for (k, x) in obj {
+                for (k, x) in obj.iter() {
                     let len = path.len();
                     push_field(path, k);
                     if let Err(e) = key.validate(&Value::String(k.clone()), tables) {

@@ -90,7 +90,7 @@ pub fn record_in_org(
     if let Some(org) = org {
         doc.insert("orgId".into(), org.into());
     }
-    ctx.insert(AUDIT_LOGS, Value::Object(doc))?;
+    ctx.insert(AUDIT_LOGS, Value::from(doc))?;
     Ok(())
 }
 
@@ -305,7 +305,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                 if let Some(org) = d.org_id {
                     doc.insert("orgId".into(), org.into());
                 }
-                ctx.insert(AUDIT_LOGS, Value::Object(doc))?;
+                ctx.insert(AUDIT_LOGS, Value::from(doc))?;
             }
             Ok(n)
         },

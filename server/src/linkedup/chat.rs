@@ -134,7 +134,7 @@ fn send(
     if let Some(att) = a.attachments {
         doc.insert("attachments".into(), Value::Array(att));
     }
-    let id = ctx.insert(MESSAGES, Value::Object(doc))?;
+    let id = ctx.insert(MESSAGES, Value::from(doc))?;
     if let Some(key) = &a.client_message_id {
         store_result(ctx, key, &scope, id.as_str().into())?;
     }

@@ -120,7 +120,7 @@ pub fn current_user_named(
                     new.insert(k.into(), v.into());
                 }
             }
-            let id = ctx.insert(USERS, Value::Object(new))?;
+            let id = ctx.insert(USERS, Value::from(new))?;
             ctx.get(USERS, &id)?
                 .ok_or_else(|| ErrorCode::Internal.err("inserted user not readable"))?
         }
@@ -184,7 +184,7 @@ fn link(
                 whole.insert(k, v);
             }
         }
-        ctx.replace(USERS, &user.id, Value::Object(whole))?;
+        ctx.replace(USERS, &user.id, Value::from(whole))?;
     } else {
         ctx.patch(USERS, &user.id, changes)?;
     }

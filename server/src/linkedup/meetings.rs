@@ -336,7 +336,7 @@ fn schedule(
     if let Some(d) = a.duration {
         meeting.insert("duration".into(), d.into());
     }
-    let meeting_id = ctx.insert(MEETINGS, Value::Object(meeting))?;
+    let meeting_id = ctx.insert(MEETINGS, Value::from(meeting))?;
     insert_participant(ctx, &meeting_id, &me.id, Role::Host, now)?;
     for uid in &invited {
         insert_participant(ctx, &meeting_id, uid, Role::Participant, now)?;

@@ -123,10 +123,7 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> FunctionResult<Value> {
 
 /// The fields of an object value, for `ctx.patch`.
 pub(crate) fn fields(v: Value) -> Object {
-    match v {
-        Value::Object(o) => o,
-        _ => Object::new(),
-    }
+    v.into_object().unwrap_or_default()
 }
 
 /// The `_id` of a document.

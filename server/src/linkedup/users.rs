@@ -252,7 +252,7 @@ fn update_profile(ctx: &mut Ctx<'_, '_>, a: UpdateProfileArgs) -> FunctionResult
                 .or_insert_with(|| Value::Array(Vec::new()));
             changes.insert("userId".into(), me.id.as_str().into());
             changes.insert("createdAt".into(), now.into());
-            ctx.insert(PROFILES, Value::Object(changes))?
+            ctx.insert(PROFILES, Value::from(changes))?
         }
     };
     own_profile(ctx, &me.id)?.ok_or_else(|| {

@@ -167,7 +167,7 @@ fn aggregate(ctx: &mut Ctx<'_, '_>, a: AggregateArgs) -> FunctionResult<Aggregat
             "firstSequence" => g.first_sequence,
             "lastSequence" => g.last_sequence,
         };
-        if let Value::Object(o) = &mut doc {
+        if let Some(o) = doc.as_object_mut() {
             o.retain(|_, v| !matches!(v, Value::Null));
         }
         ctx.insert(TRANSCRIPT_SEGMENTS, doc)?;

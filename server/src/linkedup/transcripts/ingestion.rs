@@ -186,7 +186,7 @@ fn ingest(
             "endMs" => c.end_ms,
             "createdAt" => now,
         };
-        if let (Some(speaker), Value::Object(o)) = (&c.speaker_id, &mut doc) {
+        if let (Some(speaker), Some(o)) = (&c.speaker_id, doc.as_object_mut()) {
             o.insert("speakerId".into(), speaker.as_str().into());
         }
         ctx.insert(TRANSCRIPTS, doc)?;

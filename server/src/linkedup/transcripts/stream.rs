@@ -83,7 +83,7 @@ fn stream(ctx: &mut Ctx<'_, '_>, a: StreamArgs) -> FunctionResult<Value> {
         .gt("sequence", from)
         .take(limit)?;
     for c in &mut chunks {
-        if let Value::Object(fields) = c {
+        if let Some(fields) = c.as_object_mut() {
             for f in NOT_STREAMED {
                 fields.remove(f);
             }
