@@ -50,6 +50,11 @@ struct Args {
     /// Most mutations in flight before the driver counts itself as behind.
     #[arg(long, default_value_t = 4096)]
     max_in_flight: usize,
+    /// Writes each step's (commit timestamp µs, commit→delivery µs, commit→notify µs) lines
+    /// here, one per delivered (commit, subscriber) pair, to see how latency moves over time
+    /// (each step overwrites the file).
+    #[arg(long)]
+    latency_dump: Option<std::path::PathBuf>,
 }
 
 fn now_us() -> u64 {
@@ -178,7 +183,10 @@ impl Rig {
 
     /// Joins commits with notices and deliveries: each commit counts once per subscriber of
     /// its room, delivered by the first transition whose end timestamp covers it.
-    fn latencies(&self) -> (Latency, Latency, Latency, u64, u64) {
+    fn latencies(
+        &self,
+        dump_to: Option<&std::path::Path>,
+    ) -> anyhow::Result<(Latency, Latency, Latency, u64, u64)> {
         let (mut total, mut to_notify, mut to_delivery) = (
             latency_histogram(),
             latency_histogram(),
@@ -206,6 +214,7 @@ impl Rig {
                 }
             }
         }
+        let mut dump: Vec<(u64, u64, u64)> = Vec::new();
         let (mut deliveries, mut undelivered) = (0u64, 0u64);
         for (room, seen) in &self.seen {
             let seen = seen.lock();
@@ -215,6 +224,11 @@ impl Rig {
                 match seen.get(i) {
                     Some(&(_, at)) => {
                         let _ = total.record(at.saturating_sub(c).max(1));
+                        dump.push((
+                            c,
+                            at.saturating_sub(c),
+                            notified_at(c).unwrap_or(0).saturating_sub(c),
+                        ));
                         if let Some(n) = notified_at(c) {
                             let _ = to_delivery.record(at.saturating_sub(n).max(1));
                         }
@@ -223,13 +237,20 @@ impl Rig {
                 }
             }
         }
-        (
+        if let Some(path) = dump_to {
+            let mut out = String::new();
+            for (c, l, n) in &dump {
+                out.push_str(&format!("{c} {l} {n}\n"));
+            }
+            std::fs::write(path, out).with_context(|| format!("write {}", path.display()))?;
+        }
+        Ok((
             Latency::of(&total),
             Latency::of(&to_notify),
             Latency::of(&to_delivery),
             deliveries,
             undelivered,
-        )
+        ))
     }
 }
 
@@ -298,7 +319,7 @@ async fn rig(dir: &std::path::Path, args: &Args, idle: usize) -> anyhow::Result<
     })
 }
 
-async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
+async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> anyhow::Result<Step> {
     let in_flight = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let behind = Arc::new(AtomicU64::new(0));
@@ -355,8 +376,9 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
     let reruns = rig.mgr.metrics().reruns.load(Ordering::Relaxed) - reruns_before;
     let cpu_us_per_rerun = cpu_us_per_unit(cpu_before, cpu_after, reruns)[2];
     let cpu_us_per_commit = cpu_us_per_unit(cpu_before, cpu_after, done.load(Ordering::Relaxed));
-    let (latency, commit_to_notify, notify_to_delivery, deliveries, undelivered) = rig.latencies();
-    Step {
+    let (latency, commit_to_notify, notify_to_delivery, deliveries, undelivered) =
+        rig.latencies(args.latency_dump.as_deref())?;
+    Ok(Step {
         target: rate,
         achieved: done.load(Ordering::Relaxed) as f64 / elapsed,
         behind: behind.load(Ordering::Relaxed),
@@ -368,7 +390,7 @@ async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> Step {
         cpu_us_per_commit,
         reruns,
         cpu_us_per_rerun,
-    }
+    })
 }
 
 fn step_row(s: &Step) -> Vec<String> {
@@ -442,8 +464,8 @@ fn main() -> anyhow::Result<()> {
         let mut steps = Vec::new();
         let mut table = Table::new(STEP_HEADERS);
         for &rate in &args.rates {
-            drive(&r, &args, rate, 1).await;
-            let s = drive(&r, &args, rate, args.seconds).await;
+            drive(&r, &args, rate, 1).await?;
+            let s = drive(&r, &args, rate, args.seconds).await?;
             table.row(step_row(&s));
             println!("{}", table.text());
             steps.push(s);
@@ -457,8 +479,8 @@ fn main() -> anyhow::Result<()> {
             for idle in [0, args.idle] {
                 let d = tempfile::tempdir()?;
                 let r = rig(d.path(), &args, idle).await?;
-                drive(&r, &args, args.idle_rate, 1).await;
-                let s = drive(&r, &args, args.idle_rate, args.seconds).await;
+                drive(&r, &args, args.idle_rate, 1).await?;
+                let s = drive(&r, &args, args.idle_rate, args.seconds).await?;
                 idle_rows.push((idle, s));
             }
         }

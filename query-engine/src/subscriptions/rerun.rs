@@ -1,11 +1,14 @@
 //! Re-running executions: what one execution needs to run (its spec), the re-run itself with
-//! its diff against the previous result, and a pool of long-lived threads that take a share of
-//! a large pass. A re-run only reads at a snapshot, so any thread can do it; the worker applies
+//! its diff against the previous result, and a pool of long-lived threads that join a large
+//! pass, claiming its jobs one at a time. A re-run only reads at a snapshot, so any thread can do it; the worker applies
 //! the results to its state afterwards, in one place.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 
 use crate::engine::Engine;
 use crate::error::FunctionError;
@@ -92,99 +95,104 @@ pub(super) fn rerun(engine: &Engine, snapshot: &Snapshot, job: &RerunJob) -> Rer
     }
 }
 
-/// Fewer re-runs than this in a pass run on the calling thread alone (handing a share to a
-/// pool thread costs about as much as a couple of re-runs).
+/// Fewer re-runs than this in a pass run on the calling thread alone (waking a pool thread
+/// costs about as much as a couple of re-runs).
 const PARALLEL_MIN_RERUNS: usize = 16;
 
-/// A share of one pass for a pool thread.
-struct Share {
+/// One pass shared with the pool: every participant claims the next job until none are left,
+/// so a participant the OS does not schedule for a while delays the pass by at most the one
+/// job it holds, not by a fixed share (with more threads than cores that happens every pass).
+struct Pass {
     engine: Engine,
     snapshot: Arc<Snapshot>,
-    jobs: Vec<RerunJob>,
+    /// Each job is taken by exactly one participant, which also drops its previous result.
+    jobs: Vec<Mutex<Option<RerunJob>>>,
+    next: AtomicUsize,
+    done: Mutex<Vec<Rerun>>,
+    all_done: Condvar,
 }
 
-/// Long-lived threads that re-run a share of each large pass while the worker runs its own.
-/// Threads are started once (starting one per pass cost as much as several re-runs); each
-/// holds at most one share, so the pool's memory is bounded by one pass.
+impl Pass {
+    /// Claims and runs jobs until none are left unclaimed.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = self.jobs.get(i) else {
+                return;
+            };
+            let Some(job) = slot.lock().take() else {
+                continue;
+            };
+            let out = rerun(&self.engine, &self.snapshot, &job);
+            drop(job);
+            let mut done = self.done.lock();
+            done.push(out);
+            if done.len() == self.jobs.len() {
+                self.all_done.notify_all();
+            }
+        }
+    }
+}
+
+/// Long-lived threads that join each large pass while the worker runs it too. Threads are
+/// started once (starting one per pass cost as much as several re-runs); each holds at most
+/// one pass, so the pool's memory is bounded by one pass.
 pub(super) struct RerunPool {
-    shares: Vec<SyncSender<Share>>,
-    done: Receiver<Vec<Rerun>>,
+    helpers: Vec<SyncSender<Arc<Pass>>>,
 }
 
 impl RerunPool {
     /// Starts `helpers` threads (fewer if the system refuses some).
     pub fn start(helpers: usize) -> Self {
-        let (done_tx, done) = channel();
-        let mut shares = Vec::new();
+        let mut senders = Vec::new();
         for i in 0..helpers {
-            let (tx, rx) = sync_channel::<Share>(1);
-            let done_tx: Sender<Vec<Rerun>> = done_tx.clone();
+            let (tx, rx) = sync_channel::<Arc<Pass>>(1);
             let spawned = std::thread::Builder::new()
                 .name(format!("subscriptions-rerun-{i}"))
                 .spawn(move || {
-                    while let Ok(share) = rx.recv() {
-                        let out = share
-                            .jobs
-                            .iter()
-                            .map(|j| rerun(&share.engine, &share.snapshot, j))
-                            .collect();
-                        // Dropped here, not in the worker: freeing a share's old values is
-                        // part of the share's cost.
-                        drop(share);
-                        if done_tx.send(out).is_err() {
-                            return;
-                        }
+                    while let Ok(pass) = rx.recv() {
+                        pass.work();
                     }
                 });
             match spawned {
-                Ok(_) => shares.push(tx),
+                Ok(_) => senders.push(tx),
                 Err(e) => tracing::warn!(error = %e, "cannot start a re-run thread"),
             }
         }
-        RerunPool { shares, done }
+        RerunPool { helpers: senders }
     }
 
     /// Re-runs `jobs` at `snapshot`: with at least `PARALLEL_MIN_RERUNS` of them the pool's
-    /// threads take equal shares and the calling thread the first one; fewer run on the calling
-    /// thread alone. Results come back in no particular order.
+    /// threads join in; fewer run on the calling thread alone. Results come back in no
+    /// particular order.
     pub fn run(
         &self,
         engine: &Engine,
         snapshot: &Arc<Snapshot>,
-        mut jobs: Vec<RerunJob>,
+        jobs: Vec<RerunJob>,
     ) -> Vec<Rerun> {
-        let parts = if jobs.len() < PARALLEL_MIN_RERUNS {
-            1
-        } else {
-            self.shares.len() + 1
-        };
-        let per = jobs.len().div_ceil(parts).max(1);
-        let mut sent = 0;
-        for tx in self.shares.iter().take(parts - 1) {
-            if jobs.len() <= per {
-                break;
-            }
-            let share = jobs.split_off(jobs.len() - per);
-            let share = Share {
-                engine: engine.clone(),
-                snapshot: snapshot.clone(),
-                jobs: share,
-            };
-            match tx.send(share) {
-                Ok(()) => sent += 1,
-                // That thread is gone: this one does its share.
-                Err(back) => jobs.extend(back.0.jobs),
-            }
+        if jobs.len() < PARALLEL_MIN_RERUNS || self.helpers.is_empty() {
+            return jobs.iter().map(|j| rerun(engine, snapshot, j)).collect();
         }
-        let mut out: Vec<Rerun> = jobs.iter().map(|j| rerun(engine, snapshot, j)).collect();
-        for _ in 0..sent {
-            match self.done.recv() {
-                Ok(part) => out.extend(part),
-                // Every pool thread exited mid-share, which `rerun` (catching panics) rules
-                // out; the executions keep their previous results until the next commit.
-                Err(_) => break,
-            }
+        let total = jobs.len();
+        let pass = Arc::new(Pass {
+            engine: engine.clone(),
+            snapshot: snapshot.clone(),
+            jobs: jobs.into_iter().map(|j| Mutex::new(Some(j))).collect(),
+            next: AtomicUsize::new(0),
+            done: Mutex::new(Vec::with_capacity(total)),
+            all_done: Condvar::new(),
+        });
+        for tx in &self.helpers {
+            // A helper still finishing the previous pass's last job has this pass queued; a
+            // helper that is gone (it cannot panic: `rerun` catches panics) is skipped.
+            let _ = tx.try_send(pass.clone());
         }
-        out
+        pass.work();
+        let mut done = pass.done.lock();
+        while done.len() < total {
+            pass.all_done.wait(&mut done);
+        }
+        std::mem::take(&mut *done)
     }
 }
