@@ -48,7 +48,8 @@ impl View {
         self.ts = t.end_ts;
     }
 
-    /// Applies transitions until the view is at `ts` or later.
+    /// Applies transitions until the view is at `ts` or later (the session must have a
+    /// subscription: one without is sent nothing).
     async fn catch_up(&mut self, s: &ClientSession, ts: u64) {
         s.sync_to(ts).await;
         while self.ts < ts {
@@ -145,6 +146,55 @@ async fn updates_flow_and_unrelated_writes_rerun_nothing() {
         [QueryUpdate::Removed { query_id: 1 }]
     ));
     assert_eq!(mgr.metrics().executions.load(Ordering::Relaxed), 0);
+}
+
+/// Read-your-writes: a session with a subscription gets a transition reaching its own
+/// mutation's commit even when the write changed none of its results; a session without
+/// subscriptions gets nothing (nothing to bring up to date), and a query it subscribes
+/// afterwards starts at or after that commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_reaches_the_commit_only_for_sessions_with_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let watching = mgr.connect(None).await;
+    let idle = mgr.connect(None).await;
+    let mut view = View::default();
+    let args = obj! {"topic" => "quiet", "after" => 0i64, "limit" => 3i64};
+    watching
+        .subscribe(1, "notesAfter", args.clone())
+        .await
+        .unwrap();
+    view.catch_up(&watching, engine.snapshot().ts).await;
+    let c = engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => "elsewhere", "seq" => 1i64, "text" => "a"},
+            None,
+        )
+        .await
+        .unwrap();
+    for s in [&watching, &idle] {
+        s.sync_to(c.ts).await;
+    }
+    let t = tokio::time::timeout(Duration::from_secs(10), watching.next_transition())
+        .await
+        .expect("a transition within 10 s")
+        .expect("session open");
+    assert!(t.end_ts >= c.ts && t.updates.is_empty(), "{t:?}");
+    view.apply(&t);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), idle.next_transition())
+            .await
+            .is_err(),
+        "a session without subscriptions gets no transition"
+    );
+    idle.subscribe(1, "notesAfter", args).await.unwrap();
+    let t = tokio::time::timeout(Duration::from_secs(10), idle.next_transition())
+        .await
+        .expect("the new query's first transition within 10 s")
+        .expect("session open");
+    assert!(t.end_ts >= c.ts && t.updates.len() == 1, "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,8 +610,11 @@ mod property {
                     }).await.unwrap();
                     // Commits are serial here, so the latest snapshot is this commit's.
                     let ts = f.engine.snapshot().ts;
+                    // A session without subscriptions is sent no transitions to catch up with.
                     for (i, s) in sessions.iter().enumerate() {
-                        views[i].catch_up(s, ts).await;
+                        if queries.iter().any(|(client, _, _)| *client == i) {
+                            views[i].catch_up(s, ts).await;
+                        }
                     }
                     for (client, q, args) in &queries {
                         let expected = fresh(&f.engine, "notesAfter", args.clone(), None).await;

@@ -169,7 +169,9 @@ impl Worker {
                 if let Some(c) = self.clients.get(&client) {
                     if ts > now {
                         self.syncs.entry(ts).or_default().push(client);
-                    } else if c.outbox.latest_ts() < now {
+                    } else if c.outbox.latest_ts() < now && !c.subs.is_empty() {
+                        // A client without subscriptions has nothing to bring up to date; a
+                        // query it subscribes later starts at or after `now`.
                         c.outbox.push(now, Vec::new());
                     }
                 }
@@ -520,11 +522,12 @@ impl Worker {
         synced.sort_unstable();
         synced.dedup();
         for client in synced {
-            // Already pushed above if any of its queries changed.
+            // Already pushed above if any of its queries changed; nothing to bring up to date
+            // without subscriptions (a query subscribed later starts at or after `ts`).
             let behind = self
                 .clients
                 .get(&client)
-                .is_some_and(|c| c.outbox.latest_ts() < ts);
+                .is_some_and(|c| c.outbox.latest_ts() < ts && !c.subs.is_empty());
             if behind {
                 self.push(client, Vec::new());
             }
