@@ -27,5 +27,6 @@ pub mod storage;
 pub mod subscriptions;
 pub mod transaction;
 pub mod value;
+mod value_serde;
 pub mod wal;
 pub mod writes;
