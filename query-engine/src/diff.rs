@@ -76,7 +76,7 @@ pub fn diff(old: &Value, new: &Value) -> Option<ResultDiff> {
     }
     let edits = array_edits(old_items, &old_ids, new_items);
     let edits_bytes: usize = edits.iter().map(edit_size_bytes).sum();
-    if edits_bytes >= new.size_bytes() {
+    if !new.size_exceeds(edits_bytes) {
         return replace();
     }
     Some(ResultDiff::Array(edits))
@@ -506,6 +506,13 @@ mod tests {
                 _ => (Value::Array(vec![old_scalar]), docs(0..len)),
             };
             roundtrip(&old, &new);
+        }
+
+        #[test]
+        fn size_exceeds_agrees_with_size_bytes(v in crate::encoding::tests::arb_value(), slack in 0usize..64, under in any::<bool>()) {
+            let size = v.size_bytes();
+            let limit = if under { size.saturating_sub(slack) } else { size + slack };
+            prop_assert_eq!(v.size_exceeds(limit), size > limit);
         }
 
         #[test]

@@ -143,6 +143,33 @@ impl Value {
             }
         }
     }
+
+    /// Whether `size_bytes()` is above `limit`, walking only as far as it takes to tell (a
+    /// large value is usually decided within its first elements).
+    pub fn size_exceeds(&self, limit: usize) -> bool {
+        fn take(budget: &mut usize, n: usize) -> bool {
+            match budget.checked_sub(n) {
+                Some(left) => {
+                    *budget = left;
+                    false
+                }
+                None => true,
+            }
+        }
+        fn walk(v: &Value, budget: &mut usize) -> bool {
+            match v {
+                Value::Array(a) => take(budget, 2) || a.iter().any(|x| walk(x, budget)),
+                Value::Object(o) => {
+                    take(budget, 2)
+                        || o.iter()
+                            .any(|(k, x)| take(budget, k.len() + 2) || walk(x, budget))
+                }
+                scalar => take(budget, scalar.size_bytes()),
+            }
+        }
+        let mut budget = limit;
+        walk(self, &mut budget)
+    }
 }
 
 /// Floats compare with IEEE `totalOrder` (−0.0 < +0.0; every NaN is canonicalised to one
