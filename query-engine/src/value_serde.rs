@@ -951,6 +951,16 @@ fn key_from_bytes(b: &[u8]) -> Result<String, ConvertError> {
     String::from_utf8(b.to_vec()).map_err(|_| bad_key("bytes that are not UTF-8"))
 }
 
+macro_rules! reject_scalar_keys {
+    ($($method:ident($ty:ty) $found:literal,)*) => {
+        $(
+            fn $method(self, _v: $ty) -> Result<String, ConvertError> {
+                Err(bad_key($found))
+            }
+        )*
+    };
+}
+
 impl ser::Serializer for KeySerializer {
     type Ok = String;
     type Error = ConvertError;
@@ -966,44 +976,25 @@ impl ser::Serializer for KeySerializer {
         false
     }
 
-    fn serialize_bool(self, _v: bool) -> Result<String, ConvertError> {
-        Err(bad_key("a bool"))
+    reject_scalar_keys! {
+        serialize_bool(bool) "a bool",
+        serialize_i8(i8) "an integer",
+        serialize_i16(i16) "an integer",
+        serialize_i32(i32) "an integer",
+        serialize_i64(i64) "an integer",
+        serialize_u8(u8) "an integer",
+        serialize_u16(u16) "an integer",
+        serialize_u32(u32) "an integer",
+        serialize_u64(u64) "an integer",
+        serialize_f32(f32) "a float",
+        serialize_f64(f64) "a float",
     }
-    fn serialize_i8(self, _v: i8) -> Result<String, ConvertError> {
-        Err(bad_key("an integer"))
-    }
-    fn serialize_i16(self, _v: i16) -> Result<String, ConvertError> {
-        Err(bad_key("an integer"))
-    }
-    fn serialize_i32(self, _v: i32) -> Result<String, ConvertError> {
-        Err(bad_key("an integer"))
-    }
-    fn serialize_i64(self, _v: i64) -> Result<String, ConvertError> {
-        Err(bad_key("an integer"))
-    }
+
     fn serialize_i128(self, v: i128) -> Result<String, ConvertError> {
         key_from_bytes(&v.to_be_bytes())
     }
-    fn serialize_u8(self, _v: u8) -> Result<String, ConvertError> {
-        Err(bad_key("an integer"))
-    }
-    fn serialize_u16(self, _v: u16) -> Result<String, ConvertError> {
-        Err(bad_key("an integer"))
-    }
-    fn serialize_u32(self, _v: u32) -> Result<String, ConvertError> {
-        Err(bad_key("an integer"))
-    }
-    fn serialize_u64(self, _v: u64) -> Result<String, ConvertError> {
-        Err(bad_key("an integer"))
-    }
     fn serialize_u128(self, v: u128) -> Result<String, ConvertError> {
         key_from_bytes(&v.to_be_bytes())
-    }
-    fn serialize_f32(self, _v: f32) -> Result<String, ConvertError> {
-        Err(bad_key("a float"))
-    }
-    fn serialize_f64(self, _v: f64) -> Result<String, ConvertError> {
-        Err(bad_key("a float"))
     }
     fn serialize_char(self, v: char) -> Result<String, ConvertError> {
         Ok(v.to_string())
