@@ -802,49 +802,29 @@ impl ArrayBuilder {
     }
 }
 
-impl ser::SerializeSeq for ArrayBuilder {
-    type Ok = Value;
-    type Error = ConvertError;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), ConvertError> {
-        self.push(v)
-    }
-    fn end(self) -> Result<Value, ConvertError> {
-        self.finish()
-    }
+/// serde's four sequence-like builders (sequence, tuple, tuple struct, tuple variant) all
+/// append elements to an array.
+macro_rules! array_builder {
+    ($($trait:ident :: $method:ident),* $(,)?) => {$(
+        impl ser::$trait for ArrayBuilder {
+            type Ok = Value;
+            type Error = ConvertError;
+            fn $method<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), ConvertError> {
+                self.push(v)
+            }
+            fn end(self) -> Result<Value, ConvertError> {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for ArrayBuilder {
-    type Ok = Value;
-    type Error = ConvertError;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), ConvertError> {
-        self.push(v)
-    }
-    fn end(self) -> Result<Value, ConvertError> {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleStruct for ArrayBuilder {
-    type Ok = Value;
-    type Error = ConvertError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), ConvertError> {
-        self.push(v)
-    }
-    fn end(self) -> Result<Value, ConvertError> {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleVariant for ArrayBuilder {
-    type Ok = Value;
-    type Error = ConvertError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), ConvertError> {
-        self.push(v)
-    }
-    fn end(self) -> Result<Value, ConvertError> {
-        self.finish()
-    }
-}
+array_builder!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
+);
 
 /// An object being built; `variant` wraps it as `{variant: {...}}` at the end.
 pub(crate) struct ObjectBuilder {
