@@ -60,8 +60,24 @@ pub(crate) async fn read_loop(
     out: mpsc::Sender<Outgoing>,
 ) {
     let max_frame = shared.limits.max_frame_bytes;
+    let leeway = shared.verifier.config().leeway_secs;
     loop {
-        let msg = match read_message(&mut recv, max_frame).await {
+        // The read stays pinned while the expiry timer fires, so no frame is cut in half.
+        let read = read_message(&mut recv, max_frame);
+        tokio::pin!(read);
+        let read = loop {
+            tokio::select! {
+                r = &mut read => break r,
+                () = until(expiry_deadline(&ctx, leeway)) => {
+                    if let Some(reply) = expire_identity(&ctx, leeway).await {
+                        if out.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let msg = match read {
             Ok(Some(msg)) => msg,
             Ok(None) => {
                 tracing::debug!("client closed the control stream");
@@ -115,6 +131,49 @@ pub(crate) async fn read_loop(
             return;
         }
     }
+}
+
+/// When the connection's token stops being valid (its `exp` plus the verifier's leeway), as
+/// a point on tokio's clock; `None` when there is no token or it never expires.
+fn expiry_deadline(ctx: &ConnCtx, leeway_secs: u64) -> Option<tokio::time::Instant> {
+    let exp = ctx.auth.load().as_ref()?.expires_at?;
+    let now = jsonwebtoken::get_current_timestamp();
+    // `expired` is true strictly after exp + leeway: one second past it.
+    let left = exp
+        .saturating_add(leeway_secs)
+        .saturating_add(1)
+        .saturating_sub(now);
+    Some(tokio::time::Instant::now() + std::time::Duration::from_secs(left))
+}
+
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An identity whose token expired without a refresh is dropped, like a rejected token
+/// (§11): calls already fail with `UNAUTHORIZED`, and the subscriptions re-run anonymously,
+/// so a query that needs the identity fails and ends instead of streaming on.
+async fn expire_identity(ctx: &ConnCtx, leeway_secs: u64) -> Option<Outgoing> {
+    let expired = ctx
+        .auth
+        .load()
+        .as_ref()
+        .is_some_and(|state| state.expired(leeway_secs));
+    if !expired {
+        return None;
+    }
+    tracing::info!("token expired without a refresh; connection is now anonymous");
+    ctx.auth.store(None);
+    ctx.session.set_identity(None).await;
+    Some(Outgoing::Message(error_message(
+        codes::UNAUTHORIZED,
+        "the token expired; the connection is anonymous until Authenticate",
+        Value::Null,
+        false,
+    )))
 }
 
 fn fatal_validation(message: &str) -> Outgoing {

@@ -647,6 +647,80 @@ async fn retried_mutation_id_returns_the_first_result_once() {
     server.shutdown().await;
 }
 
+/// A token that expires without a refresh stops counting (§11): the server says so with a
+/// non-fatal `UNAUTHORIZED` and re-runs the subscriptions anonymously. Waits out the
+/// verifier's 30 s leeway, bounded, never timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut client = Client::connect(&server).await;
+    let mut claims = DevClaims::new("user_1");
+    claims.ttl = Duration::from_secs(1);
+    let token = server.mint_dev_token(claims).unwrap();
+    client
+        .control(ClientMessage::Authenticate { token: Some(token) })
+        .await;
+    assert_eq!(
+        client.next_non_transition().await,
+        ServerMessage::AuthOk {
+            subject: Some("user_1".into())
+        }
+    );
+    client
+        .control(ClientMessage::Subscribe {
+            query_id: 1,
+            function: "counter:whoami".into(),
+            args: obj! {},
+        })
+        .await;
+    let whoami = |m: &ServerMessage| match m {
+        ServerMessage::Transition { modifications, .. } => {
+            modifications.iter().find_map(|m| match m {
+                Modification::Updated {
+                    query_id: 1,
+                    diff: query_engine::diff::ResultDiff::Replace(v),
+                } => Some(v.clone()),
+                _ => None,
+            })
+        }
+        _ => None,
+    };
+    assert_eq!(whoami(&client.next().await), Some(Value::from("user_1")));
+    // Pings keep the connection busy (and each read short) while the leeway runs out; the
+    // notice and the anonymous re-run may arrive in either order.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30 + 1 + 20);
+    let (mut notice, mut anonymous, mut nonce) = (None, None, 0);
+    while notice.is_none() || anonymous.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no expiry notice and anonymous re-run within the bound"
+        );
+        nonce += 1;
+        client.control(ClientMessage::Ping { nonce }).await;
+        loop {
+            let m = client.next().await;
+            if let Some(v) = whoami(&m) {
+                anonymous = Some(v);
+            } else if let ServerMessage::Error { code, fatal, .. } = &m {
+                notice = Some((code.clone(), *fatal));
+            } else if matches!(m, ServerMessage::Pong { .. }) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(notice, Some(("UNAUTHORIZED".to_string(), false)));
+    assert_eq!(anonymous, Some(Value::Null));
+    assert_eq!(
+        client
+            .value(CallKind::Query, "counter:whoami", obj! {})
+            .await,
+        Value::Null
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_deliver_transitions_and_report_rejections() {
     let dir = tempfile::tempdir().unwrap();
