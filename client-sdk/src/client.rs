@@ -974,11 +974,16 @@ impl Inner {
                     data,
                     fatal,
                 } => {
+                    // The server's notice that the token expired unrefreshed (§11) answers no
+                    // Authenticate, so it must not be taken as the reply to one in flight.
+                    let expired_notice = data.get_path("tokenExpired") == Some(&Value::Bool(true));
                     let error = ClientError::server(code, message, data, fatal);
                     if fatal {
                         return error;
                     }
-                    if error.is_unauthorized() {
+                    if expired_notice {
+                        tracing::warn!(error = %error, "token expired; the connection is anonymous");
+                    } else if error.is_unauthorized() {
                         let waiter = self.state.lock().auth_waiters.pop_front();
                         match waiter {
                             Some(w) => {

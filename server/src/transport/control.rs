@@ -171,7 +171,7 @@ async fn expire_identity(ctx: &ConnCtx, leeway_secs: u64) -> Option<Outgoing> {
     Some(Outgoing::Message(error_message(
         codes::UNAUTHORIZED,
         "the token expired; the connection is anonymous until Authenticate",
-        Value::Null,
+        obj! { "tokenExpired" => true },
         false,
     )))
 }

@@ -702,7 +702,11 @@ async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously
             let m = client.next().await;
             if let Some(v) = whoami(&m) {
                 anonymous = Some(v);
-            } else if let ServerMessage::Error { code, fatal, .. } = &m {
+            } else if let ServerMessage::Error {
+                code, fatal, data, ..
+            } = &m
+            {
+                assert_eq!(data.get_path("tokenExpired"), Some(&Value::Bool(true)));
                 notice = Some((code.clone(), *fatal));
             } else if matches!(m, ServerMessage::Pong { .. }) {
                 break;
