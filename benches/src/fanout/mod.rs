@@ -96,6 +96,10 @@ fn anomalies_minus(a: Anomalies, b: Anomalies) -> Anomalies {
     }
 }
 
+/// Longest extra wait, after a step whose subscribers were still behind at the drain
+/// timeout, for them to catch up before the next step.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Waits until every load subscriber has every acknowledged sequence of its meeting; returns
 /// how many are still behind at `timeout`.
 pub async fn wait_current(system: &dyn FanoutSystem, timeout: Duration) -> (u64, Duration) {
@@ -211,6 +215,11 @@ pub async fn run_step(
             "commit→delivery p99 {} µs > {} µs",
             figures.commit_to_delivery.p99_us, plan.p99_limit_us
         ));
+    }
+    if lagging > 0 {
+        // The step has failed already; let the backlog it left clear before the next step
+        // starts, so that step measures its own rate and not this one's leftovers.
+        wait_current(system, SETTLE_TIMEOUT).await;
     }
     StepResult {
         system: system.name().to_string(),
