@@ -147,7 +147,14 @@ pub fn check_and_consume_in(
     let now = ctx.now_ms();
     let current = now - now.rem_euclid(bucket_ms);
 
-    let mut window = load_window(ctx, user_id, action, limit, bucket_ms, current)?;
+    let at = WindowAt {
+        user_id,
+        action,
+        limit,
+        bucket_ms,
+        current,
+    };
+    let mut window = load_window(ctx, &at)?;
     let past_count: i64 = window.past.iter().sum();
     // The oldest bucket with a count: the one whose leaving the window frees a call.
     let oldest = window
@@ -190,11 +197,11 @@ pub fn check_and_consume_in(
     match shard {
         None => {
             window.inline += 1;
-            store_window(ctx, user_id, action, limit, bucket_ms, current, &window)
+            store_window(ctx, &at, &window)
         }
         Some((_, shard, mine)) => {
             if window.stale {
-                store_window(ctx, user_id, action, limit, bucket_ms, current, &window)?;
+                store_window(ctx, &at, &window)?;
             }
             consume_shard(ctx, user_id, action, current, shard, mine)
         }
@@ -214,6 +221,17 @@ pub enum Counters {
 /// Most counter documents per bucket.
 const MAX_SHARDS: i64 = 64;
 
+/// Which window a call counts in: the (user, action) pair, its limit and the bucket grid.
+#[derive(Clone, Copy)]
+struct WindowAt<'a> {
+    user_id: &'a str,
+    action: &'a str,
+    limit: RateLimit,
+    bucket_ms: i64,
+    /// Start of the current bucket.
+    current: i64,
+}
+
 /// A (user, action) window as of the current bucket.
 struct Window {
     /// The existing window document's id.
@@ -230,14 +248,14 @@ struct Window {
 /// Reads the window document and brings it up to the current bucket in memory: the buckets
 /// that ended since it was stored are folded in from its inline count and from their counter
 /// documents (which no call writes any more).
-fn load_window(
-    ctx: &mut Ctx<'_, '_>,
-    user_id: &str,
-    action: &str,
-    limit: RateLimit,
-    bucket_ms: i64,
-    current: i64,
-) -> FunctionResult<Window> {
+fn load_window(ctx: &mut Ctx<'_, '_>, at: &WindowAt<'_>) -> FunctionResult<Window> {
+    let WindowAt {
+        user_id,
+        action,
+        limit,
+        bucket_ms,
+        current,
+    } = *at;
     let first_counted = current - limit.window_ms + bucket_ms;
     // Buckets starting in [first_counted, current).
     let len = usize::try_from((limit.window_ms - bucket_ms).max(0) / bucket_ms)
@@ -300,15 +318,14 @@ fn load_window(
 }
 
 /// Writes `window` as the (user, action) window document through the current bucket.
-fn store_window(
-    ctx: &mut Ctx<'_, '_>,
-    user_id: &str,
-    action: &str,
-    limit: RateLimit,
-    bucket_ms: i64,
-    current: i64,
-    window: &Window,
-) -> FunctionResult<()> {
+fn store_window(ctx: &mut Ctx<'_, '_>, at: &WindowAt<'_>, window: &Window) -> FunctionResult<()> {
+    let WindowAt {
+        user_id,
+        action,
+        limit,
+        bucket_ms,
+        current,
+    } = *at;
     // Trailing empty buckets are not stored.
     let stored_len = window
         .past
