@@ -606,6 +606,15 @@ impl ValueSerializer {
             left => Ok(left),
         }
     }
+
+    /// The budget for the contents of a tuple or struct variant: one level for the
+    /// `{variant: …}` object around it, one for the contents.
+    fn enter_variant(&self) -> Result<u16, ConvertError> {
+        ValueSerializer {
+            depth: self.enter()?,
+        }
+        .enter()
+    }
 }
 
 fn int_from_u64(u: u64) -> Result<Value, ConvertError> {
@@ -741,10 +750,7 @@ impl ser::Serializer for ValueSerializer {
         variant: &'static str,
         len: usize,
     ) -> Result<ArrayBuilder, ConvertError> {
-        let outer = ValueSerializer {
-            depth: self.enter()?,
-        };
-        Ok(ArrayBuilder::new(outer.enter()?, len, Some(variant)))
+        Ok(ArrayBuilder::new(self.enter_variant()?, len, Some(variant)))
     }
     fn serialize_map(self, len: Option<usize>) -> Result<ObjectBuilder, ConvertError> {
         Ok(ObjectBuilder::new(self.enter()?, len.unwrap_or(0), None))
@@ -763,10 +769,11 @@ impl ser::Serializer for ValueSerializer {
         variant: &'static str,
         len: usize,
     ) -> Result<ObjectBuilder, ConvertError> {
-        let outer = ValueSerializer {
-            depth: self.enter()?,
-        };
-        Ok(ObjectBuilder::new(outer.enter()?, len, Some(variant)))
+        Ok(ObjectBuilder::new(
+            self.enter_variant()?,
+            len,
+            Some(variant),
+        ))
     }
 }
 
