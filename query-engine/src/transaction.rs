@@ -343,7 +343,7 @@ impl<'s> Transaction<'s> {
     pub fn insert(&mut self, table: &str, fields: Value) -> FunctionResult<DocumentId> {
         self.check_writable()?;
         let t = self.table(table)?;
-        let Some(mut obj) = fields.into_object() else {
+        let Some(obj) = fields.into_object() else {
             return Err(FunctionError::validation("a document must be an object"));
         };
         if let Some(k) = obj.keys().find(|k| k.starts_with('_')) {
@@ -351,7 +351,11 @@ impl<'s> Transaction<'s> {
                 "{k}: system fields cannot be set"
             )));
         }
-        self.validate(t, &obj)?;
+        // Validated as a value and taken back: the object is not shared, so neither step
+        // copies it.
+        let user = Value::from(obj);
+        self.validate(t, &user)?;
+        let mut obj = user.into_object().unwrap_or_default();
         let id = DocumentId::new(t.number, self.ids.fetch_add(1, Ordering::Relaxed));
         obj.insert("_id".into(), Value::String(id.to_string()));
         obj.insert("_creationTime".into(), Value::Int64(self.now_ms));
@@ -423,13 +427,14 @@ impl<'s> Transaction<'s> {
         let mut user = obj.clone();
         user.remove("_id");
         user.remove("_creationTime");
-        self.validate(t, &user)?;
+        self.validate(t, &Value::from(user))?;
         self.write_doc(t, id, Some(old), Some(Value::from(obj)))
     }
 
-    fn validate(&self, t: &TableInfo, user_fields: &Object) -> FunctionResult<()> {
-        let v = Value::from(user_fields.clone());
-        t.validator.validate(&v, self.catalog).map_err(|e| {
+    /// Checks a document's user fields (an object value) against the table's validator and
+    /// the document size limit.
+    fn validate(&self, t: &TableInfo, v: &Value) -> FunctionResult<()> {
+        t.validator.validate(v, self.catalog).map_err(|e| {
             FunctionError::validation(e.to_string())
                 .with_data(crate::obj! { "path" => e.path.clone(), "table" => t.name.clone() })
         })?;
