@@ -1,7 +1,7 @@
 //! Re-running executions: what one execution needs to run (its spec), the re-run itself with
 //! its diff against the previous result, and a pool of long-lived threads that join a large
-//! pass, claiming its jobs one at a time. A re-run only reads at a snapshot, so any thread can do it; the worker applies
-//! the results to its state afterwards, in one place.
+//! pass, claiming its jobs one at a time. A re-run only reads at a snapshot, so any thread can
+//! do it; the worker applies the results to its state afterwards, in one place.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
