@@ -64,7 +64,7 @@ impl Applier {
 
     fn checkpoint(&self) -> Result<(), StorageError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate)?;
         txn.commit()?;
         Ok(())
     }
@@ -73,9 +73,9 @@ impl Applier {
         let m = &job.memtable;
         let mut txn = self.db.begin_write()?;
         if !job.sealed.is_empty() {
-            txn.set_durability(Durability::Immediate);
+            txn.set_durability(Durability::Immediate)?;
         } else {
-            txn.set_durability(Durability::None);
+            txn.set_durability(Durability::None)?;
         }
         let mut docs = Vec::with_capacity(m.docs.len());
         for (id, e) in m.docs.iter() {

@@ -8,13 +8,14 @@
 mod applier;
 mod memtable;
 mod snapshot;
+mod writeback;
 
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use redb::{Database, Durability, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use crate::doc_cache::DocCache;
 use crate::id::ID_BYTES;
@@ -53,6 +54,8 @@ pub enum StorageError {
     CorruptMeta(String, String),
     #[error("storage: write-ahead log: {0}")]
     Wal(std::io::Error),
+    #[error("storage: {0}")]
+    Io(std::io::Error),
     #[error("storage: closed")]
     Closed,
 }
@@ -70,7 +73,8 @@ redb_err!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 pub struct Storage {
@@ -200,7 +204,8 @@ impl Storage {
 
     /// Opens (creating) the database, replaying log records newer than redb's durable state.
     pub fn open_with(path: &Path, options: StorageOptions) -> Result<Storage, StorageError> {
-        let db = Arc::new(Database::create(path)?);
+        let file = writeback::PacedFile::open(path).map_err(StorageError::Io)?;
+        let db = Arc::new(Database::builder().create_with_backend(file)?);
         let txn = db.begin_write()?;
         txn.open_table(DOCUMENTS)?;
         txn.open_table(INDEX_ENTRIES)?;
@@ -210,7 +215,7 @@ impl Storage {
         let mut durable_ts = read_last_ts(&db)?;
         if !records.is_empty() {
             let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate);
+            txn.set_durability(Durability::Immediate)?;
             let mut replayed = 0;
             for rec in records.iter().filter(|r| r.ts > durable_ts) {
                 apply(
@@ -242,7 +247,7 @@ impl Storage {
         let handle = std::thread::Builder::new()
             .name("applier".into())
             .spawn(move || applier.run(rx))
-            .map_err(StorageError::Wal)?;
+            .map_err(StorageError::Io)?;
         Ok(Storage {
             db,
             wal: parking_lot::Mutex::new(wal),
@@ -376,7 +381,7 @@ impl Storage {
     /// bookkeeping; not part of any batch).
     pub fn write_meta_durable(&self, meta: &[(&str, Vec<u8>)]) -> Result<(), StorageError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate)?;
         apply(
             &txn,
             std::iter::empty(),
