@@ -58,6 +58,11 @@ pub enum StorageError {
     Io(std::io::Error),
     #[error("storage: closed")]
     Closed,
+    #[error(
+        "storage: the database file has redb file format {0}, from a build before redb 4; \
+         this build reads format 3 only (development data can be deleted)"
+    )]
+    OldFileFormat(u8),
 }
 
 macro_rules! redb_err {
@@ -205,7 +210,13 @@ impl Storage {
     /// Opens (creating) the database, replaying log records newer than redb's durable state.
     pub fn open_with(path: &Path, options: StorageOptions) -> Result<Storage, StorageError> {
         let file = writeback::PacedFile::open(path).map_err(StorageError::Io)?;
-        let db = Arc::new(Database::builder().create_with_backend(file)?);
+        let db = match Database::builder().create_with_backend(file) {
+            Ok(db) => Arc::new(db),
+            Err(redb::DatabaseError::UpgradeRequired(v)) => {
+                return Err(StorageError::OldFileFormat(v))
+            }
+            Err(e) => return Err(e.into()),
+        };
         let txn = db.begin_write()?;
         txn.open_table(DOCUMENTS)?;
         txn.open_table(INDEX_ENTRIES)?;
@@ -547,6 +558,20 @@ mod tests {
                 .unwrap();
             assert_eq!(ids.len(), 20);
             assert_eq!(ids[0], DocumentId::new(TableNumber(7), 19).to_bytes());
+        }
+    }
+
+    #[test]
+    fn a_file_from_redb_2_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(redb2::Database::create(&path).unwrap());
+        match Storage::open(&path) {
+            Err(e @ StorageError::OldFileFormat(_)) => {
+                assert!(e.to_string().contains("before redb 4"), "{e}")
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("a redb 2 file was opened"),
         }
     }
 
