@@ -5,13 +5,24 @@
 //! acknowledged is lost. A torn record at the tail (a crash mid-append) was never acknowledged
 //! and is ignored.
 //!
+//! Segments are zero-filled ahead of use by a background thread, so appending a record
+//! overwrites blocks the file already has: its `fdatasync` then writes data only, where an
+//! append that grows the file also waits for a filesystem journal commit (on this machine's
+//! ext4, 0.19 ms against 0.31 ms per 4 KiB write with fsync, and the journal commit also waits
+//! for other files' newly allocated blocks). A zero record header marks the end of the
+//! records.
+//!
 //! Record: `u32 length | u32 crc32(body) | body`, body: `u64 ts`, then meta entries, documents
 //! (12-byte id, present flag, encoded document) and index entries (key, present flag), each
 //! list prefixed by its u32 count and each byte string by its u32 length.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use crate::storage::{write_back, WRITEBACK_STEP};
 
 /// Largest record accepted on replay (a batch is bounded well below this).
 const MAX_RECORD_BYTES: usize = 1 << 30;
@@ -147,8 +158,24 @@ pub struct Wal {
     current: u64,
     /// Older segments still on disk, oldest first.
     older: Vec<PathBuf>,
-    /// Bytes in the current segment.
+    /// Bytes of records in the current segment.
     len: u64,
+    /// Bytes a segment is zero-filled to ahead of use.
+    segment_bytes: u64,
+    /// The next segment, being zero-filled (or done) under a temporary name.
+    next: Option<JoinHandle<std::io::Result<File>>>,
+    /// Whether the current segment was zero-filled ahead.
+    zero_filled: bool,
+}
+
+/// Bytes appended to a segment that was not zero-filled before its successor is prepared.
+const UNFILLED_SEGMENT_BYTES: u64 = 1 << 20;
+
+/// Where the next segment is zero-filled before it gets its number.
+fn next_segment_path(base: &Path) -> PathBuf {
+    let mut p = base.as_os_str().to_owned();
+    p.push(".wal.next");
+    PathBuf::from(p)
 }
 
 /// Path of segment `n` of the log at `base`.
@@ -216,7 +243,7 @@ fn read_segment(path: &Path, records: &mut Vec<Record>) -> std::io::Result<()> {
         }
         at += 8 + len;
     }
-    if at != bytes.len() {
+    if bytes[at..].iter().any(|b| *b != 0) {
         tracing::warn!(
             path = %path.display(),
             dropped_bytes = bytes.len() - at,
@@ -233,8 +260,14 @@ fn sync_dir(base: &Path) -> std::io::Result<()> {
 
 impl Wal {
     /// Opens the log of the database at `base`, returning it with every intact record of every
-    /// segment, oldest first. New records go to a fresh segment after them.
-    pub fn open(base: &Path) -> std::io::Result<(Wal, Vec<Record>)> {
+    /// segment, oldest first. New records go to a fresh segment after them; later segments are
+    /// zero-filled to `segment_bytes` ahead of use.
+    pub fn open(base: &Path, segment_bytes: u64) -> std::io::Result<(Wal, Vec<Record>)> {
+        match std::fs::remove_file(next_segment_path(base)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         let (older, newest) = segments_on_disk(base)?;
         let mut records = Vec::new();
         for path in &older {
@@ -247,6 +280,9 @@ impl Wal {
             current,
             older,
             len: 0,
+            segment_bytes,
+            next: None,
+            zero_filled: false,
         };
         Ok((wal, records))
     }
@@ -258,7 +294,7 @@ impl Wal {
     /// the kernel may have dropped the dirty pages — so the process stops rather than go on
     /// acknowledging writes on top of it (the lesson of PostgreSQL's "fsyncgate").
     pub fn append_durable(&mut self, record: &[u8]) -> std::io::Result<()> {
-        if let Err(e) = self.file.write_all(record) {
+        if let Err(e) = self.file.write_all_at(record, self.len) {
             if let Err(cut) = self.file.set_len(self.len) {
                 tracing::error!(error = %cut, "cannot cut a failed append off the write-ahead log");
                 std::process::abort();
@@ -270,12 +306,37 @@ impl Wal {
             std::process::abort();
         }
         self.len += record.len() as u64;
+        // A segment that was not zero-filled (the first after open) has its successor prepared
+        // after its first MiB, and gives way to it as soon as it is ready (`wants_rotation`).
+        let start_at = if self.zero_filled {
+            self.segment_bytes / 2
+        } else {
+            (self.segment_bytes / 2).min(UNFILLED_SEGMENT_BYTES)
+        };
+        if self.next.is_none() && self.len >= start_at {
+            let (path, bytes) = (next_segment_path(&self.base), self.segment_bytes);
+            match std::thread::Builder::new()
+                .name("wal-zero-fill".into())
+                .spawn(move || zero_filled(&path, bytes))
+            {
+                Ok(handle) => self.next = Some(handle),
+                // The next segment then grows as it is appended to; tried again next append.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start zero-filling the next log segment")
+                }
+            }
+        }
         Ok(())
     }
 
     /// Bytes in the segment being appended to.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Whether the current segment grows as it is appended to while a zero-filled one is ready.
+    pub fn wants_rotation(&self) -> bool {
+        !self.zero_filled && self.next.as_ref().is_some_and(JoinHandle::is_finished)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -286,7 +347,28 @@ impl Wal {
     /// has made all records appended so far durable in redb.
     pub fn rotate(&mut self) -> std::io::Result<Sealed> {
         let next = self.current + 1;
-        self.file = create_segment(&self.base, next)?;
+        let prepared = self.next.take_if(|h| h.is_finished()).map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("zero-filling panicked")))
+        });
+        let (file, zero_filled) = match prepared {
+            Some(Ok(file)) => {
+                std::fs::rename(
+                    next_segment_path(&self.base),
+                    segment_path(&self.base, next),
+                )?;
+                sync_dir(&self.base)?;
+                (file, true)
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "could not zero-fill the next log segment; appending instead");
+                (create_segment(&self.base, next)?, false)
+            }
+            // Not ready (or never started): this segment grows as it is appended to.
+            None => (create_segment(&self.base, next)?, false),
+        };
+        self.file = file;
+        self.zero_filled = zero_filled;
         let mut paths = std::mem::take(&mut self.older);
         paths.push(segment_path(&self.base, self.current));
         self.current = next;
@@ -310,10 +392,31 @@ impl Wal {
 
 fn create_segment(base: &Path, n: u64) -> std::io::Result<File> {
     let file = OpenOptions::new()
-        .append(true)
+        .write(true)
         .create(true)
+        .truncate(false)
         .open(segment_path(base, n))?;
     sync_dir(base)?;
+    Ok(file)
+}
+
+/// Creates `path` holding `bytes` zeros, durably. The zeros go to disk a step at a time, each
+/// waited for, so they never queue up ahead of the log's fsyncs.
+fn zero_filled(path: &Path, bytes: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; WRITEBACK_STEP as usize];
+    let mut at = 0;
+    while at < bytes {
+        let n = WRITEBACK_STEP.min(bytes - at);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        write_back(&file, at, n)?;
+        at += n;
+    }
+    file.sync_all()?;
     Ok(file)
 }
 
@@ -356,7 +459,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("w.redb");
         {
-            let (mut w, recs) = Wal::open(&base).unwrap();
+            let (mut w, recs) = Wal::open(&base, 1 << 20).unwrap();
             assert!(recs.is_empty());
             w.append_durable(&sample(1).encode()).unwrap();
             w.append_durable(&sample(2).encode()).unwrap();
@@ -364,10 +467,43 @@ mod tests {
             let third = sample(3).encode();
             w.append_durable(&third[..third.len() / 2]).unwrap();
         }
-        let (mut w, recs) = Wal::open(&base).unwrap();
+        let (mut w, recs) = Wal::open(&base, 1 << 20).unwrap();
         assert_eq!(recs, vec![sample(1), sample(2)]);
         w.discard_replayed().unwrap();
-        assert!(Wal::open(&base).unwrap().1.is_empty());
+        assert!(Wal::open(&base, 1 << 20).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn the_next_segment_is_zero_filled_ahead_and_replays_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("w.redb");
+        let record = sample(1).encode().len() as u64;
+        let segment_bytes = 8 * record;
+        // A leftover from a crash while zero-filling is removed at open.
+        std::fs::write(next_segment_path(&base), b"junk").unwrap();
+        let (mut w, _) = Wal::open(&base, segment_bytes).unwrap();
+        assert!(!next_segment_path(&base).exists());
+        for ts in 1..=4 {
+            w.append_durable(&sample(ts).encode()).unwrap();
+        }
+        // Half full: the next segment is being prepared.
+        let prepared = w.next.as_ref().expect("zero-filling started");
+        while !prepared.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The first segment was not zero-filled, so it gives way to the ready one.
+        assert!(w.wants_rotation());
+        w.rotate().unwrap();
+        assert!(!w.wants_rotation());
+        let current = segment_path(&base, w.current);
+        assert_eq!(std::fs::metadata(&current).unwrap().len(), segment_bytes);
+        w.append_durable(&sample(5).encode()).unwrap();
+        w.append_durable(&sample(6).encode()).unwrap();
+        // The records overwrote the zeros: the file did not grow.
+        assert_eq!(std::fs::metadata(&current).unwrap().len(), segment_bytes);
+        drop(w);
+        let (_, recs) = Wal::open(&base, segment_bytes).unwrap();
+        assert_eq!(recs, (1..=6).map(sample).collect::<Vec<_>>());
     }
 
     #[test]
@@ -375,14 +511,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("w.redb");
         {
-            let (mut w, _) = Wal::open(&base).unwrap();
+            let (mut w, _) = Wal::open(&base, 1 << 20).unwrap();
             w.append_durable(&sample(1).encode()).unwrap();
             let mut bad = sample(2).encode();
             let n = bad.len();
             bad[n - 1] ^= 0xff;
             w.append_durable(&bad).unwrap();
         }
-        assert_eq!(Wal::open(&base).unwrap().1, vec![sample(1)]);
+        assert_eq!(Wal::open(&base, 1 << 20).unwrap().1, vec![sample(1)]);
     }
 
     #[test]
@@ -394,7 +530,7 @@ mod tests {
         legacy.push(".wal");
         std::fs::write(PathBuf::from(&legacy), sample(1).encode()).unwrap();
         let sealed = {
-            let (mut w, recs) = Wal::open(&base).unwrap();
+            let (mut w, recs) = Wal::open(&base, 1 << 20).unwrap();
             assert_eq!(recs, vec![sample(1)]);
             w.append_durable(&sample(2).encode()).unwrap();
             let sealed = w.rotate().unwrap();
@@ -403,10 +539,10 @@ mod tests {
             sealed
         };
         // Reopened before the checkpoint: everything is still there, in order.
-        let (_, recs) = Wal::open(&base).unwrap();
+        let (_, recs) = Wal::open(&base, 1 << 20).unwrap();
         assert_eq!(recs, vec![sample(1), sample(2), sample(3)]);
         sealed.remove().unwrap();
-        let (_, recs) = Wal::open(&base).unwrap();
+        let (_, recs) = Wal::open(&base, 1 << 20).unwrap();
         assert_eq!(recs, vec![sample(3)]);
         assert!(!PathBuf::from(&legacy).exists());
     }

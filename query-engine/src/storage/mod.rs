@@ -25,6 +25,7 @@ use applier::{Applier, Job};
 use memtable::Memtable;
 use snapshot::Base;
 pub use snapshot::{KeyIter, Snapshot};
+pub(crate) use writeback::{write_back, STEP as WRITEBACK_STEP};
 
 const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
 const INDEX_ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("index_entries");
@@ -222,7 +223,9 @@ impl Storage {
         txn.open_table(INDEX_ENTRIES)?;
         txn.open_table(META)?;
         txn.commit()?;
-        let (mut wal, records) = Wal::open(path).map_err(StorageError::Wal)?;
+        // Room for the records past the rotation threshold, so the last ones still overwrite.
+        let segment_bytes = options.checkpoint_bytes + options.checkpoint_bytes / 8;
+        let (mut wal, records) = Wal::open(path, segment_bytes).map_err(StorageError::Wal)?;
         let mut durable_ts = read_last_ts(&db)?;
         if !records.is_empty() {
             let mut txn = db.begin_write()?;
@@ -319,8 +322,14 @@ impl Storage {
         );
         let mut wal = self.wal.lock();
         wal.append_durable(&record).map_err(StorageError::Wal)?;
-        if wal.len() > self.checkpoint_bytes {
-            return wal.rotate().map(Some).map_err(StorageError::Wal);
+        if wal.len() > self.checkpoint_bytes || wal.wants_rotation() {
+            // The batch is durable whatever happens here, so a failed rotation must not fail it.
+            match wal.rotate() {
+                Ok(sealed) => return Ok(Some(sealed)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a new log segment; appending to the current one")
+                }
+            }
         }
         Ok(None)
     }
@@ -602,11 +611,10 @@ mod tests {
             std::fs::read_dir(dir.path())
                 .unwrap()
                 .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .contains(".wal.")
+                    // Numbered segments only (not the next one, being zero-filled).
+                    let name = e.as_ref().unwrap().file_name();
+                    let name = name.to_string_lossy();
+                    name.contains(".wal.") && !name.ends_with(".wal.next")
                 })
                 .count()
         };

@@ -22,7 +22,7 @@ use roaring::RoaringTreemap;
 const PAGE: u64 = 4096;
 /// Bytes handed to the kernel's writeback at a time: ~1.5 ms of sequential writes on the disk
 /// measured here (386 MB/s), the longest a log fsync waits behind a step.
-const STEP: u64 = 512 << 10;
+pub(crate) const STEP: u64 = 512 << 10;
 
 #[derive(Debug)]
 pub(super) struct PacedFile {
@@ -142,7 +142,7 @@ impl StorageBackend for PacedFile {
 /// Starts writeback of the dirty pages in `[offset, offset + n)` and waits until it is done
 /// (not a durability barrier: the fsync after it is).
 #[cfg(target_os = "linux")]
-fn write_back(file: &File, offset: u64, n: u64) -> io::Result<()> {
+pub(crate) fn write_back(file: &File, offset: u64, n: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE
@@ -161,7 +161,7 @@ fn write_back(file: &File, offset: u64, n: u64) -> io::Result<()> {
 
 /// Elsewhere there is no ranged writeback; the fsync writes everything at once.
 #[cfg(not(target_os = "linux"))]
-fn write_back(_file: &File, _offset: u64, _n: u64) -> io::Result<()> {
+pub(crate) fn write_back(_file: &File, _offset: u64, _n: u64) -> io::Result<()> {
     Ok(())
 }
 
