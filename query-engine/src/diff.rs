@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::value::Value;
 
 /// The field that identifies a document inside a result list.
-pub const ID_FIELD: &str = "_id";
+pub use crate::schema::ID_FIELD;
 
 /// How a subscriber gets from its previous result to the new one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ use crate::identity::Identity;
 use crate::metrics::EngineMetrics;
 use crate::reads::ReadSet;
 use crate::scheduler::{self, Cron};
-use crate::schema::SchemaDefinition;
+use crate::schema::{user_fields, SchemaDefinition};
 use crate::storage::{Snapshot, Storage, StorageError};
 use crate::transaction::{index_key, Limits, Transaction};
 use crate::value::Value;
@@ -797,9 +797,7 @@ fn check_existing_data(
                 continue;
             };
             let Some(doc) = snap.get(&id)? else { continue };
-            let mut user = doc.as_object().cloned().unwrap_or_default();
-            user.remove("_id");
-            user.remove("_creationTime");
+            let user = doc.as_object().map(user_fields).unwrap_or_default();
             if let Err(e) = table.validator.validate(&Value::from(user), &catalog) {
                 if first.is_empty() {
                     first = e.to_string();

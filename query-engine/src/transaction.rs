@@ -16,6 +16,7 @@ use crate::error::{FunctionError, FunctionResult};
 use crate::id::{DocumentId, ID_BYTES};
 use crate::key_merge::MergedKeys;
 use crate::reads::{KeyRange, ReadSet};
+use crate::schema::{user_fields, CREATION_TIME_FIELD, ID_FIELD, SYSTEM_FIELDS};
 use crate::storage::{Snapshot, StorageError};
 use crate::value::{Object, Value};
 use crate::writes::{storage_key, WriteSet};
@@ -357,8 +358,8 @@ impl<'s> Transaction<'s> {
         self.validate(t, &user)?;
         let mut obj = user.into_object().unwrap_or_default();
         let id = DocumentId::new(t.number, self.ids.fetch_add(1, Ordering::Relaxed));
-        obj.insert("_id".into(), Value::String(id.to_string()));
-        obj.insert("_creationTime".into(), Value::Int64(self.now_ms));
+        obj.insert(ID_FIELD.into(), Value::String(id.to_string()));
+        obj.insert(CREATION_TIME_FIELD.into(), Value::Int64(self.now_ms));
         self.write_doc(t, id, None, Some(Value::from(obj)))?;
         Ok(id)
     }
@@ -391,7 +392,7 @@ impl<'s> Transaction<'s> {
             )));
         }
         let old = self.existing(id)?;
-        for sys in ["_id", "_creationTime"] {
+        for sys in SYSTEM_FIELDS {
             if let Some(v) = old.get_path(sys) {
                 obj.insert(sys.to_string(), v.clone());
             }
@@ -424,10 +425,7 @@ impl<'s> Transaction<'s> {
         obj: Object,
     ) -> FunctionResult<()> {
         let t = self.table_of(id)?;
-        let mut user = obj.clone();
-        user.remove("_id");
-        user.remove("_creationTime");
-        self.validate(t, &Value::from(user))?;
+        self.validate(t, &Value::from(user_fields(&obj)))?;
         self.write_doc(t, id, Some(old), Some(Value::from(obj)))
     }
 

@@ -17,6 +17,19 @@ pub const BY_CREATION_TIME: &str = "by_creation_time";
 pub const ID_FIELD: &str = "_id";
 /// The system field holding the document's creation time (int64, milliseconds since epoch).
 pub const CREATION_TIME_FIELD: &str = "_creationTime";
+/// The fields the engine sets on every stored document.
+pub const SYSTEM_FIELDS: [&str; 2] = [ID_FIELD, CREATION_TIME_FIELD];
+
+/// A stored document's user fields: a copy of `doc` without `SYSTEM_FIELDS` (what a table's
+/// document validator checks).
+pub fn user_fields(doc: &Object) -> Object {
+    let mut user = doc.clone();
+    for f in SYSTEM_FIELDS {
+        user.remove(f);
+    }
+    user
+}
+
 /// Most fields one index may have.
 pub const MAX_INDEX_FIELDS: usize = 16;
 

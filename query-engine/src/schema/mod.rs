@@ -6,7 +6,7 @@ pub mod definition;
 pub mod validator;
 
 pub use definition::{
-    IndexDefinition, SchemaDefinition, SchemaError, TableDefinition, BY_CREATION_TIME, BY_ID,
-    CREATION_TIME_FIELD, ID_FIELD, MAX_INDEX_FIELDS,
+    user_fields, IndexDefinition, SchemaDefinition, SchemaError, TableDefinition, BY_CREATION_TIME,
+    BY_ID, CREATION_TIME_FIELD, ID_FIELD, MAX_INDEX_FIELDS, SYSTEM_FIELDS,
 };
 pub use validator::{v, TableResolver, ValidationError, Validator};
