@@ -173,16 +173,27 @@ const UNFILLED_SEGMENT_BYTES: u64 = 1 << 20;
 
 /// Where the next segment is zero-filled before it gets its number.
 fn next_segment_path(base: &Path) -> PathBuf {
+    log_path(base, ".wal.next")
+}
+
+/// `base` with `suffix` appended to its file name.
+fn log_path(base: &Path, suffix: &str) -> PathBuf {
     let mut p = base.as_os_str().to_owned();
-    p.push(".wal.next");
+    p.push(suffix);
     PathBuf::from(p)
+}
+
+/// Deletes `path`; a file already gone is fine.
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Path of segment `n` of the log at `base`.
 fn segment_path(base: &Path, n: u64) -> PathBuf {
-    let mut p = base.as_os_str().to_owned();
-    p.push(format!(".wal.{n}"));
-    PathBuf::from(p)
+    log_path(base, &format!(".wal.{n}"))
 }
 
 fn dir_of(base: &Path) -> PathBuf {
@@ -263,11 +274,7 @@ impl Wal {
     /// segment, oldest first. New records go to a fresh segment after them; later segments are
     /// zero-filled to `segment_bytes` ahead of use.
     pub fn open(base: &Path, segment_bytes: u64) -> std::io::Result<(Wal, Vec<Record>)> {
-        match std::fs::remove_file(next_segment_path(base)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        remove_if_present(&next_segment_path(base))?;
         let (older, newest) = segments_on_disk(base)?;
         let mut records = Vec::new();
         for path in &older {
@@ -317,7 +324,7 @@ impl Wal {
             let (path, bytes) = (next_segment_path(&self.base), self.segment_bytes);
             match std::thread::Builder::new()
                 .name("wal-zero-fill".into())
-                .spawn(move || zero_filled(&path, bytes))
+                .spawn(move || create_zero_filled(&path, bytes))
             {
                 Ok(handle) => self.next = Some(handle),
                 // The next segment then grows as it is appended to; tried again next append.
@@ -402,7 +409,7 @@ fn create_segment(base: &Path, n: u64) -> std::io::Result<File> {
 
 /// Creates `path` holding `bytes` zeros, durably. The zeros go to disk a step at a time, each
 /// waited for, so they never queue up ahead of the log's fsyncs.
-fn zero_filled(path: &Path, bytes: u64) -> std::io::Result<File> {
+fn create_zero_filled(path: &Path, bytes: u64) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -431,11 +438,7 @@ impl Sealed {
     /// Deletes the sealed segments. Only call once redb durably holds all their records.
     pub fn remove(self) -> std::io::Result<()> {
         for path in &self.paths {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            remove_if_present(path)?;
         }
         sync_dir(&self.base)
     }
