@@ -94,7 +94,7 @@ impl Applier {
         apply(
             &txn,
             docs.into_iter(),
-            m.index.iter().map(|(k, p)| (&k[..], *p)),
+            m.index.iter().map(|(k, p)| (k.as_bytes(), *p)),
             m.meta.iter().map(|(k, v)| (*k, v.as_slice())),
         )?;
         txn.commit()?;

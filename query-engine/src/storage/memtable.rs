@@ -4,7 +4,13 @@
 //! batches it holds. The committer adds each batch to the active memtable; when the applier is
 //! free the active memtable is frozen and handed to it whole, already sorted and with each key
 //! once (a hot key written by a hundred batches is written to redb once).
+//!
+//! Index keys are held inline in the map's nodes when they are short (`IndexKey`), so a seek
+//! compares bytes in the node it is searching instead of following a pointer per comparison,
+//! and copying a node on write is one copy instead of a reference count per key.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -26,11 +32,80 @@ pub struct DocEntry {
     pub encoded: Option<Arc<Vec<u8>>>,
 }
 
+/// Longest index key held inline. 62 bytes keep an `IndexKey` at 64 bytes and cover an index
+/// on two or three short fields (key = 4-byte index id, the encoded fields, the 12-byte id).
+const INLINE_KEY_BYTES: usize = 62;
+
+/// An index storage key: inline when at most `INLINE_KEY_BYTES` long, shared otherwise.
+/// Compares, and borrows, as its bytes.
+#[derive(Clone)]
+pub enum IndexKey {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES],
+    },
+    Shared(Arc<[u8]>),
+}
+
+impl IndexKey {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            IndexKey::Inline { len, bytes } => &bytes[..*len as usize],
+            IndexKey::Shared(b) => b,
+        }
+    }
+}
+
+impl From<&[u8]> for IndexKey {
+    fn from(key: &[u8]) -> Self {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= INLINE_KEY_BYTES => {
+                let mut bytes = [0; INLINE_KEY_BYTES];
+                bytes[..key.len()].copy_from_slice(key);
+                IndexKey::Inline { len, bytes }
+            }
+            _ => IndexKey::Shared(Arc::from(key)),
+        }
+    }
+}
+
+impl Borrow<[u8]> for IndexKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for IndexKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for IndexKey {}
+
+impl PartialOrd for IndexKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IndexKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02x?}", self.as_bytes())
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct Memtable {
     pub docs: OrdMap<DocumentId, DocEntry>,
     /// Index entry changes by storage key: `true` present, `false` removed.
-    pub index: OrdMap<Arc<[u8]>, bool>,
+    pub index: OrdMap<IndexKey, bool>,
     /// Latest value of each metadata entry written with the batches.
     pub meta: BTreeMap<&'static str, Vec<u8>>,
     /// Commit timestamp of the newest batch held (0 when empty).
@@ -61,7 +136,7 @@ impl Memtable {
             self.docs.insert(id, DocEntry { ts, doc, encoded });
         }
         for (key, present) in index_entries {
-            self.index.insert(Arc::from(key), present);
+            self.index.insert(IndexKey::from(key.as_slice()), present);
         }
         self.meta.extend(meta);
         self.ts = ts;
@@ -83,7 +158,7 @@ impl Memtable {
         let range = self
             .index
             .range::<_, [u8]>((Bound::Included(start), hi))
-            .map(|(k, p)| (k.to_vec(), *p));
+            .map(|(k, p)| (k.as_bytes().to_vec(), *p));
         if desc {
             Box::new(range.rev())
         } else {
@@ -124,6 +199,49 @@ impl Memtable {
                     .skip_while(move |(k, _)| k < &start)
                     .take_while(move |(k, _)| below_end(k)),
             )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Keys around the inline limit, so both representations and their comparisons occur.
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(0u8..4, INLINE_KEY_BYTES - 2..INLINE_KEY_BYTES + 3)
+    }
+
+    proptest! {
+        /// An `IndexKey` holds its bytes exactly, orders like them whichever way each side is
+        /// held, and a memtable range over such keys yields what a byte-ordered map would.
+        #[test]
+        fn index_keys_order_like_their_bytes(
+            keys in proptest::collection::btree_map(key(), any::<bool>(), 0..40),
+            a in key(),
+            b in key(),
+            desc in any::<bool>(),
+        ) {
+            let (ka, kb) = (IndexKey::from(a.as_slice()), IndexKey::from(b.as_slice()));
+            prop_assert_eq!(ka.as_bytes(), a.as_slice());
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+            prop_assert_eq!(ka == kb, a == b);
+
+            let mut m = Memtable::default();
+            for (k, present) in &keys {
+                m.index.insert(IndexKey::from(k.as_slice()), *present);
+            }
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            let mut expect: Vec<(Vec<u8>, bool)> = keys
+                .range(lo.clone()..hi.clone())
+                .map(|(k, p)| (k.clone(), *p))
+                .collect();
+            if desc {
+                expect.reverse();
+            }
+            let got: Vec<(Vec<u8>, bool)> = m.index_range(&lo, Some(&hi), desc).collect();
+            prop_assert_eq!(got, expect);
         }
     }
 }
