@@ -14,6 +14,7 @@ mod invalidation;
 mod outbox;
 mod rerun;
 mod transition;
+mod wakeup;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -79,8 +79,10 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// Adds updates that bring the client to `ts`.
-    pub fn push(&self, ts: u64, updates: impl IntoIterator<Item = (u32, Update)>) -> usize {
+    /// Adds updates that bring the client to `ts`. Returns the pending depth and whether this
+    /// push made a transition due — then the caller must `wake` the consumer (the worker does
+    /// it in bulk after its pass, see `wakeup`).
+    pub fn push(&self, ts: u64, updates: impl IntoIterator<Item = (u32, Update)>) -> (usize, bool) {
         let mut s = self.state.lock();
         for (q, u) in updates {
             match s.pending.binary_search_by_key(&q, |(q, _)| *q) {
@@ -101,16 +103,17 @@ impl Outbox {
             }
         }
         s.latest_ts = s.latest_ts.max(ts);
-        // Only the push that makes a transition due wakes the consumer: while one is due, the
-        // consumer has been woken (or holds a permit) and will take everything merged since.
+        // Only the push that makes a transition due needs to wake the consumer: while one is
+        // due, the consumer has been woken (or holds a permit) and will take everything merged
+        // since.
         let wake = !s.due;
         s.due = true;
-        let depth = s.pending.len();
-        drop(s);
-        if wake {
-            self.notify.notify_one();
-        }
-        depth
+        (s.pending.len(), wake)
+    }
+
+    /// Wakes the consumer after a push that made a transition due.
+    pub fn wake(&self) {
+        self.notify.notify_one();
     }
 
     pub fn close(&self) {

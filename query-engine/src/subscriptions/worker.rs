@@ -22,6 +22,7 @@ use crate::value::Value;
 use super::invalidation::{ExecId, InvalidationIndex};
 use super::outbox::{Outbox, Update};
 use super::rerun::{self, ExecSpec, Rerun, RerunJob, RerunPool};
+use super::wakeup::Wakeups;
 use super::{ClientId, Command, PendingCommits, SubscriptionConfig, SubscriptionMetrics};
 
 /// Longest coalescing window honoured.
@@ -78,6 +79,8 @@ pub(crate) struct Worker {
     pool: RerunPool,
     /// Read-your-writes requests waiting for the worker to reach a timestamp.
     syncs: BTreeMap<u64, Vec<ClientId>>,
+    /// Consumers to wake once the current command or pass is done.
+    wakeups: Wakeups,
 }
 
 impl Worker {
@@ -105,6 +108,7 @@ impl Worker {
             next_id: 0,
             clients: HashMap::new(),
             syncs: BTreeMap::new(),
+            wakeups: Wakeups::start(),
         }
     }
 
@@ -117,6 +121,7 @@ impl Worker {
                 std::thread::sleep(self.config.coalesce_window.min(MAX_COALESCE));
             }
             self.process_commits();
+            self.wakeups.flush();
         }
     }
 
@@ -172,7 +177,7 @@ impl Worker {
                     } else if c.outbox.latest_ts() < now && !c.subs.is_empty() {
                         // A client without subscriptions has nothing to bring up to date; a
                         // query it subscribes later starts at or after `now`.
-                        c.outbox.push(now, Vec::new());
+                        self.push(client, Vec::new());
                     }
                 }
             }
@@ -191,7 +196,7 @@ impl Worker {
         }
     }
 
-    fn push<I>(&self, client: ClientId, updates: I)
+    fn push<I>(&mut self, client: ClientId, updates: I)
     where
         I: IntoIterator<Item = (u32, Update)>,
         I::IntoIter: ExactSizeIterator,
@@ -199,7 +204,10 @@ impl Worker {
         if let Some(c) = self.clients.get(&client) {
             let updates = updates.into_iter();
             let n = updates.len();
-            let depth = c.outbox.push(self.snapshot.ts, updates);
+            let (depth, wake) = c.outbox.push(self.snapshot.ts, updates);
+            if wake {
+                self.wakeups.add(c.outbox.clone());
+            }
             self.metrics.transitions.fetch_add(1, Ordering::Relaxed);
             self.metrics.transition_updates.observe(n as f64);
             self.metrics.outbox_depth.observe(depth as f64);
