@@ -532,8 +532,16 @@ pub fn shared_endpoint(server: SocketAddr) -> Result<quinn::Endpoint, ClientErro
         IpAddr::V6(ip) if ip.is_loopback() => (Ipv6Addr::LOCALHOST, 0).into(),
         IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    quinn::Endpoint::client(bind)
-        .map_err(|e| ClientError::Connect(format!("binding a UDP socket: {e}")))
+    let err = |e: std::io::Error| ClientError::Connect(format!("binding a UDP socket: {e}"));
+    // Large socket buffers, as the server's: a burst of transitions must not be dropped.
+    let udp = query_engine::protocol::udp::bind_udp(bind).map_err(err)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp.socket,
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(err)
 }
 
 /// A fresh 128-bit random mutation id, as 32 hex digits.

@@ -454,6 +454,7 @@ async fn main() -> anyhow::Result<()> {
         "txns/batch",
         "batch write",
         "re-executed",
+        "UDP drops",
         "missed/dup/reorder",
         "verdict",
     ]);
@@ -489,6 +490,9 @@ async fn main() -> anyhow::Result<()> {
             r.server_counters
                 .filter(|c| c.commits > 0.0)
                 .map(|c| format!("{:.0} %", 100.0 * c.reexecutions / c.commits))
+                .unwrap_or_else(|| "-".into()),
+            r.udp_drops
+                .map(|d| d.to_string())
                 .unwrap_or_else(|| "-".into()),
             format!(
                 "{}/{}/{}",

@@ -83,6 +83,9 @@ pub struct StepResult {
     pub harness: ProcFigures,
     /// The server's own counters over the step (LinkedUp only).
     pub server_counters: Option<ServerCounters>,
+    /// UDP datagrams the machine dropped for a full receive buffer during the step (writes
+    /// and drain); `None` where /proc/net/snmp cannot be read.
+    pub udp_drops: Option<u64>,
     pub sustainable: bool,
     /// Why not, when not.
     pub verdict: String,
@@ -159,6 +162,7 @@ pub async fn run_step(
             .flatten(),
         None => None,
     };
+    let drops_before = procstat::udp_receive_drops();
     let DriveOutcome {
         skipped,
         max_send_lag_us,
@@ -179,6 +183,9 @@ pub async fn run_step(
         _ => None,
     };
     let (lagging, waited) = wait_current(system, plan.drain_timeout).await;
+    let udp_drops = drops_before
+        .zip(procstat::udp_receive_drops())
+        .map(|(a, b)| b.saturating_sub(a));
     let figures = r.take_step();
     let anomalies = anomalies_minus(r.anomalies(), anomalies_before);
     let secs = plan.measure.as_secs_f64().max(1e-3);
@@ -236,6 +243,7 @@ pub async fn run_step(
         server,
         harness,
         server_counters,
+        udp_drops,
         sustainable: why.is_empty(),
         verdict: if why.is_empty() {
             "sustainable".into()

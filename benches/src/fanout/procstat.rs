@@ -144,6 +144,17 @@ impl ProcWatch {
     }
 }
 
+/// UDP datagrams this machine dropped so far because a socket's receive buffer was full
+/// (`RcvbufErrors` in /proc/net/snmp). Machine-wide: on loopback every one is a QUIC packet of
+/// the server or the harness lost and retransmitted after a timeout.
+pub fn udp_receive_drops() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let at = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +171,11 @@ mod tests {
         let f = w.since(m);
         assert!(f.rss_mib > 0.0);
         assert!(f.cpu_cores >= 0.0);
+    }
+
+    #[test]
+    fn reads_the_udp_receive_drop_counter() {
+        let before = udp_receive_drops().expect("RcvbufErrors in /proc/net/snmp");
+        assert!(udp_receive_drops().expect("read again") >= before);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod frame;
 pub mod messages;
+pub mod udp;
 
 pub use frame::{
     encode_frame, frame_ready, read_frame, take_frame, write_frame, FrameError,

@@ -74,7 +74,23 @@ pub(crate) fn bind(
         ));
     let mut config = quinn::ServerConfig::with_crypto(cert.quic_server_crypto()?);
     config.transport_config(Arc::new(transport));
-    Endpoint::server(config, addr).map_err(|source| BindError::Io { addr, source })
+    let io = |source| BindError::Io { addr, source };
+    let udp = query_engine::protocol::udp::bind_udp(addr).map_err(io)?;
+    if udp.recv_buffer < query_engine::protocol::udp::UDP_BUFFER_BYTES {
+        tracing::warn!(
+            granted = udp.recv_buffer,
+            wanted = query_engine::protocol::udp::UDP_BUFFER_BYTES,
+            "the kernel limits the QUIC socket's receive buffer; bursts may be dropped \
+             (raise net.core.rmem_max)"
+        );
+    }
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        udp.socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(io)
 }
 
 #[derive(Debug, thiserror::Error)]
