@@ -6,7 +6,7 @@
 //! lost 14 % of all loopback datagrams that way (`RcvbufErrors` in /proc/net/snmp).
 //!
 //! The kernel caps what a process may ask for at `net.core.rmem_max` / `wmem_max`; the
-//! buffers obtained are reported so the caller can tell an operator to raise those.
+//! receive buffer obtained is reported so the caller can tell an operator to raise the cap.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -16,11 +16,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Receive and send buffer requested for each QUIC socket.
 pub const UDP_BUFFER_BYTES: usize = 8 << 20;
 
-/// A bound UDP socket with the buffers asked for, and the sizes the kernel granted.
+/// A bound UDP socket with the buffers asked for, and the receive buffer the kernel granted.
 pub struct BoundUdp {
     pub socket: UdpSocket,
     pub recv_buffer: usize,
-    pub send_buffer: usize,
 }
 
 /// Binds a UDP socket at `addr` with `UDP_BUFFER_BYTES` receive and send buffers (or as much
@@ -36,7 +35,6 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<BoundUdp> {
     socket.bind(&addr.into())?;
     Ok(BoundUdp {
         recv_buffer: socket.recv_buffer_size()?,
-        send_buffer: socket.send_buffer_size()?,
         socket: socket.into(),
     })
 }
