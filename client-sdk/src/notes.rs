@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use linkedup_schema::api::notes::{fns, ApplyOperationArgs, NoteOpEntry, NoteState, MAX_OPS_SINCE};
 use linkedup_schema::ot::{OtError, TextOperation};
-use linkedup_server::linkedup::notes::{
-    fns, ApplyOperationArgs, NoteOpEntry, NoteState, MAX_OPS_SINCE,
-};
 use parking_lot::Mutex;
 use query_engine::error::codes;
 use query_engine::obj;

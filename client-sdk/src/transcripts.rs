@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
-use linkedup_server::linkedup::transcripts::{
+use linkedup_schema::api::transcripts::{
     fns, BatchResult, ChunkInput, IngestBatchArgs, TranscriptChunk, MAX_BATCH_CHUNKS,
     MAX_CHUNK_TEXT_CHARS, MAX_STREAM_LIMIT,
 };

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use linkedup_schema::api::Role;
 use linkedup_schema::errors::invalid_field;
-use linkedup_schema::ot::{Component, OpLimits, OtError, TextOperation};
+use linkedup_schema::ot::{OpLimits, OtError, TextOperation};
 use linkedup_schema::tables::names::{MEETINGS, MEETING_NOTES, NOTE_OPS, USERS};
 use linkedup_schema::tables::ot_operation;
 use linkedup_schema::ErrorCode;
@@ -24,51 +24,15 @@ use query_engine::obj;
 use query_engine::schema::v;
 use serde::{Deserialize, Serialize};
 
-use super::{fns, NoteOpEntry, NoteState};
+use super::{
+    fns, ApplyOperationArgs, ApplyResult, NoteOpEntry, NoteState, OpsSinceArgs, MAX_NOTE_CHARS,
+    MAX_OPS_BEHIND, MAX_OPS_SINCE,
+};
 use crate::linkedup::guards::assert_meeting_access;
 use crate::linkedup::{audited, check_text, decode, encode, fields, limit_arg, LinkedUpConfig};
 
-/// Longest note, in chars.
-pub const MAX_NOTE_CHARS: u64 = 100_000;
-/// An edit based more than this many versions back must resync instead of being transformed.
-pub const MAX_OPS_BEHIND: i64 = 1_000;
-/// Most ops `notes.opsSince` returns.
-pub const MAX_OPS_SINCE: i64 = 500;
 /// Longest `clientId`, in chars.
 const MAX_CLIENT_ID_CHARS: usize = 128;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplyOperationArgs {
-    pub meeting_id: String,
-    /// The note version the op was built against.
-    pub base_version: i64,
-    /// The op's components (`[{"retain":n},{"insert":"s"},{"delete":n}]`).
-    pub op: Vec<Component>,
-    /// The editor session's id; with `clientSeq` it identifies the op across retries.
-    pub client_id: String,
-    pub client_seq: i64,
-}
-
-/// What `notes.applyOperation` returns: the version the op produced and the op as applied
-/// (transformed past the ops committed after its base).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplyResult {
-    pub version: i64,
-    pub op: TextOperation,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OpsSinceArgs {
-    pub meeting_id: String,
-    /// Ops with a larger sequence are returned.
-    pub version: i64,
-    /// 1..=500, default 500.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<i64>,
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -23,61 +23,19 @@ use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
 use query_engine::schema::v;
 use query_engine::value::Value;
-use serde::{Deserialize, Serialize};
 
-use super::{chunk_input_validator, fns, ChunkInput};
+use super::{
+    chunk_input_validator, fns, BatchResult, ChunkInput, ChunkResult, IngestBatchArgs,
+    IngestChunkArgs, MAX_BATCH_CHUNKS, MAX_CHUNK_TEXT_CHARS, MAX_ID_CHARS,
+};
 use crate::linkedup::guards::assert_meeting_access;
 use crate::linkedup::rate_limit::check_and_consume_in;
 use crate::linkedup::{audited, check_text, LinkedUpConfig};
 
-/// Most chunks one `transcripts.ingestBatch` call may carry (seed §13: batches ≤ 50).
-pub const MAX_BATCH_CHUNKS: usize = 50;
-/// Longest chunk text, in chars.
-pub const MAX_CHUNK_TEXT_CHARS: usize = 2_000;
-/// Longest `chunkId` and `speakerId`, in chars.
-pub const MAX_ID_CHARS: usize = 128;
 /// Chunks are bucketed by the minute of their start.
 pub const BUCKET_MS: i64 = 60_000;
 /// The rate limiter's action name for both ingest functions.
 pub const INGEST_ACTION: &str = "transcripts.ingest";
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IngestChunkArgs {
-    pub meeting_id: String,
-    pub chunk_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub speaker_id: Option<String>,
-    pub text: String,
-    pub confidence: f64,
-    pub start_ms: i64,
-    pub end_ms: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IngestBatchArgs {
-    pub meeting_id: String,
-    pub chunks: Vec<ChunkInput>,
-}
-
-/// What `transcripts.ingestChunk` returns.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ChunkResult {
-    pub sequence: i64,
-    /// True when the chunk id was already stored (a retry); nothing was written for it.
-    pub duplicate: bool,
-}
-
-/// What `transcripts.ingestBatch` returns: the stored sequence of every chunk, in argument
-/// order (a retried chunk's original sequence), and how many were retries.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchResult {
-    pub sequences: Vec<i64>,
-    pub duplicates: i64,
-}
-
 /// Checks one chunk's fields; `path` names it in errors (`chunks[3]`, or empty for
 /// `ingestChunk`'s top-level fields).
 fn check_chunk(path: &str, c: &ChunkInput) -> FunctionResult<()> {

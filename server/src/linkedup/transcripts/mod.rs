@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use query_engine::functions::Functions;
 use query_engine::schema::{v, Validator};
-use serde::{Deserialize, Serialize};
 
 use linkedup_schema::tables::names::{TRANSCRIPTS, TRANSCRIPT_SEGMENTS};
 
@@ -19,72 +18,18 @@ use super::LinkedUpConfig;
 pub use aggregation::{
     AggregateArgs, AggregateResult, AGGREGATE_BATCH_CHUNKS, SEGMENT_MAX_SPAN_MS,
 };
-pub use ingestion::{
-    BatchResult, ChunkResult, IngestBatchArgs, IngestChunkArgs, INGEST_ACTION, MAX_BATCH_CHUNKS,
-    MAX_CHUNK_TEXT_CHARS,
+pub use ingestion::INGEST_ACTION;
+pub use linkedup_schema::api::transcripts::{
+    BatchResult, ChunkInput, ChunkResult, IngestBatchArgs, IngestChunkArgs, ListSegmentsArgs,
+    SegmentPage, StreamArgs, TranscriptChunk, TranscriptSegment, MAX_BATCH_CHUNKS,
+    MAX_CHUNK_TEXT_CHARS, MAX_ID_CHARS, MAX_SEGMENT_PAGE, MAX_STREAM_LIMIT,
 };
-pub use stream::{ListSegmentsArgs, SegmentPage, StreamArgs, MAX_SEGMENT_PAGE, MAX_STREAM_LIMIT};
 
-/// Function names.
+/// Function names: the public ones (from the API contract) and the internal one.
 pub mod fns {
-    pub const INGEST_CHUNK: &str = "transcripts.ingestChunk";
-    pub const INGEST_BATCH: &str = "transcripts.ingestBatch";
-    pub const STREAM: &str = "transcripts.stream";
-    pub const LIST_SEGMENTS: &str = "transcripts.listSegments";
+    pub use linkedup_schema::api::transcripts::fns::*;
     /// Internal: what `meetings.end` should schedule.
     pub const AGGREGATE_SEGMENTS: &str = "transcripts.aggregateSegments";
-}
-
-/// One chunk as a producer sends it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ChunkInput {
-    /// The producer's id for the chunk; a retry with the same id stores nothing twice.
-    pub chunk_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub speaker_id: Option<String>,
-    pub text: String,
-    /// 0.0..=1.0.
-    pub confidence: f64,
-    /// Offset of the chunk's start in the meeting, ms, non-negative.
-    pub start_ms: i64,
-    /// Offset of the chunk's end, ms, at least `start_ms`.
-    pub end_ms: i64,
-}
-
-/// A stored chunk as `transcripts.stream` returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TranscriptChunk {
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub sequence: i64,
-    pub chunk_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub speaker_id: Option<String>,
-    pub text: String,
-    pub confidence: f64,
-    pub start_ms: i64,
-    pub end_ms: i64,
-}
-
-/// A stored segment as `transcripts.listSegments` returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TranscriptSegment {
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub start_ms: i64,
-    pub end_ms: i64,
-    pub speakers: Vec<String>,
-    pub text: String,
-    pub topics: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sentiment: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_sequence: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sequence: Option<i64>,
 }
 
 pub(crate) fn chunk_input_validator() -> Validator {

@@ -19,51 +19,15 @@ use query_engine::error::FunctionResult;
 use query_engine::functions::Functions;
 use query_engine::schema::v;
 use query_engine::value::Value;
-use serde::{Deserialize, Serialize};
 
-use super::{chunk_validator, fns, segment_validator, TranscriptSegment};
+use super::{
+    chunk_validator, fns, segment_validator, ListSegmentsArgs, SegmentPage, StreamArgs,
+    MAX_SEGMENT_PAGE, MAX_STREAM_LIMIT,
+};
 use crate::linkedup::guards::assert_meeting_access;
 use crate::linkedup::{audited, decode, limit_arg, LinkedUpConfig};
 
-/// Largest stream window.
-pub const MAX_STREAM_LIMIT: i64 = 200;
-/// Largest page of segments.
-pub const MAX_SEGMENT_PAGE: i64 = 100;
 const DEFAULT_SEGMENT_PAGE: i64 = 50;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StreamArgs {
-    pub meeting_id: String,
-    /// Chunks with a larger sequence are returned; default 0 (from the start).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_sequence: Option<i64>,
-    /// 1..=200, default 200.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<i64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListSegmentsArgs {
-    pub meeting_id: String,
-    /// A previous page's `continueCursor`; absent for the first page.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<String>,
-    /// 1..=100, default 50.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub page_size: Option<i64>,
-}
-
-/// A page of segments in start-time order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SegmentPage {
-    pub page: Vec<TranscriptSegment>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub continue_cursor: Option<String>,
-    pub is_done: bool,
-}
 
 /// Stored fields a stream result leaves out (what is left is `super::TranscriptChunk`).
 const NOT_STREAMED: [&str; 4] = ["meetingId", "bucketMs", "createdAt", "_creationTime"];
