@@ -154,15 +154,29 @@ impl Memtable {
         end: Option<&[u8]>,
         desc: bool,
     ) -> Box<dyn Iterator<Item = (Vec<u8>, bool)> + 'a> {
-        let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
-        let range = self
-            .index
-            .range::<_, [u8]>((Bound::Included(start), hi))
-            .map(|(k, p)| (k.as_bytes().to_vec(), *p));
+        // The range is opened at the scan's far end and cut by comparing keys: a bounded end
+        // costs the map a second seek (and a cursor) that a short scan never reaches.
+        let entry = |(k, p): (&IndexKey, &bool)| (k.as_bytes().to_vec(), *p);
         if desc {
-            Box::new(range.rev())
+            let start = start.to_vec();
+            let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
+            Box::new(
+                self.index
+                    .range::<_, [u8]>((Bound::Unbounded, hi))
+                    .rev()
+                    .take_while(move |(k, _)| k.as_bytes() >= start.as_slice())
+                    .map(entry),
+            )
         } else {
-            Box::new(range)
+            let end = end.map(<[u8]>::to_vec);
+            Box::new(
+                self.index
+                    .range::<_, [u8]>((Bound::Included(start), Bound::Unbounded))
+                    .take_while(move |(k, _)| {
+                        end.as_ref().is_none_or(|e| k.as_bytes() < e.as_slice())
+                    })
+                    .map(entry),
+            )
         }
     }
 

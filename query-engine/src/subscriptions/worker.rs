@@ -2,13 +2,14 @@
 //! applies commands and commit notices strictly one at a time, so every client's queries are
 //! always at the same timestamp (the worker's snapshot).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use roaring::RoaringBitmap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::mpsc;
 
 use crate::engine::Engine;
@@ -46,7 +47,7 @@ struct Execution {
     spec: Arc<ExecSpec>,
     reads: ReadSet,
     result: Result<Arc<Value>, FunctionError>,
-    subscribers: HashSet<(ClientId, u32)>,
+    subscribers: FxHashSet<(ClientId, u32)>,
 }
 
 struct Sub {
@@ -59,7 +60,7 @@ struct Sub {
 struct ClientState {
     identity: Option<Identity>,
     outbox: Arc<Outbox>,
-    subs: HashMap<u32, Sub>,
+    subs: FxHashMap<u32, Sub>,
 }
 
 pub(crate) struct Worker {
@@ -70,11 +71,15 @@ pub(crate) struct Worker {
     closed: Arc<Mutex<Vec<ClientId>>>,
     metrics: Arc<SubscriptionMetrics>,
     index: InvalidationIndex,
-    execs: HashMap<ExecId, Execution>,
+    // Maps keyed by ids the worker assigns use a fast non-keyed hash (nothing a client sends
+    // chooses these keys); `by_key` holds client-chosen arguments and keeps the default.
+    execs: FxHashMap<ExecId, Execution>,
     by_key: HashMap<ExecKey, ExecId>,
     free_ids: Vec<ExecId>,
     next_id: ExecId,
-    clients: HashMap<ClientId, ClientState>,
+    clients: FxHashMap<ClientId, ClientState>,
+    /// (client, query, update) triples of the pass being applied; kept to reuse its capacity.
+    updates: Vec<(ClientId, u32, Update)>,
     /// Threads sharing large passes with this one (`rerun_threads - 1` of them).
     pool: RerunPool,
     /// Read-your-writes requests waiting for the worker to reach a timestamp.
@@ -102,11 +107,12 @@ impl Worker {
             closed,
             metrics,
             index: InvalidationIndex::default(),
-            execs: HashMap::new(),
+            execs: FxHashMap::default(),
             by_key: HashMap::new(),
             free_ids: Vec::new(),
             next_id: 0,
-            clients: HashMap::new(),
+            clients: FxHashMap::default(),
+            updates: Vec::new(),
             syncs: BTreeMap::new(),
             wakeups: Wakeups::start(),
         }
@@ -137,7 +143,7 @@ impl Worker {
                     ClientState {
                         identity,
                         outbox,
-                        subs: HashMap::new(),
+                        subs: FxHashMap::default(),
                     },
                 );
             }
@@ -374,7 +380,7 @@ impl Worker {
                 spec,
                 reads,
                 result,
-                subscribers: HashSet::new(),
+                subscribers: FxHashSet::default(),
             },
         );
         self.metrics.executions.fetch_add(1, Ordering::Relaxed);
@@ -466,7 +472,7 @@ impl Worker {
         // grouped per client below.
         let ids: Vec<ExecId> = affected.iter().collect();
         let reruns = self.rerun_all(&ids);
-        let mut updates: Vec<(ClientId, u32, Update)> = Vec::new();
+        let mut updates = std::mem::take(&mut self.updates);
         let mut ended: Vec<(ClientId, u32)> = Vec::new();
         for rerun in reruns {
             self.metrics.reruns.fetch_add(1, Ordering::Relaxed);
@@ -521,12 +527,16 @@ impl Worker {
         }
         // One transition per client: group by client, then by query; a query with two updates
         // (its body changed and its access check failed) keeps the failure.
-        updates.sort_by_key(|(client, q, u)| (*client, *q, !matches!(u, Update::Failed(_))));
+        // Equal keys are equal updates' kinds, so an unstable sort groups them the same way.
+        updates
+            .sort_unstable_by_key(|(client, q, u)| (*client, *q, !matches!(u, Update::Failed(_))));
         updates.dedup_by_key(|(client, q, _)| (*client, *q));
         for group in updates.chunk_by(|a, b| a.0 == b.0) {
             let client = group[0].0;
             self.push(client, group.iter().map(|(_, q, u)| (*q, u.clone())));
         }
+        updates.clear();
+        self.updates = updates;
         synced.sort_unstable();
         synced.dedup();
         for client in synced {
