@@ -488,8 +488,8 @@ impl Engine {
 
     /// Runs a mutation; with a `mutation_id`, at most once per (identity, mutation id) within
     /// `MutationDedupConfig::ttl` (protocol §12): a retry of a run that committed writes
-    /// nothing and returns the recorded result (`replayed`), whose timestamp is the replay's
-    /// snapshot, at or after the original commit. The record commits in the same transaction
+    /// nothing and returns the recorded result (`replayed`) at a timestamp at or after the
+    /// original commit (the replay's own). The record commits in the same transaction
     /// as the mutation, so a run that fails leaves none and its retry runs again.
     pub async fn run_mutation_with_id(
         &self,

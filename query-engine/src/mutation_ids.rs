@@ -12,14 +12,13 @@ use crate::context::Ctx;
 use crate::engine::Engine;
 use crate::error::{FunctionError, FunctionResult};
 use crate::obj;
+use crate::protocol::messages::MAX_MUTATION_ID_BYTES;
 use crate::schema::{v, TableDefinition};
 use crate::value::{Object, Value};
 
 pub const MUTATION_IDS: &str = "_mutation_ids";
 const BY_KEY: &str = "by_key";
 const BY_EXPIRY: &str = "by_expiry";
-/// Longest `mutationId` accepted, in bytes (the wire protocol's limit, §10).
-pub const MAX_MUTATION_ID_BYTES: usize = 128;
 /// Most expired records deleted per sweep transaction.
 pub(crate) const SWEEP_BATCH: usize = 500;
 
@@ -47,7 +46,7 @@ impl Default for MutationDedupConfig {
 }
 
 /// A mutation call as run "once": its commit and whether it was a replay of a recorded run
-/// (then nothing was applied and `committed.ts` is a snapshot at or after the original commit).
+/// (then nothing was applied and `committed.ts` is at or after the original commit).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MutationOutcome {
     pub committed: crate::committer::Committed,
