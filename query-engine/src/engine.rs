@@ -1,7 +1,7 @@
 //! The in-process API the server, tests and benchmarks use: `Engine::open(path, schema,
 //! functions, config)`, then `query` / `mutation` / `action`. Opening checks the schema against
 //! stored data, assigns stable table and index numbers, starts the committer thread, the
-//! scheduler and any index backfills.
+//! scheduler, the sweeper of expired mutation ids and any index backfills.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

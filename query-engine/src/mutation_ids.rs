@@ -29,6 +29,8 @@ pub struct MutationDedupConfig {
     pub ttl: Duration,
     /// Largest result (`Value::size_bytes`) stored with the record. A larger result is not
     /// stored: a retry is still never applied, but answers with an error instead of the value.
+    /// The record counts toward the mutation's write limits, so keep this well below
+    /// `Limits::max_document_bytes`.
     pub max_value_bytes: usize,
     /// Pause between sweeps of expired records (each sweep deletes full batches until none
     /// is left).
