@@ -1,10 +1,10 @@
 //! The in-process API the server, tests and benchmarks use: `Engine::open(path, schema,
 //! functions, config)`, then `query` / `mutation` / `action`. Opening checks the schema against
 //! stored data, assigns stable table and index numbers, starts the committer thread, the
-//! scheduler and any index backfills.
+//! scheduler, the sweeper of expired mutation ids and any index backfills.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::functions::{FunctionDef, FunctionKind, Functions, Handler, TxnHandler
 use crate::id::{DocumentId, TableNumber};
 use crate::identity::Identity;
 use crate::metrics::EngineMetrics;
+use crate::mutation_ids::{self, MutationDedupConfig, MutationOutcome};
 use crate::reads::ReadSet;
 use crate::scheduler::{self, Cron};
 use crate::schema::{user_fields, SchemaDefinition};
@@ -42,8 +43,11 @@ pub struct EngineConfig {
     /// Longest an action may run.
     pub max_action_time: Duration,
     pub crons: Vec<Cron>,
-    /// Run scheduled jobs and crons in this process (needs a tokio runtime at `open`).
+    /// Run scheduled jobs, crons and the sweep of expired mutation-id records in this process
+    /// (needs a tokio runtime at `open`).
     pub run_scheduler: bool,
+    /// Retried-mutation deduplication (`run_mutation_with_id`).
+    pub mutation_dedup: MutationDedupConfig,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +59,7 @@ impl Default for EngineConfig {
             max_action_time: Duration::from_secs(60),
             crons: Vec::new(),
             run_scheduler: true,
+            mutation_dedup: MutationDedupConfig::default(),
         }
     }
 }
@@ -100,6 +105,7 @@ struct Inner {
     numbering: parking_lot::Mutex<Numbering>,
     seed: AtomicU64,
     max_action_time: Duration,
+    mutation_dedup: MutationDedupConfig,
     shutdown: watch::Sender<bool>,
 }
 
@@ -189,6 +195,8 @@ impl Engine {
         let mut full = schema;
         let jobs = scheduler::table();
         full.tables.insert(jobs.name.clone(), jobs);
+        let mutation_ids = mutation_ids::table();
+        full.tables.insert(mutation_ids.name.clone(), mutation_ids);
         let storage = Arc::new(Storage::open(path)?);
         let snap = storage.snapshot(0);
         let last_ts = meta_u64(&snap, "last_ts")?;
@@ -251,6 +259,7 @@ impl Engine {
                 numbering: parking_lot::Mutex::new(numbering),
                 seed: AtomicU64::new(ts),
                 max_action_time: config.max_action_time,
+                mutation_dedup: config.mutation_dedup.clone(),
                 shutdown,
             }),
         };
@@ -271,6 +280,10 @@ impl Engine {
             }
             if config.run_scheduler {
                 rt.spawn(scheduler::run(engine.clone(), config.crons.clone()));
+                rt.spawn(mutation_ids::run_sweeper(
+                    engine.clone(),
+                    config.mutation_dedup.sweep_interval,
+                ));
             }
         }
         Ok(engine)
@@ -467,19 +480,60 @@ impl Engine {
         args: Value,
         identity: Option<Identity>,
     ) -> FunctionResult<Committed> {
+        Ok(self
+            .run_mutation_with_id(def, args, identity, None)
+            .await?
+            .committed)
+    }
+
+    /// Runs a mutation; with a `mutation_id`, at most once per (identity, mutation id) within
+    /// `MutationDedupConfig::ttl` (protocol §12): a retry of a run that committed writes
+    /// nothing and returns the recorded result (`replayed`) at a timestamp at or after the
+    /// original commit (the replay's own). The record commits in the same transaction
+    /// as the mutation, so a run that fails leaves none and its retry runs again.
+    pub async fn run_mutation_with_id(
+        &self,
+        def: Arc<FunctionDef>,
+        args: Value,
+        identity: Option<Identity>,
+        mutation_id: Option<String>,
+    ) -> FunctionResult<MutationOutcome> {
+        if let Some(id) = &mutation_id {
+            mutation_ids::check_id(id)?;
+        }
         self.validate_args(&def, &args)?;
         let Handler::Mutation(h) = def.handler.clone() else {
             return Err(FunctionError::internal("not a mutation"));
         };
         let functions = self.inner.functions.clone();
         let engine = self.clone();
+        let identity_key = identity
+            .as_ref()
+            .map(Identity::token_identifier)
+            .unwrap_or_default();
+        // Set by the run whose result is committed: the committer may re-execute the body.
+        let replayed = Arc::new(AtomicBool::new(false));
+        let replayed_in_body = replayed.clone();
         let body = move |txn: &mut Transaction<'_>| {
             let mut ctx = Ctx::new(txn, identity.as_ref(), &functions, FunctionKind::Mutation);
-            let v = h(&mut ctx, args.clone())?;
-            engine.check_result(&def, &v)?;
+            let run = |ctx: &mut Ctx<'_, '_>| {
+                let v = h(ctx, args.clone())?;
+                engine.check_result(&def, &v)?;
+                Ok(v)
+            };
+            let Some(id) = &mutation_id else {
+                return run(&mut ctx);
+            };
+            let config = &engine.inner.mutation_dedup;
+            let (v, replay) = mutation_ids::run_once(&mut ctx, config, &identity_key, id, run)?;
+            replayed_in_body.store(replay, Ordering::Relaxed);
             Ok(v)
         };
-        self.commit_with(body).await
+        let committed = self.commit_with(body).await?;
+        Ok(MutationOutcome {
+            committed,
+            replayed: replayed.load(Ordering::Relaxed),
+        })
     }
 
     /// Runs `f` as a system mutation (no identity), committing its writes durably.

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod json;
 pub mod key_merge;
 pub mod metrics;
+pub mod mutation_ids;
 pub mod protocol;
 pub mod reads;
 pub mod scheduler;

@@ -102,25 +102,6 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// How long and how many retried-mutation results are remembered (protocol §12).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MutationDedupConfig {
-    pub ttl: Duration,
-    pub max_entries: usize,
-    /// Bound on the summed size of remembered result values.
-    pub max_value_bytes: usize,
-}
-
-impl Default for MutationDedupConfig {
-    fn default() -> Self {
-        MutationDedupConfig {
-            ttl: Duration::from_secs(600),
-            max_entries: 100_000,
-            max_value_bytes: 256 << 20,
-        }
-    }
-}
-
 /// Everything `Server::start` needs besides the schema and functions.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -131,7 +112,7 @@ pub struct ServerConfig {
     pub tls: TlsSource,
     pub auth: AuthSource,
     pub limits: ConnectionLimits,
-    pub mutation_dedup: MutationDedupConfig,
+    /// The engine's settings, retried-mutation deduplication (`mutation_dedup`) included.
     pub engine: EngineConfig,
     /// On shutdown, how long in-flight calls may take to finish before connections close.
     pub drain_timeout: Duration,
@@ -155,7 +136,6 @@ impl ServerConfig {
             },
             data_dir,
             limits: ConnectionLimits::default(),
-            mutation_dedup: MutationDedupConfig::default(),
             engine: EngineConfig::default(),
             drain_timeout: Duration::from_secs(10),
         }
@@ -347,8 +327,8 @@ pub struct Options {
         value_name = "SECS"
     )]
     pub drain_timeout_secs: Option<u64>,
-    /// How long a mutation's result is remembered for retries with the same mutationId
-    /// [default: 600].
+    /// How long a mutation's outcome is remembered (durably, in the database) for retries
+    /// with the same mutationId [default: 600].
     #[arg(
         long,
         env = "LINKEDUP_MUTATION_DEDUP_TTL_SECS",
@@ -356,14 +336,6 @@ pub struct Options {
         value_name = "SECS"
     )]
     pub mutation_dedup_ttl_secs: Option<u64>,
-    /// Most mutation results remembered for retries [default: 100000].
-    #[arg(
-        long,
-        env = "LINKEDUP_MUTATION_DEDUP_ENTRIES",
-        global = true,
-        value_name = "N"
-    )]
-    pub mutation_dedup_entries: Option<usize>,
     /// Skip fsync on commit (benchmarks only: a crash loses acknowledged writes).
     #[arg(long, env = "LINKEDUP_NO_FSYNC", global = true)]
     #[serde(default)]
@@ -420,7 +392,6 @@ impl Options {
             mutation_dedup_ttl_secs: self
                 .mutation_dedup_ttl_secs
                 .or(lower.mutation_dedup_ttl_secs),
-            mutation_dedup_entries: self.mutation_dedup_entries.or(lower.mutation_dedup_entries),
             no_fsync: self.no_fsync || lower.no_fsync,
         }
     }
@@ -508,10 +479,7 @@ impl Options {
             config.drain_timeout = Duration::from_secs(secs);
         }
         if let Some(secs) = self.mutation_dedup_ttl_secs {
-            config.mutation_dedup.ttl = Duration::from_secs(secs);
-        }
-        if let Some(n) = self.mutation_dedup_entries {
-            config.mutation_dedup.max_entries = n;
+            config.engine.mutation_dedup.ttl = Duration::from_secs(secs);
         }
         if self.no_fsync {
             config.engine.committer.durable = false;
@@ -636,6 +604,15 @@ mod tests {
             Options::from_file(&json_path),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn the_mutation_dedup_ttl_reaches_the_engine() {
+        let config = parse(&["--mutation-dedup-ttl-secs", "42"])
+            .options
+            .resolve()
+            .unwrap();
+        assert_eq!(config.engine.mutation_dedup.ttl, Duration::from_secs(42));
     }
 
     #[test]

@@ -16,14 +16,12 @@ use query_engine::subscriptions::SubscriptionManager;
 
 use crate::auth::{jwks_router, DevIssuer};
 use crate::metrics::ServerMetrics;
-use crate::transport::dedup::MutationDedup;
 
 /// What the HTTP handlers read.
 pub(crate) struct HttpState {
     pub engine: Engine,
     pub subscriptions: SubscriptionManager,
     pub metrics: Arc<ServerMetrics>,
-    pub dedup: Arc<MutationDedup>,
     pub started: Instant,
     pub development: bool,
     pub version: String,
@@ -66,11 +64,6 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     use std::fmt::Write;
     let mut out = String::with_capacity(16 * 1024);
     state.metrics.render(&mut out);
-    let _ = writeln!(
-        out,
-        "# HELP server_mutation_dedup_entries Mutation results remembered for retries\n# TYPE server_mutation_dedup_entries gauge\nserver_mutation_dedup_entries {}",
-        state.dedup.len()
-    );
     let _ = writeln!(
         out,
         "# HELP server_uptime_seconds Seconds since the server started\n# TYPE server_uptime_seconds gauge\nserver_uptime_seconds {}",

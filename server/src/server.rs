@@ -19,7 +19,6 @@ use crate::auth::{DevClaims, DevIssuer, DevIssuerError, JwksError, TokenVerifier
 use crate::config::{AuthSource, ServerConfig, TlsSource};
 use crate::http::{self, HttpState};
 use crate::metrics::ServerMetrics;
-use crate::transport::dedup::MutationDedup;
 use crate::transport::tls::{pinned_client_config, CertFingerprint, CertifiedKey, TlsError};
 use crate::transport::{self, BindError, Shared};
 
@@ -139,7 +138,6 @@ impl Server {
         })?;
 
         let metrics = Arc::new(ServerMetrics::default());
-        let dedup = MutationDedup::new(config.mutation_dedup.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let development = config.is_development();
         let shared = Arc::new(Shared {
@@ -148,7 +146,6 @@ impl Server {
             verifier: verifier.clone(),
             metrics: metrics.clone(),
             limits: config.limits.clone(),
-            dedup: dedup.clone(),
             shutdown: shutdown_rx.clone(),
             drain_timeout: config.drain_timeout,
             server_version: SERVER_VERSION.to_string(),
@@ -161,7 +158,6 @@ impl Server {
                 engine: engine.clone(),
                 subscriptions,
                 metrics: metrics.clone(),
-                dedup,
                 started: Instant::now(),
                 development,
                 version: SERVER_VERSION.to_string(),

@@ -1,8 +1,8 @@
 //! End-to-end recovery: a client keeps its subscriptions across a server restart (graceful,
 //! and SIGKILL) on the same port and data directory — the server runs in a child process —
 //! never showing an older value after a newer one; a mutation whose
-//! connection drops mid-flight is applied exactly once, and an interrupted action is reported
-//! as failed rather than silently retried.
+//! connection drops mid-flight, or whose retry comes after a server crash, is applied exactly
+//! once, and an interrupted action is reported as failed rather than silently retried.
 
 mod common;
 
@@ -284,6 +284,52 @@ async fn subscriptions_survive_a_server_crash_and_restart() {
     restart_under_a_connected_client(true).await;
 }
 
+/// The outcome of a mutation is recorded with its commit, so a retry after the server was
+/// killed (SIGKILL) and restarted on the same data directory is not applied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_retried_after_a_server_crash_is_not_applied_again() {
+    let dir = common::data_dir();
+    let listen = free_udp_port();
+    let server = ServerProcess::spawn(dir.path(), listen).await;
+    let options = process_options(&server).with_token(dev_token(dir.path(), "user_1"));
+    let client = Client::connect(&server.addr.to_string(), options)
+        .await
+        .unwrap();
+    let id = linkedup_client::new_mutation_id();
+    let args = obj! {"name" => "crash", "by" => 1i64};
+    let first = client
+        .mutation_with_id("counter:add", args.clone(), &id)
+        .await
+        .unwrap();
+    assert_eq!(first.value, Value::Int64(1));
+
+    server.kill().await;
+    let server = ServerProcess::spawn(dir.path(), listen).await;
+    wait_connected(&client).await;
+    let retried = client
+        .mutation_with_id("counter:add", args.clone(), &id)
+        .await
+        .unwrap();
+    assert_eq!(retried.value, first.value);
+    assert!(retried.ts >= first.ts);
+    let now: i64 = client
+        .query("counter:get", &json!({"name": "crash"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        now, 1,
+        "the retried mutation was applied again after the restart"
+    );
+    // A new id is a new mutation.
+    let other = client
+        .mutation_with_id("counter:add", args, &linkedup_client::new_mutation_id())
+        .await
+        .unwrap();
+    assert_eq!(other.value, Value::Int64(2));
+    client.close().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_is_invisible_to_subscribers() {
     let dir = common::data_dir();
@@ -360,7 +406,9 @@ async fn a_repeated_mutation_id_returns_the_first_result() {
         .mutation_with_id("counter:add", args.clone(), &id)
         .await
         .unwrap();
-    assert_eq!(first, again);
+    // The first value, at a timestamp that includes the first commit (§12).
+    assert_eq!(first.value, again.value);
+    assert!(again.ts >= first.ts);
     assert_eq!(first.value, Value::Int64(1));
     // Also from a new connection.
     client.force_reconnect();
@@ -368,7 +416,8 @@ async fn a_repeated_mutation_id_returns_the_first_result() {
         .mutation_with_id("counter:add", args.clone(), &id)
         .await
         .unwrap();
-    assert_eq!(first, third);
+    assert_eq!(first.value, third.value);
+    assert!(third.ts >= first.ts);
     let other = client
         .mutation_with_id("counter:add", args, &linkedup_client::new_mutation_id())
         .await

@@ -425,31 +425,22 @@ async fn execute<'a>(
             .run_query_def(&def, args, identity.as_ref())
             .map(|r| (r.value, r.ts)),
         CallKind::Mutation => {
-            let dedup_key = mutation_id.map(|id| {
-                let who = identity
-                    .as_ref()
-                    .map(|i| i.token_identifier())
-                    .unwrap_or_default();
-                (who, id)
-            });
-            let run = {
-                let engine = engine.clone();
-                async move { engine.run_mutation_def(def, args, identity).await }
-            };
-            let committed = match dedup_key {
-                Some(key) => {
-                    let outcome = shared.dedup.run(key, run).await;
+            // With a mutationId, a retry of a run that committed replays its recorded result
+            // (protocol §12). If this call is dropped with its connection, the mutation still
+            // commits once its transaction has reached the committer, record included, so the
+            // client's retry finds it; before that, nothing commits and the retry runs it.
+            engine
+                .run_mutation_with_id(def, args, identity, mutation_id)
+                .await
+                .map(|outcome| {
                     if outcome.replayed {
                         shared
                             .metrics
                             .mutation_replays
                             .fetch_add(1, Ordering::Relaxed);
                     }
-                    outcome.result
-                }
-                None => run.await,
-            };
-            committed.map(|c| (c.value, c.ts))
+                    (outcome.committed.value, outcome.committed.ts)
+                })
         }
         CallKind::Action => {
             // `ts` is the commit timestamp of the action's last mutation (0 if none).

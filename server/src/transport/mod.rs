@@ -1,11 +1,10 @@
 //! The QUIC side of the server: the endpoint and its accept loop (here), one task per
 //! connection (`connection`), its control stream (`control`), one task per call stream, each
-//! running many calls (`call`), retried-mutation deduplication (`dedup`), framing over streams (`stream`) and TLS.
+//! running many calls (`call`), framing over streams (`stream`) and TLS.
 
 mod call;
 mod connection;
 mod control;
-pub(crate) mod dedup;
 pub mod stream;
 pub mod tls;
 
@@ -22,7 +21,6 @@ use tokio::task::JoinSet;
 use crate::auth::TokenVerifier;
 use crate::config::ConnectionLimits;
 use crate::metrics::ServerMetrics;
-use dedup::MutationDedup;
 use tls::{CertifiedKey, TlsError};
 
 /// Beyond the drain timeout, how long connections get to flush their closing frames.
@@ -37,7 +35,6 @@ pub(crate) struct Shared {
     pub verifier: Arc<TokenVerifier>,
     pub metrics: Arc<ServerMetrics>,
     pub limits: ConnectionLimits,
-    pub dedup: Arc<MutationDedup>,
     /// Becomes true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     pub drain_timeout: Duration,

@@ -563,6 +563,14 @@ async fn oversize_and_malformed_frames_close_only_their_connection() {
     server.shutdown().await;
 }
 
+/// The value of a successful call and its timestamp.
+fn ok_value(outcome: &CallOutcome) -> (Value, u64) {
+    match outcome {
+        CallOutcome::Ok { value, ts } => (value.clone(), *ts),
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_mutation_id_returns_the_first_result_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -577,8 +585,10 @@ async fn retried_mutation_id_returns_the_first_result_once() {
             Some("m-1"),
         )
         .await;
-    assert!(matches!(original, CallOutcome::Ok { .. }));
-    // The retry comes on a new connection, as after a reconnect.
+    let (value, ts) = ok_value(&original);
+    assert_eq!(value, Value::Int64(1));
+    // The retry comes on a new connection, as after a reconnect: the same value, at a
+    // timestamp whose snapshot includes the original commit.
     let second = Client::connect(&server).await;
     let retried = second
         .call_with(
@@ -588,8 +598,10 @@ async fn retried_mutation_id_returns_the_first_result_once() {
             Some("m-1"),
         )
         .await;
-    assert_eq!(retried, original);
-    // Concurrent duplicates: one runs, the other waits for it.
+    let (retried_value, retried_ts) = ok_value(&retried);
+    assert_eq!(retried_value, value);
+    assert!(retried_ts >= ts);
+    // Concurrent duplicates: one runs, the other replays it.
     let (a, b) = tokio::join!(
         first.call_with(
             CallKind::Mutation,
@@ -604,7 +616,8 @@ async fn retried_mutation_id_returns_the_first_result_once() {
             Some("m-2")
         ),
     );
-    assert_eq!(a, b);
+    assert_eq!(ok_value(&a).0, Value::Int64(2));
+    assert_eq!(ok_value(&b).0, Value::Int64(2));
     assert_eq!(
         first
             .value(CallKind::Query, "counter:get", args.clone())
@@ -618,22 +631,61 @@ async fn retried_mutation_id_returns_the_first_result_once() {
     let other = third
         .call_with(CallKind::Mutation, "counter:increment", args, Some("m-1"))
         .await;
-    assert!(
-        matches!(
-            other,
-            CallOutcome::Ok {
-                value: Value::Int64(3),
-                ..
-            }
-        ),
-        "{other:?}"
-    );
+    assert_eq!(ok_value(&other).0, Value::Int64(3));
     assert_eq!(
         server
             .metrics()
             .mutation_replays
             .load(std::sync::atomic::Ordering::Relaxed),
         2
+    );
+    server.shutdown().await;
+}
+
+/// A server restart is one of the reasons a client retries (§12): the outcome is remembered
+/// in the database, so the retry on the restarted server is not applied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_retried_after_a_restart_is_not_applied_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = obj! { "name" => "m" };
+    let server = start(dir.path()).await;
+    let client = Client::connect(&server).await;
+    let original = client
+        .call_with(
+            CallKind::Mutation,
+            "counter:increment",
+            args.clone(),
+            Some("m-1"),
+        )
+        .await;
+    let (value, ts) = ok_value(&original);
+    assert_eq!(value, Value::Int64(1));
+    drop(client);
+    server.shutdown().await;
+
+    let server = start(dir.path()).await;
+    let client = Client::connect(&server).await;
+    let retried = client
+        .call_with(
+            CallKind::Mutation,
+            "counter:increment",
+            args.clone(),
+            Some("m-1"),
+        )
+        .await;
+    let (retried_value, retried_ts) = ok_value(&retried);
+    assert_eq!(retried_value, value);
+    assert!(retried_ts >= ts);
+    assert_eq!(
+        client.value(CallKind::Query, "counter:get", args).await,
+        Value::Int64(1)
+    );
+    assert_eq!(
+        server
+            .metrics()
+            .mutation_replays
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
     );
     server.shutdown().await;
 }
