@@ -257,6 +257,17 @@ impl Client {
         recv_msg(&mut self.recv).await.expect("a control message")
     }
 
+    /// `counter:increment` as a mutation carrying `mutation_id`.
+    async fn increment(&self, args: &Value, mutation_id: &str) -> CallOutcome {
+        self.call_with(
+            CallKind::Mutation,
+            "counter:increment",
+            args.clone(),
+            Some(mutation_id),
+        )
+        .await
+    }
+
     async fn call_with(
         &self,
         kind: CallKind,
@@ -577,44 +588,20 @@ async fn retried_mutation_id_returns_the_first_result_once() {
     let server = start(dir.path()).await;
     let args = obj! { "name" => "m" };
     let first = Client::connect(&server).await;
-    let original = first
-        .call_with(
-            CallKind::Mutation,
-            "counter:increment",
-            args.clone(),
-            Some("m-1"),
-        )
-        .await;
+    let original = first.increment(&args, "m-1").await;
     let (value, ts) = ok_value(&original);
     assert_eq!(value, Value::Int64(1));
     // The retry comes on a new connection, as after a reconnect: the same value, at a
     // timestamp whose snapshot includes the original commit.
     let second = Client::connect(&server).await;
-    let retried = second
-        .call_with(
-            CallKind::Mutation,
-            "counter:increment",
-            args.clone(),
-            Some("m-1"),
-        )
-        .await;
+    let retried = second.increment(&args, "m-1").await;
     let (retried_value, retried_ts) = ok_value(&retried);
     assert_eq!(retried_value, value);
     assert!(retried_ts >= ts);
     // Concurrent duplicates: one runs, the other replays it.
     let (a, b) = tokio::join!(
-        first.call_with(
-            CallKind::Mutation,
-            "counter:increment",
-            args.clone(),
-            Some("m-2")
-        ),
-        second.call_with(
-            CallKind::Mutation,
-            "counter:increment",
-            args.clone(),
-            Some("m-2")
-        ),
+        first.increment(&args, "m-2"),
+        second.increment(&args, "m-2"),
     );
     assert_eq!(ok_value(&a).0, Value::Int64(2));
     assert_eq!(ok_value(&b).0, Value::Int64(2));
@@ -628,9 +615,7 @@ async fn retried_mutation_id_returns_the_first_result_once() {
     let token = server.mint_dev_token(DevClaims::new("user_2")).unwrap();
     let mut third = Client::connect(&server).await;
     third.authenticate(Some(token), Some("user_2")).await;
-    let other = third
-        .call_with(CallKind::Mutation, "counter:increment", args, Some("m-1"))
-        .await;
+    let other = third.increment(&args, "m-1").await;
     assert_eq!(ok_value(&other).0, Value::Int64(3));
     assert_eq!(
         server
@@ -650,14 +635,7 @@ async fn a_mutation_retried_after_a_restart_is_not_applied_again() {
     let args = obj! { "name" => "m" };
     let server = start(dir.path()).await;
     let client = Client::connect(&server).await;
-    let original = client
-        .call_with(
-            CallKind::Mutation,
-            "counter:increment",
-            args.clone(),
-            Some("m-1"),
-        )
-        .await;
+    let original = client.increment(&args, "m-1").await;
     let (value, ts) = ok_value(&original);
     assert_eq!(value, Value::Int64(1));
     drop(client);
@@ -665,14 +643,7 @@ async fn a_mutation_retried_after_a_restart_is_not_applied_again() {
 
     let server = start(dir.path()).await;
     let client = Client::connect(&server).await;
-    let retried = client
-        .call_with(
-            CallKind::Mutation,
-            "counter:increment",
-            args.clone(),
-            Some("m-1"),
-        )
-        .await;
+    let retried = client.increment(&args, "m-1").await;
     let (retried_value, retried_ts) = ok_value(&retried);
     assert_eq!(retried_value, value);
     assert!(retried_ts >= ts);
