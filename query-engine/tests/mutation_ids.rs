@@ -3,6 +3,8 @@
 //! concurrent duplicates; identities do not collide; failed runs leave no record; expired
 //! records are ignored and swept; an oversized result is never applied twice.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -13,8 +15,10 @@ use query_engine::functions::{FunctionKind, Functions, Visibility};
 use query_engine::identity::Identity;
 use query_engine::mutation_ids::{MutationOutcome, MUTATION_IDS};
 use query_engine::obj;
-use query_engine::schema::{v, SchemaDefinition, TableDefinition};
+use query_engine::schema::v;
 use query_engine::value::{Object, Value};
+
+use common::{identity, Named};
 
 /// Bound on any wait for background work, so a bug hangs nothing; never asserted on.
 const EVENTUALLY: Duration = Duration::from_secs(15);
@@ -22,21 +26,6 @@ const EVENTUALLY: Duration = Duration::from_secs(15);
 const DUPLICATES: usize = 8;
 /// Calls of `gatedIncrement` that have started; each waits until all duplicates have.
 static GATED_ENTERED: AtomicUsize = AtomicUsize::new(0);
-
-fn schema() -> SchemaDefinition {
-    SchemaDefinition::new().table(
-        TableDefinition::new(
-            "counters",
-            v::object([("name", v::string()), ("value", v::int64())]),
-        )
-        .index("by_name", &["name"]),
-    )
-}
-
-#[derive(serde::Deserialize)]
-struct Named {
-    name: String,
-}
 
 /// Adds one to the counter `name` (creating it at 1); returns the new value.
 fn increment(ctx: &mut query_engine::context::Ctx<'_, '_>, name: &str) -> FunctionResult<i64> {
@@ -122,18 +111,7 @@ fn config(adjust: impl FnOnce(&mut EngineConfig)) -> EngineConfig {
 }
 
 fn open(dir: &Path, config: EngineConfig) -> Engine {
-    Engine::open(&dir.join("db.redb"), schema(), functions(), config).expect("open engine")
-}
-
-fn user(subject: &str) -> Identity {
-    Identity {
-        issuer: "test".into(),
-        subject: subject.into(),
-        email: None,
-        org_id: None,
-        org_role: None,
-        roles: vec![],
-    }
+    Engine::open(&dir.join("db.redb"), common::schema(), functions(), config).expect("open engine")
 }
 
 async fn call(
@@ -182,7 +160,7 @@ async fn a_retry_replays_the_result_and_applies_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path(), config(|_| {}));
     let args = obj! { "name" => "a" };
-    let alice = Some(user("alice"));
+    let alice = Some(identity("alice"));
     let first = call(&engine, "increment", args.clone(), alice.clone(), "m-1")
         .await
         .unwrap();
@@ -199,9 +177,15 @@ async fn a_retry_replays_the_result_and_applies_nothing() {
     assert_eq!(records(&engine).await, 1);
 
     // The same id from another identity, or anonymously, is another mutation.
-    let bob = call(&engine, "increment", args.clone(), Some(user("bob")), "m-1")
-        .await
-        .unwrap();
+    let bob = call(
+        &engine,
+        "increment",
+        args.clone(),
+        Some(identity("bob")),
+        "m-1",
+    )
+    .await
+    .unwrap();
     assert!(!bob.replayed);
     assert_eq!(bob.committed.value, Value::Int64(2));
     let anonymous = call(&engine, "increment", args.clone(), None, "m-1")
@@ -288,7 +272,7 @@ async fn concurrent_duplicates_apply_once() {
                     &engine,
                     "gatedIncrement",
                     obj! { "name" => "a" },
-                    Some(user("alice")),
+                    Some(identity("alice")),
                     "m-1",
                 )
                 .await
@@ -329,7 +313,7 @@ async fn the_record_survives_a_restart() {
             &engine,
             "increment",
             args.clone(),
-            Some(user("alice")),
+            Some(identity("alice")),
             "m-1",
         )
         .await
@@ -346,7 +330,7 @@ async fn the_record_survives_a_restart() {
         first
     };
     let engine = open(dir.path(), durable());
-    let retry = call(&engine, "increment", args, Some(user("alice")), "m-1")
+    let retry = call(&engine, "increment", args, Some(identity("alice")), "m-1")
         .await
         .unwrap();
     assert!(retry.replayed);

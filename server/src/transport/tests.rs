@@ -574,6 +574,14 @@ async fn oversize_and_malformed_frames_close_only_their_connection() {
     server.shutdown().await;
 }
 
+/// Retried mutations the server answered from their records.
+fn replays(server: &RunningServer) -> u64 {
+    server
+        .metrics()
+        .mutation_replays
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The value of a successful call and its timestamp.
 fn ok_value(outcome: &CallOutcome) -> (Value, u64) {
     match outcome {
@@ -617,13 +625,7 @@ async fn retried_mutation_id_returns_the_first_result_once() {
     third.authenticate(Some(token), Some("user_2")).await;
     let other = third.increment(&args, "m-1").await;
     assert_eq!(ok_value(&other).0, Value::Int64(3));
-    assert_eq!(
-        server
-            .metrics()
-            .mutation_replays
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2
-    );
+    assert_eq!(replays(&server), 2);
     server.shutdown().await;
 }
 
@@ -651,13 +653,7 @@ async fn a_mutation_retried_after_a_restart_is_not_applied_again() {
         client.value(CallKind::Query, "counter:get", args).await,
         Value::Int64(1)
     );
-    assert_eq!(
-        server
-            .metrics()
-            .mutation_replays
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(replays(&server), 1);
     server.shutdown().await;
 }
 
