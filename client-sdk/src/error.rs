@@ -2,6 +2,7 @@
 //! a control-stream `Error` from the server, or a transport/protocol failure. Cloneable, since
 //! one failure may be reported to many subscriptions at once.
 
+use query_engine::admission::OVERLOADED;
 use query_engine::error::codes;
 use query_engine::protocol::ErrorPayload;
 use query_engine::value::Value;
@@ -70,6 +71,19 @@ impl ClientError {
     /// True when the server said the caller is not (or no longer) authenticated.
     pub fn is_unauthorized(&self) -> bool {
         self.code() == Some(codes::UNAUTHORIZED)
+    }
+
+    /// True when the server shed the call under load before running it (`RATE_LIMITED` with
+    /// `data.reason = "overloaded"`): nothing was applied, and it may be retried after
+    /// `data.retryAfterMs`.
+    pub fn is_overloaded(&self) -> bool {
+        match self {
+            ClientError::Function { code, data, .. } => {
+                code == codes::RATE_LIMITED
+                    && data.get_path("reason").and_then(Value::as_str) == Some(OVERLOADED)
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn function(payload: ErrorPayload) -> Self {

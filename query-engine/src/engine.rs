@@ -11,6 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::admission::{Admission, AdmissionConfig, Admit};
 use crate::catalog::{Catalog, IndexState, Numbering};
 use crate::committer::{
     now_micros, CommitNotice, CommitObserver, CommitRequest, Committed, Committer, CommitterConfig,
@@ -40,6 +41,9 @@ pub struct EngineConfig {
     /// would hold an old snapshot, conflict with what committed meanwhile and be re-executed
     /// serially by the committer. It also bounds the committer's queue.
     pub max_pending_commits: usize,
+    /// How long a client's mutation may wait past `max_pending_commits` before it is refused
+    /// as overloaded (`admission`); internal mutations always wait.
+    pub admission: AdmissionConfig,
     /// Longest an action may run.
     pub max_action_time: Duration,
     pub crons: Vec<Cron>,
@@ -56,6 +60,7 @@ impl Default for EngineConfig {
             committer: CommitterConfig::default(),
             limits: Limits::default(),
             max_pending_commits: 256,
+            admission: AdmissionConfig::default(),
             max_action_time: Duration::from_secs(60),
             crons: Vec::new(),
             run_scheduler: true,
@@ -100,8 +105,8 @@ struct Inner {
     observers: Arc<parking_lot::RwLock<Vec<CommitObserver>>>,
     functions: Arc<Functions>,
     commit_tx: mpsc::Sender<CommitRequest>,
-    /// Admission of mutations (`EngineConfig::max_pending_commits`).
-    admission: tokio::sync::Semaphore,
+    /// Admission of mutations (`EngineConfig::max_pending_commits`, `admission`).
+    admission: Arc<Admission>,
     numbering: parking_lot::Mutex<Numbering>,
     seed: AtomicU64,
     max_action_time: Duration,
@@ -244,6 +249,7 @@ impl Engine {
             .spawn(move || committer.run(commit_rx))
             .map_err(|e| OpenError::Schema(format!("cannot start committer: {e}")))?;
         let (shutdown, _) = watch::channel(false);
+        let admission = Admission::new(pending, config.admission.clone(), metrics.clone());
         let engine = Engine {
             inner: Arc::new(Inner {
                 storage,
@@ -255,7 +261,7 @@ impl Engine {
                 observers,
                 functions: Arc::new(functions),
                 commit_tx,
-                admission: tokio::sync::Semaphore::new(pending),
+                admission,
                 numbering: parking_lot::Mutex::new(numbering),
                 seed: AtomicU64::new(ts),
                 max_action_time: config.max_action_time,
@@ -481,12 +487,14 @@ impl Engine {
         identity: Option<Identity>,
     ) -> FunctionResult<Committed> {
         Ok(self
-            .run_mutation_with_id(def, args, identity, None)
+            .run_mutation_admitted(def, args, identity, None, Admit::Wait)
             .await?
             .committed)
     }
 
-    /// Runs a mutation; with a `mutation_id`, at most once per (identity, mutation id) within
+    /// Runs a client's mutation: past the admission bound it may be refused as overloaded
+    /// (`RATE_LIMITED`, `data.reason = "overloaded"`; see `admission`), having run nothing.
+    /// With a `mutation_id`, at most once per (identity, mutation id) within
     /// `MutationDedupConfig::ttl` (protocol §12): a retry of a run that committed writes
     /// nothing and returns the recorded result (`replayed`) at a timestamp at or after the
     /// original commit (the replay's own). The record commits in the same transaction
@@ -497,6 +505,18 @@ impl Engine {
         args: Value,
         identity: Option<Identity>,
         mutation_id: Option<String>,
+    ) -> FunctionResult<MutationOutcome> {
+        self.run_mutation_admitted(def, args, identity, mutation_id, Admit::Shed)
+            .await
+    }
+
+    async fn run_mutation_admitted(
+        &self,
+        def: Arc<FunctionDef>,
+        args: Value,
+        identity: Option<Identity>,
+        mutation_id: Option<String>,
+        admit: Admit,
     ) -> FunctionResult<MutationOutcome> {
         if let Some(id) = &mutation_id {
             mutation_ids::check_id(id)?;
@@ -529,7 +549,7 @@ impl Engine {
             replayed_in_body.store(replay, Ordering::Relaxed);
             Ok(v)
         };
-        let committed = self.commit_with(body).await?;
+        let committed = self.commit_with(admit, body).await?;
         Ok(MutationOutcome {
             committed,
             replayed: replayed.load(Ordering::Relaxed),
@@ -547,7 +567,7 @@ impl Engine {
             let mut ctx = Ctx::new(txn, None, &functions, FunctionKind::Mutation);
             f(&mut ctx)
         };
-        Ok(self.commit_with(body).await?.value)
+        Ok(self.commit_with(Admit::Wait, body).await?.value)
     }
 
     /// Runs `f` as a system query (no identity) at the latest snapshot.
@@ -575,15 +595,11 @@ impl Engine {
 
     async fn commit_with(
         &self,
+        admit: Admit,
         mut body: impl FnMut(&mut Transaction<'_>) -> FunctionResult<Value> + Send + 'static,
     ) -> FunctionResult<Committed> {
-        // Held until the commit is decided; the semaphore is never closed.
-        let _admitted = self
-            .inner
-            .admission
-            .acquire()
-            .await
-            .map_err(|_| FunctionError::internal("engine closed"))?;
+        // Held until the commit is decided.
+        let _admitted = self.inner.admission.admit(admit).await?;
         let snapshot = self.snapshot();
         let catalog = self.catalog();
         let now_ms = (now_micros().max(snapshot.ts) / 1000) as i64;

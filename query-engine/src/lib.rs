@@ -5,6 +5,7 @@
 //! recording reads (`reads`) and buffering writes (`writes`); the `committer` validates and
 //! group-commits them; `subscriptions` re-runs the queries whose read sets a commit touched.
 
+pub mod admission;
 pub mod catalog;
 pub mod committer;
 pub mod context;

@@ -91,6 +91,10 @@ pub struct EngineMetrics {
     pub reexecutions: AtomicU64,
     pub batch_size: Histogram,
     pub fsync_seconds: Histogram,
+    /// Client mutations refused as overloaded (`admission`).
+    pub admission_refused: AtomicU64,
+    /// Waits of mutations admitted after queueing.
+    pub admission_wait: Histogram,
 }
 
 impl Default for EngineMetrics {
@@ -102,6 +106,8 @@ impl Default for EngineMetrics {
             reexecutions: AtomicU64::new(0),
             batch_size: Histogram::new(SIZE_BUCKETS),
             fsync_seconds: Histogram::new(LATENCY_BUCKETS),
+            admission_refused: AtomicU64::new(0),
+            admission_wait: Histogram::new(LATENCY_BUCKETS),
         }
     }
 }
@@ -138,6 +144,11 @@ impl EngineMetrics {
                 "Transactions re-executed by the committer",
                 &self.reexecutions,
             ),
+            (
+                "engine_admission_refused_total",
+                "Client mutations refused as overloaded after waiting for admission",
+                &self.admission_refused,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -150,5 +161,8 @@ impl EngineMetrics {
         let _ = writeln!(out, "# HELP engine_commit_write_seconds Time to write and fsync one batch\n# TYPE engine_commit_write_seconds histogram");
         self.fsync_seconds
             .render("engine_commit_write_seconds", "", out);
+        let _ = writeln!(out, "# HELP engine_admission_wait_seconds Queueing of mutations admitted after waiting for a commit slot\n# TYPE engine_admission_wait_seconds histogram");
+        self.admission_wait
+            .render("engine_admission_wait_seconds", "", out);
     }
 }

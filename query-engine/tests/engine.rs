@@ -376,19 +376,23 @@ async fn data_survives_restart_and_ids_are_not_reused() {
             .await
             .unwrap();
         engine.shutdown();
+        // redb allows one open handle per file: wait for the old engine's threads to let go.
+        let closed = engine.close_waiter();
+        drop(engine);
+        assert!(
+            tokio::task::spawn_blocking(move || closed.wait(std::time::Duration::from_secs(30)))
+                .await
+                .unwrap(),
+            "the engine did not close"
+        );
     }
-    // redb allows one open handle per file; wait for the old engine's threads to let go.
-    let engine = loop {
-        match query_engine::engine::Engine::open(
-            &dir.path().join("db.redb"),
-            common::schema(),
-            common::functions(),
-            Default::default(),
-        ) {
-            Ok(e) => break e,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    };
+    let engine = query_engine::engine::Engine::open(
+        &dir.path().join("db.redb"),
+        common::schema(),
+        common::functions(),
+        Default::default(),
+    )
+    .unwrap();
     let v = engine
         .query("getCounter", obj! {"name" => "a"}, None)
         .await

@@ -336,6 +336,24 @@ pub struct Options {
         value_name = "SECS"
     )]
     pub mutation_dedup_ttl_secs: Option<u64>,
+    /// Longest a client's mutation waits for a commit slot while the queue drains before it
+    /// is refused as overloaded (RATE_LIMITED, data.reason "overloaded") [default: 1000].
+    #[arg(
+        long,
+        env = "LINKEDUP_OVERLOAD_MAX_WAIT_MS",
+        global = true,
+        value_name = "MS"
+    )]
+    pub overload_max_wait_ms: Option<u64>,
+    /// Longest it waits once the queue stands (no admission for 100 ms waited less than
+    /// this) [default: 50].
+    #[arg(
+        long,
+        env = "LINKEDUP_OVERLOAD_TARGET_MS",
+        global = true,
+        value_name = "MS"
+    )]
+    pub overload_target_ms: Option<u64>,
     /// Skip fsync on commit (benchmarks only: a crash loses acknowledged writes).
     #[arg(long, env = "LINKEDUP_NO_FSYNC", global = true)]
     #[serde(default)]
@@ -392,6 +410,8 @@ impl Options {
             mutation_dedup_ttl_secs: self
                 .mutation_dedup_ttl_secs
                 .or(lower.mutation_dedup_ttl_secs),
+            overload_max_wait_ms: self.overload_max_wait_ms.or(lower.overload_max_wait_ms),
+            overload_target_ms: self.overload_target_ms.or(lower.overload_target_ms),
             no_fsync: self.no_fsync || lower.no_fsync,
         }
     }
@@ -480,6 +500,20 @@ impl Options {
         }
         if let Some(secs) = self.mutation_dedup_ttl_secs {
             config.engine.mutation_dedup.ttl = Duration::from_secs(secs);
+        }
+        let admission = &mut config.engine.admission;
+        if let Some(ms) = self.overload_target_ms {
+            admission.target = Duration::from_millis(at_least("overload-target-ms", ms, 1)?);
+        }
+        if let Some(ms) = self.overload_max_wait_ms {
+            admission.max_wait = Duration::from_millis(ms);
+        }
+        if admission.max_wait < admission.target {
+            return Err(ConfigError::Invalid {
+                name: "overload-max-wait-ms",
+                value: admission.max_wait.as_millis().to_string(),
+                reason: "must be at least overload-target-ms",
+            });
         }
         if self.no_fsync {
             config.engine.committer.durable = false;
@@ -613,6 +647,31 @@ mod tests {
             .resolve()
             .unwrap();
         assert_eq!(config.engine.mutation_dedup.ttl, Duration::from_secs(42));
+    }
+
+    #[test]
+    fn overload_bounds_reach_the_engine_and_are_checked() {
+        let config = parse(&[
+            "--overload-max-wait-ms",
+            "300",
+            "--overload-target-ms",
+            "20",
+        ])
+        .options
+        .resolve()
+        .unwrap();
+        let admission = &config.engine.admission;
+        assert_eq!(admission.max_wait, Duration::from_millis(300));
+        assert_eq!(admission.target, Duration::from_millis(20));
+        for bad in [
+            &["--overload-target-ms", "0"][..],
+            &["--overload-max-wait-ms", "10"][..],
+        ] {
+            assert!(matches!(
+                parse(bad).options.resolve(),
+                Err(ConfigError::Invalid { .. })
+            ));
+        }
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct FleetPlan {
 
 /// Wire code of a client error, or its kind.
 pub fn error_code(e: &ClientError) -> String {
+    if e.is_overloaded() {
+        return "OVERLOADED".into();
+    }
     match e.code() {
         Some(c) => c.to_string(),
         None => match e {

@@ -200,7 +200,12 @@ pub async fn run_step(
     }
     let errors: u64 = figures.write_errors.values().sum();
     if errors > 0 {
-        why.push(format!("{errors} errors"));
+        let by_code: Vec<String> = figures
+            .write_errors
+            .iter()
+            .map(|(code, n)| format!("{code} {n}"))
+            .collect();
+        why.push(format!("{errors} errors ({})", by_code.join(", ")));
     }
     if skipped > 0 {
         why.push(format!("{skipped} writes skipped (in-flight bound)"));
