@@ -141,6 +141,7 @@ impl Admission {
                 admit,
                 reply: tx,
             });
+            self.note_queued(&s);
             rx
         };
         let outcome = match admit {
@@ -177,6 +178,22 @@ impl Admission {
     fn release(self: &Arc<Self>) {
         let mut s = self.state.lock();
         let now = Instant::now();
+        let granted = self.hand_over(&mut s, now);
+        if !granted {
+            s.in_use -= 1;
+        }
+        self.note_queued(&s);
+    }
+
+    fn note_queued(&self, s: &State) {
+        self.metrics
+            .admission_queued
+            .store(s.queue.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Gives the slot being released to the first queued caller that may still have it;
+    /// false when there is none.
+    fn hand_over(self: &Arc<Self>, s: &mut State, now: Instant) -> bool {
         while let Some(w) = s.queue.pop_front() {
             let waited = now.saturating_duration_since(w.since);
             let standing = now.saturating_duration_since(s.last_good) > self.config.interval;
@@ -194,14 +211,14 @@ impl Admission {
                         s.last_good = now;
                     }
                     self.metrics.admission_wait.observe_duration(waited);
-                    return;
+                    return true;
                 }
                 // The caller went away: the slot goes to the next one.
                 Err(Ok(mut unused)) => unused.admission = None,
                 Err(Err(_)) => {}
             }
         }
-        s.in_use -= 1;
+        false
     }
 
     fn refusal(&self, r: Refused) -> FunctionError {

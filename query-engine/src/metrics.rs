@@ -95,6 +95,8 @@ pub struct EngineMetrics {
     pub admission_refused: AtomicU64,
     /// Waits of mutations admitted after queueing.
     pub admission_wait: Histogram,
+    /// Mutations queued for admission now (callers gone since are counted until their turn).
+    pub admission_queued: AtomicU64,
 }
 
 impl Default for EngineMetrics {
@@ -108,6 +110,7 @@ impl Default for EngineMetrics {
             fsync_seconds: Histogram::new(LATENCY_BUCKETS),
             admission_refused: AtomicU64::new(0),
             admission_wait: Histogram::new(LATENCY_BUCKETS),
+            admission_queued: AtomicU64::new(0),
         }
     }
 }
@@ -161,6 +164,11 @@ impl EngineMetrics {
         let _ = writeln!(out, "# HELP engine_commit_write_seconds Time to write and fsync one batch\n# TYPE engine_commit_write_seconds histogram");
         self.fsync_seconds
             .render("engine_commit_write_seconds", "", out);
+        let _ = writeln!(
+            out,
+            "# HELP engine_admission_queued Mutations waiting for a commit slot\n# TYPE engine_admission_queued gauge\nengine_admission_queued {}",
+            self.admission_queued.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "# HELP engine_admission_wait_seconds Queueing of mutations admitted after waiting for a commit slot\n# TYPE engine_admission_wait_seconds histogram");
         self.admission_wait
             .render("engine_admission_wait_seconds", "", out);
