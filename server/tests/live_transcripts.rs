@@ -7,7 +7,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use linkedup_server::linkedup::transcripts::{fns, AGGREGATE_BATCH_CHUNKS, SEGMENT_MAX_SPAN_MS};
+use linkedup_server::linkedup::transcripts::{
+    fns, TranscriptChunk, AGGREGATE_BATCH_CHUNKS, SEGMENT_MAX_SPAN_MS,
+};
 use query_engine::diff::apply;
 use query_engine::error::FunctionError;
 use query_engine::identity::Identity;
@@ -740,6 +742,14 @@ async fn a_full_window_is_not_rerun_by_later_chunks() {
         .map(|c| int(c, "sequence"))
         .collect();
     assert_eq!(seqs, vec![3, 4, 5, 6, 7]);
+    // The stream returns the stored documents; every field decodes as the API's chunk type.
+    let chunks: Vec<TranscriptChunk> = query_engine::json::from_value(&w.window).unwrap();
+    assert_eq!(chunks[0].chunk_id, "c2");
+    for c in &chunks {
+        assert_eq!(c.meeting_id, meeting);
+        assert_eq!(c.bucket_ms, c.start_ms - c.start_ms.rem_euclid(60_000));
+        assert!(c.creation_time > 0 && c.created_at > 0);
+    }
     let before = mgr.metrics().reruns.load(Ordering::Relaxed);
     let c = env
         .engine

@@ -39,12 +39,18 @@ pub struct ChunkInput {
     pub end_ms: i64,
 }
 
-/// A stored chunk as `transcripts.stream` returns it.
+/// A stored chunk as `transcripts.stream` returns it: the document as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TranscriptChunk {
     #[serde(rename = "_id")]
     pub id: String,
+    /// When the document was inserted, ms since the epoch (the engine's clock).
+    #[serde(rename = "_creationTime")]
+    pub creation_time: i64,
+    pub meeting_id: String,
+    /// `startMs` rounded down to its minute (the bucket segments are aggregated by).
+    pub bucket_ms: i64,
     pub sequence: i64,
     pub chunk_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +59,8 @@ pub struct TranscriptChunk {
     pub confidence: f64,
     pub start_ms: i64,
     pub end_ms: i64,
+    /// When the server stored it, ms since the epoch (the function's clock).
+    pub created_at: i64,
 }
 
 /// A stored segment as `transcripts.listSegments` returns it.

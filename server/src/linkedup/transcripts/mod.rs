@@ -11,7 +11,7 @@ use std::sync::Arc;
 use query_engine::functions::Functions;
 use query_engine::schema::{v, Validator};
 
-use linkedup_schema::tables::names::{TRANSCRIPTS, TRANSCRIPT_SEGMENTS};
+use linkedup_schema::tables::names::{MEETINGS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS};
 
 use super::LinkedUpConfig;
 
@@ -46,6 +46,9 @@ pub(crate) fn chunk_input_validator() -> Validator {
 pub(crate) fn chunk_validator() -> Validator {
     v::object([
         ("_id", v::id(TRANSCRIPTS)),
+        ("_creationTime", v::int64()),
+        ("meetingId", v::id(MEETINGS)),
+        ("bucketMs", v::int64()),
         ("sequence", v::int64()),
         ("chunkId", v::string()),
         ("speakerId", v::optional(v::string())),
@@ -53,6 +56,7 @@ pub(crate) fn chunk_validator() -> Validator {
         ("confidence", v::float64()),
         ("startMs", v::int64()),
         ("endMs", v::int64()),
+        ("createdAt", v::int64()),
     ])
 }
 
