@@ -26,7 +26,7 @@ use crate::metrics::EngineMetrics;
 use crate::mutation_ids::{self, MutationDedupConfig, MutationOutcome};
 use crate::reads::ReadSet;
 use crate::scheduler::{self, Cron};
-use crate::schema::{user_fields, SchemaDefinition};
+use crate::schema::{user_fields, SchemaDefinition, ValidationError, Validator};
 use crate::storage::{Snapshot, Storage, StorageError};
 use crate::transaction::{index_key, Limits, Transaction};
 use crate::value::Value;
@@ -386,17 +386,52 @@ impl Engine {
             })
     }
 
-    pub(crate) fn check_result(&self, def: &FunctionDef, v: &Value) -> FunctionResult<()> {
+    /// Checks a function's result against its size limit and return validator. `checked` is
+    /// a result of the same function that passed before (a subscription's previous result):
+    /// the elements of an array result that are the very same objects as elements of it — the
+    /// unchanged documents of a re-run window, shared, never copied — passed the same element
+    /// validator then and are not validated again.
+    pub(crate) fn check_result(
+        &self,
+        def: &FunctionDef,
+        v: &Value,
+        checked: Option<&Value>,
+    ) -> FunctionResult<()> {
         if v.size_bytes() > self.inner.limits.max_result_bytes {
             return Err(crate::transaction::limit_error(
                 "resultBytes",
                 self.inner.limits.max_result_bytes,
             ));
         }
-        def.returns.validate(v, self.catalog().as_ref()).map_err(|e| {
-            tracing::error!(function = %def.name, error = %e, "function returned an invalid value");
+        let catalog = self.catalog();
+        let invalid = |at: String, e: ValidationError| {
+            tracing::error!(function = %def.name, error = %e, at, "function returned an invalid value");
             FunctionError::internal(format!("{} returned an invalid value", def.name))
-        })
+        };
+        let (Validator::Array(element), Value::Array(items), Some(Value::Array(before))) =
+            (&def.returns, v, checked)
+        else {
+            return def
+                .returns
+                .validate(v, catalog.as_ref())
+                .map_err(|e| invalid(String::new(), e));
+        };
+        let passed: rustc_hash::FxHashSet<*const crate::value::Object> = before
+            .iter()
+            .filter_map(|b| match b {
+                Value::Object(o) => Some(Arc::as_ptr(o)),
+                _ => None,
+            })
+            .collect();
+        for (i, item) in items.iter().enumerate() {
+            if matches!(item, Value::Object(o) if passed.contains(&Arc::as_ptr(o))) {
+                continue;
+            }
+            element
+                .validate(item, catalog.as_ref())
+                .map_err(|e| invalid(format!("[{i}]"), e))?;
+        }
+        Ok(())
     }
 
     /// A read-only transaction at `snapshot`; "now" is the snapshot time, so a query's result
@@ -462,7 +497,7 @@ impl Engine {
         let snapshot = self.snapshot();
         let (result, _) = self.run_query_at(&snapshot, h, args, identity);
         let value = result?;
-        self.check_result(def, &value)?;
+        self.check_result(def, &value, None)?;
         Ok(QueryResult {
             value,
             ts: snapshot.ts,
@@ -538,7 +573,7 @@ impl Engine {
             let mut ctx = Ctx::new(txn, identity.as_ref(), &functions, FunctionKind::Mutation);
             let run = |ctx: &mut Ctx<'_, '_>| {
                 let v = h(ctx, args.clone())?;
-                engine.check_result(&def, &v)?;
+                engine.check_result(&def, &v, None)?;
                 Ok(v)
             };
             let Some(id) = &mutation_id else {
@@ -713,7 +748,7 @@ impl Engine {
                     self.inner.max_action_time.as_millis() as usize,
                 )
             })??;
-        self.check_result(&def, &value)?;
+        self.check_result(&def, &value, None)?;
         Ok(Committed {
             ts: last_commit_ts.load(Ordering::Relaxed),
             value,

@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use query_engine::diff::apply;
-use query_engine::engine::Engine;
+use query_engine::engine::{Engine, EngineConfig};
+use query_engine::functions::Visibility;
 use query_engine::obj;
+use query_engine::schema::v;
 use query_engine::subscriptions::{
     ClientSession, QueryUpdate, SubscriptionConfig, SubscriptionManager, Transition,
 };
@@ -339,6 +341,90 @@ async fn many_invalidated_executions_rerun_in_parallel_consistently() {
             "query {i}"
         );
     }
+}
+
+/// A re-run does not validate again the documents its previous result already had (shared,
+/// unchanged), but it does validate the ones it has not seen: a new document that breaks the
+/// return validator fails the subscription with `INTERNAL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_validates_the_documents_it_has_not_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut functions = common::functions();
+    functions.query(
+        "untaggedNotes",
+        Visibility::Public,
+        v::object([("topic", v::string())]),
+        v::array(v::object([
+            ("_id", v::id("notes")),
+            ("_creationTime", v::int64()),
+            ("topic", v::string()),
+            ("seq", v::int64()),
+            ("text", v::string()),
+        ])),
+        |ctx, a: common::Topic| {
+            Ok(Value::Array(
+                ctx.query("notes", "by_topic_seq")
+                    .eq("topic", a.topic)
+                    .take(100)?,
+            ))
+        },
+    );
+    let mut config = EngineConfig::default();
+    config.committer.durable = false;
+    let engine = Engine::open(
+        &dir.path().join("db.redb"),
+        common::schema(),
+        functions,
+        config,
+    )
+    .expect("open engine");
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let s = mgr.connect(None).await;
+    s.subscribe(1, "untaggedNotes", obj! {"topic" => "t"})
+        .await
+        .unwrap();
+    // Keeps the session subscribed (and sent transitions) once query 1 has failed.
+    let other = obj! {"topic" => "u", "after" => 0i64, "limit" => 10i64};
+    s.subscribe(2, "notesAfter", other).await.unwrap();
+    let mut view = View::default();
+    for seq in 1..=3i64 {
+        let ts = engine
+            .mutation(
+                "addNote",
+                obj! {"topic" => "t", "seq" => seq, "text" => "x"},
+                None,
+            )
+            .await
+            .unwrap()
+            .ts;
+        view.catch_up(&s, ts).await;
+    }
+    let notes = view.values[&1].as_ref().unwrap();
+    assert_eq!(notes.as_array().map(|a| a.len()), Some(3));
+    assert_eq!(
+        view.values[&1],
+        fresh(&engine, "untaggedNotes", obj! {"topic" => "t"}, None).await
+    );
+
+    // A tagged note: valid in its table, but not in this query's result.
+    engine
+        .transact(|ctx| {
+            let tags = Value::Array(vec!["a".into()]);
+            ctx.insert(
+                "notes",
+                obj! {"topic" => "t", "seq" => 4i64, "text" => "x", "tags" => tags},
+            )
+            .map(Value::from)
+        })
+        .await
+        .unwrap();
+    let after = engine
+        .mutation("createCounter", obj! {"name" => "later"}, None)
+        .await
+        .unwrap()
+        .ts;
+    view.catch_up(&s, after).await;
+    assert_eq!(view.values[&1], Err("INTERNAL".to_string()));
 }
 
 /// A query handler that panics on a re-run (on the worker or on a pool thread) ends only its

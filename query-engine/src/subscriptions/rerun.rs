@@ -49,11 +49,14 @@ pub(super) struct Rerun {
 }
 
 /// Runs `spec` at `snapshot`. A handler that panics yields an `INTERNAL` error for its
-/// subscribers instead of taking the subscription worker down with it.
+/// subscribers instead of taking the subscription worker down with it. `checked` is the
+/// execution's previous result, if it had one (its unchanged documents are not validated
+/// again: `Engine::check_result`).
 pub(super) fn execute(
     engine: &Engine,
     snapshot: &Snapshot,
     spec: &ExecSpec,
+    checked: Option<&Value>,
 ) -> (Result<Arc<Value>, FunctionError>, ReadSet) {
     let run = catch_unwind(AssertUnwindSafe(|| {
         engine.run_query_at(
@@ -70,7 +73,7 @@ pub(super) fn execute(
     };
     let r = r.and_then(|v| {
         if !spec.access {
-            engine.check_result(&spec.def, &v)?;
+            engine.check_result(&spec.def, &v, checked)?;
         }
         Ok(Arc::new(v))
     });
@@ -80,7 +83,8 @@ pub(super) fn execute(
 /// Re-runs one execution and works out what its subscribers need (nothing, a diff encoded
 /// once, the full value, or the error).
 pub(super) fn rerun(engine: &Engine, snapshot: &Snapshot, job: &RerunJob) -> Rerun {
-    let (result, reads) = execute(engine, snapshot, &job.spec);
+    let checked = job.previous.as_ref().ok().map(|v| v.as_ref());
+    let (result, reads) = execute(engine, snapshot, &job.spec, checked);
     let update = match (&job.previous, &result) {
         (Ok(old), Ok(new)) => Update::change(old.clone(), new.clone()),
         (Err(a), Err(b)) if a == b => None,

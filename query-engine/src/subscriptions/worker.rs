@@ -366,7 +366,7 @@ impl Worker {
             identity: identity.cloned(),
             access: key.access,
         });
-        let (result, reads) = rerun::execute(&self.engine, &self.snapshot, &spec);
+        let (result, reads) = rerun::execute(&self.engine, &self.snapshot, &spec, None);
         let id = self.free_ids.pop().unwrap_or_else(|| {
             self.next_id += 1;
             self.next_id - 1
