@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use query_engine::committer::Committed;
 use query_engine::diff::apply;
 use query_engine::engine::{Engine, EngineConfig};
 use query_engine::functions::Visibility;
@@ -73,6 +74,18 @@ async fn fresh(engine: &Engine, f: &str, args: Value, who: Option<&str>) -> Resu
         .map_err(|e| e.code)
 }
 
+/// Commits a note (`addNote`) and returns the commit.
+async fn add_note(engine: &Engine, topic: impl Into<Value>, seq: i64, text: &str) -> Committed {
+    engine
+        .mutation(
+            "addNote",
+            obj! {"topic" => topic.into(), "seq" => seq, "text" => text},
+            None,
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_flow_and_unrelated_writes_rerun_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,14 +95,7 @@ async fn updates_flow_and_unrelated_writes_rerun_nothing() {
     let mut view = View::default();
     let args = obj! {"topic" => "t", "after" => 0i64, "limit" => 3i64};
     s.subscribe(1, "notesAfter", args.clone()).await.unwrap();
-    let c = engine
-        .mutation(
-            "addNote",
-            obj! {"topic" => "t", "seq" => 1i64, "text" => "a"},
-            None,
-        )
-        .await
-        .unwrap();
+    let c = add_note(&engine, "t", 1i64, "a").await;
     view.catch_up(&s, c.ts).await;
     assert_eq!(
         view.values[&1],
@@ -102,33 +108,12 @@ async fn updates_flow_and_unrelated_writes_rerun_nothing() {
 
     // Writes to another topic, or beyond a full window, re-run nothing.
     for seq in 2..=3 {
-        let c = engine
-            .mutation(
-                "addNote",
-                obj! {"topic" => "t", "seq" => seq, "text" => "b"},
-                None,
-            )
-            .await
-            .unwrap();
+        let c = add_note(&engine, "t", seq, "b").await;
         view.catch_up(&s, c.ts).await;
     }
     let before = mgr.metrics().reruns.load(Ordering::Relaxed);
-    let c = engine
-        .mutation(
-            "addNote",
-            obj! {"topic" => "other", "seq" => 1i64, "text" => "x"},
-            None,
-        )
-        .await
-        .unwrap();
-    let c2 = engine
-        .mutation(
-            "addNote",
-            obj! {"topic" => "t", "seq" => 99i64, "text" => "x"},
-            None,
-        )
-        .await
-        .unwrap();
+    let c = add_note(&engine, "other", 1i64, "x").await;
+    let c2 = add_note(&engine, "t", 99i64, "x").await;
     view.catch_up(&s, c.ts.max(c2.ts)).await;
     assert_eq!(
         mgr.metrics().reruns.load(Ordering::Relaxed),
@@ -168,14 +153,7 @@ async fn sync_reaches_the_commit_only_for_sessions_with_subscriptions() {
         .await
         .unwrap();
     view.catch_up(&watching, engine.snapshot().ts).await;
-    let c = engine
-        .mutation(
-            "addNote",
-            obj! {"topic" => "elsewhere", "seq" => 1i64, "text" => "a"},
-            None,
-        )
-        .await
-        .unwrap();
+    let c = add_note(&engine, "elsewhere", 1i64, "a").await;
     for s in [&watching, &idle] {
         s.sync_to(c.ts).await;
     }
@@ -213,14 +191,7 @@ async fn identical_subscriptions_share_one_execution() {
     }
     assert_eq!(mgr.metrics().executions.load(Ordering::Relaxed), 1);
     let before = mgr.metrics().reruns.load(Ordering::Relaxed);
-    let c = engine
-        .mutation(
-            "addNote",
-            obj! {"topic" => "t", "seq" => 1i64, "text" => "a"},
-            None,
-        )
-        .await
-        .unwrap();
+    let c = add_note(&engine, "t", 1i64, "a").await;
     for s in &sessions {
         let mut v = View::default();
         v.catch_up(s, c.ts).await;
@@ -317,15 +288,7 @@ async fn many_invalidated_executions_rerun_in_parallel_consistently() {
     let mut last = 0;
     for seq in [150i64, 50, 120] {
         let before = mgr.metrics().passes.load(Ordering::Relaxed);
-        last = engine
-            .mutation(
-                "addNote",
-                obj! {"topic" => "t", "seq" => seq, "text" => "x"},
-                None,
-            )
-            .await
-            .unwrap()
-            .ts;
+        last = add_note(&engine, "t", seq, "x").await.ts;
         for (view, s) in views.iter_mut().zip(&clients) {
             view.catch_up(s, last).await;
         }
@@ -388,15 +351,7 @@ async fn a_rerun_validates_the_documents_it_has_not_seen() {
     s.subscribe(2, "notesAfter", other).await.unwrap();
     let mut view = View::default();
     for seq in 1..=3i64 {
-        let ts = engine
-            .mutation(
-                "addNote",
-                obj! {"topic" => "t", "seq" => seq, "text" => "x"},
-                None,
-            )
-            .await
-            .unwrap()
-            .ts;
+        let ts = add_note(&engine, "t", seq, "x").await.ts;
         view.catch_up(&s, ts).await;
     }
     let notes = view.values[&1].as_ref().unwrap();
@@ -455,15 +410,7 @@ async fn a_panicking_query_fails_only_its_own_subscriptions() {
     let mut last = 0;
     for seq in [1i64, 13, 14] {
         for q in 0..40u32 {
-            last = engine
-                .mutation(
-                    "addNote",
-                    obj! {"topic" => format!("t{q}"), "seq" => seq, "text" => "x"},
-                    None,
-                )
-                .await
-                .unwrap()
-                .ts;
+            last = add_note(&engine, format!("t{q}"), seq, "x").await.ts;
         }
         view.catch_up(&s, last).await;
     }
@@ -571,14 +518,7 @@ async fn revoked_access_ends_the_subscription_and_shares_the_body() {
         .unwrap();
     vb.catch_up(&bob, c.ts).await;
     assert_eq!(vb.values[&1], Err("FORBIDDEN".into()));
-    let c = engine
-        .mutation(
-            "addNote",
-            obj! {"topic" => "t", "seq" => 1i64, "text" => "secret"},
-            None,
-        )
-        .await
-        .unwrap();
+    let c = add_note(&engine, "t", 1i64, "secret").await;
     va.catch_up(&ann, c.ts).await;
     assert_eq!(va.values[&1].as_ref().unwrap().as_array().unwrap().len(), 1);
     bob.sync_to(c.ts).await;
