@@ -226,8 +226,12 @@ impl Admission {
             .admission_refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Back off longer the more callers are queued: about the time to clear them.
-        let backlog = 1 + r.queued / self.capacity;
-        let retry_after = (self.config.interval * backlog as u32).min(self.config.max_wait);
+        let backlog = u32::try_from(1 + r.queued / self.capacity).unwrap_or(u32::MAX);
+        let retry_after = self
+            .config
+            .interval
+            .saturating_mul(backlog)
+            .min(self.config.max_wait);
         FunctionError::new(
             codes::RATE_LIMITED,
             format!(
