@@ -375,16 +375,7 @@ async fn data_survives_restart_and_ids_are_not_reused() {
             .mutation("increment", obj! {"name" => "a"}, None)
             .await
             .unwrap();
-        engine.shutdown();
-        // redb allows one open handle per file: wait for the old engine's threads to let go.
-        let closed = engine.close_waiter();
-        drop(engine);
-        assert!(
-            tokio::task::spawn_blocking(move || closed.wait(std::time::Duration::from_secs(30)))
-                .await
-                .unwrap(),
-            "the engine did not close"
-        );
+        common::close(engine, std::time::Duration::from_secs(30)).await;
     }
     let engine = query_engine::engine::Engine::open(
         &dir.path().join("db.redb"),

@@ -318,15 +318,7 @@ async fn the_record_survives_a_restart() {
         )
         .await
         .unwrap();
-        engine.shutdown();
-        let closed = engine.close_waiter();
-        drop(engine);
-        assert!(
-            tokio::task::spawn_blocking(move || closed.wait(EVENTUALLY))
-                .await
-                .unwrap(),
-            "the engine did not close"
-        );
+        common::close(engine, EVENTUALLY).await;
         first
     };
     let engine = open(dir.path(), durable());
@@ -392,12 +384,7 @@ async fn an_expired_record_is_ignored_then_swept() {
     }
     // The retry replaced the expired record instead of adding a second.
     assert_eq!(records(&engine).await, 1);
-    engine.shutdown();
-    let closed = engine.close_waiter();
-    drop(engine);
-    assert!(tokio::task::spawn_blocking(move || closed.wait(EVENTUALLY))
-        .await
-        .unwrap());
+    common::close(engine, EVENTUALLY).await;
 
     // With the engine's maintenance on, the sweeper deletes expired records.
     let engine = open(

@@ -669,13 +669,8 @@ async fn dropping_every_handle_closes_the_database() {
         .mutation("createCounter", obj! {"name" => "a"}, None)
         .await
         .unwrap();
-    let waiter = engine.close_waiter();
-    engine.shutdown();
-    drop((s, mgr, engine));
-    let closed = tokio::task::spawn_blocking(move || waiter.wait(Duration::from_secs(10)))
-        .await
-        .unwrap();
-    assert!(closed, "the database is released");
+    drop((s, mgr));
+    common::close(engine, Duration::from_secs(10)).await;
     let again = common::open(dir.path());
     let v = again
         .query("getCounter", obj! {"name" => "a"}, None)

@@ -278,6 +278,18 @@ pub fn open_fast(dir: &Path) -> Engine {
     Engine::open(&dir.join("db.redb"), schema(), functions(), config).expect("open engine")
 }
 
+/// Shuts `engine` down, drops it and waits (at most `within`) until its database file is
+/// released: redb allows one open handle per file, so a test reopening it must wait.
+pub async fn close(engine: Engine, within: std::time::Duration) {
+    engine.shutdown();
+    let closed = engine.close_waiter();
+    drop(engine);
+    let released = tokio::task::spawn_blocking(move || closed.wait(within))
+        .await
+        .unwrap();
+    assert!(released, "the engine did not close");
+}
+
 pub fn open(dir: &Path) -> Engine {
     Engine::open(
         &dir.join("db.redb"),
