@@ -296,7 +296,7 @@ fn note_ops() -> TableDefinition {
 /// `startMs` range of `by_meeting_time`), and every index costs an entry per chunk on the
 /// hottest write path. "Time-based sharding" has nothing to spread here: one B-tree per
 /// index, and writes of different meetings never conflict. `bucketMs` stays on the document.
-fn transcripts() -> TableDefinition {
+pub fn transcripts() -> TableDefinition {
     TableDefinition::new(
         TRANSCRIPTS,
         v::object([

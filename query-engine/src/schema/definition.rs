@@ -71,6 +71,28 @@ impl TableDefinition {
         self.indexes.iter().find(|i| i.name == name)
     }
 
+    /// The validator of a document of this table as stored: `document` with the system fields
+    /// `_id` (an id of this table) and `_creationTime` (int64) added. A function that returns
+    /// stored documents unchanged declares its result with it. A `document` that is not an
+    /// object validator is returned as it is.
+    pub fn stored_document(&self) -> Validator {
+        let mut stored = self.document.clone();
+        if let Validator::Object(fields) = &mut stored {
+            for (name, validator) in self.system_fields() {
+                fields.insert(name.to_owned(), validator);
+            }
+        }
+        stored
+    }
+
+    /// The fields the engine adds to every document of this table, with their validators.
+    fn system_fields(&self) -> [(&'static str, Validator); 2] {
+        [
+            (ID_FIELD, Validator::Id(self.name.clone())),
+            (CREATION_TIME_FIELD, Validator::Int64),
+        ]
+    }
+
     /// Validates a document of this table. The system fields may be present (a stored
     /// document) or absent (one about to be inserted); when present, `_id` must be an id of
     /// this table and `_creationTime` an int64. Everything else must pass `document`.
@@ -86,10 +108,7 @@ impl TableDefinition {
             return self.document.validate(doc, tables);
         }
         let mut user_fields = Object::clone(fields);
-        for (name, validator) in [
-            (ID_FIELD, Validator::Id(self.name.clone())),
-            (CREATION_TIME_FIELD, Validator::Int64),
-        ] {
+        for (name, validator) in self.system_fields() {
             if let Some(x) = user_fields.remove(name) {
                 validator
                     .validate(&x, tables)
@@ -650,5 +669,11 @@ mod tests {
                 .to_string(),
             "x: unknown field"
         );
+        // As stored, the system fields are required and checked like the rest.
+        let stored_validator = m.stored_document();
+        stored_validator.validate(&stored, &tables).unwrap();
+        assert!(stored_validator.validate(&doc, &tables).is_err());
+        assert!(stored_validator.validate(&wrong_id, &tables).is_err());
+        assert!(stored_validator.validate(&extra, &tables).is_err());
     }
 }

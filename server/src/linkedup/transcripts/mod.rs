@@ -11,7 +11,7 @@ use std::sync::Arc;
 use query_engine::functions::Functions;
 use query_engine::schema::{v, Validator};
 
-use linkedup_schema::tables::names::{MEETINGS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS};
+use linkedup_schema::tables::names::TRANSCRIPT_SEGMENTS;
 
 use super::LinkedUpConfig;
 
@@ -43,21 +43,9 @@ pub(crate) fn chunk_input_validator() -> Validator {
     ])
 }
 
+/// A chunk as `transcripts.stream` returns it: the stored document.
 pub(crate) fn chunk_validator() -> Validator {
-    v::object([
-        ("_id", v::id(TRANSCRIPTS)),
-        ("_creationTime", v::int64()),
-        ("meetingId", v::id(MEETINGS)),
-        ("bucketMs", v::int64()),
-        ("sequence", v::int64()),
-        ("chunkId", v::string()),
-        ("speakerId", v::optional(v::string())),
-        ("text", v::string()),
-        ("confidence", v::float64()),
-        ("startMs", v::int64()),
-        ("endMs", v::int64()),
-        ("createdAt", v::int64()),
-    ])
+    linkedup_schema::tables::transcripts().stored_document()
 }
 
 pub(crate) fn segment_validator() -> Validator {
