@@ -149,7 +149,7 @@ impl EngineMetrics {
             ),
             (
                 "engine_admission_refused_total",
-                "Client mutations refused as overloaded after waiting for admission",
+                "Client mutations refused as overloaded at admission (queue full, or waited too long)",
                 &self.admission_refused,
             ),
         ] {
