@@ -133,6 +133,22 @@ impl Progress {
         self.urgent_cvar.notify_all();
     }
 
+    /// Sleeps for `d`, or until someone hurries the applier; unlike `pause_until` it leaves
+    /// the request standing, so the rest of the job and the next one run unpaced.
+    fn rest(&self, d: std::time::Duration) {
+        let deadline = std::time::Instant::now() + d;
+        let mut urgent = self.urgent.lock();
+        while !*urgent {
+            if self
+                .urgent_cvar
+                .wait_until(&mut urgent, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+    }
+
     /// Sleeps until `deadline`, or until someone hurries the applier.
     fn pause_until(&self, deadline: std::time::Instant) {
         let mut urgent = self.urgent.lock();
@@ -237,6 +253,7 @@ impl Storage {
                     rec.docs.iter().map(|(id, d)| (*id, d.as_deref())),
                     rec.index.iter().map(|(k, p)| (k.as_slice(), *p)),
                     rec.meta.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                    || {},
                 )?;
                 replayed += 1;
             }
@@ -407,6 +424,7 @@ impl Storage {
             std::iter::empty(),
             std::iter::empty(),
             meta.iter().map(|(k, v)| (*k, v.as_slice())),
+            || {},
         )?;
         txn.commit()?;
         Ok(())
@@ -464,14 +482,18 @@ fn open_base(db: &Database, ts: u64, closed: &Arc<CloseSignal>) -> Result<Base, 
 }
 
 /// Applies documents, index entries and metadata inside a redb write transaction.
+/// Writes documents, index entries and metadata into `txn`; `pace` is called after each
+/// document and index entry (the applier rests there, see `applier::Pacer`).
 fn apply<'a>(
     txn: &redb::WriteTransaction,
     docs: impl Iterator<Item = ([u8; ID_BYTES], Option<&'a [u8]>)>,
     index: impl Iterator<Item = (&'a [u8], bool)>,
     meta: impl Iterator<Item = (&'a str, &'a [u8])>,
+    mut pace: impl FnMut(),
 ) -> Result<(), StorageError> {
     let mut d = txn.open_table(DOCUMENTS)?;
     for (id, doc) in docs {
+        pace();
         match doc {
             Some(bytes) => {
                 d.insert(id.as_slice(), bytes)?;
@@ -483,6 +505,7 @@ fn apply<'a>(
     }
     let mut i = txn.open_table(INDEX_ENTRIES)?;
     for (key, present) in index {
+        pace();
         if present {
             i.insert(key, [].as_slice())?;
         } else {
@@ -501,6 +524,25 @@ mod tests {
     use super::*;
     use crate::id::{DocumentId, TableNumber};
     use crate::value::Value;
+
+    /// A rest of the applier ends when the committer hurries it, and the request stands for
+    /// the rest of the job: a later rest returns at once.
+    #[test]
+    fn hurrying_ends_the_applier_rest() {
+        let progress = Arc::new(Progress::default());
+        let resting = progress.clone();
+        let (done, rested) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            resting.rest(std::time::Duration::from_secs(600));
+            resting.rest(std::time::Duration::from_secs(600));
+            done.send(()).unwrap();
+        });
+        progress.hurry();
+        rested
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the rests end when hurried");
+        t.join().unwrap();
+    }
 
     fn batch(ids: std::ops::Range<u64>, value: i64) -> WriteSet {
         let mut w = WriteSet::default();
