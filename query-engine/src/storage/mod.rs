@@ -7,6 +7,7 @@
 
 mod applier;
 mod memtable;
+mod reclaim;
 mod snapshot;
 mod writeback;
 
@@ -23,6 +24,7 @@ use crate::wal::{encode_record, Sealed, Wal};
 use crate::writes::WriteSet;
 use applier::{Applier, Job};
 use memtable::Memtable;
+use reclaim::Reclaimer;
 use snapshot::Base;
 pub use snapshot::{KeyIter, Snapshot};
 pub(crate) use writeback::{write_back, STEP as WRITEBACK_STEP};
@@ -96,6 +98,8 @@ pub struct Storage {
     applier: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpoint_bytes: u64,
     max_memtable_len: usize,
+    /// Frees memtables that snapshots and the committer let go of.
+    reclaimer: Reclaimer,
     /// Shared with every snapshot (read transactions keep the file open too) and declared
     /// last, since fields drop in order: it signals once the file is really closed.
     closed: Arc<CloseSignal>,
@@ -279,6 +283,7 @@ impl Storage {
             .name("applier".into())
             .spawn(move || applier.run(rx))
             .map_err(StorageError::Io)?;
+        let reclaimer = Reclaimer::start().map_err(StorageError::Io)?;
         Ok(Storage {
             db,
             wal: parking_lot::Mutex::new(wal),
@@ -290,6 +295,7 @@ impl Storage {
             applier: parking_lot::Mutex::new(Some(handle)),
             checkpoint_bytes: options.checkpoint_bytes,
             max_memtable_len: options.max_memtable_len.max(1),
+            reclaimer,
             closed,
         })
     }
@@ -312,6 +318,7 @@ impl Storage {
             frozen: st.frozen.clone().filter(|f| f.ts > base.ts),
             active: st.active.clone(),
             base,
+            reclaimer: self.reclaimer.clone(),
         }
     }
 
@@ -395,7 +402,7 @@ impl Storage {
                     .wait_for(&mut guard, std::time::Duration::from_millis(50));
             }
         }
-        st.frozen = None;
+        self.reclaimer.retire(st.frozen.take(), Memtable::default());
         if st.active.is_empty() {
             return Ok(());
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use redb::ReadOnlyTable;
 
 use super::memtable::Memtable;
+use super::reclaim::Reclaimer;
 use super::{CloseSignal, StorageError};
 use crate::doc_cache::{Cached, DocCache};
 use crate::id::{DocumentId, ID_BYTES};
@@ -38,6 +39,15 @@ pub struct Snapshot {
     pub(super) frozen: Option<Arc<Memtable>>,
     /// Batches after those, up to `ts`.
     pub(super) active: Memtable,
+    pub(super) reclaimer: Reclaimer,
+}
+
+impl Drop for Snapshot {
+    /// The last holder of a memtable frees all of it; that happens on the reclaimer's thread.
+    fn drop(&mut self) {
+        self.reclaimer
+            .retire(self.frozen.take(), std::mem::take(&mut self.active));
+    }
 }
 
 impl Snapshot {
