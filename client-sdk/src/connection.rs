@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use query_engine::protocol::{
-    decode_call_result, decode_server, encode, encode_frame_into, read_frame, take_frame,
+    decode_call_result, decode_transition, encode, encode_frame_into, read_frame, take_frame,
     write_frame, CallOutcome, ClientMessage, FrameError, ServerMessage, PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, SendStream};
@@ -238,7 +238,7 @@ pub(crate) async fn read_message(
     else {
         return Ok(None);
     };
-    decode_server(&frame)
+    decode_transition(&frame)
         .map(Some)
         .map_err(|e| ClientError::Protocol(e.to_string()))
 }

@@ -24,7 +24,8 @@ pub enum ResultDiff {
 
 /// One step of an array diff. `id` repeats the `_id` of the element being removed or changed so
 /// that a client whose previous result has drifted detects it instead of corrupting its copy.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// On the wire a map tagged by `op`; decoded through `EditFields` (see there).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
 pub enum ArrayEdit {
     Remove {
@@ -40,6 +41,51 @@ pub enum ArrayEdit {
         id: String,
         value: Value,
     },
+}
+
+/// An `ArrayEdit`'s fields, decoded straight off the map. The derived decoder of an
+/// internally tagged enum first buffers the whole map (documents included) to find the tag,
+/// then decodes it again; clients decode every edit they receive, so this reads it once.
+#[derive(Deserialize)]
+struct EditFields {
+    op: EditOp,
+    index: u32,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, deserialize_with = "crate::value_serde::present")]
+    value: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum EditOp {
+    Remove,
+    Insert,
+    Change,
+}
+
+impl<'de> Deserialize<'de> for ArrayEdit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let f = EditFields::deserialize(d)?;
+        let id = |id: Option<String>| id.ok_or_else(|| D::Error::missing_field("id"));
+        let value = |v: Option<Value>| v.ok_or_else(|| D::Error::missing_field("value"));
+        Ok(match f.op {
+            EditOp::Remove => ArrayEdit::Remove {
+                index: f.index,
+                id: id(f.id)?,
+            },
+            EditOp::Insert => ArrayEdit::Insert {
+                index: f.index,
+                value: value(f.value)?,
+            },
+            EditOp::Change => ArrayEdit::Change {
+                index: f.index,
+                id: id(f.id)?,
+                value: value(f.value)?,
+            },
+        })
+    }
 }
 
 /// Why a diff could not be applied to the value a client holds.

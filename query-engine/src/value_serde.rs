@@ -1071,6 +1071,12 @@ impl ser::Serializer for KeySerializer {
     }
 }
 
+/// For `#[serde(default, deserialize_with = "present")]` on an `Option<Value>` field: a field
+/// that is there is `Some`, even when it is nil; only an absent one is `None`.
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     //! The acceptance test: the direct conversions agree with the MessagePack round trip they

@@ -321,17 +321,13 @@ struct CallResultFields {
 #[derive(Deserialize)]
 struct OutcomeFields {
     status: String,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::value_serde::present")]
     value: Option<Value>,
     ts: Option<u64>,
     code: Option<String>,
     message: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::value_serde::present")]
     data: Option<Value>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
 }
 
 /// Decodes a message read on a call stream. Same result as `decode_server`, cheaper for a
@@ -367,6 +363,74 @@ pub fn decode_call_result(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> 
     Ok(ServerMessage::CallResult {
         request_id: fields.request_id,
         result: outcome,
+    })
+}
+
+/// A `Transition` decoded straight off the map: the derived decoder of `ServerMessage` first
+/// buffers the whole message — every changed document — to find its `type` tag, then decodes
+/// it again, and transitions are most of what a client decodes.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TransitionFields {
+    #[serde(rename = "type")]
+    tag: String,
+    start_ts: u64,
+    end_ts: u64,
+    modifications: Vec<ModificationFields>,
+}
+
+/// A `Modification`'s fields, flattened for the same reason.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ModificationFields {
+    #[serde(rename = "type")]
+    tag: String,
+    query_id: u32,
+    #[serde(default)]
+    diff: Option<ResultDiff>,
+    #[serde(default)]
+    error: Option<ErrorPayload>,
+}
+
+impl ModificationFields {
+    /// The modification, or `None` when a field its type needs is missing or the type is
+    /// unknown (the general decoder then says which).
+    fn into_modification(self) -> Option<Modification> {
+        let query_id = self.query_id;
+        match self.tag.as_str() {
+            "Updated" => self
+                .diff
+                .map(|diff| Modification::Updated { query_id, diff }),
+            "Failed" => self
+                .error
+                .map(|error| Modification::Failed { query_id, error }),
+            "Removed" => Some(Modification::Removed { query_id }),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes a message read on the sync stream. Same result as `decode_server`, cheaper for a
+/// `Transition`.
+pub fn decode_transition(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
+    let Ok(fields) = decode_bounded::<TransitionFields>(bytes) else {
+        return decode_server(bytes);
+    };
+    if fields.tag != "Transition" {
+        return decode_server(bytes);
+    }
+    let Some(modifications) = fields
+        .modifications
+        .into_iter()
+        .map(ModificationFields::into_modification)
+        .collect::<Option<Vec<_>>>()
+    else {
+        return decode_server(bytes);
+    };
+    Ok(ServerMessage::Transition {
+        start_ts: fields.start_ts,
+        end_ts: fields.end_ts,
+        modifications,
     })
 }
 
@@ -699,6 +763,86 @@ mod tests {
         ]));
         inputs.push(vec![0xc1]);
         assert_decoders_agree(&inputs, decode_call_result, decode_server);
+    }
+
+    #[test]
+    fn the_transition_decoder_agrees_with_the_general_one() {
+        let mut inputs: Vec<Vec<u8>> = server_samples()
+            .iter()
+            .map(|m| encode(m).expect("encode"))
+            .collect();
+        let transition = |tag: &str, modifications: Vec<Value>| {
+            map(vec![
+                ("type", Value::from(tag)),
+                ("startTs", Value::Int64(1)),
+                ("endTs", Value::Int64(2)),
+                ("modifications", Value::Array(modifications)),
+            ])
+        };
+        let updated = |edits: Vec<Value>| {
+            obj! {
+                "type" => "Updated",
+                "queryId" => 1i64,
+                "diff" => obj! { "kind" => "array", "value" => Value::Array(edits) },
+            }
+        };
+        let remove = obj! { "op" => "remove", "index" => 0i64, "id" => "a" };
+        let insert_null = obj! { "op" => "insert", "index" => 0i64, "value" => Value::Null };
+        let change = obj! { "op" => "change", "index" => 1i64, "id" => "b", "value" => 5i64 };
+        let failed = obj! {
+            "type" => "Failed",
+            "queryId" => 2i64,
+            "error" => obj! { "code" => "FORBIDDEN", "message" => "m", "data" => Value::Null },
+        };
+        let removed = obj! { "type" => "Removed", "queryId" => 3i64 };
+        // Valid: every edit and modification kind, a null inserted, unknown keys ignored.
+        inputs.push(transition(
+            "Transition",
+            vec![
+                updated(vec![remove.clone(), insert_null.clone(), change.clone()]),
+                failed.clone(),
+                removed.clone(),
+            ],
+        ));
+        inputs.push(transition(
+            "Transition",
+            vec![obj! { "type" => "Removed", "queryId" => 3i64, "diff" => 1i64 }],
+        ));
+        // Invalid: missing or nil fields, unknown kinds, wrong types, another message's tag.
+        for bad in [
+            obj! { "type" => "Updated", "queryId" => 1i64 },
+            obj! { "type" => "Updated", "queryId" => 1i64, "diff" => Value::Null },
+            obj! { "type" => "Failed", "queryId" => 1i64 },
+            obj! { "type" => "Moved", "queryId" => 1i64 },
+            obj! { "type" => "Removed", "queryId" => "one" },
+            updated(vec![obj! { "op" => "remove", "index" => 0i64 }]),
+            updated(vec![
+                obj! { "op" => "change", "index" => 0i64, "id" => "a" },
+            ]),
+            updated(vec![obj! { "op" => "insert", "index" => 0i64 }]),
+            updated(vec![obj! { "op" => "move", "index" => 0i64, "id" => "a" }]),
+            updated(vec![
+                obj! { "op" => "remove", "index" => -1i64, "id" => "a" },
+            ]),
+        ] {
+            inputs.push(transition("Transition", vec![bad]));
+        }
+        inputs.push(transition("Pong", vec![removed]));
+        inputs.push(map(vec![
+            ("type", Value::from("Transition")),
+            ("startTs", Value::from("1")),
+            ("endTs", Value::Int64(2)),
+            ("modifications", Value::Array(vec![])),
+        ]));
+        let mut trailing = transition("Transition", vec![]);
+        trailing.push(0xc0);
+        inputs.push(trailing);
+        inputs.push(vec![0xc1]);
+        assert_decoders_agree(&inputs, decode_transition, decode_server);
+        let ok = decode_transition(&inputs[server_samples().len()]).expect("decode");
+        assert!(
+            matches!(ok, ServerMessage::Transition { ref modifications, .. } if modifications.len() == 3)
+        );
     }
 
     #[test]
@@ -1063,6 +1207,7 @@ mod tests {
         fn decoders_never_panic_on_random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_client(&bytes);
             let _ = decode_server(&bytes);
+            let _ = decode_transition(&bytes);
         }
 
         #[test]
@@ -1080,7 +1225,12 @@ mod tests {
                     // Whatever decodes re-encodes and decodes to itself.
                     prop_assert_eq!(decode_client(&encode(&msg).unwrap_or_default()).ok(), Some(msg));
                 }
-                let _ = decode_server(bytes);
+                // The fast decoders give what the general ones give.
+                let client_general = decode_client(bytes).map_err(|e| e.to_string());
+                prop_assert_eq!(decode_call(bytes).map_err(|e| e.to_string()), client_general);
+                let general = decode_server(bytes).map_err(|e| e.to_string());
+                prop_assert_eq!(decode_call_result(bytes).map_err(|e| e.to_string()), general.clone());
+                prop_assert_eq!(decode_transition(bytes).map_err(|e| e.to_string()), general);
             }
         }
     }

@@ -11,7 +11,7 @@ pub use frame::{
     DEFAULT_MAX_FRAME_BYTES,
 };
 pub use messages::{
-    decode_call, decode_call_result, decode_client, decode_server, encode, encode_frame_into,
-    CallKind, CallOutcome, ClientMessage, ErrorPayload, Modification, ProtocolError, ServerMessage,
-    WireMessage, PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS,
+    decode_call, decode_call_result, decode_client, decode_server, decode_transition, encode,
+    encode_frame_into, CallKind, CallOutcome, ClientMessage, ErrorPayload, Modification,
+    ProtocolError, ServerMessage, WireMessage, PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS,
 };
