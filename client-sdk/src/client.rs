@@ -32,6 +32,10 @@ pub const DEFAULT_PORT: u16 = 7443;
 const MAX_PENDING_PINGS: usize = 16;
 /// Attempts of a call that never reached the wire (stream could not be opened) before giving up.
 const MAX_UNSENT_ATTEMPTS: u32 = 8;
+/// Longest a mutation the server shed waits before its retry, whatever `retryAfterMs` says.
+const MAX_OVERLOAD_WAIT: Duration = Duration::from_secs(5);
+/// The wait when a shed mutation's error carries no usable `retryAfterMs`.
+const DEFAULT_OVERLOAD_WAIT: Duration = Duration::from_millis(100);
 
 /// The future a token refresher returns: a fresh access token, or `None` if it has none.
 pub type TokenFuture = BoxFuture<'static, Option<String>>;
@@ -108,6 +112,10 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Retries of a query whose connection was lost.
     pub max_query_retries: u32,
+    /// Retries of a mutation the server shed as overloaded (`ClientError::is_overloaded`:
+    /// nothing was applied), each under the same mutation id after the error's
+    /// `retryAfterMs` plus up to 50 % jitter (at most 5 s). 0 returns the error at once.
+    pub max_overload_retries: u32,
     /// A QUIC endpoint (one UDP socket and its driver task) to share with other clients;
     /// `None` binds one for this client. Many clients in one process (load generators,
     /// servers fanning out) share a few endpoints instead of holding a socket each.
@@ -128,6 +136,7 @@ impl ClientOptions {
             idle_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_query_retries: 3,
+            max_overload_retries: 3,
             endpoint: None,
         }
     }
@@ -173,6 +182,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("idle_timeout", &self.idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_query_retries", &self.max_query_retries)
+            .field("max_overload_retries", &self.max_overload_retries)
             .field("shared_endpoint", &self.endpoint.is_some())
             .finish()
     }
@@ -350,38 +360,53 @@ impl Client {
     /// Runs a mutation under a fresh mutation id and decodes its result. If the connection
     /// drops before the answer, it is retried once with the same id after reconnecting, so it
     /// is applied at most once; `ClientError::MutationUnconfirmed` reports the rare case where
-    /// the retry got no answer either.
+    /// the retry got no answer either. A mutation the server sheds under load is retried as
+    /// `ClientOptions::max_overload_retries` says.
     pub async fn mutation<A, R>(&self, name: &str, args: &A) -> Result<R, ClientError>
     where
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
         let reply = self
-            .call(
-                CallKind::Mutation,
-                name,
-                to_args(args)?,
-                Some(new_mutation_id()),
-            )
+            .mutation_with_id(name, to_args(args)?, &new_mutation_id())
             .await?;
         decode(&reply.value)
     }
 
     /// A mutation under a caller-chosen id (≤ 128 bytes), e.g. to retry one that came back
-    /// `MutationUnconfirmed`: the server runs each id at most once per identity.
+    /// `MutationUnconfirmed`: the server runs each id at most once per identity. Retried like
+    /// `mutation` when the server sheds it; `call` sends it exactly as asked.
     pub async fn mutation_with_id(
         &self,
         name: &str,
         args: Value,
         mutation_id: &str,
     ) -> Result<CallReply, ClientError> {
-        self.call(
-            CallKind::Mutation,
-            name,
-            args,
-            Some(mutation_id.to_string()),
-        )
-        .await
+        let mut retries = 0;
+        loop {
+            let attempt = self
+                .call(
+                    CallKind::Mutation,
+                    name,
+                    args.clone(),
+                    Some(mutation_id.to_string()),
+                )
+                .await;
+            match attempt {
+                Err(e) if e.is_overloaded() && retries < self.inner.opts.max_overload_retries => {
+                    retries += 1;
+                    let wait = overload_wait(&e, rand::random());
+                    tracing::debug!(
+                        name,
+                        retries,
+                        ?wait,
+                        "mutation shed as overloaded; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs an action and decodes its result. Actions are never retried: if the connection
@@ -551,6 +576,24 @@ pub fn new_mutation_id() -> String {
 
 fn to_args<A: Serialize + ?Sized>(args: &A) -> Result<Value, ClientError> {
     query_engine::json::to_value(args).map_err(|e| ClientError::Encode(e.to_string()))
+}
+
+/// How long to wait before retrying a shed mutation: the server's `retryAfterMs` (or
+/// `DEFAULT_OVERLOAD_WAIT`), stretched by up to half again by `jitter` in [0, 1) so that
+/// callers shed together do not return together, and capped at `MAX_OVERLOAD_WAIT`.
+fn overload_wait(e: &ClientError, jitter: f64) -> Duration {
+    let after = match e {
+        ClientError::Function { data, .. } => data
+            .get_path("retryAfterMs")
+            .and_then(Value::as_i64)
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(ms as u64)),
+        _ => None,
+    }
+    .unwrap_or(DEFAULT_OVERLOAD_WAIT);
+    after
+        .mul_f64(1.0 + 0.5 * jitter.clamp(0.0, 1.0))
+        .min(MAX_OVERLOAD_WAIT)
 }
 
 fn decode<R: DeserializeOwned>(value: &Value) -> Result<R, ClientError> {
@@ -1159,6 +1202,29 @@ mod tests {
         assert!(parse_address("").is_err());
         assert!(parse_address("host:notaport").is_err());
         assert!(parse_address(":5").is_err());
+    }
+
+    #[test]
+    fn shed_mutations_wait_the_servers_retry_after_with_jitter_up_to_the_cap() {
+        let shed = |data: Value| ClientError::Function {
+            code: codes::RATE_LIMITED.into(),
+            message: "overloaded".into(),
+            data,
+        };
+        let after = |ms: i64| shed(query_engine::obj! { "retryAfterMs" => ms });
+        assert_eq!(overload_wait(&after(200), 0.0), Duration::from_millis(200));
+        assert_eq!(overload_wait(&after(200), 1.0), Duration::from_millis(300));
+        assert_eq!(overload_wait(&after(200), 7.0), Duration::from_millis(300));
+        assert_eq!(overload_wait(&after(60_000), 0.0), MAX_OVERLOAD_WAIT);
+        assert_eq!(overload_wait(&after(0), 0.0), DEFAULT_OVERLOAD_WAIT);
+        assert_eq!(
+            overload_wait(&shed(Value::Null), 0.0),
+            DEFAULT_OVERLOAD_WAIT
+        );
+        assert_eq!(
+            overload_wait(&ClientError::Disconnected, 0.0),
+            DEFAULT_OVERLOAD_WAIT
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use linkedup_schema::api::transcripts::{
     MAX_CHUNK_TEXT_CHARS, MAX_STREAM_LIMIT,
 };
 use query_engine::error::codes;
+use query_engine::protocol::CallKind;
 use query_engine::value::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -408,7 +409,14 @@ impl Worker {
             attempts += 1;
             let error = match self
                 .client
-                .mutation_with_id(fns::INGEST_BATCH, value.clone(), &mutation_id)
+                // `call`, not `mutation_with_id`: this loop is the retry policy, shedding
+                // included.
+                .call(
+                    CallKind::Mutation,
+                    fns::INGEST_BATCH,
+                    value.clone(),
+                    Some(mutation_id.clone()),
+                )
                 .await
             {
                 Ok(reply) => match acks(&args.chunks, &reply.value) {
