@@ -140,32 +140,24 @@ impl Progress {
     /// Sleeps for `d`, or until someone hurries the applier; unlike `pause_until` it leaves
     /// the request standing, so the rest of the job and the next one run unpaced.
     fn rest(&self, d: std::time::Duration) {
-        let deadline = std::time::Instant::now() + d;
-        let mut urgent = self.urgent.lock();
-        while !*urgent {
-            if self
-                .urgent_cvar
-                .wait_until(&mut urgent, deadline)
-                .timed_out()
-            {
-                break;
-            }
-        }
+        drop(self.wait_for_hurry(std::time::Instant::now() + d));
     }
 
     /// Sleeps until `deadline`, or until someone hurries the applier.
     fn pause_until(&self, deadline: std::time::Instant) {
+        *self.wait_for_hurry(deadline) = false;
+    }
+
+    /// Waits until `deadline` or a hurry; returns the hurry flag, locked.
+    fn wait_for_hurry(&self, deadline: std::time::Instant) -> parking_lot::MutexGuard<'_, bool> {
         let mut urgent = self.urgent.lock();
-        while !*urgent {
-            if self
+        while !*urgent
+            && !self
                 .urgent_cvar
                 .wait_until(&mut urgent, deadline)
                 .timed_out()
-            {
-                break;
-            }
-        }
-        *urgent = false;
+        {}
+        urgent
     }
 }
 
