@@ -241,10 +241,12 @@ impl<'s> Transaction<'s> {
                     prefix_successor(&index.id.0.to_be_bytes()).unwrap_or_else(|| vec![0xff; 5])
                 }
             };
-            self.merged_index_keys(&s, Some(&e), desc, limit)?
-                .into_iter()
-                .map(|k| k[4..].to_vec())
-                .collect()
+            // Strip the 4-byte index id in place rather than copying each key.
+            let mut keys = self.merged_index_keys(&s, Some(&e), desc, limit)?;
+            for k in &mut keys {
+                k.drain(..4);
+            }
+            keys
         };
         let examined = match (keys.len() >= limit, keys.last()) {
             (true, Some(last)) if desc => KeyRange {
