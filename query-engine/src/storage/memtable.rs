@@ -106,8 +106,9 @@ pub struct Memtable {
     pub docs: OrdMap<DocumentId, DocEntry>,
     /// Index entry changes by storage key: `true` present, `false` removed.
     pub index: OrdMap<IndexKey, bool>,
-    /// Latest value of each metadata entry written with the batches.
-    pub meta: BTreeMap<&'static str, Vec<u8>>,
+    /// Latest value of each metadata entry written with the batches. Shared, so that a
+    /// snapshot's copy of the memtable allocates nothing; a batch copies it on write.
+    pub meta: Arc<BTreeMap<&'static str, Vec<u8>>>,
     /// Commit timestamp of the newest batch held (0 when empty).
     pub ts: u64,
 }
@@ -138,7 +139,7 @@ impl Memtable {
         for (key, present) in index_entries {
             self.index.insert(IndexKey::from(key.as_slice()), present);
         }
-        self.meta.extend(meta);
+        Arc::make_mut(&mut self.meta).extend(meta);
         self.ts = ts;
     }
 
