@@ -582,16 +582,8 @@ fn to_args<A: Serialize + ?Sized>(args: &A) -> Result<Value, ClientError> {
 /// `DEFAULT_OVERLOAD_WAIT`), stretched by up to half again by `jitter` in [0, 1) so that
 /// callers shed together do not return together, and capped at `MAX_OVERLOAD_WAIT`.
 fn overload_wait(e: &ClientError, jitter: f64) -> Duration {
-    let after = match e {
-        ClientError::Function { data, .. } => data
-            .get_path("retryAfterMs")
-            .and_then(Value::as_i64)
-            .filter(|ms| *ms > 0)
-            .map(|ms| Duration::from_millis(ms as u64)),
-        _ => None,
-    }
-    .unwrap_or(DEFAULT_OVERLOAD_WAIT);
-    after
+    e.retry_after()
+        .unwrap_or(DEFAULT_OVERLOAD_WAIT)
         .mul_f64(1.0 + 0.5 * jitter.clamp(0.0, 1.0))
         .min(MAX_OVERLOAD_WAIT)
 }

@@ -86,6 +86,18 @@ impl ClientError {
         }
     }
 
+    /// The wait the server asked for before a retry (`data.retryAfterMs`, when positive).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Function { data, .. } | ClientError::Server { data, .. } => data
+                .get_path("retryAfterMs")
+                .and_then(Value::as_i64)
+                .filter(|ms| *ms > 0)
+                .map(|ms| std::time::Duration::from_millis(ms as u64)),
+            _ => None,
+        }
+    }
+
     pub(crate) fn function(payload: ErrorPayload) -> Self {
         ClientError::Function {
             code: payload.code,

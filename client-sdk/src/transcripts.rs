@@ -301,19 +301,14 @@ pub(crate) fn classify(e: &ClientError) -> Retry {
         | ClientError::MutationUnconfirmed { .. }
         | ClientError::Connect(_)
         | ClientError::Protocol(_) => Retry::Backoff,
-        ClientError::Function { code, data, .. } | ClientError::Server { code, data, .. } => {
+        ClientError::Function { code, .. } | ClientError::Server { code, .. } => {
             match code.as_str() {
                 codes::VALIDATION_ERROR
                 | codes::FORBIDDEN
                 | MEETING_NOT_ACTIVE
                 | codes::NOT_FOUND
                 | codes::UNAUTHORIZED => Retry::Never,
-                codes::RATE_LIMITED => {
-                    match data.get_path("retryAfterMs").and_then(Value::as_i64) {
-                        Some(ms) if ms > 0 => Retry::After(Duration::from_millis(ms as u64)),
-                        _ => Retry::Backoff,
-                    }
-                }
+                codes::RATE_LIMITED => e.retry_after().map_or(Retry::Backoff, Retry::After),
                 // INTERNAL, and unknown codes, which protocol §9 says to treat like INTERNAL.
                 _ => Retry::Backoff,
             }
