@@ -45,6 +45,11 @@ struct Args {
     /// Rate used for the idle comparison.
     #[arg(long, default_value_t = 10_000)]
     idle_rate: u64,
+    /// Rounds of the idle comparison. Each round measures one step without and one with the
+    /// idle subscriptions on the same warm engine, in alternating order (ABBA...), so neither
+    /// side gets the engine's first seconds or the machine's drift to itself.
+    #[arg(long, default_value_t = 3)]
+    idle_rounds: usize,
     /// Threads re-running the executions of one pass (default: the engine's).
     #[arg(long)]
     rerun_threads: Option<usize>,
@@ -156,7 +161,6 @@ struct Rig {
     /// per-step counter made a new step's first inserts rank below the previous step's and
     /// change nothing, which showed up as late "deliveries".
     seq: AtomicU64,
-    _sessions: Vec<query_engine::subscriptions::ClientSession>,
 }
 
 impl Rig {
@@ -255,7 +259,7 @@ impl Rig {
     }
 }
 
-async fn rig(dir: &std::path::Path, args: &Args, idle: usize) -> anyhow::Result<Rig> {
+async fn rig(dir: &std::path::Path, args: &Args) -> anyhow::Result<Rig> {
     let engine = Engine::open(
         &dir.join("db.redb"),
         schema(),
@@ -272,21 +276,6 @@ async fn rig(dir: &std::path::Path, args: &Args, idle: usize) -> anyhow::Result<
     {
         let notices = notices.clone();
         engine.on_commit(move |n| notices.lock().push((n.ts, now_us())));
-    }
-    let mut idle_sessions = Vec::new();
-    for i in 0..idle {
-        // 64 idle subscriptions per session, like a client watching many quiet things.
-        if i % 64 == 0 {
-            idle_sessions.push(mgr.connect(None).await);
-        }
-        let s = idle_sessions.last().context("session")?;
-        s.subscribe(
-            (i % 64) as u32,
-            "tail",
-            obj! {"room" => format!("idle-{i}")},
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let mut seen = Vec::new();
     for room in 0..args.rooms {
@@ -316,8 +305,44 @@ async fn rig(dir: &std::path::Path, args: &Args, idle: usize) -> anyhow::Result<
         seen,
         notices,
         seq: AtomicU64::new(0),
-        _sessions: idle_sessions,
     })
+}
+
+/// Subscribes `idle` queries on rooms nobody writes to, 64 per session like a client watching
+/// many quiet things. Dropping the sessions ends them.
+async fn attach_idle(
+    mgr: &SubscriptionManager,
+    idle: usize,
+) -> anyhow::Result<Vec<query_engine::subscriptions::ClientSession>> {
+    let mut sessions = Vec::new();
+    for i in 0..idle {
+        if i % 64 == 0 {
+            sessions.push(mgr.connect(None).await);
+        }
+        let s = sessions.last().context("session")?;
+        s.subscribe(
+            (i % 64) as u32,
+            "tail",
+            obj! {"room" => format!("idle-{i}")},
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(sessions)
+}
+
+/// Waits until the worker has released every execution beyond `executions` (closed sessions
+/// are dropped on its next pass).
+async fn await_executions(mgr: &SubscriptionManager, executions: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mgr.metrics().executions.load(Ordering::Relaxed) > executions {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "idle subscriptions were not released within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 async fn drive(rig: &Rig, args: &Args, rate: u64, seconds: u64) -> anyhow::Result<Step> {
@@ -422,6 +447,35 @@ fn step_row(s: &Step) -> Vec<String> {
     ]
 }
 
+/// Medians over the rounds of commit→delivery p99 and subscription CPU per commit, without
+/// and with the idle subscriptions, and the change.
+fn idle_summary(rows: &[(usize, usize, Step)], idle: usize) -> String {
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+    let arm = |n: usize, f: fn(&Step) -> f64| {
+        median(rows.iter().filter(|r| r.1 == n).map(|r| f(&r.2)).collect())
+    };
+    let p99 = |s: &Step| s.latency.p99_us as f64;
+    let cpu = |s: &Step| s.cpu_us_per_commit[2];
+    let (p0, p1) = (arm(0, p99), arm(idle, p99));
+    let (c0, c1) = (arm(0, cpu), arm(idle, cpu));
+    format!(
+        "Median over the rounds: commit→delivery p99 {} without, {} with {idle} idle \
+         subscriptions ({:+.1} %); subscription threads' CPU {c0:.1} / {c1:.1} µs per commit \
+         ({:+.1} %).",
+        fmt_us(p0 as u64),
+        fmt_us(p1 as u64),
+        (p1 / p0 - 1.0) * 100.0,
+        (c1 / c0 - 1.0) * 100.0,
+    )
+}
+
 fn step_json(s: &Step) -> serde_json::Value {
     serde_json::json!({
         "target": s.target,
@@ -465,7 +519,7 @@ fn main() -> anyhow::Result<()> {
         let machine = Machine::detect();
         let dir = tempfile::tempdir()?;
         println!("setting up {} rooms × {} subscribers ...", args.rooms, args.subscribers);
-        let r = rig(dir.path(), &args, 0).await?;
+        let r = rig(dir.path(), &args).await?;
         let mut steps = Vec::new();
         let mut table = Table::new(STEP_HEADERS);
         for &rate in &args.rates {
@@ -475,30 +529,36 @@ fn main() -> anyhow::Result<()> {
             println!("{}", table.text());
             steps.push(s);
         }
+        let mut idle_rows = Vec::new();
+        if args.idle > 0 {
+            let executions = r.mgr.metrics().executions.load(Ordering::Relaxed);
+            for round in 0..args.idle_rounds {
+                let order = if round % 2 == 0 { [0, args.idle] } else { [args.idle, 0] };
+                for idle in order {
+                    let sessions = attach_idle(&r.mgr, idle).await?;
+                    drive(&r, &args, args.idle_rate, 1).await?;
+                    let s = drive(&r, &args, args.idle_rate, args.seconds).await?;
+                    idle_rows.push((round + 1, idle, s));
+                    drop(sessions);
+                    await_executions(&r.mgr, executions).await?;
+                }
+            }
+        }
         let m = r.engine.metrics();
         let batches = m.batches.load(Ordering::Relaxed).max(1);
         let commits = m.commits.load(Ordering::Relaxed);
         drop(r);
-        let mut idle_rows = Vec::new();
-        if args.idle > 0 {
-            for idle in [0, args.idle] {
-                let d = tempfile::tempdir()?;
-                let r = rig(d.path(), &args, idle).await?;
-                drive(&r, &args, args.idle_rate, 1).await?;
-                let s = drive(&r, &args, args.idle_rate, args.seconds).await?;
-                idle_rows.push((idle, s));
-            }
-        }
-        let mut idle_headers = vec!["idle subscriptions"];
+        let mut idle_headers = vec!["round", "idle subscriptions"];
         idle_headers.extend_from_slice(STEP_HEADERS);
         let mut idle_table = Table::new(&idle_headers);
-        for (idle, s) in &idle_rows {
-            let mut row = vec![idle.to_string()];
+        for (round, idle, s) in &idle_rows {
+            let mut row = vec![round.to_string(), idle.to_string()];
             row.extend(step_row(s));
             idle_table.row(row);
         }
+        let idle_summary = idle_summary(&idle_rows, args.idle);
         let load_after = load_average();
-        println!("\n{}\n{}", table.text(), idle_table.text());
+        println!("\n{}\n{}\n{}", table.text(), idle_table.text(), idle_summary);
         println!("commit batches: {} for {} commits ({:.1} per batch)", batches, commits, commits as f64 / batches as f64);
         println!("load average at start {}, at end {}", machine.load_average, load_after);
         let json = serde_json::json!({
@@ -507,15 +567,17 @@ fn main() -> anyhow::Result<()> {
             "loadAverageAtEnd": load_after,
             "parameters": { "rooms": args.rooms, "subscribers": args.subscribers, "seconds": args.seconds, "idle": args.idle, "idleRate": args.idle_rate, "rerunThreads": args.rerun_threads },
             "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
-            "idle": idle_rows.iter().map(|(i, s)| serde_json::json!({"idle": i, "step": step_json(s)})).collect::<Vec<_>>(),
+            "idle": idle_rows.iter().map(|(r, i, s)| serde_json::json!({"round": r, "idle": i, "step": step_json(s)})).collect::<Vec<_>>(),
+            "idleSummary": idle_summary,
         });
         let md = format!(
             "# Reactive fan-out (in-process)\n\n{}- load average at end: {}\n\n{} rooms × {} subscribers, {} s per step, durable commits. \
              Latency runs from each commit's timestamp (assigned by the committer before the WAL \
              write and fsync) to the first transition covering it, once per subscriber of the \
              commit's room; commit→notify is the committer's part, notify→delivery the \
-             subscription worker's and the client task's.\n\n{}\n\nIdle subscriptions at {} commits/s:\n\n{}\n",
-            machine.markdown(), load_after, args.rooms, args.subscribers, args.seconds, table.markdown(), args.idle_rate, idle_table.markdown()
+             subscription worker's and the client task's.\n\n{}\n\nIdle subscriptions at {} commits/s, \
+             measured on the same warm engine, without and with them in alternating order:\n\n{}\n\n{}\n",
+            machine.markdown(), load_after, args.rooms, args.subscribers, args.seconds, table.markdown(), args.idle_rate, idle_table.markdown(), idle_summary
         );
         let (j, m) = write_results("reactive", &json, &md)?;
         println!("wrote {} and {}", j.display(), m.display());
