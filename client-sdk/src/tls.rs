@@ -79,8 +79,9 @@ fn bad_hex() -> ClientError {
 }
 
 /// The quinn client configuration for `trust`, with keep-alives every `keep_alive` and the
-/// connection declared dead after `idle_timeout` without any packet from the server.
-pub(crate) fn quic_client_config(
+/// connection declared dead after `idle_timeout` without any packet from the server. `Client`
+/// uses it; tests and tools that speak the protocol over a raw quinn endpoint use it too.
+pub fn quic_client_config(
     trust: &Trust,
     keep_alive: Duration,
     idle_timeout: Duration,

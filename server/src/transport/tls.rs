@@ -8,12 +8,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use quinn::crypto::rustls::QuicServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 /// The ALPN protocol id of wire protocol version 1.
@@ -215,78 +213,14 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsErro
 }
 
 /// A quinn client configuration that trusts exactly the certificate with `fingerprint`
-/// (TLS 1.3, ALPN `linkedup/1`); for tests and tools talking to a development server.
+/// (TLS 1.3, ALPN `linkedup/1`, the SDK's keep-alive and idle timeout); for tests and tools
+/// talking to a development server over a raw endpoint. It is the SDK's own configuration,
+/// so the pinning is implemented once.
 pub fn pinned_client_config(fingerprint: CertFingerprint) -> Result<quinn::ClientConfig, TlsError> {
-    let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCert {
-            fingerprint,
-            provider,
-        }))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-    Ok(quinn::ClientConfig::new(Arc::new(quic)))
-}
-
-/// Accepts the one certificate whose SHA-256 is pinned, whatever its names or dates; the
-/// handshake signature is still checked, so only the holder of its key can pass.
-#[derive(Debug)]
-struct PinnedCert {
-    fingerprint: CertFingerprint,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if CertFingerprint::of(end_entity) == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    let trust = linkedup_client::Trust::PinnedSha256(fingerprint.0);
+    let options = linkedup_client::ClientOptions::new(trust.clone());
+    linkedup_client::tls::quic_client_config(&trust, options.keep_alive, options.idle_timeout)
+        .map_err(|e| TlsError::Quic(e.to_string()))
 }
 
 #[cfg(test)]
