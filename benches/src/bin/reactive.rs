@@ -63,6 +63,9 @@ struct Args {
     latency_dump: Option<std::path::PathBuf>,
 }
 
+/// Unmeasured seconds at the idle comparison's rate before its first round.
+const IDLE_SETTLE_SECONDS: u64 = 5;
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -532,6 +535,9 @@ fn main() -> anyhow::Result<()> {
         let mut idle_rows = Vec::new();
         if args.idle > 0 {
             let executions = r.mgr.metrics().executions.load(Ordering::Relaxed);
+            // The last rate step may have left the engine behind (applier backlog, a
+            // checkpoint); settle at the comparison's rate before the first arm.
+            drive(&r, &args, args.idle_rate, IDLE_SETTLE_SECONDS).await?;
             for round in 0..args.idle_rounds {
                 let order = if round % 2 == 0 { [0, args.idle] } else { [args.idle, 0] };
                 for idle in order {
