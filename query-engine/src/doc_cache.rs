@@ -1,10 +1,22 @@
-//! A cache of decoded documents, filled only by the storage applier with the versions it has
-//! just written to redb (in commit order), so hot reads skip redb and MessagePack decoding.
-//! Each entry is tagged with the commit timestamp that wrote it; a reader at snapshot `ts` may
-//! use an entry only if its tag is ≤ `ts` and the snapshot's in-memory layers (newer batches)
-//! do not have the document (then it is the version visible at `ts`, because the applier
-//! replaces the entry on every later write). Evicting an entry
-//! only sends readers back to storage, so the cache is always correct.
+//! A cache of decoded documents, so hot reads skip redb and MessagePack decoding. The storage
+//! applier puts the versions it has just written to redb (in commit order); a reader that had
+//! to go to redb fills in the version it read there. Each entry is tagged with a commit
+//! timestamp at or after the write of its version: the applier's with the write's, a reader's
+//! with its snapshot's redb base. A reader at snapshot `ts` may use an entry only if its tag is
+//! ≤ `ts` and the snapshot's in-memory layers (newer batches) do not have the document (then it
+//! is the version visible at `ts`, because the applier replaces the entry on every later
+//! write). Evicting an entry only sends readers back to storage.
+//!
+//! A fill must not bring back a version the applier has replaced since the reader's base: the
+//! replacement may already be evicted again. So each shard remembers the highest tag it has
+//! evicted, and a fill whose base is older than that is dropped (as is one for a document
+//! already present). A replacement newer than the base is then either present (the fill is
+//! dropped), evicted (its tag is above the base: dropped), or still to come from the applier
+//! (it overwrites the fill, and until then readers newer than it find it in their memtables).
+//!
+//! Without fills, a document that is read but seldom written (a user, a meeting, a
+//! participant row checked on every call) was evicted by the stream of newer writes within
+//! about half a minute at 2,000 writes/s, and every later read went to redb and decoded it.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -42,8 +54,26 @@ impl Hasher for IdHasher {
 #[derive(Default)]
 struct Shard {
     map: HashMap<DocumentId, (u64, Option<Arc<Value>>), BuildHasherDefault<IdHasher>>,
-    /// Write order, for evicting the least recently written entries.
+    /// Insertion order, for evicting the least recently put or filled entries.
     order: VecDeque<(DocumentId, u64)>,
+    /// Highest tag evicted so far; fills with an older base are dropped.
+    evicted_max: u64,
+}
+
+impl Shard {
+    fn insert(&mut self, id: DocumentId, tag: u64, doc: Option<Arc<Value>>, per_shard: usize) {
+        self.map.insert(id, (tag, doc));
+        self.order.push_back((id, tag));
+        while self.map.len() > per_shard || self.order.len() > 2 * per_shard {
+            let Some((old, at)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&old).is_some_and(|(w, _)| *w == at) {
+                self.map.remove(&old);
+                self.evicted_max = self.evicted_max.max(at);
+            }
+        }
+    }
 }
 
 pub struct DocCache {
@@ -68,7 +98,7 @@ impl DocCache {
 
     fn shard(&self, id: &DocumentId) -> &Mutex<Shard> {
         let h = id.internal ^ (id.table.0 as u64).rotate_left(17);
-        &self.shards[(h as usize) % SHARDS]
+        &self.shards[(h as usize) % self.shards.len()]
     }
 
     pub fn get(&self, id: &DocumentId, ts: u64) -> Cached {
@@ -78,18 +108,19 @@ impl DocCache {
         }
     }
 
-    /// Records the version of `id` written at `ts` (called by the applier, in commit order).
+    /// Records the version of `id` written at `ts` (called by the applier, in commit order,
+    /// before it publishes the redb state that holds it).
     pub fn put(&self, id: DocumentId, ts: u64, doc: Option<Arc<Value>>) {
+        self.shard(&id).lock().insert(id, ts, doc, self.per_shard);
+    }
+
+    /// Offers the version of `id` a reader found in redb's state at `base` (the applied
+    /// commit timestamp of its snapshot). Kept only if the cache has no entry for `id` and
+    /// has evicted nothing newer than `base` (see the module comment).
+    pub fn fill(&self, id: DocumentId, base: u64, doc: Arc<Value>) {
         let mut s = self.shard(&id).lock();
-        s.map.insert(id, (ts, doc));
-        s.order.push_back((id, ts));
-        while s.map.len() > self.per_shard || s.order.len() > 2 * self.per_shard {
-            let Some((old, at)) = s.order.pop_front() else {
-                break;
-            };
-            if s.map.get(&old).is_some_and(|(w, _)| *w == at) {
-                s.map.remove(&old);
-            }
+        if base >= s.evicted_max && !s.map.contains_key(&id) {
+            s.insert(id, base, Some(doc), self.per_shard);
         }
     }
 }
@@ -114,5 +145,35 @@ mod tests {
         }
         let total: usize = c.shards.iter().map(|s| s.lock().map.len()).sum();
         assert!(total <= 32);
+    }
+
+    #[test]
+    fn a_fill_never_brings_back_a_replaced_version() {
+        // One shard, one entry: every put evicts the previous one.
+        let c = DocCache {
+            shards: vec![Mutex::new(Shard::default())],
+            per_shard: 1,
+        };
+        let (a, b) = (
+            DocumentId::new(TableNumber(1), 1),
+            DocumentId::new(TableNumber(1), 2),
+        );
+        let v = |n| Arc::new(Value::Int64(n));
+        // Absent and nothing evicted: a reader at base 5 fills in what redb had.
+        c.fill(a, 5, v(1));
+        assert!(matches!(c.get(&a, 5), Cached::Hit(Some(d)) if *d == Value::Int64(1)));
+        assert!(matches!(c.get(&a, 4), Cached::Miss));
+        // Present: a fill does not overwrite.
+        c.put(a, 7, Some(v(2)));
+        c.fill(a, 6, v(1));
+        assert!(matches!(c.get(&a, 7), Cached::Hit(Some(d)) if *d == Value::Int64(2)));
+        // The version put at 7 is evicted by b's: a reader whose base (6) predates it must not
+        // bring back the version it read, but one at or after the eviction's tag may.
+        c.put(b, 8, Some(v(9)));
+        assert!(matches!(c.get(&a, 8), Cached::Miss));
+        c.fill(a, 6, v(1));
+        assert!(matches!(c.get(&a, 8), Cached::Miss));
+        c.fill(a, 8, v(2));
+        assert!(matches!(c.get(&a, 8), Cached::Hit(Some(d)) if *d == Value::Int64(2)));
     }
 }

@@ -203,6 +203,8 @@ pub struct StorageOptions {
     /// Shortest time between two of the applier's redb transactions: longer means larger
     /// transactions (cheaper per update), a larger memtable and a longer replay after a crash.
     pub apply_interval: std::time::Duration,
+    /// Decoded documents the cache keeps (`doc_cache`).
+    pub doc_cache_entries: usize,
 }
 
 impl Default for StorageOptions {
@@ -211,6 +213,7 @@ impl Default for StorageOptions {
             checkpoint_bytes: CHECKPOINT_WAL_BYTES,
             max_memtable_len: MAX_MEMTABLE_LEN,
             apply_interval: APPLY_INTERVAL,
+            doc_cache_entries: DOC_CACHE_ENTRIES,
         }
     }
 }
@@ -259,7 +262,7 @@ impl Storage {
         }
         wal.discard_replayed().map_err(StorageError::Wal)?;
         let closed = Arc::new(CloseSignal::default());
-        let cache = Arc::new(DocCache::new(DOC_CACHE_ENTRIES));
+        let cache = Arc::new(DocCache::new(options.doc_cache_entries));
         let applied = Arc::new(ArcSwap::from_pointee(open_base(&db, durable_ts, &closed)?));
         let progress = Arc::new(Progress::default());
         let (tx, rx) = sync_channel(1);
@@ -666,6 +669,7 @@ mod tests {
                     checkpoint_bytes: 4096,
                     max_memtable_len: 40,
                     apply_interval: std::time::Duration::ZERO,
+                    ..StorageOptions::default()
                 },
             )
             .unwrap();
@@ -700,6 +704,9 @@ mod tests {
                     checkpoint_bytes: 2048,
                     max_memtable_len: 16,
                     apply_interval: std::time::Duration::from_millis(3),
+                    // One entry per cache shard: evictions all the time, so readers' fills
+                    // race the applier's puts and evictions.
+                    doc_cache_entries: 16,
                 },
             )
             .unwrap();
@@ -740,7 +747,14 @@ mod tests {
                 }
                 w.ensure_encoded().unwrap();
                 let ts = (n as u64 + 1) * 10;
-                snaps.push((commit(&s, w, ts), model.clone()));
+                let snap = commit(&s, w, ts);
+                // Reads while the applier works (each miss fills the cache from redb).
+                for id in 0..24u64 {
+                    let got = snap.get(&DocumentId::new(TableNumber(7), id)).unwrap()
+                        .map(|v| match *v { Value::Int64(x) => x, _ => unreachable!() });
+                    proptest::prop_assert_eq!(got, model.get(&id).copied());
+                }
+                snaps.push((snap, model.clone()));
             }
             for (snap, model) in &snaps {
                 for id in 0..24u64 {

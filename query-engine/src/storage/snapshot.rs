@@ -65,7 +65,11 @@ impl Snapshot {
         let key = id.to_bytes();
         match self.base.docs.get(key.as_slice())? {
             None => Ok(None),
-            Some(guard) => decode_doc(id, guard.value()).map(|v| Some(Arc::new(v))),
+            Some(guard) => {
+                let doc = Arc::new(decode_doc(id, guard.value())?);
+                self.cache.fill(*id, self.base.ts, doc.clone());
+                Ok(Some(doc))
+            }
         }
     }
 
