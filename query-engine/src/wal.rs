@@ -12,8 +12,9 @@
 //! for other files' newly allocated blocks). A zero record header marks the end of the
 //! records. The first segment after open is zero-filled before `open` returns, but short
 //! (`FIRST_SEGMENT_BYTES`), so opening stays quick; it gives way to a full-size one as soon as
-//! that is ready. Appending to a growing first segment instead cost 4–7 ms per `fdatasync`
-//! here (against ~0.2 ms), which stalled every commit of the first second after an open.
+//! that is ready. (The log fsyncs of 4–7 ms seen in the first second after an open came from
+//! zero-filling that full-size segment in 512 KiB steps beside them, not from the growing
+//! first segment; the background zero-fill is now paced, see `create_zero_filled`.)
 //!
 //! Record: `u32 length | u32 crc32(body) | body`, body: `u64 ts`, then meta entries, documents
 //! (12-byte id, present flag, encoded document) and index entries (key, present flag), each
@@ -478,7 +479,8 @@ const REMOVE_REST: Duration = Duration::from_millis(2);
 /// Deletes a segment file a few MiB at a time. On a filesystem mounted with `discard` (this
 /// machine's is), unlinking a 72 MiB segment discards all its blocks at once, and every log
 /// fsync meanwhile waited ~44 ms; cut by 2 MiB with rests, the longest wait was ~2–4 ms (the
-/// whole removal takes ~130 ms, on the applier's thread after its checkpoint).
+/// whole removal takes ~130 ms, on the applier's thread after its checkpoint, or in `open`
+/// for segments replayed there).
 fn remove_gradually(path: &Path) -> std::io::Result<()> {
     let file = match OpenOptions::new().write(true).open(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
