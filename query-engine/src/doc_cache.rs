@@ -53,7 +53,7 @@ impl Hasher for IdHasher {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<DocumentId, (u64, Option<Arc<Value>>), BuildHasherDefault<IdHasher>>,
+    map: HashMap<DocumentId, (u64, Option<SizedDoc>), BuildHasherDefault<IdHasher>>,
     /// Insertion order, for evicting the least recently put or filled entries.
     order: VecDeque<(DocumentId, u64)>,
     /// Highest tag evicted so far; fills with an older base are dropped.
@@ -61,7 +61,7 @@ struct Shard {
 }
 
 impl Shard {
-    fn insert(&mut self, id: DocumentId, tag: u64, doc: Option<Arc<Value>>, per_shard: usize) {
+    fn insert(&mut self, id: DocumentId, tag: u64, doc: Option<SizedDoc>, per_shard: usize) {
         self.map.insert(id, (tag, doc));
         self.order.push_back((id, tag));
         while self.map.len() > per_shard || self.order.len() > 2 * per_shard {
@@ -81,10 +81,14 @@ pub struct DocCache {
     per_shard: usize,
 }
 
+/// A decoded document with the length of its stored encoding (what a read counts against
+/// `Limits::max_bytes_read`).
+pub type SizedDoc = (Arc<Value>, usize);
+
 /// What the cache knows of a document at a snapshot.
 pub enum Cached {
     /// The visible version (`None`: deleted).
-    Hit(Option<Arc<Value>>),
+    Hit(Option<SizedDoc>),
     Miss,
 }
 
@@ -110,14 +114,14 @@ impl DocCache {
 
     /// Records the version of `id` written at `ts` (called by the applier, in commit order,
     /// before it publishes the redb state that holds it).
-    pub fn put(&self, id: DocumentId, ts: u64, doc: Option<Arc<Value>>) {
+    pub fn put(&self, id: DocumentId, ts: u64, doc: Option<SizedDoc>) {
         self.shard(&id).lock().insert(id, ts, doc, self.per_shard);
     }
 
     /// Offers the version of `id` a reader found in redb's state at `base` (the applied
     /// commit timestamp of its snapshot). Kept only if the cache has no entry for `id` and
     /// has evicted nothing newer than `base` (see the module comment).
-    pub fn fill(&self, id: DocumentId, base: u64, doc: Arc<Value>) {
+    pub fn fill(&self, id: DocumentId, base: u64, doc: SizedDoc) {
         let mut s = self.shard(&id).lock();
         if base >= s.evicted_max && !s.map.contains_key(&id) {
             s.insert(id, base, Some(doc), self.per_shard);
@@ -134,7 +138,7 @@ mod tests {
     fn visible_only_at_or_after_its_write_and_bounded() {
         let c = DocCache::new(32);
         let id = DocumentId::new(TableNumber(1), 1);
-        c.put(id, 10, Some(Arc::new(Value::Int64(1))));
+        c.put(id, 10, Some((Arc::new(Value::Int64(1)), 9)));
         assert!(matches!(c.get(&id, 9), Cached::Miss));
         assert!(matches!(c.get(&id, 10), Cached::Hit(Some(_))));
         c.put(id, 12, None);
@@ -158,15 +162,15 @@ mod tests {
             DocumentId::new(TableNumber(1), 1),
             DocumentId::new(TableNumber(1), 2),
         );
-        let v = |n| Arc::new(Value::Int64(n));
+        let v = |n| (Arc::new(Value::Int64(n)), 9);
         // Absent and nothing evicted: a reader at base 5 fills in what redb had.
         c.fill(a, 5, v(1));
-        assert!(matches!(c.get(&a, 5), Cached::Hit(Some(d)) if *d == Value::Int64(1)));
+        assert!(matches!(c.get(&a, 5), Cached::Hit(Some((d, 9))) if *d == Value::Int64(1)));
         assert!(matches!(c.get(&a, 4), Cached::Miss));
         // Present: a fill does not overwrite.
         c.put(a, 7, Some(v(2)));
         c.fill(a, 6, v(1));
-        assert!(matches!(c.get(&a, 7), Cached::Hit(Some(d)) if *d == Value::Int64(2)));
+        assert!(matches!(c.get(&a, 7), Cached::Hit(Some((d, 9))) if *d == Value::Int64(2)));
         // The version put at 7 is evicted by b's: a reader whose base (6) predates it must not
         // bring back the version it read, but one at or after the eviction's tag may.
         c.put(b, 8, Some(v(9)));
@@ -174,6 +178,6 @@ mod tests {
         c.fill(a, 6, v(1));
         assert!(matches!(c.get(&a, 8), Cached::Miss));
         c.fill(a, 8, v(2));
-        assert!(matches!(c.get(&a, 8), Cached::Hit(Some(d)) if *d == Value::Int64(2)));
+        assert!(matches!(c.get(&a, 8), Cached::Hit(Some((d, 9))) if *d == Value::Int64(2)));
     }
 }

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::catalog::{Catalog, IndexInfo, IndexState, TableInfo};
+use crate::doc_cache::SizedDoc;
 use crate::encoding::{encode_missing, encode_value, prefix_successor};
 use crate::error::{FunctionError, FunctionResult};
 use crate::id::{DocumentId, ID_BYTES};
@@ -171,9 +172,10 @@ impl<'s> Transaction<'s> {
         Ok(())
     }
 
-    fn count_read(&mut self, doc: &Value) -> FunctionResult<()> {
+    /// Counts one document read, of `bytes` stored bytes, against the read limits.
+    fn count_read(&mut self, bytes: usize) -> FunctionResult<()> {
         self.docs_read += 1;
-        self.bytes_read += doc.size_bytes();
+        self.bytes_read += bytes;
         if self.docs_read > self.limits.max_documents_read {
             return Err(limit_error("documentsRead", self.limits.max_documents_read));
         }
@@ -183,15 +185,16 @@ impl<'s> Transaction<'s> {
         Ok(())
     }
 
-    /// The document's current state as this transaction sees it, without recording a read.
-    fn lookup(&self, id: &DocumentId) -> FunctionResult<Option<Arc<Value>>> {
+    /// The document's current state as this transaction sees it, with its stored length,
+    /// without recording a read.
+    fn lookup(&self, id: &DocumentId) -> FunctionResult<Option<SizedDoc>> {
         if let Some(d) = self.writes.doc(id) {
             return Ok(d);
         }
         if let Some(d) = self.base.and_then(|b| b.doc(id)) {
             return Ok(d);
         }
-        Ok(self.snapshot.get(id)?)
+        Ok(self.snapshot.get_sized(id)?)
     }
 
     /// Point read by id; records the `by_id` point range.
@@ -203,11 +206,11 @@ impl<'s> Transaction<'s> {
             .ok_or_else(|| FunctionError::validation("id of an unknown table"))?;
         self.reads
             .record(table.by_id().id, KeyRange::point(&id.to_bytes()));
-        let doc = self.lookup(&id)?;
-        if let Some(d) = &doc {
-            self.count_read(d)?;
-        }
-        Ok(doc)
+        let Some((doc, bytes)) = self.lookup(&id)? else {
+            return Ok(None);
+        };
+        self.count_read(bytes)?;
+        Ok(Some(doc))
     }
 
     /// Reads up to `limit` documents of `index` with keys in `[start, end)` (keys without the
@@ -266,10 +269,10 @@ impl<'s> Transaction<'s> {
         let mut rows = Vec::with_capacity(keys.len());
         for key in keys {
             let id = id_of_key(&key)?;
-            let Some(doc) = self.lookup(&id)? else {
+            let Some((doc, bytes)) = self.lookup(&id)? else {
                 return Err(FunctionError::internal("index entry without document"));
             };
-            self.count_read(&doc)?;
+            self.count_read(bytes)?;
             rows.push(RangeRow { key, doc });
         }
         Ok(rows)

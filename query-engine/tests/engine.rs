@@ -360,6 +360,60 @@ async fn limits_are_enforced() {
     assert_eq!(e.code, "VALIDATION_ERROR");
 }
 
+/// `bytesRead` counts each document's stored (encoded) length, whether the read finds it in a
+/// memtable, the document cache or redb after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bytes_read_limit_counts_stored_documents_from_every_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let mut config = query_engine::engine::EngineConfig::default();
+        // Each note below is a little over 1,000 bytes encoded: 4 fit, 5 do not.
+        config.limits.max_bytes_read = 4_500;
+        query_engine::engine::Engine::open(
+            &dir.path().join("db"),
+            common::schema(),
+            common::functions(),
+            config,
+        )
+        .unwrap()
+    };
+    let read = |engine: &query_engine::engine::Engine, limit: i64| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .query(
+                    "notesAfter",
+                    obj! {"topic" => "t", "after" => -1i64, "limit" => limit},
+                    None,
+                )
+                .await
+        }
+    };
+    let engine = open();
+    for seq in 0..8i64 {
+        engine
+            .mutation(
+                "addNote",
+                obj! {"topic" => "t", "seq" => seq, "text" => "x".repeat(1_000)},
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let check = |engine: query_engine::engine::Engine| async move {
+        assert!(read(&engine, 4).await.is_ok());
+        let e = read(&engine, 5).await.unwrap_err();
+        assert_eq!(e.code, "VALIDATION_ERROR");
+        assert!(e.message.contains("bytesRead"), "{}", e.message);
+        engine
+    };
+    // Just written: from the memtables (or the cache, once applied).
+    let engine = check(engine).await;
+    // Reopened: from redb.
+    common::close(engine, std::time::Duration::from_secs(30)).await;
+    check(open()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_restart_and_ids_are_not_reused() {
     let dir = tempfile::tempdir().unwrap();

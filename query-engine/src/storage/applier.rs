@@ -147,7 +147,7 @@ impl Applier {
         )?;
         txn.commit()?;
         for (id, e) in m.docs.iter() {
-            self.cache.put(*id, e.ts, e.doc.clone());
+            self.cache.put(*id, e.ts, e.sized());
             pacer.tick();
         }
         self.applied

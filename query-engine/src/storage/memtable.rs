@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 
+use crate::doc_cache::SizedDoc;
 use crate::id::{DocumentId, ID_BYTES};
 use crate::value::Value;
 use crate::writes::WriteSet;
@@ -30,6 +31,18 @@ pub struct DocEntry {
     pub doc: Option<Arc<Value>>,
     /// MessagePack of `doc` (present documents only).
     pub encoded: Option<Arc<Vec<u8>>>,
+}
+
+impl DocEntry {
+    /// The document with its encoded length (`None`: deleted).
+    pub fn sized(&self) -> Option<SizedDoc> {
+        let doc = self.doc.as_ref()?;
+        let bytes = self
+            .encoded
+            .as_ref()
+            .map_or_else(|| doc.size_bytes(), |e| e.len());
+        Some((doc.clone(), bytes))
+    }
 }
 
 /// Longest index key held inline. 62 bytes keep an `IndexKey` at 64 bytes and cover an index
@@ -144,8 +157,8 @@ impl Memtable {
     }
 
     /// The state of `id` here: `Some(None)` if deleted, `None` if not held.
-    pub fn doc(&self, id: &DocumentId) -> Option<&Option<Arc<Value>>> {
-        self.docs.get(id).map(|e| &e.doc)
+    pub fn doc(&self, id: &DocumentId) -> Option<Option<SizedDoc>> {
+        self.docs.get(id).map(DocEntry::sized)
     }
 
     /// Index entry changes with storage keys in `[start, end)`, in scan order.

@@ -11,7 +11,7 @@ use redb::ReadOnlyTable;
 use super::memtable::Memtable;
 use super::reclaim::Reclaimer;
 use super::{CloseSignal, StorageError};
-use crate::doc_cache::{Cached, DocCache};
+use crate::doc_cache::{Cached, DocCache, SizedDoc};
 use crate::id::{DocumentId, ID_BYTES};
 use crate::key_merge::{MergedKeys, OverlayIter};
 use crate::value::Value;
@@ -52,12 +52,17 @@ impl Drop for Snapshot {
 
 impl Snapshot {
     pub fn get(&self, id: &DocumentId) -> Result<Option<Arc<Value>>, StorageError> {
+        Ok(self.get_sized(id)?.map(|(doc, _)| doc))
+    }
+
+    /// The document with the length of its stored encoding.
+    pub fn get_sized(&self, id: &DocumentId) -> Result<Option<SizedDoc>, StorageError> {
         let held = self
             .active
             .doc(id)
             .or_else(|| self.frozen.as_ref().and_then(|f| f.doc(id)));
         if let Some(doc) = held {
-            return Ok(doc.clone());
+            return Ok(doc);
         }
         if let Cached::Hit(doc) = self.cache.get(id, self.ts) {
             return Ok(doc);
@@ -66,7 +71,8 @@ impl Snapshot {
         match self.base.docs.get(key.as_slice())? {
             None => Ok(None),
             Some(guard) => {
-                let doc = Arc::new(decode_doc(id, guard.value())?);
+                let bytes = guard.value();
+                let doc = (Arc::new(decode_doc(id, bytes)?), bytes.len());
                 self.cache.fill(*id, self.base.ts, doc.clone());
                 Ok(Some(doc))
             }
