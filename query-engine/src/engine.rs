@@ -27,7 +27,7 @@ use crate::mutation_ids::{self, MutationDedupConfig, MutationOutcome};
 use crate::reads::ReadSet;
 use crate::scheduler::{self, Cron};
 use crate::schema::{user_fields, SchemaDefinition, ValidationError, Validator};
-use crate::storage::{Snapshot, Storage, StorageError};
+use crate::storage::{Snapshot, Storage, StorageError, StorageOptions};
 use crate::transaction::{index_key, Limits, Transaction};
 use crate::value::Value;
 
@@ -52,6 +52,8 @@ pub struct EngineConfig {
     pub run_scheduler: bool,
     /// Retried-mutation deduplication (`run_mutation_with_id`).
     pub mutation_dedup: MutationDedupConfig,
+    /// The write path's tuning and the storage caches' sizes.
+    pub storage: StorageOptions,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +67,7 @@ impl Default for EngineConfig {
             crons: Vec::new(),
             run_scheduler: true,
             mutation_dedup: MutationDedupConfig::default(),
+            storage: StorageOptions::default(),
         }
     }
 }
@@ -202,7 +205,7 @@ impl Engine {
         full.tables.insert(jobs.name.clone(), jobs);
         let mutation_ids = mutation_ids::table();
         full.tables.insert(mutation_ids.name.clone(), mutation_ids);
-        let storage = Arc::new(Storage::open(path)?);
+        let storage = Arc::new(Storage::open_with(path, config.storage.clone())?);
         let snap = storage.snapshot(0);
         let last_ts = meta_u64(&snap, "last_ts")?;
         let id_hw = meta_u64(&snap, "id_high_water")?;

@@ -25,6 +25,9 @@ const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 /// Smallest `maxFrameBytes` accepted: below this, ordinary results would not fit in a frame.
 const MIN_FRAME_BYTES: u32 = 64 * 1024;
 const MAX_CONCURRENT_CALLS_LIMIT: u32 = 10_000;
+/// Bounds of `--storage-cache-mib`.
+const MIN_STORAGE_CACHE_MIB: u64 = 8;
+const MAX_STORAGE_CACHE_MIB: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -354,6 +357,15 @@ pub struct Options {
         value_name = "MS"
     )]
     pub overload_target_ms: Option<u64>,
+    /// MiB of storage page cache (redb's read and write buffers). With the decoded-document
+    /// cache, most of the server's memory [default: 1024].
+    #[arg(
+        long,
+        env = "LINKEDUP_STORAGE_CACHE_MIB",
+        global = true,
+        value_name = "MIB"
+    )]
+    pub storage_cache_mib: Option<u64>,
     /// Skip fsync on commit (benchmarks only: a crash loses acknowledged writes).
     #[arg(long, env = "LINKEDUP_NO_FSYNC", global = true)]
     #[serde(default)]
@@ -412,6 +424,7 @@ impl Options {
                 .or(lower.mutation_dedup_ttl_secs),
             overload_max_wait_ms: self.overload_max_wait_ms.or(lower.overload_max_wait_ms),
             overload_target_ms: self.overload_target_ms.or(lower.overload_target_ms),
+            storage_cache_mib: self.storage_cache_mib.or(lower.storage_cache_mib),
             no_fsync: self.no_fsync || lower.no_fsync,
         }
     }
@@ -514,6 +527,17 @@ impl Options {
                 value: admission.max_wait.as_millis().to_string(),
                 reason: "must be at least overload-target-ms",
             });
+        }
+        if let Some(mib) = self.storage_cache_mib {
+            let mib = at_least("storage-cache-mib", mib, MIN_STORAGE_CACHE_MIB)?;
+            config.engine.storage.page_cache_bytes = usize::try_from(mib << 20)
+                .ok()
+                .filter(|_| mib <= MAX_STORAGE_CACHE_MIB)
+                .ok_or(ConfigError::Invalid {
+                    name: "storage-cache-mib",
+                    value: mib.to_string(),
+                    reason: "must be at most 1048576 (1 TiB)",
+                })?;
         }
         if self.no_fsync {
             config.engine.committer.durable = false;
@@ -669,6 +693,26 @@ mod tests {
         ] {
             assert!(matches!(
                 parse(bad).options.resolve(),
+                Err(ConfigError::Invalid { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn the_storage_cache_size_reaches_the_engine_and_is_checked() {
+        let config = parse(&["--storage-cache-mib", "64"])
+            .options
+            .resolve()
+            .unwrap();
+        assert_eq!(config.engine.storage.page_cache_bytes, 64 << 20);
+        let default = parse(&[]).options.resolve().unwrap();
+        assert_eq!(
+            default.engine.storage.page_cache_bytes,
+            query_engine::storage::PAGE_CACHE_BYTES
+        );
+        for bad in ["0", "7", "1048577"] {
+            assert!(matches!(
+                parse(&["--storage-cache-mib", bad]).options.resolve(),
                 Err(ConfigError::Invalid { .. })
             ));
         }

@@ -37,6 +37,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CHECKPOINT_WAL_BYTES: u64 = 64 << 20;
 /// Decoded documents kept by the cache.
 const DOC_CACHE_ENTRIES: usize = 200_000;
+/// redb's page cache: redb's own default, made explicit so a deployment can size it.
+pub const PAGE_CACHE_BYTES: usize = 1 << 30;
 /// Documents and index entries the active memtable may hold while the applier is busy.
 const MAX_MEMTABLE_LEN: usize = 500_000;
 /// Shortest time between two of the applier's redb transactions. Under random updates a
@@ -205,6 +207,9 @@ pub struct StorageOptions {
     pub apply_interval: std::time::Duration,
     /// Decoded documents the cache keeps (`doc_cache`).
     pub doc_cache_entries: usize,
+    /// Bytes of redb's page cache (read and write buffers together); with the document cache
+    /// and the memtables, most of the server's memory.
+    pub page_cache_bytes: usize,
 }
 
 impl Default for StorageOptions {
@@ -214,6 +219,7 @@ impl Default for StorageOptions {
             max_memtable_len: MAX_MEMTABLE_LEN,
             apply_interval: APPLY_INTERVAL,
             doc_cache_entries: DOC_CACHE_ENTRIES,
+            page_cache_bytes: PAGE_CACHE_BYTES,
         }
     }
 }
@@ -226,7 +232,10 @@ impl Storage {
     /// Opens (creating) the database, replaying log records newer than redb's durable state.
     pub fn open_with(path: &Path, options: StorageOptions) -> Result<Storage, StorageError> {
         let file = writeback::PacedFile::open(path).map_err(StorageError::Io)?;
-        let db = match Database::builder().create_with_backend(file) {
+        let db = match Database::builder()
+            .set_cache_size(options.page_cache_bytes)
+            .create_with_backend(file)
+        {
             Ok(db) => Arc::new(db),
             Err(redb::DatabaseError::UpgradeRequired(v)) => {
                 return Err(StorageError::OldFileFormat(v))
@@ -707,6 +716,7 @@ mod tests {
                     // One entry per cache shard: evictions all the time, so readers' fills
                     // race the applier's puts and evictions.
                     doc_cache_entries: 16,
+                    ..StorageOptions::default()
                 },
             )
             .unwrap();
