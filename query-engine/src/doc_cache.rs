@@ -85,6 +85,12 @@ pub struct DocCache {
 /// `Limits::max_bytes_read`).
 pub type SizedDoc = (Arc<Value>, usize);
 
+/// `doc` with its stored length: that of its encoding, or `Value::size_bytes` while it has
+/// none yet (a transaction's own writes are encoded only when it ends).
+pub fn sized(doc: &Arc<Value>, encoded_len: Option<usize>) -> SizedDoc {
+    (doc.clone(), encoded_len.unwrap_or_else(|| doc.size_bytes()))
+}
+
 /// What the cache knows of a document at a snapshot.
 pub enum Cached {
     /// The visible version (`None`: deleted).

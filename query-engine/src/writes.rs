@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::catalog::IndexId;
-use crate::doc_cache::SizedDoc;
+use crate::doc_cache::{sized, SizedDoc};
 use crate::id::DocumentId;
 use crate::reads::TouchedKeys;
 use crate::value::Value;
@@ -40,16 +40,13 @@ impl WriteSet {
     }
 
     /// Looks up a document written here: `Some(None)` if deleted here, `None` if untouched.
-    /// With the length of its encoding, or `Value::size_bytes` while it has none yet.
+    /// With its stored length (`doc_cache::sized`).
     pub fn doc(&self, id: &DocumentId) -> Option<Option<SizedDoc>> {
         let doc = self.docs.get(id)?;
-        Some(doc.as_ref().map(|d| {
-            let bytes = self
-                .encoded
-                .get(id)
-                .map_or_else(|| d.size_bytes(), Vec::len);
-            (d.clone(), bytes)
-        }))
+        Some(
+            doc.as_ref()
+                .map(|d| sized(d, self.encoded.get(id).map(Vec::len))),
+        )
     }
 
     /// Encodes every present document that has no encoding yet.

@@ -530,14 +530,16 @@ impl Options {
         }
         if let Some(mib) = self.storage_cache_mib {
             let mib = at_least("storage-cache-mib", mib, MIN_STORAGE_CACHE_MIB)?;
-            config.engine.storage.page_cache_bytes = usize::try_from(mib << 20)
-                .ok()
-                .filter(|_| mib <= MAX_STORAGE_CACHE_MIB)
-                .ok_or(ConfigError::Invalid {
-                    name: "storage-cache-mib",
-                    value: mib.to_string(),
-                    reason: "must be at most 1048576 (1 TiB)",
-                })?;
+            let too_large = || ConfigError::Invalid {
+                name: "storage-cache-mib",
+                value: mib.to_string(),
+                reason: "must be at most 1048576 (1 TiB)",
+            };
+            if mib > MAX_STORAGE_CACHE_MIB {
+                return Err(too_large());
+            }
+            config.engine.storage.page_cache_bytes =
+                usize::try_from(mib << 20).map_err(|_| too_large())?;
         }
         if self.no_fsync {
             config.engine.committer.durable = false;

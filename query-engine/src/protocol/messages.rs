@@ -660,6 +660,11 @@ mod tests {
         rmp_serde::to_vec_named(&Value::from(obj)).expect("encode")
     }
 
+    /// The wire form of each sample message.
+    fn encoded<M: WireMessage>(samples: &[M]) -> Vec<Vec<u8>> {
+        samples.iter().map(|m| encode(m).expect("encode")).collect()
+    }
+
     /// Both decoders give the same message, or the same error, for every input.
     fn assert_decoders_agree<T, E>(
         inputs: &[Vec<u8>],
@@ -680,10 +685,7 @@ mod tests {
 
     #[test]
     fn the_call_decoder_agrees_with_the_general_one() {
-        let mut inputs: Vec<Vec<u8>> = client_samples()
-            .iter()
-            .map(|m| encode(m).expect("encode"))
-            .collect();
+        let mut inputs = encoded(&client_samples());
         // No mutationId, an unknown key, a wrong type, a missing field, an unknown tag,
         // trailing bytes, garbage.
         let call = |extra: Vec<(&str, Value)>| {
@@ -725,10 +727,7 @@ mod tests {
 
     #[test]
     fn the_call_result_decoder_agrees_with_the_general_one() {
-        let mut inputs: Vec<Vec<u8>> = server_samples()
-            .iter()
-            .map(|m| encode(m).expect("encode"))
-            .collect();
+        let mut inputs = encoded(&server_samples());
         let result = |outcome: Value| {
             map(vec![
                 ("type", Value::from("CallResult")),
@@ -767,10 +766,7 @@ mod tests {
 
     #[test]
     fn the_transition_decoder_agrees_with_the_general_one() {
-        let mut inputs: Vec<Vec<u8>> = server_samples()
-            .iter()
-            .map(|m| encode(m).expect("encode"))
-            .collect();
+        let mut inputs = encoded(&server_samples());
         let transition = |tag: &str, modifications: Vec<Value>| {
             map(vec![
                 ("type", Value::from(tag)),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 
-use crate::doc_cache::SizedDoc;
+use crate::doc_cache::{self, SizedDoc};
 use crate::id::{DocumentId, ID_BYTES};
 use crate::value::Value;
 use crate::writes::WriteSet;
@@ -36,12 +36,8 @@ pub struct DocEntry {
 impl DocEntry {
     /// The document with its encoded length (`None`: deleted).
     pub fn sized(&self) -> Option<SizedDoc> {
-        let doc = self.doc.as_ref()?;
-        let bytes = self
-            .encoded
-            .as_ref()
-            .map_or_else(|| doc.size_bytes(), |e| e.len());
-        Some((doc.clone(), bytes))
+        let encoded_len = self.encoded.as_ref().map(|e| e.len());
+        Some(doc_cache::sized(self.doc.as_ref()?, encoded_len))
     }
 }
 

@@ -492,9 +492,9 @@ fn open_base(db: &Database, ts: u64, closed: &Arc<CloseSignal>) -> Result<Base, 
     })
 }
 
-/// Applies documents, index entries and metadata inside a redb write transaction.
-/// Writes documents, index entries and metadata into `txn`; `pace` is called after each
-/// document and index entry (the applier rests there, see `applier::Pacer`).
+/// Writes documents, index entries and metadata into the redb write transaction `txn`; `pace`
+/// is called before each document and index entry (the applier rests there, see
+/// `applier::Pacer`).
 fn apply<'a>(
     txn: &redb::WriteTransaction,
     docs: impl Iterator<Item = ([u8; ID_BYTES], Option<&'a [u8]>)>,
