@@ -6,6 +6,7 @@
 //! group-commits them; `subscriptions` re-runs the queries whose read sets a commit touched.
 
 pub mod admission;
+mod background;
 pub mod catalog;
 pub mod committer;
 pub mod context;

@@ -352,8 +352,10 @@ impl Wal {
             let (path, bytes) = (next_segment_path(&self.base), self.segment_bytes);
             match std::thread::Builder::new()
                 .name("wal-zero-fill".into())
-                .spawn(move || create_zero_filled(&path, bytes, true))
-            {
+                .spawn(move || {
+                    crate::background::lower_current_thread_priority();
+                    create_zero_filled(&path, bytes, true)
+                }) {
                 Ok(handle) => self.next = Some(handle),
                 // The next segment then grows as it is appended to; tried again next append.
                 Err(e) => {

@@ -19,6 +19,8 @@
 //! (in-process commit→delivery p99 went from ~5 ms between bursts to 15–80 ms across them).
 //! Nobody waits for it, so it is paced (`Pacer`): it rests after each slice of work and takes
 //! at most about half a core — unless the committer is waiting for it, then it runs flat out.
+//! It also runs at the lowest thread priority (`crate::background`), so within its half core
+//! it still gives way to the committer and the subscription threads whenever they want to run.
 
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -92,6 +94,7 @@ pub(super) struct Applier {
 impl Applier {
     /// Runs until the sender is dropped; then makes redb durable and returns.
     pub fn run(self, rx: Receiver<Job>) {
+        crate::background::lower_current_thread_priority();
         let mut last_start = Instant::now();
         while let Ok(job) = rx.recv() {
             self.progress.pause_until(last_start + self.interval);

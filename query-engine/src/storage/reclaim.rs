@@ -32,7 +32,10 @@ impl Reclaimer {
         let (tx, rx) = sync_channel(CAPACITY);
         std::thread::Builder::new()
             .name("reclaimer".into())
-            .spawn(move || run(rx))?;
+            .spawn(move || {
+                crate::background::lower_current_thread_priority();
+                run(rx)
+            })?;
         Ok(Reclaimer { tx })
     }
 
