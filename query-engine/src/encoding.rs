@@ -401,8 +401,9 @@ pub(crate) mod tests {
         out
     }
 
-    /// Bitwise equality, with NaNs compared after canonicalisation.
-    fn identical(a: &Value, b: &Value) -> bool {
+    /// Bitwise equality, with NaNs compared after canonicalisation (so `0.0` and `-0.0`
+    /// differ, which `==` would not tell). Shared by the encoding round-trip tests.
+    pub(crate) fn identical(a: &Value, b: &Value) -> bool {
         match (a, b) {
             (Value::Float64(x), Value::Float64(y)) => {
                 canonical_f64(*x).to_bits() == canonical_f64(*y).to_bits()

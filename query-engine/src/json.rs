@@ -358,28 +358,9 @@ pub fn from_value<T: DeserializeOwned>(v: &Value) -> Result<T, ConvertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encoding::tests::arb_value;
+    use crate::encoding::tests::{arb_value, identical};
     use crate::obj;
     use proptest::prelude::*;
-
-    /// Bitwise equality, with NaNs compared after canonicalisation.
-    fn identical(a: &Value, b: &Value) -> bool {
-        match (a, b) {
-            (Value::Float64(x), Value::Float64(y)) => {
-                (x.is_nan() && y.is_nan()) || x.to_bits() == y.to_bits()
-            }
-            (Value::Array(x), Value::Array(y)) => {
-                x.len() == y.len() && x.iter().zip(y).all(|(p, q)| identical(p, q))
-            }
-            (Value::Object(x), Value::Object(y)) => {
-                x.len() == y.len()
-                    && x.iter()
-                        .zip(y.iter())
-                        .all(|((kp, p), (kq, q))| kp == kq && identical(p, q))
-            }
-            _ => a == b,
-        }
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]

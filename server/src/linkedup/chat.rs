@@ -20,7 +20,7 @@ use query_engine::schema::v;
 use query_engine::value::Value;
 
 use super::guards::assert_meeting_access;
-use super::idempotency::{check_and_record, store_result, DEFAULT_TTL_MS};
+use super::idempotency::{earlier_id, store_result};
 use super::rate_limit::check_and_consume;
 use super::{audited, check_text, decode, fields, limit_arg, LinkedUpConfig};
 
@@ -111,12 +111,8 @@ fn send(
     }
     let me = &access.user.id;
     let scope = format!("chat.send:{}:{me}", a.meeting_id);
-    if let Some(key) = &a.client_message_id {
-        if let Some(previous) = check_and_record(ctx, key, &scope, DEFAULT_TTL_MS)? {
-            if let Some(id) = previous.as_str() {
-                return Ok(id.to_string());
-            }
-        }
+    if let Some(id) = earlier_id(ctx, a.client_message_id.as_deref(), &scope)? {
+        return Ok(id);
     }
     check_and_consume(
         ctx,

@@ -72,6 +72,22 @@ pub fn check_and_record(
     Ok(None)
 }
 
+/// For a mutation that creates a document and returns its id: with a key, the id an earlier
+/// call with this key in `scope` returned, if it has not expired; otherwise the key is recorded
+/// (one day) and `None` returned, and the caller creates the document and `store_result`s its
+/// id in the same transaction. Without a key, `None`.
+pub fn earlier_id(
+    ctx: &mut Ctx<'_, '_>,
+    key: Option<&str>,
+    scope: &str,
+) -> FunctionResult<Option<String>> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    Ok(check_and_record(ctx, key, scope, DEFAULT_TTL_MS)?
+        .and_then(|previous| previous.as_str().map(str::to_string)))
+}
+
 /// Stores the result of the call that recorded `key` (see `check_and_record`).
 pub fn store_result(
     ctx: &mut Ctx<'_, '_>,

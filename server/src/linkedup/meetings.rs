@@ -34,7 +34,7 @@ use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
 
 use super::guards::{assert_meeting_access, current_user, find_participant, MeetingAccess};
-use super::idempotency::{check_and_record, store_result, DEFAULT_TTL_MS};
+use super::idempotency::{earlier_id, store_result};
 use super::post_call::{INSIGHTS_GENERATE, TRANSCRIPTS_AGGREGATE};
 use super::rate_limit::check_and_consume;
 use super::{audit, audited, check_text, decode, fields, limit_arg, LinkedUpConfig};
@@ -282,12 +282,8 @@ fn schedule(
 
     let me = current_user(ctx)?;
     let scope = format!("meetings.schedule:{}", me.id);
-    if let Some(key) = &a.idempotency_key {
-        if let Some(previous) = check_and_record(ctx, key, &scope, DEFAULT_TTL_MS)? {
-            if let Some(id) = previous.as_str() {
-                return Ok(id.to_string());
-            }
-        }
+    if let Some(id) = earlier_id(ctx, a.idempotency_key.as_deref(), &scope)? {
+        return Ok(id);
     }
     check_and_consume(
         ctx,

@@ -25,8 +25,8 @@ use query_engine::schema::v;
 use query_engine::value::Value;
 
 use super::{
-    chunk_input_validator, fns, BatchResult, ChunkInput, ChunkResult, IngestBatchArgs,
-    IngestChunkArgs, MAX_BATCH_CHUNKS, MAX_CHUNK_TEXT_CHARS, MAX_ID_CHARS,
+    chunk_input_fields, chunk_input_validator, fns, BatchResult, ChunkInput, ChunkResult,
+    IngestBatchArgs, IngestChunkArgs, MAX_BATCH_CHUNKS, MAX_CHUNK_TEXT_CHARS, MAX_ID_CHARS,
 };
 use crate::linkedup::guards::assert_meeting_access;
 use crate::linkedup::rate_limit::check_and_consume_in;
@@ -162,15 +162,11 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     f.mutation(
         fns::INGEST_CHUNK,
         Visibility::Public,
-        v::object([
-            ("meetingId", v::id(MEETINGS)),
-            ("chunkId", v::string()),
-            ("speakerId", v::optional(v::string())),
-            ("text", v::string()),
-            ("confidence", v::float64()),
-            ("startMs", v::int64()),
-            ("endMs", v::int64()),
-        ]),
+        v::object(
+            [("meetingId", v::id(MEETINGS))]
+                .into_iter()
+                .chain(chunk_input_fields()),
+        ),
         v::object([("sequence", v::int64()), ("duplicate", v::boolean())]),
         audited(config, fns::INGEST_CHUNK, move |ctx, a: IngestChunkArgs| {
             let chunk = ChunkInput {

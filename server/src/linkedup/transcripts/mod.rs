@@ -32,15 +32,20 @@ pub mod fns {
     pub const AGGREGATE_SEGMENTS: &str = "transcripts.aggregateSegments";
 }
 
-pub(crate) fn chunk_input_validator() -> Validator {
-    v::object([
+/// The fields of one chunk as a producer sends it (`ChunkInput`).
+pub(crate) fn chunk_input_fields() -> [(&'static str, Validator); 6] {
+    [
         ("chunkId", v::string()),
         ("speakerId", v::optional(v::string())),
         ("text", v::string()),
         ("confidence", v::float64()),
         ("startMs", v::int64()),
         ("endMs", v::int64()),
-    ])
+    ]
+}
+
+pub(crate) fn chunk_input_validator() -> Validator {
+    v::object(chunk_input_fields())
 }
 
 /// A chunk as `transcripts.stream` returns it: the stored document.
