@@ -400,7 +400,7 @@ impl Engine {
         v: &Value,
         checked: Option<&Value>,
     ) -> FunctionResult<()> {
-        if v.size_bytes() > self.inner.limits.max_result_bytes {
+        if v.size_exceeds(self.inner.limits.max_result_bytes) {
             return Err(crate::transaction::limit_error(
                 "resultBytes",
                 self.inner.limits.max_result_bytes,

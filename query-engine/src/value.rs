@@ -129,24 +129,21 @@ impl Value {
 
     /// Approximate in-memory/encoded size in bytes, used for per-call byte limits.
     pub fn size_bytes(&self) -> usize {
-        match self {
-            Value::Null | Value::Bool(_) => 1,
-            Value::Int64(_) | Value::Float64(_) => 9,
-            Value::String(s) => s.len() + 2,
-            Value::Bytes(b) => b.len() + 2,
-            Value::Array(a) => 2 + a.iter().map(Value::size_bytes).sum::<usize>(),
-            Value::Object(o) => {
-                2 + o
-                    .iter()
-                    .map(|(k, v)| k.len() + 2 + v.size_bytes())
-                    .sum::<usize>()
-            }
-        }
+        let mut budget = usize::MAX;
+        self.charge(&mut budget);
+        usize::MAX - budget
     }
 
     /// Whether `size_bytes()` is above `limit`, walking only as far as it takes to tell (a
     /// large value is usually decided within its first elements).
     pub fn size_exceeds(&self, limit: usize) -> bool {
+        let mut budget = limit;
+        self.charge(&mut budget)
+    }
+
+    /// Takes this value's size from `budget`, part by part; true (and the walk stops) when a
+    /// part does not fit. The one place the size rules are written.
+    fn charge(&self, budget: &mut usize) -> bool {
         fn take(budget: &mut usize, n: usize) -> bool {
             match budget.checked_sub(n) {
                 Some(left) => {
@@ -156,19 +153,18 @@ impl Value {
                 None => true,
             }
         }
-        fn walk(v: &Value, budget: &mut usize) -> bool {
-            match v {
-                Value::Array(a) => take(budget, 2) || a.iter().any(|x| walk(x, budget)),
-                Value::Object(o) => {
-                    take(budget, 2)
-                        || o.iter()
-                            .any(|(k, x)| take(budget, k.len() + 2) || walk(x, budget))
-                }
-                scalar => take(budget, scalar.size_bytes()),
+        match self {
+            Value::Null | Value::Bool(_) => take(budget, 1),
+            Value::Int64(_) | Value::Float64(_) => take(budget, 9),
+            Value::String(s) => take(budget, s.len() + 2),
+            Value::Bytes(b) => take(budget, b.len() + 2),
+            Value::Array(a) => take(budget, 2) || a.iter().any(|x| x.charge(budget)),
+            Value::Object(o) => {
+                take(budget, 2)
+                    || o.iter()
+                        .any(|(k, x)| take(budget, k.len() + 2) || x.charge(budget))
             }
         }
-        let mut budget = limit;
-        walk(self, &mut budget)
     }
 }
 
@@ -265,4 +261,20 @@ macro_rules! obj {
         $( m.insert($k.to_string(), $crate::value::Value::from($v)); )*
         $crate::value::Value::from(m)
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_rules() {
+        // 2 (object) + "a": 1+2 + 9 (int) + "bb": 2+2 + 3+2 (string) + "c": 1+2 + 2+1+1 (array).
+        let v = obj! {"a" => 1i64, "bb" => "xyz", "c" => Value::Array(vec![Value::Null, Value::Bool(true)])};
+        assert_eq!(v.size_bytes(), 30);
+        assert!(v.size_exceeds(29));
+        assert!(!v.size_exceeds(30));
+        assert_eq!(Value::Bytes(vec![0; 5]).size_bytes(), 7);
+        assert_eq!(Value::Float64(1.5).size_bytes(), 9);
+    }
 }
