@@ -562,9 +562,17 @@ fn main() -> anyhow::Result<()> {
             row.extend(step_row(s));
             idle_table.row(row);
         }
-        let idle_summary = idle_summary(&idle_rows, args.idle);
+        let idle_summary = if idle_rows.is_empty() {
+            "No idle-subscription comparison (--idle 0).".to_string()
+        } else {
+            idle_summary(&idle_rows, args.idle)
+        };
         let load_after = load_average();
-        println!("\n{}\n{}\n{}", table.text(), idle_table.text(), idle_summary);
+        if idle_rows.is_empty() {
+            println!("\n{}\n{}", table.text(), idle_summary);
+        } else {
+            println!("\n{}\n{}\n{}", table.text(), idle_table.text(), idle_summary);
+        }
         println!("commit batches: {} for {} commits ({:.1} per batch)", batches, commits, commits as f64 / batches as f64);
         println!("load average at start {}, at end {}", machine.load_average, load_after);
         let json = serde_json::json!({
