@@ -5,6 +5,11 @@
 //! value the client has to the latest: sending it in full instead made every transition of a
 //! lagging client as large as its whole results, so it fell further behind and never caught
 //! up (seen in the fan-out benchmark after an overloaded step).
+//!
+//! Merging only remembers the two ends (`Update::Merged`); the diff between them is worked out
+//! when the consumer takes the transition, on the consumer's task. Diffing at every merge put
+//! a lagging client's work — a diff and an encoding of up to a whole result per commit, for
+//! each of its lagging queries — on the subscription worker that every client waits for.
 
 use std::sync::Arc;
 
@@ -30,6 +35,12 @@ pub(crate) struct Change {
 #[derive(Clone)]
 pub(crate) enum Update {
     Changed(Arc<Change>),
+    /// Changes merged while the consumer lagged: from `base` (what the client has) to
+    /// `latest`, diffed when taken.
+    Merged {
+        base: Arc<Value>,
+        latest: Arc<Value>,
+    },
     /// The full value (a new subscription, or a re-run under a new identity).
     Full(Arc<Value>),
     Failed(FunctionError),
@@ -50,16 +61,63 @@ impl Update {
     }
 }
 
-/// `later` applied after `earlier`, as one update; `None` when together they change nothing.
-fn merge(earlier: Update, later: Update) -> Option<Update> {
-    match (earlier, later) {
-        (Update::Changed(a), Update::Changed(b)) => {
-            Update::change(a.base.clone(), b.latest.clone())
+impl Update {
+    /// The value this update leaves the client with, if it is a change of a value.
+    fn latest(&self) -> Option<&Arc<Value>> {
+        match self {
+            Update::Changed(c) => Some(&c.latest),
+            Update::Merged { latest, .. } => Some(latest),
+            _ => None,
         }
-        // The client has no value the change applies to: it gets the new value in full.
-        (Update::Full(_), Update::Changed(c)) => Some(Update::Full(c.latest.clone())),
-        (_, later) => Some(later),
     }
+
+    /// What the client has before this change, if it is one.
+    fn base(&self) -> Option<&Arc<Value>> {
+        match self {
+            Update::Changed(c) => Some(&c.base),
+            Update::Merged { base, .. } => Some(base),
+            _ => None,
+        }
+    }
+}
+
+/// `later` applied after `earlier`, as one update. Constant time: a change after a change is
+/// remembered by its ends, not diffed here.
+fn merge(earlier: Update, later: Update) -> Update {
+    if let (Some(base), Some(latest)) = (earlier.base(), later.latest()) {
+        return Update::Merged {
+            base: base.clone(),
+            latest: latest.clone(),
+        };
+    }
+    match (earlier, later.latest()) {
+        // The client has no value the change applies to: it gets the new value in full.
+        (Update::Full(_), Some(latest)) => Update::Full(latest.clone()),
+        _ => later,
+    }
+}
+
+/// The update as the consumer receives it; `None` when merged changes cancelled out.
+fn deliver(query_id: u32, update: Update) -> Option<QueryUpdate> {
+    Some(match update {
+        Update::Changed(c) => QueryUpdate::Updated {
+            query_id,
+            diff: c.diff.clone(),
+            encoded: Some(c.encoded.clone()),
+        },
+        Update::Merged { base, latest } => QueryUpdate::Updated {
+            query_id,
+            diff: Arc::new(diff(&base, &latest)?),
+            encoded: None,
+        },
+        Update::Full(v) => QueryUpdate::Updated {
+            query_id,
+            diff: Arc::new(ResultDiff::Replace((*v).clone())),
+            encoded: None,
+        },
+        Update::Failed(error) => QueryUpdate::Failed { query_id, error },
+        Update::Removed => QueryUpdate::Removed { query_id },
+    })
 }
 
 #[derive(Default)]
@@ -96,13 +154,7 @@ impl Outbox {
                     // what takes it from the value it has to the latest.
                     s.merges += 1;
                     let earlier = std::mem::replace(&mut s.pending[i].1, Update::Removed);
-                    match merge(earlier, u) {
-                        Some(m) => s.pending[i].1 = m,
-                        // Back to the value the client has: nothing to send for it.
-                        None => {
-                            s.pending.remove(i);
-                        }
-                    }
+                    s.pending[i].1 = merge(earlier, u);
                 }
                 Err(i) => s.pending.insert(i, (q, u)),
             }
@@ -136,39 +188,28 @@ impl Outbox {
     }
 
     fn take(&self) -> Option<Option<Transition>> {
-        let mut s = self.state.lock();
-        if s.due {
+        let (start_ts, end_ts, pending) = {
+            let mut s = self.state.lock();
+            if !s.due {
+                return s.closed.then_some(None);
+            }
             s.due = false;
             let start = s.delivered_ts;
             s.delivered_ts = s.latest_ts;
-            let updates = s
-                .pending
-                .drain(..)
-                .map(|(query_id, u)| match u {
-                    Update::Changed(c) => QueryUpdate::Updated {
-                        query_id,
-                        diff: c.diff.clone(),
-                        encoded: Some(c.encoded.clone()),
-                    },
-                    Update::Full(v) => QueryUpdate::Updated {
-                        query_id,
-                        diff: Arc::new(ResultDiff::Replace((*v).clone())),
-                        encoded: None,
-                    },
-                    Update::Failed(error) => QueryUpdate::Failed { query_id, error },
-                    Update::Removed => QueryUpdate::Removed { query_id },
-                })
-                .collect();
-            return Some(Some(Transition {
-                start_ts: start,
-                end_ts: s.latest_ts,
-                updates,
-            }));
-        }
-        if s.closed {
-            return Some(None);
-        }
-        None
+            // The merged changes are diffed after the lock is released, so the worker's
+            // pushes to this outbox do not wait for them.
+            let pending: Vec<(u32, Update)> = s.pending.drain(..).collect();
+            (start, s.latest_ts, pending)
+        };
+        let updates = pending
+            .into_iter()
+            .filter_map(|(query_id, u)| deliver(query_id, u))
+            .collect();
+        Some(Some(Transition {
+            start_ts,
+            end_ts,
+            updates,
+        }))
     }
 
     pub fn try_next(&self) -> Option<Transition> {
@@ -219,7 +260,9 @@ mod tests {
             panic!("one update expected");
         };
         assert!(matches!(**diff, ResultDiff::Array(ref edits) if edits.len() == 5));
-        assert!(encoded.as_ref().is_some_and(|e| e.len() < 1_000));
+        // Diffed when taken, so encoded by the connection, not shared.
+        assert!(encoded.is_none());
+        assert!(encode_diff(diff).len() < 1_000);
         assert_eq!(apply(&versions[0], diff).unwrap(), *versions[5]);
         assert_eq!(o.merges(), 4);
     }
