@@ -97,27 +97,23 @@ fn merge(earlier: Update, later: Update) -> Update {
     }
 }
 
-/// The update as the consumer receives it; `None` when merged changes cancelled out.
-fn deliver(query_id: u32, update: Update) -> Option<QueryUpdate> {
-    Some(match update {
+/// An update as the consumer receives it, without diffing: `take` diffs merged changes
+/// itself, and a merged change sent whole is its latest value.
+fn ready(query_id: u32, update: Update) -> QueryUpdate {
+    match update {
         Update::Changed(c) => QueryUpdate::Updated {
             query_id,
             diff: c.diff.clone(),
             encoded: Some(c.encoded.clone()),
         },
-        Update::Merged { base, latest } => QueryUpdate::Updated {
-            query_id,
-            diff: Arc::new(diff(&base, &latest)?),
-            encoded: None,
-        },
-        Update::Full(v) => QueryUpdate::Updated {
+        Update::Merged { latest: v, .. } | Update::Full(v) => QueryUpdate::Updated {
             query_id,
             diff: Arc::new(ResultDiff::Replace((*v).clone())),
             encoded: None,
         },
         Update::Failed(error) => QueryUpdate::Failed { query_id, error },
         Update::Removed => QueryUpdate::Removed { query_id },
-    })
+    }
 }
 
 #[derive(Default)]
@@ -188,7 +184,8 @@ impl Outbox {
     }
 
     fn take(&self) -> Option<Option<Transition>> {
-        let (start_ts, end_ts, pending) = {
+        let mut merged = Vec::new();
+        let (start_ts, end_ts, mut updates) = {
             let mut s = self.state.lock();
             if !s.due {
                 return s.closed.then_some(None);
@@ -196,15 +193,28 @@ impl Outbox {
             s.due = false;
             let start = s.delivered_ts;
             s.delivered_ts = s.latest_ts;
-            // The merged changes are diffed after the lock is released, so the worker's
-            // pushes to this outbox do not wait for them.
-            let pending: Vec<(u32, Update)> = s.pending.drain(..).collect();
-            (start, s.latest_ts, pending)
+            let mut updates = Vec::with_capacity(s.pending.len());
+            for (query_id, u) in s.pending.drain(..) {
+                match u {
+                    // Diffed below, after the lock is released, so the worker's pushes to
+                    // this outbox do not wait for them.
+                    Update::Merged { base, latest } => merged.push((query_id, base, latest)),
+                    u => updates.push(ready(query_id, u)),
+                }
+            }
+            (start, s.latest_ts, updates)
         };
-        let updates = pending
-            .into_iter()
-            .filter_map(|(query_id, u)| deliver(query_id, u))
-            .collect();
+        if !merged.is_empty() {
+            // Changes that cancelled out send nothing for their query.
+            updates.extend(merged.into_iter().filter_map(|(query_id, base, latest)| {
+                Some(QueryUpdate::Updated {
+                    query_id,
+                    diff: Arc::new(diff(&base, &latest)?),
+                    encoded: None,
+                })
+            }));
+            updates.sort_by_key(QueryUpdate::query_id);
+        }
         Some(Some(Transition {
             start_ts,
             end_ts,
@@ -265,6 +275,30 @@ mod tests {
         assert!(encode_diff(diff).len() < 1_000);
         assert_eq!(apply(&versions[0], diff).unwrap(), *versions[5]);
         assert_eq!(o.merges(), 4);
+    }
+
+    /// Merged changes, diffed at take, keep their place among the other queries' updates.
+    #[test]
+    fn merged_changes_keep_query_order() {
+        let o = Outbox::default();
+        let (a, b, c) = (docs(1), docs(2), docs(3));
+        o.push(1, vec![(2, changed(&a, &b))]);
+        o.push(
+            2,
+            vec![
+                (1, changed(&a, &b)),
+                (2, changed(&b, &c)),
+                (3, Update::Full(c.clone())),
+            ],
+        );
+        let t = o.try_next().expect("a transition");
+        let ids: Vec<u32> = t.updates.iter().map(QueryUpdate::query_id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        let QueryUpdate::Updated { diff, encoded, .. } = &t.updates[1] else {
+            panic!("query 2 updated");
+        };
+        assert!(encoded.is_none(), "diffed when taken");
+        assert_eq!(apply(&a, diff).unwrap(), *c);
     }
 
     /// Changes that cancel out leave nothing to send for that query; a query the client has

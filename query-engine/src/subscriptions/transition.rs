@@ -23,6 +23,16 @@ pub enum QueryUpdate {
     Removed { query_id: u32 },
 }
 
+impl QueryUpdate {
+    pub fn query_id(&self) -> u32 {
+        match self {
+            QueryUpdate::Updated { query_id, .. }
+            | QueryUpdate::Failed { query_id, .. }
+            | QueryUpdate::Removed { query_id } => *query_id,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transition {
     pub start_ts: u64,
