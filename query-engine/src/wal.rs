@@ -350,12 +350,9 @@ impl Wal {
         };
         if self.next.is_none() && self.len >= start_at {
             let (path, bytes) = (next_segment_path(&self.base), self.segment_bytes);
-            match std::thread::Builder::new()
-                .name("wal-zero-fill".into())
-                .spawn(move || {
-                    crate::background::lower_current_thread_priority();
-                    create_zero_filled(&path, bytes, true)
-                }) {
+            match crate::background::spawn("wal-zero-fill", move || {
+                create_zero_filled(&path, bytes, true)
+            }) {
                 Ok(handle) => self.next = Some(handle),
                 // The next segment then grows as it is appended to; tried again next append.
                 Err(e) => {

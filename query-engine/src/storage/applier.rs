@@ -94,7 +94,6 @@ pub(super) struct Applier {
 impl Applier {
     /// Runs until the sender is dropped; then makes redb durable and returns.
     pub fn run(self, rx: Receiver<Job>) {
-        crate::background::lower_current_thread_priority();
         let mut last_start = Instant::now();
         while let Ok(job) = rx.recv() {
             self.progress.pause_until(last_start + self.interval);

@@ -283,9 +283,7 @@ impl Storage {
             interval: options.apply_interval,
             closed: closed.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name("applier".into())
-            .spawn(move || applier.run(rx))
+        let handle = crate::background::spawn("applier", move || applier.run(rx))
             .map_err(StorageError::Io)?;
         let reclaimer = Reclaimer::start().map_err(StorageError::Io)?;
         Ok(Storage {

@@ -30,12 +30,7 @@ impl Reclaimer {
     /// Starts the thread; it ends when every `Reclaimer` clone is gone and the queue is empty.
     pub fn start() -> std::io::Result<Reclaimer> {
         let (tx, rx) = sync_channel(CAPACITY);
-        std::thread::Builder::new()
-            .name("reclaimer".into())
-            .spawn(move || {
-                crate::background::lower_current_thread_priority();
-                run(rx)
-            })?;
+        crate::background::spawn("reclaimer", move || run(rx))?;
         Ok(Reclaimer { tx })
     }
 
