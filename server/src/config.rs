@@ -493,14 +493,13 @@ impl Options {
             limits.max_frame_bytes = at_least("max-frame-bytes", n, MIN_FRAME_BYTES)?;
         }
         if let Some(n) = self.max_concurrent_calls {
-            limits.max_concurrent_calls = at_least("max-concurrent-calls", n, 1)?;
-            if n > MAX_CONCURRENT_CALLS_LIMIT {
-                return Err(ConfigError::Invalid {
-                    name: "max-concurrent-calls",
-                    value: n.to_string(),
-                    reason: "must be at most 10000",
-                });
-            }
+            let n = at_least("max-concurrent-calls", n, 1)?;
+            limits.max_concurrent_calls = at_most(
+                "max-concurrent-calls",
+                n,
+                MAX_CONCURRENT_CALLS_LIMIT,
+                "must be at most 10000",
+            )?;
         }
         if let Some(n) = self.max_subscriptions {
             limits.max_subscriptions = at_least("max-subscriptions", n, 1)?;
@@ -529,17 +528,16 @@ impl Options {
             });
         }
         if let Some(mib) = self.storage_cache_mib {
+            const TOO_LARGE: &str = "must be at most 1048576 (1 TiB)";
             let mib = at_least("storage-cache-mib", mib, MIN_STORAGE_CACHE_MIB)?;
-            let too_large = || ConfigError::Invalid {
-                name: "storage-cache-mib",
-                value: mib.to_string(),
-                reason: "must be at most 1048576 (1 TiB)",
-            };
-            if mib > MAX_STORAGE_CACHE_MIB {
-                return Err(too_large());
-            }
+            let mib = at_most("storage-cache-mib", mib, MAX_STORAGE_CACHE_MIB, TOO_LARGE)?;
+            // Only a 32-bit target cannot hold it.
             config.engine.storage.page_cache_bytes =
-                usize::try_from(mib << 20).map_err(|_| too_large())?;
+                usize::try_from(mib << 20).map_err(|_| ConfigError::Invalid {
+                    name: "storage-cache-mib",
+                    value: mib.to_string(),
+                    reason: TOO_LARGE,
+                })?;
         }
         if self.no_fsync {
             config.engine.committer.durable = false;
@@ -557,6 +555,22 @@ fn non_empty(name: &'static str, value: &str) -> Result<(), ConfigError> {
         });
     }
     Ok(())
+}
+
+fn at_most<T: PartialOrd + ToString>(
+    name: &'static str,
+    n: T,
+    max: T,
+    reason: &'static str,
+) -> Result<T, ConfigError> {
+    if n > max {
+        return Err(ConfigError::Invalid {
+            name,
+            value: n.to_string(),
+            reason,
+        });
+    }
+    Ok(n)
 }
 
 fn at_least<T: PartialOrd + ToString>(name: &'static str, n: T, min: T) -> Result<T, ConfigError> {
