@@ -562,17 +562,23 @@ fn main() -> anyhow::Result<()> {
             row.extend(step_row(s));
             idle_table.row(row);
         }
-        let idle_summary = if idle_rows.is_empty() {
-            "No idle-subscription comparison (--idle 0).".to_string()
+        // (summary, terminal text, Markdown) of the idle comparison.
+        let (idle_summary, idle_text, idle_md) = if idle_rows.is_empty() {
+            let none = "No idle-subscription comparison (--idle 0).".to_string();
+            (none.clone(), none.clone(), none)
         } else {
-            idle_summary(&idle_rows, args.idle)
+            let summary = idle_summary(&idle_rows, args.idle);
+            let text = format!("{}\n{summary}", idle_table.text());
+            let md = format!(
+                "Idle subscriptions at {} commits/s, measured on the same warm engine, without \
+                 and with them in alternating order:\n\n{}\n\n{summary}",
+                args.idle_rate,
+                idle_table.markdown()
+            );
+            (summary, text, md)
         };
         let load_after = load_average();
-        if idle_rows.is_empty() {
-            println!("\n{}\n{}", table.text(), idle_summary);
-        } else {
-            println!("\n{}\n{}\n{}", table.text(), idle_table.text(), idle_summary);
-        }
+        println!("\n{}\n{}", table.text(), idle_text);
         println!("commit batches: {} for {} commits ({:.1} per batch)", batches, commits, commits as f64 / batches as f64);
         println!("load average at start {}, at end {}", machine.load_average, load_after);
         let json = serde_json::json!({
@@ -589,9 +595,8 @@ fn main() -> anyhow::Result<()> {
              Latency runs from each commit's timestamp (assigned by the committer before the WAL \
              write and fsync) to the first transition covering it, once per subscriber of the \
              commit's room; commit→notify is the committer's part, notify→delivery the \
-             subscription worker's and the client task's.\n\n{}\n\nIdle subscriptions at {} commits/s, \
-             measured on the same warm engine, without and with them in alternating order:\n\n{}\n\n{}\n",
-            machine.markdown(), load_after, args.rooms, args.subscribers, args.seconds, table.markdown(), args.idle_rate, idle_table.markdown(), idle_summary
+             subscription worker's and the client task's.\n\n{}\n\n{}\n",
+            machine.markdown(), load_after, args.rooms, args.subscribers, args.seconds, table.markdown(), idle_md
         );
         let (j, m) = write_results("reactive", &json, &md)?;
         println!("wrote {} and {}", j.display(), m.display());
