@@ -14,7 +14,10 @@ use linkedup_client::{
     Trust, Value,
 };
 use linkedup_schema::api::{EnsureUserArgs, MeetingIdArgs, ScheduleMeetingArgs};
-use linkedup_server::linkedup::transcripts::{fns, IngestChunkArgs, StreamArgs, MAX_STREAM_LIMIT};
+use linkedup_server::linkedup::transcripts::{
+    fns, BatchResult, ChunkInput, IngestBatchArgs, IngestChunkArgs, StreamArgs, MAX_BATCH_CHUNKS,
+    MAX_STREAM_LIMIT,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -171,6 +174,55 @@ async fn ensure_all(clients: &[Client]) -> Result<Vec<String>, SetupError> {
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .ok_or(SetupError::NoUserId)
+        })
+        .buffered(SETUP_PARALLELISM)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Gives each meeting a backlog of 0 to `window - 1` chunks (uniformly at random), written by
+/// its host through `transcripts.ingestBatch` before any subscriber starts: meetings in
+/// progress, as in a real deployment. Without it every meeting starts empty and takes writes at
+/// the same mean rate, so all windows fill — and all subscribers re-subscribe — within the same
+/// second, a synchronised burst no real set of meetings produces. Returns each meeting's
+/// stored sequences.
+async fn seed_backlog(
+    producers: &[Vec<Client>],
+    meeting_ids: &[String],
+    window: usize,
+) -> Result<Vec<Vec<i64>>, SetupError> {
+    let results: Vec<Result<Vec<i64>, SetupError>> = stream::iter(meeting_ids.iter().enumerate())
+        .map(|(m, id)| async move {
+            let mut sequences = Vec::new();
+            let chunks: Vec<ChunkInput> = (0..rand::random::<usize>() % window)
+                .map(|i| ChunkInput {
+                    chunk_id: format!("backlog-{i}"),
+                    speaker_id: None,
+                    text: format!("backlog chunk {i}"),
+                    confidence: 1.0,
+                    start_ms: i as i64 * 1_000,
+                    end_ms: i as i64 * 1_000 + 900,
+                })
+                .collect();
+            for batch in chunks.chunks(MAX_BATCH_CHUNKS) {
+                let stored: BatchResult = producers[m][0]
+                    .mutation(
+                        fns::INGEST_BATCH,
+                        &IngestBatchArgs {
+                            meeting_id: id.clone(),
+                            chunks: batch.to_vec(),
+                        },
+                    )
+                    .await
+                    .map_err(|source| SetupError::Call {
+                        call: fns::INGEST_BATCH,
+                        who: format!("meeting {m}"),
+                        source,
+                    })?;
+                sequences.extend(stored.sequences);
+            }
+            Ok(sequences)
         })
         .buffered(SETUP_PARALLELISM)
         .collect()
@@ -410,6 +462,7 @@ impl LinkedUpFleet {
             .collect()
             .await;
         let meeting_ids: Vec<String> = results.into_iter().collect::<Result<_, _>>()?;
+        let backlog = seed_backlog(&producers, &meeting_ids, plan.window).await?;
 
         let mut subscriber_meetings: Vec<usize> = Vec::new();
         for m in 0..m_count {
@@ -423,8 +476,13 @@ impl LinkedUpFleet {
         let recorder = Arc::new(Recorder::new(
             m_count,
             subscriber_meetings.len(),
-            plan.max_seq,
+            plan.max_seq + plan.window,
         ));
+        for (m, sequences) in backlog.iter().enumerate() {
+            for &seq in sequences {
+                recorder.write_ok(m, seq, false, None, 0);
+            }
+        }
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for m in 0..m_count {
