@@ -326,37 +326,32 @@ impl SubscriptionTable {
                     let Some(entry) = self.entries.get_mut(&key) else {
                         continue;
                     };
-                    let is_replace = matches!(diff, ResultDiff::Replace(_));
-                    let base = match (&diff, &entry.value) {
-                        (ResultDiff::Replace(_), _) => None,
-                        (ResultDiff::Array(_), Some(v)) if entry.value_gen == self.conn_gen => {
-                            Some(v)
+                    let unchanged = match diff {
+                        ResultDiff::Replace(new_value) => {
+                            // Only a replace can repeat the current value (after a reconnect).
+                            let unchanged =
+                                entry.value_delivered && entry.value.as_ref() == Some(&new_value);
+                            entry.value = Some(new_value);
+                            unchanged
                         }
-                        // An array diff with no base from this connection: drifted.
-                        (ResultDiff::Array(_), _) => {
-                            self.resubscribe(key, &mut effects);
-                            continue;
-                        }
-                    };
-                    let new_value = match base {
-                        Some(base) => match diff::apply(base, &diff) {
-                            Ok(v) => v,
-                            Err(e) => {
+                        ResultDiff::Array(_) => {
+                            let base = match &mut entry.value {
+                                Some(base) if entry.value_gen == self.conn_gen => base,
+                                // An array diff with no base from this connection: drifted.
+                                _ => {
+                                    self.resubscribe(key, &mut effects);
+                                    continue;
+                                }
+                            };
+                            // Edited in place: no copy of the list per transition.
+                            if let Err(e) = diff::apply_in_place(base, &diff) {
                                 tracing::warn!(query_id, error = %e, "result diff does not apply; resubscribing");
                                 self.resubscribe(key, &mut effects);
                                 continue;
                             }
-                        },
-                        None => match diff {
-                            ResultDiff::Replace(v) => v,
-                            ResultDiff::Array(_) => continue,
-                        },
+                            false
+                        }
                     };
-                    // Only a replace can repeat the current value (after a reconnect).
-                    let unchanged = is_replace
-                        && entry.value_delivered
-                        && entry.value.as_ref() == Some(&new_value);
-                    entry.value = Some(new_value);
                     entry.value_gen = self.conn_gen;
                     changed.push((key, unchanged));
                 }

@@ -128,40 +128,84 @@ pub fn diff(old: &Value, new: &Value) -> Option<ResultDiff> {
     Some(ResultDiff::Array(edits))
 }
 
-/// Applies `diff` to the value the client holds.
+/// Applies `diff` to the value the client holds, returning the new value.
 pub fn apply(old: &Value, diff: &ResultDiff) -> Result<Value, DiffError> {
+    if let ResultDiff::Replace(v) = diff {
+        return Ok(v.clone());
+    }
+    let mut new = old.clone();
+    apply_in_place(&mut new, diff)?;
+    Ok(new)
+}
+
+/// Applies `diff` to `value` in place, without copying the array; on error `value` is left
+/// exactly as it was (the edits made so far are undone).
+pub fn apply_in_place(value: &mut Value, diff: &ResultDiff) -> Result<(), DiffError> {
     let edits = match diff {
-        ResultDiff::Replace(v) => return Ok(v.clone()),
+        ResultDiff::Replace(v) => {
+            *value = v.clone();
+            return Ok(());
+        }
         ResultDiff::Array(edits) => edits,
     };
-    let Value::Array(items) = old else {
+    let Value::Array(items) = value else {
         return Err(DiffError::NotAnArray {
-            found: old.type_name(),
+            found: value.type_name(),
         });
     };
-    let mut items = items.clone();
+    let mut undo: Vec<Undo> = Vec::with_capacity(edits.len());
     for edit in edits {
-        match edit {
-            ArrayEdit::Remove { index, id } => {
-                check_id(&items, *index, id)?;
-                items.remove(*index as usize);
-            }
-            ArrayEdit::Insert { index, value } => {
-                if *index as usize > items.len() {
-                    return Err(DiffError::IndexOutOfRange {
-                        index: *index,
-                        len: items.len(),
-                    });
+        match apply_edit(items, edit) {
+            Ok(u) => undo.push(u),
+            Err(e) => {
+                for u in undo.into_iter().rev() {
+                    match u {
+                        Undo::Reinsert(i, v) => items.insert(i, v),
+                        Undo::Restore(i, v) => items[i] = v,
+                        Undo::Remove(i) => drop(items.remove(i)),
+                    }
                 }
-                items.insert(*index as usize, value.clone());
-            }
-            ArrayEdit::Change { index, id, value } => {
-                check_id(&items, *index, id)?;
-                items[*index as usize] = value.clone();
+                return Err(e);
             }
         }
     }
-    Ok(Value::Array(items))
+    Ok(())
+}
+
+/// How to take back one applied edit: what it displaced, and where.
+enum Undo {
+    Reinsert(usize, Value),
+    Restore(usize, Value),
+    Remove(usize),
+}
+
+fn apply_edit(items: &mut Vec<Value>, edit: &ArrayEdit) -> Result<Undo, DiffError> {
+    match edit {
+        ArrayEdit::Remove { index, id } => {
+            check_id(items, *index, id)?;
+            let i = *index as usize;
+            Ok(Undo::Reinsert(i, items.remove(i)))
+        }
+        ArrayEdit::Insert { index, value } => {
+            let i = *index as usize;
+            if i > items.len() {
+                return Err(DiffError::IndexOutOfRange {
+                    index: *index,
+                    len: items.len(),
+                });
+            }
+            items.insert(i, value.clone());
+            Ok(Undo::Remove(i))
+        }
+        ArrayEdit::Change { index, id, value } => {
+            check_id(items, *index, id)?;
+            let i = *index as usize;
+            Ok(Undo::Restore(
+                i,
+                std::mem::replace(&mut items[i], value.clone()),
+            ))
+        }
+    }
 }
 
 fn check_id(items: &[Value], index: u32, expected: &str) -> Result<(), DiffError> {
@@ -536,6 +580,25 @@ mod tests {
             let old = docs(0..len);
             let new = Value::Array(mutate(old.as_array().unwrap_or_default(), &ops, 1000));
             roundtrip(&old, &new);
+        }
+
+        #[test]
+        fn failed_apply_leaves_the_value_as_it_was(
+            len in 0u32..40,
+            ops in prop::collection::vec(op(), 1..12),
+            bad in any::<prop::sample::Index>(),
+        ) {
+            let old = docs(0..len);
+            let new = Value::Array(mutate(old.as_array().unwrap_or_default(), &ops, 1000));
+            let Some(ResultDiff::Array(mut edits)) = diff(&old, &new) else {
+                return Ok(());
+            };
+            // The edits before the spoilt one apply; then it fails and they are taken back.
+            let k = bad.index(edits.len());
+            edits[k] = ArrayEdit::Remove { index: u32::MAX, id: "nowhere".into() };
+            let mut v = old.clone();
+            prop_assert!(apply_in_place(&mut v, &ResultDiff::Array(edits)).is_err());
+            prop_assert_eq!(v, old);
         }
 
         #[test]
