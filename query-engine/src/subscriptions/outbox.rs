@@ -59,9 +59,7 @@ impl Update {
             }))
         })
     }
-}
 
-impl Update {
     /// The value this update leaves the client with, if it is a change of a value.
     fn latest(&self) -> Option<&Arc<Value>> {
         match self {
@@ -94,25 +92,6 @@ fn merge(earlier: Update, later: Update) -> Update {
         // The client has no value the change applies to: it gets the new value in full.
         (Update::Full(_), Some(latest)) => Update::Full(latest.clone()),
         _ => later,
-    }
-}
-
-/// An update as the consumer receives it, without diffing: `take` diffs merged changes
-/// itself, and a merged change sent whole is its latest value.
-fn ready(query_id: u32, update: Update) -> QueryUpdate {
-    match update {
-        Update::Changed(c) => QueryUpdate::Updated {
-            query_id,
-            diff: c.diff.clone(),
-            encoded: Some(c.encoded.clone()),
-        },
-        Update::Merged { latest: v, .. } | Update::Full(v) => QueryUpdate::Updated {
-            query_id,
-            diff: Arc::new(ResultDiff::Replace((*v).clone())),
-            encoded: None,
-        },
-        Update::Failed(error) => QueryUpdate::Failed { query_id, error },
-        Update::Removed => QueryUpdate::Removed { query_id },
     }
 }
 
@@ -195,12 +174,26 @@ impl Outbox {
             s.delivered_ts = s.latest_ts;
             let mut updates = Vec::with_capacity(s.pending.len());
             for (query_id, u) in s.pending.drain(..) {
-                match u {
+                updates.push(match u {
                     // Diffed below, after the lock is released, so the worker's pushes to
                     // this outbox do not wait for them.
-                    Update::Merged { base, latest } => merged.push((query_id, base, latest)),
-                    u => updates.push(ready(query_id, u)),
-                }
+                    Update::Merged { base, latest } => {
+                        merged.push((query_id, base, latest));
+                        continue;
+                    }
+                    Update::Changed(c) => QueryUpdate::Updated {
+                        query_id,
+                        diff: c.diff.clone(),
+                        encoded: Some(c.encoded.clone()),
+                    },
+                    Update::Full(v) => QueryUpdate::Updated {
+                        query_id,
+                        diff: Arc::new(ResultDiff::Replace((*v).clone())),
+                        encoded: None,
+                    },
+                    Update::Failed(error) => QueryUpdate::Failed { query_id, error },
+                    Update::Removed => QueryUpdate::Removed { query_id },
+                });
             }
             (start, s.latest_ts, updates)
         };
