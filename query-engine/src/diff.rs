@@ -1,6 +1,7 @@
 //! How a changed query result travels to a subscriber: either the whole new value, or — when
-//! old and new are both lists of documents keyed by a unique string `_id` — the edits that turn
-//! the old list into the new one. Sliding windows and appends, the common shapes, cost a few edits.
+//! old and new are both lists and the part where they differ is documents keyed by a unique
+//! string `_id` — the edits that turn the old list into the new one. Sliding windows and
+//! appends, the common shapes, cost a few edits.
 
 use std::collections::HashMap;
 
@@ -104,6 +105,11 @@ pub enum DiffError {
 }
 
 /// The diff that turns `old` into `new`, or `None` when they are equal.
+///
+/// Elements equal at the front and at the back of both lists (a re-run window shares its
+/// unchanged documents with the previous result, so these compare by pointer) need no edits;
+/// only the middle that differs is keyed by `_id` and diffed. A window that slid or grew thus
+/// costs a pass of pointer comparisons, not a lookup of every document's id.
 pub fn diff(old: &Value, new: &Value) -> Option<ResultDiff> {
     if old == new {
         return None;
@@ -112,15 +118,28 @@ pub fn diff(old: &Value, new: &Value) -> Option<ResultDiff> {
     let (Value::Array(old_items), Value::Array(new_items)) = (old, new) else {
         return replace();
     };
-    // The new list's ids are only checked for uniqueness; lookups go to the old list's.
-    let (Some(old_ids), Some(_)) = (keyed_ids(old_items), keyed_ids(new_items)) else {
-        return replace();
-    };
     // u32 indices on the wire; a result this long is sent whole.
     if old_items.len() > u32::MAX as usize || new_items.len() > u32::MAX as usize {
         return replace();
     }
-    let edits = array_edits(old_items, &old_ids, new_items);
+    let prefix = old_items
+        .iter()
+        .zip(new_items)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let suffix = old_items[prefix..]
+        .iter()
+        .rev()
+        .zip(new_items[prefix..].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let old_mid = &old_items[prefix..old_items.len() - suffix];
+    let new_mid = &new_items[prefix..new_items.len() - suffix];
+    // The new middle's ids are only checked for uniqueness; lookups go to the old one's.
+    let (Some(old_ids), Some(_)) = (keyed_ids(old_mid), keyed_ids(new_mid)) else {
+        return replace();
+    };
+    let edits = array_edits(old_mid, &old_ids, new_mid, prefix);
     let edits_bytes: usize = edits.iter().map(edit_size_bytes).sum();
     if !new.size_exceeds(edits_bytes) {
         return replace();
@@ -276,8 +295,14 @@ fn keyed_ids(items: &[Value]) -> Option<Ids<'_>> {
 /// Removes (back to front, so each index is the element's old position), then walks the new
 /// array front to back inserting or changing. The documents kept in place are the longest
 /// run of common ids whose relative order did not change; every other common id moved and
-/// is removed and re-inserted.
-fn array_edits(old_items: &[Value], old_ids: &Ids<'_>, new_items: &[Value]) -> Vec<ArrayEdit> {
+/// is removed and re-inserted. `old_items` and `new_items` start at position `offset` of the
+/// whole lists (after their common prefix); edit indices count from the lists' start.
+fn array_edits(
+    old_items: &[Value],
+    old_ids: &Ids<'_>,
+    new_items: &[Value],
+    offset: usize,
+) -> Vec<ArrayEdit> {
     // Old positions of the common documents, in new order.
     let common_old_positions: Vec<usize> = new_items
         .iter()
@@ -295,7 +320,7 @@ fn array_edits(old_items: &[Value], old_ids: &Ids<'_>, new_items: &[Value]) -> V
         // A kept position is by construction the position of a common id.
         if !kept[old_pos] {
             edits.push(ArrayEdit::Remove {
-                index: old_pos as u32,
+                index: (offset + old_pos) as u32,
                 id: id.to_string(),
             });
         }
@@ -306,14 +331,14 @@ fn array_edits(old_items: &[Value], old_ids: &Ids<'_>, new_items: &[Value]) -> V
             Some(old_pos) if kept[old_pos] => {
                 if old_items[old_pos] != *item {
                     edits.push(ArrayEdit::Change {
-                        index: new_pos as u32,
+                        index: (offset + new_pos) as u32,
                         id: id.to_string(),
                         value: item.clone(),
                     });
                 }
             }
             _ => edits.push(ArrayEdit::Insert {
-                index: new_pos as u32,
+                index: (offset + new_pos) as u32,
                 value: item.clone(),
             }),
         }
@@ -448,6 +473,25 @@ mod tests {
             roundtrip(&Value::Array(vec![Value::Int64(1)]), &plain),
             Some(ResultDiff::Replace(_))
         ));
+    }
+
+    /// Only the differing middle must be keyed: elements shared at both ends are left alone
+    /// whatever they are, and edit indices count from the start of the whole list.
+    #[test]
+    fn common_ends_are_not_keyed() {
+        let mut old_items = vec![Value::Int64(1), doc(1, 1), doc(1, 1)];
+        old_items.extend(docs(5..8).as_array().unwrap_or_default().iter().cloned());
+        old_items.push(Value::Null);
+        let mut new_items = old_items.clone();
+        new_items[4] = doc(6, 60);
+        new_items.insert(5, doc(9, 9));
+        let edits = array_edits_of(roundtrip(
+            &Value::Array(old_items),
+            &Value::Array(new_items),
+        ));
+        assert_eq!(edits.len(), 2, "{edits:?}");
+        assert!(matches!(&edits[0], ArrayEdit::Change { index: 4, id, .. } if id == "d6"));
+        assert!(matches!(&edits[1], ArrayEdit::Insert { index: 5, .. }));
     }
 
     #[test]
