@@ -455,6 +455,7 @@ async fn main() -> anyhow::Result<()> {
         "batch write",
         "re-executed",
         "UDP drops",
+        "datagrams/write",
         "missed/dup/reorder",
         "verdict",
     ]);
@@ -493,6 +494,9 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into()),
             r.udp_drops
                 .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.udp_datagrams_per_write
+                .map(|d| format!("{d:.1}"))
                 .unwrap_or_else(|| "-".into()),
             format!(
                 "{}/{}/{}",

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use checker::Anomalies;
 use driver::{Drive, DriveOutcome, WriteFn};
-use procstat::{ProcFigures, ProcWatch};
+use procstat::{ProcFigures, ProcWatch, UdpCounters};
 use recorder::{now_us, Recorder, StepFigures};
 use server_metrics::ServerCounters;
 
@@ -86,6 +86,10 @@ pub struct StepResult {
     /// UDP datagrams the machine dropped for a full receive buffer during the step (writes
     /// and drain); `None` where /proc/net/snmp cannot be read.
     pub udp_drops: Option<u64>,
+    /// UDP datagrams sent on the machine while the writes were driven, per write sent: the
+    /// QUIC packets of calls, results, deliveries and their acknowledgements (≈ 0 for the
+    /// PostgreSQL peer, which uses TCP). `None` where /proc/net/snmp cannot be read.
+    pub udp_datagrams_per_write: Option<f64>,
     pub sustainable: bool,
     /// Why not, when not.
     pub verdict: String,
@@ -162,8 +166,9 @@ pub async fn run_step(
             .flatten(),
         None => None,
     };
-    let drops_before = procstat::udp_receive_drops();
+    let udp_before = UdpCounters::read();
     let DriveOutcome {
+        scheduled,
         skipped,
         max_send_lag_us,
         unfinished,
@@ -174,6 +179,7 @@ pub async fn run_step(
         _ => None,
     };
     let harness = harness_watch.since(harness_mark);
+    let udp_while_driven = udp_before.zip(UdpCounters::read()).map(|(a, b)| b.since(a));
     let server_counters = match (metrics_addr, scrape_before) {
         (Some(a), Some(before)) => tokio::task::spawn_blocking(move || server_metrics::scrape(a))
             .await
@@ -183,9 +189,13 @@ pub async fn run_step(
         _ => None,
     };
     let (lagging, waited) = wait_current(system, plan.drain_timeout).await;
-    let udp_drops = drops_before
-        .zip(procstat::udp_receive_drops())
-        .map(|(a, b)| b.saturating_sub(a));
+    let udp_drops = udp_before
+        .zip(UdpCounters::read())
+        .map(|(a, b)| b.since(a).receive_drops);
+    let sent_writes = scheduled.saturating_sub(skipped);
+    let udp_datagrams_per_write = udp_while_driven
+        .filter(|_| sent_writes > 0)
+        .map(|u| u.sent as f64 / sent_writes as f64);
     let figures = r.take_step();
     let anomalies = anomalies_minus(r.anomalies(), anomalies_before);
     let secs = plan.measure.as_secs_f64().max(1e-3);
@@ -249,6 +259,7 @@ pub async fn run_step(
         harness,
         server_counters,
         udp_drops,
+        udp_datagrams_per_write,
         sustainable: why.is_empty(),
         verdict: if why.is_empty() {
             "sustainable".into()

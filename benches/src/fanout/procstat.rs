@@ -144,15 +144,40 @@ impl ProcWatch {
     }
 }
 
-/// UDP datagrams this machine dropped so far because a socket's receive buffer was full
-/// (`RcvbufErrors` in /proc/net/snmp). Machine-wide: on loopback every one is a QUIC packet of
-/// the server or the harness lost and retransmitted after a timeout.
-pub fn udp_receive_drops() -> Option<u64> {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next()?, udp.next()?);
-    let at = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
-    values.split_whitespace().nth(at)?.parse().ok()
+/// This machine's UDP counters so far (/proc/net/snmp). Machine-wide: on loopback during a run
+/// nearly every datagram is a QUIC packet between the server and the harness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpCounters {
+    /// Datagrams sent (`OutDatagrams`); on loopback each is also received once.
+    pub sent: u64,
+    /// Datagrams dropped because a socket's receive buffer was full (`RcvbufErrors`); each is
+    /// a QUIC packet lost and retransmitted after a timeout.
+    pub receive_drops: u64,
+}
+
+impl UdpCounters {
+    pub fn read() -> Option<UdpCounters> {
+        let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next()?, udp.next()?);
+        let values: Vec<&str> = values.split_whitespace().collect();
+        let field = |name: &str| -> Option<u64> {
+            let at = names.split_whitespace().position(|n| n == name)?;
+            values.get(at)?.parse().ok()
+        };
+        Some(UdpCounters {
+            sent: field("OutDatagrams")?,
+            receive_drops: field("RcvbufErrors")?,
+        })
+    }
+
+    /// The counts from `earlier` to `self`.
+    pub fn since(self, earlier: UdpCounters) -> UdpCounters {
+        UdpCounters {
+            sent: self.sent.saturating_sub(earlier.sent),
+            receive_drops: self.receive_drops.saturating_sub(earlier.receive_drops),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,8 +199,14 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_udp_receive_drop_counter() {
-        let before = udp_receive_drops().expect("RcvbufErrors in /proc/net/snmp");
-        assert!(udp_receive_drops().expect("read again") >= before);
+    fn reads_the_udp_counters() {
+        let before = UdpCounters::read().expect("Udp: in /proc/net/snmp");
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .send_to(b"x", socket.local_addr().expect("addr"))
+            .expect("send");
+        let after = UdpCounters::read().expect("read again");
+        assert!(after.since(before).sent >= 1);
+        assert!(after.receive_drops >= before.receive_drops);
     }
 }
