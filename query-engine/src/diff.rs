@@ -122,17 +122,7 @@ pub fn diff(old: &Value, new: &Value) -> Option<ResultDiff> {
     if old_items.len() > u32::MAX as usize || new_items.len() > u32::MAX as usize {
         return replace();
     }
-    let prefix = old_items
-        .iter()
-        .zip(new_items)
-        .take_while(|(a, b)| a == b)
-        .count();
-    let suffix = old_items[prefix..]
-        .iter()
-        .rev()
-        .zip(new_items[prefix..].iter().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
+    let (prefix, suffix) = common_ends(old_items, new_items);
     let old_mid = &old_items[prefix..old_items.len() - suffix];
     let new_mid = &new_items[prefix..new_items.len() - suffix];
     // The new middle's ids are only checked for uniqueness; lookups go to the old one's.
@@ -145,6 +135,20 @@ pub fn diff(old: &Value, new: &Value) -> Option<ResultDiff> {
         return replace();
     }
     Some(ResultDiff::Array(edits))
+}
+
+/// How many elements the two lists have equal at their front, and then at their back (never
+/// counting an element twice). Unchanged documents of a re-run are the same objects, so
+/// they compare by pointer.
+pub(crate) fn common_ends(old: &[Value], new: &[Value]) -> (usize, usize) {
+    let prefix = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    let suffix = old[prefix..]
+        .iter()
+        .rev()
+        .zip(new[prefix..].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    (prefix, suffix)
 }
 
 /// Applies `diff` to the value the client holds, returning the new value.

@@ -389,52 +389,51 @@ impl Engine {
             })
     }
 
-    /// Checks a function's result against its size limit and return validator. `checked` is
-    /// a result of the same function that passed before (a subscription's previous result):
-    /// the elements of an array result that are the very same objects as elements of it — the
-    /// unchanged documents of a re-run window, shared, never copied — passed the same element
-    /// validator then and are not validated again.
+    /// Checks a function's result against its size limit and return validator, and returns
+    /// its size (`Value::size_bytes`). `checked` is a result of the same function that passed
+    /// before, with its size (a subscription's previous result): when both are arrays, the
+    /// elements they have in common at either end — the unchanged documents of a re-run
+    /// window, shared, never copied — passed the same element validator then, and their size
+    /// is the previous size less that of the elements in between; only the new middle is
+    /// walked.
     pub(crate) fn check_result(
         &self,
         def: &FunctionDef,
         v: &Value,
-        checked: Option<&Value>,
-    ) -> FunctionResult<()> {
-        if v.size_exceeds(self.inner.limits.max_result_bytes) {
-            return Err(crate::transaction::limit_error(
-                "resultBytes",
-                self.inner.limits.max_result_bytes,
-            ));
-        }
+        checked: Option<(&Value, usize)>,
+    ) -> FunctionResult<usize> {
+        let max = self.inner.limits.max_result_bytes;
+        let too_large = || crate::transaction::limit_error("resultBytes", max);
         let catalog = self.catalog();
         let invalid = |at: String, e: ValidationError| {
             tracing::error!(function = %def.name, error = %e, at, "function returned an invalid value");
             FunctionError::internal(format!("{} returned an invalid value", def.name))
         };
-        let (Validator::Array(element), Value::Array(items), Some(Value::Array(before))) =
+        let (Validator::Array(element), Value::Array(items), Some((Value::Array(before), bytes))) =
             (&def.returns, v, checked)
         else {
-            return def
-                .returns
+            let bytes = v.size_within(max).ok_or_else(too_large)?;
+            def.returns
                 .validate(v, catalog.as_ref())
-                .map_err(|e| invalid(String::new(), e));
+                .map_err(|e| invalid(String::new(), e))?;
+            return Ok(bytes);
         };
-        let passed: rustc_hash::FxHashSet<*const crate::value::Object> = before
+        let (prefix, suffix) = crate::diff::common_ends(before, items);
+        let removed: usize = before[prefix..before.len() - suffix]
             .iter()
-            .filter_map(|b| match b {
-                Value::Object(o) => Some(Arc::as_ptr(o)),
-                _ => None,
-            })
-            .collect();
-        for (i, item) in items.iter().enumerate() {
-            if matches!(item, Value::Object(o) if passed.contains(&Arc::as_ptr(o))) {
-                continue;
-            }
+            .map(Value::size_bytes)
+            .sum();
+        let added = &items[prefix..items.len() - suffix];
+        let mut total = bytes.saturating_sub(removed);
+        for (i, item) in added.iter().enumerate() {
+            total += item
+                .size_within(max.saturating_sub(total))
+                .ok_or_else(too_large)?;
             element
                 .validate(item, catalog.as_ref())
-                .map_err(|e| invalid(format!("[{i}]"), e))?;
+                .map_err(|e| invalid(format!("[{}]", prefix + i), e))?;
         }
-        Ok(())
+        Ok(total)
     }
 
     /// A read-only transaction at `snapshot`; "now" is the snapshot time, so a query's result

@@ -141,6 +141,12 @@ impl Value {
         self.charge(&mut budget)
     }
 
+    /// `size_bytes()` if it is at most `limit`, in one walk that stops once it is not.
+    pub fn size_within(&self, limit: usize) -> Option<usize> {
+        let mut budget = limit;
+        (!self.charge(&mut budget)).then(|| limit - budget)
+    }
+
     /// Takes this value's size from `budget`, part by part; true (and the walk stops) when a
     /// part does not fit. The one place the size rules are written.
     fn charge(&self, budget: &mut usize) -> bool {

@@ -37,27 +37,36 @@ pub(super) struct RerunJob {
     pub id: ExecId,
     pub spec: Arc<ExecSpec>,
     pub previous: Result<Arc<Value>, FunctionError>,
+    /// `previous`'s size as its check measured it (0 for an error or an access check).
+    pub previous_bytes: usize,
 }
 
 /// The outcome of re-running one execution, applied to the worker's state afterwards.
 pub(super) struct Rerun {
     pub id: ExecId,
-    pub result: Result<Arc<Value>, FunctionError>,
-    pub reads: ReadSet,
+    pub executed: Executed,
     /// What subscribers need: `None` when the result did not change.
     pub update: Option<Update>,
 }
 
+/// One run of an execution: its result, the result's size (0 for an error or an access
+/// check, whose value is never sent) and what it read.
+pub(super) struct Executed {
+    pub result: Result<Arc<Value>, FunctionError>,
+    pub bytes: usize,
+    pub reads: ReadSet,
+}
+
 /// Runs `spec` at `snapshot`. A handler that panics yields an `INTERNAL` error for its
 /// subscribers instead of taking the subscription worker down with it. `checked` is the
-/// execution's previous result, if it had one (its unchanged documents are not validated
-/// again: `Engine::check_result`).
+/// execution's previous result and its size, if it had one (its unchanged documents are not
+/// validated or measured again: `Engine::check_result`).
 pub(super) fn execute(
     engine: &Engine,
     snapshot: &Snapshot,
     spec: &ExecSpec,
-    checked: Option<&Value>,
-) -> (Result<Arc<Value>, FunctionError>, ReadSet) {
+    checked: Option<(&Value, usize)>,
+) -> Executed {
     let run = catch_unwind(AssertUnwindSafe(|| {
         engine.run_query_at(
             snapshot,
@@ -69,23 +78,36 @@ pub(super) fn execute(
     let Ok((r, reads)) = run else {
         tracing::error!(function = %spec.def.name, "query handler panicked");
         let e = FunctionError::internal(format!("query {} failed", spec.def.name));
-        return (Err(e), ReadSet::default());
+        return Executed {
+            result: Err(e),
+            bytes: 0,
+            reads: ReadSet::default(),
+        };
     };
-    let r = r.and_then(|v| {
+    let mut bytes = 0;
+    let result = r.and_then(|v| {
         if !spec.access {
-            engine.check_result(&spec.def, &v, checked)?;
+            bytes = engine.check_result(&spec.def, &v, checked)?;
         }
         Ok(Arc::new(v))
     });
-    (r, reads)
+    Executed {
+        result,
+        bytes,
+        reads,
+    }
 }
 
 /// Re-runs one execution and works out what its subscribers need (nothing, a diff encoded
 /// once, the full value, or the error).
 pub(super) fn rerun(engine: &Engine, snapshot: &Snapshot, job: &RerunJob) -> Rerun {
-    let checked = job.previous.as_ref().ok().map(|v| v.as_ref());
-    let (result, reads) = execute(engine, snapshot, &job.spec, checked);
-    let update = match (&job.previous, &result) {
+    let checked = job
+        .previous
+        .as_ref()
+        .ok()
+        .map(|v| (v.as_ref(), job.previous_bytes));
+    let executed = execute(engine, snapshot, &job.spec, checked);
+    let update = match (&job.previous, &executed.result) {
         (Ok(old), Ok(new)) => Update::change(old.clone(), new.clone()),
         (Err(a), Err(b)) if a == b => None,
         (_, Err(e)) => Some(Update::Failed(e.clone())),
@@ -93,8 +115,7 @@ pub(super) fn rerun(engine: &Engine, snapshot: &Snapshot, job: &RerunJob) -> Rer
     };
     Rerun {
         id: job.id,
-        result,
-        reads,
+        executed,
         update,
     }
 }

@@ -47,6 +47,8 @@ struct Execution {
     spec: Arc<ExecSpec>,
     reads: ReadSet,
     result: Result<Arc<Value>, FunctionError>,
+    /// `result`'s size as its check measured it (0 for an error or an access check).
+    result_bytes: usize,
     subscribers: FxHashSet<(ClientId, u32)>,
 }
 
@@ -366,20 +368,21 @@ impl Worker {
             identity: identity.cloned(),
             access: key.access,
         });
-        let (result, reads) = rerun::execute(&self.engine, &self.snapshot, &spec, None);
+        let executed = rerun::execute(&self.engine, &self.snapshot, &spec, None);
         let id = self.free_ids.pop().unwrap_or_else(|| {
             self.next_id += 1;
             self.next_id - 1
         });
-        self.index.insert(id, &reads);
+        self.index.insert(id, &executed.reads);
         self.by_key.insert(key.clone(), id);
         self.execs.insert(
             id,
             Execution {
                 key,
                 spec,
-                reads,
-                result,
+                reads: executed.reads,
+                result: executed.result,
+                result_bytes: executed.bytes,
                 subscribers: FxHashSet::default(),
             },
         );
@@ -443,6 +446,7 @@ impl Worker {
                     id: *id,
                     spec: exec.spec.clone(),
                     previous: exec.result.clone(),
+                    previous_bytes: exec.result_bytes,
                 })
             })
             .collect();
@@ -482,12 +486,14 @@ impl Worker {
             };
             // A re-run usually reads the same ranges again (a window over one meeting's
             // index range); then its entries in the index stay as they are.
-            if exec.reads != rerun.reads {
+            let executed = rerun.executed;
+            if exec.reads != executed.reads {
                 self.index.remove(id, &exec.reads);
-                self.index.insert(id, &rerun.reads);
-                exec.reads = rerun.reads;
+                self.index.insert(id, &executed.reads);
+                exec.reads = executed.reads;
             }
-            exec.result = rerun.result;
+            exec.result = executed.result;
+            exec.result_bytes = executed.bytes;
             let Some(update) = rerun.update else {
                 self.metrics
                     .reruns_unchanged
