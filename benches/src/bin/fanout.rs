@@ -405,6 +405,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     if args.storm > 0 {
+        fleet.start_storm_subscribers();
+        let (behind, _) = wait_current(&fleet, Duration::from_secs(120)).await;
+        if behind > 0 {
+            bail!("{behind} storm subscribers did not catch up before the storm");
+        }
         let plan_delay = Duration::from_secs(args.warmup) + Duration::from_secs(args.seconds) / 3;
         let label = format!("storm of {}", args.storm);
         let fleet_ref = &fleet;

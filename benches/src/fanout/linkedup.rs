@@ -361,8 +361,8 @@ pub struct LinkedUpFleet {
 }
 
 impl LinkedUpFleet {
-    /// Connects every client, creates users and meetings, and starts the load subscribers
-    /// (and one per storm client). Subjects are prefixed with a random run id so repeated runs
+    /// Connects every client (the storm's too), creates users and meetings, and starts the
+    /// load subscribers (the storm's start with `start_storm_subscribers`). Subjects are prefixed with a random run id so repeated runs
     /// against one server do not collide.
     pub async fn setup(
         target: Target,
@@ -470,12 +470,9 @@ impl LinkedUpFleet {
                 subscriber_meetings.push(m);
             }
         }
-        for k in 0..plan.storm_clients {
-            subscriber_meetings.push(k % m_count);
-        }
         let recorder = Arc::new(Recorder::new(
             m_count,
-            subscriber_meetings.len(),
+            subscriber_meetings.len() + plan.storm_clients,
             plan.max_seq + plan.window,
         ));
         for (m, sequences) in backlog.iter().enumerate() {
@@ -497,18 +494,6 @@ impl LinkedUpFleet {
                     stop_rx.clone(),
                 )));
             }
-        }
-        for (k, client) in storm_clients.iter().enumerate() {
-            let m = k % m_count;
-            tasks.push(tokio::spawn(subscriber(
-                client.clone(),
-                m,
-                meeting_ids[m].clone(),
-                m_count * s_count + k,
-                plan.window,
-                recorder.clone(),
-                stop_rx.clone(),
-            )));
         }
         Ok(LinkedUpFleet {
             name: "LinkedUp (QUIC)".into(),
@@ -613,6 +598,28 @@ impl LinkedUpFleet {
             })
             .collect();
         StalledClient::connect(&self.target, &self.sub_subjects[0], &subs).await
+    }
+
+    /// Starts one subscriber per storm client, on meeting k mod M, from the meeting's first
+    /// chunk. Only for the storm: started with the fleet, they were a sixth subscriber of every
+    /// meeting in every other step (the PostgreSQL peer's meetings have five). Callers wait for
+    /// them to be current (`wait_current`) before measuring.
+    pub fn start_storm_subscribers(&mut self) {
+        let (m_count, s_count) = (self.plan.meetings, self.plan.subscribers);
+        let stop = self.stop.subscribe();
+        for (k, client) in self.storm_clients.iter().enumerate() {
+            let m = k % m_count;
+            self.subscriber_meetings.push(m);
+            self.tasks.push(tokio::spawn(subscriber(
+                client.clone(),
+                m,
+                self.meeting_ids[m].clone(),
+                m_count * s_count + k,
+                self.plan.window,
+                self.recorder.clone(),
+                stop.clone(),
+            )));
+        }
     }
 
     /// Drops every storm client's connection at once and measures the time until each of
