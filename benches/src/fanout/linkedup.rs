@@ -362,8 +362,8 @@ pub struct LinkedUpFleet {
 
 impl LinkedUpFleet {
     /// Connects every client (the storm's too), creates users and meetings, and starts the
-    /// load subscribers (the storm's start with `start_storm_subscribers`). Subjects are prefixed with a random run id so repeated runs
-    /// against one server do not collide.
+    /// load subscribers (the storm's start with `start_storm_subscribers`). Subjects are
+    /// prefixed with a random run id so repeated runs against one server do not collide.
     pub async fn setup(
         target: Target,
         plan: FleetPlan,
@@ -603,9 +603,12 @@ impl LinkedUpFleet {
     /// Starts one subscriber per storm client, on meeting k mod M, from the meeting's first
     /// chunk. Only for the storm: started with the fleet, they were a sixth subscriber of every
     /// meeting in every other step (the PostgreSQL peer's meetings have five). Callers wait for
-    /// them to be current (`wait_current`) before measuring.
+    /// them to be current (`wait_current`) before measuring. A second call does nothing.
     pub fn start_storm_subscribers(&mut self) {
         let (m_count, s_count) = (self.plan.meetings, self.plan.subscribers);
+        if self.subscriber_meetings.len() > m_count * s_count {
+            return;
+        }
         let stop = self.stop.subscribe();
         for (k, client) in self.storm_clients.iter().enumerate() {
             let m = k % m_count;
