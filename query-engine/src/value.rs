@@ -137,8 +137,7 @@ impl Value {
     /// Whether `size_bytes()` is above `limit`, walking only as far as it takes to tell (a
     /// large value is usually decided within its first elements).
     pub fn size_exceeds(&self, limit: usize) -> bool {
-        let mut budget = limit;
-        self.charge(&mut budget)
+        self.size_within(limit).is_none()
     }
 
     /// `size_bytes()` if it is at most `limit`, in one walk that stops once it is not.

@@ -567,16 +567,9 @@ mod property {
                 // A result limit that windows of up to five notes cross both ways as notes
                 // come, go and change length, so a re-run's size (worked out from the
                 // previous result's) must agree with a fresh query's on every side of it.
-                let mut config = EngineConfig::default();
-                config.committer.durable = false;
-                config.limits.max_result_bytes = RESULT_LIMIT_BYTES;
-                let engine = Engine::open(
-                    &dir.path().join("db.redb"),
-                    common::schema(),
-                    common::functions(),
-                    config,
-                )
-                .expect("open engine");
+                let engine = common::open_fast_with(dir.path(), |config| {
+                    config.limits.max_result_bytes = RESULT_LIMIT_BYTES;
+                });
                 let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
                 (engine, mgr)
             });

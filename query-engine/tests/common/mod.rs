@@ -275,8 +275,14 @@ pub fn identity(subject: &str) -> query_engine::identity::Identity {
 
 /// An engine without fsync, for tests that commit thousands of times.
 pub fn open_fast(dir: &Path) -> Engine {
+    open_fast_with(dir, |_| {})
+}
+
+/// `open_fast` with further settings made by `adjust`.
+pub fn open_fast_with(dir: &Path, adjust: impl FnOnce(&mut EngineConfig)) -> Engine {
     let mut config = EngineConfig::default();
     config.committer.durable = false;
+    adjust(&mut config);
     Engine::open(&dir.join("db.redb"), schema(), functions(), config).expect("open engine")
 }
 
