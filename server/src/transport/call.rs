@@ -135,9 +135,14 @@ impl CallStream {
                         self.answer(done);
                     }
                     // Before the results go out, the subscriptions are told to reach their
-                    // commits (§8, reading your own writes): once for the whole batch.
+                    // commits (§8, reading your own writes): once for the whole batch. A
+                    // connection without live queries has nothing to bring up to date (a query
+                    // subscribed later starts at or after the commit), so it skips the message
+                    // to the subscription worker — every call of a write-only client sent one.
                     if self.sync_ts > 0 {
-                        self.ctx.session.sync_to(self.sync_ts).await;
+                        if !self.ctx.live_queries.lock().is_empty() {
+                            self.ctx.session.sync_to(self.sync_ts).await;
+                        }
                         self.sync_ts = 0;
                     }
                 }

@@ -733,6 +733,53 @@ async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously
     server.shutdown().await;
 }
 
+/// A connection without live queries skips the sync with the subscription worker when its
+/// calls end; a query it subscribes afterwards still starts at or after its own writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_only_client_subscribing_later_sees_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut client = Client::connect(&server).await;
+    let args = obj! { "name" => "w" };
+    let mut last = (0, Value::Int64(0));
+    for _ in 0..3 {
+        let CallOutcome::Ok { value, ts } = client
+            .call(CallKind::Mutation, "counter:increment", args.clone())
+            .await
+        else {
+            panic!("increment failed");
+        };
+        last = (ts, value);
+    }
+    assert_eq!(last.1, Value::Int64(3));
+    client
+        .control(ClientMessage::Subscribe {
+            query_id: 1,
+            function: "counter:get".into(),
+            args,
+        })
+        .await;
+    let ServerMessage::Transition {
+        end_ts,
+        modifications,
+        ..
+    } = client.next().await
+    else {
+        panic!("expected the first transition");
+    };
+    assert!(
+        end_ts >= last.0,
+        "the subscription starts at or after the writes"
+    );
+    assert!(matches!(
+        &modifications[..],
+        [Modification::Updated {
+            query_id: 1,
+            diff: query_engine::diff::ResultDiff::Replace(Value::Int64(3))
+        }]
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_deliver_transitions_and_report_rejections() {
     let dir = tempfile::tempdir().unwrap();
