@@ -473,6 +473,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "memory MiB",
         "harness CPU",
         "CPU µs/write (server + harness)",
+        "threads waiting for a core (server + harness)",
         "fsyncs/s",
         "txns/batch",
         "batch write",
@@ -502,6 +503,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into()),
             format!("{:.2} cores", r.harness.cpu_cores),
             cpu_per_write(r),
+            format!(
+                "{} + {:.2}",
+                r.server
+                    .map(|s| format!("{:.2}", s.run_queue_threads))
+                    .unwrap_or_else(|| "-".into()),
+                r.harness.run_queue_threads
+            ),
             r.server_counters
                 .map(|c| format!("{:.0}", c.fsyncs_per_sec))
                 .unwrap_or_else(|| "-".into()),

@@ -1,6 +1,7 @@
-//! CPU time and resident memory of a server process (and, for PostgreSQL, of its children),
-//! read from `/proc/<pid>/stat` and `/proc/<pid>/status`, so that a step's CPU use can be
-//! reported as cores busy over the step.
+//! CPU time, run-queue waiting and resident memory of a server process (and, for PostgreSQL,
+//! of its children), read from `/proc/<pid>/stat`, `/proc/<pid>/task/*/schedstat` and
+//! `/proc/<pid>/status`, so that a step's CPU use can be reported as cores busy over the step
+//! and its CPU contention as threads kept waiting for a core.
 
 use std::path::Path;
 use std::time::Instant;
@@ -34,6 +35,19 @@ fn stat(pid: u32) -> Option<(u64, u32)> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime, ppid))
+}
+
+/// Nanoseconds the threads of a process have spent runnable but waiting for a core (field 2
+/// of each `/proc/<pid>/task/<tid>/schedstat`); 0 where the kernel keeps no such statistics.
+fn run_queue_wait_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Memory of a process, bytes: its proportional set size (shared pages divided among the
@@ -89,6 +103,9 @@ pub struct ProcWatch {
 pub struct ProcFigures {
     /// CPU time over wall time: 1.0 = one core busy.
     pub cpu_cores: f64,
+    /// Run-queue waiting over wall time: the mean number of the process's threads that were
+    /// ready to run but had no core (0 without contention; delivery latency grows with it).
+    pub run_queue_threads: f64,
     /// Memory (proportional set size, summed over the tree) at the end of the interval, MiB.
     pub rss_mib: f64,
 }
@@ -97,6 +114,7 @@ pub struct ProcFigures {
 #[derive(Clone, Copy, Debug)]
 pub struct ProcMark {
     ticks: u64,
+    waited_ns: u64,
     at: Instant,
 }
 
@@ -118,18 +136,16 @@ impl ProcWatch {
     }
 
     pub fn mark(&self) -> ProcMark {
-        let ticks = pids(self.pid, self.children)
-            .into_iter()
-            .filter_map(stat)
-            .map(|(t, _)| t)
-            .sum();
+        let pids = pids(self.pid, self.children);
         ProcMark {
-            ticks,
+            ticks: pids.iter().filter_map(|p| stat(*p)).map(|(t, _)| t).sum(),
+            waited_ns: pids.iter().map(|p| run_queue_wait_ns(*p)).sum(),
             at: Instant::now(),
         }
     }
 
-    /// CPU since `since` (children that exited in between are not counted) and RSS now.
+    /// CPU and run-queue waiting since `since` (threads and children that exited in between
+    /// are not counted) and RSS now.
     pub fn since(&self, since: ProcMark) -> ProcFigures {
         let now = self.mark();
         let secs = now.at.duration_since(since.at).as_secs_f64().max(1e-3);
@@ -139,6 +155,7 @@ impl ProcWatch {
             .sum();
         ProcFigures {
             cpu_cores: now.ticks.saturating_sub(since.ticks) as f64 / self.ticks_per_sec / secs,
+            run_queue_threads: now.waited_ns.saturating_sub(since.waited_ns) as f64 / 1e9 / secs,
             rss_mib: rss as f64 / (1024.0 * 1024.0),
         }
     }
@@ -196,6 +213,35 @@ mod tests {
         let f = w.since(m);
         assert!(f.rss_mib > 0.0);
         assert!(f.cpu_cores >= 0.0);
+    }
+
+    #[test]
+    fn counts_threads_kept_waiting_for_a_core() {
+        let me = std::process::id();
+        if !std::path::Path::new(&format!("/proc/{me}/task/{me}/schedstat")).exists() {
+            return; // a kernel without scheduler statistics
+        }
+        let w = ProcWatch::new(me, false);
+        let m = w.mark();
+        // Twice as many spinning threads as cores: half of them wait at any moment.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let spinners: Vec<_> = (0..cores * 2)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let until = Instant::now() + std::time::Duration::from_millis(300);
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        // Read while the spinners still exist: an exited thread's figures are gone.
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let f = w.since(m);
+        for s in spinners {
+            s.join().expect("spinner");
+        }
+        assert!(f.run_queue_threads > 0.0, "{f:?}");
     }
 
     #[test]
