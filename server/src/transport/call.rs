@@ -135,14 +135,13 @@ impl CallStream {
                         self.answer(done);
                     }
                     // Before the results go out, the subscriptions are told to reach their
-                    // commits (§8, reading your own writes): once for the whole batch. A
-                    // connection without live queries has nothing to bring up to date (a query
-                    // subscribed later starts at or after the commit), so it skips the message
-                    // to the subscription worker — every call of a write-only client sent one.
+                    // commits (§8, reading your own writes): once for the whole batch. Also
+                    // for a connection without live queries: a query it subscribes once it has
+                    // the result may reach the worker before the commit does (the committer
+                    // replies, then notifies), and this queued sync is what then brings it to
+                    // the commit.
                     if self.sync_ts > 0 {
-                        if !self.ctx.live_queries.lock().is_empty() {
-                            self.ctx.session.sync_to(self.sync_ts).await;
-                        }
+                        self.ctx.session.sync_to(self.sync_ts).await;
                         self.sync_ts = 0;
                     }
                 }
