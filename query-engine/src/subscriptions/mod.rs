@@ -19,7 +19,6 @@ mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -40,9 +39,6 @@ use outbox::Outbox;
 #[derive(Clone, Debug)]
 pub struct SubscriptionConfig {
     pub max_subscriptions_per_client: usize,
-    /// Extra time to gather commits before re-running (0 = only what arrived in one batch);
-    /// capped at 250 ms.
-    pub coalesce_window: Duration,
     /// Bound of the command queue (subscribe/unsubscribe/...); callers wait when full.
     pub command_queue: usize,
     /// Most touched keys (summed over the batches) kept while the worker is behind; beyond
@@ -58,7 +54,6 @@ impl Default for SubscriptionConfig {
     fn default() -> Self {
         SubscriptionConfig {
             max_subscriptions_per_client: 1024,
-            coalesce_window: Duration::ZERO,
             command_queue: 4096,
             max_pending_touched_keys: 1 << 20,
             rerun_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),

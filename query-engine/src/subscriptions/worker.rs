@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use roaring::RoaringBitmap;
@@ -26,8 +25,6 @@ use super::rerun::{self, ExecSpec, Rerun, RerunJob, RerunPool};
 use super::wakeup::Wakeups;
 use super::{ClientId, Command, PendingCommits, SubscriptionConfig, SubscriptionMetrics};
 
-/// Longest coalescing window honoured.
-const MAX_COALESCE: Duration = Duration::from_millis(250);
 /// Most threads re-running executions of one pass.
 const MAX_RERUN_THREADS: usize = 8;
 /// What makes two subscriptions share an execution.
@@ -122,12 +119,8 @@ impl Worker {
 
     pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = rx.blocking_recv() {
-            let is_wake = matches!(cmd, Command::Wake);
             self.handle(cmd);
             self.drain_closed();
-            if is_wake && !self.config.coalesce_window.is_zero() {
-                std::thread::sleep(self.config.coalesce_window.min(MAX_COALESCE));
-            }
             self.process_commits();
             self.wakeups.flush();
         }
