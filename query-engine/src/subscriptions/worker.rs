@@ -15,13 +15,12 @@ use crate::engine::Engine;
 use crate::error::{FunctionError, FunctionResult};
 use crate::functions::{FunctionDef, FunctionKind, Handler, Sharing, TxnHandler};
 use crate::identity::Identity;
-use crate::reads::ReadSet;
 use crate::storage::Snapshot;
 use crate::value::Value;
 
 use super::invalidation::{ExecId, InvalidationIndex};
 use super::outbox::{Outbox, Update};
-use super::rerun::{self, ExecSpec, Rerun, RerunJob, RerunPool};
+use super::rerun::{self, ExecSpec, Executed, Rerun, RerunJob, RerunPool};
 use super::wakeup::Wakeups;
 use super::{ClientId, Command, PendingCommits, SubscriptionConfig, SubscriptionMetrics};
 
@@ -42,10 +41,8 @@ struct ExecKey {
 struct Execution {
     key: ExecKey,
     spec: Arc<ExecSpec>,
-    reads: ReadSet,
-    result: Result<Arc<Value>, FunctionError>,
-    /// `result`'s size as its check measured it (0 for an error or an access check).
-    result_bytes: usize,
+    /// Its latest run: result, the result's size and what it read (indexed under `reads`).
+    run: Executed,
     subscribers: FxHashSet<(ClientId, u32)>,
 }
 
@@ -299,7 +296,7 @@ impl Worker {
             Some((key, check)) => {
                 let id = self.execution(key, check, &def, &args, identity.as_ref());
                 let exec = &self.execs[&id];
-                if let Err(e) = &exec.result {
+                if let Err(e) = &exec.run.result {
                     let e = e.clone();
                     self.drop_if_unused(id);
                     return Update::Failed(e);
@@ -310,7 +307,7 @@ impl Worker {
         };
         let body_identity = if access_id.is_some() { None } else { identity };
         let body_id = self.execution(body_key, body_handler, &def, &args, body_identity.as_ref());
-        let result = self.execs[&body_id].result.clone();
+        let result = self.execs[&body_id].run.result.clone();
         match result {
             Err(e) => {
                 self.drop_if_unused(body_id);
@@ -373,9 +370,7 @@ impl Worker {
             Execution {
                 key,
                 spec,
-                reads: executed.reads,
-                result: executed.result,
-                result_bytes: executed.bytes,
+                run: executed,
                 subscribers: FxHashSet::default(),
             },
         );
@@ -390,7 +385,7 @@ impl Worker {
             .is_some_and(|e| e.subscribers.is_empty());
         if unused {
             if let Some(e) = self.execs.remove(&id) {
-                self.index.remove(id, &e.reads);
+                self.index.remove(id, &e.run.reads);
                 self.by_key.remove(&e.key);
                 self.free_ids.push(id);
                 self.metrics.executions.fetch_sub(1, Ordering::Relaxed);
@@ -438,8 +433,8 @@ impl Worker {
                 Some(RerunJob {
                     id: *id,
                     spec: exec.spec.clone(),
-                    previous: exec.result.clone(),
-                    previous_bytes: exec.result_bytes,
+                    previous: exec.run.result.clone(),
+                    previous_bytes: exec.run.bytes,
                 })
             })
             .collect();
@@ -479,14 +474,11 @@ impl Worker {
             };
             // A re-run usually reads the same ranges again (a window over one meeting's
             // index range); then its entries in the index stay as they are.
-            let executed = rerun.executed;
-            if exec.reads != executed.reads {
-                self.index.remove(id, &exec.reads);
-                self.index.insert(id, &executed.reads);
-                exec.reads = executed.reads;
+            if exec.run.reads != rerun.executed.reads {
+                self.index.remove(id, &exec.run.reads);
+                self.index.insert(id, &rerun.executed.reads);
             }
-            exec.result = executed.result;
-            exec.result_bytes = executed.bytes;
+            exec.run = rerun.executed;
             let Some(update) = rerun.update else {
                 self.metrics
                     .reruns_unchanged
