@@ -90,6 +90,15 @@ fn pids(root: u32, children: bool) -> Vec<u32> {
     out
 }
 
+/// CPU and run-queue waiting of `pids` so far.
+fn mark_of(pids: &[u32]) -> ProcMark {
+    ProcMark {
+        ticks: pids.iter().filter_map(|p| stat(*p)).map(|(t, _)| t).sum(),
+        waited_ns: pids.iter().map(|p| run_queue_wait_ns(*p)).sum(),
+        at: Instant::now(),
+    }
+}
+
 /// A process (tree) being watched.
 #[derive(Clone, Debug)]
 pub struct ProcWatch {
@@ -136,23 +145,17 @@ impl ProcWatch {
     }
 
     pub fn mark(&self) -> ProcMark {
-        let pids = pids(self.pid, self.children);
-        ProcMark {
-            ticks: pids.iter().filter_map(|p| stat(*p)).map(|(t, _)| t).sum(),
-            waited_ns: pids.iter().map(|p| run_queue_wait_ns(*p)).sum(),
-            at: Instant::now(),
-        }
+        mark_of(&pids(self.pid, self.children))
     }
 
     /// CPU and run-queue waiting since `since` (threads and children that exited in between
     /// are not counted) and RSS now.
     pub fn since(&self, since: ProcMark) -> ProcFigures {
-        let now = self.mark();
+        // One look for the tree (for PostgreSQL a walk of /proc) serves both readings.
+        let pids = pids(self.pid, self.children);
+        let now = mark_of(&pids);
         let secs = now.at.duration_since(since.at).as_secs_f64().max(1e-3);
-        let rss: u64 = pids(self.pid, self.children)
-            .into_iter()
-            .map(memory_bytes)
-            .sum();
+        let rss: u64 = pids.into_iter().map(memory_bytes).sum();
         ProcFigures {
             cpu_cores: now.ticks.saturating_sub(since.ticks) as f64 / self.ticks_per_sec / secs,
             run_queue_threads: now.waited_ns.saturating_sub(since.waited_ns) as f64 / 1e9 / secs,
