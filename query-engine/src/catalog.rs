@@ -1,6 +1,12 @@
 //! The catalog: which tables and indexes exist, their stable numbers, and whether each index
 //! is ready to serve reads. Built from the registered schema plus the numbering persisted in
 //! the database, so numbers never change across restarts or schema pushes.
+//!
+//! An index number names one definition (its fields) for good: an index that leaves the
+//! schema, or whose fields change, gives up its number and its entries are purged in the
+//! background (`index_purge.rs`); the index under the new definition gets a new number and
+//! backfills. Reusing the number would serve entries nobody kept up to date (written while the
+//! index was absent, or under the old fields) as if they were ready.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -63,6 +69,13 @@ pub struct Numbering {
     /// Key: `table.index`.
     pub indexes: BTreeMap<String, IndexId>,
     pub index_states: BTreeMap<String, IndexState>,
+    /// Key: `table.index`; the fields the index's entries are keyed by. Databases written
+    /// before this was recorded take the fields of the first schema opened on them.
+    #[serde(default)]
+    pub index_fields: BTreeMap<String, Vec<String>>,
+    /// Numbers of indexes no longer in the schema whose entries are still being purged.
+    #[serde(default)]
+    pub dropped_indexes: Vec<IndexId>,
     pub next_table: u32,
     pub next_index: u32,
 }
@@ -77,13 +90,16 @@ pub struct Catalog {
 impl Catalog {
     /// Builds the catalog for `schema`, assigning numbers to new tables and indexes in
     /// `numbering` (which the caller persists). Indexes new to an existing table start as
-    /// `Backfilling` when `existing_tables_have_data` says the table may hold documents.
+    /// `Backfilling` when `table_has_data` says the table may hold documents. Indexes of the
+    /// numbering that the schema no longer has, or has with other fields, move to
+    /// `numbering.dropped_indexes`.
     pub fn build(
         schema: &SchemaDefinition,
         numbering: &mut Numbering,
         table_has_data: &dyn Fn(&str) -> bool,
     ) -> Catalog {
         let mut catalog = Catalog::default();
+        let mut kept = std::collections::HashSet::new();
         for table in schema.tables.values() {
             let is_new_table = !numbering.tables.contains_key(&table.name);
             let number = *numbering
@@ -104,6 +120,17 @@ impl Catalog {
                 .map(|i| (i.name.as_str(), i.fields.clone()));
             for (name, fields) in builtin.into_iter().chain(user) {
                 let key = format!("{}.{}", table.name, name);
+                let recorded = numbering
+                    .index_fields
+                    .entry(key.clone())
+                    .or_insert_with(|| fields.clone());
+                if *recorded != fields {
+                    *recorded = fields.clone();
+                    if let Some(old) = numbering.indexes.remove(&key) {
+                        numbering.dropped_indexes.push(old);
+                    }
+                }
+                kept.insert(key.clone());
                 let id = match numbering.indexes.get(&key) {
                     Some(id) => *id,
                     None => {
@@ -144,6 +171,19 @@ impl Catalog {
                     indexes,
                 },
             );
+        }
+        let gone: Vec<String> = numbering
+            .indexes
+            .keys()
+            .filter(|k| !kept.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(id) = numbering.indexes.remove(&key) {
+                numbering.dropped_indexes.push(id);
+            }
+            numbering.index_states.remove(&key);
+            numbering.index_fields.remove(&key);
         }
         catalog
     }
@@ -187,5 +227,69 @@ pub fn system_table(name: &str, document: Validator) -> TableDefinition {
         name: name.to_string(),
         document,
         indexes: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::v;
+
+    fn schema(fields: &[&str]) -> SchemaDefinition {
+        SchemaDefinition::new()
+            .table(TableDefinition::new("t", v::object([("a", v::int64())])).index("by_a", fields))
+    }
+
+    #[test]
+    fn numbers_of_unchanged_indexes_survive_and_changed_ones_are_retired() {
+        let mut n = Numbering::default();
+        Catalog::build(&schema(&["a"]), &mut n, &|_| true);
+        let first = n.indexes["t.by_a"];
+        Catalog::build(&schema(&["a"]), &mut n, &|_| true);
+        assert_eq!(n.indexes["t.by_a"], first);
+        assert!(n.dropped_indexes.is_empty());
+
+        Catalog::build(&schema(&["a", "_creationTime"]), &mut n, &|_| true);
+        let second = n.indexes["t.by_a"];
+        assert_ne!(second, first);
+        assert_eq!(n.dropped_indexes, vec![first]);
+        assert_eq!(n.index_states["t.by_a"], IndexState::Backfilling);
+
+        let no_index = SchemaDefinition::new()
+            .table(TableDefinition::new("t", v::object([("a", v::int64())])));
+        Catalog::build(&no_index, &mut n, &|_| true);
+        assert!(!n.indexes.contains_key("t.by_a"));
+        assert!(!n.index_states.contains_key("t.by_a"));
+        assert_eq!(n.dropped_indexes, vec![first, second]);
+    }
+
+    #[test]
+    fn a_numbering_without_recorded_fields_takes_the_schema_s() {
+        let mut n = Numbering::default();
+        Catalog::build(&schema(&["a"]), &mut n, &|_| true);
+        let id = n.indexes["t.by_a"];
+        // The numbering as written before fields and retired numbers were recorded.
+        #[derive(Serialize)]
+        struct Before<'a> {
+            tables: &'a BTreeMap<String, TableNumber>,
+            indexes: &'a BTreeMap<String, IndexId>,
+            index_states: &'a BTreeMap<String, IndexState>,
+            next_table: u32,
+            next_index: u32,
+        }
+        let bytes = rmp_serde::to_vec_named(&Before {
+            tables: &n.tables,
+            indexes: &n.indexes,
+            index_states: &n.index_states,
+            next_table: n.next_table,
+            next_index: n.next_index,
+        })
+        .unwrap();
+        let mut n: Numbering = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(n.index_fields.is_empty());
+        Catalog::build(&schema(&["a"]), &mut n, &|_| true);
+        assert_eq!(n.indexes["t.by_a"], id);
+        assert_eq!(n.index_fields["t.by_a"], vec!["a".to_string()]);
+        assert!(n.dropped_indexes.is_empty());
     }
 }

@@ -12,23 +12,24 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admission::{Admission, AdmissionConfig, Admit};
-use crate::catalog::{Catalog, IndexState, Numbering};
+use crate::catalog::{Catalog, IndexId, Numbering};
 use crate::committer::{
     now_micros, CommitNotice, CommitObserver, CommitRequest, Committed, Committer, CommitterConfig,
-    Shared,
+    Rerun, Shared,
 };
 use crate::context::Ctx;
 use crate::error::{FunctionError, FunctionResult};
 use crate::functions::{FunctionDef, FunctionKind, Functions, Handler, TxnHandler, Visibility};
 use crate::id::{DocumentId, TableNumber};
 use crate::identity::Identity;
+use crate::index_maintenance;
 use crate::metrics::EngineMetrics;
 use crate::mutation_ids::{self, MutationDedupConfig, MutationOutcome};
 use crate::reads::ReadSet;
 use crate::scheduler::{self, Cron};
 use crate::schema::{user_fields, SchemaDefinition, ValidationError, Validator};
 use crate::storage::{Snapshot, Storage, StorageError, StorageOptions};
-use crate::transaction::{index_key, Limits, Transaction};
+use crate::transaction::{Limits, Transaction};
 use crate::value::Value;
 
 #[derive(Clone, Debug)]
@@ -90,8 +91,6 @@ pub enum OpenError {
 
 /// Most offending document ids a refused schema push reports.
 const MAX_REPORTED_VIOLATIONS: usize = 100;
-/// Documents indexed per backfill commit.
-const BACKFILL_CHUNK: usize = 512;
 
 #[derive(Clone)]
 pub struct Engine {
@@ -273,20 +272,7 @@ impl Engine {
             }),
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let backfills: Vec<_> = engine
-                .catalog()
-                .tables()
-                .flat_map(|t| {
-                    t.indexes
-                        .iter()
-                        .filter(|i| i.state == IndexState::Backfilling)
-                        .map(|i| (t.name.clone(), i.name.clone()))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            for (table, index) in backfills {
-                rt.spawn(engine.clone().backfill(table, index));
-            }
+            index_maintenance::start(&engine, &rt);
             if config.run_scheduler {
                 rt.spawn(scheduler::run(engine.clone(), config.crons.clone()));
                 rt.spawn(mutation_ids::run_sweeper(
@@ -757,117 +743,47 @@ impl Engine {
         })
     }
 
-    /// Builds a new index over existing documents in chunks, each chunk executed at the
-    /// committer on the latest state (so it cannot race with concurrent writes, which
-    /// maintain the index themselves), then marks the index ready.
-    async fn backfill(self, table: String, index: String) {
-        let mut after: Option<DocumentId> = None;
-        loop {
-            let (t2, i2) = (table.clone(), index.clone());
-            let start = after;
-            let body = move |txn: &mut Transaction<'_>| {
-                let catalog = Arc::new(txn.catalog().clone());
-                let t = catalog
-                    .table(&t2)
-                    .ok_or_else(|| FunctionError::internal("table gone"))?;
-                let idx = t
-                    .index(&i2)
-                    .ok_or_else(|| FunctionError::internal("index gone"))?
-                    .clone();
-                let mut from = t.number.0.to_be_bytes().to_vec();
-                if let Some(a) = start {
-                    from = a.to_bytes().to_vec();
-                    from.push(0);
-                }
-                let end = (t.number.0 as u64 + 1).to_be_bytes()[4..].to_vec();
-                let end = if t.number.0 == u32::MAX {
-                    None
-                } else {
-                    Some(end)
-                };
-                let mut by_id = t.by_id().clone();
-                by_id.state = IndexState::Ready;
-                let rows = txn.range(
-                    t,
-                    &by_id,
-                    from,
-                    end,
-                    crate::transaction::Order::Asc,
-                    BACKFILL_CHUNK,
-                )?;
-                let mut last = None;
-                for r in &rows {
-                    let id = DocumentId::from_bytes(&r.key)
-                        .ok_or_else(|| FunctionError::internal("bad id"))?;
-                    let key = index_key(&idx, &r.doc, &id.to_bytes());
-                    txn.writes
-                        .index_entries
-                        .insert(crate::writes::storage_key(idx.id, &key), true);
-                    last = Some(id);
-                }
-                Ok(last
-                    .map(|l| Value::String(l.to_string()))
-                    .unwrap_or(Value::Null))
-            };
-            let (reply, rx) = oneshot::channel();
-            let req = CommitRequest {
-                snapshot_ts: 0,
-                reads: ReadSet::default(),
-                writes: Default::default(),
-                value: Value::Null,
-                rerun: Box::new(body),
-                reply,
-            };
-            if self.inner.commit_tx.send(req).await.is_err() {
-                return;
-            }
-            match rx.await {
-                Ok(Ok(Committed {
-                    value: Value::String(s),
-                    ..
-                })) => {
-                    after = DocumentId::parse(&s).ok();
-                    if after.is_none() {
-                        return;
-                    }
-                }
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) => {
-                    tracing::error!(table = %table, index = %index, error = %e, "backfill failed");
-                    return;
-                }
-                Err(_) => return,
-            }
-            if *self.shutdown_signal().borrow() {
-                return;
-            }
-        }
-        self.mark_index_ready(&table, &index);
+    /// Runs `body` at the committer as a transaction of its own, on the latest state, so it
+    /// cannot race with any other write (index backfills and purges). `None` once the
+    /// committer has stopped.
+    pub(crate) async fn run_at_committer(&self, body: Rerun) -> Option<FunctionResult<Committed>> {
+        let (reply, rx) = oneshot::channel();
+        let req = CommitRequest {
+            snapshot_ts: 0,
+            reads: ReadSet::default(),
+            writes: Default::default(),
+            value: Value::Null,
+            rerun: body,
+            reply,
+        };
+        self.inner.commit_tx.send(req).await.ok()?;
+        rx.await.ok()
     }
 
-    fn mark_index_ready(&self, table: &str, index: &str) {
-        let key = format!("{table}.{index}");
+    /// Changes the persisted numbering (durably), then the catalog with `then`.
+    pub(crate) fn update_numbering(
+        &self,
+        change: impl FnOnce(&mut Numbering),
+        then: impl FnOnce(&Numbering, &mut Catalog),
+    ) -> Result<(), StorageError> {
         let mut numbering = self.inner.numbering.lock();
-        numbering
-            .index_states
-            .insert(key.clone(), IndexState::Ready);
-        let Ok(bytes) = rmp_serde::to_vec_named(&*numbering) else {
-            return;
-        };
-        if let Err(e) = self
-            .inner
+        let mut changed = numbering.clone();
+        change(&mut changed);
+        let bytes = rmp_serde::to_vec_named(&changed)
+            .map_err(|e| StorageError::CorruptMeta("numbering".into(), e.to_string()))?;
+        self.inner
             .storage
-            .write_meta_durable(&[("numbering", bytes)])
-        {
-            tracing::error!(error = %e, "cannot record index as ready");
-            return;
-        }
-        if let Some(id) = numbering.indexes.get(&key) {
-            let mut c = (*self.catalog()).clone();
-            c.set_index_state(*id, IndexState::Ready);
-            self.inner.catalog.store(Arc::new(c));
-        }
-        tracing::info!(index = %key, "index backfilled and ready");
+            .write_meta_durable(&[("numbering", bytes)])?;
+        *numbering = changed;
+        let mut c = (*self.catalog()).clone();
+        then(&numbering, &mut c);
+        self.inner.catalog.store(Arc::new(c));
+        Ok(())
+    }
+
+    /// Numbers of dropped indexes whose entries are still to be purged.
+    pub(crate) fn dropped_indexes(&self) -> Vec<IndexId> {
+        self.inner.numbering.lock().dropped_indexes.clone()
     }
 }
 

@@ -278,9 +278,10 @@ impl<'s> Transaction<'s> {
         Ok(rows)
     }
 
-    /// Storage keys of index entries visible to this transaction, merged from storage and the
-    /// write overlays (own writes over the batch overlay).
-    fn merged_index_keys(
+    /// Storage keys of index entries (index number first) in `[start, end)` visible to this
+    /// transaction, merged from storage and the write overlays (own writes over the batch
+    /// overlay).
+    pub(crate) fn merged_index_keys(
         &self,
         start: &[u8],
         end: Option<&[u8]>,

@@ -1,7 +1,8 @@
 //! Schema pushes on reopen: a schema the stored documents violate is refused (naming them) and
 //! changes nothing; dropping a non-empty table is refused; a new index on a populated table
 //! is unreadable while it backfills and then complete, including writes made during the
-//! backfill.
+//! backfill; an index dropped from the schema has its entries purged, and one re-added or
+//! redefined under the same name is rebuilt rather than served from stale entries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -182,14 +183,19 @@ const SEED_DOCS: i64 = 5_000;
 const WRITERS: usize = 4;
 
 fn items(indexed: bool) -> SchemaDefinition {
+    items_indexed_by(if indexed { &["group", "n"] } else { &[] })
+}
+
+/// `items` with `by_group_n` on `fields` (none: without the index).
+fn items_indexed_by(fields: &[&str]) -> SchemaDefinition {
     let t = TableDefinition::new(
         "items",
         v::object([("group", v::int64()), ("n", v::int64())]),
     );
-    let t = if indexed {
-        t.index("by_group_n", &["group", "n"])
-    } else {
+    let t = if fields.is_empty() {
         t
+    } else {
+        t.index("by_group_n", fields)
     };
     SchemaDefinition::new().table(t)
 }
@@ -381,4 +387,164 @@ async fn new_index_backfills_while_writes_continue() {
         .map(|d| i64_of(d, "n"))
         .collect();
     assert_eq!(got, expected);
+}
+
+/// Waits until `by_group_n` serves reads (a backfill may be running).
+async fn until_readable(engine: &Engine) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while let Err(e) = group_via_index(engine, 0).await {
+        assert!(e.message.contains("backfilling"), "{e}");
+        assert!(Instant::now() < deadline, "backfill never finished");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn by_group_n_id(engine: &Engine) -> query_engine::catalog::IndexId {
+    engine
+        .catalog()
+        .table("items")
+        .unwrap()
+        .index("by_group_n")
+        .unwrap()
+        .id
+}
+
+/// Whether any entry is stored under index number `id`.
+fn has_entries(engine: &Engine, id: query_engine::catalog::IndexId) -> bool {
+    let start = id.0.to_be_bytes();
+    let end = query_engine::encoding::prefix_successor(&start);
+    let snap = engine.snapshot();
+    let mut keys = snap.index_keys(&start, end.as_deref(), false).unwrap();
+    keys.next().is_some()
+}
+
+async fn insert_items(engine: &Engine, count: i64) -> Vec<String> {
+    let ids = engine
+        .transact(move |ctx| {
+            let mut ids = Vec::new();
+            for i in 0..count {
+                ids.push(Value::String(
+                    ctx.insert("items", obj! {"group" => i % 10, "n" => i})?,
+                ));
+            }
+            Ok(Value::Array(ids))
+        })
+        .await
+        .unwrap();
+    ids.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_index_is_purged_and_rebuilt_when_added_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), items(true)).await.unwrap();
+    let ids = insert_items(&engine, 300).await;
+    let old = by_group_n_id(&engine);
+    assert!(has_entries(&engine, old));
+    engine.shutdown();
+    drop(engine);
+
+    // Without the index: its entries go, and writes meanwhile do not maintain it.
+    let engine = open(dir.path(), items(false)).await.unwrap();
+    let deadline = Instant::now() + EVENTUALLY;
+    while has_entries(&engine, old) {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped index was never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (k, id) in ids.iter().enumerate() {
+        let id = id.clone();
+        engine
+            .transact(move |ctx| {
+                match k % 3 {
+                    0 => ctx.delete("items", &id)?,
+                    1 => {
+                        let mut o = Object::new();
+                        o.insert("group".into(), Value::Int64((k as i64 + 1) % 10));
+                        ctx.patch("items", &id, o)?
+                    }
+                    _ => {}
+                }
+                Ok(Value::Null)
+            })
+            .await
+            .unwrap();
+    }
+    insert_items(&engine, 50).await;
+    engine.shutdown();
+    drop(engine);
+
+    // Added again: a new number, backfilled from the documents as they are now.
+    let engine = open(dir.path(), items(true)).await.unwrap();
+    assert_ne!(by_group_n_id(&engine), old);
+    until_readable(&engine).await;
+    let truth = scan(&engine, "items").await;
+    assert_eq!(truth.len(), 250);
+    for g in 0..10 {
+        let mut expected: Vec<(i64, String)> = truth
+            .iter()
+            .filter(|d| i64_of(d, "group") == g)
+            .map(|d| (i64_of(d, "n"), id_of(d)))
+            .collect();
+        expected.sort();
+        let got: Vec<(i64, String)> = group_via_index(&engine, g)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| (i64_of(d, "n"), id_of(d)))
+            .collect();
+        assert_eq!(got, expected, "group {g}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_whose_fields_change_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), items(true)).await.unwrap();
+    insert_items(&engine, 200).await;
+    let old = by_group_n_id(&engine);
+    engine.shutdown();
+    drop(engine);
+
+    // Same name, now keyed by `n`: entries keyed by `group` would answer `n = 3` with group 3.
+    let engine = open(dir.path(), items_indexed_by(&["n"])).await.unwrap();
+    let deadline = Instant::now() + EVENTUALLY;
+    let rows = loop {
+        let read = engine
+            .read(|ctx| {
+                ctx.query("items", "by_group_n")
+                    .eq("n", 3i64)
+                    .collect(100)
+                    .map(Value::Array)
+            })
+            .await;
+        match read {
+            Ok(rows) => break rows,
+            Err(e) => assert!(e.message.contains("backfilling"), "{e}"),
+        }
+        assert!(Instant::now() < deadline, "backfill never finished");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let got: Vec<i64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| i64_of(d, "n"))
+        .collect();
+    assert_eq!(got, vec![3]);
+    assert_ne!(by_group_n_id(&engine), old);
+    let deadline = Instant::now() + EVENTUALLY;
+    while has_entries(&engine, old) {
+        assert!(
+            Instant::now() < deadline,
+            "the old definition was never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
