@@ -291,11 +291,13 @@ fn note_ops() -> TableDefinition {
 /// n" for one meeting; the seed's indexes start with the bucket, which a resuming reader does
 /// not know).
 ///
-/// Dropped the seed's `by_meeting_bucket` and `by_meeting_bucket_seq`: they served only its
-/// clock-bucketed stream scan, which `by_meeting_sequence` replaces (a bucket range is a
-/// `startMs` range of `by_meeting_time`), and every index costs an entry per chunk on the
-/// hottest write path. "Time-based sharding" has nothing to spread here: one B-tree per
-/// index, and writes of different meetings never conflict. `bucketMs` stays on the document.
+/// Dropped the seed's `by_meeting_bucket`, `by_meeting_bucket_seq` and `by_meeting_time`: the
+/// first two served only its clock-bucketed stream scan, which `by_meeting_sequence` replaces,
+/// and nothing reads chunks by time (aggregation and the stream go by sequence, segments have
+/// their own `by_meeting_time`), while every index costs an entry per chunk on the hottest
+/// write path — written by the mutation, the committer and the applier, and purged with the
+/// chunk. "Time-based sharding" has nothing to spread here: one B-tree per index, and writes
+/// of different meetings never conflict. `bucketMs` and `startMs` stay on the document.
 pub fn transcripts() -> TableDefinition {
     TableDefinition::new(
         TRANSCRIPTS,
@@ -312,7 +314,6 @@ pub fn transcripts() -> TableDefinition {
             ("createdAt", ms()),
         ]),
     )
-    .index("by_meeting_time", &["meetingId", "startMs"])
     .index("by_meeting_sequence", &["meetingId", "sequence"])
     .index("by_meeting_chunk", &["meetingId", "chunkId"])
 }
