@@ -277,7 +277,7 @@ impl Engine {
                 rt.spawn(scheduler::run(engine.clone(), config.crons.clone()));
                 rt.spawn(mutation_ids::run_sweeper(
                     engine.clone(),
-                    config.mutation_dedup.sweep_interval,
+                    config.mutation_dedup.clone(),
                 ));
             }
         }

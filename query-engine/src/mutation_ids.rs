@@ -5,6 +5,15 @@
 //! duplicates are settled by optimistic concurrency (the loser re-executes and finds the
 //! winner's record). Expired records are ignored at once and deleted by a background sweep in
 //! bounded batches.
+//!
+//! The sweep finds them by creation time: with one TTL, a record created at or before
+//! `now - ttl` is exactly one that has expired, so `by_creation_time` serves as the expiry
+//! index and a record carries one index of its own (`by_key`) rather than two, one entry less
+//! to write and to delete per deduplicated mutation. The sweep reads only records created at
+//! or before `now - ttl` (so it never conflicts with the mutations recording now) and deletes
+//! those whose own expiry has passed. After the TTL is lowered, records written under the
+//! longer one are swept as they expire; after it is raised, older records wait until they are
+//! `ttl` old.
 
 use std::time::Duration;
 
@@ -13,12 +22,11 @@ use crate::engine::Engine;
 use crate::error::{FunctionError, FunctionResult};
 use crate::obj;
 use crate::protocol::messages::MAX_MUTATION_ID_BYTES;
-use crate::schema::{v, TableDefinition};
+use crate::schema::{v, TableDefinition, BY_CREATION_TIME};
 use crate::value::{Object, Value};
 
 pub const MUTATION_IDS: &str = "_mutation_ids";
 const BY_KEY: &str = "by_key";
-const BY_EXPIRY: &str = "by_expiry";
 /// Most expired records deleted per sweep transaction.
 pub(crate) const SWEEP_BATCH: usize = 500;
 
@@ -71,7 +79,6 @@ pub(crate) fn table() -> TableDefinition {
         ]),
     )
     .index(BY_KEY, &["identity", "mutationId"])
-    .index(BY_EXPIRY, &["expiresAtMs"])
 }
 
 /// Refuses an empty or over-long mutationId.
@@ -134,12 +141,12 @@ pub(crate) fn run_once(
         record.insert("value".into(), value.clone());
     }
     let record = Value::from(record);
-    match expired_id {
-        Some(id) => ctx.replace(MUTATION_IDS, &id, record)?,
-        None => {
-            ctx.insert(MUTATION_IDS, record)?;
-        }
+    // A new record rather than a replacement, which would keep the old creation time and sit
+    // among the records the sweep reads as old enough to have expired.
+    if let Some(id) = expired_id {
+        ctx.delete(MUTATION_IDS, &id)?;
     }
+    ctx.insert(MUTATION_IDS, record)?;
     Ok((value, false))
 }
 
@@ -155,37 +162,47 @@ fn replay(record: &Value, mutation_id: &str) -> FunctionResult<Value> {
     Ok(record.get_path("value").cloned().unwrap_or(Value::Null))
 }
 
-/// Deletes up to `SWEEP_BATCH` expired records in one transaction; returns how many.
-pub(crate) async fn sweep(engine: &Engine) -> FunctionResult<usize> {
+/// Deletes up to `SWEEP_BATCH` expired records among those created at least `ttl` ago, in
+/// one transaction; returns how many.
+pub(crate) async fn sweep(engine: &Engine, ttl: Duration) -> FunctionResult<usize> {
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let deleted = engine
-        .transact(|ctx| {
+        .transact(move |ctx| {
             let now = ctx.now_ms();
-            let expired = ctx
-                .query(MUTATION_IDS, BY_EXPIRY)
-                .lte("expiresAtMs", now)
+            let old = ctx
+                .query(MUTATION_IDS, BY_CREATION_TIME)
+                .lte("_creationTime", now.saturating_sub(ttl_ms))
                 .take(SWEEP_BATCH)?;
-            for record in &expired {
+            let mut deleted = 0;
+            for record in &old {
+                let expires = record.get_path("expiresAtMs").and_then(Value::as_i64);
+                if expires.is_some_and(|e| e > now) {
+                    continue;
+                }
                 let id = record
                     .get_path("_id")
                     .and_then(Value::as_str)
                     .ok_or_else(|| FunctionError::internal("mutation id record without _id"))?;
                 ctx.delete(MUTATION_IDS, id)?;
+                deleted += 1;
             }
-            Ok(Value::Int64(expired.len() as i64))
+            Ok(Value::Int64(deleted))
         })
         .await?;
     Ok(deleted.as_i64().unwrap_or(0) as usize)
 }
 
-/// Sweeps expired records every `interval` (full batches back to back) until shutdown.
-pub(crate) async fn run_sweeper(engine: Engine, interval: Duration) {
+/// Sweeps expired records every `config.sweep_interval` (full batches back to back) until
+/// shutdown.
+pub(crate) async fn run_sweeper(engine: Engine, config: MutationDedupConfig) {
+    let interval = config.sweep_interval;
     let mut shutdown = engine.shutdown_signal();
     loop {
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            match sweep(&engine).await {
+            match sweep(&engine, config.ttl).await {
                 Ok(SWEEP_BATCH) => continue,
                 Ok(_) => break,
                 Err(e) => {
@@ -243,9 +260,12 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(sweep(&engine).await.unwrap(), SWEEP_BATCH);
-        assert_eq!(sweep(&engine).await.unwrap(), 100);
-        assert_eq!(sweep(&engine).await.unwrap(), 0);
+        // Under a TTL of a minute none is old enough to be looked at yet.
+        assert_eq!(sweep(&engine, Duration::from_secs(60)).await.unwrap(), 0);
+        let ttl = Duration::ZERO;
+        assert_eq!(sweep(&engine, ttl).await.unwrap(), SWEEP_BATCH);
+        assert_eq!(sweep(&engine, ttl).await.unwrap(), 100);
+        assert_eq!(sweep(&engine, ttl).await.unwrap(), 0);
         let left = engine
             .read(|ctx| ctx.full_table_scan(MUTATION_IDS, 10).map(Value::Array))
             .await
