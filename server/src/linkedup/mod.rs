@@ -1,6 +1,6 @@
 //! LinkedUp's domain functions on the query engine, one module per domain (users, connections,
-//! meetings, chat, flags, audit) plus the cross-cutting guards, rate limiter and idempotency
-//! keys. `register` adds them all to a `Functions` registry; `start` runs their background work.
+//! meetings, chat, flags, audit) plus the cross-cutting guards, rate limiter, idempotency
+//! keys and data retention. `register` adds them all to a `Functions` registry; `start` runs their background work.
 //!
 //! Each function follows the same order: validators (engine-checked), guard, logic, audit.
 
@@ -14,6 +14,7 @@ pub mod meetings;
 pub mod notes;
 pub mod post_call;
 pub mod rate_limit;
+pub mod retention;
 pub mod transcripts;
 pub mod users;
 
@@ -33,11 +34,14 @@ use serde::Serialize;
 
 pub use audit::DenialLog;
 pub use rate_limit::{Counters, RateLimit, RateLimitConfig};
+pub use retention::RetentionPolicy;
 
 /// Settings of the LinkedUp functions.
 #[derive(Clone, Debug, Default)]
 pub struct LinkedUpConfig {
     pub rate_limits: RateLimitConfig,
+    /// How long the append-only tables keep their documents (see `retention`).
+    pub retention: RetentionPolicy,
     /// Where access denials wait to be written to `auditLogs` (see `audit`); shared by every
     /// function registered with this config and drained by `start`.
     pub denials: DenialLog,
@@ -57,18 +61,17 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     rate_limit::register(functions, &config);
     transcripts::register(functions, &config);
     notes::register(functions, &config);
+    retention::register(functions, &config);
 }
 
-/// Starts LinkedUp's background work on a running engine: the task that writes recorded
-/// access denials to `auditLogs`. Abort the returned handle on shutdown (pending denials are
-/// bounded in memory and lost with the process).
 /// Recurring maintenance, for `EngineConfig::crons`: note-op compaction (seed §20: noteOps
-/// kept 90 days), expired idempotency keys and old rate-limit counters. Each job deletes a
-/// bounded batch per run.
+/// kept 90 days), the other tables' retention (`retention`), expired idempotency keys and old
+/// rate-limit counters. Each job deletes a bounded batch per run.
 pub fn crons() -> Vec<Cron> {
     const HOUR_MS: i64 = 3_600_000;
     [
         ("notes.compactAll", 24 * HOUR_MS),
+        (retention::PURGE, HOUR_MS),
         ("idempotency.purgeExpired", HOUR_MS),
         ("rateLimits.purge", HOUR_MS),
     ]
@@ -82,6 +85,9 @@ pub fn crons() -> Vec<Cron> {
     .collect()
 }
 
+/// Starts LinkedUp's background work on a running engine: the task that writes recorded
+/// access denials to `auditLogs`. Abort the returned handle on shutdown (pending denials are
+/// bounded in memory and lost with the process).
 pub fn start(engine: &Engine, config: &LinkedUpConfig) -> tokio::task::JoinHandle<()> {
     audit::spawn_denial_writer(engine.clone(), config.denials.clone())
 }

@@ -97,9 +97,7 @@ impl Env {
         self.engine.metrics().conflicts.load(Ordering::Relaxed)
     }
 
-    /// Every document of a table (test-sized tables only). Reads `by_creation_time`: an
-    /// unbounded `by_id` range (`full_table_scan`) currently returns other tables' documents
-    /// too (engine issue, reported).
+    /// Every document of a table in creation order (test-sized tables only).
     pub async fn all(&self, table: &'static str) -> Vec<Value> {
         let v = self
             .engine

@@ -1,0 +1,153 @@
+//! Data retention (seed §20, "initial defaults; confirm with product/legal"): documents of the
+//! append-only tables are deleted once they are older than their table's age, judged by
+//! creation time through the built-in `by_creation_time` index, in bounded batches.
+//!
+//! `retention.purge` (internal, for an hourly cron) without a table schedules one run per
+//! table of the policy; a run with a table deletes up to `PURGE_BATCH` of its documents
+//! created before `now - age`, records how many in the audit log, and schedules itself again
+//! while batches come back full. Its read is the range below the cutoff, so it never conflicts
+//! with the writes of live meetings.
+//!
+//! Not here: noteOps (90 days) are compacted by `notes.compact`, which keeps the note whole;
+//! live records that are updated in place (meetings, notes, users, connections, the matching
+//! queue) have no age by creation, and deleting them by it could drop something still in
+//! use; those wait for deletion on request (seed: "user-initiated deletion").
+
+use std::sync::Arc;
+
+use linkedup_schema::errors::invalid_field;
+use linkedup_schema::tables::names::{
+    AUDIT_LOGS, INSIGHTS, MESSAGES, PROMPTS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS,
+};
+use query_engine::context::Ctx;
+use query_engine::error::FunctionResult;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::{v, BY_CREATION_TIME};
+use serde::{Deserialize, Serialize};
+
+use super::{audit, encode, id_of, LinkedUpConfig};
+
+/// The function's name.
+pub const PURGE: &str = "retention.purge";
+/// Most documents one run deletes; a run that deletes this many continues itself.
+pub const PURGE_BATCH: usize = 500;
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1_000;
+
+/// How long each table's documents are kept, by creation time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// (table, maximum age in ms).
+    pub max_age_ms: Vec<(String, i64)>,
+}
+
+impl Default for RetentionPolicy {
+    /// The seed's defaults: raw transcript chunks 90 days (the upper end of its 30–90),
+    /// messages 90 days; segments, prompts, insights and audit logs a year.
+    fn default() -> Self {
+        let ages = [
+            (TRANSCRIPTS, 90 * DAY_MS),
+            (MESSAGES, 90 * DAY_MS),
+            (TRANSCRIPT_SEGMENTS, 365 * DAY_MS),
+            (PROMPTS, 365 * DAY_MS),
+            (INSIGHTS, 365 * DAY_MS),
+            (AUDIT_LOGS, 365 * DAY_MS),
+        ];
+        RetentionPolicy {
+            max_age_ms: ages
+                .into_iter()
+                .map(|(table, age)| (table.to_string(), age))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PurgeArgs {
+    /// The table to purge; absent to schedule a run for every table of the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PurgeResult {
+    /// Runs scheduled, one per table (without a table).
+    pub scheduled: i64,
+    /// Documents deleted (with a table).
+    pub deleted: i64,
+    /// True when the run scheduled its own continuation.
+    pub continued: bool,
+}
+
+fn purge(
+    ctx: &mut Ctx<'_, '_>,
+    policy: &RetentionPolicy,
+    a: PurgeArgs,
+) -> FunctionResult<PurgeResult> {
+    let Some(table) = a.table else {
+        for (table, _) in &policy.max_age_ms {
+            let args = encode(&PurgeArgs {
+                table: Some(table.clone()),
+            })?;
+            ctx.schedule_after(0, PURGE, args)?;
+        }
+        return Ok(PurgeResult {
+            scheduled: policy.max_age_ms.len() as i64,
+            ..PurgeResult::default()
+        });
+    };
+    let Some(&(_, age)) = policy.max_age_ms.iter().find(|(t, _)| *t == table) else {
+        return Err(invalid_field(
+            "table",
+            format!("{table:?} has no retention period"),
+        ));
+    };
+    let cutoff = ctx.now_ms().saturating_sub(age);
+    let old = ctx
+        .query(&table, BY_CREATION_TIME)
+        .lt("_creationTime", cutoff)
+        .take(PURGE_BATCH)?;
+    for doc in &old {
+        ctx.delete(&table, &id_of(doc)?)?;
+    }
+    if !old.is_empty() {
+        audit::record_in_org(
+            ctx,
+            None,
+            None,
+            "table",
+            &table,
+            "retention.purged",
+            obj! { "deleted" => old.len() as i64, "createdBeforeMs" => cutoff },
+        )?;
+    }
+    let continued = old.len() >= PURGE_BATCH;
+    if continued {
+        ctx.schedule_after(0, PURGE, encode(&PurgeArgs { table: Some(table) })?)?;
+    }
+    Ok(PurgeResult {
+        deleted: old.len() as i64,
+        continued,
+        ..PurgeResult::default()
+    })
+}
+
+pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
+    // retention.purge (internal, for an hourly cron): see the module comment. Returns
+    // {scheduled, deleted, continued}. Errors: VALIDATION_ERROR (a table without a period).
+    let policy = config.retention.clone();
+    f.mutation(
+        PURGE,
+        Visibility::Internal,
+        v::object([("table", v::optional(v::string()))]),
+        v::object([
+            ("scheduled", v::int64()),
+            ("deleted", v::int64()),
+            ("continued", v::boolean()),
+        ]),
+        move |ctx, a: PurgeArgs| purge(ctx, &policy, a),
+    );
+}

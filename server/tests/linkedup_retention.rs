@@ -1,0 +1,172 @@
+//! Data retention: `retention.purge` deletes the documents of a table that are older than its
+//! period, in bounded batches that continue themselves, records each batch in the audit log,
+//! and leaves newer documents alone.
+
+mod linkedup_common;
+
+use std::time::Duration;
+
+use linkedup_common::*;
+use linkedup_server::linkedup::retention::{PURGE, PURGE_BATCH};
+use linkedup_server::linkedup::{LinkedUpConfig, RetentionPolicy};
+use query_engine::obj;
+use query_engine::value::Value;
+
+const EVENTUALLY: Duration = Duration::from_secs(30);
+
+fn keep(periods: &[(&str, i64)]) -> LinkedUpConfig {
+    LinkedUpConfig {
+        retention: RetentionPolicy {
+            max_age_ms: periods.iter().map(|(t, ms)| (t.to_string(), *ms)).collect(),
+        },
+        ..LinkedUpConfig::default()
+    }
+}
+
+fn int(v: &Value, field: &str) -> i64 {
+    v.get_path(field).and_then(Value::as_i64).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_documents_are_purged_in_batches_and_audited_and_new_ones_stay() {
+    const OLD: usize = PURGE_BATCH + 20;
+    let w = world(keep(&[("messages", 300)])).await;
+    let meeting = w.meeting.clone();
+    w.env
+        .engine
+        .transact(move |ctx| {
+            let now = ctx.now_ms();
+            for i in 0..OLD {
+                ctx.insert(
+                    "messages",
+                    obj! { "meetingId" => meeting.as_str(), "content" => format!("old {i}"), "timestamp" => now },
+                )?;
+            }
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for i in 0..3 {
+        w.env
+            .m(
+                "chat.send",
+                obj! { "meetingId" => w.meeting.as_str(), "content" => format!("new {i}") },
+                Some(&w.bob),
+            )
+            .await
+            .unwrap();
+    }
+
+    let r = w
+        .env
+        .engine
+        .mutation(PURGE, obj! { "table" => "messages" }, None)
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(int(&r, "deleted"), PURGE_BATCH as i64);
+    assert_eq!(r.get_path("continued"), Some(&Value::Bool(true)));
+    // The continuation, run by the scheduler, takes the rest.
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    let left = loop {
+        let left = w.env.all("messages").await;
+        if left.len() == 3 {
+            break left;
+        }
+        assert!(left.len() > 3, "a new message was purged");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the continuation never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut contents: Vec<String> = left.iter().map(|m| s(m, "content")).collect();
+    contents.sort();
+    assert_eq!(contents, ["new 0", "new 1", "new 2"]);
+
+    // Each batch is in the audit log, with how many it deleted.
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        let purges: Vec<Value> = w
+            .env
+            .all("auditLogs")
+            .await
+            .into_iter()
+            .filter(|e| s(e, "action") == "retention.purged")
+            .collect();
+        let total: i64 = purges.iter().map(|e| int(e, "metadata.deleted")).sum();
+        if total == OLD as i64 {
+            assert_eq!(purges.len(), 2);
+            assert!(purges.iter().all(|e| s(e, "resourceId") == "messages"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "audited {total}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cron_run_covers_every_table_of_the_policy_and_nothing_else() {
+    let w = world(keep(&[("messages", 60_000), ("auditLogs", 60_000)])).await;
+    w.env
+        .m(
+            "chat.send",
+            obj! { "meetingId" => w.meeting.as_str(), "content" => "hello" },
+            Some(&w.bob),
+        )
+        .await
+        .unwrap();
+    let r = w
+        .env
+        .engine
+        .mutation(PURGE, obj! {}, None)
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(int(&r, "scheduled"), 2);
+    // Nothing is old enough: both runs delete nothing.
+    let r = w
+        .env
+        .engine
+        .mutation(PURGE, obj! { "table" => "messages" }, None)
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(
+        (int(&r, "deleted"), r.get_path("continued")),
+        (0, Some(&Value::Bool(false)))
+    );
+    assert_eq!(w.env.all("messages").await.len(), 1);
+
+    // A table without a period is refused, and nothing is deleted from it.
+    let e = expect_code(
+        w.env
+            .engine
+            .mutation(PURGE, obj! { "table" => "meetings" }, None)
+            .await
+            .map(|r| r.value),
+        "VALIDATION_ERROR",
+    );
+    assert!(e.message.contains("no retention period"), "{e}");
+    assert_eq!(w.env.all("meetings").await.len(), 1);
+}
+
+#[test]
+fn the_default_policy_is_the_seed_s() {
+    let policy = RetentionPolicy::default();
+    let days = |t: &str| {
+        policy
+            .max_age_ms
+            .iter()
+            .find(|(n, _)| n == t)
+            .map(|(_, ms)| ms / 86_400_000)
+    };
+    assert_eq!(days("transcripts"), Some(90));
+    assert_eq!(days("messages"), Some(90));
+    assert_eq!(days("transcriptSegments"), Some(365));
+    assert_eq!(days("prompts"), Some(365));
+    assert_eq!(days("insights"), Some(365));
+    assert_eq!(days("auditLogs"), Some(365));
+    assert_eq!(days("meetings"), None);
+}
