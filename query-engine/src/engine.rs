@@ -209,7 +209,10 @@ impl Engine {
         let last_ts = meta_u64(&snap, "last_ts")?;
         let id_hw = meta_u64(&snap, "id_high_water")?;
         let mut numbering: Numbering = meta_msgpack(&snap, "numbering")?.unwrap_or_default();
-        check_existing_data(&snap, &full, &numbering)?;
+        // A schema stored by an older build that no longer decodes counts as unknown: every
+        // table is checked.
+        let stored: Option<SchemaDefinition> = meta_msgpack(&snap, "schema").ok().flatten();
+        let checked = check_existing_data(&snap, &full, stored.as_ref(), &numbering)?;
         let has_data = |name: &str| {
             numbering_table(&numbering, name)
                 .is_some_and(|n| snap.table_has_documents(&n.0.to_be_bytes()).unwrap_or(true))
@@ -229,6 +232,9 @@ impl Engine {
         // Ids allocated by transactions that never committed are skipped, never reused.
         let ids = Arc::new(AtomicU64::new(id_hw + 1));
         let metrics = Arc::new(EngineMetrics::default());
+        metrics
+            .open_documents_checked
+            .store(checked, Ordering::Relaxed);
         let observers = Arc::new(parking_lot::RwLock::new(Vec::new()));
         // Room for every admitted transaction plus the index backfill's own requests.
         let pending = config.max_pending_commits.max(1);
@@ -792,14 +798,19 @@ fn numbering_table(n: &Numbering, name: &str) -> Option<TableNumber> {
 }
 
 /// Refuses a schema that existing documents violate (naming the offending ids), or that drops
-/// a table still holding documents.
+/// a table still holding documents. Only the tables whose document validator differs from the
+/// `stored` schema's (all of them when it is unknown) are read: a restart with the same
+/// schema reads no documents, where checking every one made opening take time in proportion
+/// to the data. Returns how many documents were checked.
 fn check_existing_data(
     snap: &Snapshot,
     schema: &SchemaDefinition,
+    stored: Option<&SchemaDefinition>,
     numbering: &Numbering,
-) -> Result<(), OpenError> {
+) -> Result<u64, OpenError> {
     let mut probe = numbering.clone();
     let catalog = Catalog::build(schema, &mut probe, &|_| false);
+    let mut checked = 0u64;
     for (name, number) in &numbering.tables {
         let prefix = number.0.to_be_bytes();
         let Some(table) = catalog.table(name) else {
@@ -808,6 +819,12 @@ fn check_existing_data(
             }
             continue;
         };
+        let unchanged = stored
+            .and_then(|s| s.tables.get(name))
+            .is_some_and(|t| t.document == table.validator);
+        if unchanged {
+            continue;
+        }
         let mut bad = Vec::new();
         let mut first = String::new();
         for key in snap.doc_keys(
@@ -820,6 +837,7 @@ fn check_existing_data(
                 continue;
             };
             let Some(doc) = snap.get(&id)? else { continue };
+            checked += 1;
             let user = doc.as_object().map(user_fields).unwrap_or_default();
             if let Err(e) = table.validator.validate(&Value::from(user), &catalog) {
                 if first.is_empty() {
@@ -839,5 +857,5 @@ fn check_existing_data(
             });
         }
     }
-    Ok(())
+    Ok(checked)
 }

@@ -97,6 +97,8 @@ pub struct EngineMetrics {
     pub admission_wait: Histogram,
     /// Mutations queued for admission now (callers gone since are counted until their turn).
     pub admission_queued: AtomicU64,
+    /// Stored documents checked against a changed schema when the engine opened.
+    pub open_documents_checked: AtomicU64,
 }
 
 impl Default for EngineMetrics {
@@ -111,6 +113,7 @@ impl Default for EngineMetrics {
             admission_refused: AtomicU64::new(0),
             admission_wait: Histogram::new(LATENCY_BUCKETS),
             admission_queued: AtomicU64::new(0),
+            open_documents_checked: AtomicU64::new(0),
         }
     }
 }
@@ -168,6 +171,13 @@ impl EngineMetrics {
             out,
             "# HELP engine_admission_queued Mutations waiting for a commit slot\n# TYPE engine_admission_queued gauge\nengine_admission_queued {}",
             self.admission_queued.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP engine_open_documents_checked Stored documents checked against a changed schema at open
+# TYPE engine_open_documents_checked gauge
+engine_open_documents_checked {}",
+            self.open_documents_checked.load(Ordering::Relaxed)
         );
         let _ = writeln!(out, "# HELP engine_admission_wait_seconds Queueing of mutations admitted after waiting for a commit slot\n# TYPE engine_admission_wait_seconds histogram");
         self.admission_wait

@@ -148,6 +148,47 @@ async fn schema_violated_by_data_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopen_checks_only_the_tables_whose_validator_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = SchemaDefinition::new()
+        .table(things(v::int64()))
+        .table(scratch());
+    let engine = open(dir.path(), v1.clone()).await.unwrap();
+    engine
+        .transact(|ctx| {
+            for i in 0..5i64 {
+                ctx.insert("things", obj! {"name" => format!("t{i}"), "n" => i})?;
+            }
+            for x in 0..3i64 {
+                ctx.insert("scratch", obj! {"x" => x})?;
+            }
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    let checked = |e: &Engine| e.metrics().open_documents_checked.load(Ordering::Relaxed);
+    engine.shutdown();
+    drop(engine);
+
+    // The same schema again: nothing to check.
+    let engine = open(dir.path(), v1).await.unwrap();
+    assert_eq!(checked(&engine), 0);
+    engine.shutdown();
+    drop(engine);
+
+    // `things.n` loosened: its five documents are checked, `scratch`'s are not.
+    let v2 = SchemaDefinition::new()
+        .table(things(v::optional(v::int64())))
+        .table(scratch());
+    let engine = open(dir.path(), v2.clone()).await.unwrap();
+    assert_eq!(checked(&engine), 5);
+    engine.shutdown();
+    drop(engine);
+    let engine = open(dir.path(), v2).await.unwrap();
+    assert_eq!(checked(&engine), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_non_empty_table_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let v1 = SchemaDefinition::new()
