@@ -787,6 +787,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Indexes still backfilling plus dropped indexes whose entries are still being purged
+    /// (0 once a schema change's index work is done).
+    pub fn index_work_pending(&self) -> usize {
+        let backfilling = self
+            .catalog()
+            .tables()
+            .flat_map(|t| t.indexes.iter())
+            .filter(|i| i.state == crate::catalog::IndexState::Backfilling)
+            .count();
+        backfilling + self.inner.numbering.lock().dropped_indexes.len()
+    }
+
     /// Numbers of dropped indexes whose entries are still to be purged.
     pub(crate) fn dropped_indexes(&self) -> Vec<IndexId> {
         self.inner.numbering.lock().dropped_indexes.clone()

@@ -18,6 +18,7 @@ pub mod error;
 pub mod functions;
 pub mod id;
 pub mod identity;
+pub mod import;
 mod index_maintenance;
 pub mod json;
 pub mod key_merge;

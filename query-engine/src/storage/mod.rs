@@ -426,12 +426,24 @@ impl Storage {
     /// Writes metadata entries in a durable redb transaction of their own (schema and index
     /// bookkeeping; not part of any batch).
     pub fn write_meta_durable(&self, meta: &[(&str, Vec<u8>)]) -> Result<(), StorageError> {
+        self.write_durable(std::iter::empty(), std::iter::empty(), meta)
+    }
+
+    /// Writes documents (id → encoded document, `None` to delete), index entries and
+    /// metadata straight into redb in one durable transaction, past the log and the
+    /// memtables: for work done while no transaction runs (opening, offline import).
+    pub fn write_durable<'a>(
+        &self,
+        docs: impl Iterator<Item = ([u8; ID_BYTES], Option<&'a [u8]>)>,
+        index: impl Iterator<Item = (&'a [u8], bool)>,
+        meta: &'a [(&'a str, Vec<u8>)],
+    ) -> Result<(), StorageError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         apply(
             &txn,
-            std::iter::empty(),
-            std::iter::empty(),
+            docs,
+            index,
             meta.iter().map(|(k, v)| (*k, v.as_slice())),
             || {},
         )?;

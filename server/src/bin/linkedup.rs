@@ -1,6 +1,8 @@
 //! The `linkedup` command-line tool: mints development tokens from a dev server's data
 //! directory, runs one function and prints its JSON result, or watches a query and prints each
-//! new result as a JSON line. A thin layer over the `linkedup_client` SDK.
+//! new result as a JSON line (a thin layer over the `linkedup_client` SDK); and, on the
+//! database of a stopped server, applies this build's schema (`schema push`) or imports
+//! documents into a table, all or nothing (`import`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,10 +15,14 @@ use linkedup_client::{
     fingerprint_from_pem, parse_fingerprint, CallKind, Client, ClientError, ClientOptions, Trust,
 };
 use linkedup_server::auth::{DevClaims, DevIssuer};
-use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
+use linkedup_server::config::{DATABASE_FILE, DEV_AUDIENCE, DEV_ISSUER};
 use linkedup_server::transport::tls::DEV_CERT_FILE;
+use query_engine::engine::{Engine, EngineConfig};
+use query_engine::functions::Functions;
+use query_engine::import::{self, ImportError};
 use query_engine::json::{from_json, to_json};
 use query_engine::value::Value;
+use serde_json::json;
 
 /// Largest certificate file read for pinning.
 const MAX_CERT_FILE_BYTES: u64 = 1 << 20;
@@ -65,6 +71,22 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Kind::Query)]
         kind: Kind,
     },
+    /// Imports documents into a table of a stopped server's database, all or nothing: one
+    /// JSON object per line (the project's JSON form; `_id` and `_creationTime` are kept when
+    /// given). Prints {"table", "imported"}; an invalid line fails the whole import.
+    Import {
+        table: String,
+        /// The JSON-lines file.
+        file: PathBuf,
+        /// The database file [default: <data-dir>/linkedup.redb].
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// The schema of this build, applied to a stopped server's database.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
     /// Subscribes to a query and prints each new result as one JSON line.
     Watch {
         function: String,
@@ -97,6 +119,20 @@ enum DevCommand {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SchemaCommand {
+    /// Applies the schema (refused, naming the offending documents, if stored documents
+    /// violate it), builds new indexes and purges dropped ones, then prints what it did.
+    Push {
+        /// The database file [default: <data-dir>/linkedup.redb].
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// How long to wait for index backfills and purges before leaving them to the server.
+        #[arg(long, default_value_t = 3600)]
+        wait_secs: u64,
     },
 }
 
@@ -199,6 +235,71 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
             Ok(())
         }
+        Command::Import { table, file, db } => {
+            let db = db
+                .clone()
+                .unwrap_or_else(|| cli.data_dir.join(DATABASE_FILE));
+            let docs = read_json_lines(file)?;
+            let table = table.clone();
+            // Offline work on redb: a plain thread, outside the runtime.
+            let report = std::thread::spawn(move || {
+                import::import(&db, linkedup_schema::schema(), &table, docs)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the import panicked"))?;
+            match report {
+                Ok(r) => {
+                    println!("{}", json!({ "table": r.table, "imported": r.imported }));
+                    Ok(())
+                }
+                Err(ImportError::Invalid { count, errors }) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    bail!("VALIDATION_ERROR: {count} invalid documents; nothing was imported")
+                }
+                Err(e) => Err(offline_error(e.into())),
+            }
+        }
+        Command::Schema {
+            command: SchemaCommand::Push { db, wait_secs },
+        } => {
+            let db = db
+                .clone()
+                .unwrap_or_else(|| cli.data_dir.join(DATABASE_FILE));
+            let config = EngineConfig {
+                run_scheduler: false,
+                ..EngineConfig::default()
+            };
+            let engine = Engine::open(&db, linkedup_schema::schema(), Functions::new(), config)
+                .map_err(|e| offline_error(e.into()))?;
+            let checked = engine
+                .metrics()
+                .open_documents_checked
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let index_jobs = engine.index_work_pending();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(*wait_secs);
+            while engine.index_work_pending() > 0 {
+                if tokio::time::Instant::now() > deadline {
+                    bail!(
+                        "{} index backfills or purges still running after {wait_secs} s; \
+                         the server finishes them when it starts",
+                        engine.index_work_pending()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let tables = engine.catalog().tables().count();
+            let closed = engine.close_waiter();
+            engine.shutdown();
+            drop(engine);
+            tokio::task::spawn_blocking(move || closed.wait(Duration::from_secs(60))).await?;
+            println!(
+                "{}",
+                json!({ "tables": tables, "documentsChecked": checked, "indexJobs": index_jobs })
+            );
+            Ok(())
+        }
         Command::Watch {
             function,
             args,
@@ -232,6 +333,56 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
             Ok(())
         }
+    }
+}
+
+/// Most bytes of an import file.
+const MAX_IMPORT_FILE_BYTES: u64 = 4 << 30;
+
+/// The documents of a JSON-lines file with their line numbers (blank lines skipped). Lines
+/// that are not JSON objects are all reported, and nothing is imported.
+fn read_json_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    if file.metadata()?.len() > MAX_IMPORT_FILE_BYTES {
+        bail!(
+            "{} is larger than {MAX_IMPORT_FILE_BYTES} bytes",
+            path.display()
+        );
+    }
+    let mut docs = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<serde_json::Value>(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|j| from_json(&j).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(v) => docs.push((i + 1, v)),
+            Err(e) => bad.push(format!("line {}: not a JSON document: {e}", i + 1)),
+        }
+    }
+    if !bad.is_empty() {
+        for e in bad.iter().take(import::MAX_REPORTED_ERRORS) {
+            eprintln!("{e}");
+        }
+        bail!(
+            "VALIDATION_ERROR: {} lines are not JSON documents; nothing was imported",
+            bad.len()
+        );
+    }
+    Ok(docs)
+}
+
+/// An error of offline work, with the likely cause when the database is locked.
+fn offline_error(e: anyhow::Error) -> anyhow::Error {
+    if format!("{e}").contains("already open") {
+        e.context("the database is in use: stop the server first")
+    } else {
+        e
     }
 }
 
