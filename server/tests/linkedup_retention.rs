@@ -30,7 +30,9 @@ fn int(v: &Value, field: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_documents_are_purged_in_batches_and_audited_and_new_ones_stay() {
     const OLD: usize = PURGE_BATCH + 20;
-    let w = world(keep(&[("messages", 300)])).await;
+    // Old enough: written more than the period before the purge; new: written after that
+    // sleep, so they are older than the period only if the purge comes seconds later.
+    let w = world(keep(&[("messages", 2_000)])).await;
     let meeting = w.meeting.clone();
     w.env
         .engine
@@ -46,7 +48,7 @@ async fn old_documents_are_purged_in_batches_and_audited_and_new_ones_stay() {
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     for i in 0..3 {
         w.env
             .m(
