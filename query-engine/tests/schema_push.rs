@@ -459,6 +459,15 @@ fn has_entries(engine: &Engine, id: query_engine::catalog::IndexId) -> bool {
     keys.next().is_some()
 }
 
+/// Waits until no entry is left under the retired index number `id`.
+async fn until_purged(engine: &Engine, id: query_engine::catalog::IndexId) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while has_entries(engine, id) {
+        assert!(Instant::now() < deadline, "index {} was never purged", id.0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn insert_items(engine: &Engine, count: i64) -> Vec<String> {
     let ids = engine
         .transact(move |ctx| {
@@ -491,14 +500,7 @@ async fn a_dropped_index_is_purged_and_rebuilt_when_added_again() {
 
     // Without the index: its entries go, and writes meanwhile do not maintain it.
     let engine = open(dir.path(), items(false)).await.unwrap();
-    let deadline = Instant::now() + EVENTUALLY;
-    while has_entries(&engine, old) {
-        assert!(
-            Instant::now() < deadline,
-            "the dropped index was never purged"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_purged(&engine, old).await;
     for (k, id) in ids.iter().enumerate() {
         let id = id.clone();
         engine
@@ -580,12 +582,5 @@ async fn an_index_whose_fields_change_is_rebuilt() {
         .collect();
     assert_eq!(got, vec![3]);
     assert_ne!(by_group_n_id(&engine), old);
-    let deadline = Instant::now() + EVENTUALLY;
-    while has_entries(&engine, old) {
-        assert!(
-            Instant::now() < deadline,
-            "the old definition was never purged"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_purged(&engine, old).await;
 }

@@ -23,6 +23,27 @@ fn keep(periods: &[(&str, i64)]) -> LinkedUpConfig {
     }
 }
 
+/// Runs `retention.purge` with `args` (an internal call, as the cron makes it).
+async fn purge(w: &World, args: Value) -> Result<Value, query_engine::error::FunctionError> {
+    w.env
+        .engine
+        .mutation(PURGE, args, None)
+        .await
+        .map(|r| r.value)
+}
+
+/// `bob` sends `content` to the world's meeting.
+async fn send(w: &World, content: &str) {
+    w.env
+        .m(
+            "chat.send",
+            obj! { "meetingId" => w.meeting.as_str(), "content" => content },
+            Some(&w.bob),
+        )
+        .await
+        .unwrap();
+}
+
 fn int(v: &Value, field: &str) -> i64 {
     v.get_path(field).and_then(Value::as_i64).unwrap()
 }
@@ -50,23 +71,10 @@ async fn old_documents_are_purged_in_batches_and_audited_and_new_ones_stay() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     for i in 0..3 {
-        w.env
-            .m(
-                "chat.send",
-                obj! { "meetingId" => w.meeting.as_str(), "content" => format!("new {i}") },
-                Some(&w.bob),
-            )
-            .await
-            .unwrap();
+        send(&w, &format!("new {i}")).await;
     }
 
-    let r = w
-        .env
-        .engine
-        .mutation(PURGE, obj! { "table" => "messages" }, None)
-        .await
-        .unwrap()
-        .value;
+    let r = purge(&w, obj! { "table" => "messages" }).await.unwrap();
     assert_eq!(int(&r, "deleted"), PURGE_BATCH as i64);
     assert_eq!(r.get_path("continued"), Some(&Value::Bool(true)));
     // The continuation, run by the scheduler, takes the rest.
@@ -111,30 +119,11 @@ async fn old_documents_are_purged_in_batches_and_audited_and_new_ones_stay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cron_run_covers_every_table_of_the_policy_and_nothing_else() {
     let w = world(keep(&[("messages", 60_000), ("auditLogs", 60_000)])).await;
-    w.env
-        .m(
-            "chat.send",
-            obj! { "meetingId" => w.meeting.as_str(), "content" => "hello" },
-            Some(&w.bob),
-        )
-        .await
-        .unwrap();
-    let r = w
-        .env
-        .engine
-        .mutation(PURGE, obj! {}, None)
-        .await
-        .unwrap()
-        .value;
+    send(&w, "hello").await;
+    let r = purge(&w, obj! {}).await.unwrap();
     assert_eq!(int(&r, "scheduled"), 2);
     // Nothing is old enough: both runs delete nothing.
-    let r = w
-        .env
-        .engine
-        .mutation(PURGE, obj! { "table" => "messages" }, None)
-        .await
-        .unwrap()
-        .value;
+    let r = purge(&w, obj! { "table" => "messages" }).await.unwrap();
     assert_eq!(
         (int(&r, "deleted"), r.get_path("continued")),
         (0, Some(&Value::Bool(false)))
@@ -143,11 +132,7 @@ async fn the_cron_run_covers_every_table_of_the_policy_and_nothing_else() {
 
     // A table without a period is refused, and nothing is deleted from it.
     let e = expect_code(
-        w.env
-            .engine
-            .mutation(PURGE, obj! { "table" => "meetings" }, None)
-            .await
-            .map(|r| r.value),
+        purge(&w, obj! { "table" => "meetings" }).await,
         "VALIDATION_ERROR",
     );
     assert!(e.message.contains("no retention period"), "{e}");
