@@ -81,6 +81,15 @@ fn id_of(doc: &Value) -> String {
         .to_string()
 }
 
+/// The `n` of each document of an array result.
+fn ns(rows: &Value) -> Vec<i64> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| i64_of(d, "n"))
+        .collect()
+}
+
 fn i64_of(doc: &Value, f: &str) -> i64 {
     doc.get_path(f).and_then(Value::as_i64).unwrap()
 }
@@ -421,12 +430,7 @@ async fn new_index_backfills_while_writes_continue() {
         .collect();
     expected.sort();
     expected.truncate(10);
-    let got: Vec<i64> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| i64_of(d, "n"))
-        .collect();
+    let got = ns(&rows);
     assert_eq!(got, expected);
 }
 
@@ -574,12 +578,7 @@ async fn an_index_whose_fields_change_is_rebuilt() {
         assert!(Instant::now() < deadline, "backfill never finished");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let got: Vec<i64> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| i64_of(d, "n"))
-        .collect();
+    let got = ns(&rows);
     assert_eq!(got, vec![3]);
     assert_ne!(by_group_n_id(&engine), old);
     until_purged(&engine, old).await;
