@@ -1,6 +1,7 @@
 //! Data retention: `retention.purge` deletes the documents of a table that are older than its
 //! period, in bounded batches that continue themselves, records each batch in the audit log,
-//! and leaves newer documents alone.
+//! and leaves newer documents alone; the expiry purges of idempotency keys and rate-limit
+//! counters likewise drain a backlog larger than one batch.
 
 mod linkedup_common;
 
@@ -156,4 +157,72 @@ fn the_default_policy_is_the_seed_s() {
     assert_eq!(days("insights"), Some(365));
     assert_eq!(days("auditLogs"), Some(365));
     assert_eq!(days("meetings"), None);
+}
+
+/// Inserts `n` documents made by `doc(i)` into `table` in one transaction.
+async fn insert_many(w: &World, table: &'static str, n: i64, doc: fn(i64, &str) -> Value) {
+    let user = w.bob_id.clone();
+    w.env
+        .engine
+        .transact(move |ctx| {
+            for i in 0..n {
+                ctx.insert(table, doc(i, &user))?;
+            }
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_purges_drain_a_backlog_larger_than_a_batch() {
+    use linkedup_server::linkedup::{idempotency, rate_limit};
+    let w = world(LinkedUpConfig::default()).await;
+    // More than two batches of expired keys, and one live key.
+    insert_many(&w, "idempotencyKeys", 1_100, |i, _| {
+        obj! { "key" => format!("k{i}"), "scope" => "s", "createdAt" => 0i64, "expiresAt" => 1i64 }
+    })
+    .await;
+    insert_many(&w, "idempotencyKeys", 1, |_, _| {
+        obj! { "key" => "live", "scope" => "s", "createdAt" => 0i64, "expiresAt" => i64::MAX }
+    })
+    .await;
+    // Counter documents of buckets long past.
+    insert_many(&w, "rateLimits", 600, |i, user| {
+        obj! {
+            "userId" => user, "action" => "chat.send", "windowStartMs" => i, "shard" => 0i64,
+            "count" => 1i64, "createdAt" => 0i64, "updatedAt" => 0i64,
+        }
+    })
+    .await;
+
+    // What each purge must leave: the live key; the world's own (current) counters.
+    let expired = |table: &str, d: &Value| match table {
+        "idempotencyKeys" => int(d, "expiresAt") == 1,
+        _ => int(d, "windowStartMs") < 600,
+    };
+    for (job, table) in [
+        (idempotency::PURGE_EXPIRED, "idempotencyKeys"),
+        (rate_limit::PURGE, "rateLimits"),
+    ] {
+        let before = w.env.all(table).await;
+        let live = before.iter().filter(|d| !expired(table, d)).count();
+        assert!(before.len() - live > 512, "{table}");
+        let deleted = w
+            .env
+            .engine
+            .mutation(job, obj! {}, None)
+            .await
+            .unwrap()
+            .value;
+        assert_eq!(deleted, Value::Int64(512), "{job}");
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        while w.env.all(table).await.len() > live {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{job} stopped after one batch"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -18,12 +18,14 @@ use query_engine::schema::v;
 use query_engine::value::Value;
 use serde::Deserialize;
 
-use super::{fields, id_of, LinkedUpConfig};
+use super::{fields, id_of, purge_below, LinkedUpConfig};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
 /// Default lifetime of a key: one day.
 pub const DEFAULT_TTL_MS: i64 = 24 * 3_600_000;
+/// The purge job's name.
+pub const PURGE_EXPIRED: &str = "idempotency.purgeExpired";
 /// Most expired keys one purge call deletes.
 const PURGE_BATCH: usize = 512;
 
@@ -161,23 +163,24 @@ pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
         v::null(),
         |ctx, a: StoreArgs| store_result(ctx, &a.key, &a.scope, a.result),
     );
-    // idempotency.purgeExpired (internal, for a cron): deletes up to 512 expired keys and
-    // returns how many it deleted.
+    // idempotency.purgeExpired (internal, for a cron): deletes up to 512 expired keys, and
+    // runs again at once while it finds that many; returns how many it deleted.
     f.mutation(
-        "idempotency.purgeExpired",
+        PURGE_EXPIRED,
         Visibility::Internal,
         v::object([]),
         v::int64(),
         |ctx, _a: NoArgs| {
             let now = ctx.now_ms();
-            let expired = ctx
-                .query(IDEMPOTENCY_KEYS, "by_expiry")
-                .lt("expiresAt", now)
-                .take(PURGE_BATCH)?;
-            for d in &expired {
-                ctx.delete(IDEMPOTENCY_KEYS, &id_of(d)?)?;
-            }
-            Ok(expired.len() as i64)
+            let again = (PURGE_EXPIRED, Value::Object(Default::default()));
+            purge_below(
+                ctx,
+                (IDEMPOTENCY_KEYS, "by_expiry", "expiresAt"),
+                now,
+                PURGE_BATCH,
+                again,
+            )
+            .map(|n| n as i64)
         },
     );
 }

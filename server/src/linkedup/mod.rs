@@ -72,8 +72,8 @@ pub fn crons() -> Vec<Cron> {
     [
         ("notes.compactAll", 24 * HOUR_MS),
         (retention::PURGE, HOUR_MS),
-        ("idempotency.purgeExpired", HOUR_MS),
-        ("rateLimits.purge", HOUR_MS),
+        (idempotency::PURGE_EXPIRED, HOUR_MS),
+        (rate_limit::PURGE, HOUR_MS),
     ]
     .into_iter()
     .map(|(function, interval_ms)| Cron {
@@ -94,6 +94,28 @@ pub fn start(engine: &Engine, config: &LinkedUpConfig) -> tokio::task::JoinHandl
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers shared by the domain modules.
+
+/// Deletes up to `batch` documents of `table` whose `field` (the first field of `index`) is
+/// below `cutoff`, lowest first, and returns how many. A full batch schedules `again` (a
+/// function and its arguments: the calling purge job) to run at once, so a backlog drains in
+/// bounded transactions rather than one batch per cron run, which let the purged tables grow
+/// without bound whenever they gained more than a batch between runs.
+pub(crate) fn purge_below(
+    ctx: &mut Ctx<'_, '_>,
+    (table, index, field): (&str, &str, &str),
+    cutoff: i64,
+    batch: usize,
+    again: (&str, Value),
+) -> FunctionResult<usize> {
+    let old = ctx.query(table, index).lt(field, cutoff).take(batch)?;
+    for d in &old {
+        ctx.delete(table, &id_of(d)?)?;
+    }
+    if old.len() >= batch {
+        ctx.schedule_after(0, again.0, again.1)?;
+    }
+    Ok(old.len())
+}
 
 /// Wraps a handler so that a `FORBIDDEN` outcome is recorded as an access denial (see `audit`).
 /// Every public LinkedUp handler is registered through this.

@@ -47,7 +47,7 @@ use query_engine::value::Value;
 use rand::Rng;
 use serde::Deserialize;
 
-use super::{fields, id_of, LinkedUpConfig};
+use super::{fields, id_of, purge_below, LinkedUpConfig};
 
 /// A limit: at most `max` calls per `window_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +108,8 @@ impl Default for RateLimitConfig {
 const MAX_COUNTED_DOCS: usize = 4_096;
 /// Most past buckets a window document holds (an hour of 1 s buckets).
 const MAX_PAST_BUCKETS: usize = 3_600;
+/// The purge job's name.
+pub const PURGE: &str = "rateLimits.purge";
 /// Most expired counter documents one `rateLimits.purge` call deletes.
 const PURGE_BATCH: usize = 512;
 /// Counter documents older than this are purged.
@@ -434,23 +436,25 @@ struct PurgeArgs {}
 
 pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
     // rateLimits.purge (internal, for a cron): deletes up to 512 counter documents older than
-    // the longest window; returns how many it deleted (call again while it returns 512). Window
-    // documents stay: one per (user, limited action), and a stale one is rebuilt on use.
+    // the longest window, and runs again at once while it finds that many; returns how many it
+    // deleted. Window documents stay: one per (user, limited action), and a stale one is
+    // rebuilt on use.
     f.mutation(
-        "rateLimits.purge",
+        PURGE,
         Visibility::Internal,
         v::object([]),
         v::int64(),
         |ctx, _a: PurgeArgs| {
             let cutoff = ctx.now_ms() - MAX_WINDOW_MS;
-            let old = ctx
-                .query(RATE_LIMITS, "by_window")
-                .lt("windowStartMs", cutoff)
-                .take(PURGE_BATCH)?;
-            for d in &old {
-                ctx.delete(RATE_LIMITS, &id_of(d)?)?;
-            }
-            Ok(old.len() as i64)
+            let again = (PURGE, Value::Object(Default::default()));
+            purge_below(
+                ctx,
+                (RATE_LIMITS, "by_window", "windowStartMs"),
+                cutoff,
+                PURGE_BATCH,
+                again,
+            )
+            .map(|n| n as i64)
         },
     );
 }

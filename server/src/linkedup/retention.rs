@@ -26,7 +26,7 @@ use query_engine::obj;
 use query_engine::schema::{v, BY_CREATION_TIME};
 use serde::{Deserialize, Serialize};
 
-use super::{audit, encode, id_of, LinkedUpConfig};
+use super::{audit, encode, purge_below, LinkedUpConfig};
 
 /// The function's name.
 pub const PURGE: &str = "retention.purge";
@@ -106,14 +106,17 @@ fn purge(
         ));
     };
     let cutoff = ctx.now_ms().saturating_sub(age);
-    let old = ctx
-        .query(&table, BY_CREATION_TIME)
-        .lt("_creationTime", cutoff)
-        .take(PURGE_BATCH)?;
-    for doc in &old {
-        ctx.delete(&table, &id_of(doc)?)?;
-    }
-    if !old.is_empty() {
+    let again = encode(&PurgeArgs {
+        table: Some(table.clone()),
+    })?;
+    let deleted = purge_below(
+        ctx,
+        (&table, BY_CREATION_TIME, "_creationTime"),
+        cutoff,
+        PURGE_BATCH,
+        (PURGE, again),
+    )?;
+    if deleted > 0 {
         audit::record_in_org(
             ctx,
             None,
@@ -121,16 +124,12 @@ fn purge(
             "table",
             &table,
             "retention.purged",
-            obj! { "deleted" => old.len() as i64, "createdBeforeMs" => cutoff },
+            obj! { "deleted" => deleted as i64, "createdBeforeMs" => cutoff },
         )?;
     }
-    let continued = old.len() >= PURGE_BATCH;
-    if continued {
-        ctx.schedule_after(0, PURGE, encode(&PurgeArgs { table: Some(table) })?)?;
-    }
     Ok(PurgeResult {
-        deleted: old.len() as i64,
-        continued,
+        deleted: deleted as i64,
+        continued: deleted >= PURGE_BATCH,
         ..PurgeResult::default()
     })
 }
