@@ -48,6 +48,9 @@ pub struct EngineConfig {
     /// Longest an action may run.
     pub max_action_time: Duration,
     pub crons: Vec<Cron>,
+    /// How long finished scheduled jobs (succeeded or failed) are kept after they were due,
+    /// for inspection, before the scheduler deletes them.
+    pub finished_job_retention: Duration,
     /// Run scheduled jobs, crons and the sweep of expired mutation-id records in this process
     /// (needs a tokio runtime at `open`).
     pub run_scheduler: bool,
@@ -66,6 +69,8 @@ impl Default for EngineConfig {
             admission: AdmissionConfig::default(),
             max_action_time: Duration::from_secs(60),
             crons: Vec::new(),
+            // As Convex keeps its scheduled functions' records.
+            finished_job_retention: Duration::from_secs(7 * 24 * 3_600),
             run_scheduler: true,
             mutation_dedup: MutationDedupConfig::default(),
             storage: StorageOptions::default(),
@@ -280,7 +285,11 @@ impl Engine {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             index_maintenance::start(&engine, &rt);
             if config.run_scheduler {
-                rt.spawn(scheduler::run(engine.clone(), config.crons.clone()));
+                rt.spawn(scheduler::run(
+                    engine.clone(),
+                    config.crons.clone(),
+                    config.finished_job_retention,
+                ));
                 rt.spawn(mutation_ids::run_sweeper(
                     engine.clone(),
                     config.mutation_dedup.clone(),

@@ -3,6 +3,9 @@
 //! due jobs: a mutation job runs in the same transaction that marks it done (exactly once); an
 //! action job is marked running before it starts (at most once) and its outcome recorded. Jobs
 //! survive restarts; an action interrupted by a restart is recorded as failed, not re-run.
+//! Finished jobs are kept for `EngineConfig::finished_job_retention` after they were due and
+//! then deleted, a bounded batch per transaction, so the table does not grow with every job
+//! ever run (each cron run and each continuation of a purge is a job).
 
 use std::time::Duration;
 
@@ -19,6 +22,11 @@ const BY_STATE_TIME: &str = "by_state_time";
 const MAX_JOBS_PER_PASS: usize = 64;
 /// Longest the runner sleeps before looking again.
 const MAX_IDLE: Duration = Duration::from_millis(100);
+/// How often finished jobs past their retention are looked for (more often if the retention
+/// is shorter).
+const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+/// Most finished jobs deleted per transaction.
+const CLEANUP_BATCH: usize = 500;
 
 /// A job to run every `interval_ms`, registered at startup.
 #[derive(Clone, Debug)]
@@ -99,16 +107,25 @@ fn finish(state: &str, error: Option<String>, now_ms: i64) -> Object {
     o
 }
 
-/// Runs due jobs and crons until the engine shuts down.
-pub(crate) async fn run(engine: Engine, crons: Vec<Cron>) {
+/// Runs due jobs and crons, and deletes finished jobs older than `retention`, until the
+/// engine shuts down.
+pub(crate) async fn run(engine: Engine, crons: Vec<Cron>, retention: Duration) {
     if let Err(e) = recover_interrupted(&engine).await {
         tracing::error!(error = %e, "scheduler recovery failed");
     }
     let start = crate::committer::now_micros() as i64 / 1000;
     let mut next_cron: Vec<i64> = crons.iter().map(|c| start + c.interval_ms).collect();
+    let mut next_cleanup = tokio::time::Instant::now();
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let mut shutdown = engine.shutdown_signal();
     loop {
         let now = crate::committer::now_micros() as i64 / 1000;
+        if tokio::time::Instant::now() >= next_cleanup {
+            next_cleanup = tokio::time::Instant::now() + CLEANUP_INTERVAL.min(retention);
+            if let Err(e) = delete_finished(&engine, now.saturating_sub(retention_ms)).await {
+                tracing::warn!(error = %e, "cannot delete finished scheduled jobs");
+            }
+        }
         for (c, next) in crons.iter().zip(next_cron.iter_mut()) {
             if now >= *next {
                 *next = now + c.interval_ms.max(1);
@@ -159,6 +176,36 @@ async fn due_jobs(
             Value::Array(a) => a,
             _ => Vec::new(),
         })
+}
+
+/// Deletes the finished jobs that were due before `before_ms`, a batch per transaction;
+/// returns how many.
+async fn delete_finished(engine: &Engine, before_ms: i64) -> FunctionResult<usize> {
+    let mut deleted = 0;
+    for state in ["success", "failed"] {
+        loop {
+            let n = engine
+                .transact(move |ctx| {
+                    let done = ctx
+                        .query(SCHEDULED_JOBS, BY_STATE_TIME)
+                        .eq("state", state)
+                        .lt("runAtMs", before_ms)
+                        .take(CLEANUP_BATCH)?;
+                    for job in &done {
+                        ctx.delete(SCHEDULED_JOBS, &str_field(job, "_id")?)?;
+                    }
+                    Ok(Value::Int64(done.len() as i64))
+                })
+                .await?
+                .as_i64()
+                .unwrap_or(0) as usize;
+            deleted += n;
+            if n < CLEANUP_BATCH {
+                break;
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 /// An action marked running when the process stopped may or may not have had its effect;

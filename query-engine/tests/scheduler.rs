@@ -1,6 +1,7 @@
 //! Scheduler tests: scheduled mutations run once at or after their time and only if the
 //! scheduling mutation committed; scheduled actions run and their failures are recorded; jobs
-//! survive a restart; an action running at a crash is recorded failed, not re-run; crons repeat.
+//! survive a restart; an action running at a crash is recorded failed, not re-run; crons repeat;
+//! finished jobs are deleted once past their retention, pending ones never.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -317,4 +318,38 @@ async fn crons_run_repeatedly() {
         .filter(|j| str_of(j, "function") == "record" && str_of(j, "state") == "success")
         .count();
     assert!(runs >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_deleted_after_their_retention_and_pending_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_with(
+        dir.path(),
+        EngineConfig {
+            finished_job_retention: Duration::from_secs(2),
+            ..EngineConfig::default()
+        },
+    );
+    let done = schedule(&engine, "a", 0, "record").await;
+    let failed = schedule(&engine, "b", 0, "failingAction").await;
+    let later = schedule(&engine, "c", 3_600_000, "record").await;
+    assert_eq!(
+        str_of(&job_in_final_state(&engine, &done).await, "state"),
+        "success"
+    );
+    assert_eq!(
+        str_of(&job_in_final_state(&engine, &failed).await, "state"),
+        "failed"
+    );
+    eventually("finished jobs deleted", || async {
+        let left: Vec<String> = jobs(&engine)
+            .await
+            .iter()
+            .map(|j| str_of(j, "_id").to_string())
+            .collect();
+        (left == [later.clone()]).then_some(())
+    })
+    .await;
+    // What the jobs did stays.
+    assert_eq!(events(&engine, "a").await.len(), 1);
 }
