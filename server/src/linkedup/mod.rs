@@ -1,6 +1,7 @@
 //! LinkedUp's domain functions on the query engine, one module per domain (users, connections,
 //! meetings, chat, flags, audit) plus the cross-cutting guards, rate limiter, idempotency
-//! keys and data retention. `register` adds them all to a `Functions` registry; `start` runs their background work.
+//! keys and data retention. `register` adds them all to a `Functions` registry; `start` runs
+//! their background work.
 //!
 //! Each function follows the same order: validators (engine-checked), guard, logic, audit.
 
@@ -66,7 +67,8 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
 
 /// Recurring maintenance, for `EngineConfig::crons`: note-op compaction (seed §20: noteOps
 /// kept 90 days), the other tables' retention (`retention`), expired idempotency keys and old
-/// rate-limit counters. Each job deletes a bounded batch per run.
+/// rate-limit counters. Each job deletes a bounded batch per transaction and runs again at
+/// once while batches come back full.
 pub fn crons() -> Vec<Cron> {
     const HOUR_MS: i64 = 3_600_000;
     [
