@@ -226,3 +226,46 @@ async fn the_expiry_purges_drain_a_backlog_larger_than_a_batch() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_meeting_keeps_its_newest_chunk_so_its_sequence_goes_on() {
+    let w = world(keep(&[("transcripts", 2_000)])).await;
+    let ingest = |chunk: &str| {
+        obj! {
+            "meetingId" => w.meeting.as_str(), "chunkId" => chunk, "text" => "hello",
+            "confidence" => 0.9, "startMs" => 0i64, "endMs" => 1i64,
+        }
+    };
+    for c in ["c1", "c2", "c3"] {
+        w.env
+            .m("transcripts.ingestChunk", ingest(c), Some(&w.bob))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let purge_transcripts = || purge(&w, obj! { "table" => "transcripts" });
+    // All three are old; the newest stays while the meeting is active.
+    assert_eq!(int(&purge_transcripts().await.unwrap(), "deleted"), 2);
+    let left = w.env.all("transcripts").await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(int(&left[0], "sequence"), 3);
+    let r = w
+        .env
+        .m("transcripts.ingestChunk", ingest("c4"), Some(&w.bob))
+        .await
+        .unwrap();
+    assert_eq!(int(&r, "sequence"), 4);
+
+    // Once the meeting has ended, nothing is kept.
+    w.env
+        .m(
+            "meetings.end",
+            obj! { "meetingId" => w.meeting.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(int(&purge_transcripts().await.unwrap(), "deleted"), 2);
+    assert!(w.env.all("transcripts").await.is_empty());
+}

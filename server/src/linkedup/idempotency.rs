@@ -18,7 +18,7 @@ use query_engine::schema::v;
 use query_engine::value::Value;
 use serde::Deserialize;
 
-use super::{fields, id_of, purge_below, LinkedUpConfig};
+use super::{fields, id_of, keep_none, purge_below, LinkedUpConfig};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -178,9 +178,10 @@ pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
                 (IDEMPOTENCY_KEYS, "by_expiry", "expiresAt"),
                 now,
                 PURGE_BATCH,
+                keep_none,
                 again,
             )
-            .map(|n| n as i64)
+            .map(|(deleted, _)| deleted as i64)
         },
     );
 }

@@ -97,26 +97,41 @@ pub fn start(engine: &Engine, config: &LinkedUpConfig) -> tokio::task::JoinHandl
 // ---------------------------------------------------------------------------------------------
 // Small helpers shared by the domain modules.
 
-/// Deletes up to `batch` documents of `table` whose `field` (the first field of `index`) is
-/// below `cutoff`, lowest first, and returns how many. A full batch schedules `again` (a
-/// function and its arguments: the calling purge job) to run at once, so a backlog drains in
-/// bounded transactions rather than one batch per cron run, which let the purged tables grow
-/// without bound whenever they gained more than a batch between runs.
+/// What a purge must not delete although it is old enough (`purge_below`).
+pub(crate) type Keep = fn(&mut Ctx<'_, '_>, &Value) -> FunctionResult<bool>;
+
+/// Keeps nothing.
+pub(crate) fn keep_none(_: &mut Ctx<'_, '_>, _: &Value) -> FunctionResult<bool> {
+    Ok(false)
+}
+
+/// Deletes, of the first `batch` documents of `table` whose `field` (the first field of
+/// `index`) is below `cutoff`, those `keep` does not keep. A full batch that deleted something
+/// schedules `again` (a function and its arguments: the calling purge job) to run at once, so
+/// a backlog drains in bounded transactions rather than one batch per cron run, which let the
+/// purged tables grow without bound whenever they gained more than a batch between runs.
+/// Returns how many it deleted and whether it scheduled `again`.
 pub(crate) fn purge_below(
     ctx: &mut Ctx<'_, '_>,
     (table, index, field): (&str, &str, &str),
     cutoff: i64,
     batch: usize,
+    keep: Keep,
     again: (&str, Value),
-) -> FunctionResult<usize> {
+) -> FunctionResult<(usize, bool)> {
     let old = ctx.query(table, index).lt(field, cutoff).take(batch)?;
+    let mut deleted = 0;
     for d in &old {
-        ctx.delete(table, &id_of(d)?)?;
+        if !keep(ctx, d)? {
+            ctx.delete(table, &id_of(d)?)?;
+            deleted += 1;
+        }
     }
-    if old.len() >= batch {
+    let continued = old.len() >= batch && deleted > 0;
+    if continued {
         ctx.schedule_after(0, again.0, again.1)?;
     }
-    Ok(old.len())
+    Ok((deleted, continued))
 }
 
 /// Wraps a handler so that a `FORBIDDEN` outcome is recorded as an access denial (see `audit`).

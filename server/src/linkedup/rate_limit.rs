@@ -47,7 +47,7 @@ use query_engine::value::Value;
 use rand::Rng;
 use serde::Deserialize;
 
-use super::{fields, id_of, purge_below, LinkedUpConfig};
+use super::{fields, id_of, keep_none, purge_below, LinkedUpConfig};
 
 /// A limit: at most `max` calls per `window_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -452,9 +452,10 @@ pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
                 (RATE_LIMITS, "by_window", "windowStartMs"),
                 cutoff,
                 PURGE_BATCH,
+                keep_none,
                 again,
             )
-            .map(|n| n as i64)
+            .map(|(deleted, _)| deleted as i64)
         },
     );
 }

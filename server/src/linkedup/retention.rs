@@ -17,16 +17,18 @@ use std::sync::Arc;
 
 use linkedup_schema::errors::invalid_field;
 use linkedup_schema::tables::names::{
-    AUDIT_LOGS, INSIGHTS, MESSAGES, PROMPTS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS,
+    AUDIT_LOGS, INSIGHTS, MEETINGS, MESSAGES, PROMPTS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS,
 };
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
 use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
 use query_engine::schema::{v, BY_CREATION_TIME};
+use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
-use super::{audit, encode, purge_below, LinkedUpConfig};
+use super::transcripts::last_sequence;
+use super::{audit, encode, keep_none, purge_below, Keep, LinkedUpConfig};
 
 /// The function's name.
 pub const PURGE: &str = "retention.purge";
@@ -109,11 +111,17 @@ fn purge(
     let again = encode(&PurgeArgs {
         table: Some(table.clone()),
     })?;
-    let deleted = purge_below(
+    let keep: Keep = if table == TRANSCRIPTS {
+        keep_last_chunk_of_active_meeting
+    } else {
+        keep_none
+    };
+    let (deleted, continued) = purge_below(
         ctx,
         (&table, BY_CREATION_TIME, "_creationTime"),
         cutoff,
         PURGE_BATCH,
+        keep,
         (PURGE, again),
     )?;
     if deleted > 0 {
@@ -129,9 +137,31 @@ fn purge(
     }
     Ok(PurgeResult {
         deleted: deleted as i64,
-        continued: deleted >= PURGE_BATCH,
+        continued,
         ..PurgeResult::default()
     })
+}
+
+/// A meeting's sequence continues from its highest stored chunk, so the newest chunk of a
+/// meeting that can still take chunks (an active one) is kept however old: purging it would
+/// start the sequence again at 1. Once the meeting has ended nothing is kept.
+fn keep_last_chunk_of_active_meeting(ctx: &mut Ctx<'_, '_>, chunk: &Value) -> FunctionResult<bool> {
+    let Some(meeting_id) = chunk.get_path("meetingId").and_then(Value::as_str) else {
+        return Ok(false);
+    };
+    let active = ctx
+        .get(MEETINGS, meeting_id)?
+        .and_then(|m| {
+            m.get_path("state")
+                .and_then(Value::as_str)
+                .map(|s| s == "active")
+        })
+        .unwrap_or(false);
+    if !active {
+        return Ok(false);
+    }
+    let sequence = chunk.get_path("sequence").and_then(Value::as_i64);
+    Ok(sequence == Some(last_sequence(ctx, meeting_id)?))
 }
 
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {

@@ -18,6 +18,7 @@ use super::LinkedUpConfig;
 pub use aggregation::{
     AggregateArgs, AggregateResult, AGGREGATE_BATCH_CHUNKS, SEGMENT_MAX_SPAN_MS,
 };
+pub(crate) use ingestion::last_sequence;
 pub use ingestion::INGEST_ACTION;
 pub use linkedup_schema::api::transcripts::{
     BatchResult, ChunkInput, ChunkResult, IngestBatchArgs, IngestChunkArgs, ListSegmentsArgs,
