@@ -18,7 +18,7 @@ use query_engine::schema::v;
 use query_engine::value::Value;
 use serde::Deserialize;
 
-use super::{fields, id_of, keep_none, purge_below, LinkedUpConfig};
+use super::{fields, id_of, register_expiry_purge, LinkedUpConfig};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -128,9 +128,6 @@ struct StoreArgs {
     result: Value,
 }
 
-#[derive(Deserialize)]
-struct NoArgs {}
-
 pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
     // idempotency.checkAndRecord (internal): {seen: false} the first time (key recorded),
     // {seen: true, result} for a retry.
@@ -165,23 +162,11 @@ pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
     );
     // idempotency.purgeExpired (internal, for a cron): deletes up to 512 expired keys, and
     // runs again at once while it finds that many; returns how many it deleted.
-    f.mutation(
+    register_expiry_purge(
+        f,
         PURGE_EXPIRED,
-        Visibility::Internal,
-        v::object([]),
-        v::int64(),
-        |ctx, _a: NoArgs| {
-            let now = ctx.now_ms();
-            let again = (PURGE_EXPIRED, Value::Object(Default::default()));
-            purge_below(
-                ctx,
-                (IDEMPOTENCY_KEYS, "by_expiry", "expiresAt"),
-                now,
-                PURGE_BATCH,
-                keep_none,
-                again,
-            )
-            .map(|(deleted, _)| deleted as i64)
-        },
+        (IDEMPOTENCY_KEYS, "by_expiry", "expiresAt"),
+        PURGE_BATCH,
+        |now| now,
     );
 }

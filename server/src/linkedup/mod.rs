@@ -26,9 +26,10 @@ use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
 use query_engine::engine::Engine;
 use query_engine::error::{FunctionError, FunctionResult};
-use query_engine::functions::Functions;
+use query_engine::functions::{Functions, Visibility};
 use query_engine::json::{from_value, to_value};
 use query_engine::scheduler::Cron;
+use query_engine::schema::v;
 use query_engine::value::{Object, Value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -132,6 +133,33 @@ pub(crate) fn purge_below(
         ctx.schedule_after(0, again.0, again.1)?;
     }
     Ok((deleted, continued))
+}
+
+#[derive(serde::Deserialize)]
+struct NoArgs {}
+
+/// Registers the internal mutation `name`, for a cron: it deletes up to `batch` documents of
+/// `target` (table, index, field) whose field is below `cutoff(now_ms)`, and runs again at once
+/// while batches come back full (`purge_below`); returns how many it deleted.
+pub(crate) fn register_expiry_purge(
+    f: &mut Functions,
+    name: &'static str,
+    target: (&'static str, &'static str, &'static str),
+    batch: usize,
+    cutoff: fn(i64) -> i64,
+) {
+    f.mutation(
+        name,
+        Visibility::Internal,
+        v::object([]),
+        v::int64(),
+        move |ctx, _a: NoArgs| {
+            let below = cutoff(ctx.now_ms());
+            let again = (name, Value::Object(Default::default()));
+            purge_below(ctx, target, below, batch, keep_none, again)
+                .map(|(deleted, _)| deleted as i64)
+        },
+    );
 }
 
 /// Wraps a handler so that a `FORBIDDEN` outcome is recorded as an access denial (see `audit`).

@@ -40,14 +40,12 @@ use linkedup_schema::tables::names::{RATE_LIMITS, RATE_LIMIT_WINDOWS};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
-use query_engine::functions::{Functions, Visibility};
+use query_engine::functions::Functions;
 use query_engine::obj;
-use query_engine::schema::v;
 use query_engine::value::Value;
 use rand::Rng;
-use serde::Deserialize;
 
-use super::{fields, id_of, keep_none, purge_below, LinkedUpConfig};
+use super::{fields, id_of, register_expiry_purge, LinkedUpConfig};
 
 /// A limit: at most `max` calls per `window_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,32 +429,17 @@ fn int(doc: &Value, field: &str) -> i64 {
     doc.get_path(field).and_then(Value::as_i64).unwrap_or(0)
 }
 
-#[derive(Deserialize)]
-struct PurgeArgs {}
-
 pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
     // rateLimits.purge (internal, for a cron): deletes up to 512 counter documents older than
     // the longest window, and runs again at once while it finds that many; returns how many it
     // deleted. Window documents stay: one per (user, limited action), and a stale one is
     // rebuilt on use.
-    f.mutation(
+    register_expiry_purge(
+        f,
         PURGE,
-        Visibility::Internal,
-        v::object([]),
-        v::int64(),
-        |ctx, _a: PurgeArgs| {
-            let cutoff = ctx.now_ms() - MAX_WINDOW_MS;
-            let again = (PURGE, Value::Object(Default::default()));
-            purge_below(
-                ctx,
-                (RATE_LIMITS, "by_window", "windowStartMs"),
-                cutoff,
-                PURGE_BATCH,
-                keep_none,
-                again,
-            )
-            .map(|(deleted, _)| deleted as i64)
-        },
+        (RATE_LIMITS, "by_window", "windowStartMs"),
+        PURGE_BATCH,
+        |now| now - MAX_WINDOW_MS,
     );
 }
 
