@@ -112,6 +112,11 @@ pub(crate) fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock milliseconds since the epoch.
+pub(crate) fn now_millis() -> i64 {
+    (now_micros() / 1_000) as i64
+}
+
 impl Committer {
     pub fn new(shared: Shared, config: CommitterConfig, last_ts: u64) -> Self {
         Committer {

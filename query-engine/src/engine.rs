@@ -174,7 +174,7 @@ impl ActionCtx {
     }
 }
 
-fn meta_u64(s: &Snapshot, key: &str) -> Result<u64, StorageError> {
+pub(crate) fn meta_u64(s: &Snapshot, key: &str) -> Result<u64, StorageError> {
     Ok(s.meta(key)?
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)

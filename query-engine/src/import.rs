@@ -16,12 +16,12 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use crate::catalog::Catalog;
-use crate::engine::{Engine, EngineConfig, OpenError};
+use crate::engine::{meta_u64, Engine, EngineConfig, OpenError};
 use crate::functions::Functions;
 use crate::id::DocumentId;
 use crate::schema::{SchemaDefinition, CREATION_TIME_FIELD, ID_FIELD};
 use crate::storage::{Storage, StorageError, StorageOptions};
-use crate::transaction::{index_key, Limits};
+use crate::transaction::{check_document, check_user_fields, index_key, Limits};
 use crate::value::Value;
 use crate::writes::storage_key;
 
@@ -116,12 +116,8 @@ fn write_all(
         .filter(|t| !t.name.starts_with('_'))
         .ok_or_else(|| ImportError::UnknownTable(table.to_string()))?;
     let snapshot = storage.snapshot(0);
-    let high_water = snapshot
-        .meta("id_high_water")?
-        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0);
-    let now_ms = crate::committer::now_micros() as i64 / 1_000;
+    let high_water = meta_u64(&snapshot, "id_high_water")?;
+    let now_ms = crate::committer::now_millis();
 
     let mut errors = Vec::new();
     let mut count = 0usize;
@@ -215,20 +211,9 @@ fn check(
             ))
         }
     };
-    if let Some(k) = obj.keys().find(|k| k.starts_with('_')) {
-        return Err(format!("{k}: system fields cannot be set"));
-    }
+    check_user_fields(&obj).map_err(|e| e.message)?;
     let user = Value::from(obj);
-    t.validator
-        .validate(&user, catalog)
-        .map_err(|e| e.to_string())?;
-    if user.size_bytes() > limits.max_document_bytes {
-        return Err(format!(
-            "the document is {} bytes, more than the {} allowed",
-            user.size_bytes(),
-            limits.max_document_bytes
-        ));
-    }
+    check_document(t, catalog, limits, &user).map_err(|e| e.message)?;
     let mut obj = user.into_object().unwrap_or_default();
     obj.insert(CREATION_TIME_FIELD.into(), Value::Int64(created));
     Ok((id, obj))

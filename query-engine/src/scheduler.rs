@@ -113,13 +113,13 @@ pub(crate) async fn run(engine: Engine, crons: Vec<Cron>, retention: Duration) {
     if let Err(e) = recover_interrupted(&engine).await {
         tracing::error!(error = %e, "scheduler recovery failed");
     }
-    let start = crate::committer::now_micros() as i64 / 1000;
+    let start = crate::committer::now_millis();
     let mut next_cron: Vec<i64> = crons.iter().map(|c| start + c.interval_ms).collect();
     let mut next_cleanup = tokio::time::Instant::now();
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let mut shutdown = engine.shutdown_signal();
     loop {
-        let now = crate::committer::now_micros() as i64 / 1000;
+        let now = crate::committer::now_millis();
         if tokio::time::Instant::now() >= next_cleanup {
             next_cleanup = tokio::time::Instant::now() + CLEANUP_INTERVAL.min(retention);
             if let Err(e) = delete_finished(&engine, now.saturating_sub(retention_ms)).await {

@@ -353,11 +353,7 @@ impl<'s> Transaction<'s> {
         let Some(obj) = fields.into_object() else {
             return Err(FunctionError::validation("a document must be an object"));
         };
-        if let Some(k) = obj.keys().find(|k| k.starts_with('_')) {
-            return Err(FunctionError::validation(format!(
-                "{k}: system fields cannot be set"
-            )));
-        }
+        check_user_fields(&obj)?;
         // Validated as a value and taken back: the object is not shared, so neither step
         // copies it.
         let user = Value::from(obj);
@@ -374,15 +370,9 @@ impl<'s> Transaction<'s> {
     pub fn patch(&mut self, id: DocumentId, changes: Object) -> FunctionResult<()> {
         self.check_writable()?;
         let old = self.existing(id)?;
+        check_user_fields(&changes)?;
         let mut obj = old.as_object().cloned().unwrap_or_default();
-        for (k, v) in changes {
-            if k.starts_with('_') {
-                return Err(FunctionError::validation(format!(
-                    "{k}: system fields cannot be set"
-                )));
-            }
-            obj.insert(k, v);
-        }
+        obj.extend(changes);
         self.store_existing(id, old, obj)
     }
 
@@ -392,11 +382,7 @@ impl<'s> Transaction<'s> {
         let Some(mut obj) = fields.into_object() else {
             return Err(FunctionError::validation("a document must be an object"));
         };
-        if let Some(k) = obj.keys().find(|k| k.starts_with('_')) {
-            return Err(FunctionError::validation(format!(
-                "{k}: system fields cannot be set"
-            )));
-        }
+        check_user_fields(&obj)?;
         let old = self.existing(id)?;
         for sys in SYSTEM_FIELDS {
             if let Some(v) = old.get_path(sys) {
@@ -435,18 +421,8 @@ impl<'s> Transaction<'s> {
         self.write_doc(t, id, Some(old), Some(Value::from(obj)))
     }
 
-    /// Checks a document's user fields (an object value) against the table's validator and
-    /// the document size limit.
     fn validate(&self, t: &TableInfo, v: &Value) -> FunctionResult<()> {
-        t.validator.validate(v, self.catalog).map_err(|e| {
-            FunctionError::validation(e.to_string())
-                .with_data(crate::obj! { "path" => e.path.clone(), "table" => t.name.clone() })
-        })?;
-        let size = v.size_bytes();
-        if size > self.limits.max_document_bytes {
-            return Err(limit_error("documentBytes", self.limits.max_document_bytes));
-        }
-        Ok(())
+        check_document(t, self.catalog, self.limits, v)
     }
 
     fn write_doc(
@@ -500,6 +476,35 @@ impl<'s> Transaction<'s> {
         }
         Ok(())
     }
+}
+
+/// Refuses fields that name a system field (`_id`, `_creationTime` or any other `_` name):
+/// only the engine sets those.
+pub(crate) fn check_user_fields(fields: &Object) -> FunctionResult<()> {
+    match fields.keys().find(|k| k.starts_with('_')) {
+        Some(k) => Err(FunctionError::validation(format!(
+            "{k}: system fields cannot be set"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Checks a document's user fields (an object value) against the table's validator and the
+/// document size limit.
+pub(crate) fn check_document(
+    t: &TableInfo,
+    catalog: &Catalog,
+    limits: &Limits,
+    v: &Value,
+) -> FunctionResult<()> {
+    t.validator.validate(v, catalog).map_err(|e| {
+        FunctionError::validation(e.to_string())
+            .with_data(crate::obj! { "path" => e.path.clone(), "table" => t.name.clone() })
+    })?;
+    if v.size_bytes() > limits.max_document_bytes {
+        return Err(limit_error("documentBytes", limits.max_document_bytes));
+    }
+    Ok(())
 }
 
 /// The index key of `doc` under `index`: each field's encoding (or the missing marker), then
