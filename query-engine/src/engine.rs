@@ -333,6 +333,16 @@ impl Engine {
         let _ = self.inner.shutdown.send(true);
     }
 
+    /// Shuts down, lets go of this handle and blocks until the database is closed (every
+    /// other handle dropped too, the committer finished) or `within` has passed; returns
+    /// whether it closed.
+    pub fn close(self, within: Duration) -> bool {
+        let closed = self.close_waiter();
+        self.shutdown();
+        drop(self);
+        closed.wait(within)
+    }
+
     /// A handle that waits for the database to be closed (all engine handles dropped and the
     /// committer finished), without keeping it open itself.
     pub fn close_waiter(&self) -> crate::storage::CloseWaiter {

@@ -89,11 +89,8 @@ pub fn import(
     let engine = Engine::open(path, schema, Functions::new(), config)?;
     let catalog = engine.catalog();
     let limits = engine.limits().clone();
-    let closed = engine.close_waiter();
-    engine.shutdown();
-    drop(engine);
     const CLOSE_SECS: u64 = 60;
-    if !closed.wait(std::time::Duration::from_secs(CLOSE_SECS)) {
+    if !engine.close(std::time::Duration::from_secs(CLOSE_SECS)) {
         return Err(ImportError::NotClosed(CLOSE_SECS));
     }
 

@@ -1,6 +1,8 @@
 //! Offline import: all documents of a valid file land with their indexes and keep given ids;
 //! one invalid document, or a given id that is taken, leaves the database as it was.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,12 +36,8 @@ fn open(path: &Path) -> Engine {
     Engine::open(path, schema(), Functions::new(), config).unwrap()
 }
 
-fn close(engine: Engine) {
-    let closed = engine.close_waiter();
-    engine.shutdown();
-    drop(engine);
-    assert!(closed.wait(Duration::from_secs(30)));
-}
+/// How long a closed engine may take to release its file.
+const CLOSE_WITHIN: Duration = Duration::from_secs(30);
 
 async fn all(engine: &Engine, table: &'static str) -> Vec<Value> {
     let v = engine
@@ -81,8 +79,8 @@ async fn a_valid_file_is_imported_whole_with_its_ids_and_indexes() {
             a[1].as_str().unwrap().to_string(),
         )
     };
-    close(source);
-    close(open(&path));
+    common::close(source, CLOSE_WITHIN).await;
+    common::close(open(&path), CLOSE_WITHIN).await;
 
     let rooms = vec![
         (
@@ -175,7 +173,7 @@ async fn one_bad_document_or_a_taken_id_imports_nothing() {
         .await
         .unwrap();
     let existing = existing.as_str().unwrap().to_string();
-    close(engine);
+    common::close(engine, CLOSE_WITHIN).await;
 
     let mut docs: Vec<(usize, Value)> = (1..=50)
         .map(|i| (i, obj! {"name" => format!("r{i}")}))

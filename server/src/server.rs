@@ -296,13 +296,11 @@ impl RunningServer {
         {
             http_task.abort();
         }
-        let waiter = self.engine.close_waiter();
-        self.engine.shutdown();
-        drop(self.engine);
         drop(self.metrics);
         // Connection tasks and the subscription worker let go of the engine as they finish;
         // then the database file is closed and can be reopened (e.g. by a restart in-process).
-        let closed = tokio::task::spawn_blocking(move || waiter.wait(ENGINE_CLOSE_TIMEOUT))
+        let engine = self.engine;
+        let closed = tokio::task::spawn_blocking(move || engine.close(ENGINE_CLOSE_TIMEOUT))
             .await
             .unwrap_or(false);
         if !closed {

@@ -33,10 +33,8 @@ async fn interests(db: &Path) -> Vec<Value> {
         })
         .await
         .unwrap();
-    let closed = engine.close_waiter();
-    engine.shutdown();
-    drop(engine);
-    assert!(closed.wait(Duration::from_secs(30)));
+    let closed = tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(30)));
+    assert!(closed.await.unwrap());
     v.as_array().unwrap().to_vec()
 }
 

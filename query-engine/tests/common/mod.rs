@@ -289,10 +289,7 @@ pub fn open_fast_with(dir: &Path, adjust: impl FnOnce(&mut EngineConfig)) -> Eng
 /// Shuts `engine` down, drops it and waits (at most `within`) until its database file is
 /// released: redb allows one open handle per file, so a test reopening it must wait.
 pub async fn close(engine: Engine, within: std::time::Duration) {
-    engine.shutdown();
-    let closed = engine.close_waiter();
-    drop(engine);
-    let released = tokio::task::spawn_blocking(move || closed.wait(within))
+    let released = tokio::task::spawn_blocking(move || engine.close(within))
         .await
         .unwrap();
     assert!(released, "the engine did not close");

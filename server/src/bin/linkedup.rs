@@ -290,10 +290,7 @@ async fn run(cli: Cli) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let tables = engine.catalog().tables().count();
-            let closed = engine.close_waiter();
-            engine.shutdown();
-            drop(engine);
-            tokio::task::spawn_blocking(move || closed.wait(Duration::from_secs(60))).await?;
+            tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(60))).await?;
             println!(
                 "{}",
                 json!({ "tables": tables, "documentsChecked": checked, "indexJobs": index_jobs })
