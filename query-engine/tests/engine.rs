@@ -549,3 +549,23 @@ async fn admission_makes_queued_mutations_read_fresh_state() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_open_elsewhere_is_reported_as_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open(dir.path());
+    let second = query_engine::engine::Engine::open(
+        &dir.path().join("db.redb"),
+        common::schema(),
+        common::functions(),
+        Default::default(),
+    );
+    match second {
+        Err(query_engine::engine::OpenError::Storage(
+            query_engine::storage::StorageError::InUse(path),
+        )) => assert!(path.ends_with("db.redb"), "{path}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened twice"),
+    }
+    drop(engine);
+}

@@ -63,6 +63,8 @@ pub enum StorageError {
     Io(std::io::Error),
     #[error("storage: closed")]
     Closed,
+    #[error("storage: {0} is open in another process (a running server?)")]
+    InUse(String),
     #[error(
         "storage: the database file has redb file format {0}, from a build before redb 4; \
          this build reads format 3 only (development data can be deleted)"
@@ -239,6 +241,9 @@ impl Storage {
             Ok(db) => Arc::new(db),
             Err(redb::DatabaseError::UpgradeRequired(v)) => {
                 return Err(StorageError::OldFileFormat(v))
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StorageError::InUse(path.display().to_string()))
             }
             Err(e) => return Err(e.into()),
         };

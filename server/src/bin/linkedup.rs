@@ -258,7 +258,7 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                     bail!("VALIDATION_ERROR: {count} invalid documents; nothing was imported")
                 }
-                Err(e) => Err(offline_error(e.into())),
+                Err(e) => Err(e.into()),
             }
         }
         Command::Schema {
@@ -271,8 +271,7 @@ async fn run(cli: Cli) -> Result<()> {
                 run_scheduler: false,
                 ..EngineConfig::default()
             };
-            let engine = Engine::open(&db, linkedup_schema::schema(), Functions::new(), config)
-                .map_err(|e| offline_error(e.into()))?;
+            let engine = Engine::open(&db, linkedup_schema::schema(), Functions::new(), config)?;
             let checked = engine
                 .metrics()
                 .open_documents_checked
@@ -372,15 +371,6 @@ fn read_json_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
         );
     }
     Ok(docs)
-}
-
-/// An error of offline work, with the likely cause when the database is locked.
-fn offline_error(e: anyhow::Error) -> anyhow::Error {
-    if format!("{e}").contains("already open") {
-        e.context("the database is in use: stop the server first")
-    } else {
-        e
-    }
 }
 
 fn parse_args(text: &str) -> Result<Value> {
