@@ -43,6 +43,35 @@ impl std::fmt::Display for LineError {
     }
 }
 
+/// Invalid documents as they are found: every one counted, the first `MAX_REPORTED_ERRORS`
+/// kept.
+#[derive(Debug, Default)]
+pub struct LineErrors {
+    count: usize,
+    errors: Vec<LineError>,
+}
+
+impl LineErrors {
+    pub fn push(&mut self, line: usize, message: String) {
+        self.count += 1;
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            self.errors.push(LineError { line, message });
+        }
+    }
+
+    /// `value` if nothing was invalid, else the import refused whole.
+    pub fn or<T>(self, value: T) -> Result<T, ImportError> {
+        if self.count == 0 {
+            Ok(value)
+        } else {
+            Err(ImportError::Invalid {
+                count: self.count,
+                errors: self.errors,
+            })
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(transparent)]
@@ -116,24 +145,16 @@ fn write_all(
     let high_water = meta_u64(&snapshot, "id_high_water")?;
     let now_ms = crate::committer::now_millis();
 
-    let mut errors = Vec::new();
-    let mut count = 0usize;
+    let mut errors = LineErrors::default();
     let mut given = HashSet::new();
     let mut checked = Vec::with_capacity(docs.len());
     for (line, doc) in docs {
         match check(t, catalog, limits, &snapshot, &mut given, now_ms, doc) {
             Ok(c) => checked.push(c),
-            Err(message) => {
-                count += 1;
-                if errors.len() < MAX_REPORTED_ERRORS {
-                    errors.push(LineError { line, message });
-                }
-            }
+            Err(message) => errors.push(line, message),
         }
     }
-    if count > 0 {
-        return Err(ImportError::Invalid { count, errors });
-    }
+    let checked = errors.or(checked)?;
 
     // New ids go above every existing and given one.
     let mut next = checked

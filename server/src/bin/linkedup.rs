@@ -19,7 +19,7 @@ use linkedup_server::config::{DATABASE_FILE, DEV_AUDIENCE, DEV_ISSUER};
 use linkedup_server::transport::tls::DEV_CERT_FILE;
 use query_engine::engine::{Engine, EngineConfig};
 use query_engine::functions::Functions;
-use query_engine::import::{self, ImportError};
+use query_engine::import::{self, ImportError, LineErrors};
 use query_engine::json::{from_json, to_json};
 use query_engine::value::Value;
 use serde_json::json;
@@ -236,17 +236,17 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Import { table, file, db } => {
-            let db = db
-                .clone()
-                .unwrap_or_else(|| cli.data_dir.join(DATABASE_FILE));
-            let docs = read_json_lines(file)?;
+            let db = database(&cli, db);
             let table = table.clone();
-            // Offline work on redb: a plain thread, outside the runtime.
-            let report = std::thread::spawn(move || {
-                import::import(&db, linkedup_schema::schema(), &table, docs)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the import panicked"))?;
+            let report = match read_json_lines(file)? {
+                // Offline work on redb: a plain thread, outside the runtime.
+                Ok(docs) => std::thread::spawn(move || {
+                    import::import(&db, linkedup_schema::schema(), &table, docs)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the import panicked"))?,
+                Err(not_json) => Err(not_json),
+            };
             match report {
                 Ok(r) => {
                     println!("{}", json!({ "table": r.table, "imported": r.imported }));
@@ -264,9 +264,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Schema {
             command: SchemaCommand::Push { db, wait_secs },
         } => {
-            let db = db
-                .clone()
-                .unwrap_or_else(|| cli.data_dir.join(DATABASE_FILE));
+            let db = database(&cli, db);
             let config = EngineConfig {
                 run_scheduler: false,
                 ..EngineConfig::default()
@@ -335,9 +333,9 @@ async fn run(cli: Cli) -> Result<()> {
 /// Most bytes of an import file.
 const MAX_IMPORT_FILE_BYTES: u64 = 4 << 30;
 
-/// The documents of a JSON-lines file with their line numbers (blank lines skipped). Lines
-/// that are not JSON objects are all reported, and nothing is imported.
-fn read_json_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
+/// The documents of a JSON-lines file with their line numbers (blank lines skipped), or, if
+/// any line is not a JSON document, those lines as an import refused whole.
+fn read_json_lines(path: &Path) -> Result<Result<Vec<(usize, Value)>, ImportError>> {
     use std::io::BufRead;
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     if file.metadata()?.len() > MAX_IMPORT_FILE_BYTES {
@@ -347,7 +345,7 @@ fn read_json_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
         );
     }
     let mut docs = Vec::new();
-    let mut bad = Vec::new();
+    let mut not_json = LineErrors::default();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.trim().is_empty() {
@@ -358,19 +356,16 @@ fn read_json_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
             .and_then(|j| from_json(&j).map_err(|e| e.to_string()));
         match parsed {
             Ok(v) => docs.push((i + 1, v)),
-            Err(e) => bad.push(format!("line {}: not a JSON document: {e}", i + 1)),
+            Err(e) => not_json.push(i + 1, format!("not a JSON document: {e}")),
         }
     }
-    if !bad.is_empty() {
-        for e in bad.iter().take(import::MAX_REPORTED_ERRORS) {
-            eprintln!("{e}");
-        }
-        bail!(
-            "VALIDATION_ERROR: {} lines are not JSON documents; nothing was imported",
-            bad.len()
-        );
-    }
-    Ok(docs)
+    Ok(not_json.or(docs))
+}
+
+/// The database file: `--db`, else the data directory's.
+fn database(cli: &Cli, db: &Option<PathBuf>) -> PathBuf {
+    db.clone()
+        .unwrap_or_else(|| cli.data_dir.join(DATABASE_FILE))
 }
 
 fn parse_args(text: &str) -> Result<Value> {
