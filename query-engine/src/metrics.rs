@@ -174,9 +174,7 @@ impl EngineMetrics {
         );
         let _ = writeln!(
             out,
-            "# HELP engine_open_documents_checked Stored documents checked against a changed schema at open
-# TYPE engine_open_documents_checked gauge
-engine_open_documents_checked {}",
+            "# HELP engine_open_documents_checked Stored documents checked against a changed schema at open\n# TYPE engine_open_documents_checked gauge\nengine_open_documents_checked {}",
             self.open_documents_checked.load(Ordering::Relaxed)
         );
         let _ = writeln!(out, "# HELP engine_admission_wait_seconds Queueing of mutations admitted after waiting for a commit slot\n# TYPE engine_admission_wait_seconds histogram");

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use linkedup_schema::api::MeetingStatus;
 use linkedup_schema::errors::invalid_field;
 use linkedup_schema::tables::names::{
     AUDIT_LOGS, INSIGHTS, MEETINGS, MESSAGES, PROMPTS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS,
@@ -154,7 +155,7 @@ fn keep_last_chunk_of_active_meeting(ctx: &mut Ctx<'_, '_>, chunk: &Value) -> Fu
         .and_then(|m| {
             m.get_path("state")
                 .and_then(Value::as_str)
-                .map(|s| s == "active")
+                .map(|s| s == MeetingStatus::Active.as_str())
         })
         .unwrap_or(false);
     if !active {
