@@ -4,7 +4,7 @@
 //!
 //! An index number names one definition (its fields) for good: an index that leaves the
 //! schema, or whose fields change, gives up its number and its entries are purged in the
-//! background (`index_purge.rs`); the index under the new definition gets a new number and
+//! background (`index_maintenance.rs`); the index under the new definition gets a new number and
 //! backfills. Reusing the number would serve entries nobody kept up to date (written while the
 //! index was absent, or under the old fields) as if they were ready.
 

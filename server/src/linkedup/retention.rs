@@ -5,8 +5,10 @@
 //! `retention.purge` (internal, for an hourly cron) without a table schedules one run per
 //! table of the policy; a run with a table deletes up to `PURGE_BATCH` of its documents
 //! created before `now - age`, records how many in the audit log, and schedules itself again
-//! while batches come back full. Its read is the range below the cutoff, so it never conflicts
-//! with the writes of live meetings.
+//! while batches come back full. Its read is the range below the cutoff, so it does not
+//! conflict with new writes, except that for an old transcript chunk of a meeting still active
+//! it also reads the meeting and its newest chunk (see `keep_last_chunk_of_active_meeting`);
+//! ingestion there meanwhile makes the committer re-run the purge.
 //!
 //! Not here: noteOps (90 days) are compacted by `notes.compact`, which keeps the note whole;
 //! live records that are updated in place (meetings, notes, users, connections, the matching
