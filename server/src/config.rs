@@ -161,11 +161,7 @@ impl ServerConfig {
 
     /// Builds the configuration from parsed flags/env, reading `--config` if given.
     pub fn from_options(cli: &Options) -> Result<Self, ConfigError> {
-        let file = match &cli.config {
-            Some(path) => Options::from_file(path)?,
-            None => Options::default(),
-        };
-        cli.clone().or(file).resolve()
+        cli.layered()?.resolve()
     }
 }
 
@@ -370,6 +366,41 @@ pub struct Options {
     #[arg(long, env = "LINKEDUP_NO_FSYNC", global = true)]
     #[serde(default)]
     pub no_fsync: bool,
+    /// GetStream API key. With it (and --stream-api-secret) meeting rooms are created through
+    /// Stream's API; without it by the local provider (no network).
+    #[arg(
+        long,
+        env = "LINKEDUP_STREAM_API_KEY",
+        global = true,
+        value_name = "KEY"
+    )]
+    pub stream_api_key: Option<String>,
+    /// GetStream API secret: signs API requests and verifies Stream's webhooks (alone, it only
+    /// verifies webhooks) [default in development: <data-dir>/dev-stream-secret].
+    #[arg(
+        long,
+        env = "LINKEDUP_STREAM_API_SECRET",
+        hide_env_values = true,
+        global = true,
+        value_name = "SECRET"
+    )]
+    pub stream_api_secret: Option<crate::stream::Secret>,
+    /// GetStream API base URL [default: https://chat.stream-io-api.com].
+    #[arg(
+        long,
+        env = "LINKEDUP_STREAM_BASE_URL",
+        global = true,
+        value_name = "URL"
+    )]
+    pub stream_base_url: Option<String>,
+    /// GetStream call type of meeting rooms [default: default].
+    #[arg(
+        long,
+        env = "LINKEDUP_STREAM_CALL_TYPE",
+        global = true,
+        value_name = "TYPE"
+    )]
+    pub stream_call_type: Option<String>,
 }
 
 impl Options {
@@ -400,6 +431,16 @@ impl Options {
         }
     }
 
+    /// These options over those of the `--config` file, if one is given: what the server
+    /// runs with, before defaults.
+    pub fn layered(&self) -> Result<Options, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Options::from_file(path)?,
+            None => Options::default(),
+        };
+        Ok(self.clone().or(file))
+    }
+
     /// Each option from `self` if set, else from `lower`.
     pub fn or(self, lower: Options) -> Options {
         Options {
@@ -426,6 +467,10 @@ impl Options {
             overload_target_ms: self.overload_target_ms.or(lower.overload_target_ms),
             storage_cache_mib: self.storage_cache_mib.or(lower.storage_cache_mib),
             no_fsync: self.no_fsync || lower.no_fsync,
+            stream_api_key: self.stream_api_key.or(lower.stream_api_key),
+            stream_api_secret: self.stream_api_secret.or(lower.stream_api_secret),
+            stream_base_url: self.stream_base_url.or(lower.stream_base_url),
+            stream_call_type: self.stream_call_type.or(lower.stream_call_type),
         }
     }
 

@@ -8,3 +8,4 @@ pub mod transport;
 pub use config::ServerConfig;
 pub use server::{RunningServer, Server, StartError};
 pub mod linkedup;
+pub mod stream;
