@@ -1,6 +1,8 @@
 //! The HTTP port (axum): `GET /health` (JSON status), `GET /metrics` (Prometheus text: server,
-//! subscription and engine metrics) and, in development mode, the dev issuer's JWKS. Further
-//! routes (webhooks) are merged into `router`.
+//! subscription and engine metrics) and, in development mode, the dev issuer's JWKS. The
+//! application's own routes (webhooks) come from an `AppRoutes` given to
+//! `Server::start_with_routes`, built once the engine is open from an `HttpContext`, and are
+//! merged into `router`; the server itself knows none of them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,8 +31,44 @@ pub(crate) struct HttpState {
     pub draining: Arc<AtomicBool>,
 }
 
-/// The HTTP application.
-pub(crate) fn router(state: Arc<HttpState>, dev_issuer: Option<Arc<DevIssuer>>) -> Router {
+/// What the application's routes may use: the engine, the server metrics (calls they record
+/// show in `/metrics`) and whether the server is shutting down.
+#[derive(Clone)]
+pub struct HttpContext {
+    engine: Engine,
+    metrics: Arc<ServerMetrics>,
+    draining: Arc<AtomicBool>,
+}
+
+impl HttpContext {
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
+    }
+
+    /// True once shutdown began: a route should answer 503 rather than start work.
+    pub fn is_shutting_down(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) || *self.engine.shutdown_signal().borrow()
+    }
+}
+
+/// Builds the application's routes for the HTTP port; called once, when the server starts.
+pub type AppRoutes = Box<dyn FnOnce(HttpContext) -> Router + Send>;
+
+/// The HTTP application: the server's routes and the application's.
+pub(crate) fn router(
+    state: Arc<HttpState>,
+    dev_issuer: Option<Arc<DevIssuer>>,
+    app_routes: AppRoutes,
+) -> Router {
+    let context = HttpContext {
+        engine: state.engine.clone(),
+        metrics: state.metrics.clone(),
+        draining: state.draining.clone(),
+    };
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -38,7 +76,7 @@ pub(crate) fn router(state: Arc<HttpState>, dev_issuer: Option<Arc<DevIssuer>>) 
     if let Some(issuer) = dev_issuer {
         app = app.merge(jwks_router(issuer));
     }
-    app
+    app.merge(app_routes(context))
 }
 
 async fn health(State(state): State<Arc<HttpState>>) -> impl IntoResponse {

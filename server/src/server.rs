@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{DevClaims, DevIssuer, DevIssuerError, JwksError, TokenVerifier, JWKS_PATH};
 use crate::config::{AuthSource, ServerConfig, TlsSource};
-use crate::http::{self, HttpState};
+use crate::http::{self, AppRoutes, HttpState};
 use crate::metrics::ServerMetrics;
 use crate::transport::tls::{pinned_client_config, CertFingerprint, CertifiedKey, TlsError};
 use crate::transport::{self, BindError, Shared};
@@ -64,6 +64,16 @@ impl Server {
         config: ServerConfig,
         schema: SchemaDefinition,
         functions: Functions,
+    ) -> Result<RunningServer, StartError> {
+        Self::start_with_routes(config, schema, functions, Box::new(|_| axum::Router::new())).await
+    }
+
+    /// `start`, with the application's own HTTP routes (e.g. webhooks) on the HTTP port.
+    pub async fn start_with_routes(
+        config: ServerConfig,
+        schema: SchemaDefinition,
+        functions: Functions,
+        app_routes: AppRoutes,
     ) -> Result<RunningServer, StartError> {
         let create_dir = |path: &PathBuf| {
             std::fs::create_dir_all(path).map_err(|source| StartError::CreateDir {
@@ -164,6 +174,7 @@ impl Server {
                 draining: draining.clone(),
             }),
             dev_issuer.clone(),
+            app_routes,
         );
         let mut http_shutdown = shutdown_rx;
         let http_task = tokio::spawn(async move {
