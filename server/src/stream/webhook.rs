@@ -11,7 +11,6 @@ use super::Secret;
 pub const SIGNATURE_HEADER: &str = "x-signature";
 pub const API_KEY_HEADER: &str = "x-api-key";
 pub const WEBHOOK_ID_HEADER: &str = "x-webhook-id";
-pub const ATTEMPT_HEADER: &str = "x-webhook-attempt";
 
 pub const CALL_ENDED: &str = "call.ended";
 pub const SESSION_ENDED: &str = "call.session_ended";
