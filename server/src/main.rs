@@ -7,9 +7,12 @@ use clap::Parser;
 use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{AuthSource, Cli, Command, MintTokenArgs, Options, TlsSource};
 use linkedup_server::linkedup::{self, LinkedUpConfig};
+use linkedup_server::stream::config::DEV_SECRET_FILE;
+use linkedup_server::stream::{RoomProvider, StreamConfig};
 use linkedup_server::{Server, ServerConfig};
 use query_engine::functions::Functions;
 use query_engine::schema::SchemaDefinition;
+use std::path::Path;
 use std::time::Duration;
 
 /// The engine allocates many small values on its hot paths; mimalloc handles that with far
@@ -44,14 +47,20 @@ fn application(config: &LinkedUpConfig) -> (SchemaDefinition, Functions) {
 }
 
 async fn serve(options: &Options) -> anyhow::Result<()> {
-    let mut config = ServerConfig::from_options(options).context("invalid configuration")?;
+    let options = options.layered().context("invalid configuration")?;
+    let mut config = options.clone().resolve().context("invalid configuration")?;
     config.engine.crons = linkedup::crons();
     let data_dir = config.data_dir.clone();
     let dev_tls = matches!(config.tls, TlsSource::SelfSigned { .. });
     let dev_auth = matches!(config.auth, AuthSource::Development { .. });
-    let app_config = LinkedUpConfig::default();
+    let app_config = LinkedUpConfig {
+        stream: StreamConfig::from_options(&options, config.is_development())
+            .context("invalid Stream configuration")?,
+        ..LinkedUpConfig::default()
+    };
     let (schema, functions) = application(&app_config);
-    let server = Server::start(config, schema, functions)
+    let routes = linkedup::http_routes(&app_config);
+    let server = Server::start_with_routes(config, schema, functions, routes)
         .await
         .context("starting the server")?;
     let background = linkedup::start(server.engine(), &app_config);
@@ -66,8 +75,13 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
     );
     println!("  QUIC   {}  (ALPN linkedup/1)", server.quic_addr());
     println!(
-        "  HTTP   http://{}  (/health, /metrics)",
-        server.http_addr()
+        "  HTTP   http://{}  (/health, /metrics, {})",
+        server.http_addr(),
+        linkedup::stream_webhook::PATH
+    );
+    println!(
+        "  {}",
+        describe_stream(&options, &app_config.stream, &data_dir)
     );
     println!(
         "  TLS certificate SHA-256{}: {}",
@@ -88,6 +102,23 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
     server.shutdown().await;
     background.abort();
     Ok(())
+}
+
+/// One line on the room provider and how webhooks are verified (never the secret itself).
+fn describe_stream(options: &Options, stream: &StreamConfig, data_dir: &Path) -> String {
+    let provider = match &stream.provider {
+        RoomProvider::Local { call_type } => format!("local provider (call type {call_type})"),
+        RoomProvider::Stream(client) => format!("{client:?}"),
+    };
+    let webhooks = match (&stream.webhook_secret, &options.stream_api_secret) {
+        (None, _) => "webhooks refused (no secret)".to_string(),
+        (Some(_), Some(_)) => "webhooks verified with the configured secret".to_string(),
+        (Some(_), None) => format!(
+            "webhooks verified with the secret in {}",
+            data_dir.join(DEV_SECRET_FILE).display()
+        ),
+    };
+    format!("Stream: {provider}; {webhooks}")
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -125,6 +125,12 @@ fn cases(w: &World) -> Vec<(&'static str, Value, Value, &'static str)> {
             "role",
         ),
         (
+            "meetings.createStreamRoom",
+            obj! { "meetingId" => m },
+            obj! { "meetingId" => carol },
+            "meetingId",
+        ),
+        (
             "meetings.get",
             obj! { "meetingId" => m },
             obj! { "meetingId" => 1i64 },

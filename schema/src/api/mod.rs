@@ -44,6 +44,7 @@ pub mod fns {
     pub const FLAGS_GET: &str = "flags.get";
     pub const FLAGS_SET: &str = "flags.set";
     pub const AUDIT_QUERY: &str = "audit.query";
+    pub const MEETINGS_CREATE_STREAM_ROOM: &str = "meetings.createStreamRoom";
 }
 
 /// Feature flag keys: one per capability (seed §22).
@@ -580,6 +581,14 @@ pub struct AuditQueryArgs {
     /// 1..=200, default 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+}
+
+/// `meetings.createStreamRoom`'s result: the meeting's Stream room (the call's cid,
+/// `<call type>:<meeting id>`), as `meetings.get` also shows it in `streamRoomId`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRoom {
+    pub room_id: String,
 }
 
 #[cfg(test)]

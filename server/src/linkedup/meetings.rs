@@ -14,6 +14,10 @@
 //!
 //! Joining and leaving are presence, not membership, and are not audited (they are frequent
 //! and carry no rights); every state change and membership change is.
+//!
+//! Starting a meeting schedules its Stream room (`stream_rooms`). Stream's webhooks change
+//! presence and conclude meetings through the same helpers as join, leave and end
+//! (`mark_joined`, `mark_left`, `conclude`), with no acting user.
 
 use std::sync::Arc;
 
@@ -37,6 +41,7 @@ use super::guards::{assert_meeting_access, current_user, find_participant, Meeti
 use super::idempotency::{earlier_id, store_result};
 use super::post_call::{INSIGHTS_GENERATE, TRANSCRIPTS_AGGREGATE};
 use super::rate_limit::check_and_consume;
+use super::stream_rooms;
 use super::{audit, audited, check_text, decode, fields, limit_arg, LinkedUpConfig};
 
 /// Longest meeting title, in chars.
@@ -84,8 +89,9 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         ),
     );
 
-    // meetings.start: host only; scheduled → active, creates/updates the meeting state.
-    // Returns null. Returns: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN, CONFLICT.
+    // meetings.start: host only; scheduled → active, creates/updates the meeting state and
+    // schedules the creation of its Stream room (`stream_rooms`). Returns null.
+    // Returns: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN, CONFLICT.
     f.mutation(
         "meetings.start",
         Visibility::Public,
@@ -379,25 +385,34 @@ fn state_doc(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Option<M
         .transpose()
 }
 
+/// Moves the meeting to `to` and audits it: by `actor` (a host; the organisation from their
+/// token), or by the system (Stream's webhook) in the meeting's organisation.
 fn set_meeting_state(
     ctx: &mut Ctx<'_, '_>,
-    access: &MeetingAccess,
+    meeting: &Meeting,
+    actor: Option<&str>,
     to: MeetingStatus,
 ) -> FunctionResult<()> {
     let now = ctx.now_ms();
     ctx.patch(
         MEETINGS,
-        &access.meeting.id,
+        &meeting.id,
         fields(obj! { "state" => to.as_str(), "updatedAt" => now }),
     )?;
-    audit::record(
-        ctx,
-        Some(&access.user.id),
-        "meeting",
-        &access.meeting.id,
-        &format!("meeting.{}", to.as_str()),
-        obj! { "from" => access.meeting.state.as_str(), "to" => to.as_str() },
-    )
+    let action = format!("meeting.{}", to.as_str());
+    let change = obj! { "from" => meeting.state.as_str(), "to" => to.as_str() };
+    match actor {
+        Some(user) => audit::record(ctx, Some(user), "meeting", &meeting.id, &action, change),
+        None => audit::record_in_org(
+            ctx,
+            meeting.org_id.as_deref(),
+            None,
+            "meeting",
+            &meeting.id,
+            &action,
+            change,
+        ),
+    }
 }
 
 fn conflict(action: &str, state: MeetingStatus) -> query_engine::error::FunctionError {
@@ -414,7 +429,18 @@ fn start(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
         MeetingStatus::Scheduled => {}
         s => return Err(conflict("start", s)),
     }
-    set_meeting_state(ctx, &access, MeetingStatus::Active)?;
+    set_meeting_state(
+        ctx,
+        &access.meeting,
+        Some(&access.user.id),
+        MeetingStatus::Active,
+    )?;
+    // Runs only if this mutation commits; a no-op if the host created the room already.
+    ctx.schedule_after(
+        0,
+        stream_rooms::PROVISION,
+        obj! { "meetingId" => meeting_id },
+    )?;
     let now = ctx.now_ms();
     let joined = count_joined(ctx, meeting_id)?;
     match state_doc(ctx, meeting_id)? {
@@ -460,18 +486,28 @@ fn end(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
         MeetingStatus::Active => {}
         s => return Err(conflict("end", s)),
     }
-    set_meeting_state(ctx, &access, MeetingStatus::Concluded)?;
+    conclude(ctx, &access.meeting, Some(&access.user.id))
+}
+
+/// Concludes an active meeting: its state, its live state document, and the post-call jobs,
+/// which run only if the calling mutation commits. `actor` as for `set_meeting_state`.
+pub(crate) fn conclude(
+    ctx: &mut Ctx<'_, '_>,
+    meeting: &Meeting,
+    actor: Option<&str>,
+) -> FunctionResult<()> {
+    debug_assert_eq!(meeting.state, MeetingStatus::Active);
+    set_meeting_state(ctx, meeting, actor, MeetingStatus::Concluded)?;
     let now = ctx.now_ms();
-    if let Some(s) = state_doc(ctx, meeting_id)? {
+    if let Some(s) = state_doc(ctx, &meeting.id)? {
         ctx.patch(
             MEETING_STATE,
             &s.id,
             fields(obj! { "active" => false, "endedAt" => now, "updatedAt" => now }),
         )?;
     }
-    // Both run only if this mutation commits.
     for job in [TRANSCRIPTS_AGGREGATE, INSIGHTS_GENERATE] {
-        ctx.schedule_after(0, job, obj! { "meetingId" => meeting_id })?;
+        ctx.schedule_after(0, job, obj! { "meetingId" => meeting.id.as_str() })?;
     }
     Ok(())
 }
@@ -480,7 +516,12 @@ fn cancel(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
     let access = assert_meeting_access(ctx, meeting_id, Role::Host)?;
     match access.meeting.state {
         MeetingStatus::Cancelled => Ok(()),
-        MeetingStatus::Scheduled => set_meeting_state(ctx, &access, MeetingStatus::Cancelled),
+        MeetingStatus::Scheduled => set_meeting_state(
+            ctx,
+            &access.meeting,
+            Some(&access.user.id),
+            MeetingStatus::Cancelled,
+        ),
         s => Err(conflict("cancel", s)),
     }
 }
@@ -507,8 +548,21 @@ fn join(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Participant> 
         ));
     }
     let p = access.participant;
-    if p.presence == Presence::Joined {
+    if !mark_joined(ctx, meeting_id, &p)? {
         return Ok(p);
+    }
+    reread_participant(ctx, &p.id)
+}
+
+/// Makes the participant present (`joined`, `joinedAt`) and counts them in the meeting
+/// state's `joinedCount`. Returns false, changing nothing, if they were already joined.
+pub(crate) fn mark_joined(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+    p: &Participant,
+) -> FunctionResult<bool> {
+    if p.presence == Presence::Joined {
+        return Ok(false);
     }
     let now = ctx.now_ms();
     ctx.patch(
@@ -517,7 +571,27 @@ fn join(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Participant> 
         fields(obj! { "presence" => "joined", "joinedAt" => now }),
     )?;
     adjust_joined(ctx, meeting_id, 1)?;
-    reread_participant(ctx, &p.id)
+    Ok(true)
+}
+
+/// The reverse of `mark_joined` (`left`, `leftAt`); returns false, changing nothing, unless
+/// the participant was joined.
+pub(crate) fn mark_left(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+    p: &Participant,
+) -> FunctionResult<bool> {
+    if p.presence != Presence::Joined {
+        return Ok(false);
+    }
+    let now = ctx.now_ms();
+    ctx.patch(
+        MEETING_PARTICIPANTS,
+        &p.id,
+        fields(obj! { "presence" => "left", "leftAt" => now }),
+    )?;
+    adjust_joined(ctx, meeting_id, -1)?;
+    Ok(true)
 }
 
 fn reread_participant(ctx: &mut Ctx<'_, '_>, id: &str) -> FunctionResult<Participant> {
@@ -529,17 +603,7 @@ fn reread_participant(ctx: &mut Ctx<'_, '_>, id: &str) -> FunctionResult<Partici
 
 fn leave(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
     let access = assert_meeting_access(ctx, meeting_id, Role::Participant)?;
-    let p = access.participant;
-    if p.presence != Presence::Joined {
-        return Ok(());
-    }
-    let now = ctx.now_ms();
-    ctx.patch(
-        MEETING_PARTICIPANTS,
-        &p.id,
-        fields(obj! { "presence" => "left", "leftAt" => now }),
-    )?;
-    adjust_joined(ctx, meeting_id, -1)
+    mark_left(ctx, meeting_id, &access.participant).map(|_| ())
 }
 
 /// Membership changes are refused once a meeting is over.
@@ -659,7 +723,11 @@ fn set_role(ctx: &mut Ctx<'_, '_>, a: SetRoleArgs) -> FunctionResult<Participant
     reread_participant(ctx, &target.id)
 }
 
-fn list_participants(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Vec<Participant>> {
+/// The meeting's participant records (at most 256), hosts first, then in the order added.
+pub(crate) fn list_participants(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+) -> FunctionResult<Vec<Participant>> {
     let rows = ctx
         .query(MEETING_PARTICIPANTS, "by_meeting")
         .eq("meetingId", meeting_id)

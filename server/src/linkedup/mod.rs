@@ -16,6 +16,8 @@ pub mod notes;
 pub mod post_call;
 pub mod rate_limit;
 pub mod retention;
+pub mod stream_rooms;
+pub mod stream_webhook;
 pub mod transcripts;
 pub mod users;
 
@@ -38,6 +40,9 @@ pub use audit::DenialLog;
 pub use rate_limit::{Counters, RateLimit, RateLimitConfig};
 pub use retention::RetentionPolicy;
 
+use crate::http::AppRoutes;
+use crate::stream::StreamConfig;
+
 /// Settings of the LinkedUp functions.
 #[derive(Clone, Debug, Default)]
 pub struct LinkedUpConfig {
@@ -47,6 +52,9 @@ pub struct LinkedUpConfig {
     /// Where access denials wait to be written to `auditLogs` (see `audit`); shared by every
     /// function registered with this config and drained by `start`.
     pub denials: DenialLog,
+    /// Meeting rooms and webhooks (`stream_rooms`, `stream_webhook`): the local provider by
+    /// default.
+    pub stream: StreamConfig,
 }
 
 /// Registers every LinkedUp function.
@@ -64,6 +72,13 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     transcripts::register(functions, &config);
     notes::register(functions, &config);
     retention::register(functions, &config);
+    stream_rooms::register(functions, &config);
+    stream_webhook::register(functions, &config);
+}
+
+/// LinkedUp's routes on the server's HTTP port (`Server::start_with_routes`): Stream's webhook.
+pub fn http_routes(config: &LinkedUpConfig) -> AppRoutes {
+    stream_webhook::routes(config)
 }
 
 /// Recurring maintenance, for `EngineConfig::crons`: note-op compaction (seed §20: noteOps

@@ -99,17 +99,49 @@ impl Env {
 
     /// Every document of a table in creation order (test-sized tables only).
     pub async fn all(&self, table: &'static str) -> Vec<Value> {
-        let v = self
-            .engine
+        documents(&self.engine, table).await
+    }
+}
+
+/// Every document of a table in creation order (test-sized tables only).
+pub async fn documents(engine: &Engine, table: &'static str) -> Vec<Value> {
+    let v = engine
+        .read(move |ctx| {
+            Ok(Value::Array(
+                ctx.query(table, "by_creation_time").collect(8_000)?,
+            ))
+        })
+        .await
+        .unwrap();
+    v.as_array().unwrap().to_vec()
+}
+
+/// Waits (bounded) until the Stream room job `meetings.start` scheduled for `meeting` has
+/// finished, so that its commits do not race a test's.
+pub async fn wait_for_room_job(engine: &Engine, meeting: &str) {
+    for _ in 0..400 {
+        let m = meeting.to_string();
+        let running = engine
             .read(move |ctx| {
-                Ok(Value::Array(
-                    ctx.query(table, "by_creation_time").collect(8_000)?,
-                ))
+                let jobs = ctx.full_table_scan("_scheduled_jobs", 1_000)?;
+                let running = jobs.iter().any(|j| {
+                    j.get_path("function").and_then(Value::as_str) == Some("streamRooms.provision")
+                        && j.get_path("args.meetingId").and_then(Value::as_str) == Some(&m)
+                        && matches!(
+                            j.get_path("state").and_then(Value::as_str),
+                            Some("pending" | "running")
+                        )
+                });
+                Ok(Value::Bool(running))
             })
             .await
             .unwrap();
-        v.as_array().unwrap().to_vec()
+        if running == Value::Bool(false) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
+    panic!("the Stream room job of {meeting} did not finish");
 }
 
 pub fn id(v: &Value) -> String {
@@ -187,6 +219,7 @@ pub async fn world(config: LinkedUpConfig) -> World {
     )
     .await
     .unwrap();
+    wait_for_room_job(&env.engine, &meeting).await;
     World {
         env,
         alice,

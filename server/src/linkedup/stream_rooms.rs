@@ -1,0 +1,304 @@
+//! A meeting's Stream room (seed §6): its video call, created through the configured provider
+//! (`crate::stream`) and remembered as `meetings.streamRoomId`, which `meetings.get` shows to
+//! the meeting's participants.
+//!
+//! `meetings.createStreamRoom` (hosts) and the job `meetings.start` schedules both get or
+//! create the room. Idempotent at every step: the call id is the meeting id, so the provider
+//! finds the same call however often it is asked; a stored room id is returned without asking
+//! it; and the id is stored by a mutation that re-reads the meeting, so of two racing calls
+//! one stores it, the other returns what was stored. An action cannot hold a transaction open
+//! across the network call, hence read (plan), call, then store.
+
+use std::sync::Arc;
+
+use linkedup_schema::api::{Meeting, MeetingIdArgs, MeetingStatus, Role, StreamRoom, User};
+use linkedup_schema::tables::names::{MEETINGS, USERS};
+use linkedup_schema::ErrorCode;
+use query_engine::context::Ctx;
+use query_engine::engine::ActionCtx;
+use query_engine::error::FunctionResult;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::v;
+use query_engine::value::Value;
+use serde::{Deserialize, Serialize};
+
+use super::guards::{assert_meeting_access, get_meeting};
+use super::meetings::list_participants;
+use super::{audit, audited, decode, encode, fields, LinkedUpConfig};
+use crate::stream::provider::MAX_ROOM_MEMBERS;
+use crate::stream::{RoomMember, RoomProvider, RoomRequest};
+
+pub use linkedup_schema::api::fns::MEETINGS_CREATE_STREAM_ROOM as CREATE;
+/// The job `meetings.start` schedules (internal action, no caller): creates the room.
+pub const PROVISION: &str = "streamRooms.provision";
+/// What a room needs, read without an access check (for `PROVISION`).
+const PLAN: &str = "streamRooms.plan";
+/// The same after checking that the caller hosts the meeting (for `CREATE`).
+const PLAN_AS_HOST: &str = "streamRooms.planAsHost";
+const STORE: &str = "streamRooms.store";
+const RETRY: &str = "streamRooms.retryLater";
+/// When `PROVISION` fails with `PROVIDER_ERROR`, it runs again after each of these waits in
+/// turn (then gives up; a host can still call `meetings.createStreamRoom`).
+const PROVISION_RETRY_DELAYS_MS: [i64; 2] = [30_000, 300_000];
+
+/// A room's creation, as read from the meeting: either the room it already has, or what to
+/// create it with.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Plan {
+    meeting_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    room_id: Option<String>,
+    organizer_id: String,
+    title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    org_id: Option<String>,
+    members: Vec<PlanMember>,
+    /// The host asking, for the audit log; absent for the scheduled job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    actor_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanMember {
+    user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    host: bool,
+}
+
+impl Plan {
+    fn request(&self) -> RoomRequest {
+        RoomRequest {
+            meeting_id: self.meeting_id.clone(),
+            created_by: self.organizer_id.clone(),
+            members: self
+                .members
+                .iter()
+                .map(|m| RoomMember {
+                    user_id: m.user_id.clone(),
+                    name: m.name.clone(),
+                    host: m.host,
+                })
+                .collect(),
+            title: self.title.clone(),
+            org_id: self.org_id.clone(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoreArgs {
+    meeting_id: String,
+    room_id: String,
+    actor_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProvisionArgs {
+    meeting_id: String,
+    /// Retries so far (absent: the first attempt).
+    attempt: Option<i64>,
+}
+
+pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
+    let room_result = || v::object([("roomId", v::string())]);
+
+    // meetings.createStreamRoom (action): host only. Returns {roomId}: the meeting's room,
+    // created through the provider the first time. Returns: UNAUTHORIZED, VALIDATION_ERROR,
+    // NOT_FOUND, FORBIDDEN (not a host), CONFLICT (a concluded or cancelled meeting without a
+    // room), PROVIDER_ERROR (Stream failed; nothing stored, a retry may succeed).
+    let provider = config.stream.provider.clone();
+    f.action(
+        CREATE,
+        Visibility::Public,
+        v::object([("meetingId", v::id(MEETINGS))]),
+        room_result(),
+        move |ctx, a: MeetingIdArgs| {
+            let provider = provider.clone();
+            async move {
+                let plan = ctx
+                    .run_query(PLAN_AS_HOST, obj! { "meetingId" => a.meeting_id })
+                    .await?;
+                let room_id = provision(&ctx, &provider, decode(&plan)?).await?;
+                Ok(StreamRoom { room_id })
+            }
+        },
+    );
+
+    // streamRooms.provision (internal action, scheduled by meetings.start): as above without
+    // the host check; on PROVIDER_ERROR schedules itself again (PROVISION_RETRY_DELAYS_MS).
+    let provider = config.stream.provider.clone();
+    f.action(
+        PROVISION,
+        Visibility::Internal,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("attempt", v::optional(v::int64())),
+        ]),
+        room_result(),
+        move |ctx, a: ProvisionArgs| {
+            let provider = provider.clone();
+            async move {
+                let plan = ctx
+                    .run_query(PLAN, obj! { "meetingId" => a.meeting_id.as_str() })
+                    .await?;
+                match provision(&ctx, &provider, decode(&plan)?).await {
+                    Ok(room_id) => Ok(StreamRoom { room_id }),
+                    Err(e) if e.code == ErrorCode::ProviderError.as_str() => {
+                        let retries = a.attempt.unwrap_or(0);
+                        if (0..PROVISION_RETRY_DELAYS_MS.len() as i64).contains(&retries) {
+                            ctx.run_mutation(
+                                RETRY,
+                                obj! { "meetingId" => a.meeting_id.as_str(), "attempt" => retries + 1 },
+                            )
+                            .await?;
+                        }
+                        Err(e)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        },
+    );
+
+    f.query(
+        PLAN_AS_HOST,
+        Visibility::Internal,
+        v::object([("meetingId", v::id(MEETINGS))]),
+        v::any(),
+        // Denials are recorded under the public function's name.
+        audited(config, CREATE, |ctx, a: MeetingIdArgs| {
+            let access = assert_meeting_access(ctx, &a.meeting_id, Role::Host)?;
+            plan(ctx, access.meeting, Some(access.user.id)).and_then(|p| encode(&p))
+        }),
+    );
+    f.query(
+        PLAN,
+        Visibility::Internal,
+        v::object([("meetingId", v::id(MEETINGS))]),
+        v::any(),
+        |ctx, a: MeetingIdArgs| {
+            let meeting = get_meeting(ctx, &a.meeting_id)?;
+            plan(ctx, meeting, None).and_then(|p| encode(&p))
+        },
+    );
+    f.mutation(
+        STORE,
+        Visibility::Internal,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("roomId", v::string()),
+            ("actorId", v::optional(v::id(USERS))),
+        ]),
+        v::string(),
+        store,
+    );
+    f.mutation(
+        RETRY,
+        Visibility::Internal,
+        v::object([("meetingId", v::id(MEETINGS)), ("attempt", v::int64())]),
+        v::null(),
+        |ctx, a: ProvisionArgs| {
+            let retry = a.attempt.unwrap_or(0);
+            let delay = usize::try_from(retry - 1)
+                .ok()
+                .and_then(|i| PROVISION_RETRY_DELAYS_MS.get(i))
+                .ok_or_else(|| ErrorCode::ValidationError.err("attempt: no such retry"))?;
+            ctx.schedule_after(
+                *delay,
+                PROVISION,
+                obj! { "meetingId" => a.meeting_id, "attempt" => retry },
+            )?;
+            Ok(())
+        },
+    );
+}
+
+/// Returns the plan's room if it has one; otherwise creates it through `provider` and stores
+/// it (or what a concurrent call stored first).
+async fn provision(ctx: &ActionCtx, provider: &RoomProvider, plan: Plan) -> FunctionResult<String> {
+    if let Some(room_id) = plan.room_id {
+        return Ok(room_id);
+    }
+    let room_id = provider.create_room(&plan.request()).await.map_err(|e| {
+        tracing::warn!(meeting = %plan.meeting_id, error = %e, "cannot create the Stream room");
+        e.to_function_error()
+    })?;
+    let mut args = fields(obj! { "meetingId" => plan.meeting_id.as_str(), "roomId" => room_id });
+    if let Some(actor) = &plan.actor_id {
+        args.insert("actorId".into(), actor.as_str().into());
+    }
+    let stored = ctx.run_mutation(STORE, Value::from(args)).await?;
+    decode(&stored)
+}
+
+/// What `provision` needs to know about `meeting`. Refuses a meeting that is over and has no
+/// room: nobody will join its call.
+fn plan(ctx: &mut Ctx<'_, '_>, meeting: Meeting, actor_id: Option<String>) -> FunctionResult<Plan> {
+    let mut plan = Plan {
+        meeting_id: meeting.id,
+        room_id: meeting.stream_room_id,
+        organizer_id: meeting.organizer_id,
+        title: meeting.title,
+        org_id: meeting.org_id,
+        members: Vec::new(),
+        actor_id,
+    };
+    if plan.room_id.is_some() {
+        return Ok(plan);
+    }
+    if !matches!(
+        meeting.state,
+        MeetingStatus::Scheduled | MeetingStatus::Active
+    ) {
+        return Err(ErrorCode::Conflict.err_with(
+            format!("a {} meeting gets no room", meeting.state.as_str()),
+            obj! { "state" => meeting.state.as_str() },
+        ));
+    }
+    // Hosts first, so they keep their call role whatever the cap leaves out.
+    let mut participants = list_participants(ctx, &plan.meeting_id)?;
+    participants.truncate(MAX_ROOM_MEMBERS);
+    for p in participants {
+        let name = match ctx.get(USERS, &p.user_id)? {
+            Some(doc) => decode::<User>(&doc)?.display_name,
+            None => None,
+        };
+        plan.members.push(PlanMember {
+            user_id: p.user_id,
+            name,
+            host: p.role == Role::Host,
+        });
+    }
+    Ok(plan)
+}
+
+/// Stores the room id unless the meeting has one already (a concurrent call stored it first;
+/// the engine re-runs a conflicting mutation, which then finds it). Returns the stored id.
+fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<String> {
+    let meeting = get_meeting(ctx, &a.meeting_id)?;
+    if let Some(existing) = meeting.stream_room_id {
+        return Ok(existing);
+    }
+    let now = ctx.now_ms();
+    ctx.patch(
+        MEETINGS,
+        &meeting.id,
+        fields(obj! { "streamRoomId" => a.room_id.as_str(), "updatedAt" => now }),
+    )?;
+    audit::record_in_org(
+        ctx,
+        meeting.org_id.as_deref(),
+        a.actor_id.as_deref(),
+        "meeting",
+        &meeting.id,
+        "meeting.stream_room_created",
+        obj! { "roomId" => a.room_id.as_str() },
+    )?;
+    Ok(a.room_id)
+}

@@ -1,0 +1,376 @@
+//! Stream's webhooks (seed §6, §12, §20): `POST /webhooks/stream` on the HTTP port, and the
+//! internal mutation `streamWebhooks.apply` it calls.
+//!
+//! The route checks what it can without the database: body size, `X-Api-Key`, the signature
+//! over the raw body (`crate::stream::webhook`), the event's shape. The mutation then, in ONE
+//! transaction, records the delivery's key in `idempotencyKeys` (scope `stream_webhook`) and
+//! applies the event, so a retried delivery changes nothing and a failed one leaves no key:
+//!
+//! - participant joined / left: the participant's presence, through the same helpers as
+//!   `meetings.join` / `meetings.leave` (so `meetingState.joinedCount` stays consistent);
+//!   joining only counts in an active meeting, as for `meetings.join`;
+//! - session ended (nobody is in the call any more): every joined participant leaves;
+//! - call ended: an active meeting is concluded as by `meetings.end` (post-call jobs
+//!   scheduled, audited with no acting user); a concluded one is left alone, so the jobs are
+//!   scheduled once whoever ends the meeting first.
+//!
+//! Events about unknown meetings, users who are not participants, other call types, or of
+//! other types are acknowledged (200) and ignored: Stream would retry an error for ever, and
+//! none of them can become valid later. Responses: 200 processed, duplicate or ignored; 400 a
+//! malformed body or `X-Webhook-Id`; 401 a missing or wrong signature (or API key); 413 a body
+//! over 1 MiB; 503 while the server shuts down or is overloaded; 500 otherwise (Stream
+//! retries). Every delivery is counted in `/metrics` (`server_calls_total{function=
+//! "/webhooks/stream", kind="webhook"}`) by outcome.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use linkedup_schema::api::{Meeting, MeetingStatus, Presence};
+use linkedup_schema::tables::names::{MEETINGS, USERS};
+use linkedup_schema::ErrorCode;
+use query_engine::context::Ctx;
+use query_engine::error::FunctionResult;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::v;
+use query_engine::value::Value;
+use serde::Deserialize;
+
+use super::guards::find_participant;
+use super::idempotency::{check_and_record, store_result, DEFAULT_TTL_MS, MAX_KEY_BYTES};
+use super::meetings::{conclude, list_participants, mark_joined, mark_left};
+use super::{decode, LinkedUpConfig};
+use crate::http::{AppRoutes, HttpContext};
+use crate::stream::webhook::{
+    self, delivery_key, parse_event, CallRef, Event, EventAction, API_KEY_HEADER, SIGNATURE_HEADER,
+    WEBHOOK_ID_HEADER,
+};
+use crate::stream::StreamConfig;
+
+pub const PATH: &str = "/webhooks/stream";
+/// The deliveries' scope in `idempotencyKeys`.
+pub const SCOPE: &str = "stream_webhook";
+/// Largest body accepted (Stream's call events carry the call and its members).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+const APPLY: &str = "streamWebhooks.apply";
+/// The `kind` label of deliveries in the call metrics.
+const METRICS_KIND: &str = "webhook";
+
+/// The event actions the mutation applies (`EventAction` without `Other`).
+const JOINED: &str = "participantJoined";
+const LEFT: &str = "participantLeft";
+const SESSION_ENDED: &str = "sessionEnded";
+const CALL_ENDED: &str = "callEnded";
+const ACTIONS: [&str; 4] = [JOINED, LEFT, SESSION_ENDED, CALL_ENDED];
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyArgs {
+    key: String,
+    action: String,
+    /// The call id: a meeting id if the call is LinkedUp's. Not validated as an id, so that an
+    /// unknown one is ignored rather than refused.
+    meeting_id: String,
+    user_id: Option<String>,
+}
+
+/// What became of a verified delivery.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Processed,
+    Duplicate,
+    Ignored(String),
+}
+
+impl Outcome {
+    fn ignored(reason: &str) -> Self {
+        Outcome::Ignored(reason.to_string())
+    }
+
+    fn to_value(&self) -> Value {
+        match self {
+            Outcome::Processed => obj! { "outcome" => "processed" },
+            Outcome::Duplicate => obj! { "outcome" => "duplicate" },
+            Outcome::Ignored(reason) => {
+                obj! { "outcome" => "ignored", "reason" => reason.as_str() }
+            }
+        }
+    }
+
+    /// The outcome `streamWebhooks.apply` returned.
+    fn from_value(v: &Value) -> Self {
+        match v.get_path("outcome").and_then(Value::as_str) {
+            Some("processed") => Outcome::Processed,
+            Some("duplicate") => Outcome::Duplicate,
+            _ => Outcome::ignored(
+                v.get_path("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("ignored"),
+            ),
+        }
+    }
+}
+
+pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
+    // streamWebhooks.apply (internal): records the delivery key and applies the event in one
+    // transaction. Returns {outcome: processed | duplicate | ignored, reason?}.
+    f.mutation(
+        APPLY,
+        Visibility::Internal,
+        v::object([
+            ("key", v::string()),
+            ("action", v::union(ACTIONS.iter().map(|a| v::literal(*a)))),
+            ("meetingId", v::string()),
+            ("userId", v::optional(v::string())),
+        ]),
+        v::any(),
+        |ctx, a: ApplyArgs| {
+            if check_and_record(ctx, &a.key, SCOPE, DEFAULT_TTL_MS)?.is_some() {
+                return Ok(Outcome::Duplicate.to_value());
+            }
+            let outcome = apply(ctx, &a)?.to_value();
+            store_result(ctx, &a.key, SCOPE, outcome.clone())?;
+            Ok(outcome)
+        },
+    );
+}
+
+fn apply(ctx: &mut Ctx<'_, '_>, a: &ApplyArgs) -> FunctionResult<Outcome> {
+    if ctx.parse_id(MEETINGS, &a.meeting_id).is_err() {
+        return Ok(Outcome::ignored("not a LinkedUp meeting"));
+    }
+    let Some(doc) = ctx.get(MEETINGS, &a.meeting_id)? else {
+        return Ok(Outcome::ignored("no such meeting"));
+    };
+    let meeting: Meeting = decode(&doc)?;
+    let participant = |ctx: &mut Ctx<'_, '_>| match a.user_id.as_deref() {
+        Some(user) if ctx.parse_id(USERS, user).is_ok() => find_participant(ctx, &meeting.id, user),
+        _ => Ok(None),
+    };
+    match a.action.as_str() {
+        JOINED => {
+            if meeting.state != MeetingStatus::Active {
+                return Ok(Outcome::ignored("the meeting is not active"));
+            }
+            let Some(p) = participant(ctx)? else {
+                return Ok(Outcome::ignored("not a participant"));
+            };
+            mark_joined(ctx, &meeting.id, &p)?;
+        }
+        LEFT => {
+            let Some(p) = participant(ctx)? else {
+                return Ok(Outcome::ignored("not a participant"));
+            };
+            mark_left(ctx, &meeting.id, &p)?;
+        }
+        SESSION_ENDED => {
+            for p in list_participants(ctx, &meeting.id)? {
+                if p.presence == Presence::Joined {
+                    mark_left(ctx, &meeting.id, &p)?;
+                }
+            }
+        }
+        // CALL_ENDED: the validator admits only ACTIONS.
+        _ => match meeting.state {
+            MeetingStatus::Active => conclude(ctx, &meeting, None)?,
+            MeetingStatus::Concluded => return Ok(Outcome::ignored("already concluded")),
+            _ => return Ok(Outcome::ignored("the meeting is not active")),
+        },
+    }
+    Ok(Outcome::Processed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP route.
+
+struct Receiver {
+    http: HttpContext,
+    stream: StreamConfig,
+}
+
+/// The answer to one delivery.
+enum Reply {
+    Applied(Outcome),
+    Malformed(String),
+    Unauthorized(&'static str),
+    TooLarge,
+    Unavailable,
+    Failed,
+}
+
+impl Reply {
+    fn status(&self) -> StatusCode {
+        match self {
+            Reply::Applied(_) => StatusCode::OK,
+            Reply::Malformed(_) => StatusCode::BAD_REQUEST,
+            Reply::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Reply::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reply::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reply::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The outcome label in the call metrics.
+    fn code(&self) -> &'static str {
+        match self {
+            Reply::Applied(Outcome::Processed) => "OK",
+            Reply::Applied(Outcome::Duplicate) => "DUPLICATE",
+            Reply::Applied(Outcome::Ignored(_)) => "IGNORED",
+            Reply::Malformed(_) => "VALIDATION_ERROR",
+            Reply::Unauthorized(_) => "UNAUTHORIZED",
+            Reply::TooLarge => "PAYLOAD_TOO_LARGE",
+            Reply::Unavailable => "UNAVAILABLE",
+            Reply::Failed => "INTERNAL",
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        match self {
+            Reply::Applied(Outcome::Processed) => serde_json::json!({ "status": "processed" }),
+            Reply::Applied(Outcome::Duplicate) => serde_json::json!({ "status": "duplicate" }),
+            Reply::Applied(Outcome::Ignored(reason)) => {
+                serde_json::json!({ "status": "ignored", "reason": reason })
+            }
+            Reply::Malformed(why) => serde_json::json!({ "error": why }),
+            Reply::Unauthorized(why) => serde_json::json!({ "error": why }),
+            Reply::TooLarge => {
+                serde_json::json!({ "error": format!("the body exceeds {MAX_BODY_BYTES} bytes") })
+            }
+            Reply::Unavailable => serde_json::json!({ "error": "unavailable, retry later" }),
+            Reply::Failed => serde_json::json!({ "error": "internal error" }),
+        }
+    }
+}
+
+/// The route, for `Server::start_with_routes` (through `linkedup::http_routes`).
+pub(crate) fn routes(config: &LinkedUpConfig) -> AppRoutes {
+    let stream = config.stream.clone();
+    Box::new(move |http| {
+        Router::new()
+            .route(PATH, post(receive))
+            .with_state(Arc::new(Receiver { http, stream }))
+    })
+}
+
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let reply = r.handle(&headers, body).await;
+    r.http
+        .metrics()
+        .record_call(PATH, METRICS_KIND, reply.code(), started.elapsed());
+    (reply.status(), Json(reply.body())).into_response()
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Receiver {
+    async fn handle(&self, headers: &HeaderMap, body: Body) -> Reply {
+        if self.http.is_shutting_down() {
+            return Reply::Unavailable;
+        }
+        let (event, key) = match self.read(headers, body).await {
+            Ok(delivery) => delivery,
+            Err(reply) => return reply,
+        };
+        let Some((call, action, user_id)) = target(&event) else {
+            return ignored(&event, "event type not handled");
+        };
+        if call.call_type != self.stream.provider.call_type() {
+            return ignored(&event, "another call type");
+        }
+        let mut args = super::fields(obj! {
+            "key" => key,
+            "action" => action,
+            "meetingId" => call.call_id.as_str(),
+        });
+        if let Some(user) = user_id {
+            args.insert("userId".into(), user.into());
+        }
+        let applied = self.http.engine().mutation(APPLY, Value::from(args), None);
+        match applied.await {
+            Ok(committed) => {
+                let outcome = Outcome::from_value(&committed.value);
+                match &outcome {
+                    Outcome::Ignored(reason) => tracing::info!(event = %event.kind,
+                        meeting = %call.call_id, %reason, "Stream webhook ignored"),
+                    _ => tracing::debug!(event = %event.kind, meeting = %call.call_id,
+                        ?outcome, "Stream webhook"),
+                }
+                Reply::Applied(outcome)
+            }
+            Err(e) if self.http.is_shutting_down() || e.code == ErrorCode::RateLimited.as_str() => {
+                Reply::Unavailable
+            }
+            Err(e) => {
+                tracing::error!(event = %event.kind, error = %e, "cannot apply a Stream webhook");
+                Reply::Failed
+            }
+        }
+    }
+
+    /// The verified event and its delivery key, or the refusal.
+    async fn read(&self, headers: &HeaderMap, body: Body) -> Result<(Event, String), Reply> {
+        let announced =
+            header(headers, header::CONTENT_LENGTH.as_str()).and_then(|n| n.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(Reply::TooLarge);
+        }
+        // A complete request fails here only by exceeding the limit; an aborted one gets no
+        // answer anyway.
+        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| Reply::TooLarge)?;
+        self.authenticate(headers, &bytes).map_err(|why| {
+            tracing::warn!(reason = why, "Stream webhook refused");
+            Reply::Unauthorized(why)
+        })?;
+        let event = parse_event(&bytes).map_err(|e| Reply::Malformed(e.to_string()))?;
+        let key = delivery_key(header(headers, WEBHOOK_ID_HEADER), &bytes, MAX_KEY_BYTES)
+            .map_err(|e| Reply::Malformed(e.to_string()))?;
+        Ok((event, key))
+    }
+
+    /// Checks the application (`X-Api-Key`, when both sides name one) and the signature.
+    fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+        let Some(secret) = &self.stream.webhook_secret else {
+            return Err("no Stream secret is configured");
+        };
+        if let (Some(expected), Some(given)) =
+            (&self.stream.api_key, header(headers, API_KEY_HEADER))
+        {
+            if given != expected {
+                return Err("another application's API key");
+            }
+        }
+        let signature = header(headers, SIGNATURE_HEADER).ok_or("missing X-Signature")?;
+        if !webhook::verify(secret, body, signature) {
+            return Err("invalid signature");
+        }
+        Ok(())
+    }
+}
+
+/// The call, the action (one of `ACTIONS`) and the user of an event `apply` handles.
+fn target(event: &Event) -> Option<(&CallRef, &'static str, Option<&str>)> {
+    let call = event.call.as_ref()?;
+    match &event.action {
+        EventAction::ParticipantJoined { user_id } => Some((call, JOINED, Some(user_id))),
+        EventAction::ParticipantLeft { user_id } => Some((call, LEFT, Some(user_id))),
+        EventAction::SessionEnded => Some((call, SESSION_ENDED, None)),
+        EventAction::CallEnded => Some((call, CALL_ENDED, None)),
+        EventAction::Other => None,
+    }
+}
+
+fn ignored(event: &Event, reason: &str) -> Reply {
+    tracing::info!(event = %event.kind, reason, "Stream webhook ignored");
+    Reply::Applied(Outcome::ignored(reason))
+}

@@ -1,0 +1,263 @@
+//! `meetings.createStreamRoom` and the room job `meetings.start` schedules: host only,
+//! idempotent, stored once under concurrent calls, shown to participants by `meetings.get`,
+//! nothing stored when Stream fails (and the job retries later).
+
+mod linkedup_common;
+mod stream_common;
+
+use std::time::Duration;
+
+use linkedup_common::*;
+use linkedup_server::linkedup::{audit, LinkedUpConfig};
+use linkedup_server::stream::{RoomProvider, StreamClient, StreamConfig};
+use query_engine::obj;
+use query_engine::value::Value;
+use stream_common::*;
+
+const CREATE: &str = "meetings.createStreamRoom";
+
+fn with_fake(fake: &FakeStream) -> LinkedUpConfig {
+    let mut settings = fake.settings();
+    settings.max_attempts = 1;
+    LinkedUpConfig {
+        stream: StreamConfig {
+            provider: RoomProvider::Stream(StreamClient::new(settings).unwrap()),
+            ..StreamConfig::default()
+        },
+        ..LinkedUpConfig::default()
+    }
+}
+
+/// A meeting of alice's with bob invited, not started (so no room job runs).
+async fn scheduled(w: &World) -> String {
+    let m = w
+        .env
+        .m(
+            "meetings.schedule",
+            obj! { "title" => "Later", "inviteeIds" => vec![Value::from(w.bob_id.as_str())] },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    m.as_str().unwrap().to_string()
+}
+
+async fn room_of(w: &World, m: &str) -> Option<String> {
+    let meeting = w
+        .env
+        .q("meetings.get", obj! { "meetingId" => m }, Some(&w.bob))
+        .await
+        .unwrap();
+    meeting
+        .get_path("streamRoomId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+async fn room_audits(w: &World, m: &str) -> Vec<Value> {
+    w.env
+        .all("auditLogs")
+        .await
+        .into_iter()
+        .filter(|e| s(e, "action") == "meeting.stream_room_created" && s(e, "resourceId") == m)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_a_meeting_creates_its_room_for_participants_to_read() {
+    let w = world(LinkedUpConfig::default()).await;
+    let m = w.meeting.as_str();
+    // The job meetings.start scheduled (world waited for it) stored the local room.
+    assert_eq!(room_of(&w, m).await, Some(format!("default:{m}")));
+    let audits = room_audits(&w, m).await;
+    assert_eq!(audits.len(), 1);
+    assert_eq!(audits[0].get_path("actorUserId"), None, "the system acted");
+    assert_eq!(s(&audits[0], "orgId"), "org1");
+    // Only participants see it.
+    expect_code(
+        w.env
+            .q("meetings.get", obj! { "meetingId" => m }, Some(&w.carol))
+            .await,
+        "FORBIDDEN",
+    );
+    // Asking again returns it and changes nothing.
+    let before = w.env.commits();
+    let r = w
+        .env
+        .call(CREATE, obj! { "meetingId" => m }, Some(&w.alice))
+        .await
+        .unwrap();
+    assert_eq!(s(&r, "roomId"), format!("default:{m}"));
+    assert_eq!(w.env.commits(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_hosts_create_rooms_and_creating_is_idempotent() {
+    let w = world(LinkedUpConfig::default()).await;
+    let m = scheduled(&w).await;
+    let args = || obj! { "meetingId" => m.as_str() };
+    assert_eq!(room_of(&w, &m).await, None);
+    expect_code(w.env.call(CREATE, args(), None).await, "UNAUTHORIZED");
+    for (who, label) in [
+        (&w.bob, "participant"),
+        (&w.carol, "non-participant"),
+        (&w.dave, "other org"),
+    ] {
+        let before = w.env.commits();
+        let e = expect_code(w.env.call(CREATE, args(), Some(who)).await, "FORBIDDEN");
+        assert_eq!(w.env.commits(), before, "{label}: {e}");
+    }
+    assert_eq!(room_of(&w, &m).await, None, "a refused call stores nothing");
+
+    let first = w.env.call(CREATE, args(), Some(&w.alice)).await.unwrap();
+    let again = w.env.call(CREATE, args(), Some(&w.alice)).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(s(&first, "roomId"), format!("default:{m}"));
+    assert_eq!(room_of(&w, &m).await, Some(format!("default:{m}")));
+    let audits = room_audits(&w, &m).await;
+    assert_eq!(audits.len(), 1);
+    assert_eq!(s(&audits[0], "actorUserId"), w.alice_id);
+
+    // The refusals were recorded as denials of meetings.createStreamRoom.
+    let written = audit::flush_denials(&w.env.engine, &w.env.config.denials)
+        .await
+        .unwrap();
+    assert_eq!(written, 3);
+    let denied: Vec<String> = w
+        .env
+        .all("auditLogs")
+        .await
+        .into_iter()
+        .filter(|e| s(e, "action") == "access.denied" && s(e, "resourceId") == m)
+        .map(|e| s(&e, "metadata.function"))
+        .collect();
+    assert_eq!(denied, [CREATE; 3]);
+
+    // A meeting that is over gets no room.
+    let cancelled = scheduled(&w).await;
+    w.env
+        .m(
+            "meetings.cancel",
+            obj! { "meetingId" => cancelled.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    expect_code(
+        w.env
+            .call(
+                CREATE,
+                obj! { "meetingId" => cancelled.as_str() },
+                Some(&w.alice),
+            )
+            .await,
+        "CONFLICT",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creations_store_one_room() {
+    let fake = FakeStream::start().await;
+    let w = world(with_fake(&fake)).await;
+    let m = scheduled(&w).await;
+    // Both calls reach Stream before either stores.
+    fake.hold_calls_until(2);
+    let args = obj! { "meetingId" => m.as_str() };
+    let (a, b) = tokio::join!(
+        w.env.call(CREATE, args.clone(), Some(&w.alice)),
+        w.env.call(CREATE, args.clone(), Some(&w.alice)),
+    );
+    assert_eq!(a.unwrap(), b.unwrap());
+    let calls: Vec<String> = fake.calls().into_iter().map(|c| c.path).collect();
+    let path = format!("/api/v2/video/call/default/{m}");
+    assert_eq!(calls.iter().filter(|p| **p == path).count(), 2);
+    assert_eq!(room_of(&w, &m).await, Some(format!("default:{m}")));
+    assert_eq!(room_audits(&w, &m).await.len(), 1, "stored once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_failure_is_a_provider_error_and_stores_nothing() {
+    let fake = FakeStream::start().await;
+    let w = world(with_fake(&fake)).await;
+    let m = scheduled(&w).await;
+    fake.script([Reply::status(400)]);
+    let before = w.env.commits();
+    let e = expect_code(
+        w.env
+            .call(CREATE, obj! { "meetingId" => m.as_str() }, Some(&w.alice))
+            .await,
+        "PROVIDER_ERROR",
+    );
+    assert!(e.message.contains("scripted 400"), "{e}");
+    assert!(!format!("{e:?}").contains(API_SECRET));
+    assert_eq!(w.env.commits(), before);
+    assert_eq!(room_of(&w, &m).await, None);
+    // Stream recovered: the next call creates the room.
+    let r = w
+        .env
+        .call(CREATE, obj! { "meetingId" => m.as_str() }, Some(&w.alice))
+        .await
+        .unwrap();
+    assert_eq!(s(&r, "roomId"), format!("default:{m}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_job_schedules_a_retry_when_stream_fails() {
+    let fake = FakeStream::start().await;
+    let w = world(with_fake(&fake)).await;
+    let m = scheduled(&w).await;
+    fake.script([Reply::status(503)]);
+    w.env
+        .m(
+            "meetings.start",
+            obj! { "meetingId" => m.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let jobs = |engine: query_engine::engine::Engine, m: String| async move {
+        let v = engine
+            .read(move |ctx| {
+                let jobs = ctx.full_table_scan("_scheduled_jobs", 1_000)?;
+                Ok(Value::Array(
+                    jobs.into_iter()
+                        .filter(|j| {
+                            j.get_path("function").and_then(Value::as_str)
+                                == Some("streamRooms.provision")
+                                && j.get_path("args.meetingId").and_then(Value::as_str)
+                                    == Some(m.as_str())
+                        })
+                        .collect(),
+                ))
+            })
+            .await
+            .unwrap();
+        v.as_array().unwrap().to_vec()
+    };
+    let mut found = Vec::new();
+    for _ in 0..400 {
+        found = jobs(w.env.engine.clone(), m.clone()).await;
+        // The retry is scheduled before the failed run is recorded.
+        if found.len() == 2 && found.iter().all(|j| s(j, "state") != "running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let states: Vec<(String, Option<i64>)> = found
+        .iter()
+        .map(|j| {
+            (
+                s(j, "state"),
+                j.get_path("args.attempt").and_then(Value::as_i64),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("failed".to_string(), None),
+            ("pending".to_string(), Some(1))
+        ]
+    );
+    assert_eq!(room_of(&w, &m).await, None);
+}

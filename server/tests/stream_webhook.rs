@@ -1,0 +1,552 @@
+//! Stream's webhook end to end through a real in-process server's HTTP port: signed
+//! deliveries change presence, the joined count and the meeting's state; a retried delivery
+//! is applied once; call.ended concludes the meeting once; bad signatures, malformed or
+//! oversized bodies and deliveries during shutdown are refused and write nothing.
+
+mod linkedup_common;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+
+use linkedup_common::{documents, ident, s, wait_for_room_job};
+use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
+use linkedup_server::linkedup::{self, LinkedUpConfig};
+use linkedup_server::stream::webhook::sign;
+use linkedup_server::stream::{Secret, StreamConfig};
+use linkedup_server::{RunningServer, Server, ServerConfig};
+use query_engine::functions::Functions;
+use query_engine::identity::Identity;
+use query_engine::obj;
+use query_engine::value::Value;
+use serde_json::{json, Value as Json};
+
+const SECRET: &str = "webhook-secret";
+const API_KEY: &str = "app-key";
+const PATH: &str = "/webhooks/stream";
+
+type Headers = Vec<(&'static str, String)>;
+
+struct Hooked {
+    server: RunningServer,
+    http: reqwest::Client,
+    url: String,
+    alice: Identity,
+    bob: Identity,
+    alice_id: String,
+    bob_id: String,
+    carol_id: String,
+    /// Started by alice, bob invited, its room created.
+    meeting: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A data directory with a copy of one issuer key made once per test binary.
+fn data_dir() -> tempfile::TempDir {
+    static KEY: OnceLock<PathBuf> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        linkedup_server::auth::DevIssuer::load_or_generate(&dir, DEV_ISSUER, DEV_AUDIENCE).unwrap();
+        dir.join("dev-issuer-key.pem")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(key, dir.path().join("dev-issuer-key.pem")).unwrap();
+    dir
+}
+
+async fn start() -> Hooked {
+    let dir = data_dir();
+    let config = LinkedUpConfig {
+        stream: StreamConfig {
+            webhook_secret: Some(Secret::new(SECRET)),
+            api_key: Some(API_KEY.into()),
+            ..StreamConfig::default()
+        },
+        ..LinkedUpConfig::default()
+    };
+    let mut functions = Functions::new();
+    linkedup::register(&mut functions, &config);
+    let server = Server::start_with_routes(
+        ServerConfig::for_tests(dir.path()),
+        linkedup_schema::schema(),
+        functions,
+        linkedup::http_routes(&config),
+    )
+    .await
+    .unwrap();
+    let engine = server.engine().clone();
+    let m = |name: &'static str, args: Value, who: Identity| {
+        let engine = engine.clone();
+        async move { engine.mutation(name, args, Some(&who)).await.unwrap().value }
+    };
+    let (alice, bob, carol) = (
+        ident("alice", Some("org1"), Some("admin")),
+        ident("bob", Some("org1"), Some("member")),
+        ident("carol", Some("org1"), Some("member")),
+    );
+    let mut ids = Vec::new();
+    for who in [&alice, &bob, &carol] {
+        ids.push(s(&m("users.ensure", obj! {}, who.clone()).await, "_id"));
+    }
+    let meeting = m(
+        "meetings.schedule",
+        obj! { "title" => "Standup", "inviteeIds" => vec![Value::from(ids[1].as_str())] },
+        alice.clone(),
+    )
+    .await;
+    let meeting = meeting.as_str().unwrap().to_string();
+    m(
+        "meetings.start",
+        obj! { "meetingId" => meeting.as_str() },
+        alice.clone(),
+    )
+    .await;
+    wait_for_room_job(&engine, &meeting).await;
+    Hooked {
+        url: format!("http://{}{PATH}", server.http_addr()),
+        server,
+        http: reqwest::Client::new(),
+        alice,
+        bob,
+        alice_id: ids[0].clone(),
+        bob_id: ids[1].clone(),
+        carol_id: ids[2].clone(),
+        meeting,
+        _dir: dir,
+    }
+}
+
+/// A call event as Stream sends it.
+fn event(kind: &str, call_cid: &str, user: Option<&str>) -> Json {
+    let mut e = json!({
+        "type": kind,
+        "call_cid": call_cid,
+        "created_at": "2025-01-01T00:00:00.000000Z",
+        "session_id": "session-1",
+    });
+    if let Some(user) = user {
+        e["participant"] = json!({
+            "user": { "id": user, "name": "someone" },
+            "user_session_id": "user-session-1",
+            "role": "user",
+            "joined_at": "2025-01-01T00:00:00Z",
+        });
+    }
+    e
+}
+
+impl Hooked {
+    fn cid(&self) -> String {
+        format!("default:{}", self.meeting)
+    }
+
+    async fn post(&self, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Json) {
+        let mut request = self.http.post(&self.url).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Json::Null))
+    }
+
+    /// Delivers `event` signed as Stream does, with delivery id `id`.
+    async fn deliver(&self, event: &Json, id: &str) -> (u16, Json) {
+        let body = serde_json::to_vec(event).unwrap();
+        let headers = [
+            ("x-signature", sign(&Secret::new(SECRET), &body)),
+            ("x-api-key", API_KEY.to_string()),
+            ("x-webhook-id", id.to_string()),
+            ("x-webhook-attempt", "1".to_string()),
+            ("content-type", "application/json".to_string()),
+        ];
+        self.post(body, &headers).await
+    }
+
+    async fn joined_count(&self) -> i64 {
+        let state = self
+            .server
+            .engine()
+            .query(
+                "meetings.getState",
+                obj! { "meetingId" => self.meeting.as_str() },
+                Some(&self.alice),
+            )
+            .await
+            .unwrap()
+            .value;
+        state
+            .get_path("joinedCount")
+            .and_then(Value::as_i64)
+            .unwrap()
+    }
+
+    /// (presence, joinedAt set, leftAt set) of a user in the meeting.
+    async fn presence(&self, user_id: &str) -> (String, bool, bool) {
+        let list = self
+            .server
+            .engine()
+            .query(
+                "meetings.listParticipants",
+                obj! { "meetingId" => self.meeting.as_str() },
+                Some(&self.bob),
+            )
+            .await
+            .unwrap()
+            .value;
+        let p = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| s(p, "userId") == user_id)
+            .unwrap()
+            .clone();
+        (
+            s(&p, "presence"),
+            p.get_path("joinedAt").is_some(),
+            p.get_path("leftAt").is_some(),
+        )
+    }
+
+    fn commits(&self) -> u64 {
+        self.server
+            .engine()
+            .metrics()
+            .commits
+            .load(Ordering::Relaxed)
+    }
+
+    fn deliveries(&self, code: &str) -> u64 {
+        self.server.metrics().calls(PATH, "webhook", code)
+    }
+
+    async fn webhook_keys(&self) -> Vec<String> {
+        documents(self.server.engine(), "idempotencyKeys")
+            .await
+            .into_iter()
+            .filter(|k| s(k, "scope") == "stream_webhook")
+            .map(|k| s(&k, "key"))
+            .collect()
+    }
+
+    /// Jobs scheduled for the meeting by `function`.
+    async fn jobs(&self, function: &'static str) -> usize {
+        let m = self.meeting.clone();
+        let v = self
+            .server
+            .engine()
+            .read(move |ctx| {
+                let jobs = ctx.full_table_scan("_scheduled_jobs", 1_000)?;
+                let n = jobs
+                    .iter()
+                    .filter(|j| {
+                        j.get_path("function").and_then(Value::as_str) == Some(function)
+                            && j.get_path("args.meetingId").and_then(Value::as_str)
+                                == Some(m.as_str())
+                    })
+                    .count();
+                Ok(Value::from(n as i64))
+            })
+            .await
+            .unwrap();
+        v.as_i64().unwrap() as usize
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follows_join_and_leave_events_once_each() {
+    let h = start().await;
+    let cid = h.cid();
+    assert_eq!(h.joined_count().await, 0);
+
+    let bob_joined = event("call.session_participant_joined", &cid, Some(&h.bob_id));
+    let r = h.deliver(&bob_joined, "d-1").await;
+    assert_eq!(r, (200, json!({ "status": "processed" })));
+    assert_eq!(h.presence(&h.bob_id).await, ("joined".into(), true, false));
+    assert_eq!(h.joined_count().await, 1);
+
+    // Stream retries the same delivery: acknowledged, applied once.
+    let before = h.commits();
+    let r = h.deliver(&bob_joined, "d-1").await;
+    assert_eq!(r, (200, json!({ "status": "duplicate" })));
+    assert_eq!(h.commits(), before, "a duplicate writes nothing");
+    assert_eq!(h.joined_count().await, 1);
+
+    let alice_joined = event("call.session_participant_joined", &cid, Some(&h.alice_id));
+    assert_eq!(h.deliver(&alice_joined, "d-2").await.0, 200);
+    assert_eq!(h.joined_count().await, 2);
+
+    let bob_left = event("call.session_participant_left", &cid, Some(&h.bob_id));
+    assert_eq!(
+        h.deliver(&bob_left, "d-3").await,
+        (200, json!({ "status": "processed" }))
+    );
+    assert_eq!(h.presence(&h.bob_id).await, ("left".into(), true, true));
+    assert_eq!(h.joined_count().await, 1);
+    assert_eq!(h.deliver(&bob_left, "d-3").await.1["status"], "duplicate");
+    assert_eq!(h.joined_count().await, 1);
+
+    // The session ended: whoever was still in the call left.
+    let ended = event("call.session_ended", &cid, None);
+    assert_eq!(h.deliver(&ended, "d-4").await.1["status"], "processed");
+    assert_eq!(h.presence(&h.alice_id).await.0, "left");
+    assert_eq!(h.joined_count().await, 0);
+
+    // A participant's own meetings.leave/join agree with the webhook's bookkeeping.
+    let engine = h.server.engine();
+    engine
+        .mutation(
+            "meetings.join",
+            obj! { "meetingId" => h.meeting.as_str() },
+            Some(&h.bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.joined_count().await, 1);
+    assert_eq!(h.deliver(&bob_joined, "d-5").await.1["status"], "processed");
+    assert_eq!(h.joined_count().await, 1, "already joined: counted once");
+
+    let mut keys = h.webhook_keys().await;
+    keys.sort();
+    assert_eq!(keys, ["d-1", "d-2", "d-3", "d-4", "d-5"]);
+    assert_eq!(h.deliveries("OK"), 5);
+    assert_eq!(h.deliveries("DUPLICATE"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_ended_concludes_the_meeting_once() {
+    let h = start().await;
+    let ended = event("call.ended", &h.cid(), None);
+    assert_eq!(
+        h.deliver(&ended, "end-1").await,
+        (200, json!({ "status": "processed" }))
+    );
+    let meeting = h
+        .server
+        .engine()
+        .query(
+            "meetings.get",
+            obj! { "meetingId" => h.meeting.as_str() },
+            Some(&h.alice),
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(s(&meeting, "state"), "concluded");
+    let state = h
+        .server
+        .engine()
+        .query(
+            "meetings.getState",
+            obj! { "meetingId" => h.meeting.as_str() },
+            Some(&h.alice),
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(state.get_path("active"), Some(&Value::Bool(false)));
+    assert!(state.get_path("endedAt").is_some());
+
+    // The conclusion is audited as the system's, in the meeting's organisation.
+    let audits: Vec<Value> = documents(h.server.engine(), "auditLogs")
+        .await
+        .into_iter()
+        .filter(|e| s(e, "action") == "meeting.concluded")
+        .collect();
+    assert_eq!(audits.len(), 1);
+    assert_eq!(audits[0].get_path("actorUserId"), None);
+    assert_eq!(s(&audits[0], "orgId"), "org1");
+
+    // Another delivery of call.ended, and the host ending it too, change nothing: the
+    // post-call jobs are scheduled once.
+    assert_eq!(
+        h.deliver(&ended, "end-2").await,
+        (
+            200,
+            json!({ "status": "ignored", "reason": "already concluded" })
+        )
+    );
+    h.server
+        .engine()
+        .mutation(
+            "meetings.end",
+            obj! { "meetingId" => h.meeting.as_str() },
+            Some(&h.alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.jobs("transcripts.aggregateSegments").await, 1);
+    assert_eq!(h.jobs("insights.generate").await, 1);
+
+    // Nobody joins a concluded meeting through a webhook either.
+    let joined = event("call.session_participant_joined", &h.cid(), Some(&h.bob_id));
+    assert_eq!(h.deliver(&joined, "late").await.1["status"], "ignored");
+    assert_eq!(h.presence(&h.bob_id).await.0, "invited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_are_refused_and_write_nothing() {
+    let h = start().await;
+    let body = serde_json::to_vec(&event(
+        "call.session_participant_joined",
+        &h.cid(),
+        Some(&h.bob_id),
+    ))
+    .unwrap();
+    let good = sign(&Secret::new(SECRET), &body);
+    let mut tampered = body.clone();
+    let at = tampered.len() - 3;
+    tampered[at] ^= 0x01;
+    let before = h.commits();
+    let cases: Vec<(Vec<u8>, Headers)> = vec![
+        // No signature.
+        (body.clone(), vec![("x-webhook-id", "b-1".into())]),
+        // Signed with another secret.
+        (
+            body.clone(),
+            vec![
+                ("x-signature", sign(&Secret::new("not the secret"), &body)),
+                ("x-webhook-id", "b-2".into()),
+            ],
+        ),
+        // The body changed after signing.
+        (
+            tampered,
+            vec![
+                ("x-signature", good.clone()),
+                ("x-webhook-id", "b-3".into()),
+            ],
+        ),
+        // Another application's key.
+        (
+            body.clone(),
+            vec![
+                ("x-signature", good.clone()),
+                ("x-api-key", "someone-else".into()),
+                ("x-webhook-id", "b-4".into()),
+            ],
+        ),
+        // Garbage.
+        (
+            body.clone(),
+            vec![("x-signature", "zz".into()), ("x-webhook-id", "b-5".into())],
+        ),
+    ];
+    for (i, (body, headers)) in cases.into_iter().enumerate() {
+        let (status, _) = h.post(body, &headers).await;
+        assert_eq!(status, 401, "case {i}");
+    }
+    assert_eq!(h.commits(), before, "nothing written");
+    assert!(h.webhook_keys().await.is_empty());
+    assert_eq!(h.presence(&h.bob_id).await.0, "invited");
+    assert_eq!(h.deliveries("UNAUTHORIZED"), 5);
+
+    // The same body with its signature goes through.
+    let (status, _) = h
+        .post(
+            body,
+            &[("x-signature", good), ("x-webhook-id", "b-6".into())],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(h.presence(&h.bob_id).await.0, "joined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_irrelevant_deliveries() {
+    let h = start().await;
+    let signed = |body: &[u8]| {
+        vec![
+            ("x-signature", sign(&Secret::new(SECRET), body)),
+            ("x-webhook-id", "m-1".to_string()),
+        ]
+    };
+    let before = h.commits();
+    // Signed but not an event: 400.
+    for body in [
+        &b"not json"[..],
+        br#"{"call_cid":"default:x"}"#,
+        br#"{"type":"call.ended"}"#,
+        br#"{"type":"call.session_participant_joined","call_cid":"default:x"}"#,
+    ] {
+        let (status, reply) = h.post(body.to_vec(), &signed(body)).await;
+        assert_eq!(status, 400, "{}: {reply}", String::from_utf8_lossy(body));
+        assert!(reply["error"].is_string());
+    }
+    // A bad delivery id: 400.
+    let body = serde_json::to_vec(&event("call.ended", &h.cid(), None)).unwrap();
+    let headers = [
+        ("x-signature", sign(&Secret::new(SECRET), &body)),
+        ("x-webhook-id", "x".repeat(300)),
+    ];
+    assert_eq!(h.post(body, &headers).await.0, 400);
+    // Over the size limit: 413, before anything is checked.
+    let big = vec![b' '; (1 << 20) + 1];
+    let (status, _) = h.post(big.clone(), &signed(&big)).await;
+    assert_eq!(status, 413);
+    assert_eq!(h.commits(), before, "nothing written");
+
+    // Verified but not about LinkedUp's meetings or members: acknowledged and ignored.
+    let ignored = [
+        (event("call.reaction_new", &h.cid(), None), "i-1"),
+        (event("call.session_started", &h.cid(), None), "i-2"),
+        (
+            event("call.ended", &format!("livestream:{}", h.meeting), None),
+            "i-3",
+        ),
+        (event("call.ended", "default:not-a-meeting", None), "i-4"),
+        (
+            event(
+                "call.session_participant_joined",
+                &h.cid(),
+                Some(&h.carol_id),
+            ),
+            "i-5",
+        ),
+        (
+            event(
+                "call.session_participant_joined",
+                &h.cid(),
+                Some("stranger"),
+            ),
+            "i-6",
+        ),
+    ];
+    for (e, id) in &ignored {
+        let (status, reply) = h.deliver(e, id).await;
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("ignored")),
+            "{e}: {reply}"
+        );
+    }
+    assert_eq!(h.joined_count().await, 0);
+    assert_eq!(h.deliveries("IGNORED"), 6);
+
+    // Without X-Webhook-Id, the body itself is the key: a resend is a duplicate.
+    let joined = serde_json::to_vec(&event(
+        "call.session_participant_joined",
+        &h.cid(),
+        Some(&h.bob_id),
+    ))
+    .unwrap();
+    let headers = [("x-signature", sign(&Secret::new(SECRET), &joined))];
+    assert_eq!(
+        h.post(joined.clone(), &headers).await.1["status"],
+        "processed"
+    );
+    assert_eq!(h.post(joined, &headers).await.1["status"], "duplicate");
+    assert_eq!(h.joined_count().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_during_shutdown_are_refused_with_503() {
+    let h = start().await;
+    h.server.engine().shutdown();
+    let joined = event("call.session_participant_joined", &h.cid(), Some(&h.bob_id));
+    let (status, _) = h.deliver(&joined, "s-1").await;
+    assert_eq!(status, 503);
+    assert_eq!(h.deliveries("UNAVAILABLE"), 1);
+    assert!(h.webhook_keys().await.is_empty());
+    h.server.shutdown().await;
+}
