@@ -49,7 +49,13 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let dev_tls = matches!(config.tls, TlsSource::SelfSigned { .. });
     let dev_auth = matches!(config.auth, AuthSource::Development { .. });
-    let app_config = LinkedUpConfig::default();
+    let app_config = LinkedUpConfig {
+        matching: options
+            .layered()
+            .and_then(|o| o.matching())
+            .context("invalid matching configuration")?,
+        ..LinkedUpConfig::default()
+    };
     let (schema, functions) = application(&app_config);
     let server = Server::start(config, schema, functions)
         .await
