@@ -414,11 +414,28 @@ fn matching_queue() -> TableDefinition {
             ("matchedWith", opt(v::id(USERS))),
             ("createdAt", ms()),
             ("updatedAt", ms()),
+            // Added: what the match was scored with (set with `matchedWith`), so the outcome
+            // recorded later in `matchingAnalytics` carries the features and weights that
+            // made it, not ones recomputed from profiles changed since.
+            (
+                "match",
+                opt(v::object([
+                    ("matchId", v::string()),
+                    ("matchedAt", ms()),
+                    ("score", v::float64()),
+                    ("features", v::any()),
+                    ("weights", v::any()),
+                ])),
+            ),
         ]),
     )
     .index("by_user", &["userId"])
     .index("by_status", &["status"])
     .index("by_availability", &["availableFrom", "availableTo"])
+    // Added: waiting entries by the end of their window, so a matching cycle reads the
+    // entries that can still meet (most urgent first) and expiry reads the ended ones, each
+    // as one range; finished entries are purged by the same index.
+    .index("by_status_and_end", &["status", "availableTo"])
 }
 
 fn matching_analytics() -> TableDefinition {

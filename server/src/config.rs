@@ -7,11 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use linkedup_schema::api::ENVIRONMENTS;
 use query_engine::engine::EngineConfig;
 use query_engine::protocol::DEFAULT_MAX_FRAME_BYTES;
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
+use crate::linkedup::matching::cycle::MAX_SHARDS;
+use crate::linkedup::matching::scoring::parse_weights;
+use crate::linkedup::MatchingConfig;
 
 pub const DEFAULT_QUIC_LISTEN: &str = "127.0.0.1:7443";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7080";
@@ -401,6 +405,34 @@ pub struct Options {
         value_name = "TYPE"
     )]
     pub stream_call_type: Option<String>,
+    /// The environment whose feature flags apply: local, staging or prod [default: local].
+    #[arg(long, env = "LINKEDUP_ENVIRONMENT", global = true, value_name = "ENV")]
+    pub environment: Option<String>,
+    /// Shards each matching cycle is split into, 1..=64 [default: 4].
+    #[arg(
+        long,
+        env = "LINKEDUP_MATCHING_SHARDS",
+        global = true,
+        value_name = "N"
+    )]
+    pub matching_shards: Option<u32>,
+    /// Least score, in percent, a pair needs to be matched [default: 25].
+    #[arg(
+        long,
+        env = "LINKEDUP_MATCHING_MIN_SCORE_PERCENT",
+        global = true,
+        value_name = "PERCENT"
+    )]
+    pub matching_min_score_percent: Option<u8>,
+    /// Weights of the matching signals [default:
+    /// interests=0.35,roles=0.2,languages=0.15,vector=0.3].
+    #[arg(
+        long,
+        env = "LINKEDUP_MATCHING_WEIGHTS",
+        global = true,
+        value_name = "WEIGHTS"
+    )]
+    pub matching_weights: Option<String>,
 }
 
 impl Options {
@@ -471,7 +503,46 @@ impl Options {
             stream_api_secret: self.stream_api_secret.or(lower.stream_api_secret),
             stream_base_url: self.stream_base_url.or(lower.stream_base_url),
             stream_call_type: self.stream_call_type.or(lower.stream_call_type),
+            environment: self.environment.or(lower.environment),
+            matching_shards: self.matching_shards.or(lower.matching_shards),
+            matching_min_score_percent: self
+                .matching_min_score_percent
+                .or(lower.matching_min_score_percent),
+            matching_weights: self.matching_weights.or(lower.matching_weights),
         }
+    }
+
+    /// The matching settings these options select (`linkedup::matching`); unset ones keep
+    /// their defaults.
+    pub fn matching(&self) -> Result<MatchingConfig, ConfigError> {
+        let mut config = MatchingConfig::default();
+        if let Some(env) = &self.environment {
+            if !ENVIRONMENTS.contains(&env.as_str()) {
+                return Err(ConfigError::Invalid {
+                    name: "environment",
+                    value: env.clone(),
+                    reason: "must be local, staging or prod",
+                });
+            }
+            config.flag_environment = env.clone();
+        }
+        if let Some(n) = self.matching_shards {
+            let n = at_least("matching-shards", n, 1)?;
+            config.shards = at_most("matching-shards", n, MAX_SHARDS, "must be at most 64")?;
+        }
+        if let Some(p) = self.matching_min_score_percent {
+            let p = at_most("matching-min-score-percent", p, 100, "must be at most 100")?;
+            config.min_score = f64::from(p) / 100.0;
+        }
+        if let Some(w) = &self.matching_weights {
+            config.weights = parse_weights(w).map_err(|_| ConfigError::Invalid {
+                name: "matching-weights",
+                value: w.clone(),
+                reason: "must be interests=W,roles=W,languages=W,vector=W with non-negative \
+                         weights, not all 0",
+            })?;
+        }
+        Ok(config)
     }
 
     /// The data directory these options select.
@@ -787,5 +858,42 @@ mod tests {
             panic!("expected mint-token");
         };
         assert_eq!(args.subject, "user_1");
+    }
+
+    #[test]
+    fn matching_options_reach_the_matching_config_and_are_checked() {
+        assert_eq!(
+            parse(&[]).options.matching().unwrap(),
+            MatchingConfig::default()
+        );
+        let m = parse(&[
+            "--environment",
+            "prod",
+            "--matching-shards",
+            "8",
+            "--matching-min-score-percent",
+            "40",
+            "--matching-weights",
+            "interests=1,roles=0,languages=0,vector=1",
+        ])
+        .options
+        .matching()
+        .unwrap();
+        assert_eq!(m.flag_environment, "prod");
+        assert_eq!(m.shards, 8);
+        assert_eq!(m.min_score, 0.4);
+        assert_eq!((m.weights.interests, m.weights.vector), (1.0, 1.0));
+        for bad in [
+            &["--environment", "moon"][..],
+            &["--matching-shards", "0"][..],
+            &["--matching-shards", "65"][..],
+            &["--matching-min-score-percent", "101"][..],
+            &["--matching-weights", "interests=1"][..],
+        ] {
+            assert!(matches!(
+                parse(bad).options.matching(),
+                Err(ConfigError::Invalid { .. })
+            ));
+        }
     }
 }

@@ -56,6 +56,9 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
     let app_config = LinkedUpConfig {
         stream: StreamConfig::from_options(&options, config.is_development())
             .context("invalid Stream configuration")?,
+        matching: options
+            .matching()
+            .context("invalid matching configuration")?,
         ..LinkedUpConfig::default()
     };
     let (schema, functions) = application(&app_config);

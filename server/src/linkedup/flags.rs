@@ -21,7 +21,7 @@ use query_engine::value::Value;
 use serde::Deserialize;
 
 use super::guards::current_user;
-use super::{audit, audited, check_text, decode, fields, LinkedUpConfig};
+use super::{audit, audited, check_text, decode, fields, stable_hash, LinkedUpConfig};
 
 /// The scope of the platform-wide value.
 pub const GLOBAL_SCOPE: &str = "global";
@@ -62,6 +62,22 @@ fn find(
         .first()?
         .map(|d| decode(&d))
         .transpose()
+}
+
+/// The flag as it applies to a member of `org_id`: the organisation's override, else the
+/// global value.
+fn resolve(
+    ctx: &mut Ctx<'_, '_>,
+    key: &str,
+    environment: &str,
+    org_id: Option<&str>,
+) -> FunctionResult<Option<FeatureFlag>> {
+    if let Some(org) = org_id {
+        if let Some(flag) = find(ctx, key, environment, &org_scope(org))? {
+            return Ok(Some(flag));
+        }
+    }
+    find(ctx, key, environment, GLOBAL_SCOPE)
 }
 
 #[derive(Deserialize)]
@@ -133,13 +149,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
 fn get(ctx: &mut Ctx<'_, '_>, a: GetFlagArgs) -> FunctionResult<Option<FlagValue>> {
     check_key_env(&a.key, &a.environment)?;
     let me = current_user(ctx)?;
-    let mut flag = None;
-    if let Some(org) = &me.identity.org_id {
-        flag = find(ctx, &a.key, &a.environment, &org_scope(org))?;
-    }
-    if flag.is_none() {
-        flag = find(ctx, &a.key, &a.environment, GLOBAL_SCOPE)?;
-    }
+    let flag = resolve(ctx, &a.key, &a.environment, me.identity.org_id.as_deref())?;
     Ok(flag.map(|f| FlagValue {
         key: f.key,
         environment: f.environment,
@@ -234,4 +244,47 @@ fn write(
         .get(FEATURE_FLAGS, &id)?
         .ok_or_else(|| ErrorCode::Internal.err("flag vanished"))?;
     decode(&doc)
+}
+
+/// Whether capability `key` is on in `environment` for user `user_id` of organisation
+/// `org_id`, for the functions a flag gates: the organisation's override if there is one,
+/// else the global value, as `flags.get` resolves it. On means the value `true` and the user's
+/// rollout bucket below `rolloutPercentage`; an unset flag is off. The bucket is a stable hash
+/// of (key, user), so a user stays on one side while the percentage holds still and only
+/// users joining move when it grows.
+pub fn enabled(
+    ctx: &mut Ctx<'_, '_>,
+    key: &str,
+    environment: &str,
+    org_id: Option<&str>,
+    user_id: &str,
+) -> FunctionResult<bool> {
+    let flag = resolve(ctx, key, environment, org_id)?;
+    Ok(flag.is_some_and(|f| {
+        f.value == Value::Bool(true) && rollout_bucket(key, user_id) < f.rollout_percentage
+    }))
+}
+
+/// The user's rollout position for `key`, in [0, 100) with two decimals.
+fn rollout_bucket(key: &str, user_id: &str) -> f64 {
+    (stable_hash(&[key.as_bytes(), user_id.as_bytes()]) % 10_000) as f64 / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rollout_bucket;
+
+    #[test]
+    fn rollout_buckets_are_stable_bounded_and_spread() {
+        assert_eq!(
+            rollout_bucket("matching", "u1"),
+            rollout_bucket("matching", "u1")
+        );
+        let buckets: Vec<f64> = (0..2_000)
+            .map(|i| rollout_bucket("matching", &format!("user{i}")))
+            .collect();
+        assert!(buckets.iter().all(|b| (0.0..100.0).contains(b)));
+        let below_half = buckets.iter().filter(|b| **b < 50.0).count();
+        assert!((800..1_200).contains(&below_half), "{below_half}");
+    }
 }

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod flags;
 pub mod guards;
 pub mod idempotency;
+pub mod matching;
 pub mod meetings;
 pub mod notes;
 pub mod post_call;
@@ -37,6 +38,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use audit::DenialLog;
+pub use matching::MatchingConfig;
 pub use rate_limit::{Counters, RateLimit, RateLimitConfig};
 pub use retention::RetentionPolicy;
 
@@ -55,6 +57,8 @@ pub struct LinkedUpConfig {
     /// Meeting rooms and webhooks (`stream_rooms`, `stream_webhook`): the local provider by
     /// default.
     pub stream: StreamConfig,
+    /// Matching queue, scoring and cycles (see `matching`).
+    pub matching: MatchingConfig,
 }
 
 /// Registers every LinkedUp function.
@@ -74,6 +78,7 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     retention::register(functions, &config);
     stream_rooms::register(functions, &config);
     stream_webhook::register(functions, &config);
+    matching::register(functions, &config);
 }
 
 /// LinkedUp's routes on the server's HTTP port (`Server::start_with_routes`): Stream's webhook.
@@ -84,7 +89,8 @@ pub fn http_routes(config: &LinkedUpConfig) -> AppRoutes {
 /// Recurring maintenance, for `EngineConfig::crons`: note-op compaction (seed §20: noteOps
 /// kept 90 days), the other tables' retention (`retention`), expired idempotency keys and old
 /// rate-limit counters. Each job deletes a bounded batch per transaction and runs again at
-/// once while batches come back full.
+/// once while batches come back full. Also the matching tick (expiry and one cycle per shard,
+/// every minute) and the purge of finished queue entries.
 pub fn crons() -> Vec<Cron> {
     const HOUR_MS: i64 = 3_600_000;
     [
@@ -92,6 +98,8 @@ pub fn crons() -> Vec<Cron> {
         (retention::PURGE, HOUR_MS),
         (idempotency::PURGE_EXPIRED, HOUR_MS),
         (rate_limit::PURGE, HOUR_MS),
+        (matching::cycle::TICK, matching::cycle::TICK_INTERVAL_MS),
+        (matching::cycle::PURGE, matching::cycle::PURGE_INTERVAL_MS),
     ]
     .into_iter()
     .map(|(function, interval_ms)| Cron {
@@ -243,6 +251,24 @@ pub(crate) fn check_text(
         ));
     }
     Ok(())
+}
+
+/// A hash of `parts` that never changes between runs, processes or versions (the first 8
+/// bytes of their SHA-256, parts separated by a zero byte), for assignments that must hold
+/// still: flag rollout buckets, matching shards.
+pub(crate) fn stable_hash(parts: &[&[u8]]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hasher.update([0u8]);
+        }
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// Checks an optional limit argument and returns it or its default.

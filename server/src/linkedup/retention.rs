@@ -13,14 +13,16 @@
 //! Not here: noteOps (90 days) are compacted by `notes.compact`, which keeps the note whole;
 //! live records that are updated in place (meetings, notes, users, connections, the matching
 //! queue) have no age by creation, and deleting them by it could drop something still in
-//! use; those wait for deletion on request (seed: "user-initiated deletion").
+//! use; those wait for deletion on request (seed: "user-initiated deletion"). Finished
+//! matching queue entries are purged by `matching.purge`, by the end of their window.
 
 use std::sync::Arc;
 
 use linkedup_schema::api::MeetingStatus;
 use linkedup_schema::errors::invalid_field;
 use linkedup_schema::tables::names::{
-    AUDIT_LOGS, INSIGHTS, MEETINGS, MESSAGES, PROMPTS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS,
+    AUDIT_LOGS, INSIGHTS, MATCHING_ANALYTICS, MEETINGS, MESSAGES, PROMPTS, TRANSCRIPTS,
+    TRANSCRIPT_SEGMENTS,
 };
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
@@ -49,7 +51,8 @@ pub struct RetentionPolicy {
 
 impl Default for RetentionPolicy {
     /// The seed's defaults: raw transcript chunks 90 days (the upper end of its 30–90),
-    /// messages 90 days; segments, prompts, insights and audit logs a year.
+    /// messages 90 days; segments, prompts, insights and audit logs a year; matching outcomes
+    /// a year.
     fn default() -> Self {
         let ages = [
             (TRANSCRIPTS, 90 * DAY_MS),
@@ -58,6 +61,8 @@ impl Default for RetentionPolicy {
             (PROMPTS, 365 * DAY_MS),
             (INSIGHTS, 365 * DAY_MS),
             (AUDIT_LOGS, 365 * DAY_MS),
+            // Matching outcomes: the seed gives no period; a year, like prompts and insights.
+            (MATCHING_ANALYTICS, 365 * DAY_MS),
         ];
         RetentionPolicy {
             max_age_ms: ages
