@@ -161,11 +161,7 @@ impl ServerConfig {
 
     /// Builds the configuration from parsed flags/env, reading `--config` if given.
     pub fn from_options(cli: &Options) -> Result<Self, ConfigError> {
-        let file = match &cli.config {
-            Some(path) => Options::from_file(path)?,
-            None => Options::default(),
-        };
-        cli.clone().or(file).resolve()
+        cli.merged()?.resolve()
     }
 }
 
@@ -370,6 +366,55 @@ pub struct Options {
     #[arg(long, env = "LINKEDUP_NO_FSYNC", global = true)]
     #[serde(default)]
     pub no_fsync: bool,
+    /// The environment feature flags are read for: local, staging or prod [default: local].
+    #[arg(long, env = "LINKEDUP_ENVIRONMENT", global = true, value_name = "NAME")]
+    pub environment: Option<String>,
+    /// AI provider: `local` (deterministic heuristics, offline) or `openai` (an
+    /// OpenAI-compatible API) [default: openai if an API key is set, else local].
+    #[arg(long, env = "LINKEDUP_AI_PROVIDER", global = true, value_name = "NAME")]
+    pub ai_provider: Option<String>,
+    /// Base URL of the OpenAI-compatible API [default: https://api.openai.com/v1].
+    #[arg(long, env = "LINKEDUP_AI_BASE_URL", global = true, value_name = "URL")]
+    pub ai_base_url: Option<String>,
+    /// API key of the AI provider; prefer the environment or the config file to the flag.
+    #[arg(
+        long,
+        env = "LINKEDUP_AI_API_KEY",
+        global = true,
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub ai_api_key: Option<crate::ai::ApiKey>,
+    /// Chat model for ideas, prompts and insights [default: gpt-4o-mini].
+    #[arg(
+        long,
+        env = "LINKEDUP_AI_CHAT_MODEL",
+        global = true,
+        value_name = "MODEL"
+    )]
+    pub ai_chat_model: Option<String>,
+    /// Embedding model [default: text-embedding-3-small].
+    #[arg(
+        long,
+        env = "LINKEDUP_AI_EMBEDDING_MODEL",
+        global = true,
+        value_name = "MODEL"
+    )]
+    pub ai_embedding_model: Option<String>,
+    /// Timeout of one AI request, 100..=60000 [default: 15000].
+    #[arg(long, env = "LINKEDUP_AI_TIMEOUT_MS", global = true, value_name = "MS")]
+    pub ai_timeout_ms: Option<u64>,
+    /// Retries of an AI request on 429, 5xx and timeouts, 0..=5 [default: 2].
+    #[arg(long, env = "LINKEDUP_AI_MAX_RETRIES", global = true, value_name = "N")]
+    pub ai_max_retries: Option<u32>,
+    /// At most one in-call prompt generation per meeting per this many ms [default: 10000].
+    #[arg(
+        long,
+        env = "LINKEDUP_AI_IN_CALL_INTERVAL_MS",
+        global = true,
+        value_name = "MS"
+    )]
+    pub ai_in_call_interval_ms: Option<u64>,
 }
 
 impl Options {
@@ -426,7 +471,25 @@ impl Options {
             overload_target_ms: self.overload_target_ms.or(lower.overload_target_ms),
             storage_cache_mib: self.storage_cache_mib.or(lower.storage_cache_mib),
             no_fsync: self.no_fsync || lower.no_fsync,
+            environment: self.environment.or(lower.environment),
+            ai_provider: self.ai_provider.or(lower.ai_provider),
+            ai_base_url: self.ai_base_url.or(lower.ai_base_url),
+            ai_api_key: self.ai_api_key.or(lower.ai_api_key),
+            ai_chat_model: self.ai_chat_model.or(lower.ai_chat_model),
+            ai_embedding_model: self.ai_embedding_model.or(lower.ai_embedding_model),
+            ai_timeout_ms: self.ai_timeout_ms.or(lower.ai_timeout_ms),
+            ai_max_retries: self.ai_max_retries.or(lower.ai_max_retries),
+            ai_in_call_interval_ms: self.ai_in_call_interval_ms.or(lower.ai_in_call_interval_ms),
         }
+    }
+
+    /// These options over the config file's (`--config`), if one is given.
+    pub fn merged(&self) -> Result<Options, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Options::from_file(path)?,
+            None => Options::default(),
+        };
+        Ok(self.clone().or(file))
     }
 
     /// The data directory these options select.

@@ -4,8 +4,10 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use linkedup_server::ai::AiConfig;
 use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{AuthSource, Cli, Command, MintTokenArgs, Options, TlsSource};
+use linkedup_server::linkedup::flags::Environment;
 use linkedup_server::linkedup::{self, LinkedUpConfig};
 use linkedup_server::{Server, ServerConfig};
 use query_engine::functions::Functions;
@@ -49,7 +51,12 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let dev_tls = matches!(config.tls, TlsSource::SelfSigned { .. });
     let dev_auth = matches!(config.auth, AuthSource::Development { .. });
-    let app_config = LinkedUpConfig::default();
+    let merged = options.merged().context("invalid configuration")?;
+    let app_config = LinkedUpConfig {
+        environment: Environment::from_options(&merged).context("invalid configuration")?,
+        ai: AiConfig::from_options(&merged).context("invalid configuration")?,
+        ..LinkedUpConfig::default()
+    };
     let (schema, functions) = application(&app_config);
     let server = Server::start(config, schema, functions)
         .await

@@ -235,3 +235,125 @@ fn write(
         .ok_or_else(|| ErrorCode::Internal.err("flag vanished"))?;
     decode(&doc)
 }
+
+/// The environment whose flags the functions read (seed §15), `local` unless configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Environment(String);
+
+impl Default for Environment {
+    fn default() -> Self {
+        Environment("local".into())
+    }
+}
+
+impl Environment {
+    /// Returns: an error naming the known environments.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if ENVIRONMENTS.contains(&name) {
+            Ok(Environment(name.to_string()))
+        } else {
+            Err(format!(
+                "unknown environment {name:?}; known: {ENVIRONMENTS:?}"
+            ))
+        }
+    }
+
+    /// `--environment` (`LINKEDUP_ENVIRONMENT`), or the default.
+    pub fn from_options(o: &crate::config::Options) -> Result<Self, crate::config::ConfigError> {
+        match &o.environment {
+            None => Ok(Environment::default()),
+            Some(name) => Environment::new(name).map_err(|_| crate::config::ConfigError::Invalid {
+                name: "environment",
+                value: name.clone(),
+                reason: "must be local, staging or prod",
+            }),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether capability `key` is on in `environment` for organisation `org` (its override, else
+/// the global value): the value must be `true`, and `unit` (what the capability acts on, e.g.
+/// a meeting id) must fall within the rollout percentage. Unset is off.
+pub fn is_enabled(
+    ctx: &mut Ctx<'_, '_>,
+    key: &str,
+    environment: &Environment,
+    org: Option<&str>,
+    unit: &str,
+) -> FunctionResult<bool> {
+    let mut flag = None;
+    if let Some(org) = org {
+        flag = find(ctx, key, environment.as_str(), &org_scope(org))?;
+    }
+    if flag.is_none() {
+        flag = find(ctx, key, environment.as_str(), GLOBAL_SCOPE)?;
+    }
+    Ok(flag.is_some_and(|f| {
+        f.value == Value::Bool(true) && in_rollout(key, unit, f.rollout_percentage)
+    }))
+}
+
+/// `is_enabled`, or FORBIDDEN with `data = {reason: "featureDisabled", flag}`.
+pub fn require_enabled(
+    ctx: &mut Ctx<'_, '_>,
+    key: &str,
+    environment: &Environment,
+    org: Option<&str>,
+    unit: &str,
+) -> FunctionResult<()> {
+    if is_enabled(ctx, key, environment, org, unit)? {
+        return Ok(());
+    }
+    Err(ErrorCode::Forbidden.err_with(
+        format!("the {key} capability is turned off"),
+        obj! { "reason" => "featureDisabled", "flag" => key },
+    ))
+}
+
+/// Whether `unit` is among the `percentage` of units a rollout reaches: a stable hash of the
+/// flag and the unit picks one of 10,000 buckets, so a unit stays in as the rollout grows.
+fn in_rollout(key: &str, unit: &str, percentage: f64) -> bool {
+    use sha2::{Digest, Sha256};
+    if percentage >= 100.0 {
+        return true;
+    }
+    let digest = Sha256::digest(format!("{key}\0{unit}").as_bytes());
+    let bucket = u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8])) % 10_000;
+    (bucket as f64) < percentage * 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollouts_reach_about_their_share_and_grow_monotonically() {
+        let units: Vec<String> = (0..2_000).map(|i| format!("m{i}")).collect();
+        let reached = |p: f64| {
+            units
+                .iter()
+                .filter(|u| in_rollout("incall/ai", u, p))
+                .count()
+        };
+        assert_eq!(reached(0.0), 0);
+        assert_eq!(reached(100.0), 2_000);
+        let quarter = reached(25.0);
+        assert!((400..600).contains(&quarter), "{quarter}");
+        for u in &units {
+            if in_rollout("incall/ai", u, 25.0) {
+                assert!(in_rollout("incall/ai", u, 50.0));
+            }
+        }
+    }
+
+    #[test]
+    fn environments_are_checked() {
+        assert_eq!(Environment::default().as_str(), "local");
+        assert!(Environment::new("prod").is_ok());
+        assert!(Environment::new("qa").is_err());
+    }
+}

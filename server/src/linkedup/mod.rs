@@ -1,19 +1,23 @@
 //! LinkedUp's domain functions on the query engine, one module per domain (users, connections,
-//! meetings, chat, flags, audit) plus the cross-cutting guards, rate limiter, idempotency
+//! meetings, chat, flags, audit, AI prompts, insights, embeddings) plus the cross-cutting guards, rate limiter, idempotency
 //! keys and data retention. `register` adds them all to a `Functions` registry; `start` runs
 //! their background work.
 //!
 //! Each function follows the same order: validators (engine-checked), guard, logic, audit.
 
+mod ai_context;
 pub mod audit;
 pub mod chat;
 pub mod connections;
+pub mod embeddings;
 pub mod flags;
 pub mod guards;
 pub mod idempotency;
+pub mod insights;
 pub mod meetings;
 pub mod notes;
 pub mod post_call;
+pub mod prompts;
 pub mod rate_limit;
 pub mod retention;
 pub mod transcripts;
@@ -47,6 +51,10 @@ pub struct LinkedUpConfig {
     /// Where access denials wait to be written to `auditLogs` (see `audit`); shared by every
     /// function registered with this config and drained by `start`.
     pub denials: DenialLog,
+    /// The environment whose feature flags apply (seed §15).
+    pub environment: flags::Environment,
+    /// The AI provider and its limits (`prompts`, `insights`, `embeddings`).
+    pub ai: crate::ai::AiConfig,
 }
 
 /// Registers every LinkedUp function.
@@ -55,7 +63,6 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     users::register(functions, &config);
     connections::register(functions, &config);
     meetings::register(functions, &config);
-    post_call::register(functions, &config);
     chat::register(functions, &config);
     flags::register(functions, &config);
     audit::register(functions, &config);
@@ -64,6 +71,9 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     transcripts::register(functions, &config);
     notes::register(functions, &config);
     retention::register(functions, &config);
+    prompts::register(functions, &config);
+    insights::register(functions, &config);
+    embeddings::register(functions, &config);
 }
 
 /// Recurring maintenance, for `EngineConfig::crons`: note-op compaction (seed §20: noteOps
