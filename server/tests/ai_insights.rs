@@ -407,7 +407,7 @@ async fn owners_list_and_delete_their_own_insights_which_are_not_written_again()
         .await
         .unwrap();
     let left = w.env.all("insights").await;
-    assert_eq!(owners(&left), [w.bob_id.clone()]);
+    assert_eq!(owners(&left), std::slice::from_ref(&w.bob_id));
 
     // A second meeting gives Bob a second insight; he pages through both.
     let m2 = w

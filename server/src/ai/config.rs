@@ -237,6 +237,24 @@ mod tests {
     }
 
     #[test]
+    fn the_config_file_can_hold_the_ai_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "ai-provider = \"openai\"\nai-api-key = \"sk-file\"\nai-chat-model = \"m\"\n",
+        )
+        .unwrap();
+        let o = options(&["--config", path.to_str().unwrap(), "--ai-timeout-ms", "500"])
+            .merged()
+            .unwrap();
+        assert_eq!(o.ai_api_key.as_ref().map(ApiKey::expose), Some("sk-file"));
+        assert_eq!(o.ai_timeout_ms, Some(500));
+        let c = AiConfig::from_options(&o).unwrap();
+        assert_eq!(c.service.provider_name(), "openai");
+    }
+
+    #[test]
     fn keys_do_not_show_in_debug_output() {
         let o = options(&["--ai-api-key", "sk-secret-value"]);
         assert!(!format!("{o:?}").contains("sk-secret-value"));
