@@ -494,3 +494,41 @@ async fn owners_list_and_delete_their_own_insights_which_are_not_written_again()
         "UNAUTHORIZED",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_meetings_are_worked_through_a_page_per_run() {
+    let fake = Fake::start().await;
+    let w = world(fake.config()).await;
+    enable(&w.env.engine, &w.alice, "insights/postcall").await;
+    let mut invitees = Vec::new();
+    for i in 0..9 {
+        let who = ident(&format!("guest{i}"), Some("org1"), Some("member"));
+        invitees.push(Value::from(w.env.user(&who).await));
+    }
+    let m = w
+        .env
+        .m(
+            "meetings.schedule",
+            obj! { "title" => "All hands", "inviteeIds" => invitees },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let m = m.as_str().unwrap().to_string();
+    for f in ["meetings.start", "meetings.end"] {
+        w.env
+            .m(f, obj! { "meetingId" => m.as_str() }, Some(&w.alice))
+            .await
+            .unwrap();
+    }
+    // Ten participants: a page of eight, then a page of two.
+    let insights = insights_when(&w.env, 10).await;
+    let mut owners = owners(&insights);
+    owners.dedup();
+    assert_eq!(owners.len(), 10);
+    assert_eq!(
+        finished_jobs(&w.env, "insights.generate").await,
+        ["success"; 2]
+    );
+    assert_eq!(fake.count("/chat/completions"), 10);
+}

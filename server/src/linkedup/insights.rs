@@ -541,6 +541,9 @@ async fn generate(
             cursor: Some(cursor),
         })
     };
+    if insights.is_empty() && next.is_none() {
+        return Ok(());
+    }
     let args = StoreArgs {
         meeting_id: a.meeting_id,
         insights,
