@@ -342,6 +342,24 @@ fn transcript_segments() -> TableDefinition {
     .index("by_meeting_last_sequence", &["meetingId", "lastSequence"])
 }
 
+/// How a prompt or insight was generated (seed §9 provenance: input features and generation
+/// parameters), kept on the document itself so it lives and is purged with it. Optional so
+/// that documents written before it existed stay valid.
+pub fn provenance() -> Validator {
+    v::object([
+        ("provider", v::string()),
+        ("model", v::string()),
+        ("requestHash", v::string()),
+        ("fallback", v::boolean()),
+        ("fallbackReason", opt(v::string())),
+        ("temperature", opt(v::float64())),
+        ("maxTokens", opt(v::int64())),
+        ("features", v::any()),
+    ])
+}
+
+/// Added `provenance` and `by_meeting_type_relevance`, so one type's prompts are listed by
+/// relevance as one range.
 fn prompts() -> TableDefinition {
     TableDefinition::new(
         PROMPTS,
@@ -354,12 +372,18 @@ fn prompts() -> TableDefinition {
             ("usedAt", opt(ms())),
             ("feedback", opt(literals(&["used", "dismissed", "upvoted"]))),
             ("createdAt", ms()),
+            ("provenance", opt(provenance())),
         ]),
     )
     .index("by_meeting_type", &["meetingId", "type"])
     .index("by_meeting_relevance", &["meetingId", "relevance"])
+    .index(
+        "by_meeting_type_relevance",
+        &["meetingId", "type", "relevance"],
+    )
 }
 
+/// Added `provenance` (see [`provenance`]).
 fn insights() -> TableDefinition {
     TableDefinition::new(
         INSIGHTS,
@@ -385,6 +409,7 @@ fn insights() -> TableDefinition {
                 ])),
             ),
             ("createdAt", ms()),
+            ("provenance", opt(provenance())),
         ]),
     )
     .index("by_user", &["userId"])

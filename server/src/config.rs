@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use linkedup_schema::api::ENVIRONMENTS;
 use query_engine::engine::EngineConfig;
 use query_engine::protocol::DEFAULT_MAX_FRAME_BYTES;
 use serde::Deserialize;
@@ -433,6 +432,52 @@ pub struct Options {
         value_name = "WEIGHTS"
     )]
     pub matching_weights: Option<String>,
+    /// AI provider: `local` (deterministic heuristics, offline) or `openai` (an
+    /// OpenAI-compatible API) [default: openai if an API key is set, else local].
+    #[arg(long, env = "LINKEDUP_AI_PROVIDER", global = true, value_name = "NAME")]
+    pub ai_provider: Option<String>,
+    /// Base URL of the OpenAI-compatible API [default: https://api.openai.com/v1].
+    #[arg(long, env = "LINKEDUP_AI_BASE_URL", global = true, value_name = "URL")]
+    pub ai_base_url: Option<String>,
+    /// API key of the AI provider; prefer the environment or the config file to the flag.
+    #[arg(
+        long,
+        env = "LINKEDUP_AI_API_KEY",
+        global = true,
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub ai_api_key: Option<crate::ai::ApiKey>,
+    /// Chat model for ideas, prompts and insights [default: gpt-4o-mini].
+    #[arg(
+        long,
+        env = "LINKEDUP_AI_CHAT_MODEL",
+        global = true,
+        value_name = "MODEL"
+    )]
+    pub ai_chat_model: Option<String>,
+    /// Embedding model [default: text-embedding-3-small].
+    #[arg(
+        long,
+        env = "LINKEDUP_AI_EMBEDDING_MODEL",
+        global = true,
+        value_name = "MODEL"
+    )]
+    pub ai_embedding_model: Option<String>,
+    /// Timeout of one AI request, 100..=60000 [default: 15000].
+    #[arg(long, env = "LINKEDUP_AI_TIMEOUT_MS", global = true, value_name = "MS")]
+    pub ai_timeout_ms: Option<u64>,
+    /// Retries of an AI request on 429, 5xx and timeouts, 0..=5 [default: 2].
+    #[arg(long, env = "LINKEDUP_AI_MAX_RETRIES", global = true, value_name = "N")]
+    pub ai_max_retries: Option<u32>,
+    /// At most one in-call prompt generation per meeting per this many ms [default: 10000].
+    #[arg(
+        long,
+        env = "LINKEDUP_AI_IN_CALL_INTERVAL_MS",
+        global = true,
+        value_name = "MS"
+    )]
+    pub ai_in_call_interval_ms: Option<u64>,
 }
 
 impl Options {
@@ -509,6 +554,14 @@ impl Options {
                 .matching_min_score_percent
                 .or(lower.matching_min_score_percent),
             matching_weights: self.matching_weights.or(lower.matching_weights),
+            ai_provider: self.ai_provider.or(lower.ai_provider),
+            ai_base_url: self.ai_base_url.or(lower.ai_base_url),
+            ai_api_key: self.ai_api_key.or(lower.ai_api_key),
+            ai_chat_model: self.ai_chat_model.or(lower.ai_chat_model),
+            ai_embedding_model: self.ai_embedding_model.or(lower.ai_embedding_model),
+            ai_timeout_ms: self.ai_timeout_ms.or(lower.ai_timeout_ms),
+            ai_max_retries: self.ai_max_retries.or(lower.ai_max_retries),
+            ai_in_call_interval_ms: self.ai_in_call_interval_ms.or(lower.ai_in_call_interval_ms),
         }
     }
 
@@ -516,16 +569,6 @@ impl Options {
     /// their defaults.
     pub fn matching(&self) -> Result<MatchingConfig, ConfigError> {
         let mut config = MatchingConfig::default();
-        if let Some(env) = &self.environment {
-            if !ENVIRONMENTS.contains(&env.as_str()) {
-                return Err(ConfigError::Invalid {
-                    name: "environment",
-                    value: env.clone(),
-                    reason: "must be local, staging or prod",
-                });
-            }
-            config.flag_environment = env.clone();
-        }
         if let Some(n) = self.matching_shards {
             let n = at_least("matching-shards", n, 1)?;
             config.shards = at_most("matching-shards", n, MAX_SHARDS, "must be at most 64")?;
@@ -867,8 +910,6 @@ mod tests {
             MatchingConfig::default()
         );
         let m = parse(&[
-            "--environment",
-            "prod",
             "--matching-shards",
             "8",
             "--matching-min-score-percent",
@@ -879,12 +920,10 @@ mod tests {
         .options
         .matching()
         .unwrap();
-        assert_eq!(m.flag_environment, "prod");
         assert_eq!(m.shards, 8);
         assert_eq!(m.min_score, 0.4);
         assert_eq!((m.weights.interests, m.weights.vector), (1.0, 1.0));
         for bad in [
-            &["--environment", "moon"][..],
             &["--matching-shards", "0"][..],
             &["--matching-shards", "65"][..],
             &["--matching-min-score-percent", "101"][..],

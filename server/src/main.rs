@@ -4,8 +4,10 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use linkedup_server::ai::AiConfig;
 use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{AuthSource, Cli, Command, MintTokenArgs, Options, TlsSource};
+use linkedup_server::linkedup::flags::Environment;
 use linkedup_server::linkedup::{self, LinkedUpConfig};
 use linkedup_server::stream::config::DEV_SECRET_FILE;
 use linkedup_server::stream::{RoomProvider, StreamConfig};
@@ -59,6 +61,8 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
         matching: options
             .matching()
             .context("invalid matching configuration")?,
+        environment: Environment::from_options(&options).context("invalid configuration")?,
+        ai: AiConfig::from_options(&options).context("invalid AI configuration")?,
         ..LinkedUpConfig::default()
     };
     let (schema, functions) = application(&app_config);

@@ -169,6 +169,14 @@ async fn ending_a_meeting_schedules_aggregation_and_insights_once() {
     let w = world(LinkedUpConfig::default()).await;
     let m = w.meeting.as_str();
     w.env
+        .m(
+            "flags.set",
+            obj! { "key" => "insights/postcall", "environment" => "local", "value" => true, "reason" => "test" },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    w.env
         .m("meetings.end", obj! { "meetingId" => m }, Some(&w.alice))
         .await
         .unwrap();
@@ -231,8 +239,20 @@ async fn ending_a_meeting_schedules_aggregation_and_insights_once() {
     // A second end was a no-op: no further jobs.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(finished(&w.env.engine).await.as_array().unwrap().len(), 3);
-    // The insights placeholder records that it ran.
-    let args = obj! { "resourceType" => "meeting", "resourceId" => m, "action" => "job.ran" };
+    // The insights job wrote one insight per participant, and audited it once.
+    let mut owners: Vec<String> = w
+        .env
+        .all("insights")
+        .await
+        .iter()
+        .map(|i| s(i, "userId"))
+        .collect();
+    owners.sort();
+    let mut participants = vec![w.alice_id.clone(), w.bob_id.clone()];
+    participants.sort();
+    assert_eq!(owners, participants);
+    let args =
+        obj! { "resourceType" => "meeting", "resourceId" => m, "action" => "insights.generated" };
     let log = w.env.q("audit.query", args, Some(&w.alice)).await.unwrap();
     assert_eq!(log.as_array().unwrap().len(), 1);
 }

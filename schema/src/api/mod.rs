@@ -5,6 +5,7 @@
 //! Optional fields are omitted when `None`, never sent as null: the engine's validators treat
 //! an optional field as "may be absent", and null is not a string.
 
+pub mod ai;
 pub mod matching;
 pub mod notes;
 pub mod transcripts;

@@ -246,45 +246,113 @@ fn write(
     decode(&doc)
 }
 
-/// Whether capability `key` is on in `environment` for user `user_id` of organisation
-/// `org_id`, for the functions a flag gates: the organisation's override if there is one,
-/// else the global value, as `flags.get` resolves it. On means the value `true` and the user's
-/// rollout bucket below `rolloutPercentage`; an unset flag is off. The bucket is a stable hash
-/// of (key, user), so a user stays on one side while the percentage holds still and only
-/// users joining move when it grows.
-pub fn enabled(
+/// The environment whose flags the functions read (seed §15), `local` unless configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Environment(String);
+
+impl Default for Environment {
+    fn default() -> Self {
+        Environment("local".into())
+    }
+}
+
+impl Environment {
+    /// Returns: an error naming the known environments.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if ENVIRONMENTS.contains(&name) {
+            Ok(Environment(name.to_string()))
+        } else {
+            Err(format!(
+                "unknown environment {name:?}; known: {ENVIRONMENTS:?}"
+            ))
+        }
+    }
+
+    /// `--environment` (`LINKEDUP_ENVIRONMENT`), or the default.
+    pub fn from_options(o: &crate::config::Options) -> Result<Self, crate::config::ConfigError> {
+        match &o.environment {
+            None => Ok(Environment::default()),
+            Some(name) => Environment::new(name).map_err(|_| crate::config::ConfigError::Invalid {
+                name: "environment",
+                value: name.clone(),
+                reason: "must be local, staging or prod",
+            }),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether capability `key` is on in `environment` for organisation `org` (its override, else
+/// the global value): the value must be `true`, and `unit` (what the capability acts on, e.g.
+/// a meeting id) must fall within the rollout percentage. Unset is off.
+pub fn is_enabled(
     ctx: &mut Ctx<'_, '_>,
     key: &str,
-    environment: &str,
-    org_id: Option<&str>,
-    user_id: &str,
+    environment: &Environment,
+    org: Option<&str>,
+    unit: &str,
 ) -> FunctionResult<bool> {
-    let flag = resolve(ctx, key, environment, org_id)?;
+    let flag = resolve(ctx, key, environment.as_str(), org)?;
     Ok(flag.is_some_and(|f| {
-        f.value == Value::Bool(true) && rollout_bucket(key, user_id) < f.rollout_percentage
+        f.value == Value::Bool(true) && in_rollout(key, unit, f.rollout_percentage)
     }))
 }
 
-/// The user's rollout position for `key`, in [0, 100) with two decimals.
-fn rollout_bucket(key: &str, user_id: &str) -> f64 {
-    (stable_hash(&[key.as_bytes(), user_id.as_bytes()]) % 10_000) as f64 / 100.0
+/// `is_enabled`, or FORBIDDEN with `data = {reason: "featureDisabled", flag}`.
+pub fn require_enabled(
+    ctx: &mut Ctx<'_, '_>,
+    key: &str,
+    environment: &Environment,
+    org: Option<&str>,
+    unit: &str,
+) -> FunctionResult<()> {
+    if is_enabled(ctx, key, environment, org, unit)? {
+        return Ok(());
+    }
+    Err(ErrorCode::Forbidden.err_with(
+        format!("the {key} capability is turned off"),
+        obj! { "reason" => "featureDisabled", "flag" => key },
+    ))
+}
+
+/// Whether `unit` is among the `percentage` of units a rollout reaches: a stable hash of the
+/// flag and the unit picks one of 10,000 buckets, so a unit stays in as the rollout grows.
+fn in_rollout(key: &str, unit: &str, percentage: f64) -> bool {
+    let bucket = stable_hash(&[key.as_bytes(), unit.as_bytes()]) % 10_000;
+    (bucket as f64) < percentage * 100.0
 }
 
 #[cfg(test)]
 mod tests {
-    use super::rollout_bucket;
+    use super::*;
 
     #[test]
-    fn rollout_buckets_are_stable_bounded_and_spread() {
-        assert_eq!(
-            rollout_bucket("matching", "u1"),
-            rollout_bucket("matching", "u1")
-        );
-        let buckets: Vec<f64> = (0..2_000)
-            .map(|i| rollout_bucket("matching", &format!("user{i}")))
-            .collect();
-        assert!(buckets.iter().all(|b| (0.0..100.0).contains(b)));
-        let below_half = buckets.iter().filter(|b| **b < 50.0).count();
-        assert!((800..1_200).contains(&below_half), "{below_half}");
+    fn rollouts_reach_about_their_share_and_grow_monotonically() {
+        let units: Vec<String> = (0..2_000).map(|i| format!("m{i}")).collect();
+        let reached = |p: f64| {
+            units
+                .iter()
+                .filter(|u| in_rollout("incall/ai", u, p))
+                .count()
+        };
+        assert_eq!(reached(0.0), 0);
+        assert_eq!(reached(100.0), 2_000);
+        let quarter = reached(25.0);
+        assert!((400..600).contains(&quarter), "{quarter}");
+        for u in &units {
+            if in_rollout("incall/ai", u, 25.0) {
+                assert!(in_rollout("incall/ai", u, 50.0));
+            }
+        }
+    }
+
+    #[test]
+    fn environments_are_checked() {
+        assert_eq!(Environment::default().as_str(), "local");
+        assert!(Environment::new("prod").is_ok());
+        assert!(Environment::new("qa").is_err());
     }
 }

@@ -47,18 +47,9 @@ pub fn check_and_record(
         ));
     }
     let now = ctx.now_ms();
-    let existing = ctx
-        .query(IDEMPOTENCY_KEYS, "by_key_scope")
-        .eq("key", key)
-        .eq("scope", scope)
-        .first()?;
-    if let Some(doc) = existing {
-        let expires = doc
-            .get_path("expiresAt")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        if expires > now {
-            return Ok(Some(doc.get_path("result").cloned().unwrap_or(Value::Null)));
+    if let Some(doc) = find(ctx, key, scope)? {
+        if let Some(result) = unexpired_result(&doc, now) {
+            return Ok(Some(result));
         }
         ctx.delete(IDEMPOTENCY_KEYS, &id_of(&doc)?)?;
     }
@@ -72,6 +63,38 @@ pub fn check_and_record(
         },
     )?;
     Ok(None)
+}
+
+/// The stored result of a key's document if it has not expired at `now`.
+fn unexpired_result(doc: &Value, now: i64) -> Option<Value> {
+    let expires = doc
+        .get_path("expiresAt")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    (expires > now).then(|| doc.get_path("result").cloned().unwrap_or(Value::Null))
+}
+
+/// The stored result of an unexpired earlier call with `key` in `scope`, recording nothing
+/// (for a caller that checks before doing costly work and records later, in the mutation that
+/// writes the result). Also usable in queries.
+pub fn peek(ctx: &mut Ctx<'_, '_>, key: &str, scope: &str) -> FunctionResult<Option<Value>> {
+    let now = ctx.now_ms();
+    Ok(find(ctx, key, scope)?.and_then(|d| unexpired_result(&d, now)))
+}
+
+/// When an unexpired key expires, if it exists.
+pub fn expires_at(ctx: &mut Ctx<'_, '_>, key: &str, scope: &str) -> FunctionResult<Option<i64>> {
+    let now = ctx.now_ms();
+    Ok(find(ctx, key, scope)?
+        .and_then(|d| d.get_path("expiresAt").and_then(Value::as_i64))
+        .filter(|&e| e > now))
+}
+
+fn find(ctx: &mut Ctx<'_, '_>, key: &str, scope: &str) -> FunctionResult<Option<Value>> {
+    ctx.query(IDEMPOTENCY_KEYS, "by_key_scope")
+        .eq("key", key)
+        .eq("scope", scope)
+        .first()
 }
 
 /// For a mutation that creates a document and returns its id: with a key, the id an earlier
@@ -97,14 +120,9 @@ pub fn store_result(
     scope: &str,
     result: Value,
 ) -> FunctionResult<()> {
-    let doc = ctx
-        .query(IDEMPOTENCY_KEYS, "by_key_scope")
-        .eq("key", key)
-        .eq("scope", scope)
-        .first()?
-        .ok_or_else(|| {
-            query_engine::error::FunctionError::internal("idempotency key not recorded")
-        })?;
+    let doc = find(ctx, key, scope)?.ok_or_else(|| {
+        query_engine::error::FunctionError::internal("idempotency key not recorded")
+    })?;
     ctx.patch(
         IDEMPOTENCY_KEYS,
         &id_of(&doc)?,

@@ -1,20 +1,24 @@
 //! LinkedUp's domain functions on the query engine, one module per domain (users, connections,
-//! meetings, chat, flags, audit) plus the cross-cutting guards, rate limiter, idempotency
+//! meetings, chat, flags, audit, AI prompts, insights, embeddings) plus the cross-cutting guards, rate limiter, idempotency
 //! keys and data retention. `register` adds them all to a `Functions` registry; `start` runs
 //! their background work.
 //!
 //! Each function follows the same order: validators (engine-checked), guard, logic, audit.
 
+mod ai_context;
 pub mod audit;
 pub mod chat;
 pub mod connections;
+pub mod embeddings;
 pub mod flags;
 pub mod guards;
 pub mod idempotency;
+pub mod insights;
 pub mod matching;
 pub mod meetings;
 pub mod notes;
 pub mod post_call;
+pub mod prompts;
 pub mod rate_limit;
 pub mod retention;
 pub mod stream_rooms;
@@ -59,6 +63,10 @@ pub struct LinkedUpConfig {
     pub stream: StreamConfig,
     /// Matching queue, scoring and cycles (see `matching`).
     pub matching: MatchingConfig,
+    /// The environment whose feature flags apply (seed §15).
+    pub environment: flags::Environment,
+    /// The AI provider and its limits (`prompts`, `insights`, `embeddings`).
+    pub ai: crate::ai::AiConfig,
 }
 
 /// Registers every LinkedUp function.
@@ -67,7 +75,6 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     users::register(functions, &config);
     connections::register(functions, &config);
     meetings::register(functions, &config);
-    post_call::register(functions, &config);
     chat::register(functions, &config);
     flags::register(functions, &config);
     audit::register(functions, &config);
@@ -79,6 +86,9 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     stream_rooms::register(functions, &config);
     stream_webhook::register(functions, &config);
     matching::register(functions, &config);
+    prompts::register(functions, &config);
+    insights::register(functions, &config);
+    embeddings::register(functions, &config);
 }
 
 /// LinkedUp's routes on the server's HTTP port (`Server::start_with_routes`): Stream's webhook.

@@ -167,7 +167,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
             ("endsAfterMs", v::optional(v::int64())),
         ]),
         v::any(),
-        move |ctx, a: PageArgs| waiting_page(ctx, &cfg.matching, a),
+        move |ctx, a: PageArgs| waiting_page(ctx, &cfg, a),
     );
 
     // matching.commit: matches the proposed pairs that still qualify. Returns
@@ -185,7 +185,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
             ])),
         )]),
         v::object([("committed", v::int64()), ("refused", v::int64())]),
-        move |ctx, a: CommitArgs| commit(ctx, &cfg.matching, a),
+        move |ctx, a: CommitArgs| commit(ctx, &cfg, a),
     );
 
     // matching.expire: marks up to 256 ended waiting entries expired (continued while
@@ -278,14 +278,14 @@ async fn run_cycle(
 
 fn waiting_page(
     ctx: &mut Ctx<'_, '_>,
-    config: &MatchingConfig,
+    config: &LinkedUpConfig,
     a: PageArgs,
 ) -> FunctionResult<WaitingPage> {
     let now_ms = ctx.now_ms();
     // Entries ending within a meeting's length cannot meet any more.
     let ends_after_ms = a
         .ends_after_ms
-        .unwrap_or_else(|| now_ms.saturating_add(config.min_meeting_ms));
+        .unwrap_or_else(|| now_ms.saturating_add(config.matching.min_meeting_ms));
     let page = ctx
         .query(MATCHING_QUEUE, "by_status_and_end")
         .eq("status", QueueStatus::Waiting.as_str())
@@ -316,9 +316,10 @@ fn waiting_entry(ctx: &mut Ctx<'_, '_>, id: &str) -> FunctionResult<Option<Queue
 
 fn commit(
     ctx: &mut Ctx<'_, '_>,
-    config: &MatchingConfig,
+    linkedup: &LinkedUpConfig,
     a: CommitArgs,
 ) -> FunctionResult<CommitResult> {
+    let config = &linkedup.matching;
     if a.proposals.len() > COMMIT_BATCH {
         return Err(invalid_field(
             "proposals",
@@ -336,8 +337,8 @@ fn commit(
             result.refused += 1;
             continue;
         };
-        let px = parties::load(ctx, &x, config, Detail::Constraints)?;
-        let py = parties::load(ctx, &y, config, Detail::Constraints)?;
+        let px = parties::load(ctx, &x, linkedup, Detail::Constraints)?;
+        let py = parties::load(ctx, &y, linkedup, Detail::Constraints)?;
         let score = scoring::score(&p.features, &config.weights);
         if eligibility::check(&px, &py, now, &rules).is_err()
             || score < config.min_score

@@ -36,8 +36,6 @@ const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
 /// Matching settings. The defaults need no configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MatchingConfig {
-    /// The environment whose `matching` flag applies (`local`, `staging`, `prod`).
-    pub flag_environment: String,
     pub weights: MatchWeights,
     /// Least score, in [0, 1], a pair needs to be matched.
     pub min_score: f64,
@@ -64,7 +62,6 @@ pub struct MatchingConfig {
 impl Default for MatchingConfig {
     fn default() -> Self {
         MatchingConfig {
-            flag_environment: "local".into(),
             weights: MatchWeights {
                 interests: 0.35,
                 roles: 0.2,

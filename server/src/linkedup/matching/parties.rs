@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::match_id::MatchId;
 use super::{MatchingConfig, FLAG};
-use crate::linkedup::{decode, flags};
+use crate::linkedup::{decode, flags, LinkedUpConfig};
 
 /// Most declined connections read per side of a user for their do-not-match list.
 const MAX_DECLINED_CONNECTIONS: usize = 64;
@@ -78,7 +78,7 @@ pub enum Detail {
 pub fn load(
     ctx: &mut Ctx<'_, '_>,
     entry: &QueueEntry,
-    config: &MatchingConfig,
+    config: &LinkedUpConfig,
     detail: Detail,
 ) -> FunctionResult<Party> {
     let user: Option<User> = ctx
@@ -87,13 +87,9 @@ pub fn load(
         .transpose()?;
     let org_id = user.as_ref().and_then(|u| u.org_id.clone());
     let can_match = match &user {
-        Some(u) if u.is_active => flags::enabled(
-            ctx,
-            FLAG,
-            &config.flag_environment,
-            org_id.as_deref(),
-            &u.id,
-        )?,
+        Some(u) if u.is_active => {
+            flags::is_enabled(ctx, FLAG, &config.environment, org_id.as_deref(), &u.id)?
+        }
         _ => false,
     };
     let mut party = Party {
@@ -120,7 +116,7 @@ pub fn load(
         }
         party.roles = entry.constraints.roles.iter().cloned().collect();
         party.embedding = embedding(ctx, &entry.user_id)?;
-        party.do_not_match = do_not_match(ctx, &entry.user_id, config)?;
+        party.do_not_match = do_not_match(ctx, &entry.user_id, &config.matching)?;
     }
     Ok(party)
 }

@@ -30,6 +30,7 @@ use query_engine::schema::v;
 
 use super::respond::own_rows;
 use super::{MatchingConfig, FLAG};
+use crate::linkedup::flags::Environment;
 use crate::linkedup::guards::{current_user, CurrentUser};
 use crate::linkedup::rate_limit::check_and_consume;
 use crate::linkedup::{audit, audited, check_text, decode, encode, fields, flags, LinkedUpConfig};
@@ -161,7 +162,7 @@ fn enter(
     let now = ctx.now_ms();
     check_args(&a, now, matching)?;
     let me = current_user(ctx)?;
-    require_flag(ctx, matching, &me)?;
+    require_flag(ctx, &config.environment, &me)?;
     if a.constraints.org_constraints == Some(OrgConstraint::SameOrg) && me.identity.org_id.is_none()
     {
         return Err(invalid_field(
@@ -248,11 +249,11 @@ fn enter(
 /// Refuses a caller for whom the `matching` flag is off (FORBIDDEN, audited as a denial).
 fn require_flag(
     ctx: &mut Ctx<'_, '_>,
-    config: &MatchingConfig,
+    environment: &Environment,
     me: &CurrentUser,
 ) -> FunctionResult<()> {
     let org = me.identity.org_id.as_deref();
-    if flags::enabled(ctx, FLAG, &config.flag_environment, org, &me.id)? {
+    if flags::is_enabled(ctx, FLAG, environment, org, &me.id)? {
         return Ok(());
     }
     Err(ErrorCode::Forbidden.err_with(

@@ -120,7 +120,7 @@ fn group(chunks: Vec<Chunk>) -> Vec<Group> {
 }
 
 /// The highest chunk sequence already covered by a segment of `meeting_id`, 0 if none.
-fn aggregated_until(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<i64> {
+pub(crate) fn aggregated_until(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<i64> {
     let last = ctx
         .query(TRANSCRIPT_SEGMENTS, "by_meeting_last_sequence")
         .eq("meetingId", meeting_id)

@@ -15,6 +15,7 @@ use linkedup_schema::tables::names::TRANSCRIPT_SEGMENTS;
 
 use super::LinkedUpConfig;
 
+pub(crate) use aggregation::aggregated_until;
 pub use aggregation::{
     AggregateArgs, AggregateResult, AGGREGATE_BATCH_CHUNKS, SEGMENT_MAX_SPAN_MS,
 };

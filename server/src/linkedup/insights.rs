@@ -1,0 +1,674 @@
+//! Post-call insights (seed §10): `insights.generate`, the job `meetings.end` schedules, writes
+//! one insight per participant (summary, action items, recommendations, links to the
+//! transcript); participants read theirs (`insights.listMine`, `insights.forMeeting`) and may
+//! delete them (`insights.delete`, seed §20).
+//!
+//! The job works through the participants a page (`BATCH`) per run, each run scheduling the
+//! next. Its input is the meeting's transcript as it stands: the segments aggregation has
+//! written plus the chunks it has not reached yet (aggregation is another post-call job and
+//! may still be running), bounded, with the notes and the participants' profiles. A provider
+//! failure is retried by scheduling the same page again after a growing delay, up to
+//! `AiConfig::insight_attempts` runs; the last run writes the local heuristics' insight
+//! instead (seed §23). Idempotent per (user, meeting): `insights.store` writes an insight only
+//! if none exists and none was written before (an idempotency key, so a deleted insight is
+//! not written again by a retried run), so a repeated or retried job never duplicates.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use linkedup_schema::api::ai::limits::MAX_INSIGHTS_PAGE;
+use linkedup_schema::api::ai::{
+    fns, Insight, InsightIdArgs, InsightLink, InsightPage, ListMyInsightsArgs, Provenance,
+    Recommendation,
+};
+use linkedup_schema::api::{MeetingIdArgs, Participant, Role};
+use linkedup_schema::errors::invalid_field;
+use linkedup_schema::tables::names::{
+    INSIGHTS, MEETINGS, MEETING_NOTES, MEETING_PARTICIPANTS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS,
+    USERS,
+};
+use linkedup_schema::tables::provenance;
+use linkedup_schema::ErrorCode;
+use query_engine::context::Ctx;
+use query_engine::engine::ActionCtx;
+use query_engine::error::FunctionResult;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::{v, Validator};
+use query_engine::value::Value;
+use serde::{Deserialize, Serialize};
+
+use super::ai_context::participants_of;
+use super::flags::is_enabled;
+use super::guards::{assert_meeting_access, current_user, find_participant, get_meeting};
+use super::idempotency::{check_and_record, peek};
+use super::transcripts::aggregated_until;
+use super::{audit, audited, decode, encode, limit_arg, LinkedUpConfig};
+use crate::ai::text::{cosine, hashed_embedding, sentences, truncate};
+use crate::ai::{request_hash, Generated, InsightDraft, PostCallRequest, TranscriptPiece};
+
+/// The job `meetings.end` schedules.
+pub const GENERATE: &str = "insights.generate";
+/// Flag key (seed §22).
+pub const FLAG: &str = "insights/postcall";
+const CONTEXT: &str = "insights.context";
+const STORE: &str = "insights.store";
+/// Idempotency scope of "an insight was written for (meeting, user)".
+const WRITTEN_SCOPE: &str = "insight";
+/// How long that is remembered: far beyond any retry of the job.
+const WRITTEN_TTL_MS: i64 = 30 * 24 * 3_600_000;
+/// Participants per run: their provider calls run concurrently, within the action time limit.
+pub const BATCH: usize = 8;
+/// Transcript bounds: segments and not yet aggregated chunks read, and chars passed on.
+const MAX_SEGMENTS: usize = 400;
+const MAX_RAW_CHUNKS: usize = 500;
+const MAX_TRANSCRIPT_CHARS: usize = 60_000;
+const MAX_NOTES_CHARS: usize = 20_000;
+/// Most links to the transcript per insight, and how similar a passage must be to count.
+const MAX_SOURCE_LINKS: usize = 4;
+const MIN_LINK_SIMILARITY: f64 = 0.3;
+/// Embedding size used to match insight sentences to transcript passages.
+const LINK_DIMENSIONS: usize = 256;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateArgs {
+    meeting_id: String,
+    /// Runs of this page so far that met a provider failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attempt: Option<i64>,
+    /// The page of participants to work on (absent: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContextArgs {
+    meeting_id: String,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// A transcript passage and where it lives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Passage {
+    piece: TranscriptPiece,
+    link: InsightLink,
+}
+
+/// What a run works from.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunContext {
+    enabled: bool,
+    title: String,
+    #[serde(default)]
+    description: Option<String>,
+    /// Participants of this page still without an insight.
+    pending: Vec<String>,
+    /// The next page, if there is one.
+    #[serde(default)]
+    next_cursor: Option<String>,
+    passages: Vec<Passage>,
+    #[serde(default)]
+    notes: Option<String>,
+    participants: Vec<crate::ai::ParticipantProfile>,
+    features: Value,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewInsight {
+    user_id: String,
+    summary: String,
+    action_items: Vec<String>,
+    recommendations: Vec<Recommendation>,
+    links: Vec<InsightLink>,
+    provenance: Provenance,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoreArgs {
+    meeting_id: String,
+    insights: Vec<NewInsight>,
+    /// The run to schedule after this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<Next>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Next {
+    delay_ms: i64,
+    attempt: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+}
+
+fn link_validator() -> Validator {
+    v::object([
+        ("type", v::string()),
+        ("url", v::string()),
+        ("title", v::string()),
+    ])
+}
+
+pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
+    // insights.generate (internal action, scheduled by meetings.end): see the module comment.
+    let cfg = config.clone();
+    f.action(
+        GENERATE,
+        Visibility::Internal,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("attempt", v::optional(v::int64())),
+            ("cursor", v::optional(v::string())),
+        ]),
+        v::null(),
+        move |ctx, a: GenerateArgs| generate(ctx, cfg.clone(), a),
+    );
+    let cfg = config.clone();
+    f.query(
+        CONTEXT,
+        Visibility::Internal,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("cursor", v::optional(v::string())),
+        ]),
+        v::any(),
+        move |ctx, a: ContextArgs| run_context(ctx, &cfg, a).and_then(|c| encode(&c)),
+    );
+    f.mutation(
+        STORE,
+        Visibility::Internal,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            (
+                "insights",
+                v::array(v::object([
+                    ("userId", v::id(USERS)),
+                    ("summary", v::string()),
+                    ("actionItems", v::array(v::string())),
+                    (
+                        "recommendations",
+                        v::array(v::object([
+                            ("type", v::string()),
+                            ("content", v::string()),
+                            ("confidence", v::float64()),
+                        ])),
+                    ),
+                    ("links", v::array(link_validator())),
+                    ("provenance", provenance()),
+                ])),
+            ),
+            (
+                "next",
+                v::optional(v::object([
+                    ("delayMs", v::int64()),
+                    ("attempt", v::int64()),
+                    ("cursor", v::optional(v::string())),
+                ])),
+            ),
+        ]),
+        v::int64(),
+        store,
+    );
+
+    // insights.listMine: a page of the caller's insights, newest first.
+    // Returns: UNAUTHORIZED, VALIDATION_ERROR.
+    f.query(
+        fns::INSIGHTS_LIST_MINE,
+        Visibility::Public,
+        v::object([
+            ("cursor", v::optional(v::string())),
+            ("numItems", v::int64()),
+        ]),
+        v::any(),
+        audited(config, fns::INSIGHTS_LIST_MINE, list_mine),
+    );
+
+    // insights.forMeeting: the caller's own insight for a meeting, or null.
+    // Returns: UNAUTHORIZED, NOT_FOUND, FORBIDDEN, VALIDATION_ERROR.
+    f.query(
+        fns::INSIGHTS_FOR_MEETING,
+        Visibility::Public,
+        v::object([("meetingId", v::id(MEETINGS))]),
+        v::any(),
+        audited(config, fns::INSIGHTS_FOR_MEETING, for_meeting),
+    );
+
+    // insights.delete: deletes one of the caller's own insights (seed §20); audited.
+    // Returns: UNAUTHORIZED, NOT_FOUND, FORBIDDEN (someone else's), VALIDATION_ERROR.
+    f.mutation(
+        fns::INSIGHTS_DELETE,
+        Visibility::Public,
+        v::object([("insightId", v::id(INSIGHTS))]),
+        v::null(),
+        audited(config, fns::INSIGHTS_DELETE, delete),
+    );
+}
+
+fn written_key(meeting_id: &str, user_id: &str) -> String {
+    format!("{meeting_id}:{user_id}")
+}
+
+/// Whether the user has, or had, an insight for the meeting.
+fn has_insight(ctx: &mut Ctx<'_, '_>, meeting_id: &str, user_id: &str) -> FunctionResult<bool> {
+    let existing = ctx
+        .query(INSIGHTS, "by_user_meeting")
+        .eq("userId", user_id)
+        .eq("meetingId", meeting_id)
+        .first()?;
+    Ok(
+        existing.is_some()
+            || peek(ctx, &written_key(meeting_id, user_id), WRITTEN_SCOPE)?.is_some(),
+    )
+}
+
+fn run_context(
+    ctx: &mut Ctx<'_, '_>,
+    config: &LinkedUpConfig,
+    a: ContextArgs,
+) -> FunctionResult<RunContext> {
+    let meeting = get_meeting(ctx, &a.meeting_id)?;
+    let mut run = RunContext {
+        enabled: false,
+        title: meeting.title.clone(),
+        description: meeting.description.clone(),
+        pending: Vec::new(),
+        next_cursor: None,
+        passages: Vec::new(),
+        notes: None,
+        participants: Vec::new(),
+        features: Value::Null,
+    };
+    if !is_enabled(
+        ctx,
+        FLAG,
+        &config.environment,
+        meeting.org_id.as_deref(),
+        &a.meeting_id,
+    )? {
+        return Ok(run);
+    }
+    run.enabled = true;
+    let page = ctx
+        .query(MEETING_PARTICIPANTS, "by_meeting")
+        .eq("meetingId", a.meeting_id.as_str())
+        .paginate(a.cursor.as_deref(), BATCH)?;
+    for doc in &page.page {
+        let p: Participant = decode(doc)?;
+        if !has_insight(ctx, &a.meeting_id, &p.user_id)? {
+            run.pending.push(p.user_id);
+        }
+    }
+    if !page.is_done {
+        run.next_cursor = page.continue_cursor;
+    }
+    if run.pending.is_empty() {
+        return Ok(run);
+    }
+    let (passages, segments, chunks, truncated) = transcript(ctx, &a.meeting_id)?;
+    run.passages = passages;
+    run.notes = ctx
+        .query(MEETING_NOTES, "by_meeting")
+        .eq("meetingId", a.meeting_id.as_str())
+        .first()?
+        .and_then(|d| {
+            d.get_path("content")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .map(|n| truncate(n.trim(), MAX_NOTES_CHARS))
+        .filter(|n| !n.is_empty());
+    run.participants = participants_of(ctx, &a.meeting_id, &run.pending)?;
+    run.features = obj! {
+        "segments" => segments as i64,
+        "unaggregatedChunks" => chunks as i64,
+        "transcriptTruncated" => truncated,
+        "notesChars" => run.notes.as_deref().map_or(0, |n| n.chars().count()) as i64,
+        "participants" => run.participants.len() as i64,
+    };
+    Ok(run)
+}
+
+/// The meeting's transcript as it stands: its segments, then the chunks aggregation has not
+/// covered yet, up to `MAX_TRANSCRIPT_CHARS`. Returns the passages, how many segments and
+/// chunks they came from, and whether anything was left out.
+fn transcript(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+) -> FunctionResult<(Vec<Passage>, usize, usize, bool)> {
+    let segments = ctx
+        .query(TRANSCRIPT_SEGMENTS, "by_meeting_time")
+        .eq("meetingId", meeting_id)
+        .take(MAX_SEGMENTS + 1)?;
+    let mut truncated = segments.len() > MAX_SEGMENTS;
+    let covered = aggregated_until(ctx, meeting_id)?;
+    let chunks = ctx
+        .query(TRANSCRIPTS, "by_meeting_sequence")
+        .eq("meetingId", meeting_id)
+        .gt("sequence", covered)
+        .take(MAX_RAW_CHUNKS + 1)?;
+    truncated |= chunks.len() > MAX_RAW_CHUNKS;
+    let str_at = |d: &Value, path: &str| d.get_path(path).and_then(Value::as_str).map(String::from);
+    let mut passages = Vec::new();
+    let mut chars = 0;
+    let mut counts = (0, 0);
+    let sources = segments
+        .iter()
+        .take(MAX_SEGMENTS)
+        .map(|d| (true, d))
+        .chain(chunks.iter().take(MAX_RAW_CHUNKS).map(|d| (false, d)));
+    for (is_segment, d) in sources {
+        let text = str_at(d, "text").unwrap_or_default();
+        let n = text.chars().count();
+        if chars + n > MAX_TRANSCRIPT_CHARS {
+            truncated = true;
+            break;
+        }
+        chars += n;
+        let speaker = if is_segment {
+            d.get_path("speakers")
+                .and_then(Value::as_array)
+                .and_then(|s| s.first())
+                .and_then(Value::as_str)
+                .map(String::from)
+        } else {
+            str_at(d, "speakerId")
+        };
+        let (kind, url) = if is_segment {
+            counts.0 += 1;
+            let id = str_at(d, "_id").unwrap_or_default();
+            (
+                "transcriptSegment",
+                format!("linkedup://meetings/{meeting_id}/segments/{id}"),
+            )
+        } else {
+            counts.1 += 1;
+            let seq = d.get_path("sequence").and_then(Value::as_i64).unwrap_or(0);
+            (
+                "transcriptChunk",
+                format!("linkedup://meetings/{meeting_id}/transcript/{seq}"),
+            )
+        };
+        let title = match &speaker {
+            Some(s) => format!("{}: {}", truncate(s, 40), truncate(&text, 80)),
+            None => truncate(&text, 80),
+        };
+        passages.push(Passage {
+            piece: TranscriptPiece { speaker, text },
+            link: InsightLink {
+                kind: kind.into(),
+                url,
+                title,
+            },
+        });
+    }
+    Ok((passages, counts.0, counts.1, truncated))
+}
+
+/// Links of an insight: the meeting, then the passages its summary sentences and action items
+/// are most similar to (lexically), in transcript order.
+fn links_for(
+    meeting_id: &str,
+    title: &str,
+    draft: &InsightDraft,
+    passages: &[Passage],
+    vectors: &[Option<Vec<f64>>],
+) -> Vec<InsightLink> {
+    let mut chosen: Vec<usize> = Vec::new();
+    let claims = sentences(&draft.summary)
+        .into_iter()
+        .chain(draft.action_items.iter().cloned());
+    for claim in claims {
+        let Some(c) = hashed_embedding(&claim, LINK_DIMENSIONS) else {
+            continue;
+        };
+        let best = vectors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|v| (i, cosine(&c, v))))
+            .filter(|(_, s)| *s >= MIN_LINK_SIMILARITY)
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        if let Some((i, _)) = best {
+            if !chosen.contains(&i) {
+                chosen.push(i);
+            }
+        }
+    }
+    chosen.truncate(MAX_SOURCE_LINKS);
+    chosen.sort_unstable();
+    std::iter::once(InsightLink {
+        kind: "meeting".into(),
+        url: format!("linkedup://meetings/{meeting_id}"),
+        title: truncate(title, 120),
+    })
+    .chain(chosen.into_iter().map(|i| passages[i].link.clone()))
+    .collect()
+}
+
+async fn generate(
+    ctx: ActionCtx,
+    config: Arc<LinkedUpConfig>,
+    a: GenerateArgs,
+) -> FunctionResult<()> {
+    let attempt = a.attempt.unwrap_or(0).max(0);
+    let mut context_args = obj! { "meetingId" => a.meeting_id.as_str() };
+    if let (Some(cursor), Some(o)) = (&a.cursor, context_args.as_object_mut()) {
+        o.insert("cursor".into(), cursor.as_str().into());
+    }
+    let run: RunContext = decode(&ctx.run_query(CONTEXT, context_args).await?)?;
+    if !run.enabled {
+        tracing::info!(meeting = %a.meeting_id, "post-call insights are turned off; none generated");
+        return Ok(());
+    }
+    let service = &config.ai.service;
+    let base = PostCallRequest {
+        title: run.title.clone(),
+        description: run.description.clone(),
+        transcript: run.passages.iter().map(|p| p.piece.clone()).collect(),
+        notes: run.notes.clone(),
+        participants: run.participants.clone(),
+        for_user: String::new(),
+    };
+    let requests: Vec<PostCallRequest> = run
+        .pending
+        .iter()
+        .map(|u| PostCallRequest {
+            for_user: u.clone(),
+            ..base.clone()
+        })
+        .collect();
+    let answers = join_all(requests.iter().map(|r| service.try_post_call_insight(r))).await;
+    let last_attempt = attempt + 1 >= i64::from(config.ai.insight_attempts.max(1));
+    let vectors: Vec<Option<Vec<f64>>> = run
+        .passages
+        .iter()
+        .map(|p| hashed_embedding(&p.piece.text, LINK_DIMENSIONS))
+        .collect();
+    let mut insights = Vec::new();
+    let mut failed = 0;
+    for (request, answer) in requests.iter().zip(answers) {
+        let generated: Generated<InsightDraft> = match answer {
+            Ok(g) => g,
+            Err(_) if !last_attempt => {
+                failed += 1;
+                continue;
+            }
+            Err(e) => {
+                let reason = format!("{}: {e}", service.provider_name());
+                service.local_post_call_insight(request, Some(reason))?
+            }
+        };
+        let hash = request_hash(WRITTEN_SCOPE, request);
+        let mut features = run.features.clone();
+        if let Some(o) = features.as_object_mut() {
+            o.insert("attempt".into(), (attempt + 1).into());
+        }
+        insights.push(NewInsight {
+            user_id: request.for_user.clone(),
+            links: links_for(
+                &a.meeting_id,
+                &run.title,
+                &generated.value,
+                &run.passages,
+                &vectors,
+            ),
+            provenance: generated.provenance(&hash, features),
+            summary: generated.value.summary,
+            action_items: generated.value.action_items,
+            recommendations: generated.value.recommendations,
+        });
+    }
+    let next = if failed > 0 {
+        let delay = config
+            .ai
+            .insight_retry_delay_ms
+            .saturating_mul(1 << attempt.min(16));
+        Some(Next {
+            delay_ms: delay,
+            attempt: attempt + 1,
+            cursor: a.cursor.clone(),
+        })
+    } else {
+        run.next_cursor.map(|cursor| Next {
+            delay_ms: 0,
+            attempt: 0,
+            cursor: Some(cursor),
+        })
+    };
+    if insights.is_empty() && next.is_none() {
+        return Ok(());
+    }
+    let args = StoreArgs {
+        meeting_id: a.meeting_id,
+        insights,
+        next,
+    };
+    ctx.run_mutation(STORE, encode(&args)?).await?;
+    Ok(())
+}
+
+/// Writes the insights of participants who still have none and never had one, audits the
+/// batch, and schedules the next run. Returns how many it wrote.
+fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<i64> {
+    let meeting = get_meeting(ctx, &a.meeting_id)?;
+    let now = ctx.now_ms();
+    let mut written = 0i64;
+    let mut fallbacks = 0i64;
+    let mut made_by = None;
+    for i in &a.insights {
+        // A participant removed since the run began gets nothing.
+        if find_participant(ctx, &a.meeting_id, &i.user_id)?.is_none()
+            || has_insight(ctx, &a.meeting_id, &i.user_id)?
+        {
+            continue;
+        }
+        let key = written_key(&a.meeting_id, &i.user_id);
+        check_and_record(ctx, &key, WRITTEN_SCOPE, WRITTEN_TTL_MS)?;
+        ctx.insert(
+            INSIGHTS,
+            obj! {
+                "userId" => i.user_id.as_str(),
+                "meetingId" => a.meeting_id.as_str(),
+                "summary" => i.summary.as_str(),
+                "actionItems" => encode(&i.action_items)?,
+                "recommendations" => encode(&i.recommendations)?,
+                "links" => encode(&i.links)?,
+                "createdAt" => now,
+                "provenance" => encode(&i.provenance)?,
+            },
+        )?;
+        written += 1;
+        fallbacks += i64::from(i.provenance.fallback);
+        made_by.get_or_insert(&i.provenance);
+    }
+    if let Some(first) = made_by {
+        audit::record_in_org(
+            ctx,
+            meeting.org_id.as_deref(),
+            None,
+            "meeting",
+            &a.meeting_id,
+            "insights.generated",
+            obj! {
+                "count" => written,
+                "fallbacks" => fallbacks,
+                "provider" => first.provider.as_str(),
+                "model" => first.model.as_str(),
+            },
+        )?;
+    }
+    if let Some(next) = &a.next {
+        let args = encode(&GenerateArgs {
+            meeting_id: a.meeting_id.clone(),
+            attempt: Some(next.attempt),
+            cursor: next.cursor.clone(),
+        })?;
+        ctx.schedule_after(next.delay_ms, GENERATE, args)?;
+    }
+    Ok(written)
+}
+
+fn list_mine(ctx: &mut Ctx<'_, '_>, a: ListMyInsightsArgs) -> FunctionResult<InsightPage> {
+    let n = limit_arg("numItems", Some(a.num_items), 20, MAX_INSIGHTS_PAGE)?;
+    let me = current_user(ctx)?;
+    let page = ctx
+        .query(INSIGHTS, "by_user")
+        .eq("userId", me.id.as_str())
+        .desc()
+        .paginate(a.cursor.as_deref(), n)
+        .map_err(|e| {
+            if e.code == ErrorCode::ValidationError.as_str() {
+                invalid_field("cursor", e.message)
+            } else {
+                e
+            }
+        })?;
+    Ok(InsightPage {
+        page: page
+            .page
+            .iter()
+            .map(decode::<Insight>)
+            .collect::<FunctionResult<Vec<_>>>()?,
+        continue_cursor: page.continue_cursor,
+        is_done: page.is_done,
+    })
+}
+
+fn for_meeting(ctx: &mut Ctx<'_, '_>, a: MeetingIdArgs) -> FunctionResult<Option<Insight>> {
+    let access = assert_meeting_access(ctx, &a.meeting_id, Role::Participant)?;
+    ctx.query(INSIGHTS, "by_user_meeting")
+        .eq("userId", access.user.id.as_str())
+        .eq("meetingId", a.meeting_id.as_str())
+        .first()?
+        .map(|d| decode(&d))
+        .transpose()
+}
+
+fn delete(ctx: &mut Ctx<'_, '_>, a: InsightIdArgs) -> FunctionResult<()> {
+    let me = current_user(ctx)?;
+    let doc = ctx
+        .get(INSIGHTS, &a.insight_id)?
+        .ok_or_else(|| ErrorCode::NotFound.err(format!("no insight {}", a.insight_id)))?;
+    let insight: Insight = decode(&doc)?;
+    if insight.user_id != me.id {
+        return Err(ErrorCode::Forbidden.err_with(
+            "only the insight's owner may delete it",
+            obj! { "resourceType" => "insight", "resourceId" => a.insight_id.as_str() },
+        ));
+    }
+    ctx.delete(INSIGHTS, &a.insight_id)?;
+    audit::record(
+        ctx,
+        Some(&me.id),
+        "insight",
+        &a.insight_id,
+        "insight.deleted",
+        obj! { "meetingId" => insight.meeting_id.as_str() },
+    )
+}

@@ -1,0 +1,534 @@
+//! Post-call insights: written once per participant after `meetings.end` (also when the job
+//! runs again), retried through the scheduler on provider failure and then written by the
+//! local heuristics, read from the transcript whether or not aggregation has run, the flag,
+//! reading one's own, and deleting one's own only.
+
+mod ai_common;
+mod linkedup_common;
+
+use std::time::Duration;
+
+use ai_common::*;
+use linkedup_common::*;
+use linkedup_server::linkedup::LinkedUpConfig;
+use query_engine::obj;
+use query_engine::value::Value;
+
+/// Waits (bounded) until `insights` holds `n` documents; returns them.
+async fn insights_when(env: &Env, n: usize) -> Vec<Value> {
+    let mut all = Vec::new();
+    for _ in 0..800 {
+        all = env.all("insights").await;
+        if all.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(all.len(), n, "{all:#?}");
+    all
+}
+
+/// The states of the scheduled runs of `function`.
+async fn jobs(env: &Env, function: &str) -> Vec<String> {
+    env.all("_scheduled_jobs")
+        .await
+        .iter()
+        .filter(|j| s(j, "function") == function)
+        .map(|j| s(j, "state"))
+        .collect()
+}
+
+/// Waits (bounded) until every run of `function` finished; returns their states.
+async fn finished_jobs(env: &Env, function: &str) -> Vec<String> {
+    let mut states = Vec::new();
+    for _ in 0..800 {
+        states = jobs(env, function).await;
+        if !states.is_empty() && states.iter().all(|s| s == "success" || s == "failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    states
+}
+
+async fn end(w: &World) {
+    w.env
+        .m(
+            "meetings.end",
+            obj! { "meetingId" => w.meeting.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+}
+
+async fn say(w: &World, chunk: &str, speaker: &str, text: &str, at_ms: i64) {
+    w.env
+        .m(
+            "transcripts.ingestChunk",
+            obj! {
+                "meetingId" => w.meeting.as_str(),
+                "chunkId" => chunk,
+                "speakerId" => speaker,
+                "text" => text,
+                "confidence" => 0.9,
+                "startMs" => at_ms,
+                "endMs" => at_ms + 1_000,
+            },
+            Some(&w.bob),
+        )
+        .await
+        .unwrap();
+}
+
+/// The first element of the array at `path`.
+fn first(v: &Value, path: &str) -> Value {
+    v.get_path(path)
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or_else(|| panic!("no array at {path} in {v:?}"))
+}
+
+fn owners(insights: &[Value]) -> Vec<String> {
+    let mut o: Vec<String> = insights.iter().map(|i| s(i, "userId")).collect();
+    o.sort();
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_insight_per_participant_and_a_rerun_adds_none() {
+    let fake = Fake::start().await;
+    let w = world(fake.config()).await;
+    enable(&w.env.engine, &w.alice, "insights/postcall").await;
+    say(&w, "c1", &w.alice_id, "We agreed on the launch date.", 0).await;
+    say(
+        &w,
+        "c2",
+        &w.bob_id,
+        "I will send the launch plan tomorrow.",
+        2_000,
+    )
+    .await;
+    end(&w).await;
+
+    let insights = insights_when(&w.env, 2).await;
+    let mut expected = vec![w.alice_id.clone(), w.bob_id.clone()];
+    expected.sort();
+    assert_eq!(owners(&insights), expected);
+    assert_eq!(fake.count("/chat/completions"), 2);
+    for i in &insights {
+        assert_eq!(s(i, "summary"), "The team agreed to ship the launch plan.");
+        assert_eq!(s(i, "provenance.provider"), "openai");
+        assert_eq!(i.get_path("provenance.fallback"), Some(&Value::Bool(false)));
+        assert_eq!(s(&first(i, "links"), "type"), "meeting");
+        // The summary and action item point at the passage they came from.
+        assert!(i
+            .get_path("links")
+            .and_then(Value::as_array)
+            .unwrap()
+            .iter()
+            .any(|l| s(l, "type").starts_with("transcript")));
+    }
+    // Each request was for one participant and carried the transcript.
+    let mut for_users: Vec<String> = fake
+        .requests()
+        .iter()
+        .map(|r| {
+            let user: serde_json::Value =
+                serde_json::from_str(r.body["messages"][1]["content"].as_str().unwrap()).unwrap();
+            assert!(user["transcript"]
+                .to_string()
+                .contains("I will send the launch plan"));
+            user["forUser"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for_users.sort();
+    assert_eq!(for_users, expected);
+
+    // The job runs again (a retry): nothing new, no provider call.
+    w.env
+        .engine
+        .action(
+            "insights.generate",
+            obj! { "meetingId" => w.meeting.as_str() },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.env.all("insights").await.len(), 2);
+    assert_eq!(fake.count("/chat/completions"), 2);
+    let log = w
+        .env
+        .q(
+            "audit.query",
+            obj! { "resourceType" => "meeting", "resourceId" => w.meeting.as_str(), "action" => "insights.generated" },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].get_path("metadata.count"), Some(&Value::from(2i64)));
+
+    // Each reads their own, nobody else's.
+    let m = obj! { "meetingId" => w.meeting.as_str() };
+    let mine = w
+        .env
+        .q("insights.forMeeting", m.clone(), Some(&w.bob))
+        .await
+        .unwrap();
+    assert_eq!(s(&mine, "userId"), w.bob_id);
+    expect_code(
+        w.env
+            .q("insights.forMeeting", m.clone(), Some(&w.carol))
+            .await,
+        "FORBIDDEN",
+    );
+    expect_code(
+        w.env
+            .q("insights.forMeeting", m.clone(), Some(&w.dave))
+            .await,
+        "FORBIDDEN",
+    );
+    expect_code(
+        w.env.q("insights.forMeeting", m.clone(), None).await,
+        "UNAUTHORIZED",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_provider_is_retried_by_the_scheduler_then_replaced_by_the_local_heuristics() {
+    let fake = Fake::start().await;
+    fake.always(status(500));
+    let w = world(fake.config()).await;
+    enable(&w.env.engine, &w.alice, "insights/postcall").await;
+    say(
+        &w,
+        "c1",
+        &w.bob_id,
+        "I will send the launch plan tomorrow.",
+        0,
+    )
+    .await;
+    end(&w).await;
+
+    let insights = insights_when(&w.env, 2).await;
+    // Three runs (the configured attempts), each asking for both participants.
+    assert_eq!(
+        finished_jobs(&w.env, "insights.generate").await,
+        ["success"; 3]
+    );
+    assert_eq!(fake.count("/chat/completions"), 6);
+    for i in &insights {
+        assert_eq!(s(i, "provenance.provider"), "local");
+        assert_eq!(i.get_path("provenance.fallback"), Some(&Value::Bool(true)));
+        assert!(s(i, "provenance.fallbackReason").contains("HTTP 500"));
+        assert_eq!(
+            i.get_path("provenance.features.attempt"),
+            Some(&Value::from(3i64))
+        );
+        assert_eq!(
+            first(i, "actionItems"),
+            Value::from("I will send the launch plan tomorrow.")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_recovers_writes_the_insights_on_the_retry() {
+    let fake = Fake::start().await;
+    fake.script([status(503), status(503)]);
+    let w = world(fake.config()).await;
+    enable(&w.env.engine, &w.alice, "insights/postcall").await;
+    end(&w).await;
+    let insights = insights_when(&w.env, 2).await;
+    assert_eq!(fake.count("/chat/completions"), 4);
+    for i in &insights {
+        assert_eq!(s(i, "provenance.provider"), "openai");
+        assert_eq!(
+            i.get_path("provenance.features.attempt"),
+            Some(&Value::from(2i64))
+        );
+    }
+    assert_eq!(
+        finished_jobs(&w.env, "insights.generate").await,
+        ["success"; 2]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_flag_no_insight_is_written() {
+    let fake = Fake::start().await;
+    let w = world(fake.config()).await;
+    end(&w).await;
+    assert_eq!(
+        finished_jobs(&w.env, "insights.generate").await,
+        ["success"]
+    );
+    assert!(w.env.all("insights").await.is_empty());
+    assert_eq!(fake.count("/chat/completions"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transcript_is_read_whether_or_not_it_was_aggregated() {
+    // The local provider: deterministic, so what it read shows in what it wrote.
+    let w = world(LinkedUpConfig::default()).await;
+    enable(&w.env.engine, &w.alice, "insights/postcall").await;
+    for (who, name) in [(&w.alice, "Alice"), (&w.bob, "Bob")] {
+        w.env
+            .m("profiles.update", obj! { "displayName" => name }, Some(who))
+            .await
+            .unwrap();
+        w.env
+            .m(
+                "interests.setMine",
+                obj! { "keys" => vec![Value::from("rust")] },
+                Some(who),
+            )
+            .await
+            .unwrap();
+    }
+    say(
+        &w,
+        "c1",
+        &w.alice_id,
+        "The compaction benchmark regressed badly.",
+        0,
+    )
+    .await;
+    say(
+        &w,
+        "c2",
+        &w.bob_id,
+        "I will profile the compaction benchmark.",
+        2_000,
+    )
+    .await;
+    // Aggregation of a running meeting covers the first turn and holds back the last.
+    w.env
+        .m(
+            "transcripts.aggregateSegments",
+            obj! { "meetingId" => w.meeting.as_str() },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.env.all("transcriptSegments").await.len(), 1);
+    w.env
+        .engine
+        .action(
+            "insights.generate",
+            obj! { "meetingId" => w.meeting.as_str() },
+            None,
+        )
+        .await
+        .unwrap();
+    let insights = w.env.all("insights").await;
+    assert_eq!(insights.len(), 2);
+    let bobs = insights
+        .iter()
+        .find(|i| s(i, "userId") == w.bob_id)
+        .unwrap();
+    assert!(s(bobs, "summary").contains("compaction benchmark regressed"));
+    assert_eq!(
+        bobs.get_path("actionItems"),
+        Some(&Value::Array(vec![
+            "I will profile the compaction benchmark.".into()
+        ]))
+    );
+    let kinds: Vec<String> = bobs
+        .get_path("links")
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|l| s(l, "type"))
+        .collect();
+    assert_eq!(kinds, ["meeting", "transcriptSegment", "transcriptChunk"]);
+    assert_eq!(
+        bobs.get_path("provenance.features.unaggregatedChunks"),
+        Some(&Value::from(1i64))
+    );
+    // Alice and Bob share an interest: each is recommended to the other.
+    assert_eq!(s(bobs, "provenance.provider"), "local");
+    assert_eq!(
+        s(&first(bobs, "recommendations"), "content"),
+        "Connect with Alice: you share an interest in Rust."
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_list_and_delete_their_own_insights_which_are_not_written_again() {
+    let w = world(LinkedUpConfig::default()).await;
+    enable(&w.env.engine, &w.alice, "insights/postcall").await;
+    end(&w).await;
+    let insights = insights_when(&w.env, 2).await;
+    let alices = insights
+        .iter()
+        .find(|i| s(i, "userId") == w.alice_id)
+        .map(id)
+        .unwrap();
+    let del = |who| {
+        let env = &w.env;
+        let alices = alices.clone();
+        async move {
+            env.m(
+                "insights.delete",
+                obj! { "insightId" => alices.as_str() },
+                Some(who),
+            )
+            .await
+        }
+    };
+    expect_code(del(&w.bob).await, "FORBIDDEN");
+    expect_code(del(&w.dave).await, "FORBIDDEN");
+    del(&w.alice).await.unwrap();
+    expect_code(del(&w.alice).await, "NOT_FOUND");
+    let log = w
+        .env
+        .q(
+            "audit.query",
+            obj! { "resourceType" => "insight", "resourceId" => alices.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&log.as_array().unwrap()[0], "action"), "insight.deleted");
+    assert_eq!(s(&log.as_array().unwrap()[0], "actorUserId"), w.alice_id);
+
+    // A rerun of the job does not bring it back.
+    w.env
+        .engine
+        .action(
+            "insights.generate",
+            obj! { "meetingId" => w.meeting.as_str() },
+            None,
+        )
+        .await
+        .unwrap();
+    let left = w.env.all("insights").await;
+    assert_eq!(owners(&left), std::slice::from_ref(&w.bob_id));
+
+    // A second meeting gives Bob a second insight; he pages through both.
+    let m2 = w
+        .env
+        .m(
+            "meetings.schedule",
+            obj! { "title" => "Retro", "inviteeIds" => vec![Value::from(w.bob_id.as_str())] },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let m2 = m2.as_str().unwrap().to_string();
+    for f in ["meetings.start", "meetings.end"] {
+        w.env
+            .m(f, obj! { "meetingId" => m2.as_str() }, Some(&w.alice))
+            .await
+            .unwrap();
+    }
+    insights_when(&w.env, 3).await;
+    let page1 = w
+        .env
+        .q(
+            "insights.listMine",
+            obj! { "numItems" => 1i64 },
+            Some(&w.bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page1
+            .get_path("page")
+            .and_then(Value::as_array)
+            .unwrap()
+            .len(),
+        1
+    );
+    let cursor = s(&page1, "continueCursor");
+    let page2 = w
+        .env
+        .q(
+            "insights.listMine",
+            obj! { "numItems" => 1i64, "cursor" => cursor.as_str() },
+            Some(&w.bob),
+        )
+        .await
+        .unwrap();
+    let (a, b) = (first(&page1, "page"), first(&page2, "page"));
+    assert_ne!(id(&a), id(&b));
+    for p in [&a, &b] {
+        assert_eq!(s(p, "userId"), w.bob_id);
+    }
+    let alice_page = w
+        .env
+        .q(
+            "insights.listMine",
+            obj! { "numItems" => 10i64 },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    // Alice deleted her first insight; the second meeting's is hers.
+    assert_eq!(
+        alice_page
+            .get_path("page")
+            .and_then(Value::as_array)
+            .unwrap()
+            .len(),
+        1
+    );
+    expect_code(
+        w.env
+            .q(
+                "insights.listMine",
+                obj! { "numItems" => 0i64 },
+                Some(&w.bob),
+            )
+            .await,
+        "VALIDATION_ERROR",
+    );
+    expect_code(
+        w.env
+            .q("insights.listMine", obj! { "numItems" => 5i64 }, None)
+            .await,
+        "UNAUTHORIZED",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_meetings_are_worked_through_a_page_per_run() {
+    let fake = Fake::start().await;
+    let w = world(fake.config()).await;
+    enable(&w.env.engine, &w.alice, "insights/postcall").await;
+    let mut invitees = Vec::new();
+    for i in 0..9 {
+        let who = ident(&format!("guest{i}"), Some("org1"), Some("member"));
+        invitees.push(Value::from(w.env.user(&who).await));
+    }
+    let m = w
+        .env
+        .m(
+            "meetings.schedule",
+            obj! { "title" => "All hands", "inviteeIds" => invitees },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let m = m.as_str().unwrap().to_string();
+    for f in ["meetings.start", "meetings.end"] {
+        w.env
+            .m(f, obj! { "meetingId" => m.as_str() }, Some(&w.alice))
+            .await
+            .unwrap();
+    }
+    // Ten participants: a page of eight, then a page of two.
+    let insights = insights_when(&w.env, 10).await;
+    let mut owners = owners(&insights);
+    owners.dedup();
+    assert_eq!(owners.len(), 10);
+    assert_eq!(
+        finished_jobs(&w.env, "insights.generate").await,
+        ["success"; 2]
+    );
+    assert_eq!(fake.count("/chat/completions"), 10);
+}

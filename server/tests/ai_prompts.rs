@@ -1,0 +1,354 @@
+//! Pre-call and in-call prompts through the engine with the provider faked on 127.0.0.1:
+//! access checks, feature flags, idempotency (counted at the fake), the per-meeting
+//! throttle, racing generations writing once, fallback with provenance, listing and feedback.
+
+mod ai_common;
+mod linkedup_common;
+
+use std::time::Duration;
+
+use ai_common::*;
+use linkedup_common::*;
+use linkedup_server::linkedup::LinkedUpConfig;
+use query_engine::error::FunctionError;
+use query_engine::identity::Identity;
+use query_engine::obj;
+use query_engine::value::Value;
+
+const PRE: &str = "prompts.generatePreCall";
+const IN: &str = "prompts.generateInCall";
+/// Bound on waits that only a bug would exhaust.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn pre(w: &World, who: Option<&Identity>) -> Result<Value, FunctionError> {
+    w.env
+        .call(PRE, obj! { "meetingId" => w.meeting.as_str() }, who)
+        .await
+}
+
+fn context(transcript: &str, topics: &[&str], lull: bool) -> Value {
+    obj! {
+        "recentTranscript" => transcript,
+        "currentTopics" => Value::Array(topics.iter().map(|t| Value::from(*t)).collect()),
+        "lullDetected" => lull,
+    }
+}
+
+async fn in_call(w: &World, who: &Identity, ctx: Value) -> Result<Value, FunctionError> {
+    w.env
+        .call(
+            IN,
+            obj! { "meetingId" => w.meeting.as_str(), "context" => ctx },
+            Some(who),
+        )
+        .await
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(id).collect()
+}
+
+fn config(fake: &Fake, in_call_interval_ms: i64) -> LinkedUpConfig {
+    let mut c = fake.config();
+    c.ai.in_call_interval_ms = in_call_interval_ms;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_call_ideas_are_generated_once_per_meeting_for_participants_only() {
+    let fake = Fake::start().await;
+    let w = world(config(&fake, 0)).await;
+    // Flag off: refused before the provider is asked.
+    let e = expect_code(pre(&w, Some(&w.alice)).await, "FORBIDDEN");
+    assert_eq!(
+        e.data.get_path("reason").and_then(Value::as_str),
+        Some("featureDisabled")
+    );
+    assert_eq!(fake.count("/chat/completions"), 0);
+    enable(&w.env.engine, &w.alice, "precall/ai").await;
+
+    let first = pre(&w, Some(&w.alice)).await.unwrap();
+    let prompts = first.as_array().unwrap();
+    assert_eq!(prompts.len(), 2);
+    assert_eq!(s(&prompts[0], "content"), "Ask about the launch plan");
+    assert_eq!(s(&prompts[0], "type"), "precall");
+    assert_eq!(s(&prompts[0], "provenance.provider"), "openai");
+    assert_eq!(s(&prompts[0], "provenance.model"), "gpt-4o-mini");
+    assert_eq!(
+        prompts[0].get_path("provenance.fallback"),
+        Some(&Value::Bool(false))
+    );
+    assert_eq!(s(&prompts[0], "provenance.requestHash").len(), 64);
+    assert_eq!(fake.count("/chat/completions"), 1);
+
+    // Bob asks too: the stored ideas, no second provider call.
+    let again = pre(&w, Some(&w.bob)).await.unwrap();
+    assert_eq!(ids(&again), ids(&first));
+    assert_eq!(fake.count("/chat/completions"), 1);
+
+    expect_code(pre(&w, Some(&w.carol)).await, "FORBIDDEN");
+    expect_code(pre(&w, Some(&w.dave)).await, "FORBIDDEN");
+    expect_code(pre(&w, None).await, "UNAUTHORIZED");
+    assert_eq!(fake.count("/chat/completions"), 1);
+    assert_eq!(w.env.all("prompts").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_provider_is_replaced_by_the_local_heuristics_and_recorded() {
+    let fake = Fake::start().await;
+    fake.always(status(500));
+    let w = world(config(&fake, 0)).await;
+    enable(&w.env.engine, &w.alice, "precall/ai").await;
+    w.env
+        .m(
+            "profiles.update",
+            obj! { "displayName" => "Alice", "goals" => "hire two engineers" },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let prompts = pre(&w, Some(&w.alice)).await.unwrap();
+    let prompts = prompts.as_array().unwrap();
+    assert!(!prompts.is_empty());
+    for p in prompts {
+        assert_eq!(s(p, "provenance.provider"), "local");
+        assert_eq!(p.get_path("provenance.fallback"), Some(&Value::Bool(true)));
+        assert!(s(p, "provenance.fallbackReason").contains("HTTP 500"));
+    }
+    assert!(prompts
+        .iter()
+        .any(|p| s(p, "content").contains("hire two engineers")));
+    assert_eq!(fake.count("/chat/completions"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_call_prompts_are_idempotent_by_request_and_throttled_per_meeting() {
+    let fake = Fake::start().await;
+    let w = world(config(&fake, 60_000)).await;
+    let ctx = context(
+        "We should launch in May. What blocks the launch?",
+        &["launch"],
+        false,
+    );
+    let e = expect_code(in_call(&w, &w.bob, ctx.clone()).await, "FORBIDDEN");
+    assert!(e.message.contains("incall/ai"));
+    enable(&w.env.engine, &w.alice, "incall/ai").await;
+
+    let first = in_call(&w, &w.bob, ctx.clone()).await.unwrap();
+    assert_eq!(first.as_array().unwrap().len(), 2);
+    assert_eq!(s(&first.as_array().unwrap()[0], "type"), "incall");
+    assert_eq!(fake.count("/chat/completions"), 1);
+    // The provider saw the client's context.
+    let user = fake.requests()[0].body["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(user.contains("What blocks the launch?") && user.contains("\"lullDetected\":false"));
+
+    // The same request again (even from Alice): the first answer, no provider call.
+    let again = in_call(&w, &w.alice, ctx.clone()).await.unwrap();
+    assert_eq!(ids(&again), ids(&first));
+    assert_eq!(fake.count("/chat/completions"), 1);
+
+    // Another request within the interval: throttled, nothing asked.
+    let e = expect_code(
+        in_call(&w, &w.bob, context("", &["pricing"], true)).await,
+        "RATE_LIMITED",
+    );
+    let data = e.data;
+    assert_eq!(
+        data.get_path("reason").and_then(Value::as_str),
+        Some("meetingThrottle")
+    );
+    let retry = data
+        .get_path("retryAfterMs")
+        .and_then(Value::as_i64)
+        .unwrap();
+    assert!(retry > 0 && retry <= 60_000, "{retry}");
+    assert_eq!(fake.count("/chat/completions"), 1);
+
+    expect_code(in_call(&w, &w.carol, ctx.clone()).await, "FORBIDDEN");
+    expect_code(in_call(&w, &w.dave, ctx.clone()).await, "FORBIDDEN");
+    expect_code(
+        w.env
+            .call(
+                IN,
+                obj! { "meetingId" => w.meeting.as_str(), "context" => ctx.clone() },
+                None,
+            )
+            .await,
+        "UNAUTHORIZED",
+    );
+    // Bounded input, named field.
+    let topics: Vec<&str> = vec!["t"; 21];
+    let e = expect_code(
+        in_call(&w, &w.bob, context("", &topics, false)).await,
+        "VALIDATION_ERROR",
+    );
+    assert!(e.message.contains("context.currentTopics"), "{}", e.message);
+    let e = expect_code(
+        in_call(&w, &w.bob, context(&"x".repeat(8_001), &[], false)).await,
+        "VALIDATION_ERROR",
+    );
+    assert!(
+        e.message.contains("context.recentTranscript"),
+        "{}",
+        e.message
+    );
+
+    // Once the meeting is over there is nothing to prompt.
+    w.env
+        .m(
+            "meetings.end",
+            obj! { "meetingId" => w.meeting.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    expect_code(
+        in_call(&w, &w.bob, context("later", &[], true)).await,
+        "MEETING_NOT_ACTIVE",
+    );
+    assert_eq!(fake.count("/chat/completions"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_generations_both_ask_but_only_one_writes() {
+    let fake = Fake::start().await;
+    // Both calls reach the provider before either is answered, so both are past their checks
+    // when they store.
+    fake.answer_in_groups_of(2);
+    let w = world(config(&fake, 0)).await;
+    enable(&w.env.engine, &w.alice, "incall/ai").await;
+    let ctx = context("the launch", &["launch"], false);
+    let (a, b) = tokio::time::timeout(
+        PATIENCE,
+        futures::future::join(
+            in_call(&w, &w.alice, ctx.clone()),
+            in_call(&w, &w.bob, ctx.clone()),
+        ),
+    )
+    .await
+    .expect("both calls reach the provider");
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(ids(&a), ids(&b));
+    assert_eq!(fake.count("/chat/completions"), 2);
+    assert_eq!(w.env.all("prompts").await.len(), 2);
+
+    enable(&w.env.engine, &w.alice, "precall/ai").await;
+    let (a, b) = tokio::time::timeout(
+        PATIENCE,
+        futures::future::join(pre(&w, Some(&w.alice)), pre(&w, Some(&w.bob))),
+    )
+    .await
+    .expect("both calls reach the provider");
+    assert_eq!(ids(&a.unwrap()), ids(&b.unwrap()));
+    assert_eq!(fake.count("/chat/completions"), 4);
+    assert_eq!(w.env.all("prompts").await.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_are_listed_by_relevance_and_take_feedback_from_participants() {
+    let w = world(LinkedUpConfig::default()).await;
+    for key in ["precall/ai", "incall/ai"] {
+        enable(&w.env.engine, &w.alice, key).await;
+    }
+    pre(&w, Some(&w.alice)).await.unwrap();
+    let incall = in_call(&w, &w.bob, context("", &["roadmap"], true))
+        .await
+        .unwrap();
+    // The local provider (the default) made them.
+    assert_eq!(
+        s(&incall.as_array().unwrap()[0], "provenance.provider"),
+        "local"
+    );
+
+    let list = |who: Identity, t: Option<&'static str>| {
+        let m = w.meeting.clone();
+        let env = &w.env;
+        async move {
+            let mut args = obj! { "meetingId" => m.as_str() };
+            if let Some(t) = t {
+                args.as_object_mut()
+                    .unwrap()
+                    .insert("type".into(), t.into());
+            }
+            env.q("prompts.list", args, Some(&who)).await
+        }
+    };
+    let all = list(w.bob.clone(), None).await.unwrap();
+    let all = all.as_array().unwrap().to_vec();
+    let relevances: Vec<f64> = all
+        .iter()
+        .map(|p| p.get_path("relevance").and_then(Value::as_f64).unwrap())
+        .collect();
+    assert!(
+        relevances.windows(2).all(|r| r[0] >= r[1]),
+        "{relevances:?}"
+    );
+    let only_in = list(w.bob.clone(), Some("incall")).await.unwrap();
+    assert!(only_in
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| s(p, "type") == "incall"));
+    assert_eq!(
+        only_in.as_array().unwrap().len()
+            + list(w.bob.clone(), Some("precall"))
+                .await
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+        all.len()
+    );
+    expect_code(list(w.carol.clone(), None).await, "FORBIDDEN");
+    expect_code(list(w.dave.clone(), None).await, "FORBIDDEN");
+
+    let prompt = id(&all[0]);
+    let used = w
+        .env
+        .m(
+            "prompts.recordFeedback",
+            obj! { "promptId" => prompt.as_str(), "feedback" => "used" },
+            Some(&w.bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&used, "feedback"), "used");
+    let used_at = used.get_path("usedAt").and_then(Value::as_i64).unwrap();
+    let upvoted = w
+        .env
+        .m(
+            "prompts.recordFeedback",
+            obj! { "promptId" => prompt.as_str(), "feedback" => "upvoted" },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&upvoted, "feedback"), "upvoted");
+    assert_eq!(
+        upvoted.get_path("usedAt").and_then(Value::as_i64),
+        Some(used_at)
+    );
+    expect_code(
+        w.env
+            .m(
+                "prompts.recordFeedback",
+                obj! { "promptId" => prompt.as_str(), "feedback" => "dismissed" },
+                Some(&w.carol),
+            )
+            .await,
+        "FORBIDDEN",
+    );
+    expect_code(
+        w.env
+            .m(
+                "prompts.recordFeedback",
+                obj! { "promptId" => prompt.as_str(), "feedback" => "loved" },
+                Some(&w.bob),
+            )
+            .await,
+        "VALIDATION_ERROR",
+    );
+}
