@@ -384,6 +384,24 @@ fn prompts() -> TableDefinition {
 }
 
 /// Added `provenance` (see [`provenance`]).
+/// One of an insight's `recommendations` (also what `insights.store` takes).
+pub fn insight_recommendation() -> Validator {
+    v::object([
+        ("type", v::string()),
+        ("content", v::string()),
+        ("confidence", v::float64()),
+    ])
+}
+
+/// One of an insight's `links` (also what `insights.store` takes).
+pub fn insight_link() -> Validator {
+    v::object([
+        ("type", v::string()),
+        ("url", v::string()),
+        ("title", v::string()),
+    ])
+}
+
 fn insights() -> TableDefinition {
     TableDefinition::new(
         INSIGHTS,
@@ -392,22 +410,8 @@ fn insights() -> TableDefinition {
             ("meetingId", v::id(MEETINGS)),
             ("summary", v::string()),
             ("actionItems", v::array(v::string())),
-            (
-                "recommendations",
-                v::array(v::object([
-                    ("type", v::string()),
-                    ("content", v::string()),
-                    ("confidence", v::float64()),
-                ])),
-            ),
-            (
-                "links",
-                v::array(v::object([
-                    ("type", v::string()),
-                    ("url", v::string()),
-                    ("title", v::string()),
-                ])),
-            ),
+            ("recommendations", v::array(insight_recommendation())),
+            ("links", v::array(insight_link())),
             ("createdAt", ms()),
             ("provenance", opt(provenance())),
         ]),

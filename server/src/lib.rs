@@ -2,11 +2,12 @@ pub mod ai;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod linkedup;
 pub mod metrics;
+pub mod provider_http;
 pub mod server;
+pub mod stream;
 pub mod transport;
 
 pub use config::ServerConfig;
 pub use server::{RunningServer, Server, StartError};
-pub mod linkedup;
-pub mod stream;

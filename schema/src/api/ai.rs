@@ -208,13 +208,7 @@ pub struct ListMyInsightsArgs {
 }
 
 /// A page of the caller's insights, newest first.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InsightPage {
-    pub page: Vec<Insight>,
-    pub continue_cursor: Option<String>,
-    pub is_done: bool,
-}
+pub type InsightPage = super::Page<Insight>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

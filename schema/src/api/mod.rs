@@ -521,14 +521,18 @@ pub struct RecentMessagesArgs {
     pub limit: Option<i64>,
 }
 
-/// A page of messages, newest first.
+/// A page of a paginated list: `continueCursor` fetches the next; absent when `isDone`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MessagePage {
-    pub page: Vec<Message>,
+pub struct Page<T> {
+    pub page: Vec<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_cursor: Option<String>,
     pub is_done: bool,
 }
+
+/// A page of messages, newest first.
+pub type MessagePage = Page<Message>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -145,11 +145,4 @@ pub struct ListSegmentsArgs {
 }
 
 /// A page of segments in start-time order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SegmentPage {
-    pub page: Vec<TranscriptSegment>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub continue_cursor: Option<String>,
-    pub is_done: bool,
-}
+pub type SegmentPage = super::Page<TranscriptSegment>;

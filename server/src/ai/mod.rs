@@ -144,6 +144,12 @@ pub enum AiError {
     UnsupportedModel { model: String, available: String },
 }
 
+impl From<crate::provider_http::OutOfTime> for AiError {
+    fn from(_: crate::provider_http::OutOfTime) -> Self {
+        AiError::Transport("out of time".into())
+    }
+}
+
 impl AiError {
     /// The error a function returns: `PROVIDER_ERROR` naming the provider, or
     /// `VALIDATION_ERROR` on `model` for a model the provider does not offer.

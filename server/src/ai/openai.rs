@@ -5,12 +5,10 @@
 //! that keeps a call inside the engine's action time limit; response bodies are read up to a
 //! cap. The key travels only in the `Authorization` header and never appears in errors.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use linkedup_schema::api::ai::Recommendation;
-use rand::Rng;
-use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -21,6 +19,9 @@ use super::{
     AiError, AiProvider, Idea, InCallRequest, InsightDraft, PostCallRequest, PreCallRequest,
     MAX_ACTION_ITEMS, MAX_IDEAS, MAX_ITEM_CHARS, MAX_RECOMMENDATIONS, MAX_SUMMARY_CHARS, MAX_TAGS,
     MAX_TAG_CHARS, RECOMMENDATION_KINDS,
+};
+use crate::provider_http::{
+    describe, read_capped, retry_after, with_retries, BodyError, Failure, RetryPolicy,
 };
 
 /// Longest a call may take, retries and waits included: the engine stops an action after
@@ -92,16 +93,6 @@ impl std::fmt::Debug for OpenAiProvider {
     }
 }
 
-/// How one attempt failed.
-enum Failure {
-    /// Worth another attempt, after `retry_after` if the server said so.
-    Retryable {
-        error: AiError,
-        retry_after: Option<Duration>,
-    },
-    Fatal(AiError),
-}
-
 impl OpenAiProvider {
     /// Returns: an error message if the HTTP client cannot be built.
     pub fn new(settings: OpenAiSettings) -> Result<Self, String> {
@@ -121,40 +112,22 @@ impl OpenAiProvider {
     /// POSTs `body` to `path` with retries; the successful response's body.
     async fn post(&self, path: &str, body: &serde_json::Value) -> Result<Vec<u8>, AiError> {
         let url = self.url(path);
-        let started = Instant::now();
-        let mut retry = 0u32;
-        loop {
-            let (error, retry_after) = match self.attempt(&url, body).await {
-                Ok(bytes) => return Ok(bytes),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Retryable { error, retry_after }) => (error, retry_after),
-            };
-            if retry >= self.settings.max_retries {
-                return Err(error);
-            }
-            let wait = retry_after
-                .unwrap_or_else(|| self.backoff(retry))
-                .min(self.settings.max_backoff);
-            if started.elapsed() + wait + self.settings.request_timeout > MAX_CALL_TIME {
-                return Err(error);
-            }
-            tracing::debug!(%url, retry, wait_ms = wait.as_millis() as u64, error = %error, "retrying AI request");
-            tokio::time::sleep(wait).await;
-            retry += 1;
-        }
+        let policy = RetryPolicy {
+            max_attempts: self.settings.max_retries.saturating_add(1),
+            backoff_base: self.settings.backoff_base,
+            backoff_max: self.settings.max_backoff,
+        };
+        let deadline = tokio::time::Instant::now() + MAX_CALL_TIME;
+        with_retries(&policy, deadline, path, || self.attempt(&url, body))
+            .await
+            .map_err(|gave_up| gave_up.error)
     }
 
-    /// Exponential backoff with jitter in [½, 1) of the step, so clients that failed together
-    /// do not retry together.
-    fn backoff(&self, retry: u32) -> Duration {
-        let step = self
-            .settings
-            .backoff_base
-            .saturating_mul(1u32 << retry.min(16));
-        step.mul_f64(rand::thread_rng().gen_range(0.5..1.0))
-    }
-
-    async fn attempt(&self, url: &str, body: &serde_json::Value) -> Result<Vec<u8>, Failure> {
+    async fn attempt(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<Vec<u8>, Failure<AiError>> {
         let response = self
             .client
             .post(url)
@@ -168,11 +141,10 @@ impl OpenAiProvider {
             return read_capped(response, self.settings.max_response_bytes)
                 .await
                 .map_err(|e| match e {
-                    AiError::Transport(_) => Failure::Retryable {
-                        error: e,
-                        retry_after: None,
-                    },
-                    e => Failure::Fatal(e),
+                    BodyError::Transport(why) => Failure::retryable(AiError::Transport(why)),
+                    BodyError::TooLarge => Failure::Fatal(AiError::TooLarge {
+                        max_bytes: self.settings.max_response_bytes,
+                    }),
                 });
         }
         let retry_after = retry_after(response.headers());
@@ -255,77 +227,14 @@ impl OpenAiProvider {
     }
 }
 
-fn transport_failure(e: reqwest::Error) -> Failure {
+fn transport_failure(e: reqwest::Error) -> Failure<AiError> {
     // Timeouts and failed connections may pass; anything else (a bad URL, a redirect) will not.
     let error = AiError::Transport(describe(&e));
     if e.is_timeout() || e.is_connect() || e.is_request() {
-        Failure::Retryable {
-            error,
-            retry_after: None,
-        }
+        Failure::retryable(error)
     } else {
         Failure::Fatal(error)
     }
-}
-
-/// A reqwest error without its URL (which is configuration, not a secret, but noise).
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else if e.is_body() || e.is_decode() {
-        "the response body could not be read"
-    } else {
-        "the request failed"
-    };
-    match std::error::Error::source(e) {
-        Some(source) => format!("{kind}: {source}"),
-        None => kind.to_string(),
-    }
-}
-
-/// The response body, refused past `max_bytes` (by `Content-Length` or as it streams in).
-async fn read_capped(
-    mut response: reqwest::Response,
-    max_bytes: usize,
-) -> Result<Vec<u8>, AiError> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > max_bytes as u64)
-    {
-        return Err(AiError::TooLarge { max_bytes });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| AiError::Transport(describe(&e)))?
-    {
-        if body.len() + chunk.len() > max_bytes {
-            return Err(AiError::TooLarge { max_bytes });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// `Retry-After-Ms` (milliseconds, sent by OpenAI and Azure) or `Retry-After` (seconds).
-/// The HTTP-date form of `Retry-After` is not used by these APIs and is ignored.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let number = |name: &str| {
-        headers
-            .get(name)?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|x| x.is_finite() && *x >= 0.0)
-    };
-    number("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
 }
 
 /// The machine-readable code of an OpenAI error body (`error.code`, else `error.type`). Only
@@ -557,37 +466,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_prefers_milliseconds_and_ignores_dates() {
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", "2".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        h.insert("retry-after-ms", "150".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
-        let mut h = HeaderMap::new();
-        h.insert(
-            "retry-after",
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(retry_after(&h), None);
-    }
-
-    #[test]
     fn error_codes_are_kept_but_messages_are_not() {
         let body = br#"{"error":{"message":"Incorrect API key provided: sk-abc***xyz","type":"invalid_request_error","code":"invalid_api_key"}}"#;
         assert_eq!(error_code(body).as_deref(), Some("invalid_api_key"));
         let body = br#"{"error":{"message":"slow down","type":"rate limit!"}}"#;
         assert_eq!(error_code(body).as_deref(), Some("ratelimit"));
         assert_eq!(error_code(b"<html>"), None);
-    }
-
-    #[test]
-    fn backoff_doubles_within_jitter() {
-        let p = OpenAiProvider::new(OpenAiSettings::new("http://127.0.0.1:1", ApiKey::new("k")))
-            .unwrap();
-        for retry in 0..4 {
-            let step = p.settings.backoff_base * (1 << retry);
-            let b = p.backoff(retry);
-            assert!(b >= step / 2 && b < step, "{b:?} for {step:?}");
-        }
     }
 }

@@ -22,7 +22,7 @@ use query_engine::value::Value;
 use super::guards::assert_meeting_access;
 use super::idempotency::{earlier_id, store_result};
 use super::rate_limit::check_and_consume;
-use super::{audited, check_text, decode, fields, limit_arg, LinkedUpConfig};
+use super::{audited, check_text, decode, decoded_page, fields, limit_arg, LinkedUpConfig};
 
 /// Most attachments on one message.
 const MAX_ATTACHMENTS: usize = 10;
@@ -139,27 +139,11 @@ fn send(
 
 fn list(ctx: &mut Ctx<'_, '_>, a: ListMessagesArgs) -> FunctionResult<MessagePage> {
     let n = limit_arg("numItems", Some(a.num_items), 50, MAX_CHAT_PAGE)?;
-    let page = ctx
+    let query = ctx
         .query(MESSAGES, "by_meeting_time")
         .eq("meetingId", a.meeting_id.as_str())
-        .desc()
-        .paginate(a.cursor.as_deref(), n)
-        .map_err(|e| {
-            if e.code == ErrorCode::ValidationError.as_str() {
-                invalid_field("cursor", e.message)
-            } else {
-                e
-            }
-        })?;
-    Ok(MessagePage {
-        page: page
-            .page
-            .iter()
-            .map(decode::<Message>)
-            .collect::<FunctionResult<Vec<_>>>()?,
-        continue_cursor: page.continue_cursor,
-        is_done: page.is_done,
-    })
+        .desc();
+    decoded_page(query, a.cursor.as_deref(), n)
 }
 
 fn recent(ctx: &mut Ctx<'_, '_>, a: RecentMessagesArgs) -> FunctionResult<Vec<Message>> {

@@ -22,19 +22,18 @@ use linkedup_schema::api::ai::{
     Recommendation,
 };
 use linkedup_schema::api::{MeetingIdArgs, Participant, Role};
-use linkedup_schema::errors::invalid_field;
 use linkedup_schema::tables::names::{
     INSIGHTS, MEETINGS, MEETING_NOTES, MEETING_PARTICIPANTS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS,
     USERS,
 };
-use linkedup_schema::tables::provenance;
+use linkedup_schema::tables::{insight_link, insight_recommendation, provenance};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
 use query_engine::engine::ActionCtx;
 use query_engine::error::FunctionResult;
 use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
-use query_engine::schema::{v, Validator};
+use query_engine::schema::v;
 use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +42,7 @@ use super::flags::is_enabled;
 use super::guards::{assert_meeting_access, current_user, find_participant, get_meeting};
 use super::idempotency::{check_and_record, peek};
 use super::transcripts::aggregated_until;
-use super::{audit, audited, decode, encode, limit_arg, LinkedUpConfig};
+use super::{audit, audited, decode, decoded_page, encode, limit_arg, LinkedUpConfig};
 use crate::ai::text::{cosine, hashed_embedding, sentences, truncate};
 use crate::ai::{request_hash, Generated, InsightDraft, PostCallRequest, TranscriptPiece};
 
@@ -148,14 +147,6 @@ struct Next {
     cursor: Option<String>,
 }
 
-fn link_validator() -> Validator {
-    v::object([
-        ("type", v::string()),
-        ("url", v::string()),
-        ("title", v::string()),
-    ])
-}
-
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // insights.generate (internal action, scheduled by meetings.end): see the module comment.
     let cfg = config.clone();
@@ -192,15 +183,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                     ("userId", v::id(USERS)),
                     ("summary", v::string()),
                     ("actionItems", v::array(v::string())),
-                    (
-                        "recommendations",
-                        v::array(v::object([
-                            ("type", v::string()),
-                            ("content", v::string()),
-                            ("confidence", v::float64()),
-                        ])),
-                    ),
-                    ("links", v::array(link_validator())),
+                    ("recommendations", v::array(insight_recommendation())),
+                    ("links", v::array(insight_link())),
                     ("provenance", provenance()),
                 ])),
             ),
@@ -617,27 +601,11 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<i64> {
 fn list_mine(ctx: &mut Ctx<'_, '_>, a: ListMyInsightsArgs) -> FunctionResult<InsightPage> {
     let n = limit_arg("numItems", Some(a.num_items), 20, MAX_INSIGHTS_PAGE)?;
     let me = current_user(ctx)?;
-    let page = ctx
+    let query = ctx
         .query(INSIGHTS, "by_user")
         .eq("userId", me.id.as_str())
-        .desc()
-        .paginate(a.cursor.as_deref(), n)
-        .map_err(|e| {
-            if e.code == ErrorCode::ValidationError.as_str() {
-                invalid_field("cursor", e.message)
-            } else {
-                e
-            }
-        })?;
-    Ok(InsightPage {
-        page: page
-            .page
-            .iter()
-            .map(decode::<Insight>)
-            .collect::<FunctionResult<Vec<_>>>()?,
-        continue_cursor: page.continue_cursor,
-        is_done: page.is_done,
-    })
+        .desc();
+    decoded_page(query, a.cursor.as_deref(), n)
 }
 
 fn for_meeting(ctx: &mut Ctx<'_, '_>, a: MeetingIdArgs) -> FunctionResult<Option<Insight>> {

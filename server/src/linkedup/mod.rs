@@ -28,9 +28,10 @@ pub mod users;
 
 use std::sync::Arc;
 
+use linkedup_schema::api::Page;
 use linkedup_schema::errors::invalid_field;
 use linkedup_schema::ErrorCode;
-use query_engine::context::Ctx;
+use query_engine::context::{Ctx, IndexQuery};
 use query_engine::engine::Engine;
 use query_engine::error::{FunctionError, FunctionResult};
 use query_engine::functions::{Functions, Visibility};
@@ -219,6 +220,31 @@ pub(crate) fn decode<T: DeserializeOwned>(doc: &Value) -> FunctionResult<T> {
     from_value(doc).map_err(|e| {
         tracing::error!(error = %e, "stored document does not decode");
         FunctionError::internal("stored document does not decode")
+    })
+}
+
+/// One page of `query`'s documents decoded as `T`. A cursor that is not one of this query's
+/// is a VALIDATION_ERROR on the `cursor` argument.
+pub(crate) fn decoded_page<T: DeserializeOwned>(
+    query: IndexQuery<'_, '_, '_>,
+    cursor: Option<&str>,
+    page_size: usize,
+) -> FunctionResult<Page<T>> {
+    let page = query.paginate(cursor, page_size).map_err(|e| {
+        if e.code == ErrorCode::ValidationError.as_str() {
+            invalid_field("cursor", e.message)
+        } else {
+            e
+        }
+    })?;
+    Ok(Page {
+        page: page
+            .page
+            .iter()
+            .map(decode)
+            .collect::<FunctionResult<_>>()?,
+        continue_cursor: page.continue_cursor,
+        is_done: page.is_done,
     })
 }
 

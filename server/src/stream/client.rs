@@ -14,19 +14,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rand::Rng;
 use serde_json::{json, Map, Value as Json};
 use tokio::time::Instant;
 
 use super::provider::RoomRequest;
 use super::{call_cid, is_call_id, Secret, StreamError, DEFAULT_BASE_URL, DEFAULT_CALL_TYPE};
+use crate::provider_http::{
+    describe, excerpt, read_capped, retry_after, with_retries, BodyError, Failure, RetryPolicy,
+};
 
 /// The user upsert endpoint.
 pub const USERS_PATH: &str = "/api/v2/users";
 /// Calls live under `{CALL_PATH}/{type}/{id}`.
 pub const CALL_PATH: &str = "/api/v2/video/call";
-/// Longest excerpt of Stream's error message kept in an error.
-const MAX_ERROR_MESSAGE_CHARS: usize = 200;
 
 /// How to reach Stream's API, and the bounds of each call.
 #[derive(Clone, Debug)]
@@ -104,21 +104,6 @@ struct ServerClaims {
     server: bool,
 }
 
-/// One failed attempt, with the wait Stream asked for.
-struct Failure {
-    error: StreamError,
-    retry_after: Option<Duration>,
-}
-
-impl From<StreamError> for Failure {
-    fn from(error: StreamError) -> Self {
-        Failure {
-            error,
-            retry_after: None,
-        }
-    }
-}
-
 impl StreamClient {
     /// Checks the settings and prepares the HTTP client and server token.
     pub fn new(settings: ApiSettings) -> Result<Self, StreamError> {
@@ -151,7 +136,7 @@ impl StreamClient {
             // The token goes to the configured host only.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| StreamError::Transport(error_chain(&e)))?;
+            .map_err(|e| StreamError::Transport(describe(&e)))?;
         Ok(StreamClient {
             inner: Arc::new(Inner {
                 http,
@@ -192,36 +177,45 @@ impl StreamClient {
     /// POSTs `body` to `path`, retrying what `StreamError::is_retryable` allows while
     /// attempts and time remain. Returns the response's JSON object.
     async fn post(&self, path: &str, body: &Json, deadline: Instant) -> Result<Json, StreamError> {
-        let settings = &self.inner.settings;
         let url = format!("{}{path}", self.inner.base);
         let bytes = serde_json::to_vec(body)
             .map_err(|e| StreamError::InvalidRequest(format!("cannot encode the body: {e}")))?;
-        let mut attempt = 1;
-        loop {
-            let failure = match tokio::time::timeout_at(deadline, self.attempt(&url, &bytes)).await
-            {
-                Ok(Ok(json)) => return Ok(json),
-                Ok(Err(failure)) => failure,
-                Err(_) => Failure::from(StreamError::Transport("out of time".into())),
-            };
-            if !failure.error.is_retryable() {
-                return Err(failure.error);
+        let settings = &self.inner.settings;
+        let policy = RetryPolicy {
+            max_attempts: settings.max_attempts,
+            backoff_base: settings.backoff_base,
+            backoff_max: settings.backoff_max,
+        };
+        with_retries(&policy, deadline, path, || async {
+            self.attempt(&url, &bytes)
+                .await
+                .map_err(|(error, retry_after)| {
+                    if error.is_retryable() {
+                        Failure::Retryable { error, retry_after }
+                    } else {
+                        Failure::Fatal(error)
+                    }
+                })
+        })
+        .await
+        .map_err(|gave_up| {
+            if gave_up.exhausted {
+                StreamError::GaveUp {
+                    attempts: gave_up.attempts,
+                    last: Box::new(gave_up.error),
+                }
+            } else {
+                gave_up.error
             }
-            let delay = backoff(settings, attempt, failure.retry_after);
-            if attempt >= settings.max_attempts || Instant::now() + delay >= deadline {
-                return Err(StreamError::GaveUp {
-                    attempts: attempt,
-                    last: Box::new(failure.error),
-                });
-            }
-            tracing::debug!(path, attempt, delay_ms = delay.as_millis() as u64, error = %failure.error,
-                "retrying a Stream request");
-            tokio::time::sleep(delay).await;
-            attempt += 1;
-        }
+        })
     }
 
-    async fn attempt(&self, url: &str, body: &[u8]) -> Result<Json, Failure> {
+    /// One request; a failure comes with the wait Stream asked for, if any.
+    async fn attempt(
+        &self,
+        url: &str,
+        body: &[u8],
+    ) -> Result<Json, (StreamError, Option<Duration>)> {
         let settings = &self.inner.settings;
         let response = self
             .inner
@@ -238,62 +232,33 @@ impl StreamClient {
             .body(body.to_vec())
             .send()
             .await
-            .map_err(|e| StreamError::Transport(error_chain(&e)))?;
+            .map_err(|e| (StreamError::Transport(describe(&e)), None))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = read_limited(response, settings.max_response_bytes).await?;
+        let retry_after = retry_after(response.headers());
+        let bytes = read_capped(response, settings.max_response_bytes)
+            .await
+            .map_err(|e| {
+                let error = match e {
+                    BodyError::TooLarge => StreamError::TooLarge {
+                        limit: settings.max_response_bytes,
+                    },
+                    BodyError::Transport(why) => StreamError::Transport(why),
+                };
+                (error, None)
+            })?;
         if !status.is_success() {
-            return Err(Failure {
-                error: StreamError::Api {
-                    status: status.as_u16(),
-                    message: api_message(&bytes),
-                },
-                retry_after,
-            });
+            let error = StreamError::Api {
+                status: status.as_u16(),
+                message: api_message(&bytes),
+            };
+            return Err((error, retry_after));
         }
         match serde_json::from_slice::<Json>(&bytes) {
             Ok(json) if json.is_object() => Ok(json),
-            Ok(_) => Err(StreamError::BadResponse("not a JSON object".into()).into()),
-            Err(e) => Err(StreamError::BadResponse(format!("not JSON: {e}")).into()),
+            Ok(_) => Err((StreamError::BadResponse("not a JSON object".into()), None)),
+            Err(e) => Err((StreamError::BadResponse(format!("not JSON: {e}")), None)),
         }
     }
-}
-
-/// The wait before attempt `attempt + 1`: exponential from `backoff_base`, jittered to half
-/// or more of it, or what `Retry-After` asked for; never above `backoff_max`.
-fn backoff(settings: &ApiSettings, attempt: u32, retry_after: Option<Duration>) -> Duration {
-    let exponential = settings
-        .backoff_base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(settings.backoff_max);
-    let jittered = exponential.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
-    retry_after
-        .map_or(jittered, |asked| asked.max(jittered))
-        .min(settings.backoff_max)
-}
-
-/// Reads the body, refusing more than `limit` bytes (announced or actual).
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, Failure> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(StreamError::TooLarge { limit }.into());
-    }
-    let mut out = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| StreamError::Transport(error_chain(&e)))?
-    {
-        if out.len() + chunk.len() > limit {
-            return Err(StreamError::TooLarge { limit }.into());
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// Stream's error message (`{"code", "message", ...}`), shortened; the raw body if it is not
@@ -308,32 +273,6 @@ fn api_message(body: &[u8]) -> String {
         Some(message) => excerpt(message),
         None => excerpt(&String::from_utf8_lossy(body)),
     }
-}
-
-fn excerpt(s: &str) -> String {
-    s.chars()
-        .take(MAX_ERROR_MESSAGE_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-/// A reqwest error and its causes, without the URL (it carries the API key).
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "cannot connect".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    for _ in 0..4 {
-        let Some(s) = source else { break };
-        out.push_str(": ");
-        out.push_str(&excerpt(&s.to_string()));
-        source = s.source();
-    }
-    out
 }
 
 /// `{"users": {id: {"id", "name"?}}}`: the creator and the members.
@@ -405,25 +344,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_is_capped_and_honours_retry_after_up_to_the_cap() {
-        let s = settings();
-        for attempt in 1..=3 {
-            let d = backoff(&s, attempt, None);
-            let full = s.backoff_base * (1 << (attempt - 1));
-            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
-        }
-        assert!(backoff(&s, 30, None) <= s.backoff_max);
-        assert_eq!(
-            backoff(&s, 1, Some(Duration::from_secs(2))),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            backoff(&s, 1, Some(Duration::from_secs(3600))),
-            s.backoff_max
-        );
-    }
-
-    #[test]
     fn bodies_carry_creator_members_roles_and_meeting() {
         let request = RoomRequest {
             meeting_id: "m1".into(),
@@ -464,6 +384,6 @@ mod tests {
             "bad thing"
         );
         assert_eq!(api_message(b"<html>"), "<html>");
-        assert_eq!(api_message(&[b'x'; 500]).len(), MAX_ERROR_MESSAGE_CHARS);
+        assert_eq!(api_message(&[b'x'; 500]).len(), 200);
     }
 }

@@ -98,6 +98,12 @@ pub enum StreamError {
     },
 }
 
+impl From<crate::provider_http::OutOfTime> for StreamError {
+    fn from(_: crate::provider_http::OutOfTime) -> Self {
+        StreamError::Transport("out of time".into())
+    }
+}
+
 impl StreamError {
     /// Whether another attempt may succeed: Stream overloaded (429), failing (5xx), or not
     /// reached. Every request this client sends is idempotent (get-or-create with an id

@@ -25,7 +25,7 @@ use super::{
     MAX_SEGMENT_PAGE, MAX_STREAM_LIMIT,
 };
 use crate::linkedup::guards::assert_meeting_access;
-use crate::linkedup::{audited, decode, limit_arg, LinkedUpConfig};
+use crate::linkedup::{audited, decoded_page, limit_arg, LinkedUpConfig};
 
 const DEFAULT_SEGMENT_PAGE: i64 = 50;
 
@@ -55,19 +55,10 @@ fn list_segments(ctx: &mut Ctx<'_, '_>, a: ListSegmentsArgs) -> FunctionResult<S
         DEFAULT_SEGMENT_PAGE,
         MAX_SEGMENT_PAGE,
     )?;
-    let page = ctx
+    let query = ctx
         .query(TRANSCRIPT_SEGMENTS, "by_meeting_time")
-        .eq("meetingId", a.meeting_id.as_str())
-        .paginate(a.cursor.as_deref(), size)?;
-    Ok(SegmentPage {
-        page: page
-            .page
-            .iter()
-            .map(decode)
-            .collect::<FunctionResult<_>>()?,
-        continue_cursor: page.continue_cursor,
-        is_done: page.is_done,
-    })
+        .eq("meetingId", a.meeting_id.as_str());
+    decoded_page(query, a.cursor.as_deref(), size)
 }
 
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
