@@ -84,6 +84,35 @@ async fn folded_buckets_count_exactly_and_the_limit_holds() {
         .unwrap();
 }
 
+/// With 16 shards, a limit of 20 was refused as soon as two earlier calls of the bucket had
+/// picked the caller's shard (estimate 2 × 16 = 32): a user's third call a minute could fail.
+/// Small limits get fewer shards, so calls below the limit always pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_limit_is_not_refused_below_it() {
+    const MAX: i64 = 20;
+    let w = world(LinkedUpConfig {
+        rate_limits: RateLimitConfig {
+            chat_send: RateLimit {
+                max: MAX,
+                window_ms: 60_000,
+            },
+            shards: 16,
+            bucket_ms: 60_000,
+            ..RateLimitConfig::default()
+        },
+        ..LinkedUpConfig::default()
+    })
+    .await;
+    let send = |i: i64| obj! { "meetingId" => w.meeting.as_str(), "content" => format!("m{i}") };
+    // 10 calls each in one bucket: with 2 shards the estimate is at most 2 × 9 = 18 < 20.
+    // (With 16, one of the two users is refused in about 7 runs of 10.)
+    for user in [&w.bob, &w.alice] {
+        for i in 0..10 {
+            w.env.m("chat.send", send(i), Some(user)).await.unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_across_buckets_are_all_counted() {
     const TASKS: usize = 8;

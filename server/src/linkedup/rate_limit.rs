@@ -113,7 +113,14 @@ const PURGE_BATCH: usize = 512;
 /// Counter documents older than this are purged.
 pub const MAX_WINDOW_MS: i64 = 3_600_000;
 
-/// Counts one call of `action` by `user_id` against `limit`, or refuses it.
+/// Least calls a limit allows per shard: the current bucket's estimate (own shard × shards)
+/// moves in steps of `shards` calls, so a limit needs several steps' room or a user's few
+/// calls that happen to pick one shard are refused far below it.
+const MIN_CALLS_PER_SHARD: i64 = 8;
+
+/// Counts one call of `action` by `user_id` against `limit`, or refuses it. The current
+/// bucket is counted in `config.shards` shards, fewer for a small limit (at least
+/// `MIN_CALLS_PER_SHARD` calls of the limit per shard).
 /// Returns: RATE_LIMITED with `data.retryAfterMs` (ms until the oldest counted bucket leaves
 /// the window).
 pub fn check_and_consume(
@@ -129,8 +136,13 @@ pub fn check_and_consume(
         user_id,
         action,
         limit,
-        Counters::Sharded(config.shards),
+        Counters::Sharded(shards_for(limit, config.shards)),
     )
+}
+
+/// The shards a limit's current bucket is counted in: `configured`, fewer for a small limit.
+fn shards_for(limit: RateLimit, configured: i64) -> i64 {
+    configured.min(limit.max / MIN_CALLS_PER_SHARD).max(1)
 }
 
 /// `check_and_consume` with the current bucket counted in `counters` instead of
@@ -452,6 +464,20 @@ mod tests {
     use query_engine::identity::Identity;
 
     const MAX: i64 = 30;
+
+    #[test]
+    fn small_limits_get_fewer_shards() {
+        let limit = |max| RateLimit {
+            max,
+            window_ms: 60_000,
+        };
+        assert_eq!(shards_for(limit(1_200), 16), 16);
+        assert_eq!(shards_for(limit(120), 16), 15);
+        assert_eq!(shards_for(limit(20), 16), 2);
+        assert_eq!(shards_for(limit(5), 16), 1);
+        assert_eq!(shards_for(limit(0), 16), 1);
+        assert_eq!(shards_for(limit(1_200), 1), 1);
+    }
 
     fn ident(subject: &str) -> Identity {
         Identity {
