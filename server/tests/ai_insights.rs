@@ -51,17 +51,6 @@ async fn finished_jobs(env: &Env, function: &str) -> Vec<String> {
     states
 }
 
-async fn end(w: &World) {
-    w.env
-        .m(
-            "meetings.end",
-            obj! { "meetingId" => w.meeting.as_str() },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
-}
-
 async fn say(w: &World, chunk: &str, speaker: &str, text: &str, at_ms: i64) {
     w.env
         .m(
@@ -110,7 +99,7 @@ async fn one_insight_per_participant_and_a_rerun_adds_none() {
         2_000,
     )
     .await;
-    end(&w).await;
+    w.end_meeting().await;
 
     let insights = insights_when(&w.env, 2).await;
     let mut expected = vec![w.alice_id.clone(), w.bob_id.clone()];
@@ -211,7 +200,7 @@ async fn a_failing_provider_is_retried_by_the_scheduler_then_replaced_by_the_loc
         0,
     )
     .await;
-    end(&w).await;
+    w.end_meeting().await;
 
     let insights = insights_when(&w.env, 2).await;
     // Three runs (the configured attempts), each asking for both participants.
@@ -241,7 +230,7 @@ async fn a_provider_that_recovers_writes_the_insights_on_the_retry() {
     fake.script([status(503), status(503)]);
     let w = world(fake.config()).await;
     enable(&w.env.engine, &w.alice, "insights/postcall").await;
-    end(&w).await;
+    w.end_meeting().await;
     let insights = insights_when(&w.env, 2).await;
     assert_eq!(fake.count("/chat/completions"), 4);
     for i in &insights {
@@ -261,7 +250,7 @@ async fn a_provider_that_recovers_writes_the_insights_on_the_retry() {
 async fn without_the_flag_no_insight_is_written() {
     let fake = Fake::start().await;
     let w = world(fake.config()).await;
-    end(&w).await;
+    w.end_meeting().await;
     assert_eq!(
         finished_jobs(&w.env, "insights.generate").await,
         ["success"]
@@ -361,7 +350,7 @@ async fn the_transcript_is_read_whether_or_not_it_was_aggregated() {
 async fn owners_list_and_delete_their_own_insights_which_are_not_written_again() {
     let w = world(LinkedUpConfig::default()).await;
     enable(&w.env.engine, &w.alice, "insights/postcall").await;
-    end(&w).await;
+    w.end_meeting().await;
     let insights = insights_when(&w.env, 2).await;
     let alices = insights
         .iter()

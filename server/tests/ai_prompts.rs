@@ -197,14 +197,7 @@ async fn in_call_prompts_are_idempotent_by_request_and_throttled_per_meeting() {
     );
 
     // Once the meeting is over there is nothing to prompt.
-    w.env
-        .m(
-            "meetings.end",
-            obj! { "meetingId" => w.meeting.as_str() },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
+    w.end_meeting().await;
     expect_code(
         in_call(&w, &w.bob, context("later", &[], true)).await,
         "MEETING_NOT_ACTIVE",

@@ -257,14 +257,7 @@ async fn an_active_meeting_keeps_its_newest_chunk_so_its_sequence_goes_on() {
     assert_eq!(int(&r, "sequence"), 4);
 
     // Once the meeting has ended, nothing is kept.
-    w.env
-        .m(
-            "meetings.end",
-            obj! { "meetingId" => w.meeting.as_str() },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
+    w.end_meeting().await;
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert_eq!(int(&purge_transcripts().await.unwrap(), "deleted"), 2);
     assert!(w.env.all("transcripts").await.is_empty());

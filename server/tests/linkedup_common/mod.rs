@@ -184,6 +184,20 @@ pub struct World {
     pub meeting: String,
 }
 
+impl World {
+    /// Alice (the host) ends the meeting.
+    pub async fn end_meeting(&self) {
+        self.env
+            .m(
+                "meetings.end",
+                obj! { "meetingId" => self.meeting.as_str() },
+                Some(&self.alice),
+            )
+            .await
+            .unwrap();
+    }
+}
+
 pub async fn world(config: LinkedUpConfig) -> World {
     let env = open(config);
     let alice = ident("alice", Some("org1"), Some("admin"));
