@@ -116,12 +116,19 @@ async fn start() -> Hooked {
     }
 }
 
-/// A call event as Stream sends it.
+/// `at` as Stream writes times (RFC 3339, UTC).
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// A call event as Stream sends it, created now.
 fn event(kind: &str, call_cid: &str, user: Option<&str>) -> Json {
+    let now = rfc3339(time::OffsetDateTime::now_utc());
     let mut e = json!({
         "type": kind,
         "call_cid": call_cid,
-        "created_at": "2025-01-01T00:00:00.000000Z",
+        "created_at": now,
         "session_id": "session-1",
     });
     if let Some(user) = user {
@@ -129,7 +136,7 @@ fn event(kind: &str, call_cid: &str, user: Option<&str>) -> Json {
             "user": { "id": user, "name": "someone" },
             "user_session_id": "user-session-1",
             "role": "user",
-            "joined_at": "2025-01-01T00:00:00Z",
+            "joined_at": now,
         });
     }
     e
@@ -163,9 +170,9 @@ impl Hooked {
         self.post(body, &headers).await
     }
 
-    async fn joined_count(&self) -> i64 {
-        let state = self
-            .server
+    /// The meeting's `meetingState` document.
+    async fn state(&self) -> Value {
+        self.server
             .engine()
             .query(
                 "meetings.getState",
@@ -174,8 +181,12 @@ impl Hooked {
             )
             .await
             .unwrap()
-            .value;
-        state
+            .value
+    }
+
+    async fn joined_count(&self) -> i64 {
+        self.state()
+            .await
             .get_path("joinedCount")
             .and_then(Value::as_i64)
             .unwrap()
@@ -506,6 +517,18 @@ async fn malformed_oversized_and_irrelevant_deliveries() {
             "i-3",
         ),
         (event("call.ended", "default:not-a-meeting", None), "i-4"),
+        // A captured delivery replayed after its key has been forgotten: the signed
+        // created_at is older than the replay window.
+        (
+            {
+                let mut e = event("call.ended", &h.cid(), None);
+                e["created_at"] = json!(rfc3339(
+                    time::OffsetDateTime::now_utc() - time::Duration::days(2)
+                ));
+                e
+            },
+            "i-old",
+        ),
         (
             event(
                 "call.session_participant_joined",
@@ -532,7 +555,12 @@ async fn malformed_oversized_and_irrelevant_deliveries() {
         );
     }
     assert_eq!(h.joined_count().await, 0);
-    assert_eq!(h.deliveries("IGNORED"), 6);
+    assert_eq!(
+        h.state().await.get_path("active"),
+        Some(&Value::Bool(true)),
+        "the stale call.ended was not applied"
+    );
+    assert_eq!(h.deliveries("IGNORED"), 7);
 
     // Without X-Webhook-Id, the body itself is the key: a resend is a duplicate.
     let joined = serde_json::to_vec(&event(

@@ -14,7 +14,10 @@
 //!   scheduled, audited with no acting user); a concluded one is left alone, so the jobs are
 //!   scheduled once whoever ends the meeting first.
 //!
-//! Events about unknown meetings, users who are not participants, other call types, or of
+//! An event whose signed `created_at` is older than `MAX_EVENT_AGE_MS` is acknowledged and not
+//! applied: its delivery key may have expired, so a captured delivery replayed later would
+//! otherwise act again. Events about unknown meetings, users who are not participants, other
+//! call types, or of
 //! other types are acknowledged (200) and ignored: Stream would retry an error for ever, and
 //! none of them can become valid later. Responses: 200 processed, duplicate or ignored; 400 a
 //! malformed body or `X-Webhook-Id`; 401 a missing or wrong signature (or API key); 413 a body
@@ -54,6 +57,9 @@ use crate::stream::webhook::{
 use crate::stream::StreamConfig;
 
 pub const PATH: &str = "/webhooks/stream";
+/// Oldest event applied, by its `created_at`: half the delivery keys' lifetime, so a
+/// delivery is either recognised as a duplicate or refused as stale.
+const MAX_EVENT_AGE_MS: i64 = DEFAULT_TTL_MS / 2;
 /// The deliveries' scope in `idempotencyKeys`.
 pub const SCOPE: &str = "stream_webhook";
 /// Largest body accepted (Stream's call events carry the call and its members).
@@ -280,6 +286,9 @@ impl Receiver {
             Ok(delivery) => delivery,
             Err(reply) => return reply,
         };
+        if is_stale(&event, unix_ms()) {
+            return ignored(&event, "older than the replay window");
+        }
         let Some((call, action, user_id)) = target(&event) else {
             return ignored(&event, "event type not handled");
         };
@@ -356,6 +365,22 @@ impl Receiver {
         }
         Ok(())
     }
+}
+
+/// Whether a verified event is too old to apply: its delivery key is remembered for
+/// `DEFAULT_TTL_MS`, so a captured delivery replayed later would no longer be recognised as a
+/// duplicate. Its signed `created_at` bounds how late it may arrive; Stream's own retries of a
+/// delivery come within minutes.
+fn is_stale(event: &Event, now_ms: i64) -> bool {
+    event
+        .created_at_ms
+        .is_some_and(|created| created < now_ms - MAX_EVENT_AGE_MS)
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The call, the action (one of `ACTIONS`) and the user of an event `apply` handles.

@@ -106,6 +106,9 @@ pub enum EventAction {
 pub struct Event {
     /// The event's `type`, e.g. `call.ended`.
     pub kind: String,
+    /// When Stream created the event (`created_at`, RFC 3339), in ms since the epoch; `None`
+    /// if the event carries none.
+    pub created_at_ms: Option<i64>,
     /// `None` for events not about a call (their action is `Other`).
     pub call: Option<CallRef>,
     pub action: EventAction,
@@ -124,6 +127,8 @@ pub enum WebhookError {
     },
     #[error("call_cid {0:?} is not <type>:<id>")]
     BadCallCid(String),
+    #[error("created_at {0:?} is not an RFC 3339 time")]
+    BadCreatedAt(String),
     #[error("X-Webhook-Id must be 1 to {max_bytes} visible ASCII characters")]
     BadWebhookId { max_bytes: usize },
 }
@@ -133,6 +138,7 @@ struct RawEvent {
     #[serde(rename = "type")]
     kind: Option<String>,
     call_cid: Option<String>,
+    created_at: Option<String>,
     participant: Option<RawParticipant>,
 }
 
@@ -147,6 +153,14 @@ struct RawUser {
 }
 
 /// Reads a webhook body. Unknown event types are `Other`; a known one missing what LinkedUp
+/// An RFC 3339 time in ms since the epoch.
+fn parse_time(s: &str) -> Result<i64, WebhookError> {
+    let bad = || WebhookError::BadCreatedAt(s.chars().take(64).collect());
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| bad())?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad())
+}
+
 /// needs (its call, its participant's user id) is malformed.
 pub fn parse_event(body: &[u8]) -> Result<Event, WebhookError> {
     let raw: RawEvent =
@@ -155,6 +169,7 @@ pub fn parse_event(body: &[u8]) -> Result<Event, WebhookError> {
         .kind
         .filter(|k| !k.is_empty())
         .ok_or(WebhookError::MissingType)?;
+    let created_at_ms = raw.created_at.as_deref().map(parse_time).transpose()?;
     let known: &'static str = match kind.as_str() {
         PARTICIPANT_JOINED => PARTICIPANT_JOINED,
         PARTICIPANT_LEFT => PARTICIPANT_LEFT,
@@ -164,6 +179,7 @@ pub fn parse_event(body: &[u8]) -> Result<Event, WebhookError> {
             let call = raw.call_cid.as_deref().and_then(|c| split_cid(c).ok());
             return Ok(Event {
                 kind,
+                created_at_ms,
                 call,
                 action: EventAction::Other,
             });
@@ -196,6 +212,7 @@ pub fn parse_event(body: &[u8]) -> Result<Event, WebhookError> {
     };
     Ok(Event {
         kind,
+        created_at_ms,
         call: Some(call),
         action,
     })
@@ -266,6 +283,7 @@ mod tests {
             parse_event(joined).unwrap(),
             Event {
                 kind: PARTICIPANT_JOINED.into(),
+                created_at_ms: Some(1_704_067_200_000),
                 call: Some(CallRef {
                     call_type: "default".into(),
                     call_id: "m1".into()
@@ -304,6 +322,18 @@ mod tests {
             Err(WebhookError::NotJson(_))
         ));
         assert!(matches!(parse_event(b"[1]"), Err(WebhookError::NotJson(_))));
+        assert!(matches!(
+            parse_event(
+                br#"{"type":"call.ended","call_cid":"default:m1","created_at":"yesterday"}"#
+            ),
+            Err(WebhookError::BadCreatedAt(_))
+        ));
+        assert_eq!(
+            parse_event(br#"{"type":"call.ended","call_cid":"default:m1","created_at":"2024-01-01T00:00:00.5+01:00"}"#)
+                .unwrap()
+                .created_at_ms,
+            Some(1_704_063_600_500)
+        );
         assert_eq!(parse_event(b"{}"), Err(WebhookError::MissingType));
         assert_eq!(
             parse_event(br#"{"type":"call.ended"}"#),
