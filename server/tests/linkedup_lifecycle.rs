@@ -221,24 +221,25 @@ async fn ending_a_meeting_schedules_aggregation_and_insights_once() {
             .filter(|j| s(j, "state") == "success")
             .map(|j| s(j, "function"))
             .collect::<Vec<_>>();
-        if jobs.len() >= 3 {
+        if jobs.len() >= 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     jobs.sort();
-    // The room job is the start's (see stream_rooms).
+    // The room jobs: the start's creates the call, the end's ends it (see stream_rooms).
     assert_eq!(
         jobs,
         [
             "insights.generate",
+            "streamRooms.endCall",
             "streamRooms.provision",
             "transcripts.aggregateSegments"
         ]
     );
     // A second end was a no-op: no further jobs.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(finished(&w.env.engine).await.as_array().unwrap().len(), 3);
+    assert_eq!(finished(&w.env.engine).await.as_array().unwrap().len(), 4);
     // The insights job wrote one insight per participant, and audited it once.
     let mut owners: Vec<String> = w
         .env

@@ -201,6 +201,55 @@ async fn a_stream_failure_is_a_provider_error_and_stores_nothing() {
     assert_eq!(s(&r, "roomId"), format!("default:{m}"));
 }
 
+/// (state, attempt) of the scheduled runs of room job `function` for meeting `m`, once the
+/// latest run has finished (a failed run schedules its retry before it is recorded).
+async fn job_runs(
+    w: &World,
+    function: &'static str,
+    m: &str,
+    expected: usize,
+) -> Vec<(String, Option<i64>)> {
+    let jobs = |engine: query_engine::engine::Engine, m: String| async move {
+        let v = engine
+            .read(move |ctx| {
+                let jobs = ctx.full_table_scan("_scheduled_jobs", 1_000)?;
+                Ok(Value::Array(
+                    jobs.into_iter()
+                        .filter(|j| {
+                            j.get_path("function").and_then(Value::as_str) == Some(function)
+                                && j.get_path("args.meetingId").and_then(Value::as_str)
+                                    == Some(m.as_str())
+                        })
+                        .collect(),
+                ))
+            })
+            .await
+            .unwrap();
+        v.as_array().unwrap().to_vec()
+    };
+    let mut found = Vec::new();
+    for _ in 0..400 {
+        found = jobs(w.env.engine.clone(), m.to_string()).await;
+        let settled = found.iter().all(|j| {
+            j.get_path("args.attempt").is_some()
+                || matches!(s(j, "state").as_str(), "success" | "failed")
+        });
+        if found.len() == expected && settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    found
+        .iter()
+        .map(|j| {
+            (
+                s(j, "state"),
+                j.get_path("args.attempt").and_then(Value::as_i64),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_job_schedules_a_retry_when_stream_fails() {
     let fake = FakeStream::start().await;
@@ -215,49 +264,64 @@ async fn the_start_job_schedules_a_retry_when_stream_fails() {
         )
         .await
         .unwrap();
-    let jobs = |engine: query_engine::engine::Engine, m: String| async move {
-        let v = engine
-            .read(move |ctx| {
-                let jobs = ctx.full_table_scan("_scheduled_jobs", 1_000)?;
-                Ok(Value::Array(
-                    jobs.into_iter()
-                        .filter(|j| {
-                            j.get_path("function").and_then(Value::as_str)
-                                == Some("streamRooms.provision")
-                                && j.get_path("args.meetingId").and_then(Value::as_str)
-                                    == Some(m.as_str())
-                        })
-                        .collect(),
-                ))
-            })
-            .await
-            .unwrap();
-        v.as_array().unwrap().to_vec()
-    };
-    let mut found = Vec::new();
-    for _ in 0..400 {
-        found = jobs(w.env.engine.clone(), m.clone()).await;
-        // The retry is scheduled before the failed run is recorded.
-        if found.len() == 2 && found.iter().all(|j| s(j, "state") != "running") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let states: Vec<(String, Option<i64>)> = found
-        .iter()
-        .map(|j| {
-            (
-                s(j, "state"),
-                j.get_path("args.attempt").and_then(Value::as_i64),
-            )
-        })
-        .collect();
     assert_eq!(
-        states,
+        job_runs(&w, "streamRooms.provision", &m, 2).await,
         [
             ("failed".to_string(), None),
             ("pending".to_string(), Some(1))
         ]
     );
     assert_eq!(room_of(&w, &m).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_meeting_ends_its_call_and_retries_when_stream_fails() {
+    let fake = FakeStream::start().await;
+    let w = world(with_fake(&fake)).await;
+    let m = w.meeting.clone();
+    assert_eq!(room_of(&w, &m).await, Some(format!("default:{m}")));
+    w.end_meeting().await;
+    assert_eq!(
+        job_runs(&w, "streamRooms.endCall", &m, 1).await,
+        [("success".to_string(), None)]
+    );
+    let ended: Vec<Recorded> = fake
+        .calls()
+        .into_iter()
+        .filter(|r| r.path == format!("/api/v2/video/call/default/{m}/mark_ended"))
+        .collect();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].api_key.as_deref(), Some(API_KEY));
+    assert_eq!(ended[0].auth_type.as_deref(), Some("jwt"));
+
+    // A second meeting whose call Stream fails to end: the job runs again later.
+    let m2 = scheduled(&w).await;
+    w.env
+        .m(
+            "meetings.start",
+            obj! { "meetingId" => m2.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        job_runs(&w, "streamRooms.provision", &m2, 1).await,
+        [("success".to_string(), None)]
+    );
+    fake.script([Reply::status(503)]);
+    w.env
+        .m(
+            "meetings.end",
+            obj! { "meetingId" => m2.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        job_runs(&w, "streamRooms.endCall", &m2, 2).await,
+        [
+            ("failed".to_string(), None),
+            ("pending".to_string(), Some(1))
+        ]
+    );
 }

@@ -486,7 +486,17 @@ fn end(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
         MeetingStatus::Active => {}
         s => return Err(conflict("end", s)),
     }
-    conclude(ctx, &access.meeting, Some(&access.user.id))
+    conclude(ctx, &access.meeting, Some(&access.user.id))?;
+    // The host ended the meeting: end its video call for everyone still in it. (When Stream
+    // reports the call ended, the webhook concludes the meeting without this.)
+    if access.meeting.stream_room_id.is_some() {
+        ctx.schedule_after(
+            0,
+            stream_rooms::END_CALL,
+            obj! { "meetingId" => meeting_id },
+        )?;
+    }
+    Ok(())
 }
 
 /// Concludes an active meeting: its state, its live state document, and the post-call jobs,

@@ -3,7 +3,7 @@
 //! the meeting's participants.
 //!
 //! `meetings.createStreamRoom` (hosts) and the job `meetings.start` schedules both get or
-//! create the room. Idempotent at every step: the call id is the meeting id, so the provider
+//! create the room; the job `meetings.end` schedules ends its call. Idempotent at every step: the call id is the meeting id, so the provider
 //! finds the same call however often it is asked; a stored room id is returned without asking
 //! it; and the id is stored by a mutation that re-reads the meeting, so of two racing calls
 //! one stores it, the other returns what was stored. An action cannot hold a transaction open
@@ -37,10 +37,15 @@ const PLAN: &str = "streamRooms.plan";
 /// The same after checking that the caller hosts the meeting (for `CREATE`).
 const PLAN_AS_HOST: &str = "streamRooms.planAsHost";
 const STORE: &str = "streamRooms.store";
+/// The job `meetings.end` schedules for a meeting with a room (internal action, no caller):
+/// ends the call for everyone still in it.
+pub const END_CALL: &str = "streamRooms.endCall";
 const RETRY: &str = "streamRooms.retryLater";
-/// When `PROVISION` fails with `PROVIDER_ERROR`, it runs again after each of these waits in
-/// turn (then gives up; a host can still call `meetings.createStreamRoom`).
-const PROVISION_RETRY_DELAYS_MS: [i64; 2] = [30_000, 300_000];
+/// When a room job (`PROVISION`, `END_CALL`) fails with `PROVIDER_ERROR`, it runs again after
+/// each of these waits in turn, then gives up (a host can still call
+/// `meetings.createStreamRoom`; an unended call ends when its participants leave).
+const RETRY_DELAYS_MS: [i64; 2] = [30_000, 300_000];
+const RETRIED_JOBS: [&str; 2] = [PROVISION, END_CALL];
 
 /// A room's creation, as read from the meeting: either the room it already has, or what to
 /// create it with.
@@ -97,12 +102,21 @@ struct StoreArgs {
     actor_id: Option<String>,
 }
 
+/// The arguments of a room job.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ProvisionArgs {
+struct JobArgs {
     meeting_id: String,
     /// Retries so far (absent: the first attempt).
     attempt: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RetryArgs {
+    job: String,
+    meeting_id: String,
+    attempt: i64,
 }
 
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
@@ -130,38 +144,50 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         },
     );
 
+    let job_args = || {
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("attempt", v::optional(v::int64())),
+        ])
+    };
     // streamRooms.provision (internal action, scheduled by meetings.start): as above without
-    // the host check; on PROVIDER_ERROR schedules itself again (PROVISION_RETRY_DELAYS_MS).
+    // the host check; on PROVIDER_ERROR schedules itself again (RETRY_DELAYS_MS).
     let provider = config.stream.provider.clone();
     f.action(
         PROVISION,
         Visibility::Internal,
-        v::object([
-            ("meetingId", v::id(MEETINGS)),
-            ("attempt", v::optional(v::int64())),
-        ]),
+        job_args(),
         room_result(),
-        move |ctx, a: ProvisionArgs| {
+        move |ctx, a: JobArgs| {
             let provider = provider.clone();
             async move {
                 let plan = ctx
                     .run_query(PLAN, obj! { "meetingId" => a.meeting_id.as_str() })
                     .await?;
-                match provision(&ctx, &provider, decode(&plan)?).await {
-                    Ok(room_id) => Ok(StreamRoom { room_id }),
-                    Err(e) if e.code == ErrorCode::ProviderError.as_str() => {
-                        let retries = a.attempt.unwrap_or(0);
-                        if (0..PROVISION_RETRY_DELAYS_MS.len() as i64).contains(&retries) {
-                            ctx.run_mutation(
-                                RETRY,
-                                obj! { "meetingId" => a.meeting_id.as_str(), "attempt" => retries + 1 },
-                            )
-                            .await?;
-                        }
-                        Err(e)
-                    }
-                    Err(e) => Err(e),
-                }
+                let created = provision(&ctx, &provider, decode(&plan)?)
+                    .await
+                    .map(|room_id| StreamRoom { room_id });
+                retry_on_provider_error(&ctx, PROVISION, &a, created).await
+            }
+        },
+    );
+
+    // streamRooms.endCall (internal action, scheduled by meetings.end for a meeting with a
+    // room): ends the call for everyone still in it; on PROVIDER_ERROR schedules itself again.
+    let provider = config.stream.provider.clone();
+    f.action(
+        END_CALL,
+        Visibility::Internal,
+        job_args(),
+        v::null(),
+        move |ctx, a: JobArgs| {
+            let provider = provider.clone();
+            async move {
+                let ended = provider.end_call(&a.meeting_id).await.map_err(|e| {
+                    tracing::warn!(meeting = %a.meeting_id, error = %e, "cannot end the Stream call");
+                    e.to_function_error()
+                });
+                retry_on_provider_error(&ctx, END_CALL, &a, ended).await
             }
         },
     );
@@ -201,22 +227,52 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     f.mutation(
         RETRY,
         Visibility::Internal,
-        v::object([("meetingId", v::id(MEETINGS)), ("attempt", v::int64())]),
+        v::object([
+            ("job", v::string()),
+            ("meetingId", v::id(MEETINGS)),
+            ("attempt", v::int64()),
+        ]),
         v::null(),
-        |ctx, a: ProvisionArgs| {
-            let retry = a.attempt.unwrap_or(0);
-            let delay = usize::try_from(retry - 1)
+        |ctx, a: RetryArgs| {
+            let job = RETRIED_JOBS
+                .into_iter()
+                .find(|j| *j == a.job)
+                .ok_or_else(|| ErrorCode::ValidationError.err("job: not a room job"))?;
+            let delay = usize::try_from(a.attempt - 1)
                 .ok()
-                .and_then(|i| PROVISION_RETRY_DELAYS_MS.get(i))
+                .and_then(|i| RETRY_DELAYS_MS.get(i))
                 .ok_or_else(|| ErrorCode::ValidationError.err("attempt: no such retry"))?;
             ctx.schedule_after(
                 *delay,
-                PROVISION,
-                obj! { "meetingId" => a.meeting_id, "attempt" => retry },
+                job,
+                obj! { "meetingId" => a.meeting_id, "attempt" => a.attempt },
             )?;
             Ok(())
         },
     );
+}
+
+/// `result` of room job `job`; when it is a `PROVIDER_ERROR` and retries remain, the job is
+/// first scheduled to run again after the next of `RETRY_DELAYS_MS`.
+async fn retry_on_provider_error<T>(
+    ctx: &ActionCtx,
+    job: &str,
+    a: &JobArgs,
+    result: FunctionResult<T>,
+) -> FunctionResult<T> {
+    if let Err(e) = &result {
+        let retries = a.attempt.unwrap_or(0);
+        if e.code == ErrorCode::ProviderError.as_str()
+            && (0..RETRY_DELAYS_MS.len() as i64).contains(&retries)
+        {
+            ctx.run_mutation(
+                RETRY,
+                obj! { "job" => job, "meetingId" => a.meeting_id.as_str(), "attempt" => retries + 1 },
+            )
+            .await?;
+        }
+    }
+    result
 }
 
 /// Returns the plan's room if it has one; otherwise creates it through `provider` and stores

@@ -174,6 +174,15 @@ impl StreamClient {
         }
     }
 
+    /// Ends the meeting's call for everyone in it (`POST …/{type}/{id}/mark_ended`; Stream then
+    /// sends `call.ended`). Ending an ended call again is harmless.
+    pub async fn end_call(&self, meeting_id: &str) -> Result<(), StreamError> {
+        let settings = &self.inner.settings;
+        let deadline = Instant::now() + settings.total_budget;
+        let path = format!("{CALL_PATH}/{}/{meeting_id}/mark_ended", settings.call_type);
+        self.post(&path, &json!({}), deadline).await.map(drop)
+    }
+
     /// POSTs `body` to `path`, retrying what `StreamError::is_retryable` allows while
     /// attempts and time remain. Returns the response's JSON object.
     async fn post(&self, path: &str, body: &Json, deadline: Instant) -> Result<Json, StreamError> {

@@ -1,5 +1,5 @@
 //! The room provider: what creating a meeting's call asks for (`RoomRequest`) and the two ways
-//! of answering it, Stream's API or the local provider. The call id is always the meeting id,
+//! of answering it (and of ending the call), Stream's API or the local provider. The call id is always the meeting id,
 //! so a room is created at most once per meeting however often it is asked for, and a
 //! webhook's call id names its meeting.
 
@@ -58,6 +58,19 @@ impl RoomProvider {
         match self {
             RoomProvider::Local { call_type } => call_type,
             RoomProvider::Stream(client) => client.call_type(),
+        }
+    }
+
+    /// Ends the meeting's call for everyone in it; the local provider has nothing to end.
+    pub async fn end_call(&self, meeting_id: &str) -> Result<(), StreamError> {
+        if !is_call_id(meeting_id) {
+            return Err(StreamError::InvalidRequest(format!(
+                "{meeting_id:?} cannot be a call id"
+            )));
+        }
+        match self {
+            RoomProvider::Local { .. } => Ok(()),
+            RoomProvider::Stream(client) => client.end_call(meeting_id).await,
         }
     }
 
