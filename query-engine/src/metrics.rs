@@ -1,8 +1,11 @@
 //! Engine counters and fixed-bucket histograms, lock-free, cheap enough for the commit path.
 //! The server renders them in Prometheus text format; benchmarks read them directly.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 /// A histogram with fixed upper bounds (cumulative counts are derived when rendering).
 pub struct Histogram {
@@ -99,6 +102,9 @@ pub struct EngineMetrics {
     pub admission_queued: AtomicU64,
     /// Stored documents checked against a changed schema when the engine opened.
     pub open_documents_checked: AtomicU64,
+    /// Scheduled job runs by (function, outcome): background work no client sees fail.
+    /// Bounded by the functions jobs name.
+    jobs: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Default for EngineMetrics {
@@ -114,11 +120,32 @@ impl Default for EngineMetrics {
             admission_wait: Histogram::new(LATENCY_BUCKETS),
             admission_queued: AtomicU64::new(0),
             open_documents_checked: AtomicU64::new(0),
+            jobs: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl EngineMetrics {
+    /// Counts a finished run of a scheduled job; `outcome` is `success` or `failed`.
+    pub(crate) fn record_job(&self, function: &str, outcome: &'static str) {
+        let mut jobs = self.jobs.lock();
+        match jobs.get_mut(&(function.to_string(), outcome)) {
+            Some(n) => *n += 1,
+            None => {
+                jobs.insert((function.to_string(), outcome), 1);
+            }
+        }
+    }
+
+    /// Finished runs of `function`'s scheduled jobs with `outcome` (tests).
+    pub fn jobs(&self, function: &str, outcome: &'static str) -> u64 {
+        self.jobs
+            .lock()
+            .get(&(function.to_string(), outcome))
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub(crate) fn record_commit(&self, txns: usize, write_time: Duration) {
         self.commits.fetch_add(txns as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
@@ -180,5 +207,27 @@ impl EngineMetrics {
         let _ = writeln!(out, "# HELP engine_admission_wait_seconds Queueing of mutations admitted after waiting for a commit slot\n# TYPE engine_admission_wait_seconds histogram");
         self.admission_wait
             .render("engine_admission_wait_seconds", "", out);
+        let _ = writeln!(out, "# HELP engine_scheduled_jobs_total Finished runs of scheduled jobs by function and outcome\n# TYPE engine_scheduled_jobs_total counter");
+        for ((function, outcome), n) in self.jobs.lock().iter() {
+            let _ = writeln!(
+                out,
+                "engine_scheduled_jobs_total{{function=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape_label(function)
+            );
+        }
     }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+pub fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -263,20 +263,25 @@ async fn run_mutation_job(engine: &Engine, id: String, function: String, args: V
     let outcome = engine
         .transact(move |ctx| {
             if !claim(ctx, &jid, "running")? {
-                return Ok(Value::Null);
+                return Ok(Value::Bool(false));
             }
             eng.run_in(ctx, &f, a.clone())?;
             let now = ctx.now_ms();
             ctx.patch(SCHEDULED_JOBS, &jid, finish("success", None, now))?;
-            Ok(Value::Null)
+            Ok(Value::Bool(true))
         })
         .await;
+    let metrics = engine.metrics();
+    if outcome == Ok(Value::Bool(true)) {
+        metrics.record_job(&function, "success");
+    }
     if let Err(e) = outcome {
         tracing::warn!(job = %id, function = %function, error = %e, "scheduled mutation failed");
         let msg = e.to_string();
         let r = engine
             .transact(move |ctx| {
-                if claim(ctx, &id, "failed")? {
+                let claimed = claim(ctx, &id, "failed")?;
+                if claimed {
                     let now = ctx.now_ms();
                     ctx.patch(
                         SCHEDULED_JOBS,
@@ -284,11 +289,13 @@ async fn run_mutation_job(engine: &Engine, id: String, function: String, args: V
                         finish("failed", Some(msg.clone()), now),
                     )?;
                 }
-                Ok(Value::Null)
+                Ok(Value::Bool(claimed))
             })
             .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "cannot record scheduled mutation failure");
+        match r {
+            Ok(Value::Bool(true)) => metrics.record_job(&function, "failed"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot record scheduled mutation failure"),
         }
     }
 }
@@ -306,6 +313,7 @@ async fn run_action_job(engine: &Engine, id: String, function: String, args: Val
         let result = engine2.action_internal(&function, args, None).await;
         let error = result.err().map(|e| e.to_string());
         let state = if error.is_some() { "failed" } else { "success" };
+        engine2.metrics().record_job(&function, state);
         let r = engine2
             .transact(move |ctx| {
                 let now = ctx.now_ms();

@@ -211,6 +211,14 @@ async fn scheduled_mutation_runs_once_at_or_after_its_time() {
     let later = schedule(&engine, "later", 0, "record").await;
     job_in_final_state(&engine, &later).await;
     assert_eq!(events(&engine, "once").await.len(), 1);
+    // Both runs are counted in the metrics (recorded just after the run commits).
+    let metrics = engine.metrics().clone();
+    eventually("two counted runs", || {
+        let n = metrics.jobs("record", "success");
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(metrics.jobs("record", "failed"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,6 +251,14 @@ async fn scheduled_actions_run_and_failures_are_recorded() {
     assert_eq!(str_of(&j, "state"), "failed");
     assert!(str_of(&j, "error").contains("boom"), "{j:?}");
     assert!(j.get_path("completedAtMs").is_some());
+    let metrics = engine.metrics();
+    assert_eq!(metrics.jobs("recordAction", "success"), 1);
+    assert_eq!(metrics.jobs("failingAction", "failed"), 1);
+    assert_eq!(metrics.jobs("failingAction", "success"), 0);
+    let mut text = String::new();
+    metrics.render(&mut text);
+    assert!(text
+        .contains("engine_scheduled_jobs_total{function=\"failingAction\",outcome=\"failed\"} 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

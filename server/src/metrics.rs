@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use query_engine::metrics::{Histogram, LATENCY_BUCKETS};
+use query_engine::metrics::{escape_label, Histogram, LATENCY_BUCKETS};
 
 /// Distinct outcome codes tracked per function; further codes count as `OTHER`, so a function
 /// inventing error codes cannot grow the metrics without bound.
@@ -134,8 +134,8 @@ impl ServerMetrics {
                 let _ = writeln!(
                     out,
                     "server_calls_total{{function=\"{}\",kind=\"{kind}\",code=\"{}\"}} {n}",
-                    escape(function),
-                    escape(code)
+                    escape_label(function),
+                    escape_label(code)
                 );
             }
         }
@@ -144,26 +144,12 @@ impl ServerMetrics {
             "# HELP server_call_duration_seconds Call latency from stream accepted to result written\n# TYPE server_call_duration_seconds histogram"
         );
         for ((function, kind), series) in calls.iter() {
-            let labels = format!("function=\"{}\",kind=\"{kind}\"", escape(function));
+            let labels = format!("function=\"{}\",kind=\"{kind}\"", escape_label(function));
             series
                 .latency
                 .render("server_call_duration_seconds", &labels, out);
         }
     }
-}
-
-/// Escapes a Prometheus label value.
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
