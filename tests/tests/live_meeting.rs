@@ -262,6 +262,50 @@ fn assert_in_order_once(got: &[(i64, String)], from: i64, to: i64) {
     assert_eq!(seqs, want, "chunks missing, repeated or out of order");
 }
 
+/// A reader starting far behind reads the backlog in large windows and then follows live in
+/// small ones (`DEFAULT_STREAM_LIMIT`); across both switches every chunk arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reads_a_backlog_then_follows_live_once_in_order() {
+    const BACKLOG: i64 = 450;
+    const LIVE: i64 = 45;
+    let (_dir, server) = start().await;
+    let (speaker, _) = person(&server, "speaker").await;
+    let (reader, reader_id) = person(&server, "reader").await;
+    let meeting_id = meeting(&speaker, &[reader_id]).await;
+    let write = |from: i64, to: i64| {
+        let speaker = speaker.clone();
+        let meeting_id = meeting_id.clone();
+        async move {
+            let (sender, _reports) =
+                TranscriptSender::new(&speaker, &meeting_id, SenderConfig::default()).unwrap();
+            for k in from..to {
+                sender
+                    .send(NewChunk {
+                        speaker_id: Some("speaker".into()),
+                        text: format!("chunk {k}"),
+                        confidence: 0.9,
+                        start_ms: k * 100,
+                        end_ms: k * 100 + 90,
+                    })
+                    .await
+                    .unwrap();
+            }
+            sender.close().await.unwrap();
+        }
+    };
+    write(0, BACKLOG).await;
+    let mut stream = reader.transcript_stream(&meeting_id, 0).unwrap();
+    let mut got = read_until(&mut stream, BACKLOG).await;
+    let live = tokio::spawn(write(BACKLOG, BACKLOG + LIVE));
+    got.extend(read_until(&mut stream, BACKLOG + LIVE).await);
+    live.await.unwrap();
+    assert_in_order_once(&got, 1, BACKLOG + LIVE);
+    drop(stream);
+    reader.close().await;
+    speaker.close().await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transcript_bursts_reach_every_reader_once_in_order() {
     const PRODUCERS: usize = 3;

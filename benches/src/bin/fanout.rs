@@ -64,8 +64,9 @@ struct Args {
     /// CPU per write than two (fewer wake-ups and steals across threads).
     #[arg(long)]
     harness_threads: Option<usize>,
-    /// Stream window (`limit`); a subscriber re-subscribes when its window fills.
-    #[arg(long, default_value_t = 50)]
+    /// Stream window (`limit`); a subscriber re-subscribes when its window fills [default:
+    /// the SDK's live window, `DEFAULT_STREAM_LIMIT`].
+    #[arg(long, default_value_t = linkedup_client::transcripts::DEFAULT_STREAM_LIMIT as usize)]
     window: usize,
     /// Write rate of the seed load, writes/s (all meetings together).
     #[arg(long, default_value_t = 10_000.0)]
