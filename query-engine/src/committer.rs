@@ -113,7 +113,7 @@ pub(crate) fn now_micros() -> u64 {
 }
 
 /// Wall-clock milliseconds since the epoch.
-pub(crate) fn now_millis() -> i64 {
+pub fn now_millis() -> i64 {
     (now_micros() / 1_000) as i64
 }
 

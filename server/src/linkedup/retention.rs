@@ -27,9 +27,8 @@ use linkedup_schema::tables::names::{
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
 use query_engine::functions::{Functions, Visibility};
-use query_engine::obj;
 use query_engine::schema::{v, BY_CREATION_TIME};
-use query_engine::value::Value;
+use query_engine::value::{Object, Value};
 use serde::{Deserialize, Serialize};
 
 use super::transcripts::last_sequence;
@@ -132,17 +131,7 @@ fn purge(
         keep,
         (PURGE, again),
     )?;
-    if deleted > 0 {
-        audit::record_in_org(
-            ctx,
-            None,
-            None,
-            "table",
-            &table,
-            "retention.purged",
-            obj! { "deleted" => deleted as i64, "createdBeforeMs" => cutoff },
-        )?;
-    }
+    record_purged(ctx, &table, deleted as i64, ("createdBeforeMs", cutoff))?;
     Ok(PurgeResult {
         deleted: deleted as i64,
         continued,
@@ -187,4 +176,28 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         ]),
         move |ctx, a: PurgeArgs| purge(ctx, &policy, a),
     );
+}
+/// Audits a retention purge that deleted `deleted` (> 0) documents of `table`, with the
+/// cutoff it applied (`(field, ms)`, e.g. `("createdBeforeMs", cutoff)`).
+pub(crate) fn record_purged(
+    ctx: &mut Ctx<'_, '_>,
+    table: &str,
+    deleted: i64,
+    (cutoff_field, cutoff): (&str, i64),
+) -> FunctionResult<()> {
+    if deleted == 0 {
+        return Ok(());
+    }
+    let mut detail = Object::new();
+    detail.insert("deleted".into(), deleted.into());
+    detail.insert(cutoff_field.into(), cutoff.into());
+    audit::record_in_org(
+        ctx,
+        None,
+        None,
+        "table",
+        table,
+        "retention.purged",
+        Value::from(detail),
+    )
 }

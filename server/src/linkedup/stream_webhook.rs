@@ -37,6 +37,7 @@ use axum::{Json, Router};
 use linkedup_schema::api::{Meeting, MeetingStatus, Presence};
 use linkedup_schema::tables::names::{MEETINGS, USERS};
 use linkedup_schema::ErrorCode;
+use query_engine::committer::now_millis;
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
 use query_engine::functions::{Functions, Visibility};
@@ -286,7 +287,7 @@ impl Receiver {
             Ok(delivery) => delivery,
             Err(reply) => return reply,
         };
-        if is_stale(&event, unix_ms()) {
+        if is_stale(&event, now_millis()) {
             return ignored(&event, "older than the replay window");
         }
         let Some((call, action, user_id)) = target(&event) else {
@@ -375,12 +376,6 @@ fn is_stale(event: &Event, now_ms: i64) -> bool {
     event
         .created_at_ms
         .is_some_and(|created| created < now_ms - MAX_EVENT_AGE_MS)
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The call, the action (one of `ACTIONS`) and the user of an event `apply` handles.

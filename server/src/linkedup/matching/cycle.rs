@@ -37,6 +37,7 @@ use super::pairing;
 use super::parties::{self, Detail, Party};
 use super::scoring;
 use super::MatchingConfig;
+use crate::linkedup::retention::record_purged;
 use crate::linkedup::{audit, decode, encode, fields, id_of, LinkedUpConfig};
 
 pub const TICK: &str = "matching.tick";
@@ -444,16 +445,6 @@ fn purge(ctx: &mut Ctx<'_, '_>, config: &MatchingConfig) -> FunctionResult<i64> 
     if full {
         ctx.schedule_after(0, PURGE, obj! {})?;
     }
-    if deleted > 0 {
-        audit::record_in_org(
-            ctx,
-            None,
-            None,
-            "table",
-            MATCHING_QUEUE,
-            "retention.purged",
-            obj! { "deleted" => deleted, "endedBeforeMs" => cutoff },
-        )?;
-    }
+    record_purged(ctx, MATCHING_QUEUE, deleted, ("endedBeforeMs", cutoff))?;
     Ok(deleted)
 }
