@@ -1,6 +1,7 @@
 pub mod ai;
 pub mod auth;
 pub mod config;
+pub mod hex;
 pub mod http;
 pub mod linkedup;
 pub mod metrics;

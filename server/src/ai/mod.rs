@@ -393,7 +393,7 @@ pub fn request_hash(scope: &str, request: &impl Serialize) -> String {
     h.update(scope.as_bytes());
     h.update([0u8]);
     h.update(&body);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::hex(&h.finalize())
 }
 
 fn check_chars(what: &str, s: &str, max: usize) -> Result<(), AiError> {

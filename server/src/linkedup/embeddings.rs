@@ -25,7 +25,6 @@ use query_engine::obj;
 use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::ai_context::{profile_of, Labels};
 use super::guards::current_user;
@@ -33,6 +32,7 @@ use super::rate_limit::check_and_consume;
 use super::{check_text, decode, encode, id_of, LinkedUpConfig};
 use crate::ai::text::{content_words, truncate};
 use crate::ai::MAX_DIMENSIONS;
+use crate::hex::sha256_hex;
 
 /// The internal action that embeds a source's text.
 pub const GENERATE: &str = "embeddings.generate";
@@ -184,10 +184,7 @@ async fn embed_and_store(
         .into_iter()
         .next()
         .ok_or_else(|| ErrorCode::Internal.err("no embedding returned"))?;
-    let digest: String = Sha256::digest(texts[0].as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = sha256_hex(texts[0].as_bytes());
     let args = StoreArgs {
         source_type: source_type.to_string(),
         source_id: source_id.to_string(),

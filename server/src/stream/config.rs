@@ -103,7 +103,7 @@ pub fn load_or_create_dev_secret(dir: &Path) -> Result<Secret, StreamConfigError
     }
     fs::create_dir_all(dir).map_err(io_err)?;
     let bytes: [u8; DEV_SECRET_BYTES] = rand::thread_rng().gen();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::hex::hex(&bytes);
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -7,6 +7,7 @@ use ring::hmac;
 use serde::Deserialize;
 
 use super::Secret;
+use crate::hex::{hex, sha256_hex};
 
 pub const SIGNATURE_HEADER: &str = "x-signature";
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -26,11 +27,7 @@ fn key(secret: &Secret) -> hmac::Key {
 
 /// The `X-Signature` Stream sends with `body`: lowercase hex HMAC-SHA256 under the secret.
 pub fn sign(secret: &Secret, body: &[u8]) -> String {
-    hmac::sign(&key(secret), body)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(hmac::sign(&key(secret), body).as_ref())
 }
 
 /// Whether `signature` (hex, either case) is the body's signature under `secret`. The
@@ -70,11 +67,7 @@ pub fn delivery_key(
             Ok(id.to_string())
         }
         Some(_) => Err(WebhookError::BadWebhookId { max_bytes }),
-        None => {
-            let digest = ring::digest::digest(&ring::digest::SHA256, body);
-            let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-            Ok(format!("sha256:{hex}"))
-        }
+        None => Ok(format!("sha256:{}", sha256_hex(body))),
     }
 }
 
