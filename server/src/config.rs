@@ -447,7 +447,7 @@ pub struct Options {
         value_name = "KEY",
         hide_env_values = true
     )]
-    pub ai_api_key: Option<crate::ai::ApiKey>,
+    pub ai_api_key: Option<crate::secret::Secret>,
     /// Chat model for ideas, prompts and insights [default: gpt-4o-mini].
     #[arg(
         long,

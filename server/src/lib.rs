@@ -6,6 +6,7 @@ pub mod http;
 pub mod linkedup;
 pub mod metrics;
 pub mod provider_http;
+pub mod secret;
 pub mod server;
 pub mod stream;
 pub mod transport;

@@ -5,40 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use super::openai::{OpenAiProvider, OpenAiSettings};
 use super::AiService;
 use crate::config::{ConfigError, Options};
 use crate::linkedup::RateLimit;
-
-/// A provider API key. Its `Debug` does not show it, so it cannot leak through logged
-/// configuration; only the HTTP client reads it (`expose`).
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    pub fn new(key: impl Into<String>) -> Self {
-        ApiKey(key.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
-
-impl From<String> for ApiKey {
-    fn from(key: String) -> Self {
-        ApiKey(key)
-    }
-}
 
 /// What the AI functions use and how hard they may use it.
 #[derive(Clone, Debug)]
@@ -248,7 +218,10 @@ mod tests {
         let o = options(&["--config", path.to_str().unwrap(), "--ai-timeout-ms", "500"])
             .layered()
             .unwrap();
-        assert_eq!(o.ai_api_key.as_ref().map(ApiKey::expose), Some("sk-file"));
+        assert_eq!(
+            o.ai_api_key.as_ref().map(crate::secret::Secret::expose),
+            Some("sk-file")
+        );
         assert_eq!(o.ai_timeout_ms, Some(500));
         let c = AiConfig::from_options(&o).unwrap();
         assert_eq!(c.service.provider_name(), "openai");

@@ -22,7 +22,7 @@ use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use config::{AiConfig, ApiKey};
+pub use config::AiConfig;
 pub use local::LocalProvider;
 pub use openai::{OpenAiProvider, OpenAiSettings};
 

@@ -14,7 +14,6 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::ApiKey;
 use super::{
     AiError, AiProvider, Idea, InCallRequest, InsightDraft, PostCallRequest, PreCallRequest,
     MAX_ACTION_ITEMS, MAX_IDEAS, MAX_ITEM_CHARS, MAX_RECOMMENDATIONS, MAX_SUMMARY_CHARS, MAX_TAGS,
@@ -23,6 +22,7 @@ use super::{
 use crate::provider_http::{
     describe, read_capped, retry_after, with_retries, BodyError, Failure, RetryPolicy,
 };
+use crate::secret::Secret;
 
 /// Longest a call may take, retries and waits included: the engine stops an action after
 /// 60 s, and the caller needs time to store the result.
@@ -37,7 +37,7 @@ const MAX_ERROR_CODE_CHARS: usize = 64;
 pub struct OpenAiSettings {
     /// E.g. `https://api.openai.com/v1`; paths are appended to it.
     pub base_url: String,
-    pub api_key: ApiKey,
+    pub api_key: Secret,
     pub chat_model: String,
     pub embedding_model: String,
     /// Per request (connect to last byte).
@@ -59,7 +59,7 @@ impl OpenAiSettings {
     pub const DEFAULT_EMBEDDING_MODEL: &'static str = "text-embedding-3-small";
 
     /// The defaults for `base_url` and `api_key`.
-    pub fn new(base_url: impl Into<String>, api_key: ApiKey) -> Self {
+    pub fn new(base_url: impl Into<String>, api_key: Secret) -> Self {
         OpenAiSettings {
             base_url: base_url.into(),
             api_key,

@@ -11,13 +11,11 @@ pub mod config;
 pub mod provider;
 pub mod webhook;
 
-use std::fmt;
-use std::str::FromStr;
-
 use linkedup_schema::ErrorCode;
 use query_engine::error::FunctionError;
 use query_engine::obj;
 
+pub use crate::secret::Secret;
 pub use client::{ApiSettings, StreamClient};
 pub use config::StreamConfig;
 pub use provider::{RoomMember, RoomProvider, RoomRequest};
@@ -28,36 +26,6 @@ pub const DEFAULT_BASE_URL: &str = "https://chat.stream-io-api.com";
 pub const DEFAULT_CALL_TYPE: &str = "default";
 /// Longest call type or call id Stream accepts.
 pub const MAX_CALL_ID_CHARS: usize = 64;
-
-/// A secret (the Stream API secret) that never shows in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for signing and verifying only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
 
 /// Whether `s` is usable as a Stream call type or call id: 1 to 64 of `a-z A-Z 0-9 _ -`.
 /// Meeting ids always are (23 lowercase base32 characters).

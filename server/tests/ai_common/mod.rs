@@ -12,8 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use linkedup_server::ai::{AiConfig, AiService, ApiKey, OpenAiProvider, OpenAiSettings};
+use linkedup_server::ai::{AiConfig, AiService, OpenAiProvider, OpenAiSettings};
 use linkedup_server::linkedup::LinkedUpConfig;
+use linkedup_server::secret::Secret;
 use parking_lot::Mutex;
 use query_engine::identity::Identity;
 use serde_json::{json, Value as Json_};
@@ -232,7 +233,7 @@ impl Fake {
 
     /// Settings for a client of this fake: short timeouts and backoff, two retries.
     pub fn settings(&self) -> OpenAiSettings {
-        let mut s = OpenAiSettings::new(self.base_url.clone(), ApiKey::new(KEY));
+        let mut s = OpenAiSettings::new(self.base_url.clone(), Secret::new(KEY));
         s.request_timeout = Duration::from_secs(2);
         s.backoff_base = Duration::from_millis(10);
         s.max_backoff = Duration::from_millis(50);
