@@ -716,7 +716,7 @@ fn non_empty(name: &'static str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn at_most<T: PartialOrd + ToString>(
+pub(crate) fn at_most<T: PartialOrd + ToString>(
     name: &'static str,
     n: T,
     max: T,

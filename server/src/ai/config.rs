@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::openai::{OpenAiProvider, OpenAiSettings};
 use super::AiService;
-use crate::config::{ConfigError, Options};
+use crate::config::{at_most, ConfigError, Options};
 use crate::linkedup::RateLimit;
 
 /// What the AI functions use and how hard they may use it.
@@ -60,13 +60,12 @@ impl AiConfig {
             };
         let mut config = AiConfig::default();
         if let Some(ms) = o.ai_in_call_interval_ms {
-            if ms > MAX_IN_CALL_INTERVAL_MS {
-                return Err(invalid(
-                    "ai-in-call-interval-ms",
-                    ms.to_string(),
-                    "must be at most 3600000 (an hour)",
-                ));
-            }
+            let ms = at_most(
+                "ai-in-call-interval-ms",
+                ms,
+                MAX_IN_CALL_INTERVAL_MS,
+                "must be at most 3600000 (an hour)",
+            )?;
             config.in_call_interval_ms = ms as i64;
         }
         let provider = match o.ai_provider.as_deref() {
@@ -130,14 +129,7 @@ impl AiConfig {
             settings.request_timeout = Duration::from_millis(ms);
         }
         if let Some(n) = o.ai_max_retries {
-            if n > MAX_RETRIES {
-                return Err(invalid(
-                    "ai-max-retries",
-                    n.to_string(),
-                    "must be at most 5",
-                ));
-            }
-            settings.max_retries = n;
+            settings.max_retries = at_most("ai-max-retries", n, MAX_RETRIES, "must be at most 5")?;
         }
         let provider = OpenAiProvider::new(settings).map_err(|detail| {
             tracing::error!(%detail, "building the AI provider");
