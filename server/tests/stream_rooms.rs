@@ -325,3 +325,57 @@ async fn ending_a_meeting_ends_its_call_and_retries_when_stream_fails() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_ended_while_its_room_is_created_gets_its_call_ended() {
+    let fake = FakeStream::start().await;
+    let w = world(with_fake(&fake)).await;
+    let m = scheduled(&w).await;
+    let release = fake.hold_next_call();
+    w.env
+        .m(
+            "meetings.start",
+            obj! { "meetingId" => m.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    // The start job's get-or-create request is at Stream, unanswered.
+    let create_path = format!("/api/v2/video/call/default/{m}");
+    for _ in 0..400 {
+        if fake.calls().iter().any(|r| r.path == create_path) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(fake.calls().iter().any(|r| r.path == create_path));
+    w.env
+        .m(
+            "meetings.end",
+            obj! { "meetingId" => m.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        room_of(&w, &m).await,
+        None,
+        "ended before the room was stored"
+    );
+    release.notify_one();
+    assert_eq!(
+        job_runs(&w, "streamRooms.provision", &m, 1).await,
+        [("success".to_string(), None)]
+    );
+    assert_eq!(room_of(&w, &m).await, Some(format!("default:{m}")));
+    assert_eq!(
+        job_runs(&w, "streamRooms.endCall", &m, 1).await,
+        [("success".to_string(), None)]
+    );
+    let ended = fake
+        .calls()
+        .into_iter()
+        .filter(|r| r.path == format!("{create_path}/mark_ended"))
+        .count();
+    assert_eq!(ended, 1);
+}

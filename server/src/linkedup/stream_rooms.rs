@@ -3,7 +3,9 @@
 //! the meeting's participants.
 //!
 //! `meetings.createStreamRoom` (hosts) and the job `meetings.start` schedules both get or
-//! create the room; the job `meetings.end` schedules ends its call. Idempotent at every step: the call id is the meeting id, so the provider
+//! create the room; the job `meetings.end` schedules ends its call (or, when the meeting ended
+//! while its room was being created, the job storing the room does). Idempotent at every
+//! step: the call id is the meeting id, so the provider
 //! finds the same call however often it is asked; a stored room id is returned without asking
 //! it; and the id is stored by a mutation that re-reads the meeting, so of two racing calls
 //! one stores it, the other returns what was stored. An action cannot hold a transaction open
@@ -336,6 +338,11 @@ fn plan(ctx: &mut Ctx<'_, '_>, meeting: Meeting, actor_id: Option<String>) -> Fu
 
 /// Stores the room id unless the meeting has one already (a concurrent call stored it first;
 /// the engine re-runs a conflicting mutation, which then finds it). Returns the stored id.
+///
+/// A meeting that ended while its room was being created (after the plan was read) gets the
+/// room stored and its call ended: `meetings.end` schedules `END_CALL` only for a meeting with
+/// a stored room, so of the two serialised mutations exactly one sees both the room and the
+/// end, and schedules it.
 fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<String> {
     let meeting = get_meeting(ctx, &a.meeting_id)?;
     if let Some(existing) = meeting.stream_room_id {
@@ -347,6 +354,12 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<String> {
         &meeting.id,
         fields(obj! { "streamRoomId" => a.room_id.as_str(), "updatedAt" => now }),
     )?;
+    if !matches!(
+        meeting.state,
+        MeetingStatus::Scheduled | MeetingStatus::Active
+    ) {
+        ctx.schedule_after(0, END_CALL, obj! { "meetingId" => meeting.id.as_str() })?;
+    }
     audit::record_in_org(
         ctx,
         meeting.org_id.as_deref(),

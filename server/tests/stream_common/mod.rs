@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use linkedup_server::stream::{ApiSettings, Secret};
 use parking_lot::Mutex;
-use tokio::sync::Barrier;
+use tokio::sync::{Barrier, Notify};
 
 pub const API_KEY: &str = "test-key";
 pub const API_SECRET: &str = "test-secret-do-not-leak";
@@ -63,6 +63,8 @@ struct FakeState {
     replies: Mutex<VecDeque<Reply>>,
     /// Call requests wait here before answering, when set.
     gate: Mutex<Option<Arc<Barrier>>>,
+    /// The next call request waits for this before answering, when set.
+    held: Mutex<Option<Arc<Notify>>>,
 }
 
 pub struct FakeStream {
@@ -97,6 +99,13 @@ impl FakeStream {
     /// Holds every call request until `n` of them have arrived.
     pub fn hold_calls_until(&self, n: usize) {
         *self.state.gate.lock() = Some(Arc::new(Barrier::new(n)));
+    }
+
+    /// Holds the next call request until the returned handle is notified.
+    pub fn hold_next_call(&self) -> Arc<Notify> {
+        let release = Arc::new(Notify::new());
+        *self.state.held.lock() = Some(release.clone());
+        release
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -155,6 +164,10 @@ async fn answer(
     let gate = state.gate.lock().clone();
     if let Some(gate) = gate {
         gate.wait().await;
+    }
+    let held = state.held.lock().take();
+    if let Some(release) = held {
+        release.notified().await;
     }
     let scripted = state.replies.lock().pop_front();
     let reply = scripted.unwrap_or_else(|| {
