@@ -27,7 +27,7 @@ use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
 use super::ai_context::{profile_of, Labels};
-use super::guards::current_user;
+use super::guards::{being_erased, current_user};
 use super::rate_limit::check_and_consume;
 use super::{check_text, decode, encode, id_of, LinkedUpConfig};
 use crate::ai::text::{content_words, truncate};
@@ -210,11 +210,13 @@ async fn embed_and_store(
     })
 }
 
-/// The caller's profile text, after their rate limit. Returns: UNAUTHORIZED,
-/// VALIDATION_ERROR (nothing to embed), RATE_LIMITED.
-fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResult<RefreshStart> {
-    let me = current_user(ctx)?;
-    let profile = profile_of(ctx, &mut Labels::default(), &me.id)?;
+/// The text a user's `user` embedding is made of: their bio, goals, experience and interest
+/// labels; `None` when it has no words to embed.
+pub(crate) fn profile_content(
+    ctx: &mut Ctx<'_, '_>,
+    user_id: &str,
+) -> FunctionResult<Option<String>> {
+    let profile = profile_of(ctx, &mut Labels::default(), user_id)?;
     // The name is left out: it says nothing about what the user shares with others.
     let mut parts: Vec<String> = [profile.bio, profile.goals, profile.experience]
         .into_iter()
@@ -224,12 +226,19 @@ fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResu
         parts.push(format!("Interests: {}.", profile.interests.join(", ")));
     }
     let content = truncate(&parts.join("\n"), MAX_EMBED_CHARS);
-    if content_words(&content).is_empty() {
+    Ok((!content_words(&content).is_empty()).then_some(content))
+}
+
+/// The caller's profile text, after their rate limit. Returns: UNAUTHORIZED,
+/// VALIDATION_ERROR (nothing to embed), RATE_LIMITED.
+fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResult<RefreshStart> {
+    let me = current_user(ctx)?;
+    let Some(content) = profile_content(ctx, &me.id)? else {
         return Err(invalid_field(
             "profile",
             "nothing to embed yet: add a bio, goals, experience or interests first",
         ));
-    }
+    };
     check_and_consume(
         ctx,
         &config.rate_limits,
@@ -241,6 +250,52 @@ fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResu
         user_id: me.id,
         content,
     })
+}
+
+/// Called by the mutations that change what `profile_content` reads (`profiles.update`,
+/// `interests.setMine`) after their change, with the content from before it: when the content
+/// changed, has words, and differs from what the user's stored embeddings were made of,
+/// schedules `embeddings.generate` for it. Automatic refreshes count against the same rate
+/// limit as `embeddings.refreshMine`; over it, nothing is scheduled and the change itself
+/// still commits (the next change or a `refreshMine` catches up). Returns whether it scheduled.
+pub(crate) fn refresh_if_changed(
+    ctx: &mut Ctx<'_, '_>,
+    config: &LinkedUpConfig,
+    user_id: &str,
+    before: Option<String>,
+) -> FunctionResult<bool> {
+    let after = profile_content(ctx, user_id)?;
+    let Some(content) = after.filter(|a| before.as_ref() != Some(a)) else {
+        return Ok(false);
+    };
+    let digest = sha256_hex(content.as_bytes());
+    let embedded = ctx
+        .query(EMBEDDINGS, "by_source")
+        .eq("sourceType", "user")
+        .eq("sourceId", user_id)
+        .collect(MAX_PER_SOURCE)?
+        .iter()
+        .any(|d| d.get_path("metadata.contentSha256").and_then(Value::as_str) == Some(&digest));
+    if embedded {
+        return Ok(false);
+    }
+    let limited = check_and_consume(
+        ctx,
+        &config.rate_limits,
+        user_id,
+        REFRESH_ACTION,
+        config.ai.refresh_limit,
+    );
+    match limited {
+        Err(e) if e.code == ErrorCode::RateLimited.as_str() => return Ok(false),
+        other => other?,
+    }
+    ctx.schedule_after(
+        0,
+        GENERATE,
+        obj! { "sourceType" => "user", "sourceId" => user_id, "content" => content },
+    )?;
+    Ok(true)
 }
 
 /// Makes sure the (provider, model) index exists and agrees with a vector of `dimensions` of
@@ -318,6 +373,10 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<String> {
             "vector",
             format!("must be a unit vector of 1..={MAX_DIMENSIONS} dimensions"),
         ));
+    }
+    // A vector made while the user's erasure was requested would outlive it.
+    if a.source_type == "user" && being_erased(ctx, &a.source_id)? {
+        return Err(ErrorCode::Conflict.err("the user's personal data is being erased"));
     }
     ensure_index(ctx, &a.provider, &a.model, dims, &a.version)?;
     let now = ctx.now_ms();
