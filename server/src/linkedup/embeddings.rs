@@ -1,6 +1,7 @@
 //! Embeddings (seed §11): `embeddings.generate` (internal) embeds a text for a source and
 //! `embeddings.refreshMine` embeds the caller's own profile and interests (source `user`,
-//! their `users` id), both through `embeddings.store`, which keeps one unit-length vector per
+//! their `users` id) — as does a change of that text (`refresh_if_changed`, called by
+//! `profiles.update` and `interests.setMine`) — both through `embeddings.store`, which keeps one unit-length vector per
 //! (source, model) and the `vectorIndexMeta` entry of its index.
 //!
 //! One index per (provider, model) — `indexName` is the model — records the dimensions and
@@ -15,7 +16,7 @@ use linkedup_schema::api::ai::limits::MAX_EMBED_CHARS;
 use linkedup_schema::api::ai::{fns, EmbeddingResult};
 use linkedup_schema::api::NoArgs;
 use linkedup_schema::errors::invalid_field;
-use linkedup_schema::tables::names::{EMBEDDINGS, VECTOR_INDEX_META};
+use linkedup_schema::tables::names::{EMBEDDINGS, USERS, VECTOR_INDEX_META};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
 use query_engine::engine::ActionCtx;
@@ -40,6 +41,10 @@ const BEGIN_REFRESH: &str = "embeddings.beginRefresh";
 const STORE: &str = "embeddings.store";
 /// The rate limiter's action name for `embeddings.refreshMine`.
 const REFRESH_ACTION: &str = "embeddings.refreshMine";
+/// The rate limiter's action name for refreshes scheduled by profile changes: the same limit
+/// (`AiConfig::refresh_limit`), counted apart so that editing a profile does not use up the
+/// user's own `refreshMine` calls.
+const AUTO_REFRESH_ACTION: &str = "embeddings.autoRefresh";
 /// What an embedding may be of.
 pub const SOURCE_TYPES: [&str; 5] = ["user", "profile", "meeting", "note", "transcriptSegment"];
 const MAX_SOURCE_ID_CHARS: usize = 200;
@@ -255,9 +260,10 @@ fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResu
 /// Called by the mutations that change what `profile_content` reads (`profiles.update`,
 /// `interests.setMine`) after their change, with the content from before it: when the content
 /// changed, has words, and differs from what the user's stored embeddings were made of,
-/// schedules `embeddings.generate` for it. Automatic refreshes count against the same rate
-/// limit as `embeddings.refreshMine`; over it, nothing is scheduled and the change itself
-/// still commits (the next change or a `refreshMine` catches up). Returns whether it scheduled.
+/// schedules `embeddings.generate` for it. Automatic refreshes are limited as
+/// `embeddings.refreshMine` is (`AUTO_REFRESH_ACTION`); over the limit, nothing is scheduled
+/// and the change itself still commits (the next change or a `refreshMine` catches up).
+/// Returns whether it scheduled.
 pub(crate) fn refresh_if_changed(
     ctx: &mut Ctx<'_, '_>,
     config: &LinkedUpConfig,
@@ -283,7 +289,7 @@ pub(crate) fn refresh_if_changed(
         ctx,
         &config.rate_limits,
         user_id,
-        REFRESH_ACTION,
+        AUTO_REFRESH_ACTION,
         config.ai.refresh_limit,
     );
     match limited {
@@ -365,6 +371,28 @@ fn ensure_index(
     Ok(())
 }
 
+/// A `user` vector must be made of the user's profile text as it is now (`profile_content`,
+/// compared by `metadata.contentSha256`): refreshes run as separate actions and may finish in
+/// any order, and one made of an older text must not replace a newer one. Nor may a vector be
+/// stored for a user whose erasure was requested: it would outlive the erasure.
+/// Returns: CONFLICT.
+fn check_user_source(ctx: &mut Ctx<'_, '_>, a: &StoreArgs) -> FunctionResult<()> {
+    if a.source_type != "user" || ctx.parse_id(USERS, &a.source_id).is_err() {
+        return Ok(());
+    }
+    if being_erased(ctx, &a.source_id)? {
+        return Err(ErrorCode::Conflict.err("the user's personal data is being erased"));
+    }
+    let current = profile_content(ctx, &a.source_id)?.map(|c| sha256_hex(c.as_bytes()));
+    let made_of = a.metadata.get_path("contentSha256").and_then(Value::as_str);
+    if current.as_deref() != made_of {
+        return Err(ErrorCode::Conflict.err(
+            "the profile changed since this vector was made of it; a newer refresh replaces it",
+        ));
+    }
+    Ok(())
+}
+
 fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<String> {
     let dims = a.vector.len();
     let norm = a.vector.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -374,10 +402,7 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<String> {
             format!("must be a unit vector of 1..={MAX_DIMENSIONS} dimensions"),
         ));
     }
-    // A vector made while the user's erasure was requested would outlive it.
-    if a.source_type == "user" && being_erased(ctx, &a.source_id)? {
-        return Err(ErrorCode::Conflict.err("the user's personal data is being erased"));
-    }
+    check_user_source(ctx, &a)?;
     ensure_index(ctx, &a.provider, &a.model, dims, &a.version)?;
     let now = ctx.now_ms();
     let doc = obj! {
