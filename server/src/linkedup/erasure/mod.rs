@@ -276,7 +276,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         fns::ERASURE_STATUS,
         Visibility::Public,
         v::object([]),
-        v::optional(request_validator()),
+        v::union([v::null(), request_validator()]),
         audited(config, fns::ERASURE_STATUS, |ctx, _a: NoArgs| {
             erasure_status(ctx)
         }),
