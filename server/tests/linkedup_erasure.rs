@@ -78,7 +78,7 @@ async fn say(env: &Env, who: &Identity, meeting: &str, chunk: &str, speaker: &st
 }
 
 async fn send(env: &Env, who: &Identity, meeting: &str, content: &str) -> String {
-    let attachments = vec![Value::from(obj! { "name" => "cv.pdf" })];
+    let attachments = vec![obj! { "name" => "cv.pdf" }];
     let v = env
         .m(
             "chat.send",
