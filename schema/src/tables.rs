@@ -34,6 +34,7 @@ pub mod names {
     pub const RATE_LIMIT_WINDOWS: &str = "rateLimitWindows";
     pub const AUDIT_LOGS: &str = "auditLogs";
     pub const FEATURE_FLAGS: &str = "featureFlags";
+    pub const ERASURE_REQUESTS: &str = "erasureRequests";
 }
 
 use names::*;
@@ -91,6 +92,11 @@ fn users() -> TableDefinition {
             ("lastSeenAt", opt(ms())),
             ("createdAt", ms()),
             ("updatedAt", ms()),
+            // Added (seed §20, erasure on request): when the user asked for their personal
+            // data to be erased (the account is locked from then on), and when it was done
+            // (the document is then a tombstone that only keeps its id; see `erasureRequests`).
+            ("erasureRequestedAt", opt(ms())),
+            ("erasedAt", opt(ms())),
         ]),
     )
     .index("by_workos_id", &["workosUserId"])
@@ -544,6 +550,8 @@ fn messages() -> TableDefinition {
     )
     .index("by_meeting", &["meetingId"])
     .index("by_meeting_time", &["meetingId", "timestamp"])
+    // Added: an author's messages, so erasing a user's personal data finds them.
+    .index("by_user", &["userId", "timestamp"])
 }
 
 /// Added `result` (what the first call returned, replayed to retries) and `expiresAt` with
@@ -660,6 +668,39 @@ fn feature_flags() -> TableDefinition {
     .index("by_key_env_scope", &["key", "environment", "scope"])
 }
 
+/// Added (seed §20: "upon request, personal data"): one document per user who asked for their
+/// personal data to be erased, and the state of the paged job that erases it (`phase` and the
+/// cursors say where the next page starts; `run` is the number the next page must carry, so a
+/// repeated page does nothing). Kept as the record that the erasure happened: it holds ids,
+/// timestamps and counts, no personal data.
+fn erasure_requests() -> TableDefinition {
+    TableDefinition::new(
+        ERASURE_REQUESTS,
+        v::object([
+            ("userId", v::id(USERS)),
+            // The organisation the account was in, so its admins see the erasure in their log.
+            ("orgId", opt(v::string())),
+            ("source", literals(&["user", "operator"])),
+            ("status", literals(&["pending", "running", "done"])),
+            ("phase", v::string()),
+            ("cursor", opt(v::string())),
+            ("meetingId", opt(v::id(MEETINGS))),
+            ("meetingPhase", opt(v::string())),
+            ("meetingCursor", opt(v::string())),
+            ("run", v::int64()),
+            ("steps", v::int64()),
+            // Documents deleted or redacted, by table.
+            ("counts", v::any()),
+            ("requestedAt", ms()),
+            ("updatedAt", ms()),
+            ("completedAt", opt(ms())),
+        ]),
+    )
+    .index("by_user", &["userId"])
+    // Requests still in progress by their last progress, so a stalled one is found and resumed.
+    .index("by_status_updated", &["status", "updatedAt"])
+}
+
 /// The complete LinkedUp schema.
 pub fn schema() -> SchemaDefinition {
     SchemaDefinition::new()
@@ -687,6 +728,7 @@ pub fn schema() -> SchemaDefinition {
         .table(rate_limit_windows())
         .table(audit_logs())
         .table(feature_flags())
+        .table(erasure_requests())
 }
 
 #[cfg(test)]
@@ -697,7 +739,7 @@ mod tests {
     fn schema_is_accepted_by_the_engine_checks() {
         let s = schema();
         s.check().unwrap();
-        assert_eq!(s.tables.len(), 24);
+        assert_eq!(s.tables.len(), 25);
     }
 
     #[test]

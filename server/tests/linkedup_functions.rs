@@ -185,6 +185,14 @@ fn cases(w: &World) -> Vec<(&'static str, Value, Value, &'static str)> {
             "rolloutPercentage",
         ),
         ("audit.query", obj! {}, obj! { "limit" => 1000i64 }, "limit"),
+        // Happy paths in linkedup_erasure.
+        (
+            "users.requestErasure",
+            obj! { "confirm" => true },
+            obj! { "confirm" => "yes" },
+            "confirm",
+        ),
+        ("users.erasureStatus", obj! {}, obj! { "x" => 1i64 }, "x"),
     ]
 }
 

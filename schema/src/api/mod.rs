@@ -6,6 +6,7 @@
 //! an optional field as "may be absent", and null is not a string.
 
 pub mod ai;
+pub mod erasure;
 pub mod matching;
 pub mod notes;
 pub mod transcripts;
@@ -101,6 +102,10 @@ pub struct User {
     pub last_seen_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure_requested_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

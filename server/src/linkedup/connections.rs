@@ -22,7 +22,7 @@ use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
 use query_engine::schema::v;
 
-use super::guards::current_user;
+use super::guards::{current_user, live_user};
 use super::rate_limit::check_and_consume;
 use super::{audited, decode, fields, LinkedUpConfig};
 
@@ -92,7 +92,7 @@ fn request(
     if a.user_id == me.id {
         return Err(invalid_field("userId", "cannot connect to yourself"));
     }
-    if ctx.get(USERS, &a.user_id)?.is_none() {
+    if live_user(ctx, &a.user_id)?.is_none() {
         return Err(ErrorCode::NotFound.err(format!("no user {}", a.user_id)));
     }
     let (ua, ub) = ordered(&me.id, &a.user_id);

@@ -1,6 +1,7 @@
 //! Embeddings (seed §11): `embeddings.generate` (internal) embeds a text for a source and
 //! `embeddings.refreshMine` embeds the caller's own profile and interests (source `user`,
-//! their `users` id), both through `embeddings.store`, which keeps one unit-length vector per
+//! their `users` id) — as does a change of that text (`refresh_if_changed`, called by
+//! `profiles.update` and `interests.setMine`) — both through `embeddings.store`, which keeps one unit-length vector per
 //! (source, model) and the `vectorIndexMeta` entry of its index.
 //!
 //! One index per (provider, model) — `indexName` is the model — records the dimensions and
@@ -15,7 +16,7 @@ use linkedup_schema::api::ai::limits::MAX_EMBED_CHARS;
 use linkedup_schema::api::ai::{fns, EmbeddingResult};
 use linkedup_schema::api::NoArgs;
 use linkedup_schema::errors::invalid_field;
-use linkedup_schema::tables::names::{EMBEDDINGS, VECTOR_INDEX_META};
+use linkedup_schema::tables::names::{EMBEDDINGS, USERS, VECTOR_INDEX_META};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
 use query_engine::engine::ActionCtx;
@@ -27,7 +28,7 @@ use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
 use super::ai_context::{profile_of, Labels};
-use super::guards::current_user;
+use super::guards::{being_erased, current_user};
 use super::rate_limit::check_and_consume;
 use super::{check_text, decode, encode, id_of, LinkedUpConfig};
 use crate::ai::text::{content_words, truncate};
@@ -40,6 +41,10 @@ const BEGIN_REFRESH: &str = "embeddings.beginRefresh";
 const STORE: &str = "embeddings.store";
 /// The rate limiter's action name for `embeddings.refreshMine`.
 const REFRESH_ACTION: &str = "embeddings.refreshMine";
+/// The rate limiter's action name for refreshes scheduled by profile changes: the same limit
+/// (`AiConfig::refresh_limit`), counted apart so that editing a profile does not use up the
+/// user's own `refreshMine` calls.
+const AUTO_REFRESH_ACTION: &str = "embeddings.autoRefresh";
 /// What an embedding may be of.
 pub const SOURCE_TYPES: [&str; 5] = ["user", "profile", "meeting", "note", "transcriptSegment"];
 const MAX_SOURCE_ID_CHARS: usize = 200;
@@ -210,11 +215,13 @@ async fn embed_and_store(
     })
 }
 
-/// The caller's profile text, after their rate limit. Returns: UNAUTHORIZED,
-/// VALIDATION_ERROR (nothing to embed), RATE_LIMITED.
-fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResult<RefreshStart> {
-    let me = current_user(ctx)?;
-    let profile = profile_of(ctx, &mut Labels::default(), &me.id)?;
+/// The text a user's `user` embedding is made of: their bio, goals, experience and interest
+/// labels; `None` when it has no words to embed.
+pub(crate) fn profile_content(
+    ctx: &mut Ctx<'_, '_>,
+    user_id: &str,
+) -> FunctionResult<Option<String>> {
+    let profile = profile_of(ctx, &mut Labels::default(), user_id)?;
     // The name is left out: it says nothing about what the user shares with others.
     let mut parts: Vec<String> = [profile.bio, profile.goals, profile.experience]
         .into_iter()
@@ -224,12 +231,19 @@ fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResu
         parts.push(format!("Interests: {}.", profile.interests.join(", ")));
     }
     let content = truncate(&parts.join("\n"), MAX_EMBED_CHARS);
-    if content_words(&content).is_empty() {
+    Ok((!content_words(&content).is_empty()).then_some(content))
+}
+
+/// The caller's profile text, after their rate limit. Returns: UNAUTHORIZED,
+/// VALIDATION_ERROR (nothing to embed), RATE_LIMITED.
+fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResult<RefreshStart> {
+    let me = current_user(ctx)?;
+    let Some(content) = profile_content(ctx, &me.id)? else {
         return Err(invalid_field(
             "profile",
             "nothing to embed yet: add a bio, goals, experience or interests first",
         ));
-    }
+    };
     check_and_consume(
         ctx,
         &config.rate_limits,
@@ -241,6 +255,53 @@ fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResu
         user_id: me.id,
         content,
     })
+}
+
+/// Called by the mutations that change what `profile_content` reads (`profiles.update`,
+/// `interests.setMine`) after their change, with the content from before it: when the content
+/// changed, has words, and differs from what the user's stored embeddings were made of,
+/// schedules `embeddings.generate` for it. Automatic refreshes are limited as
+/// `embeddings.refreshMine` is (`AUTO_REFRESH_ACTION`); over the limit, nothing is scheduled
+/// and the change itself still commits (the next change or a `refreshMine` catches up).
+/// Returns whether it scheduled.
+pub(crate) fn refresh_if_changed(
+    ctx: &mut Ctx<'_, '_>,
+    config: &LinkedUpConfig,
+    user_id: &str,
+    before: Option<String>,
+) -> FunctionResult<bool> {
+    let after = profile_content(ctx, user_id)?;
+    let Some(content) = after.filter(|a| before.as_ref() != Some(a)) else {
+        return Ok(false);
+    };
+    let digest = sha256_hex(content.as_bytes());
+    let embedded = ctx
+        .query(EMBEDDINGS, "by_source")
+        .eq("sourceType", "user")
+        .eq("sourceId", user_id)
+        .collect(MAX_PER_SOURCE)?
+        .iter()
+        .any(|d| d.get_path("metadata.contentSha256").and_then(Value::as_str) == Some(&digest));
+    if embedded {
+        return Ok(false);
+    }
+    let limited = check_and_consume(
+        ctx,
+        &config.rate_limits,
+        user_id,
+        AUTO_REFRESH_ACTION,
+        config.ai.refresh_limit,
+    );
+    match limited {
+        Err(e) if e.code == ErrorCode::RateLimited.as_str() => return Ok(false),
+        other => other?,
+    }
+    ctx.schedule_after(
+        0,
+        GENERATE,
+        obj! { "sourceType" => "user", "sourceId" => user_id, "content" => content },
+    )?;
+    Ok(true)
 }
 
 /// Makes sure the (provider, model) index exists and agrees with a vector of `dimensions` of
@@ -310,6 +371,28 @@ fn ensure_index(
     Ok(())
 }
 
+/// A `user` vector must be made of the user's profile text as it is now (`profile_content`,
+/// compared by `metadata.contentSha256`): refreshes run as separate actions and may finish in
+/// any order, and one made of an older text must not replace a newer one. Nor may a vector be
+/// stored for a user whose erasure was requested: it would outlive the erasure.
+/// Returns: CONFLICT.
+fn check_user_source(ctx: &mut Ctx<'_, '_>, a: &StoreArgs) -> FunctionResult<()> {
+    if a.source_type != "user" || ctx.parse_id(USERS, &a.source_id).is_err() {
+        return Ok(());
+    }
+    if being_erased(ctx, &a.source_id)? {
+        return Err(ErrorCode::Conflict.err("the user's personal data is being erased"));
+    }
+    let current = profile_content(ctx, &a.source_id)?.map(|c| sha256_hex(c.as_bytes()));
+    let made_of = a.metadata.get_path("contentSha256").and_then(Value::as_str);
+    if current.as_deref() != made_of {
+        return Err(ErrorCode::Conflict.err(
+            "the profile changed since this vector was made of it; a newer refresh replaces it",
+        ));
+    }
+    Ok(())
+}
+
 fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<String> {
     let dims = a.vector.len();
     let norm = a.vector.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -319,6 +402,7 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<String> {
             format!("must be a unit vector of 1..={MAX_DIMENSIONS} dimensions"),
         ));
     }
+    check_user_source(ctx, &a)?;
     ensure_index(ctx, &a.provider, &a.model, dims, &a.version)?;
     let now = ctx.now_ms();
     let doc = obj! {

@@ -15,6 +15,7 @@
 //!   being invited, so telling "exists" from "missing" leaks little, and one consistent code per
 //!   case is easier for clients than a code that depends on the caller.
 
+use linkedup_schema::api::erasure::ERASURE_PENDING;
 use linkedup_schema::api::{Meeting, Participant, Role, User};
 use linkedup_schema::tables::names::{MEETINGS, MEETING_PARTICIPANTS, USERS};
 use linkedup_schema::ErrorCode;
@@ -92,6 +93,9 @@ pub fn current_user_named(
         .query(USERS, "by_workos_id")
         .eq("workosUserId", identity.workos_user_id.as_str())
         .first()?;
+    if let Some(doc) = &existing {
+        refuse_if_erasing(doc)?;
+    }
     let writable = ctx.kind() == FunctionKind::Mutation;
     let now = ctx.now_ms();
     let doc = match existing {
@@ -134,6 +138,51 @@ pub fn current_user_named(
         user,
         identity,
     })
+}
+
+/// The caller's `users` document as stored, whatever its state, without creating or linking
+/// it: for the erasure functions, which must see an account that is being erased.
+/// Returns: UNAUTHORIZED (no identity).
+pub fn account_of_caller(ctx: &mut Ctx<'_, '_>) -> FunctionResult<Option<User>> {
+    let identity = require_identity(ctx)?;
+    ctx.query(USERS, "by_workos_id")
+        .eq("workosUserId", identity.workos_user_id.as_str())
+        .first()?
+        .map(|d| decode(&d))
+        .transpose()
+}
+
+/// An account whose erasure was requested is locked: nothing may add to or change what is
+/// being erased. Once erased, the account no longer matches its former token subject, so that
+/// subject starts afresh (`users.ensure` creates a new, empty account).
+/// Returns: CONFLICT with `data = {reason: "erasurePending"}`.
+fn refuse_if_erasing(doc: &Value) -> FunctionResult<()> {
+    if doc.get_path("erasureRequestedAt").is_some() {
+        return Err(ErrorCode::Conflict.err_with(
+            "this account is being erased; once that is done, signing in again starts a new, \
+             empty account",
+            obj! { "reason" => ERASURE_PENDING },
+        ));
+    }
+    Ok(())
+}
+
+/// The user `user_id` as other users may refer to it (invite, connect): `None` if there is no
+/// such user or their account is being, or has been, erased.
+pub fn live_user(ctx: &mut Ctx<'_, '_>, user_id: &str) -> FunctionResult<Option<User>> {
+    let user: Option<User> = ctx.get(USERS, user_id)?.map(|d| decode(&d)).transpose()?;
+    Ok(user.filter(|u| u.erasure_requested_at.is_none() && u.erased_at.is_none()))
+}
+
+/// Whether `user_id` names a user whose erasure was requested (or is done); false for a
+/// string that is not a users id or names no user.
+pub fn being_erased(ctx: &mut Ctx<'_, '_>, user_id: &str) -> FunctionResult<bool> {
+    if ctx.parse_id(USERS, user_id).is_err() {
+        return Ok(false);
+    }
+    Ok(ctx.get(USERS, user_id)?.is_some_and(|d| {
+        d.get_path("erasureRequestedAt").is_some() || d.get_path("erasedAt").is_some()
+    }))
 }
 
 /// Brings an existing user document in line with the token; writes only on change.

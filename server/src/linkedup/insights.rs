@@ -39,7 +39,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ai_context::participants_of;
 use super::flags::is_enabled;
-use super::guards::{assert_meeting_access, current_user, find_participant, get_meeting};
+use super::guards::{
+    assert_meeting_access, being_erased, current_user, find_participant, get_meeting,
+};
 use super::idempotency::{check_and_record, peek};
 use super::transcripts::aggregated_until;
 use super::{audit, audited, decode, decoded_page, encode, limit_arg, LinkedUpConfig};
@@ -546,8 +548,10 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<i64> {
     let mut fallbacks = 0i64;
     let mut made_by = None;
     for i in &a.insights {
-        // A participant removed since the run began gets nothing.
+        // A participant removed since the run began, or whose erasure was requested since,
+        // gets nothing.
         if find_participant(ctx, &a.meeting_id, &i.user_id)?.is_none()
+            || being_erased(ctx, &i.user_id)?
             || has_insight(ctx, &a.meeting_id, &i.user_id)?
         {
             continue;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use linkedup_schema::api::limits::{MAX_INVITEES, MAX_LIST_MINE, MAX_PARTICIPANTS, MAX_TEXT_CHARS};
 use linkedup_schema::api::{
     AddParticipantArgs, ListMineArgs, Meeting, MeetingIdArgs, MeetingState, MeetingStatus,
-    Participant, ParticipantArgs, Presence, Role, ScheduleMeetingArgs, SetRoleArgs, User,
+    Participant, ParticipantArgs, Presence, Role, ScheduleMeetingArgs, SetRoleArgs,
 };
 use linkedup_schema::errors::invalid_field;
 use linkedup_schema::tables::names::{MEETINGS, MEETING_PARTICIPANTS, MEETING_STATE, USERS};
@@ -37,7 +37,9 @@ use query_engine::obj;
 use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
 
-use super::guards::{assert_meeting_access, current_user, find_participant, MeetingAccess};
+use super::guards::{
+    assert_meeting_access, current_user, find_participant, live_user, MeetingAccess,
+};
 use super::idempotency::{earlier_id, store_result};
 use super::post_call::{INSIGHTS_GENERATE, TRANSCRIPTS_AGGREGATE};
 use super::rate_limit::check_and_consume;
@@ -305,10 +307,7 @@ fn schedule(
             continue;
         }
         let path = format!("inviteeIds[{i}]");
-        let doc = ctx
-            .get(USERS, uid)?
-            .ok_or_else(|| invalid_field(&path, "no such user"))?;
-        let user: User = decode(&doc)?;
+        let user = live_user(ctx, uid)?.ok_or_else(|| invalid_field(&path, "no such user"))?;
         if org.is_some() && user.org_id != org {
             return Err(ErrorCode::Forbidden.err_with(
                 format!("{path}: the user belongs to another organisation"),
@@ -645,10 +644,8 @@ fn target_participant(
 fn add_participant(ctx: &mut Ctx<'_, '_>, a: AddParticipantArgs) -> FunctionResult<Participant> {
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Host)?;
     check_open(&access, "add participants to")?;
-    let doc = ctx
-        .get(USERS, &a.user_id)?
+    let user = live_user(ctx, &a.user_id)?
         .ok_or_else(|| ErrorCode::NotFound.err(format!("no user {}", a.user_id)))?;
-    let user: User = decode(&doc)?;
     if access.meeting.org_id.is_some() && user.org_id != access.meeting.org_id {
         return Err(ErrorCode::Forbidden.err_with(
             "the user belongs to another organisation",

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod chat;
 pub mod connections;
 pub mod embeddings;
+pub mod erasure;
 pub mod flags;
 pub mod guards;
 pub mod idempotency;
@@ -68,6 +69,8 @@ pub struct LinkedUpConfig {
     pub environment: flags::Environment,
     /// The AI provider and its limits (`prompts`, `insights`, `embeddings`).
     pub ai: crate::ai::AiConfig,
+    /// How the erasure of a user's personal data paces itself (`erasure`).
+    pub erasure: erasure::ErasureConfig,
 }
 
 /// Registers every LinkedUp function.
@@ -90,6 +93,7 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     prompts::register(functions, &config);
     insights::register(functions, &config);
     embeddings::register(functions, &config);
+    erasure::register(functions, &config);
 }
 
 /// LinkedUp's routes on the server's HTTP port (`Server::start_with_routes`): Stream's webhook.
@@ -101,7 +105,8 @@ pub fn http_routes(config: &LinkedUpConfig) -> AppRoutes {
 /// kept 90 days), the other tables' retention (`retention`), expired idempotency keys and old
 /// rate-limit counters. Each job deletes a bounded batch per transaction and runs again at
 /// once while batches come back full. Also the matching tick (expiry and one cycle per shard,
-/// every minute) and the purge of finished queue entries.
+/// every minute) and the purge of finished queue entries; and the restart of stalled
+/// erasures (`erasure`).
 pub fn crons() -> Vec<Cron> {
     const HOUR_MS: i64 = 3_600_000;
     [
@@ -111,6 +116,7 @@ pub fn crons() -> Vec<Cron> {
         (rate_limit::PURGE, HOUR_MS),
         (matching::cycle::TICK, matching::cycle::TICK_INTERVAL_MS),
         (matching::cycle::PURGE, matching::cycle::PURGE_INTERVAL_MS),
+        (erasure::RESUME_STALLED, erasure::RESUME_INTERVAL_MS),
     ]
     .into_iter()
     .map(|(function, interval_ms)| Cron {

@@ -20,6 +20,7 @@ use query_engine::schema::v;
 use query_engine::value::Value;
 use serde::Deserialize;
 
+use super::embeddings::{profile_content, refresh_if_changed};
 use super::guards::{current_user, current_user_named};
 use super::{audited, check_text, decode, fields, id_of, LinkedUpConfig};
 
@@ -86,8 +87,11 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         }),
     );
 
-    // profiles.update: creates or updates the caller's profile with the given fields.
-    // Returns the profile. Returns: UNAUTHORIZED, VALIDATION_ERROR.
+    // profiles.update: creates or updates the caller's profile with the given fields; when
+    // that changes the text their embedding is made of, schedules its refresh
+    // (`embeddings::refresh_if_changed`). Returns the profile.
+    // Returns: UNAUTHORIZED, VALIDATION_ERROR.
+    let cfg = config.clone();
     f.mutation(
         "profiles.update",
         Visibility::Public,
@@ -99,7 +103,9 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
             ("experience", v::optional(v::string())),
         ]),
         v::any(),
-        audited(config, "profiles.update", update_profile),
+        audited(config, "profiles.update", move |ctx, a| {
+            update_profile(ctx, &cfg, a)
+        }),
     );
 
     // interests.list: the interest catalogue, optionally of one category, by key.
@@ -125,14 +131,18 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     );
 
     // interests.setMine: replaces the caller's interests with `keys` (each must be in the
-    // catalogue; duplicates ignored). Returns the keys now held, sorted.
+    // catalogue; duplicates ignored) and, as `profiles.update`, refreshes their embedding when
+    // its text changed. Returns the keys now held, sorted.
     // Returns: UNAUTHORIZED, VALIDATION_ERROR (naming `keys[i]`).
+    let cfg = config.clone();
     f.mutation(
         "interests.setMine",
         Visibility::Public,
         v::object([("keys", v::array(v::string()))]),
         v::array(v::string()),
-        audited(config, "interests.setMine", set_my_interests),
+        audited(config, "interests.setMine", move |ctx, a| {
+            set_my_interests(ctx, &cfg, a)
+        }),
     );
 
     // interests.upsert (internal, for seeding the catalogue): creates or relabels an interest.
@@ -190,7 +200,11 @@ fn own_profile(ctx: &mut Ctx<'_, '_>, user_id: &str) -> FunctionResult<Option<Pr
         .transpose()
 }
 
-fn update_profile(ctx: &mut Ctx<'_, '_>, a: UpdateProfileArgs) -> FunctionResult<Profile> {
+fn update_profile(
+    ctx: &mut Ctx<'_, '_>,
+    config: &LinkedUpConfig,
+    a: UpdateProfileArgs,
+) -> FunctionResult<Profile> {
     if let Some(n) = &a.display_name {
         check_text("displayName", n, 1, MAX_NAME_CHARS)?;
     }
@@ -215,6 +229,7 @@ fn update_profile(ctx: &mut Ctx<'_, '_>, a: UpdateProfileArgs) -> FunctionResult
         }
     }
     let me = current_user(ctx)?;
+    let embedded_before = profile_content(ctx, &me.id)?;
     let now = ctx.now_ms();
     let mut changes = fields(obj! { "updatedAt" => now });
     for (k, val) in [
@@ -255,12 +270,17 @@ fn update_profile(ctx: &mut Ctx<'_, '_>, a: UpdateProfileArgs) -> FunctionResult
             ctx.insert(PROFILES, Value::from(changes))?
         }
     };
+    refresh_if_changed(ctx, config, &me.id, embedded_before)?;
     own_profile(ctx, &me.id)?.ok_or_else(|| {
         query_engine::error::FunctionError::internal(format!("profile {id} not readable"))
     })
 }
 
-fn set_my_interests(ctx: &mut Ctx<'_, '_>, a: SetInterestsArgs) -> FunctionResult<Vec<String>> {
+fn set_my_interests(
+    ctx: &mut Ctx<'_, '_>,
+    config: &LinkedUpConfig,
+    a: SetInterestsArgs,
+) -> FunctionResult<Vec<String>> {
     if a.keys.len() > MAX_INTERESTS {
         return Err(invalid_field(
             "keys",
@@ -282,6 +302,7 @@ fn set_my_interests(ctx: &mut Ctx<'_, '_>, a: SetInterestsArgs) -> FunctionResul
         }
         wanted.insert(k.clone());
     }
+    let embedded_before = profile_content(ctx, &me.id)?;
     let current = ctx
         .query(USER_INTERESTS, "by_user")
         .eq("userId", me.id.as_str())
@@ -306,5 +327,6 @@ fn set_my_interests(ctx: &mut Ctx<'_, '_>, a: SetInterestsArgs) -> FunctionResul
             obj! { "userId" => me.id.as_str(), "interestKey" => k.as_str(), "createdAt" => now },
         )?;
     }
+    refresh_if_changed(ctx, config, &me.id, embedded_before)?;
     Ok(wanted.into_iter().collect())
 }

@@ -30,6 +30,11 @@ pub fn ident(subject: &str, org: Option<&str>, role: Option<&str>) -> Identity {
 }
 
 pub fn open(config: LinkedUpConfig) -> Env {
+    open_with(config, EngineConfig::default())
+}
+
+/// `open` with engine settings, e.g. without the scheduler for a test that runs jobs itself.
+pub fn open_with(config: LinkedUpConfig, engine_config: EngineConfig) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let mut functions = Functions::new();
     linkedup::register(&mut functions, &config);
@@ -37,7 +42,7 @@ pub fn open(config: LinkedUpConfig) -> Env {
         &dir.path().join("db.redb"),
         linkedup_schema::schema(),
         functions,
-        EngineConfig::default(),
+        engine_config,
     )
     .unwrap();
     Env {

@@ -1,0 +1,440 @@
+//! The erasure job, `erasure.step`: one run erases the next page of an account's personal
+//! data — at most `ErasureConfig::page_documents` documents read or written — records where
+//! it stopped in the request and schedules the next run, until the last phase turns the
+//! `users` document into a tombstone and marks the request done.
+//!
+//! A run carries the request's `run` number and does nothing unless it matches, then
+//! advances it: a run repeated or overtaken (by `erasure.resumeStalled`) is a no-op, and
+//! every phase resumes from the state stored with the request, never from its arguments.
+//!
+//! What happens to each table, phase by phase (the per-table decisions are in
+//! docs/architecture.md): the user's own documents are deleted (profile, interests, `user`
+//! embeddings, own insights, connections either side, matching queue and outcomes, rate-limit
+//! counters); chat messages they wrote are redacted (text replaced, attachments dropped, the
+//! message stays so a thread keeps its shape); then, per meeting they took part in, transcript
+//! chunks and segments they spoke are redacted the same way (a meeting's sequence stays
+//! gap-free), the meeting's AI prompts (made from every participant's profile) are deleted,
+//! and their presence becomes `left`. Meetings, notes and note history, participant records,
+//! audit entries and other users' documents keep the user's id, which names a tombstone.
+
+use std::sync::Arc;
+
+use linkedup_schema::api::erasure::ErasureStatus;
+use linkedup_schema::api::{Participant, Presence};
+use linkedup_schema::tables::names::{
+    CONNECTIONS, EMBEDDINGS, ERASURE_REQUESTS, INSIGHTS, MATCHING_ANALYTICS, MATCHING_QUEUE,
+    MEETING_PARTICIPANTS, MESSAGES, PROFILES, PROMPTS, RATE_LIMITS, RATE_LIMIT_WINDOWS,
+    TRANSCRIPTS, TRANSCRIPT_SEGMENTS, USERS, USER_INTERESTS,
+};
+use linkedup_schema::ErrorCode;
+use query_engine::context::Ctx;
+use query_engine::error::FunctionResult;
+use query_engine::functions::{Functions, Visibility};
+use query_engine::obj;
+use query_engine::schema::v;
+use query_engine::value::{Object, Value};
+use serde::{Deserialize, Serialize};
+
+use super::{ErasureConfig, Request};
+use crate::linkedup::meetings::mark_left;
+use crate::linkedup::{audit, decode, encode, id_of, LinkedUpConfig};
+
+/// The job's name.
+pub const STEP: &str = "erasure.step";
+/// What erased text is replaced with.
+pub const REDACTED: &str = "[erased]";
+
+/// The phases in order. Deleting the profile, interests and embeddings first stops the
+/// account's data from flowing into anything generated while the rest is erased.
+const PHASES: [&str; 13] = [
+    "profiles",
+    "userInterests",
+    "embeddings",
+    "insights",
+    "connectionsA",
+    "connectionsB",
+    "matchingQueue",
+    "matchingAnalytics",
+    "rateLimits",
+    "rateLimitWindows",
+    "messages",
+    "meetings",
+    "account",
+];
+pub(super) const FIRST_PHASE: &str = PHASES[0];
+/// Per meeting the user took part in, in order.
+const MEETING_PHASES: [&str; 3] = ["transcripts", "segments", "prompts"];
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StepArgs {
+    request_id: String,
+    run: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StepResult {
+    /// Documents this run read or wrote.
+    documents: i64,
+    done: bool,
+}
+
+/// What one run may still touch, and what it did, by table.
+struct Budget {
+    left: usize,
+    used: usize,
+}
+
+impl Budget {
+    fn spend(&mut self, request: &mut Request, table: &str, n: usize) {
+        debug_assert!(n <= self.left, "a phase read past its budget");
+        self.left -= n;
+        self.used += n;
+        if n > 0 {
+            *request.counts.entry(table.to_string()).or_default() += n as i64;
+        }
+    }
+}
+
+pub(super) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
+    // erasure.step (internal, scheduled): see the module comment. Returns {documents, done}.
+    // Returns: NOT_FOUND (no such request).
+    let erasure = config.erasure;
+    f.mutation(
+        STEP,
+        Visibility::Internal,
+        v::object([("requestId", v::id(ERASURE_REQUESTS)), ("run", v::int64())]),
+        v::object([("documents", v::int64()), ("done", v::boolean())]),
+        move |ctx, a: StepArgs| step(ctx, &erasure, a),
+    );
+}
+
+fn step(ctx: &mut Ctx<'_, '_>, config: &ErasureConfig, a: StepArgs) -> FunctionResult<StepResult> {
+    let doc = ctx
+        .get(ERASURE_REQUESTS, &a.request_id)?
+        .ok_or_else(|| ErrorCode::NotFound.err(format!("no erasure request {}", a.request_id)))?;
+    let mut r: Request = decode(&doc)?;
+    if r.status == ErasureStatus::Done || r.run != a.run {
+        return Ok(StepResult {
+            documents: 0,
+            done: r.status == ErasureStatus::Done,
+        });
+    }
+    let mut budget = Budget {
+        left: config.page(),
+        used: 0,
+    };
+    while budget.left > 0 && r.status != ErasureStatus::Done {
+        let finished = run_phase(ctx, &mut r, &mut budget)?;
+        if finished {
+            advance(&mut r)?;
+        }
+    }
+    r.steps += 1;
+    if r.status == ErasureStatus::Done {
+        r.updated_at = ctx.now_ms();
+    } else {
+        r.status = ErasureStatus::Running;
+        r.schedule_next(ctx)?;
+    }
+    r.save(ctx)?;
+    Ok(StepResult {
+        documents: budget.used as i64,
+        done: r.status == ErasureStatus::Done,
+    })
+}
+
+/// Moves to the phase after the current one.
+fn advance(r: &mut Request) -> FunctionResult<()> {
+    let i = PHASES
+        .iter()
+        .position(|p| *p == r.phase)
+        .ok_or_else(|| ErrorCode::Internal.err(format!("unknown erasure phase {:?}", r.phase)))?;
+    r.cursor = None;
+    if let Some(next) = PHASES.get(i + 1) {
+        r.phase = next.to_string();
+    }
+    Ok(())
+}
+
+/// Works on the current phase within the budget; true when the phase is finished.
+fn run_phase(ctx: &mut Ctx<'_, '_>, r: &mut Request, budget: &mut Budget) -> FunctionResult<bool> {
+    let user = r.user_id.clone();
+    let user = user.as_str();
+    let by_user = |table: &'static str, index: &'static str, field: &'static str| {
+        (table, index, vec![(field, Value::from(user))])
+    };
+    let target = match r.phase.as_str() {
+        "profiles" => return erase_profiles(ctx, r, budget),
+        "messages" => return redact_messages(ctx, r, budget),
+        "meetings" => return erase_meetings(ctx, r, budget),
+        "account" => return erase_account(ctx, r, budget),
+        "userInterests" => by_user(USER_INTERESTS, "by_user", "userId"),
+        "embeddings" => (
+            EMBEDDINGS,
+            "by_source",
+            vec![("sourceType", "user".into()), ("sourceId", user.into())],
+        ),
+        "insights" => by_user(INSIGHTS, "by_user", "userId"),
+        "connectionsA" => by_user(CONNECTIONS, "by_user_a", "userA"),
+        "connectionsB" => by_user(CONNECTIONS, "by_user_b", "userB"),
+        "matchingQueue" => by_user(MATCHING_QUEUE, "by_user", "userId"),
+        "matchingAnalytics" => by_user(MATCHING_ANALYTICS, "by_user", "userId"),
+        "rateLimits" => by_user(RATE_LIMITS, "by_user_action_window", "userId"),
+        "rateLimitWindows" => by_user(RATE_LIMIT_WINDOWS, "by_user_action", "userId"),
+        other => {
+            return Err(ErrorCode::Internal.err(format!("unknown erasure phase {other:?}")));
+        }
+    };
+    delete_page(ctx, r, budget, target)
+}
+
+/// Deletes up to the budget of the documents `eqs` selects through `index`; true when none
+/// are left.
+fn delete_page(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+    (table, index, eqs): (&str, &str, Vec<(&str, Value)>),
+) -> FunctionResult<bool> {
+    let want = budget.left;
+    let mut q = ctx.query(table, index);
+    for (field, value) in eqs {
+        q = q.eq(field, value);
+    }
+    let rows = q.take(want)?;
+    for d in &rows {
+        ctx.delete(table, &id_of(d)?)?;
+    }
+    budget.spend(r, table, rows.len());
+    Ok(rows.len() < want)
+}
+
+/// The profile, after any embeddings made of it (source `profile`).
+fn erase_profiles(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+) -> FunctionResult<bool> {
+    while budget.left > 0 {
+        let Some(profile) = ctx
+            .query(PROFILES, "by_user")
+            .eq("userId", r.user_id.as_str())
+            .first()?
+        else {
+            return Ok(true);
+        };
+        let id = id_of(&profile)?;
+        let source = vec![
+            ("sourceType", Value::from("profile")),
+            ("sourceId", Value::from(id.as_str())),
+        ];
+        if !delete_page(ctx, r, budget, (EMBEDDINGS, "by_source", source))? || budget.left == 0 {
+            return Ok(false);
+        }
+        ctx.delete(PROFILES, &id)?;
+        budget.spend(r, PROFILES, 1);
+    }
+    Ok(false)
+}
+
+/// The fields of a stored document without its system fields, to be written back changed.
+fn stored_fields(doc: &Value) -> Object {
+    let mut o = doc.as_object().cloned().unwrap_or_default();
+    o.remove("_id");
+    o.remove("_creationTime");
+    o
+}
+
+/// Replaces the text of every message the user wrote and drops its attachments.
+fn redact_messages(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+) -> FunctionResult<bool> {
+    let page = ctx
+        .query(MESSAGES, "by_user")
+        .eq("userId", r.user_id.as_str())
+        .paginate(r.cursor.as_deref(), budget.left)?;
+    for d in &page.page {
+        let mut o = stored_fields(d);
+        o.insert("content".into(), REDACTED.into());
+        o.remove("attachments");
+        ctx.replace(MESSAGES, &id_of(d)?, Value::from(o))?;
+    }
+    budget.spend(r, MESSAGES, page.page.len());
+    r.cursor = page.continue_cursor;
+    Ok(page.is_done)
+}
+
+/// The meetings the user took part in, one at a time through their participant records
+/// (`cursor`), each through `MEETING_PHASES` (`meetingId`, `meetingPhase`, `meetingCursor`).
+fn erase_meetings(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+) -> FunctionResult<bool> {
+    while budget.left > 0 {
+        if let Some(meeting) = r.meeting_id.clone() {
+            if !erase_in_meeting(ctx, r, budget, &meeting)? {
+                return Ok(false);
+            }
+            r.meeting_id = None;
+            r.meeting_phase = None;
+            r.meeting_cursor = None;
+            continue;
+        }
+        let page = ctx
+            .query(MEETING_PARTICIPANTS, "by_user")
+            .eq("userId", r.user_id.as_str())
+            .paginate(r.cursor.as_deref(), 1)?;
+        let Some(doc) = page.page.first() else {
+            return Ok(true);
+        };
+        budget.spend(r, MEETING_PARTICIPANTS, 1);
+        r.cursor = page.continue_cursor;
+        let p: Participant = decode(doc)?;
+        if p.presence == Presence::Joined {
+            mark_left(ctx, &p.meeting_id, &p)?;
+        }
+        r.meeting_id = Some(p.meeting_id);
+        r.meeting_phase = Some(MEETING_PHASES[0].to_string());
+    }
+    Ok(false)
+}
+
+/// One meeting's phases from where the request stands; true when they are all finished.
+fn erase_in_meeting(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+    meeting: &str,
+) -> FunctionResult<bool> {
+    while budget.left > 0 {
+        let phase = r.meeting_phase.clone().unwrap_or_default();
+        let finished = match phase.as_str() {
+            "transcripts" => redact_spoken(ctx, r, budget, meeting, TRANSCRIPTS)?,
+            "segments" => redact_spoken(ctx, r, budget, meeting, TRANSCRIPT_SEGMENTS)?,
+            "prompts" => {
+                let eqs = vec![("meetingId", Value::from(meeting))];
+                delete_page(ctx, r, budget, (PROMPTS, "by_meeting_type", eqs))?
+            }
+            other => {
+                return Err(ErrorCode::Internal.err(format!("unknown meeting phase {other:?}")));
+            }
+        };
+        if !finished {
+            return Ok(false);
+        }
+        r.meeting_cursor = None;
+        let next = MEETING_PHASES
+            .iter()
+            .position(|p| *p == phase)
+            .map(|i| i + 1);
+        match next.and_then(|i| MEETING_PHASES.get(i)) {
+            Some(p) => r.meeting_phase = Some(p.to_string()),
+            None => return Ok(true),
+        }
+    }
+    Ok(false)
+}
+
+/// Redacts, among a page of the meeting's transcript chunks (`speakerId`) or segments
+/// (`speakers`), those the user spoke: text replaced, the user no longer named as speaker,
+/// and a segment's topics and sentiment (read from the text) dropped. True when the meeting
+/// has no more.
+fn redact_spoken(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+    meeting: &str,
+    table: &str,
+) -> FunctionResult<bool> {
+    let index = if table == TRANSCRIPTS {
+        "by_meeting_sequence"
+    } else {
+        "by_meeting"
+    };
+    let page = ctx
+        .query(table, index)
+        .eq("meetingId", meeting)
+        .paginate(r.meeting_cursor.as_deref(), budget.left)?;
+    let user = Value::from(r.user_id.as_str());
+    for d in &page.page {
+        let mut o = stored_fields(d);
+        let spoke = if table == TRANSCRIPTS {
+            o.get("speakerId") == Some(&user)
+        } else {
+            d.get_path("speakers")
+                .and_then(Value::as_array)
+                .is_some_and(|s| s.contains(&user))
+        };
+        if !spoke {
+            continue;
+        }
+        o.insert("text".into(), REDACTED.into());
+        if table == TRANSCRIPTS {
+            o.remove("speakerId");
+        } else {
+            let others: Vec<Value> = d
+                .get_path("speakers")
+                .and_then(Value::as_array)
+                .map(|s| s.iter().filter(|x| **x != user).cloned().collect())
+                .unwrap_or_default();
+            o.insert("speakers".into(), Value::Array(others));
+            o.insert("topics".into(), Value::Array(Vec::new()));
+            o.remove("sentiment");
+        }
+        ctx.replace(table, &id_of(d)?, Value::from(o))?;
+    }
+    budget.spend(r, table, page.page.len());
+    r.meeting_cursor = page.continue_cursor;
+    Ok(page.is_done)
+}
+
+/// The last phase: the `users` document becomes a tombstone no token subject resolves to,
+/// the request is done, and the audit log says so with counts only.
+fn erase_account(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+) -> FunctionResult<bool> {
+    let now = ctx.now_ms();
+    if let Some(doc) = ctx.get(USERS, &r.user_id)? {
+        let field = |k: &str| doc.get_path(k).cloned().unwrap_or(Value::from(now));
+        ctx.replace(
+            USERS,
+            &r.user_id,
+            obj! {
+                "workosUserId" => "",
+                "email" => "",
+                "isActive" => false,
+                "createdAt" => field("createdAt"),
+                "updatedAt" => now,
+                "erasureRequestedAt" => field("erasureRequestedAt"),
+                "erasedAt" => now,
+            },
+        )?;
+    }
+    budget.spend(r, USERS, 1);
+    r.status = ErasureStatus::Done;
+    r.completed_at = Some(now);
+    let documents: i64 = r.counts.values().sum();
+    let counts = encode(&r.counts)?;
+    audit::record_in_org(
+        ctx,
+        r.org_id.as_deref(),
+        None,
+        "user",
+        &r.user_id,
+        "users.erased",
+        obj! {
+            "requestId" => r.id.as_str(),
+            "documents" => documents,
+            "counts" => counts,
+            "steps" => r.steps + 1,
+        },
+    )?;
+    Ok(true)
+}

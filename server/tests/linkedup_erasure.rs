@@ -1,0 +1,710 @@
+//! Erasure of a user's personal data on request (seed §20): `users.requestErasure` locks the
+//! account and the paged `erasure.step` job deletes or redacts the user's documents in every
+//! table, leaving other users' data alone; a run never touches more than a page of documents,
+//! a repeated or overtaken run does nothing, and afterwards the same identity starts a new,
+//! empty account. Also: a profile change schedules the user's embedding refresh.
+
+mod linkedup_common;
+
+use std::time::Duration;
+
+use linkedup_common::*;
+use linkedup_server::linkedup::erasure::{ErasureConfig, REDACTED, RESUME_STALLED, STEP};
+use linkedup_server::linkedup::{LinkedUpConfig, RateLimit};
+use query_engine::engine::EngineConfig;
+use query_engine::functions::FunctionKind;
+use query_engine::identity::Identity;
+use query_engine::obj;
+use query_engine::value::Value;
+
+const REQUEST: &str = "users.requestErasure";
+const STATUS: &str = "users.erasureStatus";
+const BIO: &str = "Bob builds storage engines in Rust";
+
+/// Inserts a document directly, for tables whose writers need a provider or a flag.
+async fn insert(env: &Env, table: &'static str, doc: Value) -> String {
+    let v = env
+        .engine
+        .transact(move |ctx| ctx.insert(table, doc.clone()).map(Value::from))
+        .await
+        .unwrap();
+    v.as_str().unwrap().to_string()
+}
+
+async fn request(env: &Env, who: &Identity) -> Value {
+    env.m(REQUEST, obj! { "confirm" => true }, Some(who))
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until the erasure request is done.
+async fn wait_done(env: &Env, request_id: &str) -> Value {
+    for _ in 0..800 {
+        let r = env
+            .all("erasureRequests")
+            .await
+            .into_iter()
+            .find(|r| id(r) == request_id)
+            .unwrap();
+        if s(&r, "status") == "done" {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("erasure request {request_id} did not finish");
+}
+
+/// The documents of `table` whose `field` is `value`.
+async fn with(env: &Env, table: &'static str, field: &str, value: &str) -> Vec<Value> {
+    env.all(table)
+        .await
+        .into_iter()
+        .filter(|d| d.get_path(field).and_then(Value::as_str) == Some(value))
+        .collect()
+}
+
+async fn say(env: &Env, who: &Identity, meeting: &str, chunk: &str, speaker: &str) {
+    env.m(
+        "transcripts.ingestChunk",
+        obj! {
+            "meetingId" => meeting, "chunkId" => chunk, "speakerId" => speaker,
+            "text" => format!("{speaker} says something personal"), "confidence" => 0.9,
+            "startMs" => 0i64, "endMs" => 1_000i64,
+        },
+        Some(who),
+    )
+    .await
+    .unwrap();
+}
+
+async fn send(env: &Env, who: &Identity, meeting: &str, content: &str) -> String {
+    let attachments = vec![obj! { "name" => "cv.pdf" }];
+    let v = env
+        .m(
+            "chat.send",
+            obj! { "meetingId" => meeting, "content" => content, "attachments" => attachments },
+            Some(who),
+        )
+        .await
+        .unwrap();
+    v.as_str().unwrap().to_string()
+}
+
+/// Personal data of `user` in the tables written by providers, flags or matching.
+async fn derived_data(env: &Env, user: &str, meeting: &str, now: i64) {
+    insert(
+        env,
+        "insights",
+        obj! {
+            "userId" => user, "meetingId" => meeting, "summary" => format!("summary for {user}"),
+            "actionItems" => Vec::<Value>::new(), "recommendations" => Vec::<Value>::new(),
+            "links" => Vec::<Value>::new(), "createdAt" => now,
+        },
+    )
+    .await;
+    insert(
+        env,
+        "transcriptSegments",
+        obj! {
+            "meetingId" => meeting, "startMs" => 0i64, "endMs" => 1_000i64,
+            "speakers" => vec![Value::from(user)], "text" => format!("{user} spoke"),
+            "topics" => vec![Value::from("rust")], "sentiment" => 0.5, "createdAt" => now,
+        },
+    )
+    .await;
+    insert(
+        env,
+        "matchingQueue",
+        obj! {
+            "userId" => user, "availableFrom" => now, "availableTo" => now + 3_600_000,
+            "constraints" => obj! {
+                "interests" => Vec::<Value>::new(), "roles" => Vec::<Value>::new(),
+            },
+            "status" => "waiting", "createdAt" => now, "updatedAt" => now,
+        },
+    )
+    .await;
+    insert(
+        env,
+        "matchingAnalytics",
+        obj! {
+            "userId" => user, "matchId" => format!("m-{user}"), "outcome" => "accepted",
+            "features" => obj! {}, "weights" => obj! {}, "createdAt" => now,
+        },
+    )
+    .await;
+}
+
+async fn prompt(env: &Env, meeting: &str, now: i64) {
+    insert(
+        env,
+        "prompts",
+        obj! {
+            "meetingId" => meeting, "type" => "precall", "content" => "Ask Bob about Rust",
+            "tags" => Vec::<Value>::new(), "relevance" => 0.5, "createdAt" => now,
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_clears_the_users_data_in_every_table_and_leaves_others_alone() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let (bob, alice) = (w.bob_id.as_str(), w.alice_id.as_str());
+    let now = query_engine::committer::now_millis();
+    // A second meeting bob has nothing to do with.
+    let other = env
+        .m(
+            "meetings.schedule",
+            obj! { "title" => "1:1", "inviteeIds" => vec![Value::from(w.carol_id.as_str())] },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let other = other.as_str().unwrap().to_string();
+    env.m(
+        "meetings.start",
+        obj! { "meetingId" => other.as_str() },
+        Some(&w.alice),
+    )
+    .await
+    .unwrap();
+    wait_for_room_job(&env.engine, &other).await;
+
+    for (who, bio) in [(&w.bob, BIO), (&w.alice, "Alice plans launches")] {
+        env.m("profiles.update", obj! { "bio" => bio }, Some(who))
+            .await
+            .unwrap();
+        env.m(
+            "interests.setMine",
+            obj! { "keys" => vec![Value::from("rust")] },
+            Some(who),
+        )
+        .await
+        .unwrap();
+        env.call("embeddings.refreshMine", obj! {}, Some(who))
+            .await
+            .unwrap();
+    }
+    let bob_profile = id(&with(env, "profiles", "userId", bob).await[0]);
+    env.engine
+        .action(
+            "embeddings.generate",
+            obj! {
+                "sourceType" => "profile", "sourceId" => bob_profile.as_str(),
+                "content" => "storage engines",
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    env.m(
+        "meetings.join",
+        obj! { "meetingId" => w.meeting.as_str() },
+        Some(&w.bob),
+    )
+    .await
+    .unwrap();
+    for (who, speaker) in [(&w.bob, bob), (&w.alice, alice)] {
+        send(env, who, &w.meeting, &format!("hello from {speaker}")).await;
+        say(env, who, &w.meeting, &format!("c-{speaker}"), speaker).await;
+        derived_data(env, speaker, &w.meeting, now).await;
+    }
+    say(env, &w.alice, &other, "o1", alice).await;
+    send(env, &w.alice, &other, "private to carol").await;
+    prompt(env, &w.meeting, now).await;
+    prompt(env, &other, now).await;
+    for (from, to) in [
+        (&w.bob, &w.carol_id),
+        (&w.alice, &w.bob_id),
+        (&w.alice, &w.carol_id),
+    ] {
+        env.m(
+            "connections.request",
+            obj! { "userId" => to.as_str() },
+            Some(from),
+        )
+        .await
+        .unwrap();
+    }
+    assert!(!with(env, "rateLimitWindows", "userId", bob)
+        .await
+        .is_empty());
+    let alice_before: Vec<(&'static str, usize)> = {
+        let mut v = Vec::new();
+        for t in [
+            "profiles",
+            "userInterests",
+            "insights",
+            "matchingQueue",
+            "matchingAnalytics",
+            "rateLimits",
+            "rateLimitWindows",
+        ] {
+            v.push((t, with(env, t, "userId", alice).await.len()));
+        }
+        v
+    };
+    let chunks_before = env.all("transcripts").await.len();
+
+    let r = request(env, &w.bob).await;
+    let done = wait_done(env, &s(&r, "requestId")).await;
+    assert!(done.get_path("completedAt").is_some());
+
+    // The account is a tombstone.
+    let user = env
+        .all("users")
+        .await
+        .into_iter()
+        .find(|u| id(u) == bob)
+        .unwrap();
+    assert_eq!(s(&user, "workosUserId"), "");
+    assert_eq!(s(&user, "email"), "");
+    assert_eq!(user.get_path("isActive"), Some(&Value::Bool(false)));
+    assert!(user.get_path("displayName").is_none() && user.get_path("orgId").is_none());
+    assert!(user.get_path("erasedAt").is_some());
+
+    // Deleted.
+    for (table, field) in [
+        ("profiles", "userId"),
+        ("userInterests", "userId"),
+        ("insights", "userId"),
+        ("matchingQueue", "userId"),
+        ("matchingAnalytics", "userId"),
+        ("rateLimits", "userId"),
+        ("rateLimitWindows", "userId"),
+        ("connections", "userA"),
+        ("connections", "userB"),
+        ("embeddings", "sourceId"),
+    ] {
+        assert!(
+            with(env, table, field, bob).await.is_empty(),
+            "{table}.{field}"
+        );
+    }
+    assert!(with(env, "embeddings", "sourceId", &bob_profile)
+        .await
+        .is_empty());
+    assert!(with(env, "prompts", "meetingId", &w.meeting)
+        .await
+        .is_empty());
+
+    // Redacted, in place.
+    let messages = with(env, "messages", "userId", bob).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(s(&messages[0], "content"), REDACTED);
+    assert!(messages[0].get_path("attachments").is_none());
+    let chunks = env.all("transcripts").await;
+    assert_eq!(chunks.len(), chunks_before);
+    let bobs: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| s(c, "chunkId") == format!("c-{bob}"))
+        .collect();
+    assert_eq!(s(bobs[0], "text"), REDACTED);
+    assert!(bobs[0].get_path("speakerId").is_none());
+    let segments = with(env, "transcriptSegments", "meetingId", &w.meeting).await;
+    let redacted: Vec<&Value> = segments
+        .iter()
+        .filter(|g| s(g, "text") == REDACTED)
+        .collect();
+    assert_eq!(redacted.len(), 1);
+    assert_eq!(
+        redacted[0].get_path("speakers"),
+        Some(&Value::Array(vec![]))
+    );
+    assert!(redacted[0].get_path("sentiment").is_none());
+
+    // Kept: the participant record (no longer present) names the tombstone.
+    let member = with(env, "meetingParticipants", "userId", bob).await;
+    assert_eq!(member.len(), 1);
+    assert_eq!(s(&member[0], "presence"), "left");
+    let state = with(env, "meetingState", "meetingId", &w.meeting).await;
+    assert_eq!(state[0].get_path("joinedCount"), Some(&Value::from(0i64)));
+
+    // Others' data untouched.
+    for (table, n) in alice_before {
+        assert_eq!(with(env, table, "userId", alice).await.len(), n, "{table}");
+    }
+    assert_eq!(with(env, "embeddings", "sourceId", alice).await.len(), 1);
+    let alices = with(env, "messages", "userId", alice).await;
+    assert!(alices
+        .iter()
+        .all(|m| s(m, "content") != REDACTED && m.get_path("attachments").is_some()));
+    assert!(chunks
+        .iter()
+        .filter(|c| c.get_path("speakerId").and_then(Value::as_str) == Some(alice))
+        .all(|c| s(c, "text") != REDACTED));
+    assert_eq!(segments.len(), 2);
+    assert_eq!(with(env, "prompts", "meetingId", &other).await.len(), 1);
+    let connections = env.all("connections").await;
+    assert_eq!(connections.len(), 1);
+    env.q("users.me", obj! {}, Some(&w.alice)).await.unwrap();
+
+    // The audit log records the request and the erasure, with ids and counts only.
+    let audit = env.all("auditLogs").await;
+    let entries: Vec<&Value> = audit
+        .iter()
+        .filter(|a| s(a, "action").starts_with("users.eras"))
+        .collect();
+    assert_eq!(entries.len(), 2);
+    let erased = entries
+        .iter()
+        .find(|a| s(a, "action") == "users.erased")
+        .unwrap();
+    assert_eq!(s(erased, "resourceId"), bob);
+    assert!(
+        erased
+            .get_path("metadata.documents")
+            .and_then(Value::as_i64)
+            .unwrap()
+            >= 15
+    );
+    for e in entries {
+        let text = format!("{e:?}");
+        for pii in ["bob@example.com", BIO, "hello from"] {
+            assert!(!text.contains(pii), "{pii} in {text}");
+        }
+    }
+
+    // Nobody can invite or connect to the erased account any more.
+    let to_bob = obj! { "userId" => bob };
+    expect_code(
+        env.m("connections.request", to_bob, Some(&w.carol)).await,
+        "NOT_FOUND",
+    );
+
+    // The same identity signs in again: a new, empty account.
+    assert_eq!(
+        env.q(STATUS, obj! {}, Some(&w.bob)).await.unwrap(),
+        Value::Null
+    );
+    expect_code(
+        env.q("users.me", obj! {}, Some(&w.bob)).await,
+        "UNAUTHORIZED",
+    );
+    let fresh = env.user(&w.bob).await;
+    assert_ne!(fresh, bob);
+    assert_eq!(
+        env.q("profiles.get", obj! {}, Some(&w.bob)).await.unwrap(),
+        Value::Null
+    );
+    assert_eq!(
+        env.q(STATUS, obj! {}, Some(&w.bob)).await.unwrap(),
+        Value::Null
+    );
+}
+
+/// The newest pending run of the erasure job: its arguments.
+async fn pending_step(env: &Env) -> Option<Value> {
+    env.all("_scheduled_jobs")
+        .await
+        .into_iter()
+        .filter(|j| s(j, "function") == STEP && s(j, "state") == "pending")
+        .map(|j| j.get_path("args").cloned().unwrap())
+        .max_by_key(|a| a.get_path("run").and_then(Value::as_i64))
+}
+
+async fn run_step(env: &Env, args: Value) -> (i64, bool) {
+    let r = env.engine.mutation(STEP, args, None).await.unwrap().value;
+    (
+        r.get_path("documents").and_then(Value::as_i64).unwrap(),
+        r.get_path("done") == Some(&Value::Bool(true)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_works_in_bounded_pages_and_a_repeated_run_does_nothing() {
+    const PAGE: usize = 5;
+    const MESSAGES: usize = 12;
+    let config = LinkedUpConfig {
+        erasure: ErasureConfig {
+            page_documents: PAGE,
+            stall_ms: 0,
+        },
+        ..LinkedUpConfig::default()
+    };
+    // This test runs the jobs itself.
+    let env = open_with(
+        config,
+        EngineConfig {
+            run_scheduler: false,
+            ..EngineConfig::default()
+        },
+    );
+    let alice = ident("alice", None, None);
+    let bob = ident("bob", None, None);
+    env.user(&alice).await;
+    let bob_id = env.user(&bob).await;
+    let meeting = env
+        .m(
+            "meetings.schedule",
+            obj! { "title" => "Sync", "inviteeIds" => vec![Value::from(bob_id.as_str())] },
+            Some(&alice),
+        )
+        .await
+        .unwrap();
+    let meeting = meeting.as_str().unwrap().to_string();
+    env.m(
+        "meetings.start",
+        obj! { "meetingId" => meeting.as_str() },
+        Some(&alice),
+    )
+    .await
+    .unwrap();
+    for i in 0..MESSAGES {
+        send(&env, &bob, &meeting, &format!("message {i}")).await;
+    }
+    send(&env, &alice, &meeting, "from alice").await;
+
+    let r = request(&env, &bob).await;
+    assert_eq!(s(&r, "status"), "pending");
+    // Asking again is the same request.
+    assert_eq!(request(&env, &bob).await, r);
+    let status = env.q(STATUS, obj! {}, Some(&bob)).await.unwrap();
+    assert_eq!(s(&status, "requestId"), s(&r, "requestId"));
+    // The account is locked while it is erased.
+    for f in ["users.ensure", "users.heartbeat"] {
+        let e = expect_code(env.m(f, obj! {}, Some(&bob)).await, "CONFLICT");
+        assert_eq!(s(&e.data, "reason"), "erasurePending");
+    }
+    let e = expect_code(
+        env.m(
+            "chat.send",
+            obj! { "meetingId" => meeting.as_str(), "content" => "more" },
+            Some(&bob),
+        )
+        .await,
+        "CONFLICT",
+    );
+    assert_eq!(s(&e.data, "reason"), "erasurePending");
+
+    // A stalled request is restarted with a new run number: the old run is then a no-op.
+    let first = pending_step(&env).await.unwrap();
+    let resumed = env
+        .engine
+        .mutation(RESUME_STALLED, obj! {}, None)
+        .await
+        .unwrap();
+    assert_eq!(resumed.value, Value::from(1i64));
+    assert_eq!(run_step(&env, first.clone()).await, (0, false));
+
+    let mut runs = 0;
+    let mut total = 0;
+    let mut last;
+    loop {
+        let args = pending_step(&env).await.expect("a next run is scheduled");
+        let (documents, done) = run_step(&env, args.clone()).await;
+        assert!(
+            documents as usize <= PAGE,
+            "a run touched {documents} documents"
+        );
+        runs += 1;
+        total += documents;
+        last = args;
+        if done {
+            break;
+        }
+        assert!(runs < 100, "the job does not finish");
+        if runs == 1 {
+            let status = env.q(STATUS, obj! {}, Some(&bob)).await.unwrap();
+            assert_eq!(s(&status, "status"), "running");
+        }
+    }
+    assert!(total as usize > MESSAGES);
+    assert!(
+        runs * PAGE as i64 >= total,
+        "{runs} runs for {total} documents"
+    );
+    // A finished run repeated does nothing.
+    assert_eq!(run_step(&env, last).await, (0, true));
+    assert_eq!(run_step(&env, first).await, (0, true));
+
+    let messages = env.all("messages").await;
+    assert_eq!(messages.len(), MESSAGES + 1);
+    let redacted = messages
+        .iter()
+        .filter(|m| s(m, "content") == REDACTED)
+        .count();
+    assert_eq!(redacted, MESSAGES);
+    let done = env.all("erasureRequests").await;
+    assert_eq!(done.len(), 1);
+    assert_eq!(s(&done[0], "status"), "done");
+    assert_eq!(
+        done[0].get_path("counts.messages"),
+        Some(&Value::from(MESSAGES as i64))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_can_erase_only_their_own_account() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    // No way to name another account.
+    expect_code(
+        env.m(
+            REQUEST,
+            obj! { "confirm" => true, "userId" => w.alice_id.as_str() },
+            Some(&w.bob),
+        )
+        .await,
+        "VALIDATION_ERROR",
+    );
+    let e = expect_code(
+        env.m(REQUEST, obj! { "confirm" => false }, Some(&w.bob))
+            .await,
+        "VALIDATION_ERROR",
+    );
+    assert!(e.message.starts_with("confirm"), "{}", e.message);
+    expect_code(
+        env.m(REQUEST, obj! { "confirm" => true }, None).await,
+        "UNAUTHORIZED",
+    );
+    // The operators' and the job's functions are not callable by clients.
+    for f in ["erasure.eraseAccount", STEP, RESUME_STALLED] {
+        match env.engine.public_function(f, FunctionKind::Mutation) {
+            Err(e) => assert_eq!(e.code, "NOT_FOUND", "{f}"),
+            Ok(_) => panic!("{f} is public"),
+        }
+    }
+    assert!(env.all("erasureRequests").await.is_empty());
+
+    let r = request(env, &w.bob).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    let requests = env.all("erasureRequests").await;
+    assert_eq!(requests.len(), 1);
+    assert_eq!(s(&requests[0], "userId"), w.bob_id);
+    // Alice's account is as it was.
+    let me = env.q("users.me", obj! {}, Some(&w.alice)).await.unwrap();
+    assert_eq!(id(&me), w.alice_id);
+    assert_eq!(s(&me, "email"), "alice@example.com");
+    expect_code(
+        env.m(
+            "meetings.addParticipant",
+            obj! { "meetingId" => w.meeting.as_str(), "userId" => w.bob_id.as_str() },
+            Some(&w.alice),
+        )
+        .await,
+        "NOT_FOUND",
+    );
+}
+
+/// The `embeddings.generate` jobs scheduled for `user`'s profile, once they have all finished.
+async fn refresh_jobs(env: &Env, user: &str) -> Vec<Value> {
+    for _ in 0..800 {
+        let jobs: Vec<Value> = env
+            .all("_scheduled_jobs")
+            .await
+            .into_iter()
+            .filter(|j| s(j, "function") == "embeddings.generate" && s(j, "args.sourceId") == user)
+            .collect();
+        if jobs
+            .iter()
+            .all(|j| matches!(s(j, "state").as_str(), "success" | "failed"))
+        {
+            return jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the embedding refreshes did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_change_refreshes_the_embedding_when_its_text_changed() {
+    let env = open(LinkedUpConfig::default());
+    let bob = ident("bob", None, None);
+    let bob_id = env.user(&bob).await;
+    env.m(
+        "interests.upsert",
+        obj! { "key" => "rust", "label" => "Rust", "category" => "tech" },
+        None,
+    )
+    .await
+    .unwrap();
+    let update = |args: Value| env.m("profiles.update", args, Some(&bob));
+
+    update(obj! { "bio" => BIO }).await.unwrap();
+    let jobs = refresh_jobs(&env, &bob_id).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(s(&jobs[0], "state"), "success");
+    assert_eq!(s(&jobs[0], "args.content"), BIO);
+    let embedding = with(&env, "embeddings", "sourceId", &bob_id).await;
+    assert_eq!(embedding.len(), 1);
+
+    // Nothing the embedding is made of changed: no refresh.
+    update(obj! { "displayName" => "Bobby" }).await.unwrap();
+    update(obj! { "bio" => BIO }).await.unwrap();
+    assert_eq!(refresh_jobs(&env, &bob_id).await.len(), 1);
+
+    // Interests are part of it.
+    env.m(
+        "interests.setMine",
+        obj! { "keys" => vec![Value::from("rust")] },
+        Some(&bob),
+    )
+    .await
+    .unwrap();
+    let jobs = refresh_jobs(&env, &bob_id).await;
+    assert_eq!(jobs.len(), 2);
+    let after = with(&env, "embeddings", "sourceId", &bob_id).await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(
+        after[0].get_path("metadata.contentSha256"),
+        embedding[0].get_path("metadata.contentSha256")
+    );
+    // Back to a text the stored vector is already made of: no refresh either. (The profile
+    // is changed behind the functions' back, so that the stored vector is of the new text.)
+    let profile = id(&with(&env, "profiles", "userId", &bob_id).await[0]);
+    env.m(
+        "interests.setMine",
+        obj! { "keys" => Vec::<Value>::new() },
+        Some(&bob),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refresh_jobs(&env, &bob_id).await.len(), 3);
+    env.engine
+        .transact(move |ctx| {
+            let mut bio = query_engine::value::Object::new();
+            bio.insert("bio".into(), "Bob grows tomatoes".into());
+            ctx.patch("profiles", &profile, bio)?;
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    update(obj! { "bio" => BIO }).await.unwrap();
+    assert_eq!(refresh_jobs(&env, &bob_id).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_refreshes_keep_to_the_refresh_limit() {
+    let mut config = LinkedUpConfig::default();
+    config.ai.refresh_limit = RateLimit {
+        max: 1,
+        window_ms: 600_000,
+    };
+    config.rate_limits.shards = 1;
+    let env = open(config);
+    let bob = ident("bob", None, None);
+    let bob_id = env.user(&bob).await;
+    env.m("profiles.update", obj! { "bio" => BIO }, Some(&bob))
+        .await
+        .unwrap();
+    // Over the limit the change is saved, and no refresh is scheduled.
+    let p = env
+        .m(
+            "profiles.update",
+            obj! { "bio" => "Bob now grows tomatoes" },
+            Some(&bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&p, "bio"), "Bob now grows tomatoes");
+    let jobs = refresh_jobs(&env, &bob_id).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(s(&jobs[0], "args.content"), BIO);
+    // The user's own refresh is counted apart and still allowed.
+    env.call("embeddings.refreshMine", obj! {}, Some(&bob))
+        .await
+        .unwrap();
+}
