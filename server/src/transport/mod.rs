@@ -41,6 +41,15 @@ pub(crate) struct Shared {
     pub server_version: String,
 }
 
+/// Asks clients to acknowledge every `ACK_ELICITING_THRESHOLD + 1`-th packet (QUIC ACK
+/// frequency extension) instead of every second one.
+fn ack_frequency() -> quinn::AckFrequencyConfig {
+    let mut c = quinn::AckFrequencyConfig::default();
+    c.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD));
+    c
+}
+const ACK_ELICITING_THRESHOLD: u32 = 9;
+
 /// Binds the QUIC endpoint: TLS 1.3 with ALPN `linkedup/1`, one bidirectional stream of credit
 /// per allowed call plus the control stream (a client with one call per stream gets as many
 /// calls in flight as one that multiplexes), no unidirectional streams, no datagrams.
@@ -56,6 +65,7 @@ pub(crate) fn bind(
         ))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(None)
+        .ack_frequency_config(Some(ack_frequency()))
         // Unread data a client may have in flight on one connection, across all its streams.
         .receive_window(VarInt::from_u32(
             limits
