@@ -131,6 +131,12 @@ fn cases(w: &World) -> Vec<(&'static str, Value, Value, &'static str)> {
             "meetingId",
         ),
         (
+            "meetings.streamCallToken",
+            obj! { "meetingId" => m },
+            obj! { "meetingId" => m, "userId" => bob },
+            "userId",
+        ),
+        (
             "meetings.get",
             obj! { "meetingId" => m },
             obj! { "meetingId" => 1i64 },

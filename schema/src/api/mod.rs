@@ -48,10 +48,19 @@ pub mod fns {
     pub const FLAGS_SET: &str = "flags.set";
     pub const AUDIT_QUERY: &str = "audit.query";
     pub const MEETINGS_CREATE_STREAM_ROOM: &str = "meetings.createStreamRoom";
+    pub const MEETINGS_STREAM_CALL_TOKEN: &str = "meetings.streamCallToken";
 }
 
 /// Feature flag keys: one per capability (seed §22).
-pub const FLAG_KEYS: [&str; 4] = ["precall/ai", "incall/ai", "insights/postcall", "matching"];
+/// All of them turn a capability on, except `stream/paused`, the Stream-outage switch of the
+/// runbook (seed §23): on, it stops `meetings.streamCallToken` minting call tokens.
+pub const FLAG_KEYS: [&str; 5] = [
+    "precall/ai",
+    "incall/ai",
+    "insights/postcall",
+    "matching",
+    "stream/paused",
+];
 /// Environments a flag may be set for (seed §15).
 pub const ENVIRONMENTS: [&str; 3] = ["local", "staging", "prod"];
 
@@ -592,6 +601,23 @@ pub struct AuditQueryArgs {
     /// 1..=200, default 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+}
+
+/// `meetings.streamCallToken`'s result: what a participant's video client joins the meeting's
+/// call with — Stream's `apiKey` (absent with the local provider), the call, the Stream user
+/// id (the LinkedUp user id) and a token admitting that user to this call only, until
+/// `expiresAt` (ms since the epoch); ask again for a fresh one before then.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamCallToken {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    pub call_type: String,
+    pub call_id: String,
+    pub call_cid: String,
+    pub user_id: String,
+    pub token: String,
+    pub expires_at: i64,
 }
 
 /// `meetings.createStreamRoom`'s result: the meeting's Stream room (the call's cid,

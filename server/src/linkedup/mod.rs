@@ -23,6 +23,7 @@ pub mod prompts;
 pub mod rate_limit;
 pub mod retention;
 pub mod stream_rooms;
+pub mod stream_tokens;
 pub mod stream_webhook;
 pub mod transcripts;
 pub mod users;
@@ -88,6 +89,7 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     notes::register(functions, &config);
     retention::register(functions, &config);
     stream_rooms::register(functions, &config);
+    stream_tokens::register(functions, &config);
     stream_webhook::register(functions, &config);
     matching::register(functions, &config);
     prompts::register(functions, &config);

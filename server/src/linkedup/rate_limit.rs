@@ -62,6 +62,8 @@ pub struct RateLimitConfig {
     pub connections_request: RateLimit,
     /// Transcript ingest calls (each up to 50 chunks), per user.
     pub transcripts_ingest: RateLimit,
+    /// Stream call tokens minted (`meetings.streamCallToken`), per user.
+    pub stream_call_tokens: RateLimit,
     /// Sub-window length; the window slides in steps of this.
     pub bucket_ms: i64,
     /// Counter documents per bucket (1..=64).
@@ -91,6 +93,11 @@ impl Default for RateLimitConfig {
             // (§21), each call carrying up to 50 chunks.
             transcripts_ingest: RateLimit {
                 max: 1_200,
+                window_ms: 60_000,
+            },
+            // A client asks at joining and before each expiry; reconnects may ask again.
+            stream_call_tokens: RateLimit {
+                max: 30,
                 window_ms: 60_000,
             },
             // Coarse enough that a user calling a few times a second folds once per several

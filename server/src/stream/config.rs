@@ -7,9 +7,11 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rand::Rng;
 
+use super::tokens::DEFAULT_CALL_TOKEN_TTL;
 use super::{ApiSettings, RoomProvider, Secret, StreamClient, StreamError};
 use crate::config::Options;
 
@@ -19,7 +21,7 @@ pub const DEV_SECRET_FILE: &str = "dev-stream-secret";
 const DEV_SECRET_BYTES: usize = 32;
 
 /// Stream settings of the LinkedUp functions.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct StreamConfig {
     /// Creates meeting rooms; the local provider by default.
     pub provider: RoomProvider,
@@ -28,6 +30,20 @@ pub struct StreamConfig {
     pub webhook_secret: Option<Secret>,
     /// The application's API key; a webhook carrying another `X-Api-Key` is refused.
     pub api_key: Option<String>,
+    /// How long the call tokens `meetings.streamCallToken` mints are valid (signed with
+    /// `webhook_secret`, the API secret).
+    pub call_token_ttl: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            provider: RoomProvider::default(),
+            webhook_secret: None,
+            api_key: None,
+            call_token_ttl: DEFAULT_CALL_TOKEN_TTL,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +101,7 @@ impl StreamConfig {
             provider,
             webhook_secret,
             api_key: options.stream_api_key.clone(),
+            call_token_ttl: DEFAULT_CALL_TOKEN_TTL,
         })
     }
 }

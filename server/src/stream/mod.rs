@@ -1,6 +1,7 @@
 //! GetStream Video (seed §6, §15, §20): the provider that creates a meeting's call (its
-//! "room") and the verification of the webhooks Stream sends about it. Nothing here knows
-//! about the database; `linkedup::stream_rooms` and `linkedup::stream_webhook` use it.
+//! "room"), the tokens participants join it with, and the verification of the webhooks
+//! Stream sends about it. Nothing here knows about the database; `linkedup::stream_rooms`,
+//! `linkedup::stream_tokens` and `linkedup::stream_webhook` use it.
 //!
 //! Which provider runs is configuration (`StreamConfig`): the deterministic local one by
 //! default (no network; the room id is derived from the meeting id, so development and tests
@@ -9,6 +10,7 @@
 pub mod client;
 pub mod config;
 pub mod provider;
+pub mod tokens;
 pub mod webhook;
 
 use linkedup_schema::ErrorCode;
@@ -19,6 +21,7 @@ pub use crate::secret::Secret;
 pub use client::{ApiSettings, StreamClient};
 pub use config::StreamConfig;
 pub use provider::{RoomMember, RoomProvider, RoomRequest};
+pub use tokens::{mint_call_token, CallToken};
 
 /// Stream's API host (the one its server SDKs default to).
 pub const DEFAULT_BASE_URL: &str = "https://chat.stream-io-api.com";
