@@ -51,6 +51,7 @@ const RATE_LIMIT_ACTION: &str = "users.block";
 /// Highest configurable `BlocksConfig::max_per_user`: a block counts the caller's blocks in
 /// one bounded read of this many.
 pub const MAX_BLOCKS_PER_USER: usize = 5_000;
+const _: () = assert!(MAX_BLOCKS_PER_USER <= query_engine::context::MAX_TAKE);
 
 /// Block list settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,4 +282,33 @@ fn list(ctx: &mut Ctx<'_, '_>, a: ListBlockedArgs) -> FunctionResult<Page<Block>
         .eq("blockerId", me.id.as_str())
         .desc();
     decoded_page(query, a.cursor.as_deref(), page_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_limit_option_is_checked() {
+        let with = |n| Options {
+            max_blocks_per_user: n,
+            ..Options::default()
+        };
+        assert_eq!(
+            BlocksConfig::from_options(&with(None)).unwrap(),
+            BlocksConfig::default()
+        );
+        assert_eq!(
+            BlocksConfig::from_options(&with(Some(25)))
+                .unwrap()
+                .max_per_user,
+            25
+        );
+        for bad in [0, MAX_BLOCKS_PER_USER + 1] {
+            assert!(
+                BlocksConfig::from_options(&with(Some(bad))).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }
