@@ -45,8 +45,8 @@ use super::{
 };
 use crate::config::{ConfigError, Options};
 
-/// The rate-limited action: blocking and unblocking count together, so toggling a block
-/// cannot be used to churn (and notify through) connections and matches.
+/// The rate-limited action: blocking and unblocking count together, so toggling a block on
+/// and off (each block deleting a connection and cancelling matches) is bounded too.
 const RATE_LIMIT_ACTION: &str = "users.block";
 /// Highest configurable `BlocksConfig::max_per_user`: a block counts the caller's blocks in
 /// one bounded read of this many.
