@@ -35,6 +35,7 @@ pub mod names {
     pub const AUDIT_LOGS: &str = "auditLogs";
     pub const FEATURE_FLAGS: &str = "featureFlags";
     pub const ERASURE_REQUESTS: &str = "erasureRequests";
+    pub const USER_BLOCKS: &str = "userBlocks";
 }
 
 use names::*;
@@ -701,6 +702,25 @@ fn erasure_requests() -> TableDefinition {
     .index("by_status_updated", &["status", "updatedAt"])
 }
 
+/// Added (seed §24, do-not-match lists): one document per (blocker, blocked) pair; a block
+/// keeps the two apart both ways (connection requests, matching). `reason` is the blocker's
+/// private note. Each side's index ends with `createdAt`, so "whom I block, newest first" and
+/// "who blocks me" are one range each; `by_pair` is the point lookup of one direction.
+fn user_blocks() -> TableDefinition {
+    TableDefinition::new(
+        USER_BLOCKS,
+        v::object([
+            ("blockerId", v::id(USERS)),
+            ("blockedId", v::id(USERS)),
+            ("reason", opt(v::string())),
+            ("createdAt", ms()),
+        ]),
+    )
+    .index("by_blocker", &["blockerId", "createdAt"])
+    .index("by_blocked", &["blockedId", "createdAt"])
+    .index("by_pair", &["blockerId", "blockedId"])
+}
+
 /// The complete LinkedUp schema.
 pub fn schema() -> SchemaDefinition {
     SchemaDefinition::new()
@@ -729,6 +749,7 @@ pub fn schema() -> SchemaDefinition {
         .table(audit_logs())
         .table(feature_flags())
         .table(erasure_requests())
+        .table(user_blocks())
 }
 
 #[cfg(test)]
@@ -739,7 +760,7 @@ mod tests {
     fn schema_is_accepted_by_the_engine_checks() {
         let s = schema();
         s.check().unwrap();
-        assert_eq!(s.tables.len(), 25);
+        assert_eq!(s.tables.len(), 26);
     }
 
     #[test]

@@ -478,6 +478,14 @@ pub struct Options {
         value_name = "MS"
     )]
     pub ai_in_call_interval_ms: Option<u64>,
+    /// Most users one user may block, 1..=5000 [default: 1000].
+    #[arg(
+        long,
+        env = "LINKEDUP_MAX_BLOCKS_PER_USER",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_blocks_per_user: Option<usize>,
 }
 
 impl Options {
@@ -562,6 +570,7 @@ impl Options {
             ai_timeout_ms: self.ai_timeout_ms.or(lower.ai_timeout_ms),
             ai_max_retries: self.ai_max_retries.or(lower.ai_max_retries),
             ai_in_call_interval_ms: self.ai_in_call_interval_ms.or(lower.ai_in_call_interval_ms),
+            max_blocks_per_user: self.max_blocks_per_user.or(lower.max_blocks_per_user),
         }
     }
 

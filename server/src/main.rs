@@ -7,6 +7,7 @@ use clap::Parser;
 use linkedup_server::ai::AiConfig;
 use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{AuthSource, Cli, Command, MintTokenArgs, Options, TlsSource};
+use linkedup_server::linkedup::blocks::BlocksConfig;
 use linkedup_server::linkedup::flags::Environment;
 use linkedup_server::linkedup::{self, LinkedUpConfig};
 use linkedup_server::stream::config::DEV_SECRET_FILE;
@@ -63,6 +64,7 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
             .context("invalid matching configuration")?,
         environment: Environment::from_options(&options).context("invalid configuration")?,
         ai: AiConfig::from_options(&options).context("invalid AI configuration")?,
+        blocks: BlocksConfig::from_options(&options).context("invalid configuration")?,
         ..LinkedUpConfig::default()
     };
     let (schema, functions) = application(&app_config);

@@ -2,7 +2,8 @@
 //! account and the paged `erasure.step` job deletes or redacts the user's documents in every
 //! table, leaving other users' data alone; a run never touches more than a page of documents,
 //! a repeated or overtaken run does nothing, and afterwards the same identity starts a new,
-//! empty account. Also: a profile change schedules the user's embedding refresh.
+//! empty account (blocks included, either way). Also: a profile change schedules the user's
+//! embedding refresh.
 
 mod linkedup_common;
 
@@ -228,6 +229,20 @@ async fn erasure_clears_the_users_data_in_every_table_and_leaves_others_alone() 
         .await
         .unwrap();
     }
+    // Blocks either way: bob's, and others' of bob; alice's of dave is none of bob's.
+    for (who, of) in [
+        (&w.bob, &w.dave_id),
+        (&w.dave, &w.bob_id),
+        (&w.alice, &w.dave_id),
+    ] {
+        env.m(
+            "users.block",
+            obj! { "userId" => of.as_str(), "reason" => "private" },
+            Some(who),
+        )
+        .await
+        .unwrap();
+    }
     assert!(!with(env, "rateLimitWindows", "userId", bob)
         .await
         .is_empty());
@@ -276,6 +291,8 @@ async fn erasure_clears_the_users_data_in_every_table_and_leaves_others_alone() 
         ("rateLimitWindows", "userId"),
         ("connections", "userA"),
         ("connections", "userB"),
+        ("userBlocks", "blockerId"),
+        ("userBlocks", "blockedId"),
         ("embeddings", "sourceId"),
     ] {
         assert!(
@@ -339,6 +356,10 @@ async fn erasure_clears_the_users_data_in_every_table_and_leaves_others_alone() 
     assert_eq!(with(env, "prompts", "meetingId", &other).await.len(), 1);
     let connections = env.all("connections").await;
     assert_eq!(connections.len(), 1);
+    let blocks = env.all("userBlocks").await;
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(s(&blocks[0], "blockerId"), alice);
+    assert_eq!(done.get_path("counts.userBlocks"), Some(&Value::from(2i64)));
     env.q("users.me", obj! {}, Some(&w.alice)).await.unwrap();
 
     // The audit log records the request and the erasure, with ids and counts only.
@@ -456,6 +477,25 @@ async fn the_job_works_in_bounded_pages_and_a_repeated_run_does_nothing() {
         send(&env, &bob, &meeting, &format!("message {i}")).await;
     }
     send(&env, &alice, &meeting, "from alice").await;
+    // More blocks of bob than a page holds, and one of his.
+    for i in 0..PAGE + 2 {
+        let who = ident(&format!("blocker{i}"), None, None);
+        env.user(&who).await;
+        env.m(
+            "users.block",
+            obj! { "userId" => bob_id.as_str() },
+            Some(&who),
+        )
+        .await
+        .unwrap();
+    }
+    env.m(
+        "users.block",
+        obj! { "userId" => env.user(&alice).await.as_str() },
+        Some(&bob),
+    )
+    .await
+    .unwrap();
 
     let r = request(&env, &bob).await;
     assert_eq!(s(&r, "status"), "pending");
@@ -534,6 +574,11 @@ async fn the_job_works_in_bounded_pages_and_a_repeated_run_does_nothing() {
         done[0].get_path("counts.messages"),
         Some(&Value::from(MESSAGES as i64))
     );
+    assert_eq!(
+        done[0].get_path("counts.userBlocks"),
+        Some(&Value::from(PAGE as i64 + 3))
+    );
+    assert!(env.all("userBlocks").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

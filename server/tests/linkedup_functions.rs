@@ -199,6 +199,25 @@ fn cases(w: &World) -> Vec<(&'static str, Value, Value, &'static str)> {
             "confirm",
         ),
         ("users.erasureStatus", obj! {}, obj! { "x" => 1i64 }, "x"),
+        // Happy paths in linkedup_blocks.
+        (
+            "users.block",
+            obj! { "userId" => carol },
+            obj! { "userId" => carol, "reason" => "" },
+            "reason",
+        ),
+        (
+            "users.unblock",
+            obj! { "userId" => carol },
+            obj! { "userId" => m },
+            "userId",
+        ),
+        (
+            "users.listBlocked",
+            obj! {},
+            obj! { "numItems" => 0i64 },
+            "numItems",
+        ),
     ]
 }
 

@@ -6,6 +6,7 @@
 //! an optional field as "may be absent", and null is not a string.
 
 pub mod ai;
+pub mod blocks;
 pub mod erasure;
 pub mod matching;
 pub mod notes;

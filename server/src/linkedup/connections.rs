@@ -5,9 +5,12 @@
 //! not request); declined → pending (a new request, by either side). Requesting a pending pair
 //! again is a no-op for the requester and an acceptance for the other side (both want it);
 //! requesting an accepted pair is CONFLICT.
+//!
+//! A block between the two (`blocks`) deletes their document and refuses requests either way.
 
 use std::sync::Arc;
 
+use linkedup_schema::api::blocks::BLOCKED;
 use linkedup_schema::api::limits::MAX_CONNECTIONS_LISTED;
 use linkedup_schema::api::{
     Connection, ConnectionIdArgs, ConnectionStatus, ListConnectionsArgs, UserIdArgs,
@@ -17,14 +20,14 @@ use linkedup_schema::tables::names::{CONNECTIONS, USERS};
 use linkedup_schema::tables::CONNECTION_STATUSES;
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
-use query_engine::error::FunctionResult;
+use query_engine::error::{FunctionError, FunctionResult};
 use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
 use query_engine::schema::v;
 
 use super::guards::{current_user, live_user};
 use super::rate_limit::check_and_consume;
-use super::{audited, decode, fields, LinkedUpConfig};
+use super::{audited, blocks, decode, fields, id_of, LinkedUpConfig};
 
 fn status_validator() -> query_engine::schema::Validator {
     v::union(CONNECTION_STATUSES.iter().map(|s| v::literal(*s)))
@@ -33,7 +36,9 @@ fn status_validator() -> query_engine::schema::Validator {
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // connections.request: asks `userId` to connect (see the module comment for the states).
     // Returns the connection. Returns: UNAUTHORIZED, VALIDATION_ERROR (self), NOT_FOUND (no
-    // such user), CONFLICT (already connected), RATE_LIMITED.
+    // such user, or one who blocks the caller: the same error, so a block is not revealed),
+    // CONFLICT (already connected; or the caller blocks the user, `data.reason: "blocked"`),
+    // RATE_LIMITED.
     let cfg = config.clone();
     f.mutation(
         "connections.request",
@@ -93,7 +98,18 @@ fn request(
         return Err(invalid_field("userId", "cannot connect to yourself"));
     }
     if live_user(ctx, &a.user_id)?.is_none() {
-        return Err(ErrorCode::NotFound.err(format!("no user {}", a.user_id)));
+        return Err(no_such_user(&a.user_id));
+    }
+    // The caller's own block first: a caller who blocks the user is told so whether or not
+    // the user blocks them too, which therefore stays hidden.
+    if blocks::blocks(ctx, &me.id, &a.user_id)? {
+        return Err(ErrorCode::Conflict.err_with(
+            "you block this user: unblock them first",
+            obj! { "reason" => BLOCKED },
+        ));
+    }
+    if blocks::blocks(ctx, &a.user_id, &me.id)? {
+        return Err(no_such_user(&a.user_id));
     }
     let (ua, ub) = ordered(&me.id, &a.user_id);
     let existing = ctx
@@ -158,6 +174,33 @@ fn request(
         }
     };
     get(ctx, &id)
+}
+
+/// What a request to a user who does not exist, is being erased, or blocks the caller gets:
+/// one error for all three, so that a block cannot be told from a missing user.
+fn no_such_user(user_id: &str) -> FunctionError {
+    ErrorCode::NotFound.err(format!("no user {user_id}"))
+}
+
+/// Deletes the connection document of `x` and `y`, whatever its state (a block ends it);
+/// returns the state it had, `None` if they had none.
+pub(crate) fn remove_between(
+    ctx: &mut Ctx<'_, '_>,
+    x: &str,
+    y: &str,
+) -> FunctionResult<Option<ConnectionStatus>> {
+    let (ua, ub) = ordered(x, y);
+    let Some(doc) = ctx
+        .query(CONNECTIONS, "by_pair")
+        .eq("userA", ua)
+        .eq("userB", ub)
+        .first()?
+    else {
+        return Ok(None);
+    };
+    let c: Connection = decode(&doc)?;
+    ctx.delete(CONNECTIONS, &id_of(&doc)?)?;
+    Ok(Some(c.status))
 }
 
 fn get(ctx: &mut Ctx<'_, '_>, id: &str) -> FunctionResult<Connection> {

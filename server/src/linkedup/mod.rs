@@ -7,6 +7,7 @@
 
 mod ai_context;
 pub mod audit;
+pub mod blocks;
 pub mod chat;
 pub mod connections;
 pub mod embeddings;
@@ -72,6 +73,8 @@ pub struct LinkedUpConfig {
     pub ai: crate::ai::AiConfig,
     /// How the erasure of a user's personal data paces itself (`erasure`).
     pub erasure: erasure::ErasureConfig,
+    /// Block lists (`blocks`).
+    pub blocks: blocks::BlocksConfig,
 }
 
 /// Registers every LinkedUp function.
@@ -96,6 +99,7 @@ pub fn register(functions: &mut Functions, config: &LinkedUpConfig) {
     insights::register(functions, &config);
     embeddings::register(functions, &config);
     erasure::register(functions, &config);
+    blocks::register(functions, &config);
 }
 
 /// LinkedUp's routes on the server's HTTP port (`Server::start_with_routes`): Stream's webhook.

@@ -60,6 +60,8 @@ pub struct RateLimitConfig {
     pub chat_send: RateLimit,
     pub meetings_schedule: RateLimit,
     pub connections_request: RateLimit,
+    /// `users.block` and `users.unblock` together, per user.
+    pub blocks: RateLimit,
     /// Transcript ingest calls (each up to 50 chunks), per user.
     pub transcripts_ingest: RateLimit,
     /// Stream call tokens minted (`meetings.streamCallToken`), per user.
@@ -86,6 +88,10 @@ impl Default for RateLimitConfig {
                 window_ms: 60_000,
             },
             connections_request: RateLimit {
+                max: 60,
+                window_ms: 60_000,
+            },
+            blocks: RateLimit {
                 max: 60,
                 window_ms: 60_000,
             },

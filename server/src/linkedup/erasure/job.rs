@@ -9,13 +9,14 @@
 //!
 //! What happens to each table, phase by phase (the per-table decisions are in
 //! docs/architecture.md): the user's own documents are deleted (profile, interests, `user`
-//! embeddings, own insights, connections either side, matching queue and outcomes, rate-limit
-//! counters); chat messages they wrote are redacted (text replaced, attachments dropped, the
-//! message stays so a thread keeps its shape); then, per meeting they took part in, transcript
-//! chunks and segments they spoke are redacted the same way (a meeting's sequence stays
-//! gap-free), the meeting's AI prompts (made from every participant's profile) are deleted,
-//! and their presence becomes `left`. Meetings, notes and note history, participant records,
-//! audit entries and other users' documents keep the user's id, which names a tombstone.
+//! embeddings, own insights, connections either side, blocks either way (theirs and others'
+//! of them), matching queue and outcomes, rate-limit counters); chat messages they wrote are
+//! redacted (text replaced, attachments dropped, the message stays so a thread keeps its
+//! shape); then, per meeting they took part in, transcript chunks and segments they spoke
+//! are redacted the same way (a meeting's sequence stays gap-free), the meeting's AI prompts
+//! (made from every participant's profile) are deleted, and their presence becomes `left`.
+//! Meetings, notes and note history, participant records, audit entries and other users'
+//! documents keep the user's id, which names a tombstone.
 
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use linkedup_schema::api::{Participant, Presence};
 use linkedup_schema::tables::names::{
     CONNECTIONS, EMBEDDINGS, ERASURE_REQUESTS, INSIGHTS, MATCHING_ANALYTICS, MATCHING_QUEUE,
     MEETING_PARTICIPANTS, MESSAGES, PROFILES, PROMPTS, RATE_LIMITS, RATE_LIMIT_WINDOWS,
-    TRANSCRIPTS, TRANSCRIPT_SEGMENTS, USERS, USER_INTERESTS,
+    TRANSCRIPTS, TRANSCRIPT_SEGMENTS, USERS, USER_BLOCKS, USER_INTERESTS,
 };
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
@@ -46,13 +47,15 @@ pub const REDACTED: &str = "[erased]";
 
 /// The phases in order. Deleting the profile, interests and embeddings first stops the
 /// account's data from flowing into anything generated while the rest is erased.
-const PHASES: [&str; 13] = [
+const PHASES: [&str; 15] = [
     "profiles",
     "userInterests",
     "embeddings",
     "insights",
     "connectionsA",
     "connectionsB",
+    "blocksByUser",
+    "blocksOfUser",
     "matchingQueue",
     "matchingAnalytics",
     "rateLimits",
@@ -179,6 +182,8 @@ fn run_phase(ctx: &mut Ctx<'_, '_>, r: &mut Request, budget: &mut Budget) -> Fun
         "insights" => by_user(INSIGHTS, "by_user", "userId"),
         "connectionsA" => by_user(CONNECTIONS, "by_user_a", "userA"),
         "connectionsB" => by_user(CONNECTIONS, "by_user_b", "userB"),
+        "blocksByUser" => by_user(USER_BLOCKS, "by_blocker", "blockerId"),
+        "blocksOfUser" => by_user(USER_BLOCKS, "by_blocked", "blockedId"),
         "matchingQueue" => by_user(MATCHING_QUEUE, "by_user", "userId"),
         "matchingAnalytics" => by_user(MATCHING_ANALYTICS, "by_user", "userId"),
         "rateLimits" => by_user(RATE_LIMITS, "by_user_action_window", "userId"),

@@ -54,8 +54,8 @@ pub const PURGE_INTERVAL_MS: i64 = 3_600_000;
 /// Most shards a cycle may be split into.
 pub const MAX_SHARDS: u32 = 64;
 /// Entries per `matching.waitingPage`: each costs up to a few hundred reads (interests,
-/// declined connections, recent outcomes), which keeps a page well inside a transaction's
-/// read limit.
+/// declined connections, recent outcomes, blocks), which keeps a page well inside a
+/// transaction's read limit.
 const PAGE_ENTRIES: usize = 32;
 /// Pairs per `matching.commit`.
 const COMMIT_BATCH: usize = 32;

@@ -25,7 +25,8 @@ pub enum Ineligible {
     /// A side's `orgConstraints` excludes the other.
     Organisation,
     NoSharedLanguage,
-    /// A declined connection, or a match either declined within the cool-down.
+    /// A block either way, a declined connection, or a match either declined within the
+    /// cool-down.
     DoNotMatch,
 }
 

@@ -2,6 +2,12 @@
 //! the database in bounded reads: organisation, whether they may be matched (active, flag on),
 //! interests, roles, languages, embedding and do-not-match list. Also the exact do-not-match
 //! check of one pair that a match's commit makes.
+//!
+//! A party's do-not-match list holds, bounded per source, its declined connections, its
+//! recently declined matches and its blocks either way (`blocks`), so the cycle does not
+//! propose those pairs; `pair_blocked` checks the pair exactly when the match commits, so a
+//! pair beyond those bounds (a user blocking more than `MAX_BLOCKS_READ` users) is still
+//! never matched.
 
 use std::collections::BTreeSet;
 
@@ -18,10 +24,13 @@ use serde::{Deserialize, Serialize};
 
 use super::match_id::MatchId;
 use super::{MatchingConfig, FLAG};
-use crate::linkedup::{decode, flags, LinkedUpConfig};
+use crate::linkedup::{blocks, decode, flags, LinkedUpConfig};
 
 /// Most declined connections read per side of a user for their do-not-match list.
 const MAX_DECLINED_CONNECTIONS: usize = 64;
+/// Most of a user's newest blocks read per direction (by them, of them) for their
+/// do-not-match list.
+const MAX_BLOCKS_READ: usize = 64;
 /// Most of a user's latest match outcomes read for their recent declines.
 const MAX_RECENT_OUTCOMES: usize = 64;
 /// Most outcomes of one pair read by the commit's exact check.
@@ -59,8 +68,8 @@ pub struct Party {
     pub languages: BTreeSet<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding: Option<Embedding>,
-    /// Users never to be matched with: declined connections either way, and matches either
-    /// side declined within the cool-down.
+    /// Users never to be matched with: declined connections either way, matches either side
+    /// declined within the cool-down, and blocks either way.
     pub do_not_match: BTreeSet<String>,
 }
 
@@ -176,7 +185,7 @@ fn do_not_match(
     user_id: &str,
     config: &MatchingConfig,
 ) -> FunctionResult<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
+    let mut out = blocks::newest_either_way(ctx, user_id, MAX_BLOCKS_READ)?;
     for (index, mine, other) in [
         ("by_user_a", "userA", "userB"),
         ("by_user_b", "userB", "userA"),
@@ -221,15 +230,18 @@ fn recent_decline(outcome_row: &Value, cutoff_ms: i64) -> bool {
     declined && at.is_some_and(|t| t >= cutoff_ms)
 }
 
-/// Whether `x` and `y` must not be matched: a declined connection between them, or a match
-/// of theirs that either declined within the cool-down. Exact (index lookups of the pair),
-/// where `Party::do_not_match` is bounded per user.
+/// Whether `x` and `y` must not be matched: a block either way, a declined connection between
+/// them, or a match of theirs that either declined within the cool-down. Exact (index lookups
+/// of the pair), where `Party::do_not_match` is bounded per user.
 pub fn pair_blocked(
     ctx: &mut Ctx<'_, '_>,
     x: &str,
     y: &str,
     config: &MatchingConfig,
 ) -> FunctionResult<bool> {
+    if blocks::either_way(ctx, x, y)? {
+        return Ok(true);
+    }
     let (a, b) = if x <= y { (x, y) } else { (y, x) };
     let connection = ctx
         .query(CONNECTIONS, "by_pair")

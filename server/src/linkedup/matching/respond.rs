@@ -6,6 +6,10 @@
 //! Per user and match: none → accepted | declined; accepted → completed. Repeating an
 //! outcome already recorded returns the row recorded first and writes nothing; any other
 //! transition is CONFLICT. A decline keeps the pair apart for the cool-down (see `parties`).
+//!
+//! A match is pending until either side declines it or records it completed. A block between
+//! the two (`blocks`) cancels a pending match (`cancel_pending`): both entries become
+//! `cancelled`, so neither can respond to it any more.
 
 use std::sync::Arc;
 
@@ -145,18 +149,64 @@ pub fn own_rows(
     match_id: &str,
     user_id: &str,
 ) -> FunctionResult<Vec<MatchAnalytics>> {
+    let mut own = rows_of(ctx, match_id)?;
+    own.retain(|row| row.user_id == user_id);
+    Ok(own)
+}
+
+/// Every outcome row of `match_id`.
+fn rows_of(ctx: &mut Ctx<'_, '_>, match_id: &str) -> FunctionResult<Vec<MatchAnalytics>> {
     // Two users with one row per outcome each.
     let most = 2 * MATCH_OUTCOMES.len();
-    let rows = ctx
-        .query(MATCHING_ANALYTICS, "by_match")
+    ctx.query(MATCHING_ANALYTICS, "by_match")
         .eq("matchId", match_id)
-        .take(most)?;
-    let mut own = Vec::new();
-    for r in &rows {
-        let row: MatchAnalytics = decode(r)?;
-        if row.user_id == user_id {
-            own.push(row);
+        .take(most)?
+        .iter()
+        .map(decode)
+        .collect()
+}
+
+/// Cancels the pending matches of `x` and `y` with each other: every matched entry of either,
+/// among their latest (those `matching.respond` searches), that is matched with the other and
+/// whose match neither declined nor completed becomes `cancelled`, keeping `matchedWith` and
+/// the match record. Returns the ids of the matches cancelled.
+pub(crate) fn cancel_pending(
+    ctx: &mut Ctx<'_, '_>,
+    x: &str,
+    y: &str,
+) -> FunctionResult<Vec<String>> {
+    let now = ctx.now_ms();
+    let mut cancelled: Vec<String> = Vec::new();
+    for (user, other) in [(x, y), (y, x)] {
+        let entries = ctx
+            .query(MATCHING_QUEUE, "by_user")
+            .eq("userId", user)
+            .desc()
+            .take(MAX_ENTRIES_SEARCHED)?;
+        for doc in &entries {
+            let entry: QueueEntry = decode(doc)?;
+            let Some(record) = &entry.match_record else {
+                continue;
+            };
+            if entry.status != QueueStatus::Matched || entry.matched_with.as_deref() != Some(other)
+            {
+                continue;
+            }
+            let concluded = rows_of(ctx, &record.match_id)?
+                .iter()
+                .any(|r| matches!(r.outcome, MatchOutcome::Declined | MatchOutcome::Completed));
+            if concluded {
+                continue;
+            }
+            ctx.patch(
+                MATCHING_QUEUE,
+                &entry.id,
+                fields(obj! { "status" => QueueStatus::Cancelled.as_str(), "updatedAt" => now }),
+            )?;
+            if !cancelled.contains(&record.match_id) {
+                cancelled.push(record.match_id.clone());
+            }
         }
     }
-    Ok(own)
+    Ok(cancelled)
 }
