@@ -593,7 +593,8 @@ impl Engine {
                 return run(&mut ctx);
             };
             let config = &engine.inner.mutation_dedup;
-            let (v, replay) = mutation_ids::run_once(&mut ctx, config, &identity_key, id, run)?;
+            let (v, replay) =
+                mutation_ids::run_once(&mut ctx, config, &identity_key, id, &def.name, run)?;
             replayed_in_body.store(replay, Ordering::Relaxed);
             Ok(v)
         };

@@ -71,6 +71,8 @@ pub(crate) fn table() -> TableDefinition {
             // `issuer|subject` of the caller, empty when anonymous.
             ("identity", v::string()),
             ("mutationId", v::string()),
+            // The mutation it ran (absent in records written before it was kept).
+            ("function", v::optional(v::string())),
             ("expiresAtMs", v::int64()),
             // The result, absent when it was larger than `max_value_bytes`...
             ("value", v::optional(v::any())),
@@ -97,8 +99,10 @@ pub(crate) fn check_id(mutation_id: &str) -> FunctionResult<()> {
     Ok(())
 }
 
-/// Runs `mutation` in `ctx`'s transaction unless a live record for (`identity`, `mutation_id`)
-/// exists; then the record's result is returned and nothing is written. Otherwise the record
+/// Runs `mutation` (the function `function`) in `ctx`'s transaction unless a live record for
+/// (`identity`, `mutation_id`) exists; then the record's result is returned and nothing is
+/// written — or, if the record is of another function, VALIDATION_ERROR: the id was reused
+/// for a different mutation, which must not be dropped as a duplicate. Otherwise the record
 /// is written alongside the mutation's own writes. Returns the value and whether it was a
 /// replay. The lookup is in the transaction's read set, so two concurrent first runs conflict.
 pub(crate) fn run_once(
@@ -106,6 +110,7 @@ pub(crate) fn run_once(
     config: &MutationDedupConfig,
     identity: &str,
     mutation_id: &str,
+    function: &str,
     mutation: impl FnOnce(&mut Ctx<'_, '_>) -> FunctionResult<Value>,
 ) -> FunctionResult<(Value, bool)> {
     let now = ctx.now_ms();
@@ -121,7 +126,7 @@ pub(crate) fn run_once(
             .and_then(Value::as_i64)
             .unwrap_or(i64::MIN);
         if expires > now {
-            return replay(&record, mutation_id).map(|v| (v, true));
+            return replay(&record, mutation_id, function).map(|v| (v, true));
         }
         // Past its expiry and not yet swept: this run replaces it.
         expired_id = record
@@ -134,6 +139,7 @@ pub(crate) fn run_once(
     let mut record = Object::new();
     record.insert("identity".into(), identity.into());
     record.insert("mutationId".into(), mutation_id.into());
+    record.insert("function".into(), function.into());
     record.insert("expiresAtMs".into(), now.saturating_add(ttl_ms).into());
     if value.size_exceeds(config.max_value_bytes) {
         record.insert("omittedBytes".into(), (value.size_bytes() as i64).into());
@@ -151,7 +157,18 @@ pub(crate) fn run_once(
 }
 
 /// What a retry of the recorded run answers.
-fn replay(record: &Value, mutation_id: &str) -> FunctionResult<Value> {
+fn replay(record: &Value, mutation_id: &str, function: &str) -> FunctionResult<Value> {
+    if let Some(recorded) = record
+        .get_path("function")
+        .and_then(Value::as_str)
+        .filter(|f| *f != function)
+    {
+        return Err(FunctionError::validation(format!(
+            "mutationId {mutation_id:?} was already used for {recorded}; a mutationId names one \
+             mutation and is reused only to retry it"
+        ))
+        .with_data(obj! { "path" => "mutationId", "usedFor" => recorded }));
+    }
     if let Some(bytes) = record.get_path("omittedBytes").and_then(Value::as_i64) {
         return Err(FunctionError::conflict(format!(
             "mutation {mutation_id:?} was already applied; its result of {bytes} bytes was too \

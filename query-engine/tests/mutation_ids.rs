@@ -407,3 +407,47 @@ async fn an_expired_record_is_ignored_then_swept() {
     }
     assert_eq!(counter(&engine, "a").await, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_reused_for_another_function_is_refused_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), config(|_| {}));
+    let alice = Some(identity("alice"));
+    call(
+        &engine,
+        "increment",
+        obj! { "name" => "a" },
+        alice.clone(),
+        "m-1",
+    )
+    .await
+    .unwrap();
+    // A client bug: the same id for a different mutation. Replaying `increment`'s result
+    // would silently drop this one; it is refused, and nothing is applied or recorded.
+    let e = call(
+        &engine,
+        "incrementBig",
+        obj! { "name" => "b", "len" => 3i64 },
+        alice.clone(),
+        "m-1",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+    assert_eq!(
+        e.data.get_path("path").and_then(Value::as_str),
+        Some("mutationId")
+    );
+    assert_eq!(
+        e.data.get_path("usedFor").and_then(Value::as_str),
+        Some("increment")
+    );
+    assert_eq!(counter(&engine, "b").await, 0);
+    assert_eq!(records(&engine).await, 1);
+    // The original's retry still replays.
+    let retry = call(&engine, "increment", obj! { "name" => "a" }, alice, "m-1")
+        .await
+        .unwrap();
+    assert!(retry.replayed);
+    assert_eq!(counter(&engine, "a").await, 1);
+}
