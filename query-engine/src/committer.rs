@@ -256,12 +256,8 @@ impl Committer {
                 self.log_floor_ts = e.ts;
             }
         }
-        for (i, (reply, value)) in accepted.into_iter().enumerate() {
-            let _ = reply.send(Ok(Committed {
-                ts: first_ts + i as u64,
-                value,
-            }));
-        }
+        // Observers first (each O(1)): a subscription made after an acknowledgement, by any
+        // client, must find the notice already queued, or it could start before the commit.
         let notice = CommitNotice {
             prev_ts,
             ts,
@@ -270,6 +266,12 @@ impl Committer {
         };
         for o in self.shared.observers.read().iter() {
             o(&notice);
+        }
+        for (i, (reply, value)) in accepted.into_iter().enumerate() {
+            let _ = reply.send(Ok(Committed {
+                ts: first_ts + i as u64,
+                value,
+            }));
         }
     }
 }

@@ -145,6 +145,59 @@ async fn updates_flow_and_unrelated_writes_rerun_nothing() {
     assert_eq!(mgr.metrics().executions.load(Ordering::Relaxed), 0);
 }
 
+/// Real-time order: a subscription made after a commit was acknowledged — to anyone — starts
+/// at or after that commit, also while the worker is kept busy by other sessions' updates
+/// (before, a subscribe handled ahead of the pending commit notices, or sent after an
+/// acknowledgement that went out before the notice, started at an older snapshot: a user's
+/// second device could be told their account did not exist yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_starts_at_or_after_every_acknowledged_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    // Background load: a watcher of topic "busy" and a writer to it.
+    let watcher = mgr.connect(None).await;
+    for q in 0..64u32 {
+        let args = obj! {"topic" => "busy", "after" => i64::from(q), "limit" => 8i64};
+        watcher.subscribe(q, "notesAfter", args).await.unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                add_note(&engine, "busy", seq % 100, "load").await;
+            }
+        })
+    };
+    let drain = tokio::spawn(async move { while watcher.next_transition().await.is_some() {} });
+    for seq in 1..=300i64 {
+        let c = add_note(&engine, "t", seq, "x").await;
+        let s = mgr.connect(None).await;
+        let args = obj! {"topic" => "t", "after" => seq - 1, "limit" => 1i64};
+        s.subscribe(1, "notesAfter", args).await.unwrap();
+        let mut view = View::default();
+        view.await_query(&s, 1).await;
+        assert!(
+            view.ts >= c.ts,
+            "started at {} before commit {}",
+            view.ts,
+            c.ts
+        );
+        let got = view.values[&1].as_ref().unwrap().as_array().unwrap().len();
+        assert_eq!(
+            got, 1,
+            "note {seq} missing from a subscription made after its commit"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    drop(mgr);
+    drain.abort();
+}
+
 /// Read-your-writes: a session with a subscription gets a transition reaching its own
 /// mutation's commit even when the write changed none of its results; a session without
 /// subscriptions gets nothing (nothing to bring up to date), and a query it subscribes

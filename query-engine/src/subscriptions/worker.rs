@@ -116,6 +116,10 @@ impl Worker {
 
     pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = rx.blocking_recv() {
+            // Commits first: every notice queued before this command arrived was queued
+            // before its sender could have seen the commit acknowledged, so a subscription
+            // must start at or after it (real-time order across clients).
+            self.process_commits();
             self.handle(cmd);
             self.drain_closed();
             self.process_commits();
