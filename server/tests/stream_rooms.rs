@@ -42,6 +42,14 @@ async fn scheduled(w: &World) -> String {
     m.as_str().unwrap().to_string()
 }
 
+/// Alice, the host, calls `function` (`meetings.start`, `meetings.end`) on meeting `m`.
+async fn host_does(w: &World, function: &str, m: &str) {
+    w.env
+        .m(function, obj! { "meetingId" => m }, Some(&w.alice))
+        .await
+        .unwrap();
+}
+
 async fn room_of(w: &World, m: &str) -> Option<String> {
     let meeting = w
         .env
@@ -256,14 +264,7 @@ async fn the_start_job_schedules_a_retry_when_stream_fails() {
     let w = world(with_fake(&fake)).await;
     let m = scheduled(&w).await;
     fake.script([Reply::status(503)]);
-    w.env
-        .m(
-            "meetings.start",
-            obj! { "meetingId" => m.as_str() },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
+    host_does(&w, "meetings.start", &m).await;
     assert_eq!(
         job_runs(&w, "streamRooms.provision", &m, 2).await,
         [
@@ -296,27 +297,13 @@ async fn ending_a_meeting_ends_its_call_and_retries_when_stream_fails() {
 
     // A second meeting whose call Stream fails to end: the job runs again later.
     let m2 = scheduled(&w).await;
-    w.env
-        .m(
-            "meetings.start",
-            obj! { "meetingId" => m2.as_str() },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
+    host_does(&w, "meetings.start", &m2).await;
     assert_eq!(
         job_runs(&w, "streamRooms.provision", &m2, 1).await,
         [("success".to_string(), None)]
     );
     fake.script([Reply::status(503)]);
-    w.env
-        .m(
-            "meetings.end",
-            obj! { "meetingId" => m2.as_str() },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
+    host_does(&w, "meetings.end", &m2).await;
     assert_eq!(
         job_runs(&w, "streamRooms.endCall", &m2, 2).await,
         [
@@ -332,14 +319,7 @@ async fn a_meeting_ended_while_its_room_is_created_gets_its_call_ended() {
     let w = world(with_fake(&fake)).await;
     let m = scheduled(&w).await;
     let release = fake.hold_next_call();
-    w.env
-        .m(
-            "meetings.start",
-            obj! { "meetingId" => m.as_str() },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
+    host_does(&w, "meetings.start", &m).await;
     // The start job's get-or-create request is at Stream, unanswered.
     let create_path = format!("/api/v2/video/call/default/{m}");
     for _ in 0..400 {
@@ -349,14 +329,7 @@ async fn a_meeting_ended_while_its_room_is_created_gets_its_call_ended() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(fake.calls().iter().any(|r| r.path == create_path));
-    w.env
-        .m(
-            "meetings.end",
-            obj! { "meetingId" => m.as_str() },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
+    host_does(&w, "meetings.end", &m).await;
     assert_eq!(
         room_of(&w, &m).await,
         None,
