@@ -161,6 +161,6 @@ fn scan_keys<'a>(
 }
 
 pub(super) fn decode_doc(id: &DocumentId, bytes: &[u8]) -> Result<Value, StorageError> {
-    rmp_serde::from_slice(bytes)
+    crate::msgpack_reader::value_from_slice(bytes)
         .map_err(|e| StorageError::CorruptDocument(id.to_string(), e.to_string()))
 }
