@@ -6,6 +6,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use super::direct;
 use crate::diff::ResultDiff;
 use crate::error::{codes, FunctionError};
 use crate::value::Value;
@@ -266,39 +267,18 @@ pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
     Ok(msg)
 }
 
-/// A `Call`'s fields, decoded straight off the map. The derived decoder of `ClientMessage`
-/// first buffers the whole message to find its `type` tag; a call stream carries only calls,
-/// so `decode_call` tries this shape first.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CallFields {
-    #[serde(rename = "type")]
-    tag: String,
-    request_id: u64,
-    kind: CallKind,
-    function: String,
-    args: Value,
-    #[serde(default)]
-    mutation_id: Option<String>,
-}
-
 /// Decodes and validates a message read on a call stream. Same result as `decode_client`,
-/// cheaper for a `Call`.
+/// cheaper for a `Call`: the derived decoder of `ClientMessage` first buffers the whole
+/// message to find its `type` tag, and a call stream carries only calls, so the call is read
+/// directly first (`direct`).
 pub fn decode_call(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
-    match decode_bounded::<CallFields>(bytes) {
-        Ok(fields) if fields.tag == "Call" => {
-            let msg = ClientMessage::Call {
-                request_id: fields.request_id,
-                kind: fields.kind,
-                function: fields.function,
-                args: fields.args,
-                mutation_id: fields.mutation_id,
-            };
+    match direct::call(bytes) {
+        Some(msg) => {
             validate_client(&msg)?;
             Ok(msg)
         }
         // Another message, or a malformed one: the general decoder says which.
-        _ => decode_client(bytes),
+        None => decode_client(bytes),
     }
 }
 
@@ -307,131 +287,18 @@ pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
     decode_bounded(bytes)
 }
 
-/// A `CallResult` decoded straight off the map, its outcome's fields flattened (see
-/// `CallFields` for why). `present` keeps a field's absence apart from an explicit nil.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CallResultFields {
-    #[serde(rename = "type")]
-    tag: String,
-    request_id: u64,
-    result: OutcomeFields,
-}
-
-#[derive(Deserialize)]
-struct OutcomeFields {
-    status: String,
-    #[serde(default, deserialize_with = "crate::value_serde::present")]
-    value: Option<Value>,
-    ts: Option<u64>,
-    code: Option<String>,
-    message: Option<String>,
-    #[serde(default, deserialize_with = "crate::value_serde::present")]
-    data: Option<Value>,
-}
-
 /// Decodes a message read on a call stream. Same result as `decode_server`, cheaper for a
-/// `CallResult`.
+/// `CallResult` (see `decode_call`).
 pub fn decode_call_result(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
-    let Ok(fields) = decode_bounded::<CallResultFields>(bytes) else {
-        return decode_server(bytes);
-    };
-    let outcome = match fields.result {
-        OutcomeFields {
-            status,
-            value: Some(value),
-            ts: Some(ts),
-            ..
-        } if status == "Ok" => CallOutcome::Ok { value, ts },
-        OutcomeFields {
-            status,
-            code: Some(code),
-            message: Some(message),
-            data: Some(data),
-            ..
-        } if status == "Err" => CallOutcome::Err(ErrorPayload {
-            code,
-            message,
-            data,
-        }),
-        // Fields missing for the status, or an unknown one: the general decoder says which.
-        _ => return decode_server(bytes),
-    };
-    if fields.tag != "CallResult" {
-        return decode_server(bytes);
-    }
-    Ok(ServerMessage::CallResult {
-        request_id: fields.request_id,
-        result: outcome,
-    })
-}
-
-/// A `Transition` decoded straight off the map: the derived decoder of `ServerMessage` first
-/// buffers the whole message — every changed document — to find its `type` tag, then decodes
-/// it again, and transitions are most of what a client decodes.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TransitionFields {
-    #[serde(rename = "type")]
-    tag: String,
-    start_ts: u64,
-    end_ts: u64,
-    modifications: Vec<ModificationFields>,
-}
-
-/// A `Modification`'s fields, flattened for the same reason.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ModificationFields {
-    #[serde(rename = "type")]
-    tag: String,
-    query_id: u32,
-    #[serde(default)]
-    diff: Option<ResultDiff>,
-    #[serde(default)]
-    error: Option<ErrorPayload>,
-}
-
-impl ModificationFields {
-    /// The modification, or `None` when a field its type needs is missing or the type is
-    /// unknown (the general decoder then says which).
-    fn into_modification(self) -> Option<Modification> {
-        let query_id = self.query_id;
-        match self.tag.as_str() {
-            "Updated" => self
-                .diff
-                .map(|diff| Modification::Updated { query_id, diff }),
-            "Failed" => self
-                .error
-                .map(|error| Modification::Failed { query_id, error }),
-            "Removed" => Some(Modification::Removed { query_id }),
-            _ => None,
-        }
-    }
+    direct::call_result(bytes).map_or_else(|| decode_server(bytes), Ok)
 }
 
 /// Decodes a message read on the sync stream. Same result as `decode_server`, cheaper for a
-/// `Transition`.
+/// `Transition`: the derived decoder of `ServerMessage` would first buffer the whole message —
+/// every changed document — to find its `type` tag, then decode it again through serde's
+/// generic machinery, and transitions are most of what a client decodes.
 pub fn decode_transition(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
-    let Ok(fields) = decode_bounded::<TransitionFields>(bytes) else {
-        return decode_server(bytes);
-    };
-    if fields.tag != "Transition" {
-        return decode_server(bytes);
-    }
-    let Some(modifications) = fields
-        .modifications
-        .into_iter()
-        .map(ModificationFields::into_modification)
-        .collect::<Option<Vec<_>>>()
-    else {
-        return decode_server(bytes);
-    };
-    Ok(ServerMessage::Transition {
-        start_ts: fields.start_ts,
-        end_ts: fields.end_ts,
-        modifications,
-    })
+    direct::transition(bytes).map_or_else(|| decode_server(bytes), Ok)
 }
 
 fn decode_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
