@@ -186,9 +186,9 @@ impl<'a> Reader<'a> {
             0xcc => Value::Int64(i64::from(self.byte()?)),
             0xcd => Value::Int64(i64::from(u16::from_be_bytes(self.fixed()?))),
             0xce => Value::Int64(i64::from(u32::from_be_bytes(self.fixed()?))),
-            0xcf => Value::Int64(
-                i64::try_from(u64::from_be_bytes(self.fixed()?)).map_err(|_| Unread)?,
-            ),
+            0xcf => {
+                Value::Int64(i64::try_from(u64::from_be_bytes(self.fixed()?)).map_err(|_| Unread)?)
+            }
             0xd0 => Value::Int64(i64::from(i8::from_be_bytes(self.fixed()?))),
             0xd1 => Value::Int64(i64::from(i16::from_be_bytes(self.fixed()?))),
             0xd2 => Value::Int64(i64::from(i32::from_be_bytes(self.fixed()?))),
@@ -297,5 +297,315 @@ impl<'a> Reader<'a> {
             Value::Int64(i64::from(tag)),
             Value::Bytes(data.to_vec()),
         ]))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The acceptance test: the direct reader and `rmp_serde::from_slice::<Value>` agree on
+    //! every input — the same value bit for bit, or both refusing it.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::encoding::tests::arb_value;
+
+    /// Bit-for-bit equality (NaN payloads and the sign of zero included): equal encodings.
+    pub(crate) fn same_bits(a: &Value, b: &Value) -> bool {
+        rmp_serde::to_vec_named(a).ok() == rmp_serde::to_vec_named(b).ok()
+    }
+
+    /// The direct reader alone, with no fallback.
+    fn direct(bytes: &[u8]) -> Read<Value> {
+        Reader::new(bytes, DOCUMENT_MAX_DEPTH).value(0)
+    }
+
+    /// Both readers accept `bytes` with the same value, or both refuse it; and
+    /// `value_from_slice` gives what `rmp_serde` gives, errors worded alike.
+    fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let serde = rmp_serde::from_slice::<Value>(bytes);
+        match (direct(bytes), &serde) {
+            (Ok(a), Ok(b)) => prop_assert!(same_bits(&a, b), "{:?} != {:?}", a, b),
+            (Err(Unread), Err(_)) => {}
+            (a, b) => prop_assert!(false, "{:02x?}: direct {:?}, serde {:?}", bytes, a, b),
+        }
+        let combined = value_from_slice(bytes).map_err(|e| e.to_string());
+        match (combined, serde.map_err(|e| e.to_string())) {
+            (Ok(a), Ok(b)) => prop_assert!(same_bits(&a, &b)),
+            (a, b) => prop_assert_eq!(a.err(), b.err()),
+        }
+        Ok(())
+    }
+
+    /// A length header: the fix form when `form` is 0 and it fits, else the 16- or 32-bit one.
+    fn header(out: &mut Vec<u8>, form: u8, n: usize, fix: (u8, usize), m16: u8, m32: u8) {
+        match form {
+            0 if n <= fix.1 => out.push(fix.0 | n as u8),
+            0 | 1 => {
+                out.push(m16);
+                out.extend((n as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(m32);
+                out.extend((n as u32).to_be_bytes());
+            }
+        }
+    }
+
+    fn str_item(form: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if form == 3 {
+            out.extend([0xd9, bytes.len() as u8]);
+        } else {
+            header(&mut out, form, bytes.len(), (0xa0, 31), 0xda, 0xdb);
+        }
+        out.extend(bytes);
+        out
+    }
+
+    fn bin_item(form: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = match form {
+            0 => vec![0xc4, bytes.len() as u8],
+            1 => vec![0xc5],
+            _ => vec![0xc6],
+        };
+        match form {
+            0 => {}
+            1 => out.extend((bytes.len() as u16).to_be_bytes()),
+            _ => out.extend((bytes.len() as u32).to_be_bytes()),
+        }
+        out.extend(bytes);
+        out
+    }
+
+    fn arb_text() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            "[a-c]{0,2}".prop_map(String::into_bytes),
+            "\\PC{0,4}".prop_map(String::into_bytes),
+            // Often not UTF-8.
+            prop::collection::vec(any::<u8>(), 0..6),
+        ]
+    }
+
+    /// One MessagePack item in any of its formats, including those our encoder never writes
+    /// (wide forms of small integers, float32, ext, str8 and bin keys, map16 of two entries)
+    /// and invalid ones (the reserved marker, non-UTF-8 str, non-string and duplicate keys,
+    /// u64 above int64).
+    pub(crate) fn arb_msgpack() -> impl Strategy<Value = Vec<u8>> {
+        let int = (
+            prop::sample::select(vec![0xccu8, 0xcd, 0xce, 0xcf, 0xd0, 0xd1, 0xd2, 0xd3]),
+            prop_oneof![
+                any::<u64>(),
+                Just(0),
+                Just(u64::MAX),
+                Just(i64::MAX as u64),
+                Just(1 << 63)
+            ],
+        )
+            .prop_map(|(marker, v)| {
+                let width = 1usize << ((marker - 0xcc) % 4);
+                let mut out = vec![marker];
+                out.extend(&v.to_be_bytes()[8 - width..]);
+                out
+            });
+        let float = prop_oneof![
+            prop_oneof![
+                any::<u32>(),
+                Just(0x7fc0_0000),
+                Just(0x7f80_0001),
+                Just(0xffc0_0001),
+                Just(0x8000_0000)
+            ]
+            .prop_map(|bits| [vec![0xca], bits.to_be_bytes().to_vec()].concat()),
+            prop_oneof![
+                any::<u64>(),
+                Just(0x7ff0_0000_0000_0001),
+                Just(0xfff8_0000_0000_0000)
+            ]
+            .prop_map(|bits| [vec![0xcb], bits.to_be_bytes().to_vec()].concat()),
+        ];
+        let ext = (
+            0u8..8,
+            any::<i8>(),
+            prop::collection::vec(any::<u8>(), 0..20),
+        )
+            .prop_map(|(form, tag, mut data)| {
+                let mut out = Vec::new();
+                if form < 5 {
+                    data.resize(1 << form, 0xee);
+                    out.push(0xd4 + form);
+                } else {
+                    match form {
+                        5 => out.extend([0xc7, data.len() as u8]),
+                        6 => out.extend([0xc8, 0, data.len() as u8]),
+                        _ => out.extend([0xc9, 0, 0, 0, data.len() as u8]),
+                    }
+                }
+                out.push(tag as u8);
+                out.extend(data);
+                out
+            });
+        let leaf = prop_oneof![
+            prop::sample::select(vec![0xc0u8, 0xc2, 0xc3, 0xc1, 0x00, 0x05, 0x7f, 0xe0, 0xff])
+                .prop_map(|b| vec![b]),
+            int,
+            float,
+            (0u8..4, arb_text()).prop_map(|(form, text)| str_item(form, &text)),
+            (0u8..3, arb_text()).prop_map(|(form, bytes)| bin_item(form, &bytes)),
+            ext,
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            let key = prop_oneof![
+                // A small alphabet, so that keys repeat.
+                4 => "[a-c]".prop_map(|k| str_item(0, k.as_bytes())),
+                1 => (0u8..4, "[a-c]").prop_map(|(form, k)| str_item(form, k.as_bytes())),
+                1 => (0u8..3, arb_text()).prop_map(|(form, k)| bin_item(form, &k)),
+                1 => inner.clone(),
+            ];
+            prop_oneof![
+                (0u8..3, prop::collection::vec(inner.clone(), 0..4)).prop_map(|(form, items)| {
+                    let mut out = Vec::new();
+                    header(&mut out, form, items.len(), (0x90, 15), 0xdc, 0xdd);
+                    out.extend(items.concat());
+                    out
+                }),
+                (0u8..3, prop::collection::vec((key, inner), 0..4)).prop_map(|(form, entries)| {
+                    let mut out = Vec::new();
+                    header(&mut out, form, entries.len(), (0x80, 15), 0xde, 0xdf);
+                    for (k, v) in entries {
+                        out.extend(k);
+                        out.extend(v);
+                    }
+                    out
+                }),
+            ]
+        })
+    }
+
+    /// `bytes` with a few bytes overwritten, then maybe cut short.
+    pub(crate) fn damaged(
+        mut bytes: Vec<u8>,
+        flips: &[(usize, u8)],
+        cut: Option<usize>,
+    ) -> Vec<u8> {
+        if !bytes.is_empty() {
+            for (at, byte) in flips {
+                let at = at % bytes.len();
+                bytes[at] = *byte;
+            }
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut % (bytes.len() + 1));
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn encoded_values_read_directly_and_exactly(v in arb_value()) {
+            let bytes = rmp_serde::to_vec_named(&v).unwrap();
+            let read = direct(&bytes);
+            prop_assert!(matches!(&read, Ok(back) if same_bits(back, &v)), "{:?} != {:?}", read, v);
+            check(&bytes)?;
+        }
+
+        #[test]
+        fn every_format_agrees(bytes in arb_msgpack(), tail in prop::collection::vec(any::<u8>(), 0..3)) {
+            check(&bytes)?;
+            // Bytes after the value are not looked at, by either.
+            check(&[bytes, tail].concat())?;
+        }
+
+        #[test]
+        fn damaged_input_agrees(
+            bytes in prop_oneof![arb_msgpack(), arb_value().prop_map(|v| rmp_serde::to_vec_named(&v).unwrap())],
+            flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<Option<usize>>(),
+        ) {
+            check(&damaged(bytes, &flips, cut))?;
+        }
+
+        #[test]
+        fn random_bytes_agree(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            check(&bytes)?;
+        }
+    }
+
+    #[test]
+    fn formats_read_as_serde_reads_them() {
+        let read = |bytes: &[u8]| direct(bytes).ok();
+        // Wide and signed forms of small integers, float32 widened with its bits, u64 edges.
+        assert_eq!(read(&[0xd3, 0, 0, 0, 0, 0, 0, 0, 7]), Some(Value::Int64(7)));
+        assert_eq!(read(&[0xd0, 0x80]), Some(Value::Int64(-128)));
+        assert!(matches!(read(&[0xca, 0x3f, 0xc0, 0, 0]), Some(Value::Float64(f)) if f == 1.5));
+        assert_eq!(
+            read(&[0xcf, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Some(Value::Int64(i64::MAX))
+        );
+        assert_eq!(read(&[0xcf, 0x80, 0, 0, 0, 0, 0, 0, 0]), None);
+        // Non-UTF-8 str is bytes as a value, refused as a key; bin holding UTF-8 is a key.
+        assert_eq!(read(&[0xa1, 0xff]), Some(Value::Bytes(vec![0xff])));
+        assert_eq!(read(&[0x81, 0xa1, 0xff, 0xc0]), None);
+        assert_eq!(
+            read(&[0x81, 0xc4, 1, b'k', 0xc0]),
+            Some(crate::obj! { "k" => Value::Null })
+        );
+        assert_eq!(read(&[0x81, 0x01, 0xc0]), None);
+        // Duplicate keys, the reserved marker, an extension.
+        assert_eq!(read(&[0x82, 0xa1, b'a', 1, 0xa1, b'a', 2]), None);
+        assert_eq!(read(&[0xc1]), None);
+        assert_eq!(
+            read(&[0xd4, 0xfe, 9]),
+            Some(Value::Array(vec![Value::Int64(-2), Value::Bytes(vec![9])]))
+        );
+        for bytes in [
+            &[0xd3, 0, 0, 0, 0, 0, 0, 0, 7][..],
+            &[0xca, 0x7f, 0x80, 0, 1],
+            &[0xcf, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            &[0x81, 0xa1, 0xff, 0xc0],
+            &[0x82, 0xa1, b'a', 1, 0xa1, b'a', 2],
+            &[0xd4, 0xfe, 9],
+        ] {
+            check(bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn huge_length_claims_fail_without_allocating() {
+        // array32 / map32 / str32 / bin32 / ext32 claiming 4 G parts, with nothing after them.
+        for marker in [0xdd, 0xdf, 0xdb, 0xc6, 0xc9] {
+            assert_eq!(direct(&[marker, 0xff, 0xff, 0xff, 0xff]), Err(Unread));
+            check(&[marker, 0xff, 0xff, 0xff, 0xff]).unwrap();
+        }
+        // A claim just past the bytes there: 3 elements, 2 bytes.
+        assert_eq!(direct(&[0x93, 0xc0, 0xc0]), Err(Unread));
+    }
+
+    #[test]
+    fn nesting_limit_matches() {
+        // Debug builds of the serde path recurse with large frames: give the walk room.
+        let deep = std::thread::Builder::new().stack_size(256 << 20);
+        deep.spawn(nesting_limit_body).unwrap().join().unwrap();
+    }
+
+    fn nesting_limit_body() {
+        let nested = |levels: usize, innermost: &[u8]| {
+            let mut bytes = vec![0x91; levels];
+            bytes.extend(innermost);
+            bytes
+        };
+        for levels in [1021, 1022, 1023, 1024] {
+            // An extension counts as a level too.
+            for innermost in [&[0xc0][..], &[0x90], &[0x80], &[0xd4, 1, 2]] {
+                check(&nested(levels, innermost)).unwrap();
+            }
+        }
+        assert!(direct(&nested(1023, &[0xc0])).is_ok());
+        assert!(direct(&nested(1022, &[0xd4, 1, 2])).is_ok());
+        assert!(direct(&nested(1023, &[0xd4, 1, 2])).is_err());
+        // Hostile nesting stops at the limit, far from the end of the stack.
+        assert!(direct(&vec![0x91; 1_000_000]).is_err());
     }
 }
