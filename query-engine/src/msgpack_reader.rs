@@ -148,11 +148,15 @@ impl<'a> Reader<'a> {
         str::from_utf8(self.str_bytes(marker)?).map_err(|_| Unread)
     }
 
-    /// A non-negative integer in any integer format.
+    /// A non-negative integer in any integer format (u64 in full: a timestamp or request id,
+    /// not a `Value`).
     pub(crate) fn uint(&mut self) -> Read<u64> {
-        match self.int()? {
-            Value::Int64(i) => u64::try_from(i).map_err(|_| Unread),
-            _ => Err(Unread),
+        match self.byte()? {
+            0xcf => Ok(u64::from_be_bytes(self.fixed()?)),
+            marker => match self.scalar(marker)? {
+                Value::Int64(i) => u64::try_from(i).map_err(|_| Unread),
+                _ => Err(Unread),
+            },
         }
     }
 
@@ -165,12 +169,6 @@ impl<'a> Reader<'a> {
             }
             _ => false,
         }
-    }
-
-    /// Any integer format; a u64 above `i64::MAX` does not read.
-    fn int(&mut self) -> Read<Value> {
-        let marker = self.byte()?;
-        self.scalar(marker)
     }
 
     /// The value of a scalar `marker`: nil, booleans, integers and floats.
