@@ -265,15 +265,23 @@ impl<'a> Reader<'a> {
     fn object(&mut self, n: usize, depth: usize) -> Read<Value> {
         self.enter(depth)?;
         self.fits(n, 2)?;
-        let mut fields = Object::new();
+        // Encoders write keys sorted (ours does): collected and checked in order, the map is
+        // built in one pass instead of searched once per key.
+        let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(MAX_PREALLOCATED));
+        let mut sorted = true;
         for _ in 0..n {
             let key = self.key()?;
             let value = self.value(depth + 1)?;
-            if fields.insert(key, value).is_some() {
+            sorted = sorted && entries.last().is_none_or(|(last, _)| *last < key);
+            entries.push((key, value));
+        }
+        if !sorted {
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            if entries.windows(2).any(|pair| pair[0].0 == pair[1].0) {
                 return Err(Unread);
             }
         }
-        Ok(Value::from(fields))
+        Ok(Value::from(entries.into_iter().collect::<Object>()))
     }
 
     /// An object key: str or bin, holding UTF-8.
