@@ -317,7 +317,7 @@ pub(crate) mod tests {
     use crate::encoding::tests::arb_value;
 
     /// Bit-for-bit equality (NaN payloads and the sign of zero included): equal encodings.
-    pub(crate) fn same_bits(a: &Value, b: &Value) -> bool {
+    fn same_bits(a: &Value, b: &Value) -> bool {
         rmp_serde::to_vec_named(a).ok() == rmp_serde::to_vec_named(b).ok()
     }
 

@@ -387,7 +387,7 @@ mod tests {
     use super::*;
     use crate::diff::ArrayEdit;
     use crate::encoding::tests::arb_value;
-    use crate::msgpack_reader::tests::{arb_msgpack, damaged, same_bits};
+    use crate::msgpack_reader::tests::{arb_msgpack, damaged};
     use crate::obj;
     use proptest::prelude::*;
 
