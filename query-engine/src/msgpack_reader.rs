@@ -15,11 +15,12 @@ use std::str;
 use crate::value::{Object, Value};
 
 /// The nesting `rmp_serde::from_slice` allows: 1023 arrays, objects or extensions.
-pub const DOCUMENT_MAX_DEPTH: usize = 1023;
+const DOCUMENT_MAX_DEPTH: usize = 1023;
 
-/// Arrays preallocate at most this many elements (a length is input, checked only against the
-/// bytes left); longer ones grow as they are read. The serde path used the same cap.
-const MAX_PREALLOCATED: usize = 1024;
+/// Lists preallocate at most this many elements; longer ones grow as they are read. A length
+/// is input, checked against the bytes left, but nested lists can each claim those same
+/// bytes: the cap keeps what a small hostile input makes us reserve small.
+pub(crate) const MAX_PREALLOCATED: usize = 64;
 
 /// The direct reader stopped: the input is malformed or in a form it leaves to the serde path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! general decoder then decodes or names the error of, exactly as before.
 
 use crate::diff::{ArrayEdit, ResultDiff};
-use crate::msgpack_reader::{Read, Reader, Unread};
+use crate::msgpack_reader::{Read, Reader, Unread, MAX_PREALLOCATED};
 
 use super::messages::{
     CallKind, CallOutcome, ClientMessage, ErrorPayload, Modification, ServerMessage,
@@ -102,9 +102,7 @@ fn list<'a, T>(
     item: impl Fn(&mut Reader<'a>, usize) -> Read<T>,
 ) -> Read<Vec<T>> {
     let n = r.array_header(depth)?;
-    // Each element takes at least a few bytes, checked by `array_header`: a modest cap
-    // keeps a hostile length from reserving more than the input could fill.
-    let mut items = Vec::with_capacity(n.min(64));
+    let mut items = Vec::with_capacity(n.min(MAX_PREALLOCATED));
     for _ in 0..n {
         items.push(item(r, depth + 1)?);
     }
