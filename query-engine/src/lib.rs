@@ -23,6 +23,7 @@ mod index_maintenance;
 pub mod json;
 pub mod key_merge;
 pub mod metrics;
+pub mod msgpack_reader;
 pub mod mutation_ids;
 pub mod protocol;
 pub mod reads;

@@ -6,6 +6,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use super::direct;
 use crate::diff::ResultDiff;
 use crate::error::{codes, FunctionError};
 use crate::value::Value;
@@ -266,39 +267,18 @@ pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
     Ok(msg)
 }
 
-/// A `Call`'s fields, decoded straight off the map. The derived decoder of `ClientMessage`
-/// first buffers the whole message to find its `type` tag; a call stream carries only calls,
-/// so `decode_call` tries this shape first.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CallFields {
-    #[serde(rename = "type")]
-    tag: String,
-    request_id: u64,
-    kind: CallKind,
-    function: String,
-    args: Value,
-    #[serde(default)]
-    mutation_id: Option<String>,
-}
-
 /// Decodes and validates a message read on a call stream. Same result as `decode_client`,
-/// cheaper for a `Call`.
+/// cheaper for a `Call`: the derived decoder of `ClientMessage` first buffers the whole
+/// message to find its `type` tag, and a call stream carries only calls, so the call is read
+/// directly first (`direct`).
 pub fn decode_call(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
-    match decode_bounded::<CallFields>(bytes) {
-        Ok(fields) if fields.tag == "Call" => {
-            let msg = ClientMessage::Call {
-                request_id: fields.request_id,
-                kind: fields.kind,
-                function: fields.function,
-                args: fields.args,
-                mutation_id: fields.mutation_id,
-            };
+    match direct::call(bytes) {
+        Some(msg) => {
             validate_client(&msg)?;
             Ok(msg)
         }
         // Another message, or a malformed one: the general decoder says which.
-        _ => decode_client(bytes),
+        None => decode_client(bytes),
     }
 }
 
@@ -307,131 +287,18 @@ pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
     decode_bounded(bytes)
 }
 
-/// A `CallResult` decoded straight off the map, its outcome's fields flattened (see
-/// `CallFields` for why). `present` keeps a field's absence apart from an explicit nil.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CallResultFields {
-    #[serde(rename = "type")]
-    tag: String,
-    request_id: u64,
-    result: OutcomeFields,
-}
-
-#[derive(Deserialize)]
-struct OutcomeFields {
-    status: String,
-    #[serde(default, deserialize_with = "crate::value_serde::present")]
-    value: Option<Value>,
-    ts: Option<u64>,
-    code: Option<String>,
-    message: Option<String>,
-    #[serde(default, deserialize_with = "crate::value_serde::present")]
-    data: Option<Value>,
-}
-
 /// Decodes a message read on a call stream. Same result as `decode_server`, cheaper for a
-/// `CallResult`.
+/// `CallResult` (see `decode_call`).
 pub fn decode_call_result(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
-    let Ok(fields) = decode_bounded::<CallResultFields>(bytes) else {
-        return decode_server(bytes);
-    };
-    let outcome = match fields.result {
-        OutcomeFields {
-            status,
-            value: Some(value),
-            ts: Some(ts),
-            ..
-        } if status == "Ok" => CallOutcome::Ok { value, ts },
-        OutcomeFields {
-            status,
-            code: Some(code),
-            message: Some(message),
-            data: Some(data),
-            ..
-        } if status == "Err" => CallOutcome::Err(ErrorPayload {
-            code,
-            message,
-            data,
-        }),
-        // Fields missing for the status, or an unknown one: the general decoder says which.
-        _ => return decode_server(bytes),
-    };
-    if fields.tag != "CallResult" {
-        return decode_server(bytes);
-    }
-    Ok(ServerMessage::CallResult {
-        request_id: fields.request_id,
-        result: outcome,
-    })
-}
-
-/// A `Transition` decoded straight off the map: the derived decoder of `ServerMessage` first
-/// buffers the whole message — every changed document — to find its `type` tag, then decodes
-/// it again, and transitions are most of what a client decodes.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TransitionFields {
-    #[serde(rename = "type")]
-    tag: String,
-    start_ts: u64,
-    end_ts: u64,
-    modifications: Vec<ModificationFields>,
-}
-
-/// A `Modification`'s fields, flattened for the same reason.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ModificationFields {
-    #[serde(rename = "type")]
-    tag: String,
-    query_id: u32,
-    #[serde(default)]
-    diff: Option<ResultDiff>,
-    #[serde(default)]
-    error: Option<ErrorPayload>,
-}
-
-impl ModificationFields {
-    /// The modification, or `None` when a field its type needs is missing or the type is
-    /// unknown (the general decoder then says which).
-    fn into_modification(self) -> Option<Modification> {
-        let query_id = self.query_id;
-        match self.tag.as_str() {
-            "Updated" => self
-                .diff
-                .map(|diff| Modification::Updated { query_id, diff }),
-            "Failed" => self
-                .error
-                .map(|error| Modification::Failed { query_id, error }),
-            "Removed" => Some(Modification::Removed { query_id }),
-            _ => None,
-        }
-    }
+    direct::call_result(bytes).map_or_else(|| decode_server(bytes), Ok)
 }
 
 /// Decodes a message read on the sync stream. Same result as `decode_server`, cheaper for a
-/// `Transition`.
+/// `Transition`: the derived decoder of `ServerMessage` would first buffer the whole message —
+/// every changed document — to find its `type` tag, then decode it again through serde's
+/// generic machinery, and transitions are most of what a client decodes.
 pub fn decode_transition(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
-    let Ok(fields) = decode_bounded::<TransitionFields>(bytes) else {
-        return decode_server(bytes);
-    };
-    if fields.tag != "Transition" {
-        return decode_server(bytes);
-    }
-    let Some(modifications) = fields
-        .modifications
-        .into_iter()
-        .map(ModificationFields::into_modification)
-        .collect::<Option<Vec<_>>>()
-    else {
-        return decode_server(bytes);
-    };
-    Ok(ServerMessage::Transition {
-        start_ts: fields.start_ts,
-        end_ts: fields.end_ts,
-        modifications,
-    })
+    direct::transition(bytes).map_or_else(|| decode_server(bytes), Ok)
 }
 
 fn decode_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
@@ -519,6 +386,8 @@ fn check_depth(field: &'static str, value: &Value, max: usize) -> Result<(), Pro
 mod tests {
     use super::*;
     use crate::diff::ArrayEdit;
+    use crate::encoding::tests::arb_value;
+    use crate::msgpack_reader::tests::{arb_msgpack, damaged};
     use crate::obj;
     use proptest::prelude::*;
 
@@ -1183,19 +1052,6 @@ mod tests {
         )));
     }
 
-    fn mutate(mut bytes: Vec<u8>, flips: &[(usize, u8)], truncate: Option<usize>) -> Vec<u8> {
-        if !bytes.is_empty() {
-            for (at, byte) in flips {
-                let at = at % bytes.len();
-                bytes[at] = *byte;
-            }
-        }
-        if let Some(t) = truncate {
-            bytes.truncate(t % (bytes.len() + 1));
-        }
-        bytes
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
 
@@ -1214,8 +1070,8 @@ mod tests {
         ) {
             let clients: Vec<Vec<u8>> = client_samples().iter().map(|m| encode(m).unwrap_or_default()).collect();
             let servers: Vec<Vec<u8>> = server_samples().iter().map(|m| encode(m).unwrap_or_default()).collect();
-            let client = mutate(which.get(&clients).clone(), &flips, truncate);
-            let server = mutate(which.get(&servers).clone(), &flips, truncate);
+            let client = damaged(which.get(&clients).clone(), &flips, truncate);
+            let server = damaged(which.get(&servers).clone(), &flips, truncate);
             for bytes in [&client, &server] {
                 if let Ok(msg) = decode_client(bytes) {
                     // Whatever decodes re-encodes and decodes to itself.
@@ -1228,6 +1084,197 @@ mod tests {
                 prop_assert_eq!(decode_call_result(bytes).map_err(|e| e.to_string()), general.clone());
                 prop_assert_eq!(decode_transition(bytes).map_err(|e| e.to_string()), general);
             }
+        }
+    }
+
+    /// Arbitrary messages of the kinds the direct decoders read, their values arbitrary.
+    fn arb_hot_message() -> impl Strategy<Value = Vec<u8>> {
+        let payload = || {
+            ("[A-Z_]{0,8}", "\\PC{0,8}", arb_value()).prop_map(|(code, message, data)| {
+                ErrorPayload {
+                    code,
+                    message,
+                    data,
+                }
+            })
+        };
+        let edit = prop_oneof![
+            (any::<u32>(), "[a-z0-9]{0,6}").prop_map(|(index, id)| ArrayEdit::Remove { index, id }),
+            (any::<u32>(), arb_value())
+                .prop_map(|(index, value)| ArrayEdit::Insert { index, value }),
+            (any::<u32>(), "[a-z0-9]{0,6}", arb_value())
+                .prop_map(|(index, id, value)| ArrayEdit::Change { index, id, value }),
+        ];
+        let diff = prop_oneof![
+            arb_value().prop_map(ResultDiff::Replace),
+            prop::collection::vec(edit, 0..4).prop_map(ResultDiff::Array),
+        ];
+        let modification = prop_oneof![
+            (any::<u32>(), diff)
+                .prop_map(|(query_id, diff)| Modification::Updated { query_id, diff }),
+            (any::<u32>(), payload())
+                .prop_map(|(query_id, error)| Modification::Failed { query_id, error }),
+            any::<u32>().prop_map(|query_id| Modification::Removed { query_id }),
+        ];
+        let transition = (
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(modification, 0..4),
+        )
+            .prop_map(
+                |(start_ts, end_ts, modifications)| ServerMessage::Transition {
+                    start_ts,
+                    end_ts,
+                    modifications,
+                },
+            );
+        let outcome = prop_oneof![
+            (arb_value(), any::<u64>()).prop_map(|(value, ts)| CallOutcome::Ok { value, ts }),
+            payload().prop_map(CallOutcome::Err),
+        ];
+        let call_result = (any::<u64>(), outcome)
+            .prop_map(|(request_id, result)| ServerMessage::CallResult { request_id, result });
+        let call = (
+            any::<u64>(),
+            prop::sample::select(vec![CallKind::Query, CallKind::Mutation, CallKind::Action]),
+            "[a-z:]{0,12}",
+            arb_value(),
+            prop::option::of("[a-z0-9-]{0,8}"),
+        )
+            .prop_map(|(request_id, kind, function, args, mutation_id)| {
+                ClientMessage::Call {
+                    request_id,
+                    kind,
+                    function,
+                    args,
+                    mutation_id,
+                }
+            });
+        prop_oneof![
+            transition.prop_map(|m| encode(&m).expect("encode")),
+            call_result.prop_map(|m| encode(&m).expect("encode")),
+            call.prop_map(|m| encode(&m).expect("encode")),
+        ]
+    }
+
+    /// A text no generated value contains, standing for a value to be spliced in raw.
+    const HOLE: &str = "\u{1}hole\u{1}";
+
+    /// Each hot message with one value written as `raw`, any MessagePack at all.
+    fn with_raw_value(raw: &[u8]) -> Vec<Vec<u8>> {
+        let hole = Value::from(HOLE);
+        let messages = [
+            encode(&ServerMessage::Transition {
+                start_ts: 1,
+                end_ts: 2,
+                modifications: vec![Modification::Updated {
+                    query_id: 1,
+                    diff: ResultDiff::Array(vec![ArrayEdit::Insert {
+                        index: 0,
+                        value: hole.clone(),
+                    }]),
+                }],
+            }),
+            encode(&ServerMessage::CallResult {
+                request_id: 1,
+                result: CallOutcome::Ok {
+                    value: hole.clone(),
+                    ts: 3,
+                },
+            }),
+            encode(&ClientMessage::Call {
+                request_id: 1,
+                kind: CallKind::Query,
+                function: "f".into(),
+                args: hole.clone(),
+                mutation_id: None,
+            }),
+        ];
+        let hole_bytes = rmp_serde::to_vec_named(&hole).expect("encode");
+        messages
+            .into_iter()
+            .map(|m| {
+                let m = m.expect("encode");
+                let at = m
+                    .windows(hole_bytes.len())
+                    .position(|w| w == hole_bytes)
+                    .expect("the hole is there");
+                [&m[..at], raw, &m[at + hole_bytes.len()..]].concat()
+            })
+            .collect()
+    }
+
+    /// Every hot decoder gives what the general decoder gives: the same message bit for bit,
+    /// or the same error.
+    fn check_hot_decoders(bytes: &[u8]) -> Result<(), TestCaseError> {
+        fn agree<T: WireMessage + std::fmt::Debug>(
+            fast: Result<T, ProtocolError>,
+            general: Result<T, ProtocolError>,
+        ) -> Result<(), TestCaseError> {
+            match (fast, general) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(encode(&a).ok(), encode(&b).ok()),
+                (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => prop_assert!(false, "fast {:?}, general {:?}", a, b),
+            }
+            Ok(())
+        }
+        agree(decode_transition(bytes), decode_server(bytes))?;
+        agree(decode_call_result(bytes), decode_server(bytes))?;
+        agree(decode_call(bytes), decode_client(bytes))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn hot_messages_decode_directly_as_the_general_decoder_does(bytes in arb_hot_message()) {
+            // What the encoder writes is read by the direct path, not handed on.
+            prop_assert!(
+                direct::transition(&bytes).is_some()
+                    || direct::call_result(&bytes).is_some()
+                    || direct::call(&bytes).is_some()
+            );
+            check_hot_decoders(&bytes)?;
+        }
+
+        #[test]
+        fn any_value_inside_hot_messages_agrees(raw in arb_msgpack()) {
+            for bytes in with_raw_value(&raw) {
+                check_hot_decoders(&bytes)?;
+            }
+        }
+
+        #[test]
+        fn damaged_hot_messages_agree(
+            bytes in prop_oneof![arb_hot_message(), arb_msgpack().prop_map(|raw| with_raw_value(&raw).concat())],
+            flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<Option<usize>>(),
+        ) {
+            check_hot_decoders(&damaged(bytes, &flips, cut))?;
+        }
+
+        #[test]
+        fn random_bytes_agree_on_hot_decoders(bytes in prop::collection::vec(any::<u8>(), 0..128)) {
+            check_hot_decoders(&bytes)?;
+        }
+    }
+
+    #[test]
+    fn direct_decoders_keep_the_depth_limit() {
+        // A CallResult whose value nests to the deepest level a message may have, and one more.
+        let levels = MAX_MESSAGE_DEPTH - 2;
+        for (extra, accepted) in [(0, true), (1, false)] {
+            let raw = [vec![0x91; levels + extra], vec![0xc0]].concat();
+            let [transition, call_result, call] =
+                <[Vec<u8>; 3]>::try_from(with_raw_value(&raw)).expect("three messages");
+            assert_eq!(direct::call_result(&call_result).is_some(), accepted);
+            assert_eq!(decode_call_result(&call_result).is_ok(), accepted);
+            check_hot_decoders(&call_result).unwrap();
+            // The value of an edit in a transition sits four levels deeper.
+            check_hot_decoders(&transition).unwrap();
+            // The args of a call sit one level shallower.
+            check_hot_decoders(&call).unwrap();
+            assert!(direct::call(&call).is_some());
         }
     }
 }

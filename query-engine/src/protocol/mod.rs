@@ -2,6 +2,7 @@
 //! MessagePack messages (`messages`). Generic over applications; `docs/protocol.md` is the
 //! specification a second client can be written from.
 
+mod direct;
 pub mod frame;
 pub mod messages;
 pub mod udp;

@@ -161,6 +161,38 @@ fn scan_keys<'a>(
 }
 
 pub(super) fn decode_doc(id: &DocumentId, bytes: &[u8]) -> Result<Value, StorageError> {
-    rmp_serde::from_slice(bytes)
+    crate::msgpack_reader::value_from_slice(bytes)
         .map_err(|e| StorageError::CorruptDocument(id.to_string(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::TableNumber;
+    use crate::obj;
+
+    #[test]
+    fn documents_decode_and_corrupt_ones_say_why_as_before() {
+        let id = DocumentId::new(TableNumber(3), 9);
+        let doc = obj! { "text" => "hi", "n" => 1i64, "f" => 0.5 };
+        let bytes = rmp_serde::to_vec_named(&doc).expect("encode");
+        assert_eq!(decode_doc(&id, &bytes).expect("decode"), doc);
+        // Reserved marker, truncated, duplicate key: the error rmp_serde gave, for this id.
+        for bad in [
+            &[0xc1][..],
+            &bytes[..bytes.len() - 1],
+            &[0x82, 0xa1, b'a', 1, 0xa1, b'a', 2],
+        ] {
+            let Err(StorageError::CorruptDocument(at, why)) = decode_doc(&id, bad) else {
+                panic!("{bad:02x?} decoded");
+            };
+            assert_eq!(at, id.to_string());
+            assert_eq!(
+                Some(why),
+                rmp_serde::from_slice::<Value>(bad)
+                    .err()
+                    .map(|e| e.to_string())
+            );
+        }
+    }
 }
