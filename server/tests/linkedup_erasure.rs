@@ -457,22 +457,8 @@ async fn the_job_works_in_bounded_pages_and_a_repeated_run_does_nothing() {
     let bob = ident("bob", None, None);
     env.user(&alice).await;
     let bob_id = env.user(&bob).await;
-    let meeting = env
-        .m(
-            "meetings.schedule",
-            obj! { "title" => "Sync", "inviteeIds" => vec![Value::from(bob_id.as_str())] },
-            Some(&alice),
-        )
-        .await
-        .unwrap();
-    let meeting = meeting.as_str().unwrap().to_string();
-    env.m(
-        "meetings.start",
-        obj! { "meetingId" => meeting.as_str() },
-        Some(&alice),
-    )
-    .await
-    .unwrap();
+    let meeting = env.schedule(&alice, "Sync", &[&bob_id]).await;
+    env.start(&alice, &meeting).await;
     for i in 0..MESSAGES {
         send(&env, &bob, &meeting, &format!("message {i}")).await;
     }

@@ -28,28 +28,6 @@ fn with_fake(fake: &FakeStream) -> LinkedUpConfig {
     }
 }
 
-/// A meeting of alice's with bob invited, not started (so no room job runs).
-async fn scheduled(w: &World) -> String {
-    let m = w
-        .env
-        .m(
-            "meetings.schedule",
-            obj! { "title" => "Later", "inviteeIds" => vec![Value::from(w.bob_id.as_str())] },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
-    m.as_str().unwrap().to_string()
-}
-
-/// Alice, the host, calls `function` (`meetings.start`, `meetings.end`) on meeting `m`.
-async fn host_does(w: &World, function: &str, m: &str) {
-    w.env
-        .m(function, obj! { "meetingId" => m }, Some(&w.alice))
-        .await
-        .unwrap();
-}
-
 async fn room_of(w: &World, m: &str) -> Option<String> {
     let meeting = w
         .env
@@ -102,7 +80,7 @@ async fn starting_a_meeting_creates_its_room_for_participants_to_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_hosts_create_rooms_and_creating_is_idempotent() {
     let w = world(LinkedUpConfig::default()).await;
-    let m = scheduled(&w).await;
+    let m = w.scheduled().await;
     let args = || obj! { "meetingId" => m.as_str() };
     assert_eq!(room_of(&w, &m).await, None);
     expect_code(w.env.call(CREATE, args(), None).await, "UNAUTHORIZED");
@@ -142,7 +120,7 @@ async fn only_hosts_create_rooms_and_creating_is_idempotent() {
     assert_eq!(denied, [CREATE; 3]);
 
     // A meeting that is over gets no room.
-    let cancelled = scheduled(&w).await;
+    let cancelled = w.scheduled().await;
     w.env
         .m(
             "meetings.cancel",
@@ -167,7 +145,7 @@ async fn only_hosts_create_rooms_and_creating_is_idempotent() {
 async fn concurrent_creations_store_one_room() {
     let fake = FakeStream::start().await;
     let w = world(with_fake(&fake)).await;
-    let m = scheduled(&w).await;
+    let m = w.scheduled().await;
     // Both calls reach Stream before either stores.
     fake.hold_calls_until(2);
     let args = obj! { "meetingId" => m.as_str() };
@@ -187,7 +165,7 @@ async fn concurrent_creations_store_one_room() {
 async fn a_stream_failure_is_a_provider_error_and_stores_nothing() {
     let fake = FakeStream::start().await;
     let w = world(with_fake(&fake)).await;
-    let m = scheduled(&w).await;
+    let m = w.scheduled().await;
     fake.script([Reply::status(400)]);
     let before = w.env.commits();
     let e = expect_code(
@@ -262,9 +240,9 @@ async fn job_runs(
 async fn the_start_job_schedules_a_retry_when_stream_fails() {
     let fake = FakeStream::start().await;
     let w = world(with_fake(&fake)).await;
-    let m = scheduled(&w).await;
+    let m = w.scheduled().await;
     fake.script([Reply::status(503)]);
-    host_does(&w, "meetings.start", &m).await;
+    w.env.start(&w.alice, &m).await;
     assert_eq!(
         job_runs(&w, "streamRooms.provision", &m, 2).await,
         [
@@ -296,14 +274,14 @@ async fn ending_a_meeting_ends_its_call_and_retries_when_stream_fails() {
     assert_eq!(ended[0].auth_type.as_deref(), Some("jwt"));
 
     // A second meeting whose call Stream fails to end: the job runs again later.
-    let m2 = scheduled(&w).await;
-    host_does(&w, "meetings.start", &m2).await;
+    let m2 = w.scheduled().await;
+    w.env.start(&w.alice, &m2).await;
     assert_eq!(
         job_runs(&w, "streamRooms.provision", &m2, 1).await,
         [("success".to_string(), None)]
     );
     fake.script([Reply::status(503)]);
-    host_does(&w, "meetings.end", &m2).await;
+    w.env.end(&w.alice, &m2).await;
     assert_eq!(
         job_runs(&w, "streamRooms.endCall", &m2, 2).await,
         [
@@ -317,9 +295,9 @@ async fn ending_a_meeting_ends_its_call_and_retries_when_stream_fails() {
 async fn a_meeting_ended_while_its_room_is_created_gets_its_call_ended() {
     let fake = FakeStream::start().await;
     let w = world(with_fake(&fake)).await;
-    let m = scheduled(&w).await;
+    let m = w.scheduled().await;
     let release = fake.hold_next_call();
-    host_does(&w, "meetings.start", &m).await;
+    w.env.start(&w.alice, &m).await;
     // The start job's get-or-create request is at Stream, unanswered.
     let create_path = format!("/api/v2/video/call/default/{m}");
     for _ in 0..400 {
@@ -329,7 +307,7 @@ async fn a_meeting_ended_while_its_room_is_created_gets_its_call_ended() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(fake.calls().iter().any(|r| r.path == create_path));
-    host_does(&w, "meetings.end", &m).await;
+    w.env.end(&w.alice, &m).await;
     assert_eq!(
         room_of(&w, &m).await,
         None,

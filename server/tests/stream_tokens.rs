@@ -118,18 +118,10 @@ async fn only_participants_of_active_meetings_get_tokens() {
             .await,
         "VALIDATION_ERROR",
     );
-    let later = w
-        .env
-        .m(
-            "meetings.schedule",
-            obj! { "title" => "Later", "inviteeIds" => vec![Value::from(w.bob_id.as_str())] },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
+    let later = w.scheduled().await;
     let e = expect_code(
         w.env
-            .call(TOKEN, obj! { "meetingId" => later.clone() }, Some(&w.bob))
+            .call(TOKEN, obj! { "meetingId" => later.as_str() }, Some(&w.bob))
             .await,
         "MEETING_NOT_ACTIVE",
     );

@@ -94,6 +94,38 @@ impl Env {
         u.get_path("_id").unwrap().as_str().unwrap().to_string()
     }
 
+    /// `host` schedules a meeting titled `title` with `invitees` (user ids); returns its id.
+    pub async fn schedule(&self, host: &Identity, title: &str, invitees: &[&str]) -> String {
+        let invitees: Vec<Value> = invitees.iter().map(|&i| Value::from(i)).collect();
+        let m = self
+            .m(
+                "meetings.schedule",
+                obj! { "title" => title, "inviteeIds" => invitees },
+                Some(host),
+            )
+            .await
+            .unwrap();
+        m.as_str().unwrap().to_string()
+    }
+
+    /// `host` starts meeting `meeting`.
+    pub async fn start(&self, host: &Identity, meeting: &str) {
+        self.m(
+            "meetings.start",
+            obj! { "meetingId" => meeting },
+            Some(host),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// `host` ends meeting `meeting`.
+    pub async fn end(&self, host: &Identity, meeting: &str) {
+        self.m("meetings.end", obj! { "meetingId" => meeting }, Some(host))
+            .await
+            .unwrap();
+    }
+
     pub fn commits(&self) -> u64 {
         self.engine.metrics().commits.load(Ordering::Relaxed)
     }
@@ -190,16 +222,16 @@ pub struct World {
 }
 
 impl World {
+    /// A meeting of alice's with bob invited, not started (so no room job runs).
+    pub async fn scheduled(&self) -> String {
+        self.env
+            .schedule(&self.alice, "Later", &[&self.bob_id])
+            .await
+    }
+
     /// Alice (the host) ends the meeting.
     pub async fn end_meeting(&self) {
-        self.env
-            .m(
-                "meetings.end",
-                obj! { "meetingId" => self.meeting.as_str() },
-                Some(&self.alice),
-            )
-            .await
-            .unwrap();
+        self.env.end(&self.alice, &self.meeting).await;
     }
 }
 
@@ -222,22 +254,8 @@ pub async fn world(config: LinkedUpConfig) -> World {
         .await
         .unwrap();
     }
-    let meeting = env
-        .m(
-            "meetings.schedule",
-            obj! { "title" => "Standup", "inviteeIds" => vec![Value::from(bob_id.as_str())] },
-            Some(&alice),
-        )
-        .await
-        .unwrap();
-    let meeting = meeting.as_str().unwrap().to_string();
-    env.m(
-        "meetings.start",
-        obj! { "meetingId" => meeting.as_str() },
-        Some(&alice),
-    )
-    .await
-    .unwrap();
+    let meeting = env.schedule(&alice, "Standup", &[&bob_id]).await;
+    env.start(&alice, &meeting).await;
     wait_for_room_job(&env.engine, &meeting).await;
     World {
         env,
