@@ -24,6 +24,8 @@ const EVENTUALLY: Duration = Duration::from_secs(15);
 const CLIENTS: u64 = 5;
 /// Set when the mutation holding the only commit slot may finish.
 static GATE_OPEN: AtomicBool = AtomicBool::new(false);
+/// Set once that mutation runs, i.e. holds the slot.
+static HOLDING: AtomicBool = AtomicBool::new(false);
 
 fn open(dir: &std::path::Path) -> Engine {
     let mut f = common::functions();
@@ -34,6 +36,7 @@ fn open(dir: &std::path::Path) -> Engine {
         v::object([("name", v::string())]),
         v::string(),
         |ctx, a: Named| {
+            HOLDING.store(true, Ordering::SeqCst);
             let started = Instant::now();
             while !GATE_OPEN.load(Ordering::SeqCst) && started.elapsed() < EVENTUALLY {
                 std::thread::sleep(Duration::from_millis(2));
@@ -72,6 +75,11 @@ async fn a_standing_queue_sheds_client_mutations_and_applies_none_of_them() {
         let e = engine.clone();
         async move { client_call(&e, "gatedCreate", "held").await }
     });
+    // Only then the others: started together, some could take the slot before it does.
+    let started = Instant::now();
+    while !HOLDING.load(Ordering::SeqCst) && started.elapsed() < EVENTUALLY {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let e = engine.clone();
