@@ -583,10 +583,15 @@ async fn a_block_cancels_a_pending_match_but_not_a_concluded_one() {
     // One side accepted: still pending. The other side's block cancels it.
     p.respond(&p.a, &match_id, "accepted").await.unwrap();
     block(env, &p.b, &p.a_id).await;
+    // Cancelled, shown without the counterpart (no id, name or match record): the blocked
+    // side is not told who blocked them.
     for who in [&p.a, &p.b] {
         let st = p.status(who).await;
         assert_eq!(s(&st, "entry.status"), "cancelled");
-        assert_eq!(s(&st, "entry.match.matchId"), match_id);
+        for hidden in ["entry.matchedWith", "entry.match", "matchedUser"] {
+            assert_eq!(st.get_path(hidden), None, "{hidden} in {st:?}");
+        }
+        assert_eq!(st.get_path("myOutcomes"), Some(&Value::Array(vec![])));
     }
     for who in [&p.a, &p.b] {
         assert_eq!(

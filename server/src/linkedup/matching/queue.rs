@@ -33,7 +33,9 @@ use super::{MatchingConfig, FLAG};
 use crate::linkedup::flags::Environment;
 use crate::linkedup::guards::{current_user, CurrentUser};
 use crate::linkedup::rate_limit::check_and_consume;
-use crate::linkedup::{audit, audited, check_text, decode, encode, fields, flags, LinkedUpConfig};
+use crate::linkedup::{
+    audit, audited, blocks, check_text, decode, encode, fields, flags, LinkedUpConfig,
+};
 
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // matching.enterQueue: puts the caller in the queue for [availableFrom, availableTo) with
@@ -284,11 +286,21 @@ fn leave(ctx: &mut Ctx<'_, '_>) -> FunctionResult<String> {
     Ok(entry.id)
 }
 
+/// The caller's latest entry. A cancelled match with someone either side blocks (the block
+/// cancelled it) is shown without its counterpart — no id, name or match record — so it does not
+/// tell the blocked user who blocked them. (A completed match stays: both know each other, and
+/// it can still be rated.)
 fn status(ctx: &mut Ctx<'_, '_>) -> FunctionResult<Option<MatchStatus>> {
     let me = current_user(ctx)?;
-    let Some(entry) = latest_entry(ctx, &me.id)? else {
+    let Some(mut entry) = latest_entry(ctx, &me.id)? else {
         return Ok(None);
     };
+    if let (QueueStatus::Cancelled, Some(other)) = (entry.status, entry.matched_with.clone()) {
+        if blocks::either_way(ctx, &me.id, &other)? {
+            entry.matched_with = None;
+            entry.match_record = None;
+        }
+    }
     let matched_user = match &entry.matched_with {
         Some(other) => {
             let user: Option<User> = ctx.get(USERS, other)?.map(|d| decode(&d)).transpose()?;
