@@ -739,3 +739,67 @@ async fn automatic_refreshes_keep_to_the_refresh_limit() {
         .await
         .unwrap();
 }
+
+/// The erased user was the only host: the earliest-added other participant of each open
+/// meeting becomes its host (audited, no actor); a meeting with another host, or one that is
+/// over, is left as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_only_host_hands_open_meetings_over() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let role = |meeting: String, user: String| async move {
+        let p = with(env, "meetingParticipants", "meetingId", &meeting)
+            .await
+            .into_iter()
+            .find(|p| s(p, "userId") == user)
+            .unwrap();
+        s(&p, "role")
+    };
+    // w.meeting (active): alice hosts, bob takes part. Another active one with bob and carol
+    // (added after bob); a scheduled one with carol; one alice co-hosts with carol; one over.
+    let two = env
+        .schedule(&w.alice, "Two", &[&w.bob_id, &w.carol_id])
+        .await;
+    env.start(&w.alice, &two).await;
+    let later = env.schedule(&w.alice, "Later", &[&w.carol_id]).await;
+    let cohosted = env
+        .schedule(&w.alice, "Co-hosted", &[&w.bob_id, &w.carol_id])
+        .await;
+    env.m(
+        "meetings.setRole",
+        obj! { "meetingId" => cohosted.as_str(), "userId" => w.carol_id.as_str(), "role" => "host" },
+        Some(&w.alice),
+    )
+    .await
+    .unwrap();
+    let over = env.schedule(&w.alice, "Over", &[&w.carol_id]).await;
+    env.start(&w.alice, &over).await;
+    env.end(&w.alice, &over).await;
+
+    let r = request(env, &w.alice).await;
+    wait_done(env, &s(&r, "requestId")).await;
+
+    assert_eq!(role(w.meeting.clone(), w.bob_id.clone()).await, "host");
+    assert_eq!(role(two.clone(), w.bob_id.clone()).await, "host");
+    assert_eq!(role(two.clone(), w.carol_id.clone()).await, "participant");
+    assert_eq!(role(later.clone(), w.carol_id.clone()).await, "host");
+    assert_eq!(role(cohosted.clone(), w.carol_id.clone()).await, "host");
+    assert_eq!(
+        role(cohosted.clone(), w.bob_id.clone()).await,
+        "participant"
+    );
+    assert_eq!(role(over.clone(), w.carol_id.clone()).await, "participant");
+    // The new hosts can run their meetings.
+    env.end(&w.bob, &two).await;
+    let handed: Vec<Value> = env
+        .all("auditLogs")
+        .await
+        .into_iter()
+        .filter(|e| {
+            s(e, "action") == "participant.role_changed"
+                && e.get_path("metadata.reason").and_then(Value::as_str) == Some("hostErased")
+        })
+        .collect();
+    assert_eq!(handed.len(), 3);
+    assert!(handed.iter().all(|e| e.get_path("actorUserId").is_none()));
+}

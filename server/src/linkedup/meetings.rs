@@ -38,7 +38,7 @@ use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
 
 use super::guards::{
-    assert_meeting_access, current_user, find_participant, live_user, MeetingAccess,
+    assert_meeting_access, being_erased, current_user, find_participant, live_user, MeetingAccess,
 };
 use super::idempotency::{earlier_id, store_result};
 use super::post_call::{INSIGHTS_GENERATE, TRANSCRIPTS_AGGREGATE};
@@ -630,6 +630,67 @@ fn count_hosts(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<usize>
         .eq("role", "host")
         .take(MAX_PARTICIPANTS)?
         .len())
+}
+
+/// When `leaving` is the only host of an open (scheduled or active) meeting, makes the
+/// earliest-added other participant whose account is not being erased its host, so the meeting
+/// keeps someone who can run it; audited (`participant.role_changed`, reason `hostErased`, no
+/// actor). For the erasure job: reads at most four documents, writes at most two. Returns the
+/// new host's user id, if any.
+pub(crate) fn hand_over_hosting(
+    ctx: &mut Ctx<'_, '_>,
+    meeting: &Meeting,
+    leaving: &Participant,
+) -> FunctionResult<Option<String>> {
+    if leaving.role != Role::Host
+        || !matches!(
+            meeting.state,
+            MeetingStatus::Scheduled | MeetingStatus::Active
+        )
+    {
+        return Ok(None);
+    }
+    let hosts = ctx
+        .query(MEETING_PARTICIPANTS, "by_meeting_and_role")
+        .eq("meetingId", meeting.id.as_str())
+        .eq("role", Role::Host.as_str())
+        .take(2)?;
+    if hosts.len() > 1 {
+        return Ok(None);
+    }
+    let Some(next) = ctx
+        .query(MEETING_PARTICIPANTS, "by_meeting_and_role")
+        .eq("meetingId", meeting.id.as_str())
+        .eq("role", Role::Participant.as_str())
+        .first()?
+        .map(|d| decode::<Participant>(&d))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    if being_erased(ctx, &next.user_id)? {
+        return Ok(None);
+    }
+    ctx.patch(
+        MEETING_PARTICIPANTS,
+        &next.id,
+        fields(obj! { "role" => Role::Host.as_str() }),
+    )?;
+    audit::record_in_org(
+        ctx,
+        meeting.org_id.as_deref(),
+        None,
+        "meeting",
+        &meeting.id,
+        "participant.role_changed",
+        obj! {
+            "userId" => next.user_id.as_str(),
+            "from" => Role::Participant.as_str(),
+            "to" => Role::Host.as_str(),
+            "reason" => "hostErased",
+        },
+    )?;
+    Ok(Some(next.user_id))
 }
 
 fn target_participant(

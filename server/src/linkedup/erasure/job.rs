@@ -14,17 +14,18 @@
 //! redacted (text replaced, attachments dropped, the message stays so a thread keeps its
 //! shape); then, per meeting they took part in, transcript chunks and segments they spoke
 //! are redacted the same way (a meeting's sequence stays gap-free), the meeting's AI prompts
-//! (made from every participant's profile) are deleted, and their presence becomes `left`.
+//! (made from every participant's profile) are deleted, their presence becomes `left`, and
+//! where they were the only host of an open meeting another participant becomes its host.
 //! Meetings, notes and note history, participant records, audit entries and other users'
 //! documents keep the user's id, which names a tombstone.
 
 use std::sync::Arc;
 
 use linkedup_schema::api::erasure::ErasureStatus;
-use linkedup_schema::api::{Participant, Presence};
+use linkedup_schema::api::{Meeting, Participant, Presence};
 use linkedup_schema::tables::names::{
     CONNECTIONS, EMBEDDINGS, ERASURE_REQUESTS, INSIGHTS, MATCHING_ANALYTICS, MATCHING_QUEUE,
-    MEETING_PARTICIPANTS, MESSAGES, PROFILES, PROMPTS, RATE_LIMITS, RATE_LIMIT_WINDOWS,
+    MEETINGS, MEETING_PARTICIPANTS, MESSAGES, PROFILES, PROMPTS, RATE_LIMITS, RATE_LIMIT_WINDOWS,
     TRANSCRIPTS, TRANSCRIPT_SEGMENTS, USERS, USER_BLOCKS, USER_INTERESTS,
 };
 use linkedup_schema::ErrorCode;
@@ -37,7 +38,8 @@ use query_engine::value::{Object, Value};
 use serde::{Deserialize, Serialize};
 
 use super::{ErasureConfig, Request};
-use crate::linkedup::meetings::mark_left;
+use crate::linkedup::guards::find_participant;
+use crate::linkedup::meetings::{hand_over_hosting, mark_left};
 use crate::linkedup::{audit, decode, encode, id_of, LinkedUpConfig};
 
 /// The job's name.
@@ -66,7 +68,10 @@ const PHASES: [&str; 15] = [
 ];
 pub(super) const FIRST_PHASE: &str = PHASES[0];
 /// Per meeting the user took part in, in order.
-const MEETING_PHASES: [&str; 3] = ["transcripts", "segments", "prompts"];
+const MEETING_PHASES: [&str; 4] = ["transcripts", "segments", "prompts", "hosting"];
+/// Most documents the `hosting` phase reads or writes (`meetings::hand_over_hosting` and the
+/// two reads before it).
+const HANDOVER_DOCS: usize = 8;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -97,6 +102,11 @@ impl Budget {
         if n > 0 {
             *request.counts.entry(table.to_string()).or_default() += n as i64;
         }
+    }
+
+    /// Ends this run here: what comes next needs more room than is left.
+    fn close(&mut self) {
+        self.left = 0;
     }
 }
 
@@ -309,6 +319,34 @@ fn erase_meetings(
     Ok(false)
 }
 
+/// If the user is the only host of this open meeting, another participant becomes its host
+/// (`meetings::hand_over_hosting`). Waits for a run with room for it, unless the whole page is
+/// smaller (then a run may touch up to `HANDOVER_DOCS` more than its page).
+fn hand_over(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+    meeting: &str,
+) -> FunctionResult<bool> {
+    if budget.left < HANDOVER_DOCS && budget.used > 0 {
+        budget.close();
+        return Ok(false);
+    }
+    budget.spend(r, MEETING_PARTICIPANTS, HANDOVER_DOCS.min(budget.left));
+    let Some(p) = find_participant(ctx, meeting, &r.user_id)? else {
+        return Ok(true);
+    };
+    let Some(m) = ctx
+        .get(MEETINGS, meeting)?
+        .map(|d| decode::<Meeting>(&d))
+        .transpose()?
+    else {
+        return Ok(true);
+    };
+    hand_over_hosting(ctx, &m, &p)?;
+    Ok(true)
+}
+
 /// One meeting's phases from where the request stands; true when they are all finished.
 fn erase_in_meeting(
     ctx: &mut Ctx<'_, '_>,
@@ -325,6 +363,7 @@ fn erase_in_meeting(
                 let eqs = vec![("meetingId", Value::from(meeting))];
                 delete_page(ctx, r, budget, (PROMPTS, "by_meeting_type", eqs))?
             }
+            "hosting" => hand_over(ctx, r, budget, meeting)?,
             other => {
                 return Err(ErrorCode::Internal.err(format!("unknown meeting phase {other:?}")));
             }
