@@ -206,6 +206,11 @@ impl MeetingStatus {
             MeetingStatus::Cancelled => "cancelled",
         }
     }
+
+    /// Not over yet: scheduled or active.
+    pub fn is_open(self) -> bool {
+        matches!(self, MeetingStatus::Scheduled | MeetingStatus::Active)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -178,6 +178,17 @@ pub fn newest_either_way(
     Ok(out)
 }
 
+/// Counts a block or unblock that changes something against the caller's one limit for both.
+fn consume_change(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig, me: &str) -> FunctionResult<()> {
+    check_and_consume(
+        ctx,
+        &config.rate_limits,
+        me,
+        RATE_LIMIT_ACTION,
+        config.rate_limits.blocks,
+    )
+}
+
 fn block(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig, a: BlockArgs) -> FunctionResult<Block> {
     if let Some(reason) = &a.reason {
         check_text("reason", reason, 1, MAX_REASON_CHARS)?;
@@ -204,13 +215,7 @@ fn block(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig, a: BlockArgs) -> Functi
             obj! { "reason" => BLOCK_LIMIT, "max" => max as i64 },
         ));
     }
-    check_and_consume(
-        ctx,
-        &config.rate_limits,
-        &me.id,
-        RATE_LIMIT_ACTION,
-        config.rate_limits.blocks,
-    )?;
+    consume_change(ctx, config, &me.id)?;
 
     let now = ctx.now_ms();
     let mut doc = fields(obj! {
@@ -254,13 +259,7 @@ fn unblock(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig, a: UserIdArgs) -> Fun
     let Some(existing) = find(ctx, &me.id, &a.user_id)? else {
         return Ok(false);
     };
-    check_and_consume(
-        ctx,
-        &config.rate_limits,
-        &me.id,
-        RATE_LIMIT_ACTION,
-        config.rate_limits.blocks,
-    )?;
+    consume_change(ctx, config, &me.id)?;
     let id = id_of(&existing)?;
     ctx.delete(USER_BLOCKS, &id)?;
     audit::record(

@@ -6,12 +6,10 @@ use std::sync::Arc;
 
 use linkedup_schema::api::limits::{MAX_CHAT_PAGE, MAX_MESSAGE_CHARS};
 use linkedup_schema::api::{
-    ListMessagesArgs, MeetingStatus, Message, MessagePage, RecentMessagesArgs, Role,
-    SendMessageArgs,
+    ListMessagesArgs, Message, MessagePage, RecentMessagesArgs, Role, SendMessageArgs,
 };
 use linkedup_schema::errors::invalid_field;
 use linkedup_schema::tables::names::{MEETINGS, MESSAGES};
-use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
 use query_engine::functions::{Functions, Visibility};
@@ -19,7 +17,7 @@ use query_engine::obj;
 use query_engine::schema::v;
 use query_engine::value::Value;
 
-use super::guards::assert_meeting_access;
+use super::guards::{assert_meeting_access, require_active};
 use super::idempotency::{earlier_id, store_result};
 use super::rate_limit::check_and_consume;
 use super::{audited, check_text, decode, decoded_page, fields, limit_arg, LinkedUpConfig};
@@ -103,12 +101,7 @@ fn send(
         ));
     }
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Participant)?;
-    if access.meeting.state != MeetingStatus::Active {
-        return Err(ErrorCode::MeetingNotActive.err_with(
-            format!("the meeting is {}", access.meeting.state.as_str()),
-            obj! { "state" => access.meeting.state.as_str() },
-        ));
-    }
+    require_active(&access.meeting)?;
     let me = &access.user.id;
     let scope = format!("chat.send:{}:{me}", a.meeting_id);
     if let Some(id) = earlier_id(ctx, a.client_message_id.as_deref(), &scope)? {

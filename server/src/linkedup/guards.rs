@@ -16,7 +16,7 @@
 //!   case is easier for clients than a code that depends on the caller.
 
 use linkedup_schema::api::erasure::ERASURE_PENDING;
-use linkedup_schema::api::{Meeting, Participant, Role, User};
+use linkedup_schema::api::{Meeting, MeetingStatus, Participant, Role, User};
 use linkedup_schema::tables::names::{MEETINGS, MEETING_PARTICIPANTS, USERS};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
@@ -289,6 +289,18 @@ pub fn get_meeting(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Me
         .get(MEETINGS, meeting_id)?
         .ok_or_else(|| ErrorCode::NotFound.err(format!("no meeting {meeting_id}")))?;
     decode(&doc)
+}
+
+/// MEETING_NOT_ACTIVE (`data.state`) unless `meeting` is active: what only happens during a
+/// meeting (chat, joining, call tokens) refuses a scheduled or finished one.
+pub fn require_active(meeting: &Meeting) -> FunctionResult<()> {
+    if meeting.state == MeetingStatus::Active {
+        return Ok(());
+    }
+    Err(ErrorCode::MeetingNotActive.err_with(
+        format!("the meeting is {}", meeting.state.as_str()),
+        obj! { "state" => meeting.state.as_str() },
+    ))
 }
 
 /// The participant record of `user_id` in `meeting_id`, if any.

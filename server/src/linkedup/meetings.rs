@@ -38,7 +38,8 @@ use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
 
 use super::guards::{
-    assert_meeting_access, being_erased, current_user, find_participant, live_user, MeetingAccess,
+    assert_meeting_access, being_erased, current_user, find_participant, live_user, require_active,
+    MeetingAccess,
 };
 use super::idempotency::{earlier_id, store_result};
 use super::post_call::{INSIGHTS_GENERATE, TRANSCRIPTS_AGGREGATE};
@@ -550,12 +551,7 @@ fn adjust_joined(ctx: &mut Ctx<'_, '_>, meeting_id: &str, delta: i64) -> Functio
 
 fn join(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Participant> {
     let access = assert_meeting_access(ctx, meeting_id, Role::Participant)?;
-    if access.meeting.state != MeetingStatus::Active {
-        return Err(ErrorCode::MeetingNotActive.err_with(
-            format!("the meeting is {}", access.meeting.state.as_str()),
-            obj! { "state" => access.meeting.state.as_str() },
-        ));
-    }
+    require_active(&access.meeting)?;
     let p = access.participant;
     if !mark_joined(ctx, meeting_id, &p)? {
         return Ok(p);
@@ -642,12 +638,7 @@ pub(crate) fn hand_over_hosting(
     meeting: &Meeting,
     leaving: &Participant,
 ) -> FunctionResult<Option<String>> {
-    if leaving.role != Role::Host
-        || !matches!(
-            meeting.state,
-            MeetingStatus::Scheduled | MeetingStatus::Active
-        )
-    {
+    if leaving.role != Role::Host || !meeting.state.is_open() {
         return Ok(None);
     }
     let hosts = ctx

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use linkedup_schema::api::{Meeting, MeetingIdArgs, MeetingStatus, Role, StreamRoom, User};
+use linkedup_schema::api::{Meeting, MeetingIdArgs, Role, StreamRoom, User};
 use linkedup_schema::tables::names::{MEETINGS, USERS};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
@@ -310,10 +310,7 @@ fn plan(ctx: &mut Ctx<'_, '_>, meeting: Meeting, actor_id: Option<String>) -> Fu
     if plan.room_id.is_some() {
         return Ok(plan);
     }
-    if !matches!(
-        meeting.state,
-        MeetingStatus::Scheduled | MeetingStatus::Active
-    ) {
+    if !meeting.state.is_open() {
         return Err(ErrorCode::Conflict.err_with(
             format!("a {} meeting gets no room", meeting.state.as_str()),
             obj! { "state" => meeting.state.as_str() },
@@ -354,10 +351,7 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<String> {
         &meeting.id,
         fields(obj! { "streamRoomId" => a.room_id.as_str(), "updatedAt" => now }),
     )?;
-    if !matches!(
-        meeting.state,
-        MeetingStatus::Scheduled | MeetingStatus::Active
-    ) {
+    if !meeting.state.is_open() {
         ctx.schedule_after(0, END_CALL, obj! { "meetingId" => meeting.id.as_str() })?;
     }
     audit::record_in_org(

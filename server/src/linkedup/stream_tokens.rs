@@ -10,18 +10,18 @@
 //! database keeps.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use linkedup_schema::api::{fns, MeetingIdArgs, MeetingStatus, Role, StreamCallToken};
+use linkedup_schema::api::{fns, MeetingIdArgs, Role, StreamCallToken};
 use linkedup_schema::tables::names::MEETINGS;
 use linkedup_schema::ErrorCode;
+use query_engine::committer::now_millis;
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
 use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
 use query_engine::schema::v;
 
-use super::guards::assert_meeting_access;
+use super::guards::{assert_meeting_access, require_active};
 use super::rate_limit::check_and_consume;
 use super::{audited, flags, LinkedUpConfig};
 use crate::stream::{call_cid, mint_call_token};
@@ -70,12 +70,14 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                 };
                 let call_type = cfg.stream.provider.call_type().to_string();
                 let cid = call_cid(&call_type, &a.meeting_id);
-                let now_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-                let minted =
-                    mint_call_token(secret, &user_id, &cid, now_ms, cfg.stream.call_token_ttl)
-                        .map_err(|e| e.to_function_error())?;
+                let minted = mint_call_token(
+                    secret,
+                    &user_id,
+                    &cid,
+                    now_millis(),
+                    cfg.stream.call_token_ttl,
+                )
+                .map_err(|e| e.to_function_error())?;
                 Ok(StreamCallToken {
                     api_key: cfg.stream.api_key.clone(),
                     call_type,
@@ -111,15 +113,7 @@ fn grant(
     meeting_id: &str,
 ) -> FunctionResult<String> {
     let access = assert_meeting_access(ctx, meeting_id, Role::Participant)?;
-    if access.meeting.state != MeetingStatus::Active {
-        return Err(ErrorCode::MeetingNotActive.err_with(
-            format!(
-                "call tokens are given for active meetings; this one is {}",
-                access.meeting.state.as_str()
-            ),
-            obj! { "state" => access.meeting.state.as_str() },
-        ));
-    }
+    require_active(&access.meeting)?;
     let user_id = access.user.id;
     if flags::is_enabled(
         ctx,
