@@ -105,30 +105,56 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The entry count of a map whose `marker` was read.
+    fn map_len(&mut self, marker: u8) -> Read<usize> {
+        match marker {
+            0x80..=0x8f => Ok(usize::from(marker & 0x0f)),
+            0xde => self.len16(),
+            0xdf => self.len32(),
+            _ => Err(Unread),
+        }
+    }
+
+    /// The length of an array whose `marker` was read.
+    fn array_len(&mut self, marker: u8) -> Read<usize> {
+        match marker {
+            0x90..=0x9f => Ok(usize::from(marker & 0x0f)),
+            0xdc => self.len16(),
+            0xdd => self.len32(),
+            _ => Err(Unread),
+        }
+    }
+
+    /// The data length of an extension whose `marker` was read.
+    fn ext_len(&mut self, marker: u8) -> Read<usize> {
+        match marker {
+            0xc7 => self.len8(),
+            0xc8 => self.len16(),
+            0xc9 => self.len32(),
+            0xd4..=0xd8 => Ok(1 << (marker - 0xd4)),
+            _ => Err(Unread),
+        }
+    }
+
+    /// Opens a container of `n` parts of at least `min_bytes` each inside `depth` others.
+    fn open(&self, n: usize, min_bytes: usize, depth: usize) -> Read<usize> {
+        self.enter(depth)?;
+        self.fits(n, min_bytes)?;
+        Ok(n)
+    }
+
     /// A map's header inside `depth` containers: its entry count.
     pub(crate) fn map_header(&mut self, depth: usize) -> Read<usize> {
-        let n = match self.byte()? {
-            m @ 0x80..=0x8f => usize::from(m & 0x0f),
-            0xde => self.len16()?,
-            0xdf => self.len32()?,
-            _ => return Err(Unread),
-        };
-        self.enter(depth)?;
-        self.fits(n, 2)?;
-        Ok(n)
+        let marker = self.byte()?;
+        let n = self.map_len(marker)?;
+        self.open(n, 2, depth)
     }
 
     /// An array's header inside `depth` containers: its length.
     pub(crate) fn array_header(&mut self, depth: usize) -> Read<usize> {
-        let n = match self.byte()? {
-            m @ 0x90..=0x9f => usize::from(m & 0x0f),
-            0xdc => self.len16()?,
-            0xdd => self.len32()?,
-            _ => return Err(Unread),
-        };
-        self.enter(depth)?;
-        self.fits(n, 1)?;
-        Ok(n)
+        let marker = self.byte()?;
+        let n = self.array_len(marker)?;
+        self.open(n, 1, depth)
     }
 
     /// The bytes of a str (any str format), not yet checked as UTF-8.
@@ -200,22 +226,12 @@ impl<'a> Reader<'a> {
     pub(crate) fn value(&mut self, depth: usize) -> Read<Value> {
         let marker = self.byte()?;
         match marker {
-            0x80..=0x8f => self.object(usize::from(marker & 0x0f), depth),
-            0xde => {
-                let n = self.len16()?;
+            0x80..=0x8f | 0xde | 0xdf => {
+                let n = self.map_len(marker)?;
                 self.object(n, depth)
             }
-            0xdf => {
-                let n = self.len32()?;
-                self.object(n, depth)
-            }
-            0x90..=0x9f => self.array(usize::from(marker & 0x0f), depth),
-            0xdc => {
-                let n = self.len16()?;
-                self.array(n, depth)
-            }
-            0xdd => {
-                let n = self.len32()?;
+            0x90..=0x9f | 0xdc | 0xdd => {
+                let n = self.array_len(marker)?;
                 self.array(n, depth)
             }
             0xa0..=0xbf | 0xd9..=0xdb => {
@@ -226,19 +242,10 @@ impl<'a> Reader<'a> {
                 })
             }
             0xc4..=0xc6 => Ok(Value::Bytes(self.bin_bytes(marker)?.to_vec())),
-            0xc7 => {
-                let n = self.len8()?;
+            0xc7..=0xc9 | 0xd4..=0xd8 => {
+                let n = self.ext_len(marker)?;
                 self.ext(n, depth)
             }
-            0xc8 => {
-                let n = self.len16()?;
-                self.ext(n, depth)
-            }
-            0xc9 => {
-                let n = self.len32()?;
-                self.ext(n, depth)
-            }
-            0xd4..=0xd8 => self.ext(1 << (marker - 0xd4), depth),
             _ => self.scalar(marker),
         }
     }
@@ -254,8 +261,7 @@ impl<'a> Reader<'a> {
     }
 
     fn array(&mut self, n: usize, depth: usize) -> Read<Value> {
-        self.enter(depth)?;
-        self.fits(n, 1)?;
+        self.open(n, 1, depth)?;
         let mut items = Vec::with_capacity(n.min(MAX_PREALLOCATED));
         for _ in 0..n {
             items.push(self.value(depth + 1)?);
@@ -264,8 +270,7 @@ impl<'a> Reader<'a> {
     }
 
     fn object(&mut self, n: usize, depth: usize) -> Read<Value> {
-        self.enter(depth)?;
-        self.fits(n, 2)?;
+        self.open(n, 2, depth)?;
         // Encoders write keys sorted (ours does): collected and checked in order, the map is
         // built in one pass instead of searched once per key.
         let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(MAX_PREALLOCATED));

@@ -7,6 +7,7 @@
 
 use crate::diff::{ArrayEdit, ResultDiff};
 use crate::msgpack_reader::{Read, Reader, Unread, MAX_PREALLOCATED};
+use crate::value::Value;
 
 use super::messages::{
     CallKind, CallOutcome, ClientMessage, ErrorPayload, Modification, ServerMessage,
@@ -199,43 +200,55 @@ fn edit(r: &mut Reader<'_>, depth: usize) -> Read<ArrayEdit> {
 
 fn outcome(r: &mut Reader<'_>, depth: usize) -> Read<CallOutcome> {
     let (mut status, mut value, mut ts) = (None, None, None);
-    let (mut code, mut message, mut data) = (None, None, None);
+    let mut error = ErrorFields::default();
     fields(r, depth, |r, key, depth| match key {
         "status" => once(&mut status, r.str()?),
         "value" => once(&mut value, r.value(depth)?),
         "ts" => once(&mut ts, r.uint()?),
-        "code" => once(&mut code, r.str()?.to_owned()),
-        "message" => once(&mut message, r.str()?.to_owned()),
-        "data" => once(&mut data, r.value(depth)?),
-        _ => Err(Unread),
+        _ => error.field(r, key, depth),
     })?;
     match status.ok_or(Unread)? {
         "Ok" => Ok(CallOutcome::Ok {
             value: value.ok_or(Unread)?,
             ts: ts.ok_or(Unread)?,
         }),
-        "Err" => Ok(CallOutcome::Err(ErrorPayload {
-            code: code.ok_or(Unread)?,
-            message: message.ok_or(Unread)?,
-            data: data.ok_or(Unread)?,
-        })),
+        "Err" => Ok(CallOutcome::Err(error.payload()?)),
         _ => Err(Unread),
     }
 }
 
 fn error_payload(r: &mut Reader<'_>, depth: usize) -> Read<ErrorPayload> {
-    let (mut code, mut message, mut data) = (None, None, None);
-    fields(r, depth, |r, key, depth| match key {
-        "code" => once(&mut code, r.str()?.to_owned()),
-        "message" => once(&mut message, r.str()?.to_owned()),
-        "data" => once(&mut data, r.value(depth)?),
-        _ => Err(Unread),
-    })?;
-    Ok(ErrorPayload {
-        code: code.ok_or(Unread)?,
-        message: message.ok_or(Unread)?,
-        data: data.ok_or(Unread)?,
-    })
+    let mut error = ErrorFields::default();
+    fields(r, depth, |r, key, depth| error.field(r, key, depth))?;
+    error.payload()
+}
+
+/// The fields of an `ErrorPayload`, in its own map or among a `CallResult` outcome's.
+#[derive(Default)]
+struct ErrorFields {
+    code: Option<String>,
+    message: Option<String>,
+    data: Option<Value>,
+}
+
+impl ErrorFields {
+    /// Reads `key`'s value if it is one of these fields; any other key is not read here.
+    fn field(&mut self, r: &mut Reader<'_>, key: &str, depth: usize) -> Read<()> {
+        match key {
+            "code" => once(&mut self.code, r.str()?.to_owned()),
+            "message" => once(&mut self.message, r.str()?.to_owned()),
+            "data" => once(&mut self.data, r.value(depth)?),
+            _ => Err(Unread),
+        }
+    }
+
+    fn payload(self) -> Read<ErrorPayload> {
+        Ok(ErrorPayload {
+            code: self.code.ok_or(Unread)?,
+            message: self.message.ok_or(Unread)?,
+            data: self.data.ok_or(Unread)?,
+        })
+    }
 }
 
 fn uint32(r: &mut Reader<'_>) -> Read<u32> {
