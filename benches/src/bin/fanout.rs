@@ -18,10 +18,15 @@ use linkedup_benches::fanout::postgres::{PgFleet, PgPlan};
 use linkedup_benches::fanout::procstat::ProcWatch;
 use linkedup_benches::fanout::ramp::Bisect;
 use linkedup_benches::fanout::server::{default_server_binary, ServerProcess, Target};
-use linkedup_benches::fanout::{run_step, wait_current, FanoutSystem, StepPlan, StepResult};
+use linkedup_benches::fanout::{
+    run_step, settle, wait_current, FanoutSystem, StepPlan, StepResult,
+};
 use linkedup_benches::pg::PgCluster;
 use linkedup_benches::report::{fmt_rate, fmt_us, utc_timestamp, write_results, Machine, Table};
 use serde::Serialize;
+
+/// Longest wait for the server to go idle after a step, before the next one starts.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Parser, Debug, Clone, Serialize)]
 #[command(about = "Reactive fan-out over QUIC vs PostgreSQL LISTEN/NOTIFY")]
@@ -196,6 +201,13 @@ impl Runner {
             self.say(format!(
                 "  backlog: {behind} subscribers still behind after a further {:.1} s",
                 waited.as_secs_f64()
+            ));
+        }
+        let (idle, settled) = settle(system, SETTLE_TIMEOUT).await;
+        if !idle {
+            self.say(format!(
+                "  the server was still busy {:.0} s after the step",
+                settled.as_secs_f64()
             ));
         }
         self.say(format!(
@@ -601,7 +613,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let params = format!(
         "{} meetings × {} subscribers, {} producers per meeting, {} subscriber connections, window {}, \
-         {} s warm-up + {} s measured per step, chunk text {} B, durable commits{}; PostgreSQL: {} writer and {} listener connections, synchronous_commit = on.",
+         {} s warm-up + {} s measured per step (each started once the server has gone idle after the last, waiting up to {} s), chunk text {} B, durable commits{}; PostgreSQL: {} writer and {} listener connections, synchronous_commit = on.",
         args.meetings,
         args.subscribers,
         args.producers,
@@ -609,6 +621,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.window,
         args.warmup,
         args.seconds,
+        SETTLE_TIMEOUT.as_secs(),
         args.text_bytes,
         if args.no_fsync { " OFF (--no-fsync)" } else { "" },
         args.pg_writers,

@@ -126,6 +126,37 @@ pub async fn wait_current(system: &dyn FanoutSystem, timeout: Duration) -> (u64,
     }
 }
 
+/// CPU below which a server counts as idle between steps, in cores.
+const IDLE_CORES: f64 = 0.05;
+/// How long each look at an idle server's CPU lasts.
+const IDLE_SAMPLE: Duration = Duration::from_millis(500);
+
+/// Waits until the server (the whole PostgreSQL cluster for the peer) has been idle for two
+/// consecutive looks, or `timeout` has passed; returns whether it went idle and how long it
+/// took. A step at an overloaded rate leaves work behind that no subscriber waits for — the
+/// applier's backlog of batches to write into redb, memtables to free, PostgreSQL's
+/// checkpoints — and a step started on top of it measures the leftovers as well as its own rate.
+pub async fn settle(system: &dyn FanoutSystem, timeout: Duration) -> (bool, Duration) {
+    let started = Instant::now();
+    let Some(watch) = system.proc_watch() else {
+        return (false, Duration::ZERO);
+    };
+    let mut quiet = 0;
+    while started.elapsed() < timeout {
+        let mark = watch.mark();
+        tokio::time::sleep(IDLE_SAMPLE).await;
+        quiet = if watch.since(mark).cpu_cores < IDLE_CORES {
+            quiet + 1
+        } else {
+            0
+        };
+        if quiet == 2 {
+            return (true, started.elapsed());
+        }
+    }
+    (false, started.elapsed())
+}
+
 /// Runs one step: `warmup` of writes not measured, then `measure` of measured writes at the
 /// same rate (one continuous schedule), then waits for every subscriber to be current.
 pub async fn run_step(
