@@ -203,10 +203,10 @@ impl Runner {
                 waited.as_secs_f64()
             ));
         }
-        let (idle, settled) = settle(system, SETTLE_TIMEOUT).await;
+        let (idle, settled, cores) = settle(system, SETTLE_TIMEOUT).await;
         if !idle {
             self.say(format!(
-                "  the server was still busy {:.0} s after the step",
+                "  the server was still busy {:.0} s after the step ({cores:.2} cores)",
                 settled.as_secs_f64()
             ));
         }

@@ -126,35 +126,33 @@ pub async fn wait_current(system: &dyn FanoutSystem, timeout: Duration) -> (u64,
     }
 }
 
-/// CPU below which a server counts as idle between steps, in cores.
-const IDLE_CORES: f64 = 0.05;
+/// CPU below which a server counts as idle between steps, in cores. Not zero: a LinkedUp
+/// server with the fleet's ~2,000 client connections open answers their keep-alives.
+const IDLE_CORES: f64 = 0.1;
 /// How long each look at an idle server's CPU lasts.
 const IDLE_SAMPLE: Duration = Duration::from_millis(500);
 
 /// Waits until the server (the whole PostgreSQL cluster for the peer) has been idle for two
-/// consecutive looks, or `timeout` has passed; returns whether it went idle and how long it
-/// took. A step at an overloaded rate leaves work behind that no subscriber waits for — the
+/// consecutive looks, or `timeout` has passed; returns whether it went idle, how long it took
+/// and the CPU of the last look, in cores. A step at an overloaded rate leaves work behind that no subscriber waits for — the
 /// applier's backlog of batches to write into redb, memtables to free, PostgreSQL's
 /// checkpoints — and a step started on top of it measures the leftovers as well as its own rate.
-pub async fn settle(system: &dyn FanoutSystem, timeout: Duration) -> (bool, Duration) {
+pub async fn settle(system: &dyn FanoutSystem, timeout: Duration) -> (bool, Duration, f64) {
     let started = Instant::now();
     let Some(watch) = system.proc_watch() else {
-        return (false, Duration::ZERO);
+        return (true, Duration::ZERO, 0.0);
     };
-    let mut quiet = 0;
+    let (mut quiet, mut cores) = (0, 0.0);
     while started.elapsed() < timeout {
         let mark = watch.mark();
         tokio::time::sleep(IDLE_SAMPLE).await;
-        quiet = if watch.since(mark).cpu_cores < IDLE_CORES {
-            quiet + 1
-        } else {
-            0
-        };
+        cores = watch.since(mark).cpu_cores;
+        quiet = if cores < IDLE_CORES { quiet + 1 } else { 0 };
         if quiet == 2 {
-            return (true, started.elapsed());
+            return (true, started.elapsed(), cores);
         }
     }
-    (false, started.elapsed())
+    (false, started.elapsed(), cores)
 }
 
 /// Runs one step: `warmup` of writes not measured, then `measure` of measured writes at the
