@@ -36,6 +36,7 @@ pub mod names {
     pub const FEATURE_FLAGS: &str = "featureFlags";
     pub const ERASURE_REQUESTS: &str = "erasureRequests";
     pub const USER_BLOCKS: &str = "userBlocks";
+    pub const FORMER_PARTICIPANTS: &str = "formerParticipants";
 }
 
 use names::*;
@@ -721,6 +722,25 @@ fn user_blocks() -> TableDefinition {
     .index("by_pair", &["blockerId", "blockedId"])
 }
 
+/// Added (seed §20, erasure on request): one document per removal of a user from a meeting.
+/// Removing a participant deletes its `meetingParticipants` record, and with it the only
+/// link from the user to the meeting's transcript they spoke; erasure reads these to find
+/// those meetings too. Kept as long as the longest-kept transcript data (segments, a year),
+/// then purged by retention.
+fn former_participants() -> TableDefinition {
+    TableDefinition::new(
+        FORMER_PARTICIPANTS,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("userId", v::id(USERS)),
+            ("role", literals(&PARTICIPANT_ROLES)),
+            ("removedBy", v::id(USERS)),
+            ("removedAt", ms()),
+        ]),
+    )
+    .index("by_user", &["userId", "meetingId"])
+}
+
 /// The complete LinkedUp schema.
 pub fn schema() -> SchemaDefinition {
     SchemaDefinition::new()
@@ -750,6 +770,7 @@ pub fn schema() -> SchemaDefinition {
         .table(feature_flags())
         .table(erasure_requests())
         .table(user_blocks())
+        .table(former_participants())
 }
 
 #[cfg(test)]
@@ -760,7 +781,7 @@ mod tests {
     fn schema_is_accepted_by_the_engine_checks() {
         let s = schema();
         s.check().unwrap();
-        assert_eq!(s.tables.len(), 26);
+        assert_eq!(s.tables.len(), 27);
     }
 
     #[test]

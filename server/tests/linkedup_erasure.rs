@@ -803,3 +803,58 @@ async fn an_erased_only_host_hands_open_meetings_over() {
     assert_eq!(handed.len(), 3);
     assert!(handed.iter().all(|e| e.get_path("actorUserId").is_none()));
 }
+
+#[tokio::test]
+async fn erasure_redacts_what_the_user_said_in_meetings_they_were_removed_from() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let (bob, alice) = (w.bob_id.as_str(), w.alice_id.as_str());
+    // bob speaks in alice's meeting, is removed from it, and alice speaks on.
+    say(env, &w.bob, &w.meeting, "bob-1", bob).await;
+    say(env, &w.bob, &w.meeting, "bob-2", bob).await;
+    env.m(
+        "meetings.removeParticipant",
+        obj! { "meetingId" => w.meeting.as_str(), "userId" => bob },
+        Some(&w.alice),
+    )
+    .await
+    .unwrap();
+    say(env, &w.alice, &w.meeting, "alice-1", alice).await;
+    let removals = with(env, "formerParticipants", "userId", bob).await;
+    assert_eq!(removals.len(), 1);
+    assert_eq!(s(&removals[0], "meetingId"), w.meeting);
+    assert_eq!(s(&removals[0], "removedBy"), alice);
+    assert_eq!(s(&removals[0], "role"), "participant");
+    // Nothing links bob to the meeting any more but that record.
+    assert!(with(env, "meetingParticipants", "userId", bob)
+        .await
+        .is_empty());
+
+    let r = request(env, &w.bob).await;
+    let done = wait_done(env, &s(&r, "requestId")).await;
+
+    let chunks = with(env, "transcripts", "meetingId", &w.meeting).await;
+    assert_eq!(
+        chunks.len(),
+        3,
+        "redacted, not deleted: the sequence stays gap-free"
+    );
+    for c in &chunks {
+        if s(c, "chunkId").starts_with("bob-") {
+            assert_eq!(s(c, "text"), REDACTED);
+            assert!(c.get_path("speakerId").is_none());
+        } else {
+            assert_eq!(s(c, "text"), format!("{alice} says something personal"));
+            assert_eq!(s(c, "speakerId"), alice);
+        }
+    }
+    assert!(with(env, "formerParticipants", "userId", bob)
+        .await
+        .is_empty());
+    assert_eq!(
+        done.get_path("counts.formerParticipants")
+            .and_then(Value::as_i64),
+        Some(2),
+        "read once to find the meeting, then deleted"
+    );
+}

@@ -27,7 +27,9 @@ use linkedup_schema::api::{
     Participant, ParticipantArgs, Presence, Role, ScheduleMeetingArgs, SetRoleArgs,
 };
 use linkedup_schema::errors::invalid_field;
-use linkedup_schema::tables::names::{MEETINGS, MEETING_PARTICIPANTS, MEETING_STATE, USERS};
+use linkedup_schema::tables::names::{
+    FORMER_PARTICIPANTS, MEETINGS, MEETING_PARTICIPANTS, MEETING_STATE, USERS,
+};
 use linkedup_schema::tables::{MEETING_STATES, PARTICIPANT_ROLES};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
@@ -173,7 +175,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     );
 
     // meetings.removeParticipant: host only; deletes the participant record, ending all of
-    // that user's access (their subscriptions fail with FORBIDDEN). The last host cannot be
+    // that user's access (their subscriptions fail with FORBIDDEN), and records the removal
+    // in `formerParticipants` (what erasure finds the meeting by). The last host cannot be
     // removed. Returns null. Returns: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN,
     // CONFLICT (last host, or meeting over).
     f.mutation(
@@ -739,6 +742,16 @@ fn remove_participant(ctx: &mut Ctx<'_, '_>, a: ParticipantArgs) -> FunctionResu
         return Err(ErrorCode::Conflict.err("cannot remove the last host"));
     }
     ctx.delete(MEETING_PARTICIPANTS, &target.id)?;
+    ctx.insert(
+        FORMER_PARTICIPANTS,
+        obj! {
+            "meetingId" => a.meeting_id.as_str(),
+            "userId" => a.user_id.as_str(),
+            "role" => target.role.as_str(),
+            "removedBy" => access.user.id.as_str(),
+            "removedAt" => ctx.now_ms(),
+        },
+    )?;
     if target.presence == Presence::Joined {
         adjust_joined(ctx, &a.meeting_id, -1)?;
     }

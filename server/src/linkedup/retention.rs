@@ -21,8 +21,8 @@ use std::sync::Arc;
 use linkedup_schema::api::MeetingStatus;
 use linkedup_schema::errors::invalid_field;
 use linkedup_schema::tables::names::{
-    AUDIT_LOGS, INSIGHTS, MATCHING_ANALYTICS, MEETINGS, MESSAGES, PROMPTS, TRANSCRIPTS,
-    TRANSCRIPT_SEGMENTS,
+    AUDIT_LOGS, FORMER_PARTICIPANTS, INSIGHTS, MATCHING_ANALYTICS, MEETINGS, MESSAGES, PROMPTS,
+    TRANSCRIPTS, TRANSCRIPT_SEGMENTS,
 };
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
@@ -51,7 +51,7 @@ pub struct RetentionPolicy {
 impl Default for RetentionPolicy {
     /// The seed's defaults: raw transcript chunks 90 days (the upper end of its 30–90),
     /// messages 90 days; segments, prompts, insights and audit logs a year; matching outcomes
-    /// a year.
+    /// and records of removals from meetings a year.
     fn default() -> Self {
         let ages = [
             (TRANSCRIPTS, 90 * DAY_MS),
@@ -62,6 +62,9 @@ impl Default for RetentionPolicy {
             (AUDIT_LOGS, 365 * DAY_MS),
             // Matching outcomes: the seed gives no period; a year, like prompts and insights.
             (MATCHING_ANALYTICS, 365 * DAY_MS),
+            // Records of removals from meetings: as long as the transcript data they lead
+            // erasure to (segments, a year).
+            (FORMER_PARTICIPANTS, 365 * DAY_MS),
         ];
         RetentionPolicy {
             max_age_ms: ages

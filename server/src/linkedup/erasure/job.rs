@@ -15,7 +15,9 @@
 //! shape); then, per meeting they took part in, transcript chunks and segments they spoke
 //! are redacted the same way (a meeting's sequence stays gap-free), the meeting's AI prompts
 //! (made from every participant's profile) are deleted, their presence becomes `left`, and
-//! where they were the only host of an open meeting another participant becomes its host.
+//! where they were the only host of an open meeting another participant becomes its host;
+//! then the same, but for presence and hosting, in the meetings they were removed from
+//! (found through `formerParticipants`, whose records are deleted after).
 //! Meetings, notes and note history, participant records, audit entries and other users'
 //! documents keep the user's id, which names a tombstone.
 
@@ -24,9 +26,9 @@ use std::sync::Arc;
 use linkedup_schema::api::erasure::ErasureStatus;
 use linkedup_schema::api::{Meeting, Participant, Presence};
 use linkedup_schema::tables::names::{
-    CONNECTIONS, EMBEDDINGS, ERASURE_REQUESTS, INSIGHTS, MATCHING_ANALYTICS, MATCHING_QUEUE,
-    MEETINGS, MEETING_PARTICIPANTS, MESSAGES, PROFILES, PROMPTS, RATE_LIMITS, RATE_LIMIT_WINDOWS,
-    TRANSCRIPTS, TRANSCRIPT_SEGMENTS, USERS, USER_BLOCKS, USER_INTERESTS,
+    CONNECTIONS, EMBEDDINGS, ERASURE_REQUESTS, FORMER_PARTICIPANTS, INSIGHTS, MATCHING_ANALYTICS,
+    MATCHING_QUEUE, MEETINGS, MEETING_PARTICIPANTS, MESSAGES, PROFILES, PROMPTS, RATE_LIMITS,
+    RATE_LIMIT_WINDOWS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS, USERS, USER_BLOCKS, USER_INTERESTS,
 };
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
@@ -49,7 +51,7 @@ pub const REDACTED: &str = "[erased]";
 
 /// The phases in order. Deleting the profile, interests and embeddings first stops the
 /// account's data from flowing into anything generated while the rest is erased.
-const PHASES: [&str; 15] = [
+const PHASES: [&str; 17] = [
     "profiles",
     "userInterests",
     "embeddings",
@@ -64,6 +66,8 @@ const PHASES: [&str; 15] = [
     "rateLimitWindows",
     "messages",
     "meetings",
+    "formerMeetings",
+    "formerParticipants",
     "account",
 ];
 pub(super) const FIRST_PHASE: &str = PHASES[0];
@@ -181,7 +185,9 @@ fn run_phase(ctx: &mut Ctx<'_, '_>, r: &mut Request, budget: &mut Budget) -> Fun
     let target = match r.phase.as_str() {
         "profiles" => return erase_profiles(ctx, r, budget),
         "messages" => return redact_messages(ctx, r, budget),
-        "meetings" => return erase_meetings(ctx, r, budget),
+        "meetings" => return erase_meetings(ctx, r, budget, MEETING_PARTICIPANTS),
+        "formerMeetings" => return erase_meetings(ctx, r, budget, FORMER_PARTICIPANTS),
+        "formerParticipants" => by_user(FORMER_PARTICIPANTS, "by_user", "userId"),
         "account" => return erase_account(ctx, r, budget),
         "userInterests" => by_user(USER_INTERESTS, "by_user", "userId"),
         "embeddings" => (
@@ -283,12 +289,16 @@ fn redact_messages(
     Ok(page.is_done)
 }
 
-/// The meetings the user took part in, one at a time through their participant records
-/// (`cursor`), each through `MEETING_PHASES` (`meetingId`, `meetingPhase`, `meetingCursor`).
+/// The meetings the user took part in, one at a time through `source`'s records of them
+/// (`cursor`): their participant records, then the records of their removals from meetings
+/// (`formerParticipants`), each meeting through `MEETING_PHASES` (`meetingId`,
+/// `meetingPhase`, `meetingCursor`). A meeting they were removed from and added to again is
+/// gone through twice; redaction finds nothing left the second time.
 fn erase_meetings(
     ctx: &mut Ctx<'_, '_>,
     r: &mut Request,
     budget: &mut Budget,
+    source: &'static str,
 ) -> FunctionResult<bool> {
     while budget.left > 0 {
         if let Some(meeting) = r.meeting_id.clone() {
@@ -301,19 +311,29 @@ fn erase_meetings(
             continue;
         }
         let page = ctx
-            .query(MEETING_PARTICIPANTS, "by_user")
+            .query(source, "by_user")
             .eq("userId", r.user_id.as_str())
             .paginate(r.cursor.as_deref(), 1)?;
         let Some(doc) = page.page.first() else {
             return Ok(true);
         };
-        budget.spend(r, MEETING_PARTICIPANTS, 1);
+        budget.spend(r, source, 1);
         r.cursor = page.continue_cursor;
-        let p: Participant = decode(doc)?;
-        if p.presence == Presence::Joined {
-            mark_left(ctx, &p.meeting_id, &p)?;
-        }
-        r.meeting_id = Some(p.meeting_id);
+        let meeting_id = if source == MEETING_PARTICIPANTS {
+            let p: Participant = decode(doc)?;
+            if p.presence == Presence::Joined {
+                mark_left(ctx, &p.meeting_id, &p)?;
+            }
+            p.meeting_id
+        } else {
+            doc.get_path("meetingId")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ErrorCode::Internal.err(format!("a {source} record without meetingId"))
+                })?
+        };
+        r.meeting_id = Some(meeting_id);
         r.meeting_phase = Some(MEETING_PHASES[0].to_string());
     }
     Ok(false)
