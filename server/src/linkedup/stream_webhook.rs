@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -271,7 +271,15 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body)
     r.http
         .metrics()
         .record_call(PATH, METRICS_KIND, reply.code(), started.elapsed());
-    (reply.status(), Json(reply.body())).into_response()
+    let mut response = (reply.status(), Json(reply.body())).into_response();
+    if matches!(reply, Reply::TooLarge) {
+        // The body was not read, so the connection cannot carry another request; saying so
+        // keeps a client from reusing it (a later request on it would fail mid-send).
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
