@@ -818,3 +818,94 @@ async fn compact_all_finds_the_meetings_with_old_ops() {
         assert_eq!(env.note(m, &a).await, ("nnnn".to_string(), 4));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_expires_a_year_after_its_last_edit_once_its_meeting_is_over() {
+    let env = open_with(true);
+    let (a, b) = (ident("a"), ident("b"));
+    let ended = env.meeting(&a, &[&b], true).await;
+    let active = env.meeting(&a, &[&b], true).await;
+    for m in [&ended, &active] {
+        for i in 0..3 {
+            let op = TextOperation::new().retain(i).insert("n");
+            env.m(
+                fns::APPLY_OPERATION,
+                apply_args(m, i as i64, &op, "c", i as i64 + 1),
+                &b,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    env.m("meetings.end", obj! { "meetingId" => ended.as_str() }, &a)
+        .await
+        .unwrap();
+    let notes = || async { env.count("meetingNotes").await };
+    assert_eq!(notes().await, 2);
+
+    // Within a year of its last edit the note stays, even with every op gone.
+    let r = env
+        .engine
+        .mutation(
+            fns::COMPACT,
+            obj! { "meetingId" => ended.as_str(), "retainMs" => 0i64 },
+            None,
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(int(&r, "deleted"), 3);
+    assert_eq!(
+        r.get_path("noteDeleted").and_then(Value::as_bool),
+        Some(false)
+    );
+    assert_eq!(env.note(&ended, &a).await, ("nnn".to_string(), 3));
+
+    // Past it (here: edited before now), the daily walk deletes the ended meeting's note and
+    // leaves the active meeting's, whose ops go as usual.
+    let r = env
+        .engine
+        .mutation(
+            fns::COMPACT_ALL,
+            obj! { "retainMs" => 0i64, "retainNoteMs" => 0i64 },
+            None,
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(int(&r, "scheduled"), 2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while notes().await > 1 || env.count("noteOps").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention jobs did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(env.note(&active, &a).await, ("nnn".to_string(), 3));
+    let (content, version) = env.note(&ended, &a).await;
+    assert_eq!(
+        (content.as_str(), version),
+        ("", 0),
+        "the ended meeting has no note left"
+    );
+    let audited = env
+        .engine
+        .read(|ctx| {
+            Ok(Value::Array(
+                ctx.query("auditLogs", "by_creation_time").collect(1_000)?,
+            ))
+        })
+        .await
+        .unwrap();
+    let purged: Vec<&Value> = audited
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e.get_path("action").and_then(Value::as_str) == Some("retention.purged")
+                && e.get_path("resourceId").and_then(Value::as_str) == Some("meetingNotes")
+        })
+        .collect();
+    assert_eq!(purged.len(), 1);
+}
