@@ -101,3 +101,95 @@ async fn schema_push_then_import_all_or_nothing() {
         .collect();
     assert_eq!(keys, ["rust", "ai"]);
 }
+
+async fn open_linkedup(db: &Path) -> Engine {
+    let mut functions = Functions::new();
+    linkedup_server::linkedup::register(
+        &mut functions,
+        &linkedup_server::linkedup::LinkedUpConfig::default(),
+    );
+    let config = EngineConfig {
+        run_scheduler: false,
+        ..EngineConfig::default()
+    };
+    Engine::open(db, linkedup_schema::schema(), functions, config).unwrap()
+}
+
+async fn close(engine: Engine) {
+    let closed = tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(30)));
+    assert!(closed.await.unwrap());
+}
+
+async fn all(engine: &Engine, table: &'static str) -> Vec<Value> {
+    let v = engine
+        .read(move |ctx| {
+            Ok(Value::Array(
+                ctx.query(table, "by_creation_time").collect(1_000)?,
+            ))
+        })
+        .await
+        .unwrap();
+    v.as_array().unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_runs_an_operators_erasure_to_the_end_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let db = data.join("linkedup.redb");
+    let who = query_engine::identity::Identity {
+        issuer: "https://auth.test".into(),
+        subject: "mallory".into(),
+        email: Some("mallory@example.com".into()),
+        org_id: Some("org1".into()),
+        org_role: Some("member".into()),
+        roles: Vec::new(),
+    };
+    let engine = open_linkedup(&db).await;
+    let user = engine
+        .mutation("users.ensure", query_engine::obj! {}, Some(&who))
+        .await
+        .unwrap()
+        .value;
+    let user = user.get_path("_id").unwrap().as_str().unwrap().to_string();
+    engine
+        .mutation(
+            "profiles.update",
+            query_engine::obj! { "bio" => "Mallory writes compilers" },
+            Some(&who),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all(&engine, "profiles").await.len(), 1);
+    close(engine).await;
+
+    // An id that names no account: refused, and nothing is started.
+    let out = cli(data, &["erase", "--user", "0000070000000000001zzzz"]);
+    assert!(!out.status.success());
+    let engine = open_linkedup(&db).await;
+    assert!(all(&engine, "erasureRequests").await.is_empty());
+    close(engine).await;
+
+    let out = cli(data, &["erase", "--user", &user]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "done", "{report}");
+    assert_eq!(report["userId"], user.as_str());
+    assert!(report["runs"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["documents"].as_i64().unwrap() >= 1, "{report}");
+
+    let engine = open_linkedup(&db).await;
+    assert!(all(&engine, "profiles").await.is_empty());
+    let users = all(&engine, "users").await;
+    assert_eq!(users.len(), 1);
+    assert!(
+        users[0].get_path("erasedAt").is_some(),
+        "a tombstone: {:?}",
+        users[0]
+    );
+    close(engine).await;
+}

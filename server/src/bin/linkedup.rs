@@ -1,8 +1,8 @@
 //! The `linkedup` command-line tool: mints development tokens from a dev server's data
 //! directory, runs one function and prints its JSON result, or watches a query and prints each
 //! new result as a JSON line (a thin layer over the `linkedup_client` SDK); and, on the
-//! database of a stopped server, applies this build's schema (`schema push`) or imports
-//! documents into a table, all or nothing (`import`).
+//! database of a stopped server, applies this build's schema (`schema push`), imports
+//! documents into a table, all or nothing (`import`), or erases an account (`erase`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use linkedup_client::{
 };
 use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{DATABASE_FILE, DEV_AUDIENCE, DEV_ISSUER};
+use linkedup_server::linkedup::{self, erasure, LinkedUpConfig};
 use linkedup_server::transport::tls::DEV_CERT_FILE;
 use query_engine::engine::{Engine, EngineConfig};
 use query_engine::functions::Functions;
@@ -81,6 +82,22 @@ enum Command {
         /// The database file [default: <data-dir>/linkedup.redb].
         #[arg(long)]
         db: Option<PathBuf>,
+    },
+    /// Erases an account's personal data on a stopped server's database, as the user's own
+    /// `users.requestErasure` would (for a request that reached operators another way, seed
+    /// §20), running the erasure job to the end here. Prints the request: {"requestId",
+    /// "status", "documents", "runs", ...}; a job not done after --max-runs is finished by the
+    /// server when it starts.
+    Erase {
+        /// The account's `users` id.
+        #[arg(long)]
+        user: String,
+        /// The database file [default: <data-dir>/linkedup.redb].
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Most runs of the job (each erases up to a page of documents).
+        #[arg(long, default_value_t = 100_000)]
+        max_runs: usize,
     },
     /// The schema of this build, applied to a stopped server's database.
     Schema {
@@ -260,6 +277,28 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Command::Erase { user, db, max_runs } => {
+            let db = database(&cli, db);
+            let mut functions = Functions::new();
+            linkedup::register(&mut functions, &LinkedUpConfig::default());
+            let config = EngineConfig {
+                run_scheduler: false,
+                ..EngineConfig::default()
+            };
+            let engine = Engine::open(&db, linkedup_schema::schema(), functions, config)?;
+            let erased = erasure::erase_offline(&engine, user, *max_runs).await;
+            let closed = tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(60)));
+            if !closed.await? {
+                bail!("the database did not close cleanly; the server replays its log on start");
+            }
+            let (request, runs) =
+                erased.map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+            let mut out = serde_json::to_value(&request)?;
+            out["userId"] = json!(user);
+            out["runs"] = json!(runs);
+            println!("{out}");
+            Ok(())
         }
         Command::Schema {
             command: SchemaCommand::Push { db, wait_secs },

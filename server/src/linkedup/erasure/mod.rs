@@ -22,6 +22,7 @@ use linkedup_schema::errors::invalid_field;
 use linkedup_schema::tables::names::{ERASURE_REQUESTS, USERS};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
+use query_engine::engine::Engine;
 use query_engine::error::FunctionResult;
 use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
@@ -96,6 +97,42 @@ struct Request {
     updated_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     completed_at: Option<i64>,
+}
+
+/// Operators' offline path (the CLI's `erase`, on a stopped server's database): opens the
+/// request for `user_id` as `erasure.eraseAccount` does, then runs the job's steps here, one
+/// after another, until it is done or `max_runs` have run. The runs each step schedules stay
+/// in the database and do nothing when a server later starts them (their run numbers are
+/// behind the request's); an unfinished request is carried on by the server the same way.
+/// Returns the request as `users.erasureStatus` shows it and the number of runs made here.
+pub async fn erase_offline(
+    engine: &Engine,
+    user_id: &str,
+    max_runs: usize,
+) -> FunctionResult<(ErasureRequest, usize)> {
+    let opened = engine
+        .mutation(ERASE_ACCOUNT, obj! { "userId" => user_id }, None)
+        .await?
+        .value;
+    let request_id = opened
+        .get_path("requestId")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ErrorCode::Internal.err("erasure request without an id"))?
+        .to_string();
+    let mut runs = 0;
+    loop {
+        let id = request_id.clone();
+        let doc = engine
+            .read(move |ctx| Ok(ctx.get(ERASURE_REQUESTS, &id)?.unwrap_or(Value::Null)))
+            .await?;
+        let r: Request = decode(&doc)?;
+        if r.status == ErasureStatus::Done || runs >= max_runs {
+            return Ok((r.view(), runs));
+        }
+        let args = obj! { "requestId" => request_id.as_str(), "run" => r.run };
+        engine.mutation(STEP, args, None).await?;
+        runs += 1;
+    }
 }
 
 impl Request {
