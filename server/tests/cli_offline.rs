@@ -25,17 +25,9 @@ async fn interests(db: &Path) -> Vec<Value> {
         ..EngineConfig::default()
     };
     let engine = Engine::open(db, linkedup_schema::schema(), Functions::new(), config).unwrap();
-    let v = engine
-        .read(|ctx| {
-            Ok(Value::Array(
-                ctx.query("interests", "by_creation_time").collect(1_000)?,
-            ))
-        })
-        .await
-        .unwrap();
-    let closed = tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(30)));
-    assert!(closed.await.unwrap());
-    v.as_array().unwrap().to_vec()
+    let v = all(&engine, "interests").await;
+    close(engine).await;
+    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
