@@ -129,6 +129,11 @@ async fn erase_runs_an_operators_erasure_to_the_end_offline() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let db = data.join("linkedup.redb");
+    // No database there: refused, and none is created.
+    let out = cli(data, &["erase", "--user", "0000070000000000001zzzz"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database"));
+    assert!(!db.exists());
     let who = query_engine::identity::Identity {
         issuer: "https://auth.test".into(),
         subject: "mallory".into(),

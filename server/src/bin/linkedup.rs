@@ -280,6 +280,10 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Erase { user, db, max_runs } => {
             let db = database(&cli, db);
+            // Opening would create an empty database, in which no account exists anyway.
+            if !db.exists() {
+                bail!("no database at {}", db.display());
+            }
             let mut functions = Functions::new();
             linkedup::register(&mut functions, &LinkedUpConfig::default());
             let config = EngineConfig {
