@@ -98,8 +98,8 @@ pub fn current_user_named(
     }
     let writable = ctx.kind() == FunctionKind::Mutation;
     let now = ctx.now_ms();
-    let doc = match existing {
-        Some(doc) if !writable => doc,
+    let user: User = match existing {
+        Some(doc) if !writable => decode(&doc)?,
         Some(doc) => link(ctx, doc, &identity, now)?,
         None if !writable => {
             return Err(ErrorCode::Unauthorized
@@ -125,11 +125,12 @@ pub fn current_user_named(
                 }
             }
             let id = ctx.insert(USERS, Value::from(new))?;
-            ctx.get(USERS, &id)?
-                .ok_or_else(|| ErrorCode::Internal.err("inserted user not readable"))?
+            let doc = ctx
+                .get(USERS, &id)?
+                .ok_or_else(|| ErrorCode::Internal.err("inserted user not readable"))?;
+            decode(&doc)?
         }
     };
-    let user: User = decode(&doc)?;
     if !user.is_active {
         return Err(ErrorCode::Forbidden.err("this user is deactivated"));
     }
@@ -185,13 +186,14 @@ pub fn being_erased(ctx: &mut Ctx<'_, '_>, user_id: &str) -> FunctionResult<bool
     }))
 }
 
-/// Brings an existing user document in line with the token; writes only on change.
+/// Brings an existing user document in line with the token; writes only on change. Returns
+/// the user as it now stands (decoded once when nothing changed).
 fn link(
     ctx: &mut Ctx<'_, '_>,
     doc: Value,
     identity: &AuthIdentity,
     now: i64,
-) -> FunctionResult<Value> {
+) -> FunctionResult<User> {
     let user: User = decode(&doc)?;
     let mut changes = fields(obj! {});
     if let Some(email) = &identity.email {
@@ -215,7 +217,7 @@ fn link(
         .last_seen_at
         .is_none_or(|t| now.saturating_sub(t) >= LAST_SEEN_RESOLUTION_MS);
     if changes.is_empty() && !stale {
-        return Ok(doc);
+        return Ok(user);
     }
     changes.insert("lastSeenAt".into(), now.into());
     if changes.len() > 1 {
@@ -237,8 +239,10 @@ fn link(
     } else {
         ctx.patch(USERS, &user.id, changes)?;
     }
-    ctx.get(USERS, &user.id)?
-        .ok_or_else(|| ErrorCode::Internal.err("user vanished"))
+    let doc = ctx
+        .get(USERS, &user.id)?
+        .ok_or_else(|| ErrorCode::Internal.err("user vanished"))?;
+    decode(&doc)
 }
 
 /// What a meeting guard established.
