@@ -383,6 +383,9 @@ fn erase_in_meeting(
                 let eqs = vec![("meetingId", Value::from(meeting))];
                 delete_page(ctx, r, budget, (PROMPTS, "by_meeting_type", eqs))?
             }
+            // A meeting the user was removed from has nothing to hand over (had they been
+            // added again, the pass over their participant records did it).
+            "hosting" if r.phase == "formerMeetings" => true,
             "hosting" => hand_over(ctx, r, budget, meeting)?,
             other => {
                 return Err(ErrorCode::Internal.err(format!("unknown meeting phase {other:?}")));
