@@ -616,19 +616,23 @@ fn leave(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
 
 /// Membership changes are refused once a meeting is over.
 fn check_open(access: &MeetingAccess, action: &str) -> FunctionResult<()> {
-    match access.meeting.state {
-        MeetingStatus::Scheduled | MeetingStatus::Active => Ok(()),
-        s => Err(conflict(action, s)),
+    let state = access.meeting.state;
+    if state.is_open() {
+        Ok(())
+    } else {
+        Err(conflict(action, state))
     }
 }
 
-fn count_hosts(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<usize> {
-    Ok(ctx
+/// Whether the meeting has at most one host: it reads no more than two host rows, which is
+/// all the answer depends on.
+fn at_most_one_host(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<bool> {
+    let hosts = ctx
         .query(MEETING_PARTICIPANTS, "by_meeting_and_role")
         .eq("meetingId", meeting_id)
-        .eq("role", "host")
-        .take(MAX_PARTICIPANTS)?
-        .len())
+        .eq("role", Role::Host.as_str())
+        .take(2)?;
+    Ok(hosts.len() <= 1)
 }
 
 /// When `leaving` is the only host of an open (scheduled or active) meeting, makes the
@@ -641,15 +645,10 @@ pub(crate) fn hand_over_hosting(
     meeting: &Meeting,
     leaving: &Participant,
 ) -> FunctionResult<Option<String>> {
-    if leaving.role != Role::Host || !meeting.state.is_open() {
-        return Ok(None);
-    }
-    let hosts = ctx
-        .query(MEETING_PARTICIPANTS, "by_meeting_and_role")
-        .eq("meetingId", meeting.id.as_str())
-        .eq("role", Role::Host.as_str())
-        .take(2)?;
-    if hosts.len() > 1 {
+    if leaving.role != Role::Host
+        || !meeting.state.is_open()
+        || !at_most_one_host(ctx, &meeting.id)?
+    {
         return Ok(None);
     }
     let Some(next) = ctx
@@ -738,7 +737,7 @@ fn remove_participant(ctx: &mut Ctx<'_, '_>, a: ParticipantArgs) -> FunctionResu
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Host)?;
     check_open(&access, "remove participants from")?;
     let target = target_participant(ctx, &a.meeting_id, &a.user_id)?;
-    if target.role == Role::Host && count_hosts(ctx, &a.meeting_id)? <= 1 {
+    if target.role == Role::Host && at_most_one_host(ctx, &a.meeting_id)? {
         return Err(ErrorCode::Conflict.err("cannot remove the last host"));
     }
     ctx.delete(MEETING_PARTICIPANTS, &target.id)?;
@@ -772,7 +771,7 @@ fn set_role(ctx: &mut Ctx<'_, '_>, a: SetRoleArgs) -> FunctionResult<Participant
     if target.role == a.role {
         return Ok(target);
     }
-    if target.role == Role::Host && count_hosts(ctx, &a.meeting_id)? <= 1 {
+    if target.role == Role::Host && at_most_one_host(ctx, &a.meeting_id)? {
         return Err(ErrorCode::Conflict.err("cannot demote the last host"));
     }
     ctx.patch(
