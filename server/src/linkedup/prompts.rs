@@ -233,13 +233,14 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
 /// Refuses a meeting that is over: ideas and prompts are for meetings still to come or under
 /// way. Returns: CONFLICT.
 fn require_open(access: &MeetingAccess) -> FunctionResult<()> {
-    match access.meeting.state {
-        MeetingStatus::Scheduled | MeetingStatus::Active => Ok(()),
-        s => Err(ErrorCode::Conflict.err_with(
-            format!("the meeting is {}", s.as_str()),
-            obj! { "state" => s.as_str() },
-        )),
+    let s = access.meeting.state;
+    if s.is_open() {
+        return Ok(());
     }
+    Err(ErrorCode::Conflict.err_with(
+        format!("the meeting is {}", s.as_str()),
+        obj! { "state" => s.as_str() },
+    ))
 }
 
 fn pre_call_context(
