@@ -126,17 +126,19 @@ pub async fn wait_current(system: &dyn FanoutSystem, timeout: Duration) -> (u64,
     }
 }
 
-/// CPU below which a server counts as idle between steps, in cores. Not zero: a LinkedUp
-/// server with the fleet's ~2,000 client connections open answers their keep-alives.
+/// CPU below which a server counts as idle between steps, in cores. Not zero: the fleet keeps
+/// ~2,000 client connections open, and after the stalled-reader scenario a first run never got
+/// under 0.05 within a minute.
 const IDLE_CORES: f64 = 0.1;
 /// How long each look at an idle server's CPU lasts.
 const IDLE_SAMPLE: Duration = Duration::from_millis(500);
 
 /// Waits until the server (the whole PostgreSQL cluster for the peer) has been idle for two
 /// consecutive looks, or `timeout` has passed; returns whether it went idle, how long it took
-/// and the CPU of the last look, in cores. A step at an overloaded rate leaves work behind that no subscriber waits for — the
-/// applier's backlog of batches to write into redb, memtables to free, PostgreSQL's
-/// checkpoints — and a step started on top of it measures the leftovers as well as its own rate.
+/// and the CPU of the last look, in cores. A step at an overloaded rate leaves work behind that
+/// no subscriber waits for — the applier's backlog of batches to write into redb, memtables to
+/// free, PostgreSQL's checkpoints — and a step started on top of it measures the leftovers as
+/// well as its own rate.
 pub async fn settle(system: &dyn FanoutSystem, timeout: Duration) -> (bool, Duration, f64) {
     let started = Instant::now();
     let Some(watch) = system.proc_watch() else {
