@@ -286,14 +286,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let mut functions = Functions::new();
             linkedup::register(&mut functions, &LinkedUpConfig::default());
-            let config = EngineConfig {
-                run_scheduler: false,
-                ..EngineConfig::default()
-            };
-            let engine = Engine::open(&db, linkedup_schema::schema(), functions, config)?;
+            let engine = open_offline(&db, functions)?;
             let erased = erasure::erase_offline(&engine, user, *max_runs).await;
-            let closed = tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(60)));
-            if !closed.await? {
+            if !close_offline(engine).await? {
                 bail!("the database did not close cleanly; the server replays its log on start");
             }
             let (request, runs) =
@@ -308,11 +303,7 @@ async fn run(cli: Cli) -> Result<()> {
             command: SchemaCommand::Push { db, wait_secs },
         } => {
             let db = database(&cli, db);
-            let config = EngineConfig {
-                run_scheduler: false,
-                ..EngineConfig::default()
-            };
-            let engine = Engine::open(&db, linkedup_schema::schema(), Functions::new(), config)?;
+            let engine = open_offline(&db, Functions::new())?;
             let checked = engine
                 .metrics()
                 .open_documents_checked
@@ -330,7 +321,7 @@ async fn run(cli: Cli) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let tables = engine.catalog().tables().count();
-            tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(60))).await?;
+            close_offline(engine).await?;
             println!(
                 "{}",
                 json!({ "tables": tables, "documentsChecked": checked, "indexJobs": index_jobs })
@@ -406,6 +397,27 @@ fn read_json_lines(path: &Path) -> Result<Result<Vec<(usize, Value)>, ImportErro
 }
 
 /// The database file: `--db`, else the data directory's.
+/// A stopped server's database opened here with this build's schema and `functions`, and no
+/// scheduler: nothing runs but what the command itself starts.
+fn open_offline(db: &Path, functions: Functions) -> Result<Engine> {
+    let config = EngineConfig {
+        run_scheduler: false,
+        ..EngineConfig::default()
+    };
+    Ok(Engine::open(
+        db,
+        linkedup_schema::schema(),
+        functions,
+        config,
+    )?)
+}
+
+/// Closes an engine from `open_offline`, waiting up to a minute; false when it did not close
+/// cleanly (the server then replays its log when it starts).
+async fn close_offline(engine: Engine) -> Result<bool> {
+    Ok(tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(60))).await?)
+}
+
 fn database(cli: &Cli, db: &Option<PathBuf>) -> PathBuf {
     db.clone()
         .unwrap_or_else(|| cli.data_dir.join(DATABASE_FILE))
