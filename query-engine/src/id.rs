@@ -22,6 +22,12 @@ pub const ID_BYTES: usize = 12;
 const CHECKSUM_BYTES: usize = 2;
 /// Length of the string form (base32 of 14 bytes).
 pub const ID_STRING_LEN: usize = 23;
+/// Highest internal id the engine allocates or an import may bring. The counter is
+/// engine-wide and only grows; capping it at a quarter of its range means it can never wrap
+/// (2^62 ids are 146,000 years of a million inserts a second) and a wrapped counter can never
+/// hand out an id a live document has. An id string can name a higher one (its checksum is
+/// no secret), so whatever takes ids from outside checks against this.
+pub const MAX_INTERNAL_ID: u64 = 1 << 62;
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -18,7 +18,7 @@ use std::path::Path;
 use crate::catalog::Catalog;
 use crate::engine::{meta_u64, Engine, EngineConfig, OpenError};
 use crate::functions::Functions;
-use crate::id::DocumentId;
+use crate::id::{DocumentId, MAX_INTERNAL_ID};
 use crate::schema::{SchemaDefinition, CREATION_TIME_FIELD, ID_FIELD};
 use crate::storage::{Storage, StorageError, StorageOptions};
 use crate::transaction::{check_document, check_user_fields, index_key, Limits};
@@ -91,6 +91,8 @@ pub enum ImportError {
     },
     #[error("the database was not closed within {0} s")]
     NotClosed(u64),
+    #[error("the database's document ids are exhausted: its counter is at {0}")]
+    IdsExhausted(u64),
 }
 
 /// What an import wrote.
@@ -161,6 +163,9 @@ fn write_all(
         .iter()
         .filter_map(|(id, _)| id.map(|id| id.internal))
         .fold(high_water, u64::max);
+    if next > MAX_INTERNAL_ID - MAX_IMPORT_DOCUMENTS as u64 {
+        return Err(ImportError::IdsExhausted(next));
+    }
     let mut encoded = Vec::with_capacity(checked.len());
     let mut index = Vec::new();
     for (id, mut obj) in checked {
@@ -209,6 +214,14 @@ fn check(
             let id = DocumentId::parse(&s).map_err(|e| format!("_id: {e}"))?;
             if id.table != t.number {
                 return Err(format!("_id: {s} is not an id of table {}", t.name));
+            }
+            if id.internal > MAX_INTERNAL_ID - MAX_IMPORT_DOCUMENTS as u64 {
+                // Given ids raise the engine's counter; one this high could make it wrap and
+                // hand out ids of live documents. No engine allocates it.
+                return Err(format!(
+                    "_id: {s} carries the internal id {}, above any this engine allocates",
+                    id.internal
+                ));
             }
             if !given.insert(id) {
                 return Err(format!("_id: {s} appears twice in the import"));

@@ -14,7 +14,7 @@ use crate::catalog::{Catalog, IndexInfo, IndexState, TableInfo};
 use crate::doc_cache::SizedDoc;
 use crate::encoding::{encode_missing, encode_value, prefix_successor};
 use crate::error::{FunctionError, FunctionResult};
-use crate::id::{DocumentId, ID_BYTES};
+use crate::id::{DocumentId, ID_BYTES, MAX_INTERNAL_ID};
 use crate::key_merge::MergedKeys;
 use crate::reads::{KeyRange, ReadSet};
 use crate::schema::{user_fields, CREATION_TIME_FIELD, ID_FIELD, SYSTEM_FIELDS};
@@ -359,7 +359,13 @@ impl<'s> Transaction<'s> {
         let user = Value::from(obj);
         self.validate(t, &user)?;
         let mut obj = user.into_object().unwrap_or_default();
-        let id = DocumentId::new(t.number, self.ids.fetch_add(1, Ordering::Relaxed));
+        let internal = self.ids.fetch_add(1, Ordering::Relaxed);
+        if internal > MAX_INTERNAL_ID {
+            return Err(FunctionError::internal(format!(
+                "document ids are exhausted: the next would be {internal}, above {MAX_INTERNAL_ID}"
+            )));
+        }
+        let id = DocumentId::new(t.number, internal);
         obj.insert(ID_FIELD.into(), Value::String(id.to_string()));
         obj.insert(CREATION_TIME_FIELD.into(), Value::Int64(self.now_ms));
         self.write_doc(t, id, None, Some(Value::from(obj)))?;

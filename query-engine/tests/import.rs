@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use query_engine::engine::{Engine, EngineConfig};
 use query_engine::functions::Functions;
+use query_engine::id::{DocumentId, MAX_INTERNAL_ID};
 use query_engine::import::{import, ImportError};
 use query_engine::obj;
 use query_engine::schema::{v, SchemaDefinition, TableDefinition};
@@ -224,4 +225,56 @@ async fn one_bad_document_or_a_taken_id_imports_nothing() {
     let rooms = all(&engine, "rooms").await;
     assert_eq!(rooms.len(), 1, "something was imported");
     assert_eq!(all(&engine, "members").await.len(), 0);
+}
+
+/// A given id's counter raises the engine's: one near the top of the range would make the
+/// counter wrap and hand out the ids of live documents, so it is refused, and an id the
+/// engine could have made is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_above_what_the_engine_allocates_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let engine = open(&path);
+    let existing = engine
+        .transact(|ctx| ctx.insert("rooms", obj! {"name" => "red"}).map(Value::from))
+        .await
+        .unwrap();
+    let table = DocumentId::parse(existing.as_str().unwrap()).unwrap().table;
+    common::close(engine, CLOSE_WITHIN).await;
+
+    for internal in [u64::MAX - 2, u64::MAX, MAX_INTERNAL_ID] {
+        let id = DocumentId::new(table, internal).to_string();
+        let docs = vec![(1, obj! {"_id" => id.as_str(), "name" => "wraps"})];
+        match import(&path, schema(), "rooms", docs) {
+            Err(ImportError::Invalid { errors, .. }) => assert!(
+                errors[0]
+                    .message
+                    .contains("above any this engine allocates"),
+                "{}",
+                errors[0]
+            ),
+            other => panic!("{internal}: expected Invalid, got {other:?}"),
+        }
+    }
+    let high = DocumentId::new(table, 1 << 40).to_string();
+    let docs = vec![(1, obj! {"_id" => high.as_str(), "name" => "high"})];
+    assert_eq!(import(&path, schema(), "rooms", docs).unwrap().imported, 1);
+
+    // The counter went up to the given id, not around: new documents never take an old id.
+    let engine = open(&path);
+    for _ in 0..3 {
+        engine
+            .transact(|ctx| ctx.insert("rooms", obj! {"name" => "new"}).map(Value::from))
+            .await
+            .unwrap();
+    }
+    let rooms = all(&engine, "rooms").await;
+    let names: Vec<&str> = rooms
+        .iter()
+        .map(|d| d.get_path("name").and_then(Value::as_str).unwrap())
+        .collect();
+    assert_eq!(names, ["red", "high", "new", "new", "new"]);
+    for d in &rooms[2..] {
+        assert!(DocumentId::parse(&id(d)).unwrap().internal > 1 << 40);
+    }
 }
