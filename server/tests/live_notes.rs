@@ -472,6 +472,67 @@ async fn a_retransmitted_op_is_applied_once() {
     assert_eq!(env.count("noteOps").await, 3);
 }
 
+/// `opsSince` shows every op's client id and sequence; another participant who sends the next
+/// (clientId, clientSeq) of someone's editor is refused, so the editor's own op still applies
+/// instead of being answered as a retransmission of the forged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_belongs_to_the_editor_who_first_used_it() {
+    let env = open();
+    let (a, b) = (ident("a"), ident("b"));
+    let meeting = env.meeting(&a, &[&b], true).await;
+    env.m(
+        fns::APPLY_OPERATION,
+        apply_args(&meeting, 0, &TextOperation::new().insert("plan"), "ca", 1),
+        &a,
+    )
+    .await
+    .unwrap();
+    let forged = TextOperation::new().retain(4).insert(" (forged)");
+    for seq in [2, 1] {
+        let e = expect_code(
+            env.m(
+                fns::APPLY_OPERATION,
+                apply_args(&meeting, 1, &forged, "ca", seq),
+                &b,
+            )
+            .await,
+            "VALIDATION_ERROR",
+        );
+        assert!(e.message.contains("clientId"), "{e}");
+    }
+    let real = env
+        .m(
+            fns::APPLY_OPERATION,
+            apply_args(
+                &meeting,
+                1,
+                &TextOperation::new().retain(4).insert("!"),
+                "ca",
+                2,
+            ),
+            &a,
+        )
+        .await
+        .unwrap();
+    assert_eq!(int(&real, "version"), 2);
+    assert_eq!(env.note(&meeting, &a).await, ("plan!".to_string(), 2));
+    // b's own client id is b's.
+    env.m(
+        fns::APPLY_OPERATION,
+        apply_args(
+            &meeting,
+            2,
+            &TextOperation::new().retain(5).insert("?"),
+            "cb",
+            1,
+        ),
+        &b,
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.note(&meeting, &a).await, ("plan!?".to_string(), 3));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ops_and_outsiders_are_refused() {
     let env = open();

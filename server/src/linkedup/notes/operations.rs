@@ -7,7 +7,8 @@
 //! version. Every edit of one meeting reads and writes the same `meetingNotes` document, so
 //! concurrent edits conflict and the committer re-executes them one after another on the
 //! latest state: the transform loop always sees every op committed before it.
-//! A retransmitted `(clientId, clientSeq)` returns the first result and applies nothing.
+//! A retransmitted `(clientId, clientSeq)` returns the first result and applies nothing; a
+//! client id belongs to the editor whose op first used it.
 
 use std::sync::Arc;
 
@@ -124,19 +125,42 @@ fn apply_operation(ctx: &mut Ctx<'_, '_>, a: ApplyOperationArgs) -> FunctionResu
     // Guard.
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Participant)?;
 
-    // A retransmission: answer as the first time.
-    let seen = ctx
+    // A client id belongs to the editor whose op first used it. `opsSince` shows every op's
+    // client id and sequence, so without this another participant could send the next
+    // (clientId, clientSeq) of someone else's editor: that editor would take the forged op
+    // as the confirmation of its own, and its real op would be answered as a retransmission
+    // and dropped.
+    let first_use = ctx
         .query(NOTE_OPS, "by_meeting_client")
         .eq("meetingId", a.meeting_id.as_str())
         .eq("clientId", a.client_id.as_str())
-        .eq("clientSeq", a.client_seq)
         .first()?;
-    if let Some(doc) = seen {
-        let stored: StoredOp = decode(&doc)?;
-        return Ok(ApplyResult {
-            version: stored.sequence,
-            op: stored.operation,
-        });
+    if let Some(doc) = first_use {
+        let first: StoredOp = decode(&doc)?;
+        if first.author_id != access.user.id {
+            return Err(invalid_field(
+                "clientId",
+                "is used by another editor of this note; generate a fresh client id",
+            ));
+        }
+        // A retransmission: answer as the first time.
+        let seen = if first.client_seq == a.client_seq {
+            Some(first)
+        } else {
+            ctx.query(NOTE_OPS, "by_meeting_client")
+                .eq("meetingId", a.meeting_id.as_str())
+                .eq("clientId", a.client_id.as_str())
+                .eq("clientSeq", a.client_seq)
+                .first()?
+                .map(|doc| decode::<StoredOp>(&doc))
+                .transpose()?
+        };
+        if let Some(stored) = seen {
+            return Ok(ApplyResult {
+                version: stored.sequence,
+                op: stored.operation,
+            });
+        }
     }
 
     let note = load_note(ctx, &a.meeting_id)?;
@@ -370,7 +394,7 @@ fn op_entry_validator() -> query_engine::schema::Validator {
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // notes.applyOperation: a participant's (or host's) edit. Returns {version, op}.
     // Errors: UNAUTHORIZED, VALIDATION_ERROR (bad op, op that does not fit the note at
-    // baseVersion, note too long), NOT_FOUND, FORBIDDEN, CONFLICT (base version compacted or
+    // baseVersion, note too long, a clientId another editor uses), NOT_FOUND, FORBIDDEN, CONFLICT (base version compacted or
     // too far behind: `data.resync`, fetch the note and start over).
     f.mutation(
         fns::APPLY_OPERATION,
