@@ -134,7 +134,8 @@ pub(crate) async fn read_loop(
 }
 
 /// When the connection's token stops being valid (its `exp` plus the verifier's leeway), as
-/// a point on tokio's clock; `None` when there is no token or it never expires.
+/// a point on tokio's clock; `None` when there is no token or it never expires (no `exp`, or
+/// one past what the clock can represent).
 fn expiry_deadline(ctx: &ConnCtx, leeway_secs: u64) -> Option<tokio::time::Instant> {
     let exp = ctx.auth.load().as_ref()?.expires_at?;
     let now = jsonwebtoken::get_current_timestamp();
@@ -143,7 +144,8 @@ fn expiry_deadline(ctx: &ConnCtx, leeway_secs: u64) -> Option<tokio::time::Insta
         .saturating_add(leeway_secs)
         .saturating_add(1)
         .saturating_sub(now);
-    Some(tokio::time::Instant::now() + std::time::Duration::from_secs(left))
+    // An `exp` too far ahead for the clock to represent never comes.
+    tokio::time::Instant::now().checked_add(std::time::Duration::from_secs(left))
 }
 
 async fn until(deadline: Option<tokio::time::Instant>) {

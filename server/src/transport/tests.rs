@@ -733,6 +733,33 @@ async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously
     server.shutdown().await;
 }
 
+/// A token whose `exp` is beyond what the clock can represent never expires; it used to
+/// overflow the expiry deadline and panic the connection's task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_expiring_at_the_end_of_time_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut client = Client::connect(&server).await;
+    let mut claims = DevClaims::new("user_1");
+    claims.ttl = Duration::from_secs(u64::MAX);
+    let token = server.mint_dev_token(claims).unwrap();
+    client.authenticate(Some(token), Some("user_1")).await;
+    assert_eq!(
+        client
+            .value(CallKind::Query, "counter:whoami", obj! {})
+            .await,
+        Value::from("user_1")
+    );
+    client.control(ClientMessage::Ping { nonce: 7 }).await;
+    loop {
+        if let ServerMessage::Pong { nonce } = client.next().await {
+            assert_eq!(nonce, 7);
+            break;
+        }
+    }
+    server.shutdown().await;
+}
+
 /// A query a write-only connection subscribes after its calls reflects its writes (§8: it
 /// joins at, or is brought to, a transition ending at or after the last commit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
