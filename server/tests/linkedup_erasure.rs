@@ -804,6 +804,44 @@ async fn an_erased_only_host_hands_open_meetings_over() {
     assert!(handed.iter().all(|e| e.get_path("actorUserId").is_none()));
 }
 
+/// The earliest-added participant is being erased too: hosting passes over them to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosting_passes_over_a_participant_who_is_being_erased() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let meeting = env
+        .schedule(&w.alice, "Handover", &[&w.bob_id, &w.carol_id])
+        .await;
+    // bob (added first) has asked for erasure; his job has not run yet.
+    let bob_id = w.bob_id.clone();
+    env.engine
+        .transact(move |ctx| {
+            ctx.patch(
+                "users",
+                &bob_id,
+                obj! { "erasureRequestedAt" => 1i64 }.into_object().unwrap(),
+            )?;
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    let r = request(env, &w.alice).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    let roles: Vec<(String, String)> = with(env, "meetingParticipants", "meetingId", &meeting)
+        .await
+        .iter()
+        .map(|p| (s(p, "userId"), s(p, "role")))
+        .collect();
+    assert!(
+        roles.contains(&(w.carol_id.clone(), "host".to_string())),
+        "{roles:?}"
+    );
+    assert!(
+        roles.contains(&(w.bob_id.clone(), "participant".to_string())),
+        "{roles:?}"
+    );
+}
+
 #[tokio::test]
 async fn erasure_redacts_what_the_user_said_in_meetings_they_were_removed_from() {
     let w = world(LinkedUpConfig::default()).await;

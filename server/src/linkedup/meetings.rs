@@ -635,11 +635,16 @@ fn at_most_one_host(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<b
     Ok(hosts.len() <= 1)
 }
 
+/// Most participants `hand_over_hosting` considers: a bound on its reads when several
+/// participants of one meeting are being erased at once.
+pub(crate) const HANDOVER_CANDIDATES: usize = 8;
+
 /// When `leaving` is the only host of an open (scheduled or active) meeting, makes the
-/// earliest-added other participant whose account is not being erased its host, so the meeting
-/// keeps someone who can run it; audited (`participant.role_changed`, reason `hostErased`, no
-/// actor). For the erasure job: reads at most four documents, writes at most two. Returns the
-/// new host's user id, if any.
+/// earliest-added other participant whose account is not being erased its host (among the
+/// first `HANDOVER_CANDIDATES`), so the meeting keeps someone who can run it; audited
+/// (`participant.role_changed`, reason `hostErased`, no actor). For the erasure job: reads at
+/// most 2 + 2 × `HANDOVER_CANDIDATES` documents, writes at most two. Returns the new host's
+/// user id, if any.
 pub(crate) fn hand_over_hosting(
     ctx: &mut Ctx<'_, '_>,
     meeting: &Meeting,
@@ -651,19 +656,22 @@ pub(crate) fn hand_over_hosting(
     {
         return Ok(None);
     }
-    let Some(next) = ctx
+    let candidates = ctx
         .query(MEETING_PARTICIPANTS, "by_meeting_and_role")
         .eq("meetingId", meeting.id.as_str())
         .eq("role", Role::Participant.as_str())
-        .first()?
-        .map(|d| decode::<Participant>(&d))
-        .transpose()?
-    else {
+        .take(HANDOVER_CANDIDATES)?;
+    let mut next = None;
+    for d in &candidates {
+        let p: Participant = decode(d)?;
+        if !being_erased(ctx, &p.user_id)? {
+            next = Some(p);
+            break;
+        }
+    }
+    let Some(next) = next else {
         return Ok(None);
     };
-    if being_erased(ctx, &next.user_id)? {
-        return Ok(None);
-    }
     ctx.patch(
         MEETING_PARTICIPANTS,
         &next.id,

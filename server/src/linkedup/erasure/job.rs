@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ErasureConfig, Request};
 use crate::linkedup::guards::find_participant;
-use crate::linkedup::meetings::{hand_over_hosting, mark_left};
+use crate::linkedup::meetings::{hand_over_hosting, mark_left, HANDOVER_CANDIDATES};
 use crate::linkedup::{audit, decode, encode, id_of, LinkedUpConfig};
 
 /// The job's name.
@@ -73,9 +73,10 @@ const PHASES: [&str; 17] = [
 pub(super) const FIRST_PHASE: &str = PHASES[0];
 /// Per meeting the user took part in, in order.
 const MEETING_PHASES: [&str; 4] = ["transcripts", "segments", "prompts", "hosting"];
-/// Most documents the `hosting` phase reads or writes (`meetings::hand_over_hosting` and the
-/// two reads before it).
-const HANDOVER_DOCS: usize = 8;
+/// Most documents the `hosting` phase reads or writes: the two reads before
+/// `meetings::hand_over_hosting`, its two host rows, a candidate row and user document per
+/// candidate, and its two writes.
+const HANDOVER_DOCS: usize = 6 + 2 * HANDOVER_CANDIDATES;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
