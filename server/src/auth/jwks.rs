@@ -1,6 +1,7 @@
 //! The issuer's signing keys (JWKS), fetched over HTTP and cached by key id. Refetches on an
 //! unknown `kid` are coalesced and rate limited, so a flood of tokens with invented key ids
-//! costs the issuer at most one request per `min_refetch_interval`.
+//! costs the issuer at most one request per `min_refetch_interval`. Keys older than
+//! `max_key_age` are fetched again before use, so a key the issuer withdraws stops verifying.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,13 @@ pub enum JwksError {
 
 type KeySet = HashMap<String, Arc<DecodingKey>>;
 
+/// The keys of the last successful fetch, and when it started.
+#[derive(Default)]
+struct Fetched {
+    keys: KeySet,
+    at: Option<Instant>,
+}
+
 /// Bookkeeping for the refetch rate limit; its mutex is held for the whole of a fetch so that
 /// concurrent misses wait for the one request in flight instead of starting their own.
 #[derive(Default)]
@@ -52,7 +60,8 @@ pub struct JwksCache {
     client: reqwest::Client,
     url: String,
     min_refetch_interval: Duration,
-    keys: ArcSwap<KeySet>,
+    max_key_age: Duration,
+    keys: ArcSwap<Fetched>,
     fetch_state: tokio::sync::Mutex<FetchState>,
     fetches_started: AtomicU64,
 }
@@ -62,6 +71,7 @@ impl JwksCache {
     pub fn new(
         url: impl Into<String>,
         min_refetch_interval: Duration,
+        max_key_age: Duration,
         http_timeout: Duration,
     ) -> Result<Self, JwksError> {
         let client = reqwest::Client::builder()
@@ -74,7 +84,8 @@ impl JwksCache {
             client,
             url: url.into(),
             min_refetch_interval,
-            keys: ArcSwap::from_pointee(KeySet::new()),
+            max_key_age,
+            keys: ArcSwap::from_pointee(Fetched::default()),
             fetch_state: tokio::sync::Mutex::new(FetchState::default()),
             fetches_started: AtomicU64::new(0),
         })
@@ -82,26 +93,43 @@ impl JwksCache {
 
     /// The key with id `kid`. A miss refetches the JWKS unless a fetch started less than
     /// `min_refetch_interval` ago; `Ok(None)` means the issuer does not (yet) publish `kid`.
+    /// A hit on keys older than `max_key_age` refetches first (same rate limit; while another
+    /// lookup is fetching, or when the fetch fails, the keys held answer).
     pub async fn key(&self, kid: &str) -> Result<Option<Arc<DecodingKey>>, JwksError> {
-        if let Some(key) = self.keys.load().get(kid) {
-            return Ok(Some(Arc::clone(key)));
+        let held = self.keys.load();
+        if let Some(key) = held.keys.get(kid) {
+            if held.at.is_some_and(|at| at.elapsed() < self.max_key_age) {
+                return Ok(Some(Arc::clone(key)));
+            }
+            if let Ok(mut state) = self.fetch_state.try_lock() {
+                if self.may_fetch(&state) {
+                    // On failure the keys held stay in use (see `fetch_and_store`).
+                    let _ = self.fetch_and_store(&mut state).await;
+                }
+            }
+            return Ok(self.keys.load().keys.get(kid).cloned());
         }
         let mut state = self.fetch_state.lock().await;
         // The fetch we may have queued behind could have brought the key.
-        if let Some(key) = self.keys.load().get(kid) {
+        if let Some(key) = self.keys.load().keys.get(kid) {
             return Ok(Some(Arc::clone(key)));
         }
-        if let Some(started) = state.last_started {
-            if started.elapsed() < self.min_refetch_interval {
-                return if state.last_failed {
-                    Err(JwksError::RecentlyFailed)
-                } else {
-                    Ok(None)
-                };
-            }
+        if !self.may_fetch(&state) {
+            return if state.last_failed {
+                Err(JwksError::RecentlyFailed)
+            } else {
+                Ok(None)
+            };
         }
         self.fetch_and_store(&mut state).await?;
-        Ok(self.keys.load().get(kid).cloned())
+        Ok(self.keys.load().keys.get(kid).cloned())
+    }
+
+    /// Whether the refetch rate limit lets a fetch start now.
+    fn may_fetch(&self, state: &FetchState) -> bool {
+        state
+            .last_started
+            .is_none_or(|started| started.elapsed() >= self.min_refetch_interval)
     }
 
     /// Fetches now, ignoring the rate limit (e.g. to warm the cache at startup); returns how
@@ -109,7 +137,7 @@ impl JwksCache {
     pub async fn refresh(&self) -> Result<usize, JwksError> {
         let mut state = self.fetch_state.lock().await;
         self.fetch_and_store(&mut state).await?;
-        Ok(self.keys.load().len())
+        Ok(self.keys.load().keys.len())
     }
 
     /// How many JWKS requests this cache has started.
@@ -125,14 +153,18 @@ impl JwksCache {
 
     /// On failure the previous keys stay in place: an issuer outage must not log everyone out.
     async fn fetch_and_store(&self, state: &mut FetchState) -> Result<(), JwksError> {
-        state.last_started = Some(Instant::now());
+        let started = Instant::now();
+        state.last_started = Some(started);
         self.fetches_started.fetch_add(1, Ordering::Relaxed);
         let result = self.fetch().await;
         state.last_failed = result.is_err();
         match result {
             Ok(keys) => {
                 tracing::debug!(url = %self.url, keys = keys.len(), "fetched JWKS");
-                self.keys.store(Arc::new(keys));
+                self.keys.store(Arc::new(Fetched {
+                    keys,
+                    at: Some(started),
+                }));
                 Ok(())
             }
             Err(err) => {

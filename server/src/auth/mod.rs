@@ -29,6 +29,11 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// Unknown key ids trigger a JWKS refetch at most this often.
     pub min_refetch_interval: Duration,
+    /// Keys fetched longer ago than this are fetched again before they are used, so a key the
+    /// issuer withdraws (compromised, rotated out) stops verifying within this time. If the
+    /// issuer cannot be reached, the keys held stay in use (an outage must not log everyone
+    /// out) and the fetch is retried at most every `min_refetch_interval`.
+    pub max_key_age: Duration,
     /// Bound on one JWKS request, connection to last byte.
     pub http_timeout: Duration,
 }
@@ -36,9 +41,10 @@ pub struct AuthConfig {
 impl AuthConfig {
     pub const DEFAULT_LEEWAY_SECS: u64 = 30;
     pub const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_KEY_AGE: Duration = Duration::from_secs(600);
     pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-    /// A configuration with the default leeway, refetch interval and HTTP timeout.
+    /// A configuration with the default leeway, refetch interval, key age and HTTP timeout.
     pub fn new(
         issuer: impl Into<String>,
         audience: impl Into<String>,
@@ -50,6 +56,7 @@ impl AuthConfig {
             jwks_url: jwks_url.into(),
             leeway_secs: Self::DEFAULT_LEEWAY_SECS,
             min_refetch_interval: Self::DEFAULT_MIN_REFETCH_INTERVAL,
+            max_key_age: Self::DEFAULT_MAX_KEY_AGE,
             http_timeout: Self::DEFAULT_HTTP_TIMEOUT,
         }
     }

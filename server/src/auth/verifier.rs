@@ -86,6 +86,7 @@ impl TokenVerifier {
         let jwks = JwksCache::new(
             config.jwks_url.clone(),
             config.min_refetch_interval,
+            config.max_key_age,
             config.http_timeout,
         )?;
         let mut validation = Validation::new(Algorithm::RS256);
@@ -670,6 +671,60 @@ mod tests {
             matches!(retired, Err(AuthError::UnknownKey { .. })),
             "{retired:?}"
         );
+    }
+
+    /// A key the issuer withdraws stops verifying once the keys held are older than
+    /// `max_key_age`, without any unknown kid to set off a refetch; within the age, a known
+    /// key costs no fetch.
+    #[tokio::test]
+    async fn a_withdrawn_key_stops_verifying_after_the_key_age() {
+        let old = dev_issuer(0);
+        let new = dev_issuer(2);
+        let server = CountingJwks::start(old.jwks_json()).await;
+        let mut config = AuthConfig::new(ISSUER, AUDIENCE, server.url.clone());
+        config.min_refetch_interval = Duration::ZERO;
+        config.max_key_age = Duration::from_secs(3600);
+        let fresh = TokenVerifier::new(config.clone()).expect("verifier");
+        config.max_key_age = Duration::ZERO;
+        let aged = TokenVerifier::new(config).expect("verifier");
+        let token = old.mint(DevClaims::new("user_01"));
+        fresh.verify(&token).await.expect("old key");
+        aged.verify(&token).await.expect("old key");
+        assert_eq!(server.fetches(), 2);
+
+        *server.document.write() = new.jwks_json();
+        fresh.verify(&token).await.expect("held keys are young");
+        assert_eq!(fresh.jwks().fetches_started(), 1);
+        let withdrawn = aged.verify(&token).await;
+        assert!(
+            matches!(withdrawn, Err(AuthError::UnknownKey { .. })),
+            "{withdrawn:?}"
+        );
+        assert_eq!(aged.jwks().fetches_started(), 2);
+        aged.verify(&new.mint(DevClaims::new("user_01")))
+            .await
+            .expect("the new key");
+    }
+
+    /// An issuer outage does not log everyone out: aged keys that cannot be refreshed stay in
+    /// use, and the refresh is retried at most once per refetch interval.
+    #[tokio::test]
+    async fn aged_keys_stay_in_use_while_the_issuer_is_unreachable() {
+        let issuer = dev_issuer(0);
+        let server = CountingJwks::start(issuer.jwks_json()).await;
+        let mut config = AuthConfig::new(ISSUER, AUDIENCE, server.url.clone());
+        config.max_key_age = Duration::ZERO;
+        let verifier = TokenVerifier::new(config).expect("verifier");
+        let token = issuer.mint(DevClaims::new("user_01"));
+        verifier.verify(&token).await.expect("first");
+        *server.document.write() = json!({ "keys": [] });
+        verifier.jwks().forget_last_fetch().await;
+        verifier
+            .verify(&token)
+            .await
+            .expect("refresh failed, held key");
+        verifier.verify(&token).await.expect("within the interval");
+        assert_eq!(verifier.jwks().fetches_started(), 2);
     }
 
     #[tokio::test]
