@@ -596,6 +596,63 @@ async fn only_org_admins_set_flags_and_changes_are_audited_with_reason() {
     assert_eq!(s(&org2, "scope"), "global");
 }
 
+/// Operators outrank organisations: a global `false` (an AI outage) turns the capability off
+/// for an organisation that switched it on, and `stream/paused` cannot be overridden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_off_and_the_stream_switch_hold_over_organisation_overrides() {
+    let w = world(LinkedUpConfig::default()).await;
+    let global = |key: &str, value: bool| {
+        obj! { "key" => key, "environment" => "local", "value" => value, "reason" => "outage", "operatorUserId" => w.alice_id.as_str() }
+    };
+    let org_on = obj! { "key" => "incall/ai", "environment" => "local", "value" => true, "reason" => "pilot" };
+    w.env.m("flags.set", org_on, Some(&w.alice)).await.unwrap();
+    let get = obj! { "key" => "incall/ai", "environment" => "local" };
+    let value = |v: &Value| (s(v, "scope"), v.get_path("value").cloned());
+    let on = w
+        .env
+        .q("flags.get", get.clone(), Some(&w.bob))
+        .await
+        .unwrap();
+    assert_eq!(value(&on), ("org:org1".into(), Some(Value::Bool(true))));
+    w.env
+        .m("flags.setGlobal", global("incall/ai", false), None)
+        .await
+        .unwrap();
+    let off = w
+        .env
+        .q("flags.get", get.clone(), Some(&w.bob))
+        .await
+        .unwrap();
+    assert_eq!(value(&off), ("global".into(), Some(Value::Bool(false))));
+    // Back on globally: the organisation's override applies again.
+    w.env
+        .m("flags.setGlobal", global("incall/ai", true), None)
+        .await
+        .unwrap();
+    let on = w.env.q("flags.get", get, Some(&w.bob)).await.unwrap();
+    assert_eq!(value(&on), ("org:org1".into(), Some(Value::Bool(true))));
+
+    let unpause = obj! { "key" => "stream/paused", "environment" => "local", "value" => false, "reason" => "we need calls" };
+    expect_code(
+        w.env.m("flags.set", unpause, Some(&w.alice)).await,
+        "FORBIDDEN",
+    );
+    w.env
+        .m("flags.setGlobal", global("stream/paused", true), None)
+        .await
+        .unwrap();
+    let paused = w
+        .env
+        .q(
+            "flags.get",
+            obj! { "key" => "stream/paused", "environment" => "local" },
+            Some(&w.bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(value(&paused), ("global".into(), Some(Value::Bool(true))));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_linked_to_their_latest_token_and_queries_never_create_them() {
     let env = open(LinkedUpConfig::default());

@@ -2,7 +2,8 @@
 //! `insights/postcall`, `matching`) and environment, read reactively so a change reaches every
 //! subscriber at once. A flag has a global value and optional per-organisation overrides;
 //! organisation admins set their organisation's override, and every change is audited with
-//! the operator and their reason.
+//! the operator and their reason. Operators outrank organisations: a global `false` turns a
+//! capability off everywhere, and `stream/paused` has no overrides at all.
 
 use std::sync::Arc;
 
@@ -64,20 +65,33 @@ fn find(
         .transpose()
 }
 
-/// The flag as it applies to a member of `org_id`: the organisation's override, else the
-/// global value.
+/// Flags only operators set (`flags.setGlobal`): the runbooks' platform switches, which an
+/// organisation must not be able to overrule (seed §23: a Stream outage disables token
+/// minting for everyone).
+const OPERATOR_FLAGS: [&str; 1] = [super::stream_tokens::PAUSED_FLAG];
+
+/// The flag as it applies to a member of `org_id`. A global value of `false` is the
+/// operators turning a capability off (an AI outage) and holds for everyone; otherwise the
+/// organisation's override, else the global value. Operators' flags have no overrides.
 fn resolve(
     ctx: &mut Ctx<'_, '_>,
     key: &str,
     environment: &str,
     org_id: Option<&str>,
 ) -> FunctionResult<Option<FeatureFlag>> {
+    let global = find(ctx, key, environment, GLOBAL_SCOPE)?;
+    let switched_off = global
+        .as_ref()
+        .is_some_and(|g| g.value == Value::Bool(false));
+    if switched_off || OPERATOR_FLAGS.contains(&key) {
+        return Ok(global);
+    }
     if let Some(org) = org_id {
         if let Some(flag) = find(ctx, key, environment, &org_scope(org))? {
             return Ok(Some(flag));
         }
     }
-    find(ctx, key, environment, GLOBAL_SCOPE)
+    Ok(global)
 }
 
 #[derive(Deserialize)]
@@ -92,8 +106,8 @@ struct SetGlobalArgs {
 }
 
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
-    // flags.get: the flag as it applies to the caller (their organisation's override, else the
-    // global value), or null when unset (capability off). Returns: UNAUTHORIZED,
+    // flags.get: the flag as it applies to the caller (see `resolve`: a global false, else
+    // their organisation's override, else the global value), or null when unset (capability off). Returns: UNAUTHORIZED,
     // VALIDATION_ERROR.
     f.query(
         "flags.get",
@@ -103,9 +117,9 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         audited(config, "flags.get", get),
     );
 
-    // flags.set: organisation admins only; sets their organisation's override of a flag, with
-    // a required reason; audited with the operator and the previous value. Returns the flag.
-    // Returns: UNAUTHORIZED, VALIDATION_ERROR, FORBIDDEN.
+    // flags.set: organisation admins only; sets their organisation's override of a flag (not
+    // of an operators' flag), with a required reason; audited with the operator and the
+    // previous value. Returns the flag. Returns: UNAUTHORIZED, VALIDATION_ERROR, FORBIDDEN.
     f.mutation(
         "flags.set",
         Visibility::Public,
@@ -174,6 +188,15 @@ fn check_set_args(a: &SetFlagArgs) -> FunctionResult<()> {
 fn set(ctx: &mut Ctx<'_, '_>, a: SetFlagArgs) -> FunctionResult<FeatureFlag> {
     check_set_args(&a)?;
     let me = current_user(ctx)?;
+    if OPERATOR_FLAGS.contains(&a.key.as_str()) {
+        return Err(ErrorCode::Forbidden.err_with(
+            format!(
+                "{} is the operators' switch; organisations cannot override it",
+                a.key
+            ),
+            obj! { "resourceType" => "featureFlag", "resourceId" => a.key.as_str() },
+        ));
+    }
     let org = match (&me.identity.org_id, me.identity.is_org_admin()) {
         (Some(org), true) => org.clone(),
         _ => {
@@ -285,8 +308,8 @@ impl Environment {
     }
 }
 
-/// Whether capability `key` is on in `environment` for organisation `org` (its override, else
-/// the global value): the value must be `true`, and `unit` (what the capability acts on, e.g.
+/// Whether capability `key` is on in `environment` for organisation `org` (as `resolve`
+/// decides): the value must be `true`, and `unit` (what the capability acts on, e.g.
 /// a meeting id) must fall within the rollout percentage. Unset is off.
 pub fn is_enabled(
     ctx: &mut Ctx<'_, '_>,
