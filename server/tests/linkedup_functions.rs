@@ -551,6 +551,38 @@ async fn happy_paths_of_every_public_function() {
         .collect();
     assert_eq!(texts, ["msg 1", "msg 0"]);
     assert_eq!(p2.get_path("isDone"), Some(&Value::Bool(true)));
+    // Attachments describe files: a few small objects, not the files themselves.
+    let link = obj! { "name" => "deck.pdf", "url" => "https://files.example/deck.pdf" };
+    let refused = [
+        (
+            Value::Array(vec![link.clone(), "raw".into()]),
+            "attachments[1]",
+        ),
+        (
+            Value::Array(vec![obj! { "data" => "x".repeat(9_000) }]),
+            "bytes together",
+        ),
+        (Value::Array(vec![link.clone(); 11]), "at most 10"),
+    ];
+    for (attachments, why) in refused {
+        let e = expect_code(
+            env.m(
+                "chat.send",
+                obj! { "meetingId" => m, "content" => "see", "attachments" => attachments },
+                Some(bob),
+            )
+            .await,
+            "VALIDATION_ERROR",
+        );
+        assert!(e.message.contains(why), "{e}");
+    }
+    env.m(
+        "chat.send",
+        obj! { "meetingId" => m, "content" => "see", "attachments" => Value::Array(vec![link; 10]) },
+        Some(bob),
+    )
+    .await
+    .unwrap();
 
     // Flags.
     assert_eq!(

@@ -71,6 +71,10 @@ pub mod limits {
     pub const MAX_MESSAGE_CHARS: usize = 4_000;
     /// Most rows `chat.recent` / `chat.list` return per call.
     pub const MAX_CHAT_PAGE: i64 = 100;
+    /// Most bytes (the engine's value size) of one message's attachments, together. They
+    /// describe files (a link, a name, a type), not carry them: bounded so that a full page
+    /// of `MAX_CHAT_PAGE` messages stays far below a query's result limit.
+    pub const MAX_ATTACHMENT_BYTES: usize = 8 * 1024;
     /// Most participants one meeting may have.
     pub const MAX_PARTICIPANTS: usize = 256;
     /// Most invitees `meetings.schedule` accepts.

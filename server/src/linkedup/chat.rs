@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use linkedup_schema::api::limits::{MAX_CHAT_PAGE, MAX_MESSAGE_CHARS};
+use linkedup_schema::api::limits::{MAX_ATTACHMENT_BYTES, MAX_CHAT_PAGE, MAX_MESSAGE_CHARS};
 use linkedup_schema::api::{
     ListMessagesArgs, Message, MessagePage, RecentMessagesArgs, Role, SendMessageArgs,
 };
@@ -28,8 +28,8 @@ const MAX_ATTACHMENTS: usize = 10;
 pub const CHAT_SEND_ACTION: &str = "chat.send";
 
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
-    // chat.send: posts a message (1..=4000 chars) to an active meeting the caller takes part
-    // in. With `clientMessageId`, a retry returns the first call's message id. Returns the
+    // chat.send: posts a message (1..=4000 chars; up to 10 attachments, objects of 8 KiB
+    // together) to an active meeting the caller takes part in. With `clientMessageId`, a retry returns the first call's message id. Returns the
     // message id. Returns: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN,
     // MEETING_NOT_ACTIVE, RATE_LIMITED.
     let cfg = config.clone();
@@ -91,14 +91,8 @@ fn send(
     if a.content.trim().is_empty() {
         return Err(invalid_field("content", "must not be blank"));
     }
-    if a.attachments
-        .as_ref()
-        .is_some_and(|x| x.len() > MAX_ATTACHMENTS)
-    {
-        return Err(invalid_field(
-            "attachments",
-            format!("at most {MAX_ATTACHMENTS} attachments"),
-        ));
+    if let Some(att) = &a.attachments {
+        check_attachments(att)?;
     }
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Participant)?;
     require_active(&access.meeting)?;
@@ -128,6 +122,32 @@ fn send(
         store_result(ctx, key, &scope, id.as_str().into())?;
     }
     Ok(id)
+}
+
+/// At most `MAX_ATTACHMENTS` objects of at most `MAX_ATTACHMENT_BYTES` together. Unbounded,
+/// a few messages near the document size limit made every participant's `chat.recent` fail
+/// on the result size limit until they scrolled out.
+fn check_attachments(att: &[Value]) -> FunctionResult<()> {
+    if att.len() > MAX_ATTACHMENTS {
+        return Err(invalid_field(
+            "attachments",
+            format!("at most {MAX_ATTACHMENTS} attachments"),
+        ));
+    }
+    if let Some(i) = att.iter().position(|x| x.as_object().is_none()) {
+        return Err(invalid_field(
+            &format!("attachments[{i}]"),
+            "must be an object describing the file",
+        ));
+    }
+    let bytes: usize = att.iter().map(Value::size_bytes).sum();
+    if bytes > MAX_ATTACHMENT_BYTES {
+        return Err(invalid_field(
+            "attachments",
+            format!("are {bytes} bytes together; at most {MAX_ATTACHMENT_BYTES}"),
+        ));
+    }
+    Ok(())
 }
 
 fn list(ctx: &mut Ctx<'_, '_>, a: ListMessagesArgs) -> FunctionResult<MessagePage> {
