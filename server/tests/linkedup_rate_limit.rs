@@ -5,7 +5,9 @@
 mod linkedup_common;
 
 use linkedup_common::*;
+use linkedup_schema::ot::TextOperation;
 use linkedup_server::linkedup::{LinkedUpConfig, RateLimit, RateLimitConfig};
+use query_engine::json::to_value;
 use query_engine::obj;
 use query_engine::value::Value;
 
@@ -186,4 +188,69 @@ async fn concurrent_calls_across_buckets_are_all_counted() {
         .map(|d| int(d, "count"))
         .sum();
     assert_eq!(folded + unfolded, (TASKS * PER_TASK) as i64 + 1);
+}
+
+/// Note edits are limited per user like chat; a retransmission of a committed op is answered
+/// from its record and not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn note_edits_are_rate_limited_and_retransmissions_are_free() {
+    const MAX: i64 = 3;
+    let w = world(LinkedUpConfig {
+        rate_limits: RateLimitConfig {
+            notes_apply: RateLimit {
+                max: MAX,
+                window_ms: 60_000,
+            },
+            ..RateLimitConfig::default()
+        },
+        ..LinkedUpConfig::default()
+    })
+    .await;
+    let insert = |at: i64, text: &str| {
+        to_value(&TextOperation::new().retain(at as u64).insert(text)).unwrap()
+    };
+    let op = |base: i64, seq: i64| {
+        obj! {
+            "meetingId" => w.meeting.as_str(), "baseVersion" => base, "op" => insert(base, "a"),
+            "clientId" => "bob-1", "clientSeq" => seq,
+        }
+    };
+    for i in 0..MAX {
+        let r = w
+            .env
+            .m("notes.applyOperation", op(i, i + 1), Some(&w.bob))
+            .await
+            .unwrap();
+        assert_eq!(int(&r, "version"), i + 1);
+    }
+    let again = w
+        .env
+        .m("notes.applyOperation", op(MAX - 1, MAX), Some(&w.bob))
+        .await
+        .unwrap();
+    assert_eq!(int(&again, "version"), MAX);
+    let before = w.env.commits();
+    let e = expect_code(
+        w.env
+            .m("notes.applyOperation", op(MAX, MAX + 1), Some(&w.bob))
+            .await,
+        "RATE_LIMITED",
+    );
+    assert!(int(&e.data, "retryAfterMs") > 0);
+    assert_eq!(w.env.commits(), before, "a refused edit writes nothing");
+    // alice is not limited by bob's edits.
+    let r = w
+        .env
+        .m(
+            "notes.applyOperation",
+            obj! {
+                "meetingId" => w.meeting.as_str(), "baseVersion" => MAX,
+                "op" => insert(MAX, "b"),
+                "clientId" => "alice-1", "clientSeq" => 1i64,
+            },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(int(&r, "version"), MAX + 1);
 }

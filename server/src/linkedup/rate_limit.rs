@@ -64,6 +64,9 @@ pub struct RateLimitConfig {
     pub blocks: RateLimit,
     /// Transcript ingest calls (each up to 50 chunks), per user.
     pub transcripts_ingest: RateLimit,
+    /// Note edits (`notes.applyOperation`), per user. An editor keeps one op in flight and
+    /// folds what is typed meanwhile into the next, so a typist sends a few a second.
+    pub notes_apply: RateLimit,
     /// Stream call tokens minted (`meetings.streamCallToken`), per user.
     pub stream_call_tokens: RateLimit,
     /// Sub-window length; the window slides in steps of this.
@@ -98,6 +101,10 @@ impl Default for RateLimitConfig {
             // 20 calls a second sustained: twice the seed's 10 updates a second per meeting
             // (§21), each call carrying up to 50 chunks.
             transcripts_ingest: RateLimit {
+                max: 1_200,
+                window_ms: 60_000,
+            },
+            notes_apply: RateLimit {
                 max: 1_200,
                 window_ms: 60_000,
             },

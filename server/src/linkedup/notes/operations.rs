@@ -30,6 +30,7 @@ use super::{
     MAX_OPS_BEHIND, MAX_OPS_SINCE,
 };
 use crate::linkedup::guards::assert_meeting_access;
+use crate::linkedup::rate_limit::{check_and_consume_in, Counters};
 use crate::linkedup::{audited, check_text, decode, encode, fields, limit_arg, LinkedUpConfig};
 
 /// Longest `clientId`, in chars.
@@ -98,6 +99,9 @@ fn invalid_op(e: impl std::fmt::Display) -> FunctionError {
 }
 
 /// CONFLICT telling the client to fetch the note (`notes.get`) and start over from its version.
+/// Rate limiter action name of `notes.applyOperation`.
+pub const APPLY_ACTION: &str = "notes.applyOperation";
+
 fn resync(reason: &str, message: String, current: i64, min_retained: i64) -> FunctionError {
     ErrorCode::Conflict.err_with(
         message,
@@ -110,7 +114,11 @@ fn resync(reason: &str, message: String, current: i64, min_retained: i64) -> Fun
     )
 }
 
-fn apply_operation(ctx: &mut Ctx<'_, '_>, a: ApplyOperationArgs) -> FunctionResult<ApplyResult> {
+fn apply_operation(
+    ctx: &mut Ctx<'_, '_>,
+    config: &LinkedUpConfig,
+    a: ApplyOperationArgs,
+) -> FunctionResult<ApplyResult> {
     // Validate.
     if a.base_version < 0 {
         return Err(invalid_field("baseVersion", "must not be negative"));
@@ -163,6 +171,16 @@ fn apply_operation(ctx: &mut Ctx<'_, '_>, a: ApplyOperationArgs) -> FunctionResu
         }
     }
 
+    // Edits of one meeting serialise on its note document anyway, so the count is kept
+    // inline (one read and write of the user's window document).
+    check_and_consume_in(
+        ctx,
+        &config.rate_limits,
+        &access.user.id,
+        APPLY_ACTION,
+        config.rate_limits.notes_apply,
+        Counters::Inline,
+    )?;
     let note = load_note(ctx, &a.meeting_id)?;
     let (content, version, min_retained) = match &note {
         Some(n) => (
@@ -394,8 +412,9 @@ fn op_entry_validator() -> query_engine::schema::Validator {
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // notes.applyOperation: a participant's (or host's) edit. Returns {version, op}.
     // Errors: UNAUTHORIZED, VALIDATION_ERROR (bad op, op that does not fit the note at
-    // baseVersion, note too long, a clientId another editor uses), NOT_FOUND, FORBIDDEN, CONFLICT (base version compacted or
-    // too far behind: `data.resync`, fetch the note and start over).
+    // baseVersion, note too long, a clientId another editor uses), NOT_FOUND, FORBIDDEN,
+    // CONFLICT (base version compacted or too far behind: `data.resync`, fetch the note and
+    // start over), RATE_LIMITED (`data.retryAfterMs`; a retransmission is not counted).
     f.mutation(
         fns::APPLY_OPERATION,
         Visibility::Public,
@@ -407,7 +426,12 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
             ("clientSeq", v::int64()),
         ]),
         v::object([("version", v::int64()), ("op", ot_operation())]),
-        audited(config, fns::APPLY_OPERATION, apply_operation),
+        {
+            let cfg = config.clone();
+            audited(config, fns::APPLY_OPERATION, move |ctx, a| {
+                apply_operation(ctx, &cfg, a)
+            })
+        },
     );
 
     // notes.get: the note's text and version, for the meeting's participants.
