@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use linkedup_schema::api::notes::{fns, ApplyOperationArgs, NoteOpEntry, NoteState, MAX_OPS_SINCE};
+use linkedup_schema::api::notes::{
+    fns, op_weight, window_may_be_cut, ApplyOperationArgs, NoteOpEntry, NoteState, MAX_OPS_SINCE,
+};
 use linkedup_schema::ot::{OtError, TextOperation};
 use parking_lot::Mutex;
 use query_engine::error::codes;
@@ -187,6 +189,7 @@ impl NoteSession {
             shared: shared.clone(),
             sub,
             window_ops: 0,
+            window_cut: false,
             call: None,
             retry_at: None,
             attempts: 0,
@@ -342,6 +345,8 @@ struct Worker {
     sub: Subscription,
     /// Ops in the current subscription's latest result.
     window_ops: usize,
+    /// Whether that result may have been cut short by the server's weight bound.
+    window_cut: bool,
     /// The `applyOperation` call under way, with the `clientSeq` it carries.
     call: Option<(u64, CallFuture)>,
     /// When to retransmit the op in flight after a transient failure.
@@ -426,6 +431,9 @@ impl Worker {
             Err(e) => return Next::Fail(ClientError::Decode(e.to_string()).into()),
         };
         self.window_ops = ops.len();
+        // A window cut short by the server's weight bound is not re-run for the ops after
+        // it: re-anchor after its last op as for a full one.
+        self.window_cut = window_may_be_cut(ops.iter().map(|o| op_weight(&o.op)).sum());
         let mut acked = false;
         {
             let mut st = self.shared.state.lock();
@@ -461,12 +469,13 @@ impl Worker {
             self.attempts = 0;
         }
         self.shared.changed();
-        if self.window_ops >= self.config.reanchor_after {
+        if self.window_ops >= self.config.reanchor_after || self.window_cut {
             let version = self.shared.state.lock().editor.version();
             match subscribe_ops(&self.client, &self.meeting_id, version, &self.config) {
                 Ok(sub) => {
                     self.sub = sub;
                     self.window_ops = 0;
+                    self.window_cut = false;
                 }
                 Err(e) => return Next::Fail(e.into()),
             }
@@ -565,6 +574,7 @@ impl Worker {
         }
         self.sub = sub;
         self.window_ops = 0;
+        self.window_cut = false;
         self.shared.changed();
         Next::Go
     }

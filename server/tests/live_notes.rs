@@ -7,6 +7,9 @@
 use std::time::Duration;
 
 use linkedup_client::note_editor::{NoteEditor, OutgoingOp};
+use linkedup_schema::api::notes::{
+    op_weight, window_may_be_cut, NoteOpEntry, MAX_NOTE_CHARS, MAX_OPS_SINCE_WEIGHT,
+};
 use linkedup_schema::ot::TextOperation;
 use linkedup_server::linkedup::notes::{fns, MAX_OPS_BEHIND};
 use query_engine::diff::apply;
@@ -683,6 +686,61 @@ async fn bad_ops_and_outsiders_are_refused() {
     // Nothing refused was applied.
     assert_eq!(env.note(&meeting, &a).await.1, 2);
     assert_eq!(env.count("noteOps").await, 2);
+}
+
+/// Whole-note pastes weigh ~400 KB each: `opsSince` stops before the op that would take its
+/// result past `MAX_OPS_SINCE_WEIGHT` (500 of them would be ~200 MB), and a reader that
+/// re-anchors after the last op it got gets the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_since_stops_at_its_weight_bound() {
+    let env = open();
+    let a = ident("a");
+    let meeting = env.meeting(&a, &[], true).await;
+    let page = "👍".repeat(MAX_NOTE_CHARS as usize);
+    let mut len = 0;
+    for v in 0..8i64 {
+        let op = TextOperation::new().delete(len).insert(&page);
+        env.m(
+            fns::APPLY_OPERATION,
+            apply_args(&meeting, v, &op, "paster", v + 1),
+            &a,
+        )
+        .await
+        .unwrap();
+        len = MAX_NOTE_CHARS;
+    }
+    let since = |version: i64| {
+        env.q(
+            fns::OPS_SINCE,
+            obj! { "meetingId" => meeting.as_str(), "version" => version },
+            &a,
+        )
+    };
+    let sequences = |v: &Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| int(o, "sequence"))
+            .collect()
+    };
+    let first = since(0).await.unwrap();
+    let got = sequences(&first);
+    let weight: u64 = from_value::<Vec<NoteOpEntry>>(&first)
+        .unwrap()
+        .iter()
+        .map(|o| op_weight(&o.op))
+        .sum();
+    assert!(
+        got.len() < 8 && weight <= MAX_OPS_SINCE_WEIGHT,
+        "{got:?} {weight}"
+    );
+    assert!(window_may_be_cut(weight));
+    assert_eq!(got, (1..=got.len() as i64).collect::<Vec<_>>());
+    let last = *got.last().unwrap();
+    let rest = sequences(&since(last).await.unwrap());
+    assert_eq!(rest, (last + 1..=8).collect::<Vec<_>>());
+    // One op is always returned, however heavy.
+    assert_eq!(sequences(&since(7).await.unwrap()), [8]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,6 +242,47 @@ async fn note_editors_converge_over_the_network() {
     server.shutdown().await;
 }
 
+/// Whole-note pastes are heavy enough that the server cuts `opsSince` windows short by weight;
+/// an editor following along re-anchors after each cut window and still reaches every op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_editor_follows_windows_cut_short_by_weight() {
+    const PASTES: u64 = 8;
+    let (_dir, server) = start().await;
+    let (paster, _) = person(&server, "paster").await;
+    let (reader, reader_id) = person(&server, "reader").await;
+    let meeting_id = meeting(&paster, &[reader_id]).await;
+    let session = NoteSession::open(&reader, &meeting_id).await.unwrap();
+
+    let page = "👍".repeat(linkedup_schema::api::notes::MAX_NOTE_CHARS as usize);
+    let mut len = 0;
+    for v in 0..PASTES {
+        let op = TextOperation::new().delete(len).insert(&page);
+        let args = obj! {
+            "meetingId" => meeting_id.as_str(), "baseVersion" => v as i64,
+            "op" => query_engine::json::to_value(&op).unwrap(),
+            "clientId" => "paster-1", "clientSeq" => v as i64 + 1,
+        };
+        let _: Value = paster
+            .mutation("notes.applyOperation", &args)
+            .await
+            .unwrap();
+        len = page.chars().count() as u64;
+    }
+    tokio::time::timeout(PATIENCE, session.caught_up_to(PASTES))
+        .await
+        .expect("the reader did not catch up")
+        .unwrap();
+    let snap = session.snapshot();
+    assert_eq!(snap.version, PASTES);
+    assert_eq!(snap.text, page);
+    assert_eq!(snap.discarded_edits, 0);
+
+    session.close().await;
+    paster.close().await;
+    reader.close().await;
+    server.shutdown().await;
+}
+
 /// Reads `stream` until it has delivered sequence `until`; returns (sequence, chunk id)s.
 async fn read_until(stream: &mut TranscriptStream, until: i64) -> Vec<(i64, String)> {
     let mut got = Vec::new();

@@ -18,6 +18,32 @@ pub const MAX_NOTE_CHARS: u64 = 100_000;
 pub const MAX_OPS_BEHIND: i64 = 1_000;
 /// Most ops `notes.opsSince` returns.
 pub const MAX_OPS_SINCE: i64 = 500;
+/// Most weight (`op_weight`) one `notes.opsSince` result holds: it stops before the op that
+/// would pass it (the first op always comes), so a window of large edits stays far below a
+/// query's result limit (500 ops of a whole pasted note each would be ~200 MB).
+pub const MAX_OPS_SINCE_WEIGHT: u64 = 2 * 1024 * 1024;
+/// Most weight one stored op may have (an op within `OpLimits::DEFAULT` weighs at most
+/// ~408 KB; what a transform adds is refused past this).
+pub const MAX_OP_WEIGHT: u64 = 512 * 1024;
+
+/// An op's weight, about its size on the wire: the bytes of its inserted text plus 8 per
+/// component. The server and the SDK compute it alike.
+pub fn op_weight(op: &TextOperation) -> u64 {
+    op.components()
+        .iter()
+        .map(|c| match c {
+            Component::Insert(s) => s.len() as u64 + 8,
+            Component::Retain(_) | Component::Delete(_) => 8,
+        })
+        .sum()
+}
+
+/// Whether an `opsSince` result whose ops weigh `weight` together may have been cut short by
+/// `MAX_OPS_SINCE_WEIGHT` (more ops may follow that no re-run of it will bring): its reader
+/// re-subscribes after the last op it got.
+pub fn window_may_be_cut(weight: u64) -> bool {
+    weight + MAX_OP_WEIGHT > MAX_OPS_SINCE_WEIGHT
+}
 
 /// The note as `notes.get` returns it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -25,6 +25,8 @@ use query_engine::obj;
 use query_engine::schema::v;
 use serde::{Deserialize, Serialize};
 
+use linkedup_schema::api::notes::{op_weight, MAX_OPS_SINCE_WEIGHT, MAX_OP_WEIGHT};
+
 use super::{
     fns, ApplyOperationArgs, ApplyResult, NoteOpEntry, NoteState, OpsSinceArgs, MAX_NOTE_CHARS,
     MAX_OPS_BEHIND, MAX_OPS_SINCE,
@@ -265,6 +267,12 @@ fn apply_operation(
     }
 
     // Apply.
+    if op_weight(&op) > MAX_OP_WEIGHT {
+        return Err(invalid_op(format!(
+            "the op (as transformed) weighs {} bytes; at most {MAX_OP_WEIGHT}",
+            op_weight(&op)
+        )));
+    }
     if op.target_len() > MAX_NOTE_CHARS {
         return Err(invalid_op(format!(
             "the note would have {} chars, the limit is {MAX_NOTE_CHARS}",
@@ -350,14 +358,7 @@ fn ops_since(ctx: &mut Ctx<'_, '_>, a: OpsSinceArgs) -> FunctionResult<Vec<NoteO
         return Err(invalid_field("version", "must not be negative"));
     }
     let limit = limit_arg("limit", a.limit, MAX_OPS_SINCE, MAX_OPS_SINCE)?;
-    let ops = ctx
-        .query(NOTE_OPS, "by_meeting_sequence")
-        .eq("meetingId", a.meeting_id.as_str())
-        .gt("sequence", a.version)
-        .take(limit)?
-        .iter()
-        .map(|d| decode::<StoredOp>(d).map(StoredOp::entry))
-        .collect::<FunctionResult<Vec<_>>>()?;
+    let ops = ops_window(ctx, &a.meeting_id, a.version, limit)?;
     if ops
         .first()
         .is_some_and(|first| first.sequence == a.version + 1)
@@ -387,6 +388,42 @@ fn ops_since(ctx: &mut Ctx<'_, '_>, a: OpsSinceArgs) -> FunctionResult<Vec<NoteO
     } else {
         Ok(ops)
     }
+}
+
+/// Up to `limit` ops after `version`, in order, stopping before the op that would take their
+/// weight past `MAX_OPS_SINCE_WEIGHT` (the first always comes). Read a page at a time, so a
+/// window cut short reads no more than one page past its end.
+fn ops_window(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+    version: i64,
+    limit: usize,
+) -> FunctionResult<Vec<NoteOpEntry>> {
+    const PAGE: usize = 16;
+    let mut ops: Vec<NoteOpEntry> = Vec::new();
+    let mut weight = 0;
+    let mut after = version;
+    while ops.len() < limit {
+        let page = ctx
+            .query(NOTE_OPS, "by_meeting_sequence")
+            .eq("meetingId", meeting_id)
+            .gt("sequence", after)
+            .take(PAGE.min(limit - ops.len()))?;
+        let full = page.len() == PAGE.min(limit - ops.len());
+        for d in &page {
+            let entry = decode::<StoredOp>(d)?.entry();
+            weight += op_weight(&entry.op);
+            if weight > MAX_OPS_SINCE_WEIGHT && !ops.is_empty() {
+                return Ok(ops);
+            }
+            after = entry.sequence;
+            ops.push(entry);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(ops)
 }
 
 fn note_state_validator() -> query_engine::schema::Validator {
@@ -447,7 +484,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     );
 
     // notes.opsSince: up to `limit` committed ops after `version`, in order, for catching up
-    // by ops. Errors: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN, CONFLICT (ops
+    // by ops; fewer when they would weigh more than MAX_OPS_SINCE_WEIGHT (`window_may_be_cut`
+    // tells a reader to ask again after the last one). Errors: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN, CONFLICT (ops
     // after `version` were compacted: resync from notes.get).
     f.shared_query(
         fns::OPS_SINCE,
