@@ -320,6 +320,10 @@ pub fn transcripts() -> TableDefinition {
             ("startMs", ms()),
             ("endMs", ms()),
             ("createdAt", ms()),
+            // Added (provenance, seed §"insights"): the participant whose call stored the
+            // chunk. `speakerId` is the producer's label for who spoke; this is who sent it.
+            // Optional only for chunks stored before it existed.
+            ("ingestedBy", opt(v::id(USERS))),
         ]),
     )
     .index("by_meeting_sequence", &["meetingId", "sequence"])

@@ -842,6 +842,47 @@ async fn hosting_passes_over_a_participant_who_is_being_erased() {
     );
 }
 
+/// What the user's device stored is theirs unless it names another participant as speaker:
+/// chunks bob stored without a speaker or with a diarisation label are redacted with his
+/// account; the one he attributed to alice stays hers, and alice's own words stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_redacts_chunks_the_user_stored_unless_another_participant_spoke_them() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let alice = w.alice_id.as_str();
+    say(env, &w.bob, &w.meeting, "bob-label", "Speaker 2").await;
+    say(env, &w.bob, &w.meeting, "bob-for-alice", alice).await;
+    say(env, &w.alice, &w.meeting, "alice-label", "Speaker 1").await;
+    env.m(
+        "transcripts.ingestChunk",
+        obj! {
+            "meetingId" => w.meeting.as_str(), "chunkId" => "bob-bare", "text" => "bob's aside",
+            "confidence" => 0.9, "startMs" => 0i64, "endMs" => 1_000i64,
+        },
+        Some(&w.bob),
+    )
+    .await
+    .unwrap();
+
+    let r = request(env, &w.bob).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    let text = |chunks: &[Value], id: &str| {
+        let c = chunks.iter().find(|c| s(c, "chunkId") == id).unwrap();
+        s(c, "text")
+    };
+    let chunks = with(env, "transcripts", "meetingId", &w.meeting).await;
+    assert_eq!(text(&chunks, "bob-label"), REDACTED);
+    assert_eq!(text(&chunks, "bob-bare"), REDACTED);
+    assert_eq!(
+        text(&chunks, "bob-for-alice"),
+        format!("{alice} says something personal")
+    );
+    assert_eq!(
+        text(&chunks, "alice-label"),
+        "Speaker 1 says something personal"
+    );
+}
+
 #[tokio::test]
 async fn erasure_redacts_what_the_user_said_in_meetings_they_were_removed_from() {
     let w = world(LinkedUpConfig::default()).await;

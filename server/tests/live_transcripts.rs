@@ -392,6 +392,65 @@ async fn ingest_refusals_use_the_error_taxonomy() {
     );
 }
 
+/// A `speakerId` is a free label unless it is a user id: then it must name a participant,
+/// since segments, insights and erasure take it as who spoke. Every chunk records who stored it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speaker_named_by_user_id_must_be_a_participant() {
+    let env = open();
+    let (host, p, outsider) = (ident("host"), ident("p"), ident("outsider"));
+    let outsider_id = env.user(&outsider).await;
+    let meeting = env.meeting(&host, &[&p], true).await;
+    let (host_id, p_id) = (env.user(&host).await, env.user(&p).await);
+
+    let e = expect_code(
+        env.m(
+            fns::INGEST_BATCH,
+            batch(
+                &meeting,
+                vec![chunk("a", "Speaker 1", 0), chunk("b", &outsider_id, 10)],
+            ),
+            &p,
+        )
+        .await,
+        "VALIDATION_ERROR",
+    );
+    assert_eq!(e.data, obj! { "path" => "chunks[1].speakerId" }, "{e}");
+    let mut single = chunk("c", &outsider_id, 20);
+    single
+        .as_object_mut()
+        .unwrap()
+        .insert("meetingId".into(), meeting.as_str().into());
+    let e = expect_code(
+        env.m(fns::INGEST_CHUNK, single, &p).await,
+        "VALIDATION_ERROR",
+    );
+    assert_eq!(e.data, obj! { "path" => "speakerId" }, "{e}");
+    assert!(
+        env.all("transcripts").await.is_empty(),
+        "nothing was stored"
+    );
+
+    env.m(
+        fns::INGEST_BATCH,
+        batch(
+            &meeting,
+            vec![
+                chunk("a", "Speaker 1", 0),
+                chunk("b", &host_id, 10),
+                chunk("c", &p_id, 20),
+            ],
+        ),
+        &p,
+    )
+    .await
+    .unwrap();
+    let stored = env.all("transcripts").await;
+    assert_eq!(stored.len(), 3);
+    for c in &stored {
+        assert_eq!(c.get_path("ingestedBy"), Some(&Value::from(p_id.as_str())));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_is_rate_limited_per_user() {
     let env = open();

@@ -61,6 +61,9 @@ pub struct TranscriptChunk {
     pub end_ms: i64,
     /// When the server stored it, ms since the epoch (the function's clock).
     pub created_at: i64,
+    /// The participant whose call stored it (absent on chunks stored before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingested_by: Option<String>,
 }
 
 /// A stored segment as `transcripts.listSegments` returns it.

@@ -432,7 +432,7 @@ fn redact_spoken(
     for d in &page.page {
         let mut o = stored_fields(d);
         let spoke = if table == TRANSCRIPTS {
-            o.get("speakerId") == Some(&user)
+            said_by(ctx, &o, &user)
         } else {
             d.get_path("speakers")
                 .and_then(Value::as_array)
@@ -459,6 +459,18 @@ fn redact_spoken(
     budget.spend(r, table, page.page.len());
     r.meeting_cursor = page.continue_cursor;
     Ok(page.is_done)
+}
+
+/// Whether a transcript chunk is the user's words: they are its speaker, or they stored it
+/// and it names no other user as speaker (no speaker, or a label of their device's
+/// diarisation, which may be them). A chunk the user stored with another participant as its
+/// speaker is that participant's.
+fn said_by(ctx: &Ctx<'_, '_>, chunk: &Object, user: &Value) -> bool {
+    match chunk.get("speakerId") {
+        Some(speaker) if speaker == user => true,
+        Some(Value::String(s)) if ctx.parse_id(USERS, s).is_ok() => false,
+        _ => chunk.get("ingestedBy") == Some(user),
+    }
 }
 
 /// The last phase: the `users` document becomes a tombstone no token subject resolves to,

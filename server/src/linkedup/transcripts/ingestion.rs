@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use linkedup_schema::api::{MeetingStatus, Role};
 use linkedup_schema::errors::invalid_field;
-use linkedup_schema::tables::names::{MEETINGS, TRANSCRIPTS};
+use linkedup_schema::tables::names::{MEETINGS, TRANSCRIPTS, USERS};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
@@ -28,7 +28,7 @@ use super::{
     chunk_input_fields, chunk_input_validator, fns, BatchResult, ChunkInput, ChunkResult,
     IngestBatchArgs, IngestChunkArgs, MAX_BATCH_CHUNKS, MAX_CHUNK_TEXT_CHARS, MAX_ID_CHARS,
 };
-use crate::linkedup::guards::assert_meeting_access;
+use crate::linkedup::guards::{assert_meeting_access, find_participant};
 use crate::linkedup::rate_limit::check_and_consume_in;
 use crate::linkedup::{audited, check_text, LinkedUpConfig};
 
@@ -87,6 +87,29 @@ pub(crate) fn last_sequence(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> Function
         .map(|s| s.unwrap_or(0))
 }
 
+/// A `speakerId` is the producer's label for who spoke (a diarisation label, or a user id).
+/// One that is a user id must name a participant of the meeting: segments, insights and
+/// erasure take it as who said the text, so a participant cannot put words in the mouth of
+/// someone outside the meeting. The caller needs no read (their access was checked).
+fn check_speaker(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+    caller: &str,
+    speaker: &str,
+    field: impl Fn() -> String,
+) -> FunctionResult<()> {
+    if speaker == caller || ctx.parse_id(USERS, speaker).is_err() {
+        return Ok(());
+    }
+    if find_participant(ctx, meeting_id, speaker)?.is_none() {
+        return Err(invalid_field(
+            &field(),
+            "names a user who is not a participant of this meeting",
+        ));
+    }
+    Ok(())
+}
+
 /// Guard, state check, rate limit, then stores the chunks. Returns (sequence, duplicate) per
 /// chunk in argument order.
 fn ingest(
@@ -94,6 +117,7 @@ fn ingest(
     config: &LinkedUpConfig,
     meeting_id: &str,
     chunks: &[ChunkInput],
+    batch: bool,
 ) -> FunctionResult<Vec<(i64, bool)>> {
     let access = assert_meeting_access(ctx, meeting_id, Role::Participant)?;
     if access.meeting.state != MeetingStatus::Active {
@@ -117,7 +141,7 @@ fn ingest(
     let now = ctx.now_ms();
     let mut next: Option<i64> = None;
     let mut out = Vec::with_capacity(chunks.len());
-    for c in chunks {
+    for (i, c) in chunks.iter().enumerate() {
         // Also finds a chunk stored earlier in this call (reads see the call's own writes).
         let existing = ctx
             .query(TRANSCRIPTS, "by_meeting_chunk")
@@ -127,6 +151,15 @@ fn ingest(
         if let Some(doc) = existing {
             out.push((int_field(&doc, "sequence")?, true));
             continue;
+        }
+        if let Some(speaker) = &c.speaker_id {
+            check_speaker(ctx, meeting_id, &access.user.id, speaker, || {
+                if chunks.len() == 1 && !batch {
+                    "speakerId".to_string()
+                } else {
+                    format!("chunks[{i}].speakerId")
+                }
+            })?;
         }
         let sequence = match next {
             Some(n) => n,
@@ -143,6 +176,7 @@ fn ingest(
             "startMs" => c.start_ms,
             "endMs" => c.end_ms,
             "createdAt" => now,
+            "ingestedBy" => access.user.id.as_str(),
         };
         if let (Some(speaker), Some(o)) = (&c.speaker_id, doc.as_object_mut()) {
             o.insert("speakerId".into(), speaker.as_str().into());
@@ -178,7 +212,13 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                 end_ms: a.end_ms,
             };
             check_chunk("", &chunk)?;
-            let stored = ingest(ctx, &cfg, &a.meeting_id, std::slice::from_ref(&chunk))?;
+            let stored = ingest(
+                ctx,
+                &cfg,
+                &a.meeting_id,
+                std::slice::from_ref(&chunk),
+                false,
+            )?;
             let (sequence, duplicate) = stored
                 .first()
                 .copied()
@@ -217,7 +257,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
             for (i, c) in a.chunks.iter().enumerate() {
                 check_chunk(&format!("chunks[{i}]"), c)?;
             }
-            let stored = ingest(ctx, &cfg, &a.meeting_id, &a.chunks)?;
+            let stored = ingest(ctx, &cfg, &a.meeting_id, &a.chunks, true)?;
             Ok(BatchResult {
                 duplicates: stored.iter().filter(|(_, dup)| *dup).count() as i64,
                 sequences: stored.into_iter().map(|(s, _)| s).collect(),
