@@ -1,7 +1,9 @@
 //! Stream's webhook end to end through a real in-process server's HTTP port: signed
-//! deliveries change presence, the joined count and the meeting's state; a retried delivery
-//! is applied once; call.ended concludes the meeting once; bad signatures, malformed or
-//! oversized bodies and deliveries during shutdown are refused and write nothing.
+//! deliveries change presence, the joined count and the meeting's state; a retried delivery,
+//! or a captured one posted again under another X-Webhook-Id, is applied once; call.ended
+//! concludes the meeting once; bad signatures, malformed or oversized bodies, applied events
+//! without created_at or from the future, and deliveries during shutdown are refused and write
+//! nothing.
 
 mod linkedup_common;
 
@@ -314,12 +316,17 @@ async fn presence_follows_join_and_leave_events_once_each() {
         .await
         .unwrap();
     assert_eq!(h.joined_count().await, 1);
-    assert_eq!(h.deliver(&bob_joined, "d-5").await.1["status"], "processed");
+    let bob_joined_again = event("call.session_participant_joined", &cid, Some(&h.bob_id));
+    assert_eq!(
+        h.deliver(&bob_joined_again, "d-5").await.1["status"],
+        "processed"
+    );
     assert_eq!(h.joined_count().await, 1, "already joined: counted once");
 
-    let mut keys = h.webhook_keys().await;
-    keys.sort();
-    assert_eq!(keys, ["d-1", "d-2", "d-3", "d-4", "d-5"]);
+    // Deliveries are keyed by a digest of their signed body, not by X-Webhook-Id.
+    let keys = h.webhook_keys().await;
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("sha256:")), "{keys:?}");
     assert_eq!(h.deliveries("OK"), 5);
     assert_eq!(h.deliveries("DUPLICATE"), 2);
 }
@@ -368,10 +375,15 @@ async fn call_ended_concludes_the_meeting_once() {
     assert_eq!(audits[0].get_path("actorUserId"), None);
     assert_eq!(s(&audits[0], "orgId"), "org1");
 
-    // Another delivery of call.ended, and the host ending it too, change nothing: the
-    // post-call jobs are scheduled once.
+    // Another call.ended (a retry of this one is a duplicate), and the host ending it too,
+    // change nothing: the post-call jobs are scheduled once.
     assert_eq!(
-        h.deliver(&ended, "end-2").await,
+        h.deliver(&ended, "end-1").await,
+        (200, json!({ "status": "duplicate" }))
+    );
+    let ended_again = event("call.ended", &h.cid(), None);
+    assert_eq!(
+        h.deliver(&ended_again, "end-2").await,
         (
             200,
             json!({ "status": "ignored", "reason": "already concluded" })
@@ -484,13 +496,6 @@ async fn malformed_oversized_and_irrelevant_deliveries() {
         assert_eq!(status, 400, "{}: {reply}", String::from_utf8_lossy(body));
         assert!(reply["error"].is_string());
     }
-    // A bad delivery id: 400.
-    let body = serde_json::to_vec(&event("call.ended", &h.cid(), None)).unwrap();
-    let headers = [
-        ("x-signature", sign(&Secret::new(SECRET), &body)),
-        ("x-webhook-id", "x".repeat(300)),
-    ];
-    assert_eq!(h.post(body, &headers).await.0, 400);
     // Over the size limit: 413, before anything is checked. The server answers without
     // reading the body and closes the connection, so the client may see the reset while still
     // sending instead of the answer; either way nothing may be written.
@@ -570,7 +575,7 @@ async fn malformed_oversized_and_irrelevant_deliveries() {
     );
     assert_eq!(h.deliveries("IGNORED"), 7);
 
-    // Without X-Webhook-Id, the body itself is the key: a resend is a duplicate.
+    // Without X-Webhook-Id (the key is the body's digest either way): a resend is a duplicate.
     let joined = serde_json::to_vec(&event(
         "call.session_participant_joined",
         &h.cid(),
@@ -584,6 +589,109 @@ async fn malformed_oversized_and_irrelevant_deliveries() {
     );
     assert_eq!(h.post(joined, &headers).await.1["status"], "duplicate");
     assert_eq!(h.joined_count().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_delivery_posted_again_under_another_id_is_a_duplicate() {
+    let h = start().await;
+    let cid = h.cid();
+    let bob_joined = event("call.session_participant_joined", &cid, Some(&h.bob_id));
+    assert_eq!(h.deliver(&bob_joined, "r-1").await.1["status"], "processed");
+    let bob_left = event("call.session_participant_left", &cid, Some(&h.bob_id));
+    assert_eq!(h.deliver(&bob_left, "r-2").await.1["status"], "processed");
+    assert_eq!(h.presence(&h.bob_id).await.0, "left");
+    assert_eq!(h.joined_count().await, 0);
+
+    // Someone who captured the signed join posts the same body with a fresh X-Webhook-Id (or
+    // none): only the body is signed, so it is the same delivery.
+    let before = h.commits();
+    for id in ["r-1-replayed", "another-id"] {
+        assert_eq!(
+            h.deliver(&bob_joined, id).await,
+            (200, json!({ "status": "duplicate" })),
+            "{id}"
+        );
+    }
+    assert_eq!(h.commits(), before, "a replay writes nothing");
+    assert_eq!(h.presence(&h.bob_id).await.0, "left");
+    assert_eq!(h.joined_count().await, 0);
+
+    // Likewise a replayed call.session_ended does not make everyone leave again.
+    let alice_joined = event("call.session_participant_joined", &cid, Some(&h.alice_id));
+    let ended = event("call.session_ended", &cid, None);
+    assert_eq!(h.deliver(&ended, "r-3").await.1["status"], "processed");
+    assert_eq!(
+        h.deliver(&alice_joined, "r-4").await.1["status"],
+        "processed"
+    );
+    assert_eq!(h.joined_count().await, 1);
+    assert_eq!(h.deliver(&ended, "r-5").await.1["status"], "duplicate");
+    assert_eq!(h.presence(&h.alice_id).await.0, "joined");
+    assert_eq!(h.joined_count().await, 1);
+    assert_eq!(h.webhook_keys().await.len(), 4);
+    assert_eq!(h.deliveries("DUPLICATE"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_events_need_a_created_at_not_in_the_future() {
+    let h = start().await;
+    let cid = h.cid();
+    let bob_joined = event("call.session_participant_joined", &cid, Some(&h.bob_id));
+    assert_eq!(h.deliver(&bob_joined, "t-1").await.1["status"], "processed");
+    assert_eq!(h.joined_count().await, 1);
+
+    let before = h.commits();
+    let keys = h.webhook_keys().await.len();
+    let undated = |kind: &str, user: Option<&str>| {
+        let mut e = event(kind, &cid, user);
+        e.as_object_mut().unwrap().remove("created_at");
+        e
+    };
+    let ahead = |kind: &str, user: Option<&str>| {
+        let mut e = event(kind, &cid, user);
+        e["created_at"] = json!(rfc3339(
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1)
+        ));
+        e
+    };
+    let refused = [
+        undated("call.session_ended", None),
+        undated("call.session_participant_left", Some(&h.bob_id)),
+        undated("call.session_participant_joined", Some(&h.alice_id)),
+        undated("call.ended", None),
+        ahead("call.session_ended", None),
+        ahead("call.session_participant_joined", Some(&h.alice_id)),
+    ];
+    for (i, e) in refused.iter().enumerate() {
+        let (status, reply) = h.deliver(e, &format!("t-bad-{i}")).await;
+        assert_eq!(status, 400, "{e}: {reply}");
+        assert!(reply["error"].is_string(), "{reply}");
+    }
+    assert!(
+        h.deliver(&refused[0], "t-bad-0").await.1["error"]
+            .as_str()
+            .unwrap()
+            .contains("created_at"),
+        "the answer says what is missing"
+    );
+    assert_eq!(h.commits(), before, "nothing written");
+    assert_eq!(h.webhook_keys().await.len(), keys);
+    assert_eq!(h.presence(&h.bob_id).await.0, "joined");
+    assert_eq!(h.presence(&h.alice_id).await.0, "invited");
+    assert_eq!(h.joined_count().await, 1);
+    assert_eq!(h.state().await.get_path("active"), Some(&Value::Bool(true)));
+    assert_eq!(h.deliveries("VALIDATION_ERROR"), 7);
+
+    // Events LinkedUp does not apply are still acknowledged without one.
+    let started = undated("call.session_started", None);
+    assert_eq!(h.deliver(&started, "t-2").await.1["status"], "ignored");
+    // A little ahead (clocks differ) is fine.
+    let mut soon = event("call.session_participant_left", &cid, Some(&h.bob_id));
+    soon["created_at"] = json!(rfc3339(
+        time::OffsetDateTime::now_utc() + time::Duration::seconds(30)
+    ));
+    assert_eq!(h.deliver(&soon, "t-3").await.1["status"], "processed");
+    assert_eq!(h.joined_count().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,11 @@
 //! internal mutation `streamWebhooks.apply` it calls.
 //!
 //! The route checks what it can without the database: body size, `X-Api-Key`, the signature
-//! over the raw body (`crate::stream::webhook`), the event's shape. The mutation then, in ONE
-//! transaction, records the delivery's key in `idempotencyKeys` (scope `stream_webhook`) and
-//! applies the event, so a retried delivery changes nothing and a failed one leaves no key:
+//! over the raw body (`crate::stream::webhook`), the event's shape and time. The mutation then,
+//! in ONE transaction, records the delivery's key in `idempotencyKeys` (scope
+//! `stream_webhook`) and applies the event, so a retried delivery changes nothing and a failed
+//! one leaves no key. The key is a digest of the signed body, not the unsigned `X-Webhook-Id`
+//! (only logged): a captured delivery posted again under a fresh id is still a duplicate.
 //!
 //! - participant joined / left: the participant's presence, through the same helpers as
 //!   `meetings.join` / `meetings.leave` (so `meetingState.joinedCount` stays consistent);
@@ -14,16 +16,17 @@
 //!   scheduled, audited with no acting user); a concluded one is left alone, so the jobs are
 //!   scheduled once whoever ends the meeting first.
 //!
-//! An event whose signed `created_at` is older than `MAX_EVENT_AGE_MS` is acknowledged and not
-//! applied: its delivery key may have expired, so a captured delivery replayed later would
-//! otherwise act again. Events about unknown meetings, users who are not participants, other
-//! call types, or of
-//! other types are acknowledged (200) and ignored: Stream would retry an error for ever, and
-//! none of them can become valid later. Responses: 200 processed, duplicate or ignored; 400 a
-//! malformed body or `X-Webhook-Id`; 401 a missing or wrong signature (or API key); 413 a body
-//! over 1 MiB; 503 while the server shuts down or is overloaded; 500 otherwise (Stream
-//! retries). Every delivery is counted in `/metrics` (`server_calls_total{function=
-//! "/webhooks/stream", kind="webhook"}`) by outcome.
+//! An applied event must carry its signed `created_at` (400 without). One older than
+//! `MAX_EVENT_AGE_MS` is acknowledged and not applied: its delivery key may have expired, so a
+//! captured delivery replayed later would otherwise act again. One more than
+//! `MAX_CLOCK_SKEW_MS` in the future is refused (400). Events about unknown meetings, users who
+//! are not participants, other call types, or of other types are acknowledged (200) and
+//! ignored: Stream would retry an error for ever, and none of them can become valid later.
+//! Responses: 200 processed, duplicate or ignored; 400 a malformed body (an applied event
+//! without `created_at` or with one too far ahead included); 401 a missing or wrong signature
+//! (or API key); 413 a body over 1 MiB; 503 while the server shuts down or is overloaded; 500
+//! otherwise (Stream retries). Every delivery is counted in `/metrics` (`server_calls_total{
+//! function="/webhooks/stream", kind="webhook"}`) by outcome.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,7 +50,7 @@ use query_engine::value::Value;
 use serde::Deserialize;
 
 use super::guards::find_participant;
-use super::idempotency::{check_and_record, store_result, DEFAULT_TTL_MS, MAX_KEY_BYTES};
+use super::idempotency::{check_and_record, store_result, DEFAULT_TTL_MS};
 use super::meetings::{conclude, list_participants, mark_joined, mark_left};
 use super::{decode, LinkedUpConfig};
 use crate::http::{AppRoutes, HttpContext};
@@ -61,6 +64,13 @@ pub const PATH: &str = "/webhooks/stream";
 /// Oldest event applied, by its `created_at`: half the delivery keys' lifetime, so a
 /// delivery is either recognised as a duplicate or refused as stale.
 const MAX_EVENT_AGE_MS: i64 = DEFAULT_TTL_MS / 2;
+/// Furthest ahead of this server's clock an applied event's `created_at` may be: more than
+/// Stream's and our clocks differ by, and far less than the 12 h by which a delivery key
+/// outlives `MAX_EVENT_AGE_MS`, so an event dated ahead still turns stale before its key
+/// expires (and a presence time from the future cannot make later events look old for long).
+const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
+/// Most characters of `X-Webhook-Id` written to the log.
+const MAX_LOGGED_ID: usize = 128;
 /// The deliveries' scope in `idempotencyKeys`.
 pub const SCOPE: &str = "stream_webhook";
 /// Largest body accepted (Stream's call events carry the call and its members).
@@ -291,18 +301,29 @@ impl Receiver {
         if self.http.is_shutting_down() {
             return Reply::Unavailable;
         }
+        // Unsigned, so it identifies nothing; kept to find a delivery in Stream's dashboard.
+        let id = webhook_id(headers);
         let (event, key) = match self.read(headers, body).await {
             Ok(delivery) => delivery,
             Err(reply) => return reply,
         };
-        if is_stale(&event, now_millis()) {
-            return ignored(&event, "older than the replay window");
+        let now = now_millis();
+        if is_stale(&event, now) {
+            return ignored(&event, id, "older than the replay window");
         }
         let Some((call, action, user_id)) = target(&event) else {
-            return ignored(&event, "event type not handled");
+            return ignored(&event, id, "event type not handled");
         };
+        if is_ahead(&event, now) {
+            tracing::warn!(event = %event.kind, webhook_id = id, created_at = ?event.created_at_ms,
+                "Stream webhook refused: created in the future");
+            return Reply::Malformed(format!(
+                "created_at is more than {} minutes ahead of the server's clock",
+                MAX_CLOCK_SKEW_MS / 60_000
+            ));
+        }
         if call.call_type != self.stream.provider.call_type() {
-            return ignored(&event, "another call type");
+            return ignored(&event, id, "another call type");
         }
         let mut args = super::fields(obj! {
             "key" => key,
@@ -318,9 +339,10 @@ impl Receiver {
                 let outcome = Outcome::from_value(&committed.value);
                 match &outcome {
                     Outcome::Ignored(reason) => tracing::info!(event = %event.kind,
-                        meeting = %call.call_id, %reason, "Stream webhook ignored"),
-                    _ => tracing::debug!(event = %event.kind, meeting = %call.call_id,
-                        ?outcome, "Stream webhook"),
+                        webhook_id = id, meeting = %call.call_id, %reason,
+                        "Stream webhook ignored"),
+                    _ => tracing::debug!(event = %event.kind, webhook_id = id,
+                        meeting = %call.call_id, ?outcome, "Stream webhook"),
                 }
                 Reply::Applied(outcome)
             }
@@ -328,7 +350,8 @@ impl Receiver {
                 Reply::Unavailable
             }
             Err(e) => {
-                tracing::error!(event = %event.kind, error = %e, "cannot apply a Stream webhook");
+                tracing::error!(event = %event.kind, webhook_id = id, error = %e,
+                    "cannot apply a Stream webhook");
                 Reply::Failed
             }
         }
@@ -351,9 +374,7 @@ impl Receiver {
             Reply::Unauthorized(why)
         })?;
         let event = parse_event(&bytes).map_err(|e| Reply::Malformed(e.to_string()))?;
-        let key = delivery_key(header(headers, WEBHOOK_ID_HEADER), &bytes, MAX_KEY_BYTES)
-            .map_err(|e| Reply::Malformed(e.to_string()))?;
-        Ok((event, key))
+        Ok((event, delivery_key(&bytes)))
     }
 
     /// Checks the application (`X-Api-Key`, when both sides name one) and the signature.
@@ -374,6 +395,12 @@ impl Receiver {
         }
         Ok(())
     }
+}
+
+/// `X-Webhook-Id`, cut to `MAX_LOGGED_ID` characters, for the log only ("-" without one). A
+/// header value that is text is visible ASCII, so cutting at a byte is cutting at a character.
+fn webhook_id(headers: &HeaderMap) -> &str {
+    header(headers, WEBHOOK_ID_HEADER).map_or("-", |id| &id[..id.len().min(MAX_LOGGED_ID)])
 }
 
 /// Whether a verified event is too old to apply: its delivery key is remembered for
@@ -398,7 +425,15 @@ fn target(event: &Event) -> Option<(&CallRef, &'static str, Option<&str>)> {
     }
 }
 
-fn ignored(event: &Event, reason: &str) -> Reply {
-    tracing::info!(event = %event.kind, reason, "Stream webhook ignored");
+/// Whether an applied event claims to be created more than `MAX_CLOCK_SKEW_MS` from now: its
+/// time bounds its replay window and orders presence, so it may not run ahead.
+fn is_ahead(event: &Event, now_ms: i64) -> bool {
+    event
+        .created_at_ms
+        .is_some_and(|created| created > now_ms.saturating_add(MAX_CLOCK_SKEW_MS))
+}
+
+fn ignored(event: &Event, webhook_id: &str, reason: &str) -> Reply {
+    tracing::info!(event = %event.kind, webhook_id, reason, "Stream webhook ignored");
     Reply::Applied(Outcome::ignored(reason))
 }

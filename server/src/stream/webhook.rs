@@ -1,7 +1,9 @@
 //! Stream's webhooks, as its docs specify them: the body is signed with HMAC-SHA256 under the
 //! API secret, hex-encoded in `X-Signature`; `X-Webhook-Id` is the same on every retry of one
-//! delivery (the deduplication key); `X-Api-Key` names the application. `verify` checks a
-//! signature in constant time; `parse_event` reads the call events LinkedUp reacts to.
+//! delivery; `X-Api-Key` names the application. Only the body is signed, so a delivery is
+//! deduplicated by a digest of its body (`delivery_key`), never by a header a replayer could
+//! change; `X-Webhook-Id` is only logged. `verify` checks a signature in constant time;
+//! `parse_event` reads the call events LinkedUp reacts to.
 
 use ring::hmac;
 use serde::Deserialize;
@@ -50,25 +52,11 @@ fn decode_hex(s: &str) -> Option<[u8; SIGNATURE_BYTES]> {
     Some(out)
 }
 
-/// The deduplication key of a delivery: its `X-Webhook-Id` (the same on every retry), or if
-/// it has none a digest of the verified body. Refuses an id that is empty, longer than
-/// `max_bytes` or not visible ASCII.
-pub fn delivery_key(
-    webhook_id: Option<&str>,
-    body: &[u8],
-    max_bytes: usize,
-) -> Result<String, WebhookError> {
-    match webhook_id {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= max_bytes
-                && id.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            Ok(id.to_string())
-        }
-        Some(_) => Err(WebhookError::BadWebhookId { max_bytes }),
-        None => Ok(format!("sha256:{}", sha256_hex(body))),
-    }
+/// The deduplication key of a delivery: a digest of its verified body, which the signature
+/// covers. Stream sends a retry with the same body, so a retry or a replay of a captured
+/// delivery (whatever its `X-Webhook-Id`) has the key of the first.
+pub fn delivery_key(body: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(body))
 }
 
 /// A call a webhook is about (`call_cid` = `<type>:<id>`).
@@ -99,8 +87,9 @@ pub enum EventAction {
 pub struct Event {
     /// The event's `type`, e.g. `call.ended`.
     pub kind: String,
-    /// When Stream created the event (`created_at`, RFC 3339), in ms since the epoch; `None`
-    /// if the event carries none.
+    /// When Stream created the event (`created_at`, RFC 3339), in ms since the epoch. Always
+    /// set for the events LinkedUp applies (`parse_event` refuses them without); `None` if an
+    /// event of another type carries none.
     pub created_at_ms: Option<i64>,
     /// `None` for events not about a call (their action is `Other`).
     pub call: Option<CallRef>,
@@ -122,8 +111,6 @@ pub enum WebhookError {
     BadCallCid(String),
     #[error("created_at {0:?} is not an RFC 3339 time")]
     BadCreatedAt(String),
-    #[error("X-Webhook-Id must be 1 to {max_bytes} visible ASCII characters")]
-    BadWebhookId { max_bytes: usize },
 }
 
 #[derive(Deserialize)]
@@ -145,7 +132,6 @@ struct RawUser {
     id: Option<String>,
 }
 
-/// Reads a webhook body. Unknown event types are `Other`; a known one missing what LinkedUp
 /// An RFC 3339 time in ms since the epoch.
 fn parse_time(s: &str) -> Result<i64, WebhookError> {
     let bad = || WebhookError::BadCreatedAt(s.chars().take(64).collect());
@@ -154,7 +140,8 @@ fn parse_time(s: &str) -> Result<i64, WebhookError> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad())
 }
 
-/// needs (its call, its participant's user id) is malformed.
+/// Reads a webhook body. Unknown event types are `Other`; a known one missing what LinkedUp
+/// needs (its call, its signed `created_at`, its participant's user id) is malformed.
 pub fn parse_event(body: &[u8]) -> Result<Event, WebhookError> {
     let raw: RawEvent =
         serde_json::from_slice(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
@@ -183,6 +170,14 @@ pub fn parse_event(body: &[u8]) -> Result<Event, WebhookError> {
         field: "call_cid",
     })?;
     let call = split_cid(&cid)?;
+    // The signed time is what bounds a replay (too old: refused as stale) and orders
+    // presence events; an applied event without it could be replayed for ever.
+    if created_at_ms.is_none() {
+        return Err(WebhookError::MissingField {
+            kind: known,
+            field: "created_at",
+        });
+    }
     let user_id = || {
         raw.participant
             .and_then(|p| p.user)
@@ -253,18 +248,11 @@ mod tests {
     }
 
     #[test]
-    fn deliveries_are_keyed_by_their_webhook_id_or_body() {
-        assert_eq!(delivery_key(Some("abc-1"), b"x", 256).unwrap(), "abc-1");
-        let by_body = delivery_key(None, b"x", 256).unwrap();
-        assert!(by_body.starts_with("sha256:") && by_body.len() == 7 + 64);
-        assert_eq!(delivery_key(None, b"x", 256).unwrap(), by_body);
-        assert_ne!(delivery_key(None, b"y", 256).unwrap(), by_body);
-        for bad in ["", "a b", "é", &"x".repeat(257)] {
-            assert_eq!(
-                delivery_key(Some(bad), b"x", 256),
-                Err(WebhookError::BadWebhookId { max_bytes: 256 })
-            );
-        }
+    fn deliveries_are_keyed_by_their_body() {
+        let key = delivery_key(b"x");
+        assert!(key.starts_with("sha256:") && key.len() == 7 + 64);
+        assert_eq!(delivery_key(b"x"), key);
+        assert_ne!(delivery_key(b"y"), key);
     }
 
     #[test]
@@ -287,20 +275,24 @@ mod tests {
             }
         );
         let left = br#"{"type":"call.session_participant_left","call_cid":"default:m1",
-            "participant":{"user":{"id":"u1"}},"duration_seconds":3}"#;
+            "created_at":"2024-01-01T00:00:01Z","participant":{"user":{"id":"u1"}},
+            "duration_seconds":3}"#;
         assert_eq!(
             parse_event(left).unwrap().action,
             EventAction::ParticipantLeft {
                 user_id: "u1".into()
             }
         );
-        let ended = br#"{"type":"call.ended","call_cid":"default:m1","call":{"cid":"default:m1"}}"#;
+        let ended = br#"{"type":"call.ended","call_cid":"default:m1",
+            "created_at":"2024-01-01T00:00:02Z","call":{"cid":"default:m1"}}"#;
         assert_eq!(parse_event(ended).unwrap().action, EventAction::CallEnded);
-        let session = br#"{"type":"call.session_ended","call_cid":"default:m1","session_id":"s"}"#;
+        let session = br#"{"type":"call.session_ended","call_cid":"default:m1",
+            "created_at":"2024-01-01T00:00:02Z","session_id":"s"}"#;
         assert_eq!(
             parse_event(session).unwrap().action,
             EventAction::SessionEnded
         );
+        // Events LinkedUp does not apply need no created_at.
         let started = br#"{"type":"call.session_started","call_cid":"default:m1"}"#;
         assert_eq!(parse_event(started).unwrap().action, EventAction::Other);
         let chat = br#"{"type":"message.new","message":{}}"#;
@@ -339,8 +331,27 @@ mod tests {
             parse_event(br#"{"type":"call.ended","call_cid":"nocolon"}"#),
             Err(WebhookError::BadCallCid(_))
         ));
+        // The events LinkedUp applies need their signed time.
+        for kind in [
+            PARTICIPANT_JOINED,
+            PARTICIPANT_LEFT,
+            SESSION_ENDED,
+            CALL_ENDED,
+        ] {
+            let body = format!(
+                r#"{{"type":"{kind}","call_cid":"default:m1","participant":{{"user":{{"id":"u1"}}}}}}"#
+            );
+            assert_eq!(
+                parse_event(body.as_bytes()),
+                Err(WebhookError::MissingField {
+                    kind,
+                    field: "created_at"
+                }),
+                "{kind}"
+            );
+        }
         assert_eq!(
-            parse_event(br#"{"type":"call.session_participant_left","call_cid":"default:m1","participant":{}}"#),
+            parse_event(br#"{"type":"call.session_participant_left","call_cid":"default:m1","created_at":"2024-01-01T00:00:00Z","participant":{}}"#),
             Err(WebhookError::MissingField {
                 kind: PARTICIPANT_LEFT,
                 field: "participant.user.id"
