@@ -210,6 +210,10 @@ fn meeting_participants() -> TableDefinition {
             ("joinedAt", opt(ms())),
             ("leftAt", opt(ms())),
             ("presence", literals(&PRESENCE)),
+            // Added: the signed `created_at` of the last Stream presence event applied to the
+            // participant (joined, left, session ended); an older one arriving late (a retry)
+            // is ignored. Absent until the first.
+            ("presenceEventAt", opt(ms())),
             ("createdAt", ms()),
         ]),
     )

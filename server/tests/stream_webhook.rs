@@ -1,6 +1,7 @@
 //! Stream's webhook end to end through a real in-process server's HTTP port: signed
-//! deliveries change presence, the joined count and the meeting's state; a retried delivery,
-//! or a captured one posted again under another X-Webhook-Id, is applied once; call.ended
+//! deliveries change presence, the joined count and the meeting's state, presence in the order
+//! Stream created the events; a retried delivery, or a captured one posted again under another
+//! X-Webhook-Id, is applied once; call.ended
 //! concludes the meeting once; bad signatures, malformed or oversized bodies, applied events
 //! without created_at or from the future, and deliveries during shutdown are refused and write
 //! nothing.
@@ -617,9 +618,9 @@ async fn a_captured_delivery_posted_again_under_another_id_is_a_duplicate() {
     assert_eq!(h.joined_count().await, 0);
 
     // Likewise a replayed call.session_ended does not make everyone leave again.
-    let alice_joined = event("call.session_participant_joined", &cid, Some(&h.alice_id));
     let ended = event("call.session_ended", &cid, None);
     assert_eq!(h.deliver(&ended, "r-3").await.1["status"], "processed");
+    let alice_joined = event("call.session_participant_joined", &cid, Some(&h.alice_id));
     assert_eq!(
         h.deliver(&alice_joined, "r-4").await.1["status"],
         "processed"
@@ -692,6 +693,100 @@ async fn applied_events_need_a_created_at_not_in_the_future() {
     ));
     assert_eq!(h.deliver(&soon, "t-3").await.1["status"], "processed");
     assert_eq!(h.joined_count().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_events_apply_in_the_order_stream_created_them() {
+    let h = start().await;
+    let cid = h.cid();
+    let start = time::OffsetDateTime::now_utc() - time::Duration::minutes(10);
+    let at = |kind: &str, user: Option<&str>, seconds: i64| {
+        let mut e = event(kind, &cid, user);
+        e["created_at"] = json!(rfc3339(start + time::Duration::seconds(seconds)));
+        e
+    };
+    const JOINED: &str = "call.session_participant_joined";
+    const LEFT: &str = "call.session_participant_left";
+    let superseded = json!({
+        "status": "ignored",
+        "reason": "a presence event at least as recent was applied"
+    });
+
+    // Bob joins (t0) and leaves (t2); a join created at t1 (a retry Stream sends after the
+    // first attempt failed) arrives after the leave: he stays left, counted nowhere.
+    assert_eq!(
+        h.deliver(&at(JOINED, Some(&h.bob_id), 0), "o-1").await.0,
+        200
+    );
+    assert_eq!(h.joined_count().await, 1);
+    let left = at(LEFT, Some(&h.bob_id), 2);
+    assert_eq!(h.deliver(&left, "o-2").await.1["status"], "processed");
+    assert_eq!(h.presence(&h.bob_id).await, ("left".into(), true, true));
+    assert_eq!(h.joined_count().await, 0);
+    let late_join = at(JOINED, Some(&h.bob_id), 1);
+    assert_eq!(
+        h.deliver(&late_join, "o-3").await,
+        (200, superseded.clone())
+    );
+    assert_eq!(h.presence(&h.bob_id).await.0, "left");
+    assert_eq!(h.joined_count().await, 0);
+    // Another event created at the leave's own time is taken for it again.
+    let mut same_time = at(JOINED, Some(&h.bob_id), 2);
+    same_time["session_id"] = json!("session-2");
+    assert_eq!(
+        h.deliver(&same_time, "o-4").await,
+        (200, superseded.clone())
+    );
+    assert_eq!(h.joined_count().await, 0);
+
+    // A newer join applies; a leave from before it, arriving late, does not undo it.
+    assert_eq!(
+        h.deliver(&at(JOINED, Some(&h.bob_id), 3), "o-5").await.1["status"],
+        "processed"
+    );
+    assert_eq!(h.joined_count().await, 1);
+    let late_leave = at(LEFT, Some(&h.bob_id), 1);
+    assert_eq!(
+        h.deliver(&late_leave, "o-6").await,
+        (200, superseded.clone())
+    );
+    assert_eq!(h.presence(&h.bob_id).await.0, "joined");
+    assert_eq!(h.joined_count().await, 1);
+
+    // The session ends (t5): joins created before it, arriving late, are ignored, whether the
+    // participant had joined before (bob) or not (alice); later ones apply.
+    let ended = at("call.session_ended", None, 5);
+    assert_eq!(h.deliver(&ended, "o-7").await.1["status"], "processed");
+    assert_eq!(h.joined_count().await, 0);
+    for (user, id) in [(&h.bob_id, "o-8"), (&h.alice_id, "o-9")] {
+        let late = at(JOINED, Some(user), 4);
+        assert_eq!(
+            h.deliver(&late, id).await,
+            (200, superseded.clone()),
+            "{id}"
+        );
+    }
+    assert_eq!(h.presence(&h.bob_id).await.0, "left");
+    assert_eq!(h.presence(&h.alice_id).await.0, "invited");
+    assert_eq!(h.joined_count().await, 0);
+    let rejoined = at(JOINED, Some(&h.alice_id), 6);
+    assert_eq!(h.deliver(&rejoined, "o-10").await.1["status"], "processed");
+    assert_eq!(h.presence(&h.alice_id).await.0, "joined");
+    assert_eq!(h.joined_count().await, 1);
+
+    // The participant record keeps the time of the last event applied to it.
+    let alice_record = documents(h.server.engine(), "meetingParticipants")
+        .await
+        .into_iter()
+        .find(|p| s(p, "userId") == h.alice_id)
+        .unwrap();
+    let t6 = (start + time::Duration::seconds(6)).unix_timestamp_nanos() / 1_000_000;
+    assert_eq!(
+        alice_record
+            .get_path("presenceEventAt")
+            .and_then(Value::as_i64),
+        Some(t6 as i64)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

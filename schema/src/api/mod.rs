@@ -297,6 +297,10 @@ pub struct Participant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub left_at: Option<i64>,
     pub presence: Presence,
+    /// When Stream created the last presence event applied to the participant (its
+    /// webhook's `created_at`, ms); older ones are ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_event_at: Option<i64>,
     pub created_at: i64,
 }
 

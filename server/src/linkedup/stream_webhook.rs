@@ -16,6 +16,13 @@
 //!   scheduled, audited with no acting user); a concluded one is left alone, so the jobs are
 //!   scheduled once whoever ends the meeting first.
 //!
+//! Presence events (the first two) are applied in the order Stream created them, not in the
+//! order they arrive: Stream retries a failed delivery later, possibly after the participant's
+//! next event succeeded. Each participant keeps the `created_at` of the last presence event
+//! applied to them (`presenceEventAt`), and an event not newer than it is acknowledged and
+//! ignored, so a join retried after the leave that followed it does not leave the participant
+//! joined (and counted) for good.
+//!
 //! An applied event must carry its signed `created_at` (400 without). One older than
 //! `MAX_EVENT_AGE_MS` is acknowledged and not applied: its delivery key may have expired, so a
 //! captured delivery replayed later would otherwise act again. One more than
@@ -37,8 +44,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use linkedup_schema::api::{Meeting, MeetingStatus, Presence};
-use linkedup_schema::tables::names::{MEETINGS, USERS};
+use linkedup_schema::api::{Meeting, MeetingStatus, Participant, Presence};
+use linkedup_schema::tables::names::{MEETINGS, MEETING_PARTICIPANTS, USERS};
 use linkedup_schema::ErrorCode;
 use query_engine::committer::now_millis;
 use query_engine::context::Ctx;
@@ -52,7 +59,7 @@ use serde::Deserialize;
 use super::guards::find_participant;
 use super::idempotency::{check_and_record, store_result, DEFAULT_TTL_MS};
 use super::meetings::{conclude, list_participants, mark_joined, mark_left};
-use super::{decode, LinkedUpConfig};
+use super::{decode, fields, LinkedUpConfig};
 use crate::http::{AppRoutes, HttpContext};
 use crate::stream::webhook::{
     self, delivery_key, parse_event, CallRef, Event, EventAction, API_KEY_HEADER, SIGNATURE_HEADER,
@@ -85,6 +92,8 @@ const LEFT: &str = "participantLeft";
 const SESSION_ENDED: &str = "sessionEnded";
 const CALL_ENDED: &str = "callEnded";
 const ACTIONS: [&str; 4] = [JOINED, LEFT, SESSION_ENDED, CALL_ENDED];
+/// Why a presence event is not applied.
+const SUPERSEDED: &str = "a presence event at least as recent was applied";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -95,6 +104,8 @@ struct ApplyArgs {
     /// unknown one is ignored rather than refused.
     meeting_id: String,
     user_id: Option<String>,
+    /// The event's signed `created_at`, ms since the epoch.
+    created_at: i64,
 }
 
 /// What became of a verified delivery.
@@ -145,6 +156,7 @@ pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
             ("action", v::union(ACTIONS.iter().map(|a| v::literal(*a)))),
             ("meetingId", v::string()),
             ("userId", v::optional(v::string())),
+            ("createdAt", v::int64()),
         ]),
         v::any(),
         |ctx, a: ApplyArgs| {
@@ -178,19 +190,24 @@ fn apply(ctx: &mut Ctx<'_, '_>, a: &ApplyArgs) -> FunctionResult<Outcome> {
             let Some(p) = participant(ctx)? else {
                 return Ok(Outcome::ignored("not a participant"));
             };
-            mark_joined(ctx, &meeting.id, &p)?;
+            if !apply_presence(ctx, &meeting.id, &p, Presence::Joined, a.created_at)? {
+                return Ok(Outcome::ignored(SUPERSEDED));
+            }
         }
         LEFT => {
             let Some(p) = participant(ctx)? else {
                 return Ok(Outcome::ignored("not a participant"));
             };
-            mark_left(ctx, &meeting.id, &p)?;
+            if !apply_presence(ctx, &meeting.id, &p, Presence::Left, a.created_at)? {
+                return Ok(Outcome::ignored(SUPERSEDED));
+            }
         }
+        // Everyone leaves, as of the session's end: a participant whose own later event was
+        // applied (a new session) stays, and every other one records the end, so that a join
+        // from before it arriving late is ignored.
         SESSION_ENDED => {
             for p in list_participants(ctx, &meeting.id)? {
-                if p.presence == Presence::Joined {
-                    mark_left(ctx, &meeting.id, &p)?;
-                }
+                apply_presence(ctx, &meeting.id, &p, Presence::Left, a.created_at)?;
             }
         }
         // CALL_ENDED: the validator admits only ACTIONS.
@@ -201,6 +218,38 @@ fn apply(ctx: &mut Ctx<'_, '_>, a: &ApplyArgs) -> FunctionResult<Outcome> {
         },
     }
     Ok(Outcome::Processed)
+}
+
+/// Applies a presence event Stream created at `at` to `p`: `to` (`Joined` or `Left`) through
+/// `mark_joined` / `mark_left`, and `at` recorded as the participant's `presenceEventAt`, also
+/// when the presence was already `to` (the event is still the latest word on it). Returns false,
+/// changing nothing, if an event created at or after `at` was applied already.
+///
+/// At the same millisecond the event is taken for the one already applied: a retry of that
+/// event then changes nothing even if it is not recognised as a duplicate (its body sent
+/// differently), and two different events of one participant within a millisecond, which
+/// their times cannot order, are applied first come.
+fn apply_presence(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+    p: &Participant,
+    to: Presence,
+    at: i64,
+) -> FunctionResult<bool> {
+    if p.presence_event_at.is_some_and(|last| at <= last) {
+        return Ok(false);
+    }
+    if to == Presence::Joined {
+        mark_joined(ctx, meeting_id, p)?;
+    } else {
+        mark_left(ctx, meeting_id, p)?;
+    }
+    ctx.patch(
+        MEETING_PARTICIPANTS,
+        &p.id,
+        fields(obj! { "presenceEventAt" => at }),
+    )?;
+    Ok(true)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,8 +363,12 @@ impl Receiver {
         let Some((call, action, user_id)) = target(&event) else {
             return ignored(&event, id, "event type not handled");
         };
-        if is_ahead(&event, now) {
-            tracing::warn!(event = %event.kind, webhook_id = id, created_at = ?event.created_at_ms,
+        // `parse_event` refuses the applied types without it; checked again all the same.
+        let Some(created_at) = event.created_at_ms else {
+            return Reply::Malformed(format!("a {} event needs created_at", event.kind));
+        };
+        if created_at > now.saturating_add(MAX_CLOCK_SKEW_MS) {
+            tracing::warn!(event = %event.kind, webhook_id = id, created_at,
                 "Stream webhook refused: created in the future");
             return Reply::Malformed(format!(
                 "created_at is more than {} minutes ahead of the server's clock",
@@ -329,6 +382,7 @@ impl Receiver {
             "key" => key,
             "action" => action,
             "meetingId" => call.call_id.as_str(),
+            "createdAt" => created_at,
         });
         if let Some(user) = user_id {
             args.insert("userId".into(), user.into());
@@ -423,14 +477,6 @@ fn target(event: &Event) -> Option<(&CallRef, &'static str, Option<&str>)> {
         EventAction::CallEnded => Some((call, CALL_ENDED, None)),
         EventAction::Other => None,
     }
-}
-
-/// Whether an applied event claims to be created more than `MAX_CLOCK_SKEW_MS` from now: its
-/// time bounds its replay window and orders presence, so it may not run ahead.
-fn is_ahead(event: &Event, now_ms: i64) -> bool {
-    event
-        .created_at_ms
-        .is_some_and(|created| created > now_ms.saturating_add(MAX_CLOCK_SKEW_MS))
 }
 
 fn ignored(event: &Event, webhook_id: &str, reason: &str) -> Reply {
