@@ -450,6 +450,14 @@ async fn bad_signatures_are_refused_and_write_nothing() {
                 ("x-webhook-id", "b-4".into()),
             ],
         ),
+        // No key: Stream always sends it, and this server has one configured.
+        (
+            body.clone(),
+            vec![
+                ("x-signature", good.clone()),
+                ("x-webhook-id", "b-7".into()),
+            ],
+        ),
         // Garbage.
         (
             body.clone(),
@@ -463,13 +471,17 @@ async fn bad_signatures_are_refused_and_write_nothing() {
     assert_eq!(h.commits(), before, "nothing written");
     assert!(h.webhook_keys().await.is_empty());
     assert_eq!(h.presence(&h.bob_id).await.0, "invited");
-    assert_eq!(h.deliveries("UNAUTHORIZED"), 5);
+    assert_eq!(h.deliveries("UNAUTHORIZED"), 6);
 
-    // The same body with its signature goes through.
+    // The same body with its signature and the application's key goes through.
     let (status, _) = h
         .post(
             body,
-            &[("x-signature", good), ("x-webhook-id", "b-6".into())],
+            &[
+                ("x-signature", good),
+                ("x-api-key", API_KEY.into()),
+                ("x-webhook-id", "b-6".into()),
+            ],
         )
         .await;
     assert_eq!(status, 200);
@@ -482,6 +494,7 @@ async fn malformed_oversized_and_irrelevant_deliveries() {
     let signed = |body: &[u8]| {
         vec![
             ("x-signature", sign(&Secret::new(SECRET), body)),
+            ("x-api-key", API_KEY.to_string()),
             ("x-webhook-id", "m-1".to_string()),
         ]
     };
@@ -583,7 +596,10 @@ async fn malformed_oversized_and_irrelevant_deliveries() {
         Some(&h.bob_id),
     ))
     .unwrap();
-    let headers = [("x-signature", sign(&Secret::new(SECRET), &joined))];
+    let headers = [
+        ("x-signature", sign(&Secret::new(SECRET), &joined)),
+        ("x-api-key", API_KEY.to_string()),
+    ];
     assert_eq!(
         h.post(joined.clone(), &headers).await.1["status"],
         "processed"

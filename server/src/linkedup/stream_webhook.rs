@@ -30,8 +30,8 @@
 //! are not participants, other call types, or of other types are acknowledged (200) and
 //! ignored: Stream would retry an error for ever, and none of them can become valid later.
 //! Responses: 200 processed, duplicate or ignored; 400 a malformed body (an applied event
-//! without `created_at` or with one too far ahead included); 401 a missing or wrong signature
-//! (or API key); 413 a body over 1 MiB; 503 while the server shuts down or is overloaded; 500
+//! without `created_at` or with one too far ahead included); 401 a missing or wrong signature,
+//! or with an API key configured a missing or other `X-Api-Key`; 413 a body over 1 MiB; 503 while the server shuts down or is overloaded; 500
 //! otherwise (Stream retries). Every delivery is counted in `/metrics` (`server_calls_total{
 //! function="/webhooks/stream", kind="webhook"}`) by outcome.
 
@@ -431,16 +431,18 @@ impl Receiver {
         Ok((event, delivery_key(&bytes)))
     }
 
-    /// Checks the application (`X-Api-Key`, when both sides name one) and the signature.
+    /// Checks the application and the signature. Stream sends `X-Api-Key` with every
+    /// webhook, so with an API key configured a delivery without it, or naming another
+    /// application, is refused; without one (development) the header is not looked at.
     fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
         let Some(secret) = &self.stream.webhook_secret else {
             return Err("no Stream secret is configured");
         };
-        if let (Some(expected), Some(given)) =
-            (&self.stream.api_key, header(headers, API_KEY_HEADER))
-        {
-            if given != expected {
-                return Err("another application's API key");
+        if let Some(expected) = &self.stream.api_key {
+            match header(headers, API_KEY_HEADER) {
+                None => return Err("missing X-Api-Key"),
+                Some(given) if given != expected => return Err("another application's API key"),
+                Some(_) => {}
             }
         }
         let signature = header(headers, SIGNATURE_HEADER).ok_or("missing X-Signature")?;

@@ -28,7 +28,8 @@ pub struct StreamConfig {
     /// Verifies webhook signatures (Stream signs with the API secret). `None`: every webhook
     /// is refused (401).
     pub webhook_secret: Option<Secret>,
-    /// The application's API key; a webhook carrying another `X-Api-Key` is refused.
+    /// The application's API key; when set, a webhook without it in `X-Api-Key` (Stream
+    /// always sends it) or with another is refused.
     pub api_key: Option<String>,
     /// How long the call tokens `meetings.streamCallToken` mints are valid (signed with
     /// `webhook_secret`, the API secret).
