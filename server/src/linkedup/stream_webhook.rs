@@ -16,12 +16,12 @@
 //!   scheduled, audited with no acting user); a concluded one is left alone, so the jobs are
 //!   scheduled once whoever ends the meeting first.
 //!
-//! Presence events (the first two) are applied in the order Stream created them, not in the
-//! order they arrive: Stream retries a failed delivery later, possibly after the participant's
-//! next event succeeded. Each participant keeps the `created_at` of the last presence event
-//! applied to them (`presenceEventAt`), and an event not newer than it is acknowledged and
-//! ignored, so a join retried after the leave that followed it does not leave the participant
-//! joined (and counted) for good.
+//! Presence events (joined, left, and session ended for every participant) are applied in the
+//! order Stream created them, not in the order they arrive: Stream retries a failed delivery
+//! later, possibly after the participant's next event succeeded. Each participant keeps the
+//! `created_at` of the last presence event applied to them (`presenceEventAt`), and an event
+//! not newer than it is acknowledged and ignored, so a join retried after the leave that
+//! followed it does not leave the participant joined (and counted) for good.
 //!
 //! An applied event must carry its signed `created_at` (400 without). One older than
 //! `MAX_EVENT_AGE_MS` is acknowledged and not applied: its delivery key may have expired, so a
@@ -31,9 +31,10 @@
 //! ignored: Stream would retry an error for ever, and none of them can become valid later.
 //! Responses: 200 processed, duplicate or ignored; 400 a malformed body (an applied event
 //! without `created_at` or with one too far ahead included); 401 a missing or wrong signature,
-//! or with an API key configured a missing or other `X-Api-Key`; 413 a body over 1 MiB; 503 while the server shuts down or is overloaded; 500
-//! otherwise (Stream retries). Every delivery is counted in `/metrics` (`server_calls_total{
-//! function="/webhooks/stream", kind="webhook"}`) by outcome.
+//! or with an API key configured a missing or other `X-Api-Key`; 413 a body over 1 MiB; 503
+//! while the server shuts down or is overloaded; 500 otherwise (Stream retries). Every
+//! delivery is counted in `/metrics` (`server_calls_total{function="/webhooks/stream",
+//! kind="webhook"}`) by outcome.
 
 use std::sync::Arc;
 use std::time::Instant;
