@@ -262,3 +262,65 @@ async fn an_active_meeting_keeps_its_newest_chunk_so_its_sequence_goes_on() {
     assert_eq!(int(&purge_transcripts().await.unwrap(), "deleted"), 2);
     assert!(w.env.all("transcripts").await.is_empty());
 }
+
+/// More chunks kept (the newest of active meetings) than a batch holds, at the front of the
+/// range: the purge walks past them to the deletable ones after, where every run used to
+/// read the same kept batch, delete nothing and stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_chunks_at_the_front_do_not_stall_the_purge() {
+    const KEPT: usize = PURGE_BATCH + 10;
+    const DELETABLE: i64 = 20;
+    let w = world(keep(&[("transcripts", 2_000)])).await;
+    let chunk = |meeting: &str, sequence: i64| {
+        obj! {
+            "meetingId" => meeting, "bucketMs" => 0i64, "sequence" => sequence,
+            "chunkId" => format!("c{sequence}"), "text" => "hello", "confidence" => 0.9,
+            "startMs" => 0i64, "endMs" => 1i64, "createdAt" => 0i64,
+        }
+    };
+    let meeting = w.meeting.clone();
+    w.env
+        .engine
+        .transact(move |ctx| {
+            let mut active = ctx.get("meetings", &meeting)?.unwrap();
+            let fields = active.as_object_mut().unwrap();
+            fields.remove("_id");
+            fields.remove("_creationTime");
+            for _ in 0..KEPT {
+                let copy = ctx.insert("meetings", active.clone())?;
+                ctx.insert("transcripts", chunk(copy.as_str(), 1))?;
+            }
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    let meeting = w.meeting.clone();
+    w.env
+        .engine
+        .transact(move |ctx| {
+            for sequence in 1..=DELETABLE + 1 {
+                ctx.insert("transcripts", chunk(&meeting, sequence))?;
+            }
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+
+    let r = purge(&w, obj! { "table" => "transcripts" }).await.unwrap();
+    assert_eq!(int(&r, "deleted"), 0, "the first batch is all kept");
+    assert_eq!(r.get_path("continued"), Some(&Value::Bool(true)));
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        let left = w.env.all("transcripts").await.len();
+        if left == KEPT + 1 {
+            break;
+        }
+        assert!(left > KEPT + 1, "a kept chunk was purged");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the purge stalled with {left} chunks"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

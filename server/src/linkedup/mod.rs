@@ -152,11 +152,13 @@ pub(crate) fn keep_none(_: &mut Ctx<'_, '_>, _: &Value) -> FunctionResult<bool> 
     Ok(false)
 }
 
-/// Deletes, of the first `batch` documents of `table` whose `field` (the first field of
-/// `index`) is below `cutoff`, those `keep` does not keep. A full batch that deleted something
-/// schedules `again` (a function and its arguments: the calling purge job) to run at once, so
-/// a backlog drains in bounded transactions rather than one batch per cron run, which let the
-/// purged tables grow without bound whenever they gained more than a batch between runs.
+/// Deletes, of the next `batch` documents of `table` whose `field` (the first field of
+/// `index`) is below `cutoff` (from `after`, a cursor of this walk, or the start), those
+/// `keep` does not keep. While more may follow it schedules `again` (a function and its
+/// arguments: the calling purge job) to run at once with `after` set to where this batch
+/// ended, so a backlog drains in bounded transactions rather than one batch per cron run, and
+/// documents kept at the front of the range (however many) are walked past instead of read
+/// again by every run, which stalled the purge once a batch's worth of them had gathered.
 /// Returns how many it deleted and whether it scheduled `again`.
 pub(crate) fn purge_below(
     ctx: &mut Ctx<'_, '_>,
@@ -164,25 +166,36 @@ pub(crate) fn purge_below(
     cutoff: i64,
     batch: usize,
     keep: Keep,
-    again: (&str, Value),
+    after: Option<&str>,
+    (again, mut again_args): (&str, Object),
 ) -> FunctionResult<(usize, bool)> {
-    let old = ctx.query(table, index).lt(field, cutoff).take(batch)?;
+    let old = ctx
+        .query(table, index)
+        .lt(field, cutoff)
+        .paginate(after, batch)?;
     let mut deleted = 0;
-    for d in &old {
+    for d in &old.page {
         if !keep(ctx, d)? {
             ctx.delete(table, &id_of(d)?)?;
             deleted += 1;
         }
     }
-    let continued = old.len() >= batch && deleted > 0;
-    if continued {
-        ctx.schedule_after(0, again.0, again.1)?;
+    let next = old.continue_cursor.filter(|_| !old.is_done);
+    let continued = next.is_some();
+    if let Some(cursor) = next {
+        again_args.insert(PURGE_AFTER.into(), cursor.into());
+        ctx.schedule_after(0, again, Value::from(again_args))?;
     }
     Ok((deleted, continued))
 }
 
+/// The argument a purge job's continuation carries: where the previous batch ended.
+pub(crate) const PURGE_AFTER: &str = "after";
+
 #[derive(serde::Deserialize)]
-struct NoArgs {}
+struct PurgeAfter {
+    after: Option<String>,
+}
 
 /// Registers the internal mutation `name`, for a cron: it deletes up to `batch` documents of
 /// `target` (table, index, field) whose field is below `cutoff(now_ms)`, and runs again at once
@@ -197,13 +210,21 @@ pub(crate) fn register_expiry_purge(
     f.mutation(
         name,
         Visibility::Internal,
-        v::object([]),
+        v::object([(PURGE_AFTER, v::optional(v::string()))]),
         v::int64(),
-        move |ctx, _a: NoArgs| {
+        move |ctx, a: PurgeAfter| {
             let below = cutoff(ctx.now_ms());
-            let again = (name, Value::Object(Default::default()));
-            purge_below(ctx, target, below, batch, keep_none, again)
-                .map(|(deleted, _)| deleted as i64)
+            let again = (name, Object::new());
+            purge_below(
+                ctx,
+                target,
+                below,
+                batch,
+                keep_none,
+                a.after.as_deref(),
+                again,
+            )
+            .map(|(deleted, _)| deleted as i64)
         },
     );
 }

@@ -4,8 +4,8 @@
 //!
 //! `retention.purge` (internal, for an hourly cron) without a table schedules one run per
 //! table of the policy; a run with a table deletes up to `PURGE_BATCH` of its documents
-//! created before `now - age`, records how many in the audit log, and schedules itself again
-//! while batches come back full. Its read is the range below the cutoff, so it does not
+//! created before `now - age`, records how many in the audit log, and schedules itself again,
+//! from where it stopped, while batches come back full. Its read is the range below the cutoff, so it does not
 //! conflict with new writes, except that for an old transcript chunk of a meeting still active
 //! it also reads the meeting and its newest chunk (see `keep_last_chunk_of_active_meeting`);
 //! ingestion there meanwhile makes the committer re-run the purge.
@@ -81,6 +81,9 @@ pub struct PurgeArgs {
     /// The table to purge; absent to schedule a run for every table of the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
+    /// Where the previous batch of this table's walk ended (set by the job itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -103,6 +106,7 @@ fn purge(
         for (table, _) in &policy.max_age_ms {
             let args = encode(&PurgeArgs {
                 table: Some(table.clone()),
+                after: None,
             })?;
             ctx.schedule_after(0, PURGE, args)?;
         }
@@ -118,9 +122,8 @@ fn purge(
         ));
     };
     let cutoff = ctx.now_ms().saturating_sub(age);
-    let again = encode(&PurgeArgs {
-        table: Some(table.clone()),
-    })?;
+    let mut again = Object::new();
+    again.insert("table".into(), table.as_str().into());
     let keep: Keep = if table == TRANSCRIPTS {
         keep_last_chunk_of_active_meeting
     } else {
@@ -132,6 +135,7 @@ fn purge(
         cutoff,
         PURGE_BATCH,
         keep,
+        a.after.as_deref(),
         (PURGE, again),
     )?;
     record_purged(ctx, &table, deleted as i64, ("createdBeforeMs", cutoff))?;
@@ -171,7 +175,10 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     f.mutation(
         PURGE,
         Visibility::Internal,
-        v::object([("table", v::optional(v::string()))]),
+        v::object([
+            ("table", v::optional(v::string())),
+            ("after", v::optional(v::string())),
+        ]),
         v::object([
             ("scheduled", v::int64()),
             ("deleted", v::int64()),
