@@ -36,7 +36,28 @@ async fn schema_push_then_import_all_or_nothing() {
     let data = dir.path();
     let db = data.join("linkedup.redb");
 
-    let out = cli(data, &["schema", "push"]);
+    // Nothing there yet: without --create neither command makes a database.
+    let file = data.join("interests.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"key": "go", "label": "Go", "category": "tech", "createdAt": 1}"#,
+    )
+    .unwrap();
+    for args in [
+        &["schema", "push"][..],
+        &["import", "interests", file.to_str().unwrap()][..],
+    ] {
+        let out = cli(data, args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no database") && err.contains("--create"),
+            "{err}"
+        );
+        assert!(!db.exists(), "{args:?} made a database");
+    }
+
+    let out = cli(data, &["schema", "push", "--create"]);
     assert!(
         out.status.success(),
         "{}",
@@ -46,7 +67,6 @@ async fn schema_push_then_import_all_or_nothing() {
     assert!(report["tables"].as_u64().unwrap() > 20, "{report}");
     assert_eq!(report["documentsChecked"], 0);
 
-    let file = data.join("interests.jsonl");
     let good = [
         r#"{"key": "rust", "label": "Rust", "category": "tech", "createdAt": 1}"#,
         "",

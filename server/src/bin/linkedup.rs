@@ -82,6 +82,10 @@ enum Command {
         /// The database file [default: <data-dir>/linkedup.redb].
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Make the database if there is none (else a missing one is refused, so a mistyped
+        /// path cannot import into a new, empty database).
+        #[arg(long)]
+        create: bool,
     },
     /// Erases an account's personal data on a stopped server's database, as the user's own
     /// `users.requestErasure` would (for a request that reached operators another way, seed
@@ -147,6 +151,9 @@ enum SchemaCommand {
         /// The database file [default: <data-dir>/linkedup.redb].
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Make the database if there is none (else a missing one is refused).
+        #[arg(long)]
+        create: bool,
         /// How long to wait for index backfills and purges before leaving them to the server.
         #[arg(long, default_value_t = 3600)]
         wait_secs: u64,
@@ -252,8 +259,14 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
             Ok(())
         }
-        Command::Import { table, file, db } => {
+        Command::Import {
+            table,
+            file,
+            db,
+            create,
+        } => {
             let db = database(&cli, db);
+            require_database(&db, *create)?;
             let table = table.clone();
             let report = match read_json_lines(file)? {
                 // Offline work on redb: a plain thread, outside the runtime.
@@ -280,10 +293,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Erase { user, db, max_runs } => {
             let db = database(&cli, db);
-            // Opening would create an empty database, in which no account exists anyway.
-            if !db.exists() {
-                bail!("no database at {}", db.display());
-            }
+            // An empty database would hold no account anyway.
+            require_database(&db, false)?;
             let mut functions = Functions::new();
             linkedup::register(&mut functions, &LinkedUpConfig::default());
             let engine = open_offline(&db, functions)?;
@@ -300,9 +311,15 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Schema {
-            command: SchemaCommand::Push { db, wait_secs },
+            command:
+                SchemaCommand::Push {
+                    db,
+                    create,
+                    wait_secs,
+                },
         } => {
             let db = database(&cli, db);
+            require_database(&db, *create)?;
             let engine = open_offline(&db, Functions::new())?;
             let checked = engine
                 .metrics()
@@ -416,6 +433,18 @@ fn open_offline(db: &Path, functions: Functions) -> Result<Engine> {
 /// cleanly (the server then replays its log when it starts).
 async fn close_offline(engine: Engine) -> Result<bool> {
     Ok(tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(60))).await?)
+}
+
+/// Refuses a path without a database unless `create`: opening it would make a new, empty one,
+/// and an operator who mistyped the path would see the command succeed on it.
+fn require_database(db: &Path, create: bool) -> Result<()> {
+    if !create && !db.exists() {
+        bail!(
+            "no database at {} (pass --create to make a new one)",
+            db.display()
+        );
+    }
+    Ok(())
 }
 
 fn database(cli: &Cli, db: &Option<PathBuf>) -> PathBuf {
