@@ -168,9 +168,13 @@ fn connections() -> TableDefinition {
             ("updatedAt", ms()),
         ]),
     )
-    // Each side's index ends with the status so "my pending requests" is one range.
-    .index("by_user_a", &["userA", "status"])
-    .index("by_user_b", &["userB", "status"])
+    // Each side's index has the status next so "my pending requests" is one range, then the
+    // last change, so that range reads newest first; the `_updated` ones serve "my newest
+    // connections" of any status.
+    .index("by_user_a", &["userA", "status", "updatedAt"])
+    .index("by_user_b", &["userB", "status", "updatedAt"])
+    .index("by_user_a_updated", &["userA", "updatedAt"])
+    .index("by_user_b_updated", &["userB", "updatedAt"])
     .index("by_pair", &["userA", "userB"])
 }
 

@@ -665,3 +665,77 @@ async fn happy_paths_of_every_public_function() {
         "bob changed nothing that is audited"
     );
 }
+
+/// More connections of one status than a list holds: the newest of any status come first,
+/// where the list used to be cut in status order (a user with 200 accepted connections never
+/// saw a pending request), and a status filter also keeps the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_listed_newest_first_whatever_their_status() {
+    const ACCEPTED: i64 = 205;
+    let w = world(LinkedUpConfig::default()).await;
+    let alice = w.alice_id.clone();
+    // Users created after alice have larger ids, so alice is `userA` of each pair.
+    w.env
+        .engine
+        .transact(move |ctx| {
+            for i in 0..ACCEPTED {
+                let other = ctx.insert(
+                    "users",
+                    obj! {
+                        "workosUserId" => format!("u{i}"), "email" => format!("u{i}@example.com"),
+                        "isActive" => true, "createdAt" => 0i64, "updatedAt" => 0i64,
+                    },
+                )?;
+                ctx.insert(
+                    "connections",
+                    obj! {
+                        "userA" => alice.as_str(), "userB" => other.as_str(),
+                        "requestedBy" => alice.as_str(), "status" => "accepted",
+                        "createdAt" => i, "updatedAt" => 1_000 + i,
+                    },
+                )?;
+            }
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    let pending = w
+        .env
+        .m(
+            "connections.request",
+            obj! { "userId" => w.bob_id.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let listed = w
+        .env
+        .q("connections.list", obj! {}, Some(&w.alice))
+        .await
+        .unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 200);
+    assert_eq!(id(&listed[0]), id(&pending));
+    let accepted = w
+        .env
+        .q(
+            "connections.list",
+            obj! { "status" => "accepted" },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let updated: Vec<i64> = accepted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.get_path("updatedAt").and_then(Value::as_i64).unwrap())
+        .collect();
+    assert_eq!(updated.len(), 200);
+    assert_eq!(
+        updated[0],
+        1_000 + ACCEPTED - 1,
+        "the newest accepted first"
+    );
+    assert_eq!(updated[199], 1_000 + ACCEPTED - 200);
+}

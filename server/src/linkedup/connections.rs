@@ -241,12 +241,21 @@ fn respond(
 fn list(ctx: &mut Ctx<'_, '_>, a: ListConnectionsArgs) -> FunctionResult<Vec<Connection>> {
     let me = current_user(ctx)?;
     let mut out = Vec::new();
-    for (index, field) in [("by_user_a", "userA"), ("by_user_b", "userB")] {
+    // Each side's newest `MAX_CONNECTIONS_LISTED` (of the status, if given): the newest of
+    // both sides together are among them.
+    let sides = match a.status {
+        Some(_) => [("by_user_a", "userA"), ("by_user_b", "userB")],
+        None => [
+            ("by_user_a_updated", "userA"),
+            ("by_user_b_updated", "userB"),
+        ],
+    };
+    for (index, field) in sides {
         let mut q = ctx.query(CONNECTIONS, index).eq(field, me.id.as_str());
         if let Some(s) = a.status {
             q = q.eq("status", s.as_str());
         }
-        for doc in q.take(MAX_CONNECTIONS_LISTED)? {
+        for doc in q.desc().take(MAX_CONNECTIONS_LISTED)? {
             out.push(decode::<Connection>(&doc)?);
         }
     }
