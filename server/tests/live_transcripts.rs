@@ -244,7 +244,7 @@ async fn retried_chunk_ids_store_nothing_twice() {
     mixed.extend((10..15).map(|i| chunk(&format!("c{i}"), "p", i * 1000)));
     mixed.push(chunk("c12", "p", 0));
     let r3 = env
-        .m(fns::INGEST_BATCH, batch(&meeting, mixed), &host)
+        .m(fns::INGEST_BATCH, batch(&meeting, mixed), &p)
         .await
         .unwrap();
     assert_eq!(
@@ -449,6 +449,31 @@ async fn a_speaker_named_by_user_id_must_be_a_participant() {
     for c in &stored {
         assert_eq!(c.get_path("ingestedBy"), Some(&Value::from(p_id.as_str())));
     }
+    // Another producer reusing p's chunk id is told so, not handed p's sequence as a
+    // "duplicate" of a chunk it never sent.
+    let e = expect_code(
+        env.m(
+            fns::INGEST_BATCH,
+            batch(
+                &meeting,
+                vec![chunk("z", "Speaker 9", 30), chunk("b", "Speaker 9", 40)],
+            ),
+            &host,
+        )
+        .await,
+        "VALIDATION_ERROR",
+    );
+    assert_eq!(e.data, obj! { "path" => "chunks[1].chunkId" }, "{e}");
+    assert_eq!(env.all("transcripts").await.len(), 3);
+    let again = env
+        .m(
+            fns::INGEST_BATCH,
+            batch(&meeting, vec![chunk("b", &host_id, 10)]),
+            &p,
+        )
+        .await
+        .unwrap();
+    assert_eq!(int(&again, "duplicates"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

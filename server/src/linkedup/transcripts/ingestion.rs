@@ -138,6 +138,14 @@ fn ingest(
         config.rate_limits.ingest_counters,
     )?;
 
+    // A chunk's field as errors name it: `chunks[i].field` in a batch, `field` alone else.
+    let path = |i: usize, field: &str| {
+        if batch {
+            format!("chunks[{i}].{field}")
+        } else {
+            field.to_string()
+        }
+    };
     let now = ctx.now_ms();
     let mut next: Option<i64> = None;
     let mut out = Vec::with_capacity(chunks.len());
@@ -149,16 +157,21 @@ fn ingest(
             .eq("chunkId", c.chunk_id.as_str())
             .first()?;
         if let Some(doc) = existing {
+            // A retry answers with the stored sequence, but only to the producer that stored
+            // it: another participant's chunk id is not theirs to be told "stored".
+            let stored_by = doc.get_path("ingestedBy").and_then(Value::as_str);
+            if stored_by.is_some_and(|by| by != access.user.id) {
+                return Err(invalid_field(
+                    &path(i, "chunkId"),
+                    "is the id of another producer's chunk; chunk ids must be unique per meeting",
+                ));
+            }
             out.push((int_field(&doc, "sequence")?, true));
             continue;
         }
         if let Some(speaker) = &c.speaker_id {
             check_speaker(ctx, meeting_id, &access.user.id, speaker, || {
-                if chunks.len() == 1 && !batch {
-                    "speakerId".to_string()
-                } else {
-                    format!("chunks[{i}].speakerId")
-                }
+                path(i, "speakerId")
             })?;
         }
         let sequence = match next {
