@@ -11,11 +11,14 @@
 //! query, a subscription re-run or a mutation) is appended to the bounded in-memory
 //! `DenialLog`, and a background task (`spawn_denial_writer`, started by `linkedup::start`)
 //! writes it to `auditLogs` through the internal mutation `audit.recordDenials` shortly after.
-//! If the queue is full the denial is counted in `DenialLog::dropped` instead. Anonymous calls
+//! If the queue is full the denial is counted in `DenialLog::dropped` instead. One subject adds
+//! at most `MAX_DENIALS_PER_SUBJECT` rows a minute; the rest of that minute's denials become
+//! one summary row (`metadata.suppressed`), so a loop of refused calls cannot grow the log
+//! (kept a year) without bound. Anonymous calls
 //! (`UNAUTHORIZED`) are not logged: they name no actor, and logging them would let anyone
 //! fill the log.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,13 @@ use super::{audited, decode, encode, fields, limit_arg, LinkedUpConfig};
 
 /// Most denials waiting in memory; further ones are counted and dropped.
 pub const MAX_PENDING_DENIALS: usize = 10_000;
+/// Most denial rows one subject adds to the log per minute; further denials in that minute
+/// are counted and written as one summary row when it is over, so a caller looping on a
+/// refused call cannot grow the log (kept a year) without bound.
+pub const MAX_DENIALS_PER_SUBJECT: usize = 30;
+const DENIAL_WINDOW_MS: i64 = 60_000;
+/// Most subjects whose minute is tracked at once.
+const MAX_TRACKED_SUBJECTS: usize = 10_000;
 /// Most denials written per `audit.recordDenials` call.
 pub const DENIAL_BATCH: usize = 256;
 /// How often the writer looks for denials when it was not woken.
@@ -107,6 +117,45 @@ pub struct Denial {
     pub resource_id: String,
     pub message: String,
     pub at_ms: i64,
+    /// Set on a summary: how many denials of the subject in the minute ending at `at_ms` were
+    /// not written one by one (past `MAX_DENIALS_PER_SUBJECT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
+}
+
+/// One subject's denials in the current minute.
+struct SubjectWindow {
+    start_ms: i64,
+    written: usize,
+    suppressed: u64,
+    /// The last denial suppressed: who and where, for the summary.
+    last: Option<Denial>,
+}
+
+impl SubjectWindow {
+    fn new(start_ms: i64) -> Self {
+        SubjectWindow {
+            start_ms,
+            written: 0,
+            suppressed: 0,
+            last: None,
+        }
+    }
+
+    /// The summary row of a window that suppressed something.
+    fn summary(&self) -> Option<Denial> {
+        let last = self.last.as_ref()?;
+        Some(Denial {
+            message: format!(
+                "{} further access denials of this subject within a minute were not logged one \
+                 by one (the last: {})",
+                self.suppressed, last.message
+            ),
+            at_ms: self.start_ms + DENIAL_WINDOW_MS,
+            suppressed: Some(self.suppressed),
+            ..last.clone()
+        })
+    }
 }
 
 /// The bounded queue of denials between the functions that deny and the writer task.
@@ -118,6 +167,8 @@ pub struct DenialLog {
 #[derive(Default)]
 struct DenialInner {
     queue: parking_lot::Mutex<VecDeque<Denial>>,
+    /// Per subject, the current minute's count (`MAX_TRACKED_SUBJECTS` at most).
+    windows: parking_lot::Mutex<HashMap<Option<String>, SubjectWindow>>,
     dropped: AtomicU64,
     wake: tokio::sync::Notify,
 }
@@ -149,7 +200,63 @@ impl DenialLog {
             resource_id: data("resourceId").unwrap_or_else(|| function.to_string()),
             message: error.message.clone(),
             at_ms: ctx.now_ms(),
+            suppressed: None,
         };
+        if !self.admit(&denial) {
+            return;
+        }
+        self.push(denial);
+    }
+
+    /// Counts `denial` in its subject's minute; false if that minute has had
+    /// `MAX_DENIALS_PER_SUBJECT` already (it is then counted for the window's summary). A
+    /// subject beyond `MAX_TRACKED_SUBJECTS` is admitted untracked (the queue still bounds it).
+    fn admit(&self, denial: &Denial) -> bool {
+        let now = denial.at_ms;
+        let mut windows = self.inner.windows.lock();
+        if windows.len() >= MAX_TRACKED_SUBJECTS && !windows.contains_key(&denial.subject) {
+            drop(windows);
+            self.sweep(now);
+            windows = self.inner.windows.lock();
+            if windows.len() >= MAX_TRACKED_SUBJECTS {
+                return true;
+            }
+        }
+        let w = windows
+            .entry(denial.subject.clone())
+            .or_insert_with(|| SubjectWindow::new(now));
+        if now - w.start_ms >= DENIAL_WINDOW_MS {
+            let summary = w.summary();
+            *w = SubjectWindow::new(now);
+            if let Some(s) = summary {
+                self.push(s);
+            }
+        }
+        if w.written >= MAX_DENIALS_PER_SUBJECT {
+            w.suppressed += 1;
+            w.last = Some(denial.clone());
+            return false;
+        }
+        w.written += 1;
+        true
+    }
+
+    /// Ends the windows a minute old as of `now_ms`: queues their summaries and forgets them.
+    fn sweep(&self, now_ms: i64) {
+        let mut summaries = Vec::new();
+        self.inner.windows.lock().retain(|_, w| {
+            let open = now_ms - w.start_ms < DENIAL_WINDOW_MS;
+            if !open {
+                summaries.extend(w.summary());
+            }
+            open
+        });
+        for s in summaries {
+            self.push(s);
+        }
+    }
+
+    fn push(&self, denial: Denial) {
         let mut q = self.inner.queue.lock();
         if q.len() >= MAX_PENDING_DENIALS {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +322,7 @@ pub fn spawn_denial_writer(engine: Engine, log: DenialLog) -> tokio::task::JoinH
                 _ = tokio::time::timeout(DENIAL_POLL, log.inner.wake.notified()) => false,
                 _ = shutdown.wait_for(|s| *s) => true,
             };
+            log.sweep(query_engine::committer::now_millis());
             if let Err(e) = flush_denials(&engine, &log).await {
                 tracing::warn!(error = %e, "cannot write access denials to the audit log");
                 if !stopping {
@@ -243,6 +351,7 @@ fn denial_validator() -> query_engine::schema::Validator {
         ("resourceId", v::string()),
         ("message", v::string()),
         ("atMs", v::int64()),
+        ("suppressed", v::optional(v::int64())),
     ])
 }
 
@@ -292,10 +401,16 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                     "resourceType" => d.resource_type.as_str(),
                     "resourceId" => d.resource_id.as_str(),
                     "action" => "access.denied",
-                    "metadata" => obj! {
-                        "function" => d.function.as_str(),
-                        "message" => d.message.as_str(),
-                        "subject" => d.subject.clone().map(Value::from).unwrap_or(Value::Null),
+                    "metadata" => {
+                        let mut m = obj! {
+                            "function" => d.function.as_str(),
+                            "message" => d.message.as_str(),
+                            "subject" => d.subject.clone().map(Value::from).unwrap_or(Value::Null),
+                        };
+                        if let (Some(n), Some(o)) = (d.suppressed, m.as_object_mut()) {
+                            o.insert("suppressed".into(), (n as i64).into());
+                        }
+                        m
                     },
                     "timestamp" => d.at_ms,
                 });
@@ -388,4 +503,57 @@ fn query_audit(ctx: &mut Ctx<'_, '_>, a: AuditQueryArgs) -> FunctionResult<Vec<A
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denial(subject: &str, at_ms: i64) -> Denial {
+        Denial {
+            subject: Some(subject.into()),
+            org_id: None,
+            function: "meetings.get".into(),
+            resource_type: "meeting".into(),
+            resource_id: "m1".into(),
+            message: "not a participant".into(),
+            at_ms,
+            suppressed: None,
+        }
+    }
+
+    fn queued(log: &DenialLog) -> Vec<Denial> {
+        log.take(MAX_PENDING_DENIALS)
+    }
+
+    #[test]
+    fn a_subject_s_denials_past_the_minute_s_limit_become_one_summary() {
+        let log = DenialLog::default();
+        let admitted = (0..MAX_DENIALS_PER_SUBJECT + 10)
+            .filter(|i| log.admit(&denial("mallory", 1_000 + *i as i64)))
+            .count();
+        assert_eq!(admitted, MAX_DENIALS_PER_SUBJECT);
+        assert!(log.admit(&denial("alice", 2_000)), "others are not limited");
+        assert!(queued(&log).is_empty(), "admit queues only summaries");
+
+        // The next minute: its first denial is admitted, after the last minute's summary.
+        assert!(log.admit(&denial("mallory", 1_000 + DENIAL_WINDOW_MS)));
+        let summaries = queued(&log);
+        assert_eq!(summaries.len(), 1);
+        assert_eq!(summaries[0].suppressed, Some(10));
+        assert_eq!(summaries[0].subject.as_deref(), Some("mallory"));
+        assert_eq!(summaries[0].at_ms, 1_000 + DENIAL_WINDOW_MS);
+
+        // A subject who stops: the writer's sweep writes the summary and forgets the window.
+        for i in 0..MAX_DENIALS_PER_SUBJECT + 3 {
+            log.admit(&denial("eve", 5_000 + i as i64));
+        }
+        log.sweep(5_000 + DENIAL_WINDOW_MS - 1);
+        assert!(queued(&log).is_empty(), "the minute is not over");
+        log.sweep(5_000 + DENIAL_WINDOW_MS);
+        let summaries = queued(&log);
+        assert_eq!(summaries.len(), 1);
+        assert_eq!(summaries[0].suppressed, Some(3));
+        assert!(!log.inner.windows.lock().contains_key(&Some("eve".into())));
+    }
 }
