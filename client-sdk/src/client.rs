@@ -410,7 +410,8 @@ impl Client {
     }
 
     /// Runs an action and decodes its result. Actions are never retried: if the connection
-    /// drops while one runs, this returns `ClientError::Disconnected`.
+    /// drops while one runs, this returns `ClientError::Disconnected`, and an `UNAUTHORIZED`
+    /// is returned as is (the action may have had effects before it).
     pub async fn action<A, R>(&self, name: &str, args: &A) -> Result<R, ClientError>
     where
         A: Serialize + ?Sized,
@@ -423,7 +424,14 @@ impl Client {
     }
 
     /// Calls a function of any kind with a raw value, returning the value and its timestamp.
-    /// Mutations should pass a `mutation_id` (see `new_mutation_id`).
+    /// Mutations should pass a `mutation_id` (see `new_mutation_id`): only then can one be
+    /// retried safely. A call is sent again only where that cannot apply it twice (protocol
+    /// §12): a call never written is sent on the next connection; once it may have reached the
+    /// server, a query is retried (`max_query_retries`) and a mutation with an id once, under
+    /// that id (`MutationUnconfirmed` if that is lost too), while a mutation without an id and
+    /// an action fail with `Disconnected`: they may or may not have run. After `UNAUTHORIZED`,
+    /// with a token refresher, a query or a mutation runs once more under a fresh token (a
+    /// failed mutation wrote nothing); an action does not. A shed mutation is not retried here.
     pub async fn call(
         &self,
         kind: CallKind,
@@ -808,9 +816,13 @@ impl Inner {
                 }
                 Ok(CallOutcome::Err(payload)) => {
                     let error = ClientError::function(payload);
-                    // An expired token: refresh it once and run the call again. A failed
-                    // mutation wrote nothing, so running it again is safe.
-                    if error.is_unauthorized() && !reauthenticated && self.has_refresher() {
+                    // An expired token or an anonymous connection: refresh the token once
+                    // and run the call again, where that cannot repeat an effect.
+                    if error.is_unauthorized()
+                        && reruns_after_unauthorized(kind)
+                        && !reauthenticated
+                        && self.has_refresher()
+                    {
                         reauthenticated = true;
                         match self.refresh_auth().await {
                             Ok(_) => continue,
@@ -840,11 +852,11 @@ impl Inner {
                         }
                         continue;
                     }
-                    let allowed = match kind {
-                        CallKind::Query => self.opts.max_query_retries,
-                        CallKind::Mutation => 1,
-                        CallKind::Action => 0,
-                    };
+                    let allowed = retries_after_loss(
+                        kind,
+                        mutation_id.is_some(),
+                        self.opts.max_query_retries,
+                    );
                     if lost_after_send >= allowed {
                         return Err(unanswered(
                             kind,
@@ -1054,6 +1066,34 @@ impl Inner {
     }
 }
 
+/// Retries of a call whose connection was lost after it was (maybe partly) written, so that
+/// the server may have run it. A call provably never written is always sent again.
+fn retries_after_loss(kind: CallKind, has_mutation_id: bool, max_query_retries: u32) -> u32 {
+    match kind {
+        CallKind::Query => max_query_retries,
+        // The server answers a retry under the same id from its record (§12): applied once.
+        CallKind::Mutation if has_mutation_id => 1,
+        // Sent again without an id, it could be applied twice.
+        CallKind::Mutation => 0,
+        // Not transactional, not deduplicated.
+        CallKind::Action => 0,
+    }
+}
+
+/// Whether a call that failed with `UNAUTHORIZED` is run again after a token refresh: only if
+/// its first run can have had no effect. A query only reads, and a failed mutation wrote
+/// nothing (its transaction did not commit, and it left no mutation-id record, so a retry
+/// under the same id runs it afresh). An action is not: the server refuses an expired token
+/// before running anything, but once it has dropped that identity (§11) a call runs
+/// anonymously, and an action's own `UNAUTHORIZED` may come after it had effects; the two
+/// answers look alike on the wire.
+fn reruns_after_unauthorized(kind: CallKind) -> bool {
+    match kind {
+        CallKind::Query | CallKind::Mutation => true,
+        CallKind::Action => false,
+    }
+}
+
 /// The error for a call that got no answer: a mutation that may have reached the server is
 /// reported as unconfirmed rather than as a plain disconnect.
 fn unanswered(
@@ -1242,6 +1282,18 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn only_calls_that_cannot_apply_twice_are_sent_again() {
+        assert_eq!(retries_after_loss(CallKind::Query, false, 3), 3);
+        assert_eq!(retries_after_loss(CallKind::Mutation, true, 3), 1);
+        assert_eq!(retries_after_loss(CallKind::Mutation, false, 3), 0);
+        assert_eq!(retries_after_loss(CallKind::Action, false, 3), 0);
+        assert_eq!(retries_after_loss(CallKind::Action, true, 3), 0);
+        assert!(reruns_after_unauthorized(CallKind::Query));
+        assert!(reruns_after_unauthorized(CallKind::Mutation));
+        assert!(!reruns_after_unauthorized(CallKind::Action));
     }
 
     #[test]

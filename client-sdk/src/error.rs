@@ -35,8 +35,9 @@ pub enum ClientError {
     /// The QUIC/TLS handshake failed (server down, certificate not trusted, ALPN mismatch).
     #[error("cannot connect: {0}")]
     Connect(String),
-    /// The connection was lost and the call cannot be retried safely (an action), or no
-    /// connection came back in time.
+    /// The connection was lost and the call cannot be retried safely (an action, or a
+    /// mutation sent without a mutation id: either may or may not have run), or no connection
+    /// came back in time.
     #[error("disconnected from the server")]
     Disconnected,
     /// A mutation was sent, the connection dropped, and its one retry (same mutation id) could

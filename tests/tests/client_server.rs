@@ -512,3 +512,39 @@ async fn many_calls_share_one_connection_and_cancelled_callers_free_their_slots(
     client.close().await;
     server.shutdown().await;
 }
+
+/// An action's `UNAUTHORIZED` may come from its own code after it had effects, so the client
+/// does not run it again after refreshing the token (a query is, as above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthorized_action_is_not_run_again_after_a_refresh() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let issuer = server.dev_issuer().unwrap().clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let refresher: TokenRefresher = {
+        let calls = calls.clone();
+        Arc::new(move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            // The first connect gets nothing, so the client starts anonymous.
+            let token = (n > 0).then(|| issuer.mint(DevClaims::new("user_9")));
+            Box::pin(async move { token })
+        })
+    };
+    let options = common::options(&server).with_token_refresher(refresher);
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    let e = client
+        .action::<_, String>("guarded:action", &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("UNAUTHORIZED"), "{e}");
+    let runs: i64 = client
+        .query("counter:get", &json!({"name": "guarded"}))
+        .await
+        .unwrap();
+    assert_eq!(runs, 1, "the action ran again after the token refresh");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    client.close().await;
+    server.shutdown().await;
+}

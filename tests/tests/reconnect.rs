@@ -14,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
-use linkedup_client::{Client, ClientError, ClientOptions, ReconnectPolicy, Subscription, Trust};
+use linkedup_client::{
+    CallKind, Client, ClientError, ClientOptions, ReconnectPolicy, Subscription, Trust,
+};
 use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
 use query_engine::obj;
@@ -373,7 +375,7 @@ async fn a_mutation_cut_off_mid_flight_is_applied_exactly_once() {
         })
     };
     // The server is running it: cut the connection before the answer can arrive.
-    tokio::time::timeout(PATIENCE, common::MUTATION_STARTED.notified())
+    tokio::time::timeout(PATIENCE, common::mutation_started("once").notified())
         .await
         .unwrap();
     client.force_reconnect();
@@ -385,6 +387,85 @@ async fn a_mutation_cut_off_mid_flight_is_applied_exactly_once() {
         .unwrap();
     assert_eq!(now, 1, "the retried mutation ran twice");
     assert!(client.connection_count() >= 2);
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// Starts `counter:addSlow` on counter `name` through `Client::call` and cuts the connection
+/// while the server runs it, after the call was sent; returns the call's outcome.
+async fn cut_off_call(
+    client: &Client,
+    name: &'static str,
+    mutation_id: Option<String>,
+) -> Result<linkedup_client::CallReply, ClientError> {
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .call(
+                    CallKind::Mutation,
+                    "counter:addSlow",
+                    obj! {"name" => name},
+                    mutation_id,
+                )
+                .await
+        })
+    };
+    tokio::time::timeout(PATIENCE, common::mutation_started(name).notified())
+        .await
+        .unwrap();
+    client.force_reconnect();
+    tokio::time::timeout(PATIENCE, call)
+        .await
+        .expect("call answered in time")
+        .unwrap()
+}
+
+/// Waits until counter `name` reads at least `want`; returns what it read.
+async fn counter_reaches(client: &Client, name: &str, want: i64) -> i64 {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let n: i64 = client
+                .query("counter:get", &json!({ "name": name }))
+                .await
+                .unwrap();
+            if n >= want {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("counter did not reach the value in time")
+}
+
+/// `Client::call` with a mutation and no mutation id sends it once (§12: re-sent without an
+/// id it could be applied twice): when the connection drops after it was sent, the call
+/// fails and the server, which runs what it has read to its end, applied it once. With an id
+/// the same loss is retried under that id and answered from the server's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_cut_off_mid_flight_is_resent_only_under_a_mutation_id() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+
+    let e = cut_off_call(&client, "no-id", None).await.unwrap_err();
+    assert!(matches!(e, ClientError::Disconnected), "{e}");
+    // The original commits on the server; nothing else does.
+    assert_eq!(counter_reaches(&client, "no-id", 1).await, 1);
+    let n: i64 = client
+        .mutation("counter:add", &json!({"name": "no-id", "by": 1}))
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "the mutation without an id was applied twice");
+
+    let id = linkedup_client::new_mutation_id();
+    let reply = cut_off_call(&client, "with-id", Some(id)).await.unwrap();
+    assert_eq!(reply.value, Value::Int64(1));
+    assert_eq!(counter_reaches(&client, "with-id", 1).await, 1);
+    assert!(client.connection_count() >= 3);
     client.close().await;
     server.shutdown().await;
 }

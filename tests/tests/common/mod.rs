@@ -3,9 +3,10 @@
 //! its certificate and reconnect quickly.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use linkedup_client::{ClientOptions, ReconnectPolicy, Trust};
@@ -23,8 +24,19 @@ use tokio::sync::Notify;
 
 /// Signalled by `slow:action` once it runs, so a test can cut the connection mid-action.
 pub static ACTION_STARTED: Notify = Notify::const_new();
-/// Signalled by `counter:addSlow` once it runs, before it commits.
-pub static MUTATION_STARTED: Notify = Notify::const_new();
+
+/// Signalled by `counter:addSlow` on counter `name` once it runs, before it commits: one
+/// `Notify` per counter name, so tests running at once in a binary do not take each other's.
+pub fn mutation_started(name: &str) -> Arc<Notify> {
+    static STARTED: OnceLock<Mutex<HashMap<String, Arc<Notify>>>> = OnceLock::new();
+    STARTED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_default()
+        .clone()
+}
 
 pub fn schema() -> SchemaDefinition {
     SchemaDefinition::new()
@@ -133,7 +145,7 @@ pub fn functions() -> Functions {
         v::object([("name", v::string())]),
         v::int64(),
         |ctx, a: Named| {
-            MUTATION_STARTED.notify_one();
+            mutation_started(&a.name).notify_one();
             // Long enough for the test to cut the connection before the result is sent.
             std::thread::sleep(Duration::from_millis(200));
             add(ctx, &a.name, 1)
@@ -213,6 +225,21 @@ pub fn functions() -> Functions {
         |ctx: ActionCtx, a: Value| async move {
             let count = ctx.run_mutation("counter:add", obj! {"name" => "echo", "by" => 1i64}).await?;
             Ok(obj! {"value" => a.get_path("value").cloned().unwrap_or(Value::Null), "count" => count})
+        },
+    );
+    f.action(
+        "guarded:action",
+        Visibility::Public,
+        v::object([]),
+        v::string(),
+        |ctx: ActionCtx, _: Empty| async move {
+            // Works first and finds out late that the caller is anonymous, as an action may:
+            // its UNAUTHORIZED comes after an effect (counter `guarded` went up).
+            ctx.run_mutation("counter:add", obj! {"name" => "guarded", "by" => 1i64})
+                .await?;
+            ctx.auth()
+                .map(|i| i.subject.clone())
+                .ok_or_else(|| FunctionError::unauthorized("sign in first"))
         },
     );
     f.action(
