@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -17,7 +17,7 @@ use query_engine::protocol::{
 use query_engine::value::Value;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::connection::{
     self, encode_checked, CallFailure, Established, HandshakeParams, ServerInfo, Session,
@@ -36,10 +36,26 @@ const MAX_UNSENT_ATTEMPTS: u32 = 8;
 const MAX_OVERLOAD_WAIT: Duration = Duration::from_secs(5);
 /// The wait when a shed mutation's error carries no usable `retryAfterMs`.
 const DEFAULT_OVERLOAD_WAIT: Duration = Duration::from_millis(100);
+/// A token is refreshed a quarter of its lifetime (`iat` to `exp`) before its `exp`, and at
+/// most this long before.
+const REFRESH_LEAD: Duration = Duration::from_secs(60);
+/// Shortest time between two refreshes ahead of expiry, whatever the tokens say.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Failed refreshes in a row before the client stops asking the refresher until it has a new
+/// token, a new refresher or a new expiry notice.
+const MAX_REFRESH_ATTEMPTS: u32 = 5;
+/// Waits between failed refreshes: 1 s doubling to 30 s, ±50 % jitter.
+const REFRESH_BACKOFF: ReconnectPolicy = ReconnectPolicy {
+    initial_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(30),
+    max_attempts: None,
+    jitter: 0.5,
+};
 
 /// The future a token refresher returns: a fresh access token, or `None` if it has none.
 pub type TokenFuture = BoxFuture<'static, Option<String>>;
-/// Called on every (re)connect and when the server rejects the current token as expired.
+/// Called on every (re)connect, shortly before the current token's `exp`, when the server
+/// reports the token expired, and when a query or mutation fails with `UNAUTHORIZED`.
 pub type TokenRefresher = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
 
 /// How reconnecting backs off: `initial_delay` doubling up to `max_delay`, each delay scaled
@@ -97,7 +113,13 @@ pub struct ClientOptions {
     /// The access token to authenticate with; `None` stays anonymous.
     pub token: Option<String>,
     /// Supplies fresh tokens; when set, it is asked on every connect and reconnect (its
-    /// `None` falls back to `token`) and when the server rejects a call as `UNAUTHORIZED`.
+    /// `None` falls back to `token`), when a query or mutation fails with `UNAUTHORIZED` (the
+    /// call then runs again), and to keep the connection signed in: shortly before the
+    /// current token's `exp` (read from the JWT, unverified; a quarter of its lifetime
+    /// before, at most 60 s) and when the server reports the token expired, after which the
+    /// live connection authenticates with the new token. A refresh that fails (no token,
+    /// none within `connect_timeout`, a token the server rejects) is tried again with backoff,
+    /// at most 5 times in a row.
     pub token_refresher: Option<TokenRefresher>,
     pub reconnect: ReconnectPolicy,
     /// Sent in `Connect`, for the server's logs.
@@ -244,12 +266,20 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     /// Serialises `Authenticate`s so that answers match requests.
     auth_lock: tokio::sync::Mutex<()>,
+    /// Wakes the token keeper (`keep_token_fresh`): the token or refresher changed, or the
+    /// server reported the token expired.
+    auth_wake: Notify,
     next_request_id: AtomicU64,
     next_nonce: AtomicU64,
 }
 
 struct State {
     token: Option<String>,
+    /// Incremented whenever `token` is set.
+    token_version: u64,
+    /// The server dropped the identity because its token expired (§11), and no refresh has
+    /// been attempted since.
+    expiry_notice: bool,
     refresher: Option<TokenRefresher>,
     subs: SubscriptionTable,
     /// The current connection, if up.
@@ -306,6 +336,8 @@ impl Client {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 token: options.token.clone(),
+                token_version: 0,
+                expiry_notice: false,
                 refresher: options.token_refresher.clone(),
                 subs: SubscriptionTable::new(),
                 session: None,
@@ -325,6 +357,7 @@ impl Client {
             link,
             shutdown,
             auth_lock: tokio::sync::Mutex::new(()),
+            auth_wake: Notify::new(),
             next_request_id: AtomicU64::new(1),
             next_nonce: AtomicU64::new(1),
         });
@@ -337,6 +370,7 @@ impl Client {
         tokio::spawn(supervise(inner.clone(), established, shutdown_rx));
         // The supervisor installs the session; wait for it so calls can start at once.
         inner.wait_session(0).await?;
+        tokio::spawn(keep_token_fresh(inner.clone(), inner.shutdown.subscribe()));
         Ok(Client {
             _lifetime: Arc::new(Lifetime {
                 inner: inner.clone(),
@@ -477,6 +511,7 @@ impl Client {
     /// refresher and then `set_auth(None)`.
     pub fn set_token_refresher(&self, refresher: Option<TokenRefresher>) {
         self.inner.state.lock().refresher = refresher;
+        self.inner.auth_wake.notify_one();
     }
 
     /// Asks the token refresher for a new token and authenticates with it.
@@ -499,7 +534,8 @@ impl Client {
             .map(|s| s.info.clone())
     }
 
-    /// The subject of the identity the server last confirmed (`None`: anonymous).
+    /// The subject of the identity the server last confirmed (`None`: anonymous, also after a
+    /// rejected token or once the server dropped an expired token's identity).
     pub fn subject(&self) -> Option<String> {
         self.inner.state.lock().subject.clone()
     }
@@ -642,7 +678,7 @@ impl Inner {
         let token = match refresher {
             Some(refresh) => match refresh().await {
                 Some(fresh) => {
-                    self.state.lock().token = Some(fresh.clone());
+                    self.store_token(Some(fresh.clone()));
                     Some(fresh)
                 }
                 None => stored,
@@ -896,6 +932,16 @@ impl Inner {
         Ok(Subscription::new(key, name.to_string(), slot, owner))
     }
 
+    /// Keeps `token` for reconnects and lets the token keeper reschedule.
+    fn store_token(&self, token: Option<String>) {
+        {
+            let mut st = self.state.lock();
+            st.token = token;
+            st.token_version += 1;
+        }
+        self.auth_wake.notify_one();
+    }
+
     fn has_refresher(&self) -> bool {
         self.state.lock().refresher.is_some()
     }
@@ -924,7 +970,7 @@ impl Inner {
         token: Option<String>,
     ) -> Result<Option<String>, ClientError> {
         let _serial = self.auth_lock.lock().await;
-        self.state.lock().token = token.clone();
+        self.store_token(token.clone());
         let session = self.wait_session(0).await?;
         let answer = {
             let mut st = self.state.lock();
@@ -939,9 +985,12 @@ impl Inner {
         };
         let result = answer.await.map_err(|_| ClientError::Disconnected)?;
         let mut st = self.state.lock();
-        match &result {
-            Ok(subject) => st.subject = subject.clone(),
-            Err(_) => st.subject = None,
+        // A newer connection's handshake has set the subject already.
+        if st.gen == session.gen {
+            match &result {
+                Ok(subject) => st.subject = subject.clone(),
+                Err(_) => st.subject = None,
+            }
         }
         result
     }
@@ -1038,8 +1087,23 @@ impl Inner {
                     }
                     if expired_notice {
                         tracing::warn!(error = %error, "token expired; the connection is anonymous");
+                        {
+                            let mut st = self.state.lock();
+                            st.subject = None;
+                            st.expiry_notice = true;
+                        }
+                        // With a refresher, the token keeper signs in again.
+                        self.auth_wake.notify_one();
                     } else if error.is_unauthorized() {
-                        let waiter = self.state.lock().auth_waiters.pop_front();
+                        let waiter = {
+                            let mut st = self.state.lock();
+                            let waiter = st.auth_waiters.pop_front();
+                            if waiter.is_none() {
+                                // Not an answer, yet the identity is gone (§5.2: never kept).
+                                st.subject = None;
+                            }
+                            waiter
+                        };
                         match waiter {
                             Some(w) => {
                                 let _ = w.send(Err(error));
@@ -1211,6 +1275,166 @@ async fn supervise(inner: Arc<Inner>, first: Established, mut shutdown: watch::R
     }
 }
 
+/// Keeps the connection signed in while a token refresher is configured (protocol §11): asks
+/// it shortly before the current token's `exp` and when the server reports the token expired,
+/// and authenticates the live connection with the answer. A refresh that fails (no token,
+/// none within `connect_timeout`, a token the server rejects, no connection, a token already
+/// due for refresh) is tried again with backoff, `MAX_REFRESH_ATTEMPTS` times in a row at
+/// most; then the keeper waits for a new token, a new refresher or a new expiry notice.
+async fn keep_token_fresh(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    use tokio::time::Instant;
+    let mut failures = 0u32;
+    let mut retry_at = None;
+    let mut last_refresh: Option<Instant> = None;
+    // The `token_version` the keeper gave up on.
+    let mut gave_up_on: Option<u64> = None;
+    loop {
+        let due = {
+            let st = inner.state.lock();
+            if gave_up_on.is_some_and(|version| version != st.token_version) {
+                // A new token since (the application's, or a reconnect's).
+                gave_up_on = None;
+                failures = 0;
+            }
+            if st.refresher.is_none() {
+                None
+            } else if st.expiry_notice {
+                Some(Instant::now())
+            } else if gave_up_on.is_some() {
+                None
+            } else if failures > 0 {
+                retry_at
+            } else {
+                // No `exp` to read: the server's expiry notice will tell.
+                st.token.as_deref().and_then(token_times).map(|times| {
+                    let now = unix_now();
+                    let at = Instant::now() + refresh_time(&times, now).saturating_sub(now);
+                    last_refresh.map_or(at, |last| at.max(last + MIN_REFRESH_INTERVAL))
+                })
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|closed| *closed) => return,
+            () = inner.auth_wake.notified() => continue,
+            () = sleep_until(due) => {}
+        }
+        let (refresher, notice) = {
+            let mut st = inner.state.lock();
+            let notice = std::mem::take(&mut st.expiry_notice);
+            (st.refresher.clone(), notice)
+        };
+        let Some(refresher) = refresher else {
+            continue;
+        };
+        if notice {
+            // A new event: a fresh allowance of attempts.
+            failures = 0;
+            gave_up_on = None;
+        }
+        last_refresh = Some(Instant::now());
+        match refresh_token(&inner, &refresher).await {
+            Ok(()) => {
+                failures = 0;
+                retry_at = None;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures >= MAX_REFRESH_ATTEMPTS {
+                    tracing::warn!(error = %e, failures, "token refresh keeps failing; giving up until the token changes");
+                    gave_up_on = Some(inner.state.lock().token_version);
+                } else {
+                    let wait = REFRESH_BACKOFF.delay(failures - 1, rand::random());
+                    tracing::debug!(error = %e, failures, ?wait, "token refresh failed; retrying");
+                    retry_at = Some(Instant::now() + wait);
+                }
+            }
+        }
+    }
+}
+
+/// Asks `refresher` for a token (within `connect_timeout`) and authenticates with it.
+async fn refresh_token(inner: &Arc<Inner>, refresher: &TokenRefresher) -> Result<(), ClientError> {
+    let unauthorized = |message: String| ClientError::Function {
+        code: codes::UNAUTHORIZED.into(),
+        message,
+        data: Value::Null,
+    };
+    let token = match tokio::time::timeout(inner.opts.connect_timeout, refresher()).await {
+        Ok(Some(token)) => token,
+        Ok(None) => return Err(unauthorized("the token refresher returned no token".into())),
+        Err(_) => {
+            return Err(unauthorized(format!(
+                "the token refresher gave no token within {} ms",
+                inner.opts.connect_timeout.as_millis()
+            )))
+        }
+    };
+    let now = unix_now();
+    let due = token_times(&token).is_some_and(|times| refresh_time(&times, now) <= now);
+    inner.set_auth(Some(token)).await?;
+    if due {
+        // Accepted, but asking again at once would spin: count it as a failure.
+        return Err(unauthorized(
+            "the token refresher returned a token already due for refresh".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// A token's `iat` and `exp` claims, as time since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct TokenTimes {
+    iat: Option<Duration>,
+    exp: Duration,
+}
+
+/// Reads `exp` (and `iat`) from a JWT's payload without verifying anything: only to schedule
+/// refreshes, the server verifies. `None` for anything that is not a JWT with a numeric `exp`.
+fn token_times(token: &str) -> Option<TokenTimes> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        exp: Option<serde_json::Value>,
+        iat: Option<serde_json::Value>,
+    }
+    let seconds = |v: Option<serde_json::Value>| {
+        v.as_ref()
+            .and_then(serde_json::Value::as_f64)
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+    };
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&bytes).ok()?;
+    Some(TokenTimes {
+        exp: seconds(claims.exp)?,
+        iat: seconds(claims.iat),
+    })
+}
+
+/// When to refresh a token, as time since the Unix epoch: a quarter of its lifetime before
+/// `exp`, at most `REFRESH_LEAD` before. Without a usable `iat` the lifetime counts from `now`.
+fn refresh_time(times: &TokenTimes, now: Duration) -> Duration {
+    let issued = times.iat.filter(|iat| *iat < times.exp).unwrap_or(now);
+    let lead = (times.exp.saturating_sub(issued) / 4).min(REFRESH_LEAD);
+    times.exp.saturating_sub(lead)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1282,6 +1506,62 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    fn jwt(claims: &str) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims))
+    }
+
+    #[test]
+    fn token_times_are_read_from_the_unverified_payload() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            token_times(&jwt(r#"{"sub":"u","iat":1000,"exp":4600}"#)),
+            Some(TokenTimes {
+                iat: Some(secs(1000)),
+                exp: secs(4600)
+            })
+        );
+        assert_eq!(
+            token_times(&jwt(r#"{"exp":12.5}"#)),
+            Some(TokenTimes {
+                iat: None,
+                exp: Duration::from_millis(12_500)
+            })
+        );
+        for unknown in [
+            jwt(r#"{"sub":"u"}"#),
+            jwt(r#"{"exp":"soon"}"#),
+            jwt(r#"{"exp":-1}"#),
+            jwt("not json"),
+            "opaque-token".to_string(),
+            "a.!!!.c".to_string(),
+        ] {
+            assert_eq!(token_times(&unknown), None, "{unknown}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_refreshed_a_quarter_of_their_lifetime_before_exp_at_most_a_minute() {
+        let secs = Duration::from_secs;
+        let at = |iat: Option<u64>, exp: u64, now: u64| {
+            let times = TokenTimes {
+                iat: iat.map(secs),
+                exp: secs(exp),
+            };
+            refresh_time(&times, secs(now)).as_secs()
+        };
+        // An hour: a minute before.
+        assert_eq!(at(Some(1000), 4600, 1000), 4540);
+        // Four seconds: one before, wherever `now` is.
+        assert_eq!(at(Some(1000), 1004, 1002), 1003);
+        // No `iat` (or a wrong one): the lifetime counts from now.
+        assert_eq!(at(None, 1008, 1000), 1006);
+        assert_eq!(at(Some(2000), 1008, 1000), 1006);
+        // Expired: at once.
+        assert!(at(Some(900), 1000, 2000) <= 2000);
     }
 
     #[test]

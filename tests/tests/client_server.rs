@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use linkedup_client::{CallKind, Client, ClientError, Subscription, TokenRefresher, Trust};
-use linkedup_server::auth::{DevClaims, DevIssuer};
+use linkedup_server::auth::{AuthConfig, DevClaims, DevIssuer};
 use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
 use query_engine::obj;
 use query_engine::value::Value;
@@ -545,6 +545,183 @@ async fn an_unauthorized_action_is_not_run_again_after_a_refresh() {
         .unwrap();
     assert_eq!(runs, 1, "the action ran again after the token refresh");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    client.close().await;
+    server.shutdown().await;
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Past this Unix time the server has dropped an identity whose token expires by `exp`
+/// (its `exp` plus the verifier's leeway, §11), with a second to spare.
+fn identity_dropped_after(exp: u64) -> u64 {
+    exp + AuthConfig::DEFAULT_LEEWAY_SECS + 2
+}
+
+/// With a refresher, the client renews a short-lived token ahead of its `exp` on its own: a
+/// client that only subscribes keeps its identity, and a query that needs it keeps streaming,
+/// well past the time the server drops an expired identity. Waits out the server's 30 s
+/// leeway (bounded, never timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_outlives_its_first_token_when_a_refresher_is_set() {
+    const TTL: Duration = Duration::from_secs(4);
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let issuer = server.dev_issuer().unwrap().clone();
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let refresher: TokenRefresher = {
+        let refreshes = refreshes.clone();
+        Arc::new(move || {
+            refreshes.fetch_add(1, Ordering::SeqCst);
+            let token = issuer.mint(DevClaims {
+                ttl: TTL,
+                ..DevClaims::new("user_7")
+            });
+            Box::pin(async move { Some(token) })
+        })
+    };
+    // The connect's token (from the refresher) expires by then.
+    let first_exp = unix_now() + TTL.as_secs() + 1;
+    let options = common::options(&server).with_token_refresher(refresher);
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    assert_eq!(client.subject().as_deref(), Some("user_7"));
+    let mut mine = client.subscribe("me:counter", &json!({})).unwrap();
+    assert_eq!(next(&mut mine).await.unwrap(), Value::Int64(0));
+    // Writes keep coming while the first token, and the server's leeway on it, run out; every
+    // one reaches the subscription (`until` fails on an error or an end).
+    let mut n = 0;
+    while unix_now() <= identity_dropped_after(first_exp) {
+        n += 1;
+        let _: i64 = client
+            .mutation("counter:add", &json!({"name": "user_7", "by": 1}))
+            .await
+            .unwrap();
+        until(&mut mine, |v| *v == Value::Int64(n)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let _: i64 = client
+        .mutation("counter:add", &json!({"name": "user_7", "by": 1}))
+        .await
+        .unwrap();
+    until(&mut mine, |v| *v == Value::Int64(n + 1)).await;
+    let who: String = client.query("me:whoami", &json!({})).await.unwrap();
+    assert_eq!(who, "user_7");
+    assert_eq!(client.subject().as_deref(), Some("user_7"));
+    assert!(refreshes.load(Ordering::SeqCst) >= 3);
+    assert_eq!(client.connection_count(), 1);
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// Without a refresher a token left to expire is dropped by the server (§11): its notice
+/// clears the client's subject, and a query that needs the identity ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_without_a_refresher_clears_the_subject() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let ttl = Duration::from_secs(1);
+    let token = server
+        .mint_dev_token(DevClaims {
+            ttl,
+            ..DevClaims::new("user_8")
+        })
+        .unwrap();
+    let options = common::options(&server).with_token(token);
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    assert_eq!(client.subject().as_deref(), Some("user_8"));
+    let mut mine = client.subscribe("me:counter", &json!({})).unwrap();
+    assert_eq!(next(&mut mine).await.unwrap(), Value::Int64(0));
+    let bound = Duration::from_secs(AuthConfig::DEFAULT_LEEWAY_SECS) + ttl + PATIENCE;
+    let ended = tokio::time::timeout(bound, mine.next())
+        .await
+        .expect("the subscription went on past the token's expiry");
+    let e = ended.expect("an error before the end").unwrap_err();
+    assert_eq!(e.code(), Some("UNAUTHORIZED"), "{e}");
+    tokio::time::timeout(PATIENCE, async {
+        while client.subject().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the subject outlived the identity");
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// A refresher that fails is asked a bounded number of times, with backoff, and not at all
+/// once the client has given up; the server's expiry notice gets it asked again, and the
+/// connection signs in with its token without any call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_expiry_notice_a_failing_refresher_is_asked_again() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let issuer = server.dev_issuer().unwrap().clone();
+    let short = server
+        .mint_dev_token(DevClaims {
+            ttl: Duration::from_secs(2),
+            ..DevClaims::new("user_6")
+        })
+        .unwrap();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let refresher: TokenRefresher = {
+        let (ready, failed) = (ready.clone(), failed.clone());
+        Arc::new(move || {
+            let token = if ready.load(Ordering::SeqCst) {
+                Some(issuer.mint(DevClaims::new("user_6")))
+            } else {
+                failed.fetch_add(1, Ordering::SeqCst);
+                None
+            };
+            Box::pin(async move { token })
+        })
+    };
+    // The refresher has nothing at connect: the client signs in with `short`.
+    let options = common::options(&server)
+        .with_token(short)
+        .with_token_refresher(refresher);
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    assert_eq!(client.subject().as_deref(), Some("user_6"));
+    let mut mine = client.subscribe("me:counter", &json!({})).unwrap();
+    assert_eq!(next(&mut mine).await.unwrap(), Value::Int64(0));
+    // No refresh succeeds before the server drops the identity: the query fails and ends.
+    let bound = Duration::from_secs(AuthConfig::DEFAULT_LEEWAY_SECS) + PATIENCE;
+    let ended = tokio::time::timeout(bound, mine.next())
+        .await
+        .expect("the subscription went on past the token's expiry");
+    assert_eq!(ended.unwrap().unwrap_err().code(), Some("UNAUTHORIZED"));
+    let subject_is = |want: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                while client.subject().as_deref() != want {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the subject did not become {want:?}"));
+        }
+    };
+    // The notice clears the subject; nothing can sign in again while the refresher fails.
+    subject_is(None).await;
+    ready.store(true, Ordering::SeqCst);
+    // Connect, then at most 5 attempts ahead of expiry and 5 after the notice.
+    let asked = failed.load(Ordering::SeqCst);
+    assert!((2..=11).contains(&asked), "{asked}");
+    // Without any call, the client signs in again once the refresher has a token.
+    subject_is(Some("user_6")).await;
+    let who: String = client.query("me:whoami", &json!({})).await.unwrap();
+    assert_eq!(who, "user_6");
     client.close().await;
     server.shutdown().await;
 }
