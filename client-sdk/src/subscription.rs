@@ -2,7 +2,7 @@
 //! `Transition` moves all of them at once (diffs applied, stale or repeated results held back),
 //! and the `Subscription` stream a caller reads, which keeps only the latest undelivered value.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -208,6 +208,12 @@ pub(crate) struct SubscriptionTable {
     conn_gen: u64,
     /// `endTs` of the last transition on that connection; 0 before the first.
     conn_ts: u64,
+    /// Subscriptions re-subscribed on this connection whose first result has not come yet.
+    /// While any is left, new results are held back (`held`), so the reader never sees some
+    /// results from the new connection beside others from the old one (protocol §12.3).
+    resyncing: HashSet<u64>,
+    /// Results held back while resyncing: key → whether the value equals what its reader has.
+    held: HashMap<u64, bool>,
 }
 
 impl SubscriptionTable {
@@ -219,6 +225,8 @@ impl SubscriptionTable {
             next_query_id: 1,
             conn_gen: 0,
             conn_ts: 0,
+            resyncing: HashSet::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -263,6 +271,8 @@ impl SubscriptionTable {
     pub(crate) fn remove(&mut self, key: u64) -> Option<ClientMessage> {
         let entry = self.entries.remove(&key)?;
         self.by_query_id.remove(&entry.query_id);
+        self.resyncing.remove(&key);
+        self.held.remove(&key);
         Some(ClientMessage::Unsubscribe {
             query_id: entry.query_id,
         })
@@ -271,10 +281,13 @@ impl SubscriptionTable {
     /// A new connection (generation `gen`) is up, its transitions at `ts` so far (0, or the
     /// end of empty transitions seen during the handshake): nothing of the old one survives on
     /// the server, so every live query is subscribed again. Values stay as they are until the
-    /// new connection's first results replace them.
+    /// new connection has a first result (or failure) for every one of them, and then all
+    /// change together.
     pub(crate) fn begin_connection(&mut self, gen: u64, ts: u64) -> Vec<ClientMessage> {
         self.conn_gen = gen;
         self.conn_ts = ts;
+        self.resyncing = self.entries.keys().copied().collect();
+        self.held.clear();
         self.by_query_id = self
             .entries
             .iter()
@@ -328,6 +341,7 @@ impl SubscriptionTable {
                     };
                     let unchanged = match diff {
                         ResultDiff::Replace(new_value) => {
+                            self.resyncing.remove(&key);
                             // Only a replace can repeat the current value (after a reconnect).
                             let unchanged =
                                 entry.value_delivered && entry.value.as_ref() == Some(&new_value);
@@ -359,6 +373,8 @@ impl SubscriptionTable {
                     let Some(key) = self.by_query_id.remove(&query_id) else {
                         continue;
                     };
+                    self.resyncing.remove(&key);
+                    self.held.remove(&key);
                     if let Some(entry) = self.entries.remove(&key) {
                         effects
                             .wakers
@@ -375,6 +391,19 @@ impl SubscriptionTable {
                 }
             }
         }
+        let changed = if self.resyncing.is_empty() && self.held.is_empty() {
+            changed
+        } else {
+            // Held back with the others while re-subscriptions are still to answer.
+            for (key, unchanged) in changed {
+                let was = self.held.entry(key).or_insert(true);
+                *was = *was && unchanged;
+            }
+            if !self.resyncing.is_empty() {
+                return Ok(effects);
+            }
+            self.held.drain().collect()
+        };
         // Every value is updated; now expose them together.
         for (key, unchanged) in changed {
             let Some(entry) = self.entries.get_mut(&key) else {
@@ -401,6 +430,8 @@ impl SubscriptionTable {
     /// Ends every subscription (the client is closed or gave up reconnecting).
     pub(crate) fn end_all(&mut self, error: Option<ClientError>) -> Vec<Waker> {
         self.by_query_id.clear();
+        self.resyncing.clear();
+        self.held.clear();
         self.entries
             .drain()
             .filter_map(|(_, e)| e.slot.end(error.clone()))
@@ -543,6 +574,67 @@ mod tests {
         assert!(t.apply_transition(7, 8, vec![]).is_err());
         assert!(t.apply_transition(6, 5, vec![]).is_err());
         t.apply_transition(6, 6, vec![]).unwrap();
+    }
+
+    /// After a reconnect the readers keep the old connection's results until the new one has
+    /// answered every re-subscription, then all change at once (protocol §12.3): never some
+    /// results from the new connection beside others from the old.
+    #[test]
+    fn after_a_reconnect_results_change_together() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1, 0);
+        let (_, a, sub_a) = t.insert("a".into(), obj! {});
+        let (_, b, sub_b) = t.insert("b".into(), obj! {});
+        let (_, c, sub_c) = t.insert("c".into(), obj! {});
+        let (qa, qb, qc) = (
+            query_id_of(&sub_a),
+            query_id_of(&sub_b),
+            query_id_of(&sub_c),
+        );
+        let replace = |q, n: i64| updated(q, ResultDiff::Replace(Value::Int64(n)));
+        t.apply_transition(0, 10, vec![replace(qa, 1), replace(qb, 1), replace(qc, 1)])
+            .unwrap();
+        for s in [&a, &b, &c] {
+            assert_eq!(next_value(s), Some(Value::Int64(1)));
+        }
+
+        let resubscribed: Vec<u32> = t.begin_connection(2, 0).iter().map(query_id_of).collect();
+        assert_eq!(resubscribed.len(), 3);
+        t.apply_transition(0, 20, vec![replace(qa, 2)]).unwrap();
+        assert_eq!(next_value(&a), None, "a waits for b and c");
+        // c's query now fails: it ends, and no longer holds the others back once b answers.
+        t.apply_transition(
+            20,
+            21,
+            vec![
+                replace(qa, 3),
+                Modification::Failed {
+                    query_id: qc,
+                    error: ErrorPayload {
+                        code: "FORBIDDEN".into(),
+                        message: "no".into(),
+                        data: Value::Null,
+                    },
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(next_value(&a), None);
+        assert!(matches!(poll_now(&c), Poll::Ready(Some(Err(_)))));
+        t.apply_transition(21, 22, vec![replace(qb, 1)]).unwrap();
+        assert_eq!(next_value(&a), Some(Value::Int64(3)));
+        assert_eq!(next_value(&b), None, "b's result is the one its reader has");
+        // Afterwards, results flow as usual.
+        t.apply_transition(22, 23, vec![replace(qb, 4)]).unwrap();
+        assert_eq!(next_value(&b), Some(Value::Int64(4)));
+        // Dropping a subscription that has not answered yet does not hold the rest for ever.
+        t.begin_connection(3, 23);
+        t.apply_transition(23, 25, vec![replace(qa, 5)]).unwrap();
+        assert_eq!(next_value(&a), None);
+        let key_b = *t.by_query_id.get(&qb).unwrap();
+        t.remove(key_b);
+        t.apply_transition(25, 26, vec![]).unwrap();
+        assert_eq!(next_value(&a), Some(Value::Int64(5)));
     }
 
     #[test]
