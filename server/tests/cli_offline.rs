@@ -100,6 +100,23 @@ async fn schema_push_then_import_all_or_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2: not a JSON document"), "{err}");
+    // A line that is not UTF-8 is named (not read with replacement characters).
+    let mut bytes = format!("{}\n", bad[0]).into_bytes();
+    bytes.extend_from_slice(
+        b"{\"key\": \"\xff\", \"label\": \"x\", \"category\": \"t\", \"createdAt\": 5}\n",
+    );
+    std::fs::write(&file, bytes).unwrap();
+    let out = cli(data, &["import", "interests", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2: not UTF-8"), "{err}");
+    // A line longer than any document's JSON is refused before it is parsed.
+    let long = format!("{}\n{{\"key\": \"{}\"}}\n", bad[0], "x".repeat(17 << 20));
+    std::fs::write(&file, long).unwrap();
+    let out = cli(data, &["import", "interests", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2 is longer than"), "{err}");
 
     let keys: Vec<String> = interests(&db)
         .await

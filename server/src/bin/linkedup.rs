@@ -20,7 +20,7 @@ use linkedup_server::linkedup::{self, erasure, LinkedUpConfig};
 use linkedup_server::transport::tls::DEV_CERT_FILE;
 use query_engine::engine::{Engine, EngineConfig};
 use query_engine::functions::Functions;
-use query_engine::import::{self, ImportError, LineErrors};
+use query_engine::import::{self, ImportError, LineErrors, MAX_IMPORT_DOCUMENTS};
 use query_engine::json::{from_json, to_json};
 use query_engine::value::Value;
 use serde_json::json;
@@ -383,11 +383,14 @@ async fn run(cli: Cli) -> Result<()> {
 
 /// Most bytes of an import file.
 const MAX_IMPORT_FILE_BYTES: u64 = 4 << 30;
+/// Longest line of an import file: a document's JSON may be a few times its stored size
+/// (at most 1 MiB), so a longer line is no document and is refused before it is parsed.
+const MAX_IMPORT_LINE_BYTES: usize = 16 << 20;
 
 /// The documents of a JSON-lines file with their line numbers (blank lines skipped), or, if
 /// any line is not a JSON document, those lines as an import refused whole.
 fn read_json_lines(path: &Path) -> Result<Result<Vec<(usize, Value)>, ImportError>> {
-    use std::io::BufRead;
+    use std::io::{BufRead, Read};
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     if file.metadata()?.len() > MAX_IMPORT_FILE_BYTES {
         bail!(
@@ -395,25 +398,46 @@ fn read_json_lines(path: &Path) -> Result<Result<Vec<(usize, Value)>, ImportErro
             path.display()
         );
     }
+    let mut reader = std::io::BufReader::new(file);
     let mut docs = Vec::new();
     let mut not_json = LineErrors::default();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim().is_empty() {
+    let mut line = Vec::new();
+    for number in 1.. {
+        line.clear();
+        // One byte past the bound tells a line that is too long from one that fits.
+        let read = (&mut reader)
+            .take(MAX_IMPORT_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        if line.len() > MAX_IMPORT_LINE_BYTES && line.last() != Some(&b'\n') {
+            bail!("line {number} is longer than {MAX_IMPORT_LINE_BYTES} bytes");
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            not_json.push(number, "not UTF-8 text".into());
+            continue;
+        };
+        if text.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<serde_json::Value>(&line)
+        // Counted while reading, so a file of too many documents is refused before they
+        // are all in memory.
+        if docs.len() >= MAX_IMPORT_DOCUMENTS {
+            return Ok(Err(ImportError::TooMany));
+        }
+        let parsed = serde_json::from_str::<serde_json::Value>(text)
             .map_err(|e| e.to_string())
             .and_then(|j| from_json(&j).map_err(|e| e.to_string()));
         match parsed {
-            Ok(v) => docs.push((i + 1, v)),
-            Err(e) => not_json.push(i + 1, format!("not a JSON document: {e}")),
+            Ok(v) => docs.push((number, v)),
+            Err(e) => not_json.push(number, format!("not a JSON document: {e}")),
         }
     }
     Ok(not_json.or(docs))
 }
 
-/// The database file: `--db`, else the data directory's.
 /// A stopped server's database opened here with this build's schema and `functions`, and no
 /// scheduler: nothing runs but what the command itself starts.
 fn open_offline(db: &Path, functions: Functions) -> Result<Engine> {
@@ -447,6 +471,7 @@ fn require_database(db: &Path, create: bool) -> Result<()> {
     Ok(())
 }
 
+/// The database file: `--db`, else the data directory's.
 fn database(cli: &Cli, db: &Option<PathBuf>) -> PathBuf {
     db.clone()
         .unwrap_or_else(|| cli.data_dir.join(DATABASE_FILE))
