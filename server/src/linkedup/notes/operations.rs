@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use linkedup_schema::api::notes::{op_weight, MAX_OPS_SINCE_WEIGHT, MAX_OP_WEIGHT};
 use linkedup_schema::api::Role;
 use linkedup_schema::errors::invalid_field;
 use linkedup_schema::ot::{OpLimits, OtError, TextOperation};
@@ -24,8 +25,6 @@ use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
 use query_engine::schema::v;
 use serde::{Deserialize, Serialize};
-
-use linkedup_schema::api::notes::{op_weight, MAX_OPS_SINCE_WEIGHT, MAX_OP_WEIGHT};
 
 use super::{
     fns, ApplyOperationArgs, ApplyResult, NoteOpEntry, NoteState, OpsSinceArgs, MAX_NOTE_CHARS,
@@ -100,10 +99,10 @@ fn invalid_op(e: impl std::fmt::Display) -> FunctionError {
     invalid_field("op", e)
 }
 
-/// CONFLICT telling the client to fetch the note (`notes.get`) and start over from its version.
 /// Rate limiter action name of `notes.applyOperation`.
 pub const APPLY_ACTION: &str = "notes.applyOperation";
 
+/// CONFLICT telling the client to fetch the note (`notes.get`) and start over from its version.
 fn resync(reason: &str, message: String, current: i64, min_retained: i64) -> FunctionError {
     ErrorCode::Conflict.err_with(
         message,

@@ -39,13 +39,7 @@ pub const INGEST_ACTION: &str = "transcripts.ingest";
 /// Checks one chunk's fields; `path` names it in errors (`chunks[3]`, or empty for
 /// `ingestChunk`'s top-level fields).
 fn check_chunk(path: &str, c: &ChunkInput) -> FunctionResult<()> {
-    let field = |name: &str| {
-        if path.is_empty() {
-            name.to_string()
-        } else {
-            format!("{path}.{name}")
-        }
-    };
+    let field = |name: &str| field_path(path, name);
     check_text(&field("chunkId"), &c.chunk_id, 1, MAX_ID_CHARS)?;
     if let Some(s) = &c.speaker_id {
         check_text(&field("speakerId"), s, 1, MAX_ID_CHARS)?;
@@ -67,6 +61,25 @@ fn check_chunk(path: &str, c: &ChunkInput) -> FunctionResult<()> {
         ));
     }
     Ok(())
+}
+
+/// A chunk's field as errors name it: `chunks[3].text` in a batch, `text` alone when `path`
+/// is empty (`ingestChunk`'s top-level fields).
+fn field_path(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+/// Where `ingest`'s chunk `i` is in the arguments: `chunks[i]` in a batch, the top level else.
+fn chunk_path(batch: bool, i: usize) -> String {
+    if batch {
+        format!("chunks[{i}]")
+    } else {
+        String::new()
+    }
 }
 
 fn int_field(doc: &Value, field: &str) -> FunctionResult<i64> {
@@ -138,14 +151,7 @@ fn ingest(
         config.rate_limits.ingest_counters,
     )?;
 
-    // A chunk's field as errors name it: `chunks[i].field` in a batch, `field` alone else.
-    let path = |i: usize, field: &str| {
-        if batch {
-            format!("chunks[{i}].{field}")
-        } else {
-            field.to_string()
-        }
-    };
+    let path = |i: usize, name: &str| field_path(&chunk_path(batch, i), name);
     let now = ctx.now_ms();
     let mut next: Option<i64> = None;
     let mut out = Vec::with_capacity(chunks.len());
@@ -224,7 +230,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                 start_ms: a.start_ms,
                 end_ms: a.end_ms,
             };
-            check_chunk("", &chunk)?;
+            check_chunk(&chunk_path(false, 0), &chunk)?;
             let stored = ingest(
                 ctx,
                 &cfg,
@@ -268,7 +274,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                 ));
             }
             for (i, c) in a.chunks.iter().enumerate() {
-                check_chunk(&format!("chunks[{i}]"), c)?;
+                check_chunk(&chunk_path(true, i), c)?;
             }
             let stored = ingest(ctx, &cfg, &a.meeting_id, &a.chunks, true)?;
             Ok(BatchResult {
