@@ -424,21 +424,28 @@ async fn expired_forged_and_wrong_audience_tokens_are_rejected() {
     server.shutdown().await;
 }
 
+/// A refresher with no token for the first connect (so the client starts anonymous) and a
+/// token for `subject` afterwards, with the count of times it was asked.
+fn anonymous_at_first(
+    issuer: Arc<linkedup_server::auth::DevIssuer>,
+    subject: &'static str,
+) -> (TokenRefresher, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let refresher: TokenRefresher = Arc::new(move || {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        let token = (n > 0).then(|| issuer.mint(DevClaims::new(subject)));
+        Box::pin(async move { token })
+    });
+    (refresher, calls)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_refresher_answers_unauthorized() {
     let dir = common::data_dir();
     let server = common::start(dir.path(), None).await;
     let issuer = server.dev_issuer().unwrap().clone();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let refresher: TokenRefresher = {
-        let calls = calls.clone();
-        Arc::new(move || {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            // The first connect gets nothing, so the client starts anonymous.
-            let token = (n > 0).then(|| issuer.mint(DevClaims::new("user_9")));
-            Box::pin(async move { token })
-        })
-    };
+    let (refresher, calls) = anonymous_at_first(issuer, "user_9");
     let options = common::options(&server).with_token_refresher(refresher);
     let client = Client::connect(&common::addr(&server), options)
         .await
@@ -520,16 +527,7 @@ async fn an_unauthorized_action_is_not_run_again_after_a_refresh() {
     let dir = common::data_dir();
     let server = common::start(dir.path(), None).await;
     let issuer = server.dev_issuer().unwrap().clone();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let refresher: TokenRefresher = {
-        let calls = calls.clone();
-        Arc::new(move || {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            // The first connect gets nothing, so the client starts anonymous.
-            let token = (n > 0).then(|| issuer.mint(DevClaims::new("user_9")));
-            Box::pin(async move { token })
-        })
-    };
+    let (refresher, calls) = anonymous_at_first(issuer, "user_9");
     let options = common::options(&server).with_token_refresher(refresher);
     let client = Client::connect(&common::addr(&server), options)
         .await
