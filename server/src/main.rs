@@ -116,7 +116,7 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
 /// One line on the room provider and how webhooks are verified (never the secret itself).
 fn describe_stream(options: &Options, stream: &StreamConfig, data_dir: &Path) -> String {
     let provider = match &stream.provider {
-        RoomProvider::Local { call_type } => format!("local provider (call type {call_type})"),
+        RoomProvider::Local { call_type, .. } => format!("local provider (call type {call_type})"),
         RoomProvider::Stream(client) => format!("{client:?}"),
     };
     let webhooks = match (&stream.webhook_secret, &options.stream_api_secret) {

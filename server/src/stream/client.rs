@@ -1,6 +1,7 @@
-//! Stream Video's server-side REST API over reqwest, the two requests a room needs: upsert the
-//! users it names (`POST /api/v2/users`) and get-or-create the call
-//! (`POST /api/v2/video/call/{type}/{id}`).
+//! Stream Video's server-side REST API over reqwest: what a room needs (upsert the users it
+//! names, `POST /api/v2/users`, and get-or-create the call,
+//! `POST /api/v2/video/call/{type}/{id}`), ending the call (`…/mark_ended`), and keeping its
+//! members in line with the meeting's participants (`…/members`, `…/block`, `…/unblock`).
 //!
 //! As Stream's server SDKs do, every request carries the `api_key` query parameter, a server
 //! token (HS256 JWT `{"server": true}` signed with the API secret) in `Authorization` and
@@ -17,7 +18,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Map, Value as Json};
 use tokio::time::Instant;
 
-use super::provider::RoomRequest;
+use super::provider::{MemberChange, RoomMember, RoomRequest};
 use super::{call_cid, is_call_id, Secret, StreamError, DEFAULT_BASE_URL, DEFAULT_CALL_TYPE};
 use crate::provider_http::{
     describe, excerpt, read_capped, retry_after, with_retries, BodyError, Failure, RetryPolicy,
@@ -183,6 +184,52 @@ impl StreamClient {
         self.post(&path, &json!({}), deadline).await.map(drop)
     }
 
+    /// Applies one membership change to the meeting's call, every request idempotent:
+    /// - `Set`: upserts the user (as room creation does, so a participant the room was not
+    ///   created with exists on Stream), lifts their block if asked (`POST …/unblock`
+    ///   `{"user_id"}`), then sets their call role
+    ///   (`POST …/members` `{"update_members": [{"user_id", "role"}]}`);
+    /// - `Remove`: blocks the user (`POST …/block` `{"user_id"}`), which is what keeps their
+    ///   call token from admitting them, then removes them
+    ///   (`POST …/members` `{"remove_members": [id]}`). Blocking goes first so that a removal
+    ///   cut short never leaves the user able to join.
+    ///
+    /// All requests share one `total_budget`; each is retried as `post` allows.
+    pub async fn change_member(
+        &self,
+        meeting_id: &str,
+        change: &MemberChange,
+    ) -> Result<(), StreamError> {
+        let settings = &self.inner.settings;
+        let deadline = Instant::now() + settings.total_budget;
+        let call = format!("{CALL_PATH}/{}/{meeting_id}", settings.call_type);
+        match change {
+            MemberChange::Set { member, unblock } => {
+                self.post(USERS_PATH, &member_user_body(member), deadline)
+                    .await?;
+                if *unblock {
+                    let body = json!({ "user_id": member.user_id });
+                    self.post(&format!("{call}/unblock"), &body, deadline)
+                        .await?;
+                }
+                let body = json!({ "update_members": [
+                    { "user_id": member.user_id, "role": member.call_role() },
+                ]});
+                self.post(&format!("{call}/members"), &body, deadline)
+                    .await
+                    .map(drop)
+            }
+            MemberChange::Remove { user_id } => {
+                let body = json!({ "user_id": user_id });
+                self.post(&format!("{call}/block"), &body, deadline).await?;
+                let body = json!({ "remove_members": [user_id] });
+                self.post(&format!("{call}/members"), &body, deadline)
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
     /// POSTs `body` to `path`, retrying what `StreamError::is_retryable` allows while
     /// attempts and time remain. Returns the response's JSON object.
     async fn post(&self, path: &str, body: &Json, deadline: Instant) -> Result<Json, StreamError> {
@@ -289,14 +336,24 @@ fn users_body(request: &RoomRequest) -> Json {
     let mut users: BTreeMap<&str, Json> = BTreeMap::new();
     users.insert(&request.created_by, json!({ "id": request.created_by }));
     for m in &request.members {
-        let mut user = Map::new();
-        user.insert("id".into(), json!(m.user_id));
-        if let Some(name) = &m.name {
-            user.insert("name".into(), json!(name));
-        }
-        users.insert(&m.user_id, Json::Object(user));
+        users.insert(&m.user_id, user_json(m));
     }
     json!({ "users": users })
+}
+
+/// `{"users": {id: {"id", "name"?}}}` for one member.
+fn member_user_body(member: &RoomMember) -> Json {
+    json!({ "users": { member.user_id.as_str(): user_json(member) } })
+}
+
+/// A member's Stream user record: `{"id", "name"?}`.
+fn user_json(member: &RoomMember) -> Json {
+    let mut user = Map::new();
+    user.insert("id".into(), json!(member.user_id));
+    if let Some(name) = &member.name {
+        user.insert("name".into(), json!(name));
+    }
+    Json::Object(user)
 }
 
 /// The get-or-create body: creator, members (hosts with the `host` call role) and custom data

@@ -91,7 +91,7 @@ impl StreamConfig {
             (None, _) if options.stream_base_url.is_some() => {
                 return Err(StreamConfigError::NeedsApiKey("stream-base-url"))
             }
-            (None, _) => RoomProvider::Local { call_type },
+            (None, _) => RoomProvider::local(call_type),
         };
         let webhook_secret = match secret {
             Some(secret) => Some(secret),

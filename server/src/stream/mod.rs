@@ -1,7 +1,8 @@
-//! GetStream Video (seed §6, §15, §20): the provider that creates a meeting's call (its
-//! "room"), the tokens participants join it with, and the verification of the webhooks
-//! Stream sends about it. Nothing here knows about the database; `linkedup::stream_rooms`,
-//! `linkedup::stream_tokens` and `linkedup::stream_webhook` use it.
+//! GetStream Video (seed §3, §6, §15, §20): the provider that creates a meeting's call (its
+//! "room") and keeps its members in line with the meeting's participants, the tokens
+//! participants join it with, and the verification of the webhooks Stream sends about it.
+//! Nothing here knows about the database; `linkedup::stream_rooms`, `linkedup::stream_tokens`
+//! and `linkedup::stream_webhook` use it.
 //!
 //! Which provider runs is configuration (`StreamConfig`): the deterministic local one by
 //! default (no network; the room id is derived from the meeting id, so development and tests
@@ -20,7 +21,7 @@ use query_engine::obj;
 pub use crate::secret::Secret;
 pub use client::{ApiSettings, StreamClient};
 pub use config::StreamConfig;
-pub use provider::{RoomMember, RoomProvider, RoomRequest};
+pub use provider::{LocalCall, LocalCalls, MemberChange, RoomMember, RoomProvider, RoomRequest};
 pub use tokens::{mint_call_token, CallToken};
 
 /// Stream's API host (the one its server SDKs default to).
@@ -78,7 +79,8 @@ impl From<crate::provider_http::OutOfTime> for StreamError {
 impl StreamError {
     /// Whether another attempt may succeed: Stream overloaded (429), failing (5xx), or not
     /// reached. Every request this client sends is idempotent (get-or-create with an id
-    /// derived from the meeting, upsert of users), so repeating one is safe.
+    /// derived from the meeting, upsert of users, setting a member's role, removing or
+    /// blocking or unblocking a user), so repeating one is safe.
     pub fn is_retryable(&self) -> bool {
         match self {
             StreamError::Api { status, .. } => *status == 429 || *status >= 500,
