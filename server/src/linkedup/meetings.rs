@@ -15,9 +15,11 @@
 //! Joining and leaving are presence, not membership, and are not audited (they are frequent
 //! and carry no rights); every state change and membership change is.
 //!
-//! Starting a meeting schedules its Stream room (`stream_rooms`). Stream's webhooks change
-//! presence and conclude meetings through the same helpers as join, leave and end
-//! (`mark_joined`, `mark_left`, `conclude`), with no acting user.
+//! Starting a meeting schedules its Stream room (`stream_rooms`); adding or removing a
+//! participant, or changing their role, in a meeting with a room schedules the matching change
+//! of their call membership (`stream_rooms::SYNC_MEMBER`). Stream's webhooks change presence
+//! and conclude meetings through the same helpers as join, leave and end (`mark_joined`,
+//! `mark_left`, `conclude`), with no acting user.
 
 use std::sync::Arc;
 
@@ -160,8 +162,10 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
 
     // meetings.addParticipant: host only; adds `userId` (of the meeting's organisation) with
     // `role` (default participant); adding an existing participant returns its record
-    // unchanged. Returns the participant record. Returns: UNAUTHORIZED, VALIDATION_ERROR,
-    // NOT_FOUND (meeting or user), FORBIDDEN, CONFLICT (meeting over, or full).
+    // unchanged. In a meeting with a Stream room, schedules making them a call member with
+    // their role (unblocked if removed before). Returns the participant record. Returns:
+    // UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND (meeting or user), FORBIDDEN, CONFLICT
+    // (meeting over, or full).
     f.mutation(
         "meetings.addParticipant",
         Visibility::Public,
@@ -176,8 +180,9 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
 
     // meetings.removeParticipant: host only; deletes the participant record, ending all of
     // that user's access (their subscriptions fail with FORBIDDEN), and records the removal
-    // in `formerParticipants` (what erasure finds the meeting by). The last host cannot be
-    // removed. Returns null. Returns: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN,
+    // in `formerParticipants` (what erasure finds the meeting by). In a meeting with a Stream
+    // room, schedules blocking them from its call and removing them from its members. The
+    // last host cannot be removed. Returns null. Returns: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN,
     // CONFLICT (last host, or meeting over).
     f.mutation(
         "meetings.removeParticipant",
@@ -187,8 +192,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         audited(config, "meetings.removeParticipant", remove_participant),
     );
 
-    // meetings.setRole: host only; changes a participant's role. The last host cannot be
-    // demoted. Returns the participant record. Returns: UNAUTHORIZED, VALIDATION_ERROR,
+    // meetings.setRole: host only; changes a participant's role (in a meeting with a Stream
+    // room, schedules the same change of their call role). The last host cannot be demoted. Returns the participant record. Returns: UNAUTHORIZED, VALIDATION_ERROR,
     // NOT_FOUND, FORBIDDEN, CONFLICT.
     f.mutation(
         "meetings.setRole",
@@ -730,6 +735,8 @@ fn add_participant(ctx: &mut Ctx<'_, '_>, a: AddParticipantArgs) -> FunctionResu
     let role = a.role.unwrap_or(Role::Participant);
     let now = ctx.now_ms();
     let id = insert_participant(ctx, &a.meeting_id, &a.user_id, role, now)?;
+    // A member of the call with their role (and no longer blocked, if removed before).
+    stream_rooms::schedule_member_sync(ctx, &access.meeting, &a.user_id)?;
     audit::record(
         ctx,
         Some(&access.user.id),
@@ -762,6 +769,8 @@ fn remove_participant(ctx: &mut Ctx<'_, '_>, a: ParticipantArgs) -> FunctionResu
     if target.presence == Presence::Joined {
         adjust_joined(ctx, &a.meeting_id, -1)?;
     }
+    // Blocked from the call and no longer a member: their call token no longer admits them.
+    stream_rooms::schedule_member_sync(ctx, &access.meeting, &a.user_id)?;
     audit::record(
         ctx,
         Some(&access.user.id),
@@ -787,6 +796,8 @@ fn set_role(ctx: &mut Ctx<'_, '_>, a: SetRoleArgs) -> FunctionResult<Participant
         &target.id,
         fields(obj! { "role" => a.role.as_str() }),
     )?;
+    // The call role follows: host, or the call type's member role.
+    stream_rooms::schedule_member_sync(ctx, &access.meeting, &a.user_id)?;
     audit::record(
         ctx,
         Some(&access.user.id),
