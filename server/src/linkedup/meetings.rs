@@ -182,8 +182,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // that user's access (their subscriptions fail with FORBIDDEN), and records the removal
     // in `formerParticipants` (what erasure finds the meeting by). In a meeting with a Stream
     // room, schedules blocking them from its call and removing them from its members. The
-    // last host cannot be removed. Returns null. Returns: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN,
-    // CONFLICT (last host, or meeting over).
+    // last host cannot be removed. Returns null. Returns: UNAUTHORIZED, VALIDATION_ERROR,
+    // NOT_FOUND, FORBIDDEN, CONFLICT (last host, or meeting over).
     f.mutation(
         "meetings.removeParticipant",
         Visibility::Public,
@@ -193,8 +193,9 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     );
 
     // meetings.setRole: host only; changes a participant's role (in a meeting with a Stream
-    // room, schedules the same change of their call role). The last host cannot be demoted. Returns the participant record. Returns: UNAUTHORIZED, VALIDATION_ERROR,
-    // NOT_FOUND, FORBIDDEN, CONFLICT.
+    // room, schedules the same change of their call role). The last host cannot be demoted.
+    // Returns the participant record. Returns: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND,
+    // FORBIDDEN, CONFLICT.
     f.mutation(
         "meetings.setRole",
         Visibility::Public,

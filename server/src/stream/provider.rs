@@ -25,6 +25,8 @@ pub const MEMBER_CALL_ROLE: &str = "call_member";
 
 /// Most calls the local provider remembers; the oldest is forgotten first.
 pub const MAX_LOCAL_CALLS: usize = 1_000;
+/// Most membership changes it keeps per call, the newest.
+pub const MAX_LOCAL_CHANGES: usize = 1_000;
 
 /// One member of the call: a LinkedUp user (its document id is its Stream user id).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,7 +197,7 @@ pub struct LocalCall {
     /// Users who may not join the call.
     pub blocked: BTreeSet<String>,
     pub ended: bool,
-    /// Every membership change applied to the call, in order.
+    /// The membership changes applied to the call, in order (the last `MAX_LOCAL_CHANGES`).
     pub changes: Vec<MemberChange>,
 }
 
@@ -213,6 +215,9 @@ impl LocalCall {
                 self.blocked.insert(user_id.clone());
                 self.members.remove(user_id);
             }
+        }
+        if self.changes.len() >= MAX_LOCAL_CHANGES {
+            self.changes.remove(0);
         }
         self.changes.push(change.clone());
     }
