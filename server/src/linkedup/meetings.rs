@@ -648,9 +648,10 @@ pub(crate) const HANDOVER_CANDIDATES: usize = 8;
 /// When `leaving` is the only host of an open (scheduled or active) meeting, makes the
 /// earliest-added other participant whose account is not being erased its host (among the
 /// first `HANDOVER_CANDIDATES`), so the meeting keeps someone who can run it; audited
-/// (`participant.role_changed`, reason `hostErased`, no actor). For the erasure job: reads at
-/// most 2 + 2 × `HANDOVER_CANDIDATES` documents, writes at most two. Returns the new host's
-/// user id, if any.
+/// (`participant.role_changed`, reason `hostErased`, no actor), and their call role follows
+/// (`stream_rooms::schedule_member_sync`). For the erasure job: reads at most
+/// 2 + 2 × `HANDOVER_CANDIDATES` documents, writes at most three. Returns the new host's user
+/// id, if any.
 pub(crate) fn hand_over_hosting(
     ctx: &mut Ctx<'_, '_>,
     meeting: &Meeting,
@@ -683,6 +684,8 @@ pub(crate) fn hand_over_hosting(
         &next.id,
         fields(obj! { "role" => Role::Host.as_str() }),
     )?;
+    // The new host's call role follows, as for `meetings.setRole`.
+    stream_rooms::schedule_member_sync(ctx, meeting, &next.user_id)?;
     audit::record_in_org(
         ctx,
         meeting.org_id.as_deref(),

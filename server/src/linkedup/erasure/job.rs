@@ -75,8 +75,8 @@ pub(super) const FIRST_PHASE: &str = PHASES[0];
 const MEETING_PHASES: [&str; 4] = ["transcripts", "segments", "prompts", "hosting"];
 /// Most documents the `hosting` phase reads or writes: the two reads before
 /// `meetings::hand_over_hosting`, its two host rows, a candidate row and user document per
-/// candidate, and its two writes.
-const HANDOVER_DOCS: usize = 6 + 2 * HANDOVER_CANDIDATES;
+/// candidate, and its three writes.
+const HANDOVER_DOCS: usize = 7 + 2 * HANDOVER_CANDIDATES;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
