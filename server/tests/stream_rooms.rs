@@ -261,6 +261,15 @@ async fn the_start_job_schedules_a_retry_when_stream_fails() {
         ]
     );
     assert_eq!(room_of(&w, &m).await, None);
+
+    // Stream refusing the request (a 4xx) is not retried: it would only be refused again.
+    let m2 = w.scheduled().await;
+    fake.script([Reply::status(400)]);
+    w.env.start(&w.alice, &m2).await;
+    assert_eq!(
+        job_runs(&w, "streamRooms.provision", &m2, 1).await,
+        [("failed".to_string(), None)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

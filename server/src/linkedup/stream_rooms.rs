@@ -62,10 +62,10 @@ const MEMBER_SYNCED: &str = "streamRooms.memberSynced";
 /// `SYNC_MEMBER` gave up: the audit entry.
 const MEMBER_SYNC_FAILED: &str = "streamRooms.memberSyncFailed";
 const RETRY: &str = "streamRooms.retryLater";
-/// When a room job fails with `PROVIDER_ERROR`, it runs again after each of these waits in
-/// turn, then gives up (a host can still call `meetings.createStreamRoom`; an unended call
-/// ends when its participants leave). `SYNC_MEMBER` retries only a transient failure (Stream
-/// overloaded, failing or unreachable), and when it gives up it is logged and audited
+/// When a room job fails with a transient `PROVIDER_ERROR` (Stream overloaded, failing or
+/// unreachable), it runs again after each of these waits in turn, then gives up (a host can
+/// still call `meetings.createStreamRoom`; an unended call ends when its participants leave).
+/// When `SYNC_MEMBER` gives up, or Stream refuses it, it is logged and audited
 /// (`meeting.stream_member_sync_failed`).
 const RETRY_DELAYS_MS: [i64; 2] = [30_000, 300_000];
 const RETRIED_JOBS: [&str; 3] = [PROVISION, END_CALL, SYNC_MEMBER];
@@ -474,7 +474,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     );
 }
 
-/// `result` of room job `job`; when it is a `PROVIDER_ERROR` and retries remain, the job is
+/// `result` of room job `job`; when it is a transient `PROVIDER_ERROR` (Stream overloaded,
+/// failing or unreachable; a refusal would only be repeated) and retries remain, the job is
 /// first scheduled to run again after the next of `RETRY_DELAYS_MS`.
 async fn retry_on_provider_error<T>(
     ctx: &ActionCtx,
@@ -483,7 +484,8 @@ async fn retry_on_provider_error<T>(
     result: FunctionResult<T>,
 ) -> FunctionResult<T> {
     if let Err(e) = &result {
-        if e.code == ErrorCode::ProviderError.as_str() {
+        let transient = e.data.get_path("transient") == Some(&Value::Bool(true));
+        if e.code == ErrorCode::ProviderError.as_str() && transient {
             schedule_retry(ctx, job, &a.meeting_id, None, a.attempt.unwrap_or(0)).await?;
         }
     }
@@ -585,9 +587,7 @@ async fn member_sync_failed(
 ) -> FunctionResult<query_engine::error::FunctionError> {
     let error = e.to_function_error();
     let retries = a.attempt.unwrap_or(0);
-    // GaveUp: the client's own retries of a transient failure ran out.
-    let transient = e.is_retryable() || matches!(e, StreamError::GaveUp { .. });
-    if transient
+    if e.is_transient()
         && schedule_retry(ctx, SYNC_MEMBER, &a.meeting_id, Some(&a.user_id), retries).await?
     {
         tracing::warn!(meeting = %a.meeting_id, user = %a.user_id,

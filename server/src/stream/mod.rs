@@ -89,7 +89,14 @@ impl StreamError {
         }
     }
 
-    /// The `PROVIDER_ERROR` a function returns for this failure.
+    /// Whether the failure may pass: retryable, or the client's own retries of a retryable
+    /// one ran out. A job retries later only such a failure (a refusal would be repeated).
+    pub fn is_transient(&self) -> bool {
+        self.is_retryable() || matches!(self, StreamError::GaveUp { .. })
+    }
+
+    /// The `PROVIDER_ERROR` a function returns for this failure; `data.transient` says
+    /// whether a later attempt may succeed (`is_transient`).
     pub fn to_function_error(&self) -> FunctionError {
         let status = match self {
             StreamError::Api { status, .. } => i64::from(*status),
@@ -101,7 +108,7 @@ impl StreamError {
         };
         ErrorCode::ProviderError.err_with(
             self.to_string(),
-            obj! { "provider" => "stream", "status" => status },
+            obj! { "provider" => "stream", "status" => status, "transient" => self.is_transient() },
         )
     }
 }
