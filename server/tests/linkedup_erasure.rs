@@ -802,18 +802,20 @@ async fn an_erased_only_host_hands_open_meetings_over() {
         .collect();
     assert_eq!(handed.len(), 3);
     assert!(handed.iter().all(|e| e.get_path("actorUserId").is_none()));
-    // w.meeting has a Stream room (the local provider's): the new host's call role follows.
+    // w.meeting has a Stream room (the local provider's): the new host's call role follows,
+    // and alice is out of the call (blocked, no longer a member).
     let calls = env.config.stream.provider.local_calls().unwrap().clone();
     for _ in 0..400 {
-        let role = calls
-            .call(&w.meeting)
-            .and_then(|c| c.members.get(&w.bob_id).cloned());
-        if role.as_deref() == Some("host") {
+        let call = calls.call(&w.meeting).unwrap_or_default();
+        if call.members.get(&w.bob_id).map(String::as_str) == Some("host")
+            && call.blocked.contains(&w.alice_id)
+            && !call.members.contains_key(&w.alice_id)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("bob's call role did not become host");
+    panic!("bob's call role did not become host, or alice is still in the call");
 }
 
 /// The earliest-added participant is being erased too: hosting passes over them to the next.

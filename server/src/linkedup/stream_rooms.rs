@@ -35,7 +35,7 @@ use query_engine::schema::v;
 use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
-use super::guards::{assert_meeting_access, find_participant, get_meeting};
+use super::guards::{assert_meeting_access, being_erased, find_participant, get_meeting};
 use super::meetings::list_participants;
 use super::{audit, audited, decode, encode, fields, LinkedUpConfig};
 use crate::stream::provider::MAX_ROOM_MEMBERS;
@@ -144,7 +144,8 @@ enum CallMembership {
     Host,
     /// Another participant: a member with the default member role.
     Member,
-    /// Not a participant: blocked from the call and not a member.
+    /// Not a participant (or one whose account is being erased): blocked from the call and
+    /// not a member.
     Removed,
 }
 
@@ -619,7 +620,8 @@ async fn member_sync_failed(
 }
 
 /// What `user_id`'s membership of `meeting`'s call should be, if the meeting has a room and
-/// is open (else none: nothing to keep in line).
+/// is open (else none: nothing to keep in line). A user whose account is being erased keeps
+/// their participant record (membership is kept, seed §20) but not their place in the call.
 fn call_membership(
     ctx: &mut Ctx<'_, '_>,
     meeting: &Meeting,
@@ -627,6 +629,9 @@ fn call_membership(
 ) -> FunctionResult<Option<CallMembership>> {
     if meeting.stream_room_id.is_none() || !meeting.state.is_open() {
         return Ok(None);
+    }
+    if being_erased(ctx, user_id)? {
+        return Ok(Some(CallMembership::Removed));
     }
     let participant = find_participant(ctx, &meeting.id, user_id)?;
     Ok(Some(CallMembership::of(participant.as_ref())))

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use super::{ErasureConfig, Request};
 use crate::linkedup::guards::find_participant;
 use crate::linkedup::meetings::{hand_over_hosting, mark_left, HANDOVER_CANDIDATES};
+use crate::linkedup::stream_rooms::schedule_member_sync;
 use crate::linkedup::{audit, decode, encode, id_of, LinkedUpConfig};
 
 /// The job's name.
@@ -75,8 +76,8 @@ pub(super) const FIRST_PHASE: &str = PHASES[0];
 const MEETING_PHASES: [&str; 4] = ["transcripts", "segments", "prompts", "hosting"];
 /// Most documents the `hosting` phase reads or writes: the two reads before
 /// `meetings::hand_over_hosting`, its two host rows, a candidate row and user document per
-/// candidate, and its three writes.
-const HANDOVER_DOCS: usize = 7 + 2 * HANDOVER_CANDIDATES;
+/// candidate, and its three writes; then the job that takes the user out of the call.
+const HANDOVER_DOCS: usize = 8 + 2 * HANDOVER_CANDIDATES;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -341,7 +342,8 @@ fn erase_meetings(
 }
 
 /// If the user is the only host of this open meeting, another participant becomes its host
-/// (`meetings::hand_over_hosting`). Waits for a run with room for it, unless the whole page is
+/// (`meetings::hand_over_hosting`); and the user leaves the meeting's call (blocked, no longer
+/// a member: `stream_rooms::schedule_member_sync`). Waits for a run with room for it, unless the whole page is
 /// smaller (then a run may touch up to `HANDOVER_DOCS` more than its page).
 fn hand_over(
     ctx: &mut Ctx<'_, '_>,
@@ -365,6 +367,8 @@ fn hand_over(
         return Ok(true);
     };
     hand_over_hosting(ctx, &m, &p)?;
+    // Out of the meeting's call: their account is going, their call token must not outlive it.
+    schedule_member_sync(ctx, &m, &r.user_id)?;
     Ok(true)
 }
 
