@@ -482,6 +482,28 @@ async fn owners_list_and_delete_their_own_insights_which_are_not_written_again()
             .await,
         "UNAUTHORIZED",
     );
+    // Bob leaves org1: its meetings' insights are no more his to list than to read one by one.
+    let moved = ident("bob", Some("org9"), Some("member"));
+    expect_code(
+        w.env
+            .q(
+                "insights.forMeeting",
+                obj! { "meetingId" => m2.as_str() },
+                Some(&moved),
+            )
+            .await,
+        "FORBIDDEN",
+    );
+    let listed = w
+        .env
+        .q(
+            "insights.listMine",
+            obj! { "numItems" => 10i64 },
+            Some(&moved),
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.get_path("page"), Some(&Value::Array(vec![])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

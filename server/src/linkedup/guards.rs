@@ -287,6 +287,28 @@ pub fn assert_meeting_access(
     })
 }
 
+/// Whether `user` may still see what belongs to `meeting_id`: what `assert_meeting_access`
+/// lets through with participant rights (the meeting exists, is not another organisation's,
+/// and the user is its participant), as a yes or no for filtering a list.
+pub fn may_see_meeting(
+    ctx: &mut Ctx<'_, '_>,
+    user: &CurrentUser,
+    meeting_id: &str,
+) -> FunctionResult<bool> {
+    let Some(doc) = ctx.get(MEETINGS, meeting_id)? else {
+        return Ok(false);
+    };
+    let meeting: Meeting = decode(&doc)?;
+    if meeting
+        .org_id
+        .as_ref()
+        .is_some_and(|org| user.identity.org_id.as_ref() != Some(org))
+    {
+        return Ok(false);
+    }
+    Ok(find_participant(ctx, meeting_id, &user.id)?.is_some())
+}
+
 /// The meeting document. Returns: NOT_FOUND.
 pub fn get_meeting(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Meeting> {
     let doc = ctx

@@ -41,6 +41,7 @@ use super::ai_context::participants_of;
 use super::flags::is_enabled;
 use super::guards::{
     assert_meeting_access, being_erased, current_user, find_participant, get_meeting,
+    may_see_meeting,
 };
 use super::idempotency::{check_and_record, peek};
 use super::transcripts::aggregated_until;
@@ -203,7 +204,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         store,
     );
 
-    // insights.listMine: a page of the caller's insights, newest first.
+    // insights.listMine: a page of the caller's insights, newest first, of meetings they may
+    // still see (`insights.forMeeting`'s access; a page may hold fewer than numItems).
     // Returns: UNAUTHORIZED, VALIDATION_ERROR.
     f.query(
         fns::INSIGHTS_LIST_MINE,
@@ -609,7 +611,17 @@ fn list_mine(ctx: &mut Ctx<'_, '_>, a: ListMyInsightsArgs) -> FunctionResult<Ins
         .query(INSIGHTS, "by_user")
         .eq("userId", me.id.as_str())
         .desc();
-    decoded_page(query, a.cursor.as_deref(), n)
+    let mut page: InsightPage = decoded_page(query, a.cursor.as_deref(), n)?;
+    // As `insights.forMeeting` would: not a meeting the caller was removed from, or of an
+    // organisation they no longer belong to (a page may then hold fewer than `numItems`).
+    let mut visible = Vec::with_capacity(page.page.len());
+    for insight in page.page {
+        if may_see_meeting(ctx, &me, &insight.meeting_id)? {
+            visible.push(insight);
+        }
+    }
+    page.page = visible;
+    Ok(page)
 }
 
 fn for_meeting(ctx: &mut Ctx<'_, '_>, a: MeetingIdArgs) -> FunctionResult<Option<Insight>> {
