@@ -340,7 +340,8 @@ async fn happy_paths_of_every_public_function() {
         )
         .await
         .unwrap();
-    assert_eq!(s(&p, "displayName"), "alice@example.com");
+    // Never the email by default: other participants and the AI provider see profiles.
+    assert_eq!(s(&p, "displayName"), "");
     let p2 = env.q("profiles.get", obj! {}, Some(alice)).await.unwrap();
     assert_eq!(s(&p2, "bio"), "builder");
     let cat = env

@@ -75,7 +75,8 @@ pub fn profile_of(
         .as_ref()
         .map(|p| p.display_name.clone())
         .or_else(|| user.and_then(|u| u.display_name))
-        .filter(|n| !n.trim().is_empty())
+        // An email (profiles made before names stopped defaulting to it) is no name to share.
+        .filter(|n| !n.trim().is_empty() && !n.contains('@'))
         .unwrap_or_else(|| "a participant".to_string());
     let text = |t: Option<&String>| {
         t.map(|s| truncate(s.trim(), MAX_PROFILE_TEXT_CHARS))

@@ -254,11 +254,9 @@ fn update_profile(
             p.id
         }
         None => {
-            let default_name = me
-                .user
-                .display_name
-                .clone()
-                .unwrap_or_else(|| me.user.email.clone());
+            // Never the email: profiles are shown to other participants and reach the AI
+            // provider (seed §20, data minimisation). Empty until the user names themself.
+            let default_name = me.user.display_name.clone().unwrap_or_default();
             changes
                 .entry("displayName".into())
                 .or_insert_with(|| default_name.into());
