@@ -18,7 +18,7 @@ use crate::committer::{
     Rerun, Shared,
 };
 use crate::context::Ctx;
-use crate::error::{FunctionError, FunctionResult};
+use crate::error::{unless_panicked, FunctionError, FunctionResult};
 use crate::functions::{FunctionDef, FunctionKind, Functions, Handler, TxnHandler, Visibility};
 use crate::id::{DocumentId, TableNumber};
 use crate::identity::Identity;
@@ -585,7 +585,7 @@ impl Engine {
         let body = move |txn: &mut Transaction<'_>| {
             let mut ctx = Ctx::new(txn, identity.as_ref(), &functions, FunctionKind::Mutation);
             let run = |ctx: &mut Ctx<'_, '_>| {
-                let v = h(ctx, args.clone())?;
+                let v = unless_panicked(&def.name, || h(ctx, args.clone()))?;
                 engine.check_result(&def, &v, None)?;
                 Ok(v)
             };
@@ -614,7 +614,7 @@ impl Engine {
         let mut f = f;
         let body = move |txn: &mut Transaction<'_>| {
             let mut ctx = Ctx::new(txn, None, &functions, FunctionKind::Mutation);
-            f(&mut ctx)
+            unless_panicked("a system mutation", || f(&mut ctx))
         };
         Ok(self.commit_with(Admit::Wait, body).await?.value)
     }

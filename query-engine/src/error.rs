@@ -64,3 +64,16 @@ impl FunctionError {
 }
 
 pub type FunctionResult<T> = Result<T, FunctionError>;
+
+/// Runs a function's handler so that a panic in it fails that call with `INTERNAL` (naming
+/// `function`) instead of unwinding into the thread that runs it: on the committer, a panic in
+/// a re-executed mutation would end the thread and with it every later write.
+pub(crate) fn unless_panicked<T>(
+    function: &str,
+    run: impl FnOnce() -> FunctionResult<T>,
+) -> FunctionResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
+        tracing::error!(function, "function handler panicked");
+        Err(FunctionError::internal(format!("{function} failed")))
+    })
+}

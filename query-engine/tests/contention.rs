@@ -160,3 +160,95 @@ async fn contended_transfers_keep_the_total_without_conflict_errors() {
         m.batches.load(Ordering::Relaxed)
     );
 }
+
+/// How many times each `bump` call (by its tag) has run its handler.
+static BUMP_RUNS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+#[derive(serde::Deserialize)]
+struct Bump {
+    id: String,
+    tag: usize,
+}
+
+/// A handler that panics whenever it runs again for the same call, which a conflict makes the
+/// committer do on its own thread: the panic fails that call alone with INTERNAL, and the
+/// committer goes on committing (it used to die with it, and every later write with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_on_re_execution_fails_alone() {
+    const CALLS: usize = 96;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = SchemaDefinition::new().table(TableDefinition::new(
+        "accounts",
+        v::object([("balance", v::int64())]),
+    ));
+    let mut f = functions();
+    f.mutation(
+        "bump",
+        Visibility::Public,
+        v::object([("id", v::id("accounts")), ("tag", v::int64())]),
+        v::null(),
+        |ctx, a: Bump| {
+            let runs = {
+                let mut runs = BUMP_RUNS.lock().unwrap();
+                if runs.len() <= a.tag {
+                    runs.resize(a.tag + 1, 0);
+                }
+                runs[a.tag] += 1;
+                runs[a.tag]
+            };
+            let doc = ctx
+                .get("accounts", &a.id)?
+                .ok_or_else(|| FunctionError::not_found("no such account"))?;
+            assert!(runs == 1, "bump {} re-executed", a.tag);
+            let mut o = Object::new();
+            o.insert("balance".into(), Value::Int64(balance(&doc) + 1));
+            ctx.patch("accounts", &a.id, o)?;
+            Ok(())
+        },
+    );
+    let engine = Engine::open(
+        &dir.path().join("db.redb"),
+        schema,
+        f,
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let id = engine
+        .transact(|ctx| {
+            ctx.insert("accounts", obj! {"balance" => 0i64})
+                .map(Value::String)
+        })
+        .await
+        .unwrap();
+    let id = id.as_str().unwrap().to_string();
+
+    let mut tasks = Vec::new();
+    for tag in 0..CALLS {
+        let (engine, id) = (engine.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            let args = obj! {"id" => id, "tag" => tag as i64};
+            engine.mutation("bump", args, None).await.map(|_| ())
+        }));
+    }
+    let (mut applied, mut panicked) = (0i64, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => applied += 1,
+            Err(e) if e.code == "INTERNAL" && e.message == "bump failed" => panicked += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert!(panicked > 0, "no call conflicted; nothing was re-executed");
+    // A call that panicked wrote nothing, and the committer still commits.
+    let after = engine
+        .transact(move |ctx| {
+            let doc = ctx.get("accounts", &id)?.unwrap();
+            let mut o = Object::new();
+            o.insert("balance".into(), Value::Int64(-1));
+            ctx.patch("accounts", &id, o)?;
+            Ok(Value::Int64(balance(&doc)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(after, Value::Int64(applied));
+}
