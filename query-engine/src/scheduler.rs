@@ -2,12 +2,17 @@
 //! `ctx.schedule_*` inside a mutation (so they exist only if it commits). The runner executes
 //! due jobs: a mutation job runs in the same transaction that marks it done (exactly once); an
 //! action job is marked running before it starts (at most once) and its outcome recorded. Jobs
-//! survive restarts; an action interrupted by a restart is recorded as failed, not re-run.
+//! survive restarts; an action interrupted by a restart is recorded as failed, not re-run (all
+//! of them, however many). At most `MAX_RUNNING_ACTIONS` actions run at once; a backlog waits,
+//! pending.
 //! Finished jobs are kept for `EngineConfig::finished_job_retention` after they were due and
 //! then deleted, a bounded batch per transaction, so the table does not grow with every job
 //! ever run (each cron run and each continuation of a purge is a job).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::Engine;
 use crate::error::{FunctionError, FunctionResult};
@@ -27,6 +32,9 @@ const MAX_IDLE: Duration = Duration::from_millis(100);
 const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 /// Most finished jobs deleted per transaction.
 const CLEANUP_BATCH: usize = 500;
+/// Most scheduled actions running at once; more due ones wait, pending. Actions call outside
+/// providers and may run for a minute each: a backlog of thousands must not start at once.
+const MAX_RUNNING_ACTIONS: usize = 32;
 
 /// A job to run every `interval_ms`, registered at startup.
 #[derive(Clone, Debug)]
@@ -118,6 +126,7 @@ pub(crate) async fn run(engine: Engine, crons: Vec<Cron>, retention: Duration) {
     let mut next_cleanup = tokio::time::Instant::now();
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let mut shutdown = engine.shutdown_signal();
+    let actions = Arc::new(Semaphore::new(MAX_RUNNING_ACTIONS));
     loop {
         let now = crate::committer::now_millis();
         if tokio::time::Instant::now() >= next_cleanup {
@@ -130,15 +139,17 @@ pub(crate) async fn run(engine: Engine, crons: Vec<Cron>, retention: Duration) {
             if now >= *next {
                 *next = now + c.interval_ms.max(1);
                 let (f, args) = (c.function.clone(), c.args.clone());
+                // Due now, so the run is kept for the retention like any other job (due at 0,
+                // it was deleted by the next cleanup, its error with it).
                 let r = engine
-                    .transact(move |ctx| ctx.schedule_at(0, &f, args.clone()).map(Value::from))
+                    .transact(move |ctx| ctx.schedule_at(now, &f, args.clone()).map(Value::from))
                     .await;
                 if let Err(e) = r {
                     tracing::warn!(cron = %c.name, error = %e, "cannot schedule cron run");
                 }
             }
         }
-        let ran = match run_due(&engine, now).await {
+        let ran = match run_due(&engine, &actions, now).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "scheduler pass failed");
@@ -211,7 +222,18 @@ async fn delete_finished(engine: &Engine, before_ms: i64) -> FunctionResult<usiz
 /// An action marked running when the process stopped may or may not have had its effect;
 /// at-most-once means recording it as failed, never running it again.
 async fn recover_interrupted(engine: &Engine) -> FunctionResult<()> {
-    for job in due_jobs(engine, "running", i64::MAX).await? {
+    loop {
+        // Each recovered job leaves the `running` range, so the next read finds the rest.
+        let jobs = due_jobs(engine, "running", i64::MAX).await?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        recover(engine, jobs).await?;
+    }
+}
+
+async fn recover(engine: &Engine, jobs: Vec<Value>) -> FunctionResult<()> {
+    for job in jobs {
         let id = str_field(&job, "_id")?;
         engine
             .transact(move |ctx| {
@@ -228,20 +250,24 @@ async fn recover_interrupted(engine: &Engine) -> FunctionResult<()> {
     Ok(())
 }
 
-async fn run_due(engine: &Engine, now_ms: i64) -> FunctionResult<usize> {
+/// Runs the due jobs of one pass; returns how many it started. An action job waits, pending,
+/// while `MAX_RUNNING_ACTIONS` run already.
+async fn run_due(engine: &Engine, actions: &Arc<Semaphore>, now_ms: i64) -> FunctionResult<usize> {
     let jobs = due_jobs(engine, "pending", now_ms).await?;
-    let n = jobs.len();
+    let mut started = 0;
     for job in jobs {
         let id = str_field(&job, "_id")?;
         let function = str_field(&job, "function")?;
         let args = job.get_path("args").cloned().unwrap_or(Value::Null);
         if str_field(&job, "kind")? == "mutation" {
             run_mutation_job(engine, id, function, args).await;
-        } else {
-            run_action_job(engine, id, function, args).await;
+            started += 1;
+        } else if let Ok(permit) = actions.clone().try_acquire_owned() {
+            run_action_job(engine, permit, id, function, args).await;
+            started += 1;
         }
     }
-    Ok(n)
+    Ok(started)
 }
 
 /// Claims a pending job inside the caller's transaction; `false` if someone else ran it.
@@ -300,7 +326,13 @@ async fn run_mutation_job(engine: &Engine, id: String, function: String, args: V
     }
 }
 
-async fn run_action_job(engine: &Engine, id: String, function: String, args: Value) {
+async fn run_action_job(
+    engine: &Engine,
+    permit: OwnedSemaphorePermit,
+    id: String,
+    function: String,
+    args: Value,
+) {
     let jid = id.clone();
     let claimed = engine
         .transact(move |ctx| claim(ctx, &jid, "running").map(Value::from))
@@ -310,6 +342,7 @@ async fn run_action_job(engine: &Engine, id: String, function: String, args: Val
     }
     let engine2 = engine.clone();
     tokio::spawn(async move {
+        let _running = permit;
         let result = engine2.action_internal(&function, args, None).await;
         let error = result.err().map(|e| e.to_string());
         let state = if error.is_some() { "failed" } else { "success" };
