@@ -4,7 +4,7 @@
 //! action job is marked running before it starts (at most once) and its outcome recorded. Jobs
 //! survive restarts; an action interrupted by a restart is recorded as failed, not re-run (all
 //! of them, however many). At most `MAX_RUNNING_ACTIONS` actions run at once; a backlog waits,
-//! pending.
+//! pending. A cron's schedule survives restarts: its next run is an interval after its last.
 //! Finished jobs are kept for `EngineConfig::finished_job_retention` after they were due and
 //! then deleted, a bounded batch per transaction, so the table does not grow with every job
 //! ever run (each cron run and each continuation of a purge is a job).
@@ -23,6 +23,8 @@ use crate::value::{Object, Value};
 
 pub const SCHEDULED_JOBS: &str = "_scheduled_jobs";
 const BY_STATE_TIME: &str = "by_state_time";
+/// A function's jobs by time: when a cron last ran.
+const BY_FUNCTION_TIME: &str = "by_function_time";
 /// Most jobs started per scheduler pass.
 const MAX_JOBS_PER_PASS: usize = 64;
 /// Longest the runner sleeps before looking again.
@@ -69,10 +71,16 @@ pub(crate) fn table() -> TableDefinition {
             ("completedAtMs", v::optional(v::int64())),
             ("createdAt", v::int64()),
         ]),
-        indexes: vec![IndexDefinition {
-            name: BY_STATE_TIME.to_string(),
-            fields: vec!["state".to_string(), "runAtMs".to_string()],
-        }],
+        indexes: vec![
+            IndexDefinition {
+                name: BY_STATE_TIME.to_string(),
+                fields: vec!["state".to_string(), "runAtMs".to_string()],
+            },
+            IndexDefinition {
+                name: BY_FUNCTION_TIME.to_string(),
+                fields: vec!["function".to_string(), "runAtMs".to_string()],
+            },
+        ],
     }
 }
 
@@ -122,7 +130,10 @@ pub(crate) async fn run(engine: Engine, crons: Vec<Cron>, retention: Duration) {
         tracing::error!(error = %e, "scheduler recovery failed");
     }
     let start = crate::committer::now_millis();
-    let mut next_cron: Vec<i64> = crons.iter().map(|c| start + c.interval_ms).collect();
+    let mut next_cron = Vec::with_capacity(crons.len());
+    for c in &crons {
+        next_cron.push(first_run(&engine, c, start).await);
+    }
     let mut next_cleanup = tokio::time::Instant::now();
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let mut shutdown = engine.shutdown_signal();
@@ -164,6 +175,36 @@ pub(crate) async fn run(engine: Engine, crons: Vec<Cron>, retention: Duration) {
         }
         if *shutdown.borrow() {
             return;
+        }
+    }
+}
+
+/// When `cron` runs first after a start at `start_ms`: an interval after its last run (its
+/// newest job, kept for the retention), at once if that is past; an interval from now if it
+/// has no run on record. Counting from the start alone, a cron never ran on a server restarted
+/// more often than its interval (deploys every few hours: no daily compaction).
+async fn first_run(engine: &Engine, cron: &Cron, start_ms: i64) -> i64 {
+    let function = cron.function.clone();
+    let last = engine
+        .read(move |ctx| {
+            Ok(ctx
+                .query(SCHEDULED_JOBS, BY_FUNCTION_TIME)
+                .eq("function", function.as_str())
+                .lte("runAtMs", start_ms)
+                .desc()
+                .first()?
+                .and_then(|j| j.get_path("runAtMs").cloned())
+                .unwrap_or(Value::Null))
+        })
+        .await;
+    let interval = cron.interval_ms.max(1);
+    match last {
+        Ok(Value::Int64(at)) if at > 0 => at.saturating_add(interval).max(start_ms),
+        Ok(_) => start_ms + interval,
+        Err(e) => {
+            // The index is still being built (a database from before it): as if no run.
+            tracing::info!(cron = %cron.name, error = %e, "no record of the cron's last run");
+            start_ms + interval
         }
     }
 }

@@ -93,14 +93,13 @@ fn open_with(dir: &Path, config: EngineConfig) -> Engine {
 
 /// Reopens after a shutdown, retrying until the previous handle has released the file.
 async fn reopen(dir: &Path) -> Engine {
+    reopen_with(dir, EngineConfig::default()).await
+}
+
+async fn reopen_with(dir: &Path, config: EngineConfig) -> Engine {
     let deadline = Instant::now() + EVENTUALLY;
     loop {
-        match Engine::open(
-            &dir.join("db.redb"),
-            schema(),
-            functions(),
-            EngineConfig::default(),
-        ) {
+        match Engine::open(&dir.join("db.redb"), schema(), functions(), config.clone()) {
             Ok(e) => return e,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -424,4 +423,58 @@ async fn finished_jobs_are_deleted_after_their_retention_and_pending_ones_kept()
     .await;
     // What the jobs did stays.
     assert_eq!(events(&engine, "a").await.len(), 1);
+}
+
+/// A cron's schedule survives a restart: one whose last run is more than an interval ago runs
+/// at once, not an interval after the start (a server restarted more often than a cron's
+/// interval never ran it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_cron_runs_soon_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let hourly = |tag: &str| Cron {
+        name: "hourly".into(),
+        interval_ms: 3_600_000,
+        function: "record".into(),
+        args: obj! {"tag" => tag},
+    };
+    {
+        let engine = open_with(dir.path(), EngineConfig::default());
+        // Its last run, two hours ago.
+        engine
+            .transact(|ctx| {
+                let two_hours_ago = ctx.now_ms() - 7_200_000;
+                ctx.insert(
+                    SCHEDULED_JOBS,
+                    obj! {
+                        "function" => "record", "kind" => "mutation",
+                        "args" => obj! {"tag" => "before"}, "runAtMs" => two_hours_ago,
+                        "state" => "success", "createdAt" => two_hours_ago,
+                    },
+                )
+                .map(Value::from)
+            })
+            .await
+            .unwrap();
+        engine.shutdown();
+    }
+    let config = EngineConfig {
+        crons: vec![hourly("overdue")],
+        ..EngineConfig::default()
+    };
+    let engine = reopen_with(dir.path(), config).await;
+    eventually("the overdue cron run", || async {
+        (!events(&engine, "overdue").await.is_empty()).then_some(())
+    })
+    .await;
+    engine.shutdown();
+    drop(engine);
+
+    // Just ran: after another restart it waits for its interval.
+    let config = EngineConfig {
+        crons: vec![hourly("again")],
+        ..EngineConfig::default()
+    };
+    let engine = reopen_with(dir.path(), config).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(events(&engine, "again").await.is_empty());
 }
