@@ -9,8 +9,11 @@
 //! then deleted, a bounded batch per transaction, so the table does not grow with every job
 //! ever run (each cron run and each continuation of a purge is a job).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -384,7 +387,11 @@ async fn run_action_job(
     let engine2 = engine.clone();
     tokio::spawn(async move {
         let _running = permit;
-        let result = engine2.action_internal(&function, args, None).await;
+        // A panicking action fails its job (else it stayed `running` until a restart).
+        let result = AssertUnwindSafe(engine2.action_internal(&function, args, None))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(FunctionError::internal(format!("{function} panicked"))));
         let error = result.err().map(|e| e.to_string());
         let state = if error.is_some() { "failed" } else { "success" };
         engine2.metrics().record_job(&function, state);

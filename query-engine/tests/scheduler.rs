@@ -76,6 +76,16 @@ fn functions() -> Functions {
         },
     );
     f.action(
+        "panickingAction",
+        Visibility::Internal,
+        v::object([("tag", v::string())]),
+        v::null(),
+        |_ctx, a: Tagged| async move {
+            assert!(a.tag.is_empty(), "panicking as asked: {}", a.tag);
+            Ok(())
+        },
+    );
+    f.action(
         "failingAction",
         Visibility::Internal,
         v::object([("tag", v::string())]),
@@ -477,4 +487,15 @@ async fn an_overdue_cron_runs_soon_after_a_restart() {
     let engine = reopen_with(dir.path(), config).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(events(&engine, "again").await.is_empty());
+}
+
+/// A scheduled action that panics fails its job; it does not stay `running` until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_action_fails_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_with(dir.path(), EngineConfig::default());
+    let id = schedule(&engine, "boom", 0, "panickingAction").await;
+    let j = job_in_final_state(&engine, &id).await;
+    assert_eq!(str_of(&j, "state"), "failed");
+    assert!(str_of(&j, "error").contains("panicked"), "{j:?}");
 }
