@@ -15,7 +15,7 @@ use linkedup_schema::api::limits::MAX_INTERESTS;
 use linkedup_schema::api::matching::{MatchOutcome, OrgConstraint, QueueEntry};
 use linkedup_schema::api::{ConnectionStatus, User};
 use linkedup_schema::tables::names::{
-    CONNECTIONS, EMBEDDINGS, MATCHING_ANALYTICS, PROFILES, USERS, USER_INTERESTS,
+    CONNECTIONS, EMBEDDINGS, MATCHING_ANALYTICS, MATCHING_QUEUE, PROFILES, USERS, USER_INTERESTS,
 };
 use query_engine::context::Ctx;
 use query_engine::error::FunctionResult;
@@ -35,6 +35,8 @@ const MAX_BLOCKS_READ: usize = 64;
 const MAX_RECENT_OUTCOMES: usize = 64;
 /// Most outcomes of one pair read by the commit's exact check.
 const MAX_PAIR_OUTCOMES: usize = 32;
+/// Most of a user's newest queue entries looked through for an earlier match with the other.
+const MAX_RECENT_ENTRIES: usize = 32;
 /// Embeddings longer than this are not shipped to the cycle (no vector signal).
 pub const MAX_VECTOR_DIMENSIONS: usize = 4_096;
 
@@ -202,6 +204,7 @@ fn do_not_match(
         }
     }
     let cutoff = ctx.now_ms().saturating_sub(config.decline_cooldown_ms);
+    out.extend(recent_partners(ctx, user_id, cutoff)?);
     for doc in ctx
         .query(MATCHING_ANALYTICS, "by_user")
         .eq("userId", user_id)
@@ -223,6 +226,32 @@ fn do_not_match(
     Ok(out)
 }
 
+/// Whom `user_id` was matched with since `cutoff_ms`, among their newest queue entries
+/// (`MAX_RECENT_ENTRIES`): a pending, accepted or completed match, which leaves no outcome
+/// until someone responds. Re-entering the queue must not make the same pair again under a new
+/// match id.
+fn recent_partners(
+    ctx: &mut Ctx<'_, '_>,
+    user_id: &str,
+    cutoff_ms: i64,
+) -> FunctionResult<BTreeSet<String>> {
+    let entries = ctx
+        .query(MATCHING_QUEUE, "by_user")
+        .eq("userId", user_id)
+        .desc()
+        .take(MAX_RECENT_ENTRIES)?;
+    Ok(entries
+        .iter()
+        .filter(|e| {
+            e.get_path("match.matchedAt")
+                .and_then(Value::as_i64)
+                .is_some_and(|at| at >= cutoff_ms)
+        })
+        .filter_map(|e| e.get_path("matchedWith").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect())
+}
+
 fn recent_decline(outcome_row: &Value, cutoff_ms: i64) -> bool {
     let declined = outcome_row.get_path("outcome").and_then(Value::as_str)
         == Some(MatchOutcome::Declined.as_str());
@@ -231,7 +260,8 @@ fn recent_decline(outcome_row: &Value, cutoff_ms: i64) -> bool {
 }
 
 /// Whether `x` and `y` must not be matched: a block either way, a declined connection between
-/// them, or a match of theirs that either declined within the cool-down. Exact (index lookups
+/// them, a match of theirs within the cool-down (among `x`'s newest entries), or one that
+/// either declined within it. Exact (index lookups
 /// of the pair), where `Party::do_not_match` is bounded per user.
 pub fn pair_blocked(
     ctx: &mut Ctx<'_, '_>,
@@ -254,6 +284,9 @@ pub fn pair_blocked(
         return Ok(true);
     }
     let cutoff = ctx.now_ms().saturating_sub(config.decline_cooldown_ms);
+    if recent_partners(ctx, x, cutoff)?.contains(y) {
+        return Ok(true);
+    }
     let (start, end) = MatchId::pair_range(a, b);
     let outcomes = ctx
         .query(MATCHING_ANALYTICS, "by_match")
