@@ -227,8 +227,8 @@ fn do_not_match(
 }
 
 /// Whom `user_id` was matched with since `cutoff_ms`, among their newest queue entries
-/// (`MAX_RECENT_ENTRIES`): a pending, accepted or completed match, which leaves no outcome
-/// until someone responds. Re-entering the queue must not make the same pair again under a new
+/// (`MAX_RECENT_ENTRIES`): a pending, accepted or completed match (status `matched`; one a
+/// block cancelled does not count), which leaves no outcome until someone responds. Re-entering the queue must not make the same pair again under a new
 /// match id.
 fn recent_partners(
     ctx: &mut Ctx<'_, '_>,
@@ -243,9 +243,11 @@ fn recent_partners(
     Ok(entries
         .iter()
         .filter(|e| {
-            e.get_path("match.matchedAt")
-                .and_then(Value::as_i64)
-                .is_some_and(|at| at >= cutoff_ms)
+            // A match a block cancelled never happened; after an unblock they may meet.
+            e.get_path("status").and_then(Value::as_str) == Some("matched")
+                && e.get_path("match.matchedAt")
+                    .and_then(Value::as_i64)
+                    .is_some_and(|at| at >= cutoff_ms)
         })
         .filter_map(|e| e.get_path("matchedWith").and_then(Value::as_str))
         .map(str::to_string)
