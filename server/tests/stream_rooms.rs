@@ -205,27 +205,9 @@ async fn job_runs(
     m: &str,
     expected: usize,
 ) -> Vec<(String, Option<i64>)> {
-    let jobs = |engine: query_engine::engine::Engine, m: String| async move {
-        let v = engine
-            .read(move |ctx| {
-                let jobs = ctx.full_table_scan("_scheduled_jobs", 1_000)?;
-                Ok(Value::Array(
-                    jobs.into_iter()
-                        .filter(|j| {
-                            j.get_path("function").and_then(Value::as_str) == Some(function)
-                                && j.get_path("args.meetingId").and_then(Value::as_str)
-                                    == Some(m.as_str())
-                        })
-                        .collect(),
-                ))
-            })
-            .await
-            .unwrap();
-        v.as_array().unwrap().to_vec()
-    };
     let mut found = Vec::new();
     for _ in 0..400 {
-        found = jobs(w.env.engine.clone(), m.to_string()).await;
+        found = meeting_jobs(&w.env.engine, function, m).await;
         let settled = found.iter().all(|j| {
             j.get_path("args.attempt").is_some()
                 || matches!(s(j, "state").as_str(), "success" | "failed")
@@ -520,24 +502,7 @@ async fn the_local_provider_records_the_call_membership() {
 
 /// The `streamRooms.syncMember` jobs scheduled for meeting `m`, as they are now.
 async fn sync_jobs(w: &World, m: &str) -> usize {
-    let m = m.to_string();
-    let v = w
-        .env
-        .engine
-        .read(move |ctx| {
-            let jobs = ctx.full_table_scan("_scheduled_jobs", 1_000)?;
-            let n = jobs
-                .iter()
-                .filter(|j| {
-                    j.get_path("function").and_then(Value::as_str) == Some(SYNC)
-                        && j.get_path("args.meetingId").and_then(Value::as_str) == Some(&m)
-                })
-                .count();
-            Ok(Value::from(n as i64))
-        })
-        .await
-        .unwrap();
-    v.as_i64().unwrap() as usize
+    meeting_jobs(&w.env.engine, SYNC, m).await.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

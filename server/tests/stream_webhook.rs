@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
-use linkedup_common::{documents, ident, s, wait_for_room_job};
+use linkedup_common::{documents, ident, meeting_jobs, s, wait_for_room_job};
 use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
 use linkedup_server::linkedup::{self, LinkedUpConfig};
 use linkedup_server::stream::webhook::sign;
@@ -245,25 +245,9 @@ impl Hooked {
 
     /// Jobs scheduled for the meeting by `function`.
     async fn jobs(&self, function: &'static str) -> usize {
-        let m = self.meeting.clone();
-        let v = self
-            .server
-            .engine()
-            .read(move |ctx| {
-                let jobs = ctx.full_table_scan("_scheduled_jobs", 1_000)?;
-                let n = jobs
-                    .iter()
-                    .filter(|j| {
-                        j.get_path("function").and_then(Value::as_str) == Some(function)
-                            && j.get_path("args.meetingId").and_then(Value::as_str)
-                                == Some(m.as_str())
-                    })
-                    .count();
-                Ok(Value::from(n as i64))
-            })
+        meeting_jobs(self.server.engine(), function, &self.meeting)
             .await
-            .unwrap();
-        v.as_i64().unwrap() as usize
+            .len()
     }
 }
 

@@ -157,28 +157,40 @@ pub async fn documents(engine: &Engine, table: &'static str) -> Vec<Value> {
 /// finished, so that its commits do not race a test's.
 pub async fn wait_for_room_job(engine: &Engine, meeting: &str) {
     for _ in 0..400 {
-        let m = meeting.to_string();
-        let running = engine
-            .read(move |ctx| {
-                let jobs = ctx.full_table_scan("_scheduled_jobs", 1_000)?;
-                let running = jobs.iter().any(|j| {
-                    j.get_path("function").and_then(Value::as_str) == Some("streamRooms.provision")
-                        && j.get_path("args.meetingId").and_then(Value::as_str) == Some(&m)
-                        && matches!(
-                            j.get_path("state").and_then(Value::as_str),
-                            Some("pending" | "running")
-                        )
-                });
-                Ok(Value::Bool(running))
-            })
-            .await
-            .unwrap();
-        if running == Value::Bool(false) {
+        let jobs = meeting_jobs(engine, "streamRooms.provision", meeting).await;
+        let running = jobs.iter().any(|j| {
+            matches!(
+                j.get_path("state").and_then(Value::as_str),
+                Some("pending" | "running")
+            )
+        });
+        if !running {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     panic!("the Stream room job of {meeting} did not finish");
+}
+
+/// The scheduled jobs of `function` for `meeting` (their `args.meetingId`), as they are now.
+pub async fn meeting_jobs(engine: &Engine, function: &str, meeting: &str) -> Vec<Value> {
+    let (f, m) = (function.to_string(), meeting.to_string());
+    let v = engine
+        .read(move |ctx| {
+            let jobs = ctx.full_table_scan("_scheduled_jobs", 1_000)?;
+            Ok(Value::Array(
+                jobs.into_iter()
+                    .filter(|j| {
+                        j.get_path("function").and_then(Value::as_str) == Some(f.as_str())
+                            && j.get_path("args.meetingId").and_then(Value::as_str)
+                                == Some(m.as_str())
+                    })
+                    .collect(),
+            ))
+        })
+        .await
+        .unwrap();
+    v.as_array().unwrap().to_vec()
 }
 
 pub fn id(v: &Value) -> String {
