@@ -800,3 +800,45 @@ async fn deliveries_during_shutdown_are_refused_with_503() {
     assert!(h.webhook_keys().await.is_empty());
     h.server.shutdown().await;
 }
+
+/// An in-app join or leave counts as a presence event at the server's clock: a Stream event
+/// about an earlier moment arriving later does not undo it; a later one still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_stream_event_does_not_undo_an_in_app_leave() {
+    let h = start().await;
+    let cid = h.cid();
+    let now = time::OffsetDateTime::now_utc();
+    let at = |kind: &str, offset: time::Duration| {
+        let mut e = event(kind, &cid, Some(&h.bob_id));
+        e["created_at"] = json!(rfc3339(now + offset));
+        e
+    };
+    let call = |name: &'static str| {
+        let engine = h.server.engine().clone();
+        let (who, meeting) = (h.bob.clone(), h.meeting.clone());
+        async move {
+            engine
+                .mutation(name, obj! { "meetingId" => meeting.as_str() }, Some(&who))
+                .await
+                .unwrap();
+        }
+    };
+    call("meetings.join").await;
+    call("meetings.leave").await;
+    // Stream's join from a minute ago (a retry) arrives after the in-app leave.
+    let stale = at(
+        "call.session_participant_joined",
+        -time::Duration::minutes(1),
+    );
+    assert_eq!(h.deliver(&stale, "late-1").await.1["status"], "ignored");
+    assert_eq!(h.presence(&h.bob_id).await.0, "left");
+    assert_eq!(h.joined_count().await, 0);
+    // A join Stream saw after the leave applies.
+    let fresh = at(
+        "call.session_participant_joined",
+        time::Duration::seconds(2),
+    );
+    assert_eq!(h.deliver(&fresh, "late-2").await.1["status"], "processed");
+    assert_eq!(h.presence(&h.bob_id).await.0, "joined");
+    assert_eq!(h.joined_count().await, 1);
+}

@@ -565,7 +565,21 @@ fn join(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Participant> 
     if !mark_joined(ctx, meeting_id, &p)? {
         return Ok(p);
     }
+    stamp_presence(ctx, &p)?;
     reread_participant(ctx, &p.id)
+}
+
+/// Records an in-app presence change as the latest presence event (`presenceEventAt`, at this
+/// server's clock, never moved back), so that a Stream webhook about an earlier moment
+/// arriving late does not undo it; clocks that differ by more than a moment could still order
+/// the two wrongly.
+fn stamp_presence(ctx: &mut Ctx<'_, '_>, p: &Participant) -> FunctionResult<()> {
+    let at = ctx.now_ms().max(p.presence_event_at.unwrap_or(0));
+    ctx.patch(
+        MEETING_PARTICIPANTS,
+        &p.id,
+        fields(obj! { "presenceEventAt" => at }),
+    )
 }
 
 /// Makes the participant present (`joined`, `joinedAt`) and counts them in the meeting
@@ -617,7 +631,10 @@ fn reread_participant(ctx: &mut Ctx<'_, '_>, id: &str) -> FunctionResult<Partici
 
 fn leave(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
     let access = assert_meeting_access(ctx, meeting_id, Role::Participant)?;
-    mark_left(ctx, meeting_id, &access.participant).map(|_| ())
+    if mark_left(ctx, meeting_id, &access.participant)? {
+        stamp_presence(ctx, &access.participant)?;
+    }
+    Ok(())
 }
 
 /// Membership changes are refused once a meeting is over.
