@@ -270,10 +270,8 @@ pub fn assert_meeting_access(
             obj! { "resourceType" => "meeting", "resourceId" => meeting_id },
         )
     };
-    if let Some(org) = &meeting.org_id {
-        if user.identity.org_id.as_ref() != Some(org) {
-            return Err(denied("the meeting belongs to another organisation"));
-        }
+    if !in_tenant(&user, &meeting) {
+        return Err(denied("the meeting belongs to another organisation"));
     }
     let participant = find_participant(ctx, meeting_id, &user.id)?
         .ok_or_else(|| denied("not a participant of this meeting"))?;
@@ -299,14 +297,16 @@ pub fn may_see_meeting(
         return Ok(false);
     };
     let meeting: Meeting = decode(&doc)?;
-    if meeting
-        .org_id
-        .as_ref()
-        .is_some_and(|org| user.identity.org_id.as_ref() != Some(org))
-    {
+    if !in_tenant(user, &meeting) {
         return Ok(false);
     }
     Ok(find_participant(ctx, meeting_id, &user.id)?.is_some())
+}
+
+/// Whether `meeting` is open to `user`'s organisation: a meeting of an organisation only to
+/// its members (tenant isolation); one of none to everyone.
+pub fn in_tenant(user: &CurrentUser, meeting: &Meeting) -> bool {
+    meeting.org_id.is_none() || meeting.org_id == user.identity.org_id
 }
 
 /// The meeting document. Returns: NOT_FOUND.

@@ -42,8 +42,8 @@ use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
 
 use super::guards::{
-    assert_meeting_access, being_erased, current_user, find_participant, live_user, require_active,
-    MeetingAccess,
+    assert_meeting_access, being_erased, current_user, find_participant, in_tenant, live_user,
+    require_active, MeetingAccess,
 };
 use super::idempotency::{earlier_id, store_result};
 use super::post_call::{INSIGHTS_GENERATE, TRANSCRIPTS_AGGREGATE};
@@ -868,9 +868,8 @@ fn list_mine(ctx: &mut Ctx<'_, '_>, a: ListMineArgs) -> FunctionResult<Vec<Meeti
             continue;
         };
         let meeting: Meeting = decode(&doc)?;
-        let same_tenant = meeting.org_id.is_none() || meeting.org_id == me.identity.org_id;
         let state_ok = a.state.is_none_or(|s| s == meeting.state);
-        if same_tenant && state_ok {
+        if in_tenant(&me, &meeting) && state_ok {
             out.push(meeting);
         }
     }
