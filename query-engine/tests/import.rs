@@ -164,17 +164,22 @@ async fn a_valid_file_is_imported_whole_with_its_ids_and_indexes() {
     assert!(ids.contains(&fresh.as_str().unwrap().to_string()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_bad_document_or_a_taken_id_imports_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db.redb");
-    let engine = open(&path);
+/// A database at `path` holding one room, "red", closed again; returns the room's id.
+async fn with_a_red_room(path: &Path) -> String {
+    let engine = open(path);
     let existing = engine
         .transact(|ctx| ctx.insert("rooms", obj! {"name" => "red"}).map(Value::from))
         .await
         .unwrap();
-    let existing = existing.as_str().unwrap().to_string();
     common::close(engine, CLOSE_WITHIN).await;
+    existing.as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_document_or_a_taken_id_imports_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let existing = with_a_red_room(&path).await;
 
     let mut docs: Vec<(usize, Value)> = (1..=50)
         .map(|i| (i, obj! {"name" => format!("r{i}")}))
@@ -234,13 +239,8 @@ async fn one_bad_document_or_a_taken_id_imports_nothing() {
 async fn an_id_above_what_the_engine_allocates_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.redb");
-    let engine = open(&path);
-    let existing = engine
-        .transact(|ctx| ctx.insert("rooms", obj! {"name" => "red"}).map(Value::from))
-        .await
-        .unwrap();
-    let table = DocumentId::parse(existing.as_str().unwrap()).unwrap().table;
-    common::close(engine, CLOSE_WITHIN).await;
+    let existing = with_a_red_room(&path).await;
+    let table = DocumentId::parse(&existing).unwrap().table;
 
     for internal in [u64::MAX - 2, u64::MAX, MAX_INTERNAL_ID] {
         let id = DocumentId::new(table, internal).to_string();
