@@ -548,6 +548,41 @@ async fn slow_client_is_merged_and_never_delays_others() {
     );
 }
 
+/// A client that stops reading while it subscribes and unsubscribes fresh ids: each end waits
+/// in its outbox until read, so the ends count against the subscription limit instead of
+/// growing the outbox without bound; reading them frees the ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_ends_count_against_the_subscription_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    engine
+        .mutation("createCounter", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    let config = SubscriptionConfig {
+        max_subscriptions_per_client: 4,
+        ..SubscriptionConfig::default()
+    };
+    let mgr = SubscriptionManager::new(engine.clone(), config);
+    let s = mgr.connect(None).await;
+    let args = || obj! {"name" => "a"};
+    for q in 0..4 {
+        s.subscribe(q, "getCounter", args()).await.unwrap();
+        s.unsubscribe(q).await;
+    }
+    let refused = s
+        .subscribe(4, "getCounter", args())
+        .await
+        .expect_err("four unread ends fill the limit");
+    assert_eq!(refused.code, "RATE_LIMITED");
+    // Reading the ends frees their ids.
+    let mut view = View::default();
+    view.apply(&next_transition(&s).await);
+    assert!(view.values.is_empty(), "every subscription has ended");
+    s.subscribe(4, "getCounter", args()).await.unwrap();
+    view.await_query(&s, 4).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_access_ends_the_subscription_and_shares_the_body() {
     let dir = tempfile::tempdir().unwrap();

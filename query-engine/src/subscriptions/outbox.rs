@@ -157,6 +157,19 @@ impl Outbox {
         self.state.lock().latest_ts
     }
 
+    /// Subscriptions whose end (`Removed` or `Failed`) is pending, not yet taken by the
+    /// consumer. Their ids are still live from the client's side until it reads the end, so
+    /// they count against its subscription limit: a client that stops reading while it
+    /// subscribes and unsubscribes fresh ids would otherwise grow this outbox without bound.
+    pub fn pending_ends(&self) -> usize {
+        self.state
+            .lock()
+            .pending
+            .iter()
+            .filter(|(_, u)| matches!(u, Update::Removed | Update::Failed(_)))
+            .count()
+    }
+
     /// Merges performed so far (a measure of how far behind the consumer has been).
     pub fn merges(&self) -> u64 {
         self.state.lock().merges

@@ -231,11 +231,13 @@ impl Worker {
                 "query id {query_id} is already subscribed"
             )));
         }
-        if c.subs.len() >= self.config.max_subscriptions_per_client {
+        // Ended subscriptions whose `Removed`/`Failed` the client has not read yet still
+        // hold their ids on the client's side, and an entry in the outbox on ours.
+        if c.subs.len() + c.outbox.pending_ends() >= self.config.max_subscriptions_per_client {
             return Err(FunctionError::new(
                 crate::error::codes::RATE_LIMITED,
                 format!(
-                    "too many subscriptions (max {})",
+                    "too many subscriptions (max {}, counting ended ones whose end is unread)",
                     self.config.max_subscriptions_per_client
                 ),
             ));
