@@ -848,7 +848,7 @@ async fn compaction_keeps_the_note_and_old_bases_resync() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_base_too_far_behind_must_resync() {
+async fn a_base_too_far_behind_is_refused_without_resync() {
     let env = open();
     let (a, b) = (ident("a"), ident("b"));
     let meeting = env.meeting(&a, &[&b], true).await;
@@ -876,6 +876,8 @@ async fn a_base_too_far_behind_must_resync() {
         e.data.get_path("reason").and_then(Value::as_str),
         Some("tooFarBehind")
     );
+    // The editor catches up and sends the edit again: nothing to resync.
+    assert_eq!(e.data.get_path("resync"), Some(&Value::Bool(false)));
     // Exactly the limit behind is still transformed.
     let r = env
         .m(
@@ -895,6 +897,58 @@ async fn a_base_too_far_behind_must_resync() {
     // Every later committed insert at the same place stays left of "ok".
     let (content, _) = env.note(&meeting, &a).await;
     assert_eq!(content, format!("{}ok", "z".repeat(n as usize)));
+}
+
+/// An edit based before many whole-note pastes: transforming it would read past the read
+/// limit (45 × 400 KB); it is refused as too far behind once the ops read pass the transform
+/// budget, so its editor can catch up and send it again, instead of failing on the read limit
+/// (which the SDK could only answer by dropping the edit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_behind_heavy_ops_is_refused_before_the_read_limit() {
+    let env = open();
+    let (a, b) = (ident("a"), ident("b"));
+    let meeting = env.meeting(&a, &[&b], true).await;
+    // Room for one more char after the last paste.
+    let chars = MAX_NOTE_CHARS - 1;
+    let page = "👍".repeat(chars as usize);
+    let mut len = 0;
+    for v in 0..45i64 {
+        let op = TextOperation::new().delete(len).insert(&page);
+        env.m(
+            fns::APPLY_OPERATION,
+            apply_args(&meeting, v, &op, "paster", v + 1),
+            &a,
+        )
+        .await
+        .unwrap();
+        len = chars;
+    }
+    let e = expect_code(
+        env.m(
+            fns::APPLY_OPERATION,
+            apply_args(&meeting, 0, &TextOperation::new().insert("late"), "d", 1),
+            &b,
+        )
+        .await,
+        "CONFLICT",
+    );
+    assert_eq!(
+        e.data.get_path("reason").and_then(Value::as_str),
+        Some("tooFarBehind"),
+        "{e}"
+    );
+    assert_eq!(int(&e.data, "currentVersion"), 45);
+    // A few pastes behind is transformed as before.
+    let op = TextOperation::new().retain(chars).insert("!");
+    let r = env
+        .m(
+            fns::APPLY_OPERATION,
+            apply_args(&meeting, 42, &op, "d", 1),
+            &b,
+        )
+        .await
+        .unwrap();
+    assert_eq!(int(&r, "version"), 46);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,8 @@ pub struct LinkedUpConfig {
     pub erasure: erasure::ErasureConfig,
     /// Block lists (`blocks`).
     pub blocks: blocks::BlocksConfig,
+    /// Note editing (`notes`).
+    pub notes: notes::NotesConfig,
 }
 
 /// Registers every LinkedUp function.

@@ -29,6 +29,25 @@ pub mod fns {
     pub const COMPACT_ALL: &str = "notes.compactAll";
 }
 
+/// Limits of note editing that an operator may tune.
+#[derive(Clone, Debug)]
+pub struct NotesConfig {
+    /// Most op weight (`op_weight`) `notes.applyOperation` reads to transform an edit past
+    /// the ops committed after its base; an edit further behind is refused with `CONFLICT`
+    /// (`tooFarBehind`), and its editor catches up through `notes.opsSince` and sends it again
+    /// from a newer base. Keeps the transform's reads far below the read limit (1,000 whole-note
+    /// pastes behind would be ~400 MB).
+    pub max_transform_weight: u64,
+}
+
+impl Default for NotesConfig {
+    fn default() -> Self {
+        NotesConfig {
+            max_transform_weight: 8 * 1024 * 1024,
+        }
+    }
+}
+
 /// Registers the notes functions.
 pub fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     operations::register(f, config);

@@ -102,13 +102,34 @@ fn invalid_op(e: impl std::fmt::Display) -> FunctionError {
 /// Rate limiter action name of `notes.applyOperation`.
 pub const APPLY_ACTION: &str = "notes.applyOperation";
 
+/// Ops read per page while transforming an edit: eight whole-note pastes stay far below the
+/// read limit, and an edit a few versions behind (the usual case) is one read.
+const TRANSFORM_PAGE: usize = 8;
+
 /// CONFLICT telling the client to fetch the note (`notes.get`) and start over from its version.
 fn resync(reason: &str, message: String, current: i64, min_retained: i64) -> FunctionError {
+    conflict(reason, true, message, current, min_retained)
+}
+
+/// CONFLICT telling the client its edit is based too far back to transform here: its editor
+/// can follow `notes.opsSince` up to `currentVersion` (its op transformed locally on the way)
+/// and send the edit again from there, keeping it. Not a resync: nothing is lost.
+fn too_far_behind(message: String, current: i64, min_retained: i64) -> FunctionError {
+    conflict("tooFarBehind", false, message, current, min_retained)
+}
+
+fn conflict(
+    reason: &str,
+    resync: bool,
+    message: String,
+    current: i64,
+    min_retained: i64,
+) -> FunctionError {
     ErrorCode::Conflict.err_with(
         message,
         obj! {
             "reason" => reason,
-            "resync" => true,
+            "resync" => resync,
             "currentVersion" => current,
             "minRetainedVersion" => min_retained,
         },
@@ -212,10 +233,9 @@ fn apply_operation(
         ));
     }
     if version - a.base_version > MAX_OPS_BEHIND {
-        return Err(resync(
-            "tooFarBehind",
+        return Err(too_far_behind(
             format!(
-                "base version {} is more than {MAX_OPS_BEHIND} versions behind {version}; fetch the note and resync",
+                "base version {} is more than {MAX_OPS_BEHIND} versions behind {version}; catch up and send the edit again",
                 a.base_version
             ),
             version,
@@ -223,27 +243,42 @@ fn apply_operation(
         ));
     }
 
-    // Transform past every op committed since the base, in order.
-    let behind = (version - a.base_version) as usize;
-    if behind > 0 {
-        let committed = ctx
+    // Transform past every op committed since the base, in order, a page at a time so that
+    // the reads stop at the weight budget instead of at the read limit.
+    let mut next = a.base_version + 1;
+    let mut weight = 0u64;
+    while next <= version {
+        let page = ctx
             .query(NOTE_OPS, "by_meeting_sequence")
             .eq("meetingId", a.meeting_id.as_str())
-            .gt("sequence", a.base_version)
-            .take(behind)?;
-        for (i, doc) in committed.iter().enumerate() {
+            .gte("sequence", next)
+            .lte("sequence", version)
+            .take(TRANSFORM_PAGE)?;
+        if page.is_empty() {
+            break;
+        }
+        for doc in &page {
             let c: StoredOp = decode(doc)?;
-            if c.sequence != a.base_version + 1 + i as i64 {
+            if c.sequence != next {
                 return Err(resync(
                     "historyCompacted",
+                    format!("operation {next} is no longer retained; fetch the note and resync"),
+                    version,
+                    min_retained,
+                ));
+            }
+            weight += op_weight(&c.operation);
+            if weight > config.notes.max_transform_weight {
+                return Err(too_far_behind(
                     format!(
-                        "operation {} is no longer retained; fetch the note and resync",
-                        a.base_version + 1 + i as i64
+                        "the ops after base version {} weigh more than {} bytes; catch up and send the edit again",
+                        a.base_version, config.notes.max_transform_weight
                     ),
                     version,
                     min_retained,
                 ));
             }
+            next += 1;
             op = match TextOperation::transform(&c.operation, &op) {
                 Ok((_, transformed)) => transformed,
                 Err(OtError::TransformLengthMismatch { a_base_len, b_base_len }) => {
@@ -255,14 +290,15 @@ fn apply_operation(
                 Err(e) => return Err(invalid_op(e)),
             };
         }
-        if committed.len() != behind {
-            return Err(resync(
-                "historyCompacted",
-                "operations after the base version are no longer retained; fetch the note and resync".into(),
-                version,
-                min_retained,
-            ));
-        }
+    }
+    if next <= version {
+        return Err(resync(
+            "historyCompacted",
+            "operations after the base version are no longer retained; fetch the note and resync"
+                .into(),
+            version,
+            min_retained,
+        ));
     }
 
     // Apply.
@@ -310,7 +346,7 @@ fn apply_operation(
                 "updatedAt" => now,
                 "lastEditorId" => access.user.id.as_str(),
             });
-            if behind > 0 {
+            if a.base_version < version {
                 changes.insert("lastRebasedAt".into(), now.into());
             }
             ctx.patch(MEETING_NOTES, &n.id, changes)?;
