@@ -1,7 +1,9 @@
 //! Collaborative note editing over the network: `NoteSession` wires a `NoteEditor` to the
 //! server. It loads `notes.get`, learns every committed op in version order from a
 //! `notes.opsSince` subscription (its own ops there are the acks), sends one op at a time with
-//! `notes.applyOperation`, retransmits after connection loss, and reloads on `CONFLICT`.
+//! `notes.applyOperation`, retransmits after connection loss, sends an op refused as based too
+//! far back again once it has caught up (`CONFLICT` `tooFarBehind`: the editor keeps it
+//! transformed to its version), and reloads on any other `CONFLICT`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +18,7 @@ use linkedup_schema::ot::{OtError, TextOperation};
 use parking_lot::Mutex;
 use query_engine::error::codes;
 use query_engine::obj;
+use query_engine::value::Value;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -99,6 +102,9 @@ pub struct NoteSnapshot {
     pub pending: bool,
     /// How many reloads dropped unconfirmed local edits (protocol `CONFLICT` with resync).
     pub discarded_edits: u64,
+    /// How many times an edit the server refused as based too far back was sent again after
+    /// catching up (kept, not dropped).
+    pub resent_edits: u64,
 }
 
 struct State {
@@ -106,6 +112,7 @@ struct State {
     /// The op to send next (the editor's op in flight, not yet handed to a call).
     outbox: Option<OutgoingOp>,
     discarded_edits: u64,
+    resent_edits: u64,
     failed: Option<NoteSessionError>,
 }
 
@@ -130,6 +137,7 @@ impl Shared {
             version: st.editor.version(),
             pending: st.editor.has_pending(),
             discarded_edits: st.discarded_edits,
+            resent_edits: st.resent_edits,
         }
     }
 }
@@ -174,6 +182,7 @@ impl NoteSession {
                 editor: NoteEditor::new(note.content, version),
                 outbox: None,
                 discarded_edits: 0,
+                resent_edits: 0,
                 failed: None,
             }),
             wake: Notify::new(),
@@ -193,6 +202,8 @@ impl NoteSession {
             call: None,
             retry_at: None,
             attempts: 0,
+            catch_up_to: None,
+            catch_ups: 0,
         };
         let worker = tokio::spawn(worker.run(closing_rx));
         Ok(NoteSession {
@@ -353,6 +364,11 @@ struct Worker {
     retry_at: Option<Instant>,
     /// Failed attempts for the op in flight.
     attempts: u32,
+    /// The op in flight was refused as based too far back: send it again once the editor
+    /// reflects this version.
+    catch_up_to: Option<u64>,
+    /// Such refusals of the op in flight; past `max_attempts` the session reloads.
+    catch_ups: u32,
 }
 
 impl Worker {
@@ -467,7 +483,10 @@ impl Worker {
             self.call = None;
             self.retry_at = None;
             self.attempts = 0;
+            self.catch_up_to = None;
+            self.catch_ups = 0;
         }
+        self.resend_if_caught_up();
         self.shared.changed();
         if self.window_ops >= self.config.reanchor_after || self.window_cut {
             let version = self.shared.state.lock().editor.version();
@@ -500,9 +519,17 @@ impl Worker {
             Err(_) if !still_in_flight => return Next::Go, // acked or reloaded meanwhile
             Err(e) => e,
         };
+        if too_far_behind(&error).is_some() && self.catch_ups < self.config.max_attempts {
+            // Nothing was applied: follow the op log up to where the server is (the editor
+            // transforms the op in flight on the way) and send it again from there.
+            self.catch_ups += 1;
+            self.catch_up_to = too_far_behind(&error);
+            self.resend_if_caught_up();
+            return Next::Go;
+        }
         match error.code() {
-            // The base version is too old (compacted, too far behind), or the op does not fit
-            // the server's note: our copy is off.
+            // The base version is too old (compacted), or the op does not fit the server's
+            // note: our copy is off.
             Some(codes::CONFLICT) | Some(codes::VALIDATION_ERROR) => {
                 return Next::Reload(format!("applyOperation: {error}"))
             }
@@ -525,6 +552,23 @@ impl Worker {
         }
     }
 
+    /// Sends the op in flight again once the editor has caught up to where the server was
+    /// when it refused the op as based too far back.
+    fn resend_if_caught_up(&mut self) {
+        let Some(target) = self.catch_up_to else {
+            return;
+        };
+        let mut st = self.shared.state.lock();
+        if st.editor.version() < target {
+            return;
+        }
+        self.catch_up_to = None;
+        st.outbox = st.editor.in_flight();
+        if st.outbox.is_some() {
+            st.resent_edits += 1;
+        }
+    }
+
     fn backoff(&self) -> Duration {
         backoff_delay(
             self.config.initial_backoff,
@@ -540,6 +584,8 @@ impl Worker {
         self.call = None;
         self.retry_at = None;
         self.attempts = 0;
+        self.catch_up_to = None;
+        self.catch_ups = 0;
         let mut attempts = 0;
         let note = loop {
             attempts += 1;
@@ -577,6 +623,22 @@ impl Worker {
         self.window_cut = false;
         self.shared.changed();
         Next::Go
+    }
+}
+
+/// The version to catch up to before sending again, when `error` refused an op as based too far
+/// back (`CONFLICT`, `data.reason = "tooFarBehind"`, `data.currentVersion`).
+fn too_far_behind(error: &ClientError) -> Option<u64> {
+    match error {
+        ClientError::Function { code, data, .. }
+            if code == codes::CONFLICT
+                && data.get_path("reason").and_then(Value::as_str) == Some("tooFarBehind") =>
+        {
+            data.get_path("currentVersion")
+                .and_then(Value::as_i64)
+                .and_then(|v| u64::try_from(v).ok())
+        }
+        _ => None,
     }
 }
 

@@ -283,6 +283,65 @@ async fn a_note_editor_follows_windows_cut_short_by_weight() {
     server.shutdown().await;
 }
 
+/// Two editors typing at once, on a server that transforms nothing (a transform budget of one
+/// byte): every edit that meets the other's is refused as based too far back. Each editor
+/// catches up through the op log and sends its edit again, so no edit is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_refused_as_too_far_behind_are_sent_again_not_dropped() {
+    const ROUNDS: usize = 20;
+    let dir = common::data_dir();
+    let mut config = linkedup_server::linkedup::LinkedUpConfig::default();
+    config.notes.max_transform_weight = 1;
+    let server = common::start_linkedup_with(dir.path(), &config).await;
+    let (ann, _) = person(&server, "ann").await;
+    let (bob, bob_id) = person(&server, "bob").await;
+    let meeting_id = meeting(&ann, &[bob_id]).await;
+    let a = NoteSession::open(&ann, &meeting_id).await.unwrap();
+    let b = NoteSession::open(&bob, &meeting_id).await.unwrap();
+    for _ in 0..ROUNDS {
+        for (session, letter) in [(&a, "a"), (&b, "b")] {
+            session
+                .edit_with(|text| TextOperation::new().insert(letter).retain(char_len(text)))
+                .unwrap();
+        }
+        for session in [&a, &b] {
+            tokio::time::timeout(PATIENCE, session.synchronized())
+                .await
+                .expect("an edit was never confirmed")
+                .unwrap();
+        }
+    }
+    let note: Value = ann
+        .query("notes.get", &obj! { "meetingId" => meeting_id.as_str() })
+        .await
+        .unwrap();
+    let version = note.get_path("version").unwrap().as_i64().unwrap() as u64;
+    let text = note
+        .get_path("content")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(version, 2 * ROUNDS as u64, "every edit committed once");
+    for (session, letter) in [(&a, 'a'), (&b, 'b')] {
+        tokio::time::timeout(PATIENCE, session.caught_up_to(version))
+            .await
+            .expect("an editor did not catch up")
+            .unwrap();
+        let snap = session.snapshot();
+        assert_eq!(snap.text, text);
+        assert_eq!(snap.discarded_edits, 0, "no edit dropped");
+        assert_eq!(text.chars().filter(|c| *c == letter).count(), ROUNDS);
+    }
+    let resent = a.snapshot().resent_edits + b.snapshot().resent_edits;
+    assert!(resent > 0, "the editors never met: the test proved nothing");
+    a.close().await;
+    b.close().await;
+    ann.close().await;
+    bob.close().await;
+    server.shutdown().await;
+}
+
 /// Reads `stream` until it has delivered sequence `until`; returns (sequence, chunk id)s.
 async fn read_until(stream: &mut TranscriptStream, until: i64) -> Vec<(i64, String)> {
     let mut got = Vec::new();

@@ -281,11 +281,16 @@ pub async fn start(dir: &Path, quic_listen: Option<SocketAddr>) -> RunningServer
 
 /// Starts a development server on 127.0.0.1 with the LinkedUp schema and functions.
 pub async fn start_linkedup(dir: &Path) -> RunningServer {
+    start_linkedup_with(dir, &linkedup_server::linkedup::LinkedUpConfig::default()).await
+}
+
+/// As `start_linkedup`, with the LinkedUp functions configured by `config`.
+pub async fn start_linkedup_with(
+    dir: &Path,
+    config: &linkedup_server::linkedup::LinkedUpConfig,
+) -> RunningServer {
     let mut functions = Functions::new();
-    linkedup_server::linkedup::register(
-        &mut functions,
-        &linkedup_server::linkedup::LinkedUpConfig::default(),
-    );
+    linkedup_server::linkedup::register(&mut functions, config);
     Server::start(
         ServerConfig::for_tests(dir),
         linkedup_schema::schema(),
