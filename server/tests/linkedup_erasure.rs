@@ -951,3 +951,29 @@ async fn erasure_redacts_what_the_user_said_in_meetings_they_were_removed_from()
         "read once to find the meeting, then deleted"
     );
 }
+
+/// Words another participant's device attributes to a user after the user's erasure (the job
+/// has passed the meeting) are not stored: the chunk keeps its place in the sequence, redacted.
+#[tokio::test]
+async fn chunks_spoken_by_an_erased_user_are_stored_redacted() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let (bob, alice) = (w.bob_id.as_str(), w.alice_id.as_str());
+    say(env, &w.bob, &w.meeting, "bob-before", bob).await;
+    let r = request(env, &w.bob).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    say(env, &w.alice, &w.meeting, "bob-after", bob).await;
+    say(env, &w.alice, &w.meeting, "alice-after", alice).await;
+
+    let chunks = with(env, "transcripts", "meetingId", &w.meeting).await;
+    let chunk = |id: &str| chunks.iter().find(|c| s(c, "chunkId") == id).unwrap();
+    for id in ["bob-before", "bob-after"] {
+        assert_eq!(s(chunk(id), "text"), REDACTED, "{id}");
+        assert!(chunk(id).get_path("speakerId").is_none(), "{id}");
+    }
+    assert_eq!(
+        s(chunk("alice-after"), "text"),
+        format!("{alice} says something personal")
+    );
+    assert_eq!(s(chunk("alice-after"), "speakerId"), alice);
+}

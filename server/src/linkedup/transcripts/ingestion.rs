@@ -28,6 +28,7 @@ use super::{
     chunk_input_fields, chunk_input_validator, fns, BatchResult, ChunkInput, ChunkResult,
     IngestBatchArgs, IngestChunkArgs, MAX_BATCH_CHUNKS, MAX_CHUNK_TEXT_CHARS, MAX_ID_CHARS,
 };
+use crate::linkedup::erasure::REDACTED;
 use crate::linkedup::guards::{assert_meeting_access, find_participant};
 use crate::linkedup::rate_limit::check_and_consume_in;
 use crate::linkedup::{audited, check_text, LinkedUpConfig};
@@ -104,15 +105,18 @@ pub(crate) fn last_sequence(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> Function
 /// One that is a user id must name a participant of the meeting: segments, insights and
 /// erasure take it as who said the text, so a participant cannot put words in the mouth of
 /// someone outside the meeting. The caller needs no read (their access was checked).
+/// Returns whether the speaker is a user whose erasure was requested: their words are then
+/// not stored (the erasure job may already have passed this meeting), as the job would have
+/// redacted them.
 fn check_speaker(
     ctx: &mut Ctx<'_, '_>,
     meeting_id: &str,
     caller: &str,
     speaker: &str,
     field: impl Fn() -> String,
-) -> FunctionResult<()> {
+) -> FunctionResult<bool> {
     if speaker == caller || ctx.parse_id(USERS, speaker).is_err() {
-        return Ok(());
+        return Ok(false);
     }
     if find_participant(ctx, meeting_id, speaker)?.is_none() {
         return Err(invalid_field(
@@ -120,7 +124,9 @@ fn check_speaker(
             "names a user who is not a participant of this meeting",
         ));
     }
-    Ok(())
+    Ok(ctx
+        .get(USERS, speaker)?
+        .is_some_and(|u| u.get_path("erasureRequestedAt").is_some()))
 }
 
 /// Guard, state check, rate limit, then stores the chunks. Returns (sequence, duplicate) per
@@ -175,11 +181,12 @@ fn ingest(
             out.push((int_field(&doc, "sequence")?, true));
             continue;
         }
-        if let Some(speaker) = &c.speaker_id {
-            check_speaker(ctx, meeting_id, &access.user.id, speaker, || {
+        let erased = match &c.speaker_id {
+            Some(speaker) => check_speaker(ctx, meeting_id, &access.user.id, speaker, || {
                 path(i, "speakerId")
-            })?;
-        }
+            })?,
+            None => false,
+        };
         let sequence = match next {
             Some(n) => n,
             None => last_sequence(ctx, meeting_id)? + 1,
@@ -190,14 +197,14 @@ fn ingest(
             "bucketMs" => c.start_ms - c.start_ms.rem_euclid(BUCKET_MS),
             "sequence" => sequence,
             "chunkId" => c.chunk_id.as_str(),
-            "text" => c.text.as_str(),
+            "text" => if erased { REDACTED } else { c.text.as_str() },
             "confidence" => c.confidence,
             "startMs" => c.start_ms,
             "endMs" => c.end_ms,
             "createdAt" => now,
             "ingestedBy" => access.user.id.as_str(),
         };
-        if let (Some(speaker), Some(o)) = (&c.speaker_id, doc.as_object_mut()) {
+        if let (Some(speaker), Some(o), false) = (&c.speaker_id, doc.as_object_mut(), erased) {
             o.insert("speakerId".into(), speaker.as_str().into());
         }
         ctx.insert(TRANSCRIPTS, doc)?;
