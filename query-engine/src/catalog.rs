@@ -7,6 +7,10 @@
 //! background (`index_maintenance.rs`); the index under the new definition gets a new number and
 //! backfills. Reusing the number would serve entries nobody kept up to date (written while the
 //! index was absent, or under the old fields) as if they were ready.
+//!
+//! Readiness is part of the committed state: a backfilled index becomes ready by a commit
+//! (`CatalogChange`), and a reader uses it only if its snapshot is at or after that commit, so
+//! a snapshot from before the last backfill chunk never meets a ready index.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -36,6 +40,39 @@ pub struct IndexInfo {
     /// Dotted field paths; empty for `by_id`, whose key is the document id alone.
     pub fields: Vec<String>,
     pub state: IndexState,
+    /// For a `Ready` index, the first snapshot timestamp that may read it: the commit that
+    /// made it ready, or 0 for an index ready when the engine opened.
+    pub ready_ts: u64,
+}
+
+/// The key under an index's number that stands for the index's readiness. A read refused
+/// because the index is not ready at the reader's snapshot records it, and the commit that
+/// makes the index ready touches it, so that reader is invalidated (a subscription re-runs, a
+/// mutation conflicts). No entry has this key: every entry ends with a document id.
+pub const READINESS_KEY: &[u8] = &[];
+
+impl IndexInfo {
+    /// Whether a reader at snapshot `ts` may read this index.
+    pub fn readable_at(&self, ts: u64) -> bool {
+        self.state == IndexState::Ready && ts >= self.ready_ts
+    }
+}
+
+/// A change to the catalog that a commit makes: it holds for snapshots at or after that
+/// commit's timestamp (see `committer.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatalogChange {
+    /// A backfilled index starts serving reads.
+    IndexReady(IndexId),
+}
+
+impl CatalogChange {
+    /// The key the change's commit touches, invalidating whoever read the state it changes.
+    pub fn touched_key(&self) -> (IndexId, Vec<u8>) {
+        match self {
+            CatalogChange::IndexReady(id) => (*id, READINESS_KEY.to_vec()),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -159,6 +196,7 @@ impl Catalog {
                     name: name.to_string(),
                     fields,
                     state,
+                    ready_ts: 0,
                 });
             }
             catalog.by_number.insert(number, table.name.clone());
@@ -206,10 +244,17 @@ impl Catalog {
         Some((t, &t.indexes[*pos]))
     }
 
-    pub fn set_index_state(&mut self, id: IndexId, state: IndexState) {
-        if let Some((table, pos)) = self.index_owner.get(&id) {
-            if let Some(t) = self.tables.get_mut(table) {
-                t.indexes[*pos].state = state;
+    /// Applies `change`, made by the commit at `ts`.
+    pub fn apply(&mut self, change: CatalogChange, ts: u64) {
+        match change {
+            CatalogChange::IndexReady(id) => {
+                let Some((table, pos)) = self.index_owner.get(&id) else {
+                    return;
+                };
+                if let Some(i) = self.tables.get_mut(table).map(|t| &mut t.indexes[*pos]) {
+                    i.state = IndexState::Ready;
+                    i.ready_ts = ts;
+                }
             }
         }
     }

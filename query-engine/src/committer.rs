@@ -6,6 +6,11 @@
 //! The whole batch is one append and one fsync of the write-ahead log; then it is published
 //! to new snapshots (redb gets it later, from the applier), every member is acknowledged and
 //! the batch's touched keys are published to observers, in commit order.
+//!
+//! A request may also carry a catalog change (an index becoming ready). It ends its batch, so
+//! it commits at the batch's timestamp with nothing after it in the batch, and the committer
+//! stores the changed catalog before the snapshot that includes the commit: the catalog is
+//! only ever changed here, at a commit timestamp.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +20,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogChange};
 use crate::error::{FunctionError, FunctionResult};
 use crate::metrics::EngineMetrics;
 use crate::reads::{ReadSet, TouchedKeys};
@@ -33,6 +38,8 @@ pub(crate) struct CommitRequest {
     pub writes: WriteSet,
     pub value: Value,
     pub rerun: Rerun,
+    /// A catalog change made by this commit (`None` for every transaction).
+    pub catalog_change: Option<CatalogChange>,
     pub reply: oneshot::Sender<FunctionResult<Committed>>,
 }
 
@@ -133,7 +140,12 @@ impl Committer {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
             let mut bytes = batch[0].writes.bytes_written;
-            while batch.len() < self.config.max_batch_txns && bytes < self.config.max_batch_bytes {
+            // A catalog change ends the batch: members after it would run on the catalog
+            // from before it while committing after it.
+            while batch.len() < self.config.max_batch_txns
+                && bytes < self.config.max_batch_bytes
+                && batch.last().is_some_and(|r| r.catalog_change.is_none())
+            {
                 match rx.try_recv() {
                     Ok(r) => {
                         bytes += r.writes.bytes_written;
@@ -166,6 +178,7 @@ impl Committer {
         let catalog = self.shared.catalog.load_full();
         let mut overlay = WriteSet::default();
         let mut accepted: Vec<(oneshot::Sender<FunctionResult<Committed>>, Value)> = Vec::new();
+        let mut changes: Vec<CatalogChange> = Vec::new();
         for mut req in batch {
             if self.conflicts(&req, &overlay) {
                 m.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -195,6 +208,11 @@ impl Committer {
                 }
             }
             overlay.merge(std::mem::take(&mut req.writes));
+            if let Some(change) = req.catalog_change {
+                let (index, key) = change.touched_key();
+                overlay.touched.insert(index, key);
+                changes.push(change);
+            }
             accepted.push((req.reply, req.value));
         }
         if accepted.is_empty() {
@@ -236,6 +254,16 @@ impl Committer {
         };
         m.record_commit(accepted.len(), started.elapsed());
         let touched = Arc::new(std::mem::take(&mut overlay.touched));
+        if !changes.is_empty() {
+            let mut changed = (*catalog).clone();
+            for change in changes {
+                changed.apply(change, ts);
+            }
+            // Before the snapshot: readers take a snapshot first and the catalog after it, so
+            // one whose snapshot includes this commit sees the change, and `ready_ts` hides it
+            // from older snapshots.
+            self.shared.catalog.store(Arc::new(changed));
+        }
         let new_snapshot = match self.shared.storage.publish(overlay, ts, meta, sealed) {
             Ok(s) => Arc::new(s),
             Err(e) => {

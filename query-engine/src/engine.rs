@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admission::{Admission, AdmissionConfig, Admit};
-use crate::catalog::{Catalog, IndexId, Numbering};
+use crate::catalog::{Catalog, CatalogChange, IndexId, Numbering};
 use crate::committer::{
     now_micros, CommitNotice, CommitObserver, CommitRequest, Committed, Committer, CommitterConfig,
     Rerun, Shared,
@@ -299,6 +299,9 @@ impl Engine {
         Ok(engine)
     }
 
+    /// The latest catalog. Index readiness in it is relative to a snapshot
+    /// (`IndexInfo::readable_at`); take the snapshot you read first and the catalog after it,
+    /// so the catalog has every change the snapshot's commits made.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.inner.catalog.load_full()
     }
@@ -693,6 +696,7 @@ impl Engine {
             writes,
             value,
             rerun,
+            catalog_change: None,
             reply,
         };
         self.inner
@@ -773,24 +777,44 @@ impl Engine {
     /// cannot race with any other write (index backfills and purges). `None` once the
     /// committer has stopped.
     pub(crate) async fn run_at_committer(&self, body: Rerun) -> Option<FunctionResult<Committed>> {
+        self.at_committer(body, None).await
+    }
+
+    /// Commits `change` to the catalog: snapshots at or after the returned timestamp see it,
+    /// older ones do not. `None` once the committer has stopped.
+    pub(crate) async fn commit_catalog_change(
+        &self,
+        change: CatalogChange,
+    ) -> Option<FunctionResult<Committed>> {
+        self.at_committer(Box::new(|_| Ok(Value::Null)), Some(change))
+            .await
+    }
+
+    async fn at_committer(
+        &self,
+        body: Rerun,
+        catalog_change: Option<CatalogChange>,
+    ) -> Option<FunctionResult<Committed>> {
         let (reply, rx) = oneshot::channel();
         let req = CommitRequest {
+            // Older than any batch kept for validation, so the committer runs `body` itself.
             snapshot_ts: 0,
             reads: ReadSet::default(),
             writes: Default::default(),
             value: Value::Null,
             rerun: body,
+            catalog_change,
             reply,
         };
         self.inner.commit_tx.send(req).await.ok()?;
         rx.await.ok()
     }
 
-    /// Changes the persisted numbering (durably), then the catalog with `then`.
+    /// Changes the persisted numbering (durably). The catalog in memory changes only by a
+    /// commit (`commit_catalog_change`).
     pub(crate) fn update_numbering(
         &self,
         change: impl FnOnce(&mut Numbering),
-        then: impl FnOnce(&Numbering, &mut Catalog),
     ) -> Result<(), StorageError> {
         let mut numbering = self.inner.numbering.lock();
         let mut changed = numbering.clone();
@@ -801,9 +825,6 @@ impl Engine {
             .storage
             .write_meta_durable(&[("numbering", bytes)])?;
         *numbering = changed;
-        let mut c = (*self.catalog()).clone();
-        then(&numbering, &mut c);
-        self.inner.catalog.store(Arc::new(c));
         Ok(())
     }
 

@@ -6,11 +6,13 @@
 //! live writes maintain a backfilling index themselves, and nothing writes or reads a retired
 //! number any more. Each records its end in the persisted numbering (an index becomes ready,
 //! a retired number is forgotten); one interrupted by a shutdown or a crash starts over at the
-//! next open, which is safe because each chunk is idempotent.
+//! next open, which is safe because each chunk is idempotent. A backfilled index becomes
+//! ready by a commit after its last chunk (`CatalogChange::IndexReady`), so readiness holds
+//! from a timestamp on and never for a snapshot that lacks some of its entries.
 
 use tokio::runtime::Handle;
 
-use crate::catalog::{IndexId, IndexState};
+use crate::catalog::{CatalogChange, IndexId, IndexState};
 use crate::encoding::prefix_successor;
 use crate::engine::Engine;
 use crate::error::FunctionError;
@@ -39,13 +41,58 @@ pub(crate) fn start(engine: &Engine, rt: &Handle) {
     }
 }
 
-/// Builds a new index over existing documents, a chunk per commit in id order, then marks it
+/// Builds a new index over existing documents, a chunk per commit in id order, then makes it
 /// ready.
 async fn backfill(engine: Engine, table: String, index: String) {
-    let mut after: Option<DocumentId> = None;
+    let shutdown = engine.shutdown_signal();
+    let mut backfill = Backfill::new(engine, table, index, BACKFILL_CHUNK);
     loop {
-        let (t2, i2) = (table.clone(), index.clone());
-        let start = after;
+        match backfill.step().await {
+            Progress::More if *shutdown.borrow() => return,
+            Progress::More => {}
+            Progress::Done => break,
+            Progress::Stopped => return,
+        }
+    }
+    backfill.finish().await;
+}
+
+/// A backfill under way: a cursor over its table's documents in id order.
+struct Backfill {
+    engine: Engine,
+    table: String,
+    index: String,
+    /// The last document indexed so far.
+    after: Option<DocumentId>,
+    chunk_docs: usize,
+}
+
+/// What a backfill step left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    /// Documents may be left to index.
+    More,
+    /// Every document is indexed (a chunk found none left).
+    Done,
+    /// The backfill cannot go on (logged); it starts over at the next open.
+    Stopped,
+}
+
+impl Backfill {
+    fn new(engine: Engine, table: String, index: String, chunk_docs: usize) -> Self {
+        Backfill {
+            engine,
+            table,
+            index,
+            after: None,
+            chunk_docs,
+        }
+    }
+
+    /// Indexes the next `chunk_docs` documents in one commit at the committer.
+    async fn step(&mut self) -> Progress {
+        let (t2, i2) = (self.table.clone(), self.index.clone());
+        let (start, chunk_docs) = (self.after, self.chunk_docs);
         let body = move |txn: &mut Transaction<'_>| {
             let catalog = std::sync::Arc::new(txn.catalog().clone());
             let t = catalog
@@ -68,7 +115,7 @@ async fn backfill(engine: Engine, table: String, index: String) {
             };
             let mut by_id = t.by_id().clone();
             by_id.state = IndexState::Ready;
-            let rows = txn.range(t, &by_id, from, end, Order::Asc, BACKFILL_CHUNK)?;
+            let rows = txn.range(t, &by_id, from, end, Order::Asc, chunk_docs)?;
             let mut last = None;
             for r in &rows {
                 let id = DocumentId::from_bytes(&r.key)
@@ -83,38 +130,54 @@ async fn backfill(engine: Engine, table: String, index: String) {
                 .map(|l| Value::String(l.to_string()))
                 .unwrap_or(Value::Null))
         };
-        match engine.run_at_committer(Box::new(body)).await {
+        match self.engine.run_at_committer(Box::new(body)).await {
             Some(Ok(c)) => match c.value {
                 Value::String(s) => match DocumentId::parse(&s) {
-                    Ok(id) => after = Some(id),
-                    Err(_) => return,
+                    Ok(id) => {
+                        self.after = Some(id);
+                        Progress::More
+                    }
+                    Err(_) => Progress::Stopped,
                 },
-                _ => break,
+                _ => Progress::Done,
             },
             Some(Err(e)) => {
-                tracing::error!(table = %table, index = %index, error = %e, "backfill failed");
-                return;
+                tracing::error!(table = %self.table, index = %self.index, error = %e, "backfill failed");
+                Progress::Stopped
             }
-            None => return,
-        }
-        if *engine.shutdown_signal().borrow() {
-            return;
+            None => Progress::Stopped,
         }
     }
-    let key = format!("{table}.{index}");
-    let recorded = engine.update_numbering(
-        |n| {
+
+    /// Makes the index ready: durably in the numbering, then by a commit of its own, so a
+    /// reader at a snapshot from before the last chunk never takes the index as ready.
+    async fn finish(self) {
+        let key = format!("{}.{}", self.table, self.index);
+        let recorded = self.engine.update_numbering(|n| {
             n.index_states.insert(key.clone(), IndexState::Ready);
-        },
-        |n, catalog| {
-            if let Some(id) = n.indexes.get(&key) {
-                catalog.set_index_state(*id, IndexState::Ready);
-            }
-        },
-    );
-    match recorded {
-        Ok(()) => tracing::info!(index = %key, "index backfilled and ready"),
-        Err(e) => tracing::error!(index = %key, error = %e, "cannot record index as ready"),
+        });
+        if let Err(e) = recorded {
+            tracing::error!(index = %key, error = %e, "cannot record index as ready");
+            return;
+        }
+        let Some(id) = self
+            .engine
+            .catalog()
+            .table(&self.table)
+            .and_then(|t| t.index(&self.index))
+            .map(|i| i.id)
+        else {
+            return;
+        };
+        match self
+            .engine
+            .commit_catalog_change(CatalogChange::IndexReady(id))
+            .await
+        {
+            Some(Ok(c)) => tracing::info!(index = %key, ts = c.ts, "index backfilled and ready"),
+            Some(Err(e)) => tracing::error!(index = %key, error = %e, "cannot make index ready"),
+            None => {}
+        }
     }
 }
 
@@ -150,9 +213,384 @@ async fn purge(engine: Engine, id: IndexId) {
             return;
         }
     }
-    let forgotten = engine.update_numbering(|n| n.dropped_indexes.retain(|d| *d != id), |_, _| {});
+    let forgotten = engine.update_numbering(|n| n.dropped_indexes.retain(|d| *d != id));
     match forgotten {
         Ok(()) => tracing::info!(index = id.0, entries = purged, "dropped index purged"),
         Err(e) => tracing::error!(index = id.0, error = %e, "cannot record index as purged"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What a subscriber sees across an index backfill equals a fresh query at the same
+    //! timestamp. The engines here are opened outside a tokio runtime, so no backfill starts by
+    //! itself: each test drives it, in chunks, between its own reads and writes.
+
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::diff::apply;
+    use crate::engine::EngineConfig;
+    use crate::error::FunctionResult;
+    use crate::functions::{Functions, Handler, Visibility};
+    use crate::obj;
+    use crate::schema::{v, SchemaDefinition, TableDefinition};
+    use crate::storage::Snapshot;
+    use crate::subscriptions::{
+        ClientSession, QueryUpdate, SubscriptionConfig, SubscriptionManager,
+    };
+
+    /// A safety net against a hung test, not a timing assertion.
+    const HANG: Duration = Duration::from_secs(60);
+
+    /// Holds `byA`'s next access check between two rendezvous with the test, once armed.
+    struct Pause {
+        armed: AtomicBool,
+        barrier: Barrier,
+    }
+
+    fn schema(indexed: bool) -> SchemaDefinition {
+        let t = TableDefinition::new("t", v::object([("a", v::int64())]));
+        SchemaDefinition::new().table(if indexed { t.index("by_a", &["a"]) } else { t })
+    }
+
+    #[derive(serde::Deserialize)]
+    struct ByA {
+        tolerant: bool,
+    }
+
+    /// `byA`: the documents through `by_a`; `tolerant` answers null while the index cannot be
+    /// read, instead of failing. `truth`: the same documents through `by_creation_time`, in
+    /// the index's order.
+    fn functions(pause: Arc<Pause>) -> Functions {
+        let mut f = Functions::new();
+        f.shared_query(
+            "byA",
+            v::object([("tolerant", v::boolean())]),
+            v::any(),
+            move |_, _: ByA| {
+                if pause.armed.swap(false, Ordering::SeqCst) {
+                    pause.barrier.wait();
+                    pause.barrier.wait();
+                }
+                Ok(())
+            },
+            |ctx, a: ByA| match ctx.query("t", "by_a").collect(1_000) {
+                Ok(rows) => Ok(Value::Array(rows)),
+                Err(e) if a.tolerant && e.message.contains("backfilling") => Ok(Value::Null),
+                Err(e) => Err(e),
+            },
+        );
+        f.query(
+            "truth",
+            Visibility::Public,
+            v::object([]),
+            v::any(),
+            |ctx, _: Value| {
+                let mut rows = ctx.query("t", "by_creation_time").collect(1_000)?;
+                let key = |d: &Value| {
+                    let a = d.get_path("a").and_then(Value::as_i64);
+                    let id = d
+                        .get_path("_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    (a, id)
+                };
+                rows.sort_by_key(key);
+                Ok(Value::Array(rows))
+            },
+        );
+        f
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Must be called outside the runtime: inside it the engine would start the backfill.
+    fn open(dir: &Path, indexed: bool, pause: Arc<Pause>) -> Engine {
+        let config = EngineConfig {
+            run_scheduler: false,
+            ..EngineConfig::default()
+        };
+        Engine::open(
+            &dir.join("db.redb"),
+            schema(indexed),
+            functions(pause),
+            config,
+        )
+        .expect("open")
+    }
+
+    fn unpaused() -> Arc<Pause> {
+        Arc::new(Pause {
+            armed: AtomicBool::new(false),
+            barrier: Barrier::new(2),
+        })
+    }
+
+    async fn insert(engine: &Engine, a: i64) -> String {
+        let id = engine
+            .transact(move |ctx| ctx.insert("t", obj! {"a" => a}).map(Value::from))
+            .await
+            .expect("insert");
+        id.as_str().expect("id").to_string()
+    }
+
+    /// A database whose table `t` holds a document per value of `values`, then opened with the
+    /// new index `by_a` (backfilling, not started) and the ids of those documents.
+    fn pushed_index(dir: &Path, rt: &tokio::runtime::Runtime, values: &[i64]) -> Vec<String> {
+        let engine = open(dir, false, unpaused());
+        let mut ids = Vec::new();
+        for a in values {
+            ids.push(rt.block_on(insert(&engine, *a)));
+        }
+        assert!(engine.close(HANG), "database closed");
+        ids
+    }
+
+    /// The registered query `name` run at `snapshot`, as a fresh query at its timestamp.
+    fn query_at(
+        engine: &Engine,
+        snapshot: &Snapshot,
+        name: &str,
+        args: Value,
+    ) -> FunctionResult<Value> {
+        let def = engine.functions().get(name).expect("registered").clone();
+        let Handler::Query(h) = &def.handler else {
+            panic!("{name} is not a query");
+        };
+        engine.run_query_at(snapshot, h, args, None).0
+    }
+
+    /// The subscriptions of one session as its client sees them: per query id, the value or
+    /// the error that ended it.
+    #[derive(Default)]
+    struct View {
+        queries: HashMap<u32, Result<Value, FunctionError>>,
+        ts: u64,
+    }
+
+    impl View {
+        async fn catch_up(&mut self, s: &ClientSession, ts: u64) {
+            s.sync_to(ts).await;
+            while self.ts < ts {
+                let t = tokio::time::timeout(HANG, s.next_transition())
+                    .await
+                    .expect("a transition")
+                    .expect("session open");
+                for u in &t.updates {
+                    match u {
+                        QueryUpdate::Updated { query_id, diff, .. } => {
+                            let old = match self.queries.get(query_id) {
+                                Some(Ok(v)) => v.clone(),
+                                _ => Value::Null,
+                            };
+                            let new = apply(&old, diff).expect("diff applies");
+                            self.queries.insert(*query_id, Ok(new));
+                        }
+                        QueryUpdate::Failed { query_id, error } => {
+                            self.queries.insert(*query_id, Err(error.clone()));
+                        }
+                        QueryUpdate::Removed { query_id } => {
+                            self.queries.remove(query_id);
+                        }
+                    }
+                }
+                self.ts = t.end_ts;
+            }
+        }
+    }
+
+    /// The subscription to `byA` starts at the worker's snapshot from before the backfill, and
+    /// its body runs only after the whole backfill and the ready flip (its access check holds
+    /// it): the race of a subscription made in the instant the index turns ready.
+    fn subscribe_while_the_index_turns_ready(tolerant: bool) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = runtime();
+        let values: Vec<i64> = (0..20).map(|i| (i * 7) % 5).collect();
+        pushed_index(dir.path(), &rt, &values);
+        let pause = unpaused();
+        let engine = open(dir.path(), true, pause.clone());
+        assert_eq!(engine.index_work_pending(), 1);
+        let manager = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+        let session = Arc::new(rt.block_on(manager.connect(None)));
+        // Keeps the session subscribed whatever happens to `byA`.
+        rt.block_on(session.subscribe(2, "truth", obj! {}))
+            .expect("subscribed");
+        let before = engine.snapshot();
+
+        pause.armed.store(true, Ordering::SeqCst);
+        let s = session.clone();
+        let subscribed =
+            rt.spawn(async move { s.subscribe(1, "byA", obj! {"tolerant" => tolerant}).await });
+        pause.barrier.wait();
+        rt.block_on(backfill(engine.clone(), "t".into(), "by_a".into()));
+        assert_eq!(engine.index_work_pending(), 0, "backfilled and ready");
+        pause.barrier.wait();
+        rt.block_on(subscribed).expect("task").expect("subscribed");
+
+        let latest = engine.snapshot();
+        let mut view = View::default();
+        rt.block_on(view.catch_up(&session, latest.ts));
+        let args = obj! {"tolerant" => tolerant};
+        let fresh = query_at(&engine, &latest, "byA", args.clone()).expect("ready now");
+        assert_eq!(fresh.as_array().map(<[Value]>::len), Some(values.len()));
+        assert_eq!(
+            fresh,
+            query_at(&engine, &latest, "truth", obj! {}).expect("truth")
+        );
+        match &view.queries[&1] {
+            Ok(seen) => assert_eq!(
+                seen, &fresh,
+                "the subscriber at {} sees what a fresh query there does",
+                latest.ts
+            ),
+            // Ended at the worker's snapshot, `before`, where the index could not be read yet;
+            // so does a fresh query there.
+            Err(e) => {
+                assert!(!tolerant, "{e}");
+                assert_eq!(query_at(&engine, &before, "byA", args).as_ref(), Err(e));
+            }
+        }
+    }
+
+    #[test]
+    fn a_subscription_made_as_the_index_turns_ready_is_not_left_with_a_partial_result() {
+        subscribe_while_the_index_turns_ready(false);
+    }
+
+    #[test]
+    fn a_subscription_that_did_without_a_backfilling_index_reruns_when_it_is_ready() {
+        subscribe_while_the_index_turns_ready(true);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(i64),
+        Patch(usize, i64),
+        Delete(usize),
+        /// The backfill's next chunk (two documents), or its end once none are left.
+        Chunk,
+        /// Keep the current snapshot, to query at it after the backfill.
+        Hold,
+        /// Subscribe to `byA` (tolerant).
+        Subscribe,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..6i64).prop_map(Op::Insert),
+            (any::<usize>(), 0..6i64).prop_map(|(i, a)| Op::Patch(i, a)),
+            any::<usize>().prop_map(Op::Delete),
+            Just(Op::Chunk),
+            Just(Op::Chunk),
+            Just(Op::Hold),
+            Just(Op::Subscribe),
+        ]
+    }
+
+    /// Runs `ops` against a database whose table held `seed` when `by_a` was added, driving
+    /// the backfill two documents a chunk; then checks that every held snapshot reads `by_a`
+    /// either not at all or exactly as `truth`, and every subscriber sees a fresh query.
+    fn backfill_interleaved(seed: Vec<i64>, ops: Vec<Op>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = runtime();
+        let mut ids = pushed_index(dir.path(), &rt, &seed);
+        let engine = open(dir.path(), true, unpaused());
+        let manager = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+        let session = rt.block_on(manager.connect(None));
+        rt.block_on(session.subscribe(0, "truth", obj! {}))
+            .expect("subscribed");
+        let mut backfill = Backfill::new(engine.clone(), "t".into(), "by_a".into(), 2);
+        let mut done = false;
+        let mut held = vec![engine.snapshot()];
+        let mut subs = 0u32;
+        for op in ops {
+            match op {
+                Op::Insert(a) => ids.push(rt.block_on(insert(&engine, a))),
+                Op::Patch(_, _) | Op::Delete(_) if ids.is_empty() => {}
+                Op::Patch(i, a) => {
+                    let id = ids[i % ids.len()].clone();
+                    rt.block_on(engine.transact(move |ctx| {
+                        let mut o = crate::value::Object::new();
+                        o.insert("a".into(), Value::Int64(a));
+                        ctx.patch("t", &id, o).map(|_| Value::Null)
+                    }))
+                    .expect("patch");
+                }
+                Op::Delete(i) => {
+                    let id = ids.swap_remove(i % ids.len());
+                    rt.block_on(
+                        engine.transact(move |ctx| ctx.delete("t", &id).map(|_| Value::Null)),
+                    )
+                    .expect("delete");
+                }
+                Op::Chunk if done => {}
+                Op::Chunk => match rt.block_on(backfill.step()) {
+                    Progress::More => {}
+                    Progress::Done => done = true,
+                    Progress::Stopped => panic!("backfill stopped"),
+                },
+                Op::Hold => held.push(engine.snapshot()),
+                Op::Subscribe => {
+                    subs += 1;
+                    rt.block_on(session.subscribe(subs, "byA", obj! {"tolerant" => true}))
+                        .expect("subscribed");
+                }
+            }
+        }
+        while !done {
+            match rt.block_on(backfill.step()) {
+                Progress::More => {}
+                Progress::Done => done = true,
+                Progress::Stopped => panic!("backfill stopped"),
+            }
+        }
+        rt.block_on(backfill.finish());
+        assert_eq!(engine.index_work_pending(), 0);
+        let latest = engine.snapshot();
+        held.push(latest.clone());
+
+        let strict = || obj! {"tolerant" => false};
+        for s in &held {
+            let truth = query_at(&engine, s, "truth", obj! {}).expect("truth");
+            match query_at(&engine, s, "byA", strict()) {
+                Ok(rows) => assert_eq!(rows, truth, "by_a read at {}", s.ts),
+                Err(e) => assert!(e.message.contains("backfilling"), "{e}"),
+            }
+        }
+        let fresh = query_at(&engine, &latest, "byA", strict()).expect("ready");
+        let mut view = View::default();
+        rt.block_on(view.catch_up(&session, latest.ts));
+        for q in 1..=subs {
+            assert_eq!(
+                view.queries.get(&q).map(Result::as_ref),
+                Some(Ok(&fresh)),
+                "subscription {q} at {}",
+                latest.ts
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn subscribers_see_fresh_queries_across_a_backfill(
+            seed in proptest::collection::vec(0..6i64, 0..8),
+            ops in proptest::collection::vec(op(), 0..24),
+        ) {
+            backfill_interleaved(seed, ops);
+        }
     }
 }

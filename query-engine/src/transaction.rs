@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::catalog::{Catalog, IndexInfo, IndexState, TableInfo};
+use crate::catalog::{Catalog, IndexInfo, TableInfo, READINESS_KEY};
 use crate::doc_cache::SizedDoc;
 use crate::encoding::{encode_missing, encode_value, prefix_successor};
 use crate::error::{FunctionError, FunctionResult};
@@ -226,7 +226,10 @@ impl<'s> Transaction<'s> {
         limit: usize,
     ) -> FunctionResult<Vec<RangeRow>> {
         self.check_time()?;
-        if index.state != IndexState::Ready {
+        if !index.readable_at(self.snapshot.ts) {
+            // Recorded so the commit that makes the index ready invalidates this reader, even
+            // one that went on without the index.
+            self.reads.record(index.id, KeyRange::point(READINESS_KEY));
             return Err(FunctionError::validation(format!(
                 "index {}.{} is still backfilling and cannot be read yet",
                 table.name, index.name
