@@ -977,3 +977,41 @@ async fn chunks_spoken_by_an_erased_user_are_stored_redacted() {
     );
     assert_eq!(s(chunk("alice-after"), "speakerId"), alice);
 }
+
+/// The access denials recorded of an erased user stay in the audit log, the security record,
+/// without the token subject that identified the person; others' denials keep theirs.
+#[tokio::test]
+async fn erasure_strips_the_token_subject_from_the_users_denials() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    for who in [&w.dave, &w.carol] {
+        let r = env
+            .q(
+                "meetings.get",
+                obj! { "meetingId" => w.meeting.as_str() },
+                Some(who),
+            )
+            .await;
+        assert_eq!(r.unwrap_err().code, "FORBIDDEN");
+    }
+    linkedup_server::linkedup::audit::flush_denials(&env.engine, &env.config.denials)
+        .await
+        .unwrap();
+    let r = request(env, &w.dave).await;
+    wait_done(env, &s(&r, "requestId")).await;
+
+    let denials = |actor: String| async move {
+        with(env, "auditLogs", "actorUserId", &actor)
+            .await
+            .into_iter()
+            .filter(|e| s(e, "action") == "access.denied")
+            .collect::<Vec<_>>()
+    };
+    let dave = denials(w.dave_id.clone()).await;
+    assert_eq!(dave.len(), 1, "the entry stays");
+    assert_eq!(s(&dave[0], "metadata.function"), "meetings.get");
+    assert!(dave[0].get_path("metadata.subject").is_none());
+    let carol = denials(w.carol_id.clone()).await;
+    assert_eq!(carol.len(), 1);
+    assert_eq!(s(&carol[0], "metadata.subject"), "carol");
+}

@@ -26,9 +26,10 @@ use std::sync::Arc;
 use linkedup_schema::api::erasure::ErasureStatus;
 use linkedup_schema::api::{Meeting, Participant, Presence};
 use linkedup_schema::tables::names::{
-    CONNECTIONS, EMBEDDINGS, ERASURE_REQUESTS, FORMER_PARTICIPANTS, INSIGHTS, MATCHING_ANALYTICS,
-    MATCHING_QUEUE, MEETINGS, MEETING_PARTICIPANTS, MESSAGES, PROFILES, PROMPTS, RATE_LIMITS,
-    RATE_LIMIT_WINDOWS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS, USERS, USER_BLOCKS, USER_INTERESTS,
+    AUDIT_LOGS, CONNECTIONS, EMBEDDINGS, ERASURE_REQUESTS, FORMER_PARTICIPANTS, INSIGHTS,
+    MATCHING_ANALYTICS, MATCHING_QUEUE, MEETINGS, MEETING_PARTICIPANTS, MESSAGES, PROFILES,
+    PROMPTS, RATE_LIMITS, RATE_LIMIT_WINDOWS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS, USERS, USER_BLOCKS,
+    USER_INTERESTS,
 };
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
@@ -52,7 +53,7 @@ pub const REDACTED: &str = "[erased]";
 
 /// The phases in order. Deleting the profile, interests and embeddings first stops the
 /// account's data from flowing into anything generated while the rest is erased.
-const PHASES: [&str; 17] = [
+const PHASES: [&str; 18] = [
     "profiles",
     "userInterests",
     "embeddings",
@@ -69,6 +70,7 @@ const PHASES: [&str; 17] = [
     "meetings",
     "formerMeetings",
     "formerParticipants",
+    "auditSubjects",
     "account",
 ];
 pub(super) const FIRST_PHASE: &str = PHASES[0];
@@ -190,6 +192,7 @@ fn run_phase(ctx: &mut Ctx<'_, '_>, r: &mut Request, budget: &mut Budget) -> Fun
         "meetings" => return erase_meetings(ctx, r, budget, MEETING_PARTICIPANTS),
         "formerMeetings" => return erase_meetings(ctx, r, budget, FORMER_PARTICIPANTS),
         "formerParticipants" => by_user(FORMER_PARTICIPANTS, "by_user", "userId"),
+        "auditSubjects" => return strip_audit_subjects(ctx, r, budget),
         "account" => return erase_account(ctx, r, budget),
         "userInterests" => by_user(USER_INTERESTS, "by_user", "userId"),
         "embeddings" => (
@@ -287,6 +290,33 @@ fn redact_messages(
         ctx.replace(MESSAGES, &id_of(d)?, Value::from(o))?;
     }
     budget.spend(r, MESSAGES, page.page.len());
+    r.cursor = page.continue_cursor;
+    Ok(page.is_done)
+}
+
+/// Removes the token subject (`metadata.subject`, the identity provider's id of the person)
+/// from the access denials recorded of the user: the entries stay, as the security record,
+/// naming the user by id only.
+fn strip_audit_subjects(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+) -> FunctionResult<bool> {
+    let page = ctx
+        .query(AUDIT_LOGS, "by_actor")
+        .eq("actorUserId", r.user_id.as_str())
+        .paginate(r.cursor.as_deref(), budget.left)?;
+    for d in &page.page {
+        let mut o = stored_fields(d);
+        let Some(Value::Object(metadata)) = o.get_mut("metadata") else {
+            continue;
+        };
+        if metadata.contains_key("subject") {
+            std::sync::Arc::make_mut(metadata).remove("subject");
+            ctx.replace(AUDIT_LOGS, &id_of(d)?, Value::from(o))?;
+        }
+    }
+    budget.spend(r, AUDIT_LOGS, page.page.len());
     r.cursor = page.continue_cursor;
     Ok(page.is_done)
 }
