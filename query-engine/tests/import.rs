@@ -278,3 +278,17 @@ async fn an_id_above_what_the_engine_allocates_is_refused() {
         assert!(DocumentId::parse(&id(d)).unwrap().internal > 1 << 40);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_of_too_many_documents_is_refused_before_it_opens_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    with_a_red_room(&path).await;
+    let too_many = vec![(1, Value::Null); query_engine::import::MAX_IMPORT_DOCUMENTS + 1];
+    assert!(matches!(
+        import(&path, schema(), "rooms", too_many),
+        Err(ImportError::TooMany)
+    ));
+    let engine = open(&path);
+    assert_eq!(all(&engine, "rooms").await.len(), 1, "nothing imported");
+}
