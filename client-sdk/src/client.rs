@@ -443,9 +443,11 @@ impl Client {
         }
     }
 
-    /// Runs an action and decodes its result. Actions are never retried: if the connection
-    /// drops while one runs, this returns `ClientError::Disconnected`, and an `UNAUTHORIZED`
-    /// is returned as is (the action may have had effects before it).
+    /// Runs an action and decodes its result. An action that may have run is never retried:
+    /// if the connection drops while one runs, this returns `ClientError::Disconnected`, and
+    /// its own `UNAUTHORIZED` is returned as is (it may have had effects before it). Only one
+    /// the server refused for an expired token, before running it, is sent again once (after
+    /// a token refresh, with a refresher configured).
     pub async fn action<A, R>(&self, name: &str, args: &A) -> Result<R, ClientError>
     where
         A: Serialize + ?Sized,
@@ -464,8 +466,10 @@ impl Client {
     /// server, a query is retried (`max_query_retries`) and a mutation with an id once, under
     /// that id (`MutationUnconfirmed` if that is lost too), while a mutation without an id and
     /// an action fail with `Disconnected`: they may or may not have run. After `UNAUTHORIZED`,
-    /// with a token refresher, a query or a mutation runs once more under a fresh token (a
-    /// failed mutation wrote nothing); an action does not. A shed mutation is not retried here.
+    /// with a token refresher, a call runs once more under a fresh token if its first run had
+    /// no effect: a query or a mutation (a failed mutation wrote nothing) after any such
+    /// answer, an action only when the server refused it for an expired token before running
+    /// it (`ClientError::is_token_expired`). A shed mutation is not retried here.
     pub async fn call(
         &self,
         kind: CallKind,
@@ -854,8 +858,7 @@ impl Inner {
                     let error = ClientError::function(payload);
                     // An expired token or an anonymous connection: refresh the token once
                     // and run the call again, where that cannot repeat an effect.
-                    if error.is_unauthorized()
-                        && reruns_after_unauthorized(kind)
+                    if reruns_after_unauthorized(kind, &error)
                         && !reauthenticated
                         && self.has_refresher()
                     {
@@ -1078,14 +1081,13 @@ impl Inner {
                     data,
                     fatal,
                 } => {
-                    // The server's notice that the token expired unrefreshed (§11) answers no
-                    // Authenticate, so it must not be taken as the reply to one in flight.
-                    let expired_notice = data.get_path("tokenExpired") == Some(&Value::Bool(true));
                     let error = ClientError::server(code, message, data, fatal);
                     if fatal {
                         return error;
                     }
-                    if expired_notice {
+                    // The server's notice that the token expired unrefreshed (§11) answers no
+                    // Authenticate, so it must not be taken as the reply to one in flight.
+                    if error.is_token_expired() {
                         tracing::warn!(error = %error, "token expired; the connection is anonymous");
                         {
                             let mut st = self.state.lock();
@@ -1144,17 +1146,20 @@ fn retries_after_loss(kind: CallKind, has_mutation_id: bool, max_query_retries: 
     }
 }
 
-/// Whether a call that failed with `UNAUTHORIZED` is run again after a token refresh: only if
-/// its first run can have had no effect. A query only reads, and a failed mutation wrote
-/// nothing (its transaction did not commit, and it left no mutation-id record, so a retry
-/// under the same id runs it afresh). An action is not: the server refuses an expired token
-/// before running anything, but once it has dropped that identity (§11) a call runs
-/// anonymously, and an action's own `UNAUTHORIZED` may come after it had effects; the two
-/// answers look alike on the wire.
-fn reruns_after_unauthorized(kind: CallKind) -> bool {
+/// Whether a call that failed with `error` is run again after a token refresh: only after an
+/// `UNAUTHORIZED`, and only if its first run can have had no effect. The server refuses a call
+/// under an expired token before running anything and says so (`data.tokenExpired`), so any
+/// call refused that way is. Otherwise a query only reads, and a failed mutation wrote nothing
+/// (its transaction did not commit, and it left no mutation-id record, so a retry under the
+/// same id runs it afresh); but an action's own `UNAUTHORIZED` (say, run anonymously once the
+/// server dropped an expired identity, §11) may come after it had effects.
+fn reruns_after_unauthorized(kind: CallKind, error: &ClientError) -> bool {
+    if !error.is_unauthorized() {
+        return false;
+    }
     match kind {
         CallKind::Query | CallKind::Mutation => true,
-        CallKind::Action => false,
+        CallKind::Action => error.is_token_expired(),
     }
 }
 
@@ -1438,6 +1443,7 @@ fn refresh_time(times: &TokenTimes, now: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use query_engine::protocol::TOKEN_EXPIRED;
 
     #[test]
     fn addresses_parse() {
@@ -1571,9 +1577,27 @@ mod tests {
         assert_eq!(retries_after_loss(CallKind::Mutation, false, 3), 0);
         assert_eq!(retries_after_loss(CallKind::Action, false, 3), 0);
         assert_eq!(retries_after_loss(CallKind::Action, true, 3), 0);
-        assert!(reruns_after_unauthorized(CallKind::Query));
-        assert!(reruns_after_unauthorized(CallKind::Mutation));
-        assert!(!reruns_after_unauthorized(CallKind::Action));
+        let refused = |data: Value| ClientError::Function {
+            code: codes::UNAUTHORIZED.into(),
+            message: "no".into(),
+            data,
+        };
+        let own = refused(Value::Null);
+        let expired = refused(query_engine::obj! { TOKEN_EXPIRED => true });
+        for kind in [CallKind::Query, CallKind::Mutation, CallKind::Action] {
+            assert!(reruns_after_unauthorized(kind, &expired), "{kind:?}");
+        }
+        assert!(reruns_after_unauthorized(CallKind::Query, &own));
+        assert!(reruns_after_unauthorized(CallKind::Mutation, &own));
+        assert!(!reruns_after_unauthorized(CallKind::Action, &own));
+        // The marker counts only on an UNAUTHORIZED.
+        let conflict = ClientError::Function {
+            code: codes::CONFLICT.into(),
+            message: "no".into(),
+            data: query_engine::obj! { TOKEN_EXPIRED => true },
+        };
+        assert!(!reruns_after_unauthorized(CallKind::Action, &conflict));
+        assert!(!reruns_after_unauthorized(CallKind::Query, &conflict));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use query_engine::admission::OVERLOADED;
 use query_engine::error::codes;
-use query_engine::protocol::ErrorPayload;
+use query_engine::protocol::{ErrorPayload, TOKEN_EXPIRED};
 use query_engine::value::Value;
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -72,6 +72,18 @@ impl ClientError {
     /// True when the server said the caller is not (or no longer) authenticated.
     pub fn is_unauthorized(&self) -> bool {
         self.code() == Some(codes::UNAUTHORIZED)
+    }
+
+    /// True when the server said the connection's token had expired (`UNAUTHORIZED` with
+    /// `data.tokenExpired`): as a call's answer, the call was refused before anything ran; on
+    /// the control stream, the identity was dropped (protocol §9, §11).
+    pub fn is_token_expired(&self) -> bool {
+        match self {
+            ClientError::Function { data, .. } | ClientError::Server { data, .. } => {
+                self.is_unauthorized() && data.get_path(TOKEN_EXPIRED) == Some(&Value::Bool(true))
+            }
+            _ => false,
+        }
     }
 
     /// True when the server shed the call under load before running it (`RATE_LIMITED` with

@@ -346,18 +346,23 @@ async fn token_refresh_keeps_subscriptions() {
     server.shutdown().await;
 }
 
-/// An RS256 token signed with the server's dev issuer key whose `exp` is an hour ago.
-fn expired_token(dir: &std::path::Path, kid: &str) -> String {
+/// An RS256 token for `subject` signed with the server's dev issuer key, expiring at Unix
+/// time `exp` (issued an hour before).
+fn token_expiring_at(dir: &std::path::Path, kid: &str, subject: &str, exp: u64) -> String {
     let pem = std::fs::read(dir.join("dev-issuer-key.pem")).unwrap();
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some(kid.to_string());
-    let now = jsonwebtoken::get_current_timestamp();
     let claims = json!({
-        "iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": "user_1",
-        "iat": now - 7200, "exp": now - 3600,
+        "iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": subject,
+        "iat": exp - 3600, "exp": exp,
     });
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// An RS256 token signed with the server's dev issuer key whose `exp` is an hour ago.
+fn expired_token(dir: &std::path::Path, kid: &str) -> String {
+    token_expiring_at(dir, kid, "user_1", unix_now() - 3600)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,6 +725,99 @@ async fn after_the_expiry_notice_a_failing_refresher_is_asked_again() {
     subject_is(Some("user_6")).await;
     let who: String = client.query("me:whoami", &json!({})).await.unwrap();
     assert_eq!(who, "user_6");
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// A refresher with no token until `ready` is set, then a fresh one for `subject` each time.
+fn ready_later(
+    issuer: Arc<linkedup_server::auth::DevIssuer>,
+    subject: &'static str,
+) -> (TokenRefresher, Arc<std::sync::atomic::AtomicBool>) {
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ready.clone();
+    let refresher: TokenRefresher = Arc::new(move || {
+        let token = flag
+            .load(Ordering::SeqCst)
+            .then(|| issuer.mint(DevClaims::new(subject)));
+        Box::pin(async move { token })
+    });
+    (refresher, ready)
+}
+
+/// The server refuses a call under an expired token before running anything and marks the
+/// refusal (`data.tokenExpired`), so the client refreshes the token and sends the call again —
+/// even an action, which then runs exactly once. To have the server still hold the expired
+/// identity when the call comes (rather than having dropped it, after which calls run
+/// anonymously), a subscription whose first run waits at a gate keeps the connection's
+/// control stream busy meanwhile. Waits about two seconds for the token to expire; never
+/// timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_refused_for_an_expired_token_runs_once_after_a_refresh() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let kid = server.dev_issuer().unwrap().kid().to_string();
+    // Accepted now, within the server's leeway; expired for it two seconds from now.
+    let leeway = AuthConfig::DEFAULT_LEEWAY_SECS;
+    let exp = unix_now() + 2 - leeway;
+    let token = token_expiring_at(dir.path(), &kid, "user_5", exp);
+    let (refresher, ready) = ready_later(server.dev_issuer().unwrap().clone(), "user_5");
+    let options = common::options(&server)
+        .with_token(token)
+        .with_token_refresher(refresher);
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    assert_eq!(client.subject().as_deref(), Some("user_5"));
+
+    let gate = common::hold("expired-token-call");
+    let _busy = client
+        .subscribe("gate:hold", &json!({"name": "expired-token-call"}))
+        .unwrap();
+    gate.reached().await;
+    while unix_now() <= exp + leeway {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ready.store(true, Ordering::SeqCst);
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .action::<_, String>("guarded:action", &json!({}))
+                .await
+        }
+    });
+    // Refused under the expired token (before the action ran); the client then waits for the
+    // server to accept its fresh token, which the busy control stream answers once let go.
+    tokio::time::timeout(PATIENCE, async {
+        while server
+            .metrics()
+            .calls("guarded:action", "action", "UNAUTHORIZED")
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the call was not refused");
+    gate.open();
+    let who = tokio::time::timeout(PATIENCE, call)
+        .await
+        .expect("no answer in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(who, "user_5");
+    let runs: i64 = client
+        .query("counter:get", &json!({"name": "guarded"}))
+        .await
+        .unwrap();
+    assert_eq!(runs, 1, "the action ran other than once");
+    assert_eq!(
+        server
+            .metrics()
+            .calls("guarded:action", "action", "UNAUTHORIZED"),
+        1
+    );
     client.close().await;
     server.shutdown().await;
 }

@@ -16,3 +16,9 @@ pub use messages::{
     encode_frame_into, CallKind, CallOutcome, ClientMessage, ErrorPayload, Modification,
     ProtocolError, ServerMessage, WireMessage, PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS,
 };
+
+/// Key of the marker in an `UNAUTHORIZED` error's `data` (`true`) saying the connection's
+/// token had expired: on the control stream, the notice that the identity was dropped; in a
+/// `CallResult`, that the call was refused before anything ran, so it may be sent again under
+/// a fresh token whatever its kind (protocol §9, §11).
+pub const TOKEN_EXPIRED: &str = "tokenExpired";

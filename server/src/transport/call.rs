@@ -23,7 +23,7 @@ use query_engine::value::Value;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::connection::{AuthState, ConnCtx};
+use super::connection::{token_expired, AuthState, ConnCtx};
 use super::stream::{ReadError, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
 use super::Shared;
 use crate::metrics::UNKNOWN_FUNCTION;
@@ -414,12 +414,13 @@ async fn execute<'a>(
     };
     let identity = match &auth {
         Some(state) if state.expired(shared.verifier.config().leeway_secs) => {
+            // Refused before anything runs, and marked so: the client may send it again.
             return (
-                Err(FunctionError::unauthorized(
+                Err(token_expired(
                     "the token has expired; Authenticate with a fresh one",
                 )),
                 function,
-            )
+            );
         }
         Some(state) => Some(state.identity.clone()),
         None => None,

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
-use query_engine::error::codes;
+use query_engine::error::{codes, FunctionError};
 use query_engine::identity::Identity;
+use query_engine::obj;
 use query_engine::protocol::{
-    ClientMessage, ServerMessage, PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS,
+    ClientMessage, ServerMessage, PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS, TOKEN_EXPIRED,
 };
 use query_engine::subscriptions::ClientSession;
 use query_engine::value::Value;
@@ -46,6 +47,13 @@ impl AuthState {
             jsonwebtoken::get_current_timestamp() > exp.saturating_add(leeway_secs)
         })
     }
+}
+
+/// An `UNAUTHORIZED` saying the connection's token expired, marked so in `data` (protocol §9):
+/// a call refused for it ran nothing, which is what lets a client send it again, whatever its
+/// kind, once it has authenticated afresh.
+pub(crate) fn token_expired(message: &str) -> FunctionError {
+    FunctionError::unauthorized(message).with_data(obj! { TOKEN_EXPIRED => true })
 }
 
 /// State of one connection, shared by its control stream and call tasks.

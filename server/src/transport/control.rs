@@ -16,7 +16,7 @@ use query_engine::value::Value;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
-use super::connection::{AuthState, ConnCtx};
+use super::connection::{token_expired, AuthState, ConnCtx};
 use super::stream::{
     read_message, send_fatal_and_close, write_message, write_payload, WriteError, CLOSE_INTERNAL,
     CLOSE_PROTOCOL_ERROR,
@@ -170,10 +170,11 @@ async fn expire_identity(ctx: &ConnCtx, leeway_secs: u64) -> Option<Outgoing> {
     tracing::info!("token expired without a refresh; connection is now anonymous");
     ctx.auth.store(None);
     ctx.session.set_identity(None).await;
+    let notice = token_expired("the token expired; the connection is anonymous until Authenticate");
     Some(Outgoing::Message(error_message(
-        codes::UNAUTHORIZED,
-        "the token expired; the connection is anonymous until Authenticate",
-        obj! { "tokenExpired" => true },
+        &notice.code,
+        notice.message,
+        notice.data,
         false,
     )))
 }

@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use linkedup_client::{ClientOptions, ReconnectPolicy, Trust};
@@ -24,6 +25,57 @@ use tokio::sync::Notify;
 
 /// Signalled by `slow:action` once it runs, so a test can cut the connection mid-action.
 pub static ACTION_STARTED: Notify = Notify::const_new();
+
+/// A gate the `gate:hold` query waits at: closed until the test opens it, then open for good.
+#[derive(Default)]
+pub struct Hold {
+    open: Mutex<bool>,
+    opened: Condvar,
+    /// Runs of the query that reached the gate.
+    arrived: AtomicUsize,
+}
+
+/// The most a `gate:hold` query waits, so a failing test never wedges its server.
+const MAX_HOLD: Duration = Duration::from_secs(30);
+
+/// The gate named `name`: one per name, so tests running at once in a binary do not share one.
+pub fn hold(name: &str) -> Arc<Hold> {
+    static HOLDS: OnceLock<Mutex<HashMap<String, Arc<Hold>>>> = OnceLock::new();
+    HOLDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_default()
+        .clone()
+}
+
+impl Hold {
+    /// Blocks the calling thread until the gate is open (at most `MAX_HOLD`).
+    fn pass(&self) {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let open = self.open.lock().unwrap();
+        let _ = self
+            .opened
+            .wait_timeout_while(open, MAX_HOLD, |open| !*open);
+    }
+
+    /// Waits until a run of the query has reached the gate.
+    pub async fn reached(&self) {
+        tokio::time::timeout(MAX_HOLD, async {
+            while self.arrived.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("no run of the query reached its gate in time");
+    }
+
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
 
 /// Signalled by `counter:addSlow` on counter `name` once it runs, before it commits: one
 /// `Notify` per counter name, so tests running at once in a binary do not take each other's.
@@ -188,6 +240,19 @@ pub fn functions() -> Functions {
                     .eq("list", a.list)
                     .take(100)?,
             ))
+        },
+    );
+    // A query that waits at gate `name` (`hold`) before answering. Queries run on the server's
+    // subscription thread, so a subscription to it keeps that thread, and the connection's
+    // control stream waiting on its first result, busy until the test opens the gate.
+    f.query(
+        "gate:hold",
+        Visibility::Public,
+        v::object([("name", v::string())]),
+        v::string(),
+        |_ctx, a: Named| {
+            hold(&a.name).pass();
+            Ok(a.name)
         },
     );
     f.query(
