@@ -41,6 +41,8 @@ const DEFAULT_OVERLOAD_WAIT: Duration = Duration::from_millis(100);
 const REFRESH_LEAD: Duration = Duration::from_secs(60);
 /// Shortest time between two refreshes ahead of expiry, whatever the tokens say.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default of `ClientOptions::token_refresh_timeout`.
+const DEFAULT_TOKEN_REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Failed refreshes in a row before the client stops asking the refresher until it has a new
 /// token, a new refresher or a new expiry notice.
 const MAX_REFRESH_ATTEMPTS: u32 = 5;
@@ -55,7 +57,9 @@ const REFRESH_BACKOFF: ReconnectPolicy = ReconnectPolicy {
 /// The future a token refresher returns: a fresh access token, or `None` if it has none.
 pub type TokenFuture = BoxFuture<'static, Option<String>>;
 /// Called on every (re)connect, shortly before the current token's `exp`, when the server
-/// reports the token expired, and when a query or mutation fails with `UNAUTHORIZED`.
+/// reports the token expired, and when a call fails with `UNAUTHORIZED` (see
+/// `ClientOptions::token_refresher`). Each answer is awaited at most
+/// `ClientOptions::token_refresh_timeout`.
 pub type TokenRefresher = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
 
 /// How reconnecting backs off: `initial_delay` doubling up to `max_delay`, each delay scaled
@@ -113,14 +117,19 @@ pub struct ClientOptions {
     /// The access token to authenticate with; `None` stays anonymous.
     pub token: Option<String>,
     /// Supplies fresh tokens; when set, it is asked on every connect and reconnect (its
-    /// `None` falls back to `token`), when a query or mutation fails with `UNAUTHORIZED` (the
-    /// call then runs again), and to keep the connection signed in: shortly before the
+    /// `None`, or no answer within `token_refresh_timeout`, falls back to `token`), when a
+    /// call fails with `UNAUTHORIZED` (the call then runs once more: a query or a mutation
+    /// after any such failure, an action only when the server refused it for an expired
+    /// token, before running it), and to keep the connection signed in: shortly before the
     /// current token's `exp` (read from the JWT, unverified; a quarter of its lifetime
     /// before, at most 60 s) and when the server reports the token expired, after which the
     /// live connection authenticates with the new token. A refresh that fails (no token,
-    /// none within `connect_timeout`, a token the server rejects) is tried again with backoff,
-    /// at most 5 times in a row.
+    /// none within `token_refresh_timeout`, a token the server rejects) is tried again with
+    /// backoff, at most 5 times in a row.
     pub token_refresher: Option<TokenRefresher>,
+    /// Longest wait for one answer of the token refresher; a refresher that has not answered
+    /// by then counts as having no token, so a hanging one cannot stall a reconnect.
+    pub token_refresh_timeout: Duration,
     pub reconnect: ReconnectPolicy,
     /// Sent in `Connect`, for the server's logs.
     pub client_name: String,
@@ -151,6 +160,7 @@ impl ClientOptions {
             trust,
             token: None,
             token_refresher: None,
+            token_refresh_timeout: DEFAULT_TOKEN_REFRESH_TIMEOUT,
             reconnect: ReconnectPolicy::default(),
             client_name: format!("linkedup-rust/{}", env!("CARGO_PKG_VERSION")),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
@@ -179,6 +189,11 @@ impl ClientOptions {
         self
     }
 
+    pub fn with_token_refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.token_refresh_timeout = timeout;
+        self
+    }
+
     pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.reconnect = policy;
         self
@@ -197,6 +212,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("trust", &self.trust)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_refresher", &self.token_refresher.is_some())
+            .field("token_refresh_timeout", &self.token_refresh_timeout)
             .field("reconnect", &self.reconnect)
             .field("client_name", &self.client_name)
             .field("max_frame_bytes", &self.max_frame_bytes)
@@ -680,12 +696,15 @@ impl Inner {
             (st.token.clone(), st.refresher.clone(), st.last_seen_ts)
         };
         let token = match refresher {
-            Some(refresh) => match refresh().await {
-                Some(fresh) => {
+            Some(refresh) => match ask_refresher(&refresh, self.opts.token_refresh_timeout).await {
+                Ok(fresh) => {
                     self.store_token(Some(fresh.clone()));
                     Some(fresh)
                 }
-                None => stored,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no fresh token; connecting with the one held");
+                    stored
+                }
             },
             None => stored,
         };
@@ -952,20 +971,10 @@ impl Inner {
     async fn refresh_auth(self: &Arc<Self>) -> Result<Option<String>, ClientError> {
         let refresher = self.state.lock().refresher.clone();
         let Some(refresh) = refresher else {
-            return Err(ClientError::Function {
-                code: codes::UNAUTHORIZED.into(),
-                message: "no token refresher is configured".into(),
-                data: Value::Null,
-            });
+            return Err(unauthorized("no token refresher is configured".into()));
         };
-        match refresh().await {
-            Some(token) => self.set_auth(Some(token)).await,
-            None => Err(ClientError::Function {
-                code: codes::UNAUTHORIZED.into(),
-                message: "the token refresher returned no token".into(),
-                data: Value::Null,
-            }),
-        }
+        let token = ask_refresher(&refresh, self.opts.token_refresh_timeout).await?;
+        self.set_auth(Some(token)).await
     }
 
     async fn set_auth(
@@ -1283,9 +1292,9 @@ async fn supervise(inner: Arc<Inner>, first: Established, mut shutdown: watch::R
 /// Keeps the connection signed in while a token refresher is configured (protocol §11): asks
 /// it shortly before the current token's `exp` and when the server reports the token expired,
 /// and authenticates the live connection with the answer. A refresh that fails (no token,
-/// none within `connect_timeout`, a token the server rejects, no connection, a token already
-/// due for refresh) is tried again with backoff, `MAX_REFRESH_ATTEMPTS` times in a row at
-/// most; then the keeper waits for a new token, a new refresher or a new expiry notice.
+/// none within `token_refresh_timeout`, a token the server rejects, no connection, a token
+/// already due for refresh) is tried again with backoff, `MAX_REFRESH_ATTEMPTS` times in a
+/// row at most; then the keeper waits for a new token, a new refresher or a new expiry notice.
 async fn keep_token_fresh(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     use tokio::time::Instant;
     let mut failures = 0u32;
@@ -1357,23 +1366,9 @@ async fn keep_token_fresh(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>
     }
 }
 
-/// Asks `refresher` for a token (within `connect_timeout`) and authenticates with it.
+/// Asks `refresher` for a token and authenticates with it.
 async fn refresh_token(inner: &Arc<Inner>, refresher: &TokenRefresher) -> Result<(), ClientError> {
-    let unauthorized = |message: String| ClientError::Function {
-        code: codes::UNAUTHORIZED.into(),
-        message,
-        data: Value::Null,
-    };
-    let token = match tokio::time::timeout(inner.opts.connect_timeout, refresher()).await {
-        Ok(Some(token)) => token,
-        Ok(None) => return Err(unauthorized("the token refresher returned no token".into())),
-        Err(_) => {
-            return Err(unauthorized(format!(
-                "the token refresher gave no token within {} ms",
-                inner.opts.connect_timeout.as_millis()
-            )))
-        }
-    };
+    let token = ask_refresher(refresher, inner.opts.token_refresh_timeout).await?;
     let now = unix_now();
     let due = token_times(&token).is_some_and(|times| refresh_time(&times, now) <= now);
     inner.set_auth(Some(token)).await?;
@@ -1384,6 +1379,31 @@ async fn refresh_token(inner: &Arc<Inner>, refresher: &TokenRefresher) -> Result
         ));
     }
     Ok(())
+}
+
+/// Asks `refresher` for a token, waiting at most `timeout`: no token, or none in time, is an
+/// `UNAUTHORIZED` saying which.
+async fn ask_refresher(
+    refresher: &TokenRefresher,
+    timeout: Duration,
+) -> Result<String, ClientError> {
+    match tokio::time::timeout(timeout, refresher()).await {
+        Ok(Some(token)) => Ok(token),
+        Ok(None) => Err(unauthorized("the token refresher returned no token".into())),
+        Err(_) => Err(unauthorized(format!(
+            "the token refresher gave no token within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+/// An `UNAUTHORIZED` raised by the client itself (no server was asked).
+fn unauthorized(message: String) -> ClientError {
+    ClientError::Function {
+        code: codes::UNAUTHORIZED.into(),
+        message,
+        data: Value::Null,
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -821,3 +821,39 @@ async fn an_action_refused_for_an_expired_token_runs_once_after_a_refresh() {
     client.close().await;
     server.shutdown().await;
 }
+
+/// A token refresher that never answers cannot stall reconnecting: after
+/// `token_refresh_timeout` the client reconnects with the token it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_token_refresher_does_not_stall_reconnecting() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let issuer = server.dev_issuer().unwrap().clone();
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refresher: TokenRefresher = {
+        let hang = hang.clone();
+        Arc::new(move || {
+            if hang.load(Ordering::SeqCst) {
+                Box::pin(std::future::pending())
+            } else {
+                let token = issuer.mint(DevClaims::new("user_4"));
+                Box::pin(async move { Some(token) })
+            }
+        })
+    };
+    let options = common::options(&server)
+        .with_token_refresher(refresher)
+        .with_token_refresh_timeout(Duration::from_millis(200));
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    assert_eq!(client.subject().as_deref(), Some("user_4"));
+    hang.store(true, Ordering::SeqCst);
+    client.force_reconnect();
+    // Waits for the new connection at most `connect_timeout` (5 s here).
+    let who: String = client.query("me:whoami", &json!({})).await.unwrap();
+    assert_eq!(who, "user_4");
+    assert_eq!(client.connection_count(), 2);
+    client.close().await;
+    server.shutdown().await;
+}
