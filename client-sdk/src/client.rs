@@ -23,7 +23,9 @@ use crate::connection::{
     self, encode_checked, CallFailure, Established, HandshakeParams, ServerInfo, Session,
 };
 use crate::error::ClientError;
-use crate::subscription::{Subscription, SubscriptionOwner, SubscriptionTable, TypedSubscription};
+use crate::subscription::{
+    Subscription, SubscriptionOwner, SubscriptionTable, TransitionEffects, TypedSubscription,
+};
 use crate::tls::{self, Trust};
 
 /// Port used when an address names none.
@@ -1203,6 +1205,15 @@ impl SubscriptionOwner for Inner {
             |m| !matches!(m, ClientMessage::Subscribe { query_id: q, .. } if *q == query_id),
         );
         if st.outbox.len() == before {
+            st.push(msg);
+        }
+    }
+
+    fn resubscribe(&self, key: u64) {
+        let mut st = self.state.lock();
+        let mut effects = TransitionEffects::default();
+        st.subs.resubscribe(key, &mut effects);
+        for msg in effects.outbox {
             st.push(msg);
         }
     }

@@ -1,6 +1,8 @@
 //! Subscriptions on the client: the table of live queries with their current values, how a
 //! `Transition` moves all of them at once (diffs applied, stale or repeated results held back),
 //! and the `Subscription` stream a caller reads, which keeps only the latest undelivered value.
+//! A result equal to the one last handed to the reader is never handed over again, whether it
+//! comes back after a reconnect, a re-subscription or a detour through other values.
 
 use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
@@ -14,6 +16,7 @@ use query_engine::diff::{self, ResultDiff};
 use query_engine::protocol::{ClientMessage, Modification};
 use query_engine::value::Value;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 use crate::error::ClientError;
 
@@ -69,9 +72,10 @@ impl Slot {
     }
 }
 
-/// What a `Subscription` tells its client when it is dropped.
+/// What a `Subscription` tells its client: it was dropped, or (tests only) its copy drifted.
 pub(crate) trait SubscriptionOwner: Send + Sync {
     fn unsubscribe(&self, key: u64);
+    fn resubscribe(&self, key: u64);
 }
 
 /// A live query: a `Stream` of its results, each at least as new as the one before. The first
@@ -103,6 +107,14 @@ impl Subscription {
     /// The subscribed query's name.
     pub fn function(&self) -> &str {
         &self.function
+    }
+
+    /// For tests of the SDK against a real server, which never sends a diff that does not
+    /// apply: handles the subscription as if its local copy had drifted from the server's
+    /// (protocol §7), subscribing it again under a fresh query id.
+    #[doc(hidden)]
+    pub fn simulate_drift(&self) {
+        self.owner.resubscribe(self.key);
     }
 
     /// The same subscription, with each result decoded into `R`.
@@ -182,10 +194,70 @@ struct SubEntry {
     /// `endTs` of the last transition whose result was handed to the reader: a result from
     /// an earlier timestamp (say, from a server restored from an older backup) is held back.
     delivered_ts: Option<u64>,
-    /// Whether `value` is exactly what the reader was last given (so an identical `replace`
-    /// after a reconnect is not delivered twice).
-    value_delivered: bool,
+    /// What the reader was last given, next to `value`.
+    delivered: Delivered,
     slot: Arc<Slot>,
+}
+
+/// What a subscription's reader was last handed, as far as telling whether the entry's
+/// `value` is news to it. Kept as "that very value" while results flow as usual, so the common
+/// path copies and hashes nothing; only when `value` may move away from it without the reader
+/// being told (results held back during a resync or as stale, a drifted copy dropped) is the
+/// reader's result reduced to a fingerprint, to compare what is handed over later with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Delivered {
+    /// Nothing, or a result known to differ from `value`: `value` is news.
+    Older,
+    /// Exactly `value`.
+    Value,
+    /// The result with this fingerprint; `value` may or may not equal it.
+    Fingerprint([u8; 32]),
+}
+
+/// SHA-256 of a result's canonical encoding (the order-preserving key encoding, which maps
+/// equal values, and only those, to equal bytes): 32 bytes kept instead of a copy of a
+/// result that may be large.
+fn fingerprint(value: &Value) -> [u8; 32] {
+    let mut bytes = Vec::new();
+    query_engine::encoding::encode_value(value, &mut bytes);
+    Sha256::digest(&bytes).into()
+}
+
+impl SubEntry {
+    /// `value` is about to change without the reader being told at once: keep a fingerprint
+    /// of what the reader has, if that is `value`.
+    fn detach_from_reader(&mut self) {
+        if self.delivered == Delivered::Value {
+            self.delivered = match &self.value {
+                Some(value) => Delivered::Fingerprint(fingerprint(value)),
+                None => Delivered::Older,
+            };
+        }
+    }
+
+    /// `value` was changed while results flow as usual (it is handed over in this transition).
+    fn changed_in_step(&mut self) {
+        if self.delivered == Delivered::Value {
+            self.delivered = Delivered::Older;
+        }
+    }
+
+    /// Hands `value` to the reader unless the reader already has it; returns the reader's
+    /// waker if it was handed over.
+    fn deliver(&mut self) -> Option<Waker> {
+        let value = self.value.as_ref()?;
+        let news = match self.delivered {
+            Delivered::Value => false,
+            Delivered::Older => true,
+            Delivered::Fingerprint(seen) => fingerprint(value) != seen,
+        };
+        self.delivered = Delivered::Value;
+        if news {
+            self.slot.publish(value.clone())
+        } else {
+            None
+        }
+    }
 }
 
 /// What applying a transition asks the connection to do next.
@@ -212,8 +284,9 @@ pub(crate) struct SubscriptionTable {
     /// While any is left, new results are held back (`held`), so the reader never sees some
     /// results from the new connection beside others from the old one (protocol §12.3).
     resyncing: HashSet<u64>,
-    /// Results held back while resyncing: key → whether the value equals what its reader has.
-    held: HashMap<u64, bool>,
+    /// Subscriptions whose results changed while held back (resyncing); each compares its
+    /// value with what its reader has when they are released.
+    held: HashSet<u64>,
 }
 
 impl SubscriptionTable {
@@ -226,7 +299,7 @@ impl SubscriptionTable {
             conn_gen: 0,
             conn_ts: 0,
             resyncing: HashSet::new(),
-            held: HashMap::new(),
+            held: HashSet::new(),
         }
     }
 
@@ -260,7 +333,7 @@ impl SubscriptionTable {
                 value: None,
                 value_gen: 0,
                 delivered_ts: None,
-                value_delivered: false,
+                delivered: Delivered::Older,
                 slot: slot.clone(),
             },
         );
@@ -327,9 +400,10 @@ impl SubscriptionTable {
         }
         self.conn_ts = end_ts;
         let mut effects = TransitionEffects::default();
-        // Keys whose value changed, with whether the change left it equal to what the reader
-        // already has.
-        let mut changed: Vec<(u64, bool)> = Vec::new();
+        // Results are held back while re-subscriptions are to answer, or released now.
+        let holding = !self.resyncing.is_empty() || !self.held.is_empty();
+        // Keys whose value this transition updated (or confirmed).
+        let mut changed: Vec<u64> = Vec::new();
         for modification in modifications {
             match modification {
                 Modification::Updated { query_id, diff } => {
@@ -339,35 +413,46 @@ impl SubscriptionTable {
                     let Some(entry) = self.entries.get_mut(&key) else {
                         continue;
                     };
-                    let unchanged = match diff {
+                    // Not handed over in this transition: the reader's result must be
+                    // remembered before `value` moves away from it.
+                    let deferred = holding || end_ts < entry.delivered_ts.unwrap_or(0);
+                    match diff {
                         ResultDiff::Replace(new_value) => {
                             self.resyncing.remove(&key);
-                            // Only a replace can repeat the current value (after a reconnect).
-                            let unchanged =
-                                entry.value_delivered && entry.value.as_ref() == Some(&new_value);
-                            entry.value = Some(new_value);
-                            unchanged
+                            // The same value again (as after a reconnect) changes nothing.
+                            if entry.value.as_ref() != Some(&new_value) {
+                                if deferred {
+                                    entry.detach_from_reader();
+                                } else {
+                                    entry.changed_in_step();
+                                }
+                                entry.value = Some(new_value);
+                            }
                         }
                         ResultDiff::Array(_) => {
-                            let base = match &mut entry.value {
-                                Some(base) if entry.value_gen == self.conn_gen => base,
+                            if entry.value.is_none() || entry.value_gen != self.conn_gen {
                                 // An array diff with no base from this connection: drifted.
-                                _ => {
-                                    self.resubscribe(key, &mut effects);
-                                    continue;
-                                }
+                                self.resubscribe(key, &mut effects);
+                                continue;
+                            }
+                            if deferred {
+                                entry.detach_from_reader();
+                            }
+                            let Some(base) = entry.value.as_mut() else {
+                                continue;
                             };
-                            // Edited in place: no copy of the list per transition.
+                            // Edited in place: no copy of the list per transition; on error
+                            // the base is left as it was.
                             if let Err(e) = diff::apply_in_place(base, &diff) {
                                 tracing::warn!(query_id, error = %e, "result diff does not apply; resubscribing");
                                 self.resubscribe(key, &mut effects);
                                 continue;
                             }
-                            false
+                            entry.changed_in_step();
                         }
-                    };
+                    }
                     entry.value_gen = self.conn_gen;
-                    changed.push((key, unchanged));
+                    changed.push(key);
                 }
                 Modification::Failed { query_id, error } => {
                     let Some(key) = self.by_query_id.remove(&query_id) else {
@@ -391,38 +476,27 @@ impl SubscriptionTable {
                 }
             }
         }
-        let changed = if self.resyncing.is_empty() && self.held.is_empty() {
-            changed
-        } else {
+        let changed: Vec<u64> = if holding {
             // Held back with the others while re-subscriptions are still to answer.
-            for (key, unchanged) in changed {
-                let was = self.held.entry(key).or_insert(true);
-                *was = *was && unchanged;
-            }
+            self.held.extend(changed);
             if !self.resyncing.is_empty() {
                 return Ok(effects);
             }
             self.held.drain().collect()
+        } else {
+            changed
         };
         // Every value is updated; now expose them together.
-        for (key, unchanged) in changed {
+        for key in changed {
             let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
             };
-            let delivered_ts = entry.delivered_ts.unwrap_or(0);
-            if end_ts < delivered_ts {
-                // Older than what the reader has seen: keep it as the diff base only.
-                entry.value_delivered = false;
+            if end_ts < entry.delivered_ts.unwrap_or(0) {
+                // Older than what the reader has seen: kept as the diff base only.
                 continue;
             }
             entry.delivered_ts = Some(end_ts);
-            if unchanged {
-                continue;
-            }
-            if let Some(value) = &entry.value {
-                effects.wakers.extend(entry.slot.publish(value.clone()));
-                entry.value_delivered = true;
-            }
+            effects.wakers.extend(entry.deliver());
         }
         Ok(effects)
     }
@@ -440,7 +514,7 @@ impl SubscriptionTable {
 
     /// The local copy of `key` drifted from the server's: subscribe again under a fresh id,
     /// whose first result is a full `replace`.
-    fn resubscribe(&mut self, key: u64, effects: &mut TransitionEffects) {
+    pub(crate) fn resubscribe(&mut self, key: u64, effects: &mut TransitionEffects) {
         let query_id = self.allocate_query_id();
         let Some(entry) = self.entries.get_mut(&key) else {
             return;
@@ -450,8 +524,10 @@ impl SubscriptionTable {
             query_id: entry.query_id,
         });
         entry.query_id = query_id;
+        // The fresh subscription's first result is compared with what the reader has: the
+        // same result again is no update.
+        entry.detach_from_reader();
         entry.value = None;
-        entry.value_delivered = false;
         effects.outbox.push(ClientMessage::Subscribe {
             query_id,
             function: entry.function.clone(),
@@ -748,6 +824,107 @@ mod tests {
         t.apply_transition(3, 4, vec![updated(q2, ResultDiff::Replace(fresh.clone()))])
             .unwrap();
         assert_eq!(next_value(&slot), Some(fresh));
+    }
+
+    /// A drifted copy is subscribed again; if the fresh subscription's first result is the
+    /// one the reader already has, it is no update.
+    #[test]
+    fn a_resubscribed_drifted_copy_repeats_no_result() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1, 0);
+        let (_, slot, sub) = t.insert("list".into(), obj! {});
+        let q = query_id_of(&sub);
+        let v = list(&[("a", 1)]);
+        t.apply_transition(0, 1, vec![updated(q, ResultDiff::Replace(v.clone()))])
+            .unwrap();
+        assert_eq!(next_value(&slot), Some(v.clone()));
+        let bad = ResultDiff::Array(vec![ArrayEdit::Remove {
+            index: 0,
+            id: "zzz".into(),
+        }]);
+        let effects = t.apply_transition(1, 2, vec![updated(q, bad)]).unwrap();
+        let q2 = query_id_of(&effects.outbox[1]);
+        t.apply_transition(2, 3, vec![updated(q2, ResultDiff::Replace(v.clone()))])
+            .unwrap();
+        assert_eq!(next_value(&slot), None, "the same result delivered again");
+        // Later results flow as usual, as diffs on the fresh subscription's result.
+        let d = ResultDiff::Array(vec![ArrayEdit::Insert {
+            index: 1,
+            value: doc("b", 2),
+        }]);
+        t.apply_transition(3, 4, vec![updated(q2, d)]).unwrap();
+        assert_eq!(next_value(&slot), Some(list(&[("a", 1), ("b", 2)])));
+    }
+
+    /// While results are held back after a reconnect, a query may change and change back:
+    /// released, it is what the reader has, and no update.
+    #[test]
+    fn a_held_result_that_changed_back_is_no_update() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1, 0);
+        let (_, a, sub_a) = t.insert("a".into(), obj! {});
+        let (_, b, sub_b) = t.insert("b".into(), obj! {});
+        let (qa, qb) = (query_id_of(&sub_a), query_id_of(&sub_b));
+        let v1 = list(&[("x", 1)]);
+        t.apply_transition(
+            0,
+            10,
+            vec![
+                updated(qa, ResultDiff::Replace(v1.clone())),
+                updated(qb, ResultDiff::Replace(Value::Int64(1))),
+            ],
+        )
+        .unwrap();
+        assert_eq!(next_value(&a), Some(v1.clone()));
+        assert_eq!(next_value(&b), Some(Value::Int64(1)));
+
+        t.begin_connection(2, 0);
+        t.apply_transition(0, 20, vec![updated(qa, ResultDiff::Replace(v1.clone()))])
+            .unwrap();
+        // a changes (an array diff) and changes back (a replace) before b answers.
+        let change = |n| {
+            ResultDiff::Array(vec![ArrayEdit::Change {
+                index: 0,
+                id: "x".into(),
+                value: doc("x", n),
+            }])
+        };
+        t.apply_transition(20, 21, vec![updated(qa, change(2))])
+            .unwrap();
+        t.apply_transition(21, 22, vec![updated(qa, change(1))])
+            .unwrap();
+        t.apply_transition(
+            22,
+            23,
+            vec![updated(qb, ResultDiff::Replace(Value::Int64(5)))],
+        )
+        .unwrap();
+        assert_eq!(next_value(&a), None, "a's result is the one its reader has");
+        assert_eq!(next_value(&b), Some(Value::Int64(5)));
+        // Afterwards a's diffs apply to that result and flow as usual.
+        t.apply_transition(23, 24, vec![updated(qa, change(3))])
+            .unwrap();
+        assert_eq!(next_value(&a), Some(list(&[("x", 3)])));
+    }
+
+    /// Results older than the reader's are not shown; a later result equal to the reader's
+    /// is no update either.
+    #[test]
+    fn a_result_back_at_the_readers_after_stale_ones_is_no_update() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1, 0);
+        let (_, slot, sub) = t.insert("count".into(), obj! {});
+        let q = query_id_of(&sub);
+        let replace = |n: i64| updated(q, ResultDiff::Replace(Value::Int64(n)));
+        t.apply_transition(0, 50, vec![replace(5)]).unwrap();
+        assert_eq!(next_value(&slot), Some(Value::Int64(5)));
+        // A server restored from an older backup: its clock is behind.
+        t.begin_connection(2, 0);
+        t.apply_transition(0, 40, vec![replace(4)]).unwrap();
+        t.apply_transition(40, 60, vec![replace(5)]).unwrap();
+        assert_eq!(next_value(&slot), None);
+        t.apply_transition(60, 61, vec![replace(6)]).unwrap();
+        assert_eq!(next_value(&slot), Some(Value::Int64(6)));
     }
 
     #[test]

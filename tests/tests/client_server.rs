@@ -857,3 +857,76 @@ async fn a_hanging_token_refresher_does_not_stall_reconnecting() {
     client.close().await;
     server.shutdown().await;
 }
+
+/// A query subscribed again — after its local copy drifted (protocol §7), or after a
+/// reconnect (§12) — whose fresh result is the one the stream last yielded does not yield it
+/// again: the stream's next item is the next change. A second subscription, changed after the
+/// re-subscription was sent, shows when the fresh result has been applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubscribed_query_does_not_repeat_its_result() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    let add = |n: i64| {
+        let client = client.clone();
+        async move {
+            let _: String = client
+                .mutation("items:add", &json!({"list": "r", "n": n, "text": "t"}))
+                .await
+                .unwrap();
+        }
+    };
+    let bump = |by: i64| {
+        let client = client.clone();
+        async move {
+            let _: i64 = client
+                .mutation("counter:add", &json!({"name": "marker", "by": by}))
+                .await
+                .unwrap();
+        }
+    };
+    let len = |v: &Value| match v {
+        Value::Array(items) => items.len(),
+        other => panic!("not a list: {other:?}"),
+    };
+    add(1).await;
+    let mut items = client
+        .subscribe("items:list", &json!({"list": "r"}))
+        .unwrap();
+    until(&mut items, |v| len(v) == 1).await;
+    let mut marker = client
+        .subscribe("counter:get", &json!({"name": "marker"}))
+        .unwrap();
+    until(&mut marker, |v| *v == Value::Int64(0)).await;
+
+    items.simulate_drift();
+    // The server has taken the new Subscribe once it answers a later Ping on the same stream;
+    // a change after that reaches the client with or after the fresh result.
+    client.ping().await.unwrap();
+    bump(1).await;
+    until(&mut marker, |v| *v == Value::Int64(1)).await;
+    let repeated = futures::FutureExt::now_or_never(items.next());
+    assert!(
+        repeated.is_none(),
+        "the unchanged result was yielded again after the re-subscription: {repeated:?}"
+    );
+    add(2).await;
+    assert_eq!(len(&next(&mut items).await.unwrap()), 2);
+
+    // A reconnect subscribes both again; results change together once both have answered.
+    client.force_reconnect();
+    bump(1).await;
+    until(&mut marker, |v| *v == Value::Int64(2)).await;
+    assert!(client.connection_count() >= 2);
+    let repeated = futures::FutureExt::now_or_never(items.next());
+    assert!(
+        repeated.is_none(),
+        "the unchanged result was yielded again after the reconnect: {repeated:?}"
+    );
+    add(3).await;
+    assert_eq!(len(&next(&mut items).await.unwrap()), 3);
+    client.close().await;
+    server.shutdown().await;
+}
