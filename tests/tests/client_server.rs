@@ -623,7 +623,8 @@ async fn a_subscription_outlives_its_first_token_when_a_refresher_is_set() {
 }
 
 /// Without a refresher a token left to expire is dropped by the server (§11): its notice
-/// clears the client's subject, and a query that needs the identity ends.
+/// clears the client's subject, a query that needs the identity ends, and calls are refused
+/// until the client authenticates again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_without_a_refresher_clears_the_subject() {
     let dir = common::data_dir();
@@ -655,6 +656,12 @@ async fn an_expired_token_without_a_refresher_clears_the_subject() {
     })
     .await
     .expect("the subject outlived the identity");
+    // A call is not run anonymously: refused, marked as under an expired token.
+    let e = client
+        .query::<_, Value>("me:counter", &json!({}))
+        .await
+        .unwrap_err();
+    assert!(e.is_token_expired(), "{e}");
     client.close().await;
     server.shutdown().await;
 }

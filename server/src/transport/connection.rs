@@ -39,13 +39,18 @@ const WRITER_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) struct AuthState {
     pub identity: Identity,
     pub expires_at: Option<u64>,
+    /// The token expired without a refresh and the subscriptions were re-run anonymously;
+    /// calls are refused (`tokenExpired`) until the next `Authenticate`, never run anonymously
+    /// for a client that believes it is signed in.
+    pub lapsed: bool,
 }
 
 impl AuthState {
     pub fn expired(&self, leeway_secs: u64) -> bool {
-        self.expires_at.is_some_and(|exp| {
-            jsonwebtoken::get_current_timestamp() > exp.saturating_add(leeway_secs)
-        })
+        self.lapsed
+            || self.expires_at.is_some_and(|exp| {
+                jsonwebtoken::get_current_timestamp() > exp.saturating_add(leeway_secs)
+            })
     }
 }
 

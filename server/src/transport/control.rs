@@ -137,7 +137,12 @@ pub(crate) async fn read_loop(
 /// a point on tokio's clock; `None` when there is no token or it never expires (no `exp`, or
 /// one past what the clock can represent).
 fn expiry_deadline(ctx: &ConnCtx, leeway_secs: u64) -> Option<tokio::time::Instant> {
-    let exp = ctx.auth.load().as_ref()?.expires_at?;
+    let exp = ctx
+        .auth
+        .load()
+        .as_ref()
+        .filter(|state| !state.lapsed)?
+        .expires_at?;
     let now = jsonwebtoken::get_current_timestamp();
     // `expired` is true strictly after exp + leeway: one second past it.
     let left = exp
@@ -155,22 +160,26 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// An identity whose token expired without a refresh is dropped, like a rejected token
-/// (§11): calls already fail with `UNAUTHORIZED`, and the subscriptions re-run anonymously,
-/// so a query that needs the identity fails and ends instead of streaming on.
+/// An identity whose token expired without a refresh is dropped from the subscriptions, which
+/// re-run anonymously (§11), so a query that needs the identity fails and ends instead of
+/// streaming on. Calls go on failing with `UNAUTHORIZED` `tokenExpired` (nothing run) until the
+/// client authenticates again: run anonymously instead, a call meant for the user could do
+/// something else, and the client could not tell that it is safe to send it again.
 async fn expire_identity(ctx: &ConnCtx, leeway_secs: u64) -> Option<Outgoing> {
-    let expired = ctx
-        .auth
-        .load()
+    let auth = ctx.auth.load_full();
+    let state = auth
         .as_ref()
-        .is_some_and(|state| state.expired(leeway_secs));
-    if !expired {
-        return None;
-    }
+        .filter(|state| !state.lapsed && state.expired(leeway_secs))?;
     tracing::info!("token expired without a refresh; connection is now anonymous");
-    ctx.auth.store(None);
+    ctx.auth.store(Some(Arc::new(AuthState {
+        identity: state.identity.clone(),
+        expires_at: state.expires_at,
+        lapsed: true,
+    })));
     ctx.session.set_identity(None).await;
-    let notice = token_expired("the token expired; the connection is anonymous until Authenticate");
+    let notice = token_expired(
+        "the token expired; subscriptions run anonymously and calls are refused until Authenticate",
+    );
     Some(Outgoing::Message(error_message(
         &notice.code,
         notice.message,
@@ -204,6 +213,7 @@ async fn authenticate(ctx: &ConnCtx, shared: &Shared, token: Option<String>) -> 
                 Arc::new(AuthState {
                     identity,
                     expires_at,
+                    lapsed: false,
                 })
             }));
             ctx.session.set_identity(identity).await;

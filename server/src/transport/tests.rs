@@ -658,7 +658,8 @@ async fn a_mutation_retried_after_a_restart_is_not_applied_again() {
 }
 
 /// A token that expires without a refresh stops counting (§11): the server says so with a
-/// non-fatal `UNAUTHORIZED` and re-runs the subscriptions anonymously. Waits out the
+/// non-fatal `UNAUTHORIZED`, re-runs the subscriptions anonymously and refuses calls until
+/// the next `Authenticate`. Waits out the
 /// verifier's 30 s leeway, bounded, never timed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously() {
@@ -724,6 +725,19 @@ async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously
     }
     assert_eq!(notice, Some(("UNAUTHORIZED".to_string(), false)));
     assert_eq!(anonymous, Some(Value::Null));
+    // Calls are not run anonymously for a client that signed in: they are refused, marked,
+    // until it authenticates again (here: signs out).
+    match client
+        .call(CallKind::Query, "counter:whoami", obj! {})
+        .await
+    {
+        CallOutcome::Err(e) => {
+            assert_eq!(e.code, "UNAUTHORIZED");
+            assert_eq!(e.data.get_path("tokenExpired"), Some(&Value::Bool(true)));
+        }
+        other => panic!("a call under the lapsed identity ran: {other:?}"),
+    }
+    client.authenticate(None, None).await;
     assert_eq!(
         client
             .value(CallKind::Query, "counter:whoami", obj! {})
