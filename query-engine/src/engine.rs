@@ -58,6 +58,11 @@ pub struct EngineConfig {
     pub mutation_dedup: MutationDedupConfig,
     /// The write path's tuning and the storage caches' sizes.
     pub storage: StorageOptions,
+    /// Open only a database whose stored schema is the one given (or that has none yet), for
+    /// offline tools: opening with a schema pushes it, so a tool of another build would retire
+    /// the indexes it does not know and the server would backfill them again. Only a schema
+    /// push may change the schema.
+    pub require_stored_schema: bool,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +79,7 @@ impl Default for EngineConfig {
             run_scheduler: true,
             mutation_dedup: MutationDedupConfig::default(),
             storage: StorageOptions::default(),
+            require_stored_schema: false,
         }
     }
 }
@@ -92,6 +98,8 @@ pub enum OpenError {
     },
     #[error("table {0} was removed from the schema but still has documents")]
     TableNotEmpty(String),
+    #[error("the database's schema is not this build's (push this build's schema first, or use the build that matches the database)")]
+    SchemaMismatch,
 }
 
 /// Most offending document ids a refused schema push reports.
@@ -216,7 +224,14 @@ impl Engine {
         let mut numbering: Numbering = meta_msgpack(&snap, "numbering")?.unwrap_or_default();
         // A schema stored by an older build that no longer decodes counts as unknown: every
         // table is checked.
-        let stored: Option<SchemaDefinition> = meta_msgpack(&snap, "schema").ok().flatten();
+        let stored = meta_msgpack::<SchemaDefinition>(&snap, "schema");
+        if config.require_stored_schema
+            && !matches!(&stored, Ok(None))
+            && !matches!(&stored, Ok(Some(s)) if *s == full)
+        {
+            return Err(OpenError::SchemaMismatch);
+        }
+        let stored = stored.ok().flatten();
         let checked = check_existing_data(&snap, &full, stored.as_ref(), &numbering)?;
         let has_data = |name: &str| {
             numbering_table(&numbering, name)

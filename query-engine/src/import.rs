@@ -115,6 +115,7 @@ pub fn import(
     }
     let config = EngineConfig {
         run_scheduler: false,
+        require_stored_schema: true,
         ..EngineConfig::default()
     };
     let engine = Engine::open(path, schema, Functions::new(), config)?;

@@ -292,3 +292,29 @@ async fn an_import_of_too_many_documents_is_refused_before_it_opens_the_database
     let engine = open(&path);
     assert_eq!(all(&engine, "rooms").await.len(), 1, "nothing imported");
 }
+
+/// An import (an offline tool) of another build must not change the database's schema:
+/// opening with a schema pushes it, retiring the indexes that build does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_with_another_schema_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    with_a_red_room(&path).await;
+    let mut other = schema();
+    other.tables.remove("members");
+    let docs = vec![(1, obj! {"name" => "blue"})];
+    let e = import(&path, other, "rooms", docs).unwrap_err();
+    assert!(e.to_string().contains("schema is not this build's"), "{e}");
+    // The members table and its index are still there and served.
+    let engine = open(&path);
+    let rooms = all(&engine, "rooms").await;
+    assert_eq!(rooms.len(), 1);
+    let room = id(&rooms[0]);
+    engine
+        .transact(move |ctx| {
+            ctx.insert("members", obj! {"room" => room.as_str(), "n" => 1i64})
+                .map(Value::from)
+        })
+        .await
+        .unwrap();
+}

@@ -297,7 +297,7 @@ async fn run(cli: Cli) -> Result<()> {
             require_database(&db, false)?;
             let mut functions = Functions::new();
             linkedup::register(&mut functions, &LinkedUpConfig::default());
-            let engine = open_offline(&db, functions)?;
+            let engine = open_offline(&db, functions, true)?;
             let erased = erasure::erase_offline(&engine, user, *max_runs).await;
             if !close_offline(engine).await? {
                 bail!("the database did not close cleanly; the server replays its log on start");
@@ -320,7 +320,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let db = database(&cli, db);
             require_database(&db, *create)?;
-            let engine = open_offline(&db, Functions::new())?;
+            let engine = open_offline(&db, Functions::new(), false)?;
             let checked = engine
                 .metrics()
                 .open_documents_checked
@@ -439,10 +439,12 @@ fn read_json_lines(path: &Path) -> Result<Result<Vec<(usize, Value)>, ImportErro
 }
 
 /// A stopped server's database opened here with this build's schema and `functions`, and no
-/// scheduler: nothing runs but what the command itself starts.
-fn open_offline(db: &Path, functions: Functions) -> Result<Engine> {
+/// scheduler: nothing runs but what the command itself starts. With `keep_schema` (every
+/// command but `schema push`) the database's schema must already be this build's.
+fn open_offline(db: &Path, functions: Functions, keep_schema: bool) -> Result<Engine> {
     let config = EngineConfig {
         run_scheduler: false,
+        require_stored_schema: keep_schema,
         ..EngineConfig::default()
     };
     Ok(Engine::open(
