@@ -2,7 +2,9 @@
 //! indexes new to a table that has documents, and purging the entries of indexes that left
 //! the schema or changed their fields (their numbers are retired, see `catalog.rs`).
 //!
-//! Both run in chunks at the committer on the latest state, so neither races with writes:
+//! Both run in chunks at the committer on the latest state, so neither races with writes,
+//! resting after each chunk as long as it took, so they take at most about half of the
+//! committer's time and a live commit waits behind one chunk at a time, not a run of them:
 //! live writes maintain a backfilling index themselves, and nothing writes or reads a retired
 //! number any more. Each records its end in the persisted numbering (an index becomes ready,
 //! a retired number is forgotten); one interrupted by a shutdown or a crash starts over at the
@@ -11,6 +13,8 @@
 //! from a timestamp on and never for a snapshot that lacks some of its entries.
 
 use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::catalog::{CatalogChange, IndexId, IndexState};
 use crate::encoding::prefix_successor;
@@ -19,6 +23,18 @@ use crate::error::FunctionError;
 use crate::id::DocumentId;
 use crate::transaction::{index_key, Order, Transaction};
 use crate::value::Value;
+
+/// Rests as long as the chunk started at `started` took; false if the engine is shutting
+/// down (before or during the rest).
+async fn rest_after(started: Instant, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let rest = tokio::time::sleep(started.elapsed());
+    // `wait_for` is ready at once when the engine is already shutting down (or gone).
+    tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|stop| *stop) => false,
+        _ = rest => true,
+    }
+}
 
 /// Documents indexed per backfill commit.
 const BACKFILL_CHUNK: usize = 512;
@@ -44,11 +60,12 @@ pub(crate) fn start(engine: &Engine, rt: &Handle) {
 /// Builds a new index over existing documents, a chunk per commit in id order, then makes it
 /// ready.
 async fn backfill(engine: Engine, table: String, index: String) {
-    let shutdown = engine.shutdown_signal();
+    let mut shutdown = engine.shutdown_signal();
     let mut backfill = Backfill::new(engine, table, index, BACKFILL_CHUNK);
     loop {
+        let started = Instant::now();
         match backfill.step().await {
-            Progress::More if *shutdown.borrow() => return,
+            Progress::More if !rest_after(started, &mut shutdown).await => return,
             Progress::More => {}
             Progress::Done => break,
             Progress::Stopped => return,
@@ -187,7 +204,9 @@ async fn purge(engine: Engine, id: IndexId) {
     let start = id.0.to_be_bytes().to_vec();
     let end = prefix_successor(&start);
     let mut purged = 0usize;
+    let mut shutdown = engine.shutdown_signal();
     loop {
+        let started = Instant::now();
         let (s, e) = (start.clone(), end.clone());
         let body = move |txn: &mut Transaction<'_>| {
             let keys = txn.merged_index_keys(&s, e.as_deref(), false, PURGE_CHUNK)?;
@@ -209,7 +228,7 @@ async fn purge(engine: Engine, id: IndexId) {
             }
             None => return,
         }
-        if *engine.shutdown_signal().borrow() {
+        if !rest_after(started, &mut shutdown).await {
             return;
         }
     }
