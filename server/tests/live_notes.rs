@@ -40,6 +40,24 @@ impl Env {
         v.as_array().unwrap().len()
     }
 
+    /// `who` replaces the whole note `times` over with `chars` four-byte chars (~400 KB of op
+    /// weight each at the note limit), starting from an empty note.
+    async fn paste(&self, meeting: &str, who: &Identity, times: i64, chars: u64) {
+        let page = "👍".repeat(chars as usize);
+        let mut len = 0;
+        for v in 0..times {
+            let op = TextOperation::new().delete(len).insert(&page);
+            self.m(
+                fns::APPLY_OPERATION,
+                apply_args(meeting, v, &op, "paster", v + 1),
+                who,
+            )
+            .await
+            .unwrap();
+            len = chars;
+        }
+    }
+
     async fn note(&self, meeting: &str, who: &Identity) -> (String, i64) {
         let n = self
             .q(fns::GET, obj! { "meetingId" => meeting }, who)
@@ -696,19 +714,7 @@ async fn ops_since_stops_at_its_weight_bound() {
     let env = open();
     let a = ident("a");
     let meeting = env.meeting(&a, &[], true).await;
-    let page = "👍".repeat(MAX_NOTE_CHARS as usize);
-    let mut len = 0;
-    for v in 0..8i64 {
-        let op = TextOperation::new().delete(len).insert(&page);
-        env.m(
-            fns::APPLY_OPERATION,
-            apply_args(&meeting, v, &op, "paster", v + 1),
-            &a,
-        )
-        .await
-        .unwrap();
-        len = MAX_NOTE_CHARS;
-    }
+    env.paste(&meeting, &a, 8, MAX_NOTE_CHARS).await;
     let since = |version: i64| {
         env.q(
             fns::OPS_SINCE,
@@ -910,19 +916,7 @@ async fn an_edit_behind_heavy_ops_is_refused_before_the_read_limit() {
     let meeting = env.meeting(&a, &[&b], true).await;
     // Room for one more char after the last paste.
     let chars = MAX_NOTE_CHARS - 1;
-    let page = "👍".repeat(chars as usize);
-    let mut len = 0;
-    for v in 0..45i64 {
-        let op = TextOperation::new().delete(len).insert(&page);
-        env.m(
-            fns::APPLY_OPERATION,
-            apply_args(&meeting, v, &op, "paster", v + 1),
-            &a,
-        )
-        .await
-        .unwrap();
-        len = chars;
-    }
+    env.paste(&meeting, &a, 45, chars).await;
     let e = expect_code(
         env.m(
             fns::APPLY_OPERATION,

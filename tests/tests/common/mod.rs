@@ -38,16 +38,24 @@ pub struct Hold {
 /// The most a `gate:hold` query waits, so a failing test never wedges its server.
 const MAX_HOLD: Duration = Duration::from_secs(30);
 
-/// The gate named `name`: one per name, so tests running at once in a binary do not share one.
-pub fn hold(name: &str) -> Arc<Hold> {
-    static HOLDS: OnceLock<Mutex<HashMap<String, Arc<Hold>>>> = OnceLock::new();
-    HOLDS
+/// Test-wide registries of named things, one per name, so tests running at once in a binary
+/// do not share one.
+type Named<T> = OnceLock<Mutex<HashMap<String, Arc<T>>>>;
+
+fn named<T: Default>(registry: &'static Named<T>, name: &str) -> Arc<T> {
+    registry
         .get_or_init(Default::default)
         .lock()
         .unwrap()
         .entry(name.to_string())
         .or_default()
         .clone()
+}
+
+/// The gate named `name`.
+pub fn hold(name: &str) -> Arc<Hold> {
+    static HOLDS: Named<Hold> = OnceLock::new();
+    named(&HOLDS, name)
 }
 
 impl Hold {
@@ -80,14 +88,8 @@ impl Hold {
 /// Signalled by `counter:addSlow` on counter `name` once it runs, before it commits: one
 /// `Notify` per counter name, so tests running at once in a binary do not take each other's.
 pub fn mutation_started(name: &str) -> Arc<Notify> {
-    static STARTED: OnceLock<Mutex<HashMap<String, Arc<Notify>>>> = OnceLock::new();
-    STARTED
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(name.to_string())
-        .or_default()
-        .clone()
+    static STARTED: Named<Notify> = OnceLock::new();
+    named(&STARTED, name)
 }
 
 pub fn schema() -> SchemaDefinition {

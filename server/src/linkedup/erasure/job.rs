@@ -273,25 +273,42 @@ fn stored_fields(doc: &Value) -> Object {
     o
 }
 
+/// Rewrites, a page at a time (`cursor`), the documents of `table` that name the user in
+/// `field` (through `index`): `edit` changes a document's stored fields and says whether it
+/// changed anything; only those are written.
+fn rewrite_page(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+    (table, index, field): (&str, &str, &str),
+    edit: impl Fn(&mut Object) -> bool,
+) -> FunctionResult<bool> {
+    let page = ctx
+        .query(table, index)
+        .eq(field, r.user_id.as_str())
+        .paginate(r.cursor.as_deref(), budget.left)?;
+    for d in &page.page {
+        let mut o = stored_fields(d);
+        if edit(&mut o) {
+            ctx.replace(table, &id_of(d)?, Value::from(o))?;
+        }
+    }
+    budget.spend(r, table, page.page.len());
+    r.cursor = page.continue_cursor;
+    Ok(page.is_done)
+}
+
 /// Replaces the text of every message the user wrote and drops its attachments.
 fn redact_messages(
     ctx: &mut Ctx<'_, '_>,
     r: &mut Request,
     budget: &mut Budget,
 ) -> FunctionResult<bool> {
-    let page = ctx
-        .query(MESSAGES, "by_user")
-        .eq("userId", r.user_id.as_str())
-        .paginate(r.cursor.as_deref(), budget.left)?;
-    for d in &page.page {
-        let mut o = stored_fields(d);
+    rewrite_page(ctx, r, budget, (MESSAGES, "by_user", "userId"), |o| {
         o.insert("content".into(), REDACTED.into());
         o.remove("attachments");
-        ctx.replace(MESSAGES, &id_of(d)?, Value::from(o))?;
-    }
-    budget.spend(r, MESSAGES, page.page.len());
-    r.cursor = page.continue_cursor;
-    Ok(page.is_done)
+        true
+    })
 }
 
 /// Removes the token subject (`metadata.subject`, the identity provider's id of the person)
@@ -302,23 +319,19 @@ fn strip_audit_subjects(
     r: &mut Request,
     budget: &mut Budget,
 ) -> FunctionResult<bool> {
-    let page = ctx
-        .query(AUDIT_LOGS, "by_actor")
-        .eq("actorUserId", r.user_id.as_str())
-        .paginate(r.cursor.as_deref(), budget.left)?;
-    for d in &page.page {
-        let mut o = stored_fields(d);
-        let Some(Value::Object(metadata)) = o.get_mut("metadata") else {
-            continue;
-        };
-        if metadata.contains_key("subject") {
-            std::sync::Arc::make_mut(metadata).remove("subject");
-            ctx.replace(AUDIT_LOGS, &id_of(d)?, Value::from(o))?;
-        }
-    }
-    budget.spend(r, AUDIT_LOGS, page.page.len());
-    r.cursor = page.continue_cursor;
-    Ok(page.is_done)
+    rewrite_page(
+        ctx,
+        r,
+        budget,
+        (AUDIT_LOGS, "by_actor", "actorUserId"),
+        |o| match o.get_mut("metadata") {
+            Some(Value::Object(metadata)) if metadata.contains_key("subject") => {
+                std::sync::Arc::make_mut(metadata).remove("subject");
+                true
+            }
+            _ => false,
+        },
+    )
 }
 
 /// The meetings the user took part in, one at a time through `source`'s records of them
