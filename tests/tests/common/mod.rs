@@ -40,9 +40,9 @@ const MAX_HOLD: Duration = Duration::from_secs(30);
 
 /// Test-wide registries of named things, one per name, so tests running at once in a binary
 /// do not share one.
-type Named<T> = OnceLock<Mutex<HashMap<String, Arc<T>>>>;
+type Registry<T> = OnceLock<Mutex<HashMap<String, Arc<T>>>>;
 
-fn named<T: Default>(registry: &'static Named<T>, name: &str) -> Arc<T> {
+fn named<T: Default>(registry: &'static Registry<T>, name: &str) -> Arc<T> {
     registry
         .get_or_init(Default::default)
         .lock()
@@ -54,7 +54,7 @@ fn named<T: Default>(registry: &'static Named<T>, name: &str) -> Arc<T> {
 
 /// The gate named `name`.
 pub fn hold(name: &str) -> Arc<Hold> {
-    static HOLDS: Named<Hold> = OnceLock::new();
+    static HOLDS: Registry<Hold> = OnceLock::new();
     named(&HOLDS, name)
 }
 
@@ -88,7 +88,7 @@ impl Hold {
 /// Signalled by `counter:addSlow` on counter `name` once it runs, before it commits: one
 /// `Notify` per counter name, so tests running at once in a binary do not take each other's.
 pub fn mutation_started(name: &str) -> Arc<Notify> {
-    static STARTED: Named<Notify> = OnceLock::new();
+    static STARTED: Registry<Notify> = OnceLock::new();
     named(&STARTED, name)
 }
 
