@@ -404,12 +404,15 @@ fn prompts() -> TableDefinition {
 }
 
 /// Added `provenance` (see [`provenance`]).
-/// One of an insight's `recommendations` (also what `insights.store` takes).
+/// One of an insight's `recommendations` (also what `insights.store` takes). Added `userId`,
+/// the user recommended, so a block between them and the owner hides it; optional, so
+/// insights stored before it still validate.
 pub fn insight_recommendation() -> Validator {
     v::object([
         ("type", v::string()),
         ("content", v::string()),
         ("confidence", v::float64()),
+        ("userId", opt(v::id(USERS))),
     ])
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ai_common::*;
 use linkedup_common::*;
 use linkedup_server::linkedup::LinkedUpConfig;
+use query_engine::identity::Identity;
 use query_engine::obj;
 use query_engine::value::Value;
 
@@ -77,6 +78,39 @@ fn first(v: &Value, path: &str) -> Value {
         .and_then(|a| a.first())
         .cloned()
         .unwrap_or_else(|| panic!("no array at {path} in {v:?}"))
+}
+
+/// Gives each of `who` a display name and the interest Rust (the local provider recommends
+/// people who share an interest to each other).
+async fn share_an_interest(w: &World, who: &[(&Identity, &str)]) {
+    for (id, name) in who {
+        w.env
+            .m("profiles.update", obj! { "displayName" => *name }, Some(id))
+            .await
+            .unwrap();
+        w.env
+            .m(
+                "interests.setMine",
+                obj! { "keys" => vec![Value::from("rust")] },
+                Some(id),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// The users the insight at `path` of `v` recommends connecting with (their `userId`s).
+fn recommended(v: &Value, path: &str) -> Vec<String> {
+    let mut users: Vec<String> = v
+        .get_path(path)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("no recommendations at {path} in {v:?}"))
+        .iter()
+        .filter(|r| s(r, "type") == "connection")
+        .map(|r| s(r, "userId"))
+        .collect();
+    users.sort();
+    users
 }
 
 fn owners(insights: &[Value]) -> Vec<String> {
@@ -264,20 +298,7 @@ async fn the_transcript_is_read_whether_or_not_it_was_aggregated() {
     // The local provider: deterministic, so what it read shows in what it wrote.
     let w = world(LinkedUpConfig::default()).await;
     enable(&w.env.engine, &w.alice, "insights/postcall").await;
-    for (who, name) in [(&w.alice, "Alice"), (&w.bob, "Bob")] {
-        w.env
-            .m("profiles.update", obj! { "displayName" => name }, Some(who))
-            .await
-            .unwrap();
-        w.env
-            .m(
-                "interests.setMine",
-                obj! { "keys" => vec![Value::from("rust")] },
-                Some(who),
-            )
-            .await
-            .unwrap();
-    }
+    share_an_interest(&w, &[(&w.alice, "Alice"), (&w.bob, "Bob")]).await;
     say(
         &w,
         "c1",
@@ -343,6 +364,133 @@ async fn the_transcript_is_read_whether_or_not_it_was_aggregated() {
     assert_eq!(
         s(&first(bobs, "recommendations"), "content"),
         "Connect with Alice: you share an interest in Rust."
+    );
+    assert_eq!(s(&first(bobs, "recommendations"), "userId"), w.alice_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insight_stored_before_recommendations_named_their_user_still_reads() {
+    let w = world(LinkedUpConfig::default()).await;
+    let (bob, meeting) = (w.bob_id.clone(), w.meeting.clone());
+    w.env
+        .engine
+        .transact(move |ctx| {
+            ctx.insert(
+                "insights",
+                obj! {
+                    "userId" => bob.as_str(), "meetingId" => meeting.as_str(),
+                    "summary" => "Old.", "actionItems" => Vec::<Value>::new(),
+                    "recommendations" => vec![obj! {
+                        "type" => "connection", "content" => "Connect with Alice.",
+                        "confidence" => 0.5,
+                    }],
+                    "links" => Vec::<Value>::new(), "createdAt" => 0i64,
+                },
+            )
+            .map(Value::from)
+        })
+        .await
+        .unwrap();
+    let read = w
+        .env
+        .q(
+            "insights.forMeeting",
+            obj! { "meetingId" => w.meeting.as_str() },
+            Some(&w.bob),
+        )
+        .await
+        .unwrap();
+    let rec = first(&read, "recommendations");
+    assert_eq!(s(&rec, "content"), "Connect with Alice.");
+    assert_eq!(rec.get_path("userId"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommendations_of_users_blocked_either_way_are_left_out_when_written_and_read() {
+    let w = world(LinkedUpConfig::default()).await;
+    enable(&w.env.engine, &w.alice, "insights/postcall").await;
+    w.env
+        .m(
+            "meetings.addParticipant",
+            obj! { "meetingId" => w.meeting.as_str(), "userId" => w.carol_id.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    share_an_interest(
+        &w,
+        &[(&w.alice, "Alice"), (&w.bob, "Bob"), (&w.carol, "Carol")],
+    )
+    .await;
+    let block = |who: &Identity, whom: &str, f: &'static str| {
+        let env = &w.env;
+        let (who, whom) = (who.clone(), whom.to_string());
+        async move {
+            env.m(f, obj! { "userId" => whom.as_str() }, Some(&who))
+                .await
+                .unwrap();
+        }
+    };
+    // Carol blocks Bob before the meeting ends: neither is recommended to the other.
+    block(&w.carol, &w.bob_id, "users.block").await;
+    w.end_meeting().await;
+    let insights = insights_when(&w.env, 3).await;
+    let of = |user: &str| insights.iter().find(|i| s(i, "userId") == user).unwrap();
+    let mut both = vec![w.bob_id.clone(), w.carol_id.clone()];
+    both.sort();
+    assert_eq!(recommended(of(&w.alice_id), "recommendations"), both);
+    assert_eq!(
+        recommended(of(&w.bob_id), "recommendations"),
+        [w.alice_id.clone()]
+    );
+    assert_eq!(
+        recommended(of(&w.carol_id), "recommendations"),
+        [w.alice_id.clone()]
+    );
+
+    // Alice blocks Bob afterwards: her insight, read either way, no longer recommends him;
+    // nor does Bob's recommend her. Unblocked, he is back (reading hides, it does not delete).
+    let for_meeting = |who: &Identity| {
+        let env = &w.env;
+        let (who, m) = (who.clone(), w.meeting.clone());
+        async move {
+            env.q(
+                "insights.forMeeting",
+                obj! { "meetingId" => m.as_str() },
+                Some(&who),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let list_mine = |who: &Identity| {
+        let env = &w.env;
+        let who = who.clone();
+        async move {
+            env.q(
+                "insights.listMine",
+                obj! { "numItems" => 10i64 },
+                Some(&who),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    block(&w.alice, &w.bob_id, "users.block").await;
+    assert_eq!(
+        recommended(&for_meeting(&w.alice).await, "recommendations"),
+        [w.carol_id.clone()]
+    );
+    assert_eq!(
+        recommended(&first(&list_mine(&w.alice).await, "page"), "recommendations"),
+        [w.carol_id.clone()]
+    );
+    assert!(recommended(&for_meeting(&w.bob).await, "recommendations").is_empty());
+    assert!(recommended(&first(&list_mine(&w.bob).await, "page"), "recommendations").is_empty());
+    block(&w.alice, &w.bob_id, "users.unblock").await;
+    assert_eq!(
+        recommended(&for_meeting(&w.alice).await, "recommendations"),
+        both
     );
 }
 

@@ -123,6 +123,11 @@ pub struct Recommendation {
     pub content: String,
     /// 0.0..=1.0.
     pub confidence: f64,
+    /// The user recommended (a `connection`'s other participant): what a block between them
+    /// and the insight's owner is checked against, when it is written and when it is read.
+    /// Absent on recommendations about nobody and in insights written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// A pointer from an insight to what it is based on, e.g. a transcript segment.

@@ -538,6 +538,7 @@ fn recommendations(
                             list(&top)
                         ),
                         confidence: round2(0.5 + 0.4 * shared.len() as f64 / union as f64),
+                        user_id: Some(p.user_id.clone()),
                     });
                 }
                 (!theirs.is_empty() && !mine.is_empty()).then(|| {
@@ -546,6 +547,7 @@ fn recommendations(
                         kind: "connection".into(),
                         content: format!("Connect with {} to learn about {}.", p.name, list(&top)),
                         confidence: 0.35,
+                        user_id: Some(p.user_id.clone()),
                     }
                 })
             })
@@ -578,6 +580,7 @@ fn recommendations(
                         "Follow up on {kw}: it came up in the meeting and matches your interest in {label}."
                     ),
                     confidence: 0.6,
+                    user_id: None,
                 })
         })
         .take(TOPIC_FOLLOW_UPS)
@@ -591,6 +594,7 @@ fn recommendations(
                     truncate(&r.title, 120)
                 ),
                 confidence: 0.4,
+                user_id: None,
             });
         }
     }

@@ -545,6 +545,7 @@ mod tests {
                 kind: "connection".into(),
                 content: "Connect with Bob".into(),
                 confidence: 0.7,
+                user_id: Some("u2".into()),
             }],
         };
         assert!(valid_insight(ok.clone()).is_ok());

@@ -327,6 +327,8 @@ struct RecommendationOut {
     kind: String,
     content: String,
     confidence: f64,
+    #[serde(default, rename = "userId")]
+    user_id: Option<String>,
 }
 
 impl From<InsightOut> for InsightDraft {
@@ -341,6 +343,7 @@ impl From<InsightOut> for InsightDraft {
                     kind: r.kind,
                     content: r.content,
                     confidence: r.confidence,
+                    user_id: r.user_id,
                 })
                 .collect(),
         }
@@ -384,8 +387,10 @@ object of exactly this shape and nothing else: {{\"summary\": string of at most 
 {MAX_SUMMARY_CHARS} characters, \"actionItems\": [at most {MAX_ACTION_ITEMS} strings of at \
 most {MAX_ITEM_CHARS} characters, this participant's first], \"recommendations\": [at most \
 {MAX_RECOMMENDATIONS} objects {{\"type\": one of {RECOMMENDATION_KINDS:?}, \"content\": \
-string of at most {MAX_ITEM_CHARS} characters, \"confidence\": number from 0 to 1}}]}}. \
-Connection recommendations name other participants and say why."
+string of at most {MAX_ITEM_CHARS} characters, \"confidence\": number from 0 to 1, \
+\"userId\": the userId of the participant recommended, for a connection}}]}}. Connection \
+recommendations name one other participant each, by name in content and by userId, and say \
+why; a connection without the userId of another participant is dropped."
     )
 }
 

@@ -12,6 +12,11 @@
 //! instead (seed §23). Idempotent per (user, meeting): `insights.store` writes an insight only
 //! if none exists and none was written before (an idempotency key, so a deleted insight is
 //! not written again by a retried run), so a repeated or retried job never duplicates.
+//!
+//! Recommendations name the user they recommend (`userId`): a connection must be with another
+//! participant of the meeting (one naming nobody is dropped), and one about a user who blocks
+//! the owner, or whom the owner blocks, is left out when the insight is written and when it is
+//! read (`without_blocked`), so a block made after the meeting hides it too.
 
 use std::sync::Arc;
 
@@ -38,6 +43,7 @@ use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
 use super::ai_context::participants_of;
+use super::blocks::either_way;
 use super::flags::is_enabled;
 use super::guards::{
     assert_meeting_access, being_erased, current_user, find_participant, get_meeting,
@@ -509,7 +515,7 @@ async fn generate(
             provenance: generated.provenance(&hash, features),
             summary: generated.value.summary,
             action_items: generated.value.action_items,
-            recommendations: generated.value.recommendations,
+            recommendations: about_participants(generated.value.recommendations, request),
         });
     }
     let next = if failed > 0 {
@@ -560,6 +566,7 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<i64> {
         }
         let key = written_key(&a.meeting_id, &i.user_id);
         check_and_record(ctx, &key, WRITTEN_SCOPE, WRITTEN_TTL_MS)?;
+        let recommendations = without_blocked(ctx, &i.user_id, i.recommendations.clone())?;
         ctx.insert(
             INSIGHTS,
             obj! {
@@ -567,7 +574,7 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<i64> {
                 "meetingId" => a.meeting_id.as_str(),
                 "summary" => i.summary.as_str(),
                 "actionItems" => encode(&i.action_items)?,
-                "recommendations" => encode(&i.recommendations)?,
+                "recommendations" => encode(&recommendations)?,
                 "links" => encode(&i.links)?,
                 "createdAt" => now,
                 "provenance" => encode(&i.provenance)?,
@@ -617,7 +624,7 @@ fn list_mine(ctx: &mut Ctx<'_, '_>, a: ListMyInsightsArgs) -> FunctionResult<Ins
     let mut visible = Vec::with_capacity(page.page.len());
     for insight in page.page {
         if may_see_meeting(ctx, &me, &insight.meeting_id)? {
-            visible.push(insight);
+            visible.push(as_read(ctx, insight)?);
         }
     }
     page.page = visible;
@@ -626,12 +633,48 @@ fn list_mine(ctx: &mut Ctx<'_, '_>, a: ListMyInsightsArgs) -> FunctionResult<Ins
 
 fn for_meeting(ctx: &mut Ctx<'_, '_>, a: MeetingIdArgs) -> FunctionResult<Option<Insight>> {
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Participant)?;
-    ctx.query(INSIGHTS, "by_user_meeting")
+    let doc = ctx
+        .query(INSIGHTS, "by_user_meeting")
         .eq("userId", access.user.id.as_str())
         .eq("meetingId", a.meeting_id.as_str())
-        .first()?
-        .map(|d| decode(&d))
-        .transpose()
+        .first()?;
+    doc.map(|d| as_read(ctx, decode(&d)?)).transpose()
+}
+
+/// An insight as its owner reads it: without recommendations of users blocked either way.
+fn as_read(ctx: &mut Ctx<'_, '_>, mut insight: Insight) -> FunctionResult<Insight> {
+    let recommendations = std::mem::take(&mut insight.recommendations);
+    insight.recommendations = without_blocked(ctx, &insight.user_id, recommendations)?;
+    Ok(insight)
+}
+
+/// `recs` without those about a user whom `owner` blocks or who blocks `owner` (two point
+/// reads each, so a reading query is invalidated by a block made later).
+fn without_blocked(
+    ctx: &mut Ctx<'_, '_>,
+    owner: &str,
+    recs: Vec<Recommendation>,
+) -> FunctionResult<Vec<Recommendation>> {
+    let mut kept = Vec::with_capacity(recs.len());
+    for r in recs {
+        match &r.user_id {
+            Some(other) if either_way(ctx, owner, other)? => {}
+            _ => kept.push(r),
+        }
+    }
+    Ok(kept)
+}
+
+/// The recommendations of a draft that can be honoured: one about a user only if that user is
+/// another participant the request described, and a connection only with such a user (one
+/// naming nobody could not be checked against blocks).
+fn about_participants(recs: Vec<Recommendation>, r: &PostCallRequest) -> Vec<Recommendation> {
+    recs.into_iter()
+        .filter(|rec| match &rec.user_id {
+            Some(u) => *u != r.for_user && r.participants.iter().any(|p| p.user_id == *u),
+            None => rec.kind != "connection",
+        })
+        .collect()
 }
 
 fn delete(ctx: &mut Ctx<'_, '_>, a: InsightIdArgs) -> FunctionResult<()> {
@@ -655,4 +698,54 @@ fn delete(ctx: &mut Ctx<'_, '_>, a: InsightIdArgs) -> FunctionResult<()> {
         "insight.deleted",
         obj! { "meetingId" => insight.meeting_id.as_str() },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ai::ParticipantProfile;
+
+    fn rec(kind: &str, user: Option<&str>) -> Recommendation {
+        Recommendation {
+            kind: kind.into(),
+            content: "c".into(),
+            confidence: 0.5,
+            user_id: user.map(String::from),
+        }
+    }
+
+    fn person(id: &str) -> ParticipantProfile {
+        ParticipantProfile {
+            user_id: id.into(),
+            name: id.into(),
+            bio: None,
+            goals: None,
+            experience: None,
+            interests: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_recommendations_about_other_participants_are_kept() {
+        let request = PostCallRequest {
+            title: "t".into(),
+            description: None,
+            transcript: Vec::new(),
+            notes: None,
+            participants: vec![person("me"), person("you")],
+            for_user: "me".into(),
+        };
+        let kept = about_participants(
+            vec![
+                rec("connection", Some("you")),
+                rec("connection", Some("me")),
+                rec("connection", Some("stranger")),
+                rec("connection", None),
+                rec("topic", None),
+                rec("followUp", Some("stranger")),
+            ],
+            &request,
+        );
+        assert_eq!(kept, vec![rec("connection", Some("you")), rec("topic", None)]);
+    }
 }
