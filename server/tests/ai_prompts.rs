@@ -1,6 +1,7 @@
 //! Pre-call and in-call prompts through the engine with the provider faked on 127.0.0.1:
 //! access checks, feature flags, idempotency (counted at the fake), the per-meeting
-//! throttle, racing generations writing once, fallback with provenance, listing and feedback.
+//! throttle, racing generations writing once (pre-call ones asking the provider once, a dead
+//! call's claim taken over), fallback with provenance, listing and feedback.
 
 mod ai_common;
 mod linkedup_common;
@@ -52,6 +53,17 @@ fn config(fake: &Fake, in_call_interval_ms: i64) -> LinkedUpConfig {
     let mut c = fake.config();
     c.ai.in_call_interval_ms = in_call_interval_ms;
     c
+}
+
+/// Waits (bounded) until the fake has received `n` chat requests.
+async fn chat_requests(fake: &Fake, n: usize) {
+    for _ in 0..1_200 {
+        if fake.count("/chat/completions") >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the provider did not receive {n} requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,17 +239,73 @@ async fn racing_generations_both_ask_but_only_one_writes() {
     assert_eq!(ids(&a), ids(&b));
     assert_eq!(fake.count("/chat/completions"), 2);
     assert_eq!(w.env.all("prompts").await.len(), 2);
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_pre_call_generations_ask_the_provider_once() {
+    let fake = Fake::start().await;
+    // The first answer is slow, so the second call arrives while the first is generating.
+    fake.script([Reply::Delay(Duration::from_secs(1), Box::new(Reply::Default))]);
+    let w = world(config(&fake, 0)).await;
     enable(&w.env.engine, &w.alice, "precall/ai").await;
-    let (a, b) = tokio::time::timeout(
-        PATIENCE,
-        futures::future::join(pre(&w, Some(&w.alice)), pre(&w, Some(&w.bob))),
-    )
-    .await
-    .expect("both calls reach the provider");
+    let first = pre(&w, Some(&w.alice));
+    let second = async {
+        chat_requests(&fake, 1).await;
+        pre(&w, Some(&w.bob)).await
+    };
+    let (a, b) = tokio::time::timeout(PATIENCE, futures::future::join(first, second))
+        .await
+        .expect("both calls return");
     assert_eq!(ids(&a.unwrap()), ids(&b.unwrap()));
-    assert_eq!(fake.count("/chat/completions"), 4);
-    assert_eq!(w.env.all("prompts").await.len(), 4);
+    assert_eq!(fake.count("/chat/completions"), 1);
+    assert_eq!(w.env.all("prompts").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claim_of_a_call_that_died_is_taken_over_once_it_expires() {
+    let fake = Fake::start().await;
+    let mut c = config(&fake, 0);
+    c.ai.pre_call_lease_ms = 300;
+    c.ai.pre_call_wait_ms = 0;
+    let w = world(c).await;
+    enable(&w.env.engine, &w.alice, "precall/ai").await;
+    // Alice's call claims the generation and dies before asking the provider.
+    let claimed = w
+        .env
+        .m(
+            "prompts.beginPreCall",
+            obj! { "meetingId" => w.meeting.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&claimed, "kind"), "claimed");
+    // Bob, not waiting: told it is in progress, and for how long at most.
+    let e = expect_code(pre(&w, Some(&w.bob)).await, "CONFLICT");
+    assert_eq!(s(&e.data, "reason"), "generationInProgress");
+    let retry = e.data.get_path("retryAfterMs").and_then(Value::as_i64).unwrap();
+    assert!((1..=300).contains(&retry), "{retry}");
+    assert_eq!(fake.count("/chat/completions"), 0);
+    // Once the claim has lapsed, Bob's call takes it over and generates.
+    let mut got = None;
+    for _ in 0..1_200 {
+        match pre(&w, Some(&w.bob)).await {
+            Ok(v) => {
+                got = Some(v);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(s(&e.data, "reason"), "generationInProgress");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+    let got = got.expect("the lapsed claim is taken over");
+    assert_eq!(got.as_array().unwrap().len(), 2);
+    assert_eq!(fake.count("/chat/completions"), 1);
+    // Alice's own call now gets the stored ideas.
+    assert_eq!(ids(&pre(&w, Some(&w.alice)).await.unwrap()), ids(&got));
+    assert_eq!(fake.count("/chat/completions"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,12 @@ pub struct AiConfig {
     pub insight_retry_delay_ms: i64,
     /// `embeddings.refreshMine` calls per user.
     pub refresh_limit: RateLimit,
+    /// How long a call's claim on generating a meeting's pre-call ideas holds: longer than an
+    /// action may run (60 s), so it lapses only when the claiming call has died.
+    pub pre_call_lease_ms: i64,
+    /// How long a call waits for the pre-call ideas another call is generating before it
+    /// answers CONFLICT (`generationInProgress`); below the action time limit.
+    pub pre_call_wait_ms: i64,
 }
 
 impl Default for AiConfig {
@@ -38,6 +44,8 @@ impl Default for AiConfig {
                 max: 10,
                 window_ms: 600_000,
             },
+            pre_call_lease_ms: 90_000,
+            pre_call_wait_ms: 30_000,
         }
     }
 }
