@@ -478,6 +478,14 @@ pub struct Options {
         value_name = "MS"
     )]
     pub ai_in_call_interval_ms: Option<u64>,
+    /// AI provider calls one user's own requests may make in 24 h, 1..=1000000 [default: 200].
+    #[arg(
+        long,
+        env = "LINKEDUP_AI_DAILY_CALLS_PER_USER",
+        global = true,
+        value_name = "N"
+    )]
+    pub ai_daily_calls_per_user: Option<u64>,
     /// Most users one user may block, 1..=5000 [default: 1000].
     #[arg(
         long,
@@ -570,6 +578,9 @@ impl Options {
             ai_timeout_ms: self.ai_timeout_ms.or(lower.ai_timeout_ms),
             ai_max_retries: self.ai_max_retries.or(lower.ai_max_retries),
             ai_in_call_interval_ms: self.ai_in_call_interval_ms.or(lower.ai_in_call_interval_ms),
+            ai_daily_calls_per_user: self
+                .ai_daily_calls_per_user
+                .or(lower.ai_daily_calls_per_user),
             max_blocks_per_user: self.max_blocks_per_user.or(lower.max_blocks_per_user),
         }
     }

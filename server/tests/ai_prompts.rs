@@ -242,6 +242,74 @@ async fn racing_generations_both_ask_but_only_one_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_provider_calls_are_limited_by_their_daily_budget() {
+    let fake = Fake::start().await;
+    let mut c = config(&fake, 0);
+    c.ai.user_daily_calls = 2;
+    let w = world(c).await;
+    for key in ["precall/ai", "incall/ai"] {
+        enable(&w.env.engine, &w.alice, key).await;
+    }
+    let asked = || fake.count("/chat/completions");
+    // Alice's two calls: the pre-call ideas she generates and one in-call request.
+    pre(&w, Some(&w.alice)).await.unwrap();
+    let answered = context("the launch", &["launch"], false);
+    in_call(&w, &w.alice, answered.clone()).await.unwrap();
+    assert_eq!(asked(), 2);
+    // Her budget is spent: a new request is refused before the provider is asked.
+    let e = expect_code(
+        in_call(&w, &w.alice, context("pricing", &["pricing"], true)).await,
+        "RATE_LIMITED",
+    );
+    assert_eq!(s(&e.data, "reason"), "aiBudget");
+    assert_eq!(e.data.get_path("limit"), Some(&Value::from(2i64)));
+    let retry = e.data.get_path("retryAfterMs").and_then(Value::as_i64).unwrap();
+    assert!((1..=24 * 3_600_000).contains(&retry), "{retry}");
+    assert_eq!(asked(), 2);
+    // So is a profile embedding she asks for.
+    w.env
+        .m(
+            "profiles.update",
+            obj! { "displayName" => "Alice", "bio" => "Builds databases" },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let embedded = fake.count("/embeddings");
+    let e = expect_code(
+        w.env
+            .call("embeddings.refreshMine", obj! {}, Some(&w.alice))
+            .await,
+        "RATE_LIMITED",
+    );
+    assert_eq!(s(&e.data, "reason"), "aiBudget");
+    assert_eq!(fake.count("/embeddings"), embedded);
+    // What costs no provider call still works: the stored ideas, an answered request.
+    pre(&w, Some(&w.alice)).await.unwrap();
+    in_call(&w, &w.alice, answered).await.unwrap();
+    assert_eq!(asked(), 2);
+    // Bob's budget is his own.
+    in_call(&w, &w.bob, context("hiring", &["hiring"], false))
+        .await
+        .unwrap();
+    assert_eq!(asked(), 3);
+    // The call that spent Alice's last one is on record, once.
+    let log = w
+        .env
+        .q(
+            "audit.query",
+            obj! { "resourceType" => "user", "resourceId" => w.alice_id.as_str(), "action" => "ai.budgetExhausted" },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(s(&log[0], "metadata.function"), "prompts.generateInCall");
+    assert_eq!(s(&log[0], "actorUserId"), w.alice_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_pre_call_generations_ask_the_provider_once() {
     let fake = Fake::start().await;
     // The first answer is slow, so the second call arrives while the first is generating.

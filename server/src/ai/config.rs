@@ -25,6 +25,9 @@ pub struct AiConfig {
     pub insight_retry_delay_ms: i64,
     /// `embeddings.refreshMine` calls per user.
     pub refresh_limit: RateLimit,
+    /// Provider calls a user's own requests may make in 24 h (pre-call ideas, in-call
+    /// prompts, `embeddings.refreshMine`; see `linkedup::ai_budget`).
+    pub user_daily_calls: i64,
     /// How long a call's claim on generating a meeting's pre-call ideas holds: longer than an
     /// action may run (60 s), so it lapses only when the claiming call has died.
     pub pre_call_lease_ms: i64,
@@ -44,6 +47,8 @@ impl Default for AiConfig {
                 max: 10,
                 window_ms: 600_000,
             },
+            // A busy day: a dozen meetings with in-call prompts every few minutes.
+            user_daily_calls: 200,
             pre_call_lease_ms: 90_000,
             pre_call_wait_ms: 30_000,
         }
@@ -55,6 +60,7 @@ const MIN_TIMEOUT_MS: u64 = 100;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 const MAX_RETRIES: u32 = 5;
 const MAX_IN_CALL_INTERVAL_MS: u64 = 3_600_000;
+const MAX_USER_DAILY_CALLS: u64 = 1_000_000;
 
 impl AiConfig {
     /// The provider `--ai-provider` names (default: `openai` when an API key is set, else
@@ -75,6 +81,16 @@ impl AiConfig {
                 "must be at most 3600000 (an hour)",
             )?;
             config.in_call_interval_ms = ms as i64;
+        }
+        if let Some(n) = o.ai_daily_calls_per_user {
+            if !(1..=MAX_USER_DAILY_CALLS).contains(&n) {
+                return Err(invalid(
+                    "ai-daily-calls-per-user",
+                    n.to_string(),
+                    "must be 1 to 1000000",
+                ));
+            }
+            config.user_daily_calls = n as i64;
         }
         let provider = match o.ai_provider.as_deref() {
             Some(p) => p,
@@ -179,10 +195,13 @@ mod tests {
             "http://127.0.0.1:9/v1",
             "--ai-in-call-interval-ms",
             "2500",
+            "--ai-daily-calls-per-user",
+            "40",
         ]))
         .unwrap();
         assert_eq!(c.service.provider_name(), "openai");
         assert_eq!(c.in_call_interval_ms, 2_500);
+        assert_eq!(c.user_daily_calls, 40);
         assert!(!format!("{c:?}").contains("sk-test"));
         for bad in [
             &["--ai-provider", "openai"][..],
@@ -191,6 +210,7 @@ mod tests {
             &["--ai-api-key", "k", "--ai-timeout-ms", "5"],
             &["--ai-api-key", "k", "--ai-max-retries", "9"],
             &["--ai-api-key", "k", "--ai-chat-model", " "],
+            &["--ai-daily-calls-per-user", "0"],
         ] {
             assert!(
                 matches!(

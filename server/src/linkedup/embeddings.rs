@@ -27,6 +27,7 @@ use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
+use super::ai_budget;
 use super::ai_context::{profile_of, Labels};
 use super::guards::{being_erased, current_user};
 use super::rate_limit::check_and_consume;
@@ -121,8 +122,9 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
 
     // embeddings.refreshMine (action): embeds the caller's profile (bio, goals, experience)
     // and interests as their `user` embedding. Returns {embeddingId, model, dimensions,
-    // vector}. Returns: UNAUTHORIZED, VALIDATION_ERROR (nothing to embed yet), RATE_LIMITED,
-    // PROVIDER_ERROR, CONFLICT.
+    // vector}. Returns: UNAUTHORIZED, VALIDATION_ERROR (nothing to embed yet), RATE_LIMITED
+    // (the refresh limit, or data.reason "aiBudget": the daily AI budget), PROVIDER_ERROR,
+    // CONFLICT.
     let cfg = config.clone();
     f.action(
         fns::EMBEDDINGS_REFRESH_MINE,
@@ -234,8 +236,8 @@ pub(crate) fn profile_content(
     Ok((!content_words(&content).is_empty()).then_some(content))
 }
 
-/// The caller's profile text, after their rate limit. Returns: UNAUTHORIZED,
-/// VALIDATION_ERROR (nothing to embed), RATE_LIMITED.
+/// The caller's profile text, after their rate limit and daily AI budget (`ai_budget`).
+/// Returns: UNAUTHORIZED, VALIDATION_ERROR (nothing to embed), RATE_LIMITED.
 fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResult<RefreshStart> {
     let me = current_user(ctx)?;
     let Some(content) = profile_content(ctx, &me.id)? else {
@@ -251,6 +253,7 @@ fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResu
         REFRESH_ACTION,
         config.ai.refresh_limit,
     )?;
+    ai_budget::spend(ctx, &config.ai, &me.id, fns::EMBEDDINGS_REFRESH_MINE)?;
     Ok(RefreshStart {
         user_id: me.id,
         content,

@@ -5,6 +5,7 @@
 //!
 //! Each function follows the same order: validators (engine-checked), guard, logic, audit.
 
+mod ai_budget;
 mod ai_context;
 pub mod audit;
 pub mod blocks;

@@ -42,6 +42,7 @@ use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
+use super::ai_budget;
 use super::ai_context::participants_of;
 use super::flags::require_enabled;
 use super::guards::{assert_meeting_access, MeetingAccess};
@@ -131,7 +132,9 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // Returns: UNAUTHORIZED, NOT_FOUND, FORBIDDEN (not a participant, other organisation,
     // flag precall/ai off: data.reason "featureDisabled"), CONFLICT (meeting over; or
     // data.reason "generationInProgress" with data.retryAfterMs: another call is still
-    // generating them after AiConfig::pre_call_wait_ms), INTERNAL.
+    // generating them after AiConfig::pre_call_wait_ms), RATE_LIMITED (data.reason
+    // "aiBudget": the daily AI budget of the call that would generate them is spent),
+    // INTERNAL.
     let cfg = config.clone();
     f.action(
         fns::PROMPTS_GENERATE_PRE_CALL,
@@ -159,8 +162,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // of the conversation. The same request again returns the first answer; another request
     // within the meeting's throttle interval is refused. Returns the prompts.
     // Returns: UNAUTHORIZED, NOT_FOUND, FORBIDDEN (as above, flag incall/ai),
-    // MEETING_NOT_ACTIVE, RATE_LIMITED (data.retryAfterMs, data.reason "meetingThrottle"),
-    // VALIDATION_ERROR.
+    // MEETING_NOT_ACTIVE, RATE_LIMITED (data.retryAfterMs, data.reason "meetingThrottle", or
+    // "aiBudget": the caller's daily AI budget is spent), VALIDATION_ERROR.
     let cfg = config.clone();
     f.action(
         fns::PROMPTS_GENERATE_IN_CALL,
@@ -298,6 +301,12 @@ fn begin_pre_call(
             retry_after_ms: (until - now).max(1),
         });
     }
+    ai_budget::spend(
+        ctx,
+        &config.ai,
+        &access.user.id,
+        fns::PROMPTS_GENERATE_PRE_CALL,
+    )?;
     Ok(PreCallStart::Claimed {
         request: PreCallRequest {
             title: access.meeting.title.clone(),
@@ -441,6 +450,12 @@ fn begin_in_call(
             },
         ));
     }
+    ai_budget::spend(
+        ctx,
+        &config.ai,
+        &access.user.id,
+        fns::PROMPTS_GENERATE_IN_CALL,
+    )?;
     Ok(InCallStart {
         cached: None,
         request: Some(InCallRequest {

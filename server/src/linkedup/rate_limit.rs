@@ -175,7 +175,28 @@ pub fn check_and_consume_in(
     limit: RateLimit,
     counters: Counters,
 ) -> FunctionResult<()> {
-    let bucket_ms = config.bucket_ms.max(1);
+    check_and_consume_on_grid(ctx, user_id, action, limit, counters, config.bucket_ms).map(|_| ())
+}
+
+/// `check_and_consume_in` with buckets of `bucket_ms` instead of `RateLimitConfig::bucket_ms`,
+/// for a window too long for that grid: a window document holds at most `MAX_PAST_BUCKETS`
+/// past buckets, so a day of 5 s buckets would count only its last five hours. Count such a
+/// window `Counters::Inline`: counter documents are purged `MAX_WINDOW_MS` after their bucket,
+/// before a longer window is over. Returns how many calls the window still allows after this
+/// one (an estimate with sharded counters).
+pub fn check_and_consume_on_grid(
+    ctx: &mut Ctx<'_, '_>,
+    user_id: &str,
+    action: &str,
+    limit: RateLimit,
+    counters: Counters,
+    bucket_ms: i64,
+) -> FunctionResult<i64> {
+    debug_assert!(
+        counters == Counters::Inline || limit.window_ms <= MAX_WINDOW_MS,
+        "counter documents would be purged within the window"
+    );
+    let bucket_ms = bucket_ms.max(1);
     let now = ctx.now_ms();
     let current = now - now.rem_euclid(bucket_ms);
 
@@ -229,15 +250,16 @@ pub fn check_and_consume_in(
     match shard {
         None => {
             window.inline += 1;
-            store_window(ctx, &at, &window)
+            store_window(ctx, &at, &window)?;
         }
         Some((_, shard, mine)) => {
             if window.stale {
                 store_window(ctx, &at, &window)?;
             }
-            consume_shard(ctx, user_id, action, current, shard, mine)
+            consume_shard(ctx, user_id, action, current, shard, mine)?;
         }
     }
+    Ok((limit.max - past_count - current_count - 1).max(0))
 }
 
 /// Where the current bucket's count lives.
