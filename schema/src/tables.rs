@@ -37,6 +37,7 @@ pub mod names {
     pub const ERASURE_REQUESTS: &str = "erasureRequests";
     pub const USER_BLOCKS: &str = "userBlocks";
     pub const FORMER_PARTICIPANTS: &str = "formerParticipants";
+    pub const INSIGHT_RUNS: &str = "insightRuns";
 }
 
 use names::*;
@@ -444,6 +445,26 @@ fn insights() -> TableDefinition {
     .index("by_user_meeting", &["userId", "meetingId"])
 }
 
+/// Added: the post-call insight generations in progress, one per meeting from `meetings.end`
+/// until its job chain's last run (then deleted). `run` numbers the chain (a restarted chain
+/// gets the next one, and runs of an older chain do nothing); `dueAt` is when its latest run
+/// was due, so `insights.resumeStalled` finds a chain that stopped (the engine records an
+/// action interrupted by a restart as failed and never runs it again).
+fn insight_runs() -> TableDefinition {
+    TableDefinition::new(
+        INSIGHT_RUNS,
+        v::object([
+            ("meetingId", v::id(MEETINGS)),
+            ("run", v::int64()),
+            ("dueAt", ms()),
+            ("resumes", v::int64()),
+            ("createdAt", ms()),
+        ]),
+    )
+    .index("by_meeting", &["meetingId"])
+    .index("by_due", &["dueAt"])
+}
+
 fn matching_queue() -> TableDefinition {
     TableDefinition::new(
         MATCHING_QUEUE,
@@ -786,6 +807,7 @@ pub fn schema() -> SchemaDefinition {
         .table(erasure_requests())
         .table(user_blocks())
         .table(former_participants())
+        .table(insight_runs())
 }
 
 #[cfg(test)]
@@ -796,7 +818,7 @@ mod tests {
     fn schema_is_accepted_by_the_engine_checks() {
         let s = schema();
         s.check().unwrap();
-        assert_eq!(s.tables.len(), 27);
+        assert_eq!(s.tables.len(), 28);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Post-call insights: written once per participant after `meetings.end` (also when the job
 //! runs again), retried through the scheduler on provider failure and then written by the
 //! local heuristics, read from the transcript whether or not aggregation has run, the flag,
-//! reading one's own, and deleting one's own only.
+//! reading one's own, and deleting one's own only; a generation stopped by a restart resumed
+//! (without generating anything twice), and given up after `MAX_RESUMES` restarts.
 
 mod ai_common;
 mod linkedup_common;
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use ai_common::*;
 use linkedup_common::*;
+use linkedup_server::linkedup::insights::{GENERATE, MAX_RESUMES, RESUME_STALLED};
 use linkedup_server::linkedup::LinkedUpConfig;
+use query_engine::engine::EngineConfig;
 use query_engine::identity::Identity;
 use query_engine::obj;
 use query_engine::value::Value;
@@ -50,6 +53,64 @@ async fn finished_jobs(env: &Env, function: &str) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     states
+}
+
+/// Marks the pending runs of `function` `state`, as the scheduler would (`success` for the
+/// runs the test makes itself, `failed` for one a restart interrupted), and returns their
+/// arguments.
+async fn take_pending(env: &Env, function: &'static str, state: &'static str) -> Vec<Value> {
+    let taken = env
+        .engine
+        .transact(move |ctx| {
+            let mut args = Vec::new();
+            for job in ctx.full_table_scan("_scheduled_jobs", 1_000)? {
+                let field = |f: &str| job.get_path(f).and_then(Value::as_str);
+                if field("function") != Some(function) || field("state") != Some("pending") {
+                    continue;
+                }
+                let done = obj! { "state" => state, "completedAtMs" => ctx.now_ms() };
+                let id = field("_id").unwrap().to_string();
+                ctx.patch("_scheduled_jobs", &id, done.into_object().unwrap())?;
+                args.push(job.get_path("args").cloned().unwrap());
+            }
+            Ok(Value::Array(args))
+        })
+        .await
+        .unwrap();
+    taken.as_array().unwrap().to_vec()
+}
+
+/// An engine whose jobs the test runs itself, a host (alice, org1 admin) with the insights
+/// flag on, and an ended meeting of hers with `guests` more participants.
+async fn ended_meeting_without_scheduler(config: LinkedUpConfig, guests: usize) -> (Env, String) {
+    let env = open_with(
+        config,
+        EngineConfig {
+            run_scheduler: false,
+            ..EngineConfig::default()
+        },
+    );
+    let alice = ident("alice", Some("org1"), Some("admin"));
+    env.user(&alice).await;
+    enable(&env.engine, &alice, "insights/postcall").await;
+    let mut invitees = Vec::new();
+    for i in 0..guests {
+        let who = ident(&format!("guest{i}"), Some("org1"), Some("member"));
+        invitees.push(env.user(&who).await);
+    }
+    let invitees: Vec<&str> = invitees.iter().map(String::as_str).collect();
+    let meeting = env.schedule(&alice, "All hands", &invitees).await;
+    env.start(&alice, &meeting).await;
+    env.end(&alice, &meeting).await;
+    (env, meeting)
+}
+
+async fn resume(env: &Env) -> i64 {
+    env.m(RESUME_STALLED, obj! {}, None)
+        .await
+        .unwrap()
+        .as_i64()
+        .unwrap()
 }
 
 async fn say(w: &World, chunk: &str, speaker: &str, text: &str, at_ms: i64) {
@@ -690,4 +751,77 @@ async fn large_meetings_are_worked_through_a_page_per_run() {
         ["success"; 2]
     );
     assert_eq!(fake.count("/chat/completions"), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_stopped_by_a_restart_is_resumed_without_generating_twice() {
+    let fake = Fake::start().await;
+    let mut config = fake.config();
+    config.ai.insight_stall_ms = 0;
+    let (env, _) = ended_meeting_without_scheduler(config, 9).await;
+    let run = |args: Value| {
+        let env = &env;
+        async move {
+            env.engine.action(GENERATE, args, None).await.unwrap();
+        }
+    };
+    // The first run writes the first page of ten participants and schedules the second...
+    let first = take_pending(&env, GENERATE, "success").await;
+    assert_eq!(first.len(), 1);
+    run(first[0].clone()).await;
+    assert_eq!(env.all("insights").await.len(), 8);
+    // ...which a restart interrupts: the engine records it failed and never runs it again.
+    let interrupted = take_pending(&env, GENERATE, "failed").await;
+    assert_eq!(interrupted.len(), 1);
+    assert_eq!(env.all("insightRuns").await.len(), 1);
+
+    // The resumer restarts the generation; its runs walk the pages again and ask the
+    // provider only for the two participants still without an insight.
+    assert_eq!(resume(&env).await, 1);
+    for _ in 0..10 {
+        let runs = take_pending(&env, GENERATE, "success").await;
+        if runs.is_empty() {
+            break;
+        }
+        for args in runs {
+            run(args).await;
+        }
+    }
+    assert_eq!(env.all("insights").await.len(), 10);
+    assert_eq!(fake.count("/chat/completions"), 10);
+
+    // Finished: nothing to resume, and runs of the old chain, should they turn up, do nothing.
+    assert!(env.all("insightRuns").await.is_empty());
+    assert_eq!(resume(&env).await, 0);
+    run(interrupted[0].clone()).await;
+    run(first[0].clone()).await;
+    assert!(take_pending(&env, GENERATE, "success").await.is_empty());
+    assert_eq!(env.all("insights").await.len(), 10);
+    assert_eq!(fake.count("/chat/completions"), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_that_keeps_stopping_is_given_up() {
+    let mut config = LinkedUpConfig::default();
+    config.ai.insight_stall_ms = 0;
+    let (env, meeting) = ended_meeting_without_scheduler(config, 1).await;
+    // None of its runs ever runs.
+    for _ in 0..MAX_RESUMES {
+        assert_eq!(resume(&env).await, 1);
+    }
+    assert_eq!(resume(&env).await, 0);
+    assert!(env.all("insightRuns").await.is_empty());
+    let log: Vec<Value> = env
+        .all("auditLogs")
+        .await
+        .into_iter()
+        .filter(|l| s(l, "action") == "insights.abandoned")
+        .collect();
+    assert_eq!(log.len(), 1);
+    assert_eq!(s(&log[0], "resourceId"), meeting);
+    assert_eq!(
+        log[0].get_path("metadata.resumes"),
+        Some(&Value::from(MAX_RESUMES))
+    );
+    assert_eq!(resume(&env).await, 0);
 }

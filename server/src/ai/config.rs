@@ -23,6 +23,10 @@ pub struct AiConfig {
     pub insight_attempts: u32,
     /// Wait before the first retry of a failed insight; doubled per further attempt.
     pub insight_retry_delay_ms: i64,
+    /// A meeting's insight generation whose latest run was due this long ago without a next
+    /// one is restarted by `insights.resumeStalled`; longer than a run may take (an action
+    /// runs at most 60 s) and than the scheduler's backlog usually delays one.
+    pub insight_stall_ms: i64,
     /// `embeddings.refreshMine` calls per user.
     pub refresh_limit: RateLimit,
     /// Provider calls a user's own requests may make in 24 h (pre-call ideas, in-call
@@ -43,6 +47,7 @@ impl Default for AiConfig {
             in_call_interval_ms: 10_000,
             insight_attempts: 3,
             insight_retry_delay_ms: 5_000,
+            insight_stall_ms: 10 * 60_000,
             refresh_limit: RateLimit {
                 max: 10,
                 window_ms: 600_000,

@@ -13,6 +13,15 @@
 //! if none exists and none was written before (an idempotency key, so a deleted insight is
 //! not written again by a retried run), so a repeated or retried job never duplicates.
 //!
+//! A chain of runs can stop for good: the engine records an action interrupted by a restart
+//! as failed and never runs it again. So `meetings.end` also records the generation in
+//! `insightRuns` (`schedule_generation`), each run's store moves its `dueAt` to the next run's
+//! and the last deletes it; `insights.resumeStalled` (cron) restarts, from the first page, a
+//! generation whose run is `AiConfig::insight_stall_ms` overdue, at most `MAX_RESUMES` times.
+//! Runs carry the chain's `run` number: a restarted chain gets the next one and the runs of
+//! the older chain do nothing, and participants who have their insight are skipped before
+//! the provider is asked, so a restart never generates one twice.
+//!
 //! Recommendations name the user they recommend (`userId`): a connection must be with another
 //! participant of the meeting (one naming nobody is dropped), and one about a user who blocks
 //! the owner, or whom the owner blocks, is left out when the insight is written and when it is
@@ -28,8 +37,8 @@ use linkedup_schema::api::ai::{
 };
 use linkedup_schema::api::{MeetingIdArgs, Participant, Role};
 use linkedup_schema::tables::names::{
-    INSIGHTS, MEETINGS, MEETING_NOTES, MEETING_PARTICIPANTS, TRANSCRIPTS, TRANSCRIPT_SEGMENTS,
-    USERS,
+    INSIGHTS, INSIGHT_RUNS, MEETINGS, MEETING_NOTES, MEETING_PARTICIPANTS, TRANSCRIPTS,
+    TRANSCRIPT_SEGMENTS, USERS,
 };
 use linkedup_schema::tables::{insight_link, insight_recommendation, provenance};
 use linkedup_schema::ErrorCode;
@@ -51,12 +60,25 @@ use super::guards::{
 };
 use super::idempotency::{check_and_record, peek};
 use super::transcripts::aggregated_until;
-use super::{audit, audited, decode, decoded_page, encode, limit_arg, LinkedUpConfig};
+use super::{
+    audit, audited, decode, decoded_page, encode, fields, limit_arg, LinkedUpConfig,
+};
 use crate::ai::text::{cosine, hashed_embedding, sentences, truncate};
-use crate::ai::{request_hash, Generated, InsightDraft, PostCallRequest, TranscriptPiece};
+use crate::ai::{
+    request_hash, AiConfig, Generated, InsightDraft, PostCallRequest, TranscriptPiece,
+};
 
-/// The job `meetings.end` schedules.
+/// The job `meetings.end` schedules (through `schedule_generation`).
 pub const GENERATE: &str = "insights.generate";
+/// The cron that restarts stopped generations.
+pub const RESUME_STALLED: &str = "insights.resumeStalled";
+/// How often `insights.resumeStalled` runs.
+pub const RESUME_INTERVAL_MS: i64 = 5 * 60_000;
+/// Most generations one `insights.resumeStalled` run restarts or gives up.
+const MAX_RESUMED: usize = 100;
+/// Restarts of one meeting's generation before it is given up (audited
+/// `insights.abandoned`): a chain that keeps stopping has a cause restarting will not cure.
+pub const MAX_RESUMES: i64 = 5;
 /// Flag key (seed §22).
 pub const FLAG: &str = "insights/postcall";
 const CONTEXT: &str = "insights.context";
@@ -88,6 +110,10 @@ struct GenerateArgs {
     /// The page of participants to work on (absent: the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cursor: Option<String>,
+    /// The chain this run belongs to (its `insightRuns` record's `run`); absent on runs
+    /// started by hand or scheduled before generations were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +122,19 @@ struct ContextArgs {
     meeting_id: String,
     #[serde(default)]
     cursor: Option<String>,
+    #[serde(default)]
+    run: Option<i64>,
+}
+
+/// A meeting's `insightRuns` record.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunRecord {
+    #[serde(rename = "_id")]
+    id: String,
+    meeting_id: String,
+    run: i64,
+    resumes: i64,
 }
 
 /// A transcript passage and where it lives.
@@ -110,6 +149,9 @@ struct Passage {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RunContext {
+    /// The run belongs to a chain that was restarted or has finished: it does nothing.
+    #[serde(default)]
+    stale: bool,
     enabled: bool,
     title: String,
     #[serde(default)]
@@ -145,6 +187,9 @@ struct StoreArgs {
     /// The run to schedule after this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next: Option<Next>,
+    /// The chain of the run storing (`GenerateArgs::run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -166,6 +211,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
             ("meetingId", v::id(MEETINGS)),
             ("attempt", v::optional(v::int64())),
             ("cursor", v::optional(v::string())),
+            ("run", v::optional(v::int64())),
         ]),
         v::null(),
         move |ctx, a: GenerateArgs| generate(ctx, cfg.clone(), a),
@@ -177,6 +223,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         v::object([
             ("meetingId", v::id(MEETINGS)),
             ("cursor", v::optional(v::string())),
+            ("run", v::optional(v::int64())),
         ]),
         v::any(),
         move |ctx, a: ContextArgs| run_context(ctx, &cfg, a).and_then(|c| encode(&c)),
@@ -205,9 +252,20 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                     ("cursor", v::optional(v::string())),
                 ])),
             ),
+            ("run", v::optional(v::int64())),
         ]),
         v::int64(),
         store,
+    );
+
+    // insights.resumeStalled (internal, cron): see `resume_stalled`.
+    let cfg = config.clone();
+    f.mutation(
+        RESUME_STALLED,
+        Visibility::Internal,
+        v::object([]),
+        v::int64(),
+        move |ctx, _a: linkedup_schema::api::NoArgs| resume_stalled(ctx, &cfg.ai),
     );
 
     // insights.listMine: a page of the caller's insights, newest first, of meetings they may
@@ -245,6 +303,112 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     );
 }
 
+/// Starts the generation of a meeting's insights (called by `meetings.end`): records it in
+/// `insightRuns` and schedules the chain's first run.
+pub(crate) fn schedule_generation(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
+    let now = ctx.now_ms();
+    let run = match run_record(ctx, meeting_id)? {
+        // Not expected (a meeting ends once); a new chain supersedes the old one.
+        Some(r) => {
+            let run = r.run + 1;
+            ctx.patch(
+                INSIGHT_RUNS,
+                &r.id,
+                fields(obj! { "run" => run, "dueAt" => now }),
+            )?;
+            run
+        }
+        None => {
+            ctx.insert(
+                INSIGHT_RUNS,
+                obj! {
+                    "meetingId" => meeting_id, "run" => 0i64, "dueAt" => now,
+                    "resumes" => 0i64, "createdAt" => now,
+                },
+            )?;
+            0
+        }
+    };
+    schedule_run(ctx, 0, meeting_id, run, None, None)
+}
+
+/// Schedules a run of chain `run` of the meeting's generation after `delay_ms`.
+fn schedule_run(
+    ctx: &mut Ctx<'_, '_>,
+    delay_ms: i64,
+    meeting_id: &str,
+    run: i64,
+    attempt: Option<i64>,
+    cursor: Option<String>,
+) -> FunctionResult<()> {
+    let args = encode(&GenerateArgs {
+        meeting_id: meeting_id.to_string(),
+        attempt,
+        cursor,
+        run: Some(run),
+    })?;
+    ctx.schedule_after(delay_ms, GENERATE, args)?;
+    Ok(())
+}
+
+/// The meeting's generation in progress, if any.
+fn run_record(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Option<RunRecord>> {
+    ctx.query(INSIGHT_RUNS, "by_meeting")
+        .eq("meetingId", meeting_id)
+        .first()?
+        .map(|d| decode(&d))
+        .transpose()
+}
+
+/// The record of the generation chain `run` belongs to, if `run` is that chain's current one.
+fn current_run(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+    run: i64,
+) -> FunctionResult<Option<RunRecord>> {
+    Ok(run_record(ctx, meeting_id)?.filter(|r| r.run == run))
+}
+
+/// Restarts, from their first page, up to `MAX_RESUMED` generations whose latest run was due
+/// `insight_stall_ms` ago or more (its chain stopped: a run interrupted by a restart, or one
+/// that failed), each under a new run number; one restarted `MAX_RESUMES` times already is
+/// given up and audited. Returns how many it restarted.
+fn resume_stalled(ctx: &mut Ctx<'_, '_>, config: &AiConfig) -> FunctionResult<i64> {
+    let now = ctx.now_ms();
+    let stalled = ctx
+        .query(INSIGHT_RUNS, "by_due")
+        .lte("dueAt", now.saturating_sub(config.insight_stall_ms.max(0)))
+        .take(MAX_RESUMED)?;
+    let mut resumed = 0;
+    for doc in &stalled {
+        let r: RunRecord = decode(doc)?;
+        if r.resumes >= MAX_RESUMES {
+            ctx.delete(INSIGHT_RUNS, &r.id)?;
+            tracing::warn!(meeting = %r.meeting_id, resumes = r.resumes, "post-call insights given up");
+            let org = get_meeting(ctx, &r.meeting_id)?.org_id;
+            audit::record_in_org(
+                ctx,
+                org.as_deref(),
+                None,
+                "meeting",
+                &r.meeting_id,
+                "insights.abandoned",
+                obj! { "resumes" => r.resumes },
+            )?;
+            continue;
+        }
+        let run = r.run + 1;
+        ctx.patch(
+            INSIGHT_RUNS,
+            &r.id,
+            fields(obj! { "run" => run, "resumes" => r.resumes + 1, "dueAt" => now }),
+        )?;
+        schedule_run(ctx, 0, &r.meeting_id, run, None, None)?;
+        resumed += 1;
+    }
+    Ok(resumed)
+}
+
 fn written_key(meeting_id: &str, user_id: &str) -> String {
     format!("{meeting_id}:{user_id}")
 }
@@ -269,6 +433,7 @@ fn run_context(
 ) -> FunctionResult<RunContext> {
     let meeting = get_meeting(ctx, &a.meeting_id)?;
     let mut run = RunContext {
+        stale: false,
         enabled: false,
         title: meeting.title.clone(),
         description: meeting.description.clone(),
@@ -279,6 +444,12 @@ fn run_context(
         participants: Vec::new(),
         features: Value::Null,
     };
+    if let Some(r) = a.run {
+        if current_run(ctx, &a.meeting_id, r)?.is_none() {
+            run.stale = true;
+            return Ok(run);
+        }
+    }
     if !is_enabled(
         ctx,
         FLAG,
@@ -452,12 +623,28 @@ async fn generate(
 ) -> FunctionResult<()> {
     let attempt = a.attempt.unwrap_or(0).max(0);
     let mut context_args = obj! { "meetingId" => a.meeting_id.as_str() };
-    if let (Some(cursor), Some(o)) = (&a.cursor, context_args.as_object_mut()) {
-        o.insert("cursor".into(), cursor.as_str().into());
+    if let Some(o) = context_args.as_object_mut() {
+        if let Some(cursor) = &a.cursor {
+            o.insert("cursor".into(), cursor.as_str().into());
+        }
+        if let Some(r) = a.run {
+            o.insert("run".into(), r.into());
+        }
     }
     let run: RunContext = decode(&ctx.run_query(CONTEXT, context_args).await?)?;
+    if run.stale {
+        return Ok(());
+    }
     if !run.enabled {
         tracing::info!(meeting = %a.meeting_id, "post-call insights are turned off; none generated");
+        // Stored as a last run with nothing in it, which ends the chain's record.
+        let args = StoreArgs {
+            meeting_id: a.meeting_id,
+            insights: Vec::new(),
+            next: None,
+            run: a.run,
+        };
+        ctx.run_mutation(STORE, encode(&args)?).await?;
         return Ok(());
     }
     let service = &config.ai.service;
@@ -535,23 +722,28 @@ async fn generate(
             cursor: Some(cursor),
         })
     };
-    if insights.is_empty() && next.is_none() {
-        return Ok(());
-    }
+    // Stored even when empty: the last run of a chain ends its record.
     let args = StoreArgs {
         meeting_id: a.meeting_id,
         insights,
         next,
+        run: a.run,
     };
     ctx.run_mutation(STORE, encode(&args)?).await?;
     Ok(())
 }
 
 /// Writes the insights of participants who still have none and never had one, audits the
-/// batch, and schedules the next run. Returns how many it wrote.
+/// batch, and schedules the next run — unless the run's chain was superseded (its insights,
+/// already paid for, are written all the same) — moving the chain's `dueAt` to it, or ends
+/// the chain's record after its last run. Returns how many it wrote.
 fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<i64> {
     let meeting = get_meeting(ctx, &a.meeting_id)?;
     let now = ctx.now_ms();
+    let chain = match a.run {
+        Some(r) => Some(current_run(ctx, &a.meeting_id, r)?),
+        None => None,
+    };
     let mut written = 0i64;
     let mut fallbacks = 0i64;
     let mut made_by = None;
@@ -600,13 +792,26 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<i64> {
             },
         )?;
     }
-    if let Some(next) = &a.next {
-        let args = encode(&GenerateArgs {
-            meeting_id: a.meeting_id.clone(),
-            attempt: Some(next.attempt),
-            cursor: next.cursor.clone(),
-        })?;
-        ctx.schedule_after(next.delay_ms, GENERATE, args)?;
+    match (chain, a.next) {
+        // A superseded chain goes no further.
+        (Some(None), _) => {}
+        (Some(Some(record)), Some(next)) => {
+            let due = now.saturating_add(next.delay_ms.max(0));
+            ctx.patch(INSIGHT_RUNS, &record.id, fields(obj! { "dueAt" => due }))?;
+            let (attempt, cursor) = (Some(next.attempt), next.cursor);
+            schedule_run(ctx, next.delay_ms, &a.meeting_id, record.run, attempt, cursor)?;
+        }
+        (Some(Some(record)), None) => ctx.delete(INSIGHT_RUNS, &record.id)?,
+        (None, Some(next)) => {
+            let args = encode(&GenerateArgs {
+                meeting_id: a.meeting_id.clone(),
+                attempt: Some(next.attempt),
+                cursor: next.cursor,
+                run: None,
+            })?;
+            ctx.schedule_after(next.delay_ms, GENERATE, args)?;
+        }
+        (None, None) => {}
     }
     Ok(written)
 }

@@ -46,7 +46,7 @@ use super::guards::{
     require_active, MeetingAccess,
 };
 use super::idempotency::{earlier_id, store_result};
-use super::post_call::{INSIGHTS_GENERATE, TRANSCRIPTS_AGGREGATE};
+use super::post_call::{schedule_insights, TRANSCRIPTS_AGGREGATE};
 use super::rate_limit::check_and_consume;
 use super::stream_rooms;
 use super::{audit, audited, check_text, decode, fields, limit_arg, LinkedUpConfig};
@@ -525,10 +525,12 @@ pub(crate) fn conclude(
             fields(obj! { "active" => false, "endedAt" => now, "updatedAt" => now }),
         )?;
     }
-    for job in [TRANSCRIPTS_AGGREGATE, INSIGHTS_GENERATE] {
-        ctx.schedule_after(0, job, obj! { "meetingId" => meeting.id.as_str() })?;
-    }
-    Ok(())
+    ctx.schedule_after(
+        0,
+        TRANSCRIPTS_AGGREGATE,
+        obj! { "meetingId" => meeting.id.as_str() },
+    )?;
+    schedule_insights(ctx, &meeting.id)
 }
 
 fn cancel(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {

@@ -115,7 +115,7 @@ pub fn http_routes(config: &LinkedUpConfig) -> AppRoutes {
 /// rate-limit counters. Each job deletes a bounded batch per transaction and runs again at
 /// once while batches come back full. Also the matching tick (expiry and one cycle per shard,
 /// every minute) and the purge of finished queue entries; and the restart of stalled
-/// erasures (`erasure`).
+/// erasures (`erasure`) and of stopped post-call insight generations (`insights`).
 pub fn crons() -> Vec<Cron> {
     const HOUR_MS: i64 = 3_600_000;
     [
@@ -126,6 +126,7 @@ pub fn crons() -> Vec<Cron> {
         (matching::cycle::TICK, matching::cycle::TICK_INTERVAL_MS),
         (matching::cycle::PURGE, matching::cycle::PURGE_INTERVAL_MS),
         (erasure::RESUME_STALLED, erasure::RESUME_INTERVAL_MS),
+        (insights::RESUME_STALLED, insights::RESUME_INTERVAL_MS),
     ]
     .into_iter()
     .map(|(function, interval_ms)| Cron {
