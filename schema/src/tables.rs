@@ -426,6 +426,16 @@ pub fn insight_link() -> Validator {
     ])
 }
 
+/// One of an insight's `quotes` (also what `insights.store` takes): added so the erasure of a
+/// participant can redact what others' insights quote of them (see `api::ai::Quote`).
+pub fn insight_quote() -> Validator {
+    v::object([
+        ("userId", v::id(USERS)),
+        ("part", literals(&["summary", "actionItem", "link"])),
+        ("index", v::int64()),
+    ])
+}
+
 fn insights() -> TableDefinition {
     TableDefinition::new(
         INSIGHTS,
@@ -436,6 +446,7 @@ fn insights() -> TableDefinition {
             ("actionItems", v::array(v::string())),
             ("recommendations", v::array(insight_recommendation())),
             ("links", v::array(insight_link())),
+            ("quotes", opt(v::array(insight_quote()))),
             ("createdAt", ms()),
             ("provenance", opt(provenance())),
         ]),

@@ -20,16 +20,7 @@ use query_engine::value::Value;
 
 /// Waits (bounded) until `insights` holds `n` documents; returns them.
 async fn insights_when(env: &Env, n: usize) -> Vec<Value> {
-    let mut all = Vec::new();
-    for _ in 0..800 {
-        all = env.all("insights").await;
-        if all.len() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(all.len(), n, "{all:#?}");
-    all
+    documents_when(env, "insights", n).await
 }
 
 /// The states of the scheduled runs of `function`.

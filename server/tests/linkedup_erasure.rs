@@ -1015,3 +1015,114 @@ async fn erasure_strips_the_token_subject_from_the_users_denials() {
     assert_eq!(carol.len(), 1);
     assert_eq!(s(&carol[0], "metadata.subject"), "carol");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_redacts_what_others_insights_quote_of_the_user() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let (alice, bob) = (w.alice_id.as_str(), w.bob_id.as_str());
+    env.m(
+        "flags.set",
+        obj! {
+            "key" => "insights/postcall", "environment" => "local", "value" => true,
+            "reason" => "test",
+        },
+        Some(&w.alice),
+    )
+    .await
+    .unwrap();
+    for (who, name) in [(&w.alice, "Alice"), (&w.bob, "Bob")] {
+        env.m("profiles.update", obj! { "displayName" => name }, Some(who))
+            .await
+            .unwrap();
+        env.m(
+            "interests.setMine",
+            obj! { "keys" => vec![Value::from("rust")] },
+            Some(who),
+        )
+        .await
+        .unwrap();
+    }
+    const HERS: &str = "The compaction benchmark regressed badly after the merge.";
+    const HIS: &str = "I will profile the compaction benchmark on my laptop tomorrow.";
+    for (i, (speaker, text)) in [(alice, HERS), (bob, HIS)].into_iter().enumerate() {
+        env.m(
+            "transcripts.ingestChunk",
+            obj! {
+                "meetingId" => w.meeting.as_str(), "chunkId" => format!("c{i}"),
+                "speakerId" => speaker, "text" => text, "confidence" => 0.9,
+                "startMs" => i as i64 * 2_000, "endMs" => i as i64 * 2_000 + 1_000,
+            },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    }
+    w.end_meeting().await;
+    documents_when(env, "insights", 2).await;
+    let alices = || async {
+        let all = with(env, "insights", "userId", alice).await;
+        assert_eq!(all.len(), 1);
+        all[0].clone()
+    };
+    // What Alice's insight says of Bob: his words, a link to them, a recommendation of him.
+    let text = |i: &Value| format!("{:?}", (i.get_path("summary"), i.get_path("actionItems"), i.get_path("links"), i.get_path("recommendations")));
+    let before = alices().await;
+    assert!(text(&before).contains("profile the compaction benchmark"), "{before:?}");
+    assert!(text(&before).contains(HERS), "{before:?}");
+    assert!(text(&before).contains(bob), "{before:?}");
+
+    let r = request(env, &w.bob).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    let after = alices().await;
+    let said = text(&after);
+    assert!(!said.contains("profile the compaction benchmark"), "{after:?}");
+    assert!(!said.contains(bob), "{after:?}");
+    assert!(said.contains(REDACTED), "{after:?}");
+    // What Alice said herself stays, and so does her link to it.
+    assert!(s(&after, "summary").contains(HERS), "{after:?}");
+    assert!(said.contains(&format!("{alice}: The compaction")), "{after:?}");
+    let quotes = after.get_path("quotes").and_then(Value::as_array).unwrap();
+    assert!(quotes.iter().all(|q| s(q, "userId") == alice), "{quotes:?}");
+    assert!(!quotes.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insight_stored_while_a_user_it_quotes_is_erased_is_redacted() {
+    let w = world(LinkedUpConfig::default()).await;
+    let (alice, bob) = (w.alice_id.as_str(), w.bob_id.as_str());
+    // The erasure job may pass the meeting before a generation that read Bob's words stores.
+    request(&w.env, &w.bob).await;
+    let quote = |part: &str, index: i64| obj! { "userId" => bob, "part" => part, "index" => index };
+    let insight = obj! {
+        "userId" => alice, "summary" => "Alice opened. Bob said something personal.",
+        "actionItems" => vec![Value::from("Bob will send his CV")],
+        "recommendations" => vec![obj! {
+            "type" => "connection", "content" => "Connect with Bob", "confidence" => 0.5,
+            "userId" => bob,
+        }],
+        "links" => Vec::<Value>::new(),
+        "quotes" => vec![quote("summary", 1), quote("actionItem", 0)],
+        "provenance" => obj! {
+            "provider" => "local", "model" => "m", "requestHash" => "h", "fallback" => false,
+            "features" => obj! {},
+        },
+    };
+    w.env
+        .m(
+            "insights.store",
+            obj! { "meetingId" => w.meeting.as_str(), "insights" => vec![insight] },
+            None,
+        )
+        .await
+        .unwrap();
+    let stored = with(&w.env, "insights", "userId", alice).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(s(&stored[0], "summary"), format!("Alice opened. {REDACTED}"));
+    assert_eq!(
+        stored[0].get_path("actionItems"),
+        Some(&Value::Array(vec![REDACTED.into()]))
+    );
+    assert_eq!(stored[0].get_path("recommendations"), Some(&Value::Array(vec![])));
+    assert_eq!(stored[0].get_path("quotes"), Some(&Value::Array(vec![])));
+}

@@ -141,6 +141,40 @@ pub struct InsightLink {
     pub title: String,
 }
 
+/// Which part of an insight a [`Quote`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum QuotePart {
+    /// A sentence of `summary`: `index` counts the sentences as the server splits them
+    /// (at `.`, `!`, `?` and line ends).
+    Summary,
+    /// `actionItems[index]`.
+    ActionItem,
+    /// `links[index]`, whose title quotes the passage it points to.
+    Link,
+}
+
+impl QuotePart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotePart::Summary => "summary",
+            QuotePart::ActionItem => "actionItem",
+            QuotePart::Link => "link",
+        }
+    }
+}
+
+/// A part of an insight that quotes, or was written from, what one participant said (it was
+/// matched to a transcript passage they spoke when the insight was written), so that the
+/// erasure of that participant redacts it from other people's insights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quote {
+    pub user_id: String,
+    pub part: QuotePart,
+    pub index: i64,
+}
+
 /// A stored post-call insight: one per (user, meeting).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -155,6 +189,9 @@ pub struct Insight {
     pub action_items: Vec<String>,
     pub recommendations: Vec<Recommendation>,
     pub links: Vec<InsightLink>,
+    /// Whose words which parts are (absent in insights written before they were recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotes: Vec<Quote>,
     pub created_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,

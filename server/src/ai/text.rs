@@ -106,6 +106,21 @@ pub fn keywords<'a>(texts: impl IntoIterator<Item = &'a str>, max: usize) -> Vec
     ranked.into_iter().take(max).map(|(w, _)| w).collect()
 }
 
+/// Sentences put back together so that `sentences` splits the text into the same ones: after
+/// a sentence ending in `.`, `!` or `?` a space, else a line break (for text rebuilt with one
+/// sentence replaced, e.g. by a redaction mark).
+pub fn join_sentences(parts: &[String]) -> String {
+    let mut out = String::new();
+    for (i, s) in parts.iter().enumerate() {
+        if i > 0 {
+            let ended = parts[i - 1].ends_with(['.', '!', '?']);
+            out.push(if ended { ' ' } else { '\n' });
+        }
+        out.push_str(s);
+    }
+    out
+}
+
 /// `s` cut to at most `max_chars` chars, with `…` when cut.
 pub fn truncate(s: &str, max_chars: usize) -> String {
     if s.chars().count() <= max_chars {
@@ -194,6 +209,22 @@ mod tests {
             content_words("We will ship the Rust SDK in 3 weeks"),
             ["ship", "rust", "sdk", "weeks"]
         );
+    }
+
+    proptest::proptest! {
+        /// Sentences joined back, one of them perhaps replaced by a mark without an end, split
+        /// into the same sentences: a redaction leaves the others where they were.
+        #[test]
+        fn joined_sentences_split_into_the_same_ones(
+            text in "[a-z0-9 .!?\n]{0,80}",
+            replace in proptest::option::of(0usize..20),
+        ) {
+            let mut parts = sentences(&text);
+            if let Some(i) = replace.filter(|i| *i < parts.len()) {
+                parts[i] = "[erased]".to_string();
+            }
+            proptest::prop_assert_eq!(sentences(&join_sentences(&parts)), parts);
+        }
     }
 
     #[test]

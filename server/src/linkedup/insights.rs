@@ -22,6 +22,12 @@
 //! the older chain do nothing, and participants who have their insight are skipped before
 //! the provider is asked, so a restart never generates one twice.
 //!
+//! Each insight records whose words it quotes (`quotes`: a summary sentence, an action item or
+//! a link's title matched to a transcript passage a participant spoke), so that when one of
+//! them is erased, `redact_stored` (called by the erasure job per meeting, and by
+//! `insights.store` for an insight made while their erasure runs) replaces those parts with
+//! `[erased]` and drops recommendations of them.
+//!
 //! Recommendations name the user they recommend (`userId`): a connection must be with another
 //! participant of the meeting (one naming nobody is dropped), and one about a user who blocks
 //! the owner, or whom the owner blocks, is left out when the insight is written and when it is
@@ -33,14 +39,14 @@ use futures::future::join_all;
 use linkedup_schema::api::ai::limits::MAX_INSIGHTS_PAGE;
 use linkedup_schema::api::ai::{
     fns, Insight, InsightIdArgs, InsightLink, InsightPage, ListMyInsightsArgs, Provenance,
-    Recommendation,
+    Quote, QuotePart, Recommendation,
 };
 use linkedup_schema::api::{MeetingIdArgs, Participant, Role};
 use linkedup_schema::tables::names::{
     INSIGHTS, INSIGHT_RUNS, MEETINGS, MEETING_NOTES, MEETING_PARTICIPANTS, TRANSCRIPTS,
     TRANSCRIPT_SEGMENTS, USERS,
 };
-use linkedup_schema::tables::{insight_link, insight_recommendation, provenance};
+use linkedup_schema::tables::{insight_link, insight_quote, insight_recommendation, provenance};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
 use query_engine::engine::ActionCtx;
@@ -53,17 +59,18 @@ use serde::{Deserialize, Serialize};
 
 use super::ai_context::participants_of;
 use super::blocks::either_way;
+use super::erasure::REDACTED;
 use super::flags::is_enabled;
 use super::guards::{
     assert_meeting_access, being_erased, current_user, find_participant, get_meeting,
     may_see_meeting,
 };
 use super::idempotency::{check_and_record, peek};
-use super::transcripts::aggregated_until;
+use super::transcripts::{aggregated_until, chunk_speaker};
 use super::{
     audit, audited, decode, decoded_page, encode, fields, limit_arg, LinkedUpConfig,
 };
-use crate::ai::text::{cosine, hashed_embedding, sentences, truncate};
+use crate::ai::text::{cosine, hashed_embedding, join_sentences, sentences, truncate};
 use crate::ai::{
     request_hash, AiConfig, Generated, InsightDraft, PostCallRequest, TranscriptPiece,
 };
@@ -99,6 +106,9 @@ const MAX_SOURCE_LINKS: usize = 4;
 const MIN_LINK_SIMILARITY: f64 = 0.3;
 /// Embedding size used to match insight sentences to transcript passages.
 const LINK_DIMENSIONS: usize = 256;
+/// Most quotes recorded per insight: a summary of `MAX_SUMMARY_CHARS` has a few hundred
+/// sentences at the very most, each quoting the speakers of one passage.
+const MAX_QUOTES: usize = 1_024;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -137,12 +147,15 @@ struct RunRecord {
     resumes: i64,
 }
 
-/// A transcript passage and where it lives.
+/// A transcript passage, where it lives and whose words it is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Passage {
     piece: TranscriptPiece,
     link: InsightLink,
+    /// The users who spoke it (a chunk's `chunk_speaker`, a segment's `speakers`).
+    #[serde(default)]
+    spoken_by: Vec<String>,
 }
 
 /// What a run works from.
@@ -176,7 +189,110 @@ struct NewInsight {
     action_items: Vec<String>,
     recommendations: Vec<Recommendation>,
     links: Vec<InsightLink>,
+    quotes: Vec<Quote>,
     provenance: Provenance,
+}
+
+/// The parts of an insight that may quote or name people.
+struct Content {
+    summary: String,
+    action_items: Vec<String>,
+    recommendations: Vec<Recommendation>,
+    links: Vec<InsightLink>,
+    quotes: Vec<Quote>,
+}
+
+impl Content {
+    /// The parts as document fields.
+    fn fields(&self) -> FunctionResult<query_engine::value::Object> {
+        Ok(fields(obj! {
+            "summary" => self.summary.as_str(),
+            "actionItems" => encode(&self.action_items)?,
+            "recommendations" => encode(&self.recommendations)?,
+            "links" => encode(&self.links)?,
+            "quotes" => encode(&self.quotes)?,
+        }))
+    }
+
+    /// Redacts what quotes or names `user_id`: the summary sentences and action items
+    /// attributed to them and the titles of links to passages they spoke become `REDACTED`
+    /// (a link title of an insight written before quotes were recorded is recognised by the
+    /// speaker id it starts with), recommendations of them are dropped and their quotes
+    /// forgotten. The summary is rebuilt so that it still splits into as many sentences, so
+    /// the indices of others' quotes stay right. Returns whether anything changed.
+    fn redact(&mut self, user_id: &str) -> bool {
+        let (mine, others): (Vec<Quote>, Vec<Quote>) = std::mem::take(&mut self.quotes)
+            .into_iter()
+            .partition(|q| q.user_id == user_id);
+        self.quotes = others;
+        let mut changed = !mine.is_empty();
+        let mut summary = None;
+        for q in &mine {
+            let Ok(i) = usize::try_from(q.index) else {
+                continue;
+            };
+            let slot = match q.part {
+                QuotePart::Summary => summary
+                    .get_or_insert_with(|| sentences(&self.summary))
+                    .get_mut(i),
+                QuotePart::ActionItem => self.action_items.get_mut(i),
+                QuotePart::Link => self.links.get_mut(i).map(|l| &mut l.title),
+            };
+            if let Some(text) = slot {
+                *text = REDACTED.to_string();
+            }
+        }
+        if let Some(parts) = summary {
+            self.summary = join_sentences(&parts);
+        }
+        let legacy = format!("{user_id}: ");
+        for l in &mut self.links {
+            if l.title.starts_with(&legacy) {
+                l.title = REDACTED.to_string();
+                changed = true;
+            }
+        }
+        let before = self.recommendations.len();
+        self.recommendations
+            .retain(|r| r.user_id.as_deref() != Some(user_id));
+        changed || self.recommendations.len() != before
+    }
+
+    /// Redacts what quotes or names users whose erasure has been requested.
+    fn redact_erased(&mut self, ctx: &mut Ctx<'_, '_>) -> FunctionResult<()> {
+        let mut named: Vec<String> = self.quotes.iter().map(|q| q.user_id.clone()).collect();
+        named.extend(self.recommendations.iter().filter_map(|r| r.user_id.clone()));
+        named.sort_unstable();
+        named.dedup();
+        for user in named {
+            if being_erased(ctx, &user)? {
+                self.redact(&user);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Redacts, in the stored insight `doc`, what quotes or names `user_id` (`Content::redact`),
+/// and writes it back if anything changed. Returns whether it did.
+pub(crate) fn redact_stored(
+    ctx: &mut Ctx<'_, '_>,
+    doc: &Value,
+    user_id: &str,
+) -> FunctionResult<bool> {
+    let i: Insight = decode(doc)?;
+    let mut content = Content {
+        summary: i.summary,
+        action_items: i.action_items,
+        recommendations: i.recommendations,
+        links: i.links,
+        quotes: i.quotes,
+    };
+    if !content.redact(user_id) {
+        return Ok(false);
+    }
+    ctx.patch(INSIGHTS, &i.id, content.fields()?)?;
+    Ok(true)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -241,6 +357,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                     ("actionItems", v::array(v::string())),
                     ("recommendations", v::array(insight_recommendation())),
                     ("links", v::array(insight_link())),
+                    ("quotes", v::array(insight_quote())),
                     ("provenance", provenance()),
                 ])),
             ),
@@ -536,14 +653,19 @@ fn transcript(
             break;
         }
         chars += n;
-        let speaker = if is_segment {
-            d.get_path("speakers")
+        let (speaker, spoken_by) = if is_segment {
+            let speakers: Vec<String> = d
+                .get_path("speakers")
                 .and_then(Value::as_array)
-                .and_then(|s| s.first())
-                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(Value::as_str)
                 .map(String::from)
+                .collect();
+            (speakers.first().cloned(), speakers)
         } else {
-            str_at(d, "speakerId")
+            let spoken_by = chunk_speaker(ctx, d).map(String::from).into_iter().collect();
+            (str_at(d, "speakerId"), spoken_by)
         };
         let (kind, url) = if is_segment {
             counts.0 += 1;
@@ -571,25 +693,45 @@ fn transcript(
                 url,
                 title,
             },
+            spoken_by,
         });
     }
     Ok((passages, counts.0, counts.1, truncated))
 }
 
-/// Links of an insight: the meeting, then the passages its summary sentences and action items
-/// are most similar to (lexically), in transcript order.
-fn links_for(
+/// The links of an insight — the meeting, then the passages its summary sentences and action
+/// items are most similar to (lexically), in transcript order — and its quotes: each of those
+/// sentences and items, and each link to a passage, attributed to the passage's speakers.
+fn sources_for(
     meeting_id: &str,
     title: &str,
     draft: &InsightDraft,
     passages: &[Passage],
     vectors: &[Option<Vec<f64>>],
-) -> Vec<InsightLink> {
+) -> (Vec<InsightLink>, Vec<Quote>) {
     let mut chosen: Vec<usize> = Vec::new();
+    let mut quotes = Vec::new();
+    let quote = |quotes: &mut Vec<Quote>, passage: &Passage, part, index: usize| {
+        for user in &passage.spoken_by {
+            quotes.push(Quote {
+                user_id: user.clone(),
+                part,
+                index: index as i64,
+            });
+        }
+    };
     let claims = sentences(&draft.summary)
         .into_iter()
-        .chain(draft.action_items.iter().cloned());
-    for claim in claims {
+        .enumerate()
+        .map(|(i, s)| (QuotePart::Summary, i, s))
+        .chain(
+            draft
+                .action_items
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (QuotePart::ActionItem, i, a.clone())),
+        );
+    for (part, index, claim) in claims {
         let Some(c) = hashed_embedding(&claim, LINK_DIMENSIONS) else {
             continue;
         };
@@ -600,6 +742,7 @@ fn links_for(
             .filter(|(_, s)| *s >= MIN_LINK_SIMILARITY)
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
         if let Some((i, _)) = best {
+            quote(&mut quotes, &passages[i], part, index);
             if !chosen.contains(&i) {
                 chosen.push(i);
             }
@@ -607,13 +750,22 @@ fn links_for(
     }
     chosen.truncate(MAX_SOURCE_LINKS);
     chosen.sort_unstable();
-    std::iter::once(InsightLink {
+    for (k, &i) in chosen.iter().enumerate() {
+        // Link 0 is the meeting's.
+        quote(&mut quotes, &passages[i], QuotePart::Link, k + 1);
+    }
+    if quotes.len() > MAX_QUOTES {
+        tracing::warn!(quotes = quotes.len(), "an insight's quotes were cut to {MAX_QUOTES}");
+        quotes.truncate(MAX_QUOTES);
+    }
+    let links = std::iter::once(InsightLink {
         kind: "meeting".into(),
         url: format!("linkedup://meetings/{meeting_id}"),
         title: truncate(title, 120),
     })
     .chain(chosen.into_iter().map(|i| passages[i].link.clone()))
-    .collect()
+    .collect();
+    (links, quotes)
 }
 
 async fn generate(
@@ -690,15 +842,17 @@ async fn generate(
         if let Some(o) = features.as_object_mut() {
             o.insert("attempt".into(), (attempt + 1).into());
         }
+        let (links, quotes) = sources_for(
+            &a.meeting_id,
+            &run.title,
+            &generated.value,
+            &run.passages,
+            &vectors,
+        );
         insights.push(NewInsight {
             user_id: request.for_user.clone(),
-            links: links_for(
-                &a.meeting_id,
-                &run.title,
-                &generated.value,
-                &run.passages,
-                &vectors,
-            ),
+            links,
+            quotes,
             provenance: generated.provenance(&hash, features),
             summary: generated.value.summary,
             action_items: generated.value.action_items,
@@ -758,20 +912,21 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<i64> {
         }
         let key = written_key(&a.meeting_id, &i.user_id);
         check_and_record(ctx, &key, WRITTEN_SCOPE, WRITTEN_TTL_MS)?;
-        let recommendations = without_blocked(ctx, &i.user_id, i.recommendations.clone())?;
-        ctx.insert(
-            INSIGHTS,
-            obj! {
-                "userId" => i.user_id.as_str(),
-                "meetingId" => a.meeting_id.as_str(),
-                "summary" => i.summary.as_str(),
-                "actionItems" => encode(&i.action_items)?,
-                "recommendations" => encode(&recommendations)?,
-                "links" => encode(&i.links)?,
-                "createdAt" => now,
-                "provenance" => encode(&i.provenance)?,
-            },
-        )?;
+        let mut content = Content {
+            summary: i.summary.clone(),
+            action_items: i.action_items.clone(),
+            recommendations: without_blocked(ctx, &i.user_id, i.recommendations.clone())?,
+            links: i.links.clone(),
+            quotes: i.quotes.clone(),
+        };
+        // The erasure job may have passed this meeting's insights while this run was working.
+        content.redact_erased(ctx)?;
+        let mut doc = content.fields()?;
+        doc.insert("userId".into(), i.user_id.as_str().into());
+        doc.insert("meetingId".into(), a.meeting_id.as_str().into());
+        doc.insert("createdAt".into(), now.into());
+        doc.insert("provenance".into(), encode(&i.provenance)?);
+        ctx.insert(INSIGHTS, Value::from(doc))?;
         written += 1;
         fallbacks += i64::from(i.provenance.fallback);
         made_by.get_or_insert(&i.provenance);
@@ -928,6 +1083,54 @@ mod tests {
             experience: None,
             interests: Vec::new(),
         }
+    }
+
+    fn quote(user: &str, part: QuotePart, index: i64) -> Quote {
+        Quote {
+            user_id: user.into(),
+            part,
+            index,
+        }
+    }
+
+    fn link(title: &str) -> InsightLink {
+        InsightLink {
+            kind: "transcriptChunk".into(),
+            url: "linkedup://x".into(),
+            title: title.into(),
+        }
+    }
+
+    #[test]
+    fn redaction_replaces_what_one_user_said_and_leaves_the_others_quotes_in_place() {
+        let mut c = Content {
+            summary: "Ann opened.\nBob agreed\nAnn closed! Bob left?".into(),
+            action_items: vec!["Ann will write".into(), "Bob will test".into()],
+            recommendations: vec![rec("connection", Some("bob")), rec("topic", None)],
+            links: vec![link("Standup"), link("ann: Ann opened."), link("bob: Bob left?")],
+            quotes: vec![
+                quote("ann", QuotePart::Summary, 0),
+                quote("bob", QuotePart::Summary, 1),
+                quote("ann", QuotePart::Summary, 2),
+                quote("bob", QuotePart::Summary, 3),
+                quote("bob", QuotePart::ActionItem, 1),
+                quote("ann", QuotePart::Link, 1),
+            ],
+        };
+        assert!(c.redact("bob"));
+        assert_eq!(c.summary, "Ann opened. [erased]\nAnn closed! [erased]");
+        assert_eq!(c.action_items, ["Ann will write", "[erased]"]);
+        assert_eq!(c.recommendations, [rec("topic", None)]);
+        // Bob's link had no quote (an insight from before quotes): known by its title.
+        assert_eq!(c.links[2].title, "[erased]");
+        assert_eq!(c.quotes.len(), 3);
+        assert!(!c.redact("bob"), "nothing of bob is left");
+        // Ann's quotes still point at her sentences.
+        assert!(c.redact("ann"));
+        assert_eq!(c.summary, "[erased]\n[erased]\n[erased]\n[erased]");
+        assert_eq!(c.action_items, ["Ann will write", "[erased]"]);
+        assert_eq!(c.links[1].title, "[erased]");
+        assert!(c.quotes.is_empty());
     }
 
     #[test]

@@ -140,6 +140,20 @@ impl Env {
     }
 }
 
+/// Waits (bounded) until `table` holds `n` documents; returns them.
+pub async fn documents_when(env: &Env, table: &'static str, n: usize) -> Vec<Value> {
+    let mut all = Vec::new();
+    for _ in 0..800 {
+        all = env.all(table).await;
+        if all.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(all.len(), n, "{table}: {all:#?}");
+    all
+}
+
 /// Every document of a table in creation order (test-sized tables only).
 pub async fn documents(engine: &Engine, table: &'static str) -> Vec<Value> {
     let v = engine

@@ -13,7 +13,8 @@
 //! of them), matching queue and outcomes, rate-limit counters); chat messages they wrote are
 //! redacted (text replaced, attachments dropped, the message stays so a thread keeps its
 //! shape); then, per meeting they took part in, transcript chunks and segments they spoke
-//! are redacted the same way (a meeting's sequence stays gap-free), the meeting's AI prompts
+//! are redacted the same way (a meeting's sequence stays gap-free), so is what other
+//! participants' insights quote of them (`insights::redact_stored`), the meeting's AI prompts
 //! (made from every participant's profile) are deleted, their presence becomes `left`, and
 //! where they were the only host of an open meeting another participant becomes its host;
 //! then the same, but for presence and hosting, in the meetings they were removed from
@@ -43,7 +44,9 @@ use serde::{Deserialize, Serialize};
 use super::{ErasureConfig, Request};
 use crate::linkedup::guards::find_participant;
 use crate::linkedup::meetings::{hand_over_hosting, mark_left, HANDOVER_CANDIDATES};
+use crate::linkedup::insights::redact_stored;
 use crate::linkedup::stream_rooms::schedule_member_sync;
+use crate::linkedup::transcripts::chunk_speaker;
 use crate::linkedup::{audit, decode, encode, id_of, LinkedUpConfig};
 
 /// The job's name.
@@ -75,7 +78,7 @@ const PHASES: [&str; 18] = [
 ];
 pub(super) const FIRST_PHASE: &str = PHASES[0];
 /// Per meeting the user took part in, in order.
-const MEETING_PHASES: [&str; 4] = ["transcripts", "segments", "prompts", "hosting"];
+const MEETING_PHASES: [&str; 5] = ["transcripts", "segments", "insights", "prompts", "hosting"];
 /// Most documents the `hosting` phase reads or writes: the two reads before
 /// `meetings::hand_over_hosting`, its two host rows, a candidate row and user document per
 /// candidate, and its three writes; then the job that takes the user out of the call.
@@ -427,6 +430,7 @@ fn erase_in_meeting(
         let finished = match phase.as_str() {
             "transcripts" => redact_spoken(ctx, r, budget, meeting, TRANSCRIPTS)?,
             "segments" => redact_spoken(ctx, r, budget, meeting, TRANSCRIPT_SEGMENTS)?,
+            "insights" => redact_quotes(ctx, r, budget, meeting)?,
             "prompts" => {
                 let eqs = vec![("meetingId", Value::from(meeting))];
                 delete_page(ctx, r, budget, (PROMPTS, "by_meeting_type", eqs))?
@@ -479,7 +483,7 @@ fn redact_spoken(
     for d in &page.page {
         let mut o = stored_fields(d);
         let spoke = if table == TRANSCRIPTS {
-            said_by(ctx, &o, &user)
+            chunk_speaker(ctx, d) == Some(r.user_id.as_str())
         } else {
             d.get_path("speakers")
                 .and_then(Value::as_array)
@@ -508,16 +512,25 @@ fn redact_spoken(
     Ok(page.is_done)
 }
 
-/// Whether a transcript chunk is the user's words: they are its speaker, or they stored it
-/// and it names no other user as speaker (no speaker, or a label of their device's
-/// diarisation, which may be them). A chunk the user stored with another participant as its
-/// speaker is that participant's.
-fn said_by(ctx: &Ctx<'_, '_>, chunk: &Object, user: &Value) -> bool {
-    match chunk.get("speakerId") {
-        Some(speaker) if speaker == user => true,
-        Some(Value::String(s)) if ctx.parse_id(USERS, s).is_ok() => false,
-        _ => chunk.get("ingestedBy") == Some(user),
+/// Redacts, among a page of the meeting's insights (the user's own were deleted before, so
+/// these are other participants'), what quotes or names the user (`insights::redact_stored`).
+/// True when the meeting has no more.
+fn redact_quotes(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+    meeting: &str,
+) -> FunctionResult<bool> {
+    let page = ctx
+        .query(INSIGHTS, "by_meeting")
+        .eq("meetingId", meeting)
+        .paginate(r.meeting_cursor.as_deref(), budget.left)?;
+    for d in &page.page {
+        redact_stored(ctx, d, &r.user_id)?;
     }
+    budget.spend(r, INSIGHTS, page.page.len());
+    r.meeting_cursor = page.continue_cursor;
+    Ok(page.is_done)
 }
 
 /// The last phase: the `users` document becomes a tombstone no token subject resolves to,

@@ -8,10 +8,12 @@ mod stream;
 
 use std::sync::Arc;
 
+use query_engine::context::Ctx;
 use query_engine::functions::Functions;
 use query_engine::schema::{v, Validator};
+use query_engine::value::Value;
 
-use linkedup_schema::tables::names::TRANSCRIPT_SEGMENTS;
+use linkedup_schema::tables::names::{TRANSCRIPT_SEGMENTS, USERS};
 
 use super::LinkedUpConfig;
 
@@ -32,6 +34,17 @@ pub mod fns {
     pub use linkedup_schema::api::transcripts::fns::*;
     /// Internal: what `meetings.end` should schedule.
     pub const AGGREGATE_SEGMENTS: &str = "transcripts.aggregateSegments";
+}
+
+/// Whose words a stored chunk is: its speaker when that is a user; else (no speaker, or a label
+/// of the producer's diarisation, which may be them) the user who stored it. A chunk stored by
+/// one participant naming another as its speaker is that other's. Erasure redacts a user's
+/// chunks by this, and insights record whom they quote by it.
+pub(crate) fn chunk_speaker<'d>(ctx: &Ctx<'_, '_>, chunk: &'d Value) -> Option<&'d str> {
+    match chunk.get_path("speakerId").and_then(Value::as_str) {
+        Some(s) if ctx.parse_id(USERS, s).is_ok() => Some(s),
+        _ => chunk.get_path("ingestedBy").and_then(Value::as_str),
+    }
 }
 
 /// The fields of one chunk as a producer sends it (`ChunkInput`).
