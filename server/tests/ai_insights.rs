@@ -132,25 +132,6 @@ fn first(v: &Value, path: &str) -> Value {
         .unwrap_or_else(|| panic!("no array at {path} in {v:?}"))
 }
 
-/// Gives each of `who` a display name and the interest Rust (the local provider recommends
-/// people who share an interest to each other).
-async fn share_an_interest(w: &World, who: &[(&Identity, &str)]) {
-    for (id, name) in who {
-        w.env
-            .m("profiles.update", obj! { "displayName" => *name }, Some(id))
-            .await
-            .unwrap();
-        w.env
-            .m(
-                "interests.setMine",
-                obj! { "keys" => vec![Value::from("rust")] },
-                Some(id),
-            )
-            .await
-            .unwrap();
-    }
-}
-
 /// The users the insight at `path` of `v` recommends connecting with (their `userId`s).
 fn recommended(v: &Value, path: &str) -> Vec<String> {
     let mut users: Vec<String> = v
@@ -350,7 +331,8 @@ async fn the_transcript_is_read_whether_or_not_it_was_aggregated() {
     // The local provider: deterministic, so what it read shows in what it wrote.
     let w = world(LinkedUpConfig::default()).await;
     enable(&w.env.engine, &w.alice, "insights/postcall").await;
-    share_an_interest(&w, &[(&w.alice, "Alice"), (&w.bob, "Bob")]).await;
+    w.share_an_interest(&[(&w.alice, "Alice"), (&w.bob, "Bob")])
+        .await;
     say(
         &w,
         "c1",
@@ -469,11 +451,8 @@ async fn recommendations_of_users_blocked_either_way_are_left_out_when_written_a
         )
         .await
         .unwrap();
-    share_an_interest(
-        &w,
-        &[(&w.alice, "Alice"), (&w.bob, "Bob"), (&w.carol, "Carol")],
-    )
-    .await;
+    w.share_an_interest(&[(&w.alice, "Alice"), (&w.bob, "Bob"), (&w.carol, "Carol")])
+        .await;
     let block = |who: &Identity, whom: &str, f: &'static str| {
         let env = &w.env;
         let (who, whom) = (who.clone(), whom.to_string());
@@ -534,7 +513,10 @@ async fn recommendations_of_users_blocked_either_way_are_left_out_when_written_a
         [w.carol_id.clone()]
     );
     assert_eq!(
-        recommended(&first(&list_mine(&w.alice).await, "page"), "recommendations"),
+        recommended(
+            &first(&list_mine(&w.alice).await, "page"),
+            "recommendations"
+        ),
         [w.carol_id.clone()]
     );
     assert!(recommended(&for_meeting(&w.bob).await, "recommendations").is_empty());

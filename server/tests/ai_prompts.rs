@@ -263,7 +263,11 @@ async fn a_users_provider_calls_are_limited_by_their_daily_budget() {
     );
     assert_eq!(s(&e.data, "reason"), "aiBudget");
     assert_eq!(e.data.get_path("limit"), Some(&Value::from(2i64)));
-    let retry = e.data.get_path("retryAfterMs").and_then(Value::as_i64).unwrap();
+    let retry = e
+        .data
+        .get_path("retryAfterMs")
+        .and_then(Value::as_i64)
+        .unwrap();
     assert!((1..=24 * 3_600_000).contains(&retry), "{retry}");
     assert_eq!(asked(), 2);
     // So is a profile embedding she asks for.
@@ -313,7 +317,10 @@ async fn a_users_provider_calls_are_limited_by_their_daily_budget() {
 async fn racing_pre_call_generations_ask_the_provider_once() {
     let fake = Fake::start().await;
     // The first answer is slow, so the second call arrives while the first is generating.
-    fake.script([Reply::Delay(Duration::from_secs(1), Box::new(Reply::Default))]);
+    fake.script([Reply::Delay(
+        Duration::from_secs(1),
+        Box::new(Reply::Default),
+    )]);
     let w = world(config(&fake, 0)).await;
     enable(&w.env.engine, &w.alice, "precall/ai").await;
     let first = pre(&w, Some(&w.alice));
@@ -351,7 +358,11 @@ async fn the_claim_of_a_call_that_died_is_taken_over_once_it_expires() {
     // Bob, not waiting: told it is in progress, and for how long at most.
     let e = expect_code(pre(&w, Some(&w.bob)).await, "CONFLICT");
     assert_eq!(s(&e.data, "reason"), "generationInProgress");
-    let retry = e.data.get_path("retryAfterMs").and_then(Value::as_i64).unwrap();
+    let retry = e
+        .data
+        .get_path("retryAfterMs")
+        .and_then(Value::as_i64)
+        .unwrap();
     assert!((1..=300).contains(&retry), "{retry}");
     assert_eq!(fake.count("/chat/completions"), 0);
     // Once the claim has lapsed, Bob's call takes it over and generates.

@@ -5,6 +5,7 @@
 //! empty account (blocks included, either way). Also: a profile change schedules the user's
 //! embedding refresh.
 
+mod ai_common;
 mod linkedup_common;
 
 use std::time::Duration;
@@ -1021,28 +1022,9 @@ async fn erasure_redacts_what_others_insights_quote_of_the_user() {
     let w = world(LinkedUpConfig::default()).await;
     let env = &w.env;
     let (alice, bob) = (w.alice_id.as_str(), w.bob_id.as_str());
-    env.m(
-        "flags.set",
-        obj! {
-            "key" => "insights/postcall", "environment" => "local", "value" => true,
-            "reason" => "test",
-        },
-        Some(&w.alice),
-    )
-    .await
-    .unwrap();
-    for (who, name) in [(&w.alice, "Alice"), (&w.bob, "Bob")] {
-        env.m("profiles.update", obj! { "displayName" => name }, Some(who))
-            .await
-            .unwrap();
-        env.m(
-            "interests.setMine",
-            obj! { "keys" => vec![Value::from("rust")] },
-            Some(who),
-        )
-        .await
-        .unwrap();
-    }
+    ai_common::enable(&env.engine, &w.alice, "insights/postcall").await;
+    w.share_an_interest(&[(&w.alice, "Alice"), (&w.bob, "Bob")])
+        .await;
     const HERS: &str = "The compaction benchmark regressed badly after the merge.";
     const HIS: &str = "I will profile the compaction benchmark on my laptop tomorrow.";
     for (i, (speaker, text)) in [(alice, HERS), (bob, HIS)].into_iter().enumerate() {
@@ -1066,9 +1048,22 @@ async fn erasure_redacts_what_others_insights_quote_of_the_user() {
         all[0].clone()
     };
     // What Alice's insight says of Bob: his words, a link to them, a recommendation of him.
-    let text = |i: &Value| format!("{:?}", (i.get_path("summary"), i.get_path("actionItems"), i.get_path("links"), i.get_path("recommendations")));
+    let text = |i: &Value| {
+        format!(
+            "{:?}",
+            (
+                i.get_path("summary"),
+                i.get_path("actionItems"),
+                i.get_path("links"),
+                i.get_path("recommendations")
+            )
+        )
+    };
     let before = alices().await;
-    assert!(text(&before).contains("profile the compaction benchmark"), "{before:?}");
+    assert!(
+        text(&before).contains("profile the compaction benchmark"),
+        "{before:?}"
+    );
     assert!(text(&before).contains(HERS), "{before:?}");
     assert!(text(&before).contains(bob), "{before:?}");
 
@@ -1076,12 +1071,18 @@ async fn erasure_redacts_what_others_insights_quote_of_the_user() {
     wait_done(env, &s(&r, "requestId")).await;
     let after = alices().await;
     let said = text(&after);
-    assert!(!said.contains("profile the compaction benchmark"), "{after:?}");
+    assert!(
+        !said.contains("profile the compaction benchmark"),
+        "{after:?}"
+    );
     assert!(!said.contains(bob), "{after:?}");
     assert!(said.contains(REDACTED), "{after:?}");
     // What Alice said herself stays, and so does her link to it.
     assert!(s(&after, "summary").contains(HERS), "{after:?}");
-    assert!(said.contains(&format!("{alice}: The compaction")), "{after:?}");
+    assert!(
+        said.contains(&format!("{alice}: The compaction")),
+        "{after:?}"
+    );
     let quotes = after.get_path("quotes").and_then(Value::as_array).unwrap();
     assert!(quotes.iter().all(|q| s(q, "userId") == alice), "{quotes:?}");
     assert!(!quotes.is_empty());
@@ -1118,11 +1119,17 @@ async fn an_insight_stored_while_a_user_it_quotes_is_erased_is_redacted() {
         .unwrap();
     let stored = with(&w.env, "insights", "userId", alice).await;
     assert_eq!(stored.len(), 1);
-    assert_eq!(s(&stored[0], "summary"), format!("Alice opened. {REDACTED}"));
+    assert_eq!(
+        s(&stored[0], "summary"),
+        format!("Alice opened. {REDACTED}")
+    );
     assert_eq!(
         stored[0].get_path("actionItems"),
         Some(&Value::Array(vec![REDACTED.into()]))
     );
-    assert_eq!(stored[0].get_path("recommendations"), Some(&Value::Array(vec![])));
+    assert_eq!(
+        stored[0].get_path("recommendations"),
+        Some(&Value::Array(vec![]))
+    );
     assert_eq!(stored[0].get_path("quotes"), Some(&Value::Array(vec![])));
 }

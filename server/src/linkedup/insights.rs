@@ -38,8 +38,8 @@ use std::sync::Arc;
 use futures::future::join_all;
 use linkedup_schema::api::ai::limits::MAX_INSIGHTS_PAGE;
 use linkedup_schema::api::ai::{
-    fns, Insight, InsightIdArgs, InsightLink, InsightPage, ListMyInsightsArgs, Provenance,
-    Quote, QuotePart, Recommendation,
+    fns, Insight, InsightIdArgs, InsightLink, InsightPage, ListMyInsightsArgs, Provenance, Quote,
+    QuotePart, Recommendation,
 };
 use linkedup_schema::api::{MeetingIdArgs, Participant, Role};
 use linkedup_schema::tables::names::{
@@ -67,9 +67,7 @@ use super::guards::{
 };
 use super::idempotency::{check_and_record, peek};
 use super::transcripts::{aggregated_until, chunk_speaker};
-use super::{
-    audit, audited, decode, decoded_page, encode, fields, limit_arg, LinkedUpConfig,
-};
+use super::{audit, audited, decode, decoded_page, encode, fields, limit_arg, LinkedUpConfig};
 use crate::ai::text::{cosine, hashed_embedding, join_sentences, sentences, truncate};
 use crate::ai::{
     request_hash, AiConfig, Generated, InsightDraft, PostCallRequest, TranscriptPiece,
@@ -261,7 +259,11 @@ impl Content {
     /// Redacts what quotes or names users whose erasure has been requested.
     fn redact_erased(&mut self, ctx: &mut Ctx<'_, '_>) -> FunctionResult<()> {
         let mut named: Vec<String> = self.quotes.iter().map(|q| q.user_id.clone()).collect();
-        named.extend(self.recommendations.iter().filter_map(|r| r.user_id.clone()));
+        named.extend(
+            self.recommendations
+                .iter()
+                .filter_map(|r| r.user_id.clone()),
+        );
         named.sort_unstable();
         named.dedup();
         for user in named {
@@ -664,7 +666,10 @@ fn transcript(
                 .collect();
             (speakers.first().cloned(), speakers)
         } else {
-            let spoken_by = chunk_speaker(ctx, d).map(String::from).into_iter().collect();
+            let spoken_by = chunk_speaker(ctx, d)
+                .map(String::from)
+                .into_iter()
+                .collect();
             (str_at(d, "speakerId"), spoken_by)
         };
         let (kind, url) = if is_segment {
@@ -755,7 +760,10 @@ fn sources_for(
         quote(&mut quotes, &passages[i], QuotePart::Link, k + 1);
     }
     if quotes.len() > MAX_QUOTES {
-        tracing::warn!(quotes = quotes.len(), "an insight's quotes were cut to {MAX_QUOTES}");
+        tracing::warn!(
+            quotes = quotes.len(),
+            "an insight's quotes were cut to {MAX_QUOTES}"
+        );
         quotes.truncate(MAX_QUOTES);
     }
     let links = std::iter::once(InsightLink {
@@ -954,7 +962,14 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<i64> {
             let due = now.saturating_add(next.delay_ms.max(0));
             ctx.patch(INSIGHT_RUNS, &record.id, fields(obj! { "dueAt" => due }))?;
             let (attempt, cursor) = (Some(next.attempt), next.cursor);
-            schedule_run(ctx, next.delay_ms, &a.meeting_id, record.run, attempt, cursor)?;
+            schedule_run(
+                ctx,
+                next.delay_ms,
+                &a.meeting_id,
+                record.run,
+                attempt,
+                cursor,
+            )?;
         }
         (Some(Some(record)), None) => ctx.delete(INSIGHT_RUNS, &record.id)?,
         (None, Some(next)) => {
@@ -1107,7 +1122,11 @@ mod tests {
             summary: "Ann opened.\nBob agreed\nAnn closed! Bob left?".into(),
             action_items: vec!["Ann will write".into(), "Bob will test".into()],
             recommendations: vec![rec("connection", Some("bob")), rec("topic", None)],
-            links: vec![link("Standup"), link("ann: Ann opened."), link("bob: Bob left?")],
+            links: vec![
+                link("Standup"),
+                link("ann: Ann opened."),
+                link("bob: Bob left?"),
+            ],
             quotes: vec![
                 quote("ann", QuotePart::Summary, 0),
                 quote("bob", QuotePart::Summary, 1),
@@ -1154,6 +1173,9 @@ mod tests {
             ],
             &request,
         );
-        assert_eq!(kept, vec![rec("connection", Some("you")), rec("topic", None)]);
+        assert_eq!(
+            kept,
+            vec![rec("connection", Some("you")), rec("topic", None)]
+        );
     }
 }

@@ -350,7 +350,10 @@ async fn generate_pre_call(
     let mut pause = PRE_CALL_POLL_FIRST;
     let request = loop {
         let start = ctx
-            .run_mutation(BEGIN_PRE_CALL, obj! { "meetingId" => a.meeting_id.as_str() })
+            .run_mutation(
+                BEGIN_PRE_CALL,
+                obj! { "meetingId" => a.meeting_id.as_str() },
+            )
             .await?;
         match decode(&start)? {
             PreCallStart::Stored { prompts } => return Ok(prompts),

@@ -259,6 +259,25 @@ impl World {
     pub async fn end_meeting(&self) {
         self.env.end(&self.alice, &self.meeting).await;
     }
+
+    /// Gives each of `who` a display name and the interest Rust (the local AI provider
+    /// recommends people who share an interest to each other).
+    pub async fn share_an_interest(&self, who: &[(&Identity, &str)]) {
+        for (id, name) in who {
+            self.env
+                .m("profiles.update", obj! { "displayName" => *name }, Some(id))
+                .await
+                .unwrap();
+            self.env
+                .m(
+                    "interests.setMine",
+                    obj! { "keys" => vec![Value::from("rust")] },
+                    Some(id),
+                )
+                .await
+                .unwrap();
+        }
+    }
 }
 
 pub async fn world(config: LinkedUpConfig) -> World {

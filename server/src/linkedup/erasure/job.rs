@@ -43,8 +43,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ErasureConfig, Request};
 use crate::linkedup::guards::find_participant;
-use crate::linkedup::meetings::{hand_over_hosting, mark_left, HANDOVER_CANDIDATES};
 use crate::linkedup::insights::redact_stored;
+use crate::linkedup::meetings::{hand_over_hosting, mark_left, HANDOVER_CANDIDATES};
 use crate::linkedup::stream_rooms::schedule_member_sync;
 use crate::linkedup::transcripts::chunk_speaker;
 use crate::linkedup::{audit, decode, encode, id_of, LinkedUpConfig};
