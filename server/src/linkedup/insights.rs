@@ -24,9 +24,9 @@
 //!
 //! Each insight records whose words it quotes (`quotes`: a summary sentence, an action item or
 //! a link's title matched to a transcript passage a participant spoke), so that when one of
-//! them is erased, `redact_stored` (called by the erasure job per meeting, and by
-//! `insights.store` for an insight made while their erasure runs) replaces those parts with
-//! `[erased]` and drops recommendations of them.
+//! them is erased, `Content::redact` replaces those parts with `[erased]` and drops
+//! recommendations of them: in stored insights through `redact_stored` (the erasure job, per
+//! meeting), and in `insights.store` for an insight made while their erasure runs.
 //!
 //! Recommendations name the user they recommend (`userId`): a connection must be with another
 //! participant of the meeting (one naming nobody is dropped), and one about a user who blocks
