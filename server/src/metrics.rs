@@ -32,41 +32,62 @@ pub struct ServerMetrics {
     pub transitions_sent: AtomicU64,
     pub transition_bytes_sent: AtomicU64,
     pub mutation_replays: AtomicU64,
-    /// (function, kind) -> series. Keys are registered function names (or `<unknown>`), so
-    /// the map is bounded by the function registry.
-    calls: Mutex<BTreeMap<(String, &'static str), CallSeries>>,
+    /// function -> (kind, series). Keys are registered function names (or `<unknown>`), so
+    /// the map is bounded by the function registry. Keyed by the name alone so that recording
+    /// a call (on every call's path) looks it up without allocating.
+    calls: Mutex<BTreeMap<String, Vec<(&'static str, CallSeries)>>>,
 }
 
 impl ServerMetrics {
     /// Records one finished call; `code` is `OK` or the error code.
     pub fn record_call(&self, function: &str, kind: &'static str, code: &str, elapsed: Duration) {
         let mut calls = self.calls.lock();
-        let series = match calls.get_mut(&(function.to_string(), kind)) {
-            Some(series) => series,
-            None => calls
-                .entry((function.to_string(), kind))
-                .or_insert_with(|| CallSeries {
-                    latency: Histogram::new(LATENCY_BUCKETS),
-                    outcomes: BTreeMap::new(),
-                }),
+        let kinds = match calls.get_mut(function) {
+            Some(kinds) => kinds,
+            None => calls.entry(function.to_string()).or_default(),
         };
+        let at = match kinds.iter().position(|(k, _)| *k == kind) {
+            Some(at) => at,
+            None => {
+                kinds.push((
+                    kind,
+                    CallSeries {
+                        latency: Histogram::new(LATENCY_BUCKETS),
+                        outcomes: BTreeMap::new(),
+                    },
+                ));
+                kinds.len() - 1
+            }
+        };
+        let series = &mut kinds[at].1;
         series.latency.observe_duration(elapsed);
-        let code =
-            if series.outcomes.contains_key(code) || series.outcomes.len() < MAX_CODES_PER_SERIES {
-                code
-            } else {
-                "OTHER"
-            };
-        *series.outcomes.entry(code.to_string()).or_default() += 1;
+        let full = series.outcomes.len() >= MAX_CODES_PER_SERIES;
+        match series.outcomes.get_mut(code) {
+            Some(n) => *n += 1,
+            None if full => *series.outcomes.entry("OTHER".to_string()).or_default() += 1,
+            None => {
+                series.outcomes.insert(code.to_string(), 1);
+            }
+        }
+    }
+
+    /// Every (function, kind) series, in function order.
+    fn series<'a>(
+        calls: &'a BTreeMap<String, Vec<(&'static str, CallSeries)>>,
+    ) -> impl Iterator<Item = (&'a str, &'static str, &'a CallSeries)> {
+        calls
+            .iter()
+            .flat_map(|(f, kinds)| kinds.iter().map(move |(k, s)| (f.as_str(), *k, s)))
     }
 
     /// Calls recorded for `function` with outcome `code` (tests and benchmarks).
     pub fn calls(&self, function: &str, kind: &'static str, code: &str) -> u64 {
-        self.calls
-            .lock()
-            .get(&(function.to_string(), kind))
-            .and_then(|s| s.outcomes.get(code).copied())
-            .unwrap_or(0)
+        let calls = self.calls.lock();
+        let n = Self::series(&calls)
+            .find(|(f, k, _)| *f == function && *k == kind)
+            .and_then(|(_, _, s)| s.outcomes.get(code).copied())
+            .unwrap_or(0);
+        n
     }
 
     /// Appends the server metrics in Prometheus text format.
@@ -129,7 +150,7 @@ impl ServerMetrics {
             out,
             "# HELP server_calls_total Function calls by function, kind and outcome code\n# TYPE server_calls_total counter"
         );
-        for ((function, kind), series) in calls.iter() {
+        for (function, kind, series) in Self::series(&calls) {
             for (code, n) in &series.outcomes {
                 let _ = writeln!(
                     out,
@@ -143,7 +164,7 @@ impl ServerMetrics {
             out,
             "# HELP server_call_duration_seconds Call latency from stream accepted to result written\n# TYPE server_call_duration_seconds histogram"
         );
-        for ((function, kind), series) in calls.iter() {
+        for (function, kind, series) in Self::series(&calls) {
             let labels = format!("function=\"{}\",kind=\"{kind}\"", escape_label(function));
             series
                 .latency
