@@ -92,6 +92,17 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// Control messages queued for the control stream's writer before the reader waits.
     pub control_queue: usize,
+    /// Connections open at once from one source address (an IPv4 address, or an IPv6 /64);
+    /// a further one is closed right after its handshake.
+    pub max_connections_per_address: usize,
+    /// Bytes of inbound frames one connection may hold at once (being received, or waiting
+    /// for a call slot), reserved by each frame's declared length; never below
+    /// `max_frame_bytes`. A frame that does not fit waits unread.
+    pub max_inbound_frame_bytes_per_connection: usize,
+    /// The same over all connections; never below the per-connection budget.
+    pub max_inbound_frame_bytes: usize,
+    /// How long a frame may take to arrive in full once the server has reserved its bytes.
+    pub inbound_frame_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -104,6 +115,10 @@ impl Default for ConnectionLimits {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             control_queue: 64,
+            max_connections_per_address: 256,
+            max_inbound_frame_bytes_per_connection: 16 << 20,
+            max_inbound_frame_bytes: 1 << 30,
+            inbound_frame_timeout: Duration::from_secs(30),
         }
     }
 }

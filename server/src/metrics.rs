@@ -26,6 +26,16 @@ pub struct ServerMetrics {
     pub connections_open: AtomicI64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// Connections closed after the handshake because their source address had as many as
+    /// it may (also counted in `connections_refused`).
+    pub connections_refused_per_address: AtomicU64,
+    /// Handshakes answered with a QUIC Retry to validate the client's address first.
+    pub connection_retries: AtomicU64,
+    /// Bytes reserved for inbound frames being received or waiting for a call slot, over all
+    /// connections.
+    pub inbound_frame_bytes: AtomicI64,
+    /// Connections closed because a frame did not arrive in full in time.
+    pub inbound_frame_timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub auth_ok: AtomicU64,
     pub auth_failed: AtomicU64,
@@ -97,6 +107,11 @@ impl ServerMetrics {
             "# HELP server_connections_open QUIC connections open\n# TYPE server_connections_open gauge\nserver_connections_open {}",
             self.connections_open.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP server_inbound_frame_bytes Bytes reserved for inbound frames being received or waiting for a call slot\n# TYPE server_inbound_frame_bytes gauge\nserver_inbound_frame_bytes {}",
+            self.inbound_frame_bytes.load(Ordering::Relaxed)
+        );
         for (name, help, v) in [
             (
                 "server_connections_total",
@@ -105,8 +120,23 @@ impl ServerMetrics {
             ),
             (
                 "server_connections_refused_total",
-                "Connections refused (limit or shutdown)",
+                "Connections refused (server or per-address limit, or shutdown)",
                 &self.connections_refused,
+            ),
+            (
+                "server_connections_refused_per_address_total",
+                "Connections closed after the handshake: too many from their source address",
+                &self.connections_refused_per_address,
+            ),
+            (
+                "server_connection_retries_total",
+                "Handshakes answered with a QUIC Retry (address validation)",
+                &self.connection_retries,
+            ),
+            (
+                "server_inbound_frame_timeouts_total",
+                "Connections closed because a frame did not arrive in full in time",
+                &self.inbound_frame_timeouts,
             ),
             (
                 "server_protocol_errors_total",

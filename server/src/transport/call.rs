@@ -9,28 +9,23 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use query_engine::error::{codes, FunctionError, FunctionResult};
 use query_engine::functions::FunctionKind;
 use query_engine::protocol::{
-    decode_call, encode_frame_into, frame_ready, take_frame, CallKind, CallOutcome, ClientMessage,
-    FrameError, ServerMessage,
+    decode_call, encode_frame_into, CallKind, CallOutcome, ClientMessage, ServerMessage,
 };
 use query_engine::value::Value;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::connection::{token_expired, AuthState, ConnCtx};
-use super::stream::{ReadError, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
+use super::stream::{Frame, FrameReader, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
 use super::Shared;
 use crate::metrics::UNKNOWN_FUNCTION;
 
-/// Most bytes taken off the stream per read: what sits in our buffer beyond the frames being
-/// parsed, on top of what QUIC flow control lets the client send.
-const MAX_READ_CHUNK_BYTES: usize = 64 * 1024;
 /// How long the closing frames of a stream ended by a protocol error may take to be written.
 const FATAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -49,7 +44,7 @@ struct Finished {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Input {
     Open,
-    /// FIN received: the frames already buffered are still served.
+    /// FIN received: the frame already read is still served.
     Finished,
     /// Stopped by us (shutdown) or reset by the client: nothing more is read or served.
     Closed,
@@ -61,12 +56,15 @@ struct CallStream {
     ctx: Arc<ConnCtx>,
     send: SendStream,
     input: Input,
-    /// Bytes read and not yet parsed; holds at most one partial frame plus one read chunk.
-    inbuf: BytesMut,
+    /// Reads the next frame under the connection's byte budget; at most one frame is being
+    /// read while none is `ready`.
+    reader: FrameReader,
+    /// A frame read and waiting for a call slot, holding its bytes in the budget meanwhile.
+    ready: Option<Frame>,
     running: FuturesUnordered<BoxFuture<'static, Finished>>,
     /// `requestId`s of the calls read and not yet answered.
     in_flight: HashSet<u64>,
-    /// A slot acquired for the complete frame at the front of `inbuf`.
+    /// A slot acquired for the `ready` frame.
     slot: Option<OwnedSemaphorePermit>,
     /// Encoded results not yet written: `out[written..]` is pending.
     out: Vec<u8>,
@@ -84,12 +82,14 @@ pub(crate) async fn serve(
     send: SendStream,
     recv: RecvStream,
 ) {
+    let reader = FrameReader::new(ctx.budget.clone(), &shared.limits);
     let stream = CallStream {
         shared,
         ctx,
         send,
         input: Input::Open,
-        inbuf: BytesMut::new(),
+        reader,
+        ready: None,
         running: FuturesUnordered::new(),
         in_flight: HashSet::new(),
         slot: None,
@@ -108,19 +108,15 @@ impl CallStream {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         });
         loop {
-            let frame_waiting = match self.start_calls() {
-                Ok(waiting) => waiting,
-                Err(message) => return self.fail(message).await,
-            };
+            if let Err(message) = self.start_call() {
+                return self.fail(message).await;
+            }
+            let frame_waiting = self.ready.is_some();
             if self.input != Input::Open
                 && !frame_waiting
                 && self.running.is_empty()
                 && self.written == self.out.len()
             {
-                if self.input == Input::Finished && !self.inbuf.is_empty() {
-                    // The stream ended inside a frame.
-                    return self.fail(protocol_error(FrameError::UnexpectedEof)).await;
-                }
                 let _ = self.send.finish();
                 return;
             }
@@ -160,14 +156,20 @@ impl CallStream {
                     // The semaphore is never closed.
                     self.slot = slot.ok();
                 }
-                chunk = recv.read_chunk(MAX_READ_CHUNK_BYTES, true), if self.input == Input::Open && !frame_waiting => {
-                    match chunk {
-                        Ok(Some(chunk)) => self.inbuf.extend_from_slice(&chunk.bytes),
+                frame = self.reader.next(&mut recv), if self.input == Input::Open && !frame_waiting => {
+                    match frame {
+                        Ok(Some(frame)) => self.ready = Some(frame),
                         Ok(None) => self.input = Input::Finished,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "call stream read failed");
-                            self.close_input();
-                        }
+                        Err(e) => match e.to_fatal_message() {
+                            Some(message) => {
+                                e.count_stall(&self.shared.metrics);
+                                return self.fail(message).await;
+                            }
+                            None => {
+                                tracing::debug!(error = %e, "call stream read failed");
+                                self.close_input();
+                            }
+                        },
                     }
                 }
                 () = &mut stopping, if self.input == Input::Open => {
@@ -180,63 +182,57 @@ impl CallStream {
         }
     }
 
-    /// Starts a call for every complete frame at the front of the input while slots are free.
-    /// Returns whether a complete frame is still waiting (for a slot).
-    fn start_calls(&mut self) -> Result<bool, ServerMessage> {
-        let max_frame = self.shared.limits.max_frame_bytes;
-        loop {
-            if self.input == Input::Closed {
-                return Ok(false);
-            }
-            if !frame_ready(&self.inbuf, max_frame).map_err(protocol_error)? {
-                return Ok(false);
-            }
-            let slot = match self.slot.take() {
-                Some(slot) => slot,
-                None => match self.ctx.call_slots.clone().try_acquire_owned() {
-                    Ok(slot) => slot,
-                    Err(_) => return Ok(true),
-                },
-            };
-            let Some(frame) = take_frame(&mut self.inbuf, max_frame).map_err(protocol_error)?
-            else {
-                self.slot = Some(slot);
-                return Ok(false);
-            };
-            let msg = decode_call(&frame).map_err(|e| e.to_message(true))?;
-            let ClientMessage::Call {
+    /// Starts the call in the `ready` frame if a slot is free; otherwise leaves it waiting.
+    fn start_call(&mut self) -> Result<(), ServerMessage> {
+        if self.ready.is_none() {
+            return Ok(());
+        }
+        let slot = match self.slot.take() {
+            Some(slot) => slot,
+            None => match self.ctx.call_slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => return Ok(()),
+            },
+        };
+        let Some(frame) = self.ready.take() else {
+            return Ok(());
+        };
+        // The frame's bytes go back to the budget once it is decoded.
+        let msg = decode_call(&frame.payload).map_err(|e| e.to_message(true))?;
+        drop(frame);
+        let ClientMessage::Call {
+            request_id,
+            kind,
+            function,
+            args,
+            mutation_id,
+        } = msg
+        else {
+            return Err(fatal_validation(
+                "only Call frames may be sent on a call stream",
+            ));
+        };
+        if !self.in_flight.insert(request_id) {
+            return Err(fatal_validation(&format!(
+                "requestId {request_id} is already in flight on this call stream"
+            )));
+        }
+        // The identity when the frame is read is the one the call runs under (§5.5).
+        let auth = self.ctx.auth.load_full();
+        let call = run_call(
+            self.shared.clone(),
+            auth,
+            Request {
                 request_id,
                 kind,
                 function,
                 args,
                 mutation_id,
-            } = msg
-            else {
-                return Err(fatal_validation(
-                    "only Call frames may be sent on a call stream",
-                ));
-            };
-            if !self.in_flight.insert(request_id) {
-                return Err(fatal_validation(&format!(
-                    "requestId {request_id} is already in flight on this call stream"
-                )));
-            }
-            // The identity when the frame is read is the one the call runs under (§5.5).
-            let auth = self.ctx.auth.load_full();
-            let call = run_call(
-                self.shared.clone(),
-                auth,
-                Request {
-                    request_id,
-                    kind,
-                    function,
-                    args,
-                    mutation_id,
-                },
-                slot,
-            );
-            self.running.push(call.boxed());
-        }
+            },
+            slot,
+        );
+        self.running.push(call.boxed());
+        Ok(())
     }
 
     /// Appends the result of a finished call to the output.
@@ -294,7 +290,8 @@ impl CallStream {
 
     fn close_input(&mut self) {
         self.input = Input::Closed;
-        self.inbuf = BytesMut::new();
+        self.reader.clear();
+        self.ready = None;
         self.slot = None;
     }
 
@@ -321,12 +318,6 @@ impl CallStream {
         let _ = tokio::time::timeout(FATAL_WRITE_TIMEOUT, flush).await;
         self.ctx.conn.close(CLOSE_PROTOCOL_ERROR, reason.as_bytes());
     }
-}
-
-fn protocol_error(e: FrameError) -> ServerMessage {
-    ReadError::Frame(e)
-        .to_fatal_message()
-        .unwrap_or_else(|| fatal_validation("unreadable call frame"))
 }
 
 fn fatal_validation(message: &str) -> ServerMessage {

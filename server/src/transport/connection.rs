@@ -23,12 +23,14 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::admission::Admission;
+use super::budget::{ConnBudget, InboundBudget};
 use super::control::{self, Outgoing};
 use super::stream::{
-    read_message, send_fatal_and_close, write_message, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
-    CLOSE_SHUTDOWN,
+    read_message, send_fatal_and_close, write_message, FrameReader, CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_TOO_MANY_CONNECTIONS,
 };
-use super::{call, Shared};
+use super::{call, report_panic, Shared};
 use crate::metrics::ServerMetrics;
 
 /// How long the writer gets to send the closing frames once the connection is ending.
@@ -73,6 +75,8 @@ pub(crate) struct ConnCtx {
     /// One permit per call in flight on the connection, over all its call streams
     /// (`maxConcurrentCalls`): held from reading the `Call` until its result is written.
     pub call_slots: Arc<Semaphore>,
+    /// Bytes of inbound frames the connection may hold at once, over all its streams.
+    pub budget: ConnBudget,
 }
 
 /// Counts the connection as open for as long as it lives.
@@ -98,7 +102,12 @@ enum End {
     ConnectionLost,
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, incoming: Incoming) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    admission: Arc<Admission>,
+    budget: Arc<InboundBudget>,
+    incoming: Incoming,
+) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
@@ -118,13 +127,23 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: Incoming) {
             return;
         }
     };
+    // Counted once the handshake has proven the address, so spoofed packets count for nothing.
+    let Some(_slot) = admission.claim(conn.remote_address()) else {
+        conn.close(
+            CLOSE_TOO_MANY_CONNECTIONS,
+            b"too many connections from this address",
+        );
+        return;
+    };
     let _open = OpenGuard::new(&shared.metrics);
     let session_id = format!("{:016x}", rand::random::<u64>());
     let span = tracing::info_span!("conn", session = %session_id, %remote);
-    run(shared, conn, session_id).instrument(span).await;
+    run(shared, conn, budget.connection(), session_id)
+        .instrument(span)
+        .await;
 }
 
-async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
+async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_id: String) {
     let limits = &shared.limits;
     let max_frame = limits.max_frame_bytes;
     let Ok(Ok((mut send, mut recv))) =
@@ -133,9 +152,10 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
         conn.close(CLOSE_PROTOCOL_ERROR, b"no control stream");
         return;
     };
+    let mut control_reader = FrameReader::new(budget.clone(), limits);
     let first = match tokio::time::timeout(
         limits.connect_timeout,
-        read_message(&mut recv, max_frame),
+        read_message(&mut control_reader, &mut recv),
     )
     .await
     {
@@ -147,6 +167,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "bad first frame");
             if let Some(msg) = e.to_fatal_message() {
+                e.count_stall(&shared.metrics);
                 shared
                     .metrics
                     .protocol_errors
@@ -210,6 +231,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
         auth: ArcSwapOption::empty(),
         live_queries: Mutex::new(HashSet::new()),
         call_slots: Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1) as usize)),
+        budget,
     });
     let (out_tx, out_rx) = mpsc::channel(limits.control_queue.max(1));
     let mut writer = tokio::spawn(
@@ -219,6 +241,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
         ctx.clone(),
         shared.clone(),
         recv,
+        control_reader,
         out_tx.clone(),
     ));
     let mut calls = JoinSet::new();
@@ -234,7 +257,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
                     // which would wake this task once per stream. Stream credit bounds how
                     // many can be waiting: at most `max_concurrent_calls`.
                     while let Some(joined) = calls.try_join_next() {
-                        report_panic(joined);
+                        report_panic(joined, "call stream");
                     }
                     calls.spawn(
                         call::serve(shared.clone(), ctx.clone(), send, recv).in_current_span(),
@@ -297,12 +320,4 @@ async fn run(shared: Arc<Shared>, conn: Connection, session_id: String) {
         }
     }
     tracing::debug!("connection ended");
-}
-
-fn report_panic(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined {
-        if e.is_panic() {
-            tracing::error!(error = %e, "call task panicked");
-        }
-    }
 }

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use super::connection::{token_expired, AuthState, ConnCtx};
 use super::stream::{
-    read_message, send_fatal_and_close, write_message, write_payload, WriteError, CLOSE_INTERNAL,
-    CLOSE_PROTOCOL_ERROR,
+    read_message, send_fatal_and_close, write_message, write_payload, FrameReader, WriteError,
+    CLOSE_INTERNAL, CLOSE_PROTOCOL_ERROR,
 };
 use super::Shared;
 
@@ -57,13 +57,13 @@ pub(crate) async fn read_loop(
     ctx: Arc<ConnCtx>,
     shared: Arc<Shared>,
     mut recv: RecvStream,
+    mut reader: FrameReader,
     out: mpsc::Sender<Outgoing>,
 ) {
-    let max_frame = shared.limits.max_frame_bytes;
     let leeway = shared.verifier.config().leeway_secs;
     loop {
         // The read stays pinned while the expiry timer fires, so no frame is cut in half.
-        let read = read_message(&mut recv, max_frame);
+        let read = read_message(&mut reader, &mut recv);
         tokio::pin!(read);
         let read = loop {
             tokio::select! {
@@ -86,6 +86,7 @@ pub(crate) async fn read_loop(
             Err(e) => {
                 tracing::debug!(error = %e, "control stream read failed");
                 if let Some(message) = e.to_fatal_message() {
+                    e.count_stall(&shared.metrics);
                     shared
                         .metrics
                         .protocol_errors

@@ -1,7 +1,10 @@
-//! The QUIC side of the server: the endpoint and its accept loop (here), one task per
-//! connection (`connection`), its control stream (`control`), one task per call stream, each
-//! running many calls (`call`), framing over streams (`stream`) and TLS.
+//! The QUIC side of the server: the endpoint and its accept loop (here), who may connect
+//! (`admission`), one task per connection (`connection`), its control stream (`control`), one
+//! task per call stream, each running many calls (`call`), framing over streams (`stream`)
+//! under byte budgets for inbound frames (`budget`), and TLS.
 
+mod admission;
+mod budget;
 mod call;
 mod connection;
 mod control;
@@ -21,6 +24,8 @@ use tokio::task::JoinSet;
 use crate::auth::TokenVerifier;
 use crate::config::ConnectionLimits;
 use crate::metrics::ServerMetrics;
+use admission::Admission;
+use budget::InboundBudget;
 use tls::{CertifiedKey, TlsError};
 
 /// Beyond the drain timeout, how long connections get to flush their closing frames.
@@ -115,6 +120,8 @@ pub enum BindError {
 
 /// Accepts connections until shutdown, then waits (bounded) for them to drain and close.
 pub(crate) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    let admission = Admission::new(&shared.limits, shared.metrics.clone());
+    let budget = InboundBudget::new(&shared.limits, shared.metrics.clone());
     let mut connections = JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -123,20 +130,21 @@ pub(crate) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             _ = shutdown.wait_for(|stopping| *stopping) => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if connections.len() >= shared.limits.max_connections {
-                    shared.metrics.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
-                    incoming.refuse();
-                    continue;
+                // Connections that have ended no longer count against the limits.
+                while let Some(joined) = connections.try_join_next() {
+                    report_panic(joined, "connection");
                 }
-                connections.spawn(connection::serve(shared.clone(), incoming));
+                if let Some(incoming) = admission.admit(incoming, connections.len()) {
+                    connections.spawn(connection::serve(
+                        shared.clone(),
+                        admission.clone(),
+                        budget.clone(),
+                        incoming,
+                    ));
+                }
             }
             Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(e) = joined {
-                    if e.is_panic() {
-                        tracing::error!(error = %e, "connection task panicked");
-                    }
-                }
+                report_panic(joined, "connection");
             }
         }
     }
@@ -155,6 +163,15 @@ pub(crate) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     }
     endpoint.close(stream::CLOSE_SHUTDOWN, b"server shutting down");
     let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+}
+
+/// Logs a task that panicked; one that ended or was aborted is nothing to report.
+pub(crate) fn report_panic(joined: Result<(), tokio::task::JoinError>, task: &'static str) {
+    if let Err(e) = joined {
+        if e.is_panic() {
+            tracing::error!(error = %e, task, "task panicked");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,26 +1,33 @@
-//! Frames and messages over quinn streams: reading one client message with the size limit
-//! checked before the payload is buffered, writing one server message, and ending a
-//! connection after a fatal error so the error frame still reaches the client.
+//! Frames and messages over quinn streams: reading client frames with the size limit checked
+//! and the bytes reserved from the connection's budget before the payload is buffered, and a
+//! deadline for the payload; writing one server message; and ending a connection after a
+//! fatal error so the error frame still reaches the client.
 
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
 use query_engine::protocol::frame::LENGTH_PREFIX_BYTES;
 use query_engine::protocol::{
     decode_client, encode, encode_frame, ClientMessage, FrameError, ProtocolError, ServerMessage,
 };
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+
+use super::budget::{ConnBudget, Reservation};
+use crate::config::ConnectionLimits;
+use crate::metrics::ServerMetrics;
 
 /// QUIC application close codes.
 pub const CLOSE_NORMAL: VarInt = VarInt::from_u32(0);
 pub const CLOSE_PROTOCOL_ERROR: VarInt = VarInt::from_u32(1);
 pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(2);
 pub const CLOSE_INTERNAL: VarInt = VarInt::from_u32(3);
+/// Closed right after the handshake: its source address has as many connections as it may.
+pub const CLOSE_TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(4);
 /// How long a fatal error frame may take to be acknowledged before the connection closes
 /// anyway.
 const FATAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Payload buffer reserved up front; beyond it the buffer grows with the bytes received.
-const INITIAL_PAYLOAD_CAPACITY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -28,9 +35,22 @@ pub enum ReadError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// A frame's payload did not arrive in full within the deadline after its bytes were
+    /// reserved: a client holding server memory with a frame it never finishes.
+    #[error("a frame of {len} bytes was not received in full within {timeout:?}")]
+    Stalled { len: u32, timeout: Duration },
 }
 
 impl ReadError {
+    /// Counts a stalled frame apart (it is also a protocol error, counted where it is sent).
+    pub(crate) fn count_stall(&self, metrics: &ServerMetrics) {
+        if let ReadError::Stalled { .. } = self {
+            metrics
+                .inbound_frame_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The fatal error to send, or `None` when the stream itself is gone (reset, connection
     /// lost), so that nothing can be sent on it.
     pub fn to_fatal_message(&self) -> Option<ServerMessage> {
@@ -43,53 +63,166 @@ impl ReadError {
                 fatal: true,
             }),
             ReadError::Protocol(e) => Some(e.to_message(true)),
+            ReadError::Stalled { timeout, .. } => Some(ServerMessage::Error {
+                code: query_engine::error::codes::VALIDATION_ERROR.into(),
+                message: self.to_string(),
+                data: query_engine::obj! {
+                    "limit" => "frameTimeoutMs",
+                    "max" => i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+                },
+                fatal: true,
+            }),
         }
     }
 }
 
-/// Reads one client message; `Ok(None)` when the stream ends cleanly between frames.
-pub async fn read_message(
+/// Reads one client message; `Ok(None)` when the stream ends cleanly between frames. The
+/// frame's bytes are released once it has been decoded.
+pub(crate) async fn read_message(
+    reader: &mut FrameReader,
     recv: &mut RecvStream,
-    max_frame_bytes: u32,
 ) -> Result<Option<ClientMessage>, ReadError> {
-    let Some(payload) = read_frame_incrementally(recv, max_frame_bytes).await? else {
+    let Some(frame) = reader.next(recv).await? else {
         return Ok(None);
     };
-    Ok(Some(decode_client(&payload)?))
+    Ok(Some(decode_client(&frame.payload)?))
 }
 
-/// Like `protocol::read_frame`, but the buffer grows only as payload bytes arrive, so a
-/// length prefix alone (without the data) cannot make the server reserve `max_frame_bytes`.
-async fn read_frame_incrementally(
-    recv: &mut RecvStream,
+/// One frame's payload and the budget it holds until dropped.
+pub(crate) struct Frame {
+    pub payload: Bytes,
+    _reservation: Reservation,
+}
+
+/// Reads the frames of one stream under its connection's byte budget: the length prefix is
+/// checked against the frame limit, then the payload's bytes are reserved (waiting while they
+/// do not fit), and only then is the payload read, with a deadline. Cancel-safe: a frame read
+/// or reserved in part stays here for the next call.
+pub(crate) struct FrameReader {
+    budget: ConnBudget,
     max_frame_bytes: u32,
-) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
-    let mut filled = 0;
-    while filled < LENGTH_PREFIX_BYTES {
-        let n = recv.read(&mut prefix[filled..]).await.map_err(io_error)?;
-        match n {
-            Some(n) => filled += n,
-            None if filled == 0 => return Ok(None),
-            None => return Err(FrameError::UnexpectedEof),
+    timeout: Duration,
+    prefix: [u8; LENGTH_PREFIX_BYTES],
+    prefix_filled: usize,
+    pending: Pending,
+}
+
+enum Pending {
+    /// Reading the length prefix.
+    Prefix,
+    /// Waiting for the budget to take the payload.
+    Reserving {
+        len: u32,
+        reserve: BoxFuture<'static, Option<Reservation>>,
+    },
+    /// Reading the payload, until `deadline`.
+    Payload {
+        len: u32,
+        buf: BytesMut,
+        reservation: Reservation,
+        deadline: Instant,
+    },
+}
+
+impl FrameReader {
+    pub fn new(budget: ConnBudget, limits: &ConnectionLimits) -> Self {
+        FrameReader {
+            budget,
+            max_frame_bytes: limits.max_frame_bytes,
+            timeout: limits.inbound_frame_timeout,
+            prefix: [0; LENGTH_PREFIX_BYTES],
+            prefix_filled: 0,
+            pending: Pending::Prefix,
         }
     }
-    let len = u32::from_be_bytes(prefix);
-    if len > max_frame_bytes {
-        return Err(FrameError::TooLarge {
-            len: len.into(),
-            max: max_frame_bytes,
-        });
+
+    /// The next frame; `Ok(None)` when the stream ends cleanly between frames.
+    pub async fn next(&mut self, recv: &mut RecvStream) -> Result<Option<Frame>, ReadError> {
+        loop {
+            match &mut self.pending {
+                Pending::Prefix => {
+                    let want = LENGTH_PREFIX_BYTES - self.prefix_filled;
+                    let Some(chunk) = recv.read_chunk(want, true).await.map_err(io_error)? else {
+                        return match self.prefix_filled {
+                            0 => Ok(None),
+                            _ => Err(FrameError::UnexpectedEof.into()),
+                        };
+                    };
+                    let end = self.prefix_filled + chunk.bytes.len();
+                    self.prefix[self.prefix_filled..end].copy_from_slice(&chunk.bytes);
+                    self.prefix_filled = end;
+                    if end == LENGTH_PREFIX_BYTES {
+                        let len = u32::from_be_bytes(self.prefix);
+                        if len > self.max_frame_bytes {
+                            return Err(FrameError::TooLarge {
+                                len: len.into(),
+                                max: self.max_frame_bytes,
+                            }
+                            .into());
+                        }
+                        self.prefix_filled = 0;
+                        self.pending = Pending::Reserving {
+                            len,
+                            reserve: Box::pin(self.budget.reserve(len)),
+                        };
+                    }
+                }
+                Pending::Reserving { len, reserve } => {
+                    let len = *len;
+                    let reservation = reserve.await.ok_or_else(|| {
+                        ReadError::Frame(FrameError::Io(std::io::Error::other(
+                            "the inbound byte budget was closed",
+                        )))
+                    })?;
+                    self.pending = Pending::Payload {
+                        len,
+                        // Reserved, so allocated whole: it never grows or moves.
+                        buf: BytesMut::with_capacity(len as usize),
+                        reservation,
+                        deadline: Instant::now() + self.timeout,
+                    };
+                }
+                Pending::Payload {
+                    len, buf, deadline, ..
+                } => {
+                    let left = *len as usize - buf.len();
+                    let mut whole = None;
+                    if left > 0 {
+                        let chunk = tokio::select! {
+                            chunk = recv.read_chunk(left, true) => chunk.map_err(io_error)?,
+                            () = tokio::time::sleep_until(*deadline) => {
+                                return Err(ReadError::Stalled { len: *len, timeout: self.timeout });
+                            }
+                        };
+                        let Some(chunk) = chunk else {
+                            return Err(FrameError::UnexpectedEof.into());
+                        };
+                        if chunk.bytes.len() < left || !buf.is_empty() {
+                            buf.extend_from_slice(&chunk.bytes);
+                            continue;
+                        }
+                        // The whole payload in one chunk: kept as received, not copied.
+                        whole = Some(chunk.bytes);
+                    }
+                    if let Pending::Payload {
+                        buf, reservation, ..
+                    } = std::mem::replace(&mut self.pending, Pending::Prefix)
+                    {
+                        return Ok(Some(Frame {
+                            payload: whole.unwrap_or_else(|| buf.freeze()),
+                            _reservation: reservation,
+                        }));
+                    }
+                }
+            }
+        }
     }
-    let mut payload = Vec::with_capacity((len as usize).min(INITIAL_PAYLOAD_CAPACITY));
-    (&mut *recv)
-        .take(u64::from(len))
-        .read_to_end(&mut payload)
-        .await?;
-    if payload.len() != len as usize {
-        return Err(FrameError::UnexpectedEof);
+
+    /// Forgets any frame read in part, releasing its bytes.
+    pub fn clear(&mut self) {
+        self.prefix_filled = 0;
+        self.pending = Pending::Prefix;
     }
-    Ok(Some(payload))
 }
 
 fn io_error(e: quinn::ReadError) -> FrameError {

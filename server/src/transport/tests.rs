@@ -1,5 +1,8 @@
 //! End-to-end tests of the transport against an in-process server on 127.0.0.1 port 0, with a
-//! tiny counter schema and a raw quinn client that pins the server's certificate.
+//! tiny counter schema and a raw quinn client that pins the server's certificate; the limits
+//! that hold off hostile clients are tested in `limits`.
+
+mod limits;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -187,8 +190,21 @@ async fn start(dir: &Path) -> RunningServer {
 }
 
 async fn dial(server: &RunningServer) -> (Endpoint, Connection) {
-    let mut endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    dial_from(server, LOCAL).await
+}
+
+/// The address clients bind unless a test says otherwise.
+const LOCAL: &str = "127.0.0.1:0";
+
+/// A client endpoint bound to `local` (an `ip:port`) that trusts the server.
+fn client_endpoint(server: &RunningServer, local: &str) -> std::io::Result<Endpoint> {
+    let mut endpoint = Endpoint::client(local.parse().unwrap())?;
     endpoint.set_default_client_config(server.pinned_client_config().unwrap());
+    Ok(endpoint)
+}
+
+async fn dial_from(server: &RunningServer, local: &str) -> (Endpoint, Connection) {
+    let endpoint = client_endpoint(server, local).unwrap();
     let conn = endpoint
         .connect(server.quic_connect_addr(), "localhost")
         .unwrap()
@@ -219,7 +235,12 @@ struct Client {
 
 impl Client {
     async fn connect(server: &RunningServer) -> Client {
-        let (endpoint, conn) = dial(server).await;
+        Client::connect_from(server, LOCAL).await
+    }
+
+    /// Connects from the local address `local` (an `ip:port`).
+    async fn connect_from(server: &RunningServer, local: &str) -> Client {
+        let (endpoint, conn) = dial_from(server, local).await;
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send_msg(
             &mut send,

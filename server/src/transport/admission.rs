@@ -1,0 +1,241 @@
+//! Who may connect: the server-wide connection limit, checked on each handshake; a QUIC Retry
+//! (stateless address validation) for unvalidated clients once half the slots are taken; a cap
+//! per source address (an IPv4 address or an IPv6 /64), checked once the handshake has proven
+//! the address; and refusals logged at a bounded rate, since they come at the attacker's pace.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use quinn::Incoming;
+
+use crate::config::ConnectionLimits;
+use crate::metrics::ServerMetrics;
+
+/// At most one line per this long for each kind of refusal; the rest are counted into the
+/// next line (and all of them in the metrics).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+pub(crate) struct Admission {
+    max_connections: usize,
+    max_per_address: usize,
+    /// Connections past their handshake, per source address; entries at zero are removed, so
+    /// there are at most `max_connections` of them.
+    per_address: Mutex<HashMap<AddressKey, usize>>,
+    server_full: Mutex<RefusalLog>,
+    address_full: Mutex<RefusalLog>,
+    metrics: Arc<ServerMetrics>,
+}
+
+impl Admission {
+    pub fn new(limits: &ConnectionLimits, metrics: Arc<ServerMetrics>) -> Arc<Self> {
+        Arc::new(Admission {
+            max_connections: limits.max_connections,
+            max_per_address: limits.max_connections_per_address.max(1),
+            per_address: Mutex::new(HashMap::new()),
+            server_full: Mutex::new(RefusalLog::default()),
+            address_full: Mutex::new(RefusalLog::default()),
+            metrics,
+        })
+    }
+
+    /// Decides on a new handshake, given the connections open now (handshakes included).
+    /// Returns it when it may go ahead; otherwise it has been refused or sent a Retry.
+    ///
+    /// Below half the limit no Retry is asked for, which would cost every client a round trip;
+    /// above it, a client must prove its address before it takes a slot, so Initials from
+    /// spoofed addresses cannot hold the remaining slots for the handshake timeout.
+    pub fn admit(&self, incoming: Incoming, open: usize) -> Option<Incoming> {
+        let remote = incoming.remote_address();
+        if open >= self.max_connections {
+            self.metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(earlier) = self.server_full.lock().note(Instant::now()) {
+                tracing::warn!(
+                    %remote,
+                    refused_since_last_line = earlier,
+                    max_connections = self.max_connections,
+                    "connection limit reached; refusing handshakes"
+                );
+            }
+            incoming.refuse();
+            return None;
+        }
+        if !incoming.remote_address_validated() && open.saturating_mul(2) >= self.max_connections {
+            match incoming.retry() {
+                Ok(()) => {
+                    self.metrics
+                        .connection_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                // Not allowed for this packet: it goes ahead unvalidated.
+                Err(e) => return Some(e.into_incoming()),
+            }
+        }
+        Some(incoming)
+    }
+
+    /// Takes a slot for a connection from `remote` whose handshake is complete, or `None`
+    /// (counted and logged) when its address already has as many connections as it may.
+    pub fn claim(self: &Arc<Self>, remote: SocketAddr) -> Option<AddressSlot> {
+        let key = AddressKey::of(remote.ip());
+        {
+            let mut per_address = self.per_address.lock();
+            let open = per_address.entry(key).or_default();
+            if *open < self.max_per_address {
+                *open += 1;
+                return Some(AddressSlot {
+                    admission: self.clone(),
+                    key,
+                });
+            }
+        }
+        self.metrics
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .connections_refused_per_address
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(earlier) = self.address_full.lock().note(Instant::now()) {
+            tracing::warn!(
+                address = %key,
+                refused_since_last_line = earlier,
+                max_connections_per_address = self.max_per_address,
+                "too many connections from one address; closing new ones"
+            );
+        }
+        None
+    }
+}
+
+/// One connection's place in its address's count, given back when dropped.
+pub(crate) struct AddressSlot {
+    admission: Arc<Admission>,
+    key: AddressKey,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut per_address = self.admission.per_address.lock();
+        if let Some(open) = per_address.get_mut(&self.key) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                per_address.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What connections are counted by: an IPv4 address, or the /64 of an IPv6 address, the
+/// block one host usually gets (one IPv6 host could otherwise take every slot by itself).
+/// IPv4 clients reaching a dual-stack socket are counted by their IPv4 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum AddressKey {
+    V4(Ipv4Addr),
+    V6Prefix(u64),
+}
+
+impl AddressKey {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => AddressKey::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddressKey::V4(v4),
+                None => AddressKey::V6Prefix((v6.to_bits() >> 64) as u64),
+            },
+        }
+    }
+}
+
+impl fmt::Display for AddressKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressKey::V4(v4) => v4.fmt(f),
+            AddressKey::V6Prefix(prefix) => {
+                write!(f, "{}/64", Ipv6Addr::from_bits(u128::from(*prefix) << 64))
+            }
+        }
+    }
+}
+
+/// Lets through the first refusal, then at most one per `REFUSAL_LOG_INTERVAL`, each saying
+/// how many were held back since the previous one.
+#[derive(Default)]
+struct RefusalLog {
+    last_line: Option<Instant>,
+    held_back: u64,
+}
+
+impl RefusalLog {
+    /// `Some(refusals held back since the last line)` when this one is to be logged.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        match self.last_line {
+            Some(last) if now.saturating_duration_since(last) < REFUSAL_LOG_INTERVAL => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last_line = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_counted_by_ipv4_address_or_ipv6_slash_64() {
+        let key = |s: &str| AddressKey::of(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(key("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+        assert_eq!(key("192.0.2.7").to_string(), "192.0.2.7");
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_interval_with_a_count_of_the_rest() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.note(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(log.note(t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(log.note(t0 + REFUSAL_LOG_INTERVAL), Some(5));
+        assert_eq!(log.note(t0 + REFUSAL_LOG_INTERVAL), None);
+    }
+
+    #[test]
+    fn an_address_slot_is_given_back_when_dropped() {
+        let limits = ConnectionLimits {
+            max_connections_per_address: 2,
+            ..ConnectionLimits::default()
+        };
+        let admission = Admission::new(&limits, Arc::new(ServerMetrics::default()));
+        let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:1000".parse().unwrap();
+        let first = admission.claim(a).unwrap();
+        let _second = admission.claim(a).unwrap();
+        assert!(admission.claim(a).is_none());
+        let _other = admission.claim(b).unwrap();
+        drop(first);
+        assert!(admission.claim(a).is_some());
+        assert_eq!(
+            admission
+                .metrics
+                .connections_refused_per_address
+                .load(Ordering::Relaxed),
+            1
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! The limits that keep hostile clients from exhausting the server, against a real server on
+//! loopback: byte budgets for frames not yet complete, the deadline for finishing one, and who
+//! may connect (a cap per source address, Retry under load, the server-wide limit).
+
+use std::sync::atomic::{AtomicBool, AtomicI64};
+
+use quinn::{ConnectionError, TransportErrorCode};
+
+use super::*;
+use crate::transport::stream::CLOSE_TOO_MANY_CONNECTIONS;
+
+/// A whole `counter:echo` call frame, prefix included, padded to a little over `pad` bytes.
+fn padded_call(request_id: u64, pad: usize) -> Vec<u8> {
+    let msg = call_msg(
+        request_id,
+        CallKind::Action,
+        "counter:echo",
+        obj! { "pad" => "x".repeat(pad) },
+    );
+    encode_frame(&encode(&msg).unwrap()).unwrap()
+}
+
+/// Waits until `condition` holds (bounded by `WAIT`).
+async fn until(what: &str, condition: impl Fn() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+fn buffered(server: &RunningServer) -> i64 {
+    server.metrics().inbound_frame_bytes.load(Ordering::Relaxed)
+}
+
+/// Records the highest value of the buffered-bytes gauge until stopped.
+struct PeakWatch {
+    peak: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PeakWatch {
+    fn start(server: &RunningServer) -> PeakWatch {
+        let metrics = server.metrics().clone();
+        let (peak, stop) = (
+            Arc::new(AtomicI64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (seen, stopped) = (peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stopped.load(Ordering::Relaxed) {
+                seen.fetch_max(
+                    metrics.inbound_frame_bytes.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        PeakWatch { peak, stop }
+    }
+
+    fn stop(self) -> i64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Opens a call stream and sends all of `frame` but its last byte.
+async fn almost(conn: &Connection, frame: &[u8]) -> (SendStream, RecvStream) {
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame[..frame.len() - 1]).await.unwrap();
+    (send, recv)
+}
+
+/// Sends the last byte of `frame` and expects its call's result.
+async fn finish_call(stream: (SendStream, RecvStream), frame: &[u8], request_id: u64) {
+    let (mut send, mut recv) = stream;
+    send.write_all(&frame[frame.len() - 1..]).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(next_result(&mut recv).await.0, request_id);
+}
+
+/// Frames still arriving are held to the per-connection and the server-wide byte budgets: the
+/// ones that do not fit wait unread, and are served once earlier ones complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incomplete_frames_are_held_to_the_connection_and_server_budgets() {
+    const MAX_FRAME: usize = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| {
+        c.limits.max_frame_bytes = MAX_FRAME as u32;
+        c.limits.max_inbound_frame_bytes_per_connection = 2 * MAX_FRAME;
+        c.limits.max_inbound_frame_bytes = 3 * MAX_FRAME;
+    })
+    .await;
+    // Two fit in a connection's budget, three in the server's.
+    let frames: Vec<Vec<u8>> = (1..=5).map(|id| padded_call(id, 60_000)).collect();
+    let frame_bytes = (frames[0].len() - 4) as i64;
+    let watch = PeakWatch::start(&server);
+    let a = Client::connect(&server).await;
+    let b = Client::connect(&server).await;
+
+    let mut a_streams = Vec::new();
+    for frame in &frames[..3] {
+        a_streams.push(almost(&a.conn, frame).await);
+    }
+    until("a holds its budget", || {
+        buffered(&server) >= 2 * frame_bytes
+    })
+    .await;
+    let mut b_streams = Vec::new();
+    for frame in &frames[3..] {
+        b_streams.push(almost(&b.conn, frame).await);
+    }
+    until("the server's budget is taken", || {
+        buffered(&server) >= 3 * frame_bytes
+    })
+    .await;
+    // a's third frame waits for a's own budget, so b got the server's last room: b's calls are
+    // served while all of a's frames are still incomplete.
+    for (stream, id) in b_streams.into_iter().zip(4..) {
+        finish_call(stream, &frames[id as usize - 1], id).await;
+    }
+    for (stream, id) in a_streams.into_iter().zip(1..) {
+        finish_call(stream, &frames[id as usize - 1], id).await;
+    }
+    until("every frame's bytes are released", || {
+        buffered(&server) == 0
+    })
+    .await;
+    let peak = watch.stop();
+    assert!(
+        peak <= 3 * frame_bytes,
+        "{peak} bytes buffered, over the server's budget"
+    );
+    assert!(a.conn.close_reason().is_none() && b.conn.close_reason().is_none());
+    server.shutdown().await;
+}
+
+/// A frame whose bytes were reserved but that never completes closes its connection with a
+/// fatal error, on a call stream and on the control stream alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_left_incomplete_closes_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| {
+        c.limits.inbound_frame_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let frame = padded_call(1, 1000);
+    let expect_stalled = |msg: &ServerMessage| {
+        assert_eq!(fatal_code(msg), "VALIDATION_ERROR");
+        let ServerMessage::Error { data, .. } = msg else {
+            unreachable!()
+        };
+        assert_eq!(data.get_path("limit"), Some(&Value::from("frameTimeoutMs")));
+    };
+
+    let client = Client::connect(&server).await;
+    let (_send, mut recv) = almost(&client.conn, &frame).await;
+    expect_stalled(&recv_msg(&mut recv).await.unwrap());
+    client.closed().await;
+
+    let mut client = Client::connect(&server).await;
+    client.send.write_all(&frame[..100]).await.unwrap();
+    expect_stalled(&client.next_non_transition().await);
+    client.closed().await;
+
+    let timeouts = &server.metrics().inbound_frame_timeouts;
+    assert_eq!(timeouts.load(Ordering::Relaxed), 2);
+    until("the frames' bytes are released", || buffered(&server) == 0).await;
+    server.shutdown().await;
+}
+
+/// How an attempt to connect from `local` ends: refused during the handshake, or closed right
+/// after it.
+async fn refusal(server: &RunningServer, local: &str) -> ConnectionError {
+    let endpoint = client_endpoint(server, local).unwrap();
+    let connecting = endpoint
+        .connect(server.quic_connect_addr(), "localhost")
+        .unwrap();
+    match tokio::time::timeout(WAIT, connecting).await.unwrap() {
+        Err(e) => e,
+        Ok(conn) => tokio::time::timeout(WAIT, conn.closed()).await.unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_address_and_in_all() {
+    const OTHER: &str = "127.0.0.2:0";
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| {
+        c.limits.max_connections = 8;
+        c.limits.max_connections_per_address = 4;
+    })
+    .await;
+    let metrics = server.metrics().clone();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(Client::connect(&server).await);
+    }
+    // A fifth from the same address: closed after its handshake, with a code saying why.
+    match refusal(&server, LOCAL).await {
+        ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, CLOSE_TOO_MANY_CONNECTIONS);
+        }
+        other => panic!("expected a close for too many connections, got {other:?}"),
+    }
+    assert_eq!(
+        metrics
+            .connections_refused_per_address
+            .load(Ordering::Relaxed),
+        1
+    );
+    // Half the slots were taken, so it had to prove its address with a Retry first.
+    assert!(metrics.connection_retries.load(Ordering::Relaxed) >= 1);
+
+    // Another address has slots of its own.
+    if client_endpoint(&server, OTHER).is_err() {
+        println!("cannot bind {OTHER} here; the other-address half is skipped");
+        server.shutdown().await;
+        return;
+    }
+    for _ in 0..4 {
+        let client = Client::connect_from(&server, OTHER).await;
+        assert_eq!(
+            client
+                .value(CallKind::Query, "counter:get", obj! { "name" => "n" })
+                .await,
+            Value::Int64(0)
+        );
+        clients.push(client);
+    }
+    // The server is full: a handshake is refused outright, whatever its address.
+    match refusal(&server, OTHER).await {
+        ConnectionError::ConnectionClosed(close) => {
+            assert_eq!(close.error_code, TransportErrorCode::CONNECTION_REFUSED);
+        }
+        other => panic!("expected a refused handshake, got {other:?}"),
+    }
+    drop(clients);
+    server.shutdown().await;
+}
