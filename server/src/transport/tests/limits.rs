@@ -74,12 +74,18 @@ async fn almost(conn: &Connection, frame: &[u8]) -> (SendStream, RecvStream) {
     (send, recv)
 }
 
-/// Sends the last byte of `frame` and expects its call's result.
-async fn finish_call(stream: (SendStream, RecvStream), frame: &[u8], request_id: u64) {
-    let (mut send, mut recv) = stream;
-    send.write_all(&frame[frame.len() - 1..]).await.unwrap();
-    send.finish().unwrap();
-    assert_eq!(next_result(&mut recv).await.0, request_id);
+/// Sends the last byte of each stream's frame, then expects every call's result. All the last
+/// bytes go first: which of the frames got room in the budget is the server's choice.
+async fn finish_calls(streams: Vec<(SendStream, RecvStream)>, frames: &[Vec<u8>], first_id: u64) {
+    let mut recvs = Vec::new();
+    for ((mut send, recv), frame) in streams.into_iter().zip(frames) {
+        send.write_all(&frame[frame.len() - 1..]).await.unwrap();
+        send.finish().unwrap();
+        recvs.push(recv);
+    }
+    for (mut recv, id) in recvs.into_iter().zip(first_id..) {
+        assert_eq!(next_result(&mut recv).await.0, id);
+    }
 }
 
 /// Frames still arriving are held to the per-connection and the server-wide byte budgets: the
@@ -119,12 +125,8 @@ async fn incomplete_frames_are_held_to_the_connection_and_server_budgets() {
     .await;
     // a's third frame waits for a's own budget, so b got the server's last room: b's calls are
     // served while all of a's frames are still incomplete.
-    for (stream, id) in b_streams.into_iter().zip(4..) {
-        finish_call(stream, &frames[id as usize - 1], id).await;
-    }
-    for (stream, id) in a_streams.into_iter().zip(1..) {
-        finish_call(stream, &frames[id as usize - 1], id).await;
-    }
+    finish_calls(b_streams, &frames[3..], 4).await;
+    finish_calls(a_streams, &frames[..3], 1).await;
     until("every frame's bytes are released", || {
         buffered(&server) == 0
     })
