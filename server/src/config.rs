@@ -303,6 +303,15 @@ pub struct Options {
         value_name = "N"
     )]
     pub max_connections: Option<usize>,
+    /// Most connections open at once from one source address (an IPv4 address or an IPv6
+    /// /64) [default: 256].
+    #[arg(
+        long,
+        env = "LINKEDUP_MAX_CONNECTIONS_PER_ADDRESS",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_connections_per_address: Option<usize>,
     /// Largest frame payload accepted or sent, in bytes [default: 8388608].
     #[arg(
         long,
@@ -563,6 +572,9 @@ impl Options {
             workos_issuer: self.workos_issuer.or(lower.workos_issuer),
             workos_jwks_url: self.workos_jwks_url.or(lower.workos_jwks_url),
             max_connections: self.max_connections.or(lower.max_connections),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .or(lower.max_connections_per_address),
             max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
             max_concurrent_calls: self.max_concurrent_calls.or(lower.max_concurrent_calls),
             max_subscriptions: self.max_subscriptions.or(lower.max_subscriptions),
@@ -682,6 +694,9 @@ impl Options {
         let limits = &mut config.limits;
         if let Some(n) = self.max_connections {
             limits.max_connections = at_least("max-connections", n, 1)?;
+        }
+        if let Some(n) = self.max_connections_per_address {
+            limits.max_connections_per_address = at_least("max-connections-per-address", n, 1)?;
         }
         if let Some(n) = self.max_frame_bytes {
             limits.max_frame_bytes = at_least("max-frame-bytes", n, MIN_FRAME_BYTES)?;

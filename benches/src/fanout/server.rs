@@ -144,6 +144,9 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir.path())
             .args(["--listen", &quic, "--http-listen", &http])
+            // Every client of the harness connects from 127.0.0.1: the per-address cap (256 by
+            // default) would refuse most of them; the total connection limit still holds.
+            .args(["--max-connections-per-address", "10000"])
             .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
