@@ -1,9 +1,9 @@
 //! The write-ahead log. A durable batch is acknowledged once its record is appended here and
 //! fsynced — a small sequential write — while redb applies the batch without an fsync of its
 //! own (later, off the critical path: see `storage`); a checkpoint (a durable redb commit)
-//! makes redb's state durable and deletes the log segments it covers. On open, records newer than redb's durable state are replayed, so nothing
-//! acknowledged is lost. A torn record at the tail (a crash mid-append) was never acknowledged
-//! and is ignored.
+//! makes redb's state durable and deletes the log segments it covers. On open, every record
+//! still in the log is replayed, in order (`Replay`), so nothing acknowledged is lost. A torn
+//! record at the tail (a crash mid-append) was never acknowledged and is ignored.
 //!
 //! Segments are zero-filled ahead of use by a background thread, so appending a record
 //! overwrites blocks the file already has: its `fdatasync` then writes data only, where an
@@ -21,7 +21,7 @@
 //! list prefixed by its u32 count and each byte string by its u32 length.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -31,6 +31,13 @@ use crate::storage::{write_back, WRITEBACK_STEP};
 
 /// Largest record accepted on replay (a batch is bounded well below this).
 const MAX_RECORD_BYTES: usize = 1 << 30;
+
+/// Why the log cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// One batch as logged.
 #[derive(Debug, Default, PartialEq)]
@@ -240,36 +247,91 @@ fn segments_on_disk(base: &Path) -> std::io::Result<(Vec<PathBuf>, u64)> {
     Ok((out, newest))
 }
 
-/// Reads every intact record of one segment file, in order.
-fn read_segment(path: &Path, records: &mut Vec<Record>) -> std::io::Result<()> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
-    let mut at = 0usize;
-    while bytes.len() - at >= 8 {
-        let len =
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
-        if len > MAX_RECORD_BYTES || bytes.len() - at - 8 < len {
-            break;
-        }
-        let body = &bytes[at + 8..at + 8 + len];
-        if crc32fast::hash(body) != crc {
-            break;
-        }
-        match Record::decode(body) {
-            Some(r) => records.push(r),
-            None => break,
-        }
-        at += 8 + len;
+/// Reads the records of one segment file in order, one at a time, so replay holds at most one
+/// record in memory whatever the log's size.
+struct SegmentReader {
+    file: BufReader<File>,
+    len: u64,
+    /// Offset of the next record.
+    at: u64,
+}
+
+/// What the next position of a segment holds.
+enum Next {
+    Record(Record),
+    /// A zero header, or the end of the file: no more records.
+    End,
+    /// A record that cannot be read back (a torn append, or damage).
+    Bad,
+}
+
+impl SegmentReader {
+    fn open(path: &Path) -> std::io::Result<SegmentReader> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(SegmentReader {
+            file: BufReader::with_capacity(READ_BUFFER_BYTES, file),
+            len,
+            at: 0,
+        })
     }
-    if bytes[at..].iter().any(|b| *b != 0) {
-        tracing::warn!(
-            path = %path.display(),
-            dropped_bytes = bytes.len() - at,
-            "ignoring a torn record at the end of a write-ahead log segment"
-        );
+
+    fn next(&mut self) -> std::io::Result<Next> {
+        let left = self.len - self.at;
+        if left < 8 {
+            return Ok(Next::End);
+        }
+        let mut header = [0u8; 8];
+        self.file.read_exact(&mut header)?;
+        if header == [0; 8] {
+            return Ok(Next::End);
+        }
+        let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+        let crc = u32::from_le_bytes([c0, c1, c2, c3]);
+        if len > MAX_RECORD_BYTES || left - 8 < len as u64 {
+            return Ok(Next::Bad);
+        }
+        let mut body = vec![0u8; len];
+        self.file.read_exact(&mut body)?;
+        if crc32fast::hash(&body) != crc {
+            return Ok(Next::Bad);
+        }
+        let Some(record) = Record::decode(&body) else {
+            return Ok(Next::Bad);
+        };
+        self.at += 8 + len as u64;
+        Ok(Next::Record(record))
     }
-    Ok(())
+}
+
+/// Read buffer of replay.
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// Calls `apply` with every intact record of one segment file, in order; returns how many.
+fn replay_segment<E: From<WalError>>(
+    path: &Path,
+    apply: &mut impl FnMut(Record) -> Result<(), E>,
+) -> Result<usize, E> {
+    let mut reader = SegmentReader::open(path).map_err(WalError::Io)?;
+    let mut n = 0;
+    loop {
+        match reader.next().map_err(WalError::Io)? {
+            Next::Record(r) => {
+                apply(r)?;
+                n += 1;
+            }
+            Next::End => return Ok(n),
+            Next::Bad => {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = reader.at,
+                    "ignoring a torn record at the end of a write-ahead log segment"
+                );
+                return Ok(n);
+            }
+        }
+    }
 }
 
 /// Makes a created or removed directory entry durable.
@@ -277,50 +339,79 @@ fn sync_dir(base: &Path) -> std::io::Result<()> {
     File::open(dir_of(base))?.sync_all()
 }
 
-impl Wal {
-    /// Opens the log of the database at `base`, returning it with every intact record of every
-    /// segment, oldest first. New records go to a fresh segment after them; later segments are
-    /// zero-filled to `segment_bytes` ahead of use.
-    pub fn open(base: &Path, segment_bytes: u64) -> std::io::Result<(Wal, Vec<Record>)> {
-        Self::open_sized(base, segment_bytes, FIRST_SEGMENT_BYTES)
+/// The log as found on disk at open, before new records go to it: its records are replayed
+/// (`records`), then `start` begins a fresh segment after them. Nothing is created or deleted
+/// until `start`, so a replay that fails leaves the log exactly as it was.
+pub struct Replay {
+    base: PathBuf,
+    /// The segments found, oldest first.
+    segments: Vec<PathBuf>,
+    /// Number of the newest segment found (0 if none).
+    newest: u64,
+}
+
+impl Replay {
+    /// Finds the log of the database at `base`.
+    pub fn open(base: &Path) -> std::io::Result<Replay> {
+        remove_if_present(&next_segment_path(base))?;
+        let (segments, newest) = segments_on_disk(base)?;
+        Ok(Replay {
+            base: base.to_path_buf(),
+            segments,
+            newest,
+        })
     }
 
-    fn open_sized(
-        base: &Path,
-        segment_bytes: u64,
-        first_bytes: u64,
-    ) -> std::io::Result<(Wal, Vec<Record>)> {
-        remove_if_present(&next_segment_path(base))?;
-        let (older, newest) = segments_on_disk(base)?;
-        let mut records = Vec::new();
-        for path in &older {
-            read_segment(path, &mut records)?;
+    /// Calls `apply` with every intact record of every segment, oldest first, one record in
+    /// memory at a time; returns how many. Every record is passed, whatever redb holds: a
+    /// record is the after-image of the keys it wrote, so applying one redb already has changes
+    /// nothing, and redb's own idea of how far it got cannot be trusted (after a failed fsync
+    /// the kernel may serve pages that never reached the disk).
+    pub fn records<E: From<WalError>>(
+        &self,
+        mut apply: impl FnMut(Record) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut n = 0;
+        for path in &self.segments {
+            n += replay_segment(path, &mut apply)?;
         }
-        let current = newest + 1;
+        Ok(n)
+    }
+
+    /// Starts a fresh segment after the ones found; those stay on disk until
+    /// `Wal::discard_replayed`. Later segments are zero-filled to `segment_bytes` ahead of use.
+    pub fn start(self, segment_bytes: u64) -> std::io::Result<Wal> {
+        self.start_sized(segment_bytes, FIRST_SEGMENT_BYTES)
+    }
+
+    fn start_sized(self, segment_bytes: u64, first_bytes: u64) -> std::io::Result<Wal> {
+        let base = self.base;
+        let current = self.newest + 1;
         let first = first_bytes.min(segment_bytes);
-        let (file, filled) = match create_zero_filled(&segment_path(base, current), first, false) {
+        let (file, filled) = match create_zero_filled(&segment_path(&base, current), first, false) {
             Ok(file) => {
-                sync_dir(base)?;
+                sync_dir(&base)?;
                 (file, first)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not zero-fill the first log segment; appending instead");
-                (create_segment(base, current)?, 0)
+                (create_segment(&base, current)?, 0)
             }
         };
-        let wal = Wal {
-            base: base.to_path_buf(),
+        Ok(Wal {
+            base,
             file,
             current,
-            older,
+            older: self.segments,
             len: 0,
             segment_bytes,
             next: None,
             filled,
-        };
-        Ok((wal, records))
+        })
     }
+}
 
+impl Wal {
     /// Appends a record and waits until it is on disk.
     ///
     /// A failed write is cut off again, so the next record does not land behind a torn one
@@ -518,6 +609,19 @@ impl Sealed {
 mod tests {
     use super::*;
 
+    /// Opens the log at `base` as `Storage` does: every record, then a fresh segment.
+    fn open(base: &Path, segment_bytes: u64) -> (Wal, Vec<Record>) {
+        let replay = Replay::open(base).unwrap();
+        let mut records = Vec::new();
+        replay
+            .records(|r| {
+                records.push(r);
+                Ok::<_, WalError>(())
+            })
+            .unwrap();
+        (replay.start(segment_bytes).unwrap(), records)
+    }
+
     fn sample(ts: u64) -> Record {
         Record {
             ts,
@@ -532,7 +636,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("w.redb");
         {
-            let (mut w, recs) = Wal::open(&base, 1 << 20).unwrap();
+            let (mut w, recs) = open(&base, 1 << 20);
             assert!(recs.is_empty());
             w.append_durable(&sample(1).encode()).unwrap();
             w.append_durable(&sample(2).encode()).unwrap();
@@ -540,10 +644,10 @@ mod tests {
             let third = sample(3).encode();
             w.append_durable(&third[..third.len() / 2]).unwrap();
         }
-        let (mut w, recs) = Wal::open(&base, 1 << 20).unwrap();
+        let (mut w, recs) = open(&base, 1 << 20);
         assert_eq!(recs, vec![sample(1), sample(2)]);
         w.discard_replayed().unwrap();
-        assert!(Wal::open(&base, 1 << 20).unwrap().1.is_empty());
+        assert!(open(&base, 1 << 20).1.is_empty());
     }
 
     #[test]
@@ -554,7 +658,10 @@ mod tests {
         let segment_bytes = 8 * record;
         // A leftover from a crash while zero-filling is removed at open.
         std::fs::write(next_segment_path(&base), b"junk").unwrap();
-        let (mut w, _) = Wal::open_sized(&base, segment_bytes, 5 * record).unwrap();
+        let mut w = Replay::open(&base)
+            .unwrap()
+            .start_sized(segment_bytes, 5 * record)
+            .unwrap();
         assert!(!next_segment_path(&base).exists());
         // The first segment is zero-filled, short, before anything is appended.
         let first = segment_path(&base, w.current);
@@ -580,7 +687,7 @@ mod tests {
         // The records overwrote the zeros: the file did not grow.
         assert_eq!(std::fs::metadata(&current).unwrap().len(), segment_bytes);
         drop(w);
-        let (_, recs) = Wal::open(&base, segment_bytes).unwrap();
+        let (_, recs) = open(&base, segment_bytes);
         assert_eq!(recs, (1..=6).map(sample).collect::<Vec<_>>());
     }
 
@@ -589,14 +696,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("w.redb");
         {
-            let (mut w, _) = Wal::open(&base, 1 << 20).unwrap();
+            let (mut w, _) = open(&base, 1 << 20);
             w.append_durable(&sample(1).encode()).unwrap();
             let mut bad = sample(2).encode();
             let n = bad.len();
             bad[n - 1] ^= 0xff;
             w.append_durable(&bad).unwrap();
         }
-        assert_eq!(Wal::open(&base, 1 << 20).unwrap().1, vec![sample(1)]);
+        assert_eq!(open(&base, 1 << 20).1, vec![sample(1)]);
     }
 
     #[test]
@@ -608,7 +715,7 @@ mod tests {
         legacy.push(".wal");
         std::fs::write(PathBuf::from(&legacy), sample(1).encode()).unwrap();
         let sealed = {
-            let (mut w, recs) = Wal::open(&base, 1 << 20).unwrap();
+            let (mut w, recs) = open(&base, 1 << 20);
             assert_eq!(recs, vec![sample(1)]);
             w.append_durable(&sample(2).encode()).unwrap();
             let sealed = w.rotate().unwrap();
@@ -617,10 +724,10 @@ mod tests {
             sealed
         };
         // Reopened before the checkpoint: everything is still there, in order.
-        let (_, recs) = Wal::open(&base, 1 << 20).unwrap();
+        let (_, recs) = open(&base, 1 << 20);
         assert_eq!(recs, vec![sample(1), sample(2), sample(3)]);
         sealed.remove().unwrap();
-        let (_, recs) = Wal::open(&base, 1 << 20).unwrap();
+        let (_, recs) = open(&base, 1 << 20);
         assert_eq!(recs, vec![sample(3)]);
         assert!(!PathBuf::from(&legacy).exists());
     }

@@ -20,7 +20,7 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use crate::doc_cache::DocCache;
 use crate::id::ID_BYTES;
-use crate::wal::{encode_record, Sealed, Wal};
+use crate::wal::{encode_record, Replay, Sealed, Wal, WalError};
 use crate::writes::WriteSet;
 use applier::{Applier, Job};
 use memtable::Memtable;
@@ -58,7 +58,7 @@ pub enum StorageError {
     #[error("storage: corrupt metadata {0}: {1}")]
     CorruptMeta(String, String),
     #[error("storage: write-ahead log: {0}")]
-    Wal(std::io::Error),
+    Wal(#[from] WalError),
     #[error("storage: {0}")]
     Io(std::io::Error),
     #[error("storage: closed")]
@@ -231,7 +231,7 @@ impl Storage {
         Self::open_with(path, StorageOptions::default())
     }
 
-    /// Opens (creating) the database, replaying log records newer than redb's durable state.
+    /// Opens (creating) the database, replaying every record of the log into redb.
     pub fn open_with(path: &Path, options: StorageOptions) -> Result<Storage, StorageError> {
         let file = writeback::PacedFile::open(path).map_err(StorageError::Io)?;
         let db = match Database::builder()
@@ -254,27 +254,33 @@ impl Storage {
         txn.commit()?;
         // Room for the records past the rotation threshold, so the last ones still overwrite.
         let segment_bytes = options.checkpoint_bytes + options.checkpoint_bytes / 8;
-        let (mut wal, records) = Wal::open(path, segment_bytes).map_err(StorageError::Wal)?;
-        let mut durable_ts = read_last_ts(&db)?;
-        if !records.is_empty() {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            let mut replayed = 0;
-            for rec in records.iter().filter(|r| r.ts > durable_ts) {
-                apply(
-                    &txn,
-                    rec.docs.iter().map(|(id, d)| (*id, d.as_deref())),
-                    rec.index.iter().map(|(k, p)| (k.as_slice(), *p)),
-                    rec.meta.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-                    || {},
-                )?;
-                replayed += 1;
-            }
+        let replay = Replay::open(path).map_err(WalError::Io)?;
+        // Every record still in the log is applied again, in order, whatever redb's `last_ts`
+        // says: after a failed fsync the kernel may serve redb pages that never reached the
+        // disk, and skipping the records those pages claim to hold, then deleting the log, lost
+        // them at the next power cut. A record holds after-images only, so reapplying one
+        // redb has is harmless.
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let replayed = replay.records(|rec| {
+            apply(
+                &txn,
+                rec.docs.iter().map(|(id, d)| (*id, d.as_deref())),
+                rec.index.iter().map(|(k, p)| (k.as_slice(), *p)),
+                rec.meta.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                || {},
+            )
+        })?;
+        if replayed > 0 {
             txn.commit()?;
             tracing::info!(replayed, "replayed the write-ahead log");
-            durable_ts = read_last_ts(&db)?;
+        } else {
+            txn.abort()?;
         }
-        wal.discard_replayed().map_err(StorageError::Wal)?;
+        let durable_ts = read_last_ts(&db)?;
+        let mut wal = replay.start(segment_bytes).map_err(WalError::Io)?;
+        // Only now that redb holds every record durably.
+        wal.discard_replayed().map_err(WalError::Io)?;
         let closed = Arc::new(CloseSignal::default());
         let cache = Arc::new(DocCache::new(options.doc_cache_entries));
         let applied = Arc::new(ArcSwap::from_pointee(open_base(&db, durable_ts, &closed)?));
@@ -352,7 +358,7 @@ impl Storage {
             writes.index_entries.iter().map(|(k, p)| (k.as_slice(), *p)),
         );
         let mut wal = self.wal.lock();
-        wal.append_durable(&record).map_err(StorageError::Wal)?;
+        wal.append_durable(&record).map_err(WalError::Io)?;
         if wal.len() > self.checkpoint_bytes || wal.wants_rotation() {
             // The batch is durable whatever happens here, so a failed rotation must not fail it.
             match wal.rotate() {
@@ -668,6 +674,56 @@ mod tests {
             values(&snap, 5),
             vec![Some(2), Some(2), Some(2), Some(1), Some(1)]
         );
+        assert_eq!(read_last_ts(&s.db).unwrap(), 20);
+    }
+
+    /// After a failed fsync of redb a restart may read pages the kernel never wrote (PostgreSQL's
+    /// "fsyncgate"): redb's `last_ts` then claims batches it will not have after a power cut.
+    /// Recovery must replay the log's records anyway, and replaying those redb already holds
+    /// (here the first batch, an insert, then an update and a delete over it) changes nothing.
+    #[test]
+    fn every_logged_record_is_replayed_whatever_redb_claims_to_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let key = |id: u64, value: i64| {
+            let mut k = vec![0, 0, 0, 9];
+            k.extend_from_slice(&value.to_be_bytes());
+            k.extend_from_slice(&DocumentId::new(TableNumber(7), id).to_bytes());
+            k
+        };
+        {
+            let s = Storage::open(&path).unwrap();
+            commit(&s, batch(0..5, 1), 10);
+            // redb durably holds the first batch.
+            s.shut_down();
+            // Logged and acknowledged, never applied: ids 0..3 become 2, id 4 is deleted.
+            let mut second = batch(0..3, 2);
+            for id in 0..3 {
+                second.index_entries.insert(key(id, 1), false);
+            }
+            second
+                .docs
+                .insert(DocumentId::new(TableNumber(7), 4), None);
+            second.index_entries.insert(key(4, 1), false);
+            s.log(&second, 20, &meta(20)).unwrap();
+            // What the restart read: a `last_ts` past every record, without their writes.
+            s.write_meta_durable(&meta(30)).unwrap();
+        }
+        let s = Storage::open(&path).unwrap();
+        let snap = s.snapshot(30);
+        assert_eq!(
+            values(&snap, 5),
+            vec![Some(2), Some(2), Some(2), Some(1), None]
+        );
+        let keys: Vec<_> = snap
+            .index_keys(&[0, 0, 0, 9], Some(&[0, 0, 0, 10]), false)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut want = vec![key(0, 2), key(1, 2), key(2, 2), key(3, 1)];
+        want.sort();
+        assert_eq!(keys, want);
+        // The log was applied in order: `last_ts` is the last record's.
         assert_eq!(read_last_ts(&s.db).unwrap(), 20);
     }
 
