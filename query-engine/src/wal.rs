@@ -37,6 +37,19 @@ const MAX_RECORD_BYTES: usize = 1 << 30;
 pub enum WalError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A record that cannot be read back where a torn append cannot be: records follow it, or
+    /// its checksum holds and it still does not decode. What follows it was acknowledged, so
+    /// the open stops and every log file is kept for inspection.
+    #[error(
+        "segment {} is damaged at byte {offset} ({reason}) and records were written after it; \
+         every log file was kept",
+        path.display()
+    )]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: &'static str,
+    },
 }
 
 /// One batch as logged.
@@ -218,33 +231,50 @@ fn dir_of(base: &Path) -> PathBuf {
     }
 }
 
-/// The segments on disk, oldest first, with the number of the newest. A log written before
-/// segments existed (`<base>.wal`) comes first.
-fn segments_on_disk(base: &Path) -> std::io::Result<(Vec<PathBuf>, u64)> {
+/// Suffix of a segment being deleted: its records are durable in redb.
+const DELETING_SUFFIX: &str = ".deleting";
+
+/// What the log's directory holds for the database at `base`.
+#[derive(Default)]
+struct OnDisk {
+    /// The segments, oldest first. A log written before segments existed (`<base>.wal`) comes
+    /// first.
+    segments: Vec<PathBuf>,
+    /// Number of the newest segment (0 if none).
+    newest: u64,
+    /// Segments a checkpoint was deleting, to be deleted unread.
+    deleting: Vec<PathBuf>,
+}
+
+fn segments_on_disk(base: &Path) -> std::io::Result<OnDisk> {
     let Some(name) = base.file_name().and_then(|n| n.to_str()) else {
-        return Ok((Vec::new(), 0));
+        return Ok(OnDisk::default());
     };
     let legacy = format!("{name}.wal");
-    let prefix = format!("{name}.wal.");
+    let mut found = OnDisk::default();
     let mut numbered = Vec::new();
-    let mut out = Vec::new();
     for entry in std::fs::read_dir(dir_of(base))? {
         let entry = entry?;
         let file = entry.file_name();
         let Some(file) = file.to_str() else { continue };
-        if file == legacy {
-            out.push(entry.path());
-        } else if let Some(n) = file
-            .strip_prefix(&prefix)
-            .and_then(|n| n.parse::<u64>().ok())
-        {
+        // `<name>.wal`, or `<name>.wal.` followed by the rest.
+        let Some(rest) = file.strip_prefix(&legacy) else {
+            continue;
+        };
+        if rest.is_empty() {
+            found.segments.push(entry.path());
+        } else if rest.starts_with('.') && rest.ends_with(DELETING_SUFFIX) {
+            found.deleting.push(entry.path());
+        } else if let Some(n) = rest.strip_prefix('.').and_then(|n| n.parse::<u64>().ok()) {
             numbered.push((n, entry.path()));
         }
     }
     numbered.sort();
-    let newest = numbered.last().map(|(n, _)| *n).unwrap_or(0);
-    out.extend(numbered.into_iter().map(|(_, p)| p));
-    Ok((out, newest))
+    found.newest = numbered.last().map(|(n, _)| *n).unwrap_or(0);
+    found
+        .segments
+        .extend(numbered.into_iter().map(|(_, p)| p));
+    Ok(found)
 }
 
 /// Reads the records of one segment file in order, one at a time, so replay holds at most one
@@ -261,8 +291,15 @@ enum Next {
     Record(Record),
     /// A zero header, or the end of the file: no more records.
     End,
-    /// A record that cannot be read back (a torn append, or damage).
-    Bad,
+    /// A record that cannot be read back: a torn append, or damage. `len` is its stated body
+    /// length when that fits in the segment (the reader is then past its body).
+    Bad {
+        offset: u64,
+        reason: &'static str,
+        len: Option<u64>,
+    },
+    /// A record whose checksum holds but whose body does not decode: never a torn append.
+    Undecodable { offset: u64 },
 }
 
 impl SegmentReader {
@@ -277,61 +314,114 @@ impl SegmentReader {
     }
 
     fn next(&mut self) -> std::io::Result<Next> {
-        let left = self.len - self.at;
-        if left < 8 {
-            return Ok(Next::End);
-        }
+        let offset = self.at;
+        let left = self.len - offset;
         let mut header = [0u8; 8];
-        self.file.read_exact(&mut header)?;
+        // Fewer than 8 bytes left: the end of the file, or a header cut short.
+        self.file.read_exact(&mut header[..left.min(8) as usize])?;
         if header == [0; 8] {
             return Ok(Next::End);
         }
+        if left < 8 {
+            return Ok(Next::Bad {
+                offset,
+                reason: "a partial record header",
+                len: None,
+            });
+        }
         let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
-        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+        let len = u64::from(u32::from_le_bytes([l0, l1, l2, l3]));
         let crc = u32::from_le_bytes([c0, c1, c2, c3]);
-        if len > MAX_RECORD_BYTES || left - 8 < len as u64 {
-            return Ok(Next::Bad);
+        if len > MAX_RECORD_BYTES as u64 {
+            return Ok(Next::Bad {
+                offset,
+                reason: "a record length over the cap",
+                len: None,
+            });
         }
-        let mut body = vec![0u8; len];
+        if left - 8 < len {
+            return Ok(Next::Bad {
+                offset,
+                reason: "a record running past the end of the segment",
+                len: None,
+            });
+        }
+        // At most `MAX_RECORD_BYTES`, checked above.
+        let mut body = vec![0u8; len as usize];
         self.file.read_exact(&mut body)?;
+        self.at += 8 + len;
         if crc32fast::hash(&body) != crc {
-            return Ok(Next::Bad);
+            return Ok(Next::Bad {
+                offset,
+                reason: "a checksum mismatch",
+                len: Some(len),
+            });
         }
-        let Some(record) = Record::decode(&body) else {
-            return Ok(Next::Bad);
-        };
-        self.at += 8 + len as u64;
-        Ok(Next::Record(record))
+        match Record::decode(&body) {
+            Some(record) => Ok(Next::Record(record)),
+            None => Ok(Next::Undecodable { offset }),
+        }
     }
 }
 
 /// Read buffer of replay.
 const READ_BUFFER_BYTES: usize = 1 << 20;
 
-/// Calls `apply` with every intact record of one segment file, in order; returns how many.
+/// Where a segment's records ended.
+enum SegmentEnd {
+    /// At a zero header or the end of the file.
+    Clean,
+    /// At a record that cannot be read back, with nothing readable after it in the segment:
+    /// a torn append if no later segment holds records.
+    Torn { offset: u64, reason: &'static str },
+}
+
+/// Calls `apply` with every intact record of one segment file, in order; adds to `n` how many.
 fn replay_segment<E: From<WalError>>(
     path: &Path,
     apply: &mut impl FnMut(Record) -> Result<(), E>,
-) -> Result<usize, E> {
+    n: &mut usize,
+) -> Result<SegmentEnd, E> {
+    let corrupt = |offset, reason| WalError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        reason,
+    };
     let mut reader = SegmentReader::open(path).map_err(WalError::Io)?;
-    let mut n = 0;
     loop {
         match reader.next().map_err(WalError::Io)? {
             Next::Record(r) => {
                 apply(r)?;
-                n += 1;
+                *n += 1;
             }
-            Next::End => return Ok(n),
-            Next::Bad => {
-                tracing::warn!(
-                    path = %path.display(),
-                    offset = reader.at,
-                    "ignoring a torn record at the end of a write-ahead log segment"
-                );
-                return Ok(n);
+            Next::End => return Ok(SegmentEnd::Clean),
+            Next::Undecodable { offset } => {
+                return Err(corrupt(offset, "a record with a valid checksum that does not decode").into())
+            }
+            Next::Bad {
+                offset,
+                reason,
+                len,
+            } => {
+                // An append is the last write to its segment (a failed one is cut off again),
+                // so a readable record right after a bad one means damage, not a torn append.
+                if len.is_some()
+                    && matches!(
+                        reader.next().map_err(WalError::Io)?,
+                        Next::Record(_) | Next::Undecodable { .. }
+                    )
+                {
+                    return Err(corrupt(offset, reason).into());
+                }
+                return Ok(SegmentEnd::Torn { offset, reason });
             }
         }
     }
+}
+
+/// Whether a segment holds anything where its first record would be.
+fn holds_records(path: &Path) -> std::io::Result<bool> {
+    Ok(!matches!(SegmentReader::open(path)?.next()?, Next::End))
 }
 
 /// Makes a created or removed directory entry durable.
@@ -354,11 +444,14 @@ impl Replay {
     /// Finds the log of the database at `base`.
     pub fn open(base: &Path) -> std::io::Result<Replay> {
         remove_if_present(&next_segment_path(base))?;
-        let (segments, newest) = segments_on_disk(base)?;
+        let found = segments_on_disk(base)?;
+        for path in &found.deleting {
+            remove_gradually(path)?;
+        }
         Ok(Replay {
             base: base.to_path_buf(),
-            segments,
-            newest,
+            segments: found.segments,
+            newest: found.newest,
         })
     }
 
@@ -367,13 +460,42 @@ impl Replay {
     /// record is the after-image of the keys it wrote, so applying one redb already has changes
     /// nothing, and redb's own idea of how far it got cannot be trusted (after a failed fsync
     /// the kernel may serve pages that never reached the disk).
+    ///
+    /// A record that cannot be read back is accepted only as the torn tail of the log: the
+    /// last thing in its segment, with no records in any later segment. Anywhere else, or a
+    /// record whose checksum holds but which does not decode, is damage: `WalError::Corrupt`
+    /// names the segment and offset, and nothing has been deleted.
     pub fn records<E: From<WalError>>(
         &self,
         mut apply: impl FnMut(Record) -> Result<(), E>,
     ) -> Result<usize, E> {
         let mut n = 0;
+        let mut torn: Option<(&PathBuf, u64, &'static str)> = None;
         for path in &self.segments {
-            n += replay_segment(path, &mut apply)?;
+            if let Some((torn_path, offset, reason)) = torn {
+                // A torn append ends the log: records after it mean the bad record is damage,
+                // and everything after it was acknowledged.
+                if holds_records(path).map_err(WalError::Io)? {
+                    return Err(WalError::Corrupt {
+                        path: torn_path.clone(),
+                        offset,
+                        reason,
+                    }
+                    .into());
+                }
+                continue;
+            }
+            if let SegmentEnd::Torn { offset, reason } = replay_segment(path, &mut apply, &mut n)? {
+                torn = Some((path, offset, reason));
+            }
+        }
+        if let Some((path, offset, reason)) = torn {
+            tracing::warn!(
+                path = %path.display(),
+                offset,
+                reason,
+                "ignoring a torn record at the end of the write-ahead log (a crash mid-append; never acknowledged)"
+            );
         }
         Ok(n)
     }
@@ -595,10 +717,22 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// Deletes the sealed segments. Only call once redb durably holds all their records (a
-    /// crash midway leaves a segment cut short, whose records replay then skips as applied).
+    /// Deletes the sealed segments. Only call once redb durably holds all their records. Each
+    /// is first renamed out of the log (durably) and only then cut down: a crash midway leaves
+    /// a segment whole, or one that `Replay::open` deletes unread — never a segment cut short
+    /// among the live ones, which would look like damage.
     pub fn remove(self) -> std::io::Result<()> {
+        let mut doomed = Vec::with_capacity(self.paths.len());
         for path in &self.paths {
+            let to = log_path(path, DELETING_SUFFIX);
+            match std::fs::rename(path, &to) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other?,
+            }
+            doomed.push(to);
+        }
+        sync_dir(&self.base)?;
+        for path in &doomed {
             remove_gradually(path)?;
         }
         sync_dir(&self.base)
@@ -691,19 +825,155 @@ mod tests {
         assert_eq!(recs, (1..=6).map(sample).collect::<Vec<_>>());
     }
 
+    /// Replays the log at `base` without starting a segment.
+    fn replay(base: &Path) -> Result<Vec<Record>, WalError> {
+        let mut records = Vec::new();
+        Replay::open(base)?.records(|r| {
+            records.push(r);
+            Ok::<_, WalError>(())
+        })?;
+        Ok(records)
+    }
+
+    /// The log's files and their lengths.
+    fn files(dir: &Path) -> Vec<(String, u64)> {
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, e.metadata().unwrap().len())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `sample(ts)` with its body damaged (checksum no longer matches).
+    fn damaged(ts: u64) -> Vec<u8> {
+        let mut bad = sample(ts).encode();
+        let middle = 8 + (bad.len() - 8) / 2;
+        bad[middle] ^= 0xff;
+        bad
+    }
+
     #[test]
-    fn a_corrupted_record_stops_replay_of_its_segment() {
+    fn a_bad_record_is_dropped_only_as_the_torn_tail_of_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("w.redb");
-        {
-            let (mut w, _) = open(&base, 1 << 20);
-            w.append_durable(&sample(1).encode()).unwrap();
-            let mut bad = sample(2).encode();
-            let n = bad.len();
-            bad[n - 1] ^= 0xff;
-            w.append_durable(&bad).unwrap();
+        let (mut w, _) = open(&base, 1 << 20);
+        w.append_durable(&sample(1).encode()).unwrap();
+        w.append_durable(&damaged(2)).unwrap();
+        // The last thing in the log: a torn append, never acknowledged.
+        assert_eq!(replay(&base).unwrap(), vec![sample(1)]);
+        // A record after it: the bad one is damage, and the open stops there.
+        w.append_durable(&sample(3).encode()).unwrap();
+        drop(w);
+        match replay(&base) {
+            Err(WalError::Corrupt { path, offset, .. }) => {
+                assert_eq!(path, segment_path(&base, 1));
+                assert_eq!(offset, sample(1).encode().len() as u64);
+            }
+            other => panic!("damage was not reported: {other:?}"),
         }
-        assert_eq!(open(&base, 1 << 20).1, vec![sample(1)]);
+    }
+
+    /// Records 1–3 in a segment, record 2 damaged, record 4 in the next segment: opening
+    /// fails naming the segment and offset, and every file stays, however often it is tried.
+    #[test]
+    fn a_bad_record_before_later_records_fails_the_open_and_keeps_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("w.redb");
+        let (mut w, _) = open(&base, 1 << 20);
+        w.append_durable(&sample(1).encode()).unwrap();
+        w.append_durable(&damaged(2)).unwrap();
+        w.append_durable(&sample(3).encode()).unwrap();
+        drop(w.rotate().unwrap());
+        w.append_durable(&sample(4).encode()).unwrap();
+        drop(w);
+        let before = files(dir.path());
+        for _ in 0..2 {
+            match crate::storage::Storage::open(&base) {
+                Err(crate::storage::StorageError::Wal(WalError::Corrupt { path, offset, .. })) => {
+                    assert_eq!(path, segment_path(&base, 1));
+                    assert_eq!(offset, sample(1).encode().len() as u64);
+                }
+                Err(e) => panic!("unexpected error: {e}"),
+                Ok(_) => panic!("a damaged log was opened"),
+            }
+            let after: Vec<_> = files(dir.path())
+                .into_iter()
+                .filter(|(name, _)| name != "w.redb")
+                .collect();
+            assert_eq!(after, before);
+        }
+        // The same with the damaged record last in its segment: records in a later segment
+        // mean it is not a torn append either.
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("w.redb");
+        let (mut w, _) = open(&base, 1 << 20);
+        w.append_durable(&sample(1).encode()).unwrap();
+        w.append_durable(&damaged(2)).unwrap();
+        drop(w.rotate().unwrap());
+        w.append_durable(&sample(3).encode()).unwrap();
+        drop(w);
+        let before = files(dir.path());
+        assert!(matches!(
+            replay(&base),
+            Err(WalError::Corrupt { path, .. }) if path == segment_path(&base, 1)
+        ));
+        assert_eq!(files(dir.path()), before);
+    }
+
+    /// A checksum that holds over a body that does not decode is damage even at the tail.
+    #[test]
+    fn a_record_with_a_valid_checksum_that_does_not_decode_fails_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("w.redb");
+        let (mut w, _) = open(&base, 1 << 20);
+        w.append_durable(&sample(1).encode()).unwrap();
+        let body = [7u8; 5];
+        let mut record = (body.len() as u32).to_le_bytes().to_vec();
+        record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        record.extend_from_slice(&body);
+        w.append_durable(&record).unwrap();
+        drop(w);
+        assert!(matches!(replay(&base), Err(WalError::Corrupt { .. })));
+    }
+
+    /// A checkpoint renames a segment out of the log before cutting it down, so a crash midway
+    /// leaves nothing that looks like damage: the cut segment is deleted unread.
+    #[test]
+    fn a_crash_while_a_checkpoint_deletes_segments_leaves_a_readable_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("w.redb");
+        let (mut w, _) = open(&base, 1 << 20);
+        w.append_durable(&sample(1).encode()).unwrap();
+        w.append_durable(&sample(2).encode()).unwrap();
+        let sealed = w.rotate().unwrap();
+        w.append_durable(&sample(3).encode()).unwrap();
+        drop(w);
+        // What `Sealed::remove` leaves when the process dies after its first cut.
+        let first = sealed.paths[0].clone();
+        let doomed = log_path(&first, DELETING_SUFFIX);
+        std::fs::rename(&first, &doomed).unwrap();
+        let cut = sample(1).encode().len() as u64 + 3;
+        OpenOptions::new()
+            .write(true)
+            .open(&doomed)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        // Left under its live name, as builds before the rename did, the cut would be taken
+        // for damage (the open fails, the operator looks).
+        std::fs::copy(&doomed, &first).unwrap();
+        assert!(matches!(replay(&base), Err(WalError::Corrupt { .. })));
+        std::fs::remove_file(&first).unwrap();
+        assert_eq!(replay(&base).unwrap(), vec![sample(3)]);
+        assert!(!doomed.exists());
+        // And the removal itself leaves no segment behind.
+        sealed.remove().unwrap();
+        assert_eq!(replay(&base).unwrap(), vec![sample(3)]);
     }
 
     #[test]
