@@ -5,7 +5,9 @@
 //! batch so far, so hot keys serialize at memory speed instead of bouncing back to clients.
 //! The whole batch is one append and one fsync of the write-ahead log; then it is published
 //! to new snapshots (redb gets it later, from the applier), every member is acknowledged and
-//! the batch's touched keys are published to observers, in commit order.
+//! the batch's touched keys are published to observers, in commit order. A log record has a
+//! size cap (replay must read back whatever was acknowledged): members that would take it
+//! past the cap go to a further record, and one too large by itself fails alone.
 //!
 //! A request may also carry a catalog change (an index becoming ready). It ends its batch, so
 //! it commits at the batch's timestamp with nothing after it in the batch, and the committer
@@ -25,9 +27,14 @@ use crate::error::{FunctionError, FunctionResult};
 use crate::metrics::EngineMetrics;
 use crate::reads::{ReadSet, TouchedKeys};
 use crate::storage::{Snapshot, Storage};
-use crate::transaction::{Limits, Transaction};
+use crate::transaction::{limit_error, Limits, Transaction};
+use crate::wal::{meta_entry_bytes, RECORD_FIXED_BYTES};
 use crate::value::Value;
 use crate::writes::WriteSet;
+
+/// Bytes of a batch's log record besides its members' entries: the fixed part and the two
+/// metadata entries (`last_ts`, `id_high_water`: short keys, 8-byte values), with room.
+const RECORD_RESERVE_BYTES: usize = RECORD_FIXED_BYTES + 2 * meta_entry_bytes(16, 8);
 
 /// Re-executes a transaction's function on a transaction the committer provides.
 pub(crate) type Rerun = Box<dyn FnMut(&mut Transaction<'_>) -> FunctionResult<Value> + Send>;
@@ -172,14 +179,47 @@ impl Committer {
             .any(|e| req.reads.conflicts_with(&e.touched))
     }
 
+    /// Commits a batch: usually one log record, but members that would take the record over
+    /// the cap go to a further one (see `commit_part`).
     fn commit_batch(&mut self, batch: Vec<CommitRequest>) {
+        let mut pending = VecDeque::from(batch);
+        while !pending.is_empty() {
+            let (committed, carried) = self.commit_part(&mut pending);
+            let Some(mut req) = carried else { continue };
+            if committed {
+                // It was validated (or re-executed) on top of exactly what was just committed,
+                // so it starts the next record as if its snapshot were that commit.
+                req.snapshot_ts = self.last_ts;
+                pending.push_front(req);
+            } else {
+                // Its writes assumed the members that just failed.
+                let _ = req.reply.send(Err(FunctionError::internal("commit failed")));
+            }
+        }
+    }
+
+    /// Validates members from the front of `pending` and commits those that fit in one log
+    /// record (`Storage::max_record_bytes`). A member that alone would not fit fails by
+    /// itself; one that fits only without the members before it is returned, validated
+    /// against them, to start the next record. Returns whether anything was committed.
+    fn commit_part(
+        &mut self,
+        pending: &mut VecDeque<CommitRequest>,
+    ) -> (bool, Option<CommitRequest>) {
         let m = &self.shared.metrics;
         let snapshot = self.shared.snapshot.load_full();
         let catalog = self.shared.catalog.load_full();
+        let max_entry_bytes = self
+            .shared
+            .storage
+            .max_record_bytes()
+            .saturating_sub(RECORD_RESERVE_BYTES);
+        let mut entry_bytes = 0;
+        let mut carried = None;
         let mut overlay = WriteSet::default();
         let mut accepted: Vec<(oneshot::Sender<FunctionResult<Committed>>, Value)> = Vec::new();
         let mut changes: Vec<CatalogChange> = Vec::new();
-        for mut req in batch {
+        while let Some(mut req) = pending.pop_front() {
             if self.conflicts(&req, &overlay) {
                 m.conflicts.fetch_add(1, Ordering::Relaxed);
                 m.reexecutions.fetch_add(1, Ordering::Relaxed);
@@ -207,6 +247,23 @@ impl Committer {
                     }
                 }
             }
+            if let Err(e) = req.writes.ensure_encoded() {
+                tracing::error!(error = %e, "cannot encode a transaction's writes");
+                let _ = req.reply.send(Err(FunctionError::internal("commit failed")));
+                continue;
+            }
+            let bytes = req.writes.record_bytes();
+            if bytes > max_entry_bytes {
+                let _ = req
+                    .reply
+                    .send(Err(limit_error("logRecordBytes", max_entry_bytes)));
+                continue;
+            }
+            if entry_bytes + bytes > max_entry_bytes {
+                carried = Some(req);
+                break;
+            }
+            entry_bytes += bytes;
             overlay.merge(std::mem::take(&mut req.writes));
             if let Some(change) = req.catalog_change {
                 let (index, key) = change.touched_key();
@@ -216,7 +273,7 @@ impl Committer {
             accepted.push((req.reply, req.value));
         }
         if accepted.is_empty() {
-            return;
+            return (false, carried);
         }
         let prev_ts = self.last_ts;
         let ts = (prev_ts + accepted.len() as u64).max(now_micros());
@@ -249,7 +306,7 @@ impl Committer {
                 for (reply, _) in accepted {
                     let _ = reply.send(Err(FunctionError::internal("commit failed")));
                 }
-                return;
+                return (false, carried);
             }
         };
         m.record_commit(accepted.len(), started.elapsed());
@@ -301,5 +358,101 @@ impl Committer {
                 value,
             }));
         }
+        (true, carried)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{DocumentId, TableNumber};
+    use crate::storage::StorageOptions;
+
+    type Reply = oneshot::Receiver<FunctionResult<Committed>>;
+
+    fn open(path: &std::path::Path, max_record_bytes: usize) -> Committer {
+        let storage = Arc::new(
+            Storage::open_with(
+                path,
+                StorageOptions {
+                    max_record_bytes,
+                    ..StorageOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        let snapshot = Arc::new(ArcSwap::from_pointee(storage.snapshot(0)));
+        let shared = Shared {
+            storage,
+            catalog: Arc::new(ArcSwap::from_pointee(Catalog::default())),
+            snapshot,
+            ids: Arc::new(AtomicU64::new(1)),
+            limits: Limits::default(),
+            metrics: Arc::new(EngineMetrics::default()),
+            observers: Arc::new(parking_lot::RwLock::new(Vec::new())),
+        };
+        Committer::new(shared, CommitterConfig::default(), 0)
+    }
+
+    fn doc_id(id: u64) -> DocumentId {
+        DocumentId::new(TableNumber(7), id)
+    }
+
+    /// A transaction writing document `id`, a string of `len` bytes, read nothing.
+    fn request(id: u64, len: usize) -> (CommitRequest, Reply) {
+        let mut writes = WriteSet::default();
+        writes.docs.insert(
+            doc_id(id),
+            Some(Arc::new(Value::String("x".repeat(len)))),
+        );
+        let (reply, rx) = oneshot::channel();
+        let req = CommitRequest {
+            snapshot_ts: 0,
+            reads: ReadSet::default(),
+            writes,
+            value: Value::Null,
+            rerun: Box::new(|_| Err(FunctionError::internal("not re-executed"))),
+            catalog_change: None,
+            reply,
+        };
+        (req, rx)
+    }
+
+    fn present(c: &Committer, ids: &[u64]) -> Vec<bool> {
+        let snap = c.shared.snapshot.load();
+        ids.iter()
+            .map(|id| snap.get(&doc_id(*id)).unwrap().is_some())
+            .collect()
+    }
+
+    /// A transaction whose writes alone would take a log record over the cap fails by itself;
+    /// the rest of its batch commits. Members that fit only apart go to two records. Nothing
+    /// acknowledged is missing after a reopen.
+    #[test]
+    fn a_transaction_over_the_record_cap_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut c = open(&path, 4096);
+        let (a, a_reply) = request(1, 100);
+        let (big, big_reply) = request(2, 5000);
+        let (b, b_reply) = request(3, 100);
+        c.commit_batch(vec![a, big, b]);
+        assert!(a_reply.blocking_recv().unwrap().is_ok());
+        let e = big_reply.blocking_recv().unwrap().unwrap_err();
+        assert!(e.message.contains("logRecordBytes"), "{e}");
+        assert!(b_reply.blocking_recv().unwrap().is_ok());
+        // Each fits, not both: two records, both acknowledged, in order.
+        let (d, d_reply) = request(4, 2500);
+        let (e, e_reply) = request(5, 2500);
+        c.commit_batch(vec![d, e]);
+        let d_ts = d_reply.blocking_recv().unwrap().unwrap().ts;
+        let e_ts = e_reply.blocking_recv().unwrap().unwrap().ts;
+        assert!(d_ts < e_ts);
+        let ids = [1, 2, 3, 4, 5];
+        let want = vec![true, false, true, true, true];
+        assert_eq!(present(&c, &ids), want);
+        drop(c);
+        let c = open(&path, 4096);
+        assert_eq!(present(&c, &ids), want);
     }
 }

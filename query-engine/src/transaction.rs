@@ -447,15 +447,14 @@ impl<'s> Transaction<'s> {
             let old_key = old.as_deref().map(|d| index_key(index, d, &id_bytes));
             let new_key = new.as_ref().map(|d| index_key(index, d, &id_bytes));
             if old_key != new_key {
-                if let Some(k) = &old_key {
-                    self.writes
-                        .index_entries
-                        .insert(storage_key(index.id, k), false);
-                }
-                if let Some(k) = &new_key {
-                    self.writes
-                        .index_entries
-                        .insert(storage_key(index.id, k), true);
+                // Index keys go into the log record too: counted, so a transaction within
+                // `max_bytes_written` stays far below the record cap whatever its indexes.
+                for (k, present) in [(&old_key, false), (&new_key, true)] {
+                    if let Some(k) = k {
+                        let key = storage_key(index.id, k);
+                        self.writes.bytes_written += key.len();
+                        self.writes.index_entries.insert(key, present);
+                    }
                 }
             }
             for k in old_key.into_iter().chain(new_key) {

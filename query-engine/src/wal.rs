@@ -29,8 +29,39 @@ use std::time::{Duration, Instant};
 
 use crate::storage::{write_back, WRITEBACK_STEP};
 
-/// Largest record accepted on replay (a batch is bounded well below this).
-const MAX_RECORD_BYTES: usize = 1 << 30;
+/// Largest record body: appends over it are refused (`RecordTooLarge`), so replay, which reads
+/// it as a torn length, never meets an acknowledged one (a batch is bounded well below this).
+pub const MAX_RECORD_BYTES: usize = 1 << 30;
+/// Bytes of a record besides its entries: header (length, checksum), timestamp, and the
+/// three entry counts.
+pub const RECORD_FIXED_BYTES: usize = 8 + 8 + 3 * 4;
+
+/// Bytes a document entry takes in a record (id, present flag, length-prefixed encoding).
+pub const fn doc_entry_bytes(encoded_len: Option<usize>) -> usize {
+    match encoded_len {
+        Some(n) => 12 + 1 + 4 + n,
+        None => 12 + 1,
+    }
+}
+
+/// Bytes an index entry takes in a record (length-prefixed key, present flag).
+pub const fn index_entry_bytes(key_len: usize) -> usize {
+    4 + key_len + 1
+}
+
+/// Bytes a metadata entry takes in a record (length-prefixed key and value).
+pub const fn meta_entry_bytes(key_len: usize, value_len: usize) -> usize {
+    4 + key_len + 4 + value_len
+}
+
+/// A batch whose record would be over the cap: refused before anything is written, so
+/// nothing is acknowledged that replay could not read back.
+#[derive(Debug, thiserror::Error)]
+#[error("a write-ahead log record of {bytes} bytes is over the cap of {max_bytes}")]
+pub struct RecordTooLarge {
+    pub bytes: usize,
+    pub max_bytes: usize,
+}
 
 /// Why the log cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +92,21 @@ pub struct Record {
     pub index: Vec<(Vec<u8>, bool)>,
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+/// Appends `n` as a record's u32 length or count. A length that does not fit cannot be in a
+/// record under the cap either.
+fn put_len(out: &mut Vec<u8>, n: usize, max_bytes: usize) -> Result<(), RecordTooLarge> {
+    let n = u32::try_from(n).map_err(|_| RecordTooLarge {
+        bytes: n,
+        max_bytes,
+    })?;
+    out.extend_from_slice(&n.to_le_bytes());
+    Ok(())
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8], max_bytes: usize) -> Result<(), RecordTooLarge> {
+    put_len(out, b.len(), max_bytes)?;
     out.extend_from_slice(b);
+    Ok(())
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -93,13 +136,16 @@ impl<'a> Reader<'a> {
 }
 
 impl Record {
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         encode_record(
+            MAX_RECORD_BYTES,
             self.ts,
             self.meta.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
             self.docs.iter().map(|(id, d)| (*id, d.as_deref())),
             self.index.iter().map(|(k, p)| (k.as_slice(), *p)),
         )
+        .unwrap()
     }
 
     fn decode(body: &[u8]) -> Option<Record> {
@@ -135,42 +181,53 @@ impl Record {
     }
 }
 
-/// Encodes one batch as a record (length, checksum, body) straight from its parts.
+/// Encodes one batch as a record (length, checksum, body) straight from its parts; refuses
+/// one whose body would be over `max_bytes` (at most `MAX_RECORD_BYTES`).
 pub fn encode_record<'a>(
+    max_bytes: usize,
     ts: u64,
     meta: impl ExactSizeIterator<Item = (&'a str, &'a [u8])>,
     docs: impl ExactSizeIterator<Item = ([u8; 12], Option<&'a [u8]>)>,
     index: impl ExactSizeIterator<Item = (&'a [u8], bool)>,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, RecordTooLarge> {
+    let max_bytes = max_bytes.min(MAX_RECORD_BYTES);
     let mut out = Vec::with_capacity(64 + docs.len() * 128 + index.len() * 48);
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&ts.to_le_bytes());
-    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    put_len(&mut out, meta.len(), max_bytes)?;
     for (k, v) in meta {
-        put_bytes(&mut out, k.as_bytes());
-        put_bytes(&mut out, v);
+        put_bytes(&mut out, k.as_bytes(), max_bytes)?;
+        put_bytes(&mut out, v, max_bytes)?;
     }
-    out.extend_from_slice(&(docs.len() as u32).to_le_bytes());
+    put_len(&mut out, docs.len(), max_bytes)?;
     for (id, doc) in docs {
         out.extend_from_slice(&id);
         match doc {
             Some(d) => {
                 out.push(1);
-                put_bytes(&mut out, d);
+                put_bytes(&mut out, d, max_bytes)?;
             }
             None => out.push(0),
         }
     }
-    out.extend_from_slice(&(index.len() as u32).to_le_bytes());
+    put_len(&mut out, index.len(), max_bytes)?;
     for (k, present) in index {
-        put_bytes(&mut out, k);
+        put_bytes(&mut out, k, max_bytes)?;
         out.push(u8::from(present));
     }
-    let body_len = (out.len() - 8) as u32;
+    let body = out.len() - 8;
+    let too_large = RecordTooLarge {
+        bytes: body,
+        max_bytes,
+    };
+    if body > max_bytes {
+        return Err(too_large);
+    }
+    let body_len = u32::try_from(body).map_err(|_| too_large)?;
     let crc = crc32fast::hash(&out[8..]);
     out[..4].copy_from_slice(&body_len.to_le_bytes());
     out[4..8].copy_from_slice(&crc.to_le_bytes());
-    out
+    Ok(out)
 }
 
 /// The log is a sequence of segment files `<base>.wal.<n>` (n increasing); records are only

@@ -11,6 +11,7 @@ use crate::doc_cache::{sized, SizedDoc};
 use crate::id::DocumentId;
 use crate::reads::TouchedKeys;
 use crate::value::Value;
+use crate::wal::{doc_entry_bytes, index_entry_bytes};
 
 /// Storage key of an index entry: 4-byte big-endian index id, then the index key.
 pub fn storage_key(index: IndexId, key: &[u8]) -> Vec<u8> {
@@ -47,6 +48,27 @@ impl WriteSet {
             doc.as_ref()
                 .map(|d| sized(d, self.encoded.get(id).map(Vec::len))),
         )
+    }
+
+    /// Bytes this write set's entries take in a log record (`wal`); present documents count
+    /// their encoding, so encode them first (`ensure_encoded`).
+    pub fn record_bytes(&self) -> usize {
+        let docs: usize = self
+            .docs
+            .iter()
+            .map(|(id, doc)| {
+                let encoded = doc
+                    .as_ref()
+                    .map(|_| self.encoded.get(id).map_or(0, Vec::len));
+                doc_entry_bytes(encoded)
+            })
+            .sum();
+        let index: usize = self
+            .index_entries
+            .keys()
+            .map(|k| index_entry_bytes(k.len()))
+            .sum();
+        docs + index
     }
 
     /// Encodes every present document that has no encoding yet.

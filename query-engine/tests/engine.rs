@@ -360,6 +360,33 @@ async fn limits_are_enforced() {
     assert_eq!(e.code, "VALIDATION_ERROR");
 }
 
+/// `bytesWritten` counts index keys too, which go into the log record with the document: a
+/// transaction within the limit stays far below the record cap whatever its indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bytes_written_limit_counts_index_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = query_engine::engine::EngineConfig::default();
+    config.limits.max_bytes_written = 3_000;
+    let engine = query_engine::engine::Engine::open(
+        &dir.path().join("db"),
+        common::schema(),
+        common::functions(),
+        config,
+    )
+    .unwrap();
+    let insert = |topic: String| {
+        engine.transact(move |ctx| {
+            ctx.insert("members", obj! {"topic" => topic.clone(), "user" => "u"})?;
+            Ok(Value::Null)
+        })
+    };
+    // ~2,000 bytes of document, as much again in its `by_topic_user` key.
+    let e = insert("t".repeat(2_000)).await.unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR");
+    assert!(e.message.contains("bytesWritten"), "{e}");
+    insert("t".repeat(1_000)).await.unwrap();
+}
+
 /// `bytesRead` counts each document's stored (encoded) length, whether the read finds it in a
 /// memtable, the document cache or redb after a reopen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

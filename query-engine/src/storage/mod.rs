@@ -20,7 +20,7 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use crate::doc_cache::DocCache;
 use crate::id::ID_BYTES;
-use crate::wal::{encode_record, Replay, Sealed, Wal, WalError};
+use crate::wal::{encode_record, RecordTooLarge, Replay, Sealed, Wal, WalError, MAX_RECORD_BYTES};
 use crate::writes::WriteSet;
 use applier::{Applier, Job};
 use memtable::Memtable;
@@ -59,6 +59,8 @@ pub enum StorageError {
     CorruptMeta(String, String),
     #[error("storage: write-ahead log: {0}")]
     Wal(#[from] WalError),
+    #[error("storage: {0}; the batch was not logged")]
+    RecordTooLarge(#[from] RecordTooLarge),
     #[error("storage: {0}")]
     Io(std::io::Error),
     #[error("storage: closed")]
@@ -102,6 +104,7 @@ pub struct Storage {
     applier: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpoint_bytes: u64,
     max_memtable_len: usize,
+    max_record_bytes: usize,
     /// Frees memtables that snapshots and the committer let go of.
     reclaimer: Reclaimer,
     /// Shared with every snapshot (read transactions keep the file open too) and declared
@@ -212,6 +215,9 @@ pub struct StorageOptions {
     /// Bytes of redb's page cache (read and write buffers together); with the document cache
     /// and the memtables, most of the server's memory.
     pub page_cache_bytes: usize,
+    /// Largest log record (one batch) accepted, at most `wal::MAX_RECORD_BYTES` (the default);
+    /// the committer keeps batches under it. Lower only to test the bound.
+    pub max_record_bytes: usize,
 }
 
 impl Default for StorageOptions {
@@ -222,6 +228,7 @@ impl Default for StorageOptions {
             apply_interval: APPLY_INTERVAL,
             doc_cache_entries: DOC_CACHE_ENTRIES,
             page_cache_bytes: PAGE_CACHE_BYTES,
+            max_record_bytes: MAX_RECORD_BYTES,
         }
     }
 }
@@ -308,6 +315,7 @@ impl Storage {
             applier: parking_lot::Mutex::new(Some(handle)),
             checkpoint_bytes: options.checkpoint_bytes,
             max_memtable_len: options.max_memtable_len.max(1),
+            max_record_bytes: options.max_record_bytes.min(MAX_RECORD_BYTES),
             reclaimer,
             closed,
         })
@@ -335,10 +343,17 @@ impl Storage {
         }
     }
 
+    /// Largest log record accepted: a batch is refused by `log` past it.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
     /// Appends a batch to the write-ahead log and waits for its fsync: once this returns the
     /// batch is durable. Every present document must have its encoding in `writes.encoded`.
-    /// Returns the log segments a checkpoint may now delete, when the log got long enough to
-    /// rotate; pass them to `publish`.
+    /// A batch whose record would be over `max_record_bytes` is refused (`RecordTooLarge`)
+    /// before anything is written: replay could not read it back. Returns the log segments a
+    /// checkpoint may now delete, when the log got long enough to rotate; pass them to
+    /// `publish`.
     pub fn log(
         &self,
         writes: &WriteSet,
@@ -346,6 +361,7 @@ impl Storage {
         meta: &[(&'static str, Vec<u8>)],
     ) -> Result<Option<Sealed>, StorageError> {
         let record = encode_record(
+            self.max_record_bytes,
             ts,
             meta.iter().map(|(k, v)| (*k, v.as_slice())),
             writes.docs.iter().map(|(id, d)| {
@@ -356,7 +372,7 @@ impl Storage {
                 (id.to_bytes(), bytes)
             }),
             writes.index_entries.iter().map(|(k, p)| (k.as_slice(), *p)),
-        );
+        )?;
         let mut wal = self.wal.lock();
         wal.append_durable(&record).map_err(WalError::Io)?;
         if wal.len() > self.checkpoint_bytes || wal.wants_rotation() {
@@ -725,6 +741,43 @@ mod tests {
         assert_eq!(keys, want);
         // The log was applied in order: `last_ts` is the last record's.
         assert_eq!(read_last_ts(&s.db).unwrap(), 20);
+    }
+
+    /// A batch whose record would be over the cap is refused before anything is written, so
+    /// nothing is acknowledged that replay could not read back; the log goes on.
+    #[test]
+    fn a_batch_over_the_record_cap_is_refused_before_it_is_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = Storage::open_with(
+                &path,
+                StorageOptions {
+                    max_record_bytes: 4096,
+                    ..StorageOptions::default()
+                },
+            )
+            .unwrap();
+            let mut big = WriteSet::default();
+            big.docs.insert(
+                DocumentId::new(TableNumber(7), 9),
+                Some(Arc::new(Value::String("x".repeat(5000)))),
+            );
+            big.ensure_encoded().unwrap();
+            match s.log(&big, 10, &meta(10)) {
+                Err(StorageError::RecordTooLarge(e)) => assert_eq!(e.max_bytes, 4096),
+                Err(e) => panic!("unexpected error: {e}"),
+                Ok(_) => panic!("a record over the cap was logged"),
+            }
+            commit(&s, batch(0..2, 1), 20);
+        }
+        let s = Storage::open(&path).unwrap();
+        let snap = s.snapshot(20);
+        assert_eq!(values(&snap, 2), vec![Some(1), Some(1)]);
+        assert!(snap
+            .get(&DocumentId::new(TableNumber(7), 9))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
