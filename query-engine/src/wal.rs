@@ -24,6 +24,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -245,7 +247,7 @@ pub struct Wal {
     /// Bytes a segment is zero-filled to ahead of use.
     segment_bytes: u64,
     /// The next segment, being zero-filled (or done) under a temporary name.
-    next: Option<JoinHandle<std::io::Result<File>>>,
+    next: Option<Filling>,
     /// Bytes of the current segment that were zero-filled ahead: `segment_bytes` normally,
     /// less for the first segment after open, 0 when zero-filling failed.
     filled: u64,
@@ -256,9 +258,71 @@ const SHORT_SEGMENT_START_NEXT: u64 = 1 << 20;
 /// Size of the first segment after open, zero-filled by `open` itself (~10 ms here).
 const FIRST_SEGMENT_BYTES: u64 = 4 << 20;
 
-/// Where the next segment is zero-filled before it gets its number.
+/// Temporary names of zero-filled segments start `<base>.wal.next`.
+const FILLING_SUFFIX: &str = ".wal.next";
+
+/// Where the next segment is zero-filled before it gets its number: a name no other fill of
+/// this process uses, so a fill left from a log closed meanwhile can never write into a file
+/// that a later log renamed into a live segment.
 fn next_segment_path(base: &Path) -> PathBuf {
-    log_path(base, ".wal.next")
+    static FILLS: AtomicU64 = AtomicU64::new(0);
+    let n = FILLS.fetch_add(1, Ordering::Relaxed);
+    log_path(base, &format!("{FILLING_SUFFIX}.{}.{n}", std::process::id()))
+}
+
+/// A segment being zero-filled by a background thread under its temporary name.
+struct Filling {
+    path: PathBuf,
+    /// Asks the thread to stop between two steps.
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<std::io::Result<File>>,
+}
+
+impl Filling {
+    fn start(base: &Path, bytes: u64) -> std::io::Result<Filling> {
+        let path = next_segment_path(base);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (to, stopped) = (path.clone(), stop.clone());
+        let thread = crate::background::spawn("wal-zero-fill", move || {
+            create_zero_filled(&to, bytes, Some(&stopped))
+        })?;
+        Ok(Filling { path, stop, thread })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the thread; the zero-filled file, still under its temporary name.
+    fn join(self) -> std::io::Result<(File, PathBuf)> {
+        let file = self
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("zero-filling panicked")));
+        match file {
+            Ok(file) => Ok((file, self.path)),
+            Err(e) => {
+                discard_fill(&self.path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the thread at its next step, waits for it and deletes its file.
+    fn cancel(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if self.thread.join().is_err() {
+            tracing::warn!("zero-filling a log segment panicked");
+        }
+        discard_fill(&self.path);
+    }
+}
+
+/// Deletes a zero-filled segment that will not be used (a leftover is deleted at open).
+fn discard_fill(path: &Path) {
+    if let Err(e) = remove_if_present(path) {
+        tracing::warn!(error = %e, path = %path.display(), "cannot delete a zero-filled log segment");
+    }
 }
 
 /// `base` with `suffix` appended to its file name.
@@ -299,8 +363,8 @@ struct OnDisk {
     segments: Vec<PathBuf>,
     /// Number of the newest segment (0 if none).
     newest: u64,
-    /// Segments a checkpoint was deleting, to be deleted unread.
-    deleting: Vec<PathBuf>,
+    /// Segments a checkpoint was deleting, and zero-filled ones never used: deleted unread.
+    leftovers: Vec<PathBuf>,
 }
 
 fn segments_on_disk(base: &Path) -> std::io::Result<OnDisk> {
@@ -320,8 +384,10 @@ fn segments_on_disk(base: &Path) -> std::io::Result<OnDisk> {
         };
         if rest.is_empty() {
             found.segments.push(entry.path());
-        } else if rest.starts_with('.') && rest.ends_with(DELETING_SUFFIX) {
-            found.deleting.push(entry.path());
+        } else if (rest.starts_with('.') && rest.ends_with(DELETING_SUFFIX))
+            || file.starts_with(&format!("{name}{FILLING_SUFFIX}"))
+        {
+            found.leftovers.push(entry.path());
         } else if let Some(n) = rest.strip_prefix('.').and_then(|n| n.parse::<u64>().ok()) {
             numbered.push((n, entry.path()));
         }
@@ -500,9 +566,8 @@ pub struct Replay {
 impl Replay {
     /// Finds the log of the database at `base`.
     pub fn open(base: &Path) -> std::io::Result<Replay> {
-        remove_if_present(&next_segment_path(base))?;
         let found = segments_on_disk(base)?;
-        for path in &found.deleting {
+        for path in &found.leftovers {
             remove_gradually(path)?;
         }
         Ok(Replay {
@@ -567,7 +632,7 @@ impl Replay {
         let base = self.base;
         let current = self.newest + 1;
         let first = first_bytes.min(segment_bytes);
-        let (file, filled) = match create_zero_filled(&segment_path(&base, current), first, false) {
+        let (file, filled) = match create_zero_filled(&segment_path(&base, current), first, None) {
             Ok(file) => {
                 sync_dir(&base)?;
                 (file, first)
@@ -619,11 +684,8 @@ impl Wal {
             self.segment_bytes / 2
         };
         if self.next.is_none() && self.len >= start_at {
-            let (path, bytes) = (next_segment_path(&self.base), self.segment_bytes);
-            match crate::background::spawn("wal-zero-fill", move || {
-                create_zero_filled(&path, bytes, true)
-            }) {
-                Ok(handle) => self.next = Some(handle),
+            match Filling::start(&self.base, self.segment_bytes) {
+                Ok(filling) => self.next = Some(filling),
                 // The next segment then grows as it is appended to; tried again next append.
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start zero-filling the next log segment")
@@ -645,7 +707,7 @@ impl Wal {
 
     /// Whether the current segment is short while a full-size zero-filled one is ready.
     pub fn wants_rotation(&self) -> bool {
-        self.is_short() && self.next.as_ref().is_some_and(JoinHandle::is_finished)
+        self.is_short() && self.next.as_ref().is_some_and(Filling::is_finished)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -656,16 +718,13 @@ impl Wal {
     /// has made all records appended so far durable in redb.
     pub fn rotate(&mut self) -> std::io::Result<Sealed> {
         let next = self.current + 1;
-        let prepared = self.next.take_if(|h| h.is_finished()).map(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("zero-filling panicked")))
-        });
+        let prepared = self.next.take_if(|f| f.is_finished()).map(Filling::join);
         let (file, filled) = match prepared {
-            Some(Ok(file)) => {
-                std::fs::rename(
-                    next_segment_path(&self.base),
-                    segment_path(&self.base, next),
-                )?;
+            Some(Ok((file, path))) => {
+                if let Err(e) = std::fs::rename(&path, segment_path(&self.base, next)) {
+                    discard_fill(&path);
+                    return Err(e);
+                }
                 sync_dir(&self.base)?;
                 (file, self.segment_bytes)
             }
@@ -699,6 +758,16 @@ impl Wal {
     }
 }
 
+impl Drop for Wal {
+    /// A fill still running would go on writing after the log is gone (and, under the old
+    /// shared name, could write into a segment a reopened log had renamed it to).
+    fn drop(&mut self) {
+        if let Some(filling) = self.next.take() {
+            filling.cancel();
+        }
+    }
+}
+
 fn create_segment(base: &Path, n: u64) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
@@ -710,12 +779,18 @@ fn create_segment(base: &Path, n: u64) -> std::io::Result<File> {
 }
 
 /// Creates `path` holding `bytes` zeros, durably. The zeros go to disk a step at a time, each
-/// waited for, so they never queue up ahead of the log's fsyncs. `paced` (a segment prepared
-/// while commits are being logged) takes small steps and rests as long as each took: a log
-/// fsync then waits behind at most one 128 KiB write. Unpaced 512 KiB steps, measured here,
-/// raised the log's fsync p50 from 0.1 to 2 ms for the ~230 ms a 72 MiB segment took; paced,
-/// 0.7 ms for ~430 ms.
-fn create_zero_filled(path: &Path, bytes: u64, paced: bool) -> std::io::Result<File> {
+/// waited for, so they never queue up ahead of the log's fsyncs. A fill in the background
+/// (given `stop`: a segment prepared while commits are being logged) takes small steps and
+/// rests as long as each took: a log fsync then waits behind at most one 128 KiB write.
+/// Unpaced 512 KiB steps, measured here, raised the log's fsync p50 from 0.1 to 2 ms for the
+/// ~230 ms a 72 MiB segment took; paced, 0.7 ms for ~430 ms. It gives up between steps once
+/// `stop` is set.
+fn create_zero_filled(
+    path: &Path,
+    bytes: u64,
+    stop: Option<&AtomicBool>,
+) -> std::io::Result<File> {
+    let paced = stop.is_some();
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -725,6 +800,12 @@ fn create_zero_filled(path: &Path, bytes: u64, paced: bool) -> std::io::Result<F
     let zeros = vec![0u8; step as usize];
     let mut at = 0;
     while at < bytes {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "zero-filling stopped: the log was closed",
+            ));
+        }
         let started = Instant::now();
         let n = step.min(bytes - at);
         file.write_all_at(&zeros[..n as usize], at)?;
@@ -847,13 +928,17 @@ mod tests {
         let base = dir.path().join("w.redb");
         let record = sample(1).encode().len() as u64;
         let segment_bytes = 8 * record;
-        // A leftover from a crash while zero-filling is removed at open.
-        std::fs::write(next_segment_path(&base), b"junk").unwrap();
+        // Leftovers from a crash while zero-filling (under today's names and the old shared
+        // one) are removed at open.
+        let leftovers = [next_segment_path(&base), log_path(&base, FILLING_SUFFIX)];
+        for path in &leftovers {
+            std::fs::write(path, b"junk").unwrap();
+        }
         let mut w = Replay::open(&base)
             .unwrap()
             .start_sized(segment_bytes, 5 * record)
             .unwrap();
-        assert!(!next_segment_path(&base).exists());
+        assert!(leftovers.iter().all(|p| !p.exists()));
         // The first segment is zero-filled, short, before anything is appended.
         let first = segment_path(&base, w.current);
         assert_eq!(std::fs::metadata(&first).unwrap().len(), 5 * record);
@@ -1057,6 +1142,30 @@ mod tests {
         let (_, recs) = open(&base, 1 << 20);
         assert_eq!(recs, vec![sample(3)]);
         assert!(!PathBuf::from(&legacy).exists());
+    }
+
+    /// Closing the log stops its background zero-fill and deletes the file, so nothing goes on
+    /// writing after a close; a reopened log's fills use names of their own.
+    #[test]
+    fn dropping_the_log_stops_its_zero_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("w.redb");
+        let (mut w, _) = open(&base, 1 << 20);
+        // Large enough that the paced fill is still running when the log is dropped.
+        let filling = Filling::start(&base, 256 << 20).unwrap();
+        let (path, stop) = (filling.path.clone(), filling.stop.clone());
+        w.next = Some(filling);
+        while !path.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(w);
+        // The thread has ended (it held the other reference) and its file is gone.
+        assert_eq!(Arc::strong_count(&stop), 1);
+        assert!(!path.exists());
+        let (mut w, _) = open(&base, 1 << 20);
+        let filling = Filling::start(&base, 4096).unwrap();
+        assert_ne!(filling.path, path);
+        w.next = Some(filling);
     }
 
     #[test]

@@ -791,7 +791,7 @@ mod tests {
                     // Numbered segments only (not the next one, being zero-filled).
                     let name = e.as_ref().unwrap().file_name();
                     let name = name.to_string_lossy();
-                    name.contains(".wal.") && !name.ends_with(".wal.next")
+                    name.contains(".wal.") && !name.contains(".wal.next")
                 })
                 .count()
         };
