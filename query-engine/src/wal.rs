@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::storage::{write_back, WRITEBACK_STEP};
+use crate::storage::{private_file_options, write_back, WRITEBACK_STEP};
 
 /// Largest record body: appends over it are refused (`RecordTooLarge`), so replay, which reads
 /// it as a torn length, never meets an acknowledged one (a batch is bounded well below this).
@@ -769,7 +769,7 @@ impl Drop for Wal {
 }
 
 fn create_segment(base: &Path, n: u64) -> std::io::Result<File> {
-    let file = OpenOptions::new()
+    let file = private_file_options()
         .write(true)
         .create(true)
         .truncate(false)
@@ -791,7 +791,7 @@ fn create_zero_filled(
     stop: Option<&AtomicBool>,
 ) -> std::io::Result<File> {
     let paced = stop.is_some();
-    let file = OpenOptions::new()
+    let file = private_file_options()
         .write(true)
         .create(true)
         .truncate(true)
@@ -1166,6 +1166,37 @@ mod tests {
         let filling = Filling::start(&base, 4096).unwrap();
         assert_ne!(filling.path, path);
         w.next = Some(filling);
+    }
+
+    /// redb's file, log segments (zero-filled or not) and zero-fills in progress are created
+    /// readable by their owner only, whatever the umask lets through.
+    #[test]
+    fn files_are_created_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: umask takes no pointers. 022, the usual default, lets group and others read.
+        let previous = unsafe { libc::umask(0o022) };
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("w.redb");
+        // redb's file and a zero-filled first segment.
+        drop(crate::storage::Storage::open(&base).unwrap());
+        let (mut w, _) = open(&base, 1 << 20);
+        // A zero-fill, left under its temporary name.
+        let (_file, filling) = Filling::start(&base, 4096).unwrap().join().unwrap();
+        // No fill prepared: the next segment is created empty.
+        drop(w.rotate().unwrap());
+        drop(w);
+        // SAFETY: as above.
+        unsafe { libc::umask(previous) };
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        assert!(files.len() >= 4, "{files:?}");
+        assert!(filling.exists());
+        for entry in files {
+            let mode = entry.metadata().unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{:?} has mode {mode:o}", entry.path());
+        }
     }
 
     #[test]

@@ -29,6 +29,18 @@ use snapshot::Base;
 pub use snapshot::{KeyIter, Snapshot};
 pub(crate) use writeback::{write_back, STEP as WRITEBACK_STEP};
 
+/// Mode of every file the store creates (redb's file, log segments and their temporary
+/// files): its owner's only, as the server's keys are. Documents are as private as keys.
+const FILE_MODE: u32 = 0o600;
+
+/// Options that create a file with `FILE_MODE` (an existing file keeps its mode).
+pub(crate) fn private_file_options() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.mode(FILE_MODE);
+    options
+}
+
 const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
 const INDEX_ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("index_entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

@@ -35,7 +35,7 @@ pub(super) struct PacedFile {
 
 impl PacedFile {
     pub fn open(path: &Path) -> io::Result<PacedFile> {
-        let file = std::fs::OpenOptions::new()
+        let file = super::private_file_options()
             .read(true)
             .write(true)
             .create(true)
