@@ -28,8 +28,8 @@ use crate::metrics::EngineMetrics;
 use crate::reads::{ReadSet, TouchedKeys};
 use crate::storage::{Snapshot, Storage};
 use crate::transaction::{limit_error, Limits, Transaction};
-use crate::wal::{meta_entry_bytes, RECORD_FIXED_BYTES};
 use crate::value::Value;
+use crate::wal::{meta_entry_bytes, RECORD_FIXED_BYTES};
 use crate::writes::WriteSet;
 
 /// Bytes of a batch's log record besides its members' entries: the fixed part and the two
@@ -193,7 +193,9 @@ impl Committer {
                 pending.push_front(req);
             } else {
                 // Its writes assumed the members that just failed.
-                let _ = req.reply.send(Err(FunctionError::internal("commit failed")));
+                let _ = req
+                    .reply
+                    .send(Err(FunctionError::internal("commit failed")));
             }
         }
     }
@@ -249,7 +251,9 @@ impl Committer {
             }
             if let Err(e) = req.writes.ensure_encoded() {
                 tracing::error!(error = %e, "cannot encode a transaction's writes");
-                let _ = req.reply.send(Err(FunctionError::internal("commit failed")));
+                let _ = req
+                    .reply
+                    .send(Err(FunctionError::internal("commit failed")));
                 continue;
             }
             let bytes = req.writes.record_bytes();
@@ -401,10 +405,9 @@ mod tests {
     /// A transaction writing document `id`, a string of `len` bytes, read nothing.
     fn request(id: u64, len: usize) -> (CommitRequest, Reply) {
         let mut writes = WriteSet::default();
-        writes.docs.insert(
-            doc_id(id),
-            Some(Arc::new(Value::String("x".repeat(len)))),
-        );
+        writes
+            .docs
+            .insert(doc_id(id), Some(Arc::new(Value::String("x".repeat(len)))));
         let (reply, rx) = oneshot::channel();
         let req = CommitRequest {
             snapshot_ts: 0,

@@ -729,9 +729,7 @@ mod tests {
             for id in 0..3 {
                 second.index_entries.insert(key(id, 1), false);
             }
-            second
-                .docs
-                .insert(DocumentId::new(TableNumber(7), 4), None);
+            second.docs.insert(DocumentId::new(TableNumber(7), 4), None);
             second.index_entries.insert(key(4, 1), false);
             s.log(&second, 20, &meta(20)).unwrap();
             // What the restart read: a `last_ts` past every record, without their writes.
