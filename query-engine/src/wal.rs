@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use crate::storage::{private_file_options, write_back, WRITEBACK_STEP};
 
-/// Largest record body: appends over it are refused (`RecordTooLarge`), so replay, which reads
-/// it as a torn length, never meets an acknowledged one (a batch is bounded well below this).
+/// Largest record body: appends over it are refused (`RecordTooLarge`), so replay, which takes
+/// a longer length for a torn or damaged record, never meets an acknowledged one (a batch is
+/// bounded well below this).
 pub const MAX_RECORD_BYTES: usize = 1 << 30;
 /// Bytes of a record besides its entries: header (length, checksum), timestamp, and the
 /// three entry counts.
@@ -74,8 +75,8 @@ pub enum WalError {
     /// its checksum holds and it still does not decode. What follows it was acknowledged, so
     /// the open stops and every log file is kept for inspection.
     #[error(
-        "segment {} is damaged at byte {offset} ({reason}) and records were written after it; \
-         every log file was kept",
+        "segment {} is damaged at byte {offset} ({reason}), not torn by a crash mid-append; \
+         the open stops and every log file is kept",
         path.display()
     )]
     Corrupt {
