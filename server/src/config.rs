@@ -28,6 +28,9 @@ const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 /// Smallest `maxFrameBytes` accepted: below this, ordinary results would not fit in a frame.
 const MIN_FRAME_BYTES: u32 = 64 * 1024;
 const MAX_CONCURRENT_CALLS_LIMIT: u32 = 10_000;
+/// Upper bounds of the HTTP port's limits.
+const MAX_HTTP_CONNECTIONS: usize = 1 << 16;
+const MAX_HTTP_TIMEOUT_SECS: u64 = 3_600;
 /// Bounds of `--storage-cache-mib`.
 const MIN_STORAGE_CACHE_MIB: u64 = 8;
 const MAX_STORAGE_CACHE_MIB: u64 = 1 << 20;
@@ -123,6 +126,31 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Limits of the HTTP port. It faces the internet (Stream's webhooks) and also serves `/health`
+/// and `/metrics`, so a client that opens connections and sends nothing, or sends slowly, must
+/// neither hold them for ever nor use up the process's file descriptors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections served at once; further ones wait, unaccepted, in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers once the server waits for them; an idle
+    /// keep-alive connection is closed after it too.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a webhook's body once its headers arrived.
+    pub body_read_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            // Well under the common 1,024 open-file limit, which the database needs too.
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Everything `Server::start` needs besides the schema and functions.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -133,6 +161,7 @@ pub struct ServerConfig {
     pub tls: TlsSource,
     pub auth: AuthSource,
     pub limits: ConnectionLimits,
+    pub http: HttpLimits,
     /// The engine's settings, retried-mutation deduplication (`mutation_dedup`) included.
     pub engine: EngineConfig,
     /// On shutdown, how long in-flight calls may take to finish before connections close.
@@ -157,6 +186,7 @@ impl ServerConfig {
             },
             data_dir,
             limits: ConnectionLimits::default(),
+            http: HttpLimits::default(),
             engine: EngineConfig::default(),
             drain_timeout: Duration::from_secs(10),
         }
@@ -344,6 +374,32 @@ pub struct Options {
         value_name = "SECS"
     )]
     pub idle_timeout_secs: Option<u64>,
+    /// Most HTTP connections served at once; more wait in the listen backlog [default: 256].
+    #[arg(
+        long,
+        env = "LINKEDUP_HTTP_MAX_CONNECTIONS",
+        global = true,
+        value_name = "N"
+    )]
+    pub http_max_connections: Option<usize>,
+    /// Close an HTTP connection whose request headers take longer than this, or that stays
+    /// idle between requests this long [default: 10].
+    #[arg(
+        long,
+        env = "LINKEDUP_HTTP_HEADER_TIMEOUT_SECS",
+        global = true,
+        value_name = "SECS"
+    )]
+    pub http_header_timeout_secs: Option<u64>,
+    /// Refuse (408) and close a webhook delivery whose body takes longer than this
+    /// [default: 30].
+    #[arg(
+        long,
+        env = "LINKEDUP_HTTP_BODY_TIMEOUT_SECS",
+        global = true,
+        value_name = "SECS"
+    )]
+    pub http_body_timeout_secs: Option<u64>,
     /// On SIGINT/SIGTERM, how long in-flight calls may run before connections close
     /// [default: 10].
     #[arg(
@@ -579,6 +635,11 @@ impl Options {
             max_concurrent_calls: self.max_concurrent_calls.or(lower.max_concurrent_calls),
             max_subscriptions: self.max_subscriptions.or(lower.max_subscriptions),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
+            http_max_connections: self.http_max_connections.or(lower.http_max_connections),
+            http_header_timeout_secs: self
+                .http_header_timeout_secs
+                .or(lower.http_header_timeout_secs),
+            http_body_timeout_secs: self.http_body_timeout_secs.or(lower.http_body_timeout_secs),
             drain_timeout_secs: self.drain_timeout_secs.or(lower.drain_timeout_secs),
             mutation_dedup_ttl_secs: self
                 .mutation_dedup_ttl_secs
@@ -645,6 +706,7 @@ impl Options {
     /// Applies defaults and checks the combination.
     pub fn resolve(self) -> Result<ServerConfig, ConfigError> {
         let mut config = ServerConfig::development(self.data_dir());
+        self.resolve_http(&mut config.http)?;
         if let Some(addr) = self.listen {
             config.quic_listen = addr;
         }
@@ -752,6 +814,36 @@ impl Options {
             config.engine.committer.durable = false;
         }
         Ok(config)
+    }
+}
+
+impl Options {
+    fn resolve_http(&self, http: &mut HttpLimits) -> Result<(), ConfigError> {
+        if let Some(n) = self.http_max_connections {
+            let n = at_least("http-max-connections", n, 1)?;
+            http.max_connections = at_most(
+                "http-max-connections",
+                n,
+                MAX_HTTP_CONNECTIONS,
+                "must be at most 65536",
+            )?;
+        }
+        let secs = |name, value: u64| -> Result<Duration, ConfigError> {
+            let value = at_least(name, value, 1)?;
+            Ok(Duration::from_secs(at_most(
+                name,
+                value,
+                MAX_HTTP_TIMEOUT_SECS,
+                "must be at most 3600",
+            )?))
+        };
+        if let Some(s) = self.http_header_timeout_secs {
+            http.header_read_timeout = secs("http-header-timeout-secs", s)?;
+        }
+        if let Some(s) = self.http_body_timeout_secs {
+            http.body_read_timeout = secs("http-body-timeout-secs", s)?;
+        }
+        Ok(())
     }
 }
 
@@ -938,6 +1030,38 @@ mod tests {
         for bad in ["0", "7", "1048577"] {
             assert!(matches!(
                 parse(&["--storage-cache-mib", bad]).options.resolve(),
+                Err(ConfigError::Invalid { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn http_limits_reach_the_config_and_are_checked() {
+        let config = parse(&[
+            "--http-max-connections",
+            "3",
+            "--http-header-timeout-secs",
+            "4",
+            "--http-body-timeout-secs",
+            "5",
+        ])
+        .options
+        .resolve()
+        .unwrap();
+        assert_eq!(config.http.max_connections, 3);
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(4));
+        assert_eq!(config.http.body_read_timeout, Duration::from_secs(5));
+        assert_eq!(
+            parse(&[]).options.resolve().unwrap().http,
+            HttpLimits::default()
+        );
+        for bad in [
+            &["--http-max-connections", "0"][..],
+            &["--http-header-timeout-secs", "0"][..],
+            &["--http-body-timeout-secs", "3601"][..],
+        ] {
+            assert!(matches!(
+                parse(bad).options.resolve(),
                 Err(ConfigError::Invalid { .. })
             ));
         }

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -29,6 +29,8 @@ pub(crate) struct HttpState {
     pub version: String,
     /// Set when shutdown begins: `/health` then answers 503 so load balancers move away.
     pub draining: Arc<AtomicBool>,
+    /// `HttpLimits::body_read_timeout`, for the application's routes.
+    pub body_read_timeout: Duration,
 }
 
 /// What the application's routes may use: the engine, the server metrics (calls they record
@@ -38,6 +40,7 @@ pub struct HttpContext {
     engine: Engine,
     metrics: Arc<ServerMetrics>,
     draining: Arc<AtomicBool>,
+    body_read_timeout: Duration,
 }
 
 impl HttpContext {
@@ -47,6 +50,12 @@ impl HttpContext {
 
     pub fn metrics(&self) -> &ServerMetrics {
         &self.metrics
+    }
+
+    /// How long a route may wait for a request's body (`HttpLimits::body_read_timeout`);
+    /// past it the route should answer 408 and close the connection.
+    pub fn body_read_timeout(&self) -> Duration {
+        self.body_read_timeout
     }
 
     /// True once shutdown began: a route should answer 503 rather than start work.
@@ -68,6 +77,7 @@ pub(crate) fn router(
         engine: state.engine.clone(),
         metrics: state.metrics.clone(),
         draining: state.draining.clone(),
+        body_read_timeout: state.body_read_timeout,
     };
     let mut app = Router::new()
         .route("/health", get(health))

@@ -3,6 +3,7 @@ pub mod auth;
 pub mod config;
 pub mod hex;
 pub mod http;
+mod http_serve;
 pub mod linkedup;
 pub mod metrics;
 pub mod provider_http;

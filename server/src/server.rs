@@ -18,13 +18,15 @@ use tokio::task::JoinHandle;
 use crate::auth::{DevClaims, DevIssuer, DevIssuerError, JwksError, TokenVerifier, JWKS_PATH};
 use crate::config::{AuthSource, ServerConfig, TlsSource};
 use crate::http::{self, AppRoutes, HttpState};
+use crate::http_serve;
 use crate::metrics::ServerMetrics;
 use crate::transport::tls::{pinned_client_config, CertFingerprint, CertifiedKey, TlsError};
 use crate::transport::{self, BindError, Shared};
 
 /// The server build, announced in `Connected` and `/health`.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Bound on the HTTP server's graceful stop (open keep-alive requests).
+/// Bound on the HTTP port's graceful stop: requests under way get this long to finish, then
+/// their connections are dropped.
 const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -172,21 +174,18 @@ impl Server {
                 development,
                 version: SERVER_VERSION.to_string(),
                 draining: draining.clone(),
+                body_read_timeout: config.http.body_read_timeout,
             }),
             dev_issuer.clone(),
             app_routes,
         );
-        let mut http_shutdown = shutdown_rx;
-        let http_task = tokio::spawn(async move {
-            let served = axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_shutdown.wait_for(|stopping| *stopping).await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let http_task = tokio::spawn(http_serve::serve(
+            http_listener,
+            app,
+            config.http.clone(),
+            shutdown_rx,
+            HTTP_STOP_TIMEOUT,
+        ));
 
         if let AuthSource::WorkOs(_) = &config.auth {
             // Warm the key cache so the first Authenticate does not pay for the fetch; a
@@ -300,12 +299,9 @@ impl RunningServer {
         if let Err(e) = self.quic_task.await {
             tracing::error!(error = %e, "QUIC accept loop failed");
         }
-        let mut http_task = self.http_task;
-        if tokio::time::timeout(HTTP_STOP_TIMEOUT, &mut http_task)
-            .await
-            .is_err()
-        {
-            http_task.abort();
+        // It stops its connections itself, within HTTP_STOP_TIMEOUT.
+        if let Err(e) = self.http_task.await {
+            tracing::error!(error = %e, "HTTP accept loop failed");
         }
         drop(self.metrics);
         // Connection tasks and the subscription worker let go of the engine as they finish;

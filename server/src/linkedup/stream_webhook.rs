@@ -31,7 +31,8 @@
 //! ignored: Stream would retry an error for ever, and none of them can become valid later.
 //! Responses: 200 processed, duplicate or ignored; 400 a malformed body (an applied event
 //! without `created_at` or with one too far ahead included); 401 a missing or wrong signature,
-//! or with an API key configured a missing or other `X-Api-Key`; 413 a body over 1 MiB; 503
+//! or with an API key configured a missing or other `X-Api-Key`; 408 (and the connection
+//! closed) a body that takes longer than the HTTP body timeout to arrive; 413 a body over 1 MiB; 503
 //! while the server shuts down or is overloaded; 500 otherwise (Stream retries). Every
 //! delivery is counted in `/metrics` (`server_calls_total{function="/webhooks/stream",
 //! kind="webhook"}`) by outcome.
@@ -267,6 +268,8 @@ enum Reply {
     Malformed(String),
     Unauthorized(&'static str),
     TooLarge,
+    /// The body did not arrive within `HttpContext::body_read_timeout`.
+    TimedOut,
     Unavailable,
     Failed,
 }
@@ -278,6 +281,7 @@ impl Reply {
             Reply::Malformed(_) => StatusCode::BAD_REQUEST,
             Reply::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Reply::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reply::TimedOut => StatusCode::REQUEST_TIMEOUT,
             Reply::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reply::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -292,6 +296,7 @@ impl Reply {
             Reply::Malformed(_) => "VALIDATION_ERROR",
             Reply::Unauthorized(_) => "UNAUTHORIZED",
             Reply::TooLarge => "PAYLOAD_TOO_LARGE",
+            Reply::TimedOut => "TIMEOUT",
             Reply::Unavailable => "UNAVAILABLE",
             Reply::Failed => "INTERNAL",
         }
@@ -309,6 +314,7 @@ impl Reply {
             Reply::TooLarge => {
                 serde_json::json!({ "error": format!("the body exceeds {MAX_BODY_BYTES} bytes") })
             }
+            Reply::TimedOut => serde_json::json!({ "error": "the body arrived too slowly" }),
             Reply::Unavailable => serde_json::json!({ "error": "unavailable, retry later" }),
             Reply::Failed => serde_json::json!({ "error": "internal error" }),
         }
@@ -332,7 +338,7 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body)
         .metrics()
         .record_call(PATH, METRICS_KIND, reply.code(), started.elapsed());
     let mut response = (reply.status(), Json(reply.body())).into_response();
-    if matches!(reply, Reply::TooLarge) {
+    if matches!(reply, Reply::TooLarge | Reply::TimedOut) {
         // The body was not read, so the connection cannot carry another request; saying so
         // keeps a client from reusing it (a later request on it would fail mid-send).
         response
@@ -420,9 +426,11 @@ impl Receiver {
             return Err(Reply::TooLarge);
         }
         // A complete request fails here only by exceeding the limit; an aborted one gets no
-        // answer anyway.
-        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        // answer anyway. A body sent a byte at a time would hold the connection for ever.
+        let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+        let bytes = tokio::time::timeout(self.http.body_read_timeout(), read)
             .await
+            .map_err(|_| Reply::TimedOut)?
             .map_err(|_| Reply::TooLarge)?;
         self.authenticate(headers, &bytes).map_err(|why| {
             tracing::warn!(reason = why, "Stream webhook refused");

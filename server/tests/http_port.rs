@@ -1,0 +1,156 @@
+//! The HTTP port against slow and idle clients, through a real in-process server on
+//! 127.0.0.1 and raw TCP: a half-sent header line and a webhook whose body stops arriving are
+//! closed after their timeouts; past the connection cap new connections wait until a held one
+//! goes; and connections still open at shutdown do not keep the database open.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use linkedup_server::config::{HttpLimits, DEV_AUDIENCE, DEV_ISSUER};
+use linkedup_server::linkedup::{self, LinkedUpConfig};
+use linkedup_server::{RunningServer, Server, ServerConfig};
+use query_engine::engine::{Engine, EngineConfig};
+use query_engine::functions::Functions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A safety net against a hung test, not a timing assertion.
+const HANG: Duration = Duration::from_secs(30);
+/// How long a request past the cap is watched for an answer it must not get.
+const UNSERVED_WATCH: Duration = Duration::from_millis(500);
+
+/// A data directory with a copy of one issuer key made once per test binary.
+fn data_dir() -> tempfile::TempDir {
+    static KEY: OnceLock<PathBuf> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        linkedup_server::auth::DevIssuer::load_or_generate(&dir, DEV_ISSUER, DEV_AUDIENCE).unwrap();
+        dir.join("dev-issuer-key.pem")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(key, dir.path().join("dev-issuer-key.pem")).unwrap();
+    dir
+}
+
+/// A LinkedUp server (functions and webhook route) with `http` limits.
+async fn start(dir: &Path, http: HttpLimits) -> RunningServer {
+    let app = LinkedUpConfig::default();
+    let mut functions = Functions::new();
+    linkedup::register(&mut functions, &app);
+    let mut config = ServerConfig::for_tests(dir);
+    config.http = http;
+    Server::start_with_routes(
+        config,
+        linkedup_schema::schema(),
+        functions,
+        linkedup::http_routes(&app),
+    )
+    .await
+    .unwrap()
+}
+
+async fn connect(server: &RunningServer, sent: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(server.http_addr()).await.unwrap();
+    stream.write_all(sent.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Everything the server sends until it closes the connection (a reset counts as closed).
+async fn until_closed(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(HANG, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+const HEALTH: &str = "GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_slow_webhook_bodies_are_closed() {
+    let dir = data_dir();
+    let server = start(
+        dir.path(),
+        HttpLimits {
+            header_read_timeout: Duration::from_millis(300),
+            body_read_timeout: Duration::from_millis(300),
+            ..HttpLimits::default()
+        },
+    )
+    .await;
+
+    let mut half_header = connect(&server, "GET /health HTTP/1.1\r\nHo").await;
+    assert_eq!(until_closed(&mut half_header).await, "");
+
+    let mut slow_body = connect(
+        &server,
+        "POST /webhooks/stream HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{",
+    )
+    .await;
+    let answer = until_closed(&mut slow_body).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // An idle keep-alive connection goes the same way once it has been answered.
+    let mut idle = connect(&server, "GET /health HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert!(until_closed(&mut idle).await.starts_with("HTTP/1.1 200"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_for_a_held_one_to_go() {
+    let dir = data_dir();
+    let server = start(
+        dir.path(),
+        HttpLimits {
+            max_connections: 2,
+            header_read_timeout: Duration::from_secs(600),
+            ..HttpLimits::default()
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(connect(&server, "GET /health HTTP/1.1\r\nHo").await);
+    }
+    // Both held ones are being served, so the third is not, however long it waits.
+    let mut third = connect(&server, HEALTH).await;
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(UNSERVED_WATCH, third.read(&mut buf)).await;
+    assert!(early.is_err(), "a connection past the cap was served");
+    drop(held.remove(0));
+    let answer = until_closed(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_held_open_does_not_keep_the_database_open_after_shutdown() {
+    let dir = data_dir();
+    let server = start(
+        dir.path(),
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(600),
+            ..HttpLimits::default()
+        },
+    )
+    .await;
+    let _held = connect(&server, "GET /health HTTP/1.1\r\nHo").await;
+    let db = dir.path().join(linkedup_server::config::DATABASE_FILE);
+    server.shutdown().await;
+    let config = EngineConfig {
+        run_scheduler: false,
+        ..EngineConfig::default()
+    };
+    let reopened = Engine::open(&db, linkedup_schema::schema(), Functions::new(), config);
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
