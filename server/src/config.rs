@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use query_engine::engine::EngineConfig;
 use query_engine::protocol::DEFAULT_MAX_FRAME_BYTES;
@@ -28,6 +29,8 @@ const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 /// Smallest `maxFrameBytes` accepted: below this, ordinary results would not fit in a frame.
 const MIN_FRAME_BYTES: u32 = 64 * 1024;
 const MAX_CONCURRENT_CALLS_LIMIT: u32 = 10_000;
+/// The `--environment` whose configuration must not use development auth or TLS silently.
+const PROD_ENVIRONMENT: &str = "prod";
 /// Upper bounds of the HTTP port's limits.
 const MAX_HTTP_CONNECTIONS: usize = 1 << 16;
 const MAX_HTTP_TIMEOUT_SECS: u64 = 3_600;
@@ -50,6 +53,17 @@ pub enum ConfigError {
     PartialTls { given: &'static str },
     #[error("--workos-audience (the WorkOS client id) is required when {given} is set")]
     MissingWorkosAudience { given: &'static str },
+    #[error(
+        "the development token issuer would be on ({why}): anyone with a copy of the data \
+         directory could mint tokens it accepts; set --workos-audience (the WorkOS client id), \
+         or pass --allow-dev-auth to run it anyway"
+    )]
+    DevAuthRefused { why: String },
+    #[error(
+        "the self-signed development certificate would be used ({why}); set --cert and --key, \
+         or pass --allow-dev-tls to run it anyway"
+    )]
+    DevTlsRefused { why: String },
     #[error("{name} = {value}: {reason}")]
     Invalid {
         name: &'static str,
@@ -207,6 +221,11 @@ impl ServerConfig {
             || matches!(self.auth, AuthSource::Development { .. })
     }
 
+    /// Whether both ports listen on loopback addresses only.
+    pub fn is_loopback_only(&self) -> bool {
+        self.quic_listen.ip().is_loopback() && self.http_listen.ip().is_loopback()
+    }
+
     /// Builds the configuration from parsed flags/env, reading `--config` if given.
     pub fn from_options(cli: &Options) -> Result<Self, ConfigError> {
         cli.layered()?.resolve()
@@ -300,6 +319,33 @@ pub struct Options {
     /// TLS private key, PEM (production; needs --cert).
     #[arg(long, env = "LINKEDUP_TLS_KEY", global = true, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// Run the development token issuer even though the configuration looks like production
+    /// (--cert/--key, --environment prod or a non-loopback address); anyone with a copy of the
+    /// data directory can then mint tokens the server accepts.
+    #[arg(
+        long,
+        env = "LINKEDUP_ALLOW_DEV_AUTH",
+        global = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub allow_dev_auth: Option<bool>,
+    /// Use the self-signed development certificate even with --environment prod or a
+    /// non-loopback address.
+    #[arg(
+        long,
+        env = "LINKEDUP_ALLOW_DEV_TLS",
+        global = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub allow_dev_tls: Option<bool>,
     /// WorkOS client id: the `aud` access tokens must carry. Setting it switches from the
     /// development issuer to WorkOS.
     #[arg(
@@ -624,6 +670,8 @@ impl Options {
             database: self.database.or(lower.database),
             cert: self.cert.or(lower.cert),
             key: self.key.or(lower.key),
+            allow_dev_auth: self.allow_dev_auth.or(lower.allow_dev_auth),
+            allow_dev_tls: self.allow_dev_tls.or(lower.allow_dev_tls),
             workos_audience: self.workos_audience.or(lower.workos_audience),
             workos_issuer: self.workos_issuer.or(lower.workos_issuer),
             workos_jwks_url: self.workos_jwks_url.or(lower.workos_jwks_url),
@@ -707,6 +755,12 @@ impl Options {
     pub fn resolve(self) -> Result<ServerConfig, ConfigError> {
         let mut config = ServerConfig::development(self.data_dir());
         self.resolve_http(&mut config.http)?;
+        let tls_files_given = self.cert.is_some() || self.key.is_some();
+        let environment_prod = self.environment.as_deref() == Some(PROD_ENVIRONMENT);
+        let (allow_dev_auth, allow_dev_tls) = (
+            self.allow_dev_auth.unwrap_or(false),
+            self.allow_dev_tls.unwrap_or(false),
+        );
         if let Some(addr) = self.listen {
             config.quic_listen = addr;
         }
@@ -752,6 +806,31 @@ impl Options {
                 })
             }
             None => {}
+        }
+        let production_sign = |tls_files: bool| -> Option<String> {
+            if tls_files {
+                return Some("--cert/--key are set".into());
+            }
+            if environment_prod {
+                return Some("--environment is prod".into());
+            }
+            [
+                ("--listen", config.quic_listen),
+                ("--http-listen", config.http_listen),
+            ]
+            .into_iter()
+            .find(|(_, addr)| !addr.ip().is_loopback())
+            .map(|(flag, addr)| format!("{flag} {addr} is not a loopback address"))
+        };
+        if matches!(config.auth, AuthSource::Development { .. }) && !allow_dev_auth {
+            if let Some(why) = production_sign(tls_files_given) {
+                return Err(ConfigError::DevAuthRefused { why });
+            }
+        }
+        if matches!(config.tls, TlsSource::SelfSigned { .. }) && !allow_dev_tls {
+            if let Some(why) = production_sign(false) {
+                return Err(ConfigError::DevTlsRefused { why });
+            }
         }
         let limits = &mut config.limits;
         if let Some(n) = self.max_connections {
@@ -947,6 +1026,74 @@ mod tests {
         assert!(matches!(
             parse(&["--max-frame-bytes", "10"]).options.resolve(),
             Err(ConfigError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn development_auth_and_tls_are_refused_in_production_style_configs_unless_allowed() {
+        let refused_auth = |args: &[&str]| {
+            let resolved = parse(args).options.resolve();
+            assert!(
+                matches!(resolved, Err(ConfigError::DevAuthRefused { .. })),
+                "{args:?}: {resolved:?}"
+            );
+        };
+        refused_auth(&["--cert", "c.pem", "--key", "k.pem"]);
+        refused_auth(&["--environment", "prod"]);
+        refused_auth(&["--listen", "0.0.0.0:7443"]);
+        refused_auth(&["--http-listen", "192.0.2.1:7080"]);
+        let err = parse(&["--cert", "c.pem", "--key", "k.pem"])
+            .options
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--workos-audience") && err.contains("--allow-dev-auth"),
+            "{err}"
+        );
+
+        let allowed = parse(&["--cert", "c.pem", "--key", "k.pem", "--allow-dev-auth"])
+            .options
+            .resolve()
+            .unwrap();
+        assert!(matches!(allowed.auth, AuthSource::Development { .. }));
+        assert!(matches!(
+            parse(&["--environment", "prod", "--allow-dev-auth"])
+                .options
+                .resolve(),
+            Err(ConfigError::DevTlsRefused { .. })
+        ));
+        assert!(matches!(
+            parse(&["--workos-audience", "client_1", "--listen", "0.0.0.0:7443"])
+                .options
+                .resolve(),
+            Err(ConfigError::DevTlsRefused { .. })
+        ));
+        let both = [
+            "--listen",
+            "0.0.0.0:7443",
+            "--allow-dev-auth",
+            "--allow-dev-tls",
+        ];
+        assert!(parse(&both).options.resolve().unwrap().is_development());
+        // The plain run, loopback on IPv6 included, stays as it was.
+        assert!(parse(&["--listen", "[::1]:7443"]).options.resolve().is_ok());
+
+        // A file's opt-in is overridden by an explicit `false` on the command line.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "allow-dev-auth = true\nenvironment = \"prod\"\nallow-dev-tls = true\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        assert!(ServerConfig::from_options(&parse(&["--config", path]).options).is_ok());
+        assert!(matches!(
+            ServerConfig::from_options(
+                &parse(&["--config", path, "--allow-dev-auth=false"]).options
+            ),
+            Err(ConfigError::DevAuthRefused { .. })
         ));
     }
 

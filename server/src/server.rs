@@ -83,6 +83,7 @@ impl Server {
                 source,
             })
         };
+        warn_of_development_mode_off_loopback(&config);
         create_dir(&config.data_dir)?;
         if let Some(parent) = config.database_path.parent() {
             if !parent.as_os_str().is_empty() {
@@ -211,6 +212,23 @@ impl Server {
             quic_task,
             http_task,
         })
+    }
+}
+
+/// Configuration resolution refuses these unless opted into (`--allow-dev-auth`,
+/// `--allow-dev-tls`); one that was, or built in code, is logged.
+fn warn_of_development_mode_off_loopback(config: &ServerConfig) {
+    if config.is_loopback_only() {
+        return;
+    }
+    let (quic, http) = (config.quic_listen, config.http_listen);
+    if let AuthSource::Development { key_dir, .. } = &config.auth {
+        tracing::warn!(%quic, %http, key_dir = %key_dir.display(),
+            "the development token issuer is on and the server listens beyond loopback: \
+             anyone with a copy of the key directory can mint tokens it accepts");
+    }
+    if let TlsSource::SelfSigned { .. } = &config.tls {
+        tracing::warn!(%quic, %http, "serving the self-signed development certificate beyond loopback");
     }
 }
 
