@@ -491,10 +491,20 @@ pub struct Options {
         value_name = "MIB"
     )]
     pub storage_cache_mib: Option<u64>,
-    /// Skip fsync on commit (benchmarks only: a crash loses acknowledged writes).
-    #[arg(long, env = "LINKEDUP_NO_FSYNC", global = true)]
-    #[serde(default)]
-    pub no_fsync: bool,
+    /// Skip fsync on commit (benchmarks only: a crash loses acknowledged writes). Logged as a
+    /// warning and shown in /health (`durable`); `--no-fsync=false` overrides a file or
+    /// environment that turns it on.
+    #[arg(
+        long,
+        env = "LINKEDUP_NO_FSYNC",
+        global = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub no_fsync: Option<bool>,
     /// GetStream API key. With it (and --stream-api-secret) meeting rooms are created through
     /// Stream's API; without it by the local provider (no network).
     #[arg(
@@ -695,7 +705,7 @@ impl Options {
             overload_max_wait_ms: self.overload_max_wait_ms.or(lower.overload_max_wait_ms),
             overload_target_ms: self.overload_target_ms.or(lower.overload_target_ms),
             storage_cache_mib: self.storage_cache_mib.or(lower.storage_cache_mib),
-            no_fsync: self.no_fsync || lower.no_fsync,
+            no_fsync: self.no_fsync.or(lower.no_fsync),
             stream_api_key: self.stream_api_key.or(lower.stream_api_key),
             stream_api_secret: self.stream_api_secret.or(lower.stream_api_secret),
             stream_base_url: self.stream_base_url.or(lower.stream_base_url),
@@ -889,7 +899,7 @@ impl Options {
                     reason: TOO_LARGE,
                 })?;
         }
-        if self.no_fsync {
+        if self.no_fsync == Some(true) {
             config.engine.committer.durable = false;
         }
         Ok(config)
@@ -1212,6 +1222,31 @@ mod tests {
                 Err(ConfigError::Invalid { .. })
             ));
         }
+    }
+
+    #[test]
+    fn no_fsync_is_layered_like_any_option() {
+        let durable = |args: &[&str]| {
+            let options = parse(args).options;
+            ServerConfig::from_options(&options)
+                .unwrap()
+                .engine
+                .committer
+                .durable
+        };
+        assert!(durable(&[]));
+        assert!(!durable(&["--no-fsync"]));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(&file, "no-fsync = true\n").unwrap();
+        let path = file.to_str().unwrap();
+        assert!(!durable(&["--config", path]));
+        assert!(durable(&["--config", path, "--no-fsync=false"]));
+        // A subcommand after the bare flag is not taken for its value.
+        assert!(matches!(
+            parse(&["--no-fsync", "serve"]).command,
+            Some(Command::Serve)
+        ));
     }
 
     #[test]

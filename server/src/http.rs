@@ -29,6 +29,8 @@ pub(crate) struct HttpState {
     pub version: String,
     /// Set when shutdown begins: `/health` then answers 503 so load balancers move away.
     pub draining: Arc<AtomicBool>,
+    /// Whether commits are fsynced (`--no-fsync` turns it off).
+    pub durable: bool,
     /// `HttpLimits::body_read_timeout`, for the application's routes.
     pub body_read_timeout: Duration,
 }
@@ -100,6 +102,7 @@ async fn health(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
         "status": if draining { "draining" } else { "ok" },
         "version": state.version,
         "mode": if state.development { "development" } else { "production" },
+        "durable": state.durable,
         "uptimeSecs": state.started.elapsed().as_secs(),
         "connections": state.metrics.connections_open.load(Ordering::Relaxed),
         "ts": state.engine.snapshot().ts,

@@ -84,6 +84,12 @@ impl Server {
             })
         };
         warn_of_development_mode_off_loopback(&config);
+        if !config.engine.committer.durable {
+            tracing::warn!(
+                "commits are not fsynced (--no-fsync): a crash or power loss loses \
+                 acknowledged writes"
+            );
+        }
         create_dir(&config.data_dir)?;
         if let Some(parent) = config.database_path.parent() {
             if !parent.as_os_str().is_empty() {
@@ -175,6 +181,7 @@ impl Server {
                 development,
                 version: SERVER_VERSION.to_string(),
                 draining: draining.clone(),
+                durable: config.engine.committer.durable,
                 body_read_timeout: config.http.body_read_timeout,
             }),
             dev_issuer.clone(),
