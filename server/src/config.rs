@@ -31,6 +31,12 @@ const MIN_FRAME_BYTES: u32 = 64 * 1024;
 const MAX_CONCURRENT_CALLS_LIMIT: u32 = 10_000;
 /// The `--environment` whose configuration must not use development auth or TLS silently.
 const PROD_ENVIRONMENT: &str = "prod";
+/// Bound of `--drain-timeout-secs` and `--pre-stop-secs`: far above any sensible value, and
+/// small enough that adding grace periods to it cannot overflow.
+const MAX_SHUTDOWN_SECS: u64 = 3_600;
+const AT_MOST_AN_HOUR: &str = "must be at most 3600";
+/// `--pre-stop-secs` when unset in production mode: a few health-check periods.
+const DEFAULT_PRODUCTION_PRE_STOP: Duration = Duration::from_secs(5);
 /// Upper bounds of the HTTP port's limits.
 const MAX_HTTP_CONNECTIONS: usize = 1 << 16;
 const MAX_HTTP_TIMEOUT_SECS: u64 = 3_600;
@@ -180,6 +186,9 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// On shutdown, how long in-flight calls may take to finish before connections close.
     pub drain_timeout: Duration,
+    /// On shutdown, how long `/health` answers 503 (draining) while both ports still serve,
+    /// before they close: time for load balancers to stop sending new traffic.
+    pub pre_stop: Duration,
 }
 
 impl ServerConfig {
@@ -203,6 +212,7 @@ impl ServerConfig {
             http: HttpLimits::default(),
             engine: EngineConfig::default(),
             drain_timeout: Duration::from_secs(10),
+            pre_stop: Duration::ZERO,
         }
     }
 
@@ -455,6 +465,15 @@ pub struct Options {
         value_name = "SECS"
     )]
     pub drain_timeout_secs: Option<u64>,
+    /// On SIGINT/SIGTERM, how long /health answers 503 "draining" while everything is still
+    /// served, before the ports close [default: 5 in production mode, 0 in development mode].
+    #[arg(
+        long,
+        env = "LINKEDUP_PRE_STOP_SECS",
+        global = true,
+        value_name = "SECS"
+    )]
+    pub pre_stop_secs: Option<u64>,
     /// How long a mutation's outcome is remembered (durably, in the database) for retries
     /// with the same mutationId [default: 600].
     #[arg(
@@ -699,6 +718,7 @@ impl Options {
                 .or(lower.http_header_timeout_secs),
             http_body_timeout_secs: self.http_body_timeout_secs.or(lower.http_body_timeout_secs),
             drain_timeout_secs: self.drain_timeout_secs.or(lower.drain_timeout_secs),
+            pre_stop_secs: self.pre_stop_secs.or(lower.pre_stop_secs),
             mutation_dedup_ttl_secs: self
                 .mutation_dedup_ttl_secs
                 .or(lower.mutation_dedup_ttl_secs),
@@ -868,8 +888,24 @@ impl Options {
             limits.idle_timeout = Duration::from_secs(at_least("idle-timeout-secs", secs, 1)?);
         }
         if let Some(secs) = self.drain_timeout_secs {
+            let secs = at_most(
+                "drain-timeout-secs",
+                secs,
+                MAX_SHUTDOWN_SECS,
+                AT_MOST_AN_HOUR,
+            )?;
             config.drain_timeout = Duration::from_secs(secs);
         }
+        config.pre_stop = match self.pre_stop_secs {
+            Some(secs) => Duration::from_secs(at_most(
+                "pre-stop-secs",
+                secs,
+                MAX_SHUTDOWN_SECS,
+                AT_MOST_AN_HOUR,
+            )?),
+            None if config.is_development() => Duration::ZERO,
+            None => DEFAULT_PRODUCTION_PRE_STOP,
+        };
         if let Some(secs) = self.mutation_dedup_ttl_secs {
             config.engine.mutation_dedup.ttl = Duration::from_secs(secs);
         }
@@ -1247,6 +1283,31 @@ mod tests {
             parse(&["--no-fsync", "serve"]).command,
             Some(Command::Serve)
         ));
+    }
+
+    #[test]
+    fn shutdown_timeouts_are_bounded_and_pre_stop_defaults_by_mode() {
+        for name in ["--drain-timeout-secs", "--pre-stop-secs"] {
+            assert!(matches!(
+                parse(&[name, &u64::MAX.to_string()]).options.resolve(),
+                Err(ConfigError::Invalid { .. })
+            ));
+        }
+        let config = parse(&["--drain-timeout-secs", "3600", "--pre-stop-secs", "7"])
+            .options
+            .resolve()
+            .unwrap();
+        assert_eq!(config.drain_timeout, Duration::from_secs(3600));
+        assert_eq!(config.pre_stop, Duration::from_secs(7));
+        assert_eq!(
+            parse(&[]).options.resolve().unwrap().pre_stop,
+            Duration::ZERO
+        );
+        let production = parse(&["--cert", "c", "--key", "k", "--workos-audience", "client_1"]);
+        assert_eq!(
+            production.options.resolve().unwrap().pre_stop,
+            DEFAULT_PRODUCTION_PRE_STOP
+        );
     }
 
     #[test]

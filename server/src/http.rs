@@ -15,6 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use query_engine::engine::Engine;
 use query_engine::subscriptions::SubscriptionManager;
+use tokio::sync::watch;
 
 use crate::auth::{jwks_router, DevIssuer};
 use crate::metrics::ServerMetrics;
@@ -27,8 +28,11 @@ pub(crate) struct HttpState {
     pub started: Instant,
     pub development: bool,
     pub version: String,
-    /// Set when shutdown begins: `/health` then answers 503 so load balancers move away.
+    /// Set when shutdown begins, a pre-stop window before the ports close: `/health` then
+    /// answers 503 so load balancers move away while requests are still served.
     pub draining: Arc<AtomicBool>,
+    /// The server's shutdown signal: true once the ports close.
+    pub stopping: watch::Receiver<bool>,
     /// Whether commits are fsynced (`--no-fsync` turns it off).
     pub durable: bool,
     /// `HttpLimits::body_read_timeout`, for the application's routes.
@@ -41,7 +45,8 @@ pub(crate) struct HttpState {
 pub struct HttpContext {
     engine: Engine,
     metrics: Arc<ServerMetrics>,
-    draining: Arc<AtomicBool>,
+    /// Becomes true when the ports close, after the pre-stop window.
+    stopping: watch::Receiver<bool>,
     body_read_timeout: Duration,
 }
 
@@ -60,9 +65,10 @@ impl HttpContext {
         self.body_read_timeout
     }
 
-    /// True once shutdown began: a route should answer 503 rather than start work.
+    /// True once the ports are closing: a route should answer 503 rather than start work.
+    /// During the pre-stop window before that, `/health` says draining but routes still serve.
     pub fn is_shutting_down(&self) -> bool {
-        self.draining.load(Ordering::Relaxed) || *self.engine.shutdown_signal().borrow()
+        *self.stopping.borrow() || *self.engine.shutdown_signal().borrow()
     }
 }
 
@@ -78,7 +84,7 @@ pub(crate) fn router(
     let context = HttpContext {
         engine: state.engine.clone(),
         metrics: state.metrics.clone(),
-        draining: state.draining.clone(),
+        stopping: state.stopping.clone(),
         body_read_timeout: state.body_read_timeout,
     };
     let mut app = Router::new()

@@ -1,6 +1,7 @@
 //! The `linkedup-server` binary: parses flags/env/config file, starts the server with the
 //! LinkedUp schema and functions, prints where it listens (and, in development mode, the
-//! certificate fingerprint to pin and how to mint a token), and stops gracefully on a signal.
+//! certificate fingerprint to pin and how to mint a token), and stops gracefully on a signal;
+//! a second signal during that stop exits at once.
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -50,6 +51,8 @@ fn application(config: &LinkedUpConfig) -> (SchemaDefinition, Functions) {
 }
 
 async fn serve(options: &Options) -> anyhow::Result<()> {
+    // Registered first, so a signal that comes while the server starts is not lost.
+    let mut signals = Signals::new()?;
     let options = options.layered().context("invalid configuration")?;
     let mut config = options.clone().resolve().context("invalid configuration")?;
     config.engine.crons = linkedup::crons();
@@ -107,8 +110,16 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
             data_dir.display()
         );
     }
-    wait_for_signal().await?;
-    server.shutdown().await;
+    signals.next().await?;
+    tokio::select! {
+        () = server.shutdown() => {}
+        received = signals.next() => {
+            received?;
+            // Every acknowledged commit is already in the log; the next start replays it.
+            tracing::warn!("second signal: exiting without finishing the shutdown");
+            std::process::exit(EXIT_SECOND_SIGNAL);
+        }
+    }
     background.abort();
     Ok(())
 }
@@ -130,22 +141,48 @@ fn describe_stream(options: &Options, stream: &StreamConfig, data_dir: &Path) ->
     format!("Stream: {provider}; {webhooks}")
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Exit status when a second signal cuts the graceful stop short (128 + SIGINT, as a shell
+/// reports an interrupted command).
+const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), registered once for the whole run so that a signal
+/// between two waits is not missed.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-            _ = term.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())
+                    .context("installing a SIGINT handler")?,
+                terminate: signal(SignalKind::terminate())
+                    .context("installing a SIGTERM handler")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    tracing::info!("signal received");
-    Ok(())
+
+    async fn next(&mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        tracing::info!("signal received");
+        Ok(())
+    }
 }
 
 fn mint_token(options: &Options, args: MintTokenArgs) -> anyhow::Result<()> {

@@ -181,6 +181,7 @@ impl Server {
                 development,
                 version: SERVER_VERSION.to_string(),
                 draining: draining.clone(),
+                stopping: shutdown_rx.clone(),
                 durable: config.engine.committer.durable,
                 body_read_timeout: config.http.body_read_timeout,
             }),
@@ -216,6 +217,7 @@ impl Server {
             metrics,
             shutdown_tx,
             draining,
+            pre_stop: config.pre_stop,
             quic_task,
             http_task,
         })
@@ -263,6 +265,7 @@ pub struct RunningServer {
     metrics: Arc<ServerMetrics>,
     shutdown_tx: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
+    pre_stop: Duration,
     quic_task: JoinHandle<()>,
     http_task: JoinHandle<()>,
 }
@@ -314,12 +317,17 @@ impl RunningServer {
         &self.metrics
     }
 
-    /// Stops accepting connections, lets in-flight calls finish (up to the drain timeout),
-    /// closes every connection with a fatal `INTERNAL` "server shutting down", stops the HTTP
-    /// port, then the engine's background work.
+    /// Says draining on `/health` (503) for the pre-stop window while both ports still serve,
+    /// then stops accepting connections, lets in-flight calls finish (up to the drain
+    /// timeout), closes every connection with a fatal `INTERNAL` "server shutting down", stops
+    /// the HTTP port, then the engine's background work.
     pub async fn shutdown(self) {
-        tracing::info!("shutting down");
         self.draining.store(true, Ordering::Relaxed);
+        if !self.pre_stop.is_zero() {
+            tracing::info!(pre_stop = ?self.pre_stop, "draining: /health answers 503 before the ports close");
+            tokio::time::sleep(self.pre_stop).await;
+        }
+        tracing::info!("shutting down");
         let _ = self.shutdown_tx.send(true);
         if let Err(e) = self.quic_task.await {
             tracing::error!(error = %e, "QUIC accept loop failed");

@@ -1,10 +1,16 @@
 //! The `linkedup-server` binary as an operator runs it, on 127.0.0.1 with OS-chosen ports:
-//! the durability switch layered across file and environment and reported by `/health`.
+//! the durability switch layered across file and environment and reported by `/health`;
+//! on a signal, `/health` says draining while the ports still serve (the pre-stop window), and
+//! a second signal ends the process at once.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A safety net against a hung test, not a timing assertion.
+const HANG: Duration = Duration::from_secs(60);
 
 /// A running server process; killed if the test ends without stopping it.
 struct Process {
@@ -50,6 +56,29 @@ fn spawn(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
     Process { child, http }
 }
 
+impl Process {
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// The exit status, once the process has exited.
+    fn exited(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + HANG;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// `GET path` on the HTTP port: the status code and the JSON body.
 fn get(http: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     let mut stream = TcpStream::connect(http).unwrap();
@@ -85,4 +114,31 @@ fn the_environment_turns_fsync_back_on_over_the_file_and_health_says_so() {
     let (status, health) = get(server.http, "/health");
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["durable"], true, "{health}");
+}
+
+#[cfg(unix)]
+#[test]
+fn health_drains_before_the_ports_close_and_a_second_signal_exits_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A window far longer than the test: only the second signal can end it.
+    let mut server = spawn(dir.path(), &["--pre-stop-secs", "3600"], &[]);
+    assert_eq!(get(server.http, "/health").0, 200);
+    server.signal("TERM");
+    let deadline = Instant::now() + HANG;
+    let health = loop {
+        let (status, health) = get(server.http, "/health");
+        if status == 503 {
+            break health;
+        }
+        assert!(Instant::now() < deadline, "/health never said draining");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(health["status"], "draining", "{health}");
+    // Still serving: new connections are answered.
+    assert_eq!(get(server.http, "/health").0, 503);
+
+    server.signal("INT");
+    let status = server.exited();
+    assert_eq!(status.code(), Some(130), "{status:?} {:?}", status.signal());
 }
