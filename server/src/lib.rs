@@ -1,6 +1,7 @@
 pub mod ai;
 pub mod auth;
 pub mod config;
+mod files;
 pub mod hex;
 pub mod http;
 mod http_serve;

@@ -3,7 +3,7 @@
 //! development exercises the same `TokenVerifier` path as production.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,8 +256,8 @@ fn parse_key(path: &Path, pem: &str) -> Result<RsaPrivateKey, DevIssuerError> {
     })
 }
 
-/// Writes a new key to a private temporary file and hard-links it into place, which fails
-/// rather than overwrites if another process got there first; that process's key then wins.
+/// Writes a new key into place whole (`files::create_once`); if another start got there
+/// first, its key wins and is read back.
 fn create_key_file(dir: &Path, path: &Path) -> Result<RsaPrivateKey, DevIssuerError> {
     let write_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -268,38 +268,14 @@ fn create_key_file(dir: &Path, path: &Path) -> Result<RsaPrivateKey, DevIssuerEr
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|err| DevIssuerError::Encode(err.to_string()))?;
-    let tmp = dir.join(format!(".{KEY_FILE_NAME}.{}.tmp", std::process::id()));
-    write_private_file(&tmp, pem.as_bytes()).map_err(write_err(&tmp))?;
-    let linked = fs::hard_link(&tmp, path);
-    // The temporary name is only a staging area; failing to remove it loses nothing.
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(key),
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-            let pem = fs::read_to_string(path).map_err(|source| DevIssuerError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            parse_key(path, &pem)
-        }
-        Err(source) => Err(DevIssuerError::Write {
-            path: path.to_path_buf(),
-            source,
-        }),
+    if crate::files::create_once(path, pem.as_bytes(), true).map_err(write_err(path))? {
+        return Ok(key);
     }
-}
-
-fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
+    let pem = fs::read_to_string(path).map_err(|source| DevIssuerError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_key(path, &pem)
 }
 
 /// RSA keys shared by the auth tests: generating one costs far more than the tests using it.

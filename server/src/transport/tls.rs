@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +13,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
+
+use crate::files;
 
 /// The ALPN protocol id of wire protocol version 1.
 pub const ALPN: &[u8] = b"linkedup/1";
@@ -40,6 +42,11 @@ pub enum TlsError {
     BadCertificate { path: PathBuf, detail: String },
     #[error("generating the development certificate failed: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error(
+        "{dir}: {DEV_CERT_FILE} was not made with {DEV_KEY_FILE} (left by an older build); \
+         delete both to make a new pair, and pin the new fingerprint"
+    )]
+    DevPairMismatch { dir: PathBuf },
     #[error("the certificate and key do not form a usable TLS configuration: {0}")]
     Config(#[from] rustls::Error),
     #[error("the TLS configuration cannot carry QUIC: {0}")]
@@ -131,27 +138,46 @@ impl CertifiedKey {
     }
 
     /// The development certificate in `dir` (`dev-cert.pem`, `dev-key.pem`), generated on
-    /// first use: self-signed for localhost/127.0.0.1/::1, key file mode 0600.
+    /// first use: self-signed for localhost/127.0.0.1/::1, key file mode 0600. Each file is
+    /// put in place whole and the first start to do so wins (`files::create_once`); the
+    /// certificate is always made from the key on disk, so starts racing each other, or
+    /// following one that stopped half-way, end with a matching pair.
     pub fn load_or_generate_dev(dir: &Path) -> Result<Self, TlsError> {
         let cert_path = dir.join(DEV_CERT_FILE);
         let key_path = dir.join(DEV_KEY_FILE);
-        if cert_path.exists() && key_path.exists() {
-            return Self::load(&cert_path, &key_path);
+        let write_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TlsError::Write { path, source }
+        };
+        fs::create_dir_all(dir).map_err(write_err(dir))?;
+        if !key_path.exists() {
+            let key = rcgen::KeyPair::generate()?;
+            files::create_once(&key_path, key.serialize_pem().as_bytes(), true)
+                .map_err(write_err(&key_path))?;
         }
-        fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let names: Vec<String> = DEV_CERT_NAMES.iter().map(|n| n.to_string()).collect();
-        let generated = rcgen::generate_simple_self_signed(names)?;
-        // Key first: a crash in between leaves no certificate, so the next start regenerates.
-        write_file(
-            &key_path,
-            generated.key_pair.serialize_pem().as_bytes(),
-            true,
-        )?;
-        write_file(&cert_path, generated.cert.pem().as_bytes(), false)?;
-        Self::load(&cert_path, &key_path)
+        if !cert_path.exists() {
+            let key_pem = read_pem_file(&key_path)?;
+            let key = String::from_utf8(key_pem)
+                .ok()
+                .and_then(|pem| rcgen::KeyPair::from_pem(&pem).ok())
+                .ok_or_else(|| TlsError::BadKey {
+                    path: key_path.clone(),
+                    detail: "not a key this server made".into(),
+                })?;
+            let names: Vec<String> = DEV_CERT_NAMES.iter().map(|n| n.to_string()).collect();
+            let cert = rcgen::CertificateParams::new(names)?.self_signed(&key)?;
+            files::create_once(&cert_path, cert.pem().as_bytes(), false)
+                .map_err(write_err(&cert_path))?;
+        }
+        let pair = Self::load(&cert_path, &key_path)?;
+        match pair.server_tls_config() {
+            Err(TlsError::Config(rustls::Error::InconsistentKeys(_))) => {
+                Err(TlsError::DevPairMismatch {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            _ => Ok(pair),
+        }
     }
 
     /// The rustls server configuration: TLS 1.3 only, ALPN `linkedup/1`, no client certs.
@@ -191,27 +217,6 @@ fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     fs::read(path).map_err(read_err)
 }
 
-fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
-    let write = || -> io::Result<()> {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        if private {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        #[cfg(not(unix))]
-        let _ = private;
-        let mut file = options.open(path)?;
-        file.write_all(contents)?;
-        file.sync_all()
-    };
-    write().map_err(|source| TlsError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// A quinn client configuration that trusts exactly the certificate with `fingerprint`
 /// (TLS 1.3, ALPN `linkedup/1`, the SDK's keep-alive and idle timeout); for tests and tools
 /// talking to a development server over a raw endpoint. It is the SDK's own configuration,
@@ -244,6 +249,40 @@ mod tests {
         }
         let config = first.server_tls_config().unwrap();
         assert_eq!(config.alpn_protocols, vec![ALPN.to_vec()]);
+    }
+
+    #[test]
+    fn racing_first_starts_end_with_one_matching_pair() {
+        const STARTS: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Barrier::new(STARTS);
+        let fingerprints: Vec<CertFingerprint> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..STARTS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        CertifiedKey::load_or_generate_dev(dir.path())
+                            .unwrap()
+                            .fingerprint()
+                    })
+                })
+                .collect();
+            starts.into_iter().map(|s| s.join().unwrap()).collect()
+        });
+        let loaded = CertifiedKey::load(
+            &dir.path().join(DEV_CERT_FILE),
+            &dir.path().join(DEV_KEY_FILE),
+        )
+        .unwrap();
+        loaded.server_tls_config().unwrap();
+        assert!(fingerprints.iter().all(|f| *f == loaded.fingerprint()));
+        // Only the two files are left, no staging copies.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+
+        // A start that stopped after the key makes the certificate from that key.
+        fs::remove_file(dir.path().join(DEV_CERT_FILE)).unwrap();
+        let remade = CertifiedKey::load_or_generate_dev(dir.path()).unwrap();
+        remade.server_tls_config().unwrap();
     }
 
     #[test]
