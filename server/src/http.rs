@@ -1,5 +1,8 @@
-//! The HTTP port (axum): `GET /health` (JSON status), `GET /metrics` (Prometheus text: server,
-//! subscription and engine metrics) and, in development mode, the dev issuer's JWKS. The
+//! The HTTP port (axum): `GET /health` (readiness, JSON: 503 with a reason while the server
+//! starts, has index work pending or drains), `GET /health/live` (liveness: 200 whenever the
+//! process answers), `GET /metrics` (Prometheus text: server, subscription and engine
+//! metrics) and, in development mode, the dev issuer's JWKS. Until the engine is open every
+//! other path answers 503 (`starting_router`). The
 //! application's own routes (webhooks) come from an `AppRoutes` given to
 //! `Server::start_with_routes`, built once the engine is open from an `HttpContext`, and are
 //! merged into `router`; the server itself knows none of them.
@@ -89,6 +92,7 @@ pub(crate) fn router(
     };
     let mut app = Router::new()
         .route("/health", get(health))
+        .route(LIVE_PATH, get(live))
         .route("/metrics", get(metrics))
         .with_state(state);
     if let Some(issuer) = dev_issuer {
@@ -97,15 +101,48 @@ pub(crate) fn router(
     app.merge(app_routes(context))
 }
 
+const LIVE_PATH: &str = "/health/live";
+
+/// What the HTTP port answers while the engine opens: alive, not ready. `Connection: close`,
+/// so a prober's next request reaches the full routes once they are up.
+pub(crate) fn starting_router() -> Router {
+    let starting = || async {
+        let body = serde_json::json!({ "status": "starting", "reason": "opening the database" });
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONNECTION, "close")],
+            Json(body),
+        )
+    };
+    Router::new().route(LIVE_PATH, get(live)).fallback(starting)
+}
+
+/// Liveness: the process answers. Readiness is `/health`.
+async fn live() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "alive" }))
+}
+
+/// Readiness: 200 "ok" once the engine can serve every query; 503 with the reason before
+/// that (index backfills or purges pending: queries on a backfilling index fail) and while
+/// draining.
 async fn health(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
-    let draining = state.draining.load(Ordering::Relaxed);
-    let status = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
+    let index_work = state.engine.index_work_pending();
+    let (status, reason) = if state.draining.load(Ordering::Relaxed) {
+        ("draining", Some("shutting down".to_string()))
+    } else if index_work > 0 {
+        let reason = format!("{index_work} index backfills or purges pending");
+        ("starting", Some(reason))
     } else {
+        ("ok", None)
+    };
+    let code = if reason.is_none() {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     let body = serde_json::json!({
-        "status": if draining { "draining" } else { "ok" },
+        "status": status,
+        "reason": reason,
         "version": state.version,
         "mode": if state.development { "development" } else { "production" },
         "durable": state.durable,
@@ -114,7 +151,7 @@ async fn health(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
         "ts": state.engine.snapshot().ts,
         "pendingCommits": state.subscriptions.pending_commits(),
     });
-    (status, Json(body))
+    (code, Json(body))
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
@@ -135,4 +172,78 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use query_engine::engine::EngineConfig;
+    use query_engine::functions::Functions;
+    use query_engine::obj;
+    use query_engine::schema::{v, SchemaDefinition, TableDefinition};
+    use query_engine::subscriptions::SubscriptionConfig;
+    use query_engine::value::Value;
+
+    use super::*;
+
+    /// A safety net against a hung test, not a timing assertion.
+    const HANG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn health_is_not_ready_while_an_index_backfills() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let table = TableDefinition::new("t", v::object([("a", v::int64())]));
+        let config = EngineConfig {
+            run_scheduler: false,
+            ..EngineConfig::default()
+        };
+        let open = |table: TableDefinition| {
+            let schema = SchemaDefinition::new().table(table);
+            Engine::open(&path, schema, Functions::new(), config.clone()).unwrap()
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Opened outside the runtime, the engine starts no backfill: the index stays pending.
+        let engine = open(table.clone());
+        rt.block_on(engine.transact(|ctx| ctx.insert("t", obj! {"a" => 1}).map(Value::from)))
+            .unwrap();
+        assert!(engine.close(HANG));
+        let engine = open(table.index("by_a", &["a"]));
+        assert_eq!(engine.index_work_pending(), 1);
+
+        let (status, body) = rt.block_on(async {
+            let state = Arc::new(HttpState {
+                subscriptions: SubscriptionManager::new(
+                    engine.clone(),
+                    SubscriptionConfig::default(),
+                ),
+                engine: engine.clone(),
+                metrics: Arc::default(),
+                started: Instant::now(),
+                development: true,
+                version: "test".into(),
+                draining: Arc::default(),
+                stopping: watch::channel(false).1,
+                durable: true,
+                body_read_timeout: HANG,
+            });
+            let response = health(State(state)).await.into_response();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
+        });
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["status"], "starting", "{body}");
+        assert!(body["reason"].as_str().unwrap().contains("index"), "{body}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The HTTP port's accept loop: each connection is served by its own task with hyper's
 //! HTTP/1.1 connection builder on tokio's timer (so the header read timeout is on), at most
 //! `HttpLimits::max_connections` at once, and every one of them is gone when `serve` returns.
+//! The routes can be replaced while it runs (the server starts with "starting" answers).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +19,13 @@ use crate::config::HttpLimits;
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves `app` on `listener` until `shutdown` turns true; then closes the listener, lets open
+/// Serves the latest of `routes` on `listener` (each connection keeps the routes it was
+/// accepted with) until `shutdown` turns true; then closes the listener, lets open
 /// requests finish for up to `stop_timeout` and drops whatever is left. When it returns no
-/// connection task holds `app` (and with it the engine) any more.
+/// connection task holds the routes (and with them the engine) any more.
 pub(crate) async fn serve(
     listener: TcpListener,
-    app: Router,
+    routes: watch::Receiver<Router>,
     limits: HttpLimits,
     mut shutdown: watch::Receiver<bool>,
     stop_timeout: Duration,
@@ -50,7 +52,7 @@ pub(crate) async fn serve(
                     let conn = serve_connection(
                         builder.clone(),
                         stream,
-                        app.clone(),
+                        routes.borrow().clone(),
                         shutdown.clone(),
                         permit,
                     );

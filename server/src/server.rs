@@ -1,6 +1,7 @@
-//! Server startup and shutdown: opens the engine, loads or makes the certificate, sets up the
-//! token verifier (development issuer or WorkOS), binds the QUIC endpoint and the HTTP port,
-//! and on shutdown stops accepting, drains in-flight calls, closes connections, stops the engine.
+//! Server startup and shutdown: loads or makes the certificate, binds the HTTP port (which
+//! answers "starting" until the rest is up), sets up the token verifier (development issuer or
+//! WorkOS), opens the engine, binds the QUIC endpoint; on shutdown says draining for the
+//! pre-stop window, stops accepting, drains in-flight calls, closes connections, stops the engine.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -114,6 +115,18 @@ impl Server {
                 addr: config.http_listen,
                 source,
             })?;
+        // Served from now on, so /health tells a prober the server is starting (503) while the
+        // database opens; the full routes replace these once it is up.
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (routes_tx, routes_rx) = watch::channel(http::starting_router());
+        let http_task = tokio::spawn(http_serve::serve(
+            http_listener,
+            routes_rx,
+            config.http.clone(),
+            shutdown_rx.clone(),
+            HTTP_STOP_TIMEOUT,
+        ));
+        let stop_http = StopHttpIfStartFails(Some(&shutdown_tx));
 
         let (verifier, dev_issuer) = match &config.auth {
             AuthSource::Development {
@@ -137,12 +150,13 @@ impl Server {
         };
         let verifier = Arc::new(verifier);
 
-        let engine = Engine::open(
-            &config.database_path,
-            schema,
-            functions,
-            config.engine.clone(),
-        )?;
+        // A replay of a long log takes a while: keep it off the reactor, which serves /health.
+        let (path, engine_config) = (config.database_path.clone(), config.engine.clone());
+        let engine = tokio::task::spawn_blocking(move || {
+            Engine::open(&path, schema, functions, engine_config)
+        })
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))??;
         let subscriptions = SubscriptionManager::new(
             engine.clone(),
             SubscriptionConfig {
@@ -157,7 +171,6 @@ impl Server {
         })?;
 
         let metrics = Arc::new(ServerMetrics::default());
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let development = config.is_development();
         let shared = Arc::new(Shared {
             engine: engine.clone(),
@@ -188,13 +201,8 @@ impl Server {
             dev_issuer.clone(),
             app_routes,
         );
-        let http_task = tokio::spawn(http_serve::serve(
-            http_listener,
-            app,
-            config.http.clone(),
-            shutdown_rx,
-            HTTP_STOP_TIMEOUT,
-        ));
+        let _starting = routes_tx.send_replace(app);
+        stop_http.disarm();
 
         if let AuthSource::WorkOs(_) = &config.auth {
             // Warm the key cache so the first Authenticate does not pay for the fetch; a
@@ -221,6 +229,24 @@ impl Server {
             quic_task,
             http_task,
         })
+    }
+}
+
+/// Stops the HTTP port when dropped before `disarm`: a start that fails after binding it
+/// leaves nothing listening.
+struct StopHttpIfStartFails<'a>(Option<&'a watch::Sender<bool>>);
+
+impl StopHttpIfStartFails<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopHttpIfStartFails<'_> {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.0 {
+            let _ = shutdown.send(true);
+        }
     }
 }
 

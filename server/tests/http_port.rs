@@ -103,6 +103,10 @@ async fn slow_headers_and_slow_webhook_bodies_are_closed() {
     // An idle keep-alive connection goes the same way once it has been answered.
     let mut idle = connect(&server, "GET /health HTTP/1.1\r\nHost: test\r\n\r\n").await;
     assert!(until_closed(&mut idle).await.starts_with("HTTP/1.1 200"));
+
+    let live = "GET /health/live HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+    let answer = until_closed(&mut connect(&server, live).await).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.shutdown().await;
 }
 
