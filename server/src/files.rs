@@ -1,6 +1,8 @@
-//! Files the server makes for itself under its data directory (the development certificate
-//! and issuer key): each is written whole under a temporary name and hard-linked into place,
-//! so no reader sees half a file, and when several starts race the first one's file wins.
+//! Files and directories the server makes for itself: the data directory, which only its own
+//! user may enter (0700 on unix: it holds the database and, in development, keys anyone could
+//! mint tokens with), and files in it (the development certificate and issuer key), each
+//! written whole under a temporary name and hard-linked into place, so no reader sees half a
+//! file, and when several starts race the first one's file wins.
 
 use std::fs;
 use std::io::{self, Write};
@@ -24,6 +26,19 @@ pub(crate) fn create_once(path: &Path, contents: &[u8], private: bool) -> io::Re
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Creates `path` and its missing parents, private to this user (0700 on unix). One that
+/// exists already is left as it is.
+pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
 }
 
 fn temporary_name(path: &Path) -> io::Result<PathBuf> {

@@ -79,7 +79,7 @@ impl Server {
         app_routes: AppRoutes,
     ) -> Result<RunningServer, StartError> {
         let create_dir = |path: &PathBuf| {
-            std::fs::create_dir_all(path).map_err(|source| StartError::CreateDir {
+            crate::files::create_private_dir(path).map_err(|source| StartError::CreateDir {
                 path: path.clone(),
                 source,
             })
@@ -373,5 +373,30 @@ impl RunningServer {
             tracing::warn!("the database was still open after shutdown");
         }
         tracing::info!("shutdown complete");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_data_directory_is_private_to_the_server_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("new").join("data");
+        let server = Server::start(
+            ServerConfig::for_tests(&data),
+            SchemaDefinition::new(),
+            Functions::new(),
+        )
+        .await
+        .unwrap();
+        for created in [&data, &dir.path().join("new")] {
+            let mode = std::fs::metadata(created).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", created.display());
+        }
+        server.shutdown().await;
     }
 }
