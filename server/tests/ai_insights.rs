@@ -402,6 +402,63 @@ async fn the_transcript_is_read_whether_or_not_it_was_aggregated() {
     assert_eq!(s(&first(bobs, "recommendations"), "userId"), w.alice_id);
 }
 
+/// Segments of a producer's diarisation labels ("spk_0") name no user: the insights quote
+/// nobody for them, where quoting the label failed the store (a quote names a user) and the
+/// meeting got no insights at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_speakers_are_quoted_as_nobody() {
+    let w = world(LinkedUpConfig::default()).await;
+    enable(&w.env.engine, &w.alice, "insights/postcall").await;
+    say(
+        &w,
+        "c1",
+        "spk_0",
+        "The compaction benchmark regressed badly.",
+        0,
+    )
+    .await;
+    say(
+        &w,
+        "c2",
+        "spk_1",
+        "I will profile the compaction benchmark.",
+        2_000,
+    )
+    .await;
+    say(&w, "c3", "spk_0", "Thanks, that settles it.", 4_000).await;
+    w.env
+        .m(
+            "transcripts.aggregateSegments",
+            obj! { "meetingId" => w.meeting.as_str() },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(!w.env.all("transcriptSegments").await.is_empty());
+    w.env
+        .engine
+        .action(
+            "insights.generate",
+            obj! { "meetingId" => w.meeting.as_str() },
+            None,
+        )
+        .await
+        .unwrap();
+    let insights = w.env.all("insights").await;
+    assert_eq!(insights.len(), 2);
+    for i in &insights {
+        assert!(s(i, "summary").contains("compaction benchmark"), "{i:?}");
+        let quoted: Vec<String> = i
+            .get_path("quotes")
+            .and_then(Value::as_array)
+            .unwrap()
+            .iter()
+            .map(|q| s(q, "userId"))
+            .collect();
+        assert!(quoted.iter().all(|u| !u.starts_with("spk_")), "{quoted:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_insight_stored_before_recommendations_named_their_user_still_reads() {
     let w = world(LinkedUpConfig::default()).await;

@@ -664,7 +664,13 @@ fn transcript(
                 .filter_map(Value::as_str)
                 .map(String::from)
                 .collect();
-            (speakers.first().cloned(), speakers)
+            // Quotes name users: a producer's diarisation label ("spk_0") names nobody.
+            let users = speakers
+                .iter()
+                .filter(|s| ctx.parse_id(USERS, s).is_ok())
+                .cloned()
+                .collect();
+            (speakers.first().cloned(), users)
         } else {
             let spoken_by = chunk_speaker(ctx, d)
                 .map(String::from)
