@@ -518,12 +518,20 @@ fn replay_segment<E: From<WalError>>(
     };
     let mut reader = SegmentReader::open(path).map_err(WalError::Io)?;
     loop {
+        let at = reader.at;
         match reader.next().map_err(WalError::Io)? {
             Next::Record(r) => {
                 apply(r)?;
                 *n += 1;
             }
-            Next::End => return Ok(SegmentEnd::Clean),
+            // Appends fill a segment front to back, so past its last record it holds nothing
+            // readable: an intact record further on means this header was zeroed by damage.
+            Next::End => {
+                if intact_record_after(path, at + 1).map_err(WalError::Io)? {
+                    return Err(corrupt(at, "a zeroed record header with records after it").into());
+                }
+                return Ok(SegmentEnd::Clean);
+            }
             Next::Undecodable { offset } => {
                 return Err(corrupt(
                     offset,
@@ -531,25 +539,58 @@ fn replay_segment<E: From<WalError>>(
                 )
                 .into())
             }
-            Next::Bad {
-                offset,
-                reason,
-                len,
-            } => {
+            Next::Bad { offset, reason, .. } => {
                 // An append is the last write to its segment (a failed one is cut off again),
-                // so a readable record right after a bad one means damage, not a torn append.
-                if len.is_some()
-                    && matches!(
-                        reader.next().map_err(WalError::Io)?,
-                        Next::Record(_) | Next::Undecodable { .. }
-                    )
-                {
+                // so an intact record anywhere after a bad one means damage, not a torn
+                // append — however many records the damage spans, and even when it hit the
+                // bad record's length.
+                if intact_record_after(path, offset + 1).map_err(WalError::Io)? {
                     return Err(corrupt(offset, reason).into());
                 }
                 return Ok(SegmentEnd::Torn { offset, reason });
             }
         }
     }
+}
+
+/// Whether an intact record (a header whose length fits and whose checksum holds over its
+/// body) starts anywhere at or after `from` in the segment. Read once per segment at the end
+/// of its records at open, where the rest is normally the zero fill.
+fn intact_record_after(path: &Path, from: u64) -> std::io::Result<bool> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if from >= len {
+        return Ok(false);
+    }
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(from))?;
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest)?;
+    let mut i = 0;
+    while i + 8 <= rest.len() {
+        // Skip zero runs at memchr speed: a header must hold a non-zero byte.
+        match rest[i..].iter().position(|&b| b != 0) {
+            None => break,
+            Some(p) if p >= 8 => {
+                i += p - 7;
+                continue;
+            }
+            Some(_) => {}
+        }
+        let header = &rest[i..i + 8];
+        if header != [0; 8] {
+            let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            let body_len = body_len as usize;
+            if body_len <= MAX_RECORD_BYTES && body_len <= rest.len() - i - 8 {
+                let body = &rest[i + 8..i + 8 + body_len];
+                if crc32fast::hash(body) == crc {
+                    return Ok(true);
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(false)
 }
 
 /// Whether a segment holds anything where its first record would be.
@@ -1084,6 +1125,44 @@ mod tests {
             Err(WalError::Corrupt { path, .. }) if path == segment_path(&base, 1)
         ));
         assert_eq!(files(dir.path()), before);
+    }
+
+    /// Damage the old reader took for the end of the log: a zeroed header in the middle of a
+    /// segment, and two bad records in a row (or one whose length was hit), each with an
+    /// intact record after them. The open fails and keeps the files.
+    #[test]
+    fn a_zeroed_header_or_a_run_of_bad_records_before_intact_ones_fails_the_open() {
+        type Damage = fn(&mut Vec<u8>, usize);
+        let zero_header: Damage = |seg, at| seg[at..at + 8].fill(0);
+        let two_bad: Damage = |seg, at| {
+            let first = sample(2).encode().len();
+            seg[at + 8] ^= 0xff;
+            seg[at + first + 8] ^= 0xff;
+        };
+        let bad_length: Damage = |seg, at| seg[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        for (what, damage) in [
+            ("zeroed header", zero_header),
+            ("two bad records", two_bad),
+            ("bad length", bad_length),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let base = dir.path().join("w.redb");
+            let (mut w, _) = open(&base, 1 << 20);
+            for seq in 1..=4 {
+                w.append_durable(&sample(seq).encode()).unwrap();
+            }
+            drop(w);
+            let path = segment_path(&base, 1);
+            let mut seg = std::fs::read(&path).unwrap();
+            damage(&mut seg, sample(1).encode().len());
+            std::fs::write(&path, &seg).unwrap();
+            let before = files(dir.path());
+            assert!(
+                matches!(replay(&base), Err(WalError::Corrupt { offset, .. }) if offset == sample(1).encode().len() as u64),
+                "{what}"
+            );
+            assert_eq!(files(dir.path()), before, "{what}");
+        }
     }
 
     /// A checksum that holds over a body that does not decode is damage even at the tail.
