@@ -1162,8 +1162,7 @@ fn retries_after_loss(kind: CallKind, has_mutation_id: bool, max_query_retries: 
 /// under an expired token before running anything and says so (`data.tokenExpired`), so any
 /// call refused that way is. Otherwise a query only reads, and a failed mutation wrote nothing
 /// (its transaction did not commit, and it left no mutation-id record, so a retry under the
-/// same id runs it afresh); but an action's own `UNAUTHORIZED` (say, run anonymously once the
-/// server dropped an expired identity, §11) may come after it had effects.
+/// same id runs it afresh); but an action's own `UNAUTHORIZED` may come after it had effects.
 fn reruns_after_unauthorized(kind: CallKind, error: &ClientError) -> bool {
     if !error.is_unauthorized() {
         return false;

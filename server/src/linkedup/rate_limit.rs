@@ -192,10 +192,12 @@ pub fn check_and_consume_on_grid(
     counters: Counters,
     bucket_ms: i64,
 ) -> FunctionResult<i64> {
-    debug_assert!(
-        counters == Counters::Inline || limit.window_ms <= MAX_WINDOW_MS,
-        "counter documents would be purged within the window"
-    );
+    if counters != Counters::Inline && limit.window_ms > MAX_WINDOW_MS {
+        return Err(ErrorCode::Internal.err(format!(
+            "rate limit {action}: sharded counters are purged within a window of {} ms",
+            limit.window_ms
+        )));
+    }
     let bucket_ms = bucket_ms.max(1);
     let now = ctx.now_ms();
     let current = now - now.rem_euclid(bucket_ms);
