@@ -35,6 +35,8 @@ use crate::metrics::ServerMetrics;
 
 /// How long the writer gets to send the closing frames once the connection is ending.
 const WRITER_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest `Connect` frame (its client name is at most a few hundred bytes).
+const MAX_CONNECT_FRAME_BYTES: u32 = 16 * 1024;
 
 /// A verified identity and when its token expires (Unix seconds), so calls made after expiry
 /// fail with `UNAUTHORIZED` as the protocol requires.
@@ -153,6 +155,9 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
         return;
     };
     let mut control_reader = FrameReader::new(budget.clone(), limits);
+    // Before `Connect` nothing is known of the client: its first frame may hold a few KiB,
+    // not a whole frame's budget (megabytes) for the connect timeout.
+    control_reader.limit_frames_to(MAX_CONNECT_FRAME_BYTES.min(max_frame));
     let first = match tokio::time::timeout(
         limits.connect_timeout,
         read_message(&mut control_reader, &mut recv),
@@ -225,6 +230,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
         return;
     }
 
+    control_reader.limit_frames_to(max_frame);
     let ctx = Arc::new(ConnCtx {
         conn: conn.clone(),
         session: Arc::new(shared.subscriptions.connect(None).await),

@@ -218,6 +218,12 @@ impl FrameReader {
         }
     }
 
+    /// Sets the largest frame this reader takes from now on (the `Connect` frame is held to a
+    /// few KiB, so a client that has not said who it is reserves next to nothing).
+    pub fn limit_frames_to(&mut self, max_frame_bytes: u32) {
+        self.max_frame_bytes = max_frame_bytes;
+    }
+
     /// Forgets any frame read in part, releasing its bytes.
     pub fn clear(&mut self) {
         self.prefix_filled = 0;

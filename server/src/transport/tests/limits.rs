@@ -174,6 +174,31 @@ async fn a_frame_left_incomplete_closes_its_connection() {
     server.shutdown().await;
 }
 
+/// Before `Connect` a client may send a frame of a few KiB only: one that announces a large
+/// first frame is refused at its length prefix and reserves nothing, where it held a whole
+/// frame's bytes of the budgets for the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_first_frame_is_refused_before_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let (_endpoint, conn) = dial_from(&server, LOCAL).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    send.write_all(&[0u8; 1024]).await.unwrap();
+    let refused = recv_msg(&mut recv).await.unwrap();
+    assert_eq!(fatal_code(&refused), "VALIDATION_ERROR", "{refused:?}");
+    assert_eq!(buffered(&server), 0);
+    // An ordinary client connects and calls as before.
+    let client = Client::connect(&server).await;
+    assert_eq!(
+        client
+            .value(CallKind::Action, "counter:echo", obj! { "e" => 1i64 })
+            .await,
+        obj! { "e" => 1i64 }
+    );
+    server.shutdown().await;
+}
+
 /// How an attempt to connect from `local` ends: refused during the handshake, or closed right
 /// after it.
 async fn refusal(server: &RunningServer, local: &str) -> ConnectionError {
