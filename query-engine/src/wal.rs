@@ -418,12 +418,10 @@ enum Next {
     Record(Record),
     /// A zero header, or the end of the file: no more records.
     End,
-    /// A record that cannot be read back: a torn append, or damage. `len` is its stated body
-    /// length when that fits in the segment (the reader is then past its body).
+    /// A record that cannot be read back: a torn append, or damage.
     Bad {
         offset: u64,
         reason: &'static str,
-        len: Option<u64>,
     },
     /// A record whose checksum holds but whose body does not decode: never a torn append.
     Undecodable {
@@ -455,7 +453,6 @@ impl SegmentReader {
             return Ok(Next::Bad {
                 offset,
                 reason: "a partial record header",
-                len: None,
             });
         }
         let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
@@ -465,14 +462,12 @@ impl SegmentReader {
             return Ok(Next::Bad {
                 offset,
                 reason: "a record length over the cap",
-                len: None,
             });
         }
         if left - 8 < len {
             return Ok(Next::Bad {
                 offset,
                 reason: "a record running past the end of the segment",
-                len: None,
             });
         }
         // At most `MAX_RECORD_BYTES`, checked above.
@@ -483,7 +478,6 @@ impl SegmentReader {
             return Ok(Next::Bad {
                 offset,
                 reason: "a checksum mismatch",
-                len: Some(len),
             });
         }
         match Record::decode(&body) {

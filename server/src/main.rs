@@ -72,9 +72,19 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
     };
     let (schema, functions) = application(&app_config);
     let routes = linkedup::http_routes(&app_config);
-    let server = Server::start_with_routes(config, schema, functions, routes)
-        .await
-        .context("starting the server")?;
+    // A signal while the database opens (a long log replay) stops the process at once: nothing
+    // has been acknowledged yet, and the replay is one durable transaction, redone at the next
+    // start if cut short.
+    let server = tokio::select! {
+        started = Server::start_with_routes(config, schema, functions, routes) => {
+            started.context("starting the server")?
+        }
+        received = signals.next() => {
+            received?;
+            tracing::warn!("signal while starting: exiting");
+            std::process::exit(EXIT_SECOND_SIGNAL);
+        }
+    };
     let background = linkedup::start(server.engine(), &app_config);
     println!(
         "LinkedUp server {} ({} mode)",
