@@ -123,6 +123,31 @@ async fn say(w: &World, chunk: &str, speaker: &str, text: &str, at_ms: i64) {
         .unwrap();
 }
 
+/// Runs the insights job for the world's meeting (as the scheduler would).
+async fn generate(w: &World) {
+    w.env
+        .engine
+        .action(
+            "insights.generate",
+            obj! { "meetingId" => w.meeting.as_str() },
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+/// Aggregates the world's meeting's transcript into segments.
+async fn aggregate(w: &World) {
+    w.env
+        .m(
+            "transcripts.aggregateSegments",
+            obj! { "meetingId" => w.meeting.as_str() },
+            None,
+        )
+        .await
+        .unwrap();
+}
+
 /// The first element of the array at `path`.
 fn first(v: &Value, path: &str) -> Value {
     v.get_path(path)
@@ -203,15 +228,7 @@ async fn one_insight_per_participant_and_a_rerun_adds_none() {
     assert_eq!(for_users, expected);
 
     // The job runs again (a retry): nothing new, no provider call.
-    w.env
-        .engine
-        .action(
-            "insights.generate",
-            obj! { "meetingId" => w.meeting.as_str() },
-            None,
-        )
-        .await
-        .unwrap();
+    generate(&w).await;
     assert_eq!(w.env.all("insights").await.len(), 2);
     assert_eq!(fake.count("/chat/completions"), 2);
     let log = w
@@ -350,24 +367,9 @@ async fn the_transcript_is_read_whether_or_not_it_was_aggregated() {
     )
     .await;
     // Aggregation of a running meeting covers the first turn and holds back the last.
-    w.env
-        .m(
-            "transcripts.aggregateSegments",
-            obj! { "meetingId" => w.meeting.as_str() },
-            None,
-        )
-        .await
-        .unwrap();
+    aggregate(&w).await;
     assert_eq!(w.env.all("transcriptSegments").await.len(), 1);
-    w.env
-        .engine
-        .action(
-            "insights.generate",
-            obj! { "meetingId" => w.meeting.as_str() },
-            None,
-        )
-        .await
-        .unwrap();
+    generate(&w).await;
     let insights = w.env.all("insights").await;
     assert_eq!(insights.len(), 2);
     let bobs = insights
@@ -426,24 +428,9 @@ async fn labelled_speakers_are_quoted_as_nobody() {
     )
     .await;
     say(&w, "c3", "spk_0", "Thanks, that settles it.", 4_000).await;
-    w.env
-        .m(
-            "transcripts.aggregateSegments",
-            obj! { "meetingId" => w.meeting.as_str() },
-            None,
-        )
-        .await
-        .unwrap();
+    aggregate(&w).await;
     assert!(!w.env.all("transcriptSegments").await.is_empty());
-    w.env
-        .engine
-        .action(
-            "insights.generate",
-            obj! { "meetingId" => w.meeting.as_str() },
-            None,
-        )
-        .await
-        .unwrap();
+    generate(&w).await;
     let insights = w.env.all("insights").await;
     assert_eq!(insights.len(), 2);
     for i in &insights {
@@ -625,15 +612,7 @@ async fn owners_list_and_delete_their_own_insights_which_are_not_written_again()
     assert_eq!(s(&log.as_array().unwrap()[0], "actorUserId"), w.alice_id);
 
     // A rerun of the job does not bring it back.
-    w.env
-        .engine
-        .action(
-            "insights.generate",
-            obj! { "meetingId" => w.meeting.as_str() },
-            None,
-        )
-        .await
-        .unwrap();
+    generate(&w).await;
     let left = w.env.all("insights").await;
     assert_eq!(owners(&left), std::slice::from_ref(&w.bob_id));
 
