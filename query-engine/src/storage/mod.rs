@@ -245,6 +245,29 @@ impl Default for StorageOptions {
     }
 }
 
+/// Drops the redb file's clean pages from the kernel's page cache before redb reads it. After
+/// a failed fsync, Linux may keep the pages whose write failed as clean and serve them to a
+/// restarted process (without a reboot), though they never reached the disk; the log replay
+/// rewrites what its records hold, but redb's other pages (a sibling a split made, a leaf a
+/// removal touched) would be read from that cache. Read from the disk instead. Best effort: a
+/// failure is logged, and a missing file (a new database) has nothing cached.
+fn forget_cached_pages(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open the database to drop its cached pages");
+            return;
+        }
+    };
+    // SAFETY: `posix_fadvise` only advises the kernel about the open descriptor's pages.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        tracing::warn!(path = %path.display(), rc, "cannot drop the database's cached pages");
+    }
+}
+
 impl Storage {
     pub fn open(path: &Path) -> Result<Storage, StorageError> {
         Self::open_with(path, StorageOptions::default())
@@ -252,6 +275,7 @@ impl Storage {
 
     /// Opens (creating) the database, replaying every record of the log into redb.
     pub fn open_with(path: &Path, options: StorageOptions) -> Result<Storage, StorageError> {
+        forget_cached_pages(path);
         let file = writeback::PacedFile::open(path).map_err(StorageError::Io)?;
         let db = match Database::builder()
             .set_cache_size(options.page_cache_bytes)
