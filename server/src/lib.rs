@@ -6,6 +6,7 @@ pub mod hex;
 pub mod http;
 mod http_serve;
 pub mod linkedup;
+mod log_limit;
 pub mod metrics;
 pub mod provider_http;
 pub mod secret;

@@ -63,6 +63,7 @@ use super::idempotency::{check_and_record, store_result, DEFAULT_TTL_MS};
 use super::meetings::{conclude, list_participants, mark_joined, mark_left};
 use super::{decode, fields, LinkedUpConfig};
 use crate::http::{AppRoutes, HttpContext};
+use crate::log_limit::LogLimit;
 use crate::stream::webhook::{
     self, delivery_key, parse_event, CallRef, Event, EventAction, API_KEY_HEADER, SIGNATURE_HEADER,
     WEBHOOK_ID_HEADER,
@@ -260,6 +261,9 @@ fn apply_presence(
 struct Receiver {
     http: HttpContext,
     stream: StreamConfig,
+    /// Refusals before the signature is checked can come from anyone: their log lines are
+    /// thinned (every one is in the metrics as its reply code).
+    refusals: parking_lot::Mutex<LogLimit>,
 }
 
 /// The answer to one delivery.
@@ -327,7 +331,11 @@ pub(crate) fn routes(config: &LinkedUpConfig) -> AppRoutes {
     Box::new(move |http| {
         Router::new()
             .route(PATH, post(receive))
-            .with_state(Arc::new(Receiver { http, stream }))
+            .with_state(Arc::new(Receiver {
+                http,
+                stream,
+                refusals: parking_lot::Mutex::new(LogLimit::default()),
+            }))
     })
 }
 
@@ -433,7 +441,9 @@ impl Receiver {
             .map_err(|_| Reply::TimedOut)?
             .map_err(|_| Reply::TooLarge)?;
         self.authenticate(headers, &bytes).map_err(|why| {
-            tracing::warn!(reason = why, "Stream webhook refused");
+            if let Some(held_back) = self.refusals.lock().note(Instant::now()) {
+                tracing::warn!(reason = why, held_back, "Stream webhook refused");
+            }
             Reply::Unauthorized(why)
         })?;
         let event = parse_event(&bytes).map_err(|e| Reply::Malformed(e.to_string()))?;

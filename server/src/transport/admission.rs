@@ -8,17 +8,14 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use quinn::Incoming;
 
 use crate::config::ConnectionLimits;
+use crate::log_limit::LogLimit;
 use crate::metrics::ServerMetrics;
-
-/// At most one line per this long for each kind of refusal; the rest are counted into the
-/// next line (and all of them in the metrics).
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 pub(crate) struct Admission {
     max_connections: usize,
@@ -26,8 +23,8 @@ pub(crate) struct Admission {
     /// Connections past their handshake, per source address; entries at zero are removed, so
     /// there are at most `max_connections` of them.
     per_address: Mutex<HashMap<AddressKey, usize>>,
-    server_full: Mutex<RefusalLog>,
-    address_full: Mutex<RefusalLog>,
+    server_full: Mutex<LogLimit>,
+    address_full: Mutex<LogLimit>,
     metrics: Arc<ServerMetrics>,
 }
 
@@ -37,8 +34,8 @@ impl Admission {
             max_connections: limits.max_connections,
             max_per_address: limits.max_connections_per_address.max(1),
             per_address: Mutex::new(HashMap::new()),
-            server_full: Mutex::new(RefusalLog::default()),
-            address_full: Mutex::new(RefusalLog::default()),
+            server_full: Mutex::new(LogLimit::default()),
+            address_full: Mutex::new(LogLimit::default()),
             metrics,
         })
     }
@@ -164,30 +161,6 @@ impl fmt::Display for AddressKey {
     }
 }
 
-/// Lets through the first refusal, then at most one per `REFUSAL_LOG_INTERVAL`, each saying
-/// how many were held back since the previous one.
-#[derive(Default)]
-struct RefusalLog {
-    last_line: Option<Instant>,
-    held_back: u64,
-}
-
-impl RefusalLog {
-    /// `Some(refusals held back since the last line)` when this one is to be logged.
-    fn note(&mut self, now: Instant) -> Option<u64> {
-        match self.last_line {
-            Some(last) if now.saturating_duration_since(last) < REFUSAL_LOG_INTERVAL => {
-                self.held_back += 1;
-                None
-            }
-            _ => {
-                self.last_line = Some(now);
-                Some(std::mem::take(&mut self.held_back))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,18 +174,6 @@ mod tests {
         assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
         assert_eq!(key("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
         assert_eq!(key("192.0.2.7").to_string(), "192.0.2.7");
-    }
-
-    #[test]
-    fn refusals_are_logged_once_per_interval_with_a_count_of_the_rest() {
-        let mut log = RefusalLog::default();
-        let t0 = Instant::now();
-        assert_eq!(log.note(t0), Some(0));
-        for i in 1..=5 {
-            assert_eq!(log.note(t0 + Duration::from_secs(i)), None);
-        }
-        assert_eq!(log.note(t0 + REFUSAL_LOG_INTERVAL), Some(5));
-        assert_eq!(log.note(t0 + REFUSAL_LOG_INTERVAL), None);
     }
 
     #[test]
