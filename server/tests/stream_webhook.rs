@@ -125,9 +125,19 @@ fn rfc3339(at: time::OffsetDateTime) -> String {
         .unwrap()
 }
 
-/// A call event as Stream sends it, created now.
+/// A call event as Stream sends it, created now — a millisecond after the previous one at
+/// least, as the order of presence events is decided at that granularity.
 fn event(kind: &str, call_cid: &str, user: Option<&str>) -> Json {
-    let now = rfc3339(time::OffsetDateTime::now_utc());
+    static LAST_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let previous = LAST_MS.fetch_max(now_ms, std::sync::atomic::Ordering::SeqCst);
+    let ms = if previous >= now_ms {
+        LAST_MS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    } else {
+        now_ms
+    };
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
+    let now = rfc3339(at);
     let mut e = json!({
         "type": kind,
         "call_cid": call_cid,
@@ -301,7 +311,11 @@ async fn presence_follows_join_and_leave_events_once_each() {
         .await
         .unwrap();
     assert_eq!(h.joined_count().await, 1);
-    let bob_joined_again = event("call.session_participant_joined", &cid, Some(&h.bob_id));
+    let mut bob_joined_again = event("call.session_participant_joined", &cid, Some(&h.bob_id));
+    // After the in-app join for certain: an event of the same millisecond is not newer.
+    bob_joined_again["created_at"] = json!(rfc3339(
+        time::OffsetDateTime::now_utc() + time::Duration::seconds(1)
+    ));
     assert_eq!(
         h.deliver(&bob_joined_again, "d-5").await.1["status"],
         "processed"
