@@ -3,11 +3,13 @@
 //! closed after their timeouts; past the connection cap new connections wait until a held one
 //! goes; and connections still open at shutdown do not keep the database open.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+mod linkedup_common;
+
+use std::path::Path;
 use std::time::Duration;
 
-use linkedup_server::config::{HttpLimits, DEV_AUDIENCE, DEV_ISSUER};
+use linkedup_common::data_dir;
+use linkedup_server::config::HttpLimits;
 use linkedup_server::linkedup::{self, LinkedUpConfig};
 use linkedup_server::{RunningServer, Server, ServerConfig};
 use query_engine::engine::{Engine, EngineConfig};
@@ -19,19 +21,6 @@ use tokio::net::TcpStream;
 const HANG: Duration = Duration::from_secs(30);
 /// How long a request past the cap is watched for an answer it must not get.
 const UNSERVED_WATCH: Duration = Duration::from_millis(500);
-
-/// A data directory with a copy of one issuer key made once per test binary.
-fn data_dir() -> tempfile::TempDir {
-    static KEY: OnceLock<PathBuf> = OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        linkedup_server::auth::DevIssuer::load_or_generate(&dir, DEV_ISSUER, DEV_AUDIENCE).unwrap();
-        dir.join("dev-issuer-key.pem")
-    });
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(key, dir.path().join("dev-issuer-key.pem")).unwrap();
-    dir
-}
 
 /// A LinkedUp server (functions and webhook route) with `http` limits.
 async fn start(dir: &Path, http: HttpLimits) -> RunningServer {

@@ -8,12 +8,9 @@
 
 mod linkedup_common;
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
 
-use linkedup_common::{documents, ident, meeting_jobs, s, wait_for_room_job};
-use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
+use linkedup_common::{data_dir, documents, ident, meeting_jobs, s, wait_for_room_job};
 use linkedup_server::linkedup::{self, LinkedUpConfig};
 use linkedup_server::stream::webhook::sign;
 use linkedup_server::stream::{Secret, StreamConfig};
@@ -42,19 +39,6 @@ struct Hooked {
     /// Started by alice, bob invited, its room created.
     meeting: String,
     _dir: tempfile::TempDir,
-}
-
-/// A data directory with a copy of one issuer key made once per test binary.
-fn data_dir() -> tempfile::TempDir {
-    static KEY: OnceLock<PathBuf> = OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        linkedup_server::auth::DevIssuer::load_or_generate(&dir, DEV_ISSUER, DEV_AUDIENCE).unwrap();
-        dir.join("dev-issuer-key.pem")
-    });
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(key, dir.path().join("dev-issuer-key.pem")).unwrap();
-    dir
 }
 
 async fn start() -> Hooked {

@@ -315,3 +315,22 @@ pub async fn world(config: LinkedUpConfig) -> World {
         meeting,
     }
 }
+
+/// A data directory for a server process or instance, with a copy of one development issuer
+/// key made once per test binary (generating an RSA key per test costs far more).
+pub fn data_dir() -> tempfile::TempDir {
+    static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        linkedup_server::auth::DevIssuer::load_or_generate(
+            &dir,
+            linkedup_server::config::DEV_ISSUER,
+            linkedup_server::config::DEV_AUDIENCE,
+        )
+        .unwrap();
+        dir.join("dev-issuer-key.pem")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(key, dir.path().join("dev-issuer-key.pem")).unwrap();
+    dir
+}
