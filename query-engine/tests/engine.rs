@@ -298,16 +298,10 @@ async fn range_reads_see_own_writes_and_paginate_stably() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_enforced() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = query_engine::engine::EngineConfig::default();
-    config.limits.max_documents_read = 5;
-    config.limits.max_documents_written = 3;
-    let engine = query_engine::engine::Engine::open(
-        &dir.path().join("db"),
-        common::schema(),
-        common::functions(),
-        config,
-    )
-    .unwrap();
+    let engine = common::open_with(dir.path(), |c| {
+        c.limits.max_documents_read = 5;
+        c.limits.max_documents_written = 3;
+    });
     for seq in 0..8i64 {
         engine
             .mutation(
@@ -365,15 +359,7 @@ async fn limits_are_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bytes_written_limit_counts_index_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = query_engine::engine::EngineConfig::default();
-    config.limits.max_bytes_written = 3_000;
-    let engine = query_engine::engine::Engine::open(
-        &dir.path().join("db"),
-        common::schema(),
-        common::functions(),
-        config,
-    )
-    .unwrap();
+    let engine = common::open_with(dir.path(), |c| c.limits.max_bytes_written = 3_000);
     let insert = |topic: String| {
         engine.transact(move |ctx| {
             ctx.insert("members", obj! {"topic" => topic.clone(), "user" => "u"})?;

@@ -296,11 +296,12 @@ pub async fn close(engine: Engine, within: std::time::Duration) {
 }
 
 pub fn open(dir: &Path) -> Engine {
-    Engine::open(
-        &dir.join("db.redb"),
-        schema(),
-        functions(),
-        EngineConfig::default(),
-    )
-    .expect("open engine")
+    open_with(dir, |_| {})
+}
+
+/// `open` (durable commits) with further settings made by `adjust`.
+pub fn open_with(dir: &Path, adjust: impl FnOnce(&mut EngineConfig)) -> Engine {
+    let mut config = EngineConfig::default();
+    adjust(&mut config);
+    Engine::open(&dir.join("db.redb"), schema(), functions(), config).expect("open engine")
 }
