@@ -96,6 +96,16 @@ async fn add_note(engine: &Engine, topic: impl Into<Value>, seq: i64, text: &str
         .unwrap()
 }
 
+/// A fast engine in `dir` holding counter "a".
+async fn with_counter_a(dir: &std::path::Path) -> Engine {
+    let engine = common::open_fast(dir);
+    engine
+        .mutation("createCounter", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    engine
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_flow_and_unrelated_writes_rerun_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -498,11 +508,7 @@ async fn a_panicking_query_fails_only_its_own_subscriptions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_is_merged_and_never_delays_others() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = common::open_fast(dir.path());
-    engine
-        .mutation("createCounter", obj! {"name" => "a"}, None)
-        .await
-        .unwrap();
+    let engine = with_counter_a(dir.path()).await;
     let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
     let slow = mgr.connect(None).await;
     let fast = mgr.connect(None).await;
@@ -554,11 +560,7 @@ async fn slow_client_is_merged_and_never_delays_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_ends_count_against_the_subscription_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = common::open_fast(dir.path());
-    engine
-        .mutation("createCounter", obj! {"name" => "a"}, None)
-        .await
-        .unwrap();
+    let engine = with_counter_a(dir.path()).await;
     let config = SubscriptionConfig {
         max_subscriptions_per_client: 4,
         ..SubscriptionConfig::default()
