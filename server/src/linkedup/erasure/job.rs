@@ -276,9 +276,45 @@ fn stored_fields(doc: &Value) -> Object {
     o
 }
 
-/// Rewrites, a page at a time (`cursor`), the documents of `table` that name the user in
-/// `field` (through `index`): `edit` changes a document's stored fields and says whether it
-/// changed anything; only those are written.
+/// Which of the request's cursors a paged pass continues from.
+#[derive(Clone, Copy)]
+enum Cursor {
+    /// The phase's (`cursor`).
+    Phase,
+    /// The current meeting's (`meetingCursor`).
+    Meeting,
+}
+
+/// Hands `visit` the next page (up to the budget) of the documents of `table` whose `field`
+/// is `value` (through `index`), continuing from and advancing the `cursor` given. True when
+/// none are left.
+fn visit_page(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+    cursor: Cursor,
+    (table, index, field, value): (&str, &str, &str, &str),
+    mut visit: impl FnMut(&mut Ctx<'_, '_>, &Value) -> FunctionResult<()>,
+) -> FunctionResult<bool> {
+    let at = match cursor {
+        Cursor::Phase => &mut r.cursor,
+        Cursor::Meeting => &mut r.meeting_cursor,
+    };
+    let page = ctx
+        .query(table, index)
+        .eq(field, value)
+        .paginate(at.as_deref(), budget.left)?;
+    *at = page.continue_cursor;
+    for d in &page.page {
+        visit(ctx, d)?;
+    }
+    budget.spend(r, table, page.page.len());
+    Ok(page.is_done)
+}
+
+/// Rewrites, a page at a time, the documents of `table` that name the user in `field`
+/// (through `index`): `edit` changes a document's stored fields and says whether it changed
+/// anything; only those are written.
 fn rewrite_page(
     ctx: &mut Ctx<'_, '_>,
     r: &mut Request,
@@ -286,19 +322,15 @@ fn rewrite_page(
     (table, index, field): (&str, &str, &str),
     edit: impl Fn(&mut Object) -> bool,
 ) -> FunctionResult<bool> {
-    let page = ctx
-        .query(table, index)
-        .eq(field, r.user_id.as_str())
-        .paginate(r.cursor.as_deref(), budget.left)?;
-    for d in &page.page {
+    let user = r.user_id.clone();
+    let target = (table, index, field, user.as_str());
+    visit_page(ctx, r, budget, Cursor::Phase, target, |ctx, d| {
         let mut o = stored_fields(d);
         if edit(&mut o) {
             ctx.replace(table, &id_of(d)?, Value::from(o))?;
         }
-    }
-    budget.spend(r, table, page.page.len());
-    r.cursor = page.continue_cursor;
-    Ok(page.is_done)
+        Ok(())
+    })
 }
 
 /// Replaces the text of every message the user wrote and drops its attachments.
@@ -475,22 +507,20 @@ fn redact_spoken(
     } else {
         "by_meeting"
     };
-    let page = ctx
-        .query(table, index)
-        .eq("meetingId", meeting)
-        .paginate(r.meeting_cursor.as_deref(), budget.left)?;
-    let user = Value::from(r.user_id.as_str());
-    for d in &page.page {
+    let user_id = r.user_id.clone();
+    let user = Value::from(user_id.as_str());
+    let target = (table, index, "meetingId", meeting);
+    visit_page(ctx, r, budget, Cursor::Meeting, target, |ctx, d| {
         let mut o = stored_fields(d);
         let spoke = if table == TRANSCRIPTS {
-            chunk_speaker(ctx, d) == Some(r.user_id.as_str())
+            chunk_speaker(ctx, d) == Some(user_id.as_str())
         } else {
             d.get_path("speakers")
                 .and_then(Value::as_array)
                 .is_some_and(|s| s.contains(&user))
         };
         if !spoke {
-            continue;
+            return Ok(());
         }
         o.insert("text".into(), REDACTED.into());
         if table == TRANSCRIPTS {
@@ -506,10 +536,8 @@ fn redact_spoken(
             o.remove("sentiment");
         }
         ctx.replace(table, &id_of(d)?, Value::from(o))?;
-    }
-    budget.spend(r, table, page.page.len());
-    r.meeting_cursor = page.continue_cursor;
-    Ok(page.is_done)
+        Ok(())
+    })
 }
 
 /// Redacts, among a page of the meeting's insights (the user's own were deleted before, so
@@ -521,16 +549,11 @@ fn redact_quotes(
     budget: &mut Budget,
     meeting: &str,
 ) -> FunctionResult<bool> {
-    let page = ctx
-        .query(INSIGHTS, "by_meeting")
-        .eq("meetingId", meeting)
-        .paginate(r.meeting_cursor.as_deref(), budget.left)?;
-    for d in &page.page {
-        redact_stored(ctx, d, &r.user_id)?;
-    }
-    budget.spend(r, INSIGHTS, page.page.len());
-    r.meeting_cursor = page.continue_cursor;
-    Ok(page.is_done)
+    let user_id = r.user_id.clone();
+    let target = (INSIGHTS, "by_meeting", "meetingId", meeting);
+    visit_page(ctx, r, budget, Cursor::Meeting, target, |ctx, d| {
+        redact_stored(ctx, d, &user_id).map(|_| ())
+    })
 }
 
 /// The last phase: the `users` document becomes a tombstone no token subject resolves to,
