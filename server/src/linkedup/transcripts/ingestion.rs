@@ -29,7 +29,7 @@ use super::{
     IngestBatchArgs, IngestChunkArgs, MAX_BATCH_CHUNKS, MAX_CHUNK_TEXT_CHARS, MAX_ID_CHARS,
 };
 use crate::linkedup::erasure::REDACTED;
-use crate::linkedup::guards::{assert_meeting_access, find_participant};
+use crate::linkedup::guards::{assert_meeting_access, being_erased, find_participant};
 use crate::linkedup::rate_limit::check_and_consume_in;
 use crate::linkedup::{audited, check_text, LinkedUpConfig};
 
@@ -124,9 +124,7 @@ fn check_speaker(
             "names a user who is not a participant of this meeting",
         ));
     }
-    Ok(ctx
-        .get(USERS, speaker)?
-        .is_some_and(|u| u.get_path("erasureRequestedAt").is_some()))
+    being_erased(ctx, speaker)
 }
 
 /// Guard, state check, rate limit, then stores the chunks. Returns (sequence, duplicate) per
