@@ -263,7 +263,7 @@ fn create_key_file(dir: &Path, path: &Path) -> Result<RsaPrivateKey, DevIssuerEr
         let path = path.to_path_buf();
         move |source| DevIssuerError::Write { path, source }
     };
-    fs::create_dir_all(dir).map_err(write_err(dir))?;
+    crate::files::create_private_dir(dir).map_err(write_err(dir))?;
     let key = generate_key()?;
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)

@@ -119,7 +119,7 @@ pub fn load_or_create_dev_secret(dir: &Path) -> Result<Secret, StreamConfigError
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
     }
-    fs::create_dir_all(dir).map_err(io_err)?;
+    crate::files::create_private_dir(dir).map_err(io_err)?;
     let bytes: [u8; DEV_SECRET_BYTES] = rand::thread_rng().gen();
     let hex = crate::hex::hex(&bytes);
     let mut options = fs::OpenOptions::new();

@@ -149,7 +149,7 @@ impl CertifiedKey {
             let path = path.to_path_buf();
             move |source| TlsError::Write { path, source }
         };
-        fs::create_dir_all(dir).map_err(write_err(dir))?;
+        files::create_private_dir(dir).map_err(write_err(dir))?;
         if !key_path.exists() {
             let key = rcgen::KeyPair::generate()?;
             files::create_once(&key_path, key.serialize_pem().as_bytes(), true)
