@@ -5,7 +5,7 @@
 //! signed and tried locally; its path is printed at startup.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -122,26 +122,13 @@ pub fn load_or_create_dev_secret(dir: &Path) -> Result<Secret, StreamConfigError
     crate::files::create_private_dir(dir).map_err(io_err)?;
     let bytes: [u8; DEV_SECRET_BYTES] = rand::thread_rng().gen();
     let hex = crate::hex::hex(&bytes);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    // Written whole and linked into place: a racing start reads the first one's secret,
+    // never half a file.
+    if crate::files::create_once(&path, hex.as_bytes(), true).map_err(io_err)? {
+        return Ok(Secret::new(hex));
     }
-    match options.open(&path) {
-        Ok(mut file) => {
-            file.write_all(hex.as_bytes()).map_err(io_err)?;
-            file.sync_all().map_err(io_err)?;
-            Ok(Secret::new(hex))
-        }
-        // Another process made it first: use theirs.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let text = fs::read_to_string(&path).map_err(io_err)?;
-            parse_dev_secret(&path, &text)
-        }
-        Err(e) => Err(io_err(e)),
-    }
+    let text = fs::read_to_string(&path).map_err(io_err)?;
+    parse_dev_secret(&path, &text)
 }
 
 fn parse_dev_secret(path: &Path, text: &str) -> Result<Secret, StreamConfigError> {
