@@ -16,6 +16,7 @@ use linkedup_server::stream::{RoomProvider, StreamConfig};
 use linkedup_server::{Server, ServerConfig};
 use query_engine::functions::Functions;
 use query_engine::schema::SchemaDefinition;
+use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -86,27 +87,21 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
         }
     };
     let background = linkedup::start(server.engine(), &app_config);
-    println!(
-        "LinkedUp server {} ({} mode)",
+    let mode = if server.is_development() {
+        "development"
+    } else {
+        "production"
+    };
+    let mut banner = format!(
+        "LinkedUp server {} ({mode} mode)\n  QUIC   {}  (ALPN linkedup/1)\n  HTTP   http://{}  (/health, /metrics, {})\n  {}\n",
         linkedup_server::server::SERVER_VERSION,
-        if server.is_development() {
-            "development"
-        } else {
-            "production"
-        }
-    );
-    println!("  QUIC   {}  (ALPN linkedup/1)", server.quic_addr());
-    println!(
-        "  HTTP   http://{}  (/health, /metrics, {})",
+        server.quic_addr(),
         server.http_addr(),
-        linkedup::stream_webhook::PATH
+        linkedup::stream_webhook::PATH,
+        describe_stream(&options, &app_config.stream, &data_dir),
     );
-    println!(
-        "  {}",
-        describe_stream(&options, &app_config.stream, &data_dir)
-    );
-    println!(
-        "  TLS certificate SHA-256{}: {}",
+    banner += &format!(
+        "  TLS certificate SHA-256{}: {}\n",
         if dev_tls {
             " (self-signed; pin it)"
         } else {
@@ -115,11 +110,22 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
         server.cert_fingerprint()
     );
     if dev_auth {
-        println!(
-            "  Dev tokens: linkedup-server mint-token --data-dir {} --subject <user id>",
+        banner += &format!(
+            "  Dev tokens: linkedup-server mint-token --data-dir {} --subject <user id>\n",
             data_dir.display()
         );
     }
+    // The banner is for whoever watches the terminal: a closed or full stdout (a supervisor
+    // that discards it, a reader that went away) must not stop a server that is serving, as
+    // `println!`'s panic on a broken pipe did.
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        tracing::warn!(error = %e, "could not print the start-up banner to stdout");
+    }
+    drop(stdout);
     signals.next().await?;
     tokio::select! {
         () = server.shutdown() => {}
@@ -216,6 +222,6 @@ fn mint_token(options: &Options, args: MintTokenArgs) -> anyhow::Result<()> {
         roles: args.roles,
         ttl: Duration::from_secs(args.ttl_secs),
     });
-    println!("{token}");
+    writeln!(std::io::stdout(), "{token}").context("printing the token")?;
     Ok(())
 }

@@ -142,3 +142,59 @@ fn health_drains_before_the_ports_close_and_a_second_signal_exits_at_once() {
     let status = server.exited();
     assert_eq!(status.code(), Some(130), "{status:?} {:?}", status.signal());
 }
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_linkedup-server"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            &http.to_string(),
+        ])
+        .args(["--pre-stop-secs", "3600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    // Whoever read the banner went away before the server printed it.
+    drop(child.stdout.take());
+    let mut server = Process { child, http };
+    let deadline = Instant::now() + HANG;
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+            panic!("the server exited ({status}): {log}");
+        }
+        if TcpStream::connect(http).is_ok() && get(http, "/health").0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still running once the banner has been written (a signal now drains, not a crash).
+    server.signal("TERM");
+    let deadline = Instant::now() + HANG;
+    while get(http, "/health").0 != 503 {
+        assert!(Instant::now() < deadline, "/health never said draining");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.signal("INT");
+    assert_eq!(server.exited().code(), Some(130));
+}
