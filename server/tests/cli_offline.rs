@@ -64,7 +64,9 @@ async fn schema_push_then_import_all_or_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["tables"].as_u64().unwrap() > 20, "{report}");
+    // The application's tables, not the engine's own.
+    let tables = linkedup_schema::schema().tables.len();
+    assert_eq!(report["tables"], tables, "{report}");
     assert_eq!(report["documentsChecked"], 0);
 
     let good = [
@@ -226,4 +228,33 @@ async fn erase_runs_an_operators_erasure_to_the_end_offline() {
         users[0]
     );
     close(engine).await;
+}
+
+#[test]
+fn a_refused_import_with_create_leaves_no_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let file = data.join("interests.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"key": "rs", "label": 5, "category": "tech", "createdAt": 4}"#,
+    )
+    .unwrap();
+    let out = cli(
+        data,
+        &["import", "interests", file.to_str().unwrap(), "--create"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("VALIDATION_ERROR"), "{err}");
+    let mut left: Vec<String> = std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["interests.jsonl"], "{err}");
+    // So a run without --create still refuses the path rather than taking an empty database.
+    let out = cli(data, &["import", "interests", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no database"), "{err}");
 }

@@ -267,16 +267,23 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let db = database(&cli, db);
             require_database(&db, *create)?;
+            let new_database = NewDatabase::note(&db);
             let table = table.clone();
             let report = match read_json_lines(file)? {
                 // Offline work on redb: a plain thread, outside the runtime.
-                Ok(docs) => std::thread::spawn(move || {
-                    import::import(&db, linkedup_schema::schema(), &table, docs)
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the import panicked"))?,
+                Ok(docs) => {
+                    let path = db.clone();
+                    std::thread::spawn(move || {
+                        import::import(&path, linkedup_schema::schema(), &table, docs)
+                    })
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the import panicked"))?
+                }
                 Err(not_json) => Err(not_json),
             };
+            if report.is_err() {
+                new_database.remove();
+            }
             match report {
                 Ok(r) => {
                     println!("{}", json!({ "table": r.table, "imported": r.imported }));
@@ -299,9 +306,7 @@ async fn run(cli: Cli) -> Result<()> {
             linkedup::register(&mut functions, &LinkedUpConfig::default());
             let engine = open_offline(&db, functions, true)?;
             let erased = erasure::erase_offline(&engine, user, *max_runs).await;
-            if !close_offline(engine).await? {
-                bail!("the database did not close cleanly; the server replays its log on start");
-            }
+            close_offline(engine).await?;
             let (request, runs) =
                 erased.map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
             let mut out = serde_json::to_value(&request)?;
@@ -337,7 +342,12 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let tables = engine.catalog().tables().count();
+            // The application's tables: the schema's, not the engine's own (`_`-named) ones.
+            let tables = engine
+                .catalog()
+                .tables()
+                .filter(|t| !t.name.starts_with('_'))
+                .count();
             close_offline(engine).await?;
             println!(
                 "{}",
@@ -455,10 +465,14 @@ fn open_offline(db: &Path, functions: Functions, keep_schema: bool) -> Result<En
     )?)
 }
 
-/// Closes an engine from `open_offline`, waiting up to a minute; false when it did not close
-/// cleanly (the server then replays its log when it starts).
-async fn close_offline(engine: Engine) -> Result<bool> {
-    Ok(tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(60))).await?)
+/// Closes an engine from `open_offline`, waiting up to a minute; an error when it did not
+/// close cleanly, so the command does not report success over work the server must redo.
+async fn close_offline(engine: Engine) -> Result<()> {
+    let closed = tokio::task::spawn_blocking(move || engine.close(Duration::from_secs(60))).await?;
+    if !closed {
+        bail!("the database did not close cleanly; the server replays its log on start");
+    }
+    Ok(())
 }
 
 /// Refuses a path without a database unless `create`: opening it would make a new, empty one,
@@ -471,6 +485,44 @@ fn require_database(db: &Path, create: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A database file that `--create` is about to make: removed again (with its log segments)
+/// when the command fails, so a refused import leaves no empty database behind for a later
+/// run without `--create` to take as the intended one.
+struct NewDatabase(Option<PathBuf>);
+
+impl NewDatabase {
+    fn note(db: &Path) -> Self {
+        NewDatabase((!db.exists()).then(|| db.to_path_buf()))
+    }
+
+    fn remove(self) {
+        let Some(db) = self.0 else { return };
+        let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let log_prefix = format!("{}.wal", name.to_string_lossy());
+        let mut files = vec![db.clone()];
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            files.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&log_prefix))
+                    .map(|e| e.path()),
+            );
+        }
+        for file in files {
+            if let Err(e) = std::fs::remove_file(&file) {
+                eprintln!("could not remove {}: {e}", file.display());
+            }
+        }
+    }
 }
 
 /// The database file: `--db`, else the data directory's.
