@@ -1133,3 +1133,98 @@ async fn an_insight_stored_while_a_user_it_quotes_is_erased_is_redacted() {
     );
     assert_eq!(stored[0].get_path("quotes"), Some(&Value::Array(vec![])));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insights_that_do_not_say_whose_words_they_quote_are_redacted_whole() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let (alice, bob, carol) = (w.alice_id.as_str(), w.bob_id.as_str(), w.carol_id.as_str());
+    let now = query_engine::committer::now_millis();
+    let with_bob = env.schedule(&w.alice, "Retro", &[bob, carol]).await;
+    let without_bob = env.schedule(&w.alice, "1:1", &[carol]).await;
+    // An insight as written before insights recorded their quotes: no `quotes` field, so
+    // nothing tells Bob's words from Alice's or Carol's.
+    let unattributed = |owner: &str, meeting: &str| {
+        obj! {
+            "userId" => owner, "meetingId" => meeting,
+            "summary" => "Bob is moving to Berlin in May. The team will miss him.",
+            "actionItems" => vec![Value::from("Send Bob the Berlin contacts")],
+            "recommendations" => vec![obj! {
+                "type" => "connection", "content" => "Ask Carol about Bob's move",
+                "confidence" => 0.5, "userId" => carol,
+            }],
+            "links" => vec![
+                obj! { "type" => "meeting", "url" => "linkedup://m", "title" => "Retro" },
+                obj! {
+                    "type" => "transcriptChunk", "url" => "linkedup://m/transcript/0",
+                    "title" => "spk_0: I am moving to Berlin",
+                },
+            ],
+            "createdAt" => now,
+        }
+    };
+    let legacy = insert(env, "insights", unattributed(alice, &with_bob)).await;
+    let elsewhere = insert(env, "insights", unattributed(alice, &without_bob)).await;
+    // One that records its quotes: only what it attributes to Bob goes.
+    let quote =
+        |user: &str, index: i64| obj! { "userId" => user, "part" => "summary", "index" => index };
+    let quoted = insert(
+        env,
+        "insights",
+        obj! {
+            "userId" => carol, "meetingId" => with_bob.as_str(),
+            "summary" => "Carol opened the retro. Bob is moving to Berlin.",
+            "actionItems" => vec![Value::from("Carol books the room")],
+            "recommendations" => Vec::<Value>::new(), "links" => Vec::<Value>::new(),
+            "quotes" => vec![quote(carol, 0), quote(bob, 1)],
+            "createdAt" => now,
+        },
+    )
+    .await;
+    let by_id = |id: String| async move {
+        env.all("insights")
+            .await
+            .into_iter()
+            .find(|i| self::id(i) == id)
+            .unwrap()
+    };
+    let untouched = by_id(elsewhere.clone()).await;
+
+    let r = request(env, &w.bob).await;
+    let done = wait_done(env, &s(&r, "requestId")).await;
+
+    let after = by_id(legacy).await;
+    assert_eq!(s(&after, "summary"), REDACTED, "{after:?}");
+    assert_eq!(
+        after.get_path("actionItems"),
+        Some(&Value::Array(vec![REDACTED.into()]))
+    );
+    let nth =
+        |field: &str, i: usize| after.get_path(field).and_then(Value::as_array).unwrap()[i].clone();
+    assert_eq!(s(&nth("recommendations", 0), "content"), REDACTED);
+    assert_eq!(s(&nth("recommendations", 0), "userId"), carol);
+    // The meeting's own link keeps its title (the meeting's); the transcript's does not.
+    assert_eq!(s(&nth("links", 0), "title"), "Retro");
+    assert_eq!(s(&nth("links", 1), "title"), REDACTED);
+    assert_eq!(after.get_path("quotes"), Some(&Value::Array(vec![])));
+    assert!(!format!("{after:?}").contains("Berlin"), "{after:?}");
+
+    // A meeting Bob was not in: nothing of his can be in it.
+    assert_eq!(by_id(elsewhere).await, untouched);
+
+    let quoted = by_id(quoted).await;
+    assert_eq!(
+        s(&quoted, "summary"),
+        format!("Carol opened the retro. {REDACTED}")
+    );
+    assert_eq!(
+        quoted.get_path("actionItems"),
+        Some(&Value::Array(vec!["Carol books the room".into()]))
+    );
+    assert_eq!(
+        quoted.get_path("quotes"),
+        Some(&Value::Array(vec![quote(carol, 0)]))
+    );
+    // Both insights of Bob's meeting were gone through, the other meeting's not.
+    assert_eq!(done.get_path("counts.insights"), Some(&Value::from(2i64)));
+}

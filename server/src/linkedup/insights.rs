@@ -26,7 +26,9 @@
 //! a link's title matched to a transcript passage a participant spoke), so that when one of
 //! them is erased, `Content::redact` replaces those parts with `[erased]` and drops
 //! recommendations of them: in stored insights through `redact_stored` (the erasure job, per
-//! meeting), and in `insights.store` for an insight made while their erasure runs.
+//! meeting), and in `insights.store` for an insight made while their erasure runs. An insight
+//! written before quotes were recorded cannot tell their words from others', so the erasure
+//! of any participant of its meeting redacts all its text.
 //!
 //! Recommendations name the user they recommend (`userId`): a connection must be with another
 //! participant of the meeting (one naming nobody is dropped), and one about a user who blocks
@@ -107,6 +109,8 @@ const LINK_DIMENSIONS: usize = 256;
 /// Most quotes recorded per insight: a summary of `MAX_SUMMARY_CHARS` has a few hundred
 /// sentences at the very most, each quoting the speakers of one passage.
 const MAX_QUOTES: usize = 1_024;
+/// The `type` of an insight's link to its meeting (its first), titled with the meeting's title.
+const MEETING_LINK: &str = "meeting";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -256,6 +260,32 @@ impl Content {
         changed || self.recommendations.len() != before
     }
 
+    /// Redacts, in an insight that does not record whose words are whose (one written before
+    /// `quotes` were), what names `user_id` as `redact` does, and then every text that may
+    /// hold their words: the summary, the action items, the titles of links to transcript
+    /// passages and what the recommendations say all become `REDACTED` (the meeting's link
+    /// keeps its title, the meeting's). None of it can be told to be someone else's, and an
+    /// erasure must not leave theirs. Returns whether anything changed.
+    fn redact_unattributed(&mut self, user_id: &str) -> bool {
+        let mut changed = self.redact(user_id);
+        let texts = std::iter::once(&mut self.summary)
+            .chain(self.action_items.iter_mut())
+            .chain(
+                self.links
+                    .iter_mut()
+                    .filter(|l| l.kind != MEETING_LINK)
+                    .map(|l| &mut l.title),
+            )
+            .chain(self.recommendations.iter_mut().map(|r| &mut r.content));
+        for text in texts {
+            if *text != REDACTED {
+                *text = REDACTED.to_string();
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// Redacts what quotes or names users whose erasure has been requested.
     fn redact_erased(&mut self, ctx: &mut Ctx<'_, '_>) -> FunctionResult<()> {
         let mut named: Vec<String> = self.quotes.iter().map(|q| q.user_id.clone()).collect();
@@ -275,13 +305,18 @@ impl Content {
     }
 }
 
-/// Redacts, in the stored insight `doc`, what quotes or names `user_id` (`Content::redact`),
-/// and writes it back if anything changed. Returns whether it did.
+/// Redacts, in the stored insight `doc` of a meeting `user_id` took part in, what quotes or
+/// names them (`Content::redact`), or, in an insight without `quotes` to tell whose words are
+/// whose, all its text (`Content::redact_unattributed`); writes it back if anything changed.
+/// Returns whether it did.
 pub(crate) fn redact_stored(
     ctx: &mut Ctx<'_, '_>,
     doc: &Value,
     user_id: &str,
 ) -> FunctionResult<bool> {
+    // Decoded, a missing `quotes` and an empty one look alike; only the stored document tells
+    // an insight from before quotes from one that quotes nobody.
+    let attributed = doc.get_path("quotes").is_some();
     let i: Insight = decode(doc)?;
     let mut content = Content {
         summary: i.summary,
@@ -290,7 +325,12 @@ pub(crate) fn redact_stored(
         links: i.links,
         quotes: i.quotes,
     };
-    if !content.redact(user_id) {
+    let changed = if attributed {
+        content.redact(user_id)
+    } else {
+        content.redact_unattributed(user_id)
+    };
+    if !changed {
         return Ok(false);
     }
     ctx.patch(INSIGHTS, &i.id, content.fields()?)?;
@@ -773,7 +813,7 @@ fn sources_for(
         quotes.truncate(MAX_QUOTES);
     }
     let links = std::iter::once(InsightLink {
-        kind: "meeting".into(),
+        kind: MEETING_LINK.into(),
         url: format!("linkedup://meetings/{meeting_id}"),
         title: truncate(title, 120),
     })
@@ -1156,6 +1196,32 @@ mod tests {
         assert_eq!(c.action_items, ["Ann will write", "[erased]"]);
         assert_eq!(c.links[1].title, "[erased]");
         assert!(c.quotes.is_empty());
+    }
+
+    #[test]
+    fn an_insight_without_quotes_keeps_no_text_but_its_meetings_title() {
+        let mut c = Content {
+            summary: "Bob is moving. Ann stays.".into(),
+            action_items: vec!["Ann will write".into()],
+            recommendations: vec![rec("connection", Some("bob")), rec("topic", None)],
+            links: vec![
+                InsightLink {
+                    kind: MEETING_LINK.into(),
+                    ..link("Standup")
+                },
+                link("spk_0: I am moving"),
+            ],
+            quotes: Vec::new(),
+        };
+        assert!(c.redact_unattributed("bob"));
+        assert_eq!(c.summary, REDACTED);
+        assert_eq!(c.action_items, [REDACTED]);
+        assert_eq!(c.links[0].title, "Standup");
+        assert_eq!(c.links[1].title, REDACTED);
+        let mut topic = rec("topic", None);
+        topic.content = REDACTED.into();
+        assert_eq!(c.recommendations, [topic]);
+        assert!(!c.redact_unattributed("ann"), "nothing is left to redact");
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! redacted (text replaced, attachments dropped, the message stays so a thread keeps its
 //! shape); then, per meeting they took part in, transcript chunks and segments they spoke
 //! are redacted the same way (a meeting's sequence stays gap-free), so is what other
-//! participants' insights quote of them (`insights::redact_stored`), the meeting's AI prompts
+//! participants' insights quote of them (`insights::redact_stored`; all the text of an insight
+//! too old to record whose words it quotes), the meeting's AI prompts
 //! (made from every participant's profile) are deleted, their presence becomes `left`, and
 //! where they were the only host of an open meeting another participant becomes its host;
 //! then the same, but for presence and hosting, in the meetings they were removed from
@@ -541,8 +542,9 @@ fn redact_spoken(
 }
 
 /// Redacts, among a page of the meeting's insights (the user's own were deleted before, so
-/// these are other participants'), what quotes or names the user (`insights::redact_stored`).
-/// True when the meeting has no more.
+/// these are other participants'), what quotes or names the user, or all the text of one that
+/// does not record whose words it quotes (`insights::redact_stored`). True when the meeting
+/// has no more.
 fn redact_quotes(
     ctx: &mut Ctx<'_, '_>,
     r: &mut Request,
