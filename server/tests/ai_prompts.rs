@@ -340,8 +340,8 @@ async fn racing_pre_call_generations_ask_the_provider_once() {
 async fn the_claim_of_a_call_that_died_is_taken_over_once_it_expires() {
     let fake = Fake::start().await;
     let mut c = config(&fake, 0);
-    c.ai.pre_call_lease_ms = 300;
-    c.ai.pre_call_wait_ms = 0;
+    c.ai.generation_lease_ms = 300;
+    c.ai.generation_wait_ms = 0;
     let w = world(c).await;
     enable(&w.env.engine, &w.alice, "precall/ai").await;
     // Alice's call claims the generation and dies before asking the provider.

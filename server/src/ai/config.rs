@@ -32,12 +32,12 @@ pub struct AiConfig {
     /// Provider calls a user's own requests may make in 24 h (pre-call ideas, in-call
     /// prompts, `embeddings.refreshMine`; see `linkedup::ai_budget`).
     pub user_daily_calls: i64,
-    /// How long a call's claim on generating a meeting's pre-call ideas holds: longer than an
-    /// action may run (60 s), so it lapses only when the claiming call has died.
-    pub pre_call_lease_ms: i64,
-    /// How long a call waits for the pre-call ideas another call is generating before it
+    /// How long a call's claim on generating prompts (`linkedup::prompts`) holds: longer than
+    /// an action may run (60 s), so it lapses only when the claiming call has died.
+    pub generation_lease_ms: i64,
+    /// How long a call waits for the same generation another call is making before it
     /// answers CONFLICT (`generationInProgress`); below the action time limit.
-    pub pre_call_wait_ms: i64,
+    pub generation_wait_ms: i64,
 }
 
 impl Default for AiConfig {
@@ -54,8 +54,8 @@ impl Default for AiConfig {
             },
             // A busy day: a dozen meetings with in-call prompts every few minutes.
             user_daily_calls: 200,
-            pre_call_lease_ms: 90_000,
-            pre_call_wait_ms: 30_000,
+            generation_lease_ms: 90_000,
+            generation_wait_ms: 30_000,
         }
     }
 }

@@ -11,14 +11,16 @@
 //! local heuristics (seed §23), recorded in the prompts' `provenance` with the provider, model,
 //! parameters, request hash and input features.
 //!
-//! Pre-call ideas are generated once per meeting, by one call at a time: `prompts.beginPreCall`
-//! claims the generation (a key in `idempotencyKeys`, scope `ai_pre_claim`, expiring after
-//! `AiConfig::pre_call_lease_ms`, so the claim of a call that died is taken over once it
-//! expires). A call that finds the claim held waits, polling with growing pauses, for the
-//! ideas to be stored and returns them; after `AiConfig::pre_call_wait_ms` without them it
-//! fails with CONFLICT (`data.reason: "generationInProgress"`, `data.retryAfterMs`).
+//! Pre-call ideas are generated once per meeting, by one call at a time (`single_flight`):
+//! `prompts.beginPreCall` claims the generation (`claim`: a key in `idempotencyKeys`, scope
+//! `ai_pre_claim`, expiring after `AiConfig::generation_lease_ms`, so the claim of a call that
+//! died is taken over once it expires). A call that finds the claim held waits, polling with
+//! growing pauses, for the ideas to be stored and returns them; after
+//! `AiConfig::generation_wait_ms` without them it fails with CONFLICT (`data.reason:
+//! "generationInProgress"`, `data.retryAfterMs`).
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +42,7 @@ use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
 use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::ai_budget;
@@ -48,7 +51,7 @@ use super::flags::require_enabled;
 use super::guards::{assert_meeting_access, MeetingAccess};
 use super::idempotency::{check_and_record, expires_at, peek, store_result, DEFAULT_TTL_MS};
 use super::{audited, check_text, decode, encode, fields, id_of, limit_arg, LinkedUpConfig};
-use crate::ai::{request_hash, text, Idea, InCallRequest, PreCallRequest};
+use crate::ai::{request_hash, text, AiConfig, Idea, InCallRequest, PreCallRequest};
 
 /// Flag keys (seed §22).
 pub const PRE_CALL_FLAG: &str = "precall/ai";
@@ -64,30 +67,22 @@ const PRE_CALL_CLAIM_SCOPE: &str = "ai_pre_claim";
 pub const BEGIN_PRE_CALL: &str = "prompts.beginPreCall";
 const BEGIN_IN_CALL: &str = "prompts.beginInCall";
 const STORE: &str = "prompts.store";
-/// Pauses between looks at a pre-call generation another call holds: the first, and the
-/// longest (each doubles the one before).
-const PRE_CALL_POLL_FIRST: Duration = Duration::from_millis(100);
-const PRE_CALL_POLL_MAX: Duration = Duration::from_secs(2);
+/// Pauses between looks at a generation another call holds: the first, and the longest
+/// (each doubles the one before).
+const POLL_FIRST: Duration = Duration::from_millis(100);
+const POLL_MAX: Duration = Duration::from_secs(2);
 
-/// What `prompts.beginPreCall` found.
+/// What a begin mutation (`prompts.beginPreCall`, `prompts.beginInCall`) found.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
-enum PreCallStart {
-    /// The ideas generated before.
+enum Start<R> {
+    /// The prompts generated before.
     Stored { prompts: Vec<Prompt> },
-    /// This call holds the claim: it asks the provider for these ideas.
-    Claimed { request: PreCallRequest },
+    /// This call holds the claim: it asks the provider with this request.
+    Claimed { request: R },
     /// Another call holds the claim for this much longer.
     #[serde(rename_all = "camelCase")]
     InProgress { retry_after_ms: i64 },
-}
-
-/// What `prompts.beginInCall` found: the answer to the same request before, or what to ask.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct InCallStart {
-    cached: Option<Vec<Prompt>>,
-    request: Option<InCallRequest>,
 }
 
 #[derive(Deserialize)]
@@ -132,7 +127,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // Returns: UNAUTHORIZED, NOT_FOUND, FORBIDDEN (not a participant, other organisation,
     // flag precall/ai off: data.reason "featureDisabled"), CONFLICT (meeting over; or
     // data.reason "generationInProgress" with data.retryAfterMs: another call is still
-    // generating them after AiConfig::pre_call_wait_ms), RATE_LIMITED (data.reason
+    // generating them after AiConfig::generation_wait_ms), RATE_LIMITED (data.reason
     // "aiBudget": the daily AI budget of the call that would generate them is spent),
     // INTERNAL.
     let cfg = config.clone();
@@ -269,12 +264,66 @@ fn require_open(access: &MeetingAccess) -> FunctionResult<()> {
     ))
 }
 
+/// Claims, in a begin mutation, the generation `key` names in `scope` for this call, for
+/// `AiConfig::generation_lease_ms`. Returns how much longer (ms) another call's claim holds,
+/// if one does.
+fn claim(
+    ctx: &mut Ctx<'_, '_>,
+    config: &AiConfig,
+    key: &str,
+    scope: &str,
+) -> FunctionResult<Option<i64>> {
+    if check_and_record(ctx, key, scope, config.generation_lease_ms.max(1))?.is_none() {
+        return Ok(None);
+    }
+    let now = ctx.now_ms();
+    let until = expires_at(ctx, key, scope)?.unwrap_or(now + 1);
+    Ok(Some((until - now).max(1)))
+}
+
+/// Runs the begin mutation `begin` (answering a `Start`) with `args` as the calling user until
+/// it returns the stored prompts (`Break`) or hands this call the generation (`Continue`,
+/// with the request to make), waiting with growing pauses while another call holds it.
+/// Returns: CONFLICT (`generationInProgress`, `retryAfterMs`) after
+/// `AiConfig::generation_wait_ms` without an answer; what `begin` returns.
+async fn single_flight<R: DeserializeOwned>(
+    ctx: &ActionCtx,
+    config: &AiConfig,
+    begin: &str,
+    args: Value,
+) -> FunctionResult<ControlFlow<Vec<Prompt>, R>> {
+    let wait = Duration::from_millis(u64::try_from(config.generation_wait_ms).unwrap_or(0));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = POLL_FIRST;
+    loop {
+        match decode(&ctx.run_mutation(begin, args.clone()).await?)? {
+            Start::Stored { prompts } => return Ok(ControlFlow::Break(prompts)),
+            Start::Claimed { request } => return Ok(ControlFlow::Continue(request)),
+            Start::InProgress { retry_after_ms } => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(ErrorCode::Conflict.err_with(
+                        "these prompts are being generated by another call",
+                        obj! {
+                            "reason" => "generationInProgress",
+                            "retryAfterMs" => retry_after_ms,
+                        },
+                    ));
+                }
+                let lease_left = Duration::from_millis(retry_after_ms.max(1) as u64);
+                tokio::time::sleep(pause.min(left).min(lease_left)).await;
+                pause = (pause * 2).min(POLL_MAX);
+            }
+        }
+    }
+}
+
 /// The stored ideas, or the claim on generating them (taken by this call, or held by another).
 fn begin_pre_call(
     ctx: &mut Ctx<'_, '_>,
     config: &LinkedUpConfig,
     meeting_id: &str,
-) -> FunctionResult<PreCallStart> {
+) -> FunctionResult<Start<PreCallRequest>> {
     let access = assert_meeting_access(ctx, meeting_id, Role::Participant)?;
     require_enabled(
         ctx,
@@ -291,15 +340,10 @@ fn begin_pre_call(
         MAX_PROMPTS_LISTED as usize,
     )?;
     if !existing.is_empty() {
-        return Ok(PreCallStart::Stored { prompts: existing });
+        return Ok(Start::Stored { prompts: existing });
     }
-    let lease_ms = config.ai.pre_call_lease_ms.max(1);
-    if check_and_record(ctx, meeting_id, PRE_CALL_CLAIM_SCOPE, lease_ms)?.is_some() {
-        let now = ctx.now_ms();
-        let until = expires_at(ctx, meeting_id, PRE_CALL_CLAIM_SCOPE)?.unwrap_or(now + 1);
-        return Ok(PreCallStart::InProgress {
-            retry_after_ms: (until - now).max(1),
-        });
+    if let Some(retry_after_ms) = claim(ctx, &config.ai, meeting_id, PRE_CALL_CLAIM_SCOPE)? {
+        return Ok(Start::InProgress { retry_after_ms });
     }
     ai_budget::spend(
         ctx,
@@ -307,7 +351,7 @@ fn begin_pre_call(
         &access.user.id,
         fns::PROMPTS_GENERATE_PRE_CALL,
     )?;
-    Ok(PreCallStart::Claimed {
+    Ok(Start::Claimed {
         request: PreCallRequest {
             title: access.meeting.title.clone(),
             description: access.meeting.description.clone(),
@@ -345,36 +389,12 @@ async fn generate_pre_call(
     config: Arc<LinkedUpConfig>,
     a: GeneratePreCallArgs,
 ) -> FunctionResult<Vec<Prompt>> {
-    let wait = Duration::from_millis(u64::try_from(config.ai.pre_call_wait_ms).unwrap_or(0));
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut pause = PRE_CALL_POLL_FIRST;
-    let request = loop {
-        let start = ctx
-            .run_mutation(
-                BEGIN_PRE_CALL,
-                obj! { "meetingId" => a.meeting_id.as_str() },
-            )
-            .await?;
-        match decode(&start)? {
-            PreCallStart::Stored { prompts } => return Ok(prompts),
-            PreCallStart::Claimed { request } => break request,
-            PreCallStart::InProgress { retry_after_ms } => {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
-                    return Err(ErrorCode::Conflict.err_with(
-                        "the meeting's pre-call ideas are being generated by another call",
-                        obj! {
-                            "reason" => "generationInProgress",
-                            "retryAfterMs" => retry_after_ms,
-                        },
-                    ));
-                }
-                let lease_left = Duration::from_millis(retry_after_ms.max(1) as u64);
-                tokio::time::sleep(pause.min(left).min(lease_left)).await;
-                pause = (pause * 2).min(PRE_CALL_POLL_MAX);
-            }
-        }
-    };
+    let args = obj! { "meetingId" => a.meeting_id.as_str() };
+    let request: PreCallRequest =
+        match single_flight(&ctx, &config.ai, BEGIN_PRE_CALL, args).await? {
+            ControlFlow::Break(prompts) => return Ok(prompts),
+            ControlFlow::Continue(request) => request,
+        };
     let hash = request_hash(PRE_CALL_SCOPE, &(&a.meeting_id, &request));
     let generated = config.ai.service.pre_call_ideas(&request).await?;
     let args = StoreArgs {
@@ -416,7 +436,7 @@ fn begin_in_call(
     ctx: &mut Ctx<'_, '_>,
     config: &LinkedUpConfig,
     a: BeginInCallArgs,
-) -> FunctionResult<InCallStart> {
+) -> FunctionResult<Start<InCallRequest>> {
     check_context(&a.context)?;
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Participant)?;
     if access.meeting.state != MeetingStatus::Active {
@@ -436,9 +456,8 @@ fn begin_in_call(
         &a.meeting_id,
     )?;
     if let Some(ids) = peek(ctx, &a.request_hash, IN_CALL_SCOPE)? {
-        return Ok(InCallStart {
-            cached: Some(by_ids(ctx, &ids)?),
-            request: None,
+        return Ok(Start::Stored {
+            prompts: by_ids(ctx, &ids)?,
         });
     }
     let interval = config.ai.in_call_interval_ms;
@@ -459,15 +478,14 @@ fn begin_in_call(
         &access.user.id,
         fns::PROMPTS_GENERATE_IN_CALL,
     )?;
-    Ok(InCallStart {
-        cached: None,
-        request: Some(InCallRequest {
+    Ok(Start::Claimed {
+        request: InCallRequest {
             title: access.meeting.title.clone(),
             recent_transcript: a.context.recent_transcript,
             current_topics: a.context.current_topics,
             lull_detected: a.context.lull_detected,
             participants: participants_of(ctx, &a.meeting_id, &[])?,
-        }),
+        },
     })
 }
 
@@ -484,26 +502,14 @@ async fn generate_in_call(
             context: &a.context,
         },
     );
-    let start: InCallStart = decode(
-        &ctx.run_mutation(
-            BEGIN_IN_CALL,
-            obj! {
-                "meetingId" => a.meeting_id.as_str(),
-                "requestHash" => hash.as_str(),
-                "context" => encode(&a.context)?,
-            },
-        )
-        .await?,
-    )?;
-    let request = match start {
-        InCallStart {
-            cached: Some(prompts),
-            ..
-        } => return Ok(prompts),
-        InCallStart {
-            request: Some(r), ..
-        } => r,
-        InCallStart { .. } => return Err(ErrorCode::Internal.err("no in-call request")),
+    let args = obj! {
+        "meetingId" => a.meeting_id.as_str(),
+        "requestHash" => hash.as_str(),
+        "context" => encode(&a.context)?,
+    };
+    let request: InCallRequest = match single_flight(&ctx, &config.ai, BEGIN_IN_CALL, args).await? {
+        ControlFlow::Break(prompts) => return Ok(prompts),
+        ControlFlow::Continue(request) => request,
     };
     let generated = config.ai.service.in_call_prompts(&request).await?;
     let features = obj! {
