@@ -1,7 +1,8 @@
 //! Pre-call and in-call prompts through the engine with the provider faked on 127.0.0.1:
 //! access checks, feature flags, idempotency (counted at the fake), the per-meeting
-//! throttle, racing generations writing once (pre-call ones asking the provider once, a dead
-//! call's claim taken over), fallback with provenance, listing and feedback.
+//! throttle, racing generations asking the provider once (a call the same as one in flight
+//! waits for its answer, a dead call's claim is taken over), fallback with provenance,
+//! listing and feedback.
 
 mod ai_common;
 mod linkedup_common;
@@ -218,26 +219,84 @@ async fn in_call_prompts_are_idempotent_by_request_and_throttled_per_meeting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_generations_both_ask_but_only_one_writes() {
+async fn an_in_call_request_the_same_as_one_in_flight_is_not_throttled() {
     let fake = Fake::start().await;
-    // Both calls reach the provider before either is answered, so both are past their checks
-    // when they store.
-    fake.answer_in_groups_of(2);
-    let w = world(config(&fake, 0)).await;
+    let mut c = config(&fake, 60_000);
+    // Not waiting: a call that would wait for the one in flight says so at once.
+    c.ai.generation_wait_ms = 0;
+    let w = world(c).await;
     enable(&w.env.engine, &w.alice, "incall/ai").await;
-    let ctx = context("the launch", &["launch"], false);
-    let (a, b) = tokio::time::timeout(
-        PATIENCE,
-        futures::future::join(
-            in_call(&w, &w.alice, ctx.clone()),
-            in_call(&w, &w.bob, ctx.clone()),
-        ),
-    )
-    .await
-    .expect("both calls reach the provider");
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(ids(&a), ids(&b));
-    assert_eq!(fake.count("/chat/completions"), 2);
+    let same = context("the launch", &["launch"], false);
+    fake.hold();
+    let first = in_call(&w, &w.alice, same.clone());
+    let meanwhile = async {
+        // Alice's call has claimed the request and counted the throttle: it is at the provider.
+        chat_requests(&fake, 1).await;
+        for who in [&w.alice, &w.bob] {
+            let e = expect_code(in_call(&w, who, same.clone()).await, "CONFLICT");
+            assert_eq!(s(&e.data, "reason"), "generationInProgress");
+            let retry = e.data.get_path("retryAfterMs").and_then(Value::as_i64);
+            assert!(retry.is_some_and(|ms| ms > 0), "{:?}", e.data);
+        }
+        // The same request from someone without access to the meeting is refused.
+        expect_code(in_call(&w, &w.carol, same.clone()).await, "FORBIDDEN");
+        // Another request is throttled as before.
+        let e = expect_code(
+            in_call(&w, &w.bob, context("pricing", &["pricing"], true)).await,
+            "RATE_LIMITED",
+        );
+        assert_eq!(s(&e.data, "reason"), "meetingThrottle");
+        fake.release();
+    };
+    let (first, ()) = tokio::time::timeout(PATIENCE, futures::future::join(first, meanwhile))
+        .await
+        .expect("the first call returns once released");
+    let first = first.unwrap();
+    assert_eq!(fake.count("/chat/completions"), 1);
+    // Answered: the same request now gets the answer; another is still throttled.
+    assert_eq!(ids(&in_call(&w, &w.bob, same).await.unwrap()), ids(&first));
+    let e = expect_code(
+        in_call(&w, &w.bob, context("pricing", &["pricing"], true)).await,
+        "RATE_LIMITED",
+    );
+    assert_eq!(s(&e.data, "reason"), "meetingThrottle");
+    assert_eq!(fake.count("/chat/completions"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_call_requests_the_same_as_one_in_flight_get_its_answer() {
+    let fake = Fake::start().await;
+    let w = world(config(&fake, 60_000)).await;
+    enable(&w.env.engine, &w.alice, "incall/ai").await;
+    let same = context("the launch", &["launch"], false);
+    fake.hold();
+    let first = in_call(&w, &w.alice, same.clone());
+    let joined = async {
+        chat_requests(&fake, 1).await;
+        // Sent while Alice's call is at the provider: they wait for its answer.
+        let again = futures::future::join(
+            in_call(&w, &w.alice, same.clone()),
+            in_call(&w, &w.bob, same.clone()),
+        );
+        let release = async {
+            // A different request meanwhile is throttled, and nobody else is asked.
+            let e = expect_code(
+                in_call(&w, &w.bob, context("pricing", &["pricing"], true)).await,
+                "RATE_LIMITED",
+            );
+            assert_eq!(s(&e.data, "reason"), "meetingThrottle");
+            fake.release();
+        };
+        futures::future::join(again, release).await.0
+    };
+    let (first, (again, bobs)) =
+        tokio::time::timeout(PATIENCE, futures::future::join(first, joined))
+            .await
+            .expect("every call returns once released");
+    let first = ids(&first.unwrap());
+    assert_eq!(ids(&again.unwrap()), first);
+    assert_eq!(ids(&bobs.unwrap()), first);
+    assert_eq!(fake.count("/chat/completions"), 1);
     assert_eq!(w.env.all("prompts").await.len(), 2);
 }
 

@@ -51,6 +51,8 @@ struct FakeState {
     embedding_dims: Mutex<usize>,
     /// When set, no request is answered before this many wait together.
     barrier: Mutex<Option<Arc<tokio::sync::Barrier>>>,
+    /// When set, no request is answered before `Fake::release` closes it.
+    held: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 pub struct Fake {
@@ -115,6 +117,11 @@ async fn handle(
     let barrier = state.barrier.lock().clone();
     if let Some(b) = barrier {
         b.wait().await;
+    }
+    let held = state.held.lock().clone();
+    if let Some(gate) = held {
+        // It never has a permit: this returns when `release` closes it.
+        let _ = gate.acquire().await;
     }
     let scripted = state.script.lock().pop_front();
     let reply = scripted
@@ -212,6 +219,18 @@ impl Fake {
     /// Answers requests only in groups of `n`, each when all `n` have arrived.
     pub fn answer_in_groups_of(&self, n: usize) {
         *self.state.barrier.lock() = Some(Arc::new(tokio::sync::Barrier::new(n)));
+    }
+
+    /// Holds every request from now on unanswered (recorded on arrival) until `release`.
+    pub fn hold(&self) {
+        *self.state.held.lock() = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Answers the held requests, and later ones at once.
+    pub fn release(&self) {
+        if let Some(gate) = self.state.held.lock().take() {
+            gate.close();
+        }
     }
 
     pub fn set_embedding_dims(&self, dims: usize) {
