@@ -16,6 +16,7 @@ use crate::auth::AuthConfig;
 use crate::linkedup::matching::cycle::MAX_SHARDS;
 use crate::linkedup::matching::scoring::parse_weights;
 use crate::linkedup::MatchingConfig;
+use crate::secret::{Secret, SecretFileError};
 
 pub const DEFAULT_QUIC_LISTEN: &str = "127.0.0.1:7443";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7080";
@@ -70,6 +71,11 @@ pub enum ConfigError {
          or pass --allow-dev-tls to run it anyway"
     )]
     DevTlsRefused { why: String },
+    #[error("{name}: {source}")]
+    SecretFile {
+        name: &'static str,
+        source: SecretFileError,
+    },
     #[error("{name} = {value}: {reason}")]
     Invalid {
         name: &'static str,
@@ -189,6 +195,9 @@ pub struct ServerConfig {
     /// On shutdown, how long `/health` answers 503 (draining) while both ports still serve,
     /// before they close: time for load balancers to stop sending new traffic.
     pub pre_stop: Duration,
+    /// The bearer token `/metrics` requires (`--metrics-token-file`). Without one it is open
+    /// in development mode and answers loopback peers only in production (`MetricsAccess`).
+    pub metrics_token: Option<Secret>,
 }
 
 impl ServerConfig {
@@ -213,6 +222,7 @@ impl ServerConfig {
             engine: EngineConfig::default(),
             drain_timeout: Duration::from_secs(10),
             pre_stop: Duration::ZERO,
+            metrics_token: None,
         }
     }
 
@@ -456,6 +466,16 @@ pub struct Options {
         value_name = "SECS"
     )]
     pub http_body_timeout_secs: Option<u64>,
+    /// File holding the bearer token /metrics then requires (`Authorization: Bearer
+    /// <token>`). Without it /metrics is open in development mode and answers only loopback
+    /// peers in production mode.
+    #[arg(
+        long,
+        env = "LINKEDUP_METRICS_TOKEN_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub metrics_token_file: Option<PathBuf>,
     /// On SIGINT/SIGTERM, how long in-flight calls may run before connections close
     /// [default: 10].
     #[arg(
@@ -717,6 +737,7 @@ impl Options {
                 .http_header_timeout_secs
                 .or(lower.http_header_timeout_secs),
             http_body_timeout_secs: self.http_body_timeout_secs.or(lower.http_body_timeout_secs),
+            metrics_token_file: self.metrics_token_file.or(lower.metrics_token_file),
             drain_timeout_secs: self.drain_timeout_secs.or(lower.drain_timeout_secs),
             pre_stop_secs: self.pre_stop_secs.or(lower.pre_stop_secs),
             mutation_dedup_ttl_secs: self
@@ -799,6 +820,13 @@ impl Options {
         }
         if let Some(path) = self.database {
             config.database_path = path;
+        }
+        if let Some(path) = &self.metrics_token_file {
+            let token = Secret::read_file(path).map_err(|source| ConfigError::SecretFile {
+                name: "metrics-token-file",
+                source,
+            })?;
+            config.metrics_token = Some(token);
         }
         config.tls = match (self.cert, self.key) {
             (Some(cert), Some(key)) => TlsSource::Files { cert, key },
@@ -1258,6 +1286,49 @@ mod tests {
                 Err(ConfigError::Invalid { .. })
             ));
         }
+    }
+
+    #[test]
+    fn the_metrics_token_is_read_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("metrics-token");
+        std::fs::write(&token, "s3cret-token\n").unwrap();
+        let path = token.to_str().unwrap();
+        let config = parse(&["--metrics-token-file", path])
+            .options
+            .resolve()
+            .unwrap();
+        assert_eq!(config.metrics_token, Some(Secret::new("s3cret-token")));
+        assert_eq!(parse(&[]).options.resolve().unwrap().metrics_token, None);
+
+        let file = dir.path().join("server.toml");
+        std::fs::write(&file, format!("metrics-token-file = {path:?}\n")).unwrap();
+        let options = parse(&["--config", file.to_str().unwrap()]).options;
+        let config = ServerConfig::from_options(&options).unwrap();
+        assert_eq!(config.metrics_token, Some(Secret::new("s3cret-token")));
+        let command = Cli::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("metrics-token-file"))
+            .unwrap();
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some("LINKEDUP_METRICS_TOKEN_FILE")
+        );
+
+        let missing = dir.path().join("missing");
+        let resolved = parse(&["--metrics-token-file", missing.to_str().unwrap()])
+            .options
+            .resolve();
+        assert!(
+            matches!(resolved, Err(ConfigError::SecretFile { .. })),
+            "{resolved:?}"
+        );
+        std::fs::write(&token, "\n").unwrap();
+        assert!(matches!(
+            parse(&["--metrics-token-file", path]).options.resolve(),
+            Err(ConfigError::SecretFile { .. })
+        ));
     }
 
     #[test]

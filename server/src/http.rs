@@ -1,19 +1,20 @@
 //! The HTTP port (axum): `GET /health` (readiness, JSON: 503 with a reason while the server
 //! starts, has index work pending or drains), `GET /health/live` (liveness: 200 whenever the
 //! process answers), `GET /metrics` (Prometheus text: server, subscription and engine
-//! metrics) and, in development mode, the dev issuer's JWKS. Until the engine is open every
-//! other path answers 503 (`starting_router`). The
+//! metrics, to whom `MetricsAccess` allows) and, in development mode, the dev issuer's JWKS.
+//! Until the engine is open every other path answers 503 (`starting_router`). The
 //! application's own routes (webhooks) come from an `AppRoutes` given to
 //! `Server::start_with_routes`, built once the engine is open from an `HttpContext`, and are
 //! merged into `router`; the server itself knows none of them.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use query_engine::engine::Engine;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::auth::{jwks_router, DevIssuer};
 use crate::metrics::ServerMetrics;
+use crate::metrics_access::MetricsAccess;
 
 /// What the HTTP handlers read.
 pub(crate) struct HttpState {
@@ -40,6 +42,8 @@ pub(crate) struct HttpState {
     pub durable: bool,
     /// `HttpLimits::body_read_timeout`, for the application's routes.
     pub body_read_timeout: Duration,
+    /// Who may read `/metrics`.
+    pub metrics_access: Arc<MetricsAccess>,
 }
 
 /// What the application's routes may use: the engine, the server metrics (calls they record
@@ -154,8 +158,16 @@ async fn health(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     (code, Json(body))
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+/// `ConnectInfo` is the peer address the accept loop (`http_serve`) puts on every request.
+async fn metrics(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     use std::fmt::Write;
+    if let Err(refusal) = state.metrics_access.check(peer.ip(), &headers) {
+        return refusal.into_response();
+    }
     let mut out = String::with_capacity(16 * 1024);
     state.metrics.render(&mut out);
     let _ = writeln!(
@@ -165,13 +177,8 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     );
     state.subscriptions.render_metrics(&mut out);
     state.engine.metrics().render(&mut out);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], out).into_response()
 }
 
 #[cfg(test)]
@@ -231,6 +238,7 @@ mod tests {
                 stopping: watch::channel(false).1,
                 durable: true,
                 body_read_timeout: HANG,
+                metrics_access: Arc::new(MetricsAccess::Open),
             });
             let response = health(State(state)).await.into_response();
             let status = response.status();

@@ -1,13 +1,18 @@
 //! The HTTP port's accept loop: each connection is served by its own task with hyper's
 //! HTTP/1.1 connection builder on tokio's timer (so the header read timeout is on), at most
 //! `HttpLimits::max_connections` at once, and every one of them is gone when `serve` returns.
-//! The routes can be replaced while it runs (the server starts with "starting" answers).
+//! The routes can be replaced while it runs (the server starts with "starting" answers). Each
+//! request carries its connection's peer address as axum's `ConnectInfo<SocketAddr>`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{ConnectInfo, Request};
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::service::{service_fn, Service as _};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
@@ -48,10 +53,11 @@ pub(crate) async fn serve(
                 }
             }
             accepted = accept_within(&listener, &slots) => match accepted {
-                Ok((stream, permit)) => {
+                Ok((stream, peer, permit)) => {
                     let conn = serve_connection(
                         builder.clone(),
                         stream,
+                        peer,
                         routes.borrow().clone(),
                         shutdown.clone(),
                         permit,
@@ -89,26 +95,32 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
 async fn accept_within(
     listener: &TcpListener,
     slots: &Arc<Semaphore>,
-) -> std::io::Result<(TcpStream, OwnedSemaphorePermit)> {
+) -> std::io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
     // The semaphore is never closed.
     let permit = slots
         .clone()
         .acquire_owned()
         .await
         .map_err(std::io::Error::other)?;
-    let (stream, _) = listener.accept().await?;
-    Ok((stream, permit))
+    let (stream, peer) = listener.accept().await?;
+    Ok((stream, peer, permit))
 }
 
 /// Serves one connection; on shutdown, finishes the request under way and closes.
 async fn serve_connection(
     builder: http1::Builder,
     stream: TcpStream,
+    peer: SocketAddr,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
 ) {
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let app = TowerToHyperService::new(app);
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app.call(request)
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let served = tokio::select! {
         served = conn.as_mut() => served,

@@ -8,6 +8,7 @@ mod http_serve;
 pub mod linkedup;
 mod log_limit;
 pub mod metrics;
+pub mod metrics_access;
 pub mod provider_http;
 pub mod secret;
 pub mod server;

@@ -109,6 +109,7 @@ async fn serve(options: &Options) -> anyhow::Result<()> {
         },
         server.cert_fingerprint()
     );
+    banner += &format!("  Metrics: {}\n", server.metrics_access());
     if dev_auth {
         banner += &format!(
             "  Dev tokens: linkedup-server mint-token --data-dir {} --subject <user id>\n",

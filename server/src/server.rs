@@ -21,6 +21,7 @@ use crate::config::{AuthSource, ServerConfig, TlsSource};
 use crate::http::{self, AppRoutes, HttpState};
 use crate::http_serve;
 use crate::metrics::ServerMetrics;
+use crate::metrics_access::MetricsAccess;
 use crate::transport::tls::{pinned_client_config, CertFingerprint, CertifiedKey, TlsError};
 use crate::transport::{self, BindError, Shared};
 
@@ -185,6 +186,10 @@ impl Server {
         let quic_task = tokio::spawn(transport::accept_loop(endpoint, shared));
 
         let draining = Arc::new(AtomicBool::new(false));
+        let metrics_access = Arc::new(MetricsAccess::new(
+            config.metrics_token.as_ref(),
+            development,
+        ));
         let app = http::router(
             Arc::new(HttpState {
                 engine: engine.clone(),
@@ -197,6 +202,7 @@ impl Server {
                 stopping: shutdown_rx.clone(),
                 durable: config.engine.committer.durable,
                 body_read_timeout: config.http.body_read_timeout,
+                metrics_access: metrics_access.clone(),
             }),
             dev_issuer.clone(),
             app_routes,
@@ -214,7 +220,8 @@ impl Server {
                 }
             });
         }
-        tracing::info!(%quic_addr, %http_addr, %fingerprint, development, "server started");
+        tracing::info!(%quic_addr, %http_addr, %fingerprint, development,
+            metrics = %metrics_access, "server started");
         Ok(RunningServer {
             quic_addr,
             http_addr,
@@ -223,6 +230,7 @@ impl Server {
             development,
             engine,
             metrics,
+            metrics_access,
             shutdown_tx,
             draining,
             pre_stop: config.pre_stop,
@@ -289,6 +297,7 @@ pub struct RunningServer {
     development: bool,
     engine: Engine,
     metrics: Arc<ServerMetrics>,
+    metrics_access: Arc<MetricsAccess>,
     shutdown_tx: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
     pre_stop: Duration,
@@ -341,6 +350,11 @@ impl RunningServer {
 
     pub fn metrics(&self) -> &Arc<ServerMetrics> {
         &self.metrics
+    }
+
+    /// Who may read `/metrics` (its `Display` is one line for a banner, without the token).
+    pub fn metrics_access(&self) -> &MetricsAccess {
+        &self.metrics_access
     }
 
     /// Says draining on `/health` (503) for the pre-stop window while both ports still serve,

@@ -1,7 +1,9 @@
 //! The HTTP port against slow and idle clients, through a real in-process server on
 //! 127.0.0.1 and raw TCP: a half-sent header line and a webhook whose body stops arriving are
 //! closed after their timeouts; past the connection cap new connections wait until a held one
-//! goes; and connections still open at shutdown do not keep the database open.
+//! goes; and connections still open at shutdown do not keep the database open. `/metrics`
+//! needs the configured bearer token, and without one is open in development mode and served
+//! to loopback peers in production mode.
 
 mod linkedup_common;
 
@@ -9,8 +11,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use linkedup_common::data_dir;
-use linkedup_server::config::HttpLimits;
+use linkedup_server::auth::AuthConfig;
+use linkedup_server::config::{AuthSource, HttpLimits, TlsSource};
 use linkedup_server::linkedup::{self, LinkedUpConfig};
+use linkedup_server::secret::Secret;
+use linkedup_server::transport::tls::{CertifiedKey, DEV_CERT_FILE, DEV_KEY_FILE};
 use linkedup_server::{RunningServer, Server, ServerConfig};
 use query_engine::engine::{Engine, EngineConfig};
 use query_engine::functions::Functions;
@@ -24,11 +29,15 @@ const UNSERVED_WATCH: Duration = Duration::from_millis(500);
 
 /// A LinkedUp server (functions and webhook route) with `http` limits.
 async fn start(dir: &Path, http: HttpLimits) -> RunningServer {
+    let mut config = ServerConfig::for_tests(dir);
+    config.http = http;
+    start_with(config).await
+}
+
+async fn start_with(config: ServerConfig) -> RunningServer {
     let app = LinkedUpConfig::default();
     let mut functions = Functions::new();
     linkedup::register(&mut functions, &app);
-    let mut config = ServerConfig::for_tests(dir);
-    config.http = http;
     Server::start_with_routes(
         config,
         linkedup_schema::schema(),
@@ -146,4 +155,81 @@ async fn a_connection_held_open_does_not_keep_the_database_open_after_shutdown()
     };
     let reopened = Engine::open(&db, linkedup_schema::schema(), Functions::new(), config);
     assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
+
+const METRICS_TOKEN: &str = "s3cret-metrics-token";
+
+/// `GET /metrics` with an `Authorization` header if given: the whole answer.
+async fn get_metrics(server: &RunningServer, authorization: Option<&str>) -> String {
+    let authorization = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let request =
+        format!("GET /metrics HTTP/1.1\r\nHost: test\r\n{authorization}Connection: close\r\n\r\n");
+    until_closed(&mut connect(server, &request).await).await
+}
+
+fn is_metrics(answer: &str) -> bool {
+    answer.starts_with("HTTP/1.1 200") && answer.contains("\nserver_uptime_seconds ")
+}
+
+fn is_bearer_challenge(answer: &str) -> bool {
+    answer.starts_with("HTTP/1.1 401")
+        && answer
+            .to_ascii_lowercase()
+            .contains("\r\nwww-authenticate: bearer")
+        && !answer.contains("server_uptime_seconds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_configured_bearer_token() {
+    let dir = data_dir();
+    let mut config = ServerConfig::for_tests(dir.path());
+    config.metrics_token = Some(Secret::new(METRICS_TOKEN));
+    let server = start_with(config).await;
+
+    let missing = get_metrics(&server, None).await;
+    assert!(is_bearer_challenge(&missing), "{missing}");
+    let wrong = get_metrics(&server, Some("Bearer s3cret-metrics-toke")).await;
+    assert!(is_bearer_challenge(&wrong), "{wrong}");
+    let right = get_metrics(&server, Some(&format!("Bearer {METRICS_TOKEN}"))).await;
+    assert!(is_metrics(&right), "{right}");
+    // The rest of the port is not behind the token.
+    let health = until_closed(&mut connect(&server, HEALTH).await).await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    server.shutdown().await;
+}
+
+/// Production mode: certificate files and WorkOS auth.
+fn production(dir: &Path) -> ServerConfig {
+    let certs = dir.join("certs");
+    CertifiedKey::load_or_generate_dev(&certs).unwrap();
+    let mut config = ServerConfig::for_tests(dir.join("data"));
+    config.tls = TlsSource::Files {
+        cert: certs.join(DEV_CERT_FILE),
+        key: certs.join(DEV_KEY_FILE),
+    };
+    // Nothing listens on port 9: the key fetch at start fails, which is only logged.
+    config.auth = AuthSource::WorkOs(AuthConfig::new(
+        "https://issuer.test",
+        "client_test",
+        "http://127.0.0.1:9/jwks",
+    ));
+    assert!(!config.is_development());
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_metrics_are_open_in_development_and_served_to_loopback_in_production() {
+    let dir = data_dir();
+    let development = start_with(ServerConfig::for_tests(dir.path().join("dev"))).await;
+    let answer = get_metrics(&development, None).await;
+    assert!(is_metrics(&answer), "{answer}");
+    development.shutdown().await;
+
+    // The test can only connect from loopback; the refusal of other peers is
+    // `metrics_access`'s unit tests'.
+    let production = start_with(production(&dir.path().join("prod"))).await;
+    assert!(!production.is_development());
+    let answer = get_metrics(&production, None).await;
+    assert!(is_metrics(&answer), "{answer}");
+    production.shutdown().await;
 }
