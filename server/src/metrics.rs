@@ -1,6 +1,7 @@
 //! The server's own metrics — connections, calls by function and outcome with latency
-//! histograms, auth results, protocol errors, transitions sent — and the Prometheus text
-//! rendering of them together with the engine's and the subscription manager's.
+//! histograms, auth results, protocol errors, transitions sent, and the counters the
+//! application defines (`LabelledCounter`) — and the Prometheus text rendering of them
+//! together with the engine's and the subscription manager's.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -15,6 +16,16 @@ use query_engine::metrics::{escape_label, Histogram, LATENCY_BUCKETS};
 const MAX_CODES_PER_SERIES: usize = 32;
 /// Label used for calls naming a function that is not registered (names are client input).
 pub const UNKNOWN_FUNCTION: &str = "<unknown>";
+
+/// A counter the application defines (e.g. a route's events by kind), with one label; one
+/// `static` per name. Its label values are `&'static str`, so only code can add series.
+pub struct LabelledCounter {
+    /// The metric's name, ending in `_total`.
+    pub name: &'static str,
+    pub help: &'static str,
+    /// The label's name.
+    pub label: &'static str,
+}
 
 struct CallSeries {
     latency: Histogram,
@@ -46,7 +57,12 @@ pub struct ServerMetrics {
     /// the map is bounded by the function registry. Keyed by the name alone so that recording
     /// a call (on every call's path) looks it up without allocating.
     calls: Mutex<BTreeMap<String, Vec<(&'static str, CallSeries)>>>,
+    /// `LabelledCounter`s by name: the counter and its count by label value.
+    labelled: Mutex<LabelledCounts>,
 }
+
+type LabelledCounts =
+    BTreeMap<&'static str, (&'static LabelledCounter, BTreeMap<&'static str, u64>)>;
 
 impl ServerMetrics {
     /// Records one finished call; `code` is `OK` or the error code.
@@ -79,6 +95,15 @@ impl ServerMetrics {
                 series.outcomes.insert(code.to_string(), 1);
             }
         }
+    }
+
+    /// Adds one to `counter`'s series with label value `value`.
+    pub fn count(&self, counter: &'static LabelledCounter, value: &'static str) {
+        let mut labelled = self.labelled.lock();
+        let (_, counts) = labelled
+            .entry(counter.name)
+            .or_insert((counter, BTreeMap::new()));
+        *counts.entry(value).or_default() += 1;
     }
 
     /// Every (function, kind) series, in function order.
@@ -200,6 +225,14 @@ impl ServerMetrics {
                 .latency
                 .render("server_call_duration_seconds", &labels, out);
         }
+        drop(calls);
+        for (counter, counts) in self.labelled.lock().values() {
+            let LabelledCounter { name, help, label } = counter;
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (value, n) in counts {
+                let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", escape_label(value));
+            }
+        }
     }
 }
 
@@ -228,6 +261,31 @@ mod tests {
         );
         assert!(
             out.contains(r#"server_call_duration_seconds_count{function="f",kind="mutation"} 100"#)
+        );
+    }
+
+    #[test]
+    fn labelled_counters_render_one_series_per_value() {
+        static EVENTS: LabelledCounter = LabelledCounter {
+            name: "app_events_total",
+            help: "Events by kind",
+            label: "kind",
+        };
+        let m = ServerMetrics::default();
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(!out.contains("app_events_total"), "nothing counted yet");
+        m.count(&EVENTS, "b");
+        m.count(&EVENTS, "a");
+        m.count(&EVENTS, "b");
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(
+            out.contains(
+                "# HELP app_events_total Events by kind\n# TYPE app_events_total counter\n\
+                 app_events_total{kind=\"a\"} 1\napp_events_total{kind=\"b\"} 2\n"
+            ),
+            "{out}"
         );
     }
 }

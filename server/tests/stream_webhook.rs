@@ -4,7 +4,7 @@
 //! X-Webhook-Id, is applied once; call.ended
 //! concludes the meeting once; bad signatures, malformed or oversized bodies, applied events
 //! without created_at or from the future, and deliveries during shutdown are refused and write
-//! nothing.
+//! nothing; ignored deliveries are counted by reason.
 
 mod linkedup_common;
 
@@ -570,6 +570,19 @@ async fn malformed_oversized_and_irrelevant_deliveries() {
         "the stale call.ended was not applied"
     );
     assert_eq!(h.deliveries("IGNORED"), 7);
+    // And by reason, for whoever wonders what Stream sends that is not applied.
+    let mut metrics = String::new();
+    h.server.metrics().render(&mut metrics);
+    for (reason, n) in [
+        ("event_type", 2),
+        ("call_type", 1),
+        ("not_linkedup_meeting", 1),
+        ("stale", 1),
+        ("not_participant", 2),
+    ] {
+        let series = format!("\nstream_webhook_ignored_total{{reason=\"{reason}\"}} {n}\n");
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
 
     // Without X-Webhook-Id (the key is the body's digest either way): a resend is a duplicate.
     let joined = serde_json::to_vec(&event(

@@ -35,7 +35,9 @@
 //! closed) a body that takes longer than the HTTP body timeout to arrive; 413 a body over 1 MiB; 503
 //! while the server shuts down or is overloaded; 500 otherwise (Stream retries). Every
 //! delivery is counted in `/metrics` (`server_calls_total{function="/webhooks/stream",
-//! kind="webhook"}`) by outcome.
+//! kind="webhook"}`) by outcome, and ignored ones by reason too
+//! (`stream_webhook_ignored_total{reason}`). Stream sends many event types not handled here,
+//! so ignored deliveries are logged at debug only; refusals are warned of (rate-limited).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,6 +66,7 @@ use super::meetings::{conclude, list_participants, mark_joined, mark_left};
 use super::{decode, fields, LinkedUpConfig};
 use crate::http::{AppRoutes, HttpContext};
 use crate::log_limit::LogLimit;
+use crate::metrics::LabelledCounter;
 use crate::stream::webhook::{
     self, delivery_key, parse_event, CallRef, Event, EventAction, API_KEY_HEADER, SIGNATURE_HEADER,
     WEBHOOK_ID_HEADER,
@@ -95,8 +98,12 @@ const LEFT: &str = "participantLeft";
 const SESSION_ENDED: &str = "sessionEnded";
 const CALL_ENDED: &str = "callEnded";
 const ACTIONS: [&str; 4] = [JOINED, LEFT, SESSION_ENDED, CALL_ENDED];
-/// Why a presence event is not applied.
-const SUPERSEDED: &str = "a presence event at least as recent was applied";
+/// Verified deliveries acknowledged and not applied, by `Ignored::label`.
+static IGNORED: LabelledCounter = LabelledCounter {
+    name: "stream_webhook_ignored_total",
+    help: "Verified Stream webhook deliveries acknowledged and not applied, by reason",
+    label: "reason",
+};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -116,34 +123,88 @@ struct ApplyArgs {
 enum Outcome {
     Processed,
     Duplicate,
-    Ignored(String),
+    Ignored(Ignored),
+}
+
+/// Why a verified delivery is acknowledged and not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ignored {
+    Stale,
+    EventType,
+    CallType,
+    NotLinkedUpMeeting,
+    NoSuchMeeting,
+    MeetingNotActive,
+    NotParticipant,
+    /// A presence event at least as recent was applied to the participant.
+    Superseded,
+    AlreadyConcluded,
+}
+
+impl Ignored {
+    const ALL: [Ignored; 9] = [
+        Ignored::Stale,
+        Ignored::EventType,
+        Ignored::CallType,
+        Ignored::NotLinkedUpMeeting,
+        Ignored::NoSuchMeeting,
+        Ignored::MeetingNotActive,
+        Ignored::NotParticipant,
+        Ignored::Superseded,
+        Ignored::AlreadyConcluded,
+    ];
+
+    /// The `reason` of the reply and of the mutation's result.
+    fn reason(self) -> &'static str {
+        match self {
+            Ignored::Stale => "older than the replay window",
+            Ignored::EventType => "event type not handled",
+            Ignored::CallType => "another call type",
+            Ignored::NotLinkedUpMeeting => "not a LinkedUp meeting",
+            Ignored::NoSuchMeeting => "no such meeting",
+            Ignored::MeetingNotActive => "the meeting is not active",
+            Ignored::NotParticipant => "not a participant",
+            Ignored::Superseded => "a presence event at least as recent was applied",
+            Ignored::AlreadyConcluded => "already concluded",
+        }
+    }
+
+    /// The `reason` label in `/metrics`.
+    fn label(self) -> &'static str {
+        match self {
+            Ignored::Stale => "stale",
+            Ignored::EventType => "event_type",
+            Ignored::CallType => "call_type",
+            Ignored::NotLinkedUpMeeting => "not_linkedup_meeting",
+            Ignored::NoSuchMeeting => "no_such_meeting",
+            Ignored::MeetingNotActive => "meeting_not_active",
+            Ignored::NotParticipant => "not_participant",
+            Ignored::Superseded => "superseded",
+            Ignored::AlreadyConcluded => "already_concluded",
+        }
+    }
 }
 
 impl Outcome {
-    fn ignored(reason: &str) -> Self {
-        Outcome::Ignored(reason.to_string())
-    }
-
     fn to_value(&self) -> Value {
         match self {
             Outcome::Processed => obj! { "outcome" => "processed" },
             Outcome::Duplicate => obj! { "outcome" => "duplicate" },
-            Outcome::Ignored(reason) => {
-                obj! { "outcome" => "ignored", "reason" => reason.as_str() }
-            }
+            Outcome::Ignored(why) => obj! { "outcome" => "ignored", "reason" => why.reason() },
         }
     }
 
-    /// The outcome `streamWebhooks.apply` returned.
-    fn from_value(v: &Value) -> Self {
-        match v.get_path("outcome").and_then(Value::as_str) {
-            Some("processed") => Outcome::Processed,
-            Some("duplicate") => Outcome::Duplicate,
-            _ => Outcome::ignored(
-                v.get_path("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("ignored"),
-            ),
+    /// The outcome `streamWebhooks.apply` returned (`to_value`'s), `None` for anything else.
+    fn from_value(v: &Value) -> Option<Self> {
+        match v.get_path("outcome").and_then(Value::as_str)? {
+            "processed" => Some(Outcome::Processed),
+            "duplicate" => Some(Outcome::Duplicate),
+            "ignored" => {
+                let reason = v.get_path("reason").and_then(Value::as_str)?;
+                let why = Ignored::ALL.into_iter().find(|w| w.reason() == reason)?;
+                Some(Outcome::Ignored(why))
+            }
+            _ => None,
         }
     }
 }
@@ -175,10 +236,10 @@ pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
 
 fn apply(ctx: &mut Ctx<'_, '_>, a: &ApplyArgs) -> FunctionResult<Outcome> {
     if ctx.parse_id(MEETINGS, &a.meeting_id).is_err() {
-        return Ok(Outcome::ignored("not a LinkedUp meeting"));
+        return Ok(Outcome::Ignored(Ignored::NotLinkedUpMeeting));
     }
     let Some(doc) = ctx.get(MEETINGS, &a.meeting_id)? else {
-        return Ok(Outcome::ignored("no such meeting"));
+        return Ok(Outcome::Ignored(Ignored::NoSuchMeeting));
     };
     let meeting: Meeting = decode(&doc)?;
     let participant = |ctx: &mut Ctx<'_, '_>| match a.user_id.as_deref() {
@@ -188,21 +249,21 @@ fn apply(ctx: &mut Ctx<'_, '_>, a: &ApplyArgs) -> FunctionResult<Outcome> {
     match a.action.as_str() {
         JOINED => {
             if meeting.state != MeetingStatus::Active {
-                return Ok(Outcome::ignored("the meeting is not active"));
+                return Ok(Outcome::Ignored(Ignored::MeetingNotActive));
             }
             let Some(p) = participant(ctx)? else {
-                return Ok(Outcome::ignored("not a participant"));
+                return Ok(Outcome::Ignored(Ignored::NotParticipant));
             };
             if !apply_presence(ctx, &meeting.id, &p, Presence::Joined, a.created_at)? {
-                return Ok(Outcome::ignored(SUPERSEDED));
+                return Ok(Outcome::Ignored(Ignored::Superseded));
             }
         }
         LEFT => {
             let Some(p) = participant(ctx)? else {
-                return Ok(Outcome::ignored("not a participant"));
+                return Ok(Outcome::Ignored(Ignored::NotParticipant));
             };
             if !apply_presence(ctx, &meeting.id, &p, Presence::Left, a.created_at)? {
-                return Ok(Outcome::ignored(SUPERSEDED));
+                return Ok(Outcome::Ignored(Ignored::Superseded));
             }
         }
         // Everyone leaves, as of the session's end: a participant whose own later event was
@@ -216,8 +277,8 @@ fn apply(ctx: &mut Ctx<'_, '_>, a: &ApplyArgs) -> FunctionResult<Outcome> {
         // CALL_ENDED: the validator admits only ACTIONS.
         _ => match meeting.state {
             MeetingStatus::Active => conclude(ctx, &meeting, None)?,
-            MeetingStatus::Concluded => return Ok(Outcome::ignored("already concluded")),
-            _ => return Ok(Outcome::ignored("the meeting is not active")),
+            MeetingStatus::Concluded => return Ok(Outcome::Ignored(Ignored::AlreadyConcluded)),
+            _ => return Ok(Outcome::Ignored(Ignored::MeetingNotActive)),
         },
     }
     Ok(Outcome::Processed)
@@ -310,8 +371,8 @@ impl Reply {
         match self {
             Reply::Applied(Outcome::Processed) => serde_json::json!({ "status": "processed" }),
             Reply::Applied(Outcome::Duplicate) => serde_json::json!({ "status": "duplicate" }),
-            Reply::Applied(Outcome::Ignored(reason)) => {
-                serde_json::json!({ "status": "ignored", "reason": reason })
+            Reply::Applied(Outcome::Ignored(why)) => {
+                serde_json::json!({ "status": "ignored", "reason": why.reason() })
             }
             Reply::Malformed(why) => serde_json::json!({ "error": why }),
             Reply::Unauthorized(why) => serde_json::json!({ "error": why }),
@@ -342,9 +403,11 @@ pub(crate) fn routes(config: &LinkedUpConfig) -> AppRoutes {
 async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let reply = r.handle(&headers, body).await;
-    r.http
-        .metrics()
-        .record_call(PATH, METRICS_KIND, reply.code(), started.elapsed());
+    let metrics = r.http.metrics();
+    metrics.record_call(PATH, METRICS_KIND, reply.code(), started.elapsed());
+    if let Reply::Applied(Outcome::Ignored(why)) = &reply {
+        metrics.count(&IGNORED, why.label());
+    }
     let mut response = (reply.status(), Json(reply.body())).into_response();
     if matches!(reply, Reply::TooLarge | Reply::TimedOut) {
         // The body was not read, so the connection cannot carry another request; saying so
@@ -373,10 +436,10 @@ impl Receiver {
         };
         let now = now_millis();
         if is_stale(&event, now) {
-            return ignored(&event, id, "older than the replay window");
+            return ignored(&event, id, Ignored::Stale);
         }
         let Some((call, action, user_id)) = target(&event) else {
-            return ignored(&event, id, "event type not handled");
+            return ignored(&event, id, Ignored::EventType);
         };
         // `parse_event` refuses the applied types without it; checked again all the same.
         let Some(created_at) = event.created_at_ms else {
@@ -391,7 +454,7 @@ impl Receiver {
             ));
         }
         if call.call_type != self.stream.provider.call_type() {
-            return ignored(&event, id, "another call type");
+            return ignored(&event, id, Ignored::CallType);
         }
         let mut args = super::fields(obj! {
             "key" => key,
@@ -404,17 +467,18 @@ impl Receiver {
         }
         let applied = self.http.engine().mutation(APPLY, Value::from(args), None);
         match applied.await {
-            Ok(committed) => {
-                let outcome = Outcome::from_value(&committed.value);
-                match &outcome {
-                    Outcome::Ignored(reason) => tracing::info!(event = %event.kind,
-                        webhook_id = id, meeting = %call.call_id, %reason,
-                        "Stream webhook ignored"),
-                    _ => tracing::debug!(event = %event.kind, webhook_id = id,
-                        meeting = %call.call_id, ?outcome, "Stream webhook"),
+            Ok(committed) => match Outcome::from_value(&committed.value) {
+                Some(outcome) => {
+                    tracing::debug!(event = %event.kind, webhook_id = id,
+                        meeting = %call.call_id, ?outcome, "Stream webhook");
+                    Reply::Applied(outcome)
                 }
-                Reply::Applied(outcome)
-            }
+                None => {
+                    tracing::error!(event = %event.kind, webhook_id = id,
+                        value = ?committed.value, "streamWebhooks.apply returned no outcome");
+                    Reply::Failed
+                }
+            },
             Err(e) if self.http.is_shutting_down() || e.code == ErrorCode::RateLimited.as_str() => {
                 Reply::Unavailable
             }
@@ -500,7 +564,26 @@ fn target(event: &Event) -> Option<(&CallRef, &'static str, Option<&str>)> {
     }
 }
 
-fn ignored(event: &Event, webhook_id: &str, reason: &str) -> Reply {
-    tracing::info!(event = %event.kind, webhook_id, reason, "Stream webhook ignored");
-    Reply::Applied(Outcome::ignored(reason))
+fn ignored(event: &Event, webhook_id: &str, why: Ignored) -> Reply {
+    tracing::debug!(event = %event.kind, webhook_id, reason = why.reason(), "Stream webhook ignored");
+    Reply::Applied(Outcome::Ignored(why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_survives_the_mutation_s_result() {
+        let outcomes = [Outcome::Processed, Outcome::Duplicate]
+            .into_iter()
+            .chain(Ignored::ALL.into_iter().map(Outcome::Ignored));
+        for outcome in outcomes {
+            let value = outcome.to_value();
+            assert_eq!(Outcome::from_value(&value), Some(outcome));
+        }
+        let labels: std::collections::BTreeSet<_> =
+            Ignored::ALL.iter().map(|why| why.label()).collect();
+        assert_eq!(labels.len(), Ignored::ALL.len(), "labels are distinct");
+    }
 }
