@@ -20,7 +20,8 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::connection::{
-    self, encode_checked, CallFailure, Established, HandshakeParams, ServerInfo, Session,
+    self, check_limits, encode_checked, CallFailure, Established, HandshakeParams, ServerInfo,
+    Session,
 };
 use crate::error::ClientError;
 use crate::subscription::{
@@ -487,7 +488,9 @@ impl Client {
     /// with a token refresher, a call runs once more under a fresh token if its first run had
     /// no effect: a query or a mutation (a failed mutation wrote nothing) after any such
     /// answer, an action only when the server refused it for an expired token before running
-    /// it (`ClientError::is_token_expired`). A shed mutation is not retried here.
+    /// it (`ClientError::is_token_expired`). A shed mutation is not retried here. A call over
+    /// a fixed limit of protocol §10 (function name, mutation id, argument nesting) is refused
+    /// before it is sent: a `VALIDATION_ERROR` naming the field in `data.path`.
     pub async fn call(
         &self,
         kind: CallKind,
@@ -498,7 +501,8 @@ impl Client {
         self.inner.call(kind, name, args, mutation_id).await
     }
 
-    /// Subscribes to a query. The stream's first item is the current result.
+    /// Subscribes to a query. The stream's first item is the current result. A subscription
+    /// over a limit of protocol §10 is refused at once, as `call` refuses a call.
     pub fn subscribe<A: Serialize + ?Sized>(
         &self,
         name: &str,
@@ -523,8 +527,10 @@ impl Client {
 
     /// Authenticates with `token` (or, with `None`, signs out) on the live connection without
     /// touching subscriptions, which the server re-runs under the new identity. Returns the
-    /// subject the server verified. The token is kept for reconnects. A rejected token leaves
-    /// the connection anonymous and returns the `UNAUTHORIZED` error.
+    /// subject the server verified. The token is kept for reconnects. A token over the
+    /// protocol's limit is refused before it is sent or kept (`VALIDATION_ERROR`, `data.path`
+    /// `"token"`), and the identity stays as it was. A rejected token leaves the connection
+    /// anonymous and returns the `UNAUTHORIZED` error.
     pub async fn set_auth(&self, token: Option<String>) -> Result<Option<String>, ClientError> {
         self.inner.set_auth(token).await
     }
@@ -861,6 +867,7 @@ impl Inner {
             args,
             mutation_id: mutation_id.clone(),
         };
+        check_limits(&msg)?;
         loop {
             let session = match self.wait_session(min_gen).await {
                 Ok(s) => s,
@@ -983,8 +990,13 @@ impl Inner {
         self: &Arc<Self>,
         token: Option<String>,
     ) -> Result<Option<String>, ClientError> {
+        // A token the server would refuse fatally is neither sent nor kept for reconnects.
+        let authenticate = ClientMessage::Authenticate {
+            token: token.clone(),
+        };
+        check_limits(&authenticate)?;
         let _serial = self.auth_lock.lock().await;
-        self.store_token(token.clone());
+        self.store_token(token);
         let session = self.wait_session(0).await?;
         let answer = {
             let mut st = self.state.lock();
@@ -994,7 +1006,7 @@ impl Inner {
             }
             let (tx, rx) = oneshot::channel();
             st.auth_waiters.push_back(tx);
-            st.push(ClientMessage::Authenticate { token });
+            st.push(authenticate);
             rx
         };
         let result = answer.await.map_err(|_| ClientError::Disconnected)?;
@@ -1392,13 +1404,19 @@ async fn refresh_token(inner: &Arc<Inner>, refresher: &TokenRefresher) -> Result
 }
 
 /// Asks `refresher` for a token, waiting at most `timeout`: no token, or none in time, is an
-/// `UNAUTHORIZED` saying which.
+/// `UNAUTHORIZED` saying which; a token over the protocol's limit is its `VALIDATION_ERROR`
+/// (so that it is never sent, nor kept for reconnects).
 async fn ask_refresher(
     refresher: &TokenRefresher,
     timeout: Duration,
 ) -> Result<String, ClientError> {
     match tokio::time::timeout(timeout, refresher()).await {
-        Ok(Some(token)) => Ok(token),
+        Ok(Some(token)) => {
+            check_limits(&ClientMessage::Authenticate {
+                token: Some(token.clone()),
+            })?;
+            Ok(token)
+        }
         Ok(None) => Err(unauthorized("the token refresher returned no token".into())),
         Err(_) => Err(unauthorized(format!(
             "the token refresher gave no token within {} ms",

@@ -12,8 +12,10 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use query_engine::protocol::{
     decode_call_result, decode_transition, encode, encode_frame_into, read_frame, take_frame,
-    write_frame, CallOutcome, ClientMessage, FrameError, ServerMessage, PROTOCOL_VERSION,
+    validate_client, write_frame, CallOutcome, ClientMessage, FrameError, ServerMessage,
+    PROTOCOL_VERSION,
 };
+use query_engine::value::Value;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -211,12 +213,27 @@ pub(crate) async fn write_message(
     write_frame(send, &payload).await.map_err(transport_error)
 }
 
-/// Encodes `msg`, failing if the frame would exceed `max_frame_bytes` (the server would close
-/// the connection on it).
+/// Refuses a message over a limit of protocol §10 that the server would answer with a fatal
+/// `Error`, closing the connection (a function name, mutation id or token too long, arguments
+/// nested too deep): `VALIDATION_ERROR` with the field in `data.path`, raised before the
+/// message is queued, so that one bad request fails alone.
+pub(crate) fn check_limits(msg: &ClientMessage) -> Result<(), ClientError> {
+    validate_client(msg).map_err(|e| ClientError::Function {
+        code: e.code().into(),
+        message: e.to_string(),
+        data: e.field().map_or(Value::Null, |field| {
+            query_engine::obj! { "path" => field }
+        }),
+    })
+}
+
+/// Checks `msg`'s limits and encodes it, failing if the frame would exceed `max_frame_bytes`
+/// (the server would close the connection on either).
 pub(crate) fn encode_checked(
     msg: &ClientMessage,
     max_frame_bytes: u32,
 ) -> Result<Vec<u8>, ClientError> {
+    check_limits(msg)?;
     let payload = encode(msg).map_err(|e| ClientError::Encode(e.to_string()))?;
     if payload.len() > max_frame_bytes as usize {
         return Err(ClientError::Encode(format!(

@@ -937,3 +937,78 @@ async fn a_resubscribed_query_does_not_repeat_its_result() {
     client.close().await;
     server.shutdown().await;
 }
+
+/// What the SDK refuses itself for breaking a limit of protocol §10: `VALIDATION_ERROR`
+/// naming the field (`data.path`), raised by the client (a `Function` error, not the server's
+/// fatal `Error`).
+fn refused_for(e: &ClientError, field: &str) -> bool {
+    matches!(e, ClientError::Function { code, data, .. }
+        if code == "VALIDATION_ERROR" && data.get_path("path") == Some(&Value::from(field)))
+}
+
+/// A subscription, call or token over a limit the server treats as fatal (protocol §10) is
+/// refused at once by the client, before anything is sent: the connection stays up, other
+/// subscriptions go on, and the identity is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_a_protocol_limit_are_refused_without_losing_the_connection() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let options = common::options(&server).with_token(common::token(&server, "user_9"));
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    let mut counter = client
+        .subscribe("counter:get", &json!({"name": "limits"}))
+        .unwrap();
+    until(&mut counter, |v| *v == Value::Int64(0)).await;
+
+    let long_name = "f".repeat(300);
+    let mut deep = json!(1);
+    for _ in 0..65 {
+        deep = json!([deep]);
+    }
+    let e = client.subscribe(&long_name, &json!({})).unwrap_err();
+    assert!(refused_for(&e, "function"), "{e:?}");
+    let e = client.subscribe("counter:get", &deep).unwrap_err();
+    assert!(refused_for(&e, "args"), "{e:?}");
+    let e = client
+        .query::<_, Value>(&long_name, &json!({}))
+        .await
+        .unwrap_err();
+    assert!(refused_for(&e, "function"), "{e:?}");
+    let e = client
+        .action::<_, Value>("echo", &json!({ "value": deep }))
+        .await
+        .unwrap_err();
+    assert!(refused_for(&e, "args"), "{e:?}");
+    let e = client
+        .mutation_with_id(
+            "counter:add",
+            obj! {"name" => "limits", "by" => 1i64},
+            &"m".repeat(129),
+        )
+        .await
+        .unwrap_err();
+    assert!(refused_for(&e, "mutationId"), "{e:?}");
+    let e = client
+        .set_auth(Some("t".repeat(16 * 1024 + 1)))
+        .await
+        .unwrap_err();
+    assert!(refused_for(&e, "token"), "{e:?}");
+
+    // Had anything reached the server, it would have closed the connection before answering
+    // this ping, which goes out after it on the control stream.
+    client.ping().await.unwrap();
+    let n: i64 = client
+        .mutation("counter:add", &json!({"name": "limits", "by": 1}))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    until(&mut counter, |v| *v == Value::Int64(1)).await;
+    let who: String = client.query("me:whoami", &json!({})).await.unwrap();
+    assert_eq!(who, "user_9");
+    assert_eq!(client.subject().as_deref(), Some("user_9"));
+    assert_eq!(client.connection_count(), 1);
+    client.close().await;
+    server.shutdown().await;
+}

@@ -213,6 +213,16 @@ impl ProtocolError {
         }
     }
 
+    /// The message field over a limit, if that is the error.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ProtocolError::FieldTooLong { field, .. } | ProtocolError::TooDeep { field, .. } => {
+                Some(field)
+            }
+            _ => None,
+        }
+    }
+
     /// The `Error` message that reports this error to the peer.
     pub fn to_message(&self, fatal: bool) -> ServerMessage {
         ServerMessage::Error {
@@ -316,7 +326,9 @@ fn decode_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Pro
     Ok(msg)
 }
 
-fn validate_client(msg: &ClientMessage) -> Result<(), ProtocolError> {
+/// Checks the sizes of §10 that a server answers with a fatal `Error` when exceeded (field
+/// lengths, argument nesting). `decode_client` applies it; a client applies it before sending.
+pub fn validate_client(msg: &ClientMessage) -> Result<(), ProtocolError> {
     match msg {
         ClientMessage::Connect { client_name, .. } => {
             check_len("clientName", client_name, MAX_CLIENT_NAME_BYTES)

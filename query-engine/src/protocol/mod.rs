@@ -13,8 +13,9 @@ pub use frame::{
 };
 pub use messages::{
     decode_call, decode_call_result, decode_client, decode_server, decode_transition, encode,
-    encode_frame_into, CallKind, CallOutcome, ClientMessage, ErrorPayload, Modification,
-    ProtocolError, ServerMessage, WireMessage, PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS,
+    encode_frame_into, validate_client, CallKind, CallOutcome, ClientMessage, ErrorPayload,
+    Modification, ProtocolError, ServerMessage, WireMessage, PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
 };
 
 /// Key of the marker in an `UNAUTHORIZED` error's `data` (`true`) saying the connection's
