@@ -21,7 +21,9 @@ use sha2::{Digest, Sha256};
 use crate::error::ClientError;
 
 /// The single-value mailbox between the connection and one `Subscription`: a newer value
-/// overwrites an unread older one, so a slow reader costs one value of memory, not a queue.
+/// overwrites an unread older one, so a slow reader costs one value of memory, not a queue;
+/// one equal to the value the reader last took withdraws the unread one instead (the reader
+/// pays for that with a fingerprint of each value it takes).
 #[derive(Default)]
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
@@ -30,16 +32,25 @@ pub(crate) struct Slot {
 #[derive(Default)]
 struct SlotState {
     latest: Option<Result<Value, ClientError>>,
+    /// Fingerprint of the value the reader last took (`None` until known): a value that
+    /// replaces an unread one may be the very one the reader has, which is no news.
+    taken: Option<[u8; 32]>,
     ended: bool,
     waker: Option<Waker>,
 }
 
 impl Slot {
-    /// Offers a new value; returns the reader's waker to wake once every slot of the
-    /// transition has been written.
+    /// Offers a new value, news to the reader if it read everything before; returns the
+    /// reader's waker to wake once every slot of the transition has been written.
     fn publish(&self, value: Value) -> Option<Waker> {
         let mut s = self.state.lock();
         if s.ended {
+            return None;
+        }
+        // Over an unread value (a slow reader, the only case that pays for the fingerprint),
+        // the result may have come back to what the reader took: then it has nothing new.
+        if s.latest.is_some() && s.taken.is_some_and(|taken| taken == fingerprint(&value)) {
+            s.latest = None;
             return None;
         }
         s.latest = Some(Ok(value));
@@ -62,6 +73,14 @@ impl Slot {
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Value, ClientError>>> {
         let mut s = self.state.lock();
         if let Some(item) = s.latest.take() {
+            s.taken = None;
+            drop(s);
+            // Computed by the reader, outside the lock the connection publishes under; until
+            // it is stored, a value is handed over without the comparison (at worst repeated).
+            if let Ok(value) = &item {
+                let taken = fingerprint(value);
+                self.state.lock().taken = Some(taken);
+            }
             return Poll::Ready(Some(item));
         }
         if s.ended {
@@ -639,6 +658,31 @@ mod tests {
         }
         assert_eq!(next_value(&slot), Some(Value::Int64(99)));
         assert_eq!(next_value(&slot), None);
+    }
+
+    /// A reader that took V and has not read V′ yet, when the result goes back to V, already
+    /// has it: the unread V′ is dropped and V is not handed over again.
+    #[test]
+    fn a_slow_reader_is_not_handed_the_result_it_has_again() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1, 0);
+        let (_, slot, sub) = t.insert("count".into(), obj! {});
+        let q = query_id_of(&sub);
+        let replace = |n: i64| vec![updated(q, ResultDiff::Replace(Value::Int64(n)))];
+        t.apply_transition(0, 1, replace(1)).unwrap();
+        assert_eq!(next_value(&slot), Some(Value::Int64(1)));
+        t.apply_transition(1, 2, replace(2)).unwrap();
+        t.apply_transition(2, 3, replace(1)).unwrap();
+        assert_eq!(
+            next_value(&slot),
+            None,
+            "the result the reader has, handed over again"
+        );
+        // Later results flow as usual, the one it had before included.
+        t.apply_transition(3, 4, replace(2)).unwrap();
+        assert_eq!(next_value(&slot), Some(Value::Int64(2)));
+        t.apply_transition(4, 5, replace(1)).unwrap();
+        assert_eq!(next_value(&slot), Some(Value::Int64(1)));
     }
 
     #[test]
