@@ -383,7 +383,7 @@ impl Session {
             max_frame_bytes: self.max_frame_bytes,
         });
         tokio::spawn(write_lane(lane.clone(), send));
-        tokio::spawn(read_lane(lane.clone(), recv));
+        tokio::spawn(read_lane(lane.clone(), recv, self.conn.clone()));
         *slot.current.lock() = Some(lane.clone());
         Ok(lane)
     }
@@ -520,9 +520,9 @@ impl CallLane {
         }
     }
 
-    /// Ends the lane: every call still waiting fails with `end` (for `None`: lost, sent or not
-    /// depending on whether its buffer went out).
-    fn end(&self, end: Option<ClientError>) {
+    /// Ends the lane: every call still waiting is lost, sent or not depending on whether its
+    /// buffer went out.
+    fn end(&self) {
         let (waiting, taken) = {
             let mut st = self.state.lock();
             st.accepting = false;
@@ -530,13 +530,8 @@ impl CallLane {
             (std::mem::take(&mut st.waiting), st.taken)
         };
         for w in waiting.into_values() {
-            let failure = match &end {
-                Some(e) => CallFailure::Fatal(e.clone()),
-                None => CallFailure::Lost {
-                    sent: w.buffer < taken,
-                },
-            };
-            let _ = w.answer.send(Err(failure));
+            let sent = w.buffer < taken;
+            let _ = w.answer.send(Err(CallFailure::Lost { sent }));
         }
         // Lets the writer see that the lane is over.
         self.queued.notify_one();
@@ -573,26 +568,31 @@ async fn write_lane(lane: Arc<CallLane>, mut send: SendStream) {
 }
 
 /// Hands each `CallResult` on the stream to its caller until the stream ends, then fails the
-/// calls still waiting.
-async fn read_lane(lane: Arc<CallLane>, mut recv: RecvStream) {
+/// calls still waiting as lost. A fatal `Error` on the stream names no call (the server sends
+/// no `requestId` with it) and ends the connection, so it is no call's answer: the connection
+/// is dropped at once, here as for a stream that breaks the protocol, and the calls waiting
+/// are retried on the next one as far as that is safe (protocol §12).
+async fn read_lane(lane: Arc<CallLane>, mut recv: RecvStream, conn: quinn::Connection) {
     let mut buf = BytesMut::new();
-    let end = loop {
-        match deliver_frames(&lane, &mut buf) {
-            Ok(()) => {}
-            Err(e) => break Some(e),
+    loop {
+        if let Err(e) = deliver_frames(&lane, &mut buf) {
+            tracing::warn!(error = %e, "call stream failed; dropping the connection");
+            // Closed before the callers learn, so that they wait for the next connection.
+            conn.close(0u8.into(), b"call stream failed");
+            break;
         }
         match recv.read_chunk(MAX_READ_CHUNK_BYTES, true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
             // The server finished (it is shutting down) or the connection is gone: the calls
             // left unanswered are lost.
-            Ok(None) | Err(_) => break None,
+            Ok(None) | Err(_) => break,
         }
-    };
-    lane.end(end);
+    }
+    lane.end();
 }
 
-/// Delivers every complete frame in `buf`; an error is a protocol violation (or a fatal
-/// server `Error`) that ends the lane.
+/// Delivers every complete frame in `buf`; an error is a protocol violation (or a server
+/// `Error`) that ends the lane.
 fn deliver_frames(lane: &CallLane, buf: &mut BytesMut) -> Result<(), ClientError> {
     while let Some(frame) =
         take_frame(buf, lane.max_frame_bytes).map_err(|e| ClientError::Protocol(e.to_string()))?

@@ -1,0 +1,229 @@
+//! End-to-end against a scripted server: a QUIC endpoint that speaks just enough of the
+//! protocol to put the SDK where a real server puts it only when something else went wrong
+//! (here, a fatal `Error` on a call stream), so that what the SDK does then is tested
+//! deterministically.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use linkedup_client::{CallKind, Client, ClientError, ClientOptions, ReconnectPolicy, Trust};
+use linkedup_server::transport::tls::CertifiedKey;
+use query_engine::obj;
+use query_engine::protocol::{
+    decode_call, decode_client, encode, read_frame, write_frame, CallOutcome, ClientMessage,
+    ServerMessage, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+use query_engine::value::Value;
+use tokio::sync::mpsc;
+
+/// Guards against a hung test; never reached when things work.
+const PATIENCE: Duration = Duration::from_secs(20);
+/// On the first connection, a call to this function is answered with a fatal `Error` on its
+/// call stream, as a server answers a call it cannot read.
+const FATAL: &str = "scripted:fatal";
+/// On the first connection, a call to this function is never answered.
+const UNANSWERED: &str = "scripted:unanswered";
+
+/// A call as the scripted server read it.
+#[derive(Debug)]
+struct Seen {
+    /// 1 for the first connection.
+    connection: usize,
+    /// Which call stream of its connection it came on, 1 for the first.
+    stream: usize,
+    function: String,
+    mutation_id: Option<String>,
+}
+
+struct Scripted {
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+    seen: mpsc::UnboundedReceiver<Seen>,
+    _dir: tempfile::TempDir,
+}
+
+impl Scripted {
+    async fn start() -> Scripted {
+        let dir = tempfile::tempdir().unwrap();
+        let key = CertifiedKey::load_or_generate_dev(dir.path()).unwrap();
+        let config = quinn::ServerConfig::with_crypto(key.quic_server_crypto().unwrap());
+        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let (tx, seen) = mpsc::unbounded_channel();
+        let addr = endpoint.local_addr().unwrap();
+        tokio::spawn(serve(endpoint, tx));
+        Scripted {
+            addr,
+            fingerprint: key.fingerprint().0,
+            seen,
+            _dir: dir,
+        }
+    }
+
+    fn options(&self) -> ClientOptions {
+        let mut options = ClientOptions::new(Trust::PinnedSha256(self.fingerprint));
+        options.reconnect = ReconnectPolicy {
+            initial_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(300),
+            max_attempts: None,
+            jitter: 0.5,
+        };
+        options.connect_timeout = Duration::from_secs(5);
+        options
+    }
+
+    async fn next_call(&mut self) -> Seen {
+        tokio::time::timeout(PATIENCE, self.seen.recv())
+            .await
+            .expect("no call in time")
+            .expect("the scripted server ended")
+    }
+}
+
+/// Serves one connection after another.
+async fn serve(endpoint: quinn::Endpoint, seen: mpsc::UnboundedSender<Seen>) {
+    let mut connection = 0;
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(conn) = incoming.await else {
+            continue;
+        };
+        connection += 1;
+        serve_connection(conn, connection, &seen).await;
+    }
+}
+
+/// Answers `Connect`, then serves call streams until the connection ends.
+async fn serve_connection(
+    conn: quinn::Connection,
+    connection: usize,
+    seen: &mpsc::UnboundedSender<Seen>,
+) {
+    let Ok((mut control_send, mut control_recv)) = conn.accept_bi().await else {
+        return;
+    };
+    let Ok(Some(frame)) = read_frame(&mut control_recv, DEFAULT_MAX_FRAME_BYTES).await else {
+        return;
+    };
+    assert!(matches!(
+        decode_client(&frame),
+        Ok(ClientMessage::Connect { .. })
+    ));
+    let connected = ServerMessage::Connected {
+        protocol_version: PROTOCOL_VERSION,
+        server_version: "scripted".into(),
+        session_id: format!("scripted-{connection}"),
+        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        max_subscriptions: 16,
+        max_concurrent_calls: 16,
+    };
+    write(&mut control_send, &connected).await;
+    let mut stream = 0;
+    // The control stream stays open (its halves held here) until the connection ends.
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        stream += 1;
+        tokio::spawn(serve_calls(connection, stream, send, recv, seen.clone()));
+    }
+}
+
+async fn serve_calls(
+    connection: usize,
+    stream: usize,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    seen: mpsc::UnboundedSender<Seen>,
+) {
+    while let Ok(Some(frame)) = read_frame(&mut recv, DEFAULT_MAX_FRAME_BYTES).await {
+        let Ok(ClientMessage::Call {
+            request_id,
+            function,
+            mutation_id,
+            ..
+        }) = decode_call(&frame)
+        else {
+            return;
+        };
+        let _ = seen.send(Seen {
+            connection,
+            stream,
+            function: function.clone(),
+            mutation_id: mutation_id.clone(),
+        });
+        let reply = match (connection, function.as_str()) {
+            (1, FATAL) => {
+                // What a server sends for a call stream it cannot go on reading; the
+                // connection stays up here, as it may for a moment on a real server.
+                let error = ServerMessage::Error {
+                    code: "VALIDATION_ERROR".into(),
+                    message: "scripted protocol error".into(),
+                    data: Value::Null,
+                    fatal: true,
+                };
+                write(&mut send, &error).await;
+                let _ = send.finish();
+                return;
+            }
+            (1, UNANSWERED) => continue,
+            // Answers with the mutation id, or the function's name.
+            _ => ServerMessage::CallResult {
+                request_id,
+                result: CallOutcome::Ok {
+                    value: Value::from(mutation_id.unwrap_or(function)),
+                    ts: 1,
+                },
+            },
+        };
+        write(&mut send, &reply).await;
+    }
+}
+
+async fn write(send: &mut quinn::SendStream, msg: &ServerMessage) {
+    let _ = write_frame(send, &encode(msg).unwrap()).await;
+}
+
+/// A fatal `Error` on a call stream says nothing about which call it was for (the server
+/// sends no `requestId` with it) and ends the connection: every call waiting on that stream
+/// is handled as cut off by a lost connection, not failed with that error. Here a mutation
+/// under an id is retried on the next connection and answered, and the action the error came
+/// with fails as `Disconnected` (it may have run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_on_a_call_stream_is_not_the_answer_of_every_call_on_it() {
+    let mut server = Scripted::start().await;
+    let client = Client::connect(&server.addr.to_string(), server.options())
+        .await
+        .unwrap();
+    let mutation = tokio::spawn({
+        let client = client.clone();
+        async move { client.mutation_with_id(UNANSWERED, obj! {}, "m-1").await }
+    });
+    let waiting = server.next_call().await;
+    assert_eq!(waiting.function, UNANSWERED);
+    // The SDK spreads calls over its call streams; the one after next shares the mutation's.
+    let reply = client
+        .call(CallKind::Query, "scripted:other", obj! {}, None)
+        .await
+        .unwrap();
+    assert_eq!(reply.value, Value::from("scripted:other"));
+    assert_eq!(server.next_call().await.function, "scripted:other");
+    let fatal = client.call(CallKind::Action, FATAL, obj! {}, None);
+    let fatal = tokio::time::timeout(PATIENCE, fatal)
+        .await
+        .expect("no answer in time");
+    let culprit = server.next_call().await;
+    assert_eq!(culprit.function, FATAL);
+    assert_eq!(
+        (culprit.connection, culprit.stream),
+        (waiting.connection, waiting.stream),
+        "precondition: both calls on one call stream"
+    );
+
+    let reply = tokio::time::timeout(PATIENCE, mutation)
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    assert_eq!(reply.unwrap().value, Value::from("m-1"));
+    assert!(matches!(fatal, Err(ClientError::Disconnected)), "{fatal:?}");
+    let retried = server.next_call().await;
+    assert_eq!(retried.connection, 2);
+    assert_eq!(retried.mutation_id.as_deref(), Some("m-1"));
+    assert_eq!(client.connection_count(), 2);
+    client.close().await;
+}
