@@ -24,6 +24,7 @@ use crate::connection::{
     Session,
 };
 use crate::error::ClientError;
+use crate::outbox::Outbox;
 use crate::subscription::{
     Subscription, SubscriptionOwner, SubscriptionTable, TransitionEffects, TypedSubscription,
 };
@@ -305,10 +306,12 @@ struct State {
     session: Option<Arc<Session>>,
     /// Generation of the newest connection.
     gen: u64,
-    /// Control messages for the current connection's writer. Bounded by what callers hold:
-    /// one `Subscribe`/`Unsubscribe` per live or just-dropped subscription, one
-    /// `Authenticate` (serialised by `auth_lock`), at most `MAX_PENDING_PINGS` pings.
-    outbox: VecDeque<ClientMessage>,
+    /// Control messages for the current connection's writer. Bounded however long the stream
+    /// is blocked: per live subscription a `Subscribe` and an `Unsubscribe` (of an id already
+    /// sent), per subscription dropped after its `Subscribe` went to the writer an
+    /// `Unsubscribe` (`Outbox`), one `Authenticate` (serialised by `auth_lock`), at most
+    /// `MAX_PENDING_PINGS` pings.
+    outbox: Outbox,
     /// Senders waiting for the answer to an `Authenticate` on the current connection.
     auth_waiters: VecDeque<oneshot::Sender<Result<Option<String>, ClientError>>>,
     pings: HashMap<u64, oneshot::Sender<()>>,
@@ -326,7 +329,7 @@ impl State {
 
     fn push(&mut self, msg: ClientMessage) {
         if let Some(session) = &self.session {
-            self.outbox.push_back(msg);
+            self.outbox.push(msg);
             session.outbox_ready.notify_one();
         }
     }
@@ -361,7 +364,7 @@ impl Client {
                 subs: SubscriptionTable::new(),
                 session: None,
                 gen: 0,
-                outbox: VecDeque::new(),
+                outbox: Outbox::default(),
                 auth_waiters: VecDeque::new(),
                 pings: HashMap::new(),
                 last_seen_ts: None,
@@ -1204,18 +1207,7 @@ fn unanswered(
 impl SubscriptionOwner for Inner {
     fn unsubscribe(&self, key: u64) {
         let mut st = self.state.lock();
-        let Some(msg) = st.subs.remove(key) else {
-            return;
-        };
-        let ClientMessage::Unsubscribe { query_id } = msg else {
-            return;
-        };
-        // Not yet sent: withdraw the Subscribe instead of sending both.
-        let before = st.outbox.len();
-        st.outbox.retain(
-            |m| !matches!(m, ClientMessage::Subscribe { query_id: q, .. } if *q == query_id),
-        );
-        if st.outbox.len() == before {
+        if let Some(msg) = st.subs.remove(key) {
             st.push(msg);
         }
     }
@@ -1238,7 +1230,7 @@ async fn run_writer(inner: Arc<Inner>, session: Arc<Session>, mut send: quinn::S
             if st.gen != session.gen || st.session.is_none() {
                 return;
             }
-            st.outbox.drain(..).collect()
+            st.outbox.take_all()
         };
         if batch.is_empty() {
             session.outbox_ready.notified().await;

@@ -7,6 +7,7 @@ mod connection;
 pub mod error;
 pub mod note_editor;
 pub mod notes;
+mod outbox;
 pub mod subscription;
 pub mod tls;
 pub mod transcripts;
