@@ -143,7 +143,9 @@ pub struct ClientOptions {
     pub keep_alive: Duration,
     /// A connection with no packet from the server for this long is dead.
     pub idle_timeout: Duration,
-    /// Bounds one handshake, and how long a call or `set_auth` waits for a connection.
+    /// Bounds one handshake, how long a call or `set_auth` waits for a connection, and how
+    /// long `set_auth` waits for the server's answer (without one, the connection is dropped
+    /// and `set_auth` fails with `Disconnected`; the next connection signs in with the token).
     pub connect_timeout: Duration,
     /// Retries of a query whose connection was lost.
     pub max_query_retries: u32,
@@ -951,10 +953,7 @@ impl Inner {
         if let Some(e) = &st.closed {
             return Err(e.clone());
         }
-        let limit = st
-            .session
-            .as_ref()
-            .map_or(self.opts.max_frame_bytes, |s| s.max_frame_bytes);
+        let limit = self.frame_limit_of(&st);
         let (key, slot, msg) = st.subs.insert(name.to_string(), args);
         if let Err(e) = encode_checked(&msg, limit) {
             st.subs.remove(key);
@@ -964,6 +963,17 @@ impl Inner {
         drop(st);
         let owner: Arc<dyn SubscriptionOwner> = self.clone();
         Ok(Subscription::new(key, name.to_string(), slot, owner))
+    }
+
+    /// The frame limit of the current connection, or the client's own when there is none.
+    fn frame_limit_of(&self, st: &State) -> u32 {
+        st.session
+            .as_ref()
+            .map_or(self.opts.max_frame_bytes, |s| s.max_frame_bytes)
+    }
+
+    fn frame_limit(&self) -> u32 {
+        self.frame_limit_of(&self.state.lock())
     }
 
     /// Keeps `token` for reconnects and lets the token keeper reschedule.
@@ -993,11 +1003,12 @@ impl Inner {
         self: &Arc<Self>,
         token: Option<String>,
     ) -> Result<Option<String>, ClientError> {
-        // A token the server would refuse fatally is neither sent nor kept for reconnects.
+        // A token the server would refuse fatally, or that does not fit in a frame, is neither
+        // sent nor kept for reconnects.
         let authenticate = ClientMessage::Authenticate {
             token: token.clone(),
         };
-        check_limits(&authenticate)?;
+        encode_checked(&authenticate, self.frame_limit())?;
         let _serial = self.auth_lock.lock().await;
         self.store_token(token);
         let session = self.wait_session(0).await?;
@@ -1012,7 +1023,20 @@ impl Inner {
             st.push(authenticate);
             rx
         };
-        let result = answer.await.map_err(|_| ClientError::Disconnected)?;
+        let result = match tokio::time::timeout(self.opts.connect_timeout, answer).await {
+            Ok(answer) => answer.map_err(|_| ClientError::Disconnected)?,
+            Err(_) => {
+                // The server answers every Authenticate, in order (§5.2); without this answer
+                // the next ones cannot be matched. The next connection's handshake signs in
+                // with the token.
+                tracing::warn!(
+                    gen = session.gen,
+                    "no answer to Authenticate; dropping the connection"
+                );
+                session.conn.close(0u8.into(), b"no answer to Authenticate");
+                return Err(ClientError::Disconnected);
+            }
+        };
         let mut st = self.state.lock();
         // A newer connection's handshake has set the subject already.
         if st.gen == session.gen {
@@ -1239,8 +1263,17 @@ async fn run_writer(inner: Arc<Inner>, session: Arc<Session>, mut send: quinn::S
         for msg in &batch {
             match connection::write_message(&mut send, msg, session.max_frame_bytes).await {
                 Ok(()) => {}
-                Err(ClientError::Encode(e)) => {
+                // Refused before anything was written (limits are checked when messages are
+                // queued, against the connection of that moment).
+                Err(e @ (ClientError::Encode(_) | ClientError::Function { .. })) => {
                     tracing::warn!(error = %e, "control message dropped");
+                    if matches!(msg, ClientMessage::Authenticate { .. }) {
+                        // One Authenticate at a time (`auth_lock`): its waiter is the only one.
+                        let waiter = inner.state.lock().auth_waiters.pop_front();
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(Err(e));
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "control stream write failed");

@@ -21,8 +21,11 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// On the first connection, a call to this function is answered with a fatal `Error` on its
 /// call stream, as a server answers a call it cannot read.
 const FATAL: &str = "scripted:fatal";
-/// On the first connection, a call to this function is never answered.
+/// On the first connection, a call to this function is never answered (nor is an
+/// `Authenticate`).
 const UNANSWERED: &str = "scripted:unanswered";
+/// The subject of every token the scripted server accepts.
+const SUBJECT: &str = "scripted-user";
 
 /// A call as the scripted server read it.
 #[derive(Debug)]
@@ -116,11 +119,30 @@ async fn serve_connection(
         max_concurrent_calls: 16,
     };
     write(&mut control_send, &connected).await;
+    tokio::spawn(serve_control(connection, control_send, control_recv));
     let mut stream = 0;
-    // The control stream stays open (its halves held here) until the connection ends.
     while let Ok((send, recv)) = conn.accept_bi().await {
         stream += 1;
         tokio::spawn(serve_calls(connection, stream, send, recv, seen.clone()));
+    }
+}
+
+/// Answers `Authenticate` (with any token, but not on the first connection) and `Ping`.
+async fn serve_control(
+    connection: usize,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    while let Ok(Some(frame)) = read_frame(&mut recv, DEFAULT_MAX_FRAME_BYTES).await {
+        let reply = match decode_client(&frame) {
+            Ok(ClientMessage::Authenticate { .. }) if connection == 1 => continue,
+            Ok(ClientMessage::Authenticate { token }) => ServerMessage::AuthOk {
+                subject: token.map(|_| SUBJECT.to_string()),
+            },
+            Ok(ClientMessage::Ping { nonce }) => ServerMessage::Pong { nonce },
+            _ => continue,
+        };
+        write(&mut send, &reply).await;
     }
 }
 
@@ -225,5 +247,55 @@ async fn a_fatal_error_on_a_call_stream_is_not_the_answer_of_every_call_on_it() 
     assert_eq!(retried.connection, 2);
     assert_eq!(retried.mutation_id.as_deref(), Some("m-1"));
     assert_eq!(client.connection_count(), 2);
+    client.close().await;
+}
+
+/// Every `Authenticate` is answered (protocol §5.2); one that is not within `connect_timeout`
+/// leaves the answers unmatched, so `set_auth` gives up with `Disconnected` and drops the
+/// connection, and the next one signs in with the token in its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_auth_without_an_answer_gives_up_and_the_next_connection_signs_in() {
+    let server = Scripted::start().await;
+    let mut options = server.options();
+    // What set_auth waits at most; a bound, not a measurement.
+    options.connect_timeout = Duration::from_millis(500);
+    let client = Client::connect(&server.addr.to_string(), options)
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, client.set_auth(Some("token".into())))
+        .await
+        .expect("set_auth waited for ever");
+    assert!(
+        matches!(answer, Err(ClientError::Disconnected)),
+        "{answer:?}"
+    );
+    // A ping needs a live connection: the next one, signed in during its handshake.
+    client.ping().await.unwrap();
+    assert_eq!(client.connection_count(), 2);
+    assert_eq!(client.subject().as_deref(), Some(SUBJECT));
+    client.close().await;
+}
+
+/// An `Authenticate` that cannot be sent on this connection (its frame is over the limit) is
+/// an error for `set_auth`, returned at once, not a message dropped while `set_auth` waits;
+/// the token is not kept, and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_auth_with_a_token_over_the_frame_limit_fails_at_once() {
+    let server = Scripted::start().await;
+    let mut options = server.options();
+    options.max_frame_bytes = 512;
+    let client = Client::connect(&server.addr.to_string(), options)
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, client.set_auth(Some("t".repeat(1000))))
+        .await
+        .expect("set_auth waited for ever");
+    assert!(matches!(answer, Err(ClientError::Encode(_))), "{answer:?}");
+    client.ping().await.unwrap();
+    client.force_reconnect();
+    // The next connection signs in with no token: the refused one was not kept.
+    client.ping().await.unwrap();
+    assert_eq!(client.connection_count(), 2);
+    assert_eq!(client.subject(), None);
     client.close().await;
 }
