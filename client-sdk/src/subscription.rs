@@ -22,8 +22,7 @@ use crate::error::ClientError;
 
 /// The single-value mailbox between the connection and one `Subscription`: a newer value
 /// overwrites an unread older one, so a slow reader costs one value of memory, not a queue;
-/// one equal to the value the reader last took withdraws the unread one instead (the reader
-/// pays for that with a fingerprint of each value it takes).
+/// one equal to the value the reader last took withdraws the unread one instead.
 #[derive(Default)]
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
@@ -32,9 +31,11 @@ pub(crate) struct Slot {
 #[derive(Default)]
 struct SlotState {
     latest: Option<Result<Value, ClientError>>,
-    /// Fingerprint of the value the reader last took (`None` until known): a value that
-    /// replaces an unread one may be the very one the reader has, which is no news.
-    taken: Option<[u8; 32]>,
+    /// The value the reader last took: a value that replaces an unread one may be the very
+    /// one the reader has, which is no news. A copy that shares the result's objects (one
+    /// reference count each), compared only over an unread value, so a reader that keeps up
+    /// pays for the copy alone.
+    taken: Option<Value>,
     ended: bool,
     waker: Option<Waker>,
 }
@@ -47,9 +48,9 @@ impl Slot {
         if s.ended {
             return None;
         }
-        // Over an unread value (a slow reader, the only case that pays for the fingerprint),
+        // Over an unread value (a slow reader, the only case that pays for the comparison),
         // the result may have come back to what the reader took: then it has nothing new.
-        if s.latest.is_some() && s.taken.is_some_and(|taken| taken == fingerprint(&value)) {
+        if s.latest.is_some() && s.taken.as_ref() == Some(&value) {
             s.latest = None;
             return None;
         }
@@ -73,14 +74,7 @@ impl Slot {
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Value, ClientError>>> {
         let mut s = self.state.lock();
         if let Some(item) = s.latest.take() {
-            s.taken = None;
-            drop(s);
-            // Computed by the reader, outside the lock the connection publishes under; until
-            // it is stored, a value is handed over without the comparison (at worst repeated).
-            if let Ok(value) = &item {
-                let taken = fingerprint(value);
-                self.state.lock().taken = Some(taken);
-            }
+            s.taken = item.as_ref().ok().cloned();
             return Poll::Ready(Some(item));
         }
         if s.ended {
