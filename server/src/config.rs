@@ -128,6 +128,10 @@ pub struct ConnectionLimits {
     /// for a call slot), reserved by each frame's declared length; never below
     /// `max_frame_bytes`. A frame that does not fit waits unread.
     pub max_inbound_frame_bytes_per_connection: usize,
+    /// The same over all connections from one source address (counted as for
+    /// `max_connections_per_address`); never below `max_frame_bytes` nor above the server-wide
+    /// budget.
+    pub max_inbound_frame_bytes_per_address: usize,
     /// The same over all connections; never below the per-connection budget.
     pub max_inbound_frame_bytes: usize,
     /// How long a frame may take to arrive in full once the server has reserved its bytes.
@@ -146,6 +150,7 @@ impl Default for ConnectionLimits {
             control_queue: 64,
             max_connections_per_address: 256,
             max_inbound_frame_bytes_per_connection: 16 << 20,
+            max_inbound_frame_bytes_per_address: 64 << 20,
             max_inbound_frame_bytes: 1 << 30,
             inbound_frame_timeout: Duration::from_secs(30),
         }
@@ -416,6 +421,17 @@ pub struct Options {
         value_name = "BYTES"
     )]
     pub max_frame_bytes: Option<u32>,
+    /// Bytes of inbound frames all connections from one source address may hold at once
+    /// (each frame reserved by its declared length until decoded; one that does not fit waits
+    /// unread), from --max-frame-bytes to 1073741824 (the server-wide budget)
+    /// [default: 67108864].
+    #[arg(
+        long,
+        env = "LINKEDUP_MAX_INBOUND_FRAME_BYTES_PER_ADDRESS",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_inbound_frame_bytes_per_address: Option<usize>,
     /// Most call streams open at once per connection [default: 64].
     #[arg(
         long,
@@ -729,6 +745,9 @@ impl Options {
                 .max_connections_per_address
                 .or(lower.max_connections_per_address),
             max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
+            max_inbound_frame_bytes_per_address: self
+                .max_inbound_frame_bytes_per_address
+                .or(lower.max_inbound_frame_bytes_per_address),
             max_concurrent_calls: self.max_concurrent_calls.or(lower.max_concurrent_calls),
             max_subscriptions: self.max_subscriptions.or(lower.max_subscriptions),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
@@ -899,6 +918,23 @@ impl Options {
         }
         if let Some(n) = self.max_frame_bytes {
             limits.max_frame_bytes = at_least("max-frame-bytes", n, MIN_FRAME_BYTES)?;
+        }
+        if let Some(n) = self.max_inbound_frame_bytes_per_address {
+            const NAME: &str = "max-inbound-frame-bytes-per-address";
+            // Below one frame, a frame could never be reserved.
+            if n < limits.max_frame_bytes as usize {
+                return Err(ConfigError::Invalid {
+                    name: NAME,
+                    value: n.to_string(),
+                    reason: "must be at least max-frame-bytes",
+                });
+            }
+            limits.max_inbound_frame_bytes_per_address = at_most(
+                NAME,
+                n,
+                limits.max_inbound_frame_bytes,
+                "must be at most the server-wide inbound budget, 1073741824",
+            )?;
         }
         if let Some(n) = self.max_concurrent_calls {
             let n = at_least("max-concurrent-calls", n, 1)?;
@@ -1329,6 +1365,48 @@ mod tests {
             parse(&["--metrics-token-file", path]).options.resolve(),
             Err(ConfigError::SecretFile { .. })
         ));
+    }
+
+    #[test]
+    fn inbound_byte_limits_are_layered_and_checked() {
+        let limits = |args: &[&str]| {
+            ServerConfig::from_options(&parse(args).options).map(|config| config.limits)
+        };
+        let default = ConnectionLimits::default();
+        assert_eq!(limits(&[]).unwrap(), default);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(&file, "max-inbound-frame-bytes-per-address = 33554432\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = limits(&["--config", path]).unwrap();
+        assert_eq!(from_file.max_inbound_frame_bytes_per_address, 32 << 20);
+        let flag = [
+            "--config",
+            path,
+            "--max-inbound-frame-bytes-per-address",
+            "8388608",
+        ];
+        assert_eq!(
+            limits(&flag).unwrap().max_inbound_frame_bytes_per_address,
+            8 << 20
+        );
+        for bad in [
+            // Below one frame (8 MiB by default, or as given).
+            &["--max-inbound-frame-bytes-per-address", "8388607"][..],
+            &[
+                "--max-frame-bytes",
+                "16777216",
+                "--max-inbound-frame-bytes-per-address",
+                "8388608",
+            ][..],
+            // Above the server-wide budget.
+            &["--max-inbound-frame-bytes-per-address", "1073741825"][..],
+        ] {
+            assert!(
+                matches!(limits(bad), Err(ConfigError::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

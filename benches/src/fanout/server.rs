@@ -144,9 +144,11 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir.path())
             .args(["--listen", &quic, "--http-listen", &http])
-            // Every client of the harness connects from 127.0.0.1: the per-address cap (256 by
-            // default) would refuse most of them; the total connection limit still holds.
+            // Every client of the harness connects from 127.0.0.1: the per-address caps (256
+            // connections, 64 MiB of inbound frames by default) would hold most of them back;
+            // the server-wide limits still hold.
             .args(["--max-connections-per-address", "10000"])
+            .args(["--max-inbound-frame-bytes-per-address", "1073741824"])
             .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

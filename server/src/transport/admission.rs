@@ -1,7 +1,8 @@
 //! Who may connect: the server-wide connection limit, checked on each handshake; a QUIC Retry
 //! (stateless address validation) for unvalidated clients once half the slots are taken; a cap
 //! per source address (an IPv4 address or an IPv6 /64), checked once the handshake has proven
-//! the address; and refusals logged at a bounded rate, since they come at the attacker's pace.
+//! the address, with the inbound byte budget its connections share (see `budget`); and refusals
+//! logged at a bounded rate, since they come at the attacker's pace.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use quinn::Incoming;
+use tokio::sync::Semaphore;
 
 use crate::config::ConnectionLimits;
 use crate::log_limit::LogLimit;
@@ -20,19 +22,26 @@ use crate::metrics::ServerMetrics;
 pub(crate) struct Admission {
     max_connections: usize,
     max_per_address: usize,
-    /// Connections past their handshake, per source address; entries at zero are removed, so
-    /// there are at most `max_connections` of them.
-    per_address: Mutex<HashMap<AddressKey, usize>>,
+    inbound_bytes_per_address: usize,
+    /// Per source address with a connection past its handshake; an entry is removed with its
+    /// last connection, so there are at most `max_connections` of them.
+    per_address: Mutex<HashMap<AddressKey, AddressState>>,
     server_full: Mutex<LogLimit>,
     address_full: Mutex<LogLimit>,
     metrics: Arc<ServerMetrics>,
 }
 
 impl Admission {
-    pub fn new(limits: &ConnectionLimits, metrics: Arc<ServerMetrics>) -> Arc<Self> {
+    /// `inbound_bytes_per_address` sizes each address's inbound byte budget.
+    pub fn new(
+        limits: &ConnectionLimits,
+        inbound_bytes_per_address: usize,
+        metrics: Arc<ServerMetrics>,
+    ) -> Arc<Self> {
         Arc::new(Admission {
             max_connections: limits.max_connections,
             max_per_address: limits.max_connections_per_address.max(1),
+            inbound_bytes_per_address,
             per_address: Mutex::new(HashMap::new()),
             server_full: Mutex::new(LogLimit::default()),
             address_full: Mutex::new(LogLimit::default()),
@@ -84,12 +93,16 @@ impl Admission {
         let key = AddressKey::of(remote.ip());
         {
             let mut per_address = self.per_address.lock();
-            let open = per_address.entry(key).or_default();
-            if *open < self.max_per_address {
-                *open += 1;
+            let state = per_address.entry(key).or_insert_with(|| AddressState {
+                open: 0,
+                inbound_bytes: Arc::new(Semaphore::new(self.inbound_bytes_per_address)),
+            });
+            if state.open < self.max_per_address {
+                state.open += 1;
                 return Some(AddressSlot {
                     admission: self.clone(),
                     key,
+                    inbound_bytes: state.inbound_bytes.clone(),
                 });
             }
         }
@@ -111,18 +124,36 @@ impl Admission {
     }
 }
 
-/// One connection's place in its address's count, given back when dropped.
+/// What one source address holds: its connections, and the bytes of inbound frames they may
+/// reserve together.
+struct AddressState {
+    open: usize,
+    inbound_bytes: Arc<Semaphore>,
+}
+
+/// One connection's place in its address's count, given back when dropped. The connection's
+/// byte budget holds it, and so does each of its reservations: the address's entry, byte budget
+/// included, outlives every byte reserved from it, so a returning address never finds a fresh
+/// budget while bytes of an ending connection are still held.
 pub(crate) struct AddressSlot {
     admission: Arc<Admission>,
     key: AddressKey,
+    inbound_bytes: Arc<Semaphore>,
+}
+
+impl AddressSlot {
+    /// The inbound byte budget shared by the address's connections.
+    pub fn inbound_bytes(&self) -> &Arc<Semaphore> {
+        &self.inbound_bytes
+    }
 }
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
         let mut per_address = self.admission.per_address.lock();
-        if let Some(open) = per_address.get_mut(&self.key) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
+        if let Some(state) = per_address.get_mut(&self.key) {
+            state.open = state.open.saturating_sub(1);
+            if state.open == 0 {
                 per_address.remove(&self.key);
             }
         }
@@ -163,7 +194,9 @@ impl fmt::Display for AddressKey {
 
 #[cfg(test)]
 mod tests {
+    use super::super::budget::InboundBudget;
     use super::*;
+    use futures::FutureExt;
 
     #[test]
     fn addresses_are_counted_by_ipv4_address_or_ipv6_slash_64() {
@@ -182,7 +215,7 @@ mod tests {
             max_connections_per_address: 2,
             ..ConnectionLimits::default()
         };
-        let admission = Admission::new(&limits, Arc::new(ServerMetrics::default()));
+        let admission = Admission::new(&limits, 1, Arc::new(ServerMetrics::default()));
         let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
         let b: SocketAddr = "192.0.2.2:1000".parse().unwrap();
         let first = admission.claim(a).unwrap();
@@ -198,5 +231,19 @@ mod tests {
                 .load(Ordering::Relaxed),
             1
         );
+    }
+
+    #[test]
+    fn an_address_entry_lasts_until_its_connections_and_their_bytes_are_gone() {
+        let limits = ConnectionLimits::default();
+        let metrics = Arc::new(ServerMetrics::default());
+        let budget = InboundBudget::new(&limits, metrics.clone());
+        let admission = Admission::new(&limits, budget.per_address_bytes(), metrics);
+        let conn = budget.connection(admission.claim("192.0.2.1:1000".parse().unwrap()).unwrap());
+        let reservation = conn.reserve(10).now_or_never().flatten().expect("fits");
+        drop(conn);
+        assert_eq!(admission.per_address.lock().len(), 1, "bytes still held");
+        drop(reservation);
+        assert!(admission.per_address.lock().is_empty());
     }
 }

@@ -130,7 +130,7 @@ pub(crate) async fn serve(
         }
     };
     // Counted once the handshake has proven the address, so spoofed packets count for nothing.
-    let Some(_slot) = admission.claim(conn.remote_address()) else {
+    let Some(slot) = admission.claim(conn.remote_address()) else {
         conn.close(
             CLOSE_TOO_MANY_CONNECTIONS,
             b"too many connections from this address",
@@ -140,7 +140,9 @@ pub(crate) async fn serve(
     let _open = OpenGuard::new(&shared.metrics);
     let session_id = format!("{:016x}", rand::random::<u64>());
     let span = tracing::info_span!("conn", session = %session_id, %remote);
-    run(shared, conn, budget.connection(), session_id)
+    // The slot goes with the connection's byte budget: its place in the address's count is
+    // given back once the budget and every byte reserved from it are.
+    run(shared, conn, budget.connection(slot), session_id)
         .instrument(span)
         .await;
 }

@@ -120,8 +120,12 @@ pub enum BindError {
 
 /// Accepts connections until shutdown, then waits (bounded) for them to drain and close.
 pub(crate) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
-    let admission = Admission::new(&shared.limits, shared.metrics.clone());
     let budget = InboundBudget::new(&shared.limits, shared.metrics.clone());
+    let admission = Admission::new(
+        &shared.limits,
+        budget.per_address_bytes(),
+        shared.metrics.clone(),
+    );
     let mut connections = JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
     loop {

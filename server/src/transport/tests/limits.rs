@@ -9,6 +9,10 @@ use quinn::{ConnectionError, TransportErrorCode};
 use super::*;
 use crate::transport::stream::CLOSE_TOO_MANY_CONNECTIONS;
 
+/// A second source address: on Linux all of 127.0.0.0/8 is loopback. Tests that need it skip
+/// their other-address part where it cannot be bound.
+const OTHER: &str = "127.0.0.2:0";
+
 /// A whole `counter:echo` call frame, prefix included, padded to a little over `pad` bytes.
 fn padded_call(request_id: u64, pad: usize) -> Vec<u8> {
     let msg = call_msg(
@@ -140,6 +144,64 @@ async fn incomplete_frames_are_held_to_the_connection_and_server_budgets() {
     server.shutdown().await;
 }
 
+/// One source address's connections share a byte budget: once frames left half-sent on one
+/// connection hold it, a frame from another connection of that address waits, holding none of
+/// the server's budget meanwhile, so a frame from another address still gets the server's last
+/// room; the waiting frame goes ahead once the holder is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incomplete_frames_are_held_to_their_address_budget() {
+    const MAX_FRAME: usize = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| {
+        c.limits.max_frame_bytes = MAX_FRAME as u32;
+        c.limits.max_inbound_frame_bytes_per_connection = 2 * MAX_FRAME;
+        c.limits.max_inbound_frame_bytes_per_address = 2 * MAX_FRAME;
+        c.limits.max_inbound_frame_bytes = 3 * MAX_FRAME;
+    })
+    .await;
+    if client_endpoint(&server, OTHER).is_err() {
+        println!("cannot bind {OTHER} here; skipped");
+        server.shutdown().await;
+        return;
+    }
+    // Two fit in the address's budget, three in the server's.
+    let frames: Vec<Vec<u8>> = (1..=4).map(|id| padded_call(id, 60_000)).collect();
+    let frame_bytes = (frames[0].len() - 4) as i64;
+    let holder = Client::connect(&server).await;
+    let mut held = Vec::new();
+    for frame in &frames[..2] {
+        held.push(almost(&holder.conn, frame).await);
+    }
+    until("the holder takes its address's budget", || {
+        buffered(&server) >= 2 * frame_bytes
+    })
+    .await;
+    let neighbour = Client::connect(&server).await;
+    let waiting = almost(&neighbour.conn, &frames[2]).await;
+    // Meanwhile (a handshake and `Connect`) the server reads the waiting frame's prefix; had
+    // that frame taken the server's last room, this call would wait for it.
+    let other = Client::connect_from(&server, OTHER).await;
+    let (mut send, mut recv) = other.conn.open_bi().await.unwrap();
+    send.write_all(&frames[3]).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(next_result(&mut recv).await.0, 4);
+    assert_eq!(
+        buffered(&server),
+        2 * frame_bytes,
+        "only the holder's bytes"
+    );
+
+    holder.conn.close(0u32.into(), b"leaving");
+    finish_calls(vec![waiting], &frames[2..3], 3).await;
+    until("every frame's bytes are released", || {
+        buffered(&server) == 0
+    })
+    .await;
+    assert!(neighbour.conn.close_reason().is_none() && other.conn.close_reason().is_none());
+    drop(held);
+    server.shutdown().await;
+}
+
 /// A frame whose bytes were reserved but that never completes closes its connection with a
 /// fatal error, on a call stream and on the control stream alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +276,6 @@ async fn refusal(server: &RunningServer, local: &str) -> ConnectionError {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_per_address_and_in_all() {
-    const OTHER: &str = "127.0.0.2:0";
     let dir = tempfile::tempdir().unwrap();
     let server = start_with(dir.path(), |c| {
         c.limits.max_connections = 8;
