@@ -29,6 +29,10 @@ pub const DEV_AUDIENCE: &str = "linkedup-dev";
 const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 /// Smallest `maxFrameBytes` accepted: below this, ordinary results would not fit in a frame.
 const MIN_FRAME_BYTES: u32 = 64 * 1024;
+/// Bounds of `--connection-receive-window-bytes`: below a few packets' worth a connection
+/// crawls; above it, a few hundred connections could hold gigabytes unread.
+pub(crate) const MIN_CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 64 << 10;
+const MAX_CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 64 << 20;
 const MAX_CONCURRENT_CALLS_LIMIT: u32 = 10_000;
 /// The `--environment` whose configuration must not use development auth or TLS silently.
 const PROD_ENVIRONMENT: &str = "prod";
@@ -136,6 +140,11 @@ pub struct ConnectionLimits {
     pub max_inbound_frame_bytes: usize,
     /// How long a frame may take to arrive in full once the server has reserved its bytes.
     pub inbound_frame_timeout: Duration,
+    /// Bytes a client may send on one connection ahead of the server reading them (QUIC's
+    /// connection receive window; one stream may use half). Frames waiting for room in the
+    /// budgets above are not read, so this is what a connection can make quinn hold beyond
+    /// them; it also caps a connection's upload at about this much per round trip.
+    pub connection_receive_window_bytes: u32,
 }
 
 impl Default for ConnectionLimits {
@@ -153,6 +162,7 @@ impl Default for ConnectionLimits {
             max_inbound_frame_bytes_per_address: 64 << 20,
             max_inbound_frame_bytes: 1 << 30,
             inbound_frame_timeout: Duration::from_secs(30),
+            connection_receive_window_bytes: 1 << 20,
         }
     }
 }
@@ -432,6 +442,17 @@ pub struct Options {
         value_name = "BYTES"
     )]
     pub max_inbound_frame_bytes_per_address: Option<usize>,
+    /// Bytes a client may send on one connection ahead of the server reading them (QUIC's
+    /// connection receive window; one stream may use half), 65536..=67108864. The server may
+    /// hold this much per connection beyond the inbound frame budgets, and a connection uploads
+    /// at most about this much per round trip [default: 1048576].
+    #[arg(
+        long,
+        env = "LINKEDUP_CONNECTION_RECEIVE_WINDOW_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub connection_receive_window_bytes: Option<u32>,
     /// Most call streams open at once per connection [default: 64].
     #[arg(
         long,
@@ -748,6 +769,9 @@ impl Options {
             max_inbound_frame_bytes_per_address: self
                 .max_inbound_frame_bytes_per_address
                 .or(lower.max_inbound_frame_bytes_per_address),
+            connection_receive_window_bytes: self
+                .connection_receive_window_bytes
+                .or(lower.connection_receive_window_bytes),
             max_concurrent_calls: self.max_concurrent_calls.or(lower.max_concurrent_calls),
             max_subscriptions: self.max_subscriptions.or(lower.max_subscriptions),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
@@ -934,6 +958,16 @@ impl Options {
                 n,
                 limits.max_inbound_frame_bytes,
                 "must be at most the server-wide inbound budget, 1073741824",
+            )?;
+        }
+        if let Some(n) = self.connection_receive_window_bytes {
+            const NAME: &str = "connection-receive-window-bytes";
+            let n = at_least(NAME, n, MIN_CONNECTION_RECEIVE_WINDOW_BYTES)?;
+            limits.connection_receive_window_bytes = at_most(
+                NAME,
+                n,
+                MAX_CONNECTION_RECEIVE_WINDOW_BYTES,
+                "must be at most 67108864 (64 MiB)",
             )?;
         }
         if let Some(n) = self.max_concurrent_calls {
@@ -1376,20 +1410,27 @@ mod tests {
         assert_eq!(limits(&[]).unwrap(), default);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("server.toml");
-        std::fs::write(&file, "max-inbound-frame-bytes-per-address = 33554432\n").unwrap();
+        std::fs::write(
+            &file,
+            "max-inbound-frame-bytes-per-address = 33554432\n\
+             connection-receive-window-bytes = 131072\n",
+        )
+        .unwrap();
         let path = file.to_str().unwrap();
         let from_file = limits(&["--config", path]).unwrap();
         assert_eq!(from_file.max_inbound_frame_bytes_per_address, 32 << 20);
-        let flag = [
+        assert_eq!(from_file.connection_receive_window_bytes, 128 << 10);
+        let flags = limits(&[
             "--config",
             path,
             "--max-inbound-frame-bytes-per-address",
             "8388608",
-        ];
-        assert_eq!(
-            limits(&flag).unwrap().max_inbound_frame_bytes_per_address,
-            8 << 20
-        );
+            "--connection-receive-window-bytes",
+            "65536",
+        ])
+        .unwrap();
+        assert_eq!(flags.max_inbound_frame_bytes_per_address, 8 << 20);
+        assert_eq!(flags.connection_receive_window_bytes, 64 << 10);
         for bad in [
             // Below one frame (8 MiB by default, or as given).
             &["--max-inbound-frame-bytes-per-address", "8388607"][..],
@@ -1401,6 +1442,8 @@ mod tests {
             ][..],
             // Above the server-wide budget.
             &["--max-inbound-frame-bytes-per-address", "1073741825"][..],
+            &["--connection-receive-window-bytes", "65535"][..],
+            &["--connection-receive-window-bytes", "67108865"][..],
         ] {
             assert!(
                 matches!(limits(bad), Err(ConfigError::Invalid { .. })),

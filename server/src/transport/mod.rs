@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::auth::TokenVerifier;
-use crate::config::ConnectionLimits;
+use crate::config::{ConnectionLimits, MIN_CONNECTION_RECEIVE_WINDOW_BYTES};
 use crate::metrics::ServerMetrics;
 use admission::Admission;
 use budget::InboundBudget;
@@ -30,8 +30,6 @@ use tls::{CertifiedKey, TlsError};
 
 /// Beyond the drain timeout, how long connections get to flush their closing frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
-/// Floor of the per-connection receive window.
-const MIN_RECEIVE_WINDOW_BYTES: u32 = 16 << 20;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -63,6 +61,18 @@ pub(crate) fn bind(
     cert: &CertifiedKey,
     limits: &ConnectionLimits,
 ) -> Result<Endpoint, BindError> {
+    // Unread data a client may have sent on one connection, across all its streams: what
+    // quinn buffers beyond the inbound byte budgets, since a frame waiting for room is not read
+    // (one being read returns its credit as its bytes are read, so a frame of any allowed size
+    // flows through a smaller window). Worst case, every connection's window full:
+    // `max_connections` × window in all (10,000 × 1 MiB, about 10 GiB, by default) and
+    // `max_connections_per_address` × window from one address (256 × 1 MiB). One stream may
+    // fill half, so a stream left unread (its frame waiting for room or for a call slot) cannot
+    // stall the frames being read on the others by itself. A window of a few bytes would let
+    // next to nothing through, whatever a library caller sets.
+    let window = limits
+        .connection_receive_window_bytes
+        .max(MIN_CONNECTION_RECEIVE_WINDOW_BYTES);
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(
@@ -71,13 +81,8 @@ pub(crate) fn bind(
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(None)
         .ack_frequency_config(Some(ack_frequency()))
-        // Unread data a client may have in flight on one connection, across all its streams.
-        .receive_window(VarInt::from_u32(
-            limits
-                .max_frame_bytes
-                .saturating_mul(2)
-                .max(MIN_RECEIVE_WINDOW_BYTES),
-        ))
+        .receive_window(VarInt::from_u32(window))
+        .stream_receive_window(VarInt::from_u32(window / 2))
         // Our own keep-alives keep idle but live clients connected; a dead one stops
         // acknowledging them and times out.
         .keep_alive_interval(Some(limits.idle_timeout / 3))

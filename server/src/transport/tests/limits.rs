@@ -1,9 +1,11 @@
 //! The limits that keep hostile clients from exhausting the server, against a real server on
-//! loopback: byte budgets for frames not yet complete, the deadline for finishing one, and who
-//! may connect (a cap per source address, Retry under load, the server-wide limit).
+//! loopback: byte budgets for frames not yet complete, the QUIC receive window bounding what
+//! waits unread, the deadline for finishing a frame, and who may connect (a cap per source
+//! address, Retry under load, the server-wide limit).
 
 use std::sync::atomic::{AtomicBool, AtomicI64};
 
+use query_engine::protocol::DEFAULT_MAX_FRAME_BYTES;
 use quinn::{ConnectionError, TransportErrorCode};
 
 use super::*;
@@ -199,6 +201,97 @@ async fn incomplete_frames_are_held_to_their_address_budget() {
     .await;
     assert!(neighbour.conn.close_reason().is_none() && other.conn.close_reason().is_none());
     drop(held);
+    server.shutdown().await;
+}
+
+/// Writes as much of `data` as the server's flow control lets in, stopping once a write has been
+/// blocked for a while (the server reads nothing more, so no more credit comes); returns how
+/// much went in.
+async fn write_until_blocked(send: &mut SendStream, data: &[u8]) -> usize {
+    let mut written = 0;
+    while written < data.len() {
+        match tokio::time::timeout(Duration::from_millis(300), send.write(&data[written..])).await {
+            Ok(wrote) => written += wrote.unwrap(),
+            Err(_) => break,
+        }
+    }
+    written
+}
+
+/// What a connection's frames waiting for room can make the server hold unread is its receive
+/// window, and on one stream half of it: three streams behind a frame holding the connection's
+/// budget get no more than the window in between them, where quinn's defaults took each
+/// stream's frame whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_bytes_are_held_to_the_connection_receive_window() {
+    const WINDOW: usize = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| {
+        c.limits.max_frame_bytes = WINDOW as u32;
+        c.limits.max_inbound_frame_bytes_per_connection = WINDOW;
+        c.limits.connection_receive_window_bytes = WINDOW as u32;
+    })
+    .await;
+    // One fits in the connection's budget.
+    let frames: Vec<Vec<u8>> = (1..=4).map(|id| padded_call(id, 60_000)).collect();
+    let client = Client::connect(&server).await;
+    let (mut holder, _holder_recv) = client.conn.open_bi().await.unwrap();
+    holder.write_all(&frames[0][..100]).await.unwrap();
+    until("the first frame takes the budget", || buffered(&server) > 0).await;
+    let mut unread = 0;
+    let mut waiting = Vec::new();
+    for frame in &frames[1..] {
+        let (mut send, recv) = client.conn.open_bi().await.unwrap();
+        let sent = write_until_blocked(&mut send, frame).await;
+        assert!(sent <= WINDOW / 2, "{sent} bytes in on one stream");
+        unread += sent;
+        waiting.push((send, recv));
+    }
+    assert!(
+        (WINDOW / 2..=WINDOW).contains(&unread),
+        "{unread} bytes in for frames waiting"
+    );
+    client.conn.close(0u32.into(), b"leaving");
+    until("the first frame's bytes are released", || {
+        buffered(&server) == 0
+    })
+    .await;
+    drop(waiting);
+    server.shutdown().await;
+}
+
+/// A frame far larger than the receive window flows through it, since the server reads a
+/// frame's bytes as they come once it has room for the frame; and a frame waiting for room on
+/// another stream, itself larger than the window, holds at most half of it unread, so it does
+/// not stall the frame being read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_far_larger_than_the_receive_window_arrives() {
+    const WINDOW: usize = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| {
+        // The large frame alone fills the connection's budget, so the other one waits.
+        c.limits.max_inbound_frame_bytes_per_connection = c.limits.max_frame_bytes as usize;
+        c.limits.connection_receive_window_bytes = WINDOW as u32;
+    })
+    .await;
+    // A whole frame but a few hundred bytes (its result too).
+    let large = padded_call(1, DEFAULT_MAX_FRAME_BYTES as usize - 1024);
+    let waiting = padded_call(2, 2 * WINDOW);
+    let client = Client::connect(&server).await;
+    let (mut large_send, mut large_recv) = client.conn.open_bi().await.unwrap();
+    large_send.write_all(&large[..100]).await.unwrap();
+    until("the large frame takes the budget", || buffered(&server) > 0).await;
+    let (mut waiting_send, mut waiting_recv) = client.conn.open_bi().await.unwrap();
+    let sent = write_until_blocked(&mut waiting_send, &waiting).await;
+    assert!(sent <= WINDOW / 2, "{sent} bytes in for the waiting frame");
+
+    large_send.write_all(&large[100..]).await.unwrap();
+    large_send.finish().unwrap();
+    assert_eq!(next_result(&mut large_recv).await.0, 1);
+    waiting_send.write_all(&waiting[sent..]).await.unwrap();
+    waiting_send.finish().unwrap();
+    assert_eq!(next_result(&mut waiting_recv).await.0, 2);
+    assert!(client.conn.close_reason().is_none());
     server.shutdown().await;
 }
 
