@@ -29,8 +29,9 @@ pub const DEV_AUDIENCE: &str = "linkedup-dev";
 const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 /// Smallest `maxFrameBytes` accepted: below this, ordinary results would not fit in a frame.
 const MIN_FRAME_BYTES: u32 = 64 * 1024;
-/// Bounds of `--connection-receive-window-bytes`: below a few packets' worth a connection
-/// crawls; above it, a few hundred connections could hold gigabytes unread.
+/// Bounds of `--connection-receive-window-bytes`: below the floor a stream crawls (it moves
+/// half the window per round trip); above the ceiling, a few dozen connections could hold
+/// gigabytes unread.
 pub(crate) const MIN_CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 64 << 10;
 const MAX_CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 64 << 20;
 const MAX_CONCURRENT_CALLS_LIMIT: u32 = 10_000;

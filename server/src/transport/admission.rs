@@ -23,8 +23,8 @@ pub(crate) struct Admission {
     max_connections: usize,
     max_per_address: usize,
     inbound_bytes_per_address: usize,
-    /// Per source address with a connection past its handshake; an entry is removed with its
-    /// last connection, so there are at most `max_connections` of them.
+    /// Per source address with a connection past its handshake; an entry is removed when its
+    /// last connection's slot is given back, so there are at most `max_connections` of them.
     per_address: Mutex<HashMap<AddressKey, AddressState>>,
     server_full: Mutex<LogLimit>,
     address_full: Mutex<LogLimit>,

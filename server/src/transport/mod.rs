@@ -68,8 +68,9 @@ pub(crate) fn bind(
     // `max_connections` × window in all (10,000 × 1 MiB, about 10 GiB, by default) and
     // `max_connections_per_address` × window from one address (256 × 1 MiB). One stream may
     // fill half, so a stream left unread (its frame waiting for room or for a call slot) cannot
-    // stall the frames being read on the others by itself. A window of a few bytes would let
-    // next to nothing through, whatever a library caller sets.
+    // stall the frames being read on the others by itself. The floor also holds for callers
+    // that build `ConnectionLimits` themselves: a window of a few bytes lets next to nothing
+    // through.
     let window = limits
         .connection_receive_window_bytes
         .max(MIN_CONNECTION_RECEIVE_WINDOW_BYTES);
