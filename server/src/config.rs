@@ -29,6 +29,10 @@ pub const DEV_AUDIENCE: &str = "linkedup-dev";
 const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 /// Smallest `maxFrameBytes` accepted: below this, ordinary results would not fit in a frame.
 const MIN_FRAME_BYTES: u32 = 64 * 1024;
+/// Largest `maxFrameBytes` accepted: a frame is held whole in memory while it is decoded, and
+/// every inbound byte budget grows to hold at least one, so an unbounded value would lift
+/// them all.
+const MAX_FRAME_BYTES: u32 = 64 << 20;
 /// Bounds of `--connection-receive-window-bytes`: below the floor a stream crawls (it moves
 /// half the window per round trip); above the ceiling, a few dozen connections could hold
 /// gigabytes unread.
@@ -424,7 +428,8 @@ pub struct Options {
         value_name = "N"
     )]
     pub max_connections_per_address: Option<usize>,
-    /// Largest frame payload accepted or sent, in bytes [default: 8388608].
+    /// Largest frame payload accepted or sent, in bytes, from 65536 to 67108864
+    /// [default: 8388608].
     #[arg(
         long,
         env = "LINKEDUP_MAX_FRAME_BYTES",
@@ -942,7 +947,13 @@ impl Options {
             limits.max_connections_per_address = at_least("max-connections-per-address", n, 1)?;
         }
         if let Some(n) = self.max_frame_bytes {
-            limits.max_frame_bytes = at_least("max-frame-bytes", n, MIN_FRAME_BYTES)?;
+            let n = at_least("max-frame-bytes", n, MIN_FRAME_BYTES)?;
+            limits.max_frame_bytes = at_most(
+                "max-frame-bytes",
+                n,
+                MAX_FRAME_BYTES,
+                "is above 67108864: frames are held whole in memory and every inbound budget grows to hold one",
+            )?;
         }
         if let Some(n) = self.max_inbound_frame_bytes_per_address {
             const NAME: &str = "max-inbound-frame-bytes-per-address";
@@ -1168,10 +1179,17 @@ mod tests {
             parse(&["--workos-issuer", "https://x"]).options.resolve(),
             Err(ConfigError::MissingWorkosAudience { .. })
         ));
-        assert!(matches!(
-            parse(&["--max-frame-bytes", "10"]).options.resolve(),
-            Err(ConfigError::Invalid { .. })
-        ));
+        for bad in ["10", "67108865"] {
+            assert!(matches!(
+                parse(&["--max-frame-bytes", bad]).options.resolve(),
+                Err(ConfigError::Invalid { .. })
+            ));
+        }
+        let limits = |n: &str| {
+            let config = parse(&["--max-frame-bytes", n]).options.resolve();
+            config.map(|c| c.limits.max_frame_bytes)
+        };
+        assert_eq!(limits("67108864").ok(), Some(64 << 20));
     }
 
     #[test]
