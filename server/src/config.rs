@@ -33,11 +33,12 @@ const MIN_FRAME_BYTES: u32 = 64 * 1024;
 /// every inbound byte budget grows to hold at least one, so an unbounded value would lift
 /// them all.
 const MAX_FRAME_BYTES: u32 = 64 << 20;
-/// Bounds of `--connection-receive-window-bytes`: below the floor a stream crawls (it moves
-/// half the window per round trip); above the ceiling, a few dozen connections could hold
-/// gigabytes unread.
-pub(crate) const MIN_CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 64 << 10;
-const MAX_CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 64 << 20;
+/// Bounds of `--connection-receive-window-bytes` and `--connection-send-window-bytes`: below
+/// the floor a connection crawls (a stream moves half the receive window, a connection the
+/// send window, per round trip); above the ceiling, a few dozen connections could hold
+/// gigabytes unread or unacknowledged.
+pub(crate) const MIN_CONNECTION_WINDOW_BYTES: u32 = 64 << 10;
+const MAX_CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 const MAX_CONCURRENT_CALLS_LIMIT: u32 = 10_000;
 /// The `--environment` whose configuration must not use development auth or TLS silently.
 const PROD_ENVIRONMENT: &str = "prod";
@@ -150,6 +151,12 @@ pub struct ConnectionLimits {
     /// budgets above are not read, so this is what a connection can make quinn hold beyond
     /// them; it also caps a connection's upload at about this much per round trip.
     pub connection_receive_window_bytes: u32,
+    /// Bytes the server may have written on one connection that the client has not
+    /// acknowledged (QUIC's send window, over all the connection's streams). A write beyond it
+    /// waits for acknowledgements, so this is what a client that stops acknowledging can make
+    /// quinn hold, and a slow subscriber's transitions merge instead (protocol §8); it also
+    /// caps a connection's download at about this much per round trip.
+    pub connection_send_window_bytes: u32,
 }
 
 impl Default for ConnectionLimits {
@@ -168,6 +175,14 @@ impl Default for ConnectionLimits {
             max_inbound_frame_bytes: 1 << 30,
             inbound_frame_timeout: Duration::from_secs(30),
             connection_receive_window_bytes: 1 << 20,
+            // A connection sends at most this much per round trip plus the client's ack delay
+            // (25 ms by default): about 80 MB/s at loopback, 16 MB/s at a 100 ms WAN round
+            // trip (an 8 MiB result in four round trips). A fan-out benchmark connection
+            // carries about 800 transitions a second of 1–2 KB, 1.6 MB/s, which ties up
+            // about 40 KB of the window at loopback and 200 KB at 100 ms: ten times headroom
+            // at the worst. Quinn's default, about 10 MB, let one address's 256 connections
+            // hold 2.5 GB.
+            connection_send_window_bytes: 2 << 20,
         }
     }
 }
@@ -459,6 +474,18 @@ pub struct Options {
         value_name = "BYTES"
     )]
     pub connection_receive_window_bytes: Option<u32>,
+    /// Bytes the server may have sent on one connection that the client has not acknowledged
+    /// (QUIC's send window), 65536..=67108864. The server holds at most this much output per
+    /// connection for a client that does not acknowledge it (a slow subscriber's transitions
+    /// merge meanwhile), and a connection downloads at most about this much per round trip
+    /// [default: 2097152].
+    #[arg(
+        long,
+        env = "LINKEDUP_CONNECTION_SEND_WINDOW_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub connection_send_window_bytes: Option<u32>,
     /// Most call streams open at once per connection [default: 64].
     #[arg(
         long,
@@ -778,6 +805,9 @@ impl Options {
             connection_receive_window_bytes: self
                 .connection_receive_window_bytes
                 .or(lower.connection_receive_window_bytes),
+            connection_send_window_bytes: self
+                .connection_send_window_bytes
+                .or(lower.connection_send_window_bytes),
             max_concurrent_calls: self.max_concurrent_calls.or(lower.max_concurrent_calls),
             max_subscriptions: self.max_subscriptions.or(lower.max_subscriptions),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
@@ -973,14 +1003,11 @@ impl Options {
             )?;
         }
         if let Some(n) = self.connection_receive_window_bytes {
-            const NAME: &str = "connection-receive-window-bytes";
-            let n = at_least(NAME, n, MIN_CONNECTION_RECEIVE_WINDOW_BYTES)?;
-            limits.connection_receive_window_bytes = at_most(
-                NAME,
-                n,
-                MAX_CONNECTION_RECEIVE_WINDOW_BYTES,
-                "must be at most 67108864 (64 MiB)",
-            )?;
+            limits.connection_receive_window_bytes =
+                window_bytes("connection-receive-window-bytes", n)?;
+        }
+        if let Some(n) = self.connection_send_window_bytes {
+            limits.connection_send_window_bytes = window_bytes("connection-send-window-bytes", n)?;
         }
         if let Some(n) = self.max_concurrent_calls {
             let n = at_least("max-concurrent-calls", n, 1)?;
@@ -1107,6 +1134,17 @@ pub(crate) fn at_most<T: PartialOrd + ToString>(
         });
     }
     Ok(n)
+}
+
+/// A QUIC flow-control window checked against its bounds.
+fn window_bytes(name: &'static str, n: u32) -> Result<u32, ConfigError> {
+    let n = at_least(name, n, MIN_CONNECTION_WINDOW_BYTES)?;
+    at_most(
+        name,
+        n,
+        MAX_CONNECTION_WINDOW_BYTES,
+        "must be at most 67108864 (64 MiB)",
+    )
 }
 
 fn at_least<T: PartialOrd + ToString>(name: &'static str, n: T, min: T) -> Result<T, ConfigError> {
@@ -1421,7 +1459,7 @@ mod tests {
     }
 
     #[test]
-    fn inbound_byte_limits_are_layered_and_checked() {
+    fn connection_byte_limits_are_layered_and_checked() {
         let limits = |args: &[&str]| {
             ServerConfig::from_options(&parse(args).options).map(|config| config.limits)
         };
@@ -1432,13 +1470,15 @@ mod tests {
         std::fs::write(
             &file,
             "max-inbound-frame-bytes-per-address = 33554432\n\
-             connection-receive-window-bytes = 131072\n",
+             connection-receive-window-bytes = 131072\n\
+             connection-send-window-bytes = 262144\n",
         )
         .unwrap();
         let path = file.to_str().unwrap();
         let from_file = limits(&["--config", path]).unwrap();
         assert_eq!(from_file.max_inbound_frame_bytes_per_address, 32 << 20);
         assert_eq!(from_file.connection_receive_window_bytes, 128 << 10);
+        assert_eq!(from_file.connection_send_window_bytes, 256 << 10);
         let flags = limits(&[
             "--config",
             path,
@@ -1446,10 +1486,13 @@ mod tests {
             "8388608",
             "--connection-receive-window-bytes",
             "65536",
+            "--connection-send-window-bytes",
+            "67108864",
         ])
         .unwrap();
         assert_eq!(flags.max_inbound_frame_bytes_per_address, 8 << 20);
         assert_eq!(flags.connection_receive_window_bytes, 64 << 10);
+        assert_eq!(flags.connection_send_window_bytes, 64 << 20);
         for bad in [
             // Below one frame (8 MiB by default, or as given).
             &["--max-inbound-frame-bytes-per-address", "8388607"][..],
@@ -1463,6 +1506,8 @@ mod tests {
             &["--max-inbound-frame-bytes-per-address", "1073741825"][..],
             &["--connection-receive-window-bytes", "65535"][..],
             &["--connection-receive-window-bytes", "67108865"][..],
+            &["--connection-send-window-bytes", "65535"][..],
+            &["--connection-send-window-bytes", "67108865"][..],
         ] {
             assert!(
                 matches!(limits(bad), Err(ConfigError::Invalid { .. })),

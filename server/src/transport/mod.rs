@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::auth::TokenVerifier;
-use crate::config::{ConnectionLimits, MIN_CONNECTION_RECEIVE_WINDOW_BYTES};
+use crate::config::{ConnectionLimits, MIN_CONNECTION_WINDOW_BYTES};
 use crate::metrics::ServerMetrics;
 use admission::Admission;
 use budget::InboundBudget;
@@ -68,12 +68,24 @@ pub(crate) fn bind(
     // `max_connections` × window in all (10,000 × 1 MiB, about 10 GiB, by default) and
     // `max_connections_per_address` × window from one address (256 × 1 MiB). One stream may
     // fill half, so a stream left unread (its frame waiting for room or for a call slot) cannot
-    // stall the frames being read on the others by itself. The floor also holds for callers
+    // stall the frames being read on the others by itself. The floors also hold for callers
     // that build `ConnectionLimits` themselves: a window of a few bytes lets next to nothing
     // through.
-    let window = limits
+    let receive_window = limits
         .connection_receive_window_bytes
-        .max(MIN_CONNECTION_RECEIVE_WINDOW_BYTES);
+        .max(MIN_CONNECTION_WINDOW_BYTES);
+    // Output written on one connection that the client has not acknowledged, across all its
+    // streams: quinn keeps it for retransmission, so a client that grants flow-control credit
+    // but acknowledges slowly or never could make the server hold quinn's default, about
+    // 10 MB, per connection. Worst case, every window full: `max_connections` × window
+    // in all (10,000 × 2 MiB, about 20 GiB, by default) and `max_connections_per_address` ×
+    // window from one address (256 × 2 MiB = 512 MiB), where it was 100 GB and 2.5 GB. A
+    // write beyond it waits, never fails: a call result waits (holding its call slot), and
+    // the control stream's writer takes no further transition, so the subscription outbox
+    // merges a slow client's updates instead.
+    let send_window = limits
+        .connection_send_window_bytes
+        .max(MIN_CONNECTION_WINDOW_BYTES);
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(
@@ -82,8 +94,9 @@ pub(crate) fn bind(
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(None)
         .ack_frequency_config(Some(ack_frequency()))
-        .receive_window(VarInt::from_u32(window))
-        .stream_receive_window(VarInt::from_u32(window / 2))
+        .receive_window(VarInt::from_u32(receive_window))
+        .stream_receive_window(VarInt::from_u32(receive_window / 2))
+        .send_window(u64::from(send_window))
         // Our own keep-alives keep idle but live clients connected; a dead one stops
         // acknowledging them and times out.
         .keep_alive_interval(Some(limits.idle_timeout / 3))
