@@ -1,8 +1,10 @@
 //! End-to-end tests of the transport against an in-process server on 127.0.0.1 port 0, with a
 //! tiny counter schema and a raw quinn client that pins the server's certificate; the limits
-//! that hold off hostile clients are tested in `limits`.
+//! that hold off hostile clients are tested in `limits`, and the send window against a client
+//! that does not acknowledge in `send_window`.
 
 mod limits;
+mod send_window;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -91,6 +93,27 @@ fn functions() -> Functions {
         },
     );
     f.query(
+        "counter:padded",
+        Visibility::Public,
+        v::object([("name", v::string()), ("bytes", v::int64())]),
+        v::any(),
+        |ctx, a: Padded| {
+            let doc = ctx
+                .query("counters", "by_name")
+                .eq("name", a.name)
+                .unique()?;
+            let value = doc
+                .and_then(|d| d.get_path("value").and_then(Value::as_i64))
+                .unwrap_or(0);
+            // Every byte changes with the value, so each change is sent whole.
+            let fill = char::from(b'a' + value.rem_euclid(26) as u8);
+            let pad = fill
+                .to_string()
+                .repeat(usize::try_from(a.bytes).unwrap_or(0));
+            Ok(obj! { "value" => value, "pad" => pad })
+        },
+    );
+    f.query(
         "counter:whoami",
         Visibility::Public,
         v::object([]),
@@ -126,6 +149,13 @@ fn functions() -> Functions {
         |_ctx, args: Value| async move { Ok::<_, FunctionError>(args) },
     );
     f
+}
+
+/// A counter's value with `bytes` of padding: a result as large as a test needs.
+#[derive(serde::Deserialize)]
+struct Padded {
+    name: String,
+    bytes: i64,
 }
 
 #[derive(serde::Deserialize)]
@@ -219,11 +249,17 @@ async fn send_msg(send: &mut SendStream, msg: &ClientMessage) {
 }
 
 async fn recv_msg(recv: &mut RecvStream) -> Option<ServerMessage> {
-    let frame = tokio::time::timeout(WAIT, read_frame(recv, u32::MAX))
+    recv_frame(recv)
+        .await
+        .map(|frame| decode_server(&frame).unwrap())
+}
+
+/// The next frame's payload, undecoded.
+async fn recv_frame(recv: &mut RecvStream) -> Option<Vec<u8>> {
+    tokio::time::timeout(WAIT, read_frame(recv, u32::MAX))
         .await
         .expect("server answered in time")
-        .ok()??;
-    Some(decode_server(&frame).unwrap())
+        .ok()?
 }
 
 struct Client {
@@ -241,6 +277,11 @@ impl Client {
     /// Connects from the local address `local` (an `ip:port`).
     async fn connect_from(server: &RunningServer, local: &str) -> Client {
         let (endpoint, conn) = dial_from(server, local).await;
+        Client::handshake(endpoint, conn).await
+    }
+
+    /// Opens the control stream of `conn` and says `Connect`.
+    async fn handshake(endpoint: Endpoint, conn: Connection) -> Client {
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send_msg(
             &mut send,
