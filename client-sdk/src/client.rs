@@ -1,6 +1,7 @@
 //! The SDK's entry point: `Client` connects, authenticates, calls functions and subscribes to
 //! queries, and hides connection loss from its users — it reconnects with backoff, signs in
-//! again, re-subscribes, and retries in-flight calls as far as that is safe (protocol §12).
+//! again (a connection whose token is rejected is dropped and tried again, never used
+//! anonymously), re-subscribes, and retries in-flight calls as far as that is safe (§12).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -129,7 +130,9 @@ pub struct ClientOptions {
     /// before, at most 60 s) and when the server reports the token expired, after which the
     /// live connection authenticates with the new token. A refresh that fails (no token,
     /// none within `token_refresh_timeout`, a token the server rejects) is tried again with
-    /// backoff, at most 5 times in a row.
+    /// backoff, at most 5 times in a row. A reconnect whose token the server rejects is
+    /// dropped and tried again per `reconnect`, asking the refresher again each time: the
+    /// client does not go on anonymous.
     pub token_refresher: Option<TokenRefresher>,
     /// Longest wait for one answer of the token refresher; a refresher that has not answered
     /// by then counts as having no token, so a hanging one cannot stall a reconnect.
@@ -143,9 +146,11 @@ pub struct ClientOptions {
     pub keep_alive: Duration,
     /// A connection with no packet from the server for this long is dead.
     pub idle_timeout: Duration,
-    /// Bounds one handshake, how long a call or `set_auth` waits for a connection, and how
-    /// long `set_auth` waits for the server's answer (without one, the connection is dropped
-    /// and `set_auth` fails with `Disconnected`; the next connection signs in with the token).
+    /// Bounds one handshake, how long a call or `set_auth` waits for a connection (then it
+    /// fails with `Disconnected`, or with the server's `UNAUTHORIZED` if the last attempt's
+    /// token was rejected), and how long `set_auth` waits for the server's answer (without
+    /// one, the connection is dropped and `set_auth` fails with `Disconnected`; the next
+    /// connection signs in with the token).
     pub connect_timeout: Duration,
     /// Retries of a query whose connection was lost.
     pub max_query_retries: u32,
@@ -272,7 +277,12 @@ impl Drop for Lifetime {
 /// Where the client's connection stands, for callers waiting on it.
 #[derive(Clone)]
 enum Link {
-    Connecting,
+    /// No connection yet. `refused`: the server rejected the token the last attempt signed
+    /// in with, what callers that give up waiting report, so that the application learns it
+    /// must supply a token (`set_auth`) or sign out.
+    Connecting {
+        refused: Option<ClientError>,
+    },
     Up(Arc<Session>),
     Down(ClientError),
 }
@@ -299,6 +309,9 @@ struct State {
     token: Option<String>,
     /// Incremented whenever `token` is set.
     token_version: u64,
+    /// `set_auth` stored `token` and no connection has signed in with it yet: the next
+    /// handshake uses it rather than asking the refresher.
+    token_unsent: bool,
     /// The server dropped the identity because its token expired (§11), and no refresh has
     /// been attempted since.
     expiry_notice: bool,
@@ -355,12 +368,13 @@ impl Client {
             Some(shared) => shared.clone(),
             None => shared_endpoint(socket_addr)?,
         };
-        let (link, _) = watch::channel(Link::Connecting);
+        let (link, _) = watch::channel(Link::Connecting { refused: None });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 token: options.token.clone(),
                 token_version: 0,
+                token_unsent: false,
                 expiry_notice: false,
                 refresher: options.token_refresher.clone(),
                 subs: SubscriptionTable::new(),
@@ -386,11 +400,6 @@ impl Client {
             next_nonce: AtomicU64::new(1),
         });
         let established = inner.establish().await?;
-        if let Some(Err(e)) = &established.auth {
-            // The first token is wrong: report it rather than silently run anonymous.
-            established.conn.close(0u8.into(), b"authentication failed");
-            return Err(e.clone());
-        }
         tokio::spawn(supervise(inner.clone(), established, shutdown_rx));
         // The supervisor installs the session; wait for it so calls can start at once.
         inner.wait_session(0).await?;
@@ -532,10 +541,13 @@ impl Client {
 
     /// Authenticates with `token` (or, with `None`, signs out) on the live connection without
     /// touching subscriptions, which the server re-runs under the new identity. Returns the
-    /// subject the server verified. The token is kept for reconnects. A token over the
-    /// protocol's limit is refused before it is sent or kept (`VALIDATION_ERROR`, `data.path`
-    /// `"token"`), and the identity stays as it was. A rejected token leaves the connection
-    /// anonymous and returns the `UNAUTHORIZED` error.
+    /// subject the server verified. The token is kept for reconnects. Without a connection
+    /// (say while reconnects are refused for a rejected token), the next connection signs in
+    /// with it, rather than with the refresher's answer, and this waits for that connection;
+    /// `None` lets it connect anonymously. A token over the protocol's limit is refused
+    /// before it is sent or kept (`VALIDATION_ERROR`, `data.path` `"token"`), and the
+    /// identity stays as it was. A rejected token leaves the live connection anonymous and
+    /// returns the `UNAUTHORIZED` error; a connection made later with it is refused.
     pub async fn set_auth(&self, token: Option<String>) -> Result<Option<String>, ClientError> {
         self.inner.set_auth(token).await
     }
@@ -568,7 +580,8 @@ impl Client {
     }
 
     /// The subject of the identity the server last confirmed (`None`: anonymous, also after a
-    /// rejected token or once the server dropped an expired token's identity).
+    /// rejected token, on the live connection or on a reconnect, or once the server dropped an
+    /// expired token's identity).
     pub fn subject(&self) -> Option<String> {
         self.inner.state.lock().subject.clone()
     }
@@ -702,26 +715,36 @@ fn parse_address(addr: &str) -> Result<(String, u16), ClientError> {
 }
 
 impl Inner {
-    /// Connects and shakes hands with the current token (fresh from the refresher if any).
+    /// Connects and shakes hands with the current token: the one `set_auth` stored while there
+    /// was no connection, else fresh from the refresher if any, else the one held. A token the
+    /// server rejects fails the attempt (`UNAUTHORIZED`).
     async fn establish(&self) -> Result<Established, ClientError> {
-        let (stored, refresher, last_seen_ts) = {
+        let (stored, unsent, refresher, last_seen_ts) = {
             let st = self.state.lock();
-            (st.token.clone(), st.refresher.clone(), st.last_seen_ts)
+            let unsent = st.token_unsent.then_some(st.token_version);
+            (
+                st.token.clone(),
+                unsent,
+                st.refresher.clone(),
+                st.last_seen_ts,
+            )
         };
         let token = match refresher {
-            Some(refresh) => match ask_refresher(&refresh, self.opts.token_refresh_timeout).await {
-                Ok(fresh) => {
-                    self.store_token(Some(fresh.clone()));
-                    Some(fresh)
+            Some(refresh) if unsent.is_none() => {
+                match ask_refresher(&refresh, self.opts.token_refresh_timeout).await {
+                    Ok(fresh) => {
+                        self.store_token(Some(fresh.clone()));
+                        Some(fresh)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no fresh token; connecting with the one held");
+                        stored
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "no fresh token; connecting with the one held");
-                    stored
-                }
-            },
-            None => stored,
+            }
+            _ => stored,
         };
-        connection::handshake(HandshakeParams {
+        let result = connection::handshake(HandshakeParams {
             endpoint: &self.endpoint,
             config: &self.quic_config,
             addr: self.addr,
@@ -732,7 +755,18 @@ impl Inner {
             max_frame_bytes: self.opts.max_frame_bytes,
             timeout: self.opts.connect_timeout,
         })
-        .await
+        .await;
+        let answered = result
+            .as_ref()
+            .map_or_else(ClientError::is_unauthorized, |_| true);
+        if let Some(version) = unsent.filter(|_| answered) {
+            let mut st = self.state.lock();
+            // Unless `set_auth` stored another token meanwhile.
+            if st.token_version == version {
+                st.token_unsent = false;
+            }
+        }
+        result
     }
 
     /// Makes `est` the current connection: every live subscription is sent again, and the
@@ -744,21 +778,14 @@ impl Inner {
             recv,
             info,
             max_frame_bytes,
-            auth,
+            subject,
             transition_ts,
         } = est;
         let session = {
             let mut st = self.state.lock();
             st.gen += 1;
             let session = Arc::new(Session::new(st.gen, conn, info, max_frame_bytes));
-            match auth {
-                Some(Ok(subject)) => st.subject = subject,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "token rejected on reconnect; continuing anonymous");
-                    st.subject = None;
-                }
-                None => st.subject = None,
-            }
+            st.subject = subject;
             if transition_ts > 0 {
                 st.note_ts(transition_ts);
             }
@@ -792,7 +819,7 @@ impl Inner {
             }
             st.pings.clear();
             if st.closed.is_none() {
-                self.link.send_replace(Link::Connecting);
+                self.link.send_replace(Link::Connecting { refused: None });
             }
         }
     }
@@ -848,9 +875,15 @@ impl Inner {
                 }
             }
         };
-        tokio::time::timeout(self.opts.connect_timeout, wait)
-            .await
-            .unwrap_or(Err(ClientError::Disconnected))
+        match tokio::time::timeout(self.opts.connect_timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(match &*self.link.borrow() {
+                Link::Connecting {
+                    refused: Some(refusal),
+                } => refusal.clone(),
+                _ => ClientError::Disconnected,
+            }),
+        }
     }
 
     async fn call(
@@ -1011,6 +1044,8 @@ impl Inner {
         encode_checked(&authenticate, self.frame_limit())?;
         let _serial = self.auth_lock.lock().await;
         self.store_token(token);
+        // Until a connection takes it, the next handshake signs in with it.
+        self.state.lock().token_unsent = true;
         let session = self.wait_session(0).await?;
         let answer = {
             let mut st = self.state.lock();
@@ -1021,6 +1056,7 @@ impl Inner {
             let (tx, rx) = oneshot::channel();
             st.auth_waiters.push_back(tx);
             st.push(authenticate);
+            st.token_unsent = false;
             rx
         };
         let result = match tokio::time::timeout(self.opts.connect_timeout, answer).await {
@@ -1329,6 +1365,19 @@ async fn supervise(inner: Arc<Inner>, first: Established, mut shutdown: watch::R
                     tracing::error!(error = %e, "server refused the session");
                     inner.shutdown(Some(e));
                     return;
+                }
+                // Not anonymous instead: the application chose an identity. Calls and
+                // subscriptions wait for a connection that signs in, while the refresher is
+                // asked again on each attempt; calls that give up waiting report the refusal.
+                Err(e) if e.is_unauthorized() => {
+                    tracing::warn!(error = %e, attempt, "token rejected on reconnect; retrying");
+                    let mut st = inner.state.lock();
+                    st.subject = None;
+                    if st.closed.is_none() {
+                        inner
+                            .link
+                            .send_replace(Link::Connecting { refused: Some(e) });
+                    }
                 }
                 Err(e) => tracing::debug!(error = %e, attempt, "reconnect failed"),
             }

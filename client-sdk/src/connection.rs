@@ -45,8 +45,8 @@ pub(crate) struct Established {
     pub info: ServerInfo,
     /// The frame limit both ways: the server's, capped by the client's own.
     pub max_frame_bytes: u32,
-    /// The outcome of the handshake's `Authenticate` (the subject), if a token was sent.
-    pub auth: Option<Result<Option<String>, ClientError>>,
+    /// The subject the handshake's `Authenticate` signed in as (`None`: no token was sent).
+    pub subject: Option<String>,
     /// `endTs` of the last (empty) transition received during the handshake, 0 if none.
     pub transition_ts: u64,
 }
@@ -65,7 +65,8 @@ pub(crate) struct HandshakeParams<'a> {
 }
 
 /// Connects, opens the control stream and completes `Connect` and the first `Authenticate`,
-/// all within `params.timeout`.
+/// all within `params.timeout`. A token the server rejects fails the handshake with the
+/// server's `UNAUTHORIZED`: a client that holds a token never goes on anonymous.
 pub(crate) async fn handshake(params: HandshakeParams<'_>) -> Result<Established, ClientError> {
     let timeout = params.timeout;
     match tokio::time::timeout(timeout, handshake_inner(params)).await {
@@ -137,12 +138,18 @@ async fn handshake_inner(p: HandshakeParams<'_>) -> Result<Established, ClientEr
     }
     let max_frame_bytes = info.max_frame_bytes.min(p.max_frame_bytes);
     let mut transition_ts = 0;
-    let auth = match p.token {
+    let subject = match p.token {
         None => None,
         Some(token) => {
             let msg = ClientMessage::Authenticate { token: Some(token) };
             write_message(&mut send, &msg, max_frame_bytes).await?;
-            Some(read_auth_answer(&mut recv, max_frame_bytes, &mut transition_ts).await?)
+            match read_auth_answer(&mut recv, max_frame_bytes, &mut transition_ts).await {
+                Ok(subject) => subject,
+                Err(e) => {
+                    conn.close(0u8.into(), b"authentication failed");
+                    return Err(e);
+                }
+            }
         }
     };
     Ok(Established {
@@ -151,32 +158,29 @@ async fn handshake_inner(p: HandshakeParams<'_>) -> Result<Established, ClientEr
         recv,
         info,
         max_frame_bytes,
-        auth,
+        subject,
         transition_ts,
     })
 }
 
-/// Reads the answer to the handshake's `Authenticate`: `AuthOk`, or a non-fatal `Error` for a
-/// rejected token (a fatal one ends the handshake). Transitions may come first; with no
+/// Reads the answer to the handshake's `Authenticate`: `AuthOk`'s subject, or the server's
+/// `Error` (a rejected token, or a fatal error). Transitions may come first; with no
 /// subscriptions yet they carry no modifications, only the timestamps, which `ts` follows.
 async fn read_auth_answer(
     recv: &mut RecvStream,
     max_frame_bytes: u32,
     ts: &mut u64,
-) -> Result<Result<Option<String>, ClientError>, ClientError> {
+) -> Result<Option<String>, ClientError> {
     // Bounded: a server cannot stall the handshake forever (the caller also has a timeout).
     for _ in 0..MAX_FRAMES_BEFORE_AUTH_ANSWER {
         match read_message(recv, max_frame_bytes).await? {
-            Some(ServerMessage::AuthOk { subject }) => return Ok(Ok(subject)),
+            Some(ServerMessage::AuthOk { subject }) => return Ok(subject),
             Some(ServerMessage::Error {
                 code,
                 message,
                 data,
                 fatal,
-            }) => {
-                let error = ClientError::server(code, message, data, fatal);
-                return if fatal { Err(error) } else { Ok(Err(error)) };
-            }
+            }) => return Err(ClientError::server(code, message, data, fatal)),
             Some(ServerMessage::Transition {
                 start_ts,
                 end_ts,

@@ -1,8 +1,9 @@
 //! End-to-end recovery: a client keeps its subscriptions across a server restart (graceful,
 //! and SIGKILL) on the same port and data directory — the server runs in a child process —
-//! never showing an older value after a newer one; a mutation whose
-//! connection drops mid-flight, or whose retry comes after a server crash, is applied exactly
-//! once, and an interrupted action is reported as failed rather than silently retried.
+//! never showing an older value after a newer one, nor going on anonymous when its token is
+//! rejected on the way back; a mutation whose connection drops mid-flight, or whose retry
+//! comes after a server crash, is applied exactly once, and an interrupted action is reported
+//! as failed rather than silently retried.
 
 mod common;
 
@@ -11,11 +12,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use linkedup_client::{
-    CallKind, Client, ClientError, ClientOptions, ReconnectPolicy, Subscription, Trust,
+    CallKind, Client, ClientError, ClientOptions, ReconnectPolicy, Subscription, TokenRefresher,
+    Trust,
 };
 use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
@@ -328,6 +332,87 @@ async fn a_mutation_retried_after_a_server_crash_is_not_applied_again() {
         .await
         .unwrap();
     assert_eq!(other.value, Value::Int64(2));
+    client.close().await;
+    server.stop().await;
+}
+
+/// After a server crash, the first tokens the refresher hands out are rejected (say it timed
+/// out while the network came back, and the token held had expired). The client does not go
+/// on anonymous — which would end a subscription that needs the identity for good, and run a
+/// mutation retried under its id as another identity — but drops those connections and tries
+/// again with backoff, asking the refresher each time, until a token is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rejected_on_reconnect_does_not_make_the_client_anonymous() {
+    let dir = common::data_dir();
+    let listen = free_udp_port();
+    let server = ServerProcess::spawn(dir.path(), listen).await;
+    let reject = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let refresher: TokenRefresher = {
+        let (reject, asked) = (reject.clone(), asked.clone());
+        let key_dir = dir.path().to_path_buf();
+        Arc::new(move || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            let token = if reject.load(Ordering::SeqCst) {
+                "not-a-token".to_string()
+            } else {
+                dev_token(&key_dir, "user_1")
+            };
+            Box::pin(async move { Some(token) })
+        })
+    };
+    let mut options = process_options(&server).with_token_refresher(refresher);
+    // Calls wait for a connection that signs in, however many attempts that takes here.
+    options.connect_timeout = PATIENCE;
+    let client = Client::connect(&server.addr.to_string(), options)
+        .await
+        .unwrap();
+    assert_eq!(client.subject().as_deref(), Some("user_1"));
+    let mut mine = client.subscribe("me:counter", &json!({})).unwrap();
+    until_int(&mut mine, 0).await;
+
+    reject.store(true, Ordering::SeqCst);
+    server.kill().await;
+    // Written to a connection whose server is gone: lost once sent, retried under its id.
+    let id = linkedup_client::new_mutation_id();
+    let mutation = {
+        let client = client.clone();
+        tokio::spawn(async move { client.mutation_with_id("me:add", obj! {}, &id).await })
+    };
+    let server = ServerProcess::spawn(dir.path(), listen).await;
+    // An attempt that asks the refresher after this reaches the restarted server and is
+    // refused; once the next one has asked, it is over.
+    let asked_at_restart = asked.load(Ordering::SeqCst);
+    tokio::time::timeout(PATIENCE, async {
+        while asked.load(Ordering::SeqCst) < asked_at_restart + 2 && client.connection_count() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no reconnect attempt in time");
+    reject.store(false, Ordering::SeqCst);
+
+    let reply = tokio::time::timeout(PATIENCE, mutation)
+        .await
+        .expect("mutation answered in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.value, Value::Int64(1));
+    // The subscription was held, not ended, and follows the writes.
+    until_int(&mut mine, 1).await;
+    let n: i64 = client.mutation("me:add", &json!({})).await.unwrap();
+    assert_eq!(n, 2);
+    until_int(&mut mine, 2).await;
+    assert_eq!(client.subject().as_deref(), Some("user_1"));
+    // Each mutation applied once, none anonymously.
+    for (name, want) in [("user_1", 2), ("anonymous", 0)] {
+        let now: i64 = client
+            .query("counter:get", &json!({ "name": name }))
+            .await
+            .unwrap();
+        assert_eq!(now, want, "counter {name}");
+    }
+    drop(mine);
     client.close().await;
     server.stop().await;
 }

@@ -274,6 +274,20 @@ pub fn functions() -> Functions {
             counter_value(ctx, &me)
         },
     );
+    // Adds 1 to the counter named after the caller's subject ("anonymous" without one), so
+    // that a test sees under which identity a mutation ran.
+    f.mutation(
+        "me:add",
+        Visibility::Public,
+        v::object([]),
+        v::int64(),
+        |ctx, _: Empty| {
+            let me = ctx
+                .auth()
+                .map_or_else(|| "anonymous".to_string(), |i| i.subject.clone());
+            add(ctx, &me, 1)
+        },
+    );
     f.mutation(
         "fail:always",
         Visibility::Public,
