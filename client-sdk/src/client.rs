@@ -502,7 +502,10 @@ impl Client {
     /// with a token refresher, a call runs once more under a fresh token if its first run had
     /// no effect: a query or a mutation (a failed mutation wrote nothing) after any such
     /// answer, an action only when the server refused it for an expired token before running
-    /// it (`ClientError::is_token_expired`). A shed mutation is not retried here. A call over
+    /// it (`ClientError::is_token_expired`). Each retry after a loss waits the `reconnect`
+    /// policy's delay, growing with each loss; a call lost because the server is shutting the
+    /// connection down (it finished or stopped a call stream) waits for the next connection.
+    /// A shed mutation is not retried here. A call over
     /// a fixed limit of protocol §10 (function name, mutation id, argument nesting) is refused
     /// before it is sent: a `VALIDATION_ERROR` naming the field in `data.path`.
     pub async fn call(
@@ -586,13 +589,15 @@ impl Client {
         self.inner.state.lock().subject.clone()
     }
 
+    /// Whether calls can go out now: false while reconnecting (also while reconnects are
+    /// refused for a rejected token) and while the server is shutting the connection down.
     pub fn is_connected(&self) -> bool {
         self.inner
             .state
             .lock()
             .session
             .as_ref()
-            .is_some_and(|s| !s.is_closed())
+            .is_some_and(|s| s.is_live())
     }
 
     /// Highest timestamp this client has observed (transition `endTs` or call `ts`).
@@ -858,7 +863,7 @@ impl Inner {
     async fn wait_session(&self, min_gen: u64) -> Result<Arc<Session>, ClientError> {
         // Fast path for every call on a live connection: no watch receiver, no timer.
         if let Link::Up(s) = &*self.link.borrow() {
-            if s.gen >= min_gen && !s.is_closed() {
+            if s.gen >= min_gen && s.is_live() {
                 return Ok(s.clone());
             }
         }
@@ -866,7 +871,7 @@ impl Inner {
         let wait = async {
             loop {
                 match &*rx.borrow_and_update() {
-                    Link::Up(s) if s.gen >= min_gen && !s.is_closed() => return Ok(s.clone()),
+                    Link::Up(s) if s.gen >= min_gen && s.is_live() => return Ok(s.clone()),
                     Link::Down(e) => return Err(e.clone()),
                     _ => {}
                 }
@@ -938,13 +943,14 @@ impl Inner {
                 }
                 Err(CallFailure::Fatal(e)) => return Err(e),
                 Err(CallFailure::Lost { sent }) => {
-                    // Retry on a new connection unless this one is still up (only the
-                    // stream failed).
-                    min_gen = if session.is_closed() {
-                        session.gen + 1
-                    } else {
+                    // Retry on a new connection unless this one still takes calls (only the
+                    // stream failed), after a backoff so that losses in a row cannot spin.
+                    min_gen = if session.is_live() {
                         session.gen
+                    } else {
+                        session.gen + 1
                     };
+                    let losses = unsent + lost_after_send;
                     if !sent {
                         unsent += 1;
                         if unsent >= MAX_UNSENT_ATTEMPTS {
@@ -955,27 +961,31 @@ impl Inner {
                                 ClientError::Disconnected,
                             ));
                         }
-                        continue;
-                    }
-                    let allowed = retries_after_loss(
-                        kind,
-                        mutation_id.is_some(),
-                        self.opts.max_query_retries,
-                    );
-                    if lost_after_send >= allowed {
-                        return Err(unanswered(
+                    } else {
+                        let allowed = retries_after_loss(
                             kind,
-                            lost_after_send + 1,
-                            &mutation_id,
-                            ClientError::Disconnected,
-                        ));
+                            mutation_id.is_some(),
+                            self.opts.max_query_retries,
+                        );
+                        if lost_after_send >= allowed {
+                            return Err(unanswered(
+                                kind,
+                                lost_after_send + 1,
+                                &mutation_id,
+                                ClientError::Disconnected,
+                            ));
+                        }
+                        lost_after_send += 1;
                     }
-                    lost_after_send += 1;
+                    let backoff = self.opts.reconnect.delay(losses, rand::random::<f64>());
                     tracing::debug!(
                         function = name,
                         ?kind,
+                        sent,
+                        ?backoff,
                         "connection lost during call; retrying"
                     );
+                    tokio::time::sleep(backoff).await;
                 }
             }
         }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -297,6 +298,9 @@ pub(crate) enum CallFailure {
 const CALL_LANES: usize = 2;
 /// Most bytes taken off a call stream per read.
 const MAX_READ_CHUNK_BYTES: usize = 64 * 1024;
+/// The code a server shutting down stops reading call streams with (STOP_SENDING), as it
+/// closes connections (protocol §1).
+const SERVER_SHUTTING_DOWN: u64 = 2;
 
 /// A live connection as the client uses it.
 pub(crate) struct Session {
@@ -312,6 +316,10 @@ pub(crate) struct Session {
     /// held until its result arrives or its lane ends.
     call_slots: Arc<Semaphore>,
     lanes: [LaneSlot; CALL_LANES],
+    /// The server is shutting down: it finished (FIN) or stopped (STOP_SENDING) a call
+    /// stream, and takes no new one, though the connection stays up until its calls are
+    /// answered. Calls wait for the next connection instead.
+    draining: Arc<AtomicBool>,
 }
 
 /// Where a lane lives: the current one, replaced when it ends while the connection stays up.
@@ -339,11 +347,13 @@ impl Session {
             writer: Mutex::new(None),
             call_slots: Arc::new(Semaphore::new(slots)),
             lanes: Default::default(),
+            draining: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        self.conn.close_reason().is_some()
+    /// Whether calls can go on this connection: it is neither closed nor draining.
+    pub(crate) fn is_live(&self) -> bool {
+        self.conn.close_reason().is_none() && !self.draining.load(Ordering::Acquire)
     }
 
     /// Makes one call on one of the connection's call streams and waits for its result.
@@ -376,6 +386,10 @@ impl Session {
         if let Some(lane) = slot.live() {
             return Ok(lane);
         }
+        if self.draining.load(Ordering::Acquire) {
+            // The server would never accept the stream.
+            return Err(CallFailure::Lost { sent: false });
+        }
         let (send, recv) = self
             .conn
             .open_bi()
@@ -385,6 +399,7 @@ impl Session {
             state: Mutex::new(LaneState::default()),
             queued: Notify::new(),
             max_frame_bytes: self.max_frame_bytes,
+            server_draining: self.draining.clone(),
         });
         tokio::spawn(write_lane(lane.clone(), send));
         tokio::spawn(read_lane(lane.clone(), recv, self.conn.clone()));
@@ -411,6 +426,8 @@ struct CallLane {
     /// Wakes the writer when the buffer stops being empty.
     queued: Notify,
     max_frame_bytes: u32,
+    /// The session's `draining`, set before the callers of a lane the server ended learn.
+    server_draining: Arc<AtomicBool>,
 }
 
 struct LaneState {
@@ -563,6 +580,11 @@ async fn write_lane(lane: Arc<CallLane>, mut send: SendStream) {
         }
         if let Err(e) = send.write_all(&batch).await {
             tracing::debug!(error = %e, "call stream write failed");
+            if let quinn::WriteError::Stopped(code) = e {
+                if code.into_inner() == SERVER_SHUTTING_DOWN {
+                    lane.server_draining.store(true, Ordering::Release);
+                }
+            }
             lane.stop_sending();
             return;
         }
@@ -587,9 +609,14 @@ async fn read_lane(lane: Arc<CallLane>, mut recv: RecvStream, conn: quinn::Conne
         }
         match recv.read_chunk(MAX_READ_CHUNK_BYTES, true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            // The server finished (it is shutting down) or the connection is gone: the calls
-            // left unanswered are lost.
-            Ok(None) | Err(_) => break,
+            // The server finishes a call stream the client has not only when it shuts down
+            // (protocol §1); it takes no new stream either.
+            Ok(None) => {
+                lane.server_draining.store(true, Ordering::Release);
+                break;
+            }
+            // The connection is gone: the calls left unanswered are lost.
+            Err(_) => break,
         }
     }
     lane.end();

@@ -2,8 +2,8 @@
 //! and SIGKILL) on the same port and data directory — the server runs in a child process —
 //! never showing an older value after a newer one, nor going on anonymous when its token is
 //! rejected on the way back; a mutation whose connection drops mid-flight, or whose retry
-//! comes after a server crash, is applied exactly once, and an interrupted action is reported
-//! as failed rather than silently retried.
+//! comes after a server crash or during a graceful stop, is applied exactly once, and an
+//! interrupted action is reported as failed rather than silently retried.
 
 mod common;
 
@@ -413,6 +413,65 @@ async fn a_token_rejected_on_reconnect_does_not_make_the_client_anonymous() {
         assert_eq!(now, want, "counter {name}");
     }
     drop(mine);
+    client.close().await;
+    server.stop().await;
+}
+
+/// A server stopping gracefully answers the calls it has read, finishes its call streams and
+/// takes no new one while the connection drains. Calls it did not read, and calls made
+/// meanwhile, wait for the next connection (not a new stream on the draining one, where they
+/// would hang until it closes and be reported `MutationUnconfirmed`): every mutation of many
+/// in flight through a graceful restart is answered and applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_in_flight_through_a_graceful_restart_each_apply_once() {
+    const WORKERS: usize = 16;
+    let dir = common::data_dir();
+    let listen = free_udp_port();
+    let server = ServerProcess::spawn(dir.path(), listen).await;
+    let mut options = process_options(&server);
+    // Calls wait for the restarted server however long it takes to start (a hang guard).
+    options.connect_timeout = PATIENCE;
+    let client = Client::connect(&server.addr.to_string(), options)
+        .await
+        .unwrap();
+    let restarted = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let (client, restarted) = (client.clone(), restarted.clone());
+        workers.push(tokio::spawn(async move {
+            // Mutations back to back, until one made after the restart went through.
+            let mut applied = 0i64;
+            loop {
+                let after_restart = restarted.load(Ordering::SeqCst);
+                client
+                    .mutation::<_, i64>("counter:add", &json!({"name": "drain", "by": 1}))
+                    .await?;
+                applied += 1;
+                if after_restart {
+                    return Ok::<_, ClientError>(applied);
+                }
+            }
+        }));
+    }
+    // Every worker has a mutation in flight all along; some have been applied.
+    counter_reaches(&client, "drain", WORKERS as i64).await;
+    server.stop().await;
+    let server = ServerProcess::spawn(dir.path(), listen).await;
+    restarted.store(true, Ordering::SeqCst);
+    let mut applied = 0;
+    for worker in workers {
+        applied += tokio::time::timeout(PATIENCE, worker)
+            .await
+            .expect("worker done in time")
+            .unwrap()
+            .expect("every mutation answered");
+    }
+    let now: i64 = client
+        .query("counter:get", &json!({"name": "drain"}))
+        .await
+        .unwrap();
+    assert_eq!(now, applied);
+    assert!(client.connection_count() >= 2);
     client.close().await;
     server.stop().await;
 }
