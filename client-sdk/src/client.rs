@@ -1313,12 +1313,32 @@ async fn run_writer(inner: Arc<Inner>, session: Arc<Session>, mut send: quinn::S
                 // queued, against the connection of that moment).
                 Err(e @ (ClientError::Encode(_) | ClientError::Function { .. })) => {
                     tracing::warn!(error = %e, "control message dropped");
-                    if matches!(msg, ClientMessage::Authenticate { .. }) {
-                        // One Authenticate at a time (`auth_lock`): its waiter is the only one.
-                        let waiter = inner.state.lock().auth_waiters.pop_front();
-                        if let Some(waiter) = waiter {
-                            let _ = waiter.send(Err(e));
+                    match msg {
+                        ClientMessage::Authenticate { .. } => {
+                            // One Authenticate at a time (`auth_lock`): its waiter is the
+                            // only one.
+                            let waiter = inner.state.lock().auth_waiters.pop_front();
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(Err(e));
+                            }
                         }
+                        // A re-subscription that no longer fits (a reconnect to a server
+                        // with a lower frame limit) ends with the error, so that it does not
+                        // hold back the others' results for ever.
+                        ClientMessage::Subscribe { query_id, .. } => {
+                            let wakers = {
+                                let mut st = inner.state.lock();
+                                if st.gen != session.gen {
+                                    // Subscribed again on a newer connection meanwhile.
+                                    continue;
+                                }
+                                st.subs.fail(*query_id, e)
+                            };
+                            for w in wakers {
+                                w.wake();
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 Err(e) => {

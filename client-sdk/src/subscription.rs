@@ -468,16 +468,9 @@ impl SubscriptionTable {
                     changed.push(key);
                 }
                 Modification::Failed { query_id, error } => {
-                    let Some(key) = self.by_query_id.remove(&query_id) else {
-                        continue;
-                    };
-                    self.resyncing.remove(&key);
-                    self.held.remove(&key);
-                    if let Some(entry) = self.entries.remove(&key) {
-                        effects
-                            .wakers
-                            .extend(entry.slot.end(Some(ClientError::function(error))));
-                    }
+                    effects
+                        .wakers
+                        .extend(self.end_query(query_id, ClientError::function(error)));
                 }
                 Modification::Removed { query_id } => {
                     // Only sent after our Unsubscribe, by which time the entry is gone.
@@ -500,7 +493,13 @@ impl SubscriptionTable {
             changed
         };
         // Every value is updated; now expose them together.
-        for key in changed {
+        self.hand_over(changed, end_ts, &mut effects.wakers);
+        Ok(effects)
+    }
+
+    /// Hands the values of `keys`, as of `end_ts`, to their readers.
+    fn hand_over(&mut self, keys: Vec<u64>, end_ts: u64, wakers: &mut Vec<Waker>) {
+        for key in keys {
             let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
             };
@@ -509,9 +508,29 @@ impl SubscriptionTable {
                 continue;
             }
             entry.delivered_ts = Some(end_ts);
-            effects.wakers.extend(entry.deliver());
+            wakers.extend(entry.deliver());
         }
-        Ok(effects)
+    }
+
+    /// Ends the subscription the connection knows as `query_id` with `error`; returns its
+    /// reader's waker.
+    fn end_query(&mut self, query_id: u32, error: ClientError) -> Option<Waker> {
+        let key = self.by_query_id.remove(&query_id)?;
+        self.resyncing.remove(&key);
+        self.held.remove(&key);
+        self.entries.remove(&key)?.slot.end(Some(error))
+    }
+
+    /// Ends the subscription whose `Subscribe` for `query_id` could not be sent with `error`,
+    /// between transitions. If it was the last one the others' results waited for after a
+    /// reconnect, they are handed over now, as of the connection's last transition.
+    pub(crate) fn fail(&mut self, query_id: u32, error: ClientError) -> Vec<Waker> {
+        let mut wakers: Vec<Waker> = self.end_query(query_id, error).into_iter().collect();
+        if self.resyncing.is_empty() && !self.held.is_empty() {
+            let held = self.held.drain().collect();
+            self.hand_over(held, self.conn_ts, &mut wakers);
+        }
+        wakers
     }
 
     /// Ends every subscription (the client is closed or gave up reconnecting).
@@ -749,6 +768,39 @@ mod tests {
         t.remove(key_b);
         t.apply_transition(25, 26, vec![]).unwrap();
         assert_eq!(next_value(&a), Some(Value::Int64(5)));
+    }
+
+    /// A re-subscription that cannot be sent (after a reconnect to a server with a lower
+    /// frame limit) ends with the error, and the results held back for it go to their readers.
+    #[test]
+    fn a_resubscription_that_cannot_be_sent_ends_and_holds_back_no_one() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1, 0);
+        let (_, a, sub_a) = t.insert("a".into(), obj! {});
+        let (_, big, sub_big) = t.insert("big".into(), obj! {});
+        let (qa, qbig) = (query_id_of(&sub_a), query_id_of(&sub_big));
+        let replace = |q, n: i64| updated(q, ResultDiff::Replace(Value::Int64(n)));
+        t.apply_transition(0, 10, vec![replace(qa, 1), replace(qbig, 1)])
+            .unwrap();
+        assert_eq!(next_value(&a), Some(Value::Int64(1)));
+        assert_eq!(next_value(&big), Some(Value::Int64(1)));
+
+        t.begin_connection(2, 0);
+        t.apply_transition(0, 20, vec![replace(qa, 2)]).unwrap();
+        assert_eq!(next_value(&a), None, "a waits for big");
+        assert_eq!(next_value(&big), None);
+        let wakers = t.fail(qbig, ClientError::Encode("too large".into()));
+        assert_eq!(wakers.len(), 2, "both readers are woken");
+        assert!(matches!(
+            poll_now(&big),
+            Poll::Ready(Some(Err(ClientError::Encode(_))))
+        ));
+        assert!(matches!(poll_now(&big), Poll::Ready(None)));
+        assert_eq!(next_value(&a), Some(Value::Int64(2)));
+        assert_eq!(t.len(), 1);
+        // Results flow as usual afterwards.
+        t.apply_transition(20, 21, vec![replace(qa, 3)]).unwrap();
+        assert_eq!(next_value(&a), Some(Value::Int64(3)));
     }
 
     #[test]

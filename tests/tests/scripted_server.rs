@@ -1,17 +1,21 @@
 //! End-to-end against a scripted server: a QUIC endpoint that speaks just enough of the
 //! protocol to put the SDK where a real server puts it only when something else went wrong
-//! (here, a fatal `Error` on a call stream), so that what the SDK does then is tested
-//! deterministically.
+//! (here, a fatal `Error` on a call stream, or a lower frame limit after a reconnect), so that
+//! what the SDK does then is tested deterministically.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use linkedup_client::{CallKind, Client, ClientError, ClientOptions, ReconnectPolicy, Trust};
+use futures::StreamExt;
+use linkedup_client::{
+    CallKind, Client, ClientError, ClientOptions, ReconnectPolicy, Subscription, Trust,
+};
 use linkedup_server::transport::tls::CertifiedKey;
+use query_engine::diff::ResultDiff;
 use query_engine::obj;
 use query_engine::protocol::{
     decode_call, decode_client, encode, read_frame, write_frame, CallOutcome, ClientMessage,
-    ServerMessage, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    Modification, ServerMessage, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use query_engine::value::Value;
 use tokio::sync::mpsc;
@@ -26,6 +30,9 @@ const FATAL: &str = "scripted:fatal";
 const UNANSWERED: &str = "scripted:unanswered";
 /// The subject of every token the scripted server accepts.
 const SUBJECT: &str = "scripted-user";
+
+/// The frame limit a scripted server announces on connection `n` (1 for the first).
+type FrameLimits = fn(usize) -> u32;
 
 /// A call as the scripted server read it.
 #[derive(Debug)]
@@ -47,13 +54,17 @@ struct Scripted {
 
 impl Scripted {
     async fn start() -> Scripted {
+        Scripted::start_with(|_| DEFAULT_MAX_FRAME_BYTES).await
+    }
+
+    async fn start_with(frame_limits: FrameLimits) -> Scripted {
         let dir = tempfile::tempdir().unwrap();
         let key = CertifiedKey::load_or_generate_dev(dir.path()).unwrap();
         let config = quinn::ServerConfig::with_crypto(key.quic_server_crypto().unwrap());
         let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
         let (tx, seen) = mpsc::unbounded_channel();
         let addr = endpoint.local_addr().unwrap();
-        tokio::spawn(serve(endpoint, tx));
+        tokio::spawn(serve(endpoint, tx, frame_limits));
         Scripted {
             addr,
             fingerprint: key.fingerprint().0,
@@ -83,14 +94,18 @@ impl Scripted {
 }
 
 /// Serves one connection after another.
-async fn serve(endpoint: quinn::Endpoint, seen: mpsc::UnboundedSender<Seen>) {
+async fn serve(
+    endpoint: quinn::Endpoint,
+    seen: mpsc::UnboundedSender<Seen>,
+    frame_limits: FrameLimits,
+) {
     let mut connection = 0;
     while let Some(incoming) = endpoint.accept().await {
         let Ok(conn) = incoming.await else {
             continue;
         };
         connection += 1;
-        serve_connection(conn, connection, &seen).await;
+        serve_connection(conn, connection, frame_limits(connection), &seen).await;
     }
 }
 
@@ -98,6 +113,7 @@ async fn serve(endpoint: quinn::Endpoint, seen: mpsc::UnboundedSender<Seen>) {
 async fn serve_connection(
     conn: quinn::Connection,
     connection: usize,
+    max_frame_bytes: u32,
     seen: &mpsc::UnboundedSender<Seen>,
 ) {
     let Ok((mut control_send, mut control_recv)) = conn.accept_bi().await else {
@@ -114,7 +130,7 @@ async fn serve_connection(
         protocol_version: PROTOCOL_VERSION,
         server_version: "scripted".into(),
         session_id: format!("scripted-{connection}"),
-        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        max_frame_bytes,
         max_subscriptions: 16,
         max_concurrent_calls: 16,
     };
@@ -127,12 +143,14 @@ async fn serve_connection(
     }
 }
 
-/// Answers `Authenticate` (with any token, but not on the first connection) and `Ping`.
+/// Answers `Authenticate` (with any token, but not on the first connection), `Ping`, and
+/// `Subscribe` with a first result: the connection's number.
 async fn serve_control(
     connection: usize,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let mut ts = 0;
     while let Ok(Some(frame)) = read_frame(&mut recv, DEFAULT_MAX_FRAME_BYTES).await {
         let reply = match decode_client(&frame) {
             Ok(ClientMessage::Authenticate { .. }) if connection == 1 => continue,
@@ -140,6 +158,17 @@ async fn serve_control(
                 subject: token.map(|_| SUBJECT.to_string()),
             },
             Ok(ClientMessage::Ping { nonce }) => ServerMessage::Pong { nonce },
+            Ok(ClientMessage::Subscribe { query_id, .. }) => {
+                ts += 1;
+                ServerMessage::Transition {
+                    start_ts: ts - 1,
+                    end_ts: ts,
+                    modifications: vec![Modification::Updated {
+                        query_id,
+                        diff: ResultDiff::Replace(Value::Int64(connection as i64)),
+                    }],
+                }
+            }
             _ => continue,
         };
         write(&mut send, &reply).await;
@@ -297,5 +326,45 @@ async fn set_auth_with_a_token_over_the_frame_limit_fails_at_once() {
     client.ping().await.unwrap();
     assert_eq!(client.connection_count(), 2);
     assert_eq!(client.subject(), None);
+    client.close().await;
+}
+
+/// A frame limit that a `Subscribe` with a padded argument does not fit in.
+const SMALL_FRAME_BYTES: u32 = 1024;
+
+async fn next(sub: &mut Subscription) -> Option<Result<Value, ClientError>> {
+    tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("no result in time")
+}
+
+/// After a reconnect to a server that announces a lower frame limit, a subscription whose
+/// `Subscribe` no longer fits ends with `ClientError::Encode`, rather than being dropped
+/// unanswered: the other subscriptions, whose results after a reconnect wait until every
+/// re-subscription has answered, go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubscription_over_a_lower_frame_limit_ends_alone() {
+    let server = Scripted::start_with(|connection| match connection {
+        1 => DEFAULT_MAX_FRAME_BYTES,
+        _ => SMALL_FRAME_BYTES,
+    })
+    .await;
+    let client = Client::connect(&server.addr.to_string(), server.options())
+        .await
+        .unwrap();
+    let mut small = client.subscribe("scripted:small", &obj! {}).unwrap();
+    let pad = "x".repeat(2 * SMALL_FRAME_BYTES as usize);
+    let mut big = client
+        .subscribe("scripted:big", &obj! {"pad" => pad})
+        .unwrap();
+    assert_eq!(next(&mut small).await.unwrap().unwrap(), Value::Int64(1));
+    assert_eq!(next(&mut big).await.unwrap().unwrap(), Value::Int64(1));
+
+    client.force_reconnect();
+    let e = next(&mut big).await.expect("an error first").unwrap_err();
+    assert!(matches!(e, ClientError::Encode(_)), "{e}");
+    assert!(next(&mut big).await.is_none());
+    assert_eq!(next(&mut small).await.unwrap().unwrap(), Value::Int64(2));
+    assert_eq!(client.connection_count(), 2);
     client.close().await;
 }
