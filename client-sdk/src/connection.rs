@@ -12,9 +12,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use query_engine::protocol::{
-    decode_call_result, decode_transition, encode, encode_frame_into, read_frame, take_frame,
-    validate_client, write_frame, CallOutcome, ClientMessage, FrameError, ServerMessage,
-    PROTOCOL_VERSION,
+    close_code, decode_call_result, decode_transition, encode, encode_frame_into, read_frame,
+    take_frame, validate_client, write_frame, CallOutcome, ClientMessage, FrameError,
+    ServerMessage, PROTOCOL_VERSION,
 };
 use query_engine::value::Value;
 use quinn::{RecvStream, SendStream};
@@ -298,9 +298,6 @@ pub(crate) enum CallFailure {
 const CALL_LANES: usize = 2;
 /// Most bytes taken off a call stream per read.
 const MAX_READ_CHUNK_BYTES: usize = 64 * 1024;
-/// The code a server shutting down stops reading call streams with (STOP_SENDING), as it
-/// closes connections (protocol §1).
-const SERVER_SHUTTING_DOWN: u64 = 2;
 
 /// A live connection as the client uses it.
 pub(crate) struct Session {
@@ -581,7 +578,7 @@ async fn write_lane(lane: Arc<CallLane>, mut send: SendStream) {
         if let Err(e) = send.write_all(&batch).await {
             tracing::debug!(error = %e, "call stream write failed");
             if let quinn::WriteError::Stopped(code) = e {
-                if code.into_inner() == SERVER_SHUTTING_DOWN {
+                if code.into_inner() == u64::from(close_code::SHUTDOWN) {
                     lane.server_draining.store(true, Ordering::Release);
                 }
             }

@@ -7,6 +7,18 @@ pub mod frame;
 pub mod messages;
 pub mod udp;
 
+/// The QUIC application error codes of the protocol (`docs/protocol.md`, "Close codes"),
+/// shared by the server that sends them and the clients that read them. A server shutting down
+/// also stops reading call streams with `SHUTDOWN`.
+pub mod close_code {
+    pub const NORMAL: u32 = 0;
+    pub const PROTOCOL_ERROR: u32 = 1;
+    pub const SHUTDOWN: u32 = 2;
+    pub const INTERNAL: u32 = 3;
+    /// Closed right after the handshake: the source address has as many connections as it may.
+    pub const TOO_MANY_CONNECTIONS: u32 = 4;
+}
+
 pub use frame::{
     encode_frame, frame_ready, read_frame, take_frame, write_frame, FrameError,
     DEFAULT_MAX_FRAME_BYTES,

@@ -9,7 +9,8 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use query_engine::protocol::frame::LENGTH_PREFIX_BYTES;
 use query_engine::protocol::{
-    decode_client, encode, encode_frame, ClientMessage, FrameError, ProtocolError, ServerMessage,
+    close_code, decode_client, encode, encode_frame, ClientMessage, FrameError, ProtocolError,
+    ServerMessage,
 };
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::time::Instant;
@@ -18,13 +19,12 @@ use super::budget::{ConnBudget, Reservation};
 use crate::config::ConnectionLimits;
 use crate::metrics::ServerMetrics;
 
-/// QUIC application close codes.
-pub const CLOSE_NORMAL: VarInt = VarInt::from_u32(0);
-pub const CLOSE_PROTOCOL_ERROR: VarInt = VarInt::from_u32(1);
-pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(2);
-pub const CLOSE_INTERNAL: VarInt = VarInt::from_u32(3);
-/// Closed right after the handshake: its source address has as many connections as it may.
-pub const CLOSE_TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(4);
+/// The protocol's QUIC application close codes, as quinn takes them.
+pub const CLOSE_NORMAL: VarInt = VarInt::from_u32(close_code::NORMAL);
+pub const CLOSE_PROTOCOL_ERROR: VarInt = VarInt::from_u32(close_code::PROTOCOL_ERROR);
+pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(close_code::SHUTDOWN);
+pub const CLOSE_INTERNAL: VarInt = VarInt::from_u32(close_code::INTERNAL);
+pub const CLOSE_TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(close_code::TOO_MANY_CONNECTIONS);
 /// How long a fatal error frame may take to be acknowledged before the connection closes
 /// anyway.
 const FATAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
