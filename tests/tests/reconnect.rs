@@ -19,7 +19,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use linkedup_client::{
     CallKind, Client, ClientError, ClientOptions, ReconnectPolicy, Subscription, TokenRefresher,
-    Trust,
 };
 use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
@@ -198,14 +197,7 @@ fn dev_token(dir: &Path, subject: &str) -> String {
 }
 
 fn process_options(server: &ServerProcess) -> ClientOptions {
-    let mut options = ClientOptions::new(Trust::PinnedSha256(server.fingerprint));
-    options.reconnect = ReconnectPolicy {
-        initial_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(300),
-        max_attempts: None,
-        jitter: 0.5,
-    };
-    options.connect_timeout = Duration::from_secs(5);
+    let mut options = common::pinned_options(server.fingerprint);
     // A crashed server says nothing: notice the silence quickly.
     options.keep_alive = Duration::from_millis(200);
     options.idle_timeout = Duration::from_secs(1);

@@ -3,13 +3,13 @@
 //! (here, a fatal `Error` on a call stream, or a lower frame limit after a reconnect), so that
 //! what the SDK does then is tested deterministically.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
-use linkedup_client::{
-    CallKind, Client, ClientError, ClientOptions, ReconnectPolicy, Subscription, Trust,
-};
+use linkedup_client::{CallKind, Client, ClientError, ClientOptions, Subscription};
 use linkedup_server::transport::tls::CertifiedKey;
 use query_engine::diff::ResultDiff;
 use query_engine::obj;
@@ -74,15 +74,7 @@ impl Scripted {
     }
 
     fn options(&self) -> ClientOptions {
-        let mut options = ClientOptions::new(Trust::PinnedSha256(self.fingerprint));
-        options.reconnect = ReconnectPolicy {
-            initial_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(300),
-            max_attempts: None,
-            jitter: 0.5,
-        };
-        options.connect_timeout = Duration::from_secs(5);
-        options
+        common::pinned_options(self.fingerprint)
     }
 
     async fn next_call(&mut self) -> Seen {

@@ -387,7 +387,13 @@ pub fn addr(server: &RunningServer) -> String {
 
 /// Options pinning the server's certificate, with quick reconnects and short timeouts.
 pub fn options(server: &RunningServer) -> ClientOptions {
-    let mut options = ClientOptions::new(Trust::PinnedSha256(server.cert_fingerprint().0));
+    pinned_options(server.cert_fingerprint().0)
+}
+
+/// Options pinning the certificate with this SHA-256, with quick reconnects and short
+/// timeouts.
+pub fn pinned_options(fingerprint: [u8; 32]) -> ClientOptions {
+    let mut options = ClientOptions::new(Trust::PinnedSha256(fingerprint));
     options.reconnect = ReconnectPolicy {
         initial_delay: Duration::from_millis(20),
         max_delay: Duration::from_millis(300),
