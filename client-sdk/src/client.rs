@@ -73,8 +73,10 @@ pub type TokenRefresher = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
 pub struct ReconnectPolicy {
     pub initial_delay: Duration,
     pub max_delay: Duration,
-    /// Reconnect attempts after a connection is lost before the client gives up; `None`
-    /// retries forever. `Some(0)` never reconnects.
+    /// Reconnect attempts after a connection is lost before the client gives up (then its
+    /// calls and subscriptions end with `Disconnected`, or with the server's `UNAUTHORIZED` if
+    /// the last attempt's token was refused); `None` retries forever. `Some(0)` never
+    /// reconnects.
     pub max_attempts: Option<u32>,
     /// Between 0 and 1.
     pub jitter: f64,
@@ -1371,9 +1373,12 @@ async fn supervise(inner: Arc<Inner>, first: Established, mut shutdown: watch::R
         if started.elapsed() >= policy.max_delay {
             attempt = 0;
         }
+        // The last attempt's refusal of the token: what the client ends with if it gives up,
+        // so that the application learns a token is needed rather than that the server is gone.
+        let mut refused: Option<ClientError> = None;
         established = loop {
             if policy.max_attempts.is_some_and(|max| attempt >= max) {
-                inner.shutdown(Some(ClientError::Disconnected));
+                inner.shutdown(Some(refused.unwrap_or(ClientError::Disconnected)));
                 return;
             }
             let delay = policy.delay(attempt, rand::random::<f64>());
@@ -1404,12 +1409,16 @@ async fn supervise(inner: Arc<Inner>, first: Established, mut shutdown: watch::R
                     let mut st = inner.state.lock();
                     st.subject = None;
                     if st.closed.is_none() {
-                        inner
-                            .link
-                            .send_replace(Link::Connecting { refused: Some(e) });
+                        inner.link.send_replace(Link::Connecting {
+                            refused: Some(e.clone()),
+                        });
                     }
+                    refused = Some(e);
                 }
-                Err(e) => tracing::debug!(error = %e, attempt, "reconnect failed"),
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "reconnect failed");
+                    refused = None;
+                }
             }
         };
     }

@@ -754,6 +754,47 @@ async fn a_client_that_gives_up_ends_its_subscriptions() {
         .is_err());
 }
 
+/// A client whose reconnects are all refused for its token gives up with that refusal
+/// (`UNAUTHORIZED`), not `Disconnected`: the server is there, a token is what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_on_a_refused_token_says_so() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let mut options = common::options(&server);
+    options.reconnect = ReconnectPolicy {
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        max_attempts: Some(2),
+        jitter: 0.5,
+    };
+    options.token = Some(common::token(&server, "user_1"));
+    let client = Client::connect(&common::addr(&server), options)
+        .await
+        .unwrap();
+    let mut counter = client
+        .subscribe("counter:get", &json!({"name": "g"}))
+        .unwrap();
+    assert_eq!(next(&mut counter).await.unwrap().unwrap(), Value::Int64(0));
+    // Refused on the live connection, the token is kept for the reconnects, which it fails.
+    let e = client
+        .set_auth(Some("not a token".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("UNAUTHORIZED"), "{e}");
+    client.force_reconnect();
+    let e = next(&mut counter)
+        .await
+        .expect("an error first")
+        .unwrap_err();
+    assert_eq!(e.code(), Some("UNAUTHORIZED"), "{e}");
+    let e = client
+        .query::<_, i64>("counter:get", &json!({"name": "g"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("UNAUTHORIZED"), "{e}");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_calls_in_flight_through_a_dropped_connection_each_apply_once() {
     let dir = common::data_dir();
