@@ -17,13 +17,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use parking_lot::Mutex;
 use query_engine::engine::Engine;
 use query_engine::subscriptions::SubscriptionManager;
 use tokio::sync::watch;
 
 use crate::auth::{jwks_router, DevIssuer};
+use crate::log_limit::LogLimit;
 use crate::metrics::ServerMetrics;
-use crate::metrics_access::MetricsAccess;
+use crate::metrics_access::{self, MetricsAccess};
 
 /// What the HTTP handlers read.
 pub(crate) struct HttpState {
@@ -44,6 +46,8 @@ pub(crate) struct HttpState {
     pub body_read_timeout: Duration,
     /// Who may read `/metrics`.
     pub metrics_access: Arc<MetricsAccess>,
+    /// Refusals of `/metrics` are logged at a bounded rate: they come at the requester's pace.
+    pub metrics_refusals_logged: Mutex<LogLimit>,
 }
 
 /// What the application's routes may use: the engine, the server metrics (calls they record
@@ -166,6 +170,17 @@ async fn metrics(
 ) -> Response {
     use std::fmt::Write;
     if let Err(refusal) = state.metrics_access.check(peer.ip(), &headers) {
+        state
+            .metrics
+            .count(&metrics_access::REFUSED, refusal.label());
+        if let Some(earlier) = state.metrics_refusals_logged.lock().note(Instant::now()) {
+            tracing::warn!(
+                %peer,
+                reason = refusal.label(),
+                refused_since_last_line = earlier,
+                "/metrics request refused"
+            );
+        }
         return refusal.into_response();
     }
     let mut out = String::with_capacity(16 * 1024);
@@ -239,6 +254,7 @@ mod tests {
                 durable: true,
                 body_read_timeout: HANG,
                 metrics_access: Arc::new(MetricsAccess::Open),
+                metrics_refusals_logged: Default::default(),
             });
             let response = health(State(state)).await.into_response();
             let status = response.status();

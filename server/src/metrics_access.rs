@@ -14,7 +14,15 @@ use linkedup_schema::ErrorCode;
 use rand::Rng;
 use ring::hmac;
 
+use crate::metrics::LabelledCounter;
 use crate::secret::Secret;
+
+/// Refused requests for `/metrics`, by reason: a scraper missing its token, or someone probing.
+pub(crate) static REFUSED: LabelledCounter = LabelledCounter {
+    name: "http_metrics_refused_total",
+    help: "Requests for /metrics refused, by reason",
+    label: "reason",
+};
 
 /// The challenge sent with a 401 (RFC 6750).
 const CHALLENGE: &str = "Bearer realm=\"metrics\"";
@@ -108,6 +116,17 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim_matches(' '))
+}
+
+impl Refusal {
+    /// The `reason` label of `REFUSED` and of the log line.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Refusal::NoToken => "no_token",
+            Refusal::WrongToken => "wrong_token",
+            Refusal::NotLoopback => "not_loopback",
+        }
+    }
 }
 
 impl IntoResponse for Refusal {

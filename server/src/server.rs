@@ -203,6 +203,7 @@ impl Server {
                 durable: config.engine.committer.durable,
                 body_read_timeout: config.http.body_read_timeout,
                 metrics_access: metrics_access.clone(),
+                metrics_refusals_logged: Default::default(),
             }),
             dev_issuer.clone(),
             app_routes,

@@ -192,6 +192,13 @@ async fn metrics_need_the_configured_bearer_token() {
     assert!(is_bearer_challenge(&wrong), "{wrong}");
     let right = get_metrics(&server, Some(&format!("Bearer {METRICS_TOKEN}"))).await;
     assert!(is_metrics(&right), "{right}");
+    // The two refusals are counted by reason.
+    for line in [
+        "http_metrics_refused_total{reason=\"no_token\"} 1",
+        "http_metrics_refused_total{reason=\"wrong_token\"} 1",
+    ] {
+        assert!(right.contains(line), "{line} missing from {right}");
+    }
     // The rest of the port is not behind the token.
     let health = until_closed(&mut connect(&server, HEALTH).await).await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
