@@ -22,6 +22,7 @@ use linkedup_client::{
 };
 use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{DEV_AUDIENCE, DEV_ISSUER};
+use linkedup_server::RunningServer;
 use query_engine::obj;
 use query_engine::value::Value;
 use serde_json::json;
@@ -718,17 +719,23 @@ async fn an_action_cut_off_mid_flight_fails_and_is_not_retried() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_gives_up_ends_its_subscriptions() {
-    let dir = common::data_dir();
-    let server = common::start(dir.path(), None).await;
-    let mut options = common::options(&server);
+/// Options for a client that gives up after two quick reconnect attempts.
+fn giving_up_after_two_attempts(server: &RunningServer) -> ClientOptions {
+    let mut options = common::options(server);
     options.reconnect = ReconnectPolicy {
         initial_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
         max_attempts: Some(2),
         jitter: 0.5,
     };
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_ends_its_subscriptions() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let mut options = giving_up_after_two_attempts(&server);
     options.connect_timeout = Duration::from_millis(500);
     let client = Client::connect(&common::addr(&server), options)
         .await
@@ -760,13 +767,7 @@ async fn a_client_that_gives_up_ends_its_subscriptions() {
 async fn a_client_that_gives_up_on_a_refused_token_says_so() {
     let dir = common::data_dir();
     let server = common::start(dir.path(), None).await;
-    let mut options = common::options(&server);
-    options.reconnect = ReconnectPolicy {
-        initial_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(50),
-        max_attempts: Some(2),
-        jitter: 0.5,
-    };
+    let mut options = giving_up_after_two_attempts(&server);
     options.token = Some(common::token(&server, "user_1"));
     let client = Client::connect(&common::addr(&server), options)
         .await
