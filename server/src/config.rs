@@ -748,13 +748,13 @@ impl Options {
             path: path.to_path_buf(),
             source,
         };
-        let len = std::fs::metadata(path).map_err(read_err)?.len();
-        if len > MAX_CONFIG_FILE_BYTES {
+        let Some(text) =
+            crate::files::read_text_at_most(path, MAX_CONFIG_FILE_BYTES).map_err(read_err)?
+        else {
             return Err(ConfigError::TooLarge {
                 path: path.to_path_buf(),
             });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        };
         let parse_err = |detail: String| ConfigError::Parse {
             path: path.to_path_buf(),
             detail,

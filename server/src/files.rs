@@ -2,16 +2,38 @@
 //! user may enter (0700 on unix: it holds the database and, in development, keys anyone could
 //! mint tokens with), and files in it (the development certificate and issuer key), each
 //! written whole under a temporary name and hard-linked into place, so no reader sees half a
-//! file, and when several starts race the first one's file wins.
+//! file, and when several starts race the first one's file wins. Also the bounded read of
+//! the files an operator hands it (configuration, certificates, secrets).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Makes temporary names unique among the threads of one process (the pid tells processes
 /// apart).
 static TEMPORARY_NAMES: AtomicU64 = AtomicU64::new(0);
+
+/// The contents of the file at `path` if it holds at most `max_bytes`, `Ok(None)` if more. At
+/// most `max_bytes + 1` bytes are read, so a file that grows meanwhile cannot make it read
+/// more.
+pub(crate) fn read_at_most(path: &Path, max_bytes: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max_bytes).then_some(bytes))
+}
+
+/// `read_at_most` for a text file: one that is not UTF-8 is an `InvalidData` error, as
+/// `fs::read_to_string` gives.
+pub(crate) fn read_text_at_most(path: &Path, max_bytes: u64) -> io::Result<Option<String>> {
+    read_at_most(path, max_bytes)?
+        .map(|bytes| {
+            String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        })
+        .transpose()
+}
 
 /// Writes `contents` to `path` unless something is there already; returns whether this call
 /// made it. `private` files are readable by their owner only (0600 on unix).

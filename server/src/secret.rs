@@ -5,7 +5,7 @@
 //! environment.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -47,18 +47,13 @@ impl Secret {
             path: path.to_path_buf(),
             source,
         };
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|file| {
-                file.take(MAX_SECRET_FILE_BYTES + 1)
-                    .read_to_string(&mut text)
-            })
-            .map_err(read_err)?;
-        if text.len() as u64 > MAX_SECRET_FILE_BYTES {
+        let Some(text) =
+            crate::files::read_text_at_most(path, MAX_SECRET_FILE_BYTES).map_err(read_err)?
+        else {
             return Err(SecretFileError::TooLarge {
                 path: path.to_path_buf(),
             });
-        }
+        };
         let secret = text.trim();
         if secret.is_empty() {
             return Err(SecretFileError::Empty {

@@ -3,7 +3,6 @@
 //! TLS 1.3 only, ALPN `linkedup/1`, ring provider. Clients pin the dev cert by SHA-256.
 
 use std::fmt;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -208,13 +207,11 @@ fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         source,
     };
-    let len = fs::metadata(path).map_err(read_err)?.len();
-    if len > MAX_PEM_BYTES {
-        return Err(TlsError::TooLarge {
+    crate::files::read_at_most(path, MAX_PEM_BYTES)
+        .map_err(read_err)?
+        .ok_or_else(|| TlsError::TooLarge {
             path: path.to_path_buf(),
-        });
-    }
-    fs::read(path).map_err(read_err)
+        })
 }
 
 /// A quinn client configuration that trusts exactly the certificate with `fingerprint`
@@ -231,6 +228,7 @@ pub fn pinned_client_config(fingerprint: CertFingerprint) -> Result<quinn::Clien
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn dev_certificate_is_reused_and_key_is_private() {
