@@ -795,11 +795,14 @@ impl Wal {
     /// Deletes the segments found at open (after their records were made durable in redb by
     /// replay and a durable commit); the segment `open` started for new records stays.
     pub fn discard_replayed(&mut self) -> std::io::Result<()> {
-        Sealed {
+        let mut replayed = Sealed {
             base: self.base.clone(),
             paths: std::mem::take(&mut self.older),
-        }
-        .remove()
+        };
+        let removed = replayed.remove();
+        // Kept for the first rotation, which hands them on ahead of the newer segments.
+        self.older = replayed.paths;
+        removed
     }
 }
 
@@ -907,23 +910,48 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// Deletes the sealed segments. Only call once redb durably holds all their records. Each
-    /// is first renamed out of the log (durably) and only then cut down: a crash midway leaves
-    /// a segment whole, or one that `Replay::open` deletes unread — never a segment cut short
-    /// among the live ones, which would look like damage.
-    pub fn remove(self) -> std::io::Result<()> {
+    /// Deletes the sealed segments, oldest first. Only call once redb durably holds all their
+    /// records. Each is first renamed out of the log (durably) and only then cut down: a crash
+    /// midway leaves a segment whole, or one that `Replay::open` deletes unread — never a
+    /// segment cut short among the live ones, which would look like damage.
+    ///
+    /// On an error the segments not yet durably out of the log stay in `self`, to be removed
+    /// (by calling this again) before any newer segment: replay applies every record whatever
+    /// redb holds, so an older segment left behind while newer ones are deleted would be
+    /// replayed over their writes on the next open, undoing acknowledged commits.
+    pub fn remove(&mut self) -> std::io::Result<()> {
         let mut doomed = Vec::with_capacity(self.paths.len());
+        let mut renamed = 0;
+        let mut failed = None;
         for path in &self.paths {
             let to = log_path(path, DELETING_SUFFIX);
             match std::fs::rename(path, &to) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                other => other?,
+                Ok(()) => doomed.push(to),
+                // Renamed by an earlier call whose directory sync failed, or gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if to.exists() {
+                        doomed.push(to);
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
-            doomed.push(to);
+            renamed += 1;
         }
+        // Until the directory is synced a crash can bring a renamed segment back, so nothing
+        // counts as out of the log before this succeeds.
         sync_dir(&self.base)?;
+        self.paths.drain(..renamed);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // Out of the log now: one left behind is deleted unread by the next open.
         for path in &doomed {
-            remove_gradually(path)?;
+            if let Err(e) = remove_gradually(path) {
+                tracing::warn!(error = %e, path = %path.display(), "cannot delete a checkpointed log segment; the next open will");
+            }
         }
         sync_dir(&self.base)
     }
@@ -1184,7 +1212,7 @@ mod tests {
         let (mut w, _) = open(&base, 1 << 20);
         w.append_durable(&sample(1).encode()).unwrap();
         w.append_durable(&sample(2).encode()).unwrap();
-        let sealed = w.rotate().unwrap();
+        let mut sealed = w.rotate().unwrap();
         w.append_durable(&sample(3).encode()).unwrap();
         drop(w);
         // What `Sealed::remove` leaves when the process dies after its first cut.
@@ -1218,7 +1246,7 @@ mod tests {
         let mut legacy = base.as_os_str().to_owned();
         legacy.push(".wal");
         std::fs::write(PathBuf::from(&legacy), sample(1).encode()).unwrap();
-        let sealed = {
+        let mut sealed = {
             let (mut w, recs) = open(&base, 1 << 20);
             assert_eq!(recs, vec![sample(1)]);
             w.append_durable(&sample(2).encode()).unwrap();

@@ -75,6 +75,23 @@ impl<'a> Pacer<'a> {
     }
 }
 
+/// Removes sealed segments oldest first, stopping at the first that cannot be removed: the
+/// rest wait behind it for the next checkpoint, since deleting a newer segment while an older
+/// one stays in the log would let replay undo the newer one's commits.
+fn remove_in_order(undeleted: &mut Vec<Sealed>) {
+    while let Some(oldest) = undeleted.first_mut() {
+        if let Err(e) = oldest.remove() {
+            tracing::error!(
+                error = %e,
+                "cannot delete checkpointed log segments; they and every newer one stay until a \
+                 later checkpoint can (the log grows meanwhile)"
+            );
+            return;
+        }
+        undeleted.remove(0);
+    }
+}
+
 pub(super) struct Job {
     pub memtable: Arc<Memtable>,
     /// Log segments whose records are all in `memtable` or already applied.
@@ -95,10 +112,12 @@ impl Applier {
     /// Runs until the sender is dropped; then makes redb durable and returns.
     pub fn run(self, rx: Receiver<Job>) {
         let mut last_start = Instant::now();
+        // Checkpointed segments not yet deleted, oldest first (see `Sealed::remove`).
+        let mut undeleted = Vec::new();
         while let Ok(job) = rx.recv() {
             self.progress.pause_until(last_start + self.interval);
             last_start = Instant::now();
-            if let Err(e) = self.apply_job(job) {
+            if let Err(e) = self.apply_job(job, &mut undeleted) {
                 // The batches are durable in the log and replayed on the next open; serving on
                 // without them in redb would grow memory without bound.
                 tracing::error!(error = %e, "cannot apply committed batches to redb; stopping");
@@ -117,7 +136,9 @@ impl Applier {
         Ok(())
     }
 
-    fn apply_job(&self, job: Job) -> Result<(), StorageError> {
+    /// Applies the job's memtable; a checkpoint (a job carrying sealed segments) then deletes
+    /// `undeleted` and the job's segments, oldest first, keeping those it could not delete.
+    fn apply_job(&self, job: Job, undeleted: &mut Vec<Sealed>) -> Result<(), StorageError> {
         let m = &job.memtable;
         let mut txn = self.db.begin_write()?;
         if !job.sealed.is_empty() {
@@ -155,10 +176,9 @@ impl Applier {
         self.applied
             .store(Arc::new(open_base(&self.db, m.ts, &self.closed)?));
         self.progress.advance();
-        for s in job.sealed {
-            if let Err(e) = s.remove() {
-                tracing::warn!(error = %e, "cannot delete checkpointed log segments");
-            }
+        if !job.sealed.is_empty() {
+            undeleted.extend(job.sealed);
+            remove_in_order(undeleted);
         }
         Ok(())
     }

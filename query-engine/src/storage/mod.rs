@@ -851,6 +851,54 @@ mod tests {
         assert_eq!(values(&s.snapshot(200), 10), vec![Some(200); 10]);
     }
 
+    /// A checkpointed segment that cannot be deleted keeps every newer one in the log: deleted
+    /// while it stayed, the next open replayed it over their writes and old values came back.
+    #[test]
+    fn a_segment_that_cannot_be_deleted_keeps_the_newer_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let live_segments = || -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.contains(".wal.") && !n.contains(".wal.next") && !n.contains(".deleting")
+                })
+                .collect();
+            names.sort();
+            names
+        };
+        let blocker = {
+            let s = Storage::open_with(
+                &path,
+                StorageOptions {
+                    checkpoint_bytes: 4096,
+                    max_memtable_len: 40,
+                    apply_interval: std::time::Duration::ZERO,
+                    ..StorageOptions::default()
+                },
+            )
+            .unwrap();
+            // The first segment's removal renames it to `….deleting`; a non-empty directory of
+            // that name makes the rename fail.
+            let first = live_segments();
+            assert_eq!(first.len(), 1, "{first:?}");
+            let blocker = dir.path().join(format!("{}.deleting", first[0]));
+            std::fs::create_dir(&blocker).unwrap();
+            std::fs::write(blocker.join("x"), b"x").unwrap();
+            for round in 1..=200i64 {
+                commit(&s, batch(0..10, round), round as u64);
+            }
+            s.shut_down();
+            // Nothing was deleted behind the first segment.
+            assert!(live_segments().len() > 3, "{:?}", live_segments());
+            blocker
+        };
+        std::fs::remove_dir_all(&blocker).unwrap();
+        let s = Storage::open(&path).unwrap();
+        assert_eq!(values(&s.snapshot(200), 10), vec![Some(200); 10]);
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
         /// Whatever the applier has done, each snapshot's reads equal the state after exactly
