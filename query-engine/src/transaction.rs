@@ -235,6 +235,10 @@ impl<'s> Transaction<'s> {
                 table.name, index.name
             )));
         }
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            // Bounds that cross (`gt(5).lt(3)`) select nothing, and nothing can change that.
+            return Ok(Vec::new());
+        }
         let desc = order == Order::Desc;
         let is_by_id = index.fields.is_empty();
         let keys = if is_by_id {

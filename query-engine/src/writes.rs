@@ -110,7 +110,8 @@ impl WriteSet {
         use std::ops::Bound;
         let lo = Bound::Included(start.to_vec());
         let hi = match end {
-            Some(e) => Bound::Excluded(e.to_vec()),
+            // An end before the start would make the map panic; the range is empty.
+            Some(e) => Bound::Excluded(e.max(start).to_vec()),
             None => Bound::Unbounded,
         };
         self.index_entries.range((lo, hi)).map(|(k, v)| (k, *v))

@@ -87,6 +87,14 @@ pub struct TopicRange {
     pub limit: i64,
 }
 
+#[derive(serde::Deserialize)]
+pub struct NoteAndRange {
+    pub topic: String,
+    pub seq: i64,
+    pub after: i64,
+    pub before: i64,
+}
+
 pub fn counter_by_name(
     ctx: &mut query_engine::context::Ctx<'_, '_>,
     name: &str,
@@ -186,6 +194,29 @@ pub fn functions() -> Functions {
                     .eq("topic", a.topic)
                     .gt("seq", a.after)
                     .take(a.limit.clamp(0, 1000) as usize)?,
+            ))
+        },
+    );
+    // Reads an arbitrary `seq` range (`after` may exceed `before`) after a write of its own.
+    f.mutation(
+        "addNoteThenRange",
+        Visibility::Public,
+        v::object([
+            ("topic", v::string()),
+            ("seq", v::int64()),
+            ("after", v::int64()),
+            ("before", v::int64()),
+        ]),
+        v::array(v::any()),
+        |ctx, a: NoteAndRange| {
+            let note = obj! { "topic" => a.topic.as_str(), "seq" => a.seq, "text" => "x" };
+            ctx.insert("notes", note)?;
+            Ok(Value::Array(
+                ctx.query("notes", "by_topic_seq")
+                    .eq("topic", a.topic)
+                    .gt("seq", a.after)
+                    .lt("seq", a.before)
+                    .take(100)?,
             ))
         },
     );
