@@ -16,9 +16,15 @@
 //! zero-filling that full-size segment in 512 KiB steps beside them, not from the growing
 //! first segment; the background zero-fill is now paced, see `create_zero_filled`.)
 //!
-//! Record: `u32 length | u32 crc32(body) | body`, body: `u64 ts`, then meta entries, documents
+//! Record: `u32 length | u32 checksum | body`, body: `u64 ts`, then meta entries, documents
 //! (12-byte id, present flag, encoded document) and index entries (key, present flag), each
-//! list prefixed by its u32 count and each byte string by its u32 length.
+//! list prefixed by its u32 count and each byte string by its u32 length. The checksum is the
+//! CRC-32 of the segment's number and the record's offset (each `u64` little-endian) followed
+//! by the body, so a record is intact only where it was appended: a copy of one inside a
+//! document (clients choose documents' bytes) does not pass for a record when a crash tears
+//! the record holding it and the rest of the segment is searched for intact records. Segments
+//! written before the position was included hold `crc32(body)`; a segment whose first record
+//! checks that way is read that way throughout.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
@@ -227,6 +233,7 @@ pub fn encode_record<'a>(
         return Err(too_large);
     }
     let body_len = u32::try_from(body).map_err(|_| too_large)?;
+    // The body's checksum, extended by the record's position when it is appended (`seal`).
     let crc = crc32fast::hash(&out[8..]);
     out[..4].copy_from_slice(&body_len.to_le_bytes());
     out[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -364,9 +371,9 @@ const DELETING_SUFFIX: &str = ".deleting";
 /// What the log's directory holds for the database at `base`.
 #[derive(Default)]
 struct OnDisk {
-    /// The segments, oldest first. A log written before segments existed (`<base>.wal`) comes
-    /// first.
-    segments: Vec<PathBuf>,
+    /// The segments with their numbers, oldest first. A log written before segments existed
+    /// (`<base>.wal`, numbered 0) comes first.
+    segments: Vec<(u64, PathBuf)>,
     /// Number of the newest segment (0 if none).
     newest: u64,
     /// Segments a checkpoint was deleting, and zero-filled ones never used: deleted unread.
@@ -389,7 +396,7 @@ fn segments_on_disk(base: &Path) -> std::io::Result<OnDisk> {
             continue;
         };
         if rest.is_empty() {
-            found.segments.push(entry.path());
+            found.segments.push((0, entry.path()));
         } else if (rest.starts_with('.') && rest.ends_with(DELETING_SUFFIX))
             || file.starts_with(&format!("{name}{FILLING_SUFFIX}"))
         {
@@ -400,7 +407,7 @@ fn segments_on_disk(base: &Path) -> std::io::Result<OnDisk> {
     }
     numbered.sort();
     found.newest = numbered.last().map(|(n, _)| *n).unwrap_or(0);
-    found.segments.extend(numbered.into_iter().map(|(_, p)| p));
+    found.segments.extend(numbered);
     Ok(found)
 }
 
@@ -411,6 +418,10 @@ struct SegmentReader {
     len: u64,
     /// Offset of the next record.
     at: u64,
+    /// The segment's number (0 for a log from before segments).
+    segment: u64,
+    /// How the segment's records are checksummed, once its first record has told.
+    checksum: Option<Checksum>,
 }
 
 /// What the next position of a segment holds.
@@ -430,14 +441,38 @@ enum Next {
 }
 
 impl SegmentReader {
-    fn open(path: &Path) -> std::io::Result<SegmentReader> {
+    fn open(path: &Path, segment: u64) -> std::io::Result<SegmentReader> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         Ok(SegmentReader {
             file: BufReader::with_capacity(READ_BUFFER_BYTES, file),
             len,
             at: 0,
+            segment,
+            checksum: None,
         })
+    }
+
+    /// Whether `crc` holds for `body` at `offset`, learning the segment's checksum from its
+    /// first record.
+    fn checks(&mut self, offset: u64, body: &[u8], crc: u32) -> bool {
+        let positioned = || positioned_crc(self.segment, offset, body) == crc;
+        let body_only = || crc32fast::hash(body) == crc;
+        match self.checksum {
+            Some(Checksum::Positioned) => positioned(),
+            Some(Checksum::BodyOnly) => body_only(),
+            None => {
+                let found = if positioned() {
+                    Some(Checksum::Positioned)
+                } else if body_only() {
+                    Some(Checksum::BodyOnly)
+                } else {
+                    None
+                };
+                self.checksum = found;
+                found.is_some()
+            }
+        }
     }
 
     fn next(&mut self) -> std::io::Result<Next> {
@@ -474,7 +509,7 @@ impl SegmentReader {
         let mut body = vec![0u8; len as usize];
         self.file.read_exact(&mut body)?;
         self.at += 8 + len;
-        if crc32fast::hash(&body) != crc {
+        if !self.checks(offset, &body, crc) {
             return Ok(Next::Bad {
                 offset,
                 reason: "a checksum mismatch",
@@ -485,6 +520,44 @@ impl SegmentReader {
             None => Ok(Next::Undecodable { offset }),
         }
     }
+}
+
+/// How a segment's records are checksummed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Checksum {
+    /// Over the segment number, the record's offset and the body.
+    Positioned,
+    /// Over the body alone (segments written by earlier builds).
+    BodyOnly,
+}
+
+/// The checksum of `body` as a record at `offset` of segment `segment`.
+fn positioned_crc(segment: u64, offset: u64, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&segment.to_le_bytes());
+    h.update(&offset.to_le_bytes());
+    h.update(body);
+    h.finalize()
+}
+
+/// Rewrites an encoded record's checksum (that of its body, as `encode_record` leaves it)
+/// into its checksum as a record at `offset` of segment `segment`, without reading the body
+/// again.
+fn seal(record: &mut [u8], segment: u64, offset: u64) {
+    let Some((header, _)) = record.split_first_chunk_mut::<8>() else {
+        return;
+    };
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
+    let body_len = u32::from_le_bytes([l0, l1, l2, l3]);
+    let body = crc32fast::Hasher::new_with_initial_len(
+        u32::from_le_bytes([c0, c1, c2, c3]),
+        u64::from(body_len),
+    );
+    let mut h = crc32fast::Hasher::new();
+    h.update(&segment.to_le_bytes());
+    h.update(&offset.to_le_bytes());
+    h.combine(&body);
+    header[4..].copy_from_slice(&h.finalize().to_le_bytes());
 }
 
 /// Read buffer of replay.
@@ -502,6 +575,7 @@ enum SegmentEnd {
 /// Calls `apply` with every intact record of one segment file, in order; adds to `n` how many.
 fn replay_segment<E: From<WalError>>(
     path: &Path,
+    segment: u64,
     apply: &mut impl FnMut(Record) -> Result<(), E>,
     n: &mut usize,
 ) -> Result<SegmentEnd, E> {
@@ -510,7 +584,7 @@ fn replay_segment<E: From<WalError>>(
         offset,
         reason,
     };
-    let mut reader = SegmentReader::open(path).map_err(WalError::Io)?;
+    let mut reader = SegmentReader::open(path, segment).map_err(WalError::Io)?;
     loop {
         let at = reader.at;
         match reader.next().map_err(WalError::Io)? {
@@ -521,7 +595,7 @@ fn replay_segment<E: From<WalError>>(
             // Appends fill a segment front to back, so past its last record it holds nothing
             // readable: an intact record further on means this header was zeroed by damage.
             Next::End => {
-                if intact_record_after(path, at + 1).map_err(WalError::Io)? {
+                if intact_record_after(path, &reader, at + 1).map_err(WalError::Io)? {
                     return Err(corrupt(at, "a zeroed record header with records after it").into());
                 }
                 return Ok(SegmentEnd::Clean);
@@ -538,7 +612,7 @@ fn replay_segment<E: From<WalError>>(
                 // so an intact record anywhere after a bad one means damage, not a torn
                 // append — however many records the damage spans, and even when it hit the
                 // bad record's length.
-                if intact_record_after(path, offset + 1).map_err(WalError::Io)? {
+                if intact_record_after(path, &reader, offset + 1).map_err(WalError::Io)? {
                     return Err(corrupt(offset, reason).into());
                 }
                 return Ok(SegmentEnd::Torn { offset, reason });
@@ -548,9 +622,11 @@ fn replay_segment<E: From<WalError>>(
 }
 
 /// Whether an intact record (a header whose length fits and whose checksum holds over its
-/// body) starts anywhere at or after `from` in the segment. Read once per segment at the end
+/// body at that offset, checksummed as the segment's records are — positioned when no record
+/// told) starts anywhere at or after `from` in the segment. Read once per segment at the end
 /// of its records at open, where the rest is normally the zero fill.
-fn intact_record_after(path: &Path, from: u64) -> std::io::Result<bool> {
+fn intact_record_after(path: &Path, reader: &SegmentReader, from: u64) -> std::io::Result<bool> {
+    let checksum = reader.checksum.unwrap_or(Checksum::Positioned);
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     if from >= len {
@@ -577,7 +653,13 @@ fn intact_record_after(path: &Path, from: u64) -> std::io::Result<bool> {
             let body_len = body_len as usize;
             if body_len <= MAX_RECORD_BYTES && body_len <= rest.len() - i - 8 {
                 let body = &rest[i + 8..i + 8 + body_len];
-                if crc32fast::hash(body) == crc {
+                let holds = match checksum {
+                    Checksum::Positioned => {
+                        positioned_crc(reader.segment, from + i as u64, body) == crc
+                    }
+                    Checksum::BodyOnly => crc32fast::hash(body) == crc,
+                };
+                if holds {
                     return Ok(true);
                 }
             }
@@ -588,8 +670,11 @@ fn intact_record_after(path: &Path, from: u64) -> std::io::Result<bool> {
 }
 
 /// Whether a segment holds anything where its first record would be.
-fn holds_records(path: &Path) -> std::io::Result<bool> {
-    Ok(!matches!(SegmentReader::open(path)?.next()?, Next::End))
+fn holds_records(path: &Path, segment: u64) -> std::io::Result<bool> {
+    Ok(!matches!(
+        SegmentReader::open(path, segment)?.next()?,
+        Next::End
+    ))
 }
 
 /// Makes a created or removed directory entry durable.
@@ -602,8 +687,8 @@ fn sync_dir(base: &Path) -> std::io::Result<()> {
 /// until `start`, so a replay that fails leaves the log exactly as it was.
 pub struct Replay {
     base: PathBuf,
-    /// The segments found, oldest first.
-    segments: Vec<PathBuf>,
+    /// The segments found with their numbers, oldest first.
+    segments: Vec<(u64, PathBuf)>,
     /// Number of the newest segment found (0 if none).
     newest: u64,
 }
@@ -638,11 +723,11 @@ impl Replay {
     ) -> Result<usize, E> {
         let mut n = 0;
         let mut torn: Option<(&PathBuf, u64, &'static str)> = None;
-        for path in &self.segments {
+        for (segment, path) in &self.segments {
             if let Some((torn_path, offset, reason)) = torn {
                 // A torn append ends the log: records after it mean the bad record is damage,
                 // and everything after it was acknowledged.
-                if holds_records(path).map_err(WalError::Io)? {
+                if holds_records(path, *segment).map_err(WalError::Io)? {
                     return Err(WalError::Corrupt {
                         path: torn_path.clone(),
                         offset,
@@ -652,7 +737,9 @@ impl Replay {
                 }
                 continue;
             }
-            if let SegmentEnd::Torn { offset, reason } = replay_segment(path, &mut apply, &mut n)? {
+            if let SegmentEnd::Torn { offset, reason } =
+                replay_segment(path, *segment, &mut apply, &mut n)?
+            {
                 torn = Some((path, offset, reason));
             }
         }
@@ -691,7 +778,7 @@ impl Replay {
             base,
             file,
             current,
-            older: self.segments,
+            older: self.segments.into_iter().map(|(_, path)| path).collect(),
             len: 0,
             segment_bytes,
             next: None,
@@ -707,7 +794,10 @@ impl Wal {
     /// (replay would stop there and lose it). A failed fsync leaves the file's state unknown —
     /// the kernel may have dropped the dirty pages — so the process stops rather than go on
     /// acknowledging writes on top of it (the lesson of PostgreSQL's "fsyncgate").
-    pub fn append_durable(&mut self, record: &[u8]) -> std::io::Result<()> {
+    /// `record` is as `encode_record` made it; its checksum is completed here with where it
+    /// goes (see the module's comment).
+    pub fn append_durable(&mut self, record: &mut [u8]) -> std::io::Result<()> {
+        seal(record, self.current, self.len);
         if let Err(e) = self.file.write_all_at(record, self.len) {
             if let Err(cut) = self.file.set_len(self.len) {
                 tracing::error!(error = %cut, "cannot cut a failed append off the write-ahead log");
@@ -990,11 +1080,12 @@ mod tests {
         {
             let (mut w, recs) = open(&base, 1 << 20);
             assert!(recs.is_empty());
-            w.append_durable(&sample(1).encode()).unwrap();
-            w.append_durable(&sample(2).encode()).unwrap();
+            w.append_durable(&mut sample(1).encode()).unwrap();
+            w.append_durable(&mut sample(2).encode()).unwrap();
             // A crash mid-append: half a record.
-            let third = sample(3).encode();
-            w.append_durable(&third[..third.len() / 2]).unwrap();
+            let mut third = sample(3).encode();
+            let half = third.len() / 2;
+            w.append_durable(&mut third[..half]).unwrap();
         }
         let (mut w, recs) = open(&base, 1 << 20);
         assert_eq!(recs, vec![sample(1), sample(2)]);
@@ -1023,7 +1114,7 @@ mod tests {
         let first = segment_path(&base, w.current);
         assert_eq!(std::fs::metadata(&first).unwrap().len(), 5 * record);
         for ts in 1..=4 {
-            w.append_durable(&sample(ts).encode()).unwrap();
+            w.append_durable(&mut sample(ts).encode()).unwrap();
         }
         // The records overwrote the zeros: the file did not grow.
         assert_eq!(std::fs::metadata(&first).unwrap().len(), 5 * record);
@@ -1038,8 +1129,8 @@ mod tests {
         assert!(!w.wants_rotation());
         let current = segment_path(&base, w.current);
         assert_eq!(std::fs::metadata(&current).unwrap().len(), segment_bytes);
-        w.append_durable(&sample(5).encode()).unwrap();
-        w.append_durable(&sample(6).encode()).unwrap();
+        w.append_durable(&mut sample(5).encode()).unwrap();
+        w.append_durable(&mut sample(6).encode()).unwrap();
         // The records overwrote the zeros: the file did not grow.
         assert_eq!(std::fs::metadata(&current).unwrap().len(), segment_bytes);
         drop(w);
@@ -1084,12 +1175,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("w.redb");
         let (mut w, _) = open(&base, 1 << 20);
-        w.append_durable(&sample(1).encode()).unwrap();
-        w.append_durable(&damaged(2)).unwrap();
+        w.append_durable(&mut sample(1).encode()).unwrap();
+        w.append_durable(&mut damaged(2)).unwrap();
         // The last thing in the log: a torn append, never acknowledged.
         assert_eq!(replay(&base).unwrap(), vec![sample(1)]);
         // A record after it: the bad one is damage, and the open stops there.
-        w.append_durable(&sample(3).encode()).unwrap();
+        w.append_durable(&mut sample(3).encode()).unwrap();
         drop(w);
         match replay(&base) {
             Err(WalError::Corrupt { path, offset, .. }) => {
@@ -1107,11 +1198,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("w.redb");
         let (mut w, _) = open(&base, 1 << 20);
-        w.append_durable(&sample(1).encode()).unwrap();
-        w.append_durable(&damaged(2)).unwrap();
-        w.append_durable(&sample(3).encode()).unwrap();
+        w.append_durable(&mut sample(1).encode()).unwrap();
+        w.append_durable(&mut damaged(2)).unwrap();
+        w.append_durable(&mut sample(3).encode()).unwrap();
         drop(w.rotate().unwrap());
-        w.append_durable(&sample(4).encode()).unwrap();
+        w.append_durable(&mut sample(4).encode()).unwrap();
         drop(w);
         let before = files(dir.path());
         for _ in 0..2 {
@@ -1136,10 +1227,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("w.redb");
         let (mut w, _) = open(&base, 1 << 20);
-        w.append_durable(&sample(1).encode()).unwrap();
-        w.append_durable(&damaged(2)).unwrap();
+        w.append_durable(&mut sample(1).encode()).unwrap();
+        w.append_durable(&mut damaged(2)).unwrap();
         drop(w.rotate().unwrap());
-        w.append_durable(&sample(3).encode()).unwrap();
+        w.append_durable(&mut sample(3).encode()).unwrap();
         drop(w);
         let before = files(dir.path());
         assert!(matches!(
@@ -1171,7 +1262,7 @@ mod tests {
             let base = dir.path().join("w.redb");
             let (mut w, _) = open(&base, 1 << 20);
             for seq in 1..=4 {
-                w.append_durable(&sample(seq).encode()).unwrap();
+                w.append_durable(&mut sample(seq).encode()).unwrap();
             }
             drop(w);
             let path = segment_path(&base, 1);
@@ -1187,18 +1278,65 @@ mod tests {
         }
     }
 
+    /// Records copied into a document (a client's bytes) do not pass for intact records when a
+    /// crash tears the record holding them: the torn tail is dropped, the open goes on. (The
+    /// copy checksummed over its body alone, as every record was, made the open fail.)
+    #[test]
+    fn a_record_inside_a_torn_record_is_not_taken_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("w.redb");
+        let (mut w, _) = open(&base, 1 << 20);
+        w.append_durable(&mut sample(1).encode()).unwrap();
+        // A copy checksummed over its body alone, and one as a record where the holding
+        // record starts.
+        let mut fake = sample(9).encode();
+        let mut positioned = sample(9).encode();
+        seal(&mut positioned, w.current, w.len());
+        fake.extend_from_slice(&positioned);
+        fake.extend_from_slice(&[0xaa; 400]);
+        let mut holder = Record {
+            ts: 2,
+            meta: vec![],
+            docs: vec![([3; 12], Some(fake))],
+            index: vec![],
+        }
+        .encode();
+        let cut = holder.len() * 3 / 4;
+        w.append_durable(&mut holder[..cut]).unwrap();
+        drop(w);
+        assert_eq!(replay(&base).unwrap(), vec![sample(1)]);
+    }
+
+    /// A segment written before records' checksums covered their position is still read,
+    /// damage in it still found.
+    #[test]
+    fn a_segment_of_body_only_checksums_is_read_and_checked_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("w.redb");
+        let path = segment_path(&base, 1);
+        let mut seg = sample(1).encode();
+        seg.extend_from_slice(&sample(2).encode());
+        std::fs::write(&path, &seg).unwrap();
+        assert_eq!(replay(&base).unwrap(), vec![sample(1), sample(2)]);
+        let mut damaged_seg = sample(1).encode();
+        damaged_seg.extend_from_slice(&damaged(2));
+        damaged_seg.extend_from_slice(&sample(3).encode());
+        std::fs::write(&path, &damaged_seg).unwrap();
+        assert!(matches!(replay(&base), Err(WalError::Corrupt { .. })));
+    }
+
     /// A checksum that holds over a body that does not decode is damage even at the tail.
     #[test]
     fn a_record_with_a_valid_checksum_that_does_not_decode_fails_the_open() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("w.redb");
         let (mut w, _) = open(&base, 1 << 20);
-        w.append_durable(&sample(1).encode()).unwrap();
+        w.append_durable(&mut sample(1).encode()).unwrap();
         let body = [7u8; 5];
         let mut record = (body.len() as u32).to_le_bytes().to_vec();
         record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         record.extend_from_slice(&body);
-        w.append_durable(&record).unwrap();
+        w.append_durable(&mut record).unwrap();
         drop(w);
         assert!(matches!(replay(&base), Err(WalError::Corrupt { .. })));
     }
@@ -1210,10 +1348,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("w.redb");
         let (mut w, _) = open(&base, 1 << 20);
-        w.append_durable(&sample(1).encode()).unwrap();
-        w.append_durable(&sample(2).encode()).unwrap();
+        w.append_durable(&mut sample(1).encode()).unwrap();
+        w.append_durable(&mut sample(2).encode()).unwrap();
         let mut sealed = w.rotate().unwrap();
-        w.append_durable(&sample(3).encode()).unwrap();
+        w.append_durable(&mut sample(3).encode()).unwrap();
         drop(w);
         // What `Sealed::remove` leaves when the process dies after its first cut.
         let first = sealed.paths[0].clone();
@@ -1249,9 +1387,9 @@ mod tests {
         let mut sealed = {
             let (mut w, recs) = open(&base, 1 << 20);
             assert_eq!(recs, vec![sample(1)]);
-            w.append_durable(&sample(2).encode()).unwrap();
+            w.append_durable(&mut sample(2).encode()).unwrap();
             let sealed = w.rotate().unwrap();
-            w.append_durable(&sample(3).encode()).unwrap();
+            w.append_durable(&mut sample(3).encode()).unwrap();
             assert_eq!(w.len(), sample(3).encode().len() as u64);
             sealed
         };

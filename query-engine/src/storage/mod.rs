@@ -396,7 +396,7 @@ impl Storage {
         ts: u64,
         meta: &[(&'static str, Vec<u8>)],
     ) -> Result<Option<Sealed>, StorageError> {
-        let record = encode_record(
+        let mut record = encode_record(
             self.max_record_bytes,
             ts,
             meta.iter().map(|(k, v)| (*k, v.as_slice())),
@@ -410,7 +410,7 @@ impl Storage {
             writes.index_entries.iter().map(|(k, p)| (k.as_slice(), *p)),
         )?;
         let mut wal = self.wal.lock();
-        wal.append_durable(&record).map_err(WalError::Io)?;
+        wal.append_durable(&mut record).map_err(WalError::Io)?;
         if wal.len() > self.checkpoint_bytes || wal.wants_rotation() {
             // The batch is durable whatever happens here, so a failed rotation must not fail it.
             match wal.rotate() {
