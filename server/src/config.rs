@@ -146,6 +146,16 @@ pub struct ConnectionLimits {
     pub max_inbound_frame_bytes: usize,
     /// How long a frame may take to arrive in full once the server has reserved its bytes.
     pub inbound_frame_timeout: Duration,
+    /// Bytes of call results encoded but not yet written (the client has not granted the flow
+    /// control credit for them) one connection may hold before it starts no further call. A
+    /// result is held whole once its call has run, so this is exceeded by at most what the
+    /// calls running then return (one frame each); never below `max_frame_bytes`.
+    pub max_pending_result_bytes_per_connection: usize,
+    /// The same over all connections from one source address; never below `max_frame_bytes`
+    /// nor above the server-wide budget.
+    pub max_pending_result_bytes_per_address: usize,
+    /// The same over all connections; never below the per-connection budget.
+    pub max_pending_result_bytes: usize,
     /// Bytes a client may send on one connection ahead of the server reading them (QUIC's
     /// connection receive window; one stream may use half). Frames waiting for room in the
     /// budgets above are not read, so this is what a connection can make quinn hold beyond
@@ -174,6 +184,11 @@ impl Default for ConnectionLimits {
             max_inbound_frame_bytes_per_address: 64 << 20,
             max_inbound_frame_bytes: 1 << 30,
             inbound_frame_timeout: Duration::from_secs(30),
+            // As the inbound budgets: two of the largest results per connection, and it takes
+            // 16 addresses to fill the server's budget.
+            max_pending_result_bytes_per_connection: 16 << 20,
+            max_pending_result_bytes_per_address: 64 << 20,
+            max_pending_result_bytes: 1 << 30,
             connection_receive_window_bytes: 1 << 20,
             // A connection sends at most this much per round trip plus the client's ack delay
             // (25 ms by default): about 80 MB/s at loopback, 16 MB/s at a 100 ms WAN round
@@ -463,6 +478,34 @@ pub struct Options {
         value_name = "BYTES"
     )]
     pub max_inbound_frame_bytes_per_address: Option<usize>,
+    /// Bytes of call results computed but not yet written (the client has not read them) one
+    /// connection may hold before it starts no further call, from --max-frame-bytes to
+    /// --max-pending-result-bytes-per-address. The calls running then may still add one
+    /// result each [default: 16777216].
+    #[arg(
+        long,
+        env = "LINKEDUP_MAX_PENDING_RESULT_BYTES_PER_CONNECTION",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_pending_result_bytes_per_connection: Option<usize>,
+    /// The same over all connections from one source address, from --max-frame-bytes to
+    /// --max-pending-result-bytes [default: 67108864].
+    #[arg(
+        long,
+        env = "LINKEDUP_MAX_PENDING_RESULT_BYTES_PER_ADDRESS",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_pending_result_bytes_per_address: Option<usize>,
+    /// The same over all connections, at least --max-frame-bytes [default: 1073741824].
+    #[arg(
+        long,
+        env = "LINKEDUP_MAX_PENDING_RESULT_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_pending_result_bytes: Option<usize>,
     /// Bytes a client may send on one connection ahead of the server reading them (QUIC's
     /// connection receive window; one stream may use half), 65536..=67108864. The server may
     /// hold this much per connection beyond the inbound frame budgets, and a connection uploads
@@ -802,6 +845,15 @@ impl Options {
             max_inbound_frame_bytes_per_address: self
                 .max_inbound_frame_bytes_per_address
                 .or(lower.max_inbound_frame_bytes_per_address),
+            max_pending_result_bytes_per_connection: self
+                .max_pending_result_bytes_per_connection
+                .or(lower.max_pending_result_bytes_per_connection),
+            max_pending_result_bytes_per_address: self
+                .max_pending_result_bytes_per_address
+                .or(lower.max_pending_result_bytes_per_address),
+            max_pending_result_bytes: self
+                .max_pending_result_bytes
+                .or(lower.max_pending_result_bytes),
             connection_receive_window_bytes: self
                 .connection_receive_window_bytes
                 .or(lower.connection_receive_window_bytes),
@@ -988,18 +1040,37 @@ impl Options {
         if let Some(n) = self.max_inbound_frame_bytes_per_address {
             const NAME: &str = "max-inbound-frame-bytes-per-address";
             // Below one frame, a frame could never be reserved.
-            if n < limits.max_frame_bytes as usize {
-                return Err(ConfigError::Invalid {
-                    name: NAME,
-                    value: n.to_string(),
-                    reason: "must be at least max-frame-bytes",
-                });
-            }
+            let n = at_least_one_frame(NAME, n, limits.max_frame_bytes)?;
             limits.max_inbound_frame_bytes_per_address = at_most(
                 NAME,
                 n,
                 limits.max_inbound_frame_bytes,
                 "must be at most the server-wide inbound budget, 1073741824",
+            )?;
+        }
+        // Wider first, so that each narrower one is checked against what is in effect.
+        if let Some(n) = self.max_pending_result_bytes {
+            limits.max_pending_result_bytes =
+                at_least_one_frame("max-pending-result-bytes", n, limits.max_frame_bytes)?;
+        }
+        if let Some(n) = self.max_pending_result_bytes_per_address {
+            const NAME: &str = "max-pending-result-bytes-per-address";
+            let n = at_least_one_frame(NAME, n, limits.max_frame_bytes)?;
+            limits.max_pending_result_bytes_per_address = at_most(
+                NAME,
+                n,
+                limits.max_pending_result_bytes,
+                "must be at most max-pending-result-bytes",
+            )?;
+        }
+        if let Some(n) = self.max_pending_result_bytes_per_connection {
+            const NAME: &str = "max-pending-result-bytes-per-connection";
+            let n = at_least_one_frame(NAME, n, limits.max_frame_bytes)?;
+            limits.max_pending_result_bytes_per_connection = at_most(
+                NAME,
+                n,
+                limits.max_pending_result_bytes_per_address,
+                "must be at most max-pending-result-bytes-per-address",
             )?;
         }
         if let Some(n) = self.connection_receive_window_bytes {
@@ -1145,6 +1216,22 @@ fn window_bytes(name: &'static str, n: u32) -> Result<u32, ConfigError> {
         MAX_CONNECTION_WINDOW_BYTES,
         "must be at most 67108864 (64 MiB)",
     )
+}
+
+/// A byte budget that must hold at least one frame.
+fn at_least_one_frame(
+    name: &'static str,
+    n: usize,
+    max_frame_bytes: u32,
+) -> Result<usize, ConfigError> {
+    if n < max_frame_bytes as usize {
+        return Err(ConfigError::Invalid {
+            name,
+            value: n.to_string(),
+            reason: "must be at least max-frame-bytes",
+        });
+    }
+    Ok(n)
 }
 
 fn at_least<T: PartialOrd + ToString>(name: &'static str, n: T, min: T) -> Result<T, ConfigError> {
@@ -1471,7 +1558,8 @@ mod tests {
             &file,
             "max-inbound-frame-bytes-per-address = 33554432\n\
              connection-receive-window-bytes = 131072\n\
-             connection-send-window-bytes = 262144\n",
+             connection-send-window-bytes = 262144\n\
+             max-pending-result-bytes-per-address = 33554432\n",
         )
         .unwrap();
         let path = file.to_str().unwrap();
@@ -1479,6 +1567,7 @@ mod tests {
         assert_eq!(from_file.max_inbound_frame_bytes_per_address, 32 << 20);
         assert_eq!(from_file.connection_receive_window_bytes, 128 << 10);
         assert_eq!(from_file.connection_send_window_bytes, 256 << 10);
+        assert_eq!(from_file.max_pending_result_bytes_per_address, 32 << 20);
         let flags = limits(&[
             "--config",
             path,
@@ -1488,11 +1577,20 @@ mod tests {
             "65536",
             "--connection-send-window-bytes",
             "67108864",
+            "--max-pending-result-bytes",
+            "67108864",
+            "--max-pending-result-bytes-per-address",
+            "16777216",
+            "--max-pending-result-bytes-per-connection",
+            "8388608",
         ])
         .unwrap();
         assert_eq!(flags.max_inbound_frame_bytes_per_address, 8 << 20);
         assert_eq!(flags.connection_receive_window_bytes, 64 << 10);
         assert_eq!(flags.connection_send_window_bytes, 64 << 20);
+        assert_eq!(flags.max_pending_result_bytes, 64 << 20);
+        assert_eq!(flags.max_pending_result_bytes_per_address, 16 << 20);
+        assert_eq!(flags.max_pending_result_bytes_per_connection, 8 << 20);
         for bad in [
             // Below one frame (8 MiB by default, or as given).
             &["--max-inbound-frame-bytes-per-address", "8388607"][..],
@@ -1508,6 +1606,17 @@ mod tests {
             &["--connection-receive-window-bytes", "67108865"][..],
             &["--connection-send-window-bytes", "65535"][..],
             &["--connection-send-window-bytes", "67108865"][..],
+            // Result budgets below one frame, or above the next wider one.
+            &["--max-pending-result-bytes", "8388607"][..],
+            &["--max-pending-result-bytes-per-connection", "8388607"][..],
+            &["--max-pending-result-bytes-per-address", "1073741825"][..],
+            &[
+                "--max-pending-result-bytes",
+                "16777216",
+                "--max-pending-result-bytes-per-address",
+                "33554432",
+            ][..],
+            &["--max-pending-result-bytes-per-connection", "67108865"][..],
         ] {
             assert!(
                 matches!(limits(bad), Err(ConfigError::Invalid { .. })),

@@ -1,5 +1,5 @@
-//! The server's own metrics — connections, calls by function and outcome with latency
-//! histograms, auth results, protocol errors, transitions sent, and the counters the
+//! The server's own metrics — connections, byte budgets, calls by function and outcome with
+//! latency histograms, auth results, protocol errors, transitions sent, and the counters the
 //! application defines (`LabelledCounter`) — and the Prometheus text rendering of them
 //! together with the engine's and the subscription manager's.
 
@@ -47,6 +47,11 @@ pub struct ServerMetrics {
     pub inbound_frame_bytes: AtomicI64,
     /// Connections closed because a frame did not arrive in full in time.
     pub inbound_frame_timeouts: AtomicU64,
+    /// Bytes of call results encoded and not yet written, over all connections.
+    pub pending_result_bytes: AtomicI64,
+    /// Calls read whose start waited because their connection, address or the server held
+    /// its budget of unwritten results.
+    pub calls_held_for_results: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub auth_ok: AtomicU64,
     pub auth_failed: AtomicU64,
@@ -137,6 +142,11 @@ impl ServerMetrics {
             "# HELP server_inbound_frame_bytes Bytes reserved for inbound frames being received or waiting for a call slot\n# TYPE server_inbound_frame_bytes gauge\nserver_inbound_frame_bytes {}",
             self.inbound_frame_bytes.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP server_pending_result_bytes Bytes of call results encoded and not yet written\n# TYPE server_pending_result_bytes gauge\nserver_pending_result_bytes {}",
+            self.pending_result_bytes.load(Ordering::Relaxed)
+        );
         for (name, help, v) in [
             (
                 "server_connections_total",
@@ -162,6 +172,11 @@ impl ServerMetrics {
                 "server_inbound_frame_timeouts_total",
                 "Connections closed because a frame did not arrive in full in time",
                 &self.inbound_frame_timeouts,
+            ),
+            (
+                "server_calls_held_for_results_total",
+                "Calls whose start waited for unwritten results to drain (connection, address or server budget)",
+                &self.calls_held_for_results,
             ),
             (
                 "server_protocol_errors_total",

@@ -1,7 +1,7 @@
 //! Who may connect: the server-wide connection limit, checked on each handshake; a QUIC Retry
 //! (stateless address validation) for unvalidated clients once half the slots are taken; a cap
 //! per source address (an IPv4 address or an IPv6 /64), checked once the handshake has proven
-//! the address, with the inbound byte budget its connections share (see `budget`); and refusals
+//! the address, with the byte budgets its connections share (see `budget`); and refusals
 //! logged at a bounded rate, since they come at the attacker's pace.
 
 use std::collections::HashMap;
@@ -11,18 +11,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::Mutex;
-use quinn::Incoming;
-use tokio::sync::Semaphore;
-
+use super::budget::{AddressBudget, ServerBudget};
 use crate::config::ConnectionLimits;
 use crate::log_limit::LogLimit;
 use crate::metrics::ServerMetrics;
+use parking_lot::Mutex;
+use quinn::Incoming;
 
 pub(crate) struct Admission {
     max_connections: usize,
     max_per_address: usize,
-    inbound_bytes_per_address: usize,
+    /// Makes each address's byte budgets.
+    budget: Arc<ServerBudget>,
     /// Per source address with a connection past its handshake; an entry is removed when its
     /// last connection's slot is given back, so there are at most `max_connections` of them.
     per_address: Mutex<HashMap<AddressKey, AddressState>>,
@@ -32,16 +32,16 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    /// `inbound_bytes_per_address` sizes each address's inbound byte budget.
+    /// `budget` makes each address's byte budgets.
     pub fn new(
         limits: &ConnectionLimits,
-        inbound_bytes_per_address: usize,
+        budget: Arc<ServerBudget>,
         metrics: Arc<ServerMetrics>,
     ) -> Arc<Self> {
         Arc::new(Admission {
             max_connections: limits.max_connections,
             max_per_address: limits.max_connections_per_address.max(1),
-            inbound_bytes_per_address,
+            budget,
             per_address: Mutex::new(HashMap::new()),
             server_full: Mutex::new(LogLimit::default()),
             address_full: Mutex::new(LogLimit::default()),
@@ -95,14 +95,14 @@ impl Admission {
             let mut per_address = self.per_address.lock();
             let state = per_address.entry(key).or_insert_with(|| AddressState {
                 open: 0,
-                inbound_bytes: Arc::new(Semaphore::new(self.inbound_bytes_per_address)),
+                budget: self.budget.address(),
             });
             if state.open < self.max_per_address {
                 state.open += 1;
                 return Some(AddressSlot {
                     admission: self.clone(),
                     key,
-                    inbound_bytes: state.inbound_bytes.clone(),
+                    budget: state.budget.clone(),
                 });
             }
         }
@@ -124,11 +124,10 @@ impl Admission {
     }
 }
 
-/// What one source address holds: its connections, and the bytes of inbound frames they may
-/// reserve together.
+/// What one source address holds: its connections, and the byte budgets they share.
 struct AddressState {
     open: usize,
-    inbound_bytes: Arc<Semaphore>,
+    budget: AddressBudget,
 }
 
 /// One connection's place in its address's count, given back when dropped. The connection's
@@ -138,13 +137,13 @@ struct AddressState {
 pub(crate) struct AddressSlot {
     admission: Arc<Admission>,
     key: AddressKey,
-    inbound_bytes: Arc<Semaphore>,
+    budget: AddressBudget,
 }
 
 impl AddressSlot {
-    /// The inbound byte budget shared by the address's connections.
-    pub fn inbound_bytes(&self) -> &Arc<Semaphore> {
-        &self.inbound_bytes
+    /// The byte budgets shared by the address's connections.
+    pub fn budget(&self) -> &AddressBudget {
+        &self.budget
     }
 }
 
@@ -194,7 +193,6 @@ impl fmt::Display for AddressKey {
 
 #[cfg(test)]
 mod tests {
-    use super::super::budget::InboundBudget;
     use super::*;
     use futures::FutureExt;
 
@@ -215,7 +213,12 @@ mod tests {
             max_connections_per_address: 2,
             ..ConnectionLimits::default()
         };
-        let admission = Admission::new(&limits, 1, Arc::new(ServerMetrics::default()));
+        let metrics = Arc::new(ServerMetrics::default());
+        let admission = Admission::new(
+            &limits,
+            ServerBudget::new(&limits, metrics.clone()),
+            metrics,
+        );
         let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
         let b: SocketAddr = "192.0.2.2:1000".parse().unwrap();
         let first = admission.claim(a).unwrap();
@@ -237,8 +240,8 @@ mod tests {
     fn an_address_entry_lasts_until_its_connections_and_their_bytes_are_gone() {
         let limits = ConnectionLimits::default();
         let metrics = Arc::new(ServerMetrics::default());
-        let budget = InboundBudget::new(&limits, metrics.clone());
-        let admission = Admission::new(&limits, budget.per_address_bytes(), metrics);
+        let budget = ServerBudget::new(&limits, metrics.clone());
+        let admission = Admission::new(&limits, budget.clone(), metrics);
         let conn = budget.connection(admission.claim("192.0.2.1:1000".parse().unwrap()).unwrap());
         let reservation = conn.reserve(10).now_or_never().flatten().expect("fits");
         drop(conn);

@@ -1,99 +1,152 @@
-//! Byte budgets for inbound frames: one per connection, one per source address (shared by its
-//! connections; see `admission`) and one server-wide. A frame's payload is reserved from all
-//! three, by its declared length, before any of it is buffered, and released when the frame
-//! has been decoded: clients that leave frames half-sent pin at most the per-connection budget
-//! each, the per-address budget from one address and the server-wide budget in all, and a frame
-//! that does not fit waits unread, held back by QUIC flow control.
+//! Byte budgets, each held per connection, per source address (shared by its connections; see
+//! `admission`) and server-wide, in both directions:
+//!
+//! - Inbound frames: a frame's payload is reserved from all three, by its declared length,
+//!   before any of it is buffered, and released when the frame has been decoded: clients that
+//!   leave frames half-sent pin at most the per-connection budget each, the per-address budget
+//!   from one address and the server-wide budget in all, and a frame that does not fit waits
+//!   unread, held back by QUIC flow control.
+//! - Call results encoded but not yet written (`call`): a result's size is known only once its
+//!   call has run, and by then it has to be held, so its bytes are counted without waiting; it
+//!   is starting a call that waits, while the connection, its address or the server holds
+//!   its budget or more. Unwritten results are then held to the budget plus what the calls
+//!   already running produce (at most one frame each), and the client that does not read is
+//!   the one whose calls stop.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::admission::AddressSlot;
 use crate::config::ConnectionLimits;
 use crate::metrics::ServerMetrics;
 
-/// The server-wide budget, shared by every connection.
-pub(crate) struct InboundBudget {
-    bytes: Arc<Semaphore>,
-    per_connection_bytes: usize,
-    per_address_bytes: usize,
+/// What one budget holds at each level.
+#[derive(Clone, Copy, Debug)]
+struct Levels {
+    per_connection: usize,
+    per_address: usize,
+    total: usize,
+}
+
+impl Levels {
+    /// Sizes the three levels of one budget so that one frame fits in each (an inbound frame
+    /// larger than a budget could never be reserved and its stream would wait for ever; a
+    /// result budget smaller than one result would hold back every call after any large
+    /// one), the server's holds at least a connection's, and an address's is no larger than
+    /// the server's, above which it would mean nothing.
+    fn new(per_connection: usize, per_address: usize, total: usize, max_frame_bytes: u32) -> Self {
+        let frame = max_frame_bytes as usize;
+        let per_connection = per_connection.max(frame).min(Semaphore::MAX_PERMITS);
+        let total = total.max(per_connection).min(Semaphore::MAX_PERMITS);
+        let per_address = per_address.max(frame).min(total);
+        Levels {
+            per_connection,
+            per_address,
+            total,
+        }
+    }
+}
+
+/// The server-wide budgets, shared by every connection.
+pub(crate) struct ServerBudget {
+    inbound: Arc<Semaphore>,
+    outbound: OutputMeter,
+    inbound_levels: Levels,
+    outbound_levels: Levels,
     metrics: Arc<ServerMetrics>,
 }
 
-impl InboundBudget {
-    /// Sizes the budgets so that any frame the limits allow fits in each: a frame larger than
-    /// a budget could never be reserved and its stream would wait for ever.
+impl ServerBudget {
     pub fn new(limits: &ConnectionLimits, metrics: Arc<ServerMetrics>) -> Arc<Self> {
-        let per_connection_bytes = limits
-            .max_inbound_frame_bytes_per_connection
-            .max(limits.max_frame_bytes as usize)
-            .min(Semaphore::MAX_PERMITS);
-        let total_bytes = limits
-            .max_inbound_frame_bytes
-            .max(per_connection_bytes)
-            .min(Semaphore::MAX_PERMITS);
-        // Above the server's budget it would mean nothing; at least one frame, as the server's
-        // budget is.
-        let per_address_bytes = limits
-            .max_inbound_frame_bytes_per_address
-            .max(limits.max_frame_bytes as usize)
-            .min(total_bytes);
-        Arc::new(InboundBudget {
-            bytes: Arc::new(Semaphore::new(total_bytes)),
-            per_connection_bytes,
-            per_address_bytes,
+        let inbound_levels = Levels::new(
+            limits.max_inbound_frame_bytes_per_connection,
+            limits.max_inbound_frame_bytes_per_address,
+            limits.max_inbound_frame_bytes,
+            limits.max_frame_bytes,
+        );
+        let outbound_levels = Levels::new(
+            limits.max_pending_result_bytes_per_connection,
+            limits.max_pending_result_bytes_per_address,
+            limits.max_pending_result_bytes,
+            limits.max_frame_bytes,
+        );
+        Arc::new(ServerBudget {
+            inbound: Arc::new(Semaphore::new(inbound_levels.total)),
+            outbound: OutputMeter::new(outbound_levels.total),
+            inbound_levels,
+            outbound_levels,
             metrics,
         })
     }
 
-    /// What each source address's budget holds (`Admission` keeps them, with its counts).
-    pub fn per_address_bytes(&self) -> usize {
-        self.per_address_bytes
+    /// Fresh budgets for a source address (`Admission` keeps them, with its counts).
+    pub fn address(&self) -> AddressBudget {
+        AddressBudget {
+            inbound: Arc::new(Semaphore::new(self.inbound_levels.per_address)),
+            outbound: Arc::new(OutputMeter::new(self.outbound_levels.per_address)),
+        }
     }
 
-    /// A fresh budget for one connection, drawing on its address's and on this one.
+    /// Fresh budgets for one connection, drawing on its address's and on these.
     pub fn connection(self: &Arc<Self>, address: AddressSlot) -> ConnBudget {
         ConnBudget {
-            bytes: Arc::new(Semaphore::new(self.per_connection_bytes)),
+            inbound: Arc::new(Semaphore::new(self.inbound_levels.per_connection)),
+            outbound: Arc::new(OutputMeter::new(self.outbound_levels.per_connection)),
             address: Arc::new(address),
             server: self.clone(),
         }
     }
 }
 
-/// One connection's budget, shared by its control stream and call streams.
+/// One source address's budgets, shared by its connections.
+#[derive(Clone)]
+pub(crate) struct AddressBudget {
+    inbound: Arc<Semaphore>,
+    outbound: Arc<OutputMeter>,
+}
+
+/// One connection's budgets, shared by its control stream and call streams.
 #[derive(Clone)]
 pub(crate) struct ConnBudget {
-    bytes: Arc<Semaphore>,
+    inbound: Arc<Semaphore>,
+    outbound: Arc<OutputMeter>,
     address: Arc<AddressSlot>,
-    server: Arc<InboundBudget>,
+    server: Arc<ServerBudget>,
 }
 
 impl ConnBudget {
-    /// Waits until `bytes` fit in the connection's budget, then in its address's, then in the
-    /// server's: a frame never holds a wider budget while it waits for a narrower one, so a
-    /// connection, or an address, at its limit waits without holding bytes others could use.
-    /// Every queue is first come, first served, so a large frame is not overtaken for ever by
-    /// small ones. `None` only if a budget was closed, which nothing does.
+    /// Waits until `bytes` of an inbound frame fit in the connection's budget, then in its
+    /// address's, then in the server's: a frame never holds a wider budget while it waits for
+    /// a narrower one, so a connection, or an address, at its limit waits without holding bytes
+    /// others could use. Every queue is first come, first served, so a large frame is not
+    /// overtaken for ever by small ones. `None` only if a budget was closed, which nothing
+    /// does.
     pub fn reserve(
         &self,
         bytes: u32,
     ) -> impl Future<Output = Option<Reservation>> + Send + 'static {
-        let connection = self.bytes.clone();
+        let connection = self.inbound.clone();
         let address = self.address.clone();
         let server = self.server.clone();
         async move {
             let connection = connection.acquire_many_owned(bytes).await.ok()?;
             let address_permit = address
-                .inbound_bytes()
+                .budget()
+                .inbound
                 .clone()
                 .acquire_many_owned(bytes)
                 .await
                 .ok()?;
-            let server_permit = server.bytes.clone().acquire_many_owned(bytes).await.ok()?;
+            let server_permit = server
+                .inbound
+                .clone()
+                .acquire_many_owned(bytes)
+                .await
+                .ok()?;
             server
                 .metrics
                 .inbound_frame_bytes
@@ -106,9 +159,40 @@ impl ConnBudget {
             })
         }
     }
+
+    /// The result meters, narrowest first.
+    fn meters(&self) -> [&OutputMeter; 3] {
+        [
+            &self.outbound,
+            &self.address.budget().outbound,
+            &self.server.outbound,
+        ]
+    }
+
+    /// Whether a call may start now: the connection, its address and the server each hold
+    /// less than their budget of unwritten results.
+    pub fn has_output_room(&self) -> bool {
+        self.meters().iter().all(|meter| meter.has_room())
+    }
+
+    /// Waits until `has_output_room` was true at one moment (it may be false again by the
+    /// time the caller looks: the caller checks it before starting a call).
+    pub async fn output_room(&self) {
+        while let Some(full) = self.meters().into_iter().find(|meter| !meter.has_room()) {
+            full.room().await;
+        }
+    }
+
+    /// A count of unwritten result bytes, held in the three meters until written or dropped.
+    pub fn held_output(&self) -> HeldOutput {
+        HeldOutput {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
 }
 
-/// Bytes of one frame held in the three budgets until dropped.
+/// Bytes of one frame held in the three inbound budgets until dropped.
 pub(crate) struct Reservation {
     _permits: [OwnedSemaphorePermit; 3],
     /// Keeps the address's entry, and so its budget, for as long as these bytes are held.
@@ -125,6 +209,106 @@ impl Drop for Reservation {
     }
 }
 
+/// Bytes of encoded results not yet written under one budget. Counting never waits and may go
+/// past the budget; what waits is starting a call, until the count is back below it.
+struct OutputMeter {
+    held: AtomicUsize,
+    budget: usize,
+    /// Woken when `held` falls from the budget or above to below it.
+    below: Notify,
+}
+
+impl OutputMeter {
+    fn new(budget: usize) -> Self {
+        OutputMeter {
+            held: AtomicUsize::new(0),
+            budget,
+            below: Notify::new(),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.held.load(Ordering::Acquire) < self.budget
+    }
+
+    fn add(&self, bytes: usize) {
+        self.held.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn sub(&self, bytes: usize) {
+        let before = self.held.fetch_sub(bytes, Ordering::AcqRel);
+        debug_assert!(before >= bytes, "released more result bytes than were held");
+        // Only the crossing wakes anyone: writes below the budget cost no wake-ups.
+        if before >= self.budget && before - bytes < self.budget {
+            self.below.notify_waiters();
+        }
+    }
+
+    /// Waits until the meter is below its budget.
+    async fn room(&self) {
+        loop {
+            let mut below = pin!(self.below.notified());
+            // Registered before looking, so a crossing between the look and the wait is seen.
+            below.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            below.await;
+        }
+    }
+}
+
+/// The unwritten result bytes of one call stream, counted in its connection's, address's and
+/// the server's meters (and the gauge) until released or dropped. Keeps the address's entry,
+/// and so its meter, for as long as it holds bytes, as a `Reservation` does.
+pub(crate) struct HeldOutput {
+    budget: ConnBudget,
+    bytes: usize,
+}
+
+impl HeldOutput {
+    pub fn add(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        for meter in self.budget.meters() {
+            meter.add(bytes);
+        }
+        self.budget
+            .server
+            .metrics
+            .pending_result_bytes
+            .fetch_add(gauge(bytes), Ordering::Relaxed);
+    }
+
+    /// Gives back `bytes` (at most what is held) once written.
+    pub fn release(&mut self, bytes: usize) {
+        debug_assert!(bytes <= self.bytes, "released more than held");
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        for meter in self.budget.meters() {
+            meter.sub(bytes);
+        }
+        self.budget
+            .server
+            .metrics
+            .pending_result_bytes
+            .fetch_sub(gauge(bytes), Ordering::Relaxed);
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for HeldOutput {
+    fn drop(&mut self) {
+        self.release(self.bytes);
+    }
+}
+
+fn gauge(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -138,22 +322,26 @@ mod tests {
 
     /// A server's budget and the admission keeping its addresses' budgets.
     struct Budgets {
-        server: Arc<InboundBudget>,
+        server: Arc<ServerBudget>,
         admission: Arc<Admission>,
     }
 
     impl Budgets {
+        /// The same sizes for inbound frames and for unwritten results.
         fn new(per_connection: usize, per_address: usize, total: usize, max_frame: u32) -> Self {
             let limits = ConnectionLimits {
                 max_frame_bytes: max_frame,
                 max_inbound_frame_bytes_per_connection: per_connection,
                 max_inbound_frame_bytes_per_address: per_address,
                 max_inbound_frame_bytes: total,
+                max_pending_result_bytes_per_connection: per_connection,
+                max_pending_result_bytes_per_address: per_address,
+                max_pending_result_bytes: total,
                 ..ConnectionLimits::default()
             };
             let metrics = Arc::new(ServerMetrics::default());
-            let server = InboundBudget::new(&limits, metrics.clone());
-            let admission = Admission::new(&limits, server.per_address_bytes(), metrics);
+            let server = ServerBudget::new(&limits, metrics.clone());
+            let admission = Admission::new(&limits, server.clone(), metrics);
             Budgets { server, admission }
         }
 
@@ -161,6 +349,13 @@ mod tests {
             let remote: SocketAddr = from.parse().unwrap();
             self.server
                 .connection(self.admission.claim(remote).expect("a slot"))
+        }
+
+        fn pending(&self) -> i64 {
+            self.server
+                .metrics
+                .pending_result_bytes
+                .load(Ordering::Relaxed)
         }
 
         fn reserved(&self) -> i64 {
@@ -222,5 +417,41 @@ mod tests {
         let budgets = Budgets::new(1, 1, 1, 1000);
         let conn = budgets.connection(A);
         assert!(conn.reserve(1000).now_or_never().flatten().is_some());
+    }
+
+    #[test]
+    fn results_are_counted_without_waiting_and_calls_wait_below_each_budget() {
+        let budgets = Budgets::new(100, 150, 200, 10);
+        let (a1, a2, b) = (
+            budgets.connection(A),
+            budgets.connection(A),
+            budgets.connection(B),
+        );
+        // A result is counted whole, past the budget: it exists already.
+        let mut a1_out = a1.held_output();
+        a1_out.add(120);
+        assert!(!a1.has_output_room(), "a1 is over its budget");
+        assert!(a2.has_output_room() && b.has_output_room());
+        let mut a2_out = a2.held_output();
+        a2_out.add(40);
+        // A is over its budget (160 of 150): a2, under its own, waits too; b does not.
+        assert!(!a2.has_output_room());
+        let mut a2_waits = Box::pin(a2.output_room());
+        assert!((&mut a2_waits).now_or_never().is_none());
+        assert!(b.has_output_room(), "the server holds 160 of 200");
+        let mut b_out = b.held_output();
+        b_out.add(50);
+        assert_eq!(budgets.pending(), 210);
+        assert!(!b.has_output_room(), "over the server's budget");
+        let mut b_waits = Box::pin(b.output_room());
+        assert!((&mut b_waits).now_or_never().is_none());
+        // Written in part: A is below its budget, the server below its own.
+        a1_out.release(20);
+        assert!(a2_waits.now_or_never().is_some(), "A's bytes came back");
+        assert!(b_waits.now_or_never().is_some(), "the server's came back");
+        assert!(!a1.has_output_room(), "a1 still holds its budget");
+        drop((a1_out, a2_out, b_out));
+        assert_eq!(budgets.pending(), 0);
+        assert!(a1.has_output_room());
     }
 }

@@ -1,9 +1,11 @@
 //! Call streams: each carries one or more `Call` frames until the client's FIN, and the server
 //! answers each with one `CallResult` carrying its `requestId`. Calls run concurrently under the
 //! identity the connection has when their frame is read, bounded per connection; results go out
-//! in completion order, every result ready at the moment coalesced into one write.
+//! in completion order, every result ready at the moment coalesced into one write. Results the
+//! client has not taken yet are counted against the byte budgets for unwritten results
+//! (`budget`): while one of them is full, no further call starts.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use query_engine::value::Value;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::budget::HeldOutput;
 use super::connection::{token_expired, AuthState, ConnCtx};
 use super::stream::{Frame, FrameReader, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
 use super::Shared;
@@ -60,19 +63,24 @@ struct CallStream {
     /// Reads the next frame under the connection's byte budget; at most one frame is being
     /// read while none is `ready`.
     reader: FrameReader,
-    /// A frame read and waiting for a call slot, holding its bytes in the budget meanwhile.
+    /// A frame read and waiting for a call slot, or for unwritten results to drain, holding its
+    /// bytes in the inbound budget meanwhile.
     ready: Option<Frame>,
+    /// The `ready` frame has been counted as held back for unwritten results.
+    ready_held_back: bool,
     running: FuturesUnordered<BoxFuture<'static, Finished>>,
     /// `requestId`s of the calls read and not yet answered.
     in_flight: HashSet<u64>,
     /// A slot acquired for the `ready` frame.
     slot: Option<OwnedSemaphorePermit>,
-    /// Encoded results not yet written: `out[written..]` is pending.
+    /// Encoded results not yet written: `out[written..]` is pending, and counted in `held`.
     out: Vec<u8>,
     written: usize,
-    /// Slots of the calls whose results are in `out`, released when it has all been written,
-    /// so that a client that does not read its results stops getting its calls run.
-    out_slots: Vec<OwnedSemaphorePermit>,
+    held: HeldOutput,
+    /// The results in `out` not yet written in full, in order: where each ends in `out`, and
+    /// its call's slot, released once it is written, so that a client that does not read its
+    /// results stops getting its calls run.
+    unwritten: VecDeque<(usize, OwnedSemaphorePermit)>,
     /// Highest `sync_ts` among the results appended since the last sync.
     sync_ts: u64,
 }
@@ -84,6 +92,7 @@ pub(crate) async fn serve(
     recv: RecvStream,
 ) {
     let reader = FrameReader::new(ctx.budget.clone(), &shared.limits);
+    let held = ctx.budget.held_output();
     let stream = CallStream {
         shared,
         ctx,
@@ -91,12 +100,14 @@ pub(crate) async fn serve(
         input: Input::Open,
         reader,
         ready: None,
+        ready_held_back: false,
         running: FuturesUnordered::new(),
         in_flight: HashSet::new(),
         slot: None,
         out: Vec::new(),
         written: 0,
-        out_slots: Vec::new(),
+        held,
+        unwritten: VecDeque::new(),
         sync_ts: 0,
     };
     stream.run(recv).await;
@@ -113,6 +124,17 @@ impl CallStream {
                 return self.fail(message).await;
             }
             let frame_waiting = self.ready.is_some();
+            let writing = self.written < self.out.len();
+            // The connection, its address or the server holds its budget of unwritten results:
+            // the frame waits, and so, at the bound, do the client's further calls.
+            let need_room = frame_waiting && !self.ctx.budget.has_output_room();
+            if need_room && !self.ready_held_back {
+                self.ready_held_back = true;
+                self.shared
+                    .metrics
+                    .calls_held_for_results
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             if self.input != Input::Open
                 && !frame_waiting
                 && self.running.is_empty()
@@ -142,7 +164,7 @@ impl CallStream {
                         self.sync_ts = 0;
                     }
                 }
-                wrote = self.send.write(&self.out[self.written..]), if self.written < self.out.len() => {
+                wrote = self.send.write(&self.out[self.written..]), if writing => {
                     match wrote {
                         Ok(n) => self.advance_output(n),
                         Err(e) => {
@@ -157,6 +179,8 @@ impl CallStream {
                     // The semaphore is never closed.
                     self.slot = slot.ok();
                 }
+                // `start_call` looks again: the budgets may be full again by then.
+                () = self.ctx.budget.output_room(), if need_room => {}
                 frame = self.reader.next(&mut recv), if self.input == Input::Open && !frame_waiting => {
                     match frame {
                         Ok(Some(frame)) => self.ready = Some(frame),
@@ -183,9 +207,12 @@ impl CallStream {
         }
     }
 
-    /// Starts the call in the `ready` frame if a slot is free; otherwise leaves it waiting.
+    /// Starts the call in the `ready` frame if a slot is free and the connection, its address
+    /// and the server are below their budgets of unwritten results; otherwise leaves it
+    /// waiting. A result is held whole once its call has run, so this is what bounds them: at
+    /// most a budget, plus one result for each call running when it filled.
     fn start_call(&mut self) -> Result<(), ServerMessage> {
-        if self.ready.is_none() {
+        if self.ready.is_none() || !self.ctx.budget.has_output_room() {
             return Ok(());
         }
         let slot = match self.slot.take() {
@@ -198,6 +225,7 @@ impl CallStream {
         let Some(frame) = self.ready.take() else {
             return Ok(());
         };
+        self.ready_held_back = false;
         // The frame's bytes go back to the budget once it is decoded.
         let msg = decode_call(&frame.payload).map_err(|e| e.to_message(true))?;
         drop(frame);
@@ -277,15 +305,31 @@ impl CallStream {
                 tracing::error!(error = %e, "cannot encode an error result");
             }
         }
-        self.out_slots.push(slot);
+        self.held.add(self.out.len() - start);
+        self.unwritten.push_back((self.out.len(), slot));
+        // Nothing appended (both encodings failed): nothing to wait for.
+        self.release_written();
     }
 
     fn advance_output(&mut self, n: usize) {
         self.written += n;
+        self.held.release(n);
+        self.release_written();
         if self.written == self.out.len() {
             self.out.clear();
             self.written = 0;
-            self.out_slots.clear();
+        }
+        debug_assert_eq!(self.held.bytes(), self.out.len() - self.written);
+    }
+
+    /// Releases the slots of the results written in full.
+    fn release_written(&mut self) {
+        while self
+            .unwritten
+            .front()
+            .is_some_and(|(end, _)| *end <= self.written)
+        {
+            self.unwritten.pop_front();
         }
     }
 
@@ -293,6 +337,7 @@ impl CallStream {
         self.input = Input::Closed;
         self.reader.clear();
         self.ready = None;
+        self.ready_held_back = false;
         self.slot = None;
     }
 

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::admission::Admission;
-use super::budget::{ConnBudget, InboundBudget};
+use super::budget::{ConnBudget, ServerBudget};
 use super::control::{self, Outgoing};
 use super::stream::{
     read_message, send_fatal_and_close, write_message, FrameReader, CLOSE_NORMAL,
@@ -77,7 +77,8 @@ pub(crate) struct ConnCtx {
     /// One permit per call in flight on the connection, over all its call streams
     /// (`maxConcurrentCalls`): held from reading the `Call` until its result is written.
     pub call_slots: Arc<Semaphore>,
-    /// Bytes of inbound frames the connection may hold at once, over all its streams.
+    /// Bytes of inbound frames and of unwritten call results the connection may hold, over all
+    /// its streams.
     pub budget: ConnBudget,
 }
 
@@ -107,7 +108,7 @@ enum End {
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     admission: Arc<Admission>,
-    budget: Arc<InboundBudget>,
+    budget: Arc<ServerBudget>,
     incoming: Incoming,
 ) {
     let remote = incoming.remote_address();

@@ -1,7 +1,7 @@
 //! The QUIC side of the server: the endpoint and its accept loop (here), who may connect
 //! (`admission`), one task per connection (`connection`), its control stream (`control`), one
 //! task per call stream, each running many calls (`call`), framing over streams (`stream`)
-//! under byte budgets for inbound frames (`budget`), and TLS.
+//! under byte budgets for inbound frames and unwritten results (`budget`), and TLS.
 
 mod admission;
 mod budget;
@@ -25,7 +25,7 @@ use crate::auth::TokenVerifier;
 use crate::config::{ConnectionLimits, MIN_CONNECTION_WINDOW_BYTES};
 use crate::metrics::ServerMetrics;
 use admission::Admission;
-use budget::InboundBudget;
+use budget::ServerBudget;
 use tls::{CertifiedKey, TlsError};
 
 /// Beyond the drain timeout, how long connections get to flush their closing frames.
@@ -139,12 +139,8 @@ pub enum BindError {
 
 /// Accepts connections until shutdown, then waits (bounded) for them to drain and close.
 pub(crate) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
-    let budget = InboundBudget::new(&shared.limits, shared.metrics.clone());
-    let admission = Admission::new(
-        &shared.limits,
-        budget.per_address_bytes(),
-        shared.metrics.clone(),
-    );
+    let budget = ServerBudget::new(&shared.limits, shared.metrics.clone());
+    let admission = Admission::new(&shared.limits, budget.clone(), shared.metrics.clone());
     let mut connections = JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
     loop {

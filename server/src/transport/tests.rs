@@ -1,9 +1,10 @@
 //! End-to-end tests of the transport against an in-process server on 127.0.0.1 port 0, with a
 //! tiny counter schema and a raw quinn client that pins the server's certificate; the limits
-//! that hold off hostile clients are tested in `limits`, and the send window against a client
-//! that does not acknowledge in `send_window`.
+//! that hold off hostile clients are tested in `limits`, results a client does not read in
+//! `results`, and the send window against a client that does not acknowledge in `send_window`.
 
 mod limits;
+mod results;
 mod send_window;
 
 use std::collections::HashMap;

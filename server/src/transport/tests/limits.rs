@@ -13,7 +13,7 @@ use crate::transport::stream::CLOSE_TOO_MANY_CONNECTIONS;
 
 /// A second source address: on Linux all of 127.0.0.0/8 is loopback. Tests that need it skip
 /// their other-address part where it cannot be bound.
-const OTHER: &str = "127.0.0.2:0";
+pub(super) const OTHER: &str = "127.0.0.2:0";
 
 /// A whole `counter:echo` call frame, prefix included, padded to a little over `pad` bytes.
 fn padded_call(request_id: u64, pad: usize) -> Vec<u8> {
@@ -27,7 +27,7 @@ fn padded_call(request_id: u64, pad: usize) -> Vec<u8> {
 }
 
 /// Waits until `condition` holds (bounded by `WAIT`).
-async fn until(what: &str, condition: impl Fn() -> bool) {
+pub(super) async fn until(what: &str, condition: impl Fn() -> bool) {
     tokio::time::timeout(WAIT, async {
         while !condition() {
             tokio::time::sleep(Duration::from_millis(2)).await;
