@@ -156,6 +156,10 @@ pub struct ConnectionLimits {
     pub max_pending_result_bytes_per_address: usize,
     /// The same over all connections; never below the per-connection budget.
     pub max_pending_result_bytes: usize,
+    /// How long the first unwritten result of a call stream may wait to be written in full,
+    /// from when it is first in line; past it the stream is reset (`RESULT_TIMEOUT`) and its
+    /// results are dropped, so that a client that never reads frees what it holds.
+    pub result_write_timeout: Duration,
     /// Bytes a client may send on one connection ahead of the server reading them (QUIC's
     /// connection receive window; one stream may use half). Frames waiting for room in the
     /// budgets above are not read, so this is what a connection can make quinn hold beyond
@@ -189,6 +193,8 @@ impl Default for ConnectionLimits {
             max_pending_result_bytes_per_connection: 16 << 20,
             max_pending_result_bytes_per_address: 64 << 20,
             max_pending_result_bytes: 1 << 30,
+            // As the inbound frame deadline: 8 MiB in 30 s needs about 280 KB/s.
+            result_write_timeout: Duration::from_secs(30),
             connection_receive_window_bytes: 1 << 20,
             // A connection sends at most this much per round trip plus the client's ack delay
             // (25 ms by default): about 80 MB/s at loopback, 16 MB/s at a 100 ms WAN round
@@ -506,6 +512,16 @@ pub struct Options {
         value_name = "BYTES"
     )]
     pub max_pending_result_bytes: Option<usize>,
+    /// Reset a call stream whose first unwritten result has not been written in full this long
+    /// after it came first in line (the client does not read it), dropping its results
+    /// [default: 30].
+    #[arg(
+        long,
+        env = "LINKEDUP_RESULT_WRITE_TIMEOUT_SECS",
+        global = true,
+        value_name = "SECS"
+    )]
+    pub result_write_timeout_secs: Option<u64>,
     /// Bytes a client may send on one connection ahead of the server reading them (QUIC's
     /// connection receive window; one stream may use half), 65536..=67108864. The server may
     /// hold this much per connection beyond the inbound frame budgets, and a connection uploads
@@ -854,6 +870,9 @@ impl Options {
             max_pending_result_bytes: self
                 .max_pending_result_bytes
                 .or(lower.max_pending_result_bytes),
+            result_write_timeout_secs: self
+                .result_write_timeout_secs
+                .or(lower.result_write_timeout_secs),
             connection_receive_window_bytes: self
                 .connection_receive_window_bytes
                 .or(lower.connection_receive_window_bytes),
@@ -1072,6 +1091,15 @@ impl Options {
                 limits.max_pending_result_bytes_per_address,
                 "must be at most max-pending-result-bytes-per-address",
             )?;
+        }
+        if let Some(secs) = self.result_write_timeout_secs {
+            let secs = at_least("result-write-timeout-secs", secs, 1)?;
+            limits.result_write_timeout = Duration::from_secs(at_most(
+                "result-write-timeout-secs",
+                secs,
+                MAX_SHUTDOWN_SECS,
+                AT_MOST_AN_HOUR,
+            )?);
         }
         if let Some(n) = self.connection_receive_window_bytes {
             limits.connection_receive_window_bytes =
@@ -1559,7 +1587,8 @@ mod tests {
             "max-inbound-frame-bytes-per-address = 33554432\n\
              connection-receive-window-bytes = 131072\n\
              connection-send-window-bytes = 262144\n\
-             max-pending-result-bytes-per-address = 33554432\n",
+             max-pending-result-bytes-per-address = 33554432\n\
+             result-write-timeout-secs = 5\n",
         )
         .unwrap();
         let path = file.to_str().unwrap();
@@ -1568,6 +1597,7 @@ mod tests {
         assert_eq!(from_file.connection_receive_window_bytes, 128 << 10);
         assert_eq!(from_file.connection_send_window_bytes, 256 << 10);
         assert_eq!(from_file.max_pending_result_bytes_per_address, 32 << 20);
+        assert_eq!(from_file.result_write_timeout, Duration::from_secs(5));
         let flags = limits(&[
             "--config",
             path,
@@ -1583,6 +1613,8 @@ mod tests {
             "16777216",
             "--max-pending-result-bytes-per-connection",
             "8388608",
+            "--result-write-timeout-secs",
+            "60",
         ])
         .unwrap();
         assert_eq!(flags.max_inbound_frame_bytes_per_address, 8 << 20);
@@ -1591,6 +1623,7 @@ mod tests {
         assert_eq!(flags.max_pending_result_bytes, 64 << 20);
         assert_eq!(flags.max_pending_result_bytes_per_address, 16 << 20);
         assert_eq!(flags.max_pending_result_bytes_per_connection, 8 << 20);
+        assert_eq!(flags.result_write_timeout, Duration::from_secs(60));
         for bad in [
             // Below one frame (8 MiB by default, or as given).
             &["--max-inbound-frame-bytes-per-address", "8388607"][..],
@@ -1617,6 +1650,8 @@ mod tests {
                 "33554432",
             ][..],
             &["--max-pending-result-bytes-per-connection", "67108865"][..],
+            &["--result-write-timeout-secs", "0"][..],
+            &["--result-write-timeout-secs", "3601"][..],
         ] {
             assert!(
                 matches!(limits(bad), Err(ConfigError::Invalid { .. })),

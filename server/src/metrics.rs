@@ -52,6 +52,8 @@ pub struct ServerMetrics {
     /// Calls read whose start waited because their connection, address or the server held
     /// its budget of unwritten results.
     pub calls_held_for_results: AtomicU64,
+    /// Call streams reset because a result was not written in time.
+    pub result_write_timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub auth_ok: AtomicU64,
     pub auth_failed: AtomicU64,
@@ -177,6 +179,11 @@ impl ServerMetrics {
                 "server_calls_held_for_results_total",
                 "Calls whose start waited for unwritten results to drain (connection, address or server budget)",
                 &self.calls_held_for_results,
+            ),
+            (
+                "server_result_write_timeouts_total",
+                "Call streams reset because a result was not written in time",
+                &self.result_write_timeouts,
             ),
             (
                 "server_protocol_errors_total",

@@ -17,6 +17,9 @@ pub mod close_code {
     pub const INTERNAL: u32 = 3;
     /// Closed right after the handshake: the source address has as many connections as it may.
     pub const TOO_MANY_CONNECTIONS: u32 = 4;
+    /// A call stream reset (both ways): a result on it was not taken in time (the client
+    /// granted no flow-control credit for it), so its results were dropped.
+    pub const RESULT_TIMEOUT: u32 = 5;
 }
 
 pub use frame::{

@@ -3,7 +3,8 @@
 //! identity the connection has when their frame is read, bounded per connection; results go out
 //! in completion order, every result ready at the moment coalesced into one write. Results the
 //! client has not taken yet are counted against the byte budgets for unwritten results
-//! (`budget`): while one of them is full, no further call starts.
+//! (`budget`): while one of them is full, no further call starts; and a result left unwritten
+//! for the result write timeout resets the stream, dropping what it holds.
 
 use std::collections::{HashSet, VecDeque};
 use std::pin::pin;
@@ -26,7 +27,9 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::budget::HeldOutput;
 use super::connection::{token_expired, AuthState, ConnCtx};
-use super::stream::{Frame, FrameReader, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
+use super::stream::{
+    Frame, FrameReader, CLOSE_PROTOCOL_ERROR, CLOSE_RESULT_TIMEOUT, CLOSE_SHUTDOWN,
+};
 use super::Shared;
 use crate::metrics::UNKNOWN_FUNCTION;
 
@@ -81,6 +84,9 @@ struct CallStream {
     /// its call's slot, released once it is written, so that a client that does not read its
     /// results stops getting its calls run.
     unwritten: VecDeque<(usize, OwnedSemaphorePermit)>,
+    /// When the first of `unwritten` came first in line: it must be written in full within
+    /// the result write timeout. Results behind it are not charged for its wait.
+    head_since: tokio::time::Instant,
     /// Highest `sync_ts` among the results appended since the last sync.
     sync_ts: u64,
 }
@@ -108,6 +114,7 @@ pub(crate) async fn serve(
         written: 0,
         held,
         unwritten: VecDeque::new(),
+        head_since: tokio::time::Instant::now(),
         sync_ts: 0,
     };
     stream.run(recv).await;
@@ -119,12 +126,23 @@ impl CallStream {
         let mut stopping = pin!(async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         });
+        let write_timeout = self.shared.limits.result_write_timeout;
+        // One timer, moved only when another result comes first in line.
+        let mut stalled = pin!(tokio::time::sleep(write_timeout));
+        let mut stalled_at = None;
         loop {
             if let Err(message) = self.start_call() {
                 return self.fail(message).await;
             }
             let frame_waiting = self.ready.is_some();
             let writing = self.written < self.out.len();
+            if writing {
+                let deadline = self.head_since + write_timeout;
+                if stalled_at != Some(deadline) {
+                    stalled.as_mut().reset(deadline);
+                    stalled_at = Some(deadline);
+                }
+            }
             // The connection, its address or the server holds its budget of unwritten results:
             // the frame waits, and so, at the bound, do the client's further calls.
             let need_room = frame_waiting && !self.ctx.budget.has_output_room();
@@ -181,6 +199,7 @@ impl CallStream {
                 }
                 // `start_call` looks again: the budgets may be full again by then.
                 () = self.ctx.budget.output_room(), if need_room => {}
+                () = stalled.as_mut(), if writing => return self.give_up(&mut recv),
                 frame = self.reader.next(&mut recv), if self.input == Input::Open && !frame_waiting => {
                     match frame {
                         Ok(Some(frame)) => self.ready = Some(frame),
@@ -306,6 +325,9 @@ impl CallStream {
             }
         }
         self.held.add(self.out.len() - start);
+        if self.unwritten.is_empty() {
+            self.head_since = tokio::time::Instant::now();
+        }
         self.unwritten.push_back((self.out.len(), slot));
         // Nothing appended (both encodings failed): nothing to wait for.
         self.release_written();
@@ -322,14 +344,19 @@ impl CallStream {
         debug_assert_eq!(self.held.bytes(), self.out.len() - self.written);
     }
 
-    /// Releases the slots of the results written in full.
+    /// Releases the slots of the results written in full; the next one's clock starts now.
     fn release_written(&mut self) {
+        let mut released = false;
         while self
             .unwritten
             .front()
             .is_some_and(|(end, _)| *end <= self.written)
         {
             self.unwritten.pop_front();
+            released = true;
+        }
+        if released {
+            self.head_since = tokio::time::Instant::now();
         }
     }
 
@@ -339,6 +366,25 @@ impl CallStream {
         self.ready = None;
         self.ready_held_back = false;
         self.slot = None;
+    }
+
+    /// Ends the stream after a result went unwritten for the result write timeout: the client
+    /// grants no credit for it, so it and everything behind it are dropped, their bytes
+    /// released, and the stream reset both ways. The calls still running are dropped with the
+    /// task, as when the connection is lost; the client learns from the code that its calls
+    /// without a result got no answer.
+    fn give_up(mut self, recv: &mut RecvStream) {
+        self.shared
+            .metrics
+            .result_write_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            bytes = self.held.bytes(),
+            timeout = ?self.shared.limits.result_write_timeout,
+            "a call result was not taken in time; resetting its stream"
+        );
+        let _ = self.send.reset(CLOSE_RESULT_TIMEOUT);
+        let _ = recv.stop(CLOSE_RESULT_TIMEOUT);
     }
 
     /// Ends the connection after a protocol error on this stream: the results already encoded

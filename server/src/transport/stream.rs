@@ -25,6 +25,7 @@ pub const CLOSE_PROTOCOL_ERROR: VarInt = VarInt::from_u32(close_code::PROTOCOL_E
 pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(close_code::SHUTDOWN);
 pub const CLOSE_INTERNAL: VarInt = VarInt::from_u32(close_code::INTERNAL);
 pub const CLOSE_TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(close_code::TOO_MANY_CONNECTIONS);
+pub const CLOSE_RESULT_TIMEOUT: VarInt = VarInt::from_u32(close_code::RESULT_TIMEOUT);
 /// How long a fatal error frame may take to be acknowledged before the connection closes
 /// anyway.
 const FATAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);

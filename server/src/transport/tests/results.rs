@@ -1,6 +1,6 @@
 //! Call results a client does not read, against a real server on loopback: the budgets for
 //! unwritten results stop the calls of the connection, the address or the server holding
-//! them, and not others'. The clients here grant
+//! them, and not others'; a result not taken in time resets its stream. The clients here grant
 //! a call stream a few KiB of flow-control credit, so a result they do not read stays in the
 //! server.
 
@@ -8,6 +8,7 @@ use quinn::VarInt;
 
 use super::limits::{until, OTHER};
 use super::*;
+use crate::transport::stream::CLOSE_RESULT_TIMEOUT;
 
 /// Flow-control credit a non-reading client grants each stream: far less than a result.
 const STREAM_WINDOW: u32 = 8 * 1024;
@@ -166,5 +167,53 @@ async fn unread_results_are_held_to_their_address_and_the_server_budgets() {
     assert_eq!(next_result(&mut o1_recv).await.0, 2);
     drop((a2, o2));
     until("the results' bytes are released", || pending(&server) == 0).await;
+    server.shutdown().await;
+}
+
+/// A result the client does not take within the result write timeout resets its stream, with
+/// a code saying so, and its bytes come back; the connection goes on serving. Before, the
+/// result waited as long as the connection lived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_not_taken_in_time_resets_its_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| {
+        c.limits.result_write_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let client = connect_not_reading(&server, LOCAL).await;
+    let (_send, mut recv) = send_calls(&client.conn, 1..=2, padded).await;
+    until("the stream is reset", || {
+        server
+            .metrics()
+            .result_write_timeouts
+            .load(Ordering::SeqCst)
+            == 1
+    })
+    .await;
+    until("the results' bytes are released", || pending(&server) == 0).await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let reset = tokio::time::timeout(WAIT, async {
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream was finished, not reset"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the stream ended in time");
+    assert!(
+        matches!(reset, quinn::ReadError::Reset(code) if code == CLOSE_RESULT_TIMEOUT),
+        "{reset:?}"
+    );
+    // Only that stream: the connection serves further calls.
+    assert_eq!(
+        client
+            .value(CallKind::Query, "counter:get", obj! { "name" => "r" })
+            .await,
+        Value::Int64(0)
+    );
+    assert!(client.conn.close_reason().is_none());
     server.shutdown().await;
 }
