@@ -250,6 +250,40 @@ async fn sync_reaches_the_commit_only_for_sessions_with_subscriptions() {
     assert!(t.end_ts >= c.ts && t.updates.len() == 1, "{t:?}");
 }
 
+/// A session dropped while its `Connect` still waits behind other work leaves nothing behind:
+/// the worker registered it after dropping the closed id, and it and a subscription queued
+/// with it stayed (re-run on every commit) for the life of the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_dropped_before_the_worker_saw_it_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let busy = mgr.connect(None).await;
+    let held = tokio::spawn(async move {
+        busy.subscribe(1, "gated", obj! {}).await.unwrap();
+        busy
+    });
+    while !common::GATED_ENTERED.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The worker is inside `gated`: this session's Connect and Subscribe wait behind it.
+    let args = obj! {"topic" => "t", "after" => 0i64, "limit" => 10i64};
+    let gone = mgr.connect(None).await;
+    let queued = tokio::time::timeout(
+        Duration::from_millis(50),
+        gone.subscribe(1, "notesAfter", args.clone()),
+    )
+    .await;
+    assert!(queued.is_err(), "the worker answered while held");
+    drop(gone);
+    common::GATE_OPEN.store(true, Ordering::SeqCst);
+    let _busy = held.await.unwrap();
+    // Once a later session's subscription is answered, the worker has handled all before it.
+    let later = mgr.connect(None).await;
+    later.subscribe(1, "notesAfter", args).await.unwrap();
+    assert_eq!(mgr.metrics().subscriptions.load(Ordering::Relaxed), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_subscriptions_share_one_execution() {
     let dir = tempfile::tempdir().unwrap();

@@ -153,6 +153,11 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Whether the session's handle is gone (`close` was called).
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
     pub fn latest_ts(&self) -> u64 {
         self.state.lock().latest_ts
     }

@@ -134,6 +134,13 @@ impl Worker {
                 outbox,
                 identity,
             } => {
+                // A session dropped before its Connect got here was already looked for by
+                // `drain_closed` (its handle closes the outbox before queueing the id), so it
+                // must not be registered now: nothing would ever remove it. One still open
+                // here is found by a later `drain_closed` when dropped.
+                if outbox.is_closed() {
+                    return;
+                }
                 self.clients.insert(
                     client,
                     ClientState {

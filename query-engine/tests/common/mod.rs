@@ -95,6 +95,10 @@ pub struct NoteAndRange {
     pub before: i64,
 }
 
+/// Set by `gated` when it starts; `gated` returns once `GATE_OPEN` is set (at most a minute).
+pub static GATED_ENTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub fn counter_by_name(
     ctx: &mut query_engine::context::Ctx<'_, '_>,
     name: &str,
@@ -218,6 +222,23 @@ pub fn functions() -> Functions {
                     .lt("seq", a.before)
                     .take(100)?,
             ))
+        },
+    );
+    // Holds whoever runs it (the subscription worker, for a subscription) until the test
+    // opens the gate.
+    f.query(
+        "gated",
+        Visibility::Public,
+        v::object([]),
+        v::null(),
+        |_ctx, _a: Value| {
+            use std::sync::atomic::Ordering;
+            GATED_ENTERED.store(true, Ordering::SeqCst);
+            let started = std::time::Instant::now();
+            while !GATE_OPEN.load(Ordering::SeqCst) && started.elapsed().as_secs() < 60 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok(())
         },
     );
     // Panics once the topic has a note with seq 13: a bug in a handler must not take the
