@@ -26,6 +26,8 @@ use crate::value::{Object, Value};
 
 pub const SCHEDULED_JOBS: &str = "_scheduled_jobs";
 const BY_STATE_TIME: &str = "by_state_time";
+/// Jobs by state and kind, by time: the due mutation jobs apart from a backlog of actions.
+const BY_STATE_KIND_TIME: &str = "by_state_kind_time";
 /// A function's jobs by time: when a cron last ran.
 const BY_FUNCTION_TIME: &str = "by_function_time";
 /// Most jobs started per scheduler pass.
@@ -78,6 +80,14 @@ pub(crate) fn table() -> TableDefinition {
             IndexDefinition {
                 name: BY_STATE_TIME.to_string(),
                 fields: vec!["state".to_string(), "runAtMs".to_string()],
+            },
+            IndexDefinition {
+                name: BY_STATE_KIND_TIME.to_string(),
+                fields: vec![
+                    "state".to_string(),
+                    "kind".to_string(),
+                    "runAtMs".to_string(),
+                ],
             },
             IndexDefinition {
                 name: BY_FUNCTION_TIME.to_string(),
@@ -212,18 +222,24 @@ async fn first_run(engine: &Engine, cron: &Cron, start_ms: i64) -> i64 {
     }
 }
 
+/// Up to `limit` jobs in `state` (of `kind`, if given) due by `before_ms`, oldest first.
 async fn due_jobs(
     engine: &Engine,
     state: &'static str,
+    kind: Option<&'static str>,
     before_ms: i64,
+    limit: usize,
 ) -> FunctionResult<Vec<Value>> {
     engine
         .read(move |ctx| {
-            let rows = ctx
-                .query(SCHEDULED_JOBS, BY_STATE_TIME)
-                .eq("state", state)
-                .lte("runAtMs", before_ms)
-                .take(MAX_JOBS_PER_PASS)?;
+            let jobs = match kind {
+                Some(kind) => ctx
+                    .query(SCHEDULED_JOBS, BY_STATE_KIND_TIME)
+                    .eq("state", state)
+                    .eq("kind", kind),
+                None => ctx.query(SCHEDULED_JOBS, BY_STATE_TIME).eq("state", state),
+            };
+            let rows = jobs.lte("runAtMs", before_ms).take(limit)?;
             Ok(Value::Array(rows))
         })
         .await
@@ -268,7 +284,7 @@ async fn delete_finished(engine: &Engine, before_ms: i64) -> FunctionResult<usiz
 async fn recover_interrupted(engine: &Engine) -> FunctionResult<()> {
     loop {
         // Each recovered job leaves the `running` range, so the next read finds the rest.
-        let jobs = due_jobs(engine, "running", i64::MAX).await?;
+        let jobs = due_jobs(engine, "running", None, i64::MAX, MAX_JOBS_PER_PASS).await?;
         if jobs.is_empty() {
             return Ok(());
         }
@@ -297,7 +313,7 @@ async fn recover(engine: &Engine, jobs: Vec<Value>) -> FunctionResult<()> {
 /// Runs the due jobs of one pass; returns how many it started. An action job waits, pending,
 /// while `MAX_RUNNING_ACTIONS` run already.
 async fn run_due(engine: &Engine, actions: &Arc<Semaphore>, now_ms: i64) -> FunctionResult<usize> {
-    let jobs = due_jobs(engine, "pending", now_ms).await?;
+    let jobs = due_to_start(engine, actions.available_permits(), now_ms).await?;
     let mut started = 0;
     for job in jobs {
         let id = str_field(&job, "_id")?;
@@ -312,6 +328,32 @@ async fn run_due(engine: &Engine, actions: &Arc<Semaphore>, now_ms: i64) -> Func
         }
     }
     Ok(started)
+}
+
+/// The pending jobs due by `now_ms` that this pass may start: mutation jobs, and action jobs
+/// up to the `free_actions` slots, each kind oldest first. Read together, the first
+/// `MAX_JOBS_PER_PASS` due jobs could all be actions waiting for a slot, and mutation jobs and
+/// crons due after them waited until the backlog of actions ahead of them was run.
+async fn due_to_start(
+    engine: &Engine,
+    free_actions: usize,
+    now_ms: i64,
+) -> FunctionResult<Vec<Value>> {
+    let pending = |kind, limit| due_jobs(engine, "pending", kind, now_ms, limit);
+    let mut jobs = match pending(Some("mutation"), MAX_JOBS_PER_PASS).await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            // The index is still being built (a database from before it): every kind in
+            // one read, as before it.
+            tracing::debug!(error = %e, "due jobs read by time only");
+            return pending(None, MAX_JOBS_PER_PASS).await;
+        }
+    };
+    let free_actions = free_actions.min(MAX_JOBS_PER_PASS);
+    if free_actions > 0 {
+        jobs.extend(pending(Some("action"), free_actions).await?);
+    }
+    Ok(jobs)
 }
 
 /// Claims a pending job inside the caller's transaction; `false` if someone else ran it.

@@ -401,6 +401,51 @@ async fn a_backlog_of_actions_runs_a_bounded_number_at_a_time() {
     assert!((2..=32).contains(&most), "{most} actions ran at once");
 }
 
+/// A mutation job due behind a backlog of actions waiting for a slot runs at once: read with
+/// them, it waited until all but 64 of the actions ahead of it had run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_job_does_not_wait_behind_a_backlog_of_actions() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static OPEN: AtomicBool = AtomicBool::new(false);
+    const BACKLOG: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = functions();
+    f.action(
+        "heldAction",
+        Visibility::Internal,
+        v::object([]),
+        v::null(),
+        |_ctx, _a: Value| async move {
+            while !OPEN.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(())
+        },
+    );
+    let engine = Engine::open(
+        &dir.path().join("db.redb"),
+        schema(),
+        f,
+        EngineConfig::default(),
+    )
+    .unwrap();
+    engine
+        .transact(|ctx| {
+            for _ in 0..BACKLOG {
+                ctx.schedule_after(0, "heldAction", obj! {})?;
+            }
+            ctx.schedule_after(10, "record", obj! {"tag" => "behind"})?;
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    eventually("the mutation job behind the actions", || async {
+        (events(&engine, "behind").await.len() == 1).then_some(())
+    })
+    .await;
+    OPEN.store(true, Ordering::SeqCst);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_are_deleted_after_their_retention_and_pending_ones_kept() {
     let dir = tempfile::tempdir().unwrap();
