@@ -11,11 +11,12 @@ use std::time::Duration;
 use query_engine::committer::Committed;
 use query_engine::diff::apply;
 use query_engine::engine::{Engine, EngineConfig};
+use query_engine::error::FunctionError;
 use query_engine::functions::Visibility;
 use query_engine::obj;
 use query_engine::schema::v;
 use query_engine::subscriptions::{
-    ClientSession, QueryUpdate, SubscriptionConfig, SubscriptionManager, Transition,
+    ClientSession, FailureReport, QueryUpdate, SubscriptionConfig, SubscriptionManager, Transition,
 };
 use query_engine::value::Value;
 
@@ -664,6 +665,53 @@ async fn revoked_access_ends_the_subscription_and_shares_the_body() {
             "bob receives nothing after removal: {t:?}"
         );
     }
+}
+
+/// The failures of a client's subscriptions go through its `FailureReport`, told whether its
+/// identity had lapsed: from the re-run that `lapse_identity` causes until the next
+/// `set_identity`, new subscriptions included, and not before or after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_after_a_lapsed_identity_are_reported_as_lapsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    engine
+        .mutation("addMember", obj! {"topic" => "t", "user" => "ann"}, None)
+        .await
+        .unwrap();
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let report: FailureReport = std::sync::Arc::new(|e: FunctionError, lapsed: bool| {
+        let standing = if lapsed { "lapsed" } else { "current" };
+        FunctionError::new(e.code.clone(), format!("{standing}: {}", e.message))
+    });
+    let s = mgr
+        .connect_reporting(Some(common::identity("ann")), report)
+        .await;
+    // Reads transitions until `query_id` fails; returns the reported error's message.
+    let failure_of = |query_id: u32| {
+        let s = &s;
+        async move {
+            loop {
+                for u in next_transition(s).await.updates {
+                    if let QueryUpdate::Failed { query_id: q, error } = u {
+                        if q == query_id {
+                            return format!("{} {}", error.code, error.message);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let topic = |t: &str| obj! {"topic" => t};
+    s.subscribe(1, "memberNotes", topic("t")).await.unwrap();
+    s.subscribe(2, "memberNotes", topic("other")).await.unwrap();
+    assert_eq!(failure_of(2).await, "FORBIDDEN current: not a member");
+    s.lapse_identity().await;
+    assert_eq!(failure_of(1).await, "UNAUTHORIZED lapsed: sign in");
+    s.subscribe(3, "memberNotes", topic("t")).await.unwrap();
+    assert_eq!(failure_of(3).await, "UNAUTHORIZED lapsed: sign in");
+    s.set_identity(Some(common::identity("ann"))).await;
+    s.subscribe(4, "memberNotes", topic("other")).await.unwrap();
+    assert_eq!(failure_of(4).await, "FORBIDDEN current: not a member");
 }
 
 mod property {

@@ -63,11 +63,19 @@ impl Default for SubscriptionConfig {
 
 pub type ClientId = u64;
 
+/// How a client's subscription failures are reported: applied to the error of each of its
+/// subscriptions that fails, before the failure is pushed. The flag says whether the client's
+/// identity had lapsed (`ClientSession::lapse_identity`) with no new one since, so that the
+/// application can tell the client which failures a fresh identity may undo; it can also strip
+/// from a function's own error what only the application may say.
+pub type FailureReport = Arc<dyn Fn(FunctionError, bool) -> FunctionError + Send + Sync>;
+
 pub(crate) enum Command {
     Connect {
         client: ClientId,
         outbox: Arc<Outbox>,
         identity: Option<Identity>,
+        report: Option<FailureReport>,
     },
     Subscribe {
         client: ClientId,
@@ -83,6 +91,8 @@ pub(crate) enum Command {
     SetIdentity {
         client: ClientId,
         identity: Option<Identity>,
+        /// The identity lapsed rather than being replaced (`ClientSession::lapse_identity`).
+        lapsed: bool,
         reply: oneshot::Sender<()>,
     },
     SyncTo {
@@ -208,6 +218,23 @@ impl SubscriptionManager {
 
     /// Opens a client session (one per connection).
     pub async fn connect(&self, identity: Option<Identity>) -> ClientSession {
+        self.open(identity, None).await
+    }
+
+    /// Opens a client session whose subscription failures are reported through `report`.
+    pub async fn connect_reporting(
+        &self,
+        identity: Option<Identity>,
+        report: FailureReport,
+    ) -> ClientSession {
+        self.open(identity, Some(report)).await
+    }
+
+    async fn open(
+        &self,
+        identity: Option<Identity>,
+        report: Option<FailureReport>,
+    ) -> ClientSession {
         let client = self.inner.next_client.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::default());
         let _ = self
@@ -217,6 +244,7 @@ impl SubscriptionManager {
                 client,
                 outbox: outbox.clone(),
                 identity,
+                report,
             })
             .await;
         ClientSession {
@@ -351,11 +379,24 @@ impl ClientSession {
     /// Re-runs every subscription under a new identity (token refresh or sign-out) without
     /// dropping them; subscriptions the new identity may not see end with their error.
     pub async fn set_identity(&self, identity: Option<Identity>) {
+        self.change_identity(identity, false).await;
+    }
+
+    /// The client's identity lapsed (say, its token expired without a refresh): every
+    /// subscription re-runs anonymously, and until the next `set_identity` the failures of
+    /// this client's subscriptions, those of this re-run included, are reported as lapsed
+    /// (`FailureReport`).
+    pub async fn lapse_identity(&self) {
+        self.change_identity(None, true).await;
+    }
+
+    async fn change_identity(&self, identity: Option<Identity>, lapsed: bool) {
         let (reply, rx) = oneshot::channel();
         if self
             .send(Command::SetIdentity {
                 client: self.client,
                 identity,
+                lapsed,
                 reply,
             })
             .await

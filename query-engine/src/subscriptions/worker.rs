@@ -22,7 +22,9 @@ use super::invalidation::{ExecId, InvalidationIndex};
 use super::outbox::{Outbox, Update};
 use super::rerun::{self, ExecSpec, Executed, Rerun, RerunJob, RerunPool};
 use super::wakeup::Wakeups;
-use super::{ClientId, Command, PendingCommits, SubscriptionConfig, SubscriptionMetrics};
+use super::{
+    ClientId, Command, FailureReport, PendingCommits, SubscriptionConfig, SubscriptionMetrics,
+};
 
 /// Most threads re-running executions of one pass.
 const MAX_RERUN_THREADS: usize = 8;
@@ -57,6 +59,10 @@ struct ClientState {
     identity: Option<Identity>,
     outbox: Arc<Outbox>,
     subs: FxHashMap<u32, Sub>,
+    /// Applied to each failure before it is pushed, if given.
+    report: Option<FailureReport>,
+    /// The identity lapsed (`ClientSession::lapse_identity`) and no new one was set since.
+    lapsed: bool,
 }
 
 pub(crate) struct Worker {
@@ -133,6 +139,7 @@ impl Worker {
                 client,
                 outbox,
                 identity,
+                report,
             } => {
                 // A session dropped before its Connect got here was already looked for by
                 // `drain_closed` (its handle closes the outbox before queueing the id), so it
@@ -147,6 +154,8 @@ impl Worker {
                         identity,
                         outbox,
                         subs: FxHashMap::default(),
+                        report,
+                        lapsed: false,
                     },
                 );
             }
@@ -173,9 +182,10 @@ impl Worker {
             Command::SetIdentity {
                 client,
                 identity,
+                lapsed,
                 reply,
             } => {
-                self.set_identity(client, identity);
+                self.set_identity(client, identity, lapsed);
                 let _ = reply.send(());
             }
             Command::SyncTo { client, ts } => {
@@ -211,7 +221,13 @@ impl Worker {
         I::IntoIter: ExactSizeIterator,
     {
         if let Some(c) = self.clients.get(&client) {
-            let updates = updates.into_iter();
+            let report = c.report.as_ref().map(|report| (report, c.lapsed));
+            let updates = updates.into_iter().map(|(q, u)| match (u, report) {
+                (Update::Failed(e), Some((report, lapsed))) => {
+                    (q, Update::Failed(report(e, lapsed)))
+                }
+                (u, _) => (q, u),
+            });
             let n = updates.len();
             let (depth, wake) = c.outbox.push(self.snapshot.ts, updates);
             if wake {
@@ -416,11 +432,13 @@ impl Worker {
         self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn set_identity(&mut self, client: ClientId, identity: Option<Identity>) {
+    fn set_identity(&mut self, client: ClientId, identity: Option<Identity>, lapsed: bool) {
         let Some(c) = self.clients.get_mut(&client) else {
             return;
         };
         c.identity = identity.clone();
+        // Before the re-run: its failures are the first the lapse causes.
+        c.lapsed = lapsed;
         let subs: Vec<(u32, Sub)> = c.subs.drain().collect();
         let mut updates = Vec::new();
         for (q, sub) in subs {
