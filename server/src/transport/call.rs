@@ -19,14 +19,13 @@ use query_engine::error::{codes, FunctionError, FunctionResult};
 use query_engine::functions::FunctionKind;
 use query_engine::protocol::{
     decode_call, encode_frame_into, CallKind, CallOutcome, ClientMessage, ServerMessage,
-    TOKEN_EXPIRED,
 };
 use query_engine::value::Value;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::budget::HeldOutput;
-use super::connection::{token_expired, AuthState, ConnCtx};
+use super::connection::{token_expired, without_server_markers, AuthState, ConnCtx};
 use super::stream::{
     Frame, FrameReader, CLOSE_PROTOCOL_ERROR, CLOSE_RESULT_TIMEOUT, CLOSE_SHUTDOWN,
 };
@@ -539,34 +538,4 @@ async fn execute<'a>(
         }
     };
     (result.map_err(without_server_markers), function)
-}
-
-/// A function's own error with the server's `tokenExpired` marker taken out of its data: only
-/// the server's refusal may say a call ran nothing (a client re-sends such a call, actions
-/// included).
-fn without_server_markers(mut error: FunctionError) -> FunctionError {
-    if let Value::Object(data) = &mut error.data {
-        if data.contains_key(TOKEN_EXPIRED) {
-            std::sync::Arc::make_mut(data).remove(TOKEN_EXPIRED);
-        }
-    }
-    error
-}
-
-#[cfg(test)]
-mod tests {
-    use query_engine::obj;
-
-    use super::*;
-
-    /// A function cannot make its own error look like the server's refusal under an expired
-    /// token (which tells a client the call ran nothing); its other data stays.
-    #[test]
-    fn a_functions_error_loses_the_token_expired_marker_only() {
-        let own = FunctionError::unauthorized("no")
-            .with_data(obj! { TOKEN_EXPIRED => true, "why" => "mine" });
-        let sent = without_server_markers(own);
-        assert_eq!(sent.data.get_path(TOKEN_EXPIRED), None);
-        assert_eq!(sent.data.get_path("why"), Some(&Value::from("mine")));
-    }
 }

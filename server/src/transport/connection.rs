@@ -65,6 +65,36 @@ pub(crate) fn token_expired(message: &str) -> FunctionError {
     FunctionError::unauthorized(message).with_data(obj! { TOKEN_EXPIRED => true })
 }
 
+/// A function's own error with the server's `tokenExpired` marker taken out of its data: only
+/// the server may say that a call ran nothing (a client re-sends such a call, actions
+/// included) or that a subscription failed for want of a fresh token (a client subscribes it
+/// again once it has one).
+pub(crate) fn without_server_markers(mut error: FunctionError) -> FunctionError {
+    if let Value::Object(data) = &mut error.data {
+        if data.contains_key(TOKEN_EXPIRED) {
+            Arc::make_mut(data).remove(TOKEN_EXPIRED);
+        }
+    }
+    error
+}
+
+/// How the connection's subscription failures reach the client. One that fails while the
+/// identity has lapsed (its token expired without a refresh, §11: the re-run that drops the
+/// identity, and anything subscribed or re-run before the next `Authenticate`) failed for want
+/// of a fresh token, whatever the anonymous run said: it is reported as that, marked, so that
+/// the client subscribes it again once a fresh token is accepted. A function's own error
+/// cannot carry the marker.
+fn report_subscription_failure(error: FunctionError, lapsed: bool) -> FunctionError {
+    if lapsed {
+        token_expired(&format!(
+            "the token expired; subscribe again after Authenticate (without it: {}: {})",
+            error.code, error.message
+        ))
+    } else {
+        without_server_markers(error)
+    }
+}
+
 /// State of one connection, shared by its control stream and call tasks.
 pub(crate) struct ConnCtx {
     pub conn: Connection,
@@ -236,7 +266,12 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
     control_reader.limit_frames_to(max_frame);
     let ctx = Arc::new(ConnCtx {
         conn: conn.clone(),
-        session: Arc::new(shared.subscriptions.connect(None).await),
+        session: Arc::new(
+            shared
+                .subscriptions
+                .connect_reporting(None, Arc::new(report_subscription_failure))
+                .await,
+        ),
         auth: ArcSwapOption::empty(),
         live_queries: Mutex::new(HashSet::new()),
         call_slots: Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1) as usize)),
@@ -329,4 +364,36 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
         }
     }
     tracing::debug!("connection ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A function cannot make its own error look like the server's refusal under an expired
+    /// token (which tells a client the call ran nothing); its other data stays.
+    #[test]
+    fn a_functions_error_loses_the_token_expired_marker_only() {
+        let own = FunctionError::unauthorized("no")
+            .with_data(obj! { TOKEN_EXPIRED => true, "why" => "mine" });
+        let sent = without_server_markers(own);
+        assert_eq!(sent.data.get_path(TOKEN_EXPIRED), None);
+        assert_eq!(sent.data.get_path("why"), Some(&Value::from("mine")));
+    }
+
+    /// A subscription's failure is marked `tokenExpired` when, and only when, the identity
+    /// had lapsed: a function's own marker is taken out, whatever its code.
+    #[test]
+    fn only_a_failure_after_the_identity_lapsed_is_marked() {
+        let forged = FunctionError::forbidden("no").with_data(obj! { TOKEN_EXPIRED => true });
+        let current = report_subscription_failure(forged, false);
+        assert_eq!(current.code, codes::FORBIDDEN);
+        assert_eq!(current.data.get_path(TOKEN_EXPIRED), None);
+        let lapsed = report_subscription_failure(FunctionError::forbidden("no"), true);
+        assert_eq!(lapsed.code, codes::UNAUTHORIZED);
+        assert_eq!(
+            lapsed.data.get_path(TOKEN_EXPIRED),
+            Some(&Value::Bool(true))
+        );
+    }
 }

@@ -162,8 +162,8 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// An identity whose token expired without a refresh is dropped from the subscriptions, which
-/// re-run anonymously (§11), so a query that needs the identity fails and ends instead of
-/// streaming on. Calls go on failing with `UNAUTHORIZED` `tokenExpired` (nothing run) until the
+/// re-run anonymously (§11), so a query that needs the identity fails (marked `tokenExpired`)
+/// instead of streaming on. Calls go on failing with `UNAUTHORIZED` `tokenExpired` (nothing run) until the
 /// client authenticates again: run anonymously instead, a call meant for the user could do
 /// something else, and the client could not tell that it is safe to send it again.
 async fn expire_identity(ctx: &ConnCtx, leeway_secs: u64) -> Option<Outgoing> {
@@ -177,7 +177,9 @@ async fn expire_identity(ctx: &ConnCtx, leeway_secs: u64) -> Option<Outgoing> {
         expires_at: state.expires_at,
         lapsed: true,
     })));
-    ctx.session.set_identity(None).await;
+    // Failures from here to the next `Authenticate` are marked, so the client subscribes them
+    // again once it has a fresh token.
+    ctx.session.lapse_identity().await;
     let notice = token_expired(
         "the token expired; subscriptions run anonymously and calls are refused until Authenticate",
     );

@@ -121,6 +121,17 @@ fn functions() -> Functions {
         v::any(),
         |ctx, _: Value| Ok(ctx.auth().map(|i| i.subject.clone())),
     );
+    f.query(
+        "counter:mine",
+        Visibility::Public,
+        v::object([]),
+        v::any(),
+        |ctx, _: Value| {
+            ctx.auth()
+                .map(|i| Value::from(i.subject.clone()))
+                .ok_or_else(|| FunctionError::unauthorized("sign in"))
+        },
+    );
     f.mutation(
         "counter:reset",
         Visibility::Internal,
@@ -721,9 +732,10 @@ async fn a_mutation_retried_after_a_restart_is_not_applied_again() {
 }
 
 /// A token that expires without a refresh stops counting (§11): the server says so with a
-/// non-fatal `UNAUTHORIZED`, re-runs the subscriptions anonymously and refuses calls until
-/// the next `Authenticate`. Waits out the
-/// verifier's 30 s leeway, bounded, never timed.
+/// non-fatal `UNAUTHORIZED`, re-runs the subscriptions anonymously (one that needs the
+/// identity fails, marked `tokenExpired`, so that the client may subscribe it again) and
+/// refuses calls until the next `Authenticate`. Waits out the verifier's 30 s leeway, bounded,
+/// never timed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously() {
     let dir = tempfile::tempdir().unwrap();
@@ -740,6 +752,22 @@ async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously
             args: obj! {},
         })
         .await;
+    client
+        .control(ClientMessage::Subscribe {
+            query_id: 2,
+            function: "counter:mine".into(),
+            args: obj! {},
+        })
+        .await;
+    let mine_failed = |m: &ServerMessage| match m {
+        ServerMessage::Transition { modifications, .. } => {
+            modifications.iter().find_map(|m| match m {
+                Modification::Failed { query_id: 2, error } => Some(error.clone()),
+                _ => None,
+            })
+        }
+        _ => None,
+    };
     let whoami = |m: &ServerMessage| match m {
         ServerMessage::Transition { modifications, .. } => {
             modifications.iter().find_map(|m| match m {
@@ -762,8 +790,8 @@ async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously
     // Pings keep the connection busy (and each read short) while the leeway runs out; the
     // notice and the anonymous re-run may arrive in either order.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30 + 1 + 20);
-    let (mut notice, mut anonymous, mut nonce) = (None, None, 0);
-    while notice.is_none() || anonymous.is_none() {
+    let (mut notice, mut anonymous, mut failed, mut nonce) = (None, None, None, 0);
+    while notice.is_none() || anonymous.is_none() || failed.is_none() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no expiry notice and anonymous re-run within the bound"
@@ -772,6 +800,9 @@ async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously
         client.control(ClientMessage::Ping { nonce }).await;
         loop {
             let m = client.next().await;
+            if let Some(e) = mine_failed(&m) {
+                failed = Some(e);
+            }
             if let Some(v) = whoami(&m) {
                 anonymous = Some(v);
             } else if let ServerMessage::Error {
@@ -788,6 +819,13 @@ async fn an_expired_token_drops_the_identity_and_subscriptions_rerun_anonymously
     }
     assert_eq!(notice, Some(("UNAUTHORIZED".to_string(), false)));
     assert_eq!(anonymous, Some(Value::Null));
+    let failed = failed.unwrap();
+    assert_eq!(failed.code, "UNAUTHORIZED");
+    assert_eq!(
+        failed.data.get_path("tokenExpired"),
+        Some(&Value::Bool(true)),
+        "{failed:?}"
+    );
     // Calls are not run anonymously for a client that signed in: they are refused, marked,
     // until it authenticates again (here: signs out).
     match client
