@@ -317,6 +317,12 @@ struct State {
     /// The server dropped the identity because its token expired (§11), and no refresh has
     /// been attempted since.
     expiry_notice: bool,
+    /// Where the current connection stands after its token lapsed: when subscriptions that
+    /// failed for it are subscribed again.
+    lapse: Lapse,
+    /// The `token_version` the token keeper gave up refreshing (`keep_token_fresh`): until the
+    /// token changes or another expiry notice comes, no fresh token will come by itself.
+    refresh_gave_up_on: Option<u64>,
     refresher: Option<TokenRefresher>,
     subs: SubscriptionTable,
     /// The current connection, if up.
@@ -339,7 +345,54 @@ struct State {
     closed: Option<ClientError>,
 }
 
+/// The current connection's token lapse (§11), as far as the subscriptions that failed for it
+/// care. The server marks such a failure (`tokenExpired`) from the moment it drops the identity
+/// until it reads the next `Authenticate`, and its expiry notice and its `AuthOk`s come in that
+/// order; but a transition carrying the failure may come before the notice or after the
+/// `AuthOk` (they travel apart). So a marked failure before any notice waits for the notice and
+/// then an `AuthOk`, and one after an `AuthOk` that followed the notice is subscribed again at
+/// once (a later lapse's failure taken so waits for that lapse's notice on its next try).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Lapse {
+    /// No expiry notice on this connection.
+    None,
+    /// The server dropped the identity; no `Authenticate` was answered since.
+    Noticed,
+    /// An `Authenticate` was answered with `AuthOk` after the notice: the server runs new
+    /// subscriptions under that identity.
+    Renewed,
+}
+
 impl State {
+    /// After a transition parked subscriptions that failed for a lapsed token, an `AuthOk`,
+    /// an expiry notice, or a change of the refresher or of the token keeper's hopes:
+    /// subscribes them again once the connection has authenticated after the notice, ends
+    /// them when no fresh token will come (no refresher, or the token keeper gave up after the
+    /// notice: one that gave up before it tries afresh on it), and otherwise lets them wait.
+    /// Returns readers to wake.
+    fn settle_parked(&mut self) -> Vec<std::task::Waker> {
+        if !self.subs.has_parked() {
+            return Vec::new();
+        }
+        if self.refresher.is_none() {
+            return self.subs.end_parked();
+        }
+        match self.lapse {
+            Lapse::None => {}
+            Lapse::Noticed => {
+                if self.refresh_gave_up_on == Some(self.token_version) {
+                    return self.subs.end_parked();
+                }
+            }
+            Lapse::Renewed => {
+                for msg in self.subs.resume_parked() {
+                    self.push(msg);
+                }
+            }
+        }
+        Vec::new()
+    }
+
     fn note_ts(&mut self, ts: u64) {
         self.last_seen_ts = Some(self.last_seen_ts.map_or(ts, |seen| seen.max(ts)));
     }
@@ -378,6 +431,8 @@ impl Client {
                 token_version: 0,
                 token_unsent: false,
                 expiry_notice: false,
+                lapse: Lapse::None,
+                refresh_gave_up_on: None,
                 refresher: options.token_refresher.clone(),
                 subs: SubscriptionTable::new(),
                 session: None,
@@ -558,9 +613,17 @@ impl Client {
     }
 
     /// Replaces (or with `None` removes) the token refresher. To sign out for good, remove the
-    /// refresher and then `set_auth(None)`.
+    /// refresher and then `set_auth(None)`. Without a refresher, subscriptions waiting for a
+    /// fresh token after theirs lapsed end with the `UNAUTHORIZED`.
     pub fn set_token_refresher(&self, refresher: Option<TokenRefresher>) {
-        self.inner.state.lock().refresher = refresher;
+        let wakers = {
+            let mut st = self.inner.state.lock();
+            st.refresher = refresher;
+            st.settle_parked()
+        };
+        for w in wakers {
+            w.wake();
+        }
         self.inner.auth_wake.notify_one();
     }
 
@@ -793,6 +856,7 @@ impl Inner {
             st.gen += 1;
             let session = Arc::new(Session::new(st.gen, conn, info, max_frame_bytes));
             st.subject = subject;
+            st.lapse = Lapse::None;
             if transition_ts > 0 {
                 st.note_ts(transition_ts);
             }
@@ -1149,10 +1213,13 @@ impl Inner {
                             return ClientError::Disconnected;
                         }
                         match st.subs.apply_transition(start_ts, end_ts, modifications) {
-                            Ok(effects) => {
+                            Ok(mut effects) => {
                                 st.note_ts(end_ts);
                                 for msg in effects.outbox {
                                     st.push(msg);
+                                }
+                                if effects.parked {
+                                    effects.wakers.extend(st.settle_parked());
                                 }
                                 effects.wakers
                             }
@@ -1165,7 +1232,20 @@ impl Inner {
                     }
                 }
                 ServerMessage::AuthOk { subject } => {
-                    let waiter = self.state.lock().auth_waiters.pop_front();
+                    let (waiter, wakers) = {
+                        let mut st = self.state.lock();
+                        // The server runs what is subscribed from now on under this identity
+                        // (or none, after a sign-out): the subscriptions parked for the
+                        // lapsed token are subscribed again, and end if they still fail.
+                        if st.lapse != Lapse::None {
+                            st.lapse = Lapse::Renewed;
+                        }
+                        let wakers = st.settle_parked();
+                        (st.auth_waiters.pop_front(), wakers)
+                    };
+                    for w in wakers {
+                        w.wake();
+                    }
                     match waiter {
                         Some(w) => {
                             let _ = w.send(Ok(subject));
@@ -1191,6 +1271,9 @@ impl Inner {
                             let mut st = self.state.lock();
                             st.subject = None;
                             st.expiry_notice = true;
+                            st.lapse = Lapse::Noticed;
+                            // A new event: the token keeper tries afresh.
+                            st.refresh_gave_up_on = None;
                         }
                         // With a refresher, the token keeper signs in again.
                         self.auth_wake.notify_one();
@@ -1435,21 +1518,22 @@ async fn keep_token_fresh(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>
     let mut failures = 0u32;
     let mut retry_at = None;
     let mut last_refresh: Option<Instant> = None;
-    // The `token_version` the keeper gave up on.
-    let mut gave_up_on: Option<u64> = None;
     loop {
         let due = {
-            let st = inner.state.lock();
-            if gave_up_on.is_some_and(|version| version != st.token_version) {
+            let mut st = inner.state.lock();
+            if st
+                .refresh_gave_up_on
+                .is_some_and(|version| version != st.token_version)
+            {
                 // A new token since (the application's, or a reconnect's).
-                gave_up_on = None;
+                st.refresh_gave_up_on = None;
                 failures = 0;
             }
             if st.refresher.is_none() {
                 None
             } else if st.expiry_notice {
                 Some(Instant::now())
-            } else if gave_up_on.is_some() {
+            } else if st.refresh_gave_up_on.is_some() {
                 None
             } else if failures > 0 {
                 retry_at
@@ -1476,9 +1560,9 @@ async fn keep_token_fresh(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>
             continue;
         };
         if notice {
-            // A new event: a fresh allowance of attempts.
+            // A new event: a fresh allowance of attempts (`refresh_gave_up_on` was cleared
+            // with the notice).
             failures = 0;
-            gave_up_on = None;
         }
         last_refresh = Some(Instant::now());
         match refresh_token(&inner, &refresher).await {
@@ -1490,7 +1574,15 @@ async fn keep_token_fresh(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>
                 failures += 1;
                 if failures >= MAX_REFRESH_ATTEMPTS {
                     tracing::warn!(error = %e, failures, "token refresh keeps failing; giving up until the token changes");
-                    gave_up_on = Some(inner.state.lock().token_version);
+                    let wakers = {
+                        let mut st = inner.state.lock();
+                        st.refresh_gave_up_on = Some(st.token_version);
+                        // Subscriptions waiting for a fresh token end with their error.
+                        st.settle_parked()
+                    };
+                    for w in wakers {
+                        w.wake();
+                    }
                 } else {
                     let wait = REFRESH_BACKOFF.delay(failures - 1, rand::random());
                     tracing::debug!(error = %e, failures, ?wait, "token refresh failed; retrying");

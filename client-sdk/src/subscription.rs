@@ -94,7 +94,10 @@ pub(crate) trait SubscriptionOwner: Send + Sync {
 /// A live query: a `Stream` of its results, each at least as new as the one before. The first
 /// item is the current result; later items arrive as the data changes. A failure of the query
 /// (e.g. `FORBIDDEN`) is yielded as one `Err` and ends the stream. Reconnects are invisible:
-/// the stream pauses and resumes with the current state. Dropping it unsubscribes.
+/// the stream pauses and resumes with the current state. So is a token that lapsed while a
+/// token refresher is set: a query that failed only for it (protocol §11) pauses, and resumes
+/// once a fresh token is accepted, or ends with the `UNAUTHORIZED` if none comes. Dropping it
+/// unsubscribes.
 pub struct Subscription {
     key: u64,
     function: String,
@@ -210,6 +213,10 @@ struct SubEntry {
     /// What the reader was last given, next to `value`.
     delivered: Delivered,
     slot: Arc<Slot>,
+    /// The server ended the query because the connection's token had lapsed (`Failed` marked
+    /// `tokenExpired`, §11): it waits, under no query id, to be subscribed again once a fresh
+    /// token is accepted, or to end with this error if none comes.
+    parked: Option<ClientError>,
 }
 
 /// What a subscription's reader was last handed, as far as telling whether the entry's
@@ -280,6 +287,9 @@ pub(crate) struct TransitionEffects {
     pub wakers: Vec<Waker>,
     /// Control messages to send (re-subscriptions of queries whose copy drifted).
     pub outbox: Vec<ClientMessage>,
+    /// Some subscription failed for a lapsed token and was parked (`SubEntry::parked`): the
+    /// client decides whether it waits, is subscribed again or ends.
+    pub parked: bool,
 }
 
 /// Every live subscription of a client, across connections. Keys are local and stable;
@@ -348,17 +358,22 @@ impl SubscriptionTable {
                 delivered_ts: None,
                 delivered: Delivered::Older,
                 slot: slot.clone(),
+                parked: None,
             },
         );
         (key, slot, subscribe)
     }
 
-    /// Forgets a subscription; returns the `Unsubscribe` to send if it was still live.
+    /// Forgets a subscription; returns the `Unsubscribe` to send if it was still live (a
+    /// parked one is not, on the server).
     pub(crate) fn remove(&mut self, key: u64) -> Option<ClientMessage> {
         let entry = self.entries.remove(&key)?;
-        self.by_query_id.remove(&entry.query_id);
         self.resyncing.remove(&key);
         self.held.remove(&key);
+        if entry.parked.is_some() {
+            return None;
+        }
+        self.by_query_id.remove(&entry.query_id);
         Some(ClientMessage::Unsubscribe {
             query_id: entry.query_id,
         })
@@ -372,6 +387,10 @@ impl SubscriptionTable {
     pub(crate) fn begin_connection(&mut self, gen: u64, ts: u64) -> Vec<ClientMessage> {
         self.conn_gen = gen;
         self.conn_ts = ts;
+        for entry in self.entries.values_mut() {
+            // Subscribed again below, under the token this connection signed in with.
+            entry.parked = None;
+        }
         self.resyncing = self.entries.keys().copied().collect();
         self.held.clear();
         self.by_query_id = self
@@ -468,9 +487,13 @@ impl SubscriptionTable {
                     changed.push(key);
                 }
                 Modification::Failed { query_id, error } => {
-                    effects
-                        .wakers
-                        .extend(self.end_query(query_id, ClientError::function(error)));
+                    let error = ClientError::function(error);
+                    // Failed only for want of a fresh token: not the query's end, yet.
+                    if error.is_token_expired() {
+                        effects.parked |= self.park(query_id, error);
+                    } else {
+                        effects.wakers.extend(self.end_query(query_id, error));
+                    }
                 }
                 Modification::Removed { query_id } => {
                     // Only sent after our Unsubscribe, by which time the entry is gone.
@@ -521,6 +544,78 @@ impl SubscriptionTable {
         self.entries.remove(&key)?.slot.end(Some(error))
     }
 
+    /// The server ended the subscription it knows as `query_id` because the token lapsed:
+    /// it keeps its value and reader and waits, under no query id, for `resume_parked` or
+    /// `end_parked`. It answered its re-subscription, if it was one, so the others' results
+    /// no longer wait for it. Returns whether it was live.
+    fn park(&mut self, query_id: u32, error: ClientError) -> bool {
+        let Some(key) = self.by_query_id.remove(&query_id) else {
+            return false;
+        };
+        self.resyncing.remove(&key);
+        // Its value changes nowhere while parked; released with the others it is news to no one.
+        self.held.remove(&key);
+        match self.entries.get_mut(&key) {
+            Some(entry) => {
+                entry.parked = Some(error);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether any subscription is parked for a lapsed token.
+    pub(crate) fn has_parked(&self) -> bool {
+        self.entries.values().any(|e| e.parked.is_some())
+    }
+
+    /// A fresh token was accepted: every parked subscription is subscribed again under a fresh
+    /// query id (a late message for the old one is then ignored). The fresh subscription's
+    /// first result is compared with what the reader has, as after a reconnect: the same
+    /// result is no update. Returns the `Subscribe`s to send.
+    pub(crate) fn resume_parked(&mut self) -> Vec<ClientMessage> {
+        let mut keys: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.parked.is_some())
+            .map(|(key, _)| *key)
+            .collect();
+        keys.sort_unstable();
+        let mut subscribes = Vec::with_capacity(keys.len());
+        for key in keys {
+            let query_id = self.allocate_query_id();
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            entry.parked = None;
+            entry.query_id = query_id;
+            self.by_query_id.insert(query_id, key);
+            subscribes.push(ClientMessage::Subscribe {
+                query_id,
+                function: entry.function.clone(),
+                args: entry.args.clone(),
+            });
+        }
+        subscribes
+    }
+
+    /// No fresh token will come: every parked subscription ends with its error. Returns the
+    /// readers' wakers.
+    pub(crate) fn end_parked(&mut self) -> Vec<Waker> {
+        let keys: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.parked.is_some())
+            .map(|(key, _)| *key)
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| {
+                let entry = self.entries.remove(&key)?;
+                entry.slot.end(entry.parked)
+            })
+            .collect()
+    }
+
     /// Ends the subscription whose `Subscribe` for `query_id` could not be sent with `error`,
     /// between transitions. If it was the last one the others' results waited for after a
     /// reconnect, they are handed over now, as of the connection's last transition.
@@ -547,6 +642,10 @@ impl SubscriptionTable {
     /// The local copy of `key` drifted from the server's: subscribe again under a fresh id,
     /// whose first result is a full `replace`.
     pub(crate) fn resubscribe(&mut self, key: u64, effects: &mut TransitionEffects) {
+        if self.entries.get(&key).is_none_or(|e| e.parked.is_some()) {
+            // Gone, or subscribed again anyway once it is resumed.
+            return;
+        }
         let query_id = self.allocate_query_id();
         let Some(entry) = self.entries.get_mut(&key) else {
             return;
@@ -1038,6 +1137,98 @@ mod tests {
         assert_eq!(t.len(), 0);
         // Dropping the subscription afterwards sends nothing.
         assert!(t.remove(key).is_none());
+    }
+
+    fn lapsed(query_id: u32) -> Modification {
+        Modification::Failed {
+            query_id,
+            error: ErrorPayload {
+                code: "UNAUTHORIZED".into(),
+                message: "the token expired".into(),
+                data: obj! { query_engine::protocol::TOKEN_EXPIRED => true },
+            },
+        }
+    }
+
+    /// A query the server ended for a lapsed token (§11) is parked, not ended: its reader
+    /// waits, and once resumed under a fresh query id its results flow again (the same result
+    /// is no update); parked again and ended, it yields the error.
+    #[test]
+    fn a_query_failed_for_a_lapsed_token_waits_to_be_subscribed_again() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1, 0);
+        let (_, slot, sub) = t.insert("mine".into(), obj! {});
+        let q = query_id_of(&sub);
+        let replace = |q, n: i64| updated(q, ResultDiff::Replace(Value::Int64(n)));
+        t.apply_transition(0, 1, vec![replace(q, 1)]).unwrap();
+        assert_eq!(next_value(&slot), Some(Value::Int64(1)));
+        let effects = t.apply_transition(1, 2, vec![lapsed(q)]).unwrap();
+        assert!(effects.parked && effects.wakers.is_empty());
+        assert!(poll_now(&slot).is_pending(), "the stream goes on");
+        assert!(t.has_parked());
+        // Late results for the old id are ignored.
+        t.apply_transition(2, 3, vec![replace(q, 9)]).unwrap();
+        assert!(poll_now(&slot).is_pending());
+
+        let resubscribed = t.resume_parked();
+        assert_eq!(resubscribed.len(), 1);
+        let q2 = query_id_of(&resubscribed[0]);
+        assert_ne!(q2, q);
+        assert!(!t.has_parked());
+        t.apply_transition(3, 4, vec![replace(q2, 1)]).unwrap();
+        assert_eq!(next_value(&slot), None, "the result the reader has");
+        t.apply_transition(4, 5, vec![replace(q2, 2)]).unwrap();
+        assert_eq!(next_value(&slot), Some(Value::Int64(2)));
+
+        // A second lapse, and no fresh token this time.
+        t.apply_transition(5, 6, vec![lapsed(q2)]).unwrap();
+        assert!(poll_now(&slot).is_pending());
+        let wakers = t.end_parked();
+        assert_eq!(wakers.len(), 1, "the waiting reader is woken");
+        match poll_now(&slot) {
+            Poll::Ready(Some(Err(e))) => assert!(e.is_token_expired(), "{e}"),
+            other => panic!("expected the lapse's error, got {other:?}"),
+        }
+        assert!(matches!(poll_now(&slot), Poll::Ready(None)));
+        assert_eq!(t.len(), 0);
+    }
+
+    /// A parked query is not live on the server: dropping it sends nothing; a reconnect
+    /// subscribes it again with the rest, and it no longer holds back the others' results
+    /// once parked while they resync.
+    #[test]
+    fn a_parked_query_is_dropped_silently_and_subscribed_again_on_reconnect() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1, 0);
+        let (key_a, _, sub_a) = t.insert("a".into(), obj! {});
+        let (_, b, sub_b) = t.insert("b".into(), obj! {});
+        let (qa, qb) = (query_id_of(&sub_a), query_id_of(&sub_b));
+        let replace = |q, n: i64| updated(q, ResultDiff::Replace(Value::Int64(n)));
+        t.apply_transition(0, 1, vec![replace(qa, 1), replace(qb, 1)])
+            .unwrap();
+        t.apply_transition(1, 2, vec![lapsed(qa)]).unwrap();
+        assert!(
+            t.remove(key_a).is_none(),
+            "no Unsubscribe for a parked query"
+        );
+        assert!(!t.has_parked());
+
+        let (_, c, sub_c) = t.insert("c".into(), obj! {});
+        let qc = query_id_of(&sub_c);
+        t.apply_transition(2, 3, vec![replace(qc, 1)]).unwrap();
+        assert_eq!(next_value(&c), Some(Value::Int64(1)));
+        t.apply_transition(3, 4, vec![lapsed(qc)]).unwrap();
+        assert!(t.has_parked());
+        let resubscribed: Vec<u32> = t.begin_connection(2, 0).iter().map(query_id_of).collect();
+        assert_eq!(resubscribed.len(), 2, "b and the parked c");
+        assert!(!t.has_parked());
+        assert!(resubscribed.contains(&qc));
+        // On the new connection c is parked again before answering: b's result is not held
+        // back for it.
+        t.apply_transition(0, 10, vec![lapsed(qc), replace(qb, 2)])
+            .unwrap();
+        assert_eq!(next_value(&b), Some(Value::Int64(2)));
+        assert!(next_value(&c).is_none());
     }
 
     #[test]

@@ -668,7 +668,8 @@ async fn an_expired_token_without_a_refresher_clears_the_subject() {
 
 /// A refresher that fails is asked a bounded number of times, with backoff, and not at all
 /// once the client has given up; the server's expiry notice gets it asked again, and the
-/// connection signs in with its token without any call.
+/// connection signs in with its token without any call. The subscription that needs the
+/// identity waits meanwhile, and then carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_expiry_notice_a_failing_refresher_is_asked_again() {
     let dir = common::data_dir();
@@ -704,16 +705,12 @@ async fn after_the_expiry_notice_a_failing_refresher_is_asked_again() {
     assert_eq!(client.subject().as_deref(), Some("user_6"));
     let mut mine = client.subscribe("me:counter", &json!({})).unwrap();
     assert_eq!(next(&mut mine).await.unwrap(), Value::Int64(0));
-    // No refresh succeeds before the server drops the identity: the query fails and ends.
+    // No refresh succeeds before the server drops the identity.
     let bound = Duration::from_secs(AuthConfig::DEFAULT_LEEWAY_SECS) + PATIENCE;
-    let ended = tokio::time::timeout(bound, mine.next())
-        .await
-        .expect("the subscription went on past the token's expiry");
-    assert_eq!(ended.unwrap().unwrap_err().code(), Some("UNAUTHORIZED"));
     let subject_is = |want: Option<&'static str>| {
         let client = client.clone();
         async move {
-            tokio::time::timeout(PATIENCE, async {
+            tokio::time::timeout(bound, async {
                 while client.subject().as_deref() != want {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -732,6 +729,11 @@ async fn after_the_expiry_notice_a_failing_refresher_is_asked_again() {
     subject_is(Some("user_6")).await;
     let who: String = client.query("me:whoami", &json!({})).await.unwrap();
     assert_eq!(who, "user_6");
+    let _: i64 = client
+        .mutation("counter:add", &json!({"name": "user_6", "by": 1}))
+        .await
+        .unwrap();
+    until(&mut mine, |v| *v == Value::Int64(1)).await;
     client.close().await;
     server.shutdown().await;
 }
@@ -750,6 +752,106 @@ fn ready_later(
         Box::pin(async move { token })
     });
     (refresher, ready)
+}
+
+/// A connection signed in with a token the server takes for two seconds more (its `exp` is
+/// nearly the verifier's leeway ago), and a refresher that has no token until `ready` is set.
+async fn lapsing_soon(
+    server: &linkedup_server::RunningServer,
+    dir: &std::path::Path,
+    subject: &'static str,
+) -> (Client, Arc<std::sync::atomic::AtomicBool>, Arc<AtomicUsize>) {
+    let kid = server.dev_issuer().unwrap().kid().to_string();
+    let exp = unix_now() + 2 - AuthConfig::DEFAULT_LEEWAY_SECS;
+    let token = token_expiring_at(dir, &kid, subject, exp);
+    let (refresher, ready) = ready_later(server.dev_issuer().unwrap().clone(), subject);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counting: TokenRefresher = {
+        let asked = asked.clone();
+        Arc::new(move || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            refresher()
+        })
+    };
+    let options = common::options(server)
+        .with_token(token)
+        .with_token_refresher(counting);
+    let client = Client::connect(&common::addr(server), options)
+        .await
+        .unwrap();
+    assert_eq!(client.subject().as_deref(), Some(subject));
+    (client, ready, asked)
+}
+
+/// A token that lapses because the refresher was slow costs no subscription (§11): the query
+/// that needs the identity fails on the server, marked, and the client subscribes it again
+/// once the refresher's fresh token is accepted on the same connection; its stream neither
+/// fails nor ends, and goes on with later changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_survives_a_lapsed_token_once_a_fresh_one_comes() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let (client, ready, _) = lapsing_soon(&server, dir.path(), "user_9").await;
+    let mut mine = client.subscribe("me:counter", &json!({})).unwrap();
+    assert_eq!(next(&mut mine).await.unwrap(), Value::Int64(0));
+    // The server drops the identity (its notice clears the subject) while the refresher has
+    // nothing; only then does a fresh token come.
+    tokio::time::timeout(PATIENCE, async {
+        while client.subject().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the identity outlived its token");
+    ready.store(true, Ordering::SeqCst);
+    tokio::time::timeout(PATIENCE, async {
+        while client.subject().as_deref() != Some("user_9") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no fresh token was accepted");
+    let _: i64 = client
+        .mutation("counter:add", &json!({"name": "user_9", "by": 1}))
+        .await
+        .unwrap();
+    // `until` fails on an error or an end: the stream yields 1 next (0 again is no update).
+    assert_eq!(
+        until(&mut mine, |v| *v == Value::Int64(1)).await,
+        vec![Value::Int64(1)]
+    );
+    assert_eq!(client.connection_count(), 1, "no reconnect was needed");
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// Without a fresh token, a subscription that failed for the lapsed one waits only as long as
+/// the refresher is asked after the expiry notice (5 times, with backoff): then it ends with
+/// the server's `UNAUTHORIZED`, marked `tokenExpired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_fresh_token_a_lapsed_subscription_ends_unauthorized() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let (client, _never, asked) = lapsing_soon(&server, dir.path(), "user_10").await;
+    let mut mine = client.subscribe("me:counter", &json!({})).unwrap();
+    assert_eq!(next(&mut mine).await.unwrap(), Value::Int64(0));
+    // Backoff after the notice: 1 + 2 + 4 + 8 s, each at most half again.
+    let bound = Duration::from_secs(23) + PATIENCE;
+    let ended = tokio::time::timeout(bound, mine.next())
+        .await
+        .expect("the subscription waited past the refresher's last attempt");
+    let e = ended.expect("an error before the end").unwrap_err();
+    assert_eq!(e.code(), Some("UNAUTHORIZED"), "{e}");
+    assert!(e.is_token_expired(), "{e}");
+    // Once at connect, then at least the five attempts after the notice.
+    let asked = asked.load(Ordering::SeqCst);
+    assert!(asked >= 6, "ended after {asked} asks");
+    assert!(tokio::time::timeout(PATIENCE, mine.next())
+        .await
+        .unwrap()
+        .is_none());
+    client.close().await;
+    server.shutdown().await;
 }
 
 /// The server refuses a call under an expired token before running anything and marks the
