@@ -134,7 +134,8 @@ pub struct ClientOptions {
     /// none within `token_refresh_timeout`, a token the server rejects) is tried again with
     /// backoff, at most 5 times in a row. A reconnect whose token the server rejects is
     /// dropped and tried again per `reconnect`, asking the refresher again each time: the
-    /// client does not go on anonymous.
+    /// client does not go on anonymous. A subscription that failed only because the token
+    /// lapsed waits for the next token accepted and is subscribed again (protocol §11).
     pub token_refresher: Option<TokenRefresher>,
     /// Longest wait for one answer of the token refresher; a refresher that has not answered
     /// by then counts as having no token, so a hanging one cannot stall a reconnect.
