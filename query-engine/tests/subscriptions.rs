@@ -285,6 +285,44 @@ async fn a_session_dropped_before_the_worker_saw_it_leaves_nothing() {
     assert_eq!(mgr.metrics().subscriptions.load(Ordering::Relaxed), 2);
 }
 
+/// A new identity (a refresh of the same user's token, most often) sends what changed in each
+/// result, not every result in full again: nothing here, where all of them stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_identity_sends_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    engine
+        .mutation("addMember", obj! {"topic" => "t", "user" => "ann"}, None)
+        .await
+        .unwrap();
+    add_note(&engine, "t", 1i64, "a").await;
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let s = mgr.connect(Some(common::identity("ann"))).await;
+    s.subscribe(1, "memberNotes", obj! {"topic" => "t"})
+        .await
+        .unwrap();
+    let args = obj! {"topic" => "t", "after" => 0i64, "limit" => 10i64};
+    s.subscribe(2, "notesAfter", args.clone()).await.unwrap();
+    let mut view = View::default();
+    while view.values.len() < 2 {
+        view.apply(&next_transition(&s).await);
+    }
+    s.set_identity(Some(common::identity("ann"))).await;
+    if let Some(t) = s.try_next_transition() {
+        assert!(t.updates.is_empty(), "{} updates", t.updates.len());
+        view.apply(&t);
+    }
+    // Later changes still apply to what the client has.
+    let c = add_note(&engine, "t", 2i64, "b").await;
+    view.catch_up(&s, c.ts).await;
+    for (q, f, a) in [
+        (1, "memberNotes", obj! {"topic" => "t"}),
+        (2, "notesAfter", args),
+    ] {
+        assert_eq!(view.values[&q], fresh(&engine, f, a, Some("ann")).await);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_subscriptions_share_one_execution() {
     let dir = tempfile::tempdir().unwrap();

@@ -442,6 +442,12 @@ impl Worker {
         let subs: Vec<(u32, Sub)> = c.subs.drain().collect();
         let mut updates = Vec::new();
         for (q, sub) in subs {
+            // What the client holds once it has taken its pending transition: the result of
+            // the body execution, whose every change went to the outbox as it was made.
+            let held = self
+                .execs
+                .get(&sub.body)
+                .and_then(|e| e.run.result.as_ref().ok().cloned());
             self.release(client, q, &sub);
             let def = self
                 .engine
@@ -450,7 +456,14 @@ impl Worker {
                 Ok(def) => self.attach(client, q, def, sub.function, sub.args, identity.clone()),
                 Err(e) => Update::Failed(e),
             };
-            updates.push((q, update));
+            // A refresh of the same user's token usually changes nothing: the difference, not
+            // every result again (which could also exceed a frame all together).
+            match (update, held) {
+                (Update::Full(new), Some(held)) => {
+                    updates.extend(Update::change(held, new).map(|u| (q, u)))
+                }
+                (update, _) => updates.push((q, update)),
+            }
         }
         self.push(client, updates);
     }
