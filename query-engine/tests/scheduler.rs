@@ -97,6 +97,11 @@ fn functions() -> Functions {
     f
 }
 
+/// An engine with the test schema and `f` (the test's functions and more).
+fn open_with_functions(dir: &Path, f: Functions) -> Engine {
+    Engine::open(&dir.join("db.redb"), schema(), f, EngineConfig::default()).unwrap()
+}
+
 fn open_with(dir: &Path, config: EngineConfig) -> Engine {
     Engine::open(&dir.join("db.redb"), schema(), functions(), config).unwrap()
 }
@@ -377,13 +382,7 @@ async fn a_backlog_of_actions_runs_a_bounded_number_at_a_time() {
             Ok(())
         },
     );
-    let engine = Engine::open(
-        &dir.path().join("db.redb"),
-        schema(),
-        f,
-        EngineConfig::default(),
-    )
-    .unwrap();
+    let engine = open_with_functions(dir.path(), f);
     engine
         .transact(|ctx| {
             for _ in 0..BACKLOG {
@@ -422,13 +421,7 @@ async fn a_mutation_job_does_not_wait_behind_a_backlog_of_actions() {
             Ok(())
         },
     );
-    let engine = Engine::open(
-        &dir.path().join("db.redb"),
-        schema(),
-        f,
-        EngineConfig::default(),
-    )
-    .unwrap();
+    let engine = open_with_functions(dir.path(), f);
     engine
         .transact(|ctx| {
             for _ in 0..BACKLOG {

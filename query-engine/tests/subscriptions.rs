@@ -69,6 +69,16 @@ impl View {
     }
 }
 
+/// A fast engine where "ann" is a member of topic "t".
+async fn open_with_ann_in_t(dir: &std::path::Path) -> Engine {
+    let engine = common::open_fast(dir);
+    engine
+        .mutation("addMember", obj! {"topic" => "t", "user" => "ann"}, None)
+        .await
+        .unwrap();
+    engine
+}
+
 async fn next_transition(s: &ClientSession) -> Transition {
     tokio::time::timeout(Duration::from_secs(10), s.next_transition())
         .await
@@ -290,11 +300,7 @@ async fn a_session_dropped_before_the_worker_saw_it_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_identity_sends_only_what_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = common::open_fast(dir.path());
-    engine
-        .mutation("addMember", obj! {"topic" => "t", "user" => "ann"}, None)
-        .await
-        .unwrap();
+    let engine = open_with_ann_in_t(dir.path()).await;
     add_note(&engine, "t", 1i64, "a").await;
     let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
     let s = mgr.connect(Some(common::identity("ann"))).await;
@@ -711,11 +717,7 @@ async fn revoked_access_ends_the_subscription_and_shares_the_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_after_a_lapsed_identity_are_reported_as_lapsed() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = common::open_fast(dir.path());
-    engine
-        .mutation("addMember", obj! {"topic" => "t", "user" => "ann"}, None)
-        .await
-        .unwrap();
+    let engine = open_with_ann_in_t(dir.path()).await;
     let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
     let report: FailureReport = std::sync::Arc::new(|e: FunctionError, lapsed: bool| {
         let standing = if lapsed { "lapsed" } else { "current" };

@@ -814,38 +814,45 @@ mod tests {
             .is_none());
     }
 
+    /// Storage that rotates its log and checkpoints every few KiB.
+    fn open_checkpointing(path: &std::path::Path) -> Storage {
+        Storage::open_with(
+            path,
+            StorageOptions {
+                checkpoint_bytes: 4096,
+                max_memtable_len: 40,
+                apply_interval: std::time::Duration::ZERO,
+                ..StorageOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// Names of the numbered log segments in `dir` (not the next one, being zero-filled, nor
+    /// those being deleted), sorted.
+    fn live_segments(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".wal.") && !n.contains(".wal.next") && !n.contains(".deleting"))
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn checkpoints_delete_sealed_log_segments_and_reopen_is_exact() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let segments = || {
-            std::fs::read_dir(dir.path())
-                .unwrap()
-                .filter(|e| {
-                    // Numbered segments only (not the next one, being zero-filled).
-                    let name = e.as_ref().unwrap().file_name();
-                    let name = name.to_string_lossy();
-                    name.contains(".wal.") && !name.contains(".wal.next")
-                })
-                .count()
-        };
         {
-            let s = Storage::open_with(
-                &path,
-                StorageOptions {
-                    checkpoint_bytes: 4096,
-                    max_memtable_len: 40,
-                    apply_interval: std::time::Duration::ZERO,
-                    ..StorageOptions::default()
-                },
-            )
-            .unwrap();
+            let s = open_checkpointing(&path);
             for round in 1..=200i64 {
                 commit(&s, batch(0..10, round), round as u64);
             }
             s.shut_down();
             // Rotation happened many times; checkpoints left only the newest segments.
-            assert!(segments() <= 2, "{} segments left", segments());
+            let left = live_segments(dir.path());
+            assert!(left.len() <= 2, "{left:?} left");
         }
         let s = Storage::open(&path).unwrap();
         assert_eq!(values(&s.snapshot(200), 10), vec![Some(200); 10]);
@@ -857,31 +864,11 @@ mod tests {
     fn a_segment_that_cannot_be_deleted_keeps_the_newer_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let live_segments = || -> Vec<String> {
-            let mut names: Vec<String> = std::fs::read_dir(dir.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| {
-                    n.contains(".wal.") && !n.contains(".wal.next") && !n.contains(".deleting")
-                })
-                .collect();
-            names.sort();
-            names
-        };
         let blocker = {
-            let s = Storage::open_with(
-                &path,
-                StorageOptions {
-                    checkpoint_bytes: 4096,
-                    max_memtable_len: 40,
-                    apply_interval: std::time::Duration::ZERO,
-                    ..StorageOptions::default()
-                },
-            )
-            .unwrap();
+            let s = open_checkpointing(&path);
             // The first segment's removal renames it to `….deleting`; a non-empty directory of
             // that name makes the rename fail.
-            let first = live_segments();
+            let first = live_segments(dir.path());
             assert_eq!(first.len(), 1, "{first:?}");
             let blocker = dir.path().join(format!("{}.deleting", first[0]));
             std::fs::create_dir(&blocker).unwrap();
@@ -891,7 +878,11 @@ mod tests {
             }
             s.shut_down();
             // Nothing was deleted behind the first segment.
-            assert!(live_segments().len() > 3, "{:?}", live_segments());
+            assert!(
+                live_segments(dir.path()).len() > 3,
+                "{:?}",
+                live_segments(dir.path())
+            );
             blocker
         };
         std::fs::remove_dir_all(&blocker).unwrap();
