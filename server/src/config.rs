@@ -824,7 +824,7 @@ impl Options {
         {
             serde_json::from_str(&text).map_err(|e| parse_err(e.to_string()))
         } else {
-            toml::from_str(&text).map_err(|e| parse_err(e.to_string()))
+            toml::from_str(&text).map_err(|e| parse_err(toml_error(&text, &e)))
         }
     }
 
@@ -1208,6 +1208,24 @@ impl Options {
     }
 }
 
+/// A TOML error as its message and position only: its `Display` quotes the offending line,
+/// which may hold a secret (`stream_api_secret = "…"`, a key misspelt and so refused).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let start = (0..=span.start.min(text.len()))
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            let before = &text[..start];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message())
+        }
+        None => e.message().to_string(),
+    }
+}
+
 fn non_empty(name: &'static str, value: &str) -> Result<(), ConfigError> {
     if value.trim().is_empty() {
         return Err(ConfigError::Invalid {
@@ -1442,6 +1460,44 @@ mod tests {
             Options::from_file(&json_path),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    /// A blank secret is refused from a flag (an unset variable expanded into it) and from
+    /// the file; before, `--stream-api-secret ""` verified webhooks with an empty HMAC key.
+    #[test]
+    fn blank_secrets_are_refused() {
+        for flag in ["--stream-api-secret", "--ai-api-key"] {
+            for blank in ["", "  "] {
+                let parsed = Cli::try_parse_from(["linkedup-server", flag, blank]);
+                assert!(parsed.is_err(), "{flag} {blank:?} was taken");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        for line in ["stream-api-secret = \"\"\n", "ai-api-key = \" \"\n"] {
+            std::fs::write(&path, line).unwrap();
+            assert!(
+                matches!(Options::from_file(&path), Err(ConfigError::Parse { .. })),
+                "{line}"
+            );
+        }
+    }
+
+    /// An error in the file names the line and column without quoting it: the line may hold
+    /// a secret under a misspelt (so refused) key.
+    #[test]
+    fn a_config_file_error_does_not_quote_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nstream_api_secret = \"TOPSECRET\"\n",
+        )
+        .unwrap();
+        let e = Options::from_file(&path).unwrap_err().to_string();
+        assert!(!e.contains("TOPSECRET"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("stream_api_secret"), "{e}");
     }
 
     #[test]

@@ -12,9 +12,17 @@ use std::str::FromStr;
 /// Largest secret file read: far above any token, small enough to read whole.
 const MAX_SECRET_FILE_BYTES: u64 = 4096;
 
+/// Empty or blank values are refused wherever a secret is read from configuration: an unset
+/// variable expanded into `LINKEDUP_STREAM_API_SECRET=` must not become a key anyone holds
+/// (webhooks signed with an empty key would be accepted from anyone).
 #[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String")]
 pub struct Secret(String);
+
+/// A configured secret that is empty or only whitespace.
+#[derive(Debug, thiserror::Error)]
+#[error("a secret must not be empty or blank")]
+pub struct BlankSecret;
 
 /// Why a secret file was not taken. Messages name the file, never its contents.
 #[derive(Debug, thiserror::Error)]
@@ -76,10 +84,21 @@ impl fmt::Debug for Secret {
 }
 
 impl FromStr for Secret {
-    type Err = std::convert::Infallible;
+    type Err = BlankSecret;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
+        Secret::try_from(s.to_string())
+    }
+}
+
+impl TryFrom<String> for Secret {
+    type Error = BlankSecret;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.trim().is_empty() {
+            return Err(BlankSecret);
+        }
+        Ok(Secret(s))
     }
 }
 
