@@ -291,10 +291,13 @@ impl ServerConfig {
         config
     }
 
-    /// True when either the certificate or the token issuer is the development one.
+    /// True with the development token issuer (anyone who can reach the server can mint a
+    /// token, so nothing it serves is private): `/metrics` is then open, a Stream webhook
+    /// secret is made for the data directory, and there is no pre-stop wait. A self-signed
+    /// certificate alone (`--allow-dev-tls`, clients pinning it) is production with real
+    /// sign-in, and keeps production's rules.
     pub fn is_development(&self) -> bool {
-        matches!(self.tls, TlsSource::SelfSigned { .. })
-            || matches!(self.auth, AuthSource::Development { .. })
+        matches!(self.auth, AuthSource::Development { .. })
     }
 
     /// Whether both ports listen on loopback addresses only.
@@ -1429,6 +1432,30 @@ mod tests {
             ),
             Err(ConfigError::DevAuthRefused { .. })
         ));
+    }
+
+    /// Real sign-in with the self-signed certificate (clients pin it) is production: before,
+    /// the certificate alone made the server "development", and `/metrics` answered anyone.
+    #[test]
+    fn a_self_signed_certificate_alone_is_not_development() {
+        let config = parse(&[
+            "--workos-audience",
+            "client_1",
+            "--environment",
+            "prod",
+            "--http-listen",
+            "0.0.0.0:7080",
+            "--allow-dev-tls",
+        ])
+        .options
+        .resolve()
+        .unwrap();
+        assert!(matches!(config.tls, TlsSource::SelfSigned { .. }));
+        assert!(!config.is_development());
+        assert_eq!(config.pre_stop, DEFAULT_PRODUCTION_PRE_STOP);
+        let access = crate::metrics_access::MetricsAccess::new(None, config.is_development());
+        let remote = std::net::IpAddr::from([192, 0, 2, 7]);
+        assert!(access.check(remote, &axum::http::HeaderMap::new()).is_err());
     }
 
     #[test]
