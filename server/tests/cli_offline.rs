@@ -258,3 +258,64 @@ fn a_refused_import_with_create_leaves_no_database() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no database"), "{err}");
 }
+
+/// A database another process opened while `import --create` read its input is never
+/// removed by the import's failure: before, the import took a file that was not there when
+/// it looked as its own and deleted it (and its log) under the process using it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_import_never_removes_a_database_another_process_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let db = data.join("linkedup.redb");
+    let fifo = data.join("interests.jsonl");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let child = Command::new(env!("CARGO_BIN_EXE_linkedup"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(["import", "interests", fifo.to_str().unwrap(), "--create"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Opening the FIFO's write end returns once the import has opened it to read: past its
+    // look at the database path.
+    let input = {
+        let fifo = fifo.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new().write(true).open(fifo).unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    // Meanwhile another process opens the database and writes to it.
+    let engine = open_linkedup(&db).await;
+    engine
+        .transact(|ctx| {
+            ctx.insert(
+                "interests",
+                query_engine::obj! {"key" => "go", "label" => "Go", "category" => "tech", "createdAt" => 1i64},
+            )?;
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut input = input;
+        input
+            .write_all(br#"{"key": "rs", "label": "Rust", "category": "tech", "createdAt": 2}"#)
+            .unwrap();
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(db.exists(), "the database was removed: {err}");
+    assert_eq!(all(&engine, "interests").await.len(), 1, "{err}");
+    close(engine).await;
+    // And on its next open it still holds what was written.
+    assert_eq!(interests(&db).await.len(), 1);
+}

@@ -18,10 +18,11 @@ use linkedup_server::auth::{DevClaims, DevIssuer};
 use linkedup_server::config::{DATABASE_FILE, DEV_AUDIENCE, DEV_ISSUER};
 use linkedup_server::linkedup::{self, erasure, LinkedUpConfig};
 use linkedup_server::transport::tls::DEV_CERT_FILE;
-use query_engine::engine::{Engine, EngineConfig};
+use query_engine::engine::{Engine, EngineConfig, OpenError};
 use query_engine::functions::Functions;
 use query_engine::import::{self, ImportError, LineErrors, MAX_IMPORT_DOCUMENTS};
 use query_engine::json::{from_json, to_json};
+use query_engine::storage::StorageError;
 use query_engine::value::Value;
 use serde_json::json;
 
@@ -267,24 +268,21 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let db = database(&cli, db);
             require_database(&db, *create)?;
-            let new_database = NewDatabase::note(&db);
-            let table = table.clone();
-            let report = match read_json_lines(file)? {
-                // Offline work on redb: a plain thread, outside the runtime.
-                Ok(docs) => {
-                    let path = db.clone();
-                    std::thread::spawn(move || {
-                        import::import(&path, linkedup_schema::schema(), &table, docs)
-                    })
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("the import panicked"))?
-                }
-                Err(not_json) => Err(not_json),
-            };
-            if report.is_err() {
+            let new_database = NewDatabase::reserve(&db, *create)?;
+            let report = import_file(&db, table, file);
+            // Another process that has the database open owns it now (a server started
+            // meanwhile on the file this command reserved): never removed.
+            let in_use = matches!(
+                &report,
+                Ok(Err(ImportError::Storage(StorageError::InUse(_))
+                    | ImportError::Open(OpenError::Storage(
+                        StorageError::InUse(_)
+                    ))))
+            );
+            if !matches!(report, Ok(Ok(_))) && !in_use {
                 new_database.remove();
             }
-            match report {
+            match report? {
                 Ok(r) => {
                     println!("{}", json!({ "table": r.table, "imported": r.imported }));
                     Ok(())
@@ -400,7 +398,6 @@ const MAX_IMPORT_LINE_BYTES: usize = 16 << 20;
 /// The documents of a JSON-lines file with their line numbers (blank lines skipped), or, if
 /// any line is not a JSON document, those lines as an import refused whole.
 fn read_json_lines(path: &Path) -> Result<Result<Vec<(usize, Value)>, ImportError>> {
-    use std::io::{BufRead, Read};
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     if file.metadata()?.len() > MAX_IMPORT_FILE_BYTES {
         bail!(
@@ -408,10 +405,22 @@ fn read_json_lines(path: &Path) -> Result<Result<Vec<(usize, Value)>, ImportErro
             path.display()
         );
     }
-    let mut reader = std::io::BufReader::new(file);
+    // The length above is 0 for a pipe (`/dev/stdin`, a FIFO): the bytes read count too.
+    parse_json_lines(std::io::BufReader::new(file), path, MAX_IMPORT_FILE_BYTES)
+}
+
+/// The documents of the JSON lines `reader` gives (named `path` in errors), refused once it
+/// has given more than `max_bytes`.
+fn parse_json_lines(
+    mut reader: impl std::io::BufRead,
+    path: &Path,
+    max_bytes: u64,
+) -> Result<Result<Vec<(usize, Value)>, ImportError>> {
+    use std::io::{BufRead, Read};
     let mut docs = Vec::new();
     let mut not_json = LineErrors::default();
     let mut line = Vec::new();
+    let mut total: u64 = 0;
     for number in 1.. {
         line.clear();
         // One byte past the bound tells a line that is too long from one that fits.
@@ -421,6 +430,10 @@ fn read_json_lines(path: &Path) -> Result<Result<Vec<(usize, Value)>, ImportErro
             .with_context(|| format!("reading {}", path.display()))?;
         if read == 0 {
             break;
+        }
+        total += read as u64;
+        if total > max_bytes {
+            bail!("{} is larger than {max_bytes} bytes", path.display());
         }
         if line.len() > MAX_IMPORT_LINE_BYTES && line.last() != Some(&b'\n') {
             bail!("line {number} is longer than {MAX_IMPORT_LINE_BYTES} bytes");
@@ -446,6 +459,24 @@ fn read_json_lines(path: &Path) -> Result<Result<Vec<(usize, Value)>, ImportErro
         }
     }
     Ok(not_json.or(docs))
+}
+
+/// Reads `file` and imports it into `table` of `db`: an error reading it, else the import's
+/// outcome.
+fn import_file(
+    db: &Path,
+    table: &str,
+    file: &Path,
+) -> Result<Result<import::ImportReport, ImportError>> {
+    let docs = match read_json_lines(file)? {
+        Ok(docs) => docs,
+        Err(not_json) => return Ok(Err(not_json)),
+    };
+    // Offline work on redb: a plain thread, outside the runtime.
+    let (path, table) = (db.to_path_buf(), table.to_string());
+    std::thread::spawn(move || import::import(&path, linkedup_schema::schema(), &table, docs))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the import panicked"))
 }
 
 /// A stopped server's database opened here with this build's schema and `functions`, and no
@@ -487,14 +518,30 @@ fn require_database(db: &Path, create: bool) -> Result<()> {
     Ok(())
 }
 
-/// A database file that `--create` is about to make: removed again (with its log segments)
-/// when the command fails, so a refused import leaves no empty database behind for a later
-/// run without `--create` to take as the intended one.
+/// A database file that `--create` made: removed again (with its log segments) when the
+/// command fails, so a refused import leaves no empty database behind for a later run without
+/// `--create` to take as the intended one. Made (empty, which redb takes as a new database)
+/// before the input is read, with `create_new`, so it is this command's only if no one else
+/// made it first: a file that appeared while the input was read was someone else's, and was
+/// deleted under them.
 struct NewDatabase(Option<PathBuf>);
 
 impl NewDatabase {
-    fn note(db: &Path) -> Self {
-        NewDatabase((!db.exists()).then(|| db.to_path_buf()))
+    fn reserve(db: &Path, create: bool) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !create {
+            return Ok(NewDatabase(None));
+        }
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(db);
+        match made {
+            Ok(_) => Ok(NewDatabase(Some(db.to_path_buf()))),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(NewDatabase(None)),
+            Err(e) => Err(e).with_context(|| format!("creating {}", db.display())),
+        }
     }
 
     fn remove(self) {
@@ -579,4 +626,21 @@ fn read_limited(path: &Path) -> Result<Vec<u8>> {
         );
     }
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipe's input is bounded as a file's is: its length is 0 to the size check, so the
+    /// bytes read are counted (before, a pipe was read on without bound).
+    #[test]
+    fn json_lines_past_the_bound_are_refused_while_read() {
+        let line = "{\"key\": \"go\"}\n";
+        let input = line.repeat(4);
+        let read = |max| parse_json_lines(input.as_bytes(), Path::new("/dev/stdin"), max);
+        assert_eq!(read(input.len() as u64).unwrap().unwrap().len(), 4);
+        let e = read(input.len() as u64 - 1).unwrap_err().to_string();
+        assert!(e.contains("/dev/stdin is larger than"), "{e}");
+    }
 }
