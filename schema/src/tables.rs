@@ -341,7 +341,9 @@ pub fn transcripts() -> TableDefinition {
 
 /// Added `firstSequence`/`lastSequence` (the transcript chunks a segment covers) with
 /// `by_meeting_last_sequence`, so aggregation resumes after the last aggregated chunk and a
-/// repeated run creates no duplicates.
+/// repeated run creates no duplicates. Added `spokenBy`: the users whose words the segment
+/// holds, by the chunks' rule (`speakers` keeps the producer's labels, which need not be user
+/// ids); absent on segments aggregated before it existed.
 fn transcript_segments() -> TableDefinition {
     TableDefinition::new(
         TRANSCRIPT_SEGMENTS,
@@ -356,6 +358,7 @@ fn transcript_segments() -> TableDefinition {
             ("createdAt", ms()),
             ("firstSequence", opt(v::int64())),
             ("lastSequence", opt(v::int64())),
+            ("spokenBy", opt(v::array(v::id(USERS)))),
         ]),
     )
     .index("by_meeting", &["meetingId"])

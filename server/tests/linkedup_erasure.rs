@@ -898,6 +898,154 @@ async fn erasure_redacts_chunks_the_user_stored_unless_another_participant_spoke
     );
 }
 
+/// `who` stores a chunk with no speaker: by the chunk rule, their own words.
+async fn say_unlabelled(env: &Env, who: &Identity, meeting: &str, chunk: &str, text: &str) {
+    env.m(
+        "transcripts.ingestChunk",
+        obj! {
+            "meetingId" => meeting, "chunkId" => chunk, "text" => text, "confidence" => 0.9,
+            "startMs" => 0i64, "endMs" => 1_000i64,
+        },
+        Some(who),
+    )
+    .await
+    .unwrap();
+}
+
+/// Aggregates the meeting's transcript into segments (as `meetings.end` schedules).
+async fn aggregate(env: &Env, meeting: &str) {
+    env.m(
+        "transcripts.aggregateSegments",
+        obj! { "meetingId" => meeting },
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+/// Segments are attributed as their chunks are: bob's and alice's unlabelled words are two
+/// segments, bob's (`spokenBy` him, `speakers` empty) redacted with his account, hers kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_redacts_segments_of_words_the_user_stored_without_a_speaker() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    say_unlabelled(env, &w.bob, &w.meeting, "bob-bare", "bob's aside").await;
+    say_unlabelled(env, &w.alice, &w.meeting, "alice-bare", "alice's aside").await;
+    w.end_meeting().await;
+    aggregate(env, &w.meeting).await;
+    let segments = with(env, "transcriptSegments", "meetingId", &w.meeting).await;
+    let spoken_by = |text: &str| {
+        let seg = segments.iter().find(|g| s(g, "text") == text).unwrap();
+        seg.get_path("spokenBy").cloned()
+    };
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    assert_eq!(
+        spoken_by("bob's aside"),
+        Some(Value::Array(vec![w.bob_id.as_str().into()]))
+    );
+    assert_eq!(
+        spoken_by("alice's aside"),
+        Some(Value::Array(vec![w.alice_id.as_str().into()]))
+    );
+
+    let r = request(env, &w.bob).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    let segments = with(env, "transcriptSegments", "meetingId", &w.meeting).await;
+    let texts: Vec<String> = segments.iter().map(|g| s(g, "text")).collect();
+    assert_eq!(texts, [REDACTED, "alice's aside"], "{segments:?}");
+    assert_eq!(
+        segments[0].get_path("spokenBy"),
+        Some(&Value::Array(vec![]))
+    );
+}
+
+/// A segment aggregated before segments recorded `spokenBy` names only its chunks' labels; one
+/// holding a chunk the user spoke is redacted whatever it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_redacts_older_segments_covering_a_chunk_the_user_spoke() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let now = query_engine::committer::now_millis();
+    say_unlabelled(env, &w.alice, &w.meeting, "alice-bare", "alice's aside").await;
+    say(env, &w.bob, &w.meeting, "bob-label", "Speaker 2").await;
+    say(env, &w.alice, &w.meeting, "alice-label", "Speaker 2").await;
+    let segment = |text: &str, first: i64, last: i64| {
+        obj! {
+            "meetingId" => w.meeting.as_str(), "startMs" => 0i64, "endMs" => 1_000i64,
+            "speakers" => Vec::<Value>::new(), "text" => text, "topics" => Vec::<Value>::new(),
+            "createdAt" => now, "firstSequence" => first, "lastSequence" => last,
+        }
+    };
+    // As aggregation used to write them: alice's and bob's words in one segment naming nobody.
+    let merged = insert(
+        env,
+        "transcriptSegments",
+        segment("alice's and bob's", 1, 2),
+    )
+    .await;
+    let hers = insert(env, "transcriptSegments", segment("alice again", 3, 3)).await;
+
+    let r = request(env, &w.bob).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    let segments = with(env, "transcriptSegments", "meetingId", &w.meeting).await;
+    let text = |segment_id: &str| {
+        s(
+            segments.iter().find(|g| id(g) == segment_id).unwrap(),
+            "text",
+        )
+    };
+    assert_eq!(text(&merged), REDACTED);
+    assert_eq!(text(&hers), "alice again");
+}
+
+/// What others' insights quote of a segment of the user's unlabelled words is theirs to erase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_redacts_insight_quotes_of_unlabelled_segments() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    ai_common::enable(&env.engine, &w.alice, "insights/postcall").await;
+    w.share_an_interest(&[(&w.alice, "Alice"), (&w.bob, "Bob")])
+        .await;
+    const HIS: &str = "I will profile the compaction benchmark on my laptop tomorrow.";
+    const HERS: &str = "The compaction benchmark regressed badly after the merge.";
+    say_unlabelled(env, &w.bob, &w.meeting, "bob-bare", HIS).await;
+    say(env, &w.alice, &w.meeting, "alice", w.alice_id.as_str()).await;
+    env.m(
+        "transcripts.ingestChunk",
+        obj! {
+            "meetingId" => w.meeting.as_str(), "chunkId" => "alice-2", "text" => HERS,
+            "speakerId" => w.alice_id.as_str(), "confidence" => 0.9,
+            "startMs" => 2_000i64, "endMs" => 3_000i64,
+        },
+        Some(&w.alice),
+    )
+    .await
+    .unwrap();
+    // While the meeting is active the last turn (alice's) is held back: bob's is a segment,
+    // which the insights read rather than his chunk.
+    aggregate(env, &w.meeting).await;
+    let segments = with(env, "transcriptSegments", "meetingId", &w.meeting).await;
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    assert_eq!(s(&segments[0], "text"), HIS);
+    w.end_meeting().await;
+    documents_when(env, "insights", 2).await;
+    let alices = || async { with(env, "insights", "userId", &w.alice_id).await[0].clone() };
+    let before = alices().await;
+    assert!(
+        format!("{before:?}").contains("profile the compaction benchmark"),
+        "{before:?}"
+    );
+
+    let r = request(env, &w.bob).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    let after = alices().await;
+    assert!(
+        !format!("{after:?}").contains("profile the compaction benchmark"),
+        "{after:?}"
+    );
+    assert!(s(&after, "summary").contains(HERS), "{after:?}");
+}
+
 #[tokio::test]
 async fn erasure_redacts_what_the_user_said_in_meetings_they_were_removed_from() {
     let w = world(LinkedUpConfig::default()).await;

@@ -83,6 +83,9 @@ pub struct TranscriptSegment {
     pub first_sequence: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sequence: Option<i64>,
+    /// The users whose words it holds (absent on segments aggregated before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spoken_by: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -155,7 +155,7 @@ struct RunRecord {
 struct Passage {
     piece: TranscriptPiece,
     link: InsightLink,
-    /// The users who spoke it (a chunk's `chunk_speaker`, a segment's `speakers`).
+    /// The users who spoke it (a chunk's `chunk_speaker`, a segment's `spokenBy`).
     #[serde(default)]
     spoken_by: Vec<String>,
 }
@@ -696,20 +696,27 @@ fn transcript(
         }
         chars += n;
         let (speaker, spoken_by) = if is_segment {
-            let speakers: Vec<String> = d
-                .get_path("speakers")
-                .and_then(Value::as_array)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect();
-            // Quotes name users: a producer's diarisation label ("spk_0") names nobody.
-            let users = speakers
-                .iter()
-                .filter(|s| ctx.parse_id(USERS, s).is_ok())
-                .cloned()
-                .collect();
+            let names = |field: &str| -> Vec<String> {
+                d.get_path(field)
+                    .and_then(Value::as_array)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            };
+            let speakers = names("speakers");
+            // Whose words: `spokenBy`, by the chunks' rule; a segment aggregated before it
+            // was recorded has only its labels, of which a diarisation label ("spk_0") names
+            // nobody.
+            let users = match d.get_path("spokenBy") {
+                Some(_) => names("spokenBy"),
+                None => speakers
+                    .iter()
+                    .filter(|s| ctx.parse_id(USERS, s).is_ok())
+                    .cloned()
+                    .collect(),
+            };
             (speakers.first().cloned(), users)
         } else {
             let spoken_by = chunk_speaker(ctx, d)

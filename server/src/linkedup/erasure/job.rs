@@ -12,10 +12,10 @@
 //! embeddings, own insights, connections either side, blocks either way (theirs and others'
 //! of them), matching queue and outcomes, rate-limit counters); chat messages they wrote are
 //! redacted (text replaced, attachments dropped, the message stays so a thread keeps its
-//! shape); then, per meeting they took part in, transcript chunks and segments they spoke
-//! are redacted the same way (a meeting's sequence stays gap-free), so is what other
-//! participants' insights quote of them (`insights::redact_stored`; all the text of an insight
-//! too old to record whose words it quotes), the meeting's AI prompts
+//! shape); then, per meeting they took part in, transcript chunks they spoke and the
+//! segments holding them are redacted the same way (a meeting's sequence stays gap-free), so
+//! is what other participants' insights quote of them (`insights::redact_stored`; all the
+//! text of an insight too old to record whose words it quotes), the meeting's AI prompts
 //! (made from every participant's profile) are deleted, their presence becomes `left`, and
 //! where they were the only host of an open meeting another participant becomes its host;
 //! then the same, but for presence and hosting, in the meetings they were removed from
@@ -286,14 +286,15 @@ enum Cursor {
     Meeting,
 }
 
-/// Hands `visit` the next page (up to the budget) of the documents of `table` whose `field`
-/// is `value` (through `index`), continuing from and advancing the `cursor` given. True when
-/// none are left.
+/// Hands `visit` the next page (up to `limit`, at most the budget) of the documents of
+/// `table` whose `field` is `value` (through `index`), continuing from and advancing the
+/// `cursor` given. True when none are left.
 fn visit_page(
     ctx: &mut Ctx<'_, '_>,
     r: &mut Request,
     budget: &mut Budget,
     cursor: Cursor,
+    limit: usize,
     (table, index, field, value): (&str, &str, &str, &str),
     mut visit: impl FnMut(&mut Ctx<'_, '_>, &Value) -> FunctionResult<()>,
 ) -> FunctionResult<bool> {
@@ -304,7 +305,7 @@ fn visit_page(
     let page = ctx
         .query(table, index)
         .eq(field, value)
-        .paginate(at.as_deref(), budget.left)?;
+        .paginate(at.as_deref(), limit.min(budget.left))?;
     *at = page.continue_cursor;
     for d in &page.page {
         visit(ctx, d)?;
@@ -325,7 +326,8 @@ fn rewrite_page(
 ) -> FunctionResult<bool> {
     let user = r.user_id.clone();
     let target = (table, index, field, user.as_str());
-    visit_page(ctx, r, budget, Cursor::Phase, target, |ctx, d| {
+    let limit = budget.left;
+    visit_page(ctx, r, budget, Cursor::Phase, limit, target, |ctx, d| {
         let mut o = stored_fields(d);
         if edit(&mut o) {
             ctx.replace(table, &id_of(d)?, Value::from(o))?;
@@ -461,8 +463,8 @@ fn erase_in_meeting(
     while budget.left > 0 {
         let phase = r.meeting_phase.clone().unwrap_or_default();
         let finished = match phase.as_str() {
-            "transcripts" => redact_spoken(ctx, r, budget, meeting, TRANSCRIPTS)?,
-            "segments" => redact_spoken(ctx, r, budget, meeting, TRANSCRIPT_SEGMENTS)?,
+            "transcripts" => redact_chunks(ctx, r, budget, meeting)?,
+            "segments" => redact_segments(ctx, r, budget, meeting)?,
             "insights" => redact_quotes(ctx, r, budget, meeting)?,
             "prompts" => {
                 let eqs = vec![("meetingId", Value::from(meeting))];
@@ -492,53 +494,105 @@ fn erase_in_meeting(
     Ok(false)
 }
 
-/// Redacts, among a page of the meeting's transcript chunks (`speakerId`) or segments
-/// (`speakers`), those the user spoke: text replaced, the user no longer named as speaker,
-/// and a segment's topics and sentiment (read from the text) dropped. True when the meeting
-/// has no more.
-fn redact_spoken(
+/// Redacts, among a page of the meeting's transcript chunks, those the user spoke
+/// (`chunk_speaker`): text replaced, `speakerId` removed; and the segment covering each
+/// (`redact_segment`), whoever it names — segments aggregated before they recorded `spokenBy`
+/// named only a chunk's raw `speakerId`, so the user's unlabelled words could sit in a segment
+/// naming nobody or someone else. Each chunk may cost a second read (its segment), so a page
+/// holds half the budget's chunks. True when the meeting has no more.
+fn redact_chunks(
     ctx: &mut Ctx<'_, '_>,
     r: &mut Request,
     budget: &mut Budget,
     meeting: &str,
-    table: &str,
 ) -> FunctionResult<bool> {
-    let index = if table == TRANSCRIPTS {
-        "by_meeting_sequence"
-    } else {
-        "by_meeting"
-    };
-    let user_id = r.user_id.clone();
-    let user = Value::from(user_id.as_str());
-    let target = (table, index, "meetingId", meeting);
-    visit_page(ctx, r, budget, Cursor::Meeting, target, |ctx, d| {
-        let mut o = stored_fields(d);
-        let spoke = if table == TRANSCRIPTS {
-            chunk_speaker(ctx, d) == Some(user_id.as_str())
-        } else {
-            d.get_path("speakers")
-                .and_then(Value::as_array)
-                .is_some_and(|s| s.contains(&user))
-        };
-        if !spoke {
+    if budget.left < 2 && budget.used > 0 {
+        budget.close();
+        return Ok(false);
+    }
+    let user = r.user_id.clone();
+    let mut segment_reads = 0;
+    let target = (TRANSCRIPTS, "by_meeting_sequence", "meetingId", meeting);
+    let limit = (budget.left / 2).max(1);
+    let finished = visit_page(ctx, r, budget, Cursor::Meeting, limit, target, |ctx, d| {
+        if chunk_speaker(ctx, d) != Some(user.as_str()) {
             return Ok(());
         }
+        let mut o = stored_fields(d);
         o.insert("text".into(), REDACTED.into());
-        if table == TRANSCRIPTS {
-            o.remove("speakerId");
-        } else {
-            let others: Vec<Value> = d
-                .get_path("speakers")
-                .and_then(Value::as_array)
-                .map(|s| s.iter().filter(|x| **x != user).cloned().collect())
-                .unwrap_or_default();
-            o.insert("speakers".into(), Value::Array(others));
-            o.insert("topics".into(), Value::Array(Vec::new()));
-            o.remove("sentiment");
+        o.remove("speakerId");
+        ctx.replace(TRANSCRIPTS, &id_of(d)?, Value::from(o))?;
+        let Some(sequence) = d.get_path("sequence").and_then(Value::as_i64) else {
+            return Ok(());
+        };
+        segment_reads += 1;
+        // Segments do not overlap: the first ending at or after the chunk is the only one
+        // that can hold it.
+        let segment = ctx
+            .query(TRANSCRIPT_SEGMENTS, "by_meeting_last_sequence")
+            .eq("meetingId", meeting)
+            .gte("lastSequence", sequence)
+            .first()?;
+        let Some(segment) = segment else {
+            return Ok(());
+        };
+        let covers = segment
+            .get_path("firstSequence")
+            .and_then(Value::as_i64)
+            .is_some_and(|first| first <= sequence);
+        let redacted = segment.get_path("text").and_then(Value::as_str) == Some(REDACTED);
+        if covers && !redacted {
+            redact_segment(ctx, &segment, &user)?;
         }
-        ctx.replace(table, &id_of(d)?, Value::from(o))?;
+        Ok(())
+    })?;
+    // A page of one chunk (a budget of one) may read its segment beyond the budget.
+    budget.spend(r, TRANSCRIPT_SEGMENTS, segment_reads.min(budget.left));
+    Ok(finished)
+}
+
+/// Redacts, among a page of the meeting's segments, those naming the user as a speaker
+/// (`spokenBy`, or `speakers` on segments aggregated before `spokenBy`); most were redacted
+/// with their chunks already, this finds those whose chunks are gone or were never stored
+/// with a sequence. True when the meeting has no more.
+fn redact_segments(
+    ctx: &mut Ctx<'_, '_>,
+    r: &mut Request,
+    budget: &mut Budget,
+    meeting: &str,
+) -> FunctionResult<bool> {
+    let user = r.user_id.clone();
+    let named = Value::from(user.as_str());
+    let target = (TRANSCRIPT_SEGMENTS, "by_meeting", "meetingId", meeting);
+    let limit = budget.left;
+    visit_page(ctx, r, budget, Cursor::Meeting, limit, target, |ctx, d| {
+        let spoke = ["spokenBy", "speakers"].iter().any(|field| {
+            d.get_path(field)
+                .and_then(Value::as_array)
+                .is_some_and(|s| s.contains(&named))
+        });
+        if spoke {
+            redact_segment(ctx, d, &user)?;
+        }
         Ok(())
     })
+}
+
+/// Rewrites a segment holding the user's words: text replaced, the user no longer named as
+/// speaker, and its topics and sentiment (read from the text) dropped.
+fn redact_segment(ctx: &mut Ctx<'_, '_>, d: &Value, user: &str) -> FunctionResult<()> {
+    let mut o = stored_fields(d);
+    o.insert("text".into(), REDACTED.into());
+    for field in ["speakers", "spokenBy"] {
+        if let Some(names) = d.get_path(field).and_then(Value::as_array) {
+            let others = names.iter().filter(|n| n.as_str() != Some(user));
+            o.insert(field.into(), Value::Array(others.cloned().collect()));
+        }
+    }
+    o.insert("topics".into(), Value::Array(Vec::new()));
+    o.remove("sentiment");
+    ctx.replace(TRANSCRIPT_SEGMENTS, &id_of(d)?, Value::from(o))?;
+    Ok(())
 }
 
 /// Redacts, among a page of the meeting's insights (the user's own were deleted before, so
@@ -553,7 +607,8 @@ fn redact_quotes(
 ) -> FunctionResult<bool> {
     let user_id = r.user_id.clone();
     let target = (INSIGHTS, "by_meeting", "meetingId", meeting);
-    visit_page(ctx, r, budget, Cursor::Meeting, target, |ctx, d| {
+    let limit = budget.left;
+    visit_page(ctx, r, budget, Cursor::Meeting, limit, target, |ctx, d| {
         redact_stored(ctx, d, &user_id).map(|_| ())
     })
 }

@@ -1,6 +1,8 @@
 //! `transcripts.aggregateSegments` (internal): turns a meeting's chunks into
 //! `transcriptSegments` for search and summaries (seed §7), one segment per speaker turn cut
-//! to at most a minute.
+//! to at most a minute. A turn is one producer label (`speakerId`) spoken by one user — the
+//! chunk's `chunk_speaker` — and the segment records that user in `spokenBy`, so erasure and
+//! insights attribute a segment by the same rule as its chunks.
 //!
 //! Idempotent and resumable: every segment records the first and last chunk sequence it
 //! covers, and a run starts after the highest `lastSequence` stored, so running twice creates
@@ -21,7 +23,7 @@ use query_engine::schema::v;
 use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
-use super::fns;
+use super::{chunk_speaker, fns};
 use crate::linkedup::guards::get_meeting;
 use crate::linkedup::{decode, encode, LinkedUpConfig};
 
@@ -62,11 +64,23 @@ struct Chunk {
     text: String,
     start_ms: i64,
     end_ms: i64,
+    /// Whose words it is (`chunk_speaker`), filled in after decoding.
+    #[serde(skip)]
+    spoken_by: Option<String>,
+}
+
+impl Chunk {
+    fn read(ctx: &Ctx<'_, '_>, doc: &Value) -> FunctionResult<Self> {
+        let mut c: Chunk = decode(doc)?;
+        c.spoken_by = chunk_speaker(ctx, doc).map(String::from);
+        Ok(c)
+    }
 }
 
 /// A segment being built.
 struct Group {
     speaker: Option<String>,
+    spoken_by: Option<String>,
     start_ms: i64,
     end_ms: i64,
     text: String,
@@ -80,6 +94,7 @@ impl Group {
         Group {
             text_chars: c.text.chars().count(),
             speaker: c.speaker_id,
+            spoken_by: c.spoken_by,
             start_ms: c.start_ms,
             end_ms: c.end_ms,
             text: c.text,
@@ -88,11 +103,13 @@ impl Group {
         }
     }
 
-    /// Whether `c` continues this turn: same speaker, within the span, within the text bound.
+    /// Whether `c` continues this turn: same label and same user speaking (two people's
+    /// unlabelled chunks are two turns), within the span, within the text bound.
     fn takes(&self, c: &Chunk) -> bool {
         let start = self.start_ms.min(c.start_ms);
         let end = self.end_ms.max(c.end_ms);
         self.speaker == c.speaker_id
+            && self.spoken_by == c.spoken_by
             && end - start <= SEGMENT_MAX_SPAN_MS
             && self.text_chars + 1 + c.text.chars().count() <= SEGMENT_MAX_TEXT_CHARS
     }
@@ -143,7 +160,7 @@ fn aggregate(ctx: &mut Ctx<'_, '_>, a: AggregateArgs) -> FunctionResult<Aggregat
     let full = rows.len() >= AGGREGATE_BATCH_CHUNKS;
     let chunks = rows
         .iter()
-        .map(decode::<Chunk>)
+        .map(|d| Chunk::read(ctx, d))
         .collect::<FunctionResult<Vec<_>>>()?;
     let mut groups = group(chunks);
     // The last turn may continue in chunks not read yet (more in this meeting beyond the batch,
@@ -161,6 +178,7 @@ fn aggregate(ctx: &mut Ctx<'_, '_>, a: AggregateArgs) -> FunctionResult<Aggregat
             "startMs" => g.start_ms,
             "endMs" => g.end_ms,
             "speakers" => Value::Array(g.speaker.iter().map(|s| Value::from(s.as_str())).collect()),
+            "spokenBy" => Value::Array(g.spoken_by.iter().map(|s| Value::from(s.as_str())).collect()),
             "text" => g.text.as_str(),
             "topics" => Value::Array(Vec::new()),
             "createdAt" => now,

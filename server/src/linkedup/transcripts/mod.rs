@@ -79,6 +79,7 @@ pub(crate) fn segment_validator() -> Validator {
         ("sentiment", v::optional(v::float64())),
         ("firstSequence", v::optional(v::int64())),
         ("lastSequence", v::optional(v::int64())),
+        ("spokenBy", v::optional(v::array(v::id(USERS)))),
     ])
 }
 
