@@ -252,17 +252,18 @@ async fn one_insight_per_participant_and_a_rerun_adds_none() {
         .await
         .unwrap();
     assert_eq!(s(&mine, "userId"), w.bob_id);
+    // Outsiders are told there is no such meeting.
     expect_code(
         w.env
             .q("insights.forMeeting", m.clone(), Some(&w.carol))
             .await,
-        "FORBIDDEN",
+        "NOT_FOUND",
     );
     expect_code(
         w.env
             .q("insights.forMeeting", m.clone(), Some(&w.dave))
             .await,
-        "FORBIDDEN",
+        "NOT_FOUND",
     );
     expect_code(
         w.env.q("insights.forMeeting", m.clone(), None).await,
@@ -595,10 +596,13 @@ async fn owners_list_and_delete_their_own_insights_which_are_not_written_again()
             .await
         }
     };
-    expect_code(del(&w.bob).await, "FORBIDDEN");
-    expect_code(del(&w.dave).await, "FORBIDDEN");
+    // Another's insight is, to them, exactly a missing one.
+    let bobs = expect_code(del(&w.bob).await, "NOT_FOUND");
+    let daves = expect_code(del(&w.dave).await, "NOT_FOUND");
     del(&w.alice).await.unwrap();
-    expect_code(del(&w.alice).await, "NOT_FOUND");
+    let gone = expect_code(del(&w.alice).await, "NOT_FOUND");
+    assert_eq!(bobs, gone);
+    assert_eq!(daves, gone);
     let log = w
         .env
         .q(

@@ -99,8 +99,9 @@ async fn pre_call_ideas_are_generated_once_per_meeting_for_participants_only() {
     assert_eq!(ids(&again), ids(&first));
     assert_eq!(fake.count("/chat/completions"), 1);
 
-    expect_code(pre(&w, Some(&w.carol)).await, "FORBIDDEN");
-    expect_code(pre(&w, Some(&w.dave)).await, "FORBIDDEN");
+    // Outsiders are told there is no such meeting.
+    expect_code(pre(&w, Some(&w.carol)).await, "NOT_FOUND");
+    expect_code(pre(&w, Some(&w.dave)).await, "NOT_FOUND");
     expect_code(pre(&w, None).await, "UNAUTHORIZED");
     assert_eq!(fake.count("/chat/completions"), 1);
     assert_eq!(w.env.all("prompts").await.len(), 2);
@@ -180,8 +181,8 @@ async fn in_call_prompts_are_idempotent_by_request_and_throttled_per_meeting() {
     assert!(retry > 0 && retry <= 60_000, "{retry}");
     assert_eq!(fake.count("/chat/completions"), 1);
 
-    expect_code(in_call(&w, &w.carol, ctx.clone()).await, "FORBIDDEN");
-    expect_code(in_call(&w, &w.dave, ctx.clone()).await, "FORBIDDEN");
+    expect_code(in_call(&w, &w.carol, ctx.clone()).await, "NOT_FOUND");
+    expect_code(in_call(&w, &w.dave, ctx.clone()).await, "NOT_FOUND");
     expect_code(
         w.env
             .call(
@@ -239,7 +240,7 @@ async fn an_in_call_request_the_same_as_one_in_flight_is_not_throttled() {
             assert!(retry.is_some_and(|ms| ms > 0), "{:?}", e.data);
         }
         // The same request from someone without access to the meeting is refused.
-        expect_code(in_call(&w, &w.carol, same.clone()).await, "FORBIDDEN");
+        expect_code(in_call(&w, &w.carol, same.clone()).await, "NOT_FOUND");
         // Another request is throttled as before.
         let e = expect_code(
             in_call(&w, &w.bob, context("pricing", &["pricing"], true)).await,
@@ -501,8 +502,8 @@ async fn prompts_are_listed_by_relevance_and_take_feedback_from_participants() {
                 .len(),
         all.len()
     );
-    expect_code(list(w.carol.clone(), None).await, "FORBIDDEN");
-    expect_code(list(w.dave.clone(), None).await, "FORBIDDEN");
+    expect_code(list(w.carol.clone(), None).await, "NOT_FOUND");
+    expect_code(list(w.dave.clone(), None).await, "NOT_FOUND");
 
     let prompt = id(&all[0]);
     let used = w
@@ -530,16 +531,16 @@ async fn prompts_are_listed_by_relevance_and_take_feedback_from_participants() {
         upvoted.get_path("usedAt").and_then(Value::as_i64),
         Some(used_at)
     );
-    expect_code(
-        w.env
-            .m(
-                "prompts.recordFeedback",
-                obj! { "promptId" => prompt.as_str(), "feedback" => "dismissed" },
-                Some(&w.carol),
-            )
-            .await,
-        "FORBIDDEN",
-    );
+    let env = &w.env;
+    let dismiss = |who: &Identity| {
+        let (who, args) = (
+            who.clone(),
+            obj! { "promptId" => prompt.as_str(), "feedback" => "dismissed" },
+        );
+        async move { env.m("prompts.recordFeedback", args, Some(&who)).await }
+    };
+    // To an outsider the prompt is missing, exactly as a deleted one is to anyone.
+    let carols = expect_code(dismiss(&w.carol).await, "NOT_FOUND");
     expect_code(
         w.env
             .m(
@@ -550,4 +551,12 @@ async fn prompts_are_listed_by_relevance_and_take_feedback_from_participants() {
             .await,
         "VALIDATION_ERROR",
     );
+    let p = prompt.clone();
+    w.env
+        .engine
+        .transact(move |ctx| ctx.delete("prompts", &p).map(|_| Value::Null))
+        .await
+        .unwrap();
+    let gone = expect_code(dismiss(&w.bob).await, "NOT_FOUND");
+    assert_eq!(carols, gone);
 }

@@ -1,11 +1,13 @@
 //! The meeting ACL matrix: for every meeting-scoped function, non-participants and users of
-//! another organisation are refused (FORBIDDEN), participants are refused host actions, hosts
-//! may do everything; and another organisation's user sees nothing of this one's meetings.
+//! another organisation get the NOT_FOUND of a missing meeting (the reason goes to the audit
+//! log only), participants are refused host actions (FORBIDDEN), hosts may do everything; and
+//! another organisation's user sees nothing of this one's meetings.
 
 mod linkedup_common;
 
 use linkedup_common::*;
 use linkedup_server::linkedup::LinkedUpConfig;
+use query_engine::error::FunctionError;
 use query_engine::identity::Identity;
 use query_engine::obj;
 use query_engine::value::Value;
@@ -47,27 +49,116 @@ fn participant_actions(w: &World) -> Vec<(&'static str, Value)> {
     ]
 }
 
-async fn forbidden_everywhere(w: &World, who: &Identity, label: &str) {
+/// Every meeting function refuses `who` with `code` and writes nothing; returns the errors.
+async fn refused_everywhere(
+    w: &World,
+    who: &Identity,
+    code: &str,
+    label: &str,
+) -> Vec<FunctionError> {
+    let mut errors = Vec::new();
     for (name, args) in host_actions(w).into_iter().chain(participant_actions(w)) {
         let before = w.env.commits();
-        let e = expect_code(w.env.call(name, args, Some(who)).await, "FORBIDDEN");
+        let e = w.env.call(name, args, Some(who)).await.unwrap_err();
+        assert_eq!(e.code, code, "{label} {name}: {e}");
+        assert_eq!(w.env.commits(), before, "{label} {name} wrote something");
+        errors.push(e);
+    }
+    errors
+}
+
+/// Refused as a participant: FORBIDDEN naming the meeting (they know it exists).
+async fn forbidden_everywhere(w: &World, who: &Identity, label: &str) {
+    for e in refused_everywhere(w, who, "FORBIDDEN", label).await {
         assert_eq!(
             e.data.get_path("resourceId").and_then(Value::as_str),
             Some(w.meeting.as_str()),
-            "{label} {name}"
+            "{label}: {e}"
         );
-        assert_eq!(w.env.commits(), before, "{label} {name} wrote something");
     }
+}
+
+/// Refused as an outsider: exactly the error of a meeting id naming no meeting.
+async fn hidden_everywhere(w: &World, who: &Identity, label: &str) {
+    for e in refused_everywhere(w, who, "NOT_FOUND", label).await {
+        assert_eq!(e.message, format!("no meeting {}", w.meeting), "{label}");
+        assert_eq!(e.data, Value::Null, "{label}: {e}");
+    }
+}
+
+/// A meeting id of the right form that names no meeting.
+async fn missing_meeting(w: &World) -> String {
+    let gone = w.env.schedule(&w.alice, "gone", &[]).await;
+    let g = gone.clone();
+    w.env
+        .engine
+        .transact(move |ctx| ctx.delete("meetings", &g).map(|_| Value::Null))
+        .await
+        .unwrap();
+    gone
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_participants_and_other_orgs_are_refused_everything() {
     let w = world(LinkedUpConfig::default()).await;
-    forbidden_everywhere(&w, &w.carol, "non-participant").await;
-    forbidden_everywhere(&w, &w.dave, "other org").await;
-    // Bob's own account, but with a token for another organisation.
+    hidden_everywhere(&w, &w.carol, "non-participant").await;
+    hidden_everywhere(&w, &w.dave, "other org").await;
+    // Bob's own account, but with a token for another organisation: he is a participant.
     let bob_elsewhere = ident("bob", Some("org2"), Some("member"));
     forbidden_everywhere(&w, &bob_elsewhere, "participant with another org's token").await;
+}
+
+/// Meeting ids are guessable (a counter and a public checksum): another organisation's user
+/// cannot tell one of this organisation's meetings from an id naming nothing, while the
+/// audit log keeps why they were refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_orgs_meeting_looks_missing_to_an_outsider() {
+    let w = world(LinkedUpConfig::default()).await;
+    let missing = missing_meeting(&w).await;
+    let get = |meeting: &str| {
+        w.env.q(
+            "meetings.get",
+            obj! { "meetingId" => meeting },
+            Some(&w.dave),
+        )
+    };
+    let theirs = get(&w.meeting).await.unwrap_err();
+    let none = get(&missing).await.unwrap_err();
+    // The message echoes the id asked for, and nothing else differs.
+    let seen = |e: &FunctionError, id: &str| {
+        (
+            e.code.clone(),
+            e.message.replace(id, "<id>"),
+            e.data.clone(),
+        )
+    };
+    assert_eq!(seen(&theirs, &w.meeting), seen(&none, &missing));
+    assert_eq!(theirs.code, "NOT_FOUND");
+
+    linkedup_server::linkedup::audit::flush_denials(&w.env.engine, &w.env.config.denials)
+        .await
+        .unwrap();
+    let denials: Vec<Value> = w
+        .env
+        .all("auditLogs")
+        .await
+        .into_iter()
+        .filter(|e| s(e, "action") == "access.denied")
+        .collect();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert_eq!(s(&denials[0], "resourceId"), w.meeting);
+    assert_eq!(s(&denials[0], "actorUserId"), w.dave_id);
+    assert!(
+        s(&denials[0], "metadata.message").contains("another organisation"),
+        "{denials:?}"
+    );
+    // Not to dave, nor to his organisation's admins (he is one): the row itself would tell.
+    let log = w
+        .env
+        .q("audit.query", obj! {}, Some(&w.dave))
+        .await
+        .unwrap();
+    assert_eq!(log, Value::Array(vec![]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,6 +241,7 @@ async fn another_orgs_user_sees_nothing_even_with_a_participant_record() {
         })
         .await
         .unwrap();
+    // A record makes him a participant, who knows the meeting: FORBIDDEN.
     forbidden_everywhere(&w, &w.dave, "other org with a record").await;
     let mine = w
         .env
@@ -174,22 +266,7 @@ async fn another_orgs_user_sees_nothing_even_with_a_participant_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_meetings_are_not_found_and_left_participants_keep_read_access() {
     let w = world(LinkedUpConfig::default()).await;
-    let gone = w
-        .env
-        .m(
-            "meetings.schedule",
-            obj! { "title" => "gone" },
-            Some(&w.alice),
-        )
-        .await
-        .unwrap();
-    let g = gone.as_str().unwrap().to_string();
-    let g2 = g.clone();
-    w.env
-        .engine
-        .transact(move |ctx| ctx.delete("meetings", &g2).map(|_| Value::Null))
-        .await
-        .unwrap();
+    let g = missing_meeting(&w).await;
     expect_code(
         w.env
             .q(
@@ -218,7 +295,7 @@ async fn missing_meetings_are_not_found_and_left_participants_keep_read_access()
         .m("meetings.join", obj! { "meetingId" => m }, Some(&w.bob))
         .await
         .unwrap();
-    // Removal ends access.
+    // Removal ends access: the meeting is hidden from him like from any outsider.
     w.env
         .m(
             "meetings.removeParticipant",
@@ -231,7 +308,7 @@ async fn missing_meetings_are_not_found_and_left_participants_keep_read_access()
         w.env
             .q("chat.recent", obj! { "meetingId" => m }, Some(&w.bob))
             .await,
-        "FORBIDDEN",
+        "NOT_FOUND",
     );
     let st = w
         .env

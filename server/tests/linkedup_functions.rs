@@ -6,6 +6,7 @@ mod linkedup_common;
 use linkedup_common::*;
 use linkedup_server::linkedup::LinkedUpConfig;
 use query_engine::functions::Visibility;
+use query_engine::identity::Identity;
 use query_engine::obj;
 use query_engine::value::Value;
 
@@ -426,6 +427,20 @@ async fn happy_paths_of_every_public_function() {
         .await
         .unwrap();
     assert_eq!(all.as_array().unwrap().len(), 2);
+    // Alice and bob's connection is, to carol, exactly a missing one; alice, who requested
+    // it, knows it and is refused.
+    let answer = |who: &Identity| {
+        let (who, args) = (who.clone(), obj! { "connectionId" => id(&c) });
+        async move { env.m("connections.accept", args, Some(&who)).await }
+    };
+    let carols = expect_code(answer(carol).await, "NOT_FOUND");
+    expect_code(answer(alice).await, "FORBIDDEN");
+    let gone = id(&c);
+    env.engine
+        .transact(move |ctx| ctx.delete("connections", &gone).map(|_| Value::Null))
+        .await
+        .unwrap();
+    assert_eq!(expect_code(answer(bob).await, "NOT_FOUND"), carols);
 
     // Meetings: reads, presence, participants, roles.
     let got = env

@@ -1,5 +1,5 @@
 //! Revocation: a participant subscribed to a meeting's chat and state is removed by the host;
-//! the subscriptions end with FORBIDDEN at once, and nothing committed after the removal
+//! the subscriptions end at once (NOT_FOUND: the meeting is now hidden from them), and nothing committed after the removal
 //! reaches the removed user, while the host keeps receiving updates.
 
 mod linkedup_common;
@@ -109,7 +109,7 @@ async fn a_removed_participant_loses_its_subscriptions_and_sees_nothing_after() 
         .unwrap();
     bv.until(&bob, |v| v.messages(CHAT) == ["before"]).await;
 
-    // The host removes bob: both of his subscriptions end with FORBIDDEN.
+    // The host removes bob: both of his subscriptions end (NOT_FOUND, as for an outsider).
     w.env
         .m(
             "meetings.removeParticipant",
@@ -119,8 +119,8 @@ async fn a_removed_participant_loses_its_subscriptions_and_sees_nothing_after() 
         .await
         .unwrap();
     bv.until(&bob, |v| v.failed.len() == 2).await;
-    assert_eq!(bv.failed[&CHAT], "FORBIDDEN");
-    assert_eq!(bv.failed[&STATE], "FORBIDDEN");
+    assert_eq!(bv.failed[&CHAT], "NOT_FOUND");
+    assert_eq!(bv.failed[&STATE], "NOT_FOUND");
     assert!(bv.results.is_empty());
 
     // Everything committed after the removal reaches alice but not bob.
@@ -156,13 +156,13 @@ async fn a_removed_participant_loses_its_subscriptions_and_sees_nothing_after() 
         w.env
             .q("chat.recent", obj! { "meetingId" => m }, Some(&w.bob))
             .await,
-        "FORBIDDEN",
+        "NOT_FOUND",
     );
     // Re-subscribing is refused on its first run too.
     bob.subscribe(3, "chat.recent", obj! { "meetingId" => m })
         .await
         .unwrap();
     bv.until(&bob, |v| v.failed.contains_key(&3)).await;
-    assert_eq!(bv.failed[&3], "FORBIDDEN");
+    assert_eq!(bv.failed[&3], "NOT_FOUND");
     assert!(bv.results.is_empty());
 }

@@ -676,7 +676,7 @@ async fn bad_ops_and_outsiders_are_refused() {
     );
     assert_eq!(path(&e).as_deref(), Some("clientId"));
 
-    // Outsiders can neither edit nor read.
+    // Outsiders can neither edit nor read, nor tell the meeting exists.
     let m = || obj! { "meetingId" => meeting.as_str() };
     expect_code(
         env.m(
@@ -685,9 +685,9 @@ async fn bad_ops_and_outsiders_are_refused() {
             &outsider,
         )
         .await,
-        "FORBIDDEN",
+        "NOT_FOUND",
     );
-    expect_code(env.q(fns::GET, m(), &outsider).await, "FORBIDDEN");
+    expect_code(env.q(fns::GET, m(), &outsider).await, "NOT_FOUND");
     expect_code(
         env.q(
             fns::OPS_SINCE,
@@ -695,7 +695,7 @@ async fn bad_ops_and_outsiders_are_refused() {
             &outsider,
         )
         .await,
-        "FORBIDDEN",
+        "NOT_FOUND",
     );
     expect_code(
         env.engine.query(fns::GET, m(), None).await.map(|r| r.value),

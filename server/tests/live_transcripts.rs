@@ -208,11 +208,11 @@ async fn two_meetings_ingest_concurrently_with_independent_sequences() {
     assert_eq!(sb, (1..=nb as i64).collect::<Vec<_>>());
     assert_eq!(stored_sequences(&env, &a, &a_host).await.len(), na);
     assert_eq!(stored_sequences(&env, &b, &b_host).await.len(), nb);
-    // A participant of one meeting cannot read the other's stream.
+    // A participant of one meeting cannot read the other's stream (nor tell it exists).
     expect_code(
         env.q(fns::STREAM, obj! { "meetingId" => b.as_str() }, &a_p)
             .await,
-        "FORBIDDEN",
+        "NOT_FOUND",
     );
 }
 
@@ -323,7 +323,7 @@ async fn ingest_refusals_use_the_error_taxonomy() {
     )
     .await
     .unwrap();
-    expect_code(env.m(fns::INGEST_BATCH, ok(), &outsider).await, "FORBIDDEN");
+    expect_code(env.m(fns::INGEST_BATCH, ok(), &outsider).await, "NOT_FOUND");
     expect_code(
         env.engine
             .mutation(fns::INGEST_BATCH, ok(), None)
@@ -743,7 +743,7 @@ async fn chunks_of_one_meeting_rerun_no_subscription_of_another() {
     o.subscribe(1, fns::STREAM, stream_args(&a)).await.unwrap();
     let t = o.next_transition().await.unwrap();
     assert!(
-        matches!(&t.updates[..], [QueryUpdate::Failed { error, .. }] if error.code == "FORBIDDEN")
+        matches!(&t.updates[..], [QueryUpdate::Failed { error, .. }] if error.code == "NOT_FOUND")
     );
 
     let ts0 = env.settle().await;
@@ -960,7 +960,7 @@ async fn aggregation_is_bounded_resumable_and_idempotent() {
     assert_eq!(env.all("transcriptSegments").await.len(), count);
     expect_code(
         env.q(fns::LIST_SEGMENTS, args.clone(), &outsider).await,
-        "FORBIDDEN",
+        "NOT_FOUND",
     );
 }
 

@@ -69,12 +69,12 @@ async fn starting_a_meeting_creates_its_room_for_participants_to_read() {
     assert_eq!(audits.len(), 1);
     assert_eq!(audits[0].get_path("actorUserId"), None, "the system acted");
     assert_eq!(s(&audits[0], "orgId"), "org1");
-    // Only participants see it.
+    // Only participants see it (to others there is no such meeting).
     expect_code(
         w.env
             .q("meetings.get", obj! { "meetingId" => m }, Some(&w.carol))
             .await,
-        "FORBIDDEN",
+        "NOT_FOUND",
     );
     // Asking again returns it and changes nothing.
     let before = w.env.commits();
@@ -94,13 +94,13 @@ async fn only_hosts_create_rooms_and_creating_is_idempotent() {
     let args = || obj! { "meetingId" => m.as_str() };
     assert_eq!(room_of(&w, &m).await, None);
     expect_code(w.env.call(CREATE, args(), None).await, "UNAUTHORIZED");
-    for (who, label) in [
-        (&w.bob, "participant"),
-        (&w.carol, "non-participant"),
-        (&w.dave, "other org"),
+    for (who, label, code) in [
+        (&w.bob, "participant", "FORBIDDEN"),
+        (&w.carol, "non-participant", "NOT_FOUND"),
+        (&w.dave, "other org", "NOT_FOUND"),
     ] {
         let before = w.env.commits();
-        let e = expect_code(w.env.call(CREATE, args(), Some(who)).await, "FORBIDDEN");
+        let e = expect_code(w.env.call(CREATE, args(), Some(who)).await, code);
         assert_eq!(w.env.commits(), before, "{label}: {e}");
     }
     assert_eq!(room_of(&w, &m).await, None, "a refused call stores nothing");
@@ -554,7 +554,7 @@ async fn a_removed_participant_gets_no_new_call_token() {
     let granted = token(&w.bob).await.unwrap();
     assert_eq!(s(&granted, "userId"), w.bob_id);
     remove(&w, &m, &w.bob_id).await.unwrap();
-    expect_code(token(&w.bob).await, "FORBIDDEN");
+    expect_code(token(&w.bob).await, "NOT_FOUND");
     // And the token bob already has no longer admits him: he is blocked from the call.
     assert_eq!(job_runs(&w, SYNC, &m, 1).await, succeeded(1));
     assert!(local_call(&w, &m).unwrap().blocked.contains(&w.bob_id));

@@ -102,7 +102,7 @@ async fn only_participants_of_active_meetings_get_tokens() {
         w.env
             .call(TOKEN, obj! { "meetingId" => m }, Some(&w.carol))
             .await,
-        "FORBIDDEN",
+        "NOT_FOUND",
     );
     expect_code(
         w.env.call(TOKEN, obj! { "meetingId" => m }, None).await,

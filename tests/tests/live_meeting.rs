@@ -568,7 +568,8 @@ async fn transcript_refusals_are_reported_without_retrying() {
         start_ms: 0,
         end_ms: 10,
     };
-    for (client, code) in [(&host, "MEETING_NOT_ACTIVE"), (&outsider, "FORBIDDEN")] {
+    // To the outsider the meeting does not exist.
+    for (client, code) in [(&host, "MEETING_NOT_ACTIVE"), (&outsider, "NOT_FOUND")] {
         let (sender, mut reports) =
             TranscriptSender::new(client, &scheduled, SenderConfig::default()).unwrap();
         let id = sender.send(chunk()).await.unwrap();
@@ -590,7 +591,7 @@ async fn transcript_refusals_are_reported_without_retrying() {
     // A reader who may not read the meeting gets the refusal once, then the stream ends.
     let mut stream = outsider.transcript_stream(&scheduled, 0).unwrap();
     let first = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap();
-    assert_eq!(first.unwrap().unwrap_err().code(), Some("FORBIDDEN"));
+    assert_eq!(first.unwrap().unwrap_err().code(), Some("NOT_FOUND"));
     assert!(stream.next().await.is_none());
     drop(stream);
     host.close().await;

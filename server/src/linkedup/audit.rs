@@ -16,7 +16,8 @@
 //! one summary row (`metadata.suppressed`), so a loop of refused calls cannot grow the log
 //! (kept a year) without bound. Anonymous calls
 //! (`UNAUTHORIZED`) are not logged: they name no actor, and logging them would let anyone
-//! fill the log.
+//! fill the log. A denial the caller was shown as a missing resource (`guards::hidden`) is
+//! logged with `metadata.hidden` and never returned by `audit.query`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,6 +122,11 @@ pub struct Denial {
     /// not written one by one (past `MAX_DENIALS_PER_SUBJECT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<u64>,
+    /// The caller was shown the resource as missing (`guards::hidden`). The row is kept out
+    /// of `audit.query`: its readers — the caller and their organisation's admins — would
+    /// learn from it (even from its being there) what the caller was not told.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
 }
 
 /// One subject's denials in the current minute.
@@ -167,8 +173,9 @@ pub struct DenialLog {
 #[derive(Default)]
 struct DenialInner {
     queue: parking_lot::Mutex<VecDeque<Denial>>,
-    /// Per subject, the current minute's count (`MAX_TRACKED_SUBJECTS` at most).
-    windows: parking_lot::Mutex<HashMap<Option<String>, SubjectWindow>>,
+    /// Per subject, the current minute's count (`MAX_TRACKED_SUBJECTS` at most); hidden
+    /// denials apart, so that a summary of them is hidden too.
+    windows: parking_lot::Mutex<HashMap<(Option<String>, bool), SubjectWindow>>,
     dropped: AtomicU64,
     wake: tokio::sync::Notify,
 }
@@ -201,6 +208,7 @@ impl DenialLog {
             message: error.message.clone(),
             at_ms: ctx.now_ms(),
             suppressed: None,
+            hidden: super::guards::is_hidden(error),
         };
         if !self.admit(&denial) {
             return;
@@ -214,7 +222,8 @@ impl DenialLog {
     fn admit(&self, denial: &Denial) -> bool {
         let now = denial.at_ms;
         let mut windows = self.inner.windows.lock();
-        if windows.len() >= MAX_TRACKED_SUBJECTS && !windows.contains_key(&denial.subject) {
+        let key = (denial.subject.clone(), denial.hidden);
+        if windows.len() >= MAX_TRACKED_SUBJECTS && !windows.contains_key(&key) {
             drop(windows);
             self.sweep(now);
             windows = self.inner.windows.lock();
@@ -223,7 +232,7 @@ impl DenialLog {
             }
         }
         let w = windows
-            .entry(denial.subject.clone())
+            .entry(key)
             .or_insert_with(|| SubjectWindow::new(now));
         if now - w.start_ms >= DENIAL_WINDOW_MS {
             let summary = w.summary();
@@ -352,6 +361,7 @@ fn denial_validator() -> query_engine::schema::Validator {
         ("message", v::string()),
         ("atMs", v::int64()),
         ("suppressed", v::optional(v::int64())),
+        ("hidden", v::optional(v::boolean())),
     ])
 }
 
@@ -409,6 +419,9 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                         };
                         if let (Some(n), Some(o)) = (d.suppressed, m.as_object_mut()) {
                             o.insert("suppressed".into(), (n as i64).into());
+                        }
+                        if let (true, Some(o)) = (d.hidden, m.as_object_mut()) {
+                            o.insert("hidden".into(), true.into());
                         }
                         m
                     },
@@ -482,7 +495,9 @@ fn query_audit(ctx: &mut Ctx<'_, '_>, a: AuditQueryArgs) -> FunctionResult<Vec<A
             Some(org) => entry.org_id.as_ref() == Some(org),
             None => entry.actor_user_id.as_deref() == Some(me.id.as_str()),
         };
+        let hidden = entry.metadata.get_path("hidden") == Some(&Value::Bool(true));
         let matches = visible
+            && !hidden
             && actor
                 .as_ref()
                 .is_none_or(|x| entry.actor_user_id.as_ref() == Some(x))
@@ -519,6 +534,7 @@ mod tests {
             message: "not a participant".into(),
             at_ms,
             suppressed: None,
+            hidden: false,
         }
     }
 
@@ -554,6 +570,10 @@ mod tests {
         let summaries = queued(&log);
         assert_eq!(summaries.len(), 1);
         assert_eq!(summaries[0].suppressed, Some(3));
-        assert!(!log.inner.windows.lock().contains_key(&Some("eve".into())));
+        assert!(!log
+            .inner
+            .windows
+            .lock()
+            .contains_key(&(Some("eve".into()), false)));
     }
 }

@@ -25,7 +25,7 @@ use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
 use query_engine::schema::v;
 
-use super::guards::{current_user, live_user};
+use super::guards::{current_user, hidden, live_user};
 use super::rate_limit::check_and_consume;
 use super::{audited, blocks, decode, fields, id_of, LinkedUpConfig};
 
@@ -52,7 +52,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
 
     // connections.accept / connections.decline: the side that did not request answers a
     // pending request. Returns the connection. Returns: UNAUTHORIZED, VALIDATION_ERROR,
-    // NOT_FOUND, FORBIDDEN (not the addressee), CONFLICT (not pending).
+    // NOT_FOUND (no such connection, or not the caller's: the same error), FORBIDDEN (the
+    // requester answering their own request), CONFLICT (not pending).
     for (name, status) in [
         ("connections.accept", ConnectionStatus::Accepted),
         ("connections.decline", ConnectionStatus::Declined),
@@ -204,10 +205,12 @@ pub(crate) fn remove_between(
 }
 
 fn get(ctx: &mut Ctx<'_, '_>, id: &str) -> FunctionResult<Connection> {
-    let doc = ctx
-        .get(CONNECTIONS, id)?
-        .ok_or_else(|| ErrorCode::NotFound.err(format!("no connection {id}")))?;
+    let doc = ctx.get(CONNECTIONS, id)?.ok_or_else(|| no_connection(id))?;
     decode(&doc)
+}
+
+fn no_connection(id: &str) -> FunctionError {
+    ErrorCode::NotFound.err(format!("no connection {id}"))
 }
 
 fn respond(
@@ -217,8 +220,16 @@ fn respond(
 ) -> FunctionResult<Connection> {
     let me = current_user(ctx)?;
     let c = get(ctx, connection_id)?;
-    let party = c.user_a == me.id || c.user_b == me.id;
-    if !party || c.requested_by == me.id {
+    if c.user_a != me.id && c.user_b != me.id {
+        // A connection is its two users' business: to anyone else it is as good as missing.
+        return Err(hidden(
+            no_connection(connection_id),
+            "not a party to this connection",
+            "connection",
+            connection_id,
+        ));
+    }
+    if c.requested_by == me.id {
         return Err(ErrorCode::Forbidden.err_with(
             "only the addressee of a connection request may answer it",
             obj! { "resourceType" => "connection", "resourceId" => connection_id },

@@ -10,17 +10,20 @@
 //!   deletes the record and with it all access.
 //! - Tenant isolation: a meeting of an organisation is refused to callers whose token is for
 //!   another organisation (or none), even if a participant record exists.
-//! - A meeting that exists but is refused gives `FORBIDDEN`; a meeting id that names no meeting
-//!   gives `NOT_FOUND`. Meeting ids are unguessable-enough opaque ids that are only learnt by
-//!   being invited, so telling "exists" from "missing" leaks little, and one consistent code per
-//!   case is easier for clients than a code that depends on the caller.
+//! - A caller who does not take part in a meeting (including one of another organisation)
+//!   gets exactly the `NOT_FOUND` of a meeting id that names no meeting — same message, same
+//!   data — and the reason goes only to the audit log (`hidden`). Ids are a counter with a
+//!   public checksum, so any signed-in user could otherwise enumerate them and learn which
+//!   meetings exist and which belong to other tenants (the seed answers `FORBIDDEN`; this
+//!   deviates on purpose). A participant refused an action (not a host, or signed in for
+//!   another organisation) knows the meeting exists and gets `FORBIDDEN`.
 
 use linkedup_schema::api::erasure::ERASURE_PENDING;
 use linkedup_schema::api::{Meeting, MeetingStatus, Participant, Role, User};
 use linkedup_schema::tables::names::{MEETINGS, MEETING_PARTICIPANTS, USERS};
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
-use query_engine::error::FunctionResult;
+use query_engine::error::{FunctionError, FunctionResult};
 use query_engine::functions::FunctionKind;
 use query_engine::obj;
 use query_engine::value::Value;
@@ -254,35 +257,105 @@ pub struct MeetingAccess {
 }
 
 /// Checks that the caller may act on `meeting_id` with at least `required` rights.
-/// Returns: UNAUTHORIZED (no identity or user), NOT_FOUND (no such meeting), FORBIDDEN (not a
-/// participant, lacking host rights, or another organisation's meeting). Denials carry
+/// Returns: UNAUTHORIZED (no identity or user), NOT_FOUND (no such meeting, or not a
+/// participant: the same error, see the module comment), FORBIDDEN (a participant lacking host
+/// rights, or signed in for another organisation than the meeting's). Denials carry
 /// `data = {resourceType: "meeting", resourceId}` for the audit log.
 pub fn assert_meeting_access(
     ctx: &mut Ctx<'_, '_>,
     meeting_id: &str,
     required: Role,
 ) -> FunctionResult<MeetingAccess> {
+    access_through_meeting(ctx, meeting_id, required, || meeting_not_found(meeting_id))
+}
+
+/// `assert_meeting_access` for a resource reached through its meeting (a prompt): a caller
+/// who does not take part in the meeting, or a meeting that is gone, gets `missing()` — the
+/// resource's own NOT_FOUND, so its id says nothing about the meeting either.
+pub fn access_through_meeting(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+    required: Role,
+    missing: impl Fn() -> FunctionError,
+) -> FunctionResult<MeetingAccess> {
     let user = current_user(ctx)?;
-    let meeting = get_meeting(ctx, meeting_id)?;
-    let denied = |why: &str| {
+    let meeting: Meeting = match ctx.get(MEETINGS, meeting_id)? {
+        Some(doc) => decode(&doc)?,
+        None => return Err(missing()),
+    };
+    let denied = |why: &str| format!("{why} (meeting {meeting_id})");
+    let Some(participant) = find_participant(ctx, meeting_id, &user.id)? else {
+        let why = if in_tenant(&user, &meeting) {
+            "not a participant of this meeting"
+        } else {
+            "the meeting belongs to another organisation"
+        };
+        return Err(hidden(missing(), denied(why), "meeting", meeting_id));
+    };
+    let forbidden = |why: &str| {
         ErrorCode::Forbidden.err_with(
-            format!("{why} (meeting {meeting_id})"),
+            denied(why),
             obj! { "resourceType" => "meeting", "resourceId" => meeting_id },
         )
     };
     if !in_tenant(&user, &meeting) {
-        return Err(denied("the meeting belongs to another organisation"));
+        return Err(forbidden("the meeting belongs to another organisation"));
     }
-    let participant = find_participant(ctx, meeting_id, &user.id)?
-        .ok_or_else(|| denied("not a participant of this meeting"))?;
     if !participant.role.satisfies(required) {
-        return Err(denied("this action needs the host role"));
+        return Err(forbidden("this action needs the host role"));
     }
     Ok(MeetingAccess {
         user,
         meeting,
         participant,
     })
+}
+
+/// Where a `hidden` refusal carries the error its caller is shown.
+const SEEN_AS: &str = "seenAs";
+
+/// A refusal of a private resource (a meeting the caller takes no part in, another user's
+/// insight or connection) that its caller cannot tell from `missing`, the error for an id
+/// naming nothing: ids are guessable, so "exists but not yours" would tell which exist and
+/// whose they are. It is a FORBIDDEN carrying `why` and `{resourceType, resourceId}`, which
+/// `audited` records as a denial and then replaces by `missing` (`seen_by_caller`).
+pub(crate) fn hidden(
+    missing: FunctionError,
+    why: impl Into<String>,
+    resource_type: &str,
+    resource_id: &str,
+) -> FunctionError {
+    ErrorCode::Forbidden.err_with(
+        why,
+        obj! {
+            "resourceType" => resource_type,
+            "resourceId" => resource_id,
+            SEEN_AS => obj! {
+                "code" => missing.code,
+                "message" => missing.message,
+                "data" => missing.data,
+            },
+        },
+    )
+}
+
+/// Whether `error` is a `hidden` refusal.
+pub(crate) fn is_hidden(error: &FunctionError) -> bool {
+    error.data.get_path(SEEN_AS).is_some()
+}
+
+/// What the caller is shown of `error`: the `missing` error of a `hidden` refusal, else
+/// `error` itself.
+pub(crate) fn seen_by_caller(error: FunctionError) -> FunctionError {
+    let Some(seen) = error.data.get_path(SEEN_AS) else {
+        return error;
+    };
+    let text = |k: &str| seen.get_path(k).and_then(Value::as_str).map(String::from);
+    match (text("code"), text("message")) {
+        (Some(code), Some(message)) => FunctionError::new(code, message)
+            .with_data(seen.get_path("data").cloned().unwrap_or(Value::Null)),
+        _ => error,
+    }
 }
 
 /// Whether `user` may still see what belongs to `meeting_id`: what `assert_meeting_access`
@@ -313,8 +386,13 @@ pub fn in_tenant(user: &CurrentUser, meeting: &Meeting) -> bool {
 pub fn get_meeting(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Meeting> {
     let doc = ctx
         .get(MEETINGS, meeting_id)?
-        .ok_or_else(|| ErrorCode::NotFound.err(format!("no meeting {meeting_id}")))?;
+        .ok_or_else(|| meeting_not_found(meeting_id))?;
     decode(&doc)
+}
+
+/// The error for a meeting id naming no meeting, and for one the caller takes no part in.
+fn meeting_not_found(meeting_id: &str) -> FunctionError {
+    ErrorCode::NotFound.err(format!("no meeting {meeting_id}"))
 }
 
 /// MEETING_NOT_ACTIVE (`data.state`) unless `meeting` is active: what only happens during a

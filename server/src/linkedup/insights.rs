@@ -64,7 +64,7 @@ use super::blocks::either_way;
 use super::erasure::REDACTED;
 use super::flags::is_enabled;
 use super::guards::{
-    assert_meeting_access, being_erased, current_user, find_participant, get_meeting,
+    assert_meeting_access, being_erased, current_user, find_participant, get_meeting, hidden,
     may_see_meeting,
 };
 use super::idempotency::{check_and_record, peek};
@@ -452,7 +452,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     );
 
     // insights.delete: deletes one of the caller's own insights (seed §20); audited.
-    // Returns: UNAUTHORIZED, NOT_FOUND, FORBIDDEN (someone else's), VALIDATION_ERROR.
+    // Returns: UNAUTHORIZED, NOT_FOUND (no such insight, or someone else's: the same error),
+    // VALIDATION_ERROR.
     f.mutation(
         fns::INSIGHTS_DELETE,
         Visibility::Public,
@@ -1107,14 +1108,16 @@ fn about_participants(recs: Vec<Recommendation>, r: &PostCallRequest) -> Vec<Rec
 
 fn delete(ctx: &mut Ctx<'_, '_>, a: InsightIdArgs) -> FunctionResult<()> {
     let me = current_user(ctx)?;
-    let doc = ctx
-        .get(INSIGHTS, &a.insight_id)?
-        .ok_or_else(|| ErrorCode::NotFound.err(format!("no insight {}", a.insight_id)))?;
+    let missing = || ErrorCode::NotFound.err(format!("no insight {}", a.insight_id));
+    let doc = ctx.get(INSIGHTS, &a.insight_id)?.ok_or_else(missing)?;
     let insight: Insight = decode(&doc)?;
     if insight.user_id != me.id {
-        return Err(ErrorCode::Forbidden.err_with(
+        // Insights are private to their owner: another's is as good as missing.
+        return Err(hidden(
+            missing(),
             "only the insight's owner may delete it",
-            obj! { "resourceType" => "insight", "resourceId" => a.insight_id.as_str() },
+            "insight",
+            &a.insight_id,
         ));
     }
     ctx.delete(INSIGHTS, &a.insight_id)?;

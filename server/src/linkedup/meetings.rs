@@ -179,7 +179,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     );
 
     // meetings.removeParticipant: host only; deletes the participant record, ending all of
-    // that user's access (their subscriptions fail with FORBIDDEN), and records the removal
+    // that user's access (their subscriptions fail with NOT_FOUND), and records the removal
     // in `formerParticipants` (what erasure finds the meeting by). In a meeting with a Stream
     // room, schedules blocking them from its call and removing them from its members. The
     // last host cannot be removed. Returns null. Returns: UNAUTHORIZED, VALIDATION_ERROR,

@@ -233,8 +233,9 @@ pub(crate) fn register_expiry_purge(
     );
 }
 
-/// Wraps a handler so that a `FORBIDDEN` outcome is recorded as an access denial (see `audit`).
-/// Every public LinkedUp handler is registered through this.
+/// Wraps a handler so that a `FORBIDDEN` outcome is recorded as an access denial (see `audit`),
+/// and a refusal that must look like a missing resource is shown as that
+/// (`guards::hidden`). Every public LinkedUp handler is registered through this.
 pub(crate) fn audited<A, R>(
     config: &Arc<LinkedUpConfig>,
     function: &'static str,
@@ -242,13 +243,12 @@ pub(crate) fn audited<A, R>(
 ) -> impl Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static {
     let denials = config.denials.clone();
     move |ctx, args| {
-        let result = f(ctx, args);
-        if let Err(e) = &result {
+        f(ctx, args).map_err(|e| {
             if e.code == ErrorCode::Forbidden.as_str() {
-                denials.record(ctx, function, e);
+                denials.record(ctx, function, &e);
             }
-        }
-        result
+            guards::seen_by_caller(e)
+        })
     }
 }
 

@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use super::ai_budget;
 use super::ai_context::participants_of;
 use super::flags::require_enabled;
-use super::guards::{assert_meeting_access, MeetingAccess};
+use super::guards::{access_through_meeting, assert_meeting_access, MeetingAccess};
 use super::idempotency::{check_and_record, expires_at, peek, store_result, DEFAULT_TTL_MS};
 use super::{audited, check_text, decode, encode, fields, id_of, limit_arg, LinkedUpConfig};
 use crate::ai::{request_hash, text, AiConfig, Idea, InCallRequest, PreCallRequest};
@@ -132,8 +132,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // prompts.generatePreCall (action): conversation ideas for a meeting, generated once, by
     // one call at a time; a call that finds them being generated waits for them, and any later
     // call returns the stored ones without calling the provider. Returns the prompts.
-    // Returns: UNAUTHORIZED, NOT_FOUND, FORBIDDEN (not a participant, other organisation,
-    // flag precall/ai off: data.reason "featureDisabled"), CONFLICT (meeting over; or
+    // Returns: UNAUTHORIZED, NOT_FOUND (also not a participant), FORBIDDEN (signed in for
+    // another organisation, flag precall/ai off: data.reason "featureDisabled"), CONFLICT (meeting over; or
     // data.reason "generationInProgress" with data.retryAfterMs: another call is still
     // generating them after AiConfig::generation_wait_ms), RATE_LIMITED (data.reason
     // "aiBudget": the daily AI budget of the call that would generate them is spent),
@@ -242,7 +242,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     );
 
     // prompts.recordFeedback: marks a prompt used, dismissed or upvoted (`usedAt` set when
-    // first used). Returns the prompt. Returns: UNAUTHORIZED, NOT_FOUND, FORBIDDEN,
+    // first used). Returns the prompt. Returns: UNAUTHORIZED, NOT_FOUND (no such prompt, or
+    // one of a meeting the caller takes no part in: the same error), FORBIDDEN,
     // VALIDATION_ERROR.
     f.mutation(
         fns::PROMPTS_RECORD_FEEDBACK,
@@ -642,11 +643,11 @@ fn list(ctx: &mut Ctx<'_, '_>, a: ListPromptsArgs) -> FunctionResult<Vec<Prompt>
 }
 
 fn record_feedback(ctx: &mut Ctx<'_, '_>, a: RecordFeedbackArgs) -> FunctionResult<Prompt> {
-    let doc = ctx
-        .get(PROMPTS, &a.prompt_id)?
-        .ok_or_else(|| ErrorCode::NotFound.err(format!("no prompt {}", a.prompt_id)))?;
+    let missing = || ErrorCode::NotFound.err(format!("no prompt {}", a.prompt_id));
+    let doc = ctx.get(PROMPTS, &a.prompt_id)?.ok_or_else(missing)?;
     let prompt: Prompt = decode(&doc)?;
-    assert_meeting_access(ctx, &prompt.meeting_id, Role::Participant)?;
+    // To a caller outside the prompt's meeting, the prompt is as good as missing.
+    access_through_meeting(ctx, &prompt.meeting_id, Role::Participant, missing)?;
     let mut changes = fields(obj! { "feedback" => a.feedback.as_str() });
     if a.feedback == linkedup_schema::api::ai::PromptFeedback::Used && prompt.used_at.is_none() {
         changes.insert("usedAt".into(), ctx.now_ms().into());

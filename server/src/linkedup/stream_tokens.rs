@@ -35,7 +35,7 @@ const RATE_ACTION: &str = "stream.callToken";
 
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // meetings.streamCallToken (action): {meetingId} -> StreamCallToken.
-    // Errors: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND, FORBIDDEN (not a participant),
+    // Errors: UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND (also not a participant), FORBIDDEN,
     // MEETING_NOT_ACTIVE, RATE_LIMITED, PROVIDER_ERROR (`data.reason`: "streamPaused" while
     // the stream/paused flag is on; "notConfigured" on a server without a Stream secret).
     let cfg = config.clone();
