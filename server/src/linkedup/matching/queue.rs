@@ -107,7 +107,9 @@ fn check_args(a: &EnterQueueArgs, now_ms: i64, config: &MatchingConfig) -> Funct
     if a.available_to <= now_ms {
         return Err(invalid_field("availableTo", "must be in the future"));
     }
-    if a.available_to - a.available_from > MAX_WINDOW_MS {
+    // Both ends come from the client: a window too long to subtract is too long.
+    let window_ms = a.available_to.checked_sub(a.available_from);
+    if window_ms.is_none_or(|w| w > MAX_WINDOW_MS) {
         return Err(invalid_field(
             "availableTo",
             format!("the window may be at most {MAX_WINDOW_MS} ms long"),
@@ -119,7 +121,7 @@ fn check_args(a: &EnterQueueArgs, now_ms: i64, config: &MatchingConfig) -> Funct
             format!("must be at most {MAX_LEAD_MS} ms from now"),
         ));
     }
-    if a.available_to - a.available_from.max(now_ms) < config.min_meeting_ms {
+    if a.available_to.saturating_sub(a.available_from.max(now_ms)) < config.min_meeting_ms {
         return Err(invalid_field(
             "availableTo",
             format!(
@@ -365,6 +367,9 @@ mod tests {
                 "availableFrom",
             ),
             (args(NOW - HOUR, NOW + 60_000), "availableTo"),
+            // Ends whose difference overflows i64.
+            (args(i64::MIN, i64::MAX), "availableTo"),
+            (args(i64::MIN, NOW + HOUR), "availableTo"),
         ] {
             assert_eq!(path_of(check_args(&bad, NOW, &c)), path);
         }
