@@ -295,12 +295,29 @@ async fn idempotency_keys_replay_the_first_result() {
     let m2 = w.env.m("chat.send", send, Some(&w.bob)).await.unwrap();
     assert_eq!(m1, m2);
     assert_eq!(w.env.all("messages").await.len(), 1);
-    expect_code(
-        w.env
-            .m("chat.send", obj! { "meetingId" => w.meeting.as_str(), "content" => "x", "clientMessageId" => "" }, Some(&w.bob))
-            .await,
-        "VALIDATION_ERROR",
-    );
+    // A bad key is named as the argument the caller sent.
+    let m = w.meeting.as_str();
+    let long = "k".repeat(300);
+    for (f, args, field) in [
+        (
+            "chat.send",
+            obj! { "meetingId" => m, "content" => "x", "clientMessageId" => "" },
+            "clientMessageId",
+        ),
+        (
+            "chat.send",
+            obj! { "meetingId" => m, "content" => "x", "clientMessageId" => long.as_str() },
+            "clientMessageId",
+        ),
+        (
+            "meetings.schedule",
+            obj! { "title" => "x", "idempotencyKey" => "" },
+            "idempotencyKey",
+        ),
+    ] {
+        let e = expect_code(w.env.m(f, args, Some(&w.bob)).await, "VALIDATION_ERROR");
+        assert_eq!(s(&e.data, "path"), field, "{f}: {e}");
+    }
     // Internal form for actions and webhooks.
     let first = w
         .env

@@ -98,7 +98,12 @@ fn send(
     require_active(&access.meeting)?;
     let me = &access.user.id;
     let scope = format!("chat.send:{}:{me}", a.meeting_id);
-    if let Some(id) = earlier_id(ctx, a.client_message_id.as_deref(), &scope)? {
+    if let Some(id) = earlier_id(
+        ctx,
+        "clientMessageId",
+        a.client_message_id.as_deref(),
+        &scope,
+    )? {
         return Ok(id);
     }
     check_and_consume(

@@ -33,16 +33,18 @@ const PURGE_BATCH: usize = 512;
 /// has not expired (`Some(Value::Null)` when that call stored no result); otherwise records the
 /// key (expiring `ttl_ms` from now) and returns `None`: the caller goes ahead and should
 /// `store_result` in the same transaction.
-/// Returns: VALIDATION_ERROR for an empty or over-long key.
+/// Returns: VALIDATION_ERROR naming `field` (the caller's argument the key is) for an empty or
+/// over-long key.
 pub fn check_and_record(
     ctx: &mut Ctx<'_, '_>,
+    field: &str,
     key: &str,
     scope: &str,
     ttl_ms: i64,
 ) -> FunctionResult<Option<Value>> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(invalid_field(
-            "idempotencyKey",
+            field,
             format!("must be 1 to {MAX_KEY_BYTES} bytes"),
         ));
     }
@@ -100,16 +102,18 @@ fn find(ctx: &mut Ctx<'_, '_>, key: &str, scope: &str) -> FunctionResult<Option<
 /// For a mutation that creates a document and returns its id: with a key, the id an earlier
 /// call with this key in `scope` returned, if it has not expired; otherwise the key is recorded
 /// (one day) and `None` returned, and the caller creates the document and `store_result`s its
-/// id in the same transaction. Without a key, `None`.
+/// id in the same transaction. Without a key, `None`. A bad key is a VALIDATION_ERROR naming
+/// `field`, the caller's argument it is.
 pub fn earlier_id(
     ctx: &mut Ctx<'_, '_>,
+    field: &str,
     key: Option<&str>,
     scope: &str,
 ) -> FunctionResult<Option<String>> {
     let Some(key) = key else {
         return Ok(None);
     };
-    Ok(check_and_record(ctx, key, scope, DEFAULT_TTL_MS)?
+    Ok(check_and_record(ctx, field, key, scope, DEFAULT_TTL_MS)?
         .and_then(|previous| previous.as_str().map(str::to_string)))
 }
 
@@ -160,7 +164,7 @@ pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
         v::object([("seen", v::boolean()), ("result", v::any())]),
         |ctx, a: CheckArgs| {
             let ttl = a.ttl_ms.unwrap_or(DEFAULT_TTL_MS);
-            Ok(match check_and_record(ctx, &a.key, &a.scope, ttl)? {
+            Ok(match check_and_record(ctx, "key", &a.key, &a.scope, ttl)? {
                 Some(result) => obj! { "seen" => true, "result" => result },
                 None => obj! { "seen" => false, "result" => Value::Null },
             })

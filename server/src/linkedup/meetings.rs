@@ -300,7 +300,7 @@ fn schedule(
 
     let me = current_user(ctx)?;
     let scope = format!("meetings.schedule:{}", me.id);
-    if let Some(id) = earlier_id(ctx, a.idempotency_key.as_deref(), &scope)? {
+    if let Some(id) = earlier_id(ctx, "idempotencyKey", a.idempotency_key.as_deref(), &scope)? {
         return Ok(id);
     }
     check_and_consume(

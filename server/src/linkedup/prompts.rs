@@ -277,16 +277,17 @@ fn require_open(access: &MeetingAccess) -> FunctionResult<()> {
     ))
 }
 
-/// Claims, in a begin mutation, the generation `key` names in `scope` for this call, for
-/// `AiConfig::generation_lease_ms`. Returns how much longer (ms) another call's claim holds,
-/// if one does.
+/// Claims, in a begin mutation, the generation `key` (the caller's argument `field`) names in
+/// `scope` for this call, for `AiConfig::generation_lease_ms`. Returns how much longer (ms)
+/// another call's claim holds, if one does.
 fn claim(
     ctx: &mut Ctx<'_, '_>,
     config: &AiConfig,
-    key: &str,
+    (field, key): (&str, &str),
     scope: &str,
 ) -> FunctionResult<Option<i64>> {
-    if check_and_record(ctx, key, scope, config.generation_lease_ms.max(1))?.is_none() {
+    let lease_ms = config.generation_lease_ms.max(1);
+    if check_and_record(ctx, field, key, scope, lease_ms)?.is_none() {
         return Ok(None);
     }
     let now = ctx.now_ms();
@@ -355,7 +356,12 @@ fn begin_pre_call(
     if !existing.is_empty() {
         return Ok(Start::Stored { prompts: existing });
     }
-    if let Some(retry_after_ms) = claim(ctx, &config.ai, meeting_id, PRE_CALL_CLAIM_SCOPE)? {
+    if let Some(retry_after_ms) = claim(
+        ctx,
+        &config.ai,
+        ("meetingId", meeting_id),
+        PRE_CALL_CLAIM_SCOPE,
+    )? {
         return Ok(Start::InProgress { retry_after_ms });
     }
     ai_budget::spend(
@@ -475,11 +481,18 @@ fn begin_in_call(
     }
     // Before the throttle: the same request in flight has counted there already. (A refusal
     // below commits nothing, this claim included.)
-    if let Some(retry_after_ms) = claim(ctx, &config.ai, &a.request_hash, IN_CALL_CLAIM_SCOPE)? {
+    if let Some(retry_after_ms) = claim(
+        ctx,
+        &config.ai,
+        ("requestHash", &a.request_hash),
+        IN_CALL_CLAIM_SCOPE,
+    )? {
         return Ok(Start::InProgress { retry_after_ms });
     }
     let interval = config.ai.in_call_interval_ms;
-    if interval > 0 && check_and_record(ctx, &a.meeting_id, THROTTLE_SCOPE, interval)?.is_some() {
+    if interval > 0
+        && check_and_record(ctx, "meetingId", &a.meeting_id, THROTTLE_SCOPE, interval)?.is_some()
+    {
         let now = ctx.now_ms();
         let until = expires_at(ctx, &a.meeting_id, THROTTLE_SCOPE)?.unwrap_or(now + 1);
         return Err(ErrorCode::RateLimited.err_with(
@@ -592,9 +605,13 @@ fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<Vec<Prompt>> {
             }
         }
         PromptType::Incall => {
-            if let Some(ids) =
-                check_and_record(ctx, &a.request_hash, IN_CALL_SCOPE, DEFAULT_TTL_MS)?
-            {
+            if let Some(ids) = check_and_record(
+                ctx,
+                "requestHash",
+                &a.request_hash,
+                IN_CALL_SCOPE,
+                DEFAULT_TTL_MS,
+            )? {
                 return by_ids(ctx, &ids);
             }
         }

@@ -224,7 +224,7 @@ pub(crate) fn register(f: &mut Functions, _config: &Arc<LinkedUpConfig>) {
         ]),
         v::any(),
         |ctx, a: ApplyArgs| {
-            if check_and_record(ctx, &a.key, SCOPE, DEFAULT_TTL_MS)?.is_some() {
+            if check_and_record(ctx, "key", &a.key, SCOPE, DEFAULT_TTL_MS)?.is_some() {
                 return Ok(Outcome::Duplicate.to_value());
             }
             let outcome = apply(ctx, &a)?.to_value();
