@@ -678,3 +678,74 @@ async fn users_are_linked_to_their_latest_token_and_queries_never_create_them() 
     assert_eq!(u.get_path("orgId"), None);
     assert_eq!(env.all("users").await.len(), 1);
 }
+
+/// Connection transitions are audited, each party reading both sides through `audit.query`
+/// by resource: a request, its acceptance, a decline, a new request after it, and the
+/// acceptance a request to someone who asked first is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_changes_are_audited_for_both_parties() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let call = |f: &'static str, args: Value, who: &Identity| {
+        let who = who.clone();
+        async move { env.m(f, args, Some(&who)).await.unwrap() }
+    };
+    let log = |connection: String, who: &Identity| {
+        let who = who.clone();
+        async move {
+            let args = obj! { "resourceType" => "connection", "resourceId" => connection };
+            let rows = env.q("audit.query", args, Some(&who)).await.unwrap();
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (s(e, "action"), s(e, "actorUserId")))
+                .collect::<Vec<_>>()
+        }
+    };
+    let request = |to: &str| obj! { "userId" => to };
+    let answer = |c: &Value| obj! { "connectionId" => id(c) };
+    let (alice, bob, carol) = (&w.alice_id, &w.bob_id, &w.carol_id);
+
+    let c = call("connections.request", request(bob), &w.alice).await;
+    call("connections.accept", answer(&c), &w.bob).await;
+    let both = vec![
+        ("connection.accepted".to_string(), bob.clone()),
+        ("connection.requested".to_string(), alice.clone()),
+    ];
+    assert_eq!(log(id(&c), &w.alice).await, both);
+    assert_eq!(log(id(&c), &w.bob).await, both);
+    assert_eq!(log(id(&c), &w.carol).await, vec![], "not a party");
+
+    let d = call("connections.request", request(carol), &w.alice).await;
+    call("connections.decline", answer(&d), &w.carol).await;
+    call("connections.request", request(carol), &w.alice).await;
+    // Carol asks too: that accepts alice's request.
+    call("connections.request", request(alice), &w.carol).await;
+    assert_eq!(
+        log(id(&d), &w.alice).await,
+        vec![
+            ("connection.accepted".to_string(), carol.clone()),
+            ("connection.requested".to_string(), alice.clone()),
+            ("connection.declined".to_string(), carol.clone()),
+            ("connection.requested".to_string(), alice.clone()),
+        ]
+    );
+    let rows = env.all("auditLogs").await;
+    let row = |action: &str, actor: &str| {
+        rows.iter()
+            .filter(|e| s(e, "resourceId") == id(&d))
+            .find(|e| s(e, "action") == action && s(e, "actorUserId") == actor)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        s(&row("connection.accepted", carol), "metadata.reason"),
+        "mutualRequest"
+    );
+    let again = rows
+        .iter()
+        .filter(|e| s(e, "resourceId") == id(&d) && s(e, "action") == "connection.requested")
+        .filter_map(|e| e.get_path("metadata.previousStatus"))
+        .count();
+    assert_eq!(again, 1);
+}

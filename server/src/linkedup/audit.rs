@@ -55,6 +55,9 @@ pub const DENIAL_BATCH: usize = 256;
 const DENIAL_POLL: Duration = Duration::from_millis(500);
 /// Most index entries `audit.query` examines per call.
 const MAX_AUDIT_SCAN: usize = 1_000;
+/// The metadata field listing the users, besides the actor, an entry concerns as much as its
+/// actor (both sides of a connection): `audit.query` shows it to them too.
+pub const PARTIES: &str = "parties";
 
 /// Appends an audit entry in the current mutation. `actor` is the acting user's document id
 /// (absent for system actions); the organisation is taken from the caller's token.
@@ -380,7 +383,9 @@ fn audit_query_validator() -> query_engine::schema::Validator {
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // audit.query: entries newest first, filtered by actor / resource / action / time.
     // Organisation admins see their organisation's entries; everyone else sees the entries
-    // they are the actor of (asking for another actor is FORBIDDEN).
+    // they are the actor of (asking for another actor is FORBIDDEN), and, asking by resource,
+    // those naming them among the `metadata.parties` (the other side's answer to their
+    // connection request).
     // Returns: UNAUTHORIZED, FORBIDDEN, VALIDATION_ERROR.
     f.query(
         "audit.query",
@@ -493,12 +498,20 @@ fn query_audit(ctx: &mut Ctx<'_, '_>, a: AuditQueryArgs) -> FunctionResult<Vec<A
         let entry: AuditLog = decode(&row)?;
         let visible = match &admin_org {
             Some(org) => entry.org_id.as_ref() == Some(org),
-            None => entry.actor_user_id.as_deref() == Some(me.id.as_str()),
+            None => {
+                entry.actor_user_id.as_deref() == Some(me.id.as_str())
+                    || entry
+                        .metadata
+                        .get_path(PARTIES)
+                        .and_then(Value::as_array)
+                        .is_some_and(|p| p.iter().any(|u| u.as_str() == Some(me.id.as_str())))
+            }
         };
         let hidden = entry.metadata.get_path("hidden") == Some(&Value::Bool(true));
+        // The actor asked for, not the caller: what a caller may see is `visible`'s to say.
         let matches = visible
             && !hidden
-            && actor
+            && a.actor_user_id
                 .as_ref()
                 .is_none_or(|x| entry.actor_user_id.as_ref() == Some(x))
             && a.action.as_ref().is_none_or(|x| entry.action == *x)

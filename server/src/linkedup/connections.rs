@@ -7,6 +7,10 @@
 //! requesting an accepted pair is CONFLICT.
 //!
 //! A block between the two (`blocks`) deletes their document and refuses requests either way.
+//!
+//! Every transition is audited (`connection.requested`, `connection.accepted`,
+//! `connection.declined`; the block's own entry records a connection it ended), with both
+//! users as `parties`, so each can read the other's side through `audit.query`.
 
 use std::sync::Arc;
 
@@ -24,10 +28,11 @@ use query_engine::error::{FunctionError, FunctionResult};
 use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
 use query_engine::schema::v;
+use query_engine::value::Value;
 
 use super::guards::{current_user, hidden, live_user};
 use super::rate_limit::check_and_consume;
-use super::{audited, blocks, decode, fields, id_of, LinkedUpConfig};
+use super::{audit, audited, blocks, decode, fields, id_of, LinkedUpConfig};
 
 fn status_validator() -> query_engine::schema::Validator {
     v::union(CONNECTION_STATUSES.iter().map(|s| v::literal(*s)))
@@ -128,13 +133,15 @@ fn request(
                 "connections.request",
                 config.rate_limits.connections_request,
             )?;
-            ctx.insert(
+            let id = ctx.insert(
                 CONNECTIONS,
                 obj! {
                     "userA" => ua, "userB" => ub, "requestedBy" => me.id.as_str(),
                     "status" => "pending", "createdAt" => now, "updatedAt" => now,
                 },
-            )?
+            )?;
+            audit_change(ctx, &me.id, &id, (ua, ub), "connection.requested", None)?;
+            id
         }
         Some(doc) => {
             let c: Connection = decode(&doc)?;
@@ -151,6 +158,8 @@ fn request(
                             "status" => "accepted", "respondedAt" => now, "updatedAt" => now,
                         }),
                     )?;
+                    let why = Some(("reason", "mutualRequest"));
+                    audit_change(ctx, &me.id, &c.id, (ua, ub), "connection.accepted", why)?;
                     c.id
                 }
                 ConnectionStatus::Declined => {
@@ -169,12 +178,38 @@ fn request(
                             "updatedAt" => now,
                         }),
                     )?;
+                    let after = Some(("previousStatus", "declined"));
+                    audit_change(ctx, &me.id, &c.id, (ua, ub), "connection.requested", after)?;
                     c.id
                 }
             }
         }
     };
     get(ctx, &id)
+}
+
+/// Audits `action` on connection `id` of the pair `(ua, ub)` by `actor`, readable by both
+/// (`audit::PARTIES`); `detail` adds one metadata field.
+fn audit_change(
+    ctx: &mut Ctx<'_, '_>,
+    actor: &str,
+    id: &str,
+    (ua, ub): (&str, &str),
+    action: &str,
+    detail: Option<(&str, &str)>,
+) -> FunctionResult<()> {
+    let mut metadata = fields(obj! { audit::PARTIES => vec![Value::from(ua), Value::from(ub)] });
+    if let Some((k, v)) = detail {
+        metadata.insert(k.into(), v.into());
+    }
+    audit::record(
+        ctx,
+        Some(actor),
+        "connection",
+        id,
+        action,
+        Value::from(metadata),
+    )
 }
 
 /// What a request to a user who does not exist, is being erased, or blocks the caller gets:
@@ -246,6 +281,9 @@ fn respond(
         connection_id,
         fields(obj! { "status" => status.as_str(), "respondedAt" => now, "updatedAt" => now }),
     )?;
+    let action = format!("connection.{}", status.as_str());
+    let pair = (c.user_a.as_str(), c.user_b.as_str());
+    audit_change(ctx, &me.id, connection_id, pair, &action, None)?;
     get(ctx, connection_id)
 }
 
