@@ -1207,6 +1207,7 @@ impl Inner {
                     start_ts,
                     end_ts,
                     modifications,
+                    continued: _,
                 } => {
                     let wakers = {
                         let mut st = self.state.lock();

@@ -95,6 +95,7 @@ async fn handshake_inner(p: HandshakeParams<'_>) -> Result<Established, ClientEr
         protocol_version: PROTOCOL_VERSION,
         client_name: p.client_name.to_string(),
         last_seen_ts: p.last_seen_ts,
+        transition_parts: false,
     };
     write_message(&mut send, &connect, p.max_frame_bytes).await?;
     let info = match read_message(&mut recv, p.max_frame_bytes).await? {
@@ -182,10 +183,12 @@ async fn read_auth_answer(
                 data,
                 fatal,
             }) => return Err(ClientError::server(code, message, data, fatal)),
+            // With no subscriptions yet, never one sent in parts.
             Some(ServerMessage::Transition {
                 start_ts,
                 end_ts,
                 modifications,
+                continued: false,
             }) if start_ts == *ts && end_ts >= start_ts && modifications.is_empty() => {
                 *ts = end_ts;
             }

@@ -187,6 +187,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A boolean.
+    pub(crate) fn bool(&mut self) -> Read<bool> {
+        match self.byte()? {
+            0xc2 => Ok(false),
+            0xc3 => Ok(true),
+            _ => Err(Unread),
+        }
+    }
+
     /// Reads a nil if one is next; whether it did.
     pub(crate) fn nil(&mut self) -> bool {
         match self.rest.split_first() {

@@ -159,6 +159,7 @@ async fn serve_control(
                         query_id,
                         diff: ResultDiff::Replace(Value::Int64(connection as i64)),
                     }],
+                    continued: false,
                 }
             }
             _ => continue,

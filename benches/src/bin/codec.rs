@@ -51,6 +51,7 @@ fn transition(subscriptions: u32, diff: impl Fn(i64) -> ResultDiff) -> Vec<u8> {
                 diff: diff(i64::from(q) * 100),
             })
             .collect(),
+        continued: false,
     };
     encode(&msg).expect("a transition encodes")
 }

@@ -71,6 +71,7 @@ impl StalledClient {
                     protocol_version: PROTOCOL_VERSION,
                     client_name: "fanout-stalled".into(),
                     last_seen_ts: None,
+                    transition_parts: false,
                 },
                 ClientMessage::Authenticate { token: Some(token) },
             ];

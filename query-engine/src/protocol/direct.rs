@@ -17,12 +17,14 @@ use super::messages::{
 /// A `Transition`, or `None` (see the module comment).
 pub(super) fn transition(bytes: &[u8]) -> Option<ServerMessage> {
     let mut r = Reader::new(bytes, MAX_MESSAGE_DEPTH);
-    let (mut tag, mut start_ts, mut end_ts, mut modifications) = (None, None, None, None);
+    let (mut tag, mut start_ts, mut end_ts, mut modifications, mut continued) =
+        (None, None, None, None, None);
     fields(&mut r, 0, |r, key, depth| match key {
         "type" => once(&mut tag, r.str()?),
         "startTs" => once(&mut start_ts, r.uint()?),
         "endTs" => once(&mut end_ts, r.uint()?),
         "modifications" => once(&mut modifications, list(r, depth, modification)?),
+        "continued" => once(&mut continued, optional(r, Reader::bool)?),
         _ => Err(Unread),
     })
     .ok()?;
@@ -30,6 +32,7 @@ pub(super) fn transition(bytes: &[u8]) -> Option<ServerMessage> {
         start_ts: start_ts?,
         end_ts: end_ts?,
         modifications: modifications?,
+        continued: continued.flatten().unwrap_or(false),
     })
 }
 

@@ -36,6 +36,14 @@ pub enum ClientMessage {
         protocol_version: u32,
         client_name: String,
         last_seen_ts: Option<u64>,
+        /// The client reassembles a transition sent in parts (`Transition::continued`); a
+        /// server sends parts to no other client. Absent (false) from older clients.
+        #[serde(
+            default,
+            skip_serializing_if = "is_false",
+            deserialize_with = "nil_as_false"
+        )]
+        transition_parts: bool,
     },
     /// Sets, replaces (token refresh) or, with `None`, clears the identity. Subscriptions
     /// survive and are re-run under the new identity.
@@ -101,6 +109,16 @@ pub enum ServerMessage {
         start_ts: u64,
         end_ts: u64,
         modifications: Vec<Modification>,
+        /// More parts of this transition follow (same `start_ts` and `end_ts`, further
+        /// modifications): a transition too large for one frame, sent only to a client that
+        /// announced `transition_parts`, which applies the parts together after the last.
+        /// Never written when false, so an unsplit transition is encoded as before.
+        #[serde(
+            default,
+            skip_serializing_if = "is_false",
+            deserialize_with = "nil_as_false"
+        )]
+        continued: bool,
     },
     /// A protocol-level error; when `fatal`, the server closes the connection after it.
     Error {
@@ -112,6 +130,17 @@ pub enum ServerMessage {
     Pong {
         nonce: u64,
     },
+}
+
+/// For `skip_serializing_if`: optional flags are written only when set, so that messages
+/// without them keep the encoding older peers know.
+fn is_false(flag: &bool) -> bool {
+    !*flag
+}
+
+/// An optional flag (§3: `T?` may be nil or absent) read as a plain bool: nil is false.
+fn nil_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -431,11 +460,13 @@ mod tests {
                 protocol_version: PROTOCOL_VERSION,
                 client_name: "linkedup-cli/0.1".into(),
                 last_seen_ts: Some(42),
+                transition_parts: true,
             },
             ClientMessage::Connect {
                 protocol_version: PROTOCOL_VERSION,
                 client_name: String::new(),
                 last_seen_ts: None,
+                transition_parts: false,
             },
             ClientMessage::Authenticate {
                 token: Some("eyJ...".into()),
@@ -514,6 +545,13 @@ mod tests {
                     },
                     Modification::Removed { query_id: 4 },
                 ],
+                continued: true,
+            },
+            ServerMessage::Transition {
+                start_ts: 10,
+                end_ts: 12,
+                modifications: vec![Modification::Removed { query_id: 5 }],
+                continued: false,
             },
             ServerMessage::unsupported_version(9),
             ServerMessage::Pong { nonce: 9 },
@@ -704,13 +742,28 @@ mod tests {
         ] {
             inputs.push(transition("Transition", vec![bad]));
         }
-        inputs.push(transition("Pong", vec![removed]));
+        inputs.push(transition("Pong", vec![removed.clone()]));
         inputs.push(map(vec![
             ("type", Value::from("Transition")),
             ("startTs", Value::from("1")),
             ("endTs", Value::Int64(2)),
             ("modifications", Value::Array(vec![])),
         ]));
+        // `continued` set, unset, nil (an optional field, §3) and of the wrong type.
+        for flag in [
+            Value::Bool(true),
+            Value::Bool(false),
+            Value::Null,
+            Value::Int64(1),
+        ] {
+            inputs.push(map(vec![
+                ("type", Value::from("Transition")),
+                ("startTs", Value::Int64(1)),
+                ("endTs", Value::Int64(2)),
+                ("modifications", Value::Array(vec![removed.clone()])),
+                ("continued", flag),
+            ]));
+        }
         let mut trailing = transition("Transition", vec![]);
         trailing.push(0xc0);
         inputs.push(trailing);
@@ -720,6 +773,64 @@ mod tests {
         assert!(
             matches!(ok, ServerMessage::Transition { ref modifications, .. } if modifications.len() == 3)
         );
+    }
+
+    /// The flags added to version 1 (`Connect.transitionParts`, `Transition.continued`) are
+    /// written only when set, so messages without them encode as older peers know them, and
+    /// read as unset when absent or nil (§3).
+    #[test]
+    fn optional_flags_are_written_only_when_set_and_read_as_unset_when_absent() {
+        let connect = |parts: bool| ClientMessage::Connect {
+            protocol_version: 1,
+            client_name: "c".into(),
+            last_seen_ts: None,
+            transition_parts: parts,
+        };
+        // The keys written, whatever their order.
+        let fields = |bytes: &[u8]| crate::msgpack_reader::value_from_slice(bytes).expect("map");
+        let unset = encode(&connect(false)).expect("encode");
+        assert_eq!(
+            fields(&unset),
+            fields(&map(vec![
+                ("type", Value::from("Connect")),
+                ("protocolVersion", Value::Int64(1)),
+                ("clientName", Value::from("c")),
+                ("lastSeenTs", Value::Null),
+            ]))
+        );
+        let set = encode(&connect(true)).expect("encode");
+        assert!(set.len() > unset.len());
+        assert_eq!(decode_client(&set).expect("decode"), connect(true));
+        let nil = map(vec![
+            ("type", Value::from("Connect")),
+            ("protocolVersion", Value::Int64(1)),
+            ("clientName", Value::from("c")),
+            ("lastSeenTs", Value::Null),
+            ("transitionParts", Value::Null),
+        ]);
+        assert_eq!(decode_client(&nil).expect("decode"), connect(false));
+
+        let transition = |continued: bool| ServerMessage::Transition {
+            start_ts: 1,
+            end_ts: 2,
+            modifications: vec![],
+            continued,
+        };
+        let unset = encode(&transition(false)).expect("encode");
+        assert_eq!(
+            fields(&unset),
+            fields(&map(vec![
+                ("type", Value::from("Transition")),
+                ("startTs", Value::Int64(1)),
+                ("endTs", Value::Int64(2)),
+                ("modifications", Value::Array(vec![])),
+            ]))
+        );
+        for decode in [decode_server, decode_transition] {
+            let set = encode(&transition(true)).expect("encode");
+            assert_eq!(decode(&set).expect("decode"), transition(true));
+            assert_eq!(decode(&unset).expect("decode"), transition(false));
+        }
     }
 
     #[test]
@@ -971,6 +1082,7 @@ mod tests {
                 protocol_version: 1,
                 client_name: "cli".into(),
                 last_seen_ts: None,
+                transition_parts: false,
             },
             ClientMessage::Authenticate {
                 token: Some("tok".into()),
@@ -1029,6 +1141,7 @@ mod tests {
                     },
                     Modification::Removed { query_id: 2 },
                 ],
+                continued: false,
             },
             ServerMessage::Error {
                 code: "VALIDATION_ERROR".into(),
@@ -1132,14 +1245,16 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
             prop::collection::vec(modification, 0..4),
+            any::<bool>(),
         )
-            .prop_map(
-                |(start_ts, end_ts, modifications)| ServerMessage::Transition {
+            .prop_map(|(start_ts, end_ts, modifications, continued)| {
+                ServerMessage::Transition {
                     start_ts,
                     end_ts,
                     modifications,
-                },
-            );
+                    continued,
+                }
+            });
         let outcome = prop_oneof![
             (arb_value(), any::<u64>()).prop_map(|(value, ts)| CallOutcome::Ok { value, ts }),
             payload().prop_map(CallOutcome::Err),
@@ -1186,6 +1301,7 @@ mod tests {
                         value: hole.clone(),
                     }]),
                 }],
+                continued: false,
             }),
             encode(&ServerMessage::CallResult {
                 request_id: 1,

@@ -32,7 +32,7 @@ use crate::storage::Snapshot;
 use crate::value::Value;
 
 pub use invalidation::InvalidationIndex;
-pub use transition::{QueryUpdate, Transition};
+pub use transition::{QueryUpdate, Transition, UpdateTooLarge};
 
 use outbox::Outbox;
 

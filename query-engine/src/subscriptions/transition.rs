@@ -47,8 +47,21 @@ pub(crate) fn encode_diff(diff: &ResultDiff) -> Vec<u8> {
     rmp_serde::to_vec_named(diff).unwrap_or_default()
 }
 
+/// One update of a transition cannot go in a frame even alone (its result or diff is larger
+/// than the frame limit): the transition cannot be sent in any number of parts.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the update of query {query_id} takes {len} bytes in a transition, over the frame limit of {max} bytes"
+)]
+pub struct UpdateTooLarge {
+    pub query_id: u32,
+    /// The smallest payload that would carry it: the update and a part's header.
+    pub len: usize,
+    pub max: usize,
+}
+
 impl Transition {
-    /// The protocol message for this transition.
+    /// The protocol message for this transition, whole.
     pub fn to_message(&self) -> ServerMessage {
         ServerMessage::Transition {
             start_ts: self.start_ts,
@@ -70,59 +83,140 @@ impl Transition {
                     },
                 })
                 .collect(),
+            continued: false,
         }
     }
 
     /// The MessagePack payload of `ServerMessage::Transition`, byte-compatible with
     /// `protocol::encode(&self.to_message())`, reusing pre-encoded diffs.
     pub fn encode(&self) -> Vec<u8> {
-        use rmp::encode as e;
         let mut out = Vec::with_capacity(64);
-        // Writes into a Vec cannot fail.
-        let _ = e::write_map_len(&mut out, 4);
-        let _ = e::write_str(&mut out, "type");
-        let _ = e::write_str(&mut out, "Transition");
-        let _ = e::write_str(&mut out, "startTs");
-        let _ = e::write_uint(&mut out, self.start_ts);
-        let _ = e::write_str(&mut out, "endTs");
-        let _ = e::write_uint(&mut out, self.end_ts);
-        let _ = e::write_str(&mut out, "modifications");
-        let _ = e::write_array_len(&mut out, self.updates.len() as u32);
+        write_header(
+            &mut out,
+            self.start_ts,
+            self.end_ts,
+            false,
+            self.updates.len(),
+        );
         for u in &self.updates {
-            match u {
-                QueryUpdate::Updated {
-                    query_id,
-                    diff,
-                    encoded,
-                } => {
-                    let _ = e::write_map_len(&mut out, 3);
-                    let _ = e::write_str(&mut out, "type");
-                    let _ = e::write_str(&mut out, "Updated");
-                    let _ = e::write_str(&mut out, "queryId");
-                    let _ = e::write_uint(&mut out, u64::from(*query_id));
-                    let _ = e::write_str(&mut out, "diff");
-                    match encoded {
-                        Some(bytes) => out.extend_from_slice(bytes),
-                        None => out.extend_from_slice(&encode_diff(diff)),
-                    }
-                }
-                other => {
-                    let m = match other {
-                        QueryUpdate::Failed { query_id, error } => Modification::Failed {
-                            query_id: *query_id,
-                            error: ErrorPayload::from(error.clone()),
-                        },
-                        QueryUpdate::Removed { query_id } => Modification::Removed {
-                            query_id: *query_id,
-                        },
-                        QueryUpdate::Updated { .. } => continue,
-                    };
-                    out.extend_from_slice(&rmp_serde::to_vec_named(&m).unwrap_or_default());
-                }
-            }
+            write_update(&mut out, u);
         }
         out
     }
+
+    /// This transition as the payloads of several `Transition` messages, each at most
+    /// `max_payload_bytes`, for a transition too large for one frame (protocol §8): every
+    /// part has this transition's `startTs` and `endTs` and the next updates in order, as
+    /// many as fit, and all but the last are marked `continued`. Meant for a transition whose
+    /// `encode` is over the limit (so a transition is encoded twice only when it is split);
+    /// one that fits with room for the largest header a part can have is one part, encoded
+    /// as `encode` does. Fails only if one update alone does not fit in a part: every part
+    /// leaves that room, so an update that would only just fit next to a smaller header is
+    /// refused too.
+    pub fn encode_in_parts(
+        &self,
+        max_payload_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, UpdateTooLarge> {
+        let mut header = Vec::new();
+        write_header(
+            &mut header,
+            self.start_ts,
+            self.end_ts,
+            true,
+            u32::MAX as usize,
+        );
+        let header_max = header.len();
+        let room = max_payload_bytes.saturating_sub(header_max);
+        let mut parts = Vec::new();
+        // Updates of the part being filled; `count` of them.
+        let mut body = Vec::new();
+        let mut count = 0;
+        for u in &self.updates {
+            let before = body.len();
+            write_update(&mut body, u);
+            let len = body.len() - before;
+            if len > room {
+                return Err(UpdateTooLarge {
+                    query_id: u.query_id(),
+                    len: header_max + len,
+                    max: max_payload_bytes,
+                });
+            }
+            if body.len() > room {
+                // The part is full without this update, which starts the next one.
+                let next = body.split_off(before);
+                parts.push(self.part(&body, count, true));
+                body = next;
+                count = 0;
+            }
+            count += 1;
+        }
+        parts.push(self.part(&body, count, false));
+        debug_assert!(parts
+            .iter()
+            .all(|p| p.len() <= max_payload_bytes.max(header_max)));
+        Ok(parts)
+    }
+
+    /// One part's payload: the header, then `count` encoded updates.
+    fn part(&self, updates: &[u8], count: usize, continued: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + updates.len());
+        write_header(&mut out, self.start_ts, self.end_ts, continued, count);
+        out.extend_from_slice(updates);
+        out
+    }
+}
+
+/// A `Transition` message up to the elements of its `modifications` array, of `count`
+/// elements. Writes into a Vec cannot fail.
+fn write_header(out: &mut Vec<u8>, start_ts: u64, end_ts: u64, continued: bool, count: usize) {
+    use rmp::encode as e;
+    let _ = e::write_map_len(out, if continued { 5 } else { 4 });
+    let _ = e::write_str(out, "type");
+    let _ = e::write_str(out, "Transition");
+    let _ = e::write_str(out, "startTs");
+    let _ = e::write_uint(out, start_ts);
+    let _ = e::write_str(out, "endTs");
+    let _ = e::write_uint(out, end_ts);
+    if continued {
+        let _ = e::write_str(out, "continued");
+        let _ = e::write_bool(out, true);
+    }
+    let _ = e::write_str(out, "modifications");
+    // A client has far fewer than 2^32 subscriptions (the server's limit per connection).
+    let _ = e::write_array_len(out, u32::try_from(count).unwrap_or(u32::MAX));
+}
+
+/// One element of `modifications`, splicing in a pre-encoded diff where there is one.
+fn write_update(out: &mut Vec<u8>, u: &QueryUpdate) {
+    use rmp::encode as e;
+    let m = match u {
+        QueryUpdate::Updated {
+            query_id,
+            diff,
+            encoded,
+        } => {
+            let _ = e::write_map_len(out, 3);
+            let _ = e::write_str(out, "type");
+            let _ = e::write_str(out, "Updated");
+            let _ = e::write_str(out, "queryId");
+            let _ = e::write_uint(out, u64::from(*query_id));
+            let _ = e::write_str(out, "diff");
+            match encoded {
+                Some(bytes) => out.extend_from_slice(bytes),
+                None => out.extend_from_slice(&encode_diff(diff)),
+            }
+            return;
+        }
+        QueryUpdate::Failed { query_id, error } => Modification::Failed {
+            query_id: *query_id,
+            error: ErrorPayload::from(error.clone()),
+        },
+        QueryUpdate::Removed { query_id } => Modification::Removed {
+            query_id: *query_id,
+        },
+    };
+    out.extend_from_slice(&rmp_serde::to_vec_named(&m).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -160,5 +254,80 @@ mod tests {
             ],
         };
         assert_eq!(decode_server(&t.encode()).unwrap(), t.to_message());
+    }
+
+    /// `n` updates of about `bytes` each, with a failure and a removal among them.
+    fn large(n: u32, bytes: usize) -> Transition {
+        let mut updates: Vec<QueryUpdate> = (0..n)
+            .map(|q| {
+                let diff = Arc::new(ResultDiff::Replace(obj! {"pad" => "x".repeat(bytes)}));
+                QueryUpdate::Updated {
+                    query_id: q,
+                    // Half pre-encoded, half encoded when written.
+                    encoded: (q % 2 == 0).then(|| Arc::new(encode_diff(&diff))),
+                    diff,
+                }
+            })
+            .collect();
+        updates.push(QueryUpdate::Failed {
+            query_id: n,
+            error: FunctionError::forbidden("no"),
+        });
+        updates.push(QueryUpdate::Removed { query_id: n + 1 });
+        Transition {
+            start_ts: 7,
+            end_ts: 9,
+            updates,
+        }
+    }
+
+    #[test]
+    fn a_transition_that_fits_is_one_part_encoded_as_usual() {
+        let t = large(3, 100);
+        let whole = t.encode();
+        // Room for the largest header: `continued` and a 32-bit array length.
+        let room = whole.len() + 16;
+        assert_eq!(t.encode_in_parts(room).unwrap(), vec![whole]);
+    }
+
+    /// Parts each fit, carry the transition's timestamps and its updates in order, and all
+    /// but the last are marked `continued`; both decoders read them alike.
+    #[test]
+    fn a_transition_too_large_for_a_frame_is_split_by_updates() {
+        let t = large(10, 1_000);
+        let max = 3_500;
+        assert!(t.encode().len() > max);
+        let parts = t.encode_in_parts(max).unwrap();
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        let mut all = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(part.len() <= max, "part {i} is {} bytes", part.len());
+            let msg = decode_server(part).unwrap();
+            assert_eq!(crate::protocol::decode_transition(part).unwrap(), msg);
+            let ServerMessage::Transition {
+                start_ts: 7,
+                end_ts: 9,
+                modifications,
+                continued,
+            } = msg
+            else {
+                panic!("part {i} is not of the transition: {msg:?}");
+            };
+            assert_eq!(continued, i + 1 < parts.len(), "part {i}");
+            assert!(!modifications.is_empty(), "part {i} is empty");
+            all.extend(modifications);
+        }
+        let ServerMessage::Transition { modifications, .. } = t.to_message() else {
+            unreachable!()
+        };
+        assert_eq!(all, modifications);
+    }
+
+    #[test]
+    fn an_update_larger_than_a_frame_cannot_be_split() {
+        let t = large(4, 1_000);
+        let err = t.encode_in_parts(900).unwrap_err();
+        assert_eq!((err.query_id, err.max), (0, 900));
+        assert!(err.len > 1_000);
     }
 }

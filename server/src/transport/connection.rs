@@ -225,6 +225,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
             protocol_version,
             client_name,
             last_seen_ts,
+            transition_parts: _,
         } => {
             if SUPPORTED_PROTOCOL_VERSIONS.contains(&protocol_version) {
                 tracing::info!(client = %client_name, last_seen_ts, "client connected");

@@ -298,6 +298,7 @@ pub(crate) async fn write_loop(
                             query_id,
                             error: ErrorPayload::from(error),
                         }],
+                        continued: false,
                     };
                     write_message(&mut send, &msg, max_frame).await
                 }

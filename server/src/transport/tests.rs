@@ -301,6 +301,7 @@ impl Client {
                 protocol_version: PROTOCOL_VERSION,
                 client_name: "test".into(),
                 last_seen_ts: None,
+                transition_parts: false,
             },
         )
         .await;
@@ -501,6 +502,7 @@ async fn unsupported_version_and_non_connect_first_frames_are_fatal() {
             protocol_version: 99,
             client_name: "future".into(),
             last_seen_ts: None,
+            transition_parts: false,
         },
     )
     .await;
@@ -946,6 +948,7 @@ async fn subscriptions_deliver_transitions_and_report_rejections() {
         start_ts,
         end_ts,
         modifications,
+        ..
     } = client.next().await
     else {
         panic!("expected the first transition");
@@ -970,6 +973,7 @@ async fn subscriptions_deliver_transitions_and_report_rejections() {
             start_ts,
             end_ts,
             modifications,
+            ..
         } = client.next().await
         else {
             panic!("expected a transition");
@@ -1012,6 +1016,7 @@ async fn subscriptions_deliver_transitions_and_report_rejections() {
             start_ts,
             end_ts,
             modifications,
+            ..
         } = client.next().await
         else {
             panic!("expected a transition");
