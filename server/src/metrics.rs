@@ -59,6 +59,9 @@ pub struct ServerMetrics {
     pub auth_failed: AtomicU64,
     pub transitions_sent: AtomicU64,
     pub transition_bytes_sent: AtomicU64,
+    /// Transitions too large for one frame, sent in parts (each also counted once in
+    /// `transitions_sent`, its parts' bytes in `transition_bytes_sent`).
+    pub split_transitions: AtomicU64,
     pub mutation_replays: AtomicU64,
     /// function -> (kind, series). Keys are registered function names (or `<unknown>`), so
     /// the map is bounded by the function registry. Keyed by the name alone so that recording
@@ -209,6 +212,11 @@ impl ServerMetrics {
                 "server_transition_bytes_sent_total",
                 "Bytes of transitions written",
                 &self.transition_bytes_sent,
+            ),
+            (
+                "server_split_transitions_total",
+                "Transitions too large for one frame, written in parts",
+                &self.split_transitions,
             ),
             (
                 "server_mutation_replays_total",

@@ -110,6 +110,9 @@ pub(crate) struct ConnCtx {
     /// Bytes of inbound frames and of unwritten call results the connection may hold, over all
     /// its streams.
     pub budget: ConnBudget,
+    /// The client announced in `Connect` that it reassembles a transition sent in parts
+    /// (`transitionParts`): one too large for a frame is split rather than fatal.
+    pub transition_parts: bool,
 }
 
 /// Counts the connection as open for as long as it lives.
@@ -220,15 +223,18 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
             return;
         }
     };
+    // Whether the client reassembles transitions sent in parts (`Connect.transitionParts`).
+    let mut splits_transitions = false;
     let fatal = match first {
         ClientMessage::Connect {
             protocol_version,
             client_name,
             last_seen_ts,
-            transition_parts: _,
+            transition_parts,
         } => {
             if SUPPORTED_PROTOCOL_VERSIONS.contains(&protocol_version) {
-                tracing::info!(client = %client_name, last_seen_ts, "client connected");
+                tracing::info!(client = %client_name, last_seen_ts, transition_parts, "client connected");
+                splits_transitions = transition_parts;
                 None
             } else {
                 Some(ServerMessage::unsupported_version(protocol_version))
@@ -277,6 +283,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
         live_queries: Mutex::new(HashSet::new()),
         call_slots: Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1) as usize)),
         budget,
+        transition_parts: splits_transitions,
     });
     let (out_tx, out_rx) = mpsc::channel(limits.control_queue.max(1));
     let mut writer = tokio::spawn(

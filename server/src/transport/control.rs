@@ -1,7 +1,8 @@
 //! The control stream: one task reads client messages (`Authenticate`, `Subscribe`,
 //! `Unsubscribe`, `Ping`) and acts on them; another owns the send side and writes replies and
-//! transitions, pulling a transition only when the stream has taken the previous one — that is
-//! the backpressure that lets the subscription manager merge updates for a slow client.
+//! transitions (one too large for a frame in parts, to a client that takes them), pulling a
+//! transition only when the stream has taken the previous one — that is the backpressure that
+//! lets the subscription manager merge updates for a slow client.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -272,6 +273,57 @@ async fn next_transition(session: Arc<ClientSession>) -> Option<Transition> {
     session.next_transition().await
 }
 
+/// Writes one transition: in one frame, or, when it is too large for one and the client
+/// reassembles parts (`ConnCtx::transition_parts`), in parts that each fit (protocol §8).
+/// The parts are written one after the other before the writer takes anything else, so
+/// nothing comes between them on the control stream. Too large for an older client, or with
+/// an update that alone exceeds the frame limit, it fails with `WriteError::TooLarge`. That
+/// can happen with a valid configuration: a result may be up to the engine's
+/// `max_result_bytes` (8 MiB), and `max_frame_bytes` may be set as low as 64 KiB.
+async fn write_transition(
+    ctx: &ConnCtx,
+    shared: &Shared,
+    send: &mut SendStream,
+    transition: &Transition,
+) -> Result<(), WriteError> {
+    let max_frame = shared.limits.max_frame_bytes;
+    let payload = transition.encode();
+    let mut bytes = payload.len();
+    if payload.len() <= max_frame as usize || !ctx.transition_parts {
+        write_payload(send, &payload, max_frame).await?;
+    } else {
+        let parts = transition
+            .encode_in_parts(max_frame as usize)
+            .map_err(|e| WriteError::TooLarge {
+                len: e.len,
+                max: max_frame,
+            })?;
+        tracing::debug!(
+            bytes,
+            parts = parts.len(),
+            "a transition too large for one frame is sent in parts"
+        );
+        shared
+            .metrics
+            .split_transitions
+            .fetch_add(1, Ordering::Relaxed);
+        bytes = 0;
+        for part in &parts {
+            write_payload(send, part, max_frame).await?;
+            bytes += part.len();
+        }
+    }
+    shared
+        .metrics
+        .transitions_sent
+        .fetch_add(1, Ordering::Relaxed);
+    shared
+        .metrics
+        .transition_bytes_sent
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Owns the control stream's send side until the session ends.
 pub(crate) async fn write_loop(
     ctx: Arc<ConnCtx>,
@@ -318,15 +370,9 @@ pub(crate) async fn write_loop(
                         }
                     }
                 }
-                let payload = transition.encode();
-                let result = write_payload(&mut send, &payload, max_frame).await;
+                let result = write_transition(&ctx, &shared, &mut send, &transition).await;
                 if result.is_ok() {
                     client_ts = transition.end_ts;
-                    shared.metrics.transitions_sent.fetch_add(1, Ordering::Relaxed);
-                    shared
-                        .metrics
-                        .transition_bytes_sent
-                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
                 }
                 result
             }
@@ -337,7 +383,7 @@ pub(crate) async fn write_loop(
                 tracing::error!(
                     len,
                     max,
-                    "a transition exceeds the frame limit; closing the connection"
+                    "a transition (or, for a client that takes parts, one of its updates) exceeds the frame limit; closing the connection"
                 );
                 let msg = error_message(
                     codes::INTERNAL,

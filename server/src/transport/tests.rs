@@ -1,11 +1,13 @@
 //! End-to-end tests of the transport against an in-process server on 127.0.0.1 port 0, with a
 //! tiny counter schema and a raw quinn client that pins the server's certificate; the limits
 //! that hold off hostile clients are tested in `limits`, results a client does not read in
-//! `results`, and the send window against a client that does not acknowledge in `send_window`.
+//! `results`, the send window against a client that does not acknowledge in `send_window`,
+//! and transitions too large for one frame in `split`.
 
 mod limits;
 mod results;
 mod send_window;
+mod split;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -292,8 +294,19 @@ impl Client {
         Client::handshake(endpoint, conn).await
     }
 
+    /// Connects as a client that reassembles transitions sent in parts.
+    async fn connect_taking_parts(server: &RunningServer) -> Client {
+        let (endpoint, conn) = dial(server).await;
+        Client::handshake_as(endpoint, conn, true).await
+    }
+
     /// Opens the control stream of `conn` and says `Connect`.
     async fn handshake(endpoint: Endpoint, conn: Connection) -> Client {
+        Client::handshake_as(endpoint, conn, false).await
+    }
+
+    /// As `handshake`, announcing `transitionParts` or not.
+    async fn handshake_as(endpoint: Endpoint, conn: Connection, transition_parts: bool) -> Client {
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send_msg(
             &mut send,
@@ -301,7 +314,7 @@ impl Client {
                 protocol_version: PROTOCOL_VERSION,
                 client_name: "test".into(),
                 last_seen_ts: None,
-                transition_parts: false,
+                transition_parts,
             },
         )
         .await;
