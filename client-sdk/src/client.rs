@@ -30,6 +30,7 @@ use crate::subscription::{
     Subscription, SubscriptionOwner, SubscriptionTable, TransitionEffects, TypedSubscription,
 };
 use crate::tls::{self, Trust};
+use crate::transition_parts::TransitionParts;
 
 /// Port used when an address names none.
 pub const DEFAULT_PORT: u16 = 7443;
@@ -46,6 +47,8 @@ const DEFAULT_OVERLOAD_WAIT: Duration = Duration::from_millis(100);
 const REFRESH_LEAD: Duration = Duration::from_secs(60);
 /// Shortest time between two refreshes ahead of expiry, whatever the tokens say.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default of `ClientOptions::max_transition_bytes`.
+const DEFAULT_MAX_TRANSITION_BYTES: u64 = 256 << 20;
 /// Default of `ClientOptions::token_refresh_timeout`.
 const DEFAULT_TOKEN_REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Failed refreshes in a row before the client stops asking the refresher until it has a new
@@ -145,6 +148,14 @@ pub struct ClientOptions {
     pub client_name: String,
     /// Largest frame accepted (the server's announced limit applies if lower).
     pub max_frame_bytes: u32,
+    /// Most bytes (of frames) of one transition sent in parts (protocol §8) held until its
+    /// last part arrives; a server that sends more has broken the protocol, and the
+    /// connection is dropped and made again. Also never more than the server's
+    /// `maxSubscriptions` frames, which a correct server cannot exceed. Raise it if the
+    /// results of all the subscriptions of a client can together exceed it: a transition
+    /// over it (a first one after a reconnect, say, with every result in full) would be
+    /// refused on every connection.
+    pub max_transition_bytes: u64,
     /// QUIC keep-alive interval: keeps idle connections (and NAT bindings) open.
     pub keep_alive: Duration,
     /// A connection with no packet from the server for this long is dead.
@@ -178,6 +189,7 @@ impl ClientOptions {
             reconnect: ReconnectPolicy::default(),
             client_name: format!("linkedup-rust/{}", env!("CARGO_PKG_VERSION")),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_transition_bytes: DEFAULT_MAX_TRANSITION_BYTES,
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
@@ -230,6 +242,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("reconnect", &self.reconnect)
             .field("client_name", &self.client_name)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_transition_bytes", &self.max_transition_bytes)
             .field("keep_alive", &self.keep_alive)
             .field("idle_timeout", &self.idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -1196,19 +1209,47 @@ impl Inner {
         session: &Arc<Session>,
         recv: &mut quinn::RecvStream,
     ) -> ClientError {
+        // A correct server sends at most one part per subscription, each at most a frame.
+        let mut parts = TransitionParts::new(
+            u64::from(session.info.max_subscriptions.max(1))
+                .saturating_mul(u64::from(session.max_frame_bytes))
+                .min(self.opts.max_transition_bytes),
+        );
         loop {
-            let msg = match connection::read_message(recv, session.max_frame_bytes).await {
-                Ok(Some(msg)) => msg,
-                Ok(None) => return ClientError::Disconnected,
-                Err(e) => return e,
-            };
+            let (msg, frame_bytes) =
+                match connection::read_sized_message(recv, session.max_frame_bytes).await {
+                    Ok(Some(read)) => read,
+                    Ok(None) => return ClientError::Disconnected,
+                    Err(e) => return e,
+                };
+            // The server writes a transition's parts back to back (§8).
+            if parts.in_progress()
+                && !matches!(
+                    msg,
+                    ServerMessage::Transition { .. } | ServerMessage::Error { fatal: true, .. }
+                )
+            {
+                return ClientError::Protocol(format!(
+                    "{} between the parts of a transition",
+                    connection::message_kind(&msg)
+                ));
+            }
             match msg {
                 ServerMessage::Transition {
                     start_ts,
                     end_ts,
                     modifications,
-                    continued: _,
+                    continued,
                 } => {
+                    let whole =
+                        match parts.push(start_ts, end_ts, modifications, continued, frame_bytes) {
+                            Ok(Some(whole)) => whole,
+                            // Applied with the last part.
+                            Ok(None) => continue,
+                            Err(violation) => return ClientError::Protocol(violation),
+                        };
+                    let (start_ts, end_ts, modifications) =
+                        (whole.start_ts, whole.end_ts, whole.modifications);
                     let wakers = {
                         let mut st = self.state.lock();
                         if st.gen != session.gen {

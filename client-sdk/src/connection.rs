@@ -95,7 +95,8 @@ async fn handshake_inner(p: HandshakeParams<'_>) -> Result<Established, ClientEr
         protocol_version: PROTOCOL_VERSION,
         client_name: p.client_name.to_string(),
         last_seen_ts: p.last_seen_ts,
-        transition_parts: false,
+        // Reassembled in `Inner::read_control` (`transition_parts`).
+        transition_parts: true,
     };
     write_message(&mut send, &connect, p.max_frame_bytes).await?;
     let info = match read_message(&mut recv, p.max_frame_bytes).await? {
@@ -257,6 +258,16 @@ pub(crate) async fn read_message(
     recv: &mut RecvStream,
     max_frame_bytes: u32,
 ) -> Result<Option<ServerMessage>, ClientError> {
+    Ok(read_sized_message(recv, max_frame_bytes)
+        .await?
+        .map(|(msg, _)| msg))
+}
+
+/// As `read_message`, with the length of the frame's payload.
+pub(crate) async fn read_sized_message(
+    recv: &mut RecvStream,
+    max_frame_bytes: u32,
+) -> Result<Option<(ServerMessage, usize)>, ClientError> {
     let Some(frame) = read_frame(recv, max_frame_bytes)
         .await
         .map_err(transport_error)?
@@ -264,7 +275,7 @@ pub(crate) async fn read_message(
         return Ok(None);
     };
     decode_transition(&frame)
-        .map(Some)
+        .map(|msg| Some((msg, frame.len())))
         .map_err(|e| ClientError::Protocol(e.to_string()))
 }
 

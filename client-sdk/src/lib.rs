@@ -11,6 +11,7 @@ mod outbox;
 pub mod subscription;
 pub mod tls;
 pub mod transcripts;
+mod transition_parts;
 
 pub use client::{
     new_mutation_id, CallReply, Client, ClientOptions, ReconnectPolicy, TokenFuture,

@@ -1114,3 +1114,64 @@ async fn requests_over_a_protocol_limit_are_refused_without_losing_the_connectio
     client.close().await;
     server.shutdown().await;
 }
+
+/// Results that change in one commit, each below the frame limit (64 KiB here) and together
+/// above it, arrive in one transition the server sends in parts: every subscription gets its
+/// result, all at once, and the connection stays up. Before parts, the server closed the
+/// connection on such a transition, and the client reconnected (and could again and again,
+/// when its subscriptions' first results together exceeded a frame).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_together_larger_than_a_frame_arrive_without_losing_the_connection() {
+    const SUBSCRIPTIONS: usize = 6;
+    let dir = common::data_dir();
+    let server = common::start_with(dir.path(), |c| c.limits.max_frame_bytes = 64 * 1024).await;
+    let client = Client::connect(&common::addr(&server), common::options(&server))
+        .await
+        .unwrap();
+    let add = |n: i64| {
+        let client = client.clone();
+        async move {
+            let text = "x".repeat(20_000);
+            let _: String = client
+                .mutation("items:add", &json!({"list": "big", "n": n, "text": text}))
+                .await
+                .unwrap();
+        }
+    };
+    let len = |v: &Value| match v {
+        Value::Array(items) => items.len(),
+        other => panic!("not a list: {other:?}"),
+    };
+    add(1).await;
+    let mut subs: Vec<Subscription> = (0..SUBSCRIPTIONS)
+        .map(|_| {
+            client
+                .subscribe("items:list", &json!({"list": "big"}))
+                .unwrap()
+        })
+        .collect();
+    for sub in &mut subs {
+        until(sub, |v| len(v) == 1).await;
+    }
+
+    // One commit changes every result by 20 KB: 120 KB in one transition.
+    add(2).await;
+    for sub in &mut subs {
+        assert_eq!(len(&next(sub).await.unwrap()), 2);
+    }
+    assert_eq!(client.connection_count(), 1, "the connection was lost");
+
+    // A new connection brings every result in full again; they change together after it.
+    client.force_reconnect();
+    add(3).await;
+    for sub in &mut subs {
+        until(sub, |v| len(v) == 3).await;
+    }
+    assert_eq!(
+        client.connection_count(),
+        2,
+        "a connection was lost after the reconnect"
+    );
+    client.close().await;
+    server.shutdown().await;
+}

@@ -353,10 +353,18 @@ pub fn data_dir() -> tempfile::TempDir {
 
 /// Starts a development server on 127.0.0.1 (port 0 unless `quic_listen` is given).
 pub async fn start(dir: &Path, quic_listen: Option<SocketAddr>) -> RunningServer {
+    start_with(dir, |config| {
+        if let Some(addr) = quic_listen {
+            config.quic_listen = addr;
+        }
+    })
+    .await
+}
+
+/// Starts a development server on 127.0.0.1, port 0, with its configuration `adjust`ed.
+pub async fn start_with(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let mut config = ServerConfig::for_tests(dir);
-    if let Some(addr) = quic_listen {
-        config.quic_listen = addr;
-    }
+    adjust(&mut config);
     Server::start(config, schema(), functions()).await.unwrap()
 }
 
