@@ -1,7 +1,8 @@
 //! End-to-end against a scripted server: a QUIC endpoint that speaks just enough of the
 //! protocol to put the SDK where a real server puts it only when something else went wrong
-//! (here, a fatal `Error` on a call stream, or a lower frame limit after a reconnect), so that
-//! what the SDK does then is tested deterministically.
+//! (here, a fatal `Error` on a call stream, a lower frame limit after a reconnect, or a
+//! transition's parts that break the protocol), so that what the SDK does then is tested
+//! deterministically.
 
 mod common;
 
@@ -28,6 +29,14 @@ const FATAL: &str = "scripted:fatal";
 /// On the first connection, a call to this function is never answered (nor is an
 /// `Authenticate`).
 const UNANSWERED: &str = "scripted:unanswered";
+/// On the first connection, a subscription to this function is answered with a transition's
+/// first part, then a last part of another transition (other `endTs`).
+const MISMATCHED_PARTS: &str = "scripted:mismatchedParts";
+/// On the first connection, a subscription to this function is answered with parts of one
+/// transition that never ends (`ENDLESS_PARTS_MAX` at most, `PART_PAD_BYTES` each).
+const ENDLESS_PARTS: &str = "scripted:endlessParts";
+const ENDLESS_PARTS_MAX: usize = 1_000;
+const PART_PAD_BYTES: usize = 1_000;
 /// The subject of every token the scripted server accepts.
 const SUBJECT: &str = "scripted-user";
 
@@ -150,6 +159,32 @@ async fn serve_control(
                 subject: token.map(|_| SUBJECT.to_string()),
             },
             Ok(ClientMessage::Ping { nonce }) => ServerMessage::Pong { nonce },
+            Ok(ClientMessage::Subscribe {
+                query_id, function, ..
+            }) if connection == 1 && [MISMATCHED_PARTS, ENDLESS_PARTS].contains(&&*function) => {
+                let part = |end_ts, continued, value: Value| ServerMessage::Transition {
+                    start_ts: ts,
+                    end_ts,
+                    modifications: vec![Modification::Updated {
+                        query_id,
+                        diff: ResultDiff::Replace(value),
+                    }],
+                    continued,
+                };
+                if function == MISMATCHED_PARTS {
+                    write(&mut send, &part(ts + 1, true, Value::Int64(-1))).await;
+                    part(ts + 2, false, Value::Int64(-2))
+                } else {
+                    let pad = Value::from("x".repeat(PART_PAD_BYTES));
+                    for _ in 0..ENDLESS_PARTS_MAX {
+                        let frame = encode(&part(ts + 1, true, pad.clone())).unwrap();
+                        if write_frame(&mut send, &frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            }
             Ok(ClientMessage::Subscribe { query_id, .. }) => {
                 ts += 1;
                 ServerMessage::Transition {
@@ -360,4 +395,29 @@ async fn a_resubscription_over_a_lower_frame_limit_ends_alone() {
     assert_eq!(next(&mut small).await.unwrap().unwrap(), Value::Int64(2));
     assert_eq!(client.connection_count(), 2);
     client.close().await;
+}
+
+/// A transition's parts that break the protocol — a part of another transition (other
+/// `endTs`), or parts beyond the client's bound (`max_transition_bytes`) — drop the
+/// connection as any protocol violation does; nothing of them reaches the subscription, and
+/// the next connection brings its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_transition_parts_drop_the_connection_and_show_nothing() {
+    for function in [MISMATCHED_PARTS, ENDLESS_PARTS] {
+        let server = Scripted::start().await;
+        let mut options = server.options();
+        options.max_transition_bytes = 10 * PART_PAD_BYTES as u64;
+        let client = Client::connect(&server.addr.to_string(), options)
+            .await
+            .unwrap();
+        let mut sub = client.subscribe(function, &obj! {}).unwrap();
+        // The second connection's answer, and nothing of the first's parts before it.
+        assert_eq!(
+            next(&mut sub).await.unwrap().unwrap(),
+            Value::Int64(2),
+            "{function}"
+        );
+        assert_eq!(client.connection_count(), 2, "{function}");
+        client.close().await;
+    }
 }
