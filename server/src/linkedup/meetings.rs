@@ -42,8 +42,8 @@ use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
 
 use super::guards::{
-    assert_meeting_access, being_erased, current_user, find_participant, in_tenant, live_user,
-    require_active, MeetingAccess,
+    assert_meeting_access, being_erased, current_user, find_participant, hidden, in_tenant,
+    live_user, require_active, MeetingAccess,
 };
 use super::idempotency::{earlier_id, store_result};
 use super::post_call::{schedule_insights, TRANSCRIPTS_AGGREGATE};
@@ -75,7 +75,8 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // and the invitees its participants (presence `invited`). With `idempotencyKey`, a retry
     // returns the first call's meeting id. Returns the meeting id.
     // Returns: UNAUTHORIZED, VALIDATION_ERROR (naming the field, e.g. `inviteeIds[1]`),
-    // FORBIDDEN (invitee of another organisation), RATE_LIMITED.
+    // RATE_LIMITED. An invitee of another organisation is refused as a user that does not
+    // exist (`VALIDATION_ERROR` "no such user"; the reason goes to the audit log).
     let cfg = config.clone();
     f.mutation(
         "meetings.schedule",
@@ -164,8 +165,9 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // `role` (default participant); adding an existing participant returns its record
     // unchanged. In a meeting with a Stream room, schedules making them a call member with
     // their role (unblocked if removed before). Returns the participant record. Returns:
-    // UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND (meeting or user), FORBIDDEN, CONFLICT
-    // (meeting over, or full).
+    // UNAUTHORIZED, VALIDATION_ERROR, NOT_FOUND (meeting or user; a user of another
+    // organisation answers as one that does not exist), FORBIDDEN, CONFLICT (meeting over,
+    // or full).
     f.mutation(
         "meetings.addParticipant",
         Visibility::Public,
@@ -317,11 +319,16 @@ fn schedule(
             continue;
         }
         let path = format!("inviteeIds[{i}]");
-        let user = live_user(ctx, uid)?.ok_or_else(|| invalid_field(&path, "no such user"))?;
+        let missing = || invalid_field(&path, "no such user");
+        let user = live_user(ctx, uid)?.ok_or_else(missing)?;
+        // Another organisation's user is refused as one that does not exist: user ids are
+        // guessable, so a different answer would tell which exist and in which tenant.
         if org.is_some() && user.org_id != org {
-            return Err(ErrorCode::Forbidden.err_with(
+            return Err(hidden(
+                missing(),
                 format!("{path}: the user belongs to another organisation"),
-                obj! { "resourceType" => "user", "resourceId" => uid.as_str() },
+                "user",
+                uid,
             ));
         }
         invited.push(uid.clone());
@@ -734,12 +741,15 @@ fn target_participant(
 fn add_participant(ctx: &mut Ctx<'_, '_>, a: AddParticipantArgs) -> FunctionResult<Participant> {
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Host)?;
     check_open(&access, "add participants to")?;
-    let user = live_user(ctx, &a.user_id)?
-        .ok_or_else(|| ErrorCode::NotFound.err(format!("no user {}", a.user_id)))?;
+    let missing = || ErrorCode::NotFound.err(format!("no user {}", a.user_id));
+    let user = live_user(ctx, &a.user_id)?.ok_or_else(missing)?;
+    // As for an invitee: another organisation's user is indistinguishable from none.
     if access.meeting.org_id.is_some() && user.org_id != access.meeting.org_id {
-        return Err(ErrorCode::Forbidden.err_with(
+        return Err(hidden(
+            missing(),
             "the user belongs to another organisation",
-            obj! { "resourceType" => "user", "resourceId" => a.user_id.as_str() },
+            "user",
+            &a.user_id,
         ));
     }
     if let Some(existing) = find_participant(ctx, &a.meeting_id, &a.user_id)? {
