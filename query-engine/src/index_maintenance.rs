@@ -74,6 +74,14 @@ async fn backfill(engine: Engine, table: String, index: String) {
     backfill.finish().await;
 }
 
+/// Whether `e` is a call's read limit (`documentsRead`, `bytesRead`) being exceeded.
+fn is_read_limit(e: &FunctionError) -> bool {
+    matches!(
+        e.data.get_path("limit").and_then(Value::as_str),
+        Some("bytesRead" | "documentsRead")
+    )
+}
+
 /// A backfill under way: a cursor over its table's documents in id order.
 struct Backfill {
     engine: Engine,
@@ -81,7 +89,11 @@ struct Backfill {
     index: String,
     /// The last document indexed so far.
     after: Option<DocumentId>,
+    /// Documents the next chunk reads: halved while a chunk exceeds the per-call read limits
+    /// (large documents: 17 of 1 MiB pass the 16 MiB `maxBytesRead`), doubled back up to
+    /// `max_chunk_docs` after each chunk that fits.
     chunk_docs: usize,
+    max_chunk_docs: usize,
 }
 
 /// What a backfill step left.
@@ -103,6 +115,7 @@ impl Backfill {
             index,
             after: None,
             chunk_docs,
+            max_chunk_docs: chunk_docs,
         }
     }
 
@@ -152,12 +165,18 @@ impl Backfill {
                 Value::String(s) => match DocumentId::parse(&s) {
                     Ok(id) => {
                         self.after = Some(id);
+                        self.chunk_docs = (self.chunk_docs * 2).min(self.max_chunk_docs);
                         Progress::More
                     }
                     Err(_) => Progress::Stopped,
                 },
                 _ => Progress::Done,
             },
+            // One document always fits (the read limits are above the document size limit).
+            Some(Err(e)) if is_read_limit(&e) && self.chunk_docs > 1 => {
+                self.chunk_docs /= 2;
+                Progress::More
+            }
             Some(Err(e)) => {
                 tracing::error!(table = %self.table, index = %self.index, error = %e, "backfill failed");
                 Progress::Stopped
@@ -376,6 +395,53 @@ mod tests {
         }
         assert!(engine.close(HANG), "database closed");
         ids
+    }
+
+    /// A chunk whose documents exceed the per-call read limit is retried smaller, down to one
+    /// document, so the backfill finishes: before, it stopped there for good and the index
+    /// stayed unreadable (17 documents of 1 MiB in a chunk pass the 16 MiB limit; here the
+    /// limit is made small instead).
+    #[test]
+    fn a_backfill_over_more_bytes_than_a_call_may_read_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let values: Vec<i64> = (0..20).collect();
+        pushed_index(dir.path(), &rt, &values);
+        let config = EngineConfig {
+            run_scheduler: false,
+            limits: crate::transaction::Limits {
+                max_bytes_read: 200,
+                ..crate::transaction::Limits::default()
+            },
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(
+            &dir.path().join("db.redb"),
+            schema(true),
+            functions(unpaused()),
+            config,
+        )
+        .expect("open");
+        rt.block_on(async {
+            let mut b = Backfill::new(engine.clone(), "t".into(), "by_a".into(), BACKFILL_CHUNK);
+            loop {
+                match tokio::time::timeout(HANG, b.step()).await.expect("a step") {
+                    Progress::More => {}
+                    Progress::Done => break,
+                    Progress::Stopped => panic!("the backfill stopped"),
+                }
+            }
+            b.finish().await;
+        });
+        assert_eq!(engine.index_work_pending(), 0);
+        let indexed = rt
+            .block_on(engine.read(|ctx| {
+                let rows = ctx.query("t", "by_a").take(2)?;
+                Ok(Value::Array(rows))
+            }))
+            .expect("the index reads");
+        assert_eq!(indexed.as_array().map(<[Value]>::len), Some(2));
+        assert!(engine.close(HANG), "database closed");
     }
 
     /// The registered query `name` run at `snapshot`, as a fresh query at its timestamp.
