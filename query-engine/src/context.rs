@@ -333,7 +333,10 @@ impl IndexQuery<'_, '_, '_> {
         let (mut start, mut end) = self.key_range();
         let index_id = self.target.as_ref().map(|(_, i)| i.id.0).unwrap_or(0);
         if let Some(c) = cursor {
-            let key = decode_cursor(c, index_id)
+            // A cursor holds an index key, which is at most the encoding of one document's
+            // fields (escaping at most doubles them) and the id.
+            let max_key_bytes = 2 * self.ctx.txn.limits().max_document_bytes + 64;
+            let key = decode_cursor(c, index_id, max_key_bytes)
                 .filter(|k| *k >= start && end.as_ref().is_none_or(|e| k < e))
                 .ok_or_else(|| FunctionError::validation("invalid pagination cursor"))?;
             match self.order {
@@ -370,8 +373,8 @@ fn encode_cursor(index: u32, key: &[u8]) -> String {
     s
 }
 
-fn decode_cursor(c: &str, index: u32) -> Option<Vec<u8>> {
-    if c.len() < 8 || !c.len().is_multiple_of(2) || c.len() > 8 + 2 * 4096 {
+fn decode_cursor(c: &str, index: u32, max_key_bytes: usize) -> Option<Vec<u8>> {
+    if c.len() < 8 || !c.len().is_multiple_of(2) || c.len() > 8 + 2 * max_key_bytes {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..c.len())

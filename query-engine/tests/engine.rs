@@ -324,6 +324,50 @@ async fn range_reads_see_own_writes_and_paginate_stably() {
     assert_eq!(bad.code, "VALIDATION_ERROR");
 }
 
+/// A cursor over a long index key is taken back: keys are bounded by the document size, not
+/// by the 4 KiB the cursor was once held to (a 5,000-byte topic's cursor was refused as
+/// invalid, so no second page could be read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_continue_over_long_index_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open(dir.path());
+    let topic = "a".repeat(5_000);
+    for seq in 0..3i64 {
+        engine
+            .mutation(
+                "addNote",
+                obj! {"topic" => topic.as_str(), "seq" => seq, "text" => "x"},
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let mut cursor: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let (c, t) = (cursor.clone(), topic.clone());
+        let page = engine
+            .read(move |ctx| {
+                let p = ctx
+                    .query("notes", "by_topic_seq")
+                    .eq("topic", t.as_str())
+                    .paginate(c.as_deref(), 1)?;
+                query_engine::json::to_value(&p)
+                    .map_err(|e| query_engine::error::FunctionError::internal(e.to_string()))
+            })
+            .await
+            .unwrap();
+        let p: query_engine::context::Page = query_engine::json::from_value(&page).unwrap();
+        seen.extend(p.page.iter().map(|r| r.get_path("seq").cloned()));
+        if p.is_done {
+            break;
+        }
+        cursor = p.continue_cursor;
+    }
+    let want: Vec<_> = (0..3i64).map(|s| Some(Value::Int64(s))).collect();
+    assert_eq!(seen, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_enforced() {
     let dir = tempfile::tempdir().unwrap();
