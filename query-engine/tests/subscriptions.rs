@@ -664,6 +664,57 @@ async fn unread_ends_count_against_the_subscription_limit() {
     view.await_query(&s, 4).await;
 }
 
+/// A subscription the consumer ends itself (`end`, as the server does with an update too
+/// large for a frame) sends nothing more: not what was pending for it, not a later change,
+/// not a `Removed`; its execution is dropped, the others go on, and its id can be used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_ended_by_the_consumer_sends_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_counter_a(dir.path()).await;
+    let mgr = SubscriptionManager::new(engine.clone(), SubscriptionConfig::default());
+    let s = mgr.connect(None).await;
+    let mut view = View::default();
+    s.subscribe(1, "getCounter", obj! {"name" => "a"})
+        .await
+        .unwrap();
+    let notes = obj! {"topic" => "t", "after" => 0i64, "limit" => 3i64};
+    s.subscribe(2, "notesAfter", notes).await.unwrap();
+    view.await_query(&s, 1).await;
+    view.await_query(&s, 2).await;
+    let executions = mgr.metrics().executions.load(Ordering::Relaxed);
+    // A change pending for query 1, not yet taken.
+    let c = engine
+        .mutation("increment", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    s.sync_to(c.ts).await;
+    while s.latest_ts() < c.ts {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    s.end(1).await;
+    view.values.remove(&1);
+    // Taken once the end has reached the worker (`sync_to` goes through the same queue).
+    let c2 = engine
+        .mutation("increment", obj! {"name" => "a"}, None)
+        .await
+        .unwrap();
+    view.catch_up(&s, c2.ts).await;
+    assert!(!view.values.contains_key(&1), "{:?}", view.values);
+    assert_eq!(
+        mgr.metrics().executions.load(Ordering::Relaxed),
+        executions - 1
+    );
+    // The same id is the client's again.
+    s.subscribe(1, "getCounter", obj! {"name" => "a"})
+        .await
+        .unwrap();
+    view.await_query(&s, 1).await;
+    assert_eq!(
+        view.values[&1],
+        fresh(&engine, "getCounter", obj! {"name" => "a"}, None).await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_access_ends_the_subscription_and_shares_the_body() {
     let dir = tempfile::tempdir().unwrap();

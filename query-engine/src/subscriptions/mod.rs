@@ -88,6 +88,11 @@ pub(crate) enum Command {
         client: ClientId,
         query_id: u32,
     },
+    /// The consumer ended the subscription itself (`ClientSession::end`).
+    End {
+        client: ClientId,
+        query_id: u32,
+    },
     SetIdentity {
         client: ClientId,
         identity: Option<Identity>,
@@ -370,6 +375,22 @@ impl ClientSession {
     pub async fn unsubscribe(&self, query_id: u32) {
         let _ = self
             .send(Command::Unsubscribe {
+                client: self.client,
+                query_id,
+            })
+            .await;
+    }
+
+    /// Ends a subscription from the consumer's side, which has told the client itself (say,
+    /// with a `Failed` in place of an update it could not deliver): nothing more is sent for
+    /// it — whatever is pending for it is dropped at once, and no later change brings it back —
+    /// and the worker drops it as it would an unsubscribed one, without a `Removed`. Call it
+    /// before the client can learn of the end, so that a new subscription under the same id
+    /// reaches the worker after it.
+    pub async fn end(&self, query_id: u32) {
+        self.outbox.end(query_id);
+        let _ = self
+            .send(Command::End {
                 client: self.client,
                 query_id,
             })

@@ -106,6 +106,11 @@ struct State {
     latest_ts: u64,
     /// A transition is due even if `pending` is empty (e.g. read-your-writes sync).
     due: bool,
+    /// Subscriptions the consumer ended itself (`end`) that the worker has not dropped yet.
+    /// Updates pushed for them meanwhile are discarded: the client was told they ended, and a
+    /// change merged after that would bring back a query it no longer has. At most one entry
+    /// per subscription of the client, and the worker clears it as soon as it drops the one.
+    ended: Vec<u32>,
     closed: bool,
     merges: u64,
 }
@@ -123,6 +128,9 @@ impl Outbox {
     pub fn push(&self, ts: u64, updates: impl IntoIterator<Item = (u32, Update)>) -> (usize, bool) {
         let mut s = self.state.lock();
         for (q, u) in updates {
+            if s.ended.contains(&q) {
+                continue;
+            }
             match s.pending.binary_search_by_key(&q, |(q, _)| *q) {
                 Ok(i) => {
                     // The consumer has not taken the previous update: merge the two into
@@ -146,6 +154,22 @@ impl Outbox {
     /// Wakes the consumer after a push that made a transition due.
     pub fn wake(&self) {
         self.notify.notify_one();
+    }
+
+    /// The consumer ended subscription `query_id` itself (and told the client so): what is
+    /// pending for it is dropped, and so is whatever is pushed for it until `forget_end`.
+    pub fn end(&self, query_id: u32) {
+        let mut s = self.state.lock();
+        s.pending.retain(|(q, _)| *q != query_id);
+        if !s.ended.contains(&query_id) {
+            s.ended.push(query_id);
+        }
+    }
+
+    /// The worker dropped subscription `query_id`, ended by `end`: it pushes nothing more for
+    /// it, and a new subscription under the same id is the client's again.
+    pub fn forget_end(&self, query_id: u32) {
+        self.state.lock().ended.retain(|q| *q != query_id);
     }
 
     pub fn close(&self) {

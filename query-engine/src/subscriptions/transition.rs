@@ -117,15 +117,7 @@ impl Transition {
         &self,
         max_payload_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, UpdateTooLarge> {
-        let mut header = Vec::new();
-        write_header(
-            &mut header,
-            self.start_ts,
-            self.end_ts,
-            true,
-            u32::MAX as usize,
-        );
-        let header_max = header.len();
+        let header_max = self.max_header_len();
         let room = max_payload_bytes.saturating_sub(header_max);
         let mut parts = Vec::new();
         // Updates of the part being filled; `count` of them.
@@ -158,6 +150,55 @@ impl Transition {
         Ok(parts)
     }
 
+    /// Replaces every update that could not go in a payload of `max_payload_bytes` even alone
+    /// (as `encode_in_parts` would refuse it) by the `Failed` that `fail` makes of it, and
+    /// returns what was replaced; the other updates stay as they are, in order. Diffs not
+    /// encoded yet are encoded here, once, and kept for `encode` to splice in.
+    pub fn fail_oversized(
+        &mut self,
+        max_payload_bytes: usize,
+        fail: impl Fn(&UpdateTooLarge) -> FunctionError,
+    ) -> Vec<UpdateTooLarge> {
+        let header_max = self.max_header_len();
+        let mut failed = Vec::new();
+        let mut scratch = Vec::new();
+        for u in &mut self.updates {
+            if let QueryUpdate::Updated { diff, encoded, .. } = u {
+                if encoded.is_none() {
+                    *encoded = Some(Arc::new(encode_diff(diff)));
+                }
+            }
+            let len = header_max + update_len(u, &mut scratch);
+            if len > max_payload_bytes {
+                let too_large = UpdateTooLarge {
+                    query_id: u.query_id(),
+                    len,
+                    max: max_payload_bytes,
+                };
+                *u = QueryUpdate::Failed {
+                    query_id: too_large.query_id,
+                    error: fail(&too_large),
+                };
+                failed.push(too_large);
+            }
+        }
+        failed
+    }
+
+    /// The largest header a part of this transition can have: `continued`, and an array
+    /// length in 32 bits.
+    fn max_header_len(&self) -> usize {
+        let mut header = Vec::new();
+        write_header(
+            &mut header,
+            self.start_ts,
+            self.end_ts,
+            true,
+            u32::MAX as usize,
+        );
+        header.len()
+    }
+
     /// One part's payload: the header, then `count` encoded updates.
     fn part(&self, updates: &[u8], count: usize, continued: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(32 + updates.len());
@@ -187,21 +228,46 @@ fn write_header(out: &mut Vec<u8>, start_ts: u64, end_ts: u64, continued: bool, 
     let _ = e::write_array_len(out, u32::try_from(count).unwrap_or(u32::MAX));
 }
 
+/// The length of `u`'s element of `modifications`, without copying a pre-encoded diff;
+/// `scratch` is reused for what is encoded to be measured.
+fn update_len(u: &QueryUpdate, scratch: &mut Vec<u8>) -> usize {
+    scratch.clear();
+    match u {
+        QueryUpdate::Updated {
+            query_id,
+            encoded: Some(bytes),
+            ..
+        } => {
+            write_updated_head(scratch, *query_id);
+            scratch.len() + bytes.len()
+        }
+        _ => {
+            write_update(scratch, u);
+            scratch.len()
+        }
+    }
+}
+
+/// An `Updated` modification up to its `diff`'s value.
+fn write_updated_head(out: &mut Vec<u8>, query_id: u32) {
+    use rmp::encode as e;
+    let _ = e::write_map_len(out, 3);
+    let _ = e::write_str(out, "type");
+    let _ = e::write_str(out, "Updated");
+    let _ = e::write_str(out, "queryId");
+    let _ = e::write_uint(out, u64::from(query_id));
+    let _ = e::write_str(out, "diff");
+}
+
 /// One element of `modifications`, splicing in a pre-encoded diff where there is one.
 fn write_update(out: &mut Vec<u8>, u: &QueryUpdate) {
-    use rmp::encode as e;
     let m = match u {
         QueryUpdate::Updated {
             query_id,
             diff,
             encoded,
         } => {
-            let _ = e::write_map_len(out, 3);
-            let _ = e::write_str(out, "type");
-            let _ = e::write_str(out, "Updated");
-            let _ = e::write_str(out, "queryId");
-            let _ = e::write_uint(out, u64::from(*query_id));
-            let _ = e::write_str(out, "diff");
+            write_updated_head(out, *query_id);
             match encoded {
                 Some(bytes) => out.extend_from_slice(bytes),
                 None => out.extend_from_slice(&encode_diff(diff)),
@@ -321,6 +387,39 @@ mod tests {
             unreachable!()
         };
         assert_eq!(all, modifications);
+    }
+
+    /// An update too large for any part becomes the `Failed` made for it; the rest of the
+    /// transition is kept, in order, and then goes in parts.
+    #[test]
+    fn an_update_larger_than_a_frame_is_replaced_by_its_failure() {
+        let mut t = large(4, 1_000);
+        let QueryUpdate::Updated { diff, .. } = &mut t.updates[1] else {
+            unreachable!()
+        };
+        *diff = Arc::new(ResultDiff::Replace(obj! {"pad" => "y".repeat(5_000)}));
+        let refused = t.encode_in_parts(3_500).unwrap_err();
+        let failed = t.fail_oversized(3_500, |e| {
+            FunctionError::internal(format!("{} over {}", e.len, e.max))
+        });
+        assert_eq!(failed.len(), 1);
+        assert_eq!((failed[0].query_id, failed[0].max), (1, 3_500));
+        // Measured as `encode_in_parts` measures it.
+        assert_eq!(failed[0].len, refused.len);
+        let ids: Vec<u32> = t.updates.iter().map(QueryUpdate::query_id).collect();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4, 5]);
+        let QueryUpdate::Failed { error, .. } = &t.updates[1] else {
+            panic!("query 1 failed: {:?}", t.updates[1]);
+        };
+        assert_eq!(error.code, crate::error::codes::INTERNAL);
+        assert_eq!(error.message, format!("{} over 3500", failed[0].len));
+        // Every diff is encoded now, for `encode` to splice in.
+        assert!(t
+            .updates
+            .iter()
+            .all(|u| !matches!(u, QueryUpdate::Updated { encoded: None, .. })));
+        assert!(t.encode_in_parts(3_500).is_ok());
+        assert!(t.fail_oversized(3_500, |_| unreachable!()).is_empty());
     }
 
     #[test]

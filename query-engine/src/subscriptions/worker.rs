@@ -179,6 +179,18 @@ impl Worker {
                     self.push(client, vec![(query_id, Update::Removed)]);
                 }
             }
+            Command::End { client, query_id } => {
+                let Some(c) = self.clients.get_mut(&client) else {
+                    return;
+                };
+                // Gone already if it failed or was unsubscribed meanwhile; the outbox dropped
+                // that end, for the client has had one.
+                let sub = c.subs.remove(&query_id);
+                c.outbox.forget_end(query_id);
+                if let Some(sub) = sub {
+                    self.release(client, query_id, &sub);
+                }
+            }
             Command::SetIdentity {
                 client,
                 identity,
