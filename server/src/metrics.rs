@@ -62,6 +62,8 @@ pub struct ServerMetrics {
     /// Transitions too large for one frame, sent in parts (each also counted once in
     /// `transitions_sent`, its parts' bytes in `transition_bytes_sent`).
     pub split_transitions: AtomicU64,
+    /// Subscriptions ended with `INTERNAL` because one update was too large for a frame.
+    pub oversized_updates: AtomicU64,
     pub mutation_replays: AtomicU64,
     /// function -> (kind, series). Keys are registered function names (or `<unknown>`), so
     /// the map is bounded by the function registry. Keyed by the name alone so that recording
@@ -217,6 +219,11 @@ impl ServerMetrics {
                 "server_split_transitions_total",
                 "Transitions too large for one frame, written in parts",
                 &self.split_transitions,
+            ),
+            (
+                "server_oversized_updates_total",
+                "Subscriptions ended because one update was too large for a frame",
+                &self.oversized_updates,
             ),
             (
                 "server_mutation_replays_total",

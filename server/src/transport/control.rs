@@ -1,6 +1,7 @@
 //! The control stream: one task reads client messages (`Authenticate`, `Subscribe`,
 //! `Unsubscribe`, `Ping`) and acts on them; another owns the send side and writes replies and
-//! transitions (one too large for a frame in parts, to a client that takes them), pulling a
+//! transitions (one too large for a frame in parts, to a client that takes them; an update too
+//! large for any frame as the failure of its subscription alone), pulling a
 //! transition only when the stream has taken the previous one — that is the backpressure that
 //! lets the subscription manager merge updates for a slow client.
 
@@ -273,13 +274,44 @@ async fn next_transition(session: Arc<ClientSession>) -> Option<Transition> {
     session.next_transition().await
 }
 
+/// Ends, on its own, every subscription whose update cannot go in a frame even alone: a
+/// result may be up to the engine's `max_result_bytes` (8 MiB) while `max_frame_bytes` may be
+/// as low as 64 KiB. The update is replaced by a `Failed` (`INTERNAL`, naming the size and the
+/// limit, as a call's result over the limit is answered) and the session drops the
+/// subscription, so it is not re-run and nothing more is sent for it; the rest of the
+/// transition goes on as usual. Closing the connection instead would end every other query
+/// and call on it, and the client, subscribing again on reconnecting, would be closed again.
+async fn fail_oversized(ctx: &ConnCtx, shared: &Shared, transition: &mut Transition) {
+    let max_frame = shared.limits.max_frame_bytes;
+    let failed = transition.fail_oversized(max_frame as usize, |e| {
+        FunctionError::internal(format!(
+            "an update of {} bytes exceeds the frame limit of {} bytes",
+            e.len, e.max
+        ))
+    });
+    for e in failed {
+        tracing::warn!(
+            query_id = e.query_id,
+            bytes = e.len,
+            max_frame,
+            "a subscription's update exceeds the frame limit; ending that subscription"
+        );
+        shared
+            .metrics
+            .oversized_updates
+            .fetch_add(1, Ordering::Relaxed);
+        // Before the `Failed` is written: a subscription the client makes again under this
+        // id then reaches the session after the end.
+        ctx.session.end(e.query_id).await;
+    }
+}
+
 /// Writes one transition: in one frame, or, when it is too large for one and the client
 /// reassembles parts (`ConnCtx::transition_parts`), in parts that each fit (protocol §8).
 /// The parts are written one after the other before the writer takes anything else, so
-/// nothing comes between them on the control stream. Too large for an older client, or with
-/// an update that alone exceeds the frame limit, it fails with `WriteError::TooLarge`. That
-/// can happen with a valid configuration: a result may be up to the engine's
-/// `max_result_bytes` (8 MiB), and `max_frame_bytes` may be set as low as 64 KiB.
+/// nothing comes between them on the control stream. An update too large for a frame even
+/// alone was replaced by its failure first (`fail_oversized`); a transition still too large
+/// for a frame, for a client that does not take parts, fails with `WriteError::TooLarge`.
 async fn write_transition(
     ctx: &ConnCtx,
     shared: &Shared,
@@ -292,6 +324,7 @@ async fn write_transition(
     if payload.len() <= max_frame as usize || !ctx.transition_parts {
         write_payload(send, &payload, max_frame).await?;
     } else {
+        // Cannot fail after `fail_oversized`; mapped all the same rather than trusted.
         let parts = transition
             .encode_in_parts(max_frame as usize)
             .map_err(|e| WriteError::TooLarge {
@@ -362,6 +395,8 @@ pub(crate) async fn write_loop(
             transition = &mut next => {
                 let Some(transition) = transition else { break };
                 next = Box::pin(next_transition(ctx.session.clone()));
+                let mut transition = transition;
+                fail_oversized(&ctx, &shared, &mut transition).await;
                 {
                     let mut live = ctx.live_queries.lock();
                     for update in &transition.updates {
@@ -383,7 +418,7 @@ pub(crate) async fn write_loop(
                 tracing::error!(
                     len,
                     max,
-                    "a transition (or, for a client that takes parts, one of its updates) exceeds the frame limit; closing the connection"
+                    "a transition exceeds the frame limit of a client that does not take parts; closing the connection"
                 );
                 let msg = error_message(
                     codes::INTERNAL,

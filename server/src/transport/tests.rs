@@ -2,9 +2,11 @@
 //! tiny counter schema and a raw quinn client that pins the server's certificate; the limits
 //! that hold off hostile clients are tested in `limits`, results a client does not read in
 //! `results`, the send window against a client that does not acknowledge in `send_window`,
-//! and transitions too large for one frame in `split`.
+//! transitions too large for one frame in `split`, and an update too large for one in
+//! `oversized`.
 
 mod limits;
+mod oversized;
 mod results;
 mod send_window;
 mod split;
@@ -114,6 +116,25 @@ fn functions() -> Functions {
                 .to_string()
                 .repeat(usize::try_from(a.bytes).unwrap_or(0));
             Ok(obj! { "value" => value, "pad" => pad })
+        },
+    );
+    f.query(
+        "counter:growing",
+        Visibility::Public,
+        v::object([("name", v::string()), ("bytes", v::int64())]),
+        v::any(),
+        |ctx, a: Padded| {
+            let doc = ctx
+                .query("counters", "by_name")
+                .eq("name", a.name)
+                .unique()?;
+            let value = doc
+                .and_then(|d| d.get_path("value").and_then(Value::as_i64))
+                .unwrap_or(0);
+            // `bytes` of padding per unit of the counter: small at first, as large as a test
+            // needs after a few increments.
+            let len = usize::try_from(value.saturating_mul(a.bytes)).unwrap_or(0);
+            Ok(obj! { "value" => value, "pad" => "x".repeat(len) })
         },
     );
     f.query(
