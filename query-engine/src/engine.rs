@@ -855,6 +855,11 @@ impl Engine {
         backfilling + self.inner.numbering.lock().dropped_indexes.len()
     }
 
+    /// Largest write-ahead log record, so the most one commit may write.
+    pub(crate) fn max_record_bytes(&self) -> usize {
+        self.inner.storage.max_record_bytes()
+    }
+
     /// Numbers of dropped indexes whose entries are still to be purged.
     pub(crate) fn dropped_indexes(&self) -> Vec<IndexId> {
         self.inner.numbering.lock().dropped_indexes.clone()

@@ -21,6 +21,7 @@ use crate::encoding::prefix_successor;
 use crate::engine::Engine;
 use crate::error::FunctionError;
 use crate::id::DocumentId;
+use crate::obj;
 use crate::transaction::{index_key, Order, Transaction};
 use crate::value::Value;
 
@@ -38,8 +39,14 @@ async fn rest_after(started: Instant, shutdown: &mut watch::Receiver<bool>) -> b
 
 /// Documents indexed per backfill commit.
 const BACKFILL_CHUNK: usize = 512;
-/// Entries deleted per purge commit.
+/// Most entries deleted per purge commit.
 const PURGE_CHUNK: usize = 4_096;
+/// Entries the first purge commit reads; later ones read as many as the key bytes allow.
+const FIRST_PURGE_CHUNK: usize = 16;
+/// Most key bytes one purge commit deletes (less if the log's record is smaller): keys are up
+/// to twice the document size, so `PURGE_CHUNK` of them could exceed a log record, and a purge
+/// whose commit is refused never finishes.
+const PURGE_CHUNK_BYTES: usize = 8 << 20;
 
 /// Spawns the backfill of every `Backfilling` index and the purge of every retired index
 /// number.
@@ -224,23 +231,36 @@ async fn purge(engine: Engine, id: IndexId) {
     let end = prefix_successor(&start);
     let mut purged = 0usize;
     let mut shutdown = engine.shutdown_signal();
+    let max_bytes = PURGE_CHUNK_BYTES.min(engine.max_record_bytes() / 4).max(1);
+    let mut chunk = FIRST_PURGE_CHUNK;
     loop {
         let started = Instant::now();
         let (s, e) = (start.clone(), end.clone());
         let body = move |txn: &mut Transaction<'_>| {
-            let keys = txn.merged_index_keys(&s, e.as_deref(), false, PURGE_CHUNK)?;
-            let n = keys.len();
+            let keys = txn.merged_index_keys(&s, e.as_deref(), false, chunk)?;
+            // At least one key, then as many as fit in `max_bytes`.
+            let (mut n, mut bytes) = (0usize, 0usize);
             for k in keys {
+                if n > 0 && bytes + k.len() > max_bytes {
+                    break;
+                }
+                bytes += k.len();
+                n += 1;
                 txn.writes.index_entries.insert(k, false);
             }
-            Ok(Value::Int64(n as i64))
+            Ok(obj! { "n" => n as i64, "bytes" => bytes as i64 })
         };
         match engine.run_at_committer(Box::new(body)).await {
-            Some(Ok(c)) => match c.value {
-                Value::Int64(0) => break,
-                Value::Int64(n) => purged += n as usize,
-                _ => return,
-            },
+            Some(Ok(c)) => {
+                let field = |f| c.value.get_path(f).and_then(Value::as_i64).unwrap_or(0) as usize;
+                let (n, bytes) = (field("n"), field("bytes"));
+                if n == 0 {
+                    break;
+                }
+                purged += n;
+                // The next chunk sized by these keys' mean length.
+                chunk = (max_bytes / (bytes / n).max(1)).clamp(1, PURGE_CHUNK);
+            }
             Some(Err(e)) => {
                 tracing::error!(index = id.0, error = %e, "purge of a dropped index failed");
                 return;
@@ -441,6 +461,42 @@ mod tests {
             }))
             .expect("the index reads");
         assert_eq!(indexed.as_array().map(<[Value]>::len), Some(2));
+        assert!(engine.close(HANG), "database closed");
+    }
+
+    /// A dropped index's entries are purged in commits that fit the log's record: before,
+    /// a chunk of 4,096 keys over the record limit was refused, and the purge never finished
+    /// (keys are up to twice the document size; here the record is made small instead).
+    #[test]
+    fn a_purge_fits_its_commits_in_a_log_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        {
+            let engine = open(dir.path(), true, unpaused());
+            for a in 0..300 {
+                rt.block_on(insert(&engine, a));
+            }
+            assert!(engine.close(HANG), "database closed");
+        }
+        let mut config = EngineConfig {
+            run_scheduler: false,
+            ..EngineConfig::default()
+        };
+        config.storage.max_record_bytes = 4096;
+        let engine = Engine::open(
+            &dir.path().join("db.redb"),
+            schema(false),
+            functions(unpaused()),
+            config,
+        )
+        .expect("open");
+        let dropped = engine.dropped_indexes();
+        assert_eq!(dropped.len(), 1);
+        for id in dropped {
+            rt.block_on(async { tokio::time::timeout(HANG, purge(engine.clone(), id)).await })
+                .expect("the purge ends");
+        }
+        assert_eq!(engine.index_work_pending(), 0);
         assert!(engine.close(HANG), "database closed");
     }
 
