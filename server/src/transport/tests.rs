@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use query_engine::error::FunctionError;
+use query_engine::context::Ctx;
+use query_engine::error::{FunctionError, FunctionResult};
 use query_engine::functions::{Functions, Visibility};
 use query_engine::obj;
 use query_engine::protocol::{
@@ -50,6 +51,14 @@ struct Named {
     name: String,
 }
 
+/// The value of the counter `name`, 0 if there is none.
+fn counter_value(ctx: &mut Ctx<'_, '_>, name: String) -> FunctionResult<i64> {
+    let doc = ctx.query("counters", "by_name").eq("name", name).unique()?;
+    Ok(doc
+        .and_then(|d| d.get_path("value").and_then(Value::as_i64))
+        .unwrap_or(0))
+}
+
 fn functions() -> Functions {
     let mut f = Functions::new();
     f.query(
@@ -57,15 +66,7 @@ fn functions() -> Functions {
         Visibility::Public,
         v::object([("name", v::string())]),
         v::int64(),
-        |ctx, a: Named| {
-            let doc = ctx
-                .query("counters", "by_name")
-                .eq("name", a.name)
-                .unique()?;
-            Ok(doc
-                .and_then(|d| d.get_path("value").and_then(Value::as_i64))
-                .unwrap_or(0))
-        },
+        |ctx, a: Named| counter_value(ctx, a.name),
     );
     f.mutation(
         "counter:increment",
@@ -103,13 +104,7 @@ fn functions() -> Functions {
         v::object([("name", v::string()), ("bytes", v::int64())]),
         v::any(),
         |ctx, a: Padded| {
-            let doc = ctx
-                .query("counters", "by_name")
-                .eq("name", a.name)
-                .unique()?;
-            let value = doc
-                .and_then(|d| d.get_path("value").and_then(Value::as_i64))
-                .unwrap_or(0);
+            let value = counter_value(ctx, a.name)?;
             // Every byte changes with the value, so each change is sent whole.
             let fill = char::from(b'a' + value.rem_euclid(26) as u8);
             let pad = fill
@@ -124,13 +119,7 @@ fn functions() -> Functions {
         v::object([("name", v::string()), ("bytes", v::int64())]),
         v::any(),
         |ctx, a: Padded| {
-            let doc = ctx
-                .query("counters", "by_name")
-                .eq("name", a.name)
-                .unique()?;
-            let value = doc
-                .and_then(|d| d.get_path("value").and_then(Value::as_i64))
-                .unwrap_or(0);
+            let value = counter_value(ctx, a.name)?;
             // `bytes` of padding per unit of the counter: small at first, as large as a test
             // needs after a few increments.
             let len = usize::try_from(value.saturating_mul(a.bytes)).unwrap_or(0);
