@@ -6,7 +6,7 @@
 //! (`budget`): while one of them is full, no further call starts; and a result left unwritten
 //! for the result write timeout resets the stream, dropping what it holds.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::budget::HeldOutput;
 use super::connection::{token_expired, without_server_markers, AuthState, ConnCtx};
+use super::output::Output;
 use super::stream::{
     Frame, FrameReader, CLOSE_PROTOCOL_ERROR, CLOSE_RESULT_TIMEOUT, CLOSE_SHUTDOWN,
 };
@@ -75,14 +76,11 @@ struct CallStream {
     in_flight: HashSet<u64>,
     /// A slot acquired for the `ready` frame.
     slot: Option<OwnedSemaphorePermit>,
-    /// Encoded results not yet written: `out[written..]` is pending, and counted in `held`.
-    out: Vec<u8>,
-    written: usize,
+    /// Encoded results not yet written (counted in `held`), each holding its call's slot until
+    /// written in full, so that a client that does not read its results stops getting its
+    /// calls run.
+    out: Output<OwnedSemaphorePermit>,
     held: HeldOutput,
-    /// The results in `out` not yet written in full, in order: where each ends in `out`, and
-    /// its call's slot, released once it is written, so that a client that does not read its
-    /// results stops getting its calls run.
-    unwritten: VecDeque<(usize, OwnedSemaphorePermit)>,
     /// When the first of `unwritten` came first in line: it must be written in full within
     /// the result write timeout. Results behind it are not charged for its wait.
     head_since: tokio::time::Instant,
@@ -109,10 +107,8 @@ pub(crate) async fn serve(
         running: FuturesUnordered::new(),
         in_flight: HashSet::new(),
         slot: None,
-        out: Vec::new(),
-        written: 0,
+        out: Output::new(),
         held,
-        unwritten: VecDeque::new(),
         head_since: tokio::time::Instant::now(),
         sync_ts: 0,
     };
@@ -134,7 +130,7 @@ impl CallStream {
                 return self.fail(message).await;
             }
             let frame_waiting = self.ready.is_some();
-            let writing = self.written < self.out.len();
+            let writing = !self.out.pending().is_empty();
             if writing {
                 let deadline = self.head_since + write_timeout;
                 if stalled_at != Some(deadline) {
@@ -152,11 +148,7 @@ impl CallStream {
                     .calls_held_for_results
                     .fetch_add(1, Ordering::Relaxed);
             }
-            if self.input != Input::Open
-                && !frame_waiting
-                && self.running.is_empty()
-                && self.written == self.out.len()
-            {
+            if self.input != Input::Open && !frame_waiting && self.running.is_empty() && !writing {
                 let _ = self.send.finish();
                 return;
             }
@@ -181,7 +173,7 @@ impl CallStream {
                         self.sync_ts = 0;
                     }
                 }
-                wrote = self.send.write(&self.out[self.written..]), if writing => {
+                wrote = self.send.write(self.out.pending()), if writing => {
                     match wrote {
                         Ok(n) => self.advance_output(n),
                         Err(e) => {
@@ -294,16 +286,17 @@ impl CallStream {
         } = done;
         self.in_flight.remove(&request_id);
         self.sync_ts = self.sync_ts.max(sync_ts);
-        let start = self.out.len();
+        let buf = self.out.buf_mut();
+        let start = buf.len();
         let msg = ServerMessage::CallResult {
             request_id,
             result: outcome,
         };
-        let fallback = match encode_frame_into(&msg, &mut self.out) {
+        let fallback = match encode_frame_into(&msg, buf) {
             Ok(len) if len <= max_frame as usize => None,
             Ok(len) => {
                 tracing::warn!(function = %function, bytes = len, "call result exceeds the frame limit");
-                self.out.truncate(start);
+                buf.truncate(start);
                 Some(FunctionError::internal(format!(
                     "the result of {len} bytes exceeds the frame limit of {max_frame} bytes"
                 )))
@@ -319,44 +312,27 @@ impl CallStream {
                 request_id,
                 result: CallOutcome::Err(error.into()),
             };
-            if let Err(e) = encode_frame_into(&msg, &mut self.out) {
+            if let Err(e) = encode_frame_into(&msg, buf) {
                 tracing::error!(error = %e, "cannot encode an error result");
             }
         }
-        self.held.add(self.out.len() - start);
-        if self.unwritten.is_empty() {
+        self.held.add(buf.len() - start);
+        if !self.out.has_unwritten_results() {
             self.head_since = tokio::time::Instant::now();
         }
-        self.unwritten.push_back((self.out.len(), slot));
+        self.out.push_end(slot);
         // Nothing appended (both encodings failed): nothing to wait for.
-        self.release_written();
+        self.advance_output(0);
     }
 
+    /// Records `n` bytes written; when results were written in full (their slots released),
+    /// the next one's clock starts now.
     fn advance_output(&mut self, n: usize) {
-        self.written += n;
         self.held.release(n);
-        self.release_written();
-        if self.written == self.out.len() {
-            self.out.clear();
-            self.written = 0;
-        }
-        debug_assert_eq!(self.held.bytes(), self.out.len() - self.written);
-    }
-
-    /// Releases the slots of the results written in full; the next one's clock starts now.
-    fn release_written(&mut self) {
-        let mut released = false;
-        while self
-            .unwritten
-            .front()
-            .is_some_and(|(end, _)| *end <= self.written)
-        {
-            self.unwritten.pop_front();
-            released = true;
-        }
-        if released {
+        if self.out.advance(n) {
             self.head_since = tokio::time::Instant::now();
         }
+        debug_assert_eq!(self.held.bytes(), self.out.pending().len());
     }
 
     fn close_input(&mut self) {
@@ -398,11 +374,11 @@ impl CallStream {
             ServerMessage::Error { code, .. } => code.clone(),
             _ => String::new(),
         };
-        if let Err(e) = encode_frame_into(&message, &mut self.out) {
+        if let Err(e) = encode_frame_into(&message, self.out.buf_mut()) {
             tracing::error!(error = %e, "cannot encode a fatal error");
         }
         let flush = async {
-            self.send.write_all(&self.out[self.written..]).await.ok()?;
+            self.send.write_all(self.out.pending()).await.ok()?;
             self.send.finish().ok()?;
             self.send.stopped().await.ok()
         };

@@ -8,6 +8,7 @@ mod budget;
 mod call;
 mod connection;
 mod control;
+mod output;
 pub mod stream;
 pub mod tls;
 
