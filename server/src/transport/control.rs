@@ -281,7 +281,7 @@ async fn next_transition(session: Arc<ClientSession>) -> Option<Transition> {
 /// subscription, so it is not re-run and nothing more is sent for it; the rest of the
 /// transition goes on as usual. Closing the connection instead would end every other query
 /// and call on it, and the client, subscribing again on reconnecting, would be closed again.
-async fn fail_oversized(ctx: &ConnCtx, shared: &Shared, transition: &mut Transition) {
+async fn fail_oversized(ctx: &ConnCtx, shared: &Shared, transition: &mut Transition) -> bool {
     let max_frame = shared.limits.max_frame_bytes;
     let failed = transition.fail_oversized(max_frame as usize, |e| {
         FunctionError::internal(format!(
@@ -289,6 +289,7 @@ async fn fail_oversized(ctx: &ConnCtx, shared: &Shared, transition: &mut Transit
             e.len, e.max
         ))
     });
+    let any = !failed.is_empty();
     for e in failed {
         tracing::warn!(
             query_id = e.query_id,
@@ -304,9 +305,10 @@ async fn fail_oversized(ctx: &ConnCtx, shared: &Shared, transition: &mut Transit
         // id then reaches the session after the end.
         ctx.session.end(e.query_id).await;
     }
+    any
 }
 
-/// Writes one transition: in one frame, or, when it is too large for one and the client
+/// Writes one transition, encoded as `payload`: in one frame, or, when it is too large for one and the client
 /// reassembles parts (`ConnCtx::transition_parts`), in parts that each fit (protocol §8).
 /// The parts are written one after the other before the writer takes anything else, so
 /// nothing comes between them on the control stream. An update too large for a frame even
@@ -317,9 +319,9 @@ async fn write_transition(
     shared: &Shared,
     send: &mut SendStream,
     transition: &Transition,
+    payload: Vec<u8>,
 ) -> Result<(), WriteError> {
     let max_frame = shared.limits.max_frame_bytes;
-    let payload = transition.encode();
     let mut bytes = payload.len();
     if payload.len() <= max_frame as usize || !ctx.transition_parts {
         write_payload(send, &payload, max_frame).await?;
@@ -396,7 +398,14 @@ pub(crate) async fn write_loop(
                 let Some(transition) = transition else { break };
                 next = Box::pin(next_transition(ctx.session.clone()));
                 let mut transition = transition;
-                fail_oversized(&ctx, &shared, &mut transition).await;
+                let mut payload = transition.encode();
+                // Only a transition over the limit can hold an update too large for a frame
+                // alone: the check stays off the path of every other transition.
+                if payload.len() > max_frame as usize
+                    && fail_oversized(&ctx, &shared, &mut transition).await
+                {
+                    payload = transition.encode();
+                }
                 {
                     let mut live = ctx.live_queries.lock();
                     for update in &transition.updates {
@@ -405,7 +414,7 @@ pub(crate) async fn write_loop(
                         }
                     }
                 }
-                let result = write_transition(&ctx, &shared, &mut send, &transition).await;
+                let result = write_transition(&ctx, &shared, &mut send, &transition, payload).await;
                 if result.is_ok() {
                     client_ts = transition.end_ts;
                 }
