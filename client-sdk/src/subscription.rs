@@ -244,6 +244,15 @@ fn fingerprint(value: &Value) -> [u8; 32] {
 }
 
 impl SubEntry {
+    /// The `Subscribe` of this subscription under its current query id.
+    fn subscribe_message(&self) -> ClientMessage {
+        ClientMessage::Subscribe {
+            query_id: self.query_id,
+            function: self.function.clone(),
+            args: self.args.clone(),
+        }
+    }
+
     /// `value` is about to change without the reader being told at once: keep a fingerprint
     /// of what the reader has, if that is `value`.
     fn detach_from_reader(&mut self) {
@@ -402,11 +411,7 @@ impl SubscriptionTable {
         keys.sort_unstable();
         keys.iter()
             .filter_map(|key| self.entries.get(key))
-            .map(|e| ClientMessage::Subscribe {
-                query_id: e.query_id,
-                function: e.function.clone(),
-                args: e.args.clone(),
-            })
+            .map(SubEntry::subscribe_message)
             .collect()
     }
 
@@ -564,6 +569,18 @@ impl SubscriptionTable {
         }
     }
 
+    /// The keys of the subscriptions parked for a lapsed token, oldest first.
+    fn parked_keys(&self) -> Vec<u64> {
+        let mut keys: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.parked.is_some())
+            .map(|(key, _)| *key)
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
     /// Whether any subscription is parked for a lapsed token.
     pub(crate) fn has_parked(&self) -> bool {
         self.entries.values().any(|e| e.parked.is_some())
@@ -574,13 +591,7 @@ impl SubscriptionTable {
     /// first result is compared with what the reader has, as after a reconnect: the same
     /// result is no update. Returns the `Subscribe`s to send.
     pub(crate) fn resume_parked(&mut self) -> Vec<ClientMessage> {
-        let mut keys: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.parked.is_some())
-            .map(|(key, _)| *key)
-            .collect();
-        keys.sort_unstable();
+        let keys = self.parked_keys();
         let mut subscribes = Vec::with_capacity(keys.len());
         for key in keys {
             let query_id = self.allocate_query_id();
@@ -590,11 +601,7 @@ impl SubscriptionTable {
             entry.parked = None;
             entry.query_id = query_id;
             self.by_query_id.insert(query_id, key);
-            subscribes.push(ClientMessage::Subscribe {
-                query_id,
-                function: entry.function.clone(),
-                args: entry.args.clone(),
-            });
+            subscribes.push(entry.subscribe_message());
         }
         subscribes
     }
@@ -602,13 +609,8 @@ impl SubscriptionTable {
     /// No fresh token will come: every parked subscription ends with its error. Returns the
     /// readers' wakers.
     pub(crate) fn end_parked(&mut self) -> Vec<Waker> {
-        let keys: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.parked.is_some())
-            .map(|(key, _)| *key)
-            .collect();
-        keys.into_iter()
+        self.parked_keys()
+            .into_iter()
             .filter_map(|key| {
                 let entry = self.entries.remove(&key)?;
                 entry.slot.end(entry.parked)
@@ -659,11 +661,7 @@ impl SubscriptionTable {
         // same result again is no update.
         entry.detach_from_reader();
         entry.value = None;
-        effects.outbox.push(ClientMessage::Subscribe {
-            query_id,
-            function: entry.function.clone(),
-            args: entry.args.clone(),
-        });
+        effects.outbox.push(entry.subscribe_message());
         self.by_query_id.insert(query_id, key);
     }
 
