@@ -425,8 +425,10 @@ pub struct Options {
         value_name = "BOOL"
     )]
     pub allow_dev_tls: Option<bool>,
-    /// WorkOS client id: the `aud` access tokens must carry. Setting it switches from the
-    /// development issuer to WorkOS.
+    /// WorkOS client id. The default issuer and JWKS URL are derived from it, and a token
+    /// that carries `aud` must name it there (AuthKit access tokens carry no `aud`; the issuer
+    /// check binds them to the client). Setting it switches from the development issuer to
+    /// WorkOS.
     #[arg(
         long,
         env = "LINKEDUP_WORKOS_AUDIENCE",

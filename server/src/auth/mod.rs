@@ -21,7 +21,9 @@ pub const UNAUTHORIZED_CODE: &str = "UNAUTHORIZED";
 pub struct AuthConfig {
     /// Expected `iss`, compared exactly (e.g. `https://api.workos.com/user_management/<client id>`).
     pub issuer: String,
-    /// Expected member of `aud`: the WorkOS client id.
+    /// The WorkOS client id. A token that carries `aud` must name it there; one without
+    /// `aud` (AuthKit access tokens have none) is tied to the client by `issuer`, which
+    /// embeds the id, and by the signature under the client's JWKS.
     pub audience: String,
     /// Where the issuer publishes its signing keys.
     pub jwks_url: String,

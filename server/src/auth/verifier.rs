@@ -1,6 +1,12 @@
 //! Access-token verification: checks an RS256 JWT's header, signature (against the JWKS),
 //! issuer, audience and time claims, then maps the WorkOS AuthKit claims onto `Identity`.
 //! Every check failure is an `AuthError`; on the wire they all become `UNAUTHORIZED`.
+//!
+//! `iss`, `sub` and `exp` are required; `aud` is not, because AuthKit access tokens carry
+//! none: what binds them to this application is the issuer
+//! (`https://api.workos.com/user_management/<client id>`) and the signature under the client's
+//! JWKS. A token that does carry `aud` (the development issuer's, or one shaped by a WorkOS
+//! JWT template) must name the configured audience in it, as a string or in an array.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -66,12 +72,30 @@ struct RawHeader {
 struct AccessClaims {
     iss: Option<String>,
     sub: Option<String>,
+    aud: Option<Audience>,
     email: Option<String>,
     org_id: Option<String>,
     role: Option<String>,
     roles: Option<Vec<String>>,
     permissions: Option<Vec<String>>,
     iat: Option<u64>,
+}
+
+/// The `aud` claim: one audience or several. Any other shape fails to parse (`Malformed`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn names(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(one) => one == audience,
+            Audience::Many(many) => many.iter().any(|one| one == audience),
+        }
+    }
 }
 
 /// Verifies access tokens from one issuer for one audience.
@@ -92,11 +116,12 @@ impl TokenVerifier {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.algorithms = vec![Algorithm::RS256];
         validation.set_issuer(&[&config.issuer]);
-        validation.set_audience(&[&config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.validate_aud = true;
+        // `verify` checks `aud` itself: the decoder lets an `aud` of the wrong type through
+        // when the claim is not required.
+        validation.validate_aud = false;
         validation.leeway = config.leeway_secs;
         Ok(Self {
             config,
@@ -135,6 +160,12 @@ impl TokenVerifier {
             .is_some_and(|iat| iat > now.saturating_add(self.config.leeway_secs))
         {
             return Err(AuthError::NotYetValid);
+        }
+        if claims
+            .aud
+            .is_some_and(|aud| !aud.names(&self.config.audience))
+        {
+            return Err(AuthError::WrongAudience);
         }
         let issuer = claims
             .iss
@@ -389,6 +420,70 @@ mod tests {
         assert_eq!(identity.roles, ["member", "meetings:read"]);
     }
 
+    /// An access token as WorkOS AuthKit issues it (the claims of its session-token reference:
+    /// no `aud`) verifies against the production issuer; an `aud`, when present, must name the
+    /// client id.
+    #[tokio::test]
+    async fn authkit_tokens_need_no_audience_but_a_present_one_must_match() {
+        const CLIENT_ID: &str = "client_01HBEQKA6K4QJAS93VPE39W1JT";
+        let issuer = dev_issuer(0);
+        let server = CountingJwks::start(issuer.jwks_json()).await;
+        let workos_issuer = format!("https://api.workos.com/user_management/{CLIENT_ID}");
+        let verifier = TokenVerifier::new(AuthConfig::new(
+            workos_issuer.clone(),
+            CLIENT_ID,
+            server.url.clone(),
+        ))
+        .expect("verifier");
+        let authkit = json!({
+            "iss": workos_issuer, "sub": "user_01HBEQKA6K4QJAS93VPE39W1JT",
+            "act": { "sub": "admin@foocorp.com" }, "org_id": "org_01HRDMC6CM357W30QMHMQ96Q0S",
+            "role": "member", "roles": ["member"], "permissions": ["posts:read", "posts:write"],
+            "entitlements": ["audit-logs"], "sid": "session_01HQSXZGF8FHF7A9ZZFCW4387R",
+            "jti": "01HQSXZXPPFPKMDD32RKTFY6PV", "exp": now() + 300, "iat": now(),
+        });
+        let check = |claims: Value| {
+            let token = rs256(issuer.kid(), claims);
+            let verifier = &verifier;
+            async move { verifier.verify(&token).await }
+        };
+
+        let identity = check(authkit.clone())
+            .await
+            .expect("AuthKit token without aud");
+        assert_eq!(identity.issuer, workos_issuer);
+        assert_eq!(identity.subject, "user_01HBEQKA6K4QJAS93VPE39W1JT");
+        assert_eq!(
+            identity.org_id.as_deref(),
+            Some("org_01HRDMC6CM357W30QMHMQ96Q0S")
+        );
+        assert_eq!(identity.roles, ["member", "posts:read", "posts:write"]);
+
+        let other_client = with(authkit.clone(), "aud", json!("client_other"));
+        assert!(matches!(
+            check(other_client).await,
+            Err(AuthError::WrongAudience)
+        ));
+        let other_clients = with(authkit.clone(), "aud", json!(["client_a", "client_b"]));
+        assert!(matches!(
+            check(other_clients).await,
+            Err(AuthError::WrongAudience)
+        ));
+        let ours = with(authkit.clone(), "aud", json!(CLIENT_ID));
+        assert!(check(ours).await.is_ok());
+        let among_others = with(authkit.clone(), "aud", json!(["client_a", CLIENT_ID]));
+        assert!(check(among_others).await.is_ok());
+        let other_issuer = with(
+            authkit,
+            "iss",
+            json!("https://api.workos.com/user_management/client_other"),
+        );
+        assert!(matches!(
+            check(other_issuer).await,
+            Err(AuthError::WrongIssuer)
+        ));
+    }
+
     #[tokio::test]
     async fn claim_checks_reject_what_they_should() {
         let issuer = dev_issuer(0);
@@ -431,7 +526,9 @@ mod tests {
             check(wrong_auds).await,
             Err(AuthError::WrongAudience)
         ));
-        for claim in ["exp", "iss", "aud", "sub"] {
+        let bad_aud = with(valid_claims(), "aud", json!(7));
+        assert!(matches!(check(bad_aud).await, Err(AuthError::Malformed(_))));
+        for claim in ["exp", "iss", "sub"] {
             let mut claims = valid_claims();
             claims.as_object_mut().expect("object").remove(claim);
             let result = check(claims).await;
