@@ -19,7 +19,9 @@ use crate::committer::{
 };
 use crate::context::Ctx;
 use crate::error::{unless_panicked, FunctionError, FunctionResult};
-use crate::functions::{FunctionDef, FunctionKind, Functions, Handler, TxnHandler, Visibility};
+use crate::functions::{
+    FailureRecorder, FunctionDef, FunctionKind, Functions, Handler, TxnHandler, Visibility,
+};
 use crate::id::{DocumentId, TableNumber};
 use crate::identity::Identity;
 use crate::index_maintenance;
@@ -591,6 +593,10 @@ impl Engine {
         let Handler::Mutation(h) = def.handler.clone() else {
             return Err(FunctionError::internal("not a mutation"));
         };
+        let on_failure = def
+            .on_failure
+            .clone()
+            .map(|recorder| (def.name.clone(), recorder, identity.clone()));
         let functions = self.inner.functions.clone();
         let engine = self.clone();
         let identity_key = identity
@@ -600,10 +606,14 @@ impl Engine {
         // Set by the run whose result is committed: the committer may re-execute the body.
         let replayed = Arc::new(AtomicBool::new(false));
         let replayed_in_body = replayed.clone();
+        // Set when the handler's own run failed (its error is then the call's).
+        let handler_failed = Arc::new(AtomicBool::new(false));
+        let handler_failed_in_body = handler_failed.clone();
         let body = move |txn: &mut Transaction<'_>| {
             let mut ctx = Ctx::new(txn, identity.as_ref(), &functions, FunctionKind::Mutation);
             let run = |ctx: &mut Ctx<'_, '_>| {
-                let v = unless_panicked(&def.name, || h(ctx, args.clone()))?;
+                let v = unless_panicked(&def.name, || h(ctx, args.clone()))
+                    .inspect_err(|_| handler_failed_in_body.store(true, Ordering::Relaxed))?;
                 engine.check_result(&def, &v, None)?;
                 Ok(v)
             };
@@ -616,11 +626,42 @@ impl Engine {
             replayed_in_body.store(replay, Ordering::Relaxed);
             Ok(v)
         };
-        let committed = self.commit_with(admit, body).await?;
+        let committed = match self.commit_with(admit, body).await {
+            Ok(committed) => committed,
+            Err(e) => {
+                if let Some((name, recorder, identity)) = on_failure {
+                    if handler_failed.load(Ordering::Relaxed) {
+                        self.record_failure(name, recorder, identity, &e).await;
+                    }
+                }
+                return Err(e);
+            }
+        };
         Ok(MutationOutcome {
             committed,
             replayed: replayed.load(Ordering::Relaxed),
         })
+    }
+
+    /// Runs a failed mutation's `FailureRecorder` (named `name` in logs) in a transaction of
+    /// its own; its failure is logged, never returned.
+    async fn record_failure(
+        &self,
+        name: String,
+        recorder: FailureRecorder,
+        identity: Option<Identity>,
+        error: &FunctionError,
+    ) {
+        let functions = self.inner.functions.clone();
+        let error = error.clone();
+        let function = name.clone();
+        let body = move |txn: &mut Transaction<'_>| {
+            let mut ctx = Ctx::new(txn, identity.as_ref(), &functions, FunctionKind::Mutation);
+            unless_panicked(&function, || recorder(&mut ctx, &error)).map(|()| Value::Null)
+        };
+        if let Err(e) = self.commit_with(Admit::Wait, body).await {
+            tracing::debug!(function = %name, error = %e, "recording a failed call failed");
+        }
     }
 
     /// Runs `f` as a system mutation (no identity), committing its writes durably.

@@ -34,6 +34,15 @@ pub enum Visibility {
 }
 
 pub type TxnHandler = Arc<dyn Fn(&mut Ctx<'_, '_>, Value) -> FunctionResult<Value> + Send + Sync>;
+/// What a mutation's failure leaves behind. A mutation that fails commits nothing, so a
+/// refusal cannot count itself (against a rate limit, say) where it happens; when the
+/// mutation's own handler fails, this runs after it in a transaction of its own, with the
+/// caller's identity and the error the caller gets, and its writes commit. It runs once per
+/// call whose handler failed (not when the call was refused before running, e.g. as
+/// overloaded, nor when the mutation runs inside another transaction, `Engine::run_in`); its
+/// own failure is logged and never replaces the mutation's error.
+pub type FailureRecorder =
+    Arc<dyn Fn(&mut Ctx<'_, '_>, &FunctionError) -> FunctionResult<()> + Send + Sync>;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub type ActionHandler =
     Arc<dyn Fn(crate::engine::ActionCtx, Value) -> BoxFuture<FunctionResult<Value>> + Send + Sync>;
@@ -68,6 +77,8 @@ pub struct FunctionDef {
     pub returns: Validator,
     pub handler: Handler,
     pub sharing: Sharing,
+    /// Mutations only: see `FailureRecorder`.
+    pub on_failure: Option<FailureRecorder>,
 }
 
 #[derive(Clone, Default)]
@@ -119,6 +130,7 @@ impl Functions {
                 Handler::Mutation(handler)
             },
             sharing: Sharing::PerIdentity,
+            on_failure: None,
         }
     }
 
@@ -207,6 +219,34 @@ impl Functions {
         ))
     }
 
+    /// `mutation` whose failures are recorded by `on_failure` (see `FailureRecorder`).
+    pub fn mutation_recording_failures<A, R, F, G>(
+        &mut self,
+        name: &str,
+        visibility: Visibility,
+        args: Validator,
+        returns: Validator,
+        f: F,
+        on_failure: G,
+    ) -> &mut Self
+    where
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+        F: Fn(&mut Ctx<'_, '_>, A) -> FunctionResult<R> + Send + Sync + 'static,
+        G: Fn(&mut Ctx<'_, '_>, &FunctionError) -> FunctionResult<()> + Send + Sync + 'static,
+    {
+        let mut def = Self::txn_def(
+            name,
+            FunctionKind::Mutation,
+            visibility,
+            args,
+            returns,
+            typed(f),
+        );
+        def.on_failure = Some(Arc::new(on_failure));
+        self.register(def)
+    }
+
     pub fn action<A, R, F, Fut>(
         &mut self,
         name: &str,
@@ -238,6 +278,7 @@ impl Functions {
             returns,
             handler: Handler::Action(h),
             sharing: Sharing::PerIdentity,
+            on_failure: None,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Load shedding at admission, through the engine: while the queue of mutations stands, a
 //! client's mutation (`run_mutation_with_id`) is refused as overloaded having applied nothing,
 //! an internal one (`mutation`) still waits and runs, and once the queue has drained client
-//! calls are admitted again.
+//! calls are admitted again. A call refused so never ran, and its mutation's failure recorder
+//! records nothing of it.
 
 mod common;
 
@@ -65,10 +66,12 @@ async fn client_call(engine: &Engine, name: &str, counter: &str) -> FunctionResu
 async fn a_standing_queue_sheds_client_mutations_and_applies_none_of_them() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path());
-    engine
-        .mutation("createCounter", obj! { "name" => "c" }, None)
-        .await
-        .unwrap();
+    for name in ["c", "failures of nobody"] {
+        engine
+            .mutation("createCounter", obj! { "name" => name }, None)
+            .await
+            .unwrap();
+    }
 
     // One client call takes the only slot and holds it.
     let holder = tokio::spawn({
@@ -80,10 +83,11 @@ async fn a_standing_queue_sheds_client_mutations_and_applies_none_of_them() {
     while !HOLDING.load(Ordering::SeqCst) && started.elapsed() < EVENTUALLY {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    // `decrement` records its failures: a call refused before it ran must record nothing.
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let e = engine.clone();
-            tokio::spawn(async move { client_call(&e, "increment", "c").await })
+            tokio::spawn(async move { client_call(&e, "decrement", "c").await })
         })
         .collect();
     let internal = tokio::spawn({
@@ -126,4 +130,9 @@ async fn a_standing_queue_sheds_client_mutations_and_applies_none_of_them() {
         client_call(&engine, "increment", "c").await.unwrap(),
         Value::Int64(2)
     );
+    let failures = engine
+        .query("getCounter", obj! { "name" => "failures of nobody" }, None)
+        .await
+        .unwrap();
+    assert_eq!(failures.value.get_path("value"), Some(&Value::Int64(0)));
 }

@@ -655,3 +655,71 @@ async fn a_database_open_elsewhere_is_reported_as_in_use() {
     }
     drop(engine);
 }
+
+/// A mutation's `FailureRecorder` runs after its handler fails, in a transaction of its own
+/// with the caller's identity: its writes commit although the call's do not, the caller gets
+/// the handler's error, and a call that succeeds records nothing. A recorder that fails
+/// itself changes nothing of that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_recorder_commits_what_a_failed_call_leaves_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open_fast(dir.path());
+    let alice = common::identity("alice");
+    let create = |name: &str| {
+        let engine = engine.clone();
+        let args = obj! { "name" => name };
+        async move { engine.mutation("createCounter", args, None).await.unwrap() }
+    };
+    let value = |name: &str| {
+        let engine = engine.clone();
+        let args = obj! { "name" => name };
+        async move {
+            let c = engine.query("getCounter", args, None).await.unwrap();
+            c.value.get_path("value").and_then(Value::as_i64).unwrap()
+        }
+    };
+    let decrement = |who: Option<&query_engine::identity::Identity>| {
+        let engine = engine.clone();
+        let who = who.cloned();
+        async move {
+            engine
+                .mutation("decrement", obj! { "name" => "a" }, who.as_ref())
+                .await
+        }
+    };
+    create("a").await;
+
+    // The recorder's own failure (no counter to count in) leaves the call's error as it was.
+    let e = decrement(Some(&alice)).await.unwrap_err();
+    assert_eq!(
+        (e.code.as_str(), e.message.as_str()),
+        ("CONFLICT", "a is at zero")
+    );
+
+    create("failures of alice").await;
+    create("failures of nobody").await;
+    let e = decrement(Some(&alice)).await.unwrap_err();
+    assert_eq!(e.code, "CONFLICT");
+    assert_eq!(
+        value("a").await,
+        0,
+        "the refused call's write did not commit"
+    );
+    assert_eq!(value("failures of alice").await, 1);
+    decrement(None).await.unwrap_err();
+    assert_eq!(value("failures of nobody").await, 1);
+
+    engine
+        .mutation("increment", obj! { "name" => "a" }, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        decrement(Some(&alice)).await.unwrap().value,
+        Value::Int64(0)
+    );
+    assert_eq!(
+        value("failures of alice").await,
+        1,
+        "a success records nothing"
+    );
+}

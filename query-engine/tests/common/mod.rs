@@ -109,6 +109,25 @@ pub fn counter_by_name(
         .ok_or_else(|| FunctionError::not_found(format!("no counter {name}")))
 }
 
+/// Adds `delta` to counter `name`; returns its new value.
+pub fn add_to_counter(
+    ctx: &mut query_engine::context::Ctx<'_, '_>,
+    name: &str,
+    delta: i64,
+) -> Result<i64, FunctionError> {
+    let c = counter_by_name(ctx, name)?;
+    let id = c
+        .get_path("_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let n = c.get_path("value").and_then(Value::as_i64).unwrap_or(0) + delta;
+    let mut o = Object::new();
+    o.insert("value".into(), n.into());
+    ctx.patch("counters", &id, o)?;
+    Ok(n)
+}
+
 pub fn functions() -> Functions {
     let mut f = Functions::new();
     f.mutation(
@@ -123,19 +142,7 @@ pub fn functions() -> Functions {
         Visibility::Public,
         v::object([("name", v::string())]),
         v::int64(),
-        |ctx, a: Named| {
-            let c = counter_by_name(ctx, &a.name)?;
-            let id = c
-                .get_path("_id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let n = c.get_path("value").and_then(Value::as_i64).unwrap_or(0) + 1;
-            let mut o = Object::new();
-            o.insert("value".into(), n.into());
-            ctx.patch("counters", &id, o)?;
-            Ok(n)
-        },
+        |ctx, a: Named| add_to_counter(ctx, &a.name, 1),
     );
     f.mutation(
         "transfer",
@@ -161,6 +168,28 @@ pub fn functions() -> Functions {
                 ctx.patch("counters", &id, o)?;
             }
             Ok(())
+        },
+    );
+    // Takes one from counter `name`, refused (CONFLICT) below zero, after its write, so a
+    // refusal visibly commits nothing of the call. Each failed call adds one to the counter
+    // `failures of <caller's subject>` (`FailureRecorder`); the recorder fails if that counter
+    // does not exist.
+    f.mutation_recording_failures(
+        "decrement",
+        Visibility::Public,
+        v::object([("name", v::string())]),
+        v::int64(),
+        |ctx, a: Named| {
+            let n = add_to_counter(ctx, &a.name, -1)?;
+            if n < 0 {
+                return Err(FunctionError::conflict(format!("{} is at zero", a.name)));
+            }
+            Ok(n)
+        },
+        |ctx, _error| {
+            let subject = ctx.auth().map_or("nobody", |i| i.subject.as_str());
+            let counter = format!("failures of {subject}");
+            add_to_counter(ctx, &counter, 1).map(|_| ())
         },
     );
     f.query(
