@@ -914,13 +914,14 @@ async fn an_edit_behind_heavy_ops_is_refused_before_the_read_limit() {
     let env = open();
     let (a, b) = (ident("a"), ident("b"));
     let meeting = env.meeting(&a, &[&b], true).await;
-    // Room for one more char after the last paste.
+    // Room for one more char after the last paste: a one-char edit fits the note whatever the
+    // transform does (a longer one is refused as too long before any op is read).
     let chars = MAX_NOTE_CHARS - 1;
     env.paste(&meeting, &a, 45, chars).await;
     let e = expect_code(
         env.m(
             fns::APPLY_OPERATION,
-            apply_args(&meeting, 0, &TextOperation::new().insert("late"), "d", 1),
+            apply_args(&meeting, 0, &TextOperation::new().insert("!"), "d", 1),
             &b,
         )
         .await,

@@ -1,6 +1,8 @@
 //! The durable rate limiter (seed §13): per (user, action) counts in `rateLimits`, checked and
 //! incremented inside the calling mutation, so a rejected call writes nothing and an accepted
-//! one is counted exactly when it commits.
+//! one is counted exactly when it commits. A function whose refused calls must count too
+//! charges the limit again from its failure recorder, after the call failed
+//! (`notes.applyOperation`: `notes::operations`).
 //!
 //! Approximate sliding window over fixed sub-windows: time is cut into buckets of
 //! `bucket_ms`; a call counts the buckets that started within the last `window_ms`. Buckets

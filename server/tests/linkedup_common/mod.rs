@@ -281,7 +281,12 @@ impl World {
 }
 
 pub async fn world(config: LinkedUpConfig) -> World {
-    let env = open(config);
+    world_with(config, EngineConfig::default()).await
+}
+
+/// `world` on an engine with `engine_config` (e.g. tighter transaction limits).
+pub async fn world_with(config: LinkedUpConfig, engine_config: EngineConfig) -> World {
+    let env = open_with(config, engine_config);
     let alice = ident("alice", Some("org1"), Some("admin"));
     let bob = ident("bob", Some("org1"), Some("member"));
     let carol = ident("carol", Some("org1"), Some("member"));

@@ -9,6 +9,20 @@
 //! latest state: the transform loop always sees every op committed before it.
 //! A retransmitted `(clientId, clientSeq)` returns the first result and applies nothing; a
 //! client id belongs to the editor whose op first used it.
+//!
+//! Refusals are cheap and counted. An edit whose outcome is known without the op history is
+//! refused before any op is read: one built for a longer document than a note may hold, one
+//! based too far back (`MAX_OPS_BEHIND`, against the stored version), and one that would take
+//! the note past `MAX_NOTE_CHARS` whatever was committed since its base. And every refused
+//! edit (`VALIDATION_ERROR`, `CONFLICT`) counts against its editor's note-edit rate limit like
+//! an applied one: the edit's own transaction commits nothing when it fails, so
+//! `count_refusal` charges the limit from the mutation's failure recorder (a small transaction
+//! of its own, run before the caller gets the error; see `Functions::
+//! mutation_recording_failures`). A client repeating a refused edit — up to 1,000 ops and
+//! 8 MiB of reads each when it is refused after the transform — is thus `RATE_LIMITED` once
+//! the limit is used up, as one sending valid edits is. (Refused edits in flight together are
+//! checked before any of them is counted, so a burst can pass the limit by the calls it has
+//! in flight at once; every later call is refused by the limit before it reads the note.)
 
 use std::sync::Arc;
 
@@ -30,7 +44,7 @@ use super::{
     fns, ApplyOperationArgs, ApplyResult, NoteOpEntry, NoteState, OpsSinceArgs, MAX_NOTE_CHARS,
     MAX_OPS_BEHIND, MAX_OPS_SINCE,
 };
-use crate::linkedup::guards::assert_meeting_access;
+use crate::linkedup::guards::{account_of_caller, assert_meeting_access};
 use crate::linkedup::rate_limit::{check_and_consume_in, Counters};
 use crate::linkedup::{audited, check_text, decode, encode, fields, limit_arg, LinkedUpConfig};
 
@@ -99,6 +113,10 @@ fn invalid_op(e: impl std::fmt::Display) -> FunctionError {
     invalid_field("op", e)
 }
 
+fn char_count(s: &str) -> u64 {
+    s.chars().count() as u64
+}
+
 /// Rate limiter action name of `notes.applyOperation`.
 pub const APPLY_ACTION: &str = "notes.applyOperation";
 
@@ -151,6 +169,12 @@ fn apply_operation(
     check_text("clientId", &a.client_id, 1, MAX_CLIENT_ID_CHARS)?;
     let mut op = TextOperation::from_components(a.op).map_err(invalid_op)?;
     op.check_limits(&OpLimits::DEFAULT).map_err(invalid_op)?;
+    if op.base_len() > MAX_NOTE_CHARS {
+        return Err(invalid_op(format!(
+            "built for a document of {} chars, but a note has at most {MAX_NOTE_CHARS}",
+            op.base_len()
+        )));
+    }
 
     // Guard.
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Participant)?;
@@ -241,6 +265,16 @@ fn apply_operation(
             version,
             min_retained,
         ));
+    }
+
+    // Transforming keeps every char the edit inserts and can only spare chars it deletes
+    // (a committed op may have deleted them first), so the edit leaves the note at least its
+    // net growth longer than it is now, whatever was committed since its base.
+    let least_len = (char_count(content) + op.target_len()).saturating_sub(op.base_len());
+    if least_len > MAX_NOTE_CHARS {
+        return Err(invalid_op(format!(
+            "the note would have at least {least_len} chars, the limit is {MAX_NOTE_CHARS}"
+        )));
     }
 
     // Transform past every op committed since the base, in order, a page at a time so that
@@ -371,6 +405,35 @@ fn apply_operation(
     })
 }
 
+/// `notes.applyOperation`'s failure recorder: a refused edit (`VALIDATION_ERROR`,
+/// `CONFLICT`) of a known user counts against their note-edit limit as an applied one does.
+/// Other failures are not counted: `RATE_LIMITED` was refused by the limit itself, and
+/// `UNAUTHORIZED`, `FORBIDDEN` and `NOT_FOUND` come from the access check, before any note is
+/// read (denials are audited and bounded there).
+fn count_refusal(
+    ctx: &mut Ctx<'_, '_>,
+    config: &LinkedUpConfig,
+    error: &FunctionError,
+) -> FunctionResult<()> {
+    let refused = [ErrorCode::ValidationError, ErrorCode::Conflict]
+        .iter()
+        .any(|code| error.code == code.as_str());
+    if !refused || ctx.auth().is_none() {
+        return Ok(());
+    }
+    let Some(user) = account_of_caller(ctx)? else {
+        return Ok(());
+    };
+    check_and_consume_in(
+        ctx,
+        &config.rate_limits,
+        &user.id,
+        APPLY_ACTION,
+        config.rate_limits.notes_apply,
+        Counters::Inline,
+    )
+}
+
 fn get_note(ctx: &mut Ctx<'_, '_>, a: MeetingIdOnly) -> FunctionResult<NoteState> {
     Ok(match load_note(ctx, &a.meeting_id)? {
         Some(n) => NoteState {
@@ -486,8 +549,9 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
     // Errors: UNAUTHORIZED, VALIDATION_ERROR (bad op, op that does not fit the note at
     // baseVersion, note too long, a clientId another editor uses), NOT_FOUND, FORBIDDEN,
     // CONFLICT (base version compacted or too far behind: `data.resync`, fetch the note and
-    // start over), RATE_LIMITED (`data.retryAfterMs`; a retransmission is not counted).
-    f.mutation(
+    // start over), RATE_LIMITED (`data.retryAfterMs`; refused edits count, a retransmission
+    // does not).
+    f.mutation_recording_failures(
         fns::APPLY_OPERATION,
         Visibility::Public,
         v::object([
@@ -503,6 +567,10 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
             audited(config, fns::APPLY_OPERATION, move |ctx, a| {
                 apply_operation(ctx, &cfg, a)
             })
+        },
+        {
+            let cfg = config.clone();
+            move |ctx, e| count_refusal(ctx, &cfg, e)
         },
     );
 
