@@ -3,7 +3,8 @@
 //! everything committed after the transaction's snapshot and against earlier members of the
 //! batch); a transaction that conflicts is re-executed here, on the latest state plus the
 //! batch so far, so hot keys serialize at memory speed instead of bouncing back to clients.
-//! The whole batch is one append and one fsync of the write-ahead log; then it is published
+//! The whole batch is one append and one fsync of the write-ahead log (a small batch may wait
+//! a moment for more members while writes arrive often: `group_commit`); then it is published
 //! to new snapshots (redb gets it later, from the applier), every member is acknowledged and
 //! the batch's touched keys are published to observers, in commit order. A log record has a
 //! size cap (replay must read back whatever was acknowledged): members that would take it
@@ -17,13 +18,14 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, CatalogChange};
 use crate::error::{FunctionError, FunctionResult};
+use crate::group_commit::GroupCommit;
 use crate::metrics::EngineMetrics;
 use crate::reads::{ReadSet, TouchedKeys};
 use crate::storage::{Snapshot, Storage};
@@ -70,6 +72,9 @@ pub struct CommitNotice {
 
 pub type CommitObserver = Arc<dyn Fn(&CommitNotice) + Send + Sync>;
 
+/// `CommitterConfig::group_commit_wait` unless configured.
+pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_micros(300);
+
 #[derive(Clone, Debug)]
 pub struct CommitterConfig {
     /// fsync every batch (the default). Off only for benchmarks that say so.
@@ -81,6 +86,9 @@ pub struct CommitterConfig {
     /// Commit batches kept for validating transactions that started on older snapshots; a
     /// transaction older than the window is re-executed rather than validated.
     pub conflict_window_batches: usize,
+    /// How long a small batch may be held for more members while writes arrive often enough
+    /// to fill the wait (`group_commit`); zero never waits.
+    pub group_commit_wait: Duration,
 }
 
 impl Default for CommitterConfig {
@@ -90,6 +98,7 @@ impl Default for CommitterConfig {
             max_batch_txns: 1024,
             max_batch_bytes: 32 << 20,
             conflict_window_batches: 4096,
+            group_commit_wait: DEFAULT_GROUP_COMMIT_WAIT,
         }
     }
 }
@@ -131,6 +140,45 @@ pub fn now_millis() -> i64 {
     (now_micros() / 1_000) as i64
 }
 
+/// Requests taken from the queue for one batch.
+struct Batch {
+    members: Vec<CommitRequest>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn new(first: CommitRequest) -> Self {
+        Batch {
+            bytes: first.writes.bytes_written,
+            members: vec![first],
+        }
+    }
+
+    /// Whether another member may join: within the batch bounds, and no catalog change yet
+    /// (members after one would run on the catalog from before it while committing after it).
+    fn open(&self, config: &CommitterConfig) -> bool {
+        self.members.len() < config.max_batch_txns
+            && self.bytes < config.max_batch_bytes
+            && self
+                .members
+                .last()
+                .is_some_and(|r| r.catalog_change.is_none())
+    }
+
+    /// Takes what is queued now, while the batch is open.
+    fn fill(&mut self, rx: &mut mpsc::Receiver<CommitRequest>, config: &CommitterConfig) {
+        while self.open(config) {
+            match rx.try_recv() {
+                Ok(r) => {
+                    self.bytes += r.writes.bytes_written;
+                    self.members.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 impl Committer {
     pub fn new(shared: Shared, config: CommitterConfig, last_ts: u64) -> Self {
         Committer {
@@ -144,24 +192,25 @@ impl Committer {
 
     /// Runs until every sender is gone, then returns (pending work is finished first).
     pub fn run(mut self, mut rx: mpsc::Receiver<CommitRequest>) {
+        let mut group = GroupCommit::new(self.config.group_commit_wait, Instant::now());
         while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            let mut bytes = batch[0].writes.bytes_written;
-            // A catalog change ends the batch: members after it would run on the catalog
-            // from before it while committing after it.
-            while batch.len() < self.config.max_batch_txns
-                && bytes < self.config.max_batch_bytes
-                && batch.last().is_some_and(|r| r.catalog_change.is_none())
+            let mut batch = Batch::new(first);
+            batch.fill(&mut rx, &self.config);
+            group.arrived(batch.members.len(), Instant::now());
+            if let Some(wait) = group
+                .hold(batch.members.len())
+                .filter(|_| batch.open(&self.config))
             {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        bytes += r.writes.bytes_written;
-                        batch.push(r);
-                    }
-                    Err(_) => break,
-                }
+                std::thread::sleep(wait);
+                let before = batch.members.len();
+                batch.fill(&mut rx, &self.config);
+                group.arrived(batch.members.len() - before, Instant::now());
+                self.shared
+                    .metrics
+                    .group_commit_waits
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            self.commit_batch(batch);
+            self.commit_batch(batch.members);
         }
     }
 

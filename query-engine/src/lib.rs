@@ -16,6 +16,7 @@ pub mod encoding;
 pub mod engine;
 pub mod error;
 pub mod functions;
+mod group_commit;
 pub mod id;
 pub mod identity;
 pub mod import;

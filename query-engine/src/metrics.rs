@@ -94,6 +94,8 @@ pub struct EngineMetrics {
     pub reexecutions: AtomicU64,
     pub batch_size: Histogram,
     pub fsync_seconds: Histogram,
+    /// Batches the committer held for more members (`group_commit`).
+    pub group_commit_waits: AtomicU64,
     /// Client mutations refused as overloaded (`admission`).
     pub admission_refused: AtomicU64,
     /// Waits of mutations admitted after queueing.
@@ -116,6 +118,7 @@ impl Default for EngineMetrics {
             reexecutions: AtomicU64::new(0),
             batch_size: Histogram::new(SIZE_BUCKETS),
             fsync_seconds: Histogram::new(LATENCY_BUCKETS),
+            group_commit_waits: AtomicU64::new(0),
             admission_refused: AtomicU64::new(0),
             admission_wait: Histogram::new(LATENCY_BUCKETS),
             admission_queued: AtomicU64::new(0),
@@ -166,6 +169,11 @@ impl EngineMetrics {
                 "engine_commit_batches_total",
                 "Commit batches (one fsync each)",
                 &self.batches,
+            ),
+            (
+                "engine_group_commit_waits_total",
+                "Commit batches held for more members while writes arrived often",
+                &self.group_commit_waits,
             ),
             (
                 "engine_conflicts_total",
