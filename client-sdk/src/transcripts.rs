@@ -470,9 +470,14 @@ fn acks(chunks: &[ChunkInput], value: &Value) -> Result<Vec<ChunkAck>, ClientErr
     if duplicates > 0 {
         let max = result.sequences.iter().copied().max().unwrap_or(0);
         let fresh = (acks.len() - duplicates.min(acks.len())) as i64;
-        let first_new = max - fresh + 1;
+        // Checked: the sequences are the server's word, and a hostile one must not overflow.
+        let last_retried = max.checked_sub(fresh).ok_or_else(|| {
+            ClientError::Decode(format!(
+                "ingestBatch returned {max} as its largest sequence, too small for {fresh} new chunks"
+            ))
+        })?;
         for a in &mut acks {
-            a.duplicate = a.sequence < first_new;
+            a.duplicate = a.sequence <= last_retried;
         }
     }
     Ok(acks)
@@ -831,6 +836,27 @@ mod tests {
         };
         assert!(matches!(
             self::acks(&chunks, &short),
+            Err(ClientError::Decode(_))
+        ));
+    }
+
+    /// Sequences at the ends of the range neither overflow nor panic: all retried at
+    /// `i64::MAX` is fine, new chunks below `i64::MIN` are a decode error.
+    #[test]
+    fn acks_of_hostile_sequences_do_not_overflow() {
+        let chunks = vec![chunk("a"), chunk("b"), chunk("c")];
+        let sequences = |s: i64| vec![Value::from(s), Value::from(s), Value::from(s)];
+        let all_retried_at_max = query_engine::obj! {
+            "sequences" => sequences(i64::MAX),
+            "duplicates" => 3i64,
+        };
+        assert!(acks_all_duplicate(&chunks, &all_retried_at_max));
+        let new_below_min = query_engine::obj! {
+            "sequences" => sequences(i64::MIN),
+            "duplicates" => 1i64,
+        };
+        assert!(matches!(
+            acks(&chunks, &new_below_min),
             Err(ClientError::Decode(_))
         ));
     }
