@@ -1404,9 +1404,16 @@ fn unanswered(
 
 impl SubscriptionOwner for Inner {
     fn unsubscribe(&self, key: u64) {
-        let mut st = self.state.lock();
-        if let Some(msg) = st.subs.remove(key) {
-            st.push(msg);
+        let wakers = {
+            let mut st = self.state.lock();
+            let (unsubscribe, wakers) = st.subs.remove(key);
+            if let Some(msg) = unsubscribe {
+                st.push(msg);
+            }
+            wakers
+        };
+        for w in wakers {
+            w.wake();
         }
     }
 

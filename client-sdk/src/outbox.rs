@@ -79,7 +79,7 @@ mod tests {
             outbox.extend(effects.outbox);
         }
         let queued = outbox.take_all();
-        let Some(ClientMessage::Unsubscribe { query_id: current }) = table.remove(key) else {
+        let (Some(ClientMessage::Unsubscribe { query_id: current }), _) = table.remove(key) else {
             panic!("the subscription is live");
         };
         assert!(
@@ -95,7 +95,7 @@ mod tests {
         // A subscription dropped before its Subscribe was taken sends nothing.
         let (key, _slot, subscribe) = table.insert("list".into(), obj! {});
         outbox.push(subscribe);
-        outbox.push(table.remove(key).expect("live"));
+        outbox.push(table.remove(key).0.expect("live"));
         assert!(outbox.take_all().is_empty());
     }
 }

@@ -374,18 +374,25 @@ impl SubscriptionTable {
     }
 
     /// Forgets a subscription; returns the `Unsubscribe` to send if it was still live (a
-    /// parked one is not, on the server).
-    pub(crate) fn remove(&mut self, key: u64) -> Option<ClientMessage> {
-        let entry = self.entries.remove(&key)?;
+    /// parked one is not, on the server), and the readers to wake: if it was the last
+    /// re-subscription the others' results waited for after a reconnect, they are handed over
+    /// now (its `Subscribe` may have been withdrawn unsent, and then no transition follows).
+    pub(crate) fn remove(&mut self, key: u64) -> (Option<ClientMessage>, Vec<Waker>) {
+        let Some(entry) = self.entries.remove(&key) else {
+            return (None, Vec::new());
+        };
         self.resyncing.remove(&key);
         self.held.remove(&key);
+        let mut wakers = Vec::new();
+        self.release_held(&mut wakers);
         if entry.parked.is_some() {
-            return None;
+            return (None, wakers);
         }
         self.by_query_id.remove(&entry.query_id);
-        Some(ClientMessage::Unsubscribe {
+        let unsubscribe = ClientMessage::Unsubscribe {
             query_id: entry.query_id,
-        })
+        };
+        (Some(unsubscribe), wakers)
     }
 
     /// A new connection (generation `gen`) is up, its transitions at `ts` so far (0, or the
@@ -623,11 +630,17 @@ impl SubscriptionTable {
     /// reconnect, they are handed over now, as of the connection's last transition.
     pub(crate) fn fail(&mut self, query_id: u32, error: ClientError) -> Vec<Waker> {
         let mut wakers: Vec<Waker> = self.end_query(query_id, error).into_iter().collect();
+        self.release_held(&mut wakers);
+        wakers
+    }
+
+    /// Between transitions, once no re-subscription is left to answer: hands the results held
+    /// back for them to their readers, as of the connection's last transition.
+    fn release_held(&mut self, wakers: &mut Vec<Waker>) {
         if self.resyncing.is_empty() && !self.held.is_empty() {
             let held = self.held.drain().collect();
-            self.hand_over(held, self.conn_ts, &mut wakers);
+            self.hand_over(held, self.conn_ts, wakers);
         }
-        wakers
     }
 
     /// Ends every subscription (the client is closed or gave up reconnecting).
@@ -865,6 +878,30 @@ mod tests {
         t.remove(key_b);
         t.apply_transition(25, 26, vec![]).unwrap();
         assert_eq!(next_value(&a), Some(Value::Int64(5)));
+    }
+
+    /// A subscription dropped while the others' results wait for its re-subscription's first
+    /// result hands them over at once: its `Subscribe` may have been withdrawn unsent, and then
+    /// no transition about it (nor any other, on a quiet server) ever comes.
+    #[test]
+    fn dropping_the_last_resubscription_waited_for_releases_the_held_results() {
+        let mut t = SubscriptionTable::new();
+        t.begin_connection(1, 0);
+        let (_, a, sub_a) = t.insert("a".into(), obj! {});
+        let (key_b, _, _) = t.insert("b".into(), obj! {});
+        let qa = query_id_of(&sub_a);
+        t.begin_connection(2, 0);
+        t.apply_transition(
+            0,
+            5,
+            vec![updated(qa, ResultDiff::Replace(Value::Int64(1)))],
+        )
+        .unwrap();
+        assert_eq!(next_value(&a), None, "a waits for b");
+        let (unsubscribe, wakers) = t.remove(key_b);
+        assert!(unsubscribe.is_some());
+        assert_eq!(wakers.len(), 1, "a's reader is woken");
+        assert_eq!(next_value(&a), Some(Value::Int64(1)));
     }
 
     /// A re-subscription that cannot be sent (after a reconnect to a server with a lower
@@ -1134,7 +1171,7 @@ mod tests {
         assert!(matches!(poll_now(&slot), Poll::Ready(None)));
         assert_eq!(t.len(), 0);
         // Dropping the subscription afterwards sends nothing.
-        assert!(t.remove(key).is_none());
+        assert!(t.remove(key).0.is_none());
     }
 
     fn lapsed(query_id: u32) -> Modification {
@@ -1206,7 +1243,7 @@ mod tests {
             .unwrap();
         t.apply_transition(1, 2, vec![lapsed(qa)]).unwrap();
         assert!(
-            t.remove(key_a).is_none(),
+            t.remove(key_a).0.is_none(),
             "no Unsubscribe for a parked query"
         );
         assert!(!t.has_parked());
@@ -1237,7 +1274,7 @@ mod tests {
         let (_, slot_b, sub_b) = t.insert("b".into(), obj! {});
         let (qa, qb) = (query_id_of(&sub_a), query_id_of(&sub_b));
         assert_ne!(qa, qb);
-        let unsub = t.remove(key_a).unwrap();
+        let unsub = t.remove(key_a).0.unwrap();
         assert_eq!(query_id_of(&unsub), qa);
         t.apply_transition(
             0,
