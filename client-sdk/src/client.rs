@@ -498,8 +498,8 @@ impl Client {
     /// Runs a mutation under a fresh mutation id and decodes its result. If the connection
     /// drops before the answer, it is retried once with the same id after reconnecting, so it
     /// is applied at most once; `ClientError::MutationUnconfirmed` reports the rare case where
-    /// the retry got no answer either. A mutation the server sheds under load is retried as
-    /// `ClientOptions::max_overload_retries` says.
+    /// the retry got no answer that tells whether it was (see `call`). A mutation the server
+    /// sheds under load is retried as `ClientOptions::max_overload_retries` says.
     pub async fn mutation<A, R>(&self, name: &str, args: &A) -> Result<R, ClientError>
     where
         A: Serialize + ?Sized,
@@ -568,8 +568,11 @@ impl Client {
     /// retried safely. A call is sent again only where that cannot apply it twice (protocol
     /// §12): a call never written is sent on the next connection; once it may have reached the
     /// server, a query is retried (`max_query_retries`) and a mutation with an id once, under
-    /// that id (`MutationUnconfirmed` if that is lost too), while a mutation without an id and
-    /// an action fail with `Disconnected`: they may or may not have run. After `UNAUTHORIZED`,
+    /// that id, while a mutation without an id and an action fail with `Disconnected`: they may
+    /// or may not have run. That retry's answer is returned unless it says nothing of the
+    /// first attempt — it is lost too, or refused before the server looked the id up (shed as
+    /// overloaded, a token expired and not refreshed), or it cannot be sent: then the result
+    /// is `MutationUnconfirmed`, never an error that reads as "not applied". After `UNAUTHORIZED`,
     /// with a token refresher, a call runs once more under a fresh token if its first run had
     /// no effect: a query or a mutation (a failed mutation wrote nothing) after any such
     /// answer, an action only when the server refused it for an expired token before running
@@ -1019,9 +1022,15 @@ impl Inner {
                             Err(e) => tracing::debug!(error = %e, "token refresh failed"),
                         }
                     }
+                    if refused_before_dedup(&error) {
+                        return Err(unanswered(kind, lost_after_send, &mutation_id, error));
+                    }
                     return Err(error);
                 }
-                Err(CallFailure::Fatal(e)) => return Err(e),
+                // Refused before it was sent: no answer to an earlier attempt either.
+                Err(CallFailure::Fatal(e)) => {
+                    return Err(unanswered(kind, lost_after_send, &mutation_id, e))
+                }
                 Err(CallFailure::Lost { sent }) => {
                     // Retry on a new connection unless this one still takes calls (only the
                     // stream failed), after a backoff so that losses in a row cannot spin.
@@ -1386,8 +1395,19 @@ fn reruns_after_unauthorized(kind: CallKind, error: &ClientError) -> bool {
     }
 }
 
-/// The error for a call that got no answer: a mutation that may have reached the server is
-/// reported as unconfirmed rather than as a plain disconnect.
+/// Whether the server refuses a call with `error` before a mutation's id is looked up in its
+/// deduplication record (protocol §12), so that the error says nothing of an earlier attempt
+/// under that id: shed under load (`admission`, ahead of the transaction) or refused for an
+/// expired token (ahead of running anything). Every other answer to a mutation comes from
+/// running it under its id, which replays a committed earlier attempt instead (the engine's
+/// refusals ahead of the lookup — an unknown function, arguments or an id that do not
+/// validate — would have refused the same call the first time too).
+fn refused_before_dedup(error: &ClientError) -> bool {
+    error.is_overloaded() || error.is_token_expired()
+}
+
+/// The error for a call that got no answer that tells whether it ran: a mutation that may
+/// have reached the server is reported as unconfirmed rather than with that error.
 fn unanswered(
     kind: CallKind,
     lost_after_send: u32,
@@ -1918,5 +1938,29 @@ mod tests {
             unanswered(CallKind::Action, 1, &None, ClientError::Disconnected),
             ClientError::Disconnected
         ));
+        // Only the server's refusals ahead of the id's lookup say nothing of an earlier
+        // attempt; a mutation's own errors (its UNAUTHORIZED included) came from running it.
+        let error = |code: &str, data: Value| ClientError::Function {
+            code: code.into(),
+            message: "no".into(),
+            data,
+        };
+        let shed = error(
+            codes::RATE_LIMITED,
+            query_engine::obj! { "reason" => query_engine::admission::OVERLOADED },
+        );
+        let expired = error(
+            codes::UNAUTHORIZED,
+            query_engine::obj! { TOKEN_EXPIRED => true },
+        );
+        assert!(refused_before_dedup(&shed));
+        assert!(refused_before_dedup(&expired));
+        for own in [
+            error(codes::UNAUTHORIZED, Value::Null),
+            error(codes::RATE_LIMITED, Value::Null),
+            error(codes::CONFLICT, Value::Null),
+        ] {
+            assert!(!refused_before_dedup(&own), "{own}");
+        }
     }
 }

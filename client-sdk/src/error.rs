@@ -40,10 +40,13 @@ pub enum ClientError {
     /// came back in time.
     #[error("disconnected from the server")]
     Disconnected,
-    /// A mutation was sent, the connection dropped, and its one retry (same mutation id) could
-    /// not get an answer either. It may or may not have been applied; retrying it with
-    /// `Client::mutation_with_id` and this id is safe (the server deduplicates by id).
-    #[error("mutation {mutation_id} was sent but its outcome is unknown (connection lost twice)")]
+    /// A mutation was sent, the connection dropped, and its one retry (same mutation id) got
+    /// no answer that tells whether the first attempt was applied: it was lost too, or the
+    /// server refused it before looking the id up (shed as overloaded, or refused for an
+    /// expired token that no refresh replaced), or it could not be sent. It may or may not
+    /// have been applied; retrying it with `Client::mutation_with_id` and this id is safe
+    /// (the server deduplicates by id), and a fresh id is not.
+    #[error("mutation {mutation_id} was sent but its outcome is unknown (connection lost, and its retry did not tell)")]
     MutationUnconfirmed { mutation_id: String },
     /// The server broke the protocol (undecodable frame, unexpected message, gap in
     /// transition timestamps).
@@ -88,7 +91,8 @@ impl ClientError {
 
     /// True when the server shed the call under load before running it (`RATE_LIMITED` with
     /// `data.reason = "overloaded"`): nothing was applied, and it may be retried after
-    /// `data.retryAfterMs`.
+    /// `data.retryAfterMs`. (A mutation's retry after a lost attempt that is shed so comes back
+    /// `MutationUnconfirmed` instead: the lost attempt may have been applied.)
     pub fn is_overloaded(&self) -> bool {
         match self {
             ClientError::Function { code, data, .. } => {

@@ -1,8 +1,9 @@
 //! End-to-end against a scripted server: a QUIC endpoint that speaks just enough of the
 //! protocol to put the SDK where a real server puts it only when something else went wrong
-//! (here, a fatal `Error` on a call stream, a lower frame limit after a reconnect, or a
-//! transition's parts that break the protocol), so that what the SDK does then is tested
-//! deterministically.
+//! (here, a fatal `Error` on a call stream, a lower frame limit after a reconnect, a
+//! transition's parts that break the protocol, or a connection lost under a mutation whose
+//! retry is refused before the server looks its id up), so that what the SDK does then is
+//! tested deterministically.
 
 mod common;
 
@@ -16,7 +17,8 @@ use query_engine::diff::ResultDiff;
 use query_engine::obj;
 use query_engine::protocol::{
     decode_call, decode_client, encode, read_frame, write_frame, CallOutcome, ClientMessage,
-    Modification, ServerMessage, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    ErrorPayload, Modification, ServerMessage, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    TOKEN_EXPIRED,
 };
 use query_engine::value::Value;
 use tokio::sync::mpsc;
@@ -37,6 +39,13 @@ const MISMATCHED_PARTS: &str = "scripted:mismatchedParts";
 const ENDLESS_PARTS: &str = "scripted:endlessParts";
 const ENDLESS_PARTS_MAX: usize = 1_000;
 const PART_PAD_BYTES: usize = 1_000;
+/// On the first connection, a call to this function closes the connection unanswered; on the
+/// next ones it is shed as overloaded (`RATE_LIMITED`, `reason: "overloaded"`), as a server
+/// sheds a call before looking its mutation id up.
+const CUT_THEN_SHED: &str = "scripted:cutThenShed";
+/// As `CUT_THEN_SHED`, but refused later for an expired token (`UNAUTHORIZED`,
+/// `tokenExpired`), which a server also answers before looking the mutation id up.
+const CUT_THEN_EXPIRED: &str = "scripted:cutThenExpired";
 /// The subject of every token the scripted server accepts.
 const SUBJECT: &str = "scripted-user";
 
@@ -140,7 +149,14 @@ async fn serve_connection(
     let mut stream = 0;
     while let Ok((send, recv)) = conn.accept_bi().await {
         stream += 1;
-        tokio::spawn(serve_calls(connection, stream, send, recv, seen.clone()));
+        tokio::spawn(serve_calls(
+            conn.clone(),
+            connection,
+            stream,
+            send,
+            recv,
+            seen.clone(),
+        ));
     }
 }
 
@@ -204,6 +220,7 @@ async fn serve_control(
 }
 
 async fn serve_calls(
+    conn: quinn::Connection,
     connection: usize,
     stream: usize,
     mut send: quinn::SendStream,
@@ -241,6 +258,18 @@ async fn serve_calls(
                 return;
             }
             (1, UNANSWERED) => continue,
+            (1, CUT_THEN_SHED | CUT_THEN_EXPIRED) => {
+                conn.close(0u8.into(), b"scripted cut");
+                return;
+            }
+            (_, CUT_THEN_SHED) => refusal(
+                request_id,
+                "RATE_LIMITED",
+                obj! { "reason" => query_engine::admission::OVERLOADED, "retryAfterMs" => 1i64 },
+            ),
+            (_, CUT_THEN_EXPIRED) => {
+                refusal(request_id, "UNAUTHORIZED", obj! { TOKEN_EXPIRED => true })
+            }
             // Answers with the mutation id, or the function's name.
             _ => ServerMessage::CallResult {
                 request_id,
@@ -251,6 +280,18 @@ async fn serve_calls(
             },
         };
         write(&mut send, &reply).await;
+    }
+}
+
+/// A `CallResult` with the error `code` and `data`.
+fn refusal(request_id: u64, code: &str, data: Value) -> ServerMessage {
+    ServerMessage::CallResult {
+        request_id,
+        result: CallOutcome::Err(ErrorPayload {
+            code: code.into(),
+            message: "scripted refusal".into(),
+            data,
+        }),
     }
 }
 
@@ -303,6 +344,70 @@ async fn a_fatal_error_on_a_call_stream_is_not_the_answer_of_every_call_on_it() 
     let retried = server.next_call().await;
     assert_eq!(retried.connection, 2);
     assert_eq!(retried.mutation_id.as_deref(), Some("m-1"));
+    assert_eq!(client.connection_count(), 2);
+    client.close().await;
+}
+
+/// A mutation whose connection was lost may have committed; its retry under the same id is
+/// refused before the server looks the id up — shed as overloaded, or for an expired token
+/// (no refresher here) — so that refusal says nothing of the first attempt. It comes back
+/// `MutationUnconfirmed` with the id, not as an error that reads "nothing was applied" (for a
+/// shed one, after which `mutation` would otherwise retry it and report it overloaded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_mutation_whose_retry_is_refused_before_its_id_is_looked_up_is_unconfirmed() {
+    for function in [CUT_THEN_SHED, CUT_THEN_EXPIRED] {
+        let mut server = Scripted::start().await;
+        let client = Client::connect(&server.addr.to_string(), server.options())
+            .await
+            .unwrap();
+        let outcome =
+            tokio::time::timeout(PATIENCE, client.mutation::<_, Value>(function, &obj! {}))
+                .await
+                .expect("no answer in time");
+        let first = server.next_call().await;
+        let retry = server.next_call().await;
+        assert_eq!((first.connection, retry.connection), (1, 2), "{function}");
+        let id = first.mutation_id.expect("mutation() sends an id");
+        assert_eq!(
+            retry.mutation_id.as_deref(),
+            Some(id.as_str()),
+            "{function}"
+        );
+        match outcome {
+            Err(ClientError::MutationUnconfirmed { mutation_id }) => {
+                assert_eq!(mutation_id, id, "{function}")
+            }
+            other => panic!("{function}: expected MutationUnconfirmed, got {other:?}"),
+        }
+        client.close().await;
+    }
+}
+
+/// A mutation whose connection was lost, and whose retry cannot be sent on the next one (its
+/// frame is over that connection's lower limit), may have committed all the same: it comes
+/// back `MutationUnconfirmed`, not as the encoding error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_mutation_whose_retry_cannot_be_sent_is_unconfirmed() {
+    let mut server = Scripted::start_with(|connection| match connection {
+        1 => DEFAULT_MAX_FRAME_BYTES,
+        _ => SMALL_FRAME_BYTES,
+    })
+    .await;
+    let client = Client::connect(&server.addr.to_string(), server.options())
+        .await
+        .unwrap();
+    let pad = "x".repeat(2 * SMALL_FRAME_BYTES as usize);
+    let outcome = tokio::time::timeout(
+        PATIENCE,
+        client.mutation::<_, Value>(CUT_THEN_SHED, &obj! {"pad" => pad}),
+    )
+    .await
+    .expect("no answer in time");
+    let id = server.next_call().await.mutation_id.expect("an id");
+    match outcome {
+        Err(ClientError::MutationUnconfirmed { mutation_id }) => assert_eq!(mutation_id, id),
+        other => panic!("expected MutationUnconfirmed, got {other:?}"),
+    }
     assert_eq!(client.connection_count(), 2);
     client.close().await;
 }
