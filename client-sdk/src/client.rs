@@ -325,6 +325,10 @@ struct State {
     token: Option<String>,
     /// Incremented whenever `token` is set.
     token_version: u64,
+    /// Incremented whenever the application changes the sign-in state (`set_auth`,
+    /// `set_token_refresher`): a token refresher's answer to a request made before is
+    /// discarded, so that a refresh under way cannot undo a sign-out.
+    auth_epoch: u64,
     /// `set_auth` stored `token` and no connection has signed in with it yet: the next
     /// handshake uses it rather than asking the refresher.
     token_unsent: bool,
@@ -377,6 +381,28 @@ enum Lapse {
     Renewed,
 }
 
+/// What became of a token `Inner::sign_in` was given.
+enum SignIn {
+    /// The server verified it: the subject (`None`: anonymous).
+    Verified(Option<String>),
+    /// A refresher's answer, dropped unused: the application changed the sign-in state while
+    /// the refresher was asked.
+    Discarded,
+}
+
+impl SignIn {
+    /// The subject, or for a discarded token the `UNAUTHORIZED` saying so.
+    fn subject(self) -> Result<Option<String>, ClientError> {
+        match self {
+            SignIn::Verified(subject) => Ok(subject),
+            SignIn::Discarded => Err(unauthorized(
+                "the sign-in state changed while the token refresher was asked; its token was discarded"
+                    .into(),
+            )),
+        }
+    }
+}
+
 impl State {
     /// After a transition parked subscriptions that failed for a lapsed token, an `AuthOk`,
     /// an expiry notice, or a change of the refresher or of the token keeper's hopes:
@@ -405,6 +431,20 @@ impl State {
             }
         }
         Vec::new()
+    }
+
+    /// The token refresher, if any, with the `auth_epoch` a request made now is asked at.
+    fn refresher_now(&self) -> Option<(TokenRefresher, u64)> {
+        self.refresher
+            .clone()
+            .map(|refresher| (refresher, self.auth_epoch))
+    }
+
+    /// Keeps `token` for reconnects; the caller wakes the token keeper (`Inner::auth_wake`) to
+    /// reschedule.
+    fn keep_token(&mut self, token: Option<String>) {
+        self.token = token;
+        self.token_version += 1;
     }
 
     fn note_ts(&mut self, ts: u64) {
@@ -443,6 +483,7 @@ impl Client {
             state: Mutex::new(State {
                 token: options.token.clone(),
                 token_version: 0,
+                auth_epoch: 0,
                 token_unsent: false,
                 expiry_notice: false,
                 lapse: Lapse::None,
@@ -624,18 +665,23 @@ impl Client {
     /// `None` lets it connect anonymously. A token over the protocol's limit is refused
     /// before it is sent or kept (`VALIDATION_ERROR`, `data.path` `"token"`), and the
     /// identity stays as it was. A rejected token leaves the live connection anonymous and
-    /// returns the `UNAUTHORIZED` error; a connection made later with it is refused.
+    /// returns the `UNAUTHORIZED` error; a connection made later with it is refused. A token
+    /// refresh under way when this is called (the token keeper's, a reconnect's, a call's or
+    /// `refresh_auth`'s) is void: its token is discarded, so it cannot undo a sign-out.
     pub async fn set_auth(&self, token: Option<String>) -> Result<Option<String>, ClientError> {
-        self.inner.set_auth(token).await
+        self.inner.sign_in(token, None).await?.subject()
     }
 
     /// Replaces (or with `None` removes) the token refresher. To sign out for good, remove the
     /// refresher and then `set_auth(None)`. Without a refresher, subscriptions waiting for a
-    /// fresh token after theirs lapsed end with the `UNAUTHORIZED`.
+    /// fresh token after theirs lapsed end with the `UNAUTHORIZED`. A refresh under way is
+    /// void, as after `set_auth`: the old refresher's answer is discarded.
     pub fn set_token_refresher(&self, refresher: Option<TokenRefresher>) {
         let wakers = {
             let mut st = self.inner.state.lock();
             st.refresher = refresher;
+            // A refresh asked of the previous refresher is void.
+            st.auth_epoch += 1;
             st.settle_parked()
         };
         for w in wakers {
@@ -644,7 +690,9 @@ impl Client {
         self.inner.auth_wake.notify_one();
     }
 
-    /// Asks the token refresher for a new token and authenticates with it.
+    /// Asks the token refresher for a new token and authenticates with it. If the application
+    /// changes the sign-in state (`set_auth`, `set_token_refresher`) while the refresher is
+    /// asked, its token is discarded and this fails with `UNAUTHORIZED`.
     pub async fn refresh_auth(&self) -> Result<Option<String>, ClientError> {
         self.inner.refresh_auth().await
     }
@@ -806,31 +854,8 @@ impl Inner {
     /// was no connection, else fresh from the refresher if any, else the one held. A token the
     /// server rejects fails the attempt (`UNAUTHORIZED`).
     async fn establish(&self) -> Result<Established, ClientError> {
-        let (stored, unsent, refresher, last_seen_ts) = {
-            let st = self.state.lock();
-            let unsent = st.token_unsent.then_some(st.token_version);
-            (
-                st.token.clone(),
-                unsent,
-                st.refresher.clone(),
-                st.last_seen_ts,
-            )
-        };
-        let token = match refresher {
-            Some(refresh) if unsent.is_none() => {
-                match ask_refresher(&refresh, self.opts.token_refresh_timeout).await {
-                    Ok(fresh) => {
-                        self.store_token(Some(fresh.clone()));
-                        Some(fresh)
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no fresh token; connecting with the one held");
-                        stored
-                    }
-                }
-            }
-            _ => stored,
-        };
+        let (token, unsent) = self.handshake_token().await;
+        let last_seen_ts = self.state.lock().last_seen_ts;
         let result = connection::handshake(HandshakeParams {
             endpoint: &self.endpoint,
             config: &self.quic_config,
@@ -854,6 +879,44 @@ impl Inner {
             }
         }
         result
+    }
+
+    /// The token a handshake signs in with, and the `token_version` of one `set_auth` stored
+    /// unsent: that one, else fresh from the refresher if any, else the one held. The
+    /// refresher's answer counts only if the application left the sign-in state alone while
+    /// it was asked; otherwise (a sign-out, say) it is discarded and the choice made afresh.
+    async fn handshake_token(&self) -> (Option<String>, Option<u64>) {
+        loop {
+            let (refresh, asked_at) = {
+                let st = self.state.lock();
+                match st.refresher_now() {
+                    Some(refresher) if !st.token_unsent => refresher,
+                    _ => {
+                        return (
+                            st.token.clone(),
+                            st.token_unsent.then_some(st.token_version),
+                        )
+                    }
+                }
+            };
+            let answer = ask_refresher(&refresh, self.opts.token_refresh_timeout).await;
+            let mut st = self.state.lock();
+            if st.auth_epoch != asked_at {
+                continue;
+            }
+            match answer {
+                Ok(fresh) => {
+                    st.keep_token(Some(fresh.clone()));
+                    drop(st);
+                    self.auth_wake.notify_one();
+                    return (Some(fresh), None);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no fresh token; connecting with the one held");
+                    return (st.token.clone(), None);
+                }
+            }
+        }
     }
 
     /// Makes `est` the current connection: every live subscription is sent again, and the
@@ -1108,49 +1171,55 @@ impl Inner {
         self.frame_limit_of(&self.state.lock())
     }
 
-    /// Keeps `token` for reconnects and lets the token keeper reschedule.
-    fn store_token(&self, token: Option<String>) {
-        {
-            let mut st = self.state.lock();
-            st.token = token;
-            st.token_version += 1;
-        }
-        self.auth_wake.notify_one();
-    }
-
     fn has_refresher(&self) -> bool {
         self.state.lock().refresher.is_some()
     }
 
     async fn refresh_auth(self: &Arc<Self>) -> Result<Option<String>, ClientError> {
-        let refresher = self.state.lock().refresher.clone();
-        let Some(refresh) = refresher else {
+        let refresher = self.state.lock().refresher_now();
+        let Some((refresh, asked_at)) = refresher else {
             return Err(unauthorized("no token refresher is configured".into()));
         };
         let token = ask_refresher(&refresh, self.opts.token_refresh_timeout).await?;
-        self.set_auth(Some(token)).await
+        self.sign_in(Some(token), Some(asked_at)).await?.subject()
     }
 
-    async fn set_auth(
+    /// Authenticates with `token` on the live connection (without one, the next connection
+    /// signs in with it) and keeps it for reconnects. `asked_at`: the token is a refresher's
+    /// answer to a request made at that `auth_epoch`, taken only if the application has not
+    /// changed the sign-in state since (else `SignIn::Discarded`); `None`: the application's
+    /// own, which voids every refresher's answer still to come.
+    async fn sign_in(
         self: &Arc<Self>,
         token: Option<String>,
-    ) -> Result<Option<String>, ClientError> {
+        asked_at: Option<u64>,
+    ) -> Result<SignIn, ClientError> {
         // A token the server would refuse fatally, or that does not fit in a frame, is neither
         // sent nor kept for reconnects.
         let authenticate = ClientMessage::Authenticate {
             token: token.clone(),
         };
         encode_checked(&authenticate, self.frame_limit())?;
+        if asked_at.is_none() {
+            self.state.lock().auth_epoch += 1;
+        }
         let _serial = self.auth_lock.lock().await;
-        self.store_token(token);
-        // Until a connection takes it, the next handshake signs in with it.
-        self.state.lock().token_unsent = true;
+        {
+            let mut st = self.state.lock();
+            if asked_at.is_some_and(|epoch| epoch != st.auth_epoch) {
+                return Ok(SignIn::Discarded);
+            }
+            st.keep_token(token);
+            // Until a connection takes it, the next handshake signs in with it.
+            st.token_unsent = true;
+        }
+        self.auth_wake.notify_one();
         let session = self.wait_session(0).await?;
         let answer = {
             let mut st = self.state.lock();
             if st.session.as_ref().map(|s| s.gen) != Some(session.gen) {
                 // Reconnected meanwhile: that handshake already used the new token.
-                return Ok(st.subject.clone());
+                return Ok(SignIn::Verified(st.subject.clone()));
             }
             let (tx, rx) = oneshot::channel();
             st.auth_waiters.push_back(tx);
@@ -1180,7 +1249,7 @@ impl Inner {
                 Err(_) => st.subject = None,
             }
         }
-        result
+        result.map(SignIn::Verified)
     }
 
     async fn ping(&self) -> Result<Duration, ClientError> {
@@ -1624,9 +1693,9 @@ async fn keep_token_fresh(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>
         let (refresher, notice) = {
             let mut st = inner.state.lock();
             let notice = std::mem::take(&mut st.expiry_notice);
-            (st.refresher.clone(), notice)
+            (st.refresher_now(), notice)
         };
-        let Some(refresher) = refresher else {
+        let Some((refresher, asked_at)) = refresher else {
             continue;
         };
         if notice {
@@ -1635,7 +1704,7 @@ async fn keep_token_fresh(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>
             failures = 0;
         }
         last_refresh = Some(Instant::now());
-        match refresh_token(&inner, &refresher).await {
+        match refresh_token(&inner, &refresher, asked_at).await {
             Ok(()) => {
                 failures = 0;
                 retry_at = None;
@@ -1663,12 +1732,20 @@ async fn keep_token_fresh(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>
     }
 }
 
-/// Asks `refresher` for a token and authenticates with it.
-async fn refresh_token(inner: &Arc<Inner>, refresher: &TokenRefresher) -> Result<(), ClientError> {
+/// Asks `refresher` for a token, at `auth_epoch` `asked_at`, and authenticates with it unless
+/// the application changed the sign-in state meanwhile (then nothing failed: the token is
+/// dropped, and the keeper, woken by the change, reschedules).
+async fn refresh_token(
+    inner: &Arc<Inner>,
+    refresher: &TokenRefresher,
+    asked_at: u64,
+) -> Result<(), ClientError> {
     let token = ask_refresher(refresher, inner.opts.token_refresh_timeout).await?;
     let now = unix_now();
     let due = token_times(&token).is_some_and(|times| refresh_time(&times, now) <= now);
-    inner.set_auth(Some(token)).await?;
+    if let SignIn::Discarded = inner.sign_in(Some(token), Some(asked_at)).await? {
+        return Ok(());
+    }
     if due {
         // Accepted, but asking again at once would spin: count it as a failure.
         return Err(unauthorized(

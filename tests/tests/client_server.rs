@@ -16,6 +16,7 @@ use query_engine::obj;
 use query_engine::value::Value;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
 
 /// Guards against a hung test; never reached when things work.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -963,6 +964,147 @@ async fn a_hanging_token_refresher_does_not_stall_reconnecting() {
     let who: String = client.query("me:whoami", &json!({})).await.unwrap();
     assert_eq!(who, "user_4");
     assert_eq!(client.connection_count(), 2);
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// Where a token refresher made by `answered_by_test` sends each request: the sender of its
+/// answer.
+type Asks = mpsc::UnboundedReceiver<oneshot::Sender<Option<String>>>;
+
+/// A token refresher each of whose answers the test gives, whenever it likes.
+fn answered_by_test() -> (TokenRefresher, Asks) {
+    let (tx, asks) = mpsc::unbounded_channel();
+    let refresher: TokenRefresher = Arc::new(move || {
+        let (answer, token) = oneshot::channel();
+        let _ = tx.send(answer);
+        Box::pin(async move { token.await.ok().flatten() })
+    });
+    (refresher, asks)
+}
+
+/// The next request to the refresher.
+async fn next_ask(asks: &mut Asks) -> oneshot::Sender<Option<String>> {
+    tokio::time::timeout(PATIENCE, asks.recv())
+        .await
+        .expect("the refresher was not asked in time")
+        .expect("the refresher is gone")
+}
+
+/// A client with `refresher`, whose first request (the connect's) is answered with `token`.
+async fn connect_answering(
+    server: &linkedup_server::RunningServer,
+    refresher: TokenRefresher,
+    asks: &mut Asks,
+    token: String,
+) -> Client {
+    let addr = common::addr(server);
+    let options = common::options(server).with_token_refresher(refresher);
+    let connecting = tokio::spawn(async move { Client::connect(&addr, options).await });
+    next_ask(asks).await.send(Some(token)).unwrap();
+    connecting.await.unwrap().unwrap()
+}
+
+/// Once signed out, the client stays so: the subject does not come back while a refresh that
+/// was under way could still act, and the next connection signs in with no token either.
+async fn stays_signed_out(client: &Client) {
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(client.subject(), None, "signed in again");
+    }
+    let connections = client.connection_count();
+    client.force_reconnect();
+    client.ping().await.unwrap();
+    assert_eq!(client.connection_count(), connections + 1);
+    assert_eq!(client.subject(), None, "signed in again on reconnect");
+}
+
+/// A sign-out (refresher removed, then `set_auth(None)`) while the token keeper waits for the
+/// refresher: its late answer is discarded, neither sent nor kept for reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_out_during_the_keepers_token_refresh_is_not_undone_by_it() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let issuer = server.dev_issuer().unwrap().clone();
+    // Short-lived, so that the keeper asks for the next a second or two after the connect.
+    let mint = move || {
+        issuer.mint(DevClaims {
+            ttl: Duration::from_secs(2),
+            ..DevClaims::new("user_8")
+        })
+    };
+    let (refresher, mut asks) = answered_by_test();
+    let client = connect_answering(&server, refresher, &mut asks, mint()).await;
+    assert_eq!(client.subject().as_deref(), Some("user_8"));
+    let keepers = next_ask(&mut asks).await;
+    client.set_token_refresher(None);
+    assert_eq!(client.set_auth(None).await.unwrap(), None);
+    keepers.send(Some(mint())).unwrap();
+    stays_signed_out(&client).await;
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// The same for `refresh_auth`: a sign-out while it waits for the refresher discards the
+/// answer, and `refresh_auth` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_out_during_refresh_auth_is_not_undone_by_it() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let issuer = server.dev_issuer().unwrap().clone();
+    let (refresher, mut asks) = answered_by_test();
+    let first = issuer.mint(DevClaims::new("user_8"));
+    let client = connect_answering(&server, refresher, &mut asks, first).await;
+    let refreshing = tokio::spawn({
+        let client = client.clone();
+        async move { client.refresh_auth().await }
+    });
+    let pending = next_ask(&mut asks).await;
+    client.set_token_refresher(None);
+    assert_eq!(client.set_auth(None).await.unwrap(), None);
+    pending
+        .send(Some(issuer.mint(DevClaims::new("user_8"))))
+        .unwrap();
+    let refreshed = refreshing.await.unwrap();
+    assert!(
+        refreshed.as_ref().is_err_and(ClientError::is_unauthorized),
+        "{refreshed:?}"
+    );
+    stays_signed_out(&client).await;
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// A sign-out while a reconnect waits for the refresher: the reconnect signs in with no token
+/// (the sign-out's), not with the refresher's late answer, and does not keep that answer for
+/// the reconnects after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_out_during_a_reconnects_token_refresh_is_not_undone_by_it() {
+    let dir = common::data_dir();
+    let server = common::start(dir.path(), None).await;
+    let issuer = server.dev_issuer().unwrap().clone();
+    let (refresher, mut asks) = answered_by_test();
+    let first = issuer.mint(DevClaims::new("user_8"));
+    let client = connect_answering(&server, refresher, &mut asks, first).await;
+    client.force_reconnect();
+    let reconnects = next_ask(&mut asks).await;
+    client.set_token_refresher(None);
+    let signing_out = tokio::spawn({
+        let client = client.clone();
+        async move { client.set_auth(None).await }
+    });
+    // The sign-out keeps its token at once, then waits for the connection.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    reconnects
+        .send(Some(issuer.mint(DevClaims::new("user_8"))))
+        .unwrap();
+    let signed_out = tokio::time::timeout(PATIENCE, signing_out)
+        .await
+        .expect("set_auth did not return in time")
+        .unwrap();
+    assert_eq!(signed_out.unwrap(), None);
+    assert_eq!(client.subject(), None);
+    stays_signed_out(&client).await;
     client.close().await;
     server.shutdown().await;
 }
