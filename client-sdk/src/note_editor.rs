@@ -1,6 +1,7 @@
 //! Client half of collaborative note editing: the ot.js client state machine (Synchronized,
-//! AwaitingConfirm, AwaitingWithBuffer) over `linkedup_schema::ot`. Transport-agnostic: the
-//! caller feeds it local edits and server messages and sends what it returns.
+//! AwaitingConfirm, AwaitingWithBuffer) over `linkedup_schema::ot`, within the server's limits
+//! on edits. Transport-agnostic: the caller feeds it local edits and server messages and sends
+//! what it returns.
 //!
 //! Server contract this is built for: the server receives `(base_version, op)`, transforms `op`
 //! past every op committed after `base_version` in sequence order with
@@ -8,8 +9,24 @@
 //! with an ack carrying the new version; every other client gets the committed op, in order.
 //! The client mirrors that tie-break: a remote op was committed before our in-flight op, so
 //! the client calls `transform(remote, outstanding)` and the remote insert stays left.
+//!
+//! The server refuses an op over its per-op limits (`OpLimits::DEFAULT`) and one that would
+//! take the note past `MAX_NOTE_CHARS`, and such a refusal could only be met by reloading the
+//! note, dropping the edits not yet confirmed. So an edit that alone breaks those limits is
+//! refused here, and the edits made while an op awaits its ack are buffered not in one op, as
+//! in ot.js, but in a bounded queue of ops each within the per-op limits, sent one after
+//! another.
 
-use linkedup_schema::ot::{OtError, TextOperation};
+use std::collections::VecDeque;
+
+use linkedup_schema::api::notes::MAX_NOTE_CHARS;
+use linkedup_schema::ot::{OpLimits, OtError, TextOperation};
+
+/// Most ops of local edits an editor holds behind the one in flight. Each is within the
+/// server's per-op limits (edits compose into the last one while it stays within them), so
+/// this bounds the memory of edits awaiting the server; past it `apply_local` refuses edits
+/// until the server confirms some.
+pub const MAX_BUFFERED_OPS: usize = 16;
 
 /// An operation to send to the server now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,19 +52,52 @@ pub enum EditorError {
     UnexpectedAck,
 }
 
+/// Why [`NoteEditor::apply_local`] refused an edit; nothing changed, the text included.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditRefused {
+    /// The edit does not fit the text, or alone breaks a per-op limit of the server
+    /// (`OtError::TooManyComponents`, `OtError::InsertTooLong`): make it in smaller edits.
+    #[error(transparent)]
+    Ot(#[from] OtError),
+    /// The note would have more chars than the server keeps.
+    #[error("the note would have {chars} chars, the limit is {max}")]
+    NoteTooLong { chars: u64, max: u64 },
+    /// `MAX_BUFFERED_OPS` ops of edits already wait behind the one in flight.
+    #[error("{max} operations of edits already wait for the server; edit again once it has confirmed some")]
+    TooManyPending { max: usize },
+}
+
+/// What an editor keeps its edits within.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Per op, as the server checks every op it receives.
+    op: OpLimits,
+    /// Chars of the note.
+    note_chars: u64,
+    /// Ops buffered behind the one in flight.
+    buffered_ops: usize,
+}
+
+impl Limits {
+    /// The server's (`notes.applyOperation`), and `MAX_BUFFERED_OPS`.
+    const SERVER: Limits = Limits {
+        op: OpLimits::DEFAULT,
+        note_chars: MAX_NOTE_CHARS,
+        buffered_ops: MAX_BUFFERED_OPS,
+    };
+}
+
 #[derive(Clone, Debug)]
 enum State {
     Synchronized,
-    /// One op sent, not yet acknowledged; kept transformed to the current version.
-    AwaitingConfirm {
+    /// One op sent, not yet acknowledged, kept transformed to the current version; and the
+    /// local edits made since, to send one after another once it is, each op applying after
+    /// the one before it (ot.js's AwaitingConfirm with an empty `buffer`, AwaitingWithBuffer
+    /// otherwise, its one buffer cut into ops within the per-op limits).
+    Awaiting {
         outstanding: TextOperation,
         outstanding_seq: u64,
-    },
-    /// As above, plus local edits made since, composed into one op sent after the ack.
-    AwaitingWithBuffer {
-        outstanding: TextOperation,
-        outstanding_seq: u64,
-        buffer: TextOperation,
+        buffer: VecDeque<TextOperation>,
     },
 }
 
@@ -60,6 +110,7 @@ pub struct NoteEditor {
     version: u64,
     state: State,
     next_client_seq: u64,
+    limits: Limits,
 }
 
 impl NoteEditor {
@@ -70,6 +121,7 @@ impl NoteEditor {
             version,
             state: State::Synchronized,
             next_client_seq: 1,
+            limits: Limits::SERVER,
         }
     }
 
@@ -93,11 +145,7 @@ impl NoteEditor {
     pub fn in_flight(&self) -> Option<OutgoingOp> {
         match &self.state {
             State::Synchronized => None,
-            State::AwaitingConfirm {
-                outstanding,
-                outstanding_seq,
-            }
-            | State::AwaitingWithBuffer {
+            State::Awaiting {
                 outstanding,
                 outstanding_seq,
                 ..
@@ -111,57 +159,36 @@ impl NoteEditor {
 
     /// Applies a local edit (built against [`text`](Self::text)). Returns the op to send now,
     /// or `None` if an op is already in flight (the edit waits in the buffer) or it is a no-op.
-    pub fn apply_local(&mut self, op: TextOperation) -> Result<Option<OutgoingOp>, OtError> {
+    /// Refused, changing nothing: an edit that does not fit the text or alone breaks the
+    /// server's per-op limits (`OpLimits::DEFAULT`), one that would lengthen the note past
+    /// `MAX_NOTE_CHARS`, and one that needs an op of its own in the buffer when
+    /// `MAX_BUFFERED_OPS` already wait there.
+    pub fn apply_local(&mut self, op: TextOperation) -> Result<Option<OutgoingOp>, EditRefused> {
+        op.check_limits(&self.limits.op)?;
         let text = op.apply(&self.text)?;
         if op.is_noop() {
             return Ok(None);
         }
-        let (state, outgoing) = match std::mem::replace(&mut self.state, State::Synchronized) {
-            State::Synchronized => {
-                let outgoing = self.outgoing(op.clone());
-                let state = State::AwaitingConfirm {
-                    outstanding: op,
-                    outstanding_seq: outgoing.client_seq,
-                };
-                (state, Some(outgoing))
-            }
-            State::AwaitingConfirm {
-                outstanding,
-                outstanding_seq,
-            } => (
-                State::AwaitingWithBuffer {
-                    outstanding,
-                    outstanding_seq,
-                    buffer: op,
-                },
-                None,
-            ),
-            State::AwaitingWithBuffer {
-                outstanding,
-                outstanding_seq,
-                buffer,
-            } => match buffer.compose(&op) {
-                Ok(buffer) => (
-                    State::AwaitingWithBuffer {
-                        outstanding,
-                        outstanding_seq,
-                        buffer,
-                    },
-                    None,
-                ),
-                Err(e) => {
-                    // Unreachable while the invariant holds (buffer ends at `text`); keep state.
-                    self.state = State::AwaitingWithBuffer {
-                        outstanding,
-                        outstanding_seq,
-                        buffer,
-                    };
-                    return Err(e);
-                }
-            },
+        let chars = op.target_len();
+        if chars > self.limits.note_chars && chars > op.base_len() {
+            return Err(EditRefused::NoteTooLong {
+                chars,
+                max: self.limits.note_chars,
+            });
+        }
+        let outgoing = if let State::Awaiting { buffer, .. } = &mut self.state {
+            buffer_edit(buffer, op, &self.limits)?;
+            None
+        } else {
+            let outgoing = self.outgoing(op);
+            self.state = State::Awaiting {
+                outstanding: outgoing.op.clone(),
+                outstanding_seq: outgoing.client_seq,
+                buffer: VecDeque::new(),
+            };
+            Some(outgoing)
         };
         self.text = text;
-        self.state = state;
         Ok(outgoing)
     }
 
@@ -169,22 +196,23 @@ impl NoteEditor {
     /// send next, if any.
     pub fn server_ack(&mut self, new_version: u64) -> Result<Option<OutgoingOp>, EditorError> {
         self.check_next_version(new_version)?;
-        let (state, outgoing) = match std::mem::replace(&mut self.state, State::Synchronized) {
-            State::Synchronized => return Err(EditorError::UnexpectedAck),
-            State::AwaitingConfirm { .. } => (State::Synchronized, None),
-            State::AwaitingWithBuffer { buffer, .. } => {
-                self.version = new_version;
-                let outgoing = self.outgoing(buffer.clone());
-                let state = State::AwaitingConfirm {
-                    outstanding: buffer,
-                    outstanding_seq: outgoing.client_seq,
-                };
-                (state, Some(outgoing))
-            }
+        let State::Awaiting { buffer, .. } = &mut self.state else {
+            return Err(EditorError::UnexpectedAck);
         };
+        let next = take_next(buffer, &self.limits.op)?;
+        let buffer = std::mem::take(buffer);
         self.version = new_version;
-        self.state = state;
-        Ok(outgoing)
+        let Some(op) = next else {
+            self.state = State::Synchronized;
+            return Ok(None);
+        };
+        let outgoing = self.outgoing(op);
+        self.state = State::Awaiting {
+            outstanding: outgoing.op.clone(),
+            outstanding_seq: outgoing.client_seq,
+            buffer,
+        };
+        Ok(Some(outgoing))
     }
 
     /// Another client's op, committed by the server as `new_version`. On error nothing changes.
@@ -193,28 +221,23 @@ impl NoteEditor {
         // Compute everything before mutating so a bad op leaves the editor intact.
         let (remote, state) = match &self.state {
             State::Synchronized => (op, State::Synchronized),
-            State::AwaitingConfirm {
-                outstanding,
-                outstanding_seq,
-            } => {
-                let (remote, outstanding) = TextOperation::transform(&op, outstanding)?;
-                let state = State::AwaitingConfirm {
-                    outstanding,
-                    outstanding_seq: *outstanding_seq,
-                };
-                (remote, state)
-            }
-            State::AwaitingWithBuffer {
+            State::Awaiting {
                 outstanding,
                 outstanding_seq,
                 buffer,
             } => {
-                let (remote, outstanding) = TextOperation::transform(&op, outstanding)?;
-                let (remote, buffer) = TextOperation::transform(&remote, buffer)?;
-                let state = State::AwaitingWithBuffer {
+                let (mut remote, outstanding) = TextOperation::transform(&op, outstanding)?;
+                // Past each buffered op in turn, as each applies after the one before.
+                let mut transformed = VecDeque::with_capacity(buffer.len());
+                for buffered in buffer {
+                    let (past, buffered) = TextOperation::transform(&remote, buffered)?;
+                    remote = past;
+                    transformed.push_back(buffered);
+                }
+                let state = State::Awaiting {
                     outstanding,
                     outstanding_seq: *outstanding_seq,
-                    buffer,
+                    buffer: transformed,
                 };
                 (remote, state)
             }
@@ -260,6 +283,50 @@ impl NoteEditor {
     }
 }
 
+/// Buffers a local edit behind the op in flight: composed into the last buffered op while that
+/// stays within the per-op limits, else as an op of its own, if fewer than
+/// `limits.buffered_ops` wait. On error `buffer` is as it was.
+fn buffer_edit(
+    buffer: &mut VecDeque<TextOperation>,
+    op: TextOperation,
+    limits: &Limits,
+) -> Result<(), EditRefused> {
+    if let Some(last) = buffer.back_mut() {
+        let composed = last.compose(&op)?;
+        if composed.check_limits(&limits.op).is_ok() {
+            *last = composed;
+            return Ok(());
+        }
+    }
+    if buffer.len() >= limits.buffered_ops {
+        return Err(EditRefused::TooManyPending {
+            max: limits.buffered_ops,
+        });
+    }
+    buffer.push_back(op);
+    Ok(())
+}
+
+/// Takes the next op to send off the front of `buffer`: the first buffered op, or, when
+/// transforms past remote ops grew it over the per-op component limit, its first components
+/// (the rest stays first in line; transforms add no inserted text). On error `buffer` is as it
+/// was.
+fn take_next(
+    buffer: &mut VecDeque<TextOperation>,
+    limits: &OpLimits,
+) -> Result<Option<TextOperation>, OtError> {
+    let Some(first) = buffer.front_mut() else {
+        return Ok(None);
+    };
+    if first.components().len() <= limits.max_components {
+        return Ok(buffer.pop_front());
+    }
+    // One component less: `split_at` adds a retain of the rest.
+    let (head, rest) = first.split_at(limits.max_components.saturating_sub(1))?;
+    *first = rest;
+    Ok(Some(head))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,11 +367,13 @@ mod tests {
     }
 
     /// The server contract from the module docs, with an optional history window: an op based
-    /// on a version older than the window is answered with a resync.
+    /// on a version older than the window is answered with a resync. Every op it receives must
+    /// be within `limits`, as the real server's are.
     struct SimServer {
         text: String,
         history: Vec<TextOperation>,
         window: Option<usize>,
+        limits: OpLimits,
     }
 
     impl SimServer {
@@ -316,6 +385,9 @@ mod tests {
         fn receive(&mut self, msg: OutgoingOp) -> (ToClient, Option<TextOperation>) {
             let base = msg.base_version as usize;
             assert!(base <= self.history.len(), "client ahead of server");
+            if let Err(e) = msg.op.check_limits(&self.limits) {
+                panic!("the server refuses {:?}: {e}", msg.op);
+            }
             if self.window.is_some_and(|w| self.history.len() - base > w) {
                 return (ToClient::Resync(self.text.clone(), self.version()), None);
             }
@@ -368,18 +440,44 @@ mod tests {
         }
     }
 
+    /// An editor within `limits` rather than the server's.
+    fn limited(text: &str, version: u64, limits: Limits) -> NoteEditor {
+        NoteEditor {
+            limits,
+            ..NoteEditor::new(text.into(), version)
+        }
+    }
+
+    /// Limits small enough that random edits meet every one of them: edits refused, buffers
+    /// cut into several ops, and buffered ops grown past the component limit by transforms.
+    const TIGHT: Limits = Limits {
+        op: OpLimits {
+            max_components: 4,
+            max_insert_chars: 6,
+        },
+        note_chars: 40,
+        buffered_ops: 3,
+    };
+
     /// Random edits and deliveries, then drain every queue; returns the number of commits.
-    fn simulate(seed: u64, n_clients: usize, steps: usize, window: Option<usize>) -> u64 {
+    fn simulate(
+        seed: u64,
+        n_clients: usize,
+        steps: usize,
+        window: Option<usize>,
+        limits: Limits,
+    ) -> u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let initial = random_text(&mut rng, 12);
         let mut server = SimServer {
             text: initial.clone(),
             history: Vec::new(),
             window,
+            limits: limits.op,
         };
         let mut clients: Vec<SimClient> = (0..n_clients)
             .map(|_| SimClient {
-                editor: NoteEditor::new(initial.clone(), 0),
+                editor: limited(&initial, 0, limits),
                 to_server: VecDeque::new(),
                 from_server: VecDeque::new(),
             })
@@ -392,8 +490,15 @@ mod tests {
                 0..=3 => {
                     let editor = &mut clients[i].editor;
                     let op = random_op(&mut rng, editor.text().chars().count() as u64);
-                    if let Some(out) = editor.apply_local(op).unwrap() {
-                        clients[i].to_server.push_back(out);
+                    let before = editor.clone();
+                    match editor.apply_local(op) {
+                        Ok(Some(out)) => clients[i].to_server.push_back(out),
+                        Ok(None) => {}
+                        // Refused (only under tight limits): nothing changed.
+                        Err(_) => {
+                            assert_eq!(editor.text(), before.text());
+                            assert_eq!(editor.in_flight(), before.in_flight());
+                        }
                     }
                 }
                 4..=6 => deliver_to_server(&mut server, &mut clients, i),
@@ -465,7 +570,7 @@ mod tests {
             n_clients in 3usize..=5,
             steps in 10usize..200,
         ) {
-            simulate(seed, n_clients, steps, None);
+            simulate(seed, n_clients, steps, None, Limits::SERVER);
         }
 
         #[test]
@@ -475,13 +580,26 @@ mod tests {
             steps in 10usize..200,
             window in 0usize..4,
         ) {
-            simulate(seed, n_clients, steps, Some(window));
+            simulate(seed, n_clients, steps, Some(window), Limits::SERVER);
+        }
+
+        /// Under limits that random edits keep meeting, every op sent is within them and the
+        /// editors still converge: buffered edits go out as several ops, one after another.
+        #[test]
+        fn note_editors_converge_within_tight_limits(
+            seed in any::<u64>(),
+            n_clients in 3usize..=5,
+            steps in 10usize..200,
+        ) {
+            simulate(seed, n_clients, steps, None, TIGHT);
         }
     }
 
     #[test]
     fn note_editor_simulation_commits_ops() {
-        let commits: u64 = (0..20).map(|seed| simulate(seed, 4, 150, None)).sum();
+        let commits: u64 = (0..20)
+            .map(|seed| simulate(seed, 4, 150, None, Limits::SERVER))
+            .sum();
         assert!(commits > 100, "simulation barely exercised the server");
     }
 
@@ -501,6 +619,7 @@ mod tests {
             text: "x".into(),
             history: Vec::new(),
             window: None,
+            limits: OpLimits::DEFAULT,
         };
         let (_, a_committed) = server.receive(a);
         let (_, b_committed) = server.receive(b);
@@ -536,6 +655,213 @@ mod tests {
         assert_eq!(next.op, TextOperation::new().retain(3).insert("23"));
         assert_eq!(ed.server_ack(9).unwrap(), None);
         assert!(!ed.has_pending());
+    }
+
+    /// Sends what `editor` has to send to `server`, acknowledging each, until it has nothing
+    /// left; returns the ops sent. `first` is the op already returned by `apply_local`.
+    fn drain(
+        editor: &mut NoteEditor,
+        server: &mut SimServer,
+        first: OutgoingOp,
+    ) -> Vec<TextOperation> {
+        let mut sent = Vec::new();
+        let mut next = Some(first);
+        while let Some(out) = next {
+            sent.push(out.op.clone());
+            let (ToClient::Ack(v), _) = server.receive(out) else {
+                panic!("the server did not commit the op");
+            };
+            next = editor.server_ack(v).unwrap();
+        }
+        assert!(!editor.has_pending());
+        assert_eq!(editor.text(), server.text);
+        sent
+    }
+
+    /// An edit the server would refuse — over the per-op limits, or lengthening the note past
+    /// its maximum — is refused with the editor unchanged; shortening an over-long note is not.
+    #[test]
+    fn edits_the_server_would_refuse_are_refused_and_change_nothing() {
+        let text = "x".repeat(2_000);
+        let mut ed = NoteEditor::new(text.clone(), 3);
+        // A "replace all" by a character-wise diff: 3,000 components.
+        let mut replace_all = TextOperation::new();
+        for i in 0..2_000 {
+            replace_all = if i % 2 == 0 {
+                replace_all.retain(1)
+            } else {
+                replace_all.delete(1).insert("y")
+            };
+        }
+        assert!(matches!(
+            ed.apply_local(replace_all),
+            Err(EditRefused::Ot(OtError::TooManyComponents { .. }))
+        ));
+        let paste = "p".repeat(OpLimits::DEFAULT.max_insert_chars as usize + 1);
+        assert!(matches!(
+            ed.apply_local(TextOperation::new().insert(&paste).retain(2_000)),
+            Err(EditRefused::Ot(OtError::InsertTooLong { .. }))
+        ));
+        assert_eq!(
+            (ed.text(), ed.version(), ed.has_pending()),
+            (text.as_str(), 3, false)
+        );
+
+        let room = 5;
+        let near_full = "n".repeat((MAX_NOTE_CHARS - room) as usize);
+        let mut ed = NoteEditor::new(near_full.clone(), 1);
+        let end = MAX_NOTE_CHARS - room;
+        assert_eq!(
+            ed.apply_local(
+                TextOperation::new()
+                    .retain(end)
+                    .insert(&"+".repeat(room as usize + 1))
+            ),
+            Err(EditRefused::NoteTooLong {
+                chars: MAX_NOTE_CHARS + 1,
+                max: MAX_NOTE_CHARS
+            })
+        );
+        assert_eq!((ed.text(), ed.has_pending()), (near_full.as_str(), false));
+        assert!(ed
+            .apply_local(
+                TextOperation::new()
+                    .retain(end)
+                    .insert(&"+".repeat(room as usize))
+            )
+            .unwrap()
+            .is_some());
+
+        let mut over_long = NoteEditor::new("o".repeat(MAX_NOTE_CHARS as usize + 10), 1);
+        assert!(over_long
+            .apply_local(TextOperation::new().delete(1).retain(MAX_NOTE_CHARS + 9))
+            .is_ok());
+    }
+
+    /// 501 edits at different places while the first is in flight compose into more than one
+    /// op's worth of components: they go out as several ops, each within the limits (the
+    /// simulated server checks), and all of them land.
+    #[test]
+    fn edits_beyond_one_ops_limits_are_buffered_as_several_ops() {
+        const EDITS: u64 = 501;
+        let text = "x".repeat(2_000);
+        let mut server = SimServer {
+            text: text.clone(),
+            history: Vec::new(),
+            window: None,
+            limits: OpLimits::DEFAULT,
+        };
+        let mut ed = NoteEditor::new(text, 0);
+        // Each replaces the char at 3i: three components (retain, insert, delete) apiece.
+        let replace_at = |at: u64| {
+            TextOperation::new()
+                .retain(at)
+                .delete(1)
+                .insert("a")
+                .retain(2_000 - at - 1)
+        };
+        let first = ed.apply_local(replace_at(0)).unwrap().unwrap();
+        for i in 1..EDITS {
+            assert_eq!(ed.apply_local(replace_at(3 * i)).unwrap(), None);
+        }
+        let sent = drain(&mut ed, &mut server, first);
+        assert!(
+            sent.len() >= 3,
+            "{} ops: the buffered edits fitted in one",
+            sent.len()
+        );
+        let want: String = (0..2_000)
+            .map(|i| {
+                if i % 3 == 0 && i / 3 < EDITS {
+                    'a'
+                } else {
+                    'x'
+                }
+            })
+            .collect();
+        assert_eq!(server.text, want);
+    }
+
+    /// Past `buffered_ops` ops waiting, an edit that does not compose into the last one is
+    /// refused with the editor unchanged; once the server confirms, edits are taken again.
+    #[test]
+    fn buffered_ops_are_bounded() {
+        let limits = Limits {
+            op: OpLimits {
+                max_components: 3,
+                max_insert_chars: 100,
+            },
+            note_chars: 100,
+            buffered_ops: 2,
+        };
+        let mut ed = limited("abcdefgh", 0, limits);
+        let insert_at =
+            |at: u64, len: u64| TextOperation::new().retain(at).insert("-").retain(len - at);
+        let first = ed.apply_local(insert_at(0, 8)).unwrap().unwrap();
+        // Each at another place: none composes into the op before it within 3 components.
+        assert_eq!(ed.apply_local(insert_at(3, 9)).unwrap(), None);
+        assert_eq!(ed.apply_local(insert_at(7, 10)).unwrap(), None);
+        let before = ed.text().to_string();
+        assert_eq!(
+            ed.apply_local(insert_at(11, 11)),
+            Err(EditRefused::TooManyPending { max: 2 })
+        );
+        assert_eq!(ed.text(), before);
+        let mut server = SimServer {
+            text: "abcdefgh".into(),
+            history: Vec::new(),
+            window: None,
+            limits: limits.op,
+        };
+        assert_eq!(drain(&mut ed, &mut server, first).len(), 3);
+        assert!(ed.apply_local(insert_at(11, 11)).unwrap().is_some());
+    }
+
+    /// A buffered op that transforms past remote ops grew over the component limit is sent in
+    /// pieces within it, one after another.
+    #[test]
+    fn a_buffered_op_grown_past_the_limit_is_sent_in_pieces() {
+        let limits = Limits {
+            op: OpLimits {
+                max_components: 4,
+                max_insert_chars: 100,
+            },
+            ..Limits::SERVER
+        };
+        let mut server = SimServer {
+            text: "abcdefgh".into(),
+            history: Vec::new(),
+            window: None,
+            limits: limits.op,
+        };
+        let mut ed = limited("abcdefgh", 0, limits);
+        let first = ed
+            .apply_local(TextOperation::new().retain(8).insert("!"))
+            .unwrap()
+            .unwrap();
+        // Buffered: delete "bcdefg" (3 components).
+        assert_eq!(
+            ed.apply_local(TextOperation::new().retain(1).delete(6).retain(2))
+                .unwrap(),
+            None
+        );
+        // Another editor's inserts inside that range, committed first, cut the delete in
+        // three: 7 components.
+        let remote = [
+            TextOperation::new().retain(3).insert("X").retain(5),
+            TextOperation::new().retain(6).insert("Y").retain(3),
+        ];
+        for (version, op) in (1..).zip(remote) {
+            let (_, committed) = server.receive(OutgoingOp {
+                base_version: version - 1,
+                op,
+                client_seq: version,
+            });
+            ed.apply_remote(committed.unwrap(), version).unwrap();
+        }
+        let sent = drain(&mut ed, &mut server, first);
+        assert!(sent.len() >= 3, "{sent:?}");
+        assert_eq!(server.text, "aXYh!");
     }
 
     #[test]

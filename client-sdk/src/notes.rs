@@ -14,7 +14,7 @@ use futures::StreamExt;
 use linkedup_schema::api::notes::{
     fns, op_weight, window_may_be_cut, ApplyOperationArgs, NoteOpEntry, NoteState, MAX_OPS_SINCE,
 };
-use linkedup_schema::ot::{OtError, TextOperation};
+use linkedup_schema::ot::TextOperation;
 use parking_lot::Mutex;
 use query_engine::error::codes;
 use query_engine::obj;
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::client::{new_mutation_id, CallReply, Client};
 use crate::error::ClientError;
-use crate::note_editor::{NoteEditor, OutgoingOp};
+use crate::note_editor::{EditRefused, NoteEditor, OutgoingOp};
 use crate::subscription::Subscription;
 use crate::transcripts::{backoff_delay, classify, Retry};
 
@@ -35,9 +35,10 @@ pub enum NoteSessionError {
     /// The server refused (e.g. `FORBIDDEN`), or the connection failed past every retry.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// The edit does not fit the current text (build it with `edit_with` to avoid races).
+    /// The edit was refused, the text unchanged: it does not fit the current text (build it
+    /// with `edit_with` to avoid races), or the server would refuse it (see `NoteSession::edit`).
     #[error(transparent)]
-    Ot(#[from] OtError),
+    Refused(#[from] EditRefused),
     /// A `NoteSessionConfig` field is out of range.
     #[error("invalid note session configuration: {0}")]
     Config(String),
@@ -238,12 +239,18 @@ impl NoteSession {
     }
 
     /// Applies `op`, built against [`text`](Self::text), locally and queues it for the server.
+    /// An edit the server would refuse is refused here instead (`NoteSessionError::Refused`),
+    /// leaving the text as it was: one over the per-op limits
+    /// (`linkedup_schema::ot::OpLimits::DEFAULT`: make it in smaller edits), one that would
+    /// lengthen the note past `linkedup_schema::api::notes::MAX_NOTE_CHARS`. So is one made
+    /// while `note_editor::MAX_BUFFERED_OPS` ops of edits already wait for the server (edits
+    /// that compose into the last of them are still taken).
     pub fn edit(&self, op: TextOperation) -> Result<(), NoteSessionError> {
         self.edit_with(|_| op).map(|_| ())
     }
 
     /// Builds an edit from the current text and applies it atomically, so a remote op arriving
-    /// meanwhile cannot make it stale. Returns the text after the edit.
+    /// meanwhile cannot make it stale. Returns the text after the edit. Refused as by `edit`.
     pub fn edit_with(
         &self,
         build: impl FnOnce(&str) -> TextOperation,

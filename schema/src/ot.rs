@@ -125,14 +125,30 @@ impl TextOperation {
     /// [`check_limits`](Self::check_limits) before doing work proportional to the input.
     pub fn from_components(components: Vec<Component>) -> Result<Self, OtError> {
         let mut op = Self::new();
-        for component in components {
-            match component {
-                Component::Retain(n) => op.push_retain(n)?,
-                Component::Insert(s) => op.push_insert(&s)?,
-                Component::Delete(n) => op.push_delete(n)?,
-            }
+        for component in &components {
+            op.push(component)?;
         }
         Ok(op)
+    }
+
+    /// Splits the operation in two applied one after the other (`first.compose(&second)` is
+    /// `self`): `first` takes the first `n` components and retains the rest of the document,
+    /// `second` retains what `first` produced and takes the other components. Each has at
+    /// most one component more than it took, so an operation over
+    /// [`OpLimits::max_components`] can be sent in pieces within it.
+    pub fn split_at(&self, n: usize) -> Result<(Self, Self), OtError> {
+        let (head, tail) = self.ops.split_at(n.min(self.ops.len()));
+        let mut first = Self::new();
+        for component in head {
+            first.push(component)?;
+        }
+        let mut second = Self::new();
+        second.push_retain(first.target_len)?;
+        first.push_retain(self.base_len.saturating_sub(first.base_len))?;
+        for component in tail {
+            second.push(component)?;
+        }
+        Ok((first, second))
     }
 
     /// Rejects operations larger than `limits` allow.
@@ -213,6 +229,14 @@ impl TextOperation {
     /// The normalised components.
     pub fn components(&self) -> &[Component] {
         &self.ops
+    }
+
+    fn push(&mut self, component: &Component) -> Result<(), OtError> {
+        match component {
+            Component::Retain(n) => self.push_retain(*n),
+            Component::Insert(s) => self.push_insert(s),
+            Component::Delete(n) => self.push_delete(*n),
+        }
     }
 
     fn push_retain(&mut self, n: u64) -> Result<(), OtError> {
@@ -629,6 +653,18 @@ mod tests {
             prop_assert_eq!(ab.base_len(), a.base_len());
             prop_assert_eq!(ab.target_len(), b.target_len());
             prop_assert_eq!(ab.apply(&doc).unwrap(), b.apply(&a.apply(&doc).unwrap()).unwrap());
+        }
+
+        #[test]
+        fn ot_split_pieces_compose_to_the_operation(doc in text(40), s in steps(), n in 0usize..10) {
+            let op = build(char_len(&doc), &s);
+            let (first, second) = op.split_at(n).unwrap();
+            prop_assert!(is_normalised(&first) && is_normalised(&second));
+            let taken = n.min(op.components().len());
+            prop_assert!(first.components().len() <= taken + 1);
+            prop_assert!(second.components().len() <= op.components().len() - taken + 1);
+            prop_assert_eq!(first.compose(&second).unwrap(), op.clone());
+            prop_assert_eq!(second.apply(&first.apply(&doc).unwrap()).unwrap(), op.apply(&doc).unwrap());
         }
 
         #[test]

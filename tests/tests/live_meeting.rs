@@ -1,7 +1,8 @@
 //! A live meeting over the network: the LinkedUp schema and functions on a real server
 //! (127.0.0.1, QUIC, dev tokens) and separate SDK clients per person. Note editors
 //! (`NoteSession`) converge on the server's text under random concurrent edits and a dropped
-//! connection; transcript producers (`TranscriptSender`) store every chunk once with gap-free
+//! connection, refuse the edits the server would refuse, and get hundreds of edits made while
+//! an op is in flight to the server in ops it takes; transcript producers (`TranscriptSender`) store every chunk once with gap-free
 //! sequences, and readers (`TranscriptStream`) get every chunk exactly once, in order, across a
 //! forced reconnect and across a dropped client resuming from its last sequence.
 
@@ -12,12 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use linkedup_client::notes::NoteSession;
+use linkedup_client::note_editor::EditRefused;
+use linkedup_client::notes::{NoteSession, NoteSessionError};
 use linkedup_client::transcripts::{
     NewChunk, SendReport, SenderConfig, TranscriptSender, TranscriptStream,
 };
 use linkedup_client::{Client, Value};
-use linkedup_schema::ot::TextOperation;
+use linkedup_schema::api::notes::MAX_NOTE_CHARS;
+use linkedup_schema::ot::{OtError, TextOperation};
 use linkedup_server::auth::DevClaims;
 use linkedup_server::RunningServer;
 use query_engine::obj;
@@ -339,6 +342,160 @@ async fn edits_refused_as_too_far_behind_are_sent_again_not_dropped() {
     b.close().await;
     ann.close().await;
     bob.close().await;
+    server.shutdown().await;
+}
+
+/// A note editor on a fresh meeting of `subject`'s, whose note holds `text` (confirmed), with
+/// its client and the meeting's id.
+async fn editing(
+    server: &RunningServer,
+    subject: &str,
+    text: &str,
+) -> (Client, NoteSession, String) {
+    let (client, _) = person(server, subject).await;
+    let meeting_id = meeting(&client, &[]).await;
+    let session = NoteSession::open(&client, &meeting_id).await.unwrap();
+    session.edit(TextOperation::new().insert(text)).unwrap();
+    synchronized(&session).await;
+    (client, session, meeting_id)
+}
+
+async fn synchronized(session: &NoteSession) {
+    tokio::time::timeout(PATIENCE, session.synchronized())
+        .await
+        .expect("an edit was never confirmed")
+        .unwrap();
+}
+
+/// The note's text and version as the server has them.
+async fn server_note(client: &Client, meeting_id: &str) -> (String, u64) {
+    let note: Value = client
+        .query("notes.get", &obj! { "meetingId" => meeting_id })
+        .await
+        .unwrap();
+    let text = note
+        .get_path("content")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    (
+        text,
+        note.get_path("version").unwrap().as_i64().unwrap() as u64,
+    )
+}
+
+/// Edits the server must refuse — a "replace all" over the per-op component limit, one that
+/// takes the note past its maximum length — are refused by `edit`, the text unchanged, rather
+/// than accepted and then lost in the reload the server's refusal brings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_the_server_would_refuse_are_refused_by_the_session() {
+    const LEN: u64 = 2_000;
+    let (_dir, server) = start().await;
+    let text = "x".repeat(LEN as usize);
+    let (client, session, meeting_id) = editing(&server, "limits", &text).await;
+    // A character-wise diff replacing every other char: 3,000 components.
+    let mut replace_all = TextOperation::new();
+    for i in 0..LEN {
+        replace_all = if i % 2 == 0 {
+            replace_all.retain(1)
+        } else {
+            replace_all.delete(1).insert("y")
+        };
+    }
+    let refused = session.edit(replace_all);
+    assert!(
+        matches!(
+            refused,
+            Err(NoteSessionError::Refused(EditRefused::Ot(
+                OtError::TooManyComponents { .. }
+            )))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(session.text(), text);
+    assert!(!session.snapshot().pending);
+
+    // Up to 10 chars short of the maximum: 11 more are refused, 10 are taken.
+    let near_full = MAX_NOTE_CHARS - 10;
+    session
+        .edit(
+            TextOperation::new()
+                .retain(LEN)
+                .insert(&"n".repeat((near_full - LEN) as usize)),
+        )
+        .unwrap();
+    synchronized(&session).await;
+    let append = |n: usize| {
+        TextOperation::new()
+            .retain(near_full)
+            .insert(&"+".repeat(n))
+    };
+    let refused = session.edit(append(11));
+    assert!(
+        matches!(
+            refused,
+            Err(NoteSessionError::Refused(EditRefused::NoteTooLong { .. }))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(session.text().chars().count() as u64, near_full);
+    session.edit(append(10)).unwrap();
+    synchronized(&session).await;
+    let (content, _) = server_note(&client, &meeting_id).await;
+    assert_eq!(content.chars().count() as u64, MAX_NOTE_CHARS);
+    assert_eq!(session.snapshot().discarded_edits, 0);
+
+    session.close().await;
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// 501 edits at different places made while the first is in flight (made without yielding,
+/// on a single-threaded runtime, so that no ack can come between them) are more than one op
+/// may carry: they reach the server in several ops within its limits, and none is dropped.
+#[tokio::test]
+async fn edits_made_while_an_op_is_in_flight_all_reach_the_server() {
+    const LEN: usize = 2_000;
+    const EDITS: usize = 501;
+    let (_dir, server) = start().await;
+    let (client, session, meeting_id) = editing(&server, "typist", &"x".repeat(LEN)).await;
+    let base = session.version();
+    for i in 0..EDITS {
+        let at = 3 * i as u64;
+        session
+            .edit_with(|_| {
+                TextOperation::new()
+                    .retain(at)
+                    .delete(1)
+                    .insert("a")
+                    .retain(LEN as u64 - at - 1)
+            })
+            .unwrap();
+    }
+    synchronized(&session).await;
+    let want: String = (0..LEN)
+        .map(|i| {
+            if i % 3 == 0 && i / 3 < EDITS {
+                'a'
+            } else {
+                'x'
+            }
+        })
+        .collect();
+    let (content, version) = server_note(&client, &meeting_id).await;
+    assert_eq!(content, want);
+    assert!(
+        version >= base + 3,
+        "{} ops: the edits fitted in two, the test proved nothing",
+        version - base
+    );
+    let snap = session.snapshot();
+    assert_eq!(snap.text, content);
+    assert_eq!(snap.discarded_edits, 0);
+
+    session.close().await;
+    client.close().await;
     server.shutdown().await;
 }
 
