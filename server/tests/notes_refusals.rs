@@ -230,3 +230,39 @@ async fn an_edit_too_long_for_the_note_is_refused_without_reading_the_ops() {
         "{e}"
     );
 }
+
+/// A retransmission is answered from its stored record even when the op, as resent, breaks the
+/// per-op limits: the editor transforms its op in flight past remote ops, so the op it resends
+/// after a reconnect may have grown past them, and the first send may have committed. (Before,
+/// the limits were checked first: the resend was refused and the editor reloaded the note,
+/// dropping its unconfirmed edits.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retransmission_over_the_op_limits_is_answered_as_the_first_send() {
+    let w = world(LinkedUpConfig::default()).await;
+    append(&w, &w.alice, 1).await;
+    let mut grown = TextOperation::new();
+    for _ in 0..600 {
+        grown = grown.retain(1).insert("x");
+    }
+    let r = w
+        .env
+        .m(
+            fns::APPLY_OPERATION,
+            apply_args(&w.meeting, 0, &grown, "appender", 1),
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(int(&r, "version"), 1);
+    // A new op over the limits is still refused.
+    let e = w
+        .env
+        .m(
+            fns::APPLY_OPERATION,
+            apply_args(&w.meeting, 1, &grown, "appender", 2),
+            Some(&w.alice),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "VALIDATION_ERROR", "{e}");
+}

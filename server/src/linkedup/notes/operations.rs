@@ -8,7 +8,9 @@
 //! concurrent edits conflict and the committer re-executes them one after another on the
 //! latest state: the transform loop always sees every op committed before it.
 //! A retransmitted `(clientId, clientSeq)` returns the first result and applies nothing; a
-//! client id belongs to the editor whose op first used it.
+//! client id belongs to the editor whose op first used it. The per-op limits are checked after
+//! that lookup, so an op resent after a reconnect (grown as it was transformed in flight) is
+//! still answered as the first send.
 //!
 //! Refusals are cheap and counted. An edit whose outcome is known without the op history is
 //! refused before any op is read: one built for a longer document than a note may hold, one
@@ -168,13 +170,6 @@ fn apply_operation(
     }
     check_text("clientId", &a.client_id, 1, MAX_CLIENT_ID_CHARS)?;
     let mut op = TextOperation::from_components(a.op).map_err(invalid_op)?;
-    op.check_limits(&OpLimits::DEFAULT).map_err(invalid_op)?;
-    if op.base_len() > MAX_NOTE_CHARS {
-        return Err(invalid_op(format!(
-            "built for a document of {} chars, but a note has at most {MAX_NOTE_CHARS}",
-            op.base_len()
-        )));
-    }
 
     // Guard.
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Participant)?;
@@ -215,6 +210,17 @@ fn apply_operation(
                 op: stored.operation,
             });
         }
+    }
+
+    // After the retransmission check: an op the editor resends after a reconnect may have
+    // grown past the limits as it transformed past remote ops while in flight, and one that
+    // was committed must still be answered as such, not refused.
+    op.check_limits(&OpLimits::DEFAULT).map_err(invalid_op)?;
+    if op.base_len() > MAX_NOTE_CHARS {
+        return Err(invalid_op(format!(
+            "built for a document of {} chars, but a note has at most {MAX_NOTE_CHARS}",
+            op.base_len()
+        )));
     }
 
     // Edits of one meeting serialise on its note document anyway, so the count is kept
