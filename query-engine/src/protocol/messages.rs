@@ -2,6 +2,7 @@
 //! camelCase fields and a `type` tag. Decoding checks every size the peer controls, so a
 //! hostile message is an error value, never a panic or a deep recursion.
 
+use std::collections::btree_map;
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
@@ -397,23 +398,54 @@ fn check_len(field: &'static str, s: &str, max: usize) -> Result<(), ProtocolErr
     Ok(())
 }
 
-/// Nesting depth of `value`, walked with an explicit stack.
+/// Nesting depth of `value` (containers count as one level even when empty), walked with an
+/// explicit stack of the containers open: as deep as the value, never as wide.
 pub fn value_depth(value: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(value, 0usize)];
-    while let Some((v, depth)) = stack.pop() {
-        deepest = deepest.max(depth);
-        match v {
-            Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
-            Value::Object(fields) => stack.extend(fields.values().map(|f| (f, depth + 1))),
-            _ => {}
-        }
-        // Containers count as one level even when empty.
-        if matches!(v, Value::Array(_) | Value::Object(_)) {
-            deepest = deepest.max(depth + 1);
+    let mut open = Vec::new();
+    open.extend(Children::of(value));
+    let mut deepest = open.len();
+    while let Some(children) = open.last_mut() {
+        match children.next() {
+            Some(child) => {
+                if let Some(grandchildren) = Children::of(child) {
+                    open.push(grandchildren);
+                    deepest = deepest.max(open.len());
+                }
+            }
+            None => {
+                open.pop();
+            }
         }
     }
     deepest
+}
+
+/// The values inside an array or object, in turn.
+enum Children<'a> {
+    Array(std::slice::Iter<'a, Value>),
+    Object(btree_map::Values<'a, String, Value>),
+}
+
+impl<'a> Children<'a> {
+    /// `None` for a value that is not a container.
+    fn of(value: &'a Value) -> Option<Self> {
+        match value {
+            Value::Array(items) => Some(Children::Array(items.iter())),
+            Value::Object(fields) => Some(Children::Object(fields.values())),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = &'a Value;
+
+    fn next(&mut self) -> Option<&'a Value> {
+        match self {
+            Children::Array(items) => items.next(),
+            Children::Object(fields) => fields.next(),
+        }
+    }
 }
 
 fn check_depth(field: &'static str, value: &Value, max: usize) -> Result<(), ProtocolError> {
