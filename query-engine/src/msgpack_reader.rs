@@ -9,6 +9,12 @@
 //! here); str that is not UTF-8 reads as bytes, except as an object key, which must be str or
 //! bin holding UTF-8; a duplicate key is an error; an extension reads as `[tag, bytes]`; arrays,
 //! objects and extensions count as one nesting level each.
+//!
+//! A reader may also be given a budget for what the values it reads take in memory once
+//! decoded (`Reader::bounded`, for the messages a client sends): every value is charged an
+//! estimate of it as its head is read, before anything of it is built, and the reader stops
+//! (`Reader::exceeded`) once the estimate passes the budget. `Reader::skip` walks a value the
+//! same way without building it, so that a message can be checked before serde decodes it.
 
 use std::str;
 
@@ -22,11 +28,61 @@ const DOCUMENT_MAX_DEPTH: usize = 1023;
 /// bytes: the cap keeps what a small hostile input makes us reserve small.
 pub(crate) const MAX_PREALLOCATED: usize = 64;
 
-/// The direct reader stopped: the input is malformed or in a form it leaves to the serde path.
+/// Estimated memory of a decoded value, charged by a bounded reader. Every value has a slot
+/// (`Value`: in its array's buffer, or its object's B-tree node with its key), charged by the
+/// container when its length is read; a string, bytes or an extension adds its heap bytes; an
+/// object its shared allocation and B-tree nodes. Allocator rounding and an array's spare
+/// capacity as it grows are left out.
+mod cost {
+    use std::mem::size_of;
+
+    use crate::value::{Object, Value};
+
+    /// A value's slot.
+    pub(super) const SLOT: usize = size_of::<Value>();
+    /// What an object allocates before any entry: the `Arc`'s counts and the map's root.
+    const OBJECT: usize = 2 * size_of::<usize>() + size_of::<Object>();
+    /// One of std's B-tree nodes: up to 11 keys and values, and the parent link and lengths,
+    /// allocated whole once an object has an entry.
+    const NODE: usize = 16 + 11 * (size_of::<String>() + size_of::<Value>());
+    /// An object entry: its key's and value's slots in a node, and its share of the nodes'
+    /// headers and of the internal nodes' child links.
+    const ENTRY: usize = size_of::<String>() + size_of::<Value>() + 8;
+
+    /// An object of `n` entries, without its keys' text and its values' own heaps.
+    pub(super) fn object(n: usize) -> usize {
+        match n {
+            0 => OBJECT,
+            n => (OBJECT + NODE).saturating_add(n.saturating_mul(ENTRY)),
+        }
+    }
+
+    /// The slots of an array of `n` elements.
+    pub(super) fn array(n: usize) -> usize {
+        n.saturating_mul(SLOT)
+    }
+
+    /// An extension of `n` data bytes, read as the array `[tag, bytes]`.
+    pub(super) fn ext(n: usize) -> usize {
+        (2 * SLOT).saturating_add(n)
+    }
+}
+
+/// The direct reader stopped: the input is malformed, in a form it leaves to the serde path,
+/// or over a limit (`Reader::exceeded`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Unread;
 
 pub(crate) type Read<T> = Result<T, Unread>;
+
+/// A limit a reader stopped at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// An array, object or extension nested deeper than the reader's `max_depth`.
+    Depth,
+    /// The values read would take more than the reader's budget decoded.
+    DecodedBytes,
+}
 
 /// A value as `rmp_serde::from_slice::<Value>` decodes it (bytes after the value are not
 /// looked at), read directly when it can be and through serde otherwise.
@@ -37,23 +93,57 @@ pub fn value_from_slice(bytes: &[u8]) -> Result<Value, rmp_serde::decode::Error>
     }
 }
 
+/// The head of one item: its marker and lengths read and checked against the bytes left and
+/// the nesting, and its cost charged; what follows it (elements, entries) not yet read.
+enum Head<'a> {
+    /// nil, a boolean or a number, by its marker; its payload not yet read.
+    Scalar(u8),
+    Str(&'a [u8]),
+    Bin(&'a [u8]),
+    Array(usize),
+    Map(usize),
+    Ext(i8, &'a [u8]),
+}
+
 /// A cursor over MessagePack bytes. `max_depth` is how many arrays/objects/extensions may nest.
 pub(crate) struct Reader<'a> {
     rest: &'a [u8],
     max_depth: usize,
+    /// What the values still to be read may cost decoded (`cost`).
+    budget: usize,
+    exceeded: Option<Limit>,
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(bytes: &'a [u8], max_depth: usize) -> Self {
+        Reader::bounded(bytes, max_depth, usize::MAX)
+    }
+
+    /// A reader that stops once the values it has read would take more than
+    /// `max_decoded_bytes` decoded, by the estimate of `cost`.
+    pub(crate) fn bounded(bytes: &'a [u8], max_depth: usize, max_decoded_bytes: usize) -> Self {
         Reader {
             rest: bytes,
             max_depth,
+            budget: max_decoded_bytes,
+            exceeded: None,
         }
+    }
+
+    /// The limit the reader stopped at, if that is why it stopped.
+    pub(crate) fn exceeded(&self) -> Option<Limit> {
+        self.exceeded
     }
 
     /// Whether every byte has been read.
     pub(crate) fn is_empty(&self) -> bool {
         self.rest.is_empty()
+    }
+
+    /// Bytes not read yet.
+    #[cfg(test)]
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
     }
 
     fn take(&mut self, n: usize) -> Read<&'a [u8]> {
@@ -86,11 +176,26 @@ impl<'a> Reader<'a> {
         usize::try_from(u32::from_be_bytes(self.fixed()?)).map_err(|_| Unread)
     }
 
+    /// Takes `bytes` of decoded cost from the budget.
+    fn charge(&mut self, bytes: usize) -> Read<()> {
+        match self.budget.checked_sub(bytes) {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => {
+                self.exceeded = Some(Limit::DecodedBytes);
+                Err(Unread)
+            }
+        }
+    }
+
     /// Opens an array, object or extension inside `depth` others.
-    fn enter(&self, depth: usize) -> Read<()> {
+    fn enter(&mut self, depth: usize) -> Read<()> {
         if depth < self.max_depth {
             Ok(())
         } else {
+            self.exceeded = Some(Limit::Depth);
             Err(Unread)
         }
     }
@@ -136,10 +241,20 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Opens a container of `n` parts of at least `min_bytes` each inside `depth` others.
-    fn open(&self, n: usize, min_bytes: usize, depth: usize) -> Read<usize> {
+    /// Opens a map of `n` entries inside `depth` containers: at least two bytes an entry must
+    /// follow, and its cost is charged.
+    fn open_map(&mut self, n: usize, depth: usize) -> Read<usize> {
         self.enter(depth)?;
-        self.fits(n, min_bytes)?;
+        self.fits(n, 2)?;
+        self.charge(cost::object(n))?;
+        Ok(n)
+    }
+
+    /// Opens an array of `n` elements inside `depth` containers, as `open_map`.
+    fn open_array(&mut self, n: usize, depth: usize) -> Read<usize> {
+        self.enter(depth)?;
+        self.fits(n, 1)?;
+        self.charge(cost::array(n))?;
         Ok(n)
     }
 
@@ -147,17 +262,17 @@ impl<'a> Reader<'a> {
     pub(crate) fn map_header(&mut self, depth: usize) -> Read<usize> {
         let marker = self.byte()?;
         let n = self.map_len(marker)?;
-        self.open(n, 2, depth)
+        self.open_map(n, depth)
     }
 
     /// An array's header inside `depth` containers: its length.
     pub(crate) fn array_header(&mut self, depth: usize) -> Read<usize> {
         let marker = self.byte()?;
         let n = self.array_len(marker)?;
-        self.open(n, 1, depth)
+        self.open_array(n, depth)
     }
 
-    /// The bytes of a str (any str format), not yet checked as UTF-8.
+    /// The bytes of a str (any str format), not yet checked as UTF-8; their cost is charged.
     fn str_bytes(&mut self, marker: u8) -> Read<&'a [u8]> {
         let n = match marker {
             0xa0..=0xbf => usize::from(marker & 0x1f),
@@ -166,7 +281,22 @@ impl<'a> Reader<'a> {
             0xdb => self.len32()?,
             _ => return Err(Unread),
         };
-        self.take(n)
+        let bytes = self.take(n)?;
+        self.charge(n)?;
+        Ok(bytes)
+    }
+
+    /// The bytes of a bin (any bin format); their cost is charged.
+    fn bin_bytes(&mut self, marker: u8) -> Read<&'a [u8]> {
+        let n = match marker {
+            0xc4 => self.len8()?,
+            0xc5 => self.len16()?,
+            0xc6 => self.len32()?,
+            _ => return Err(Unread),
+        };
+        let bytes = self.take(n)?;
+        self.charge(n)?;
+        Ok(bytes)
     }
 
     /// A str holding UTF-8 (a message's field names and text fields).
@@ -231,46 +361,90 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Any value, inside `depth` containers.
-    pub(crate) fn value(&mut self, depth: usize) -> Read<Value> {
-        let marker = self.byte()?;
+    /// The payload length of a scalar `marker`, whatever its value.
+    fn scalar_len(marker: u8) -> Read<usize> {
         match marker {
-            0x80..=0x8f | 0xde | 0xdf => {
-                let n = self.map_len(marker)?;
-                self.object(n, depth)
-            }
-            0x90..=0x9f | 0xdc | 0xdd => {
-                let n = self.array_len(marker)?;
-                self.array(n, depth)
-            }
-            0xa0..=0xbf | 0xd9..=0xdb => {
-                let bytes = self.str_bytes(marker)?;
-                Ok(match str::from_utf8(bytes) {
-                    Ok(s) => Value::String(s.to_owned()),
-                    Err(_) => Value::Bytes(bytes.to_vec()),
-                })
-            }
-            0xc4..=0xc6 => Ok(Value::Bytes(self.bin_bytes(marker)?.to_vec())),
-            0xc7..=0xc9 | 0xd4..=0xd8 => {
-                let n = self.ext_len(marker)?;
-                self.ext(n, depth)
-            }
-            _ => self.scalar(marker),
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Ok(0),
+            0xcc | 0xd0 => Ok(1),
+            0xcd | 0xd1 => Ok(2),
+            0xca | 0xce | 0xd2 => Ok(4),
+            0xcb | 0xcf | 0xd3 => Ok(8),
+            // The reserved marker.
+            _ => Err(Unread),
         }
     }
 
-    fn bin_bytes(&mut self, marker: u8) -> Read<&'a [u8]> {
-        let n = match marker {
-            0xc4 => self.len8()?,
-            0xc5 => self.len16()?,
-            0xc6 => self.len32()?,
-            _ => return Err(Unread),
-        };
-        self.take(n)
+    /// The head of the next item, inside `depth` containers.
+    fn head(&mut self, depth: usize) -> Read<Head<'a>> {
+        let marker = self.byte()?;
+        Ok(match marker {
+            0x80..=0x8f | 0xde | 0xdf => {
+                let n = self.map_len(marker)?;
+                Head::Map(self.open_map(n, depth)?)
+            }
+            0x90..=0x9f | 0xdc | 0xdd => {
+                let n = self.array_len(marker)?;
+                Head::Array(self.open_array(n, depth)?)
+            }
+            0xa0..=0xbf | 0xd9..=0xdb => Head::Str(self.str_bytes(marker)?),
+            0xc4..=0xc6 => Head::Bin(self.bin_bytes(marker)?),
+            0xc7..=0xc9 | 0xd4..=0xd8 => {
+                let n = self.ext_len(marker)?;
+                self.enter(depth)?;
+                let tag = i8::from_be_bytes(self.fixed()?);
+                let data = self.take(n)?;
+                self.charge(cost::ext(n))?;
+                Head::Ext(tag, data)
+            }
+            _ => Head::Scalar(marker),
+        })
+    }
+
+    /// Any value, inside `depth` containers.
+    pub(crate) fn value(&mut self, depth: usize) -> Read<Value> {
+        Ok(match self.head(depth)? {
+            Head::Scalar(marker) => self.scalar(marker)?,
+            Head::Str(bytes) => match str::from_utf8(bytes) {
+                Ok(s) => Value::String(s.to_owned()),
+                Err(_) => Value::Bytes(bytes.to_vec()),
+            },
+            Head::Bin(bytes) => Value::Bytes(bytes.to_vec()),
+            Head::Array(n) => self.array(n, depth)?,
+            Head::Map(n) => self.object(n, depth)?,
+            Head::Ext(tag, data) => Value::Array(vec![
+                Value::Int64(i64::from(tag)),
+                Value::Bytes(data.to_vec()),
+            ]),
+        })
+    }
+
+    /// Walks over one value inside `depth` containers without building it, checking what
+    /// `value` checks of its structure (every length against the bytes there, the nesting,
+    /// the markers) and charging the same cost; not what only the built value could be refused
+    /// for (UTF-8, key types and duplicates, integer ranges), which the serde path decides.
+    /// Map keys may be any value.
+    pub(crate) fn skip(&mut self, depth: usize) -> Read<()> {
+        match self.head(depth)? {
+            Head::Scalar(marker) => {
+                self.take(Self::scalar_len(marker)?)?;
+            }
+            Head::Array(n) => {
+                for _ in 0..n {
+                    self.skip(depth + 1)?;
+                }
+            }
+            Head::Map(n) => {
+                for _ in 0..n {
+                    self.skip(depth + 1)?;
+                    self.skip(depth + 1)?;
+                }
+            }
+            Head::Str(_) | Head::Bin(_) | Head::Ext(..) => {}
+        }
+        Ok(())
     }
 
     fn array(&mut self, n: usize, depth: usize) -> Read<Value> {
-        self.open(n, 1, depth)?;
         let mut items = Vec::with_capacity(n.min(MAX_PREALLOCATED));
         for _ in 0..n {
             items.push(self.value(depth + 1)?);
@@ -279,7 +453,6 @@ impl<'a> Reader<'a> {
     }
 
     fn object(&mut self, n: usize, depth: usize) -> Read<Value> {
-        self.open(n, 2, depth)?;
         // Encoders write keys sorted (ours does): collected and checked in order, the map is
         // built in one pass instead of searched once per key.
         let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(MAX_PREALLOCATED));
@@ -307,17 +480,6 @@ impl<'a> Reader<'a> {
             _ => self.str_bytes(marker)?,
         };
         str::from_utf8(bytes).map(str::to_owned).map_err(|_| Unread)
-    }
-
-    /// An extension of `n` data bytes: `[tag, data]`.
-    fn ext(&mut self, n: usize, depth: usize) -> Read<Value> {
-        self.enter(depth)?;
-        let tag = i8::from_be_bytes(self.fixed()?);
-        let data = self.take(n)?;
-        Ok(Value::Array(vec![
-            Value::Int64(i64::from(tag)),
-            Value::Bytes(data.to_vec()),
-        ]))
     }
 }
 
@@ -602,6 +764,36 @@ pub(crate) mod tests {
         }
         // A claim just past the bytes there: 3 elements, 2 bytes.
         assert_eq!(direct(&[0x93, 0xc0, 0xc0]), Err(Unread));
+    }
+
+    #[test]
+    fn a_bounded_reader_stops_once_its_estimate_passes_the_budget() {
+        // A million empty objects, a byte each.
+        let n = 1_000_000;
+        let mut bytes = vec![0xdd];
+        bytes.extend(u32::try_from(n).unwrap().to_be_bytes());
+        bytes.extend(vec![0x80; n]);
+        // Room for the array's slots and a fifth of the objects.
+        let budget = cost::array(n) + n / 5 * cost::object(0);
+        let read = |walk: fn(&mut Reader<'_>) -> Read<()>| {
+            let mut r = Reader::bounded(&bytes, DOCUMENT_MAX_DEPTH, budget);
+            assert_eq!(walk(&mut r), Err(Unread));
+            assert_eq!(r.exceeded(), Some(Limit::DecodedBytes));
+            bytes.len() - r.remaining()
+        };
+        // Building or skipping, the reader stops at the first object past the budget.
+        let header = 5;
+        assert_eq!(read(|r| r.value(0).map(drop)), header + n / 5 + 1);
+        assert_eq!(read(|r| r.skip(0)), header + n / 5 + 1);
+        // With room for all of it, it reads all of it; an unbounded reader never stops.
+        let all = cost::array(n) + n * cost::object(0);
+        let mut r = Reader::bounded(&bytes, DOCUMENT_MAX_DEPTH, all);
+        assert!(r.value(0).is_ok() && r.is_empty());
+        assert!(direct(&bytes).is_ok());
+        // A claim past the bytes there is malformed, not over the budget.
+        let mut r = Reader::bounded(&[0xdd, 0xff, 0xff, 0xff, 0xff], DOCUMENT_MAX_DEPTH, 0);
+        assert_eq!(r.skip(0), Err(Unread));
+        assert_eq!(r.exceeded(), None);
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! What decoding a client message allocates, measured by this test binary's own global
-//! allocator, which counts the bytes each thread has allocated and the most it held at once.
+//! allocator, which counts the bytes each thread has allocated and the most it held at once:
+//! a hostile message is refused having allocated little or, at worst, about the bound on a
+//! message's decoded size (`MAX_DECODED_MESSAGE_BYTES`), where it took gigabytes; lengths it
+//! claims reserve nothing; and checking its nesting takes no memory per value.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use query_engine::protocol::{validate_client, CallKind, ClientMessage};
+use query_engine::protocol::messages::MAX_DECODED_MESSAGE_BYTES;
+use query_engine::protocol::{
+    decode_call, decode_client, encode, validate_client, CallKind, ClientMessage, ProtocolError,
+    DEFAULT_MAX_FRAME_BYTES,
+};
 use query_engine::value::Value;
 
 struct Counting;
@@ -63,6 +70,34 @@ fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (out, usize::try_from(peak).unwrap_or(0))
 }
 
+const MIB: usize = 1 << 20;
+
+/// A value standing for `args`, replaced by raw bytes in the encoded message.
+const HOLE: &str = "\u{1}hole\u{1}";
+
+/// A `Call` (which the server reads directly) and a `Subscribe` (read through serde) whose
+/// `args` are `raw`, any MessagePack at all.
+fn messages_with_args(raw: &[u8]) -> [Vec<u8>; 2] {
+    let hole = Value::from(HOLE);
+    let hole_bytes = rmp_serde::to_vec_named(&hole).unwrap();
+    [
+        call(hole.clone()),
+        ClientMessage::Subscribe {
+            query_id: 1,
+            function: "f".into(),
+            args: hole,
+        },
+    ]
+    .map(|msg| {
+        let bytes = encode(&msg).unwrap();
+        let at = bytes
+            .windows(hole_bytes.len())
+            .position(|w| w == hole_bytes)
+            .unwrap();
+        [&bytes[..at], raw, &bytes[at + hole_bytes.len()..]].concat()
+    })
+}
+
 fn call(args: Value) -> ClientMessage {
     ClientMessage::Call {
         request_id: 1,
@@ -70,6 +105,69 @@ fn call(args: Value) -> ClientMessage {
         function: "f".into(),
         args,
         mutation_id: None,
+    }
+}
+
+/// An array32 of as many copies of `item` as an 8 MiB frame holds, with room for the message.
+fn frame_of(item: &[u8]) -> Vec<u8> {
+    let n = (DEFAULT_MAX_FRAME_BYTES as usize - 100) / item.len();
+    let mut raw = vec![0xdd];
+    raw.extend(u32::try_from(n).unwrap().to_be_bytes());
+    raw.extend(item.repeat(n));
+    raw
+}
+
+fn refused_as_too_large(decoded: Result<ClientMessage, ProtocolError>) -> bool {
+    matches!(decoded, Err(ProtocolError::DecodedTooLarge { .. }))
+}
+
+/// 8 MiB of empty objects (a byte each, about 80 bytes each decoded: 700 MB before) is
+/// refused at its length, the array's slots alone taking the bound, having built next to
+/// nothing, directly and through the serde path.
+#[test]
+fn a_frame_of_empty_objects_is_refused_before_it_is_built() {
+    for bytes in messages_with_args(&frame_of(&[0x80])) {
+        for decode in [decode_call, decode_client] {
+            let (decoded, peak) = peak_of(|| decode(&bytes));
+            assert!(peak < MIB, "{peak} bytes");
+            assert!(refused_as_too_large(decoded));
+        }
+    }
+}
+
+/// 8 MiB of one-entry objects (three bytes each, about 700 decoded: 1.9 GB before) is built
+/// only until the estimate reaches the bound, and the estimate holds what was allocated
+/// within it; the serde path checks it before building anything.
+#[test]
+fn a_frame_of_one_entry_objects_stops_at_the_bound() {
+    let [call, subscribe] = messages_with_args(&frame_of(&[0x81, 0xa0, 0xc0]));
+    let (decoded, peak) = peak_of(|| decode_call(&call));
+    assert!(peak <= MAX_DECODED_MESSAGE_BYTES, "{} MiB", peak / MIB);
+    assert!(refused_as_too_large(decoded));
+    let (decoded, peak) = peak_of(|| decode_client(&subscribe));
+    assert!(peak < MIB, "{peak} bytes");
+    assert!(refused_as_too_large(decoded));
+}
+
+/// A `Connect` frame whose last field is 127 nested arrays each claiming 4 G elements, with
+/// nothing after them, is refused without reserving room for any: serde reserved up to 1 MiB
+/// for each (127 MiB).
+#[test]
+fn claimed_lengths_reserve_nothing() {
+    let mut bytes = encode(&ClientMessage::Connect {
+        protocol_version: 1,
+        client_name: String::new(),
+        last_seen_ts: None,
+        transition_parts: false,
+    })
+    .unwrap();
+    assert_eq!(bytes.pop(), Some(0xc0), "lastSeenTs is the last field");
+    bytes.extend([0xdd, 0xff, 0xff, 0xff, 0xff].repeat(127));
+    assert!(bytes.len() < 1024);
+    for decode in [decode_call, decode_client] {
+        let (decoded, peak) = peak_of(|| decode(&bytes));
+        assert!(peak < 64 * 1024, "{peak} bytes");
+        assert!(matches!(decoded, Err(ProtocolError::NotMessagePack)));
     }
 }
 

@@ -3,7 +3,9 @@
 //! `Call` (what a server reads on call streams). Each reads the form the encoder writes — a map
 //! of known field names, each once, values in their usual formats, nothing after it — and
 //! gives `None` for anything else (unknown fields, other messages, malformed input), which the
-//! general decoder then decodes or names the error of, exactly as before.
+//! general decoder then decodes or names the error of, exactly as before. A `Call` comes from a
+//! client: it is read under the bound on a message's decoded size, and one over it is given up
+//! as soon as the estimate passes the bound, for the general decoder to refuse.
 
 use crate::diff::{ArrayEdit, ResultDiff};
 use crate::msgpack_reader::{Read, Reader, Unread, MAX_PREALLOCATED};
@@ -11,7 +13,7 @@ use crate::value::Value;
 
 use super::messages::{
     CallKind, CallOutcome, ClientMessage, ErrorPayload, Modification, ServerMessage,
-    MAX_MESSAGE_DEPTH,
+    MAX_DECODED_MESSAGE_BYTES, MAX_MESSAGE_DEPTH,
 };
 
 /// A `Transition`, or `None` (see the module comment).
@@ -55,7 +57,7 @@ pub(super) fn call_result(bytes: &[u8]) -> Option<ServerMessage> {
 
 /// A `Call`, not yet validated, or `None` (see the module comment).
 pub(super) fn call(bytes: &[u8]) -> Option<ClientMessage> {
-    let mut r = Reader::new(bytes, MAX_MESSAGE_DEPTH);
+    let mut r = Reader::bounded(bytes, MAX_MESSAGE_DEPTH, MAX_DECODED_MESSAGE_BYTES);
     let (mut tag, mut request_id, mut kind, mut function, mut args, mut mutation_id) =
         (None, None, None, None, None, None);
     fields(&mut r, 0, |r, key, depth| match key {

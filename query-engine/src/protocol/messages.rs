@@ -1,6 +1,7 @@
 //! The messages of wire protocol version 1 and their MessagePack encoding: maps with named,
 //! camelCase fields and a `type` tag. Decoding checks every size the peer controls, so a
-//! hostile message is an error value, never a panic or a deep recursion.
+//! hostile message is an error value, never a panic, a deep recursion or memory out of
+//! proportion to what a message may hold (`MAX_DECODED_MESSAGE_BYTES`).
 
 use std::collections::btree_map;
 use std::io::Cursor;
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::direct;
 use crate::diff::ResultDiff;
 use crate::error::{codes, FunctionError};
+use crate::msgpack_reader::{Limit, Reader, Unread};
 use crate::value::Value;
 
 /// The protocol version this build speaks.
@@ -27,6 +29,20 @@ pub const MAX_ARGS_DEPTH: usize = 64;
 /// Deepest MessagePack nesting of a whole message, envelope included. Enforced while parsing,
 /// before any value is built, so that deeply nested input cannot exhaust the stack.
 pub const MAX_MESSAGE_DEPTH: usize = 128;
+/// Most memory a client message may take decoded, by an estimate the decoder charges as it
+/// reads, before it builds what it charged for (`msgpack_reader`): 32 bytes a value, the bytes
+/// of its text, and for an object 40 bytes, plus 632 for its first B-tree node and 64 an entry
+/// once it has entries. Without it a frame of 8 MiB decoded to gigabytes: 8 million empty
+/// objects (a byte each on the wire) to 700 MB, one-entry objects (three bytes each) to 1.9 GB.
+///
+/// The costliest shape for its size, one-entry objects with empty keys nested in one another,
+/// is charged 184 bytes per byte of `Value::size_bytes`, so any value within the engine's
+/// document limit (1 MiB) decodes whatever its shape, with room for the rest of its message;
+/// so does any message of up to about 8 million values. The estimate is of the values built:
+/// building a large array or object takes up to about twice as much for a moment, and the
+/// serde path (`decode_client`), which also builds an intermediate copy, up to about five
+/// times for one large array.
+pub const MAX_DECODED_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Messages a client sends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -230,6 +246,17 @@ pub enum ProtocolError {
     },
     #[error("{field} nests deeper than {max} levels")]
     TooDeep { field: &'static str, max: usize },
+    /// Not one well-formed MessagePack value, found before anything is decoded.
+    #[error(
+        "malformed message: not a well-formed MessagePack value (cut short, a length past the \
+         end of the frame, or the reserved marker)"
+    )]
+    NotMessagePack,
+    /// A client message that would take more than `max` bytes decoded, by the estimate of
+    /// `MAX_DECODED_MESSAGE_BYTES`: refused once the estimate passes it, before the rest is
+    /// built.
+    #[error("the message would take more than {max} bytes of memory decoded")]
+    DecodedTooLarge { max: usize },
     #[error("cannot encode message: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
 }
@@ -300,11 +327,33 @@ pub fn encode_frame_into(
     Ok(payload_len)
 }
 
-/// Decodes and validates a message from a client.
+/// Decodes and validates a message from a client. Its structure and decoded size are checked
+/// first (`check_shape`): serde would otherwise reserve room from the lengths the message
+/// claims and build a copy of all of it before finding that out.
 pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
+    check_shape(bytes)?;
     let msg: ClientMessage = decode_bounded(bytes)?;
     validate_client(&msg)?;
     Ok(msg)
+}
+
+/// Walks a client message without building it: one well-formed MessagePack value (every
+/// length it claims is there), nested at most `MAX_MESSAGE_DEPTH` levels, whose values would
+/// take at most `MAX_DECODED_MESSAGE_BYTES` decoded. What passes is decoded by serde in
+/// proportion to its size: about its decoded size again for serde's intermediate copy (all the
+/// fields of a message tagged by `type` are buffered before the tag is known).
+fn check_shape(bytes: &[u8]) -> Result<(), ProtocolError> {
+    let mut r = Reader::bounded(bytes, MAX_MESSAGE_DEPTH, MAX_DECODED_MESSAGE_BYTES);
+    r.skip(0).map_err(|Unread| match r.exceeded() {
+        Some(Limit::Depth) => ProtocolError::TooDeep {
+            field: "message",
+            max: MAX_MESSAGE_DEPTH,
+        },
+        Some(Limit::DecodedBytes) => ProtocolError::DecodedTooLarge {
+            max: MAX_DECODED_MESSAGE_BYTES,
+        },
+        None => ProtocolError::NotMessagePack,
+    })
 }
 
 /// Decodes and validates a message read on a call stream. Same result as `decode_client`,
@@ -957,6 +1006,21 @@ mod tests {
             decode_client(&deep),
             Err(ProtocolError::TooDeep { field: "args", .. })
         ));
+        // The whole message, its map included, may nest `MAX_MESSAGE_DEPTH` levels: args one
+        // level less are read (and refused as args), one level more are not read at all.
+        let at_limit = encode(&subscribe(nested(MAX_MESSAGE_DEPTH - 1))).expect("encode");
+        assert!(matches!(
+            decode_client(&at_limit),
+            Err(ProtocolError::TooDeep { field: "args", .. })
+        ));
+        let over = encode(&subscribe(nested(MAX_MESSAGE_DEPTH))).expect("encode");
+        assert!(matches!(
+            decode_client(&over),
+            Err(ProtocolError::TooDeep {
+                field: "message",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -974,7 +1038,10 @@ mod tests {
         bytes.push(0xc0);
         assert!(matches!(
             decode_client(&bytes),
-            Err(ProtocolError::Malformed(_))
+            Err(ProtocolError::TooDeep {
+                field: "message",
+                max: MAX_MESSAGE_DEPTH
+            })
         ));
         let deep_maps: Vec<u8> = std::iter::repeat_n([0x81, 0xa1, b'a'], 100_000)
             .flatten()
@@ -1350,18 +1417,144 @@ mod tests {
                 mutation_id: None,
             }),
         ];
-        let hole_bytes = rmp_serde::to_vec_named(&hole).expect("encode");
         messages
             .into_iter()
-            .map(|m| {
-                let m = m.expect("encode");
-                let at = m
-                    .windows(hole_bytes.len())
-                    .position(|w| w == hole_bytes)
-                    .expect("the hole is there");
-                [&m[..at], raw, &m[at + hole_bytes.len()..]].concat()
-            })
+            .map(|m| fill_hole(&m.expect("encode"), raw))
             .collect()
+    }
+
+    /// `message`, encoded with a value `HOLE`, with `raw` in its place.
+    fn fill_hole(message: &[u8], raw: &[u8]) -> Vec<u8> {
+        let hole = rmp_serde::to_vec_named(&Value::from(HOLE)).expect("encode");
+        let at = message
+            .windows(hole.len())
+            .position(|w| w == hole)
+            .expect("the hole is there");
+        [&message[..at], raw, &message[at + hole.len()..]].concat()
+    }
+
+    /// A `Call` (read directly) and a `Subscribe` (read through serde) whose `args` are `raw`.
+    fn client_messages_with_args(raw: &[u8]) -> [Vec<u8>; 2] {
+        let args = Value::from(HOLE);
+        [
+            encode(&call_of(args.clone())),
+            encode(&ClientMessage::Subscribe {
+                query_id: 1,
+                function: "f".into(),
+                args,
+            }),
+        ]
+        .map(|m| fill_hole(&m.expect("encode"), raw))
+    }
+
+    fn call_of(args: Value) -> ClientMessage {
+        ClientMessage::Call {
+            request_id: 1,
+            kind: CallKind::Query,
+            function: "f".into(),
+            args,
+            mutation_id: None,
+        }
+    }
+
+    /// An array32 of `n` copies of `item`.
+    fn array_of(n: usize, item: &[u8]) -> Vec<u8> {
+        let mut raw = vec![0xdd];
+        raw.extend(u32::try_from(n).expect("a u32 length").to_be_bytes());
+        raw.extend(item.repeat(n));
+        raw
+    }
+
+    #[test]
+    fn messages_over_the_decoded_bound_are_refused() {
+        let frame = crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES as usize;
+        // Frames of 8 MiB: empty objects, a byte each on the wire and about 80 decoded, and
+        // objects of one empty key and nil, three bytes each and about 700 decoded.
+        for item in [&[0x80][..], &[0x81, 0xa0, 0xc0]] {
+            let raw = array_of((frame - 100) / item.len(), item);
+            for bytes in client_messages_with_args(&raw) {
+                assert!(bytes.len() <= frame);
+                for decode in [decode_call, decode_client] {
+                    let refused = decode(&bytes).expect_err("over the bound");
+                    assert!(
+                        matches!(
+                            refused,
+                            ProtocolError::DecodedTooLarge {
+                                max: MAX_DECODED_MESSAGE_BYTES
+                            }
+                        ),
+                        "{refused:?}"
+                    );
+                    // Reported as any other message the server cannot take (§9).
+                    assert_eq!(refused.code(), codes::VALIDATION_ERROR);
+                }
+            }
+        }
+    }
+
+    /// Any value within the engine's document limit decodes, whatever its shape, in a `Call`
+    /// and in a `Subscribe`: the costliest shape for its size (one-entry objects with empty
+    /// keys, nested as deep as arguments may) included.
+    #[test]
+    fn any_value_within_the_document_limit_decodes() {
+        let limit = crate::transaction::Limits::default().max_document_bytes;
+        let chain = |levels: usize| (0..levels).fold(Value::Null, |inner, _| obj! { "" => inner });
+        // As many copies of `item` as the limit takes, in an array.
+        let fill = |item: Value| {
+            let n = (limit - 2) / item.size_bytes();
+            Value::Array(vec![item; n])
+        };
+        for args in [
+            fill(chain(MAX_ARGS_DEPTH - 1)),
+            fill(chain(1)),
+            fill(obj! {}),
+            fill(Value::Null),
+            Value::Array(vec![Value::Int64(1); 8192]),
+        ] {
+            assert!(args.size_bytes() <= limit);
+            let call = encode(&call_of(args.clone())).expect("encode");
+            assert_eq!(decode_call(&call).expect("decode"), call_of(args.clone()));
+            let subscribe = ClientMessage::Subscribe {
+                query_id: 1,
+                function: "f".into(),
+                args,
+            };
+            let bytes = encode(&subscribe).expect("encode");
+            assert_eq!(decode_client(&bytes).expect("decode"), subscribe);
+        }
+    }
+
+    /// `check_shape` refuses as malformed or too deep exactly what serde's own walk of the
+    /// message refuses, so that the serde path decodes everything it decoded before the check
+    /// (the decoded bound aside).
+    fn shape_check_agrees_with_serde(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+        de.set_max_depth(MAX_MESSAGE_DEPTH + 1);
+        let walked = serde::de::IgnoredAny::deserialize(&mut de).is_ok();
+        match check_shape(bytes) {
+            Ok(()) => prop_assert!(walked, "{:02x?}", bytes),
+            Err(ProtocolError::DecodedTooLarge { .. }) => {}
+            Err(e) => prop_assert!(!walked, "{:02x?}: {}", bytes, e),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn the_shape_check_refuses_what_serde_refuses(
+            bytes in prop_oneof![
+                arb_msgpack(),
+                arb_msgpack().prop_map(|raw| client_messages_with_args(&raw).concat()),
+                prop::collection::vec(any::<u8>(), 0..64),
+            ],
+            flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<Option<usize>>(),
+        ) {
+            shape_check_agrees_with_serde(&bytes)?;
+            shape_check_agrees_with_serde(&damaged(bytes, &flips, cut))?;
+        }
     }
 
     /// Every hot decoder gives what the general decoder gives: the same message bit for bit,

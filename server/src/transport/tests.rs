@@ -432,6 +432,17 @@ impl Client {
             .await
             .expect("connection closed in time");
     }
+
+    /// The application code the server closes the connection with.
+    async fn close_code(&self) -> quinn::VarInt {
+        let closed = tokio::time::timeout(WAIT, self.conn.closed())
+            .await
+            .expect("connection closed in time");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => close.error_code,
+            other => panic!("expected the server to close the connection, got {other:?}"),
+        }
+    }
 }
 
 fn err_code(outcome: &CallOutcome) -> &str {

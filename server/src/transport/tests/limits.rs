@@ -1,7 +1,7 @@
 //! The limits that keep hostile clients from exhausting the server, against a real server on
 //! loopback: byte budgets for frames not yet complete, the QUIC receive window bounding what
-//! waits unread, the deadline for finishing a frame, and who may connect (a cap per source
-//! address, Retry under load, the server-wide limit).
+//! waits unread, the deadline for finishing a frame, the bound on what a frame decodes to, and
+//! who may connect (a cap per source address, Retry under load, the server-wide limit).
 
 use std::sync::atomic::{AtomicBool, AtomicI64};
 
@@ -9,7 +9,7 @@ use query_engine::protocol::DEFAULT_MAX_FRAME_BYTES;
 use quinn::{ConnectionError, TransportErrorCode};
 
 use super::*;
-use crate::transport::stream::CLOSE_TOO_MANY_CONNECTIONS;
+use crate::transport::stream::{CLOSE_PROTOCOL_ERROR, CLOSE_TOO_MANY_CONNECTIONS};
 
 /// A second source address: on Linux all of 127.0.0.0/8 is loopback. Tests that need it skip
 /// their other-address part where it cannot be bound.
@@ -325,6 +325,84 @@ async fn a_frame_left_incomplete_closes_its_connection() {
 
     let timeouts = &server.metrics().inbound_frame_timeouts;
     assert_eq!(timeouts.load(Ordering::Relaxed), 2);
+    until("the frames' bytes are released", || buffered(&server) == 0).await;
+    server.shutdown().await;
+}
+
+/// A message whose values would take more memory decoded than the protocol's bound (§10) is
+/// refused as a malformed one is, once the estimate passes the bound: a fatal
+/// `VALIDATION_ERROR` on its stream and the connection closed with code 1, for a `Call` on its
+/// stream and a `Subscribe` on the control stream alike; other connections go on, and new ones
+/// are served. The frames are 8 MiB of empty maps, a byte each on the wire and about 80 bytes
+/// each decoded (700 MB, which the server used to build and run the call with).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_decoded_bound_closes_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let bystander = Client::connect(&server).await;
+    let empty_maps = || {
+        let n = DEFAULT_MAX_FRAME_BYTES as usize - 100;
+        let mut raw = vec![0xdd];
+        raw.extend(u32::try_from(n).unwrap().to_be_bytes());
+        raw.extend(vec![0x80; n]);
+        raw
+    };
+    let expect_refused = |msg: &ServerMessage| {
+        assert_eq!(fatal_code(msg), "VALIDATION_ERROR");
+        let ServerMessage::Error { message, .. } = msg else {
+            unreachable!()
+        };
+        assert!(message.contains("decoded"), "{message}");
+    };
+
+    // A Call whose args, its last field, are the maps.
+    let client = Client::connect(&server).await;
+    let mut call = rmp_serde::to_vec_named(&obj! {
+        "type" => "Call",
+        "requestId" => 1i64,
+        "kind" => "action",
+        "function" => "counter:echo",
+    })
+    .unwrap();
+    call[0] += 1;
+    call.extend(b"\xa4args");
+    call.extend(empty_maps());
+    let (mut send, mut recv) = client.conn.open_bi().await.unwrap();
+    send.write_all(&encode_frame(&call).unwrap()).await.unwrap();
+    expect_refused(&recv_msg(&mut recv).await.unwrap());
+    assert_eq!(client.close_code().await, CLOSE_PROTOCOL_ERROR);
+
+    // A Subscribe, on the control stream.
+    let mut client = Client::connect(&server).await;
+    let mut subscribe = encode(&ClientMessage::Subscribe {
+        query_id: 1,
+        function: "counter:get".into(),
+        args: Value::Null,
+    })
+    .unwrap();
+    assert_eq!(subscribe.pop(), Some(0xc0), "args is the last field");
+    subscribe.extend(empty_maps());
+    client
+        .send
+        .write_all(&encode_frame(&subscribe).unwrap())
+        .await
+        .unwrap();
+    expect_refused(&client.next_non_transition().await);
+    assert_eq!(client.close_code().await, CLOSE_PROTOCOL_ERROR);
+
+    let args = obj! { "name" => "d" };
+    assert_eq!(
+        bystander
+            .value(CallKind::Mutation, "counter:increment", args.clone())
+            .await,
+        Value::Int64(1)
+    );
+    assert!(bystander.conn.close_reason().is_none());
+    let client = Client::connect(&server).await;
+    assert_eq!(
+        client.value(CallKind::Query, "counter:get", args).await,
+        Value::Int64(1)
+    );
     until("the frames' bytes are released", || buffered(&server) == 0).await;
     server.shutdown().await;
 }
