@@ -47,6 +47,15 @@ struct Finished {
     slot: OwnedSemaphorePermit,
 }
 
+/// A `Call` frame read and waiting for a call slot, or for unwritten results to drain.
+struct Pending {
+    /// Holds its bytes in the inbound budget until decoded.
+    frame: Frame,
+    /// The identity the call runs under: the connection's when the frame was read (§5.5),
+    /// whatever `Authenticate` comes while it waits.
+    auth: Option<Arc<AuthState>>,
+}
+
 /// Where the client's side of the stream stands.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Input {
@@ -66,9 +75,8 @@ struct CallStream {
     /// Reads the next frame under the connection's byte budget; at most one frame is being
     /// read while none is `ready`.
     reader: FrameReader,
-    /// A frame read and waiting for a call slot, or for unwritten results to drain, holding its
-    /// bytes in the inbound budget meanwhile.
-    ready: Option<Frame>,
+    /// A frame read and waiting for a call slot, or for unwritten results to drain.
+    ready: Option<Pending>,
     /// The `ready` frame has been counted as held back for unwritten results.
     ready_held_back: bool,
     running: FuturesUnordered<BoxFuture<'static, Finished>>,
@@ -193,7 +201,10 @@ impl CallStream {
                 () = stalled.as_mut(), if writing => return self.give_up(&mut recv),
                 frame = self.reader.next(&mut recv), if self.input == Input::Open && !frame_waiting => {
                     match frame {
-                        Ok(Some(frame)) => self.ready = Some(frame),
+                        Ok(Some(frame)) => {
+                            let auth = self.ctx.auth.load_full();
+                            self.ready = Some(Pending { frame, auth });
+                        }
                         Ok(None) => self.input = Input::Finished,
                         Err(e) => match e.to_fatal_message() {
                             Some(message) => {
@@ -232,7 +243,7 @@ impl CallStream {
                 Err(_) => return Ok(()),
             },
         };
-        let Some(frame) = self.ready.take() else {
+        let Some(Pending { frame, auth }) = self.ready.take() else {
             return Ok(());
         };
         self.ready_held_back = false;
@@ -256,8 +267,6 @@ impl CallStream {
                 "requestId {request_id} is already in flight on this call stream"
             )));
         }
-        // The identity when the frame is read is the one the call runs under (§5.5).
-        let auth = self.ctx.auth.load_full();
         let call = run_call(
             self.shared.clone(),
             auth,

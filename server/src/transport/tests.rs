@@ -1328,10 +1328,13 @@ async fn a_duplicate_request_id_in_flight_is_fatal() {
     server.shutdown().await;
 }
 
+/// A call runs under the identity the connection has when its frame is read (§5.5): one sent
+/// after `AuthOk` runs under the new identity, and one read before an `Authenticate` runs under
+/// the old even when it starts later, waiting at the bound on calls in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_call_runs_under_the_identity_when_its_frame_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path()).await;
+    let server = start_with(dir.path(), |c| c.limits.max_concurrent_calls = 1).await;
     let mut client = Client::connect(&server).await;
     let (mut send, mut recv) = client.conn.open_bi().await.unwrap();
     let whoami = |id| call_msg(id, CallKind::Query, "counter:whoami", obj! {});
@@ -1341,10 +1344,25 @@ async fn each_call_runs_under_the_identity_when_its_frame_is_read() {
     client.authenticate(Some(token), Some("user_2")).await;
     send_msg(&mut send, &whoami(2)).await;
     assert_eq!(next_result(&mut recv).await, (2, Value::from("user_2")));
+
+    // A gated call holds the one slot; the next call's frame is read (its bytes held in the
+    // inbound budget) and waits for the slot while the client signs out.
+    send_msg(&mut send, &gated(3, "identity")).await;
+    started("identity", 1).await;
+    send_msg(&mut send, &whoami(4)).await;
+    let held = &server.metrics().inbound_frame_bytes;
+    limits::until("the waiting call's frame is read", || {
+        held.load(Ordering::Relaxed) > 0
+    })
+    .await;
     client.authenticate(None, None).await;
-    send_msg(&mut send, &whoami(3)).await;
+    gate("identity").open.add_permits(1);
+    assert_eq!(next_result(&mut recv).await, (3, Value::from("identity")));
+    assert_eq!(next_result(&mut recv).await, (4, Value::from("user_2")));
+
+    send_msg(&mut send, &whoami(5)).await;
     send.finish().unwrap();
-    assert_eq!(next_result(&mut recv).await, (3, Value::Null));
+    assert_eq!(next_result(&mut recv).await, (5, Value::Null));
     assert!(recv_msg(&mut recv).await.is_none());
     server.shutdown().await;
 }
