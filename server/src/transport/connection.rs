@@ -1,7 +1,9 @@
 //! One QUIC connection: the handshake (`Connect` → `Connected` on the first bidirectional
-//! stream), then the control stream's reader and writer and one task per call stream (each
-//! serving many calls), until the client leaves, a fatal error ends it, or the server shuts
-//! down (drain, then close).
+//! stream, or a fatal `Error` for a first frame that is not a `Connect`), then
+//! the control stream's reader and writer and one task per call stream (each serving many
+//! calls), until the client leaves, a fatal error ends it, or the server shuts down (drain,
+//! then close); the connection is closed with the code of how it ended, whether or not the
+//! writer could still send the last word.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -25,9 +27,9 @@ use tracing::Instrument;
 
 use super::admission::Admission;
 use super::budget::{ConnBudget, ServerBudget};
-use super::control::{self, Outgoing};
+use super::control::{self, Fatal, Outgoing};
 use super::stream::{
-    read_message, send_fatal_and_close, write_message, FrameReader, CLOSE_NORMAL,
+    close_reason, read_message, send_fatal_and_close, write_message, FrameReader, CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_TOO_MANY_CONNECTIONS,
 };
 use super::{call, report_panic, Shared};
@@ -134,7 +136,9 @@ impl Drop for OpenGuard {
 
 enum End {
     Shutdown,
-    ControlClosed,
+    /// The control stream's reader ended: the client closed the stream, or sent something
+    /// fatal.
+    ControlClosed(Option<Fatal>),
     ConnectionLost,
 }
 
@@ -302,7 +306,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stopping| *stopping) => break End::Shutdown,
-            () = &mut reader => break End::ControlClosed,
+            fatal = &mut reader => break End::ControlClosed(fatal),
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     // Finished streams are reaped here rather than in a branch of their own,
@@ -323,7 +327,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
         }
     };
     drop(reader);
-    match end {
+    let last = match end {
         End::Shutdown => {
             let drained = tokio::time::timeout(shared.drain_timeout, async {
                 while calls.join_next().await.is_some() {}
@@ -336,7 +340,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
                 );
             }
             calls.abort_all();
-            let goodbye = Outgoing::Fatal {
+            Some(Fatal {
                 message: ServerMessage::Error {
                     code: codes::INTERNAL.into(),
                     message: "server shutting down".into(),
@@ -344,33 +348,38 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
                     fatal: true,
                 },
                 close_code: CLOSE_SHUTDOWN,
-            };
-            let _ = tokio::time::timeout(WRITER_STOP_TIMEOUT, out_tx.send(goodbye)).await;
-            drop(out_tx);
-            if tokio::time::timeout(WRITER_STOP_TIMEOUT, &mut writer)
-                .await
-                .is_err()
-            {
-                writer.abort();
-            }
-            conn.close(CLOSE_SHUTDOWN, b"server shutting down");
+            })
         }
-        End::ControlClosed => {
+        End::ControlClosed(fatal) => {
             calls.abort_all();
-            drop(out_tx);
-            if tokio::time::timeout(WRITER_STOP_TIMEOUT, &mut writer)
-                .await
-                .is_err()
-            {
-                writer.abort();
-            }
-            conn.close(CLOSE_NORMAL, b"");
+            fatal
         }
         End::ConnectionLost => {
             calls.abort_all();
             writer.abort();
+            tracing::debug!("connection ended");
+            return;
         }
+    };
+    // The writer sends what it has queued, then the last word if there is one (which closes
+    // the connection), bounded in time: one blocked on a client that does not read the control
+    // stream is given up. Either way the connection is closed with the code of how it ended.
+    let (close_code, reason) = match &last {
+        Some(fatal) => (fatal.close_code, close_reason(&fatal.message).to_vec()),
+        None => (CLOSE_NORMAL, Vec::new()),
+    };
+    if let Some(fatal) = last {
+        let _ =
+            tokio::time::timeout(WRITER_STOP_TIMEOUT, out_tx.send(Outgoing::Fatal(fatal))).await;
     }
+    drop(out_tx);
+    if tokio::time::timeout(WRITER_STOP_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    conn.close(close_code, &reason);
     tracing::debug!("connection ended");
 }
 

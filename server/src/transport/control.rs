@@ -1,5 +1,7 @@
 //! The control stream: one task reads client messages (`Authenticate`, `Subscribe`,
-//! `Unsubscribe`, `Ping`) and acts on them; another owns the send side and writes replies and
+//! `Unsubscribe`, `Ping`) and acts on them, until the client closes the stream or sends
+//! something fatal, which it hands to the connection task (`Fatal`) to send and close the
+//! connection with; another owns the send side and writes replies and
 //! transitions (one too large for a frame in parts, to a client that takes them; an update too
 //! large for any frame as the failure of its subscription alone), pulling a
 //! transition only when the stream has taken the previous one — that is the backpressure that
@@ -34,10 +36,13 @@ pub(crate) enum Outgoing {
     /// it knows where the client's timestamps stand.
     SubscribeFailed { query_id: u32, error: FunctionError },
     /// Written, then the connection is closed.
-    Fatal {
-        message: ServerMessage,
-        close_code: VarInt,
-    },
+    Fatal(Fatal),
+}
+
+/// The last message on a connection, and the code to close it with.
+pub(crate) struct Fatal {
+    pub message: ServerMessage,
+    pub close_code: VarInt,
 }
 
 fn error_message(
@@ -54,14 +59,32 @@ fn error_message(
     }
 }
 
-/// Reads control messages until the client closes the stream or sends something fatal.
+/// Reads control messages until the client closes the stream (`None`) or sends something
+/// fatal: the error to end the connection with, counted as a protocol error. The connection
+/// task sends it, so that the connection is closed with its code even when the writer cannot
+/// send it (a client that does not read the control stream).
 pub(crate) async fn read_loop(
     ctx: Arc<ConnCtx>,
     shared: Arc<Shared>,
+    recv: RecvStream,
+    reader: FrameReader,
+    out: mpsc::Sender<Outgoing>,
+) -> Option<Fatal> {
+    let fatal = read_messages(&ctx, &shared, recv, reader, &out).await?;
+    shared
+        .metrics
+        .protocol_errors
+        .fetch_add(1, Ordering::Relaxed);
+    Some(fatal)
+}
+
+async fn read_messages(
+    ctx: &ConnCtx,
+    shared: &Shared,
     mut recv: RecvStream,
     mut reader: FrameReader,
-    out: mpsc::Sender<Outgoing>,
-) {
+    out: &mpsc::Sender<Outgoing>,
+) -> Option<Fatal> {
     let leeway = shared.verifier.config().leeway_secs;
     loop {
         // The read stays pinned while the expiry timer fires, so no frame is cut in half.
@@ -70,10 +93,10 @@ pub(crate) async fn read_loop(
         let read = loop {
             tokio::select! {
                 r = &mut read => break r,
-                () = until(expiry_deadline(&ctx, leeway)) => {
-                    if let Some(reply) = expire_identity(&ctx, leeway).await {
+                () = until(expiry_deadline(ctx, leeway)) => {
+                    if let Some(reply) = expire_identity(ctx, leeway).await {
                         if out.send(reply).await.is_err() {
-                            return;
+                            return None;
                         }
                     }
                 }
@@ -83,55 +106,44 @@ pub(crate) async fn read_loop(
             Ok(Some(msg)) => msg,
             Ok(None) => {
                 tracing::debug!("client closed the control stream");
-                return;
+                return None;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "control stream read failed");
-                if let Some(message) = e.to_fatal_message() {
-                    e.count_stall(&shared.metrics);
-                    shared
-                        .metrics
-                        .protocol_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    let _ = out
-                        .send(Outgoing::Fatal {
-                            message,
-                            close_code: CLOSE_PROTOCOL_ERROR,
-                        })
-                        .await;
-                }
-                return;
+                let message = e.to_fatal_message()?;
+                e.count_stall(&shared.metrics);
+                return Some(Fatal {
+                    message,
+                    close_code: CLOSE_PROTOCOL_ERROR,
+                });
             }
         };
         let reply = match msg {
-            ClientMessage::Authenticate { token } => Some(authenticate(&ctx, &shared, token).await),
+            ClientMessage::Authenticate { token } => Some(authenticate(ctx, shared, token).await),
             ClientMessage::Subscribe {
                 query_id,
                 function,
                 args,
-            } => subscribe(&ctx, query_id, &function, args).await,
+            } => subscribe(ctx, query_id, &function, args).await,
             ClientMessage::Unsubscribe { query_id } => {
                 ctx.session.unsubscribe(query_id).await;
                 None
             }
             ClientMessage::Ping { nonce } => Some(Outgoing::Message(ServerMessage::Pong { nonce })),
-            ClientMessage::Connect { .. } => Some(fatal_validation("Connect was already received")),
-            ClientMessage::Call { .. } => Some(fatal_validation(
-                "Call must be sent on a stream of its own, not on the control stream",
-            )),
+            ClientMessage::Connect { .. } => {
+                return Some(fatal_validation("Connect was already received"))
+            }
+            ClientMessage::Call { .. } => {
+                return Some(fatal_validation(
+                    "Call must be sent on a stream of its own, not on the control stream",
+                ))
+            }
         };
         let Some(reply) = reply else { continue };
-        let is_fatal = matches!(reply, Outgoing::Fatal { .. });
-        if is_fatal {
-            shared
-                .metrics
-                .protocol_errors
-                .fetch_add(1, Ordering::Relaxed);
-        }
         // A full queue makes the reader wait, which stops it reading: QUIC flow control then
         // slows the client down.
-        if out.send(reply).await.is_err() || is_fatal {
-            return;
+        if out.send(reply).await.is_err() {
+            return None;
         }
     }
 }
@@ -193,8 +205,8 @@ async fn expire_identity(ctx: &ConnCtx, leeway_secs: u64) -> Option<Outgoing> {
     )))
 }
 
-fn fatal_validation(message: &str) -> Outgoing {
-    Outgoing::Fatal {
+fn fatal_validation(message: &str) -> Fatal {
+    Fatal {
         message: error_message(codes::VALIDATION_ERROR, message, Value::Null, true),
         close_code: CLOSE_PROTOCOL_ERROR,
     }
@@ -389,7 +401,7 @@ pub(crate) async fn write_loop(
                     };
                     write_message(&mut send, &msg, max_frame).await
                 }
-                Some(Outgoing::Fatal { message, close_code }) => {
+                Some(Outgoing::Fatal(Fatal { message, close_code })) => {
                     send_fatal_and_close(&ctx.conn, &mut send, &message, max_frame, close_code).await;
                     return;
                 }

@@ -287,9 +287,13 @@ pub async fn send_fatal_and_close(
     if write_message(send, msg, max_frame_bytes).await.is_ok() && send.finish().is_ok() {
         let _ = tokio::time::timeout(FATAL_FLUSH_TIMEOUT, send.stopped()).await;
     }
-    let reason = match msg {
+    conn.close(close_code, close_reason(msg));
+}
+
+/// The reason a connection closed after `msg` gives: the code of an `Error`.
+pub fn close_reason(msg: &ServerMessage) -> &[u8] {
+    match msg {
         ServerMessage::Error { code, .. } => code.as_bytes(),
         _ => b"",
-    };
-    conn.close(close_code, reason);
+    }
 }

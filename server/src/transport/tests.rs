@@ -432,16 +432,16 @@ impl Client {
             .await
             .expect("connection closed in time");
     }
+}
 
-    /// The application code the server closes the connection with.
-    async fn close_code(&self) -> quinn::VarInt {
-        let closed = tokio::time::timeout(WAIT, self.conn.closed())
-            .await
-            .expect("connection closed in time");
-        match closed {
-            quinn::ConnectionError::ApplicationClosed(close) => close.error_code,
-            other => panic!("expected the server to close the connection, got {other:?}"),
-        }
+/// The application code the server closes `conn` with.
+async fn close_code(conn: &Connection) -> quinn::VarInt {
+    let closed = tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("connection closed in time");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => close.error_code,
+        other => panic!("expected the server to close the connection, got {other:?}"),
     }
 }
 

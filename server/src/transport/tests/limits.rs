@@ -370,7 +370,7 @@ async fn a_message_over_the_decoded_bound_closes_its_connection() {
     let (mut send, mut recv) = client.conn.open_bi().await.unwrap();
     send.write_all(&encode_frame(&call).unwrap()).await.unwrap();
     expect_refused(&recv_msg(&mut recv).await.unwrap());
-    assert_eq!(client.close_code().await, CLOSE_PROTOCOL_ERROR);
+    assert_eq!(close_code(&client.conn).await, CLOSE_PROTOCOL_ERROR);
 
     // A Subscribe, on the control stream.
     let mut client = Client::connect(&server).await;
@@ -388,7 +388,7 @@ async fn a_message_over_the_decoded_bound_closes_its_connection() {
         .await
         .unwrap();
     expect_refused(&client.next_non_transition().await);
-    assert_eq!(client.close_code().await, CLOSE_PROTOCOL_ERROR);
+    assert_eq!(close_code(&client.conn).await, CLOSE_PROTOCOL_ERROR);
 
     let args = obj! { "name" => "d" };
     assert_eq!(

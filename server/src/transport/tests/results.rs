@@ -1,14 +1,15 @@
-//! Call results a client does not read, against a real server on loopback: the budgets for
-//! unwritten results stop the calls of the connection, the address or the server holding
-//! them, and not others'; a result not taken in time resets its stream. The clients here grant
-//! a call stream a few KiB of flow-control credit, so a result they do not read stays in the
+//! Output a client does not read, against a real server on loopback: the budgets for
+//! unwritten call results stop the calls of the connection, the address or the server holding
+//! them, and not others; a result not taken in time resets its stream; a fatal error the
+//! control stream's writer cannot send still closes the connection with its code. The clients
+//! here grant a stream a few KiB of flow-control credit, so what they do not read stays in the
 //! server.
 
 use quinn::VarInt;
 
 use super::limits::{until, OTHER};
 use super::*;
-use crate::transport::stream::CLOSE_RESULT_TIMEOUT;
+use crate::transport::stream::{CLOSE_PROTOCOL_ERROR, CLOSE_RESULT_TIMEOUT};
 
 /// Flow-control credit a non-reading client grants each stream: far less than a result.
 const STREAM_WINDOW: u32 = 8 * 1024;
@@ -215,5 +216,43 @@ async fn a_result_not_taken_in_time_resets_its_stream() {
         Value::Int64(0)
     );
     assert!(client.conn.close_reason().is_none());
+    server.shutdown().await;
+}
+
+/// A fatal error on the control stream of a client that does not read it: the writer is
+/// blocked in a transition the client takes no more of and cannot send the error, and the
+/// connection is closed with code 1 (protocol error) all the same, where it was closed as a
+/// normal end (0) once the writer was given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_error_closes_with_its_code_when_the_writer_is_blocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut client = connect_not_reading(&server, LOCAL).await;
+    // A first result far larger than the stream's credit: the writer blocks in it.
+    client
+        .control(ClientMessage::Subscribe {
+            query_id: 1,
+            function: "counter:padded".into(),
+            args: obj! { "name" => "w", "bytes" => i64::from(10 * STREAM_WINDOW) },
+        })
+        .await;
+    // Its first bytes arrive: the writer is in it.
+    let mut head = [0u8; 64];
+    tokio::time::timeout(WAIT, client.recv.read_exact(&mut head))
+        .await
+        .expect("the transition started in time")
+        .unwrap();
+    // A second Connect is fatal.
+    client
+        .control(ClientMessage::Connect {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "again".into(),
+            last_seen_ts: None,
+            transition_parts: false,
+        })
+        .await;
+    assert_eq!(close_code(&client.conn).await, CLOSE_PROTOCOL_ERROR);
+    let errors = server.metrics().protocol_errors.load(Ordering::Relaxed);
+    assert_eq!(errors, 1);
     server.shutdown().await;
 }
