@@ -1,5 +1,5 @@
 //! One QUIC connection: the handshake (`Connect` → `Connected` on the first bidirectional
-//! stream, or a fatal `Error` for a first frame that is not a `Connect`), then
+//! stream, or a fatal `Error` for a first frame that is not a `Connect` or none in time), then
 //! the control stream's reader and writer and one task per call stream (each serving many
 //! calls), until the client leaves, a fatal error ends it, or the server shuts down (drain,
 //! then close); the connection is closed with the code of how it ended, whether or not the
@@ -20,7 +20,7 @@ use query_engine::protocol::{
 };
 use query_engine::subscriptions::ClientSession;
 use query_engine::value::Value;
-use quinn::{Connection, Incoming};
+use quinn::{Connection, Incoming, SendStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -29,8 +29,8 @@ use super::admission::Admission;
 use super::budget::{ConnBudget, ServerBudget};
 use super::control::{self, Fatal, Outgoing};
 use super::stream::{
-    close_reason, read_message, send_fatal_and_close, write_message, FrameReader, CLOSE_NORMAL,
-    CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_TOO_MANY_CONNECTIONS,
+    close_reason, read_message, send_fatal_and_close, timed_out, write_message, FrameReader,
+    CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_TOO_MANY_CONNECTIONS,
 };
 use super::{call, report_panic, Shared};
 use crate::metrics::ServerMetrics;
@@ -213,17 +213,22 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
             tracing::debug!(error = %e, "bad first frame");
             if let Some(msg) = e.to_fatal_message() {
                 e.count_stall(&shared.metrics);
-                shared
-                    .metrics
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                send_fatal_and_close(&conn, &mut send, &msg, max_frame, CLOSE_PROTOCOL_ERROR).await;
+                refuse(&shared, &conn, &mut send, &msg).await;
             }
             conn.close(CLOSE_PROTOCOL_ERROR, b"");
             return;
         }
         Err(_) => {
-            conn.close(CLOSE_PROTOCOL_ERROR, b"no Connect in time");
+            tracing::debug!("no Connect in time");
+            let timeout = limits.connect_timeout;
+            let message = format!("no Connect within {timeout:?} of opening the control stream");
+            refuse(
+                &shared,
+                &conn,
+                &mut send,
+                &timed_out(message, "connectTimeoutMs", timeout),
+            )
+            .await;
             return;
         }
     };
@@ -252,11 +257,7 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
         }),
     };
     if let Some(msg) = fatal {
-        shared
-            .metrics
-            .protocol_errors
-            .fetch_add(1, Ordering::Relaxed);
-        send_fatal_and_close(&conn, &mut send, &msg, max_frame, CLOSE_PROTOCOL_ERROR).await;
+        refuse(&shared, &conn, &mut send, &msg).await;
         return;
     }
     let connected = ServerMessage::Connected {
@@ -381,6 +382,17 @@ async fn run(shared: Arc<Shared>, conn: Connection, budget: ConnBudget, session_
     }
     conn.close(close_code, &reason);
     tracing::debug!("connection ended");
+}
+
+/// Ends a connection whose client broke the protocol before it was `Connected`: `msg` is sent
+/// on the control stream (bounded in time) and the connection closed with code 1.
+async fn refuse(shared: &Shared, conn: &Connection, send: &mut SendStream, msg: &ServerMessage) {
+    shared
+        .metrics
+        .protocol_errors
+        .fetch_add(1, Ordering::Relaxed);
+    let max_frame = shared.limits.max_frame_bytes;
+    send_fatal_and_close(conn, send, msg, max_frame, CLOSE_PROTOCOL_ERROR).await;
 }
 
 #[cfg(test)]

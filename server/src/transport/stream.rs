@@ -64,16 +64,24 @@ impl ReadError {
                 fatal: true,
             }),
             ReadError::Protocol(e) => Some(e.to_message(true)),
-            ReadError::Stalled { timeout, .. } => Some(ServerMessage::Error {
-                code: query_engine::error::codes::VALIDATION_ERROR.into(),
-                message: self.to_string(),
-                data: query_engine::obj! {
-                    "limit" => "frameTimeoutMs",
-                    "max" => i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
-                },
-                fatal: true,
-            }),
+            ReadError::Stalled { timeout, .. } => {
+                Some(timed_out(self.to_string(), "frameTimeoutMs", *timeout))
+            }
         }
+    }
+}
+
+/// The fatal `VALIDATION_ERROR` for a client that did not send something within `timeout`,
+/// naming the limit (`data`: `{limit, max}` in milliseconds).
+pub(crate) fn timed_out(message: String, limit: &str, timeout: Duration) -> ServerMessage {
+    ServerMessage::Error {
+        code: query_engine::error::codes::VALIDATION_ERROR.into(),
+        message,
+        data: query_engine::obj! {
+            "limit" => limit,
+            "max" => i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+        },
+        fatal: true,
     }
 }
 

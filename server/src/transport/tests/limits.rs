@@ -432,6 +432,35 @@ async fn a_large_first_frame_is_refused_before_connect() {
     server.shutdown().await;
 }
 
+/// A client that opens its control stream but sends no whole `Connect` within the connect
+/// timeout is told so, with a fatal `VALIDATION_ERROR` naming the limit, and closed with
+/// code 1 (it was closed without a word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_connect_in_time_is_told_and_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| {
+        c.limits.connect_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (_endpoint, conn) = dial(&server).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // Half a length prefix: the stream is open, and no frame comes.
+    send.write_all(&[0, 0]).await.unwrap();
+    let refused = recv_msg(&mut recv).await.unwrap();
+    assert_eq!(fatal_code(&refused), "VALIDATION_ERROR", "{refused:?}");
+    let ServerMessage::Error { data, .. } = &refused else {
+        unreachable!()
+    };
+    assert_eq!(
+        data.get_path("limit"),
+        Some(&Value::from("connectTimeoutMs"))
+    );
+    assert_eq!(data.get_path("max"), Some(&Value::Int64(300)));
+    assert_eq!(close_code(&conn).await, CLOSE_PROTOCOL_ERROR);
+    assert_eq!(buffered(&server), 0);
+    server.shutdown().await;
+}
+
 /// How an attempt to connect from `local` ends: refused during the handshake, or closed right
 /// after it.
 async fn refusal(server: &RunningServer, local: &str) -> ConnectionError {
