@@ -1,12 +1,13 @@
 //! Pre-call and in-call prompts through the engine with the provider faked on 127.0.0.1:
 //! access checks, feature flags, idempotency (counted at the fake), the per-meeting
 //! throttle, racing generations asking the provider once (a call the same as one in flight
-//! waits for its answer, a dead call's claim is taken over), fallback with provenance,
-//! listing and feedback.
+//! waits for its answer, a dead call's claim is taken over), fallback with provenance (whose
+//! reason, like the log, never quotes the model's answer), listing and feedback.
 
 mod ai_common;
 mod linkedup_common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ai_common::*;
@@ -132,6 +133,66 @@ async fn a_failing_provider_is_replaced_by_the_local_heuristics_and_recorded() {
     assert!(prompts
         .iter()
         .any(|p| s(p, "content").contains("hire two engineers")));
+    assert_eq!(fake.count("/chat/completions"), 1);
+}
+
+/// What this thread logs while the guard `capture` returns lives.
+#[derive(Clone, Default)]
+struct Logs(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || logs.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
+
+/// A model answer of the wrong shape is neither logged nor stored as the fallback reason: it
+/// may be made of the participants' profiles.
+#[tokio::test]
+async fn a_malformed_answer_is_not_logged_or_stored() {
+    let fake = Fake::start().await;
+    fake.always(Reply::Json(
+        200,
+        chat(serde_json::json!({"prompts": "SECRET-PII Alice is moving to Berlin"})),
+        None,
+    ));
+    let w = world(config(&fake, 0)).await;
+    enable(&w.env.engine, &w.alice, "precall/ai").await;
+    let logs = Logs::default();
+    let prompts = {
+        let _guard = logs.capture();
+        pre(&w, Some(&w.bob)).await.unwrap()
+    };
+    let logged = logs.text();
+    assert!(logged.contains("AI provider failed"), "{logged}");
+    assert!(!logged.contains("SECRET-PII"), "{logged}");
+    for p in prompts.as_array().unwrap() {
+        assert_eq!(s(p, "provenance.provider"), "local");
+        let reason = s(p, "provenance.fallbackReason");
+        assert!(reason.contains("not the JSON asked for"), "{reason}");
+        assert!(!reason.contains("SECRET-PII"), "{reason}");
+    }
     assert_eq!(fake.count("/chat/completions"), 1);
 }
 

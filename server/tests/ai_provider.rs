@@ -1,7 +1,8 @@
 //! The OpenAI-compatible client against a fake API on 127.0.0.1: request shape and bearer key,
 //! retries (429 with Retry-After, 5xx, timeouts) and their bound, no retry on 4xx, strict
-//! rejection of malformed or out-of-range answers, the response size cap, embeddings ordered
-//! by index, and the service's fallback to the local heuristics.
+//! rejection of malformed or out-of-range answers (described without quoting them), the
+//! response size cap, embeddings ordered by index, and the service's fallback to the local
+//! heuristics.
 
 mod ai_common;
 
@@ -222,6 +223,65 @@ async fn out_of_range_answers_are_rejected_and_prompts_fall_back_to_the_local_he
     let g = service.pre_call_ideas(&pre_call()).await.unwrap();
     assert_eq!(g.provider, "local");
     assert!(g.fallback_reason.unwrap().contains("HTTP 503"));
+}
+
+/// What the model wrote can be the profiles, transcripts and notes it was sent: errors (logged,
+/// and stored as fallback reasons) describe a bad answer without quoting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_about_bad_answers_do_not_quote_them() {
+    const SECRET: &str = "SECRET-PII Alice is moving to Berlin";
+    let fake = Fake::start().await;
+    let service = service(&fake);
+    let p = fake.provider(fake.settings());
+    let cases = [
+        // A wrong-typed field of the content: serde's message quotes the whole string.
+        chat(json!({ "prompts": SECRET })),
+        chat(json!({"prompts": [{"content": "x", "tags": [], "relevance": SECRET}]})),
+        // A key the shape does not have.
+        chat(json!({ "prompts": [], SECRET: 1 })),
+        // A completion of the wrong shape.
+        json!({ "choices": SECRET }),
+    ];
+    for body in cases.clone() {
+        fake.script([Reply::Json(200, body.clone(), None)]);
+        let e = p.pre_call_ideas(&pre_call()).await.unwrap_err();
+        assert!(matches!(e, AiError::Malformed(_)), "{body}: {e:?}");
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+    }
+    for body in cases {
+        fake.script([Reply::Json(200, body, None)]);
+        let g = service.pre_call_ideas(&pre_call()).await.unwrap();
+        assert_eq!(g.provider, "local");
+        let reason = g.fallback_reason.unwrap();
+        assert!(
+            reason.contains("not the JSON asked for") || reason.contains("not a chat completion"),
+            "{reason}"
+        );
+        assert!(!reason.contains("SECRET"), "{reason}");
+    }
+    // A recommendation of a kind not offered.
+    fake.script([Reply::Json(
+        200,
+        chat(
+            json!({"summary": "ok", "actionItems": [], "recommendations": [
+            {"type": SECRET, "content": "x", "confidence": 0.5}]}),
+        ),
+        None,
+    )]);
+    let e = service
+        .try_post_call_insight(&post_call())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AiError::Invalid(_)), "{e:?}");
+    assert!(!e.to_string().contains("SECRET"), "{e}");
+    // Embeddings of the wrong shape.
+    fake.script([Reply::Json(200, json!({ "data": SECRET }), None)]);
+    let e = service
+        .embed(None, &["rust".to_string()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "PROVIDER_ERROR");
+    assert!(!e.message.contains("SECRET"), "{}", e.message);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

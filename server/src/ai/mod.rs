@@ -465,9 +465,9 @@ pub fn valid_insight(d: InsightDraft) -> Result<InsightDraft, AiError> {
     }
     for (i, r) in d.recommendations.iter().enumerate() {
         if !RECOMMENDATION_KINDS.contains(&r.kind.as_str()) {
+            // Not quoted: it is the model's text.
             return Err(AiError::Invalid(format!(
-                "recommendations[{i}].type {:?} is not one of {RECOMMENDATION_KINDS:?}",
-                r.kind
+                "recommendations[{i}].type is not one of {RECOMMENDATION_KINDS:?}"
             )));
         }
         check_chars(

@@ -3,7 +3,8 @@
 //! has a timeout, is retried on 429, 5xx, timeouts and connection failures only (honouring
 //! `Retry-After`, capped, else exponential backoff with jitter), within a total time budget
 //! that keeps a call inside the engine's action time limit; response bodies are read up to a
-//! cap. The key travels only in the `Authorization` header and never appears in errors.
+//! cap. The key travels only in the `Authorization` header and never appears in errors, nor does
+//! any of an answer's content (`malformed`).
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use linkedup_schema::api::ai::Recommendation;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::error::Category;
 use serde_json::json;
 
 use super::{
@@ -176,8 +178,8 @@ impl OpenAiProvider {
             "max_tokens": self.settings.max_tokens,
         });
         let bytes = self.post("chat/completions", &body).await?;
-        let response: ChatResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| AiError::Malformed(format!("not a chat completion: {e}")))?;
+        let response: ChatResponse =
+            serde_json::from_slice(&bytes).map_err(|e| malformed("not a chat completion", &e))?;
         let choice = response
             .choices
             .into_iter()
@@ -193,14 +195,14 @@ impl OpenAiProvider {
             .content
             .ok_or_else(|| AiError::Malformed("the message has no content".into()))?;
         serde_json::from_str(&content)
-            .map_err(|e| AiError::Malformed(format!("the content is not the JSON asked for: {e}")))
+            .map_err(|e| malformed("the content is not the JSON asked for", &e))
     }
 
     async fn embeddings(&self, model: &str, texts: &[String]) -> Result<Vec<Vec<f64>>, AiError> {
         let body = json!({ "model": model, "input": texts, "encoding_format": "float" });
         let bytes = self.post("embeddings", &body).await?;
         let response: EmbeddingResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| AiError::Malformed(format!("not an embeddings response: {e}")))?;
+            .map_err(|e| malformed("not an embeddings response", &e))?;
         let mut slots: Vec<Option<Vec<f64>>> = vec![None; texts.len()];
         for item in response.data {
             let slot = slots.get_mut(item.index).ok_or_else(|| {
@@ -225,6 +227,24 @@ impl OpenAiProvider {
             })
             .collect()
     }
+}
+
+/// A response that did not decode, described by what it is not and where it went wrong, never
+/// by its content: serde's message quotes the offending value (`invalid type: string "…"`),
+/// which can be the model's whole answer, made of the profiles, transcripts and notes it was
+/// sent, and the description is logged and stored as a fallback reason.
+fn malformed(what: &str, e: &serde_json::Error) -> AiError {
+    let how = match e.classify() {
+        Category::Io => "unreadable",
+        Category::Syntax => "not valid JSON",
+        Category::Data => "JSON of another shape",
+        Category::Eof => "cut short",
+    };
+    AiError::Malformed(format!(
+        "{what}: {how} at line {} column {}",
+        e.line(),
+        e.column()
+    ))
 }
 
 fn transport_failure(e: reqwest::Error) -> Failure<AiError> {
