@@ -145,11 +145,19 @@ pub struct ActionCtx {
     identity: Option<Identity>,
     /// Highest commit timestamp of the mutations this action ran (for read-your-writes).
     last_commit_ts: Arc<AtomicU64>,
+    /// When the engine stops the action (`EngineConfig::max_action_time` after it started).
+    deadline: tokio::time::Instant,
 }
 
 impl ActionCtx {
     pub fn auth(&self) -> Option<&Identity> {
         self.identity.as_ref()
+    }
+
+    /// When the engine stops this action with an `actionRunTimeMs` error: what it waits for
+    /// (a provider, say) must end before then, leaving it time to act on the outcome.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
     }
 
     pub fn engine(&self) -> &Engine {
@@ -809,12 +817,14 @@ impl Engine {
             return Err(FunctionError::internal("not an action"));
         };
         let last_commit_ts = Arc::new(AtomicU64::new(0));
+        let deadline = tokio::time::Instant::now() + self.inner.max_action_time;
         let ctx = ActionCtx {
             engine: self.clone(),
             identity,
             last_commit_ts: last_commit_ts.clone(),
+            deadline,
         };
-        let value = tokio::time::timeout(self.inner.max_action_time, h(ctx, args))
+        let value = tokio::time::timeout_at(deadline, h(ctx, args))
             .await
             .map_err(|_| {
                 crate::transaction::limit_error(

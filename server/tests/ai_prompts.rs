@@ -1,7 +1,8 @@
 //! Pre-call and in-call prompts through the engine with the provider faked on 127.0.0.1:
 //! access checks, feature flags, idempotency (counted at the fake), the per-meeting
 //! throttle, racing generations asking the provider once (a call the same as one in flight
-//! waits for its answer, a dead call's claim is taken over), fallback with provenance (whose
+//! waits for its answer, a dead call's claim is taken over, within the action time limit even
+//! when the provider never answers), fallback with provenance (whose
 //! reason, like the log, never quotes the model's answer), listing and feedback.
 
 mod ai_common;
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use ai_common::*;
 use linkedup_common::*;
+use linkedup_server::ai::AiService;
 use linkedup_server::linkedup::LinkedUpConfig;
+use query_engine::engine::EngineConfig;
 use query_engine::error::FunctionError;
 use query_engine::identity::Identity;
 use query_engine::obj;
@@ -505,6 +508,64 @@ async fn the_claim_of_a_call_that_died_is_taken_over_once_it_expires() {
     assert_eq!(fake.count("/chat/completions"), 1);
     // Alice's own call now gets the stored ideas.
     assert_eq!(ids(&pre(&w, Some(&w.alice)).await.unwrap()), ids(&got));
+    assert_eq!(fake.count("/chat/completions"), 1);
+}
+
+/// A call that takes over a lapsed claim after waiting, and whose provider never answers, still
+/// ends within the action time limit with the local heuristics' ideas: the provider call ends
+/// `store_margin_ms` before the limit, whatever is left of its own time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_never_answers_falls_back_within_the_action_limit() {
+    let fake = Fake::start().await;
+    let mut settings = fake.settings();
+    // Longer than the action may run: only the action's deadline ends the call.
+    settings.request_timeout = Duration::from_secs(30);
+    settings.max_retries = 0;
+    let mut c = config(&fake, 0);
+    c.ai.service = AiService::new(Arc::new(fake.provider(settings)));
+    c.ai.generation_lease_ms = 1_500;
+    c.ai.generation_wait_ms = 3_000;
+    c.ai.store_margin_ms = 1_000;
+    let engine = EngineConfig {
+        max_action_time: Duration::from_secs(4),
+        ..EngineConfig::default()
+    };
+    let w = world_with(c, engine).await;
+    enable(&w.env.engine, &w.alice, "precall/ai").await;
+    // Alice's call claims the generation and dies before asking the provider.
+    let claimed = w
+        .env
+        .m(
+            "prompts.beginPreCall",
+            obj! { "meetingId" => w.meeting.as_str() },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s(&claimed, "kind"), "claimed");
+    fake.hold();
+    // Bob's call waits for the claim to lapse (1.5 s), takes it over and asks the provider,
+    // which holds the request: 4 s in all would pass before a 30 s request timed out.
+    let started = std::time::Instant::now();
+    let prompts = pre(&w, Some(&w.bob)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fake.count("/chat/completions"), 1);
+    let prompts = prompts.as_array().unwrap();
+    assert!(!prompts.is_empty());
+    for p in prompts {
+        assert_eq!(s(p, "provenance.provider"), "local");
+        assert!(s(p, "provenance.fallbackReason").contains("out of time"));
+    }
+    fake.release();
+    // Stored: the next call gets them without asking.
+    assert_eq!(
+        ids(&pre(&w, Some(&w.alice)).await.unwrap()),
+        ids(&Value::Array(prompts.to_vec()))
+    );
     assert_eq!(fake.count("/chat/completions"), 1);
 }
 

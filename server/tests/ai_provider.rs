@@ -1,5 +1,6 @@
 //! The OpenAI-compatible client against a fake API on 127.0.0.1: request shape and bearer key,
-//! retries (429 with Retry-After, 5xx, timeouts) and their bound, no retry on 4xx, strict
+//! retries (429 with Retry-After, 5xx, timeouts) and their bound, the caller's deadline, no
+//! retry on 4xx, strict
 //! rejection of malformed or out-of-range answers (described without quoting them), the
 //! response size cap, embeddings ordered by index, and the service's fallback to the local
 //! heuristics.
@@ -15,6 +16,7 @@ use linkedup_server::ai::{
     TranscriptPiece,
 };
 use serde_json::json;
+use tokio::time::Instant;
 
 fn pre_call() -> PreCallRequest {
     PreCallRequest {
@@ -45,6 +47,11 @@ fn post_call() -> PostCallRequest {
     }
 }
 
+/// A deadline no call in these tests comes near.
+fn deadline() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
 fn service(fake: &Fake) -> AiService {
     AiService::new(Arc::new(fake.provider(fake.settings())))
 }
@@ -52,7 +59,10 @@ fn service(fake: &Fake) -> AiService {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_call_sends_the_key_as_bearer_and_asks_for_json() {
     let fake = Fake::start().await;
-    let g = service(&fake).pre_call_ideas(&pre_call()).await.unwrap();
+    let g = service(&fake)
+        .pre_call_ideas(&pre_call(), deadline())
+        .await
+        .unwrap();
     assert_eq!(g.provider, "openai");
     assert_eq!(g.model, "gpt-4o-mini");
     assert_eq!(g.fallback_reason, None);
@@ -85,7 +95,7 @@ async fn a_429_is_retried_after_its_retry_after_and_then_succeeds() {
         Reply::Default,
     ]);
     let p = fake.provider(fake.settings());
-    let ideas = p.pre_call_ideas(&pre_call()).await.unwrap();
+    let ideas = p.pre_call_ideas(&pre_call(), deadline()).await.unwrap();
     assert_eq!(ideas.len(), 2);
     assert_eq!(fake.count("/chat/completions"), 2);
 }
@@ -97,7 +107,7 @@ async fn server_errors_are_retried_a_bounded_number_of_times_then_reported() {
     let mut settings = fake.settings();
     settings.max_retries = 2;
     let p = fake.provider(settings);
-    let e = p.pre_call_ideas(&pre_call()).await.unwrap_err();
+    let e = p.pre_call_ideas(&pre_call(), deadline()).await.unwrap_err();
     assert!(matches!(e, AiError::Status { status: 500, .. }), "{e:?}");
     assert_eq!(fake.count("/chat/completions"), 3);
     let e = e.into_function_error("openai");
@@ -118,7 +128,10 @@ async fn client_errors_are_not_retried_and_never_echo_the_key() {
         None,
     ));
     let p = fake.provider(fake.settings());
-    let e = p.post_call_insight(&post_call()).await.unwrap_err();
+    let e = p
+        .post_call_insight(&post_call(), deadline())
+        .await
+        .unwrap_err();
     assert_eq!(fake.count("/chat/completions"), 1);
     let text = e.to_string();
     assert!(
@@ -139,9 +152,31 @@ async fn a_timed_out_request_is_retried() {
     let mut settings = fake.settings();
     settings.request_timeout = Duration::from_millis(300);
     let p = fake.provider(settings);
-    let ideas = p.pre_call_ideas(&pre_call()).await.unwrap();
+    let ideas = p.pre_call_ideas(&pre_call(), deadline()).await.unwrap();
     assert_eq!(ideas[0].content, "Ask about the launch plan");
     assert_eq!(fake.count("/chat/completions"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_ends_by_its_callers_deadline() {
+    let fake = Fake::start().await;
+    fake.hold();
+    let mut settings = fake.settings();
+    settings.request_timeout = Duration::from_secs(30);
+    let p = fake.provider(settings);
+    let started = Instant::now();
+    let e = p
+        .pre_call_ideas(&pre_call(), started + Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AiError::Transport(_)), "{e:?}");
+    assert!(e.to_string().contains("out of time"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    fake.release();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +213,7 @@ async fn malformed_answers_are_rejected() {
     let n = cases.len();
     fake.script(cases);
     for i in 0..n {
-        let e = p.pre_call_ideas(&pre_call()).await.unwrap_err();
+        let e = p.pre_call_ideas(&pre_call(), deadline()).await.unwrap_err();
         assert!(matches!(e, AiError::Malformed(_)), "case {i}: {e:?}");
     }
     assert_eq!(fake.count("/chat/completions"), n);
@@ -193,7 +228,10 @@ async fn out_of_range_answers_are_rejected_and_prompts_fall_back_to_the_local_he
         chat(json!({"prompts": [{"content": "x", "tags": [], "relevance": 1.5}]})),
         None,
     )]);
-    let g = service.pre_call_ideas(&pre_call()).await.unwrap();
+    let g = service
+        .pre_call_ideas(&pre_call(), deadline())
+        .await
+        .unwrap();
     assert_eq!(g.provider, "local");
     let reason = g.fallback_reason.unwrap();
     assert!(reason.contains("relevance"), "{reason}");
@@ -213,14 +251,17 @@ async fn out_of_range_answers_are_rejected_and_prompts_fall_back_to_the_local_he
     ] {
         fake.script([Reply::Json(200, chat(bad.clone()), None)]);
         let e = service
-            .try_post_call_insight(&post_call())
+            .try_post_call_insight(&post_call(), deadline())
             .await
             .unwrap_err();
         assert!(matches!(e, AiError::Invalid(_)), "{bad}: {e:?}");
     }
     // A provider that is down: the same fallback, saying why.
     fake.always(status(503));
-    let g = service.pre_call_ideas(&pre_call()).await.unwrap();
+    let g = service
+        .pre_call_ideas(&pre_call(), deadline())
+        .await
+        .unwrap();
     assert_eq!(g.provider, "local");
     assert!(g.fallback_reason.unwrap().contains("HTTP 503"));
 }
@@ -244,13 +285,16 @@ async fn errors_about_bad_answers_do_not_quote_them() {
     ];
     for body in cases.clone() {
         fake.script([Reply::Json(200, body.clone(), None)]);
-        let e = p.pre_call_ideas(&pre_call()).await.unwrap_err();
+        let e = p.pre_call_ideas(&pre_call(), deadline()).await.unwrap_err();
         assert!(matches!(e, AiError::Malformed(_)), "{body}: {e:?}");
         assert!(!e.to_string().contains("SECRET"), "{e}");
     }
     for body in cases {
         fake.script([Reply::Json(200, body, None)]);
-        let g = service.pre_call_ideas(&pre_call()).await.unwrap();
+        let g = service
+            .pre_call_ideas(&pre_call(), deadline())
+            .await
+            .unwrap();
         assert_eq!(g.provider, "local");
         let reason = g.fallback_reason.unwrap();
         assert!(
@@ -269,7 +313,7 @@ async fn errors_about_bad_answers_do_not_quote_them() {
         None,
     )]);
     let e = service
-        .try_post_call_insight(&post_call())
+        .try_post_call_insight(&post_call(), deadline())
         .await
         .unwrap_err();
     assert!(matches!(e, AiError::Invalid(_)), "{e:?}");
@@ -277,7 +321,7 @@ async fn errors_about_bad_answers_do_not_quote_them() {
     // Embeddings of the wrong shape.
     fake.script([Reply::Json(200, json!({ "data": SECRET }), None)]);
     let e = service
-        .embed(None, &["rust".to_string()])
+        .embed(None, &["rust".to_string()], deadline())
         .await
         .unwrap_err();
     assert_eq!(e.code, "PROVIDER_ERROR");
@@ -295,7 +339,7 @@ async fn oversized_responses_are_refused_without_retry() {
         chat(json!({"prompts": [{"content": "x".repeat(5_000), "tags": [], "relevance": 0.5}]})),
         None,
     ));
-    let e = p.pre_call_ideas(&pre_call()).await.unwrap_err();
+    let e = p.pre_call_ideas(&pre_call(), deadline()).await.unwrap_err();
     assert!(matches!(e, AiError::TooLarge { max_bytes: 1_024 }), "{e:?}");
     assert_eq!(fake.count("/chat/completions"), 1);
 }
@@ -308,7 +352,7 @@ async fn embeddings_are_ordered_by_index_checked_and_normalised() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let e = service.embed(None, &texts).await.unwrap();
+    let e = service.embed(None, &texts, deadline()).await.unwrap();
     assert_eq!(e.provider, "openai");
     assert_eq!(e.model, "text-embedding-3-small");
     assert_eq!(e.vectors.len(), 3);
@@ -334,7 +378,7 @@ async fn embeddings_are_ordered_by_index_checked_and_normalised() {
     ] {
         fake.script([Reply::Json(200, bad.clone(), None)]);
         let e = service
-            .embed(None, &texts[..2])
+            .embed(None, &texts[..2], deadline())
             .await
             .expect_err(&bad.to_string());
         assert_eq!(e.code, "PROVIDER_ERROR", "{bad}: {e}");

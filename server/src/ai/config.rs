@@ -5,6 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use query_engine::engine::ActionCtx;
+use tokio::time::Instant;
+
 use super::openai::{OpenAiProvider, OpenAiSettings};
 use super::AiService;
 use crate::config::{at_most, ConfigError, Options};
@@ -38,6 +41,11 @@ pub struct AiConfig {
     /// How long a call waits for the same generation another call is making before it
     /// answers CONFLICT (`generationInProgress`); below the action time limit.
     pub generation_wait_ms: i64,
+    /// How long before its action's time limit a provider call must end, whatever is left of
+    /// its own (`openai::MAX_CALL_TIME`): the time the action needs afterwards to store the
+    /// answer, or to fall back to the local heuristics and store theirs
+    /// (`provider_deadline`).
+    pub store_margin_ms: i64,
 }
 
 impl Default for AiConfig {
@@ -56,6 +64,7 @@ impl Default for AiConfig {
             user_daily_calls: 200,
             generation_lease_ms: 90_000,
             generation_wait_ms: 30_000,
+            store_margin_ms: 5_000,
         }
     }
 }
@@ -68,6 +77,15 @@ const MAX_IN_CALL_INTERVAL_MS: u64 = 3_600_000;
 const MAX_USER_DAILY_CALLS: u64 = 1_000_000;
 
 impl AiConfig {
+    /// When a provider call the action `ctx` makes must end: `store_margin_ms` before the
+    /// engine stops the action (now, if that is sooner).
+    pub fn provider_deadline(&self, ctx: &ActionCtx) -> Instant {
+        let margin = Duration::from_millis(u64::try_from(self.store_margin_ms).unwrap_or(0));
+        ctx.deadline()
+            .checked_sub(margin)
+            .unwrap_or_else(Instant::now)
+    }
+
     /// The provider `--ai-provider` names (default: `openai` when an API key is set, else
     /// `local`) with its settings.
     pub fn from_options(o: &Options) -> Result<AiConfig, ConfigError> {

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::{self, BoxFuture, FutureExt};
 use linkedup_schema::api::ai::Recommendation;
+use tokio::time::Instant;
 
 use super::text::{self, content_words, keywords, truncate};
 use super::{
@@ -75,6 +76,7 @@ impl AiProvider for LocalProvider {
     fn pre_call_ideas<'a>(
         &'a self,
         r: &'a PreCallRequest,
+        _deadline: Instant,
     ) -> BoxFuture<'a, Result<Vec<Idea>, AiError>> {
         future::ready(Ok(self.ideas_before(r))).boxed()
     }
@@ -82,6 +84,7 @@ impl AiProvider for LocalProvider {
     fn in_call_prompts<'a>(
         &'a self,
         r: &'a InCallRequest,
+        _deadline: Instant,
     ) -> BoxFuture<'a, Result<Vec<Idea>, AiError>> {
         future::ready(Ok(self.prompts_during(r))).boxed()
     }
@@ -89,6 +92,7 @@ impl AiProvider for LocalProvider {
     fn post_call_insight<'a>(
         &'a self,
         r: &'a PostCallRequest,
+        _deadline: Instant,
     ) -> BoxFuture<'a, Result<InsightDraft, AiError>> {
         future::ready(Ok(self.insight_after(r))).boxed()
     }
@@ -97,6 +101,7 @@ impl AiProvider for LocalProvider {
         &'a self,
         model: &'a str,
         texts: &'a [String],
+        _deadline: Instant,
     ) -> BoxFuture<'a, Result<Vec<Vec<f64>>, AiError>> {
         future::ready(self.embed_texts(model, texts)).boxed()
     }

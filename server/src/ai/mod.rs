@@ -21,6 +21,7 @@ use query_engine::error::FunctionError;
 use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
 pub use config::AiConfig;
 pub use local::LocalProvider;
@@ -164,7 +165,8 @@ impl AiError {
     }
 }
 
-/// A provider: domain-level requests in, unvalidated domain-level answers out.
+/// A provider: domain-level requests in, unvalidated domain-level answers out. Each request
+/// ends by its `deadline` (the time its caller has for it; see `AiConfig::provider_deadline`).
 pub trait AiProvider: Send + Sync {
     /// `local` or `openai`, for provenance.
     fn name(&self) -> &'static str;
@@ -178,20 +180,24 @@ pub trait AiProvider: Send + Sync {
     fn pre_call_ideas<'a>(
         &'a self,
         r: &'a PreCallRequest,
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<Vec<Idea>, AiError>>;
     fn in_call_prompts<'a>(
         &'a self,
         r: &'a InCallRequest,
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<Vec<Idea>, AiError>>;
     fn post_call_insight<'a>(
         &'a self,
         r: &'a PostCallRequest,
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<InsightDraft, AiError>>;
     /// One vector per text, in order, with `model`.
     fn embed<'a>(
         &'a self,
         model: &'a str,
         texts: &'a [String],
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<Vec<Vec<f64>>, AiError>>;
 }
 
@@ -287,13 +293,16 @@ impl AiService {
         }
     }
 
-    /// Ideas from the configured provider, or from the local heuristics if it fails.
+    /// Ideas from the configured provider, or from the local heuristics if it fails or has not
+    /// answered by `deadline`.
     /// Returns: INTERNAL if even the local heuristics produce nothing valid (a bug).
     pub async fn pre_call_ideas(
         &self,
         r: &PreCallRequest,
+        deadline: Instant,
     ) -> Result<Generated<Vec<Idea>>, FunctionError> {
-        match self.provider.pre_call_ideas(r).await.and_then(valid_ideas) {
+        let answer = self.provider.pre_call_ideas(r, deadline).await;
+        match answer.and_then(valid_ideas) {
             Ok(ideas) => Ok(self.generated(ideas)),
             Err(e) => {
                 let reason = self.failed("pre-call ideas", &e);
@@ -303,12 +312,15 @@ impl AiService {
         }
     }
 
-    /// Prompts from the configured provider, or from the local heuristics if it fails.
+    /// Prompts from the configured provider, or from the local heuristics if it fails or has
+    /// not answered by `deadline`.
     pub async fn in_call_prompts(
         &self,
         r: &InCallRequest,
+        deadline: Instant,
     ) -> Result<Generated<Vec<Idea>>, FunctionError> {
-        match self.provider.in_call_prompts(r).await.and_then(valid_ideas) {
+        let answer = self.provider.in_call_prompts(r, deadline).await;
+        match answer.and_then(valid_ideas) {
             Ok(ideas) => Ok(self.generated(ideas)),
             Err(e) => {
                 let reason = self.failed("in-call prompts", &e);
@@ -323,10 +335,11 @@ impl AiService {
     pub async fn try_post_call_insight(
         &self,
         r: &PostCallRequest,
+        deadline: Instant,
     ) -> Result<Generated<InsightDraft>, AiError> {
         let draft = self
             .provider
-            .post_call_insight(r)
+            .post_call_insight(r, deadline)
             .await
             .and_then(valid_insight)
             .inspect_err(|e| {
@@ -352,12 +365,13 @@ impl AiService {
         &self,
         model: Option<&str>,
         texts: &[String],
+        deadline: Instant,
     ) -> Result<Embedded, FunctionError> {
         let provider = self.provider.name();
         let model = model.unwrap_or(self.provider.embedding_model());
         let vectors = self
             .provider
-            .embed(model, texts)
+            .embed(model, texts, deadline)
             .await
             .and_then(|v| valid_embeddings(v, texts.len()))
             .map_err(|e| {

@@ -1,9 +1,9 @@
 //! The client of an OpenAI-compatible HTTP API: `POST {base}/chat/completions` with a JSON
 //! response format for ideas, prompts and insights, and `POST {base}/embeddings`. Each request
 //! has a timeout, is retried on 429, 5xx, timeouts and connection failures only (honouring
-//! `Retry-After`, capped, else exponential backoff with jitter), within a total time budget
-//! that keeps a call inside the engine's action time limit; response bodies are read up to a
-//! cap. The key travels only in the `Authorization` header and never appears in errors, nor does
+//! `Retry-After`, capped, else exponential backoff with jitter), until the caller's deadline
+//! (what its action has left, less the time it needs afterwards) or for `MAX_CALL_TIME`,
+//! whichever ends first; response bodies are read up to a cap. The key travels only in the `Authorization` header and never appears in errors, nor does
 //! any of an answer's content (`malformed`).
 
 use std::time::Duration;
@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::error::Category;
 use serde_json::json;
+use tokio::time::Instant;
 
 use super::{
     AiError, AiProvider, Idea, InCallRequest, InsightDraft, PostCallRequest, PreCallRequest,
@@ -26,8 +27,7 @@ use crate::provider_http::{
 };
 use crate::secret::Secret;
 
-/// Longest a call may take, retries and waits included: the engine stops an action after
-/// 60 s, and the caller needs time to store the result.
+/// Longest a call may take, retries and waits included, however long its caller could wait.
 pub const MAX_CALL_TIME: Duration = Duration::from_secs(40);
 /// Longest error body read for its error code.
 const MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
@@ -111,15 +111,21 @@ impl OpenAiProvider {
         format!("{}/{path}", self.settings.base_url.trim_end_matches('/'))
     }
 
-    /// POSTs `body` to `path` with retries; the successful response's body.
-    async fn post(&self, path: &str, body: &serde_json::Value) -> Result<Vec<u8>, AiError> {
+    /// POSTs `body` to `path` with retries until `deadline` (at most `MAX_CALL_TIME`); the
+    /// successful response's body.
+    async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, AiError> {
         let url = self.url(path);
         let policy = RetryPolicy {
             max_attempts: self.settings.max_retries.saturating_add(1),
             backoff_base: self.settings.backoff_base,
             backoff_max: self.settings.max_backoff,
         };
-        let deadline = tokio::time::Instant::now() + MAX_CALL_TIME;
+        let deadline = deadline.min(Instant::now() + MAX_CALL_TIME);
         with_retries(&policy, deadline, path, || self.attempt(&url, body))
             .await
             .map_err(|gave_up| gave_up.error)
@@ -166,7 +172,12 @@ impl OpenAiProvider {
     }
 
     /// A chat completion whose message content is the JSON object `T`.
-    async fn chat<T: DeserializeOwned>(&self, system: &str, user: String) -> Result<T, AiError> {
+    async fn chat<T: DeserializeOwned>(
+        &self,
+        system: &str,
+        user: String,
+        deadline: Instant,
+    ) -> Result<T, AiError> {
         let body = json!({
             "model": self.settings.chat_model,
             "messages": [
@@ -177,7 +188,7 @@ impl OpenAiProvider {
             "temperature": self.settings.temperature,
             "max_tokens": self.settings.max_tokens,
         });
-        let bytes = self.post("chat/completions", &body).await?;
+        let bytes = self.post("chat/completions", &body, deadline).await?;
         let response: ChatResponse =
             serde_json::from_slice(&bytes).map_err(|e| malformed("not a chat completion", &e))?;
         let choice = response
@@ -198,9 +209,14 @@ impl OpenAiProvider {
             .map_err(|e| malformed("the content is not the JSON asked for", &e))
     }
 
-    async fn embeddings(&self, model: &str, texts: &[String]) -> Result<Vec<Vec<f64>>, AiError> {
+    async fn embeddings(
+        &self,
+        model: &str,
+        texts: &[String],
+        deadline: Instant,
+    ) -> Result<Vec<Vec<f64>>, AiError> {
         let body = json!({ "model": model, "input": texts, "encoding_format": "float" });
-        let bytes = self.post("embeddings", &body).await?;
+        let bytes = self.post("embeddings", &body, deadline).await?;
         let response: EmbeddingResponse = serde_json::from_slice(&bytes)
             .map_err(|e| malformed("not an embeddings response", &e))?;
         let mut slots: Vec<Option<Vec<f64>>> = vec![None; texts.len()];
@@ -447,9 +463,12 @@ impl AiProvider for OpenAiProvider {
     fn pre_call_ideas<'a>(
         &'a self,
         r: &'a PreCallRequest,
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<Vec<Idea>, AiError>> {
         async move {
-            let out: IdeasOut = self.chat(&pre_call_system(), user_message(r)?).await?;
+            let out: IdeasOut = self
+                .chat(&pre_call_system(), user_message(r)?, deadline)
+                .await?;
             Ok(out.into())
         }
         .boxed()
@@ -458,9 +477,12 @@ impl AiProvider for OpenAiProvider {
     fn in_call_prompts<'a>(
         &'a self,
         r: &'a InCallRequest,
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<Vec<Idea>, AiError>> {
         async move {
-            let out: IdeasOut = self.chat(&in_call_system(), user_message(r)?).await?;
+            let out: IdeasOut = self
+                .chat(&in_call_system(), user_message(r)?, deadline)
+                .await?;
             Ok(out.into())
         }
         .boxed()
@@ -469,9 +491,12 @@ impl AiProvider for OpenAiProvider {
     fn post_call_insight<'a>(
         &'a self,
         r: &'a PostCallRequest,
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<InsightDraft, AiError>> {
         async move {
-            let out: InsightOut = self.chat(&post_call_system(), user_message(r)?).await?;
+            let out: InsightOut = self
+                .chat(&post_call_system(), user_message(r)?, deadline)
+                .await?;
             Ok(out.into())
         }
         .boxed()
@@ -481,8 +506,9 @@ impl AiProvider for OpenAiProvider {
         &'a self,
         model: &'a str,
         texts: &'a [String],
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<Vec<Vec<f64>>, AiError>> {
-        self.embeddings(model, texts).boxed()
+        self.embeddings(model, texts, deadline).boxed()
     }
 }
 

@@ -185,7 +185,12 @@ async fn embed_and_store(
     model: Option<String>,
 ) -> FunctionResult<EmbeddingResult> {
     let texts = [content];
-    let embedded = config.ai.service.embed(model.as_deref(), &texts).await?;
+    let deadline = config.ai.provider_deadline(ctx);
+    let embedded = config
+        .ai
+        .service
+        .embed(model.as_deref(), &texts, deadline)
+        .await?;
     let vector = embedded
         .vectors
         .into_iter()

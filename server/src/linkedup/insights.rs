@@ -878,7 +878,13 @@ async fn generate(
             ..base.clone()
         })
         .collect();
-    let answers = join_all(requests.iter().map(|r| service.try_post_call_insight(r))).await;
+    let deadline = config.ai.provider_deadline(&ctx);
+    let answers = join_all(
+        requests
+            .iter()
+            .map(|r| service.try_post_call_insight(r, deadline)),
+    )
+    .await;
     let last_attempt = attempt + 1 >= i64::from(config.ai.insight_attempts.max(1));
     let vectors: Vec<Option<Vec<f64>>> = run
         .passages

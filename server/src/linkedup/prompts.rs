@@ -17,7 +17,9 @@
 //! expiring after `AiConfig::generation_lease_ms`, so the claim of a call that died is taken
 //! over once it expires). A call that finds the claim held waits, polling with growing pauses,
 //! for the answer to be stored and returns it; after `AiConfig::generation_wait_ms` without it
-//! it fails with CONFLICT (`data.reason: "generationInProgress"`, `data.retryAfterMs`). An
+//! (sooner if the action would have no time left to generate) it fails with CONFLICT
+//! (`data.reason: "generationInProgress"`, `data.retryAfterMs`). The provider call ends
+//! `AiConfig::store_margin_ms` before the action's time limit, however late it began. An
 //! in-call request the same as one in flight so waits for its answer instead of meeting the
 //! meeting's throttle, which the call in flight has already counted.
 
@@ -299,7 +301,8 @@ fn claim(
 /// it returns the stored prompts (`Break`) or hands this call the generation (`Continue`,
 /// with the request to make), waiting with growing pauses while another call holds it.
 /// Returns: CONFLICT (`generationInProgress`, `retryAfterMs`) after
-/// `AiConfig::generation_wait_ms` without an answer; what `begin` returns.
+/// `AiConfig::generation_wait_ms` without an answer, or sooner if the action would otherwise
+/// have no time left to generate (`AiConfig::provider_deadline`); what `begin` returns.
 async fn single_flight<R: DeserializeOwned>(
     ctx: &ActionCtx,
     config: &AiConfig,
@@ -307,7 +310,7 @@ async fn single_flight<R: DeserializeOwned>(
     args: Value,
 ) -> FunctionResult<ControlFlow<Vec<Prompt>, R>> {
     let wait = Duration::from_millis(u64::try_from(config.generation_wait_ms).unwrap_or(0));
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = (tokio::time::Instant::now() + wait).min(config.provider_deadline(ctx));
     let mut pause = POLL_FIRST;
     loop {
         match decode(&ctx.run_mutation(begin, args.clone()).await?)? {
@@ -415,7 +418,8 @@ async fn generate_pre_call(
             ControlFlow::Continue(request) => request,
         };
     let hash = request_hash(PRE_CALL_SCOPE, &(&a.meeting_id, &request));
-    let generated = config.ai.service.pre_call_ideas(&request).await?;
+    let deadline = config.ai.provider_deadline(&ctx);
+    let generated = config.ai.service.pre_call_ideas(&request, deadline).await?;
     let args = StoreArgs {
         meeting_id: a.meeting_id,
         prompt_type: PromptType::Precall,
@@ -542,7 +546,12 @@ async fn generate_in_call(
         ControlFlow::Break(prompts) => return Ok(prompts),
         ControlFlow::Continue(request) => request,
     };
-    let generated = config.ai.service.in_call_prompts(&request).await?;
+    let deadline = config.ai.provider_deadline(&ctx);
+    let generated = config
+        .ai
+        .service
+        .in_call_prompts(&request, deadline)
+        .await?;
     let features = obj! {
         "participants" => request.participants.len() as i64,
         "lullDetected" => request.lull_detected,
