@@ -819,6 +819,74 @@ async fn an_erased_only_host_hands_open_meetings_over() {
     panic!("bob's call role did not become host, or alice is still in the call");
 }
 
+/// Marks `user`'s erasure as requested, as `users.requestErasure` does, without scheduling the
+/// job: the state between the request and the job's runs.
+async fn erasure_requested(env: &Env, user: &str) {
+    let user = user.to_string();
+    env.engine
+        .transact(move |ctx| {
+            ctx.patch(
+                "users",
+                &user,
+                obj! { "erasureRequestedAt" => 1i64 }.into_object().unwrap(),
+            )?;
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+}
+
+/// Bob has asked for erasure and his job has not reached his profile yet: prompts generated
+/// for a meeting of his tell the provider nothing of him.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_being_erased_is_left_out_of_what_the_ai_provider_is_told() {
+    let fake = ai_common::Fake::start().await;
+    let w = world(fake.config()).await;
+    let env = &w.env;
+    for key in ["precall/ai", "incall/ai"] {
+        ai_common::enable(&env.engine, &w.alice, key).await;
+    }
+    env.m(
+        "profiles.update",
+        obj! { "displayName" => "Bobby Tables", "bio" => BIO },
+        Some(&w.bob),
+    )
+    .await
+    .unwrap();
+    erasure_requested(env, &w.bob_id).await;
+    let meeting = w.meeting.as_str();
+    env.call(
+        "prompts.generatePreCall",
+        obj! { "meetingId" => meeting },
+        Some(&w.alice),
+    )
+    .await
+    .unwrap();
+    let context = obj! {
+        "recentTranscript" => "What ships next?", "currentTopics" => vec![Value::from("launch")],
+        "lullDetected" => false,
+    };
+    env.call(
+        "prompts.generateInCall",
+        obj! { "meetingId" => meeting, "context" => context },
+        Some(&w.alice),
+    )
+    .await
+    .unwrap();
+    let asked = fake.requests();
+    assert_eq!(asked.len(), 2);
+    for r in &asked {
+        let told = r.body["messages"][1]["content"].as_str().unwrap();
+        assert!(
+            told.contains("Standup") && told.contains(&w.alice_id),
+            "{told}"
+        );
+        for bobs in ["Bobby", BIO, &w.bob_id] {
+            assert!(!told.contains(bobs), "{told}");
+        }
+    }
+}
+
 /// The earliest-added participant is being erased too: hosting passes over them to the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosting_passes_over_a_participant_who_is_being_erased() {
@@ -828,18 +896,7 @@ async fn hosting_passes_over_a_participant_who_is_being_erased() {
         .schedule(&w.alice, "Handover", &[&w.bob_id, &w.carol_id])
         .await;
     // bob (added first) has asked for erasure; his job has not run yet.
-    let bob_id = w.bob_id.clone();
-    env.engine
-        .transact(move |ctx| {
-            ctx.patch(
-                "users",
-                &bob_id,
-                obj! { "erasureRequestedAt" => 1i64 }.into_object().unwrap(),
-            )?;
-            Ok(Value::Null)
-        })
-        .await
-        .unwrap();
+    erasure_requested(env, &w.bob_id).await;
     let r = request(env, &w.alice).await;
     wait_done(env, &s(&r, "requestId")).await;
     let roles: Vec<(String, String)> = with(env, "meetingParticipants", "meetingId", &meeting)

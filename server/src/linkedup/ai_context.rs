@@ -1,7 +1,7 @@
 //! What the AI functions tell a provider about people: a user's profile and interest labels
-//! (`profile_of`), and a meeting's participants as such profiles (`participants_of`). Bounded
-//! in count and text, and without emails or ids other than the users' document ids
-//! (seed §20: sensitive data minimisation).
+//! (`profile_of`), and a meeting's participants as such profiles (`participants_of`), leaving
+//! out those whose erasure was requested. Bounded in count and text, and without emails or ids
+//! other than the users' document ids (seed §20: sensitive data minimisation).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,7 @@ use query_engine::error::FunctionResult;
 use query_engine::value::Value;
 
 use super::decode;
+use super::guards::being_erased;
 use crate::ai::text::truncate;
 use crate::ai::ParticipantProfile;
 
@@ -93,7 +94,9 @@ pub fn profile_of(
 }
 
 /// The first `MAX_CONTEXT_PARTICIPANTS` participants of a meeting, plus any of `also` (user
-/// ids) not among them, as profiles.
+/// ids) not among them, as profiles — but for users whose erasure was requested: the job
+/// erasing them deletes what was made of their profile, once, and may already be past this
+/// meeting (or not have reached their profile yet), so nothing more may be made of it.
 pub fn participants_of(
     ctx: &mut Ctx<'_, '_>,
     meeting_id: &str,
@@ -114,7 +117,11 @@ pub fn participants_of(
         }
     }
     let mut labels = Labels::default();
-    ids.iter()
-        .map(|id| profile_of(ctx, &mut labels, id))
-        .collect()
+    let mut profiles = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if !being_erased(ctx, id)? {
+            profiles.push(profile_of(ctx, &mut labels, id)?);
+        }
+    }
+    Ok(profiles)
 }
