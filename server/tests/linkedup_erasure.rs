@@ -887,6 +887,80 @@ async fn a_user_being_erased_is_left_out_of_what_the_ai_provider_is_told() {
     }
 }
 
+/// The race `prompts.store` closes, for pre-call and in-call prompts: Alice's generation has
+/// read Bob's profile and is at the provider when Bob asks for erasure and his job runs to the
+/// end, passing the meeting's prompts while none are stored; the provider then answers with
+/// prompts made of his name and bio. Those are not stored: the local heuristics' made without
+/// him are, and returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_made_of_a_profile_erased_meanwhile_are_not_stored() {
+    let in_call = obj! {
+        "recentTranscript" => "What ships next?", "currentTopics" => vec![Value::from("launch")],
+        "lullDetected" => false,
+    };
+    for (function, flag, context) in [
+        ("prompts.generatePreCall", "precall/ai", None),
+        ("prompts.generateInCall", "incall/ai", Some(in_call)),
+    ] {
+        let fake = ai_common::Fake::start().await;
+        let w = world(fake.config()).await;
+        let env = &w.env;
+        ai_common::enable(&env.engine, &w.alice, flag).await;
+        env.m(
+            "profiles.update",
+            obj! { "displayName" => "Bobby Tables", "bio" => BIO },
+            Some(&w.bob),
+        )
+        .await
+        .unwrap();
+        let bobs = serde_json::json!({"prompts": [
+            {"content": format!("Ask Bobby Tables about this: {BIO}"), "tags": ["bio"], "relevance": 0.9},
+        ]});
+        fake.script([ai_common::Reply::Json(200, ai_common::chat(bobs), None)]);
+        fake.hold();
+        let mut args = obj! { "meetingId" => w.meeting.as_str() };
+        if let Some(c) = context {
+            args.as_object_mut().unwrap().insert("context".into(), c);
+        }
+        let generating = env.call(function, args, Some(&w.alice));
+        let erasing = async {
+            for _ in 0..800 {
+                if fake.count("/chat/completions") > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let asked = fake.requests();
+            let told = asked[0].body["messages"][1]["content"].as_str().unwrap();
+            assert!(told.contains(BIO), "{told}");
+            let r = request(env, &w.bob).await;
+            wait_done(env, &s(&r, "requestId")).await;
+            fake.release();
+        };
+        let (returned, ()) = tokio::time::timeout(
+            Duration::from_secs(30),
+            futures::future::join(generating, erasing),
+        )
+        .await
+        .expect("the generation returns once released");
+        let returned = returned.unwrap();
+        let returned = returned.as_array().unwrap();
+        let stored = with(env, "prompts", "meetingId", &w.meeting).await;
+        assert!(!stored.is_empty(), "{function}");
+        assert_eq!(stored.len(), returned.len(), "{function}");
+        for p in stored.iter().chain(returned) {
+            let text = format!("{p:?}");
+            assert!(!text.contains("Bobby") && !text.contains(BIO), "{text}");
+            assert_eq!(s(p, "provenance.provider"), "local");
+            assert!(
+                s(p, "provenance.fallbackReason").contains("erasure"),
+                "{text}"
+            );
+        }
+        assert_eq!(fake.count("/chat/completions"), 1, "{function}");
+    }
+}
+
 /// The earliest-added participant is being erased too: hosting passes over them to the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosting_passes_over_a_participant_who_is_being_erased() {

@@ -304,12 +304,18 @@ impl AiService {
         let answer = self.provider.pre_call_ideas(r, deadline).await;
         match answer.and_then(valid_ideas) {
             Ok(ideas) => Ok(self.generated(ideas)),
-            Err(e) => {
-                let reason = self.failed("pre-call ideas", &e);
-                let ideas = valid_ideas(self.local.ideas_before(r)).map_err(local_bug)?;
-                Ok(self.local_generated(ideas, reason))
-            }
+            Err(e) => self.local_pre_call_ideas(r, self.failed("pre-call ideas", &e)),
         }
+    }
+
+    /// The local heuristics' ideas, recording why the configured provider's were not used.
+    pub fn local_pre_call_ideas(
+        &self,
+        r: &PreCallRequest,
+        reason: Option<String>,
+    ) -> Result<Generated<Vec<Idea>>, FunctionError> {
+        let ideas = valid_ideas(self.local.ideas_before(r)).map_err(local_bug)?;
+        Ok(self.local_generated(ideas, reason))
     }
 
     /// Prompts from the configured provider, or from the local heuristics if it fails or has
@@ -322,12 +328,18 @@ impl AiService {
         let answer = self.provider.in_call_prompts(r, deadline).await;
         match answer.and_then(valid_ideas) {
             Ok(ideas) => Ok(self.generated(ideas)),
-            Err(e) => {
-                let reason = self.failed("in-call prompts", &e);
-                let ideas = valid_ideas(self.local.prompts_during(r)).map_err(local_bug)?;
-                Ok(self.local_generated(ideas, reason))
-            }
+            Err(e) => self.local_in_call_prompts(r, self.failed("in-call prompts", &e)),
         }
+    }
+
+    /// The local heuristics' prompts, recording why the configured provider's were not used.
+    pub fn local_in_call_prompts(
+        &self,
+        r: &InCallRequest,
+        reason: Option<String>,
+    ) -> Result<Generated<Vec<Idea>>, FunctionError> {
+        let ideas = valid_ideas(self.local.prompts_during(r)).map_err(local_bug)?;
+        Ok(self.local_generated(ideas, reason))
     }
 
     /// The configured provider's insight, validated; the error is left to the caller, which

@@ -3,10 +3,11 @@
 //!
 //! Both generators are actions (they call the provider) around two internal mutations: one
 //! that checks access, the feature flag and what was generated before, reserves the
-//! generation and gathers the provider's input, and `prompts.store`, the one mutation that
-//! writes a generation and re-checks its idempotency there, so racing actions never write
-//! twice. In-call prompts are generated once per request hash (scope `ai_in`), and at most once
-//! per meeting per `AiConfig::in_call_interval_ms` (seed §13), reserved before the provider is
+//! generation and gathers the provider's input, and `prompts.store` (`store`), the one
+//! mutation that writes a generation and re-checks there its idempotency, so racing actions
+//! never write twice, and that none of the participants it was made from is being erased.
+//! In-call prompts are generated once per request hash (scope `ai_in`), and at most once per
+//! meeting per `AiConfig::in_call_interval_ms` (seed §13), reserved before the provider is
 //! called so load cannot fan out into provider calls. A failing provider is replaced by the
 //! local heuristics (seed §23), recorded in the prompts' `provenance` with the provider, model,
 //! parameters, request hash and input features.
@@ -23,7 +24,6 @@
 //! in-call request the same as one in flight so waits for its answer instead of meeting the
 //! meeting's throttle, which the call in flight has already counted.
 
-use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,11 +33,10 @@ use linkedup_schema::api::ai::limits::{
 };
 use linkedup_schema::api::ai::{
     fns, GenerateInCallArgs, GeneratePreCallArgs, InCallContext, ListPromptsArgs, Prompt,
-    PromptType, Provenance, RecordFeedbackArgs,
+    PromptType, RecordFeedbackArgs,
 };
 use linkedup_schema::api::{MeetingStatus, Role};
 use linkedup_schema::tables::names::{MEETINGS, PROMPTS};
-use linkedup_schema::tables::provenance;
 use linkedup_schema::ErrorCode;
 use query_engine::context::Ctx;
 use query_engine::engine::ActionCtx;
@@ -49,13 +48,16 @@ use query_engine::value::Value;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod store;
+
+use self::store::store_generated;
 use super::ai_budget;
 use super::ai_context::participants_of;
 use super::flags::require_enabled;
 use super::guards::{access_through_meeting, assert_meeting_access, MeetingAccess};
-use super::idempotency::{check_and_record, expires_at, peek, store_result, DEFAULT_TTL_MS};
+use super::idempotency::{check_and_record, expires_at, peek};
 use super::{audited, check_text, decode, encode, fields, id_of, limit_arg, LinkedUpConfig};
-use crate::ai::{request_hash, text, AiConfig, Idea, InCallRequest, PreCallRequest};
+use crate::ai::{request_hash, AiConfig, InCallRequest, PreCallRequest};
 
 /// Flag keys (seed §22).
 pub const PRE_CALL_FLAG: &str = "precall/ai";
@@ -72,7 +74,6 @@ const IN_CALL_CLAIM_SCOPE: &str = "ai_in_claim";
 /// The internal mutation that claims a meeting's pre-call generation.
 pub const BEGIN_PRE_CALL: &str = "prompts.beginPreCall";
 const BEGIN_IN_CALL: &str = "prompts.beginInCall";
-const STORE: &str = "prompts.store";
 /// Pauses between looks at a generation another call holds: the first, and the longest
 /// (each doubles the one before).
 const POLL_FIRST: Duration = Duration::from_millis(100);
@@ -97,17 +98,6 @@ struct BeginInCallArgs {
     meeting_id: String,
     request_hash: String,
     context: InCallContext,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StoreArgs {
-    meeting_id: String,
-    #[serde(rename = "type")]
-    prompt_type: PromptType,
-    request_hash: String,
-    ideas: Vec<Idea>,
-    provenance: Provenance,
 }
 
 /// The in-call request as hashed: the meeting and what the client sent — what the provider is
@@ -201,30 +191,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         ),
     );
 
-    // prompts.store (internal): writes one generation unless it was written already.
-    f.mutation(
-        STORE,
-        Visibility::Internal,
-        v::object([
-            ("meetingId", v::id(MEETINGS)),
-            (
-                "type",
-                v::union([v::literal("precall"), v::literal("incall")]),
-            ),
-            ("requestHash", v::string()),
-            (
-                "ideas",
-                v::array(v::object([
-                    ("content", v::string()),
-                    ("tags", v::array(v::string())),
-                    ("relevance", v::float64()),
-                ])),
-            ),
-            ("provenance", provenance()),
-        ]),
-        v::array(v::any()),
-        store,
-    );
+    store::register(f);
 
     // prompts.list: a meeting's prompts, optionally of one type, most relevant first.
     // Returns: UNAUTHORIZED, NOT_FOUND, FORBIDDEN, VALIDATION_ERROR.
@@ -382,30 +349,6 @@ fn begin_pre_call(
     })
 }
 
-/// Input features of pre-call ideas: what they could be based on.
-fn pre_call_features(r: &PreCallRequest) -> Value {
-    let mut holders: BTreeMap<String, usize> = BTreeMap::new();
-    for p in &r.participants {
-        for i in &p.interests {
-            *holders.entry(i.clone()).or_default() += 1;
-        }
-    }
-    let shared: Vec<Value> = holders
-        .into_iter()
-        .filter(|(_, n)| *n >= 2)
-        .take(20)
-        .map(|(i, _)| Value::from(i))
-        .collect();
-    obj! {
-        "participants" => r.participants.len() as i64,
-        "withGoals" => r.participants.iter().filter(|p| p.goals.is_some()).count() as i64,
-        "sharedInterests" => Value::Array(shared),
-        "titleKeywords" => Value::Array(
-            text::keywords([r.title.as_str()], 5).into_iter().map(Value::from).collect()
-        ),
-    }
-}
-
 async fn generate_pre_call(
     ctx: ActionCtx,
     config: Arc<LinkedUpConfig>,
@@ -417,17 +360,12 @@ async fn generate_pre_call(
             ControlFlow::Break(prompts) => return Ok(prompts),
             ControlFlow::Continue(request) => request,
         };
-    let hash = request_hash(PRE_CALL_SCOPE, &(&a.meeting_id, &request));
     let deadline = config.ai.provider_deadline(&ctx);
-    let generated = config.ai.service.pre_call_ideas(&request, deadline).await?;
-    let args = StoreArgs {
-        meeting_id: a.meeting_id,
-        prompt_type: PromptType::Precall,
-        provenance: generated.provenance(&hash, pre_call_features(&request)),
-        request_hash: hash,
-        ideas: generated.value,
-    };
-    decode(&ctx.run_mutation(STORE, encode(&args)?).await?)
+    let service = &config.ai.service;
+    let generated = service.pre_call_ideas(&request, deadline).await?;
+    let meeting_id = a.meeting_id.as_str();
+    let hash = |r: &PreCallRequest| request_hash(PRE_CALL_SCOPE, &(meeting_id, r));
+    store_generated(&ctx, service, meeting_id, request, generated, hash).await
 }
 
 /// Checks the client's context. Returns: VALIDATION_ERROR naming the field.
@@ -547,27 +485,11 @@ async fn generate_in_call(
         ControlFlow::Continue(request) => request,
     };
     let deadline = config.ai.provider_deadline(&ctx);
-    let generated = config
-        .ai
-        .service
-        .in_call_prompts(&request, deadline)
-        .await?;
-    let features = obj! {
-        "participants" => request.participants.len() as i64,
-        "lullDetected" => request.lull_detected,
-        "currentTopics" => Value::Array(
-            request.current_topics.iter().map(|t| Value::from(t.as_str())).collect()
-        ),
-        "transcriptChars" => request.recent_transcript.chars().count() as i64,
-    };
-    let args = StoreArgs {
-        meeting_id: a.meeting_id,
-        prompt_type: PromptType::Incall,
-        provenance: generated.provenance(&hash, features),
-        request_hash: hash,
-        ideas: generated.value,
-    };
-    decode(&ctx.run_mutation(STORE, encode(&args)?).await?)
+    let service = &config.ai.service;
+    let generated = service.in_call_prompts(&request, deadline).await?;
+    // Made again without a participant, they answer the same key.
+    let key = |_: &InCallRequest| hash.clone();
+    store_generated(&ctx, service, &a.meeting_id, request, generated, key).await
 }
 
 /// The prompts whose ids an in-call key stored (those still there).
@@ -601,55 +523,6 @@ fn of_type(
         .iter()
         .map(decode)
         .collect()
-}
-
-fn store(ctx: &mut Ctx<'_, '_>, a: StoreArgs) -> FunctionResult<Vec<Prompt>> {
-    assert_meeting_access(ctx, &a.meeting_id, Role::Participant)?;
-    match a.prompt_type {
-        PromptType::Precall => {
-            let limit = MAX_PROMPTS_LISTED as usize;
-            let existing = of_type(ctx, &a.meeting_id, PromptType::Precall, limit)?;
-            if !existing.is_empty() {
-                return Ok(existing);
-            }
-        }
-        PromptType::Incall => {
-            if let Some(ids) = check_and_record(
-                ctx,
-                "requestHash",
-                &a.request_hash,
-                IN_CALL_SCOPE,
-                DEFAULT_TTL_MS,
-            )? {
-                return by_ids(ctx, &ids);
-            }
-        }
-    }
-    let now = ctx.now_ms();
-    let provenance = encode(&a.provenance)?;
-    let mut ids = Vec::with_capacity(a.ideas.len());
-    for idea in &a.ideas {
-        let id = ctx.insert(
-            PROMPTS,
-            obj! {
-                "meetingId" => a.meeting_id.as_str(),
-                "type" => a.prompt_type.as_str(),
-                "content" => idea.content.as_str(),
-                "tags" => Value::Array(idea.tags.iter().map(|t| Value::from(t.as_str())).collect()),
-                "relevance" => idea.relevance,
-                "createdAt" => now,
-                "provenance" => provenance.clone(),
-            },
-        )?;
-        ids.push(Value::from(id));
-    }
-    let ids = Value::Array(ids);
-    if a.prompt_type == PromptType::Incall {
-        store_result(ctx, &a.request_hash, IN_CALL_SCOPE, ids.clone())?;
-    }
-    let mut prompts = by_ids(ctx, &ids)?;
-    prompts.sort_by(|x, y| y.relevance.total_cmp(&x.relevance));
-    Ok(prompts)
 }
 
 fn list(ctx: &mut Ctx<'_, '_>, a: ListPromptsArgs) -> FunctionResult<Vec<Prompt>> {
