@@ -6,10 +6,12 @@
 //! embedding refresh.
 
 mod ai_common;
+mod erasure_common;
 mod linkedup_common;
 
 use std::time::Duration;
 
+use erasure_common::*;
 use linkedup_common::*;
 use linkedup_server::linkedup::erasure::{ErasureConfig, REDACTED, RESUME_STALLED, STEP};
 use linkedup_server::linkedup::{LinkedUpConfig, RateLimit};
@@ -19,65 +21,8 @@ use query_engine::identity::Identity;
 use query_engine::obj;
 use query_engine::value::Value;
 
-const REQUEST: &str = "users.requestErasure";
 const STATUS: &str = "users.erasureStatus";
 const BIO: &str = "Bob builds storage engines in Rust";
-
-/// Inserts a document directly, for tables whose writers need a provider or a flag.
-async fn insert(env: &Env, table: &'static str, doc: Value) -> String {
-    let v = env
-        .engine
-        .transact(move |ctx| ctx.insert(table, doc.clone()).map(Value::from))
-        .await
-        .unwrap();
-    v.as_str().unwrap().to_string()
-}
-
-async fn request(env: &Env, who: &Identity) -> Value {
-    env.m(REQUEST, obj! { "confirm" => true }, Some(who))
-        .await
-        .unwrap()
-}
-
-/// Waits (bounded) until the erasure request is done.
-async fn wait_done(env: &Env, request_id: &str) -> Value {
-    for _ in 0..800 {
-        let r = env
-            .all("erasureRequests")
-            .await
-            .into_iter()
-            .find(|r| id(r) == request_id)
-            .unwrap();
-        if s(&r, "status") == "done" {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("erasure request {request_id} did not finish");
-}
-
-/// The documents of `table` whose `field` is `value`.
-async fn with(env: &Env, table: &'static str, field: &str, value: &str) -> Vec<Value> {
-    env.all(table)
-        .await
-        .into_iter()
-        .filter(|d| d.get_path(field).and_then(Value::as_str) == Some(value))
-        .collect()
-}
-
-async fn say(env: &Env, who: &Identity, meeting: &str, chunk: &str, speaker: &str) {
-    env.m(
-        "transcripts.ingestChunk",
-        obj! {
-            "meetingId" => meeting, "chunkId" => chunk, "speakerId" => speaker,
-            "text" => format!("{speaker} says something personal"), "confidence" => 0.9,
-            "startMs" => 0i64, "endMs" => 1_000i64,
-        },
-        Some(who),
-    )
-    .await
-    .unwrap();
-}
 
 async fn send(env: &Env, who: &Identity, meeting: &str, content: &str) -> String {
     let attachments = vec![obj! { "name" => "cv.pdf" }];
