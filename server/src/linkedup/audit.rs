@@ -11,13 +11,18 @@
 //! query, a subscription re-run or a mutation) is appended to the bounded in-memory
 //! `DenialLog`, and a background task (`spawn_denial_writer`, started by `linkedup::start`)
 //! writes it to `auditLogs` through the internal mutation `audit.recordDenials` shortly after.
-//! If the queue is full the denial is counted in `DenialLog::dropped` instead. One subject adds
-//! at most `MAX_DENIALS_PER_SUBJECT` rows a minute; the rest of that minute's denials become
-//! one summary row (`metadata.suppressed`), so a loop of refused calls cannot grow the log
-//! (kept a year) without bound. Anonymous calls
-//! (`UNAUTHORIZED`) are not logged: they name no actor, and logging them would let anyone
-//! fill the log. A denial the caller was shown as a missing resource (`guards::hidden`) is
-//! logged with `metadata.hidden` and never returned by `audit.query`.
+//! If the queue is full the denial is counted in `DenialLog::dropped` instead. The denial's
+//! actor is the account its token subject signs in to when it is denied, not when it is
+//! written: by then that account may have been erased (its subject cleared) and the subject
+//! may have signed in to a new one. A denial of an account whose erasure was requested is
+//! written without the subject (the erasure strips it from the rows it finds, and a row
+//! written later must not add it back). One subject adds at most `MAX_DENIALS_PER_SUBJECT`
+//! rows a minute; the rest of that minute's denials become one summary row
+//! (`metadata.suppressed`), so a loop of refused calls cannot grow the log (kept a year)
+//! without bound. Anonymous calls (`UNAUTHORIZED`) are not logged: they name no actor, and
+//! logging them would let anyone fill the log. A denial the caller was shown as a missing
+//! resource (`guards::hidden`) is logged with `metadata.hidden` and never returned by
+//! `audit.query`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +42,7 @@ use query_engine::schema::v;
 use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
-use super::guards::current_user;
+use super::guards::{being_erased, current_user};
 use super::{audited, decode, encode, fields, limit_arg, LinkedUpConfig};
 
 /// Most denials waiting in memory; further ones are counted and dropped.
@@ -114,6 +119,9 @@ pub fn record_in_org(
 pub struct Denial {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The account `subject` signed in to when denied (`users` id), if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_id: Option<String>,
     pub function: String,
@@ -131,6 +139,9 @@ pub struct Denial {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hidden: bool,
 }
+
+/// Whose denials a window counts: (subject, actor, hidden).
+type WindowKey = (Option<String>, Option<String>, bool);
 
 /// One subject's denials in the current minute.
 struct SubjectWindow {
@@ -176,9 +187,10 @@ pub struct DenialLog {
 #[derive(Default)]
 struct DenialInner {
     queue: parking_lot::Mutex<VecDeque<Denial>>,
-    /// Per subject, the current minute's count (`MAX_TRACKED_SUBJECTS` at most); hidden
-    /// denials apart, so that a summary of them is hidden too.
-    windows: parking_lot::Mutex<HashMap<(Option<String>, bool), SubjectWindow>>,
+    /// Per subject, the current minute's count (`MAX_TRACKED_SUBJECTS` at most); each account
+    /// of a subject apart, so that a summary names the account its denials were of, and
+    /// hidden denials apart, so that a summary of them is hidden too.
+    windows: parking_lot::Mutex<HashMap<WindowKey, SubjectWindow>>,
     dropped: AtomicU64,
     wake: tokio::sync::Notify,
 }
@@ -193,8 +205,11 @@ impl std::fmt::Debug for DenialLog {
 }
 
 impl DenialLog {
-    /// Notes that `function` refused the caller with `error`.
-    pub fn record(&self, ctx: &Ctx<'_, '_>, function: &str, error: &FunctionError) {
+    /// Notes that `function` refused the caller with `error`; `ctx` is the refusing call's,
+    /// in which the caller's account is looked up (`account_of`).
+    pub fn record(&self, ctx: &mut Ctx<'_, '_>, function: &str, error: &FunctionError) {
+        let subject = ctx.auth().map(|i| i.subject.clone());
+        let actor_user_id = subject.as_deref().and_then(|s| account_of(ctx, s));
         let data = |k: &str| {
             error
                 .data
@@ -203,7 +218,8 @@ impl DenialLog {
                 .map(str::to_string)
         };
         let denial = Denial {
-            subject: ctx.auth().map(|i| i.subject.clone()),
+            subject,
+            actor_user_id,
             org_id: ctx.auth().and_then(|i| i.org_id.clone()),
             function: function.to_string(),
             resource_type: data("resourceType").unwrap_or_else(|| "function".into()),
@@ -225,7 +241,11 @@ impl DenialLog {
     fn admit(&self, denial: &Denial) -> bool {
         let now = denial.at_ms;
         let mut windows = self.inner.windows.lock();
-        let key = (denial.subject.clone(), denial.hidden);
+        let key = (
+            denial.subject.clone(),
+            denial.actor_user_id.clone(),
+            denial.hidden,
+        );
         if windows.len() >= MAX_TRACKED_SUBJECTS && !windows.contains_key(&key) {
             drop(windows);
             self.sweep(now);
@@ -254,7 +274,9 @@ impl DenialLog {
     }
 
     /// Ends the windows a minute old as of `now_ms`: queues their summaries and forgets them.
-    fn sweep(&self, now_ms: i64) {
+    /// The writer task calls it on every pass; a test calls it with a later `now_ms` to end
+    /// the minute at once.
+    pub fn sweep(&self, now_ms: i64) {
         let mut summaries = Vec::new();
         self.inner.windows.lock().retain(|_, w| {
             let open = now_ms - w.start_ms < DENIAL_WINDOW_MS;
@@ -303,6 +325,23 @@ impl DenialLog {
             } else {
                 q.push_front(d);
             }
+        }
+    }
+}
+
+/// The id of the account `subject` signs in to now, if any. Read in the refusing call's
+/// transaction, which has mostly read it already (`current_user`); if the read fails the
+/// denial is recorded without an actor, as one of a subject with no account.
+fn account_of(ctx: &mut Ctx<'_, '_>, subject: &str) -> Option<String> {
+    let found = ctx
+        .query(USERS, "by_workos_id")
+        .eq("workosUserId", subject)
+        .first();
+    match found {
+        Ok(user) => user.and_then(|u| u.get_path("_id").and_then(Value::as_str).map(String::from)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up the account of a denied caller");
+            None
         }
     }
 }
@@ -357,6 +396,7 @@ struct RecordDenialsArgs {
 fn denial_validator() -> query_engine::schema::Validator {
     v::object([
         ("subject", v::optional(v::string())),
+        ("actorUserId", v::optional(v::id(USERS))),
         ("orgId", v::optional(v::string())),
         ("function", v::string()),
         ("resourceType", v::string()),
@@ -404,13 +444,11 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         |ctx, a: RecordDenialsArgs| {
             let n = a.entries.len() as i64;
             for d in a.entries {
-                let actor = match &d.subject {
-                    Some(s) => ctx
-                        .query(USERS, "by_workos_id")
-                        .eq("workosUserId", s.as_str())
-                        .first()?
-                        .and_then(|u| u.get_path("_id").and_then(Value::as_str).map(String::from)),
-                    None => None,
+                // The erasure strips the subject from the rows it finds; a row written from
+                // its request on (queued before, or a minute's summary) must not carry it.
+                let erased = match &d.actor_user_id {
+                    Some(a) => being_erased(ctx, a)?,
+                    None => false,
                 };
                 let mut doc = fields(obj! {
                     "resourceType" => d.resource_type.as_str(),
@@ -420,8 +458,11 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                         let mut m = obj! {
                             "function" => d.function.as_str(),
                             "message" => d.message.as_str(),
-                            "subject" => d.subject.clone().map(Value::from).unwrap_or(Value::Null),
                         };
+                        if let (false, Some(o)) = (erased, m.as_object_mut()) {
+                            let subject = d.subject.clone().map(Value::from);
+                            o.insert("subject".into(), subject.unwrap_or(Value::Null));
+                        }
                         if let (Some(n), Some(o)) = (d.suppressed, m.as_object_mut()) {
                             o.insert("suppressed".into(), (n as i64).into());
                         }
@@ -432,7 +473,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                     },
                     "timestamp" => d.at_ms,
                 });
-                if let Some(a) = actor {
+                if let Some(a) = d.actor_user_id {
                     doc.insert("actorUserId".into(), a.into());
                 }
                 if let Some(org) = d.org_id {
@@ -540,6 +581,7 @@ mod tests {
     fn denial(subject: &str, at_ms: i64) -> Denial {
         Denial {
             subject: Some(subject.into()),
+            actor_user_id: None,
             org_id: None,
             function: "meetings.get".into(),
             resource_type: "meeting".into(),
@@ -587,6 +629,6 @@ mod tests {
             .inner
             .windows
             .lock()
-            .contains_key(&(Some("eve".into()), false)));
+            .contains_key(&(Some("eve".into()), None, false)));
     }
 }

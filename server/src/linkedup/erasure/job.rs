@@ -351,7 +351,8 @@ fn redact_messages(
 
 /// Removes the token subject (`metadata.subject`, the identity provider's id of the person)
 /// from the access denials recorded of the user: the entries stay, as the security record,
-/// naming the user by id only.
+/// naming the user by id only. Those written from the request on never had it
+/// (`audit.recordDenials`).
 fn strip_audit_subjects(
     ctx: &mut Ctx<'_, '_>,
     r: &mut Request,
