@@ -1,8 +1,14 @@
 //! Embeddings (seed §11): `embeddings.generate` (internal) embeds a text for a source and
 //! `embeddings.refreshMine` embeds the caller's own profile and interests (source `user`,
 //! their `users` id) — as does a change of that text (`refresh_if_changed`, called by
-//! `profiles.update` and `interests.setMine`) — both through `embeddings.store`, which keeps one unit-length vector per
-//! (source, model) and the `vectorIndexMeta` entry of its index.
+//! `profiles.update` and `interests.setMine`, through the job `embeddings.refreshUser`) — all
+//! through `embeddings.store`, which keeps one unit-length vector per (source, model) and the
+//! `vectorIndexMeta` entry of its index.
+//!
+//! The refresh job carries the user's id, not their text: it reads the profile when it runs,
+//! so no profile text sits in `_scheduled_jobs` (kept a week after the job ran, and never
+//! touched by an erasure), and a job still queued when the user's erasure is requested sends
+//! nothing to the provider.
 //!
 //! One index per (provider, model) — `indexName` is the model — records the dimensions and
 //! version of its vectors; a vector that disagrees with its active index is refused, since it
@@ -38,6 +44,9 @@ use crate::hex::sha256_hex;
 
 /// The internal action that embeds a source's text.
 pub const GENERATE: &str = "embeddings.generate";
+/// The job a profile change schedules: embeds the user's profile as it is when it runs.
+pub const REFRESH_USER: &str = "embeddings.refreshUser";
+const USER_TEXT: &str = "embeddings.userText";
 const BEGIN_REFRESH: &str = "embeddings.beginRefresh";
 const STORE: &str = "embeddings.store";
 /// The rate limiter's action name for `embeddings.refreshMine`.
@@ -81,6 +90,12 @@ struct StoreArgs {
     model: String,
     version: String,
     metadata: Value,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserArgs {
+    user_id: String,
 }
 
 /// The caller and the text of their profile, from `embeddings.beginRefresh`.
@@ -138,6 +153,35 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                 embed_and_store(&ctx, &cfg, "user", &start.user_id, start.content, None).await
             }
         },
+    );
+    // embeddings.refreshUser (internal action, scheduled by `refresh_if_changed`): embeds the
+    // profile text of `userId` as it is now as their `user` embedding; nothing (null) if it has
+    // no words or their erasure was requested. Returns {embeddingId, model, dimensions,
+    // vector} or null. Returns: PROVIDER_ERROR, CONFLICT.
+    let cfg = config.clone();
+    f.action(
+        REFRESH_USER,
+        Visibility::Internal,
+        v::object([("userId", v::id(USERS))]),
+        v::any(),
+        move |ctx, a: UserArgs| {
+            let cfg = cfg.clone();
+            async move {
+                let text = ctx.run_query(USER_TEXT, encode(&a)?).await?;
+                let Some(content) = decode::<Option<String>>(&text)? else {
+                    return Ok(None);
+                };
+                let stored = embed_and_store(&ctx, &cfg, "user", &a.user_id, content, None);
+                stored.await.map(Some)
+            }
+        },
+    );
+    f.query(
+        USER_TEXT,
+        Visibility::Internal,
+        v::object([("userId", v::id(USERS))]),
+        v::union([v::null(), v::string()]),
+        |ctx, a: UserArgs| user_text(ctx, &a.user_id),
     );
     let cfg = config.clone();
     f.mutation(
@@ -241,6 +285,15 @@ pub(crate) fn profile_content(
     Ok((!content_words(&content).is_empty()).then_some(content))
 }
 
+/// What `embeddings.refreshUser` embeds: `profile_content`, or nothing for a user whose
+/// erasure was requested (their profile may not be deleted yet).
+fn user_text(ctx: &mut Ctx<'_, '_>, user_id: &str) -> FunctionResult<Option<String>> {
+    if being_erased(ctx, user_id)? {
+        return Ok(None);
+    }
+    profile_content(ctx, user_id)
+}
+
 /// The caller's profile text, after their rate limit and daily AI budget (`ai_budget`).
 /// Returns: UNAUTHORIZED, VALIDATION_ERROR (nothing to embed), RATE_LIMITED.
 fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResult<RefreshStart> {
@@ -268,7 +321,7 @@ fn begin_refresh(ctx: &mut Ctx<'_, '_>, config: &LinkedUpConfig) -> FunctionResu
 /// Called by the mutations that change what `profile_content` reads (`profiles.update`,
 /// `interests.setMine`) after their change, with the content from before it: when the content
 /// changed, has words, and differs from what the user's stored embeddings were made of,
-/// schedules `embeddings.generate` for it. Automatic refreshes are limited as
+/// schedules `embeddings.refreshUser` for the user. Automatic refreshes are limited as
 /// `embeddings.refreshMine` is (`AUTO_REFRESH_ACTION`); over the limit, nothing is scheduled
 /// and the change itself still commits (the next change or a `refreshMine` catches up).
 /// Returns whether it scheduled.
@@ -304,11 +357,7 @@ pub(crate) fn refresh_if_changed(
         Err(e) if e.code == ErrorCode::RateLimited.as_str() => return Ok(false),
         other => other?,
     }
-    ctx.schedule_after(
-        0,
-        GENERATE,
-        obj! { "sourceType" => "user", "sourceId" => user_id, "content" => content },
-    )?;
+    ctx.schedule_after(0, REFRESH_USER, obj! { "userId" => user_id })?;
     Ok(true)
 }
 
