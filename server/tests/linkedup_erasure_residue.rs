@@ -10,9 +10,11 @@ mod linkedup_common;
 use erasure_common::*;
 use linkedup_common::*;
 use linkedup_schema::api::erasure::ErasureStatus;
+use linkedup_schema::tables::names::{FORMER_PARTICIPANTS, TRANSCRIPTS};
 use linkedup_server::linkedup::audit::flush_denials;
-use linkedup_server::linkedup::erasure::erase_offline;
-use linkedup_server::linkedup::LinkedUpConfig;
+use linkedup_server::linkedup::erasure::{erase_offline, REDACTED};
+use linkedup_server::linkedup::retention::PURGE;
+use linkedup_server::linkedup::{LinkedUpConfig, RetentionPolicy};
 use query_engine::engine::EngineConfig;
 use query_engine::obj;
 use query_engine::value::Value;
@@ -140,4 +142,82 @@ async fn queued_embedding_refreshes_hold_no_profile_text_and_skip_an_erased_user
     for job in env.all("_scheduled_jobs").await {
         assert!(!format!("{job:?}").contains("MARKER"), "{job:?}");
     }
+}
+
+/// A record of a removal from a meeting outlives its period while the meeting still holds what
+/// it leads the removed user's erasure to. The sequence, with periods of a second for a year:
+/// bob speaks and is removed from a meeting that goes on; past the record's period the meeting
+/// ends and its segments (bob's words among them) are written; its chunks expire; the purge
+/// then keeps bob's record, so his erasure still finds the meeting and redacts the segment.
+/// A record whose meeting is over and holds nothing goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_record_outlives_its_period_while_its_meeting_holds_the_users_data() {
+    const PERIOD: i64 = 1_000;
+    let period = || tokio::time::sleep(std::time::Duration::from_millis(PERIOD as u64 + 50));
+    let policy = [FORMER_PARTICIPANTS, TRANSCRIPTS]
+        .map(|t| (t.to_string(), PERIOD))
+        .to_vec();
+    let w = world(LinkedUpConfig {
+        retention: RetentionPolicy { max_age_ms: policy },
+        ..LinkedUpConfig::default()
+    })
+    .await;
+    let env = &w.env;
+    let bob = w.bob_id.as_str();
+    let purge = |table: &str| {
+        let args = obj! { "table" => table };
+        async move { env.engine.mutation(PURGE, args, None).await.unwrap() }
+    };
+    let alice = &w.alice;
+    let remove = |meeting: String, user: String| async move {
+        env.m(
+            "meetings.removeParticipant",
+            obj! { "meetingId" => meeting, "userId" => user },
+            Some(alice),
+        )
+        .await
+        .unwrap();
+    };
+    say(env, &w.bob, &w.meeting, "bob-1", bob).await;
+    remove(w.meeting.clone(), w.bob_id.clone()).await;
+    let quiet = env.schedule(&w.alice, "Quiet", &[&w.carol_id]).await;
+    remove(quiet.clone(), w.carol_id.clone()).await;
+    env.m(
+        "meetings.cancel",
+        obj! { "meetingId" => quiet },
+        Some(&w.alice),
+    )
+    .await
+    .unwrap();
+    period().await;
+
+    w.end_meeting().await;
+    env.m(
+        "transcripts.aggregateSegments",
+        obj! { "meetingId" => w.meeting.as_str() },
+        None,
+    )
+    .await
+    .unwrap();
+    let spoken = with(env, "transcriptSegments", "meetingId", &w.meeting).await;
+    assert_eq!(spoken.len(), 1);
+    assert_eq!(
+        s(&spoken[0], "text"),
+        format!("{bob} says something personal")
+    );
+    period().await;
+    purge(TRANSCRIPTS).await;
+    assert!(with(env, "transcripts", "meetingId", &w.meeting)
+        .await
+        .is_empty());
+    purge(FORMER_PARTICIPANTS).await;
+    let records = env.all(FORMER_PARTICIPANTS).await;
+    assert_eq!(records.len(), 1, "carol's went, bob's stays: {records:?}");
+    assert_eq!(s(&records[0], "userId"), bob);
+
+    let r = request(env, &w.bob).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    let segments = with(env, "transcriptSegments", "meetingId", &w.meeting).await;
+    assert_eq!(s(&segments[0], "text"), REDACTED, "{segments:?}");
+    assert!(env.all(FORMER_PARTICIPANTS).await.is_empty());
 }

@@ -8,7 +8,9 @@
 //! from where it stopped, while batches come back full. Its read is the range below the cutoff, so it does not
 //! conflict with new writes, except that for an old transcript chunk of a meeting still active
 //! it also reads the meeting and its newest chunk (see `keep_last_chunk_of_active_meeting`);
-//! ingestion there meanwhile makes the committer re-run the purge.
+//! ingestion there meanwhile makes the committer re-run the purge. An old record of a removal
+//! from a meeting is kept while the meeting may hold the removed user's data
+//! (`keep_removal_while_meeting_holds_data`).
 //!
 //! Not here: noteOps (90 days) are compacted by `notes.compact`, which keeps the note whole;
 //! live records that are updated in place (meetings, notes, users, connections, the matching
@@ -18,7 +20,7 @@
 
 use std::sync::Arc;
 
-use linkedup_schema::api::MeetingStatus;
+use linkedup_schema::api::{Meeting, MeetingStatus};
 use linkedup_schema::errors::invalid_field;
 use linkedup_schema::tables::names::{
     AUDIT_LOGS, FORMER_PARTICIPANTS, INSIGHTS, MATCHING_ANALYTICS, MEETINGS, MESSAGES, PROMPTS,
@@ -32,7 +34,7 @@ use query_engine::value::{Object, Value};
 use serde::{Deserialize, Serialize};
 
 use super::transcripts::last_sequence;
-use super::{audit, encode, keep_none, purge_below, Keep, LinkedUpConfig};
+use super::{audit, decode, encode, keep_none, purge_below, Keep, LinkedUpConfig};
 
 /// The function's name.
 pub const PURGE: &str = "retention.purge";
@@ -62,8 +64,9 @@ impl Default for RetentionPolicy {
             (AUDIT_LOGS, 365 * DAY_MS),
             // Matching outcomes: the seed gives no period; a year, like prompts and insights.
             (MATCHING_ANALYTICS, 365 * DAY_MS),
-            // Records of removals from meetings: as long as the transcript data they lead
-            // erasure to (segments, a year).
+            // Records of removals from meetings: a year, and past it for as long as the
+            // meeting may hold data they lead erasure to
+            // (`keep_removal_while_meeting_holds_data`).
             (FORMER_PARTICIPANTS, 365 * DAY_MS),
         ];
         RetentionPolicy {
@@ -124,10 +127,10 @@ fn purge(
     let cutoff = ctx.now_ms().saturating_sub(age);
     let mut again = Object::new();
     again.insert("table".into(), table.as_str().into());
-    let keep: Keep = if table == TRANSCRIPTS {
-        keep_last_chunk_of_active_meeting
-    } else {
-        keep_none
+    let keep: Keep = match table.as_str() {
+        TRANSCRIPTS => keep_last_chunk_of_active_meeting,
+        FORMER_PARTICIPANTS => keep_removal_while_meeting_holds_data,
+        _ => keep_none,
     };
     let (deleted, continued) = purge_below(
         ctx,
@@ -166,6 +169,47 @@ fn keep_last_chunk_of_active_meeting(ctx: &mut Ctx<'_, '_>, chunk: &Value) -> Fu
     }
     let sequence = chunk.get_path("sequence").and_then(Value::as_i64);
     Ok(sequence == Some(last_sequence(ctx, meeting_id)?))
+}
+
+/// What an erasure goes through in each meeting of the user's (`erasure::job`): the meeting's
+/// documents of these tables, by these indexes (led by `meetingId`).
+const MEETING_DATA: [(&str, &str); 4] = [
+    (TRANSCRIPTS, "by_meeting_sequence"),
+    (TRANSCRIPT_SEGMENTS, "by_meeting"),
+    (INSIGHTS, "by_meeting"),
+    (PROMPTS, "by_meeting_type"),
+];
+
+/// A record of a removal from a meeting (`formerParticipants`) is how the removed user's
+/// erasure finds the meeting, so it is kept, however old, while the meeting is open (it may
+/// still gather data naming them) or holds anything of `MEETING_DATA`: segments and insights
+/// are written when the meeting ends, which may be long after the removal, and each is kept a
+/// year from then. Reads the meeting and at most one document of each of those tables.
+fn keep_removal_while_meeting_holds_data(
+    ctx: &mut Ctx<'_, '_>,
+    record: &Value,
+) -> FunctionResult<bool> {
+    let Some(meeting_id) = record.get_path("meetingId").and_then(Value::as_str) else {
+        return Ok(false);
+    };
+    let open = ctx
+        .get(MEETINGS, meeting_id)?
+        .map(|d| decode::<Meeting>(&d))
+        .transpose()?
+        .is_some_and(|m| m.state.is_open());
+    if open {
+        return Ok(true);
+    }
+    for (table, index) in MEETING_DATA {
+        let held = ctx
+            .query(table, index)
+            .eq("meetingId", meeting_id)
+            .first()?;
+        if held.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
