@@ -42,10 +42,11 @@ use query_engine::schema::v;
 use query_engine::value::{Object, Value};
 use serde::{Deserialize, Serialize};
 
+use super::hosting::{hand_over_hosting, HANDOVER_CANDIDATES};
 use super::{ErasureConfig, Request};
 use crate::linkedup::guards::find_participant;
 use crate::linkedup::insights::redact_stored;
-use crate::linkedup::meetings::{hand_over_hosting, mark_left, HANDOVER_CANDIDATES};
+use crate::linkedup::meetings::mark_left;
 use crate::linkedup::stream_rooms::schedule_member_sync;
 use crate::linkedup::transcripts::chunk_speaker;
 use crate::linkedup::{audit, decode, encode, id_of, LinkedUpConfig};
@@ -81,7 +82,7 @@ pub(super) const FIRST_PHASE: &str = PHASES[0];
 /// Per meeting the user took part in, in order.
 const MEETING_PHASES: [&str; 5] = ["transcripts", "segments", "insights", "prompts", "hosting"];
 /// Most documents the `hosting` phase reads or writes: the two reads before
-/// `meetings::hand_over_hosting`, its two host rows, a candidate row and user document per
+/// `hosting::hand_over_hosting`, its two host rows, a candidate row and user document per
 /// candidate, and its three writes; then the job that takes the user out of the call.
 const HANDOVER_DOCS: usize = 8 + 2 * HANDOVER_CANDIDATES;
 
@@ -424,7 +425,7 @@ fn erase_meetings(
 }
 
 /// If the user is the only host of this open meeting, another participant becomes its host
-/// (`meetings::hand_over_hosting`); and the user leaves the meeting's call (blocked, no longer
+/// (`hosting::hand_over_hosting`); and the user leaves the meeting's call (blocked, no longer
 /// a member: `stream_rooms::schedule_member_sync`). Waits for a run with room for it, unless the whole page is
 /// smaller (then a run may touch up to `HANDOVER_DOCS` more than its page).
 fn hand_over(

@@ -11,6 +11,7 @@
 //! to: ids held elsewhere (meetings, notes, other users' records) stay valid but name nobody,
 //! and the same subject signing in again gets a new, empty account from `users.ensure`.
 
+mod hosting;
 mod job;
 
 use std::collections::BTreeMap;
