@@ -10,12 +10,15 @@ mod linkedup_common;
 use erasure_common::*;
 use linkedup_common::*;
 use linkedup_schema::api::erasure::ErasureStatus;
+use linkedup_schema::ot::TextOperation;
 use linkedup_schema::tables::names::{FORMER_PARTICIPANTS, TRANSCRIPTS};
 use linkedup_server::linkedup::audit::flush_denials;
 use linkedup_server::linkedup::erasure::{erase_offline, REDACTED};
 use linkedup_server::linkedup::retention::PURGE;
 use linkedup_server::linkedup::{LinkedUpConfig, RetentionPolicy};
 use query_engine::engine::EngineConfig;
+use query_engine::identity::Identity;
+use query_engine::json::to_value;
 use query_engine::obj;
 use query_engine::value::Value;
 
@@ -220,4 +223,92 @@ async fn a_removal_record_outlives_its_period_while_its_meeting_holds_the_users_
     let segments = with(env, "transcriptSegments", "meetingId", &w.meeting).await;
     assert_eq!(s(&segments[0], "text"), REDACTED, "{segments:?}");
     assert!(env.all(FORMER_PARTICIPANTS).await.is_empty());
+}
+
+/// `who` writes `text` as the first edit of `meeting`'s note.
+async fn write_note(env: &Env, who: &Identity, meeting: &str, text: &str) {
+    let op = to_value(&TextOperation::new().insert(text)).unwrap();
+    env.m(
+        "notes.applyOperation",
+        obj! {
+            "meetingId" => meeting, "baseVersion" => 0i64, "op" => op,
+            "clientId" => "c1", "clientSeq" => 1i64,
+        },
+        Some(who),
+    )
+    .await
+    .unwrap();
+}
+
+/// carol is the only participant of two open meetings: once she is erased nobody could end
+/// them, and a note is kept until its meeting is over. So her erasure closes them as a host
+/// would — the scheduled one cancelled, the active one concluded — audited with no actor; the
+/// post-call run asks the provider nothing for her; and note retention then purges the notes
+/// only she wrote. The world's meeting, which has others, stays as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_the_last_participant_closes_the_meeting_so_its_note_can_expire() {
+    let fake = ai_common::Fake::start().await;
+    let w = world(fake.config()).await;
+    let env = &w.env;
+    ai_common::enable(&env.engine, &w.alice, "insights/postcall").await;
+    let active = env.schedule(&w.carol, "Focus time", &[]).await;
+    env.start(&w.carol, &active).await;
+    wait_for_room_job(&env.engine, &active).await;
+    let later = env.schedule(&w.carol, "Planning", &[]).await;
+    for m in [&active, &later] {
+        write_note(env, &w.carol, m, "carol's private plans").await;
+    }
+
+    let r = request(env, &w.carol).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    let state = |m: String| async move {
+        let meeting = env.all("meetings").await.into_iter().find(|d| id(d) == m);
+        s(&meeting.unwrap(), "state")
+    };
+    assert_eq!(state(active.clone()).await, "concluded");
+    assert_eq!(state(later.clone()).await, "cancelled");
+    assert_eq!(state(w.meeting.clone()).await, "active");
+    for (m, action) in [
+        (&active, "meeting.concluded"),
+        (&later, "meeting.cancelled"),
+    ] {
+        let rows: Vec<Value> = with(env, "auditLogs", "resourceId", m)
+            .await
+            .into_iter()
+            .filter(|e| s(e, "action") == action)
+            .collect();
+        assert_eq!(rows.len(), 1, "{m}");
+        assert_eq!(s(&rows[0], "metadata.reason"), "participantsErased");
+        assert!(rows[0].get_path("actorUserId").is_none());
+    }
+    // The concluded meeting's post-call run ends with nobody to write for.
+    for _ in 0..800 {
+        if with(env, "insightRuns", "meetingId", &active)
+            .await
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(with(env, "insightRuns", "meetingId", &active)
+        .await
+        .is_empty());
+    assert_eq!(fake.count("/chat/completions"), 0, "{:?}", fake.requests());
+
+    env.engine
+        .mutation(
+            "notes.compactAll",
+            obj! { "retainMs" => 0i64, "retainNoteMs" => 0i64 },
+            None,
+        )
+        .await
+        .unwrap();
+    for _ in 0..800 {
+        if env.all("meetingNotes").await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(env.all("meetingNotes").await.is_empty());
 }

@@ -626,7 +626,9 @@ fn run_context(
         .paginate(a.cursor.as_deref(), BATCH)?;
     for doc in &page.page {
         let p: Participant = decode(doc)?;
-        if !has_insight(ctx, &a.meeting_id, &p.user_id)? {
+        // One whose erasure was requested gets none (`store` would not write it): the
+        // provider is not asked, nor sent the meeting's notes and transcript for them.
+        if !has_insight(ctx, &a.meeting_id, &p.user_id)? && !being_erased(ctx, &p.user_id)? {
             run.pending.push(p.user_id);
         }
     }

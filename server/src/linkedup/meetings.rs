@@ -19,7 +19,8 @@
 //! participant, or changing their role, in a meeting with a room schedules the matching change
 //! of their call membership (`stream_rooms::SYNC_MEMBER`). Stream's webhooks change presence
 //! and conclude meetings through the same helpers as join, leave and end (`mark_joined`,
-//! `mark_left`, `conclude`), with no acting user.
+//! `mark_left`, `conclude`), with no acting user; so does the erasure of an open meeting's last
+//! participants, which cancels or ends it (`close_unattended`).
 
 use std::sync::Arc;
 
@@ -401,12 +402,21 @@ fn state_doc(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<Option<M
         .transpose()
 }
 
-/// Moves the meeting to `to` and audits it: by `actor` (a host; the organisation from their
-/// token), or by the system (Stream's webhook) in the meeting's organisation.
+/// Who moves a meeting to another state, for its audit entry.
+#[derive(Clone, Copy)]
+pub(crate) enum ChangedBy<'a> {
+    /// A host (the organisation from their token).
+    Host(&'a str),
+    /// The system (Stream's webhook, the erasure job), in the meeting's organisation, with the
+    /// reason if it is not the call's own.
+    System(Option<&'a str>),
+}
+
+/// Moves the meeting to `to` and audits it, as changed `by`.
 fn set_meeting_state(
     ctx: &mut Ctx<'_, '_>,
     meeting: &Meeting,
-    actor: Option<&str>,
+    by: ChangedBy<'_>,
     to: MeetingStatus,
 ) -> FunctionResult<()> {
     let now = ctx.now_ms();
@@ -416,18 +426,25 @@ fn set_meeting_state(
         fields(obj! { "state" => to.as_str(), "updatedAt" => now }),
     )?;
     let action = format!("meeting.{}", to.as_str());
-    let change = obj! { "from" => meeting.state.as_str(), "to" => to.as_str() };
-    match actor {
-        Some(user) => audit::record(ctx, Some(user), "meeting", &meeting.id, &action, change),
-        None => audit::record_in_org(
-            ctx,
-            meeting.org_id.as_deref(),
-            None,
-            "meeting",
-            &meeting.id,
-            &action,
-            change,
-        ),
+    let mut change = obj! { "from" => meeting.state.as_str(), "to" => to.as_str() };
+    match by {
+        ChangedBy::Host(user) => {
+            audit::record(ctx, Some(user), "meeting", &meeting.id, &action, change)
+        }
+        ChangedBy::System(reason) => {
+            if let (Some(r), Some(o)) = (reason, change.as_object_mut()) {
+                o.insert("reason".into(), r.into());
+            }
+            audit::record_in_org(
+                ctx,
+                meeting.org_id.as_deref(),
+                None,
+                "meeting",
+                &meeting.id,
+                &action,
+                change,
+            )
+        }
     }
 }
 
@@ -448,7 +465,7 @@ fn start(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
     set_meeting_state(
         ctx,
         &access.meeting,
-        Some(&access.user.id),
+        ChangedBy::Host(&access.user.id),
         MeetingStatus::Active,
     )?;
     // Runs only if this mutation commits; a no-op if the host created the room already.
@@ -502,28 +519,33 @@ fn end(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
         MeetingStatus::Active => {}
         s => return Err(conflict("end", s)),
     }
-    conclude(ctx, &access.meeting, Some(&access.user.id))?;
-    // The host ended the meeting: end its video call for everyone still in it. (When Stream
-    // reports the call ended, the webhook concludes the meeting without this.)
-    if access.meeting.stream_room_id.is_some() {
+    finish(ctx, &access.meeting, ChangedBy::Host(&access.user.id))
+}
+
+/// Ends an active meeting as its host does: concluded (`conclude`), and its video call ended
+/// for everyone still in it. (When Stream reports the call ended, the webhook concludes the
+/// meeting without this.)
+fn finish(ctx: &mut Ctx<'_, '_>, meeting: &Meeting, by: ChangedBy<'_>) -> FunctionResult<()> {
+    conclude(ctx, meeting, by)?;
+    if meeting.stream_room_id.is_some() {
         ctx.schedule_after(
             0,
             stream_rooms::END_CALL,
-            obj! { "meetingId" => meeting_id },
+            obj! { "meetingId" => meeting.id.as_str() },
         )?;
     }
     Ok(())
 }
 
 /// Concludes an active meeting: its state, its live state document, and the post-call jobs,
-/// which run only if the calling mutation commits. `actor` as for `set_meeting_state`.
+/// which run only if the calling mutation commits.
 pub(crate) fn conclude(
     ctx: &mut Ctx<'_, '_>,
     meeting: &Meeting,
-    actor: Option<&str>,
+    by: ChangedBy<'_>,
 ) -> FunctionResult<()> {
     debug_assert_eq!(meeting.state, MeetingStatus::Active);
-    set_meeting_state(ctx, meeting, actor, MeetingStatus::Concluded)?;
+    set_meeting_state(ctx, meeting, by, MeetingStatus::Concluded)?;
     let now = ctx.now_ms();
     if let Some(s) = state_doc(ctx, &meeting.id)? {
         ctx.patch(
@@ -540,6 +562,22 @@ pub(crate) fn conclude(
     schedule_insights(ctx, &meeting.id)
 }
 
+/// Closes an open meeting that nobody is left to run, as its host would have: a scheduled one
+/// is cancelled, an active one ended (`finish`); audited with no actor and `reason`. For the
+/// erasure of its last participants (`erasure::hosting`).
+pub(crate) fn close_unattended(
+    ctx: &mut Ctx<'_, '_>,
+    meeting: &Meeting,
+    reason: &str,
+) -> FunctionResult<()> {
+    let by = ChangedBy::System(Some(reason));
+    match meeting.state {
+        MeetingStatus::Scheduled => set_meeting_state(ctx, meeting, by, MeetingStatus::Cancelled),
+        MeetingStatus::Active => finish(ctx, meeting, by),
+        MeetingStatus::Concluded | MeetingStatus::Cancelled => Ok(()),
+    }
+}
+
 fn cancel(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
     let access = assert_meeting_access(ctx, meeting_id, Role::Host)?;
     match access.meeting.state {
@@ -547,7 +585,7 @@ fn cancel(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<()> {
         MeetingStatus::Scheduled => set_meeting_state(
             ctx,
             &access.meeting,
-            Some(&access.user.id),
+            ChangedBy::Host(&access.user.id),
             MeetingStatus::Cancelled,
         ),
         s => Err(conflict("cancel", s)),

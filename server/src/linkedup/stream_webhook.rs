@@ -62,7 +62,7 @@ use serde::Deserialize;
 
 use super::guards::find_participant;
 use super::idempotency::{check_and_record, store_result, DEFAULT_TTL_MS};
-use super::meetings::{conclude, list_participants, mark_joined, mark_left};
+use super::meetings::{conclude, list_participants, mark_joined, mark_left, ChangedBy};
 use super::{decode, fields, LinkedUpConfig};
 use crate::http::{AppRoutes, HttpContext};
 use crate::log_limit::LogLimit;
@@ -276,7 +276,7 @@ fn apply(ctx: &mut Ctx<'_, '_>, a: &ApplyArgs) -> FunctionResult<Outcome> {
         }
         // CALL_ENDED: the validator admits only ACTIONS.
         _ => match meeting.state {
-            MeetingStatus::Active => conclude(ctx, &meeting, None)?,
+            MeetingStatus::Active => conclude(ctx, &meeting, ChangedBy::System(None))?,
             MeetingStatus::Concluded => return Ok(Outcome::Ignored(Ignored::AlreadyConcluded)),
             _ => return Ok(Outcome::Ignored(Ignored::MeetingNotActive)),
         },

@@ -1,7 +1,10 @@
-//! What an erasure does to a meeting the user is leaving, beyond their own data: the meeting
-//! must keep someone who can run it, so when they were its only host another participant takes
-//! over (`hand_over_hosting`). For the erasure job's `hosting` phase (`job`), whose budget
-//! counts what these read and write.
+//! What an erasure does to an open meeting the user is leaving, beyond their own data
+//! (`settle`): the meeting must keep someone who can run it, so when they were its only host
+//! another participant takes over (`hand_over_hosting`); and when nobody is left but users
+//! being erased, nobody could ever end it — and its note, kept until its meeting is over, would
+//! be kept for ever — so it is closed as its host would have (`meetings::close_unattended`).
+//! For the erasure job's `hosting` phase (`job`), whose budget counts what these read and
+//! write (`SETTLE_DOCS`).
 
 use linkedup_schema::api::{Meeting, Participant, Role};
 use linkedup_schema::tables::names::MEETING_PARTICIPANTS;
@@ -10,12 +13,59 @@ use query_engine::error::FunctionResult;
 use query_engine::obj;
 
 use crate::linkedup::guards::being_erased;
-use crate::linkedup::meetings::at_most_one_host;
+use crate::linkedup::meetings::{at_most_one_host, close_unattended};
 use crate::linkedup::{audit, decode, fields, stream_rooms};
 
-/// Most participants `hand_over_hosting` considers: a bound on its reads when several
-/// participants of one meeting are being erased at once.
-pub(crate) const HANDOVER_CANDIDATES: usize = 8;
+/// Most participants `hand_over_hosting` and `unattended` consider: a bound on their reads
+/// when several participants of one meeting are being erased at once.
+const HANDOVER_CANDIDATES: usize = 8;
+
+/// Most documents `settle` reads or writes: `hand_over_hosting`'s (2 + 2 × candidates read,
+/// 3 written), `unattended`'s (candidates + 2 participant rows, a user document per candidate)
+/// and closing an active meeting (its state document read; meeting, state document, audit entry,
+/// insight run record and three jobs written; the insight run record read).
+pub(crate) const SETTLE_DOCS: usize =
+    (5 + 2 * HANDOVER_CANDIDATES) + (2 + 2 * HANDOVER_CANDIDATES) + 9;
+
+/// The audit reason of a meeting closed because its last participants were erased.
+const PARTICIPANTS_ERASED: &str = "participantsErased";
+
+/// What the erasure of `leaving`'s account does to the open meeting they leave: hosting
+/// handed over (`hand_over_hosting`), or, with nobody left to run it (`unattended`), the
+/// meeting closed (`meetings::close_unattended`, reason `participantsErased`).
+pub(crate) fn settle(
+    ctx: &mut Ctx<'_, '_>,
+    meeting: &Meeting,
+    leaving: &Participant,
+) -> FunctionResult<()> {
+    if !meeting.state.is_open() || hand_over_hosting(ctx, meeting, leaving)?.is_some() {
+        return Ok(());
+    }
+    if unattended(ctx, &meeting.id, &leaving.user_id)? {
+        close_unattended(ctx, meeting, PARTICIPANTS_ERASED)?;
+    }
+    Ok(())
+}
+
+/// Whether every participant of the meeting but `leaving` is a user being erased (or there is
+/// none). A meeting of more than `HANDOVER_CANDIDATES` others is taken to have someone: the
+/// answer reads at most that many user documents.
+fn unattended(ctx: &mut Ctx<'_, '_>, meeting_id: &str, leaving: &str) -> FunctionResult<bool> {
+    let rows = ctx
+        .query(MEETING_PARTICIPANTS, "by_meeting")
+        .eq("meetingId", meeting_id)
+        .take(HANDOVER_CANDIDATES + 2)?;
+    if rows.len() > HANDOVER_CANDIDATES + 1 {
+        return Ok(false);
+    }
+    for d in &rows {
+        let p: Participant = decode(d)?;
+        if p.user_id != leaving && !being_erased(ctx, &p.user_id)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
 
 /// When `leaving` is the only host of an open (scheduled or active) meeting, makes the
 /// earliest-added other participant whose account is not being erased its host (among the
@@ -24,7 +74,7 @@ pub(crate) const HANDOVER_CANDIDATES: usize = 8;
 /// (`stream_rooms::schedule_member_sync`). For the erasure job: reads at most
 /// 2 + 2 × `HANDOVER_CANDIDATES` documents, writes at most three. Returns the new host's user
 /// id, if any.
-pub(crate) fn hand_over_hosting(
+fn hand_over_hosting(
     ctx: &mut Ctx<'_, '_>,
     meeting: &Meeting,
     leaving: &Participant,

@@ -16,8 +16,9 @@
 //! segments holding them are redacted the same way (a meeting's sequence stays gap-free), so
 //! is what other participants' insights quote of them (`insights::redact_stored`; all the
 //! text of an insight too old to record whose words it quotes), the meeting's AI prompts
-//! (made from every participant's profile) are deleted, their presence becomes `left`, and
-//! where they were the only host of an open meeting another participant becomes its host;
+//! (made from every participant's profile) are deleted, their presence becomes `left`,
+//! where they were the only host of an open meeting another participant becomes its host, and
+//! an open meeting left with nobody to run it is closed (`hosting`);
 //! then the same, but for presence and hosting, in the meetings they were removed from
 //! (found through `formerParticipants`, whose records are deleted after).
 //! Meetings, notes and note history, participant records, audit entries and other users'
@@ -42,7 +43,7 @@ use query_engine::schema::v;
 use query_engine::value::{Object, Value};
 use serde::{Deserialize, Serialize};
 
-use super::hosting::{hand_over_hosting, HANDOVER_CANDIDATES};
+use super::hosting::{settle, SETTLE_DOCS};
 use super::{ErasureConfig, Request};
 use crate::linkedup::guards::find_participant;
 use crate::linkedup::insights::redact_stored;
@@ -81,10 +82,9 @@ const PHASES: [&str; 18] = [
 pub(super) const FIRST_PHASE: &str = PHASES[0];
 /// Per meeting the user took part in, in order.
 const MEETING_PHASES: [&str; 5] = ["transcripts", "segments", "insights", "prompts", "hosting"];
-/// Most documents the `hosting` phase reads or writes: the two reads before
-/// `hosting::hand_over_hosting`, its two host rows, a candidate row and user document per
-/// candidate, and its three writes; then the job that takes the user out of the call.
-const HANDOVER_DOCS: usize = 8 + 2 * HANDOVER_CANDIDATES;
+/// Most documents the `hosting` phase reads or writes: the two reads before `hosting::settle`,
+/// its own, then the job that takes the user out of the call.
+const HANDOVER_DOCS: usize = 2 + SETTLE_DOCS + 1;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -424,10 +424,11 @@ fn erase_meetings(
     Ok(false)
 }
 
-/// If the user is the only host of this open meeting, another participant becomes its host
-/// (`hosting::hand_over_hosting`); and the user leaves the meeting's call (blocked, no longer
-/// a member: `stream_rooms::schedule_member_sync`). Waits for a run with room for it, unless the whole page is
-/// smaller (then a run may touch up to `HANDOVER_DOCS` more than its page).
+/// If the user is the only host of this open meeting, another participant becomes its host,
+/// and if nobody is left to run it, it is closed (`hosting::settle`); and the user leaves the
+/// meeting's call (blocked, no longer a member: `stream_rooms::schedule_member_sync`). Waits
+/// for a run with room for it, unless the whole page is smaller (then a run may touch up to
+/// `HANDOVER_DOCS` more than its page).
 fn hand_over(
     ctx: &mut Ctx<'_, '_>,
     r: &mut Request,
@@ -449,7 +450,7 @@ fn hand_over(
     else {
         return Ok(true);
     };
-    hand_over_hosting(ctx, &m, &p)?;
+    settle(ctx, &m, &p)?;
     // Out of the meeting's call: their account is going, their call token must not outlive it.
     schedule_member_sync(ctx, &m, &r.user_id)?;
     Ok(true)
