@@ -42,7 +42,7 @@ use query_engine::schema::v;
 use query_engine::value::Value;
 use serde::{Deserialize, Serialize};
 
-use super::guards::{being_erased, current_user};
+use super::guards::{current_user, erasure_requested};
 use super::{audited, decode, encode, fields, limit_arg, LinkedUpConfig};
 
 /// Most denials waiting in memory; further ones are counted and dropped.
@@ -119,7 +119,8 @@ pub fn record_in_org(
 pub struct Denial {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    /// The account `subject` signed in to when denied (`users` id), if it had one.
+    /// The account `subject` signed in to when denied (`users` id), if it had one; one the
+    /// refused call itself created does not exist when the denial is written, and is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor_user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -444,12 +445,15 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
         |ctx, a: RecordDenialsArgs| {
             let n = a.entries.len() as i64;
             for d in a.entries {
+                // The account refused, as it stands now. None if the refused call itself
+                // created it (a first call): that insert was rolled back with the call.
+                let account = match &d.actor_user_id {
+                    Some(a) => ctx.get(USERS, a)?,
+                    None => None,
+                };
                 // The erasure strips the subject from the rows it finds; a row written from
                 // its request on (queued before, or a minute's summary) must not carry it.
-                let erased = match &d.actor_user_id {
-                    Some(a) => being_erased(ctx, a)?,
-                    None => false,
-                };
+                let erased = account.as_ref().is_some_and(erasure_requested);
                 let mut doc = fields(obj! {
                     "resourceType" => d.resource_type.as_str(),
                     "resourceId" => d.resource_id.as_str(),
@@ -473,7 +477,7 @@ pub(crate) fn register(f: &mut Functions, config: &Arc<LinkedUpConfig>) {
                     },
                     "timestamp" => d.at_ms,
                 });
-                if let Some(a) = d.actor_user_id {
+                if let (Some(a), Some(_)) = (d.actor_user_id, account) {
                     doc.insert("actorUserId".into(), a.into());
                 }
                 if let Some(org) = d.org_id {

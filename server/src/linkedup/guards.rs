@@ -184,9 +184,15 @@ pub fn being_erased(ctx: &mut Ctx<'_, '_>, user_id: &str) -> FunctionResult<bool
     if ctx.parse_id(USERS, user_id).is_err() {
         return Ok(false);
     }
-    Ok(ctx.get(USERS, user_id)?.is_some_and(|d| {
-        d.get_path("erasureRequestedAt").is_some() || d.get_path("erasedAt").is_some()
-    }))
+    Ok(ctx
+        .get(USERS, user_id)?
+        .is_some_and(|d| erasure_requested(&d)))
+}
+
+/// Whether the stored `users` document is of an account whose erasure was requested (or is
+/// done).
+pub(crate) fn erasure_requested(user: &Value) -> bool {
+    user.get_path("erasureRequestedAt").is_some() || user.get_path("erasedAt").is_some()
 }
 
 /// Brings an existing user document in line with the token; writes only on change. Returns
