@@ -20,7 +20,9 @@
 //! Nobody waits for it, so it is paced (`Pacer`): it rests after each slice of work and takes
 //! at most about half a core — unless the committer is waiting for it, then it runs flat out.
 //! It also runs at the lowest thread priority (`crate::background`), so within its half core
-//! it still gives way to the committer and the subscription threads whenever they want to run.
+//! it still gives way to the committer and the subscription threads whenever they want to run
+//! — except while the committer or a shutdown waits for it: then it takes its normal priority
+//! back (`background::Urgent`) until the job is done.
 
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use redb::{Database, Durability};
 use super::memtable::Memtable;
 use super::snapshot::Base;
 use super::{apply, open_base, CloseSignal, Progress, StorageError};
+use crate::background::Urgent;
 use crate::doc_cache::DocCache;
 use crate::wal::Sealed;
 
@@ -43,19 +46,22 @@ const SLICE: Duration = Duration::from_millis(2);
 const CHECK_EVERY: u32 = 32;
 
 /// Rests the applier between slices of a transaction's writes so that it takes about
-/// `CPU_SHARE_PERCENT` of a core; a rest ends early when the committer hurries the applier.
+/// `CPU_SHARE_PERCENT` of a core; a rest ends early when the committer hurries the applier,
+/// which then runs unpaced at its normal priority until the job is done.
 struct Pacer<'a> {
     progress: &'a Progress,
     slice_start: Instant,
     writes: u32,
+    urgent: Option<Urgent>,
 }
 
 impl<'a> Pacer<'a> {
-    fn new(progress: &'a Progress) -> Self {
+    fn new(progress: &'a Progress, hurried: bool) -> Self {
         Pacer {
             progress,
             slice_start: Instant::now(),
             writes: 0,
+            urgent: hurried.then(Urgent::take),
         }
     }
 
@@ -69,8 +75,12 @@ impl<'a> Pacer<'a> {
         if worked < SLICE {
             return;
         }
-        self.progress
+        let hurried = self
+            .progress
             .rest(worked * (100 - CPU_SHARE_PERCENT) / CPU_SHARE_PERCENT);
+        if hurried && self.urgent.is_none() {
+            self.urgent = Some(Urgent::take());
+        }
         self.slice_start = Instant::now();
     }
 }
@@ -115,15 +125,17 @@ impl Applier {
         // Checkpointed segments not yet deleted, oldest first (see `Sealed::remove`).
         let mut undeleted = Vec::new();
         while let Ok(job) = rx.recv() {
-            self.progress.pause_until(last_start + self.interval);
+            let hurried = self.progress.pause_until(last_start + self.interval);
             last_start = Instant::now();
-            if let Err(e) = self.apply_job(job, &mut undeleted) {
+            if let Err(e) = self.apply_job(job, &mut undeleted, hurried) {
                 // The batches are durable in the log and replayed on the next open; serving on
                 // without them in redb would grow memory without bound.
                 tracing::error!(error = %e, "cannot apply committed batches to redb; stopping");
                 std::process::abort();
             }
         }
+        // The shutdown waits for it.
+        let _urgent = Urgent::take();
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed on open");
         }
@@ -138,7 +150,13 @@ impl Applier {
 
     /// Applies the job's memtable; a checkpoint (a job carrying sealed segments) then deletes
     /// `undeleted` and the job's segments, oldest first, keeping those it could not delete.
-    fn apply_job(&self, job: Job, undeleted: &mut Vec<Sealed>) -> Result<(), StorageError> {
+    /// `hurried`: someone waits for this job.
+    fn apply_job(
+        &self,
+        job: Job,
+        undeleted: &mut Vec<Sealed>,
+        hurried: bool,
+    ) -> Result<(), StorageError> {
         let m = &job.memtable;
         let mut txn = self.db.begin_write()?;
         if !job.sealed.is_empty() {
@@ -160,7 +178,7 @@ impl Applier {
             };
             docs.push((id.to_bytes(), bytes));
         }
-        let mut pacer = Pacer::new(&self.progress);
+        let mut pacer = Pacer::new(&self.progress, hurried);
         apply(
             &txn,
             docs.into_iter(),

@@ -157,14 +157,16 @@ impl Progress {
     }
 
     /// Sleeps for `d`, or until someone hurries the applier; unlike `pause_until` it leaves
-    /// the request standing, so the rest of the job and the next one run unpaced.
-    fn rest(&self, d: std::time::Duration) {
-        drop(self.wait_for_hurry(std::time::Instant::now() + d));
+    /// the request standing, so the rest of the job and the next one run unpaced. Returns
+    /// whether the applier is being hurried.
+    fn rest(&self, d: std::time::Duration) -> bool {
+        *self.wait_for_hurry(std::time::Instant::now() + d)
     }
 
-    /// Sleeps until `deadline`, or until someone hurries the applier.
-    fn pause_until(&self, deadline: std::time::Instant) {
-        *self.wait_for_hurry(deadline) = false;
+    /// Sleeps until `deadline`, or until someone hurries the applier; returns whether someone
+    /// did.
+    fn pause_until(&self, deadline: std::time::Instant) -> bool {
+        std::mem::take(&mut *self.wait_for_hurry(deadline))
     }
 
     /// Waits until `deadline` or a hurry; returns the hurry flag, locked.
@@ -617,8 +619,8 @@ mod tests {
         let resting = progress.clone();
         let (done, rested) = std::sync::mpsc::channel();
         let t = std::thread::spawn(move || {
-            resting.rest(std::time::Duration::from_secs(600));
-            resting.rest(std::time::Duration::from_secs(600));
+            assert!(resting.rest(std::time::Duration::from_secs(600)));
+            assert!(resting.rest(std::time::Duration::from_secs(600)));
             done.send(()).unwrap();
         });
         progress.hurry();
