@@ -73,7 +73,7 @@ pub struct CommitNotice {
 pub type CommitObserver = Arc<dyn Fn(&CommitNotice) + Send + Sync>;
 
 /// `CommitterConfig::group_commit_wait` unless configured.
-pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_micros(300);
+pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_millis(1);
 
 #[derive(Clone, Debug)]
 pub struct CommitterConfig {
@@ -204,7 +204,9 @@ impl Committer {
                 std::thread::sleep(wait);
                 let before = batch.members.len();
                 batch.fill(&mut rx, &self.config);
-                group.arrived(batch.members.len() - before, Instant::now());
+                let gained = batch.members.len() - before;
+                group.arrived(gained, Instant::now());
+                group.held(gained);
                 self.shared
                     .metrics
                     .group_commit_waits

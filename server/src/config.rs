@@ -667,9 +667,9 @@ pub struct Options {
     )]
     pub storage_cache_mib: Option<u64>,
     /// Microseconds the committer may hold a batch of fewer than four transactions for more,
-    /// while writes arrive often enough (over ~1,700/s at the default) that more are due
+    /// while writes arrive often enough (over ~500/s at the default) that more are due
     /// within the wait: fewer fsyncs under load for at most this much latency. 0 never waits
-    /// [default: 300; at most 10000].
+    /// [default: 1000; at most 10000].
     #[arg(
         long,
         env = "LINKEDUP_GROUP_COMMIT_WAIT_US",
