@@ -937,6 +937,38 @@ async fn hosting_passes_over_a_participant_who_is_being_erased() {
     );
 }
 
+/// A co-host erased earlier keeps the host role but runs nothing: when the other host is
+/// erased, hosting still passes to a live participant. (Before, the erased co-host counted as
+/// a second host, so nobody was made host and the meeting had no one who could run it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_co_host_does_not_keep_hosting_from_being_handed_over() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let meeting = env
+        .schedule(&w.alice, "Co-hosted", &[&w.bob_id, &w.carol_id])
+        .await;
+    env.m(
+        "meetings.setRole",
+        obj! { "meetingId" => meeting.as_str(), "userId" => w.bob_id.as_str(), "role" => "host" },
+        Some(&w.alice),
+    )
+    .await
+    .unwrap();
+    for who in [&w.bob, &w.alice] {
+        let r = request(env, who).await;
+        wait_done(env, &s(&r, "requestId")).await;
+    }
+    let roles: Vec<(String, String)> = with(env, "meetingParticipants", "meetingId", &meeting)
+        .await
+        .iter()
+        .map(|p| (s(p, "userId"), s(p, "role")))
+        .collect();
+    assert!(
+        roles.contains(&(w.carol_id.clone(), "host".to_string())),
+        "{roles:?}"
+    );
+}
+
 /// What the user's device stored is theirs unless it names another participant as speaker:
 /// chunks bob stored without a speaker or with a diarisation label are redacted with his
 /// account; the one he attributed to alice stays hers, and alice's own words stay.
