@@ -969,6 +969,33 @@ async fn an_erased_co_host_does_not_keep_hosting_from_being_handed_over() {
     );
 }
 
+/// Beside an erased co-host (who keeps the role), the live host is the last one who can run
+/// the meeting: they may not demote or remove themselves, and may remove the erased one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_co_host_does_not_count_as_a_host_to_step_down_for() {
+    let w = world(LinkedUpConfig::default()).await;
+    let env = &w.env;
+    let meeting = env
+        .schedule(&w.alice, "Co-hosted", &[&w.bob_id, &w.carol_id])
+        .await;
+    let call = |f: &'static str, args: Value| env.m(f, args, Some(&w.alice));
+    let bob_host =
+        obj! { "meetingId" => meeting.as_str(), "userId" => w.bob_id.as_str(), "role" => "host" };
+    call("meetings.setRole", bob_host).await.unwrap();
+    let r = request(env, &w.bob).await;
+    wait_done(env, &s(&r, "requestId")).await;
+    let alice_down = obj! { "meetingId" => meeting.as_str(), "userId" => w.alice_id.as_str(), "role" => "participant" };
+    let e = call("meetings.setRole", alice_down).await.unwrap_err();
+    assert_eq!(e.code, "CONFLICT", "{e}");
+    let alice_out = obj! { "meetingId" => meeting.as_str(), "userId" => w.alice_id.as_str() };
+    let e = call("meetings.removeParticipant", alice_out)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "CONFLICT", "{e}");
+    let bob_out = obj! { "meetingId" => meeting.as_str(), "userId" => w.bob_id.as_str() };
+    call("meetings.removeParticipant", bob_out).await.unwrap();
+}
+
 /// What the user's device stored is theirs unless it names another participant as speaker:
 /// chunks bob stored without a speaker or with a diarisation label are redacted with his
 /// account; the one he attributed to alice stays hers, and alice's own words stay.

@@ -43,8 +43,8 @@ use query_engine::schema::{v, Validator};
 use query_engine::value::Value;
 
 use super::guards::{
-    assert_meeting_access, current_user, find_participant, hidden, in_tenant, live_user,
-    require_active, MeetingAccess,
+    assert_meeting_access, being_erased, current_user, find_participant, hidden, in_tenant,
+    live_user, require_active, MeetingAccess,
 };
 use super::idempotency::{earlier_id, store_result};
 use super::post_call::{schedule_insights, TRANSCRIPTS_AGGREGATE};
@@ -694,15 +694,32 @@ fn check_open(access: &MeetingAccess, action: &str) -> FunctionResult<()> {
     }
 }
 
-/// Whether the meeting has at most one host: it reads no more than two host rows, which is
-/// all the answer depends on.
-pub(crate) fn at_most_one_host(ctx: &mut Ctx<'_, '_>, meeting_id: &str) -> FunctionResult<bool> {
+/// Most other hosts `another_live_host` looks at: more are taken to include a live one.
+pub(crate) const MAX_OTHER_HOSTS_CHECKED: usize = 8;
+
+/// Whether the meeting has a host besides `user_id` whose account is not being erased. An
+/// erased host keeps the role (the record stays) but can run nothing, so it does not count.
+/// Reads at most 1 + 2 × `MAX_OTHER_HOSTS_CHECKED` documents.
+pub(crate) fn another_live_host(
+    ctx: &mut Ctx<'_, '_>,
+    meeting_id: &str,
+    user_id: &str,
+) -> FunctionResult<bool> {
     let hosts = ctx
         .query(MEETING_PARTICIPANTS, "by_meeting_and_role")
         .eq("meetingId", meeting_id)
         .eq("role", Role::Host.as_str())
-        .take(2)?;
-    Ok(hosts.len() <= 1)
+        .take(MAX_OTHER_HOSTS_CHECKED + 2)?;
+    if hosts.len() > MAX_OTHER_HOSTS_CHECKED + 1 {
+        return Ok(true);
+    }
+    for d in &hosts {
+        let p: Participant = decode(d)?;
+        if p.user_id != user_id && !being_erased(ctx, &p.user_id)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn target_participant(
@@ -761,7 +778,7 @@ fn remove_participant(ctx: &mut Ctx<'_, '_>, a: ParticipantArgs) -> FunctionResu
     let access = assert_meeting_access(ctx, &a.meeting_id, Role::Host)?;
     check_open(&access, "remove participants from")?;
     let target = target_participant(ctx, &a.meeting_id, &a.user_id)?;
-    if target.role == Role::Host && at_most_one_host(ctx, &a.meeting_id)? {
+    if target.role == Role::Host && !another_live_host(ctx, &a.meeting_id, &target.user_id)? {
         return Err(ErrorCode::Conflict.err("cannot remove the last host"));
     }
     ctx.delete(MEETING_PARTICIPANTS, &target.id)?;
@@ -797,7 +814,7 @@ fn set_role(ctx: &mut Ctx<'_, '_>, a: SetRoleArgs) -> FunctionResult<Participant
     if target.role == a.role {
         return Ok(target);
     }
-    if target.role == Role::Host && at_most_one_host(ctx, &a.meeting_id)? {
+    if target.role == Role::Host && !another_live_host(ctx, &a.meeting_id, &target.user_id)? {
         return Err(ErrorCode::Conflict.err("cannot demote the last host"));
     }
     ctx.patch(

@@ -13,19 +13,19 @@ use query_engine::error::FunctionResult;
 use query_engine::obj;
 
 use crate::linkedup::guards::being_erased;
-use crate::linkedup::meetings::close_unattended;
+use crate::linkedup::meetings::{another_live_host, close_unattended, MAX_OTHER_HOSTS_CHECKED};
 use crate::linkedup::{audit, decode, fields, stream_rooms};
 
 /// Most participants `hand_over_hosting` and `unattended` consider: a bound on their reads
 /// when several participants of one meeting are being erased at once.
 const HANDOVER_CANDIDATES: usize = 8;
 
-/// Most documents `settle` reads or writes: `hand_over_hosting`'s (1 + 4 × candidates read:
-/// the other hosts and candidates with their user documents; 3 written), `unattended`'s (candidates + 2 participant rows, a user document per candidate)
+/// Most documents `settle` reads or writes: `hand_over_hosting`'s (`another_live_host`'s
+/// 1 + 2 × its bound, then 2 × candidates read; 3 written), `unattended`'s (candidates + 2 participant rows, a user document per candidate)
 /// and closing an active meeting (its state document read; meeting, state document, audit entry,
 /// insight run record and three jobs written; the insight run record read).
 pub(crate) const SETTLE_DOCS: usize =
-    (4 + 4 * HANDOVER_CANDIDATES) + (2 + 2 * HANDOVER_CANDIDATES) + 9;
+    (4 + 2 * MAX_OTHER_HOSTS_CHECKED + 2 * HANDOVER_CANDIDATES) + (2 + 2 * HANDOVER_CANDIDATES) + 9;
 
 /// The audit reason of a meeting closed because its last participants were erased.
 const PARTICIPANTS_ERASED: &str = "participantsErased";
@@ -67,37 +67,14 @@ fn unattended(ctx: &mut Ctx<'_, '_>, meeting_id: &str, leaving: &str) -> Functio
     Ok(true)
 }
 
-/// Whether the meeting has a host besides `leaving` whose account is not being erased (among
-/// its first `HANDOVER_CANDIDATES` other hosts; more than that are taken to include one).
-fn another_live_host(
-    ctx: &mut Ctx<'_, '_>,
-    meeting_id: &str,
-    leaving: &str,
-) -> FunctionResult<bool> {
-    let hosts = ctx
-        .query(MEETING_PARTICIPANTS, "by_meeting_and_role")
-        .eq("meetingId", meeting_id)
-        .eq("role", Role::Host.as_str())
-        .take(HANDOVER_CANDIDATES + 2)?;
-    if hosts.len() > HANDOVER_CANDIDATES + 1 {
-        return Ok(true);
-    }
-    for d in &hosts {
-        let p: Participant = decode(d)?;
-        if p.user_id != leaving && !being_erased(ctx, &p.user_id)? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// When `leaving` is the only host of an open (scheduled or active) meeting not being erased
 /// (an erased host keeps the role, so a co-host erased earlier does not count), makes the
 /// earliest-added other participant whose account is not being erased its host (among the
 /// first `HANDOVER_CANDIDATES`), so the meeting keeps someone who can run it; audited
 /// (`participant.role_changed`, reason `hostErased`, no actor), and their call role follows
 /// (`stream_rooms::schedule_member_sync`). For the erasure job: reads at most
-/// 1 + 4 × `HANDOVER_CANDIDATES` documents, writes at most three. Returns the new host's user
+/// 1 + 2 × `MAX_OTHER_HOSTS_CHECKED` + 2 × `HANDOVER_CANDIDATES` documents, writes at most
+/// three. Returns the new host's user
 /// id, if any.
 fn hand_over_hosting(
     ctx: &mut Ctx<'_, '_>,
