@@ -937,6 +937,23 @@ async fn hosting_passes_over_a_participant_who_is_being_erased() {
     );
 }
 
+/// A meeting alice hosts with bob as co-host and carol as participant.
+async fn co_hosted(w: &World) -> String {
+    let meeting = w
+        .env
+        .schedule(&w.alice, "Co-hosted", &[&w.bob_id, &w.carol_id])
+        .await;
+    w.env
+        .m(
+            "meetings.setRole",
+            obj! { "meetingId" => meeting.as_str(), "userId" => w.bob_id.as_str(), "role" => "host" },
+            Some(&w.alice),
+        )
+        .await
+        .unwrap();
+    meeting
+}
+
 /// A co-host erased earlier keeps the host role but runs nothing: when the other host is
 /// erased, hosting still passes to a live participant. (Before, the erased co-host counted as
 /// a second host, so nobody was made host and the meeting had no one who could run it.)
@@ -944,16 +961,7 @@ async fn hosting_passes_over_a_participant_who_is_being_erased() {
 async fn an_erased_co_host_does_not_keep_hosting_from_being_handed_over() {
     let w = world(LinkedUpConfig::default()).await;
     let env = &w.env;
-    let meeting = env
-        .schedule(&w.alice, "Co-hosted", &[&w.bob_id, &w.carol_id])
-        .await;
-    env.m(
-        "meetings.setRole",
-        obj! { "meetingId" => meeting.as_str(), "userId" => w.bob_id.as_str(), "role" => "host" },
-        Some(&w.alice),
-    )
-    .await
-    .unwrap();
+    let meeting = co_hosted(&w).await;
     for who in [&w.bob, &w.alice] {
         let r = request(env, who).await;
         wait_done(env, &s(&r, "requestId")).await;
@@ -975,13 +983,8 @@ async fn an_erased_co_host_does_not_keep_hosting_from_being_handed_over() {
 async fn an_erased_co_host_does_not_count_as_a_host_to_step_down_for() {
     let w = world(LinkedUpConfig::default()).await;
     let env = &w.env;
-    let meeting = env
-        .schedule(&w.alice, "Co-hosted", &[&w.bob_id, &w.carol_id])
-        .await;
+    let meeting = co_hosted(&w).await;
     let call = |f: &'static str, args: Value| env.m(f, args, Some(&w.alice));
-    let bob_host =
-        obj! { "meetingId" => meeting.as_str(), "userId" => w.bob_id.as_str(), "role" => "host" };
-    call("meetings.setRole", bob_host).await.unwrap();
     let r = request(env, &w.bob).await;
     wait_done(env, &s(&r, "requestId")).await;
     let alice_down = obj! { "meetingId" => meeting.as_str(), "userId" => w.alice_id.as_str(), "role" => "participant" };

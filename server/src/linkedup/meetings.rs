@@ -713,9 +713,19 @@ pub(crate) fn another_live_host(
     if hosts.len() > MAX_OTHER_HOSTS_CHECKED + 1 {
         return Ok(true);
     }
-    for d in &hosts {
+    any_live_but(ctx, &hosts, user_id)
+}
+
+/// Whether any of the participant rows `rows`, other than `except`'s, is of a user whose
+/// account is not being erased. Reads a user document per other row.
+pub(crate) fn any_live_but(
+    ctx: &mut Ctx<'_, '_>,
+    rows: &[Value],
+    except: &str,
+) -> FunctionResult<bool> {
+    for d in rows {
         let p: Participant = decode(d)?;
-        if p.user_id != user_id && !being_erased(ctx, &p.user_id)? {
+        if p.user_id != except && !being_erased(ctx, &p.user_id)? {
             return Ok(true);
         }
     }

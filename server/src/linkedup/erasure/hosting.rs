@@ -13,7 +13,9 @@ use query_engine::error::FunctionResult;
 use query_engine::obj;
 
 use crate::linkedup::guards::being_erased;
-use crate::linkedup::meetings::{another_live_host, close_unattended, MAX_OTHER_HOSTS_CHECKED};
+use crate::linkedup::meetings::{
+    another_live_host, any_live_but, close_unattended, MAX_OTHER_HOSTS_CHECKED,
+};
 use crate::linkedup::{audit, decode, fields, stream_rooms};
 
 /// Most participants `hand_over_hosting` and `unattended` consider: a bound on their reads
@@ -58,13 +60,7 @@ fn unattended(ctx: &mut Ctx<'_, '_>, meeting_id: &str, leaving: &str) -> Functio
     if rows.len() > HANDOVER_CANDIDATES + 1 {
         return Ok(false);
     }
-    for d in &rows {
-        let p: Participant = decode(d)?;
-        if p.user_id != leaving && !being_erased(ctx, &p.user_id)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(!any_live_but(ctx, &rows, leaving)?)
 }
 
 /// When `leaving` is the only host of an open (scheduled or active) meeting not being erased
